@@ -1,0 +1,35 @@
+# lbtwist: `make run` starts a demo balancer, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-deps bench clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/twistd --nodaemon --pidfile= lb --demo
+
+test: $(STAMP) test-deps
+	$(BIN)/ruff check lbtwist tests
+	$(BIN)/mypy lbtwist
+	$(BIN)/trial --reporter=text tests
+
+# Debian tools the integration tests drive (curl, wrk); skipped when present.
+test-deps:
+	@missing=""; for t in curl wrk; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note:$$missing not installed; tests that need them are skipped"; fi; \
+	fi
+
+bench: $(STAMP)
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) _trial_temp build *.egg-info

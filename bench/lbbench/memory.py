@@ -1,0 +1,225 @@
+"""The memory case: RSS of a TCP proxy holding N idle client connections.
+
+The harness starts an idle backend (:mod:`lbbench.idle_backend`) on two ports,
+starts the proxy in front of it, records the proxy's RSS, then opens N client
+connections from this process (non-blocking connects in batches, paced by how
+many connections have reached the backend), waits until the backend holds them
+all and the RSS is stable, and records the RSS again.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lbbench.configs import LOOPBACK
+from lbbench.processes import ProcessManager, StartError, free_port, rss_kib, wait_listening
+from lbbench.targets import BenchContext, RunningTarget, TargetSpec, launch
+
+BATCH_SIZE = 200
+CONNECT_TIMEOUT_S = 5.0
+PACE_TIMEOUT_S = 5.0
+OPEN_TIMEOUT_S = 120.0
+CONNECTIONS_PER_SOURCE = 20_000
+RSS_STABLE_KIB = 256
+RSS_STABLE_SAMPLES = 3
+SAMPLE_INTERVAL_S = 0.5
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+@dataclass
+class MemoryResult:
+    """Outcome of the memory case for one target."""
+
+    target: str
+    status: str
+    detail: str
+    requested: int
+    opened: int = 0
+    backend_connections: int = 0
+    rss_before_kib: int = 0
+    rss_after_kib: int = 0
+    kib_per_connection: float | None = None
+    open_seconds: float = 0.0
+    settle_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+
+class BackendCounter:
+    """Reads the idle backend's open-connection count from its status file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> int:
+        try:
+            return int(self.path.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+
+def _source_address(index: int) -> str:
+    """Client source address for connection ``index``: 127.0.0.1, then .2, .3, ..."""
+    return f"127.0.0.{1 + index // CONNECTIONS_PER_SOURCE}"
+
+
+def _start_connect(port: int, source: str) -> socket.socket:
+    """Begin a non-blocking connect from ``source`` to ``127.0.0.1:port``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    if source != LOOPBACK:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+    sock.connect_ex((LOOPBACK, port))
+    return sock
+
+
+def _finish_connects(pending: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """Wait for pending connects; return the connected sockets, close the others."""
+    connected: list[socket.socket] = []
+    with selectors.DefaultSelector() as selector:
+        for sock in pending:
+            selector.register(sock, selectors.EVENT_WRITE)
+        deadline = time.monotonic() + timeout
+        while selector.get_map() and time.monotonic() < deadline:
+            for key, _events in selector.select(timeout=0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                selector.unregister(sock)
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    connected.append(sock)
+                else:
+                    sock.close()
+        for key in list(selector.get_map().values()):
+            selector.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
+    return connected
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` every 50 ms for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def open_clients(port: int, count: int, backend_count: BackendCounter) -> list[socket.socket]:
+    """Open up to ``count`` idle connections to ``port`` in batches (bounded in time)."""
+    clients: list[socket.socket] = []
+    deadline = time.monotonic() + OPEN_TIMEOUT_S
+    for start in range(0, count, BATCH_SIZE):
+        if time.monotonic() > deadline:
+            break
+        batch_size = min(BATCH_SIZE, count - start)
+        try:
+            pending = [_start_connect(port, _source_address(start + i)) for i in range(batch_size)]
+        except OSError as exc:
+            print(f"  stopped opening connections at {len(clients)}: {exc}", file=sys.stderr)
+            break
+        clients.extend(_finish_connects(pending, CONNECT_TIMEOUT_S))
+        # Pace: let the proxy accept and connect the backend side before the next batch.
+        target = len(clients) - 2 * BATCH_SIZE
+        _wait_for(lambda: backend_count() >= target, PACE_TIMEOUT_S)
+    return clients
+
+
+def settle_rss(
+    pids: list[int], backend_count: BackendCounter, expected: int, timeout: float
+) -> int:
+    """Wait until the backend holds ``expected`` connections and RSS is stable; return RSS."""
+    deadline = time.monotonic() + timeout
+    previous = rss_kib(pids)
+    stable = 0
+    while time.monotonic() < deadline and stable < RSS_STABLE_SAMPLES:
+        time.sleep(SAMPLE_INTERVAL_S)
+        current = rss_kib(pids)
+        all_connected = backend_count() >= expected
+        stable = stable + 1 if all_connected and abs(current - previous) <= RSS_STABLE_KIB else 0
+        previous = current
+    return previous
+
+
+def _close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+def run_memory_case(
+    spec: TargetSpec,
+    ctx: BenchContext,
+    manager: ProcessManager,
+    count: int,
+    settle_timeout: float,
+    backend_cpu: int | None,
+) -> MemoryResult:
+    """Measure ``spec``'s RSS with ``count`` idle connections through it."""
+    result = MemoryResult(spec.name, "unavailable", "", count)
+    backend_ports = [free_port(), free_port()]
+    counter = BackendCounter(ctx.work_dir / f"idle-{spec.name}.count")
+    idle_script = Path(__file__).with_name("idle_backend.py")
+    backend = manager.start(
+        f"idle-backend-{spec.name}",
+        [sys.executable, str(idle_script), "--ports", ",".join(map(str, backend_ports)),
+         "--status-file", str(counter.path), "--max-seconds", "600"],
+        cpu=backend_cpu,
+        raise_nofile=True,
+    )  # fmt: skip
+    clients: list[socket.socket] = []
+    target: RunningTarget | None = None
+    try:
+        for port in backend_ports:
+            wait_listening(backend, port, ctx.start_timeout)
+        target = launch(spec, ctx, manager, free_port(), backend_ports, f"{spec.name}-memory")
+        _wait_for(lambda: backend_count_is_zero(counter), 5.0)
+        pids = target.measured_pids()
+        result.rss_before_kib = rss_kib(pids)
+        started = time.monotonic()
+        clients = open_clients(target.port, count, counter)
+        result.open_seconds = round(time.monotonic() - started, 2)
+        result.opened = len(clients)
+        started = time.monotonic()
+        result.rss_after_kib = settle_rss(pids, counter, len(clients), settle_timeout)
+        result.settle_seconds = round(time.monotonic() - started, 2)
+        result.backend_connections = counter()
+        if not target.process or not target.process.is_running():
+            raise StartError(f"{spec.name} exited during the memory case")
+        if result.opened:
+            growth = result.rss_after_kib - result.rss_before_kib
+            result.kib_per_connection = round(growth / result.opened, 2)
+        result.status = "ok"
+        result.detail = _detail(result)
+    except StartError as exc:
+        result.detail = str(exc)
+    finally:
+        _close_all(clients)
+        if target is not None and target.process is not None:
+            manager.stop(target.process)
+        manager.stop(backend)
+    return result
+
+
+def backend_count_is_zero(counter: BackendCounter) -> bool:
+    """True once the idle backend holds no connection (start-up probes closed)."""
+    return counter() == 0
+
+
+def _detail(result: MemoryResult) -> str:
+    """A short note on anything that went less than perfectly."""
+    notes = []
+    if result.opened < result.requested:
+        notes.append(f"only {result.opened} of {result.requested} client connections opened")
+    if result.backend_connections < result.opened:
+        notes.append(f"only {result.backend_connections} reached the backend")
+    return "; ".join(notes) or "ok"

@@ -1,0 +1,248 @@
+"""Results: per-case medians, ratios, the printed table and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbbench.cases import CaseSpec
+from lbbench.memory import MemoryResult
+from lbbench.targets import TargetSpec
+from lbbench.wrk import WrkRun
+
+MEDIAN_METRICS = ("requests_per_s", "mib_per_s", "p50_ms", "p99_ms", "proxy_cpu_percent")
+
+
+@dataclass
+class TargetStatus:
+    """Whether a target started and passed the probe, and how it was run."""
+
+    status: str = "not run"
+    detail: str = ""
+    command: list[str] = field(default_factory=list)
+    probe: dict[str, Any] | None = None
+
+    @property
+    def available(self) -> bool:
+        """True if the target was benchmarked."""
+        return self.status == "ok"
+
+
+@dataclass
+class CaseResult:
+    """All runs of one case against one target."""
+
+    status: str = "ok"
+    detail: str = ""
+    runs: list[WrkRun] = field(default_factory=list)
+
+    def median(self) -> dict[str, float | None]:
+        """Median of each metric over the runs (None where nothing was measured)."""
+        medians: dict[str, float | None] = {}
+        for metric in MEDIAN_METRICS:
+            values = [getattr(run, metric) for run in self.runs if getattr(run, metric) is not None]
+            medians[metric] = statistics.median(values) if values else None
+        return medians
+
+    def errors(self) -> tuple[int, int]:
+        """Total (socket errors, non-2xx/3xx responses) over the runs."""
+        return (
+            sum(run.socket_errors for run in self.runs),
+            sum(run.status_errors for run in self.runs),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict with the raw runs and the medians."""
+        socket_errors, status_errors = self.errors()
+        return {
+            "status": self.status,
+            "detail": self.detail,
+            "runs": [run.to_json() for run in self.runs],
+            "median": self.median(),
+            "socket_errors": socket_errors,
+            "status_errors": status_errors,
+        }
+
+
+@dataclass
+class Results:
+    """Everything measured in one harness run."""
+
+    targets: list[TargetSpec]
+    cases: list[CaseSpec]
+    statuses: dict[str, TargetStatus] = field(default_factory=dict)
+    case_results: dict[str, dict[str, CaseResult]] = field(default_factory=dict)
+    memory: list[MemoryResult] = field(default_factory=list)
+
+    def result(self, case: str, target: str) -> CaseResult | None:
+        """The result of ``case`` for ``target``, if it was run."""
+        return self.case_results.get(case, {}).get(target)
+
+    def primary(self, case: CaseSpec, target: str) -> float | None:
+        """Median of the case's primary metric for ``target`` (None if unavailable)."""
+        result = self.result(case.name, target)
+        if result is None or result.status != "ok":
+            return None
+        return result.median()[case.primary]
+
+    def ratio(self, case: CaseSpec, target: str, reference: str | None) -> float | None:
+        """``target``'s primary metric divided by ``reference``'s."""
+        if reference is None:
+            return None
+        value, base = self.primary(case, target), self.primary(case, reference)
+        if value is None or not base:
+            return None
+        return value / base
+
+
+# ---------------------------------------------------------------- table output
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+TABLE_HEADER = (
+    f"{'target':<14} {'req/s':>10} {'MiB/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    f"{'CPU %':>6} {'errors':>11} {'vs HAProxy':>10} {'vs direct':>9}"
+)
+
+
+def _case_row(results: Results, case: CaseSpec, spec: TargetSpec) -> str:
+    status = results.statuses.get(spec.name, TargetStatus())
+    result = results.result(case.name, spec.name)
+    if not status.available or result is None or result.status != "ok":
+        detail = result.detail if result is not None and result.detail else status.detail
+        label = status.status if not status.available else "failed"
+        return f"{spec.name:<14} {label}: {_one_line(detail)}"
+    median = result.median()
+    socket_errors, status_errors = result.errors()
+    vs_haproxy = (
+        "ref" if spec.reference == spec.name else _ratio(results.ratio(case, spec.name, spec.reference))
+    )
+    vs_direct = _ratio(results.ratio(case, spec.name, "direct"))
+    return (
+        f"{spec.name:<14} {_number(median['requests_per_s']):>10} "
+        f"{_number(median['mib_per_s'], 1):>9} {_number(median['p50_ms'], 2):>8} "
+        f"{_number(median['p99_ms'], 2):>8} {_number(median['proxy_cpu_percent']):>6} "
+        f"{f'{socket_errors}/{status_errors}':>11} {vs_haproxy:>10} {vs_direct:>9}"
+    )
+
+
+def _one_line(text: str, limit: int = 90) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def format_case_tables(results: Results) -> str:
+    """One table per case: medians, CPU use, errors and ratios for every target."""
+    blocks = []
+    for case in results.cases:
+        lines = [f"== {case.name}: {case.description}", TABLE_HEADER]
+        lines += [_case_row(results, case, spec) for spec in results.targets]
+        blocks.append("\n".join(lines))
+    legend = (
+        "errors = socket errors / non-2xx-3xx responses (all runs); CPU % = proxy process "
+        "(nginx: its worker), 100 = one core;\nvs HAProxy = same-mode HAProxy "
+        "(tcp: lbtwist-tcp, portforward; http: lbtwist-http, nginx), on "
+        "req/s (MiB/s for big)."
+    )
+    return "\n\n".join([*blocks, legend])
+
+
+def format_memory_table(memory: list[MemoryResult]) -> str:
+    """The memory case: RSS before/after N idle connections, and per connection."""
+    if not memory:
+        return ""
+    lines = [
+        "== memory: idle client connections through a TCP proxy",
+        f"{'target':<14} {'clients':>8} {'backend':>8} {'RSS before':>11} {'RSS after':>10} "
+        f"{'KiB/conn':>9}",
+    ]
+    for item in memory:
+        if item.status != "ok":
+            lines.append(f"{item.target:<14} unavailable: {_one_line(item.detail)}")
+            continue
+        row = (
+            f"{item.target:<14} {item.opened:>8,} {item.backend_connections:>8,} "
+            f"{_kib(item.rss_before_kib):>11} {_kib(item.rss_after_kib):>10} "
+            f"{_number(item.kib_per_connection, 2):>9}"
+        )
+        if item.detail != "ok":
+            row += f"  ({item.detail})"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _kib(value: int) -> str:
+    return f"{value / 1024:,.1f} MiB"
+
+
+def format_target_notes(results: Results) -> str:
+    """Probe findings per target (keep-alive, Connection: close)."""
+    lines = ["== targets"]
+    for spec in results.targets:
+        status = results.statuses.get(spec.name, TargetStatus())
+        text = status.detail if status.available else f"{status.status}: {status.detail}"
+        lines.append(f"{spec.name:<14} {spec.description:<34} {_one_line(text, 70)}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- JSON output
+
+
+def to_json(results: Results, settings: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
+    """The full JSON document: settings, machine, targets, raw runs, medians, memory."""
+    return {
+        "settings": settings,
+        "machine": machine,
+        "targets": {
+            spec.name: {
+                "mode": spec.mode,
+                "reference": spec.reference,
+                "description": spec.description,
+                **vars(results.statuses.get(spec.name, TargetStatus())),
+            }
+            for spec in results.targets
+        },
+        "cases": {
+            case.name: {
+                "description": case.description,
+                "primary_metric": case.primary,
+                "targets": {
+                    name: {
+                        **result.to_json(),
+                        "ratio_to_haproxy": results.ratio(
+                            case, name, _reference_of(results, name)
+                        ),
+                        "ratio_to_direct": results.ratio(case, name, "direct"),
+                    }
+                    for name, result in results.case_results.get(case.name, {}).items()
+                },
+            }
+            for case in results.cases
+        },
+        "memory": [item.to_json() for item in results.memory],
+    }
+
+
+def _reference_of(results: Results, name: str) -> str | None:
+    for spec in results.targets:
+        if spec.name == name:
+            return spec.reference
+    return None
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` to ``path`` (creating its directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,158 @@
+"""The targets under test: what they are, how to start them, what they compare to."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lbbench import configs
+from lbbench.processes import ManagedProcess, ProcessManager, process_tree, wait_listening
+
+
+@dataclass
+class BenchContext:
+    """Everything a target needs to build its command line."""
+
+    work_dir: Path
+    repo_root: Path
+    twistd: Path
+    haproxy: str
+    nginx: str
+    nofile: int
+    proxy_cpu: int | None
+    start_timeout: float
+    lbtwist_args: list[str] = field(default_factory=list)
+
+    @property
+    def max_proxy_connections(self) -> int:
+        """Client connections a proxy can hold: each uses 2 fds (client + backend)."""
+        return max(256, (self.nofile - 128) // 2)
+
+    def twistd_env(self) -> dict[str, str]:
+        """Environment for twistd: the repository root on PYTHONPATH (for the lb plugin)."""
+        env = dict(os.environ)
+        paths = [str(self.repo_root), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
+        return env
+
+
+CommandBuilder = Callable[[BenchContext, str, int, Sequence[int]], list[str]]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A target: ``mode`` is "direct", "tcp" or "http"; ``reference`` names its HAProxy peer."""
+
+    name: str
+    mode: str
+    reference: str | None
+    description: str
+    build: CommandBuilder | None = None
+
+    @property
+    def is_twisted(self) -> bool:
+        """True for targets run with twistd (they need the repository on PYTHONPATH)."""
+        return self.name.startswith(("lbtwist", "portforward"))
+
+
+def _haproxy(mode: str) -> CommandBuilder:
+    def build(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
+        path = configs.haproxy_config(
+            ctx.work_dir, name, mode, port, backends, ctx.max_proxy_connections
+        )
+        return [ctx.haproxy, "-db", "-f", str(path)]
+
+    return build
+
+
+def _nginx_proxy(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
+    path = configs.nginx_proxy_config(ctx.work_dir, port, backends, ctx.nofile)
+    stderr_log = ctx.work_dir / f"{name}-startup.log"
+    return [ctx.nginx, "-p", str(ctx.work_dir), "-e", str(stderr_log), "-c", str(path)]
+
+
+def _portforward(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
+    listen = f"tcp:{port}:interface={configs.LOOPBACK}"
+    return [
+        str(ctx.twistd), "-n", "--pidfile=", "portforward",
+        "-p", listen, "-h", configs.LOOPBACK, "-d", str(backends[0]),
+    ]  # fmt: skip
+
+
+def _lbtwist(mode: str) -> CommandBuilder:
+    def build(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
+        argv = [
+            str(ctx.twistd), "-n", "--pidfile=", "lb",
+            "--mode", mode,
+            "--listen", f"tcp:{port}:interface={configs.LOOPBACK}",
+        ]  # fmt: skip
+        for backend in backends:
+            argv += ["--backend", f"tcp:host={configs.LOOPBACK}:port={backend}"]
+        return [*argv, "--policy", "roundrobin", *ctx.lbtwist_args]
+
+    return build
+
+
+TARGETS: list[TargetSpec] = [
+    TargetSpec("direct", "direct", None, "backend nginx, no proxy"),
+    TargetSpec("haproxy-tcp", "tcp", "haproxy-tcp", "HAProxy mode tcp", _haproxy("tcp")),
+    TargetSpec("haproxy-http", "http", "haproxy-http", "HAProxy mode http", _haproxy("http")),
+    TargetSpec("nginx", "http", "haproxy-http", "nginx reverse proxy", _nginx_proxy),
+    TargetSpec("portforward", "tcp", "haproxy-tcp", "twisted portforward (1 backend)", _portforward),
+    TargetSpec("lbtwist-tcp", "tcp", "haproxy-tcp", "lbtwist --mode tcp", _lbtwist("tcp")),
+    TargetSpec("lbtwist-http", "http", "haproxy-http", "lbtwist --mode http", _lbtwist("http")),
+]
+TARGETS_BY_NAME = {spec.name: spec for spec in TARGETS}
+
+
+@dataclass
+class RunningTarget:
+    """A started target: the port to load and the process to measure (none for direct)."""
+
+    spec: TargetSpec
+    port: int
+    process: ManagedProcess | None
+
+    def measured_pids(self) -> list[int]:
+        """The proxy process and its workers (nginx), or nothing for ``direct``."""
+        if self.process is None:
+            return []
+        return process_tree(self.process.pid)
+
+    def command(self) -> list[str]:
+        """The full command line used to start the target."""
+        return self.process.argv if self.process else []
+
+
+def launch(
+    spec: TargetSpec,
+    ctx: BenchContext,
+    manager: ProcessManager,
+    port: int,
+    backends: Sequence[int],
+    instance_name: str | None = None,
+) -> RunningTarget:
+    """Start ``spec`` listening on ``port`` in front of ``backends``; wait until it listens.
+
+    Raises :class:`lbbench.processes.StartError` if it exits or does not listen in time.
+    """
+    if spec.build is None:
+        return RunningTarget(spec, backends[0], None)
+    name = instance_name or spec.name
+    argv = spec.build(ctx, name, port, backends)
+    process = manager.start(
+        name,
+        argv,
+        cpu=ctx.proxy_cpu,
+        raise_nofile=True,
+        env=ctx.twistd_env() if spec.is_twisted else None,
+        cwd=ctx.repo_root,
+    )
+    try:
+        wait_listening(process, port, ctx.start_timeout)
+    except BaseException:
+        manager.stop(process)
+        raise
+    return RunningTarget(spec, port, process)

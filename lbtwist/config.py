@@ -1,0 +1,519 @@
+"""
+The configuration model: frozen value types, and their validation from plain data.
+
+Both the YAML file and the command line are turned into the same plain
+dictionary shape and validated here, so that a mistake is reported the same
+way wherever it was made: one line naming the key path and the problem, e.g.
+C{pools.web.backends[2].port: expected an integer 1-65535, got '80x'}.
+
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import attrs
+import yaml
+
+T = TypeVar("T")
+
+MODES = ("tcp", "http")
+POLICY_NAMES = ("roundrobin", "weighted", "leastconn", "random", "p2c", "source")
+ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls")
+_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """
+    A configuration is invalid.
+
+    @ivar path: the key path of the offending value, e.g. C{pools.web.policy}.
+    @ivar problem: what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path else problem)
+
+
+@attrs.frozen
+class HealthCheck:
+    """
+    How a backend is probed and when its health state flips.
+
+    @ivar kind: C{"tcp"} (connect only) or C{"http"} (send a request).
+    @ivar expectStatus: inclusive ranges of acceptable HTTP statuses.
+    """
+
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    kind: str = "tcp"
+    method: str = "GET"
+    path: str = "/"
+    host: str | None = None
+    expectStatus: tuple[tuple[int, int], ...] = ((200, 399),)
+    expectBody: str | None = None
+
+
+@attrs.frozen
+class BackendConfig:
+    """
+    One backend server: a name, a Twisted client endpoint string and a weight.
+    """
+
+    name: str
+    endpoint: str
+    weight: int = 1
+    health: HealthCheck = HealthCheck()
+
+
+@attrs.frozen
+class Timeouts:
+    """
+    Timeouts of a pool, in seconds.
+
+    @ivar connect: to establish a backend connection.
+    @ivar idle: a joined pair with no traffic either way is closed after this.
+    @ivar response: HTTP only, for the backend's response head.
+    @ivar request: HTTP only, for a client to send its request head.
+    """
+
+    connect: float = 5.0
+    idle: float = 300.0
+    response: float = 60.0
+    request: float = 10.0
+
+
+@attrs.frozen
+class PoolConfig:
+    """
+    A named group of backends balanced by one policy.
+    """
+
+    name: str
+    backends: tuple[BackendConfig, ...]
+    policy: str = "roundrobin"
+    retries: int = 2
+    timeouts: Timeouts = Timeouts()
+    health: HealthCheck = HealthCheck()
+
+    def backend(self, name: str) -> BackendConfig | None:
+        """
+        The backend of that name, if any.
+        """
+        for b in self.backends:
+            if b.name == name:
+                return b
+        return None
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    A server endpoint that accepts clients for one pool.
+    """
+
+    name: str
+    endpoint: str
+    pool: str
+    mode: str = "tcp"
+
+
+@attrs.frozen
+class Config:
+    """
+    The whole configuration of a balancer.
+    """
+
+    listeners: tuple[ListenerConfig, ...]
+    pools: tuple[PoolConfig, ...]
+    statusInterval: float = 30.0
+    admin: str | None = None
+    adminToken: str | None = None
+    state: str | None = None
+
+    def pool(self, name: str) -> PoolConfig:
+        """
+        The pool of that name.
+
+        @raise KeyError: there is none.
+        """
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+# -- validation helpers ------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return f"a {type(value).__name__}"
+
+
+def _mapping(data: object, path: str, allowed: Sequence[str]) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {_describe(data)}")
+    for key in data:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(
+                where, f"unknown key (expected one of: {', '.join(allowed)})"
+            )
+    return data
+
+
+def _integer(value: object, path: str, low: int, high: int) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(
+            path, f"expected an integer {low}-{high}, got {_describe(value)}"
+        )
+    return value
+
+
+def parseSeconds(value: object, path: str, low: float = 0.001, high: float = 86400.0) -> float:
+    """
+    A duration: a number of seconds, or a string with a unit (C{250ms}, C{5s}, C{2m}).
+    """
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*", value)
+        if m:
+            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+            value = float(m.group(1)) * scale
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        low <= value <= high
+    ):
+        raise ConfigError(
+            path,
+            f"expected a duration from {low:g} to {high:g} seconds "
+            f"(a number, or a string like '250ms' or '5s'), got {_describe(value)}",
+        )
+    return float(value)
+
+
+def _string(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _choice(value: object, path: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigError(
+            path, f"expected one of {', '.join(choices)}, got {_describe(value)}"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def _name(value: object, path: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ConfigError(
+            path,
+            "expected a name of 1-64 letters, digits or '_.:-', "
+            f"got {_describe(value)}",
+        )
+    return value
+
+
+def _list(value: object, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(path, f"expected a list, got {_describe(value)}")
+    return value
+
+
+def _unique(items: Sequence[T], key: Callable[[T], str], path: str, what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        k = key(item)
+        if k in seen:
+            raise ConfigError(
+                f"{path}[{i}].name", f"duplicate {what} name {k!r} (also at [{seen[k]}])"
+            )
+        seen[k] = i
+
+
+def validateEndpoint(value: object, path: str, server: bool) -> str:
+    """
+    Check the shape of a Twisted endpoint string without building it.
+
+    A client endpoint needs a host and a port (TCP, TLS) or a path (UNIX); a
+    server endpoint needs a port or a path.  Full parsing happens when the
+    endpoint is built; this catches the common mistakes early with the key
+    path attached.
+    """
+    text = _string(value, path)
+    kind, _, rest = text.partition(":")
+    if kind not in ENDPOINT_TYPES:
+        raise ConfigError(
+            path,
+            f"expected an endpoint string starting with one of "
+            f"{', '.join(t + ':' for t in ENDPOINT_TYPES)} got {text!r}",
+        )
+    args = [a for a in re.split(r"(?<!\\):", rest) if a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    positional = [a for a in args if "=" not in a]
+    if kind == "unix":
+        if not (named.get("path") or named.get("address") or positional):
+            raise ConfigError(path, f"a unix endpoint needs a path, got {text!r}")
+        return text
+    if server:
+        port = named.get("port") or (positional[0] if positional else None)
+        if port is None:
+            raise ConfigError(path, f"a {kind} listener needs a port, got {text!r}")
+        _integer(port, path + " (port)", 0, 65535)
+    else:
+        host = named.get("host") or (positional[0] if positional else None)
+        port = named.get("port") or (positional[1] if len(positional) > 1 else None)
+        if not host or port is None:
+            raise ConfigError(
+                path, f"a {kind} backend needs a host and a port, got {text!r}"
+            )
+        _integer(port, path + " (port)", 1, 65535)
+    return text
+
+
+# -- the sections ------------------------------------------------------------
+
+_HEALTH_KEYS = (
+    "interval", "timeout", "rise", "fall", "type", "method", "path", "host",
+    "expect-status", "expect-body",
+)
+
+
+def _statusRanges(value: object, path: str) -> tuple[tuple[int, int], ...]:
+    """
+    Parse C{"200-399"}, C{"200,204"} or a single integer into status ranges.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    text = _string(value, path)
+    ranges = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([1-5][0-9][0-9])\s*(?:-\s*([1-5][0-9][0-9]))?\s*", part)
+        if not m:
+            raise ConfigError(
+                path, f"expected statuses like '200-399' or '200,204', got {text!r}"
+            )
+        low = int(m.group(1))
+        high = int(m.group(2) or low)
+        if high < low:
+            raise ConfigError(path, f"empty status range {part.strip()!r}")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+def parseHealth(data: object, path: str, base: HealthCheck) -> HealthCheck:
+    """
+    Overlay the health-check settings in C{data} on C{base}.
+    """
+    if data is None:
+        return base
+    d = _mapping(data, path, _HEALTH_KEYS)
+    changes: dict[str, Any] = {}
+    if "interval" in d:
+        changes["interval"] = parseSeconds(d["interval"], f"{path}.interval", 0.01)
+    if "timeout" in d:
+        changes["timeout"] = parseSeconds(d["timeout"], f"{path}.timeout", 0.001)
+    if "rise" in d:
+        changes["rise"] = _integer(d["rise"], f"{path}.rise", 1, 100)
+    if "fall" in d:
+        changes["fall"] = _integer(d["fall"], f"{path}.fall", 1, 100)
+    if "type" in d:
+        changes["kind"] = _choice(d["type"], f"{path}.type", ("tcp", "http"))
+    if "method" in d:
+        changes["method"] = _choice(
+            d["method"], f"{path}.method", ("GET", "HEAD", "OPTIONS")
+        )
+    if "path" in d:
+        p = _string(d["path"], f"{path}.path")
+        if not p.startswith("/") or any(c in p for c in " \r\n\0"):
+            raise ConfigError(
+                f"{path}.path", f"expected a path starting with '/', got {p!r}"
+            )
+        changes["path"] = p
+    if "host" in d:
+        changes["host"] = _string(d["host"], f"{path}.host")
+    if "expect-status" in d:
+        changes["expectStatus"] = _statusRanges(
+            d["expect-status"], f"{path}.expect-status"
+        )
+    if "expect-body" in d:
+        changes["expectBody"] = _string(d["expect-body"], f"{path}.expect-body")
+    return attrs.evolve(base, **changes)
+
+
+def backendFromEndpoint(endpoint: str) -> str:
+    """
+    A readable default name for a backend given by its endpoint string.
+
+    C{tcp:host=10.0.0.5:port=80} becomes C{10.0.0.5:80}; anything else keeps
+    its endpoint string.
+    """
+    kind, _, rest = endpoint.partition(":")
+    args = [a for a in re.split(r"(?<!\\):", rest) if a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    positional = [a for a in args if "=" not in a]
+    if kind in ("tcp", "tcp6", "ssl", "tls"):
+        host = named.get("host") or (positional[0] if positional else "")
+        port = named.get("port") or (positional[1] if len(positional) > 1 else "")
+        if host and port:
+            return f"{host}:{port}"[:64]
+    return endpoint[:64]
+
+
+def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
+    """
+    One backend: C{name}, and either C{endpoint} or C{host} and C{port}.
+    """
+    if isinstance(data, str):
+        data = {"endpoint": data}
+    d = _mapping(data, path, ("name", "endpoint", "host", "port", "weight", "health"))
+    if "endpoint" in d:
+        if "host" in d or "port" in d:
+            raise ConfigError(path, "give either endpoint, or host and port, not both")
+        endpoint = validateEndpoint(d["endpoint"], f"{path}.endpoint", server=False)
+    elif "host" in d or "port" in d:
+        host = _string(d.get("host"), f"{path}.host")
+        if any(c in host for c in ":= /") and not host.startswith("["):
+            if ":" in host:  # an IPv6 literal; endpoint strings escape colons
+                host = host.replace(":", r"\:")
+            else:
+                raise ConfigError(f"{path}.host", f"expected a host name, got {host!r}")
+        port = _integer(d.get("port"), f"{path}.port", 1, 65535)
+        endpoint = f"tcp:host={host}:port={port}"
+    else:
+        raise ConfigError(path, "a backend needs an endpoint, or a host and a port")
+    name = (
+        _name(d["name"], f"{path}.name") if "name" in d else backendFromEndpoint(endpoint)
+    )
+    weight = _integer(d.get("weight", 1), f"{path}.weight", 0, 256)
+    return BackendConfig(
+        name=name,
+        endpoint=endpoint,
+        weight=weight,
+        health=parseHealth(d.get("health"), f"{path}.health", health),
+    )
+
+
+_POOL_KEYS = ("policy", "retries", "timeouts", "health", "backends")
+
+
+def parsePool(name: str, data: object, path: str) -> PoolConfig:
+    """
+    One pool of backends.
+    """
+    d = _mapping(data, path, _POOL_KEYS)
+    health = parseHealth(d.get("health"), f"{path}.health", HealthCheck())
+    backends = tuple(
+        parseBackend(b, f"{path}.backends[{i}]", health)
+        for i, b in enumerate(_list(d.get("backends", []), f"{path}.backends"))
+    )
+    _unique(backends, lambda b: b.name, f"{path}.backends", "backend")
+    t = _mapping(d.get("timeouts", {}), f"{path}.timeouts",
+                 ("connect", "idle", "response", "request"))
+    timeouts = Timeouts(
+        **{
+            key: parseSeconds(t[key], f"{path}.timeouts.{key}")
+            for key in ("connect", "idle", "response", "request")
+            if key in t
+        }
+    )
+    return PoolConfig(
+        name=name,
+        backends=backends,
+        policy=_choice(d.get("policy", "roundrobin"), f"{path}.policy", POLICY_NAMES),
+        retries=_integer(d.get("retries", 2), f"{path}.retries", 0, 100),
+        timeouts=timeouts,
+        health=health,
+    )
+
+
+TOP_KEYS = ("listeners", "pools", "status-interval", "admin", "admin-token", "state")
+
+
+def parseConfig(data: object) -> Config:
+    """
+    Validate plain data (as loaded from YAML) into a L{Config}.
+
+    @raise ConfigError: naming the first problem found.
+    """
+    d = _mapping(data if data is not None else {}, "", TOP_KEYS)
+    poolData = d.get("pools", {})
+    if not isinstance(poolData, Mapping):
+        raise ConfigError("pools", f"expected a mapping of pool names, got {_describe(poolData)}")
+    pools = tuple(
+        parsePool(_name(name, f"pools.{name}"), body, f"pools.{name}")
+        for name, body in poolData.items()
+    )
+    if not pools:
+        raise ConfigError("pools", "at least one pool is needed")
+    listeners = []
+    for i, item in enumerate(_list(d.get("listeners", []), "listeners")):
+        path = f"listeners[{i}]"
+        ld = _mapping(item, path, ("name", "listen", "pool", "mode"))
+        endpoint = validateEndpoint(ld.get("listen"), f"{path}.listen", server=True)
+        if "pool" in ld:
+            poolName = _string(ld["pool"], f"{path}.pool")
+        elif len(pools) == 1:
+            poolName = pools[0].name
+        else:
+            raise ConfigError(f"{path}.pool", "required when there are several pools")
+        if poolName not in {p.name for p in pools}:
+            raise ConfigError(f"{path}.pool", f"no pool named {poolName!r}")
+        listeners.append(
+            ListenerConfig(
+                name=_name(ld.get("name", f"listener{i}"), f"{path}.name"),
+                endpoint=endpoint,
+                pool=poolName,
+                mode=_choice(ld.get("mode", "tcp"), f"{path}.mode", MODES),
+            )
+        )
+    if not listeners:
+        raise ConfigError("listeners", "at least one listener is needed")
+    _unique(listeners, lambda x: x.name, "listeners", "listener")
+    admin = d.get("admin")
+    return Config(
+        listeners=tuple(listeners),
+        pools=pools,
+        statusInterval=parseSeconds(
+            d.get("status-interval", 30.0), "status-interval", 0.1, 86400.0
+        ),
+        admin=None if admin is None else validateEndpoint(admin, "admin", server=True),
+        adminToken=(
+            None if d.get("admin-token") is None
+            else _string(d["admin-token"], "admin-token")
+        ),
+        state=None if d.get("state") is None else _string(d["state"], "state"),
+    )
+
+
+def loadConfigFile(path: str) -> Config:
+    """
+    Read and validate a YAML configuration file.
+
+    @raise ConfigError: the file cannot be read, is not YAML, or is invalid.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path!r}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"config file {path!r} is not valid YAML: {e}") from e
+    return parseConfig(data)

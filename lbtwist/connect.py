@@ -1,0 +1,210 @@
+"""
+Connecting to a backend with transparent failover.
+
+L{BackendConnector} asks the pool for a backend, connects to it with a
+timeout, and when that fails counts the failure against the backend (passive
+health) and tries the next eligible one, up to the pool's C{retries}.  The
+caller sees either a connected protocol or L{NoBackendAvailable}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionRefusedError,
+    TimeoutError,
+)
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .pool import Backend, BackendPool
+
+
+class NoBackendAvailable(Exception):
+    """
+    No eligible backend could be reached.
+    """
+
+
+class _OneShotFactory(Factory):
+    """
+    Builds the one protocol of one outgoing connection.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[], Protocol]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:
+        return self._build()
+
+
+def failureKind(reason: Failure) -> str:
+    """
+    Classify a failed connection attempt for the failure counters.
+    """
+    if reason.check(TimeoutError, DeferredTimeoutError):
+        return "timeout"
+    if reason.check(ConnectionRefusedError):
+        return "refused"
+    return "connect"
+
+
+class EndpointCache:
+    """
+    Client endpoints built from backends' endpoint strings, kept for reuse:
+    parsing a string for every connection would cost more than connecting.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._endpoints: dict[str, IStreamClientEndpoint] = {}
+
+    def get(self, backend: Backend) -> IStreamClientEndpoint:
+        """
+        The endpoint for C{backend}.
+        """
+        endpoint = self._endpoints.get(backend.endpoint)
+        if endpoint is None:
+            endpoint = clientFromString(self._reactor, backend.endpoint)
+            self._endpoints[backend.endpoint] = endpoint
+        return endpoint
+
+
+class BackendConnector:
+    """
+    Connects clients' backend sides, failing over between backends.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        reactor: Any,
+        endpoints: EndpointCache | None = None,
+    ) -> None:
+        self.pool = pool
+        self.reactor = reactor
+        self.endpoints = endpoints or EndpointCache(reactor)
+
+    def connect(
+        self,
+        key: bytes | None,
+        build: Callable[[], Protocol],
+        client: str,
+        exclude: tuple[Backend, ...] = (),
+    ) -> Deferred[tuple[Backend, Any]]:
+        """
+        Connect a new protocol from C{build} to a backend chosen for C{key}.
+
+        @param client: the client's address, for the log.
+        @param exclude: backends not to try.
+        @return: fires with C{(backend, protocol)} once connected, or fails
+            with L{NoBackendAvailable}.  Cancelling it abandons the attempt.
+        """
+        return _Attempt(self, key, build, client, list(exclude)).result
+
+
+class _Attempt:
+    """
+    One client's search for a backend.
+    """
+
+    def __init__(
+        self,
+        connector: BackendConnector,
+        key: bytes | None,
+        build: Callable[[], Protocol],
+        client: str,
+        tried: list[Backend],
+    ) -> None:
+        self.connector = connector
+        self.key = key
+        self.build = build
+        self.client = client
+        self.tried = tried
+        self.failures = 0
+        self.current: Deferred[Any] | None = None
+        self.timer: Any = None
+        self.timedOut = False
+        self.result: Deferred[tuple[Backend, Any]] = Deferred(self._cancel)
+        self._next()
+
+    def _cancel(self, result: Deferred[Any]) -> None:
+        if self.current is not None:
+            self.current.cancel()
+
+    def _next(self) -> None:
+        connector = self.connector
+        pool = connector.pool
+        backend = pool.pick(self.key, self.tried)
+        if backend is None or self.failures > pool.config.retries:
+            if self.failures == 0:
+                pool.noBackendFor(self.client)
+                why = "no backend is available"
+            else:
+                connector.log.error(
+                    "pool {pool}: no backend reachable for client {client} "
+                    "after {attempts} attempts",
+                    pool=pool.name,
+                    client=self.client,
+                    attempts=self.failures,
+                )
+                why = f"no backend reachable after {self.failures} attempts"
+            self.result.errback(NoBackendAvailable(why))
+            return
+        self.tried.append(backend)
+        d = connector.endpoints.get(backend).connect(_OneShotFactory(self.build))
+        self.current = d
+        self.timer = connector.reactor.callLater(
+            pool.config.timeouts.connect, self._timeOut
+        )
+        d.addCallbacks(self._connected, self._failed, (backend,), None, (backend,))
+
+    def _timeOut(self) -> None:
+        self.timer = None
+        self.timedOut = True
+        if self.current is not None:
+            self.current.cancel()
+
+    def _connected(self, protocol: Any, backend: Backend) -> None:
+        self.current = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.connector.pool.connectSucceeded(backend)
+        self.result.callback((backend, protocol))
+
+    def _failed(self, reason: Failure, backend: Backend) -> None:
+        self.current = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.timedOut:
+            self.timedOut = False
+            kind = "timeout"
+        elif self.result.called or reason.check(CancelledError, ConnectingCancelledError):
+            return
+        else:
+            kind = failureKind(reason)
+        self.failures += 1
+        self.connector.pool.failed(backend, kind, f"connect {kind}")
+        self.connector.log.warn(
+            "backend {backend} of pool {pool} failed to connect for {client} "
+            "({kind}: {why}); trying another",
+            backend=backend.name,
+            pool=self.connector.pool.name,
+            client=self.client,
+            kind=kind,
+            why="timed out" if kind == "timeout" else reason.getErrorMessage(),
+        )
+        self._next()

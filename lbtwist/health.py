@@ -1,0 +1,154 @@
+"""
+Active health checks.
+
+A L{HealthMonitor} runs one L{LoopingCall} per backend.  Each call probes the
+backend and waits for the probe to finish (a L{LoopingCall} does not call
+again until the L{Deferred} it was given has fired), so probes of one backend
+never overlap.  Results go to the pool, which applies rise and fall.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .connect import EndpointCache
+from .pool import Admin, Backend, BackendAdded, BackendPool, BackendRemoved, PoolEvent
+
+Probe = Callable[[Backend], "Deferred[object]"]
+
+
+class ProbeFailed(Exception):
+    """
+    A probe reached the backend but did not like the answer.
+    """
+
+
+class _Hangup(Protocol):
+    """
+    Closes the connection as soon as it is made: a TCP check needs no more.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class _HangupFactory(Factory):
+    noisy = False
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:
+        return _Hangup()
+
+
+class TCPProbe:
+    """
+    A backend is healthy if it accepts a TCP connection.
+    """
+
+    def __init__(self, endpoints: EndpointCache) -> None:
+        self._endpoints = endpoints
+        self._factory = _HangupFactory()
+
+    def __call__(self, backend: Backend) -> Deferred[object]:
+        """
+        Connect to C{backend}; fires on connection, fails on refusal.
+        """
+        return self._endpoints.get(backend).connect(self._factory)
+
+
+class HealthMonitor(Service):
+    """
+    Probes every backend of a pool on its interval, and follows the pool as
+    backends are added and removed.
+
+    @ivar probes: how to probe, by health-check kind (C{tcp}, C{http}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        probes: dict[str, Probe],
+        clock: IReactorTime,
+    ) -> None:
+        self.pool = pool
+        self.probes = probes
+        self.clock = clock
+        self._loops: dict[Backend, LoopingCall] = {}
+        self._inFlight: dict[Backend, Deferred[object]] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.observers.append(self._poolChanged)
+        for backend in self.pool:
+            self._watch(backend)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._poolChanged in self.pool.observers:
+            self.pool.observers.remove(self._poolChanged)
+        for backend in list(self._loops):
+            self._unwatch(backend)
+        return succeed(None)
+
+    def _poolChanged(self, event: PoolEvent) -> None:
+        if isinstance(event, BackendAdded):
+            self._watch(event.backend)
+        elif isinstance(event, BackendRemoved):
+            self._unwatch(event.backend)
+
+    def _watch(self, backend: Backend) -> None:
+        loop = LoopingCall(self.check, backend)
+        loop.clock = self.clock
+        self._loops[backend] = loop
+        loop.start(backend.healthCheck.interval, now=True).addErrback(
+            lambda f: self.log.failure("health loop of {backend} died", f,
+                                       backend=backend.name)
+        )
+
+    def _unwatch(self, backend: Backend) -> None:
+        loop = self._loops.pop(backend, None)
+        if loop is not None and loop.running:
+            loop.stop()
+        probe = self._inFlight.pop(backend, None)
+        if probe is not None:
+            probe.cancel()
+
+    def check(self, backend: Backend) -> Deferred[None] | None:
+        """
+        Probe C{backend} once, unless it is in maintenance, and tell the pool.
+
+        @return: fires when the probe is over (never fails).
+        """
+        if backend.admin is Admin.MAINT or backend.removed:
+            return None
+        hc = backend.healthCheck
+        probe = self.probes[hc.kind]
+        started = self.clock.seconds()
+        d = maybeDeferred(probe, backend)
+        self._inFlight[backend] = d
+        timer = self.clock.callLater(hc.timeout, d.cancel)
+
+        def done(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+            self._inFlight.pop(backend, None)
+            if not self.running or backend.removed or backend.admin is Admin.MAINT:
+                return
+            if isinstance(result, Failure):
+                why = "timed out" if timer.called else result.getErrorMessage()
+                self.pool.failed(backend, "probe", f"{hc.kind} check failed: {why}")
+                backend.probeLatency = None
+            else:
+                backend.probeLatency = self.clock.seconds() - started
+                self.pool.succeeded(backend, f"{hc.kind} check passed")
+
+        return d.addBoth(done)

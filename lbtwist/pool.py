@@ -1,0 +1,433 @@
+"""
+The backend pool: backends, their health and admin states, their counters,
+and the choice of a backend for each new client or request.
+
+This is the sans-IO core the protocols, probes, admin API and metrics all
+share.  It takes and returns plain values, and logs through txaio.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from typing import Callable, Iterable, Iterator
+
+import attrs
+import txaio
+
+from .config import BackendConfig, HealthCheck, PoolConfig
+from .policies import POLICIES, BalancingPolicy
+
+
+class Health(enum.Enum):
+    """
+    What the health checks (active and passive) say of a backend.
+    """
+
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
+
+
+class Admin(enum.Enum):
+    """
+    What the operator says of a backend.
+
+    C{DRAIN}: no new clients, current ones finish.  C{MAINT}: out of
+    rotation, health checks paused.
+    """
+
+    READY = "ready"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
+class Backend:
+    """
+    A backend's live state and counters.
+
+    @ivar active: connections (TCP mode) or requests (HTTP mode) in flight.
+    @ivar total: connections or requests sent to it.
+    @ivar failures: failures counted against it, by kind (C{connect},
+        C{timeout}, C{probe}, C{response}...).
+    """
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.endpoint = config.endpoint
+        self.weight = config.weight
+        self.health = Health.UNKNOWN
+        self.admin = Admin.READY
+        self.active = 0
+        self.total = 0
+        self.failures: dict[str, int] = {}
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.probeLatency: float | None = None
+        self.responseTime: float | None = None
+        self.lastChange = ""
+        self.consecutiveSuccesses = 0
+        self.consecutiveFailures = 0
+        self.removed = False
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} {self.state}>"
+
+    @property
+    def healthCheck(self) -> HealthCheck:
+        """
+        The health-check settings of this backend.
+        """
+        return self.config.health
+
+    @property
+    def eligible(self) -> bool:
+        """
+        Whether new clients may be sent to this backend.
+        """
+        return (
+            self.admin is Admin.READY
+            and self.health is not Health.DOWN
+            and not self.removed
+        )
+
+    @property
+    def state(self) -> str:
+        """
+        One word for people: the admin state if not ready, else the health.
+        """
+        if self.admin is not Admin.READY:
+            return self.admin.value
+        return self.health.value
+
+    @property
+    def failureCount(self) -> int:
+        """
+        All failures counted against this backend.
+        """
+        return sum(self.failures.values())
+
+
+@attrs.frozen
+class StateChanged:
+    """
+    A backend's state changed.
+    """
+
+    pool: str
+    backend: Backend
+    old: str
+    new: str
+    reason: str
+
+
+@attrs.frozen
+class BackendAdded:
+    """
+    A backend joined a pool.
+    """
+
+    pool: str
+    backend: Backend
+
+
+@attrs.frozen
+class BackendRemoved:
+    """
+    A backend left a pool: it gets no new clients; current ones go on.
+    """
+
+    pool: str
+    backend: Backend
+
+
+PoolEvent = StateChanged | BackendAdded | BackendRemoved
+
+
+@attrs.frozen
+class BackendStats:
+    """
+    A snapshot of one backend's state and counters.
+    """
+
+    name: str
+    endpoint: str
+    weight: int
+    state: str
+    health: str
+    admin: str
+    active: int
+    total: int
+    failures: int
+    failuresByKind: dict[str, int]
+    bytesIn: int
+    bytesOut: int
+    probeLatency: float | None
+    responseTime: float | None
+    share: float
+
+
+class BackendPool:
+    """
+    The backends of one pool and the policy that chooses among them.
+
+    @ivar observers: callables given every L{PoolEvent}.
+    @ivar noBackend: how many clients found no eligible backend.
+    """
+
+    def __init__(self, config: PoolConfig, rng: random.Random | None = None) -> None:
+        self.log = txaio.make_logger()
+        self.name = config.name
+        self.config = config
+        self._rng = rng or random.Random()
+        self.policy: BalancingPolicy = POLICIES[config.policy](self._rng)
+        self._backends: dict[str, Backend] = {}
+        self.observers: list[Callable[[PoolEvent], None]] = []
+        self.noBackend = 0
+        for b in config.backends:
+            self._backends[b.name] = Backend(b)
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(list(self._backends.values()))
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._backends
+
+    def get(self, name: str) -> Backend | None:
+        """
+        The backend of that name, if it is in the pool.
+        """
+        return self._backends.get(name)
+
+    def _notify(self, event: PoolEvent) -> None:
+        for observer in list(self.observers):
+            observer(event)
+
+    # -- choosing --------------------------------------------------------
+
+    def pick(self, key: bytes | None = None, exclude: Iterable[Backend] = ()) -> Backend | None:
+        """
+        Choose an eligible backend for a client, or L{None} if there is none.
+
+        @param key: identifies the client for hashing policies.
+        @param exclude: backends already tried for this client.
+        """
+        if exclude:
+            tried = set(exclude)
+            candidates = [b for b in self._backends.values() if b.eligible and b not in tried]
+        else:
+            candidates = [b for b in self._backends.values() if b.eligible]
+        if not candidates:
+            return None
+        chosen = self.policy.choose(candidates, key)
+        assert isinstance(chosen, Backend)
+        return chosen
+
+    # -- traffic ---------------------------------------------------------
+
+    def opened(self, backend: Backend) -> None:
+        """
+        A client was joined to C{backend}.
+        """
+        backend.active += 1
+        backend.total += 1
+
+    def closed(self, backend: Backend) -> None:
+        """
+        A client of C{backend} is finished.
+        """
+        backend.active -= 1
+
+    def noBackendFor(self, client: str) -> None:
+        """
+        A client found no eligible backend.
+        """
+        self.noBackend += 1
+        self.log.warn(
+            "pool {pool}: no backend available for client {client}",
+            pool=self.name,
+            client=client,
+        )
+
+    # -- health ----------------------------------------------------------
+
+    def _setHealth(self, backend: Backend, new: Health, reason: str) -> None:
+        old = backend.state
+        backend.health = new
+        backend.lastChange = reason
+        self.log.info(
+            "backend {backend} of pool {pool} is {new} (was {old}): {reason}",
+            pool=self.name,
+            backend=backend.name,
+            old=old,
+            new=new.value,
+            reason=reason,
+        )
+        self._notify(StateChanged(self.name, backend, old, backend.state, reason))
+        if new is Health.DOWN and not any(
+            b.eligible for b in self._backends.values()
+        ):
+            self.log.critical(
+                "pool {pool}: ALL BACKENDS ARE DOWN, clients will be refused",
+                pool=self.name,
+            )
+
+    def succeeded(self, backend: Backend, reason: str = "check passed") -> None:
+        """
+        A probe (or a connection, for passive health) succeeded.
+
+        After C{rise} consecutive successes a backend that is not up is
+        marked up.
+        """
+        backend.consecutiveFailures = 0
+        backend.consecutiveSuccesses += 1
+        if (
+            backend.health is not Health.UP
+            and backend.consecutiveSuccesses >= backend.healthCheck.rise
+        ):
+            self._setHealth(
+                backend,
+                Health.UP,
+                f"{reason}, {backend.consecutiveSuccesses} in a row",
+            )
+
+    def failed(self, backend: Backend, kind: str, reason: str) -> None:
+        """
+        A probe or a connection to C{backend} failed.
+
+        After C{fall} consecutive failures a backend that is not down is
+        marked down.
+
+        @param kind: the failure's class, counted separately (e.g. C{connect}).
+        """
+        backend.failures[kind] = backend.failures.get(kind, 0) + 1
+        backend.consecutiveSuccesses = 0
+        backend.consecutiveFailures += 1
+        if (
+            backend.health is not Health.DOWN
+            and backend.consecutiveFailures >= backend.healthCheck.fall
+        ):
+            self._setHealth(
+                backend,
+                Health.DOWN,
+                f"{reason}, {backend.consecutiveFailures} failures in a row",
+            )
+
+    def connectSucceeded(self, backend: Backend) -> None:
+        """
+        A client connection to C{backend} was established: the passive
+        failure streak ends, but it takes probes to bring a backend up.
+        """
+        backend.consecutiveFailures = 0
+
+    # -- administration --------------------------------------------------
+
+    def add(self, config: BackendConfig) -> Backend:
+        """
+        Add a backend; it starts in state unknown and gets traffic at once.
+
+        @raise KeyError: a backend of that name is already in the pool.
+        """
+        if config.name in self._backends:
+            raise KeyError(config.name)
+        backend = Backend(config)
+        self._backends[config.name] = backend
+        self.log.info(
+            "backend {backend} added to pool {pool} at {endpoint}",
+            pool=self.name,
+            backend=backend.name,
+            endpoint=backend.endpoint,
+        )
+        self._notify(BackendAdded(self.name, backend))
+        return backend
+
+    def remove(self, name: str) -> Backend:
+        """
+        Take a backend out of the pool: it gets no new clients, and its
+        current ones go on until they finish.
+
+        @raise KeyError: there is no such backend.
+        """
+        backend = self._backends.pop(name)
+        backend.removed = True
+        self.log.info(
+            "backend {backend} removed from pool {pool}, {active} still active",
+            pool=self.name,
+            backend=name,
+            active=backend.active,
+        )
+        self._notify(BackendRemoved(self.name, backend))
+        return backend
+
+    def setAdmin(self, name: str, admin: Admin) -> Backend:
+        """
+        Set the admin state of a backend.
+
+        @raise KeyError: there is no such backend.
+        """
+        backend = self._backends[name]
+        if backend.admin is not admin:
+            old = backend.state
+            backend.admin = admin
+            if admin is Admin.MAINT:
+                # Health is unknown again when the backend comes back.
+                backend.health = Health.UNKNOWN
+                backend.consecutiveFailures = backend.consecutiveSuccesses = 0
+            self.log.info(
+                "backend {backend} of pool {pool} set to {new} (was {old})",
+                pool=self.name,
+                backend=name,
+                old=old,
+                new=backend.state,
+            )
+            self._notify(
+                StateChanged(self.name, backend, old, backend.state, "set by operator")
+            )
+        return backend
+
+    def setWeight(self, name: str, weight: int) -> Backend:
+        """
+        Change the weight of a backend.
+
+        @raise KeyError: there is no such backend.
+        @raise ValueError: the weight is out of range.
+        """
+        if not 0 <= weight <= 256:
+            raise ValueError(f"weight must be 0-256, got {weight}")
+        backend = self._backends[name]
+        backend.weight = weight
+        backend.config = attrs.evolve(backend.config, weight=weight)
+        return backend
+
+    # -- reporting -------------------------------------------------------
+
+    def stats(self) -> list[BackendStats]:
+        """
+        A snapshot of every backend, with its share of the pool's traffic.
+        """
+        backends = list(self._backends.values())
+        grand = sum(b.total for b in backends)
+        return [
+            BackendStats(
+                name=b.name,
+                endpoint=b.endpoint,
+                weight=b.weight,
+                state=b.state,
+                health=b.health.value,
+                admin=b.admin.value,
+                active=b.active,
+                total=b.total,
+                failures=b.failureCount,
+                failuresByKind=dict(b.failures),
+                bytesIn=b.bytesIn,
+                bytesOut=b.bytesOut,
+                probeLatency=b.probeLatency,
+                responseTime=b.responseTime,
+                share=(100.0 * b.total / grand) if grand else 0.0,
+            )
+            for b in backends
+        ]

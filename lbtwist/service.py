@@ -1,0 +1,146 @@
+"""
+The balancer as a Twisted service: pools, listeners, health monitors and
+the status reporter, composed from one L{Config}.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
+
+from .config import Config, ConfigError, ListenerConfig
+from .connect import BackendConnector, EndpointCache
+from .health import HealthMonitor, Probe, TCPProbe
+from .pool import BackendPool
+from .status import StatusReporter
+from .tcp import TCPProxyFactory
+
+FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerFactory]
+
+
+def _tcpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
+    return TCPProxyFactory(
+        pool,
+        lb.reactor,
+        BackendConnector(pool, lb.reactor, lb.endpoints),
+        pool.config.timeouts.idle,
+    )
+
+
+def _httpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
+    from .http import HTTPProxyFactory
+
+    return HTTPProxyFactory(pool, lb.reactor, lb.endpoints, listener)
+
+
+MODES: dict[str, FactoryBuilder] = {"tcp": _tcpFactory, "http": _httpFactory}
+
+
+def checkEndpoints(config: Config) -> None:
+    """
+    Parse every endpoint string of C{config} as Twisted will, without
+    listening or connecting, so a bad one is refused before anything starts.
+
+    @raise ConfigError: naming the endpoint's key path.
+    """
+    fake = MemoryReactor()
+    checks: list[tuple[str, str, Callable[[Any, str], object]]] = [
+        (f"listeners[{i}].listen", l.endpoint, serverFromString)
+        for i, l in enumerate(config.listeners)
+    ]
+    if config.admin:
+        checks.append(("admin", config.admin, serverFromString))
+    for p in config.pools:
+        checks.extend(
+            (f"pools.{p.name}.backends[{i}].endpoint", b.endpoint, clientFromString)
+            for i, b in enumerate(p.backends)
+        )
+    for path, text, parse in checks:
+        try:
+            parse(fake, text)
+        except Exception as e:
+            raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    A listener whose failure to listen stops the balancer from starting,
+    with a message that says which listener and why.
+    """
+
+    log = Logger()
+
+    def __init__(self, listener: ListenerConfig, endpoint: Any, factory: ServerFactory) -> None:
+        super().__init__(endpoint, factory)
+        self.listener = listener
+        self._raiseSynchronously = True
+        self.setName(f"listener:{listener.name}")
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self.log.critical(
+                "listener {listener} cannot listen on {endpoint}: {error}",
+                listener=self.listener.name,
+                endpoint=self.listener.endpoint,
+                error=e.socketError,
+            )
+            raise SystemExit(
+                f"lbtwist: listener {self.listener.name} cannot listen on "
+                f"{self.listener.endpoint}: {e.socketError}"
+            ) from e
+
+
+    def startService(self) -> None:
+        super().startService()
+        port = self._waitingForPort.result if self._waitingForPort is not None else None
+        address = port.getHost() if port is not None and hasattr(port, "getHost") else None
+        self.log.info(
+            "listener {listener} ({mode} mode, pool {pool}) accepting on {address}",
+            listener=self.listener.name,
+            mode=self.listener.mode,
+            pool=self.listener.pool,
+            address=address,
+        )
+
+
+class LoadBalancer(MultiService):
+    """
+    Everything one configuration describes, as a tree of services.
+
+    @ivar pools: the backend pools, by name.
+    @ivar factories: each listener's protocol factory, by listener name.
+    """
+
+    def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.endpoints = EndpointCache(reactor)
+        self.pools = {p.name: BackendPool(p, rng) for p in config.pools}
+        self.factories: dict[str, ServerFactory] = {}
+        for listener in config.listeners:
+            pool = self.pools[listener.pool]
+            factory = MODES[listener.mode](self, listener, pool)
+            self.factories[listener.name] = factory
+            ListenerService(
+                listener, serverFromString(reactor, listener.endpoint), factory
+            ).setServiceParent(self)
+        self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.endpoints)}
+        self.monitors = {}
+        for name, pool in self.pools.items():
+            monitor = HealthMonitor(pool, self.probes, reactor)
+            monitor.setServiceParent(self)
+            self.monitors[name] = monitor
+        self.reporter = StatusReporter(config.statusInterval, self.pools.values())
+        self.reporter.clock = reactor
+        self.reporter.setServiceParent(self)

@@ -1,0 +1,83 @@
+"""
+The status table operators watch: every backend's state and counters, and
+the pool's totals, logged every C{status-interval} seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import attrs
+
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
+
+from .pool import BackendPool, BackendStats
+
+_COLUMNS = ("backend", "state", "weight", "active", "total", "failures",
+            "probe ms", "resp ms", "share %")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
+    """
+    Render a pool's backend stats as a fixed-width text table with a totals row.
+    """
+    stats = list(stats)
+    rows = [
+        (
+            s.name, s.state, str(s.weight), str(s.active), str(s.total),
+            str(s.failures), _ms(s.probeLatency), _ms(s.responseTime),
+            f"{s.share:.1f}",
+        )
+        for s in stats
+    ]
+    up = sum(1 for s in stats if s.state in ("up", "unknown"))
+    rows.append(
+        (
+            f"TOTAL ({up}/{len(stats)} up)", "", "",
+            str(sum(s.active for s in stats)), str(sum(s.total for s in stats)),
+            str(sum(s.failures for s in stats)), "", "",
+            "100.0" if any(s.total for s in stats) else "0.0",
+        )
+    )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
+    lines = [f"pool {pool}"]
+    for row in (_COLUMNS, *rows):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i < 2 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
+    return "\n".join(lines)
+
+
+class StatusReporter(TimerService):
+    """
+    Logs every pool's status table on an interval, as one structured event
+    per pool carrying the table and the raw numbers.
+    """
+
+    log = Logger()
+
+    def __init__(self, interval: float, pools: Iterable[BackendPool]) -> None:
+        super().__init__(interval, self.report)
+        self.pools = list(pools)
+
+    def report(self) -> None:
+        """
+        Log the table of every pool now.
+        """
+        for pool in self.pools:
+            stats = pool.stats()
+            self.log.info(
+                "status of pool {pool}:\n{table}",
+                pool=pool.name,
+                table=formatTable(pool.name, stats),
+                backends=[attrs.asdict(s) for s in stats],
+                noBackend=pool.noBackend,
+            )

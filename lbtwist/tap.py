@@ -1,0 +1,177 @@
+"""
+The C{twistd lb} command: options, and the service they describe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import txaio
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from .config import (
+    MODES,
+    POLICY_NAMES,
+    Config,
+    ConfigError,
+    loadConfigFile,
+    parseConfig,
+    parseSeconds,
+    validateEndpoint,
+)
+
+DEFAULT_LISTEN = "tcp:8080"
+DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd lb}.  Either C{--config FILE}, or C{--listen} and
+    C{--backend} (each repeatable) with the other options; C{--demo} adds
+    three demo backends on loopback.
+    """
+
+    synopsis = "[--config FILE | --listen ENDPOINT --backend ENDPOINT ...] [options]"
+
+    optParameters = [
+        ["config", "c", None, "YAML configuration file (see README.rst)."],
+        ["policy", "p", "roundrobin", f"Balancing policy: {', '.join(POLICY_NAMES)}."],
+        ["mode", "m", "tcp", "Listener mode: tcp or http."],
+        ["admin", None, None, "Admin API endpoint, e.g. tcp:9000:interface=127.0.0.1."],
+        ["status-interval", None, None, "Seconds between status tables in the log."],
+        ["retries", None, None, "Other backends to try when a connect fails."],
+        ["connect-timeout", None, None, "Backend connect timeout, seconds."],
+        ["idle-timeout", None, None, "Close a connection idle this long, seconds."],
+        ["check-interval", None, None, "Seconds between health checks."],
+        ["rise", None, None, "Good checks that mark a backend up."],
+        ["fall", None, None, "Failed checks that mark a backend down."],
+        ["state", None, None, "State file for changes made at run time."],
+    ]
+    optFlags = [
+        ["demo", None, "Also run three demo backends on 127.0.0.1:8001-8003."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["backend"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        Accept clients on this server endpoint (repeatable), e.g. tcp:8080.
+        """
+        self["listen"].append(endpoint)
+
+    def opt_backend(self, endpoint: str) -> None:
+        """
+        Balance across this client endpoint (repeatable), e.g.
+        tcp:host=10.0.0.5:port=80.
+        """
+        self["backend"].append(endpoint)
+
+    def _commandLineData(self) -> dict[str, Any]:
+        """
+        The command line's options as configuration data, in the file's shape.
+        """
+        backends: list[Any] = list(self["backend"])
+        if self["demo"]:
+            from .demo import demoEndpoints
+
+            backends += [
+                {"name": f"demo-{i}", "endpoint": e}
+                for i, e in enumerate(demoEndpoints(), 1)
+            ]
+        if not backends:
+            raise usage.UsageError(
+                "give --config FILE, or at least one --backend, or --demo"
+            )
+        listen = self["listen"] or [DEMO_LISTEN if self["demo"] else DEFAULT_LISTEN]
+        pool: dict[str, Any] = {"policy": self["policy"], "backends": backends}
+        health = {
+            key: self[opt]
+            for key, opt in (("interval", "check-interval"), ("rise", "rise"),
+                             ("fall", "fall"))
+            if self[opt] is not None
+        }
+        if health:
+            pool["health"] = health
+        timeouts = {
+            key: self[opt]
+            for key, opt in (("connect", "connect-timeout"), ("idle", "idle-timeout"))
+            if self[opt] is not None
+        }
+        if timeouts:
+            pool["timeouts"] = timeouts
+        if self["retries"] is not None:
+            pool["retries"] = self["retries"]
+        return {
+            "listeners": [
+                {"name": f"listener{i}" if i else "main", "listen": e,
+                 "mode": self["mode"]}
+                for i, e in enumerate(listen)
+            ],
+            "pools": {"default": pool},
+        }
+
+    def postOptions(self) -> None:
+        """
+        Build and validate the configuration; any problem is a usage error.
+        """
+        try:
+            if self["config"]:
+                given = [f"--{o}" for o in ("listen", "backend") if self[o]]
+                if given:
+                    raise usage.UsageError(
+                        f"{' and '.join(given)} cannot be combined with --config: "
+                        "put them in the file"
+                    )
+                config = loadConfigFile(self["config"])
+            else:
+                if self["mode"] not in MODES:
+                    raise ConfigError(
+                        "--mode", f"expected one of {', '.join(MODES)}, got {self['mode']!r}"
+                    )
+                config = parseConfig(self._commandLineData())
+            config = self._overrides(config)
+            from .service import checkEndpoints
+
+            checkEndpoints(config)
+        except ConfigError as e:
+            raise usage.UsageError(f"invalid configuration: {e}") from e
+        self["lbconfig"] = config
+
+    def _overrides(self, config: Config) -> Config:
+        """
+        Apply the options that may also override a config file.
+        """
+        changes: dict[str, Any] = {}
+        if self["admin"] is not None:
+            changes["admin"] = validateEndpoint(self["admin"], "--admin", server=True)
+        if self["status-interval"] is not None:
+            changes["statusInterval"] = parseSeconds(
+                self["status-interval"], "--status-interval", 0.1
+            )
+        if self["state"] is not None:
+            changes["state"] = self["state"]
+        return attrs.evolve(config, **changes)
+
+
+def makeService(options: Options) -> IService:
+    """
+    Compose the balancer's services (and the demo backends, if asked).
+    """
+    from twisted.internet import reactor
+
+    from .service import LoadBalancer
+
+    txaio.use_twisted()
+    config: Config = options["lbconfig"]
+    top = MultiService()
+    if options["demo"]:
+        from .demo import demoBackends
+
+        demoBackends(reactor).setServiceParent(top)
+    LoadBalancer(config, reactor).setServiceParent(top)
+    return top

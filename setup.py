@@ -1,0 +1,23 @@
+from setuptools import setup
+
+setup(
+    name="lbtwist",
+    version="0.1.0",
+    description="An event-driven TCP and HTTP load balancer on Twisted.",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    packages=["lbtwist", "twisted.plugins"],
+    package_data={"twisted": ["plugins/lbtwist_lb.py"], "lbtwist": ["static/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "twisted>=23.10",
+        "txaio>=23.1",
+        "pyyaml>=6",
+        "attrs>=23.1",
+        "httptools>=0.6",
+        "prometheus_client>=0.19",
+    ],
+    extras_require={
+        "test": ["ruff", "mypy", "types-PyYAML", "hypothesis"],
+    },
+)
