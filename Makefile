@@ -22,7 +22,7 @@ test: $(STAMP) test-deps
 
 # Debian tools the integration tests drive (curl, wrk); skipped when present.
 test-deps:
-	@missing=""; for t in curl wrk; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in curl wrk chromium; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "note:$$missing not installed; tests that need them are skipped"; fi; \

@@ -6,7 +6,7 @@ setup(
     description="An event-driven TCP and HTTP load balancer on Twisted.",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
-    packages=["lbtwist", "twisted.plugins"],
+    packages=["lbtwist", "lbtwist.http", "twisted.plugins"],
     package_data={"twisted": ["plugins/lbtwist_lb.py"], "lbtwist": ["static/*"]},
     python_requires=">=3.10",
     install_requires=[
@@ -17,7 +17,8 @@ setup(
         "httptools>=0.6",
         "prometheus_client>=0.19",
     ],
+    entry_points={"console_scripts": ["lbtwist = lbtwist.ctl:main"]},
     extras_require={
-        "test": ["ruff", "mypy", "types-PyYAML", "hypothesis"],
+        "test": ["ruff", "mypy", "mypy-zope", "types-PyYAML", "hypothesis"],
     },
 )

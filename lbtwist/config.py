@@ -90,9 +90,63 @@ class Timeouts:
 
 
 @attrs.frozen
+class KeepAlive:
+    """
+    HTTP mode: how idle backend connections are kept for reuse.
+
+    @ivar idlePool: idle connections kept per backend (0: no reuse).
+    @ivar idleTimeout: an idle connection is closed after this, in seconds.
+    @ivar maxRequests: a connection is closed after serving this many requests.
+    """
+
+    idlePool: int = 64
+    idleTimeout: float = 15.0
+    maxRequests: int = 1000
+
+
+@attrs.frozen
+class Sticky:
+    """
+    HTTP mode: keep a client on one backend.
+
+    @ivar kind: C{"cookie"} (a cookie the balancer inserts), C{"header"}
+        (a consistent hash of a request header) or C{"source"} (of the
+        client address).
+    @ivar name: the cookie or header name.
+    """
+
+    kind: str
+    name: str | None = None
+
+
+@attrs.frozen
+class HTTPSettings:
+    """
+    HTTP mode settings of a pool.
+
+    @ivar maxHeaderSize: bytes of request head (line and headers) accepted.
+    @ivar maxRequestLine: bytes of request line accepted.
+    @ivar hostHeader: replaces the client's C{Host} header, if set.
+    @ivar errorLimit: consecutive 5xx responses or failed exchanges that mark
+        a backend down (0: only connection failures count, through C{fall}).
+    @ivar accessLog: emit one structured log event per request.
+    """
+
+    maxHeaderSize: int = 16384
+    maxRequestLine: int = 8192
+    hostHeader: str | None = None
+    keepAlive: KeepAlive = KeepAlive()
+    errorLimit: int = 0
+    accessLog: bool = False
+
+
+@attrs.frozen
 class PoolConfig:
     """
     A named group of backends balanced by one policy.
+
+    @ivar proxyProtocol: C{"v1"} or C{"v2"} to send a PROXY protocol header
+        to backends, or L{None}.
     """
 
     name: str
@@ -101,6 +155,9 @@ class PoolConfig:
     retries: int = 2
     timeouts: Timeouts = Timeouts()
     health: HealthCheck = HealthCheck()
+    http: HTTPSettings = HTTPSettings()
+    sticky: Sticky | None = None
+    proxyProtocol: str | None = None
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -411,7 +468,81 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
     )
 
 
-_POOL_KEYS = ("policy", "retries", "timeouts", "health", "backends")
+_POOL_KEYS = (
+    "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
+    "proxy-protocol",
+)
+
+
+def parseSticky(data: object, path: str) -> Sticky | None:
+    """
+    C{source}, or a mapping C{{cookie: NAME}} or C{{header: NAME}}.
+    """
+    if data is None:
+        return None
+    if data == "source":
+        return Sticky("source")
+    d = _mapping(data, path, ("cookie", "header", "source"))
+    if len(d) != 1:
+        raise ConfigError(path, "expected exactly one of cookie, header, source")
+    ((kind, value),) = d.items()
+    if kind == "source":
+        return Sticky("source")
+    name = _string(value, f"{path}.{kind}")
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}", name):
+        raise ConfigError(f"{path}.{kind}", f"expected a {kind} name token, got {name!r}")
+    return Sticky(kind, name)
+
+
+_HTTP_KEYS = (
+    "max-header-size", "max-request-line", "host-header", "keepalive", "error-limit",
+    "access-log",
+)
+
+
+def parseHTTP(data: object, path: str) -> HTTPSettings:
+    """
+    The C{http:} mapping of a pool.
+    """
+    if data is None:
+        return HTTPSettings()
+    d = _mapping(data, path, _HTTP_KEYS)
+    changes: dict[str, Any] = {}
+    if "max-header-size" in d:
+        changes["maxHeaderSize"] = _integer(
+            d["max-header-size"], f"{path}.max-header-size", 256, 1048576
+        )
+    if "max-request-line" in d:
+        changes["maxRequestLine"] = _integer(
+            d["max-request-line"], f"{path}.max-request-line", 64, 1048576
+        )
+    if "host-header" in d:
+        host = _string(d["host-header"], f"{path}.host-header")
+        if any(c in host for c in " \t\r\n\0/"):
+            raise ConfigError(f"{path}.host-header", f"expected a host name, got {host!r}")
+        changes["hostHeader"] = host
+    if "access-log" in d:
+        if not isinstance(d["access-log"], bool):
+            raise ConfigError(
+                f"{path}.access-log", f"expected true or false, got {_describe(d['access-log'])}"
+            )
+        changes["accessLog"] = d["access-log"]
+    if "error-limit" in d:
+        changes["errorLimit"] = _integer(d["error-limit"], f"{path}.error-limit", 0, 1000)
+    if "keepalive" in d:
+        kpath = f"{path}.keepalive"
+        k = _mapping(d["keepalive"], kpath, ("idle-pool", "idle-timeout", "max-requests"))
+        kchanges: dict[str, Any] = {}
+        if "idle-pool" in k:
+            kchanges["idlePool"] = _integer(k["idle-pool"], f"{kpath}.idle-pool", 0, 100000)
+        if "idle-timeout" in k:
+            kchanges["idleTimeout"] = parseSeconds(k["idle-timeout"], f"{kpath}.idle-timeout")
+        if "max-requests" in k:
+            kchanges["maxRequests"] = _integer(
+                k["max-requests"], f"{kpath}.max-requests", 1, 10**9
+            )
+        changes["keepAlive"] = KeepAlive(**kchanges)
+    return HTTPSettings(**changes)
 
 
 def parsePool(name: str, data: object, path: str) -> PoolConfig:
@@ -441,6 +572,12 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         retries=_integer(d.get("retries", 2), f"{path}.retries", 0, 100),
         timeouts=timeouts,
         health=health,
+        http=parseHTTP(d.get("http"), f"{path}.http"),
+        sticky=parseSticky(d.get("sticky"), f"{path}.sticky"),
+        proxyProtocol=(
+            None if d.get("proxy-protocol") is None
+            else _choice(d["proxy-protocol"], f"{path}.proxy-protocol", ("v1", "v2"))
+        ),
     )
 
 

@@ -43,7 +43,7 @@ class _OneShotFactory(Factory):
     def __init__(self, build: Callable[[], Protocol]) -> None:
         self._build = build
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         return self._build()
 
 
@@ -168,7 +168,9 @@ class _Attempt:
         self.timer = connector.reactor.callLater(
             pool.config.timeouts.connect, self._timeOut
         )
-        d.addCallbacks(self._connected, self._failed, (backend,), None, (backend,))
+        d.addCallbacks(
+            self._connected, self._failed, callbackArgs=(backend,), errbackArgs=(backend,)
+        )
 
     def _timeOut(self) -> None:
         self.timer = None

@@ -9,7 +9,7 @@ never overlap.  Results go to the pool, which applies rise and fall.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from .connect import EndpointCache
 from .pool import Admin, Backend, BackendAdded, BackendPool, BackendRemoved, PoolEvent
 
-Probe = Callable[[Backend], "Deferred[object]"]
+Probe = Callable[[Backend], "Deferred[Any]"]
 
 
 class ProbeFailed(Exception):
@@ -43,7 +43,7 @@ class _Hangup(Protocol):
 class _HangupFactory(Factory):
     noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         return _Hangup()
 
 
@@ -56,7 +56,7 @@ class TCPProbe:
         self._endpoints = endpoints
         self._factory = _HangupFactory()
 
-    def __call__(self, backend: Backend) -> Deferred[object]:
+    def __call__(self, backend: Backend) -> Deferred[Any]:
         """
         Connect to C{backend}; fires on connection, fails on refusal.
         """
@@ -135,16 +135,22 @@ class HealthMonitor(Service):
         started = self.clock.seconds()
         d = maybeDeferred(probe, backend)
         self._inFlight[backend] = d
-        timer = self.clock.callLater(hc.timeout, d.cancel)
+        timedOut: list[bool] = []
+
+        def timeOut() -> None:
+            timedOut.append(True)
+            d.cancel()
+
+        timer = self.clock.callLater(hc.timeout, timeOut)
 
         def done(result: object) -> None:
-            if timer.active():
+            if not timedOut:
                 timer.cancel()
             self._inFlight.pop(backend, None)
             if not self.running or backend.removed or backend.admin is Admin.MAINT:
                 return
             if isinstance(result, Failure):
-                why = "timed out" if timer.called else result.getErrorMessage()
+                why = "timed out" if timedOut else result.getErrorMessage()
                 self.pool.failed(backend, "probe", f"{hc.kind} check failed: {why}")
                 backend.probeLatency = None
             else:

@@ -8,6 +8,7 @@ share.  It takes and returns plain values, and logs through txaio.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import random
 from typing import Callable, Iterable, Iterator
@@ -17,6 +18,10 @@ import txaio
 
 from .config import BackendConfig, HealthCheck, PoolConfig
 from .policies import POLICIES, BalancingPolicy
+
+# Upper bounds (seconds) of the response-time histogram buckets.
+RESPONSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0)
 
 
 class Health(enum.Enum):
@@ -65,7 +70,15 @@ class Backend:
         self.bytesIn = 0
         self.bytesOut = 0
         self.probeLatency: float | None = None
-        self.responseTime: float | None = None
+        self._responseTime: float | None = None
+        # A cheap histogram of response times, filled where responseTime is
+        # set: one counter per bucket of RESPONSE_BUCKETS, plus +Inf.
+        self.responseBuckets = [0] * (len(RESPONSE_BUCKETS) + 1)
+        self.responseSum = 0.0
+        # Callables that close one live connection or request of this
+        # backend at once, registered by the protocols (TCP and HTTP) while
+        # it is live, so a drain can end what outlives its grace period.
+        self.closers: set[Callable[[], None]] = set()
         self.lastChange = ""
         self.consecutiveSuccesses = 0
         self.consecutiveFailures = 0
@@ -73,6 +86,32 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.state}>"
+
+    @property
+    def responseTime(self) -> float | None:
+        """
+        The last response (TCP: connect) time in seconds, if any.
+        """
+        return self._responseTime
+
+    @responseTime.setter
+    def responseTime(self, seconds: float | None) -> None:
+        self._responseTime = seconds
+        if seconds is not None:
+            self.responseBuckets[bisect.bisect_left(RESPONSE_BUCKETS, seconds)] += 1
+            self.responseSum += seconds
+
+    def closeAll(self) -> int:
+        """
+        Close every live connection or request of this backend now.
+
+        @return: how many were closed.
+        """
+        closers = list(self.closers)
+        self.closers.clear()
+        for close in closers:
+            close()
+        return len(closers)
 
     @property
     def healthCheck(self) -> HealthCheck:
@@ -177,7 +216,7 @@ class BackendPool:
     """
 
     def __init__(self, config: PoolConfig, rng: random.Random | None = None) -> None:
-        self.log = txaio.make_logger()
+        self.log = txaio.make_logger()  # type: ignore[attr-defined]
         self.name = config.name
         self.config = config
         self._rng = rng or random.Random()
@@ -323,6 +362,17 @@ class BackendPool:
         failure streak ends, but it takes probes to bring a backend up.
         """
         backend.consecutiveFailures = 0
+
+    def markDown(self, backend: Backend, kind: str, reason: str) -> None:
+        """
+        Passive health saw enough errors in a row: count one failure of
+        C{kind} and mark C{backend} down now, whatever its C{fall}.
+        """
+        backend.failures[kind] = backend.failures.get(kind, 0) + 1
+        backend.consecutiveSuccesses = 0
+        backend.consecutiveFailures += 1
+        if backend.health is not Health.DOWN:
+            self._setHealth(backend, Health.DOWN, reason)
 
     # -- administration --------------------------------------------------
 

@@ -44,6 +44,24 @@ def _httpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) 
 MODES: dict[str, FactoryBuilder] = {"tcp": _tcpFactory, "http": _httpFactory}
 
 
+LISTEN_BACKLOG = 1024
+
+
+def withBacklog(endpoint: str) -> str:
+    """
+    Give a listener endpoint a deep accept queue unless it names its own.
+
+    Twisted's default of 50 overflows when clients connect faster than one
+    reactor pass accepts them, and the kernel then drops SYNs, which costs
+    those clients a one-second retransmit.  HAProxy and nginx listen with
+    deeper queues for the same reason.
+    """
+    kind = endpoint.partition(":")[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={LISTEN_BACKLOG}"
+    return endpoint
+
+
 def checkEndpoints(config: Config) -> None:
     """
     Parse every endpoint string of C{config} as Twisted will, without
@@ -133,9 +151,12 @@ class LoadBalancer(MultiService):
             factory = MODES[listener.mode](self, listener, pool)
             self.factories[listener.name] = factory
             ListenerService(
-                listener, serverFromString(reactor, listener.endpoint), factory
+                listener, serverFromString(reactor, withBacklog(listener.endpoint)), factory
             ).setServiceParent(self)
         self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.endpoints)}
+        from .http import HTTPProbe
+
+        self.probes["http"] = HTTPProbe(self.endpoints)
         self.monitors = {}
         for name, pool in self.pools.items():
             monitor = HealthMonitor(pool, self.probes, reactor)

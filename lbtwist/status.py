@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Iterable
 
 import attrs
-
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
 

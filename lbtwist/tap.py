@@ -4,6 +4,7 @@ The C{twistd lb} command: options, and the service they describe.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -48,6 +49,7 @@ class Options(usage.Options):
         ["rise", None, None, "Good checks that mark a backend up."],
         ["fall", None, None, "Failed checks that mark a backend down."],
         ["state", None, None, "State file for changes made at run time."],
+        ["grace", None, None, "Seconds in-flight connections get to finish (default 30)."],
     ]
     optFlags = [
         ["demo", None, "Also run three demo backends on 127.0.0.1:8001-8003."],
@@ -138,6 +140,10 @@ class Options(usage.Options):
             from .service import checkEndpoints
 
             checkEndpoints(config)
+            from .admin import checkAdmin
+
+            config = checkAdmin(config, os.environ)
+            self["grace-seconds"] = parseSeconds(self["grace"] or 30.0, "--grace", 0.0)
         except ConfigError as e:
             raise usage.UsageError(f"invalid configuration: {e}") from e
         self["lbconfig"] = config
@@ -173,5 +179,12 @@ def makeService(options: Options) -> IService:
         from .demo import demoBackends
 
         demoBackends(reactor).setServiceParent(top)
-    LoadBalancer(config, reactor).setServiceParent(top)
+    lb = LoadBalancer(config, reactor)
+    lb.setServiceParent(top)
+    from .reload import configLoader, controlService
+
+    controlService(
+        lb, reactor, options["config"], options["state"], options["grace-seconds"],
+        configLoader(options["config"]) if options["config"] else None,
+    ).setServiceParent(top)
     return top

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from .connect import BackendConnector
 from .pool import Backend, BackendPool
+from .proxyprotocol import PROXY_HEADERS
 
 
 def clientKey(address: IAddress) -> bytes | None:
@@ -145,13 +146,28 @@ class ClientSide(_Side):
         self.backend = backend
         backend.responseTime = self.session.seconds() - self.session.started
         self.factory.pool.opened(backend)
+        backend.closers.add(self.abortPair)
         self.peer = server
         server.peer = self
         setNoDelay(server.transport)
+        proxyHeader = self.factory.proxyHeader
+        if proxyHeader is not None:
+            # The PROXY header goes first, before any relayed byte.
+            server.transport.write(  # type: ignore[union-attr]
+                proxyHeader(self.transport.getPeer(), self.transport.getHost())  # type: ignore[union-attr]
+            )
         self.transport.registerProducer(server.transport, True)  # type: ignore[union-attr]
         server.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
         self.transport.resumeProducing()  # type: ignore[union-attr]
         self.session.startIdleTimer(self.factory.idleTimeout)
+
+    def abortPair(self) -> None:
+        """
+        Close both sides now: a drain's grace period is over.
+        """
+        self.transport.abortConnection()  # type: ignore[union-attr]
+        if self.peer is not None:
+            self.peer.transport.abortConnection()  # type: ignore[union-attr]
 
     def _noBackend(self, reason: Failure) -> None:
         self._attempt = None
@@ -164,6 +180,7 @@ class ClientSide(_Side):
             self._attempt.cancel()
         self.session.stopIdleTimer()
         if self.backend is not None:
+            self.backend.closers.discard(self.abortPair)
             self.factory.pool.closed(self.backend)
             self.backend = None
         self.factory.activeClients -= 1
@@ -238,7 +255,6 @@ class TCPProxyFactory(ServerFactory):
     @ivar accepted: client connections accepted in all.
     """
 
-    protocol = ClientSide
     noisy = False
     log = Logger()
 
@@ -253,10 +269,11 @@ class TCPProxyFactory(ServerFactory):
         self.reactor = reactor
         self.connector = connector
         self.idleTimeout = idleTimeout
+        self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
         self.activeClients = 0
         self.accepted = 0
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         self.accepted += 1
         self.activeClients += 1
         p = ClientSide()

@@ -71,9 +71,7 @@ def _nginx_http_common(work_dir: Path, name: str) -> str:
 """
 
 
-def nginx_backend_config(
-    work_dir: Path, www_dir: Path, ports: Sequence[int], nofile: int
-) -> Path:
+def nginx_backend_config(work_dir: Path, www_dir: Path, ports: Sequence[int], nofile: int) -> Path:
     """Write the backend nginx config (one server block per port); return its path."""
     name = "backend-nginx"
     servers = "".join(
@@ -90,7 +88,7 @@ def nginx_backend_config(
         _nginx_common(work_dir, name, nofile)
         + "http {\n"
         + _nginx_http_common(work_dir, name)
-        + "    open_file_cache max=16 valid=600s;\n"
+        + "    open_file_cache max=16 inactive=600s;\n    open_file_cache_valid 600s;\n"
         + servers
         + "}\n"
     )

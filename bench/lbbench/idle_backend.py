@@ -5,7 +5,7 @@ Run as a script by the harness::
     python idle_backend.py --ports 40001,40002 --status-file /tmp/x/idle.count
 
 It listens on 127.0.0.1 on each port, reads and discards whatever arrives,
-closes a connection when the peer does, and every 0.2 s writes the number of
+closes a connection when the peer does, and every 20 ms writes the number of
 currently open connections to the status file.  It exits on SIGTERM, or by
 itself after ``--max-seconds``.
 """
@@ -19,26 +19,18 @@ import signal
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
-STATUS_INTERVAL_S = 0.2
+STATUS_INTERVAL_S = 0.02
 
 
 class IdleServer:
-    """Counts open connections and keeps them idle."""
+    """Counts open connections; the connections themselves just sit idle."""
 
     def __init__(self) -> None:
         self.open_connections = 0
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Hold one connection until the peer closes it."""
-        self.open_connections += 1
-        try:
-            while await reader.read(65536):
-                pass
-        except OSError:
-            pass
-        finally:
-            self.open_connections -= 1
-            writer.close()
+    def protocol(self) -> IdleProtocol:
+        """Protocol factory for ``loop.create_server``."""
+        return IdleProtocol(self)
 
     async def report(self, status_file: Path) -> None:
         """Periodically write the open connection count (atomically replaced)."""
@@ -49,20 +41,36 @@ class IdleServer:
             await asyncio.sleep(STATUS_INTERVAL_S)
 
 
+class IdleProtocol(asyncio.Protocol):
+    """One held connection: discards input, closes when the peer does."""
+
+    def __init__(self, server: IdleServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.server.open_connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.open_connections -= 1
+
+
 async def serve(ports: list[int], status_file: Path, max_seconds: float) -> None:
     """Listen on ``ports`` until SIGTERM or ``max_seconds`` have passed."""
     idle = IdleServer()
+    loop = asyncio.get_running_loop()
     servers = [
-        await asyncio.start_server(idle.handle, LOOPBACK, port, backlog=4096) for port in ports
+        await loop.create_server(idle.protocol, LOOPBACK, port, backlog=4096) for port in ports
     ]
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     reporter = asyncio.create_task(idle.report(status_file))
     try:
         await asyncio.wait_for(stop.wait(), timeout=max_seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     reporter.cancel()
     for server in servers:

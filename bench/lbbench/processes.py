@@ -25,7 +25,16 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class StartError(RuntimeError):
-    """A target process did not come up (exited early or never listened)."""
+    """A target process did not come up (exited early or never listened).
+
+    The message ends with the last line of the process's output (for a Python
+    traceback, the exception); ``log_tail`` keeps more of it for the JSON.
+    """
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        last_line = log_tail.strip().splitlines()[-1] if log_tail.strip() else "(no output)"
+        super().__init__(f"{message}: {last_line}")
+        self.log_tail = log_tail
 
 
 @dataclass
@@ -46,7 +55,7 @@ class ManagedProcess:
         """True while the process has not exited."""
         return self.popen.poll() is None
 
-    def log_tail(self, max_chars: int = 600) -> str:
+    def log_tail(self, max_chars: int = 2000) -> str:
         """Last characters of the process's combined stdout/stderr log."""
         try:
             text = self.log_path.read_text(errors="replace")
@@ -195,15 +204,14 @@ def wait_listening(process: ManagedProcess, port: int, timeout: float) -> None:
     while time.monotonic() < deadline:
         if not process.is_running():
             raise StartError(
-                f"{process.name} exited with code {process.popen.returncode}: "
-                f"{process.log_tail() or '(no output)'}"
+                f"{process.name} exited with code {process.popen.returncode}",
+                process.log_tail(),
             )
         if is_listening(port):
             return
         time.sleep(POLL_INTERVAL_S)
     raise StartError(
-        f"{process.name} not listening on port {port} after {timeout:.0f}s: "
-        f"{process.log_tail() or '(no output)'}"
+        f"{process.name} not listening on port {port} after {timeout:.0f}s", process.log_tail()
     )
 
 

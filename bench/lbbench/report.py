@@ -24,6 +24,7 @@ class TargetStatus:
     detail: str = ""
     command: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
+    log_tail: str = ""
 
     @property
     def available(self) -> bool:
@@ -88,6 +89,15 @@ class Results:
             return None
         return result.median()[case.primary]
 
+    def per_core(self, case: CaseSpec, target: str) -> float | None:
+        """Primary metric scaled to 100 % proxy CPU (a linear estimate; None for direct)."""
+        result = self.result(case.name, target)
+        value = self.primary(case, target)
+        if result is None or value is None:
+            return None
+        cpu = result.median()["proxy_cpu_percent"]
+        return value / (cpu / 100.0) if cpu else None
+
     def ratio(self, case: CaseSpec, target: str, reference: str | None) -> float | None:
         """``target``'s primary metric divided by ``reference``'s."""
         if reference is None:
@@ -113,28 +123,33 @@ def _ratio(value: float | None) -> str:
 
 TABLE_HEADER = (
     f"{'target':<14} {'req/s':>10} {'MiB/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-    f"{'CPU %':>6} {'errors':>11} {'vs HAProxy':>10} {'vs direct':>9}"
+    f"{'CPU %':>6} {'per core':>9} {'errors':>9} {'vs HAProxy':>10} {'vs direct':>9}"
 )
 
 
 def _case_row(results: Results, case: CaseSpec, spec: TargetSpec) -> str:
     status = results.statuses.get(spec.name, TargetStatus())
     result = results.result(case.name, spec.name)
-    if not status.available or result is None or result.status != "ok":
-        detail = result.detail if result is not None and result.detail else status.detail
-        label = status.status if not status.available else "failed"
-        return f"{spec.name:<14} {label}: {_one_line(detail)}"
+    if not status.available:
+        return f"{spec.name:<14} {status.status}: {_one_line(status.detail)}".rstrip(": ")
+    if result is None:
+        return f"{spec.name:<14} not run"
+    if result.status != "ok":
+        return f"{spec.name:<14} {result.status}: {_one_line(result.detail)}".rstrip(": ")
     median = result.median()
     socket_errors, status_errors = result.errors()
     vs_haproxy = (
-        "ref" if spec.reference == spec.name else _ratio(results.ratio(case, spec.name, spec.reference))
+        "ref"
+        if spec.reference == spec.name
+        else _ratio(results.ratio(case, spec.name, spec.reference))
     )
     vs_direct = _ratio(results.ratio(case, spec.name, "direct"))
     return (
         f"{spec.name:<14} {_number(median['requests_per_s']):>10} "
         f"{_number(median['mib_per_s'], 1):>9} {_number(median['p50_ms'], 2):>8} "
         f"{_number(median['p99_ms'], 2):>8} {_number(median['proxy_cpu_percent']):>6} "
-        f"{f'{socket_errors}/{status_errors}':>11} {vs_haproxy:>10} {vs_direct:>9}"
+        f"{_number(results.per_core(case, spec.name)):>9} "
+        f"{f'{socket_errors}/{status_errors}':>9} {vs_haproxy:>10} {vs_direct:>9}"
     )
 
 
@@ -150,13 +165,23 @@ def format_case_tables(results: Results) -> str:
         lines = [f"== {case.name}: {case.description}", TABLE_HEADER]
         lines += [_case_row(results, case, spec) for spec in results.targets]
         blocks.append("\n".join(lines))
-    legend = (
-        "errors = socket errors / non-2xx-3xx responses (all runs); CPU % = proxy process "
-        "(nginx: its worker), 100 = one core;\nvs HAProxy = same-mode HAProxy "
-        "(tcp: lbtwist-tcp, portforward; http: lbtwist-http, nginx), on "
-        "req/s (MiB/s for big)."
+    legend = "\n".join(
+        [
+            "Medians of the runs. CPU % = the proxy's processes (nginx: with its worker), "
+            "100 = one core;",
+            "per core = req/s (MiB/s for big) / (CPU % / 100), linear estimate of one busy core;",
+            "errors = wrk socket errors / non-2xx-3xx responses, all runs;",
+            "vs HAProxy = ratio to same-mode HAProxy on req/s (MiB/s for big): "
+            "tcp for lbtwist-tcp and portforward, http for lbtwist-http and nginx.",
+        ]
     )
     return "\n\n".join([*blocks, legend])
+
+
+MEMORY_HEADER = (
+    f"{'target':<14} {'clients':>8} {'backend':>8} {'RSS before':>11} {'RSS after':>10} "
+    f"{'KiB/conn':>9}"
+)
 
 
 def format_memory_table(memory: list[MemoryResult]) -> str:
@@ -165,8 +190,7 @@ def format_memory_table(memory: list[MemoryResult]) -> str:
         return ""
     lines = [
         "== memory: idle client connections through a TCP proxy",
-        f"{'target':<14} {'clients':>8} {'backend':>8} {'RSS before':>11} {'RSS after':>10} "
-        f"{'KiB/conn':>9}",
+        MEMORY_HEADER,
     ]
     for item in memory:
         if item.status != "ok":
@@ -193,6 +217,7 @@ def format_target_notes(results: Results) -> str:
     for spec in results.targets:
         status = results.statuses.get(spec.name, TargetStatus())
         text = status.detail if status.available else f"{status.status}: {status.detail}"
+        text = text.rstrip(": ")
         lines.append(f"{spec.name:<14} {spec.description:<34} {_one_line(text, 70)}")
     return "\n".join(lines)
 
@@ -221,10 +246,9 @@ def to_json(results: Results, settings: dict[str, Any], machine: dict[str, Any])
                 "targets": {
                     name: {
                         **result.to_json(),
-                        "ratio_to_haproxy": results.ratio(
-                            case, name, _reference_of(results, name)
-                        ),
+                        "ratio_to_haproxy": results.ratio(case, name, _reference_of(results, name)),
                         "ratio_to_direct": results.ratio(case, name, "direct"),
+                        "primary_per_core": results.per_core(case, name),
                     }
                     for name, result in results.case_results.get(case.name, {}).items()
                 },

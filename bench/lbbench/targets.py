@@ -100,7 +100,9 @@ TARGETS: list[TargetSpec] = [
     TargetSpec("haproxy-tcp", "tcp", "haproxy-tcp", "HAProxy mode tcp", _haproxy("tcp")),
     TargetSpec("haproxy-http", "http", "haproxy-http", "HAProxy mode http", _haproxy("http")),
     TargetSpec("nginx", "http", "haproxy-http", "nginx reverse proxy", _nginx_proxy),
-    TargetSpec("portforward", "tcp", "haproxy-tcp", "twisted portforward (1 backend)", _portforward),
+    TargetSpec(
+        "portforward", "tcp", "haproxy-tcp", "twisted portforward (1 backend)", _portforward
+    ),
     TargetSpec("lbtwist-tcp", "tcp", "haproxy-tcp", "lbtwist --mode tcp", _lbtwist("tcp")),
     TargetSpec("lbtwist-http", "http", "haproxy-http", "lbtwist --mode http", _lbtwist("http")),
 ]

@@ -1,0 +1,626 @@
+"""
+The admin API: JSON over HTTP on a listener of its own, the Prometheus
+metrics, and the live dashboard.
+
+Routes (the REST ones act on any pool; the Go-compatible ones on the first):
+
+    GET    /                                   the dashboard
+    GET    /static/{file}                      its script and style
+    GET    /metrics                            Prometheus text format
+    GET    /api/health                         the balancer's health
+    GET    /api/pools                          every pool and its backends
+    GET    /api/pools/{pool}                   one pool
+    GET    /api/pools/{pool}/backends          its backends
+    POST   /api/pools/{pool}/backends          add one
+    GET    /api/pools/{pool}/backends/{name}   one backend
+    PATCH  /api/pools/{pool}/backends/{name}   change its weight or state
+    DELETE /api/pools/{pool}/backends/{name}   remove it (drained first)
+    GET    /api/listeners                      the listeners and their counters
+    POST   /api/reload                         reload the configuration file
+    GET    /health, /list; POST /addServer; DELETE /removeServer   (Go design)
+
+Every request that changes something needs C{Authorization: Bearer TOKEN};
+the token is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from .config import BackendConfig, Config, ConfigError, parseBackend
+from .metrics import balancerRegistry, exposition
+from .pool import Admin, Backend, BackendPool, Health
+from .reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
+
+DEFAULT_ADMIN = "tcp:9000:interface=127.0.0.1"
+TOKEN_VARIABLE = "LBTWIST_ADMIN_TOKEN"
+MAX_BODY = 64 * 1024
+STATIC_TYPES = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+}
+_STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css)$")
+
+
+# -- configuration ------------------------------------------------------------
+
+
+def isLoopback(endpoint: str) -> bool:
+    """
+    Whether a server endpoint string only accepts local clients: a UNIX
+    socket, or TCP bound to a loopback interface.
+    """
+    kind, _, rest = endpoint.partition(":")
+    if kind == "unix":
+        return True
+    args = [a for a in re.split(r"(?<!\\):", rest) if a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    interface = named.get("interface", "").replace("\\:", ":")
+    return (
+        interface.startswith("127.")
+        or interface in ("::1", "localhost", "0:0:0:0:0:0:0:1")
+    )
+
+
+def checkAdmin(config: Config, environ: Mapping[str, str]) -> Config:
+    """
+    Fill in the admin token from the environment (when the file has none),
+    and refuse an admin listener on a non-loopback interface without one.
+
+    @raise ConfigError: the admin API would be open to the network.
+    """
+    token = config.adminToken or environ.get(TOKEN_VARIABLE) or None
+    endpoint = config.admin or DEFAULT_ADMIN
+    if not token and not isLoopback(endpoint):
+        raise ConfigError(
+            "admin",
+            f"the admin API on {endpoint!r} is reachable from the network: set "
+            f"admin-token (or {TOKEN_VARIABLE}), or listen on 127.0.0.1",
+        )
+    return attrs.evolve(config, adminToken=token)
+
+
+# -- errors and views ---------------------------------------------------------
+
+
+class APIError(Exception):
+    """
+    A request is refused: an HTTP status and a message for the client.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def backendURL(endpoint: str) -> str:
+    """
+    The C{http://host:port} form of a backend's endpoint string, as the Go
+    design shows it; other endpoints are shown as they are.
+    """
+    kind, _, rest = endpoint.partition(":")
+    args = [a for a in re.split(r"(?<!\\):", rest) if a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    positional = [a for a in args if "=" not in a]
+    if kind in ("tcp", "tcp6"):
+        host = (named.get("host") or (positional[0] if positional else "")).replace(
+            "\\:", ":")
+        port = named.get("port") or (positional[1] if len(positional) > 1 else "")
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+    return endpoint
+
+
+def backendView(pool: BackendPool, backend: Backend) -> dict[str, Any]:
+    """
+    A backend as the API shows it.
+    """
+    stats = next(s for s in pool.stats() if s.name == backend.name)
+    view = attrs.asdict(stats)
+    view["url"] = backendURL(backend.endpoint)
+    return view
+
+
+def poolView(pool: BackendPool) -> dict[str, Any]:
+    """
+    A pool as the API shows it.
+    """
+    backends = []
+    for s in pool.stats():
+        view = attrs.asdict(s)
+        view["url"] = backendURL(s.endpoint)
+        backends.append(view)
+    return {
+        "name": pool.name,
+        "policy": pool.config.policy,
+        "noBackend": pool.noBackend,
+        "eligible": sum(1 for b in pool if b.eligible),
+        "backends": backends,
+    }
+
+
+def _checkEndpoint(endpoint: str, path: str) -> None:
+    try:
+        clientFromString(MemoryReactor(), endpoint)
+    except Exception as e:
+        raise ConfigError(path, f"invalid endpoint {endpoint!r}: {e}") from e
+
+
+def _state(value: object, path: str) -> Admin:
+    try:
+        return Admin(value)
+    except ValueError:
+        raise APIError(
+            400, f"{path}: expected one of ready, drain, maint, got {value!r}") from None
+
+
+def _weight(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
+        raise APIError(400, f"{path}: expected an integer 0-256, got {value!r}")
+    return value
+
+
+# -- the resource -------------------------------------------------------------
+
+Handler = Callable[[Request, list[str]], Any]
+
+
+class AdminResource(Resource):
+    """
+    Every route of the admin listener, dispatched by method and path.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, balancer: Any, live: LiveConfig, token: str | None) -> None:
+        super().__init__()
+        self.balancer = balancer
+        self.live = live
+        self.token = token
+        self.registry = balancerRegistry(balancer)
+        self.routes: list[tuple[bytes, tuple[str, ...], Handler, bool]] = [
+            (b"GET", (), self.dashboard, False),
+            (b"GET", ("static", "*"), self.static, False),
+            (b"GET", ("metrics",), self.metrics, False),
+            (b"GET", ("api", "health"), self.health, False),
+            (b"GET", ("api", "pools"), self.listPools, False),
+            (b"GET", ("api", "pools", "*"), self.showPool, False),
+            (b"GET", ("api", "pools", "*", "backends"), self.listBackends, False),
+            (b"POST", ("api", "pools", "*", "backends"), self.addBackend, True),
+            (b"GET", ("api", "pools", "*", "backends", "*"), self.showBackend, False),
+            (b"PATCH", ("api", "pools", "*", "backends", "*"), self.changeBackend, True),
+            (b"DELETE", ("api", "pools", "*", "backends", "*"), self.removeBackend, True),
+            (b"GET", ("api", "listeners"), self.listListeners, False),
+            (b"POST", ("api", "reload"), self.reload, True),
+            (b"GET", ("health",), self.goHealth, False),
+            (b"GET", ("list",), self.goList, False),
+            (b"POST", ("addServer",), self.goAdd, True),
+            (b"DELETE", ("removeServer",), self.goRemove, True),
+        ]
+
+    # -- dispatch --------------------------------------------------------
+
+    def render(self, request: Request) -> bytes:
+        """
+        Find the route, check the token of a change, run it, and answer.
+        """
+        segments = [unquote(s) for s in request.path.decode("latin-1").split("/")[1:]]
+        if segments and segments[-1] == "":
+            segments.pop()
+        method = request.method
+        allowed: list[bytes] = []
+        for routeMethod, pattern, handler, mutating in self.routes:
+            if len(pattern) != len(segments) or not all(
+                p == "*" or p == s for p, s in zip(pattern, segments)
+            ):
+                continue
+            if routeMethod != method:
+                allowed.append(routeMethod)
+                continue
+            args = [s for p, s in zip(pattern, segments) if p == "*"]
+            try:
+                if mutating:
+                    self._authorize(request)
+                result = handler(request, args)
+            except APIError as e:
+                result = self._json(request, e.status, {"error": e.message})
+            if mutating:
+                self.log.info(
+                    "admin {method} {path} from {client}: {code}",
+                    method=method.decode(), path=request.path.decode("latin-1"),
+                    client=getattr(request.getClientAddress(), "host", "?"),
+                    code=request.code,
+                )
+            assert isinstance(result, bytes)
+            return result
+        if allowed:
+            request.setHeader(b"allow", b", ".join(allowed))
+            return self._json(request, 405, {"error": f"method {method.decode()} not "
+                                             "allowed here"})
+        return self._json(request, 404, {"error": "no such resource"})
+
+    def _authorize(self, request: Request) -> None:
+        raw = request.getHeader(b"authorization") or b""
+        given = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        scheme, _, credential = given.partition(" ")
+        if self.token is None or scheme.lower() != "bearer" or not hmac.compare_digest(
+            credential.strip().encode(), self.token.encode()
+        ):
+            request.setHeader(b"www-authenticate", b'Bearer realm="lbtwist"')
+            raise APIError(
+                401,
+                "a valid bearer token is needed to change anything"
+                if self.token is not None else
+                f"changes are disabled: no admin token is set (admin-token or "
+                f"{TOKEN_VARIABLE})",
+            )
+
+    def _json(self, request: Request, status: int, body: object) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body).encode() + b"\n"
+
+    def _body(self, request: Request, message: str | None = None) -> dict[str, Any]:
+        """
+        The request's JSON object.
+
+        @param message: the error to give for any problem, instead of a
+            precise one (the Go design's C{Invalid input}).
+        """
+        assert request.content is not None
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise APIError(413, message or f"the body is larger than {MAX_BODY} bytes")
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise APIError(400, message or f"the body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise APIError(400, message or "the body must be a JSON object")
+        return data
+
+    def _pool(self, name: str) -> BackendPool:
+        try:
+            return self.live.pool(name)
+        except UnknownPool:
+            raise APIError(
+                400, f"unknown pool {name!r} (pools: {', '.join(self.live.pools)})"
+            ) from None
+
+    def _backend(self, pool: BackendPool, name: str) -> Backend:
+        backend = pool.get(name)
+        if backend is None:
+            raise APIError(404, f"pool {pool.name!r} has no backend {name!r}")
+        return backend
+
+    def _saveFailed(self, request: Request, e: OSError) -> bytes:
+        self.log.error("cannot save the state file: {error}", error=str(e))
+        return self._json(request, 500, {"error": f"cannot save the state, nothing "
+                                         f"changed: {e}"})
+
+    # -- dashboard and metrics -------------------------------------------
+
+    def dashboard(self, request: Request, args: list[str]) -> bytes:
+        """
+        The dashboard page.
+        """
+        return self.static(request, ["index.html"])
+
+    def static(self, request: Request, args: list[str]) -> bytes:
+        """
+        One file of the dashboard, shipped in the package.
+        """
+        name = args[0]
+        if not _STATIC_NAME.match(name):
+            raise APIError(404, "no such file")
+        try:
+            data = (resources.files("lbtwist") / "static" / name).read_bytes()
+        except OSError:
+            raise APIError(404, "no such file") from None
+        request.setHeader(b"content-type", STATIC_TYPES[os.path.splitext(name)[1]])
+        request.setHeader(b"cache-control", b"no-cache")
+        return data
+
+    def metrics(self, request: Request, args: list[str]) -> bytes:
+        """
+        The Prometheus metrics.
+        """
+        body, contentType = exposition(self.registry)
+        request.setHeader(b"content-type", contentType.encode())
+        return body
+
+    # -- the REST API ----------------------------------------------------
+
+    def health(self, request: Request, args: list[str]) -> bytes:
+        """
+        C{200 ok} when every pool has an eligible backend, else C{503}.
+        """
+        pools = {
+            p.name: {"eligible": sum(1 for b in p if b.eligible), "backends": len(p)}
+            for p in self.live.pools.values()
+        }
+        ok = all(p["eligible"] for p in pools.values())
+        return self._json(request, 200 if ok else 503,
+                          {"status": "ok" if ok else "degraded", "pools": pools})
+
+    def listPools(self, request: Request, args: list[str]) -> bytes:
+        """
+        Every pool, with its backends' state and counters.
+        """
+        return self._json(request, 200, {
+            "pools": [poolView(p) for p in self.live.pools.values()]})
+
+    def showPool(self, request: Request, args: list[str]) -> bytes:
+        """
+        One pool.
+        """
+        return self._json(request, 200, poolView(self._pool(args[0])))
+
+    def listBackends(self, request: Request, args: list[str]) -> bytes:
+        """
+        The backends of one pool.
+        """
+        return self._json(request, 200, poolView(self._pool(args[0]))["backends"])
+
+    def showBackend(self, request: Request, args: list[str]) -> bytes:
+        """
+        One backend.
+        """
+        pool = self._pool(args[0])
+        return self._json(request, 200, backendView(pool, self._backend(pool, args[1])))
+
+    def addBackend(self, request: Request, args: list[str]) -> bytes:
+        """
+        Add a backend: C{{"name", "endpoint" or "host"+"port", "weight",
+        "state"}}; C{201} with the new backend.
+        """
+        pool = self._pool(args[0])
+        data = self._body(request)
+        unknown = sorted(set(data) - {"name", "endpoint", "host", "port", "weight",
+                                      "state"})
+        if unknown:
+            raise APIError(400, f"unknown field {unknown[0]!r} (expected name, endpoint, "
+                           "host, port, weight, state)")
+        for key in ("name", "endpoint", "host"):
+            if key in data and not isinstance(data[key], str):
+                raise APIError(400, f"{key}: expected a string, got {data[key]!r}")
+        if "port" in data and (isinstance(data["port"], bool)
+                               or not isinstance(data["port"], int)):
+            raise APIError(400, f"port: expected an integer, got {data['port']!r}")
+        if "weight" in data:
+            _weight(data["weight"], "weight")
+        state = _state(data.pop("state", "ready"), "state")
+        try:
+            config = parseBackend(data, "", pool.config.health)
+            _checkEndpoint(config.endpoint, "endpoint")
+        except ConfigError as e:
+            raise APIError(400, str(e).lstrip(".: ")) from None
+        return self._add(request, pool, config, state, self._created)
+
+    def _created(self, request: Request, pool: BackendPool, backend: Backend) -> bytes:
+        return self._json(request, 201, backendView(pool, backend))
+
+    def _add(self, request: Request, pool: BackendPool, config: BackendConfig,
+             state: Admin, answer: Callable[[Request, BackendPool, Backend], bytes]
+             ) -> bytes:
+        try:
+            backend = self.live.addBackend(pool.name, config)
+            if state is not Admin.READY:
+                self.live.setAdmin(pool.name, config.name, state)
+        except DuplicateBackend:
+            raise APIError(409, f"pool {pool.name!r} already has a backend "
+                           f"{config.name!r}") from None
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return answer(request, pool, backend)
+
+    def changeBackend(self, request: Request, args: list[str]) -> bytes:
+        """
+        Change a backend's C{weight} and/or C{state} (ready, drain, maint).
+        """
+        pool = self._pool(args[0])
+        backend = self._backend(pool, args[1])
+        data = self._body(request)
+        unknown = sorted(set(data) - {"weight", "state"})
+        if unknown:
+            raise APIError(400, f"unknown field {unknown[0]!r} (expected weight, state)")
+        if not data:
+            raise APIError(400, "nothing to change: give weight and/or state")
+        weight = _weight(data["weight"], "weight") if "weight" in data else None
+        state = _state(data["state"], "state") if "state" in data else None
+        try:
+            if weight is not None:
+                self.live.setWeight(pool.name, backend.name, weight)
+            if state is not None:
+                self.live.setAdmin(pool.name, backend.name, state)
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return self._json(request, 200, backendView(pool, backend))
+
+    def removeBackend(self, request: Request, args: list[str]) -> bytes:
+        """
+        Remove a backend; its connections get the grace period to finish.
+        """
+        pool = self._pool(args[0])
+        backend = self._backend(pool, args[1])
+        try:
+            self.live.removeBackend(pool.name, backend.name)
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return self._json(request, 200, {
+            "status": "removed", "name": backend.name, "draining": backend.active,
+            "grace": self.live.grace})
+
+    def listListeners(self, request: Request, args: list[str]) -> bytes:
+        """
+        The listeners, with their accepted and active connections.
+        """
+        listeners = [
+            {"name": l.name, "endpoint": l.endpoint, "pool": l.pool, "mode": l.mode,
+             "accepted": getattr(self.balancer.factories.get(l.name), "accepted", 0),
+             "active": getattr(self.balancer.factories.get(l.name), "activeClients", 0)}
+            for l in self.live.fileConfig.listeners
+        ]
+        return self._json(request, 200, listeners)
+
+    def reload(self, request: Request, args: list[str]) -> bytes:
+        """
+        Reload the configuration file, as C{SIGHUP} does.
+        """
+        problem = self.live.reload()
+        if problem is not None:
+            raise APIError(400, f"reload rejected: {problem}")
+        return self._json(request, 200, {"status": "reloaded"})
+
+    # -- the Go design's API ---------------------------------------------
+
+    def _defaultPool(self) -> BackendPool:
+        return next(iter(self.live.pools.values()))
+
+    def _goURL(self, request: Request) -> tuple[str, int]:
+        data = self._body(request, "Invalid input")
+        keys = [k for k in data if k.lower() == "url"]
+        if len(keys) != 1 or len(data) != 1 or not isinstance(data[keys[0]], str):
+            raise APIError(400, "Invalid input")
+        try:
+            url = urlsplit(data[keys[0]])
+            port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+        except ValueError:
+            raise APIError(400, "Invalid URL") from None
+        if url.scheme not in ("http", "https") or not url.hostname or port is None:
+            raise APIError(400, "Invalid URL")
+        return url.hostname, port
+
+    def goHealth(self, request: Request, args: list[str]) -> bytes:
+        """
+        C{OK}, as the Go design answers.
+        """
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"OK"
+
+    def goList(self, request: Request, args: list[str]) -> bytes:
+        """
+        The first pool's backends as the Go design lists them.
+        """
+        pool = self._defaultPool()
+        return self._json(request, 200, [
+            {"URL": backendURL(b.endpoint), "ActiveConns": b.active,
+             "Healthy": b.health is Health.UP and b.eligible}
+            for b in pool
+        ])
+
+    def goAdd(self, request: Request, args: list[str]) -> bytes:
+        """
+        Add C{{"URL": "http://host:port"}} to the first pool.
+        """
+        host, port = self._goURL(request)
+        pool = self._defaultPool()
+        escaped = host.replace(":", "\\:")
+        config = BackendConfig(
+            name=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            endpoint=f"tcp:host={escaped}:port={port}",
+            health=pool.config.health,
+        )
+        if any(backendURL(b.endpoint) == backendURL(config.endpoint) for b in pool):
+            raise APIError(409, "Server already exists")
+        return self._add(request, pool, config, Admin.READY,
+                         lambda r, p, b: self._json(r, 200, {"status": "success"}))
+
+    def goRemove(self, request: Request, args: list[str]) -> bytes:
+        """
+        Remove C{{"URL": "http://host:port"}} from the first pool.
+        """
+        host, port = self._goURL(request)
+        pool = self._defaultPool()
+        escaped = host.replace(":", "\\:")
+        wanted = backendURL(f"tcp:host={escaped}:port={port}")
+        for b in pool:
+            if backendURL(b.endpoint) == wanted:
+                try:
+                    self.live.removeBackend(pool.name, b.name)
+                except UnknownBackend:
+                    break
+                except OSError as e:
+                    return self._saveFailed(request, e)
+                return self._json(request, 200, {"status": "success"})
+        raise APIError(404, "Server not found")
+
+
+# -- the service --------------------------------------------------------------
+
+
+class AdminService(Service):
+    """
+    The admin listener.  When it is the default one (not configured) and the
+    port is taken, the balancer runs on without it and says so; a configured
+    one that cannot listen stops the balancer from starting.
+
+    @ivar port: the listening port, once started.
+    """
+
+    log = Logger()
+
+    def __init__(self, balancer: Any, live: LiveConfig, reactor: Any,
+                 environ: Mapping[str, str] | None = None) -> None:
+        config: Config = checkAdmin(
+            balancer.config, os.environ if environ is None else environ)
+        self.required = config.admin is not None
+        self.endpointText = config.admin or DEFAULT_ADMIN
+        self.endpoint = serverFromString(reactor, self.endpointText)
+        self.resource = AdminResource(balancer, live, config.adminToken)
+        self.site = Site(self.resource)
+        self.site.noisy = False
+        self.site.log = lambda request: None  # type: ignore[method-assign]
+        self.port: Any = None
+        self.setName("admin")
+
+    def startService(self) -> None:
+        super().startService()
+        problem: list[Failure] = []
+        self.endpoint.listen(self.site).addCallbacks(self._listening, problem.append)
+        if problem:
+            why = problem[0].getErrorMessage()
+            if self.required:
+                self.log.critical("admin API cannot listen on {endpoint}: {error}",
+                                  endpoint=self.endpointText, error=why)
+                raise SystemExit(
+                    f"lbtwist: admin API cannot listen on {self.endpointText}: {why}")
+            self.log.error(
+                "admin API cannot listen on the default {endpoint} ({error}); running "
+                "without it (set --admin or admin: in the config file)",
+                endpoint=self.endpointText, error=why)
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        self.log.info("admin API listening on {address}", address=port.getHost())
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        port.stopListening().addBoth(lambda _: d.callback(None))
+        return d

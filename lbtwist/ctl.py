@@ -1,0 +1,253 @@
+"""
+C{lbtwist ctl}: the command-line client of the admin API.
+
+    lbtwist ctl list [--pool POOL]
+    lbtwist ctl add NAME ENDPOINT|HOST:PORT [--weight N] [--state STATE]
+    lbtwist ctl remove|drain|ready|maint NAME
+    lbtwist ctl weight NAME N
+    lbtwist ctl health | reload
+
+The admin API's address and token come from C{--admin} and C{--token}, or
+the environment (C{LBTWIST_ADMIN}, C{LBTWIST_ADMIN_TOKEN}).  Tables are
+printed for people, C{--json} prints the API's answer for scripts.  Any
+error exits non-zero with a message on standard error.
+
+This is a short-lived blocking program: it uses the standard library's
+HTTP client, not Twisted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
+from urllib.parse import quote
+
+import attrs
+
+from .pool import BackendStats
+from .status import formatTable
+
+DEFAULT_ADMIN = "http://127.0.0.1:9000"
+ADMIN_VARIABLE = "LBTWIST_ADMIN"
+TOKEN_VARIABLE = "LBTWIST_ADMIN_TOKEN"
+
+Opener = Callable[[urllib.request.Request, float], Any]
+
+
+class CtlError(Exception):
+    """
+    A command failed; the message says why, for people.
+    """
+
+
+class AdminClient:
+    """
+    Calls the admin API over HTTP.
+
+    @ivar opener: opens a request with a timeout (L{urllib.request.urlopen}
+        by default; injected by tests).
+    """
+
+    def __init__(self, base: str, token: str | None, timeout: float = 10.0,
+                 opener: Opener | None = None) -> None:
+        if "://" not in base:
+            base = "http://" + base
+        self.base = base.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.opener: Opener = opener or (
+            lambda request, timeout: urllib.request.urlopen(request, timeout=timeout))
+
+    def call(self, method: str, path: str, body: object = None) -> Any:
+        """
+        Make one request; the decoded JSON answer.
+
+        @raise CtlError: the API cannot be reached or refused the request.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.token and method != "GET":
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with self.opener(request, self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                message = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode("utf-8", "replace").strip() or e.reason
+            raise CtlError(f"{method} {path}: {e.code} {message}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise CtlError(f"cannot reach the admin API at {self.base}: {reason}") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode("utf-8", "replace")
+
+    def poolName(self, given: str | None) -> str:
+        """
+        The pool to act on: the one given, or the only one there is.
+        """
+        if given:
+            return given
+        pools = [p["name"] for p in self.call("GET", "/api/pools")["pools"]]
+        if len(pools) != 1:
+            raise CtlError(f"there are several pools ({', '.join(pools)}): give --pool")
+        return pools[0]
+
+
+def backendBody(name: str, target: str, weight: int | None, state: str | None
+                ) -> dict[str, Any]:
+    """
+    The body that adds a backend given as an endpoint string or C{host:port}.
+    """
+    body: dict[str, Any] = {"name": name}
+    kind = target.partition(":")[0]
+    if kind in ("tcp", "tcp6", "unix", "ssl", "tls"):
+        body["endpoint"] = target
+    else:
+        host, sep, port = target.rpartition(":")
+        if not sep or not port.isdigit():
+            raise CtlError(f"expected an endpoint string or HOST:PORT, got {target!r}")
+        body["host"] = host.strip("[]")
+        body["port"] = int(port)
+    if weight is not None:
+        body["weight"] = weight
+    if state is not None:
+        body["state"] = state
+    return body
+
+
+def _table(pools: Sequence[Mapping[str, Any]]) -> str:
+    fields = {a.name for a in attrs.fields(BackendStats)}
+    return "\n\n".join(
+        formatTable(
+            p["name"],
+            [BackendStats(**{k: v for k, v in b.items() if k in fields})
+             for b in p["backends"]],
+        )
+        for p in pools
+    )
+
+
+def _backendLine(b: Mapping[str, Any]) -> str:
+    return (f"{b['name']}: {b['state']}, weight {b['weight']}, "
+            f"{b['active']} active, {b['total']} total")
+
+
+def parser() -> argparse.ArgumentParser:
+    """
+    The command line of C{lbtwist}.
+    """
+    top = argparse.ArgumentParser(prog="lbtwist", description="lbtwist tools.")
+    commands = top.add_subparsers(dest="command", required=True)
+    ctl = commands.add_parser("ctl", help="control a running balancer",
+                              description="Control a running lbtwist through its "
+                              "admin API.")
+    ctl.add_argument("--admin", help=f"admin API address (${ADMIN_VARIABLE}, "
+                     f"default {DEFAULT_ADMIN})")
+    ctl.add_argument("--token", help=f"bearer token (${TOKEN_VARIABLE})")
+    ctl.add_argument("--json", action="store_true", help="print JSON for scripts")
+    ctl.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    actions = ctl.add_subparsers(dest="action", required=True)
+
+    def withPool(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--pool", help="the pool (default: the only one)")
+        return p
+
+    withPool(actions.add_parser("list", help="list pools and backends"))
+    add = withPool(actions.add_parser("add", help="add a backend"))
+    add.add_argument("name")
+    add.add_argument("target", metavar="ENDPOINT|HOST:PORT")
+    add.add_argument("--weight", type=int)
+    add.add_argument("--state", choices=("ready", "drain", "maint"))
+    for action, text in (("remove", "remove a backend (drained first)"),
+                         ("drain", "let a backend's clients finish, send no new ones"),
+                         ("ready", "put a backend back in rotation"),
+                         ("maint", "take a backend out of rotation, pause checks")):
+        withPool(actions.add_parser(action, help=text)).add_argument("name")
+    weight = withPool(actions.add_parser("weight", help="set a backend's weight"))
+    weight.add_argument("name")
+    weight.add_argument("weight", type=int)
+    actions.add_parser("health", help="the balancer's health")
+    actions.add_parser("reload", help="reload the configuration file")
+    return top
+
+
+def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
+        opener: Opener | None = None) -> None:
+    """
+    Run one command.
+
+    @raise CtlError: it failed.
+    """
+    args = parser().parse_args(argv)
+    client = AdminClient(
+        args.admin or environ.get(ADMIN_VARIABLE) or DEFAULT_ADMIN,
+        args.token or environ.get(TOKEN_VARIABLE),
+        args.timeout,
+        opener,
+    )
+    action = args.action
+    if action == "list":
+        if args.pool:
+            pools = [client.call("GET", f"/api/pools/{quote(args.pool, safe='')}")]
+        else:
+            pools = client.call("GET", "/api/pools")["pools"]
+        result: Any = {"pools": pools}
+        text = _table(pools)
+    elif action in ("health", "reload"):
+        path = "/api/health" if action == "health" else "/api/reload"
+        try:
+            result = client.call("GET" if action == "health" else "POST", path)
+        except CtlError as e:
+            if action == "health" and " 503 " in str(e):
+                raise CtlError("the balancer is degraded: a pool has no eligible "
+                               "backend") from None
+            raise
+        text = result.get("status", "") if isinstance(result, dict) else str(result)
+    else:
+        pool = quote(client.poolName(args.pool), safe="")
+        if action == "add":
+            result = client.call(
+                "POST", f"/api/pools/{pool}/backends",
+                backendBody(args.name, args.target, args.weight, args.state))
+            text = "added " + _backendLine(result)
+        else:
+            path = f"/api/pools/{pool}/backends/{quote(args.name, safe='')}"
+            if action == "remove":
+                result = client.call("DELETE", path)
+                text = (f"removed {result['name']}; {result['draining']} connections "
+                        f"get {result['grace']:g}s to finish")
+            elif action == "weight":
+                result = client.call("PATCH", path, {"weight": args.weight})
+                text = _backendLine(result)
+            else:
+                result = client.call("PATCH", path, {"state": action})
+                text = _backendLine(result)
+    out.write((json.dumps(result, indent=2) if args.json else text) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    The C{lbtwist} console script.
+    """
+    try:
+        run(sys.argv[1:] if argv is None else argv, os.environ, sys.stdout)
+    except CtlError as e:
+        sys.stderr.write(f"lbtwist: error: {e}\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""
+Active HTTP health checks: send one request, judge the status and body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from httptools import HttpParserError, HttpResponseParser
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from ..config import HealthCheck, backendFromEndpoint
+from ..connect import EndpointCache
+from ..health import ProbeFailed
+from ..pool import Backend
+
+# Enough of a body to look for the expected text; the rest is not kept.
+MAX_PROBE_BODY = 65536
+
+
+def _inRanges(status: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(low <= status <= high for low, high in ranges)
+
+
+def _describeRanges(ranges: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+class _ProbeProtocol(Protocol):
+    """
+    Sends the check request and reads the response.
+    """
+
+    transport: Any
+
+    def __init__(self, request: bytes, check: HealthCheck, result: Deferred[object]) -> None:
+        self.request = request
+        self.check = check
+        self.result = result
+        self.status = 0
+        self.body = bytearray()
+        self.parser = HttpResponseParser(self)
+        self.done = False
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as e:
+            self._finish(ProbeFailed(f"malformed response: {e}"))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.check.method == "HEAD" or self.check.expectBody is None:
+            self._judge()
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) < MAX_PROBE_BODY:
+            self.body += body[: MAX_PROBE_BODY - len(self.body)]
+
+    def on_message_complete(self) -> None:
+        self._judge()
+
+    def _judge(self) -> None:
+        check = self.check
+        if not _inRanges(self.status, check.expectStatus):
+            self._finish(ProbeFailed(
+                f"status {self.status}, expected {_describeRanges(check.expectStatus)}"
+            ))
+        elif check.expectBody is not None and check.expectBody.encode() not in self.body:
+            self._finish(ProbeFailed(
+                f"status {self.status} but the body lacks {check.expectBody!r}"
+            ))
+        else:
+            self._finish(None)
+
+    def _finish(self, error: Exception | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.transport.loseConnection()
+        if self.result.called:
+            return
+        if error is None:
+            self.result.callback(self.status)
+        else:
+            self.result.errback(Failure(error))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done and self.check.expectBody is not None and self.status:
+            # A response delimited by the close.
+            self._judge()
+        if not self.done:
+            self.done = True
+            if self.result.called:
+                return
+            self.result.errback(Failure(ProbeFailed(
+                "connection closed before a complete response"
+            )))
+
+
+class _ProbeFactory(Factory):
+    noisy = False
+
+    def __init__(self, request: bytes, check: HealthCheck, result: Deferred[object]) -> None:
+        self.request = request
+        self.check = check
+        self.result = result
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return _ProbeProtocol(self.request, self.check, self.result)
+
+
+class HTTPProbe:
+    """
+    A backend is healthy if it answers C{method path} with an expected
+    status (and, if configured, a body containing the expected text).
+
+    Register it as C{probes["http"]} of a L{lbtwist.health.HealthMonitor}.
+    """
+
+    def __init__(self, endpoints: EndpointCache) -> None:
+        self._endpoints = endpoints
+
+    def request(self, backend: Backend) -> bytes:
+        """
+        The bytes of the check request for C{backend}.
+        """
+        check = backend.healthCheck
+        host = check.host or backendFromEndpoint(backend.endpoint)
+        return (
+            f"{check.method} {check.path} HTTP/1.1\r\nHost: {host}\r\n"
+            "User-Agent: lbtwist-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+
+    def __call__(self, backend: Backend) -> Deferred[object]:
+        """
+        Probe C{backend}; fires with the status, or fails with
+        L{ProbeFailed} saying what was wrong.  Cancelling it closes the
+        connection.
+        """
+        connection: list[Any] = []
+
+        def cancel(d: Deferred[object]) -> None:
+            if connection and connection[0].transport is not None:
+                connection[0].transport.abortConnection()
+            elif attempt is not None:
+                attempt.cancel()
+
+        result: Deferred[object] = Deferred(cancel)
+        attempt: Deferred[Any] | None = None
+        endpoint: Any = self._endpoints.get(backend)
+        attempt = endpoint.connect(
+            _ProbeFactory(self.request(backend), backend.healthCheck, result)
+        )
+
+        def connected(protocol: Any) -> None:
+            connection.append(protocol)
+
+        def failed(reason: Failure) -> None:
+            if not result.called:
+                result.errback(reason)
+
+        attempt.addCallbacks(connected, failed)
+        return result

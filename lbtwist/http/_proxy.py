@@ -1,0 +1,1266 @@
+"""
+HTTP mode: each request is balanced on its own, over kept-alive client
+connections and pooled backend connections.
+
+A L{ClientConnection} parses requests with llhttp and queues one
+L{Exchange} per request; the first in the queue is served, the others
+(pipelined) wait, and the client is not read meanwhile.  An exchange picks a
+backend, takes an idle connection to it from the pool or opens one, writes
+the rewritten head and streams the body, then streams the response back.
+Each side is registered as the other's producer for the exchange, so a slow
+peer slows the fast one and nothing is buffered whole.
+
+The hot path avoids per-request allocations it can: one exchange object,
+the head built by one C{join}, no timers but the response timeout, no log
+formatting unless the access log is on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from httptools import (
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+    HttpResponseParser,
+)
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from ..config import ListenerConfig
+from ..connect import EndpointCache, failureKind
+from ..policies import SourceHash
+from ..pool import Backend, BackendPool
+from ..proxyprotocol import PROXY_HEADERS
+from ..tcp import describe, setNoDelay
+from ._accesslog import logRequest
+from ._parser import (
+    ERRORS_CLOSE,
+    ERRORS_KEEP,
+    HOP_BY_HOP,
+    IDEMPOTENT,
+    BadRequest,
+    checkTransferEncoding,
+    cookieValue,
+    splitTokens,
+)
+from ._pool import IdleConnections
+
+# A request that may not be replayed is sent on a pooled connection only if
+# that connection was in use this recently: far below any backend's
+# keep-alive timeout, so it cannot be closed under us by one.
+SAFE_REUSE_AGE = 1.0
+
+_NO_BODY_STATUSES = frozenset((204, 304))
+
+
+class Exchange:
+    """
+    One request and its response.
+
+    A plain class with slots rather than an attrs value: it is mutable and
+    there is one per request, on the hot path.
+    """
+
+    __slots__ = (
+        "attempts",
+        "backend",
+        "bodyStarted",
+        "bytesIn",
+        "bytesOut",
+        "chunked",
+        "client",
+        "closeAfter",
+        "conn",
+        "connecting",
+        "expectContinue",
+        "finished",
+        "hasBody",
+        "head",
+        "headers",
+        "keepAlive",
+        "method",
+        "pending",
+        "reason",
+        "requestDone",
+        "respChunked",
+        "respHeaders",
+        "respLength",
+        "respNoBody",
+        "respUntilClose",
+        "responded",
+        "retries",
+        "sent",
+        "setCookie",
+        "started",
+        "status",
+        "stickyBackend",
+        "timer",
+        "tried",
+        "upgrade",
+        "url",
+        "version",
+    )
+
+    def __init__(self, client: ClientConnection, started: float) -> None:
+        self.client = client
+        self.started = started
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = "1.1"
+        self.keepAlive = True
+        self.chunked = False
+        self.hasBody = False
+        self.upgrade = False
+        self.expectContinue = False
+        self.requestDone = False
+        self.head = b""
+        self.pending: list[bytes] | None = None
+        self.conn: BackendConnection | None = None
+        self.backend: Backend | None = None
+        self.tried: list[Backend] = []
+        self.attempts = 0
+        self.retries = 0
+        self.sent = False
+        self.responded = False
+        self.bodyStarted = False
+        self.status = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.timer: Any = None
+        self.connecting: Deferred[Any] | None = None
+        self.respChunked = False
+        self.respNoBody = False
+        self.respUntilClose = False
+        self.respLength: int | None = None
+        self.closeAfter = False
+        self.finished = False
+        self.respHeaders: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.stickyBackend: Backend | None = None
+        self.setCookie = False
+
+    @property
+    def replayable(self) -> bool:
+        """
+        Whether the request may be sent again: idempotent, with no body we
+        could not send again, and nothing of a response given to the client.
+        """
+        return (
+            self.method in IDEMPOTENT
+            and not self.hasBody
+            and not self.responded
+            and not self.upgrade
+        )
+
+
+@implementer(IPushProducer)
+class ClientConnection(Protocol):
+    """
+    A client's connection: parses its requests and serves them in order.
+
+    It is the producer registered with the backend connection of the
+    current exchange; reading stops when either that backend cannot take
+    more, or the proxy itself must wait (a backend is being connected, or
+    a request is complete and its response is not).
+    """
+
+    factory: HTTPProxyFactory
+    parser: HttpRequestParser
+    transport: Any
+
+    def __init__(self, factory: HTTPProxyFactory) -> None:
+        self.factory = factory
+        self.queue: deque[Exchange] = deque()
+        self._parsing: Exchange | None = None
+        self._pausedByPeer = False
+        self._held = False
+        self._reading = True
+        self._closed = False
+        self._fatal: int | None = None
+        self._tunnel: BackendConnection | None = None
+        self._upgradeData = b""
+        self._headSize = 0
+        self._rawHead = 0
+        self._headStarted: float | None = None
+        self._timer: Any = None
+        self._served = 0
+
+    # -- connection --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        setNoDelay(transport)
+        peer = transport.getPeer()
+        self.peer = peer
+        host = getattr(peer, "host", None)
+        self.clientHost: bytes = host.encode("ascii", "replace") if isinstance(host, str) else b""
+        self.clientName = describe(peer)
+        self.parser = HttpRequestParser(self)
+        factory = self.factory
+        now = factory.seconds()
+        self._lastActivity = now
+        self._headStarted = now
+        self._timer = factory.reactor.callLater(factory.requestTimeout, self._checkTimer)
+
+    def _checkTimer(self) -> None:
+        """
+        Close a client that is too slow to send a request head (408), or
+        idle between requests for longer than the idle timeout.
+
+        One timer per connection, never more than the request timeout
+        ahead, so a request head that starts later is still caught on time
+        without touching a timer for each request.
+        """
+        self._timer = None
+        if self._closed or self._tunnel is not None:
+            return
+        factory = self.factory
+        now = factory.seconds()
+        queue = self.queue
+        if self._headStarted is not None and not queue:
+            deadline = self._headStarted + factory.requestTimeout
+            if now >= deadline:
+                if self._parsing is not None:
+                    self._refuse(408, "request head timed out")
+                else:
+                    self.transport.loseConnection()
+                return
+        elif queue and queue[0].requestDone:
+            deadline = now + factory.requestTimeout
+        else:
+            deadline = self._lastActivity + factory.idleTimeout
+            if now >= deadline:
+                if queue:
+                    factory.log.info(
+                        "closing HTTP client {client}: idle for {idle:.1f}s",
+                        client=self.clientName, idle=now - self._lastActivity,
+                    )
+                self.transport.loseConnection()
+                return
+        self._timer = factory.reactor.callLater(
+            min(deadline - now, factory.requestTimeout), self._checkTimer
+        )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.factory.activeClients -= 1
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._tunnel = None
+            tunnel.transport.loseConnection()
+        self._abortQueue()
+
+    def _abortQueue(self) -> None:
+        queue = self.queue
+        while queue:
+            ex = queue.popleft()
+            if not ex.finished:
+                self.factory.abandon(ex, "client gone")
+
+    # -- reading -----------------------------------------------------------
+
+    def _updateReading(self) -> None:
+        want = not (self._pausedByPeer or self._held)
+        if want != self._reading and not self._closed:
+            self._reading = want
+            if want:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
+
+    def pauseProducing(self) -> None:
+        """
+        The backend cannot take more of the request body for now.
+        """
+        self._pausedByPeer = True
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        """
+        The backend can take more.
+        """
+        self._pausedByPeer = False
+        self._updateReading()
+
+    def stopProducing(self) -> None:
+        """
+        The backend connection is gone; the exchange decides what follows.
+        """
+
+    def hold(self) -> None:
+        """
+        Stop reading until L{release}: the proxy must not buffer more.
+        """
+        if not self._held:
+            self._held = True
+            self._updateReading()
+
+    def release(self) -> None:
+        """
+        Read again (unless the backend still pushes back).
+        """
+        if self._held:
+            self._held = False
+            self._updateReading()
+
+    def dataReceived(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            tunnel.backend.bytesIn += len(data)
+            return
+        if self._fatal is not None or self._closed:
+            return
+        self._lastActivity = self.factory.seconds()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self._upgradeData = data[e.args[0]:] if e.args else b""
+            self.hold()
+        except HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, BadRequest):
+                self._refuse(cause.status, str(cause))
+            else:
+                self._refuse(400, str(e))
+            return
+        if self._parsing is not None and self._headStarted is not None:
+            # llhttp buffers a header until it ends: bound what it may hold.
+            self._rawHead += len(data)
+            factory = self.factory
+            if self._rawHead > factory.maxHeaderSize + factory.maxRequestLine:
+                self._refuse(414 if not self._parsing.headers else 431, "head too large")
+                return
+        queue = self.queue
+        if queue:
+            ex = queue[0]
+            if ex.backend is None and ex.connecting is None and not ex.finished:
+                self.factory.dispatch(ex)
+
+    def _refuse(self, status: int, why: str) -> None:
+        """
+        Answer an unacceptable request with C{status} and close, after the
+        responses to the requests before it.
+        """
+        self._fatal = status
+        self.hold()
+        factory = self.factory
+        factory.refused += 1
+        factory.log.info(
+            "refused request from {client}: {status} ({why})",
+            client=self.clientName, status=status, why=why,
+        )
+        parsing = self._parsing
+        self._parsing = None
+        queue = self.queue
+        if parsing is not None and parsing in queue:
+            if parsing is queue[0] and (parsing.conn is not None or parsing.connecting):
+                # Its head went to a backend already: cut that connection
+                # so the backend never sees a complete request.
+                queue.popleft()
+                if parsing.responded:
+                    factory.abandon(parsing, "malformed request")
+                    self.transport.loseConnection()
+                    return
+                factory.abandon(parsing, "malformed request")
+            else:
+                queue.remove(parsing)
+        if not queue:
+            self._sendFatal()
+
+    def _sendFatal(self) -> None:
+        status = self._fatal
+        assert status is not None
+        transport = self.transport
+        transport.write(ERRORS_CLOSE[status])
+        transport.loseConnection()
+
+    # -- llhttp callbacks --------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._headStarted is None:
+            self._headStarted = self._lastActivity
+        self._headSize = 0
+        self._rawHead = 0
+        self._parsing = Exchange(self, self._lastActivity)
+
+    def on_url(self, url: bytes) -> None:
+        ex = self._parsing
+        assert ex is not None
+        ex.url += url
+        if len(ex.url) > self.factory.maxRequestLine:
+            raise BadRequest("request line too long", 414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self._parsing
+        assert ex is not None
+        ex.headers.append((name, value))
+        self._headSize += len(name) + len(value) + 4
+        if self._headSize > self.factory.maxHeaderSize:
+            raise BadRequest("request head too large", 431)
+
+    def on_headers_complete(self) -> None:
+        ex = self._parsing
+        assert ex is not None
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.version = parser.get_http_version()
+        ex.keepAlive = parser.should_keep_alive()
+        ex.upgrade = parser.should_upgrade()
+        if ex.method == b"CONNECT":
+            raise BadRequest("CONNECT is not supported", 501)
+        self.factory.rewriteRequest(ex)
+        self._headStarted = None
+        queue = self.queue
+        if queue and not queue[-1].finished:
+            # A pipelined request: read no further until those before it
+            # are answered, so a client cannot make us queue without bound.
+            self.hold()
+        queue.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._parsing
+        assert ex is not None
+        ex.bytesIn += len(body)
+        conn = ex.conn
+        if conn is not None and ex.sent:
+            conn.sendBody(ex, body)
+        else:
+            if ex.pending is None:
+                ex.pending = []
+            ex.pending.append(body)
+            self.hold()
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        assert ex is not None
+        self._parsing = None
+        ex.requestDone = True
+        conn = ex.conn
+        if conn is not None and ex.sent and ex.chunked:
+            conn.transport.write(b"0\r\n\r\n")
+
+    # -- serving -----------------------------------------------------------
+
+    def exchangeDone(self, ex: Exchange) -> None:
+        """
+        C{ex} is answered: serve the next request, or wait for one.
+        """
+        if self._closed:
+            return
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        self._served += 1
+        if ex.closeAfter or not ex.keepAlive or not ex.requestDone:
+            self.transport.loseConnection()
+            self._closed = True
+            return
+        self._lastActivity = self.factory.seconds()
+        if queue:
+            nxt = queue[0]
+            if nxt.backend is None and nxt.connecting is None:
+                self.factory.dispatch(nxt)
+            return
+        if self._fatal is not None:
+            self._sendFatal()
+            return
+        self.release()
+
+    def startTunnel(self, conn: BackendConnection) -> None:
+        """
+        The backend accepted an upgrade: relay raw bytes both ways.
+        """
+        self._tunnel = conn
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        data, self._upgradeData = self._upgradeData, b""
+        if data:
+            conn.transport.write(data)
+        self.release()
+
+
+@implementer(IPushProducer)
+class BackendConnection(Protocol):
+    """
+    A connection to a backend, serving one exchange at a time and kept
+    alive between them.
+    """
+
+    parser: HttpResponseParser
+    transport: Any
+
+    def __init__(self, factory: HTTPProxyFactory, backend: Backend, key: Any,
+                 proxyHeader: bytes | None) -> None:
+        self.factory = factory
+        self.backend = backend
+        self.key = key
+        self.proxyHeader = proxyHeader
+        self.exchange: Exchange | None = None
+        self.lost = False
+        self.idleSince = 0.0
+        self.requests = 0
+        self.reusable = True
+        self.tunnel: ClientConnection | None = None
+        self._skipBody = False
+        self._finishAfterFeed = False
+        self.parser = HttpResponseParser(self)
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
+        if self.proxyHeader is not None:
+            self.transport.write(self.proxyHeader)
+
+    def pauseProducing(self) -> None:
+        """
+        The client cannot take more of the response for now.
+        """
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        The client can take more.
+        """
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The client is gone.
+        """
+        self.transport.loseConnection()
+
+    def sendBody(self, ex: Exchange, body: bytes) -> None:
+        """
+        Forward a piece of the request body, chunked if the request was.
+        """
+        ex.bodyStarted = True
+        transport = self.transport
+        if ex.chunked:
+            transport.writeSequence((b"%x\r\n" % len(body), body, b"\r\n"))
+        else:
+            transport.write(body)
+        self.backend.bytesIn += len(body)
+
+    def dataReceived(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            self.backend.bytesOut += len(data)
+            return
+        ex = self.exchange
+        if ex is None:
+            # Nothing was asked: a backend that talks now cannot be trusted
+            # with the next request.
+            self.reusable = False
+            self.transport.loseConnection()
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            rest = data[e.args[0]:] if e.args else b""
+            if self.tunnel is not None and rest:
+                self.tunnel.transport.write(rest)
+            return
+        except HttpParserError as e:
+            if self.exchange is not None:
+                self.factory.backendFailed(self.exchange, "response", f"malformed response: {e}")
+            self.reusable = False
+            self.transport.loseConnection()
+            return
+        if self._finishAfterFeed:
+            self._finishAfterFeed = False
+            self._skipBody = False
+            self.parser = HttpResponseParser(self)
+            ex = self.exchange
+            if ex is not None:
+                self.factory.responseComplete(ex)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.reusable = False
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.transport.loseConnection()
+            return
+        ex = self.exchange
+        if ex is not None:
+            if ex.respUntilClose and ex.responded:
+                self.factory.responseComplete(ex)
+            else:
+                self.factory.backendLost(ex, self, reason)
+        else:
+            self.factory.idle.discard(self.key, self)
+
+    # -- llhttp callbacks --------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.exchange
+        if ex is not None and not self._skipBody:
+            ex.respHeaders.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        if ex is None or self._skipBody:
+            return
+        self.factory.responseHead(ex, self, self.parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is None or self._skipBody:
+            self.reusable = False
+            return
+        ex.bytesOut += len(body)
+        self.backend.bytesOut += len(body)
+        transport = ex.client.transport
+        if ex.respChunked:
+            transport.writeSequence((b"%x\r\n" % len(body), body, b"\r\n"))
+        else:
+            transport.write(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is None or self._skipBody:
+            return
+        if 100 <= ex.status < 200:
+            # An interim response: the final one follows on the same parser.
+            ex.status = 0
+            ex.reason = b""
+            ex.respHeaders = []
+            return
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        self.factory.responseComplete(ex)
+
+    def skipBody(self) -> None:
+        """
+        The response has no body whatever its head says (a reply to HEAD):
+        finish once this read is parsed, with a fresh parser for the next.
+        """
+        self._skipBody = True
+        self._finishAfterFeed = True
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+
+
+class _BackendConnectionFactory(Factory):
+    """
+    Builds the protocol of one new backend connection.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[], BackendConnection]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._build()
+
+
+class HTTPProxyFactory(ServerFactory):
+    """
+    Accepts HTTP clients on a listener and balances their requests over a
+    pool.
+
+    @ivar idle: the pool of idle backend connections.
+    @ivar requests: requests answered, by any status.
+    @ivar refused: requests refused as malformed or too large.
+    @ivar statuses: responses sent, by status class (C{"2xx"}...).
+    """
+
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        reactor: Any,
+        endpoints: EndpointCache,
+        listener: ListenerConfig,
+    ) -> None:
+        self.pool = pool
+        self.reactor = reactor
+        # An instance attribute, not a descriptor, to keep its namespace.
+        self.accessLog = Logger(namespace="lbtwist.access", source=self)
+        self.seconds: Callable[[], float] = reactor.seconds
+        self.endpoints = endpoints
+        self.listener = listener
+        config = pool.config
+        http = config.http
+        self.settings = http
+        self.maxHeaderSize = http.maxHeaderSize
+        self.maxRequestLine = http.maxRequestLine
+        self.hostHeader = http.hostHeader.encode("ascii") if http.hostHeader else None
+        self.requestTimeout = config.timeouts.request
+        self.responseTimeout = config.timeouts.response
+        self.idleTimeout = config.timeouts.idle
+        self.connectTimeout = config.timeouts.connect
+        self.idle = IdleConnections(reactor, http.keepAlive)
+        self.maxRequests = http.keepAlive.maxRequests
+        self.proxyHeader = PROXY_HEADERS.get(config.proxyProtocol or "")
+        self.forwardedProto = (
+            b"https" if listener.endpoint.split(":", 1)[0] in ("ssl", "tls") else b"http"
+        )
+        sticky = config.sticky
+        self.sticky = sticky
+        self._hash = SourceHash(None)  # type: ignore[arg-type]
+        self._stickyName = (sticky.name or "").encode() if sticky else b""
+        self._stickyHeader = (
+            self._stickyName.lower() if sticky and sticky.kind == "header" else None
+        )
+        self._cookieIds: dict[bytes, str] = {}
+        self._errorStreak: dict[Backend, int] = {}
+        self.activeClients = 0
+        self.accepted = 0
+        self.requests = 0
+        self.refused = 0
+        self.statuses: dict[str, int] = {}
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        self.accepted += 1
+        self.activeClients += 1
+        return ClientConnection(self)
+
+    def stopFactory(self) -> None:
+        """
+        The listener stopped: close the idle backend connections.
+        """
+        self.idle.close()
+
+    # -- requests ----------------------------------------------------------
+
+    def rewriteRequest(self, ex: Exchange) -> None:
+        """
+        Check the head of C{ex} and build the head sent to backends: hop-by-hop
+        headers removed, C{X-Forwarded-*} set.
+
+        @raise BadRequest: the head must be refused.
+        """
+        parts = [b"%s %s HTTP/1.1\r\n" % (ex.method, ex.url)]
+        append = parts.append
+        host = None
+        te = None
+        connection: list[bytes] | None = None
+        xff = None
+        upgradeValue = None
+        stickyKey = None
+        stickyName = self._stickyName
+        stickyHeader = self._stickyHeader
+        stickyKind = self.sticky.kind if self.sticky is not None else None
+        hasLength = False
+        for name, value in ex.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname.startswith(b"proxy-"):
+                if lname == b"transfer-encoding":
+                    if te is not None:
+                        raise BadRequest("repeated Transfer-Encoding")
+                    te = value
+                elif lname == b"connection":
+                    connection = (connection or []) + splitTokens(value)
+                elif lname == b"upgrade":
+                    upgradeValue = value
+                continue
+            if lname == b"host":
+                if host is not None:
+                    raise BadRequest("repeated Host header")
+                host = value
+                if self.hostHeader is not None:
+                    continue
+            elif lname == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+                continue
+            elif lname == b"x-forwarded-proto" or lname == b"x-forwarded-host":
+                continue
+            elif lname == b"content-length":
+                hasLength = value.strip() != b"0"
+            elif lname == b"expect" and value.lower() == b"100-continue":
+                ex.expectContinue = True
+            if lname == stickyHeader:
+                stickyKey = value
+            elif stickyKind == "cookie" and lname == b"cookie":
+                found = cookieValue(value, stickyName)
+                if found is not None:
+                    stickyKey = found
+            append(name + b": " + value + b"\r\n")
+        if ex.version == "1.1" and host is None:
+            raise BadRequest("HTTP/1.1 request without Host")
+        ex.chunked = checkTransferEncoding(te, ex.version)
+        ex.hasBody = ex.chunked or hasLength
+        if connection:
+            # Headers the client's Connection header names are hop-by-hop too.
+            named = set(connection) - {b"close", b"keep-alive", b"upgrade"}
+            if named:
+                parts = [parts[0]] + [
+                    p for p in parts[1:]
+                    if p.split(b":", 1)[0].lower() not in named
+                ]
+                append = parts.append
+        if self.hostHeader is not None:
+            append(b"Host: " + self.hostHeader + b"\r\n")
+        client = ex.client
+        append(
+            b"X-Forwarded-For: "
+            + (xff + b", " + client.clientHost if xff is not None else client.clientHost)
+            + b"\r\nX-Forwarded-Proto: " + self.forwardedProto + b"\r\n"
+        )
+        if host is not None:
+            append(b"X-Forwarded-Host: " + host + b"\r\n")
+        if ex.chunked:
+            append(b"Transfer-Encoding: chunked\r\n")
+        if ex.upgrade:
+            if upgradeValue is None:
+                raise BadRequest("Connection: upgrade without Upgrade")
+            append(b"Connection: upgrade\r\nUpgrade: " + upgradeValue + b"\r\n")
+        append(b"\r\n")
+        ex.head = b"".join(parts)
+        if stickyKind == "cookie":
+            if stickyKey is not None:
+                ex.stickyBackend = self._cookieBackend(stickyKey)
+            ex.setCookie = ex.stickyBackend is None
+        elif stickyKind == "header":
+            ex.stickyBackend = self._hashed(stickyKey or client.clientHost)
+        elif stickyKind == "source":
+            ex.stickyBackend = self._hashed(client.clientHost)
+
+    # -- sticky sessions ---------------------------------------------------
+
+    def cookieId(self, backend: Backend) -> bytes:
+        """
+        The opaque cookie value that names C{backend}.
+        """
+        import hashlib
+
+        return hashlib.blake2b(
+            f"{self.pool.name}\0{backend.name}".encode(), digest_size=8
+        ).hexdigest().encode()
+
+    def _cookieBackend(self, value: bytes) -> Backend | None:
+        for backend in self.pool:
+            if backend.eligible and self.cookieId(backend) == value:
+                return backend
+        return None
+
+    def _hashed(self, key: bytes) -> Backend | None:
+        candidates = [b for b in self.pool if b.eligible]
+        if not candidates:
+            return None
+        chosen = self._hash.choose(candidates, key)
+        assert isinstance(chosen, Backend)
+        return chosen
+
+    # -- choosing and connecting -------------------------------------------
+
+    def dispatch(self, ex: Exchange, fresh: bool = False) -> None:
+        """
+        Send C{ex} to a backend: a pooled connection if there is a safe one,
+        else a new connection; when connecting fails, another backend.
+
+        @param fresh: do not use a pooled connection (a retry after one
+            was found closed).
+        """
+        client = ex.client
+        pool = self.pool
+        backend = None
+        sticky = ex.stickyBackend
+        if sticky is not None and sticky not in ex.tried and sticky.eligible:
+            backend = sticky
+        elif fresh and ex.backend is not None and ex.backend.eligible:
+            backend = ex.backend
+        else:
+            backend = pool.pick(client.clientHost, ex.tried)
+        if backend is None or ex.attempts > pool.config.retries:
+            if ex.attempts == 0 and not ex.tried:
+                pool.noBackendFor(client.clientName)
+            self.respondError(ex, 503)
+            return
+        if backend not in ex.tried:
+            ex.tried.append(backend)
+        ex.backend = backend
+        proxyHeader = None
+        key: Any = backend
+        if self.proxyHeader is not None:
+            transport = client.transport
+            proxyHeader = self.proxyHeader(
+                transport.getPeer(), transport.getHost()
+            )
+            key = (backend, proxyHeader)
+        if not fresh:
+            conn = self.idle.take(key, None if ex.replayable else SAFE_REUSE_AGE)
+            if conn is not None:
+                assert isinstance(conn, BackendConnection)
+                self.attach(ex, conn)
+                return
+
+        if not ex.requestDone:
+            # Read no more of the body until there is somewhere to send it.
+            client.hold()
+
+        def build() -> BackendConnection:
+            return BackendConnection(self, backend, key, proxyHeader)
+
+        endpoint: Any = self.endpoints.get(backend)
+        d = endpoint.connect(_BackendConnectionFactory(build))
+        ex.connecting = d
+        timer = self.reactor.callLater(self.connectTimeout, d.cancel)
+
+        def connected(conn: BackendConnection) -> None:
+            timer.cancel()
+            ex.connecting = None
+            pool.connectSucceeded(backend)
+            if ex.finished:
+                if not self.idle.put(key, conn):
+                    conn.transport.loseConnection()
+                return
+            self.attach(ex, conn)
+
+        def failed(reason: Failure) -> None:
+            ex.connecting = None
+            if timer.active():
+                timer.cancel()
+                if ex.finished or reason.check(CancelledError, ConnectingCancelledError):
+                    return
+                kind = failureKind(reason)
+            else:
+                kind = "timeout"
+            if ex.finished:
+                return
+            ex.attempts += 1
+            ex.retries += 1
+            pool.failed(backend, kind, f"connect {kind}")
+            self._countError(backend, f"connect {kind}")
+            self.log.warn(  # noqa: G010
+                "backend {backend} of pool {pool} failed to connect for {client} "
+                "({kind}); trying another",
+                backend=backend.name, pool=pool.name, client=client.clientName,
+                kind=kind,
+            )
+            self.dispatch(ex)
+
+        d.addCallbacks(connected, failed)
+
+    def attach(self, ex: Exchange, conn: BackendConnection) -> None:
+        """
+        Send C{ex} on C{conn}, a connected backend connection.
+        """
+        backend = conn.backend
+        ex.conn = conn
+        conn.exchange = ex
+        conn.requests += 1
+        client = ex.client
+        self.pool.opened(backend)
+        conn.transport.registerProducer(client, True)
+        client.transport.registerProducer(conn, True)
+        ex.sent = True
+        conn.transport.write(ex.head)
+        backend.bytesIn += len(ex.head)
+        pending = ex.pending
+        if pending:
+            ex.pending = None
+            for body in pending:
+                conn.sendBody(ex, body)
+        if ex.requestDone and ex.chunked:
+            conn.transport.write(b"0\r\n\r\n")
+        ex.timer = self.reactor.callLater(self.responseTimeout, self._timedOut, ex)
+        if not ex.requestDone and not ex.upgrade:
+            client.release()
+
+    def _detach(self, ex: Exchange) -> BackendConnection | None:
+        conn = ex.conn
+        if conn is None:
+            return None
+        ex.conn = None
+        conn.exchange = None
+        self.pool.closed(conn.backend)
+        if not conn.lost:
+            conn.transport.unregisterProducer()
+            conn.transport.resumeProducing()
+        client = ex.client
+        if not client._closed:
+            client.transport.unregisterProducer()
+            client._pausedByPeer = False
+        return conn
+
+    def _cancelTimer(self, ex: Exchange) -> None:
+        timer = ex.timer
+        if timer is not None:
+            ex.timer = None
+            if timer.active():
+                timer.cancel()
+
+    # -- responses ---------------------------------------------------------
+
+    def responseHead(self, ex: Exchange, conn: BackendConnection, status: int) -> None:
+        """
+        The backend sent a response head: rewrite it and send it on.
+        """
+        client = ex.client
+        transport = client.transport
+        if status < 200:
+            ex.status = status
+            if status == 101:
+                if ex.upgrade:
+                    self._upgrade(ex, conn, status)
+                else:
+                    conn.reusable = False
+                    self.backendFailed(ex, "response", "101 to a request without Upgrade")
+                return
+            if status == 100 and not ex.expectContinue:
+                return
+            ex.responded = True
+            parts = [b"HTTP/1.1 %d %s\r\n" % (status, ex.reason)]
+            parts.extend(
+                n + b": " + v + b"\r\n" for n, v in ex.respHeaders
+                if n.lower() not in HOP_BY_HOP
+            )
+            parts.append(b"\r\n")
+            transport.write(b"".join(parts))
+            return
+        self._cancelTimer(ex)
+        ex.status = status
+        backend = conn.backend
+        backend.responseTime = self.seconds() - ex.started
+        noBody = ex.method == b"HEAD" or status in _NO_BODY_STATUSES
+        ex.respNoBody = noBody
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, ex.reason)]
+        append = parts.append
+        length = None
+        chunkedIn = False
+        for name, value in ex.respHeaders:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname.startswith(b"proxy-"):
+                if lname == b"transfer-encoding":
+                    chunkedIn = True
+                continue
+            if lname == b"content-length":
+                length = value
+            append(name + b": " + value + b"\r\n")
+        if ex.upgrade:
+            # The backend refused the upgrade: this connection cannot go on.
+            ex.closeAfter = True
+        keep = ex.keepAlive and not ex.closeAfter
+        if not noBody and length is None:
+            if ex.version == "1.1":
+                ex.respChunked = True
+                append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep = False
+            ex.respUntilClose = not chunkedIn
+        if ex.setCookie and self.sticky is not None:
+            append(
+                b"Set-Cookie: " + self._stickyName + b"=" + self.cookieId(backend)
+                + b"; Path=/; HttpOnly\r\n"
+            )
+        if not keep:
+            ex.closeAfter = True
+            append(b"Connection: close\r\n")
+        elif ex.version != "1.1":
+            append(b"Connection: keep-alive\r\n")
+        append(b"\r\n")
+        ex.responded = True
+        transport.write(b"".join(parts))
+        if noBody and ex.method == b"HEAD" and status not in _NO_BODY_STATUSES:
+            conn.skipBody()
+
+    def _upgrade(self, ex: Exchange, conn: BackendConnection, status: int) -> None:
+        self._cancelTimer(ex)
+        ex.status = status
+        ex.responded = True
+        parts = [b"HTTP/1.1 101 %s\r\n" % ex.reason]
+        parts.extend(n + b": " + v + b"\r\n" for n, v in ex.respHeaders)
+        parts.append(b"\r\n")
+        client = ex.client
+        client.transport.write(b"".join(parts))
+        conn.reusable = False
+        conn.tunnel = client
+        conn.exchange = None
+        ex.finished = True
+        ex.closeAfter = True
+        self.pool.closed(conn.backend)
+        self._finishLog(ex)
+        if client.queue and client.queue[0] is ex:
+            client.queue.popleft()
+        client.startTunnel(conn)
+
+    def responseComplete(self, ex: Exchange) -> None:
+        """
+        The backend finished its response: end it for the client, pool the
+        connection if it may be reused, and serve the next request.
+        """
+        if ex.finished:
+            return
+        ex.finished = True
+        self._cancelTimer(ex)
+        client = ex.client
+        if ex.respChunked and not client._closed:
+            client.transport.write(b"0\r\n\r\n")
+        conn = self._detach(ex)
+        backend = ex.backend
+        assert backend is not None and conn is not None
+        if ex.status >= 500:
+            self._countError(backend, f"status {ex.status}")
+        else:
+            self._errorStreak.pop(backend, None)
+            self.pool.connectSucceeded(backend)
+        if (
+            conn.reusable
+            and ex.requestDone
+            and not conn.lost
+            and conn.requests < self.maxRequests
+            and not ex.upgrade
+            and self.idle.put(conn.key, conn)
+        ):
+            pass
+        elif not conn.lost:
+            conn.transport.loseConnection()
+        self._finishLog(ex)
+        client.exchangeDone(ex)
+
+    def _finishLog(self, ex: Exchange) -> None:
+        self.requests += 1
+        status = ex.status
+        cls = f"{status // 100}xx"
+        self.statuses[cls] = self.statuses.get(cls, 0) + 1
+        if self.settings.accessLog:
+            logRequest(self.accessLog, ex, self.seconds() - ex.started)
+
+    def respondError(self, ex: Exchange, status: int) -> None:
+        """
+        Answer C{ex} with a canned error, unless part of a response was sent
+        already, in which case the client's response ends truncated.
+        """
+        if ex.finished:
+            return
+        ex.finished = True
+        self._cancelTimer(ex)
+        client = ex.client
+        conn = self._detach(ex)
+        if conn is not None and not conn.lost:
+            conn.reusable = False
+            conn.transport.loseConnection()
+        if ex.connecting is not None:
+            d, ex.connecting = ex.connecting, None
+            d.cancel()
+        if client._closed:
+            return
+        if ex.responded:
+            # Part of the response went out: the client must see it cut short.
+            client.transport.loseConnection()
+            client._closed = True
+            self._finishLog(ex)
+            return
+        ex.status = status
+        close = not ex.requestDone or not ex.keepAlive or ex.upgrade
+        ex.closeAfter = close
+        client.transport.write((ERRORS_CLOSE if close else ERRORS_KEEP)[status])
+        self._finishLog(ex)
+        client.exchangeDone(ex)
+
+    def abandon(self, ex: Exchange, why: str) -> None:
+        """
+        The client went away or sent garbage: drop C{ex} and its backend
+        connection, if the response was not complete.
+        """
+        if ex.finished:
+            return
+        ex.finished = True
+        self._cancelTimer(ex)
+        if ex.connecting is not None:
+            d, ex.connecting = ex.connecting, None
+            d.cancel()
+        conn = self._detach(ex)
+        if conn is not None and not conn.lost:
+            conn.reusable = False
+            conn.transport.loseConnection()
+
+    # -- failures ----------------------------------------------------------
+
+    def _countError(self, backend: Backend, why: str) -> None:
+        limit = self.settings.errorLimit
+        if not limit:
+            return
+        streak = self._errorStreak.get(backend, 0) + 1
+        self._errorStreak[backend] = streak
+        if streak >= limit:
+            self._errorStreak.pop(backend, None)
+            self.pool.markDown(
+                backend, "errors", f"{streak} errors in a row, the last {why}"
+            )
+
+    def _timedOut(self, ex: Exchange) -> None:
+        ex.timer = None
+        backend = ex.backend
+        if backend is not None:
+            self.pool.failed(backend, "timeout", "no response in time")
+            self._countError(backend, "response timeout")
+        self.log.warn(  # noqa: G010
+            "backend {backend} did not answer {client} in {timeout}s",
+            backend=backend.name if backend else None,
+            client=ex.client.clientName, timeout=self.responseTimeout,
+        )
+        self.respondError(ex, 504)
+
+    def backendFailed(self, ex: Exchange, kind: str, why: str) -> None:
+        """
+        The backend sent something that is not a valid response.
+        """
+        backend = ex.backend
+        if backend is not None:
+            self.pool.failed(backend, kind, why)
+            self._countError(backend, why)
+            self.log.warn(  # noqa: G010
+                "backend {backend} failed {client}: {why}",
+                backend=backend.name, client=ex.client.clientName, why=why,
+            )
+        self.respondError(ex, 502)
+
+    def backendLost(self, ex: Exchange, conn: BackendConnection, reason: Failure) -> None:
+        """
+        The backend connection of C{ex} closed before the response was
+        complete: retry if that is safe, else 502 (or a truncated response).
+        """
+        if ex.finished:
+            return
+        backend = conn.backend
+        reused = conn.requests > 1
+        if not ex.responded and ex.replayable and ex.attempts <= self.pool.config.retries:
+            self._cancelTimer(ex)
+            self._detach(ex)
+            ex.retries += 1
+            if reused:
+                # A stale pooled connection: try a new one to the same
+                # backend; that is no fault of the backend's.
+                self.dispatch(ex, fresh=True)
+                return
+            ex.attempts += 1
+            self.pool.failed(backend, "response", "connection lost before the response")
+            self._countError(backend, "connection lost")
+            self.dispatch(ex)
+            return
+        if not ex.responded:
+            self.pool.failed(backend, "response", "connection lost before the response")
+            self._countError(backend, "connection lost")
+        self.log.warn(  # noqa: G010
+            "backend {backend} closed the connection of {client} before "
+            "completing the response",
+            backend=backend.name, client=ex.client.clientName,
+        )
+        self.respondError(ex, 502)

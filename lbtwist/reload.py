@@ -1,0 +1,540 @@
+"""
+Changing a running balancer: the operator's changes (through the admin API)
+and configuration reloads (C{SIGHUP}), applied to the live pools without
+dropping a connection, saved to the state file, and the graceful stop
+(C{SIGTERM}).
+
+L{LiveConfig} is the one place that changes the pools at run time.  Every
+change is first saved (atomically) to the state file and only then applied,
+so an answer of success means the change survives a crash; a save that
+fails changes nothing.
+
+Reload and state file: the state file records the API's changes as
+overrides on top of the configuration file.  On C{SIGHUP} the file is read
+again; backends whose entry the file changed (or added, or removed) lose
+their overrides, since the file is the newer word; every other override
+stays.  The result is applied to the pools: new backends are added, removed
+ones drained (their connections get C{grace} seconds, then are closed),
+changed ones updated in place (weight) or replaced (endpoint, health).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import signal
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from .config import BackendConfig, Config, ConfigError, PoolConfig
+from .policies import POLICIES
+from .pool import Admin, Backend, BackendPool
+from .state import Overrides, StateError, StateFile
+
+DEFAULT_GRACE = 30.0
+
+
+class UnknownPool(KeyError):
+    """
+    There is no pool of that name.
+    """
+
+
+class UnknownBackend(KeyError):
+    """
+    There is no backend of that name in the pool.
+    """
+
+
+class DuplicateBackend(KeyError):
+    """
+    A backend of that name is already in the pool.
+    """
+
+
+@attrs.frozen
+class PoolChanges:
+    """
+    What turns one pool's configuration into another.
+
+    @ivar added: backends new in the pool.
+    @ivar removed: names of backends gone from it.
+    @ivar replaced: backends whose endpoint or health check changed.
+    @ivar reweighted: backends whose weight alone changed.
+    """
+
+    added: tuple[BackendConfig, ...] = ()
+    removed: tuple[str, ...] = ()
+    replaced: tuple[BackendConfig, ...] = ()
+    reweighted: tuple[BackendConfig, ...] = ()
+
+    @property
+    def names(self) -> set[str]:
+        """
+        The names of every backend these changes touch.
+        """
+        return (
+            {b.name for b in self.added + self.replaced + self.reweighted}
+            | set(self.removed)
+        )
+
+
+def poolChanges(old: Iterable[BackendConfig], new: Iterable[BackendConfig]) -> PoolChanges:
+    """
+    Compare two lists of backends.
+    """
+    before = {b.name: b for b in old}
+    after = {b.name: b for b in new}
+    added, replaced, reweighted = [], [], []
+    for name, b in after.items():
+        was = before.get(name)
+        if was is None:
+            added.append(b)
+        elif attrs.evolve(was, weight=b.weight) != b:
+            replaced.append(b)
+        elif was.weight != b.weight:
+            reweighted.append(b)
+    removed = tuple(name for name in before if name not in after)
+    return PoolChanges(tuple(added), removed, tuple(replaced), tuple(reweighted))
+
+
+class LiveConfig:
+    """
+    The running configuration: the file's, with the operator's overrides.
+
+    @ivar pools: the live pools, by name.
+    @ivar fileConfig: the configuration as the file (or command line) says.
+    @ivar overrides: the operator's changes on top of it.
+    @ivar grace: seconds a removed backend's connections get to finish.
+    @ivar draining: removed backends whose connections are finishing, with
+        the timer that closes what is left.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        pools: dict[str, BackendPool],
+        fileConfig: Config,
+        clock: Any,
+        stateFile: StateFile | None = None,
+        overrides: Overrides | None = None,
+        loadConfig: Callable[[], Config] | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self.pools = pools
+        self.fileConfig = fileConfig
+        self.clock = clock
+        self.stateFile = stateFile
+        self.overrides = overrides or Overrides()
+        self.loadConfig = loadConfig
+        self.grace = grace
+        self.draining: dict[Backend, Any] = {}
+        self.reloads = 0
+
+    @property
+    def config(self) -> Config:
+        """
+        The effective configuration: the file's with the overrides applied.
+        """
+        return self.overrides.apply(self.fileConfig)
+
+    def pool(self, name: str) -> BackendPool:
+        """
+        The live pool of that name.
+
+        @raise UnknownPool: there is none.
+        """
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise UnknownPool(name) from None
+
+    def backend(self, pool: str, name: str) -> Backend:
+        """
+        The live backend C{name} of C{pool}.
+
+        @raise UnknownPool: no such pool.
+        @raise UnknownBackend: no such backend.
+        """
+        backend = self.pool(pool).get(name)
+        if backend is None:
+            raise UnknownBackend(name)
+        return backend
+
+    # -- the operator's changes ------------------------------------------
+
+    def _commit(self, change: Callable[[Overrides], None]) -> None:
+        """
+        Save the overrides with C{change} made, then adopt them.
+
+        @raise OSError: they could not be saved; nothing changed.
+        """
+        proposed = copy.deepcopy(self.overrides)
+        change(proposed)
+        if self.stateFile is not None:
+            self.stateFile.save(proposed)
+        self.overrides = proposed
+
+    def addBackend(self, pool: str, config: BackendConfig) -> Backend:
+        """
+        Add a backend to a pool, and remember it.
+
+        @raise UnknownPool: no such pool.
+        @raise DuplicateBackend: the pool already has one of that name.
+        """
+        live = self.pool(pool)
+        if config.name in live:
+            raise DuplicateBackend(config.name)
+        self._commit(lambda o: o.added(pool, config))
+        return live.add(config)
+
+    def removeBackend(self, pool: str, name: str) -> Backend:
+        """
+        Remove a backend: it gets no new clients, its current ones get
+        C{grace} seconds to finish and are then closed.
+
+        @raise UnknownPool: no such pool.
+        @raise UnknownBackend: no such backend.
+        """
+        self.backend(pool, name)
+        self._commit(lambda o: o.removed(pool, name))
+        backend = self.pools[pool].remove(name)
+        self._drain(pool, backend)
+        return backend
+
+    def setWeight(self, pool: str, name: str, weight: int) -> Backend:
+        """
+        Change a backend's weight, and remember it.
+
+        @raise UnknownPool: no such pool.
+        @raise UnknownBackend: no such backend.
+        @raise ValueError: the weight is not 0-256.
+        """
+        self.backend(pool, name)
+        if not 0 <= weight <= 256:
+            raise ValueError(f"weight must be 0-256, got {weight}")
+        self._commit(lambda o: o.weighted(pool, name, weight))
+        return self.pools[pool].setWeight(name, weight)
+
+    def setAdmin(self, pool: str, name: str, admin: Admin) -> Backend:
+        """
+        Set a backend's admin state (ready, drain, maint), and remember it.
+
+        @raise UnknownPool: no such pool.
+        @raise UnknownBackend: no such backend.
+        """
+        self.backend(pool, name)
+        self._commit(lambda o: o.administered(pool, name, admin))
+        return self.pools[pool].setAdmin(name, admin)
+
+    # -- draining --------------------------------------------------------
+
+    def _drain(self, pool: str, backend: Backend) -> None:
+        if not backend.closers:
+            return
+        self.log.info(
+            "backend {backend} of pool {pool} draining: {active} connections "
+            "get {grace}s to finish",
+            backend=backend.name, pool=pool, active=backend.active, grace=self.grace,
+        )
+
+        def graceOver() -> None:
+            del self.draining[backend]
+            closed = backend.closeAll()
+            if closed:
+                self.log.warn(  # noqa: G010
+                    "backend {backend} of pool {pool}: closed {closed} connections "
+                    "still open after the {grace}s grace period",
+                    backend=backend.name, pool=pool, closed=closed, grace=self.grace,
+                )
+
+        self.draining[backend] = self.clock.callLater(self.grace, graceOver)
+
+    def inFlight(self) -> int:
+        """
+        Connections or requests in flight on every backend, removed or not.
+        """
+        return sum(b.active for p in self.pools.values() for b in p) + sum(
+            b.active for b in self.draining
+        )
+
+    def closeEverything(self) -> int:
+        """
+        Close every live connection of every backend now, and forget the
+        drain timers.
+
+        @return: how many were closed.
+        """
+        for timer in self.draining.values():
+            if timer.active():
+                timer.cancel()
+        backends = [b for p in self.pools.values() for b in p] + list(self.draining)
+        self.draining.clear()
+        return sum(b.closeAll() for b in backends)
+
+    # -- reconciling and reloading ---------------------------------------
+
+    def reconcile(self) -> None:
+        """
+        Make the live pools match the effective configuration.
+        """
+        effective = self.config
+        for pc in effective.pools:
+            live = self.pools.get(pc.name)
+            if live is None:
+                continue
+            self._reconcilePool(live, pc)
+
+    def _reconcilePool(self, live: BackendPool, pc: PoolConfig) -> None:
+        changes = poolChanges((b.config for b in live), pc.backends)
+        for name in changes.removed:
+            self._drain(live.name, live.remove(name))
+        for b in changes.replaced:
+            self._drain(live.name, live.remove(b.name))
+            live.add(b)
+        for b in changes.reweighted:
+            live.setWeight(b.name, b.weight)
+        for b in changes.added:
+            live.add(b)
+        if live.config.policy != pc.policy:
+            live.policy = POLICIES[pc.policy](getattr(live, "_rng", None) or random.Random())
+        live.config = pc
+        admin = self.overrides.adminStates(live.name)
+        for backend in live:
+            wanted = admin.get(backend.name, Admin.READY)
+            if backend.admin is not wanted:
+                live.setAdmin(backend.name, wanted)
+
+    def reload(self) -> str | None:
+        """
+        Read the configuration file again and apply it.
+
+        @return: L{None} when applied, else why it was rejected (the running
+            configuration stays).
+        """
+        if self.loadConfig is None:
+            self.log.warn(  # noqa: G010
+                "reload asked, but there is no configuration file to read")
+            return "there is no configuration file to reload"
+        try:
+            new = self.loadConfig()
+        except ConfigError as e:
+            self.log.error(
+                "configuration reload rejected, the running configuration stays: "
+                "{error}", error=str(e),
+            )
+            return str(e)
+        old = self.fileConfig
+        if [(x.name, x.endpoint, x.pool, x.mode) for x in new.listeners] != [
+            (x.name, x.endpoint, x.pool, x.mode) for x in old.listeners
+        ] or {p.name for p in new.pools} != {p.name for p in old.pools}:
+            self.log.warn(  # noqa: G010
+                "configuration reload: listeners and the set of pools only "
+                "change with a restart; applying the pools' changes only"
+            )
+        oldPools = {p.name: p for p in old.pools}
+        proposed = copy.deepcopy(self.overrides)
+        for pc in new.pools:
+            before = oldPools.get(pc.name)
+            if before is not None:
+                proposed.forget(pc.name, poolChanges(before.backends, pc.backends).names)
+        if proposed != self.overrides and self.stateFile is not None:
+            try:
+                self.stateFile.save(proposed)
+            except OSError as e:
+                self.log.error(
+                    "configuration reload rejected: cannot save the state file: {error}",
+                    error=str(e),
+                )
+                return f"cannot save the state file: {e}"
+        self.overrides = proposed
+        self.fileConfig = new
+        self.reconcile()
+        self.reloads += 1
+        self.log.info(
+            "configuration reloaded: {backends} backends in {pools} pools",
+            backends=sum(len(p) for p in self.pools.values()),
+            pools=len(self.pools),
+        )
+        return None
+
+
+def configLoader(path: str) -> Callable[[], Config]:
+    """
+    Reads and checks the configuration file at C{path}, for reloads.
+    """
+
+    def load() -> Config:
+        from .config import loadConfigFile
+        from .service import checkEndpoints
+
+        config = loadConfigFile(path)
+        checkEndpoints(config)
+        return config
+
+    return load
+
+
+def loadState(live: LiveConfig) -> None:
+    """
+    Load the saved overrides into C{live} and apply them to its pools.
+
+    @raise StateError: the state file is not valid.
+    """
+    if live.stateFile is None:
+        return
+    health = {p.name: p.health for p in live.fileConfig.pools}
+    live.overrides = live.stateFile.load(
+        lambda pool: health.get(pool) or next(iter(health.values()))
+    )
+    live.reconcile()
+
+
+class ReloadOnSignal(Service):
+    """
+    Reloads the configuration on C{SIGHUP}, and stops gracefully on
+    C{SIGTERM}.
+
+    The reactor's own C{SIGTERM} handler makes twistd end by killing itself
+    with the signal; ours stops the reactor the same way (the services, and
+    L{GracefulStop}, get to finish) but lets the process exit 0, since a
+    graceful stop is a normal end.  It is installed once the reactor runs,
+    after the reactor's own.
+
+    @ivar installHandler: installs a signal handler and returns the old one
+        (injected; L{signal.signal} by default).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        live: LiveConfig,
+        reactor: Any,
+        installHandler: Callable[[int, Any], Any] = signal.signal,
+    ) -> None:
+        self.live = live
+        self.reactor = reactor
+        self.installHandler = installHandler
+        self._previous: dict[int, Any] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        self._install(signal.SIGHUP, self._hangup)
+        self.reactor.callWhenRunning(self._installTerm)
+
+    def _installTerm(self) -> None:
+        if self.running:
+            self._install(signal.SIGTERM, self._terminate)
+
+    def _install(self, signum: int, handler: Any) -> None:
+        self._previous[signum] = self.installHandler(signum, handler)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for signum, previous in self._previous.items():
+            self.installHandler(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+        return succeed(None)
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # A signal handler may run between any two bytecodes of the reactor:
+        # only hand the work to the reactor's thread.
+        self.reactor.callFromThread(self._reload)
+
+    def _reload(self) -> None:
+        self.log.info("SIGHUP received: reloading the configuration")
+        self.live.reload()
+
+    def _terminate(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._stop)
+
+    def _stop(self) -> None:
+        self.log.info("SIGTERM received: stopping gracefully")
+        self.reactor.stop()
+
+
+class GracefulStop(Service):
+    """
+    On stop (C{SIGTERM}), waits for in-flight connections and requests to
+    finish, up to C{grace} seconds, then closes what is left.  The listeners
+    stop accepting at the same time, as their own services stop.
+    """
+
+    log = Logger()
+
+    def __init__(self, live: LiveConfig, clock: Any, grace: float,
+                 poll: float = 0.05) -> None:
+        self.live = live
+        self.clock = clock
+        self.grace = grace
+        self.poll = poll
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        done: Deferred[None] = Deferred()
+        deadline = self.clock.seconds() + self.grace
+        left = self.live.inFlight()
+        if left:
+            self.log.info(
+                "stopping: {active} connections get up to {grace}s to finish",
+                active=left, grace=self.grace,
+            )
+
+        def check() -> None:
+            if self.live.inFlight() and self.clock.seconds() < deadline:
+                self.clock.callLater(self.poll, check)
+                return
+            closed = self.live.closeEverything()
+            if closed:
+                self.log.warn(  # noqa: G010
+                    "stopping: closed {closed} connections still open after "
+                    "the {grace}s grace period", closed=closed, grace=self.grace,
+                )
+            done.callback(None)
+
+        check()
+        return done
+
+
+def controlService(
+    lb: Any,
+    reactor: Any,
+    configPath: str | None,
+    statePath: str | None,
+    grace: float = DEFAULT_GRACE,
+    loadConfig: Callable[[], Config] | None = None,
+    signals: bool = True,
+) -> MultiService:
+    """
+    Compose run-time control around a L{lbtwist.service.LoadBalancer}: the
+    saved state (loaded now), the admin API, metrics and dashboard, reload
+    on C{SIGHUP}, and the graceful stop.
+
+    @raise SystemExit: the state file is not valid.
+    """
+    from .admin import AdminService
+    from .state import defaultStatePath
+
+    path = statePath or lb.config.state or defaultStatePath(configPath)
+    live = LiveConfig(
+        lb.pools, lb.config, reactor, StateFile(path), loadConfig=loadConfig, grace=grace
+    )
+    try:
+        loadState(live)
+    except StateError as e:
+        raise SystemExit(f"lbtwist: {e}") from e
+    lb.live = live
+    top = MultiService()
+    top.setName("control")
+    GracefulStop(live, reactor, grace).setServiceParent(top)
+    AdminService(lb, live, reactor).setServiceParent(top)
+    if signals:
+        ReloadOnSignal(live, reactor).setServiceParent(top)
+    return top

@@ -1,0 +1,322 @@
+"""
+The state file: changes made at run time, kept as overrides on top of the
+configuration, and saved so that a restart (or a crash) never loses them.
+
+The overrides of a pool are: backends removed, backends added (with their
+endpoint and weight), weights changed and admin states set.  The effective
+configuration is always I{the file's configuration with the overrides
+applied}, so a reload of the file (C{SIGHUP}) keeps the operator's changes;
+a backend whose entry the file changes is the file's again (the newest word
+wins), see L{Overrides.forget}.
+
+Saving is atomic: the new state is written to a temporary file in the same
+directory, flushed and fsynced, renamed over the old one, and the directory
+is fsynced.  A crash at any point leaves either the old state or the new one,
+never a mix.
+
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from .config import BackendConfig, Config, ConfigError, parseBackend
+from .pool import Admin
+
+STATE_VERSION = 1
+DEFAULT_STATE_NAME = "lbtwist-state.json"
+
+
+class StateError(ValueError):
+    """
+    A state file cannot be read or is not valid.
+    """
+
+
+@attrs.define
+class PoolOverrides:
+    """
+    The run-time changes of one pool.
+
+    @ivar removed: names of backends removed (from the file's list).
+    @ivar added: backends added, by name.
+    @ivar weights: weights set, by backend name.
+    @ivar admin: admin states other than C{ready}, by backend name.
+    """
+
+    removed: set[str] = attrs.Factory(set)
+    added: dict[str, BackendConfig] = attrs.Factory(dict)
+    weights: dict[str, int] = attrs.Factory(dict)
+    admin: dict[str, Admin] = attrs.Factory(dict)
+
+    def empty(self) -> bool:
+        """
+        Whether this pool has no override at all.
+        """
+        return not (self.removed or self.added or self.weights or self.admin)
+
+
+class Overrides:
+    """
+    Every pool's run-time changes, recorded as the operator makes them.
+    """
+
+    def __init__(self, pools: Mapping[str, PoolOverrides] | None = None) -> None:
+        self.pools: dict[str, PoolOverrides] = dict(pools or {})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Overrides) and {
+            k: v for k, v in self.pools.items() if not v.empty()
+        } == {k: v for k, v in other.pools.items() if not v.empty()}
+
+    def __repr__(self) -> str:
+        return f"<Overrides {self.pools!r}>"
+
+    def pool(self, name: str) -> PoolOverrides:
+        """
+        The overrides of pool C{name}, created empty if needed.
+        """
+        return self.pools.setdefault(name, PoolOverrides())
+
+    # -- recording -------------------------------------------------------
+
+    def added(self, pool: str, backend: BackendConfig) -> None:
+        """
+        A backend was added to C{pool}.
+        """
+        p = self.pool(pool)
+        p.added[backend.name] = backend
+        p.weights.pop(backend.name, None)
+        p.admin.pop(backend.name, None)
+
+    def removed(self, pool: str, name: str) -> None:
+        """
+        A backend was removed from C{pool}.
+        """
+        p = self.pool(pool)
+        p.added.pop(name, None)
+        p.weights.pop(name, None)
+        p.admin.pop(name, None)
+        p.removed.add(name)
+
+    def weighted(self, pool: str, name: str, weight: int) -> None:
+        """
+        The weight of a backend of C{pool} was set.
+        """
+        p = self.pool(pool)
+        if name in p.added:
+            p.added[name] = attrs.evolve(p.added[name], weight=weight)
+        else:
+            p.weights[name] = weight
+
+    def administered(self, pool: str, name: str, admin: Admin) -> None:
+        """
+        The admin state of a backend of C{pool} was set.
+        """
+        p = self.pool(pool)
+        if admin is Admin.READY:
+            p.admin.pop(name, None)
+        else:
+            p.admin[name] = admin
+
+    def forget(self, pool: str, names: set[str]) -> None:
+        """
+        Drop every override of these backends of C{pool}: the file now says
+        something new about them, and the newest word wins.
+        """
+        p = self.pools.get(pool)
+        if p is None:
+            return
+        for name in names:
+            p.removed.discard(name)
+            p.added.pop(name, None)
+            p.weights.pop(name, None)
+            p.admin.pop(name, None)
+
+    # -- applying --------------------------------------------------------
+
+    def apply(self, config: Config) -> Config:
+        """
+        The configuration C{config} with these overrides applied.
+
+        Overrides of pools the configuration does not have are ignored (and
+        kept, in case the pool comes back).
+        """
+        pools = []
+        for pc in config.pools:
+            p = self.pools.get(pc.name)
+            if p is None or p.empty():
+                pools.append(pc)
+                continue
+            backends = [
+                attrs.evolve(b, weight=p.weights.get(b.name, b.weight))
+                for b in pc.backends
+                if b.name not in p.removed and b.name not in p.added
+            ]
+            backends.extend(p.added.values())
+            pools.append(attrs.evolve(pc, backends=tuple(backends)))
+        return attrs.evolve(config, pools=tuple(pools))
+
+    def adminStates(self, pool: str) -> dict[str, Admin]:
+        """
+        The admin states set in C{pool}, by backend name.
+        """
+        p = self.pools.get(pool)
+        return dict(p.admin) if p is not None else {}
+
+    # -- serialising -----------------------------------------------------
+
+    def toJSON(self) -> dict[str, Any]:
+        """
+        These overrides as plain JSON data.
+        """
+        return {
+            "version": STATE_VERSION,
+            "pools": {
+                name: {
+                    "removed": sorted(p.removed),
+                    "added": [
+                        {"name": b.name, "endpoint": b.endpoint, "weight": b.weight}
+                        for b in p.added.values()
+                    ],
+                    "weights": dict(sorted(p.weights.items())),
+                    "admin": {k: v.value for k, v in sorted(p.admin.items())},
+                }
+                for name, p in sorted(self.pools.items())
+                if not p.empty()
+            },
+        }
+
+    @classmethod
+    def fromJSON(cls, data: object, health: Callable[[str], Any] | None = None) -> Overrides:
+        """
+        Overrides from plain JSON data, as written by L{toJSON}.
+
+        @param health: gives the health-check settings of an added backend
+            from its pool's name (the pool's defaults).
+        @raise StateError: the data is not valid.
+        """
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise StateError(f"expected a state of version {STATE_VERSION}")
+        pools = data.get("pools")
+        if not isinstance(pools, dict):
+            raise StateError("pools: expected a mapping")
+        result = cls()
+        for name, body in pools.items():
+            where = f"pools.{name}"
+            if not isinstance(body, dict):
+                raise StateError(f"{where}: expected a mapping")
+            p = result.pool(name)
+            removed = body.get("removed", [])
+            if not isinstance(removed, list) or not all(isinstance(r, str) for r in removed):
+                raise StateError(f"{where}.removed: expected a list of names")
+            p.removed = set(removed)
+            added = body.get("added", [])
+            if not isinstance(added, list):
+                raise StateError(f"{where}.added: expected a list")
+            for i, item in enumerate(added):
+                try:
+                    b = parseBackend(item, f"{where}.added[{i}]", _healthOf(health, name))
+                except ConfigError as e:
+                    raise StateError(str(e)) from e
+                p.added[b.name] = b
+            weights = body.get("weights", {})
+            if not isinstance(weights, dict) or not all(
+                isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 256
+                for w in weights.values()
+            ):
+                raise StateError(f"{where}.weights: expected weights 0-256 by name")
+            p.weights = dict(weights)
+            admin = body.get("admin", {})
+            try:
+                p.admin = {k: Admin(v) for k, v in dict(admin).items()}
+            except (ValueError, TypeError) as e:
+                raise StateError(f"{where}.admin: expected ready, drain or maint") from e
+        return result
+
+
+def _healthOf(health: Callable[[str], Any] | None, pool: str) -> Any:
+    from .config import HealthCheck
+
+    return health(pool) if health is not None else HealthCheck()
+
+
+def defaultStatePath(configPath: str | None, cwd: str | None = None) -> str:
+    """
+    Where the state file goes when none is given: next to the configuration
+    file, or in the working directory when there is none.
+    """
+    if configPath:
+        return os.path.join(os.path.dirname(os.path.abspath(configPath)), DEFAULT_STATE_NAME)
+    return os.path.join(cwd if cwd is not None else os.getcwd(), DEFAULT_STATE_NAME)
+
+
+class StateFile:
+    """
+    The file the overrides are saved in, atomically.
+
+    @ivar path: the file's path.
+    @ivar replace: renames a file over another (injected so tests can crash
+        a save half-way).
+    """
+
+    def __init__(self, path: str, replace: Callable[[str, str], None] = os.replace) -> None:
+        self.path = path
+        self.replace = replace
+
+    def load(self, health: Callable[[str], Any] | None = None) -> Overrides:
+        """
+        Read the saved overrides; none if there is no file yet.
+
+        @raise StateError: the file cannot be read or is not valid.
+        """
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return Overrides()
+        except OSError as e:
+            raise StateError(f"cannot read state file {self.path!r}: {e.strerror}") from e
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise StateError(f"state file {self.path!r} is not valid JSON: {e}") from e
+        try:
+            return Overrides.fromJSON(data, health)
+        except StateError as e:
+            raise StateError(f"state file {self.path!r}: {e}") from e
+
+    def save(self, overrides: Overrides) -> None:
+        """
+        Write C{overrides} atomically: temporary file, fsync, rename, fsync
+        of the directory.
+
+        @raise OSError: it could not be saved; the old state is intact.
+        """
+        directory = os.path.dirname(os.path.abspath(self.path))
+        data = json.dumps(overrides.toJSON(), indent=2, sort_keys=True).encode() + b"\n"
+        fd, temp = tempfile.mkstemp(prefix=".lbtwist-state.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self.replace(temp, self.path)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+        dirfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)

@@ -1,0 +1,148 @@
+"""
+Real servers and clients for integration tests, all on 127.0.0.1.
+
+Backends run in the test's reactor; blocking clients (the stdlib's sockets
+and C{http.client}) run in threads so the reactor keeps turning.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, TypeVar
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from lbtwist.config import parseConfig
+from lbtwist.service import LoadBalancer
+
+reactor: Any = _reactor
+T = TypeVar("T")
+
+
+class NameOnConnect(Protocol):
+    """
+    Writes the server's name as soon as a client connects, then echoes what
+    it reads until the client half-closes; then closes.
+    """
+
+    factory: NamedFactory
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.transport.write(self.factory.name.encode() + b"\n")  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class NamedFactory(Factory):
+    """
+    Builds L{NameOnConnect}; counts connections.
+    """
+
+    protocol = NameOnConnect
+    noisy = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.connections = 0
+
+
+class Backends:
+    """
+    Named backend servers listening on loopback, stoppable and restartable.
+    """
+
+    def __init__(self, case: TestCase, factory: Callable[[str], Factory] = NamedFactory) -> None:
+        self.case = case
+        self.makeFactory = factory
+        self.ports: dict[str, IListeningPort] = {}
+        self.numbers: dict[str, int] = {}
+        self.factories: dict[str, Factory] = {}
+        case.addCleanup(self.stopAll)
+
+    def start(self, name: str) -> int:
+        """
+        Start (or restart on its old port) the backend C{name}.
+        """
+        factory = self.factories.get(name) or self.makeFactory(name)
+        self.factories[name] = factory
+        port = reactor.listenTCP(self.numbers.get(name, 0), factory, interface="127.0.0.1")
+        self.ports[name] = port
+        self.numbers[name] = port.getHost().port
+        return int(self.numbers[name])
+
+    def stop(self, name: str) -> Deferred[None]:
+        """
+        Stop listening as C{name} (as if it died).
+        """
+        return self.ports.pop(name).stopListening()  # type: ignore[return-value]
+
+    def endpoint(self, name: str) -> str:
+        return f"tcp:host=127.0.0.1:port={self.numbers[name]}"
+
+    @inlineCallbacks
+    def stopAll(self) -> Any:
+        for name in list(self.ports):
+            yield self.stop(name)
+
+
+def startBalancer(case: TestCase, data: dict[str, Any]) -> tuple[LoadBalancer, int]:
+    """
+    Start a balancer from configuration data in this reactor; return it and
+    the port of its first listener.  It is stopped when the test ends.
+    """
+    lb = LoadBalancer(parseConfig(data), reactor)
+    lb.startService()
+    case.addCleanup(lb.stopService)
+    listener = lb.getServiceNamed("listener:" + lb.config.listeners[0].name)
+    port = listener._waitingForPort.result  # type: ignore[attr-defined]
+    return lb, int(port.getHost().port)
+
+
+def poolConfig(backends: list[tuple[str, str]], mode: str = "tcp", **settings: Any) -> dict[str, Any]:
+    """
+    Configuration data for one listener on an ephemeral loopback port and a
+    pool of the given C{(name, endpoint)} backends with other C{settings}.
+    """
+    body: dict[str, Any] = {"backends": [{"name": n, "endpoint": e} for n, e in backends]}
+    body.update(settings)
+    return {
+        "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": mode}],
+        "pools": {"web": body},
+    }
+
+
+def inThread(f: Callable[..., T], *args: Any) -> Deferred[T]:
+    """
+    Run a blocking client in a thread.
+    """
+    return deferToThread(f, *args)
+
+
+def firstLine(port: int, timeout: float = 5.0) -> bytes:
+    """
+    Connect to C{port}, read one line, and close.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            data += chunk
+        return data.strip()
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    """
+    Wait in the reactor.
+    """
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)

@@ -1,0 +1,647 @@
+"""
+Tests for L{lbtwist.admin}: the admin API over real sockets on 127.0.0.1,
+every bad input it must refuse, the Go design's wire-compatible routes, and
+the token and listener rules.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from typing import Any, ClassVar
+
+import attrs
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbtwist.admin import AdminService, backendURL, checkAdmin, isLoopback
+from lbtwist.config import ConfigError, parseConfig
+from lbtwist.pool import Admin
+from lbtwist.reload import LiveConfig
+from lbtwist.state import StateFile
+from tests.support import (
+    Backends,
+    firstLine,
+    inThread,
+    poolConfig,
+    reactor,
+    sleep,
+    startBalancer,
+)
+
+TOKEN = "s3cret-token"
+
+
+def call(port: int, method: str, path: str, body: object = None, token: str | None = TOKEN,
+         raw: bytes | None = None, headers: dict[str, str] | None = None
+         ) -> tuple[int, dict[str, str], bytes]:
+    """
+    One blocking HTTP request to the admin API (run it in a thread).
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        h = {"Connection": "close", **(headers or {})}
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        conn.request(method, path, body=data, headers=h)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def jcall(port: int, method: str, path: str, body: object = None, **kw: Any
+          ) -> tuple[int, Any]:
+    """
+    Like L{call}, decoding a JSON answer.
+    """
+    status, _, data = call(port, method, path, body, **kw)
+    return status, json.loads(data)
+
+
+def recvOrReset(sock: socket.socket) -> bytes:
+    """
+    Read from C{sock}; a reset (an aborted connection) reads as the end.
+    """
+    try:
+        return sock.recv(100)
+    except ConnectionResetError:
+        return b""
+
+
+class AdminHarness:
+    """
+    Backends, a balancer, its live configuration and admin API, in this
+    reactor, all stopped when the test ends.
+    """
+
+    def __init__(self, case: TestCase, names: tuple[str, ...] = ("a", "b"),
+                 grace: float = 0.3, token: str | None = TOKEN) -> None:
+        self.backends = Backends(case)
+        for name in names:
+            self.backends.start(name)
+        self.lb, self.port = startBalancer(
+            case, poolConfig([(n, self.backends.endpoint(n)) for n in names],
+                             health={"interval": 0.2, "rise": 1, "fall": 1}))
+        self.lb.config = attrs.evolve(
+            self.lb.config, admin="tcp:0:interface=127.0.0.1", adminToken=token)
+        self.statePath = os.path.abspath(case.mktemp())
+        self.live = LiveConfig(self.lb.pools, self.lb.config, reactor,
+                               StateFile(self.statePath), grace=grace)
+        self.service = AdminService(self.lb, self.live, reactor, environ={})
+        self.service.startService()
+        case.addCleanup(self.service.stopService)
+        case.addCleanup(self.live.closeEverything)
+        self.admin = int(self.service.port.getHost().port)
+        self.pool = self.lb.pools["web"]
+
+    def call(self, *args: Any, **kw: Any) -> Any:
+        """
+        L{jcall} on the admin port, in a thread.
+        """
+        return inThread(lambda: jcall(self.admin, *args, **kw))
+
+    def rawCall(self, *args: Any, **kw: Any) -> Any:
+        """
+        L{call} on the admin port, in a thread.
+        """
+        return inThread(lambda: call(self.admin, *args, **kw))
+
+    def snapshot(self) -> list[tuple[str, str, int, str]]:
+        """
+        The pool's backends as comparable values.
+        """
+        return sorted((b.name, b.endpoint, b.weight, b.admin.value) for b in self.pool)
+
+
+class ReadTests(TestCase):
+    """
+    The read-only routes.
+    """
+
+    @inlineCallbacks
+    def test_listPools(self) -> Any:
+        """
+        C{GET /api/pools} lists every pool with each backend's state and counters.
+        """
+        h = AdminHarness(self)
+        yield inThread(firstLine, h.port)
+        status, body = yield h.call("GET", "/api/pools")
+        self.assertEqual(status, 200)
+        [pool] = body["pools"]
+        self.assertEqual(pool["name"], "web")
+        self.assertEqual(pool["policy"], "roundrobin")
+        names = [b["name"] for b in pool["backends"]]
+        self.assertEqual(names, ["a", "b"])
+        first = pool["backends"][0]
+        for key in ("state", "weight", "active", "total", "failures", "failuresByKind",
+                    "bytesIn", "bytesOut", "probeLatency", "responseTime", "share", "url"):
+            self.assertIn(key, first)
+        self.assertEqual(sum(b["total"] for b in pool["backends"]), 1)
+        self.assertEqual(first["url"], backendURL(h.backends.endpoint("a")))
+
+    @inlineCallbacks
+    def test_showPoolAndBackend(self) -> Any:
+        """
+        One pool, its backends, and one backend have their own routes; an
+        unknown backend is a 404 and an unknown pool a 400 naming it.
+        """
+        h = AdminHarness(self)
+        status, pool = yield h.call("GET", "/api/pools/web")
+        self.assertEqual((status, pool["name"]), (200, "web"))
+        status, backends = yield h.call("GET", "/api/pools/web/backends")
+        self.assertEqual([b["name"] for b in backends], ["a", "b"])
+        status, backend = yield h.call("GET", "/api/pools/web/backends/b")
+        self.assertEqual((status, backend["name"], backend["weight"]), (200, "b", 1))
+        status, body = yield h.call("GET", "/api/pools/web/backends/zz")
+        self.assertEqual(status, 404)
+        self.assertIn("zz", body["error"])
+        status, body = yield h.call("GET", "/api/pools/nope/backends")
+        self.assertEqual(status, 400)
+        self.assertIn("unknown pool 'nope'", body["error"])
+
+    @inlineCallbacks
+    def test_health(self) -> Any:
+        """
+        C{GET /api/health} is 200 while every pool has an eligible backend,
+        and 503 when one has none.
+        """
+        h = AdminHarness(self)
+        status, body = yield h.call("GET", "/api/health")
+        self.assertEqual((status, body["status"]), (200, "ok"))
+        for b in h.pool:
+            h.pool.setAdmin(b.name, Admin.MAINT)
+        status, body = yield h.call("GET", "/api/health")
+        self.assertEqual((status, body["status"]), (503, "degraded"))
+        self.assertEqual(body["pools"]["web"], {"eligible": 0, "backends": 2})
+
+    @inlineCallbacks
+    def test_listeners(self) -> Any:
+        """
+        C{GET /api/listeners} shows each listener's accepted and active clients.
+        """
+        h = AdminHarness(self)
+        yield inThread(firstLine, h.port)
+        yield inThread(firstLine, h.port)
+        status, body = yield h.call("GET", "/api/listeners")
+        self.assertEqual(status, 200)
+        self.assertEqual(body[0]["accepted"], 2)
+        self.assertEqual(body[0]["pool"], "web")
+
+    @inlineCallbacks
+    def test_unknownRouteAndMethod(self) -> Any:
+        """
+        An unknown path is a 404; a known path with the wrong method is a 405
+        with an C{Allow} header.
+        """
+        h = AdminHarness(self)
+        status, _, _ = yield h.rawCall("GET", "/api/nothing")
+        self.assertEqual(status, 404)
+        status, headers, _ = yield h.rawCall("PUT", "/api/pools/web/backends")
+        self.assertEqual(status, 405)
+        self.assertIn("POST", headers["allow"])
+
+    @inlineCallbacks
+    def test_staticFiles(self) -> Any:
+        """
+        The dashboard and its script are served from the package, and no
+        other file is.
+        """
+        h = AdminHarness(self)
+        status, headers, body = yield h.rawCall("GET", "/")
+        self.assertEqual(status, 200)
+        self.assertIn("text/html", headers["content-type"])
+        self.assertIn(b"/static/dashboard.js", body)
+        status, headers, body = yield h.rawCall("GET", "/static/dashboard.js")
+        self.assertEqual(status, 200)
+        self.assertIn(b"setInterval", body)
+        status, _, _ = yield h.rawCall("GET", "/static/..%2Fadmin.py")
+        self.assertEqual(status, 404)
+
+
+class ChangeTests(TestCase):
+    """
+    The routes that change the pool, their validation, and the state file.
+    """
+
+    @inlineCallbacks
+    def test_addBackend(self) -> Any:
+        """
+        C{POST /api/pools/{pool}/backends} adds a backend that then gets
+        traffic, answers 201, and saves the change to the state file.
+        """
+        h = AdminHarness(self, names=("a",))
+        c = h.backends.start("c")
+        status, body = yield h.call("POST", "/api/pools/web/backends",
+                                    {"name": "c", "host": "127.0.0.1", "port": c,
+                                     "weight": 3})
+        self.assertEqual(status, 201, body)
+        self.assertEqual((body["name"], body["weight"]), ("c", 3))
+        self.assertIn("c", h.pool)
+        seen = set()
+        for _ in range(6):
+            seen.add((yield inThread(firstLine, h.port)))
+        self.assertEqual(seen, {b"a", b"c"})
+        with open(h.statePath) as f:
+            saved = json.load(f)
+        self.assertEqual(saved["pools"]["web"]["added"],
+                         [{"name": "c", "endpoint": f"tcp:host=127.0.0.1:port={c}",
+                           "weight": 3}])
+
+    @inlineCallbacks
+    def test_addWithState(self) -> Any:
+        """
+        A backend can be added straight into maintenance.
+        """
+        h = AdminHarness(self)
+        status, body = yield h.call("POST", "/api/pools/web/backends",
+                                    {"name": "m", "endpoint": "tcp:host=127.0.0.1:port=9",
+                                     "state": "maint"})
+        self.assertEqual((status, body["state"]), (201, "maint"))
+        self.assertIs(h.pool.get("m").admin, Admin.MAINT)  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_addDuplicate(self) -> Any:
+        """
+        Adding a name the pool has is a 409, and the pool is unchanged.
+        """
+        h = AdminHarness(self)
+        before = h.snapshot()
+        status, body = yield h.call("POST", "/api/pools/web/backends",
+                                    {"name": "a", "endpoint": "tcp:host=127.0.0.1:port=9"})
+        self.assertEqual(status, 409)
+        self.assertIn("'a'", body["error"])
+        self.assertEqual(h.snapshot(), before)
+
+    @inlineCallbacks
+    def test_addBadInput(self) -> Any:
+        """
+        Bad JSON, a body that is not an object, unknown fields, wrong types,
+        bad values and unknown pools are 400s naming the problem, and the
+        pool is unchanged.
+        """
+        h = AdminHarness(self)
+        before = h.snapshot()
+        cases: list[tuple[str, Any, str]] = [
+            ("/api/pools/web/backends", b"{not json", "not valid JSON"),
+            ("/api/pools/web/backends", b"[1, 2]", "must be a JSON object"),
+            ("/api/pools/web/backends", {"name": "x", "endpoint": "tcp:host=h:port=1",
+                                         "colour": "red"}, "unknown field 'colour'"),
+            ("/api/pools/web/backends", {"name": 5, "endpoint": "tcp:host=h:port=1"},
+             "name: expected a string"),
+            ("/api/pools/web/backends", {"name": "x", "host": "h", "port": "80"},
+             "port: expected an integer"),
+            ("/api/pools/web/backends", {"name": "x", "endpoint": "tcp:host=h:port=1",
+                                         "weight": "3"}, "weight: expected an integer"),
+            ("/api/pools/web/backends", {"name": "x", "endpoint": "tcp:host=h:port=1",
+                                         "weight": 999}, "0-256"),
+            ("/api/pools/web/backends", {"name": "x", "endpoint": "tcp:host=h:port=1",
+                                         "state": "sleepy"}, "ready, drain, maint"),
+            ("/api/pools/web/backends", {"name": "x", "endpoint": "carrier-pigeon:h"},
+             "endpoint"),
+            ("/api/pools/web/backends", {"name": "x", "host": "h", "port": 70000},
+             "port"),
+            ("/api/pools/web/backends", {"name": "bad name!", "endpoint":
+                                         "tcp:host=h:port=1"}, "name"),
+            ("/api/pools/web/backends", {"name": "x"}, "endpoint, or a host and a port"),
+            ("/api/pools/nope/backends", {"name": "x", "endpoint": "tcp:host=h:port=1"},
+             "unknown pool 'nope'"),
+        ]
+        for path, body, message in cases:
+            raw = body if isinstance(body, bytes) else None
+            status, answer = yield h.call("POST", path, None if raw else body, raw=raw)
+            self.assertEqual(status, 400, (body, answer))
+            self.assertIn(message, answer["error"], body)
+        self.assertEqual(h.snapshot(), before)
+        self.assertFalse(os.path.exists(h.statePath))
+
+    @inlineCallbacks
+    def test_patchWeightAndState(self) -> Any:
+        """
+        C{PATCH} changes a backend's weight and admin state, and saves them.
+        """
+        h = AdminHarness(self)
+        status, body = yield h.call("PATCH", "/api/pools/web/backends/a",
+                                    {"weight": 7, "state": "drain"})
+        self.assertEqual(status, 200, body)
+        self.assertEqual((body["weight"], body["state"]), (7, "drain"))
+        a = h.pool.get("a")
+        assert a is not None
+        self.assertEqual((a.weight, a.admin), (7, Admin.DRAIN))
+        self.assertFalse(a.eligible)
+        for _ in range(3):
+            self.assertEqual((yield inThread(firstLine, h.port)), b"b")
+        status, body = yield h.call("PATCH", "/api/pools/web/backends/a", {"state": "maint"})
+        self.assertEqual(body["state"], "maint")
+        status, body = yield h.call("PATCH", "/api/pools/web/backends/a", {"state": "ready"})
+        self.assertEqual(a.admin, Admin.READY)
+        with open(h.statePath) as f:
+            saved = json.load(f)["pools"]["web"]
+        self.assertEqual((saved["weights"], saved["admin"]), ({"a": 7}, {}))
+
+    @inlineCallbacks
+    def test_patchBadInput(self) -> Any:
+        """
+        A C{PATCH} with bad JSON, unknown fields, wrong types, bad values, no
+        change, an unknown pool or an unknown backend changes nothing.
+        """
+        h = AdminHarness(self)
+        before = h.snapshot()
+        cases: list[tuple[str, Any, int, str]] = [
+            ("/api/pools/web/backends/a", b"nope", 400, "not valid JSON"),
+            ("/api/pools/web/backends/a", {"weight": 2, "name": "z"}, 400,
+             "unknown field 'name'"),
+            ("/api/pools/web/backends/a", {"weight": 1.5}, 400, "weight"),
+            ("/api/pools/web/backends/a", {"weight": True}, 400, "weight"),
+            ("/api/pools/web/backends/a", {"weight": -1}, 400, "0-256"),
+            # The state is checked before the weight is applied.
+            ("/api/pools/web/backends/a", {"weight": 9, "state": "off"}, 400, "state"),
+            ("/api/pools/web/backends/a", {"state": 1}, 400, "state"),
+            ("/api/pools/web/backends/a", {}, 400, "nothing to change"),
+            ("/api/pools/zz/backends/a", {"weight": 2}, 400, "unknown pool 'zz'"),
+            ("/api/pools/web/backends/zz", {"weight": 2}, 404, "'zz'"),
+        ]
+        for path, body, code, message in cases:
+            raw = body if isinstance(body, bytes) else None
+            status, answer = yield h.call("PATCH", path, None if raw else body, raw=raw)
+            self.assertEqual(status, code, (body, answer))
+            self.assertIn(message, answer["error"], body)
+        self.assertEqual(h.snapshot(), before)
+
+    @inlineCallbacks
+    def test_removeDrainsThenCloses(self) -> Any:
+        """
+        C{DELETE} takes the backend out of rotation at once; its open
+        connections keep working until the grace period is over, and are
+        closed then.  An unknown backend is a 404.
+        """
+        h = AdminHarness(self, grace=0.5)
+        sock = yield inThread(socket.create_connection, ("127.0.0.1", h.port), 5)
+        self.addCleanup(sock.close)
+        first = yield inThread(sock.recv, 100)
+        name = first.strip().decode()
+        other = "b" if name == "a" else "a"
+        status, body = yield h.call("DELETE", f"/api/pools/web/backends/{name}")
+        self.assertEqual(status, 200, body)
+        self.assertEqual((body["name"], body["draining"]), (name, 1))
+        self.assertNotIn(name, h.pool)
+        # In flight: still relayed.
+        yield inThread(sock.sendall, b"still here\n")
+        self.assertEqual((yield inThread(sock.recv, 100)), b"still here\n")
+        # New clients go to the other backend.
+        self.assertEqual((yield inThread(firstLine, h.port)), other.encode())
+        # After the grace period the connection is closed.
+        yield sleep(0.8)
+        sock.settimeout(5)
+        self.assertEqual((yield inThread(recvOrReset, sock)), b"")
+        status, body = yield h.call("DELETE", f"/api/pools/web/backends/{name}")
+        self.assertEqual(status, 404)
+
+    @inlineCallbacks
+    def test_removeIdleBackend(self) -> Any:
+        """
+        Removing a backend with no connection leaves no drain timer behind,
+        and is saved.
+        """
+        h = AdminHarness(self)
+        status, body = yield h.call("DELETE", "/api/pools/web/backends/b")
+        self.assertEqual((status, body["draining"]), (200, 0))
+        self.assertEqual(h.live.draining, {})
+        with open(h.statePath) as f:
+            self.assertEqual(json.load(f)["pools"]["web"]["removed"], ["b"])
+
+    @inlineCallbacks
+    def test_saveFailureChangesNothing(self) -> Any:
+        """
+        When the state cannot be saved the answer is a 500 and the pool is
+        unchanged: a success always means the change was saved.
+        """
+        h = AdminHarness(self)
+        h.live.stateFile = StateFile(os.path.join(self.mktemp(), "missing-dir", "s.json"))
+        before = h.snapshot()
+        status, body = yield h.call("PATCH", "/api/pools/web/backends/a", {"weight": 5})
+        self.assertEqual(status, 500)
+        self.assertIn("nothing changed", body["error"])
+        status, body = yield h.call("DELETE", "/api/pools/web/backends/a")
+        self.assertEqual(status, 500)
+        self.assertEqual(h.snapshot(), before)
+
+
+class TokenTests(TestCase):
+    """
+    Every change needs the bearer token.
+    """
+
+    @inlineCallbacks
+    def test_mutationsNeedToken(self) -> Any:
+        """
+        Without a token, or with a wrong one or another scheme, every
+        mutating route answers 401 and changes nothing; reads need none.
+        """
+        h = AdminHarness(self)
+        before = h.snapshot()
+        requests = [
+            ("POST", "/api/pools/web/backends", {"name": "x", "endpoint": "tcp:host=h:port=1"}),
+            ("PATCH", "/api/pools/web/backends/a", {"weight": 5}),
+            ("DELETE", "/api/pools/web/backends/a", None),
+            ("POST", "/addServer", {"URL": "http://127.0.0.1:9"}),
+            ("DELETE", "/removeServer", {"URL": h.pool.get("a").endpoint}),  # type: ignore[union-attr]
+            ("POST", "/api/reload", None),
+        ]
+        for method, path, body in requests:
+            for kw in ({"token": None}, {"token": "wrong"}, {"token": TOKEN[:-1]},
+                       {"token": None, "headers": {"Authorization": f"Basic {TOKEN}"}}):
+                status, headers, answer = yield h.rawCall(method, path, body, **kw)
+                self.assertEqual(status, 401, (method, path, kw))
+                self.assertIn("Bearer", headers["www-authenticate"])
+                self.assertIn("token", json.loads(answer)["error"])
+        self.assertEqual(h.snapshot(), before)
+        status, _ = yield h.call("GET", "/api/pools", token=None)
+        self.assertEqual(status, 200)
+
+    @inlineCallbacks
+    def test_noTokenConfigured(self) -> Any:
+        """
+        With no token configured, changes are refused with a message saying
+        how to set one.
+        """
+        h = AdminHarness(self, token=None)
+        status, body = yield h.call("PATCH", "/api/pools/web/backends/a", {"weight": 5},
+                                    token="anything")
+        self.assertEqual(status, 401)
+        self.assertIn("LBTWIST_ADMIN_TOKEN", body["error"])
+        self.assertEqual(h.pool.get("a").weight, 1)  # type: ignore[union-attr]
+
+
+class GoCompatibleTests(TestCase):
+    """
+    The Go design's routes: C{/addServer}, C{/removeServer}, C{/list},
+    C{/health}, acting on the first pool.
+    """
+
+    @inlineCallbacks
+    def test_addListRemove(self) -> Any:
+        """
+        A server added with C{{"URL": ...}} (any case of the field name) is
+        listed with C{URL}, C{ActiveConns} and C{Healthy}, and removed again.
+        """
+        h = AdminHarness(self, names=("a",))
+        c = h.backends.start("c")
+        url = f"http://127.0.0.1:{c}"
+        status, body = yield h.call("POST", "/addServer", {"url": url})
+        self.assertEqual((status, body), (200, {"status": "success"}))
+        self.assertIn(f"127.0.0.1:{c}", h.pool)
+        yield sleep(0.5)  # health checks (0.2s, rise 1) mark it up
+        status, listed = yield h.call("GET", "/list")
+        self.assertEqual(status, 200)
+        entry = next(e for e in listed if e["URL"] == url)
+        self.assertEqual(entry, {"URL": url, "ActiveConns": 0, "Healthy": True})
+        self.assertIsInstance(listed[0]["URL"], str)
+        status, body = yield h.call("DELETE", "/removeServer", {"Url": url})
+        self.assertEqual((status, body), (200, {"status": "success"}))
+        self.assertNotIn(f"127.0.0.1:{c}", h.pool)
+
+    @inlineCallbacks
+    def test_errors(self) -> Any:
+        """
+        Bad bodies are C{Invalid input}, bad URLs C{Invalid URL} (both 400);
+        a duplicate add is a 409 and removing an unknown server a 404.
+        """
+        h = AdminHarness(self)
+        before = h.snapshot()
+        invalidInput: list[Any] = [b"{", b"[]", {"URL": 5}, {"Address": "http://h:1"},
+                                   {"URL": "http://h:1", "extra": 1}, {}]
+        for path, method in (("/addServer", "POST"), ("/removeServer", "DELETE")):
+            for body in invalidInput:
+                raw = body if isinstance(body, bytes) else None
+                status, answer = yield h.call(method, path, None if raw else body, raw=raw)
+                self.assertEqual((status, answer), (400, {"error": "Invalid input"}), body)
+            for url in ("not a url", "ftp://h:21", "http://", "http://h:99999"):
+                status, answer = yield h.call(method, path, {"URL": url})
+                self.assertEqual((status, answer), (400, {"error": "Invalid URL"}), url)
+        a = h.pool.get("a")
+        assert a is not None
+        status, answer = yield h.call("POST", "/addServer", {"URL": backendURL(a.endpoint)})
+        self.assertEqual(status, 409)
+        status, answer = yield h.call("DELETE", "/removeServer",
+                                      {"URL": "http://127.0.0.1:1"})
+        self.assertEqual(status, 404)
+        self.assertEqual(h.snapshot(), before)
+
+    @inlineCallbacks
+    def test_health(self) -> Any:
+        """
+        C{GET /health} answers C{OK}.
+        """
+        h = AdminHarness(self)
+        status, _, body = yield h.rawCall("GET", "/health")
+        self.assertEqual((status, body), (200, b"OK"))
+
+
+class ListenerRuleTests(SynchronousTestCase):
+    """
+    The admin listener's address and token rules.
+    """
+
+    def config(self, **kw: Any) -> Any:
+        """
+        A small valid configuration with C{kw} set.
+        """
+        return attrs.evolve(parseConfig(poolConfig([("a", "tcp:host=h:port=1")])), **kw)
+
+    def test_isLoopback(self) -> None:
+        """
+        Only loopback interfaces and UNIX sockets count as local.
+        """
+        for local in ("tcp:9000:interface=127.0.0.1", "tcp:0:interface=127.0.0.2",
+                      "tcp6:9000:interface=\\:\\:1", "unix:/tmp/admin.sock"):
+            self.assertTrue(isLoopback(local), local)
+        for remote in ("tcp:9000", "tcp:9000:interface=0.0.0.0",
+                       "tcp:9000:interface=10.0.0.1", "tcp6:9000:interface=\\:\\:"):
+            self.assertFalse(isLoopback(remote), remote)
+
+    def test_refuseOpenWithoutToken(self) -> None:
+        """
+        A non-loopback admin listener without a token is refused, naming
+        the way out; with a token (from the file or the environment) it is
+        allowed.
+        """
+        e = self.assertRaises(ConfigError, checkAdmin, self.config(admin="tcp:9000"), {})
+        self.assertIn("admin-token", str(e))
+        self.assertEqual(
+            checkAdmin(self.config(admin="tcp:9000", adminToken="t"), {}).adminToken, "t")
+        self.assertEqual(
+            checkAdmin(self.config(admin="tcp:9000"),
+                       {"LBTWIST_ADMIN_TOKEN": "env"}).adminToken, "env")
+
+    def test_fileTokenWins(self) -> None:
+        """
+        The file's token is used over the environment's; the default
+        listener is loopback and needs none.
+        """
+        config = checkAdmin(self.config(adminToken="file"), {"LBTWIST_ADMIN_TOKEN": "env"})
+        self.assertEqual(config.adminToken, "file")
+        self.assertIsNone(checkAdmin(self.config(), {}).adminToken)
+
+    def test_serviceRefusesOpen(self) -> None:
+        """
+        The service itself refuses a non-loopback listener without a token.
+        """
+
+        class Balancer:
+            config = self.config(admin="tcp:9000")
+            pools: ClassVar[dict[str, Any]] = {}
+            factories: ClassVar[dict[str, Any]] = {}
+
+        live = LiveConfig({}, Balancer.config, reactor)
+        self.assertRaises(ConfigError, AdminService, Balancer(), live, reactor, {})
+
+    def test_backendURL(self) -> None:
+        """
+        Backends are shown as C{http://host:port} like the Go design does.
+        """
+        self.assertEqual(backendURL("tcp:host=10.0.0.5:port=80"), "http://10.0.0.5:80")
+        self.assertEqual(backendURL("tcp:10.0.0.5:80"), "http://10.0.0.5:80")
+        self.assertEqual(backendURL("tcp6:host=\\:\\:1:port=80"), "http://[::1]:80")
+        self.assertEqual(backendURL("unix:/run/app.sock"), "unix:/run/app.sock")
+
+
+class DefaultListenerTests(TestCase):
+    """
+    The default admin listener is optional; a configured one is not.
+    """
+
+    def setUp(self) -> None:
+        self.blocker = socket.socket()
+        self.blocker.bind(("127.0.0.1", 0))
+        self.blocker.listen(1)
+        self.addCleanup(self.blocker.close)
+        self.busy = self.blocker.getsockname()[1]
+
+    def service(self, admin: str | None) -> AdminService:
+        lb, _ = startBalancer(self, poolConfig([("a", "tcp:host=127.0.0.1:port=9")]))
+        lb.config = attrs.evolve(lb.config, admin=admin)
+        return AdminService(lb, LiveConfig(lb.pools, lb.config, reactor), reactor, {})
+
+    def test_configuredBusyPortStops(self) -> None:
+        """
+        A configured admin endpoint that cannot listen stops the start.
+        """
+        s = self.service(f"tcp:{self.busy}:interface=127.0.0.1")
+        e = self.assertRaises(SystemExit, s.startService)
+        self.assertIn("admin API cannot listen", str(e))
+
+    def test_defaultBusyPortIsLogged(self) -> None:
+        """
+        The default endpoint being busy is logged, and the balancer goes on.
+        """
+        import lbtwist.admin
+
+        self.patch(lbtwist.admin, "DEFAULT_ADMIN", f"tcp:{self.busy}:interface=127.0.0.1")
+        s = self.service(None)
+        s.startService()
+        self.assertIsNone(s.port)
+        s.stopService()

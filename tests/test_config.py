@@ -1,0 +1,277 @@
+"""
+Tests for L{lbtwist.config}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.config import ConfigError, HealthCheck, loadConfigFile, parseConfig
+
+
+def minimal(**pool: Any) -> dict[str, Any]:
+    """
+    A valid configuration with one listener and a pool with the given keys.
+    """
+    body: dict[str, Any] = {"backends": [{"host": "127.0.0.1", "port": 8001}]}
+    body.update(pool)
+    return {"listeners": [{"listen": "tcp:8080"}], "pools": {"web": body}}
+
+
+class ParseTests(SynchronousTestCase):
+    """
+    Valid configurations are parsed into the model.
+    """
+
+    def test_full(self) -> None:
+        """
+        Every key maps onto the model, with durations in any unit.
+        """
+        config = parseConfig(
+            {
+                "status-interval": "5s",
+                "admin": "tcp:9000:interface=127.0.0.1",
+                "listeners": [
+                    {"name": "front", "listen": "tcp:8080", "pool": "web", "mode": "http"}
+                ],
+                "pools": {
+                    "web": {
+                        "policy": "leastconn",
+                        "retries": 1,
+                        "timeouts": {"connect": "250ms", "idle": 60},
+                        "health": {"interval": 1, "rise": 3, "fall": 2,
+                                   "type": "http", "path": "/health",
+                                   "expect-status": "200-299,304"},
+                        "backends": [
+                            {"name": "app1", "host": "10.0.0.5", "port": 80, "weight": 3,
+                             "health": {"fall": 5}},
+                            {"endpoint": "unix:/run/app.sock"},
+                            "tcp:host=10.0.0.6:port=81",
+                        ],
+                    }
+                },
+            }
+        )
+        pool = config.pool("web")
+        self.assertEqual(config.statusInterval, 5.0)
+        self.assertEqual(config.listeners[0].mode, "http")
+        self.assertEqual(pool.timeouts.connect, 0.25)
+        self.assertEqual(pool.timeouts.idle, 60.0)
+        self.assertEqual(pool.policy, "leastconn")
+        app1, unix, tcp = pool.backends
+        self.assertEqual(app1.endpoint, "tcp:host=10.0.0.5:port=80")
+        self.assertEqual(app1.weight, 3)
+        # Pool-wide health settings, overridden per backend.
+        self.assertEqual(app1.health.fall, 5)
+        self.assertEqual(app1.health.rise, 3)
+        self.assertEqual(app1.health.expectStatus, ((200, 299), (304, 304)))
+        self.assertEqual(unix.health.fall, 2)
+        self.assertEqual(unix.name, "unix:/run/app.sock")
+        self.assertEqual(tcp.name, "10.0.0.6:81")
+
+    def test_defaults(self) -> None:
+        """
+        Defaults follow HAProxy: rise 2, fall 3; the one pool is used by
+        listeners that name none.
+        """
+        config = parseConfig(minimal())
+        self.assertEqual(config.listeners[0].pool, "web")
+        self.assertEqual(config.pool("web").health, HealthCheck())
+        self.assertEqual((HealthCheck().rise, HealthCheck().fall), (2, 3))
+
+
+class ErrorTests(SynchronousTestCase):
+    """
+    Every invalid configuration is refused with the key path and the problem.
+    """
+
+    def assertError(self, data: Any, message: str) -> None:
+        """
+        Parsing C{data} fails with exactly C{message}.
+        """
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(data)
+        self.assertEqual(str(e.exception), message)
+
+    def test_badPort(self) -> None:
+        """
+        The issue's own example.
+        """
+        data = minimal()
+        data["pools"]["web"]["backends"] = [
+            {"host": "a", "port": 1}, {"host": "b", "port": 2}, {"host": "c", "port": "80x"}
+        ]
+        self.assertError(
+            data, "pools.web.backends[2].port: expected an integer 1-65535, got '80x'"
+        )
+
+    def test_unknownTopKey(self) -> None:
+        """
+        Unknown keys are refused, with the keys that are allowed.
+        """
+        data = minimal()
+        data["listners"] = []
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(data)
+        self.assertEqual(e.exception.path, "listners")
+        self.assertIn("unknown key", e.exception.problem)
+
+    def test_unknownNestedKey(self) -> None:
+        """
+        Unknown keys deep inside are named by their full path.
+        """
+        data = minimal()
+        data["pools"]["web"]["backends"][0]["wieght"] = 2
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(data)
+        self.assertEqual(e.exception.path, "pools.web.backends[0].wieght")
+
+    def test_unknownPolicy(self) -> None:
+        """
+        Policies are checked by name.
+        """
+        self.assertError(
+            minimal(policy="fastest"),
+            "pools.web.policy: expected one of roundrobin, weighted, leastconn, "
+            "random, p2c, source, got 'fastest'",
+        )
+
+    def test_duplicateBackend(self) -> None:
+        """
+        Two backends of one pool cannot share a name.
+        """
+        self.assertError(
+            minimal(backends=[{"name": "x", "host": "a", "port": 1},
+                              {"name": "x", "host": "b", "port": 2}]),
+            "pools.web.backends[1].name: duplicate backend name 'x' (also at [0])",
+        )
+
+    def test_wrongTypes(self) -> None:
+        """
+        Wrong types name what was expected and what was found.
+        """
+        self.assertError(minimal(retries="many"),
+                         "pools.web.retries: expected an integer 0-100, got 'many'")
+        self.assertError(minimal(backends="a"),
+                         "pools.web.backends: expected a list, got 'a'")
+        self.assertError(minimal(timeouts={"connect": -1}),
+                         "pools.web.timeouts.connect: expected a duration from 0.001 "
+                         "to 86400 seconds (a number, or a string like '250ms' or "
+                         "'5s'), got -1")
+        self.assertError(minimal(health={"rise": True}),
+                         "pools.web.health.rise: expected an integer 1-100, got true")
+        self.assertError([], "expected a mapping, got a list")
+
+    def test_outOfRange(self) -> None:
+        """
+        Numbers outside their range are refused.
+        """
+        data = minimal()
+        data["pools"]["web"]["backends"][0]["weight"] = 1000
+        self.assertError(
+            data, "pools.web.backends[0].weight: expected an integer 0-256, got 1000"
+        )
+        self.assertError(minimal(health={"fall": 0}),
+                         "pools.web.health.fall: expected an integer 1-100, got 0")
+
+    def test_badEndpoints(self) -> None:
+        """
+        Endpoint strings are checked for their kind and address.
+        """
+        data = minimal()
+        data["listeners"][0]["listen"] = "udp:53"
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(data)
+        self.assertEqual(e.exception.path, "listeners[0].listen")
+        data = minimal(backends=[{"endpoint": "tcp:host=a"}])
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(data)
+        self.assertEqual(e.exception.path, "pools.web.backends[0].endpoint")
+
+    def test_backendShape(self) -> None:
+        """
+        A backend needs an address, given one way only.
+        """
+        self.assertError(minimal(backends=[{"name": "x"}]),
+                         "pools.web.backends[0]: a backend needs an endpoint, "
+                         "or a host and a port")
+        self.assertError(
+            minimal(backends=[{"endpoint": "tcp:host=a:port=1", "host": "a"}]),
+            "pools.web.backends[0]: give either endpoint, or host and port, not both",
+        )
+
+    def test_listeners(self) -> None:
+        """
+        Listeners need a known pool (or a single one to default to) and mode.
+        """
+        data = minimal()
+        data["listeners"][0]["pool"] = "api"
+        self.assertError(data, "listeners[0].pool: no pool named 'api'")
+        data = minimal()
+        data["listeners"][0]["mode"] = "udp"
+        self.assertError(data, "listeners[0].mode: expected one of tcp, http, got 'udp'")
+        data = minimal()
+        data["pools"]["api"] = data["pools"]["web"]
+        self.assertError(data, "listeners[0].pool: required when there are several pools")
+        self.assertError({"pools": minimal()["pools"]},
+                         "listeners: at least one listener is needed")
+        self.assertError({"listeners": [{"listen": "tcp:1"}]},
+                         "pools: at least one pool is needed")
+
+    def test_healthKeys(self) -> None:
+        """
+        HTTP health-check settings are checked too.
+        """
+        self.assertError(minimal(health={"path": "health"}),
+                         "pools.web.health.path: expected a path starting with '/', "
+                         "got 'health'")
+        self.assertError(minimal(health={"expect-status": "2xx"}),
+                         "pools.web.health.expect-status: expected statuses like "
+                         "'200-399' or '200,204', got '2xx'")
+        self.assertError(minimal(health={"type": "icmp"}),
+                         "pools.web.health.type: expected one of tcp, http, got 'icmp'")
+
+
+class FileTests(SynchronousTestCase):
+    """
+    Tests for L{loadConfigFile}.
+    """
+
+    def test_loads(self) -> None:
+        """
+        A YAML file is loaded and validated.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(yaml.safe_dump(minimal()).encode())
+        self.assertEqual(loadConfigFile(path.path).pool("web").backends[0].name,
+                         "127.0.0.1:8001")
+
+    def test_missing(self) -> None:
+        """
+        A missing file is a clear error.
+        """
+        with self.assertRaises(ConfigError) as e:
+            loadConfigFile("/nonexistent/lb.yaml")
+        self.assertIn("cannot read config file '/nonexistent/lb.yaml'", str(e.exception))
+
+    def test_notYaml(self) -> None:
+        """
+        A file that is not YAML is a clear error.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b"pools: [unclosed\n")
+        with self.assertRaises(ConfigError) as e:
+            loadConfigFile(path.path)
+        self.assertIn("is not valid YAML", str(e.exception))
+
+    def test_exampleConfig(self) -> None:
+        """
+        The example lb.yaml shipped with the project is valid.
+        """
+        example = FilePath(__file__).parent().parent().child("lb.yaml")
+        config = loadConfigFile(example.path)
+        self.assertTrue(config.pools)

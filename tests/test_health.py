@@ -1,0 +1,165 @@
+"""
+Tests for L{lbtwist.health}, on a fake clock.
+"""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.config import BackendConfig, HealthCheck, PoolConfig
+from lbtwist.health import HealthMonitor
+from lbtwist.pool import Admin, Backend, BackendPool, Health
+
+
+class ScriptedProbe:
+    """
+    A probe whose outcome per backend is set by the test: C{"ok"}, C{"fail"}
+    or C{"hang"} (a Deferred that never fires by itself).
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.outcome: dict[str, str] = {}
+        self.calls: list[tuple[float, str]] = []
+        self.pending: list[Deferred[object]] = []
+
+    def __call__(self, backend: Backend) -> Deferred[object]:
+        self.calls.append((self.clock.seconds(), backend.name))
+        outcome = self.outcome.get(backend.name, "ok")
+        if outcome == "ok":
+            return succeed(None)
+        if outcome == "fail":
+            return fail(ConnectionRefusedError("refused"))
+        d: Deferred[object] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def makeMonitor(
+    n: int = 2, interval: float = 2.0, timeout: float = 1.0
+) -> tuple[Clock, BackendPool, ScriptedProbe, HealthMonitor]:
+    clock = Clock()
+    hc = HealthCheck(interval=interval, timeout=timeout, rise=2, fall=3)
+    pool = BackendPool(
+        PoolConfig(
+            name="web",
+            health=hc,
+            backends=tuple(
+                BackendConfig(f"b{i}", f"tcp:host=127.0.0.1:port={8001 + i}", health=hc)
+                for i in range(n)
+            ),
+        ),
+        random.Random(0),
+    )
+    probe = ScriptedProbe(clock)
+    monitor = HealthMonitor(pool, {"tcp": probe}, clock)
+    return clock, pool, probe, monitor
+
+
+class MonitorTests(SynchronousTestCase):
+    """
+    Tests for L{HealthMonitor}.
+    """
+
+    def test_interval(self) -> None:
+        """
+        Every backend is probed at once, then every C{interval} seconds.
+        """
+        clock, pool, probe, monitor = makeMonitor()
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        clock.advance(2)
+        clock.advance(2)
+        self.assertEqual(
+            probe.calls,
+            [(0, "b0"), (0, "b1"), (2, "b0"), (2, "b1"), (4, "b0"), (4, "b1")],
+        )
+
+    def test_riseAndFall(self) -> None:
+        """
+        A backend goes up after 2 good probes, down after 3 bad ones, and up
+        again after 2 good ones.
+        """
+        clock, pool, probe, monitor = makeMonitor(n=1)
+        b0 = pool.get("b0")
+        assert b0 is not None
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        self.assertEqual(b0.health, Health.UNKNOWN)
+        clock.advance(2)
+        self.assertEqual(b0.health, Health.UP)
+        self.assertIsNotNone(b0.probeLatency)
+        probe.outcome["b0"] = "fail"
+        clock.advance(2)
+        clock.advance(2)
+        self.assertEqual(b0.health, Health.UP)
+        clock.advance(2)
+        self.assertEqual(b0.health, Health.DOWN)
+        self.assertIsNone(pool.pick())
+        probe.outcome["b0"] = "ok"
+        clock.advance(2)
+        self.assertEqual(b0.health, Health.DOWN)
+        clock.advance(2)
+        self.assertEqual(b0.health, Health.UP)
+
+    def test_timeoutNoOverlap(self) -> None:
+        """
+        A probe that hangs is cancelled after the timeout and counted as a
+        failure; no second probe of that backend starts meanwhile.
+        """
+        clock, pool, probe, monitor = makeMonitor(n=1, interval=1.0, timeout=3.0)
+        probe.outcome["b0"] = "hang"
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        clock.advance(1)
+        clock.advance(1)
+        self.assertEqual(len(probe.calls), 1)
+        clock.advance(1)
+        b0 = pool.get("b0")
+        assert b0 is not None
+        self.assertEqual(b0.failures, {"probe": 1})
+        self.assertEqual(b0.lastChange, "")
+        clock.advance(1)
+        self.assertEqual(len(probe.calls), 2)
+
+    def test_maintPausesChecks(self) -> None:
+        """
+        A backend in maintenance is not probed.
+        """
+        clock, pool, probe, monitor = makeMonitor(n=1)
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        pool.setAdmin("b0", Admin.MAINT)
+        clock.advance(2)
+        clock.advance(2)
+        self.assertEqual(len(probe.calls), 1)
+
+    def test_followsPool(self) -> None:
+        """
+        Added backends are probed; removed ones no longer are.
+        """
+        clock, pool, probe, monitor = makeMonitor(n=1)
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        pool.add(BackendConfig("new", "tcp:host=127.0.0.1:port=9"))
+        self.assertEqual(probe.calls[-1], (0, "new"))
+        pool.remove("b0")
+        clock.advance(2)
+        self.assertEqual([name for t, name in probe.calls if t == 2], ["new"])
+
+    def test_stop(self) -> None:
+        """
+        Stopping the monitor cancels probes in flight, counts no failure and
+        leaves no timer.
+        """
+        clock, pool, probe, monitor = makeMonitor(n=1)
+        probe.outcome["b0"] = "hang"
+        monitor.startService()
+        monitor.stopService()
+        self.assertEqual(pool.get("b0").failures, {})  # type: ignore[union-attr]
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -1,0 +1,156 @@
+"""
+Tests of L{lbtwist.http.HTTPProbe} against real backends, and of passive
+health in HTTP mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+
+from lbtwist.config import parseConfig
+from lbtwist.connect import EndpointCache
+from lbtwist.health import HealthMonitor, ProbeFailed
+from lbtwist.http import HTTPProbe
+from lbtwist.pool import Backend, BackendPool, Health
+from lbtwist.service import LoadBalancer
+
+from .httphelpers import HTTPProxyTestCase, httpRequests
+
+
+class HTTPProbeTests(HTTPProxyTestCase):
+    """
+    The HTTP probe sends the configured request and judges the answer.
+    """
+
+    def backendFor(self, endpoint: str, **health: Any) -> Backend:
+        """
+        A pool backend at C{endpoint} with the given health settings.
+        """
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:0", "mode": "http"}],
+            "pools": {"p": {"backends": [{"name": "b", "endpoint": endpoint}],
+                            "health": {"type": "http", **health}}},
+        })
+        backend = BackendPool(config.pools[0]).get("b")
+        assert backend is not None
+        return backend
+
+    @inlineCallbacks
+    def test_passes(self) -> Any:
+        """
+        A status in the expected range and the expected body text pass; the
+        request has the configured method, path and Host.
+        """
+        server = self.startBackend("s")
+        backend = self.backendFor(server.endpoint, path="/health", host="app.local",
+                                  **{"expect-status": "200-299", "expect-body": "s /hea"})
+        status = yield HTTPProbe(EndpointCache(reactor))(backend)
+        self.assertEqual(status, 200)
+        request = server.requests[0]
+        self.assertEqual((request.method, request.url), (b"GET", b"/health"))
+        self.assertEqual(request.header(b"host"), b"app.local")
+
+    @inlineCallbacks
+    def test_badStatus(self) -> Any:
+        """
+        An unexpected status fails the probe with a message saying so.
+        """
+        server = self.startBackend(
+            "s", lambda r, b, c: b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
+        )
+        backend = self.backendFor(server.endpoint)
+        d = HTTPProbe(EndpointCache(reactor))(backend)
+        failure = yield self.assertFailure(d, ProbeFailed)
+        self.assertEqual(str(failure), "status 500, expected 200-399")
+
+    @inlineCallbacks
+    def test_missingBody(self) -> Any:
+        """
+        A body without the expected text fails the probe.
+        """
+        server = self.startBackend("s")
+        backend = self.backendFor(server.endpoint, **{"expect-body": "healthy"})
+        d = HTTPProbe(EndpointCache(reactor))(backend)
+        failure = yield self.assertFailure(d, ProbeFailed)
+        self.assertIn("lacks 'healthy'", str(failure))
+
+    @inlineCallbacks
+    def test_headMethod(self) -> Any:
+        """
+        A HEAD probe passes on the head alone, whatever Content-Length says.
+        """
+        server = self.startBackend(
+            "s", lambda r, b, c: b"HTTP/1.1 204 No Content\r\nContent-Length: 50\r\n\r\n"
+        )
+        backend = self.backendFor(server.endpoint, method="HEAD")
+        status = yield HTTPProbe(EndpointCache(reactor))(backend)
+        self.assertEqual(status, 204)
+
+    @inlineCallbacks
+    def test_monitorMarksDown(self) -> Any:
+        """
+        Through the health monitor, failing HTTP probes mark a backend down
+        after C{fall}, and the service registers the probe as C{http}.
+        """
+        server = self.startBackend(
+            "s", lambda r, b, c: b"HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n"
+        )
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"p": {"backends": [{"name": "b", "endpoint": server.endpoint}],
+                            "health": {"type": "http", "interval": "50ms", "fall": 2}}},
+        })
+        lb = LoadBalancer(config, reactor)
+        self.assertIsInstance(lb.probes["http"], HTTPProbe)
+        pool = lb.pools["p"]
+        monitor = HealthMonitor(pool, lb.probes, reactor)
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        from .httphelpers import waitFor
+
+        yield waitFor(lambda: pool.get("b").health is Health.DOWN)  # type: ignore[union-attr]
+        self.assertEqual(pool.get("b").health, Health.DOWN)  # type: ignore[union-attr]
+        self.assertIn("status 503", pool.get("b").lastChange)  # type: ignore[union-attr]
+
+
+class PassiveHealthTests(HTTPProxyTestCase):
+    """
+    Consecutive errors seen by traffic mark a backend down.
+    """
+
+    @inlineCallbacks
+    def test_errorLimit(self) -> Any:
+        """
+        With C{error-limit: 3}, three 5xx answers in a row from a backend
+        mark it down and the traffic moves to the other one.
+        """
+        bad = self.startBackend(
+            "bad", lambda r, b, c: b"HTTP/1.1 500 Err\r\nContent-Length: 0\r\n\r\n"
+        )
+        good = self.startBackend("good")
+        proxy = self.startProxy([bad, good], http={"error-limit": 3})
+        results = yield httpRequests(proxy.testPort, [("GET", "/", None, {})] * 10)
+        statuses = [r[0] for r in results]
+        self.assertEqual(statuses[:6], [500, 200] * 3)
+        self.assertEqual(statuses[6:], [200] * 4)
+        self.assertEqual(proxy.pool.get("bad").health, Health.DOWN)  # type: ignore[union-attr]
+        self.assertEqual(len(bad.requests), 3)
+
+    @inlineCallbacks
+    def test_successResetsStreak(self) -> Any:
+        """
+        A good answer between errors resets the count: alternating 500 and
+        200 never marks the backend down.
+        """
+        answers = iter([500, 200] * 10)
+
+        def respond(request: Any, backend: Any, conn: Any) -> bytes:
+            return b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % next(answers)
+
+        flaky = self.startBackend("flaky", respond)
+        proxy = self.startProxy([flaky], http={"error-limit": 2})
+        yield httpRequests(proxy.testPort, [("GET", "/", None, {})] * 8)
+        self.assertNotEqual(proxy.pool.get("flaky").health, Health.DOWN)  # type: ignore[union-attr]

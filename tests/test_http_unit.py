@@ -1,0 +1,449 @@
+"""
+Unit tests of HTTP mode with no sockets and no real time: the protocol state
+machine over L{StringTransport} and L{MemoryReactorClock}, the idle
+connection pool, the PROXY headers, the parsing helpers and the new
+configuration keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionDone
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
+from lbtwist.connect import EndpointCache
+from lbtwist.http import HTTPProxyFactory
+from lbtwist.http._parser import BadRequest, checkTransferEncoding, cookieValue
+from lbtwist.http._pool import IdleConnections
+from lbtwist.pool import BackendPool
+from lbtwist.proxyprotocol import proxyHeaderV1, proxyHeaderV2
+
+GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def httpConfig(**pool: Any) -> Any:
+    """
+    A configuration of one HTTP listener and a pool of one backend.
+    """
+    body = {"backends": [{"name": "b1", "endpoint": "tcp:host=10.0.0.1:port=80"}], **pool}
+    return parseConfig({"listeners": [{"listen": "tcp:80", "mode": "http"}],
+                        "pools": {"web": body}})
+
+
+class ProxyStateTests(SynchronousTestCase):
+    """
+    The client and backend protocols, driven by hand.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+
+    def makeFactory(self, **pool: Any) -> HTTPProxyFactory:
+        """
+        A factory on the memory reactor.
+        """
+        config = httpConfig(**pool)
+        return HTTPProxyFactory(
+            BackendPool(config.pools[0]), self.reactor, EndpointCache(self.reactor),
+            config.listeners[0],
+        )
+
+    def connectClient(self, factory: HTTPProxyFactory) -> tuple[Any, StringTransport]:
+        """
+        A client connection with its transport.
+        """
+        proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def connectBackend(self, index: int = -1) -> tuple[Any, StringTransport]:
+        """
+        Complete the pending backend connection attempt.
+        """
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        # The endpoint wraps our protocol; hand back ours.
+        return proto._wrappedProtocol, transport
+
+    def test_requestTimeout(self) -> None:
+        """
+        A head not finished within the request timeout gets a 408 and the
+        connection is closed.
+        """
+        factory = self.makeFactory(timeouts={"request": 5})
+        client, transport = self.connectClient(factory)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost:")
+        self.reactor.advance(4.9)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(0.2)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_silentConnectionClosed(self) -> None:
+        """
+        A connection that sends nothing is closed after the request timeout,
+        with no response.
+        """
+        factory = self.makeFactory(timeouts={"request": 5})
+        client, transport = self.connectClient(factory)
+        self.reactor.advance(5)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
+    def test_keepAliveIdleTimeout(self) -> None:
+        """
+        Between requests the idle timeout applies, not the request one.
+        """
+        factory = self.makeFactory(timeouts={"request": 5, "idle": 30})
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        backend, btransport = self.connectBackend()
+        backend.dataReceived(OK)
+        self.reactor.advance(20)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(11)
+        self.assertTrue(transport.disconnecting)
+
+    def test_exchangeAndReuse(self) -> None:
+        """
+        A response is relayed, the backend connection is pooled, and the
+        next request reuses it without connecting again.
+        """
+        factory = self.makeFactory()
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        backend, btransport = self.connectBackend()
+        sent = btransport.value()
+        self.assertTrue(sent.startswith(b"GET /x HTTP/1.1\r\nHost: a\r\n"))
+        self.assertIn(b"X-Forwarded-For: 192.0.2.7\r\n", sent)
+        backend.dataReceived(OK)
+        self.assertEqual(transport.value(), OK)
+        self.assertEqual(len(factory.idle), 1)
+        btransport.clear()
+        client.dataReceived(GET)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertTrue(btransport.value().startswith(b"GET /x"))
+        self.assertEqual(factory.pool.get("b1").total, 2)  # type: ignore[union-attr]
+
+    def test_responseTimeout(self) -> None:
+        """
+        No response head within the response timeout: 504, the backend
+        connection is closed and not pooled.
+        """
+        factory = self.makeFactory(timeouts={"response": 3})
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        backend, btransport = self.connectBackend()
+        self.reactor.advance(3)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 Gateway Timeout\r\n"))
+        self.assertTrue(btransport.disconnecting)
+        self.assertEqual(len(factory.idle), 0)
+        self.assertEqual(factory.pool.get("b1").failures, {"timeout": 1})  # type: ignore[union-attr]
+
+    def test_connectTimeout(self) -> None:
+        """
+        A backend that does not accept within the connect timeout is given
+        up; with no other backend the client gets a 503.
+        """
+        factory = self.makeFactory(timeouts={"connect": 2})
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        connector = self.reactor.connectors[0]
+        self.reactor.advance(2)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "))
+        self.assertEqual(factory.pool.get("b1").failures, {"timeout": 1})  # type: ignore[union-attr]
+        self.assertIsNotNone(connector)
+
+    def test_maxRequests(self) -> None:
+        """
+        A backend connection that served C{max-requests} is closed, not
+        pooled.
+        """
+        factory = self.makeFactory(http={"keepalive": {"max-requests": 2}})
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        backend, btransport = self.connectBackend()
+        backend.dataReceived(OK)
+        client.dataReceived(GET)
+        self.assertFalse(btransport.disconnecting)
+        backend.dataReceived(OK)
+        self.assertTrue(btransport.disconnecting)
+        self.assertEqual(len(factory.idle), 0)
+
+    def test_backpressure(self) -> None:
+        """
+        During an exchange each side is the other's producer: a full client
+        pauses the backend, a full backend pauses the client, and the
+        registrations end with the exchange.
+        """
+        factory = self.makeFactory()
+        client, transport = self.connectClient(factory)
+        client.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+        backend, btransport = self.connectBackend()
+        self.assertIs(transport.producer, backend)
+        self.assertIs(btransport.producer, client)
+        backend.pauseProducing()
+        self.assertEqual(btransport.producerState, "paused")
+        backend.resumeProducing()
+        client.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        client.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        client.dataReceived(b"67890")
+        self.assertTrue(btransport.value().endswith(b"\r\n\r\n1234567890"))
+        backend.dataReceived(OK)
+        self.assertIsNone(transport.producer)
+        self.assertIsNone(btransport.producer)
+
+    def test_bufferedWhileConnecting(self) -> None:
+        """
+        While the backend is being connected the client is not read, and
+        the body read so far is sent once connected.
+        """
+        factory = self.makeFactory()
+        client, transport = self.connectClient(factory)
+        client.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+        self.assertEqual(transport.producerState, "paused")
+        backend, btransport = self.connectBackend()
+        self.assertTrue(btransport.value().endswith(b"\r\n\r\n12345"))
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_clientGoneMidExchange(self) -> None:
+        """
+        A client that disconnects during an exchange takes the backend
+        connection with it: it is closed, not pooled.
+        """
+        factory = self.makeFactory()
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        backend, btransport = self.connectBackend()
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(btransport.disconnecting)
+        self.assertEqual(len(factory.idle), 0)
+        self.assertEqual(factory.pool.get("b1").active, 0)  # type: ignore[union-attr]
+
+    def test_http10Client(self) -> None:
+        """
+        An HTTP/1.0 client gets a chunked response unchunked, and the
+        connection is closed after it.
+        """
+        factory = self.makeFactory()
+        client, transport = self.connectClient(factory)
+        client.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+        backend, btransport = self.connectBackend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc")
+        self.assertTrue(transport.disconnecting)
+
+
+class _FakeConnection:
+    """
+    Stands for a backend connection in the idle pool.
+    """
+
+    def __init__(self) -> None:
+        self.idleSince = 0.0
+        self.lost = False
+        self.transport = StringTransport()
+
+
+class IdleConnectionsTests(SynchronousTestCase):
+    """
+    The pool of idle backend connections.
+    """
+
+    def test_lifoAndBound(self) -> None:
+        """
+        The last connection put back is taken first, and no more than
+        C{idle-pool} are kept per key.
+        """
+        pool = IdleConnections(Clock(), KeepAlive(idlePool=2))
+        a, b, c = _FakeConnection(), _FakeConnection(), _FakeConnection()
+        self.assertTrue(pool.put("k", a))
+        self.assertTrue(pool.put("k", b))
+        self.assertFalse(pool.put("k", c))
+        self.assertIs(pool.take("k"), b)
+        self.assertIs(pool.take("k"), a)
+        self.assertIsNone(pool.take("k"))
+        self.assertIsNone(pool.take("other"))
+
+    def test_lostSkipped(self) -> None:
+        """
+        A connection that closed while idle is never handed out.
+        """
+        pool = IdleConnections(Clock(), KeepAlive())
+        a, b = _FakeConnection(), _FakeConnection()
+        pool.put("k", a)
+        pool.put("k", b)
+        b.lost = True
+        self.assertIs(pool.take("k"), a)
+
+    def test_maxAge(self) -> None:
+        """
+        With a maximum age, a connection idle longer is not handed out but
+        stays pooled.
+        """
+        clock = Clock()
+        pool = IdleConnections(clock, KeepAlive())
+        a = _FakeConnection()
+        pool.put("k", a)
+        clock.advance(2)
+        self.assertIsNone(pool.take("k", maxAge=1.0))
+        self.assertIs(pool.take("k"), a)
+
+    def test_idleTimeout(self) -> None:
+        """
+        Connections idle longer than the idle timeout are closed by one
+        timer, which stops when the pool is empty.
+        """
+        clock = Clock()
+        pool = IdleConnections(clock, KeepAlive(idleTimeout=10))
+        a, b = _FakeConnection(), _FakeConnection()
+        pool.put("k", a)
+        clock.advance(5)
+        pool.put("k", b)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(5)
+        self.assertTrue(a.transport.disconnecting)
+        self.assertFalse(b.transport.disconnecting)
+        clock.advance(5)
+        self.assertTrue(b.transport.disconnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_close(self) -> None:
+        """
+        Closing the pool closes every idle connection and cancels the timer.
+        """
+        clock = Clock()
+        pool = IdleConnections(clock, KeepAlive())
+        a = _FakeConnection()
+        pool.put("k", a)
+        pool.close()
+        self.assertTrue(a.transport.disconnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ProxyHeaderTests(SynchronousTestCase):
+    """
+    The PROXY protocol headers.
+    """
+
+    def test_v1(self) -> None:
+        """
+        The v1 header names the protocol family, addresses and ports.
+        """
+        self.assertEqual(
+            proxyHeaderV1(IPv4Address("TCP", "192.0.2.1", 5000), IPv4Address("TCP", "10.0.0.1", 80)),
+            b"PROXY TCP4 192.0.2.1 10.0.0.1 5000 80\r\n",
+        )
+        self.assertEqual(
+            proxyHeaderV1(IPv6Address("TCP", "2001:db8::1", 5000), IPv6Address("TCP", "::1", 80)),
+            b"PROXY TCP6 2001:db8::1 ::1 5000 80\r\n",
+        )
+        self.assertEqual(proxyHeaderV1(UNIXAddress(b"/s"), UNIXAddress(b"/s")),
+                         b"PROXY UNKNOWN\r\n")
+
+    def test_v2(self) -> None:
+        """
+        The v2 header is the signature, PROXY command over TCP4, the length
+        and the packed addresses.
+        """
+        header = proxyHeaderV2(
+            IPv4Address("TCP", "192.0.2.1", 5000), IPv4Address("TCP", "10.0.0.1", 80)
+        )
+        self.assertEqual(
+            header,
+            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"
+            b"\xc0\x00\x02\x01\x0a\x00\x00\x01\x13\x88\x00\x50",
+        )
+        local = proxyHeaderV2(UNIXAddress(b"/s"), UNIXAddress(b"/s"))
+        self.assertEqual(local[12:], b"\x20\x00\x00\x00")
+
+
+class ParserHelperTests(SynchronousTestCase):
+    """
+    The checks llhttp leaves to us.
+    """
+
+    def test_transferEncoding(self) -> None:
+        """
+        Only a single C{chunked} in HTTP/1.1 is accepted.
+        """
+        self.assertFalse(checkTransferEncoding(None, "1.1"))
+        self.assertTrue(checkTransferEncoding(b"Chunked", "1.1"))
+        for bad, version in [(b"gzip, chunked", "1.1"), (b"chunked", "1.0"), (b"identity", "1.1")]:
+            self.assertRaises(BadRequest, checkTransferEncoding, bad, version)
+
+    def test_cookieValue(self) -> None:
+        """
+        A cookie is found by its exact name.
+        """
+        self.assertEqual(cookieValue(b"a=1; LB=abc; b=2", b"LB"), b"abc")
+        self.assertIsNone(cookieValue(b"lb=abc", b"LB"))
+
+
+class HTTPConfigTests(SynchronousTestCase):
+    """
+    The HTTP mode configuration keys and their errors.
+    """
+
+    def test_parsed(self) -> None:
+        """
+        Every new key maps onto the model.
+        """
+        pool = httpConfig(
+            http={"max-header-size": 8192, "max-request-line": 4096, "host-header": "in.local",
+                  "keepalive": {"idle-pool": 8, "idle-timeout": "30s", "max-requests": 50},
+                  "error-limit": 5, "access-log": True},
+            sticky={"cookie": "SRV"},
+            **{"proxy-protocol": "v2"},
+        ).pools[0]
+        self.assertEqual(pool.http.maxHeaderSize, 8192)
+        self.assertEqual(pool.http.maxRequestLine, 4096)
+        self.assertEqual(pool.http.hostHeader, "in.local")
+        self.assertEqual(pool.http.keepAlive, KeepAlive(8, 30.0, 50))
+        self.assertEqual(pool.http.errorLimit, 5)
+        self.assertTrue(pool.http.accessLog)
+        self.assertEqual(pool.sticky, Sticky("cookie", "SRV"))
+        self.assertEqual(pool.proxyProtocol, "v2")
+        self.assertEqual(httpConfig(sticky="source").pools[0].sticky, Sticky("source"))
+        self.assertEqual(httpConfig(sticky={"header": "X-U"}).pools[0].sticky, Sticky("header", "X-U"))
+
+    def assertProblem(self, path: str, **pool: Any) -> None:
+        """
+        The pool keys are refused with a message naming C{path}.
+        """
+        e = self.assertRaises(ConfigError, httpConfig, **pool)
+        self.assertEqual(e.path, path)
+
+    def test_errors(self) -> None:
+        """
+        Bad values are refused, naming their key path.
+        """
+        self.assertProblem("pools.web.http.max-header-size", http={"max-header-size": 10})
+        self.assertProblem("pools.web.http.max-request-line", http={"max-request-line": "x"})
+        self.assertProblem("pools.web.http.host-header", http={"host-header": "a b"})
+        self.assertProblem("pools.web.http.keepalive.idle-pool", http={"keepalive": {"idle-pool": -1}})
+        self.assertProblem("pools.web.http.keepalive.idle-timeout",
+                           http={"keepalive": {"idle-timeout": "soon"}})
+        self.assertProblem("pools.web.http.keepalive.max-requests",
+                           http={"keepalive": {"max-requests": 0}})
+        self.assertProblem("pools.web.http.keepalive.bogus", http={"keepalive": {"bogus": 1}})
+        self.assertProblem("pools.web.http.access-log", http={"access-log": "yes"})
+        self.assertProblem("pools.web.http.nope", http={"nope": 1})
+        self.assertProblem("pools.web.sticky", sticky={"cookie": "A", "header": "B"})
+        self.assertProblem("pools.web.sticky.cookie", sticky={"cookie": "bad name"})
+        self.assertProblem("pools.web.sticky", sticky="random")
+        self.assertProblem("pools.web.proxy-protocol", **{"proxy-protocol": "v3"})

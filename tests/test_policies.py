@@ -1,0 +1,262 @@
+"""
+Tests for L{lbtwist.policies}.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.policies import (
+    POLICIES,
+    LeastConnections,
+    PowerOfTwoChoices,
+    RoundRobin,
+    SmoothWeighted,
+    SourceHash,
+    WeightedRandom,
+)
+
+
+@attrs.define(eq=False)
+class FakeBackend:
+    """
+    What a policy reads of a backend.
+    """
+
+    name: str
+    weight: int = 1
+    active: int = 0
+
+
+def backends(*weights: int) -> list[FakeBackend]:
+    """
+    Backends named b0, b1... with the given weights.
+    """
+    return [FakeBackend(f"b{i}", w) for i, w in enumerate(weights)]
+
+
+def assertNear(case: SynchronousTestCase, value: float, target: float, delta: float) -> None:
+    """
+    Fail unless C{value} is within C{delta} of C{target}.
+    """
+    case.assertTrue(abs(value - target) <= delta, f"{value} is not {target} +/- {delta}")
+
+
+def names(chosen: list[FakeBackend]) -> list[str]:
+    return [b.name for b in chosen]
+
+
+class RoundRobinTests(SynchronousTestCase):
+    """
+    Tests for L{RoundRobin}.
+    """
+
+    def test_takesTurns(self) -> None:
+        """
+        Each backend is chosen in turn, in order.
+        """
+        pool = backends(1, 1, 1)
+        policy = RoundRobin(random.Random(0))
+        self.assertEqual(
+            names([policy.choose(pool, None) for _ in range(6)]),
+            ["b0", "b1", "b2", "b0", "b1", "b2"],
+        )
+
+    def test_candidatesShrink(self) -> None:
+        """
+        When a backend drops out of the candidates the others still alternate.
+        """
+        pool = backends(1, 1, 1)
+        policy = RoundRobin(random.Random(0))
+        chosen = [policy.choose([pool[0], pool[2]], None) for _ in range(4)]
+        self.assertEqual(Counter(names(chosen)), {"b0": 2, "b2": 2})
+
+
+class SmoothWeightedTests(SynchronousTestCase):
+    """
+    Tests for L{SmoothWeighted}.
+    """
+
+    def test_nginxSequence(self) -> None:
+        """
+        Weights 5, 1, 1 give nginx's interleaved sequence a a b a c a a.
+        """
+        pool = backends(5, 1, 1)
+        policy = SmoothWeighted(random.Random(0))
+        self.assertEqual(
+            names([policy.choose(pool, None) for _ in range(7)]),
+            ["b0", "b0", "b1", "b0", "b2", "b0", "b0"],
+        )
+
+    def test_proportions(self) -> None:
+        """
+        Over many picks each backend gets exactly its share of the weight.
+        """
+        pool = backends(3, 2, 1)
+        policy = SmoothWeighted(random.Random(0))
+        counts = Counter(names([policy.choose(pool, None) for _ in range(600)]))
+        self.assertEqual(counts, {"b0": 300, "b1": 200, "b2": 100})
+
+    def test_zeroWeight(self) -> None:
+        """
+        A backend of weight 0 is never chosen while others have weight.
+        """
+        pool = backends(0, 1)
+        policy = SmoothWeighted(random.Random(0))
+        self.assertEqual(
+            set(names([policy.choose(pool, None) for _ in range(10)])), {"b1"}
+        )
+
+
+class LeastConnectionsTests(SynchronousTestCase):
+    """
+    Tests for L{LeastConnections}.
+    """
+
+    def test_fewestActive(self) -> None:
+        """
+        The backend with the fewest active connections is chosen.
+        """
+        pool = backends(1, 1, 1)
+        pool[0].active, pool[1].active, pool[2].active = 5, 1, 3
+        policy = LeastConnections(random.Random(0))
+        self.assertIs(policy.choose(pool, None), pool[1])
+
+    def test_tiesRoundRobin(self) -> None:
+        """
+        Ties are broken in turn, not always in favour of the first backend.
+        """
+        pool = backends(1, 1, 1)
+        policy = LeastConnections(random.Random(0))
+        self.assertEqual(
+            names([policy.choose(pool, None) for _ in range(6)]),
+            ["b0", "b1", "b2", "b0", "b1", "b2"],
+        )
+
+    def test_weighted(self) -> None:
+        """
+        Load is active connections per unit of weight.
+        """
+        pool = backends(4, 1)
+        pool[0].active, pool[1].active = 3, 1
+        policy = LeastConnections(random.Random(0))
+        self.assertIs(policy.choose(pool, None), pool[0])
+
+
+class RandomTests(SynchronousTestCase):
+    """
+    Tests for L{WeightedRandom} and L{PowerOfTwoChoices}.
+    """
+
+    def test_deterministic(self) -> None:
+        """
+        The same seed gives the same choices.
+        """
+        pool = backends(1, 1, 1, 1)
+        first = names([WeightedRandom(random.Random(7)).choose(pool, None) for _ in range(1)])
+        a = WeightedRandom(random.Random(7))
+        b = WeightedRandom(random.Random(7))
+        self.assertEqual(
+            names([a.choose(pool, None) for _ in range(50)]),
+            names([b.choose(pool, None) for _ in range(50)]),
+        )
+        self.assertEqual(len(first), 1)
+
+    def test_randomWeights(self) -> None:
+        """
+        Random choices follow the weights.
+        """
+        pool = backends(3, 1)
+        policy = WeightedRandom(random.Random(1))
+        counts = Counter(names([policy.choose(pool, None) for _ in range(4000)]))
+        assertNear(self, counts["b0"] / 4000, 0.75, 0.03)
+
+    def test_p2cAvoidsLoaded(self) -> None:
+        """
+        Power of two choices never picks the single most loaded backend when
+        two others are idle, since it always has a lighter one to compare.
+        """
+        pool = backends(1, 1, 1)
+        pool[2].active = 100
+        policy = PowerOfTwoChoices(random.Random(3))
+        chosen = names([policy.choose(pool, None) for _ in range(300)])
+        self.assertNotIn("b2", chosen)
+        self.assertEqual(set(chosen), {"b0", "b1"})
+
+    def test_p2cSingle(self) -> None:
+        """
+        With one candidate it is chosen.
+        """
+        pool = backends(1)
+        self.assertIs(PowerOfTwoChoices(random.Random(0)).choose(pool, None), pool[0])
+
+
+class SourceHashTests(SynchronousTestCase):
+    """
+    Tests for L{SourceHash}.
+    """
+
+    keys = [f"10.0.{i // 250}.{i % 250}".encode() for i in range(2000)]
+
+    def assign(self, pool: list[FakeBackend]) -> dict[bytes, str]:
+        policy = SourceHash(random.Random(0))
+        return {k: policy.choose(pool, k).name for k in self.keys}
+
+    def test_sticky(self) -> None:
+        """
+        A client key always maps to the same backend.
+        """
+        pool = backends(1, 1, 1)
+        self.assertEqual(self.assign(pool), self.assign(pool))
+
+    def test_spread(self) -> None:
+        """
+        Keys spread about evenly.
+        """
+        counts = Counter(self.assign(backends(1, 1, 1, 1)).values())
+        for n in counts.values():
+            assertNear(self, n / len(self.keys), 0.25, 0.04)
+
+    def test_minimalMovement(self) -> None:
+        """
+        When one of four backends leaves, only its own clients move (about a
+        quarter), and every other client keeps its backend.
+        """
+        pool = backends(1, 1, 1, 1)
+        before = self.assign(pool)
+        after = self.assign(pool[:2] + pool[3:])
+        moved = [k for k in self.keys if before[k] != after[k]]
+        self.assertTrue(all(before[k] == "b2" for k in moved))
+        assertNear(self, len(moved) / len(self.keys), 0.25, 0.04)
+
+    def test_noKey(self) -> None:
+        """
+        Without a key the policy falls back to round-robin.
+        """
+        pool = backends(1, 1)
+        policy = SourceHash(random.Random(0))
+        self.assertEqual(names([policy.choose(pool, None) for _ in range(4)]),
+                         ["b0", "b1", "b0", "b1"])
+
+
+class RegistryTests(SynchronousTestCase):
+    """
+    Tests for L{POLICIES}.
+    """
+
+    def test_names(self) -> None:
+        """
+        Every documented policy name is registered and builds a policy.
+        """
+        self.assertEqual(
+            sorted(POLICIES),
+            ["leastconn", "p2c", "random", "roundrobin", "source", "weighted"],
+        )
+        for build in POLICIES.values():
+            policy = build(random.Random(0))
+            pool = backends(1, 2)
+            self.assertIn(policy.choose(pool, b"k"), pool)

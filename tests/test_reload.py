@@ -1,0 +1,383 @@
+"""
+Tests for L{lbtwist.reload}: applying run-time changes and configuration
+reloads to live pools, draining, the SIGHUP hook and the graceful stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig
+from lbtwist.pool import Admin, BackendPool
+from lbtwist.reload import (
+    DuplicateBackend,
+    GracefulStop,
+    LiveConfig,
+    ReloadOnSignal,
+    UnknownBackend,
+    UnknownPool,
+    loadState,
+    poolChanges,
+)
+from lbtwist.state import Overrides, StateFile
+from tests.support import Backends, inThread, poolConfig, reactor, sleep, startBalancer
+
+
+def configOf(*backends: tuple[str, str, int]) -> Config:
+    """
+    A one-pool configuration of C{(name, endpoint, weight)} backends.
+    """
+    return parseConfig({
+        "listeners": [{"listen": "tcp:0"}],
+        "pools": {"web": {"backends": [
+            {"name": n, "endpoint": e, "weight": w} for n, e, w in backends]}},
+    })
+
+
+A = ("a", "tcp:host=h:port=1", 1)
+B = ("b", "tcp:host=h:port=2", 1)
+
+
+class Live:
+    """
+    A L{LiveConfig} on a L{Clock}, whose next reload reads C{self.next}.
+    """
+
+    def __init__(self, case: SynchronousTestCase, config: Config, grace: float = 5.0) -> None:
+        self.clock = Clock()
+        self.pools = {p.name: BackendPool(p) for p in config.pools}
+        self.next: Config | Exception = config
+        self.path = case.mktemp()
+        self.live = LiveConfig(self.pools, config, self.clock, StateFile(self.path),
+                               loadConfig=self.load, grace=grace)
+
+    def load(self) -> Config:
+        """
+        The next configuration (or the error) the test set.
+        """
+        if isinstance(self.next, Exception):
+            raise self.next
+        return self.next
+
+
+class PoolChangesTests(SynchronousTestCase):
+    """
+    Comparing two lists of backends.
+    """
+
+    def test_changes(self) -> None:
+        """
+        Added, removed, replaced (endpoint changed) and reweighted backends
+        are told apart.
+        """
+        old = [BackendConfig("a", "tcp:host=h:port=1"), BackendConfig("b", "tcp:host=h:port=2"),
+               BackendConfig("c", "tcp:host=h:port=3")]
+        new = [BackendConfig("a", "tcp:host=h:port=1", 5), BackendConfig("b", "tcp:host=h:port=9"),
+               BackendConfig("d", "tcp:host=h:port=4")]
+        c = poolChanges(old, new)
+        self.assertEqual([b.name for b in c.added], ["d"])
+        self.assertEqual(c.removed, ("c",))
+        self.assertEqual([b.name for b in c.replaced], ["b"])
+        self.assertEqual([b.name for b in c.reweighted], ["a"])
+        self.assertEqual(c.names, {"a", "b", "c", "d"})
+        self.assertEqual(poolChanges(old, old).names, set())
+
+
+class LiveConfigTests(SynchronousTestCase):
+    """
+    The operator's changes and reloads, on a clock.
+    """
+
+    def test_errors(self) -> None:
+        """
+        Unknown pools and backends and duplicates are refused.
+        """
+        t = Live(self, configOf(A, B))
+        self.assertRaises(UnknownPool, t.live.addBackend, "x", BackendConfig("c", "tcp:h:3"))
+        self.assertRaises(DuplicateBackend, t.live.addBackend, "web",
+                          BackendConfig("a", "tcp:h:3"))
+        self.assertRaises(UnknownBackend, t.live.removeBackend, "web", "zz")
+        self.assertRaises(UnknownBackend, t.live.setWeight, "web", "zz", 1)
+        self.assertRaises(ValueError, t.live.setWeight, "web", "a", 300)
+        self.assertFalse(os.path.exists(t.path))
+
+    def test_removeDrainsWithGrace(self) -> None:
+        """
+        A removed backend's connections are closed when the grace is over,
+        not before.
+        """
+        t = Live(self, configOf(A, B), grace=5.0)
+        a = t.pools["web"].get("a")
+        assert a is not None
+        closed: list[str] = []
+        a.closers.add(lambda: closed.append("one"))
+        t.live.removeBackend("web", "a")
+        t.clock.advance(4.9)
+        self.assertEqual(closed, [])
+        t.clock.advance(0.2)
+        self.assertEqual(closed, ["one"])
+        self.assertEqual(t.live.draining, {})
+
+    def test_reloadApplies(self) -> None:
+        """
+        A reload adds new backends, drains removed ones, replaces changed
+        ones and reweights in place.
+        """
+        t = Live(self, configOf(A, B, ("c", "tcp:host=h:port=3", 1)))
+        pool = t.pools["web"]
+        b, c = pool.get("b"), pool.get("c")
+        assert b is not None and c is not None
+        closed: list[str] = []
+        c.closers.add(lambda: closed.append("c"))
+        t.next = configOf(("a", "tcp:host=h:port=1", 4), ("b", "tcp:host=h:port=20", 1),
+                          ("d", "tcp:host=h:port=4", 1))
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(sorted((x.name, x.endpoint, x.weight) for x in pool), [
+            ("a", "tcp:host=h:port=1", 4), ("b", "tcp:host=h:port=20", 1),
+            ("d", "tcp:host=h:port=4", 1)])
+        self.assertIsNot(pool.get("b"), b)
+        self.assertTrue(c.removed)
+        t.clock.advance(5)
+        self.assertEqual(closed, ["c"])
+        self.assertEqual(t.live.reloads, 1)
+
+    def test_badReloadRejected(self) -> None:
+        """
+        A configuration with errors is rejected and the running one stays.
+        """
+        t = Live(self, configOf(A, B))
+        t.next = ConfigError("pools.web.backends[0].port", "expected an integer")
+        problem = t.live.reload()
+        self.assertIn("expected an integer", problem or "")
+        self.assertEqual(sorted(b.name for b in t.pools["web"]), ["a", "b"])
+        self.assertEqual(t.live.reloads, 0)
+
+    def test_overridesSurviveReload(self) -> None:
+        """
+        The operator's changes stay across a reload, unless the file changes
+        that backend, in which case the file wins.
+        """
+        t = Live(self, configOf(A, B))
+        t.live.setWeight("web", "a", 7)
+        t.live.setAdmin("web", "b", Admin.MAINT)
+        t.live.addBackend("web", BackendConfig("x", "tcp:host=h:port=8"))
+        t.next = configOf(A, ("b", "tcp:host=h:port=2", 3))
+        self.assertIsNone(t.live.reload())
+        pool = t.pools["web"]
+        self.assertEqual(pool.get("a").weight, 7)  # type: ignore[union-attr]
+        self.assertIn("x", pool)
+        # The file changed b: its override is gone.
+        self.assertEqual(pool.get("b").admin, Admin.READY)  # type: ignore[union-attr]
+        self.assertEqual(pool.get("b").weight, 3)  # type: ignore[union-attr]
+        self.assertEqual(StateFile(t.path).load(), t.live.overrides)
+        self.assertNotIn("b", t.live.overrides.adminStates("web"))
+
+    def test_loadState(self) -> None:
+        """
+        Saved overrides are applied to the pools at start.
+        """
+        t = Live(self, configOf(A, B))
+        saved = Overrides()
+        saved.removed("web", "a")
+        saved.administered("web", "b", Admin.DRAIN)
+        saved.added("web", BackendConfig("c", "tcp:host=h:port=3"))
+        StateFile(t.path).save(saved)
+        loadState(t.live)
+        pool = t.pools["web"]
+        self.assertEqual(sorted(b.name for b in pool), ["b", "c"])
+        self.assertIs(pool.get("b").admin, Admin.DRAIN)  # type: ignore[union-attr]
+
+    def test_noConfigFile(self) -> None:
+        """
+        Without a configuration file there is nothing to reload.
+        """
+        t = Live(self, configOf(A))
+        t.live.loadConfig = None
+        self.assertIn("no configuration file", t.live.reload() or "")
+
+
+class SignalTests(SynchronousTestCase):
+    """
+    C{SIGHUP} reloads and C{SIGTERM} stops, through the reactor.
+    """
+
+    def setUp(self) -> None:
+        self.installed: dict[int, Any] = {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm"}
+
+        class FakeReactor:
+            stopped = 0
+
+            def __init__(self) -> None:
+                self.calls: list[Any] = []
+
+            def callFromThread(self, f: Any, *a: Any) -> None:
+                self.calls.append(f)
+
+            def callWhenRunning(self, f: Any, *a: Any) -> None:
+                f()
+
+            def stop(self) -> None:
+                self.stopped += 1
+
+        self.reactor = FakeReactor()
+
+    def install(self, signum: int, handler: Any) -> Any:
+        """
+        A fake L{signal.signal}.
+        """
+        old, self.installed[signum] = self.installed[signum], handler
+        return old
+
+    def test_sighup(self) -> None:
+        """
+        The handler is installed on start, hands the reload to the reactor
+        thread, and the old handlers are restored on stop.
+        """
+        t = Live(self, configOf(A))
+        t.next = configOf(A, B)
+        service = ReloadOnSignal(t.live, self.reactor, self.install)
+        service.startService()
+        self.installed[signal.SIGHUP](signal.SIGHUP, None)
+        self.assertEqual(len(t.pools["web"]), 1)
+        self.reactor.calls[0]()
+        self.assertEqual(len(t.pools["web"]), 2)
+        service.stopService()
+        self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm"})
+
+    def test_sigterm(self) -> None:
+        """
+        SIGTERM stops the reactor from the reactor thread.
+        """
+        t = Live(self, configOf(A))
+        service = ReloadOnSignal(t.live, self.reactor, self.install)
+        service.startService()
+        self.installed[signal.SIGTERM](signal.SIGTERM, None)
+        self.assertEqual(self.reactor.stopped, 0)
+        self.reactor.calls[-1]()
+        self.assertEqual(self.reactor.stopped, 1)
+
+
+class GracefulStopTests(SynchronousTestCase):
+    """
+    Stopping waits for in-flight connections, up to the grace period.
+    """
+
+    def test_waitsForInFlight(self) -> None:
+        """
+        The stop fires as soon as the last connection finishes.
+        """
+        t = Live(self, configOf(A))
+        pool = t.pools["web"]
+        a = pool.get("a")
+        assert a is not None
+        pool.opened(a)
+        stop = GracefulStop(t.live, t.clock, grace=10)
+        stop.startService()
+        d = stop.stopService()
+        t.clock.advance(1)
+        self.assertNoResult(d)
+        pool.closed(a)
+        t.clock.advance(0.1)
+        self.successResultOf(d)
+
+    def test_closesAfterGrace(self) -> None:
+        """
+        What is still open when the grace is over is closed.
+        """
+        t = Live(self, configOf(A))
+        pool = t.pools["web"]
+        a = pool.get("a")
+        assert a is not None
+        pool.opened(a)
+        closed: list[int] = []
+        a.closers.add(lambda: closed.append(1))
+        stop = GracefulStop(t.live, t.clock, grace=2)
+        stop.startService()
+        d = stop.stopService()
+        t.clock.pump([0.5] * 3)
+        self.assertNoResult(d)
+        t.clock.pump([0.5] * 2)
+        self.successResultOf(d)
+        self.assertEqual(closed, [1])
+
+
+def exchange(port: int, stop: threading.Event, errors: list[str], deadline: float) -> int:
+    """
+    Open connections through the balancer one after another until C{stop}
+    is set (or the deadline passes, or 5000 rounds), each reading the
+    backend's name and an echo; record anything that goes wrong.
+    """
+    done = 0
+    for i in range(5000):
+        if stop.is_set() or time.monotonic() > deadline:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                f = s.makefile("rb")
+                name = f.readline()
+                if not name.strip():
+                    errors.append(f"round {i}: no name")
+                    continue
+                s.sendall(b"ping %d\n" % i)
+                if f.readline() != b"ping %d\n" % i:
+                    errors.append(f"round {i}: bad echo")
+                    continue
+                done += 1
+        except OSError as e:
+            errors.append(f"round {i}: {e}")
+    return done
+
+
+class ReloadUnderLoadTests(TestCase):
+    """
+    Reloads while clients are connecting lose no client.
+    """
+
+    @inlineCallbacks
+    def test_zeroErrors(self) -> Any:
+        """
+        Clients keep connecting through several reloads that add, remove and
+        reweight backends, and every one of them is served.
+        """
+        backends = Backends(self)
+        for n in ("a", "b", "c"):
+            backends.start(n)
+        data = poolConfig([(n, backends.endpoint(n)) for n in ("a", "b")])
+        lb, port = startBalancer(self, data)
+        configs = [
+            poolConfig([(n, backends.endpoint(n)) for n in ("b", "c")]),
+            poolConfig([(n, backends.endpoint(n)) for n in ("a", "c")]),
+            poolConfig([(n, backends.endpoint(n)) for n in ("a", "b", "c")]),
+        ]
+        configs[2]["pools"]["web"]["backends"][0]["weight"] = 3
+        step = iter([parseConfig(c) for c in configs] * 2)
+        live = LiveConfig(lb.pools, lb.config, reactor, StateFile(self.mktemp()),
+                          loadConfig=lambda: next(step), grace=5.0)
+        self.addCleanup(live.closeEverything)
+        errors: list[str] = []
+        deadline = time.monotonic() + 20
+        stop = threading.Event()
+        clients = [inThread(exchange, port, stop, errors, deadline) for _ in range(4)]
+        reloads = 0
+        for _ in range(6):
+            yield sleep(0.1)
+            self.assertIsNone(live.reload())
+            reloads += 1
+        yield sleep(0.1)
+        stop.set()
+        served = yield gatherResults(clients)
+        self.assertEqual(errors, [])
+        self.assertGreater(sum(served), 20)
+        self.assertEqual(reloads, 6)
+        self.assertEqual(live.reloads, 6)
+        total = sum(b.total for b in lb.pools["web"]) + sum(b.total for b in live.draining)
+        self.assertLessEqual(total, sum(served))

@@ -1,0 +1,147 @@
+"""
+Tests for L{lbtwist.tap} and the twistd plugin.
+"""
+
+from __future__ import annotations
+
+import yaml
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python.filepath import FilePath
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.tap import Options
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The plugin is found by twistd.
+    """
+
+    def test_discovered(self) -> None:
+        """
+        C{lb} is among the service makers twistd finds, and loads L{lbtwist.tap}.
+        """
+        import twisted.plugins
+
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker, twisted.plugins)}
+        self.assertIn("lb", makers)
+        self.assertIs(makers["lb"].options, Options)
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{Options}.
+    """
+
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_repeatable(self) -> None:
+        """
+        C{--listen} and C{--backend} may be given several times; the policy
+        and mode apply to the one pool and every listener.
+        """
+        options = self.parse(
+            "--listen", "tcp:8080", "--listen", "tcp:8081",
+            "--backend", "tcp:host=10.0.0.5:port=80",
+            "--backend", "tcp:host=10.0.0.6:port=80",
+            "--policy", "leastconn", "--mode", "http",
+        )
+        config = options["lbconfig"]
+        self.assertEqual([l.endpoint for l in config.listeners], ["tcp:8080", "tcp:8081"])
+        self.assertEqual({l.mode for l in config.listeners}, {"http"})
+        pool = config.pool("default")
+        self.assertEqual(pool.policy, "leastconn")
+        self.assertEqual([b.name for b in pool.backends], ["10.0.0.5:80", "10.0.0.6:80"])
+
+    def test_defaults(self) -> None:
+        """
+        Without C{--listen} the balancer listens on port 8080, round-robin.
+        """
+        config = self.parse("--backend", "tcp:host=127.0.0.1:port=80")["lbconfig"]
+        self.assertEqual(config.listeners[0].endpoint, "tcp:8080")
+        self.assertEqual(config.pool("default").policy, "roundrobin")
+
+    def test_tuning(self) -> None:
+        """
+        Timeouts and health settings from the command line reach the pool.
+        """
+        pool = self.parse(
+            "--backend", "tcp:host=127.0.0.1:port=80", "--connect-timeout", "0.5",
+            "--check-interval", "250ms", "--rise", "1", "--fall", "4", "--retries", "0",
+        )["lbconfig"].pool("default")
+        self.assertEqual(pool.timeouts.connect, 0.5)
+        self.assertEqual(pool.health.interval, 0.25)
+        self.assertEqual((pool.health.rise, pool.health.fall), (1, 4))
+        self.assertEqual(pool.retries, 0)
+
+    def test_demo(self) -> None:
+        """
+        C{--demo} balances over three demo backends on loopback.
+        """
+        config = self.parse("--demo")["lbconfig"]
+        self.assertEqual([b.name for b in config.pool("default").backends],
+                         ["demo-1", "demo-2", "demo-3"])
+        self.assertIn("interface=127.0.0.1", config.listeners[0].endpoint)
+
+    def test_noBackend(self) -> None:
+        """
+        Nothing to balance across is a usage error.
+        """
+        with self.assertRaises(UsageError) as e:
+            self.parse("--listen", "tcp:8080")
+        self.assertIn("--backend", str(e.exception))
+
+    def test_badValues(self) -> None:
+        """
+        Bad values are usage errors that name the problem.
+        """
+        for args, message in [
+            (("--policy", "fastest"), "pools.default.policy: expected one of"),
+            (("--mode", "udp"), "--mode: expected one of tcp, http"),
+            (("--rise", "0"), "pools.default.health.rise: expected an integer 1-100"),
+            (("--listen", "nope"), "listeners[0].listen: expected an endpoint"),
+            (("--admin", "tcp:x"), "--admin (port): expected an integer"),
+        ]:
+            with self.assertRaises(UsageError) as e:
+                self.parse("--backend", "tcp:host=127.0.0.1:port=80", *args)
+            self.assertIn(message, str(e.exception))
+
+    def test_badEndpointArguments(self) -> None:
+        """
+        Endpoint strings are parsed as Twisted will before anything starts.
+        """
+        with self.assertRaises(UsageError) as e:
+            self.parse("--backend", "tcp:host=127.0.0.1:port=80:bogus=1")
+        self.assertIn("pools.default.backends[0].endpoint: invalid endpoint", str(e.exception))
+
+    def test_config(self) -> None:
+        """
+        C{--config} loads a file; C{--admin} may override it but C{--backend}
+        may not be mixed in.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(yaml.safe_dump({
+            "listeners": [{"listen": "tcp:8080"}],
+            "pools": {"web": {"backends": ["tcp:host=127.0.0.1:port=81"]}},
+        }).encode())
+        config = self.parse("--config", path.path, "--admin", "tcp:9100:interface=127.0.0.1")["lbconfig"]
+        self.assertEqual(config.admin, "tcp:9100:interface=127.0.0.1")
+        self.assertEqual(config.pool("web").backends[0].name, "127.0.0.1:81")
+        with self.assertRaises(UsageError) as e:
+            self.parse("--config", path.path, "--backend", "tcp:host=a:port=1")
+        self.assertIn("cannot be combined with --config", str(e.exception))
+
+    def test_badConfigFile(self) -> None:
+        """
+        A bad config file is a usage error naming the key.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b"listeners: [{listen: 'tcp:8080'}]\npools: {web: {policy: x}}\n")
+        with self.assertRaises(UsageError) as e:
+            self.parse("--config", path.path)
+        self.assertIn("pools.web.policy", str(e.exception))

@@ -1,0 +1,283 @@
+"""
+Unit tests for L{lbtwist.tcp} and L{lbtwist.connect}, with a memory reactor
+and string transports: no sockets, no real time.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.config import BackendConfig, PoolConfig, Timeouts
+from lbtwist.connect import BackendConnector
+from lbtwist.pool import BackendPool, Health
+from lbtwist.tcp import ClientSide, TCPProxyFactory
+
+
+class HalfCloseTransport(StringTransport):
+    """
+    A string transport that records a shutdown of its write side.
+    """
+
+    writeClosed = False
+
+    def loseWriteConnection(self) -> None:
+        self.writeClosed = True
+
+
+def makeProxy(
+    n: int = 2, retries: int = 2, idle: float = 300.0, connect: float = 5.0
+) -> tuple[MemoryReactorClock, BackendPool, TCPProxyFactory]:
+    """
+    A TCP proxy factory over C{n} backends on ports 8001..., with a memory
+    reactor.
+    """
+    reactor = MemoryReactorClock()
+    pool = BackendPool(
+        PoolConfig(
+            name="web",
+            retries=retries,
+            timeouts=Timeouts(connect=connect, idle=idle),
+            backends=tuple(
+                BackendConfig(f"b{i}", f"tcp:host=127.0.0.1:port={8001 + i}")
+                for i in range(n)
+            ),
+        ),
+        random.Random(0),
+    )
+    factory = TCPProxyFactory(pool, reactor, BackendConnector(pool, reactor), idle)
+    return reactor, pool, factory
+
+
+def acceptClient(factory: TCPProxyFactory) -> tuple[ClientSide, HalfCloseTransport]:
+    """
+    Accept a client connection from 127.0.0.9.
+    """
+    client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+    transport = HalfCloseTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+    client.makeConnection(transport)
+    assert isinstance(client, ClientSide)
+    return client, transport
+
+
+def completeConnect(reactor: MemoryReactorClock, index: int) -> tuple[Any, HalfCloseTransport]:
+    """
+    Make the C{index}th outgoing connection attempt succeed.
+    """
+    host, port, factory, timeout, bind = reactor.tcpClients[index]
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = HalfCloseTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def refuseConnect(reactor: MemoryReactorClock, index: int) -> None:
+    """
+    Make the C{index}th outgoing connection attempt be refused.
+    """
+    factory = reactor.tcpClients[index][2]
+    factory.clientConnectionFailed(reactor.connectors[index],
+                                   Failure(ConnectionRefusedError()))
+
+
+class JoinTests(SynchronousTestCase):
+    """
+    A client is paused until joined to its backend, then bytes flow both ways.
+    """
+
+    def test_pausedUntilConnected(self) -> None:
+        """
+        The client is not read from until its backend connection is made;
+        then each transport is the other's streaming producer.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        self.assertEqual(clientTransport.producerState, "paused")
+        self.assertEqual(reactor.tcpClients[0][:2], ("127.0.0.1", 8001))
+        protocol, backendTransport = completeConnect(reactor, 0)
+        self.assertEqual(clientTransport.producerState, "producing")
+        self.assertIs(clientTransport.producer, backendTransport)
+        self.assertIs(backendTransport.producer, clientTransport)
+        self.assertTrue(clientTransport.streaming)
+        self.assertEqual(pool.get("b0").active, 1)  # type: ignore[union-attr]
+
+    def test_relay(self) -> None:
+        """
+        What either side sends, the other receives, and it is counted.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        protocol, backendTransport = completeConnect(reactor, 0)
+        client.dataReceived(b"request")
+        protocol.dataReceived(b"response")
+        self.assertEqual(backendTransport.value(), b"request")
+        self.assertEqual(clientTransport.value(), b"response")
+        b0 = pool.get("b0")
+        assert b0 is not None
+        self.assertEqual((b0.bytesIn, b0.bytesOut), (7, 8))
+
+    def test_halfClose(self) -> None:
+        """
+        A client's FIN shuts down the backend's write side only; the response
+        still reaches the client, and the backend's FIN then closes both.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        protocol, backendTransport = completeConnect(reactor, 0)
+        client.dataReceived(b"request")
+        client.readConnectionLost()
+        self.assertTrue(backendTransport.writeClosed)
+        self.assertFalse(backendTransport.disconnecting)
+        protocol.dataReceived(b"response")
+        self.assertEqual(clientTransport.value(), b"response")
+        protocol.readConnectionLost()
+        self.assertTrue(clientTransport.disconnecting)
+        self.assertTrue(backendTransport.disconnecting)
+
+    def test_closePropagates(self) -> None:
+        """
+        When the backend closes, the client is closed (after its buffer is
+        flushed) and the backend's active count drops.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        protocol, backendTransport = completeConnect(reactor, 0)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(clientTransport.disconnecting)
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(pool.get("b0").active, 0)  # type: ignore[union-attr]
+        self.assertEqual(factory.activeClients, 0)
+
+    def test_clientGoneWhileConnecting(self) -> None:
+        """
+        A client that leaves while its backend connects cancels the attempt.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(pool.get("b0").failures, {})  # type: ignore[union-attr]
+
+
+class FailoverTests(SynchronousTestCase):
+    """
+    A failed connect moves on to the next backend; the client never notices.
+    """
+
+    def test_refused(self) -> None:
+        """
+        A refused connect is counted against that backend and the next one
+        is tried.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        refuseConnect(reactor, 0)
+        self.assertEqual(reactor.tcpClients[1][:2], ("127.0.0.1", 8002))
+        protocol, backendTransport = completeConnect(reactor, 1)
+        self.assertEqual(clientTransport.producerState, "producing")
+        self.assertFalse(clientTransport.disconnecting)
+        self.assertEqual(pool.get("b0").failures, {"refused": 1})  # type: ignore[union-attr]
+        self.assertIs(client.backend, pool.get("b1"))
+
+    def test_timeout(self) -> None:
+        """
+        A connect that takes longer than the connect timeout is abandoned and
+        counted as a timeout.
+        """
+        reactor, pool, factory = makeProxy(connect=2.0)
+        client, clientTransport = acceptClient(factory)
+        reactor.advance(1.9)
+        self.assertEqual(len(reactor.tcpClients), 1)
+        reactor.advance(0.2)
+        self.assertTrue(reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(pool.get("b0").failures, {"timeout": 1})  # type: ignore[union-attr]
+        self.assertEqual(reactor.tcpClients[1][:2], ("127.0.0.1", 8002))
+
+    def test_allFail(self) -> None:
+        """
+        When every backend fails the client is closed at once.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        refuseConnect(reactor, 0)
+        refuseConnect(reactor, 1)
+        self.assertTrue(clientTransport.disconnecting)
+        self.assertEqual(len(reactor.tcpClients), 2)
+
+    def test_retriesBound(self) -> None:
+        """
+        No more than C{retries} other backends are tried.
+        """
+        reactor, pool, factory = makeProxy(n=5, retries=1)
+        client, clientTransport = acceptClient(factory)
+        refuseConnect(reactor, 0)
+        refuseConnect(reactor, 1)
+        self.assertEqual(len(reactor.tcpClients), 2)
+        self.assertTrue(clientTransport.disconnecting)
+
+    def test_passiveHealth(self) -> None:
+        """
+        C{fall} consecutive failed connects mark a backend down: it is then
+        skipped without being tried.
+        """
+        reactor, pool, factory = makeProxy()
+        for i in range(3):
+            acceptClient(factory)
+            refuseConnect(reactor, 2 * i)
+            completeConnect(reactor, 2 * i + 1)
+        self.assertEqual(pool.get("b0").health, Health.DOWN)  # type: ignore[union-attr]
+        before = len(reactor.tcpClients)
+        acceptClient(factory)
+        self.assertEqual(reactor.tcpClients[before][:2], ("127.0.0.1", 8002))
+
+    def test_noBackend(self) -> None:
+        """
+        With no eligible backend the client is closed without a connect.
+        """
+        reactor, pool, factory = makeProxy(n=1)
+        b0 = pool.get("b0")
+        assert b0 is not None
+        for _ in range(3):
+            pool.failed(b0, "probe", "refused")
+        client, clientTransport = acceptClient(factory)
+        self.assertTrue(clientTransport.disconnecting)
+        self.assertEqual(reactor.tcpClients, [])
+        self.assertEqual(pool.noBackend, 1)
+
+
+class IdleTests(SynchronousTestCase):
+    """
+    An idle pair is closed after the idle timeout.
+    """
+
+    def test_idle(self) -> None:
+        """
+        Traffic either way keeps a pair open; silence for the timeout closes it.
+        """
+        reactor, pool, factory = makeProxy(idle=10.0)
+        client, clientTransport = acceptClient(factory)
+        protocol, backendTransport = completeConnect(reactor, 0)
+        reactor.advance(6)
+        protocol.dataReceived(b"x")
+        reactor.advance(6)
+        self.assertFalse(clientTransport.disconnecting)
+        reactor.advance(4.1)
+        self.assertTrue(clientTransport.disconnecting)
+        self.assertTrue(backendTransport.disconnecting)
+
+    def test_timerCancelled(self) -> None:
+        """
+        A closed pair leaves no timer behind.
+        """
+        reactor, pool, factory = makeProxy(idle=10.0)
+        client, clientTransport = acceptClient(factory)
+        protocol, backendTransport = completeConnect(reactor, 0)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(reactor.getDelayedCalls(), [])

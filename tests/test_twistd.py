@@ -1,0 +1,181 @@
+"""
+The README's commands, run for real: C{twistd -n lb ...} and
+C{twistd -ny lb.tac} as subprocesses, serving real backends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import yaml
+from twisted.internet.defer import inlineCallbacks
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import TestCase
+
+from .support import Backends, firstLine, inThread, sleep
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+ROOT = FilePath(__file__).parent().parent()
+
+
+def freePort() -> int:
+    """
+    A loopback port nobody listens on right now.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwistdTests(TestCase):
+    """
+    Tests of the balancer as users start it.
+    """
+
+    timeout = 60
+
+    def spawn(self, *args: str, cwd: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """
+        Start twistd in the foreground; it is killed by PID if still running
+        when the test ends.
+        """
+        process = subprocess.Popen(
+            [TWISTD, "--nodaemon", "--pidfile=", *args],
+            cwd=cwd or _tempdir(self),
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+        def reap() -> None:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            assert process.stdout is not None
+            process.stdout.close()
+
+        self.addCleanup(reap)
+        return process
+
+    @inlineCallbacks
+    def waitForPort(self, port: int, process: subprocess.Popen[bytes]) -> Any:
+        """
+        Wait until C{port} accepts connections, or fail with the log.
+        """
+        for _ in range(150):
+            if process.poll() is not None:
+                break
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                yield sleep(0.1)
+        process.kill()
+        assert process.stdout is not None
+        self.fail(f"balancer did not listen on {port}:\n{process.stdout.read().decode()}")
+
+    @inlineCallbacks
+    def waitForExit(self, process: subprocess.Popen[bytes], seconds: float = 15) -> Any:
+        for _ in range(int(seconds * 10)):
+            if process.poll() is not None:
+                return process.returncode
+            yield sleep(0.1)
+        self.fail("process did not exit")
+
+    @inlineCallbacks
+    def test_commandLine(self) -> Any:
+        """
+        The README's command line serves traffic across the backends and
+        exits 0 on SIGTERM.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        backends.start("b")
+        port = freePort()
+        process = self.spawn(
+            "lb", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--backend", backends.endpoint("a"), "--backend", backends.endpoint("b"),
+            "--policy", "leastconn", "--admin", "tcp:0:interface=127.0.0.1",
+        )
+        yield self.waitForPort(port, process)
+        names = set()
+        for _ in range(4):
+            names.add((yield inThread(firstLine, port)))
+        self.assertEqual(names, {b"a", b"b"})
+        process.send_signal(signal.SIGTERM)
+        code = yield self.waitForExit(process)
+        self.assertEqual(code, 0)
+
+    @inlineCallbacks
+    def test_tac(self) -> Any:
+        """
+        C{twistd -ny lb.tac} loads C{lb.yaml} from the working directory.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        port = freePort()
+        work = FilePath(_tempdir(self))
+        work.child("lb.yaml").setContent(yaml.safe_dump({
+            "admin": "tcp:0:interface=127.0.0.1",
+            "listeners": [{"listen": f"tcp:{port}:interface=127.0.0.1"}],
+            "pools": {"web": {"backends": [{"name": "a", "endpoint": backends.endpoint("a")}]}},
+        }).encode())
+        process = self.spawn("-y", ROOT.child("lb.tac").path, cwd=work.path)
+        yield self.waitForPort(port, process)
+        line = yield inThread(firstLine, port)
+        self.assertEqual(line, b"a")
+        process.send_signal(signal.SIGTERM)
+        code = yield self.waitForExit(process)
+        self.assertEqual(code, 0)
+
+    @inlineCallbacks
+    def test_badConfig(self) -> Any:
+        """
+        A bad config file stops twistd before anything starts, with a
+        non-zero exit and one line naming the key.
+        """
+        work = FilePath(_tempdir(self))
+        work.child("lb.yaml").setContent(
+            b"listeners: [{listen: 'tcp:0'}]\n"
+            b"pools: {web: {backends: [{host: a, port: 1}, {host: b, port: '80x'}]}}\n"
+        )
+        process = self.spawn("lb", "--config", work.child("lb.yaml").path, cwd=work.path)
+        code = yield self.waitForExit(process)
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+        self.assertNotEqual(code, 0)
+        self.assertIn(
+            "pools.web.backends[1].port: expected an integer 1-65535, got '80x'", output
+        )
+
+    @inlineCallbacks
+    def test_portInUse(self) -> Any:
+        """
+        A listener port already in use is a clear error and a non-zero exit.
+        """
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        port = busy.getsockname()[1]
+        process = self.spawn(
+            "lb", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--backend", "tcp:host=127.0.0.1:port=9", "--admin", "tcp:0:interface=127.0.0.1",
+        )
+        code = yield self.waitForExit(process)
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+        self.assertNotEqual(code, 0)
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", output)
+        self.assertIn("Address already in use", output)
+
+
+def _tempdir(case: TestCase) -> str:
+    path = case.mktemp()
+    os.makedirs(path)
+    return path
