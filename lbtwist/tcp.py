@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from .connect import BackendConnector
 from .pool import Backend, BackendPool
+from .writethrough import writeThrough
 from .proxyprotocol import PROXY_HEADERS
 
 
@@ -66,19 +67,23 @@ class _Side(Protocol):
     readDone = False
     closed = False
     session: TCPSession
+    backend: Backend | None = None
 
-    def dataReceived(self, data: bytes) -> None:
-        session = self.session
-        session.lastActivity = session.seconds()
-        self.count(len(data))
-        peer = self.peer
-        if peer is not None:
-            peer.transport.write(data)  # type: ignore[union-attr]
+    def sendToPeer(self, data: bytes) -> None:
+        """
+        Write C{data} to the peer; replaced by a write-through to the peer's
+        socket once the pair is joined.
+        """
+        if self.peer is not None:
+            self.peer.transport.write(data)  # type: ignore[union-attr]
 
-    def count(self, n: int) -> None:
+    def joinTo(self, peer: _Side, backend: Backend) -> None:
         """
-        Account for C{n} bytes read on this side.
+        Relay to C{peer} from now on, counting bytes against C{backend}.
         """
+        self.peer = peer
+        self.backend = backend
+        self.sendToPeer = writeThrough(peer.transport)  # type: ignore[method-assign,assignment]
 
     def readConnectionLost(self) -> None:
         """
@@ -114,8 +119,13 @@ class ClientSide(_Side):
     """
 
     factory: TCPProxyFactory
-    backend: Backend | None = None
     _attempt: Deferred[Any] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        session = self.session
+        session.lastActivity = session.seconds()
+        self.backend.bytesIn += len(data)  # type: ignore[union-attr]
+        self.sendToPeer(data)
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()  # type: ignore[union-attr]
@@ -132,24 +142,19 @@ class ClientSide(_Side):
     def _buildBackendSide(self) -> Protocol:
         return BackendSide(self)
 
-    def count(self, n: int) -> None:
-        backend = self.backend
-        if backend is not None:
-            backend.bytesIn += n
-
     def _joined(self, result: tuple[Backend, BackendSide]) -> None:
         self._attempt = None
         backend, server = result
         if self.closed:
             server.transport.loseConnection()  # type: ignore[union-attr]
+            self.factory.pool.release(backend)
             return
-        self.backend = backend
         backend.responseTime = self.session.seconds() - self.session.started
         self.factory.pool.opened(backend)
         backend.closers.add(self.abortPair)
-        self.peer = server
-        server.peer = self
         setNoDelay(server.transport)
+        self.joinTo(server, backend)
+        server.joinTo(self, backend)
         proxyHeader = self.factory.proxyHeader
         if proxyHeader is not None:
             # The PROXY header goes first, before any relayed byte.
@@ -182,6 +187,7 @@ class ClientSide(_Side):
         if self.backend is not None:
             self.backend.closers.discard(self.abortPair)
             self.factory.pool.closed(self.backend)
+            self.factory.pool.release(self.backend)
             self.backend = None
         self.factory.activeClients -= 1
 
@@ -195,10 +201,11 @@ class BackendSide(_Side):
         self.client = client
         self.session = client.session
 
-    def count(self, n: int) -> None:
-        backend = self.client.backend
-        if backend is not None:
-            backend.bytesOut += n
+    def dataReceived(self, data: bytes) -> None:
+        session = self.session
+        session.lastActivity = session.seconds()
+        self.backend.bytesOut += len(data)  # type: ignore[union-attr]
+        self.sendToPeer(data)
 
 
 class TCPSession:
