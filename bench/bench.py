@@ -65,6 +65,8 @@ DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
 WANTED_NOFILE = 65536
 MEMORY_TARGETS = ("haproxy-tcp", "lbtwist-tcp", "portforward")
 DEFAULT_MEMORY_TARGETS = "haproxy-tcp,lbtwist-tcp"
+FULL_DEFAULTS: dict[str, float] = {"duration": 10.0, "warmup": 2.0, "repeat": 3}
+QUICK_DEFAULTS: dict[str, float] = {"duration": 3.0, "warmup": 1.0, "repeat": 1}
 SYSTEM_PATHS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 
@@ -78,10 +80,14 @@ def _csv(value: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (``--quick`` overrides duration, warm-up and repetitions)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per case (2)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case, median taken (3)")
-    parser.add_argument("--quick", action="store_true", help="3 s runs, 1 repetition, 1 s warm-up")
+    parser.add_argument("--duration", type=float, help="seconds per run (10; quick: 3)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per case (2; quick: 1)")
+    parser.add_argument("--repeat", type=int, help="runs per case, median taken (3; quick: 1)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs: defaults of 3 s, 1 repetition, 1 s warm-up",
+    )
     parser.add_argument("--connections", type=int, default=50, help="wrk -c (50)")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
     parser.add_argument(
@@ -130,13 +136,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     parser.add_argument("--keep-temp", action="store_true", help="keep configs and logs")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.duration, args.repeat, args.warmup = 3.0, 1, 1.0
+    defaults = QUICK_DEFAULTS if args.quick else FULL_DEFAULTS
+    for option, value in defaults.items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
     _validate_names(parser, args.targets, TARGETS_BY_NAME, "target")
     _validate_names(parser, args.cases, CASES_BY_NAME, "case")
     _validate_names(parser, args.memory_targets, dict.fromkeys(MEMORY_TARGETS), "memory target")
-    if args.repeat < 1 or args.duration < 1 or args.connections < 1:
-        parser.error("--repeat, --duration and --connections must be at least 1")
+    if min(args.repeat, args.duration, args.connections, args.memory_connections) < 1:
+        parser.error("--repeat, --duration, --connections, --memory-connections must be >= 1")
     return args
 
 

@@ -64,12 +64,16 @@ class HealthCheck:
 class BackendConfig:
     """
     One backend server: a name, a Twisted client endpoint string and a weight.
+
+    @ivar maxconn: connections (TCP mode) or requests (HTTP mode) it is
+        given at once; more wait in the pool's queue (0: no limit).
     """
 
     name: str
     endpoint: str
     weight: int = 1
     health: HealthCheck = HealthCheck()
+    maxconn: int = 0
 
 
 @attrs.frozen
@@ -87,6 +91,21 @@ class Timeouts:
     idle: float = 300.0
     response: float = 60.0
     request: float = 10.0
+
+
+@attrs.frozen
+class Queue:
+    """
+    Where clients wait when every eligible backend is at its C{maxconn}.
+
+    @ivar size: clients that may wait at once; past it they are refused
+        at once (HTTP: 503; TCP: closed).
+    @ivar timeout: a client waits this long at most, in seconds, then is
+        refused.
+    """
+
+    size: int = 1024
+    timeout: float = 5.0
 
 
 @attrs.frozen
@@ -158,6 +177,7 @@ class PoolConfig:
     http: HTTPSettings = HTTPSettings()
     sticky: Sticky | None = None
     proxyProtocol: str | None = None
+    queue: Queue = Queue()
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -185,6 +205,10 @@ class ListenerConfig:
 class Config:
     """
     The whole configuration of a balancer.
+
+    @ivar maxconn: client connections open at once over every listener;
+        at the limit the listeners stop accepting until one closes (0: no
+        limit).
     """
 
     listeners: tuple[ListenerConfig, ...]
@@ -193,6 +217,7 @@ class Config:
     admin: str | None = None
     adminToken: str | None = None
     state: str | None = None
+    maxconn: int = 0
 
     def pool(self, name: str) -> PoolConfig:
         """
@@ -440,7 +465,9 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
     """
     if isinstance(data, str):
         data = {"endpoint": data}
-    d = _mapping(data, path, ("name", "endpoint", "host", "port", "weight", "health"))
+    d = _mapping(
+        data, path, ("name", "endpoint", "host", "port", "weight", "health", "maxconn")
+    )
     if "endpoint" in d:
         if "host" in d or "port" in d:
             raise ConfigError(path, "give either endpoint, or host and port, not both")
@@ -465,13 +492,32 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
         endpoint=endpoint,
         weight=weight,
         health=parseHealth(d.get("health"), f"{path}.health", health),
+        maxconn=_integer(d.get("maxconn", 0), f"{path}.maxconn", 0, MAX_CONNECTIONS),
     )
 
 
 _POOL_KEYS = (
     "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
-    "proxy-protocol",
+    "proxy-protocol", "queue",
 )
+
+# The most a maxconn may say: far above what one process can hold open.
+MAX_CONNECTIONS = 10_000_000
+
+
+def parseQueue(data: object, path: str) -> Queue:
+    """
+    The C{queue:} mapping of a pool: C{size} and C{timeout}.
+    """
+    if data is None:
+        return Queue()
+    d = _mapping(data, path, ("size", "timeout"))
+    changes: dict[str, Any] = {}
+    if "size" in d:
+        changes["size"] = _integer(d["size"], f"{path}.size", 0, MAX_CONNECTIONS)
+    if "timeout" in d:
+        changes["timeout"] = parseSeconds(d["timeout"], f"{path}.timeout")
+    return Queue(**changes)
 
 
 def parseSticky(data: object, path: str) -> Sticky | None:
@@ -578,10 +624,13 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
             None if d.get("proxy-protocol") is None
             else _choice(d["proxy-protocol"], f"{path}.proxy-protocol", ("v1", "v2"))
         ),
+        queue=parseQueue(d.get("queue"), f"{path}.queue"),
     )
 
 
-TOP_KEYS = ("listeners", "pools", "status-interval", "admin", "admin-token", "state")
+TOP_KEYS = (
+    "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
+)
 
 
 def parseConfig(data: object) -> Config:
@@ -637,6 +686,7 @@ def parseConfig(data: object) -> Config:
             else _string(d["admin-token"], "admin-token")
         ),
         state=None if d.get("state") is None else _string(d["state"], "state"),
+        maxconn=_integer(d.get("maxconn", 0), "maxconn", 0, MAX_CONNECTIONS),
     )
 
 

@@ -33,6 +33,13 @@ class NoBackendAvailable(Exception):
     """
 
 
+class QueueFull(NoBackendAvailable):
+    """
+    Every eligible backend was at its C{maxconn}, and the client could not
+    wait: the queue was full, or the client waited for the queue timeout.
+    """
+
+
 class _OneShotFactory(Factory):
     """
     Builds the one protocol of one outgoing connection.
@@ -110,6 +117,8 @@ class BackendConnector:
         @param exclude: backends not to try.
         @return: fires with C{(backend, protocol)} once connected, or fails
             with L{NoBackendAvailable}.  Cancelling it abandons the attempt.
+            The client holds one of the backend's C{maxconn} slots from then
+            on: give it back with C{pool.release(backend)} when done.
         """
         return _Attempt(self, key, build, client, list(exclude)).result
 
@@ -136,17 +145,64 @@ class _Attempt:
         self.current: Deferred[Any] | None = None
         self.timer: Any = None
         self.timedOut = False
+        self.queueTimer: Any = None
         self.result: Deferred[tuple[Backend, Any]] = Deferred(self._cancel)
         self._next()
 
     def _cancel(self, result: Deferred[Any]) -> None:
+        if self.queueTimer is not None:
+            self._leaveQueue()
         if self.current is not None:
             self.current.cancel()
+
+    def _wait(self) -> None:
+        """
+        Every eligible backend is at its maxconn: wait in the pool's queue,
+        or be refused if it is full.
+        """
+        pool = self.connector.pool
+        if not pool.enqueue(self._woken):
+            self.result.errback(QueueFull("every backend is full and the queue is full"))
+            return
+        self.queueTimer = self.connector.reactor.callLater(
+            pool.config.queue.timeout, self._queueTimeOut
+        )
+
+    def _leaveQueue(self) -> None:
+        self.connector.pool.dequeue(self._woken)
+        if self.queueTimer is not None and self.queueTimer.active():
+            self.queueTimer.cancel()
+        self.queueTimer = None
+
+    def _woken(self) -> None:
+        if self.queueTimer is not None and self.queueTimer.active():
+            self.queueTimer.cancel()
+        self.queueTimer = None
+        self._next()
+
+    def _queueTimeOut(self) -> None:
+        self.queueTimer = None
+        pool = self.connector.pool
+        pool.dequeue(self._woken)
+        self.connector.log.warn(
+            "pool {pool}: client {client} waited {timeout}s in the queue; refused",
+            pool=pool.name,
+            client=self.client,
+            timeout=pool.config.queue.timeout,
+        )
+        self.result.errback(QueueFull("timed out in the queue"))
 
     def _next(self) -> None:
         connector = self.connector
         pool = connector.pool
         backend = pool.pick(self.key, self.tried)
+        if (
+            backend is None
+            and self.failures <= pool.config.retries
+            and pool.saturated(self.tried)
+        ):
+            self._wait()
+            return
         if backend is None or self.failures > pool.config.retries:
             if self.failures == 0:
                 pool.noBackendFor(self.client)
@@ -163,6 +219,7 @@ class _Attempt:
             self.result.errback(NoBackendAvailable(why))
             return
         self.tried.append(backend)
+        pool.acquire(backend)
         d = connector.endpoints.get(backend).connect(_OneShotFactory(self.build))
         self.current = d
         self.timer = connector.reactor.callLater(
@@ -188,6 +245,7 @@ class _Attempt:
 
     def _failed(self, reason: Failure, backend: Backend) -> None:
         self.current = None
+        self.connector.pool.release(backend)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -210,3 +268,81 @@ class _Attempt:
             why="timed out" if kind == "timeout" else reason.getErrorMessage(),
         )
         self._next()
+
+
+class ConnectionLimit:
+    """
+    The global C{maxconn}: client connections open at once over every
+    listener.
+
+    At the limit the listening ports stop accepting (new clients wait in the
+    kernel's accept queue, as with HAProxy) until a connection closes.  A
+    port accepts a batch of connections in one pass, so those of a batch
+    past the limit are closed at once.
+
+    @ivar refused: connections closed because they came past the limit.
+    @ivar paused: how many times the listeners were paused.
+    """
+
+    log = Logger()
+
+    def __init__(self, maxconn: int) -> None:
+        self.maxconn = maxconn
+        self.active = 0
+        self.refused = 0
+        self.paused = 0
+        self._ports: list[Any] = []
+        self._reading = True
+
+    def addPort(self, port: Any) -> None:
+        """
+        Pause and resume C{port} (a listening port) with the others.
+        """
+        self._ports.append(port)
+        if not self._reading:
+            port.stopReading()
+
+    def removePort(self, port: Any) -> None:
+        """
+        Forget C{port}: it stopped listening.
+        """
+        if port in self._ports:
+            self._ports.remove(port)
+
+    def admit(self) -> bool:
+        """
+        A client connected: count it, or say it must be refused.
+
+        @return: C{False} if the limit is reached (close the connection).
+        """
+        if self.active >= self.maxconn:
+            self.refused += 1
+            self._pause()
+            return False
+        self.active += 1
+        if self.active >= self.maxconn:
+            self._pause()
+        return True
+
+    def release(self) -> None:
+        """
+        An admitted client's connection closed.
+        """
+        self.active -= 1
+        if not self._reading and self.active < self.maxconn:
+            self._reading = True
+            for port in self._ports:
+                if getattr(port, "connected", True):
+                    port.startReading()
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.paused += 1
+            self.log.warn(
+                "{active} client connections open, the global maxconn: "
+                "listeners paused until one closes",
+                active=self.active,
+            )
+            for port in self._ports:
+                port.stopReading()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import enum
 import random
+from collections import deque
 from typing import Callable, Iterable, Iterator
 
 import attrs
@@ -83,6 +84,10 @@ class Backend:
         self.consecutiveSuccesses = 0
         self.consecutiveFailures = 0
         self.removed = False
+        # Connections (TCP) or requests (HTTP) given to this backend and not
+        # finished, counted from the moment it is chosen, before it is
+        # connected: what maxconn limits.
+        self.slots = 0
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.state}>"
@@ -130,6 +135,21 @@ class Backend:
             and self.health is not Health.DOWN
             and not self.removed
         )
+
+    @property
+    def maxconn(self) -> int:
+        """
+        How many clients it may serve at once (0: no limit).
+        """
+        return self.config.maxconn
+
+    @property
+    def full(self) -> bool:
+        """
+        Whether it serves as many clients as its C{maxconn} allows.
+        """
+        maxconn = self.config.maxconn
+        return maxconn > 0 and self.slots >= maxconn
 
     @property
     def state(self) -> str:
@@ -213,6 +233,9 @@ class BackendPool:
 
     @ivar observers: callables given every L{PoolEvent}.
     @ivar noBackend: how many clients found no eligible backend.
+    @ivar queueFull: how many clients were refused because every eligible
+        backend was at its C{maxconn} and the queue was full.
+    @ivar queued: how many clients waited in the queue.
     """
 
     def __init__(self, config: PoolConfig, rng: random.Random | None = None) -> None:
@@ -224,6 +247,9 @@ class BackendPool:
         self._backends: dict[str, Backend] = {}
         self.observers: list[Callable[[PoolEvent], None]] = []
         self.noBackend = 0
+        self.queueFull = 0
+        self.queued = 0
+        self._waiting: deque[Callable[[], None]] = deque()
         for b in config.backends:
             self._backends[b.name] = Backend(b)
 
@@ -257,14 +283,97 @@ class BackendPool:
         """
         if exclude:
             tried = set(exclude)
-            candidates = [b for b in self._backends.values() if b.eligible and b not in tried]
+            candidates = [
+                b for b in self._backends.values()
+                if b.eligible and not b.full and b not in tried
+            ]
         else:
-            candidates = [b for b in self._backends.values() if b.eligible]
+            candidates = [b for b in self._backends.values() if b.eligible and not b.full]
         if not candidates:
             return None
         chosen = self.policy.choose(candidates, key)
         assert isinstance(chosen, Backend)
         return chosen
+
+    def saturated(self, exclude: Iterable[Backend] = ()) -> bool:
+        """
+        Whether a client found no backend only because every eligible one
+        (not in C{exclude}) is at its C{maxconn}: it may wait in the queue.
+        """
+        tried = set(exclude)
+        full = False
+        for b in self._backends.values():
+            if b.eligible and b not in tried:
+                if not b.full:
+                    return False
+                full = True
+        return full
+
+    # -- limits and the queue ----------------------------------------------
+
+    def acquire(self, backend: Backend) -> None:
+        """
+        A client was given C{backend}: it holds one of its C{maxconn}
+        slots until L{release}.
+        """
+        backend.slots += 1
+
+    def release(self, backend: Backend) -> None:
+        """
+        A client of C{backend} gave its slot back: wake the clients waiting
+        in the queue, oldest first, while some backend has room.
+        """
+        backend.slots -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """
+        Let queued clients try again, oldest first, while a backend has
+        room.  A woken client that still finds none joins the queue again.
+        """
+        waiting = self._waiting
+        for _ in range(len(waiting)):
+            if not waiting or not any(
+                b.eligible and not b.full for b in self._backends.values()
+            ):
+                return
+            waiting.popleft()()
+
+    def enqueue(self, waiter: Callable[[], None]) -> bool:
+        """
+        Queue a client that found every eligible backend full: C{waiter}
+        is called when a slot is free.
+
+        @return: C{False} if the queue is full (the client is refused).
+        """
+        if len(self._waiting) >= self.config.queue.size:
+            self.queueFull += 1
+            self.log.warn(
+                "pool {pool}: every backend at maxconn and {size} clients queued; "
+                "refusing a client",
+                pool=self.name,
+                size=len(self._waiting),
+            )
+            return False
+        self.queued += 1
+        self._waiting.append(waiter)
+        return True
+
+    def dequeue(self, waiter: Callable[[], None]) -> None:
+        """
+        Take C{waiter} out of the queue (it timed out, or its client left).
+        """
+        try:
+            self._waiting.remove(waiter)
+        except ValueError:
+            pass
+
+    @property
+    def queueLength(self) -> int:
+        """
+        How many clients wait in the queue now.
+        """
+        return len(self._waiting)
 
     # -- traffic ---------------------------------------------------------
 
@@ -307,6 +416,8 @@ class BackendPool:
             reason=reason,
         )
         self._notify(StateChanged(self.name, backend, old, backend.state, reason))
+        if new is Health.UP:
+            self.wake()
         if new is Health.DOWN and not any(
             b.eligible for b in self._backends.values()
         ):
@@ -393,6 +504,7 @@ class BackendPool:
             endpoint=backend.endpoint,
         )
         self._notify(BackendAdded(self.name, backend))
+        self.wake()
         return backend
 
     def remove(self, name: str) -> Backend:
@@ -437,6 +549,7 @@ class BackendPool:
             self._notify(
                 StateChanged(self.name, backend, old, backend.state, "set by operator")
             )
+            self.wake()
         return backend
 
     def setWeight(self, name: str, weight: int) -> Backend:

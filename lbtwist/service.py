@@ -17,7 +17,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 
 from .config import Config, ConfigError, ListenerConfig
-from .connect import BackendConnector, EndpointCache
+from .connect import BackendConnector, ConnectionLimit, EndpointCache
 from .health import HealthMonitor, Probe, TCPProbe
 from .pool import BackendPool
 from .status import StatusReporter
@@ -122,6 +122,10 @@ class ListenerService(StreamServerEndpointService):
         super().startService()
         port = self._waitingForPort.result if self._waitingForPort is not None else None
         address = port.getHost() if port is not None and hasattr(port, "getHost") else None
+        limit = getattr(self.factory, "limit", None)
+        if limit is not None and hasattr(port, "stopReading"):
+            limit.addPort(port)
+            self._limitedPort = port
         self.log.info(
             "listener {listener} ({mode} mode, pool {pool}) accepting on {address}",
             listener=self.listener.name,
@@ -130,6 +134,16 @@ class ListenerService(StreamServerEndpointService):
             address=address,
         )
 
+    def stopService(self) -> Any:
+        """
+        Stop listening; the global maxconn forgets this port.
+        """
+        port = getattr(self, "_limitedPort", None)
+        limit = getattr(self.factory, "limit", None)
+        if port is not None and limit is not None:
+            limit.removePort(port)
+        return super().stopService()
+
 
 class LoadBalancer(MultiService):
     """
@@ -137,6 +151,7 @@ class LoadBalancer(MultiService):
 
     @ivar pools: the backend pools, by name.
     @ivar factories: each listener's protocol factory, by listener name.
+    @ivar limit: the global maxconn over every listener, if set.
     """
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
@@ -146,9 +161,12 @@ class LoadBalancer(MultiService):
         self.endpoints = EndpointCache(reactor)
         self.pools = {p.name: BackendPool(p, rng) for p in config.pools}
         self.factories: dict[str, ServerFactory] = {}
+        self.limit = ConnectionLimit(config.maxconn) if config.maxconn else None
         for listener in config.listeners:
             pool = self.pools[listener.pool]
             factory = MODES[listener.mode](self, listener, pool)
+            if self.limit is not None:
+                factory.limit = self.limit  # type: ignore[attr-defined]
             self.factories[listener.name] = factory
             ListenerService(
                 listener, serverFromString(reactor, withBacklog(listener.endpoint)), factory

@@ -50,9 +50,12 @@ class Options(usage.Options):
         ["fall", None, None, "Failed checks that mark a backend down."],
         ["state", None, None, "State file for changes made at run time."],
         ["grace", None, None, "Seconds in-flight connections get to finish (default 30)."],
+        ["request-timeout", None, None, "HTTP mode: seconds a client gets to send a request head."],
+        ["response-timeout", None, None, "HTTP mode: seconds a backend gets to answer."],
     ]
     optFlags = [
         ["demo", None, "Also run three demo backends on 127.0.0.1:8001-8003."],
+        ["access-log", None, "HTTP mode: log one structured event per request."],
     ]
 
     def __init__(self) -> None:
@@ -101,13 +104,16 @@ class Options(usage.Options):
             pool["health"] = health
         timeouts = {
             key: self[opt]
-            for key, opt in (("connect", "connect-timeout"), ("idle", "idle-timeout"))
+            for key, opt in (("connect", "connect-timeout"), ("idle", "idle-timeout"),
+                             ("request", "request-timeout"), ("response", "response-timeout"))
             if self[opt] is not None
         }
         if timeouts:
             pool["timeouts"] = timeouts
         if self["retries"] is not None:
             pool["retries"] = self["retries"]
+        if self["access-log"]:
+            pool["http"] = {"access-log": True}
         return {
             "listeners": [
                 {"name": f"listener{i}" if i else "main", "listen": e,

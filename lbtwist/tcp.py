@@ -19,10 +19,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .connect import BackendConnector
+from .connect import BackendConnector, ConnectionLimit
 from .pool import Backend, BackendPool
-from .writethrough import writeThrough
 from .proxyprotocol import PROXY_HEADERS
+from .writethrough import writeThrough
 
 
 def clientKey(address: IAddress) -> bytes | None:
@@ -190,6 +190,8 @@ class ClientSide(_Side):
             self.factory.pool.release(self.backend)
             self.backend = None
         self.factory.activeClients -= 1
+        if self.factory.limit is not None:
+            self.factory.limit.release()
 
 
 class BackendSide(_Side):
@@ -264,6 +266,8 @@ class TCPProxyFactory(ServerFactory):
 
     noisy = False
     log = Logger()
+    # The global maxconn shared by every listener, if there is one.
+    limit: ConnectionLimit | None = None
 
     def __init__(
         self,
@@ -280,7 +284,10 @@ class TCPProxyFactory(ServerFactory):
         self.activeClients = 0
         self.accepted = 0
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
+        limit = self.limit
+        if limit is not None and not limit.admit():
+            return None
         self.accepted += 1
         self.activeClients += 1
         p = ClientSide()

@@ -34,10 +34,14 @@ class NameOnConnect(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections += 1
+        self.factory.live += 1
         self.transport.write(self.factory.name.encode() + b"\n")  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.factory.live -= 1
 
 
 class NamedFactory(Factory):
@@ -51,6 +55,7 @@ class NamedFactory(Factory):
     def __init__(self, name: str) -> None:
         self.name = name
         self.connections = 0
+        self.live = 0
 
 
 class Backends:

@@ -347,3 +347,116 @@ class RetryTests(HTTPProxyTestCase):
         results = yield httpRequests(proxy.testPort, [("GET", "/", None, {})] * 4)
         self.assertEqual([r[0] for r in results], [200] * 4)
         self.assertEqual(proxy.pool.get("a").failureCount, 0)  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_drainClosesInFlight(self) -> Any:
+        """
+        A request in flight registers a closer with its backend; closing
+        them all (a drain's grace is over) sends a GET to another backend.
+        """
+        stuck = self.startBackend("stuck", lambda r, b, c: None)
+        good = self.startBackend("good")
+        proxy = self.startProxy([stuck, good])
+        d = httpRequests(proxy.testPort, [("GET", "/d", None, {})])
+        backend = proxy.pool.get("stuck")
+        assert backend is not None
+        from .httphelpers import waitFor
+
+        yield waitFor(lambda: bool(backend.closers))
+        self.assertEqual(backend.closeAll(), 1)
+        results = yield d
+        self.assertEqual(results[0][:1], (200,))
+        self.assertEqual(results[0][2], b"good /d\n")
+        self.assertEqual(backend.closers, set())
+
+
+class BackpressureTests(HTTPProxyTestCase):
+    """
+    Over real sockets, a slow reader on either side stops the other side
+    instead of filling the balancer's memory.
+    """
+
+    @inlineCallbacks
+    def test_slowBackendStopsUpload(self) -> Any:
+        """
+        While a backend does not read, the balancer stops reading the
+        client's upload, holding far less than was sent.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+
+        def paused(request: Any, backend: Any, conn: Any) -> None:
+            conn.transport.pauseProducing()
+
+        a.onHead = paused
+        size = 64 * 1024 * 1024
+        d = rawExchange(
+            proxy.testPort,
+            b"",
+            chunks=[b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size]
+            + [b"x" * (1024 * 1024)] * 64,
+            timeout=2,
+        )
+        d.addErrback(lambda f: None)
+        from .httphelpers import waitFor
+
+        yield waitFor(lambda: bool(proxy.clients) and not proxy.clients[0]._reading, 5)  # type: ignore[attr-defined]
+        client = proxy.clients[0]  # type: ignore[attr-defined]
+        self.assertFalse(client._reading)
+        conn = client.queue[0].conn
+        buffered = len(conn.transport.dataBuffer) + sum(map(len, conn.transport._tempDataBuffer))
+        self.assertLess(buffered, 8 * 1024 * 1024)
+        self.assertLess(len(a.raw), 32 * 1024 * 1024)
+        client.transport.abortConnection()
+        yield d
+
+    @inlineCallbacks
+    def test_slowClientStopsDownload(self) -> Any:
+        """
+        While a client does not read, the balancer stops reading the
+        backend's response.
+        """
+        size = 64 * 1024 * 1024
+        sent = []
+
+        def respond(request: Any, backend: Any, conn: Any) -> None:
+            conn.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            chunk = b"y" * (1024 * 1024)
+
+            class Producer:
+                def resumeProducing(self) -> None:
+                    if len(sent) < 64:
+                        sent.append(1)
+                        conn.transport.write(chunk)
+
+                def pauseProducing(self) -> None:
+                    pass
+
+                def stopProducing(self) -> None:
+                    pass
+
+            conn.transport.registerProducer(Producer(), False)
+            return None
+
+        a = self.startBackend("a", respond)
+        proxy = self.startProxy([a])
+        import socket
+
+        sock = socket.create_connection(("127.0.0.1", proxy.testPort))
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        from .httphelpers import waitFor
+
+        def backendPaused() -> bool:
+            # The client transport paused its producer, the backend side.
+            clients = proxy.clients  # type: ignore[attr-defined]
+            return bool(clients) and bool(clients[0].transport.producerPaused)
+
+        yield waitFor(backendPaused, 5)
+        client = proxy.clients[0]  # type: ignore[attr-defined]
+        self.assertTrue(client.transport.producerPaused)
+        buffered = len(client.transport.dataBuffer) + sum(map(len, client.transport._tempDataBuffer))
+        self.assertLess(buffered, 8 * 1024 * 1024)
+        self.assertLess(len(sent), 40)
+        sock.close()
+        yield waitFor(lambda: proxy.activeClients == 0)

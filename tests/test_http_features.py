@@ -282,7 +282,7 @@ class RealClientTests(HTTPProxyTestCase):
     def test_wrkLoad(self) -> Any:
         """
         wrk's keep-alive load over 10 connections is answered without errors
-        and with few backend connections.
+        and with few backend connections, reused many times.
         """
         if shutil.which("wrk") is None:
             self.skipTest("wrk is not installed")
@@ -297,4 +297,7 @@ class RealClientTests(HTTPProxyTestCase):
         self.assertNotIn("Non-2xx", out)
         self.assertNotIn("Socket errors", out)
         self.assertGreater(len(a.requests), 100)
-        self.assertLessEqual(len(a.connections), 10)
+        # Connections are reused: a few per client connection at most, and
+        # far fewer than requests (a loaded machine may make wrk reconnect).
+        self.assertLessEqual(len(a.connections), 2 * proxy.accepted)
+        self.assertLess(len(a.connections) * 20, len(a.requests))

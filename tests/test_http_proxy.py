@@ -261,3 +261,31 @@ class HeaderTests(HTTPProxyTestCase):
         self.assertEqual(headers.get("x-end"), "1")
         for gone in ("keep-alive", "proxy-authenticate", "connection"):
             self.assertNotIn(gone, headers)
+
+    @inlineCallbacks
+    def test_clientHalfClose(self) -> Any:
+        """
+        A client that sends its request then shuts down its write side
+        still gets the response, then the connection is closed.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+
+        def run() -> bytes:
+            import socket
+
+            with socket.create_connection(("127.0.0.1", proxy.testPort), timeout=5) as s:
+                s.sendall(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                out = b""
+                while True:
+                    got = s.recv(65536)
+                    if not got:
+                        return out
+                    out += got
+
+        from twisted.internet.threads import deferToThread
+
+        out = yield deferToThread(run)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
+        self.assertTrue(out.endswith(b"a /half\n"), out)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
@@ -447,3 +447,26 @@ class HTTPConfigTests(SynchronousTestCase):
         self.assertProblem("pools.web.sticky.cookie", sticky={"cookie": "bad name"})
         self.assertProblem("pools.web.sticky", sticky="random")
         self.assertProblem("pools.web.proxy-protocol", **{"proxy-protocol": "v3"})
+
+
+class HTTPTapTests(SynchronousTestCase):
+    """
+    The command-line options of HTTP mode.
+    """
+
+    def test_options(self) -> None:
+        """
+        C{--request-timeout}, C{--response-timeout} and C{--access-log}
+        reach the pool's configuration.
+        """
+        from lbtwist.tap import Options
+
+        options = Options()
+        options.parseOptions([
+            "--mode", "http", "--backend", "tcp:host=127.0.0.1:port=80",
+            "--access-log", "--response-timeout", "2s", "--request-timeout", "3",
+        ])
+        pool = options["lbconfig"].pools[0]
+        self.assertEqual((pool.timeouts.request, pool.timeouts.response), (3.0, 2.0))
+        self.assertTrue(pool.http.accessLog)
+        self.assertEqual(options["lbconfig"].listeners[0].mode, "http")

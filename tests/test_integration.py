@@ -363,10 +363,13 @@ class AbuseTests(TestCase):
         self.assertEqual(line, b"a")
         factory = next(iter(lb.factories.values()))
         assert isinstance(factory, TCPProxyFactory)
+        backend = backends.factories["a"]
         for _ in range(100):
-            if factory.activeClients == 0 and lb.pools["web"].get("a").active == 0:  # type: ignore[union-attr]
+            if (factory.activeClients == 0 and lb.pools["web"].get("a").active == 0  # type: ignore[union-attr]
+                    and backend.live == 0):  # type: ignore[attr-defined]
                 break
             yield sleep(0.05)
         self.assertEqual(factory.activeClients, 0)
         self.assertEqual(lb.pools["web"].get("a").active, 0)  # type: ignore[union-attr]
         self.assertEqual(factory.accepted, 3001)
+        self.assertEqual(backend.live, 0)  # type: ignore[attr-defined]

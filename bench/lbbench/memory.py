@@ -189,7 +189,7 @@ def run_memory_case(
         for port in backend_ports:
             wait_listening(backend, port, ctx.start_timeout)
         target = launch(spec, ctx, manager, free_port(), backend_ports, f"{spec.name}-memory")
-        _wait_for(lambda: backend_count_is_zero(counter), 5.0)
+        _wait_for(lambda: counter() == 0, 5.0)  # the start-up check's connection is gone
         pids = target.measured_pids()
         result.rss_before_kib = rss_kib(pids)
         started = time.monotonic()
@@ -217,11 +217,6 @@ def run_memory_case(
             manager.stop(target.process)
         manager.stop(backend)
     return result
-
-
-def backend_count_is_zero(counter: BackendCounter) -> bool:
-    """True once the idle backend holds no connection (start-up probes closed)."""
-    return counter() == 0
 
 
 def _detail(result: MemoryResult) -> str:

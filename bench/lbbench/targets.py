@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbbench import configs
-from lbbench.processes import ManagedProcess, ProcessManager, process_tree, wait_listening
+from lbbench.processes import (
+    ManagedProcess,
+    ProcessManager,
+    StartError,
+    process_tree,
+    wait_listening,
+)
 
 
 @dataclass
@@ -144,14 +150,17 @@ def launch(
         return RunningTarget(spec, backends[0], None)
     name = instance_name or spec.name
     argv = spec.build(ctx, name, port, backends)
-    process = manager.start(
-        name,
-        argv,
-        cpu=ctx.proxy_cpu,
-        raise_nofile=True,
-        env=ctx.twistd_env() if spec.is_twisted else None,
-        cwd=ctx.repo_root,
-    )
+    try:
+        process = manager.start(
+            name,
+            argv,
+            cpu=ctx.proxy_cpu,
+            raise_nofile=True,
+            env=ctx.twistd_env() if spec.is_twisted else None,
+            cwd=ctx.repo_root,
+        )
+    except OSError as exc:
+        raise StartError(f"{name} could not be started", str(exc)) from exc
     try:
         wait_listening(process, port, ctx.start_timeout)
     except BaseException:

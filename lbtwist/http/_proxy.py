@@ -29,14 +29,14 @@ from httptools import (
 )
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from ..config import ListenerConfig
-from ..connect import EndpointCache, failureKind
+from ..connect import ConnectionLimit, EndpointCache, failureKind
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
 from ..proxyprotocol import PROXY_HEADERS
@@ -93,6 +93,7 @@ class Exchange:
         "requestDone",
         "respChunked",
         "respHeaders",
+        "respHead",
         "respLength",
         "respNoBody",
         "respUntilClose",
@@ -100,6 +101,7 @@ class Exchange:
         "retries",
         "sent",
         "setCookie",
+        "slot",
         "started",
         "status",
         "stickyBackend",
@@ -108,6 +110,7 @@ class Exchange:
         "upgrade",
         "url",
         "version",
+        "waiter",
     )
 
     def __init__(self, client: ClientConnection, started: float) -> None:
@@ -142,12 +145,17 @@ class Exchange:
         self.respNoBody = False
         self.respUntilClose = False
         self.respLength: int | None = None
+        self.respHead: bytes | None = None
         self.closeAfter = False
         self.finished = False
         self.respHeaders: list[tuple[bytes, bytes]] = []
         self.reason = b""
         self.stickyBackend: Backend | None = None
         self.setCookie = False
+        # The backend whose maxconn slot this request holds, and while it
+        # waits in the pool's queue, its waker and timer.
+        self.slot: Backend | None = None
+        self.waiter: tuple[Callable[[], None], Any] | None = None
 
     @property
     def replayable(self) -> bool:
@@ -163,7 +171,7 @@ class Exchange:
         )
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class ClientConnection(Protocol):
     """
     A client's connection: parses its requests and serves them in order.
@@ -194,6 +202,7 @@ class ClientConnection(Protocol):
         self._headStarted: float | None = None
         self._timer: Any = None
         self._served = 0
+        self._readClosed = False
 
     # -- connection --------------------------------------------------------
 
@@ -257,11 +266,26 @@ class ClientConnection(Protocol):
             self._timer.cancel()
         self._timer = None
         self.factory.activeClients -= 1
+        if self.factory.limit is not None:
+            self.factory.limit.release()
         tunnel = self._tunnel
         if tunnel is not None:
             self._tunnel = None
             tunnel.transport.loseConnection()
         self._abortQueue()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sent FIN: answer what it asked, then close.
+        """
+        self._readClosed = True
+        if not self.queue:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our write side is shut: nothing to do.
+        """
 
     def _abortQueue(self) -> None:
         queue = self.queue
@@ -450,8 +474,11 @@ class ClientConnection(Protocol):
         self._parsing = None
         ex.requestDone = True
         conn = ex.conn
-        if conn is not None and ex.sent and ex.chunked:
-            conn.transport.write(b"0\r\n\r\n")
+        if conn is not None and ex.sent:
+            if ex.chunked:
+                conn.transport.write(b"0\r\n\r\n")
+            if ex.timer is None and not ex.finished and ex.status < 200:
+                self.factory.armResponseTimer(ex)
 
     # -- serving -----------------------------------------------------------
 
@@ -465,7 +492,9 @@ class ClientConnection(Protocol):
         if queue and queue[0] is ex:
             queue.popleft()
         self._served += 1
-        if ex.closeAfter or not ex.keepAlive or not ex.requestDone:
+        if ex.closeAfter or not ex.keepAlive or not ex.requestDone or (
+            self._readClosed and not queue
+        ):
             self.transport.loseConnection()
             self._closed = True
             return
@@ -516,25 +545,38 @@ class BackendConnection(Protocol):
         self.requests = 0
         self.reusable = True
         self.tunnel: ClientConnection | None = None
+        self.paused = False
         self._skipBody = False
         self._finishAfterFeed = False
         self.parser = HttpResponseParser(self)
 
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
+        # Kept as one object: the backend's closers set adds and discards it.
+        self.closer: Callable[[], None] = self.abortNow
         if self.proxyHeader is not None:
             self.transport.write(self.proxyHeader)
+
+    def abortNow(self) -> None:
+        """
+        Close this connection at once (a drain's grace period is over): the
+        request in flight is retried if that is safe, else cut short.
+        """
+        self.reusable = False
+        self.transport.abortConnection()
 
     def pauseProducing(self) -> None:
         """
         The client cannot take more of the response for now.
         """
+        self.paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """
         The client can take more.
         """
+        self.paused = False
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -581,6 +623,10 @@ class BackendConnection(Protocol):
             self.reusable = False
             self.transport.loseConnection()
             return
+        ex = self.exchange
+        if ex is not None and ex.respHead is not None:
+            head, ex.respHead = ex.respHead, None
+            ex.client.transport.write(head)
         if self._finishAfterFeed:
             self._finishAfterFeed = False
             self._skipBody = False
@@ -592,6 +638,7 @@ class BackendConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self.reusable = False
+        self.backend.closers.discard(self.closer)
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -632,7 +679,14 @@ class BackendConnection(Protocol):
         ex.bytesOut += len(body)
         self.backend.bytesOut += len(body)
         transport = ex.client.transport
-        if ex.respChunked:
+        head = ex.respHead
+        if head is not None:
+            ex.respHead = None
+            if ex.respChunked:
+                transport.writeSequence((head, b"%x\r\n" % len(body), body, b"\r\n"))
+            else:
+                transport.writeSequence((head, body))
+        elif ex.respChunked:
             transport.writeSequence((b"%x\r\n" % len(body), body, b"\r\n"))
         else:
             transport.write(body)
@@ -689,6 +743,8 @@ class HTTPProxyFactory(ServerFactory):
 
     noisy = False
     log = Logger()
+    # The global maxconn shared by every listener, if there is one.
+    limit: ConnectionLimit | None = None
 
     def __init__(
         self,
@@ -735,7 +791,10 @@ class HTTPProxyFactory(ServerFactory):
         self.refused = 0
         self.statuses: dict[str, int] = {}
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
+        limit = self.limit
+        if limit is not None and not limit.admit():
+            return None
         self.accepted += 1
         self.activeClients += 1
         return ClientConnection(self)
@@ -877,21 +936,41 @@ class HTTPProxyFactory(ServerFactory):
         @param fresh: do not use a pooled connection (a retry after one
             was found closed).
         """
+        if ex.waiter is not None:
+            return
         client = ex.client
         pool = self.pool
         backend = None
         sticky = ex.stickyBackend
-        if sticky is not None and sticky not in ex.tried and sticky.eligible:
+        if (
+            sticky is not None and sticky not in ex.tried and sticky.eligible
+            and (ex.slot is sticky or not sticky.full)
+        ):
             backend = sticky
-        elif fresh and ex.backend is not None and ex.backend.eligible:
+        elif (
+            fresh and ex.backend is not None and ex.backend.eligible
+            and (ex.slot is ex.backend or not ex.backend.full)
+        ):
             backend = ex.backend
         else:
             backend = pool.pick(client.clientHost, ex.tried)
+        if (
+            backend is None
+            and ex.attempts <= pool.config.retries
+            and pool.saturated(ex.tried)
+        ):
+            self._wait(ex)
+            return
         if backend is None or ex.attempts > pool.config.retries:
             if ex.attempts == 0 and not ex.tried:
                 pool.noBackendFor(client.clientName)
             self.respondError(ex, 503)
             return
+        if ex.slot is not backend:
+            old, ex.slot = ex.slot, backend
+            pool.acquire(backend)
+            if old is not None:
+                pool.release(old)
         if backend not in ex.tried:
             ex.tried.append(backend)
         ex.backend = backend
@@ -957,6 +1036,54 @@ class HTTPProxyFactory(ServerFactory):
 
         d.addCallbacks(connected, failed)
 
+    def _wait(self, ex: Exchange) -> None:
+        """
+        Every eligible backend is at its maxconn: queue C{ex} until a slot is
+        free, for up to the queue timeout; 503 if the queue is full.
+        """
+        self._releaseSlot(ex)
+        pool = self.pool
+
+        def woken() -> None:
+            waiter, ex.waiter = ex.waiter, None
+            if waiter is not None and waiter[1].active():
+                waiter[1].cancel()
+            if not ex.finished:
+                self.dispatch(ex)
+
+        if not pool.enqueue(woken):
+            self.respondError(ex, 503)
+            return
+        if not ex.requestDone:
+            ex.client.hold()
+        timer = self.reactor.callLater(pool.config.queue.timeout, self._queueTimedOut, ex)
+        ex.waiter = (woken, timer)
+
+    def _queueTimedOut(self, ex: Exchange) -> None:
+        waiter, ex.waiter = ex.waiter, None
+        if waiter is not None:
+            self.pool.dequeue(waiter[0])
+        self.log.warn(  # noqa: G010
+            "pool {pool}: request of {client} waited {timeout}s in the queue; 503",
+            pool=self.pool.name, client=ex.client.clientName,
+            timeout=self.pool.config.queue.timeout,
+        )
+        self.respondError(ex, 503)
+
+    def _releaseSlot(self, ex: Exchange) -> None:
+        """
+        C{ex} is finished (or waits again): leave the queue, give back its
+        backend's maxconn slot, and so wake the next waiting request.
+        """
+        waiter, ex.waiter = ex.waiter, None
+        if waiter is not None:
+            self.pool.dequeue(waiter[0])
+            if waiter[1].active():
+                waiter[1].cancel()
+        slot, ex.slot = ex.slot, None
+        if slot is not None:
+            self.pool.release(slot)
+
     def attach(self, ex: Exchange, conn: BackendConnection) -> None:
         """
         Send C{ex} on C{conn}, a connected backend connection.
@@ -967,7 +1094,10 @@ class HTTPProxyFactory(ServerFactory):
         conn.requests += 1
         client = ex.client
         self.pool.opened(backend)
-        conn.transport.registerProducer(client, True)
+        backend.closers.add(conn.closer)
+        if ex.hasBody or ex.upgrade:
+            # Only a body can fill the backend's buffer: spare the others.
+            conn.transport.registerProducer(client, True)
         client.transport.registerProducer(conn, True)
         ex.sent = True
         conn.transport.write(ex.head)
@@ -979,9 +1109,17 @@ class HTTPProxyFactory(ServerFactory):
                 conn.sendBody(ex, body)
         if ex.requestDone and ex.chunked:
             conn.transport.write(b"0\r\n\r\n")
-        ex.timer = self.reactor.callLater(self.responseTimeout, self._timedOut, ex)
-        if not ex.requestDone and not ex.upgrade:
+        if ex.requestDone or ex.upgrade:
+            self.armResponseTimer(ex)
+        else:
             client.release()
+
+    def armResponseTimer(self, ex: Exchange) -> None:
+        """
+        The request is sent whole: its response head is due within the
+        response timeout.
+        """
+        ex.timer = self.reactor.callLater(self.responseTimeout, self._timedOut, ex)
 
     def _detach(self, ex: Exchange) -> BackendConnection | None:
         conn = ex.conn
@@ -990,9 +1128,12 @@ class HTTPProxyFactory(ServerFactory):
         ex.conn = None
         conn.exchange = None
         self.pool.closed(conn.backend)
+        conn.backend.closers.discard(conn.closer)
         if not conn.lost:
-            conn.transport.unregisterProducer()
-            conn.transport.resumeProducing()
+            if ex.hasBody or ex.upgrade:
+                conn.transport.unregisterProducer()
+            if conn.paused:
+                conn.resumeProducing()
         client = ex.client
         if not client._closed:
             client.transport.unregisterProducer()
@@ -1076,7 +1217,8 @@ class HTTPProxyFactory(ServerFactory):
             append(b"Connection: keep-alive\r\n")
         append(b"\r\n")
         ex.responded = True
-        transport.write(b"".join(parts))
+        # Sent with the first piece of body read with it, or after the read.
+        ex.respHead = b"".join(parts)
         if noBody and ex.method == b"HEAD" and status not in _NO_BODY_STATUSES:
             conn.skipBody()
 
@@ -1095,6 +1237,7 @@ class HTTPProxyFactory(ServerFactory):
         ex.finished = True
         ex.closeAfter = True
         self.pool.closed(conn.backend)
+        self._releaseSlot(ex)
         self._finishLog(ex)
         if client.queue and client.queue[0] is ex:
             client.queue.popleft()
@@ -1110,8 +1253,13 @@ class HTTPProxyFactory(ServerFactory):
         ex.finished = True
         self._cancelTimer(ex)
         client = ex.client
-        if ex.respChunked and not client._closed:
-            client.transport.write(b"0\r\n\r\n")
+        head = ex.respHead
+        if not client._closed:
+            if head is not None:
+                ex.respHead = None
+                client.transport.write(head + b"0\r\n\r\n" if ex.respChunked else head)
+            elif ex.respChunked:
+                client.transport.write(b"0\r\n\r\n")
         conn = self._detach(ex)
         backend = ex.backend
         assert backend is not None and conn is not None
@@ -1131,6 +1279,7 @@ class HTTPProxyFactory(ServerFactory):
             pass
         elif not conn.lost:
             conn.transport.loseConnection()
+        self._releaseSlot(ex)
         self._finishLog(ex)
         client.exchangeDone(ex)
 
@@ -1159,8 +1308,13 @@ class HTTPProxyFactory(ServerFactory):
         if ex.connecting is not None:
             d, ex.connecting = ex.connecting, None
             d.cancel()
+        self._releaseSlot(ex)
         if client._closed:
             return
+        if ex.respHead is not None:
+            # The head never left: the client may still get a clean error.
+            ex.respHead = None
+            ex.responded = False
         if ex.responded:
             # Part of the response went out: the client must see it cut short.
             client.transport.loseConnection()
@@ -1190,6 +1344,7 @@ class HTTPProxyFactory(ServerFactory):
         if conn is not None and not conn.lost:
             conn.reusable = False
             conn.transport.loseConnection()
+        self._releaseSlot(ex)
 
     # -- failures ----------------------------------------------------------
 
