@@ -13,17 +13,16 @@ from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import (
     ConnectingCancelledError,
     ConnectionRefusedError,
     TimeoutError,
 )
-from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .dial import BackendProtocol, Dialler
 from .pool import Backend, BackendPool
 
 
@@ -40,20 +39,6 @@ class QueueFull(NoBackendAvailable):
     """
 
 
-class _OneShotFactory(Factory):
-    """
-    Builds the one protocol of one outgoing connection.
-    """
-
-    noisy = False
-
-    def __init__(self, build: Callable[[], Protocol]) -> None:
-        self._build = build
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return self._build()
-
-
 def failureKind(reason: Failure) -> str:
     """
     Classify a failed connection attempt for the failure counters.
@@ -65,25 +50,17 @@ def failureKind(reason: Failure) -> str:
     return "connect"
 
 
-class EndpointCache:
+class EndpointCache(Dialler):
     """
     Client endpoints built from backends' endpoint strings, kept for reuse:
     parsing a string for every connection would cost more than connecting.
     """
 
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-        self._endpoints: dict[str, IStreamClientEndpoint] = {}
-
     def get(self, backend: Backend) -> IStreamClientEndpoint:
         """
         The endpoint for C{backend}.
         """
-        endpoint = self._endpoints.get(backend.endpoint)
-        if endpoint is None:
-            endpoint = clientFromString(self._reactor, backend.endpoint)
-            self._endpoints[backend.endpoint] = endpoint
-        return endpoint
+        return self.endpoint(backend.endpoint)
 
 
 class BackendConnector:
@@ -106,7 +83,7 @@ class BackendConnector:
     def connect(
         self,
         key: bytes | None,
-        build: Callable[[], Protocol],
+        build: Callable[[], BackendProtocol],
         client: str,
         exclude: tuple[Backend, ...] = (),
     ) -> Deferred[tuple[Backend, Any]]:
@@ -132,7 +109,7 @@ class _Attempt:
         self,
         connector: BackendConnector,
         key: bytes | None,
-        build: Callable[[], Protocol],
+        build: Callable[[], BackendProtocol],
         client: str,
         tried: list[Backend],
     ) -> None:
@@ -143,8 +120,6 @@ class _Attempt:
         self.tried = tried
         self.failures = 0
         self.current: Deferred[Any] | None = None
-        self.timer: Any = None
-        self.timedOut = False
         self.queueTimer: Any = None
         self.result: Deferred[tuple[Backend, Any]] = Deferred(self._cancel)
         self._next()
@@ -220,42 +195,25 @@ class _Attempt:
             return
         self.tried.append(backend)
         pool.acquire(backend)
-        d = connector.endpoints.get(backend).connect(_OneShotFactory(self.build))
-        self.current = d
-        self.timer = connector.reactor.callLater(
-            pool.config.timeouts.connect, self._timeOut
+        d = connector.endpoints.dial(
+            backend.endpoint, self.build, pool.config.timeouts.connect
         )
+        self.current = d
         d.addCallbacks(
             self._connected, self._failed, callbackArgs=(backend,), errbackArgs=(backend,)
         )
 
-    def _timeOut(self) -> None:
-        self.timer = None
-        self.timedOut = True
-        if self.current is not None:
-            self.current.cancel()
-
     def _connected(self, protocol: Any, backend: Backend) -> None:
         self.current = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.connector.pool.connectSucceeded(backend)
         self.result.callback((backend, protocol))
 
     def _failed(self, reason: Failure, backend: Backend) -> None:
         self.current = None
         self.connector.pool.release(backend)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.timedOut:
-            self.timedOut = False
-            kind = "timeout"
-        elif self.result.called or reason.check(CancelledError, ConnectingCancelledError):
+        if self.result.called or reason.check(CancelledError, ConnectingCancelledError):
             return
-        else:
-            kind = failureKind(reason)
+        kind = failureKind(reason)
         self.failures += 1
         self.connector.pool.failed(backend, kind, f"connect {kind}")
         self.connector.log.warn(
@@ -277,8 +235,9 @@ class ConnectionLimit:
 
     At the limit the listening ports stop accepting (new clients wait in the
     kernel's accept queue, as with HAProxy) until a connection closes.  A
-    port accepts a batch of connections in one pass, so those of a batch
-    past the limit are closed at once.
+    Twisted port accepts a batch of connections in one pass: each pass is
+    capped at the free slots, so no connection is accepted past the limit
+    only to be closed.
 
     @ivar refused: connections closed because they came past the limit.
     @ivar paused: how many times the listeners were paused.
@@ -301,6 +260,16 @@ class ConnectionLimit:
         self._ports.append(port)
         if not self._reading:
             port.stopReading()
+        doRead = getattr(port, "doRead", None)
+        if doRead is not None and hasattr(port, "numberAccepts"):
+
+            def cappedRead() -> Any:
+                free = self.maxconn - self.active
+                if port.numberAccepts > free:
+                    port.numberAccepts = max(1, free)
+                return doRead()
+
+            port.doRead = cappedRead
 
     def removePort(self, port: Any) -> None:
         """

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .connect import BackendConnector, ConnectionLimit
+from .dial import BackendProtocol
 from .pool import Backend, BackendPool
 from .proxyprotocol import PROXY_HEADERS
 from .writethrough import writeThrough
@@ -139,7 +140,7 @@ class ClientSide(_Side):
         )
         self._attempt.addCallbacks(self._joined, self._noBackend)
 
-    def _buildBackendSide(self) -> Protocol:
+    def _buildBackendSide(self) -> BackendProtocol:
         return BackendSide(self)
 
     def _joined(self, result: tuple[Backend, BackendSide]) -> None:
@@ -194,7 +195,7 @@ class ClientSide(_Side):
             self.factory.limit.release()
 
 
-class BackendSide(_Side):
+class BackendSide(_Side, BackendProtocol):
     """
     A connection to a backend, made for one client.
     """

@@ -104,7 +104,17 @@ def startBalancer(case: TestCase, data: dict[str, Any]) -> tuple[LoadBalancer, i
     """
     lb = LoadBalancer(parseConfig(data), reactor)
     lb.startService()
-    case.addCleanup(lb.stopService)
+
+    @inlineCallbacks
+    def stop() -> Any:
+        yield lb.stopService()
+        # Clients close first; give the balancer a moment to see it.
+        for _ in range(100):
+            if not any(getattr(f, "activeClients", 0) for f in lb.factories.values()):
+                break
+            yield sleep(0.02)
+
+    case.addCleanup(stop)
     listener = lb.getServiceNamed("listener:" + lb.config.listeners[0].name)
     port = listener._waitingForPort.result  # type: ignore[attr-defined]
     return lb, int(port.getHost().port)

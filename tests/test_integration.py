@@ -159,6 +159,38 @@ class FailoverTests(TestCase):
         self.assertEqual(names, {b"a", b"b"})
 
     @inlineCallbacks
+    def test_connectTimeout(self) -> Any:
+        """
+        A backend that does not complete the handshake (its accept queue is
+        full) is abandoned after the connect timeout, counted as a timeout,
+        and the client is served by another backend.
+        """
+        stuck = socket.socket()
+        stuck.bind(("127.0.0.1", 0))
+        stuck.listen(0)
+        self.addCleanup(stuck.close)
+        filler = socket.create_connection(stuck.getsockname(), timeout=1)
+        self.addCleanup(filler.close)
+        stuckPort = stuck.getsockname()[1]
+        backends = Backends(self)
+        backends.start("a")
+        lb, port = startBalancer(
+            self,
+            poolConfig(
+                [("stuck", f"tcp:host=127.0.0.1:port={stuckPort}"), ("a", backends.endpoint("a"))],
+                timeouts={"connect": "200ms"},
+                health={"interval": 60},
+            ),
+        )
+        lines = []
+        for _ in range(2):
+            lines.append((yield inThread(firstLine, port)))
+        # Round-robin offers the stuck backend to both clients; each connect
+        # times out and fails over.
+        self.assertEqual(lines, [b"a", b"a"])
+        self.assertEqual(lb.pools["web"].get("stuck").failures, {"timeout": 2})  # type: ignore[union-attr]
+
+    @inlineCallbacks
     def test_noneReachable(self) -> Any:
         """
         When no backend can be reached the client is closed at once.
