@@ -13,10 +13,33 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 DEMO_PORTS = (8001, 8002, 8003)
+
+
+class DemoBackends(MultiService):
+    """
+    The demo backends, which say how to try them once they are up.
+    """
+
+    log = Logger()
+
+    def __init__(self, ports: tuple[int, ...]) -> None:
+        super().__init__()
+        self.ports = ports
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info(
+            "demo: backends demo-1..demo-{n} answer on 127.0.0.1 ports {ports}; "
+            "try 'curl http://127.0.0.1:8080/' a few times, and open "
+            "http://127.0.0.1:9000/ for the dashboard",
+            n=len(self.ports),
+            ports=", ".join(map(str, self.ports)),
+        )
 
 
 class DemoPage(Resource):
@@ -40,7 +63,7 @@ def demoBackends(reactor: Any, ports: tuple[int, ...] = DEMO_PORTS) -> MultiServ
     """
     A service running one demo backend on each of C{ports} of 127.0.0.1.
     """
-    parent = MultiService()
+    parent = DemoBackends(ports)
     for i, port in enumerate(ports, 1):
         site = Site(DemoPage(f"demo-{i}"))
         site.noisy = False

@@ -21,7 +21,7 @@ from .connect import BackendConnector, ConnectionLimit, EndpointCache
 from .health import HealthMonitor, Probe, TCPProbe
 from .pool import BackendPool
 from .status import StatusReporter
-from .tcp import TCPProxyFactory
+from .tcp import TCPProxyFactory, describe
 
 FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerFactory]
 
@@ -131,7 +131,7 @@ class ListenerService(StreamServerEndpointService):
             listener=self.listener.name,
             mode=self.listener.mode,
             pool=self.listener.pool,
-            address=address,
+            address=describe(address) if address is not None else self.listener.endpoint,
         )
 
     def stopService(self) -> Any:

@@ -174,6 +174,9 @@ def makeService(options: Options) -> IService:
     """
     Compose the balancer's services (and the demo backends, if asked).
     """
+    from .reactor import installIfUnchosen
+
+    installIfUnchosen()
     from twisted.internet import reactor
 
     from .service import LoadBalancer

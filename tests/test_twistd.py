@@ -110,6 +110,8 @@ class TwistdTests(TestCase):
         process.send_signal(signal.SIGTERM)
         code = yield self.waitForExit(process)
         self.assertEqual(code, 0)
+        assert process.stdout is not None
+        self.assertIn("reactor class: lbtwist.reactor.LeanEPollReactor", process.stdout.read().decode())
 
     @inlineCallbacks
     def test_tac(self) -> Any:
