@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-deps bench clean
+.PHONY: run test test-deps bench clean soak
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) _trial_temp build *.egg-info
+
+# The long chaos run: minutes of mixed traffic with flapping backends and
+# 100,000 connections (SOAK_ARGS="--duration 3600" for an hour), then the
+# chaos suite at full scale.
+soak: $(STAMP) test-deps
+	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+	LBTWIST_CHAOS_CONNECTIONS=100000 LBTWIST_FUZZ_EXAMPLES=3000 LBTWIST_CHAOS_REPORT=1 \
+	  $(BIN)/trial --reporter=text tests.chaos

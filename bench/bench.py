@@ -43,6 +43,7 @@ from lbbench.report import (
     Results,
     TargetStatus,
     format_case_tables,
+    format_machine_line,
     format_memory_table,
     format_target_notes,
     to_json,
@@ -450,6 +451,9 @@ def _describe(run: WrkRun) -> str:
 def report(harness: Harness, started: float, complete: bool, output: Path) -> None:
     """Print the tables and write the JSON file."""
     results = harness.results
+    machine = {**harness.machine, "load_average_at_end": sysinfo.load_average()}
+    print()
+    print(format_machine_line(machine, harness.settings()))
     print()
     print(format_target_notes(results))
     print()
@@ -458,7 +462,6 @@ def report(harness: Harness, started: float, complete: bool, output: Path) -> No
     if memory_table:
         print()
         print(memory_table)
-    machine = {**harness.machine, "load_average_at_end": sysinfo.load_average()}
     document = {
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "complete": complete,

@@ -470,3 +470,62 @@ class HTTPTapTests(SynchronousTestCase):
         self.assertEqual((pool.timeouts.request, pool.timeouts.response), (3.0, 2.0))
         self.assertTrue(pool.http.accessLog)
         self.assertEqual(options["lbconfig"].listeners[0].mode, "http")
+
+
+class WriteNowTests(SynchronousTestCase):
+    """
+    L{lbtwist.http._proxy.writeNow} writes to plain TCP sockets at once and
+    leaves every other transport to its own C{write}.
+    """
+
+    def test_otherTransports(self) -> None:
+        """
+        A transport that is not a plain TCP connection gets C{write}.
+        """
+        from lbtwist.http._proxy import writeNow
+
+        transport = StringTransport()
+        writeNow(transport, b"abc")
+        self.assertEqual(transport.value(), b"abc")
+
+    def test_plainTCP(self) -> None:
+        """
+        On a TCP connection with nothing queued the bytes go to the socket
+        at once; what the socket does not take is queued, in order.
+        """
+        from twisted.internet import tcp
+
+        from lbtwist.http._proxy import writeNow
+
+        class FakeSocket:
+            def __init__(self, take: int) -> None:
+                self.take = take
+                self.sent = b""
+
+            def send(self, data: bytes) -> int:
+                n = min(self.take, len(data))
+                self.sent += data[:n]
+                return n
+
+        written: list[bytes] = []
+
+        def FakeServer(sock: FakeSocket) -> Any:
+            # A real tcp.Server, unconnected, with a fake socket and write.
+            server = tcp.Server.__new__(tcp.Server)
+            server.socket = sock
+            server.connected = 1
+            server.disconnecting = 0
+            server._tempDataLen = 0
+            server.write = written.append  # type: ignore[method-assign]
+            return server
+
+        whole = FakeSocket(100)
+        writeNow(FakeServer(whole), b"hello")
+        self.assertEqual((whole.sent, written), (b"hello", []))
+        partial = FakeSocket(2)
+        writeNow(FakeServer(partial), b"hello")
+        self.assertEqual((partial.sent, written), (b"he", [b"llo"]))
+        queued = FakeServer(FakeSocket(100))
+        queued._tempDataLen = 3
+        writeNow(queued, b"later")
+        self.assertEqual(written[-1], b"later")

@@ -27,7 +27,8 @@ from tests.test_admin import TOKEN, jcall
 from tests.test_reload import exchange
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-_PORT = re.compile(r"port=(\d+)")
+# The last number on the line: "...port=8080)" or "...127.0.0.1:8080".
+_PORT = re.compile(r"(\d+)\)?\s*$")
 
 
 class Balancer:

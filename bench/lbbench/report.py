@@ -211,6 +211,24 @@ def _kib(value: int) -> str:
     return f"{value / 1024:,.1f} MiB"
 
 
+def format_machine_line(machine: dict[str, Any], settings: dict[str, Any]) -> str:
+    """One line on the machine and the run's settings (high load means noisy numbers)."""
+    start = "/".join(map(str, machine["load_average_at_start"]))
+    end = "/".join(map(str, machine["load_average_at_end"]))
+    pinning = (
+        f"proxy on CPU {settings['proxy_cpu']}, wrk and backends on CPU {settings['client_cpu']}"
+        if settings["proxy_cpu"] is not None
+        else "no CPU pinning"
+    )
+    return (
+        f"machine: {machine['nproc']} CPUs, kernel {machine['kernel']}, load average "
+        f"{start} at start, {end} at end; {pinning};\n"
+        f"wrk -t{settings['wrk_threads']} -c{settings['wrk_connections']}, "
+        f"{settings['repeat']} x {settings['duration_s']:g} s per case "
+        f"after {settings['warmup_s']:g} s warm-up"
+    )
+
+
 def format_target_notes(results: Results) -> str:
     """Probe findings per target (keep-alive, Connection: close)."""
     lines = ["== targets"]

@@ -41,6 +41,7 @@ class IdleConnections:
         self._timer: Any = None
         self.kept = 0
         self.reused = 0
+        self.closed = False
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._idle.values())
@@ -71,6 +72,8 @@ class IdleConnections:
 
         @return: C{False} if the pool for C{key} is full (the caller closes it).
         """
+        if self.closed:
+            return False
         stack = self._idle.get(key)
         if stack is None:
             stack = self._idle[key] = []
@@ -117,8 +120,9 @@ class IdleConnections:
 
     def close(self) -> None:
         """
-        Close every idle connection and stop the timer.
+        Close every idle connection and stop the timer; keep none after.
         """
+        self.closed = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

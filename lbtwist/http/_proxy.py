@@ -17,6 +17,8 @@ formatting unless the access log is on.
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +29,7 @@ from httptools import (
     HttpRequestParser,
     HttpResponseParser,
 )
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
@@ -60,6 +63,38 @@ from ._pool import IdleConnections
 SAFE_REUSE_AGE = 1.0
 
 _NO_BODY_STATUSES = frozenset((204, 304))
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def writeNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data}, to the socket at once if nothing is queued before it.
+
+    A Twisted transport queues every write until the next turn of the
+    reactor, which costs two C{epoll_ctl} calls and a loop iteration per
+    write: a quarter of the time of a small proxied request.  On a plain
+    TCP connection with an empty buffer, try the socket first, as nginx and
+    HAProxy do, and queue only what it did not take (so order, flow control
+    and error handling stay Twisted's).  Any other transport (TLS, UNIX,
+    test doubles) just gets C{write}.
+    """
+    if (
+        type(transport) in _PLAIN_TCP
+        and transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "_tempDataLen", 1)
+        and len(getattr(transport, "dataBuffer", b"x")) == getattr(transport, "offset", -1)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, or an error the reactor will report in its own way.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class Exchange:
@@ -404,6 +439,13 @@ class ClientConnection(Protocol):
                 queue.remove(parsing)
         if not queue:
             self._sendFatal()
+            return
+        first = queue[0]
+        if first.backend is None and first.connecting is None and not first.finished:
+            # A complete request came before the bad one in the same read:
+            # serve it (dataReceived returns before dispatching); the error
+            # follows its response.
+            factory.dispatch(first)
 
     def _sendFatal(self) -> None:
         status = self._fatal
@@ -626,7 +668,7 @@ class BackendConnection(Protocol):
         ex = self.exchange
         if ex is not None and ex.respHead is not None:
             head, ex.respHead = ex.respHead, None
-            ex.client.transport.write(head)
+            writeNow(ex.client.transport, head)
         if self._finishAfterFeed:
             self._finishAfterFeed = False
             self._skipBody = False
@@ -683,9 +725,9 @@ class BackendConnection(Protocol):
         if head is not None:
             ex.respHead = None
             if ex.respChunked:
-                transport.writeSequence((head, b"%x\r\n" % len(body), body, b"\r\n"))
+                writeNow(transport, b"".join((head, b"%x\r\n" % len(body), body, b"\r\n")))
             else:
-                transport.writeSequence((head, body))
+                writeNow(transport, head + body)
         elif ex.respChunked:
             transport.writeSequence((b"%x\r\n" % len(body), body, b"\r\n"))
         else:
@@ -778,12 +820,12 @@ class HTTPProxyFactory(ServerFactory):
         )
         sticky = config.sticky
         self.sticky = sticky
-        self._hash = SourceHash(None)  # type: ignore[arg-type]
+        self._hash = SourceHash(random.Random())
         self._stickyName = (sticky.name or "").encode() if sticky else b""
         self._stickyHeader = (
             self._stickyName.lower() if sticky and sticky.kind == "header" else None
         )
-        self._cookieIds: dict[bytes, str] = {}
+        self._cookieIds: dict[str, bytes] = {}
         self._errorStreak: dict[Backend, int] = {}
         self.activeClients = 0
         self.accepted = 0
@@ -906,11 +948,13 @@ class HTTPProxyFactory(ServerFactory):
         """
         The opaque cookie value that names C{backend}.
         """
-        import hashlib
-
-        return hashlib.blake2b(
-            f"{self.pool.name}\0{backend.name}".encode(), digest_size=8
-        ).hexdigest().encode()
+        cookie = self._cookieIds.get(backend.name)
+        if cookie is None:
+            cookie = hashlib.blake2b(
+                f"{self.pool.name}\0{backend.name}".encode(), digest_size=8
+            ).hexdigest().encode()
+            self._cookieIds[backend.name] = cookie
+        return cookie
 
     def _cookieBackend(self, value: bytes) -> Backend | None:
         for backend in self.pool:
@@ -1100,7 +1144,7 @@ class HTTPProxyFactory(ServerFactory):
             conn.transport.registerProducer(client, True)
         client.transport.registerProducer(conn, True)
         ex.sent = True
-        conn.transport.write(ex.head)
+        writeNow(conn.transport, ex.head)
         backend.bytesIn += len(ex.head)
         pending = ex.pending
         if pending:
@@ -1257,7 +1301,7 @@ class HTTPProxyFactory(ServerFactory):
         if not client._closed:
             if head is not None:
                 ex.respHead = None
-                client.transport.write(head + b"0\r\n\r\n" if ex.respChunked else head)
+                writeNow(client.transport, head + b"0\r\n\r\n" if ex.respChunked else head)
             elif ex.respChunked:
                 client.transport.write(b"0\r\n\r\n")
         conn = self._detach(ex)

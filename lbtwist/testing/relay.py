@@ -13,7 +13,7 @@ and set its mode while traffic flows::
     relay.cutAll(); relay.resetAll()            # end what is open
 
 Modes (applied to new connections and bytes still to come): C{pass},
-C{delay}, C{stall}, C{cut} (close new connections at once) and C{reset}
+C{delay}, C{stall}, C{cut} (close connections at once) and C{reset}
 (abort them).  A relayed pair is flow-controlled both ways.
 """
 
@@ -42,6 +42,12 @@ class _End(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         relay = self.relay
+        if relay.mode == "cut":
+            self.transport.loseConnection()
+            return
+        if relay.mode == "reset":
+            self.transport.abortConnection()
+            return
         if relay.mode == "stall" or self.peer is None:
             self.held.append(data)
             if sum(map(len, self.held)) > 1048576:
@@ -159,15 +165,20 @@ class ChaosRelay(ServerFactory):
 
     def setMode(self, mode: str, delay: float = 0.0) -> None:
         """
-        Change how new connections and further bytes are treated; leaving
-        C{stall} sends on what was held.
+        Change how new connections and further bytes are treated: C{cut}
+        and C{reset} also end the connections open now; leaving C{stall}
+        sends on what was held.
 
         @raise ValueError: an unknown mode.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         was, self.mode, self.delay = self.mode, mode, delay
-        if was == "stall" and mode in ("pass", "delay"):
+        if mode == "cut":
+            self.cutAll()
+        elif mode == "reset":
+            self.resetAll()
+        elif was == "stall" and mode in ("pass", "delay"):
             for end in list(self.open):
                 if end.peer is not None:
                     end.flush()
