@@ -23,7 +23,7 @@ from .connect import BackendConnector, ConnectionLimit
 from .dial import BackendProtocol
 from .pool import Backend, BackendPool
 from .proxyprotocol import PROXY_HEADERS
-from .writethrough import writeThrough
+from .writethrough import close, halfClose, writeThrough
 
 
 def clientKey(address: IAddress) -> bytes | None:
@@ -97,10 +97,10 @@ class _Side(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         if peer.readDone:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            peer.transport.loseConnection()  # type: ignore[union-attr]
+            close(self.transport)
+            close(peer.transport)
         else:
-            peer.transport.loseWriteConnection()  # type: ignore[union-attr]
+            halfClose(peer.transport)
 
     def writeConnectionLost(self) -> None:
         """

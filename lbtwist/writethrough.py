@@ -1,5 +1,5 @@
 """
-Write-through for relayed bytes.
+Write-through for relayed bytes, and half-closes without a reactor pass.
 
 Twisted's C{transport.write} only buffers: the bytes go out on the reactor's
 next pass, after an C{epoll_ctl} call to watch the socket for writability
@@ -12,6 +12,11 @@ when nothing is queued on the transport, and hands only what the kernel did
 not take to C{transport.write}, which queues it, watches the socket and
 pauses producers as usual.  Order is kept: once anything is queued, every
 later write queues behind it until Twisted has flushed the queue.
+
+L{halfClose} and L{close} do the same for shutting a connection down: with
+nothing queued, the FIN goes out at once instead of after a round of
+C{epoll_ctl} calls and a reactor pass; with something queued, Twisted sends
+the queue first, as usual.
 """
 
 from __future__ import annotations
@@ -19,6 +24,43 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.tcp import Connection
+
+
+def _idle(transport: Connection) -> bool:
+    """
+    Whether C{transport} is open for writing with nothing queued.
+    """
+    return not (
+        transport._tempDataLen
+        or transport.offset != len(transport.dataBuffer)
+        or transport.disconnecting
+        or transport._writeDisconnecting
+        or not transport.connected
+    )
+
+
+def halfClose(transport: Any) -> None:
+    """
+    Shut down the write side of C{transport} (send FIN) and keep reading.
+    """
+    if isinstance(transport, Connection) and _idle(transport):
+        # What Twisted's doWrite does once the queue is empty, done now.
+        transport._writeDisconnecting = True
+        transport._writeDisconnected = True
+        transport._closeWriteConnection()
+    else:
+        transport.loseWriteConnection()
+
+
+def close(transport: Any) -> None:
+    """
+    Close C{transport} once what is queued is sent: at once if nothing is.
+    """
+    if isinstance(transport, Connection) and _idle(transport):
+        # A transport whose write side is shut down closes without waiting
+        # for a writable event (see FileDescriptor.loseConnection).
+        halfClose(transport)
+    transport.loseConnection()
 
 
 def writeThrough(transport: Any) -> Callable[[bytes], None]:
@@ -35,13 +77,7 @@ def writeThrough(transport: Any) -> Callable[[bytes], None]:
     write = transport.write
 
     def sendOrQueue(data: bytes) -> None:
-        if (
-            transport._tempDataLen
-            or transport.offset != len(transport.dataBuffer)
-            or transport.disconnecting
-            or transport._writeDisconnecting
-            or not transport.connected
-        ):
+        if not _idle(transport):
             write(data)
             return
         try:

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.writethrough import writeThrough
+from lbtwist.writethrough import close, halfClose, writeThrough
 
 from .support import inThread, reactor
 
@@ -30,13 +30,12 @@ def _readAll(s: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-class WriteThroughTests(TestCase):
+class SocketPairMixin:
     """
-    Bytes go straight to the socket when nothing is queued, and queue in
-    order behind anything that is.
+    Gives tests a Twisted connection over a real socket pair.
     """
 
-    timeout = 20
+    addCleanup: Any
 
     def connection(self) -> tuple[tcp.Connection, socket.socket]:
         """
@@ -51,12 +50,22 @@ class WriteThroughTests(TestCase):
         conn.connected = True
 
         def close() -> None:
+            conn.stopReading()
             conn.stopWriting()
             mine.close()
             theirs.close()
 
         self.addCleanup(close)
         return conn, theirs
+
+
+class WriteThroughTests(SocketPairMixin, TestCase):
+    """
+    Bytes go straight to the socket when nothing is queued, and queue in
+    order behind anything that is.
+    """
+
+    timeout = 20
 
     def test_direct(self) -> None:
         """
@@ -82,6 +91,51 @@ class WriteThroughTests(TestCase):
         self.assertGreater(conn._tempDataLen, 0)
         received = yield inThread(_readAll, theirs, sum(map(len, chunks)))
         self.assertEqual(received, b"".join(chunks))
+
+
+class HalfCloseTests(SocketPairMixin, TestCase):
+    """
+    Half-closes and closes go out at once when nothing is queued.
+    """
+
+    timeout = 20
+
+    def test_halfCloseNow(self) -> None:
+        """
+        With nothing queued the FIN is sent at once, and the connection goes
+        on reading.
+        """
+        conn, theirs = self.connection()
+        conn.startReading()
+        halfClose(conn)
+        self.assertTrue(conn._writeDisconnected)
+        self.assertEqual(theirs.recv(100), b"")
+        self.assertTrue(conn.connected)
+
+    @inlineCallbacks
+    def test_halfCloseAfterQueue(self) -> Any:
+        """
+        With bytes queued, the FIN follows them.
+        """
+        conn, theirs = self.connection()
+        data = b"z" * 1_000_000
+        writeThrough(conn)(data)
+        halfClose(conn)
+        self.assertFalse(conn._writeDisconnected)
+        received = yield inThread(_readAll, theirs, len(data) + 1)
+        self.assertEqual(received, data)
+
+    def test_closeNow(self) -> None:
+        """
+        With nothing queued, C{close} ends the connection without waiting
+        for the reactor.
+        """
+        conn, theirs = self.connection()
+        lost: list[object] = []
+        conn.protocol.connectionLost = lost.append  # type: ignore[method-assign]
+        close(conn)
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(theirs.recv(100), b"")
 
 
 class FallbackTests(SynchronousTestCase):
