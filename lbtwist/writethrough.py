@@ -63,13 +63,33 @@ def close(transport: Any) -> None:
     transport.loseConnection()
 
 
+def writeNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}: to its socket at once if nothing is
+    queued, queuing only what the kernel did not take.
+    """
+    if isinstance(transport, Connection) and _idle(transport):
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # Let Twisted find the broken connection on its own path.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 def writeThrough(transport: Any) -> Callable[[bytes], None]:
     """
     A function that writes C{data} to C{transport}, straight to its socket
     when nothing is queued.
 
     Transports that are not plain sockets (TLS, test doubles) get their own
-    C{write}, unchanged.
+    C{write}, unchanged.  This is L{writeNow} bound to one transport, for
+    the relay's per-chunk path.
     """
     if not isinstance(transport, Connection):
         return transport.write  # type: ignore[no-any-return]

@@ -474,7 +474,7 @@ class HTTPTapTests(SynchronousTestCase):
 
 class WriteNowTests(SynchronousTestCase):
     """
-    L{lbtwist.http._proxy.writeNow} writes to plain TCP sockets at once and
+    L{lbtwist.writethrough.writeNow} writes to plain TCP sockets at once and
     leaves every other transport to its own C{write}.
     """
 
@@ -482,7 +482,7 @@ class WriteNowTests(SynchronousTestCase):
         """
         A transport that is not a plain TCP connection gets C{write}.
         """
-        from lbtwist.http._proxy import writeNow
+        from lbtwist.writethrough import writeNow
 
         transport = StringTransport()
         writeNow(transport, b"abc")
@@ -495,7 +495,7 @@ class WriteNowTests(SynchronousTestCase):
         """
         from twisted.internet import tcp
 
-        from lbtwist.http._proxy import writeNow
+        from lbtwist.writethrough import writeNow
 
         class FakeSocket:
             def __init__(self, take: int) -> None:
@@ -515,7 +515,10 @@ class WriteNowTests(SynchronousTestCase):
             server.socket = sock
             server.connected = 1
             server.disconnecting = 0
+            server._writeDisconnecting = False
             server._tempDataLen = 0
+            server.dataBuffer = b""
+            server.offset = 0
             server.write = written.append  # type: ignore[method-assign]
             return server
 

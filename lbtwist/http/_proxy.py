@@ -29,7 +29,6 @@ from httptools import (
     HttpRequestParser,
     HttpResponseParser,
 )
-from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
@@ -44,6 +43,7 @@ from ..policies import SourceHash
 from ..pool import Backend, BackendPool
 from ..proxyprotocol import PROXY_HEADERS
 from ..tcp import describe, setNoDelay
+from ..writethrough import writeNow
 from ._accesslog import logRequest
 from ._parser import (
     ERRORS_CLOSE,
@@ -63,39 +63,6 @@ from ._pool import IdleConnections
 SAFE_REUSE_AGE = 1.0
 
 _NO_BODY_STATUSES = frozenset((204, 304))
-
-_PLAIN_TCP = (tcp.Server, tcp.Client)
-
-
-def writeNow(transport: Any, data: bytes) -> None:
-    """
-    Write C{data}, to the socket at once if nothing is queued before it.
-
-    A Twisted transport queues every write until the next turn of the
-    reactor, which costs two C{epoll_ctl} calls and a loop iteration per
-    write: a quarter of the time of a small proxied request.  On a plain
-    TCP connection with an empty buffer, try the socket first, as nginx and
-    HAProxy do, and queue only what it did not take (so order, flow control
-    and error handling stay Twisted's).  Any other transport (TLS, UNIX,
-    test doubles) just gets C{write}.
-    """
-    if (
-        type(transport) in _PLAIN_TCP
-        and transport.connected
-        and not transport.disconnecting
-        and not getattr(transport, "_tempDataLen", 1)
-        and len(getattr(transport, "dataBuffer", b"x")) == getattr(transport, "offset", -1)
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # EAGAIN, or an error the reactor will report in its own way.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
-
 
 class Exchange:
     """
