@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from lbtwist.pool import Health
 from lbtwist.tcp import TCPProxyFactory
 
-from .support import Backends, firstLine, inThread, poolConfig, sleep, startBalancer
+from .support import Backends, firstLine, inThread, poolConfig, reactor, sleep, startBalancer
 
 FAST_CHECKS = {"interval": 0.1, "timeout": 0.5, "rise": 2, "fall": 3}
 
@@ -86,6 +86,42 @@ class BalancingTests(TestCase):
             yield sleep(0.05)
         other = b"b" if firstName.strip() == b"a" else b"a"
         self.assertEqual(names, [other] * 4)
+
+
+class UnixSocketTests(TestCase):
+    """
+    Listeners and backends are endpoint strings, so UNIX sockets work too.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_unixBoth(self) -> Any:
+        """
+        A client on a UNIX listener reaches a backend on a UNIX socket.
+        """
+        from .support import NamedFactory
+
+        tmp = self.mktemp()
+        os.makedirs(tmp)
+        backendPath = os.path.join(tmp, "backend.sock")
+        listenPath = os.path.join(tmp, "lb.sock")
+        port = reactor.listenUNIX(backendPath, NamedFactory("u"))
+        self.addCleanup(port.stopListening)
+        lb, _ = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": f"unix:{listenPath}"}],
+            "pools": {"web": {"backends": [{"name": "u", "endpoint": f"unix:{backendPath}"}]}},
+        })
+
+        def ask() -> bytes:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(listenPath)
+                return s.recv(10)
+
+        line = yield inThread(ask)
+        self.assertEqual(line, b"u\n")
+        self.assertEqual(lb.pools["web"].get("u").total, 1)  # type: ignore[union-attr]
 
 
 class FailoverTests(TestCase):
