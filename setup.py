@@ -6,11 +6,11 @@ setup(
     description="An event-driven TCP and HTTP load balancer on Twisted.",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
-    packages=["lbtwist", "lbtwist.http", "twisted.plugins"],
+    packages=["lbtwist", "lbtwist.http", "lbtwist.testing", "twisted.plugins"],
     package_data={"twisted": ["plugins/lbtwist_lb.py"], "lbtwist": ["static/*"]},
     python_requires=">=3.10",
     install_requires=[
-        "twisted>=23.10",
+        "twisted[tls]>=23.10",
         "txaio>=23.1",
         "pyyaml>=6",
         "attrs>=23.1",

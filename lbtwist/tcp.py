@@ -67,6 +67,7 @@ class _Side(Protocol):
     peer: _Side | None = None
     readDone = False
     closed = False
+    feeding = False
     session: TCPSession
     backend: Backend | None = None
 
@@ -80,11 +81,25 @@ class _Side(Protocol):
 
     def joinTo(self, peer: _Side, backend: Backend) -> None:
         """
-        Relay to C{peer} from now on, counting bytes against C{backend}.
+        Relay to C{peer} from now on, counting bytes against C{backend}: our
+        transport becomes the producer of the peer's, so that a peer that
+        cannot keep up pauses our reading.
         """
         self.peer = peer
         self.backend = backend
         self.sendToPeer = writeThrough(peer.transport)  # type: ignore[method-assign,assignment]
+        peer.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+        self.feeding = True
+
+    def stopFeeding(self) -> None:
+        """
+        Nothing more will come from this side: stop being the peer's
+        producer, so that closing the peer does not wait on us (a TLS
+        transport waits for its producer before its close_notify).
+        """
+        if self.feeding and self.peer is not None:
+            self.feeding = False
+            self.peer.transport.unregisterProducer()  # type: ignore[union-attr]
 
     def readConnectionLost(self) -> None:
         """
@@ -96,6 +111,7 @@ class _Side(Protocol):
         if peer is None:
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
+        self.stopFeeding()
         if peer.readDone:
             close(self.transport)
             close(peer.transport)
@@ -111,6 +127,7 @@ class _Side(Protocol):
         self.closed = True
         peer = self.peer
         if peer is not None and not peer.closed:
+            self.stopFeeding()
             peer.transport.loseConnection()  # type: ignore[union-attr]
 
 
@@ -162,8 +179,6 @@ class ClientSide(_Side):
             server.transport.write(  # type: ignore[union-attr]
                 proxyHeader(self.transport.getPeer(), self.transport.getHost())  # type: ignore[union-attr]
             )
-        self.transport.registerProducer(server.transport, True)  # type: ignore[union-attr]
-        server.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
         self.transport.resumeProducing()  # type: ignore[union-attr]
         self.session.startIdleTimer(self.factory.idleTimeout)
 

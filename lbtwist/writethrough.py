@@ -24,14 +24,17 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.tcp import Connection
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 
 def _idle(transport: Connection) -> bool:
     """
-    Whether C{transport} is open for writing with nothing queued.
+    Whether C{transport} is a plain (not TLS) socket open for writing with
+    nothing queued.
     """
     return not (
-        transport._tempDataLen
+        transport.TLS
+        or transport._tempDataLen
         or transport.offset != len(transport.dataBuffer)
         or transport.disconnecting
         or transport._writeDisconnecting
@@ -41,13 +44,20 @@ def _idle(transport: Connection) -> bool:
 
 def halfClose(transport: Any) -> None:
     """
-    Shut down the write side of C{transport} (send FIN) and keep reading.
+    Shut down the write side of C{transport} (send FIN) and keep reading;
+    a transport that cannot half-close (TLS) is closed once flushed.
     """
     if isinstance(transport, Connection) and _idle(transport):
         # What Twisted's doWrite does once the queue is empty, done now.
         transport._writeDisconnecting = True
         transport._writeDisconnected = True
         transport._closeWriteConnection()
+    elif isinstance(transport, TLSMemoryBIOProtocol):
+        # TLS has no half-close: its close_notify ends the whole stream,
+        # after what is queued has been sent.  (The TLS wrapper claims its
+        # socket's interfaces and forwards loseWriteConnection to it, which
+        # would shut the socket down under TLS.)
+        transport.loseConnection()
     else:
         transport.loseWriteConnection()
 
@@ -87,8 +97,8 @@ def writeThrough(transport: Any) -> Callable[[bytes], None]:
     A function that writes C{data} to C{transport}, straight to its socket
     when nothing is queued.
 
-    Transports that are not plain sockets (TLS, test doubles) get their own
-    C{write}, unchanged.  This is L{writeNow} bound to one transport, for
+    Transports that are not plain sockets (test doubles, TLS over a socket or
+    over another transport) get their own C{write}, unchanged.  This is L{writeNow} bound to one transport, for
     the relay's per-chunk path.
     """
     if not isinstance(transport, Connection):
