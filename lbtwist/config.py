@@ -498,7 +498,7 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
 
 _POOL_KEYS = (
     "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
-    "proxy-protocol", "queue",
+    "proxy-protocol", "queue", "access-log",
 )
 
 # The most a maxconn may say: far above what one process can hold open.
@@ -602,6 +602,15 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         for i, b in enumerate(_list(d.get("backends", []), f"{path}.backends"))
     )
     _unique(backends, lambda b: b.name, f"{path}.backends", "backend")
+    http = parseHTTP(d.get("http"), f"{path}.http")
+    if "access-log" in d:
+        # One event per connection (TCP) or request (HTTP); http.access-log
+        # says the same for HTTP mode alone.
+        if not isinstance(d["access-log"], bool):
+            raise ConfigError(
+                f"{path}.access-log", f"expected true or false, got {_describe(d['access-log'])}"
+            )
+        http = attrs.evolve(http, accessLog=d["access-log"])
     t = _mapping(d.get("timeouts", {}), f"{path}.timeouts",
                  ("connect", "idle", "response", "request"))
     timeouts = Timeouts(
@@ -618,7 +627,7 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         retries=_integer(d.get("retries", 2), f"{path}.retries", 0, 100),
         timeouts=timeouts,
         health=health,
-        http=parseHTTP(d.get("http"), f"{path}.http"),
+        http=http,
         sticky=parseSticky(d.get("sticky"), f"{path}.sticky"),
         proxyProtocol=(
             None if d.get("proxy-protocol") is None

@@ -205,6 +205,7 @@ class _Attempt:
 
     def _connected(self, protocol: Any, backend: Backend) -> None:
         self.current = None
+        protocol.retries = self.failures
         self.connector.pool.connectSucceeded(backend)
         self.result.callback((backend, protocol))
 

@@ -55,7 +55,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["demo", None, "Also run three demo backends on 127.0.0.1:8001-8003."],
-        ["access-log", None, "HTTP mode: log one structured event per request."],
+        ["access-log", None, "Log one structured event per request (HTTP) or connection (TCP)."],
     ]
 
     def __init__(self) -> None:
@@ -113,7 +113,7 @@ class Options(usage.Options):
         if self["retries"] is not None:
             pool["retries"] = self["retries"]
         if self["access-log"]:
-            pool["http"] = {"access-log": True}
+            pool["access-log"] = True
         return {
             "listeners": [
                 {"name": f"listener{i}" if i else "main", "listen": e,

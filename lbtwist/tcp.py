@@ -25,6 +25,10 @@ from .pool import Backend, BackendPool
 from .proxyprotocol import PROXY_HEADERS
 from .writethrough import close, halfClose, writeThrough
 
+TCP_ACCESS_FORMAT = (
+    "{client} tcp backend={backend} in={bytesIn} out={bytesOut} {duration:.4f}s retries={retries}"
+)
+
 
 def clientKey(address: IAddress) -> bytes | None:
     """
@@ -68,6 +72,7 @@ class _Side(Protocol):
     readDone = False
     closed = False
     feeding = False
+    received = 0
     session: TCPSession
     backend: Backend | None = None
 
@@ -142,7 +147,9 @@ class ClientSide(_Side):
     def dataReceived(self, data: bytes) -> None:
         session = self.session
         session.lastActivity = session.seconds()
-        self.backend.bytesIn += len(data)  # type: ignore[union-attr]
+        n = len(data)
+        self.received += n
+        self.backend.bytesIn += n  # type: ignore[union-attr]
         self.sendToPeer(data)
 
     def connectionMade(self) -> None:
@@ -200,6 +207,8 @@ class ClientSide(_Side):
         if self._attempt is not None:
             self._attempt.cancel()
         self.session.stopIdleTimer()
+        if self.factory.accessLog is not None:
+            self.logConnection()
         if self.backend is not None:
             self.backend.closers.discard(self.abortPair)
             self.factory.pool.closed(self.backend)
@@ -208,6 +217,23 @@ class ClientSide(_Side):
         self.factory.activeClients -= 1
         if self.factory.limit is not None:
             self.factory.limit.release()
+
+
+    def logConnection(self) -> None:
+        """
+        Emit the access-log event of this finished connection.
+        """
+        session = self.session
+        peer = self.peer
+        self.factory.accessLog.info(  # type: ignore[union-attr]
+            TCP_ACCESS_FORMAT,
+            client=describe(self.transport.getPeer()),  # type: ignore[union-attr]
+            backend=self.backend.name if self.backend is not None else None,
+            bytesIn=self.received,
+            bytesOut=peer.received if peer is not None else 0,
+            duration=session.seconds() - session.started,
+            retries=peer.retries if isinstance(peer, BackendSide) else 0,
+        )
 
 
 class BackendSide(_Side, BackendProtocol):
@@ -222,7 +248,9 @@ class BackendSide(_Side, BackendProtocol):
     def dataReceived(self, data: bytes) -> None:
         session = self.session
         session.lastActivity = session.seconds()
-        self.backend.bytesOut += len(data)  # type: ignore[union-attr]
+        n = len(data)
+        self.received += n
+        self.backend.bytesOut += n  # type: ignore[union-attr]
         self.sendToPeer(data)
 
 
@@ -299,6 +327,11 @@ class TCPProxyFactory(ServerFactory):
         self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
         self.activeClients = 0
         self.accepted = 0
+        # One event per connection in the access log's namespace, if asked.
+        self.accessLog = (
+            Logger(namespace="lbtwist.access", source=self)
+            if pool.config.http.accessLog else None
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         limit = self.limit

@@ -282,3 +282,56 @@ class IdleTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         client.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class AccessLogTests(SynchronousTestCase):
+    """
+    With the access log on, each finished connection is one structured event.
+    """
+
+    def test_event(self) -> None:
+        """
+        The event names the client and backend and counts the bytes each
+        way, the time the pair lived and the failed attempts before it.
+        """
+        import attrs
+        from twisted.logger import globalLogPublisher
+
+        from lbtwist.config import HTTPSettings
+
+        reactor, pool, factory = makeProxy()
+        pool.config = attrs.evolve(pool.config, http=HTTPSettings(accessLog=True))
+        factory = TCPProxyFactory(pool, reactor, factory.connector, 300.0)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client, clientTransport = acceptClient(factory)
+        refuseConnect(reactor, 0)
+        protocol, backendTransport = completeConnect(reactor, 1)
+        client.dataReceived(b"12345")
+        protocol.dataReceived(b"abc")
+        reactor.advance(2.5)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        client.connectionLost(Failure(ConnectionDone()))
+        [event] = [e for e in events if e.get("log_namespace") == "lbtwist.access"]
+        self.assertEqual(
+            {k: event[k] for k in ("client", "backend", "bytesIn", "bytesOut", "duration", "retries")},
+            {"client": "127.0.0.9:5555", "backend": "b1", "bytesIn": 5, "bytesOut": 3,
+             "duration": 2.5, "retries": 1},
+        )
+
+    def test_offByDefault(self) -> None:
+        """
+        Without the access log, connections log nothing.
+        """
+        from twisted.logger import globalLogPublisher
+
+        reactor, pool, factory = makeProxy()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client, clientTransport = acceptClient(factory)
+        protocol, backendTransport = completeConnect(reactor, 0)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([e for e in events if e.get("log_namespace") == "lbtwist.access"], [])
