@@ -345,7 +345,8 @@ def validateEndpoint(value: object, path: str, server: bool) -> str:
         raise ConfigError(
             path,
             f"expected an endpoint string starting with one of "
-            f"{', '.join(t + ':' for t in ENDPOINT_TYPES)} got {text!r}",
+            f"{', '.join(t + ':' for t in ENDPOINT_TYPES)}"
+            f"{'' if server else ', or HOST:PORT'}, got {text!r}",
         )
     args = [a for a in re.split(r"(?<!\\):", rest) if a]
     named = dict(a.split("=", 1) for a in args if "=" in a)
@@ -459,19 +460,42 @@ def backendFromEndpoint(endpoint: str) -> str:
     return endpoint[:64]
 
 
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):([0-9]{1,5})$")
+
+
+def expandAddress(text: str) -> str:
+    """
+    Accept C{HOST:PORT} (or C{[IPV6]:PORT}) where an endpoint string is
+    expected, as HAProxy's C{server} lines do: it means
+    C{tcp:host=HOST:port=PORT}.  Anything else is returned unchanged.
+    """
+    m = _HOST_PORT.match(text)
+    if m is None or text.partition(":")[0] in ENDPOINT_TYPES:
+        return text
+    host, port = m.groups()
+    if host.startswith("["):
+        return f"tcp:host={host[1:-1].replace(':', chr(92) + ':')}:port={port}"
+    return f"tcp:host={host}:port={port}"
+
+
 def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
     """
     One backend: C{name}, and either C{endpoint} or C{host} and C{port}.
     """
     if isinstance(data, str):
-        data = {"endpoint": data}
+        data = {"endpoint": expandAddress(data)}
     d = _mapping(
         data, path, ("name", "endpoint", "host", "port", "weight", "health", "maxconn")
     )
     if "endpoint" in d:
         if "host" in d or "port" in d:
             raise ConfigError(path, "give either endpoint, or host and port, not both")
-        endpoint = validateEndpoint(d["endpoint"], f"{path}.endpoint", server=False)
+        given = d["endpoint"]
+        endpoint = validateEndpoint(
+            expandAddress(given) if isinstance(given, str) else given,
+            f"{path}.endpoint",
+            server=False,
+        )
     elif "host" in d or "port" in d:
         host = _string(d.get("host"), f"{path}.host")
         if any(c in host for c in ":= /") and not host.startswith("["):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+
+from .service import PortService
 
 DEMO_PORTS = (8001, 8002, 8003)
 
@@ -68,11 +69,10 @@ def demoBackends(reactor: Any, ports: tuple[int, ...] = DEMO_PORTS) -> MultiServ
         site = Site(DemoPage(f"demo-{i}"))
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]
-        service = StreamServerEndpointService(
-            serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1"), site
-        )
-        service._raiseSynchronously = True
-        service.setServiceParent(parent)
+        endpoint = f"tcp:{port}:interface=127.0.0.1"
+        PortService(
+            f"demo backend demo-{i}", endpoint, serverFromString(reactor, endpoint), site
+        ).setServiceParent(parent)
     return parent
 
 

@@ -88,35 +88,54 @@ def checkEndpoints(config: Config) -> None:
             raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
 
 
-class ListenerService(StreamServerEndpointService):
+class CannotStart(Exception):
     """
-    A listener whose failure to listen stops the balancer from starting,
-    with a message that says which listener and why.
+    The balancer cannot start, for the reason given.
+
+    An ordinary exception, so that twistd reports it to the process that
+    launched a daemon (which waits for a word from it) and removes the pid
+    file; in the foreground it is the last line of the output.
+    """
+
+
+class PortService(StreamServerEndpointService):
+    """
+    Listens on an endpoint; failing to listen stops the process from
+    starting, with a message that says what could not listen where and why.
     """
 
     log = Logger()
 
-    def __init__(self, listener: ListenerConfig, endpoint: Any, factory: ServerFactory) -> None:
+    def __init__(self, what: str, endpointText: str, endpoint: Any, factory: Any) -> None:
         super().__init__(endpoint, factory)
-        self.listener = listener
+        self.what = what
+        self.endpointText = endpointText
         self._raiseSynchronously = True
-        self.setName(f"listener:{listener.name}")
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except CannotListenError as e:
             self.log.critical(
-                "listener {listener} cannot listen on {endpoint}: {error}",
-                listener=self.listener.name,
-                endpoint=self.listener.endpoint,
+                "{what} cannot listen on {endpoint}: {error}",
+                what=self.what,
+                endpoint=self.endpointText,
                 error=e.socketError,
             )
-            raise SystemExit(
-                f"lbtwist: listener {self.listener.name} cannot listen on "
-                f"{self.listener.endpoint}: {e.socketError}"
-            ) from e
+            raise CannotStart(
+                f"{self.what} cannot listen on {self.endpointText}: {e.socketError}"
+            ) from None
 
+
+class ListenerService(PortService):
+    """
+    A listener of the balancer.
+    """
+
+    def __init__(self, listener: ListenerConfig, endpoint: Any, factory: ServerFactory) -> None:
+        super().__init__(f"listener {listener.name}", listener.endpoint, endpoint, factory)
+        self.listener = listener
+        self.setName(f"listener:{listener.name}")
 
     def startService(self) -> None:
         super().startService()

@@ -5,6 +5,7 @@ The C{twistd lb} command: options, and the service they describe.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import attrs
@@ -27,6 +28,49 @@ DEFAULT_LISTEN = "tcp:8080"
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
 
 
+# Options that describe a pool or listener: the config file says these.
+POOL_OPTIONS = (
+    "listen", "backend", "policy", "mode", "retries", "connect-timeout", "idle-timeout",
+    "check-interval", "rise", "fall", "request-timeout", "response-timeout", "access-log",
+    "demo",
+)
+
+# Where the command line's options land in the configuration, so that an
+# error names the option the user typed.
+_OPTION_PATHS = (
+    (r"^listeners\[\d+\]\.listen", "--listen"),
+    (r"^listeners\[\d+\]\.mode", "--mode"),
+    (r"^pools\.default\.backends\[(\d+)\](\.endpoint)?", "--backend"),
+    (r"^pools\.default\.policy", "--policy"),
+    (r"^pools\.default\.retries", "--retries"),
+    (r"^pools\.default\.timeouts\.connect", "--connect-timeout"),
+    (r"^pools\.default\.timeouts\.idle", "--idle-timeout"),
+    (r"^pools\.default\.timeouts\.request", "--request-timeout"),
+    (r"^pools\.default\.timeouts\.response", "--response-timeout"),
+    (r"^pools\.default\.health\.interval", "--check-interval"),
+    (r"^pools\.default\.health\.rise", "--rise"),
+    (r"^pools\.default\.health\.fall", "--fall"),
+)
+
+
+def optionFor(path: str) -> str:
+    """
+    The command-line option behind a configuration key path built from it.
+    """
+    for pattern, option in _OPTION_PATHS:
+        m = re.match(pattern, path)
+        if m:
+            return option + path[m.end():]
+    return path
+
+
+class BadConfiguration(SystemExit):
+    """
+    The configuration is invalid: twistd exits with this one line, not with
+    its usage text, and nothing starts.
+    """
+
+
 class Options(usage.Options):
     """
     Options of C{twistd lb}.  Either C{--config FILE}, or C{--listen} and
@@ -38,8 +82,8 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "YAML configuration file (see README.rst)."],
-        ["policy", "p", "roundrobin", f"Balancing policy: {', '.join(POLICY_NAMES)}."],
-        ["mode", "m", "tcp", "Listener mode: tcp or http."],
+        ["policy", "p", None, f"Balancing policy: {', '.join(POLICY_NAMES)} (default roundrobin)."],
+        ["mode", "m", None, "Listener mode: tcp or http (default tcp)."],
         ["admin", None, None, "Admin API endpoint, e.g. tcp:9000:interface=127.0.0.1."],
         ["status-interval", None, None, "Seconds between status tables in the log."],
         ["retries", None, None, "Other backends to try when a connect fails."],
@@ -93,7 +137,7 @@ class Options(usage.Options):
                 "give --config FILE, or at least one --backend, or --demo"
             )
         listen = self["listen"] or [DEMO_LISTEN if self["demo"] else DEFAULT_LISTEN]
-        pool: dict[str, Any] = {"policy": self["policy"], "backends": backends}
+        pool: dict[str, Any] = {"policy": self["policy"] or "roundrobin", "backends": backends}
         health = {
             key: self[opt]
             for key, opt in (("interval", "check-interval"), ("rise", "rise"),
@@ -117,7 +161,7 @@ class Options(usage.Options):
         return {
             "listeners": [
                 {"name": f"listener{i}" if i else "main", "listen": e,
-                 "mode": self["mode"]}
+                 "mode": self["mode"] or "tcp"}
                 for i, e in enumerate(listen)
             ],
             "pools": {"default": pool},
@@ -127,17 +171,18 @@ class Options(usage.Options):
         """
         Build and validate the configuration; any problem is a usage error.
         """
+        if self["config"]:
+            given = [f"--{o}" for o in POOL_OPTIONS if self[o]]
+            if given:
+                raise usage.UsageError(
+                    f"{', '.join(given)} cannot be combined with --config: "
+                    "put the setting in the file"
+                )
         try:
             if self["config"]:
-                given = [f"--{o}" for o in ("listen", "backend") if self[o]]
-                if given:
-                    raise usage.UsageError(
-                        f"{' and '.join(given)} cannot be combined with --config: "
-                        "put them in the file"
-                    )
                 config = loadConfigFile(self["config"])
             else:
-                if self["mode"] not in MODES:
+                if self["mode"] is not None and self["mode"] not in MODES:
                     raise ConfigError(
                         "--mode", f"expected one of {', '.join(MODES)}, got {self['mode']!r}"
                     )
@@ -151,7 +196,9 @@ class Options(usage.Options):
             config = checkAdmin(config, os.environ)
             self["grace-seconds"] = parseSeconds(self["grace"] or 30.0, "--grace", 0.0)
         except ConfigError as e:
-            raise usage.UsageError(f"invalid configuration: {e}") from e
+            if not self["config"]:
+                e = ConfigError(optionFor(e.path), e.problem)
+            raise BadConfiguration(f"lbtwist: invalid configuration: {e}") from e
         self["lbconfig"] = config
 
     def _overrides(self, config: Config) -> Config:

@@ -11,7 +11,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.tap import Options
+from lbtwist.tap import BadConfiguration, Options
 
 
 class PluginTests(SynchronousTestCase):
@@ -98,26 +98,40 @@ class OptionsTests(SynchronousTestCase):
 
     def test_badValues(self) -> None:
         """
-        Bad values are usage errors that name the problem.
+        Bad values stop twistd with one line that names the option typed
+        and the problem (not twistd's whole usage text).
         """
         for args, message in [
-            (("--policy", "fastest"), "pools.default.policy: expected one of"),
+            (("--policy", "fastest"), "--policy: expected one of"),
             (("--mode", "udp"), "--mode: expected one of tcp, http"),
-            (("--rise", "0"), "pools.default.health.rise: expected an integer 1-100"),
-            (("--listen", "nope"), "listeners[0].listen: expected an endpoint"),
+            (("--rise", "0"), "--rise: expected an integer 1-100"),
+            (("--check-interval", "0"), "--check-interval: expected a duration"),
+            (("--retries", "-1"), "--retries: expected an integer 0-100"),
+            (("--listen", "nope"), "--listen: expected an endpoint"),
             (("--admin", "tcp:x"), "--admin (port): expected an integer"),
         ]:
-            with self.assertRaises(UsageError) as e:
+            with self.assertRaises(BadConfiguration) as e:
                 self.parse("--backend", "tcp:host=127.0.0.1:port=80", *args)
+            self.assertTrue(str(e.exception).startswith("lbtwist: invalid configuration: "))
             self.assertIn(message, str(e.exception))
+            self.assertNotIn("\n", str(e.exception))
+
+    def test_hostPort(self) -> None:
+        """
+        C{--backend HOST:PORT} is short for a TCP endpoint, as in HAProxy.
+        """
+        pool = self.parse("--backend", "10.0.0.5:80", "--backend", "[::1]:81")["lbconfig"].pool(
+            "default")
+        self.assertEqual([b.endpoint for b in pool.backends],
+                         ["tcp:host=10.0.0.5:port=80", "tcp:host=\\:\\:1:port=81"])
 
     def test_badEndpointArguments(self) -> None:
         """
         Endpoint strings are parsed as Twisted will before anything starts.
         """
-        with self.assertRaises(UsageError) as e:
+        with self.assertRaises(BadConfiguration) as e:
             self.parse("--backend", "tcp:host=127.0.0.1:port=80:bogus=1")
-        self.assertIn("pools.default.backends[0].endpoint: invalid endpoint", str(e.exception))
+        self.assertIn("--backend: invalid endpoint", str(e.exception))
 
     def test_config(self) -> None:
         """
@@ -132,16 +146,18 @@ class OptionsTests(SynchronousTestCase):
         config = self.parse("--config", path.path, "--admin", "tcp:9100:interface=127.0.0.1")["lbconfig"]
         self.assertEqual(config.admin, "tcp:9100:interface=127.0.0.1")
         self.assertEqual(config.pool("web").backends[0].name, "127.0.0.1:81")
-        with self.assertRaises(UsageError) as e:
-            self.parse("--config", path.path, "--backend", "tcp:host=a:port=1")
-        self.assertIn("cannot be combined with --config", str(e.exception))
+        for args in (("--backend", "tcp:host=a:port=1"), ("--mode", "http"),
+                     ("--policy", "leastconn"), ("--retries", "7")):
+            with self.assertRaises(UsageError) as e:
+                self.parse("--config", path.path, *args)
+            self.assertIn(f"{args[0]} cannot be combined with --config", str(e.exception))
 
     def test_badConfigFile(self) -> None:
         """
-        A bad config file is a usage error naming the key.
+        A bad config file stops twistd with one line naming the key.
         """
         path = FilePath(self.mktemp())
         path.setContent(b"listeners: [{listen: 'tcp:8080'}]\npools: {web: {policy: x}}\n")
-        with self.assertRaises(UsageError) as e:
+        with self.assertRaises(BadConfiguration) as e:
             self.parse("--config", path.path)
         self.assertIn("pools.web.policy", str(e.exception))

@@ -177,6 +177,40 @@ class TwistdTests(TestCase):
         self.assertIn("Address already in use", output)
 
 
+    @inlineCallbacks
+    def test_daemonPortInUse(self) -> Any:
+        """
+        Started as a daemon on a busy port, twistd returns at once with a
+        non-zero exit and the reason, and leaves no pid file behind.
+        """
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        port = busy.getsockname()[1]
+        work = _tempdir(self)
+        process = subprocess.Popen(
+            [TWISTD, "--pidfile=lb.pid", "--logfile=lb.log", "lb",
+             "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--backend", "127.0.0.1:9", "--admin", "tcp:0:interface=127.0.0.1"],
+            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+        def reap() -> None:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            assert process.stdout is not None
+            process.stdout.close()
+
+        self.addCleanup(reap)
+        code = yield self.waitForExit(process)
+        assert process.stdout is not None
+        self.assertNotEqual(code, 0)
+        self.assertIn("cannot listen on", process.stdout.read().decode())
+        self.assertFalse(os.path.exists(os.path.join(work, "lb.pid")))
+
+
 def _tempdir(case: TestCase) -> str:
     path = case.mktemp()
     os.makedirs(path)

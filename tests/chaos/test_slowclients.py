@@ -174,12 +174,15 @@ class SlowClientTests(FaultsTestCase):
         self.addCleanup(lambda: attack.poll() is None and attack.kill())
         yield sleep(2.5)
         under: list[Outcome] = yield self.normalLoad(lb.port, 200)
+        # The attack's connections are open on the balancer meanwhile.
+        attacked = procStats(lb.pid)[0]
         output, _ = yield inThread(attack.communicate, None, 30)
         text = output.decode("utf-8", "replace")
         base99 = percentile([o.elapsed for o in baseline], 0.99)
         under99 = percentile([o.elapsed for o in under], 0.99)
         report(self, "slowhttptest", p99ms=(round(base99 * 1000, 1), round(under99 * 1000, 1)),
-               outcomes=summary(under))
+               outcomes=summary(under), fdsUnderAttack=attacked)
         self.assertTrue(lb.alive())
+        self.assertGreater(attacked, SLOW_CONNECTIONS // 2)
         self.assertEqual(summary(under), {"ok:200": 200})
         assertUsualLatency(self, baseline, under, text[-2000:])

@@ -440,8 +440,9 @@ def duplicates(requests: Iterable[RecordedRequest]) -> dict[str, int]:
 
 def report(case: TestCase, name: str, **figures: Any) -> None:
     """
-    Write a scenario's measured figures to the test log (and stderr when
-    C{LBTWIST_CHAOS_REPORT} is set), for the suite's report.
+    Write a scenario's measured figures, for the suite's report: to stderr
+    when C{LBTWIST_CHAOS_REPORT} is set, and appended to the file named by
+    C{LBTWIST_CHAOS_FIGURES} when that is set.
     """
     line = f"chaos {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items())
     if os.environ.get("LBTWIST_CHAOS_REPORT"):
