@@ -327,6 +327,32 @@ class RetryTests(HTTPProxyTestCase):
         self.assertEqual(len(a.requests), 1)
 
     @inlineCallbacks
+    def test_everyBackendFailsTheRequest(self) -> Any:
+        """
+        When every backend takes a GET and closes without answering, each is
+        tried once (the first and the pool's two retries) and the client
+        gets a 502: the backends are up but failing, which is not the 503 of
+        an outage, and the access log counts two retries.
+        """
+        from twisted.logger import globalLogPublisher
+
+        def hangUp(request: Any, backend: Any, conn: Any) -> None:
+            conn.transport.loseConnection()
+            return None
+
+        backends = [self.startBackend(name, hangUp) for name in "abc"]
+        proxy = self.startProxy(backends, **{"access-log": True})
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        results = yield httpRequests(proxy.testPort, [("GET", "/close", None, {})])
+        self.assertEqual(results[0][0], 502)
+        self.assertEqual([len(b.requests) for b in backends], [1, 1, 1])
+        self.assertEqual(proxy.pool.noBackend, 0)
+        [access] = [e for e in events if e.get("log_namespace") == "lbtwist.access"]
+        self.assertEqual((access["status"], access["retries"]), (502, 2))
+
+    @inlineCallbacks
     def test_stalePooledConnection(self) -> Any:
         """
         A pooled connection the backend closes as the next request is sent

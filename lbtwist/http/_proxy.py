@@ -85,6 +85,7 @@ class Exchange:
         "connecting",
         "expectContinue",
         "finished",
+        "gatewayFailed",
         "hasBody",
         "head",
         "headers",
@@ -136,6 +137,8 @@ class Exchange:
         self.attempts = 0
         self.retries = 0
         self.sent = False
+        # A backend took this request and failed to answer it.
+        self.gatewayFailed = False
         self.responded = False
         self.bodyStarted = False
         self.status = 0
@@ -973,8 +976,27 @@ class HTTPProxyFactory(ServerFactory):
             self._wait(ex)
             return
         if backend is None or ex.attempts > pool.config.retries:
+            if ex.tried:
+                # The retry that led here found no backend to try: it did
+                # not happen.
+                ex.retries = max(ex.retries - 1, 0)
+            if ex.gatewayFailed:
+                # Backends were up but failed this request: a bad gateway,
+                # not an outage (as HAProxy answers).
+                self.log.warn(  # noqa: G010
+                    "pool {pool}: {attempts} backends took the request of {client} "
+                    "and none answered",
+                    pool=pool.name, attempts=len(ex.tried), client=client.clientName,
+                )
+                self.respondError(ex, 502)
+                return
             if ex.attempts == 0 and not ex.tried:
                 pool.noBackendFor(client.clientName)
+            else:
+                self.log.warn(  # noqa: G010
+                    "pool {pool}: no backend reachable for {client} after {attempts} attempts",
+                    pool=pool.name, client=client.clientName, attempts=len(ex.tried),
+                )
             self.respondError(ex, 503)
             return
         if ex.slot is not backend:
@@ -1417,6 +1439,7 @@ class HTTPProxyFactory(ServerFactory):
                 self.dispatch(ex, fresh=True)
                 return
             ex.attempts += 1
+            ex.gatewayFailed = True
             self.pool.failed(backend, "response", "connection lost before the response")
             self._countError(backend, "connection lost")
             self.dispatch(ex)
