@@ -197,7 +197,7 @@ class AdminResource(Resource):
         super().__init__()
         self.balancer = balancer
         self.live = live
-        self.token = token
+        self._startToken = token
         self.registry = balancerRegistry(balancer)
         self.routes: list[tuple[bytes, tuple[str, ...], Handler, bool]] = [
             (b"GET", (), self.dashboard, False),
@@ -259,6 +259,13 @@ class AdminResource(Resource):
             return self._json(request, 405, {"error": f"method {method.decode()} not "
                                              "allowed here"})
         return self._json(request, 404, {"error": "no such resource"})
+
+    @property
+    def token(self) -> str | None:
+        """
+        The admin token now: a reload of the file may rotate it.
+        """
+        return self.live.fileConfig.adminToken or self._startToken
 
     def _authorize(self, request: Request) -> None:
         raw = request.getHeader(b"authorization") or b""
@@ -492,7 +499,10 @@ class AdminResource(Resource):
         problem = self.live.reload()
         if problem is not None:
             raise APIError(400, f"reload rejected: {problem}")
-        return self._json(request, 200, {"status": "reloaded"})
+        body: dict[str, object] = {"status": "reloaded"}
+        if self.live.restartNeeded:
+            body["restartNeeded"] = self.live.restartNeeded
+        return self._json(request, 200, body)
 
     # -- the Go design's API ---------------------------------------------
 

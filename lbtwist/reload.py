@@ -136,6 +136,8 @@ class LiveConfig:
         self.grace = grace
         self.draining: dict[Backend, Any] = {}
         self.reloads = 0
+        # What the last reload read but could not apply without a restart.
+        self.restartNeeded: list[str] = []
 
     @property
     def config(self) -> Config:
@@ -331,12 +333,12 @@ class LiveConfig:
             )
             return str(e)
         old = self.fileConfig
-        if [(x.name, x.endpoint, x.pool, x.mode) for x in new.listeners] != [
-            (x.name, x.endpoint, x.pool, x.mode) for x in old.listeners
-        ] or {p.name for p in new.pools} != {p.name for p in old.pools}:
+        new, self.restartNeeded = runnable(new, old)
+        if self.restartNeeded:
             self.log.warn(  # noqa: G010
-                "configuration reload: listeners and the set of pools only "
-                "change with a restart; applying the pools' changes only"
+                "configuration reload: {settings} only change with a restart; "
+                "applying everything else",
+                settings=", ".join(self.restartNeeded),
             )
         oldPools = {p.name: p for p in old.pools}
         proposed = copy.deepcopy(self.overrides)
@@ -363,6 +365,41 @@ class LiveConfig:
             pools=len(self.pools),
         )
         return None
+
+
+def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
+    """
+    What of a newly read configuration a running balancer can take on:
+    C{new}, with the listeners, the set of pools and the settings that only
+    change with a restart kept as they run, and the names of those that
+    differ.  An admin token read from the environment at start stays when
+    the file gives none.
+    """
+    differ = []
+    if [(x.name, x.endpoint, x.pool, x.mode) for x in new.listeners] != [
+        (x.name, x.endpoint, x.pool, x.mode) for x in running.listeners
+    ]:
+        differ.append("listeners")
+    runningPools = {p.name: p for p in running.pools}
+    newPools = {p.name: p for p in new.pools}
+    if set(newPools) != set(runningPools):
+        differ.append("the set of pools")
+    for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
+                           ("state", "state"), ("maxconn", "maxconn")):
+        if getattr(new, attribute) != getattr(running, attribute):
+            differ.append(key)
+    pools = tuple(newPools.get(name, pool) for name, pool in runningPools.items())
+    kept = attrs.evolve(
+        new,
+        listeners=running.listeners,
+        pools=pools,
+        statusInterval=running.statusInterval,
+        admin=running.admin,
+        state=running.state,
+        maxconn=running.maxconn,
+        adminToken=new.adminToken or running.adminToken,
+    )
+    return kept, differ
 
 
 def configLoader(path: str) -> Callable[[], Config]:

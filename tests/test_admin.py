@@ -463,6 +463,22 @@ class TokenTests(TestCase):
         self.assertEqual(status, 200)
 
     @inlineCallbacks
+    def test_tokenRotatedByReload(self) -> Any:
+        """
+        After a reload whose file names a new token, the new token is needed
+        and the old one is refused.
+        """
+        h = AdminHarness(self)
+        h.live.loadConfig = lambda: attrs.evolve(h.lb.config, adminToken="rotated")
+        status, answer = yield h.call("POST", "/api/reload", None)
+        self.assertEqual((status, answer), (200, {"status": "reloaded"}))
+        status, _ = yield h.call("PATCH", "/api/pools/web/backends/a", {"weight": 3})
+        self.assertEqual(status, 401)
+        status, _ = yield h.call("PATCH", "/api/pools/web/backends/a", {"weight": 3},
+                                 token="rotated")
+        self.assertEqual(status, 200)
+
+    @inlineCallbacks
     def test_noTokenConfigured(self) -> Any:
         """
         With no token configured, changes are refused with a message saying

@@ -150,6 +150,45 @@ class LiveConfigTests(SynchronousTestCase):
         self.assertEqual(closed, ["c"])
         self.assertEqual(t.live.reloads, 1)
 
+    def test_restartNeeded(self) -> None:
+        """
+        Listener, pool-set and process-wide changes are named as needing a
+        restart, the pools' changes are applied, and the running listeners
+        stay the baseline: a later reload that changes nothing of them says
+        nothing of them.
+        """
+        import attrs
+
+        t = Live(self, configOf(A, B))
+        moved = attrs.evolve(
+            configOf(A),
+            listeners=(attrs.evolve(t.live.fileConfig.listeners[0], endpoint="tcp:1234"),),
+            statusInterval=5.0,
+        )
+        t.next = moved
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.restartNeeded, ["listeners", "status-interval"])
+        self.assertEqual(sorted(b.name for b in t.pools["web"]), ["a"])
+        self.assertEqual(t.live.fileConfig.listeners[0].endpoint, "tcp:0")
+        t.next = configOf(A, B)
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.restartNeeded, [])
+
+    def test_tokenRotates(self) -> None:
+        """
+        A new admin token in the file takes effect on reload; a file with no
+        token keeps the one the balancer started with (from the environment).
+        """
+        import attrs
+
+        t = Live(self, attrs.evolve(configOf(A), adminToken="from-env"))
+        t.next = attrs.evolve(configOf(A), adminToken="rotated")
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.fileConfig.adminToken, "rotated")
+        t.next = configOf(A)
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.fileConfig.adminToken, "rotated")
+
     def test_badReloadRejected(self) -> None:
         """
         A configuration with errors is rejected and the running one stays.
