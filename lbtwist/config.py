@@ -723,6 +723,25 @@ def parseConfig(data: object) -> Config:
     )
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """
+    YAML's safe loader, refusing a key given twice in one mapping (plain
+    YAML keeps the last silently, which hides a pasted-over pool).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for keyNode, _ in node.value:
+            key = self.construct_object(keyNode, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {key!r} twice", keyNode.start_mark,
+                )
+            seen[key] = True
+        return super().construct_mapping(node, deep)
+
+
 def loadConfigFile(path: str) -> Config:
     """
     Read and validate a YAML configuration file.
@@ -731,7 +750,7 @@ def loadConfigFile(path: str) -> Config:
     """
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a safe loader)
     except OSError as e:
         raise ConfigError("", f"cannot read config file {path!r}: {e.strerror}") from e
     except yaml.YAMLError as e:

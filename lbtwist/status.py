@@ -34,10 +34,11 @@ def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
         )
         for s in stats
     ]
-    up = sum(1 for s in stats if s.state in ("up", "unknown"))
+    # Unknown backends get traffic too (until proven down): they serve.
+    serving = sum(1 for s in stats if s.state in ("up", "unknown"))
     rows.append(
         (
-            f"TOTAL ({up}/{len(stats)} up)", "", "",
+            f"TOTAL ({serving}/{len(stats)} serving)", "", "",
             str(sum(s.active for s in stats)), str(sum(s.total for s in stats)),
             str(sum(s.failures for s in stats)), "", "",
             "100.0" if any(s.total for s in stats) else "0.0",

@@ -268,6 +268,22 @@ class FileTests(SynchronousTestCase):
             loadConfigFile(path.path)
         self.assertIn("is not valid YAML", str(e.exception))
 
+    def test_duplicateKey(self) -> None:
+        """
+        A key given twice in one mapping (say, two pools of one name) is an
+        error, not a silent last-one-wins.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(
+            b"listeners: [{listen: 'tcp:8080'}]\n"
+            b"pools:\n  web: {backends: ['tcp:host=a:port=1']}\n"
+            b"  web: {backends: ['tcp:host=b:port=2']}\n"
+        )
+        with self.assertRaises(ConfigError) as e:
+            loadConfigFile(path.path)
+        self.assertIn("found the key 'web' twice", str(e.exception))
+        self.assertIn("line 3", str(e.exception))
+
     def test_exampleConfig(self) -> None:
         """
         The example lb.yaml shipped with the project is valid.

@@ -1,0 +1,46 @@
+"""
+Tests for L{lbtwist.status}.
+"""
+
+from __future__ import annotations
+
+import random
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.config import BackendConfig, PoolConfig
+from lbtwist.pool import BackendPool
+from lbtwist.status import formatTable
+
+
+class FormatTableTests(SynchronousTestCase):
+    """
+    Tests for L{formatTable}.
+    """
+
+    def test_table(self) -> None:
+        """
+        One row per backend with its state and counters, and a totals row
+        counting the backends that serve (up or not yet checked).
+        """
+        pool = BackendPool(PoolConfig(name="web", backends=(
+            BackendConfig("a", "tcp:host=h:port=1"), BackendConfig("b", "tcp:host=h:port=2"),
+            BackendConfig("c", "tcp:host=h:port=3"))), random.Random(0))
+        a, b, c = (pool.get(n) for n in "abc")
+        assert a is not None and b is not None and c is not None
+        for _ in range(2):
+            pool.succeeded(a)
+        for _ in range(3):
+            pool.failed(c, "probe", "refused")
+        pool.opened(a)
+        pool.opened(a)
+        pool.opened(b)
+        pool.closed(b)
+        lines = formatTable("web", pool.stats()).splitlines()
+        self.assertEqual(lines[0], "pool web")
+        self.assertEqual(lines[1].split(), ["backend", "state", "weight", "active", "total",
+                                            "failures", "probe", "ms", "resp", "ms", "share", "%"])
+        self.assertEqual(lines[2].split(), ["a", "up", "1", "2", "2", "0", "-", "-", "66.7"])
+        self.assertEqual(lines[3].split(), ["b", "unknown", "1", "0", "1", "0", "-", "-", "33.3"])
+        self.assertEqual(lines[4].split(), ["c", "down", "1", "0", "0", "3", "-", "-", "0.0"])
+        self.assertEqual(lines[5].split(), ["TOTAL", "(2/3", "serving)", "2", "3", "3", "100.0"])
