@@ -48,6 +48,7 @@ from .config import BackendConfig, Config, ConfigError, parseBackend
 from .metrics import balancerRegistry, exposition
 from .pool import Admin, Backend, BackendPool, Health
 from .reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
+from .tcp import describe
 
 DEFAULT_ADMIN = "tcp:9000:interface=127.0.0.1"
 TOKEN_VARIABLE = "LBTWIST_ADMIN_TOKEN"
@@ -166,17 +167,24 @@ def _checkEndpoint(endpoint: str, path: str) -> None:
         raise ConfigError(path, f"invalid endpoint {endpoint!r}: {e}") from e
 
 
+def _shown(value: object) -> str:
+    """
+    A value as the client sent it, in JSON's spelling (true, null, "x").
+    """
+    return json.dumps(value)
+
+
 def _state(value: object, path: str) -> Admin:
     try:
         return Admin(value)
     except ValueError:
         raise APIError(
-            400, f"{path}: expected one of ready, drain, maint, got {value!r}") from None
+            400, f"{path}: expected one of ready, drain, maint, got {_shown(value)}") from None
 
 
 def _weight(value: object, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
-        raise APIError(400, f"{path}: expected an integer 0-256, got {value!r}")
+        raise APIError(400, f"{path}: expected an integer 0-256, got {_shown(value)}")
     return value
 
 
@@ -412,10 +420,10 @@ class AdminResource(Resource):
                            "host, port, weight, state)")
         for key in ("name", "endpoint", "host"):
             if key in data and not isinstance(data[key], str):
-                raise APIError(400, f"{key}: expected a string, got {data[key]!r}")
+                raise APIError(400, f"{key}: expected a string, got {_shown(data[key])}")
         if "port" in data and (isinstance(data["port"], bool)
                                or not isinstance(data["port"], int)):
-            raise APIError(400, f"port: expected an integer, got {data['port']!r}")
+            raise APIError(400, f"port: expected an integer, got {_shown(data['port'])}")
         if "weight" in data:
             _weight(data["weight"], "weight")
         state = _state(data.pop("state", "ready"), "state")
@@ -516,10 +524,14 @@ class AdminResource(Resource):
             raise APIError(400, "Invalid input")
         try:
             url = urlsplit(data[keys[0]])
-            port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+            port = url.port or 80
         except ValueError:
             raise APIError(400, "Invalid URL") from None
-        if url.scheme not in ("http", "https") or not url.hostname or port is None:
+        # Plain http://host[:port] only: a path or query would be dropped,
+        # and an https backend needs a TLS endpoint (ssl:host=...:port=...),
+        # which the REST API adds.
+        if (url.scheme != "http" or not url.hostname or url.path not in ("", "/")
+                or url.query or url.fragment or url.username):
             raise APIError(400, "Invalid URL")
         return url.hostname, port
 
@@ -624,7 +636,7 @@ class AdminService(Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
-        self.log.info("admin API listening on {address}", address=port.getHost())
+        self.log.info("admin API listening on {address}", address=describe(port.getHost()))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
