@@ -12,17 +12,19 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
+# ARGS adds options, e.g. make run ARGS="--mode http --admin tcp:9100:interface=127.0.0.1"
 run: $(STAMP)
-	$(BIN)/twistd --nodaemon --pidfile= lb --demo
+	$(BIN)/twistd --nodaemon --pidfile= lb --demo $(ARGS)
 
 test: $(STAMP) test-deps
 	$(BIN)/ruff check lbtwist tests
 	$(BIN)/mypy lbtwist
 	$(BIN)/trial --reporter=text tests
 
-# Debian tools the integration tests drive (curl, wrk); skipped when present.
+# Debian tools the integration tests drive (each command is its package's
+# name); installed when missing and run as root, else those tests skip.
 test-deps:
-	@missing=""; for t in curl wrk chromium; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in curl wrk chromium slowhttptest; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "note:$$missing not installed; tests that need them are skipped"; fi; \
