@@ -554,7 +554,7 @@ def controlService(
     saved state (loaded now), the admin API, metrics and dashboard, reload
     on C{SIGHUP}, and the graceful stop.
 
-    @raise SystemExit: the state file is not valid.
+    @raise SystemExit: the state file is not valid, or cannot be saved.
     """
     from .admin import AdminService
     from .state import defaultStatePath
@@ -564,6 +564,7 @@ def controlService(
         lb.pools, lb.config, reactor, StateFile(path), loadConfig=loadConfig, grace=grace
     )
     try:
+        live.stateFile.checkWritable()  # type: ignore[union-attr]
         loadState(live)
     except StateError as e:
         raise SystemExit(f"lbtwist: {e}") from e

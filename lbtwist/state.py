@@ -293,6 +293,19 @@ class StateFile:
         except StateError as e:
             raise StateError(f"state file {self.path!r}: {e}") from e
 
+    def checkWritable(self) -> None:
+        """
+        Make sure the state could be saved, so that a bad path is found at
+        start, not at the first change made through the API.
+
+        @raise StateError: its directory is missing or not writable.
+        """
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StateError(f"cannot save the state in {directory!r}: no such directory")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StateError(f"cannot save the state in {directory!r}: not writable")
+
     def save(self, overrides: Overrides) -> None:
         """
         Write C{overrides} atomically: temporary file, fsync, rename, fsync

@@ -170,3 +170,43 @@ class StateFileTests(SynchronousTestCase):
         """
         self.assertEqual(defaultStatePath("/etc/lb/lb.yaml"), "/etc/lb/lbtwist-state.json")
         self.assertEqual(defaultStatePath(None, "/srv"), "/srv/lbtwist-state.json")
+
+
+class CheckWritableTests(SynchronousTestCase):
+    """
+    A state file that could not be saved is found at start.
+    """
+
+    def test_missingDirectory(self) -> None:
+        """
+        A state path in a directory that does not exist is refused.
+        """
+        with self.assertRaises(StateError) as e:
+            StateFile("/nonexistent/dir/state.json").checkWritable()
+        self.assertIn("no such directory", str(e.exception))
+
+    def test_writable(self) -> None:
+        """
+        A state path in a writable directory passes.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        StateFile(os.path.join(directory, "state.json")).checkWritable()
+
+    def test_startRefused(self) -> None:
+        """
+        The balancer does not start with a state file it could not save.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from lbtwist.reload import controlService
+        from lbtwist.service import LoadBalancer
+
+        lb = LoadBalancer(parseConfig({
+            "listeners": [{"listen": "tcp:0"}],
+            "pools": {"web": {"backends": ["tcp:host=h:port=1"]}},
+        }), MemoryReactorClock())
+        with self.assertRaises(SystemExit) as e:
+            controlService(lb, MemoryReactorClock(), None, "/nonexistent/dir/s.json",
+                           signals=False)
+        self.assertIn("cannot save the state in '/nonexistent/dir'", str(e.exception))
