@@ -148,7 +148,9 @@ class HTTPSettings:
     @ivar hostHeader: replaces the client's C{Host} header, if set.
     @ivar errorLimit: consecutive 5xx responses or failed exchanges that mark
         a backend down (0: only connection failures count, through C{fall}).
-    @ivar accessLog: emit one structured log event per request.
+    @ivar accessLog: C{True} for one structured log event per request (or
+        connection, in TCP mode), the path of a file to write lines straight
+        to, or C{False} for none.
     """
 
     maxHeaderSize: int = 16384
@@ -156,7 +158,7 @@ class HTTPSettings:
     hostHeader: str | None = None
     keepAlive: KeepAlive = KeepAlive()
     errorLimit: int = 0
-    accessLog: bool = False
+    accessLog: bool | str = False
 
 
 @attrs.frozen
@@ -570,6 +572,24 @@ _HTTP_KEYS = (
 )
 
 
+def parseAccessLog(value: object, path: str) -> bool | str:
+    """
+    C{false}, C{true} (structured events, to twistd's log), or the path of
+    a file the lines go straight to.
+    """
+    if isinstance(value, bool):
+        return value
+    # A path must look like one ("./access.log"), so that a mistyped
+    # boolean ("yes", "on") is not taken for a file name.
+    if isinstance(value, str) and "/" in value and "\0" not in value:
+        return value
+    raise ConfigError(
+        path,
+        "expected true, false or a file path with a '/' (like ./access.log), "
+        f"got {_describe(value)}",
+    )
+
+
 def parseHTTP(data: object, path: str) -> HTTPSettings:
     """
     The C{http:} mapping of a pool.
@@ -592,11 +612,7 @@ def parseHTTP(data: object, path: str) -> HTTPSettings:
             raise ConfigError(f"{path}.host-header", f"expected a host name, got {host!r}")
         changes["hostHeader"] = host
     if "access-log" in d:
-        if not isinstance(d["access-log"], bool):
-            raise ConfigError(
-                f"{path}.access-log", f"expected true or false, got {_describe(d['access-log'])}"
-            )
-        changes["accessLog"] = d["access-log"]
+        changes["accessLog"] = parseAccessLog(d["access-log"], f"{path}.access-log")
     if "error-limit" in d:
         changes["errorLimit"] = _integer(d["error-limit"], f"{path}.error-limit", 0, 1000)
     if "keepalive" in d:
@@ -630,11 +646,9 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
     if "access-log" in d:
         # One event per connection (TCP) or request (HTTP); http.access-log
         # says the same for HTTP mode alone.
-        if not isinstance(d["access-log"], bool):
-            raise ConfigError(
-                f"{path}.access-log", f"expected true or false, got {_describe(d['access-log'])}"
-            )
-        http = attrs.evolve(http, accessLog=d["access-log"])
+        http = attrs.evolve(
+            http, accessLog=parseAccessLog(d["access-log"], f"{path}.access-log")
+        )
     t = _mapping(d.get("timeouts", {}), f"{path}.timeouts",
                  ("connect", "idle", "response", "request"))
     timeouts = Timeouts(

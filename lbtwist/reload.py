@@ -455,10 +455,12 @@ class ReloadOnSignal(Service):
         live: LiveConfig,
         reactor: Any,
         installHandler: Callable[[int, Any], Any] = signal.signal,
+        reopenLogs: Callable[[], None] | None = None,
     ) -> None:
         self.live = live
         self.reactor = reactor
         self.installHandler = installHandler
+        self.reopenLogs = reopenLogs
         self._previous: dict[int, Any] = {}
 
     def startService(self) -> None:
@@ -487,6 +489,8 @@ class ReloadOnSignal(Service):
 
     def _reload(self) -> None:
         self.log.info("SIGHUP received: reloading the configuration")
+        if self.reopenLogs is not None:
+            self.reopenLogs()
         self.live.reload()
 
     def _terminate(self, signum: int, frame: Any) -> None:
@@ -574,5 +578,6 @@ def controlService(
     GracefulStop(live, reactor, grace).setServiceParent(top)
     AdminService(lb, live, reactor).setServiceParent(top)
     if signals:
-        ReloadOnSignal(live, reactor).setServiceParent(top)
+        ReloadOnSignal(live, reactor, reopenLogs=getattr(lb, "reopenAccessLogs", None)
+                       ).setServiceParent(top)
     return top

@@ -16,6 +16,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 
+from .accesslog import AccessLogFile
 from .config import Config, ConfigError, ListenerConfig
 from .connect import BackendConnector, ConnectionLimit, EndpointCache
 from .health import HealthMonitor, Probe, TCPProbe
@@ -171,7 +172,10 @@ class LoadBalancer(MultiService):
     @ivar pools: the backend pools, by name.
     @ivar factories: each listener's protocol factory, by listener name.
     @ivar limit: the global maxconn over every listener, if set.
+    @ivar accessFiles: the access-log files, by path.
     """
+
+    log = Logger()
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
         super().__init__()
@@ -181,11 +185,21 @@ class LoadBalancer(MultiService):
         self.pools = {p.name: BackendPool(p, rng) for p in config.pools}
         self.factories: dict[str, ServerFactory] = {}
         self.limit = ConnectionLimit(config.maxconn) if config.maxconn else None
+        # Access-log files, one per path, opened before the listeners start.
+        self.accessFiles: dict[str, AccessLogFile] = {}
+        for p in config.pools:
+            path = p.http.accessLog
+            if isinstance(path, str) and path not in self.accessFiles:
+                self.accessFiles[path] = AccessLogFile(path, reactor)
+                self.accessFiles[path].setServiceParent(self)
         for listener in config.listeners:
             pool = self.pools[listener.pool]
             factory = MODES[listener.mode](self, listener, pool)
             if self.limit is not None:
                 factory.limit = self.limit  # type: ignore[attr-defined]
+            accessPath = pool.config.http.accessLog
+            if isinstance(accessPath, str):
+                factory.accessFile = self.accessFiles[accessPath]  # type: ignore[attr-defined]
             self.factories[listener.name] = factory
             ListenerService(
                 listener, serverFromString(reactor, withBacklog(listener.endpoint)), factory
@@ -202,3 +216,14 @@ class LoadBalancer(MultiService):
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
         self.reporter.setServiceParent(self)
+
+    def reopenAccessLogs(self) -> None:
+        """
+        Reopen the access-log files (after a rotation renamed them).
+        """
+        for accessFile in self.accessFiles.values():
+            try:
+                accessFile.open()
+            except OSError as e:
+                self.log.error("cannot reopen access log {path}: {error}",
+                               path=accessFile.path, error=str(e))

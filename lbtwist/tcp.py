@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .accesslog import AccessLogFile, tcpLine
 from .connect import BackendConnector, ConnectionLimit
 from .dial import BackendProtocol
 from .pool import Backend, BackendPool
@@ -207,7 +208,7 @@ class ClientSide(_Side):
         if self._attempt is not None:
             self._attempt.cancel()
         self.session.stopIdleTimer()
-        if self.factory.accessLog is not None:
+        if self.factory.accessLog is not None or self.factory.accessFile is not None:
             self.logConnection()
         if self.backend is not None:
             self.backend.closers.discard(self.abortPair)
@@ -225,14 +226,18 @@ class ClientSide(_Side):
         """
         session = self.session
         peer = self.peer
+        client = describe(self.transport.getPeer())  # type: ignore[union-attr]
+        backend = self.backend.name if self.backend is not None else None
+        bytesOut = peer.received if peer is not None else 0
+        duration = session.seconds() - session.started
+        retries = peer.retries if isinstance(peer, BackendSide) else 0
+        accessFile = self.factory.accessFile
+        if accessFile is not None:
+            accessFile.write(tcpLine(client, backend, self.received, bytesOut, duration, retries))
+            return
         self.factory.accessLog.info(  # type: ignore[union-attr]
-            TCP_ACCESS_FORMAT,
-            client=describe(self.transport.getPeer()),  # type: ignore[union-attr]
-            backend=self.backend.name if self.backend is not None else None,
-            bytesIn=self.received,
-            bytesOut=peer.received if peer is not None else 0,
-            duration=session.seconds() - session.started,
-            retries=peer.retries if isinstance(peer, BackendSide) else 0,
+            TCP_ACCESS_FORMAT, client=client, backend=backend, bytesIn=self.received,
+            bytesOut=bytesOut, duration=duration, retries=retries,
         )
 
 
@@ -327,11 +332,13 @@ class TCPProxyFactory(ServerFactory):
         self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
         self.activeClients = 0
         self.accepted = 0
-        # One event per connection in the access log's namespace, if asked.
+        # One event per connection in the access log's namespace, if asked;
+        # or lines straight to a file (set by the balancer, which owns it).
         self.accessLog = (
             Logger(namespace="lbtwist.access", source=self)
-            if pool.config.http.accessLog else None
+            if pool.config.http.accessLog is True else None
         )
+        self.accessFile: AccessLogFile | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         limit = self.limit

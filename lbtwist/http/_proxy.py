@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from ..accesslog import AccessLogFile, httpLine
 from ..config import ListenerConfig
 from ..connect import ConnectionLimit, EndpointCache, failureKind
 from ..policies import SourceHash
@@ -769,6 +770,9 @@ class HTTPProxyFactory(ServerFactory):
         self.reactor = reactor
         # An instance attribute, not a descriptor, to keep its namespace.
         self.accessLog = Logger(namespace="lbtwist.access", source=self)
+        # Lines straight to a file, when the pool names one (set by the
+        # balancer, which owns the file).
+        self.accessFile: AccessLogFile | None = None
         self.seconds: Callable[[], float] = reactor.seconds
         self.endpoints = endpoints
         self.listener = listener
@@ -1321,7 +1325,14 @@ class HTTPProxyFactory(ServerFactory):
         status = ex.status
         cls = f"{status // 100}xx"
         self.statuses[cls] = self.statuses.get(cls, 0) + 1
-        if self.settings.accessLog:
+        if self.accessFile is not None:
+            backend = ex.backend
+            self.accessFile.write(httpLine(
+                ex.client.clientName, ex.method.decode("latin-1"), ex.url.decode("latin-1"),
+                ex.status, backend.name if backend is not None else None,
+                ex.bytesIn, ex.bytesOut, self.seconds() - ex.started, ex.retries,
+            ))
+        elif self.settings.accessLog is True:
             logRequest(self.accessLog, ex, self.seconds() - ex.started)
 
     def respondError(self, ex: Exchange, status: int) -> None:

@@ -1,0 +1,136 @@
+"""
+The access log written straight to a file, for heavy traffic.
+
+With C{access-log: true} every request (HTTP mode) or connection (TCP mode)
+is a structured L{twisted.logger} event, and twistd's C{--logger} decides
+where it goes.  That is flexible but costs tens of microseconds an event in
+the observers (twistd's text observer formats the time and the message of
+each one), which at tens of thousands of requests a second is most of the
+balancer's time.
+
+With C{access-log: /path/to/access.log} the lines go to that file instead,
+as nginx's C{access_log} does: formatted plainly, the timestamp made once a
+second, and written in batches (at 64 KiB, or a second after the first
+unwritten line, and when the balancer stops).  Log rotation: rename the file
+and send C{SIGHUP}, or let logrotate use C{copytruncate}.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+
+
+class AccessLogFile(Service):
+    """
+    Appends access-log lines to a file, buffered, for as long as it runs.
+
+    @ivar lines: lines written since it started.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        clock: IReactorTime,
+        flushAfter: float = 1.0,
+        bufferSize: int = 65536,
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        self.flushAfter = flushAfter
+        self.bufferSize = bufferSize
+        self.lines = 0
+        self._fd: int | None = None
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._timer: Any = None
+        self._second = -1
+        self._stamp = b""
+
+    def open(self) -> None:
+        """
+        Open (or reopen, after a rotation) the file for appending.
+
+        @raise OSError: it cannot be opened.
+        """
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if self._fd is not None:
+            self.flush()
+            os.close(self._fd)
+        self._fd = fd
+
+    def startService(self) -> None:
+        super().startService()
+        if self._fd is None:
+            self.open()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _timestamp(self) -> bytes:
+        now = self.clock.seconds()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second)).encode()
+        return self._stamp
+
+    def write(self, line: str) -> None:
+        """
+        Add one line (without its newline), stamped with the time.
+        """
+        data = b"%s %s\n" % (self._timestamp(), line.encode("utf-8", "backslashreplace"))
+        self._pending.append(data)
+        self._size += len(data)
+        self.lines += 1
+        if self._size >= self.bufferSize:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self.clock.callLater(self.flushAfter, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write out every pending line now.
+        """
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if not self._pending or self._fd is None:
+            return
+        data = b"".join(self._pending)
+        self._pending = []
+        self._size = 0
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+
+def tcpLine(
+    client: str, backend: str | None, bytesIn: int, bytesOut: int, duration: float, retries: int
+) -> str:
+    """
+    The access-log line of one TCP connection.
+    """
+    return (f"{client} tcp backend={backend} in={bytesIn} out={bytesOut} "
+            f"{duration:.4f}s retries={retries}")
+
+
+def httpLine(
+    client: str, method: str, path: str, status: int, backend: str | None,
+    bytesIn: int, bytesOut: int, duration: float, retries: int,
+) -> str:
+    """
+    The access-log line of one HTTP request.
+    """
+    return (f"{client} {method} {path} {status} backend={backend} in={bytesIn} "
+            f"out={bytesOut} {duration:.4f}s retries={retries}")

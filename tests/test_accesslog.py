@@ -1,0 +1,162 @@
+"""
+Tests for L{lbtwist.accesslog}: access-log lines written straight to a file.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbtwist.accesslog import AccessLogFile, httpLine, tcpLine
+
+from .httphelpers import RecordingBackend, waitFor
+from .support import Backends, firstLine, inThread, reactor, startBalancer
+
+
+def read(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+class AccessLogFileTests(SynchronousTestCase):
+    """
+    Lines are batched, stamped, and all written by the time it stops.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "access.log")
+        self.log = AccessLogFile(self.path, self.clock, flushAfter=1.0, bufferSize=200)
+        self.log.startService()
+        self.addCleanup(lambda: self.log.running and self.log.stopService())
+
+    def test_batched(self) -> None:
+        """
+        A line is written a second after it was logged, not at once.
+        """
+        self.log.write("one")
+        self.assertEqual(read(self.path), [])
+        self.clock.advance(1)
+        [line] = read(self.path)
+        self.assertTrue(line.endswith(" one"))
+        self.assertRegex(line.split(" ")[0], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}$")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_full(self) -> None:
+        """
+        A full buffer is written at once.
+        """
+        for i in range(10):
+            self.log.write(f"line {i} " + "x" * 20)
+        self.assertGreater(len(read(self.path)), 0)
+        self.log.stopService()
+        self.assertEqual([line.split(" ", 1)[1][:7] for line in read(self.path)],
+                         [f"line {i} " for i in range(10)])
+
+    def test_stopFlushes(self) -> None:
+        """
+        Stopping writes what is pending and leaves no timer.
+        """
+        self.log.write("last")
+        self.log.stopService()
+        self.assertTrue(read(self.path)[0].endswith(" last"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.log.lines, 1)
+
+    def test_reopen(self) -> None:
+        """
+        After the file is renamed (rotated), reopening starts a new file and
+        what was pending goes to the old one.
+        """
+        self.log.write("before")
+        os.rename(self.path, self.path + ".1")
+        self.log.open()
+        self.log.write("after")
+        self.log.stopService()
+        self.assertTrue(read(self.path + ".1")[0].endswith(" before"))
+        self.assertTrue(read(self.path)[0].endswith(" after"))
+
+    def test_lines(self) -> None:
+        """
+        The line formats of both modes.
+        """
+        self.assertEqual(tcpLine("1.2.3.4:5", "b1", 10, 20, 0.5, 1),
+                         "1.2.3.4:5 tcp backend=b1 in=10 out=20 0.5000s retries=1")
+        self.assertEqual(httpLine("1.2.3.4:5", "GET", "/x", 200, "b1", 10, 20, 0.25, 0),
+                         "1.2.3.4:5 GET /x 200 backend=b1 in=10 out=20 0.2500s retries=0")
+
+
+class BalancerAccessLogTests(TestCase):
+    """
+    A pool with C{access-log: PATH} writes one line per connection or request.
+    """
+
+    timeout = 30
+
+    def logPath(self) -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return os.path.join(directory, "access.log")
+
+    @inlineCallbacks
+    def test_tcp(self) -> Any:
+        """
+        Each TCP connection is one line, written when the balancer stops.
+        """
+        path = self.logPath()
+        backends = Backends(self)
+        backends.start("a")
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1"}],
+            "pools": {"web": {"access-log": path,
+                              "backends": [{"name": "a", "endpoint": backends.endpoint("a")}]}},
+        })
+        for _ in range(3):
+            yield inThread(firstLine, port)
+        yield waitFor(lambda: lb.accessFiles[path].lines == 3)
+        yield lb.stopService()
+        lines = read(path)
+        self.assertEqual(len(lines), 3)
+        self.assertIn(" tcp backend=a in=0 out=2 ", lines[0])
+
+    @inlineCallbacks
+    def test_http(self) -> Any:
+        """
+        Each HTTP request is one line with its method, path and status.
+        """
+        path = self.logPath()
+        backend = RecordingBackend("b")
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"access-log": path,
+                              "backends": [{"name": "b", "endpoint": backend.endpoint}]}},
+        })
+
+        def get() -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                for p in ("/one", "/two"):
+                    conn.request("GET", p)
+                    conn.getresponse().read()
+                return 2
+            finally:
+                conn.close()
+
+        yield inThread(get)
+        yield lb.stopService()
+        lines = read(path)
+        self.assertEqual([line.split(" ")[2:5] for line in lines],
+                         [["GET", "/one", "200"], ["GET", "/two", "200"]])
+        for conn in backend.connections:
+            if conn.transport.connected:
+                conn.transport.abortConnection()
