@@ -32,7 +32,7 @@ DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
 POOL_OPTIONS = (
     "listen", "backend", "policy", "mode", "retries", "connect-timeout", "idle-timeout",
     "check-interval", "rise", "fall", "request-timeout", "response-timeout", "access-log",
-    "demo",
+    "access-log-file", "demo",
 )
 
 # Where the command line's options land in the configuration, so that an
@@ -96,6 +96,8 @@ class Options(usage.Options):
         ["grace", None, None, "Seconds in-flight connections get to finish (default 30)."],
         ["request-timeout", None, None, "HTTP mode: seconds a client gets to send a request head."],
         ["response-timeout", None, None, "HTTP mode: seconds a backend gets to answer."],
+        ["access-log-file", None, None,
+         "Write the access log (a line per request or connection) straight to this file."],
     ]
     optFlags = [
         ["demo", None, "Also run three demo backends on 127.0.0.1:8001-8003."],
@@ -156,7 +158,9 @@ class Options(usage.Options):
             pool["timeouts"] = timeouts
         if self["retries"] is not None:
             pool["retries"] = self["retries"]
-        if self["access-log"]:
+        if self["access-log-file"]:
+            pool["access-log"] = self["access-log-file"]
+        elif self["access-log"]:
             pool["access-log"] = True
         return {
             "listeners": [

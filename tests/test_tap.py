@@ -79,6 +79,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((pool.health.rise, pool.health.fall), (1, 4))
         self.assertEqual(pool.retries, 0)
 
+    def test_accessLog(self) -> None:
+        """
+        C{--access-log} sends events to twistd's log; C{--access-log-file}
+        names a file for the lines (a path is made to look like one).
+        """
+        args = ("--backend", "127.0.0.1:80")
+        self.assertFalse(self.parse(*args)["lbconfig"].pool("default").http.accessLog)
+        self.assertIs(self.parse(*args, "--access-log")["lbconfig"].pool("default").http.accessLog,
+                      True)
+        config = self.parse(*args, "--access-log-file", "./access.log")["lbconfig"]
+        self.assertEqual(config.pool("default").http.accessLog, "./access.log")
+
     def test_demo(self) -> None:
         """
         C{--demo} balances over three demo backends on loopback.
