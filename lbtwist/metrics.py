@@ -87,9 +87,20 @@ class BalancerCollector(Collector):
             "Clients that found no eligible backend in the pool.", labels=("pool",))
         size = GaugeMetricFamily("lbtwist_pool_backends", "Backends in the pool.",
                                  labels=("pool",))
+        queueLength = GaugeMetricFamily(
+            "lbtwist_pool_queue_length",
+            "Clients waiting for a backend under its maxconn.", labels=("pool",))
+        queued = CounterMetricFamily(
+            "lbtwist_pool_queued", "Clients that had to wait in the queue.", labels=("pool",))
+        queueFull = CounterMetricFamily(
+            "lbtwist_pool_queue_full", "Clients refused because the queue was full.",
+            labels=("pool",))
         for pool in self.balancer.pools.values():
             noBackend.add_metric((pool.name,), pool.noBackend)
             size.add_metric((pool.name,), len(pool))
+            queueLength.add_metric((pool.name,), pool.queueLength)
+            queued.add_metric((pool.name,), pool.queued)
+            queueFull.add_metric((pool.name,), pool.queueFull)
             for backend in pool:
                 self._backend(pool.name, backend, requests, failures, bytesIn, bytesOut,
                               active, weight, state, up, probe, response)
@@ -98,11 +109,23 @@ class BalancerCollector(Collector):
             labels=("listener",))
         clients = GaugeMetricFamily(
             "lbtwist_listener_active", "Client connections open.", labels=("listener",))
+        responses = CounterMetricFamily(
+            "lbtwist_listener_responses", "HTTP responses sent to clients, by status class.",
+            labels=("listener", "status"))
+        refused = CounterMetricFamily(
+            "lbtwist_listener_refused",
+            "HTTP requests refused as malformed or too large.", labels=("listener",))
         for name, factory in self.balancer.factories.items():
             accepted.add_metric((name,), getattr(factory, "accepted", 0))
             clients.add_metric((name,), getattr(factory, "activeClients", 0))
+            statuses = getattr(factory, "statuses", None)
+            if statuses is not None:
+                for cls, count in sorted(statuses.items()):
+                    responses.add_metric((name, cls), count)
+                refused.add_metric((name,), getattr(factory, "refused", 0))
         yield from (requests, failures, bytesIn, bytesOut, active, weight, state, up,
-                    probe, response, noBackend, size, accepted, clients)
+                    probe, response, noBackend, size, queueLength, queued, queueFull,
+                    accepted, clients, responses, refused)
 
     def _backend(self, pool: str, backend: Backend, requests: Any, failures: Any,
                  bytesIn: Any, bytesOut: Any, active: Any, weight: Any, state: Any,

@@ -93,6 +93,33 @@ class CollectorTests(SynchronousTestCase):
         s = samples(exposition(registry)[0].decode())
         self.assertEqual(s[("lbtwist_backend_requests_total", A)], 3)
 
+    def test_queueAndResponses(self) -> None:
+        """
+        The pool's queue and an HTTP listener's responses by status class
+        are exported too.
+        """
+        lb = FakeBalancer()
+        pool = lb.pools["web"]
+        pool.enqueue(lambda: None)
+        pool.queueFull = 4
+
+        class HTTPFactory:
+            accepted = 1
+            activeClients = 0
+            statuses = {"2xx": 5, "5xx": 2}
+            refused = 3
+
+        lb.factories["front"] = HTTPFactory()
+        s = samples(exposition(balancerRegistry(lb))[0].decode())
+        P = (("pool", "web"),)
+        self.assertEqual(s[("lbtwist_pool_queue_length", P)], 1)
+        self.assertEqual(s[("lbtwist_pool_queued_total", P)], 1)
+        self.assertEqual(s[("lbtwist_pool_queue_full_total", P)], 4)
+        self.assertEqual(s[("lbtwist_listener_responses_total",
+                            (("listener", "front"), ("status", "5xx")))], 2)
+        self.assertEqual(s[("lbtwist_listener_refused_total", (("listener", "front"),))], 3)
+        self.assertNotIn(("lbtwist_listener_refused_total", (("listener", "main"),)), s)
+
     def test_histogram(self) -> None:
         """
         Setting a backend's response time fills the histogram's buckets.
