@@ -159,6 +159,8 @@ def parser() -> argparse.ArgumentParser:
     ctl.add_argument("--token", help=f"bearer token (${TOKEN_VARIABLE})")
     ctl.add_argument("--json", action="store_true", help="print JSON for scripts")
     ctl.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    ctl.add_argument("--pool", dest="globalPool",
+                     help="the pool (default: the only one); also after the command")
     actions = ctl.add_subparsers(dest="action", required=True)
 
     def withPool(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -192,6 +194,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
     @raise CtlError: it failed.
     """
     args = parser().parse_args(argv)
+    args.pool = getattr(args, "pool", None) or args.globalPool
     client = AdminClient(
         args.admin or environ.get(ADMIN_VARIABLE) or DEFAULT_ADMIN,
         args.token or environ.get(TOKEN_VARIABLE),

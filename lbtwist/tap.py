@@ -109,6 +109,19 @@ class Options(usage.Options):
         self["listen"] = []
         self["backend"] = []
 
+    def opt_version(self) -> None:
+        """
+        Display lbtwist's version (and Twisted's) and exit.
+        """
+        import sys
+
+        from twisted import version as twistedVersion
+
+        from . import __version__
+
+        print(f"lbtwist {__version__} (Twisted {twistedVersion.short()})")
+        sys.exit(0)
+
     def opt_listen(self, endpoint: str) -> None:
         """
         Accept clients on this server endpoint (repeatable), e.g. tcp:8080.

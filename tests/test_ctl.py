@@ -144,3 +144,26 @@ class PieceTests(SynchronousTestCase):
         e = self.assertRaises(CtlError, run, ["ctl", "drain", "a"], {}, io.StringIO(),
                               opener)
         self.assertIn("give --pool", str(e))
+
+    def test_poolEitherSide(self) -> None:
+        """
+        C{--pool} may come before the command or after it.
+        """
+        calls: list[str] = []
+
+        class Answer(io.BytesIO):
+            def __enter__(self) -> Answer:  # noqa: PYI034
+                return self
+
+            def __exit__(self, *a: object) -> None:
+                pass
+
+        def opener(request: Any, timeout: float) -> Any:
+            calls.append(f"{request.get_method()} {request.full_url}")
+            return Answer(json.dumps({"name": "a", "state": "drain", "weight": 1,
+                                      "active": 0, "total": 0}).encode())
+
+        for argv in (["ctl", "--pool", "web", "drain", "a"], ["ctl", "drain", "a", "--pool", "web"]):
+            calls.clear()
+            run(argv, {"LBTWIST_ADMIN_TOKEN": "t"}, io.StringIO(), opener)
+            self.assertEqual(calls, ["PATCH http://127.0.0.1:9000/api/pools/web/backends/a"])
