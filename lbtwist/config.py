@@ -720,6 +720,17 @@ def parseConfig(data: object) -> Config:
     if not listeners:
         raise ConfigError("listeners", "at least one listener is needed")
     _unique(listeners, lambda x: x.name, "listeners", "listener")
+    byName = {p.name: p for p in pools}
+    for listener in listeners:
+        sticky = byName[listener.pool].sticky
+        if listener.mode == "tcp" and sticky is not None:
+            # A TCP listener sees no cookies or headers: say so rather than
+            # ignore the setting.
+            raise ConfigError(
+                f"pools.{listener.pool}.sticky",
+                f"{sticky.kind} stickiness needs http mode, but listener "
+                f"{listener.name!r} is tcp (for TCP, use policy: source)",
+            )
     admin = d.get("admin")
     return Config(
         listeners=tuple(listeners),

@@ -222,6 +222,19 @@ class ErrorTests(SynchronousTestCase):
         self.assertError({"listeners": [{"listen": "tcp:1"}]},
                          "pools: at least one pool is needed")
 
+    def test_stickyNeedsHTTP(self) -> None:
+        """
+        Sticky sessions on a pool a TCP listener uses are refused, not ignored.
+        """
+        self.assertError(
+            minimal(sticky={"cookie": "SRV"}),
+            "pools.web.sticky: cookie stickiness needs http mode, but listener "
+            "'listener0' is tcp (for TCP, use policy: source)",
+        )
+        data = minimal(sticky={"cookie": "SRV"})
+        data["listeners"][0]["mode"] = "http"
+        self.assertEqual(parseConfig(data).pool("web").sticky.kind, "cookie")  # type: ignore[union-attr]
+
     def test_healthKeys(self) -> None:
         """
         HTTP health-check settings are checked too.
