@@ -5,6 +5,7 @@ the status reporter, composed from one L{Config}.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Callable
 
@@ -87,6 +88,26 @@ def checkEndpoints(config: Config) -> None:
             parse(fake, text)
         except Exception as e:
             raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
+
+
+def checkFiles(config: Config) -> None:
+    """
+    Make sure every access-log file of C{config} can be written, so that a
+    bad path stops the start with its key path rather than a traceback.
+
+    @raise ConfigError: naming the key.
+    """
+    for p in config.pools:
+        path = p.http.accessLog
+        if not isinstance(path, str):
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"pools.{p.name}.access-log", f"no such directory {directory!r}")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise ConfigError(f"pools.{p.name}.access-log", f"cannot write {path!r}")
+        if not os.path.exists(path) and not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"pools.{p.name}.access-log", f"cannot write in {directory!r}")
 
 
 class CannotStart(Exception):

@@ -50,6 +50,7 @@ _OPTION_PATHS = (
     (r"^pools\.default\.health\.interval", "--check-interval"),
     (r"^pools\.default\.health\.rise", "--rise"),
     (r"^pools\.default\.health\.fall", "--fall"),
+    (r"^pools\.default\.access-log", "--access-log-file"),
 )
 
 
@@ -205,9 +206,10 @@ class Options(usage.Options):
                     )
                 config = parseConfig(self._commandLineData())
             config = self._overrides(config)
-            from .service import checkEndpoints
+            from .service import checkEndpoints, checkFiles
 
             checkEndpoints(config)
+            checkFiles(config)
             from .admin import checkAdmin
 
             config = checkAdmin(config, os.environ)

@@ -91,6 +91,16 @@ class OptionsTests(SynchronousTestCase):
         config = self.parse(*args, "--access-log-file", "./access.log")["lbconfig"]
         self.assertEqual(config.pool("default").http.accessLog, "./access.log")
 
+    def test_accessLogFileDirectory(self) -> None:
+        """
+        An access-log file in a directory that does not exist stops the start
+        with the option named.
+        """
+        with self.assertRaises(BadConfiguration) as e:
+            self.parse("--backend", "127.0.0.1:80", "--access-log-file", "/nonexistent/a.log")
+        self.assertIn("--access-log-file", str(e.exception))
+        self.assertIn("no such directory '/nonexistent'", str(e.exception))
+
     def test_demo(self) -> None:
         """
         C{--demo} balances over three demo backends on loopback.
