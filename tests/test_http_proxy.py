@@ -234,6 +234,27 @@ class HeaderTests(HTTPProxyTestCase):
         self.assertEqual(request.header(b"x-other"), b"kept")
 
     @inlineCallbacks
+    def test_connectionCannotStripFraming(self) -> Any:
+        """
+        A client that names Content-Length (or Host) in its Connection header
+        does not get them removed: the body stays a body, and no second
+        request is smuggled to the backend.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+        body = b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+        raw = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: content-length, host\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        answer = yield rawExchange(proxy.testPort, raw)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        [request] = a.requests
+        self.assertEqual(request.body, body)
+        self.assertEqual(request.header(b"content-length"), b"%d" % len(body))
+        self.assertEqual(request.header(b"host"), b"x")
+
+    @inlineCallbacks
     def test_hostHeaderReplaced(self) -> Any:
         """
         With C{host-header} set, the backend sees that Host.

@@ -882,7 +882,12 @@ class HTTPProxyFactory(ServerFactory):
         ex.hasBody = ex.chunked or hasLength
         if connection:
             # Headers the client's Connection header names are hop-by-hop too.
-            named = set(connection) - {b"close", b"keep-alive", b"upgrade"}
+            # Never the framing or the Host: a client naming Content-Length
+            # here must not get its body read as a second request.
+            named = set(connection) - {
+                b"close", b"keep-alive", b"upgrade", b"content-length",
+                b"transfer-encoding", b"host",
+            }
             if named:
                 parts = [parts[0]] + [
                     p for p in parts[1:]
