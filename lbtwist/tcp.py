@@ -192,7 +192,8 @@ class ClientSide(_Side):
 
     def abortPair(self) -> None:
         """
-        Close both sides now: a drain's grace period is over.
+        Close both sides now: a drain's grace period is over, or the pair
+        went idle.
         """
         self.transport.abortConnection()  # type: ignore[union-attr]
         if self.peer is not None:
@@ -290,9 +291,9 @@ class TCPSession:
                 client=describe(client.transport.getPeer()),  # type: ignore[union-attr]
                 idle=idle,
             )
-            client.transport.loseConnection()  # type: ignore[union-attr]
-            if client.peer is not None:
-                client.peer.transport.loseConnection()  # type: ignore[union-attr]
+            # Abort, not close: a peer that stopped reading would keep a
+            # graceful close (and the pair's counters) waiting forever.
+            client.abortPair()
         else:
             self._timer = self.clock.callLater(self._timeout - idle, self._check)
 

@@ -269,8 +269,9 @@ class IdleTests(SynchronousTestCase):
         reactor.advance(6)
         self.assertFalse(clientTransport.disconnecting)
         reactor.advance(4.1)
-        self.assertTrue(clientTransport.disconnecting)
-        self.assertTrue(backendTransport.disconnecting)
+        # Aborted, so that a peer that stopped reading cannot hold it open.
+        self.assertTrue(clientTransport.disconnected)
+        self.assertTrue(backendTransport.disconnected)
 
     def test_timerCancelled(self) -> None:
         """
