@@ -532,3 +532,36 @@ class WriteNowTests(SynchronousTestCase):
         queued._tempDataLen = 3
         writeNow(queued, b"later")
         self.assertEqual(written[-1], b"later")
+
+
+class ReadingResumesTests(SynchronousTestCase):
+    """
+    A client whose reading a backend paused reads again once that exchange
+    is over.
+    """
+
+    def test_pausedUploadThenResponse(self) -> None:
+        """
+        The backend pauses the client mid-upload and answers in the same
+        pass: the client's next request is read, not left waiting.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig
+
+        reactor = MemoryReactorClock()
+        pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),)))
+        factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
+                                   ListenerConfig("l", "tcp:8080", "p", "http"))
+        client = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 5555))
+        client.makeConnection(transport)
+        client.dataReceived(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        backend = reactor.tcpClients[0][2].buildProtocol(None)
+        backend.makeConnection(StringTransport())
+        client.dataReceived(b"hello")
+        client.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(transport.value().endswith(b"ok"))
+        self.assertEqual(transport.producerState, "producing")

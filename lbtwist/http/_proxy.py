@@ -1179,7 +1179,9 @@ class HTTPProxyFactory(ServerFactory):
         client = ex.client
         if not client._closed:
             client.transport.unregisterProducer()
-            client._pausedByPeer = False
+            # The backend that paused the client's reading is gone from it:
+            # read again (unless held for another reason).
+            client.resumeProducing()
         return conn
 
     def _cancelTimer(self, ex: Exchange) -> None:
