@@ -565,3 +565,41 @@ class ReadingResumesTests(SynchronousTestCase):
         backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertTrue(transport.value().endswith(b"ok"))
         self.assertEqual(transport.producerState, "producing")
+
+
+class InFlightIdleTests(SynchronousTestCase):
+    """
+    A request in flight whose response stalls is not kept forever.
+    """
+
+    def test_stalledBody(self) -> None:
+        """
+        A backend that sends a head and part of the body, then nothing, has
+        the exchange aborted after the idle timeout; traffic before that
+        keeps it alive.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig, Timeouts
+
+        reactor = MemoryReactorClock()
+        pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),),
+                                      timeouts=Timeouts(idle=30.0)))
+        factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
+                                   ListenerConfig("l", "tcp:8080", "p", "http"))
+        client = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 5555))
+        client.makeConnection(transport)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        backend = reactor.tcpClients[0][2].buildProtocol(None)
+        backendTransport = StringTransport()
+        backend.makeConnection(backendTransport)
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+        reactor.advance(20)
+        backend.dataReceived(b"6")
+        reactor.advance(20)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(15)
+        self.assertTrue(transport.disconnecting)
+        # Visibly truncated: 6 of the 10 promised bytes.
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n123456"))

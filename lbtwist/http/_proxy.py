@@ -237,12 +237,29 @@ class ClientConnection(Protocol):
         without touching a timer for each request.
         """
         self._timer = None
-        if self._closed or self._tunnel is not None:
+        if self._closed:
             return
         factory = self.factory
         now = factory.seconds()
         queue = self.queue
-        if self._headStarted is not None and not queue:
+        if self._tunnel is not None or (queue and queue[0].requestDone):
+            # A request in flight or a tunnel: neither side may fall silent
+            # for longer than the idle timeout (a stalled backend body, a
+            # client that stopped reading), as HAProxy's timeout server and
+            # timeout client say.  Abort: a graceful close would wait on
+            # the stalled peer.
+            deadline = self._lastActivity + factory.idleTimeout
+            if now >= deadline:
+                factory.log.info(
+                    "aborting HTTP client {client}: nothing moved for {idle:.1f}s",
+                    client=self.clientName, idle=now - self._lastActivity,
+                )
+                tunnel = self._tunnel
+                self.transport.abortConnection()
+                if tunnel is not None:
+                    tunnel.transport.abortConnection()
+                return
+        elif self._headStarted is not None and not queue:
             deadline = self._headStarted + factory.requestTimeout
             if now >= deadline:
                 if self._parsing is not None:
@@ -250,8 +267,6 @@ class ClientConnection(Protocol):
                 else:
                     self.transport.loseConnection()
                 return
-        elif queue and queue[0].requestDone:
-            deadline = now + factory.requestTimeout
         else:
             deadline = self._lastActivity + factory.idleTimeout
             if now >= deadline:
@@ -349,6 +364,7 @@ class ClientConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         tunnel = self._tunnel
         if tunnel is not None:
+            self._lastActivity = self.factory.seconds()
             tunnel.transport.write(data)
             tunnel.backend.bytesIn += len(data)
             return
@@ -529,7 +545,9 @@ class ClientConnection(Protocol):
         self._tunnel = conn
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self._timer = None
+        factory = self.factory
+        self._lastActivity = factory.seconds()
+        self._timer = factory.reactor.callLater(factory.idleTimeout, self._checkTimer)
         data, self._upgradeData = self._upgradeData, b""
         if data:
             conn.transport.write(data)
@@ -613,10 +631,14 @@ class BackendConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
+            tunnel._lastActivity = self.factory.seconds()
             tunnel.transport.write(data)
             self.backend.bytesOut += len(data)
             return
         ex = self.exchange
+        if ex is not None:
+            # The backend moved: the client's exchange is not idle.
+            ex.client._lastActivity = self.factory.seconds()
         if ex is None:
             # Nothing was asked: a backend that talks now cannot be trusted
             # with the next request.
