@@ -205,7 +205,11 @@ class LiveConfig:
         @raise UnknownBackend: no such backend.
         """
         self.backend(pool, name)
-        self._commit(lambda o: o.removed(pool, name))
+        try:
+            inFile = self.fileConfig.pool(pool).backend(name) is not None
+        except KeyError:
+            inFile = False
+        self._commit(lambda o: o.removed(pool, name, inFile))
         backend = self.pools[pool].remove(name)
         self._drain(pool, backend)
         return backend

@@ -96,15 +96,20 @@ class Overrides:
         p.weights.pop(backend.name, None)
         p.admin.pop(backend.name, None)
 
-    def removed(self, pool: str, name: str) -> None:
+    def removed(self, pool: str, name: str, inFile: bool = True) -> None:
         """
         A backend was removed from C{pool}.
+
+        @param inFile: whether the configuration file has it.  Only then is
+            the removal remembered: removing what the API added just forgets
+            it, so that the file may add a backend of that name later.
         """
         p = self.pool(pool)
         p.added.pop(name, None)
         p.weights.pop(name, None)
         p.admin.pop(name, None)
-        p.removed.add(name)
+        if inFile:
+            p.removed.add(name)
 
     def weighted(self, pool: str, name: str, weight: int) -> None:
         """

@@ -60,6 +60,16 @@ class OverridesTests(SynchronousTestCase):
         self.assertEqual(pool.backend("a"), BackendConfig("a", "tcp:host=other:port=1", 5))
         self.assertEqual(o.adminStates("web"), {})
 
+    def test_removeWhatTheAPIAdded(self) -> None:
+        """
+        Removing a backend the API added (not in the file) forgets it, so a
+        backend of that name the file adds later is not hidden.
+        """
+        o = Overrides()
+        o.added("web", BackendConfig("app4", "tcp:host=h:port=4"))
+        o.removed("web", "app4", inFile=False)
+        self.assertEqual(o, Overrides())
+
     def test_forget(self) -> None:
         """
         Forgetting a backend drops all its overrides.
