@@ -603,3 +603,49 @@ class InFlightIdleTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         # Visibly truncated: 6 of the 10 promised bytes.
         self.assertTrue(transport.value().endswith(b"\r\n\r\n123456"))
+
+
+class UntilCloseTests(SynchronousTestCase):
+    """
+    A response delimited by the backend's close ends cleanly only when the
+    close is clean.
+    """
+
+    def exchange(self) -> tuple[Any, Any, StringTransport]:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig
+
+        reactor = MemoryReactorClock()
+        pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),)))
+        factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
+                                   ListenerConfig("l", "tcp:8080", "p", "http"))
+        client = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 5555))
+        client.makeConnection(transport)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        backend = reactor.tcpClients[0][2].buildProtocol(None)
+        backend.makeConnection(StringTransport())
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart")
+        return client, backend, transport
+
+    def test_cleanClose(self) -> None:
+        """
+        A clean close ends the body with a final chunk.
+        """
+        from twisted.internet.error import ConnectionDone
+
+        client, backend, transport = self.exchange()
+        backend.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(transport.value().endswith(b"0\r\n\r\n"))
+
+    def test_reset(self) -> None:
+        """
+        A reset leaves the body visibly truncated: no final chunk.
+        """
+        from twisted.internet.error import ConnectionLost
+
+        client, backend, transport = self.exchange()
+        backend.connectionLost(Failure(ConnectionLost()))
+        self.assertFalse(transport.value().endswith(b"0\r\n\r\n"), transport.value())
+        self.assertTrue(transport.disconnecting)

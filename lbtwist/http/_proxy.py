@@ -30,7 +30,7 @@ from httptools import (
     HttpResponseParser,
 )
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
@@ -681,7 +681,9 @@ class BackendConnection(Protocol):
             return
         ex = self.exchange
         if ex is not None:
-            if ex.respUntilClose and ex.responded:
+            if ex.respUntilClose and ex.responded and reason.check(ConnectionDone):
+                # A body delimited by the close ends cleanly only on a
+                # clean close; a reset leaves it visibly truncated.
                 self.factory.responseComplete(ex)
             else:
                 self.factory.backendLost(ex, self, reason)
