@@ -23,14 +23,18 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 
 class AccessLogFile(Service):
     """
-    Appends access-log lines to a file, buffered, for as long as it runs.
+    Appends access-log lines to a file, buffered while it runs.
 
-    @ivar lines: lines written since it started.
+    @ivar lines: lines logged since it started.
+    @ivar dropped: lines lost because the file could not be written.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -44,6 +48,8 @@ class AccessLogFile(Service):
         self.flushAfter = flushAfter
         self.bufferSize = bufferSize
         self.lines = 0
+        self.dropped = 0
+        self._lastComplaint = float("-inf")
         self._fd: int | None = None
         self._pending: list[bytes] = []
         self._size = 0
@@ -69,7 +75,17 @@ class AccessLogFile(Service):
             self.open()
 
     def stopService(self) -> None:
+        """
+        Write what is pending.  The file stays open: clients finishing
+        during a graceful stop still log, each line written at once.
+        """
         super().stopService()
+        self.flush()
+
+    def close(self) -> None:
+        """
+        Write what is pending and close the file.
+        """
         self.flush()
         if self._fd is not None:
             os.close(self._fd)
@@ -91,7 +107,7 @@ class AccessLogFile(Service):
         self._pending.append(data)
         self._size += len(data)
         self.lines += 1
-        if self._size >= self.bufferSize:
+        if self._size >= self.bufferSize or not self.running:
             self.flush()
         elif self._timer is None:
             self._timer = self.clock.callLater(self.flushAfter, self.flush)
@@ -110,9 +126,20 @@ class AccessLogFile(Service):
         self._pending = []
         self._size = 0
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as e:
+            # A full disk must not stop the traffic: drop these lines, say so.
+            self.dropped += len(view.tobytes().splitlines())
+            now = self.clock.seconds()
+            if now - self._lastComplaint >= 10:
+                self._lastComplaint = now
+                self.log.error(
+                    "cannot write access log {path}: {error}; {dropped} lines lost so far",
+                    path=self.path, error=str(e), dropped=self.dropped,
+                )
 
 
 def tcpLine(

@@ -209,35 +209,36 @@ class ClientSide(_Side):
         if self._attempt is not None:
             self._attempt.cancel()
         self.session.stopIdleTimer()
-        if self.factory.accessLog is not None or self.factory.accessFile is not None:
-            self.logConnection()
-        if self.backend is not None:
-            self.backend.closers.discard(self.abortPair)
-            self.factory.pool.closed(self.backend)
-            self.factory.pool.release(self.backend)
+        backend = self.backend
+        if backend is not None:
+            backend.closers.discard(self.abortPair)
+            self.factory.pool.closed(backend)
+            self.factory.pool.release(backend)
             self.backend = None
         self.factory.activeClients -= 1
         if self.factory.limit is not None:
             self.factory.limit.release()
+        # Last, once every count is settled.
+        if self.factory.accessLog is not None or self.factory.accessFile is not None:
+            self.logConnection(backend)
 
-
-    def logConnection(self) -> None:
+    def logConnection(self, backend: Backend | None) -> None:
         """
-        Emit the access-log event of this finished connection.
+        Emit the access-log event of this finished connection to C{backend}.
         """
         session = self.session
         peer = self.peer
         client = describe(self.transport.getPeer())  # type: ignore[union-attr]
-        backend = self.backend.name if self.backend is not None else None
+        backendName = backend.name if backend is not None else None
         bytesOut = peer.received if peer is not None else 0
         duration = session.seconds() - session.started
         retries = peer.retries if isinstance(peer, BackendSide) else 0
         accessFile = self.factory.accessFile
         if accessFile is not None:
-            accessFile.write(tcpLine(client, backend, self.received, bytesOut, duration, retries))
+            accessFile.write(tcpLine(client, backendName, self.received, bytesOut, duration, retries))
             return
         self.factory.accessLog.info(  # type: ignore[union-attr]
-            TCP_ACCESS_FORMAT, client=client, backend=backend, bytesIn=self.received,
+            TCP_ACCESS_FORMAT, client=client, backend=backendName, bytesIn=self.received,
             bytesOut=bytesOut, duration=duration, retries=retries,
         )
 

@@ -36,7 +36,7 @@ class AccessLogFileTests(SynchronousTestCase):
         self.path = os.path.join(directory, "access.log")
         self.log = AccessLogFile(self.path, self.clock, flushAfter=1.0, bufferSize=200)
         self.log.startService()
-        self.addCleanup(lambda: self.log.running and self.log.stopService())
+        self.addCleanup(self.log.close)
 
     def test_batched(self) -> None:
         """
@@ -63,13 +63,29 @@ class AccessLogFileTests(SynchronousTestCase):
 
     def test_stopFlushes(self) -> None:
         """
-        Stopping writes what is pending and leaves no timer.
+        Stopping writes what is pending and leaves no timer; lines logged
+        after it (clients finishing during a graceful stop) are written at
+        once.
         """
         self.log.write("last")
         self.log.stopService()
         self.assertTrue(read(self.path)[0].endswith(" last"))
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.log.lines, 1)
+        self.log.write("after stop")
+        self.assertTrue(read(self.path)[1].endswith(" after stop"))
+        self.assertEqual(self.log.lines, 2)
+
+    def test_writeErrors(self) -> None:
+        """
+        When the file cannot be written the lines are counted as dropped
+        and logged about, and nothing is raised to the caller.
+        """
+        os.close(self.log._fd)  # type: ignore[arg-type]
+        self.log._fd = os.open(os.devnull, os.O_RDONLY)
+        self.log.write("lost")
+        self.log.flush()
+        self.assertEqual(self.log.dropped, 1)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     def test_reopen(self) -> None:
         """
