@@ -515,14 +515,17 @@ class GracefulStop(Service):
     log = Logger()
 
     def __init__(self, live: LiveConfig, clock: Any, grace: float,
-                 poll: float = 0.05) -> None:
+                 poll: float = 0.05, softStops: Iterable[Callable[[], None]] = ()) -> None:
         self.live = live
         self.clock = clock
         self.grace = grace
         self.poll = poll
+        self.softStops = list(softStops)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        for softStop in self.softStops:
+            softStop()
         done: Deferred[None] = Deferred()
         deadline = self.clock.seconds() + self.grace
         left = self.live.inFlight()
@@ -579,7 +582,10 @@ def controlService(
     lb.live = live
     top = MultiService()
     top.setName("control")
-    GracefulStop(live, reactor, grace).setServiceParent(top)
+    GracefulStop(
+        live, reactor, grace,
+        softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
+    ).setServiceParent(top)
     AdminService(lb, live, reactor).setServiceParent(top)
     if signals:
         ReloadOnSignal(live, reactor, reopenLogs=getattr(lb, "reopenAccessLogs", None)

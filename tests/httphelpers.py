@@ -235,15 +235,6 @@ class HTTPProxyTestCase(TestCase):
         factory = HTTPProxyFactory(
             backendPool, reactor, EndpointCache(reactor), config.listeners[0]
         )
-        factory.clients = []  # type: ignore[attr-defined]
-        build = factory.buildProtocol
-
-        def tracked(addr: Any) -> Protocol:
-            p = build(addr)
-            factory.clients.append(p)  # type: ignore[attr-defined]
-            return p
-
-        factory.buildProtocol = tracked  # type: ignore[method-assign]
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         factory.testPort = port.getHost().port  # type: ignore[attr-defined]
         self.addCleanup(self._stopProxy, factory, port)
@@ -252,7 +243,7 @@ class HTTPProxyTestCase(TestCase):
     @inlineCallbacks
     def _stopProxy(self, factory: HTTPProxyFactory, port: Any) -> Any:
         yield port.stopListening()
-        for client in factory.clients:  # type: ignore[attr-defined]
+        for client in list(factory.clients):
             if client.transport is not None and client.transport.connected:
                 client.transport.abortConnection()
         factory.idle.close()

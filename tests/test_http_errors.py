@@ -426,8 +426,8 @@ class BackpressureTests(HTTPProxyTestCase):
         d.addErrback(lambda f: None)
         from .httphelpers import waitFor
 
-        yield waitFor(lambda: bool(proxy.clients) and not proxy.clients[0]._reading, 5)  # type: ignore[attr-defined]
-        client = proxy.clients[0]  # type: ignore[attr-defined]
+        yield waitFor(lambda: bool(proxy.clients) and not next(iter(proxy.clients))._reading, 5)
+        client = next(iter(proxy.clients))
         self.assertFalse(client._reading)
         conn = client.queue[0].conn
         buffered = len(conn.transport.dataBuffer) + sum(map(len, conn.transport._tempDataBuffer))
@@ -475,11 +475,11 @@ class BackpressureTests(HTTPProxyTestCase):
 
         def backendPaused() -> bool:
             # The client transport paused its producer, the backend side.
-            clients = proxy.clients  # type: ignore[attr-defined]
-            return bool(clients) and bool(clients[0].transport.producerPaused)
+            clients = proxy.clients
+            return bool(clients) and bool(next(iter(clients)).transport.producerPaused)
 
         yield waitFor(backendPaused, 5)
-        client = proxy.clients[0]  # type: ignore[attr-defined]
+        client = next(iter(proxy.clients))
         self.assertTrue(client.transport.producerPaused)
         buffered = len(client.transport.dataBuffer) + sum(map(len, client.transport._tempDataBuffer))
         self.assertLess(buffered, 8 * 1024 * 1024)

@@ -649,3 +649,38 @@ class UntilCloseTests(SynchronousTestCase):
         backend.connectionLost(Failure(ConnectionLost()))
         self.assertFalse(transport.value().endswith(b"0\r\n\r\n"), transport.value())
         self.assertTrue(transport.disconnecting)
+
+
+class SoftStopTests(SynchronousTestCase):
+    """
+    A graceful stop ends keep-alive instead of waiting on it.
+    """
+
+    def test_softStop(self) -> None:
+        """
+        An idle keep-alive client is closed at once; a client with a request
+        in flight gets its response with C{Connection: close}, then is closed.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig
+
+        reactor = MemoryReactorClock()
+        pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),)))
+        factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
+                                   ListenerConfig("l", "tcp:8080", "p", "http"))
+        idle = factory.buildProtocol(None)
+        idleTransport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 1))
+        idle.makeConnection(idleTransport)
+        busy = factory.buildProtocol(None)
+        busyTransport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.2", 2))
+        busy.makeConnection(busyTransport)
+        busy.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        backend = reactor.tcpClients[0][2].buildProtocol(None)
+        backend.makeConnection(StringTransport())
+        factory.softStop()
+        self.assertTrue(idleTransport.disconnecting)
+        self.assertFalse(busyTransport.disconnecting)
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertIn(b"Connection: close\r\n", busyTransport.value())
+        self.assertTrue(busyTransport.disconnecting)

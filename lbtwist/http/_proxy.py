@@ -287,6 +287,7 @@ class ClientConnection(Protocol):
             self._timer.cancel()
         self._timer = None
         self.factory.activeClients -= 1
+        self.factory.clients.discard(self)
         if self.factory.limit is not None:
             self.factory.limit.release()
         tunnel = self._tunnel
@@ -830,6 +831,9 @@ class HTTPProxyFactory(ServerFactory):
         self.requests = 0
         self.refused = 0
         self.statuses: dict[str, int] = {}
+        self.clients: set[ClientConnection] = set()
+        # Set by a graceful stop: no more keep-alive.
+        self.stopping = False
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         limit = self.limit
@@ -837,7 +841,21 @@ class HTTPProxyFactory(ServerFactory):
             return None
         self.accepted += 1
         self.activeClients += 1
-        return ClientConnection(self)
+        client = ClientConnection(self)
+        self.clients.add(client)
+        return client
+
+    def softStop(self) -> None:
+        """
+        A graceful stop began, as HAProxy's soft-stop: close the clients
+        waiting between requests now, and answer every request still to
+        come with C{Connection: close}, so that keep-alive clients leave
+        once served instead of holding the stop up until its grace ends.
+        """
+        self.stopping = True
+        for client in list(self.clients):
+            if not client.queue and client._tunnel is None and client._parsing is None:
+                client.transport.loseConnection()
 
     def stopFactory(self) -> None:
         """
@@ -1265,7 +1283,7 @@ class HTTPProxyFactory(ServerFactory):
         if ex.upgrade:
             # The backend refused the upgrade: this connection cannot go on.
             ex.closeAfter = True
-        keep = ex.keepAlive and not ex.closeAfter
+        keep = ex.keepAlive and not ex.closeAfter and not self.stopping
         if not noBody and length is None:
             if ex.version == "1.1":
                 ex.respChunked = True
