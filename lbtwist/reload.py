@@ -371,6 +371,38 @@ class LiveConfig:
         return None
 
 
+# Pool settings the listeners' protocol factories take when they are built:
+# a reload cannot change them under running connections.
+_BUILT_IN = (
+    ("timeouts.idle", lambda p: p.timeouts.idle),
+    ("timeouts.request", lambda p: p.timeouts.request),
+    ("timeouts.response", lambda p: p.timeouts.response),
+    ("http", lambda p: p.http),
+    ("sticky", lambda p: p.sticky),
+    ("proxy-protocol", lambda p: p.proxyProtocol),
+)
+
+
+def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolConfig:
+    """
+    C{new}, with the running values of the settings that need a restart;
+    the names of those that differ are added to C{differ}.
+    """
+    changed = [key for key, get in _BUILT_IN if get(new) != get(running)]
+    differ.extend(f"pools.{new.name}.{key}" for key in changed)
+    if not changed:
+        return new
+    return attrs.evolve(
+        new,
+        timeouts=attrs.evolve(new.timeouts, idle=running.timeouts.idle,
+                              request=running.timeouts.request,
+                              response=running.timeouts.response),
+        http=running.http,
+        sticky=running.sticky,
+        proxyProtocol=running.proxyProtocol,
+    )
+
+
 def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     """
     What of a newly read configuration a running balancer can take on:
@@ -392,7 +424,10 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
                            ("state", "state"), ("maxconn", "maxconn")):
         if getattr(new, attribute) != getattr(running, attribute):
             differ.append(key)
-    pools = tuple(newPools.get(name, pool) for name, pool in runningPools.items())
+    pools = tuple(
+        _keepBuilt(newPools[name], pool, differ) if name in newPools else pool
+        for name, pool in runningPools.items()
+    )
     kept = attrs.evolve(
         new,
         listeners=running.listeners,

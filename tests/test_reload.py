@@ -174,6 +174,29 @@ class LiveConfigTests(SynchronousTestCase):
         self.assertIsNone(t.live.reload())
         self.assertEqual(t.live.restartNeeded, [])
 
+    def test_builtSettingsNeedRestart(self) -> None:
+        """
+        Pool settings the protocol factories were built with (timeouts other
+        than connect, http, sticky, proxy protocol) are named as needing a
+        restart and keep their running values; the rest of the pool's
+        changes apply.
+        """
+        import attrs
+
+        t = Live(self, configOf(A, B))
+        running = t.live.fileConfig.pool("web")
+        changed = attrs.evolve(
+            running, backends=running.backends[:1], retries=5,
+            timeouts=attrs.evolve(running.timeouts, idle=7.0, connect=1.0),
+        )
+        t.next = attrs.evolve(configOf(A, B), pools=(changed,))
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.restartNeeded, ["pools.web.timeouts.idle"])
+        pool = t.live.fileConfig.pool("web")
+        self.assertEqual((pool.retries, pool.timeouts.connect, pool.timeouts.idle),
+                         (5, 1.0, running.timeouts.idle))
+        self.assertEqual(sorted(b.name for b in t.pools["web"]), ["a"])
+
     def test_tokenRotates(self) -> None:
         """
         A new admin token in the file takes effect on reload; a file with no
