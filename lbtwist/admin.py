@@ -502,8 +502,12 @@ class AdminResource(Resource):
 
     def reload(self, request: Request, args: list[str]) -> bytes:
         """
-        Reload the configuration file, as C{SIGHUP} does.
+        Reload the configuration file, as C{SIGHUP} does (access-log files
+        are reopened too).
         """
+        reopen = getattr(self.balancer, "reopenAccessLogs", None)
+        if reopen is not None:
+            reopen()
         problem = self.live.reload()
         if problem is not None:
             raise APIError(400, f"reload rejected: {problem}")

@@ -173,7 +173,9 @@ class Options(usage.Options):
         if self["retries"] is not None:
             pool["retries"] = self["retries"]
         if self["access-log-file"]:
-            pool["access-log"] = self["access-log-file"]
+            # An option's value is a path whatever it looks like.
+            path = self["access-log-file"]
+            pool["access-log"] = path if "/" in path else f"./{path}"
         elif self["access-log"]:
             pool["access-log"] = True
         return {

@@ -90,6 +90,8 @@ class OptionsTests(SynchronousTestCase):
                       True)
         config = self.parse(*args, "--access-log-file", "./access.log")["lbconfig"]
         self.assertEqual(config.pool("default").http.accessLog, "./access.log")
+        config = self.parse(*args, "--access-log-file", "access.log")["lbconfig"]
+        self.assertEqual(config.pool("default").http.accessLog, "./access.log")
 
     def test_accessLogFileDirectory(self) -> None:
         """
