@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from .config import BackendConfig, Config, ConfigError, parseBackend
+from .config import BackendConfig, Config, ConfigError, backendFromEndpoint, parseBackend
 from .metrics import balancerRegistry, exposition
 from .pool import Admin, Backend, BackendPool, Health
 from .reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
@@ -564,9 +564,10 @@ class AdminResource(Resource):
         host, port = self._goURL(request)
         pool = self._defaultPool()
         escaped = host.replace(":", "\\:")
+        endpoint = f"tcp:host={escaped}:port={port}"
         config = BackendConfig(
-            name=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-            endpoint=f"tcp:host={escaped}:port={port}",
+            name=backendFromEndpoint(endpoint),
+            endpoint=endpoint,
             health=pool.config.health,
         )
         if any(backendURL(b.endpoint) == backendURL(config.endpoint) for b in pool):

@@ -22,7 +22,7 @@ T = TypeVar("T")
 MODES = ("tcp", "http")
 POLICY_NAMES = ("roundrobin", "weighted", "leastconn", "random", "p2c", "source")
 ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls")
-_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.:\[\]\-]{1,64}$")
 
 
 class ConfigError(ValueError):
@@ -309,7 +309,7 @@ def _name(value: object, path: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise ConfigError(
             path,
-            "expected a name of 1-64 letters, digits or '_.:-', "
+            "expected a name of 1-64 letters, digits or '_.:-[]', "
             f"got {_describe(value)}",
         )
     return value
@@ -443,23 +443,40 @@ def parseHealth(data: object, path: str, base: HealthCheck) -> HealthCheck:
     return attrs.evolve(base, **changes)
 
 
-def backendFromEndpoint(endpoint: str) -> str:
+def authority(endpoint: str) -> str | None:
     """
-    A readable default name for a backend given by its endpoint string.
-
-    C{tcp:host=10.0.0.5:port=80} becomes C{10.0.0.5:80}; anything else keeps
-    its endpoint string.
+    The C{host:port} of a TCP or TLS client endpoint string, as an HTTP Host
+    header writes it (C{[::1]:80} for IPv6); L{None} for other endpoints.
     """
     kind, _, rest = endpoint.partition(":")
     args = [a for a in re.split(r"(?<!\\):", rest) if a]
     named = dict(a.split("=", 1) for a in args if "=" in a)
     positional = [a for a in args if "=" not in a]
     if kind in ("tcp", "tcp6", "ssl", "tls"):
-        host = named.get("host") or (positional[0] if positional else "")
+        host = (named.get("host") or (positional[0] if positional else "")).replace("\\:", ":")
         port = named.get("port") or (positional[1] if len(positional) > 1 else "")
         if host and port:
-            return f"{host}:{port}"[:64]
-    return endpoint[:64]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None
+
+
+def backendFromEndpoint(endpoint: str) -> str:
+    """
+    A readable default name for a backend given by its endpoint string,
+    always a valid name: C{tcp:host=10.0.0.5:port=80} becomes C{10.0.0.5:80},
+    C{unix:/run/app.sock} becomes C{app.sock}.
+    """
+    name = authority(endpoint)
+    if name is None:
+        kind, _, rest = endpoint.partition(":")
+        name = endpoint
+        if kind == "unix":
+            # The socket file's own name.
+            parts = re.split(r"(?<!\\)[:/]", rest.replace("path=", ""))
+            files = [part for part in parts if part and "=" not in part]
+            if files:
+                name = files[-1]
+    return re.sub(r"[^A-Za-z0-9_.:\[\]\-]", "_", name)[:64]
 
 
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):([0-9]{1,5})$")

@@ -521,6 +521,22 @@ class GoCompatibleTests(TestCase):
         self.assertNotIn(f"127.0.0.1:{c}", h.pool)
 
     @inlineCallbacks
+    def test_ipv6StateLoads(self) -> Any:
+        """
+        A server added by an IPv6 URL, or by host and port with no name, is
+        saved under a name the state file loads again at the next start.
+        """
+        h = AdminHarness(self, names=("a",))
+        status, _ = yield h.call("POST", "/addServer", {"URL": "http://[::1]:8080"})
+        self.assertEqual(status, 200)
+        status, _ = yield h.call("POST", "/api/pools/web/backends", {"host": "::1", "port": 8081})
+        self.assertEqual(status, 201)
+        self.assertIn("[::1]:8080", h.pool)
+        self.assertIn("[::1]:8081", h.pool)
+        loaded = StateFile(h.statePath).load()
+        self.assertEqual(sorted(loaded.pools["web"].added), ["[::1]:8080", "[::1]:8081"])
+
+    @inlineCallbacks
     def test_errors(self) -> Any:
         """
         Bad bodies are C{Invalid input}, bad URLs C{Invalid URL} (both 400);

@@ -70,8 +70,27 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(app1.health.rise, 3)
         self.assertEqual(app1.health.expectStatus, ((200, 299), (304, 304)))
         self.assertEqual(unix.health.fall, 2)
-        self.assertEqual(unix.name, "unix:/run/app.sock")
+        self.assertEqual(unix.name, "app.sock")
         self.assertEqual(tcp.name, "10.0.0.6:81")
+
+    def test_defaultNamesAreNames(self) -> None:
+        """
+        A backend given without a name gets one that is itself valid (so it
+        survives the state file), also for IPv6, UNIX sockets and long
+        host names.
+        """
+        from lbtwist.config import _NAME, backendFromEndpoint
+
+        for endpoint, expected in [
+            ("tcp:host=10.0.0.5:port=80", "10.0.0.5:80"),
+            ("tcp:host=\\:\\:1:port=8080", "[::1]:8080"),
+            ("unix:/run/app.sock", "app.sock"),
+            ("unix:path=/run/x.sock:timeout=3", "x.sock"),
+            ("tcp:host=" + "a" * 80 + ":port=1", "a" * 64),
+        ]:
+            name = backendFromEndpoint(endpoint)
+            self.assertEqual(name, expected)
+            self.assertTrue(_NAME.match(name), name)
 
     def test_defaults(self) -> None:
         """

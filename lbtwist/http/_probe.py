@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from ..config import HealthCheck, backendFromEndpoint
+from ..config import HealthCheck, authority
 from ..connect import EndpointCache
 from ..health import ProbeFailed
 from ..pool import Backend
@@ -132,7 +132,7 @@ class HTTPProbe:
         The bytes of the check request for C{backend}.
         """
         check = backend.healthCheck
-        host = check.host or backendFromEndpoint(backend.endpoint)
+        host = check.host or authority(backend.endpoint) or "localhost"
         return (
             f"{check.method} {check.path} HTTP/1.1\r\nHost: {host}\r\n"
             "User-Agent: lbtwist-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
