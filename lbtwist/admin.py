@@ -306,7 +306,7 @@ class AdminResource(Resource):
         """
         assert request.content is not None
         raw = request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
+        if len(raw) > MAX_BODY or getattr(request, "oversized", False):
             raise APIError(413, message or f"the body is larger than {MAX_BODY} bytes")
         try:
             data = json.loads(raw)
@@ -598,6 +598,31 @@ class AdminResource(Resource):
 # -- the service --------------------------------------------------------------
 
 
+class BoundedRequest(Request):
+    """
+    A request that keeps at most C{MAX_BODY} bytes of its body, in memory:
+    the rest is dropped as it arrives (twisted.web would spool a large or
+    chunked body to a temporary file before any check ran), and the request
+    is answered 413.
+    """
+
+    oversized = False
+    _kept = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is None or length > MAX_BODY:
+            self.oversized = length is not None
+            length = MAX_BODY
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._kept + len(data) > MAX_BODY:
+            self.oversized = True
+            return
+        self._kept += len(data)
+        super().handleContentChunk(data)
+
+
 class AdminService(Service):
     """
     The admin listener.  When it is the default one (not configured) and the
@@ -617,7 +642,7 @@ class AdminService(Service):
         self.endpointText = config.admin or DEFAULT_ADMIN
         self.endpoint = serverFromString(reactor, self.endpointText)
         self.resource = AdminResource(balancer, live, config.adminToken)
-        self.site = Site(self.resource)
+        self.site = Site(self.resource, requestFactory=BoundedRequest)
         self.site.noisy = False
         self.site.log = lambda request: None  # type: ignore[method-assign]
         self.port: Any = None

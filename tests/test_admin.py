@@ -277,6 +277,35 @@ class ChangeTests(TestCase):
         self.assertEqual(h.snapshot(), before)
 
     @inlineCallbacks
+    def test_largeBodies(self) -> Any:
+        """
+        A body over 64 KiB, given with a length or chunked, is a 413 and is
+        never spooled to disk; the pool is unchanged.
+        """
+        h = AdminHarness(self)
+        before = h.snapshot()
+        big = b'{"name": "' + b"x" * 200_000 + b'"}'
+        status, answer = yield h.call("POST", "/api/pools/web/backends", None, raw=big)
+        self.assertEqual(status, 413)
+        self.assertIn("larger than", answer["error"])
+
+        def chunked() -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", h.admin, timeout=10)
+            try:
+                conn.request("POST", "/api/pools/web/backends",
+                             body=iter([b"x" * 50_000] * 4),
+                             headers={"Authorization": f"Bearer {TOKEN}",
+                                      "Transfer-Encoding": "chunked"},
+                             encode_chunked=True)
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        status = yield inThread(chunked)
+        self.assertEqual(status, 413)
+        self.assertEqual(h.snapshot(), before)
+
+    @inlineCallbacks
     def test_addBadInput(self) -> Any:
         """
         Bad JSON, a body that is not an object, unknown fields, wrong types,
