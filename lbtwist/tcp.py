@@ -157,11 +157,12 @@ class ClientSide(_Side):
         self.transport.pauseProducing()  # type: ignore[union-attr]
         setNoDelay(self.transport)
         self.session = TCPSession(self, self.factory.reactor)
-        factory = self.factory
-        self._attempt = factory.connector.connect(
-            clientKey(self.transport.getPeer()),  # type: ignore[union-attr]
-            self._buildBackendSide,
-            describe(self.transport.getPeer()),  # type: ignore[union-attr]
+        self._connect(())
+
+    def _connect(self, exclude: tuple[Backend, ...]) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._attempt = self.factory.connector.connect(
+            clientKey(peer), self._buildBackendSide, describe(peer), exclude
         )
         self._attempt.addCallbacks(self._joined, self._noBackend)
 
@@ -171,9 +172,13 @@ class ClientSide(_Side):
     def _joined(self, result: tuple[Backend, BackendSide]) -> None:
         self._attempt = None
         backend, server = result
-        if self.closed:
+        if self.closed or backend.removed:
             server.transport.loseConnection()  # type: ignore[union-attr]
             self.factory.pool.release(backend)
+            if not self.closed:
+                # Removed while we connected: its drain has begun without
+                # us, so go elsewhere.
+                self._connect((backend,))
             return
         backend.responseTime = self.session.seconds() - self.session.started
         self.factory.pool.opened(backend)

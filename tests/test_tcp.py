@@ -336,3 +336,24 @@ class AccessLogTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         client.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([e for e in events if e.get("log_namespace") == "lbtwist.access"], [])
+
+
+class RemovedWhileConnectingTests(SynchronousTestCase):
+    """
+    A backend removed while a client connects to it does not get the client.
+    """
+
+    def test_goesElsewhere(self) -> None:
+        """
+        The new connection to the removed backend is closed and the client
+        is joined to another backend instead.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        pool.remove("b0")
+        protocol, backendTransport = completeConnect(reactor, 0)
+        self.assertTrue(backendTransport.disconnecting)
+        self.assertEqual(reactor.tcpClients[1][:2], ("127.0.0.1", 8002))
+        completeConnect(reactor, 1)
+        self.assertIs(client.backend, pool.get("b1"))
+        self.assertEqual(clientTransport.producerState, "producing")

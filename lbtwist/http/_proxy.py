@@ -1089,6 +1089,13 @@ class HTTPProxyFactory(ServerFactory):
             timer.cancel()
             ex.connecting = None
             pool.connectSucceeded(backend)
+            if backend.removed:
+                # Removed while we connected: its drain has begun without
+                # this connection, so send the request elsewhere.
+                conn.transport.loseConnection()
+                if not ex.finished:
+                    self.dispatch(ex)
+                return
             if ex.finished:
                 if not self.idle.put(key, conn):
                     conn.transport.loseConnection()
