@@ -163,6 +163,11 @@ class ProxyProtocolTests(HTTPProxyTestCase):
         header = a.proxyHeaders[0]
         self.assertTrue(header.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), header)
         self.assertTrue(header.endswith(b" %d\r\n" % proxy.testPort), header)
+        # The connection was this client's alone: it is not kept idle after.
+        from .httphelpers import waitFor
+
+        closed = yield waitFor(lambda: len(proxy.idle) == 0 and a.open == 0)
+        self.assertTrue(closed)
 
     @inlineCallbacks
     def test_httpV2(self) -> Any:

@@ -118,6 +118,16 @@ class IdleConnections:
                 max(0.001, oldest + timeout - now), self._sweep
             )
 
+    def closeKeys(self, keys: Any) -> None:
+        """
+        Close the idle connections kept under any of C{keys} (the private
+        connections of a client that left).
+        """
+        for key in keys:
+            for conn in self._idle.pop(key, []):
+                if not conn.lost:
+                    conn.transport.loseConnection()
+
     def close(self) -> None:
         """
         Close every idle connection and stop the timer; keep none after.

@@ -209,6 +209,8 @@ class ClientConnection(Protocol):
         self._timer: Any = None
         self._served = 0
         self._readClosed = False
+        # Idle-pool keys of backend connections private to this client.
+        self.privateKeys: set[Any] = set()
 
     # -- connection --------------------------------------------------------
 
@@ -288,6 +290,8 @@ class ClientConnection(Protocol):
         self._timer = None
         self.factory.activeClients -= 1
         self.factory.clients.discard(self)
+        if self.privateKeys:
+            self.factory.idle.closeKeys(self.privateKeys)
         if self.factory.limit is not None:
             self.factory.limit.release()
         tunnel = self._tunnel
@@ -1065,7 +1069,10 @@ class HTTPProxyFactory(ServerFactory):
             proxyHeader = self.proxyHeader(
                 transport.getPeer(), transport.getHost()
             )
+            # Connections that began with this client's PROXY header are
+            # its own: reused by its next requests, closed when it leaves.
             key = (backend, proxyHeader)
+            client.privateKeys.add(key)
         if not fresh:
             conn = self.idle.take(key, None if ex.replayable else SAFE_REUSE_AGE)
             if conn is not None:
