@@ -534,6 +534,42 @@ class WriteNowTests(SynchronousTestCase):
         self.assertEqual(written[-1], b"later")
 
 
+def memoryProxy(idle: float = 300.0) -> tuple[Any, HTTPProxyFactory]:
+    """
+    An HTTP proxy factory over one backend, on a memory reactor.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig, Timeouts
+
+    reactor = MemoryReactorClock()
+    pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),),
+                                  timeouts=Timeouts(idle=idle)))
+    factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
+                               ListenerConfig("l", "tcp:8080", "p", "http"))
+    return reactor, factory
+
+
+def memoryClient(factory: HTTPProxyFactory, port: int = 5555) -> tuple[Any, StringTransport]:
+    """
+    A client connection accepted by C{factory}, over a string transport.
+    """
+    client = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", port))
+    client.makeConnection(transport)
+    return client, transport
+
+
+def memoryBackend(reactor: Any, index: int = 0) -> tuple[Any, StringTransport]:
+    """
+    Complete the C{index}th backend connection the proxy started.
+    """
+    backend = reactor.tcpClients[index][2].buildProtocol(None)
+    transport = StringTransport()
+    backend.makeConnection(transport)
+    return backend, transport
+
+
 class ReadingResumesTests(SynchronousTestCase):
     """
     A client whose reading a backend paused reads again once that exchange
@@ -545,20 +581,10 @@ class ReadingResumesTests(SynchronousTestCase):
         The backend pauses the client mid-upload and answers in the same
         pass: the client's next request is read, not left waiting.
         """
-        from twisted.internet.testing import MemoryReactorClock
-
-        from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig
-
-        reactor = MemoryReactorClock()
-        pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),)))
-        factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
-                                   ListenerConfig("l", "tcp:8080", "p", "http"))
-        client = factory.buildProtocol(None)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 5555))
-        client.makeConnection(transport)
+        reactor, factory = memoryProxy()
+        client, transport = memoryClient(factory)
         client.dataReceived(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
-        backend = reactor.tcpClients[0][2].buildProtocol(None)
-        backend.makeConnection(StringTransport())
+        backend, _ = memoryBackend(reactor)
         client.dataReceived(b"hello")
         client.pauseProducing()
         self.assertEqual(transport.producerState, "paused")
@@ -578,22 +604,10 @@ class InFlightIdleTests(SynchronousTestCase):
         the exchange aborted after the idle timeout; traffic before that
         keeps it alive.
         """
-        from twisted.internet.testing import MemoryReactorClock
-
-        from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig, Timeouts
-
-        reactor = MemoryReactorClock()
-        pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),),
-                                      timeouts=Timeouts(idle=30.0)))
-        factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
-                                   ListenerConfig("l", "tcp:8080", "p", "http"))
-        client = factory.buildProtocol(None)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 5555))
-        client.makeConnection(transport)
+        reactor, factory = memoryProxy(idle=30.0)
+        client, transport = memoryClient(factory)
         client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        backend = reactor.tcpClients[0][2].buildProtocol(None)
-        backendTransport = StringTransport()
-        backend.makeConnection(backendTransport)
+        backend, _ = memoryBackend(reactor)
         backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
         reactor.advance(20)
         backend.dataReceived(b"6")
@@ -612,20 +626,14 @@ class UntilCloseTests(SynchronousTestCase):
     """
 
     def exchange(self) -> tuple[Any, Any, StringTransport]:
-        from twisted.internet.testing import MemoryReactorClock
-
-        from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig
-
-        reactor = MemoryReactorClock()
-        pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),)))
-        factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
-                                   ListenerConfig("l", "tcp:8080", "p", "http"))
-        client = factory.buildProtocol(None)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 5555))
-        client.makeConnection(transport)
+        """
+        A GET in flight, its backend having sent a head and part of a body
+        that ends when the backend closes.
+        """
+        reactor, factory = memoryProxy()
+        client, transport = memoryClient(factory)
         client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        backend = reactor.tcpClients[0][2].buildProtocol(None)
-        backend.makeConnection(StringTransport())
+        backend, _ = memoryBackend(reactor)
         backend.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart")
         return client, backend, transport
 
@@ -661,23 +669,11 @@ class SoftStopTests(SynchronousTestCase):
         An idle keep-alive client is closed at once; a client with a request
         in flight gets its response with C{Connection: close}, then is closed.
         """
-        from twisted.internet.testing import MemoryReactorClock
-
-        from lbtwist.config import BackendConfig, ListenerConfig, PoolConfig
-
-        reactor = MemoryReactorClock()
-        pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),)))
-        factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
-                                   ListenerConfig("l", "tcp:8080", "p", "http"))
-        idle = factory.buildProtocol(None)
-        idleTransport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 1))
-        idle.makeConnection(idleTransport)
-        busy = factory.buildProtocol(None)
-        busyTransport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.2", 2))
-        busy.makeConnection(busyTransport)
+        reactor, factory = memoryProxy()
+        idle, idleTransport = memoryClient(factory, 1)
+        busy, busyTransport = memoryClient(factory, 2)
         busy.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        backend = reactor.tcpClients[0][2].buildProtocol(None)
-        backend.makeConnection(StringTransport())
+        backend, _ = memoryBackend(reactor)
         factory.softStop()
         self.assertTrue(idleTransport.disconnecting)
         self.assertFalse(busyTransport.disconnecting)
