@@ -9,108 +9,41 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
-import yaml
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from tests.chaos.tools import BalancerProcess
 from tests.support import Backends, inThread, sleep
-from tests.test_admin import TOKEN, jcall
 from tests.test_reload import exchange
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-# The last number on the line: "...port=8080)" or "...127.0.0.1:8080".
-_PORT = re.compile(r"(\d+)\)?\s*$")
 
 
-class Balancer:
+class Balancer(BalancerProcess):
     """
-    One C{twistd -n lb} process in a temporary working directory.
+    One C{twistd -n lb} process in a temporary working directory, with a
+    TCP pool named C{web}.
     """
 
-    def __init__(self, case: TestCase, workdir: str, grace: float = 10.0) -> None:
-        self.case = case
-        self.workdir = workdir
-        self.grace = grace
-        self.process: subprocess.Popen[bytes] | None = None
-        self.logPath = os.path.join(workdir, "lb.log")
-
-    def writeConfig(self, backends: dict[str, int], broken: bool = False) -> None:
+    def writeConfig(self, backends: dict[str, int], broken: bool = False) -> None:  # type: ignore[override]
         """
         Write C{lb.yaml} with these backends (name to port).
         """
-        data: dict[str, Any] = {
-            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1"}],
-            "admin": "tcp:0:interface=127.0.0.1",
-            "pools": {"web": {
-                "health": {"interval": "200ms", "rise": 1, "fall": 2},
-                "backends": [{"name": n, "host": "127.0.0.1", "port": p}
-                             for n, p in backends.items()]}},
+        pool: dict[str, Any] = {
+            "health": {"interval": "200ms", "rise": 1, "fall": 2},
+            "backends": [{"name": n, "host": "127.0.0.1", "port": p}
+                         for n, p in backends.items()],
         }
         if broken:
-            data["pools"]["web"]["policy"] = "fastest-please"
-        with open(os.path.join(self.workdir, "lb.yaml"), "w") as f:
-            yaml.safe_dump(data, f)
-
-    @inlineCallbacks
-    def start(self) -> Any:
-        """
-        Start the process and wait (up to 20 s) until it says where it
-        listens; sets C{port} and C{admin}.
-        """
-        if os.path.exists(self.logPath):
-            os.unlink(self.logPath)
-        env = dict(os.environ, LBTWIST_ADMIN_TOKEN=TOKEN)
-        self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", f"--logfile={self.logPath}", "lb",
-             "--config", "lb.yaml", "--grace", str(self.grace)],
-            cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.case.addCleanup(self.kill)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            listener = self.logLine("accepting on")
-            admin = self.logLine("admin API listening on")
-            if listener and admin:
-                self.port = int(_PORT.findall(listener)[-1])
-                self.admin = int(_PORT.findall(admin)[-1])
-                return
-            if self.process.poll() is not None:
-                break
-            yield sleep(0.1)
-        self.kill()
-        raise AssertionError(f"twistd did not start: {self.log()}")
-
-    def log(self) -> str:
-        """
-        The log so far.
-        """
-        try:
-            with open(self.logPath, encoding="utf-8") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def logLine(self, text: str) -> str | None:
-        """
-        The last log line containing C{text}, if any.
-        """
-        lines = [line for line in self.log().splitlines() if text in line]
-        return lines[-1] if lines else None
-
-    def signal(self, signum: int) -> None:
-        """
-        Send a signal to the process, by its PID.
-        """
-        assert self.process is not None
-        os.kill(self.process.pid, signum)
+            pool["policy"] = "fastest-please"
+        super().writeConfig({"web": pool}, mode="tcp")
 
     def wait(self, timeout: float = 20.0) -> Any:
         """
@@ -118,23 +51,6 @@ class Balancer:
         """
         assert self.process is not None
         return inThread(self.process.wait, timeout)
-
-    def kill(self) -> None:
-        """
-        Make sure the process is gone (SIGKILL by PID) and reaped.
-        """
-        p = self.process
-        if p is not None and p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait(10)
-        if p is not None and p.stderr is not None:
-            p.stderr.close()
-
-    def api(self, method: str, path: str, body: object = None) -> Any:
-        """
-        Call the admin API in a thread.
-        """
-        return inThread(jcall, self.admin, method, path, body)
 
     @inlineCallbacks
     def backends(self) -> Any:
