@@ -441,9 +441,7 @@ class AdminResource(Resource):
              state: Admin, answer: Callable[[Request, BackendPool, Backend], bytes]
              ) -> bytes:
         try:
-            backend = self.live.addBackend(pool.name, config)
-            if state is not Admin.READY:
-                self.live.setAdmin(pool.name, config.name, state)
+            backend = self.live.addBackend(pool.name, config, state)
         except DuplicateBackend:
             raise APIError(409, f"pool {pool.name!r} already has a backend "
                            f"{config.name!r}") from None
@@ -466,10 +464,7 @@ class AdminResource(Resource):
         weight = _weight(data["weight"], "weight") if "weight" in data else None
         state = _state(data["state"], "state") if "state" in data else None
         try:
-            if weight is not None:
-                self.live.setWeight(pool.name, backend.name, weight)
-            if state is not None:
-                self.live.setAdmin(pool.name, backend.name, state)
+            self.live.change(pool.name, backend.name, weight, state)
         except OSError as e:
             return self._saveFailed(request, e)
         return self._json(request, 200, backendView(pool, backend))

@@ -183,9 +183,10 @@ class LiveConfig:
             self.stateFile.save(proposed)
         self.overrides = proposed
 
-    def addBackend(self, pool: str, config: BackendConfig) -> Backend:
+    def addBackend(self, pool: str, config: BackendConfig, admin: Admin = Admin.READY) -> Backend:
         """
-        Add a backend to a pool, and remember it.
+        Add a backend to a pool in admin state C{admin}, and remember it
+        (one save: all of it or nothing).
 
         @raise UnknownPool: no such pool.
         @raise DuplicateBackend: the pool already has one of that name.
@@ -193,8 +194,17 @@ class LiveConfig:
         live = self.pool(pool)
         if config.name in live:
             raise DuplicateBackend(config.name)
-        self._commit(lambda o: o.added(pool, config))
-        return live.add(config)
+
+        def change(o: Overrides) -> None:
+            o.added(pool, config)
+            if admin is not Admin.READY:
+                o.administered(pool, config.name, admin)
+
+        self._commit(change)
+        backend = live.add(config)
+        if admin is not Admin.READY:
+            live.setAdmin(config.name, admin)
+        return backend
 
     def removeBackend(self, pool: str, name: str) -> Backend:
         """
@@ -227,6 +237,34 @@ class LiveConfig:
             raise ValueError(f"weight must be 0-256, got {weight}")
         self._commit(lambda o: o.weighted(pool, name, weight))
         return self.pools[pool].setWeight(name, weight)
+
+    def change(self, pool: str, name: str, weight: int | None = None,
+               admin: Admin | None = None) -> Backend:
+        """
+        Change a backend's weight and/or admin state in one save: both or
+        neither.
+
+        @raise UnknownPool: no such pool.
+        @raise UnknownBackend: no such backend.
+        @raise ValueError: the weight is not 0-256.
+        """
+        self.backend(pool, name)
+        if weight is not None and not 0 <= weight <= 256:
+            raise ValueError(f"weight must be 0-256, got {weight}")
+
+        def change(o: Overrides) -> None:
+            if weight is not None:
+                o.weighted(pool, name, weight)
+            if admin is not None:
+                o.administered(pool, name, admin)
+
+        self._commit(change)
+        live = self.pools[pool]
+        if weight is not None:
+            live.setWeight(name, weight)
+        if admin is not None:
+            live.setAdmin(name, admin)
+        return live.get(name)  # type: ignore[return-value]
 
     def setAdmin(self, pool: str, name: str, admin: Admin) -> Backend:
         """

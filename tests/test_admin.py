@@ -458,6 +458,37 @@ class ChangeTests(TestCase):
         self.assertEqual(status, 500)
         self.assertEqual(h.snapshot(), before)
 
+    @inlineCallbacks
+    def test_twoChangesOneSave(self) -> Any:
+        """
+        A change of weight and state together is saved once: when that save
+        fails, neither is applied; when it works, the state file has both.
+        """
+        h = AdminHarness(self)
+        saves: list[object] = []
+        good = h.live.stateFile
+        assert good is not None
+
+        class FailSecond(StateFile):
+            def save(self, overrides: Any) -> None:
+                saves.append(overrides)
+                raise OSError("disk full")
+
+        h.live.stateFile = FailSecond(good.path)
+        before = h.snapshot()
+        status, _ = yield h.call("PATCH", "/api/pools/web/backends/a",
+                                 {"weight": 5, "state": "drain"})
+        self.assertEqual(status, 500)
+        self.assertEqual(len(saves), 1)
+        self.assertEqual(h.snapshot(), before)
+        h.live.stateFile = good
+        status, _ = yield h.call("PATCH", "/api/pools/web/backends/a",
+                                 {"weight": 5, "state": "drain"})
+        self.assertEqual(status, 200)
+        loaded = good.load()
+        self.assertEqual(loaded.pools["web"].weights, {"a": 5})
+        self.assertEqual(loaded.pools["web"].admin, {"a": Admin.DRAIN})
+
 
 class TokenTests(TestCase):
     """
