@@ -35,6 +35,7 @@ class NameOnConnect(Protocol):
     def connectionMade(self) -> None:
         self.factory.connections += 1
         self.factory.live += 1
+        self.factory.open.add(self)
         self.transport.write(self.factory.name.encode() + b"\n")  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
@@ -42,6 +43,7 @@ class NameOnConnect(Protocol):
 
     def connectionLost(self, reason: object = None) -> None:
         self.factory.live -= 1
+        self.factory.open.discard(self)
 
 
 class NamedFactory(Factory):
@@ -56,6 +58,7 @@ class NamedFactory(Factory):
         self.name = name
         self.connections = 0
         self.live = 0
+        self.open: set[NameOnConnect] = set()
 
 
 class Backends:
@@ -77,7 +80,13 @@ class Backends:
         """
         factory = self.factories.get(name) or self.makeFactory(name)
         self.factories[name] = factory
-        port = reactor.listenTCP(self.numbers.get(name, 0), factory, interface="127.0.0.1")
+        # A deep accept queue, as the balancer's own listeners have: with
+        # Twisted's default of 50, a burst of connections overflows it and
+        # the kernel drops SYNs, which costs the balancer's connects seconds
+        # of retransmits.
+        port = reactor.listenTCP(
+            self.numbers.get(name, 0), factory, backlog=1024, interface="127.0.0.1"
+        )
         self.ports[name] = port
         self.numbers[name] = port.getHost().port
         return int(self.numbers[name])
@@ -95,6 +104,11 @@ class Backends:
     def stopAll(self) -> Any:
         for name in list(self.ports):
             yield self.stop(name)
+        # Whatever a test left connected is cut, so the reactor ends clean.
+        for factory in self.factories.values():
+            for protocol in list(getattr(factory, "open", ())):
+                protocol.transport.abortConnection()  # type: ignore[union-attr]
+        yield sleep(0)
 
 
 def startBalancer(case: TestCase, data: dict[str, Any]) -> tuple[LoadBalancer, int]:
