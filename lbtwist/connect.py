@@ -19,11 +19,14 @@ from twisted.internet.error import (
     TimeoutError,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .accesslog import AccessLogFile
 from .dial import BackendProtocol, Dialler
 from .pool import Backend, BackendPool
+from .proxyprotocol import PROXY_HEADERS
 
 
 class NoBackendAvailable(Exception):
@@ -316,3 +319,47 @@ class ConnectionLimit:
             )
             for port in self._ports:
                 port.stopReading()
+
+
+class ListenerFactory(ServerFactory):
+    """
+    What the protocol factories of every listener share, whatever their
+    mode: the pool, the counts of clients, the global C{maxconn}, the
+    PROXY-protocol header and the access-log file.
+
+    @ivar activeClients: client connections currently open.
+    @ivar accepted: client connections accepted in all.
+    @ivar limit: the global maxconn shared by every listener, if set.
+    @ivar accessFile: the file the access log goes straight to, if any (set
+        by the balancer, which owns it).
+    """
+
+    noisy = False
+    limit: ConnectionLimit | None = None
+
+    def __init__(self, pool: BackendPool, reactor: Any) -> None:
+        self.pool = pool
+        self.reactor = reactor
+        self.activeClients = 0
+        self.accepted = 0
+        self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
+        self.accessFile: AccessLogFile | None = None
+
+    def admit(self) -> bool:
+        """
+        Count a new client in, unless the global maxconn says no.
+        """
+        limit = self.limit
+        if limit is not None and not limit.admit():
+            return False
+        self.accepted += 1
+        self.activeClients += 1
+        return True
+
+    def clientGone(self) -> None:
+        """
+        Count a client out.
+        """
+        self.activeClients -= 1
+        if self.limit is not None:
+            self.limit.release()

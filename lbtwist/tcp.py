@@ -14,16 +14,15 @@ from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .accesslog import AccessLogFile, tcpLine
-from .connect import BackendConnector, ConnectionLimit
+from .accesslog import tcpLine
+from .connect import BackendConnector, ListenerFactory
 from .dial import BackendProtocol
 from .pool import Backend, BackendPool
-from .proxyprotocol import PROXY_HEADERS
 from .writethrough import close, halfClose, writeThrough
 
 TCP_ACCESS_FORMAT = (
@@ -220,9 +219,7 @@ class ClientSide(_Side):
             self.factory.pool.closed(backend)
             self.factory.pool.release(backend)
             self.backend = None
-        self.factory.activeClients -= 1
-        if self.factory.limit is not None:
-            self.factory.limit.release()
+        self.factory.clientGone()
         # Last, once every count is settled.
         if self.factory.accessLog is not None or self.factory.accessFile is not None:
             self.logConnection(backend)
@@ -312,18 +309,12 @@ class TCPSession:
         self._timer = None
 
 
-class TCPProxyFactory(ServerFactory):
+class TCPProxyFactory(ListenerFactory):
     """
     Accepts clients on a listener and joins each to a backend of one pool.
-
-    @ivar activeClients: client connections currently open.
-    @ivar accepted: client connections accepted in all.
     """
 
-    noisy = False
     log = Logger()
-    # The global maxconn shared by every listener, if there is one.
-    limit: ConnectionLimit | None = None
 
     def __init__(
         self,
@@ -332,27 +323,18 @@ class TCPProxyFactory(ServerFactory):
         connector: BackendConnector,
         idleTimeout: float,
     ) -> None:
-        self.pool = pool
-        self.reactor = reactor
+        super().__init__(pool, reactor)
         self.connector = connector
         self.idleTimeout = idleTimeout
-        self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
-        self.activeClients = 0
-        self.accepted = 0
-        # One event per connection in the access log's namespace, if asked;
-        # or lines straight to a file (set by the balancer, which owns it).
+        # One event per connection in the access log's namespace, if asked.
         self.accessLog = (
             Logger(namespace="lbtwist.access", source=self)
             if pool.config.http.accessLog is True else None
         )
-        self.accessFile: AccessLogFile | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
-        limit = self.limit
-        if limit is not None and not limit.admit():
+        if not self.admit():
             return None
-        self.accepted += 1
-        self.activeClients += 1
         p = ClientSide()
         p.factory = self
         return p

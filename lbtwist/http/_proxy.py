@@ -32,17 +32,16 @@ from httptools import (
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError, ConnectionDone
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from ..accesslog import AccessLogFile, httpLine
+from ..accesslog import httpLine
 from ..config import ListenerConfig
-from ..connect import ConnectionLimit, EndpointCache, failureKind
+from ..connect import EndpointCache, ListenerFactory, failureKind
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
-from ..proxyprotocol import PROXY_HEADERS
 from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
 from ._accesslog import logRequest
@@ -288,12 +287,10 @@ class ClientConnection(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self.factory.activeClients -= 1
+        self.factory.clientGone()
         self.factory.clients.discard(self)
         if self.privateKeys:
             self.factory.idle.closeKeys(self.privateKeys)
-        if self.factory.limit is not None:
-            self.factory.limit.release()
         tunnel = self._tunnel
         if tunnel is not None:
             self._tunnel = None
@@ -772,7 +769,7 @@ class _BackendConnectionFactory(Factory):
         return self._build()
 
 
-class HTTPProxyFactory(ServerFactory):
+class HTTPProxyFactory(ListenerFactory):
     """
     Accepts HTTP clients on a listener and balances their requests over a
     pool.
@@ -783,10 +780,7 @@ class HTTPProxyFactory(ServerFactory):
     @ivar statuses: responses sent, by status class (C{"2xx"}...).
     """
 
-    noisy = False
     log = Logger()
-    # The global maxconn shared by every listener, if there is one.
-    limit: ConnectionLimit | None = None
 
     def __init__(
         self,
@@ -795,13 +789,9 @@ class HTTPProxyFactory(ServerFactory):
         endpoints: EndpointCache,
         listener: ListenerConfig,
     ) -> None:
-        self.pool = pool
-        self.reactor = reactor
+        super().__init__(pool, reactor)
         # An instance attribute, not a descriptor, to keep its namespace.
         self.accessLog = Logger(namespace="lbtwist.access", source=self)
-        # Lines straight to a file, when the pool names one (set by the
-        # balancer, which owns the file).
-        self.accessFile: AccessLogFile | None = None
         self.seconds: Callable[[], float] = reactor.seconds
         self.endpoints = endpoints
         self.listener = listener
@@ -817,7 +807,6 @@ class HTTPProxyFactory(ServerFactory):
         self.connectTimeout = config.timeouts.connect
         self.idle = IdleConnections(reactor, http.keepAlive)
         self.maxRequests = http.keepAlive.maxRequests
-        self.proxyHeader = PROXY_HEADERS.get(config.proxyProtocol or "")
         self.forwardedProto = (
             b"https" if listener.endpoint.split(":", 1)[0] in ("ssl", "tls") else b"http"
         )
@@ -830,8 +819,6 @@ class HTTPProxyFactory(ServerFactory):
         )
         self._cookieIds: dict[str, bytes] = {}
         self._errorStreak: dict[Backend, int] = {}
-        self.activeClients = 0
-        self.accepted = 0
         self.requests = 0
         self.refused = 0
         self.statuses: dict[str, int] = {}
@@ -840,11 +827,8 @@ class HTTPProxyFactory(ServerFactory):
         self.stopping = False
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
-        limit = self.limit
-        if limit is not None and not limit.admit():
+        if not self.admit():
             return None
-        self.accepted += 1
-        self.activeClients += 1
         client = ClientConnection(self)
         self.clients.add(client)
         return client
