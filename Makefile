@@ -19,7 +19,7 @@ run: $(STAMP)
 test: $(STAMP) test-deps
 	$(BIN)/ruff check lbtwist tests
 	$(BIN)/mypy lbtwist
-	$(BIN)/trial --reporter=text tests
+	$(BIN)/trial --reactor=lbtwist --reporter=text tests
 
 # Debian tools the integration tests drive (each command is its package's
 # name); installed when missing and run as root, else those tests skip.
@@ -44,4 +44,4 @@ clean:
 soak: $(STAMP) test-deps
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
 	LBTWIST_CHAOS_CONNECTIONS=100000 LBTWIST_FUZZ_EXAMPLES=3000 LBTWIST_CHAOS_REPORT=1 \
-	  $(BIN)/trial --reporter=text tests.chaos
+	  $(BIN)/trial --reactor=lbtwist --reporter=text tests.chaos

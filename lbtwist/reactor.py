@@ -22,8 +22,11 @@ import sys
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IConnector, IListeningPort
 from twisted.internet.main import installReactor
 from twisted.logger import Logger
+
+from .leantcp import LeanConnector, LeanPort, ipFamily
 
 
 class LeanEPollReactor(EPollReactor):
@@ -57,6 +60,34 @@ class LeanEPollReactor(EPollReactor):
                 self._log.failure("unhandled error handling {selectable}", selectable=selectable)
 
     doIteration = doPoll  # type: ignore[assignment]
+
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> IListeningPort:
+        """
+        Listen on a TCP port; its connections are L{LeanServer}s.
+        """
+        listening = LeanPort(port, factory, backlog, interface, self)
+        listening.startListening()
+        return listening
+
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float = 30.0,
+        bindAddress: Any = None,
+    ) -> IConnector:
+        """
+        Connect to a TCP address; an IP address is dialled at once by a
+        L{LeanConnector}, a host name (or a bind address) by Twisted's own.
+        """
+        if bindAddress is not None or ipFamily(host) is None:
+            return super().connectTCP(host, port, factory, timeout, bindAddress)
+        connector = LeanConnector(host, port, factory, timeout, self)
+        connector.connect()
+        return connector
 
 
 def install() -> Any:

@@ -67,9 +67,10 @@ def close(transport: Any) -> None:
     Close C{transport} once what is queued is sent: at once if nothing is.
     """
     if isinstance(transport, Connection) and _idle(transport):
-        # A transport whose write side is shut down closes without waiting
-        # for a writable event (see FileDescriptor.loseConnection).
-        halfClose(transport)
+        # A transport whose write side is marked finished closes without
+        # waiting for a writable event (see FileDescriptor.loseConnection);
+        # closing the socket sends the FIN, so no shutdown() is needed.
+        transport._writeDisconnected = True
     transport.loseConnection()
 
 

@@ -175,3 +175,18 @@ def sleep(seconds: float) -> Deferred[None]:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+def stuckListener(case: TestCase) -> int:
+    """
+    A listener whose accept queue is full, so handshakes to it do not
+    complete; returns its port.  C{case.stuck} is its socket.
+    """
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    case.addCleanup(stuck.close)
+    filler = socket.create_connection(stuck.getsockname(), timeout=1)
+    case.addCleanup(filler.close)
+    case.stuck = stuck  # type: ignore[attr-defined]
+    return int(stuck.getsockname()[1])

@@ -83,4 +83,6 @@ class LeanEPollReactorTests(SynchronousTestCase):
         from twisted.internet import reactor
 
         self.assertFalse(installIfUnchosen())
-        self.assertNotIsInstance(reactor, LeanEPollReactor)
+        from twisted.internet import reactor as after
+
+        self.assertIs(after, reactor)

@@ -1,0 +1,360 @@
+"""
+Tests for L{lbtwist.leantcp}: the lean TCP transports, over real loopback
+sockets in the test's reactor.
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+from typing import Any
+
+from twisted.internet import error, tcp
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbtwist.leantcp import LeanClient, LeanConnector, LeanPort, LeanServer, ipFamily
+from lbtwist.reactor import LeanEPollReactor
+
+from .support import inThread, reactor, sleep, stuckListener
+
+
+class Echo(Protocol):
+    """
+    Echoes what it reads.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class Recorder(Protocol):
+    """
+    Records what it reads and fires C{lost} when the connection closes.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.made = False
+        self.lost: Deferred[BaseException] = Deferred()
+        self.waiting: list[tuple[int, Deferred[bytes]]] = []
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for n, d in list(self.waiting):
+            if len(self.received) >= n:
+                self.waiting.remove((n, d))
+                d.callback(self.received)
+
+    def receive(self, n: int) -> Deferred[bytes]:
+        """
+        Fires with everything received once there are C{n} bytes.
+        """
+        d: Deferred[bytes] = Deferred()
+        self.waiting.append((n, d))
+        self.dataReceived(b"")
+        return d
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.lost.callback(reason.value)
+
+
+class RecordingFactory(ClientFactory):
+    """
+    Builds one L{Recorder} and records how the connection attempt ended.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.protocol_: Recorder | None = None
+        self.started: list[Any] = []
+        self.failed: list[Failure] = []
+        self.failedD: Deferred[BaseException] = Deferred()
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.started.append(connector)
+
+    def buildProtocol(self, addr: Any) -> Recorder:
+        self.protocol_ = Recorder()
+        return self.protocol_
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.failed.append(reason)
+        self.failedD.callback(reason.value)
+
+
+def listenEcho(case: TestCase) -> int:
+    """
+    An echo server on an ephemeral loopback port, closed after the test.
+    """
+    factory = Factory.forProtocol(Echo)
+    factory.noisy = False
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    case.addCleanup(port.stopListening)
+    return int(port.getHost().port)
+
+
+def freePort() -> int:
+    """
+    A loopback port nothing listens on.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LeanConnectorTests(TestCase):
+    """
+    L{LeanConnector} dials an IP address at once.
+    """
+
+    @inlineCallbacks
+    def test_connectedAtOnce(self) -> Any:
+        """
+        Over loopback the handshake is over when C{connect} returns: the
+        protocol is connected by then, no timeout is pending, and bytes go
+        both ways.
+        """
+        port = listenEcho(self)
+        factory = RecordingFactory()
+        connector = LeanConnector("127.0.0.1", port, factory, 5.0, reactor)
+        connector.connect()
+        protocol = factory.protocol_
+        assert protocol is not None
+        self.assertTrue(protocol.made)
+        self.assertEqual(factory.started, [connector])
+        self.assertEqual(connector.state, "connected")
+        self.assertIsNone(connector.timeoutID)
+        transport = protocol.transport
+        self.assertIsInstance(transport, LeanClient)
+        self.assertEqual(transport.getPeer().port, port)  # type: ignore[union-attr]
+        self.assertEqual(transport.getHost().host, "127.0.0.1")  # type: ignore[union-attr]
+        transport.write(b"ping")  # type: ignore[union-attr]
+        self.assertEqual((yield protocol.receive(4)), b"ping")
+        transport.loseConnection()  # type: ignore[union-attr]
+        reason = yield protocol.lost
+        self.assertIsInstance(reason, error.ConnectionDone)
+        yield sleep(0)
+        self.assertEqual(connector.state, "disconnected")
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        A refused connection fails before C{connect} returns, as a
+        L{ConnectionRefusedError}, and leaves no timer behind.
+        """
+        before = len(reactor.getDelayedCalls())
+        factory = RecordingFactory()
+        connector = LeanConnector("127.0.0.1", freePort(), factory, 5.0, reactor)
+        connector.connect()
+        self.assertEqual(len(factory.failed), 1)
+        self.assertTrue(factory.failed[0].check(error.ConnectionRefusedError))
+        self.assertEqual(connector.state, "disconnected")
+        self.assertEqual(len(reactor.getDelayedCalls()), before)
+
+    @inlineCallbacks
+    def test_timesOut(self) -> Any:
+        """
+        A handshake that does not complete fails with L{TimeoutError} after
+        the timeout, and its socket is closed.
+        """
+        port = stuckListener(self)
+        factory = RecordingFactory()
+        connector = LeanConnector("127.0.0.1", port, factory, 0.2, reactor)
+        connector.connect()
+        self.assertEqual(connector.state, "connecting")
+        transport = connector.transport
+        reason = yield factory.failedD
+        self.assertIsInstance(reason, error.TimeoutError)
+        self.assertFalse(hasattr(transport, "socket"))
+        self.assertIsNone(factory.protocol_)
+
+    @inlineCallbacks
+    def test_completesLater(self) -> Any:
+        """
+        A handshake that completes after C{connect} returns is noticed when
+        the socket becomes writable, and the connection is then made.
+        """
+        port = stuckListener(self)
+        factory = RecordingFactory()
+        connector = LeanConnector("127.0.0.1", port, factory, 10.0, reactor)
+        connector.connect()
+        self.assertEqual(connector.state, "connecting")
+        stuck = self.stuck  # type: ignore[attr-defined]
+        # Make room in the accept queue: the next SYN retransmit gets in.
+        accepted, _ = yield inThread(stuck.accept)
+        self.addCleanup(accepted.close)
+        for _ in range(300):
+            if factory.protocol_ is not None:
+                break
+            yield sleep(0.01)
+        self.assertIsNotNone(factory.protocol_)
+        self.assertEqual(connector.state, "connected")
+        self.assertIsNone(connector.timeoutID)
+        connector.disconnect()
+        yield factory.protocol_.lost  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_stopConnecting(self) -> Any:
+        """
+        Stopping a pending attempt fails it with L{UserError} and closes its
+        socket.
+        """
+        port = stuckListener(self)
+        factory = RecordingFactory()
+        connector = LeanConnector("127.0.0.1", port, factory, 10.0, reactor)
+        connector.connect()
+        transport = connector.transport
+        connector.stopConnecting()
+        reason = yield factory.failedD
+        self.assertIsInstance(reason, error.UserError)
+        self.assertFalse(hasattr(transport, "socket"))
+
+    @inlineCallbacks
+    def test_ipv6(self) -> Any:
+        """
+        An IPv6 address is dialled the same way.
+        """
+        try:
+            listening = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="::1")
+        except error.CannotListenError:
+            raise self.skipTest("no IPv6 loopback here")  # noqa: B904
+        self.addCleanup(listening.stopListening)
+        factory = RecordingFactory()
+        connector = LeanConnector("::1", listening.getHost().port, factory, 5.0, reactor)
+        connector.connect()
+        protocol = factory.protocol_
+        assert protocol is not None
+        self.assertEqual(protocol.transport.getPeer().host, "::1")  # type: ignore[union-attr]
+        self.assertEqual(connector.getDestination().host, "::1")
+        protocol.transport.write(b"six")  # type: ignore[union-attr]
+        self.assertEqual((yield protocol.receive(3)), b"six")
+        protocol.transport.loseConnection()  # type: ignore[union-attr]
+        yield protocol.lost
+
+    @inlineCallbacks
+    def test_noCycles(self) -> Any:
+        """
+        A closed connection leaves no reference cycle between its transport
+        and connector: reference counting frees them, with the cyclic
+        garbage collector off.
+        """
+        port = listenEcho(self)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        for _ in range(3):
+            factory = RecordingFactory()
+            LeanConnector("127.0.0.1", port, factory, 5.0, reactor).connect()
+            protocol = factory.protocol_
+            assert protocol is not None
+            protocol.transport.loseConnection()  # type: ignore[union-attr]
+            yield protocol.lost
+            yield sleep(0)
+            # The test's own references to the connector and protocol.
+            factory.started.clear()
+            factory.protocol_ = None
+        del factory, protocol
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        self.addCleanup(gc.garbage.clear)
+        self.addCleanup(gc.set_debug, 0)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, (LeanClient, LeanConnector))]
+        self.assertEqual(left, [])
+
+
+class LeanServerTests(TestCase):
+    """
+    L{LeanPort} accepts connections as L{LeanServer}s.
+    """
+
+    @inlineCallbacks
+    def test_serves(self) -> Any:
+        """
+        An accepted connection relays bytes, and knows its peer (built once)
+        and its own address.
+        """
+        made: list[Protocol] = []
+        hosts: list[Any] = []
+        prefixes: list[str] = []
+
+        class Remember(Echo):
+            def connectionMade(self) -> None:
+                made.append(self)
+                hosts.append(self.transport.getHost())  # type: ignore[union-attr]
+                prefixes.append(self.transport.logPrefix())  # type: ignore[union-attr]
+
+        factory = Factory.forProtocol(Remember)
+        factory.noisy = False
+        port = LeanPort(0, factory, 50, "127.0.0.1", reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+
+        def talk() -> tuple[bytes, tuple[str, int]]:
+            with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+                s.sendall(b"hello")
+                data = b""
+                while len(data) < 5:
+                    data += s.recv(100)
+                return data, s.getsockname()
+
+        data, client = yield inThread(talk)
+        self.assertEqual(data, b"hello")
+        transport = made[0].transport
+        self.assertIsInstance(transport, LeanServer)
+        peer = transport.getPeer()  # type: ignore[union-attr]
+        self.assertEqual((peer.host, peer.port), client)
+        self.assertIs(transport.getPeer(), peer)  # type: ignore[union-attr]
+        self.assertEqual(hosts[0].port, number)
+        self.assertIn("Remember", prefixes[0])
+        self.assertIn(f"on {number}", repr(transport))
+
+
+class LeanReactorTests(SynchronousTestCase):
+    """
+    L{LeanEPollReactor} uses the lean transports for TCP where it can.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = LeanEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+
+    def test_listenTCP(self) -> None:
+        """
+        Its TCP listeners are L{LeanPort}s.
+        """
+        port = self.reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, LeanPort)
+
+    def test_connectTCP(self) -> None:
+        """
+        An IP address is dialled by a L{LeanConnector}; a host name, or a
+        bind address, by Twisted's connector.
+        """
+        refused = freePort()
+        lean = self.reactor.connectTCP("127.0.0.1", refused, RecordingFactory())
+        self.assertIsInstance(lean, LeanConnector)
+        named = self.reactor.connectTCP("localhost", refused, RecordingFactory())
+        self.assertIsInstance(named, tcp.Connector)
+        named.stopConnecting()
+        bound = self.reactor.connectTCP(
+            "127.0.0.1", refused, RecordingFactory(), bindAddress=("127.0.0.1", 0)
+        )
+        self.assertIsInstance(bound, tcp.Connector)
+        bound.stopConnecting()
+
+    def test_ipFamily(self) -> None:
+        """
+        L{ipFamily} tells IPv4 and IPv6 addresses from host names.
+        """
+        self.assertEqual(ipFamily("10.0.0.1"), socket.AF_INET)
+        self.assertEqual(ipFamily("::1"), socket.AF_INET6)
+        self.assertIsNone(ipFamily("localhost"))
+        self.assertIsNone(ipFamily("10.0.0"))
