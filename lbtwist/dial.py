@@ -70,37 +70,56 @@ def tcpAddress(endpoint: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def _spent() -> BackendProtocol:
+    raise RuntimeError("a dial builds one protocol")
+
+
 class _DialFactory(ClientFactory):
     """
     Builds the one protocol of one direct TCP connection, and fires
     C{deferred} when it is connected or has failed.
+
+    Once the attempt is over (connected, failed or cancelled) it lets go of
+    the L{Deferred} and the connector, which both refer back to it: a cycle
+    left behind would keep every connection's objects alive until the
+    garbage collector's next full pass.
+
+    @ivar deferred: the attempt's result, or L{None} once it is over.
     """
 
     noisy = False
 
     def __init__(self, build: Callable[[], BackendProtocol]) -> None:
         self.build = build
-        self.deferred: Deferred[BackendProtocol] = Deferred(self._cancel)
+        self.deferred: Deferred[BackendProtocol] | None = Deferred(self._cancel)
         self.connector: IConnector | None = None
-        self.cancelled = False
+
+    def _settle(self) -> Deferred[BackendProtocol] | None:
+        deferred, self.deferred, self.connector = self.deferred, None, None
+        return deferred
 
     def _cancel(self, d: Deferred[BackendProtocol]) -> None:
-        self.cancelled = True
-        if self.connector is not None:
-            self.connector.stopConnecting()
+        connector = self.connector
+        self._settle()
+        if connector is not None:
+            connector.stopConnecting()
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        protocol = self.build()
+        # The builder is usually a method of the client's protocol: one use.
+        build, self.build = self.build, _spent
+        protocol = build()
         protocol._whenConnected = self._connected
         return protocol
 
     def _connected(self, protocol: BackendProtocol) -> None:
-        if not self.deferred.called:
-            self.deferred.callback(protocol)
+        deferred = self._settle()
+        if deferred is not None:
+            deferred.callback(protocol)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        if not self.cancelled and not self.deferred.called:
-            self.deferred.errback(reason)
+        deferred = self._settle()
+        if deferred is not None:
+            deferred.errback(reason)
 
 
 class _OneShotFactory(Factory):
@@ -153,10 +172,13 @@ class Dialler:
             address = self._addresses[text] = tcpAddress(text)
         if address is not None:
             factory = _DialFactory(build)
-            factory.connector = self._reactor.connectTCP(
-                address[0], address[1], factory, timeout=timeout
-            )
-            return factory.deferred
+            result = factory.deferred
+            assert result is not None
+            connector = self._reactor.connectTCP(address[0], address[1], factory, timeout=timeout)
+            if factory.deferred is not None:
+                # Still connecting (the lean reactor may have finished already).
+                factory.connector = connector
+            return result
         return self._dialEndpoint(text, build, timeout)
 
     def _dialEndpoint(

@@ -258,6 +258,9 @@ def makeService(options: Options) -> IService:
         demoBackends(reactor).setServiceParent(top)
     lb = LoadBalancer(config, reactor)
     lb.setServiceParent(top)
+    from .gctuning import FrozenStartupHeap
+
+    FrozenStartupHeap(reactor).setServiceParent(top)
     from .reload import configLoader, controlService
 
     controlService(

@@ -133,7 +133,7 @@ class _Side(Protocol):
         peer = self.peer
         if peer is not None and not peer.closed:
             self.stopFeeding()
-            peer.transport.loseConnection()  # type: ignore[union-attr]
+            close(peer.transport)
 
 
 class ClientSide(_Side):
@@ -153,10 +153,14 @@ class ClientSide(_Side):
         self.sendToPeer(data)
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()  # type: ignore[union-attr]
         setNoDelay(self.transport)
         self.session = TCPSession(self, self.factory.reactor)
         self._connect(())
+        if self._attempt is not None:
+            # Still connecting: leave the client's bytes in the kernel until
+            # there is somewhere to send them.  (Over loopback the backend
+            # is usually connected already, and nothing needs pausing.)
+            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def _connect(self, exclude: tuple[Backend, ...]) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -223,6 +227,19 @@ class ClientSide(_Side):
         # Last, once every count is settled.
         if self.factory.accessLog is not None or self.factory.accessFile is not None:
             self.logConnection(backend)
+        if self.peer is None or self.peer.closed:
+            self.unlink()
+
+    def unlink(self) -> None:
+        """
+        Both sides are closed: drop the references that make the pair a
+        cycle, so that reference counting frees it now, not the garbage
+        collector later.
+        """
+        if self.peer is not None:
+            self.peer.peer = None
+            self.peer = None
+        self.session.client = None  # type: ignore[assignment]
 
     def logConnection(self, backend: Backend | None) -> None:
         """
@@ -253,6 +270,11 @@ class BackendSide(_Side, BackendProtocol):
     def __init__(self, client: ClientSide) -> None:
         self.client = client
         self.session = client.session
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        super().connectionLost(reason)
+        if self.client.closed:
+            self.client.unlink()
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session

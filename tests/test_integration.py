@@ -5,6 +5,7 @@ clients over loopback sockets.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from typing import Any
@@ -14,9 +15,18 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from lbtwist.pool import Health
-from lbtwist.tcp import TCPProxyFactory
+from lbtwist.tcp import BackendSide, ClientSide, TCPProxyFactory, TCPSession
 
-from .support import Backends, firstLine, inThread, poolConfig, reactor, sleep, startBalancer
+from .support import (
+    Backends,
+    firstLine,
+    inThread,
+    poolConfig,
+    reactor,
+    sleep,
+    startBalancer,
+    stuckListener,
+)
 
 FAST_CHECKS = {"interval": 0.1, "timeout": 0.5, "rise": 2, "fall": 3}
 
@@ -201,13 +211,7 @@ class FailoverTests(TestCase):
         full) is abandoned after the connect timeout, counted as a timeout,
         and the client is served by another backend.
         """
-        stuck = socket.socket()
-        stuck.bind(("127.0.0.1", 0))
-        stuck.listen(0)
-        self.addCleanup(stuck.close)
-        filler = socket.create_connection(stuck.getsockname(), timeout=1)
-        self.addCleanup(filler.close)
-        stuckPort = stuck.getsockname()[1]
+        stuckPort = stuckListener(self)
         backends = Backends(self)
         backends.start("a")
         lb, port = startBalancer(
@@ -237,6 +241,33 @@ class FailoverTests(TestCase):
         yield backends.stop("a")
         line = yield inThread(firstLine, port)
         self.assertEqual(line, b"")
+
+    @inlineCallbacks
+    def test_pairFreedAtOnce(self) -> Any:
+        """
+        A finished pair leaves no reference cycle: with the cyclic garbage
+        collector off, reference counting frees both sides and their
+        session when the connection closes.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        lb, port = startBalancer(self, poolConfig([("a", backends.endpoint("a"))]))
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        for _ in range(5):
+            self.assertEqual((yield inThread(firstLine, port)), b"a")
+        factory = lb.factories[lb.config.listeners[0].name]
+        for _ in range(100):
+            if not factory.activeClients and not backends.factories["a"].live:
+                break
+            yield sleep(0.02)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        self.addCleanup(gc.garbage.clear)
+        self.addCleanup(gc.set_debug, 0)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, (ClientSide, BackendSide, TCPSession))]
+        self.assertEqual(left, [])
 
 
 class AfterEOF(Protocol):
