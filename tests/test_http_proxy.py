@@ -5,11 +5,18 @@ real clients and real backends on 127.0.0.1.
 
 from __future__ import annotations
 
+import gc
+import http.client
+import socket
+import struct
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
-from .httphelpers import HTTPProxyTestCase, httpRequests, rawExchange
+from lbtwist.http._proxy import BackendConnection, ClientConnection, Exchange
+
+from .httphelpers import HTTPProxyTestCase, httpRequests, okResponse, rawExchange, waitFor
+from .support import inThread, poolConfig, startBalancer
 
 
 class ProxyingTests(HTTPProxyTestCase):
@@ -310,3 +317,111 @@ class HeaderTests(HTTPProxyTestCase):
         out = yield deferToThread(run)
         self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
         self.assertTrue(out.endswith(b"a /half\n"), out)
+
+
+def _varietyOfClients(port: int) -> list[int]:
+    """
+    Over C{port}, requests that end in every common way: on a kept-alive
+    connection and on closed ones, GET and POST, a response after which the
+    backend closes, a malformed request, a client gone in the middle of a
+    head and of a body, and an upgrade to a tunnel.
+
+    @return: the statuses of the well-formed requests answered.
+    """
+    statuses = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for i in range(5):
+        conn.request("GET", f"/get{i}")
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        conn.request("POST", f"/post{i}", body=b"x" * 100)
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+    conn.request("GET", "/close")
+    response = conn.getresponse()
+    response.read()
+    statuses.append(response.status)
+    conn.close()
+    for method, body in [("GET", None), ("POST", b"y" * 1000)] * 3:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request(method, "/once", body=body, headers={"Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        conn.close()
+
+    def send(data: bytes, reset: bool) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(data)
+            if reset:
+                # A reset, not a FIN: after a FIN (a half-close) the
+                # balancer would still wait for the rest of the request.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            while s.recv(65536):
+                pass
+
+    send(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", reset=False)
+    send(b"GET / HTTP/1.1\r\nHost:", reset=True)
+    send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc", reset=True)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1000)
+        s.sendall(b"ping")
+        s.recv(1000)
+    return statuses
+
+
+class ReferenceCycleTests(HTTPProxyTestCase):
+    """
+    What HTTP mode makes per connection and per request is freed by
+    reference counting, not left for the cyclic garbage collector.
+    """
+
+    @inlineCallbacks
+    def test_freedAtOnce(self) -> Any:
+        """
+        With the cyclic garbage collector off, every client connection,
+        backend connection and exchange is freed by reference counting
+        once it is over, however it ended.
+        """
+
+        def respond(request: Any, backend: Any, conn: Any) -> bytes | None:
+            if request.url == b"/close":
+                conn.transport.write(okResponse(request, backend))
+                conn.transport.loseConnection()
+                return None
+            if request.url == b"/ws":
+                conn.tunnel = True
+                return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        b"Connection: Upgrade\r\n\r\n")
+            return okResponse(request, backend)
+
+        a = self.startBackend("a", respond)
+        lb, port = startBalancer(self, poolConfig([("a", a.endpoint)], mode="http"))
+        factory = lb.factories[lb.config.listeners[0].name]
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        statuses = yield inThread(_varietyOfClients, port)
+        self.assertEqual(statuses, [200] * len(statuses))
+        self.assertTrue((yield waitFor(lambda: not factory.activeClients)))
+        # Pooled backend connections closed by their backend are discarded.
+        for conn in a.connections:
+            if conn.transport.connected:
+                conn.transport.abortConnection()
+        self.assertTrue((yield waitFor(lambda: a.open == 0 and not len(factory.idle))))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        self.addCleanup(gc.garbage.clear)
+        self.addCleanup(gc.set_debug, 0)
+        gc.collect()
+        left = [
+            o for o in gc.garbage
+            if isinstance(o, (ClientConnection, BackendConnection, Exchange))
+        ]
+        self.assertEqual(left, [])

@@ -284,6 +284,12 @@ class ClientConnection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
+        # The parser holds bound methods of this protocol, and a request
+        # still being parsed refers back to it: let both go, so that
+        # reference counting frees the connection now rather than the
+        # garbage collector on one of its passes.
+        del self.parser
+        self._parsing = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -381,9 +387,14 @@ class ClientConnection(Protocol):
         except HttpParserError as e:
             cause = e.__context__
             if isinstance(cause, BadRequest):
-                self._refuse(cause.status, str(cause))
+                status, why = cause.status, str(cause)
             else:
-                self._refuse(400, str(e))
+                status, why = 400, str(e)
+            # The cause's traceback holds this frame: kept in a local, it
+            # would make the frame, the exception and this connection a
+            # cycle.
+            del cause
+            self._refuse(status, why)
             return
         if self._parsing is not None and self._headStarted is not None:
             # llhttp buffers a header until it ends: bound what it may hold.
@@ -585,8 +596,6 @@ class BackendConnection(Protocol):
 
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
-        # Kept as one object: the backend's closers set adds and discards it.
-        self.closer: Callable[[], None] = self.abortNow
         if self.proxyHeader is not None:
             self.transport.write(self.proxyHeader)
 
@@ -675,7 +684,9 @@ class BackendConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self.reusable = False
-        self.backend.closers.discard(self.closer)
+        # As for the client: the parser refers back to this protocol.
+        del self.parser
+        self.backend.closers.discard(self.abortNow)
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -758,15 +769,22 @@ class BackendConnection(Protocol):
 class _BackendConnectionFactory(Factory):
     """
     Builds the protocol of one new backend connection.
+
+    Twisted's TCP endpoint wraps it in a factory that forms a reference
+    cycle with its connector, which only the garbage collector frees; the
+    builder (a closure over the backend and the pool key) is let go of once
+    used, so that only those few small objects are left to it.
     """
 
     noisy = False
 
     def __init__(self, build: Callable[[], BackendConnection]) -> None:
-        self._build = build
+        self._build: Callable[[], BackendConnection] | None = build
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return self._build()
+        build, self._build = self._build, None
+        assert build is not None, "a backend connection factory builds one protocol"
+        return build()
 
 
 class HTTPProxyFactory(ListenerFactory):
@@ -1176,7 +1194,9 @@ class HTTPProxyFactory(ListenerFactory):
         conn.requests += 1
         client = ex.client
         self.pool.opened(backend)
-        backend.closers.add(conn.closer)
+        # A bound method made for each add and discard (they compare equal),
+        # not one kept on the connection, which would refer back to it.
+        backend.closers.add(conn.abortNow)
         if ex.hasBody or ex.upgrade:
             # Only a body can fill the backend's buffer: spare the others.
             conn.transport.registerProducer(client, True)
@@ -1210,7 +1230,7 @@ class HTTPProxyFactory(ListenerFactory):
         ex.conn = None
         conn.exchange = None
         self.pool.closed(conn.backend)
-        conn.backend.closers.discard(conn.closer)
+        conn.backend.closers.discard(conn.abortNow)
         if not conn.lost:
             if ex.hasBody or ex.upgrade:
                 conn.transport.unregisterProducer()
