@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .accesslog import AccessLogFile
-from .dial import BackendProtocol, Dialler
+from .dial import BackendProtocol, Cancellable, Dialler
 from .pool import Backend, BackendPool
 from .proxyprotocol import PROXY_HEADERS
 
@@ -122,7 +122,9 @@ class _Attempt:
         self.client = client
         self.tried = tried
         self.failures = 0
-        self.current: Deferred[Any] | None = None
+        self.current: Cancellable | None = None
+        # The backend being dialled.
+        self.backend: Backend | None = None
         self.queueTimer: Any = None
         self.result: Deferred[tuple[Backend, Any]] = Deferred(self._cancel)
         self._next()
@@ -130,8 +132,12 @@ class _Attempt:
     def _cancel(self, result: Deferred[Any]) -> None:
         if self.queueTimer is not None:
             self._leaveQueue()
-        if self.current is not None:
-            self.current.cancel()
+        current, backend = self.current, self.backend
+        self.current = self.backend = None
+        if current is not None:
+            current.cancel()
+        if backend is not None:
+            self.connector.pool.release(backend)
 
     def _wait(self) -> None:
         """
@@ -198,22 +204,25 @@ class _Attempt:
             return
         self.tried.append(backend)
         pool.acquire(backend)
-        d = connector.endpoints.dial(
-            backend.endpoint, self.build, pool.config.timeouts.connect
+        self.backend = backend
+        current = connector.endpoints.dial(
+            backend.endpoint, self.build, pool.config.timeouts.connect,
+            self._connected, self._failed,
         )
-        self.current = d
-        d.addCallbacks(
-            self._connected, self._failed, callbackArgs=(backend,), errbackArgs=(backend,)
-        )
+        if self.backend is backend:
+            # Still connecting (a dial may be over before it returns).
+            self.current = current
 
-    def _connected(self, protocol: Any, backend: Backend) -> None:
-        self.current = None
+    def _connected(self, protocol: Any) -> None:
+        backend, self.backend, self.current = self.backend, None, None
+        assert backend is not None
         protocol.retries = self.failures
         self.connector.pool.connectSucceeded(backend)
         self.result.callback((backend, protocol))
 
-    def _failed(self, reason: Failure, backend: Backend) -> None:
-        self.current = None
+    def _failed(self, reason: Failure) -> None:
+        backend, self.backend, self.current = self.backend, None, None
+        assert backend is not None
         self.connector.pool.release(backend)
         if self.result.called or reason.check(CancelledError, ConnectingCancelledError):
             return

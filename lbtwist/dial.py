@@ -2,29 +2,34 @@
 Dialling a backend: one outgoing connection, with a timeout, as lean as
 Twisted allows.
 
-A plain TCP backend is dialled with C{reactor.connectTCP} and the protocol
-itself reports when it is connected (L{BackendProtocol}), instead of going
-through a client endpoint: the endpoint would wrap the protocol (one more
-call on every read), chain several L{Deferred}s and run a timer of its own on
-top of ours, all per connection.  Other endpoints (UNIX, TLS...) go through
-Twisted's endpoint as usual.
+On lbtwist's reactor (L{IReactorDialTCP}) a TCP backend at an IP address is
+dialled directly: no connector, factory or L{Deferred}, and over loopback
+the connection is made before L{Dialler.dial} returns.  On other reactors,
+or for a host name, it is dialled with C{reactor.connectTCP} and the
+protocol itself reports when it is connected (L{BackendProtocol}), instead
+of going through a client endpoint, which would wrap the protocol (one more
+call on every read) and chain several L{Deferred}s.  Other endpoints (UNIX,
+TLS...) go through Twisted's endpoint as usual.
 
-Either way the result is a L{Deferred} that fires with the connected
-protocol, fails with L{twisted.internet.error.TimeoutError} after the
-timeout, and can be cancelled.
+Either way the outcome goes to two callables, C{connected(protocol)} or
+C{failed(reason)} (L{twisted.internet.error.TimeoutError} after the
+timeout), and the attempt can be cancelled.
 """
 
 from __future__ import annotations
 
 import re
+import typing
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import IAddress, IConnector, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
+
+from .leantcp import IReactorDialTCP, ipFamily
 
 
 class BackendProtocol(Protocol):
@@ -70,35 +75,59 @@ def tcpAddress(endpoint: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+class Cancellable(typing.Protocol):
+    """
+    An attempt in progress: C{cancel()} abandons it.
+    """
+
+    def cancel(self) -> None: ...
+
+
 def _spent() -> BackendProtocol:
     raise RuntimeError("a dial builds one protocol")
 
 
 class _DialFactory(ClientFactory):
     """
-    Builds the one protocol of one direct TCP connection, and fires
-    C{deferred} when it is connected or has failed.
+    Builds the one protocol of one direct TCP connection through
+    C{connectTCP}, and reports the outcome to C{connected} or C{failed}.
 
     Once the attempt is over (connected, failed or cancelled) it lets go of
-    the L{Deferred} and the connector, which both refer back to it: a cycle
-    left behind would keep every connection's objects alive until the
-    garbage collector's next full pass.
-
-    @ivar deferred: the attempt's result, or L{None} once it is over.
+    the callbacks and the connector, which refer back to it and to the
+    client: a cycle left behind would keep every connection's objects alive
+    until the garbage collector's next full pass.
     """
 
     noisy = False
 
-    def __init__(self, build: Callable[[], BackendProtocol]) -> None:
+    def __init__(
+        self,
+        build: Callable[[], BackendProtocol],
+        connected: Callable[[Any], None],
+        failed: Callable[[Failure], None],
+    ) -> None:
         self.build = build
-        self.deferred: Deferred[BackendProtocol] | None = Deferred(self._cancel)
+        self._connected: Callable[[Any], None] | None = connected
+        self._failed: Callable[[Failure], None] | None = failed
         self.connector: IConnector | None = None
 
-    def _settle(self) -> Deferred[BackendProtocol] | None:
-        deferred, self.deferred, self.connector = self.deferred, None, None
-        return deferred
+    @property
+    def settled(self) -> bool:
+        """
+        Whether the outcome is known (or the attempt was cancelled).
+        """
+        return self._connected is None
 
-    def _cancel(self, d: Deferred[BackendProtocol]) -> None:
+    def _settle(self) -> tuple[Callable[[Any], None] | None, Callable[[Failure], None] | None]:
+        callbacks = self._connected, self._failed
+        self._connected = self._failed = None
+        self.connector = None
+        return callbacks
+
+    def cancel(self) -> None:
+        """
+        Abandon the attempt; neither callback will be called.
+        """
         connector = self.connector
         self._settle()
         if connector is not None:
@@ -108,18 +137,18 @@ class _DialFactory(ClientFactory):
         # The builder is usually a method of the client's protocol: one use.
         build, self.build = self.build, _spent
         protocol = build()
-        protocol._whenConnected = self._connected
+        protocol._whenConnected = self._whenConnected
         return protocol
 
-    def _connected(self, protocol: BackendProtocol) -> None:
-        deferred = self._settle()
-        if deferred is not None:
-            deferred.callback(protocol)
+    def _whenConnected(self, protocol: BackendProtocol) -> None:
+        connected, _ = self._settle()
+        if connected is not None:
+            connected(protocol)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        deferred = self._settle()
-        if deferred is not None:
-            deferred.errback(reason)
+        _, failed = self._settle()
+        if failed is not None:
+            failed(reason)
 
 
 class _OneShotFactory(Factory):
@@ -145,6 +174,7 @@ class Dialler:
         self._reactor = reactor
         self._endpoints: dict[str, IStreamClientEndpoint] = {}
         self._addresses: dict[str, tuple[str, int] | None] = {}
+        self._direct = IReactorDialTCP.providedBy(reactor)
 
     def endpoint(self, text: str) -> IStreamClientEndpoint:
         """
@@ -157,33 +187,48 @@ class Dialler:
         return endpoint
 
     def dial(
-        self, text: str, build: Callable[[], BackendProtocol], timeout: float
-    ) -> Deferred[BackendProtocol]:
+        self,
+        text: str,
+        build: Callable[[], BackendProtocol],
+        timeout: float,
+        connected: Callable[[Any], None],
+        failed: Callable[[Failure], None],
+    ) -> Cancellable:
         """
-        Connect a protocol from C{build} to the endpoint C{text}.
+        Connect a protocol from C{build} to the endpoint C{text}; call
+        C{connected(protocol)} once it is connected, or C{failed(reason)}
+        if it cannot be within C{timeout} seconds.  Either may be called
+        before this returns.
 
-        @return: fires with the connected protocol; fails with
-            L{TimeoutError} after C{timeout} seconds, or with the reason the
-            connection failed.  Cancelling it abandons the connection.
+        @return: the attempt, whose C{cancel()} abandons it without calling
+            either.
         """
         try:
             address = self._addresses[text]
         except KeyError:
             address = self._addresses[text] = tcpAddress(text)
-        if address is not None:
-            factory = _DialFactory(build)
-            result = factory.deferred
-            assert result is not None
-            connector = self._reactor.connectTCP(address[0], address[1], factory, timeout=timeout)
-            if factory.deferred is not None:
-                # Still connecting (the lean reactor may have finished already).
-                factory.connector = connector
-            return result
-        return self._dialEndpoint(text, build, timeout)
+        if address is None:
+            return self._dialEndpoint(text, build, timeout, connected, failed)
+        host, port = address
+        if self._direct and ipFamily(host) is not None:
+            return self._reactor.dialTCP(  # type: ignore[no-any-return]
+                host, port, build(), timeout, connected, failed
+            )
+        factory = _DialFactory(build, connected, failed)
+        connector = self._reactor.connectTCP(host, port, factory, timeout=timeout)
+        if not factory.settled:
+            # Still connecting: keep the connector, to cancel.
+            factory.connector = connector
+        return factory
 
     def _dialEndpoint(
-        self, text: str, build: Callable[[], Protocol], timeout: float
-    ) -> Deferred[Any]:
+        self,
+        text: str,
+        build: Callable[[], Protocol],
+        timeout: float,
+        connected: Callable[[Any], None],
+        failed: Callable[[Failure], None],
+    ) -> Cancellable:
         attempt = self.endpoint(text).connect(_OneShotFactory(build))
         timedOut = []
 
@@ -199,6 +244,9 @@ class Dialler:
             timer.cancel()
             return result
 
-        result: Deferred[Any] = Deferred(lambda d: attempt.cancel())
-        attempt.addBoth(done).chainDeferred(result)
-        return result
+        def fail(reason: Failure) -> None:
+            if not reason.check(CancelledError):
+                failed(reason)
+
+        attempt.addBoth(done).addCallbacks(connected, fail)
+        return attempt

@@ -36,18 +36,67 @@ import socket
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from functools import lru_cache
 from os import strerror
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import abstract, address, base, error, tcp
+from twisted.python.failure import Failure
+from zope.interface import Interface
 
 
-class LeanServer(tcp.Server):
+class IReactorDialTCP(Interface):
+    """
+    A reactor that can dial a TCP connection for a protocol directly, with
+    callbacks instead of a connector and factory.
+    """
+
+    def dialTCP(
+        host: str,
+        port: int,
+        protocol: Any,
+        timeout: float,
+        connected: Callable[[Any], None],
+        failed: Callable[[Failure], None],
+    ) -> Any:
+        """
+        Connect C{protocol} to C{host} (an IP address) and C{port}; call
+        C{connected(protocol)} once it is connected, or C{failed(reason)}
+        if it cannot be within C{timeout} seconds.  Either may be called
+        before this returns.
+
+        @return: an object whose C{cancel()} abandons the attempt without
+            calling either.
+        """
+
+
+class _LeanConnection(tcp.Connection):
+    """
+    What both lean transports change in L{tcp.Connection}'s closing.
+    """
+
+    _shouldShutdown = False
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        L{tcp.Connection.connectionLost}, with the reason's type checked
+        directly: L{Failure.check} walks the exception's class hierarchy by
+        name, which cost more than the rest of closing the socket.
+        """
+        if not hasattr(self, "socket"):
+            return
+        abstract.FileDescriptor.connectionLost(self, reason)
+        self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        protocol.connectionLost(reason)
+
+
+class LeanServer(_LeanConnection, tcp.Server):
     """
     An accepted TCP connection: L{tcp.Server} without the strings it
     formats for every connection.
     """
-
-    _shouldShutdown = False
     _peer: address.IPv4Address | address.IPv6Address | None = None
 
     def __init__(
@@ -86,6 +135,173 @@ class LeanServer(tcp.Server):
         return peer
 
 
+class LeanDialled(_LeanConnection):
+    """
+    A connection made by L{LeanDial}: a connected socket and its protocol,
+    with no connector or factory behind it.
+    """
+
+    _peer: address.IPv4Address | address.IPv6Address | None = None
+
+    def __init__(self, sock: socket.socket, protocol: Any, reactor: Any, peer: tuple[Any, ...]) -> None:
+        abstract.FileDescriptor.__init__(self, reactor=reactor)
+        self.socket = sock
+        self.fileno = sock.fileno  # type: ignore[method-assign]
+        self.protocol = protocol
+        self.realAddress = peer
+        self.connected = 1
+
+    def getPeer(self) -> address.IPv4Address | address.IPv6Address:
+        peer = self._peer
+        if peer is None:
+            kind = address.IPv6Address if len(self.realAddress) == 4 else address.IPv4Address
+            peer = self._peer = kind("TCP", *self.realAddress[:2])
+        return peer
+
+    def getHost(self) -> address.IPv4Address | address.IPv6Address:
+        host = tcp._getsockname(self.socket)
+        kind = address.IPv6Address if len(host) == 4 else address.IPv4Address
+        return kind("TCP", *host[:2])
+
+    def logPrefix(self) -> str:
+        protocol = getattr(self, "protocol", None)
+        name = self._getLogPrefix(protocol) if protocol is not None else "-"
+        return f"{name},client"
+
+
+class LeanDial:
+    """
+    Dials one TCP connection to an IP address for a protocol built in
+    advance, and reports the outcome to C{connected(protocol)} or
+    C{failed(reason)}, once; L{cancel} abandons it and reports nothing.
+
+    This is L{LeanConnector} without the L{IConnector} and factory layer
+    around it, for a caller that knows what it wants: a proxy dialling a
+    backend for each client.  It completes before L{start} returns when the
+    kernel has completed the handshake (over loopback); otherwise it waits
+    for the socket to become writable, for at most C{timeout} seconds.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        protocol: Any,
+        timeout: float,
+        connected: Callable[[Any], None],
+        failed: Callable[[Failure], None],
+    ) -> None:
+        self.reactor = reactor
+        if ipFamily(host) == socket.AF_INET6:
+            self.family = socket.AF_INET6
+            self.address: tuple[Any, ...] = tcp._resolveIPv6(host, port)
+        else:
+            self.family = socket.AF_INET
+            self.address = (host, port)
+        self.protocol = protocol
+        self.timeout = timeout
+        self._connected: Callable[[Any], None] | None = connected
+        self._failed: Callable[[Failure], None] | None = failed
+        self.socket: socket.socket | None = None
+        self._timer: Any = None
+
+    def start(self) -> LeanDial:
+        """
+        Start connecting; returns this dial, to cancel.
+        """
+        try:
+            sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as e:
+            self._report(None, Failure(error.ConnectBindError(e.args[0], e.args[1])))
+            return self
+        connect = sock.connect_ex
+        result = connect(self.address)
+        if result in (EINPROGRESS, EWOULDBLOCK):
+            result = connect(self.address)
+        if result in (0, EISCONN):
+            self._established(sock)
+        elif result in (EINPROGRESS, EALREADY, EWOULDBLOCK):
+            self.socket = sock
+            self.reactor.addWriter(self)
+            self._timer = self.reactor.callLater(self.timeout, self._timedOut)
+        else:
+            sock.close()
+            self._report(None, Failure(error.getConnectError((result, strerror(result)))))
+        return self
+
+    def cancel(self) -> None:
+        """
+        Abandon the attempt; neither callback will be called.
+        """
+        self._connected = self._failed = None
+        self._abandon()
+
+    # IWriteDescriptor, while the handshake is pending.
+
+    def fileno(self) -> int:
+        return self.socket.fileno() if self.socket is not None else -1
+
+    def logPrefix(self) -> str:
+        return "LeanDial"
+
+    def doWrite(self) -> None:
+        sock = self.socket
+        assert sock is not None
+        self._stopWaiting()
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            self._report(None, Failure(error.getConnectError((err, strerror(err)))))
+        else:
+            self._established(sock)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor saw an error or hang-up on the pending socket.
+        if self.socket is not None:
+            self.doWrite()
+
+    # Internals.
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._abandon()
+        self._report(None, Failure(error.TimeoutError(string=f"connect timed out after {self.timeout}s")))
+
+    def _stopWaiting(self) -> None:
+        self.reactor.removeWriter(self)
+        self.socket = None
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _abandon(self) -> None:
+        sock = self.socket
+        if sock is not None:
+            self._stopWaiting()
+            sock.close()
+
+    def _established(self, sock: socket.socket) -> None:
+        protocol = self.protocol
+        transport = LeanDialled(sock, protocol, self.reactor, self.address)
+        transport.startReading()
+        protocol.makeConnection(transport)
+        self._report(protocol, None)
+
+    def _report(self, protocol: Any, reason: Failure | None) -> None:
+        # Once, and then let go of the callbacks and the protocol: they
+        # usually refer back to whoever holds this dial.
+        connected, failed = self._connected, self._failed
+        self._connected = self._failed = None
+        self.protocol = None
+        if reason is None:
+            if connected is not None:
+                connected(protocol)
+        elif failed is not None:
+            failed(reason)
+
+
 class LeanPort(tcp.Port):
     """
     A listening TCP port whose connections are L{LeanServer}s.
@@ -105,6 +321,8 @@ class LeanClient(tcp.Client):
 
     _shouldShutdown = False
     _requiresResolution = False
+    # Closing a connected client is _LeanConnection's (BaseClient calls it).
+    _commonConnection = _LeanConnection
 
     def __init__(self, host: str, port: int, connector: LeanConnector, reactor: Any) -> None:
         self.connector = connector

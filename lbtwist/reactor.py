@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IConnector, IListeningPort
 from twisted.internet.main import installReactor
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from .leantcp import LeanConnector, LeanPort, ipFamily
+from .leantcp import IReactorDialTCP, LeanConnector, LeanDial, LeanPort, ipFamily
 
 
+@implementer(IReactorDialTCP)
 class LeanEPollReactor(EPollReactor):
     """
     An epoll reactor that dispatches I/O events without a logging context.
@@ -88,6 +91,20 @@ class LeanEPollReactor(EPollReactor):
         connector = LeanConnector(host, port, factory, timeout, self)
         connector.connect()
         return connector
+
+    def dialTCP(
+        self,
+        host: str,
+        port: int,
+        protocol: Any,
+        timeout: float,
+        connected: Callable[[Any], None],
+        failed: Callable[[Failure], None],
+    ) -> LeanDial:
+        """
+        See L{IReactorDialTCP.dialTCP}.
+        """
+        return LeanDial(self, host, port, protocol, timeout, connected, failed).start()
 
 
 def install() -> Any:

@@ -143,6 +143,8 @@ class ClientSide(_Side):
 
     factory: TCPProxyFactory
     _attempt: Deferred[Any] | None = None
+    # The client's address as logs show it.
+    clientName = "-"
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
@@ -164,8 +166,9 @@ class ClientSide(_Side):
 
     def _connect(self, exclude: tuple[Backend, ...]) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.clientName = describe(peer)
         self._attempt = self.factory.connector.connect(
-            clientKey(peer), self._buildBackendSide, describe(peer), exclude
+            clientKey(peer), self._buildBackendSide, self.clientName, exclude
         )
         self._attempt.addCallbacks(self._joined, self._noBackend)
 
@@ -247,7 +250,7 @@ class ClientSide(_Side):
         """
         session = self.session
         peer = self.peer
-        client = describe(self.transport.getPeer())  # type: ignore[union-attr]
+        client = self.clientName
         backendName = backend.name if backend is not None else None
         bytesOut = peer.received if peer is not None else 0
         duration = session.seconds() - session.started

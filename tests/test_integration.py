@@ -14,6 +14,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
+from lbtwist.connect import _Attempt
+from lbtwist.leantcp import LeanDial, LeanDialled
 from lbtwist.pool import Health
 from lbtwist.tcp import BackendSide, ClientSide, TCPProxyFactory, TCPSession
 
@@ -266,7 +268,10 @@ class FailoverTests(TestCase):
         self.addCleanup(gc.garbage.clear)
         self.addCleanup(gc.set_debug, 0)
         gc.collect()
-        left = [o for o in gc.garbage if isinstance(o, (ClientSide, BackendSide, TCPSession))]
+        left = [
+            o for o in gc.garbage
+            if isinstance(o, (ClientSide, BackendSide, TCPSession, _Attempt, LeanDial, LeanDialled))
+        ]
         self.assertEqual(left, [])
 
 

@@ -15,7 +15,15 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.leantcp import LeanClient, LeanConnector, LeanPort, LeanServer, ipFamily
+from lbtwist.leantcp import (
+    LeanClient,
+    LeanConnector,
+    LeanDial,
+    LeanDialled,
+    LeanPort,
+    LeanServer,
+    ipFamily,
+)
 from lbtwist.reactor import LeanEPollReactor
 
 from .support import inThread, reactor, sleep, stuckListener
@@ -266,6 +274,134 @@ class LeanConnectorTests(TestCase):
         gc.collect()
         left = [o for o in gc.garbage if isinstance(o, (LeanClient, LeanConnector))]
         self.assertEqual(left, [])
+
+
+class Outcome:
+    """
+    Records what a L{LeanDial} reports.
+    """
+
+    def __init__(self) -> None:
+        self.connected: list[Any] = []
+        self.failed: list[Failure] = []
+        self.done: Deferred[None] = Deferred()
+
+    def onConnected(self, protocol: Any) -> None:
+        self.connected.append(protocol)
+        self.done.callback(None)
+
+    def onFailed(self, reason: Failure) -> None:
+        self.failed.append(reason)
+        self.done.callback(None)
+
+
+class LeanDialTests(TestCase):
+    """
+    L{LeanDial} connects a protocol built in advance, with callbacks.
+    """
+
+    def dial(self, port: int, timeout: float = 5.0) -> tuple[LeanDial, Recorder, Outcome]:
+        protocol = Recorder()
+        outcome = Outcome()
+        dial = LeanDial(
+            reactor, "127.0.0.1", port, protocol, timeout, outcome.onConnected, outcome.onFailed
+        ).start()
+        return dial, protocol, outcome
+
+    @inlineCallbacks
+    def test_connectedAtOnce(self) -> Any:
+        """
+        Over loopback the protocol is connected, and C{connected} called
+        with it, before C{start} returns; bytes go both ways.
+        """
+        port = listenEcho(self)
+        dial, protocol, outcome = self.dial(port)
+        self.assertEqual(outcome.connected, [protocol])
+        self.assertTrue(protocol.made)
+        transport = protocol.transport
+        self.assertIsInstance(transport, LeanDialled)
+        self.assertEqual(transport.getPeer().port, port)  # type: ignore[union-attr]
+        self.assertIs(transport.getPeer(), transport.getPeer())  # type: ignore[union-attr]
+        self.assertEqual(transport.getHost().host, "127.0.0.1")  # type: ignore[union-attr]
+        self.assertIn("Recorder", transport.logPrefix())  # type: ignore[union-attr]
+        transport.write(b"ping")  # type: ignore[union-attr]
+        self.assertEqual((yield protocol.receive(4)), b"ping")
+        transport.loseConnection()  # type: ignore[union-attr]
+        self.assertIsInstance((yield protocol.lost), error.ConnectionDone)
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        A refused connection is reported before C{start} returns, with no
+        timer left behind.
+        """
+        before = len(reactor.getDelayedCalls())
+        dial, protocol, outcome = self.dial(freePort())
+        self.assertEqual(len(outcome.failed), 1)
+        self.assertTrue(outcome.failed[0].check(error.ConnectionRefusedError))
+        self.assertFalse(protocol.made)
+        self.assertEqual(len(reactor.getDelayedCalls()), before)
+
+    @inlineCallbacks
+    def test_completesLater(self) -> Any:
+        """
+        A handshake that completes after C{start} returns is noticed when
+        the socket becomes writable.
+        """
+        port = stuckListener(self)
+        dial, protocol, outcome = self.dial(port, timeout=10.0)
+        self.assertEqual((outcome.connected, outcome.failed), ([], []))
+        accepted, _ = yield inThread(self.stuck.accept)  # type: ignore[attr-defined]
+        self.addCleanup(accepted.close)
+        yield outcome.done
+        self.assertEqual(outcome.connected, [protocol])
+        self.assertIsNone(dial._timer)
+        protocol.transport.loseConnection()  # type: ignore[union-attr]
+        yield protocol.lost
+
+    @inlineCallbacks
+    def test_timesOut(self) -> Any:
+        """
+        A handshake that does not complete is reported as a
+        L{TimeoutError} after the timeout, and its socket closed.
+        """
+        port = stuckListener(self)
+        dial, protocol, outcome = self.dial(port, timeout=0.2)
+        sock = dial.socket
+        assert sock is not None
+        yield outcome.done
+        self.assertTrue(outcome.failed[0].check(error.TimeoutError))
+        self.assertEqual(sock.fileno(), -1)
+        self.assertEqual(dial.fileno(), -1)
+
+    @inlineCallbacks
+    def test_cancel(self) -> Any:
+        """
+        A cancelled attempt reports nothing, closes its socket and stops
+        its timer.
+        """
+        port = stuckListener(self)
+        before = len(reactor.getDelayedCalls())
+        dial, protocol, outcome = self.dial(port, timeout=0.2)
+        sock = dial.socket
+        assert sock is not None
+        dial.cancel()
+        self.assertEqual(sock.fileno(), -1)
+        self.assertEqual(len(reactor.getDelayedCalls()), before)
+        yield sleep(0.3)
+        self.assertEqual((outcome.connected, outcome.failed), ([], []))
+
+    def test_reactor(self) -> None:
+        """
+        L{LeanEPollReactor} dials through L{LeanDial}.
+        """
+        lean = LeanEPollReactor()
+        self.addCleanup(lean._poller.close)
+        outcome = Outcome()
+        dial = lean.dialTCP(
+            "127.0.0.1", freePort(), Recorder(), 5.0, outcome.onConnected, outcome.onFailed
+        )
+        self.assertIsInstance(dial, LeanDial)
+        self.assertTrue(outcome.failed[0].check(error.ConnectionRefusedError))
 
 
 class LeanServerTests(TestCase):

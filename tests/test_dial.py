@@ -1,0 +1,114 @@
+"""
+Tests for L{lbtwist.dial}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from lbtwist.dial import BackendProtocol, Dialler
+from lbtwist.leantcp import IReactorDialTCP
+
+
+@implementer(IReactorDialTCP)
+class DirectReactor(MemoryReactorClock):
+    """
+    A memory reactor that records direct dials.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dials: list[tuple[Any, ...]] = []
+
+    def dialTCP(self, *args: Any) -> Any:
+        self.dials.append(args)
+        return None
+
+
+class Outcome:
+    """
+    Records what a dial reports.
+    """
+
+    def __init__(self) -> None:
+        self.connected: list[Any] = []
+        self.failed: list[Failure] = []
+
+
+def dial(reactor: Any, text: str) -> tuple[Any, Outcome, list[BackendProtocol]]:
+    outcome = Outcome()
+    built: list[BackendProtocol] = []
+
+    def build() -> BackendProtocol:
+        built.append(BackendProtocol())
+        return built[-1]
+
+    attempt = Dialler(reactor).dial(
+        text, build, 3.0, outcome.connected.append, outcome.failed.append
+    )
+    return attempt, outcome, built
+
+
+class DiallerTests(SynchronousTestCase):
+    """
+    L{Dialler} picks the leanest way to each backend.
+    """
+
+    def test_direct(self) -> None:
+        """
+        On a reactor that dials directly, a TCP backend at an IP address is
+        dialled with a protocol built in advance.
+        """
+        reactor = DirectReactor()
+        _, outcome, built = dial(reactor, "tcp:host=10.0.0.5:port=80")
+        self.assertEqual(len(reactor.dials), 1)
+        host, port, protocol, timeout = reactor.dials[0][:4]
+        self.assertEqual((host, port, timeout), ("10.0.0.5", 80, 3.0))
+        self.assertIs(protocol, built[0])
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_hostName(self) -> None:
+        """
+        A host name goes through C{connectTCP}, which resolves it; the
+        protocol reports itself connected.
+        """
+        reactor = DirectReactor()
+        _, outcome, built = dial(reactor, "tcp:host=backend.example:port=80")
+        self.assertEqual(reactor.dials, [])
+        host, port, factory, timeout, _ = reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("backend.example", 80, 3.0))
+        protocol = factory.buildProtocol(None)
+        self.assertEqual(outcome.connected, [])
+        protocol.makeConnection(StringTransport())
+        self.assertEqual(outcome.connected, [protocol])
+
+    def test_connectTCPFails(self) -> None:
+        """
+        A failed C{connectTCP} attempt is reported once.
+        """
+        reactor = MemoryReactorClock()
+        _, outcome, _ = dial(reactor, "tcp:host=10.0.0.5:port=80")
+        factory = reactor.tcpClients[0][2]
+        reason = Failure(ConnectionRefusedError())
+        factory.clientConnectionFailed(reactor.connectors[0], reason)
+        factory.clientConnectionFailed(reactor.connectors[0], reason)
+        self.assertEqual(outcome.failed, [reason])
+
+    def test_connectTCPCancel(self) -> None:
+        """
+        Cancelling a C{connectTCP} attempt stops the connector and reports
+        nothing, even when the connector then says it failed.
+        """
+        reactor = MemoryReactorClock()
+        attempt, outcome, _ = dial(reactor, "tcp:host=10.0.0.5:port=80")
+        connector = reactor.connectors[0]
+        attempt.cancel()
+        self.assertEqual(connector.stoppedConnecting, True)
+        reactor.tcpClients[0][2].clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        self.assertEqual((outcome.connected, outcome.failed), ([], []))
