@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import (
     ConnectingCancelledError,
@@ -88,22 +88,30 @@ class BackendConnector:
         key: bytes | None,
         build: Callable[[], BackendProtocol],
         client: str,
-        exclude: tuple[Backend, ...] = (),
-    ) -> Deferred[tuple[Backend, Any]]:
+        exclude: tuple[Backend, ...],
+        joined: Callable[[Backend, Any], None],
+        failed: Callable[[Failure], None],
+    ) -> ConnectAttempt:
         """
-        Connect a new protocol from C{build} to a backend chosen for C{key}.
+        Connect a new protocol from C{build} to a backend chosen for C{key}:
+        call C{joined(backend, protocol)} once connected, or C{failed(reason)}
+        with L{NoBackendAvailable}.  Either may be called before this
+        returns (see L{ConnectAttempt.over}).
+
+        The client holds one of the backend's C{maxconn} slots from then on:
+        give it back with C{pool.release(backend)} when done.
 
         @param client: the client's address, for the log.
         @param exclude: backends not to try.
-        @return: fires with C{(backend, protocol)} once connected, or fails
-            with L{NoBackendAvailable}.  Cancelling it abandons the attempt.
-            The client holds one of the backend's C{maxconn} slots from then
-            on: give it back with C{pool.release(backend)} when done.
+        @return: the attempt, whose C{cancel()} abandons it without calling
+            either.
         """
-        return _Attempt(self, key, build, client, list(exclude)).result
+        attempt = ConnectAttempt(self, key, build, client, list(exclude), joined, failed)
+        attempt._next()
+        return attempt
 
 
-class _Attempt:
+class ConnectAttempt:
     """
     One client's search for a backend.
     """
@@ -115,6 +123,8 @@ class _Attempt:
         build: Callable[[], BackendProtocol],
         client: str,
         tried: list[Backend],
+        joined: Callable[[Backend, Any], None],
+        failed: Callable[[Failure], None],
     ) -> None:
         self.connector = connector
         self.key = key
@@ -126,10 +136,32 @@ class _Attempt:
         # The backend being dialled.
         self.backend: Backend | None = None
         self.queueTimer: Any = None
-        self.result: Deferred[tuple[Backend, Any]] = Deferred(self._cancel)
-        self._next()
+        self._onJoined: Callable[[Backend, Any], None] | None = joined
+        self._onFailed: Callable[[Failure], None] | None = failed
 
-    def _cancel(self, result: Deferred[Any]) -> None:
+    @property
+    def over(self) -> bool:
+        """
+        Whether the outcome has been reported (or the attempt cancelled).
+        """
+        return self._onJoined is None
+
+    def _report(self) -> tuple[Callable[[Backend, Any], None] | None, Callable[[Failure], None] | None]:
+        # Once, and then let go of the callbacks: they are the client's.
+        callbacks = self._onJoined, self._onFailed
+        self._onJoined = self._onFailed = None
+        return callbacks
+
+    def _fail(self, reason: NoBackendAvailable) -> None:
+        _, failed = self._report()
+        if failed is not None:
+            failed(Failure(reason))
+
+    def cancel(self) -> None:
+        """
+        Abandon the attempt; neither callback will be called.
+        """
+        self._report()
         if self.queueTimer is not None:
             self._leaveQueue()
         current, backend = self.current, self.backend
@@ -146,7 +178,7 @@ class _Attempt:
         """
         pool = self.connector.pool
         if not pool.enqueue(self._woken):
-            self.result.errback(QueueFull("every backend is full and the queue is full"))
+            self._fail(QueueFull("every backend is full and the queue is full"))
             return
         self.queueTimer = self.connector.reactor.callLater(
             pool.config.queue.timeout, self._queueTimeOut
@@ -174,7 +206,7 @@ class _Attempt:
             client=self.client,
             timeout=pool.config.queue.timeout,
         )
-        self.result.errback(QueueFull("timed out in the queue"))
+        self._fail(QueueFull("timed out in the queue"))
 
     def _next(self) -> None:
         connector = self.connector
@@ -200,7 +232,7 @@ class _Attempt:
                     attempts=self.failures,
                 )
                 why = f"no backend reachable after {self.failures} attempts"
-            self.result.errback(NoBackendAvailable(why))
+            self._fail(NoBackendAvailable(why))
             return
         self.tried.append(backend)
         pool.acquire(backend)
@@ -218,13 +250,15 @@ class _Attempt:
         assert backend is not None
         protocol.retries = self.failures
         self.connector.pool.connectSucceeded(backend)
-        self.result.callback((backend, protocol))
+        joined, _ = self._report()
+        if joined is not None:
+            joined(backend, protocol)
 
     def _failed(self, reason: Failure) -> None:
         backend, self.backend, self.current = self.backend, None, None
         assert backend is not None
         self.connector.pool.release(backend)
-        if self.result.called or reason.check(CancelledError, ConnectingCancelledError):
+        if self.over or reason.check(CancelledError, ConnectingCancelledError):
             return
         kind = failureKind(reason)
         self.failures += 1

@@ -38,7 +38,7 @@ from functools import lru_cache
 from os import strerror
 from typing import Any, Callable
 
-from twisted.internet import abstract, address, base, error, tcp
+from twisted.internet import abstract, address, base, error, main, tcp
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
@@ -68,12 +68,29 @@ class IReactorDialTCP(Interface):
         """
 
 
+# What a connection closed on our side reports, as Twisted's reactor shares
+# one for the connections it sees closed.
+_CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+
+
 class _LeanConnection(tcp.Connection):
     """
     What both lean transports change in L{tcp.Connection}'s closing.
     """
 
     _shouldShutdown = False
+
+    def loseConnection(self) -> None:
+        """
+        Close once what is queued is sent; at once if the write side is
+        already finished, with a shared L{Failure} rather than a new one.
+        """
+        if self._writeDisconnected and self.connected and not self.disconnecting and not self.TLS:
+            self.stopReading()
+            self.stopWriting()
+            self.connectionLost(_CONNECTION_DONE)
+        else:
+            tcp.Connection.loseConnection(self)
 
     def connectionLost(self, reason: Failure) -> None:
         """

@@ -64,6 +64,26 @@ class LeanEPollReactor(EPollReactor):
 
     doIteration = doPoll  # type: ignore[assignment]
 
+    def removeReader(self, reader: Any) -> None:
+        """
+        Stop watching C{reader} for reading.  Closing a connection asks this
+        several times over, mostly of descriptors not being read: those are
+        answered at once.
+        """
+        fd = reader.fileno()
+        if fd >= 0 and fd not in self._reads and not self._continuousPolling.isReading(reader):
+            return
+        super().removeReader(reader)
+
+    def removeWriter(self, writer: Any) -> None:
+        """
+        Stop watching C{writer} for writing; see L{removeReader}.
+        """
+        fd = writer.fileno()
+        if fd >= 0 and fd not in self._writes and not self._continuousPolling.isWriting(writer):
+            return
+        super().removeWriter(writer)
+
     def listenTCP(
         self, port: int, factory: Any, backlog: int = 50, interface: str = ""
     ) -> IListeningPort:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -20,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .accesslog import tcpLine
-from .connect import BackendConnector, ListenerFactory
+from .connect import BackendConnector, ConnectAttempt, ListenerFactory
 from .dial import BackendProtocol
 from .pool import Backend, BackendPool
 from .writethrough import close, halfClose, writeThrough
@@ -142,7 +141,7 @@ class ClientSide(_Side):
     """
 
     factory: TCPProxyFactory
-    _attempt: Deferred[Any] | None = None
+    _attempt: ConnectAttempt | None = None
     # The client's address as logs show it.
     clientName = "-"
 
@@ -167,17 +166,18 @@ class ClientSide(_Side):
     def _connect(self, exclude: tuple[Backend, ...]) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.clientName = describe(peer)
-        self._attempt = self.factory.connector.connect(
-            clientKey(peer), self._buildBackendSide, self.clientName, exclude
+        attempt = self.factory.connector.connect(
+            clientKey(peer), self._buildBackendSide, self.clientName, exclude,
+            self._joined, self._noBackend,
         )
-        self._attempt.addCallbacks(self._joined, self._noBackend)
+        if not attempt.over:
+            self._attempt = attempt
 
     def _buildBackendSide(self) -> BackendProtocol:
         return BackendSide(self)
 
-    def _joined(self, result: tuple[Backend, BackendSide]) -> None:
+    def _joined(self, backend: Backend, server: BackendSide) -> None:
         self._attempt = None
-        backend, server = result
         if self.closed or backend.removed:
             server.transport.loseConnection()  # type: ignore[union-attr]
             self.factory.pool.release(backend)
@@ -212,8 +212,7 @@ class ClientSide(_Side):
 
     def _noBackend(self, reason: Failure) -> None:
         self._attempt = None
-        if not reason.check(CancelledError):
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         super().connectionLost(reason)

@@ -14,7 +14,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from lbtwist.connect import _Attempt
+from lbtwist.connect import ConnectAttempt
 from lbtwist.leantcp import LeanDial, LeanDialled
 from lbtwist.pool import Health
 from lbtwist.tcp import BackendSide, ClientSide, TCPProxyFactory, TCPSession
@@ -270,7 +270,7 @@ class FailoverTests(TestCase):
         gc.collect()
         left = [
             o for o in gc.garbage
-            if isinstance(o, (ClientSide, BackendSide, TCPSession, _Attempt, LeanDial, LeanDialled))
+            if isinstance(o, (ClientSide, BackendSide, TCPSession, ConnectAttempt, LeanDial, LeanDialled))
         ]
         self.assertEqual(left, [])
 
