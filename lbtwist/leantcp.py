@@ -86,8 +86,7 @@ class _LeanConnection(tcp.Connection):
         already finished, with a shared L{Failure} rather than a new one.
         """
         if self._writeDisconnected and self.connected and not self.disconnecting and not self.TLS:
-            self.stopReading()
-            self.stopWriting()
+            # connectionLost stops the reading and writing.
             self.connectionLost(_CONNECTION_DONE)
         else:
             tcp.Connection.loseConnection(self)
