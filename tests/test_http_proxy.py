@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from lbtwist.http._proxy import BackendConnection, ClientConnection, Exchange
+from lbtwist.leantcp import LeanDial, LeanDialled
 
 from .httphelpers import HTTPProxyTestCase, httpRequests, okResponse, rawExchange, waitFor
 from .support import inThread, poolConfig, startBalancer
@@ -422,6 +423,6 @@ class ReferenceCycleTests(HTTPProxyTestCase):
         gc.collect()
         left = [
             o for o in gc.garbage
-            if isinstance(o, (ClientConnection, BackendConnection, Exchange))
+            if isinstance(o, (ClientConnection, BackendConnection, Exchange, LeanDial, LeanDialled))
         ]
         self.assertEqual(left, [])

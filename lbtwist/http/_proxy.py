@@ -29,10 +29,10 @@ from httptools import (
     HttpRequestParser,
     HttpResponseParser,
 )
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectingCancelledError, ConnectionDone
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
@@ -40,6 +40,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 from ..accesslog import httpLine
 from ..config import ListenerConfig
 from ..connect import EndpointCache, ListenerFactory, failureKind
+from ..dial import BackendProtocol, Cancellable
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
 from ..tcp import describe, setNoDelay
@@ -145,7 +146,7 @@ class Exchange:
         self.bytesIn = 0
         self.bytesOut = 0
         self.timer: Any = None
-        self.connecting: Deferred[Any] | None = None
+        self.connecting: Cancellable | None = None
         self.respChunked = False
         self.respNoBody = False
         self.respUntilClose = False
@@ -568,7 +569,7 @@ class ClientConnection(Protocol):
 
 
 @implementer(IPushProducer)
-class BackendConnection(Protocol):
+class BackendConnection(BackendProtocol):
     """
     A connection to a backend, serving one exchange at a time and kept
     alive between them.
@@ -592,9 +593,12 @@ class BackendConnection(Protocol):
         self.paused = False
         self._skipBody = False
         self._finishAfterFeed = False
-        self.parser = HttpResponseParser(self)
 
     def connectionMade(self) -> None:
+        # Made here, not in __init__: a protocol built for a connection
+        # that fails is never connected, and the parser (which refers back
+        # to it) would make it a cycle.
+        self.parser = HttpResponseParser(self)
         setNoDelay(self.transport)
         if self.proxyHeader is not None:
             self.transport.write(self.proxyHeader)
@@ -764,27 +768,6 @@ class BackendConnection(Protocol):
         self._finishAfterFeed = True
         if not self.parser.should_keep_alive():
             self.reusable = False
-
-
-class _BackendConnectionFactory(Factory):
-    """
-    Builds the protocol of one new backend connection.
-
-    Twisted's TCP endpoint wraps it in a factory that forms a reference
-    cycle with its connector, which only the garbage collector frees; the
-    builder (a closure over the backend and the pool key) is let go of once
-    used, so that only those few small objects are left to it.
-    """
-
-    noisy = False
-
-    def __init__(self, build: Callable[[], BackendConnection]) -> None:
-        self._build: Callable[[], BackendConnection] | None = build
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        build, self._build = self._build, None
-        assert build is not None, "a backend connection factory builds one protocol"
-        return build()
 
 
 class HTTPProxyFactory(ListenerFactory):
@@ -1089,13 +1072,11 @@ class HTTPProxyFactory(ListenerFactory):
         def build() -> BackendConnection:
             return BackendConnection(self, backend, key, proxyHeader)
 
-        endpoint: Any = self.endpoints.get(backend)
-        d = endpoint.connect(_BackendConnectionFactory(build))
-        ex.connecting = d
-        timer = self.reactor.callLater(self.connectTimeout, d.cancel)
+        # Either callback may run before dial() returns.
+        settled: list[bool] = []
 
         def connected(conn: BackendConnection) -> None:
-            timer.cancel()
+            settled.append(True)
             ex.connecting = None
             pool.connectSucceeded(backend)
             if backend.removed:
@@ -1112,16 +1093,11 @@ class HTTPProxyFactory(ListenerFactory):
             self.attach(ex, conn)
 
         def failed(reason: Failure) -> None:
+            settled.append(True)
             ex.connecting = None
-            if timer.active():
-                timer.cancel()
-                if ex.finished or reason.check(CancelledError, ConnectingCancelledError):
-                    return
-                kind = failureKind(reason)
-            else:
-                kind = "timeout"
-            if ex.finished:
+            if ex.finished or reason.check(CancelledError, ConnectingCancelledError):
                 return
+            kind = failureKind(reason)
             ex.attempts += 1
             ex.retries += 1
             pool.failed(backend, kind, f"connect {kind}")
@@ -1134,7 +1110,11 @@ class HTTPProxyFactory(ListenerFactory):
             )
             self.dispatch(ex)
 
-        d.addCallbacks(connected, failed)
+        attempt = self.endpoints.dial(
+            backend.endpoint, build, self.connectTimeout, connected, failed
+        )
+        if not settled:
+            ex.connecting = attempt
 
     def _wait(self, ex: Exchange) -> None:
         """
