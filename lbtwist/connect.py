@@ -256,13 +256,18 @@ class ConnectAttempt:
 
     def _failed(self, reason: Failure) -> None:
         backend, self.backend, self.current = self.backend, None, None
-        assert backend is not None
-        self.connector.pool.release(backend)
+        if backend is None:
+            # Cancelled: the slot went back then.
+            return
         if self.over or reason.check(CancelledError, ConnectingCancelledError):
+            self.connector.pool.release(backend)
             return
         kind = failureKind(reason)
         self.failures += 1
+        # Counted before the slot goes back: releasing it wakes queued
+        # clients, who should not pick a backend just seen failing.
         self.connector.pool.failed(backend, kind, f"connect {kind}")
+        self.connector.pool.release(backend)
         self.connector.log.warn(
             "backend {backend} of pool {pool} failed to connect for {client} "
             "({kind}: {why}); trying another",

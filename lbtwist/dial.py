@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import TimeoutError
+from twisted.internet.error import ConnectingCancelledError, TimeoutError
 from twisted.internet.interfaces import IAddress, IConnector, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
@@ -150,6 +150,10 @@ class _DialFactory(ClientFactory):
         if failed is not None:
             failed(reason)
 
+    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
+        # Lost before it was reported connected: its connectionMade failed.
+        self.clientConnectionFailed(connector, reason)
+
 
 class _OneShotFactory(Factory):
     """
@@ -197,8 +201,8 @@ class Dialler:
         """
         Connect a protocol from C{build} to the endpoint C{text}; call
         C{connected(protocol)} once it is connected, or C{failed(reason)}
-        if it cannot be within C{timeout} seconds.  Either may be called
-        before this returns.
+        if it cannot be within C{timeout} seconds.  C{connected} may be
+        called before this returns; C{failed} never is.
 
         @return: the attempt, whose C{cancel()} abandons it without calling
             either.
@@ -245,7 +249,9 @@ class Dialler:
             return result
 
         def fail(reason: Failure) -> None:
-            if not reason.check(CancelledError):
+            # Cancelled by us (cancel() reports nothing); an endpoint says so
+            # with either error.
+            if not reason.check(CancelledError, ConnectingCancelledError):
                 failed(reason)
 
         attempt.addBoth(done).addCallbacks(connected, fail)

@@ -26,8 +26,11 @@ are all L{twisted.internet.tcp.Connection}'s) with that set-up cut down:
 
 One difference a caller can see: a connection that completes at once is
 built, and its protocol's C{connectionMade} called, before C{connectTCP}
-returns, and a connection refused at once fails the same way.  Twisted's
-L{Deferred}-based callers (endpoints, L{ClientCreator}) do not mind.
+returns (an error raised there is logged and closes the connection, as
+when the reactor calls it).  Failures are reported on a later reactor pass,
+as Twisted does, so a factory that retries at once cannot recurse.
+Twisted's L{Deferred}-based callers (endpoints, L{ClientCreator}) do not
+mind either way.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from os import strerror
 from typing import Any, Callable
 
 from twisted.internet import abstract, address, base, error, main, tcp
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
@@ -60,8 +64,8 @@ class IReactorDialTCP(Interface):
         """
         Connect C{protocol} to C{host} (an IP address) and C{port}; call
         C{connected(protocol)} once it is connected, or C{failed(reason)}
-        if it cannot be within C{timeout} seconds.  Either may be called
-        before this returns.
+        if it cannot be within C{timeout} seconds.  C{connected} may be
+        called before this returns; C{failed} never is.
 
         @return: an object whose C{cancel()} abandons the attempt without
             calling either.
@@ -195,8 +199,11 @@ class LeanDial:
     around it, for a caller that knows what it wants: a proxy dialling a
     backend for each client.  It completes before L{start} returns when the
     kernel has completed the handshake (over loopback); otherwise it waits
-    for the socket to become writable, for at most C{timeout} seconds.
+    for the socket to become writable, for at most C{timeout} seconds.  A
+    failure is always reported on a later reactor pass.
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -229,7 +236,7 @@ class LeanDial:
         try:
             sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
-            self._report(None, Failure(error.ConnectBindError(e.args[0], e.args[1])))
+            self._failLater(error.ConnectBindError(e.args[0], e.args[1]))
             return self
         connect = sock.connect_ex
         result = connect(self.address)
@@ -243,14 +250,31 @@ class LeanDial:
             self._timer = self.reactor.callLater(self.timeout, self._timedOut)
         else:
             sock.close()
-            self._report(None, Failure(error.getConnectError((result, strerror(result)))))
+            self._failLater(error.getConnectError((result, strerror(result))))
         return self
+
+    def _failLater(self, why: Exception) -> None:
+        """
+        Report an immediate failure on the next reactor pass, not from
+        inside L{start}: a caller that fails over (or wakes queued clients)
+        from its C{failed} callback would otherwise recurse once per
+        backend refusing at once.
+        """
+        self._timer = self.reactor.callLater(0, self._failNow, Failure(why))
+
+    def _failNow(self, reason: Failure) -> None:
+        self._timer = None
+        self._report(None, reason)
 
     def cancel(self) -> None:
         """
         Abandon the attempt; neither callback will be called.
         """
         self._connected = self._failed = None
+        if self.socket is None and self._timer is not None:
+            # An immediate failure waiting to be reported.
+            self._timer.cancel()
+            self._timer = None
         self._abandon()
 
     # IWriteDescriptor, while the handshake is pending.
@@ -302,7 +326,16 @@ class LeanDial:
         protocol = self.protocol
         transport = LeanDialled(sock, protocol, self.reactor, self.address)
         transport.startReading()
-        protocol.makeConnection(transport)
+        try:
+            protocol.makeConnection(transport)
+        except BaseException:
+            # As the reactor does with an error raised handling an event:
+            # log it and close the connection; the dial failed.
+            reason = Failure()
+            self._log.failure("connecting {protocol} failed", reason, protocol=protocol)
+            transport.connectionLost(reason)
+            self._timer = self.reactor.callLater(0, self._failNow, reason)
+            return
         self._report(protocol, None)
 
     def _report(self, protocol: Any, reason: Failure | None) -> None:
@@ -335,6 +368,7 @@ class LeanClient(tcp.Client):
     Create it through L{LeanConnector}, then call L{attempt}.
     """
 
+    _log = Logger()
     _shouldShutdown = False
     _requiresResolution = False
     # Closing a connected client is _LeanConnection's (BaseClient calls it).
@@ -366,12 +400,36 @@ class LeanClient(tcp.Client):
         if result in (EINPROGRESS, EWOULDBLOCK):
             result = connect(self.realAddress)
         if result in (0, EISCONN):
-            self._connectDone()
+            self._connectNow()
         elif result in (EINPROGRESS, EALREADY, EWOULDBLOCK):
             self.doWrite = self._connectCompleted  # type: ignore[method-assign]
             self.startWriting()
         else:
-            self.failIfNotConnected(error.getConnectError((result, strerror(result))))
+            # Reported on the next reactor pass, as Twisted does: a factory
+            # that retries at once from clientConnectionFailed must not
+            # recurse.
+            self.connector.reactor.callLater(
+                0, self.failIfNotConnected, error.getConnectError((result, strerror(result)))
+            )
+
+    def _connectNow(self) -> None:
+        """
+        Connected within C{connect()}: build the protocol now.  An error
+        raised by its C{connectionMade} is logged and closes the
+        connection, as the reactor does for errors raised handling events,
+        instead of escaping from C{connectTCP}.
+        """
+        try:
+            self._connectDone()
+        except BaseException:
+            reason = Failure()
+            self._log.failure("connecting {connector} failed", reason, connector=self.connector)
+            self.connectionLost(reason)
+
+    def failIfNotConnected(self, err: Any) -> None:
+        # The connecting write handler refers back to us: drop it.
+        self.__dict__.pop("doWrite", None)
+        tcp.Client.failIfNotConnected(self, err)
 
     def _connectCompleted(self) -> None:
         """
@@ -416,8 +474,21 @@ class LeanConnector(base.BaseConnector):
         if not self.factoryStarted:
             self.factory.doStart()
             self.factoryStarted = 1
+        try:
+            transport = LeanClient(self.host, self.port, self, self.reactor)
+        except OSError as e:
+            # No socket (too many open files...): fail on the next pass.
+            self.transport = None
+            self.factory.startedConnecting(self)
+            self.reactor.callLater(
+                0, self._failedBeforeStarting, Failure(error.ConnectBindError(e.args[0], e.args[1]))
+            )
+            return
+        self.transport = transport  # type: ignore[assignment]
         self.factory.startedConnecting(self)
-        transport = self.transport = LeanClient(self.host, self.port, self, self.reactor)  # type: ignore[assignment]
+        if self.state != "connecting" or getattr(self, "transport", None) is not transport:
+            # The factory stopped us from startedConnecting.
+            return
         transport.attempt()
         if (
             self.state == "connecting"
@@ -427,6 +498,10 @@ class LeanConnector(base.BaseConnector):
             self.timeoutID = self.reactor.callLater(
                 self.timeout, transport.failIfNotConnected, error.TimeoutError()
             )
+
+    def _failedBeforeStarting(self, reason: Failure) -> None:
+        if self.state == "connecting":
+            self.connectionFailed(reason)
 
     def connectionLost(self, reason: Any) -> None:
         # The transport refers to its connector: drop the reference back, so

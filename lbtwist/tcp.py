@@ -144,6 +144,8 @@ class ClientSide(_Side):
     _attempt: ConnectAttempt | None = None
     # The client's address as logs show it.
     clientName = "-"
+    # connectionLost has run to its end.
+    finished = False
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
@@ -218,6 +220,7 @@ class ClientSide(_Side):
         super().connectionLost(reason)
         if self._attempt is not None:
             self._attempt.cancel()
+            self._attempt = None
         self.session.stopIdleTimer()
         backend = self.backend
         if backend is not None:
@@ -229,6 +232,7 @@ class ClientSide(_Side):
         # Last, once every count is settled.
         if self.factory.accessLog is not None or self.factory.accessFile is not None:
             self.logConnection(backend)
+        self.finished = True
         if self.peer is None or self.peer.closed:
             self.unlink()
 
@@ -275,7 +279,10 @@ class BackendSide(_Side, BackendProtocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         super().connectionLost(reason)
-        if self.client.closed:
+        # Only once the client side is done with the pair (its access log
+        # reads this side's counts): it may be closing us from its own
+        # connectionLost.
+        if self.client.finished:
             self.client.unlink()
 
     def dataReceived(self, data: bytes) -> None:

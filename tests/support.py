@@ -190,3 +190,12 @@ def stuckListener(case: TestCase) -> int:
     case.addCleanup(filler.close)
     case.stuck = stuck  # type: ignore[attr-defined]
     return int(stuck.getsockname()[1])
+
+
+def freePort() -> int:
+    """
+    A loopback port nothing listens on.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -110,6 +112,39 @@ class AccessLogFileTests(SynchronousTestCase):
                          "1.2.3.4:5 GET /x 200 backend=b1 in=10 out=20 0.2500s retries=0")
 
 
+class SayAndClose(Protocol):
+    """
+    Says one line and closes.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"hello, then goodbye\n")  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class SayAndCloseFactory(Factory):
+    """
+    Builds L{SayAndClose}.
+    """
+
+    protocol = SayAndClose
+    noisy = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def readAll(port: int) -> bytes:
+    """
+    Connect to C{port} and read until the other side closes.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        data = b""
+        while chunk := s.recv(100):
+            data += chunk
+        return data
+
+
 class BalancerAccessLogTests(TestCase):
     """
     A pool with C{access-log: PATH} writes one line per connection or request.
@@ -142,6 +177,25 @@ class BalancerAccessLogTests(TestCase):
         lines = read(path)
         self.assertEqual(len(lines), 3)
         self.assertIn(" tcp backend=a in=0 out=2 ", lines[0])
+
+    @inlineCallbacks
+    def test_tcpBackendClosesFirst(self) -> Any:
+        """
+        When the backend answers and closes before the client does, the
+        line still counts the bytes it sent.
+        """
+        path = self.logPath()
+        backends = Backends(self, SayAndCloseFactory)
+        backends.start("a")
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1"}],
+            "pools": {"web": {"access-log": path,
+                              "backends": [{"name": "a", "endpoint": backends.endpoint("a")}]}},
+        })
+        self.assertEqual((yield inThread(readAll, port)), b"hello, then goodbye\n")
+        yield waitFor(lambda: lb.accessFiles[path].lines == 1)
+        yield lb.stopService()
+        self.assertIn(" tcp backend=a in=0 out=20 ", read(path)[0])
 
     @inlineCallbacks
     def test_http(self) -> Any:

@@ -12,8 +12,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from lbtwist.config import parseConfig
+from lbtwist.connect import BackendConnector
 from lbtwist.dial import BackendProtocol, Dialler
 from lbtwist.leantcp import IReactorDialTCP
+from lbtwist.pool import BackendPool
 
 
 @implementer(IReactorDialTCP)
@@ -112,3 +115,37 @@ class DiallerTests(SynchronousTestCase):
         self.assertEqual(connector.stoppedConnecting, True)
         reactor.tcpClients[0][2].clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
         self.assertEqual((outcome.connected, outcome.failed), ([], []))
+
+    def test_endpointCancel(self) -> None:
+        """
+        Cancelling a dial through an endpoint (here UNIX) reports nothing:
+        the endpoint's L{ConnectingCancelledError} is ours.
+        """
+        reactor = MemoryReactorClock()
+        attempt, outcome, _ = dial(reactor, "unix:path=/nonexistent/backend.sock")
+        self.assertEqual(len(reactor.unixClients), 1)
+        attempt.cancel()
+        self.assertEqual((outcome.connected, outcome.failed), ([], []))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_attemptCancel(self) -> None:
+        """
+        A client leaving while its backend connection is pending gives the
+        backend's slot back once, and nothing is reported or logged.
+        """
+        reactor = MemoryReactorClock()
+        data = {"listeners": [{"listen": "tcp:0"}], "pools": {"web": {
+            "backends": [{"name": "a", "endpoint": "unix:path=/nonexistent/backend.sock"}],
+        }}}
+        pool = BackendPool(parseConfig(data).pools[0])
+        backend = pool.get("a")
+        assert backend is not None
+        reported: list[Any] = []
+        attempt = BackendConnector(pool, reactor).connect(
+            None, BackendProtocol, "client", (), lambda b, p: reported.append(p), reported.append
+        )
+        self.assertEqual(backend.slots, 1)
+        attempt.cancel()
+        self.assertEqual(backend.slots, 0)
+        self.assertEqual(reported, [])
+        self.assertEqual(self.flushLoggedErrors(), [])

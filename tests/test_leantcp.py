@@ -26,7 +26,7 @@ from lbtwist.leantcp import (
 )
 from lbtwist.reactor import LeanEPollReactor
 
-from .support import inThread, reactor, sleep, stuckListener
+from .support import freePort, inThread, reactor, sleep, stuckListener
 
 
 class Echo(Protocol):
@@ -108,13 +108,15 @@ def listenEcho(case: TestCase) -> int:
     return int(port.getHost().port)
 
 
-def freePort() -> int:
+def pendingCalls(*owners: Any) -> list[Any]:
     """
-    A loopback port nothing listens on.
+    The reactor's pending timed calls of methods of C{owners}.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return [
+        call for call in reactor.getDelayedCalls()
+        if call.active()
+        and any(getattr(call.func, "__self__", None) is o for o in owners if o is not None)
+    ]
 
 
 class LeanConnectorTests(TestCase):
@@ -151,19 +153,84 @@ class LeanConnectorTests(TestCase):
         yield sleep(0)
         self.assertEqual(connector.state, "disconnected")
 
-    def test_refusedAtOnce(self) -> None:
+    @inlineCallbacks
+    def test_refused(self) -> Any:
         """
-        A refused connection fails before C{connect} returns, as a
-        L{ConnectionRefusedError}, and leaves no timer behind.
+        A connection refused within C{connect} is reported on a later
+        reactor pass, as Twisted does, as a L{ConnectionRefusedError}, and
+        leaves no timer behind.
         """
-        before = len(reactor.getDelayedCalls())
         factory = RecordingFactory()
         connector = LeanConnector("127.0.0.1", freePort(), factory, 5.0, reactor)
         connector.connect()
-        self.assertEqual(len(factory.failed), 1)
-        self.assertTrue(factory.failed[0].check(error.ConnectionRefusedError))
+        self.assertEqual(factory.failed, [])
+        reason = yield factory.failedD
+        self.assertIsInstance(reason, error.ConnectionRefusedError)
         self.assertEqual(connector.state, "disconnected")
-        self.assertEqual(len(reactor.getDelayedCalls()), before)
+        self.assertEqual(pendingCalls(connector, connector.transport), [])
+
+    @inlineCallbacks
+    def test_retryAtOnce(self) -> Any:
+        """
+        A factory that connects again from C{clientConnectionFailed} does not
+        recurse: each refusal comes on its own reactor pass.
+        """
+        port = freePort()
+        failures: list[Failure] = []
+        done: Deferred[None] = Deferred()
+
+        class Retrying(ClientFactory):
+            noisy = False
+
+            def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+                failures.append(reason)
+                if len(failures) < 1500:
+                    connector.connect()
+                else:
+                    done.callback(None)
+
+        LeanConnector("127.0.0.1", port, Retrying(), 5.0, reactor).connect()
+        yield done
+        self.assertEqual(len(failures), 1500)
+
+    def test_stopFromStartedConnecting(self) -> None:
+        """
+        A factory may stop the attempt from C{startedConnecting}: it fails
+        with L{UserError} and never connects.
+        """
+        port = listenEcho(self)
+        factory = RecordingFactory()
+        factory.startedConnecting = lambda connector: connector.stopConnecting()  # type: ignore[method-assign]
+        connector = LeanConnector("127.0.0.1", port, factory, 5.0, reactor)
+        connector.connect()
+        self.assertEqual(len(factory.failed), 1)
+        self.assertTrue(factory.failed[0].check(error.UserError))
+        self.assertIsNone(factory.protocol_)
+
+    @inlineCallbacks
+    def test_connectionMadeRaises(self) -> Any:
+        """
+        An error raised by C{connectionMade} during C{connect} is logged and
+        closes the connection, as when the reactor calls it; it does not
+        escape from C{connect}.
+        """
+        port = listenEcho(self)
+        lost: Deferred[None] = Deferred()
+
+        class Broken(Protocol):
+            def connectionMade(self) -> None:
+                raise RuntimeError("broken protocol")
+
+        class Factory_(ClientFactory):
+            noisy = False
+            protocol = Broken
+
+            def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+                lost.callback(None)
+
+        LeanConnector("127.0.0.1", port, Factory_(), 5.0, reactor).connect()
+        yield lost
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @inlineCallbacks
     def test_timesOut(self) -> Any:
@@ -181,6 +248,9 @@ class LeanConnectorTests(TestCase):
         self.assertIsInstance(reason, error.TimeoutError)
         self.assertFalse(hasattr(transport, "socket"))
         self.assertIsNone(factory.protocol_)
+        # Nothing refers back to the transport any more (no cycle through
+        # its connecting write handler).
+        self.assertNotIn("doWrite", vars(transport))
 
     @inlineCallbacks
     def test_completesLater(self) -> Any:
@@ -329,17 +399,51 @@ class LeanDialTests(TestCase):
         transport.loseConnection()  # type: ignore[union-attr]
         self.assertIsInstance((yield protocol.lost), error.ConnectionDone)
 
-    def test_refusedAtOnce(self) -> None:
+    @inlineCallbacks
+    def test_refused(self) -> Any:
         """
-        A refused connection is reported before C{start} returns, with no
-        timer left behind.
+        A connection refused within C{start} is reported on a later reactor
+        pass (a caller that fails over from C{failed} must not recurse),
+        with no timer left behind.
         """
-        before = len(reactor.getDelayedCalls())
         dial, protocol, outcome = self.dial(freePort())
-        self.assertEqual(len(outcome.failed), 1)
+        self.assertEqual(outcome.failed, [])
+        yield outcome.done
         self.assertTrue(outcome.failed[0].check(error.ConnectionRefusedError))
         self.assertFalse(protocol.made)
-        self.assertEqual(len(reactor.getDelayedCalls()), before)
+        self.assertEqual(pendingCalls(dial), [])
+
+    @inlineCallbacks
+    def test_cancelRefused(self) -> Any:
+        """
+        Cancelling an attempt whose refusal is not reported yet reports
+        nothing.
+        """
+        dial, protocol, outcome = self.dial(freePort())
+        dial.cancel()
+        yield sleep(0.05)
+        self.assertEqual((outcome.connected, outcome.failed), ([], []))
+
+    @inlineCallbacks
+    def test_connectionMadeRaises(self) -> Any:
+        """
+        An error raised by the protocol's C{connectionMade} is logged, the
+        connection closed, and the dial reported failed.
+        """
+        port = listenEcho(self)
+
+        class Broken(Recorder):
+            def connectionMade(self) -> None:
+                raise RuntimeError("broken protocol")
+
+        protocol = Broken()
+        outcome = Outcome()
+        LeanDial(reactor, "127.0.0.1", port, protocol, 5.0, outcome.onConnected, outcome.onFailed).start()
+        self.assertIsInstance((yield protocol.lost), RuntimeError)
+        yield outcome.done
+        self.assertEqual(outcome.connected, [])
+        self.assertTrue(outcome.failed[0].check(RuntimeError))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @inlineCallbacks
     def test_completesLater(self) -> Any:
@@ -401,6 +505,8 @@ class LeanDialTests(TestCase):
             "127.0.0.1", freePort(), Recorder(), 5.0, outcome.onConnected, outcome.onFailed
         )
         self.assertIsInstance(dial, LeanDial)
+        self.assertEqual(outcome.failed, [])
+        lean.runUntilCurrent()
         self.assertTrue(outcome.failed[0].check(error.ConnectionRefusedError))
 
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import inlineCallbacks
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import ConfigError, Queue, parseConfig
-from lbtwist.connect import ConnectionLimit
+from lbtwist.connect import BackendConnector, ConnectionLimit, NoBackendAvailable, QueueFull
+from lbtwist.dial import BackendProtocol
 from lbtwist.pool import BackendPool, Health
+
+from .support import freePort, reactor, sleep
 
 
 def configData(**pool: Any) -> dict[str, Any]:
@@ -270,3 +275,55 @@ class ConnectionLimitTests(SynchronousTestCase):
         limit.removePort(late)
         limit.release()
         self.assertFalse(late.reading)
+
+
+class QueueDrainTests(TestCase):
+    """
+    Queued clients are woken one reactor pass at a time, whatever their
+    backends do.
+    """
+
+    @inlineCallbacks
+    def test_refusingBackendDrainsQueue(self) -> Any:
+        """
+        Hundreds of clients queued for a full backend that then refuses
+        every connection are all refused in the end, and every slot comes
+        back: a refusal (immediate, over loopback) is reported on a later
+        pass, so waking the queue never recurses.  Clients are woken and
+        refused one after another until passive health marks the backend
+        down (at C{fall} failures); the rest wait out the queue timeout.
+        """
+        n = 300
+        data = {
+            "listeners": [{"listen": "tcp:0"}],
+            "pools": {"web": {
+                "backends": [{
+                    "name": "a", "endpoint": f"tcp:host=127.0.0.1:port={freePort()}", "maxconn": 1,
+                }],
+                "queue": {"size": n, "timeout": 1},
+                "health": {"fall": 100},
+                "retries": 0,
+            }},
+        }
+        pool = BackendPool(parseConfig(data).pools[0])
+        connector = BackendConnector(pool, reactor)
+        backend = pool.get("a")
+        assert backend is not None
+        pool.acquire(backend)
+        failed: list[Failure] = []
+        for i in range(n):
+            connector.connect(
+                None, BackendProtocol, f"client {i}", (), lambda b, p: None, failed.append
+            )
+        self.assertEqual(pool.queueLength, n)
+        pool.release(backend)
+        for _ in range(500):
+            if len(failed) == n:
+                break
+            yield sleep(0.01)
+        self.assertEqual(len(failed), n)
+        refused = [f for f in failed if not f.check(QueueFull)]
+        self.assertEqual(len(refused), 100)
+        self.assertTrue(all(f.check(NoBackendAvailable) for f in refused))
+        self.assertEqual(backend.failures, {"refused": 100})
+        self.assertEqual((backend.slots, pool.queueLength), (0, 0))
