@@ -14,7 +14,10 @@ are all L{twisted.internet.tcp.Connection}'s) with that set-up cut down:
     used at once: one epoll registration instead of five, no timer, no
     reactor pass.  Otherwise it waits for the socket to become writable and
     reads C{SO_ERROR}, as Twisted does.  A host name (or a bind address)
-    goes through Twisted's own connector.
+    goes through Twisted's own connector.  L{LeanConnector} does this
+    behind C{connectTCP}; L{LeanDial} (the reactor's C{dialTCP}) also
+    skips the connector and factory, for a caller that builds its protocol
+    first and wants two callbacks: a proxy dialling a backend per client.
 
   - An accepted connection formats no log-prefix and C{repr} strings (they
     are built when asked for), and builds its peer's address once.
@@ -79,7 +82,8 @@ _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 
 class _LeanConnection(tcp.Connection):
     """
-    What both lean transports change in L{tcp.Connection}'s closing.
+    What the lean transports change in L{tcp.Connection}'s closing (a
+    L{LeanClient} gets its C{connectionLost} through C{_commonConnection}).
     """
 
     _shouldShutdown = False
@@ -117,6 +121,7 @@ class LeanServer(_LeanConnection, tcp.Server):
     An accepted TCP connection: L{tcp.Server} without the strings it
     formats for every connection.
     """
+
     _peer: address.IPv4Address | address.IPv6Address | None = None
 
     def __init__(
