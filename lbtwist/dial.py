@@ -177,7 +177,10 @@ class Dialler:
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._endpoints: dict[str, IStreamClientEndpoint] = {}
-        self._addresses: dict[str, tuple[str, int] | None] = {}
+        # How each endpoint string is dialled, worked out once: its host and
+        # port and whether the reactor dials it directly, or None for an
+        # endpoint that is not plain TCP.
+        self._routes: dict[str, tuple[str, int, bool] | None] = {}
         self._direct = IReactorDialTCP.providedBy(reactor)
 
     def endpoint(self, text: str) -> IStreamClientEndpoint:
@@ -208,13 +211,13 @@ class Dialler:
             either.
         """
         try:
-            address = self._addresses[text]
+            route = self._routes[text]
         except KeyError:
-            address = self._addresses[text] = tcpAddress(text)
-        if address is None:
+            route = self._routes[text] = self._route(text)
+        if route is None:
             return self._dialEndpoint(text, build, timeout, connected, failed)
-        host, port = address
-        if self._direct and ipFamily(host) is not None:
+        host, port, direct = route
+        if direct:
             return self._reactor.dialTCP(  # type: ignore[no-any-return]
                 host, port, build(), timeout, connected, failed
             )
@@ -224,6 +227,13 @@ class Dialler:
             # Still connecting: keep the connector, to cancel.
             factory.connector = connector
         return factory
+
+    def _route(self, text: str) -> tuple[str, int, bool] | None:
+        address = tcpAddress(text)
+        if address is None:
+            return None
+        host, port = address
+        return host, port, self._direct and ipFamily(host) is not None
 
     def _dialEndpoint(
         self,

@@ -88,6 +88,14 @@ class _LeanConnection(tcp.Connection):
 
     _shouldShutdown = False
 
+    def _protocolName(self) -> str:
+        """
+        The protocol's log prefix, or C{-} once the connection is closed
+        (the protocol is let go of then).
+        """
+        protocol = getattr(self, "protocol", None)
+        return self._getLogPrefix(protocol) if protocol is not None else "-"
+
     def loseConnection(self) -> None:
         """
         Close once what is queued is sent; at once if the write side is
@@ -144,9 +152,7 @@ class LeanServer(_LeanConnection, tcp.Server):
         self.connected = 1
 
     def logPrefix(self) -> str:
-        protocol = getattr(self, "protocol", None)
-        name = self._getLogPrefix(protocol) if protocol is not None else "-"
-        return f"{name},{self.sessionno},{self.hostname}"
+        return f"{self._protocolName()},{self.sessionno},{self.hostname}"
 
     def __repr__(self) -> str:
         protocol = getattr(self, "protocol", None)
@@ -189,9 +195,7 @@ class LeanDialled(_LeanConnection):
         return kind("TCP", *host[:2])
 
     def logPrefix(self) -> str:
-        protocol = getattr(self, "protocol", None)
-        name = self._getLogPrefix(protocol) if protocol is not None else "-"
-        return f"{name},client"
+        return f"{self._protocolName()},client"
 
 
 class LeanDial:
