@@ -9,6 +9,7 @@ import os
 import random
 from typing import Any, Callable
 
+import txaio
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -24,6 +25,12 @@ from .health import HealthMonitor, Probe, TCPProbe
 from .pool import BackendPool
 from .status import StatusReporter
 from .tcp import TCPProxyFactory, describe
+
+# The sans-IO core (the pool) logs through txaio: this layer runs it on
+# Twisted, so select that framework as soon as it is imported, whatever the
+# entry point (twistd lb, a .tac file, an application embedding lbtwist), as
+# autobahn's Twisted package does.
+txaio.use_twisted()
 
 FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerFactory]
 
@@ -194,9 +201,12 @@ class LoadBalancer(MultiService):
     @ivar factories: each listener's protocol factory, by listener name.
     @ivar limit: the global maxconn over every listener, if set.
     @ivar accessFiles: the access-log files, by path.
+    @ivar live: the run-time control of the pools (a
+        L{lbtwist.reload.LiveConfig}), once one is composed around it.
     """
 
     log = Logger()
+    live: Any = None
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
         super().__init__()

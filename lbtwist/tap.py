@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 import attrs
-import txaio
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
@@ -247,24 +246,15 @@ def makeService(options: Options) -> IService:
     installIfUnchosen()
     from twisted.internet import reactor
 
-    from .service import LoadBalancer
+    from .app import Balancer
 
-    txaio.use_twisted()
-    config: Config = options["lbconfig"]
     top = MultiService()
     if options["demo"]:
         from .demo import demoBackends
 
         demoBackends(reactor).setServiceParent(top)
-    lb = LoadBalancer(config, reactor)
-    lb.setServiceParent(top)
-    from .gctuning import FrozenStartupHeap
-
-    FrozenStartupHeap(reactor).setServiceParent(top)
-    from .reload import configLoader, controlService
-
-    controlService(
-        lb, reactor, options["config"], options["state"], options["grace-seconds"],
-        configLoader(options["config"]) if options["config"] else None,
+    Balancer(
+        options["lbconfig"], reactor, configPath=options["config"],
+        statePath=options["state"], grace=options["grace-seconds"],
     ).setServiceParent(top)
     return top

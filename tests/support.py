@@ -8,6 +8,7 @@ and C{http.client}) run in threads so the reactor keeps turning.
 from __future__ import annotations
 
 import socket
+import subprocess
 from typing import Any, Callable, TypeVar
 
 from twisted.internet import reactor as _reactor
@@ -199,3 +200,23 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def spawn(case: TestCase, argv: list[str], cwd: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """
+    Start a process with its output (both streams) in a pipe; it is killed
+    by PID if still running when the test ends.
+    """
+    process = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+    def reap() -> None:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+    case.addCleanup(reap)
+    return process

@@ -1,0 +1,85 @@
+"""
+The whole balancer, composed from one configuration: what C{twistd lb}
+runs, and what an application embeds.
+
+L{Balancer} is the one place that puts the parts together: the data plane
+(L{lbtwist.service.LoadBalancer}: listeners, pools, health checks, status
+table) and its run-time control (the state file, the admin API with metrics
+and dashboard, reload on C{SIGHUP}, the graceful stop on C{SIGTERM}).  Each
+part of the control can be left out by name, for an application that has
+its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+
+from .config import Config
+from .gctuning import FrozenStartupHeap
+from .reload import DEFAULT_GRACE, LiveConfig, configLoader, controlService
+from .service import LoadBalancer
+
+
+class Balancer(MultiService):
+    """
+    The whole balancer as one service.
+
+    Start it as any Twisted service: under twistd (C{setServiceParent} of an
+    C{Application}), or from a script with C{startService()} before
+    C{reactor.run()}.  Listening happens in C{startService}, which raises
+    L{lbtwist.service.CannotStart} when a listener cannot listen.
+
+    @ivar loadBalancer: the data plane: its C{pools}, C{factories} (one per
+        listener) and the services that run them.
+    @ivar live: the run-time control of the pools (add, remove, re-weight,
+        drain; saved to the state file), or L{None} without C{control}.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        configPath: str | None = None,
+        statePath: str | None = None,
+        grace: float = DEFAULT_GRACE,
+        control: bool = True,
+        signals: bool = True,
+        freezeHeap: bool = True,
+    ) -> None:
+        """
+        @param config: what to run (see L{lbtwist.config.loadConfigFile}).
+        @param reactor: the reactor everything runs on.
+        @param configPath: the file C{config} was read from: C{SIGHUP} and
+            C{POST /api/reload} read it again, and the default state file
+            lies next to it.  Without it, reloads are refused.
+        @param statePath: where run-time changes are saved (default: the
+            configuration's C{state}, else next to C{configPath}).
+        @param grace: seconds in-flight connections get on stop or removal.
+        @param control: run the state file, admin API, metrics, dashboard,
+            reload and graceful stop.  Without it, only the data plane runs.
+        @param signals: with C{control}, reload on C{SIGHUP} and stop
+            gracefully (exit status 0) on C{SIGTERM}; leave it out when the
+            application handles signals itself.
+        @param freezeHeap: once running, freeze the start-up heap out of the
+            garbage collector's way (see L{lbtwist.gctuning}): the
+            application's start-up objects are frozen with the balancer's.
+
+        @raise lbtwist.service.CannotStart: the state file is invalid or
+            cannot be written.
+        """
+        super().__init__()
+        self.loadBalancer = LoadBalancer(config, reactor)
+        self.loadBalancer.setName("balancer")
+        self.loadBalancer.setServiceParent(self)
+        if freezeHeap:
+            FrozenStartupHeap(reactor).setServiceParent(self)
+        self.live: LiveConfig | None = None
+        if control:
+            controlService(
+                self.loadBalancer, reactor, configPath, statePath, grace,
+                configLoader(configPath) if configPath else None, signals=signals,
+            ).setServiceParent(self)
+            self.live = self.loadBalancer.live
