@@ -145,6 +145,8 @@ class HTTPSettings:
 
     @ivar maxHeaderSize: bytes of request head (line and headers) accepted.
     @ivar maxRequestLine: bytes of request line accepted.
+    @ivar maxResponseHeaderSize: bytes of response head accepted from a
+        backend (else 502).
     @ivar hostHeader: replaces the client's C{Host} header, if set.
     @ivar errorLimit: consecutive 5xx responses or failed exchanges that mark
         a backend down (0: only connection failures count, through C{fall}).
@@ -155,6 +157,7 @@ class HTTPSettings:
 
     maxHeaderSize: int = 16384
     maxRequestLine: int = 8192
+    maxResponseHeaderSize: int = 65536
     hostHeader: str | None = None
     keepAlive: KeepAlive = KeepAlive()
     errorLimit: int = 0
@@ -584,8 +587,8 @@ def parseSticky(data: object, path: str) -> Sticky | None:
 
 
 _HTTP_KEYS = (
-    "max-header-size", "max-request-line", "host-header", "keepalive", "error-limit",
-    "access-log",
+    "max-header-size", "max-request-line", "max-response-header-size", "host-header",
+    "keepalive", "error-limit", "access-log",
 )
 
 
@@ -622,6 +625,10 @@ def parseHTTP(data: object, path: str) -> HTTPSettings:
     if "max-request-line" in d:
         changes["maxRequestLine"] = _integer(
             d["max-request-line"], f"{path}.max-request-line", 64, 1048576
+        )
+    if "max-response-header-size" in d:
+        changes["maxResponseHeaderSize"] = _integer(
+            d["max-response-header-size"], f"{path}.max-response-header-size", 256, 16777216
         )
     if "host-header" in d:
         host = _string(d["host-header"], f"{path}.host-header")

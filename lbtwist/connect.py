@@ -1,14 +1,48 @@
 """
-Connecting to a backend with transparent failover.
+Finding a backend for a client and connecting to it: the one connect,
+failover and queue engine of both modes.
 
-L{BackendConnector} asks the pool for a backend, connects to it with a
-timeout, and when that fails counts the failure against the backend (passive
-health) and tries the next eligible one, up to the pool's C{retries}.  The
-caller sees either a connected protocol or L{NoBackendAvailable}.
+A TCP client asks for a connection once; an HTTP request asks for one per
+try, and may be given an idle pooled connection instead of a new one.
+Either way the pool's policy (or a preferred backend) chooses, the chosen
+backend's C{maxconn} slot is taken, and a connection is reused or dialled;
+when the dial fails the failure is counted against the backend (passive
+health) and, if the L{RetryPolicy} allows, another backend is tried.  When
+every eligible backend is at its C{maxconn}, the client waits in the
+pool's FIFO queue.
+
+The invariants, which every change here must keep (as HAProxy's
+C{src/queue.c} writes its own down):
+
+ 1. Each slot has exactly one owner.  A backend's slot (C{Backend.slots})
+    is taken by the L{ConnectAttempt} that chose it, and belongs to it
+    until the attempt reports C{joined(backend, protocol, failures)}; from
+    then on it is the caller's, who gives it back with
+    C{pool.release(backend)} when its connection (TCP) or request (HTTP) is
+    done.  A caller may hand a slot it holds to a new attempt
+    (C{holding}): the attempt keeps it if it chooses that backend again,
+    and gives it back otherwise.
+ 2. An attempt that fails, is cancelled, or moves on to another backend
+    gives its slot back before it reports or tries again.
+ 3. A failure is counted against its backend before the slot goes back:
+    giving a slot back wakes queued clients, who must not pick a backend
+    just seen failing.
+ 4. A client waits in the queue only when no eligible backend it may
+    still try has room (C{pool.saturated}), and holds no slot while it
+    waits.  It leaves the queue exactly once: woken, timed out, or
+    cancelled.
+ 5. An attempt reports at most once, C{joined} or C{failed}, and then lets
+    go of both callbacks (they refer back to the client: kept, they would
+    make cycles).  Either may be called before L{BackendConnector.connect}
+    returns.  C{cancel()} reports nothing.
+ 6. A backend removed while it was being connected to does not get the
+    client: its drain began without this connection, which is closed; the
+    client goes elsewhere, and that is no failure of the backend's.
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError
@@ -32,7 +66,11 @@ from .proxyprotocol import PROXY_HEADERS
 class NoBackendAvailable(Exception):
     """
     No eligible backend could be reached.
+
+    @ivar failures: the client's failed tries, when it gave up.
     """
+
+    failures = 0
 
 
 class QueueFull(NoBackendAvailable):
@@ -66,9 +104,37 @@ class EndpointCache(Dialler):
         return self.endpoint(backend.endpoint)
 
 
+class RetryPolicy(typing.Protocol):
+    """
+    Whether a client whose tries failed may try another backend.
+    """
+
+    def mayTryAnother(self, pool: BackendPool, failures: int) -> bool:
+        """
+        @param failures: how many of the client's tries failed so far.
+        """
+
+
+class PoolRetries:
+    """
+    The pool's C{retries} setting: after each of up to that many failures,
+    another backend is tried (read at each decision, so a reload applies).
+    """
+
+    def mayTryAnother(self, pool: BackendPool, failures: int) -> bool:
+        """
+        Another try while C{failures} is within the pool's C{retries}.
+        """
+        return failures <= pool.config.retries
+
+
+Joined = Callable[[Backend, Any, int], None]
+Failed = Callable[[Failure], None]
+
+
 class BackendConnector:
     """
-    Connects clients' backend sides, failing over between backends.
+    Finds and connects backends for the clients of one pool.
     """
 
     log = Logger()
@@ -77,67 +143,96 @@ class BackendConnector:
         self,
         pool: BackendPool,
         reactor: Any,
-        endpoints: EndpointCache | None = None,
+        dialler: Dialler | None = None,
+        retryPolicy: RetryPolicy | None = None,
     ) -> None:
         self.pool = pool
         self.reactor = reactor
-        self.endpoints = endpoints or EndpointCache(reactor)
+        self.dialler = dialler or EndpointCache(reactor)
+        self.retryPolicy: RetryPolicy = retryPolicy or PoolRetries()
 
     def connect(
         self,
-        key: bytes | None,
-        build: Callable[[], BackendProtocol],
         client: str,
-        exclude: tuple[Backend, ...],
-        joined: Callable[[Backend, Any], None],
-        failed: Callable[[Failure], None],
-    ) -> ConnectAttempt:
+        key: bytes | None,
+        build: Callable[[Backend], BackendProtocol],
+        joined: Joined,
+        failed: Failed,
+        tried: list[Backend] | None = None,
+        prefer: Backend | None = None,
+        reuse: Callable[[Backend], Any] | None = None,
+        holding: Backend | None = None,
+        failures: int = 0,
+    ) -> ConnectAttempt | None:
         """
-        Connect a new protocol from C{build} to a backend chosen for C{key}:
-        call C{joined(backend, protocol)} once connected, or C{failed(reason)}
-        with L{NoBackendAvailable}.  Either may be called before this
-        returns (see L{ConnectAttempt.over}).
-
-        The client holds one of the backend's C{maxconn} slots from then on:
-        give it back with C{pool.release(backend)} when done.
+        Find a backend for a client and connect a protocol to it: call
+        C{joined(backend, protocol, failures)} once connected (the caller
+        then owns the backend's slot), or C{failed(reason)} with
+        L{NoBackendAvailable} (or L{QueueFull}).
 
         @param client: the client's address, for the log.
-        @param exclude: backends not to try.
-        @return: the attempt, whose C{cancel()} abandons it without calling
-            either.
+        @param key: identifies the client for hashing policies.
+        @param build: makes the protocol for a new connection to a backend.
+        @param tried: backends not to choose; every backend tried is
+            appended to it (the caller's list, kept across its attempts).
+        @param prefer: a backend to choose when it is eligible, not tried,
+            and has room (a sticky session, or a retry on the same backend).
+        @param reuse: a connection to the chosen backend to use instead of
+            dialling one, if it returns one (HTTP's idle connections).
+        @param holding: a slot the caller owns and hands over (invariant 1).
+        @param failures: the client's failed tries before this attempt.
+
+        @return: the attempt, whose C{cancel()} abandons it, or L{None} if
+            it was over before this returned.
         """
-        attempt = ConnectAttempt(self, key, build, client, list(exclude), joined, failed)
-        attempt._next()
-        return attempt
+        attempt = ConnectAttempt(
+            self, client, key, build, tried if tried is not None else [], prefer, reuse,
+            holding, failures, joined, failed,
+        )
+        attempt.next()
+        return None if attempt.over else attempt
 
 
 class ConnectAttempt:
     """
-    One client's search for a backend.
+    One client's search for a backend (see the module's invariants).
+
+    @ivar failures: the client's failed tries, this attempt's included.
+    @ivar backend: the backend being dialled, whose slot this attempt owns.
     """
 
     def __init__(
         self,
         connector: BackendConnector,
-        key: bytes | None,
-        build: Callable[[], BackendProtocol],
         client: str,
+        key: bytes | None,
+        build: Callable[[Backend], BackendProtocol],
         tried: list[Backend],
-        joined: Callable[[Backend, Any], None],
-        failed: Callable[[Failure], None],
+        prefer: Backend | None,
+        reuse: Callable[[Backend], Any] | None,
+        holding: Backend | None,
+        failures: int,
+        joined: Joined,
+        failed: Failed,
     ) -> None:
         self.connector = connector
+        self.pool = connector.pool
+        self.client = client
         self.key = key
         self.build = build
-        self.client = client
         self.tried = tried
-        self.failures = 0
+        self.prefer = prefer
+        self.reuse = reuse
+        self.holding = holding
+        self.failures = failures
+        # Failures of this attempt's own dials, for the log.
+        self.connectFailures = 0
+        self.triedBefore = bool(tried)
         self.current: Cancellable | None = None
-        # The backend being dialled.
         self.backend: Backend | None = None
         self.queueTimer: Any = None
-        self._onJoined: Callable[[Backend, Any], None] | None = joined
-        self._onFailed: Callable[[Failure], None] | None = failed
+        self._onJoined: Joined | None = joined
+        self._onFailed: Failed | None = failed
 
     @property
     def over(self) -> bool:
@@ -146,20 +241,30 @@ class ConnectAttempt:
         """
         return self._onJoined is None
 
-    def _report(self) -> tuple[Callable[[Backend, Any], None] | None, Callable[[Failure], None] | None]:
-        # Once, and then let go of the callbacks: they are the client's.
+    def _report(self) -> tuple[Joined | None, Failed | None]:
         callbacks = self._onJoined, self._onFailed
         self._onJoined = self._onFailed = None
+        self.build = self.reuse = None  # type: ignore[assignment]
         return callbacks
 
+    def _giveBack(self) -> None:
+        # The slot handed over by the caller, when this attempt will not
+        # use it (invariant 1).
+        holding, self.holding = self.holding, None
+        if holding is not None:
+            self.pool.release(holding)
+
     def _fail(self, reason: NoBackendAvailable) -> None:
+        reason.failures = self.failures
+        self._giveBack()
         _, failed = self._report()
         if failed is not None:
             failed(Failure(reason))
 
     def cancel(self) -> None:
         """
-        Abandon the attempt; neither callback will be called.
+        Abandon the attempt: neither callback will be called, and the slot
+        it owns goes back.
         """
         self._report()
         if self.queueTimer is not None:
@@ -169,115 +274,153 @@ class ConnectAttempt:
         if current is not None:
             current.cancel()
         if backend is not None:
-            self.connector.pool.release(backend)
+            self.pool.release(backend)
+        self._giveBack()
+
+    # -- the queue ---------------------------------------------------------
 
     def _wait(self) -> None:
-        """
-        Every eligible backend is at its maxconn: wait in the pool's queue,
-        or be refused if it is full.
-        """
-        pool = self.connector.pool
+        # Invariant 4: no slot is held while waiting.
+        self._giveBack()
+        pool = self.pool
         if not pool.enqueue(self._woken):
             self._fail(QueueFull("every backend is full and the queue is full"))
             return
         self.queueTimer = self.connector.reactor.callLater(
-            pool.config.queue.timeout, self._queueTimeOut
+            pool.config.queue.timeout, self._queueTimedOut
         )
 
     def _leaveQueue(self) -> None:
-        self.connector.pool.dequeue(self._woken)
-        if self.queueTimer is not None and self.queueTimer.active():
-            self.queueTimer.cancel()
-        self.queueTimer = None
+        self.pool.dequeue(self._woken)
+        timer, self.queueTimer = self.queueTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _woken(self) -> None:
-        if self.queueTimer is not None and self.queueTimer.active():
-            self.queueTimer.cancel()
-        self.queueTimer = None
-        self._next()
+        timer, self.queueTimer = self.queueTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.next()
 
-    def _queueTimeOut(self) -> None:
+    def _queueTimedOut(self) -> None:
         self.queueTimer = None
-        pool = self.connector.pool
+        pool = self.pool
         pool.dequeue(self._woken)
         self.connector.log.warn(
             "pool {pool}: client {client} waited {timeout}s in the queue; refused",
-            pool=pool.name,
-            client=self.client,
-            timeout=pool.config.queue.timeout,
+            pool=pool.name, client=self.client, timeout=pool.config.queue.timeout,
         )
         self._fail(QueueFull("timed out in the queue"))
 
-    def _next(self) -> None:
-        connector = self.connector
-        pool = connector.pool
-        backend = pool.pick(self.key, self.tried)
+    # -- choosing and connecting -------------------------------------------
+
+    def _choose(self) -> Backend | None:
+        prefer = self.prefer
         if (
-            backend is None
-            and self.failures <= pool.config.retries
-            and pool.saturated(self.tried)
+            prefer is not None and prefer.eligible and prefer not in self.tried
+            and (self.holding is prefer or not prefer.full)
         ):
-            self._wait()
-            return
-        if backend is None or self.failures > pool.config.retries:
-            if self.failures == 0:
-                pool.noBackendFor(self.client)
-                why = "no backend is available"
-            else:
-                connector.log.error(
-                    "pool {pool}: no backend reachable for client {client} "
-                    "after {attempts} attempts",
-                    pool=pool.name,
-                    client=self.client,
-                    attempts=self.failures,
-                )
-                why = f"no backend reachable after {self.failures} attempts"
-            self._fail(NoBackendAvailable(why))
+            return prefer
+        return self.pool.pick(self.key, self.tried)
+
+    def next(self) -> None:
+        """
+        Choose a backend and connect to it, wait in the queue, or give up.
+        """
+        pool = self.pool
+        mayTry = self.connector.retryPolicy.mayTryAnother(pool, self.failures)
+        backend = self._choose() if mayTry else None
+        if backend is None:
+            if mayTry and pool.saturated(self.tried):
+                self._wait()
+                return
+            self._giveUp()
             return
         self.tried.append(backend)
-        pool.acquire(backend)
+        if self.holding is backend:
+            self.holding = None
+        else:
+            pool.acquire(backend)
+            self._giveBack()
+        reuse = self.reuse
+        if reuse is not None:
+            protocol = reuse(backend)
+            if protocol is not None:
+                joined, _ = self._report()
+                if joined is not None:
+                    joined(backend, protocol, self.failures)
+                return
         self.backend = backend
-        current = connector.endpoints.dial(
-            backend.endpoint, self.build, pool.config.timeouts.connect,
-            self._connected, self._failed,
+        current = self.connector.dialler.dial(
+            backend.endpoint, self._build, pool.config.timeouts.connect,
+            self._connected, self._dialFailed,
         )
         if self.backend is backend:
             # Still connecting (a dial may be over before it returns).
             self.current = current
 
+    def _build(self) -> BackendProtocol:
+        backend = self.backend
+        assert backend is not None
+        return self.build(backend)
+
+    def _giveUp(self) -> None:
+        pool = self.pool
+        if self.connectFailures:
+            self.connector.log.error(
+                "pool {pool}: no backend reachable for client {client} "
+                "after {attempts} attempts",
+                pool=pool.name, client=self.client, attempts=self.connectFailures,
+            )
+            why = f"no backend reachable after {self.connectFailures} attempts"
+        elif not self.triedBefore:
+            pool.noBackendFor(self.client)
+            why = "no backend is available"
+        else:
+            # A retry found nothing more to try: the caller says why.
+            why = "no other backend to try"
+        self._fail(NoBackendAvailable(why))
+
     def _connected(self, protocol: Any) -> None:
         backend, self.backend, self.current = self.backend, None, None
         assert backend is not None
-        protocol.retries = self.failures
-        self.connector.pool.connectSucceeded(backend)
+        pool = self.pool
+        pool.connectSucceeded(backend)
+        if backend.removed:
+            # Invariant 6.
+            protocol.transport.loseConnection()
+            pool.release(backend)
+            self.next()
+            return
         joined, _ = self._report()
         if joined is not None:
-            joined(backend, protocol)
+            joined(backend, protocol, self.failures)
+        else:
+            protocol.transport.loseConnection()
+            pool.release(backend)
 
-    def _failed(self, reason: Failure) -> None:
+    def _dialFailed(self, reason: Failure) -> None:
         backend, self.backend, self.current = self.backend, None, None
         if backend is None:
             # Cancelled: the slot went back then.
             return
+        pool = self.pool
         if self.over or reason.check(CancelledError, ConnectingCancelledError):
-            self.connector.pool.release(backend)
+            pool.release(backend)
             return
         kind = failureKind(reason)
         self.failures += 1
-        # Counted before the slot goes back: releasing it wakes queued
-        # clients, who should not pick a backend just seen failing.
-        self.connector.pool.failed(backend, kind, f"connect {kind}")
-        self.connector.pool.release(backend)
+        self.connectFailures += 1
+        # Invariant 3.
+        pool.trafficFailed(backend, kind, f"connect {kind}")
+        pool.release(backend)
         self.connector.log.warn(
             "backend {backend} of pool {pool} failed to connect for {client} "
             "({kind}: {why}); trying another",
-            backend=backend.name,
-            pool=self.connector.pool.name,
-            client=self.client,
-            kind=kind,
+            backend=backend.name, pool=pool.name, client=self.client, kind=kind,
             why="timed out" if kind == "timeout" else reason.getErrorMessage(),
         )
-        self._next()
+        self.next()
 
 
 class ConnectionLimit:

@@ -39,8 +39,6 @@ class BackendProtocol(Protocol):
     """
 
     _whenConnected: Callable[[BackendProtocol], None] | None = None
-    # Failed attempts on other backends before this connection was made.
-    retries = 0
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)

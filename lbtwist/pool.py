@@ -88,6 +88,9 @@ class Backend:
         # finished, counted from the moment it is chosen, before it is
         # connected: what maxconn limits.
         self.slots = 0
+        # Failed connections, requests and 5xx answers in a row, for the
+        # pool's http.error-limit.
+        self.errorStreak = 0
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.state}>"
@@ -473,6 +476,36 @@ class BackendPool:
         failure streak ends, but it takes probes to bring a backend up.
         """
         backend.consecutiveFailures = 0
+
+    def trafficFailed(self, backend: Backend, kind: str, reason: str) -> None:
+        """
+        A client's connection or request to C{backend} failed: count it as
+        L{failed} (passive health) and as an error in a row.
+        """
+        self.failed(backend, kind, reason)
+        self.exchangeError(backend, reason)
+
+    def exchangeError(self, backend: Backend, reason: str) -> None:
+        """
+        An exchange with C{backend} went wrong (a failure, or a 5xx
+        answer): with C{http.error-limit} set, that many in a row mark it
+        down.
+        """
+        limit = self.config.http.errorLimit
+        if not limit:
+            return
+        backend.errorStreak += 1
+        if backend.errorStreak >= limit:
+            streak, backend.errorStreak = backend.errorStreak, 0
+            self.markDown(backend, "errors", f"{streak} errors in a row, the last {reason}")
+
+    def exchangeSucceeded(self, backend: Backend) -> None:
+        """
+        C{backend} answered a request well: its error streaks end (it takes
+        probes to bring a backend up).
+        """
+        backend.consecutiveFailures = 0
+        backend.errorStreak = 0
 
     def markDown(self, backend: Backend, kind: str, reason: str) -> None:
         """

@@ -146,6 +146,9 @@ class ClientSide(_Side):
     clientName = "-"
     # connectionLost has run to its end.
     finished = False
+    # Backends that failed to connect before the one joined (the access
+    # log's "retries").
+    failedTries = 0
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
@@ -158,36 +161,28 @@ class ClientSide(_Side):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         self.session = TCPSession(self, self.factory.reactor)
-        self._connect(())
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.clientName = describe(peer)
+        self._attempt = self.factory.connector.connect(
+            self.clientName, clientKey(peer), self._buildBackendSide, self._joined,
+            self._noBackend,
+        )
         if self._attempt is not None:
             # Still connecting: leave the client's bytes in the kernel until
             # there is somewhere to send them.  (Over loopback the backend
             # is usually connected already, and nothing needs pausing.)
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
-    def _connect(self, exclude: tuple[Backend, ...]) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.clientName = describe(peer)
-        attempt = self.factory.connector.connect(
-            clientKey(peer), self._buildBackendSide, self.clientName, exclude,
-            self._joined, self._noBackend,
-        )
-        if not attempt.over:
-            self._attempt = attempt
-
-    def _buildBackendSide(self) -> BackendProtocol:
+    def _buildBackendSide(self, backend: Backend) -> BackendProtocol:
         return BackendSide(self)
 
-    def _joined(self, backend: Backend, server: BackendSide) -> None:
+    def _joined(self, backend: Backend, server: BackendSide, failures: int) -> None:
+        """
+        The connector found C{backend} and connected C{server} to it, after
+        C{failures} failed tries; this client now owns its slot.
+        """
         self._attempt = None
-        if self.closed or backend.removed:
-            server.transport.loseConnection()  # type: ignore[union-attr]
-            self.factory.pool.release(backend)
-            if not self.closed:
-                # Removed while we connected: its drain has begun without
-                # us, so go elsewhere.
-                self._connect((backend,))
-            return
+        self.failedTries = failures
         backend.responseTime = self.session.seconds() - self.session.started
         self.factory.pool.opened(backend)
         backend.closers.add(self.abortPair)
@@ -257,7 +252,7 @@ class ClientSide(_Side):
         backendName = backend.name if backend is not None else None
         bytesOut = peer.received if peer is not None else 0
         duration = session.seconds() - session.started
-        retries = peer.retries if isinstance(peer, BackendSide) else 0
+        retries = self.failedTries
         accessFile = self.factory.accessFile
         if accessFile is not None:
             accessFile.write(tcpLine(client, backendName, self.received, bytesOut, duration, retries))

@@ -142,8 +142,10 @@ class DiallerTests(SynchronousTestCase):
         assert backend is not None
         reported: list[Any] = []
         attempt = BackendConnector(pool, reactor).connect(
-            None, BackendProtocol, "client", (), lambda b, p: reported.append(p), reported.append
+            "client", None, lambda b: BackendProtocol(),
+            lambda b, p, failures: reported.append(p), reported.append,
         )
+        assert attempt is not None
         self.assertEqual(backend.slots, 1)
         attempt.cancel()
         self.assertEqual(backend.slots, 0)

@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
 from lbtwist.connect import EndpointCache
 from lbtwist.http import HTTPProxyFactory
-from lbtwist.http._parser import BadRequest, checkTransferEncoding, cookieValue
+from lbtwist.http._errors import BadRequest
+from lbtwist.http._plan import checkTransferEncoding, cookieValue
 from lbtwist.http._pool import IdleConnections
 from lbtwist.pool import BackendPool
 from lbtwist.proxyprotocol import proxyHeaderV1, proxyHeaderV2

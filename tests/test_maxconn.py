@@ -313,7 +313,8 @@ class QueueDrainTests(TestCase):
         failed: list[Failure] = []
         for i in range(n):
             connector.connect(
-                None, BackendProtocol, f"client {i}", (), lambda b, p: None, failed.append
+                f"client {i}", None, lambda b: BackendProtocol(), lambda b, p, f: None,
+                failed.append,
             )
         self.assertEqual(pool.queueLength, n)
         pool.release(backend)

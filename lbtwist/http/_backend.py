@@ -1,0 +1,272 @@
+"""
+A backend connection of HTTP mode: it writes what its exchange gives it
+and translates llhttp's response callbacks into calls on the exchange
+(L{lbtwist.http._exchange.Exchange}).  Between exchanges it waits in the
+idle pool; after a 101 it relays raw bytes for a tunnel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from ..dial import BackendProtocol
+from ..pool import Backend
+from ..tcp import setNoDelay
+from ..writethrough import writeNow
+from ._exchange import STREAMING
+
+
+@implementer(IPushProducer)
+class BackendConnection(BackendProtocol):
+    """
+    A connection to a backend, serving one exchange at a time and kept
+    alive between them.
+
+    @ivar exchange: the exchange it serves now, if any.
+    @ivar key: its key in the idle pool.
+    @ivar requests: requests sent on it.
+    @ivar reusable: it may serve another request once this one is done.
+    @ivar lost: it is closed.
+    @ivar tunnel: the exchange whose tunnel it carries, after a 101.
+    """
+
+    parser: HttpResponseParser
+    transport: Any
+
+    def __init__(self, factory: Any, backend: Backend, key: Any,
+                 proxyHeader: bytes | None) -> None:
+        self.factory = factory
+        self.backend = backend
+        self.key = key
+        self.proxyHeader = proxyHeader
+        self.exchange: Any = None
+        self.lost = False
+        self.idleSince = 0.0
+        self.requests = 0
+        self.reusable = True
+        self.tunnel: Any = None
+        self.paused = False
+        self._skipBody = False
+        self._finishAfterFeed = False
+        # The response head being parsed: its reason, headers and size.
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._headSize = 0
+        self._inHead = False
+
+    def connectionMade(self) -> None:
+        # Made here, not in __init__: a protocol built for a connection
+        # that fails is never connected, and the parser (which refers back
+        # to it) would make it a cycle.
+        self.parser = HttpResponseParser(self)
+        setNoDelay(self.transport)
+        if self.proxyHeader is not None:
+            self.transport.write(self.proxyHeader)
+
+    # -- what the exchange asks ----------------------------------------------
+
+    def sendHead(self, head: bytes) -> None:
+        """
+        Send a request head.
+        """
+        writeNow(self.transport, head)
+        self.backend.bytesIn += len(head)
+
+    def sendBody(self, chunked: bool, body: bytes) -> None:
+        """
+        Send a piece of the request body, as a chunk if the request is
+        chunked.
+        """
+        if chunked:
+            self.transport.writeSequence((b"%x\r\n" % len(body), body, b"\r\n"))
+        else:
+            self.transport.write(body)
+        self.backend.bytesIn += len(body)
+
+    def endBody(self) -> None:
+        """
+        End a chunked request body.
+        """
+        self.transport.write(b"0\r\n\r\n")
+
+    def sendTunnel(self, data: bytes) -> None:
+        """
+        Relay bytes of a tunnel from the client.
+        """
+        self.transport.write(data)
+        self.backend.bytesIn += len(data)
+
+    def abortNow(self) -> None:
+        """
+        Close this connection at once (a drain's grace period is over): the
+        request in flight is retried if that is safe, else cut short.
+        """
+        self.reusable = False
+        self.transport.abortConnection()
+
+    def pauseProducing(self) -> None:
+        """
+        The client cannot take more of the response for now.
+        """
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        The client can take more.
+        """
+        self.paused = False
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The client is gone.
+        """
+        self.transport.loseConnection()
+
+    # -- reading -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            n = len(data)
+            tunnel.bytesOut += n
+            self.backend.bytesOut += n
+            tunnel.client.tunnelData(data)
+            return
+        ex = self.exchange
+        if ex is None:
+            # Nothing was asked: a backend that talks now cannot be trusted
+            # with the next request.
+            self.reusable = False
+            self.transport.loseConnection()
+            return
+        ex.client.backendActive()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            rest = data[e.args[0]:] if e.args else b""
+            if self.tunnel is not None and rest:
+                self.dataReceived(rest)
+            return
+        except HttpParserError as e:
+            self.reusable = False
+            ex = self.exchange
+            if ex is not None:
+                ex.backendFailed("response", f"malformed response: {e}")
+            self.transport.loseConnection()
+            return
+        if self._inHead:
+            # llhttp (and httptools) keep an unfinished head until it ends:
+            # bound what a backend can make us hold, to the limit and a read.
+            self._headSize += len(data)
+            if self._headSize > self.factory.maxResponseHeaderSize:
+                ex = self.exchange
+                if ex is not None:
+                    self._headTooLarge(ex)
+                return
+        ex = self.exchange
+        if ex is not None and ex.phase is STREAMING:
+            ex.client.flushHead(ex)
+        if self._finishAfterFeed:
+            self._finishAfterFeed = False
+            self._skipBody = False
+            self.parser = HttpResponseParser(self)
+            ex = self.exchange
+            if ex is not None:
+                ex.responseComplete()
+
+    def _headTooLarge(self, ex: Any) -> None:
+        self.reusable = False
+        ex.backendFailed(
+            "response",
+            f"response head over {self.factory.maxResponseHeaderSize} bytes",
+        )
+        if not self.lost:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.reusable = False
+        # The parser refers back to this protocol: let it go, so that
+        # reference counting frees the connection now.
+        del self.parser
+        self.backend.closers.discard(self.abortNow)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.client.tunnelClosed()
+            tunnel.tunnelClosed()
+            return
+        ex = self.exchange
+        if ex is not None:
+            response = ex.response
+            if (
+                ex.phase is STREAMING and response is not None and response.untilClose
+                and reason.check(ConnectionDone)
+            ):
+                # A body delimited by the close ends cleanly only on a
+                # clean close; a reset leaves it visibly truncated.
+                ex.responseComplete()
+            else:
+                ex.backendLost(self)
+        else:
+            self.factory.idle.discard(self.key, self)
+
+    # -- llhttp callbacks --------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+        self._headSize = 0
+        self._inHead = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._skipBody:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._inHead = False
+        ex = self.exchange
+        if ex is None or self._skipBody:
+            return
+        if ex.responseHead(self.parser.get_status_code(), self._reason, self._headers):
+            self.skipBody()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is None or self._skipBody:
+            self.reusable = False
+            return
+        ex.responseBody(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is None or self._skipBody:
+            return
+        if ex.phase is not STREAMING:
+            # An interim response: the final one follows on the same parser.
+            return
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        ex.responseComplete()
+
+    def skipBody(self) -> None:
+        """
+        The response has no body whatever its head says (a reply to HEAD):
+        finish once this read is parsed, with a fresh parser for the next.
+        """
+        self._skipBody = True
+        self._finishAfterFeed = True
+        if not self.parser.should_keep_alive():
+            self.reusable = False

@@ -1,0 +1,612 @@
+"""
+A client connection of HTTP mode (HTTP/1.1): it translates llhttp's request
+callbacks into exchanges (L{lbtwist.http._exchange.Exchange}), serves them
+in order, and writes their responses as HTTP/1.1.
+
+Pipelined requests queue behind the first; the client is not read while a
+request waits for its turn, so a client cannot make the proxy queue
+without bound.  One timer per connection watches every deadline of it: the
+request head and each stall of a request body (C{timeouts.request}), the
+response head (C{timeouts.response}), and silence either way while a
+request is in flight or the connection waits for the next
+(C{timeouts.idle}).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from ..tcp import describe, setNoDelay
+from ..writethrough import writeNow
+from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest
+from ._exchange import WAITING, Exchange, IClientSide
+from ._plan import CHUNKED, interimHead, planRequest, planResponse
+
+
+def authorityOf(address: Any) -> bytes:
+    """
+    The authority (C{host:port}) of a local address, for the Host of an
+    HTTP/1.0 request that names none.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if not isinstance(host, str):
+        return b"localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}".encode("ascii", "replace")
+
+
+@implementer(IPushProducer, IHalfCloseableProtocol, IClientSide)
+class ClientConnection(Protocol):
+    """
+    A client's HTTP/1.1 connection: parses its requests and serves them in
+    order.
+
+    It is the producer registered with the backend connection of the
+    current exchange; reading stops when either that backend cannot take
+    more, or the proxy itself must wait (a backend is being connected, or a
+    request is complete and its response is not).
+
+    @ivar queue: the exchanges read and not yet answered, oldest first.
+    @ivar closed: the connection is closed (or closing after a cut).
+    """
+
+    factory: Any
+    parser: HttpRequestParser
+    transport: Any
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.queue: deque[Exchange] = deque()
+        self.closed = False
+        self.privateKeys: set[Any] = set()
+        self.proxyHeader: bytes | None = None
+        # The exchange whose body is being read.
+        self._parsing: Exchange | None = None
+        # The head being read: its target, headers and sizes.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._headSize = 0
+        self._rawHead = 0
+        self._inHead = False
+        self._headStarted: float | None = None
+        self._pausedByPeer = False
+        self._held = False
+        self._reading = True
+        self._fatal: int | None = None
+        self._tunnel: Any = None
+        self._tunnelExchange: Exchange | None = None
+        self._upgradeData = b""
+        self._readClosed = False
+        self._timer: Any = None
+        self._lastActivity = 0.0
+        self._lastRead = 0.0
+
+    # -- connection --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        setNoDelay(transport)
+        peer = transport.getPeer()
+        host = getattr(peer, "host", None)
+        self.clientHost: bytes = host.encode("ascii", "replace") if isinstance(host, str) else b""
+        self.clientName = describe(peer)
+        local = transport.getHost()
+        self.localAuthority = authorityOf(local)
+        factory = self.factory
+        if factory.proxyHeader is not None:
+            self.proxyHeader = factory.proxyHeader(peer, local)
+        self.parser = HttpRequestParser(self)
+        # A 1.x minor version it does not know is handled as 1.1 (RFC 9110
+        # 2.5); the request plan refuses other majors.
+        self.parser.set_dangerous_leniencies(lenient_version=True)
+        now = factory.seconds()
+        self._lastActivity = now
+        self._headStarted = now
+        self._timer = factory.reactor.callLater(factory.requestTimeout, self._checkTimer)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        # The parser holds bound methods of this protocol: let it go, so
+        # that reference counting frees the connection now rather than the
+        # garbage collector on one of its passes.
+        del self.parser
+        self._parsing = None
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        factory = self.factory
+        factory.clientGone()
+        factory.clients.discard(self)
+        if self.privateKeys:
+            factory.idle.closeKeys(self.privateKeys)
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._tunnel = None
+            tunnel.transport.loseConnection()
+        queue = self.queue
+        while queue:
+            queue.popleft().abandon()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sent FIN: answer the requests it completed, then close.
+        A request it had not finished never will be: it is dropped and its
+        backend connection aborted at once.
+        """
+        self._readClosed = True
+        ex = self._parsing
+        if ex is not None:
+            self._parsing = None
+            self.factory.log.info(
+                "client {client} closed its side in the middle of a request: aborted",
+                client=self.clientName,
+            )
+            responded = ex.responded and not ex.over
+            ex.abandon()
+            if ex in self.queue:
+                self.queue.remove(ex)
+            if responded:
+                self.transport.loseConnection()
+                return
+        if not self.queue:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our write side is shut: nothing to do.
+        """
+
+    def stopIfIdle(self) -> None:
+        """
+        A graceful stop began: close now if nothing is in flight.
+        """
+        if not self.queue and self._tunnel is None and not self._inHead:
+            self.transport.loseConnection()
+
+    # -- the one timer -------------------------------------------------------
+
+    def _checkTimer(self) -> None:
+        """
+        Act on whichever deadline of this connection has passed, and wake
+        again by the next one (never more than the request timeout ahead,
+        so a deadline set later is still met on time).
+        """
+        self._timer = None
+        if self.closed:
+            return
+        factory = self.factory
+        now = factory.seconds()
+        queue = self.queue
+        ex = queue[0] if queue else None
+        if self._tunnel is not None or (ex is not None and ex.phase is not WAITING):
+            # A request in flight or a tunnel: neither side may fall silent
+            # for longer than the idle timeout (a stalled backend body, a
+            # client that stopped reading), as HAProxy's timeout server and
+            # timeout client say.  Abort: a graceful close would wait on
+            # the stalled peer.
+            deadline = self._lastActivity + factory.idleTimeout
+            if now >= deadline:
+                factory.log.info(
+                    "aborting HTTP client {client}: nothing moved for {idle:.1f}s",
+                    client=self.clientName, idle=now - self._lastActivity,
+                )
+                tunnel = self._tunnel
+                self.transport.abortConnection()
+                if tunnel is not None:
+                    tunnel.transport.abortConnection()
+                return
+            if ex is not None and self._tunnel is None:
+                due = ex.deadline
+                if due:
+                    if now >= due:
+                        ex.timedOut()
+                        self._rearm()
+                        return
+                    deadline = min(deadline, due)
+                if ex is self._parsing and self._reading:
+                    stall = self._lastRead + factory.requestTimeout
+                    if now >= stall:
+                        ex.requestStalled()
+                        self._rearm()
+                        return
+                    deadline = min(deadline, stall)
+        elif self._headStarted is not None and not queue:
+            deadline = self._headStarted + factory.requestTimeout
+            if now >= deadline:
+                if self._inHead:
+                    self._refuse(408, "request head timed out")
+                else:
+                    self.transport.loseConnection()
+                return
+        else:
+            deadline = self._lastActivity + factory.idleTimeout
+            if now >= deadline:
+                if queue:
+                    factory.log.info(
+                        "closing HTTP client {client}: idle for {idle:.1f}s",
+                        client=self.clientName, idle=now - self._lastActivity,
+                    )
+                self.transport.loseConnection()
+                return
+        self._timer = factory.reactor.callLater(
+            min(deadline - now, factory.requestTimeout), self._checkTimer
+        )
+
+    def _rearm(self) -> None:
+        if self._timer is None and not self.closed:
+            self._timer = self.factory.reactor.callLater(0, self._checkTimer)
+
+    def dueBy(self, deadline: float) -> None:
+        """
+        Something is due by C{deadline}: make sure the timer wakes by then.
+        """
+        timer = self._timer
+        if timer is not None and timer.getTime() > deadline:
+            timer.reset(max(0.0, deadline - self.factory.seconds()))
+
+    # -- reading -----------------------------------------------------------
+
+    def _updateReading(self) -> None:
+        want = not (self._pausedByPeer or self._held)
+        if want != self._reading and not self.closed:
+            self._reading = want
+            if want:
+                # A stall of the request body counts from here.
+                self._lastRead = self.factory.seconds()
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
+
+    def pauseProducing(self) -> None:
+        """
+        The backend cannot take more of the request body for now.
+        """
+        self._pausedByPeer = True
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        """
+        The backend can take more.
+        """
+        self._pausedByPeer = False
+        self._updateReading()
+
+    def stopProducing(self) -> None:
+        """
+        The backend connection is gone; the exchange decides what follows.
+        """
+
+    def holdRequest(self) -> None:
+        """
+        Stop reading until L{releaseRequest}: the proxy must not buffer more.
+        """
+        if not self._held:
+            self._held = True
+            self._updateReading()
+
+    def releaseRequest(self) -> None:
+        """
+        Read again (unless the backend still pushes back).
+        """
+        if self._held:
+            self._held = False
+            self._updateReading()
+
+    def dataReceived(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._lastActivity = self.factory.seconds()
+            self._tunnelExchange.bytesIn += len(data)  # type: ignore[union-attr]
+            tunnel.sendTunnel(data)
+            return
+        if self._fatal is not None or self.closed:
+            return
+        factory = self.factory
+        self._lastActivity = self._lastRead = factory.seconds()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self._upgradeData = data[e.args[0]:] if e.args else b""
+            self.holdRequest()
+        except HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, BadRequest):
+                status, why = cause.status, str(cause)
+            else:
+                status, why = 400, str(e)
+            # The cause's traceback holds this frame: kept in a local, it
+            # would make the frame, the exception and this connection a
+            # cycle.
+            del cause
+            self._refuse(status, why)
+            return
+        if self._inHead:
+            # llhttp buffers a header until it ends: bound what it may hold.
+            self._rawHead += len(data)
+            if self._rawHead > factory.maxHeaderSize + factory.maxRequestLine:
+                self._refuse(414 if not self._headers else 431, "head too large")
+                return
+        queue = self.queue
+        if queue:
+            ex = queue[0]
+            if ex.phase is WAITING:
+                ex.start()
+
+    def _refuse(self, status: int, why: str) -> None:
+        """
+        Answer an unacceptable request with C{status} and close, after the
+        responses to the requests before it.
+        """
+        self._fatal = status
+        self._inHead = False
+        self.holdRequest()
+        factory = self.factory
+        factory.refused += 1
+        factory.log.info(
+            "refused request from {client}: {status} ({why})",
+            client=self.clientName, status=status, why=why,
+        )
+        parsing, self._parsing = self._parsing, None
+        queue = self.queue
+        if parsing is not None and parsing in queue:
+            queue.remove(parsing)
+            responded = parsing.responded and not parsing.over
+            # Its head may have gone to a backend already: cut that
+            # connection so the backend never sees a complete request.
+            parsing.abandon()
+            if responded:
+                self.transport.loseConnection()
+                return
+        if not queue:
+            self._sendFatal()
+            return
+        first = queue[0]
+        if first.phase is WAITING:
+            # A complete request came before the bad one in the same read:
+            # serve it (dataReceived returns before starting it); the error
+            # follows its response.
+            first.start()
+
+    def _sendFatal(self) -> None:
+        status = self._fatal
+        assert status is not None
+        transport = self.transport
+        transport.write(ERRORS_CLOSE[status])
+        transport.loseConnection()
+
+    # -- llhttp callbacks --------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._headStarted is None:
+            self._headStarted = self._lastActivity
+        self._url = b""
+        self._headers = []
+        self._headSize = 0
+        self._rawHead = 0
+        self._inHead = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.factory.maxRequestLine:
+            raise BadRequest("request line too long", 414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._headSize += len(name) + len(value) + 4
+        if self._headSize > self.factory.maxHeaderSize:
+            raise BadRequest("request head too large", 431)
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        factory = self.factory
+        method = parser.get_method()
+        version = parser.get_http_version()
+        url = self._url
+        plan = planRequest(
+            method, url, version, self._headers, parser.should_keep_alive(),
+            parser.should_upgrade(), self.clientHost, self.localAuthority, factory.rules,
+        )
+        ex = Exchange(self, factory, plan, method, url, version, self._lastActivity)
+        self._inHead = False
+        self._headStarted = None
+        self._parsing = ex
+        queue = self.queue
+        if queue and not queue[-1].over:
+            # A pipelined request: read no further until those before it
+            # are answered, so a client cannot make us queue without bound.
+            self.holdRequest()
+        queue.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._parsing
+        if ex is not None:
+            ex.requestBody(body)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        if ex is not None:
+            self._parsing = None
+            ex.requestComplete()
+
+    # -- responses -----------------------------------------------------------
+
+    def sendInterim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """
+        Send an interim (1xx) response on.
+        """
+        self.transport.write(interimHead(status, reason, headers))
+
+    def sendHead(self, ex: Exchange, status: int, reason: bytes,
+                 headers: list[tuple[bytes, bytes]]) -> Any:
+        """
+        Plan the final response head; it is held to go out with the first
+        body bytes.
+        """
+        factory = self.factory
+        plan = ex.plan
+        response = planResponse(
+            status, reason, headers, ex.method, ex.version != "1.0",
+            plan.keepAlive and not ex.closeAfter and not plan.upgrade and not factory.stopping,
+            factory.cookieFor(ex) if ex.setCookie else None,
+        )
+        if response.closeAfter:
+            ex.closeAfter = True
+        return response
+
+    def flushHead(self, ex: Exchange) -> None:
+        """
+        Send a held response head now.
+        """
+        response = ex.response
+        head = response.head
+        if head is not None:
+            response.head = None
+            writeNow(self.transport, head)
+
+    def dropHeldHead(self, ex: Exchange) -> bool:
+        """
+        Drop a held response head; say whether there was one.
+        """
+        response = ex.response
+        if response is not None and response.head is not None:
+            response.head = None
+            return True
+        return False
+
+    def sendBody(self, ex: Exchange, data: bytes) -> None:
+        """
+        Send a piece of the response body (as a chunk if the response is
+        chunked), with the held head if it has not gone yet.
+        """
+        response = ex.response
+        transport = self.transport
+        head = response.head
+        if head is not None:
+            response.head = None
+            if response.framing is CHUNKED:
+                writeNow(transport, b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+            else:
+                writeNow(transport, head + data)
+        elif response.framing is CHUNKED:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def endResponse(self, ex: Exchange) -> None:
+        """
+        End the response: the held head (if still held) and the last chunk.
+        """
+        response = ex.response
+        head = response.head
+        chunked = response.framing is CHUNKED
+        if head is not None:
+            response.head = None
+            writeNow(self.transport, head + b"0\r\n\r\n" if chunked else head)
+        elif chunked:
+            self.transport.write(b"0\r\n\r\n")
+
+    def sendError(self, ex: Exchange, status: int) -> None:
+        """
+        Answer with a canned error.
+        """
+        self.transport.write((ERRORS_CLOSE if ex.closeAfter else ERRORS_KEEP)[status])
+
+    def cutResponse(self, ex: Exchange) -> None:
+        """
+        Close so that the client sees the response cut short.
+        """
+        self.transport.loseConnection()
+        self.closed = True
+
+    def startTunnel(self, ex: Exchange, conn: Any, head: bytes) -> None:
+        """
+        The backend accepted an upgrade: send its 101 on and relay raw bytes
+        both ways.
+        """
+        self.transport.write(head)
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        self._tunnel = conn
+        self._tunnelExchange = ex
+        conn.tunnel = ex
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        factory = self.factory
+        self._lastActivity = factory.seconds()
+        self._timer = factory.reactor.callLater(factory.idleTimeout, self._checkTimer)
+        data, self._upgradeData = self._upgradeData, b""
+        if data:
+            ex.bytesIn += len(data)
+            conn.sendTunnel(data)
+        self.releaseRequest()
+
+    def tunnelData(self, data: bytes) -> None:
+        """
+        Relay bytes of the tunnel from the backend.
+        """
+        self._lastActivity = self.factory.seconds()
+        self.transport.write(data)
+
+    def tunnelClosed(self) -> None:
+        """
+        The tunnel's backend side closed: close this side too.
+        """
+        self._tunnel = None
+        if not self.closed:
+            self.transport.loseConnection()
+
+    def backendActive(self) -> None:
+        """
+        The backend moved: the exchange is not idle.
+        """
+        self._lastActivity = self.factory.seconds()
+
+    def registerProducer(self, producer: Any) -> None:
+        """
+        Let the backend connection relaying the response be paused while
+        this client cannot take more.
+        """
+        self.transport.registerProducer(producer, True)
+
+    def unregisterProducer(self) -> None:
+        """
+        The backend connection relays no more to this client.
+        """
+        self.transport.unregisterProducer()
+
+    def exchangeDone(self, ex: Exchange) -> None:
+        """
+        C{ex} is over: serve the next request, or wait for one.
+        """
+        if self.closed:
+            return
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        if ex.closeAfter or not ex.plan.keepAlive or not ex.requestDone or (
+            self._readClosed and not queue
+        ):
+            self.transport.loseConnection()
+            self.closed = True
+            return
+        self._lastActivity = self.factory.seconds()
+        if queue:
+            nxt = queue[0]
+            if nxt.phase is WAITING:
+                nxt.start()
+            return
+        if self._fatal is not None:
+            self._sendFatal()
+            return
+        self.releaseRequest()

@@ -1,0 +1,68 @@
+"""
+The errors HTTP mode answers with itself: L{BadRequest}, raised for a
+request that must be refused, and the canned short responses a client may
+see, built once so the hot path formats nothing.
+"""
+
+from __future__ import annotations
+
+REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+_BODIES = {
+    400: b"400 Bad Request: the request is malformed.\n",
+    408: b"408 Request Timeout: the request head did not arrive in time.\n",
+    414: b"414 URI Too Long: the request line is too long.\n",
+    431: b"431 Request Header Fields Too Large: the request head is too large.\n",
+    501: b"501 Not Implemented: this method is not supported.\n",
+    502: b"502 Bad Gateway: the backend failed to send a valid response.\n",
+    503: b"503 Service Unavailable: no backend is available.\n",
+    504: b"504 Gateway Timeout: the backend did not answer in time.\n",
+    505: b"505 HTTP Version Not Supported: only HTTP/1.x is spoken here.\n",
+}
+
+
+def errorResponse(status: int, close: bool) -> bytes:
+    """
+    A complete short plain-text response for C{status}.
+
+    @param close: whether to announce that the connection will close.
+    """
+    body = _BODIES[status]
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status]),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % (len(body),),
+            b"Cache-Control: no-cache\r\n",
+            b"Connection: close\r\n" if close else b"",
+            b"\r\n",
+            body,
+        )
+    )
+
+
+# Built once: the hot path sends these without formatting anything.
+ERRORS_CLOSE = {status: errorResponse(status, True) for status in _BODIES}
+ERRORS_KEEP = {status: errorResponse(status, False) for status in _BODIES}
+
+
+class BadRequest(Exception):
+    """
+    A request head that parsed but must be refused.
+
+    @ivar status: the status to answer with.
+    """
+
+    def __init__(self, why: str, status: int = 400) -> None:
+        super().__init__(why)
+        self.status = status

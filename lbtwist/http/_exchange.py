@@ -1,0 +1,695 @@
+"""
+The HTTP exchange core: one request and its response, from a complete
+request head to the end of the response, with a named phase.
+
+An L{Exchange} is protocol-neutral.  It chooses and connects a backend
+(through L{lbtwist.connect.BackendConnector}), sends the request, relays the
+response, retries when that is safe, times out, counts passive health and
+answers errors.  It talks to the client's side through L{IClientSide} (an
+HTTP/1.1 connection today, an HTTP/2 stream later) and to the backend
+through a L{lbtwist.http._backend.BackendConnection}; both only translate
+bytes and parser callbacks into the calls below, and neither touches the
+other.
+
+The phases and their transitions (L{Exchange.phase}; anything else is a
+bug, and raises L{IllegalTransition}):
+
+    WAITING     head read, waiting for its turn on the client connection
+      -> CONNECTING   its turn came
+      -> FAILED       the client left, or sent garbage first
+    CONNECTING  a backend is being chosen (queue included) and connected
+      -> SENDING      a connection is attached (new or pooled)
+      -> FAILED       no backend (503 or 502), the client left
+    SENDING     the request goes to the backend; no final response yet
+      -> SENDING      an interim (1xx) response went on
+      -> CONNECTING   the connection was lost and a retry is safe
+      -> STREAMING    the final response head arrived
+      -> TUNNEL       a 101 to an upgrade request
+      -> FAILED       502, 504, 408, or the client left
+    STREAMING   the response body is relayed to the client
+      -> DONE         the response is complete
+      -> FAILED       cut short (by either side)
+    TUNNEL      bytes relayed both ways after a 101
+      -> DONE         the tunnel closed
+    DONE, FAILED      over: the slot is back, the connection pooled or closed
+
+The request body is a stream of its own beside the phase: it may still be
+arriving when the final response starts (a backend may answer early);
+C{requestDone} says whether it is complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface  # type: ignore[import-untyped]
+
+from ..connect import ConnectAttempt
+from ..pool import Backend
+from ._plan import (
+    GIVE_UP,
+    RETRY_FRESH,
+    BadResponse,
+    RequestPlan,
+    retryAfterLoss,
+    switchingHead,
+)
+
+WAITING = "waiting"
+CONNECTING = "connecting"
+SENDING = "sending"
+STREAMING = "streaming"
+TUNNEL = "tunnel"
+DONE = "done"
+FAILED = "failed"
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    WAITING: frozenset((CONNECTING, FAILED)),
+    CONNECTING: frozenset((SENDING, FAILED)),
+    SENDING: frozenset((SENDING, CONNECTING, STREAMING, TUNNEL, FAILED)),
+    STREAMING: frozenset((DONE, FAILED)),
+    TUNNEL: frozenset((DONE,)),
+    DONE: frozenset(),
+    FAILED: frozenset(),
+}
+
+# A request that may not be replayed is sent on a pooled connection only if
+# that connection was in use this recently: far below any backend's
+# keep-alive timeout, so it cannot be closed under us by one.
+SAFE_REUSE_AGE = 1.0
+
+
+class IllegalTransition(Exception):
+    """
+    An exchange was asked to move between phases the table does not allow.
+    """
+
+
+class IClientSide(Interface):
+    """
+    What an exchange needs of the side its request came from: an HTTP/1.1
+    client connection, or (later) an HTTP/2 stream.  It is also the
+    producer of the request body, registered with the backend connection.
+    """
+
+    clientHost = Attribute("The client's address as bytes, for hashing and X-Forwarded-For.")
+    clientName = Attribute("The client's address as logs show it.")
+    proxyHeader = Attribute("The PROXY-protocol header its backend connections begin with, or None.")
+    privateKeys = Attribute("Idle-pool keys of backend connections private to this client.")
+    closed = Attribute("Whether the client is gone.")
+
+    def holdRequest() -> None:
+        """
+        Read no more of the request for now (nowhere to send it yet).
+        """
+
+    def releaseRequest() -> None:
+        """
+        Read the request again (unless the backend pushes back).
+        """
+
+    def sendInterim(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """
+        Send an interim (1xx) response on.
+        """
+
+    def sendHead(exchange: Exchange, status: int, reason: bytes,
+                 headers: list[tuple[bytes, bytes]]) -> Any:
+        """
+        Plan and send (or hold, to go with the first body bytes) the final
+        response head; return the plan (with C{untilClose}, C{closeAfter}
+        and C{skipBody}).
+
+        @raise BadResponse: the head must not be relayed.
+        """
+
+    def sendBody(exchange: Exchange, data: bytes) -> None:
+        """
+        Send a piece of the response body.
+        """
+
+    def endResponse(exchange: Exchange) -> None:
+        """
+        The response is complete: end it for the client.
+        """
+
+    def sendError(exchange: Exchange, status: int) -> None:
+        """
+        Answer with a canned error response.
+        """
+
+    def dropHeldHead(exchange: Exchange) -> bool:
+        """
+        Drop a final response head held back to go with the first body
+        bytes; return whether one was (the client can still get a clean
+        error response).
+        """
+
+    def cutResponse(exchange: Exchange) -> None:
+        """
+        Part of the response went out and the rest never will: end it so
+        that the client sees it truncated.
+        """
+
+    def startTunnel(exchange: Exchange, connection: Any, head: bytes) -> None:
+        """
+        Send the 101 head on and relay raw bytes both ways from now on.
+        """
+
+    def exchangeDone(exchange: Exchange) -> None:
+        """
+        C{exchange} is over: serve the next request, or close.
+        """
+
+    def flushHead(exchange: Exchange) -> None:
+        """
+        Send a response head held back for body bytes that did not come in
+        the same read.
+        """
+
+    def backendActive() -> None:
+        """
+        The backend sent something: the exchange is not idle.
+        """
+
+    def tunnelData(data: bytes) -> None:
+        """
+        Relay bytes of a tunnel from the backend.
+        """
+
+    def tunnelClosed() -> None:
+        """
+        The tunnel's backend side closed.
+        """
+
+    def dueBy(deadline: float) -> None:
+        """
+        Something of the exchange is due by C{deadline} (the response
+        head): call L{Exchange.timedOut} if it has not come by then.
+        """
+
+    def registerProducer(producer: Any) -> None:
+        """
+        Register the backend connection relaying the response, to be paused
+        while the client cannot take more.
+        """
+
+    def unregisterProducer() -> None:
+        """
+        The backend connection relays no more to this client.
+        """
+
+
+class Exchange:
+    """
+    One request and its response (see the module docstring for the phases).
+
+    A plain class with slots: it is mutable and there is one per request,
+    on the hot path.
+
+    @ivar phase: where the exchange is (the module's table).
+    @ivar plan: what the request head came to.
+    @ivar requestDone: the request body (if any) is complete.
+    @ivar pending: request body pieces read before a backend connection.
+    @ivar conn: the backend connection the request is on.
+    @ivar backend: the backend chosen last.
+    @ivar slot: the backend whose C{maxconn} slot this exchange owns (the
+        connector's invariant 1).
+    @ivar tried: backends tried for this request.
+    @ivar failures: tries that failed (connects and lost responses): what
+        the retry policy counts.
+    @ivar sends: how often the request was sent to a backend.
+    @ivar retries: tries after the first, as the access log counts them:
+        failed connects, and sends after the first.
+    @ivar attempt: the pending connect attempt, in C{CONNECTING}.
+    @ivar deadline: when the response head is due, once the request is
+        sent whole (checked by the client side's one timer).
+    @ivar response: the response's plan, from L{IClientSide.sendHead}.
+    @ivar responded: bytes of a response left for the client.
+    @ivar closeAfter: the client connection closes after this exchange.
+    """
+
+    __slots__ = (
+        "attempt", "backend", "bytesIn", "bytesOut", "client", "closeAfter", "conn",
+        "deadline", "factory", "failures", "headers", "method", "pending", "phase",
+        "plan", "reason", "requestDone", "responded", "response", "retries", "sends",
+        "setCookie",
+        "slot", "started", "status", "tried", "url", "version",
+    )
+
+    log = Logger()
+
+    def __init__(
+        self, client: Any, factory: Any, plan: RequestPlan, method: bytes, url: bytes,
+        version: str, started: float,
+    ) -> None:
+        self.client = client
+        self.factory = factory
+        self.plan = plan
+        self.method = method
+        self.url = url
+        self.version = version
+        self.started = started
+        self.phase = WAITING
+        self.requestDone = False
+        self.pending: list[bytes] | None = None
+        self.conn: Any = None
+        self.backend: Backend | None = None
+        self.slot: Backend | None = None
+        self.tried: list[Backend] = []
+        self.failures = 0
+        self.sends = 0
+        self.retries = 0
+        self.attempt: ConnectAttempt | None = None
+        self.deadline = 0.0
+        self.response: Any = None
+        self.responded = False
+        self.closeAfter = False
+        self.setCookie = False
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.bytesIn = 0
+        self.bytesOut = 0
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.method!r} {self.url!r} {self.phase}>"
+
+    def _to(self, phase: str) -> None:
+        if phase not in TRANSITIONS[self.phase]:
+            raise IllegalTransition(f"{self.phase} -> {phase}")
+        self.phase = phase
+
+    @property
+    def over(self) -> bool:
+        """
+        Whether the exchange is done or failed.
+        """
+        return self.phase is DONE or self.phase is FAILED
+
+    # -- the request side ------------------------------------------------
+
+    def start(self, fresh: bool = False) -> None:
+        """
+        Its turn came (or a retry is due): find a backend and connect.
+
+        @param fresh: do not use a pooled connection, and prefer the same
+            backend (the pooled one used last was stale).
+        """
+        self._to(CONNECTING)
+        factory = self.factory
+        client = self.client
+        prefer = self.backend if fresh else factory.stickyBackend(self)
+        slot, self.slot = self.slot, None
+        attempt = factory.connector.connect(
+            client.clientName, client.clientHost, self._build, self._joined,
+            self._noBackend, self.tried, prefer, None if fresh else self._reuse,
+            slot, self.failures,
+        )
+        if attempt is not None and self.phase is CONNECTING:
+            self.attempt = attempt
+            if not self.requestDone:
+                # Read no more of the body until there is somewhere to send it.
+                client.holdRequest()
+
+    def _key(self, backend: Backend) -> Any:
+        proxyHeader = self.client.proxyHeader
+        if proxyHeader is None:
+            return backend
+        # Connections that began with this client's PROXY header are its
+        # own: reused by its next requests, closed when it leaves.
+        key = (backend, proxyHeader)
+        self.client.privateKeys.add(key)
+        return key
+
+    def _reuse(self, backend: Backend) -> Any:
+        return self.factory.idle.take(
+            self._key(backend), None if self.plan.replayable else SAFE_REUSE_AGE
+        )
+
+    def _build(self, backend: Backend) -> Any:
+        from ._backend import BackendConnection
+
+        return BackendConnection(self.factory, backend, self._key(backend), self.client.proxyHeader)
+
+    def _counted(self, failures: int) -> None:
+        # The connect attempt's failures, for the retry policy and the log.
+        self.retries += failures - self.failures
+        self.failures = failures
+
+    def _joined(self, backend: Backend, conn: Any, failures: int) -> None:
+        self.attempt = None
+        self._counted(failures)
+        if self.sends:
+            self.retries += 1
+        self.backend = self.slot = backend
+        self._to(SENDING)
+        self._attach(conn)
+
+    def _noBackend(self, reason: Failure) -> None:
+        self.attempt = None
+        self._counted(getattr(reason.value, "failures", self.failures))
+        if self.sends and self.failures:
+            # Backends took the request and failed it: a bad gateway, not an
+            # outage (as HAProxy answers).
+            self.log.warn(  # noqa: G010
+                "pool {pool}: {attempts} backends took the request of {client} "
+                "and none answered",
+                pool=self.factory.pool.name, attempts=len(self.tried),
+                client=self.client.clientName,
+            )
+            self.fail(502)
+            return
+        self.fail(503)
+
+    def _attach(self, conn: Any) -> None:
+        """
+        Send the request on C{conn}, a connected backend connection.
+        """
+        backend = conn.backend
+        self.conn = conn
+        conn.exchange = self
+        conn.requests += 1
+        self.sends += 1
+        factory = self.factory
+        factory.pool.opened(backend)
+        # A bound method made for each add and discard (they compare equal),
+        # not one kept on the connection, which would refer back to it.
+        backend.closers.add(conn.abortNow)
+        client = self.client
+        plan = self.plan
+        if plan.hasBody or plan.upgrade:
+            # Only a body can fill the backend's buffer: spare the others.
+            conn.transport.registerProducer(client, True)
+        client.registerProducer(conn)
+        conn.sendHead(plan.head)
+        pending = self.pending
+        if pending:
+            self.pending = None
+            for body in pending:
+                conn.sendBody(plan.chunked, body)
+        if self.requestDone or plan.upgrade:
+            if self.requestDone and plan.chunked:
+                conn.endBody()
+            self._due()
+        else:
+            client.releaseRequest()
+
+    def _due(self) -> None:
+        # The request is sent whole: the response head is due within the
+        # response timeout (watched by the client side's one timer).
+        factory = self.factory
+        self.deadline = deadline = factory.seconds() + factory.responseTimeout
+        self.client.dueBy(deadline)
+
+    def requestBody(self, data: bytes) -> None:
+        """
+        A piece of the request body arrived from the client.
+        """
+        self.bytesIn += len(data)
+        conn = self.conn
+        if conn is not None:
+            conn.sendBody(self.plan.chunked, data)
+        elif not self.over:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(data)
+            self.client.holdRequest()
+
+    def requestComplete(self) -> None:
+        """
+        The request is read whole: the response head is due within the
+        response timeout from now.
+        """
+        self.requestDone = True
+        conn = self.conn
+        if conn is not None:
+            if self.plan.chunked:
+                conn.endBody()
+            if self.phase is SENDING:
+                self._due()
+
+    # -- the response side -----------------------------------------------
+
+    def responseHead(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        """
+        The backend sent a response head.
+
+        @return: whether the backend's body must be read and dropped (a
+            reply to HEAD).
+        """
+        conn = self.conn
+        if status < 200:
+            if status == 101:
+                if self.plan.upgrade:
+                    self._upgrade(reason, headers)
+                else:
+                    conn.reusable = False
+                    self.backendFailed("response", "101 to a request without Upgrade")
+                return False
+            if status == 100 and not self.plan.expectContinue:
+                return False
+            self.responded = True
+            self.client.sendInterim(status, reason, headers)
+            return False
+        self.deadline = 0.0
+        self.status = status
+        factory = self.factory
+        backend = conn.backend
+        backend.responseTime = factory.seconds() - self.started
+        try:
+            response = self.client.sendHead(self, status, reason, headers)
+        except BadResponse as e:
+            conn.reusable = False
+            self.backendFailed("response", f"malformed response: {e}")
+            return False
+        self._to(STREAMING)
+        self.response = response
+        self.responded = True
+        return bool(response.skipBody)
+
+    def _upgrade(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        conn = self.conn
+        try:
+            head = switchingHead(reason, headers, self.plan.websocketKey)
+        except BadResponse as e:
+            conn.reusable = False
+            self.backendFailed("response", str(e))
+            return
+        self._to(TUNNEL)
+        self.deadline = 0.0
+        self.status = 101
+        self.responded = True
+        self.closeAfter = True
+        conn.reusable = False
+        conn.exchange = None
+        backend = conn.backend
+        self.factory.pool.closed(backend)
+        backend.closers.discard(conn.abortNow)
+        self._releaseSlot()
+        self.client.startTunnel(self, conn, head)
+
+    def tunnelClosed(self) -> None:
+        """
+        The tunnel closed (either side): log it, with its bytes and
+        lifetime.
+        """
+        if self.phase is TUNNEL:
+            self._to(DONE)
+            self.conn = None
+            self.factory.exchangeLogged(self)
+
+    def responseBody(self, data: bytes) -> None:
+        """
+        A piece of the response body arrived from the backend.
+        """
+        n = len(data)
+        self.bytesOut += n
+        self.conn.backend.bytesOut += n
+        self.client.sendBody(self, data)
+
+    def responseComplete(self) -> None:
+        """
+        The backend finished its response: end it for the client, pool the
+        connection if it may be reused, and let the client go on.
+        """
+        if self.phase is not STREAMING:
+            return
+        self._to(DONE)
+        client = self.client
+        if not client.closed:
+            client.endResponse(self)
+        conn = self._detach()
+        backend = self.backend
+        assert backend is not None and conn is not None
+        factory = self.factory
+        pool = factory.pool
+        if self.status >= 500:
+            pool.exchangeError(backend, f"status {self.status}")
+        else:
+            pool.exchangeSucceeded(backend)
+        if not (
+            conn.reusable and self.requestDone and not conn.lost
+            and conn.requests < factory.maxRequests
+            and factory.idle.put(conn.key, conn)
+        ) and not conn.lost:
+            conn.transport.loseConnection()
+        self._releaseSlot()
+        factory.exchangeLogged(self)
+        client.exchangeDone(self)
+
+    # -- ending ------------------------------------------------------------
+
+    def _detach(self) -> Any:
+        conn = self.conn
+        if conn is None:
+            return None
+        self.conn = None
+        conn.exchange = None
+        backend = conn.backend
+        self.factory.pool.closed(backend)
+        backend.closers.discard(conn.abortNow)
+        if not conn.lost:
+            if self.plan.hasBody or self.plan.upgrade:
+                conn.transport.unregisterProducer()
+            if conn.paused:
+                conn.resumeProducing()
+        client = self.client
+        if not client.closed:
+            client.unregisterProducer()
+            # The backend that paused the client's reading is gone from it:
+            # read again (unless held for another reason).
+            client.resumeProducing()
+        return conn
+
+    def _releaseSlot(self) -> None:
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            self.factory.pool.release(slot)
+
+    def _stop(self) -> None:
+        """
+        Let go of the backend side: the connect attempt, the connection
+        (closed, never pooled) and the slot.
+        """
+        self.deadline = 0.0
+        attempt, self.attempt = self.attempt, None
+        if attempt is not None:
+            attempt.cancel()
+        conn = self._detach()
+        if conn is not None and not conn.lost:
+            conn.reusable = False
+            conn.transport.abortConnection()
+        self._releaseSlot()
+
+    def fail(self, status: int) -> None:
+        """
+        End the exchange with the canned error C{status}; a response already
+        under way is cut short instead, so the client sees it truncated.
+        """
+        if self.over:
+            return
+        self._to(FAILED)
+        self._stop()
+        client = self.client
+        if client.closed:
+            return
+        factory = self.factory
+        if self.responded and not client.dropHeldHead(self):
+            client.cutResponse(self)
+            factory.exchangeLogged(self)
+            return
+        self.responded = False
+        self.status = status
+        self.closeAfter = not self.requestDone or not self.plan.keepAlive or self.plan.upgrade
+        client.sendError(self, status)
+        factory.exchangeLogged(self)
+        client.exchangeDone(self)
+
+    def abandon(self) -> None:
+        """
+        The client left, or sent garbage after this request's head: drop the
+        exchange and abort its backend connection at once (a half-sent or
+        unread request can never complete, and must hold nothing).
+        """
+        if self.over:
+            return
+        self._to(FAILED)
+        self._stop()
+
+    # -- backend failures ----------------------------------------------------
+
+    def timedOut(self) -> None:
+        """
+        The response head did not come within the response timeout: 504.
+        """
+        backend = self.backend
+        if backend is not None:
+            self.factory.pool.trafficFailed(backend, "timeout", "no response in time")
+        self.log.warn(  # noqa: G010
+            "backend {backend} did not answer {client} in {timeout}s",
+            backend=backend.name if backend else None,
+            client=self.client.clientName, timeout=self.factory.responseTimeout,
+        )
+        self.fail(504)
+
+    def requestStalled(self) -> None:
+        """
+        The request body stopped arriving for the request timeout: 408,
+        and the backend connection is freed.
+        """
+        self.log.info(
+            "request body of {client} stalled for {timeout}s: 408",
+            client=self.client.clientName, timeout=self.factory.requestTimeout,
+        )
+        self.fail(408)
+
+    def backendFailed(self, kind: str, why: str) -> None:
+        """
+        The backend sent something that is not a valid response: 502.
+        """
+        backend = self.backend
+        if backend is not None:
+            self.factory.pool.trafficFailed(backend, kind, why)
+            self.log.warn(  # noqa: G010
+                "backend {backend} failed {client}: {why}",
+                backend=backend.name, client=self.client.clientName, why=why,
+            )
+        self.fail(502)
+
+    def backendLost(self, conn: Any) -> None:
+        """
+        The backend connection closed before the response was complete:
+        retry if that is safe, else 502 (or a truncated response).
+        """
+        if self.over:
+            return
+        backend = conn.backend
+        factory = self.factory
+        pool = factory.pool
+        decision = retryAfterLoss(
+            self.responded, self.plan.replayable, conn.requests > 1,
+            factory.connector.retryPolicy.mayTryAnother(pool, self.failures + 1),
+        )
+        if decision is not GIVE_UP:
+            self.deadline = 0.0
+            self._detach()
+            if decision is RETRY_FRESH:
+                # A stale pooled connection: a new one to the same backend,
+                # which is no fault of the backend's.
+                self.start(fresh=True)
+                return
+            self.failures += 1
+            pool.trafficFailed(backend, "response", "connection lost before the response")
+            self.start()
+            return
+        if not self.responded:
+            pool.trafficFailed(backend, "response", "connection lost before the response")
+        self.log.warn(  # noqa: G010
+            "backend {backend} closed the connection of {client} before "
+            "completing the response",
+            backend=backend.name, client=self.client.clientName,
+        )
+        self.fail(502)

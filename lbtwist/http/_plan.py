@@ -1,0 +1,504 @@
+"""
+What HTTP mode does with a request head and a response head, as pure
+functions: bytes and plain values in, a plan out, no I/O and no state.
+
+L{planRequest} checks a parsed request head (the strict rules llhttp leaves
+to a proxy), removes the hop-by-hop headers, sets C{X-Forwarded-*} and the
+Host, finds the sticky key and the body's framing, and builds the head sent
+to a backend.  L{planResponse} does the same for a response head: the one
+hop-by-hop filter (used for interim and final responses alike), the
+framing towards the client, keep-alive and the sticky cookie.
+L{retryAfterLoss} decides what follows when a backend connection is lost
+before the response is complete.
+
+The protocols only translate bytes and parser callbacks; every decision
+about what goes on the wire is here, and table-tested synchronously
+(C{tests/test_http_plan.py}), the request-smuggling cases included.
+
+llhttp (through C{httptools}) already refuses most request-smuggling shapes
+(both Content-Length and Transfer-Encoding, repeated or malformed
+Content-Length, bad chunk sizes, bare LF, NUL or CR in values, header lines
+without a colon, whitespace before the colon, obsolete line folding).  What
+it lets through and a proxy must still refuse is checked here: any
+Transfer-Encoding but a single C{chunked}, a Transfer-Encoding in HTTP/1.0,
+a missing or repeated Host in HTTP/1.1, an absolute-form target of another
+scheme, a WebSocket handshake without its key and version.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from ._errors import BadRequest
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
+
+# Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+# Proxy-* is matched by prefix; Upgrade is forwarded for an upgrade only.
+HOP_BY_HOP = frozenset(
+    (b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade")
+)
+
+# Tokens a client's Connection header may name without the headers of those
+# names being removed: the framing and Host are never hop-by-hop, or a
+# client naming Content-Length would get its body read as a second request.
+_NEVER_NAMED = frozenset(
+    (b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding", b"host")
+)
+
+# Statuses whose responses have no body whatever their head says.
+NO_BODY_STATUSES = frozenset((204, 304))
+
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def forwarded(name: bytes) -> bool:
+    """
+    Whether a header (its lowercased name) may cross the proxy: the one
+    hop-by-hop filter of requests, interim and final responses.
+    """
+    return name not in HOP_BY_HOP and not name.startswith(b"proxy-")
+
+
+class RequestRules:
+    """
+    What the request plan follows for one listener and pool, worked out
+    once when the listener's factory is built.
+
+    @ivar hostHeader: the Host every request is given (replacing the
+        client's), or L{None} to keep it.
+    @ivar forwardedProto: C{X-Forwarded-Proto}'s value.
+    @ivar stickyKind: C{"cookie"}, C{"header"}, C{"source"} or L{None}.
+    @ivar stickyName: the sticky cookie's or header's name.
+    """
+
+    __slots__ = ("forwardedProto", "hostHeader", "stickyHeader", "stickyKind", "stickyName")
+
+    def __init__(
+        self,
+        forwardedProto: bytes = b"http",
+        hostHeader: bytes | None = None,
+        stickyKind: str | None = None,
+        stickyName: bytes = b"",
+    ) -> None:
+        self.forwardedProto = forwardedProto
+        self.hostHeader = hostHeader
+        self.stickyKind = stickyKind
+        self.stickyName = stickyName
+        self.stickyHeader = stickyName.lower() if stickyKind == "header" else None
+
+
+class RequestPlan:
+    """
+    What a request head comes to.
+
+    @ivar head: the head to send to a backend, whole.
+    @ivar chunked: the body is chunked (it is relayed chunked).
+    @ivar hasBody: a body follows the head.
+    @ivar upgrade: an upgrade (WebSocket) request: a tunnel after a 101.
+    @ivar websocketKey: its C{Sec-WebSocket-Key}, to check the 101 against.
+    @ivar expectContinue: the client waits for a C{100 Continue}.
+    @ivar authority: the request's one authority (the absolute-form
+        target's, else Host's), as routing and C{X-Forwarded-Host} see it.
+    @ivar stickyKey: what the sticky setting keys on (the cookie's value,
+        the header's, or the client's address), if anything.
+    @ivar keepAlive: the client wants the connection kept open after.
+    @ivar replayable: the request may be sent again: idempotent, no body,
+        no upgrade.
+    """
+
+    __slots__ = (
+        "authority", "chunked", "expectContinue", "hasBody", "head", "keepAlive",
+        "replayable", "stickyKey", "upgrade", "websocketKey",
+    )
+
+    def __init__(
+        self, head: bytes, chunked: bool, hasBody: bool, upgrade: bool,
+        websocketKey: bytes | None, expectContinue: bool, authority: bytes | None,
+        stickyKey: bytes | None, keepAlive: bool, replayable: bool,
+    ) -> None:
+        self.head = head
+        self.chunked = chunked
+        self.hasBody = hasBody
+        self.upgrade = upgrade
+        self.websocketKey = websocketKey
+        self.expectContinue = expectContinue
+        self.authority = authority
+        self.stickyKey = stickyKey
+        self.keepAlive = keepAlive
+        self.replayable = replayable
+
+
+def checkTransferEncoding(value: bytes | None, version: str) -> bool:
+    """
+    Whether a request body is chunked, given its Transfer-Encoding (if any).
+
+    @raise BadRequest: the only one accepted is a single C{chunked}, in
+        HTTP/1.1; anything else would be read differently by some backend.
+    """
+    if value is None:
+        return False
+    if version != "1.1":
+        raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    if value.strip(b" \t").lower() != b"chunked":
+        raise BadRequest(f"unsupported Transfer-Encoding {value!r}")
+    return True
+
+
+def splitTokens(value: bytes) -> list[bytes]:
+    """
+    The lowercased, comma-separated tokens of a header value such as
+    C{Connection}.
+    """
+    return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
+
+
+def cookieValue(header: bytes, name: bytes) -> bytes | None:
+    """
+    The value of cookie C{name} in a C{Cookie} header, if present.
+    """
+    for part in header.split(b";"):
+        key, sep, value = part.strip(b" \t").partition(b"=")
+        if sep and key == name:
+            return value.strip(b'"')
+    return None
+
+
+def _absoluteAuthority(target: bytes) -> bytes | None:
+    """
+    The authority of an absolute-form request target, or L{None} for any
+    other form.
+
+    @raise BadRequest: an absolute form with a scheme other than http(s),
+        or with no host.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or b"/" in scheme or not scheme[:1].isalpha():
+        return None
+    if scheme.lower() not in (b"http", b"https"):
+        raise BadRequest(f"unsupported scheme in request target {scheme!r}")
+    end = len(rest)
+    for stop in (b"/", b"?", b"#"):
+        at = rest.find(stop)
+        if at != -1 and at < end:
+            end = at
+    authority = rest[:end]
+    if b"@" in authority:
+        raise BadRequest("user information in the request target")
+    if not authority or authority.startswith(b":"):
+        raise BadRequest("no host in the request target")
+    return authority
+
+
+def planRequest(
+    method: bytes,
+    target: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    keepAlive: bool,
+    upgrade: bool,
+    clientHost: bytes,
+    localAuthority: bytes,
+    rules: RequestRules,
+) -> RequestPlan:
+    """
+    Check a parsed request head and plan what goes to the backend.
+
+    @param version: the HTTP version llhttp read (C{"1.1"}, C{"1.0"}; any
+        other 1.x is handled as 1.1, RFC 9110 2.5).
+    @param keepAlive: llhttp's reading of the client's wish.
+    @param upgrade: llhttp saw an upgrade request.
+    @param clientHost: the client's address, for C{X-Forwarded-For}.
+    @param localAuthority: the address the client reached, the Host of an
+        HTTP/1.0 request that names none.
+
+    @raise BadRequest: the request must be refused, with its status.
+    """
+    major, _, minor = version.partition(".")
+    if major != "1":
+        raise BadRequest(f"HTTP version {version} is not supported", 505)
+    http10 = minor == "0"
+    if method == b"CONNECT":
+        raise BadRequest("CONNECT is not supported", 501)
+    authority = _absoluteAuthority(target) if target[:1] != b"/" else None
+    parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    append = parts.append
+    host = None
+    te = None
+    connection: list[bytes] | None = None
+    xff = None
+    upgradeValue = None
+    websocketKey = None
+    websocketVersion = None
+    stickyKey = None
+    stickyKind = rules.stickyKind
+    stickyName = rules.stickyName
+    stickyHeader = rules.stickyHeader
+    hostHeader = rules.hostHeader
+    hasLength = False
+    expectContinue = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname.startswith(b"proxy-"):
+            if lname == b"transfer-encoding":
+                if te is not None:
+                    raise BadRequest("repeated Transfer-Encoding")
+                te = value
+            elif lname == b"connection":
+                connection = (connection or []) + splitTokens(value)
+            elif lname == b"upgrade":
+                upgradeValue = value
+            continue
+        if lname == b"host":
+            if host is not None:
+                raise BadRequest("repeated Host header")
+            host = value
+            # Replaced below: by the configured Host, or by the target's
+            # authority (RFC 9112 3.2.2: one authority for all to see).
+            if hostHeader is not None or authority is not None:
+                continue
+        elif lname == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+            continue
+        elif lname == b"x-forwarded-proto" or lname == b"x-forwarded-host":
+            continue
+        elif lname == b"content-length":
+            hasLength = value.strip() != b"0"
+        elif lname == b"expect":
+            expectContinue = value.lower() == b"100-continue"
+        elif lname == b"sec-websocket-key":
+            websocketKey = value
+        elif lname == b"sec-websocket-version":
+            websocketVersion = value
+        if lname == stickyHeader:
+            stickyKey = value
+        elif stickyKind == "cookie" and lname == b"cookie":
+            found = cookieValue(value, stickyName)
+            if found is not None:
+                stickyKey = found
+        append(name + b": " + value + b"\r\n")
+    if host is None and not http10:
+        raise BadRequest("HTTP/1.1 request without Host")
+    if authority is None:
+        authority = host
+    elif hostHeader is None:
+        append(b"Host: " + authority + b"\r\n")
+    chunked = checkTransferEncoding(te, "1.0" if http10 else "1.1")
+    if connection:
+        named = set(connection) - _NEVER_NAMED
+        if named:
+            parts = [parts[0]] + [
+                p for p in parts[1:] if p.split(b":", 1)[0].lower() not in named
+            ]
+            append = parts.append
+    if hostHeader is not None:
+        append(b"Host: " + hostHeader + b"\r\n")
+    elif authority is None:
+        # An HTTP/1.0 request may name no Host; what goes upstream is
+        # HTTP/1.1, which must.
+        append(b"Host: " + localAuthority + b"\r\n")
+    append(
+        b"X-Forwarded-For: "
+        + (xff + b", " + clientHost if xff is not None else clientHost)
+        + b"\r\nX-Forwarded-Proto: " + rules.forwardedProto + b"\r\n"
+    )
+    if authority is not None:
+        append(b"X-Forwarded-Host: " + authority + b"\r\n")
+    if chunked:
+        append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade:
+        if upgradeValue is None:
+            raise BadRequest("Connection: upgrade without Upgrade")
+        if b"websocket" in splitTokens(upgradeValue):
+            if not websocketKey:
+                raise BadRequest("WebSocket upgrade without Sec-WebSocket-Key")
+            if websocketVersion is None or websocketVersion.strip() != b"13":
+                raise BadRequest("WebSocket upgrade without Sec-WebSocket-Version: 13")
+        else:
+            websocketKey = None
+        append(b"Connection: upgrade\r\nUpgrade: " + upgradeValue + b"\r\n")
+    else:
+        websocketKey = None
+    append(b"\r\n")
+    if stickyKind == "header":
+        stickyKey = stickyKey or clientHost
+    elif stickyKind == "source":
+        stickyKey = clientHost
+    hasBody = chunked or hasLength
+    return RequestPlan(
+        b"".join(parts), chunked, hasBody, upgrade, websocketKey, expectContinue,
+        authority, stickyKey, keepAlive,
+        method in IDEMPOTENT and not hasBody and not upgrade,
+    )
+
+
+def websocketAccept(key: bytes) -> bytes:
+    """
+    The C{Sec-WebSocket-Accept} a server must answer C{key} with (RFC 6455).
+    """
+    return base64.b64encode(hashlib.sha1(key.strip() + _WEBSOCKET_GUID).digest())
+
+
+class BadResponse(Exception):
+    """
+    A response head a proxy must not relay: the client gets a 502.
+    """
+
+
+# How a response body reaches the client.
+NO_BODY = 0  # none, whatever the head says
+AS_IS = 1  # a Content-Length body, relayed as it comes
+CHUNKED = 2  # relayed as chunks (the backend's chunks or its close-delimited body)
+UNTIL_CLOSE = 3  # an HTTP/1.0 client without a length: ended by closing
+
+
+class ResponsePlan:
+    """
+    What a response head comes to.
+
+    @ivar head: the head to send to the client.
+    @ivar framing: how the body is sent on (L{NO_BODY}, L{AS_IS},
+        L{CHUNKED}, L{UNTIL_CLOSE}).
+    @ivar untilClose: the backend ends the body by closing its connection.
+    @ivar closeAfter: the client connection closes after this response.
+    @ivar skipBody: the backend will send a body that must not be relayed
+        (a reply to HEAD that says how long the body would be).
+    """
+
+    __slots__ = ("closeAfter", "framing", "head", "skipBody", "untilClose")
+
+    def __init__(
+        self, head: bytes, framing: int, untilClose: bool, closeAfter: bool, skipBody: bool
+    ) -> None:
+        self.head = head
+        self.framing = framing
+        self.untilClose = untilClose
+        self.closeAfter = closeAfter
+        self.skipBody = skipBody
+
+
+def interimHead(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """
+    The head of an interim (1xx) response to send on, filtered as final
+    responses are.
+    """
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    parts.extend(n + b": " + v + b"\r\n" for n, v in headers if forwarded(n.lower()))
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def switchingHead(
+    reason: bytes, headers: list[tuple[bytes, bytes]], websocketKey: bytes | None
+) -> bytes:
+    """
+    The head of a backend's C{101 Switching Protocols}, sent on whole
+    (its Connection and Upgrade headers are the tunnel's).
+
+    @raise BadResponse: a WebSocket handshake without the right
+        C{Sec-WebSocket-Accept}.
+    """
+    if websocketKey is not None:
+        accept = [v for n, v in headers if n.lower() == b"sec-websocket-accept"]
+        if accept != [websocketAccept(websocketKey)]:
+            raise BadResponse("101 without a valid Sec-WebSocket-Accept")
+    parts = [b"HTTP/1.1 101 %s\r\n" % reason]
+    parts.extend(n + b": " + v + b"\r\n" for n, v in headers)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def planResponse(
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    method: bytes,
+    http11: bool,
+    keepAlive: bool,
+    cookie: bytes | None = None,
+) -> ResponsePlan:
+    """
+    Plan a final response's way to the client.
+
+    @param method: the request's method (a reply to HEAD has no body).
+    @param http11: the client spoke HTTP/1.1 (it understands chunks).
+    @param keepAlive: the client connection may stay open after this
+        response (the client wants it, the request was read whole, the
+        balancer is not stopping).
+    @param cookie: a C{Set-Cookie} header line's value to add, if any.
+
+    @raise BadResponse: a head that must not be relayed.
+    """
+    noBody = status in NO_BODY_STATUSES
+    head = method == b"HEAD"
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    append = parts.append
+    length = None
+    te = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname.startswith(b"proxy-"):
+            if lname == b"transfer-encoding":
+                if te is not None:
+                    raise BadResponse("repeated Transfer-Encoding")
+                te = value
+            continue
+        if lname == b"content-length":
+            if noBody and status == 204:
+                # RFC 9110 8.6: a 204 has no Content-Length.
+                continue
+            length = value
+        append(name + b": " + value + b"\r\n")
+    if te is not None and te.strip(b" \t").lower() != b"chunked":
+        raise BadResponse(f"unsupported Transfer-Encoding {te!r}")
+    untilClose = False
+    if noBody or head:
+        framing = NO_BODY
+    elif length is not None:
+        framing = AS_IS
+    else:
+        untilClose = te is None
+        if http11:
+            framing = CHUNKED
+            append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            framing = UNTIL_CLOSE
+            keepAlive = False
+    if cookie is not None:
+        append(b"Set-Cookie: " + cookie + b"\r\n")
+    if not keepAlive:
+        append(b"Connection: close\r\n")
+    elif not http11:
+        append(b"Connection: keep-alive\r\n")
+    append(b"\r\n")
+    return ResponsePlan(
+        b"".join(parts), framing, untilClose, not keepAlive,
+        head and not noBody,
+    )
+
+
+# What follows a backend connection lost before its response was complete.
+GIVE_UP = 0  # 502, or a truncated response
+RETRY_FRESH = 1  # a new connection to the same backend: the pooled one was stale
+RETRY_OTHER = 2  # another backend
+
+
+def retryAfterLoss(
+    responded: bool, replayable: bool, reused: bool, mayTryAnother: bool
+) -> int:
+    """
+    Decide what follows when a backend connection carrying a request is lost
+    before the response is complete.
+
+    @param responded: part of a response reached the client.
+    @param replayable: the request may be sent again (L{RequestPlan}).
+    @param reused: the connection was a pooled one, used before: its loss
+        is a stale connection, no fault of the backend's.
+    @param mayTryAnother: the retry policy allows another try.
+    """
+    if responded or not replayable:
+        return GIVE_UP
+    if reused:
+        return RETRY_FRESH
+    return RETRY_OTHER if mayTryAnother else GIVE_UP
