@@ -66,7 +66,6 @@ SMUGGLING = {
     "obsoleteLineFolding": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
     "missingHost": b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n",
     "twoHosts": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-    "badVersion": b"GET / HTTP/1.7\r\nHost: a\r\n\r\n",
     "spaceInTarget": b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
 }
 
@@ -115,6 +114,15 @@ class SmugglingTests(HTTPProxyTestCase):
         return self.assertRefused(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", b"501")
 
 
+# The whole table runs synchronously against llhttp and the request plan
+# (tests.test_http_plan); these shapes, one of each kind, also run end to
+# end over loopback.
+LOOPBACK_SMUGGLING = (
+    "contentLengthAndChunked", "transferEncodingChunkedNotLast", "badChunkSize",
+    "bareLFInHead", "missingHost",
+)
+
+
 def _smugglingTest(raw: bytes, name: str) -> Any:
     def test(self: SmugglingTests) -> Any:
         return self.assertRefused(raw)
@@ -123,8 +131,8 @@ def _smugglingTest(raw: bytes, name: str) -> Any:
     return test
 
 
-for _name, _raw in SMUGGLING.items():
-    setattr(SmugglingTests, f"test_{_name}", _smugglingTest(_raw, _name))
+for _name in LOOPBACK_SMUGGLING:
+    setattr(SmugglingTests, f"test_{_name}", _smugglingTest(SMUGGLING[_name], _name))
 
 
 class ErrorResponseTests(HTTPProxyTestCase):

@@ -19,10 +19,14 @@ from twisted.logger import globalLogPublisher
 from lbtwist.config import parseConfig
 from lbtwist.connect import BackendConnector
 from lbtwist.http import jsonLogger
+from lbtwist.http._plan import websocketAccept
 from lbtwist.pool import BackendPool
 from lbtwist.tcp import TCPProxyFactory
 
 from .httphelpers import HTTPProxyTestCase, httpRequests, rawExchange, waitFor
+
+# A WebSocket handshake's key and version (RFC 6455).
+WEBSOCKET_HEADERS = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 
 
 class UpgradeTests(HTTPProxyTestCase):
@@ -39,8 +43,9 @@ class UpgradeTests(HTTPProxyTestCase):
 
         def respond(request: Any, backend: Any, conn: Any) -> bytes:
             conn.tunnel = True
+            accept = websocketAccept(request.header(b"sec-websocket-key"))
             return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\n\r\n")
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
 
         a = self.startBackend("a", respond)
         proxy = self.startProxy([a])
@@ -50,7 +55,7 @@ class UpgradeTests(HTTPProxyTestCase):
 
             with socket.create_connection(("127.0.0.1", proxy.testPort), timeout=5) as s:
                 s.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
-                          b"Connection: Upgrade\r\n\r\n")
+                          b"Connection: Upgrade\r\n" + WEBSOCKET_HEADERS + b"\r\n")
                 head = b""
                 while b"\r\n\r\n" not in head:
                     head += s.recv(1000)
@@ -75,7 +80,8 @@ class UpgradeTests(HTTPProxyTestCase):
         proxy = self.startProxy([a])
         out = yield rawExchange(
             proxy.testPort,
-            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + WEBSOCKET_HEADERS + b"\r\n",
         )
         self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
         self.assertIn(b"Connection: close\r\n", out)

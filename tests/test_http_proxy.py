@@ -13,7 +13,9 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
-from lbtwist.http._proxy import BackendConnection, ClientConnection, Exchange
+from lbtwist.http._backend import BackendConnection
+from lbtwist.http._client import ClientConnection
+from lbtwist.http._exchange import Exchange
 from lbtwist.leantcp import LeanDial, LeanDialled
 
 from .httphelpers import HTTPProxyTestCase, httpRequests, okResponse, rawExchange, waitFor

@@ -678,7 +678,8 @@ class Exchange:
             self._detach()
             if decision is RETRY_FRESH:
                 # A stale pooled connection: a new one to the same backend,
-                # which is no fault of the backend's.
+                # which is no fault of the backend's (nor a try of it).
+                self.tried.remove(backend)
                 self.start(fresh=True)
                 return
             self.failures += 1

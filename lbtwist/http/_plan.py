@@ -307,9 +307,9 @@ def planRequest(
         append(b"X-Forwarded-Host: " + authority + b"\r\n")
     if chunked:
         append(b"Transfer-Encoding: chunked\r\n")
+    upgrade = upgrade and upgradeValue is not None
     if upgrade:
-        if upgradeValue is None:
-            raise BadRequest("Connection: upgrade without Upgrade")
+        assert upgradeValue is not None
         if b"websocket" in splitTokens(upgradeValue):
             if not websocketKey:
                 raise BadRequest("WebSocket upgrade without Sec-WebSocket-Key")

@@ -1,0 +1,367 @@
+"""
+Table tests of HTTP mode's pure functions (L{lbtwist.http._plan}): the
+request plan (llhttp's parse included, as the client connection runs it),
+the response plan, the 101 check and the retry decision.  No sockets, no
+reactor: every request-smuggling shape of the loopback suite runs here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.http._errors import BadRequest
+from lbtwist.http._plan import (
+    AS_IS,
+    CHUNKED,
+    GIVE_UP,
+    NO_BODY,
+    RETRY_FRESH,
+    RETRY_OTHER,
+    UNTIL_CLOSE,
+    BadResponse,
+    RequestPlan,
+    RequestRules,
+    interimHead,
+    planRequest,
+    planResponse,
+    retryAfterLoss,
+    switchingHead,
+    websocketAccept,
+)
+
+from .test_http_errors import SMUGGLING
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+class _Head:
+    """
+    Collects what llhttp parses of one request and plans it, as the client
+    connection does.
+    """
+
+    def __init__(self, rules: RequestRules) -> None:
+        self.rules = rules
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.plan: RequestPlan | None = None
+        self.parser = HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_version=True)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        self.plan = planRequest(
+            p.get_method(), self.url, p.get_http_version(), self.headers,
+            p.should_keep_alive(), p.should_upgrade(), b"10.0.0.9", b"127.0.0.1:8080",
+            self.rules,
+        )
+
+
+def plan(raw: bytes, rules: RequestRules | None = None) -> RequestPlan | int:
+    """
+    Parse and plan C{raw}: the plan, or the status it is refused with.
+    """
+    head = _Head(rules or RequestRules())
+    try:
+        head.parser.feed_data(raw)
+    except HttpParserUpgrade:
+        pass
+    except HttpParserError as e:
+        cause = e.__context__
+        return cause.status if isinstance(cause, BadRequest) else 400
+    assert head.plan is not None
+    return head.plan
+
+
+def headerLines(head: bytes) -> list[bytes]:
+    """
+    The header lines of a head, without the first line.
+    """
+    return head.split(b"\r\n")[1:-2]
+
+
+class RequestPlanTests(SynchronousTestCase):
+    """
+    L{planRequest}, after llhttp.
+    """
+
+    def planned(self, raw: bytes, rules: RequestRules | None = None) -> RequestPlan:
+        result = plan(raw, rules)
+        assert isinstance(result, RequestPlan), result
+        return result
+
+    def test_smuggling(self) -> None:
+        """
+        Every smuggling shape of the loopback suite is refused with 400
+        before anything could be sent.
+        """
+        refused = {name: plan(raw) for name, raw in SMUGGLING.items()}
+        self.assertEqual(refused, {name: 400 for name in SMUGGLING})
+
+    def test_refusals(self) -> None:
+        """
+        What else is refused, and with which status.
+        """
+        cases = {
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n": 501,
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n": 505,
+            b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n": 400,
+            b"GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n": 400,
+            b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n": 400,
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+             b"Sec-WebSocket-Version: 13\r\n\r\n"): 400,
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+             b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 8\r\n\r\n"): 400,
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+             b"Sec-WebSocket-Key: " + KEY + b"\r\n\r\n"): 400,
+        }
+        self.assertEqual({raw: plan(raw) for raw in cases}, cases)
+
+    def test_hopByHop(self) -> None:
+        """
+        Connection, Keep-Alive, TE, Trailer, Proxy-* and the headers the
+        client's Connection names are removed; the framing and Host never
+        are, whatever Connection names.
+        """
+        p = self.planned(
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, "
+            b"content-length, host\r\nKeep-Alive: 5\r\nTE: trailers\r\nTrailer: X\r\n"
+            b"Proxy-Authorization: x\r\nX-Secret: s\r\nX-Kept: k\r\nContent-Length: 2\r\n\r\nab"
+        )
+        self.assertEqual(headerLines(p.head), [
+            b"Host: a", b"X-Kept: k", b"Content-Length: 2",
+            b"X-Forwarded-For: 10.0.0.9", b"X-Forwarded-Proto: http", b"X-Forwarded-Host: a",
+        ])
+        self.assertTrue(p.hasBody)
+        self.assertFalse(p.replayable)
+
+    def test_forwarded(self) -> None:
+        """
+        X-Forwarded-For is appended to (all of the client's joined), and
+        X-Forwarded-Proto and -Host are set, never taken from the client.
+        """
+        p = self.planned(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\n"
+            b"X-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\n"
+            b"X-Forwarded-Host: evil\r\n\r\n",
+            RequestRules(forwardedProto=b"https"),
+        )
+        self.assertEqual(headerLines(p.head), [
+            b"Host: a", b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9",
+            b"X-Forwarded-Proto: https", b"X-Forwarded-Host: a",
+        ])
+
+    def test_absoluteForm(self) -> None:
+        """
+        An absolute-form target's authority is the one authority: Host is
+        replaced by it (RFC 9112 3.2.2), X-Forwarded-Host says it too.
+        """
+        p = self.planned(b"GET http://Hostname1:81/x?y HTTP/1.1\r\nHost: hostname2\r\n\r\n")
+        self.assertEqual(p.authority, b"Hostname1:81")
+        self.assertEqual(headerLines(p.head), [
+            b"Host: Hostname1:81", b"X-Forwarded-For: 10.0.0.9", b"X-Forwarded-Proto: http",
+            b"X-Forwarded-Host: Hostname1:81",
+        ])
+        self.assertTrue(p.head.startswith(b"GET http://Hostname1:81/x?y HTTP/1.1\r\n"))
+
+    def test_hostHeaderSetting(self) -> None:
+        """
+        C{http.host-header} replaces Host; X-Forwarded-Host keeps the
+        client's authority.
+        """
+        p = self.planned(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", RequestRules(hostHeader=b"app"))
+        self.assertEqual(headerLines(p.head)[0::3], [b"Host: app", b"X-Forwarded-Host: a"])
+
+    def test_http10(self) -> None:
+        """
+        An HTTP/1.0 request without Host is sent upstream as HTTP/1.1 with
+        the Host of the address the client reached; its keep-alive is its
+        own to ask for.
+        """
+        p = self.planned(b"GET / HTTP/1.0\r\n\r\n")
+        self.assertTrue(p.head.startswith(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"))
+        self.assertFalse(p.keepAlive)
+        self.assertTrue(self.planned(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keepAlive)
+
+    def test_unknownMinorVersion(self) -> None:
+        """
+        HTTP/1.2 is handled as HTTP/1.1 (RFC 9110 2.5).
+        """
+        p = self.planned(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n")
+        self.assertTrue(p.head.startswith(b"GET / HTTP/1.1\r\n"))
+        self.assertTrue(p.keepAlive)
+
+    def test_websocket(self) -> None:
+        """
+        A WebSocket upgrade with its key and version 13 is forwarded with
+        its Upgrade; the key is kept to check the 101 against.
+        """
+        p = self.planned(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertTrue(p.upgrade)
+        self.assertEqual(p.websocketKey, KEY)
+        self.assertTrue(p.head.endswith(b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"))
+        self.assertFalse(p.replayable)
+
+    def test_bodies(self) -> None:
+        """
+        The body's framing, and what may be replayed.
+        """
+        cases: dict[bytes, tuple[bool, bool, bool, bool]] = {
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n": (False, False, True, False),
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n": (False, False, True, False),
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx": (True, False, False, False),
+            b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n": (
+                True, True, False, False),
+            b"POST / HTTP/1.1\r\nHost: a\r\n\r\n": (False, False, False, False),
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx": (
+                True, False, False, True),
+        }
+        got = {}
+        for raw in cases:
+            p = self.planned(raw)
+            got[raw] = (p.hasBody, p.chunked, p.replayable, p.expectContinue)
+        self.assertEqual(got, cases)
+
+    def test_sticky(self) -> None:
+        """
+        The sticky key: the cookie's value, the header's (else the client's
+        address), or the client's address.
+        """
+        raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; SRV=abc; b=2\r\nX-User: u7\r\n\r\n"
+        keys = {
+            kind: self.planned(raw, RequestRules(stickyKind=kind, stickyName=name)).stickyKey
+            for kind, name in (("cookie", b"SRV"), ("header", b"x-user"), ("source", b""))
+        }
+        self.assertEqual(keys, {"cookie": b"abc", "header": b"u7", "source": b"10.0.0.9"})
+        noHeader = self.planned(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", RequestRules(stickyKind="header", stickyName=b"X")
+        )
+        self.assertEqual(noHeader.stickyKey, b"10.0.0.9")
+
+
+class ResponsePlanTests(SynchronousTestCase):
+    """
+    L{planResponse}, L{interimHead} and L{switchingHead}.
+    """
+
+    def respond(self, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None,
+                method: bytes = b"GET", http11: bool = True, keepAlive: bool = True,
+                cookie: bytes | None = None) -> Any:
+        return planResponse(status, b"OK", headers or [], method, http11, keepAlive, cookie)
+
+    def test_oneHopByHopFilter(self) -> None:
+        """
+        Interim and final responses lose the same hop-by-hop headers,
+        Proxy-* included.
+        """
+        headers = [(b"Connection", b"x"), (b"Keep-Alive", b"1"), (b"Proxy-Thing", b"p"),
+                   (b"Upgrade", b"h2"), (b"X-Kept", b"k")]
+        self.assertEqual(interimHead(103, b"Early Hints", headers),
+                         b"HTTP/1.1 103 Early Hints\r\nX-Kept: k\r\n\r\n")
+        final = self.respond(headers=headers + [(b"Content-Length", b"0")])
+        self.assertEqual(final.head,
+                         b"HTTP/1.1 200 OK\r\nX-Kept: k\r\nContent-Length: 0\r\n\r\n")
+
+    def test_framing(self) -> None:
+        """
+        How each kind of response body goes to the client.
+        """
+        length = [(b"Content-Length", b"3")]
+        chunked = [(b"Transfer-Encoding", b"chunked")]
+        cases = {
+            "length": (self.respond(headers=length), AS_IS, False, False),
+            "chunked": (self.respond(headers=chunked), CHUNKED, False, False),
+            "until close, 1.1": (self.respond(), CHUNKED, True, False),
+            "until close, 1.0": (self.respond(http11=False), UNTIL_CLOSE, True, True),
+            "HEAD": (self.respond(headers=length, method=b"HEAD"), NO_BODY, False, False),
+            "204": (self.respond(204, length), NO_BODY, False, False),
+            "304": (self.respond(304, length), NO_BODY, False, False),
+        }
+        got = {name: (r.framing, r.untilClose, r.closeAfter) for name, (r, *_) in cases.items()}
+        self.assertEqual(got, {name: tuple(rest) for name, (_, *rest) in cases.items()})
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", cases["until close, 1.1"][0].head)
+        self.assertIn(b"Connection: close\r\n", cases["until close, 1.0"][0].head)
+        self.assertTrue(cases["HEAD"][0].skipBody)
+
+    def test_204DropsContentLength(self) -> None:
+        """
+        A 204 goes on without its Content-Length (RFC 9110 8.6); a 304
+        keeps its own.
+        """
+        length = [(b"Content-Length", b"3")]
+        self.assertNotIn(b"Content-Length", self.respond(204, length).head)
+        self.assertIn(b"Content-Length: 3", self.respond(304, length).head)
+
+    def test_transferEncodings(self) -> None:
+        """
+        Any Transfer-Encoding but one C{chunked} is a bad response.
+        """
+        for te in ([b"chunked, chunked"], [b"chunked, gzip, chunked"], [b"chunked, gzip"],
+                   [b"gzip"], [b"chunked", b"chunked"]):
+            headers = [(b"Transfer-Encoding", v) for v in te]
+            self.assertRaises(BadResponse, self.respond, headers=headers)
+        self.assertEqual(self.respond(headers=[(b"Transfer-Encoding", b" Chunked ")]).framing,
+                         CHUNKED)
+
+    def test_keepAliveAndCookie(self) -> None:
+        """
+        Connection: close when the client connection will close; keep-alive
+        said to HTTP/1.0 clients; the sticky cookie added.
+        """
+        length = [(b"Content-Length", b"0")]
+        self.assertIn(b"Connection: close\r\n", self.respond(headers=length, keepAlive=False).head)
+        self.assertIn(b"Connection: keep-alive\r\n",
+                      self.respond(headers=length, http11=False).head)
+        self.assertIn(b"Set-Cookie: SRV=1; Path=/\r\n",
+                      self.respond(headers=length, cookie=b"SRV=1; Path=/").head)
+
+    def test_websocketAccept(self) -> None:
+        """
+        A 101 to a WebSocket upgrade must carry the right accept value
+        (RFC 6455's own example); other upgrades are not checked.
+        """
+        self.assertEqual(websocketAccept(KEY), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        good = [(b"Upgrade", b"websocket"), (b"Sec-WebSocket-Accept", websocketAccept(KEY))]
+        self.assertIn(b"Sec-WebSocket-Accept", switchingHead(b"Switching", good, KEY))
+        self.assertRaises(BadResponse, switchingHead, b"S", [(b"Upgrade", b"websocket")], KEY)
+        self.assertRaises(BadResponse, switchingHead, b"S",
+                          [(b"Sec-WebSocket-Accept", b"wrong")], KEY)
+        self.assertTrue(switchingHead(b"S", [(b"Upgrade", b"h2c")], None).startswith(
+            b"HTTP/1.1 101 S\r\n"))
+
+
+class RetryDecisionTests(SynchronousTestCase):
+    """
+    L{retryAfterLoss}.
+    """
+
+    def test_table(self) -> None:
+        """
+        A lost connection is retried only for a replayable request none of
+        whose response reached the client: on a fresh connection if the
+        lost one was pooled, else on another backend if the policy allows.
+        """
+        cases = {
+            # responded, replayable, reused, mayTryAnother
+            (False, True, False, True): RETRY_OTHER,
+            (False, True, False, False): GIVE_UP,
+            (False, True, True, False): RETRY_FRESH,
+            (False, True, True, True): RETRY_FRESH,
+            (True, True, False, True): GIVE_UP,
+            (True, True, True, True): GIVE_UP,
+            (False, False, False, True): GIVE_UP,
+            (False, False, True, True): GIVE_UP,
+        }
+        self.assertEqual({case: retryAfterLoss(*case) for case in cases}, cases)
