@@ -141,8 +141,13 @@ class NegotiatingServerOptions:
         self.options = options
         # Installed before the context makes its first connection: after
         # that pyOpenSSL refuses to change it.  The options keep this
-        # context and make every connection from it.
-        options.getContext().set_alpn_select_callback(self._select)
+        # context and make every connection from it.  An endpoint that
+        # listens again (a restarted service) finds its context in use, with
+        # this same callback installed the first time.
+        try:
+            options.getContext().set_alpn_select_callback(self._select)
+        except ValueError:
+            pass
 
     def _select(self, connection: SSL.Connection, offered: list[bytes]) -> Any:
         tlsProtocol = connection.get_app_data()

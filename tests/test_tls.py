@@ -302,6 +302,26 @@ class ALPNTests(TestCase):
         yield self.assertSelected(port, ["spdy/3.1"], None)
 
     @inlineCallbacks
+    def test_listenAgain(self) -> Any:
+        """
+        A listener whose service stops and starts again listens on the same
+        endpoint, whose context is in use by then, and still answers a
+        client with nothing in common.
+        """
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "again", "listen": (
+                f"ssl:0:interface=127.0.0.1:privateKey={self.key}:certKey={self.cert}")}],
+            "pools": {"web": {"backends": [{"name": "b", "endpoint": self.backend.endpoint}]}},
+        })
+        yield self.assertSelected(port, ["h2"], None)
+        service = lb.getServiceNamed("listener:again")
+        yield service.stopService()
+        service.privilegedStartService()
+        service.startService()
+        port = service._waitingForPort.result.getHost().port
+        yield self.assertSelected(port, ["h2"], None)
+
+    @inlineCallbacks
     def test_endpointOptions(self) -> Any:
         """
         The options of the C{ssl:} endpoint string still apply: with
