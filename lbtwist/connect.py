@@ -18,10 +18,11 @@ from twisted.internet.error import (
     ConnectionRefusedError,
     TimeoutError,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamClientEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .accesslog import AccessLogFile
 from .dial import BackendProtocol, Cancellable, Dialler
@@ -369,21 +370,26 @@ class ConnectionLimit:
                 port.stopReading()
 
 
+@implementer(IProtocolNegotiationFactory)
 class ListenerFactory(ServerFactory):
     """
     What the protocol factories of every listener share, whatever their
     mode: the pool, the counts of clients, the global C{maxconn}, the
-    PROXY-protocol header and the access-log file.
+    PROXY-protocol header, the access-log file and the protocols a TLS
+    listener offers over ALPN.
 
     @ivar activeClients: client connections currently open.
     @ivar accepted: client connections accepted in all.
     @ivar limit: the global maxconn shared by every listener, if set.
     @ivar accessFile: the file the access log goes straight to, if any (set
         by the balancer, which owns it).
+    @ivar alpn: the protocols offered over ALPN, most preferred first (set
+        by the balancer from the listener's configuration).
     """
 
     noisy = False
     limit: ConnectionLimit | None = None
+    alpn: tuple[bytes, ...] = ()
 
     def __init__(self, pool: BackendPool, reactor: Any) -> None:
         self.pool = pool
@@ -392,6 +398,12 @@ class ListenerFactory(ServerFactory):
         self.accepted = 0
         self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
         self.accessFile: AccessLogFile | None = None
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The protocols a TLS listener offers over ALPN, most preferred first.
+        """
+        return list(self.alpn)
 
     def admit(self) -> bool:
         """

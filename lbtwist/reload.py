@@ -450,8 +450,8 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     the file gives none.
     """
     differ = []
-    if [(x.name, x.endpoint, x.pool, x.mode) for x in new.listeners] != [
-        (x.name, x.endpoint, x.pool, x.mode) for x in running.listeners
+    if [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] != [
+        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners
     ]:
         differ.append("listeners")
     runningPools = {p.name: p for p in running.pools}

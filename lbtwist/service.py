@@ -25,6 +25,7 @@ from .health import HealthMonitor, Probe, TCPProbe
 from .pool import BackendPool
 from .status import StatusReporter
 from .tcp import TCPProxyFactory, describe
+from .tlslisten import listenerReactor
 
 # The sans-IO core (the pool) logs through txaio: this layer runs it on
 # Twisted, so select that framework as soon as it is imported, whatever the
@@ -228,12 +229,16 @@ class LoadBalancer(MultiService):
             factory = MODES[listener.mode](self, listener, pool)
             if self.limit is not None:
                 factory.limit = self.limit  # type: ignore[attr-defined]
+            factory.alpn = tuple(p.encode("ascii") for p in listener.alpn)  # type: ignore[attr-defined]
             accessPath = pool.config.http.accessLog
             if isinstance(accessPath, str):
                 factory.accessFile = self.accessFiles[accessPath]  # type: ignore[attr-defined]
             self.factories[listener.name] = factory
+            # An ssl: endpoint is built with a reactor that wraps the factory
+            # in lbtwist's TLS (see tlslisten), every other with the reactor.
+            endpointReactor = listenerReactor(reactor, listener.name, listener.endpoint)
             ListenerService(
-                listener, serverFromString(reactor, withBacklog(listener.endpoint)), factory
+                listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
             ).setServiceParent(self)
         self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.endpoints)}
         from .http import HTTPProbe
