@@ -285,6 +285,29 @@ class ReadTests(TestCase):
         self.assertEqual(listeners[0]["active"], 0)
 
     @inlineCallbacks
+    def test_queueTimeouts(self) -> Any:
+        """
+        An HTTP request that waits out the queue timeout is answered 503 and
+        counted in the pool's C{queueTimeouts} and C{errors}.
+        """
+
+        def configure(data: dict[str, Any]) -> None:
+            data["pools"]["web"]["queue"] = {"size": 5, "timeout": 0.2}
+            data["pools"]["web"]["backends"][0]["maxconn"] = 1
+
+        h = AdminHarness(self, names=("a",), mode="http", factory=statusSite,
+                         configure=configure)
+        a = h.pool.get("a")
+        assert a is not None
+        h.pool.acquire(a)  # as if a client held its only slot
+        [answer] = yield httpRequests(h.port, [("GET", "/", None, {})])
+        h.pool.release(a)
+        self.assertEqual(answer[0], 503)
+        status, body = yield h.call("GET", "/api/pools/web")
+        self.assertEqual((body["queueTimeouts"], body["queueFull"], body["queued"]), (1, 0, 1))
+        self.assertEqual((body["errors"], body["responses"]), (1, {"5xx": 1}))
+
+    @inlineCallbacks
     def test_unknownRouteAndMethod(self) -> Any:
         """
         An unknown path is a 404; a known path with the wrong method is a 405
