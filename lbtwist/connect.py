@@ -200,7 +200,7 @@ class ConnectAttempt:
     def _queueTimeOut(self) -> None:
         self.queueTimer = None
         pool = self.connector.pool
-        pool.dequeue(self._woken)
+        pool.queueTimedOut(self._woken)
         self.connector.log.warn(
             "pool {pool}: client {client} waited {timeout}s in the queue; refused",
             pool=pool.name,

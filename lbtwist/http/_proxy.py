@@ -1142,7 +1142,7 @@ class HTTPProxyFactory(ListenerFactory):
     def _queueTimedOut(self, ex: Exchange) -> None:
         waiter, ex.waiter = ex.waiter, None
         if waiter is not None:
-            self.pool.dequeue(waiter[0])
+            self.pool.queueTimedOut(waiter[0])
         self.log.warn(  # noqa: G010
             "pool {pool}: request of {client} waited {timeout}s in the queue; 503",
             pool=self.pool.name, client=ex.client.clientName,
