@@ -14,8 +14,17 @@ from typing import Any
 
 import yaml
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import CannotListenError
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbtwist.service import (
+    STATUS_PIPE_BYTES,
+    CannotStart,
+    addressScope,
+    cannotListen,
+    shortest,
+)
 
 from .support import Backends, firstLine, inThread, sleep
 
@@ -173,9 +182,11 @@ class TwistdTests(TestCase):
         assert process.stdout is not None
         output = process.stdout.read().decode()
         self.assertNotEqual(code, 0)
-        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", output)
-        self.assertIn("Address already in use", output)
-
+        line = f"listener main cannot listen on tcp:{port}:interface=127.0.0.1: " \
+            "Address already in use"
+        self.assertTrue(output.rstrip().endswith(line), output)
+        self.assertEqual(output.count("cannot listen"), 1, output)
+        self.assertNotIn("Traceback", output)
 
     @inlineCallbacks
     def test_daemonPortInUse(self) -> Any:
@@ -207,8 +218,77 @@ class TwistdTests(TestCase):
         code = yield self.waitForExit(process)
         assert process.stdout is not None
         self.assertNotEqual(code, 0)
-        self.assertIn("cannot listen on", process.stdout.read().decode())
+        # The parent shows what the daemon wrote to it, whole (twistd reads
+        # 100 bytes of it), and the log file has the whole line.
+        self.assertRegex(
+            process.stdout.read().decode(),
+            f"b'lbtwist.service.CannotStart: (listener main )?cannot listen on "
+            f"127.0.0.1:{port}: Address already in use'")
         self.assertFalse(os.path.exists(os.path.join(work, "lb.pid")))
+        log = FilePath(work).child("lb.log").getContent().decode()
+        self.assertIn(f"listener main cannot listen on tcp:{port}:interface=127.0.0.1: "
+                      "Address already in use", log)
+        self.assertNotIn("Traceback", log)
+
+
+class StartFailureTests(SynchronousTestCase):
+    """
+    The line a start failure ends the process with.
+    """
+
+    def test_fitsTheDaemonPipe(self) -> None:
+        """
+        However long the listener's name and endpoint, what twistd writes to
+        a daemon's parent (C{"1 "}, the class and the C{str}, 100 bytes at
+        most) is whole; the full line is the exit message.
+        """
+        for what, endpoint in [
+            ("listener main", "tcp:8080:interface=127.0.0.1"),
+            ("listener " + "x" * 80, "tcp:8080:interface=127.0.0.1"),
+            ("listener main", "ssl:8443:privateKey=/etc/ssl/private/" + "k" * 60 + ".pem"),
+        ]:
+            error = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
+            failure = cannotListen(what, endpoint, error)
+            self.assertEqual(failure.code,
+                             f"{what} cannot listen on {endpoint}: Address already in use")
+            piped = f"1 lbtwist.service.CannotStart: {failure}"
+            self.assertLessEqual(len(piped.encode()), STATUS_PIPE_BYTES, piped)
+            self.assertTrue(str(failure).endswith("127.0.0.1:8080: Address already in use"))
+        self.assertEqual(str(cannotListen("admin API", "tcp:9000", CannotListenError(
+            "", 9000, OSError(98, "Address already in use")))),
+            "admin API cannot listen on tcp:9000: Address already in use")
+
+    def test_shortest(self) -> None:
+        """
+        The first candidate that fits is taken; if none does, the last is cut
+        and marked.
+        """
+        self.assertEqual(shortest(["abcdef", "abc"], 6), "abcdef")
+        self.assertEqual(shortest(["abcdef", "abc"], 5), "abc")
+        self.assertEqual(shortest(["abcdef", "abcde"], 4), "a...")
+
+    def test_exitsWithTheLine(self) -> None:
+        """
+        L{CannotStart} is an ordinary exception (twistd reports it to a
+        daemon's parent) and a L{SystemExit} whose code is the whole line
+        (Python prints it instead of a traceback).
+        """
+        failure = CannotStart("the whole line", "short")
+        self.assertIsInstance(failure, Exception)
+        self.assertIsInstance(failure, SystemExit)
+        self.assertEqual((failure.code, str(failure)), ("the whole line", "short"))
+
+    def test_addressScope(self) -> None:
+        """
+        The start-up log says whether a listener serves every interface or
+        loopback only.
+        """
+        self.assertEqual(addressScope("0.0.0.0"), "all interfaces, ")
+        self.assertEqual(addressScope("::"), "all interfaces, ")
+        self.assertEqual(addressScope("127.0.0.1"), "loopback only, ")
+        self.assertEqual(addressScope("::1"), "loopback only, ")
+        self.assertEqual(addressScope("10.0.0.5"), "")
+        self.assertEqual(addressScope(None), "")
 
 
 def _tempdir(case: TestCase) -> str:
