@@ -6,6 +6,7 @@ C{twistd -ny lb.tac} as subprocesses, serving real backends.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -230,6 +231,60 @@ class TwistdTests(TestCase):
                       "Address already in use", log)
         self.assertNotIn("Traceback", log)
 
+    @inlineCallbacks
+    def test_usageErrors(self) -> Any:
+        """
+        A usage error is one line: the reason, then where the help is; not
+        the whole usage text before the reason.
+        """
+        for args, reason in [
+            (("lb",), "give --config FILE, or at least one --backend, or --demo"),
+            (("lb", "--config", "lb.yaml", "--backend", "127.0.0.1:9"),
+             "--backend cannot be combined with --config"),
+        ]:
+            process = self.spawn(*args)
+            code = yield self.waitForExit(process)
+            assert process.stdout is not None
+            output = process.stdout.read().decode()
+            self.assertNotEqual(code, 0)
+            self.assertEqual(len(output.splitlines()), 1, output)
+            self.assertTrue(output.startswith(f"twistd lb: {reason}"), output)
+            self.assertIn("(see twistd lb --help)", output)
+
+    @inlineCallbacks
+    def test_demo(self) -> Any:
+        """
+        C{--demo} runs its backends on free ports and balances over them;
+        its hint names the admin address actually bound, and its state file
+        is its own.
+        """
+        port = freePort()
+        work = FilePath(_tempdir(self))
+        process = self.spawn(
+            "--logfile=lb.log", "lb", "--demo", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--admin", "tcp:0:interface=127.0.0.1", cwd=work.path,
+        )
+        yield self.waitForPort(port, process)
+        names = set()
+        for _ in range(3):
+            names.add((yield inThread(_get, port)))
+        self.assertEqual(names, {b"hello from demo-1", b"hello from demo-2",
+                                 b"hello from demo-3"})
+        log = ""
+        for _ in range(50):
+            log = work.child("lb.log").getContent().decode()
+            if "demo: backends" in log:
+                break
+            yield sleep(0.1)
+        admin = re.search(r"admin API listening on 127\.0\.0\.1:(\d+)", log)
+        assert admin is not None, log
+        self.assertIn(f"try 'curl http://127.0.0.1:{port}/' a few times, and open "
+                      f"http://127.0.0.1:{admin.group(1)}/ for the dashboard", log)
+        self.assertIn(f"accepting on loopback only, 127.0.0.1:{port}", log)
+        self.assertIn(f"state file {work.path}/lbtwist-demo.state.json: none yet", log)
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual((yield self.waitForExit(process)), 0)
+
 
 class StartFailureTests(SynchronousTestCase):
     """
@@ -289,6 +344,18 @@ class StartFailureTests(SynchronousTestCase):
         self.assertEqual(addressScope("::1"), "loopback only, ")
         self.assertEqual(addressScope("10.0.0.5"), "")
         self.assertEqual(addressScope(None), "")
+
+
+def _get(port: int) -> bytes:
+    """
+    The body of C{GET /} on a new connection to the loopback C{port}.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return data.partition(b"\r\n\r\n")[2].strip()
 
 
 def _tempdir(case: TestCase) -> str:
