@@ -1,4 +1,5 @@
-# lbtwist: `make run` starts a demo balancer, `make test` runs the whole suite.
+# lbtwist: `make run` starts a demo balancer, `make test` runs the whole suite;
+# plain `make` lists the targets.
 # The virtualenv is built on the distribution's Python when it is 3.10 or
 # later: distributions compile it with profile-guided and link-time
 # optimisation, which a default source build (pyenv's, say) lacks, and
@@ -10,26 +11,38 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-deps bench clean soak
+.PHONY: help venv run test test-deps bench clean soak
+.DEFAULT_GOAL := help
 
+# Each target's `## text` is its line in `make help`.
+help: ## list the targets
+	@echo "make TARGET, where TARGET is one of:"
+	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "then '. $(BIN)/activate' (or prefix $(BIN)/) to run twistd, trial and lbtwist"
+
+# setup.py maps the packages from the project's root (package_dir), so a
+# plain editable install is a .pth file naming this directory: twistd finds
+# the plugin in twisted/plugins here, with no "compat" editable mode.
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+venv: $(STAMP) ## build .venv with lbtwist and the test tools installed
+
 # ARGS adds options, e.g. make run ARGS="--mode http --admin tcp:9100:interface=127.0.0.1"
-run: $(STAMP)
+run: $(STAMP) ## the demo: three backends and the balancer on 127.0.0.1:8080 (ARGS=...)
 	$(BIN)/twistd --nodaemon --pidfile= lb --demo $(ARGS)
 
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps ## ruff, mypy, then the whole trial suite
 	$(BIN)/ruff check lbtwist tests
 	$(BIN)/mypy lbtwist
 	$(BIN)/trial --reactor=lbtwist --reporter=text tests
 
 # Debian tools the integration tests drive (each command is its package's
 # name); installed when missing and run as root, else those tests skip.
-test-deps:
+test-deps: ## install the Debian tools the integration tests drive (as root)
 	@missing=""; for t in curl wrk chromium slowhttptest; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -38,16 +51,17 @@ test-deps:
 	  else echo "note:$$missing not installed; tests that need them are skipped"; fi; \
 	fi
 
-bench: $(STAMP)
-	bash bench/run.sh
+# BENCH_ARGS passes options to bench/bench.py, e.g. BENCH_ARGS="--help".
+bench: $(STAMP) ## lbtwist against HAProxy and nginx (BENCH_ARGS=...)
+	bash bench/run.sh $(BENCH_ARGS)
 
-clean:
+clean: ## remove .venv and build leftovers
 	rm -rf $(VENV) _trial_temp build *.egg-info
 
 # The long chaos run: minutes of mixed traffic with flapping backends and
 # 100,000 connections (SOAK_ARGS="--duration 3600" for an hour), then the
 # chaos suite at full scale.
-soak: $(STAMP) test-deps
+soak: $(STAMP) test-deps ## the long chaos run (SOAK_ARGS=...)
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
 	LBTWIST_CHAOS_CONNECTIONS=100000 LBTWIST_FUZZ_EXAMPLES=3000 LBTWIST_CHAOS_REPORT=1 \
 	  $(BIN)/trial --reactor=lbtwist --reporter=text tests.chaos

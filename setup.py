@@ -7,6 +7,7 @@ setup(
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
     packages=["lbtwist", "lbtwist.http", "lbtwist.testing", "twisted.plugins"],
+    package_dir={"": "."},
     package_data={"twisted": ["plugins/lbtwist_lb.py"], "lbtwist": ["static/*"]},
     python_requires=">=3.10",
     install_requires=[

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark harness entry point (called by `make bench`).
+# Benchmark harness entry point (called by `make bench`, which passes
+# BENCH_ARGS here: make bench BENCH_ARGS="--duration 5").
 # Installs the Debian packages the harness needs if any are missing, then runs
 # bench/bench.py with the project's virtualenv, passing all arguments through.
 set -euo pipefail

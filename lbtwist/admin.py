@@ -38,6 +38,8 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,8 +47,18 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .config import BackendConfig, Config, ConfigError, backendFromEndpoint, parseBackend
-from .metrics import balancerRegistry, exposition
-from .pool import Admin, Backend, BackendPool, Health
+from .metrics import (
+    NO_COUNTERS,
+    CounterHistory,
+    Counters,
+    Sample,
+    balancerRegistry,
+    exposition,
+    mergedBuckets,
+    recentView,
+    responsePercentiles,
+)
+from .pool import Admin, Backend, BackendPool, BackendStats
 from .reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
 from .tcp import describe
 
@@ -137,26 +149,73 @@ def backendView(pool: BackendPool, backend: Backend) -> dict[str, Any]:
     A backend as the API shows it.
     """
     stats = next(s for s in pool.stats() if s.name == backend.name)
+    return _statsView(stats, backend)
+
+
+def _statsView(stats: BackendStats, backend: Backend | None) -> dict[str, Any]:
     view = attrs.asdict(stats)
-    view["url"] = backendURL(backend.endpoint)
+    view["url"] = backendURL(stats.endpoint)
+    view["responsePercentiles"] = responsePercentiles(
+        backend.responseBuckets if backend is not None else ())
     return view
 
 
-def poolView(pool: BackendPool) -> dict[str, Any]:
+ERROR_CLASSES = ("4xx", "5xx")
+
+
+def poolCounters(pool: BackendPool, responses: Mapping[str, int] | None) -> Counters:
+    """
+    A pool's counters now.
+
+    @param responses: the responses its HTTP listeners sent, by status
+        class, or L{None} if no HTTP listener serves it.  Its C{errors} are
+        the 4xx and 5xx answers then (a client refused for lack of a backend
+        or of a queue slot is answered 503); else the clients refused.
+    """
+    refusals = pool.noBackend + pool.queueFull + pool.queueTimeouts
+    return Counters(
+        requests=sum(b.total for b in pool),
+        errors=(refusals if responses is None
+                else sum(responses.get(c, 0) for c in ERROR_CLASSES)),
+        noBackend=pool.noBackend,
+        queueFull=pool.queueFull,
+        queueTimeouts=pool.queueTimeouts,
+        responses=dict(responses or {}),
+        buckets=tuple(mergedBuckets(pool)),
+    )
+
+
+def countersView(counters: Counters, recent: dict[str, Any] | None) -> dict[str, Any]:
+    """
+    The counters as the API shows them, with the C{recent} rates and
+    percentiles (L{None} until the admin service has a sample to measure
+    from).
+    """
+    return {
+        "requests": counters.requests,
+        "errors": counters.errors,
+        "noBackend": counters.noBackend,
+        "queueFull": counters.queueFull,
+        "queueTimeouts": counters.queueTimeouts,
+        "responses": dict(counters.responses),
+        "responsePercentiles": responsePercentiles(counters.buckets),
+        "recent": recent,
+    }
+
+
+def poolView(pool: BackendPool, counters: Counters | None = None,
+             recent: dict[str, Any] | None = None) -> dict[str, Any]:
     """
     A pool as the API shows it.
     """
-    backends = []
-    for s in pool.stats():
-        view = attrs.asdict(s)
-        view["url"] = backendURL(s.endpoint)
-        backends.append(view)
     return {
         "name": pool.name,
         "policy": pool.config.policy,
-        "noBackend": pool.noBackend,
         "eligible": sum(1 for b in pool if b.eligible),
-        "backends": backends,
+        "queueLength": pool.queueLength,
+        "queued": pool.queued,
+        **countersView(counters or poolCounters(pool, None), recent),
+        "backends": [_statsView(s, pool.get(s.name)) for s in pool.stats()],
     }
 
 
@@ -201,8 +260,11 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, balancer: Any, live: LiveConfig, token: str | None) -> None:
+    def __init__(self, balancer: Any, live: LiveConfig, token: str | None,
+                 clock: IReactorTime, history: CounterHistory | None = None) -> None:
         super().__init__()
+        self.clock = clock
+        self.history = history or CounterHistory()
         self.balancer = balancer
         self.live = live
         self._startToken = token
@@ -380,18 +442,70 @@ class AdminResource(Resource):
         return self._json(request, 200 if ok else 503,
                           {"status": "ok" if ok else "degraded", "pools": pools})
 
+    def _responses(self, pool: str) -> dict[str, int] | None:
+        """
+        The responses the HTTP listeners of C{pool} sent, by status class,
+        or L{None} if no HTTP listener serves it.
+        """
+        statuses = [
+            getattr(self.balancer.factories.get(l.name), "statuses", None)
+            for l in self.live.fileConfig.listeners if l.pool == pool
+        ]
+        found = [s for s in statuses if s is not None]
+        if not found:
+            return None
+        responses: dict[str, int] = {}
+        for counts in found:
+            for cls, count in counts.items():
+                responses[cls] = responses.get(cls, 0) + count
+        return responses
+
+    def sample(self) -> Sample:
+        """
+        Every pool's counters now; kept in the history when the admin
+        service takes one on its timer.
+        """
+        pools = {name: poolCounters(pool, self._responses(name))
+                 for name, pool in self.live.pools.items()}
+        total = NO_COUNTERS
+        for counters in pools.values():
+            total = total + counters
+        return Sample(self.clock.seconds(), pools, total)
+
+    def _recent(self, now: Sample, name: str | None) -> dict[str, Any] | None:
+        """
+        The recent rates of pool C{name} (L{None}: of every pool), measured
+        from the oldest sample of the window.
+        """
+        base = self.history.baseline(now.when)
+        if base is None:
+            return None
+        if name is None:
+            return recentView(now.total, base.total, now.when - base.when)
+        if name not in base.pools:
+            return None
+        return recentView(now.pools[name], base.pools[name], now.when - base.when)
+
     def listPools(self, request: Request, args: list[str]) -> bytes:
         """
-        Every pool, with its backends' state and counters.
+        Every pool, with its backends' state and counters, its errors,
+        response-time percentiles and recent rates, and the C{total} of
+        every pool.
         """
+        now = self.sample()
+        views = [poolView(p, now.pools[p.name], self._recent(now, p.name))
+                 for p in self.live.pools.values()]
         return self._json(request, 200, {
-            "pools": [poolView(p) for p in self.live.pools.values()]})
+            "pools": views, "total": countersView(now.total, self._recent(now, None))})
 
     def showPool(self, request: Request, args: list[str]) -> bytes:
         """
         One pool.
         """
-        return self._json(request, 200, poolView(self._pool(args[0])))
+        pool = self._pool(args[0])
+        now = self.sample()
+        return self._json(request, 200, poolView(pool, now.pools[pool.name],
+                                                 self._recent(now, pool.name)))
 
     def listBackends(self, request: Request, args: list[str]) -> bytes:
         """
@@ -485,14 +599,20 @@ class AdminResource(Resource):
 
     def listListeners(self, request: Request, args: list[str]) -> bytes:
         """
-        The listeners, with their accepted and active connections.
+        The listeners, with their accepted and active connections, and (HTTP
+        mode) their responses by status class and the requests refused as
+        malformed.
         """
-        listeners = [
-            {"name": l.name, "endpoint": l.endpoint, "pool": l.pool, "mode": l.mode,
-             "accepted": getattr(self.balancer.factories.get(l.name), "accepted", 0),
-             "active": getattr(self.balancer.factories.get(l.name), "activeClients", 0)}
-            for l in self.live.fileConfig.listeners
-        ]
+        listeners = []
+        for l in self.live.fileConfig.listeners:
+            factory = self.balancer.factories.get(l.name)
+            listeners.append({
+                "name": l.name, "endpoint": l.endpoint, "pool": l.pool, "mode": l.mode,
+                "accepted": getattr(factory, "accepted", 0),
+                "active": getattr(factory, "activeClients", 0),
+                "responses": dict(getattr(factory, "statuses", None) or {}),
+                "refused": getattr(factory, "refused", 0),
+            })
         return self._json(request, 200, listeners)
 
     def reload(self, request: Request, args: list[str]) -> bytes:
@@ -547,8 +667,11 @@ class AdminResource(Resource):
         """
         pool = self._defaultPool()
         return self._json(request, 200, [
+            # Healthy means "gets new traffic": up or not yet checked, ready,
+            # still in the pool (a draining backend finishes its clients but
+            # gets no new ones, so it is not).
             {"URL": backendURL(b.endpoint), "ActiveConns": b.active,
-             "Healthy": b.health is Health.UP and b.eligible}
+             "Healthy": b.eligible}
             for b in pool
         ])
 
@@ -636,7 +759,9 @@ class AdminService(Service):
         self.required = config.admin is not None
         self.endpointText = config.admin or DEFAULT_ADMIN
         self.endpoint = serverFromString(reactor, self.endpointText)
-        self.resource = AdminResource(balancer, live, config.adminToken)
+        self.resource = AdminResource(balancer, live, config.adminToken, reactor)
+        self.sampler = LoopingCall(lambda: self.resource.history.add(self.resource.sample()))
+        self.sampler.clock = reactor
         self.site = Site(self.resource, requestFactory=BoundedRequest)
         self.site.noisy = False
         self.site.log = lambda request: None  # type: ignore[method-assign]
@@ -661,10 +786,13 @@ class AdminService(Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
+        self.sampler.start(self.resource.history.interval, now=True)
         self.log.info("admin API listening on {address}", address=describe(port.getHost()))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self.sampler.running:
+            self.sampler.stop()
         port, self.port = self.port, None
         if port is None:
             return succeed(None)

@@ -194,16 +194,49 @@ class PoolConfig:
         return None
 
 
+# The protocols a TLS listener offers over ALPN unless C{tls.alpn} says:
+# HTTP mode speaks HTTP/1.1; TCP mode knows nothing of what it relays, so it
+# offers none and the handshake goes on without ALPN.
+DEFAULT_ALPN = {"tcp": (), "http": ("http/1.1",)}
+# What HTTP mode can speak, so that a client is never told to use HTTP/2.
+HTTP_MODE_ALPN = ("http/1.1", "http/1.0")
+
+
+@attrs.frozen
+class ListenerTLS:
+    """
+    The TLS settings of a listener on an C{ssl:} endpoint.
+
+    @ivar alpn: the protocols offered over ALPN, most preferred first, or
+        L{None} for the mode's default (L{DEFAULT_ALPN}).
+    """
+
+    alpn: tuple[str, ...] | None = None
+
+
 @attrs.frozen
 class ListenerConfig:
     """
     A server endpoint that accepts clients for one pool.
+
+    @ivar tls: the listener's C{tls} block, if given (only on C{ssl:}).
     """
 
     name: str
     endpoint: str
     pool: str
     mode: str = "tcp"
+    tls: ListenerTLS | None = None
+
+    @property
+    def alpn(self) -> tuple[str, ...]:
+        """
+        The protocols this listener offers over ALPN if it speaks TLS, most
+        preferred first.
+        """
+        if self.tls is not None and self.tls.alpn is not None:
+            return self.tls.alpn
+        return DEFAULT_ALPN[self.mode]
 
 
 @attrs.frozen
@@ -699,6 +732,34 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
     )
 
 
+def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> ListenerTLS:
+    """
+    Validate a listener's C{tls} block: a mapping that today holds only
+    C{alpn}, a list of protocol names; only an C{ssl:} listener has one.
+    """
+    if endpoint.partition(":")[0] != "ssl":
+        raise ConfigError(path, f"only an ssl: listener has TLS settings, not {endpoint!r}")
+    d = _mapping(data, path, ("alpn",))
+    if "alpn" not in d:
+        return ListenerTLS()
+    names: list[str] = []
+    for j, item in enumerate(_list(d["alpn"], f"{path}.alpn")):
+        where = f"{path}.alpn[{j}]"
+        name = _string(item, where)
+        if not name.isascii() or not name.isprintable() or len(name) > 255:
+            raise ConfigError(where, f"expected a protocol name like 'h2' or 'http/1.1', got {name!r}")
+        if name in names:
+            raise ConfigError(where, f"{name!r} is listed twice")
+        if mode == "http" and name not in HTTP_MODE_ALPN:
+            raise ConfigError(
+                where,
+                f"http mode speaks {' and '.join(HTTP_MODE_ALPN)} only, not {name!r} "
+                "(offer it from a tcp mode listener)",
+            )
+        names.append(name)
+    return ListenerTLS(alpn=tuple(names))
+
+
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
 )
@@ -723,7 +784,7 @@ def parseConfig(data: object) -> Config:
     listeners = []
     for i, item in enumerate(_list(d.get("listeners", []), "listeners")):
         path = f"listeners[{i}]"
-        ld = _mapping(item, path, ("name", "listen", "pool", "mode"))
+        ld = _mapping(item, path, ("name", "listen", "pool", "mode", "tls"))
         endpoint = validateEndpoint(ld.get("listen"), f"{path}.listen", server=True)
         if "pool" in ld:
             poolName = _string(ld["pool"], f"{path}.pool")
@@ -733,12 +794,17 @@ def parseConfig(data: object) -> Config:
             raise ConfigError(f"{path}.pool", "required when there are several pools")
         if poolName not in {p.name for p in pools}:
             raise ConfigError(f"{path}.pool", f"no pool named {poolName!r}")
+        mode = _choice(ld.get("mode", "tcp"), f"{path}.mode", MODES)
         listeners.append(
             ListenerConfig(
                 name=_name(ld.get("name", f"listener{i}"), f"{path}.name"),
                 endpoint=endpoint,
                 pool=poolName,
-                mode=_choice(ld.get("mode", "tcp"), f"{path}.mode", MODES),
+                mode=mode,
+                tls=(
+                    None if ld.get("tls") is None
+                    else parseListenerTLS(ld["tls"], f"{path}.tls", endpoint, mode)
+                ),
             )
         )
     if not listeners:

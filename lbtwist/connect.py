@@ -52,10 +52,11 @@ from twisted.internet.error import (
     ConnectionRefusedError,
     TimeoutError,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamClientEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .accesslog import AccessLogFile
 from .dial import BackendProtocol, Cancellable, Dialler
@@ -305,7 +306,7 @@ class ConnectAttempt:
     def _queueTimedOut(self) -> None:
         self.queueTimer = None
         pool = self.pool
-        pool.dequeue(self._woken)
+        pool.queueTimedOut(self._woken)
         self.connector.log.warn(
             "pool {pool}: client {client} waited {timeout}s in the queue; refused",
             pool=pool.name, client=self.client, timeout=pool.config.queue.timeout,
@@ -512,21 +513,26 @@ class ConnectionLimit:
                 port.stopReading()
 
 
+@implementer(IProtocolNegotiationFactory)
 class ListenerFactory(ServerFactory):
     """
     What the protocol factories of every listener share, whatever their
     mode: the pool, the counts of clients, the global C{maxconn}, the
-    PROXY-protocol header and the access-log file.
+    PROXY-protocol header, the access-log file and the protocols a TLS
+    listener offers over ALPN.
 
     @ivar activeClients: client connections currently open.
     @ivar accepted: client connections accepted in all.
     @ivar limit: the global maxconn shared by every listener, if set.
     @ivar accessFile: the file the access log goes straight to, if any (set
         by the balancer, which owns it).
+    @ivar alpn: the protocols offered over ALPN, most preferred first (set
+        by the balancer from the listener's configuration).
     """
 
     noisy = False
     limit: ConnectionLimit | None = None
+    alpn: tuple[bytes, ...] = ()
 
     def __init__(self, pool: BackendPool, reactor: Any) -> None:
         self.pool = pool
@@ -535,6 +541,12 @@ class ListenerFactory(ServerFactory):
         self.accepted = 0
         self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
         self.accessFile: AccessLogFile | None = None
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The protocols a TLS listener offers over ALPN, most preferred first.
+        """
+        return list(self.alpn)
 
     def admit(self) -> bool:
         """

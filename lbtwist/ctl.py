@@ -94,16 +94,29 @@ class AdminClient:
         except ValueError:
             return raw.decode("utf-8", "replace")
 
-    def poolName(self, given: str | None) -> str:
+    def poolName(self, given: str | None, backend: str | None = None) -> str:
         """
-        The pool to act on: the one given, or the only one there is.
+        The pool to act on: the one given, or the only one there is, or the
+        one pool that has a backend named C{backend}.
+
+        @raise CtlError: no pool, or several, would do; the message lists them.
         """
         if given:
             return given
-        pools = [p["name"] for p in self.call("GET", "/api/pools")["pools"]]
-        if len(pools) != 1:
-            raise CtlError(f"there are several pools ({', '.join(pools)}): give --pool")
-        return pools[0]
+        pools = self.call("GET", "/api/pools")["pools"]
+        names = [p["name"] for p in pools]
+        if len(names) == 1:
+            return str(names[0])
+        if backend is None:
+            raise CtlError(f"there are several pools ({', '.join(names)}): give --pool")
+        having = [p["name"] for p in pools
+                  if any(b.get("name") == backend for b in p.get("backends", ()))]
+        if len(having) == 1:
+            return str(having[0])
+        if not having:
+            raise CtlError(f"no backend {backend!r} in any pool ({', '.join(names)})")
+        raise CtlError(f"backend {backend!r} is in several pools ({', '.join(having)}): "
+                       "give --pool")
 
 
 def backendBody(name: str, target: str, weight: int | None, state: str | None
@@ -145,30 +158,43 @@ def _backendLine(b: Mapping[str, Any]) -> str:
             f"{b['active']} active, {b['total']} total")
 
 
+def _globalOptions(p: argparse.ArgumentParser, after: bool) -> None:
+    """
+    The options that may come before the command or after it.  After it
+    their defaults are suppressed, so that one left out there does not undo
+    the same option given before the command.
+    """
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after else {}
+    p.add_argument("--admin", metavar="URL", help=f"admin API address (${ADMIN_VARIABLE}, "
+                   f"default {DEFAULT_ADMIN})", **unset)
+    p.add_argument("--token", help=f"bearer token (${TOKEN_VARIABLE})", **unset)
+    p.add_argument("--json", action="store_true", help="print JSON for scripts", **unset)
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds (default 10)",
+                   **({"default": 10.0} if not after else unset))
+    p.add_argument("--pool", help="the pool (default: the only one, or the one that "
+                   "has the backend named)", **unset)
+
+
 def parser() -> argparse.ArgumentParser:
     """
-    The command line of C{lbtwist}.
+    The command line of C{lbtwist}.  The options of C{ctl} may come before
+    its command or after it (C{lbtwist ctl list --json}).
     """
     top = argparse.ArgumentParser(prog="lbtwist", description="lbtwist tools.")
     commands = top.add_subparsers(dest="command", required=True)
     ctl = commands.add_parser("ctl", help="control a running balancer",
                               description="Control a running lbtwist through its "
-                              "admin API.")
-    ctl.add_argument("--admin", help=f"admin API address (${ADMIN_VARIABLE}, "
-                     f"default {DEFAULT_ADMIN})")
-    ctl.add_argument("--token", help=f"bearer token (${TOKEN_VARIABLE})")
-    ctl.add_argument("--json", action="store_true", help="print JSON for scripts")
-    ctl.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-    ctl.add_argument("--pool", dest="globalPool",
-                     help="the pool (default: the only one); also after the command")
+                              "admin API. The options may also follow the command.")
+    _globalOptions(ctl, after=False)
     actions = ctl.add_subparsers(dest="action", required=True)
 
-    def withPool(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--pool", help="the pool (default: the only one)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=text, description=text)
+        _globalOptions(p, after=True)
         return p
 
-    withPool(actions.add_parser("list", help="list pools and backends"))
-    add = withPool(actions.add_parser("add", help="add a backend"))
+    command("list", "list pools and backends")
+    add = command("add", "add a backend")
     add.add_argument("name")
     add.add_argument("target", metavar="ENDPOINT|HOST:PORT")
     add.add_argument("--weight", type=int)
@@ -177,12 +203,12 @@ def parser() -> argparse.ArgumentParser:
                          ("drain", "let a backend's clients finish, send no new ones"),
                          ("ready", "put a backend back in rotation"),
                          ("maint", "take a backend out of rotation, pause checks")):
-        withPool(actions.add_parser(action, help=text)).add_argument("name")
-    weight = withPool(actions.add_parser("weight", help="set a backend's weight"))
+        command(action, text).add_argument("name")
+    weight = command("weight", "set a backend's weight")
     weight.add_argument("name")
     weight.add_argument("weight", type=int)
-    actions.add_parser("health", help="the balancer's health")
-    actions.add_parser("reload", help="reload the configuration file")
+    command("health", "the balancer's health")
+    command("reload", "reload the configuration file")
     return top
 
 
@@ -194,7 +220,6 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
     @raise CtlError: it failed.
     """
     args = parser().parse_args(argv)
-    args.pool = getattr(args, "pool", None) or args.globalPool
     client = AdminClient(
         args.admin or environ.get(ADMIN_VARIABLE) or DEFAULT_ADMIN,
         args.token or environ.get(TOKEN_VARIABLE),
@@ -220,7 +245,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             raise
         text = result.get("status", "") if isinstance(result, dict) else str(result)
     else:
-        pool = quote(client.poolName(args.pool), safe="")
+        pool = quote(
+            client.poolName(args.pool, None if action == "add" else args.name), safe="")
         if action == "add":
             result = client.call(
                 "POST", f"/api/pools/{pool}/backends",

@@ -10,9 +10,11 @@ global one, so several can live in one process (and in tests).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+import attrs
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -26,6 +28,17 @@ from .pool import RESPONSE_BUCKETS, Backend, BackendPool
 
 STATES = ("ready", "drain", "maint", "up", "down", "unknown")
 
+# Every kind of failure the balancer counts against a backend (the keys of
+# Backend.failures): connect attempts that were refused, timed out or failed
+# otherwise (connect.failureKind), HTTP responses that timed out, were
+# malformed or cut short, passive health's "errors in a row", and failed
+# probes.  Each gets a series at zero from the start, so that Prometheus'
+# increase() sees the first failure.
+FAILURE_KINDS = ("refused", "timeout", "connect", "response", "errors", "probe")
+
+# The response-time quantiles the admin API shows.
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+
 
 class Balancer(Protocol):
     """
@@ -38,6 +51,52 @@ class Balancer(Protocol):
 
 def _le(bound: float) -> str:
     return f"{bound:g}"
+
+
+def quantile(buckets: Sequence[int], q: float) -> float | None:
+    """
+    The C{q} quantile (0-1) of a response-time histogram, as Prometheus'
+    C{histogram_quantile} estimates it: linear within the bucket that holds
+    it; the highest finite bound if it falls in the +Inf bucket.
+
+    @param buckets: the count in each bucket of L{RESPONSE_BUCKETS} (not
+        cumulative), then the count above the last bound.
+    @return: seconds, or L{None} for an empty histogram.
+    """
+    total = sum(buckets)
+    if not total:
+        return None
+    rank = q * total
+    below = 0
+    lower = 0.0
+    for upper, count in zip(RESPONSE_BUCKETS, buckets):
+        if count and below + count >= rank:
+            return lower + (upper - lower) * (rank - below) / count
+        below += count
+        lower = upper
+    return RESPONSE_BUCKETS[-1]
+
+
+def responsePercentiles(buckets: Sequence[int]) -> dict[str, float | int | None]:
+    """
+    The p50, p90 and p99 response times (seconds, or L{None}) of a
+    histogram, and its C{count}.
+    """
+    view: dict[str, float | int | None] = {
+        name: quantile(buckets, q) for name, q in QUANTILES}
+    view["count"] = sum(buckets)
+    return view
+
+
+def mergedBuckets(backends: Iterable[Backend]) -> list[int]:
+    """
+    The response-time histograms of C{backends} added up.
+    """
+    merged = [0] * (len(RESPONSE_BUCKETS) + 1)
+    for backend in backends:
+        for i, count in enumerate(backend.responseBuckets):
+            merged[i] += count
+    return merged
 
 
 class BalancerCollector(Collector):
@@ -95,12 +154,16 @@ class BalancerCollector(Collector):
         queueFull = CounterMetricFamily(
             "lbtwist_pool_queue_full", "Clients refused because the queue was full.",
             labels=("pool",))
+        queueTimeouts = CounterMetricFamily(
+            "lbtwist_pool_queue_timeouts",
+            "Clients refused after waiting the queue timeout.", labels=("pool",))
         for pool in self.balancer.pools.values():
             noBackend.add_metric((pool.name,), pool.noBackend)
             size.add_metric((pool.name,), len(pool))
             queueLength.add_metric((pool.name,), pool.queueLength)
             queued.add_metric((pool.name,), pool.queued)
             queueFull.add_metric((pool.name,), pool.queueFull)
+            queueTimeouts.add_metric((pool.name,), pool.queueTimeouts)
             for backend in pool:
                 self._backend(pool.name, backend, requests, failures, bytesIn, bytesOut,
                               active, weight, state, up, probe, response)
@@ -125,15 +188,16 @@ class BalancerCollector(Collector):
                 refused.add_metric((name,), getattr(factory, "refused", 0))
         yield from (requests, failures, bytesIn, bytesOut, active, weight, state, up,
                     probe, response, noBackend, size, queueLength, queued, queueFull,
-                    accepted, clients, responses, refused)
+                    queueTimeouts, accepted, clients, responses, refused)
 
     def _backend(self, pool: str, backend: Backend, requests: Any, failures: Any,
                  bytesIn: Any, bytesOut: Any, active: Any, weight: Any, state: Any,
                  up: Any, probe: Any, response: Any) -> None:
         labels = (pool, backend.name)
         requests.add_metric(labels, backend.total)
-        for kind, count in sorted(backend.failures.items()):
-            failures.add_metric((*labels, kind), count)
+        counts = backend.failures
+        for kind in sorted(set(FAILURE_KINDS).union(counts)):
+            failures.add_metric((*labels, kind), counts.get(kind, 0))
         bytesIn.add_metric(labels, backend.bytesIn)
         bytesOut.add_metric(labels, backend.bytesOut)
         active.add_metric(labels, backend.active)
@@ -169,3 +233,106 @@ def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
     """
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
+
+
+# -- recent rates -------------------------------------------------------------
+
+
+@attrs.frozen
+class Counters:
+    """
+    A pool's counters (or every pool's, added up) at one moment.
+
+    @ivar requests: connections or requests sent to its backends.
+    @ivar errors: what its clients saw fail (see L{lbtwist.admin.poolView}).
+    @ivar responses: HTTP responses sent, by status class.
+    @ivar buckets: its backends' response-time histograms added up.
+    """
+
+    requests: int
+    errors: int
+    noBackend: int
+    queueFull: int
+    queueTimeouts: int
+    responses: Mapping[str, int]
+    buckets: tuple[int, ...]
+
+    def __add__(self, other: Counters) -> Counters:
+        responses = dict(self.responses)
+        for cls, count in other.responses.items():
+            responses[cls] = responses.get(cls, 0) + count
+        return Counters(
+            self.requests + other.requests, self.errors + other.errors,
+            self.noBackend + other.noBackend, self.queueFull + other.queueFull,
+            self.queueTimeouts + other.queueTimeouts, responses,
+            tuple(a + b for a, b in zip(self.buckets, other.buckets)),
+        )
+
+
+NO_COUNTERS = Counters(0, 0, 0, 0, 0, {}, (0,) * (len(RESPONSE_BUCKETS) + 1))
+
+
+def recentView(now: Counters, then: Counters, seconds: float) -> dict[str, Any]:
+    """
+    What happened between two samples of the counters: rates per second and
+    the response-time percentiles of that span alone.  A counter that went
+    down (a backend was removed) counts as zero.
+    """
+
+    def rate(new: int, old: int) -> float:
+        return max(0, new - old) / seconds
+
+    return {
+        "seconds": seconds,
+        "requestRate": rate(now.requests, then.requests),
+        "errorRate": rate(now.errors, then.errors),
+        "noBackendRate": rate(now.noBackend, then.noBackend),
+        "queueFullRate": rate(now.queueFull, then.queueFull),
+        "queueTimeoutRate": rate(now.queueTimeouts, then.queueTimeouts),
+        "responseRates": {
+            cls: rate(count, then.responses.get(cls, 0))
+            for cls, count in sorted(now.responses.items())
+        },
+        "responsePercentiles": responsePercentiles(
+            [max(0, a - b) for a, b in zip(now.buckets, then.buckets)]),
+    }
+
+
+@attrs.frozen
+class Sample:
+    """
+    Every pool's counters, and their total, at time C{when}.
+    """
+
+    when: float
+    pools: Mapping[str, Counters]
+    total: Counters
+
+
+class CounterHistory:
+    """
+    Samples of the counters taken every C{window / 10} seconds (by the admin
+    service, off the proxy's path), kept for one C{window}: the base the
+    admin API's recent rates and percentiles are measured from.
+    """
+
+    def __init__(self, window: float = 10.0) -> None:
+        self.window = window
+        self.interval = window / 10
+        self._samples: deque[Sample] = deque(maxlen=12)
+
+    def add(self, sample: Sample) -> None:
+        """
+        Keep C{sample}; the oldest goes when there are more than a window's.
+        """
+        self._samples.append(sample)
+
+    def baseline(self, now: float) -> Sample | None:
+        """
+        The oldest sample no older than the window (and older than C{now}),
+        if any.
+        """
+        for sample in self._samples:
+            if now - self.window <= sample.when < now:
+                return sample
+        return None

@@ -239,6 +239,8 @@ class BackendPool:
     @ivar queueFull: how many clients were refused because every eligible
         backend was at its C{maxconn} and the queue was full.
     @ivar queued: how many clients waited in the queue.
+    @ivar queueTimeouts: how many clients were refused after waiting the
+        queue timeout.
     """
 
     def __init__(self, config: PoolConfig, rng: random.Random | None = None) -> None:
@@ -252,6 +254,7 @@ class BackendPool:
         self.noBackend = 0
         self.queueFull = 0
         self.queued = 0
+        self.queueTimeouts = 0
         self._waiting: deque[Callable[[], None]] = deque()
         for b in config.backends:
             self._backends[b.name] = Backend(b)
@@ -370,6 +373,14 @@ class BackendPool:
             self._waiting.remove(waiter)
         except ValueError:
             pass
+
+    def queueTimedOut(self, waiter: Callable[[], None]) -> None:
+        """
+        C{waiter} waited the queue timeout for a slot: take it out of the
+        queue and count it; its client is refused.
+        """
+        self.queueTimeouts += 1
+        self.dequeue(waiter)
 
     @property
     def queueLength(self) -> int:

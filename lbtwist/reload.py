@@ -450,8 +450,8 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     the file gives none.
     """
     differ = []
-    if [(x.name, x.endpoint, x.pool, x.mode) for x in new.listeners] != [
-        (x.name, x.endpoint, x.pool, x.mode) for x in running.listeners
+    if [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] != [
+        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners
     ]:
         differ.append("listeners")
     runningPools = {p.name: p for p in running.pools}
@@ -504,9 +504,22 @@ def loadState(live: LiveConfig) -> None:
     if live.stateFile is None:
         return
     health = {p.name: p.health for p in live.fileConfig.pools}
-    live.overrides = live.stateFile.load(
+    stateFile = live.stateFile
+    live.overrides = stateFile.load(
         lambda pool: health.get(pool) or next(iter(health.values()))
     )
+    if stateFile.loadedFrom is None:
+        live.log.info("state file {path}: none yet; changes made at run time are saved there",
+                      path=stateFile.path)
+    elif stateFile.loadedFrom == stateFile.path:
+        live.log.info("state restored from {path}: {summary}",
+                      path=stateFile.path, summary=live.overrides.summary())
+    else:
+        live.log.warn(
+            "state restored from {legacy} (the old default name): {summary}; changes are "
+            "saved to {path} from now on, which is read instead once it exists",
+            legacy=stateFile.loadedFrom, path=stateFile.path,
+            summary=live.overrides.summary())
     live.reconcile()
 
 
@@ -638,14 +651,23 @@ def controlService(
     saved state (loaded now), the admin API, metrics and dashboard, reload
     on C{SIGHUP}, and the graceful stop.
 
+    The state file is C{statePath}, else the configuration's C{state}, else
+    one named after the configuration file or the first listener (see
+    L{lbtwist.state.defaultStatePath}); an old-named C{lbtwist-state.json}
+    beside a default one is read while the default one does not exist.
+
     @raise SystemExit: the state file is not valid, or cannot be saved.
     """
     from .admin import AdminService
-    from .state import defaultStatePath
+    from .state import defaultStatePath, legacyStatePath
 
-    path = statePath or lb.config.state or defaultStatePath(configPath)
+    given = statePath or lb.config.state
+    path = given or defaultStatePath(
+        configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
     live = LiveConfig(
-        lb.pools, lb.config, reactor, StateFile(path), loadConfig=loadConfig, grace=grace
+        lb.pools, lb.config, reactor,
+        StateFile(path, legacy=None if given else legacyStatePath(path)),
+        loadConfig=loadConfig, grace=grace,
     )
     try:
         live.stateFile.checkWritable()  # type: ignore[union-attr]

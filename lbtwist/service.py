@@ -25,6 +25,7 @@ from .health import HealthMonitor, Probe, TCPProbe
 from .pool import BackendPool
 from .status import StatusReporter
 from .tcp import TCPProxyFactory, describe
+from .tlslisten import listenerReactor
 
 # The sans-IO core (the pool) logs through txaio: this layer runs it on
 # Twisted, so select that framework as soon as it is imported, whatever the
@@ -117,20 +118,64 @@ def checkFiles(config: Config) -> None:
             raise ConfigError(f"pools.{p.name}.access-log", f"cannot write in {directory!r}")
 
 
-class CannotStart(Exception):
+# What twistd's daemon parent shows of a start failure: it reads 100 bytes
+# from the status pipe, "1 " and the exception's line, class name included.
+STATUS_PIPE_BYTES = 100
+
+
+class CannotStart(SystemExit, Exception):
     """
     The balancer cannot start, for the reason given.
 
     An ordinary exception, so that twistd reports it to the process that
     launched a daemon (which waits for a word from it) and removes the pid
-    file; in the foreground it is the last line of the output.
+    file; and a L{SystemExit}, so that in the foreground Python ends with
+    its message alone, not with a traceback.
+
+    Its C{str} is the short form, which twistd writes to the daemon's parent
+    through a pipe that carries 100 bytes; its C{code} is the whole line,
+    which is what Python prints on exit.
     """
+
+    def __init__(self, line: str, short: str | None = None) -> None:
+        super().__init__(short or line)
+        self.code = line
+
+
+def shortest(candidates: list[str], limit: int) -> str:
+    """
+    The first of C{candidates} (longest and most telling first) whose ASCII
+    form fits in C{limit} bytes; else the last one cut to fit, marked so.
+    """
+    for text in candidates:
+        if len(text.encode("ascii", "backslashreplace")) <= limit:
+            return text
+    cut = candidates[-1].encode("ascii", "backslashreplace")[: limit - 3]
+    return cut.decode("ascii") + "..."
+
+
+def cannotListen(what: str, endpointText: str, error: CannotListenError) -> CannotStart:
+    """
+    The start failure of a port that could not listen: the whole line names
+    the endpoint string, the short one only the address, so that it fits in
+    what twistd's daemon parent shows.
+    """
+    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+    address = f"{error.interface or '*'}:{error.port}"
+    line = f"{what} cannot listen on {endpointText}: {reason}"
+    room = STATUS_PIPE_BYTES - len(f"1 {CannotStart.__module__}.{CannotStart.__qualname__}: ")
+    short = shortest(
+        [line, f"{what} cannot listen on {address}: {reason}",
+         f"cannot listen on {address}: {reason}"],
+        room,
+    )
+    return CannotStart(line, short)
 
 
 class PortService(StreamServerEndpointService):
     """
     Listens on an endpoint; failing to listen stops the process from
-    starting, with a message that says what could not listen where and why.
+    starting, with one line that says what could not listen where and why.
     """
 
     log = Logger()
@@ -142,18 +187,30 @@ class PortService(StreamServerEndpointService):
         self._raiseSynchronously = True
 
     def privilegedStartService(self) -> None:
+        """
+        Listen now; a port that cannot listen is raised as L{CannotStart}.
+        Its one line is the process's last word: twistd sends standard
+        error to its log (the terminal, or a daemon's log file), and a
+        daemon's parent prints the short form.
+        """
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            self.log.critical(
-                "{what} cannot listen on {endpoint}: {error}",
-                what=self.what,
-                endpoint=self.endpointText,
-                error=e.socketError,
-            )
-            raise CannotStart(
-                f"{self.what} cannot listen on {self.endpointText}: {e.socketError}"
-            ) from None
+            raise cannotListen(self.what, self.endpointText, e) from None
+
+
+def addressScope(host: str | None) -> str:
+    """
+    Who can reach a listener on C{host}, for the start-up log: a wildcard
+    address serves every interface, a loopback one this machine only.  It
+    comes before the address, which stays last on the line for the tools
+    that read the port from there.
+    """
+    if host in ("0.0.0.0", "::", ""):
+        return "all interfaces, "
+    if host is not None and (host.startswith("127.") or host == "::1"):
+        return "loopback only, "
+    return ""
 
 
 class ListenerService(PortService):
@@ -175,11 +232,12 @@ class ListenerService(PortService):
             limit.addPort(port)
             self._limitedPort = port
         self.log.info(
-            "listener {listener} ({mode} mode, pool {pool}) accepting on {address}",
+            "listener {listener} ({mode} mode, pool {pool}) accepting on {scope}{address}",
             listener=self.listener.name,
             mode=self.listener.mode,
             pool=self.listener.pool,
             address=describe(address) if address is not None else self.listener.endpoint,
+            scope=addressScope(getattr(address, "host", None)),
         )
 
     def stopService(self) -> Any:
@@ -228,12 +286,16 @@ class LoadBalancer(MultiService):
             factory = MODES[listener.mode](self, listener, pool)
             if self.limit is not None:
                 factory.limit = self.limit  # type: ignore[attr-defined]
+            factory.alpn = tuple(p.encode("ascii") for p in listener.alpn)  # type: ignore[attr-defined]
             accessPath = pool.config.http.accessLog
             if isinstance(accessPath, str):
                 factory.accessFile = self.accessFiles[accessPath]  # type: ignore[attr-defined]
             self.factories[listener.name] = factory
+            # An ssl: endpoint is built with a reactor that wraps the factory
+            # in lbtwist's TLS (see tlslisten), every other with the reactor.
+            endpointReactor = listenerReactor(reactor, listener.name, listener.endpoint)
             ListenerService(
-                listener, serverFromString(reactor, withBacklog(listener.endpoint)), factory
+                listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
             ).setServiceParent(self)
         self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.endpoints)}
         from .http import HTTPProbe

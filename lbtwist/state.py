@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -31,7 +32,11 @@ from .config import BackendConfig, Config, ConfigError, parseBackend
 from .pool import Admin
 
 STATE_VERSION = 1
-DEFAULT_STATE_NAME = "lbtwist-state.json"
+# The one default name before the state file's name followed the
+# configuration's; still read when the new default file is not there yet.
+LEGACY_STATE_NAME = "lbtwist-state.json"
+DEMO_STATE_NAME = "lbtwist-demo.state.json"
+STATE_SUFFIX = ".state.json"
 
 
 class StateError(ValueError):
@@ -169,6 +174,23 @@ class Overrides:
             pools.append(attrs.evolve(pc, backends=tuple(backends)))
         return attrs.evolve(config, pools=tuple(pools))
 
+    def summary(self) -> str:
+        """
+        What these overrides change, counted, for the log: for example
+        C{1 backend added, 2 weights set in 1 pool}; C{nothing} if empty.
+        """
+        pools = [p for p in self.pools.values() if not p.empty()]
+        counts = [
+            (sum(len(p.added) for p in pools), "backend added", "backends added"),
+            (sum(len(p.removed) for p in pools), "backend removed", "backends removed"),
+            (sum(len(p.weights) for p in pools), "weight set", "weights set"),
+            (sum(len(p.admin) for p in pools), "admin state set", "admin states set"),
+        ]
+        parts = [f"{n} {one if n == 1 else many}" for n, one, many in counts if n]
+        if not parts:
+            return "nothing"
+        return f"{', '.join(parts)} in {len(pools)} pool{'' if len(pools) == 1 else 's'}"
+
     def adminStates(self, pool: str) -> dict[str, Admin]:
         """
         The admin states set in C{pool}, by backend name.
@@ -253,14 +275,43 @@ def _healthOf(health: Callable[[str], Any] | None, pool: str) -> Any:
     return health(pool) if health is not None else HealthCheck()
 
 
-def defaultStatePath(configPath: str | None, cwd: str | None = None) -> str:
+def defaultStatePath(
+    configPath: str | None, cwd: str | None = None, listeners: Sequence[str] = ()
+) -> str:
     """
-    Where the state file goes when none is given: next to the configuration
-    file, or in the working directory when there is none.
+    Where the state file goes when none is given, so that two balancers in
+    one directory never share one: next to the configuration file and named
+    after it (C{lb.yaml} gives C{lb.state.json}); with no configuration
+    file, in the working directory and named after the first listener
+    (C{tcp:8080} gives C{lbtwist-tcp-8080.state.json}).
     """
     if configPath:
-        return os.path.join(os.path.dirname(os.path.abspath(configPath)), DEFAULT_STATE_NAME)
-    return os.path.join(cwd if cwd is not None else os.getcwd(), DEFAULT_STATE_NAME)
+        configPath = os.path.abspath(configPath)
+        stem = os.path.splitext(os.path.basename(configPath))[0] or "lbtwist"
+        return os.path.join(os.path.dirname(configPath), stem + STATE_SUFFIX)
+    name = "lbtwist"
+    if listeners:
+        name += "-" + _endpointSlug(listeners[0])
+    return os.path.join(cwd if cwd is not None else os.getcwd(), name + STATE_SUFFIX)
+
+
+def _endpointSlug(endpoint: str) -> str:
+    """
+    An endpoint string as a file-name fragment: its values, without the
+    argument names, joined by dashes (C{tcp:8080:interface=127.0.0.1} gives
+    C{tcp-8080-127.0.0.1}).
+    """
+    values = [a.partition("=")[2] or a for a in re.split(r"(?<!\\):", endpoint)]
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(values)).strip("-.")
+    return slug[:60] or "listener"
+
+
+def legacyStatePath(path: str) -> str:
+    """
+    The file an older lbtwist kept the state in, for a default state file
+    at C{path}: C{lbtwist-state.json} in the same directory.
+    """
+    return os.path.join(os.path.dirname(os.path.abspath(path)), LEGACY_STATE_NAME)
 
 
 class StateFile:
@@ -270,33 +321,50 @@ class StateFile:
     @ivar path: the file's path.
     @ivar replace: renames a file over another (injected so tests can crash
         a save half-way).
+    @ivar legacy: a file read instead of C{path} while C{path} does not
+        exist (the old default name), or L{None}.  Saving always writes
+        C{path}.
+    @ivar loadedFrom: the file the last L{load} read, or L{None} if there
+        was none.
     """
 
-    def __init__(self, path: str, replace: Callable[[str, str], None] = os.replace) -> None:
+    def __init__(self, path: str, replace: Callable[[str, str], None] = os.replace,
+                 legacy: str | None = None) -> None:
         self.path = path
         self.replace = replace
+        self.legacy = legacy
+        self.loadedFrom: str | None = None
 
     def load(self, health: Callable[[str], Any] | None = None) -> Overrides:
         """
         Read the saved overrides; none if there is no file yet.
 
+        When C{path} does not exist but the legacy file does, the legacy
+        file is read; L{loadedFrom} says which file was.
+
         @raise StateError: the file cannot be read or is not valid.
         """
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            return Overrides()
-        except OSError as e:
-            raise StateError(f"cannot read state file {self.path!r}: {e.strerror}") from e
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise StateError(f"state file {self.path!r} is not valid JSON: {e}") from e
-        try:
-            return Overrides.fromJSON(data, health)
-        except StateError as e:
-            raise StateError(f"state file {self.path!r}: {e}") from e
+        self.loadedFrom = None
+        for path in (self.path, self.legacy):
+            if path is None:
+                continue
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StateError(f"cannot read state file {path!r}: {e.strerror}") from e
+            self.loadedFrom = path
+            try:
+                data = json.loads(text)
+            except ValueError as e:
+                raise StateError(f"state file {path!r} is not valid JSON: {e}") from e
+            try:
+                return Overrides.fromJSON(data, health)
+            except StateError as e:
+                raise StateError(f"state file {path!r}: {e}") from e
+        return Overrides()
 
     def checkWritable(self) -> None:
         """

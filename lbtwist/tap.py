@@ -17,6 +17,9 @@ from .config import (
     POLICY_NAMES,
     Config,
     ConfigError,
+    HealthCheck,
+    PoolConfig,
+    Timeouts,
     loadConfigFile,
     parseConfig,
     parseSeconds,
@@ -25,6 +28,12 @@ from .config import (
 
 DEFAULT_LISTEN = "tcp:8080"
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
+# Kept here, not imported from lbtwist.admin, so that --help stays fast.
+DEFAULT_ADMIN = "tcp:9000:interface=127.0.0.1"
+DEFAULT_GRACE = 30.0
+
+_timeouts, _health = Timeouts(), HealthCheck()
+_pool, _config = attrs.fields(PoolConfig), attrs.fields(Config)
 
 
 # Options that describe a pool or listener: the config file says these.
@@ -71,36 +80,70 @@ class BadConfiguration(SystemExit):
     """
 
 
+class BadCommandLine(SystemExit):
+    """
+    The command line is wrong: twistd exits with the reason and a pointer to
+    C{--help}, on one line, instead of the whole usage text followed by the
+    reason.
+    """
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
 class Options(usage.Options):
     """
     Options of C{twistd lb}.  Either C{--config FILE}, or C{--listen} and
     C{--backend} (each repeatable) with the other options; C{--demo} adds
     three demo backends on loopback.
+
+    Every default is L{None} here, so that an option given can be told from
+    one left out (and refused beside C{--config}); the help texts say the
+    defaults the configuration fills in.
     """
 
-    synopsis = "[--config FILE | --listen ENDPOINT --backend ENDPOINT ...] [options]"
+    synopsis = "[--config FILE | --listen ENDPOINT --backend ENDPOINT|HOST:PORT ...] [options]"
 
     optParameters = [
         ["config", "c", None, "YAML configuration file (see README.rst)."],
-        ["policy", "p", None, f"Balancing policy: {', '.join(POLICY_NAMES)} (default roundrobin)."],
-        ["mode", "m", None, "Listener mode: tcp or http (default tcp)."],
-        ["admin", None, None, "Admin API endpoint, e.g. tcp:9000:interface=127.0.0.1."],
-        ["status-interval", None, None, "Seconds between status tables in the log."],
-        ["retries", None, None, "Other backends to try when a connect fails."],
-        ["connect-timeout", None, None, "Backend connect timeout, seconds."],
-        ["idle-timeout", None, None, "Close a connection idle this long, seconds."],
-        ["check-interval", None, None, "Seconds between health checks."],
-        ["rise", None, None, "Good checks that mark a backend up."],
-        ["fall", None, None, "Failed checks that mark a backend down."],
-        ["state", None, None, "State file for changes made at run time."],
-        ["grace", None, None, "Seconds in-flight connections get to finish (default 30)."],
-        ["request-timeout", None, None, "HTTP mode: seconds a client gets to send a request head."],
-        ["response-timeout", None, None, "HTTP mode: seconds a backend gets to answer."],
+        ["policy", "p", None,
+         f"Balancing policy: {', '.join(POLICY_NAMES)} (default {_pool.policy.default})."],
+        ["mode", "m", None, f"Listener mode: {' or '.join(MODES)} (default tcp)."],
+        ["admin", None, None,
+         f"Admin API, metrics and dashboard endpoint (default {DEFAULT_ADMIN}; "
+         "if that port is taken the balancer runs without it)."],
+        ["status-interval", None, None,
+         f"Seconds between status tables in the log (default {_config.statusInterval.default:g})."],
+        ["retries", None, None,
+         f"Other backends to try when a connect fails (default {_pool.retries.default})."],
+        ["connect-timeout", None, None,
+         f"Backend connect timeout (default {_seconds(_timeouts.connect)})."],
+        ["idle-timeout", None, None,
+         f"Close a connection idle this long (default {_seconds(_timeouts.idle)})."],
+        ["check-interval", None, None,
+         f"Time between health checks (default {_seconds(_health.interval)})."],
+        ["rise", None, None, f"Good checks that mark a backend up (default {_health.rise})."],
+        ["fall", None, None,
+         f"Failed checks that mark a backend down (default {_health.fall})."],
+        ["state", None, None,
+         "State file for changes made at run time (default: named after the config "
+         "file, beside it, e.g. lb.state.json; else lbtwist-LISTENER.state.json, or "
+         "lbtwist-demo.state.json with --demo, in the working directory)."],
+        ["grace", None, None,
+         f"Seconds in-flight connections get to finish (default {DEFAULT_GRACE:g})."],
+        ["request-timeout", None, None,
+         "HTTP mode: time a client gets to send a request head "
+         f"(default {_seconds(_timeouts.request)})."],
+        ["response-timeout", None, None,
+         f"HTTP mode: time a backend gets to answer (default {_seconds(_timeouts.response)})."],
         ["access-log-file", None, None,
          "Write the access log (a line per request or connection) straight to this file."],
     ]
     optFlags = [
-        ["demo", None, "Also run three demo backends on 127.0.0.1:8001-8003."],
+        ["demo", None,
+         "Also run three demo backends on free ports of 127.0.0.1, and listen on "
+         f"{DEMO_LISTEN} (loopback only) unless --listen is given."],
         ["access-log", None, "Log one structured event per request (HTTP) or connection (TCP)."],
     ]
 
@@ -124,16 +167,26 @@ class Options(usage.Options):
 
     def opt_listen(self, endpoint: str) -> None:
         """
-        Accept clients on this server endpoint (repeatable), e.g. tcp:8080.
-        """
+        Accept clients on this server endpoint (repeatable; default tcp:8080, which is every interface; tcp:8080:interface=127.0.0.1 for loopback only).
+        """  # noqa: E501 (usage.Options shows a docstring's line breaks)
         self["listen"].append(endpoint)
 
     def opt_backend(self, endpoint: str) -> None:
         """
-        Balance across this client endpoint (repeatable), e.g.
-        tcp:host=10.0.0.5:port=80.
-        """
+        Balance across this client endpoint or HOST:PORT (repeatable), e.g. tcp:host=10.0.0.5:port=80 or 10.0.0.5:80.
+        """  # noqa: E501 (usage.Options shows a docstring's line breaks)
         self["backend"].append(endpoint)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse the command line; a usage error is raised as L{BadCommandLine},
+        the reason first and a pointer to C{--help}, instead of twistd's
+        whole usage text followed by the reason.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise BadCommandLine(f"twistd lb: {e} (see twistd lb --help)") from e
 
     def _commandLineData(self) -> dict[str, Any]:
         """
@@ -141,11 +194,11 @@ class Options(usage.Options):
         """
         backends: list[Any] = list(self["backend"])
         if self["demo"]:
-            from .demo import demoEndpoints
+            from .demo import demoEndpoints, demoNames
 
             backends += [
-                {"name": f"demo-{i}", "endpoint": e}
-                for i, e in enumerate(demoEndpoints(), 1)
+                {"name": name, "endpoint": e}
+                for name, e in zip(demoNames(), demoEndpoints())
             ]
         if not backends:
             raise usage.UsageError(
@@ -214,12 +267,18 @@ class Options(usage.Options):
             from .admin import checkAdmin
 
             config = checkAdmin(config, os.environ)
-            self["grace-seconds"] = parseSeconds(self["grace"] or 30.0, "--grace", 0.0)
+            self["grace-seconds"] = parseSeconds(self["grace"] or DEFAULT_GRACE, "--grace", 0.0)
         except ConfigError as e:
             if not self["config"]:
                 e = ConfigError(optionFor(e.path), e.problem)
             raise BadConfiguration(f"lbtwist: invalid configuration: {e}") from e
         self["lbconfig"] = config
+        if self["demo"] and self["state"] is None:
+            # The demo's changes stay the demo's: they never come back in a
+            # balancer started otherwise in the same directory.
+            from .state import DEMO_STATE_NAME
+
+            self["state"] = os.path.abspath(DEMO_STATE_NAME)
 
     def _overrides(self, config: Config) -> Config:
         """
@@ -248,13 +307,16 @@ def makeService(options: Options) -> IService:
 
     from .app import Balancer
 
+    config: Config = options["lbconfig"]
     top = MultiService()
     if options["demo"]:
         from .demo import demoBackends
 
-        demoBackends(reactor).setServiceParent(top)
+        demo = demoBackends(reactor)
+        demo.setServiceParent(top)
+        config = demo.listen(config)
     Balancer(
-        options["lbconfig"], reactor, configPath=options["config"],
+        config, reactor, configPath=options["config"],
         statePath=options["state"], grace=options["grace-seconds"],
     ).setServiceParent(top)
     return top

@@ -10,19 +10,27 @@ import http.client
 import json
 import os
 import socket
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import attrs
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from twisted.web.test.requesthelper import DummyRequest
 
-from lbtwist.admin import AdminService, backendURL, checkAdmin, isLoopback
+from lbtwist.admin import AdminResource, AdminService, backendURL, checkAdmin, isLoopback
 from lbtwist.config import ConfigError, parseConfig
-from lbtwist.pool import Admin
+from lbtwist.pool import Admin, BackendPool, Health
 from lbtwist.reload import LiveConfig
 from lbtwist.state import StateFile
+from tests.httphelpers import httpRequests
 from tests.support import (
     Backends,
+    NamedFactory,
     firstLine,
     inThread,
     poolConfig,
@@ -72,20 +80,60 @@ def recvOrReset(sock: socket.socket) -> bytes:
         return b""
 
 
+class StatusPage(Resource):
+    """
+    A test backend's site: C{/status/N} answers status N, anything else 200;
+    the body names the backend.
+    """
+
+    isLeaf = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def render(self, request: Request) -> bytes:
+        """
+        Answer with the status the path asks for.
+        """
+        parts = request.path.decode().split("/")
+        if len(parts) == 3 and parts[1] == "status" and parts[2].isdigit():
+            request.setResponseCode(int(parts[2]))
+        return self.name.encode() + b"\n"
+
+
+def statusSite(name: str) -> Factory:
+    """
+    An HTTP backend named C{name} serving L{StatusPage}.
+    """
+    site = Site(StatusPage(name))
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site
+
+
 class AdminHarness:
     """
     Backends, a balancer, its live configuration and admin API, in this
     reactor, all stopped when the test ends.
+
+    @param factory: makes each backend's server (HTTP mode needs
+        L{statusSite}).
+    @param configure: changes the configuration data before the balancer
+        starts (more listeners or pools).
     """
 
     def __init__(self, case: TestCase, names: tuple[str, ...] = ("a", "b"),
-                 grace: float = 0.3, token: str | None = TOKEN) -> None:
-        self.backends = Backends(case)
+                 grace: float = 0.3, token: str | None = TOKEN, mode: str = "tcp",
+                 factory: Any = NamedFactory,
+                 configure: Any = None) -> None:
+        self.backends = Backends(case, factory)
         for name in names:
             self.backends.start(name)
-        self.lb, self.port = startBalancer(
-            case, poolConfig([(n, self.backends.endpoint(n)) for n in names],
-                             health={"interval": 0.2, "rise": 1, "fall": 1}))
+        data = poolConfig([(n, self.backends.endpoint(n)) for n in names], mode=mode,
+                          health={"interval": 0.2, "rise": 1, "fall": 1})
+        if configure is not None:
+            configure(data)
+        self.lb, self.port = startBalancer(case, data)
         self.lb.config = attrs.evolve(
             self.lb.config, admin="tcp:0:interface=127.0.0.1", adminToken=token)
         self.statePath = os.path.abspath(case.mktemp())
@@ -190,6 +238,74 @@ class ReadTests(TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(body[0]["accepted"], 2)
         self.assertEqual(body[0]["pool"], "web")
+
+    @inlineCallbacks
+    def test_errorsAndPercentiles(self) -> Any:
+        """
+        After HTTP traffic with 5xx and 4xx answers, C{GET /api/pools} shows
+        the pool's errors, responses by status class, response-time
+        percentiles and recent rates, and their total; C{GET /api/listeners}
+        the listener's responses by class.
+        """
+        h = AdminHarness(self, mode="http", factory=statusSite)
+        paths = ["/"] * 6 + ["/status/500"] * 3 + ["/status/404"]
+        answers = yield httpRequests(h.port, [("GET", p, None, {}) for p in paths])
+        self.assertEqual(sorted(a[0] for a in answers), [200] * 6 + [404] + [500] * 3)
+        status, body = yield h.call("GET", "/api/pools")
+        self.assertEqual(status, 200)
+        [pool] = body["pools"]
+        self.assertEqual(pool["requests"], 10)
+        self.assertEqual(pool["responses"], {"2xx": 6, "4xx": 1, "5xx": 3})
+        self.assertEqual(pool["errors"], 4)
+        self.assertEqual(pool["noBackend"], 0)
+        percentiles = pool["responsePercentiles"]
+        self.assertEqual(percentiles["count"], 10)
+        for name in ("p50", "p90", "p99"):
+            self.assertGreater(percentiles[name], 0)
+        self.assertLessEqual(percentiles["p50"], percentiles["p90"])
+        self.assertLessEqual(percentiles["p90"], percentiles["p99"])
+        self.assertEqual(
+            sum(b["responsePercentiles"]["count"] for b in pool["backends"]), 10)
+        # The admin service sampled the counters when it started, before
+        # the traffic: the recent rates count all of it.
+        recent = pool["recent"]
+        self.assertGreater(recent["seconds"], 0)
+        self.assertAlmostEqual(recent["requestRate"] * recent["seconds"], 10, places=6)
+        self.assertAlmostEqual(recent["errorRate"] * recent["seconds"], 4, places=6)
+        self.assertAlmostEqual(recent["responseRates"]["5xx"] * recent["seconds"], 3,
+                               places=6)
+        self.assertEqual(recent["responsePercentiles"]["count"], 10)
+        total = body["total"]
+        self.assertEqual((total["requests"], total["errors"]), (10, 4))
+        self.assertEqual(total["responses"], pool["responses"])
+        self.assertEqual(total["responsePercentiles"], percentiles)
+        status, listeners = yield h.call("GET", "/api/listeners")
+        self.assertEqual(listeners[0]["responses"], {"2xx": 6, "4xx": 1, "5xx": 3})
+        self.assertEqual(listeners[0]["refused"], 0)
+        self.assertEqual(listeners[0]["active"], 0)
+
+    @inlineCallbacks
+    def test_queueTimeouts(self) -> Any:
+        """
+        An HTTP request that waits out the queue timeout is answered 503 and
+        counted in the pool's C{queueTimeouts} and C{errors}.
+        """
+
+        def configure(data: dict[str, Any]) -> None:
+            data["pools"]["web"]["queue"] = {"size": 5, "timeout": 0.2}
+            data["pools"]["web"]["backends"][0]["maxconn"] = 1
+
+        h = AdminHarness(self, names=("a",), mode="http", factory=statusSite,
+                         configure=configure)
+        a = h.pool.get("a")
+        assert a is not None
+        h.pool.acquire(a)  # as if a client held its only slot
+        [answer] = yield httpRequests(h.port, [("GET", "/", None, {})])
+        h.pool.release(a)
+        self.assertEqual(answer[0], 503)
+        status, body = yield h.call("GET", "/api/pools/web")
+        self.assertEqual((body["queueTimeouts"], body["queueFull"], body["queued"]), (1, 0, 1))
+        self.assertEqual((body["errors"], body["responses"]), (1, {"5xx": 1}))
 
     @inlineCallbacks
     def test_unknownRouteAndMethod(self) -> Any:
@@ -550,6 +666,124 @@ class TokenTests(TestCase):
         self.assertEqual(status, 401)
         self.assertIn("LBTWIST_ADMIN_TOKEN", body["error"])
         self.assertEqual(h.pool.get("a").weight, 1)  # type: ignore[union-attr]
+
+
+def resourceFor(case: SynchronousTestCase, factories: dict[str, Any]) -> AdminResource:
+    """
+    An admin resource on a task clock over pools C{web} (served by listener
+    C{front}, HTTP) and C{db} (listener C{raw}, TCP), with the listeners'
+    C{factories} given.
+    """
+    config = parseConfig({
+        "listeners": [
+            {"name": "front", "listen": "tcp:0", "mode": "http", "pool": "web"},
+            {"name": "raw", "listen": "tcp:1", "pool": "db"},
+        ],
+        "pools": {
+            "web": {"backends": [{"name": n, "endpoint": f"tcp:host=h:port={i + 1}"}
+                                 for i, n in enumerate("upmdr")]},
+            "db": {"backends": [{"name": "x", "endpoint": "tcp:host=h:port=9"}]},
+        },
+    })
+    pools = {p.name: BackendPool(p) for p in config.pools}
+    balancer = SimpleNamespace(pools=pools, factories=factories, config=config)
+    clock = Clock()
+    live = LiveConfig(pools, config, clock, StateFile(case.mktemp()))
+    return AdminResource(balancer, live, None, clock)
+
+
+def get(resource: AdminResource, path: str) -> Any:
+    """
+    C{GET path} on C{resource}, decoded from JSON.
+    """
+    request = DummyRequest(path.encode().split(b"/")[1:])
+    request.path = path.encode()
+    request.method = b"GET"
+    return json.loads(resource.render(request))
+
+
+class ResourceTests(SynchronousTestCase):
+    """
+    The JSON views on a task clock, with no sockets.
+    """
+
+    def test_goListHealthy(self) -> None:
+        """
+        C{/list} calls a backend C{Healthy} when it gets new traffic: up,
+        or unknown (not checked yet) and ready; not down, maint or drain.
+        """
+        resource = resourceFor(self, {})
+        pool = resource.live.pools["web"]
+        for name, health in (("p", Health.UP), ("d", Health.DOWN), ("r", Health.UP)):
+            pool.get(name).health = health  # type: ignore[union-attr]
+        pool.setAdmin("m", Admin.MAINT)
+        pool.setAdmin("r", Admin.DRAIN)
+        listed = get(resource, "/list")
+        healthy = {e["URL"].rsplit(":", 1)[1]: e["Healthy"] for e in listed}
+        self.assertEqual(healthy, {"1": True, "2": True, "3": False, "4": False,
+                                   "5": False})
+
+    def test_errorsByMode(self) -> None:
+        """
+        A pool an HTTP listener serves counts its 4xx and 5xx answers as
+        errors; a TCP-only pool counts the clients refused: for lack of a
+        backend, a full queue, or a queue timeout.
+        """
+        front = SimpleNamespace(accepted=9, activeClients=2, refused=1,
+                                statuses={"2xx": 5, "4xx": 1, "5xx": 2})
+        resource = resourceFor(self, {"front": front,
+                                      "raw": SimpleNamespace(accepted=4, activeClients=1)})
+        db = resource.live.pools["db"]
+        db.noBackend, db.queueFull, db.queueTimeouts = 1, 2, 3
+        web = resource.live.pools["web"]
+        web.noBackend = 7
+        body = get(resource, "/api/pools")
+        views = {p["name"]: p for p in body["pools"]}
+        self.assertEqual(views["web"]["errors"], 3)
+        self.assertEqual(views["web"]["responses"], {"2xx": 5, "4xx": 1, "5xx": 2})
+        self.assertEqual(views["db"]["errors"], 6)
+        self.assertEqual(views["db"]["responses"], {})
+        self.assertEqual((views["db"]["queueFull"], views["db"]["queueTimeouts"]), (2, 3))
+        self.assertEqual(body["total"]["errors"], 9)
+        self.assertEqual(body["total"]["noBackend"], 8)
+        self.assertIsNone(body["total"]["responsePercentiles"]["p50"])
+        self.assertEqual(get(resource, "/api/pools/db")["errors"], 6)
+        listeners = {item["name"]: item for item in get(resource, "/api/listeners")}
+        self.assertEqual(listeners["front"]["responses"], front.statuses)
+        self.assertEqual((listeners["front"]["active"], listeners["front"]["refused"]),
+                         (2, 1))
+        self.assertEqual((listeners["raw"]["responses"], listeners["raw"]["active"]),
+                         ({}, 1))
+
+    def test_recent(self) -> None:
+        """
+        Recent rates are measured from the oldest sample of the window to
+        the request's own numbers; none before the first sample.
+        """
+        front = SimpleNamespace(statuses={"2xx": 0})
+        resource = resourceFor(self, {"front": front})
+        self.assertIsNone(get(resource, "/api/pools")["total"]["recent"])
+        resource.history.add(resource.sample())
+        web = resource.live.pools["web"]
+        u = web.get("u")
+        assert u is not None
+        for _ in range(8):
+            web.opened(u)
+            u.responseTime = 0.02
+        front.statuses = {"2xx": 6, "5xx": 2}
+        resource.clock.advance(4)  # type: ignore[attr-defined]
+        body = get(resource, "/api/pools")
+        recent = body["pools"][0]["recent"]
+        self.assertEqual(recent["seconds"], 4)
+        self.assertEqual(recent["requestRate"], 2.0)
+        self.assertEqual(recent["errorRate"], 0.5)
+        self.assertEqual(recent["responseRates"], {"2xx": 1.5, "5xx": 0.5})
+        self.assertTrue(0.01 < recent["responsePercentiles"]["p50"] <= 0.025)
+        self.assertEqual(body["total"]["recent"]["requestRate"], 2.0)
+        self.assertEqual(body["pools"][1]["recent"]["requestRate"], 0.0)
+        # Past the window, the old sample is no base any more.
+        resource.clock.advance(20)  # type: ignore[attr-defined]
+        self.assertIsNone(get(resource, "/api/pools")["total"]["recent"])
 
 
 class GoCompatibleTests(TestCase):

@@ -241,6 +241,51 @@ class ErrorTests(SynchronousTestCase):
         self.assertError({"listeners": [{"listen": "tcp:1"}]},
                          "pools: at least one pool is needed")
 
+    def test_listenerTLS(self) -> None:
+        """
+        A TLS listener's C{tls} block is a mapping of known keys; C{alpn}
+        lists protocol names, only those HTTP mode speaks in HTTP mode; no
+        other endpoint kind takes one.
+        """
+        def tls(value: Any, listen: str = "ssl:8443:privateKey=k.pem", mode: str = "tcp") -> Any:
+            data = minimal()
+            data["listeners"][0].update(listen=listen, mode=mode, tls=value)
+            return data
+
+        cases = [
+            (tls({"alpn": ["h2"]}, listen="tcp:8080"),
+             "listeners[0].tls: only an ssl: listener has TLS settings, not 'tcp:8080'"),
+            (tls({"certificates": []}),
+             "listeners[0].tls.certificates: unknown key (expected one of: alpn)"),
+            (tls(["h2"]), "listeners[0].tls: expected a mapping, got a list"),
+            (tls({"alpn": "h2"}), "listeners[0].tls.alpn: expected a list, got 'h2'"),
+            (tls({"alpn": ["h2", 2]}),
+             "listeners[0].tls.alpn[1]: expected a non-empty string, got 2"),
+            (tls({"alpn": ["h2", "h2"]}), "listeners[0].tls.alpn[1]: 'h2' is listed twice"),
+            (tls({"alpn": ["h\u00e9"]}),
+             "listeners[0].tls.alpn[0]: expected a protocol name like 'h2' or 'http/1.1', "
+             "got 'h\u00e9'"),
+            (tls({"alpn": ["x" * 256]}),
+             "listeners[0].tls.alpn[0]: expected a protocol name like 'h2' or 'http/1.1', "
+             f"got '{'x' * 256}'"),
+            (tls({"alpn": ["h2", "http/1.1"]}, mode="http"),
+             "listeners[0].tls.alpn[0]: http mode speaks http/1.1 and http/1.0 only, not "
+             "'h2' (offer it from a tcp mode listener)"),
+        ]
+        for data, message in cases:
+            self.assertError(data, message)
+        parsed = [
+            (tls({"alpn": ["h2", "http/1.1"]}), ("h2", "http/1.1")),
+            (tls({}), ()),
+            (tls(None), ()),
+            (tls({"alpn": []}, mode="http"), ()),
+            (tls(None, mode="http"), ("http/1.1",)),
+            (tls({}, mode="http"), ("http/1.1",)),
+            (tls(None, listen="tcp:8080", mode="http"), ("http/1.1",)),
+        ]
+        for data, alpn in parsed:
+            self.assertEqual(parseConfig(data).listeners[0].alpn, alpn, data)
+
     def test_stickyNeedsHTTP(self) -> None:
         """
         Sticky sessions on a pool a TCP listener uses are refused, not ignored.

@@ -5,18 +5,20 @@ against a real admin API, and its pieces in isolation.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
 from typing import Any
 
+import attrs
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.ctl import CtlError, backendBody, run
-from lbtwist.pool import Admin
+from lbtwist.ctl import CtlError, backendBody, parser, run
+from lbtwist.pool import Admin, BackendStats
 from tests.support import reactor
 from tests.test_admin import TOKEN, AdminHarness
 
@@ -57,13 +59,14 @@ class CommandTests(TestCase):
     @inlineCallbacks
     def test_listJSON(self) -> Any:
         """
-        C{--json list} prints the API's answer.
+        C{--json list} and C{list --json} print the API's answer.
         """
         h = AdminHarness(self)
-        out, err, code = yield ctl(h.admin, "--json", "list")
-        self.assertEqual(code, 0, err)
-        data = json.loads(out)
-        self.assertEqual([b["name"] for b in data["pools"][0]["backends"]], ["a", "b"])
+        for args in (("--json", "list"), ("list", "--json")):
+            out, err, code = yield ctl(h.admin, *args)
+            self.assertEqual(code, 0, err)
+            data = json.loads(out)
+            self.assertEqual([b["name"] for b in data["pools"][0]["backends"]], ["a", "b"])
 
     @inlineCallbacks
     def test_changes(self) -> Any:
@@ -128,42 +131,118 @@ class PieceTests(SynchronousTestCase):
 
     def test_severalPools(self) -> None:
         """
-        With several pools a change needs C{--pool}.
+        With several pools, adding a backend needs C{--pool}; the error
+        lists the pools.
         """
+        api = FakeAPI({"x": ["a"], "y": ["b"]})
+        e = self.assertRaises(CtlError, run, ["ctl", "add", "c", "h:1"], {}, io.StringIO(),
+                              api.open)
+        self.assertEqual(str(e), "there are several pools (x, y): give --pool")
 
-        class Answer(io.BytesIO):
-            def __enter__(self) -> Answer:  # noqa: PYI034
-                return self
+    def test_poolFoundByBackend(self) -> None:
+        """
+        With several pools, a command on a backend acts in the one pool that
+        has a backend of that name.
+        """
+        api = FakeAPI({"x": ["a"], "y": ["b", "c"]})
+        run(["ctl", "drain", "c"], {}, io.StringIO(), api.open)
+        self.assertEqual(api.calls[-1], "PATCH http://127.0.0.1:9000/api/pools/y/backends/c")
 
-            def __exit__(self, *a: object) -> None:
-                pass
-
-        def opener(request: Any, timeout: float) -> Any:
-            return Answer(json.dumps({"pools": [{"name": "x"}, {"name": "y"}]}).encode())
-
+    def test_backendAmbiguousOrMissing(self) -> None:
+        """
+        A backend name found in several pools, or in none, is an error that
+        lists the pools.
+        """
+        api = FakeAPI({"x": ["a"], "y": ["a"], "z": []})
         e = self.assertRaises(CtlError, run, ["ctl", "drain", "a"], {}, io.StringIO(),
-                              opener)
-        self.assertIn("give --pool", str(e))
+                              api.open)
+        self.assertEqual(str(e), "backend 'a' is in several pools (x, y): give --pool")
+        e = self.assertRaises(CtlError, run, ["ctl", "remove", "q"], {}, io.StringIO(),
+                              api.open)
+        self.assertEqual(str(e), "no backend 'q' in any pool (x, y, z)")
+        self.assertNotIn("DELETE", " ".join(api.calls))
 
     def test_poolEitherSide(self) -> None:
         """
         C{--pool} may come before the command or after it.
         """
-        calls: list[str] = []
-
-        class Answer(io.BytesIO):
-            def __enter__(self) -> Answer:  # noqa: PYI034
-                return self
-
-            def __exit__(self, *a: object) -> None:
-                pass
-
-        def opener(request: Any, timeout: float) -> Any:
-            calls.append(f"{request.get_method()} {request.full_url}")
-            return Answer(json.dumps({"name": "a", "state": "drain", "weight": 1,
-                                      "active": 0, "total": 0}).encode())
-
         for argv in (["ctl", "--pool", "web", "drain", "a"], ["ctl", "drain", "a", "--pool", "web"]):
-            calls.clear()
-            run(argv, {"LBTWIST_ADMIN_TOKEN": "t"}, io.StringIO(), opener)
-            self.assertEqual(calls, ["PATCH http://127.0.0.1:9000/api/pools/web/backends/a"])
+            api = FakeAPI({"web": ["a"], "api": ["a"]})
+            run(argv, {"LBTWIST_ADMIN_TOKEN": "t"}, io.StringIO(), api.open)
+            self.assertEqual(api.calls, ["PATCH http://127.0.0.1:9000/api/pools/web/backends/a"])
+
+    def test_globalOptionsEitherSide(self) -> None:
+        """
+        C{--json}, C{--admin}, C{--token} and C{--timeout} may follow the
+        command; one left out after it keeps its value from before it.
+        """
+        for argv in (["ctl", "--json", "--admin", "h:1", "--token", "t", "--timeout", "3",
+                      "list"],
+                     ["ctl", "list", "--json", "--admin", "h:1", "--token", "t",
+                      "--timeout", "3"],
+                     ["ctl", "--json", "--timeout", "3", "list", "--admin", "h:1",
+                      "--token", "t"]):
+            api = FakeAPI({"web": ["a"]})
+            out = io.StringIO()
+            run(argv, {}, out, api.open)
+            self.assertEqual(api.calls, ["GET http://h:1/api/pools"])
+            self.assertEqual(api.timeouts, [3.0])
+            self.assertEqual(json.loads(out.getvalue())["pools"][0]["name"], "web")
+
+    def test_help(self) -> None:
+        """
+        The help names the pool option's value C{POOL}, and says the options
+        may follow the command.
+        """
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            parser().parse_args(["ctl", "--help"])
+        text = out.getvalue()
+        self.assertIn("--pool POOL", text)
+        self.assertNotIn("GLOBALPOOL", text)
+        self.assertIn("The options may also follow the command.", " ".join(text.split()))
+
+
+class FakeAPI:
+    """
+    An opener for L{run} that answers as the admin API does for pools of
+    the given backends, and records each request.
+
+    @ivar calls: C{"METHOD URL"} of each request.
+    @ivar timeouts: the timeout of each request.
+    """
+
+    def __init__(self, pools: dict[str, list[str]]) -> None:
+        self.pools = [
+            {"name": pool, "backends": [
+                attrs.asdict(BackendStats(
+                    b, "tcp:host=h:port=1", 1, "up", "up", "ready", 0, 0, 0, {}, 0, 0,
+                    None, None, 0.0))
+                for b in backends]}
+            for pool, backends in pools.items()
+        ]
+        self.calls: list[str] = []
+        self.timeouts: list[float] = []
+
+    def open(self, request: Any, timeout: float) -> Any:
+        """
+        Answer C{request}: the pools for C{GET /api/pools}, else a backend.
+        """
+        self.calls.append(f"{request.get_method()} {request.full_url}")
+        self.timeouts.append(timeout)
+        if request.full_url.endswith("/api/pools"):
+            return _Answer(json.dumps({"pools": self.pools}).encode())
+        return _Answer(json.dumps({"name": "a", "state": "drain", "weight": 1, "active": 0,
+                                   "total": 0, "draining": 0, "grace": 1}).encode())
+
+
+class _Answer(io.BytesIO):
+    """
+    A response body, usable as a context manager as urlopen's answer is.
+    """
+
+    def __enter__(self) -> _Answer:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        pass

@@ -95,10 +95,32 @@ class LifecycleTests(TestCase):
             self.assertIn(status, (200, 201), answer)
         lb.signal(signal.SIGKILL)
         self.assertEqual((yield lb.wait()), -signal.SIGKILL)
-        with open(os.path.join(self.workdir, "lbtwist-state.json")) as f:
+        with open(os.path.join(self.workdir, "lb.state.json")) as f:
             self.assertEqual(json.load(f)["pools"]["web"]["removed"], ["a"])
         yield lb.start()
         self.assertEqual((yield lb.backends()), {"b": (5, "drain"), "c": (1, "ready")})
+        lb.signal(signal.SIGTERM)
+        self.assertEqual((yield lb.wait()), 0)
+
+    @inlineCallbacks
+    def test_oldStateFileKept(self) -> Any:
+        """
+        An upgrader's state in the old default file (C{lbtwist-state.json}
+        beside the config) is applied at start, and the log says so; the
+        next change is saved under the new name.
+        """
+        with open(os.path.join(self.workdir, "lbtwist-state.json"), "w") as f:
+            json.dump({"version": 1, "pools": {"web": {"weights": {"b": 4}}}}, f)
+        lb = Balancer(self, self.workdir)
+        lb.writeConfig({"a": self.ports["a"], "b": self.ports["b"]})
+        yield lb.start()
+        self.assertEqual((yield lb.backends()), {"a": (1, "ready"), "b": (4, "ready")})
+        self.assertIn("lbtwist-state.json (the old default name): 1 weight set in 1 pool",
+                      lb.log())
+        status, answer = yield lb.api("PATCH", "/api/pools/web/backends/a", {"weight": 3})
+        self.assertEqual(status, 200, answer)
+        with open(os.path.join(self.workdir, "lb.state.json")) as f:
+            self.assertEqual(json.load(f)["pools"]["web"]["weights"], {"a": 3, "b": 4})
         lb.signal(signal.SIGTERM)
         self.assertEqual((yield lb.wait()), 0)
 

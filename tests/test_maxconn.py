@@ -328,3 +328,4 @@ class QueueDrainTests(TestCase):
         self.assertTrue(all(f.check(NoBackendAvailable) for f in refused))
         self.assertEqual(backend.failures, {"refused": 100})
         self.assertEqual((backend.slots, pool.queueLength), (0, 0))
+        self.assertEqual(pool.queueTimeouts, n - 100)

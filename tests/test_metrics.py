@@ -5,15 +5,32 @@ scrape time, in its own registry, and C{/metrics} serves them.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectError, ConnectionRefusedError, TimeoutError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import lbtwist
 from lbtwist.config import parseConfig
-from lbtwist.metrics import balancerRegistry, exposition
+from lbtwist.connect import failureKind
+from lbtwist.metrics import (
+    FAILURE_KINDS,
+    NO_COUNTERS,
+    CounterHistory,
+    Counters,
+    Sample,
+    balancerRegistry,
+    exposition,
+    quantile,
+    recentView,
+    responsePercentiles,
+)
 from lbtwist.pool import Admin, BackendPool
 from tests.support import firstLine, inThread, poolConfig
 from tests.test_admin import AdminHarness, call
@@ -144,6 +161,62 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(s[("lbtwist_backend_response_seconds_count", A)], 4)
         self.assertAlmostEqual(s[("lbtwist_backend_response_seconds_sum", A)], 20.0065)
 
+    def test_failuresStartAtZero(self) -> None:
+        """
+        Every backend has a failures series at zero for every known kind
+        before any failure, so C{increase()} sees the first one; a kind
+        outside the list still shows when it is counted.
+        """
+        lb = FakeBalancer()
+        pool = lb.pools["web"]
+        a = pool.get("a")
+        assert a is not None
+        pool.failed(a, "refused", "x")
+        a.failures["novel"] = 2
+        s = samples(exposition(balancerRegistry(lb))[0].decode())
+
+        def failures(backend: str, kind: str) -> float:
+            return s[("lbtwist_backend_failures_total",
+                      (("backend", backend), ("kind", kind), ("pool", "web")))]
+
+        for kind in FAILURE_KINDS:
+            self.assertEqual(failures("b", kind), 0, kind)
+        self.assertEqual(failures("a", "refused"), 1)
+        self.assertEqual(failures("a", "timeout"), 0)
+        self.assertEqual(failures("a", "novel"), 2)
+
+    def test_failureKindsComplete(self) -> None:
+        """
+        The kinds listed are every kind the code counts: the connect
+        classifier's and every literal kind given to the pool.
+        """
+        for reason in (TimeoutError(), ConnectionRefusedError(), ConnectError()):
+            self.assertIn(failureKind(Failure(reason)), FAILURE_KINDS)
+        counted = re.compile(
+            r"\.(?:failed|markDown|backendFailed)\(\s*[\w.]+,\s*\"(\w+)\"")
+        source = Path(lbtwist.__file__).parent
+        used = {kind for path in source.rglob("*.py")
+                for kind in counted.findall(path.read_text())}
+        self.assertTrue({"probe", "response", "errors", "timeout"} <= used, used)
+        self.assertEqual(used - set(FAILURE_KINDS), set())
+
+    def test_queueTimeouts(self) -> None:
+        """
+        A client that waited the queue timeout leaves the queue and is
+        counted in C{lbtwist_pool_queue_timeouts_total}.
+        """
+        lb = FakeBalancer()
+        pool = lb.pools["web"]
+
+        def waiter() -> None:
+            raise AssertionError("a timed-out client is not woken")
+
+        pool.enqueue(waiter)
+        pool.queueTimedOut(waiter)
+        self.assertEqual(pool.queueLength, 0)
+        s = samples(exposition(balancerRegistry(lb))[0].decode())
+        self.assertEqual(s[("lbtwist_pool_queue_timeouts_total", (("pool", "web"),))], 1)
+
     def test_ownRegistry(self) -> None:
         """
         The global registry is left alone.
@@ -151,6 +224,125 @@ class CollectorTests(SynchronousTestCase):
         before = set(REGISTRY._names_to_collectors)
         balancerRegistry(FakeBalancer())
         self.assertEqual(set(REGISTRY._names_to_collectors), before)
+
+
+def buckets(**counts: int) -> list[int]:
+    """
+    A histogram with C{counts} in the buckets named by their upper bound
+    (C{b0_001=3} for C{le="0.001"}, C{inf=1} for +Inf).
+    """
+    from lbtwist.pool import RESPONSE_BUCKETS
+
+    names = [f"b{bound:g}".replace(".", "_") for bound in RESPONSE_BUCKETS] + ["inf"]
+    unknown = set(counts) - set(names)
+    assert not unknown, unknown
+    return [counts.get(n, 0) for n in names]
+
+
+class QuantileTests(SynchronousTestCase):
+    """
+    Percentiles estimated from the response-time histogram.
+    """
+
+    def test_interpolated(self) -> None:
+        """
+        A quantile falls linearly within its bucket, as Prometheus'
+        C{histogram_quantile} has it.
+        """
+        h = buckets(b0_001=5, b0_01=5)
+        # Half of them are at most 1 ms; the 90th is 4/5 of the way through
+        # (0.005, 0.01].
+        self.assertAlmostEqual(quantile(h, 0.5), 0.001)
+        self.assertAlmostEqual(quantile(h, 0.9), 0.009)
+        self.assertAlmostEqual(quantile(h, 0.1), 0.0002)
+        self.assertAlmostEqual(quantile(buckets(b0_25=4), 0.5), 0.175)
+
+    def test_edges(self) -> None:
+        """
+        No responses: no percentile.  Beyond the last bound: the last bound.
+        """
+        self.assertIsNone(quantile(buckets(), 0.5))
+        self.assertEqual(quantile(buckets(b0_001=1, inf=99), 0.99), 10.0)
+        view = responsePercentiles(buckets(b0_001=99, b10=1))
+        self.assertEqual(view["count"], 100)
+        self.assertAlmostEqual(view["p50"], 0.0005050505)  # type: ignore[arg-type]
+        self.assertAlmostEqual(view["p99"], 0.001)  # type: ignore[arg-type]
+
+    def test_fromBackend(self) -> None:
+        """
+        The backend's own histogram gives its percentiles.
+        """
+        a = FakeBalancer().pools["web"].get("a")
+        assert a is not None
+        for t in (0.002, 0.002, 0.002, 0.3):
+            a.responseTime = t
+        view = responsePercentiles(a.responseBuckets)
+        self.assertEqual(view["count"], 4)
+        self.assertTrue(0.001 < view["p50"] <= 0.0025, view)  # type: ignore[operator]
+        self.assertTrue(0.25 < view["p99"] <= 0.5, view)  # type: ignore[operator]
+
+
+class RecentTests(SynchronousTestCase):
+    """
+    Rates and percentiles of the last window, from samples of the counters.
+    """
+
+    def counters(self, requests: int, errors: int, **kw: Any) -> Counters:
+        """
+        Counters with C{requests} and C{errors} and other fields in C{kw}.
+        """
+        return Counters(requests=requests, errors=errors, noBackend=kw.get("noBackend", 0),
+                        queueFull=0, queueTimeouts=kw.get("queueTimeouts", 0),
+                        responses=kw.get("responses", {}),
+                        buckets=tuple(kw.get("buckets", NO_COUNTERS.buckets)))
+
+    def test_rates(self) -> None:
+        """
+        Each counter's increase divided by the seconds between the samples;
+        the percentiles of the responses in between only; a counter that
+        went down gives zero.
+        """
+        then = self.counters(10, 1, responses={"2xx": 9, "5xx": 1},
+                             buckets=buckets(b10=50))
+        now = self.counters(30, 5, noBackend=2, responses={"2xx": 25, "5xx": 5},
+                            buckets=buckets(b10=50, b0_001=20))
+        view = recentView(now, then, 4.0)
+        self.assertEqual(view["requestRate"], 5.0)
+        self.assertEqual(view["errorRate"], 1.0)
+        self.assertEqual(view["noBackendRate"], 0.5)
+        self.assertEqual(view["responseRates"], {"2xx": 4.0, "5xx": 1.0})
+        self.assertEqual(view["responsePercentiles"]["count"], 20)
+        self.assertLessEqual(view["responsePercentiles"]["p99"], 0.001)
+        self.assertEqual(recentView(then, now, 1.0)["requestRate"], 0.0)
+
+    def test_sum(self) -> None:
+        """
+        Counters add up field by field, status classes merged.
+        """
+        total = (NO_COUNTERS + self.counters(1, 2, responses={"2xx": 1})
+                 + self.counters(3, 4, responses={"2xx": 2, "4xx": 1},
+                                 buckets=buckets(inf=2)))
+        self.assertEqual((total.requests, total.errors), (4, 6))
+        self.assertEqual(total.responses, {"2xx": 3, "4xx": 1})
+        self.assertEqual(total.buckets[-1], 2)
+
+    def test_baseline(self) -> None:
+        """
+        The baseline is the oldest sample within the window, and never one
+        taken now; samples older than the window are not used.
+        """
+        history = CounterHistory(window=10.0)
+        self.assertEqual(history.interval, 1.0)
+        self.assertIsNone(history.baseline(5.0))
+        for t in range(0, 30):
+            history.add(Sample(float(t), {}, NO_COUNTERS))
+        base = history.baseline(29.5)
+        assert base is not None
+        self.assertEqual(base.when, 20.0)
+        history = CounterHistory(window=10.0)
+        history.add(Sample(3.0, {}, NO_COUNTERS))
+        self.assertIsNone(history.baseline(3.0))
+        self.assertIsNone(history.baseline(13.5))
 
 
 class EndpointTests(TestCase):

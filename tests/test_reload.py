@@ -173,6 +173,13 @@ class LiveConfigTests(SynchronousTestCase):
         t.next = configOf(A, B)
         self.assertIsNone(t.live.reload())
         self.assertEqual(t.live.restartNeeded, [])
+        # A listener's TLS settings are the listener's too.
+        from lbtwist.config import ListenerTLS
+
+        t.next = attrs.evolve(configOf(A, B), listeners=(
+            attrs.evolve(t.live.fileConfig.listeners[0], tls=ListenerTLS(alpn=("h2",))),))
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.restartNeeded, ["listeners"])
 
     def test_builtSettingsNeedRestart(self) -> None:
         """

@@ -12,7 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import BackendConfig, parseConfig
 from lbtwist.pool import Admin
-from lbtwist.state import Overrides, StateError, StateFile, defaultStatePath
+from lbtwist.state import (
+    Overrides,
+    StateError,
+    StateFile,
+    defaultStatePath,
+    legacyStatePath,
+)
 
 
 def config() -> object:
@@ -106,6 +112,27 @@ class OverridesTests(SynchronousTestCase):
             self.assertRaises(StateError, Overrides.fromJSON, data)
 
 
+class SummaryTests(SynchronousTestCase):
+    """
+    The overrides counted for the start-up log.
+    """
+
+    def test_summary(self) -> None:
+        """
+        Each kind of change is counted over every pool that has one.
+        """
+        self.assertEqual(Overrides().summary(), "nothing")
+        o = Overrides()
+        o.added("web", BackendConfig("c", "tcp:host=h:port=3"))
+        o.weighted("web", "a", 5)
+        o.weighted("api", "x", 2)
+        o.administered("api", "x", Admin.DRAIN)
+        o.removed("api", "y")
+        self.assertEqual(
+            o.summary(),
+            "1 backend added, 1 backend removed, 2 weights set, 1 admin state set in 2 pools")
+
+
 class StateFileTests(SynchronousTestCase):
     """
     Saving and loading, atomically.
@@ -175,11 +202,45 @@ class StateFileTests(SynchronousTestCase):
 
     def test_defaultPath(self) -> None:
         """
-        The state file sits next to the config file, or in the working
-        directory when there is none.
+        The state file sits next to the config file and is named after it,
+        so two configs in one directory do not share one; with no config
+        file it is in the working directory, named after the first listener.
         """
-        self.assertEqual(defaultStatePath("/etc/lb/lb.yaml"), "/etc/lb/lbtwist-state.json")
-        self.assertEqual(defaultStatePath(None, "/srv"), "/srv/lbtwist-state.json")
+        self.assertEqual(defaultStatePath("/etc/lb/lb.yaml"), "/etc/lb/lb.state.json")
+        self.assertEqual(defaultStatePath("/etc/lb/edge.yml"), "/etc/lb/edge.state.json")
+        self.assertEqual(defaultStatePath("/etc/lb/noext"), "/etc/lb/noext.state.json")
+        self.assertEqual(defaultStatePath(None, "/srv", ["tcp:8080"]),
+                         "/srv/lbtwist-tcp-8080.state.json")
+        self.assertEqual(defaultStatePath(None, "/srv", ["tcp:8080:interface=127.0.0.1", "tcp:81"]),
+                         "/srv/lbtwist-tcp-8080-127.0.0.1.state.json")
+        self.assertEqual(defaultStatePath(None, "/srv", ["unix:/run/lb.sock"]),
+                         "/srv/lbtwist-unix-run-lb.sock.state.json")
+        self.assertEqual(defaultStatePath(None, "/srv"), "/srv/lbtwist.state.json")
+
+    def test_legacyRead(self) -> None:
+        """
+        While the state file does not exist, the old-named one beside it is
+        read (and L{StateFile.loadedFrom} says so); saving writes the new
+        one, which is read from then on.
+        """
+        legacy = legacyStatePath(self.path)
+        self.assertEqual(legacy, os.path.join(os.path.abspath(self.dir), "lbtwist-state.json"))
+        StateFile(legacy).save(self.overrides(3))
+        state = StateFile(self.path, legacy=legacy)
+        self.assertEqual(state.load(), self.overrides(3))
+        self.assertEqual(state.loadedFrom, legacy)
+        state.save(self.overrides(4))
+        self.assertEqual(state.load(), self.overrides(4))
+        self.assertEqual(state.loadedFrom, self.path)
+        self.assertEqual(StateFile(legacy).load(), self.overrides(3))
+
+    def test_loadedFromNothing(self) -> None:
+        """
+        With neither file, nothing is loaded from anywhere.
+        """
+        state = StateFile(self.path, legacy=legacyStatePath(self.path))
+        self.assertEqual(state.load(), Overrides())
+        self.assertIsNone(state.loadedFrom)
 
 
 class CheckWritableTests(SynchronousTestCase):
@@ -220,3 +281,80 @@ class CheckWritableTests(SynchronousTestCase):
             controlService(lb, MemoryReactorClock(), None, "/nonexistent/dir/s.json",
                            signals=False)
         self.assertIn("cannot save the state in '/nonexistent/dir'", str(e.exception))
+
+
+class StartLogTests(SynchronousTestCase):
+    """
+    The balancer says at start which state file it uses and what it
+    restored from it.
+    """
+
+    def start(self, configPath: str | None, statePath: str | None = None) -> list[str]:
+        """
+        Compose the control services over a one-pool balancer; the log
+        messages of the state file it logged.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import capturedLogs, formatEvent
+
+        from lbtwist.reload import controlService
+        from lbtwist.service import LoadBalancer
+
+        lb = LoadBalancer(config(), MemoryReactorClock())  # type: ignore[arg-type]
+        with capturedLogs() as events:
+            controlService(lb, MemoryReactorClock(), configPath, statePath, signals=False)
+        self.lb = lb
+        return [formatEvent(e) for e in events if "state" in e.get("log_format", "")]
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.configPath = os.path.join(self.dir, "lb.yaml")
+
+    def test_noneYet(self) -> None:
+        """
+        With no state file, the log names the one changes will be saved to.
+        """
+        self.assertEqual(self.start(self.configPath), [
+            f"state file {self.dir}/lb.state.json: none yet; changes made at run time "
+            "are saved there"])
+
+    def test_restored(self) -> None:
+        """
+        A state file's overrides are applied, and the log says from which
+        file and what they are.
+        """
+        o = Overrides()
+        o.weighted("web", "a", 7)
+        o.removed("web", "b")
+        StateFile(os.path.join(self.dir, "lb.state.json")).save(o)
+        self.assertEqual(self.start(self.configPath), [
+            f"state restored from {self.dir}/lb.state.json: 1 backend removed, "
+            "1 weight set in 1 pool"])
+        self.assertEqual([(b.name, b.weight) for b in self.lb.pools["web"]], [("a", 7)])
+
+    def test_legacy(self) -> None:
+        """
+        An old-named state file beside the config is still applied, and the
+        log says so and where changes go from now on.
+        """
+        o = Overrides()
+        o.weighted("web", "a", 7)
+        StateFile(os.path.join(self.dir, "lbtwist-state.json")).save(o)
+        [line] = self.start(self.configPath)
+        self.assertEqual(line, (
+            f"state restored from {self.dir}/lbtwist-state.json (the old default name): "
+            f"1 weight set in 1 pool; changes are saved to {self.dir}/lb.state.json from now "
+            "on, which is read instead once it exists"))
+
+    def test_givenPathNoLegacy(self) -> None:
+        """
+        A state file named on the command line is the only one read: an
+        old-named file beside it is not.
+        """
+        o = Overrides()
+        o.weighted("web", "a", 7)
+        StateFile(os.path.join(self.dir, "lbtwist-state.json")).save(o)
+        given = os.path.join(self.dir, "mine.json")
+        self.assertEqual(self.start(self.configPath, given), [
+            f"state file {given}: none yet; changes made at run time are saved there"])

@@ -4,14 +4,16 @@ Tests for L{lbtwist.tap} and the twistd plugin.
 
 from __future__ import annotations
 
+import os
+import re
+
 import yaml
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python.filepath import FilePath
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.tap import BadConfiguration, Options
+from lbtwist.tap import BadCommandLine, BadConfiguration, Options
 
 
 class PluginTests(SynchronousTestCase):
@@ -105,20 +107,40 @@ class OptionsTests(SynchronousTestCase):
 
     def test_demo(self) -> None:
         """
-        C{--demo} balances over three demo backends on loopback.
+        C{--demo} balances over three demo backends on loopback, and keeps
+        its changes in a state file of its own in the working directory.
         """
-        config = self.parse("--demo")["lbconfig"]
+        options = self.parse("--demo")
+        config = options["lbconfig"]
         self.assertEqual([b.name for b in config.pool("default").backends],
                          ["demo-1", "demo-2", "demo-3"])
         self.assertIn("interface=127.0.0.1", config.listeners[0].endpoint)
+        self.assertEqual(options["state"], os.path.abspath("lbtwist-demo.state.json"))
+        self.assertIsNone(config.state)
+        self.assertEqual(self.parse("--demo", "--state", "s.json")["state"], "s.json")
 
     def test_noBackend(self) -> None:
         """
-        Nothing to balance across is a usage error.
+        Nothing to balance across is a usage error: one line, the reason
+        first, then where the help is (not twistd's whole usage text).
         """
-        with self.assertRaises(UsageError) as e:
+        with self.assertRaises(BadCommandLine) as e:
             self.parse("--listen", "tcp:8080")
-        self.assertIn("--backend", str(e.exception))
+        self.assertEqual(
+            str(e.exception),
+            "twistd lb: give --config FILE, or at least one --backend, or --demo "
+            "(see twistd lb --help)")
+
+    def test_unknownOption(self) -> None:
+        """
+        An option twistd lb does not have, or one missing its value, is
+        refused the same way.
+        """
+        for args, reason in [(("--bogus",), "option --bogus not recognized"),
+                             (("--backend",), "option --backend requires argument")]:
+            with self.assertRaises(BadCommandLine) as e:
+                self.parse(*args)
+            self.assertEqual(str(e.exception), f"twistd lb: {reason} (see twistd lb --help)")
 
     def test_badValues(self) -> None:
         """
@@ -172,9 +194,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.pool("web").backends[0].name, "127.0.0.1:81")
         for args in (("--backend", "tcp:host=a:port=1"), ("--mode", "http"),
                      ("--policy", "leastconn"), ("--retries", "7")):
-            with self.assertRaises(UsageError) as e:
+            with self.assertRaises(BadCommandLine) as e:
                 self.parse("--config", path.path, *args)
-            self.assertIn(f"{args[0]} cannot be combined with --config", str(e.exception))
+            self.assertTrue(str(e.exception).startswith(
+                f"twistd lb: {args[0]} cannot be combined with --config"))
 
     def test_badConfigFile(self) -> None:
         """
@@ -185,3 +208,61 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(BadConfiguration) as e:
             self.parse("--config", path.path)
         self.assertIn("pools.web.policy", str(e.exception))
+
+
+class HelpTests(SynchronousTestCase):
+    """
+    What C{twistd lb --help} says.
+    """
+
+    def help(self) -> dict[str, str]:
+        """
+        The help text of each option, by option, its lines joined.
+        """
+        texts: dict[str, str] = {}
+        option = ""
+        for line in str(Options()).splitlines()[2:]:
+            m = re.match(r"\s*(?:-\w, )?(--[\w-]+)=?\s+(.*)$", line)
+            if m:
+                option = m.group(1)
+                texts[option] = m.group(2)
+            elif line.strip():
+                texts[option] += " " + line.strip()
+        return texts
+
+    def test_defaults(self) -> None:
+        """
+        Every option with a default says it.
+        """
+        texts = self.help()
+        for option, default in [
+            ("--listen", "default tcp:8080, which is every interface"),
+            ("--admin", "default tcp:9000:interface=127.0.0.1"),
+            ("--retries", "default 2"), ("--connect-timeout", "default 5s"),
+            ("--idle-timeout", "default 300s"), ("--request-timeout", "default 10s"),
+            ("--response-timeout", "default 60s"), ("--check-interval", "default 2s"),
+            ("--rise", "default 2"), ("--fall", "default 3"),
+            ("--status-interval", "default 30"), ("--grace", "default 30"),
+            ("--policy", "default roundrobin"), ("--mode", "default tcp"),
+            ("--state", "lb.state.json"),
+        ]:
+            self.assertIn(default, texts[option], option)
+
+    def test_backendForms(self) -> None:
+        """
+        The help shows both forms of a backend: an endpoint string and
+        C{HOST:PORT}.
+        """
+        text = self.help()["--backend"]
+        self.assertIn("tcp:host=10.0.0.5:port=80", text)
+        self.assertIn("HOST:PORT", text)
+        self.assertIn("10.0.0.5:80", text)
+        self.assertIn("--backend ENDPOINT|HOST:PORT", str(Options()).splitlines()[0])
+
+    def test_spacing(self) -> None:
+        """
+        No help text has a run of spaces inside it (a docstring's line break
+        shown as is).
+        """
+        for option, text in self.help().items():
+            self.assertNotIn("  ", text, option)

@@ -1,15 +1,20 @@
 // The lbtwist dashboard: polls the admin API every second and redraws the
-// backend tables and a traffic chart.  Plain JS and canvas, no library, so
-// the page works with no internet access.
+// overview (rates, errors and response times per pool and in total), two
+// charts, the backend tables and the listeners.  Plain JS and canvas, no
+// library, so the page works with no internet access.  When the API stops
+// answering the page is dimmed and says since when.
 "use strict";
 
 (function () {
-  var HISTORY = 120;                     // seconds of traffic kept for the chart
+  var HISTORY = 120;                     // polls (seconds) kept for the charts
   var COLORS = ["#4a90d9", "#e67e22", "#2e8b57", "#9b59b6", "#c0392b",
                 "#16a085", "#d35400", "#7f8c8d", "#f1c40f", "#34495e"];
-  var history = {};                      // "pool/backend" -> [rate, ...]
-  var lastTotals = {};                   // "pool/backend" -> total at last poll
-  var lastTime = null;
+  var POOL_COLORS = ["#c0392b", "#8e44ad", "#d35400", "#2c3e50", "#b8860b"];
+  var TOTAL_COLOR = "#222";
+  var traffic = series();                // "pool/backend" -> requests/s
+  var errors = series();                 // pool -> errors/s
+  var colors = {};                       // key -> colour, kept once given
+  var staleSince = null;
 
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -19,7 +24,54 @@
   }
 
   function ms(seconds) {
-    return seconds === null || seconds === undefined ? "-" : (seconds * 1000).toFixed(1);
+    if (seconds === null || seconds === undefined) { return "-"; }
+    var v = seconds * 1000;
+    return v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0);
+  }
+
+  function perSecond(rate) {
+    if (rate === null || rate === undefined) { return "-"; }
+    return rate.toFixed(rate < 10 ? 2 : 1);
+  }
+
+  function clock(date) {
+    function two(n) { return (n < 10 ? "0" : "") + n; }
+    return two(date.getHours()) + ":" + two(date.getMinutes()) + ":" +
+      two(date.getSeconds());
+  }
+
+  // One colour per key for as long as the page lives, so a backend keeps
+  // its colour in the chart, the legend and its share bar.
+  function colorOf(key, palette) {
+    if (!(key in colors)) {
+      var used = 0;
+      for (var k in colors) { if (colors[k].palette === palette) { used++; } }
+      colors[key] = {palette: palette, color: palette[used % palette.length]};
+    }
+    return colors[key].color;
+  }
+
+  // Rates per second of counters, from one poll to the next, kept for the
+  // last HISTORY polls.
+  function series() {
+    return {values: {}, last: {}, lastTime: null};
+  }
+
+  function record(s, counters, now) {
+    for (var key in counters) {
+      var values = s.values[key] || (s.values[key] = []);
+      var rate = 0;
+      if (s.lastTime !== null && key in s.last) {
+        rate = Math.max(0, counters[key] - s.last[key]) / Math.max(0.001, now - s.lastTime);
+      }
+      values.push(rate);
+      while (values.length > HISTORY) { values.shift(); }
+      s.last[key] = counters[key];
+    }
+    for (var old in s.values) {
+      if (!(old in counters)) { delete s.values[old]; delete s.last[old]; }
+    }
+    s.lastTime = now;
   }
 
   function getJSON(path) {
@@ -29,25 +81,74 @@
     });
   }
 
+  function summaryRow(name, view, eligible, isTotal) {
+    var recent = view.recent || {};
+    var rates = recent.responseRates || {};
+    var p = recent.responsePercentiles || {};
+    var row = el("tr", {"data-summary": name});
+    if (isTotal) { row.className = "total"; }
+    row.appendChild(el("td", {"class": "name"}, name));
+    var cells = [
+      ["reqRate", recent.requestRate],
+      ["errRate", recent.errorRate],
+      ["r5xx", recent.requestRate === undefined ? undefined : rates["5xx"] || 0],
+      ["r4xx", recent.requestRate === undefined ? undefined : rates["4xx"] || 0],
+      ["noBackendRate", recent.noBackendRate],
+      ["queueRate", recent.queueFullRate === undefined ? undefined :
+        recent.queueFullRate + recent.queueTimeoutRate],
+    ];
+    cells.forEach(function (c) {
+      var td = el("td", {"class": "num " + c[0]}, perSecond(c[1]));
+      if (c[0] !== "reqRate" && c[1] > 0) { td.className += " bad"; }
+      row.appendChild(td);
+    });
+    ["p50", "p90", "p99"].forEach(function (q) {
+      row.appendChild(el("td", {"class": "num " + q}, ms(p[q])));
+    });
+    row.appendChild(el("td", {"class": "num eligible"}, eligible));
+    return row;
+  }
+
+  function renderSummary(pools, total) {
+    var body = document.querySelector("#summary tbody");
+    body.textContent = "";
+    pools.forEach(function (pool) {
+      body.appendChild(summaryRow(pool.name, pool, pool.eligible + "/" +
+        pool.backends.length, false));
+    });
+    body.appendChild(summaryRow("total", total, "", true));
+    if (total.recent) {
+      document.getElementById("window").textContent = Math.round(total.recent.seconds);
+    }
+  }
+
   function renderPools(pools) {
     var section = document.getElementById("pools");
     section.textContent = "";
     pools.forEach(function (pool) {
       section.appendChild(el("h2", {}, "Pool " + pool.name + " "));
-      section.lastChild.appendChild(el("small", {}, "(" + pool.policy + ", " +
-        pool.eligible + "/" + pool.backends.length + " eligible, " +
-        pool.noBackend + " refused for lack of a backend)"));
+      section.lastChild.appendChild(el("small", {}, "(" + pool.policy + "; since start: " +
+        pool.requests + " sent, " + pool.errors + " errors, " + pool.noBackend +
+        " refused for lack of a backend, " + (pool.queueFull + pool.queueTimeouts) +
+        " refused by the queue)"));
       var table = el("table", {"class": "backends", "data-pool": pool.name});
       var head = el("tr");
-      ["backend", "state", "weight", "active", "total", "failures", "resp ms",
-       "probe ms", "share %"].forEach(function (h, i) {
+      ["backend", "state", "weight", "active", "total", "failures", "last ms",
+       "p50 ms", "p90 ms", "p99 ms", "probe ms", "share %"].forEach(function (h, i) {
         head.appendChild(el("th", i > 1 ? {"class": "num"} : {}, h));
       });
       table.appendChild(el("thead")).appendChild(head);
       var body = table.appendChild(el("tbody"));
       pool.backends.forEach(function (b) {
+        var color = colorOf(pool.name + "/" + b.name, COLORS);
+        var p = b.responsePercentiles || {};
         var row = el("tr", {"data-backend": b.name});
-        row.appendChild(el("td", {"class": "name"}, b.name));
+        var name = el("td", {"class": "name"});
+        var swatch = el("i", {"class": "swatch"});
+        swatch.style.background = color;
+        name.appendChild(swatch);
+        name.appendChild(document.createTextNode(b.name));
+        row.appendChild(name);
         row.appendChild(el("td", {"class": "state state-" + b.state}, b.state));
         row.appendChild(el("td", {"class": "num weight"}, String(b.weight)));
         row.appendChild(el("td", {"class": "num active"}, String(b.active)));
@@ -55,10 +156,14 @@
         row.appendChild(el("td", {"class": "num failures", "title":
           JSON.stringify(b.failuresByKind)}, String(b.failures)));
         row.appendChild(el("td", {"class": "num resp"}, ms(b.responseTime)));
+        ["p50", "p90", "p99"].forEach(function (q) {
+          row.appendChild(el("td", {"class": "num " + q}, ms(p[q])));
+        });
         row.appendChild(el("td", {"class": "num probe"}, ms(b.probeLatency)));
         var share = el("td", {"class": "num share"}, b.share.toFixed(1));
-        var bar = el("span", {"class": "bar"});
+        var bar = el("span", {"class": "bar", "data-color": color});
         bar.style.width = Math.round(b.share) + "px";
+        bar.style.background = color;
         share.appendChild(bar);
         row.appendChild(share);
         body.appendChild(row);
@@ -77,92 +182,129 @@
       });
       row.appendChild(el("td", {"class": "num active"}, String(l.active)));
       row.appendChild(el("td", {"class": "num accepted"}, String(l.accepted)));
+      var http = l.mode === "http";
+      ["1xx", "2xx", "3xx", "4xx", "5xx"].forEach(function (cls) {
+        var n = (l.responses || {})[cls] || 0;
+        var td = el("td", {"class": "num s" + cls}, http ? String(n) : "-");
+        if (n > 0 && (cls === "4xx" || cls === "5xx")) { td.className += " bad"; }
+        row.appendChild(td);
+      });
+      row.appendChild(el("td", {"class": "num refused"}, http ? String(l.refused) : "-"));
       body.appendChild(row);
     });
   }
 
-  function record(pools, now) {
-    var seen = {};
-    pools.forEach(function (pool) {
-      pool.backends.forEach(function (b) {
-        var key = pool.name + "/" + b.name;
-        seen[key] = true;
-        var series = history[key] || (history[key] = []);
-        if (lastTime !== null && key in lastTotals) {
-          var rate = Math.max(0, b.total - lastTotals[key]) / Math.max(0.001, now - lastTime);
-          series.push(rate);
-        } else {
-          series.push(0);
-        }
-        while (series.length > HISTORY) { series.shift(); }
-        lastTotals[key] = b.total;
-      });
-    });
-    for (var key in history) {
-      if (!seen[key]) { delete history[key]; delete lastTotals[key]; }
-    }
-    lastTime = now;
-  }
-
-  function drawChart() {
-    var canvas = document.getElementById("chart");
+  // Draw lines (each {key, label, color, values}) and their total, dashed,
+  // on a canvas, with nice Y ticks; fill the legend with the same colours.
+  function drawChart(canvasId, legendId, lines) {
+    var canvas = document.getElementById(canvasId);
     var ctx = canvas.getContext("2d");
-    var w = canvas.width, h = canvas.height, pad = 30;
+    var w = canvas.width, h = canvas.height, left = 44, top = 8, bottom = 8;
     ctx.clearRect(0, 0, w, h);
-    var keys = Object.keys(history).sort();
-    var peak = 1;
-    keys.forEach(function (k) {
-      history[k].forEach(function (v) { peak = Math.max(peak, v); });
-    });
-    ctx.strokeStyle = "#e3e6ea";
-    ctx.fillStyle = "#666";
-    ctx.font = "11px sans-serif";
-    for (var i = 0; i <= 4; i++) {
-      var y = pad / 2 + (h - pad) * i / 4;
-      ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(w, y); ctx.stroke();
-      ctx.fillText((peak * (4 - i) / 4).toFixed(peak < 4 ? 1 : 0), 2, y + 4);
+    var length = 0;
+    lines.forEach(function (l) { length = Math.max(length, l.values.length); });
+    var total = [];
+    for (var j = 0; j < length; j++) {
+      var sum = 0;
+      lines.forEach(function (l) {
+        var offset = length - l.values.length;
+        if (j >= offset) { sum += l.values[j - offset]; }
+      });
+      total.push(sum);
     }
-    var legend = document.getElementById("legend");
-    legend.textContent = "";
-    keys.forEach(function (k, n) {
-      var series = history[k], color = COLORS[n % COLORS.length];
+    var peak = 0;
+    total.forEach(function (v) { peak = Math.max(peak, v); });
+    var axis = LbtwistTicks.niceTicks(peak, 4);
+    canvas.setAttribute("data-ticks", axis.labels.join(","));
+    function y(v) { return top + (h - top - bottom) * (1 - v / axis.top); }
+    function x(j, n) { return w - (n - 1 - j) * (w - left) / (HISTORY - 1); }
+    ctx.font = "11px sans-serif";
+    ctx.textAlign = "right";
+    axis.ticks.forEach(function (t, i) {
+      ctx.strokeStyle = "#e3e6ea";
+      ctx.lineWidth = 1;
+      ctx.beginPath(); ctx.moveTo(left, y(t)); ctx.lineTo(w, y(t)); ctx.stroke();
+      ctx.fillStyle = "#666";
+      ctx.fillText(axis.labels[i], left - 4, y(t) + 4);
+    });
+    function stroke(values, color, dashed) {
       ctx.strokeStyle = color;
-      ctx.lineWidth = 2;
+      ctx.lineWidth = dashed ? 2.5 : 2;
+      ctx.setLineDash(dashed ? [6, 4] : []);
       ctx.beginPath();
-      series.forEach(function (v, j) {
-        var x = w - (series.length - 1 - j) * (w - pad) / (HISTORY - 1);
-        var y = pad / 2 + (h - pad) * (1 - v / peak);
-        if (j === 0) { ctx.moveTo(x, y); } else { ctx.lineTo(x, y); }
+      values.forEach(function (v, k) {
+        if (k === 0) { ctx.moveTo(x(k, values.length), y(v)); }
+        else { ctx.lineTo(x(k, values.length), y(v)); }
       });
       ctx.stroke();
-      var item = el("span", {}, "");
-      var swatch = el("i");
-      swatch.style.background = color;
-      item.appendChild(swatch);
-      item.appendChild(document.createTextNode(k + " " +
-        (series.length ? series[series.length - 1].toFixed(1) : "0") + "/s"));
-      legend.appendChild(item);
+      ctx.setLineDash([]);
+    }
+    var legend = document.getElementById(legendId);
+    legend.textContent = "";
+    function item(label, color, values, dashed) {
+      var span = el("span", {"data-series": label, "data-color": color});
+      var swatch = el("i", dashed ? {"class": "total"} : {});
+      if (!dashed) { swatch.style.background = color; }
+      span.appendChild(swatch);
+      span.appendChild(document.createTextNode(label + " " +
+        perSecond(values.length ? values[values.length - 1] : 0) + "/s"));
+      legend.appendChild(span);
+    }
+    lines.forEach(function (l) {
+      stroke(l.values, l.color, false);
+      item(l.label, l.color, l.values, false);
     });
+    stroke(total, TOTAL_COLOR, true);
+    item("total", TOTAL_COLOR, total, true);
+  }
+
+  function recordAndDraw(pools, now) {
+    var totals = {}, errorCounts = {};
+    pools.forEach(function (pool) {
+      errorCounts[pool.name] = pool.errors;
+      pool.backends.forEach(function (b) { totals[pool.name + "/" + b.name] = b.total; });
+    });
+    record(traffic, totals, now);
+    record(errors, errorCounts, now);
+    drawChart("chart", "legend", Object.keys(traffic.values).sort().map(function (k) {
+      return {label: k, color: colorOf(k, COLORS), values: traffic.values[k]};
+    }));
+    drawChart("errors", "errorLegend", Object.keys(errors.values).sort().map(function (k) {
+      return {label: k, color: colorOf("pool " + k, POOL_COLORS), values: errors.values[k]};
+    }));
+  }
+
+  function answering() {
+    staleSince = null;
+    document.body.classList.remove("stale");
+    document.getElementById("stale").hidden = true;
+  }
+
+  function notAnswering() {
+    if (staleSince === null) { staleSince = new Date(); }
+    document.body.classList.add("stale");
+    var note = document.getElementById("stale");
+    note.textContent = "admin API not answering since " + clock(staleSince);
+    note.hidden = false;
+    var status = document.getElementById("status");
+    status.textContent = "admin API unreachable";
+    status.className = "status error";
   }
 
   function poll() {
     Promise.all([getJSON("/api/pools"), getJSON("/api/listeners"),
                  getJSON("/api/health")]).then(function (answers) {
       var pools = answers[0].pools;
-      record(pools, Date.now() / 1000);
+      answering();
+      renderSummary(pools, answers[0].total);
+      recordAndDraw(pools, Date.now() / 1000);
       renderPools(pools);
       renderListeners(answers[1]);
-      drawChart();
       var status = document.getElementById("status");
       status.textContent = answers[2].status;
       status.className = "status " + answers[2].status;
-      document.getElementById("updated").textContent =
-        "updated " + new Date().toLocaleTimeString();
-    }).catch(function (e) {
-      var status = document.getElementById("status");
-      status.textContent = "admin API unreachable";
-      status.className = "status error";
-    });
+      document.getElementById("updated").textContent = "updated " + clock(new Date());
+    }, notAnswering);
   }
 
   poll();
