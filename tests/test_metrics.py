@@ -193,7 +193,7 @@ class CollectorTests(SynchronousTestCase):
         for reason in (TimeoutError(), ConnectionRefusedError(), ConnectError()):
             self.assertIn(failureKind(Failure(reason)), FAILURE_KINDS)
         counted = re.compile(
-            r"\.(?:failed|markDown|backendFailed)\(\s*[\w.]+,\s*\"(\w+)\"")
+            r"\.(?:failed|trafficFailed|markDown|backendFailed)\(\s*[\w.]+,\s*\"(\w+)\"")
         source = Path(lbtwist.__file__).parent
         used = {kind for path in source.rglob("*.py")
                 for kind in counted.findall(path.read_text())}
