@@ -37,16 +37,16 @@ from urllib.parse import unquote, urlsplit
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from .config import BackendConfig, Config, ConfigError, backendFromEndpoint, parseBackend
+from .config import BackendConfig, Config, ConfigError, parseBackend
+from .endpoints import checkEndpoint, parseEndpoint
 from .metrics import (
     NO_COUNTERS,
     CounterHistory,
@@ -76,23 +76,6 @@ _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css)$")
 # -- configuration ------------------------------------------------------------
 
 
-def isLoopback(endpoint: str) -> bool:
-    """
-    Whether a server endpoint string only accepts local clients: a UNIX
-    socket, or TCP bound to a loopback interface.
-    """
-    kind, _, rest = endpoint.partition(":")
-    if kind == "unix":
-        return True
-    args = [a for a in re.split(r"(?<!\\):", rest) if a]
-    named = dict(a.split("=", 1) for a in args if "=" in a)
-    interface = named.get("interface", "").replace("\\:", ":")
-    return (
-        interface.startswith("127.")
-        or interface in ("::1", "localhost", "0:0:0:0:0:0:0:1")
-    )
-
-
 def checkAdmin(config: Config, environ: Mapping[str, str]) -> Config:
     """
     Fill in the admin token from the environment (when the file has none),
@@ -102,7 +85,7 @@ def checkAdmin(config: Config, environ: Mapping[str, str]) -> Config:
     """
     token = config.adminToken or environ.get(TOKEN_VARIABLE) or None
     endpoint = config.admin or DEFAULT_ADMIN
-    if not token and not isLoopback(endpoint):
+    if not token and not parseEndpoint(endpoint, True).loopback:
         raise ConfigError(
             "admin",
             f"the admin API on {endpoint!r} is reachable from the network: set "
@@ -130,18 +113,10 @@ def backendURL(endpoint: str) -> str:
     The C{http://host:port} form of a backend's endpoint string, as the Go
     design shows it; other endpoints are shown as they are.
     """
-    kind, _, rest = endpoint.partition(":")
-    args = [a for a in re.split(r"(?<!\\):", rest) if a]
-    named = dict(a.split("=", 1) for a in args if "=" in a)
-    positional = [a for a in args if "=" not in a]
-    if kind in ("tcp", "tcp6"):
-        host = (named.get("host") or (positional[0] if positional else "")).replace(
-            "\\:", ":")
-        port = named.get("port") or (positional[1] if len(positional) > 1 else "")
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{port}"
-    return endpoint
+    try:
+        return parseEndpoint(endpoint, False).url
+    except ValueError:
+        return endpoint
 
 
 def backendView(pool: BackendPool, backend: Backend) -> dict[str, Any]:
@@ -221,7 +196,7 @@ def poolView(pool: BackendPool, counters: Counters | None = None,
 
 def _checkEndpoint(endpoint: str, path: str) -> None:
     try:
-        clientFromString(MemoryReactor(), endpoint)
+        checkEndpoint(endpoint, server=False)
     except Exception as e:
         raise ConfigError(path, f"invalid endpoint {endpoint!r}: {e}") from e
 
@@ -684,7 +659,7 @@ class AdminResource(Resource):
         escaped = host.replace(":", "\\:")
         endpoint = f"tcp:host={escaped}:port={port}"
         config = BackendConfig(
-            name=backendFromEndpoint(endpoint),
+            name=parseEndpoint(endpoint, False).defaultName,
             endpoint=endpoint,
             health=pool.config.health,
         )

@@ -17,11 +17,12 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import attrs
 import yaml
 
+from .endpoints import ENDPOINT_TYPES, expandAddress, parseEndpoint
+
 T = TypeVar("T")
 
 MODES = ("tcp", "http")
 POLICY_NAMES = ("roundrobin", "weighted", "leastconn", "random", "p2c", "source")
-ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls")
 _NAME = re.compile(r"^[A-Za-z0-9_.:\[\]\-]{1,64}$")
 
 
@@ -370,40 +371,36 @@ def _unique(items: Sequence[T], key: Callable[[T], str], path: str, what: str) -
 
 def validateEndpoint(value: object, path: str, server: bool) -> str:
     """
-    Check the shape of a Twisted endpoint string without building it.
+    Check the shape of a Twisted endpoint string (see L{lbtwist.endpoints}).
 
     A client endpoint needs a host and a port (TCP, TLS) or a path (UNIX); a
-    server endpoint needs a port or a path.  Full parsing happens when the
-    endpoint is built; this catches the common mistakes early with the key
-    path attached.
+    server endpoint needs a port or a path.  Twisted's parsers read it whole
+    when the configuration is checked (L{lbtwist.checks}); this catches the
+    common mistakes early with the key path attached.
     """
     text = _string(value, path)
-    kind, _, rest = text.partition(":")
-    if kind not in ENDPOINT_TYPES:
+    try:
+        endpoint = parseEndpoint(text, server)
+    except ValueError:
         raise ConfigError(
             path,
             f"expected an endpoint string starting with one of "
             f"{', '.join(t + ':' for t in ENDPOINT_TYPES)}"
             f"{'' if server else ', or HOST:PORT'}, got {text!r}",
-        )
-    args = [a for a in re.split(r"(?<!\\):", rest) if a]
-    named = dict(a.split("=", 1) for a in args if "=" in a)
-    positional = [a for a in args if "=" not in a]
-    if kind == "unix":
-        if not (named.get("path") or named.get("address") or positional):
+        ) from None
+    if endpoint.kind == "unix":
+        if not endpoint.path:
             raise ConfigError(path, f"a unix endpoint needs a path, got {text!r}")
         return text
+    port = endpoint.port
     if server:
-        port = named.get("port") or (positional[0] if positional else None)
         if port is None:
-            raise ConfigError(path, f"a {kind} listener needs a port, got {text!r}")
+            raise ConfigError(path, f"a {endpoint.kind} listener needs a port, got {text!r}")
         _integer(port, path + " (port)", 0, 65535)
     else:
-        host = named.get("host") or (positional[0] if positional else None)
-        port = named.get("port") or (positional[1] if len(positional) > 1 else None)
-        if not host or port is None:
+        if not endpoint.host or port is None:
             raise ConfigError(
-                path, f"a {kind} backend needs a host and a port, got {text!r}"
+                path, f"a {endpoint.kind} backend needs a host and a port, got {text!r}"
             )
         _integer(port, path + " (port)", 1, 65535)
     return text
@@ -479,60 +476,6 @@ def parseHealth(data: object, path: str, base: HealthCheck) -> HealthCheck:
     return attrs.evolve(base, **changes)
 
 
-def authority(endpoint: str) -> str | None:
-    """
-    The C{host:port} of a TCP or TLS client endpoint string, as an HTTP Host
-    header writes it (C{[::1]:80} for IPv6); L{None} for other endpoints.
-    """
-    kind, _, rest = endpoint.partition(":")
-    args = [a for a in re.split(r"(?<!\\):", rest) if a]
-    named = dict(a.split("=", 1) for a in args if "=" in a)
-    positional = [a for a in args if "=" not in a]
-    if kind in ("tcp", "tcp6", "ssl", "tls"):
-        host = (named.get("host") or (positional[0] if positional else "")).replace("\\:", ":")
-        port = named.get("port") or (positional[1] if len(positional) > 1 else "")
-        if host and port:
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return None
-
-
-def backendFromEndpoint(endpoint: str) -> str:
-    """
-    A readable default name for a backend given by its endpoint string,
-    always a valid name: C{tcp:host=10.0.0.5:port=80} becomes C{10.0.0.5:80},
-    C{unix:/run/app.sock} becomes C{app.sock}.
-    """
-    name = authority(endpoint)
-    if name is None:
-        kind, _, rest = endpoint.partition(":")
-        name = endpoint
-        if kind == "unix":
-            # The socket file's own name.
-            parts = re.split(r"(?<!\\)[:/]", rest.replace("path=", ""))
-            files = [part for part in parts if part and "=" not in part]
-            if files:
-                name = files[-1]
-    return re.sub(r"[^A-Za-z0-9_.:\[\]\-]", "_", name)[:64]
-
-
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):([0-9]{1,5})$")
-
-
-def expandAddress(text: str) -> str:
-    """
-    Accept C{HOST:PORT} (or C{[IPV6]:PORT}) where an endpoint string is
-    expected, as HAProxy's C{server} lines do: it means
-    C{tcp:host=HOST:port=PORT}.  Anything else is returned unchanged.
-    """
-    m = _HOST_PORT.match(text)
-    if m is None or text.partition(":")[0] in ENDPOINT_TYPES:
-        return text
-    host, port = m.groups()
-    if host.startswith("["):
-        return f"tcp:host={host[1:-1].replace(':', chr(92) + ':')}:port={port}"
-    return f"tcp:host={host}:port={port}"
-
-
 def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
     """
     One backend: C{name}, and either C{endpoint} or C{host} and C{port}.
@@ -563,7 +506,7 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
     else:
         raise ConfigError(path, "a backend needs an endpoint, or a host and a port")
     name = (
-        _name(d["name"], f"{path}.name") if "name" in d else backendFromEndpoint(endpoint)
+        _name(d["name"], f"{path}.name") if "name" in d else parseEndpoint(endpoint, False).defaultName
     )
     weight = _integer(d.get("weight", 1), f"{path}.weight", 0, 256)
     return BackendConfig(
@@ -737,7 +680,7 @@ def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> Liste
     Validate a listener's C{tls} block: a mapping that today holds only
     C{alpn}, a list of protocol names; only an C{ssl:} listener has one.
     """
-    if endpoint.partition(":")[0] != "ssl":
+    if parseEndpoint(endpoint, True).kind != "ssl":
         raise ConfigError(path, f"only an ssl: listener has TLS settings, not {endpoint!r}")
     d = _mapping(data, path, ("alpn",))
     if "alpn" not in d:

@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import attrs
 
+from .endpoints import ENDPOINT_TYPES
 from .pool import BackendStats
 from .status import formatTable
 
@@ -125,8 +126,7 @@ def backendBody(name: str, target: str, weight: int | None, state: str | None
     The body that adds a backend given as an endpoint string or C{host:port}.
     """
     body: dict[str, Any] = {"name": name}
-    kind = target.partition(":")[0]
-    if kind in ("tcp", "tcp6", "unix", "ssl", "tls"):
+    if target.partition(":")[0] in ENDPOINT_TYPES:
         body["endpoint"] = target
     else:
         host, sep, port = target.rpartition(":")

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IAddress, IConnector, IStreamClientEndpo
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 
+from .endpoints import parseEndpoint
 from .leantcp import IReactorDialTCP, ipFamily
 
 
@@ -53,24 +54,18 @@ def tcpAddress(endpoint: str) -> tuple[str, int] | None:
     The host and port of a plain C{tcp:} client endpoint string, or L{None}
     if the string is anything else or has options only an endpoint handles.
     """
-    kind, _, rest = endpoint.partition(":")
-    if kind != "tcp" or "\\" in rest:
+    try:
+        parsed = parseEndpoint(endpoint, False)
+    except ValueError:
         return None
-    named: dict[str, str] = {}
-    positional: list[str] = []
-    for arg in rest.split(":"):
-        if "=" in arg:
-            key, _, value = arg.partition("=")
-            named[key] = value
-        elif arg:
-            positional.append(arg)
-    if set(named) - {"host", "port"} or len(positional) > 2:
+    port = parsed.port
+    if (
+        parsed.kind != "tcp" or "\\" in endpoint or len(parsed.args) > 2
+        or {name for name, _ in parsed.options} - {"host", "port"}
+        or not parsed.host or port is None or not re.fullmatch(r"[0-9]{1,5}", port)
+    ):
         return None
-    host = named.get("host") or (positional[0] if positional else None)
-    port = named.get("port") or (positional[1] if len(positional) > 1 else None)
-    if not host or port is None or not re.fullmatch(r"[0-9]{1,5}", port):
-        return None
-    return host, int(port)
+    return parsed.host, int(port)
 
 
 class Cancellable(typing.Protocol):

@@ -485,8 +485,8 @@ def configLoader(path: str) -> Callable[[], Config]:
     """
 
     def load() -> Config:
+        from .checks import checkEndpoints
         from .config import loadConfigFile
-        from .service import checkEndpoints
 
         config = loadConfigFile(path)
         checkEndpoints(config)

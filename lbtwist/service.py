@@ -5,22 +5,21 @@ the status reporter, composed from one L{Config}.
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any, Callable
 
 import txaio
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 
 from .accesslog import AccessLogFile
-from .config import Config, ConfigError, ListenerConfig
+from .config import Config, ListenerConfig
 from .connect import BackendConnector, ConnectionLimit, EndpointCache
+from .endpoints import parseEndpoint
 from .health import HealthMonitor, Probe, TCPProbe
 from .pool import BackendPool
 from .status import StatusReporter
@@ -66,56 +65,7 @@ def withBacklog(endpoint: str) -> str:
     those clients a one-second retransmit.  HAProxy and nginx listen with
     deeper queues for the same reason.
     """
-    kind = endpoint.partition(":")[0]
-    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in endpoint:
-        return f"{endpoint}:backlog={LISTEN_BACKLOG}"
-    return endpoint
-
-
-def checkEndpoints(config: Config) -> None:
-    """
-    Parse every endpoint string of C{config} as Twisted will, without
-    listening or connecting, so a bad one is refused before anything starts.
-
-    @raise ConfigError: naming the endpoint's key path.
-    """
-    fake = MemoryReactor()
-    checks: list[tuple[str, str, Callable[[Any, str], object]]] = [
-        (f"listeners[{i}].listen", l.endpoint, serverFromString)
-        for i, l in enumerate(config.listeners)
-    ]
-    if config.admin:
-        checks.append(("admin", config.admin, serverFromString))
-    for p in config.pools:
-        checks.extend(
-            (f"pools.{p.name}.backends[{i}].endpoint", b.endpoint, clientFromString)
-            for i, b in enumerate(p.backends)
-        )
-    for path, text, parse in checks:
-        try:
-            parse(fake, text)
-        except Exception as e:
-            raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
-
-
-def checkFiles(config: Config) -> None:
-    """
-    Make sure every access-log file of C{config} can be written, so that a
-    bad path stops the start with its key path rather than a traceback.
-
-    @raise ConfigError: naming the key.
-    """
-    for p in config.pools:
-        path = p.http.accessLog
-        if not isinstance(path, str):
-            continue
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise ConfigError(f"pools.{p.name}.access-log", f"no such directory {directory!r}")
-        if os.path.exists(path) and not os.access(path, os.W_OK):
-            raise ConfigError(f"pools.{p.name}.access-log", f"cannot write {path!r}")
-        if not os.path.exists(path) and not os.access(directory, os.W_OK | os.X_OK):
-            raise ConfigError(f"pools.{p.name}.access-log", f"cannot write in {directory!r}")
+    return parseEndpoint(endpoint, True).withOption("backlog", str(LISTEN_BACKLOG))
 
 
 # What twistd's daemon parent shows of a start failure: it reads 100 bytes

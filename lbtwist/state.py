@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import attrs
 
 from .config import BackendConfig, Config, ConfigError, parseBackend
+from .endpoints import parseEndpoint
 from .pool import Admin
 
 STATE_VERSION = 1
@@ -291,19 +291,8 @@ def defaultStatePath(
         return os.path.join(os.path.dirname(configPath), stem + STATE_SUFFIX)
     name = "lbtwist"
     if listeners:
-        name += "-" + _endpointSlug(listeners[0])
+        name += "-" + parseEndpoint(listeners[0], True).slug
     return os.path.join(cwd if cwd is not None else os.getcwd(), name + STATE_SUFFIX)
-
-
-def _endpointSlug(endpoint: str) -> str:
-    """
-    An endpoint string as a file-name fragment: its values, without the
-    argument names, joined by dashes (C{tcp:8080:interface=127.0.0.1} gives
-    C{tcp-8080-127.0.0.1}).
-    """
-    values = [a.partition("=")[2] or a for a in re.split(r"(?<!\\):", endpoint)]
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(values)).strip("-.")
-    return slug[:60] or "listener"
 
 
 def legacyStatePath(path: str) -> str:

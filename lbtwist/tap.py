@@ -260,10 +260,9 @@ class Options(usage.Options):
                     )
                 config = parseConfig(self._commandLineData())
             config = self._overrides(config)
-            from .service import checkEndpoints, checkFiles
+            from .checks import checkConfig
 
-            checkEndpoints(config)
-            checkFiles(config)
+            checkConfig(config)
             from .admin import checkAdmin
 
             config = checkAdmin(config, os.environ)

@@ -36,6 +36,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .endpoints import parseEndpoint
 from .tcp import describe
 
 # At most one line per listener in this many seconds.
@@ -232,6 +233,6 @@ def listenerReactor(reactor: Any, listenerName: str, endpoint: str) -> Any:
     The reactor to build the endpoint of a listener with: for an C{ssl:}
     endpoint a L{TLSListeningReactor}, for any other the reactor itself.
     """
-    if endpoint.partition(":")[0] != "ssl":
+    if parseEndpoint(endpoint, True).kind != "ssl":
         return reactor
     return TLSListeningReactor(reactor, HandshakeFailures(listenerName, reactor))

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyRequest
 
-from lbtwist.admin import AdminResource, AdminService, backendURL, checkAdmin, isLoopback
+from lbtwist.admin import AdminResource, AdminService, backendURL, checkAdmin
 from lbtwist.config import ConfigError, parseConfig
 from lbtwist.pool import Admin, BackendPool, Health
 from lbtwist.reload import LiveConfig
@@ -879,17 +879,6 @@ class ListenerRuleTests(SynchronousTestCase):
         """
         return attrs.evolve(parseConfig(poolConfig([("a", "tcp:host=h:port=1")])), **kw)
 
-    def test_isLoopback(self) -> None:
-        """
-        Only loopback interfaces and UNIX sockets count as local.
-        """
-        for local in ("tcp:9000:interface=127.0.0.1", "tcp:0:interface=127.0.0.2",
-                      "tcp6:9000:interface=\\:\\:1", "unix:/tmp/admin.sock"):
-            self.assertTrue(isLoopback(local), local)
-        for remote in ("tcp:9000", "tcp:9000:interface=0.0.0.0",
-                       "tcp:9000:interface=10.0.0.1", "tcp6:9000:interface=\\:\\:"):
-            self.assertFalse(isLoopback(remote), remote)
-
     def test_refuseOpenWithoutToken(self) -> None:
         """
         A non-loopback admin listener without a token is refused, naming
@@ -925,15 +914,6 @@ class ListenerRuleTests(SynchronousTestCase):
 
         live = LiveConfig({}, Balancer.config, reactor)
         self.assertRaises(ConfigError, AdminService, Balancer(), live, reactor, {})
-
-    def test_backendURL(self) -> None:
-        """
-        Backends are shown as C{http://host:port} like the Go design does.
-        """
-        self.assertEqual(backendURL("tcp:host=10.0.0.5:port=80"), "http://10.0.0.5:80")
-        self.assertEqual(backendURL("tcp:10.0.0.5:80"), "http://10.0.0.5:80")
-        self.assertEqual(backendURL("tcp6:host=\\:\\:1:port=80"), "http://[::1]:80")
-        self.assertEqual(backendURL("unix:/run/app.sock"), "unix:/run/app.sock")
 
 
 class DefaultListenerTests(TestCase):

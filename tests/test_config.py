@@ -79,7 +79,8 @@ class ParseTests(SynchronousTestCase):
         survives the state file), also for IPv6, UNIX sockets and long
         host names.
         """
-        from lbtwist.config import _NAME, backendFromEndpoint
+        from lbtwist.config import _NAME
+        from lbtwist.endpoints import parseEndpoint
 
         for endpoint, expected in [
             ("tcp:host=10.0.0.5:port=80", "10.0.0.5:80"),
@@ -88,7 +89,7 @@ class ParseTests(SynchronousTestCase):
             ("unix:path=/run/x.sock:timeout=3", "x.sock"),
             ("tcp:host=" + "a" * 80 + ":port=1", "a" * 64),
         ]:
-            name = backendFromEndpoint(endpoint)
+            name = parseEndpoint(endpoint, False).defaultName
             self.assertEqual(name, expected)
             self.assertTrue(_NAME.match(name), name)
 

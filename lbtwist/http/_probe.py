@@ -12,8 +12,9 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from ..config import HealthCheck, authority
+from ..config import HealthCheck
 from ..connect import EndpointCache
+from ..endpoints import parseEndpoint
 from ..health import ProbeFailed
 from ..pool import Backend
 
@@ -132,7 +133,7 @@ class HTTPProbe:
         The bytes of the check request for C{backend}.
         """
         check = backend.healthCheck
-        host = check.host or authority(backend.endpoint) or "localhost"
+        host = check.host or parseEndpoint(backend.endpoint, False).authority or "localhost"
         return (
             f"{check.method} {check.path} HTTP/1.1\r\nHost: {host}\r\n"
             "User-Agent: lbtwist-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"

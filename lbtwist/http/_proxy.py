@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from ..accesslog import httpLine
 from ..config import ListenerConfig
 from ..connect import BackendConnector, EndpointCache, ListenerFactory
+from ..endpoints import parseEndpoint
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
 from ._accesslog import logRequest
@@ -81,7 +82,7 @@ class HTTPProxyFactory(ListenerFactory):
         self._stickyName = (sticky.name or "").encode() if sticky else b""
         self.rules = RequestRules(
             forwardedProto=(
-                b"https" if listener.endpoint.split(":", 1)[0] in ("ssl", "tls") else b"http"
+                b"https" if parseEndpoint(listener.endpoint, True).tls else b"http"
             ),
             hostHeader=http.hostHeader.encode("ascii") if http.hostHeader else None,
             stickyKind=sticky.kind if sticky is not None else None,

@@ -1,0 +1,68 @@
+"""
+Checking a configuration against the world before anything starts: every
+endpoint string built by Twisted's own parsers (certificates read, unknown
+arguments refused), every access-log file writable.  A problem is a
+L{ConfigError} naming the key, and nothing starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .config import Config, ConfigError
+from .endpoints import checkEndpoint
+
+
+def checkConfig(config: Config) -> None:
+    """
+    Everything below.
+
+    @raise ConfigError: naming the key path of the first problem.
+    """
+    checkEndpoints(config)
+    checkFiles(config)
+
+
+def checkEndpoints(config: Config) -> None:
+    """
+    Parse every endpoint string of C{config} as Twisted will, without
+    listening or connecting, so a bad one is refused before anything starts.
+
+    @raise ConfigError: naming the endpoint's key path.
+    """
+    checks = [
+        (f"listeners[{i}].listen", listener.endpoint, True)
+        for i, listener in enumerate(config.listeners)
+    ]
+    if config.admin:
+        checks.append(("admin", config.admin, True))
+    for p in config.pools:
+        checks.extend(
+            (f"pools.{p.name}.backends[{i}].endpoint", b.endpoint, False)
+            for i, b in enumerate(p.backends)
+        )
+    for path, text, server in checks:
+        try:
+            checkEndpoint(text, server)
+        except Exception as e:
+            raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
+
+
+def checkFiles(config: Config) -> None:
+    """
+    Make sure every access-log file of C{config} can be written, so that a
+    bad path stops the start with its key path rather than a traceback.
+
+    @raise ConfigError: naming the key.
+    """
+    for p in config.pools:
+        path = p.http.accessLog
+        if not isinstance(path, str):
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"pools.{p.name}.access-log", f"no such directory {directory!r}")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise ConfigError(f"pools.{p.name}.access-log", f"cannot write {path!r}")
+        if not os.path.exists(path) and not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"pools.{p.name}.access-log", f"cannot write in {directory!r}")
