@@ -45,8 +45,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from .checks import checkEndpoint
 from .config import BackendConfig, Config, ConfigError, parseBackend
-from .endpoints import checkEndpoint, parseEndpoint
+from .endpoints import parseEndpoint
 from .metrics import (
     NO_COUNTERS,
     CounterHistory,

@@ -8,9 +8,11 @@ L{ConfigError} naming the key, and nothing starts.
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString, serverFromString
 
 from .config import Config, ConfigError
-from .endpoints import checkEndpoint
 
 
 def checkConfig(config: Config) -> None:
@@ -66,3 +68,17 @@ def checkFiles(config: Config) -> None:
             raise ConfigError(f"pools.{p.name}.access-log", f"cannot write {path!r}")
         if not os.path.exists(path) and not os.access(directory, os.W_OK | os.X_OK):
             raise ConfigError(f"pools.{p.name}.access-log", f"cannot write in {directory!r}")
+
+
+def checkEndpoint(text: str, server: bool) -> None:
+    """
+    Build the Twisted endpoint for C{text} with Twisted's own parsers,
+    without listening or connecting: certificate files are read, unknown
+    arguments refused.
+
+    @raise Exception: whatever Twisted raises for a bad string.
+    """
+    # Building an endpoint only keeps the reactor for later: there is
+    # nothing to run yet, and no reactor is needed to read the string.
+    reactor: Any = None
+    (serverFromString if server else clientFromString)(reactor, text)

@@ -7,19 +7,17 @@ C{unix:/run/app.sock}, C{ssl:8443:privateKey=...}).  L{parseEndpoint}
 splits one as Twisted does (a backslash escapes the next character, an
 unescaped C{=} makes a keyword argument) into an L{Endpoint}, from which the
 host, port, path, HTTP authority, default backend name, Go-API URL and
-loopback test are derived.  L{checkEndpoint} builds the Twisted endpoint
-with Twisted's own parsers (which also read TLS certificates), so a bad
-string is refused before anything starts.
+loopback test are derived.  (L{lbtwist.checks.checkEndpoint} builds the
+Twisted endpoint with Twisted's own parsers, before anything starts.)
 
-Only the standard library here, and Twisted lazily in L{checkEndpoint}:
-C{lbtwist ctl} reads endpoint strings too, and loads no Twisted.
+Only the standard library here: C{lbtwist ctl} reads endpoint strings too,
+and loads no Twisted.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls")
 
@@ -238,19 +236,3 @@ def expandAddress(text: str) -> str:
     if host.startswith("["):
         return f"tcp:host={host[1:-1].replace(':', chr(92) + ':')}:port={port}"
     return f"tcp:host={host}:port={port}"
-
-
-def checkEndpoint(text: str, server: bool) -> None:
-    """
-    Build the Twisted endpoint for C{text} with Twisted's own parsers,
-    without listening or connecting: certificate files are read, unknown
-    arguments refused.
-
-    @raise Exception: whatever Twisted raises for a bad string.
-    """
-    from twisted.internet.endpoints import clientFromString, serverFromString
-
-    # Building an endpoint only keeps the reactor for later: there is
-    # nothing to run yet, and no reactor is needed to read the string.
-    reactor: Any = None
-    (serverFromString if server else clientFromString)(reactor, text)

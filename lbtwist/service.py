@@ -22,7 +22,7 @@ from .connect import BackendConnector, ConnectionLimit, EndpointCache
 from .endpoints import parseEndpoint
 from .health import HealthMonitor, Probe, TCPProbe
 from .pool import BackendPool
-from .status import StatusReporter
+from .reporter import StatusReporter
 from .tcp import TCPProxyFactory, describe
 from .tlslisten import listenerReactor
 

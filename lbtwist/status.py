@@ -1,17 +1,16 @@
 """
 The status table operators watch: every backend's state and counters, and
-the pool's totals, logged every C{status-interval} seconds.
+the pool's totals.  Logged every C{status-interval} seconds by
+L{lbtwist.reporter.StatusReporter}, printed by C{lbtwist ctl list}.
+
+Plain values in, text out: C{lbtwist ctl} uses it and loads no Twisted.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-import attrs
-from twisted.application.internet import TimerService
-from twisted.logger import Logger
-
-from .pool import BackendPool, BackendStats
+from .pool import BackendStats
 
 _COLUMNS = ("backend", "state", "weight", "active", "total", "failures",
             "probe ms", "resp ms", "share %")
@@ -54,30 +53,3 @@ def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
             ).rstrip()
         )
     return "\n".join(lines)
-
-
-class StatusReporter(TimerService):
-    """
-    Logs every pool's status table on an interval, as one structured event
-    per pool carrying the table and the raw numbers.
-    """
-
-    log = Logger()
-
-    def __init__(self, interval: float, pools: Iterable[BackendPool]) -> None:
-        super().__init__(interval, self.report)
-        self.pools = list(pools)
-
-    def report(self) -> None:
-        """
-        Log the table of every pool now.
-        """
-        for pool in self.pools:
-            stats = pool.stats()
-            self.log.info(
-                "status of pool {pool}:\n{table}",
-                pool=pool.name,
-                table=formatTable(pool.name, stats),
-                backends=[attrs.asdict(s) for s in stats],
-                noBackend=pool.noBackend,
-            )

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.endpoints import checkEndpoint, expandAddress, parseEndpoint
+from lbtwist.checks import checkEndpoint
+from lbtwist.endpoints import expandAddress, parseEndpoint
 
 
 class ParseTests(SynchronousTestCase):

@@ -20,7 +20,6 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
-from ._exchange import STREAMING
 
 
 @implementer(IPushProducer)
@@ -173,7 +172,7 @@ class BackendConnection(BackendProtocol):
                     self._headTooLarge(ex)
                 return
         ex = self.exchange
-        if ex is not None and ex.phase is STREAMING:
+        if ex is not None and ex.response is not None:
             ex.client.flushHead(ex)
         if self._finishAfterFeed:
             self._finishAfterFeed = False
@@ -208,10 +207,7 @@ class BackendConnection(BackendProtocol):
         ex = self.exchange
         if ex is not None:
             response = ex.response
-            if (
-                ex.phase is STREAMING and response is not None and response.untilClose
-                and reason.check(ConnectionDone)
-            ):
+            if response is not None and response.untilClose and reason.check(ConnectionDone):
                 # A body delimited by the close ends cleanly only on a
                 # clean close; a reset leaves it visibly truncated.
                 ex.responseComplete()
@@ -254,7 +250,7 @@ class BackendConnection(BackendProtocol):
         ex = self.exchange
         if ex is None or self._skipBody:
             return
-        if ex.phase is not STREAMING:
+        if ex.response is None:
             # An interim response: the final one follows on the same parser.
             return
         if not self.parser.should_keep_alive():

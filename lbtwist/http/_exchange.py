@@ -48,6 +48,7 @@ from zope.interface import Attribute, Interface  # type: ignore[import-untyped]
 
 from ..connect import ConnectAttempt
 from ..pool import Backend
+from ._backend import BackendConnection
 from ._plan import (
     GIVE_UP,
     RETRY_FRESH,
@@ -330,8 +331,6 @@ class Exchange:
         )
 
     def _build(self, backend: Backend) -> Any:
-        from ._backend import BackendConnection
-
         return BackendConnection(self.factory, backend, self._key(backend), self.client.proxyHeader)
 
     def _counted(self, failures: int) -> None:
