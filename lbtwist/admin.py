@@ -61,6 +61,7 @@ from .metrics import (
 )
 from .pool import Admin, Backend, BackendPool, BackendStats
 from .reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
+from .service import CannotStart
 from .tcp import describe
 
 DEFAULT_ADMIN = "tcp:9000:interface=127.0.0.1"
@@ -753,7 +754,7 @@ class AdminService(Service):
             if self.required:
                 self.log.critical("admin API cannot listen on {endpoint}: {error}",
                                   endpoint=self.endpointText, error=why)
-                raise SystemExit(
+                raise CannotStart(
                     f"lbtwist: admin API cannot listen on {self.endpointText}: {why}")
             self.log.error(
                 "admin API cannot listen on the default {endpoint} ({error}); running "

@@ -16,10 +16,19 @@ from typing import Any
 
 from twisted.application.service import MultiService
 
+from .admin import AdminService
 from .config import Config
 from .gctuning import FrozenStartupHeap
-from .reload import DEFAULT_GRACE, LiveConfig, configLoader, controlService
-from .service import LoadBalancer
+from .reload import (
+    DEFAULT_GRACE,
+    GracefulStop,
+    LiveConfig,
+    ReloadOnSignal,
+    configLoader,
+    loadState,
+)
+from .service import CannotStart, LoadBalancer
+from .state import StateError, StateFile, defaultStatePath, legacyStatePath
 
 
 class Balancer(MultiService):
@@ -78,8 +87,43 @@ class Balancer(MultiService):
             FrozenStartupHeap(reactor).setServiceParent(self)
         self.live: LiveConfig | None = None
         if control:
-            controlService(
-                self.loadBalancer, reactor, configPath, statePath, grace,
-                configLoader(configPath) if configPath else None, signals=signals,
-            ).setServiceParent(self)
-            self.live = self.loadBalancer.live
+            self.live = self._control(reactor, configPath, statePath, grace, signals)
+
+    def _control(self, reactor: Any, configPath: str | None, statePath: str | None,
+                 grace: float, signals: bool) -> LiveConfig:
+        """
+        Compose run-time control around the data plane: the saved state
+        (loaded now), the admin API, metrics and dashboard, reload on
+        C{SIGHUP}, and the graceful stop.
+
+        The state file is C{statePath}, else the configuration's C{state},
+        else one named after the configuration file or the first listener
+        (see L{lbtwist.state.defaultStatePath}); an old-named
+        C{lbtwist-state.json} beside a default one is read while the default
+        one does not exist.
+        """
+        lb = self.loadBalancer
+        given = statePath or lb.config.state
+        path = given or defaultStatePath(
+            configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
+        live = LiveConfig(
+            lb.pools, lb.config, reactor,
+            StateFile(path, legacy=None if given else legacyStatePath(path)),
+            loadConfig=configLoader(configPath) if configPath else None, grace=grace,
+        )
+        try:
+            live.stateFile.checkWritable()  # type: ignore[union-attr]
+            loadState(live)
+        except StateError as e:
+            raise CannotStart(f"lbtwist: {e}") from e
+        control = MultiService()
+        control.setName("control")
+        control.setServiceParent(self)
+        GracefulStop(
+            live, reactor, grace,
+            softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
+        ).setServiceParent(control)
+        AdminService(lb, live, reactor).setServiceParent(control)
+        if signals:
+            ReloadOnSignal(live, reactor, reopenLogs=lb.reopenAccessLogs).setServiceParent(control)
+        return live

@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from .config import BackendConfig, Config, ConfigError, PoolConfig
 from .policies import POLICIES
 from .pool import Admin, Backend, BackendPool
-from .state import Overrides, StateError, StateFile
+from .state import Overrides, StateFile
 
 DEFAULT_GRACE = 30.0
 
@@ -635,54 +635,3 @@ class GracefulStop(Service):
 
         check()
         return done
-
-
-def controlService(
-    lb: Any,
-    reactor: Any,
-    configPath: str | None,
-    statePath: str | None,
-    grace: float = DEFAULT_GRACE,
-    loadConfig: Callable[[], Config] | None = None,
-    signals: bool = True,
-) -> MultiService:
-    """
-    Compose run-time control around a L{lbtwist.service.LoadBalancer}: the
-    saved state (loaded now), the admin API, metrics and dashboard, reload
-    on C{SIGHUP}, and the graceful stop.
-
-    The state file is C{statePath}, else the configuration's C{state}, else
-    one named after the configuration file or the first listener (see
-    L{lbtwist.state.defaultStatePath}); an old-named C{lbtwist-state.json}
-    beside a default one is read while the default one does not exist.
-
-    @raise SystemExit: the state file is not valid, or cannot be saved.
-    """
-    from .admin import AdminService
-    from .state import defaultStatePath, legacyStatePath
-
-    given = statePath or lb.config.state
-    path = given or defaultStatePath(
-        configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
-    live = LiveConfig(
-        lb.pools, lb.config, reactor,
-        StateFile(path, legacy=None if given else legacyStatePath(path)),
-        loadConfig=loadConfig, grace=grace,
-    )
-    try:
-        live.stateFile.checkWritable()  # type: ignore[union-attr]
-        loadState(live)
-    except StateError as e:
-        raise SystemExit(f"lbtwist: {e}") from e
-    lb.live = live
-    top = MultiService()
-    top.setName("control")
-    GracefulStop(
-        live, reactor, grace,
-        softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
-    ).setServiceParent(top)
-    AdminService(lb, live, reactor).setServiceParent(top)
-    if signals:
-        ReloadOnSignal(live, reactor, reopenLogs=getattr(lb, "reopenAccessLogs", None)
-                       ).setServiceParent(top)
-    return top

@@ -209,12 +209,9 @@ class LoadBalancer(MultiService):
     @ivar factories: each listener's protocol factory, by listener name.
     @ivar limit: the global maxconn over every listener, if set.
     @ivar accessFiles: the access-log files, by path.
-    @ivar live: the run-time control of the pools (a
-        L{lbtwist.reload.LiveConfig}), once one is composed around it.
     """
 
     log = Logger()
-    live: Any = None
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
         super().__init__()

@@ -270,16 +270,14 @@ class CheckWritableTests(SynchronousTestCase):
         """
         from twisted.internet.testing import MemoryReactorClock
 
-        from lbtwist.reload import controlService
-        from lbtwist.service import LoadBalancer
+        from lbtwist.app import Balancer
+        from lbtwist.service import CannotStart
 
-        lb = LoadBalancer(parseConfig({
-            "listeners": [{"listen": "tcp:0"}],
-            "pools": {"web": {"backends": ["tcp:host=h:port=1"]}},
-        }), MemoryReactorClock())
-        with self.assertRaises(SystemExit) as e:
-            controlService(lb, MemoryReactorClock(), None, "/nonexistent/dir/s.json",
-                           signals=False)
+        with self.assertRaises(CannotStart) as e:
+            Balancer(parseConfig({
+                "listeners": [{"listen": "tcp:0"}],
+                "pools": {"web": {"backends": ["tcp:host=h:port=1"]}},
+            }), MemoryReactorClock(), statePath="/nonexistent/dir/s.json", signals=False)
         self.assertIn("cannot save the state in '/nonexistent/dir'", str(e.exception))
 
 
@@ -297,13 +295,12 @@ class StartLogTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
         from twisted.logger import capturedLogs, formatEvent
 
-        from lbtwist.reload import controlService
-        from lbtwist.service import LoadBalancer
+        from lbtwist.app import Balancer
 
-        lb = LoadBalancer(config(), MemoryReactorClock())  # type: ignore[arg-type]
         with capturedLogs() as events:
-            controlService(lb, MemoryReactorClock(), configPath, statePath, signals=False)
-        self.lb = lb
+            balancer = Balancer(config(), MemoryReactorClock(),  # type: ignore[arg-type]
+                                configPath=configPath, statePath=statePath, signals=False)
+        self.lb = balancer.loadBalancer
         return [formatEvent(e) for e in events if "state" in e.get("log_format", "")]
 
     def setUp(self) -> None:
