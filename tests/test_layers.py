@@ -204,3 +204,54 @@ class NoTwistedTests(SynchronousTestCase):
         """
         self.assertEqual(self.loaded("import lbtwist; lbtwist.__version__"), [])
         self.assertIn("twisted.internet", self.loaded("import lbtwist; lbtwist.Balancer"))
+
+
+class TwistedPrivateNamesTests(SynchronousTestCase):
+    """
+    The private Twisted names lbtwist depends on (for its lean transports,
+    write-through, reactor loop, listener start-up and TLS handshake log)
+    still exist: Twisted may rename them in any release, and this turns a
+    silent break into a failing test.
+    """
+
+    def test_modulesAndClasses(self) -> None:
+        """
+        Functions and class attributes.
+        """
+        from twisted.application.internet import StreamServerEndpointService
+        from twisted.internet import abstract, tcp
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+        needed: dict[object, tuple[str, ...]] = {
+            tcp: ("_resolveIPv6", "_getsockname"),
+            tcp.Connection: ("_closeSocket", "_getLogPrefix", "_shouldShutdown",
+                             "_closeWriteConnection"),
+            tcp.Client: ("_commonConnection",),
+            tcp.Port: ("_realPortNumber",),
+            abstract.FileDescriptor: ("_writeDisconnecting", "_writeDisconnected"),
+            TLSMemoryBIOProtocol: ("_tlsShutdownFinished", "_handshakeDone", "_aborted"),
+            StreamServerEndpointService: ("_raiseSynchronously",),
+        }
+        missing = [f"{getattr(owner, '__name__', owner)}.{name}"
+                   for owner, names in needed.items() for name in names
+                   if not hasattr(owner, name)]
+        self.assertEqual(missing, [])
+
+    def test_instances(self) -> None:
+        """
+        Attributes set on instances.
+        """
+        from twisted.application.internet import StreamServerEndpointService
+        from twisted.internet import abstract, epollreactor
+
+        reactor = epollreactor.EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        needed: dict[object, tuple[str, ...]] = {
+            reactor: ("_selectables", "_reads", "_writes", "_poller", "_continuousPolling"),
+            StreamServerEndpointService(None, None): ("_waitingForPort",),
+            abstract.FileDescriptor(): ("_tempDataLen",),
+        }
+        missing = [f"{type(owner).__name__}.{name}"
+                   for owner, names in needed.items() for name in names
+                   if not hasattr(owner, name)]
+        self.assertEqual(missing, [])
