@@ -22,6 +22,12 @@ from ..tcp import setNoDelay
 from ..writethrough import writeNow
 
 
+class ResponseHeadTooLarge(Exception):
+    """
+    A response head is over C{http.max-response-header-size}.
+    """
+
+
 @implementer(IPushProducer)
 class BackendConnection(BackendProtocol):
     """
@@ -54,10 +60,12 @@ class BackendConnection(BackendProtocol):
         self.paused = False
         self._skipBody = False
         self._finishAfterFeed = False
-        # The response head being parsed: its reason, headers and size.
+        # The response head being parsed: its reason, headers, their size,
+        # and the bytes read while it is unfinished.
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._headSize = 0
+        self._rawHead = 0
         self._inHead = False
 
     def connectionMade(self) -> None:
@@ -159,14 +167,17 @@ class BackendConnection(BackendProtocol):
             self.reusable = False
             ex = self.exchange
             if ex is not None:
+                if isinstance(e.__context__, ResponseHeadTooLarge):
+                    self._headTooLarge(ex)
+                    return
                 ex.backendFailed("response", f"malformed response: {e}")
             self.transport.loseConnection()
             return
         if self._inHead:
             # llhttp (and httptools) keep an unfinished head until it ends:
             # bound what a backend can make us hold, to the limit and a read.
-            self._headSize += len(data)
-            if self._headSize > self.factory.maxResponseHeaderSize:
+            self._rawHead += len(data)
+            if self._rawHead > self.factory.maxResponseHeaderSize:
                 ex = self.exchange
                 if ex is not None:
                     self._headTooLarge(ex)
@@ -222,14 +233,19 @@ class BackendConnection(BackendProtocol):
         self._reason = b""
         self._headers = []
         self._headSize = 0
+        self._rawHead = 0
         self._inHead = True
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
+        self._headSize += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._skipBody:
             self._headers.append((name, value))
+            self._headSize += len(name) + len(value) + 4
+            if self._headSize > self.factory.maxResponseHeaderSize:
+                raise ResponseHeadTooLarge()
 
     def on_headers_complete(self) -> None:
         self._inHead = False

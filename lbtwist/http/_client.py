@@ -27,7 +27,7 @@ from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
 from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest
 from ._exchange import WAITING, Exchange, IClientSide
-from ._plan import CHUNKED, interimHead, planRequest, planResponse
+from ._plan import CHUNKED, IDEMPOTENT, interimHead, planRequest, planResponse
 
 
 def authorityOf(address: Any) -> bytes:
@@ -138,27 +138,37 @@ class ClientConnection(Protocol):
 
     def readConnectionLost(self) -> None:
         """
-        The client sent FIN: answer the requests it completed, then close.
-        A request it had not finished never will be: it is dropped and its
-        backend connection aborted at once.
+        The client sent FIN.  A request it had not finished never will be:
+        it is dropped and its backend connection aborted at once.  An
+        idempotent request nothing was answered to yet is dropped too, as
+        HAProxy's C{abortonclose} does: a client that closes is usually
+        gone, and a backend should not work on for nobody.  Other requests
+        (a POST, an answer under way) are answered; then the connection
+        closes.
         """
         self._readClosed = True
+        queue = self.queue
         ex = self._parsing
-        if ex is not None:
-            self._parsing = None
+        self._parsing = None
+        dropped = [e for e in queue if e is ex or (
+            not e.responded and e.method in IDEMPOTENT and e.requestDone)]
+        for e in dropped:
+            responded = e.responded and not e.over
+            queue.remove(e)
+            e.abandon()
             self.factory.log.info(
-                "client {client} closed its side in the middle of a request: aborted",
+                "client {client} closed its side before {what} was answered: aborted",
                 client=self.clientName,
+                what="its request" if e is not ex else "it finished its request",
             )
-            responded = ex.responded and not ex.over
-            ex.abandon()
-            if ex in self.queue:
-                self.queue.remove(ex)
             if responded:
+                # The client may be reading an answer it will not get whole.
                 self.transport.loseConnection()
                 return
-        if not self.queue:
+        if not queue:
             self.transport.loseConnection()
+        elif queue[0].phase is WAITING:
+            queue[0].start()
 
     def writeConnectionLost(self) -> None:
         """

@@ -1,0 +1,313 @@
+"""
+HTTP/1.1 conformance where HAProxy's regression cases and hostile backends
+found lbtwist weaker: each gap over loopback, with a raw-socket client and a
+recording backend that keeps the exact bytes it receives.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+
+from lbtwist.http._plan import websocketAccept
+
+from .httphelpers import TIMED_OUT, HTTPProxyTestCase, rawExchange, waitFor
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def never(request: Any, backend: Any, conn: Any) -> None:
+    """
+    A backend that never answers.
+    """
+
+
+class AuthorityTests(HTTPProxyTestCase):
+    """
+    One authority for the client, the routes and the backend.
+    """
+
+    @inlineCallbacks
+    def test_absoluteFormWins(self) -> Any:
+        """
+        An absolute-form target whose host disagrees with Host: the backend
+        sees the target's authority as Host and as X-Forwarded-Host.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+        out = yield rawExchange(
+            proxy.testPort,
+            b"GET http://hostname1/x HTTP/1.1\r\nHost: hostname2\r\nConnection: close\r\n\r\n",
+        )
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        [request] = a.requests
+        self.assertEqual(request.header(b"host"), b"hostname1")
+        self.assertEqual(request.header(b"x-forwarded-host"), b"hostname1")
+        self.assertNotIn(b"hostname2", a.raw)
+
+    @inlineCallbacks
+    def test_http10WithoutHost(self) -> Any:
+        """
+        An HTTP/1.0 request without Host goes upstream as HTTP/1.1 with the
+        Host of the address the client reached.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+        out = yield rawExchange(proxy.testPort, b"GET /x HTTP/1.0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertTrue(a.raw.startswith(
+            b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % proxy.testPort), a.raw)
+
+    @inlineCallbacks
+    def test_unknownMinorVersion(self) -> Any:
+        """
+        HTTP/1.2 is served as HTTP/1.1 (RFC 9110 2.5); HTTP/2.0 in an
+        HTTP/1 request line gets a 505.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+        out = yield rawExchange(
+            proxy.testPort, b"GET / HTTP/1.2\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertTrue(a.raw.startswith(b"GET / HTTP/1.1\r\n"), a.raw)
+        out = yield rawExchange(proxy.testPort, b"GET / HTTP/2.0\r\nHost: a\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 505 "), out)
+        self.assertEqual(len(a.requests), 1)
+
+
+class ClientGoneTests(HTTPProxyTestCase):
+    """
+    A client that leaves holds no backend connection.
+    """
+
+    @inlineCallbacks
+    def test_closedMidBody(self) -> Any:
+        """
+        A client that shuts its side in the middle of a request body: the
+        backend connection is aborted at once, not after the idle timeout.
+        """
+        a = self.startBackend("a", never)
+        proxy = self.startProxy([a])
+
+        def run() -> None:
+            with socket.create_connection(("127.0.0.1", proxy.testPort), timeout=5) as s:
+                s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhalf")
+                time.sleep(0.2)
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(2)
+                s.recv(100)
+
+        yield deferToThread(run)
+        self.assertTrue((yield waitFor(lambda: a.open == 0, 1.0)), "backend connection held")
+        self.assertEqual(a.raw.count(b"half"), 1)
+        self.assertEqual(proxy.pool.get("a").slots, 0)  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_leftBeforeTheAnswer(self) -> Any:
+        """
+        A client that leaves before its (idempotent) request is answered:
+        the backend connection is aborted at once, not after the response
+        timeout.
+        """
+        a = self.startBackend("a", never)
+        proxy = self.startProxy([a])
+
+        def run() -> None:
+            with socket.create_connection(("127.0.0.1", proxy.testPort), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                time.sleep(0.2)
+
+        yield deferToThread(run)
+        self.assertTrue((yield waitFor(lambda: a.open == 0, 1.0)), "backend connection held")
+        self.assertEqual(proxy.pool.get("a").active, 0)  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_halfClosedWholeRequest(self) -> Any:
+        """
+        A client that sends a whole POST and then shuts its side still gets
+        the answer.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+
+        def run() -> bytes:
+            with socket.create_connection(("127.0.0.1", proxy.testPort), timeout=5) as s:
+                s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
+                s.shutdown(socket.SHUT_WR)
+                out = b""
+                while chunk := s.recv(1000):
+                    out += chunk
+                return out
+
+        out = yield deferToThread(run)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+
+
+class StalledBodyTests(HTTPProxyTestCase):
+    """
+    C{timeouts.request} bounds each stall of a request body.
+    """
+
+    @inlineCallbacks
+    def test_stalledBody(self) -> Any:
+        """
+        A body that stops moving for the request timeout gets a 408, and its
+        backend connection and slot are freed.
+        """
+        a = self.startBackend("a", never)
+        proxy = self.startProxy([a], timeouts={"request": 0.5})
+        started = time.monotonic()
+        out = yield rawExchange(
+            proxy.testPort,
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+        )
+        elapsed = time.monotonic() - started
+        self.assertTrue(out.startswith(b"HTTP/1.1 408 "), out)
+        self.assertFalse(out.endswith(TIMED_OUT))
+        self.assertLess(elapsed, 3.0)
+        self.assertTrue((yield waitFor(lambda: a.open == 0, 1.0)), "backend connection held")
+        self.assertEqual(proxy.pool.get("a").slots, 0)  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_slowBodyIsFine(self) -> Any:
+        """
+        A body that keeps moving, however slowly, is not cut: the timeout
+        bounds each stall, not the whole body.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a], timeouts={"request": 0.5})
+        out = yield rawExchange(
+            proxy.testPort, b"",
+            chunks=[b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                    b"Content-Length: 4\r\n\r\n", b"a", b"b", b"c", b"d"],
+            pause=0.3,
+        )
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertEqual(a.requests[0].body, b"abcd")
+
+
+class ResponseTests(HTTPProxyTestCase):
+    """
+    What a backend may not send on.
+    """
+
+    @inlineCallbacks
+    def respondWith(self, raw: bytes, request: bytes = b"GET / HTTP/1.1\r\nHost: a\r\n"
+                    b"Connection: close\r\n\r\n", **pool: Any) -> Any:
+        """
+        One request through a backend that answers C{raw}: what the client
+        got.
+        """
+        a = self.startBackend("a", lambda r, b, c: raw)
+        proxy = self.startProxy([a], **pool)
+        out = yield rawExchange(proxy.testPort, request)
+        return out
+
+    @inlineCallbacks
+    def test_transferEncodings(self) -> Any:
+        """
+        A response whose Transfer-Encoding is anything but one C{chunked}
+        is a 502.
+        """
+        for te in (b"chunked, chunked", b"chunked, gzip, chunked", b"chunked, gzip", b"gzip"):
+            out = yield self.respondWith(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + te + b"\r\n\r\n0\r\n\r\n")
+            self.assertTrue(out.startswith(b"HTTP/1.1 502 "), (te, out))
+
+    @inlineCallbacks
+    def test_headTooLarge(self) -> Any:
+        """
+        A response head over C{http.max-response-header-size} is a 502, and
+        an endless one is not read on.
+        """
+        big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\nContent-Length: 0\r\n\r\n"
+        out = yield self.respondWith(big)
+        self.assertTrue(out.startswith(b"HTTP/1.1 502 "), out)
+        out = yield self.respondWith(
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 3000 + b"\r\nContent-Length: 0\r\n\r\n",
+            http={"max-response-header-size": 1024})
+        self.assertTrue(out.startswith(b"HTTP/1.1 502 "), out)
+        out = yield self.respondWith(
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 3000 + b"\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+
+    @inlineCallbacks
+    def test_endlessHead(self) -> Any:
+        """
+        A backend that sends an unterminated head for ever is cut off near
+        the limit: the client gets a 502, the backend's connection is
+        closed, and little of it was read.
+        """
+        sent = []
+
+        def flood(request: Any, backend: Any, conn: Any) -> None:
+            conn.transport.write(b"HTTP/1.1 200 OK\r\nX-Flood: ")
+            for _ in range(64):
+                conn.transport.write(b"a" * 65536)
+            sent.append(True)
+
+        a = self.startBackend("a", flood)
+        proxy = self.startProxy([a])
+        out = yield rawExchange(proxy.testPort, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 502 "), out)
+        self.assertTrue((yield waitFor(lambda: a.open == 0, 2.0)))
+        self.assertEqual(proxy.pool.get("a").failures.get("response"), 1)  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_204WithoutLength(self) -> Any:
+        """
+        A 204 goes to the client without its Content-Length.
+        """
+        out = yield self.respondWith(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 204 "), out)
+        self.assertNotIn(b"Content-Length", out)
+
+
+class WebSocketTests(HTTPProxyTestCase):
+    """
+    WebSocket handshakes are checked both ways.
+    """
+
+    @inlineCallbacks
+    def test_requestWithoutKey(self) -> Any:
+        """
+        An upgrade to WebSocket without its key or version 13 is a 400 and
+        reaches no backend.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+        for headers in (b"Sec-WebSocket-Version: 13\r\n",
+                        b"Sec-WebSocket-Key: " + KEY + b"\r\n",
+                        b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 8\r\n"):
+            out = yield rawExchange(
+                proxy.testPort,
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                + headers + b"\r\n")
+            self.assertTrue(out.startswith(b"HTTP/1.1 400 "), (headers, out))
+        self.assertEqual(a.raw, b"")
+
+    @inlineCallbacks
+    def test_switchWithoutAccept(self) -> Any:
+        """
+        A backend's 101 without the right Sec-WebSocket-Accept is a 502,
+        not a tunnel; with it, the tunnel works.
+        """
+        def respond(accept: bytes | None) -> Any:
+            def answer(request: Any, backend: Any, conn: Any) -> bytes:
+                conn.tunnel = True
+                line = b"Sec-WebSocket-Accept: " + accept + b"\r\n" if accept else b""
+                return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        b"Connection: Upgrade\r\n" + line + b"\r\n")
+            return answer
+
+        request = (b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                   b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        for accept, status in ((None, b"502"), (b"wrong", b"502"), (websocketAccept(KEY), b"101")):
+            a = self.startBackend("a", respond(accept))
+            proxy = self.startProxy([a])
+            out = yield rawExchange(proxy.testPort, request, timeout=1.0)
+            self.assertTrue(out.startswith(b"HTTP/1.1 " + status + b" "), (accept, out))
