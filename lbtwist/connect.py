@@ -186,12 +186,44 @@ class BackendConnector:
         @return: the attempt, whose C{cancel()} abandons it, or L{None} if
             it was over before this returned.
         """
+        if tried is None:
+            tried = []
+        if reuse is not None and holding is None and not failures:
+            # The common case of a kept-alive request: its first choice has
+            # an idle connection, and no attempt object is needed.
+            pool = self.pool
+            backend = choose(pool, key, tried, prefer, None)
+            if backend is not None:
+                protocol = reuse(backend)
+                if protocol is not None:
+                    tried.append(backend)
+                    pool.acquire(backend)
+                    joined(backend, protocol, 0)
+                    return None
+                attempt = ConnectAttempt(
+                    self, client, key, build, tried, prefer, None, None, 0, joined, failed)
+                attempt.use(backend)
+                return None if attempt.over else attempt
         attempt = ConnectAttempt(
-            self, client, key, build, tried if tried is not None else [], prefer, reuse,
-            holding, failures, joined, failed,
+            self, client, key, build, tried, prefer, reuse, holding, failures, joined, failed,
         )
         attempt.next()
         return None if attempt.over else attempt
+
+
+def choose(pool: BackendPool, key: bytes | None, tried: list[Backend],
+           prefer: Backend | None, holding: Backend | None) -> Backend | None:
+    """
+    The backend a client gets next: C{prefer} when it is eligible, not
+    tried, and has room (or its slot is the client's already), else the
+    pool's policy's choice among the backends not tried.
+    """
+    if (
+        prefer is not None and prefer.eligible and prefer not in tried
+        and (holding is prefer or not prefer.full)
+    ):
+        return prefer
+    return pool.pick(key, tried)
 
 
 class ConnectAttempt:
@@ -315,28 +347,28 @@ class ConnectAttempt:
 
     # -- choosing and connecting -------------------------------------------
 
-    def _choose(self) -> Backend | None:
-        prefer = self.prefer
-        if (
-            prefer is not None and prefer.eligible and prefer not in self.tried
-            and (self.holding is prefer or not prefer.full)
-        ):
-            return prefer
-        return self.pool.pick(self.key, self.tried)
-
     def next(self) -> None:
         """
         Choose a backend and connect to it, wait in the queue, or give up.
         """
         pool = self.pool
         mayTry = self.connector.retryPolicy.mayTryAnother(pool, self.failures)
-        backend = self._choose() if mayTry else None
+        backend = (
+            choose(pool, self.key, self.tried, self.prefer, self.holding) if mayTry else None
+        )
         if backend is None:
             if mayTry and pool.saturated(self.tried):
                 self._wait()
                 return
             self._giveUp()
             return
+        self.use(backend)
+
+    def use(self, backend: Backend) -> None:
+        """
+        Take C{backend}'s slot, and reuse or dial a connection to it.
+        """
+        pool = self.pool
         self.tried.append(backend)
         if self.holding is backend:
             self.holding = None

@@ -60,12 +60,12 @@ class BackendConnection(BackendProtocol):
         self.paused = False
         self._skipBody = False
         self._finishAfterFeed = False
-        # The response head being parsed: its reason, headers, their size,
-        # and the bytes read while it is unfinished.
+        # The response head being parsed: its reason and headers, the bytes
+        # read while it was unfinished, and the size of the read being fed.
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._headSize = 0
         self._rawHead = 0
+        self._feeding = 0
         self._inHead = False
 
     def connectionMade(self) -> None:
@@ -156,6 +156,7 @@ class BackendConnection(BackendProtocol):
             self.transport.loseConnection()
             return
         ex.client.backendActive()
+        self._feeding = len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -232,23 +233,25 @@ class BackendConnection(BackendProtocol):
     def on_message_begin(self) -> None:
         self._reason = b""
         self._headers = []
-        self._headSize = 0
         self._rawHead = 0
         self._inHead = True
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-        self._headSize += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._skipBody:
             self._headers.append((name, value))
-            self._headSize += len(name) + len(value) + 4
-            if self._headSize > self.factory.maxResponseHeaderSize:
-                raise ResponseHeadTooLarge()
 
     def on_headers_complete(self) -> None:
         self._inHead = False
+        limit = self.factory.maxResponseHeaderSize
+        if self._rawHead + self._feeding > limit and sum(
+            len(n) + len(v) + 4 for n, v in self._headers
+        ) + len(self._reason) > limit:
+            # (A head read whole within the limit's bytes is within it:
+            # only a larger one is measured.)
+            raise ResponseHeadTooLarge()
         ex = self.exchange
         if ex is None or self._skipBody:
             return

@@ -40,6 +40,10 @@ from ._plan import RequestRules
 from ._pool import IdleConnections
 
 
+# Status classes by the status's hundreds: made once, not per request.
+_CLASSES = tuple(f"{n}xx" for n in range(10))
+
+
 class HTTPProxyFactory(ListenerFactory):
     """
     Accepts HTTP clients on a listener and balances their requests over a
@@ -177,9 +181,9 @@ class HTTPProxyFactory(ListenerFactory):
         C{ex} is answered (or its tunnel closed): count its status class and
         write its access-log line, if the log is on.
         """
-        status = ex.status
-        cls = f"{status // 100}xx"
-        self.statuses[cls] = self.statuses.get(cls, 0) + 1
+        cls = _CLASSES[ex.status // 100]
+        statuses = self.statuses
+        statuses[cls] = statuses.get(cls, 0) + 1
         if self.accessFile is not None:
             backend = ex.backend
             self.accessFile.write(httpLine(
