@@ -143,6 +143,61 @@ class StickyTests(HTTPProxyTestCase):
         self.assertEqual(len({r[2].split(b" ")[0] for r in results}), 1)
 
 
+class WeightZeroTests(HTTPProxyTestCase):
+    """
+    A backend of weight 0 takes no new clients, but keeps its sticky ones
+    (as HAProxy's weight-0 servers keep persistent traffic).
+    """
+
+    @inlineCallbacks
+    def test_cookieStillSticks(self) -> Any:
+        """
+        A client whose cookie names a backend set to weight 0 still reaches
+        it; clients without the cookie go to the others only.
+        """
+        a = self.startBackend("a")
+        b = self.startBackend("b")
+        proxy = self.startProxy([a, b], sticky={"cookie": "LB"})
+        first = yield httpRequests(proxy.testPort, [("GET", "/", None, {})])
+        value = first[0][1]["set-cookie"].split(";")[0]
+        owner = first[0][2].split(b" ")[0].decode()
+        other = {"a": "b", "b": "a"}[owner]
+        proxy.pool.setWeight(owner, 0)
+        sticky = yield httpRequests(
+            proxy.testPort, [("GET", "/", None, {"Cookie": value}) for _ in range(4)])
+        fresh = yield httpRequests(proxy.testPort, [("GET", "/", None, {})] * 4)
+        self.assertEqual({r[2].split(b" ")[0].decode() for r in sticky}, {owner})
+        self.assertEqual({r[2].split(b" ")[0].decode() for r in fresh}, {other})
+
+    @inlineCallbacks
+    def test_headerHashSkipsIt(self) -> Any:
+        """
+        Hashing a sticky header balances: no value maps to a weight-0
+        backend.
+        """
+        a = self.startBackend("a")
+        b = self.startBackend("b")
+        proxy = self.startProxy(
+            [a, {"name": "b", "endpoint": b.endpoint, "weight": 0}],
+            sticky={"header": "X-User"},
+        )
+        results = yield httpRequests(
+            proxy.testPort, [("GET", "/", None, {"X-User": f"user{i}"}) for i in range(16)])
+        self.assertEqual({r[2].split(b" ")[0] for r in results}, {b"a"})
+
+    @inlineCallbacks
+    def test_allZeroIs503(self) -> Any:
+        """
+        When every backend has weight 0 a new request is answered 503.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([{"name": "a", "endpoint": a.endpoint, "weight": 0}])
+        out = yield rawExchange(
+            proxy.testPort, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 503 "), out)
+        self.assertEqual(a.requests, [])
+
+
 class ProxyProtocolTests(HTTPProxyTestCase):
     """
     PROXY protocol headers are sent to backends when a pool asks for them.

@@ -973,7 +973,9 @@ class HTTPProxyFactory(ListenerFactory):
         return None
 
     def _hashed(self, key: bytes) -> Backend | None:
-        candidates = [b for b in self.pool if b.eligible]
+        # Hashing balances: a weight-0 backend takes none of it (a sticky
+        # cookie, which persists, still reaches one).
+        candidates = [b for b in self.pool if b.weight and b.eligible]
         if not candidates:
             return None
         chosen = self._hash.choose(candidates, key)
