@@ -376,6 +376,7 @@ class ClientConnection(Protocol):
             self._lastActivity = self.factory.seconds()
             tunnel.transport.write(data)
             tunnel.backend.bytesIn += len(data)
+            tunnel.tunnelExchange.bytesIn += len(data)  # type: ignore[union-attr]
             return
         if self._fatal is not None or self._closed:
             return
@@ -565,6 +566,7 @@ class ClientConnection(Protocol):
         data, self._upgradeData = self._upgradeData, b""
         if data:
             conn.transport.write(data)
+            conn.tunnelExchange.bytesIn += len(data)  # type: ignore[union-attr]
         self.release()
 
 
@@ -590,6 +592,9 @@ class BackendConnection(BackendProtocol):
         self.requests = 0
         self.reusable = True
         self.tunnel: ClientConnection | None = None
+        # The upgrade's exchange while this connection is a tunnel: it
+        # counts the tunnel's bytes and is logged when the tunnel closes.
+        self.tunnelExchange: Exchange | None = None
         self.paused = False
         self._skipBody = False
         self._finishAfterFeed = False
@@ -649,6 +654,7 @@ class BackendConnection(BackendProtocol):
             tunnel._lastActivity = self.factory.seconds()
             tunnel.transport.write(data)
             self.backend.bytesOut += len(data)
+            self.tunnelExchange.bytesOut += len(data)  # type: ignore[union-attr]
             return
         ex = self.exchange
         if ex is not None:
@@ -666,6 +672,7 @@ class BackendConnection(BackendProtocol):
             rest = data[e.args[0]:] if e.args else b""
             if self.tunnel is not None and rest:
                 self.tunnel.transport.write(rest)
+                self.tunnelExchange.bytesOut += len(rest)  # type: ignore[union-attr]
             return
         except HttpParserError as e:
             if self.exchange is not None:
@@ -693,8 +700,12 @@ class BackendConnection(BackendProtocol):
         self.backend.closers.discard(self.abortNow)
         tunnel = self.tunnel
         if tunnel is not None:
+            # Reached once per tunnel, whichever side closed first.
             self.tunnel = None
             tunnel.transport.loseConnection()
+            ex, self.tunnelExchange = self.tunnelExchange, None
+            if ex is not None:
+                self.factory.logAccess(ex)
             return
         ex = self.exchange
         if ex is not None:
@@ -973,7 +984,9 @@ class HTTPProxyFactory(ListenerFactory):
         return None
 
     def _hashed(self, key: bytes) -> Backend | None:
-        candidates = [b for b in self.pool if b.eligible]
+        # Hashing balances: a weight-0 backend takes none of it (a sticky
+        # cookie, which persists, still reaches one).
+        candidates = [b for b in self.pool if b.weight and b.eligible]
         if not candidates:
             return None
         chosen = self._hash.choose(candidates, key)
@@ -1317,12 +1330,14 @@ class HTTPProxyFactory(ListenerFactory):
         client.transport.write(b"".join(parts))
         conn.reusable = False
         conn.tunnel = client
+        conn.tunnelExchange = ex
         conn.exchange = None
         ex.finished = True
         ex.closeAfter = True
         self.pool.closed(conn.backend)
         self._releaseSlot(ex)
-        self._finishLog(ex)
+        # Counted now; its access-log line is written when the tunnel closes.
+        self._finishLog(ex, logged=False)
         if client.queue and client.queue[0] is ex:
             client.queue.popleft()
         client.startTunnel(conn)
@@ -1367,11 +1382,20 @@ class HTTPProxyFactory(ListenerFactory):
         self._finishLog(ex)
         client.exchangeDone(ex)
 
-    def _finishLog(self, ex: Exchange) -> None:
+    def _finishLog(self, ex: Exchange, logged: bool = True) -> None:
         self.requests += 1
         status = ex.status
         cls = f"{status // 100}xx"
         self.statuses[cls] = self.statuses.get(cls, 0) + 1
+        if logged:
+            self.logAccess(ex)
+
+    def logAccess(self, ex: Exchange) -> None:
+        """
+        Write the access-log line of C{ex}, if the access log is on: its
+        duration runs from the request to now (for an upgrade, to the
+        tunnel's close, with the tunnel's bytes each way).
+        """
         if self.accessFile is not None:
             backend = ex.backend
             self.accessFile.write(httpLine(
