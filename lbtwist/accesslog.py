@@ -157,7 +157,8 @@ def httpLine(
     bytesIn: int, bytesOut: int, duration: float, retries: int,
 ) -> str:
     """
-    The access-log line of one HTTP request.
+    The access-log line of one HTTP request (of an upgrade: written when its
+    tunnel closes, with the tunnel's bytes and lifetime).
     """
     return (f"{client} {method} {path} {status} backend={backend} in={bytesIn} "
             f"out={bytesOut} {duration:.4f}s retries={retries}")

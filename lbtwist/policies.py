@@ -1,10 +1,15 @@
 """
-Balancing policies: pure choices among eligible backends.
+Balancing policies: pure choices among the backends that take new clients.
 
-A policy is given the eligible backends (never empty, in configuration order)
-and an optional client key, and returns one of them.  Randomness is injected
-as a L{random.Random} so every policy is deterministic under test.  Policies
-are chosen by name through L{POLICIES}.
+A policy is given those backends (never empty, in configuration order, each
+of weight 1-256: the pool leaves out a backend of weight 0, which takes no
+new clients under any policy) and an optional client key, and returns one of
+them.  Every policy counts the weights.  Randomness is injected as a
+L{random.Random} so every policy is deterministic under test.  Policies are
+chosen by name through L{POLICIES}.
+
+A choice is made for every connection (TCP) or request (HTTP), so each
+policy walks the backends once or twice and allocates nothing per choice.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 
 class Balanced(Protocol):
@@ -32,32 +37,40 @@ class BalancingPolicy(Protocol):
 
     def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
         """
-        Pick one of C{backends} (never empty) for a client identified by C{key}.
+        Pick one of C{backends} (never empty, weights above 0) for a client
+        identified by C{key}.
         """
 
 
-class RoundRobin:
+def _smoothTurn(current: dict[str, int], backends: Iterable[Balanced]) -> Balanced:
     """
-    Each backend in turn, whatever its weight.
+    One step of nginx's smooth weighted round-robin over C{backends} (not
+    empty): raise every backend's current weight (kept in C{current}, by
+    name) by its weight, pick the highest (the first of equals), and lower
+    it by the total.
     """
-
-    def __init__(self, rng: random.Random) -> None:
-        self._next = 0
-
-    def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
-        """
-        The backend after the one chosen last time.
-        """
-        chosen = backends[self._next % len(backends)]
-        self._next += 1
-        return chosen
+    total = 0
+    best: Balanced | None = None
+    bestWeight = 0
+    for b in backends:
+        weight = b.weight
+        w = current.get(b.name, 0) + weight
+        current[b.name] = w
+        total += weight
+        if best is None or w > bestWeight:
+            best, bestWeight = b, w
+    assert best is not None
+    current[best.name] = bestWeight - total
+    return best
 
 
 class SmoothWeighted:
     """
-    Smooth weighted round-robin, as nginx does it: a backend of weight 5
-    beside one of weight 1 is chosen five times in six, interleaved rather
-    than in a burst.
+    Smooth weighted round-robin, as nginx does it: each backend in turn, as
+    often as its weight says, interleaved rather than in bursts (weights
+    5, 1, 1 give a a b a c a a).  With equal weights it is plain
+    round-robin.  This is the C{roundrobin} policy; C{weighted} is another
+    name for it.
     """
 
     def __init__(self, rng: random.Random) -> None:
@@ -65,49 +78,56 @@ class SmoothWeighted:
 
     def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
         """
-        Raise every backend's current weight by its weight, pick the highest,
-        and lower it by the total.
+        The next backend in smooth weighted turn.
         """
-        total = 0
-        best = None
-        bestWeight = 0
-        current = self._current
-        for b in backends:
-            w = current.get(b.name, 0) + b.weight
-            current[b.name] = w
-            total += b.weight
-            if best is None or w > bestWeight:
-                best, bestWeight = b, w
-        assert best is not None
-        current[best.name] = bestWeight - total
-        return best
+        return _smoothTurn(self._current, backends)
 
-
-def _load(b: Balanced) -> float:
-    """
-    Active connections per unit of weight (a weight of 0 counts as tiny).
-    """
-    return b.active / (b.weight or 0.001)
 
 
 class LeastConnections:
     """
-    The backend with the fewest active connections for its weight; ties are
-    broken round-robin so that an idle pool still spreads its load.
+    The backend with the fewest active connections for its weight (weight 2
+    serves twice as many at once as weight 1).  Ties, as in an idle pool,
+    are broken by smooth weighted round-robin among the tied backends, so
+    an idle pool still spreads its load by weight.
     """
 
     def __init__(self, rng: random.Random) -> None:
-        self._next = 0
+        self._current: dict[str, int] = {}
 
     def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
         """
-        Rotate among the least loaded backends.
+        Find the least load (active per weight, compared exactly without
+        division), then take turns by weight among the backends that have it.
         """
-        least = min(_load(b) for b in backends)
-        tied = [b for b in backends if _load(b) == least]
-        chosen = tied[self._next % len(tied)]
-        self._next += 1
-        return chosen
+        least = backends[0]
+        leastActive, leastWeight = least.active, least.weight
+        for b in backends:
+            # b.active / b.weight < leastActive / leastWeight, in integers.
+            if b.active * leastWeight < leastActive * b.weight:
+                least, leastActive, leastWeight = b, b.active, b.weight
+        return _smoothTurn(self._current, (
+            b for b in backends if b.active * leastWeight == leastActive * b.weight
+        ))
+
+
+def _draw(backends: Sequence[Balanced], rng: random.Random, total: int,
+          skip: Balanced | None = None) -> Balanced:
+    """
+    One backend drawn at random in proportion to its weight, out of
+    C{backends} without C{skip}, whose weights add up to C{total}.
+    """
+    point = rng.random() * total
+    last = backends[0]
+    for b in backends:
+        if b is skip:
+            continue
+        last = b
+        point -= b.weight
+        if point < 0:
+            return b
+    # Rounding left a sliver past the last backend: it is the last one's.
+    return last
 
 
 class WeightedRandom:
@@ -122,15 +142,18 @@ class WeightedRandom:
         """
         Draw one backend, weighted.
         """
-        weights = [b.weight for b in backends]
-        if not any(weights):
-            return self._rng.choice(backends)
-        return self._rng.choices(backends, weights=weights)[0]
+        total = 0
+        for b in backends:
+            total += b.weight
+        return _draw(backends, self._rng, total)
 
 
 class PowerOfTwoChoices:
     """
-    Draw two distinct backends at random and take the less loaded one.
+    Draw two distinct backends at random, each in proportion to its weight,
+    and take the less loaded one (active connections per weight; the first
+    drawn on a tie).  An idle pool is therefore spread by weight, and a
+    busy one away from its most loaded backends.
     """
 
     def __init__(self, rng: random.Random) -> None:
@@ -138,36 +161,46 @@ class PowerOfTwoChoices:
 
     def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
         """
-        The lighter of two random picks.
+        The lighter of two weighted random picks.
         """
         if len(backends) == 1:
             return backends[0]
-        a, b = self._rng.sample(backends, 2)
-        return b if _load(b) < _load(a) else a
+        total = 0
+        for b in backends:
+            total += b.weight
+        first = _draw(backends, self._rng, total)
+        second = _draw(backends, self._rng, total - first.weight, skip=first)
+        if second.active * first.weight < first.active * second.weight:
+            return second
+        return first
 
 
 def _score(key: bytes, name: str, weight: int) -> float:
     """
-    The weighted rendezvous score of a backend for a key.
+    The weighted rendezvous score of a backend for a key (0 for weight 0).
     """
+    if not weight:
+        return 0.0
     digest = hashlib.blake2b(key + b"\0" + name.encode(), digest_size=8).digest()
     unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
-    return -(weight or 0.001) / math.log(unit)
+    return -weight / math.log(unit)
 
 
 class SourceHash:
     """
-    Consistent (rendezvous) hashing of the client key: a client keeps its
-    backend while that backend is eligible, and when one of N backends leaves
-    only its own clients (about 1/N of them) move.
+    Consistent (rendezvous) hashing of the client key, weighted: a client
+    keeps its backend while that backend is eligible, when one of N
+    backends leaves only its own clients (about 1/N of them) move, and a
+    backend of weight 2 gets twice the clients of one of weight 1.
     """
 
     def __init__(self, rng: random.Random) -> None:
-        self._fallback = RoundRobin(rng)
+        self._fallback = SmoothWeighted(rng)
 
     def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
         """
-        The backend with the highest score for C{key}; round-robin if no key.
+        The backend with the highest score for C{key}; weighted round-robin
+        if there is no key.
         """
         if key is None:
             return self._fallback.choose(backends, key)
@@ -175,7 +208,7 @@ class SourceHash:
 
 
 POLICIES: dict[str, Callable[[random.Random], BalancingPolicy]] = {
-    "roundrobin": RoundRobin,
+    "roundrobin": SmoothWeighted,
     "weighted": SmoothWeighted,
     "leastconn": LeastConnections,
     "random": WeightedRandom,

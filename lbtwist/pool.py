@@ -48,6 +48,12 @@ class Admin(enum.Enum):
     MAINT = "maint"
 
 
+# Read on every pick: a module global is found faster than an enum member
+# (Python 3.11 looks the member up through the enum's metaclass).
+_READY = Admin.READY
+_DOWN = Health.DOWN
+
+
 class Backend:
     """
     A backend's live state and counters.
@@ -91,6 +97,9 @@ class Backend:
         # Failed connections, requests and 5xx answers in a row, for the
         # pool's http.error-limit.
         self.errorStreak = 0
+        # How many clients it may serve at once (0: no limit): its
+        # configuration's, kept here since every pick reads it.
+        self.maxconn = config.maxconn
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.state}>"
@@ -134,24 +143,17 @@ class Backend:
         Whether new clients may be sent to this backend.
         """
         return (
-            self.admin is Admin.READY
-            and self.health is not Health.DOWN
+            self.admin is _READY
+            and self.health is not _DOWN
             and not self.removed
         )
-
-    @property
-    def maxconn(self) -> int:
-        """
-        How many clients it may serve at once (0: no limit).
-        """
-        return self.config.maxconn
 
     @property
     def full(self) -> bool:
         """
         Whether it serves as many clients as its C{maxconn} allows.
         """
-        maxconn = self.config.maxconn
+        maxconn = self.maxconn
         return maxconn > 0 and self.slots >= maxconn
 
     @property
@@ -172,9 +174,12 @@ class Backend:
 
 
 @attrs.frozen
-class StateChanged:
+class HealthChanged:
     """
-    A backend's state changed.
+    The health checks (active or passive) changed a backend's health.
+
+    @ivar old: the L{Health} value it had.
+    @ivar new: the L{Health} value it has.
     """
 
     pool: str
@@ -182,6 +187,24 @@ class StateChanged:
     old: str
     new: str
     reason: str
+
+
+@attrs.frozen
+class AdminChanged:
+    """
+    The operator (or a reload) changed a backend's admin state.
+
+    @ivar old: the L{Admin} value it had.
+    @ivar new: the L{Admin} value it has.
+    """
+
+    pool: str
+    backend: Backend
+    old: str
+    new: str
+
+
+StateChanged = HealthChanged | AdminChanged
 
 
 @attrs.frozen
@@ -204,7 +227,7 @@ class BackendRemoved:
     backend: Backend
 
 
-PoolEvent = StateChanged | BackendAdded | BackendRemoved
+PoolEvent = HealthChanged | AdminChanged | BackendAdded | BackendRemoved
 
 
 @attrs.frozen
@@ -228,6 +251,14 @@ class BackendStats:
     probeLatency: float | None
     responseTime: float | None
     share: float
+
+
+def _clause(reason: str) -> str:
+    """
+    C{reason} ready to be followed by another clause: without the full stop
+    an error message may end with.
+    """
+    return reason.rstrip(". ")
 
 
 class BackendPool:
@@ -282,19 +313,29 @@ class BackendPool:
 
     def pick(self, key: bytes | None = None, exclude: Iterable[Backend] = ()) -> Backend | None:
         """
-        Choose an eligible backend for a client, or L{None} if there is none.
+        Choose an eligible backend of weight above 0 for a new client, or
+        L{None} if there is none (every backend down, out, full or of
+        weight 0).
 
         @param key: identifies the client for hashing policies.
         @param exclude: backends already tried for this client.
         """
+        # A backend of weight 0 takes no new clients (sticky ones still
+        # reach it: they do not come through here).  This runs for every
+        # connection or request: Backend.full is written out, as a property
+        # call costs more than the test.
         if exclude:
             tried = set(exclude)
             candidates = [
                 b for b in self._backends.values()
-                if b.eligible and not b.full and b not in tried
+                if b.weight and b.eligible and not (b.maxconn and b.slots >= b.maxconn)
+                and b not in tried
             ]
         else:
-            candidates = [b for b in self._backends.values() if b.eligible and not b.full]
+            candidates = [
+                b for b in self._backends.values()
+                if b.weight and b.eligible and not (b.maxconn and b.slots >= b.maxconn)
+            ]
         if not candidates:
             return None
         chosen = self.policy.choose(candidates, key)
@@ -304,12 +345,13 @@ class BackendPool:
     def saturated(self, exclude: Iterable[Backend] = ()) -> bool:
         """
         Whether a client found no backend only because every eligible one
-        (not in C{exclude}) is at its C{maxconn}: it may wait in the queue.
+        of weight above 0 (not in C{exclude}) is at its C{maxconn}: it may
+        wait in the queue.
         """
         tried = set(exclude)
         full = False
         for b in self._backends.values():
-            if b.eligible and b not in tried:
+            if b.weight and b.eligible and b not in tried:
                 if not b.full:
                     return False
                 full = True
@@ -340,7 +382,7 @@ class BackendPool:
         waiting = self._waiting
         for _ in range(len(waiting)):
             if not waiting or not any(
-                b.eligible and not b.full for b in self._backends.values()
+                b.weight and b.eligible and not b.full for b in self._backends.values()
             ):
                 return
             waiting.popleft()()
@@ -418,18 +460,23 @@ class BackendPool:
     # -- health ----------------------------------------------------------
 
     def _setHealth(self, backend: Backend, new: Health, reason: str) -> None:
-        old = backend.state
+        """
+        Record a health transition: a backend going down is a warning, one
+        coming up is news.  Its admin state is another matter, logged apart.
+        """
+        old = backend.health
         backend.health = new
         backend.lastChange = reason
-        self.log.info(
+        emit = self.log.warn if new is Health.DOWN else self.log.info
+        emit(
             "backend {backend} of pool {pool} is {new} (was {old}): {reason}",
             pool=self.name,
             backend=backend.name,
-            old=old,
+            old=old.value,
             new=new.value,
             reason=reason,
         )
-        self._notify(StateChanged(self.name, backend, old, backend.state, reason))
+        self._notify(HealthChanged(self.name, backend, old.value, new.value, reason))
         if new is Health.UP:
             self.wake()
         if new is Health.DOWN and not any(
@@ -456,7 +503,7 @@ class BackendPool:
             self._setHealth(
                 backend,
                 Health.UP,
-                f"{reason}, {backend.consecutiveSuccesses} in a row",
+                f"{_clause(reason)}, {backend.consecutiveSuccesses} in a row",
             )
 
     def failed(self, backend: Backend, kind: str, reason: str) -> None:
@@ -478,7 +525,7 @@ class BackendPool:
             self._setHealth(
                 backend,
                 Health.DOWN,
-                f"{reason}, {backend.consecutiveFailures} failures in a row",
+                f"{_clause(reason)}, {backend.consecutiveFailures} failures in a row",
             )
 
     def connectSucceeded(self, backend: Backend) -> None:
@@ -577,28 +624,28 @@ class BackendPool:
         """
         backend = self._backends[name]
         if backend.admin is not admin:
-            old = backend.state
+            old = backend.admin
             backend.admin = admin
             if admin is Admin.MAINT:
                 # Health is unknown again when the backend comes back.
                 backend.health = Health.UNKNOWN
                 backend.consecutiveFailures = backend.consecutiveSuccesses = 0
             self.log.info(
-                "backend {backend} of pool {pool} set to {new} (was {old})",
+                "backend {backend} of pool {pool}: admin state {new} (was {old})",
                 pool=self.name,
                 backend=name,
-                old=old,
-                new=backend.state,
+                old=old.value,
+                new=admin.value,
             )
-            self._notify(
-                StateChanged(self.name, backend, old, backend.state, "set by operator")
-            )
+            self._notify(AdminChanged(self.name, backend, old.value, admin.value))
             self.wake()
         return backend
 
     def setWeight(self, name: str, weight: int) -> Backend:
         """
-        Change the weight of a backend.
+        Change the weight of a backend.  At weight 0 it takes no new
+        clients under any policy; clients already sticky to it (by cookie)
+        still reach it, as HAProxy does.
 
         @raise KeyError: there is no such backend.
         @raise ValueError: the weight is out of range.
@@ -606,8 +653,20 @@ class BackendPool:
         if not 0 <= weight <= 256:
             raise ValueError(f"weight must be 0-256, got {weight}")
         backend = self._backends[name]
+        old = backend.weight
         backend.weight = weight
         backend.config = attrs.evolve(backend.config, weight=weight)
+        if old != weight:
+            self.log.info(
+                "backend {backend} of pool {pool}: weight {new} (was {old}){note}",
+                pool=self.name,
+                backend=name,
+                old=old,
+                new=weight,
+                note=", it takes no new clients" if weight == 0 else "",
+            )
+            if not old:
+                self.wake()
         return backend
 
     # -- reporting -------------------------------------------------------

@@ -324,18 +324,31 @@ class LiveConfig:
 
     # -- reconciling and reloading ---------------------------------------
 
-    def reconcile(self) -> None:
+    def reconcile(self) -> int:
         """
-        Make the live pools match the effective configuration.
+        Make the live pools match the effective configuration, logging what
+        changed in each pool.
+
+        @return: how many pools changed.
         """
         effective = self.config
+        changed = 0
         for pc in effective.pools:
             live = self.pools.get(pc.name)
             if live is None:
                 continue
-            self._reconcilePool(live, pc)
+            changed += self._reconcilePool(live, pc)
+        return changed
 
-    def _reconcilePool(self, live: BackendPool, pc: PoolConfig) -> None:
+    def _reconcilePool(self, live: BackendPool, pc: PoolConfig) -> bool:
+        """
+        Make C{live} match C{pc} and log, in one event, every change made:
+        backends added, removed, replaced and reweighted, the policy and
+        other pool settings, and admin states.
+
+        @return: whether anything changed.
+        """
+        weights = {b.name: b.weight for b in live}
         changes = poolChanges((b.config for b in live), pc.backends)
         for name in changes.removed:
             self._drain(live.name, live.remove(name))
@@ -346,14 +359,49 @@ class LiveConfig:
             live.setWeight(b.name, b.weight)
         for b in changes.added:
             live.add(b)
-        if live.config.policy != pc.policy:
+        oldPolicy = live.config.policy
+        if oldPolicy != pc.policy:
             live.policy = POLICIES[pc.policy](getattr(live, "_rng", None) or random.Random())
+        settings = [
+            field.name for field in attrs.fields(PoolConfig)
+            if field.name not in ("name", "backends", "policy")
+            and getattr(live.config, field.name) != getattr(pc, field.name)
+        ]
         live.config = pc
         admin = self.overrides.adminStates(live.name)
+        administered = []
         for backend in live:
             wanted = admin.get(backend.name, Admin.READY)
             if backend.admin is not wanted:
+                administered.append(f"{backend.name} {backend.admin.value}->{wanted.value}")
                 live.setAdmin(backend.name, wanted)
+        summary = [
+            f"{what} {', '.join(names)}" for what, names in (
+                ("added", [b.name for b in changes.added]),
+                ("removed", list(changes.removed)),
+                ("replaced (endpoint or health check changed)",
+                 [b.name for b in changes.replaced]),
+                ("reweighted", [f"{b.name} {weights[b.name]}->{b.weight}"
+                                for b in changes.reweighted]),
+                ("policy", [f"{oldPolicy}->{pc.policy}"] if oldPolicy != pc.policy else []),
+                ("settings", settings),
+                ("admin", administered),
+            ) if names
+        ]
+        if summary:
+            self.log.info(
+                "pool {pool}: {changes}",
+                pool=live.name,
+                changes="; ".join(summary),
+                added=[b.name for b in changes.added],
+                removed=list(changes.removed),
+                replaced=[b.name for b in changes.replaced],
+                reweighted={b.name: b.weight for b in changes.reweighted},
+                policy=pc.policy,
+                settings=settings,
+                admin=administered,
+            )
+        return bool(summary)
 
     def reload(self) -> str | None:
         """
@@ -399,14 +447,26 @@ class LiveConfig:
                 return f"cannot save the state file: {e}"
         self.overrides = proposed
         self.fileConfig = new
-        self.reconcile()
+        changed = self.reconcile()
         self.reloads += 1
+        backends = sum(len(p) for p in self.pools.values())
         self.log.info(
-            "configuration reloaded: {backends} backends in {pools} pools",
-            backends=sum(len(p) for p in self.pools.values()),
+            "configuration reloaded: {backendCount} in {poolCount}, {outcome}",
+            backendCount=_counted(backends, "backend"),
+            poolCount=_counted(len(self.pools), "pool"),
+            outcome=f"{_counted(changed, 'pool')} changed" if changed else "no change",
+            backends=backends,
             pools=len(self.pools),
+            changed=changed,
         )
         return None
+
+
+def _counted(n: int, noun: str) -> str:
+    """
+    C{n} and C{noun}, plural unless C{n} is 1: C{"1 pool"}, C{"2 pools"}.
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # Pool settings the listeners' protocol factories take when they are built:

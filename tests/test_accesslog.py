@@ -18,6 +18,7 @@ from lbtwist.accesslog import AccessLogFile, httpLine, tcpLine
 
 from .httphelpers import RecordingBackend, waitFor
 from .support import Backends, firstLine, inThread, reactor, startBalancer
+from .test_http_features import tunnelSession, upgradeAccepted
 
 
 def read(path: str) -> list[str]:
@@ -157,6 +158,19 @@ class BalancerAccessLogTests(TestCase):
         os.makedirs(directory)
         return os.path.join(directory, "access.log")
 
+    def startHTTP(self, path: str, backend: RecordingBackend) -> tuple[Any, int]:
+        """
+        Listen with C{backend} on 127.0.0.1 and start an HTTP-mode balancer
+        in front of it logging to C{path}; the balancer and its port.
+        """
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+        return startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"access-log": path,
+                              "backends": [{"name": "b", "endpoint": backend.endpoint}]}},
+        })
+
     @inlineCallbacks
     def test_tcp(self) -> Any:
         """
@@ -204,13 +218,7 @@ class BalancerAccessLogTests(TestCase):
         """
         path = self.logPath()
         backend = RecordingBackend("b")
-        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
-        self.addCleanup(backend.port.stopListening)
-        lb, port = startBalancer(self, {
-            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
-            "pools": {"web": {"access-log": path,
-                              "backends": [{"name": "b", "endpoint": backend.endpoint}]}},
-        })
+        lb, port = self.startHTTP(path, backend)
 
         def get() -> int:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -230,3 +238,21 @@ class BalancerAccessLogTests(TestCase):
         for conn in backend.connections:
             if conn.transport.connected:
                 conn.transport.abortConnection()
+
+    @inlineCallbacks
+    def test_httpTunnel(self) -> Any:
+        """
+        An upgraded connection (a WebSocket) is one line, written when the
+        tunnel closes, with the tunnel's bytes each way and its lifetime.
+        """
+        path = self.logPath()
+        lb, port = self.startHTTP(path, RecordingBackend("b", upgradeAccepted))
+        accessFile = lb.accessFiles[path]
+        linesBeforeClose = yield inThread(tunnelSession, port, lambda: accessFile.lines)
+        yield waitFor(lambda: accessFile.lines == 1)
+        yield lb.stopService()
+        [line] = read(path)
+        self.assertEqual(linesBeforeClose, 0)
+        fields = line.split(" ")
+        self.assertEqual(fields[2:8], ["GET", "/ws", "101", "backend=b", "in=9", "out=19"])
+        self.assertGreaterEqual(float(fields[8].rstrip("s")), 0.3)

@@ -5,10 +5,12 @@ Tests for L{lbtwist.health}, on a fake clock.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import BackendConfig, HealthCheck, PoolConfig
@@ -106,6 +108,33 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual(b0.health, Health.DOWN)
         clock.advance(2)
         self.assertEqual(b0.health, Health.UP)
+
+    def test_transitionsLogged(self) -> None:
+        """
+        A refused probe streak is logged as a warning that reads as one
+        sentence (the error message's full stop does not run into the
+        count: no "., "), and the recovery as info.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock, pool, probe, monitor = makeMonitor(n=1)
+        probe.outcome["b0"] = "fail"
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        clock.advance(2)
+        clock.advance(2)
+        probe.outcome["b0"] = "ok"
+        clock.advance(2)
+        clock.advance(2)
+        lines = [(e["log_level"].name, formatEvent(e)) for e in events
+                 if e.get("backend") == "b0"]
+        self.assertEqual(lines, [
+            ("warn", "backend b0 of pool web is down (was unknown): tcp check failed: "
+                     "Connection was refused by other side: refused, 3 failures in a row"),
+            ("info", "backend b0 of pool web is up (was down): tcp check passed, "
+                     "2 in a row"),
+        ])
 
     def test_timeoutNoOverlap(self) -> None:
         """

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
+import time
 from io import StringIO
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -29,6 +31,53 @@ from .httphelpers import HTTPProxyTestCase, httpRequests, rawExchange, waitFor
 WEBSOCKET_HEADERS = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 
 
+def upgradeAccepted(request: Any, backend: Any, conn: Any) -> bytes:
+    """
+    A recording backend's answer that accepts a WebSocket upgrade: the
+    connection then echoes what it gets, prefixed with C{echo:}.
+    """
+    conn.tunnel = True
+    accept = websocketAccept(request.header(b"sec-websocket-key") or b"")
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
+def tunnelSession(port: int, beforeClose: Callable[[], Any]) -> Any:
+    """
+    Upgrade a connection to the balancer on C{port}, send C{ping} and
+    C{pong!} through the tunnel waiting for each echo, stay 0.3 s, and
+    return what C{beforeClose} says just before closing (run it in a thread).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n" + WEBSOCKET_HEADERS + b"\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1000)
+        for word in (b"ping", b"pong!"):
+            s.sendall(word)
+            echo = b""
+            while len(echo) < len(word) + len(b"echo:"):
+                echo += s.recv(1000)
+        time.sleep(0.3)
+        return beforeClose()
+
+
+def accessEvents(case: HTTPProxyTestCase) -> list[dict[str, Any]]:
+    """
+    The C{lbtwist.access} events emitted from now until the end of the test.
+    """
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "lbtwist.access":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    case.addCleanup(globalLogPublisher.removeObserver, observe)
+    return events
+
+
 class UpgradeTests(HTTPProxyTestCase):
     """
     An Upgrade request becomes a two-way tunnel after the backend's 101.
@@ -40,19 +89,10 @@ class UpgradeTests(HTTPProxyTestCase):
         After a 101 the client's bytes reach the backend and its answers come
         back, raw; the Upgrade and Connection headers were forwarded.
         """
-
-        def respond(request: Any, backend: Any, conn: Any) -> bytes:
-            conn.tunnel = True
-            accept = websocketAccept(request.header(b"sec-websocket-key"))
-            return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-
-        a = self.startBackend("a", respond)
+        a = self.startBackend("a", upgradeAccepted)
         proxy = self.startProxy([a])
 
         def run() -> bytes:
-            import socket
-
             with socket.create_connection(("127.0.0.1", proxy.testPort), timeout=5) as s:
                 s.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
                           b"Connection: Upgrade\r\n" + WEBSOCKET_HEADERS + b"\r\n")
@@ -69,6 +109,27 @@ class UpgradeTests(HTTPProxyTestCase):
         request = a.requests[0]
         self.assertEqual(request.header(b"upgrade"), b"websocket")
         self.assertEqual(request.header(b"connection"), b"upgrade")
+
+    @inlineCallbacks
+    def test_tunnelLoggedWhenClosed(self) -> Any:
+        """
+        A tunnel's access-log event is emitted when it closes, not at the
+        101: with the bytes it carried each way and its whole lifetime.
+        """
+        events = accessEvents(self)
+        a = self.startBackend("a", upgradeAccepted)
+        proxy = self.startProxy([a], http={"access-log": True})
+        loggedBeforeClose = yield deferToThread(
+            tunnelSession, proxy.testPort, lambda: len(events))
+        yield waitFor(lambda: len(events) == 1)
+        self.assertEqual(loggedBeforeClose, 0)
+        [event] = events
+        self.assertEqual(
+            (event["path"], event["status"], event["backend"], event["bytesIn"],
+             event["bytesOut"]),
+            ("/ws", 101, "a", len(b"pingpong!"), len(b"echo:pingecho:pong!")),
+        )
+        self.assertGreaterEqual(event["duration"], 0.3)
 
     @inlineCallbacks
     def test_upgradeRefused(self) -> Any:
@@ -149,6 +210,61 @@ class StickyTests(HTTPProxyTestCase):
         self.assertEqual(len({r[2].split(b" ")[0] for r in results}), 1)
 
 
+class WeightZeroTests(HTTPProxyTestCase):
+    """
+    A backend of weight 0 takes no new clients, but keeps its sticky ones
+    (as HAProxy's weight-0 servers keep persistent traffic).
+    """
+
+    @inlineCallbacks
+    def test_cookieStillSticks(self) -> Any:
+        """
+        A client whose cookie names a backend set to weight 0 still reaches
+        it; clients without the cookie go to the others only.
+        """
+        a = self.startBackend("a")
+        b = self.startBackend("b")
+        proxy = self.startProxy([a, b], sticky={"cookie": "LB"})
+        first = yield httpRequests(proxy.testPort, [("GET", "/", None, {})])
+        value = first[0][1]["set-cookie"].split(";")[0]
+        owner = first[0][2].split(b" ")[0].decode()
+        other = {"a": "b", "b": "a"}[owner]
+        proxy.pool.setWeight(owner, 0)
+        sticky = yield httpRequests(
+            proxy.testPort, [("GET", "/", None, {"Cookie": value}) for _ in range(4)])
+        fresh = yield httpRequests(proxy.testPort, [("GET", "/", None, {})] * 4)
+        self.assertEqual({r[2].split(b" ")[0].decode() for r in sticky}, {owner})
+        self.assertEqual({r[2].split(b" ")[0].decode() for r in fresh}, {other})
+
+    @inlineCallbacks
+    def test_headerHashSkipsIt(self) -> Any:
+        """
+        Hashing a sticky header balances: no value maps to a weight-0
+        backend.
+        """
+        a = self.startBackend("a")
+        b = self.startBackend("b")
+        proxy = self.startProxy(
+            [a, {"name": "b", "endpoint": b.endpoint, "weight": 0}],
+            sticky={"header": "X-User"},
+        )
+        results = yield httpRequests(
+            proxy.testPort, [("GET", "/", None, {"X-User": f"user{i}"}) for i in range(16)])
+        self.assertEqual({r[2].split(b" ")[0] for r in results}, {b"a"})
+
+    @inlineCallbacks
+    def test_allZeroIs503(self) -> Any:
+        """
+        When every backend has weight 0 a new request is answered 503.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([{"name": "a", "endpoint": a.endpoint, "weight": 0}])
+        out = yield rawExchange(
+            proxy.testPort, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 503 "), out)
+        self.assertEqual(a.requests, [])
+
+
 class ProxyProtocolTests(HTTPProxyTestCase):
     """
     PROXY protocol headers are sent to backends when a pool asks for them.
@@ -224,14 +340,7 @@ class AccessLogTests(HTTPProxyTestCase):
         Each request emits one C{lbtwist.access} event with its fields; the
         JSON observer writes it as one JSON line.
         """
-        events: list[dict[str, Any]] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            if event.get("log_namespace") == "lbtwist.access":
-                events.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        events = accessEvents(self)
         a = self.startBackend("a")
         proxy = self.startProxy([a], http={"access-log": True})
         yield httpRequests(proxy.testPort, [("POST", "/p?q=1", b"12345", {}), ("GET", "/g", None, {})])

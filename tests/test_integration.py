@@ -225,11 +225,12 @@ class FailoverTests(TestCase):
             ),
         )
         lines = []
-        for _ in range(2):
+        for _ in range(3):
             lines.append((yield inThread(firstLine, port)))
-        # Round-robin offers the stuck backend to both clients; each connect
-        # times out and fails over.
-        self.assertEqual(lines, [b"a", b"a"])
+        # Round-robin offers the stuck backend to every other client (the
+        # failover to a counts as a's turn, as in nginx): clients 1 and 3;
+        # each connect times out and fails over.
+        self.assertEqual(lines, [b"a", b"a", b"a"])
         self.assertEqual(lb.pools["web"].get("stuck").failures, {"timeout": 2})  # type: ignore[union-attr]
 
     @inlineCallbacks

@@ -14,7 +14,6 @@ from lbtwist.policies import (
     POLICIES,
     LeastConnections,
     PowerOfTwoChoices,
-    RoundRobin,
     SmoothWeighted,
     SourceHash,
     WeightedRandom,
@@ -50,17 +49,17 @@ def names(chosen: list[FakeBackend]) -> list[str]:
     return [b.name for b in chosen]
 
 
-class RoundRobinTests(SynchronousTestCase):
+class SmoothWeightedTests(SynchronousTestCase):
     """
-    Tests for L{RoundRobin}.
+    Tests for L{SmoothWeighted}, the C{roundrobin} (and C{weighted}) policy.
     """
 
     def test_takesTurns(self) -> None:
         """
-        Each backend is chosen in turn, in order.
+        With equal weights each backend is chosen in turn, in order.
         """
         pool = backends(1, 1, 1)
-        policy = RoundRobin(random.Random(0))
+        policy = SmoothWeighted(random.Random(0))
         self.assertEqual(
             names([policy.choose(pool, None) for _ in range(6)]),
             ["b0", "b1", "b2", "b0", "b1", "b2"],
@@ -71,15 +70,9 @@ class RoundRobinTests(SynchronousTestCase):
         When a backend drops out of the candidates the others still alternate.
         """
         pool = backends(1, 1, 1)
-        policy = RoundRobin(random.Random(0))
+        policy = SmoothWeighted(random.Random(0))
         chosen = [policy.choose([pool[0], pool[2]], None) for _ in range(4)]
         self.assertEqual(Counter(names(chosen)), {"b0": 2, "b2": 2})
-
-
-class SmoothWeightedTests(SynchronousTestCase):
-    """
-    Tests for L{SmoothWeighted}.
-    """
 
     def test_nginxSequence(self) -> None:
         """
@@ -145,6 +138,23 @@ class LeastConnectionsTests(SynchronousTestCase):
         pool[0].active, pool[1].active = 3, 1
         policy = LeastConnections(random.Random(0))
         self.assertIs(policy.choose(pool, None), pool[0])
+        pool[0].active = 5
+        self.assertIs(policy.choose(pool, None), pool[1])
+
+    def test_tiesByWeight(self) -> None:
+        """
+        Tied backends (an idle pool, or equal load per weight) take turns in
+        proportion to their weights, interleaved.
+        """
+        pool = backends(3, 1)
+        policy = LeastConnections(random.Random(0))
+        self.assertEqual(
+            names([policy.choose(pool, None) for _ in range(8)]),
+            ["b0", "b0", "b1", "b0"] * 2,
+        )
+        pool[0].active, pool[1].active = 3, 1
+        counts = Counter(names([policy.choose(pool, None) for _ in range(400)]))
+        self.assertEqual(counts, {"b0": 300, "b1": 100})
 
 
 class RandomTests(SynchronousTestCase):
@@ -187,6 +197,26 @@ class RandomTests(SynchronousTestCase):
         self.assertNotIn("b2", chosen)
         self.assertEqual(set(chosen), {"b0", "b1"})
 
+    def test_p2cWeighted(self) -> None:
+        """
+        Power of two choices draws by weight: in an idle pool of weights
+        3, 1 it picks the heavier backend about three times in four.
+        """
+        pool = backends(3, 1)
+        policy = PowerOfTwoChoices(random.Random(5))
+        counts = Counter(names([policy.choose(pool, None) for _ in range(4000)]))
+        assertNear(self, counts["b0"] / 4000, 0.75, 0.03)
+
+    def test_p2cLoadPerWeight(self) -> None:
+        """
+        Of the two drawn, the one with fewer active connections per unit of
+        weight wins: weight 4 with 3 active beats weight 1 with 1 active.
+        """
+        pool = backends(4, 1)
+        pool[0].active, pool[1].active = 3, 1
+        policy = PowerOfTwoChoices(random.Random(0))
+        self.assertEqual(set(names([policy.choose(pool, None) for _ in range(50)])), {"b0"})
+
     def test_p2cSingle(self) -> None:
         """
         With one candidate it is chosen.
@@ -221,6 +251,14 @@ class SourceHashTests(SynchronousTestCase):
         for n in counts.values():
             assertNear(self, n / len(self.keys), 0.25, 0.04)
 
+    def test_weighted(self) -> None:
+        """
+        A backend of weight 3 beside one of weight 1 gets about three in
+        four keys.
+        """
+        counts = Counter(self.assign(backends(3, 1)).values())
+        assertNear(self, counts["b0"] / len(self.keys), 0.75, 0.04)
+
     def test_minimalMovement(self) -> None:
         """
         When one of four backends leaves, only its own clients move (about a
@@ -235,12 +273,15 @@ class SourceHashTests(SynchronousTestCase):
 
     def test_noKey(self) -> None:
         """
-        Without a key the policy falls back to round-robin.
+        Without a key the policy falls back to weighted round-robin.
         """
         pool = backends(1, 1)
         policy = SourceHash(random.Random(0))
         self.assertEqual(names([policy.choose(pool, None) for _ in range(4)]),
                          ["b0", "b1", "b0", "b1"])
+        pool = backends(2, 1)
+        self.assertEqual(names([policy.choose(pool, None) for _ in range(3)]),
+                         ["b0", "b1", "b0"])
 
 
 class RegistryTests(SynchronousTestCase):
@@ -260,3 +301,27 @@ class RegistryTests(SynchronousTestCase):
             policy = build(random.Random(0))
             pool = backends(1, 2)
             self.assertIn(policy.choose(pool, b"k"), pool)
+
+    def test_weightedIsRoundRobin(self) -> None:
+        """
+        C{weighted} is another name for C{roundrobin}: both are smooth
+        weighted round-robin.
+        """
+        self.assertIs(POLICIES["roundrobin"], SmoothWeighted)
+        self.assertIs(POLICIES["weighted"], SmoothWeighted)
+
+    def test_everyPolicyCountsWeights(self) -> None:
+        """
+        Under every policy, in an idle pool, backends of weights 3, 1 and 4
+        get about 3/8, 1/8 and 4/8 of 4000 clients (distinct client keys).
+        """
+        picks = 4000
+        for name, build in sorted(POLICIES.items()):
+            pool = backends(3, 1, 4)
+            policy = build(random.Random(11))
+            counts = Counter(
+                policy.choose(pool, b"client %d" % i).name for i in range(picks)
+            )
+            for backend, share in (("b0", 3 / 8), ("b1", 1 / 8), ("b2", 4 / 8)):
+                with self.subTest(policy=name, backend=backend):
+                    assertNear(self, counts[backend] / picks, share, 0.03)

@@ -5,38 +5,62 @@ Tests for L{lbtwist.pool}.
 from __future__ import annotations
 
 import random
+from collections import Counter
+from typing import Any, Sequence
 
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.config import BackendConfig, HealthCheck, PoolConfig
+from lbtwist.config import POLICY_NAMES, BackendConfig, HealthCheck, PoolConfig
 from lbtwist.pool import (
     Admin,
+    AdminChanged,
     BackendAdded,
     BackendPool,
     BackendRemoved,
     Health,
+    HealthChanged,
     PoolEvent,
-    StateChanged,
 )
 
 
-def makePool(n: int = 3, policy: str = "roundrobin", rise: int = 2, fall: int = 3) -> BackendPool:
+def makePool(n: int = 3, policy: str = "roundrobin", rise: int = 2, fall: int = 3,
+             weights: Sequence[int] = ()) -> BackendPool:
     """
-    A pool of C{n} backends named a, b, c...
+    A pool of C{n} backends named a, b, c... (of C{weights}, if given).
     """
     hc = HealthCheck(rise=rise, fall=fall)
+    weights = weights or (1,) * n
     return BackendPool(
         PoolConfig(
             name="web",
             policy=policy,
             backends=tuple(
                 BackendConfig(chr(ord("a") + i), f"tcp:host=127.0.0.1:port={8000 + i}",
-                              health=hc)
-                for i in range(n)
+                              weight=w, health=hc)
+                for i, w in enumerate(weights)
             ),
         ),
         random.Random(0),
     )
+
+
+def logged(case: SynchronousTestCase) -> list[dict[str, Any]]:
+    """
+    The log events emitted from now until the end of the test.
+    """
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def about(events: list[dict[str, Any]], backend: str) -> list[tuple[str, str]]:
+    """
+    The level and text of the events that name C{backend}.
+    """
+    return [(e["log_level"].name, formatEvent(e)) for e in events
+            if e.get("backend") == backend]
 
 
 class PickTests(SynchronousTestCase):
@@ -82,6 +106,104 @@ class PickTests(SynchronousTestCase):
         self.assertIsNone(pool.pick())
 
 
+class WeightTests(SynchronousTestCase):
+    """
+    Weights count under every policy, and weight 0 takes no new clients.
+    """
+
+    # weights of a, b, c -> expected share of each, under every policy.
+    table = [
+        ((1, 1, 1), (1 / 3, 1 / 3, 1 / 3)),
+        ((3, 1, 0), (3 / 4, 1 / 4, 0.0)),
+        ((0, 5, 0), (0.0, 1.0, 0.0)),
+        ((256, 0, 256), (0.5, 0.0, 0.5)),
+        ((6, 3, 1), (0.6, 0.3, 0.1)),
+    ]
+
+    def test_distribution(self) -> None:
+        """
+        Under each policy, 4000 clients (with distinct keys, for source
+        hashing) are spread in proportion to the weights; a backend of
+        weight 0 gets none at all.
+        """
+        picks = 4000
+        for policy in POLICY_NAMES:
+            for weights, shares in self.table:
+                pool = makePool(3, policy, weights=weights)
+                counts = Counter(
+                    pool.pick(b"10.1.%d.%d" % divmod(i, 256)).name  # type: ignore[union-attr]
+                    for i in range(picks)
+                )
+                for name, share in zip("abc", shares):
+                    with self.subTest(policy=policy, weights=weights, backend=name):
+                        if share == 0.0:
+                            self.assertEqual(counts[name], 0)
+                        else:
+                            self.assertTrue(abs(counts[name] / picks - share) <= 0.03,
+                                            f"{counts[name] / picks} is not {share}")
+
+    def test_allZero(self) -> None:
+        """
+        When every backend has weight 0 there is no backend for a new client
+        (the client gets a 503, or its connection is closed), under every
+        policy, and it does not wait in the queue.
+        """
+        for policy in POLICY_NAMES:
+            pool = makePool(3, policy, weights=(0, 0, 0))
+            with self.subTest(policy=policy):
+                self.assertIsNone(pool.pick(b"10.0.0.1"))
+                self.assertIsNone(pool.pick())
+                self.assertFalse(pool.saturated())
+
+    def test_setWeightZero(self) -> None:
+        """
+        Setting a weight to 0 at run time stops new clients at once, without
+        touching its health or admin state; setting it back brings them back.
+        """
+        pool = makePool(2)
+        pool.setWeight("a", 0)
+        self.assertEqual({pool.pick().name for _ in range(6)}, {"b"})  # type: ignore[union-attr]
+        self.assertEqual(pool.get("a").state, "unknown")  # type: ignore[union-attr]
+        pool.setWeight("a", 2)
+        self.assertEqual(Counter(pool.pick().name for _ in range(6)),  # type: ignore[union-attr]
+                         {"a": 4, "b": 2})
+
+    def test_zeroWeightDoesNotStopQueueing(self) -> None:
+        """
+        A weight-0 backend with room does not count as room: when the
+        weighted backends are full, clients wait in the queue, and are woken
+        when a weight is raised above 0.
+        """
+        pool = BackendPool(PoolConfig(name="web", backends=(
+            BackendConfig("a", "tcp:host=127.0.0.1:port=1", maxconn=1),
+            BackendConfig("z", "tcp:host=127.0.0.1:port=2", weight=0),
+        )), random.Random(0))
+        a = pool.get("a")
+        assert a is not None
+        pool.acquire(a)
+        self.assertIsNone(pool.pick())
+        self.assertTrue(pool.saturated())
+        woken: list[bool] = []
+        self.assertTrue(pool.enqueue(lambda: woken.append(True)))
+        pool.setWeight("z", 1)
+        self.assertEqual(woken, [True])
+
+    def test_weightChangeLogged(self) -> None:
+        """
+        A weight change is logged with the old and new weights; weight 0
+        says that the backend takes no new clients.
+        """
+        pool = makePool(1)
+        events = logged(self)
+        pool.setWeight("a", 0)
+        pool.setWeight("a", 0)
+        pool.setWeight("a", 3)
+        self.assertEqual(about(events, "a"), [
+            ("info", "backend a of pool web: weight 0 (was 1), it takes no new clients"),
+            ("info", "backend a of pool web: weight 3 (was 0)"),
+        ])
+
+
 class HealthStateTests(SynchronousTestCase):
     """
     Tests for the rise/fall state machine.
@@ -106,7 +228,7 @@ class HealthStateTests(SynchronousTestCase):
         self.assertEqual(self.backend.health, Health.DOWN)
         self.assertEqual(self.backend.failures, {"probe": 3})
         [event] = self.events
-        assert isinstance(event, StateChanged)
+        assert isinstance(event, HealthChanged)
         self.assertEqual((event.old, event.new), ("unknown", "down"))
         self.assertIn("3 failures in a row", event.reason)
 
@@ -131,7 +253,7 @@ class HealthStateTests(SynchronousTestCase):
         self.assertEqual(self.backend.health, Health.DOWN)
         self.pool.succeeded(self.backend)
         self.assertEqual(self.backend.health, Health.UP)
-        self.assertEqual([e.new for e in self.events if isinstance(e, StateChanged)],
+        self.assertEqual([e.new for e in self.events if isinstance(e, HealthChanged)],
                          ["down", "up"])
 
     def test_passiveFailures(self) -> None:
@@ -149,16 +271,59 @@ class HealthStateTests(SynchronousTestCase):
         """
         When the last eligible backend goes down, a critical event says so.
         """
-        logged: list[dict[str, object]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        events = logged(self)
         for b in self.pool:
             for _ in range(3):
                 self.pool.failed(b, "probe", "refused")
-        critical = [e for e in logged if "ALL BACKENDS" in str(e.get("log_format"))]
+        critical = [e for e in events if "ALL BACKENDS" in str(e.get("log_format"))]
         self.assertEqual(len(critical), 1)
+        self.assertEqual(critical[0]["log_level"].name, "critical")
+
+    def test_downIsWarningUpIsInfo(self) -> None:
+        """
+        One backend going down is a warning (not an info line, and not
+        critical while others serve); coming back up is info.  The words
+        say its health, old and new, and why, with no stray full stop from
+        an error message before the count.
+        """
+        events = logged(self)
+        for _ in range(3):
+            self.pool.failed(self.backend, "probe",
+                             "tcp check failed: Connection refused.")
+        for _ in range(2):
+            self.pool.succeeded(self.backend, "tcp check passed")
+        self.assertEqual(about(events, "a"), [
+            ("warn", "backend a of pool web is down (was unknown): tcp check failed: "
+                     "Connection refused, 3 failures in a row"),
+            ("info", "backend a of pool web is up (was down): tcp check passed, "
+                     "2 in a row"),
+        ])
+
+    def test_healthApartFromAdmin(self) -> None:
+        """
+        A health transition of a drained backend says its health, not its
+        admin state ("up (was down)", never "up (was drain)"); admin
+        transitions are their own events with their own words.
+        """
+        events = logged(self)
+        for _ in range(3):
+            self.pool.failed(self.backend, "probe", "refused")
+        self.pool.setAdmin("a", Admin.DRAIN)
+        for _ in range(2):
+            self.pool.succeeded(self.backend)
+        self.pool.setAdmin("a", Admin.READY)
+        self.assertEqual(about(events, "a"), [
+            ("warn", "backend a of pool web is down (was unknown): refused, "
+                     "3 failures in a row"),
+            ("info", "backend a of pool web: admin state drain (was ready)"),
+            ("info", "backend a of pool web is up (was down): check passed, 2 in a row"),
+            ("info", "backend a of pool web: admin state ready (was drain)"),
+        ])
+        self.assertEqual(
+            [(type(e), e.old, e.new) for e in self.events],
+            [(HealthChanged, "unknown", "down"), (AdminChanged, "ready", "drain"),
+             (HealthChanged, "down", "up"), (AdminChanged, "drain", "ready")],
+        )
 
 
 class AdminTests(SynchronousTestCase):

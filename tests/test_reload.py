@@ -12,8 +12,10 @@ import threading
 import time
 from typing import Any
 
+import attrs
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig
@@ -149,6 +151,36 @@ class LiveConfigTests(SynchronousTestCase):
         t.clock.advance(5)
         self.assertEqual(closed, ["c"])
         self.assertEqual(t.live.reloads, 1)
+
+    def test_reloadLogsEveryChange(self) -> None:
+        """
+        A reload logs, per pool, every change it applies (backends added,
+        removed, replaced and reweighted with old and new weights, the
+        policy, other pool settings, admin states) and then one summary with
+        its counts in the right number; a reload that changes nothing says
+        so and logs no pool line.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        t = Live(self, configOf(A, B, ("c", "tcp:host=h:port=3", 1)))
+        t.live.setAdmin("web", "a", Admin.DRAIN)
+        new = configOf(("a", "tcp:host=h:port=1", 4), ("b", "tcp:host=h:port=20", 1),
+                       ("d", "tcp:host=h:port=4", 1))
+        t.next = attrs.evolve(new, pools=(
+            attrs.evolve(new.pools[0], policy="leastconn", retries=5),))
+        del events[:]
+        self.assertIsNone(t.live.reload())
+        self.assertIsNone(t.live.reload())
+        mine = [e for e in events if e.get("log_namespace") == "lbtwist.reload.LiveConfig"]
+        self.assertEqual([formatEvent(e) for e in mine], [
+            "pool web: added d; removed c; replaced (endpoint or health check changed) b; "
+            "reweighted a 1->4; policy roundrobin->leastconn; settings retries; "
+            "admin a drain->ready",
+            "configuration reloaded: 3 backends in 1 pool, 1 pool changed",
+            "configuration reloaded: 3 backends in 1 pool, no change",
+        ])
+        self.assertEqual((mine[0]["reweighted"], mine[1]["pools"]), ({"a": 4}, 1))
 
     def test_restartNeeded(self) -> None:
         """

@@ -228,11 +228,23 @@ class FailoverTests(SynchronousTestCase):
         skipped without being tried.
         """
         reactor, pool, factory = makeProxy()
-        for i in range(3):
+        b0 = pool.get("b0")
+        assert b0 is not None
+        handled = refused = 0
+        for _ in range(10):
+            if b0.health is Health.DOWN:
+                break
             acceptClient(factory)
-            refuseConnect(reactor, 2 * i)
-            completeConnect(reactor, 2 * i + 1)
-        self.assertEqual(pool.get("b0").health, Health.DOWN)  # type: ignore[union-attr]
+            # b0 refuses every connect; each client fails over to b1.
+            while handled < len(reactor.tcpClients):
+                if reactor.tcpClients[handled][1] == 8001:
+                    refuseConnect(reactor, handled)
+                    refused += 1
+                else:
+                    completeConnect(reactor, handled)
+                handled += 1
+        self.assertEqual(b0.health, Health.DOWN)
+        self.assertEqual(refused, 3)
         before = len(reactor.tcpClients)
         acceptClient(factory)
         self.assertEqual(reactor.tcpClients[before][:2], ("127.0.0.1", 8002))

@@ -1,6 +1,10 @@
 """
 The access log: one structured event per request, and a JSON-lines observer.
 
+An upgraded request (a WebSocket) is logged when its tunnel closes, not at
+the C{101}: its C{bytesIn} and C{bytesOut} are the tunnel's bytes each way
+and its C{duration} runs from the request to the close.
+
 Events are emitted in the C{lbtwist.access} namespace with the fields
 C{client}, C{method}, C{path}, C{status}, C{backend}, C{bytesIn},
 C{bytesOut}, C{duration} and C{retries}; twistd's C{--logger} decides where

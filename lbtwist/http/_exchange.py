@@ -488,6 +488,8 @@ class Exchange:
         self.factory.pool.closed(backend)
         backend.closers.discard(conn.abortNow)
         self._releaseSlot()
+        # Counted now; its access-log line is written when the tunnel closes.
+        self.factory.countStatus(self)
         self.client.startTunnel(self, conn, head)
 
     def tunnelClosed(self) -> None:
@@ -498,7 +500,7 @@ class Exchange:
         if self.phase is TUNNEL:
             self._to(DONE)
             self.conn = None
-            self.factory.exchangeLogged(self)
+            self.factory.logAccess(self)
 
     def responseBody(self, data: bytes) -> None:
         """

@@ -39,7 +39,6 @@ from ._exchange import Exchange
 from ._plan import RequestRules
 from ._pool import IdleConnections
 
-
 # Status classes by the status's hundreds: made once, not per request.
 _CLASSES = tuple(f"{n}xx" for n in range(10))
 
@@ -169,7 +168,9 @@ class HTTPProxyFactory(ListenerFactory):
         return None
 
     def _hashed(self, key: bytes) -> Backend | None:
-        candidates = [b for b in self.pool if b.eligible]
+        # Hashing balances: a weight-0 backend takes none of it (a sticky
+        # cookie, which persists, still reaches one).
+        candidates = [b for b in self.pool if b.weight and b.eligible]
         if not candidates:
             return None
         chosen = self._hash.choose(candidates, key)
@@ -178,12 +179,26 @@ class HTTPProxyFactory(ListenerFactory):
 
     def exchangeLogged(self, ex: Exchange) -> None:
         """
-        C{ex} is answered (or its tunnel closed): count its status class and
-        write its access-log line, if the log is on.
+        C{ex} is answered: count its status class and write its access-log
+        line.
+        """
+        self.countStatus(ex)
+        self.logAccess(ex)
+
+    def countStatus(self, ex: Exchange) -> None:
+        """
+        Count the status class of the response to C{ex}.
         """
         cls = _CLASSES[ex.status // 100]
         statuses = self.statuses
         statuses[cls] = statuses.get(cls, 0) + 1
+
+    def logAccess(self, ex: Exchange) -> None:
+        """
+        Write the access-log line of C{ex}, if the access log is on: its
+        duration runs from the request to now (for an upgrade, to the
+        tunnel's close, with the tunnel's bytes each way).
+        """
         if self.accessFile is not None:
             backend = ex.backend
             self.accessFile.write(httpLine(

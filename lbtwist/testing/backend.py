@@ -15,9 +15,10 @@ Each request chooses its own answer through its query string::
     stall=1             read the request and never answer
 
 Every complete request is recorded with an id (its C{X-Request-Id} header,
-else its C{id} parameter, else a counter), in memory and, when a log file is
-given, as one JSON line written before the answer, so the log survives a
-C{SIGKILL}.  Requests that are not well-formed HTTP are counted apart.
+else its C{id} parameter, else a counter), in memory and, before the answer
+(so the log survives a C{SIGKILL}): with C{--log FILE} as one JSON line in
+that file, else as one readable line on standard output.  Requests that are
+not well-formed HTTP are counted apart.
 
 Whole-backend misbehaviour: reset every Nth request after reading it
 (C{--reset-every}), stall every request (C{--stall}), or refuse connections
@@ -25,7 +26,8 @@ while C{SIGUSR1} has toggled it off.  A test kills (C{SIGKILL}) or freezes
 (C{SIGSTOP}) the process to make it die or hang.
 
 Run it as C{python -m lbtwist.testing.backend --port 0 --name a --log a.jsonl};
-it writes C{listening on PORT} to standard output once it listens.
+it writes C{listening on PORT} to standard output once it listens (and,
+without C{--log}, a line per request after that).
 """
 
 from __future__ import annotations
@@ -323,10 +325,12 @@ class ScriptedBackend(ServerFactory):
     noisy = False
 
     def __init__(self, name: str, reactor: Any, log: IO[str] | None = None,
-                 resetEvery: int = 0, stallAll: bool = False) -> None:
+                 resetEvery: int = 0, stallAll: bool = False,
+                 console: IO[str] | None = None) -> None:
         self.name = name
         self.reactor = reactor
         self.log = log
+        self.console = console
         self.resetEvery = resetEvery
         self.stallAll = stallAll
         self.requests: list[RecordedRequest] = []
@@ -340,12 +344,20 @@ class ScriptedBackend(ServerFactory):
 
     def record(self, request: RecordedRequest) -> None:
         """
-        Keep C{request}, and write it to the log file at once.
+        Keep C{request}, and write it at once to the log file (a JSON line)
+        and the console (a line for people), when they are given.
         """
         self.requests.append(request)
         if self.log is not None:
             self.log.write(json.dumps(attrs.asdict(request)) + "\n")
             self.log.flush()
+        if self.console is not None:
+            self.console.write(
+                f"{request.backend} #{request.seq} {request.method} {request.path} "
+                f"id={request.id} body={request.bodyLength} "
+                f"connection={request.connection}\n"
+            )
+            self.console.flush()
 
     def closeAll(self) -> None:
         """
@@ -382,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--interface", default="127.0.0.1")
     parser.add_argument("--name", default="backend")
-    parser.add_argument("--log", help="append each request as a JSON line here")
+    parser.add_argument("--log", help="append each request as a JSON line to this file "
+                        "(default: a readable line per request on standard output)")
     parser.add_argument("--reset-every", type=int, default=0, metavar="N")
     parser.add_argument("--stall", action="store_true")
     args = parser.parse_args(argv)
@@ -390,7 +403,8 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
 
     log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115
-    factory = ScriptedBackend(args.name, reactor, log, args.reset_every, args.stall)
+    factory = ScriptedBackend(args.name, reactor, log, args.reset_every, args.stall,
+                              console=None if log is not None else sys.stdout)
     listening: list[Any] = [reactor.listenTCP(args.port, factory, backlog=1024,  # type: ignore[attr-defined]
                                               interface=args.interface)]
     port = listening[0].getHost().port
