@@ -1,14 +1,18 @@
 """
-The access log written straight to a file, for heavy traffic.
+The access log: one line per request (HTTP mode) or connection (TCP mode),
+written by one of two sinks behind one interface, L{IAccessLog}, chosen
+once per listener.
 
-With C{access-log: true} every request (HTTP mode) or connection (TCP mode)
-is a structured L{twisted.logger} event, and twistd's C{--logger} decides
-where it goes.  That is flexible but costs tens of microseconds an event in
-the observers (twistd's text observer formats the time and the message of
-each one), which at tens of thousands of requests a second is most of the
-balancer's time.
+With C{access-log: true}, L{AccessLogEvents}: every line is a structured
+L{twisted.logger} event in the C{lbtwist.access} namespace, and twistd's
+C{--logger} decides where it goes (L{jsonLogger} gives JSON lines).  That
+is flexible but costs tens of microseconds an event in the observers
+(twistd's text observer formats the time and the message of each one),
+which at tens of thousands of requests a second is most of the balancer's
+time.
 
-With C{access-log: /path/to/access.log} the lines go to that file instead,
+With C{access-log: /path/to/access.log}, L{AccessLogFile}: the lines go to
+that file instead,
 as nginx's C{access_log} does: formatted plainly, the timestamp made once a
 second, and written in batches (at 64 KiB, or a second after the first
 unwritten line, and when the balancer stops).  Log rotation: rename the file
@@ -18,14 +22,101 @@ and send C{SIGHUP}, or let logrotate use C{copytruncate}.
 from __future__ import annotations
 
 import os
+import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import FileLogObserver, Logger, jsonFileLogObserver
+from zope.interface import Interface, implementer  # type: ignore[import-untyped]
+
+HTTP_FORMAT = (
+    "{client} {method} {path} {status} backend={backend} in={bytesIn} "
+    "out={bytesOut} {duration:.4f}s retries={retries}"
+)
+TCP_FORMAT = (
+    "{client} tcp backend={backend} in={bytesIn} out={bytesOut} {duration:.4f}s "
+    "retries={retries}"
+)
 
 
+class IAccessLog(Interface):
+    """
+    Where a listener's access-log lines go.
+
+    An upgraded request (a WebSocket) is logged when its tunnel closes: its
+    bytes are the tunnel's each way, its duration runs to the close.
+    """
+
+    def request(client: str, method: str, path: str, status: int, backend: str | None,
+                bytesIn: int, bytesOut: int, duration: float, retries: int) -> None:
+        """
+        One HTTP request is answered (or its tunnel closed).
+
+        @param retries: tries after the first (failed connects, and sends
+            after the first).
+        """
+
+    def connection(client: str, backend: str | None, bytesIn: int, bytesOut: int,
+                   duration: float, retries: int) -> None:
+        """
+        One TCP connection is closed.
+        """
+
+
+@implementer(IAccessLog)
+class AccessLogEvents:
+    """
+    Access-log lines as structured events in the C{lbtwist.access}
+    namespace, with their fields: nothing is formatted unless an observer
+    formats it.
+    """
+
+    def __init__(self, source: object = None) -> None:
+        self.log = Logger(namespace="lbtwist.access", source=source)
+
+    def request(self, client: str, method: str, path: str, status: int,
+                backend: str | None, bytesIn: int, bytesOut: int, duration: float,
+                retries: int) -> None:
+        """
+        Emit the event of one HTTP request.
+        """
+        self.log.info(
+            HTTP_FORMAT, client=client, method=method, path=path, status=status,
+            backend=backend, bytesIn=bytesIn, bytesOut=bytesOut, duration=duration,
+            retries=retries,
+        )
+
+    def connection(self, client: str, backend: str | None, bytesIn: int, bytesOut: int,
+                   duration: float, retries: int) -> None:
+        """
+        Emit the event of one TCP connection.
+        """
+        self.log.info(
+            TCP_FORMAT, client=client, backend=backend, bytesIn=bytesIn,
+            bytesOut=bytesOut, duration=duration, retries=retries,
+        )
+
+
+def jsonLogger(stream: IO[str] | None = None) -> FileLogObserver:
+    """
+    A log observer writing every event as one JSON line: give
+    C{twistd --logger lbtwist.http.jsonLogger}.
+
+    It writes to the file named by C{$LBTWIST_JSON_LOG} (appended), or to
+    the process's original standard output.
+    """
+    if stream is None:
+        path = os.environ.get("LBTWIST_JSON_LOG")
+        # Kept open for the life of the process, as twistd's own log file is.
+        out: Any = open(path, "a", encoding="utf-8") if path else sys.__stdout__  # noqa: SIM115
+    else:
+        out = stream
+    return jsonFileLogObserver(out, recordSeparator="")
+
+
+@implementer(IAccessLog)
 class AccessLogFile(Service):
     """
     Appends access-log lines to a file, buffered while it runs.
@@ -111,6 +202,22 @@ class AccessLogFile(Service):
             self.flush()
         elif self._timer is None:
             self._timer = self.clock.callLater(self.flushAfter, self.flush)
+
+    def request(self, client: str, method: str, path: str, status: int,
+                backend: str | None, bytesIn: int, bytesOut: int, duration: float,
+                retries: int) -> None:
+        """
+        Write the line of one HTTP request.
+        """
+        self.write(httpLine(client, method, path, status, backend, bytesIn, bytesOut,
+                            duration, retries))
+
+    def connection(self, client: str, backend: str | None, bytesIn: int, bytesOut: int,
+                   duration: float, retries: int) -> None:
+        """
+        Write the line of one TCP connection.
+        """
+        self.write(tcpLine(client, backend, bytesIn, bytesOut, duration, retries))
 
     def flush(self) -> None:
         """

@@ -46,7 +46,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .checks import checkEndpoint
-from .config import BackendConfig, Config, ConfigError, parseBackend
+from .config import MAX_WEIGHT, BackendConfig, Config, ConfigError, parseBackend
 from .endpoints import parseEndpoint
 from .metrics import (
     NO_COUNTERS,
@@ -219,8 +219,8 @@ def _state(value: object, path: str) -> Admin:
 
 
 def _weight(value: object, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
-        raise APIError(400, f"{path}: expected an integer 0-256, got {_shown(value)}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
+        raise APIError(400, f"{path}: expected an integer 0-{MAX_WEIGHT}, got {_shown(value)}")
     return value
 
 

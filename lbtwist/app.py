@@ -19,14 +19,8 @@ from twisted.application.service import MultiService
 from .admin import AdminService
 from .config import Config
 from .gctuning import FrozenStartupHeap
-from .reload import (
-    DEFAULT_GRACE,
-    GracefulStop,
-    LiveConfig,
-    ReloadOnSignal,
-    configLoader,
-    loadState,
-)
+from .lifecycle import GracefulStop, ReloadOnSignal
+from .reload import DEFAULT_GRACE, LiveConfig, configLoader, loadState
 from .service import CannotStart, LoadBalancer
 from .state import StateError, StateFile, defaultStatePath, legacyStatePath
 

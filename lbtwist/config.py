@@ -19,6 +19,9 @@ import yaml
 
 from .endpoints import ENDPOINT_TYPES, expandAddress, parseEndpoint
 
+# A backend's weight is 0 (no new clients) to this; one place says so.
+MAX_WEIGHT = 256
+
 T = TypeVar("T")
 
 MODES = ("tcp", "http")
@@ -508,7 +511,7 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
     name = (
         _name(d["name"], f"{path}.name") if "name" in d else parseEndpoint(endpoint, False).defaultName
     )
-    weight = _integer(d.get("weight", 1), f"{path}.weight", 0, 256)
+    weight = _integer(d.get("weight", 1), f"{path}.weight", 0, MAX_WEIGHT)
     return BackendConfig(
         name=name,
         endpoint=endpoint,

@@ -52,16 +52,11 @@ from twisted.internet.error import (
     ConnectionRefusedError,
     TimeoutError,
 )
-from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamClientEndpoint
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from .accesslog import AccessLogFile
 from .dial import BackendProtocol, Cancellable, Dialler
 from .pool import Backend, BackendPool
-from .proxyprotocol import PROXY_HEADERS
 
 
 class NoBackendAvailable(Exception):
@@ -90,19 +85,6 @@ def failureKind(reason: Failure) -> str:
     if reason.check(ConnectionRefusedError):
         return "refused"
     return "connect"
-
-
-class EndpointCache(Dialler):
-    """
-    Client endpoints built from backends' endpoint strings, kept for reuse:
-    parsing a string for every connection would cost more than connecting.
-    """
-
-    def get(self, backend: Backend) -> IStreamClientEndpoint:
-        """
-        The endpoint for C{backend}.
-        """
-        return self.endpoint(backend.endpoint)
 
 
 class RetryPolicy(typing.Protocol):
@@ -149,7 +131,7 @@ class BackendConnector:
     ) -> None:
         self.pool = pool
         self.reactor = reactor
-        self.dialler = dialler or EndpointCache(reactor)
+        self.dialler = dialler or Dialler(reactor)
         self.retryPolicy: RetryPolicy = retryPolicy or PoolRetries()
 
     def connect(
@@ -454,147 +436,3 @@ class ConnectAttempt:
             why="timed out" if kind == "timeout" else reason.getErrorMessage(),
         )
         self.next()
-
-
-class ConnectionLimit:
-    """
-    The global C{maxconn}: client connections open at once over every
-    listener.
-
-    At the limit the listening ports stop accepting (new clients wait in the
-    kernel's accept queue, as with HAProxy) until a connection closes.  A
-    Twisted port accepts a batch of connections in one pass: each pass is
-    capped at the free slots, so no connection is accepted past the limit
-    only to be closed.
-
-    @ivar refused: connections closed because they came past the limit.
-    @ivar paused: how many times the listeners were paused.
-    """
-
-    log = Logger()
-
-    def __init__(self, maxconn: int) -> None:
-        self.maxconn = maxconn
-        self.active = 0
-        self.refused = 0
-        self.paused = 0
-        self._ports: list[Any] = []
-        self._reading = True
-
-    def addPort(self, port: Any) -> None:
-        """
-        Pause and resume C{port} (a listening port) with the others.
-        """
-        self._ports.append(port)
-        if not self._reading:
-            port.stopReading()
-        doRead = getattr(port, "doRead", None)
-        if doRead is not None and hasattr(port, "numberAccepts"):
-
-            def cappedRead() -> Any:
-                free = self.maxconn - self.active
-                if port.numberAccepts > free:
-                    port.numberAccepts = max(1, free)
-                return doRead()
-
-            port.doRead = cappedRead
-
-    def removePort(self, port: Any) -> None:
-        """
-        Forget C{port}: it stopped listening.
-        """
-        if port in self._ports:
-            self._ports.remove(port)
-
-    def admit(self) -> bool:
-        """
-        A client connected: count it, or say it must be refused.
-
-        @return: C{False} if the limit is reached (close the connection).
-        """
-        if self.active >= self.maxconn:
-            self.refused += 1
-            self._pause()
-            return False
-        self.active += 1
-        if self.active >= self.maxconn:
-            self._pause()
-        return True
-
-    def release(self) -> None:
-        """
-        An admitted client's connection closed.
-        """
-        self.active -= 1
-        if not self._reading and self.active < self.maxconn:
-            self._reading = True
-            for port in self._ports:
-                if getattr(port, "connected", True):
-                    port.startReading()
-
-    def _pause(self) -> None:
-        if self._reading:
-            self._reading = False
-            self.paused += 1
-            self.log.warn(
-                "{active} client connections open, the global maxconn: "
-                "listeners paused until one closes",
-                active=self.active,
-            )
-            for port in self._ports:
-                port.stopReading()
-
-
-@implementer(IProtocolNegotiationFactory)
-class ListenerFactory(ServerFactory):
-    """
-    What the protocol factories of every listener share, whatever their
-    mode: the pool, the counts of clients, the global C{maxconn}, the
-    PROXY-protocol header, the access-log file and the protocols a TLS
-    listener offers over ALPN.
-
-    @ivar activeClients: client connections currently open.
-    @ivar accepted: client connections accepted in all.
-    @ivar limit: the global maxconn shared by every listener, if set.
-    @ivar accessFile: the file the access log goes straight to, if any (set
-        by the balancer, which owns it).
-    @ivar alpn: the protocols offered over ALPN, most preferred first (set
-        by the balancer from the listener's configuration).
-    """
-
-    noisy = False
-    limit: ConnectionLimit | None = None
-    alpn: tuple[bytes, ...] = ()
-
-    def __init__(self, pool: BackendPool, reactor: Any) -> None:
-        self.pool = pool
-        self.reactor = reactor
-        self.activeClients = 0
-        self.accepted = 0
-        self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
-        self.accessFile: AccessLogFile | None = None
-
-    def acceptableProtocols(self) -> list[bytes]:
-        """
-        The protocols a TLS listener offers over ALPN, most preferred first.
-        """
-        return list(self.alpn)
-
-    def admit(self) -> bool:
-        """
-        Count a new client in, unless the global maxconn says no.
-        """
-        limit = self.limit
-        if limit is not None and not limit.admit():
-            return False
-        self.accepted += 1
-        self.activeClients += 1
-        return True
-
-    def clientGone(self) -> None:
-        """
-        Count a client out.
-        """
-        self.activeClients -= 1
-        if self.limit is not None:
-            self.limit.release()

@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .connect import EndpointCache
+from .dial import Dialler
 from .pool import Admin, Backend, BackendAdded, BackendPool, BackendRemoved, PoolEvent
 
 Probe = Callable[[Backend], "Deferred[Any]"]
@@ -52,15 +52,15 @@ class TCPProbe:
     A backend is healthy if it accepts a TCP connection.
     """
 
-    def __init__(self, endpoints: EndpointCache) -> None:
-        self._endpoints = endpoints
+    def __init__(self, dialler: Dialler) -> None:
+        self._dialler = dialler
         self._factory = _HangupFactory()
 
     def __call__(self, backend: Backend) -> Deferred[Any]:
         """
         Connect to C{backend}; fires on connection, fails on refusal.
         """
-        return self._endpoints.get(backend).connect(self._factory)
+        return self._dialler.endpoint(backend.endpoint).connect(self._factory)
 
 
 class HealthMonitor(Service):

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 import attrs
 import txaio
 
-from .config import BackendConfig, HealthCheck, PoolConfig
+from .config import MAX_WEIGHT, BackendConfig, HealthCheck, PoolConfig
 from .policies import POLICIES, BalancingPolicy
 
 # Upper bounds (seconds) of the response-time histogram buckets.
@@ -650,8 +650,8 @@ class BackendPool:
         @raise KeyError: there is no such backend.
         @raise ValueError: the weight is out of range.
         """
-        if not 0 <= weight <= 256:
-            raise ValueError(f"weight must be 0-256, got {weight}")
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"weight must be 0-{MAX_WEIGHT}, got {weight}")
         backend = self._backends[name]
         old = backend.weight
         backend.weight = weight

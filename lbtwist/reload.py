@@ -1,8 +1,8 @@
 """
 Changing a running balancer: the operator's changes (through the admin API)
-and configuration reloads (C{SIGHUP}), applied to the live pools without
-dropping a connection, saved to the state file, and the graceful stop
-(C{SIGTERM}).
+and configuration reloads, applied to the live pools without dropping a
+connection, and saved to the state file.  (What changed is worked out by
+L{lbtwist.diff}; signals and the graceful stop are L{lbtwist.lifecycle}'s.)
 
 L{LiveConfig} is the one place that changes the pools at run time.  Every
 change is first saved (atomically) to the state file and only then applied,
@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import copy
 import random
-import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from .config import BackendConfig, Config, ConfigError, PoolConfig
+from .config import MAX_WEIGHT, BackendConfig, Config, ConfigError, PoolConfig
+from .diff import poolChanges, runnable
 from .policies import POLICIES
 from .pool import Admin, Backend, BackendPool
 from .state import Overrides, StateFile
@@ -55,52 +53,6 @@ class DuplicateBackend(KeyError):
     """
     A backend of that name is already in the pool.
     """
-
-
-@attrs.frozen
-class PoolChanges:
-    """
-    What turns one pool's configuration into another.
-
-    @ivar added: backends new in the pool.
-    @ivar removed: names of backends gone from it.
-    @ivar replaced: backends whose endpoint or health check changed.
-    @ivar reweighted: backends whose weight alone changed.
-    """
-
-    added: tuple[BackendConfig, ...] = ()
-    removed: tuple[str, ...] = ()
-    replaced: tuple[BackendConfig, ...] = ()
-    reweighted: tuple[BackendConfig, ...] = ()
-
-    @property
-    def names(self) -> set[str]:
-        """
-        The names of every backend these changes touch.
-        """
-        return (
-            {b.name for b in self.added + self.replaced + self.reweighted}
-            | set(self.removed)
-        )
-
-
-def poolChanges(old: Iterable[BackendConfig], new: Iterable[BackendConfig]) -> PoolChanges:
-    """
-    Compare two lists of backends.
-    """
-    before = {b.name: b for b in old}
-    after = {b.name: b for b in new}
-    added, replaced, reweighted = [], [], []
-    for name, b in after.items():
-        was = before.get(name)
-        if was is None:
-            added.append(b)
-        elif attrs.evolve(was, weight=b.weight) != b:
-            replaced.append(b)
-        elif was.weight != b.weight:
-            reweighted.append(b)
-    removed = tuple(name for name in before if name not in after)
-    return PoolChanges(tuple(added), removed, tuple(replaced), tuple(reweighted))
 
 
 class LiveConfig:
@@ -224,20 +176,6 @@ class LiveConfig:
         self._drain(pool, backend)
         return backend
 
-    def setWeight(self, pool: str, name: str, weight: int) -> Backend:
-        """
-        Change a backend's weight, and remember it.
-
-        @raise UnknownPool: no such pool.
-        @raise UnknownBackend: no such backend.
-        @raise ValueError: the weight is not 0-256.
-        """
-        self.backend(pool, name)
-        if not 0 <= weight <= 256:
-            raise ValueError(f"weight must be 0-256, got {weight}")
-        self._commit(lambda o: o.weighted(pool, name, weight))
-        return self.pools[pool].setWeight(name, weight)
-
     def change(self, pool: str, name: str, weight: int | None = None,
                admin: Admin | None = None) -> Backend:
         """
@@ -246,11 +184,11 @@ class LiveConfig:
 
         @raise UnknownPool: no such pool.
         @raise UnknownBackend: no such backend.
-        @raise ValueError: the weight is not 0-256.
+        @raise ValueError: the weight is out of range.
         """
         self.backend(pool, name)
-        if weight is not None and not 0 <= weight <= 256:
-            raise ValueError(f"weight must be 0-256, got {weight}")
+        if weight is not None and not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"weight must be 0-{MAX_WEIGHT}, got {weight}")
 
         def change(o: Overrides) -> None:
             if weight is not None:
@@ -265,17 +203,6 @@ class LiveConfig:
         if admin is not None:
             live.setAdmin(name, admin)
         return live.get(name)  # type: ignore[return-value]
-
-    def setAdmin(self, pool: str, name: str, admin: Admin) -> Backend:
-        """
-        Set a backend's admin state (ready, drain, maint), and remember it.
-
-        @raise UnknownPool: no such pool.
-        @raise UnknownBackend: no such backend.
-        """
-        self.backend(pool, name)
-        self._commit(lambda o: o.administered(pool, name, admin))
-        return self.pools[pool].setAdmin(name, admin)
 
     # -- draining --------------------------------------------------------
 
@@ -469,76 +396,6 @@ def _counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-# Pool settings the listeners' protocol factories take when they are built:
-# a reload cannot change them under running connections.
-_BUILT_IN = (
-    ("timeouts.idle", lambda p: p.timeouts.idle),
-    ("timeouts.request", lambda p: p.timeouts.request),
-    ("timeouts.response", lambda p: p.timeouts.response),
-    ("http", lambda p: p.http),
-    ("sticky", lambda p: p.sticky),
-    ("proxy-protocol", lambda p: p.proxyProtocol),
-)
-
-
-def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolConfig:
-    """
-    C{new}, with the running values of the settings that need a restart;
-    the names of those that differ are added to C{differ}.
-    """
-    changed = [key for key, get in _BUILT_IN if get(new) != get(running)]
-    differ.extend(f"pools.{new.name}.{key}" for key in changed)
-    if not changed:
-        return new
-    return attrs.evolve(
-        new,
-        timeouts=attrs.evolve(new.timeouts, idle=running.timeouts.idle,
-                              request=running.timeouts.request,
-                              response=running.timeouts.response),
-        http=running.http,
-        sticky=running.sticky,
-        proxyProtocol=running.proxyProtocol,
-    )
-
-
-def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
-    """
-    What of a newly read configuration a running balancer can take on:
-    C{new}, with the listeners, the set of pools and the settings that only
-    change with a restart kept as they run, and the names of those that
-    differ.  An admin token read from the environment at start stays when
-    the file gives none.
-    """
-    differ = []
-    if [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] != [
-        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners
-    ]:
-        differ.append("listeners")
-    runningPools = {p.name: p for p in running.pools}
-    newPools = {p.name: p for p in new.pools}
-    if set(newPools) != set(runningPools):
-        differ.append("the set of pools")
-    for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
-                           ("state", "state"), ("maxconn", "maxconn")):
-        if getattr(new, attribute) != getattr(running, attribute):
-            differ.append(key)
-    pools = tuple(
-        _keepBuilt(newPools[name], pool, differ) if name in newPools else pool
-        for name, pool in runningPools.items()
-    )
-    kept = attrs.evolve(
-        new,
-        listeners=running.listeners,
-        pools=pools,
-        statusInterval=running.statusInterval,
-        admin=running.admin,
-        state=running.state,
-        maxconn=running.maxconn,
-        adminToken=new.adminToken or running.adminToken,
-    )
-    return kept, differ
-
-
 def configLoader(path: str) -> Callable[[], Config]:
     """
     Reads and checks the configuration file at C{path}, for reloads.
@@ -581,117 +438,3 @@ def loadState(live: LiveConfig) -> None:
             legacy=stateFile.loadedFrom, path=stateFile.path,
             summary=live.overrides.summary())
     live.reconcile()
-
-
-class ReloadOnSignal(Service):
-    """
-    Reloads the configuration on C{SIGHUP}, and stops gracefully on
-    C{SIGTERM}.
-
-    The reactor's own C{SIGTERM} handler makes twistd end by killing itself
-    with the signal; ours stops the reactor the same way (the services, and
-    L{GracefulStop}, get to finish) but lets the process exit 0, since a
-    graceful stop is a normal end.  It is installed once the reactor runs,
-    after the reactor's own.
-
-    @ivar installHandler: installs a signal handler and returns the old one
-        (injected; L{signal.signal} by default).
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        live: LiveConfig,
-        reactor: Any,
-        installHandler: Callable[[int, Any], Any] = signal.signal,
-        reopenLogs: Callable[[], None] | None = None,
-    ) -> None:
-        self.live = live
-        self.reactor = reactor
-        self.installHandler = installHandler
-        self.reopenLogs = reopenLogs
-        self._previous: dict[int, Any] = {}
-
-    def startService(self) -> None:
-        super().startService()
-        self._install(signal.SIGHUP, self._hangup)
-        self.reactor.callWhenRunning(self._installTerm)
-
-    def _installTerm(self) -> None:
-        if self.running:
-            self._install(signal.SIGTERM, self._terminate)
-
-    def _install(self, signum: int, handler: Any) -> None:
-        self._previous[signum] = self.installHandler(signum, handler)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        for signum, previous in self._previous.items():
-            self.installHandler(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous.clear()
-        return succeed(None)
-
-    def _hangup(self, signum: int, frame: Any) -> None:
-        # A signal handler may run between any two bytecodes of the reactor:
-        # only hand the work to the reactor's thread.
-        self.reactor.callFromThread(self._reload)
-
-    def _reload(self) -> None:
-        self.log.info("SIGHUP received: reloading the configuration")
-        if self.reopenLogs is not None:
-            self.reopenLogs()
-        self.live.reload()
-
-    def _terminate(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self._stop)
-
-    def _stop(self) -> None:
-        self.log.info("SIGTERM received: stopping gracefully")
-        self.reactor.stop()
-
-
-class GracefulStop(Service):
-    """
-    On stop (C{SIGTERM}), waits for in-flight connections and requests to
-    finish, up to C{grace} seconds, then closes what is left.  The listeners
-    stop accepting at the same time, as their own services stop.
-    """
-
-    log = Logger()
-
-    def __init__(self, live: LiveConfig, clock: Any, grace: float,
-                 poll: float = 0.05, softStops: Iterable[Callable[[], None]] = ()) -> None:
-        self.live = live
-        self.clock = clock
-        self.grace = grace
-        self.poll = poll
-        self.softStops = list(softStops)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        for softStop in self.softStops:
-            softStop()
-        done: Deferred[None] = Deferred()
-        deadline = self.clock.seconds() + self.grace
-        left = self.live.inFlight()
-        if left:
-            self.log.info(
-                "stopping: {active} connections get up to {grace}s to finish",
-                active=left, grace=self.grace,
-            )
-
-        def check() -> None:
-            if self.live.inFlight() and self.clock.seconds() < deadline:
-                self.clock.callLater(self.poll, check)
-                return
-            closed = self.live.closeEverything()
-            if closed:
-                self.log.warn(  # noqa: G010
-                    "stopping: closed {closed} connections still open after "
-                    "the {grace}s grace period", closed=closed, grace=self.grace,
-                )
-            done.callback(None)
-
-        check()
-        return done

@@ -18,9 +18,11 @@ from twisted.logger import Logger
 
 from .accesslog import AccessLogFile
 from .config import Config, ListenerConfig
-from .connect import BackendConnector, ConnectionLimit, EndpointCache
+from .connect import BackendConnector
+from .dial import Dialler
 from .endpoints import parseEndpoint
 from .health import HealthMonitor, Probe, TCPProbe
+from .listener import ConnectionLimit
 from .pool import BackendPool
 from .reporter import StatusReporter
 from .tcp import TCPProxyFactory, describe
@@ -39,7 +41,7 @@ def _tcpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -
     return TCPProxyFactory(
         pool,
         lb.reactor,
-        BackendConnector(pool, lb.reactor, lb.endpoints),
+        BackendConnector(pool, lb.reactor, lb.dialler),
         pool.config.timeouts.idle,
     )
 
@@ -47,7 +49,7 @@ def _tcpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -
 def _httpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
     from .http import HTTPProxyFactory
 
-    return HTTPProxyFactory(pool, lb.reactor, lb.endpoints, listener)
+    return HTTPProxyFactory(pool, lb.reactor, lb.dialler, listener)
 
 
 MODES: dict[str, FactoryBuilder] = {"tcp": _tcpFactory, "http": _httpFactory}
@@ -217,7 +219,7 @@ class LoadBalancer(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.endpoints = EndpointCache(reactor)
+        self.dialler = Dialler(reactor)
         self.pools = {p.name: BackendPool(p, rng) for p in config.pools}
         self.factories: dict[str, ServerFactory] = {}
         self.limit = ConnectionLimit(config.maxconn) if config.maxconn else None
@@ -236,7 +238,7 @@ class LoadBalancer(MultiService):
             factory.alpn = tuple(p.encode("ascii") for p in listener.alpn)  # type: ignore[attr-defined]
             accessPath = pool.config.http.accessLog
             if isinstance(accessPath, str):
-                factory.accessFile = self.accessFiles[accessPath]  # type: ignore[attr-defined]
+                factory.accessLog = self.accessFiles[accessPath]  # type: ignore[attr-defined]
             self.factories[listener.name] = factory
             # An ssl: endpoint is built with a reactor that wraps the factory
             # in lbtwist's TLS (see tlslisten), every other with the reactor.
@@ -244,15 +246,12 @@ class LoadBalancer(MultiService):
             ListenerService(
                 listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
             ).setServiceParent(self)
-        self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.endpoints)}
+        self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.dialler)}
         from .http import HTTPProbe
 
-        self.probes["http"] = HTTPProbe(self.endpoints)
-        self.monitors = {}
-        for name, pool in self.pools.items():
-            monitor = HealthMonitor(pool, self.probes, reactor)
-            monitor.setServiceParent(self)
-            self.monitors[name] = monitor
+        self.probes["http"] = HTTPProbe(self.dialler)
+        for pool in self.pools.values():
+            HealthMonitor(pool, self.probes, reactor).setServiceParent(self)
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
         self.reporter.setServiceParent(self)

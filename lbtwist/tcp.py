@@ -18,15 +18,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .accesslog import tcpLine
-from .connect import BackendConnector, ConnectAttempt, ListenerFactory
+from .connect import BackendConnector, ConnectAttempt
 from .dial import BackendProtocol
+from .listener import ListenerFactory
 from .pool import Backend, BackendPool
 from .writethrough import close, halfClose, writeThrough
-
-TCP_ACCESS_FORMAT = (
-    "{client} tcp backend={backend} in={bytesIn} out={bytesOut} {duration:.4f}s retries={retries}"
-)
 
 
 def clientKey(address: IAddress) -> bytes | None:
@@ -225,7 +221,7 @@ class ClientSide(_Side):
             self.backend = None
         self.factory.clientGone()
         # Last, once every count is settled.
-        if self.factory.accessLog is not None or self.factory.accessFile is not None:
+        if self.factory.accessLog is not None:
             self.logConnection(backend)
         self.finished = True
         if self.peer is None or self.peer.closed:
@@ -244,22 +240,13 @@ class ClientSide(_Side):
 
     def logConnection(self, backend: Backend | None) -> None:
         """
-        Emit the access-log event of this finished connection to C{backend}.
+        Write the access-log line of this finished connection to C{backend}.
         """
-        session = self.session
         peer = self.peer
-        client = self.clientName
-        backendName = backend.name if backend is not None else None
-        bytesOut = peer.received if peer is not None else 0
-        duration = session.seconds() - session.started
-        retries = self.failedTries
-        accessFile = self.factory.accessFile
-        if accessFile is not None:
-            accessFile.write(tcpLine(client, backendName, self.received, bytesOut, duration, retries))
-            return
-        self.factory.accessLog.info(  # type: ignore[union-attr]
-            TCP_ACCESS_FORMAT, client=client, backend=backendName, bytesIn=self.received,
-            bytesOut=bytesOut, duration=duration, retries=retries,
+        self.factory.accessLog.connection(  # type: ignore[union-attr]
+            self.clientName, backend.name if backend is not None else None, self.received,
+            peer.received if peer is not None else 0,
+            self.session.seconds() - self.session.started, self.failedTries,
         )
 
 
@@ -352,11 +339,6 @@ class TCPProxyFactory(ListenerFactory):
         super().__init__(pool, reactor)
         self.connector = connector
         self.idleTimeout = idleTimeout
-        # One event per connection in the access log's namespace, if asked.
-        self.accessLog = (
-            Logger(namespace="lbtwist.access", source=self)
-            if pool.config.http.accessLog is True else None
-        )
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if not self.admit():

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from lbtwist.config import parseConfig
-from lbtwist.connect import EndpointCache
+from lbtwist.dial import Dialler
 from lbtwist.http import HTTPProxyFactory
 from lbtwist.pool import BackendPool
 
@@ -233,7 +233,7 @@ class HTTPProxyTestCase(TestCase):
         )
         backendPool = BackendPool(config.pools[0])
         factory = HTTPProxyFactory(
-            backendPool, reactor, EndpointCache(reactor), config.listeners[0]
+            backendPool, reactor, Dialler(reactor), config.listeners[0]
         )
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         factory.testPort = port.getHost().port  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
 from lbtwist.config import parseConfig
-from lbtwist.connect import EndpointCache
+from lbtwist.dial import Dialler
 from lbtwist.health import HealthMonitor, ProbeFailed
 from lbtwist.http import HTTPProbe
 from lbtwist.pool import Backend, BackendPool, Health
@@ -47,7 +47,7 @@ class HTTPProbeTests(HTTPProxyTestCase):
         server = self.startBackend("s")
         backend = self.backendFor(server.endpoint, path="/health", host="app.local",
                                   **{"expect-status": "200-299", "expect-body": "s /hea"})
-        status = yield HTTPProbe(EndpointCache(reactor))(backend)
+        status = yield HTTPProbe(Dialler(reactor))(backend)
         self.assertEqual(status, 200)
         request = server.requests[0]
         self.assertEqual((request.method, request.url), (b"GET", b"/health"))
@@ -62,7 +62,7 @@ class HTTPProbeTests(HTTPProxyTestCase):
             "s", lambda r, b, c: b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
         )
         backend = self.backendFor(server.endpoint)
-        d = HTTPProbe(EndpointCache(reactor))(backend)
+        d = HTTPProbe(Dialler(reactor))(backend)
         failure = yield self.assertFailure(d, ProbeFailed)
         self.assertEqual(str(failure), "status 500, expected 200-399")
 
@@ -73,7 +73,7 @@ class HTTPProbeTests(HTTPProxyTestCase):
         """
         server = self.startBackend("s")
         backend = self.backendFor(server.endpoint, **{"expect-body": "healthy"})
-        d = HTTPProbe(EndpointCache(reactor))(backend)
+        d = HTTPProbe(Dialler(reactor))(backend)
         failure = yield self.assertFailure(d, ProbeFailed)
         self.assertIn("lacks 'healthy'", str(failure))
 
@@ -86,7 +86,7 @@ class HTTPProbeTests(HTTPProxyTestCase):
             "s", lambda r, b, c: b"HTTP/1.1 204 No Content\r\nContent-Length: 50\r\n\r\n"
         )
         backend = self.backendFor(server.endpoint, method="HEAD")
-        status = yield HTTPProbe(EndpointCache(reactor))(backend)
+        status = yield HTTPProbe(Dialler(reactor))(backend)
         self.assertEqual(status, 204)
 
     @inlineCallbacks

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
-from lbtwist.connect import EndpointCache
+from lbtwist.dial import Dialler
 from lbtwist.http import HTTPProxyFactory
 from lbtwist.http._errors import BadRequest
 from lbtwist.http._plan import checkTransferEncoding, cookieValue
@@ -52,7 +52,7 @@ class ProxyStateTests(SynchronousTestCase):
         """
         config = httpConfig(**pool)
         return HTTPProxyFactory(
-            BackendPool(config.pools[0]), self.reactor, EndpointCache(self.reactor),
+            BackendPool(config.pools[0]), self.reactor, Dialler(self.reactor),
             config.listeners[0],
         )
 
@@ -549,7 +549,7 @@ def memoryProxy(idle: float = 300.0) -> tuple[Any, HTTPProxyFactory]:
     reactor = MemoryReactorClock()
     pool = BackendPool(PoolConfig("p", (BackendConfig("a", "tcp:host=127.0.0.1:port=1"),),
                                   timeouts=Timeouts(idle=idle)))
-    factory = HTTPProxyFactory(pool, reactor, EndpointCache(reactor),
+    factory = HTTPProxyFactory(pool, reactor, Dialler(reactor),
                                ListenerConfig("l", "tcp:8080", "p", "http"))
     return reactor, factory
 

@@ -21,7 +21,8 @@ PACKAGE = Path(lbtwist.__file__).parent
 # The sans-IO core: plain values in and out, no reactor, no sockets.
 SANS_IO = {
     "lbtwist.config", "lbtwist.endpoints", "lbtwist.policies", "lbtwist.pool",
-    "lbtwist.state", "lbtwist.status", "lbtwist.http._plan", "lbtwist.http._errors",
+    "lbtwist.state", "lbtwist.status", "lbtwist.diff", "lbtwist.http._plan",
+    "lbtwist.http._errors",
 }
 
 # Modules only the entry points (the plugin, lb.tac) may import.

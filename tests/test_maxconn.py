@@ -13,8 +13,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import ConfigError, Queue, parseConfig
-from lbtwist.connect import BackendConnector, ConnectionLimit, NoBackendAvailable, QueueFull
+from lbtwist.connect import BackendConnector, NoBackendAvailable, QueueFull
 from lbtwist.dial import BackendProtocol
+from lbtwist.listener import ConnectionLimit
 from lbtwist.pool import BackendPool, Health
 
 from .support import freePort, reactor, sleep

@@ -19,16 +19,15 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig
+from lbtwist.diff import poolChanges
+from lbtwist.lifecycle import GracefulStop, ReloadOnSignal
 from lbtwist.pool import Admin, BackendPool
 from lbtwist.reload import (
     DuplicateBackend,
-    GracefulStop,
     LiveConfig,
-    ReloadOnSignal,
     UnknownBackend,
     UnknownPool,
     loadState,
-    poolChanges,
 )
 from lbtwist.state import Overrides, StateFile
 from tests.support import Backends, inThread, poolConfig, reactor, sleep, startBalancer
@@ -108,8 +107,8 @@ class LiveConfigTests(SynchronousTestCase):
         self.assertRaises(DuplicateBackend, t.live.addBackend, "web",
                           BackendConfig("a", "tcp:h:3"))
         self.assertRaises(UnknownBackend, t.live.removeBackend, "web", "zz")
-        self.assertRaises(UnknownBackend, t.live.setWeight, "web", "zz", 1)
-        self.assertRaises(ValueError, t.live.setWeight, "web", "a", 300)
+        self.assertRaises(UnknownBackend, t.live.change, "web", "zz", 1)
+        self.assertRaises(ValueError, t.live.change, "web", "a", 300)
         self.assertFalse(os.path.exists(t.path))
 
     def test_removeDrainsWithGrace(self) -> None:
@@ -164,7 +163,7 @@ class LiveConfigTests(SynchronousTestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         t = Live(self, configOf(A, B, ("c", "tcp:host=h:port=3", 1)))
-        t.live.setAdmin("web", "a", Admin.DRAIN)
+        t.live.change("web", "a", admin=Admin.DRAIN)
         new = configOf(("a", "tcp:host=h:port=1", 4), ("b", "tcp:host=h:port=20", 1),
                        ("d", "tcp:host=h:port=4", 1))
         t.next = attrs.evolve(new, pools=(
@@ -268,8 +267,8 @@ class LiveConfigTests(SynchronousTestCase):
         that backend, in which case the file wins.
         """
         t = Live(self, configOf(A, B))
-        t.live.setWeight("web", "a", 7)
-        t.live.setAdmin("web", "b", Admin.MAINT)
+        t.live.change("web", "a", weight=7)
+        t.live.change("web", "b", admin=Admin.MAINT)
         t.live.addBackend("web", BackendConfig("x", "tcp:host=h:port=8"))
         t.next = configOf(A, ("b", "tcp:host=h:port=2", 3))
         self.assertIsNone(t.live.reload())

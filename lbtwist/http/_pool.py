@@ -30,7 +30,6 @@ class IdleConnections:
     Bounded idle connections, grouped by a key (a backend, and the PROXY
     header they were opened with, if any).
 
-    @ivar kept: how many connections were put back for reuse.
     @ivar reused: how many were taken from the pool.
     """
 
@@ -39,7 +38,6 @@ class IdleConnections:
         self.keepAlive = keepAlive
         self._idle: dict[Hashable, list[Reusable]] = {}
         self._timer: Any = None
-        self.kept = 0
         self.reused = 0
         self.closed = False
 
@@ -81,7 +79,6 @@ class IdleConnections:
             return False
         conn.idleSince = self.clock.seconds()
         stack.append(conn)
-        self.kept += 1
         if self._timer is None:
             self._timer = self.clock.callLater(self.keepAlive.idleTimeout, self._sweep)
         return True

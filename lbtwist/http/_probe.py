@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from ..config import HealthCheck
-from ..connect import EndpointCache
+from ..dial import Dialler
 from ..endpoints import parseEndpoint
 from ..health import ProbeFailed
 from ..pool import Backend
@@ -125,8 +125,8 @@ class HTTPProbe:
     Register it as C{probes["http"]} of a L{lbtwist.health.HealthMonitor}.
     """
 
-    def __init__(self, endpoints: EndpointCache) -> None:
-        self._endpoints = endpoints
+    def __init__(self, dialler: Dialler) -> None:
+        self._dialler = dialler
 
     def request(self, backend: Backend) -> bytes:
         """
@@ -155,7 +155,7 @@ class HTTPProbe:
 
         result: Deferred[object] = Deferred(cancel)
         attempt: Deferred[Any] | None = None
-        endpoint: Any = self._endpoints.get(backend)
+        endpoint: Any = self._dialler.endpoint(backend.endpoint)
         attempt = endpoint.connect(
             _ProbeFactory(self.request(backend), backend.healthCheck, result)
         )

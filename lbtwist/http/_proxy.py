@@ -27,13 +27,13 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from ..accesslog import httpLine
 from ..config import ListenerConfig
-from ..connect import BackendConnector, EndpointCache, ListenerFactory
+from ..connect import BackendConnector
+from ..dial import Dialler
 from ..endpoints import parseEndpoint
+from ..listener import ListenerFactory
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
-from ._accesslog import logRequest
 from ._client import ClientConnection
 from ._exchange import Exchange
 from ._plan import RequestRules
@@ -61,14 +61,12 @@ class HTTPProxyFactory(ListenerFactory):
         self,
         pool: BackendPool,
         reactor: Any,
-        endpoints: EndpointCache,
+        dialler: Dialler,
         listener: ListenerConfig,
     ) -> None:
         super().__init__(pool, reactor)
-        # An instance attribute, not a descriptor, to keep its namespace.
-        self.accessLog = Logger(namespace="lbtwist.access", source=self)
         self.seconds: Callable[[], float] = reactor.seconds
-        self.connector = BackendConnector(pool, reactor, endpoints)
+        self.connector = BackendConnector(pool, reactor, dialler)
         config = pool.config
         http = config.http
         self.settings = http
@@ -199,13 +197,12 @@ class HTTPProxyFactory(ListenerFactory):
         duration runs from the request to now (for an upgrade, to the
         tunnel's close, with the tunnel's bytes each way).
         """
-        if self.accessFile is not None:
+        log = self.accessLog
+        if log is not None:
             backend = ex.backend
-            self.accessFile.write(httpLine(
+            log.request(
                 ex.client.clientName, ex.method.decode("latin-1"), ex.url.decode("latin-1"),
                 ex.status, backend.name if backend is not None else None,
                 ex.bytesIn, ex.bytesOut, self.seconds() - ex.started, ex.retries,
-            ))
-        elif self.settings.accessLog is True:
-            logRequest(self.accessLog, ex, self.seconds() - ex.started)
+            )
 

@@ -1,0 +1,130 @@
+"""
+What turns one configuration into another, as pure functions: the backends
+a pool gains, loses, replaces or re-weights (L{poolChanges}), and what of a
+newly read configuration a running balancer can take on without a restart
+(L{runnable}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from .config import BackendConfig, Config, PoolConfig
+
+
+@attrs.frozen
+class PoolChanges:
+    """
+    What turns one pool's configuration into another.
+
+    @ivar added: backends new in the pool.
+    @ivar removed: names of backends gone from it.
+    @ivar replaced: backends whose endpoint or health check changed.
+    @ivar reweighted: backends whose weight alone changed.
+    """
+
+    added: tuple[BackendConfig, ...] = ()
+    removed: tuple[str, ...] = ()
+    replaced: tuple[BackendConfig, ...] = ()
+    reweighted: tuple[BackendConfig, ...] = ()
+
+    @property
+    def names(self) -> set[str]:
+        """
+        The names of every backend these changes touch.
+        """
+        return (
+            {b.name for b in self.added + self.replaced + self.reweighted}
+            | set(self.removed)
+        )
+
+
+def poolChanges(old: Iterable[BackendConfig], new: Iterable[BackendConfig]) -> PoolChanges:
+    """
+    Compare two lists of backends.
+    """
+    before = {b.name: b for b in old}
+    after = {b.name: b for b in new}
+    added, replaced, reweighted = [], [], []
+    for name, b in after.items():
+        was = before.get(name)
+        if was is None:
+            added.append(b)
+        elif attrs.evolve(was, weight=b.weight) != b:
+            replaced.append(b)
+        elif was.weight != b.weight:
+            reweighted.append(b)
+    removed = tuple(name for name in before if name not in after)
+    return PoolChanges(tuple(added), removed, tuple(replaced), tuple(reweighted))
+
+
+# Pool settings the listeners' protocol factories take when they are built:
+# a reload cannot change them under running connections.
+_BUILT_IN = (
+    ("timeouts.idle", lambda p: p.timeouts.idle),
+    ("timeouts.request", lambda p: p.timeouts.request),
+    ("timeouts.response", lambda p: p.timeouts.response),
+    ("http", lambda p: p.http),
+    ("sticky", lambda p: p.sticky),
+    ("proxy-protocol", lambda p: p.proxyProtocol),
+)
+
+
+def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolConfig:
+    """
+    C{new}, with the running values of the settings that need a restart;
+    the names of those that differ are added to C{differ}.
+    """
+    changed = [key for key, get in _BUILT_IN if get(new) != get(running)]
+    differ.extend(f"pools.{new.name}.{key}" for key in changed)
+    if not changed:
+        return new
+    return attrs.evolve(
+        new,
+        timeouts=attrs.evolve(new.timeouts, idle=running.timeouts.idle,
+                              request=running.timeouts.request,
+                              response=running.timeouts.response),
+        http=running.http,
+        sticky=running.sticky,
+        proxyProtocol=running.proxyProtocol,
+    )
+
+
+def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
+    """
+    What of a newly read configuration a running balancer can take on:
+    C{new}, with the listeners, the set of pools and the settings that only
+    change with a restart kept as they run, and the names of those that
+    differ.  An admin token read from the environment at start stays when
+    the file gives none.
+    """
+    differ = []
+    if [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] != [
+        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners
+    ]:
+        differ.append("listeners")
+    runningPools = {p.name: p for p in running.pools}
+    newPools = {p.name: p for p in new.pools}
+    if set(newPools) != set(runningPools):
+        differ.append("the set of pools")
+    for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
+                           ("state", "state"), ("maxconn", "maxconn")):
+        if getattr(new, attribute) != getattr(running, attribute):
+            differ.append(key)
+    pools = tuple(
+        _keepBuilt(newPools[name], pool, differ) if name in newPools else pool
+        for name, pool in runningPools.items()
+    )
+    kept = attrs.evolve(
+        new,
+        listeners=running.listeners,
+        pools=pools,
+        statusInterval=running.statusInterval,
+        admin=running.admin,
+        state=running.state,
+        maxconn=running.maxconn,
+        adminToken=new.adminToken or running.adminToken,
+    )
+    return kept, differ

@@ -1,0 +1,131 @@
+"""
+The balancer's life as signals drive it: reload on C{SIGHUP}
+(L{ReloadOnSignal}), and the graceful stop on C{SIGTERM} (L{GracefulStop}),
+which lets in-flight connections and requests finish within the grace.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from .reload import LiveConfig
+
+
+class ReloadOnSignal(Service):
+    """
+    Reloads the configuration on C{SIGHUP}, and stops gracefully on
+    C{SIGTERM}.
+
+    The reactor's own C{SIGTERM} handler makes twistd end by killing itself
+    with the signal; ours stops the reactor the same way (the services, and
+    L{GracefulStop}, get to finish) but lets the process exit 0, since a
+    graceful stop is a normal end.  It is installed once the reactor runs,
+    after the reactor's own.
+
+    @ivar installHandler: installs a signal handler and returns the old one
+        (injected; L{signal.signal} by default).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        live: LiveConfig,
+        reactor: Any,
+        installHandler: Callable[[int, Any], Any] = signal.signal,
+        reopenLogs: Callable[[], None] | None = None,
+    ) -> None:
+        self.live = live
+        self.reactor = reactor
+        self.installHandler = installHandler
+        self.reopenLogs = reopenLogs
+        self._previous: dict[int, Any] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        self._install(signal.SIGHUP, self._hangup)
+        self.reactor.callWhenRunning(self._installTerm)
+
+    def _installTerm(self) -> None:
+        if self.running:
+            self._install(signal.SIGTERM, self._terminate)
+
+    def _install(self, signum: int, handler: Any) -> None:
+        self._previous[signum] = self.installHandler(signum, handler)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for signum, previous in self._previous.items():
+            self.installHandler(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+        return succeed(None)
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # A signal handler may run between any two bytecodes of the reactor:
+        # only hand the work to the reactor's thread.
+        self.reactor.callFromThread(self._reload)
+
+    def _reload(self) -> None:
+        self.log.info("SIGHUP received: reloading the configuration")
+        if self.reopenLogs is not None:
+            self.reopenLogs()
+        self.live.reload()
+
+    def _terminate(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._stop)
+
+    def _stop(self) -> None:
+        self.log.info("SIGTERM received: stopping gracefully")
+        self.reactor.stop()
+
+
+class GracefulStop(Service):
+    """
+    On stop (C{SIGTERM}), waits for in-flight connections and requests to
+    finish, up to C{grace} seconds, then closes what is left.  The listeners
+    stop accepting at the same time, as their own services stop.
+    """
+
+    log = Logger()
+
+    def __init__(self, live: LiveConfig, clock: Any, grace: float,
+                 poll: float = 0.05, softStops: Iterable[Callable[[], None]] = ()) -> None:
+        self.live = live
+        self.clock = clock
+        self.grace = grace
+        self.poll = poll
+        self.softStops = list(softStops)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for softStop in self.softStops:
+            softStop()
+        done: Deferred[None] = Deferred()
+        deadline = self.clock.seconds() + self.grace
+        left = self.live.inFlight()
+        if left:
+            self.log.info(
+                "stopping: {active} connections get up to {grace}s to finish",
+                active=left, grace=self.grace,
+            )
+
+        def check() -> None:
+            if self.live.inFlight() and self.clock.seconds() < deadline:
+                self.clock.callLater(self.poll, check)
+                return
+            closed = self.live.closeEverything()
+            if closed:
+                self.log.warn(  # noqa: G010
+                    "stopping: closed {closed} connections still open after "
+                    "the {grace}s grace period", closed=closed, grace=self.grace,
+                )
+            done.callback(None)
+
+        check()
+        return done
