@@ -154,6 +154,10 @@ class HTTPSettings:
     @ivar hostHeader: replaces the client's C{Host} header, if set.
     @ivar errorLimit: consecutive 5xx responses or failed exchanges that mark
         a backend down (0: only connection failures count, through C{fall}).
+    @ivar abortOnClose: a client that shuts its side (FIN) before an
+        idempotent request of its was answered at all is taken as gone, and
+        the request dropped, as HAProxy's C{abortonclose}; C{False} answers
+        half-closed clients.
     @ivar accessLog: C{True} for one structured log event per request (or
         connection, in TCP mode), the path of a file to write lines straight
         to, or C{False} for none.
@@ -165,6 +169,7 @@ class HTTPSettings:
     hostHeader: str | None = None
     keepAlive: KeepAlive = KeepAlive()
     errorLimit: int = 0
+    abortOnClose: bool = True
     accessLog: bool | str = False
 
 
@@ -567,7 +572,7 @@ def parseSticky(data: object, path: str) -> Sticky | None:
 
 _HTTP_KEYS = (
     "max-header-size", "max-request-line", "max-response-header-size", "host-header",
-    "keepalive", "error-limit", "access-log",
+    "keepalive", "error-limit", "access-log", "abort-on-close",
 )
 
 
@@ -616,6 +621,12 @@ def parseHTTP(data: object, path: str) -> HTTPSettings:
         changes["hostHeader"] = host
     if "access-log" in d:
         changes["accessLog"] = parseAccessLog(d["access-log"], f"{path}.access-log")
+    if "abort-on-close" in d:
+        value = d["abort-on-close"]
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}.abort-on-close",
+                              f"expected true or false, got {_describe(value)}")
+        changes["abortOnClose"] = value
     if "error-limit" in d:
         changes["errorLimit"] = _integer(d["error-limit"], f"{path}.error-limit", 0, 1000)
     if "keepalive" in d:

@@ -124,6 +124,27 @@ class ClientGoneTests(HTTPProxyTestCase):
         yield deferToThread(run)
         self.assertTrue((yield waitFor(lambda: a.open == 0, 1.0)), "backend connection held")
         self.assertEqual(proxy.pool.get("a").active, 0)  # type: ignore[union-attr]
+        self.assertEqual(a.raw.count(b"GET / HTTP/1.1"), 1)
+
+    @inlineCallbacks
+    def test_abortOnCloseOff(self) -> Any:
+        """
+        With C{http.abort-on-close} off, an idempotent request whose client
+        shut its side waits for its answer (and the backend connection is
+        kept until then).
+        """
+        a = self.startBackend("a", never)
+        proxy = self.startProxy([a], http={"abort-on-close": False})
+
+        def run() -> None:
+            with socket.create_connection(("127.0.0.1", proxy.testPort), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                time.sleep(0.3)
+
+        yield deferToThread(run)
+        self.assertEqual(a.open, 1)
+        self.assertEqual(proxy.pool.get("a").active, 1)  # type: ignore[union-attr]
 
     @inlineCallbacks
     def test_halfClosedWholeRequest(self) -> Any:

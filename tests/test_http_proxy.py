@@ -297,10 +297,11 @@ class HeaderTests(HTTPProxyTestCase):
     def test_clientHalfClose(self) -> Any:
         """
         A client that sends its request then shuts down its write side
-        still gets the response, then the connection is closed.
+        still gets the response, then the connection is closed, with
+        C{http.abort-on-close} off.
         """
         a = self.startBackend("a")
-        proxy = self.startProxy([a])
+        proxy = self.startProxy([a], http={"abort-on-close": False})
 
         def run() -> bytes:
             import socket

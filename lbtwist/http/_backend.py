@@ -20,6 +20,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
+from ._plan import AS_IS
 
 
 class ResponseHeadTooLarge(Exception):
@@ -67,6 +68,9 @@ class BackendConnection(BackendProtocol):
         self._rawHead = 0
         self._feeding = 0
         self._inHead = False
+        # Bytes of a Content-Length body still to relay as they come,
+        # without the parser (see L{_fastForward}).
+        self._forward = 0
 
     def connectionMade(self) -> None:
         # Made here, not in __init__: a protocol built for a connection
@@ -94,7 +98,7 @@ class BackendConnection(BackendProtocol):
         if chunked:
             self.transport.writeSequence((b"%x\r\n" % len(body), body, b"\r\n"))
         else:
-            self.transport.write(body)
+            writeNow(self.transport, body)
         self.backend.bytesIn += len(body)
 
     def endBody(self) -> None:
@@ -107,7 +111,7 @@ class BackendConnection(BackendProtocol):
         """
         Relay bytes of a tunnel from the client.
         """
-        self.transport.write(data)
+        writeNow(self.transport, data)
         self.backend.bytesIn += len(data)
 
     def abortNow(self) -> None:
@@ -156,6 +160,9 @@ class BackendConnection(BackendProtocol):
             self.transport.loseConnection()
             return
         ex.client.backendActive()
+        if self._forward:
+            self._fastForward(ex, data)
+            return
         self._feeding = len(data)
         try:
             self.parser.feed_data(data)
@@ -184,8 +191,14 @@ class BackendConnection(BackendProtocol):
                     self._headTooLarge(ex)
                 return
         ex = self.exchange
-        if ex is not None and ex.response is not None:
-            ex.client.flushHead(ex)
+        if ex is not None:
+            response = ex.response
+            if response is not None:
+                ex.client.flushHead(ex)
+                if response.framing is AS_IS and not self._skipBody:
+                    # The rest of a Content-Length body goes on as it comes,
+                    # as HAProxy fast-forwards it: no parsing, no copy.
+                    self._forward = response.length - ex.bytesOut
         if self._finishAfterFeed:
             self._finishAfterFeed = False
             self._skipBody = False
@@ -193,6 +206,28 @@ class BackendConnection(BackendProtocol):
             ex = self.exchange
             if ex is not None:
                 ex.responseComplete()
+
+    def _fastForward(self, ex: Any, data: bytes) -> None:
+        """
+        Relay C{data}, the next bytes of a Content-Length body, and end the
+        response once it is all there.
+        """
+        forward = self._forward
+        rest = b""
+        if len(data) > forward:
+            data, rest = data[:forward], data[forward:]
+        self._forward = forward - len(data)
+        ex.responseBody(data)
+        if self._forward:
+            return
+        # The parser saw the head and part of the body only: the next
+        # response gets a new one.
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        self.parser = HttpResponseParser(self)
+        ex.responseComplete()
+        if rest:
+            self.dataReceived(rest)
 
     def _headTooLarge(self, ex: Any) -> None:
         self.reusable = False

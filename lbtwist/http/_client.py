@@ -140,18 +140,19 @@ class ClientConnection(Protocol):
         """
         The client sent FIN.  A request it had not finished never will be:
         it is dropped and its backend connection aborted at once.  An
-        idempotent request nothing was answered to yet is dropped too, as
-        HAProxy's C{abortonclose} does: a client that closes is usually
-        gone, and a backend should not work on for nobody.  Other requests
-        (a POST, an answer under way) are answered; then the connection
-        closes.
+        idempotent request nothing was answered to yet is dropped too
+        (C{http.abort-on-close}, on by default), as HAProxy's
+        C{abortonclose} does: a client that closes is usually gone, and a
+        backend should not work on for nobody.  Other requests (a POST, an
+        answer under way) are answered; then the connection closes.
         """
         self._readClosed = True
         queue = self.queue
         ex = self._parsing
         self._parsing = None
+        abort = self.factory.settings.abortOnClose
         dropped = [e for e in queue if e is ex or (
-            not e.responded and e.method in IDEMPOTENT and e.requestDone)]
+            abort and not e.responded and e.method in IDEMPOTENT and e.requestDone)]
         for e in dropped:
             responded = e.responded and not e.over
             queue.remove(e)
@@ -509,7 +510,7 @@ class ClientConnection(Protocol):
         elif response.framing is CHUNKED:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            transport.write(data)
+            writeNow(transport, data)
 
     def endResponse(self, ex: Exchange) -> None:
         """
@@ -566,7 +567,7 @@ class ClientConnection(Protocol):
         Relay bytes of the tunnel from the backend.
         """
         self._lastActivity = self.factory.seconds()
-        self.transport.write(data)
+        writeNow(self.transport, data)
 
     def tunnelClosed(self) -> None:
         """

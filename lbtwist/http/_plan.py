@@ -410,18 +410,21 @@ class ResponsePlan:
     @ivar closeAfter: the client connection closes after this response.
     @ivar skipBody: the backend will send a body that must not be relayed
         (a reply to HEAD that says how long the body would be).
+    @ivar length: the body's length, for an L{AS_IS} body.
     """
 
-    __slots__ = ("closeAfter", "framing", "head", "skipBody", "untilClose")
+    __slots__ = ("closeAfter", "framing", "head", "length", "skipBody", "untilClose")
 
     def __init__(
-        self, head: bytes, framing: int, untilClose: bool, closeAfter: bool, skipBody: bool
+        self, head: bytes, framing: int, untilClose: bool, closeAfter: bool, skipBody: bool,
+        length: int | None = None,
     ) -> None:
         self.head = head
         self.framing = framing
         self.untilClose = untilClose
         self.closeAfter = closeAfter
         self.skipBody = skipBody
+        self.length = length
 
 
 def interimHead(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -528,7 +531,7 @@ def planResponse(
     append(b"\r\n")
     return ResponsePlan(
         b"\r\n".join(parts), framing, untilClose, not keepAlive,
-        head and not noBody,
+        head and not noBody, int(length) if framing is AS_IS and length is not None else None,
     )
 
 
