@@ -27,7 +27,7 @@ from lbtwist.service import (
     shortest,
 )
 
-from .support import Backends, firstLine, inThread, sleep
+from .support import Backends, firstLine, inThread, sleep, spawn
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ROOT = FilePath(__file__).parent().parent()
@@ -54,23 +54,8 @@ class TwistdTests(TestCase):
         Start twistd in the foreground; it is killed by PID if still running
         when the test ends.
         """
-        process = subprocess.Popen(
-            [TWISTD, "--nodaemon", "--pidfile=", *args],
-            cwd=cwd or _tempdir(self),
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
-        def reap() -> None:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            assert process.stdout is not None
-            process.stdout.close()
-
-        self.addCleanup(reap)
-        return process
+        return spawn(self, [TWISTD, "--nodaemon", "--pidfile=", *args],
+                     cwd or _tempdir(self), {**os.environ, **(env or {})})
 
     @inlineCallbacks
     def waitForPort(self, port: int, process: subprocess.Popen[bytes]) -> Any:
