@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import txaio
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -17,6 +18,13 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 from .accesslog import AccessLogEvents, IAccessLog
 from .pool import BackendPool
 from .proxyprotocol import PROXY_HEADERS
+
+# The sans-IO core (the pool) logs through txaio.  This layer, which every
+# listener of either mode is built on, runs it on Twisted: it selects that
+# framework as soon as it is imported, whatever the entry point (twistd lb,
+# a .tac file, an application embedding lbtwist or its protocols), as
+# autobahn's Twisted package does.
+txaio.use_twisted()
 
 
 class ConnectionLimit:

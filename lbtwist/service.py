@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-import txaio
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
@@ -27,12 +26,6 @@ from .pool import BackendPool
 from .reporter import StatusReporter
 from .tcp import TCPProxyFactory, describe
 from .tlslisten import listenerReactor
-
-# The sans-IO core (the pool) logs through txaio: this layer runs it on
-# Twisted, so select that framework as soon as it is imported, whatever the
-# entry point (twistd lb, a .tac file, an application embedding lbtwist), as
-# autobahn's Twisted package does.
-txaio.use_twisted()
 
 FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerFactory]
 
