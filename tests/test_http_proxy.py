@@ -16,6 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from lbtwist.http._backend import BackendConnection
 from lbtwist.http._client import ClientConnection
 from lbtwist.http._exchange import Exchange
+from lbtwist.http._plan import websocketAccept
 from lbtwist.leantcp import LeanDial, LeanDialled
 
 from .httphelpers import HTTPProxyTestCase, httpRequests, okResponse, rawExchange, waitFor
@@ -372,10 +373,12 @@ def _varietyOfClients(port: int) -> list[int]:
     send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc", reset=True)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\n\r\n")
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
         head = b""
         while b"\r\n\r\n" not in head:
             head += s.recv(1000)
+        statuses.append(int(head.split(b" ")[1]) - 101 + 200)
         s.sendall(b"ping")
         s.recv(1000)
     return statuses
@@ -402,8 +405,9 @@ class ReferenceCycleTests(HTTPProxyTestCase):
                 return None
             if request.url == b"/ws":
                 conn.tunnel = True
+                accept = websocketAccept(request.header(b"sec-websocket-key") or b"")
                 return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                        b"Connection: Upgrade\r\n\r\n")
+                        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
             return okResponse(request, backend)
 
         a = self.startBackend("a", respond)

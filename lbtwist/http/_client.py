@@ -574,6 +574,8 @@ class ClientConnection(Protocol):
         The tunnel's backend side closed: close this side too.
         """
         self._tunnel = None
+        # The exchange refers back to this connection.
+        self._tunnelExchange = None
         if not self.closed:
             self.transport.loseConnection()
 
