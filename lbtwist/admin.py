@@ -765,6 +765,10 @@ class AdminService(Service):
         self.port = port
         self.sampler.start(self.resource.history.interval, now=True)
         self.log.info("admin API listening on {address}", address=describe(port.getHost()))
+        if self.resource.token is None:
+            self.log.info(
+                "admin API: changes are disabled until a token is set (admin-token, or "
+                "LBTWIST_ADMIN_TOKEN); it answers reads")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

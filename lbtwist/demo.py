@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .config import Config
+from .endpoints import parseEndpoint
 from .tcp import describe
 
 DEMO_COUNT = 3
@@ -44,13 +45,28 @@ def demoEndpoints(count: int = DEMO_COUNT) -> list[str]:
     return ["tcp:host=127.0.0.1:port=9"] * count
 
 
+def listenerURL(address: Any, tls: bool) -> str:
+    """
+    The URL a person on this machine reaches a listener at: loopback for a
+    listener on every interface, https for a TLS one.
+    """
+    host = getattr(address, "host", "127.0.0.1")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{getattr(address, 'port', 8080)}/"
+
+
 def howToTry(listeners: list[str], admin: str | None) -> str:
     """
-    The demo's hint for people: where to send requests, and where the
-    dashboard is, or that the admin API is not running.
+    The demo's hint for people: where to send requests (the listeners'
+    URLs), and where the dashboard is, or that the admin API is not
+    running.
     """
-    first = listeners[0] if listeners else "127.0.0.1:8080"
-    text = f"try 'curl http://{first}/' a few times"
+    first = listeners[0] if listeners else "http://127.0.0.1:8080/"
+    # A self-signed certificate is the usual one to try TLS with.
+    insecure = "-k " if first.startswith("https:") else ""
+    text = f"try 'curl {insecure}{first}' a few times"
     if admin is None:
         return text + "; the admin API is not running, so there is no dashboard"
     return text + f", and open http://{admin}/ for the dashboard"
@@ -125,7 +141,9 @@ class DemoBackends(MultiService):
             name = service.name or ""
             port = getattr(service, "_waitingForPort", None)
             if name.startswith("listener:") and port is not None and port.called:
-                listeners.append(describe(port.result.getHost()))
+                listener = service.listener  # type: ignore[attr-defined]
+                listeners.append(listenerURL(
+                    port.result.getHost(), parseEndpoint(listener.endpoint, True).tls))
             if name == "admin" and getattr(service, "port", None) is not None:
                 admin = describe(service.port.getHost())  # type: ignore[attr-defined]
         self.log.info(

@@ -114,8 +114,9 @@ class HandshakeFailures:
             self.suppressed += 1
             return
         self.log.warn(
-            "listener {listener}: TLS handshake with {client} failed: {reason} "
-            "({suppressed} more failed handshakes not logged since the last report)",
+            "listener {listener}: TLS handshake with {client} failed: {reason}"
+            + (" ({suppressed} more failed handshakes not logged since the last report)"
+               if self.suppressed else ""),
             listener=self.listener,
             client=client,
             reason=reason,

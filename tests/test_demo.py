@@ -60,13 +60,30 @@ class HintTests(SynchronousTestCase):
         the admin API is not running.
         """
         self.assertEqual(
-            howToTry(["127.0.0.1:8080"], "127.0.0.1:9000"),
+            howToTry(["http://127.0.0.1:8080/"], "127.0.0.1:9000"),
             "try 'curl http://127.0.0.1:8080/' a few times, and open "
             "http://127.0.0.1:9000/ for the dashboard")
         self.assertEqual(
-            howToTry(["127.0.0.1:8080"], None),
+            howToTry(["http://127.0.0.1:8080/"], None),
             "try 'curl http://127.0.0.1:8080/' a few times; the admin API is not running, "
             "so there is no dashboard")
+        self.assertTrue(howToTry(["https://127.0.0.1:8443/"], None).startswith(
+            "try 'curl -k https://127.0.0.1:8443/'"))
+
+    def test_listenerURL(self) -> None:
+        """
+        A listener on every interface is tried on loopback; a TLS one with
+        https.
+        """
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        from lbtwist.demo import listenerURL
+
+        self.assertEqual(listenerURL(IPv4Address("TCP", "0.0.0.0", 8080), False),
+                         "http://127.0.0.1:8080/")
+        self.assertEqual(listenerURL(IPv4Address("TCP", "127.0.0.2", 8443), True),
+                         "https://127.0.0.2:8443/")
+        self.assertEqual(listenerURL(IPv6Address("TCP", "::", 80), False), "http://[::1]:80/")
 
     def test_noAdmin(self) -> None:
         """

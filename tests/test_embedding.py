@@ -165,7 +165,8 @@ class EmbeddingTests(TestCase):
         """
         The script recipe gives the whole balancer: it balances, answers the
         admin API, saves a change to the state file, reloads on SIGHUP
-        (and stays up), and stops gracefully on SIGTERM with status 0.
+        (and stays up), stops gracefully on SIGTERM with status 0, and logs
+        all of it.
         """
         self.writeConfig("a")
         self.work.child("embed.py").setContent(recipe("in a script of your own").encode())
@@ -195,7 +196,11 @@ class EmbeddingTests(TestCase):
         process.send_signal(signal.SIGTERM)
         self.assertEqual((yield self.exitCode(process)), 0)
         assert process.stdout is not None
-        self.assertNotIn("Traceback", process.stdout.read().decode())
+        output = process.stdout.read().decode()
+        self.assertNotIn("Traceback", output)
+        # The recipe logs, so the balancer says what it does.
+        for said in ("admin API listening", "configuration reloaded", "stopping gracefully"):
+            self.assertIn(said, output)
 
     @inlineCallbacks
     def test_tac(self) -> Any:

@@ -29,8 +29,8 @@ from lbtwist.http._exchange import (
     IClientSide,
     IllegalTransition,
 )
-from lbtwist.http._plan import RequestRules, planRequest, planResponse
-from lbtwist.pool import BackendPool
+from lbtwist.http._plan import RequestRules, planRequest, planResponse, websocketAccept
+from lbtwist.pool import BackendPool, Health
 
 from .test_http_unit import httpConfig
 
@@ -115,6 +115,9 @@ class RecordingClientSide:
 
     def cutResponse(self, exchange: Exchange) -> None:
         self.calls.append(("cut",))
+
+    def upgradeSent(self, exchange: Exchange, connection: Any) -> None:
+        self.calls.append(("upgradeSent",))
 
     def startTunnel(self, exchange: Exchange, connection: Any, head: bytes) -> None:
         self.calls.append(("tunnel",))
@@ -218,3 +221,178 @@ class ClientSideTests(SynchronousTestCase):
         ex.timedOut()
         self.assertEqual(ex.phase, FAILED)
         self.assertIn(("error", 504), side.calls)
+
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          b"Sec-WebSocket-Accept: " + websocketAccept(KEY) + b"\r\n\r\n")
+
+
+class AbortRecordingTransport(StringTransport):
+    """
+    A string transport that says whether it was aborted.
+    """
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.loseConnection()
+
+
+class EdgeTests(SynchronousTestCase):
+    """
+    Paths a review found wanting, each driven by hand over a memory reactor.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+
+    def factory(self, **pool: Any) -> HTTPProxyFactory:
+        config = httpConfig(**pool)
+        return HTTPProxyFactory(
+            BackendPool(config.pools[0]), self.reactor, Dialler(self.reactor),
+            config.listeners[0],
+        )
+
+    def client(self, factory: HTTPProxyFactory) -> tuple[Any, AbortRecordingTransport]:
+        proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
+        transport = AbortRecordingTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def backend(self, index: int = -1) -> tuple[Any, AbortRecordingTransport]:
+        host, port, dialFactory, _, _ = self.reactor.tcpClients[index]
+        proto = dialFactory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = AbortRecordingTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_drainReachesTunnels(self) -> None:
+        """
+        A tunnel keeps its backend's closer: a drain's end (or a stop)
+        closes it.
+        """
+        factory = self.factory()
+        client, _ = self.client(factory)
+        client.dataReceived(UPGRADE)
+        backend, transport = self.backend()
+        backend.dataReceived(SWITCH)
+        b1 = factory.pool.get("b1")
+        assert b1 is not None
+        self.assertEqual(len(b1.closers), 1)
+        self.assertEqual(b1.closeAll(), 1)
+        self.assertTrue(transport.aborted)
+
+    def test_bytesAfterResponse(self) -> None:
+        """
+        A backend that sends bytes after a complete response does not get
+        the next request: its connection is closed, not pooled.
+        """
+        factory = self.factory()
+        client, _ = self.client(factory)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend, transport = self.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
+        self.assertEqual(len(factory.idle), 0)
+        self.assertTrue(transport.disconnecting)
+        other, otherTransport = self.client(factory)
+        other.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_manyPipelinedRefusals(self) -> None:
+        """
+        Hundreds of pipelined requests answered at once (no backend) are
+        served in a loop, not by recursion.
+        """
+        factory = self.factory()
+        b1 = factory.pool.get("b1")
+        assert b1 is not None
+        b1.health = Health.DOWN
+        client, transport = self.client(factory)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 1000)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 503 "), 1000)
+
+    def test_earlyResponseCloses(self) -> None:
+        """
+        A response that comes before the request body is complete says
+        Connection: close, since the connection closes after it.
+        """
+        factory = self.factory()
+        client, transport = self.client(factory)
+        client.dataReceived(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+        backend, _ = self.backend()
+        backend.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 2\r\n\r\nno")
+        self.assertIn(b"Connection: close\r\n", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_closingClientBounded(self) -> None:
+        """
+        A client connection closing after its last response is aborted if
+        it does not go within the idle timeout (a client that stops
+        reading holds nothing).
+        """
+        factory = self.factory(timeouts={"idle": 30})
+        client, transport = self.client(factory)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        backend, _ = self.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(transport.disconnecting)
+        self.reactor.advance(29)
+        self.assertFalse(transport.aborted)
+        self.reactor.advance(2)
+        self.assertTrue(transport.aborted)
+
+    def test_errorsCloseWhenStopping(self) -> None:
+        """
+        During a soft stop an error answer says Connection: close too.
+        """
+        factory = self.factory()
+        b1 = factory.pool.get("b1")
+        assert b1 is not None
+        b1.health = Health.DOWN
+        client, transport = self.client(factory)
+        factory.softStop()
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "))
+        self.assertIn(b"Connection: close\r\n", transport.value())
+
+    def test_upgradeWithBody(self) -> None:
+        """
+        What follows an upgrade request's head (here its body) goes to the
+        backend, and the client is read again, before any 101.
+        """
+        factory = self.factory()
+        client, transport = self.client(factory)
+        client.dataReceived(b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
+                            b"Upgrade: foo\r\nContent-Length: 4\r\n\r\nab")
+        backend, backendTransport = self.backend()
+        self.assertEqual(transport.producerState, "producing")
+        client.dataReceived(b"cd")
+        self.assertTrue(backendTransport.value().endswith(b"\r\n\r\nabcd"))
+
+    def test_abandonedLogged(self) -> None:
+        """
+        A request whose client left before the answer is access-logged with
+        status 0 and counted.
+        """
+        lines: list[tuple[Any, ...]] = []
+
+        class Sink:
+            def request(self, *fields: Any) -> None:
+                lines.append(fields)
+
+        factory = self.factory()
+        factory.accessLog = Sink()  # type: ignore[assignment]
+        client, _ = self.client(factory)
+        client.dataReceived(b"GET /gone HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.backend()
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        client.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual([(f[2], f[3]) for f in lines], [("/gone", 0)])
+        self.assertEqual(factory.abandoned, 1)

@@ -260,6 +260,7 @@ class _FakeConnection:
     def __init__(self) -> None:
         self.idleSince = 0.0
         self.lost = False
+        self.reusable = True
         self.transport = StringTransport()
 
 

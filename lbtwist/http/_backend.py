@@ -206,6 +206,11 @@ class BackendConnection(BackendProtocol):
             ex = self.exchange
             if ex is not None:
                 ex.responseComplete()
+        if self.exchange is None and not self.reusable and not self.lost:
+            # Bytes came after the response it was pooled on: it cannot be
+            # trusted with another request.
+            self.factory.idle.discard(self.key, self)
+            self.transport.loseConnection()
 
     def _fastForward(self, ex: Any, data: bytes) -> None:
         """

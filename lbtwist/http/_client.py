@@ -87,6 +87,7 @@ class ClientConnection(Protocol):
         self._upgradeData = b""
         self._readClosed = False
         self._timer: Any = None
+        self._serving = False
         self._lastActivity = 0.0
         self._lastRead = 0.0
 
@@ -129,12 +130,25 @@ class ClientConnection(Protocol):
         if self.privateKeys:
             factory.idle.closeKeys(self.privateKeys)
         tunnel = self._tunnel
+        self._tunnelExchange = None
         if tunnel is not None:
             self._tunnel = None
             tunnel.transport.loseConnection()
         queue = self.queue
         while queue:
-            queue.popleft().abandon()
+            self._abandon(queue.popleft())
+
+    def _abandon(self, ex: Exchange) -> None:
+        """
+        The client left before C{ex} was answered: drop it, and write its
+        access-log line with status 0 (HAProxy logs such a request with
+        its termination state, C{CD}).
+        """
+        if ex.over:
+            return
+        ex.abandon()
+        self.factory.abandoned += 1
+        self.factory.logAccess(ex)
 
     def readConnectionLost(self) -> None:
         """
@@ -156,7 +170,7 @@ class ClientConnection(Protocol):
         for e in dropped:
             responded = e.responded and not e.over
             queue.remove(e)
-            e.abandon()
+            self._abandon(e)
             self.factory.log.info(
                 "client {client} closed its side before {what} was answered: aborted",
                 client=self.clientName,
@@ -168,8 +182,8 @@ class ClientConnection(Protocol):
                 return
         if not queue:
             self.transport.loseConnection()
-        elif queue[0].phase is WAITING:
-            queue[0].start()
+        else:
+            self._serve()
 
     def writeConnectionLost(self) -> None:
         """
@@ -215,7 +229,7 @@ class ClientConnection(Protocol):
                 if tunnel is not None:
                     tunnel.transport.abortConnection()
                 return
-            if ex is not None and self._tunnel is None:
+            if ex is not None:
                 due = ex.deadline
                 if due:
                     if now >= due:
@@ -347,10 +361,24 @@ class ClientConnection(Protocol):
                 self._refuse(414 if not self._headers else 431, "head too large")
                 return
         queue = self.queue
-        if queue:
-            ex = queue[0]
-            if ex.phase is WAITING:
-                ex.start()
+        if queue and queue[0].phase is WAITING:
+            self._serve()
+
+    def _serve(self) -> None:
+        """
+        Start the first request of the queue, and the ones after it that
+        are answered at once (a 503 with no backend): in a loop, not by
+        recursion, however many a client pipelined.
+        """
+        if self._serving:
+            return
+        self._serving = True
+        try:
+            queue = self.queue
+            while queue and not self.closed and queue[0].phase is WAITING:
+                queue[0].start()
+        finally:
+            self._serving = False
 
     def _refuse(self, status: int, why: str) -> None:
         """
@@ -380,19 +408,17 @@ class ClientConnection(Protocol):
         if not queue:
             self._sendFatal()
             return
-        first = queue[0]
-        if first.phase is WAITING:
+        if queue[0].phase is WAITING:
             # A complete request came before the bad one in the same read:
             # serve it (dataReceived returns before starting it); the error
             # follows its response.
-            first.start()
+            self._serve()
 
     def _sendFatal(self) -> None:
         status = self._fatal
         assert status is not None
-        transport = self.transport
-        transport.write(ERRORS_CLOSE[status])
-        transport.loseConnection()
+        self.transport.write(ERRORS_CLOSE[status])
+        self._close()
 
     # -- llhttp callbacks --------------------------------------------------
 
@@ -466,7 +492,8 @@ class ClientConnection(Protocol):
         plan = ex.plan
         response = planResponse(
             status, reason, headers, ex.method, ex.version != "1.0",
-            plan.keepAlive and not ex.closeAfter and not plan.upgrade and not factory.stopping,
+            plan.keepAlive and ex.requestDone and not ex.closeAfter and not plan.upgrade
+            and not factory.stopping,
             factory.cookieFor(ex) if ex.setCookie else None,
         )
         if response.closeAfter:
@@ -535,8 +562,33 @@ class ClientConnection(Protocol):
         """
         Close so that the client sees the response cut short.
         """
-        self.transport.loseConnection()
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close once what is queued is written, but not later than the idle
+        timeout: a client that stops reading holds nothing for longer.
+        """
         self.closed = True
+        self.transport.loseConnection()
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._timer = self.factory.reactor.callLater(
+            self.factory.idleTimeout, self.transport.abortConnection)
+
+    def upgradeSent(self, ex: Exchange, conn: Any) -> None:
+        """
+        The upgrade request went to the backend: what the client sent after
+        its head, and sends from now on, goes to the backend raw.
+        """
+        self._tunnel = conn
+        self._tunnelExchange = ex
+        data, self._upgradeData = self._upgradeData, b""
+        if data:
+            ex.bytesIn += len(data)
+            conn.sendTunnel(data)
+        self.releaseRequest()
 
     def startTunnel(self, ex: Exchange, conn: Any, head: bytes) -> None:
         """
@@ -556,11 +608,6 @@ class ClientConnection(Protocol):
         factory = self.factory
         self._lastActivity = factory.seconds()
         self._timer = factory.reactor.callLater(factory.idleTimeout, self._checkTimer)
-        data, self._upgradeData = self._upgradeData, b""
-        if data:
-            ex.bytesIn += len(data)
-            conn.sendTunnel(data)
-        self.releaseRequest()
 
     def tunnelData(self, data: bytes) -> None:
         """
@@ -610,14 +657,11 @@ class ClientConnection(Protocol):
         if ex.closeAfter or not ex.plan.keepAlive or not ex.requestDone or (
             self._readClosed and not queue
         ):
-            self.transport.loseConnection()
-            self.closed = True
+            self._close()
             return
         self._lastActivity = self.factory.seconds()
         if queue:
-            nxt = queue[0]
-            if nxt.phase is WAITING:
-                nxt.start()
+            self._serve()
             return
         if self._fatal is not None:
             self._sendFatal()

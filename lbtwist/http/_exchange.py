@@ -8,8 +8,10 @@ response, retries when that is safe, times out, counts passive health and
 answers errors.  It talks to the client's side through L{IClientSide} (an
 HTTP/1.1 connection today, an HTTP/2 stream later) and to the backend
 through a L{lbtwist.http._backend.BackendConnection}; both only translate
-bytes and parser callbacks into the calls below, and neither touches the
-other.
+bytes and parser callbacks into the calls below.  The backend connection
+reaches the client side only through the same interface (its activity,
+a response head held back, a tunnel's bytes), and neither touches the
+other's private state.
 
 The phases and their transitions (L{Exchange.phase}; anything else is a
 bug, and raises L{IllegalTransition}):
@@ -42,9 +44,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface  # type: ignore[import-untyped]
+from zope.interface import Attribute  # type: ignore[import-untyped]
 
 from ..connect import ConnectAttempt
 from ..pool import Backend
@@ -88,11 +91,12 @@ class IllegalTransition(Exception):
     """
 
 
-class IClientSide(Interface):
+class IClientSide(IPushProducer):
     """
     What an exchange needs of the side its request came from: an HTTP/1.1
     client connection, or (later) an HTTP/2 stream.  It is also the
-    producer of the request body, registered with the backend connection.
+    producer of the request body, registered with the backend connection
+    (paused while the backend cannot take more, resumed when it can).
     """
 
     clientHost = Attribute("The client's address as bytes, for hashing and X-Forwarded-For.")
@@ -152,6 +156,12 @@ class IClientSide(Interface):
         """
         Part of the response went out and the rest never will: end it so
         that the client sees it truncated.
+        """
+
+    def upgradeSent(exchange: Exchange, connection: Any) -> None:
+        """
+        An upgrade request went to the backend on C{connection}: relay what
+        the client sends from now on to it as it comes.
         """
 
     def startTunnel(exchange: Exchange, connection: Any, head: bytes) -> None:
@@ -389,8 +399,13 @@ class Exchange:
             self.pending = None
             for body in pending:
                 conn.sendBody(plan.chunked, body)
-        if self.requestDone or plan.upgrade:
-            if self.requestDone and plan.chunked:
+        if plan.upgrade:
+            # What the client sends after an upgrade request's head is the
+            # backend's, whatever it answers: a body it declared, or the
+            # new protocol's bytes after a 101.
+            client.upgradeSent(self, conn)
+        if self.requestDone:
+            if plan.chunked:
                 conn.endBody()
             self._due()
         else:
@@ -484,9 +499,9 @@ class Exchange:
         self.closeAfter = True
         conn.reusable = False
         conn.exchange = None
-        backend = conn.backend
-        self.factory.pool.closed(backend)
-        backend.closers.discard(conn.abortNow)
+        # The tunnel keeps its closer (a drain or a stop ends it), which its
+        # connection's connectionLost discards.
+        self.factory.pool.closed(conn.backend)
         self._releaseSlot()
         # Counted now; its access-log line is written when the tunnel closes.
         self.factory.countStatus(self)
@@ -590,7 +605,7 @@ class Exchange:
         End the exchange with the canned error C{status}; a response already
         under way is cut short instead, so the client sees it truncated.
         """
-        if self.over:
+        if self.over or self.phase is TUNNEL:
             return
         self._to(FAILED)
         self._stop()
@@ -604,7 +619,10 @@ class Exchange:
             return
         self.responded = False
         self.status = status
-        self.closeAfter = not self.requestDone or not self.plan.keepAlive or self.plan.upgrade
+        self.closeAfter = (
+            self.closeAfter or not self.requestDone or not self.plan.keepAlive
+            or self.plan.upgrade or factory.stopping
+        )
         client.sendError(self, status)
         factory.exchangeLogged(self)
         client.exchangeDone(self)
@@ -615,7 +633,7 @@ class Exchange:
         exchange and abort its backend connection at once (a half-sent or
         unread request can never complete, and must hold nothing).
         """
-        if self.over:
+        if self.over or self.phase is TUNNEL:
             return
         self._to(FAILED)
         self._stop()

@@ -22,6 +22,7 @@ class Reusable(Protocol):
 
     idleSince: float
     lost: bool
+    reusable: bool
     transport: Any
 
 
@@ -54,7 +55,7 @@ class IdleConnections:
         stack = self._idle.get(key)
         while stack:
             conn = stack[-1]
-            if conn.lost:
+            if conn.lost or not conn.reusable:
                 stack.pop()
                 continue
             if maxAge is not None and self.clock.seconds() - conn.idleSince > maxAge:

@@ -92,6 +92,8 @@ class HTTPProxyFactory(ListenerFactory):
         self._hash = SourceHash(random.Random())
         self._cookieIds: dict[str, bytes] = {}
         self.refused = 0
+        # Requests dropped because their client left before the answer.
+        self.abandoned = 0
         self.statuses: dict[str, int] = {}
         self.clients: set[ClientConnection] = set()
         # Set by a graceful stop: no more keep-alive.

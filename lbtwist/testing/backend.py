@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--interface", default="127.0.0.1")
-    parser.add_argument("--name", default="backend")
+    parser.add_argument("--name", help="the name it answers with (default: backend-PORT)")
     parser.add_argument("--log", help="append each request as a JSON line to this file "
                         "(default: a readable line per request on standard output)")
     parser.add_argument("--reset-every", type=int, default=0, metavar="N")
@@ -403,11 +403,14 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
 
     log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115
-    factory = ScriptedBackend(args.name, reactor, log, args.reset_every, args.stall,
+    factory = ScriptedBackend(args.name or "backend", reactor, log, args.reset_every, args.stall,
                               console=None if log is not None else sys.stdout)
     listening: list[Any] = [reactor.listenTCP(args.port, factory, backlog=1024,  # type: ignore[attr-defined]
                                               interface=args.interface)]
     port = listening[0].getHost().port
+    if args.name is None:
+        # Two backends started alike can still be told apart.
+        factory.name = f"backend-{port}"
 
     def toggle(signum: int, frame: Any) -> None:
         # Refuse connections (stop listening) or accept them again.
