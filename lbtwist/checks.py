@@ -58,7 +58,7 @@ def checkFiles(config: Config) -> None:
     @raise ConfigError: naming the key.
     """
     for p in config.pools:
-        path = p.http.accessLog
+        path = p.accessLog
         if not isinstance(path, str):
             continue
         directory = os.path.dirname(os.path.abspath(path))

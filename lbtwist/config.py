@@ -158,9 +158,6 @@ class HTTPSettings:
         idempotent request of its was answered at all is taken as gone, and
         the request dropped, as HAProxy's C{abortonclose}; C{False} answers
         half-closed clients.
-    @ivar accessLog: C{True} for one structured log event per request (or
-        connection, in TCP mode), the path of a file to write lines straight
-        to, or C{False} for none.
     """
 
     maxHeaderSize: int = 16384
@@ -170,7 +167,6 @@ class HTTPSettings:
     keepAlive: KeepAlive = KeepAlive()
     errorLimit: int = 0
     abortOnClose: bool = True
-    accessLog: bool | str = False
 
 
 @attrs.frozen
@@ -180,6 +176,9 @@ class PoolConfig:
 
     @ivar proxyProtocol: C{"v1"} or C{"v2"} to send a PROXY protocol header
         to backends, or L{None}.
+    @ivar accessLog: C{True} for one structured log event per connection
+        (TCP mode) or request (HTTP mode), the path of a file to write lines
+        straight to, or C{False} for none.
     """
 
     name: str
@@ -192,6 +191,7 @@ class PoolConfig:
     sticky: Sticky | None = None
     proxyProtocol: str | None = None
     queue: Queue = Queue()
+    accessLog: bool | str = False
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -619,8 +619,6 @@ def parseHTTP(data: object, path: str) -> HTTPSettings:
         if any(c in host for c in " \t\r\n\0/"):
             raise ConfigError(f"{path}.host-header", f"expected a host name, got {host!r}")
         changes["hostHeader"] = host
-    if "access-log" in d:
-        changes["accessLog"] = parseAccessLog(d["access-log"], f"{path}.access-log")
     if "abort-on-close" in d:
         value = d["abort-on-close"]
         if not isinstance(value, bool):
@@ -657,12 +655,17 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
     )
     _unique(backends, lambda b: b.name, f"{path}.backends", "backend")
     http = parseHTTP(d.get("http"), f"{path}.http")
-    if "access-log" in d:
-        # One event per connection (TCP) or request (HTTP); http.access-log
-        # says the same for HTTP mode alone.
-        http = attrs.evolve(
-            http, accessLog=parseAccessLog(d["access-log"], f"{path}.access-log")
-        )
+    # One line per connection (TCP) or request (HTTP): a pool's setting,
+    # which http.access-log (its older place) also gives.
+    accessLog: bool | str = False
+    httpData = d.get("http")
+    if isinstance(httpData, dict) and "access-log" in httpData:
+        if "access-log" in d:
+            raise ConfigError(f"{path}.http.access-log",
+                              f"give the access log once, as {path}.access-log")
+        accessLog = parseAccessLog(httpData["access-log"], f"{path}.http.access-log")
+    elif "access-log" in d:
+        accessLog = parseAccessLog(d["access-log"], f"{path}.access-log")
     t = _mapping(d.get("timeouts", {}), f"{path}.timeouts",
                  ("connect", "idle", "response", "request"))
     timeouts = Timeouts(
@@ -686,6 +689,7 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
             else _choice(d["proxy-protocol"], f"{path}.proxy-protocol", ("v1", "v2"))
         ),
         queue=parseQueue(d.get("queue"), f"{path}.queue"),
+        accessLog=accessLog,
     )
 
 

@@ -69,6 +69,7 @@ _BUILT_IN = (
     ("http", lambda p: p.http),
     ("sticky", lambda p: p.sticky),
     ("proxy-protocol", lambda p: p.proxyProtocol),
+    ("access-log", lambda p: p.accessLog),
 )
 
 
@@ -89,6 +90,7 @@ def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolC
         http=running.http,
         sticky=running.sticky,
         proxyProtocol=running.proxyProtocol,
+        accessLog=running.accessLog,
     )
 
 

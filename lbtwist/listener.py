@@ -144,7 +144,7 @@ class ListenerFactory(ServerFactory):
         self.accepted = 0
         self.proxyHeader = PROXY_HEADERS.get(pool.config.proxyProtocol or "")
         self.accessLog: IAccessLog | None = (
-            AccessLogEvents(self) if pool.config.http.accessLog is True else None
+            AccessLogEvents(self) if pool.config.accessLog is True else None
         )
 
     def acceptableProtocols(self) -> list[bytes]:

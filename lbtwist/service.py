@@ -219,7 +219,7 @@ class LoadBalancer(MultiService):
         # Access-log files, one per path, opened before the listeners start.
         self.accessFiles: dict[str, AccessLogFile] = {}
         for p in config.pools:
-            path = p.http.accessLog
+            path = p.accessLog
             if isinstance(path, str) and path not in self.accessFiles:
                 self.accessFiles[path] = AccessLogFile(path, reactor)
                 self.accessFiles[path].setServiceParent(self)
@@ -229,7 +229,7 @@ class LoadBalancer(MultiService):
             if self.limit is not None:
                 factory.limit = self.limit  # type: ignore[attr-defined]
             factory.alpn = tuple(p.encode("ascii") for p in listener.alpn)  # type: ignore[attr-defined]
-            accessPath = pool.config.http.accessLog
+            accessPath = pool.config.accessLog
             if isinstance(accessPath, str):
                 factory.accessLog = self.accessFiles[accessPath]  # type: ignore[attr-defined]
             self.factories[listener.name] = factory

@@ -369,3 +369,28 @@ class FileTests(SynchronousTestCase):
         example = FilePath(__file__).parent().parent().child("lb.yaml")
         config = loadConfigFile(example.path)
         self.assertTrue(config.pools)
+
+
+class AccessLogPlaceTests(SynchronousTestCase):
+    """
+    The access log is a pool's setting, in either mode; http.access-log,
+    its older place, gives the same.
+    """
+
+    def pool(self, **body: Any) -> Any:
+        return parseConfig({
+            "listeners": [{"listen": "tcp:0"}],
+            "pools": {"web": {"backends": ["tcp:host=h:port=1"], **body}},
+        }).pools[0]
+
+    def test_places(self) -> None:
+        """
+        Either place gives the pool's setting; giving both is an error that
+        names the key.
+        """
+        self.assertIs(self.pool(**{"access-log": True}).accessLog, True)
+        self.assertEqual(self.pool(http={"access-log": "./a.log"}).accessLog, "./a.log")
+        self.assertIs(self.pool().accessLog, False)
+        e = self.assertRaises(ConfigError, self.pool, **{"access-log": True,
+                                                         "http": {"access-log": True}})
+        self.assertIn("pools.web.http.access-log", str(e))

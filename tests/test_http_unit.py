@@ -420,7 +420,7 @@ class HTTPConfigTests(SynchronousTestCase):
         self.assertEqual(pool.http.hostHeader, "in.local")
         self.assertEqual(pool.http.keepAlive, KeepAlive(8, 30.0, 50))
         self.assertEqual(pool.http.errorLimit, 5)
-        self.assertTrue(pool.http.accessLog)
+        self.assertTrue(pool.accessLog)
         self.assertEqual(pool.sticky, Sticky("cookie", "SRV"))
         self.assertEqual(pool.proxyProtocol, "v2")
         self.assertEqual(httpConfig(sticky="source").pools[0].sticky, Sticky("source"))
@@ -473,7 +473,7 @@ class HTTPTapTests(SynchronousTestCase):
         ])
         pool = options["lbconfig"].pools[0]
         self.assertEqual((pool.timeouts.request, pool.timeouts.response), (3.0, 2.0))
-        self.assertTrue(pool.http.accessLog)
+        self.assertTrue(pool.accessLog)
         self.assertEqual(options["lbconfig"].listeners[0].mode, "http")
 
 

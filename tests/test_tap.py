@@ -87,13 +87,13 @@ class OptionsTests(SynchronousTestCase):
         names a file for the lines (a path is made to look like one).
         """
         args = ("--backend", "127.0.0.1:80")
-        self.assertFalse(self.parse(*args)["lbconfig"].pool("default").http.accessLog)
-        self.assertIs(self.parse(*args, "--access-log")["lbconfig"].pool("default").http.accessLog,
+        self.assertFalse(self.parse(*args)["lbconfig"].pool("default").accessLog)
+        self.assertIs(self.parse(*args, "--access-log")["lbconfig"].pool("default").accessLog,
                       True)
         config = self.parse(*args, "--access-log-file", "./access.log")["lbconfig"]
-        self.assertEqual(config.pool("default").http.accessLog, "./access.log")
+        self.assertEqual(config.pool("default").accessLog, "./access.log")
         config = self.parse(*args, "--access-log-file", "access.log")["lbconfig"]
-        self.assertEqual(config.pool("default").http.accessLog, "./access.log")
+        self.assertEqual(config.pool("default").accessLog, "./access.log")
 
     def test_accessLogFileDirectory(self) -> None:
         """

@@ -310,10 +310,8 @@ class AccessLogTests(SynchronousTestCase):
         import attrs
         from twisted.logger import globalLogPublisher
 
-        from lbtwist.config import HTTPSettings
-
         reactor, pool, factory = makeProxy()
-        pool.config = attrs.evolve(pool.config, http=HTTPSettings(accessLog=True))
+        pool.config = attrs.evolve(pool.config, accessLog=True)
         factory = TCPProxyFactory(pool, reactor, factory.connector, 300.0)
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
