@@ -6,7 +6,7 @@ setup(
     description="An event-driven TCP and HTTP load balancer on Twisted.",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
-    packages=["lbtwist", "lbtwist.http", "lbtwist.testing", "twisted.plugins"],
+    packages=["lbtwist", "lbtwist.admin", "lbtwist.http", "lbtwist.testing", "twisted.plugins"],
     package_dir={"": "."},
     package_data={"twisted": ["plugins/lbtwist_lb.py"], "lbtwist": ["static/*"]},
     python_requires=">=3.10",

@@ -945,9 +945,9 @@ class DefaultListenerTests(TestCase):
         """
         The default endpoint being busy is logged, and the balancer goes on.
         """
-        import lbtwist.admin
+        from lbtwist.admin import _service
 
-        self.patch(lbtwist.admin, "DEFAULT_ADMIN", f"tcp:{self.busy}:interface=127.0.0.1")
+        self.patch(_service, "DEFAULT_ADMIN", f"tcp:{self.busy}:interface=127.0.0.1")
         s = self.service(None)
         s.startService()
         self.assertIsNone(s.port)

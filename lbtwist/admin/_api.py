@@ -1,26 +1,6 @@
 """
-The admin API: JSON over HTTP on a listener of its own, the Prometheus
-metrics, and the live dashboard.
-
-Routes (the REST ones act on any pool; the Go-compatible ones on the first):
-
-    GET    /                                   the dashboard
-    GET    /static/{file}                      its script and style
-    GET    /metrics                            Prometheus text format
-    GET    /api/health                         the balancer's health
-    GET    /api/pools                          every pool and its backends
-    GET    /api/pools/{pool}                   one pool
-    GET    /api/pools/{pool}/backends          its backends
-    POST   /api/pools/{pool}/backends          add one
-    GET    /api/pools/{pool}/backends/{name}   one backend
-    PATCH  /api/pools/{pool}/backends/{name}   change its weight or state
-    DELETE /api/pools/{pool}/backends/{name}   remove it (drained first)
-    GET    /api/listeners                      the listeners and their counters
-    POST   /api/reload                         reload the configuration file
-    GET    /health, /list; POST /addServer; DELETE /removeServer   (Go design)
-
-Every request that changes something needs C{Authorization: Bearer TOKEN};
-the token is compared in constant time.
+The admin API's routes: one resource that dispatches by method and path,
+checks the token of every change, and answers JSON.
 """
 
 from __future__ import annotations
@@ -29,40 +9,36 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import attrs
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
-from .checks import checkEndpoint
-from .config import MAX_WEIGHT, BackendConfig, Config, ConfigError, parseBackend
-from .endpoints import parseEndpoint
-from .metrics import (
+from ..config import BackendConfig, ConfigError, parseBackend
+from ..endpoints import parseEndpoint
+from ..metrics import (
     NO_COUNTERS,
     CounterHistory,
-    Counters,
     Sample,
     balancerRegistry,
     exposition,
-    mergedBuckets,
     recentView,
-    responsePercentiles,
 )
-from .pool import Admin, Backend, BackendPool, BackendStats
-from .reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
-from .service import CannotStart
-from .tcp import describe
+from ..pool import Admin, Backend, BackendPool
+from ..reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
+from ._input import APIError, _checkEndpoint, _shown, _state, _weight
+from ._views import (
+    backendURL,
+    backendView,
+    countersView,
+    poolCounters,
+    poolView,
+)
 
 DEFAULT_ADMIN = "tcp:9000:interface=127.0.0.1"
 TOKEN_VARIABLE = "LBTWIST_ADMIN_TOKEN"
@@ -77,154 +53,6 @@ _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css)$")
 
 # -- configuration ------------------------------------------------------------
 
-
-def checkAdmin(config: Config, environ: Mapping[str, str]) -> Config:
-    """
-    Fill in the admin token from the environment (when the file has none),
-    and refuse an admin listener on a non-loopback interface without one.
-
-    @raise ConfigError: the admin API would be open to the network.
-    """
-    token = config.adminToken or environ.get(TOKEN_VARIABLE) or None
-    endpoint = config.admin or DEFAULT_ADMIN
-    if not token and not parseEndpoint(endpoint, True).loopback:
-        raise ConfigError(
-            "admin",
-            f"the admin API on {endpoint!r} is reachable from the network: set "
-            f"admin-token (or {TOKEN_VARIABLE}), or listen on 127.0.0.1",
-        )
-    return attrs.evolve(config, adminToken=token)
-
-
-# -- errors and views ---------------------------------------------------------
-
-
-class APIError(Exception):
-    """
-    A request is refused: an HTTP status and a message for the client.
-    """
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def backendURL(endpoint: str) -> str:
-    """
-    The C{http://host:port} form of a backend's endpoint string, as the Go
-    design shows it; other endpoints are shown as they are.
-    """
-    try:
-        return parseEndpoint(endpoint, False).url
-    except ValueError:
-        return endpoint
-
-
-def backendView(pool: BackendPool, backend: Backend) -> dict[str, Any]:
-    """
-    A backend as the API shows it.
-    """
-    stats = next(s for s in pool.stats() if s.name == backend.name)
-    return _statsView(stats, backend)
-
-
-def _statsView(stats: BackendStats, backend: Backend | None) -> dict[str, Any]:
-    view = attrs.asdict(stats)
-    view["url"] = backendURL(stats.endpoint)
-    view["responsePercentiles"] = responsePercentiles(
-        backend.responseBuckets if backend is not None else ())
-    return view
-
-
-ERROR_CLASSES = ("4xx", "5xx")
-
-
-def poolCounters(pool: BackendPool, responses: Mapping[str, int] | None) -> Counters:
-    """
-    A pool's counters now.
-
-    @param responses: the responses its HTTP listeners sent, by status
-        class, or L{None} if no HTTP listener serves it.  Its C{errors} are
-        the 4xx and 5xx answers then (a client refused for lack of a backend
-        or of a queue slot is answered 503); else the clients refused.
-    """
-    refusals = pool.noBackend + pool.queueFull + pool.queueTimeouts
-    return Counters(
-        requests=sum(b.total for b in pool),
-        errors=(refusals if responses is None
-                else sum(responses.get(c, 0) for c in ERROR_CLASSES)),
-        noBackend=pool.noBackend,
-        queueFull=pool.queueFull,
-        queueTimeouts=pool.queueTimeouts,
-        responses=dict(responses or {}),
-        buckets=tuple(mergedBuckets(pool)),
-    )
-
-
-def countersView(counters: Counters, recent: dict[str, Any] | None) -> dict[str, Any]:
-    """
-    The counters as the API shows them, with the C{recent} rates and
-    percentiles (L{None} until the admin service has a sample to measure
-    from).
-    """
-    return {
-        "requests": counters.requests,
-        "errors": counters.errors,
-        "noBackend": counters.noBackend,
-        "queueFull": counters.queueFull,
-        "queueTimeouts": counters.queueTimeouts,
-        "responses": dict(counters.responses),
-        "responsePercentiles": responsePercentiles(counters.buckets),
-        "recent": recent,
-    }
-
-
-def poolView(pool: BackendPool, counters: Counters | None = None,
-             recent: dict[str, Any] | None = None) -> dict[str, Any]:
-    """
-    A pool as the API shows it.
-    """
-    return {
-        "name": pool.name,
-        "policy": pool.config.policy,
-        "eligible": sum(1 for b in pool if b.eligible),
-        "queueLength": pool.queueLength,
-        "queued": pool.queued,
-        **countersView(counters or poolCounters(pool, None), recent),
-        "backends": [_statsView(s, pool.get(s.name)) for s in pool.stats()],
-    }
-
-
-def _checkEndpoint(endpoint: str, path: str) -> None:
-    try:
-        checkEndpoint(endpoint, server=False)
-    except Exception as e:
-        raise ConfigError(path, f"invalid endpoint {endpoint!r}: {e}") from e
-
-
-def _shown(value: object) -> str:
-    """
-    A value as the client sent it, in JSON's spelling (true, null, "x").
-    """
-    return json.dumps(value)
-
-
-def _state(value: object, path: str) -> Admin:
-    try:
-        return Admin(value)
-    except ValueError:
-        raise APIError(
-            400, f"{path}: expected one of ready, drain, maint, got {_shown(value)}") from None
-
-
-def _weight(value: object, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
-        raise APIError(400, f"{path}: expected an integer 0-{MAX_WEIGHT}, got {_shown(value)}")
-    return value
-
-
-# -- the resource -------------------------------------------------------------
 
 Handler = Callable[[Request, list[str]], Any]
 
@@ -688,95 +516,3 @@ class AdminResource(Resource):
                     return self._saveFailed(request, e)
                 return self._json(request, 200, {"status": "success"})
         raise APIError(404, "Server not found")
-
-
-# -- the service --------------------------------------------------------------
-
-
-class BoundedRequest(Request):
-    """
-    A request that keeps at most C{MAX_BODY} bytes of its body, in memory:
-    the rest is dropped as it arrives (twisted.web would spool a large or
-    chunked body to a temporary file before any check ran), and the request
-    is answered 413.
-    """
-
-    oversized = False
-    _kept = 0
-
-    def gotLength(self, length: int | None) -> None:
-        if length is None or length > MAX_BODY:
-            self.oversized = length is not None
-            length = MAX_BODY
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._kept + len(data) > MAX_BODY:
-            self.oversized = True
-            return
-        self._kept += len(data)
-        super().handleContentChunk(data)
-
-
-class AdminService(Service):
-    """
-    The admin listener.  When it is the default one (not configured) and the
-    port is taken, the balancer runs on without it and says so; a configured
-    one that cannot listen stops the balancer from starting.
-
-    @ivar port: the listening port, once started.
-    """
-
-    log = Logger()
-
-    def __init__(self, balancer: Any, live: LiveConfig, reactor: Any,
-                 environ: Mapping[str, str] | None = None) -> None:
-        config: Config = checkAdmin(
-            balancer.config, os.environ if environ is None else environ)
-        self.required = config.admin is not None
-        self.endpointText = config.admin or DEFAULT_ADMIN
-        self.endpoint = serverFromString(reactor, self.endpointText)
-        self.resource = AdminResource(balancer, live, config.adminToken, reactor)
-        self.sampler = LoopingCall(lambda: self.resource.history.add(self.resource.sample()))
-        self.sampler.clock = reactor
-        self.site = Site(self.resource, requestFactory=BoundedRequest)
-        self.site.noisy = False
-        self.site.log = lambda request: None  # type: ignore[method-assign]
-        self.port: Any = None
-        self.setName("admin")
-
-    def startService(self) -> None:
-        super().startService()
-        problem: list[Failure] = []
-        self.endpoint.listen(self.site).addCallbacks(self._listening, problem.append)
-        if problem:
-            why = problem[0].getErrorMessage()
-            if self.required:
-                self.log.critical("admin API cannot listen on {endpoint}: {error}",
-                                  endpoint=self.endpointText, error=why)
-                raise CannotStart(
-                    f"lbtwist: admin API cannot listen on {self.endpointText}: {why}")
-            self.log.error(
-                "admin API cannot listen on the default {endpoint} ({error}); running "
-                "without it (set --admin or admin: in the config file)",
-                endpoint=self.endpointText, error=why)
-
-    def _listening(self, port: Any) -> None:
-        self.port = port
-        self.sampler.start(self.resource.history.interval, now=True)
-        self.log.info("admin API listening on {address}", address=describe(port.getHost()))
-        if self.resource.token is None:
-            self.log.info(
-                "admin API: changes are disabled until a token is set (admin-token, or "
-                "LBTWIST_ADMIN_TOKEN); it answers reads")
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self.sampler.running:
-            self.sampler.stop()
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        port.stopListening().addBoth(lambda _: d.callback(None))
-        return d
