@@ -97,6 +97,27 @@ class Timeouts:
     request: float = 10.0
 
 
+# What may be retried (retry-on): a failed connect, a connection lost before
+# the response, no response in time, or one of these answers.  Only requests
+# safe to send again are ever retried.
+RETRY_CAUSES = ("connect-failure", "refused-stream", "reset", "timeout")
+RETRY_STATUSES = (502, 503, 504)
+DEFAULT_RETRY_ON: tuple[str | int, ...] = ("connect-failure", "refused-stream", "reset")
+
+
+@attrs.frozen
+class RetryBudget:
+    """
+    A cap on retries in flight: at most C{percent} of a pool's active
+    requests (or C{minConcurrency}, whichever is more) may be retries at
+    once, so a failing pool is not met with a retry storm (Envoy's retry
+    budget).
+    """
+
+    percent: float = 20.0
+    minConcurrency: int = 3
+
+
 @attrs.frozen
 class Queue:
     """
@@ -176,6 +197,8 @@ class PoolConfig:
 
     @ivar proxyProtocol: C{"v1"} or C{"v2"} to send a PROXY protocol header
         to backends, or L{None}.
+    @ivar retryOn: what is retried (L{RETRY_CAUSES} and L{RETRY_STATUSES}).
+    @ivar retryBudget: the cap on retries in flight, if any.
     @ivar accessLog: C{True} for one structured log event per connection
         (TCP mode) or request (HTTP mode), the path of a file to write lines
         straight to, or C{False} for none.
@@ -192,6 +215,8 @@ class PoolConfig:
     proxyProtocol: str | None = None
     queue: Queue = Queue()
     accessLog: bool | str = False
+    retryOn: tuple[str | int, ...] = DEFAULT_RETRY_ON
+    retryBudget: RetryBudget | None = None
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -528,7 +553,7 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
 
 _POOL_KEYS = (
     "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
-    "proxy-protocol", "queue", "access-log",
+    "proxy-protocol", "queue", "access-log", "retry-on", "retry-budget",
 )
 
 # The most a maxconn may say: far above what one process can hold open.
@@ -690,7 +715,54 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         ),
         queue=parseQueue(d.get("queue"), f"{path}.queue"),
         accessLog=accessLog,
+        retryOn=(
+            parseRetryOn(d["retry-on"], f"{path}.retry-on") if "retry-on" in d
+            else DEFAULT_RETRY_ON
+        ),
+        retryBudget=parseRetryBudget(d.get("retry-budget"), f"{path}.retry-budget"),
     )
+
+
+def parseRetryOn(data: object, path: str) -> tuple[str | int, ...]:
+    """
+    The C{retry-on} list: causes by name, statuses as numbers.
+    """
+    items: list[str | int] = []
+    for i, item in enumerate(_list(data, path)):
+        if isinstance(item, int) and not isinstance(item, bool):
+            if item not in RETRY_STATUSES:
+                raise ConfigError(f"{path}[{i}]", f"expected one of "
+                                  f"{', '.join(map(str, RETRY_STATUSES))}, got {item}")
+        elif item not in RETRY_CAUSES:
+            raise ConfigError(f"{path}[{i}]", f"expected one of {', '.join(RETRY_CAUSES)} "
+                              f"or a status {', '.join(map(str, RETRY_STATUSES))}, "
+                              f"got {_describe(item)}")
+        if item in items:
+            raise ConfigError(f"{path}[{i}]", f"{item} is given twice")
+        items.append(item)
+    return tuple(items)
+
+
+def parseRetryBudget(data: object, path: str) -> RetryBudget | None:
+    """
+    The C{retry-budget} mapping: C{percent} and C{min-concurrency}.
+    """
+    if data is None:
+        return None
+    d = _mapping(data, path, ("percent", "min-concurrency"))
+    changes: dict[str, Any] = {}
+    if "percent" in d:
+        value = d["percent"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value <= 100
+        ):
+            raise ConfigError(f"{path}.percent",
+                              f"expected a number 0-100, got {_describe(value)}")
+        changes["percent"] = float(value)
+    if "min-concurrency" in d:
+        changes["minConcurrency"] = _integer(
+            d["min-concurrency"], f"{path}.min-concurrency", 0, MAX_CONNECTIONS)
+    return RetryBudget(**changes)
 
 
 def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> ListenerTLS:

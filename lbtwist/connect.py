@@ -248,6 +248,8 @@ class ConnectAttempt:
         self.queueTimer: Any = None
         self._onJoined: Joined | None = joined
         self._onFailed: Failed | None = failed
+        # This attempt counts as a retry in flight (the pool's retry budget).
+        self.retrying = False
 
     @property
     def over(self) -> bool:
@@ -260,6 +262,10 @@ class ConnectAttempt:
         callbacks = self._onJoined, self._onFailed
         self._onJoined = self._onFailed = None
         self.build = self.reuse = None  # type: ignore[assignment]
+        if self.retrying:
+            # Its retry is over, whatever came of it.
+            self.retrying = False
+            self.pool.retriesActive -= 1
         return callbacks
 
     def _giveBack(self) -> None:
@@ -429,10 +435,28 @@ class ConnectAttempt:
         # Invariant 3.
         pool.trafficFailed(backend, kind, f"connect {kind}")
         pool.release(backend)
+        why = "timed out" if kind == "timeout" else reason.getErrorMessage()
+        if "connect-failure" not in pool.config.retryOn:
+            self.connector.log.warn(
+                "backend {backend} of pool {pool} failed to connect for {client} "
+                "({kind}: {why}); connect failures are not retried (retry-on)",
+                backend=backend.name, pool=pool.name, client=self.client, kind=kind, why=why,
+            )
+            self._giveUp()
+            return
+        if not self.retrying and self.failures <= pool.config.retries:
+            if not pool.retryAllowed():
+                self.connector.log.warn(
+                    "pool {pool}: retry budget spent; {client} gets no other try",
+                    pool=pool.name, client=self.client,
+                )
+                self._giveUp()
+                return
+            self.retrying = True
+            pool.retriesActive += 1
         self.connector.log.warn(
             "backend {backend} of pool {pool} failed to connect for {client} "
             "({kind}: {why}); trying another",
-            backend=backend.name, pool=pool.name, client=self.client, kind=kind,
-            why="timed out" if kind == "timeout" else reason.getErrorMessage(),
+            backend=backend.name, pool=pool.name, client=self.client, kind=kind, why=why,
         )
         self.next()

@@ -285,6 +285,11 @@ class BackendPool:
         self.noBackend = 0
         self.queueFull = 0
         self.queued = 0
+        # Connections (TCP) or requests (HTTP) in flight over all backends,
+        # retries among them, and retries the budget refused.
+        self.active = 0
+        self.retriesActive = 0
+        self.retriesRefused = 0
         self.queueTimeouts = 0
         self._waiting: deque[Callable[[], None]] = deque()
         for b in config.backends:
@@ -341,6 +346,19 @@ class BackendPool:
         chosen = self.policy.choose(candidates, key)
         assert isinstance(chosen, Backend)
         return chosen
+
+    def available(self, exclude: Iterable[Backend] = ()) -> bool:
+        """
+        Whether a new client could be given a backend not in C{exclude}
+        now (an eligible one of weight above 0, with room), without
+        choosing one.
+        """
+        tried = set(exclude)
+        return any(
+            b.weight and b.eligible and not (b.maxconn and b.slots >= b.maxconn)
+            and b not in tried
+            for b in self._backends.values()
+        )
 
     def saturated(self, exclude: Iterable[Backend] = ()) -> bool:
         """
@@ -433,11 +451,26 @@ class BackendPool:
 
     # -- traffic ---------------------------------------------------------
 
+    def retryAllowed(self) -> bool:
+        """
+        Whether another retry may start now: within the pool's
+        C{retry-budget} (at most its share of the requests in flight, or
+        its minimum), or always without one.  A refusal is counted.
+        """
+        budget = self.config.retryBudget
+        if budget is None or self.retriesActive < max(
+            budget.minConcurrency, budget.percent * self.active / 100
+        ):
+            return True
+        self.retriesRefused += 1
+        return False
+
     def opened(self, backend: Backend) -> None:
         """
         A client was joined to C{backend}.
         """
         backend.active += 1
+        self.active += 1
         backend.total += 1
 
     def closed(self, backend: Backend) -> None:
@@ -445,6 +478,7 @@ class BackendPool:
         A client of C{backend} is finished.
         """
         backend.active -= 1
+        self.active -= 1
 
     def noBackendFor(self, client: str) -> None:
         """

@@ -49,6 +49,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute  # type: ignore[import-untyped]
 
+from ..config import RETRY_STATUSES
 from ..connect import ConnectAttempt
 from ..pool import Backend
 from ._backend import BackendConnection
@@ -78,6 +79,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     DONE: frozenset(),
     FAILED: frozenset(),
 }
+
+# The answers that may be retried (when the pool's retry-on names them).
+_RETRY_STATUSES = frozenset(RETRY_STATUSES)
 
 # A request that may not be replayed is sent on a pooled connection only if
 # that connection was in use this recently: far below any backend's
@@ -244,8 +248,8 @@ class Exchange:
 
     __slots__ = (
         "attempt", "backend", "bytesIn", "bytesOut", "client", "closeAfter", "conn",
-        "deadline", "factory", "failures", "headers", "method", "pending", "phase",
-        "plan", "reason", "requestDone", "responded", "response", "retries", "sends",
+        "deadline", "factory", "failures", "method", "pending", "phase",
+        "plan", "requestDone", "responded", "response", "retries", "retrying", "sends",
         "setCookie",
         "slot", "started", "status", "tried", "url", "version",
     )
@@ -273,6 +277,7 @@ class Exchange:
         self.failures = 0
         self.sends = 0
         self.retries = 0
+        self.retrying = False
         self.attempt: ConnectAttempt | None = None
         self.deadline = 0.0
         self.response: Any = None
@@ -280,8 +285,6 @@ class Exchange:
         self.closeAfter = False
         self.setCookie = False
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
         self.bytesIn = 0
         self.bytesOut = 0
 
@@ -469,9 +472,13 @@ class Exchange:
             self.client.sendInterim(status, reason, headers)
             return False
         self.deadline = 0.0
-        self.status = status
         factory = self.factory
         backend = conn.backend
+        if status in _RETRY_STATUSES and self._mayRetry(status):
+            # Nothing of this answer went out: another backend may do better.
+            self._retry(backend, "response", f"status {status}")
+            return False
+        self.status = status
         backend.responseTime = factory.seconds() - self.started
         try:
             response = self.client.sendHead(self, status, reason, headers)
@@ -581,9 +588,64 @@ class Exchange:
         return conn
 
     def _releaseSlot(self) -> None:
+        # The exchange is over (or a tunnel now): its slot goes back, and it
+        # is no longer a retry in flight.
+        pool = self.factory.pool
+        if self.retrying:
+            self.retrying = False
+            pool.retriesActive -= 1
         slot, self.slot = self.slot, None
         if slot is not None:
-            self.factory.pool.release(slot)
+            pool.release(slot)
+
+    def _mayRetry(self, cause: str | int) -> bool:
+        """
+        Whether this exchange may go to another backend after C{cause} (a
+        lost connection, a timeout, a status): the request is safe to send
+        again and nothing reached the client, the pool's C{retry-on} names
+        the cause, its C{retries} are not spent, and its C{retry-budget}
+        allows one more retry in flight.
+        """
+        factory = self.factory
+        pool = factory.pool
+        if (
+            self.responded or not self.plan.replayable or cause not in pool.config.retryOn
+            or not factory.connector.retryPolicy.mayTryAnother(pool, self.failures + 1)
+        ):
+            return False
+        if isinstance(cause, int) and not pool.available(self.tried):
+            # With no other backend to try, the client gets this answer
+            # rather than a 502 for the retry that could not happen.
+            return False
+        if self.retrying:
+            return True
+        if not pool.retryAllowed():
+            self.log.warn(  # noqa: G010
+                "pool {pool}: retry budget spent; {client} gets no other try",
+                pool=pool.name, client=self.client.clientName,
+            )
+            return False
+        self.retrying = True
+        pool.retriesActive += 1
+        return True
+
+    def _retry(self, backend: Backend, kind: str, why: str) -> None:
+        """
+        Count a failed try against C{backend}, let go of its connection,
+        and send the request to another backend.
+        """
+        self.failures += 1
+        self.factory.pool.trafficFailed(backend, kind, why)
+        self.deadline = 0.0
+        conn = self._detach()
+        if conn is not None and not conn.lost:
+            conn.reusable = False
+            conn.transport.abortConnection()
+        self.log.info(
+            "backend {backend} failed {client} ({why}); retrying on another",
+            backend=backend.name, client=self.client.clientName, why=why,
+        )
+        self.start()
 
     def _stop(self) -> None:
         """
@@ -645,6 +707,9 @@ class Exchange:
         The response head did not come within the response timeout: 504.
         """
         backend = self.backend
+        if backend is not None and self.phase is SENDING and self._mayRetry("timeout"):
+            self._retry(backend, "timeout", "no response in time")
+            return
         if backend is not None:
             self.factory.pool.trafficFailed(backend, "timeout", "no response in time")
         self.log.warn(  # noqa: G010
@@ -692,18 +757,16 @@ class Exchange:
             self.responded, self.plan.replayable, conn.requests > 1,
             factory.connector.retryPolicy.mayTryAnother(pool, self.failures + 1),
         )
-        if decision is not GIVE_UP:
+        if decision is RETRY_FRESH:
+            # A stale pooled connection: a new one to the same backend,
+            # which is no fault of the backend's (nor a try of it).
             self.deadline = 0.0
             self._detach()
-            if decision is RETRY_FRESH:
-                # A stale pooled connection: a new one to the same backend,
-                # which is no fault of the backend's (nor a try of it).
-                self.tried.remove(backend)
-                self.start(fresh=True)
-                return
-            self.failures += 1
-            pool.trafficFailed(backend, "response", "connection lost before the response")
-            self.start()
+            self.tried.remove(backend)
+            self.start(fresh=True)
+            return
+        if decision is not GIVE_UP and self._mayRetry("reset"):
+            self._retry(backend, "response", "connection lost before the response")
             return
         if not self.responded:
             pool.trafficFailed(backend, "response", "connection lost before the response")
