@@ -191,6 +191,33 @@ class HTTPSettings:
 
 
 @attrs.frozen
+class Outlier:
+    """
+    Outlier ejection, as Envoy's: a backend that fails too many requests
+    in a row is taken out of rotation for a while, then comes back by
+    itself.  Health checks go on while it is out.
+
+    @ivar consecutive5xx: 5xx answers and failed exchanges in a row that
+        eject a backend (0: this rule is off).
+    @ivar consecutiveGatewayErrors: 502, 503 and 504 answers, failed
+        connects, timeouts and resets in a row that eject a backend (0:
+        this rule is off).
+    @ivar baseEjection: an ejection lasts this many seconds times the
+        number of ejections of that backend so far...
+    @ivar maxEjection: ...but never longer than this, in seconds.
+    @ivar maxEjectedPercent: at most this share of a pool's backends is out
+        at once, rounded down; but one may be out in any pool of two or
+        more backends (unless it is 0: then none ever is).
+    """
+
+    consecutive5xx: int = 5
+    consecutiveGatewayErrors: int = 3
+    baseEjection: float = 30.0
+    maxEjection: float = 300.0
+    maxEjectedPercent: int = 50
+
+
+@attrs.frozen
 class PoolConfig:
     """
     A named group of backends balanced by one policy.
@@ -217,6 +244,7 @@ class PoolConfig:
     accessLog: bool | str = False
     retryOn: tuple[str | int, ...] = DEFAULT_RETRY_ON
     retryBudget: RetryBudget | None = None
+    outlier: Outlier | None = None
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -553,7 +581,7 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
 
 _POOL_KEYS = (
     "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
-    "proxy-protocol", "queue", "access-log", "retry-on", "retry-budget",
+    "proxy-protocol", "queue", "access-log", "retry-on", "retry-budget", "outlier",
 )
 
 # The most a maxconn may say: far above what one process can hold open.
@@ -573,6 +601,38 @@ def parseQueue(data: object, path: str) -> Queue:
     if "timeout" in d:
         changes["timeout"] = parseSeconds(d["timeout"], f"{path}.timeout")
     return Queue(**changes)
+
+
+def parseOutlier(data: object, path: str) -> Outlier | None:
+    """
+    The C{outlier:} mapping of a pool (every key optional; an empty
+    mapping turns ejection on with the defaults), or L{None} without it.
+    """
+    if data is None:
+        return None
+    d = _mapping(data, path, (
+        "consecutive-5xx", "consecutive-gateway-errors", "base-ejection",
+        "max-ejection", "max-ejected-percent",
+    ))
+    changes: dict[str, Any] = {}
+    for key, name in (("consecutive-5xx", "consecutive5xx"),
+                      ("consecutive-gateway-errors", "consecutiveGatewayErrors")):
+        if key in d:
+            changes[name] = _integer(d[key], f"{path}.{key}", 0, 1000)
+    for key, name in (("base-ejection", "baseEjection"), ("max-ejection", "maxEjection")):
+        if key in d:
+            changes[name] = parseSeconds(d[key], f"{path}.{key}")
+    if "max-ejected-percent" in d:
+        changes["maxEjectedPercent"] = _integer(
+            d["max-ejected-percent"], f"{path}.max-ejected-percent", 0, 100)
+    outlier = Outlier(**changes)
+    if outlier.maxEjection < outlier.baseEjection:
+        raise ConfigError(
+            f"{path}.max-ejection",
+            f"{outlier.maxEjection:g}s is shorter than base-ejection "
+            f"({outlier.baseEjection:g}s)",
+        )
+    return outlier
 
 
 def parseSticky(data: object, path: str) -> Sticky | None:
@@ -720,6 +780,7 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
             else DEFAULT_RETRY_ON
         ),
         retryBudget=parseRetryBudget(d.get("retry-budget"), f"{path}.retry-budget"),
+        outlier=parseOutlier(d.get("outlier"), f"{path}.outlier"),
     )
 
 

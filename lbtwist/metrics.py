@@ -141,6 +141,12 @@ class BalancerCollector(Collector):
         response = HistogramMetricFamily(
             "lbtwist_backend_response_seconds",
             "Backend response time (TCP mode: connect time).", labels=b)
+        ejections = CounterMetricFamily(
+            "lbtwist_backend_ejections",
+            "Times the backend was ejected as an outlier.", labels=b)
+        ejected = GaugeMetricFamily(
+            "lbtwist_backend_ejected", "1 while the backend is ejected as an outlier.",
+            labels=b)
         noBackend = CounterMetricFamily(
             "lbtwist_pool_no_backend",
             "Clients that found no eligible backend in the pool.", labels=("pool",))
@@ -164,9 +170,13 @@ class BalancerCollector(Collector):
             queued.add_metric((pool.name,), pool.queued)
             queueFull.add_metric((pool.name,), pool.queueFull)
             queueTimeouts.add_metric((pool.name,), pool.queueTimeouts)
+            # A finished ejection is over even if no client came since.
+            pool.readmit()
             for backend in pool:
                 self._backend(pool.name, backend, requests, failures, bytesIn, bytesOut,
                               active, weight, state, up, probe, response)
+                ejections.add_metric((pool.name, backend.name), backend.ejections)
+                ejected.add_metric((pool.name, backend.name), 1.0 if backend.ejected else 0.0)
         accepted = CounterMetricFamily(
             "lbtwist_listener_accepted", "Client connections accepted.",
             labels=("listener",))
@@ -187,7 +197,7 @@ class BalancerCollector(Collector):
                     responses.add_metric((name, cls), count)
                 refused.add_metric((name,), getattr(factory, "refused", 0))
         yield from (requests, failures, bytesIn, bytesOut, active, weight, state, up,
-                    probe, response, noBackend, size, queueLength, queued, queueFull,
+                    probe, response, ejections, ejected, noBackend, size, queueLength, queued, queueFull,
                     queueTimeouts, accepted, clients, responses, refused)
 
     def _backend(self, pool: str, backend: Backend, requests: Any, failures: Any,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import enum
 import random
+import time
 from collections import deque
 from typing import Callable, Iterable, Iterator
 
@@ -47,6 +48,10 @@ class Admin(enum.Enum):
     DRAIN = "drain"
     MAINT = "maint"
 
+
+# The answers Envoy's consecutive-gateway-errors counts, besides failed
+# connects, timeouts and resets.
+GATEWAY_STATUSES = frozenset((502, 503, 504))
 
 # Read on every pick: a module global is found faster than an enum member
 # (Python 3.11 looks the member up through the enum's metaclass).
@@ -97,6 +102,15 @@ class Backend:
         # Failed connections, requests and 5xx answers in a row, for the
         # pool's http.error-limit.
         self.errorStreak = 0
+        # Outlier ejection (the pool's outlier settings): 5xx answers and
+        # failed exchanges in a row; gateway errors (502-504, failed
+        # connects and exchanges) in a row; whether it is ejected now, until
+        # when (the pool clock's seconds) and how many times it was.
+        self.serverErrorStreak = 0
+        self.gatewayStreak = 0
+        self.ejected = False
+        self.ejectedUntil = 0.0
+        self.ejections = 0
         # How many clients it may serve at once (0: no limit): its
         # configuration's, kept here since every pick reads it.
         self.maxconn = config.maxconn
@@ -146,6 +160,7 @@ class Backend:
             self.admin is _READY
             and self.health is not _DOWN
             and not self.removed
+            and not self.ejected
         )
 
     @property
@@ -272,9 +287,12 @@ class BackendPool:
     @ivar queued: how many clients waited in the queue.
     @ivar queueTimeouts: how many clients were refused after waiting the
         queue timeout.
+    @ivar clock: the time now in seconds (the reactor's C{seconds}), which
+        outlier ejections are measured in.
     """
 
-    def __init__(self, config: PoolConfig, rng: random.Random | None = None) -> None:
+    def __init__(self, config: PoolConfig, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.log = txaio.make_logger()  # type: ignore[attr-defined]
         self.name = config.name
         self.config = config
@@ -292,6 +310,11 @@ class BackendPool:
         self.retriesRefused = 0
         self.queueTimeouts = 0
         self._waiting: deque[Callable[[], None]] = deque()
+        self.clock = clock
+        # The backends ejected as outliers: their return is checked lazily,
+        # when a client is given a backend, so no timer is needed and a pick
+        # pays one test while none is out.
+        self._ejected: list[Backend] = []
         for b in config.backends:
             self._backends[b.name] = Backend(b)
 
@@ -329,6 +352,8 @@ class BackendPool:
         # reach it: they do not come through here).  This runs for every
         # connection or request: Backend.full is written out, as a property
         # call costs more than the test.
+        if self._ejected:
+            self.readmit()
         if exclude:
             tried = set(exclude)
             candidates = [
@@ -577,12 +602,18 @@ class BackendPool:
         self.failed(backend, kind, reason)
         self.exchangeError(backend, reason)
 
-    def exchangeError(self, backend: Backend, reason: str) -> None:
+    def exchangeError(self, backend: Backend, reason: str, status: int | None = None) -> None:
         """
         An exchange with C{backend} went wrong (a failure, or a 5xx
         answer): with C{http.error-limit} set, that many in a row mark it
-        down.
+        down; with C{outlier} set, enough in a row eject it for a while.
+
+        @param status: the 5xx status it answered, or L{None} if the
+            exchange failed (a failed connect, a timeout, a reset, an
+            invalid response).
         """
+        if self.config.outlier is not None:
+            self._countOutlier(backend, reason, status)
         limit = self.config.http.errorLimit
         if not limit:
             return
@@ -598,6 +629,101 @@ class BackendPool:
         """
         backend.consecutiveFailures = 0
         backend.errorStreak = 0
+        backend.serverErrorStreak = backend.gatewayStreak = 0
+
+    # -- outlier ejection --------------------------------------------------
+
+    def _countOutlier(self, backend: Backend, reason: str, status: int | None) -> None:
+        """
+        Count a failed exchange or 5xx answer of C{backend} against the
+        pool's C{outlier} limits, and eject it if one is reached.
+        """
+        outlier = self.config.outlier
+        assert outlier is not None
+        backend.serverErrorStreak += 1
+        if status is None or status in GATEWAY_STATUSES:
+            backend.gatewayStreak += 1
+        if backend.ejected:
+            return
+        if outlier.consecutive5xx and backend.serverErrorStreak >= outlier.consecutive5xx:
+            streak, limit = backend.serverErrorStreak, outlier.consecutive5xx
+            what = "5xx answers or failed exchanges"
+        elif (outlier.consecutiveGatewayErrors
+              and backend.gatewayStreak >= outlier.consecutiveGatewayErrors):
+            streak, limit = backend.gatewayStreak, outlier.consecutiveGatewayErrors
+            what = "gateway errors"
+        else:
+            return
+        why = f"{streak} {what} in a row, the last {reason}"
+        if self._mayEject():
+            self._eject(backend, why)
+        elif streak == limit:
+            # Its streak goes on, so it is ejected at its next error once
+            # another backend is back; said once per streak.
+            self.log.warn(
+                "backend {backend} of pool {pool} is an outlier ({why}) but "
+                "stays: {ejected} of {total} backends are ejected already "
+                "(max-ejected-percent {percent})",
+                pool=self.name, backend=backend.name, why=why,
+                ejected=len(self._ejected), total=len(self._backends),
+                percent=outlier.maxEjectedPercent,
+            )
+
+    def _mayEject(self) -> bool:
+        """
+        Whether one more backend may be ejected under C{max-ejected-percent}:
+        that share of the pool's backends rounded down, but at least one
+        in a pool of two or more (none at 0%).
+        """
+        outlier = self.config.outlier
+        assert outlier is not None
+        if self._ejected:
+            self.readmit()
+        total = len(self._backends)
+        percent = outlier.maxEjectedPercent
+        allowed = total * percent // 100
+        if not allowed and percent and total > 1:
+            allowed = 1
+        return len(self._ejected) < allowed
+
+    def _eject(self, backend: Backend, why: str) -> None:
+        """
+        Take C{backend} out of rotation for the base ejection time times its
+        ejections so far, at most the maximum.
+        """
+        outlier = self.config.outlier
+        assert outlier is not None
+        backend.ejections += 1
+        seconds = min(outlier.baseEjection * backend.ejections, outlier.maxEjection)
+        backend.ejected = True
+        backend.ejectedUntil = self.clock() + seconds
+        backend.serverErrorStreak = backend.gatewayStreak = 0
+        self._ejected.append(backend)
+        self.log.warn(
+            "backend {backend} of pool {pool} ejected for {seconds}s "
+            "(ejection {count}): {why}",
+            pool=self.name, backend=backend.name, seconds=seconds,
+            count=backend.ejections, why=why,
+        )
+
+    def readmit(self) -> None:
+        """
+        Bring back every ejected backend whose ejection is over, and let
+        queued clients try them.  Picks call it while any is ejected; so
+        do the reports, which then never show a finished ejection.
+        """
+        now = self.clock()
+        back = [b for b in self._ejected if b.ejectedUntil <= now]
+        if not back:
+            return
+        for backend in back:
+            self._ejected.remove(backend)
+            backend.ejected = False
+            self.log.info(
+                "backend {backend} of pool {pool} is back after ejection {count}",
+                pool=self.name, backend=backend.name, count=backend.ejections,
+            )
+        self.wake()
 
     def markDown(self, backend: Backend, kind: str, reason: str) -> None:
         """
@@ -641,6 +767,8 @@ class BackendPool:
         """
         backend = self._backends.pop(name)
         backend.removed = True
+        if backend.ejected:
+            self._ejected.remove(backend)
         self.log.info(
             "backend {backend} removed from pool {pool}, {active} still active",
             pool=self.name,
@@ -709,6 +837,8 @@ class BackendPool:
         """
         A snapshot of every backend, with its share of the pool's traffic.
         """
+        if self._ejected:
+            self.readmit()
         backends = list(self._backends.values())
         grand = sum(b.total for b in backends)
         return [

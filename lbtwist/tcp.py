@@ -181,6 +181,9 @@ class ClientSide(_Side):
         self.failedTries = failures
         backend.responseTime = self.session.seconds() - self.session.started
         self.factory.pool.opened(backend)
+        # A relayed connection is the whole exchange TCP mode sees: its
+        # error streaks (outlier ejection) end here.
+        self.factory.pool.exchangeSucceeded(backend)
         backend.closers.add(self.abortPair)
         setNoDelay(server.transport)
         self.joinTo(server, backend)

@@ -23,6 +23,7 @@ from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from lbtwist.admin import AdminResource, AdminService, backendURL, checkAdmin
+from lbtwist.admin._views import backendView, poolView
 from lbtwist.config import ConfigError, parseConfig
 from lbtwist.pool import Admin, BackendPool, Health
 from lbtwist.reload import LiveConfig
@@ -38,6 +39,7 @@ from tests.support import (
     sleep,
     startBalancer,
 )
+from tests.test_pool import ejectingPool
 
 TOKEN = "s3cret-token"
 
@@ -952,3 +954,37 @@ class DefaultListenerTests(TestCase):
         s.startService()
         self.assertIsNone(s.port)
         s.stopService()
+
+
+class EjectionViewTests(SynchronousTestCase):
+    """
+    The backend view says whether a backend is ejected as an outlier,
+    until when and how many times it was.
+    """
+
+    def test_ejected(self) -> None:
+        """
+        A backend ejected shows C{ejected: true}, its end time on the pool
+        clock and its count, in its own view and in its pool's; when the
+        ejection is over it shows as back, its count kept.
+        """
+        clock = Clock()
+        clock.advance(100.0)
+        pool = ejectingPool(2, clock, baseEjection=30.0)
+        a = pool.get("a")
+        assert a is not None
+        self.assertEqual(
+            {k: backendView(pool, a)[k] for k in ("ejected", "ejectedUntil", "ejections")},
+            {"ejected": False, "ejectedUntil": None, "ejections": 0},
+        )
+        for _ in range(5):
+            pool.exchangeError(a, "status 500", 500)
+        view = backendView(pool, a)
+        self.assertEqual((view["ejected"], view["ejectedUntil"], view["ejections"]),
+                         (True, 130.0, 1))
+        self.assertEqual(poolView(pool)["eligible"], 1)
+        self.assertEqual(poolView(pool)["backends"][0]["ejected"], True)
+        clock.advance(30.0)
+        view = backendView(pool, a)
+        self.assertEqual((view["ejected"], view["ejectedUntil"], view["ejections"]),
+                         (False, None, 1))

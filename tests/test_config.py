@@ -10,7 +10,7 @@ import yaml
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.config import ConfigError, HealthCheck, loadConfigFile, parseConfig
+from lbtwist.config import ConfigError, HealthCheck, Outlier, loadConfigFile, parseConfig
 
 
 def minimal(**pool: Any) -> dict[str, Any]:
@@ -394,3 +394,76 @@ class AccessLogPlaceTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, self.pool, **{"access-log": True,
                                                          "http": {"access-log": True}})
         self.assertIn("pools.web.http.access-log", str(e))
+
+
+class OutlierConfigTests(SynchronousTestCase):
+    """
+    A pool's C{outlier} block: every key optional, each error naming it.
+    """
+
+    def outlierOf(self, block: Any) -> Outlier | None:
+        """
+        The outlier settings of a pool with C{block} as its C{outlier}.
+        """
+        return parseConfig(minimal(outlier=block)).pools[0].outlier
+
+    def assertError(self, block: Any, message: str) -> None:
+        """
+        A pool with C{block} as its C{outlier} is refused with C{message}.
+        """
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(minimal(outlier=block))
+        self.assertEqual(str(e.exception), message)
+
+    def test_absent(self) -> None:
+        """
+        Without the block (or with it empty in YAML, C{outlier:}) there is
+        no ejection.
+        """
+        self.assertIsNone(parseConfig(minimal()).pools[0].outlier)
+        self.assertIsNone(self.outlierOf(None))
+
+    def test_defaults(self) -> None:
+        """
+        An empty mapping turns ejection on with Envoy-like defaults.
+        """
+        self.assertEqual(
+            self.outlierOf({}),
+            Outlier(consecutive5xx=5, consecutiveGatewayErrors=3, baseEjection=30.0,
+                    maxEjection=300.0, maxEjectedPercent=50),
+        )
+
+    def test_full(self) -> None:
+        """
+        Every key maps onto the model, durations in any unit.
+        """
+        self.assertEqual(
+            self.outlierOf(yaml.safe_load(
+                "{consecutive-5xx: 7, consecutive-gateway-errors: 0, base-ejection: 500ms,"
+                " max-ejection: 2m, max-ejected-percent: 100}"
+            )),
+            Outlier(consecutive5xx=7, consecutiveGatewayErrors=0, baseEjection=0.5,
+                    maxEjection=120.0, maxEjectedPercent=100),
+        )
+
+    def test_errors(self) -> None:
+        """
+        Bad values, unknown keys and a maximum below the base are refused
+        with the key named.
+        """
+        where = "pools.web.outlier"
+        self.assertError([], f"{where}: expected a mapping, got a list")
+        self.assertError({"consecutive-5xx": -1},
+                         f"{where}.consecutive-5xx: expected an integer 0-1000, got -1")
+        self.assertError({"consecutive-gateway-errors": "x"},
+                         f"{where}.consecutive-gateway-errors: expected an integer 0-1000, got 'x'")
+        self.assertError({"max-ejected-percent": 101},
+                         f"{where}.max-ejected-percent: expected an integer 0-100, got 101")
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(minimal(outlier={"base-ejection": "soon"}))
+        self.assertEqual(e.exception.path, f"{where}.base-ejection")
+        self.assertError({"base-ejection": "60s", "max-ejection": "10s"},
+                         f"{where}.max-ejection: 10s is shorter than base-ejection (60s)")
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(minimal(outlier={"consecutive-500": 5}))
+        self.assertEqual(e.exception.path, f"{where}.consecutive-500")

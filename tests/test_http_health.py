@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 
 from lbtwist.config import parseConfig
 from lbtwist.dial import Dialler
@@ -154,3 +155,44 @@ class PassiveHealthTests(HTTPProxyTestCase):
         proxy = self.startProxy([flaky], http={"error-limit": 2})
         yield httpRequests(proxy.testPort, [("GET", "/", None, {})] * 8)
         self.assertNotEqual(proxy.pool.get("flaky").health, Health.DOWN)  # type: ignore[union-attr]
+
+
+class OutlierEjectionTests(HTTPProxyTestCase):
+    """
+    Outlier ejection seen through real HTTP traffic over 127.0.0.1.
+    """
+
+    @inlineCallbacks
+    def test_ejectedThenBack(self) -> Any:
+        """
+        A backend answering 503 is ejected after three in a row (gateway
+        errors) and gets no more requests while the good one serves every
+        client; once the base ejection time has passed on the pool's clock
+        it gets requests again, and three more 503s eject it for twice as
+        long.  Health is untouched throughout.
+        """
+        bad = self.startBackend(
+            "bad", lambda r, b, c: b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+        )
+        good = self.startBackend("good")
+        proxy = self.startProxy([bad, good], outlier={"base-ejection": "30s"})
+        clock = Clock()
+        proxy.pool.clock = clock.seconds
+        backend = proxy.pool.get("bad")
+        assert backend is not None
+        get = [("GET", "/", None, {})]
+        results = yield httpRequests(proxy.testPort, get * 12)
+        self.assertEqual([r[0] for r in results], [503, 200] * 3 + [200] * 6)
+        self.assertEqual((len(bad.requests), len(good.requests)), (3, 9))
+        self.assertEqual((backend.ejected, backend.ejections), (True, 1))
+        self.assertEqual(backend.health, Health.UNKNOWN)
+        clock.advance(30.0)
+        results = yield httpRequests(proxy.testPort, get * 10)
+        statuses = [r[0] for r in results]
+        # Round robin goes on where it was: the third 503 comes at the
+        # fifth or sixth request, and none after it.
+        self.assertEqual(statuses.count(503), 3)
+        self.assertEqual(statuses[6:], [200] * 4)
+        self.assertEqual(len(bad.requests), 6)
+        self.assertEqual((backend.ejected, backend.ejections), (True, 2))
+        self.assertEqual(backend.ejectedUntil, 30.0 + 60.0)

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectError, ConnectionRefusedError, TimeoutError
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -34,6 +35,7 @@ from lbtwist.metrics import (
 from lbtwist.pool import Admin, BackendPool
 from tests.support import firstLine, inThread, poolConfig
 from tests.test_admin import AdminHarness, call
+from tests.test_pool import ejectingPool
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -367,3 +369,38 @@ class EndpointTests(TestCase):
         self.assertEqual(total, 4)
         self.assertEqual(
             s[("lbtwist_listener_accepted_total", (("listener", "listener0"),))], 4)
+
+
+class EjectionMetricTests(SynchronousTestCase):
+    """
+    Outlier ejections show as a counter and a gauge per backend.
+    """
+
+    def test_ejections(self) -> None:
+        """
+        C{lbtwist_backend_ejections_total} counts ejections and
+        C{lbtwist_backend_ejected} is 1 while one lasts; a scrape after it
+        ends shows the backend back (and up) even with no traffic since.
+        """
+        clock = Clock()
+        lb = FakeBalancer()
+        lb.pools["web"] = ejectingPool(2, clock, baseEjection=10.0)
+        pool = lb.pools["web"]
+        a = pool.get("a")
+        assert a is not None
+        registry = balancerRegistry(lb)
+        A = (("backend", "a"), ("pool", "web"))
+        s = samples(exposition(registry)[0].decode())
+        self.assertEqual((s[("lbtwist_backend_ejections_total", A)],
+                          s[("lbtwist_backend_ejected", A)]), (0, 0))
+        for _ in range(3):
+            pool.exchangeError(a, "status 502", 502)
+        s = samples(exposition(registry)[0].decode())
+        self.assertEqual((s[("lbtwist_backend_ejections_total", A)],
+                          s[("lbtwist_backend_ejected", A)],
+                          s[("lbtwist_backend_up", A)]), (1, 1, 0))
+        clock.advance(10.0)
+        s = samples(exposition(registry)[0].decode())
+        self.assertEqual((s[("lbtwist_backend_ejections_total", A)],
+                          s[("lbtwist_backend_ejected", A)],
+                          s[("lbtwist_backend_up", A)]), (1, 0, 1))

@@ -8,10 +8,12 @@ import random
 from collections import Counter
 from typing import Any, Sequence
 
+import attrs
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.config import POLICY_NAMES, BackendConfig, HealthCheck, PoolConfig
+from lbtwist.config import POLICY_NAMES, BackendConfig, HealthCheck, Outlier, PoolConfig
 from lbtwist.pool import (
     Admin,
     AdminChanged,
@@ -402,3 +404,190 @@ class StatsTests(SynchronousTestCase):
         self.assertEqual((stats["a"].active, stats["a"].total), (2, 3))
         self.assertEqual(stats["a"].share, 75.0)
         self.assertEqual(stats["b"].share, 25.0)
+
+
+def ejectingPool(n: int, clock: Clock, **outlier: Any) -> BackendPool:
+    """
+    A pool of C{n} backends named a, b, c... with outlier ejection (the
+    defaults, changed by C{outlier}) timed by C{clock}.
+    """
+    pool = makePool(n)
+    pool.config = attrs.evolve(pool.config, outlier=Outlier(**outlier))
+    pool.clock = clock.seconds
+    return pool
+
+
+class OutlierTests(SynchronousTestCase):
+    """
+    Outlier ejection: errors in a row take a backend out of rotation for a
+    growing time; it comes back by itself.
+    """
+
+    def answer503(self, pool: BackendPool, name: str, times: int) -> None:
+        """
+        Backend C{name} answers C{times} requests with 503.
+        """
+        backend = pool.get(name)
+        assert backend is not None
+        for _ in range(times):
+            pool.exchangeError(backend, "status 503", 503)
+
+    def picked(self, pool: BackendPool, times: int = 6) -> set[str]:
+        """
+        The backends C{times} picks choose.
+        """
+        chosen = set()
+        for _ in range(times):
+            backend = pool.pick()
+            assert backend is not None
+            chosen.add(backend.name)
+        return chosen
+
+    def test_ejectedAfterFive503ThenBackThenLonger(self) -> None:
+        """
+        With only the 5xx rule, five 503s in a row eject a backend for the
+        base time; it comes back when that is over, and a second ejection
+        lasts twice as long.  Each is logged, and the admin state and
+        health are untouched.
+        """
+        clock = Clock()
+        pool = ejectingPool(2, clock, consecutiveGatewayErrors=0,
+                            baseEjection=30.0, maxEjection=300.0)
+        events = logged(self)
+        a = pool.get("a")
+        assert a is not None
+        self.answer503(pool, "a", 4)
+        self.assertFalse(a.ejected)
+        self.answer503(pool, "a", 1)
+        self.assertTrue(a.ejected)
+        self.assertEqual((a.ejectedUntil, a.ejections), (30.0, 1))
+        self.assertEqual((a.health, a.admin), (Health.UNKNOWN, Admin.READY))
+        self.assertEqual(self.picked(pool), {"b"})
+        clock.advance(29.9)
+        self.assertEqual(self.picked(pool), {"b"})
+        clock.advance(0.1)
+        self.assertEqual(self.picked(pool), {"a", "b"})
+        self.assertFalse(a.ejected)
+        self.answer503(pool, "a", 5)
+        self.assertEqual((a.ejectedUntil, a.ejections), (30.0 + 60.0, 2))
+        clock.advance(59.9)
+        self.assertEqual(self.picked(pool), {"b"})
+        clock.advance(0.1)
+        self.assertEqual(self.picked(pool), {"a", "b"})
+        self.assertEqual(about(events, "a"), [
+            ("warn", "backend a of pool web ejected for 30.0s (ejection 1): "
+                     "5 5xx answers or failed exchanges in a row, the last status 503"),
+            ("info", "backend a of pool web is back after ejection 1"),
+            ("warn", "backend a of pool web ejected for 60.0s (ejection 2): "
+                     "5 5xx answers or failed exchanges in a row, the last status 503"),
+            ("info", "backend a of pool web is back after ejection 2"),
+        ])
+
+    def test_maxEjection(self) -> None:
+        """
+        The ejection time grows with each ejection up to C{max-ejection}.
+        """
+        clock = Clock()
+        pool = ejectingPool(2, clock, baseEjection=30.0, maxEjection=70.0)
+        a = pool.get("a")
+        assert a is not None
+        lengths = []
+        for _ in range(4):
+            self.answer503(pool, "a", 3)
+            lengths.append(a.ejectedUntil - clock.seconds())
+            clock.advance(lengths[-1])
+            pool.pick()
+        self.assertEqual(lengths, [30.0, 60.0, 70.0, 70.0])
+
+    def test_gatewayErrors(self) -> None:
+        """
+        Three gateway errors in a row (a 502, a failed connect, a 504)
+        eject a backend; 500s count only towards the 5xx rule.
+        """
+        clock = Clock()
+        pool = ejectingPool(3, clock, maxEjectedPercent=100)
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+        pool.exchangeError(a, "status 502", 502)
+        pool.trafficFailed(a, "refused", "connect refused")
+        self.assertFalse(a.ejected)
+        pool.exchangeError(a, "status 504", 504)
+        self.assertTrue(a.ejected)
+        for _ in range(4):
+            pool.exchangeError(b, "status 500", 500)
+        self.assertFalse(b.ejected)
+        pool.exchangeError(b, "status 500", 500)
+        self.assertTrue(b.ejected)
+
+    def test_successEndsStreaks(self) -> None:
+        """
+        A good answer between errors ends both streaks: alternating 503
+        and 200 never ejects.
+        """
+        pool = ejectingPool(2, Clock())
+        a = pool.get("a")
+        assert a is not None
+        for _ in range(10):
+            pool.exchangeError(a, "status 503", 503)
+            pool.exchangeError(a, "status 503", 503)
+            pool.exchangeSucceeded(a)
+        self.assertFalse(a.ejected)
+        self.assertEqual(a.ejections, 0)
+
+    def test_maxEjectedPercent(self) -> None:
+        """
+        With two of three backends failing and C{max-ejected-percent: 50}
+        only one is ejected (3 * 50% rounds down to 1); the other is
+        ejected at its next error once the first is back.
+        """
+        clock = Clock()
+        pool = ejectingPool(3, clock, baseEjection=10.0, maxEjectedPercent=50)
+        events = logged(self)
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+        self.answer503(pool, "a", 3)
+        self.answer503(pool, "b", 3)
+        self.assertEqual((a.ejected, b.ejected), (True, False))
+        self.assertEqual(self.picked(pool), {"b", "c"})
+        self.assertEqual(
+            [text for level, text in about(events, "b")],
+            ["backend b of pool web is an outlier (3 gateway errors in a row, the last "
+             "status 503) but stays: 1 of 3 backends are ejected already "
+             "(max-ejected-percent 50)"],
+        )
+        clock.advance(10.0)
+        self.answer503(pool, "b", 1)
+        self.assertEqual((a.ejected, b.ejected), (False, True))
+
+    def test_atLeastOne(self) -> None:
+        """
+        A pool of two may have one backend ejected even at 10%; a pool of
+        one never has its only backend ejected under 100%, nor any pool at 0%.
+        """
+        for n, percent, ejected in [(2, 10, True), (1, 50, False), (1, 100, True),
+                                    (2, 0, False)]:
+            pool = ejectingPool(n, Clock(), maxEjectedPercent=percent)
+            self.answer503(pool, "a", 5)
+            a = pool.get("a")
+            assert a is not None
+            self.assertEqual(a.ejected, ejected, (n, percent))
+
+    def test_noOutlierBlock(self) -> None:
+        """
+        Without the C{outlier} block errors eject nothing.
+        """
+        pool = makePool(2)
+        self.answer503(pool, "a", 50)
+        self.assertEqual(self.picked(pool), {"a", "b"})
+
+    def test_removedWhileEjected(self) -> None:
+        """
+        A backend removed while ejected no longer counts towards the limit.
+        """
+        pool = ejectingPool(3, Clock())
+        self.answer503(pool, "a", 3)
+        pool.remove("a")
+        self.answer503(pool, "b", 3)
+        b = pool.get("b")
+        assert b is not None
+        self.assertTrue(b.ejected)

@@ -41,6 +41,12 @@ def backendView(pool: BackendPool, backend: Backend) -> dict[str, Any]:
 def _statsView(stats: BackendStats, backend: Backend | None) -> dict[str, Any]:
     view = attrs.asdict(stats)
     view["url"] = backendURL(stats.endpoint)
+    # Outlier ejection: whether it is out now, until when (the balancer
+    # clock's seconds, None when not out) and how many times it was.
+    ejected = backend is not None and backend.ejected
+    view["ejected"] = ejected
+    view["ejectedUntil"] = backend.ejectedUntil if ejected and backend is not None else None
+    view["ejections"] = backend.ejections if backend is not None else 0
     view["responsePercentiles"] = responsePercentiles(
         backend.responseBuckets if backend is not None else ())
     return view

@@ -550,7 +550,7 @@ class Exchange:
         factory = self.factory
         pool = factory.pool
         if self.status >= 500:
-            pool.exchangeError(backend, f"status {self.status}")
+            pool.exchangeError(backend, f"status {self.status}", self.status)
         else:
             pool.exchangeSucceeded(backend)
         if not (
