@@ -213,7 +213,7 @@ class LoadBalancer(MultiService):
         self.config = config
         self.reactor = reactor
         self.dialler = Dialler(reactor)
-        self.pools = {p.name: BackendPool(p, rng) for p in config.pools}
+        self.pools = {p.name: BackendPool(p, rng, reactor.seconds) for p in config.pools}
         self.factories: dict[str, ServerFactory] = {}
         self.limit = ConnectionLimit(config.maxconn) if config.maxconn else None
         # Access-log files, one per path, opened before the listeners start.

@@ -402,7 +402,7 @@ class BackupAndSlowStartTests(SynchronousTestCase):
     C{all-backups} and C{slow-start} keys of a pool.
     """
 
-    assertError = ErrorTests.assertError
+    assertError = ErrorTests.assertError  # type: ignore[misc]  # the same check
 
     def test_defaults(self) -> None:
         """
