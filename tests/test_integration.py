@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
@@ -480,6 +480,17 @@ class AbuseTests(TestCase):
         self.assertEqual(backend.live, 0)  # type: ignore[attr-defined]
 
 
+@inlineCallbacks
+def until(condition: Callable[[], bool], seconds: float = 5.0) -> Any:
+    """
+    Wait in the reactor until C{condition()} is true, or C{seconds} pass.
+    """
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        yield sleep(0.05)
+
+
 class BackupTests(TestCase):
     """
     A backup backend serves only while the primaries cannot, over real
@@ -515,18 +526,12 @@ class BackupTests(TestCase):
         yield backends.stop("a")
         yield backends.stop("b")
         during = yield serve(20)
-        for _ in range(100):
-            if a.health is Health.DOWN and b.health is Health.DOWN:
-                break
-            yield sleep(0.05)
+        yield until(lambda: a.health is Health.DOWN and b.health is Health.DOWN)
         self.assertEqual((a.health, b.health), (Health.DOWN, Health.DOWN))
         down = yield serve(20)
         self.assertEqual((set(during), set(down)), ({b"c"}, {b"c"}))
         backends.start("a")
-        for _ in range(100):
-            if a.health is Health.UP:
-                break
-            yield sleep(0.05)
+        yield until(lambda: a.health is Health.UP)
         self.assertEqual(a.health, Health.UP)
         self.assertTrue(a.rampEnd, "a came back from down: it ramps up")
         after = yield serve(20)
