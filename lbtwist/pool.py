@@ -494,8 +494,10 @@ class BackendPool:
         """
         waiting = self._waiting
         for _ in range(len(waiting)):
+            # Only a backend clients may be given now counts: not a backup
+            # while a primary serves.
             if not waiting or not any(
-                b.weight and b.eligible and not b.full for b in self._backends.values()
+                b.weight and b.eligible and not b.full for b in self.serving()
             ):
                 return
             waiting.popleft()()

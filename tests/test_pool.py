@@ -553,6 +553,25 @@ class BackupTests(SynchronousTestCase):
                          [("a", False), ("b", True)])
 
 
+    def test_queueNotWokenByBackup(self) -> None:
+        """
+        A queued client is not woken for a backup's room while the full
+        primary serves; it is when the primary gives a slot back.
+        """
+        pool = BackendPool(PoolConfig("web", (
+            BackendConfig("a", "tcp:host=127.0.0.1:port=8000", maxconn=1),
+            BackendConfig("b", "tcp:host=127.0.0.1:port=8001", backup=True),
+        )))
+        a = pool.get("a")
+        assert a is not None
+        pool.acquire(a)
+        woken: list[str] = []
+        pool.enqueue(lambda: woken.append("client"))
+        pool.wake()
+        self.assertEqual(woken, [])
+        pool.release(a)
+        self.assertEqual(woken, ["client"])
+
 class SlowStartTests(SynchronousTestCase):
     """
     A backend that comes back ramps its weight up over its slow start.
@@ -700,3 +719,4 @@ class SlowStartTests(SynchronousTestCase):
         for _ in range(10):
             pool.pick()
         self.assertEqual(reads, [])
+
