@@ -71,6 +71,11 @@ class BackendConfig:
 
     @ivar maxconn: connections (TCP mode) or requests (HTTP mode) it is
         given at once; more wait in the pool's queue (0: no limit).
+    @ivar backup: it takes new clients only while no other (non-backup)
+        backend of its pool is eligible.
+    @ivar slowStart: seconds over which its weight ramps up to full after
+        it comes back (health down to up, or maint/drain to ready); L{None}
+        takes the pool's C{slow-start}, 0 turns it off.
     """
 
     name: str
@@ -78,6 +83,8 @@ class BackendConfig:
     weight: int = 1
     health: HealthCheck = HealthCheck()
     maxconn: int = 0
+    backup: bool = False
+    slowStart: float | None = None
 
 
 @attrs.frozen
@@ -229,6 +236,11 @@ class PoolConfig:
     @ivar accessLog: C{True} for one structured log event per connection
         (TCP mode) or request (HTTP mode), the path of a file to write lines
         straight to, or C{False} for none.
+    @ivar allBackups: while no primary backend is eligible, spread clients
+        over every eligible backup rather than only the first (HAProxy's
+        C{option allbackups}).
+    @ivar slowStart: seconds over which a backend's weight ramps up to full
+        after it comes back (0: at once); a backend may say otherwise.
     """
 
     name: str
@@ -245,6 +257,8 @@ class PoolConfig:
     retryOn: tuple[str | int, ...] = DEFAULT_RETRY_ON
     retryBudget: RetryBudget | None = None
     outlier: Outlier | None = None
+    allBackups: bool = False
+    slowStart: float = 0.0
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -544,7 +558,8 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
     if isinstance(data, str):
         data = {"endpoint": expandAddress(data)}
     d = _mapping(
-        data, path, ("name", "endpoint", "host", "port", "weight", "health", "maxconn")
+        data, path, ("name", "endpoint", "host", "port", "weight", "health", "maxconn",
+                     "backup", "slow-start")
     )
     if "endpoint" in d:
         if "host" in d or "port" in d:
@@ -576,12 +591,31 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
         weight=weight,
         health=parseHealth(d.get("health"), f"{path}.health", health),
         maxconn=_integer(d.get("maxconn", 0), f"{path}.maxconn", 0, MAX_CONNECTIONS),
+        backup=_boolean(d.get("backup", False), f"{path}.backup"),
+        slowStart=(
+            None if "slow-start" not in d
+            else parseSlowStart(d["slow-start"], f"{path}.slow-start")
+        ),
     )
+
+
+def _boolean(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def parseSlowStart(value: object, path: str) -> float:
+    """
+    A slow-start duration: 0 (off) up to an hour.
+    """
+    return parseSeconds(value, path, 0.0, 3600.0)
 
 
 _POOL_KEYS = (
     "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
     "proxy-protocol", "queue", "access-log", "retry-on", "retry-budget", "outlier",
+    "all-backups", "slow-start",
 )
 
 # The most a maxconn may say: far above what one process can hold open.
@@ -781,6 +815,8 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         ),
         retryBudget=parseRetryBudget(d.get("retry-budget"), f"{path}.retry-budget"),
         outlier=parseOutlier(d.get("outlier"), f"{path}.outlier"),
+        allBackups=_boolean(d.get("all-backups", False), f"{path}.all-backups"),
+        slowStart=parseSlowStart(d.get("slow-start", 0), f"{path}.slow-start"),
     )
 
 

@@ -2,9 +2,10 @@
 Balancing policies: pure choices among the backends that take new clients.
 
 A policy is given those backends (never empty, in configuration order, each
-of weight 1-256: the pool leaves out a backend of weight 0, which takes no
-new clients under any policy) and an optional client key, and returns one of
-them.  Every policy counts the weights.  Randomness is injected as a
+of effective weight 1 or more: the pool leaves out a backend of weight 0,
+which takes no new clients under any policy) and an optional client key, and
+returns one of them.  Every policy counts the effective weights: the pool's
+scaled weights, lowered while slow start ramps a backend up.  Randomness is injected as a
 L{random.Random} so every policy is deterministic under test.  Policies are
 chosen by name through L{POLICIES}.
 
@@ -26,7 +27,7 @@ class Balanced(Protocol):
     """
 
     name: str
-    weight: int
+    effectiveWeight: int
     active: int
 
 
@@ -53,7 +54,7 @@ def _smoothTurn(current: dict[str, int], backends: Iterable[Balanced]) -> Balanc
     best: Balanced | None = None
     bestWeight = 0
     for b in backends:
-        weight = b.weight
+        weight = b.effectiveWeight
         w = current.get(b.name, 0) + weight
         current[b.name] = w
         total += weight
@@ -101,13 +102,13 @@ class LeastConnections:
         division), then take turns by weight among the backends that have it.
         """
         least = backends[0]
-        leastActive, leastWeight = least.active, least.weight
+        leastActive, leastWeight = least.active, least.effectiveWeight
         for b in backends:
-            # b.active / b.weight < leastActive / leastWeight, in integers.
-            if b.active * leastWeight < leastActive * b.weight:
-                least, leastActive, leastWeight = b, b.active, b.weight
+            # b.active / b.effectiveWeight < leastActive / leastWeight, in integers.
+            if b.active * leastWeight < leastActive * b.effectiveWeight:
+                least, leastActive, leastWeight = b, b.active, b.effectiveWeight
         return _smoothTurn(self._current, (
-            b for b in backends if b.active * leastWeight == leastActive * b.weight
+            b for b in backends if b.active * leastWeight == leastActive * b.effectiveWeight
         ))
 
 
@@ -123,7 +124,7 @@ def _draw(backends: Sequence[Balanced], rng: random.Random, total: int,
         if b is skip:
             continue
         last = b
-        point -= b.weight
+        point -= b.effectiveWeight
         if point < 0:
             return b
     # Rounding left a sliver past the last backend: it is the last one's.
@@ -144,7 +145,7 @@ class WeightedRandom:
         """
         total = 0
         for b in backends:
-            total += b.weight
+            total += b.effectiveWeight
         return _draw(backends, self._rng, total)
 
 
@@ -167,10 +168,10 @@ class PowerOfTwoChoices:
             return backends[0]
         total = 0
         for b in backends:
-            total += b.weight
+            total += b.effectiveWeight
         first = _draw(backends, self._rng, total)
-        second = _draw(backends, self._rng, total - first.weight, skip=first)
-        if second.active * first.weight < first.active * second.weight:
+        second = _draw(backends, self._rng, total - first.effectiveWeight, skip=first)
+        if second.active * first.effectiveWeight < first.active * second.effectiveWeight:
             return second
         return first
 
@@ -204,7 +205,7 @@ class SourceHash:
         """
         if key is None:
             return self._fallback.choose(backends, key)
-        return max(backends, key=lambda b: _score(key, b.name, b.weight))
+        return max(backends, key=lambda b: _score(key, b.name, b.effectiveWeight))
 
 
 POLICIES: dict[str, Callable[[random.Random], BalancingPolicy]] = {

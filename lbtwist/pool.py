@@ -52,6 +52,26 @@ class Admin(enum.Enum):
 # The answers Envoy's consecutive-gateway-errors counts, besides failed
 # connects, timeouts and resets.
 GATEWAY_STATUSES = frozenset((502, 503, 504))
+# The policies count effective weights, WEIGHT_SCALE times the configured
+# weight, so that slow start can ramp even a backend of weight 1 up in
+# integer steps (HAProxy scales its weights by 16 for the same reason).
+WEIGHT_SCALE = 16
+
+# The share of its weight a backend starts its slow start with: it then
+# rises linearly to the full weight.
+SLOW_START_FLOOR = 0.1
+
+
+def rampedWeight(weight: int, progress: float) -> int:
+    """
+    The effective weight of a backend of C{weight} that has done
+    C{progress} (0 to 1) of its slow start: from L{SLOW_START_FLOOR} of its
+    full effective weight, linearly up to all of it, never below 1.
+    """
+    full = weight * WEIGHT_SCALE
+    share = SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * min(1.0, max(0.0, progress))
+    return max(1, int(full * share))
+
 
 # Read on every pick: a module global is found faster than an enum member
 # (Python 3.11 looks the member up through the enum's metaclass).
@@ -67,6 +87,12 @@ class Backend:
     @ivar total: connections or requests sent to it.
     @ivar failures: failures counted against it, by kind (C{connect},
         C{timeout}, C{probe}, C{response}...).
+    @ivar backup: it takes new clients only while no primary backend of its
+        pool is eligible.
+    @ivar effectiveWeight: what the policies count: L{WEIGHT_SCALE} times
+        C{weight}, less while slow start ramps it up.
+    @ivar rampStart: when its slow start began.
+    @ivar rampEnd: when its slow start ends, or 0 if it is not ramping.
     """
 
     def __init__(self, config: BackendConfig) -> None:
@@ -74,6 +100,10 @@ class Backend:
         self.name = config.name
         self.endpoint = config.endpoint
         self.weight = config.weight
+        self.backup = config.backup
+        self.effectiveWeight = config.weight * WEIGHT_SCALE
+        self.rampStart = 0.0
+        self.rampEnd = 0.0
         self.health = Health.UNKNOWN
         self.admin = Admin.READY
         self.active = 0
@@ -266,6 +296,9 @@ class BackendStats:
     probeLatency: float | None
     responseTime: float | None
     share: float
+    backup: bool = False
+    # The weight slow start gives it now, while it ramps up; else None.
+    effectiveWeight: float | None = None
 
 
 def _clause(reason: str) -> str:
@@ -293,6 +326,10 @@ class BackendPool:
 
     def __init__(self, config: PoolConfig, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        """
+        @param clock: the time now, in seconds (e.g. C{reactor.seconds}),
+            which slow start and outlier ejection read.
+        """
         self.log = txaio.make_logger()  # type: ignore[attr-defined]
         self.name = config.name
         self.config = config
@@ -317,6 +354,11 @@ class BackendPool:
         self._ejected: list[Backend] = []
         for b in config.backends:
             self._backends[b.name] = Backend(b)
+        # Whether any backend is a backup: without, pick takes no extra step.
+        self._hasBackups = any(b.backup for b in config.backends)
+        # Until when some backend's slow start ramps it up (0: none does), so
+        # that pick only reads the clock while one does.
+        self._rampingUntil = 0.0
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(list(self._backends.values()))
@@ -345,25 +387,35 @@ class BackendPool:
         L{None} if there is none (every backend down, out, full or of
         weight 0).
 
+        While a primary (non-backup) backend is eligible and not in
+        C{exclude}, only primaries are chosen; else backups are.
+
         @param key: identifies the client for hashing policies.
         @param exclude: backends already tried for this client.
         """
+        if self._rampingUntil:
+            self._ramp(self.clock())
         # A backend of weight 0 takes no new clients (sticky ones still
         # reach it: they do not come through here).  This runs for every
         # connection or request: Backend.full is written out, as a property
         # call costs more than the test.
         if self._ejected:
             self.readmit()
+        backends: Iterable[Backend] = self._backends.values()
         if exclude:
             tried = set(exclude)
+            if self._hasBackups:
+                backends = self.serving(tried)
             candidates = [
-                b for b in self._backends.values()
+                b for b in backends
                 if b.weight and b.eligible and not (b.maxconn and b.slots >= b.maxconn)
                 and b not in tried
             ]
         else:
+            if self._hasBackups:
+                backends = self.serving()
             candidates = [
-                b for b in self._backends.values()
+                b for b in backends
                 if b.weight and b.eligible and not (b.maxconn and b.slots >= b.maxconn)
             ]
         if not candidates:
@@ -393,12 +445,69 @@ class BackendPool:
         """
         tried = set(exclude)
         full = False
-        for b in self._backends.values():
+        for b in self.serving(tried):
             if b.weight and b.eligible and b not in tried:
                 if not b.full:
                     return False
                 full = True
         return full
+
+    def serving(self, tried: set[Backend] | frozenset[Backend] = frozenset()) -> list[Backend]:
+        """
+        The backends new clients may be given now, by their role: the
+        primaries while one of weight above 0 is eligible and not in
+        C{tried}; else the eligible backups, all of them with the pool's
+        C{all-backups}, or only the first (in configuration order).
+        """
+        backends = self._backends.values()
+        if not self._hasBackups:
+            return list(backends)
+        primaries = [b for b in backends if not b.backup]
+        if any(b.weight and b.eligible and b not in tried for b in primaries):
+            return primaries
+        backups = [b for b in backends if b.backup and b.weight and b.eligible and b not in tried]
+        return backups if self.config.allBackups else backups[:1]
+
+    # -- slow start --------------------------------------------------------
+
+    def _startRamp(self, backend: Backend) -> None:
+        """
+        C{backend} came back: ramp its effective weight up over its slow
+        start, if it has one.
+        """
+        duration = backend.config.slowStart
+        if duration is None:
+            duration = self.config.slowStart
+        if not duration:
+            return
+        now = self.clock()
+        backend.rampStart = now
+        backend.rampEnd = now + duration
+        self._rampingUntil = max(self._rampingUntil, backend.rampEnd)
+        self.log.info(
+            "backend {backend} of pool {pool}: slow start over {seconds}s",
+            pool=self.name,
+            backend=backend.name,
+            seconds=duration,
+        )
+        self._ramp(now)
+
+    def _ramp(self, now: float) -> None:
+        """
+        Set the effective weight of every backend in slow start for the
+        time C{now}; a backend whose slow start is over gets its full one.
+        """
+        done = now >= self._rampingUntil
+        if done:
+            self._rampingUntil = 0.0
+        for b in self._backends.values():
+            if b.rampEnd:
+                if done or now >= b.rampEnd:
+                    b.rampEnd = 0.0
+                    b.effectiveWeight = b.weight * WEIGHT_SCALE
+                else:
+                    b.effectiveWeight = rampedWeight(
+                        b.weight, (now - b.rampStart) / (b.rampEnd - b.rampStart))
 
     # -- limits and the queue ----------------------------------------------
 
@@ -424,8 +533,10 @@ class BackendPool:
         """
         waiting = self._waiting
         for _ in range(len(waiting)):
+            # Only a backend clients may be given now counts: not a backup
+            # while a primary serves.
             if not waiting or not any(
-                b.weight and b.eligible and not b.full for b in self._backends.values()
+                b.weight and b.eligible and not b.full for b in self.serving()
             ):
                 return
             waiting.popleft()()
@@ -535,6 +646,8 @@ class BackendPool:
             new=new.value,
             reason=reason,
         )
+        if old is Health.DOWN and new is Health.UP:
+            self._startRamp(backend)
         self._notify(HealthChanged(self.name, backend, old.value, new.value, reason))
         if new is Health.UP:
             self.wake()
@@ -748,6 +861,7 @@ class BackendPool:
             raise KeyError(config.name)
         backend = Backend(config)
         self._backends[config.name] = backend
+        self._hasBackups = self._hasBackups or config.backup
         self.log.info(
             "backend {backend} added to pool {pool} at {endpoint}",
             pool=self.name,
@@ -769,6 +883,7 @@ class BackendPool:
         backend.removed = True
         if backend.ejected:
             self._ejected.remove(backend)
+        self._hasBackups = any(b.backup for b in self._backends.values())
         self.log.info(
             "backend {backend} removed from pool {pool}, {active} still active",
             pool=self.name,
@@ -792,6 +907,8 @@ class BackendPool:
                 # Health is unknown again when the backend comes back.
                 backend.health = Health.UNKNOWN
                 backend.consecutiveFailures = backend.consecutiveSuccesses = 0
+            elif admin is Admin.READY:
+                self._startRamp(backend)
             self.log.info(
                 "backend {backend} of pool {pool}: admin state {new} (was {old})",
                 pool=self.name,
@@ -817,6 +934,9 @@ class BackendPool:
         backend = self._backends[name]
         old = backend.weight
         backend.weight = weight
+        backend.effectiveWeight = weight * WEIGHT_SCALE
+        if backend.rampEnd:
+            self._ramp(self.clock())
         backend.config = attrs.evolve(backend.config, weight=weight)
         if old != weight:
             self.log.info(
@@ -839,6 +959,8 @@ class BackendPool:
         """
         if self._ejected:
             self.readmit()
+        if self._rampingUntil:
+            self._ramp(self.clock())
         backends = list(self._backends.values())
         grand = sum(b.total for b in backends)
         return [
@@ -858,6 +980,10 @@ class BackendPool:
                 probeLatency=b.probeLatency,
                 responseTime=b.responseTime,
                 share=(100.0 * b.total / grand) if grand else 0.0,
+                backup=b.backup,
+                effectiveWeight=(
+                    round(b.effectiveWeight / WEIGHT_SCALE, 2) if b.rampEnd else None
+                ),
             )
             for b in backends
         ]

@@ -20,14 +20,25 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
+def _weight(s: BackendStats) -> str:
+    # While slow start ramps a backend up: the weight it has now, of its own.
+    if s.effectiveWeight is None:
+        return str(s.weight)
+    return f"{s.effectiveWeight:g}/{s.weight}"
+
+
 def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
     """
     Render a pool's backend stats as a fixed-width text table with a totals row.
+
+    A backup backend's state is marked C{b}; a backend in slow start shows
+    its weight now over its full weight.
     """
     stats = list(stats)
     rows = [
         (
-            s.name, s.state, str(s.weight), str(s.active), str(s.total),
+            s.name, f"{s.state} b" if s.backup else s.state, _weight(s),
+            str(s.active), str(s.total),
             str(s.failures), _ms(s.probeLatency), _ms(s.responseTime),
             f"{s.share:.1f}",
         )

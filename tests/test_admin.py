@@ -24,7 +24,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from lbtwist.admin import AdminResource, AdminService, backendURL, checkAdmin
 from lbtwist.admin._views import backendView, poolView
-from lbtwist.config import ConfigError, parseConfig
+from lbtwist.config import BackendConfig, ConfigError, PoolConfig, parseConfig
 from lbtwist.pool import Admin, BackendPool, Health
 from lbtwist.reload import LiveConfig
 from lbtwist.state import StateFile
@@ -988,3 +988,36 @@ class EjectionViewTests(SynchronousTestCase):
         view = backendView(pool, a)
         self.assertEqual((view["ejected"], view["ejectedUntil"], view["ejections"]),
                          (False, None, 1))
+
+
+class BackupViewTests(SynchronousTestCase):
+    """
+    The backend views show whether a backend is a backup and, while slow
+    start ramps it up, its effective weight.
+    """
+
+    def test_backupAndRamp(self) -> None:
+        """
+        C{backup} is shown for every backend; C{effectiveWeight} is the
+        weight it has now while it ramps up, and null otherwise.
+        """
+        now = [0.0]
+        pool = BackendPool(PoolConfig("web", (
+            BackendConfig("a", "tcp:host=127.0.0.1:port=8000", weight=4),
+            BackendConfig("b", "tcp:host=127.0.0.1:port=8001", backup=True),
+        ), slowStart=20.0), clock=lambda: now[0])
+        pool.setAdmin("a", Admin.DRAIN)
+        pool.setAdmin("a", Admin.READY)
+        now[0] = 10.0
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+        self.assertEqual(
+            [(v["backup"], v["weight"], v["effectiveWeight"])
+             for v in (backendView(pool, a), backendView(pool, b))],
+            [(False, 4, 2.19), (True, 1, None)],
+        )
+        now[0] = 20.0
+        self.assertEqual(
+            [(v["name"], v["effectiveWeight"]) for v in poolView(pool)["backends"]],
+            [("a", None), ("b", None)],
+        )

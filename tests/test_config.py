@@ -467,3 +467,64 @@ class OutlierConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as e:
             parseConfig(minimal(outlier={"consecutive-500": 5}))
         self.assertEqual(e.exception.path, f"{where}.consecutive-500")
+
+
+class BackupAndSlowStartTests(SynchronousTestCase):
+    """
+    The C{backup} and C{slow-start} keys of a backend and the
+    C{all-backups} and C{slow-start} keys of a pool.
+    """
+
+    assertError = ErrorTests.assertError  # type: ignore[misc]  # the same check
+
+    def test_defaults(self) -> None:
+        """
+        Without the keys no backend is a backup, only the first backup
+        serves, and there is no slow start.
+        """
+        pool = parseConfig(minimal()).pools[0]
+        self.assertEqual((pool.allBackups, pool.slowStart), (False, 0.0))
+        self.assertEqual((pool.backends[0].backup, pool.backends[0].slowStart), (False, None))
+
+    def test_parsed(self) -> None:
+        """
+        The keys map onto the model; a backend's slow start overrides the
+        pool's, and 0 turns it off for that backend.
+        """
+        pool = parseConfig(minimal(**{
+            "all-backups": True,
+            "slow-start": "30s",
+            "backends": [
+                {"host": "127.0.0.1", "port": 8001, "slow-start": "1m"},
+                {"host": "127.0.0.1", "port": 8002, "backup": True, "slow-start": 0},
+                {"host": "127.0.0.1", "port": 8003, "backup": False},
+            ],
+        })).pools[0]
+        self.assertEqual((pool.allBackups, pool.slowStart), (True, 30.0))
+        self.assertEqual(
+            [(b.backup, b.slowStart) for b in pool.backends],
+            [(False, 60.0), (True, 0.0), (False, None)],
+        )
+
+    def test_errors(self) -> None:
+        """
+        A bad value is refused in one line naming its key.
+        """
+        self.assertError(
+            minimal(backends=[{"host": "127.0.0.1", "port": 8001, "backup": "yes"}]),
+            "pools.web.backends[0].backup: expected true or false, got 'yes'",
+        )
+        self.assertError(
+            minimal(**{"all-backups": 1}),
+            "pools.web.all-backups: expected true or false, got 1",
+        )
+        self.assertError(
+            minimal(**{"slow-start": "soon"}),
+            "pools.web.slow-start: expected a duration from 0 to 3600 seconds "
+            "(a number, or a string like '250ms' or '5s'), got 'soon'",
+        )
+        self.assertError(
+            minimal(backends=[{"host": "127.0.0.1", "port": 8001, "slow-start": "2h"}]),
+            "pools.web.backends[0].slow-start: expected a duration from 0 to 3600 "
+            "seconds (a number, or a string like '250ms' or '5s'), got 7200.0",
+        )

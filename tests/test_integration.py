@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
@@ -478,3 +478,62 @@ class AbuseTests(TestCase):
         self.assertEqual(lb.pools["web"].get("a").active, 0)  # type: ignore[union-attr]
         self.assertEqual(factory.accepted, 3001)
         self.assertEqual(backend.live, 0)  # type: ignore[attr-defined]
+
+
+@inlineCallbacks
+def until(condition: Callable[[], bool], seconds: float = 5.0) -> Any:
+    """
+    Wait in the reactor until C{condition()} is true, or C{seconds} pass.
+    """
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        yield sleep(0.05)
+
+
+class BackupTests(TestCase):
+    """
+    A backup backend serves only while the primaries cannot, over real
+    sockets.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_backupServesWhilePrimariesDown(self) -> Any:
+        """
+        While the primaries serve, the backup gets nothing; when both stop
+        the backup serves every client with no failed connection, first by
+        failover and then once they are marked down; when a primary comes
+        back (slow start or not) the clients return to it.
+        """
+        backends = Backends(self)
+        for name in ("a", "b", "c"):
+            backends.start(name)
+        data = poolConfig([(n, backends.endpoint(n)) for n in "abc"],
+                          health=FAST_CHECKS, **{"slow-start": "5s"})
+        data["pools"]["web"]["backends"][2]["backup"] = True
+        lb, port = startBalancer(self, data)
+        pool = lb.pools["web"]
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+
+        def serve(n: int) -> Any:
+            return inThread(lambda: [firstLine(port) for _ in range(n)])
+
+        before = yield serve(10)
+        self.assertEqual(set(before), {b"a", b"b"})
+        yield backends.stop("a")
+        yield backends.stop("b")
+        during = yield serve(20)
+        yield until(lambda: a.health is Health.DOWN and b.health is Health.DOWN)
+        self.assertEqual((a.health, b.health), (Health.DOWN, Health.DOWN))
+        down = yield serve(20)
+        self.assertEqual((set(during), set(down)), ({b"c"}, {b"c"}))
+        backends.start("a")
+        yield until(lambda: a.health is Health.UP)
+        self.assertEqual(a.health, Health.UP)
+        self.assertTrue(a.rampEnd, "a came back from down: it ramps up")
+        after = yield serve(20)
+        self.assertEqual(set(after), {b"a"})
+        self.assertEqual(pool.noBackend, 0)

@@ -30,6 +30,13 @@ class FakeBackend:
     weight: int = 1
     active: int = 0
 
+    @property
+    def effectiveWeight(self) -> int:
+        """
+        The weight the policies count: here, the weight itself.
+        """
+        return self.weight
+
 
 def backends(*weights: int) -> list[FakeBackend]:
     """

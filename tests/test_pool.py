@@ -591,3 +591,321 @@ class OutlierTests(SynchronousTestCase):
         b = pool.get("b")
         assert b is not None
         self.assertTrue(b.ejected)
+
+
+def tieredPool(roles: str, policy: str = "roundrobin", allBackups: bool = False,
+               slowStart: float = 0.0, clock: Any = None) -> BackendPool:
+    """
+    A pool of backends named a, b, c..., one per letter of C{roles}: C{p}
+    a primary, C{b} a backup.
+    """
+    return BackendPool(
+        PoolConfig(
+            name="web",
+            policy=policy,
+            allBackups=allBackups,
+            slowStart=slowStart,
+            backends=tuple(
+                BackendConfig(chr(ord("a") + i), f"tcp:host=127.0.0.1:port={8000 + i}",
+                              health=HealthCheck(rise=1, fall=1), backup=role == "b")
+                for i, role in enumerate(roles)
+            ),
+        ),
+        random.Random(0),
+        clock or (lambda: 0.0),
+    )
+
+
+def down(pool: BackendPool, *names: str) -> None:
+    """
+    Mark the backends C{names} of C{pool} (of fall 1) down.
+    """
+    for name in names:
+        backend = pool.get(name)
+        assert backend is not None
+        pool.failed(backend, "probe", "refused")
+
+
+class BackupTests(SynchronousTestCase):
+    """
+    Backup backends get clients only while no primary is eligible.
+    """
+
+    def served(self, pool: BackendPool, picks: int = 60) -> set[str]:
+        """
+        The names of the backends C{picks} picks reach.
+        """
+        chosen = set()
+        for _ in range(picks):
+            backend = pool.pick(b"client")
+            chosen.add(backend.name if backend is not None else "-")
+        return chosen
+
+    def test_table(self) -> None:
+        """
+        Under every policy: primaries serve while one is eligible; then the
+        first eligible backup, or with all-backups every eligible backup;
+        with none left there is no pick.
+        """
+        # roles, all-backups, down, expected backends served
+        table = [
+            ("ppbb", False, (), {"a", "b"}),
+            ("ppbb", False, ("a",), {"b"}),
+            ("ppbb", False, ("a", "b"), {"c"}),
+            ("ppbb", True, ("a", "b"), {"c", "d"}),
+            ("ppbb", False, ("a", "b", "c"), {"d"}),
+            ("ppbb", True, ("a", "b", "c"), {"d"}),
+            ("ppbb", False, ("a", "b", "c", "d"), {"-"}),
+            ("bpb", False, ("b",), {"a"}),
+            ("bbb", False, (), {"a"}),
+            ("bbb", True, (), {"a", "b", "c"}),
+        ]
+        for policy in POLICY_NAMES:
+            for roles, allBackups, downs, expected in table:
+                pool = tieredPool(roles, policy, allBackups)
+                down(pool, *downs)
+                if policy == "source":
+                    # One client key keeps one backend: ask with many keys.
+                    got = {pool.pick(str(i).encode()).name  # type: ignore[union-attr]
+                           for i in range(60)} if expected != {"-"} else {"-"}
+                    self.assertEqual(pool.pick(b"k") is None, expected == {"-"})
+                else:
+                    got = self.served(pool)
+                self.assertEqual(got, expected, (policy, roles, allBackups, downs))
+
+    def test_primaryBack(self) -> None:
+        """
+        When a primary comes back up, the backup gets no new clients.
+        """
+        pool = tieredPool("pb")
+        down(pool, "a")
+        self.assertEqual(self.served(pool), {"b"})
+        a = pool.get("a")
+        assert a is not None
+        pool.succeeded(a)
+        self.assertEqual(self.served(pool), {"a"})
+
+    def test_maintPrimary(self) -> None:
+        """
+        A primary in maintenance or draining is not eligible: backups serve.
+        """
+        pool = tieredPool("ppb")
+        pool.setAdmin("a", Admin.MAINT)
+        pool.setAdmin("b", Admin.DRAIN)
+        self.assertEqual(self.served(pool), {"c"})
+
+    def test_excludedPrimaries(self) -> None:
+        """
+        A client that already tried every primary (a failover) goes to a
+        backup, even before health checks mark the primaries down.
+        """
+        pool = tieredPool("ppb")
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+        self.assertEqual(pool.pick(exclude=[a]).name, "b")  # type: ignore[union-attr]
+        self.assertEqual(pool.pick(exclude=[a, b]).name, "c")  # type: ignore[union-attr]
+
+    def test_fullPrimaryQueues(self) -> None:
+        """
+        A primary at its maxconn makes clients wait in the queue; it does
+        not send them to the backups.
+        """
+        pool = BackendPool(PoolConfig("web", (
+            BackendConfig("a", "tcp:host=127.0.0.1:port=8000", maxconn=1),
+            BackendConfig("b", "tcp:host=127.0.0.1:port=8001", backup=True),
+        )))
+        a = pool.pick()
+        assert a is not None
+        pool.acquire(a)
+        self.assertIsNone(pool.pick())
+        self.assertTrue(pool.saturated())
+
+    def test_added(self) -> None:
+        """
+        A backup added at run time is a backup; once the last backup is
+        removed the pool works as one without.
+        """
+        pool = tieredPool("p")
+        pool.add(BackendConfig("z", "tcp:host=127.0.0.1:port=9000", backup=True))
+        self.assertEqual(self.served(pool), {"a"})
+        down(pool, "a")
+        self.assertEqual(self.served(pool), {"z"})
+        pool.remove("z")
+        self.assertEqual(self.served(pool), {"-"})
+
+    def test_stats(self) -> None:
+        """
+        The stats say which backends are backups.
+        """
+        pool = tieredPool("pb")
+        self.assertEqual([(s.name, s.backup) for s in pool.stats()],
+                         [("a", False), ("b", True)])
+
+
+    def test_queueNotWokenByBackup(self) -> None:
+        """
+        A queued client is not woken for a backup's room while the full
+        primary serves; it is when the primary gives a slot back.
+        """
+        pool = BackendPool(PoolConfig("web", (
+            BackendConfig("a", "tcp:host=127.0.0.1:port=8000", maxconn=1),
+            BackendConfig("b", "tcp:host=127.0.0.1:port=8001", backup=True),
+        )))
+        a = pool.get("a")
+        assert a is not None
+        pool.acquire(a)
+        woken: list[str] = []
+        pool.enqueue(lambda: woken.append("client"))
+        pool.wake()
+        self.assertEqual(woken, [])
+        pool.release(a)
+        self.assertEqual(woken, ["client"])
+
+
+class SlowStartTests(SynchronousTestCase):
+    """
+    A backend that comes back ramps its weight up over its slow start.
+    """
+
+    def setUp(self) -> None:
+        self.now = 0.0
+        self.pool = tieredPool("ppp", slowStart=10.0, clock=lambda: self.now)
+
+    def shares(self, backend: str, policy: str = "roundrobin") -> list[float]:
+        """
+        Bring C{backend} back from down at time 0 and return its share of
+        300 picks in each of 10 successive simulated seconds.
+        """
+        self.now = 0.0
+        self.pool = tieredPool("ppp", policy, slowStart=10.0, clock=lambda: self.now)
+        down(self.pool, backend)
+        b = self.pool.get(backend)
+        assert b is not None
+        self.pool.succeeded(b)
+        result = []
+        for second in range(10):
+            counts: Counter[str] = Counter()
+            for i in range(300):
+                self.now = second + i / 300
+                chosen = self.pool.pick(str(i).encode())
+                assert chosen is not None
+                counts[chosen.name] += 1
+            result.append(counts[backend] / 300)
+        return result
+
+    def test_rampEveryPolicy(self) -> None:
+        """
+        Under every policy that weighs, the returning backend's share of
+        picks rises second by second from under 10% to about a third.
+        """
+        for policy in ("roundrobin", "weighted", "leastconn", "random", "p2c"):
+            shares = self.shares("a", policy)
+            self.assertLess(shares[0], 0.10, (policy, shares))
+            self.assertGreater(shares[-1], 0.28, (policy, shares))
+            self.assertLess(shares[-1], 0.39, (policy, shares))
+            if policy in ("roundrobin", "weighted", "leastconn"):
+                # Deterministic policies rise strictly every second.
+                self.assertEqual(shares, sorted(shares), (policy, shares))
+                self.assertEqual(len(set(shares)), 10, (policy, shares))
+            else:
+                # Random ones may wobble: compare the halves.
+                self.assertLess(sum(shares[:5]), sum(shares[5:]), (policy, shares))
+
+    def test_sourceHash(self) -> None:
+        """
+        Source hashing weighs too: the returning backend wins more keys as
+        its weight rises.
+        """
+        shares = self.shares("b", "source")
+        self.assertLess(shares[0], 0.10, shares)
+        self.assertGreater(shares[-1], 0.25, shares)
+        self.assertEqual(shares, sorted(shares))
+
+    def test_effectiveWeight(self) -> None:
+        """
+        The effective weight rises from a tenth to all of the weight
+        (scaled by 16) and the ramp ends after the slow start; the stats
+        show it only while it ramps.
+        """
+        down(self.pool, "a")
+        a = self.pool.get("a")
+        assert a is not None
+        self.pool.succeeded(a)
+        seen = []
+        for t in (0.0, 5.0, 9.9, 10.0, 20.0):
+            self.now = t
+            stats = {s.name: s.effectiveWeight for s in self.pool.stats()}
+            seen.append((a.effectiveWeight, stats["a"], stats["b"]))
+        self.assertEqual(seen, [
+            (1, 0.06, None), (8, 0.5, None), (15, 0.94, None),
+            (16, None, None), (16, None, None),
+        ])
+
+    def test_firstStartAndUnknown(self) -> None:
+        """
+        The first start is not slowed (an unknown backend that comes up
+        serves at once at full weight), nor is one that was never down.
+        """
+        a = self.pool.get("a")
+        assert a is not None
+        self.pool.succeeded(a)
+        self.assertEqual((a.health, a.effectiveWeight, a.rampEnd), (Health.UP, 16, 0.0))
+
+    def test_adminReady(self) -> None:
+        """
+        A backend back from maintenance or draining ramps up; one put in
+        maintenance and back does not restart the ramp when it then comes
+        up (unknown to up).
+        """
+        for admin in (Admin.MAINT, Admin.DRAIN):
+            self.now = 100.0
+            self.pool.setAdmin("b", admin)
+            self.pool.setAdmin("b", Admin.READY)
+            b = self.pool.get("b")
+            assert b is not None
+            self.assertEqual((b.effectiveWeight, b.rampEnd), (1, 110.0))
+            self.now = 105.0
+            self.pool.succeeded(b)
+            self.assertEqual(b.rampEnd, 110.0)
+            self.now = 110.0
+            self.pool.pick()
+            self.assertEqual((b.effectiveWeight, b.rampEnd), (16, 0.0))
+
+    def test_backendOverrides(self) -> None:
+        """
+        A backend's own slow start overrides the pool's; 0 turns it off.
+        """
+        pool = BackendPool(PoolConfig("web", (
+            BackendConfig("a", "tcp:host=127.0.0.1:port=8000", slowStart=0.0),
+            BackendConfig("b", "tcp:host=127.0.0.1:port=8001", slowStart=4.0),
+        ), slowStart=10.0), clock=lambda: self.now)
+        self.now = 0.0
+        for name in "ab":
+            pool.setAdmin(name, Admin.MAINT)
+            pool.setAdmin(name, Admin.READY)
+        self.assertEqual([(b.name, b.rampEnd) for b in pool], [("a", 0.0), ("b", 4.0)])
+
+    def test_setWeightWhileRamping(self) -> None:
+        """
+        A weight changed during the ramp takes effect at the ramp's point.
+        """
+        self.pool.setAdmin("a", Admin.DRAIN)
+        self.pool.setAdmin("a", Admin.READY)
+        self.now = 5.0
+        a = self.pool.setWeight("a", 10)
+        self.assertEqual(a.effectiveWeight, 88)
+
+    def test_noClockWhenSteady(self) -> None:
+        """
+        While no backend ramps, a pick never reads the clock.
+        """
+        reads = []
+
+        def clock() -> float:
+            reads.append(1)
+            return 0.0
+
+        pool = tieredPool("ppp", slowStart=10.0, clock=clock)
+        for _ in range(10):
+            pool.pick()
+        self.assertEqual(reads, [])

@@ -9,7 +9,7 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import BackendConfig, PoolConfig
-from lbtwist.pool import BackendPool
+from lbtwist.pool import Admin, BackendPool
 from lbtwist.status import formatTable
 
 
@@ -44,3 +44,23 @@ class FormatTableTests(SynchronousTestCase):
         self.assertEqual(lines[3].split(), ["b", "unknown", "1", "0", "1", "0", "-", "-", "33.3"])
         self.assertEqual(lines[4].split(), ["c", "down", "1", "0", "0", "3", "-", "-", "0.0"])
         self.assertEqual(lines[5].split(), ["TOTAL", "(2/3", "serving)", "2", "3", "3", "100.0"])
+
+    def test_backupAndSlowStart(self) -> None:
+        """
+        A backup's state is marked C{b}; a backend in slow start shows its
+        weight now over its full weight, and its plain weight once ramped.
+        """
+        now = [0.0]
+        pool = BackendPool(PoolConfig(name="web", slowStart=10.0, backends=(
+            BackendConfig("a", "tcp:host=h:port=1", weight=2),
+            BackendConfig("b", "tcp:host=h:port=2", backup=True))),
+            random.Random(0), lambda: now[0])
+        pool.setAdmin("a", Admin.MAINT)
+        pool.setAdmin("a", Admin.READY)
+        now[0] = 5.0
+        lines = formatTable("web", pool.stats()).splitlines()
+        self.assertEqual(lines[2].split()[:3], ["a", "unknown", "1.06/2"])
+        self.assertEqual(lines[3].split()[:4], ["b", "unknown", "b", "1"])
+        now[0] = 10.0
+        lines = formatTable("web", pool.stats()).splitlines()
+        self.assertEqual(lines[2].split()[:3], ["a", "unknown", "2"])

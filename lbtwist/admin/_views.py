@@ -32,7 +32,9 @@ def backendURL(endpoint: str) -> str:
 
 def backendView(pool: BackendPool, backend: Backend) -> dict[str, Any]:
     """
-    A backend as the API shows it.
+    A backend as the API shows it: its stats (among them C{backup}, and
+    C{effectiveWeight}, the weight slow start gives it now, or null when it
+    is not ramping up), URL and response percentiles.
     """
     stats = next(s for s in pool.stats() if s.name == backend.name)
     return _statsView(stats, backend)
