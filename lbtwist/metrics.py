@@ -163,7 +163,15 @@ class BalancerCollector(Collector):
         queueTimeouts = CounterMetricFamily(
             "lbtwist_pool_queue_timeouts",
             "Clients refused after waiting the queue timeout.", labels=("pool",))
+        retriesActive = GaugeMetricFamily(
+            "lbtwist_pool_retries_active",
+            "Retries in flight (what the retry budget caps).", labels=("pool",))
+        retriesRefused = CounterMetricFamily(
+            "lbtwist_pool_retries_refused",
+            "Retries the retry budget did not allow.", labels=("pool",))
         for pool in self.balancer.pools.values():
+            retriesActive.add_metric((pool.name,), pool.retriesActive)
+            retriesRefused.add_metric((pool.name,), pool.retriesRefused)
             noBackend.add_metric((pool.name,), pool.noBackend)
             size.add_metric((pool.name,), len(pool))
             queueLength.add_metric((pool.name,), pool.queueLength)
@@ -198,7 +206,8 @@ class BalancerCollector(Collector):
                 refused.add_metric((name,), getattr(factory, "refused", 0))
         yield from (requests, failures, bytesIn, bytesOut, active, weight, state, up,
                     probe, response, ejections, ejected, noBackend, size, queueLength, queued, queueFull,
-                    queueTimeouts, accepted, clients, responses, refused)
+                    queueTimeouts, retriesActive, retriesRefused, accepted, clients, responses,
+                    refused)
 
     def _backend(self, pool: str, backend: Backend, requests: Any, failures: Any,
                  bytesIn: Any, bytesOut: Any, active: Any, weight: Any, state: Any,

@@ -219,6 +219,18 @@ class CollectorTests(SynchronousTestCase):
         s = samples(exposition(balancerRegistry(lb))[0].decode())
         self.assertEqual(s[("lbtwist_pool_queue_timeouts_total", (("pool", "web"),))], 1)
 
+    def test_retries(self) -> None:
+        """
+        Retries in flight and those the budget refused are exported per pool.
+        """
+        lb = FakeBalancer()
+        pool = lb.pools["web"]
+        pool.retriesActive = 2
+        pool.retriesRefused = 5
+        s = samples(exposition(balancerRegistry(lb))[0].decode())
+        self.assertEqual(s[("lbtwist_pool_retries_active", (("pool", "web"),))], 2)
+        self.assertEqual(s[("lbtwist_pool_retries_refused_total", (("pool", "web"),))], 5)
+
     def test_ownRegistry(self) -> None:
         """
         The global registry is left alone.

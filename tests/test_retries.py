@@ -141,6 +141,11 @@ class BudgetTests(SynchronousTestCase):
         answered = [t.value().split(b" ")[1] for t in clients if t.value()]
         self.assertEqual(answered, [b"503"] * 8)
         self.assertGreater(backendPool.retriesRefused, 0)
+        from lbtwist.admin import poolView
+
+        view = poolView(backendPool)
+        self.assertEqual((view["retriesActive"], view["retriesRefused"]),
+                         (2, backendPool.retriesRefused))
 
 
 class RetryTests(HTTPProxyTestCase):

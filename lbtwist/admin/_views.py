@@ -108,6 +108,8 @@ def poolView(pool: BackendPool, counters: Counters | None = None,
         "eligible": sum(1 for b in pool if b.eligible),
         "queueLength": pool.queueLength,
         "queued": pool.queued,
+        "retriesActive": pool.retriesActive,
+        "retriesRefused": pool.retriesRefused,
         **countersView(counters or poolCounters(pool, None), recent),
         "backends": [_statsView(s, pool.get(s.name)) for s in pool.stats()],
     }
