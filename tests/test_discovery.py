@@ -219,7 +219,8 @@ class AddressDiscoveryTests(TestCase):
         for wanted in (addresses, addresses[2:]):
             dnsServer.zone.addresses("app.internal", *wanted)
             changed = time.monotonic()
-            self.assertTrue((yield waitFor(lambda: len(pool) == len(wanted))))
+            count = len(wanted)
+            self.assertTrue((yield waitFor(lambda: len(pool) == count)))  # noqa: B023
             took.append(time.monotonic() - changed)
             self.assertEqual(
                 sorted(discovered(pool)),
