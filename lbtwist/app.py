@@ -20,6 +20,7 @@ from .admin import AdminService
 from .config import Config
 from .gctuning import FrozenStartupHeap
 from .lifecycle import GracefulStop, ReloadOnSignal
+from .pool import Backend
 from .reload import DEFAULT_GRACE, LiveConfig, configLoader, loadState
 from .service import CannotStart, LoadBalancer
 from .state import StateError, StateFile, defaultStatePath, legacyStatePath
@@ -74,14 +75,24 @@ class Balancer(MultiService):
             cannot be written.
         """
         super().__init__()
-        self.loadBalancer = LoadBalancer(config, reactor)
+        self.live: LiveConfig | None = None
+        # Backends DNS discovery finds gone are drained as removed ones are.
+        self.loadBalancer = LoadBalancer(
+            config, reactor, drain=self._drainDiscovered if control else None)
         self.loadBalancer.setName("balancer")
         self.loadBalancer.setServiceParent(self)
         if freezeHeap:
             FrozenStartupHeap(reactor).setServiceParent(self)
-        self.live: LiveConfig | None = None
         if control:
             self.live = self._control(reactor, configPath, statePath, grace, signals)
+
+    def _drainDiscovered(self, pool: str, backend: Backend) -> None:
+        """
+        Drain a backend DNS discovery removed, through the run-time control
+        (which exists by the time discovery runs).
+        """
+        if self.live is not None:
+            self.live.drain(pool, backend)
 
     def _control(self, reactor: Any, configPath: str | None, statePath: str | None,
                  grace: float, signals: bool) -> LiveConfig:

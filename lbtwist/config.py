@@ -85,6 +85,25 @@ class BackendConfig:
     maxconn: int = 0
     backup: bool = False
     slowStart: float | None = None
+    discovered: bool = False
+
+
+@attrs.frozen
+class Discovery:
+    """
+    Where a pool finds backends in DNS, re-resolved every C{interval}
+    seconds (sooner when the answer's TTL is shorter).
+
+    @ivar kind: C{"dns"} (one backend per A/AAAA address, on C{port}) or
+        C{"srv"} (one per SRV target address, on its port and weight).
+    @ivar name: the name looked up.
+    @ivar port: the backends' port (C{dns} only; an SRV record gives its own).
+    """
+
+    kind: str
+    name: str
+    port: int | None = None
+    interval: float = 10.0
 
 
 @attrs.frozen
@@ -241,6 +260,7 @@ class PoolConfig:
         C{option allbackups}).
     @ivar slowStart: seconds over which a backend's weight ramps up to full
         after it comes back (0: at once); a backend may say otherwise.
+    @ivar discovery: where more backends are found in DNS, if anywhere.
     """
 
     name: str
@@ -259,6 +279,7 @@ class PoolConfig:
     outlier: Outlier | None = None
     allBackups: bool = False
     slowStart: float = 0.0
+    discovery: Discovery | None = None
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -323,6 +344,8 @@ class Config:
     @ivar maxconn: client connections open at once over every listener;
         at the limit the listeners stop accepting until one closes (0: no
         limit).
+    @ivar resolvers: the DNS servers discovery asks, as C{(host, port)};
+        none: the system's (C{/etc/resolv.conf}).
     """
 
     listeners: tuple[ListenerConfig, ...]
@@ -332,6 +355,7 @@ class Config:
     adminToken: str | None = None
     state: str | None = None
     maxconn: int = 0
+    resolvers: tuple[tuple[str, int], ...] = ()
 
     def pool(self, name: str) -> PoolConfig:
         """
@@ -615,7 +639,7 @@ def parseSlowStart(value: object, path: str) -> float:
 _POOL_KEYS = (
     "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
     "proxy-protocol", "queue", "access-log", "retry-on", "retry-budget", "outlier",
-    "all-backups", "slow-start",
+    "all-backups", "slow-start", "discovery",
 )
 
 # The most a maxconn may say: far above what one process can hold open.
@@ -817,7 +841,66 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         outlier=parseOutlier(d.get("outlier"), f"{path}.outlier"),
         allBackups=_boolean(d.get("all-backups", False), f"{path}.all-backups"),
         slowStart=parseSlowStart(d.get("slow-start", 0), f"{path}.slow-start"),
+        discovery=parseDiscovery(d.get("discovery"), f"{path}.discovery"),
     )
+
+
+# A DNS name: dot-separated labels of letters, digits, '-' and '_' (SRV
+# names start with '_service._proto'), 253 characters at most.
+_DNS_NAME = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
+
+
+def _dnsName(value: object, path: str) -> str:
+    name = _string(value, path)
+    if not _DNS_NAME.fullmatch(name):
+        raise ConfigError(path, f"expected a DNS name like 'app.internal', got {name!r}")
+    return name.rstrip(".")
+
+
+def parseDiscovery(data: object, path: str) -> Discovery | None:
+    """
+    The C{discovery:} mapping of a pool: C{{dns: NAME, port: PORT}} or
+    C{{srv: NAME}}, each with an optional C{interval}; or L{None}.
+    """
+    if data is None:
+        return None
+    d = _mapping(data, path, ("dns", "srv", "port", "interval"))
+    kinds = [k for k in ("dns", "srv") if k in d]
+    if len(kinds) != 1:
+        raise ConfigError(path, "expected exactly one of dns, srv")
+    (kind,) = kinds
+    name = _dnsName(d[kind], f"{path}.{kind}")
+    interval = parseSeconds(d.get("interval", 10.0), f"{path}.interval", 0.01, 86400.0)
+    if kind == "srv":
+        if "port" in d:
+            raise ConfigError(f"{path}.port", "an SRV record gives the port; leave port out")
+        return Discovery("srv", name, None, interval)
+    if "port" not in d:
+        raise ConfigError(f"{path}.port", "required with dns (the backends' port)")
+    return Discovery("dns", name, _integer(d["port"], f"{path}.port", 1, 65535), interval)
+
+
+def parseResolvers(data: object, path: str) -> tuple[tuple[str, int], ...]:
+    """
+    The top-level C{resolvers:} list of C{HOST:PORT} strings (C{[::1]:53}
+    for IPv6); empty when left out, for the system's.
+    """
+    if data is None:
+        return ()
+    resolvers = []
+    for i, item in enumerate(_list(data, path)):
+        text = _string(item, f"{path}[{i}]")
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)|([^:\[\]\s]+):([0-9]+)", text)
+        if not m:
+            raise ConfigError(f"{path}[{i}]",
+                              f"expected HOST:PORT like '127.0.0.1:53', got {text!r}")
+        host = m.group(1) or m.group(3)
+        port = _integer(m.group(2) or m.group(4), f"{path}[{i}]", 1, 65535)
+        resolvers.append((host, port))
+    if not resolvers:
+        raise ConfigError(path, "expected at least one HOST:PORT (leave it out for the system's)")
+    return tuple(resolvers)
 
 
 def parseRetryOn(data: object, path: str) -> tuple[str | int, ...]:
@@ -892,6 +975,7 @@ def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> Liste
 
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
+    "resolvers",
 )
 
 
@@ -965,6 +1049,7 @@ def parseConfig(data: object) -> Config:
         ),
         state=None if d.get("state") is None else _string(d["state"], "state"),
         maxconn=_integer(d.get("maxconn", 0), "maxconn", 0, MAX_CONNECTIONS),
+        resolvers=parseResolvers(d.get("resolvers"), "resolvers"),
     )
 
 

@@ -70,6 +70,7 @@ _BUILT_IN = (
     ("sticky", lambda p: p.sticky),
     ("proxy-protocol", lambda p: p.proxyProtocol),
     ("access-log", lambda p: p.accessLog),
+    ("discovery", lambda p: p.discovery),
 )
 
 
@@ -91,6 +92,7 @@ def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolC
         sticky=running.sticky,
         proxyProtocol=running.proxyProtocol,
         accessLog=running.accessLog,
+        discovery=running.discovery,
     )
 
 
@@ -112,7 +114,8 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     if set(newPools) != set(runningPools):
         differ.append("the set of pools")
     for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
-                           ("state", "state"), ("maxconn", "maxconn")):
+                           ("state", "state"), ("maxconn", "maxconn"),
+                           ("resolvers", "resolvers")):
         if getattr(new, attribute) != getattr(running, attribute):
             differ.append(key)
     pools = tuple(
@@ -127,6 +130,7 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
         admin=running.admin,
         state=running.state,
         maxconn=running.maxconn,
+        resolvers=running.resolvers,
         adminToken=new.adminToken or running.adminToken,
     )
     return kept, differ

@@ -299,6 +299,8 @@ class BackendStats:
     backup: bool = False
     # The weight slow start gives it now, while it ramps up; else None.
     effectiveWeight: float | None = None
+    # Found by DNS discovery, not configured.
+    discovered: bool = False
 
 
 def _clause(reason: str) -> str:
@@ -984,6 +986,7 @@ class BackendPool:
                 effectiveWeight=(
                     round(b.effectiveWeight / WEIGHT_SCALE, 2) if b.rampEnd else None
                 ),
+                discovered=b.config.discovered,
             )
             for b in backends
         ]

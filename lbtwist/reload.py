@@ -206,6 +206,14 @@ class LiveConfig:
 
     # -- draining --------------------------------------------------------
 
+    def drain(self, pool: str, backend: Backend) -> None:
+        """
+        Give the connections of C{backend}, already removed from C{pool}
+        (by DNS discovery, say), C{grace} seconds to finish, then close
+        what is left.  Nothing is saved to the state file.
+        """
+        self._drain(pool, backend)
+
     def _drain(self, pool: str, backend: Backend) -> None:
         if not backend.closers:
             return
@@ -276,7 +284,9 @@ class LiveConfig:
         @return: whether anything changed.
         """
         weights = {b.name: b.weight for b in live}
-        changes = poolChanges((b.config for b in live), pc.backends)
+        # Discovered backends are DNS's, not the file's: a reload leaves them.
+        changes = poolChanges((b.config for b in live if not b.config.discovered),
+                              pc.backends)
         for name in changes.removed:
             self._drain(live.name, live.remove(name))
         for b in changes.replaced:

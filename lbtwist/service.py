@@ -19,10 +19,11 @@ from .accesslog import AccessLogFile
 from .config import Config, ListenerConfig
 from .connect import BackendConnector
 from .dial import Dialler
+from .discovery import PoolDiscovery, makeResolver
 from .endpoints import parseEndpoint
 from .health import HealthMonitor, Probe, TCPProbe
 from .listener import ConnectionLimit
-from .pool import BackendPool
+from .pool import Backend, BackendPool
 from .reporter import StatusReporter
 from .tcp import TCPProxyFactory, describe
 from .tlslisten import listenerReactor
@@ -208,7 +209,21 @@ class LoadBalancer(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        rng: random.Random | None = None,
+        *,
+        resolver: Any = None,
+        drain: Callable[[str, Backend], None] | None = None,
+    ) -> None:
+        """
+        @param resolver: the C{twisted.names} resolver DNS discovery asks
+            (default: one for the configuration's C{resolvers}).
+        @param drain: given each backend discovery finds gone, once removed
+            from its pool (see L{lbtwist.discovery.PoolDiscovery}).
+        """
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -245,6 +260,16 @@ class LoadBalancer(MultiService):
         self.probes["http"] = HTTPProbe(self.dialler)
         for pool in self.pools.values():
             HealthMonitor(pool, self.probes, reactor).setServiceParent(self)
+        # After the monitors, so that they see the first discovered backends.
+        self.discoveries: dict[str, PoolDiscovery] = {}
+        for pool in self.pools.values():
+            discovery = pool.config.discovery
+            if discovery is not None:
+                if resolver is None:
+                    resolver = makeResolver(config.resolvers, reactor)
+                self.discoveries[pool.name] = PoolDiscovery(
+                    pool, discovery, resolver, reactor, drain)
+                self.discoveries[pool.name].setServiceParent(self)
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
         self.reporter.setServiceParent(self)

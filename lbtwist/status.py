@@ -27,17 +27,22 @@ def _weight(s: BackendStats) -> str:
     return f"{s.effectiveWeight:g}/{s.weight}"
 
 
+def _marked(s: BackendStats) -> str:
+    marks = ("b" if s.backup else "") + ("d" if s.discovered else "")
+    return f"{s.state} {marks}" if marks else s.state
+
+
 def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
     """
     Render a pool's backend stats as a fixed-width text table with a totals row.
 
-    A backup backend's state is marked C{b}; a backend in slow start shows
-    its weight now over its full weight.
+    A backup backend's state is marked C{b}, a discovered one's C{d}; a
+    backend in slow start shows its weight now over its full weight.
     """
     stats = list(stats)
     rows = [
         (
-            s.name, f"{s.state} b" if s.backup else s.state, _weight(s),
+            s.name, _marked(s), _weight(s),
             str(s.active), str(s.total),
             str(s.failures), _ms(s.probeLatency), _ms(s.responseTime),
             f"{s.share:.1f}",
