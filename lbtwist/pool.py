@@ -13,7 +13,7 @@ import enum
 import random
 import time
 from collections import deque
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import attrs
 import txaio
@@ -919,6 +919,33 @@ class BackendPool:
                 new=admin.value,
             )
             self._notify(AdminChanged(self.name, backend, old.value, admin.value))
+            self.wake()
+        return backend
+
+    def configure(self, name: str, backup: bool | None = None,
+                  slowStart: float | None = None, clearSlowStart: bool = False) -> Backend:
+        """
+        Make a backend a backup or a primary, and give it its own slow-start
+        duration (or, with C{clearSlowStart}, the pool's again).  Clients
+        already joined to it are not moved.
+
+        @raise KeyError: there is no such backend.
+        """
+        backend = self._backends[name]
+        changes: dict[str, Any] = {}
+        if backup is not None:
+            changes["backup"] = backup
+            backend.backup = backup
+        if slowStart is not None or clearSlowStart:
+            changes["slowStart"] = slowStart
+        if changes:
+            backend.config = attrs.evolve(backend.config, **changes)
+            self._hasBackups = any(b.backup for b in self._backends.values())
+            self.log.info(
+                "backend {backend} of pool {pool} set to {role}, slow start {slowStart}",
+                backend=name, pool=self.name, role="backup" if backend.backup else "primary",
+                slowStart=backend.config.slowStart,
+            )
             self.wake()
         return backend
 

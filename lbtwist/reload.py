@@ -177,10 +177,11 @@ class LiveConfig:
         return backend
 
     def change(self, pool: str, name: str, weight: int | None = None,
-               admin: Admin | None = None) -> Backend:
+               admin: Admin | None = None, backup: bool | None = None,
+               slowStart: float | None = None) -> Backend:
         """
-        Change a backend's weight and/or admin state in one save: both or
-        neither.
+        Change a backend's weight, admin state, backup role and slow-start
+        duration in one save: all of them or none.
 
         @raise UnknownPool: no such pool.
         @raise UnknownBackend: no such backend.
@@ -195,6 +196,8 @@ class LiveConfig:
                 o.weighted(pool, name, weight)
             if admin is not None:
                 o.administered(pool, name, admin)
+            if backup is not None or slowStart is not None:
+                o.configured(pool, name, backup, slowStart)
 
         self._commit(change)
         live = self.pools[pool]
@@ -202,6 +205,8 @@ class LiveConfig:
             live.setWeight(name, weight)
         if admin is not None:
             live.setAdmin(name, admin)
+        if backup is not None or slowStart is not None:
+            live.configure(name, backup, slowStart)
         return live.get(name)  # type: ignore[return-value]
 
     # -- draining --------------------------------------------------------

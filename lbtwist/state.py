@@ -54,18 +54,21 @@ class PoolOverrides:
     @ivar added: backends added, by name.
     @ivar weights: weights set, by backend name.
     @ivar admin: admin states other than C{ready}, by backend name.
+    @ivar settings: backup roles and slow-start durations set, by backend
+        name (C{backup}, C{slow-start}).
     """
 
     removed: set[str] = attrs.Factory(set)
     added: dict[str, BackendConfig] = attrs.Factory(dict)
     weights: dict[str, int] = attrs.Factory(dict)
     admin: dict[str, Admin] = attrs.Factory(dict)
+    settings: dict[str, dict[str, Any]] = attrs.Factory(dict)
 
     def empty(self) -> bool:
         """
         Whether this pool has no override at all.
         """
-        return not (self.removed or self.added or self.weights or self.admin)
+        return not (self.removed or self.added or self.weights or self.admin or self.settings)
 
 
 class Overrides:
@@ -100,6 +103,7 @@ class Overrides:
         p.added[backend.name] = backend
         p.weights.pop(backend.name, None)
         p.admin.pop(backend.name, None)
+        p.settings.pop(backend.name, None)
 
     def removed(self, pool: str, name: str, inFile: bool = True) -> None:
         """
@@ -113,6 +117,7 @@ class Overrides:
         p.added.pop(name, None)
         p.weights.pop(name, None)
         p.admin.pop(name, None)
+        p.settings.pop(name, None)
         if inFile:
             p.removed.add(name)
 
@@ -125,6 +130,24 @@ class Overrides:
             p.added[name] = attrs.evolve(p.added[name], weight=weight)
         else:
             p.weights[name] = weight
+
+    def configured(self, pool: str, name: str, backup: bool | None,
+                   slowStart: float | None) -> None:
+        """
+        The backup role and/or the slow-start duration of a backend of
+        C{pool} was set.
+        """
+        p = self.pool(pool)
+        changes: dict[str, Any] = {}
+        if backup is not None:
+            changes["backup"] = backup
+        if slowStart is not None:
+            changes["slowStart"] = slowStart
+        if name in p.added:
+            p.added[name] = attrs.evolve(p.added[name], **changes)
+        else:
+            p.settings.setdefault(name, {}).update(
+                {("slow-start" if k == "slowStart" else k): v for k, v in changes.items()})
 
     def administered(self, pool: str, name: str, admin: Admin) -> None:
         """
@@ -149,6 +172,7 @@ class Overrides:
             p.added.pop(name, None)
             p.weights.pop(name, None)
             p.admin.pop(name, None)
+            p.settings.pop(name, None)
 
     # -- applying --------------------------------------------------------
 
@@ -166,7 +190,8 @@ class Overrides:
                 pools.append(pc)
                 continue
             backends = [
-                attrs.evolve(b, weight=p.weights.get(b.name, b.weight))
+                _configured(attrs.evolve(b, weight=p.weights.get(b.name, b.weight)),
+                            p.settings.get(b.name))
                 for b in pc.backends
                 if b.name not in p.removed and b.name not in p.added
             ]
@@ -185,6 +210,7 @@ class Overrides:
             (sum(len(p.removed) for p in pools), "backend removed", "backends removed"),
             (sum(len(p.weights) for p in pools), "weight set", "weights set"),
             (sum(len(p.admin) for p in pools), "admin state set", "admin states set"),
+            (sum(len(p.settings) for p in pools), "backend configured", "backends configured"),
         ]
         parts = [f"{n} {one if n == 1 else many}" for n, one, many in counts if n]
         if not parts:
@@ -210,11 +236,14 @@ class Overrides:
                 name: {
                     "removed": sorted(p.removed),
                     "added": [
-                        {"name": b.name, "endpoint": b.endpoint, "weight": b.weight}
+                        {"name": b.name, "endpoint": b.endpoint, "weight": b.weight,
+                         **({"backup": True} if b.backup else {}),
+                         **({"slow-start": b.slowStart} if b.slowStart is not None else {})}
                         for b in p.added.values()
                     ],
                     "weights": dict(sorted(p.weights.items())),
                     "admin": {k: v.value for k, v in sorted(p.admin.items())},
+                    "settings": {k: dict(sorted(v.items())) for k, v in sorted(p.settings.items())},
                 }
                 for name, p in sorted(self.pools.items())
                 if not p.empty()
@@ -266,7 +295,36 @@ class Overrides:
                 p.admin = {k: Admin(v) for k, v in dict(admin).items()}
             except (ValueError, TypeError) as e:
                 raise StateError(f"{where}.admin: expected ready, drain or maint") from e
+            settings = body.get("settings", {})
+            if not isinstance(settings, dict):
+                raise StateError(f"{where}.settings: expected a mapping")
+            for backendName, given in settings.items():
+                at = f"{where}.settings.{backendName}"
+                if not isinstance(given, dict) or set(given) - {"backup", "slow-start"}:
+                    raise StateError(f"{at}: expected backup and/or slow-start")
+                if "backup" in given and not isinstance(given["backup"], bool):
+                    raise StateError(f"{at}.backup: expected true or false")
+                slow = given.get("slow-start", 0)
+                if isinstance(slow, bool) or not isinstance(slow, (int, float)) or not (
+                    0 <= slow <= 3600
+                ):
+                    raise StateError(f"{at}.slow-start: expected seconds 0-3600")
+                p.settings[backendName] = dict(given)
         return result
+
+
+def _configured(backend: BackendConfig, settings: dict[str, Any] | None) -> BackendConfig:
+    """
+    C{backend} with the backup role and slow-start duration set at run time.
+    """
+    if not settings:
+        return backend
+    changes: dict[str, Any] = {}
+    if "backup" in settings:
+        changes["backup"] = settings["backup"]
+    if "slow-start" in settings:
+        changes["slowStart"] = float(settings["slow-start"])
+    return attrs.evolve(backend, **changes)
 
 
 def _healthOf(health: Callable[[str], Any] | None, pool: str) -> Any:

@@ -490,6 +490,38 @@ class ChangeTests(TestCase):
         self.assertEqual((saved["weights"], saved["admin"]), ({"a": 7}, {}))
 
     @inlineCallbacks
+    def test_patchBackupAndSlowStart(self) -> Any:
+        """
+        C{PATCH} makes a backend a backup (it then takes no new clients
+        while a primary serves) and gives it a slow start; both are saved,
+        and a balancer starting from the state file has them again.
+        """
+        h = AdminHarness(self)
+        status, body = yield h.call("PATCH", "/api/pools/web/backends/a",
+                                    {"backup": True, "slow-start": "30s"})
+        self.assertEqual(status, 200, body)
+        self.assertTrue(body["backup"])
+        a = h.pool.get("a")
+        assert a is not None
+        self.assertEqual((a.backup, a.config.slowStart), (True, 30.0))
+        for _ in range(4):
+            self.assertEqual((yield inThread(firstLine, h.port)), b"b")
+        with open(h.statePath) as f:
+            saved = json.load(f)["pools"]["web"]
+        self.assertEqual(saved["settings"], {"a": {"backup": True, "slow-start": 30.0}})
+        # What a restart reads back.
+        overrides = StateFile(h.statePath).load()
+        [pc] = overrides.apply(h.lb.config).pools
+        self.assertEqual([(b.name, b.backup, b.slowStart) for b in pc.backends],
+                         [("a", True, 30.0), ("b", False, None)])
+        status, body = yield h.call("PATCH", "/api/pools/web/backends/a", {"backup": False})
+        self.assertFalse(a.backup)
+        names = set()
+        for _ in range(4):
+            names.add((yield inThread(firstLine, h.port)))
+        self.assertEqual(names, {b"a", b"b"})
+
+    @inlineCallbacks
     def test_patchBadInput(self) -> Any:
         """
         A C{PATCH} with bad JSON, unknown fields, wrong types, bad values, no
@@ -508,6 +540,9 @@ class ChangeTests(TestCase):
             ("/api/pools/web/backends/a", {"weight": 9, "state": "off"}, 400, "state"),
             ("/api/pools/web/backends/a", {"state": 1}, 400, "state"),
             ("/api/pools/web/backends/a", {}, 400, "nothing to change"),
+            ("/api/pools/web/backends/a", {"backup": "yes"}, 400, "backup"),
+            ("/api/pools/web/backends/a", {"backup": True, "slow-start": "soon"}, 400,
+             "slow-start"),
             ("/api/pools/zz/backends/a", {"weight": 2}, 400, "unknown pool 'zz'"),
             ("/api/pools/web/backends/zz", {"weight": 2}, 404, "'zz'"),
         ]

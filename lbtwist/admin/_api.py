@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from ..config import BackendConfig, ConfigError, parseBackend
+from ..config import BackendConfig, ConfigError, parseBackend, parseSlowStart
 from ..endpoints import parseEndpoint
 from ..metrics import (
     NO_COUNTERS,
@@ -370,20 +370,33 @@ class AdminResource(Resource):
 
     def changeBackend(self, request: Request, args: list[str]) -> bytes:
         """
-        Change a backend's C{weight} and/or C{state} (ready, drain, maint).
+        Change a backend's C{weight}, C{state} (ready, drain, maint),
+        C{backup} role and C{slow-start} duration, in one save.
         """
         pool = self._pool(args[0])
         backend = self._backend(pool, args[1])
         data = self._body(request)
-        unknown = sorted(set(data) - {"weight", "state"})
+        unknown = sorted(set(data) - {"weight", "state", "backup", "slow-start"})
         if unknown:
-            raise APIError(400, f"unknown field {unknown[0]!r} (expected weight, state)")
+            raise APIError(400, f"unknown field {unknown[0]!r} "
+                                "(expected weight, state, backup, slow-start)")
         if not data:
-            raise APIError(400, "nothing to change: give weight and/or state")
+            raise APIError(400, "nothing to change: give weight, state, backup or slow-start")
         weight = _weight(data["weight"], "weight") if "weight" in data else None
         state = _state(data["state"], "state") if "state" in data else None
+        backup = None
+        if "backup" in data:
+            if not isinstance(data["backup"], bool):
+                raise APIError(400, f"backup: expected true or false, got {_shown(data['backup'])}")
+            backup = data["backup"]
+        slowStart = None
+        if "slow-start" in data:
+            try:
+                slowStart = parseSlowStart(data["slow-start"], "slow-start")
+            except ConfigError as e:
+                raise APIError(400, str(e)) from None
         try:
-            self.live.change(pool.name, backend.name, weight, state)
+            self.live.change(pool.name, backend.name, weight, state, backup, slowStart)
         except OSError as e:
             return self._saveFailed(request, e)
         return self._json(request, 200, backendView(pool, backend))
