@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.server import NOT_DONE_YET, Request
 
 import lbtwist
-from lbtwist.pool import Health
+from lbtwist.pool import Admin, Health
 from tests.httphelpers import httpRequests, waitFor
 from tests.support import firstLine, freePort, inThread, reactor
 from tests.test_admin import AdminHarness, statusSite
@@ -39,6 +40,7 @@ _SUMMARY = re.compile(r'<tr data-summary="([^"]+)"[^>]*>(.*?)</tr>', re.DOTALL)
 _LISTENER = re.compile(r'<tr data-listener="([^"]+)">(.*?)</tr>', re.DOTALL)
 _CELL = re.compile(r'<td class="num (\w+)[^"]*"[^>]*>([^<]*)')
 _LEGEND = re.compile(r'<span data-series="([^"]+)" data-color="([^"]+)"')
+_TAG = re.compile(r'<span class="tag tag-(\w+)"[^>]*>([^<]*)</span>')
 _BAR = re.compile(r'<tr data-backend="([^"]+)">.*?<span class="bar" data-color="([^"]+)"',
                   re.DOTALL)
 
@@ -49,6 +51,13 @@ def rows(dom: str, pattern: re.Pattern[str] = _ROW) -> dict[str, dict[str, str]]
     overview's or listeners' rows): name to column to text.
     """
     return {name: dict(_CELL.findall(body)) for name, body in pattern.findall(dom)}
+
+
+def tagsOf(dom: str) -> dict[str, list[tuple[str, str]]]:
+    """
+    The markers on each backend row of C{dom}: name to (kind, text) pairs.
+    """
+    return {name: _TAG.findall(body) for name, body in _ROW.findall(dom)}
 
 
 def tableOf(dom: str, pool: str) -> str:
@@ -295,6 +304,57 @@ class DashboardTests(TestCase):
             done.set()
             sent = yield loading
         self.assertGreater(sent, 0)
+
+    @inlineCallbacks
+    def test_backendMarkers(self) -> Any:
+        """
+        A backup backend is tagged C{backup}, one found through DNS C{DNS};
+        an ejected one C{ejected} with the time left by the server's clock
+        (just C{ejected} when its end is not on that clock); one in slow
+        start shows its effective over its full weight, C{ramping}; a plain
+        backend has no marker and its bare weight.
+        """
+
+        def configure(data: dict[str, Any]) -> None:
+            backends = data["pools"]["web"]["backends"]
+            backends[0].update(weight=2, **{"slow-start": 60})
+            backends[1]["backup"] = True
+
+        names = ("a", "b", "c", "d", "e")
+        h = AdminHarness(self, names=names, configure=configure)
+        pool = h.pool
+        a, b, c, d, e = (pool.get(n) for n in names)
+        assert a is not None and b is not None and c is not None
+        assert d is not None and e is not None
+        self.assertTrue((yield waitFor(lambda: all(x.health is Health.UP for x in pool))))
+        # Back from a drain, a ramps up over its minute of slow start.
+        pool.setAdmin("a", Admin.DRAIN)
+        pool.setAdmin("a", Admin.READY)
+        c.ejected, c.ejectedUntil, c.ejections = True, pool.clock() + 45, 2
+        d.config = attrs.evolve(d.config, discovered=True)
+        # An end at 1.0 is not on the server's (wall) clock: no time shown.
+        d.ejected, d.ejectedUntil, d.ejections = True, 1.0, 1
+        url = f"http://127.0.0.1:{h.admin}/"
+        dom = yield self.dump(url)
+        tags = tagsOf(dom)
+        self.assertEqual(set(tags), set(names), dom[-3000:])
+        self.assertEqual([k for k, _ in tags["a"]], ["ramping"])
+        self.assertEqual(tags["b"], [("backup", "backup")])
+        [(kind, text)] = tags["c"]
+        self.assertEqual(kind, "ejected")
+        left = re.fullmatch(r"ejected (\d+)s", text)
+        assert left is not None, text
+        self.assertTrue(30 <= int(left.group(1)) <= 45, text)
+        self.assertEqual(tags["d"], [("dns", "DNS"), ("ejected", "ejected")])
+        self.assertEqual(tags["e"], [])
+        weights = {n: r["weight"].strip() for n, r in rows(dom).items()}
+        ramp = re.fullmatch(r"(\d+\.\d+)/2", weights["a"])
+        assert ramp is not None, weights
+        self.assertTrue(0 < float(ramp.group(1)) < 2, weights)
+        self.assertEqual({n: weights[n] for n in "bcde"},
+                         {"b": "1", "c": "1", "d": "1", "e": "1"})
+        self.assertIn('class="state state-up"', dom)
+        yield self.screenshot(url, "dashboard-markers")
 
     @inlineCallbacks
     def test_adminStops(self) -> Any:

@@ -15,6 +15,10 @@
   var errors = series();                 // pool -> errors/s
   var colors = {};                       // key -> colour, kept once given
   var staleSince = null;
+  // The admin server's clock less the page's, in seconds, from the Date
+  // header of the last /api/pools answer (null until one had it), so an
+  // ejection's end, given on the server's clock, reads as time left.
+  var serverOffset = null;
 
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -74,11 +78,59 @@
     s.lastTime = now;
   }
 
-  function getJSON(path) {
+  function getJSON(path, onResponse) {
     return fetch(path, {cache: "no-store"}).then(function (r) {
       if (!r.ok && r.status !== 503) { throw new Error(path + ": HTTP " + r.status); }
+      if (onResponse) { onResponse(r); }
       return r.json();
     });
+  }
+
+  // The Date header has whole seconds: the server's time was within the
+  // second after it, so its middle is the best guess.
+  function noteServerTime(response) {
+    var date = Date.parse(response.headers.get("Date") || "");
+    serverOffset = isNaN(date) ? null : (date + 500 - Date.now()) / 1000;
+  }
+
+  function duration(seconds) {
+    var s = Math.ceil(seconds);
+    if (s < 60) { return s + "s"; }
+    var rest = s % 60;
+    return Math.floor(s / 60) + "m" + (rest < 10 ? "0" : "") + rest + "s";
+  }
+
+  function tag(kind, text, title) {
+    var attrs = {"class": "tag tag-" + kind};
+    if (title) { attrs.title = title; }
+    return el("span", attrs, text);
+  }
+
+  // "ejected" and the time left, when the server's time is known and the
+  // end is plausibly on the same (wall) clock; else just "ejected".
+  function ejectedTag(b) {
+    var title = "ejected as an outlier (ejection " + b.ejections + ")";
+    var text = "ejected";
+    if (serverOffset !== null && typeof b.ejectedUntil === "number") {
+      var left = b.ejectedUntil - (Date.now() / 1000 + serverOffset);
+      if (left > 0 && left < 7 * 86400) {
+        text += " " + duration(left);
+        title += " until " + clock(new Date(b.ejectedUntil * 1000)) + " server time";
+      }
+    }
+    return tag("ejected", text, title);
+  }
+
+  // The weight, or while slow start ramps it up, effective/full weight.
+  function weightCell(b) {
+    var ramping = b.effectiveWeight !== null && b.effectiveWeight !== undefined;
+    if (!ramping) { return el("td", {"class": "num weight"}, String(b.weight)); }
+    var eff = b.effectiveWeight;
+    var td = el("td", {"class": "num weight ramping", "title": "effective weight " +
+      eff + " of " + b.weight + " while slow start ramps it up"},
+      eff.toFixed(eff < 1 ? 2 : 1) + "/" + b.weight);
+    td.appendChild(tag("ramping", "ramping"));
+    return td;
   }
 
   function summaryRow(name, view, eligible, isTotal) {
@@ -148,9 +200,18 @@
         swatch.style.background = color;
         name.appendChild(swatch);
         name.appendChild(document.createTextNode(b.name));
+        if (b.backup) {
+          name.appendChild(tag("backup", "backup",
+            "takes clients only while no primary backend is eligible"));
+        }
+        if (b.discovered) {
+          name.appendChild(tag("dns", "DNS", "discovered through DNS"));
+        }
         row.appendChild(name);
-        row.appendChild(el("td", {"class": "state state-" + b.state}, b.state));
-        row.appendChild(el("td", {"class": "num weight"}, String(b.weight)));
+        var state = el("td", {"class": "state state-" + b.state}, b.state);
+        if (b.ejected) { state.appendChild(ejectedTag(b)); }
+        row.appendChild(state);
+        row.appendChild(weightCell(b));
         row.appendChild(el("td", {"class": "num active"}, String(b.active)));
         row.appendChild(el("td", {"class": "num total"}, String(b.total)));
         row.appendChild(el("td", {"class": "num failures", "title":
@@ -292,7 +353,7 @@
   }
 
   function poll() {
-    Promise.all([getJSON("/api/pools"), getJSON("/api/listeners"),
+    Promise.all([getJSON("/api/pools", noteServerTime), getJSON("/api/listeners"),
                  getJSON("/api/health")]).then(function (answers) {
       var pools = answers[0].pools;
       answering();
