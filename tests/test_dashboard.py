@@ -250,9 +250,10 @@ class DashboardTests(TestCase):
         self.assertGreater(float(summary["spare"]["errRate"]), 0, summary["spare"])
         self.assertEqual(summary["web"]["noBackendRate"], "0.00")
         self.assertLessEqual(float(total["p50"]), float(total["p99"]))
-        # Each rate is shown rounded to two places.
+        # Each rate is shown to three significant digits.
         parts = float(web["errRate"]) + float(summary["spare"]["errRate"])
-        self.assertLessEqual(abs(float(total["errRate"]) - parts), 0.025, (total, parts))
+        self.assertLessEqual(abs(float(total["errRate"]) - parts), max(0.025, parts / 100),
+                             (total, parts))
         backends = rows(tableOf(dom, "web"))
         for name in ("a", "b", "c"):
             self.assertNotEqual(backends[name]["p50"], "-")
