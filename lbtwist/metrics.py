@@ -147,6 +147,10 @@ class BalancerCollector(Collector):
         ejected = GaugeMetricFamily(
             "lbtwist_backend_ejected", "1 while the backend is ejected as an outlier.",
             labels=b)
+        role = GaugeMetricFamily(
+            "lbtwist_backend_role",
+            "1 for the backend's role: primary or backup, and whether DNS discovery found it.",
+            labels=("pool", "backend", "backup", "discovered"))
         noBackend = CounterMetricFamily(
             "lbtwist_pool_no_backend",
             "Clients that found no eligible backend in the pool.", labels=("pool",))
@@ -185,6 +189,8 @@ class BalancerCollector(Collector):
                               active, weight, state, up, probe, response)
                 ejections.add_metric((pool.name, backend.name), backend.ejections)
                 ejected.add_metric((pool.name, backend.name), 1.0 if backend.ejected else 0.0)
+                role.add_metric((pool.name, backend.name, str(backend.backup).lower(),
+                                 str(backend.config.discovered).lower()), 1.0)
         accepted = CounterMetricFamily(
             "lbtwist_listener_accepted", "Client connections accepted.",
             labels=("listener",))
@@ -205,7 +211,7 @@ class BalancerCollector(Collector):
                     responses.add_metric((name, cls), count)
                 refused.add_metric((name,), getattr(factory, "refused", 0))
         yield from (requests, failures, bytesIn, bytesOut, active, weight, state, up,
-                    probe, response, ejections, ejected, noBackend, size, queueLength, queued, queueFull,
+                    probe, response, ejections, ejected, role, noBackend, size, queueLength, queued, queueFull,
                     queueTimeouts, retriesActive, retriesRefused, accepted, clients, responses,
                     refused)
 

@@ -219,6 +219,22 @@ class CollectorTests(SynchronousTestCase):
         s = samples(exposition(balancerRegistry(lb))[0].decode())
         self.assertEqual(s[("lbtwist_pool_queue_timeouts_total", (("pool", "web"),))], 1)
 
+    def test_role(self) -> None:
+        """
+        Every backend has a role series saying whether it is a backup and
+        whether DNS discovery found it.
+        """
+        lb = FakeBalancer()
+        pool = lb.pools["web"]
+        [first, *_] = list(pool)
+        pool.configure(first.name, backup=True)
+        s = samples(exposition(balancerRegistry(lb))[0].decode())
+        roles = {labels: value for (name, labels), value in s.items()
+                 if name == "lbtwist_backend_role"}
+        self.assertEqual(
+            roles[(("backend", first.name), ("backup", "true"), ("discovered", "false"),
+                   ("pool", "web"))], 1)
+
     def test_retries(self) -> None:
         """
         Retries in flight and those the budget refused are exported per pool.
