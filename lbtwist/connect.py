@@ -146,6 +146,7 @@ class BackendConnector:
         reuse: Callable[[Backend], Any] | None = None,
         holding: Backend | None = None,
         failures: int = 0,
+        retrying: bool = False,
     ) -> ConnectAttempt | None:
         """
         Find a backend for a client and connect a protocol to it: call
@@ -164,6 +165,8 @@ class BackendConnector:
             dialling one, if it returns one (HTTP's idle connections).
         @param holding: a slot the caller owns and hands over (invariant 1).
         @param failures: the client's failed tries before this attempt.
+        @param retrying: the client is a retry in flight already (it holds
+            a unit of the pool's retry budget, so its failovers take none).
 
         @return: the attempt, whose C{cancel()} abandons it, or L{None} if
             it was over before this returned.
@@ -189,6 +192,7 @@ class BackendConnector:
         attempt = ConnectAttempt(
             self, client, key, build, tried, prefer, reuse, holding, failures, joined, failed,
         )
+        attempt.covered = retrying
         attempt.next()
         return None if attempt.over else attempt
 
@@ -200,6 +204,8 @@ def choose(pool: BackendPool, key: bytes | None, tried: list[Backend],
     tried, and has room (or its slot is the client's already), else the
     pool's policy's choice among the backends not tried.
     """
+    if pool._ejected:
+        pool.readmit()
     if (
         prefer is not None and prefer.eligible and prefer not in tried
         and (holding is prefer or not prefer.full)
@@ -248,8 +254,10 @@ class ConnectAttempt:
         self.queueTimer: Any = None
         self._onJoined: Joined | None = joined
         self._onFailed: Failed | None = failed
-        # This attempt counts as a retry in flight (the pool's retry budget).
+        # This attempt counts as a retry in flight (the pool's retry budget),
+        # or its client does already.
         self.retrying = False
+        self.covered = False
 
     @property
     def over(self) -> bool:
@@ -444,7 +452,7 @@ class ConnectAttempt:
             )
             self._giveUp()
             return
-        if not self.retrying and self.failures <= pool.config.retries:
+        if not (self.retrying or self.covered) and self.failures <= pool.config.retries:
             if not pool.retryAllowed():
                 self.connector.log.warn(
                     "pool {pool}: retry budget spent; {client} gets no other try",

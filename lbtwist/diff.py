@@ -22,13 +22,17 @@ class PoolChanges:
     @ivar added: backends new in the pool.
     @ivar removed: names of backends gone from it.
     @ivar replaced: backends whose endpoint or health check changed.
-    @ivar reweighted: backends whose weight alone changed.
+    @ivar reweighted: backends whose weight changed (and nothing else but
+        their role and slow start).
+    @ivar reconfigured: backends whose backup role or slow start changed
+        (and nothing else but their weight): changed in place.
     """
 
     added: tuple[BackendConfig, ...] = ()
     removed: tuple[str, ...] = ()
     replaced: tuple[BackendConfig, ...] = ()
     reweighted: tuple[BackendConfig, ...] = ()
+    reconfigured: tuple[BackendConfig, ...] = ()
 
     @property
     def names(self) -> set[str]:
@@ -36,7 +40,7 @@ class PoolChanges:
         The names of every backend these changes touch.
         """
         return (
-            {b.name for b in self.added + self.replaced + self.reweighted}
+            {b.name for b in self.added + self.replaced + self.reweighted + self.reconfigured}
             | set(self.removed)
         )
 
@@ -47,17 +51,21 @@ def poolChanges(old: Iterable[BackendConfig], new: Iterable[BackendConfig]) -> P
     """
     before = {b.name: b for b in old}
     after = {b.name: b for b in new}
-    added, replaced, reweighted = [], [], []
+    added, replaced, reweighted, reconfigured = [], [], [], []
     for name, b in after.items():
         was = before.get(name)
         if was is None:
             added.append(b)
-        elif attrs.evolve(was, weight=b.weight) != b:
+        elif attrs.evolve(was, weight=b.weight, backup=b.backup, slowStart=b.slowStart) != b:
             replaced.append(b)
-        elif was.weight != b.weight:
-            reweighted.append(b)
+        else:
+            if was.weight != b.weight:
+                reweighted.append(b)
+            if (was.backup, was.slowStart) != (b.backup, b.slowStart):
+                reconfigured.append(b)
     removed = tuple(name for name in before if name not in after)
-    return PoolChanges(tuple(added), removed, tuple(replaced), tuple(reweighted))
+    return PoolChanges(
+        tuple(added), removed, tuple(replaced), tuple(reweighted), tuple(reconfigured))
 
 
 # Pool settings the listeners' protocol factories take when they are built:

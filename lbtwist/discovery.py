@@ -140,8 +140,9 @@ def lookupAddresses(resolver: Any, name: str, timeout: Sequence[float]
                     ) -> Generator[Deferred[Any], Any, tuple[list[str], int | None]]:
     """
     The A and AAAA addresses of C{name} and the shortest TTL among them.
-    A name without records of one family is fine; a name for which both
-    lookups fail is a failure (the first lookup's).
+    A name without records of one family is fine; a lookup of either
+    family that fails (a time-out, a refusal) fails the whole answer, which
+    would otherwise drop the other family's backends.
     """
     results = yield DeferredList(
         [resolver.lookupAddress(name, timeout=timeout),
@@ -165,7 +166,7 @@ def lookupAddresses(resolver: Any, name: str, timeout: Sequence[float]
             else:
                 continue
             used.append(record)
-    if len(failures) == len(results):
+    if failures:
         failures[0].raiseException()
     return sorted(set(addresses)), _ttl(used)
 
@@ -192,11 +193,9 @@ def resolve(resolver: Any, discovery: Discovery, timeout: Sequence[float] = LOOK
     targets = {str(r.payload.target) for r in records}
     resolved: dict[str, list[str]] = {}
     for target in sorted(targets):
-        try:
-            resolved[target], ttl = yield lookupAddresses(resolver, target, timeout)
-        except Exception:
-            # One target that does not resolve leaves the others usable.
-            resolved[target], ttl = [], None
+        # A target whose lookup fails fails the answer: its backends must
+        # not be drained for a time-out.
+        resolved[target], ttl = yield lookupAddresses(resolver, target, timeout)
         ttls.append(ttl)
     found = [
         Found(address, r.payload.port, srvWeight(r.payload.weight),
@@ -282,6 +281,9 @@ class PoolDiscovery(Service):
         delay = [self.discovery.interval]
 
         def got(answer: Answer) -> None:
+            if not self.running:
+                # Stopped while the lookup ran: the answer is too late.
+                return
             if answer.found:
                 self.apply(answer)
                 delay[0] = nextDelay(self.discovery.interval, answer.ttl)
@@ -292,16 +294,20 @@ class PoolDiscovery(Service):
             self._trouble("failed", failure.getErrorMessage())
 
         def schedule(_: object) -> None:
+            if self._lookup is not d:
+                # A later lookup (a restart) schedules the next one.
+                return
             self._lookup = None
             if self.running:
                 self._timer = self.clock.callLater(delay[0], self.refresh)
 
-        d = resolve(self.resolver, self.discovery, self.timeout)
+        d: Deferred[Any] = resolve(self.resolver, self.discovery, self.timeout)
         d.addCallbacks(got, failed)
         d.addErrback(lambda f: self.log.failure(
             "pool {pool}: discovery could not apply an answer", f, pool=self.pool.name))
-        self._lookup = d.addBoth(schedule)
-        return self._lookup
+        self._lookup = d
+        d.addBoth(schedule)
+        return d
 
     def _trouble(self, state: str, why: str) -> None:
         if self.state != state:

@@ -95,6 +95,18 @@ class Backend:
     @ivar rampEnd: when its slow start ends, or 0 if it is not ramping.
     """
 
+    # Slots: a pool reads these on every pick, and with more than 30
+    # attributes CPython stops sharing the instance dicts' keys, which
+    # makes every read slower.
+    __slots__ = (
+        "_responseTime", "active", "admin", "backup", "bytesIn", "bytesOut", "closers",
+        "config", "consecutiveFailures", "consecutiveSuccesses", "effectiveWeight",
+        "ejected", "ejectedUntil", "ejections", "endpoint", "errorStreak", "failures",
+        "gatewayStreak", "health", "lastChange", "maxconn", "name", "probeLatency",
+        "rampEnd", "rampStart", "removed", "responseBuckets", "responseSum",
+        "serverErrorStreak", "slots", "total", "weight", "__weakref__",
+    )
+
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.name = config.name
@@ -432,6 +444,8 @@ class BackendPool:
         now (an eligible one of weight above 0, with room), without
         choosing one.
         """
+        if self._ejected:
+            self.readmit()
         tried = set(exclude)
         return any(
             b.weight and b.eligible and not (b.maxconn and b.slots >= b.maxconn)
@@ -755,6 +769,9 @@ class BackendPool:
         """
         outlier = self.config.outlier
         assert outlier is not None
+        if backend.removed:
+            # Gone from the pool: it must not take an ejection's place.
+            return
         backend.serverErrorStreak += 1
         if status is None or status in GATEWAY_STATUSES:
             backend.gatewayStreak += 1

@@ -201,12 +201,13 @@ class LiveConfig:
 
         self._commit(change)
         live = self.pools[pool]
+        # The role and slow start first: a return to ready ramps with them.
+        if backup is not None or slowStart is not None:
+            live.configure(name, backup, slowStart)
         if weight is not None:
             live.setWeight(name, weight)
         if admin is not None:
             live.setAdmin(name, admin)
-        if backup is not None or slowStart is not None:
-            live.configure(name, backup, slowStart)
         return live.get(name)  # type: ignore[return-value]
 
     # -- draining --------------------------------------------------------
@@ -297,6 +298,8 @@ class LiveConfig:
         for b in changes.replaced:
             self._drain(live.name, live.remove(b.name))
             live.add(b)
+        for b in changes.reconfigured:
+            live.configure(b.name, b.backup, b.slowStart, clearSlowStart=b.slowStart is None)
         for b in changes.reweighted:
             live.setWeight(b.name, b.weight)
         for b in changes.added:
@@ -325,6 +328,7 @@ class LiveConfig:
                  [b.name for b in changes.replaced]),
                 ("reweighted", [f"{b.name} {weights[b.name]}->{b.weight}"
                                 for b in changes.reweighted]),
+                ("reconfigured", [b.name for b in changes.reconfigured]),
                 ("policy", [f"{oldPolicy}->{pc.policy}"] if oldPolicy != pc.policy else []),
                 ("settings", settings),
                 ("admin", administered),

@@ -92,6 +92,27 @@ class PoolChangesTests(SynchronousTestCase):
         self.assertEqual(c.names, {"a", "b", "c", "d"})
         self.assertEqual(poolChanges(old, old).names, set())
 
+    def test_reconfigured(self) -> None:
+        """
+        A change of backup role or slow start alone is made in place (the
+        backend keeps its connections and its place), with a weight change
+        or without.
+        """
+        old = [BackendConfig("a", "tcp:host=h:port=1"), BackendConfig("b", "tcp:host=h:port=2")]
+        new = [attrs.evolve(old[0], backup=True, weight=3),
+               attrs.evolve(old[1], slowStart=30.0)]
+        c = poolChanges(old, new)
+        self.assertEqual(([b.name for b in c.replaced], [b.name for b in c.reconfigured],
+                          [b.name for b in c.reweighted]), ([], ["a", "b"], ["a"]))
+        pool = BackendPool(configOf(("a", "tcp:host=h:port=1", 1), ("b", "tcp:host=h:port=2", 1))
+                           .pools[0])
+        before = list(pool)
+        live = LiveConfig({"web": pool}, configOf(A, B), Clock())
+        live._reconcilePool(pool, attrs.evolve(pool.config, backends=tuple(new)))
+        self.assertEqual(list(pool), before)
+        self.assertEqual([(b.backup, b.config.slowStart, b.weight) for b in pool],
+                         [(True, None, 3), (False, 30.0, 1)])
+
 
 class LiveConfigTests(SynchronousTestCase):
     """

@@ -148,6 +148,49 @@ class BudgetTests(SynchronousTestCase):
                          (2, backendPool.retriesRefused))
 
 
+class BudgetCoverTests(SynchronousTestCase):
+    """
+    A retry in flight takes one unit of the budget, whatever it meets.
+    """
+
+    def test_failoverOfARetry(self) -> None:
+        """
+        A retry after a 503 whose connect is refused goes on to the next
+        backend: it already holds its unit of the budget.
+        """
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.python.failure import Failure
+
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:0", "mode": "http"}],
+            "pools": {"web": {
+                "backends": [f"tcp:host=10.0.0.{i}:port=80" for i in (1, 2, 3)],
+                "retry-on": [503, "connect-failure"],
+                "retry-budget": {"percent": 20, "min-concurrency": 1},
+            }},
+        })
+        reactor = MemoryReactorClock()
+        backendPool = BackendPool(config.pools[0])
+        factory = HTTPProxyFactory(backendPool, reactor, Dialler(reactor), config.listeners[0])
+        client = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 1000))
+        client.makeConnection(transport)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+        def connect(index: int) -> Any:
+            host, port, dialFactory, _, _ = reactor.tcpClients[index]
+            proto = dialFactory.buildProtocol(IPv4Address("TCP", host, port))
+            proto.makeConnection(StringTransport())
+            return proto
+
+        connect(0).dataReceived(UNAVAILABLE)
+        self.assertEqual(backendPool.retriesActive, 1)
+        reactor.tcpClients[1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        connect(2).dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertEqual((backendPool.retriesActive, backendPool.retriesRefused), (0, 0))
+
+
 class RetryTests(HTTPProxyTestCase):
     """
     Retries over real sockets.

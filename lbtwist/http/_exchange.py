@@ -320,7 +320,7 @@ class Exchange:
         attempt = factory.connector.connect(
             client.clientName, client.clientHost, self._build, self._joined,
             self._noBackend, self.tried, prefer, None if fresh else self._reuse,
-            slot, self.failures,
+            slot, self.failures, self.retrying,
         )
         if attempt is not None and self.phase is CONNECTING:
             self.attempt = attempt
