@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer  # type: ignore[import-untyped]
 from zope.interface.verify import verifyObject  # type: ignore[import-untyped]
 
-from lbtwist.dial import Dialler
 from lbtwist.http import HTTPProxyFactory
 from lbtwist.http._exchange import (
     CONNECTING,
@@ -30,9 +28,9 @@ from lbtwist.http._exchange import (
     IllegalTransition,
 )
 from lbtwist.http._plan import RequestRules, planRequest, planResponse, websocketAccept
-from lbtwist.pool import BackendPool, Health
+from lbtwist.pool import Health
 
-from .test_http_unit import httpConfig
+from .test_http_unit import CLIENT, connectBackend, connectClient, proxyFactory
 
 
 class PhaseTableTests(SynchronousTestCase):
@@ -160,18 +158,13 @@ class ClientSideTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        config = httpConfig()
-        self.factory = HTTPProxyFactory(
-            BackendPool(config.pools[0]), self.reactor, Dialler(self.reactor),
-            config.listeners[0],
-        )
+        self.factory = proxyFactory(self.reactor)
 
     def test_http11Provides(self) -> None:
         """
         The HTTP/1.1 client connection provides the interface.
         """
-        client = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
-        client.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555)))
+        client = connectClient(self.factory, StringTransport(peerAddress=CLIENT))
         self.assertTrue(verifyObject(IClientSide, client))
 
     def test_otherClientSide(self) -> None:
@@ -187,10 +180,8 @@ class ClientSideTests(SynchronousTestCase):
         ex.requestComplete()
         ex.start()
         self.assertEqual(ex.phase, CONNECTING)
-        host, port, dialFactory, timeout, bind = self.reactor.tcpClients[0]
-        backend = dialFactory.buildProtocol(IPv4Address("TCP", host, port))
         transport = StringTransport()
-        backend.makeConnection(transport)
+        backend = connectBackend(self.reactor, transport, 0)
         self.assertEqual(ex.phase, SENDING)
         self.assertTrue(transport.value().startswith(b"GET /x HTTP/1.1\r\nHost: a\r\n"))
         self.assertIn(b"X-Forwarded-For: 192.0.2.9\r\n", transport.value())
@@ -251,24 +242,15 @@ class EdgeTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
 
     def factory(self, **pool: Any) -> HTTPProxyFactory:
-        config = httpConfig(**pool)
-        return HTTPProxyFactory(
-            BackendPool(config.pools[0]), self.reactor, Dialler(self.reactor),
-            config.listeners[0],
-        )
+        return proxyFactory(self.reactor, **pool)
 
     def client(self, factory: HTTPProxyFactory) -> tuple[Any, AbortRecordingTransport]:
-        proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
-        transport = AbortRecordingTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
-        proto.makeConnection(transport)
-        return proto, transport
+        transport = AbortRecordingTransport(peerAddress=CLIENT)
+        return connectClient(factory, transport), transport
 
     def backend(self, index: int = -1) -> tuple[Any, AbortRecordingTransport]:
-        host, port, dialFactory, _, _ = self.reactor.tcpClients[index]
-        proto = dialFactory.buildProtocol(IPv4Address("TCP", host, port))
         transport = AbortRecordingTransport()
-        proto.makeConnection(transport)
-        return proto, transport
+        return connectBackend(self.reactor, transport, index), transport
 
     def test_drainReachesTunnels(self) -> None:
         """

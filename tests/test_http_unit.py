@@ -38,6 +38,38 @@ def httpConfig(**pool: Any) -> Any:
                         "pools": {"web": body}})
 
 
+CLIENT = IPv4Address("TCP", "192.0.2.7", 5555)
+
+
+def proxyFactory(reactor: MemoryReactorClock, **pool: Any) -> HTTPProxyFactory:
+    """
+    An HTTP proxy factory on a memory reactor, for L{httpConfig}'s pool.
+    """
+    config = httpConfig(**pool)
+    return HTTPProxyFactory(
+        BackendPool(config.pools[0]), reactor, Dialler(reactor), config.listeners[0],
+    )
+
+
+def connectClient(factory: HTTPProxyFactory, transport: StringTransport) -> Any:
+    """
+    Connect a client protocol of C{factory} to C{transport} (its peer is the client).
+    """
+    proto = factory.buildProtocol(transport.getPeer())
+    proto.makeConnection(transport)
+    return proto
+
+
+def connectBackend(reactor: MemoryReactorClock, transport: StringTransport, index: int = -1) -> Any:
+    """
+    Complete the memory reactor's backend connection attempt C{index} over C{transport}.
+    """
+    host, port, factory, _, _ = reactor.tcpClients[index]
+    proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+    proto.makeConnection(transport)
+    return proto
+
+
 class ProxyStateTests(SynchronousTestCase):
     """
     The client and backend protocols, driven by hand.
@@ -50,30 +82,21 @@ class ProxyStateTests(SynchronousTestCase):
         """
         A factory on the memory reactor.
         """
-        config = httpConfig(**pool)
-        return HTTPProxyFactory(
-            BackendPool(config.pools[0]), self.reactor, Dialler(self.reactor),
-            config.listeners[0],
-        )
+        return proxyFactory(self.reactor, **pool)
 
     def connectClient(self, factory: HTTPProxyFactory) -> tuple[Any, StringTransport]:
         """
         A client connection with its transport.
         """
-        proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
-        proto.makeConnection(transport)
-        return proto, transport
+        transport = StringTransport(peerAddress=CLIENT)
+        return connectClient(factory, transport), transport
 
     def connectBackend(self, index: int = -1) -> tuple[Any, StringTransport]:
         """
         Complete the pending backend connection attempt.
         """
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        proto = factory.buildProtocol(IPv4Address("TCP", host, port))
         transport = StringTransport()
-        proto.makeConnection(transport)
-        return proto, transport
+        return connectBackend(self.reactor, transport, index), transport
 
     def test_requestTimeout(self) -> None:
         """
@@ -559,20 +582,16 @@ def memoryClient(factory: HTTPProxyFactory, port: int = 5555) -> tuple[Any, Stri
     """
     A client connection accepted by C{factory}, over a string transport.
     """
-    client = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", port))
-    client.makeConnection(transport)
-    return client, transport
+    return connectClient(factory, transport), transport
 
 
 def memoryBackend(reactor: Any, index: int = 0) -> tuple[Any, StringTransport]:
     """
     Complete the C{index}th backend connection the proxy started.
     """
-    backend = reactor.tcpClients[index][2].buildProtocol(None)
     transport = StringTransport()
-    backend.makeConnection(transport)
-    return backend, transport
+    return connectBackend(reactor, transport, index), transport
 
 
 class ReadingResumesTests(SynchronousTestCase):

@@ -186,21 +186,13 @@ class TwistdTests(TestCase):
         self.addCleanup(busy.close)
         port = busy.getsockname()[1]
         work = _tempdir(self)
-        process = subprocess.Popen(
+        process = spawn(
+            self,
             [TWISTD, "--pidfile=lb.pid", "--logfile=lb.log", "lb",
              "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--backend", "127.0.0.1:9", "--admin", "tcp:0:interface=127.0.0.1"],
-            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            work, dict(os.environ),
         )
-
-        def reap() -> None:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            assert process.stdout is not None
-            process.stdout.close()
-
-        self.addCleanup(reap)
         code = yield self.waitForExit(process)
         assert process.stdout is not None
         self.assertNotEqual(code, 0)
