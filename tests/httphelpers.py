@@ -246,7 +246,7 @@ class HTTPProxyTestCase(TestCase):
         for client in list(factory.clients):
             if client.transport is not None and client.transport.connected:
                 client.transport.abortConnection()
-        factory.idle.close()
+        factory.upstream.idle.close()
         yield waitFor(lambda: factory.activeClients == 0)
 
     def url(self, factory: HTTPProxyFactory, path: str = "/") -> str:

@@ -57,7 +57,7 @@ class PhaseTableTests(SynchronousTestCase):
         """
         plan = planRequest(b"GET", b"/", "1.1", [(b"Host", b"a")], True, False, b"c", b"l",
                            RequestRules())
-        ex = Exchange(None, None, plan, b"GET", b"/", "1.1", 0.0)
+        ex = Exchange(None, None, None, plan, b"GET", b"/", "1.1", 0.0)
         for bad in (SENDING, STREAMING, TUNNEL, DONE):
             self.assertRaises(IllegalTransition, ex._to, bad)
         ex._to(CONNECTING)
@@ -73,14 +73,15 @@ class RecordingClientSide:
 
     clientHost = b"192.0.2.9"
     clientName = "192.0.2.9:4000"
-    proxyHeader = None
-
     def __init__(self) -> None:
         self.privateKeys: set[Any] = set()
         self.closed = False
         self.calls: list[tuple[Any, ...]] = []
         self.held = False
         self.producer: Any = None
+
+    def proxyHeaderFor(self, make: Any) -> bytes:
+        return bytes(make(None, None))
 
     def holdRequest(self) -> None:
         self.held = True
@@ -175,8 +176,8 @@ class ClientSideTests(SynchronousTestCase):
         side = RecordingClientSide()
         self.assertTrue(verifyObject(IClientSide, side))
         plan = planRequest(b"GET", b"/x", "1.1", [(b"Host", b"a")], True, False,
-                           side.clientHost, b"l:80", self.factory.rules)
-        ex = Exchange(side, self.factory, plan, b"GET", b"/x", "1.1", self.reactor.seconds())
+                           side.clientHost, b"l:80", self.factory.upstream.rules)
+        ex = Exchange(side, self.factory, self.factory.upstream, plan, b"GET", b"/x", "1.1", self.reactor.seconds())
         ex.requestComplete()
         ex.start()
         self.assertEqual(ex.phase, CONNECTING)
@@ -201,14 +202,14 @@ class ClientSideTests(SynchronousTestCase):
         """
         side = RecordingClientSide()
         plan = planRequest(b"GET", b"/", "1.1", [(b"Host", b"a")], True, False,
-                           side.clientHost, b"l:80", self.factory.rules)
-        ex = Exchange(side, self.factory, plan, b"GET", b"/", "1.1", self.reactor.seconds())
+                           side.clientHost, b"l:80", self.factory.upstream.rules)
+        ex = Exchange(side, self.factory, self.factory.upstream, plan, b"GET", b"/", "1.1", self.reactor.seconds())
         ex.requestComplete()
         ex.start()
         _, _, dialFactory, _, _ = self.reactor.tcpClients[0]
         dialFactory.buildProtocol(None).makeConnection(StringTransport())
         [due] = [c[1] for c in side.calls if c[0] == "due"]
-        self.assertEqual(due, self.reactor.seconds() + self.factory.responseTimeout)
+        self.assertEqual(due, self.reactor.seconds() + self.factory.upstream.responseTimeout)
         ex.timedOut()
         self.assertEqual(ex.phase, FAILED)
         self.assertIn(("error", 504), side.calls)
@@ -279,7 +280,7 @@ class EdgeTests(SynchronousTestCase):
         backend, transport = self.backend()
         backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                              b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
-        self.assertEqual(len(factory.idle), 0)
+        self.assertEqual(len(factory.upstream.idle), 0)
         self.assertTrue(transport.disconnecting)
         other, otherTransport = self.client(factory)
         other.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")

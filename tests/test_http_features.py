@@ -169,7 +169,7 @@ class StickyTests(HTTPProxyTestCase):
         owner = first[0][2].split(b" ")[0]
         # Opaque: a hash, not the backend's name.
         self.assertEqual(
-            value.split("=")[1].encode(), proxy.cookieId(proxy.pool.get(owner.decode()))  # type: ignore[arg-type]
+            value.split("=")[1].encode(), proxy.upstream.cookieId(proxy.pool.get(owner.decode()))  # type: ignore[arg-type]
         )
         self.assertRegex(value, "^LB=[0-9a-f]{16}$")
         results = yield httpRequests(
@@ -288,7 +288,7 @@ class ProxyProtocolTests(HTTPProxyTestCase):
         # The connection was this client's alone: it is not kept idle after.
         from .httphelpers import waitFor
 
-        closed = yield waitFor(lambda: len(proxy.idle) == 0 and a.open == 0)
+        closed = yield waitFor(lambda: len(proxy.upstream.idle) == 0 and a.open == 0)
         self.assertTrue(closed)
 
     @inlineCallbacks

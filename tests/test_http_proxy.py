@@ -54,7 +54,7 @@ class ProxyingTests(HTTPProxyTestCase):
         self.assertEqual([r[0] for r in results], [200] * 20)
         self.assertEqual(len(a.connections), 1)
         self.assertEqual(len(a.requests), 20)
-        self.assertEqual(proxy.idle.reused, 19)
+        self.assertEqual(proxy.upstream.idle.reused, 19)
 
     @inlineCallbacks
     def test_largeUploadAndDownloadStream(self) -> Any:
@@ -423,7 +423,7 @@ class ReferenceCycleTests(HTTPProxyTestCase):
         for conn in a.connections:
             if conn.transport.connected:
                 conn.transport.abortConnection()
-        self.assertTrue((yield waitFor(lambda: a.open == 0 and not len(factory.idle))))
+        self.assertTrue((yield waitFor(lambda: a.open == 0 and not len(factory.upstream.idle))))
         gc.set_debug(gc.DEBUG_SAVEALL)
         self.addCleanup(gc.garbage.clear)
         self.addCleanup(gc.set_debug, 0)

@@ -153,7 +153,7 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertIn(b"X-Forwarded-For: 192.0.2.7\r\n", sent)
         backend.dataReceived(OK)
         self.assertEqual(transport.value(), OK)
-        self.assertEqual(len(factory.idle), 1)
+        self.assertEqual(len(factory.upstream.idle), 1)
         btransport.clear()
         client.dataReceived(GET)
         self.assertEqual(len(self.reactor.tcpClients), 1)
@@ -172,7 +172,7 @@ class ProxyStateTests(SynchronousTestCase):
         self.reactor.advance(3)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 Gateway Timeout\r\n"))
         self.assertTrue(btransport.disconnecting)
-        self.assertEqual(len(factory.idle), 0)
+        self.assertEqual(len(factory.upstream.idle), 0)
         self.assertEqual(factory.pool.get("b1").failures, {"timeout": 1})  # type: ignore[union-attr]
 
     def test_connectTimeout(self) -> None:
@@ -207,7 +207,7 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertFalse(btransport.disconnecting)
         backend.dataReceived(OK)
         self.assertTrue(btransport.disconnecting)
-        self.assertEqual(len(factory.idle), 0)
+        self.assertEqual(len(factory.upstream.idle), 0)
 
     def test_backpressure(self) -> None:
         """
@@ -258,7 +258,7 @@ class ProxyStateTests(SynchronousTestCase):
         backend, btransport = self.connectBackend()
         client.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(btransport.disconnecting)
-        self.assertEqual(len(factory.idle), 0)
+        self.assertEqual(len(factory.upstream.idle), 0)
         self.assertEqual(factory.pool.get("b1").active, 0)  # type: ignore[union-attr]
 
     def test_http10Client(self) -> None:

@@ -68,7 +68,7 @@ class ClientConnection(Protocol):
         self.queue: deque[Exchange] = deque()
         self.closed = False
         self.privateKeys: set[Any] = set()
-        self.proxyHeader: bytes | None = None
+        self._proxyHeaders: dict[Any, bytes] = {}
         # The exchange whose body is being read.
         self._parsing: Exchange | None = None
         # The head being read: its target, headers and sizes.
@@ -103,8 +103,6 @@ class ClientConnection(Protocol):
         local = transport.getHost()
         self.localAuthority = authorityOf(local)
         factory = self.factory
-        if factory.proxyHeader is not None:
-            self.proxyHeader = factory.proxyHeader(peer, local)
         self.parser = HttpRequestParser(self)
         # A 1.x minor version it does not know is handled as 1.1 (RFC 9110
         # 2.5); the request plan refuses other majors.
@@ -128,7 +126,7 @@ class ClientConnection(Protocol):
         factory.clientGone()
         factory.clients.discard(self)
         if self.privateKeys:
-            factory.idle.closeKeys(self.privateKeys)
+            factory.closePrivate(self.privateKeys)
         tunnel = self._tunnel
         self._tunnelExchange = None
         if tunnel is not None:
@@ -310,6 +308,16 @@ class ClientConnection(Protocol):
         The backend connection is gone; the exchange decides what follows.
         """
 
+    def proxyHeaderFor(self, make: Any) -> bytes:
+        """
+        The PROXY-protocol header C{make} gives for this client, made once.
+        """
+        header = self._proxyHeaders.get(make)
+        if header is None:
+            transport = self.transport
+            header = self._proxyHeaders[make] = make(transport.getPeer(), transport.getHost())
+        return header
+
     def holdRequest(self) -> None:
         """
         Stop reading until L{releaseRequest}: the proxy must not buffer more.
@@ -445,14 +453,15 @@ class ClientConnection(Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         factory = self.factory
+        upstream = factory.upstream
         method = parser.get_method()
         version = parser.get_http_version()
         url = self._url
         plan = planRequest(
             method, url, version, self._headers, parser.should_keep_alive(),
-            parser.should_upgrade(), self.clientHost, self.localAuthority, factory.rules,
+            parser.should_upgrade(), self.clientHost, self.localAuthority, upstream.rules,
         )
-        ex = Exchange(self, factory, plan, method, url, version, self._lastActivity)
+        ex = Exchange(self, factory, upstream, plan, method, url, version, self._lastActivity)
         self._inHead = False
         self._headStarted = None
         self._parsing = ex
@@ -494,7 +503,7 @@ class ClientConnection(Protocol):
             status, reason, headers, ex.method, ex.version != "1.0",
             plan.keepAlive and ex.requestDone and not ex.closeAfter and not plan.upgrade
             and not factory.stopping,
-            factory.cookieFor(ex) if ex.setCookie else None,
+            ex.upstream.cookieFor(ex) if ex.setCookie else None,
         )
         if response.closeAfter:
             ex.closeAfter = True

@@ -105,9 +105,14 @@ class IClientSide(IPushProducer):
 
     clientHost = Attribute("The client's address as bytes, for hashing and X-Forwarded-For.")
     clientName = Attribute("The client's address as logs show it.")
-    proxyHeader = Attribute("The PROXY-protocol header its backend connections begin with, or None.")
     privateKeys = Attribute("Idle-pool keys of backend connections private to this client.")
     closed = Attribute("Whether the client is gone.")
+
+    def proxyHeaderFor(make: Any) -> bytes:
+        """
+        The PROXY-protocol header for this client made by C{make} (a pool's
+        version of the protocol), the same bytes each time.
+        """
 
     def holdRequest() -> None:
         """
@@ -251,17 +256,18 @@ class Exchange:
         "deadline", "factory", "failures", "method", "pending", "phase",
         "plan", "requestDone", "responded", "response", "retries", "retrying", "sends",
         "setCookie",
-        "slot", "started", "status", "tried", "url", "version",
+        "slot", "started", "status", "tried", "upstream", "url", "version",
     )
 
     log = Logger()
 
     def __init__(
-        self, client: Any, factory: Any, plan: RequestPlan, method: bytes, url: bytes,
-        version: str, started: float,
+        self, client: Any, factory: Any, upstream: Any, plan: RequestPlan, method: bytes,
+        url: bytes, version: str, started: float,
     ) -> None:
         self.client = client
         self.factory = factory
+        self.upstream = upstream
         self.plan = plan
         self.method = method
         self.url = url
@@ -313,11 +319,11 @@ class Exchange:
             backend (the pooled one used last was stale).
         """
         self._to(CONNECTING)
-        factory = self.factory
+        upstream = self.upstream
         client = self.client
-        prefer = self.backend if fresh else factory.stickyBackend(self)
+        prefer = self.backend if fresh else upstream.stickyBackend(self)
         slot, self.slot = self.slot, None
-        attempt = factory.connector.connect(
+        attempt = upstream.connector.connect(
             client.clientName, client.clientHost, self._build, self._joined,
             self._noBackend, self.tried, prefer, None if fresh else self._reuse,
             slot, self.failures, self.retrying,
@@ -329,9 +335,10 @@ class Exchange:
                 client.holdRequest()
 
     def _key(self, backend: Backend) -> Any:
-        proxyHeader = self.client.proxyHeader
-        if proxyHeader is None:
+        make = self.upstream.proxyHeader
+        if make is None:
             return backend
+        proxyHeader = self.client.proxyHeaderFor(make)
         # Connections that began with this client's PROXY header are its
         # own: reused by its next requests, closed when it leaves.
         key = (backend, proxyHeader)
@@ -339,12 +346,14 @@ class Exchange:
         return key
 
     def _reuse(self, backend: Backend) -> Any:
-        return self.factory.idle.take(
+        return self.upstream.idle.take(
             self._key(backend), None if self.plan.replayable else SAFE_REUSE_AGE
         )
 
     def _build(self, backend: Backend) -> Any:
-        return BackendConnection(self.factory, backend, self._key(backend), self.client.proxyHeader)
+        key = self._key(backend)
+        return BackendConnection(
+            self.upstream, backend, key, None if key is backend else key[1])
 
     def _counted(self, failures: int) -> None:
         # The connect attempt's failures, for the retry policy and the log.
@@ -369,7 +378,7 @@ class Exchange:
             self.log.warn(  # noqa: G010
                 "pool {pool}: {attempts} backends took the request of {client} "
                 "and none answered",
-                pool=self.factory.pool.name, attempts=len(self.tried),
+                pool=self.upstream.pool.name, attempts=len(self.tried),
                 client=self.client.clientName,
             )
             self.fail(502)
@@ -385,8 +394,7 @@ class Exchange:
         conn.exchange = self
         conn.requests += 1
         self.sends += 1
-        factory = self.factory
-        factory.pool.opened(backend)
+        self.upstream.pool.opened(backend)
         # A bound method made for each add and discard (they compare equal),
         # not one kept on the connection, which would refer back to it.
         backend.closers.add(conn.abortNow)
@@ -417,8 +425,7 @@ class Exchange:
     def _due(self) -> None:
         # The request is sent whole: the response head is due within the
         # response timeout (watched by the client side's one timer).
-        factory = self.factory
-        self.deadline = deadline = factory.seconds() + factory.responseTimeout
+        self.deadline = deadline = self.factory.seconds() + self.upstream.responseTimeout
         self.client.dueBy(deadline)
 
     def requestBody(self, data: bytes) -> None:
@@ -472,14 +479,13 @@ class Exchange:
             self.client.sendInterim(status, reason, headers)
             return False
         self.deadline = 0.0
-        factory = self.factory
         backend = conn.backend
         if status in _RETRY_STATUSES and self._mayRetry(status):
             # Nothing of this answer went out: another backend may do better.
             self._retry(backend, "response", f"status {status}")
             return False
         self.status = status
-        backend.responseTime = factory.seconds() - self.started
+        backend.responseTime = self.factory.seconds() - self.started
         try:
             response = self.client.sendHead(self, status, reason, headers)
         except BadResponse as e:
@@ -508,7 +514,7 @@ class Exchange:
         conn.exchange = None
         # The tunnel keeps its closer (a drain or a stop ends it), which its
         # connection's connectionLost discards.
-        self.factory.pool.closed(conn.backend)
+        self.upstream.pool.closed(conn.backend)
         self._releaseSlot()
         # Counted now; its access-log line is written when the tunnel closes.
         self.factory.countStatus(self)
@@ -547,20 +553,20 @@ class Exchange:
         conn = self._detach()
         backend = self.backend
         assert backend is not None and conn is not None
-        factory = self.factory
-        pool = factory.pool
+        upstream = self.upstream
+        pool = upstream.pool
         if self.status >= 500:
             pool.exchangeError(backend, f"status {self.status}", self.status)
         else:
             pool.exchangeSucceeded(backend)
         if not (
             conn.reusable and self.requestDone and not conn.lost
-            and conn.requests < factory.maxRequests
-            and factory.idle.put(conn.key, conn)
+            and conn.requests < upstream.maxRequests
+            and upstream.idle.put(conn.key, conn)
         ) and not conn.lost:
             conn.transport.loseConnection()
         self._releaseSlot()
-        factory.exchangeLogged(self)
+        self.factory.exchangeLogged(self)
         client.exchangeDone(self)
 
     # -- ending ------------------------------------------------------------
@@ -572,7 +578,7 @@ class Exchange:
         self.conn = None
         conn.exchange = None
         backend = conn.backend
-        self.factory.pool.closed(backend)
+        self.upstream.pool.closed(backend)
         backend.closers.discard(conn.abortNow)
         if not conn.lost:
             if self.plan.hasBody or self.plan.upgrade:
@@ -590,7 +596,7 @@ class Exchange:
     def _releaseSlot(self) -> None:
         # The exchange is over (or a tunnel now): its slot goes back, and it
         # is no longer a retry in flight.
-        pool = self.factory.pool
+        pool = self.upstream.pool
         if self.retrying:
             self.retrying = False
             pool.retriesActive -= 1
@@ -606,11 +612,11 @@ class Exchange:
         the cause, its C{retries} are not spent, and its C{retry-budget}
         allows one more retry in flight.
         """
-        factory = self.factory
-        pool = factory.pool
+        upstream = self.upstream
+        pool = upstream.pool
         if (
             self.responded or not self.plan.replayable or cause not in pool.config.retryOn
-            or not factory.connector.retryPolicy.mayTryAnother(pool, self.failures + 1)
+            or not upstream.connector.retryPolicy.mayTryAnother(pool, self.failures + 1)
         ):
             return False
         if isinstance(cause, int) and not pool.available(self.tried):
@@ -635,7 +641,7 @@ class Exchange:
         and send the request to another backend.
         """
         self.failures += 1
-        self.factory.pool.trafficFailed(backend, kind, why)
+        self.upstream.pool.trafficFailed(backend, kind, why)
         self.deadline = 0.0
         conn = self._detach()
         if conn is not None and not conn.lost:
@@ -711,11 +717,11 @@ class Exchange:
             self._retry(backend, "timeout", "no response in time")
             return
         if backend is not None:
-            self.factory.pool.trafficFailed(backend, "timeout", "no response in time")
+            self.upstream.pool.trafficFailed(backend, "timeout", "no response in time")
         self.log.warn(  # noqa: G010
             "backend {backend} did not answer {client} in {timeout}s",
             backend=backend.name if backend else None,
-            client=self.client.clientName, timeout=self.factory.responseTimeout,
+            client=self.client.clientName, timeout=self.upstream.responseTimeout,
         )
         self.fail(504)
 
@@ -736,7 +742,7 @@ class Exchange:
         """
         backend = self.backend
         if backend is not None:
-            self.factory.pool.trafficFailed(backend, kind, why)
+            self.upstream.pool.trafficFailed(backend, kind, why)
             self.log.warn(  # noqa: G010
                 "backend {backend} failed {client}: {why}",
                 backend=backend.name, client=self.client.clientName, why=why,
@@ -751,11 +757,11 @@ class Exchange:
         if self.over:
             return
         backend = conn.backend
-        factory = self.factory
-        pool = factory.pool
+        upstream = self.upstream
+        pool = upstream.pool
         decision = retryAfterLoss(
             self.responded, self.plan.replayable, conn.requests > 1,
-            factory.connector.retryPolicy.mayTryAnother(pool, self.failures + 1),
+            upstream.connector.retryPolicy.mayTryAnother(pool, self.failures + 1),
         )
         if decision is RETRY_FRESH:
             # A stale pooled connection: a new one to the same backend,

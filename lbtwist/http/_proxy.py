@@ -2,9 +2,10 @@
 HTTP mode's listener factory: each request is balanced on its own, over
 kept-alive client connections and pooled backend connections.
 
-L{HTTPProxyFactory} holds what the connections of one listener share: the
-settings, the request rules, the connect engine, the idle pool, sticky
-sessions, counters and the access log.  The work is done by the exchange
+L{HTTPProxyFactory} holds what the client connections of one listener
+share: the client-side settings, counters and the access log; each pool
+its requests go to is an L{Upstream} (the connect engine, the idle pool,
+sticky sessions, the backend-side settings).  The work is done by the exchange
 core (L{lbtwist.http._exchange}), the client connection
 (L{lbtwist.http._client}) and the backend connection
 (L{lbtwist.http._backend}); what goes on the wire is planned by the pure
@@ -18,8 +19,6 @@ formatting unless the access log is on.
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -28,16 +27,13 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from ..config import ListenerConfig
-from ..connect import BackendConnector
 from ..dial import Dialler
 from ..endpoints import parseEndpoint
 from ..listener import ListenerFactory
-from ..policies import SourceHash
-from ..pool import Backend, BackendPool
+from ..pool import BackendPool
 from ._client import ClientConnection
 from ._exchange import Exchange
-from ._plan import RequestRules
-from ._pool import IdleConnections
+from ._upstream import Upstream
 
 # Status classes by the status's hundreds: made once, not per request.
 _CLASSES = tuple(f"{n}xx" for n in range(10))
@@ -48,9 +44,8 @@ class HTTPProxyFactory(ListenerFactory):
     Accepts HTTP clients on a listener and balances their requests over a
     pool.
 
-    @ivar idle: the pool of idle backend connections.
-    @ivar connector: finds and connects backends for its requests.
-    @ivar rules: what the request plan follows for this listener.
+    @ivar upstream: its pool, as its requests reach it.
+    @ivar upstreams: the pools its requests reach, by name.
     @ivar refused: requests refused as malformed or too large.
     @ivar statuses: responses sent, by status class (C{"2xx"}...).
     """
@@ -66,31 +61,19 @@ class HTTPProxyFactory(ListenerFactory):
     ) -> None:
         super().__init__(pool, reactor)
         self.seconds: Callable[[], float] = reactor.seconds
-        self.connector = BackendConnector(pool, reactor, dialler)
+        self._dialler = dialler
         config = pool.config
         http = config.http
         self.settings = http
         self.maxHeaderSize = http.maxHeaderSize
         self.maxRequestLine = http.maxRequestLine
-        self.maxResponseHeaderSize = http.maxResponseHeaderSize
         self.requestTimeout = config.timeouts.request
-        self.responseTimeout = config.timeouts.response
         self.idleTimeout = config.timeouts.idle
-        self.idle = IdleConnections(reactor, http.keepAlive)
-        self.maxRequests = http.keepAlive.maxRequests
-        sticky = config.sticky
-        self.sticky = sticky
-        self._stickyName = (sticky.name or "").encode() if sticky else b""
-        self.rules = RequestRules(
-            forwardedProto=(
-                b"https" if parseEndpoint(listener.endpoint, True).tls else b"http"
-            ),
-            hostHeader=http.hostHeader.encode("ascii") if http.hostHeader else None,
-            stickyKind=sticky.kind if sticky is not None else None,
-            stickyName=self._stickyName,
+        self.forwardedProto = (
+            b"https" if parseEndpoint(listener.endpoint, True).tls else b"http"
         )
-        self._hash = SourceHash(random.Random())
-        self._cookieIds: dict[str, bytes] = {}
+        self.upstream = Upstream(pool, reactor, dialler, self.forwardedProto)
+        self.upstreams: dict[str, Upstream] = {pool.name: self.upstream}
         self.refused = 0
         # Requests dropped because their client left before the answer.
         self.abandoned = 0
@@ -121,61 +104,16 @@ class HTTPProxyFactory(ListenerFactory):
         """
         The listener stopped: close the idle backend connections.
         """
-        self.idle.close()
+        for upstream in self.upstreams.values():
+            upstream.close()
 
-    # -- sticky sessions ---------------------------------------------------
-
-    def cookieId(self, backend: Backend) -> bytes:
+    def closePrivate(self, keys: set[Any]) -> None:
         """
-        The opaque cookie value that names C{backend}.
+        Close the idle backend connections private to a client that left
+        (those that began with its PROXY header).
         """
-        cookie = self._cookieIds.get(backend.name)
-        if cookie is None:
-            cookie = hashlib.blake2b(
-                f"{self.pool.name}\0{backend.name}".encode(), digest_size=8
-            ).hexdigest().encode()
-            self._cookieIds[backend.name] = cookie
-        return cookie
-
-    def stickyBackend(self, ex: Exchange) -> Backend | None:
-        """
-        The backend the sticky setting sends C{ex} to, if any; a request
-        with no valid sticky cookie is marked to get one.
-        """
-        rules = self.rules
-        kind = rules.stickyKind
-        if kind is None:
-            return None
-        key = ex.plan.stickyKey
-        if kind == "cookie":
-            backend = self._cookieBackend(key) if key is not None else None
-            ex.setCookie = backend is None
-            return backend
-        return self._hashed(key) if key is not None else None
-
-    def cookieFor(self, ex: Exchange) -> bytes:
-        """
-        The C{Set-Cookie} value that sends the client back to its backend.
-        """
-        backend = ex.backend
-        assert backend is not None
-        return self._stickyName + b"=" + self.cookieId(backend) + b"; Path=/; HttpOnly"
-
-    def _cookieBackend(self, value: bytes) -> Backend | None:
-        for backend in self.pool:
-            if backend.eligible and self.cookieId(backend) == value:
-                return backend
-        return None
-
-    def _hashed(self, key: bytes) -> Backend | None:
-        # Hashing balances: a weight-0 backend takes none of it (a sticky
-        # cookie, which persists, still reaches one).
-        candidates = [b for b in self.pool.serving() if b.weight and b.eligible]
-        if not candidates:
-            return None
-        chosen = self._hash.choose(candidates, key)
-        assert isinstance(chosen, Backend)
-        return chosen
+        for upstream in self.upstreams.values():
+            upstream.idle.closeKeys(keys)
 
     def exchangeLogged(self, ex: Exchange) -> None:
         """

@@ -1,0 +1,125 @@
+"""
+What an HTTP listener's requests need of one pool (L{Upstream}): the
+connect engine, the idle backend connections, the pool's request rules,
+sticky sessions and the timeouts of the backend side.
+
+A listener without routes has one upstream, for its pool; a routed listener
+has one per pool its routes send requests to, made on first use.  The
+client side of a listener (its head limits, its client timeouts, its
+counters) is the listener factory's (L{lbtwist.http._proxy}); everything
+an exchange does with a backend goes through its upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+from ..connect import BackendConnector
+from ..dial import Dialler
+from ..policies import SourceHash
+from ..pool import Backend, BackendPool
+from ..proxyprotocol import PROXY_HEADERS
+from ._plan import RequestRules
+from ._pool import IdleConnections
+
+
+class Upstream:
+    """
+    One pool as an HTTP listener's requests reach it.
+
+    @ivar pool: the pool.
+    @ivar connector: finds and connects its backends.
+    @ivar idle: its idle backend connections.
+    @ivar rules: what the request plan follows for this listener and pool.
+    @ivar proxyHeader: makes the PROXY-protocol header its backend
+        connections begin with (from the client's and the listener's
+        addresses), if the pool sends one.
+    @ivar responseTimeout: how long a response head may take.
+    @ivar maxRequests: requests a backend connection serves before it closes.
+    @ivar maxResponseHeaderSize: the bound on a response head.
+    """
+
+    def __init__(
+        self, pool: BackendPool, reactor: Any, dialler: Dialler, forwardedProto: bytes,
+    ) -> None:
+        self.pool = pool
+        self.connector = BackendConnector(pool, reactor, dialler)
+        config = pool.config
+        http = config.http
+        self.idle = IdleConnections(reactor, http.keepAlive)
+        self.maxRequests = http.keepAlive.maxRequests
+        self.maxResponseHeaderSize = http.maxResponseHeaderSize
+        self.responseTimeout = config.timeouts.response
+        self.proxyHeader = PROXY_HEADERS.get(config.proxyProtocol or "")
+        sticky = config.sticky
+        self._stickyName = (sticky.name or "").encode() if sticky else b""
+        self.rules = RequestRules(
+            forwardedProto=forwardedProto,
+            hostHeader=http.hostHeader.encode("ascii") if http.hostHeader else None,
+            stickyKind=sticky.kind if sticky is not None else None,
+            stickyName=self._stickyName,
+        )
+        self._hash = SourceHash(random.Random())
+        self._cookieIds: dict[str, bytes] = {}
+
+    def close(self) -> None:
+        """
+        Close the idle backend connections (the listener stopped).
+        """
+        self.idle.close()
+
+    # -- sticky sessions ---------------------------------------------------
+
+    def cookieId(self, backend: Backend) -> bytes:
+        """
+        The opaque cookie value that names C{backend}.
+        """
+        cookie = self._cookieIds.get(backend.name)
+        if cookie is None:
+            cookie = hashlib.blake2b(
+                f"{self.pool.name}\0{backend.name}".encode(), digest_size=8
+            ).hexdigest().encode()
+            self._cookieIds[backend.name] = cookie
+        return cookie
+
+    def stickyBackend(self, ex: Any) -> Backend | None:
+        """
+        The backend the sticky setting sends C{ex} to, if any; a request
+        with no valid sticky cookie is marked to get one.
+        """
+        rules = self.rules
+        kind = rules.stickyKind
+        if kind is None:
+            return None
+        key = ex.plan.stickyKey
+        if kind == "cookie":
+            backend = self._cookieBackend(key) if key is not None else None
+            ex.setCookie = backend is None
+            return backend
+        return self._hashed(key) if key is not None else None
+
+    def cookieFor(self, ex: Any) -> bytes:
+        """
+        The C{Set-Cookie} value that sends the client back to its backend.
+        """
+        backend = ex.backend
+        assert backend is not None
+        return self._stickyName + b"=" + self.cookieId(backend) + b"; Path=/; HttpOnly"
+
+    def _cookieBackend(self, value: bytes) -> Backend | None:
+        for backend in self.pool:
+            if backend.eligible and self.cookieId(backend) == value:
+                return backend
+        return None
+
+    def _hashed(self, key: bytes) -> Backend | None:
+        # Hashing balances: a weight-0 backend takes none of it (a sticky
+        # cookie, which persists, still reaches one).
+        candidates = [b for b in self.pool.serving() if b.weight and b.eligible]
+        if not candidates:
+            return None
+        chosen = self._hash.choose(candidates, key)
+        assert isinstance(chosen, Backend)
+        return chosen
