@@ -9,6 +9,9 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.http._errors import localResponse
 
 from .httphelpers import TIMED_OUT, HTTPProxyTestCase, httpRequests, rawExchange
 
@@ -494,3 +497,27 @@ class BackpressureTests(HTTPProxyTestCase):
         self.assertLess(len(sent), 40)
         sock.close()
         yield waitFor(lambda: proxy.activeClients == 0)
+
+
+class LocalResponseTests(SynchronousTestCase):
+    """
+    L{localResponse} frames the answers the balancer makes itself.
+    """
+
+    def test_table(self) -> None:
+        """
+        The status line takes the standard reason; the length is the body's;
+        a HEAD gets the length without the body; closing is announced.
+        """
+        cases = [
+            ((404, [], b"no route\n", False, False),
+             b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nno route\n"),
+            ((308, [(b"Location", b"https://x/")], b"", False, True),
+             b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://x/\r\n"
+             b"Content-Length: 0\r\nConnection: close\r\n\r\n"),
+            ((403, [(b"Content-Type", b"text/plain")], b"no\n", True, False),
+             b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n"),
+            ((599, [], b"", False, False), b"HTTP/1.1 599 Unknown\r\nContent-Length: 0\r\n\r\n"),
+        ]
+        for args, expected in cases:
+            self.assertEqual(localResponse(*args), expected)

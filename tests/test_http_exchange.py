@@ -58,10 +58,11 @@ class PhaseTableTests(SynchronousTestCase):
         plan = planRequest(b"GET", b"/", "1.1", [(b"Host", b"a")], True, False, b"c", b"l",
                            RequestRules())
         ex = Exchange(None, None, None, plan, b"GET", b"/", "1.1", 0.0)
-        for bad in (SENDING, STREAMING, TUNNEL, DONE):
+        for bad in (SENDING, STREAMING, TUNNEL):
             self.assertRaises(IllegalTransition, ex._to, bad)
         ex._to(CONNECTING)
-        self.assertRaises(IllegalTransition, ex._to, WAITING)
+        for bad in (WAITING, DONE):
+            self.assertRaises(IllegalTransition, ex._to, bad)
 
 
 @implementer(IClientSide)
@@ -111,6 +112,9 @@ class RecordingClientSide:
 
     def sendError(self, exchange: Exchange, status: int) -> None:
         self.calls.append(("error", status))
+
+    def sendLocal(self, exchange: Exchange, status: int, headers: Any, body: bytes) -> None:
+        self.calls.append(("local", status, tuple(headers), body, exchange.closeAfter))
 
     def cutResponse(self, exchange: Exchange) -> None:
         self.calls.append(("cut",))
@@ -194,6 +198,46 @@ class ClientSideTests(SynchronousTestCase):
              ("body", b"hi"), ("end",), ("done", DONE)],
         )
         self.assertEqual(self.factory.pool.get("b1").slots, 0)  # type: ignore[union-attr]
+
+    def localExchange(self, method: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[Exchange, RecordingClientSide]:
+        """
+        An exchange the balancer answers itself with a 301.
+        """
+        side = RecordingClientSide()
+        upstream = self.factory.upstream
+        plan = planRequest(method, b"/", "1.1", [(b"Host", b"a"), *headers], True, False,
+                           side.clientHost, b"l:80", upstream.rules)
+        ex = Exchange(side, self.factory, upstream, plan, method, b"/", "1.1", 0.0)
+        ex.local = (301, [(b"Location", b"https://a/")], b"moved\n")
+        return ex, side
+
+    def test_localAnswer(self) -> None:
+        """
+        An exchange with a local answer gives it when its turn comes, with
+        no backend connected and no slot taken, and keeps the connection.
+        """
+        ex, side = self.localExchange(b"GET", [])
+        ex.requestComplete()
+        ex.start()
+        self.assertEqual(ex.phase, DONE)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(
+            side.calls,
+            [("local", 301, ((b"Location", b"https://a/"),), b"moved\n", False), ("done", DONE)],
+        )
+        self.assertEqual((ex.status, ex.bytesOut), (301, 6))
+        self.assertEqual(self.factory.statuses, {"3xx": 1})
+
+    def test_localAnswerBeforeBody(self) -> None:
+        """
+        A local answer to a request whose body is still to come closes the
+        connection after it: the body is never read.
+        """
+        ex, side = self.localExchange(b"POST", [(b"Content-Length", b"5")])
+        ex.start()
+        self.assertEqual(side.calls[0][4], True)
+        ex.requestBody(b"abc")
+        self.assertEqual(ex.pending, None)
 
     def test_otherClientSideTimesOut(self) -> None:
         """

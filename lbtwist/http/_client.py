@@ -25,7 +25,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
-from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest
+from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse
 from ._exchange import WAITING, Exchange, IClientSide
 from ._plan import CHUNKED, IDEMPOTENT, interimHead, planRequest, planResponse
 
@@ -566,6 +566,13 @@ class ClientConnection(Protocol):
         Answer with a canned error.
         """
         self.transport.write((ERRORS_CLOSE if ex.closeAfter else ERRORS_KEEP)[status])
+
+    def sendLocal(self, ex: Exchange, status: int, headers: Any, body: bytes) -> None:
+        """
+        Answer with a response the balancer makes itself.
+        """
+        self.transport.write(
+            localResponse(status, headers, body, ex.method == b"HEAD", ex.closeAfter))
 
     def cutResponse(self, ex: Exchange) -> None:
         """

@@ -6,6 +6,9 @@ see, built once so the hot path formats nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from http import HTTPStatus
+
 REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -49,6 +52,32 @@ def errorResponse(status: int, close: bool) -> bytes:
             body,
         )
     )
+
+
+def localResponse(
+    status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, head: bool, close: bool,
+) -> bytes:
+    """
+    A complete response the balancer answers with itself (a route's
+    redirect or fixed answer, a refusal), framed by its length.
+
+    @param headers: its headers, checked when they were configured.
+    @param head: the request was a HEAD: the length is said, the body not sent.
+    @param close: whether to announce that the connection will close.
+    """
+    try:
+        reason = HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        reason = REASONS.get(status, b"Unknown")
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    parts.extend(n + b": " + v + b"\r\n" for n, v in headers)
+    parts.append(b"Content-Length: %d\r\n" % (len(body),))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head:
+        parts.append(body)
+    return b"".join(parts)
 
 
 # Built once: the hot path sends these without formatting anything.

@@ -18,6 +18,8 @@ bug, and raises L{IllegalTransition}):
 
     WAITING     head read, waiting for its turn on the client connection
       -> CONNECTING   its turn came
+      -> DONE         its turn came, and the balancer answers it itself (a
+                      route's redirect or fixed answer, 404 for no route)
       -> FAILED       the client left, or sent garbage first
     CONNECTING  a backend is being chosen (queue included) and connected
       -> SENDING      a connection is attached (new or pooled)
@@ -71,7 +73,7 @@ DONE = "done"
 FAILED = "failed"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    WAITING: frozenset((CONNECTING, FAILED)),
+    WAITING: frozenset((CONNECTING, DONE, FAILED)),
     CONNECTING: frozenset((SENDING, FAILED)),
     SENDING: frozenset((SENDING, CONNECTING, STREAMING, TUNNEL, FAILED)),
     STREAMING: frozenset((DONE, FAILED)),
@@ -152,6 +154,12 @@ class IClientSide(IPushProducer):
     def sendError(exchange: Exchange, status: int) -> None:
         """
         Answer with a canned error response.
+        """
+
+    def sendLocal(exchange: Exchange, status: int, headers: Any, body: bytes) -> None:
+        """
+        Answer with a response the balancer makes itself (C{headers}: a
+        sequence of name and value pairs), framed by its length.
         """
 
     def dropHeldHead(exchange: Exchange) -> bool:
@@ -253,7 +261,7 @@ class Exchange:
 
     __slots__ = (
         "attempt", "backend", "bytesIn", "bytesOut", "client", "closeAfter", "conn",
-        "deadline", "factory", "failures", "method", "pending", "phase",
+        "deadline", "factory", "failures", "local", "method", "pending", "phase",
         "plan", "requestDone", "responded", "response", "retries", "retrying", "sends",
         "setCookie",
         "slot", "started", "status", "tried", "upstream", "url", "version",
@@ -268,6 +276,9 @@ class Exchange:
         self.client = client
         self.factory = factory
         self.upstream = upstream
+        # The answer the balancer gives itself instead of a backend's, if
+        # any: (status, headers, body).
+        self.local: tuple[int, Any, bytes] | None = None
         self.plan = plan
         self.method = method
         self.url = url
@@ -318,6 +329,9 @@ class Exchange:
         @param fresh: do not use a pooled connection, and prefer the same
             backend (the pooled one used last was stale).
         """
+        if self.local is not None:
+            self._answer(*self.local)
+            return
         self._to(CONNECTING)
         upstream = self.upstream
         client = self.client
@@ -333,6 +347,24 @@ class Exchange:
             if not self.requestDone:
                 # Read no more of the body until there is somewhere to send it.
                 client.holdRequest()
+
+    def _answer(self, status: int, headers: Any, body: bytes) -> None:
+        """
+        Answer the request without a backend; a request body still to come
+        is not read: the connection closes after the answer.
+        """
+        self._to(DONE)
+        client = self.client
+        plan = self.plan
+        self.status = status
+        self.bytesOut = len(body)
+        self.closeAfter = (
+            self.closeAfter or not self.requestDone or not plan.keepAlive or plan.upgrade
+            or self.factory.stopping
+        )
+        client.sendLocal(self, status, headers, body)
+        self.factory.exchangeLogged(self)
+        client.exchangeDone(self)
 
     def _key(self, backend: Backend) -> Any:
         make = self.upstream.proxyHeader
