@@ -5,6 +5,10 @@ match key, the host index, and the pure actions.
 
 from __future__ import annotations
 
+import ipaddress
+import random
+import re
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.routeconfig import (
@@ -73,6 +77,7 @@ class MatchTests(SynchronousTestCase):
             ({"pathRegex": r"\.png$"}, facts(b"/i/a.png"), facts(b"/i/a.png.txt")),
             ({"pathRegex": "^/static/"}, facts(b"/static/a"), facts(b"/x/static/a")),
             ({"pathRegex": "(a)(b)"}, facts(b"/xab"), facts(b"/xa")),
+            ({"pathRegex": "(?i)^/ADMIN"}, facts(b"/admin"), facts(b"/x/admin")),
             ({"methods": ("GET", "HEAD")}, facts(method=b"HEAD"), facts(method=b"POST")),
             ({"headers": (HeaderMatch("x-admin", value="1"),)},
              facts(headers=((b"x-admin", b"1"),)), facts(headers=((b"x-admin", b"2"),))),
@@ -171,6 +176,78 @@ class MatchTests(SynchronousTestCase):
                          "web")
         self.assertIsNone(self.matched(routes, connectionFacts("10.0.0.1", "w.example.com")))
         self.assertIsNone(self.matched(routes, connectionFacts("127.0.0.1", None)))
+
+
+def reference(routes: list[Route], f: RequestFacts) -> str | None:
+    """
+    The route a plain reading of the rules picks: the first, in order,
+    whose keys all hold, checked one by one.
+    """
+    def host(patterns: tuple[str, ...]) -> bool:
+        h = (f.host or b"").decode()
+        return any(h.endswith(p[1:]) if p.startswith("*.") else h == p for p in patterns)
+
+    path = f.path.decode()
+    for r in routes:
+        m = r.match
+        if ((not m.hosts or host(m.hosts))
+                and (m.path is None or path == m.path)
+                and (m.pathPrefix is None or path.startswith(m.pathPrefix))
+                and (m.pathRegex is None or re.search(m.pathRegex, path))
+                and (not m.methods or f.method.decode() in m.methods)
+                and (not m.sources or any(ipaddress.ip_address(f.source) in
+                                          ipaddress.ip_network(n) for n in m.sources))):
+            return r.name
+    return None
+
+
+class ReferenceTests(SynchronousTestCase):
+    """
+    The indexed table picks what a plain reading of the rules picks.
+    """
+
+    def test_random(self) -> None:
+        """
+        Over random tables of hosts, wildcards, exact paths, prefixes (on a
+        segment boundary or not), regexes, methods and sources, and random
+        requests, L{RouteTable.match} agrees with L{reference}.
+        """
+        rng = random.Random(13)
+        hosts = ["a.example.com", "b.example.com", "*.example.com", "*.b.example.com"]
+        segments = ["p0", "p1", "p10", "q", ""]
+        for _ in range(60):
+            routes = []
+            for i in range(rng.randrange(1, 40)):
+                match: dict[str, object] = {}
+                if rng.random() < 0.4:
+                    match["hosts"] = (rng.choice(hosts),)
+                kind = rng.randrange(5)
+                seg = rng.choice(segments)
+                if kind == 0:
+                    match["path"] = f"/{seg}/x" if rng.random() < 0.5 else f"/{seg}"
+                elif kind == 1:
+                    match["pathPrefix"] = f"/{seg}/" if rng.random() < 0.7 else f"/{seg}"
+                elif kind == 2:
+                    match["pathRegex"] = rng.choice(["^/p1", "x$", "(q)", "^/p[01]/"])
+                if rng.random() < 0.3:
+                    match["methods"] = (rng.choice(["GET", "POST"]),)
+                if rng.random() < 0.2:
+                    match["sources"] = ("10.0.0.0/8",)
+                if not match:
+                    match["methods"] = ("PUT",)
+                routes.append(route(f"r{i}", **match))
+            table = RouteTable.compile(routes)
+            for _ in range(40):
+                f = facts(
+                    path=rng.choice([f"/{s}{t}" for s in segments
+                                     for t in ("", "/", "/x", "x")]).encode(),
+                    host=rng.choice([b"a.example.com", b"c.b.example.com", b"other.org",
+                                     b"example.com", None]),
+                    method=rng.choice([b"GET", b"POST", b"PUT"]),
+                    source=rng.choice(["10.1.1.1", "192.0.2.1"]))
+                found = table.match(f)
+                self.assertEqual(None if found is None else found.route.name,
+                                 reference(routes, f), (routes, f))
 
 
 class ActionTests(SynchronousTestCase):
