@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Sequence
+
+from .routeconfig import RateLimit
 
 
 class TokenBuckets:
@@ -32,6 +34,13 @@ class TokenBuckets:
         self.maxKeys = maxKeys
         self.clock = clock
         self.tracked: OrderedDict[Hashable, list[float]] = OrderedDict()
+
+    @classmethod
+    def fromConfig(cls, limit: RateLimit, clock: Callable[[], float]) -> TokenBuckets:
+        """
+        The buckets of a route's C{rate-limit}.
+        """
+        return cls(limit.rate, limit.burst, limit.maxKeys, clock)
 
     def take(self, key: Hashable) -> float:
         """
@@ -55,6 +64,23 @@ class TokenBuckets:
             return 0.0
         bucket[0] = tokens
         return (1.0 - tokens) / self.rate
+
+
+def requestKey(limit: RateLimit, source: str,
+               headers: Sequence[tuple[bytes, bytes]]) -> Hashable:
+    """
+    The key a request is counted under: its source address, or the value
+    of the configured header (lowercase names).  A request without that
+    header is counted under its source address, so leaving the header out
+    neither escapes the limit nor shares one bucket with every other such
+    request.
+    """
+    if limit.header is not None:
+        name = limit.header.encode("ascii")
+        for n, v in headers:
+            if n == name:
+                return (b"h", v)
+    return source
 
 
 def retryAfter(wait: float) -> bytes:

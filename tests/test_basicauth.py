@@ -6,16 +6,20 @@ that run bcrypt off the reactor thread once per credential.
 from __future__ import annotations
 
 import base64
-from typing import Callable
+import queue
+import threading
+from typing import Any, Callable
 
 import bcrypt
 from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.basicauth import (
     BasicAuthenticator,
     checkPassword,
     parseAuthorization,
+    threadRunner,
     unauthorizedMessage,
 )
 from lbtwist.routeconfig import BasicAuth
@@ -160,3 +164,48 @@ class AuthenticatorTests(SynchronousTestCase):
         self.assertEqual(len(self.auth.known), 2)
         self.assertIsInstance(self.auth.check(basic(b"alice:a")), Deferred)
         self.assertIs(self.auth.check(basic(b"alice:c")), False)
+
+
+class CallsFromThreads:
+    """
+    The part of a reactor that threads hand results to: calls queue up
+    until the test runs them on its own thread.
+    """
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[tuple[Callable[..., object], tuple[Any, ...]]] = queue.Queue()
+
+    def callFromThread(self, f: Callable[..., object], *args: Any) -> None:
+        self.calls.put((f, args))
+
+
+class ThreadRunnerTests(SynchronousTestCase):
+    """
+    L{threadRunner} with a real thread pool.
+    """
+
+    def test_checkInAThread(self) -> None:
+        """
+        The bcrypt check runs on a pool thread, not the caller's; its
+        result arrives through the reactor's C{callFromThread}.
+        """
+        pool = ThreadPool(1, 1)
+        pool.start()
+        self.addCleanup(pool.stop)
+        reactor = CallsFromThreads()
+        threads: list[threading.Thread] = []
+
+        def check(password: bytes, hashed: bytes) -> bool:
+            threads.append(threading.current_thread())
+            return checkPassword(password, hashed)
+
+        auth = BasicAuthenticator(BasicAuth("r", "f", (("alice", HASH),)),
+                                  threadRunner(reactor, pool), check=check)  # type: ignore[arg-type]
+        d = auth.check(basic(b"alice:secret"))
+        assert isinstance(d, Deferred)
+        self.assertNoResult(d)
+        f, args = reactor.calls.get(timeout=30)
+        f(*args)
+        self.assertIs(self.successResultOf(d), True)
+        self.assertEqual(len(threads), 1)
+        self.assertIsNot(threads[0], threading.current_thread())

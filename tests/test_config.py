@@ -651,6 +651,8 @@ class RouteConfigTests(SynchronousTestCase):
              f"{r}[0].match.host", {}),
             ([{"pool": "api"}], "listeners[0].default-route",
              {"default-route": {"pool": "web"}}),
+            ([{"match": {"path": "/a"}, "pool": "api"}], "listeners[0].default-route.match",
+             {"default-route": {"match": {"path": "/b"}, "pool": "web"}}),
         ]
         for routes, where, extra in cases:
             mode = extra.pop("mode", "http")

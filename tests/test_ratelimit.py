@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.ratelimit import TokenBuckets, retryAfter
+from lbtwist.ratelimit import TokenBuckets, requestKey, retryAfter
+from lbtwist.routeconfig import RateLimit
 
 
 class FakeClock:
@@ -95,3 +96,23 @@ class TokenBucketTests(SynchronousTestCase):
         """
         self.assertEqual([retryAfter(w) for w in (0.01, 1.0, 1.2, 59.5)],
                          [b"1", b"1", b"2", b"60"])
+
+    def test_requestKey(self) -> None:
+        """
+        A request counts under its source, or its header's value; without
+        the header, under its source (which no header value can equal).
+        """
+        bySource = RateLimit(rate=1.0, burst=1)
+        byHeader = RateLimit(rate=1.0, burst=1, key="header", header="x-key")
+        headers = [(b"host", b"h"), (b"x-key", b"k1")]
+        self.assertEqual(requestKey(bySource, "10.0.0.1", headers), "10.0.0.1")
+        self.assertEqual(requestKey(byHeader, "10.0.0.1", headers), (b"h", b"k1"))
+        self.assertEqual(requestKey(byHeader, "10.0.0.1", headers[:1]), "10.0.0.1")
+
+    def test_fromConfig(self) -> None:
+        """
+        Buckets made from a route's rate-limit take its rate, burst and cap.
+        """
+        buckets = TokenBuckets.fromConfig(RateLimit(rate=0.5, burst=2, maxKeys=7), FakeClock())
+        self.assertEqual((buckets.rate, buckets.burst, buckets.maxKeys), (0.5, 2.0, 7))
+        self.assertEqual([buckets.take("a") for _ in range(3)], [0.0, 0.0, 2.0])
