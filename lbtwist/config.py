@@ -1175,6 +1175,9 @@ def _redirect(data: object, path: str) -> Redirect:
                                                                location):
         raise ConfigError(f"{path}.location", "expected a URL like "
                           f"'https://new.example.com/' or a path like '/new/', got {location!r}")
+    if keepPath and any(c in location for c in "?#"):
+        raise ConfigError(f"{path}.keep-path", "the request's path cannot be appended "
+                          f"to a location with a query or fragment ({location!r})")
     return Redirect(location=location, code=code, keepPath=keepPath)
 
 
