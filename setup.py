@@ -17,6 +17,7 @@ setup(
         "attrs>=23.1",
         "httptools>=0.6",
         "prometheus_client>=0.19",
+        "bcrypt>=4.1",
     ],
     entry_points={"console_scripts": ["lbtwist = lbtwist.ctl:main"]},
     extras_require={

@@ -11,6 +11,8 @@ Nothing here touches the network.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -18,6 +20,22 @@ import attrs
 import yaml
 
 from .endpoints import ENDPOINT_TYPES, expandAddress, parseEndpoint
+from .routeconfig import (
+    DEFAULT_REDIRECT_CODE,
+    REDIRECT_CODES,
+    BasicAuth,
+    HeaderActions,
+    HeaderMatch,
+    Match,
+    RateLimit,
+    Redirect,
+    Respond,
+    Rewrite,
+    Route,
+    TimeoutOverrides,
+    parseHtpasswd,
+    parseRate,
+)
 
 # A backend's weight is 0 (no new clients) to this; one place says so.
 MAX_WEIGHT = 256
@@ -314,9 +332,16 @@ class ListenerTLS:
 @attrs.frozen
 class ListenerConfig:
     """
-    A server endpoint that accepts clients for one pool.
+    A server endpoint that accepts clients and sends them to pools.
 
+    @ivar pool: the one pool of a listener without routes.  With routes, it
+        is the pool of C{pool:} if given, else the default route's (first)
+        pool, else the first pool a route names, else the first pool of
+        the configuration: code that knows no routes yet keeps working.
     @ivar tls: the listener's C{tls} block, if given (only on C{ssl:}).
+    @ivar routes: the routes, in order: the first that matches is taken.
+    @ivar defaultRoute: what a request no route matches gets (a C{pool:}
+        given beside C{routes:} is one); L{None}: a 404 (HTTP) or a close.
     """
 
     name: str
@@ -324,6 +349,8 @@ class ListenerConfig:
     pool: str
     mode: str = "tcp"
     tls: ListenerTLS | None = None
+    routes: tuple[Route, ...] = ()
+    defaultRoute: Route | None = None
 
     @property
     def alpn(self) -> tuple[str, ...]:
@@ -973,16 +1000,426 @@ def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> Liste
     return ListenerTLS(alpn=tuple(names))
 
 
+# -- routes ------------------------------------------------------------------
+
+_HTTP_MATCH_KEYS = ("host", "path", "path-prefix", "path-regex", "method", "header",
+                    "query", "source")
+_TCP_MATCH_KEYS = ("sni", "source")
+_ACTIONS = ("pool", "pools", "redirect", "respond")
+_HTTP_ROUTE_KEYS = ("name", "match", *_ACTIONS, "rewrite", "timeouts", "retries",
+                    "rate-limit", "auth", "request-headers", "response-headers")
+_TCP_ROUTE_KEYS = ("name", "match", "pool", "pools", "timeouts", "retries")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]{0,252})")
+MAX_ROUTE_WEIGHT = 1_000_000
+
+
+def _oneOrList(value: object, path: str) -> list[tuple[str, object]]:
+    """
+    A value given as one item or a list of items, with each item's key path.
+    """
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(path, "expected at least one value")
+        return [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    return [(path, value)]
+
+
+def _anyMapping(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {_describe(value)}")
+    return value
+
+
+def _headerName(value: object, path: str) -> str:
+    name = _string(value, path)
+    if not _TOKEN.fullmatch(name):
+        raise ConfigError(path, f"expected a header name, got {name!r}")
+    return name
+
+
+def _headerValue(value: object, path: str) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a string, got {_describe(value)}")
+    if any(c in value for c in "\r\n\0"):
+        raise ConfigError(path, "a header value may not hold CR, LF or NUL")
+    return value
+
+
+def _regex(value: object, path: str) -> str:
+    text = _string(value, path)
+    try:
+        re.compile(text)
+        re.compile(text.encode("utf-8"))  # the router matches bytes
+    except re.error as e:
+        raise ConfigError(path, f"the regular expression {text!r} does not compile: {e}") from None
+    return text
+
+
+def _urlPath(value: object, path: str) -> str:
+    text = _string(value, path)
+    if not text.startswith("/") or any(c in text for c in " \t\r\n\0?#"):
+        raise ConfigError(path, f"expected a path starting with '/', got {text!r}")
+    return text
+
+
+def _hostPatterns(value: object, path: str, what: str) -> tuple[str, ...]:
+    hosts = []
+    for where, item in _oneOrList(value, path):
+        host = _string(item, where).lower().rstrip(".")
+        if not _HOST_PATTERN.fullmatch(host):
+            raise ConfigError(where, f"expected a {what} like 'app.example.com' or "
+                                     f"'*.example.com' (no port), got {item!r}")
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def _sources(value: object, path: str) -> tuple[str, ...]:
+    nets = []
+    for where, item in _oneOrList(value, path):
+        try:
+            nets.append(str(ipaddress.ip_network(_string(item, where), strict=False)))
+        except ValueError:
+            raise ConfigError(where, f"expected an address or CIDR like '10.0.0.0/8', "
+                                     f"got {_describe(item)}") from None
+    return tuple(nets)
+
+
+def _headerMatches(value: object, path: str) -> tuple[HeaderMatch, ...]:
+    d = _anyMapping(value, path)
+    found = []
+    for name, cond in d.items():
+        where = f"{path}.{name}"
+        lower = _headerName(name, where).lower()
+        if isinstance(cond, Mapping):
+            c = _mapping(cond, where, ("regex", "present"))
+            if len(c) != 1:
+                raise ConfigError(where, "expected one of regex, present")
+            if "regex" in c:
+                found.append(HeaderMatch(lower, regex=_regex(c["regex"], f"{where}.regex")))
+            else:
+                found.append(HeaderMatch(lower, present=_boolean(c["present"],
+                                                                 f"{where}.present")))
+        else:
+            found.append(HeaderMatch(lower, value=_headerValue(cond, where)))
+    return tuple(found)
+
+
+def parseMatch(data: object, path: str, mode: str) -> Match:
+    """
+    A route's C{match:} mapping, for a listener of C{mode}.
+    """
+    if data is None:
+        return Match()
+    allowed = _HTTP_MATCH_KEYS if mode == "http" else _TCP_MATCH_KEYS
+    if isinstance(data, Mapping):
+        for key in data:
+            if key == "sni" and mode == "http":
+                raise ConfigError(f"{path}.sni", "an http listener routes on the Host "
+                                  "header: use host")
+            if key in _HTTP_MATCH_KEYS and mode == "tcp":
+                raise ConfigError(f"{path}.{key}", "a tcp listener sees no HTTP request: "
+                                  "it matches on sni and source only")
+    d = _mapping(data, path, allowed)
+    changes: dict[str, Any] = {}
+    if "host" in d:
+        changes["hosts"] = _hostPatterns(d["host"], f"{path}.host", "host name")
+    if "sni" in d:
+        changes["sni"] = _hostPatterns(d["sni"], f"{path}.sni", "server name")
+    if "path" in d:
+        changes["path"] = _urlPath(d["path"], f"{path}.path")
+    if "path-prefix" in d:
+        changes["pathPrefix"] = _urlPath(d["path-prefix"], f"{path}.path-prefix")
+    if "path-regex" in d:
+        changes["pathRegex"] = _regex(d["path-regex"], f"{path}.path-regex")
+    if "method" in d:
+        methods = []
+        for where, item in _oneOrList(d["method"], f"{path}.method"):
+            method = _string(item, where)
+            if not _TOKEN.fullmatch(method):
+                raise ConfigError(where, f"expected a method like GET, got {method!r}")
+            methods.append(method.upper())
+        changes["methods"] = tuple(methods)
+    if "header" in d:
+        changes["headers"] = _headerMatches(d["header"], f"{path}.header")
+    if "query" in d:
+        q = _anyMapping(d["query"], f"{path}.query")
+        changes["query"] = tuple(
+            (_string(k, f"{path}.query"), _headerValue(v, f"{path}.query.{k}"))
+            for k, v in q.items())
+    if "source" in d:
+        changes["sources"] = _sources(d["source"], f"{path}.source")
+    return Match(**changes)
+
+
+def _redirect(data: object, path: str) -> Redirect:
+    d = _mapping(data, path, ("location", "scheme", "code", "keep-path"))
+    given = [k for k in ("location", "scheme") if k in d]
+    if len(given) != 1:
+        raise ConfigError(path, "expected exactly one of location, scheme")
+    code = _integer(d.get("code", DEFAULT_REDIRECT_CODE), f"{path}.code", 300, 399)
+    if code not in REDIRECT_CODES:
+        raise ConfigError(f"{path}.code",
+                          f"expected one of {', '.join(map(str, REDIRECT_CODES))}, got {code}")
+    keepPath = _boolean(d.get("keep-path", False), f"{path}.keep-path")
+    if "scheme" in d:
+        if "keep-path" in d:
+            raise ConfigError(f"{path}.keep-path",
+                              "a scheme redirect always keeps the path and query")
+        return Redirect(scheme=_choice(d["scheme"], f"{path}.scheme", ("http", "https")),
+                        code=code)
+    location = _string(d["location"], f"{path}.location")
+    if any(c in location for c in " \t\r\n\0") or not re.match(r"(https?://[^/?#]+|/)",
+                                                               location):
+        raise ConfigError(f"{path}.location", "expected a URL like "
+                          f"'https://new.example.com/' or a path like '/new/', got {location!r}")
+    if keepPath and any(c in location for c in "?#"):
+        raise ConfigError(f"{path}.keep-path", "the request's path cannot be appended "
+                          f"to a location with a query or fragment ({location!r})")
+    return Redirect(location=location, code=code, keepPath=keepPath)
+
+
+def _respond(data: object, path: str) -> Respond:
+    d = _mapping(data, path, ("status", "body", "headers"))
+    if "status" not in d:
+        raise ConfigError(f"{path}.status", "required (an HTTP status like 403)")
+    body = d.get("body", "")
+    if not isinstance(body, str):
+        raise ConfigError(f"{path}.body", f"expected a string, got {_describe(body)}")
+    h = _anyMapping(d.get("headers", {}), f"{path}.headers")
+    return Respond(
+        status=_integer(d["status"], f"{path}.status", 200, 599),
+        body=body,
+        headers=tuple((_headerName(k, f"{path}.headers.{k}"),
+                       _headerValue(v, f"{path}.headers.{k}")) for k, v in h.items()),
+    )
+
+
+def _pools(data: object, path: str, poolNames: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(path, f"expected a mapping of pool names to weights, "
+                                f"got {_describe(data)}")
+    split = []
+    for name, weight in data.items():
+        where = f"{path}.{name}"
+        if name not in poolNames:
+            raise ConfigError(where, f"no pool named {name!r}")
+        split.append((name, _integer(weight, where, 0, MAX_ROUTE_WEIGHT)))
+    if sum(w for _, w in split) == 0:
+        raise ConfigError(path, "the weights add up to 0: no pool would be chosen")
+    return tuple(split)
+
+
+def _rewrite(data: object, path: str) -> Rewrite:
+    d = _mapping(data, path, ("strip-prefix", "prefix"))
+    if not d:
+        raise ConfigError(path, "expected strip-prefix or prefix")
+    strip = None
+    if "strip-prefix" in d:
+        strip = _urlPath(d["strip-prefix"], f"{path}.strip-prefix").rstrip("/")
+        if not strip:
+            raise ConfigError(f"{path}.strip-prefix", "stripping '/' changes nothing")
+    prefix = None
+    if "prefix" in d:
+        prefix = _urlPath(d["prefix"], f"{path}.prefix").rstrip("/") or None
+    return Rewrite(stripPrefix=strip, prefix=prefix)
+
+
+def _rateLimit(data: object, path: str) -> RateLimit:
+    d = _mapping(data, path, ("key", "rate", "burst", "max-keys"))
+    if "rate" not in d:
+        raise ConfigError(f"{path}.rate", "required (like '100/s' or '30/m')")
+    try:
+        rate = parseRate(_string(d["rate"], f"{path}.rate"))
+    except ValueError as e:
+        raise ConfigError(f"{path}.rate", str(e)) from None
+    key = _string(d.get("key", "source"), f"{path}.key")
+    header = None
+    if key.startswith("header:"):
+        header = _headerName(key[len("header:"):], f"{path}.key").lower()
+        key = "header"
+    elif key != "source":
+        raise ConfigError(f"{path}.key", f"expected source or header:NAME, got {key!r}")
+    return RateLimit(
+        rate=rate,
+        burst=_integer(d.get("burst", max(1, math.ceil(rate))), f"{path}.burst", 1, 10**9),
+        key=key,
+        header=header,
+        maxKeys=_integer(d.get("max-keys", 100000), f"{path}.max-keys", 1, 10**8),
+    )
+
+
+def _auth(data: object, path: str, readFile: Callable[[str], bytes]) -> BasicAuth:
+    d = _mapping(data, path, ("basic",))
+    if "basic" not in d:
+        raise ConfigError(f"{path}.basic", "required (realm and users)")
+    b = _mapping(d["basic"], f"{path}.basic", ("realm", "users"))
+    realm = _headerValue(b.get("realm", "lbtwist"), f"{path}.basic.realm")
+    if '"' in realm or "\\" in realm:
+        raise ConfigError(f"{path}.basic.realm", "a realm may not hold '\"' or '\\'")
+    usersFile = _string(b.get("users"), f"{path}.basic.users")
+    try:
+        data = readFile(usersFile)
+    except OSError as e:
+        raise ConfigError(f"{path}.basic.users",
+                          f"cannot read htpasswd file {usersFile!r}: {e.strerror}") from None
+    try:
+        users = parseHtpasswd(data, usersFile)
+    except ValueError as e:
+        raise ConfigError(f"{path}.basic.users", str(e)) from None
+    if not users:
+        raise ConfigError(f"{path}.basic.users", f"htpasswd file {usersFile!r} has no users")
+    return BasicAuth(realm=realm, usersFile=usersFile, users=users)
+
+
+def _headerActions(data: object, path: str) -> HeaderActions:
+    d = _mapping(data, path, ("set", "add", "remove"))
+
+    def pairs(key: str) -> tuple[tuple[str, str], ...]:
+        m = d.get(key) or {}
+        if not isinstance(m, Mapping):
+            raise ConfigError(f"{path}.{key}", f"expected a mapping, got {_describe(m)}")
+        return tuple((_headerName(k, f"{path}.{key}.{k}"),
+                      _headerValue(v, f"{path}.{key}.{k}")) for k, v in m.items())
+
+    remove = d.get("remove") or []
+    return HeaderActions(
+        set=pairs("set"), add=pairs("add"),
+        remove=tuple(_headerName(n, where)
+                     for where, n in _oneOrList(remove, f"{path}.remove")) if remove else (),
+    )
+
+
+def _routeTimeouts(data: object, path: str, mode: str) -> TimeoutOverrides:
+    keys = ("connect", "idle", "response", "request") if mode == "http" else ("connect", "idle")
+    t = _mapping(data, path, keys)
+    return TimeoutOverrides(**{k: parseSeconds(t[k], f"{path}.{k}") for k in keys if k in t})
+
+
+# The parts of a route parsed from their value and key path alone, by key,
+# with the Route attribute each gives.
+_ROUTE_PARTS: dict[str, tuple[str, Callable[[object, str], object]]] = {
+    "redirect": ("redirect", _redirect),
+    "respond": ("respond", _respond),
+    "rewrite": ("rewrite", _rewrite),
+    "rate-limit": ("rateLimit", _rateLimit),
+    "request-headers": ("requestHeaders", _headerActions),
+    "response-headers": ("responseHeaders", _headerActions),
+}
+
+
+def parseRoute(data: object, path: str, mode: str, poolNames: Sequence[str],
+               readFile: Callable[[str], bytes], name: str | None = None) -> Route:
+    """
+    One route of a listener of C{mode}; C{name} is its name unless it gives
+    one.  A default route (C{name} given) has no C{match}.
+    """
+    allowed = _HTTP_ROUTE_KEYS if mode == "http" else _TCP_ROUTE_KEYS
+    if isinstance(data, Mapping) and mode == "tcp":
+        for key in data:
+            if key in _HTTP_ROUTE_KEYS and key not in allowed:
+                raise ConfigError(f"{path}.{key}", "only an http listener has this; a tcp "
+                                  "route sends to pool or pools")
+    d = _mapping(data, path, allowed if name is None else tuple(
+        k for k in allowed if k != "match"))
+    actions = [k for k in _ACTIONS if k in d]
+    if len(actions) != 1:
+        raise ConfigError(path, f"expected exactly one of {', '.join(a for a in _ACTIONS if a in allowed)}"
+                          + (f" (got {', '.join(actions)})" if actions else ""))
+    changes: dict[str, Any] = {}
+    if "pool" in d:
+        pool = _string(d["pool"], f"{path}.pool")
+        if pool not in poolNames:
+            raise ConfigError(f"{path}.pool", f"no pool named {pool!r}")
+        changes["pool"] = pool
+    if "pools" in d:
+        changes["pools"] = _pools(d["pools"], f"{path}.pools", poolNames)
+    for key, (attr, parse) in _ROUTE_PARTS.items():
+        if key in d:
+            changes[attr] = parse(d[key], f"{path}.{key}")
+    if "timeouts" in d:
+        changes["timeouts"] = _routeTimeouts(d["timeouts"], f"{path}.timeouts", mode)
+    if "retries" in d:
+        changes["retries"] = _integer(d["retries"], f"{path}.retries", 0, 100)
+    if "auth" in d:
+        changes["auth"] = _auth(d["auth"], f"{path}.auth", readFile)
+    return Route(
+        name=_name(d.get("name", name), f"{path}.name"),
+        match=parseMatch(d.get("match"), f"{path}.match", mode),
+        **changes,
+    )
+
+
+def readFileBytes(path: str) -> bytes:
+    """
+    The whole content of a file (htpasswd files are read with this unless
+    another reader is given).
+    """
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
+                readFile: Callable[[str], bytes] = readFileBytes) -> tuple[Route, ...]:
+    """
+    A listener's C{routes:} list, checked whole: names unique, no route
+    after one that matches everything (it could never be taken).  The admin
+    API validates a replacement list with this too.
+    """
+    routes: list[Route] = []
+    for i, item in enumerate(_list(data, path)):
+        where = f"{path}[{i}]"
+        if isinstance(item, Mapping) and "name" not in item:
+            item = {**item, "name": f"route{i}"}
+        route = parseRoute(item, where, mode, poolNames, readFile)
+        for j, earlier in enumerate(routes):
+            if earlier.match.catchAll:
+                raise ConfigError(where, f"unreachable: route {earlier.name!r} at "
+                                  f"{path}[{j}] matches every request before it")
+        routes.append(route)
+    _unique(routes, lambda r: r.name, path, "route")
+    return tuple(routes)
+
+
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
     "resolvers",
 )
 
 
-def parseConfig(data: object) -> Config:
+def _listenerRoutes(ld: Mapping[str, Any], path: str, mode: str, poolNames: Sequence[str],
+                    readFile: Callable[[str], bytes]) -> tuple[tuple[Route, ...], Route | None]:
+    """
+    A listener's routes and default route; a C{pool:} beside C{routes:} is
+    the default route's pool.
+    """
+    routes = (parseRoutes(ld["routes"], f"{path}.routes", mode, poolNames, readFile)
+              if "routes" in ld else ())
+    if "default-route" in ld:
+        if "pool" in ld:
+            raise ConfigError(f"{path}.default-route",
+                              "give pool or default-route, not both (pool is the default "
+                              "route's pool)")
+        if routes and routes[-1].match.catchAll:
+            raise ConfigError(f"{path}.default-route", f"unreachable: route "
+                              f"{routes[-1].name!r} matches every request before it")
+        return routes, parseRoute(ld["default-route"], f"{path}.default-route", mode,
+                                  poolNames, readFile, name="default")
+    if routes and "pool" in ld:
+        pool = _string(ld["pool"], f"{path}.pool")
+        if pool not in poolNames:
+            raise ConfigError(f"{path}.pool", f"no pool named {pool!r}")
+        return routes, Route(name="default", pool=pool)
+    return routes, None
+
+
+def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) -> Config:
     """
     Validate plain data (as loaded from YAML) into a L{Config}.
 
+    @param readFile: reads a file a route names (an htpasswd file).
     @raise ConfigError: naming the first problem found.
     """
     d = _mapping(data if data is not None else {}, "", TOP_KEYS)
@@ -998,23 +1435,33 @@ def parseConfig(data: object) -> Config:
     listeners = []
     for i, item in enumerate(_list(d.get("listeners", []), "listeners")):
         path = f"listeners[{i}]"
-        ld = _mapping(item, path, ("name", "listen", "pool", "mode", "tls"))
+        ld = _mapping(item, path, ("name", "listen", "pool", "mode", "tls", "routes",
+                                   "default-route"))
         endpoint = validateEndpoint(ld.get("listen"), f"{path}.listen", server=True)
+        mode = _choice(ld.get("mode", "tcp"), f"{path}.mode", MODES)
+        poolNames = [p.name for p in pools]
+        routes, defaultRoute = _listenerRoutes(ld, path, mode, poolNames, readFile)
         if "pool" in ld:
             poolName = _string(ld["pool"], f"{path}.pool")
+        elif defaultRoute is not None:
+            poolName = defaultRoute.poolNames[0] if defaultRoute.poolNames else poolNames[0]
+        elif routes:
+            named = [n for r in routes for n in r.poolNames]
+            poolName = named[0] if named else poolNames[0]
         elif len(pools) == 1:
             poolName = pools[0].name
         else:
             raise ConfigError(f"{path}.pool", "required when there are several pools")
-        if poolName not in {p.name for p in pools}:
+        if poolName not in poolNames:
             raise ConfigError(f"{path}.pool", f"no pool named {poolName!r}")
-        mode = _choice(ld.get("mode", "tcp"), f"{path}.mode", MODES)
         listeners.append(
             ListenerConfig(
                 name=_name(ld.get("name", f"listener{i}"), f"{path}.name"),
                 endpoint=endpoint,
                 pool=poolName,
                 mode=mode,
+                routes=routes,
+                defaultRoute=defaultRoute,
                 tls=(
                     None if ld.get("tls") is None
                     else parseListenerTLS(ld["tls"], f"{path}.tls", endpoint, mode)
@@ -1026,15 +1473,19 @@ def parseConfig(data: object) -> Config:
     _unique(listeners, lambda x: x.name, "listeners", "listener")
     byName = {p.name: p for p in pools}
     for listener in listeners:
-        sticky = byName[listener.pool].sticky
-        if listener.mode == "tcp" and sticky is not None:
-            # A TCP listener sees no cookies or headers: say so rather than
-            # ignore the setting.
-            raise ConfigError(
-                f"pools.{listener.pool}.sticky",
-                f"{sticky.kind} stickiness needs http mode, but listener "
-                f"{listener.name!r} is tcp (for TCP, use policy: source)",
-            )
+        used = {listener.pool} | {
+            n for r in (*listener.routes, *filter(None, [listener.defaultRoute]))
+            for n in r.poolNames}
+        for poolName in sorted(used):
+            sticky = byName[poolName].sticky
+            if listener.mode == "tcp" and sticky is not None:
+                # A TCP listener sees no cookies or headers: say so rather
+                # than ignore the setting.
+                raise ConfigError(
+                    f"pools.{poolName}.sticky",
+                    f"{sticky.kind} stickiness needs http mode, but listener "
+                    f"{listener.name!r} is tcp (for TCP, use policy: source)",
+                )
     admin = d.get("admin")
     return Config(
         listeners=tuple(listeners),

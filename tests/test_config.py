@@ -528,3 +528,144 @@ class BackupAndSlowStartTests(SynchronousTestCase):
             "pools.web.backends[0].slow-start: expected a duration from 0 to 3600 "
             "seconds (a number, or a string like '250ms' or '5s'), got 7200.0",
         )
+
+
+HASH = b"$2b$04$5bk1BJ9KnRgQjwO/U0PIkuLg6bdG9NbEjkfUC0BxqQ9z3RUxb2lrC"
+
+
+def routed(routes: Any, mode: str = "http", **listener: Any) -> dict[str, Any]:
+    """
+    A configuration of two pools and one listener with C{routes}.
+    """
+    return {
+        "pools": {"api": {"backends": ["127.0.0.1:1"]}, "web": {"backends": ["127.0.0.1:2"]}},
+        "listeners": [{"listen": "tcp:8080", "mode": mode, "routes": routes, **listener}],
+    }
+
+
+def readFile(path: str) -> bytes:
+    """
+    A fake file system holding one htpasswd file.
+    """
+    if path == "users.htpasswd":
+        return b"# staff\nalice:" + HASH + b"\n\n"
+    if path == "md5.htpasswd":
+        return b"alice:" + HASH + b"\nbob:$apr1$abc$def\n"
+    raise FileNotFoundError(2, "No such file or directory")
+
+
+class RouteConfigTests(SynchronousTestCase):
+    """
+    A listener's C{routes:} and C{default-route:}.
+    """
+
+    def test_issueExample(self) -> None:
+        """
+        The routes of the issue's example parse into their values.
+        """
+        config = parseConfig(routed([
+            {"name": "api", "match": {"host": "API.example.com", "path-prefix": "/v1/"},
+             "pool": "api", "timeouts": {"response": "5s"}, "retries": 1},
+            {"name": "static", "match": {"host": "*.example.com", "path-regex": "^/static/",
+                                         "method": ["GET", "head"]},
+             "pool": "web", "rewrite": {"strip-prefix": "/static/"}},
+            {"name": "old", "match": {"path-prefix": "/old/"},
+             "redirect": {"location": "https://new.example.com/", "code": 308}},
+            {"name": "internal", "match": {"source": ["10.0.0.0/8", "::1"],
+                                           "header": {"X-Admin": "1"}},
+             "respond": {"status": 403, "body": "forbidden\n"}},
+            {"name": "web", "pools": {"web": 95, "api": 5},
+             "rate-limit": {"key": "header:X-Key", "rate": "30/m", "burst": 5},
+             "auth": {"basic": {"realm": "staff", "users": "users.htpasswd"}},
+             "request-headers": {"set": {"X-Env": "prod"}, "add": {}, "remove": ["X-Debug"]},
+             "response-headers": {"set": {"Strict-Transport-Security": "max-age=63072000"}}},
+        ]), readFile)
+        (listener,) = config.listeners
+        api, static, old, internal, web = listener.routes
+        self.assertEqual(api.match.hosts, ("api.example.com",))
+        self.assertEqual((api.timeouts.response, api.retries), (5.0, 1))  # type: ignore[union-attr]
+        self.assertEqual(static.match.methods, ("GET", "HEAD"))
+        self.assertEqual(static.rewrite.stripPrefix, "/static")  # type: ignore[union-attr]
+        self.assertEqual(old.redirect.code, 308)  # type: ignore[union-attr]
+        self.assertEqual(internal.match.sources, ("10.0.0.0/8", "::1/128"))
+        self.assertEqual(web.pools, (("web", 95), ("api", 5)))
+        self.assertEqual((web.rateLimit.rate, web.rateLimit.header),  # type: ignore[union-attr]
+                         (0.5, "x-key"))
+        self.assertEqual(web.auth.users, (("alice", HASH),))  # type: ignore[union-attr]
+        self.assertEqual(listener.pool, "api")
+        self.assertIsNone(listener.defaultRoute)
+
+    def test_poolIsDefault(self) -> None:
+        """
+        A pool beside routes is the default route's pool; a default-route
+        may be any action.
+        """
+        config = parseConfig(routed([{"match": {"path": "/a"}, "pool": "api"}], pool="web"))
+        self.assertEqual(config.listeners[0].defaultRoute.pool, "web")  # type: ignore[union-attr]
+        self.assertEqual(config.listeners[0].routes[0].name, "route0")
+        config = parseConfig(routed([{"match": {"path": "/a"}, "pool": "api"}],
+                                    **{"default-route": {"respond": {"status": 410}}}))
+        self.assertEqual(config.listeners[0].defaultRoute.respond.status,  # type: ignore[union-attr]
+                         410)
+
+    def test_tcp(self) -> None:
+        """
+        A TCP listener routes on sni and source.
+        """
+        config = parseConfig(routed([{"match": {"sni": "DB.example.com"}, "pool": "api"}],
+                                    mode="tcp", pool="web"))
+        self.assertEqual(config.listeners[0].routes[0].match.sni, ("db.example.com",))
+
+    def test_errors(self) -> None:
+        """
+        Each mistake is refused with the key path named.
+        """
+        r = "listeners[0].routes"
+        cases: list[tuple[Any, str, dict[str, Any]]] = [
+            ([{"match": {"path-regex": "(["}, "pool": "api"}], f"{r}[0].match.path-regex", {}),
+            ([{"pool": "nope"}], f"{r}[0].pool", {}),
+            ([{"pools": {"api": 1, "nope": 1}}], f"{r}[0].pools.nope", {}),
+            ([{"pool": "api"}, {"pool": "web"}], f"{r}[1]", {}),
+            ([{"match": {"paths": "/"}, "pool": "api"}], f"{r}[0].match.paths", {}),
+            ([{"pool": "api", "rate-limit": {"rate": "0/s"}}], f"{r}[0].rate-limit.rate", {}),
+            ([{"pools": {"api": 0, "web": 0}}], f"{r}[0].pools", {}),
+            ([{"name": "a", "match": {"path": "/a"}, "pool": "api"},
+              {"name": "a", "match": {"path": "/b"}, "pool": "api"}], f"{r}[1].name", {}),
+            ([{"match": {"sni": "a.example.com"}, "pool": "api"}], f"{r}[0].match.sni", {}),
+            ([{"match": {"path": "/a"}, "pool": "api"}], f"{r}[0].match.path",
+             {"mode": "tcp"}),
+            ([{"redirect": {"scheme": "https"}}], f"{r}[0].redirect", {"mode": "tcp"}),
+            ([{"pool": "api", "auth": {"basic": {"users": "missing.htpasswd"}}}],
+             f"{r}[0].auth.basic.users", {}),
+            ([{"pool": "api", "auth": {"basic": {"users": "md5.htpasswd"}}}],
+             f"{r}[0].auth.basic.users", {}),
+            ([{"pool": "api", "redirect": {"scheme": "https"}}], f"{r}[0]", {}),
+            ([{"match": {}}], f"{r}[0]", {}),
+            ([{"redirect": {"scheme": "https", "code": 300}}], f"{r}[0].redirect.code", {}),
+            ([{"redirect": {"location": "https://a/?x=1", "keep-path": True}}],
+             f"{r}[0].redirect.keep-path", {}),
+            ([{"redirect": {"location": "new.example.com"}}], f"{r}[0].redirect.location", {}),
+            ([{"pool": "api", "request-headers": {"set": {"X-A": "a\r\nb"}}}],
+             f"{r}[0].request-headers.set.X-A", {}),
+            ([{"pool": "api", "request-headers": {"set": {"X A": "a"}}}],
+             f"{r}[0].request-headers.set.X A", {}),
+            ([{"match": {"source": "10.0.0.0/33"}, "pool": "api"}], f"{r}[0].match.source", {}),
+            ([{"match": {"host": "a.example.com:80"}, "pool": "api"}],
+             f"{r}[0].match.host", {}),
+            ([{"pool": "api"}], "listeners[0].default-route",
+             {"default-route": {"pool": "web"}}),
+            ([{"match": {"path": "/a"}, "pool": "api"}], "listeners[0].default-route.match",
+             {"default-route": {"match": {"path": "/b"}, "pool": "web"}}),
+        ]
+        for routes, where, extra in cases:
+            mode = extra.pop("mode", "http")
+            with self.assertRaises(ConfigError, msg=where) as e:
+                parseConfig(routed(routes, mode=mode, **extra), readFile)
+            self.assertEqual(e.exception.path, where, str(e.exception))
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(routed([{"pool": "api", "auth": {"basic": {"users": "md5.htpasswd"}}}]),
+                        readFile)
+        self.assertIn("md5.htpasswd line 2", str(e.exception))
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(routed([{"match": {"sni": "a"}, "pool": "api"}]))
+        self.assertIn("use host", str(e.exception))

@@ -22,7 +22,8 @@ PACKAGE = Path(lbtwist.__file__).parent
 SANS_IO = {
     "lbtwist.config", "lbtwist.endpoints", "lbtwist.policies", "lbtwist.pool",
     "lbtwist.state", "lbtwist.status", "lbtwist.diff", "lbtwist.http._plan",
-    "lbtwist.http._errors",
+    "lbtwist.http._errors", "lbtwist.routeconfig", "lbtwist.routing", "lbtwist.ratelimit",
+    "lbtwist.sni",
 }
 
 # Modules only the entry points (the plugin, lb.tac) may import.
