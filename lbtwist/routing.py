@@ -597,3 +597,63 @@ class RouteTable:
             candidates = self._hostless
         found = candidates.match(facts)
         return self.default if found is None else found
+
+
+# -- what a route did --------------------------------------------------------
+
+# The upper bounds (seconds) of the buckets of a route's request-duration
+# histogram, as Prometheus's client uses by default.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                    7.5, 10.0)
+
+
+class RouteCounters:
+    """
+    What one route of a listener did, for the metrics, the admin API and
+    the dashboard.  Counted on the hot path: plain attributes, one bisect
+    per request.
+
+    @ivar name: the route's name.
+    @ivar responses: responses (HTTP) by status class (C{"2xx"}...);
+        connections (TCP) under C{"tcp"}.
+    @ivar rateLimited: requests refused by the route's rate limit.
+    @ivar buckets: requests per duration bucket (not cumulative), the last
+        for those over every bound.
+    @ivar durationSum: the durations counted, summed (seconds).
+    """
+
+    __slots__ = ("buckets", "durationSum", "name", "rateLimited", "responses")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.responses: dict[str, int] = {}
+        self.rateLimited = 0
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.durationSum = 0.0
+
+    def count(self, statusClass: str, duration: float) -> None:
+        """
+        Count one answered request (or closed connection) and its duration.
+        """
+        responses = self.responses
+        responses[statusClass] = responses.get(statusClass, 0) + 1
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+        self.durationSum += duration
+
+    @property
+    def requests(self) -> int:
+        """
+        Requests (or connections) counted, over every class.
+        """
+        return sum(self.responses.values())
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """
+        The histogram as Prometheus gives it: C{(upper bound, requests at or
+        under it)}, the last bound C{inf}.
+        """
+        total, out = 0, []
+        for bound, n in zip((*DURATION_BUCKETS, float("inf")), self.buckets):
+            total += n
+            out.append((bound, total))
+        return out

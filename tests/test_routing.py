@@ -340,3 +340,27 @@ class ActionTests(SynchronousTestCase):
                                         False).startswith(
             b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://a/\r\n"))
         self.assertTrue(notFoundMessage(False).startswith(b"HTTP/1.1 404 Not Found\r\n"))
+
+
+class RouteCountersTests(SynchronousTestCase):
+    """
+    L{RouteCounters} counts answers by class and durations by bucket.
+    """
+
+    def test_counts(self) -> None:
+        """
+        Each answer lands in its class and in the first bucket whose bound
+        it does not exceed; the cumulative view ends at +Inf with the total.
+        """
+        from lbtwist.routing import DURATION_BUCKETS, RouteCounters
+
+        c = RouteCounters("api")
+        for cls, duration in [("2xx", 0.001), ("2xx", 0.005), ("5xx", 0.3), ("2xx", 99.0)]:
+            c.count(cls, duration)
+        self.assertEqual(c.responses, {"2xx": 3, "5xx": 1})
+        self.assertEqual(c.requests, 4)
+        cumulative = c.cumulative()
+        self.assertEqual(cumulative[0], (DURATION_BUCKETS[0], 2))
+        self.assertEqual(dict(cumulative)[0.5], 3)
+        self.assertEqual(cumulative[-1], (float("inf"), 4))
+        self.assertAlmostEqual(c.durationSum, 99.306)
