@@ -32,12 +32,16 @@ FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerF
 
 
 def _tcpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
-    return TCPProxyFactory(
+    factory = TCPProxyFactory(
         pool,
         lb.reactor,
         BackendConnector(pool, lb.reactor, lb.dialler),
         pool.config.timeouts.idle,
+        pools=lb.pools,
     )
+    if listener.routes or listener.defaultRoute is not None:
+        factory.setRoutes(listener.routes, listener.defaultRoute)
+    return factory
 
 
 def _httpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
