@@ -1119,7 +1119,7 @@ def parseMatch(data: object, path: str, mode: str) -> Match:
             if key == "sni" and mode == "http":
                 raise ConfigError(f"{path}.sni", "an http listener routes on the Host "
                                   "header: use host")
-            if key in _HTTP_MATCH_KEYS and mode == "tcp":
+            if key in _HTTP_MATCH_KEYS and key not in _TCP_MATCH_KEYS and mode == "tcp":
                 raise ConfigError(f"{path}.{key}", "a tcp listener sees no HTTP request: "
                                   "it matches on sni and source only")
     d = _mapping(data, path, allowed)

@@ -104,18 +104,28 @@ def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolC
     )
 
 
+def routeChanges(new: Config, old: Config) -> list[str]:
+    """
+    The names of the listeners whose routes (or default route) differ
+    between two configurations.
+    """
+    before = {x.name: (x.routes, x.defaultRoute) for x in old.listeners}
+    return [x.name for x in new.listeners
+            if x.name in before and before[x.name] != (x.routes, x.defaultRoute)]
+
+
 def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     """
     What of a newly read configuration a running balancer can take on:
-    C{new}, with the listeners, the set of pools and the settings that only
-    change with a restart kept as they run, and the names of those that
-    differ.  An admin token read from the environment at start stays when
+    C{new}, with the listeners (but their routes, which change live), the
+    set of pools and the settings that only change with a restart kept as
+    they run, and the names of those that differ.  An admin token read from the environment at start stays when
     the file gives none.
     """
     differ = []
-    if [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] != [
-        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners
-    ]:
+    sameListeners = [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] == [
+        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners]
+    if not sameListeners:
         differ.append("listeners")
     runningPools = {p.name: p for p in running.pools}
     newPools = {p.name: p for p in new.pools}
@@ -132,7 +142,10 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     )
     kept = attrs.evolve(
         new,
-        listeners=running.listeners,
+        listeners=(
+            tuple(attrs.evolve(was, routes=now.routes, defaultRoute=now.defaultRoute)
+                  for was, now in zip(running.listeners, new.listeners))
+            if sameListeners else running.listeners),
         pools=pools,
         statusInterval=running.statusInterval,
         admin=running.admin,

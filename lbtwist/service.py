@@ -16,7 +16,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from .accesslog import AccessLogFile
-from .config import Config, ListenerConfig
+from .config import Config, ListenerConfig, PoolConfig
 from .connect import BackendConnector
 from .dial import Dialler
 from .discovery import PoolDiscovery, makeResolver
@@ -232,6 +232,7 @@ class LoadBalancer(MultiService):
         self.config = config
         self.reactor = reactor
         self.dialler = Dialler(reactor)
+        self._rng = rng
         self.pools = {p.name: BackendPool(p, rng, reactor.seconds) for p in config.pools}
         self.factories: dict[str, ServerFactory] = {}
         self.limit = ConnectionLimit(config.maxconn) if config.maxconn else None
@@ -262,21 +263,66 @@ class LoadBalancer(MultiService):
         from .http import HTTPProbe
 
         self.probes["http"] = HTTPProbe(self.dialler)
-        for pool in self.pools.values():
-            HealthMonitor(pool, self.probes, reactor).setServiceParent(self)
-        # After the monitors, so that they see the first discovered backends.
+        self.monitors: dict[str, HealthMonitor] = {}
         self.discoveries: dict[str, PoolDiscovery] = {}
+        self._resolver = resolver
+        self._drain = drain
         for pool in self.pools.values():
-            discovery = pool.config.discovery
-            if discovery is not None:
-                if resolver is None:
-                    resolver = makeResolver(config.resolvers, reactor)
-                self.discoveries[pool.name] = PoolDiscovery(
-                    pool, discovery, resolver, reactor, drain)
-                self.discoveries[pool.name].setServiceParent(self)
+            self._monitor(pool)
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
         self.reporter.setServiceParent(self)
+
+    def _monitor(self, pool: BackendPool) -> None:
+        """
+        Start checking C{pool}'s backends (now if the balancer is running,
+        else when it starts), and discovering them if it says how.
+        """
+        self.monitors[pool.name] = HealthMonitor(pool, self.probes, self.reactor)
+        self.monitors[pool.name].setServiceParent(self)
+        # After the monitor, so that it sees the first discovered backends.
+        discovery = pool.config.discovery
+        if discovery is not None:
+            if self._resolver is None:
+                self._resolver = makeResolver(self.config.resolvers, self.reactor)
+            self.discoveries[pool.name] = PoolDiscovery(
+                pool, discovery, self._resolver, self.reactor, self._drain)
+            self.discoveries[pool.name].setServiceParent(self)
+
+    def addPool(self, config: PoolConfig) -> BackendPool:
+        """
+        Add a pool at run time: routes may send to it at once; its health
+        checks (and discovery) start now.
+
+        @raise KeyError: there is a pool of that name already.
+        """
+        if config.name in self.pools:
+            raise KeyError(config.name)
+        pool = self.pools[config.name] = BackendPool(config, self._rng, self.reactor.seconds)
+        self._monitor(pool)
+        self.log.info("pool {pool} added with {count} backends", pool=config.name,
+                      count=len(pool))
+        return pool
+
+    def removePool(self, name: str) -> BackendPool:
+        """
+        Remove a pool no listener or route uses any more: its health checks
+        and discovery stop and the listeners close their idle connections to
+        it.  Its connections in flight are the caller's to drain.
+
+        @raise KeyError: there is no pool of that name.
+        """
+        pool = self.pools.pop(name)
+        for services in (self.monitors, self.discoveries):
+            service = services.pop(name, None)
+            if service is not None:
+                service.disownServiceParent()
+        for factory in self.factories.values():
+            forget = getattr(factory, "forgetPool", None)
+            if forget is not None:
+                forget(name)
+        self.log.info("pool {pool} removed", pool=name)
+        return pool
 
     def reopenAccessLogs(self) -> None:
         """

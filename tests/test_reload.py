@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -502,3 +503,83 @@ class ReloadUnderLoadTests(TestCase):
         self.assertEqual(live.reloads, 6)
         total = sum(b.total for b in lb.pools["web"]) + sum(b.total for b in live.draining)
         self.assertLessEqual(total, sum(served))
+
+
+class RecordingFactory:
+    """
+    A listener factory that records the routes it is given.
+    """
+
+    def __init__(self) -> None:
+        self.given: list[tuple[tuple[str, ...], str | None]] = []
+
+    def setRoutes(self, routes: Any, default: Any) -> None:
+        """
+        Record the route names (and the default route's pool).
+        """
+        self.given.append((tuple(r.name for r in routes),
+                           None if default is None else default.pool))
+
+
+def routedOf(routes: list[dict[str, Any]], pools: tuple[str, ...] = ("web", "api")) -> Config:
+    """
+    A configuration with a tcp listener C{front} of C{routes} and pools.
+    """
+    return parseConfig({
+        "listeners": [{"name": "front", "listen": "tcp:0", "pool": "web", "routes": routes}],
+        "pools": {name: {"backends": [{"name": "a", "endpoint": "tcp:host=h:port=1"}]}
+                  for name in pools},
+    })
+
+
+class RouteReloadTests(SynchronousTestCase):
+    """
+    C{SIGHUP} (a reload) applies the file's route changes live.
+    """
+
+    def setUp(self) -> None:
+        self.factory = RecordingFactory()
+        self.balancer = SimpleNamespace(factories={"front": self.factory})
+        self.t = Live(self, routedOf([{"name": "db", "match": {"sni": "db.example"},
+                                       "pool": "api"}]))
+        self.t.live.balancer = self.balancer
+        self.t.live.appliedRoutes = {
+            x.name: (x.routes, x.defaultRoute) for x in self.t.live.fileConfig.listeners}
+
+    def test_fileRoutesApplied(self) -> None:
+        """
+        Routes changed in the file reach the listener's factory; a reload
+        that changes none gives it nothing.
+        """
+        self.t.next = routedOf([{"name": "db2", "match": {"sni": "db.example"}, "pool": "api"}])
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(self.factory.given, [(("db2",), "web")])
+        self.assertEqual(self.t.live.restartNeeded, [])
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(len(self.factory.given), 1)
+
+    def test_fileWinsOverAPI(self) -> None:
+        """
+        Routes set through the API stay over a reload that leaves the
+        file's routes as they were, and give way when the file changes them.
+        """
+        self.t.live.setRoutes("front", [{"name": "api", "pool": "api"}])
+        self.assertEqual(self.factory.given, [(("api",), "web")])
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(self.t.live.listener("front").routes[0].name, "api")
+        self.t.next = routedOf([{"name": "new", "match": {"sni": "n.example"}, "pool": "web"}])
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(self.factory.given[-1], (("new",), "web"))
+        self.assertEqual(self.t.live.overrides.routes, {})
+
+    def test_unknownPoolNeedsRestart(self) -> None:
+        """
+        File routes naming a pool that is not running (new in the file)
+        are not applied; the reload says a restart is needed for them.
+        """
+        self.t.next = routedOf([{"name": "db", "match": {"sni": "db.example"}, "pool": "new"}],
+                               pools=("web", "api", "new"))
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(self.factory.given, [])
+        self.assertIn("listeners.front.routes (pool new not running)",
+                      self.t.live.restartNeeded)

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from ..config import BackendConfig, ConfigError, parseBackend, parseSlowStart
+from ..config import BackendConfig, ConfigError, ListenerConfig, parseBackend, parseSlowStart
 from ..endpoints import parseEndpoint
 from ..metrics import (
     NO_COUNTERS,
@@ -30,7 +30,15 @@ from ..metrics import (
     recentView,
 )
 from ..pool import Admin, Backend, BackendPool
-from ..reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
+from ..reload import (
+    DuplicateBackend,
+    DuplicatePool,
+    LiveConfig,
+    PoolInUse,
+    UnknownBackend,
+    UnknownListener,
+    UnknownPool,
+)
 from ._input import APIError, _checkEndpoint, _shown, _state, _weight
 from ._views import (
     backendURL,
@@ -38,6 +46,8 @@ from ._views import (
     countersView,
     poolCounters,
     poolView,
+    routeCountersView,
+    routeData,
 )
 
 DEFAULT_ADMIN = "tcp:9000:interface=127.0.0.1"
@@ -86,7 +96,11 @@ class AdminResource(Resource):
             (b"GET", ("api", "pools", "*", "backends", "*"), self.showBackend, False),
             (b"PATCH", ("api", "pools", "*", "backends", "*"), self.changeBackend, True),
             (b"DELETE", ("api", "pools", "*", "backends", "*"), self.removeBackend, True),
+            (b"POST", ("api", "pools"), self.addPool, True),
+            (b"DELETE", ("api", "pools", "*"), self.removePool, True),
             (b"GET", ("api", "listeners"), self.listListeners, False),
+            (b"GET", ("api", "listeners", "*", "routes"), self.showRoutes, False),
+            (b"PUT", ("api", "listeners", "*", "routes"), self.setRoutes, True),
             (b"POST", ("api", "reload"), self.reload, True),
             (b"GET", ("health",), self.goHealth, False),
             (b"GET", ("list",), self.goList, False),
@@ -171,6 +185,15 @@ class AdminResource(Resource):
         @param message: the error to give for any problem, instead of a
             precise one (the Go design's C{Invalid input}).
         """
+        data = self._jsonBody(request, message)
+        if not isinstance(data, dict):
+            raise APIError(400, message or "the body must be a JSON object")
+        return data
+
+    def _jsonBody(self, request: Request, message: str | None = None) -> Any:
+        """
+        The request's JSON value, whatever it is.
+        """
         assert request.content is not None
         raw = request.content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY or getattr(request, "oversized", False):
@@ -179,8 +202,6 @@ class AdminResource(Resource):
             data = json.loads(raw)
         except ValueError as e:
             raise APIError(400, message or f"the body is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise APIError(400, message or "the body must be a JSON object")
         return data
 
     def _pool(self, name: str) -> BackendPool:
@@ -417,21 +438,94 @@ class AdminResource(Resource):
 
     def listListeners(self, request: Request, args: list[str]) -> bytes:
         """
-        The listeners, with their accepted and active connections, and (HTTP
+        The listeners, with their accepted and active connections, (HTTP
         mode) their responses by status class and the requests refused as
-        malformed.
+        malformed, and their routes with what each did (the default route's
+        last).
         """
         listeners = []
-        for l in self.live.fileConfig.listeners:
+        for l in self.live.config.listeners:
             factory = self.balancer.factories.get(l.name)
+            counters = getattr(factory, "routeCounters", None)
             listeners.append({
                 "name": l.name, "endpoint": l.endpoint, "pool": l.pool, "mode": l.mode,
                 "accepted": getattr(factory, "accepted", 0),
                 "active": getattr(factory, "activeClients", 0),
                 "responses": dict(getattr(factory, "statuses", None) or {}),
                 "refused": getattr(factory, "refused", 0),
+                "routes": [routeCountersView(c) for c in counters()] if counters else [],
+                "defaultRoute": (None if l.defaultRoute is None
+                                 else routeData(l.defaultRoute, default=True)),
             })
         return self._json(request, 200, listeners)
+
+    def _listener(self, name: str) -> ListenerConfig:
+        try:
+            return self.live.listener(name)
+        except UnknownListener:
+            raise APIError(404, f"no listener {name!r} (listeners: "
+                           f"{', '.join(l.name for l in self.live.config.listeners)})") from None
+
+    def showRoutes(self, request: Request, args: list[str]) -> bytes:
+        """
+        A listener's routes, in the configuration's shape: what C{PUT} takes.
+        """
+        listener = self._listener(args[0])
+        return self._json(request, 200, [routeData(r) for r in listener.routes])
+
+    def setRoutes(self, request: Request, args: list[str]) -> bytes:
+        """
+        Replace a listener's whole route list (a JSON list in the
+        configuration's shape), checked first: a bad list changes nothing
+        and gets a 400 naming the key path of the problem.
+        """
+        self._listener(args[0])
+        data = self._jsonBody(request)
+        try:
+            listener = self.live.setRoutes(args[0], data)
+        except ConfigError as e:
+            raise APIError(400, str(e)) from None
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return self._json(request, 200, [routeData(r) for r in listener.routes])
+
+    def addPool(self, request: Request, args: list[str]) -> bytes:
+        """
+        Create a pool: C{{"name": ..., and the configuration's pool keys
+        (policy, health, backends...)}}; C{201} with the new pool, C{409} if
+        one of that name exists.
+        """
+        data = self._body(request)
+        name = data.pop("name", None)
+        if not isinstance(name, str):
+            raise APIError(400, f"name: expected the pool's name, got {_shown(name)}")
+        try:
+            pool = self.live.addPool(name, data)
+        except DuplicatePool:
+            raise APIError(409, f"there is a pool {name!r} already") from None
+        except ConfigError as e:
+            raise APIError(400, str(e).lstrip(".: ")) from None
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return self._json(request, 201, poolView(pool))
+
+    def removePool(self, request: Request, args: list[str]) -> bytes:
+        """
+        Remove a pool no listener or route sends to (C{409} while one
+        does); its connections get the grace period to finish.
+        """
+        if args[0] not in self.live.pools:
+            raise APIError(404, f"no pool {args[0]!r}")
+        pool = self._pool(args[0])
+        try:
+            self.live.removePool(pool.name)
+        except PoolInUse as e:
+            raise APIError(409, str(e)) from None
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return self._json(request, 200, {
+            "status": "removed", "name": pool.name,
+            "draining": sum(b.active for b in pool), "grace": self.live.grace})
 
     def reload(self, request: Request, args: list[str]) -> bytes:
         """

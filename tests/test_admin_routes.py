@@ -1,0 +1,274 @@
+"""
+Tests for routes and pools changed at run time through the admin API
+(C{GET}/C{PUT /api/listeners/NAME/routes}, C{POST /api/pools},
+C{DELETE /api/pools/NAME}), against a whole running balancer
+(L{lbtwist.app.Balancer}): changes apply to new clients at once, are saved
+to the state file before they are answered, and survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbtwist.admin._views import routeData
+from lbtwist.app import Balancer
+from lbtwist.config import parseConfig, parseRoutes
+from lbtwist.routeconfig import Route
+
+from .support import Backends, firstLine, inThread, reactor, sleep
+from .test_admin import TOKEN, jcall
+
+
+class BalancerHarness:
+    """
+    Backends a, b and c, and a whole balancer (data plane, state file,
+    admin API) with a tcp listener C{front} routing by source to pool a,
+    pool b as its default route; restartable on the same state file.
+    """
+
+    def __init__(self, case: TestCase) -> None:
+        self.case = case
+        self.backends = Backends(case)
+        for name in ("a", "b", "c"):
+            self.backends.start(name)
+        self.statePath = os.path.abspath(case.mktemp())
+        self.data = {
+            "admin": "tcp:0:interface=127.0.0.1",
+            "admin-token": TOKEN,
+            "listeners": [{
+                "name": "front", "listen": "tcp:0:interface=127.0.0.1", "mode": "tcp",
+                "routes": [{"name": "local", "match": {"source": "127.0.0.0/8"}, "pool": "a"}],
+                "default-route": {"pool": "b"},
+            }],
+            "pools": {name: {"backends": [{"name": name,
+                                           "endpoint": self.backends.endpoint(name)}],
+                             "health": {"interval": 0.2}}
+                      for name in ("a", "b")},
+        }
+        self.start()
+
+    def start(self) -> None:
+        """
+        Start a balancer on the configuration and the state file.
+        """
+        self.balancer = Balancer(parseConfig(self.data), reactor, statePath=self.statePath,
+                                 signals=False, freezeHeap=False, grace=0.2)
+        self.balancer.startService()
+        self.case.addCleanup(self.stop)
+        self.lb = self.balancer.loadBalancer
+        listener = self.lb.getServiceNamed("listener:front")
+        self.port = listener._waitingForPort.result.getHost().port
+        admin = self.balancer.getServiceNamed("control").getServiceNamed("admin")
+        self.admin = admin.port.getHost().port
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        """
+        Stop the balancer (once).
+        """
+        if self.balancer.running:
+            yield self.balancer.stopService()
+
+    def call(self, *args: Any, **kw: Any) -> Any:
+        """
+        One admin API request, JSON both ways, in a thread.
+        """
+        return inThread(lambda: jcall(self.admin, *args, **kw))
+
+    def reached(self) -> Any:
+        """
+        The name of the backend a new client of C{front} reaches.
+        """
+        return inThread(firstLine, self.port)
+
+    def state(self) -> Any:
+        """
+        The state file's content.
+        """
+        with open(self.statePath) as f:
+            return json.load(f)
+
+
+class RouteAPITests(TestCase):
+    """
+    C{GET} and C{PUT /api/listeners/NAME/routes}.
+    """
+
+    @inlineCallbacks
+    def test_getRoundTrips(self) -> Any:
+        """
+        The routes come back in the configuration's shape, and putting
+        them back changes nothing.
+        """
+        h = BalancerHarness(self)
+        status, routes = yield h.call("GET", "/api/listeners/front/routes")
+        self.assertEqual((status, routes), (200, [
+            {"name": "local", "match": {"source": ["127.0.0.0/8"]}, "pool": "a"}]))
+        status, again = yield h.call("PUT", "/api/listeners/front/routes", routes)
+        self.assertEqual((status, again), (200, routes))
+
+    @inlineCallbacks
+    def test_replace(self) -> Any:
+        """
+        A new list applies to the next client at once, is saved before the
+        answer, survives a restart, and keeps a kept route's counts.
+        """
+        h = BalancerHarness(self)
+        self.assertEqual((yield h.reached()), b"a")
+        new = [{"name": "elsewhere", "match": {"source": "10.0.0.0/8"}, "pool": "a"},
+               {"name": "local", "match": {"source": ["127.0.0.1/32"]}, "pools": {"b": 1}}]
+        status, body = yield h.call("PUT", "/api/listeners/front/routes", new)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(h.state()["routes"], {"front": new})
+        self.assertEqual((yield h.reached()), b"b")
+        yield sleep(0.1)
+        status, listeners = yield h.call("GET", "/api/listeners")
+        self.assertEqual([(r["name"], r["requests"]) for r in listeners[0]["routes"]],
+                         [("elsewhere", 0), ("local", 2), ("default", 0)])
+        self.assertEqual(listeners[0]["defaultRoute"], {"pool": "b"})
+        yield h.stop()
+        h.start()
+        self.assertEqual((yield h.reached()), b"b")
+        status, routes = yield h.call("GET", "/api/listeners/front/routes")
+        self.assertEqual([r["name"] for r in routes], ["elsewhere", "local"])
+
+    @inlineCallbacks
+    def test_badList(self) -> Any:
+        """
+        A list that is not valid changes nothing and gets a 400 naming the
+        key path of the problem; a change needs the token; an unknown
+        listener is a 404.
+        """
+        h = BalancerHarness(self)
+        for body, error in (
+            ([{"name": "x", "pool": "nope"}], "routes[0].pool: no pool named 'nope'"),
+            ([{"name": "x", "match": {"host": "a.example"}, "pool": "a"}],
+             "routes[0].match.host: a tcp listener sees no HTTP request"),
+            ({"name": "x"}, "routes: expected a list"),
+            ([{"pool": "a"}, {"pool": "b"}], "routes[1]: unreachable"),
+        ):
+            status, answer = yield h.call("PUT", "/api/listeners/front/routes", body)
+            self.assertEqual(status, 400)
+            self.assertTrue(answer["error"].startswith(error), answer["error"])
+        status, answer = yield h.call("PUT", "/api/listeners/front/routes", [], token=None)
+        self.assertEqual(status, 401)
+        status, answer = yield h.call("GET", "/api/listeners/back/routes")
+        self.assertEqual(status, 404)
+        self.assertFalse(os.path.exists(h.statePath))
+        self.assertEqual((yield h.reached()), b"a")
+
+
+class PoolAPITests(TestCase):
+    """
+    C{POST /api/pools} and C{DELETE /api/pools/NAME}.
+    """
+
+    @inlineCallbacks
+    def test_addUseRemove(self) -> Any:
+        """
+        A pool created in the configuration's shape is checked and usable
+        by routes at once; it cannot be removed while a route uses it; once
+        removed, its health checks stop; both survive a restart.
+        """
+        h = BalancerHarness(self)
+        body = {"name": "c", "policy": "leastconn", "health": {"interval": 0.2},
+                "backends": [{"name": "c", "endpoint": h.backends.endpoint("c")}]}
+        status, pool = yield h.call("POST", "/api/pools", body)
+        self.assertEqual((status, pool["name"], pool["policy"]), (201, "c", "leastconn"))
+        self.assertTrue(h.lb.monitors["c"].running)
+        status, answer = yield h.call("POST", "/api/pools", body)
+        self.assertEqual(status, 409)
+        status, answer = yield h.call("PUT", "/api/listeners/front/routes",
+                                      [{"name": "local", "match": {"source": "127.0.0.1"}, "pool": "c"}])
+        self.assertEqual(status, 200, answer)
+        self.assertEqual((yield h.reached()), b"c")
+        status, answer = yield h.call("DELETE", "/api/pools/c")
+        self.assertEqual(status, 409)
+        self.assertIn("route front/local", answer["error"])
+        status, answer = yield h.call("DELETE", "/api/pools/b")
+        self.assertEqual(status, 409)
+        self.assertIn("route front/default", answer["error"])
+
+        yield h.stop()
+        h.start()
+        self.assertEqual((yield h.reached()), b"c")
+        status, answer = yield h.call("PUT", "/api/listeners/front/routes",
+                                      [{"name": "local", "match": {"source": "127.0.0.1"}, "pool": "b"}])
+        monitor = h.lb.monitors["c"]
+        status, answer = yield h.call("DELETE", "/api/pools/c")
+        self.assertEqual((status, answer["status"]), (200, "removed"))
+        self.assertFalse(monitor.running)
+        self.assertNotIn("c", h.lb.pools)
+        status, answer = yield h.call("DELETE", "/api/pools/a")
+        self.assertEqual((status, answer["status"]), (200, "removed"))
+        self.assertEqual(h.state()["removed-pools"], ["a"])
+        yield h.stop()
+        h.start()
+        self.assertEqual(sorted(h.lb.pools), ["b"])
+        self.assertEqual((yield h.reached()), b"b")
+
+    @inlineCallbacks
+    def test_badPool(self) -> Any:
+        """
+        A pool that is not valid gets a 400 naming its key; an unknown pool
+        cannot be removed.
+        """
+        h = BalancerHarness(self)
+        for body, error in (
+            ({"name": "d", "policy": "fastest", "backends": []}, "policy: expected one of"),
+            ({"name": "d", "backends": [{"name": "x", "endpoint": "tcp:host=127.0.0.1"}]},
+             "backends[0].endpoint"),
+            ({"name": "d/e", "backends": []}, "name: expected a name"),
+            ({"backends": []}, "name: expected the pool's name"),
+        ):
+            status, answer = yield h.call("POST", "/api/pools", body)
+            self.assertEqual(status, 400, answer)
+            self.assertTrue(answer["error"].startswith(error), answer["error"])
+        status, answer = yield h.call("DELETE", "/api/pools/nope")
+        self.assertEqual(status, 404)
+        self.assertEqual(sorted(h.lb.pools), ["a", "b"])
+
+
+class RouteDataTests(SynchronousTestCase):
+    """
+    L{routeData}: what the API shows is what the configuration says.
+    """
+
+    def test_roundTrip(self) -> None:
+        """
+        Routes using every key, shown and parsed again, are the same routes.
+        """
+        users = b"staff:$2b$12$" + b"a" * 53 + b"\n"
+        data = [
+            {"name": "api", "match": {"host": ["api.example.com", "*.api.example.com"],
+                                      "path-prefix": "/v1/", "method": ["GET", "HEAD"],
+                                      "header": {"X-A": "1", "X-B": {"regex": "^b"},
+                                                 "X-C": {"present": False}},
+                                      "query": {"debug": "1"}, "source": "10.0.0.0/8"},
+             "pool": "a", "timeouts": {"response": "5s", "connect": 0.5}, "retries": 2,
+             "rewrite": {"strip-prefix": "/v1", "prefix": "/api"},
+             "rate-limit": {"key": "header:X-Key", "rate": "30/m", "burst": 5},
+             "auth": {"basic": {"realm": "staff", "users": "users.htpasswd"}},
+             "request-headers": {"set": {"X-Env": "prod"}, "add": {"X-Via": "lb"},
+                                 "remove": ["X-Debug"]},
+             "response-headers": {"set": {"Strict-Transport-Security": "max-age=1"}}},
+            {"name": "old", "match": {"path": "/old", "path-regex": "^/o"},
+             "redirect": {"location": "https://new.example.com/", "code": 308,
+                          "keep-path": True}},
+            {"name": "tls", "match": {"path-prefix": "/t/"}, "redirect": {"scheme": "https"}},
+            {"name": "deny", "match": {"path-prefix": "/internal/"},
+             "respond": {"status": 403, "body": "no\n", "headers": {"X-Why": "internal"}}},
+            {"name": "web", "pools": {"a": 95, "b": 5}, "rate-limit": {"rate": "1/h"}},
+        ]
+        routes = parseRoutes(data, "routes", "http", ["a", "b"], lambda path: users)
+        shown = [routeData(r) for r in routes]
+        self.assertEqual(json.loads(json.dumps(shown)), shown)
+        self.assertEqual(parseRoutes(shown, "routes", "http", ["a", "b"], lambda path: users),
+                         routes)
+        self.assertEqual(shown[4]["rate-limit"]["rate"], "1/h")
+        self.assertEqual(routeData(Route("default", pool="a"), default=True), {"pool": "a"})
