@@ -21,7 +21,8 @@ from lbtwist.config import parseConfig, parseRoutes
 from lbtwist.routeconfig import Route
 
 from .support import Backends, firstLine, inThread, reactor, sleep
-from .test_admin import TOKEN, jcall
+from .test_admin import TOKEN, call, jcall
+from .test_metrics import samples
 
 
 class BalancerHarness:
@@ -131,6 +132,10 @@ class RouteAPITests(TestCase):
         self.assertEqual([(r["name"], r["requests"]) for r in listeners[0]["routes"]],
                          [("elsewhere", 0), ("local", 2), ("default", 0)])
         self.assertEqual(listeners[0]["defaultRoute"], {"pool": "b"})
+        status, headers, body = yield inThread(call, h.admin, "GET", "/metrics")
+        self.assertEqual(samples(body.decode())[(
+            "lbtwist_route_requests_total",
+            (("listener", "front"), ("route", "local"), ("status", "tcp")))], 2)
         yield h.stop()
         h.start()
         self.assertEqual((yield h.reached()), b"b")
