@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -22,6 +23,7 @@ from lbtwist.routeconfig import Route
 
 from .support import Backends, firstLine, inThread, reactor, sleep
 from .test_admin import TOKEN, call, jcall
+from . import test_dashboard
 from .test_metrics import samples
 
 
@@ -277,3 +279,53 @@ class RouteDataTests(SynchronousTestCase):
                          routes)
         self.assertEqual(shown[4]["rate-limit"]["rate"], "1/h")
         self.assertEqual(routeData(Route("default", pool="a"), default=True), {"pool": "a"})
+
+
+_ROUTE_ROW = re.compile(r'<tr data-route="([^"]+)">(.*?)</tr>', re.DOTALL)
+_ROUTE_CELL = re.compile(r'<td class="(?:num )?(\w+)[^"]*"[^>]*>([^<]*)')
+
+
+class RouteDashboardTests(TestCase):
+    """
+    The dashboard's routes, in a real headless Chromium.
+    """
+
+    timeout = 120
+    # The page is driven as the dashboard's own tests drive it (imported as
+    # a module, so that trial does not run those tests here too).
+    setUp = test_dashboard.DashboardTests.setUp
+    chromium = test_dashboard.DashboardTests.chromium
+    dump = test_dashboard.DashboardTests.dump
+    screenshot = test_dashboard.DashboardTests.screenshot
+
+    @inlineCallbacks
+    def test_routesShown(self) -> Any:
+        """
+        Each route of a listener has a row with what it matches, where it
+        sends and its traffic, the default route last; a route replaced at
+        run time shows at the next poll.
+        """
+        h = BalancerHarness(self)
+        for _ in range(3):
+            self.assertEqual((yield h.reached()), b"a")
+        url = f"http://127.0.0.1:{h.admin}/"
+        dom = yield self.dump(url)
+        found = {key: dict(_ROUTE_CELL.findall(body)) for key, body in _ROUTE_ROW.findall(dom)}
+        self.assertEqual(list(found), ["front/local", "front/default"], dom[-3000:])
+        self.assertEqual(found["front/local"]["match"], "source=127.0.0.0/8")
+        self.assertEqual(found["front/local"]["target"], "pool a")
+        self.assertEqual(found["front/local"]["requests"], "3")
+        self.assertEqual(found["front/default"]["target"], "pool b")
+        self.assertEqual(found["front/default"]["requests"], "0")
+        self.assertIn("rate", found["front/local"])
+        self.assertIn("mean", found["front/local"])
+        status, body = yield h.call("PUT", "/api/listeners/front/routes", [
+            {"name": "split", "match": {"source": "127.0.0.1"}, "pools": {"a": 9, "b": 1}}])
+        self.assertEqual(status, 200, body)
+        yield h.reached()
+        yield self.screenshot(url, "routes")
+        dom = yield self.dump(url)
+        found = {key: dict(_ROUTE_CELL.findall(body)) for key, body in _ROUTE_ROW.findall(dom)}
+        self.assertEqual(list(found), ["front/split", "front/default"])
+        self.assertEqual(found["front/split"]["target"], "a 90% / b 10%")
+        self.assertEqual(found["front/split"]["requests"], "1")

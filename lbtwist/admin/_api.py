@@ -441,19 +441,23 @@ class AdminResource(Resource):
         The listeners, with their accepted and active connections, (HTTP
         mode) their responses by status class and the requests refused as
         malformed, and their routes with what each did (the default route's
-        last).
+        last) and what each is (C{route}, in the configuration's shape).
         """
         listeners = []
         for l in self.live.config.listeners:
             factory = self.balancer.factories.get(l.name)
             counters = getattr(factory, "routeCounters", None)
+            shapes = {r.name: routeData(r) for r in l.routes}
+            if l.defaultRoute is not None:
+                shapes["default"] = routeData(l.defaultRoute, default=True)
             listeners.append({
                 "name": l.name, "endpoint": l.endpoint, "pool": l.pool, "mode": l.mode,
                 "accepted": getattr(factory, "accepted", 0),
                 "active": getattr(factory, "activeClients", 0),
                 "responses": dict(getattr(factory, "statuses", None) or {}),
                 "refused": getattr(factory, "refused", 0),
-                "routes": [routeCountersView(c) for c in counters()] if counters else [],
+                "routes": [{**routeCountersView(c), "route": shapes.get(c.name)}
+                           for c in counters()] if counters else [],
                 "defaultRoute": (None if l.defaultRoute is None
                                  else routeData(l.defaultRoute, default=True)),
             })
