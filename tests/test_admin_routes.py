@@ -21,9 +21,9 @@ from lbtwist.app import Balancer
 from lbtwist.config import parseConfig, parseRoutes
 from lbtwist.routeconfig import Route
 
+from . import test_dashboard
 from .support import Backends, firstLine, inThread, reactor, sleep
 from .test_admin import TOKEN, call, jcall
-from . import test_dashboard
 from .test_metrics import samples
 
 
