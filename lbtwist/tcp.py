@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Mapping, Sequence
 
+import attrs
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -31,6 +32,7 @@ from .connect import BackendConnector, ConnectAttempt
 from .dial import BackendProtocol
 from .listener import ListenerFactory
 from .pool import Backend, BackendPool
+from .proxyprotocol import PROXY_HEADERS
 from .routeconfig import Route
 from .routing import CompiledRoute, RouteCounters, RouteTable, connectionFacts
 from .sni import MAX_HELLO, Hello, NeedMore, readClientHello
@@ -193,6 +195,16 @@ class ClientSide(_Side):
         The connector found C{backend} and connected C{server} to it, after
         C{failures} failed tries; this client now owns its slot.
         """
+        self._join(backend, server, failures, self.factory.proxyHeader,
+                   self.factory.idleTimeout)
+
+    def _join(self, backend: Backend, server: BackendSide, failures: int,
+              proxyHeader: Callable[[Any, Any], bytes] | None, idleTimeout: float) -> None:
+        """
+        Relay between this client and C{server}, connected to C{backend},
+        sending C{proxyHeader}'s header first if there is one, and closing
+        both after C{idleTimeout} seconds without traffic.
+        """
         self._attempt = None
         self.failedTries = failures
         backend.responseTime = self.session.seconds() - self.session.started
@@ -205,14 +217,13 @@ class ClientSide(_Side):
         setNoDelay(server.transport)
         self.joinTo(server, backend)
         server.joinTo(self, backend)
-        proxyHeader = self.factory.proxyHeader
         if proxyHeader is not None:
             # The PROXY header goes first, before any relayed byte.
             server.transport.write(  # type: ignore[union-attr]
                 proxyHeader(self.transport.getPeer(), self.transport.getHost())  # type: ignore[union-attr]
             )
         self.transport.resumeProducing()  # type: ignore[union-attr]
-        self.session.startIdleTimer(self.factory.idleTimeout)
+        self.session.startIdleTimer(idleTimeout)
 
     def abortPair(self) -> None:
         """
@@ -346,6 +357,22 @@ class TCPSession:
 HELLO_TIMEOUT = 5.0
 
 
+@attrs.frozen
+class RouteRetries:
+    """
+    A route's C{retries}, over its pool's: after each of up to that many
+    failed connects, another backend is tried.
+    """
+
+    retries: int
+
+    def mayTryAnother(self, pool: BackendPool, failures: int) -> bool:
+        """
+        Another try while C{failures} is within the route's C{retries}.
+        """
+        return failures <= self.retries
+
+
 class RoutedClientSide(ClientSide):
     """
     A client of a listener with routes: its route is chosen from its address
@@ -355,7 +382,8 @@ class RoutedClientSide(ClientSide):
 
     @ivar hello: the bytes read while waiting for the ClientHello (at most
         one TLS record), or L{None} once the route is chosen.
-    @ivar counters: the counters of the route taken, if one was.
+    @ivar route: the route taken, if one was.
+    @ivar counters: its counters.
     @ivar table: the routes this client is matched against.
     @ivar routeCounters: the counters of those routes, by name.
     """
@@ -363,6 +391,7 @@ class RoutedClientSide(ClientSide):
     table: RouteTable | None = None
     routeCounters: Mapping[str, RouteCounters]
     hello: bytes | None = None
+    route: Route | None = None
     counters: RouteCounters | None = None
     _helloTimer: Any = None
 
@@ -430,7 +459,8 @@ class RoutedClientSide(ClientSide):
                              client=self.clientName, sni=serverName)
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        self.counters = self.routeCounters.get(route.route.name)  # type: ignore[union-attr]
+        self.route = route.route  # type: ignore[union-attr]
+        self.counters = self.routeCounters.get(self.route.name)
         self.pool, self.connector = chosen
         self._attempt = self.connector.connect(
             self.clientName, key, self._buildBackendSide, self._joined, self._noBackend,
@@ -440,10 +470,15 @@ class RoutedClientSide(ClientSide):
 
     def _joined(self, backend: Backend, server: BackendSide, failures: int) -> None:
         """
-        Joined as a plain client is; then the bytes read for routing go to
-        the backend first (after the PROXY header, if any).
+        Joined as a plain client is, with the PROXY header and idle timeout
+        of the route's pool (the route's idle timeout over it); then the
+        bytes read for routing go to the backend first.
         """
-        super()._joined(backend, server, failures)
+        config = self.pool.config
+        timeouts = self.route.timeouts if self.route is not None else None
+        self._join(backend, server, failures, PROXY_HEADERS.get(config.proxyProtocol or ""),
+                   (timeouts.idle if timeouts is not None and timeouts.idle is not None
+                    else config.timeouts.idle))
         replay, self.hello = self.hello, None
         if replay:
             self.received += len(replay)
@@ -496,7 +531,9 @@ class TCPProxyFactory(ListenerFactory):
         self.counters: dict[str, RouteCounters] = {}
         self._routes: tuple[Route, ...] = ()
         self._default: Route | None = None
-        self._connectors: dict[str, BackendConnector] = {pool.name: connector}
+        # By pool, and the route's own retries if it sets them.
+        self._connectors: dict[tuple[str, int | None], BackendConnector] = {
+            (pool.name, None): connector}
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if not self.admit():
@@ -552,8 +589,8 @@ class TCPProxyFactory(ListenerFactory):
         The pool C{name} was removed: forget its connector.  Its clients
         already joined finish as they began.
         """
-        if name != self.pool.name:
-            self._connectors.pop(name, None)
+        for key in [k for k in self._connectors if k[0] == name and k[0] != self.pool.name]:
+            del self._connectors[key]
 
     def choosePool(self, route: CompiledRoute,
                    key: bytes | None) -> tuple[BackendPool, BackendConnector] | None:
@@ -576,8 +613,10 @@ class TCPProxyFactory(ListenerFactory):
         pool = self.pools.get(name)
         if pool is None:
             return None
-        connector = self._connectors.get(name)
+        retries = route.route.retries
+        connector = self._connectors.get((name, retries))
         if connector is None:
-            connector = self._connectors[name] = BackendConnector(
-                pool, self.reactor, self.connector.dialler, self.connector.retryPolicy)
+            connector = self._connectors[name, retries] = BackendConnector(
+                pool, self.reactor, self.connector.dialler,
+                self.connector.retryPolicy if retries is None else RouteRetries(retries))
         return pool, connector

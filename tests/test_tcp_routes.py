@@ -24,9 +24,10 @@ from lbtwist.config import PoolConfig
 from lbtwist.connect import BackendConnector
 from lbtwist.pool import BackendPool
 from lbtwist.routeconfig import Match, Route
-from lbtwist.tcp import ClientSide, RoutedClientSide, TCPProxyFactory
+from lbtwist.routing import connectionFacts
+from lbtwist.tcp import ClientSide, RoutedClientSide, RouteRetries, TCPProxyFactory
 
-from .support import NamedFactory, inThread, reactor, sleep, startBalancer
+from .support import Backends, NamedFactory, inThread, reactor, sleep, startBalancer
 from .test_sni import clientHello
 
 NAMES = ("a", "b", "c")
@@ -289,3 +290,64 @@ class RoutedClientUnitTests(SynchronousTestCase):
         protocol, transport = self.connect()
         self.assertIs(protocol.pool, self.pools["db"])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class RouteSettingsTests(TestCase):
+    """
+    A route's pool brings its own settings: its PROXY header, its idle
+    timeout, unless the route sets one, and the route's own retries.
+    """
+
+    @inlineCallbacks
+    def test_poolSettings(self) -> Any:
+        """
+        A client routed to a pool with C{proxy-protocol: v1} has the header
+        sent first (the listener's own pool sends none), and its pair is
+        closed after the route's idle timeout.
+        """
+        backends = Backends(self)
+        backends.start("plain")
+        backends.start("proxied")
+        lb, port = startBalancer(self, {
+            "listeners": [{
+                "name": "front", "listen": "tcp:0:interface=127.0.0.1", "mode": "tcp",
+                "routes": [{"name": "local", "match": {"source": "127.0.0.0/8"},
+                            "pool": "proxied", "timeouts": {"idle": 0.5}}],
+                "default-route": {"pool": "plain"},
+            }],
+            "pools": {
+                "plain": {"backends": [{"name": "plain",
+                                        "endpoint": backends.endpoint("plain")}]},
+                "proxied": {"proxy-protocol": "v1",
+                            "backends": [{"name": "proxied",
+                                          "endpoint": backends.endpoint("proxied")}]},
+            },
+        })
+
+        elapsed, read = yield inThread(closedAfter, port, b"")
+        name, proxyLine = read.split(b"\n", 1)
+        self.assertEqual(name, b"proxied")
+        self.assertTrue(proxyLine.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), read)
+        self.assertGreater(elapsed, 0.4)
+        self.assertLess(elapsed, 3.0)
+
+    def test_routeRetries(self) -> None:
+        """
+        A route with its own C{retries} gets a connector that follows them;
+        one without shares the pool's.
+        """
+        reactor = MemoryReactorClock()
+        pools = {name: BackendPool(PoolConfig(name=name, backends=())) for name in ("a", "b")}
+        factory = TCPProxyFactory(pools["a"], reactor, BackendConnector(pools["a"], reactor),
+                                  60.0, pools=pools)
+        factory.setRoutes((Route("r", pool="b", retries=0),), None)
+        route = factory.table.match(connectionFacts("127.0.0.1", None))  # type: ignore[union-attr]
+        pool, connector = factory.choosePool(route, b"127.0.0.1")  # type: ignore[arg-type,misc]
+        self.assertIs(pool, pools["b"])
+        self.assertEqual(connector.retryPolicy, RouteRetries(0))
+        self.assertFalse(connector.retryPolicy.mayTryAnother(pool, 1))
+        factory.setRoutes((Route("r", pool="a"),), None)
+        route = factory.table.match(connectionFacts("127.0.0.1", None))  # type: ignore[union-attr]
+        self.assertIs(factory.choosePool(route, None)[1], factory.connector)  # type: ignore[arg-type,index]
+        factory.forgetPool("b")
+        self.assertEqual(set(factory._connectors), {("a", None)})
