@@ -117,16 +117,18 @@ def routeChanges(new: Config, old: Config) -> list[str]:
 def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     """
     What of a newly read configuration a running balancer can take on:
-    C{new}, with the listeners (but their routes, which change live), the
+    C{new}, with the listeners (but the routes of those it keeps by name
+    and mode, which change live), the
     set of pools and the settings that only change with a restart kept as
     they run, and the names of those that differ.  An admin token read from the environment at start stays when
     the file gives none.
     """
     differ = []
-    sameListeners = [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] == [
-        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners]
-    if not sameListeners:
+    if [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] != [
+        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners
+    ]:
         differ.append("listeners")
+    newListeners = {x.name: x for x in new.listeners}
     runningPools = {p.name: p for p in running.pools}
     newPools = {p.name: p for p in new.pools}
     if set(newPools) != set(runningPools):
@@ -142,10 +144,11 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     )
     kept = attrs.evolve(
         new,
-        listeners=(
-            tuple(attrs.evolve(was, routes=now.routes, defaultRoute=now.defaultRoute)
-                  for was, now in zip(running.listeners, new.listeners))
-            if sameListeners else running.listeners),
+        listeners=tuple(
+            attrs.evolve(was, routes=newListeners[was.name].routes,
+                         defaultRoute=newListeners[was.name].defaultRoute)
+            if was.name in newListeners and newListeners[was.name].mode == was.mode else was
+            for was in running.listeners),
         pools=pools,
         statusInterval=running.statusInterval,
         admin=running.admin,

@@ -20,7 +20,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig
-from lbtwist.diff import poolChanges
+from lbtwist.diff import poolChanges, routeChanges, runnable
 from lbtwist.lifecycle import GracefulStop, ReloadOnSignal
 from lbtwist.pool import Admin, BackendPool
 from lbtwist.reload import (
@@ -583,3 +583,28 @@ class RouteReloadTests(SynchronousTestCase):
         self.assertEqual(self.factory.given, [])
         self.assertIn("listeners.front.routes (pool new not running)",
                       self.t.live.restartNeeded)
+
+
+class RunnableRoutesTests(SynchronousTestCase):
+    """
+    L{runnable} takes the routes of the new file, listener by listener.
+    """
+
+    def test_routesTaken(self) -> None:
+        """
+        A listener kept by name takes its new routes, even when another
+        listener changed (which needs a restart); a new listener does not
+        start.
+        """
+        running = routedOf([{"name": "db", "match": {"sni": "db.example"}, "pool": "api"}])
+        new = attrs.evolve(
+            routedOf([{"name": "db2", "match": {"sni": "db.example"}, "pool": "api"}]),
+            listeners=(*routedOf([{"name": "db2", "match": {"sni": "db.example"},
+                                   "pool": "api"}]).listeners,
+                       attrs.evolve(running.listeners[0], name="other")))
+        kept, differ = runnable(new, running)
+        self.assertEqual(differ, ["listeners"])
+        self.assertEqual([x.name for x in kept.listeners], ["front"])
+        self.assertEqual([r.name for r in kept.listeners[0].routes], ["db2"])
+        self.assertEqual(routeChanges(kept, running), ["front"])
+        self.assertEqual(routeChanges(running, running), [])
