@@ -13,6 +13,7 @@ import os
 import re
 from typing import Any
 
+import yaml
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -40,6 +41,7 @@ class BalancerHarness:
         for name in ("a", "b", "c"):
             self.backends.start(name)
         self.statePath = os.path.abspath(case.mktemp())
+        self.configPath = os.path.abspath(case.mktemp()) + ".yaml"
         self.data = {
             "admin": "tcp:0:interface=127.0.0.1",
             "admin-token": TOKEN,
@@ -57,10 +59,13 @@ class BalancerHarness:
 
     def start(self) -> None:
         """
-        Start a balancer on the configuration and the state file.
+        Start a balancer on the configuration (written to its file, which
+        a reload reads again) and the state file.
         """
+        self.writeConfig()
         self.balancer = Balancer(parseConfig(self.data), reactor, statePath=self.statePath,
-                                 signals=False, freezeHeap=False, grace=0.2)
+                                 configPath=self.configPath, signals=False,
+                                 freezeHeap=False, grace=0.2)
         self.balancer.startService()
         self.case.addCleanup(self.stop)
         self.lb = self.balancer.loadBalancer
@@ -76,6 +81,13 @@ class BalancerHarness:
         """
         if self.balancer.running:
             yield self.balancer.stopService()
+
+    def writeConfig(self) -> None:
+        """
+        Write the configuration data to the configuration file.
+        """
+        with open(self.configPath, "w") as f:
+            yaml.safe_dump(self.data, f)
 
     def call(self, *args: Any, **kw: Any) -> Any:
         """
@@ -168,6 +180,31 @@ class RouteAPITests(TestCase):
         self.assertEqual(status, 404)
         self.assertFalse(os.path.exists(h.statePath))
         self.assertEqual((yield h.reached()), b"a")
+
+
+class RouteReloadTests(TestCase):
+    """
+    C{SIGHUP} (C{POST /api/reload}) applies the file's route changes live.
+    """
+
+    @inlineCallbacks
+    def test_fileRoutes(self) -> Any:
+        """
+        Routes changed in the file take the next client; they override the
+        routes set through the API, which the state file forgets.
+        """
+        h = BalancerHarness(self)
+        status, body = yield h.call("PUT", "/api/listeners/front/routes", [
+            {"name": "api", "match": {"source": "127.0.0.1"}, "pool": "a"}])
+        self.assertEqual(status, 200, body)
+        h.data["listeners"][0]["routes"][0]["pool"] = "b"  # type: ignore[index]
+        h.writeConfig()
+        status, body = yield h.call("POST", "/api/reload")
+        self.assertEqual((status, body), (200, {"status": "reloaded"}))
+        self.assertEqual((yield h.reached()), b"b")
+        self.assertEqual(h.state()["routes"], {})
+        status, routes = yield h.call("GET", "/api/listeners/front/routes")
+        self.assertEqual([(r["name"], r["pool"]) for r in routes], [("local", "b")])
 
 
 class PoolAPITests(TestCase):
