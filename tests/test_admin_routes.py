@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from typing import Any
 
 import yaml
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.admin._views import routeData
@@ -366,3 +367,54 @@ class RouteDashboardTests(TestCase):
         self.assertEqual(list(found), ["front/split", "front/default"])
         self.assertEqual(found["front/split"]["target"], "a 90% / b 10%")
         self.assertEqual(found["front/split"]["requests"], "1")
+
+
+def clientLoop(port: int, stop: threading.Event, seen: dict[bytes, int],
+               errors: list[str], limit: int = 5000) -> None:
+    """
+    Connect, read the backend's name and close, until told to stop (at
+    most C{limit} times); count the names and keep the errors.
+    """
+    for _ in range(limit):
+        if stop.is_set():
+            return
+        try:
+            name = firstLine(port, timeout=5)
+        except OSError as e:
+            errors.append(repr(e))
+            continue
+        if name not in (b"a", b"b"):
+            errors.append(f"read {name!r}")
+        seen[name] = seen.get(name, 0) + 1
+
+
+class ReplaceUnderLoadTests(TestCase):
+    """
+    Route lists replaced while clients connect without a pause.
+    """
+
+    @inlineCallbacks
+    def test_noFailures(self) -> Any:
+        """
+        Twenty replacements under three busy clients: every client reaches
+        a backend (no connection refused, reset or left without an answer),
+        and both lists were in use.
+        """
+        h = BalancerHarness(self)
+        stop = threading.Event()
+        seen: dict[bytes, int] = {}
+        errors: list[str] = []
+        loops = [inThread(clientLoop, h.port, stop, seen, errors) for _ in range(3)]
+        try:
+            for i in range(20):
+                status, body = yield h.call("PUT", "/api/listeners/front/routes", [
+                    {"name": "local", "match": {"source": "127.0.0.1"},
+                     "pool": "ab"[i % 2]}])
+                self.assertEqual(status, 200, body)
+                yield sleep(0.05)
+        finally:
+            stop.set()
+            yield gatherResults(loops)
+        self.assertEqual(errors, [])
+        self.assertGreater(seen.get(b"a", 0), 0)
+        self.assertGreater(seen.get(b"b", 0), 0)
