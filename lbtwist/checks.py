@@ -1,18 +1,21 @@
 """
 Checking a configuration against the world before anything starts: every
 endpoint string built by Twisted's own parsers (certificates read, unknown
-arguments refused), every access-log file writable.  A problem is a
+arguments refused), every TLS certificate, key and CA file read, every
+access-log file writable.  A problem is a
 L{ConfigError} naming the key, and nothing starts.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
 from .config import Config, ConfigError
+from .tlslisten import ListenerCertificates
 
 
 def checkConfig(config: Config) -> None:
@@ -22,6 +25,7 @@ def checkConfig(config: Config) -> None:
     @raise ConfigError: naming the key path of the first problem.
     """
     checkEndpoints(config)
+    checkTLS(config)
     checkFiles(config)
 
 
@@ -48,6 +52,19 @@ def checkEndpoints(config: Config) -> None:
             checkEndpoint(text, server)
         except Exception as e:
             raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
+
+
+def checkTLS(config: Config) -> None:
+    """
+    Read every certificate and key file each TLS listener of C{config}
+    serves (each key matching its certificate, each cipher string known
+    to OpenSSL).
+
+    @raise ConfigError: naming the key path and the file.
+    """
+    for i, listener in enumerate(config.listeners):
+        if listener.terminatesTLS:
+            ListenerCertificates(listener, f"listeners[{i}]", time.time).build()
 
 
 def checkFiles(config: Config) -> None:

@@ -26,7 +26,7 @@ from .listener import ConnectionLimit
 from .pool import Backend, BackendPool
 from .reporter import StatusReporter
 from .tcp import TCPProxyFactory, describe
-from .tlslisten import listenerReactor
+from .tlslisten import ListenerCertificates, TLSListeningReactor, listenerReactor
 
 FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerFactory]
 
@@ -238,7 +238,9 @@ class LoadBalancer(MultiService):
             if isinstance(path, str) and path not in self.accessFiles:
                 self.accessFiles[path] = AccessLogFile(path, reactor)
                 self.accessFiles[path].setServiceParent(self)
-        for listener in config.listeners:
+        # The certificates of each listener that terminates TLS, by name.
+        self.certificates: dict[str, ListenerCertificates] = {}
+        for index, listener in enumerate(config.listeners):
             pool = self.pools[listener.pool]
             factory = MODES[listener.mode](self, listener, pool)
             if self.limit is not None:
@@ -248,9 +250,12 @@ class LoadBalancer(MultiService):
             if isinstance(accessPath, str):
                 factory.accessLog = self.accessFiles[accessPath]  # type: ignore[attr-defined]
             self.factories[listener.name] = factory
-            # An ssl: endpoint is built with a reactor that wraps the factory
-            # in lbtwist's TLS (see tlslisten), every other with the reactor.
-            endpointReactor = listenerReactor(reactor, listener.name, listener.endpoint)
+            # A TLS listener's endpoint is built with a reactor that wraps the
+            # factory in lbtwist's TLS (see tlslisten), every other with the
+            # reactor.
+            endpointReactor = listenerReactor(reactor, listener, f"listeners[{index}]")
+            if isinstance(endpointReactor, TLSListeningReactor):
+                self.certificates[listener.name] = endpointReactor.certificates
             ListenerService(
                 listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
             ).setServiceParent(self)
@@ -273,6 +278,17 @@ class LoadBalancer(MultiService):
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
         self.reporter.setServiceParent(self)
+
+    def reloadCertificates(self, config: Config) -> None:
+        """
+        Read every TLS listener's certificates again, for the handshakes to
+        come (C{config} is the configuration now running); a listener whose
+        new certificates cannot be served keeps its own, and says why.
+        """
+        for listener in config.listeners:
+            certificates = self.certificates.get(listener.name)
+            if certificates is not None:
+                certificates.reload(listener)
 
     def reopenAccessLogs(self) -> None:
         """

@@ -30,7 +30,6 @@ from twisted.logger import Logger
 from ..config import ListenerConfig
 from ..connect import BackendConnector
 from ..dial import Dialler
-from ..endpoints import parseEndpoint
 from ..listener import ListenerFactory
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
@@ -83,7 +82,7 @@ class HTTPProxyFactory(ListenerFactory):
         self._stickyName = (sticky.name or "").encode() if sticky else b""
         self.rules = RequestRules(
             forwardedProto=(
-                b"https" if parseEndpoint(listener.endpoint, True).tls else b"http"
+                b"https" if listener.terminatesTLS else b"http"
             ),
             hostHeader=http.hostHeader.encode("ascii") if http.hostHeader else None,
             stickyKind=sticky.kind if sticky is not None else None,
