@@ -14,6 +14,8 @@ from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
+from .backendtls import clientOptions
+from .certificates import CertificateError
 from .config import Config, ConfigError
 from .tlslisten import ListenerCertificates
 
@@ -56,15 +58,28 @@ def checkEndpoints(config: Config) -> None:
 
 def checkTLS(config: Config) -> None:
     """
-    Read every certificate and key file each TLS listener of C{config}
-    serves (each key matching its certificate, each cipher string known
-    to OpenSSL).
+    Read every certificate, key and CA file of C{config}: those each TLS
+    listener serves (each key matching its certificate, each cipher string
+    known to OpenSSL) and those TLS to backends uses.
 
     @raise ConfigError: naming the key path and the file.
     """
     for i, listener in enumerate(config.listeners):
         if listener.terminatesTLS:
             ListenerCertificates(listener, f"listeners[{i}]", time.time).build()
+    for p in config.pools:
+        seen = set()
+        for i, b in enumerate(p.backends):
+            if b.tls is None or b.tls in seen:
+                continue
+            seen.add(b.tls)
+            where = f"pools.{p.name}.backends[{i}].tls"
+            try:
+                clientOptions(b.tls, b.endpoint)
+            except CertificateError as e:
+                raise ConfigError(where, str(e)) from None
+            except Exception as e:
+                raise ConfigError(where, f"cannot set up TLS: {e}") from e
 
 
 def checkFiles(config: Config) -> None:

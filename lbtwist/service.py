@@ -259,6 +259,13 @@ class LoadBalancer(MultiService):
             ListenerService(
                 listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
             ).setServiceParent(self)
+        for p in config.pools:
+            unverified = [b.name for b in p.backends if b.tls is not None and not b.tls.verify]
+            if unverified or (p.tls is not None and not p.tls.verify):
+                self.log.warn(
+                    "pool {pool}: TLS to {backends} is not verified (verify: false): "
+                    "whoever sits between lbtwist and them can read and change the traffic",
+                    pool=p.name, backends=", ".join(unverified) or "its discovered backends")
         self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.dialler)}
         from .http import HTTPProbe
 
@@ -283,12 +290,15 @@ class LoadBalancer(MultiService):
         """
         Read every TLS listener's certificates again, for the handshakes to
         come (C{config} is the configuration now running); a listener whose
-        new certificates cannot be served keeps its own, and says why.
+        new certificates cannot be served keeps its own, and says why.  The
+        CA and client certificate files of TLS to backends are read again
+        for the connections to come.
         """
         for listener in config.listeners:
             certificates = self.certificates.get(listener.name)
             if certificates is not None:
                 certificates.reload(listener)
+        self.dialler.forgetTLS()
 
     def reopenAccessLogs(self) -> None:
         """
