@@ -241,7 +241,7 @@ class ListenerCertificates:
         self.now = now
         self.current: CertificateSet | None = None
 
-    def _prepare(self, context: SSL.Context, where: str) -> None:
+    def _prepare(self, context: SSL.Context) -> None:
         tls = self.listener.tls or ListenerTLS()
         context.set_min_proto_version(MIN_VERSIONS[tls.minVersion])
         if tls.ciphers is not None:
@@ -281,7 +281,7 @@ class ListenerCertificates:
                     options = endpointOptions(self.listener.endpoint)
                 leaf = options.certificate.to_cryptography()
                 context = options.getContext()
-                self._prepare(context, where)
+                self._prepare(context)
             except ConfigError:
                 raise
             except Exception as e:
@@ -300,7 +300,7 @@ class ListenerCertificates:
                 extraCertChain=[crypto.X509.from_cryptography(c) for c in keyed.chain[1:]],
             )
             context = options.getContext()
-            self._prepare(context, where)
+            self._prepare(context)
             served.append(self._served(keyed.certificate, context, files.cert, when, warnings))
         return CertificateSet(served), warnings
 

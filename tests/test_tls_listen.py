@@ -10,6 +10,7 @@ C{ssl}, C{openssl s_client}), a real balancer on 127.0.0.1.
 from __future__ import annotations
 
 import datetime
+import http.client
 import os
 import shutil
 import signal
@@ -32,7 +33,7 @@ from lbtwist.lifecycle import ReloadOnSignal
 from lbtwist.reload import LiveConfig, configLoader
 from lbtwist.tlslisten import CertificateSet, ListenerCertificates, ServedCertificate
 
-from .httphelpers import waitFor
+from .httphelpers import RecordingBackend, waitFor
 from .support import Backends, inThread, reactor, startBalancer
 from .tlscerts import CertificateAuthority, expired, openssl, selfSigned
 
@@ -218,9 +219,20 @@ class ReloadTests(TestCase):
         self.servedKey = os.path.join(self.files.directory, "served.key")
         self.install(self.files.ab)
         self.configPath = os.path.join(self.files.directory, "lb.yaml")
+
+    def start(self, sslEndpoint: bool = False) -> None:
+        """
+        Start a balancer from a configuration file whose listener serves
+        the certificate at C{self.served}: from its C{tls} block, or as an
+        C{ssl:} endpoint's own; reload it on C{SIGHUP}.
+        """
+        listener: dict[str, Any] = (
+            {"listen": f"ssl:0:interface=127.0.0.1:privateKey={self.servedKey}:certKey={self.served}"}
+            if sslEndpoint else
+            {"listen": "tcp:0:interface=127.0.0.1", "tls": {
+                "certificates": [{"cert": self.served, "key": self.servedKey}]}})
         data = {
-            "listeners": [{"name": "secure", "listen": "tcp:0:interface=127.0.0.1", "tls": {
-                "certificates": [{"cert": self.served, "key": self.servedKey}]}}],
+            "listeners": [{"name": "secure", **listener}],
             "pools": {"web": {"backends": [{"name": "app", "endpoint": self.backends.endpoint("app")}]}},
         }
         with open(self.configPath, "w") as f:
@@ -260,6 +272,8 @@ class ReloadTests(TestCase):
         A connection open before the swap still relays both ways after it;
         a new handshake gets the new certificate.
         """
+        self.start()
+
         def openConnection() -> ssl.SSLSocket:
             context = ssl.create_default_context(cafile=self.files.ca.cert)
             raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -287,6 +301,7 @@ class ReloadTests(TestCase):
         A new certificate whose key does not match is refused with the key
         path and both files named; the old certificate is still served.
         """
+        self.start()
         shutil.copyfile(self.files.wild[0], self.served)
         events = yield self.hangUp()
         errors = [e for e in events if "reload rejected" in e.get("log_format", "")]
@@ -297,6 +312,61 @@ class ReloadTests(TestCase):
             f"the certificate in {self.served!r}")
         name, _, _ = yield inThread(handshake, self.port, "a.example")
         self.assertEqual(name, "a.example")
+
+
+    @inlineCallbacks
+    def test_sslEndpoint(self) -> Any:
+        """
+        An C{ssl:} listener's own certificate is read again too.
+        """
+        self.start(sslEndpoint=True)
+        name, _, _ = yield inThread(handshake, self.port, "x.wild.example")
+        self.assertEqual(name, "a.example")
+        self.install(self.files.wild)
+        yield self.hangUp()
+        name, _, _ = yield inThread(handshake, self.port, "x.wild.example")
+        self.assertEqual(name, "*.wild.example")
+
+
+class HTTPModeTests(TestCase):
+    """
+    An HTTP-mode listener that terminates TLS on a C{tcp:} endpoint tells
+    its backends the client came over HTTPS.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_forwardedProto(self) -> Any:
+        """
+        The backend sees C{X-Forwarded-Proto: https}.
+        """
+        files = Certificates(self.mktemp())
+        backend = RecordingBackend("b")
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+        _, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http",
+                           "tls": {"certificates": [Certificates.entry(files.ab)]}}],
+            "pools": {"web": {"backends": [{"name": "b", "endpoint": backend.endpoint}]}},
+        })
+
+        def fetch() -> tuple[int, bytes]:
+            context = ssl.create_default_context(cafile=files.ca.cert)
+            # An address asks for no name: the default certificate, for a.example.
+            context.check_hostname = False
+            connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5,
+                                                     context=context)
+            try:
+                connection.request("GET", "/proto", headers={"Host": "b.example"})
+                response = connection.getresponse()
+                return response.status, response.read()
+            finally:
+                connection.close()
+
+        status, body = yield inThread(fetch)
+        self.assertEqual((status, body), (200, b"b /proto\n"))
+        self.assertEqual(backend.requests[-1].header(b"x-forwarded-proto"), b"https")
 
 
 class CertificateErrorTests(SynchronousTestCase):
