@@ -150,6 +150,9 @@ class ServedCertificate:
     """
     One certificate a listener serves: the host names it is chosen for
     (wildcards as C{*.example.com}) and the context that serves it.
+
+    @ivar source: the file it was read from (or the C{ssl:} endpoint).
+    @ivar notAfter: the end of its validity, for the log.
     """
 
     names: tuple[str, ...]
@@ -212,9 +215,15 @@ def endpointOptions(endpoint: str) -> Any:
     """
     The TLS options (a Twisted L{CertificateOptions}) an C{ssl:} listener
     endpoint string makes, read from its files now.
+
+    @raise Exception: whatever Twisted raises for files it cannot use.
     """
-    listening = serverFromString(_OptionsCatcher(), endpoint).listen(None)  # type: ignore[arg-type]
-    return listening.result if not isinstance(listening.result, Failure) else listening.result.raiseException()
+    outcome: list[Any] = []
+    serverFromString(_OptionsCatcher(), endpoint).listen(None).addBoth(  # type: ignore[arg-type]
+        outcome.append)
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
 
 
 @implementer(IOpenSSLServerConnectionCreator)
