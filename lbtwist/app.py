@@ -115,6 +115,7 @@ class Balancer(MultiService):
             lb.pools, lb.config, reactor,
             StateFile(path, legacy=None if given else legacyStatePath(path)),
             loadConfig=configLoader(configPath) if configPath else None, grace=grace,
+            reloaded=[lb.reloadCertificates],
         )
         try:
             live.stateFile.checkWritable()  # type: ignore[union-attr]

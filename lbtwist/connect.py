@@ -382,7 +382,7 @@ class ConnectAttempt:
         self.backend = backend
         current = self.connector.dialler.dial(
             backend.endpoint, self._build, pool.config.timeouts.connect,
-            self._connected, self._dialFailed,
+            self._connected, self._dialFailed, backend.config.tls,
         )
         if self.backend is backend:
             # Still connecting (a dial may be over before it returns).

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from .config import BackendConfig, Config, PoolConfig
+from .config import BackendConfig, Config, ListenerConfig, PoolConfig
 
 
 @attrs.frozen
@@ -104,19 +104,31 @@ def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolC
     )
 
 
+def _listenerKey(listener: ListenerConfig) -> tuple[object, ...]:
+    """
+    What of a listener only changes with a restart: all of it but the
+    certificates it serves, which a reload reads again.
+    """
+    tls = listener.tls
+    return (listener.name, listener.endpoint, listener.pool, listener.mode,
+            None if tls is None else attrs.evolve(tls, certificates=()),
+            tls is not None and bool(tls.certificates))
+
+
 def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     """
     What of a newly read configuration a running balancer can take on:
-    C{new}, with the listeners, the set of pools and the settings that only
+    C{new}, with the listeners (but for the certificates they serve), the
+    set of pools and the settings that only
     change with a restart kept as they run, and the names of those that
     differ.  An admin token read from the environment at start stays when
     the file gives none.
     """
     differ = []
-    if [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] != [
-        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners
-    ]:
+    listeners = new.listeners
+    if [_listenerKey(x) for x in new.listeners] != [_listenerKey(x) for x in running.listeners]:
         differ.append("listeners")
+        listeners = running.listeners
     runningPools = {p.name: p for p in running.pools}
     newPools = {p.name: p for p in new.pools}
     if set(newPools) != set(runningPools):
@@ -132,7 +144,7 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     )
     kept = attrs.evolve(
         new,
-        listeners=running.listeners,
+        listeners=listeners,
         pools=pools,
         statusInterval=running.statusInterval,
         admin=running.admin,

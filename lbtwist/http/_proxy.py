@@ -28,7 +28,6 @@ from twisted.logger import Logger
 
 from ..config import ListenerConfig
 from ..dial import Dialler
-from ..endpoints import parseEndpoint
 from ..listener import ListenerFactory
 from ..pool import BackendPool
 from ._client import ClientConnection
@@ -69,9 +68,7 @@ class HTTPProxyFactory(ListenerFactory):
         self.maxRequestLine = http.maxRequestLine
         self.requestTimeout = config.timeouts.request
         self.idleTimeout = config.timeouts.idle
-        self.forwardedProto = (
-            b"https" if parseEndpoint(listener.endpoint, True).tls else b"http"
-        )
+        self.forwardedProto = b"https" if listener.terminatesTLS else b"http"
         self.upstream = Upstream(pool, reactor, dialler, self.forwardedProto)
         self.upstreams: dict[str, Upstream] = {pool.name: self.upstream}
         self.refused = 0
