@@ -1465,7 +1465,9 @@ def _headerActions(data: object, path: str) -> HeaderActions:
 
 
 def _routeTimeouts(data: object, path: str, mode: str) -> TimeoutOverrides:
-    keys = ("connect", "idle", "response", "request") if mode == "http" else ("connect", "idle")
+    # HTTP: what a request meets on its way to a backend (the client
+    # connection's own timeouts are its listener's pool's).
+    keys = ("connect", "response") if mode == "http" else ("connect", "idle")
     t = _mapping(data, path, keys)
     return TimeoutOverrides(**{k: parseSeconds(t[k], f"{path}.{k}") for k in keys if k in t})
 

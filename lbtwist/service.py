@@ -43,7 +43,7 @@ def _tcpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -
 def _httpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
     from .http import HTTPProxyFactory
 
-    return HTTPProxyFactory(pool, lb.reactor, lb.dialler, listener)
+    return HTTPProxyFactory(pool, lb.reactor, lb.dialler, listener, lb.pools)
 
 
 MODES: dict[str, FactoryBuilder] = {"tcp": _tcpFactory, "http": _httpFactory}

@@ -23,6 +23,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from ..routing import applyHeaderActions
 from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
 from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse
@@ -453,15 +454,22 @@ class ClientConnection(Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         factory = self.factory
-        upstream = factory.upstream
         method = parser.get_method()
         version = parser.get_http_version()
         url = self._url
-        plan = planRequest(
-            method, url, version, self._headers, parser.should_keep_alive(),
-            parser.should_upgrade(), self.clientHost, self.localAuthority, upstream.rules,
-        )
-        ex = Exchange(self, factory, upstream, plan, method, url, version, self._lastActivity)
+        router = factory.router
+        if router is None:
+            upstream = factory.upstream
+            plan = planRequest(
+                method, url, version, self._headers, parser.should_keep_alive(),
+                parser.should_upgrade(), self.clientHost, self.localAuthority, upstream.rules,
+            )
+            ex = Exchange(self, factory, upstream, plan, method, url, version, self._lastActivity)
+        else:
+            ex = router.exchange(
+                self, method, url, version, self._headers, parser.should_keep_alive(),
+                parser.should_upgrade(), self._lastActivity,
+            )
         self._inHead = False
         self._headStarted = None
         self._parsing = ex
@@ -499,6 +507,9 @@ class ClientConnection(Protocol):
         """
         factory = self.factory
         plan = ex.plan
+        route = ex.route
+        if route is not None and route.responseHeaders is not None:
+            headers = applyHeaderActions(headers, route.responseHeaders)
         response = planResponse(
             status, reason, headers, ex.method, ex.version != "1.0",
             plan.keepAlive and ex.requestDone and not ex.closeAfter and not plan.upgrade
