@@ -28,7 +28,7 @@ from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
 from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse
 from ._exchange import WAITING, Exchange, IClientSide
-from ._plan import CHUNKED, IDEMPOTENT, interimHead, planRequest, planResponse
+from ._plan import CHUNKED, IDEMPOTENT, interimHead, planResponse
 
 
 def authorityOf(address: Any) -> bytes:
@@ -457,19 +457,10 @@ class ClientConnection(Protocol):
         method = parser.get_method()
         version = parser.get_http_version()
         url = self._url
-        router = factory.router
-        if router is None:
-            upstream = factory.upstream
-            plan = planRequest(
-                method, url, version, self._headers, parser.should_keep_alive(),
-                parser.should_upgrade(), self.clientHost, self.localAuthority, upstream.rules,
-            )
-            ex = Exchange(self, factory, upstream, plan, method, url, version, self._lastActivity)
-        else:
-            ex = router.exchange(
-                self, method, url, version, self._headers, parser.should_keep_alive(),
-                parser.should_upgrade(), self._lastActivity,
-            )
+        ex = factory.exchangeFor(
+            self, method, url, version, self._headers, parser.should_keep_alive(),
+            parser.should_upgrade(), self._lastActivity,
+        )
         self._inHead = False
         self._headStarted = None
         self._parsing = ex

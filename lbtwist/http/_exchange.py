@@ -114,6 +114,7 @@ class IClientSide(IPushProducer):
 
     clientHost = Attribute("The client's address as bytes, for hashing and X-Forwarded-For.")
     clientName = Attribute("The client's address as logs show it.")
+    localAuthority = Attribute("The address the client reached, the Host of a request naming none.")
     privateKeys = Attribute("Idle-pool keys of backend connections private to this client.")
     closed = Attribute("Whether the client is gone.")
 

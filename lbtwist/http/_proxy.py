@@ -35,6 +35,7 @@ from ..routeconfig import Route
 from ..routing import RouteCounters
 from ._client import ClientConnection
 from ._exchange import Exchange
+from ._plan import planRequest
 from ._router import Router
 from ._upstream import Upstream
 
@@ -117,6 +118,28 @@ class HTTPProxyFactory(ListenerFactory):
         if router is None:
             return []
         return [rt.counters for rt in router.runtimes()]
+
+    def exchangeFor(
+        self, side: Any, method: bytes, url: bytes, version: str,
+        headers: list[tuple[bytes, bytes]], keepAlive: bool, upgrade: bool, started: float,
+    ) -> Exchange:
+        """
+        The exchange of a request head read by C{side} (an L{IClientSide}:
+        an HTTP/1.1 connection, an HTTP/2 stream): routed if the listener
+        has routes, planned for its pool.
+
+        @raise lbtwist.http._errors.BadRequest: the head must be refused.
+        """
+        router = self.router
+        if router is not None:
+            return router.exchange(side, method, url, version, headers, keepAlive, upgrade,
+                                   started)
+        upstream = self.upstream
+        plan = planRequest(
+            method, url, version, headers, keepAlive, upgrade, side.clientHost,
+            side.localAuthority, upstream.rules,
+        )
+        return Exchange(side, self, upstream, plan, method, url, version, started)
 
     def upstreamFor(self, name: str) -> Upstream | None:
         """
