@@ -116,6 +116,7 @@ class Balancer(MultiService):
             StateFile(path, legacy=None if given else legacyStatePath(path)),
             loadConfig=configLoader(configPath) if configPath else None, grace=grace,
             balancer=lb,
+            reloaded=[lb.reloadCertificates],
         )
         try:
             live.stateFile.checkWritable()  # type: ignore[union-attr]

@@ -55,20 +55,15 @@ def parseAuthorization(value: bytes | None) -> tuple[str, bytes] | None:
         return None
 
 
-def unauthorizedMessage(realm: str, close: bool) -> bytes:
+def unauthorizedAnswer(realm: str) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes]:
     """
-    The 401 answer asking for credentials of C{realm}.
+    The 401 answer asking for credentials of C{realm} (status, headers,
+    body).
     """
-    body = b"401 Unauthorized: credentials are needed.\n"
-    return b"".join((
-        b"HTTP/1.1 401 Unauthorized\r\n",
-        b'WWW-Authenticate: Basic realm="%s", charset="UTF-8"\r\n' % (realm.encode("utf-8"),),
-        b"Content-Type: text/plain; charset=utf-8\r\n",
-        b"Content-Length: %d\r\n" % (len(body),),
-        b"Connection: close\r\n" if close else b"",
-        b"\r\n",
-        body,
-    ))
+    return (401, (
+        (b"WWW-Authenticate", b'Basic realm="%s", charset="UTF-8"' % (realm.encode("utf-8"),)),
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+    ), b"401 Unauthorized: credentials are needed.\n")
 
 
 def checkPassword(password: bytes, hashed: bytes) -> bool:

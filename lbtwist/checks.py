@@ -1,18 +1,23 @@
 """
 Checking a configuration against the world before anything starts: every
 endpoint string built by Twisted's own parsers (certificates read, unknown
-arguments refused), every access-log file writable.  A problem is a
+arguments refused), every TLS certificate, key and CA file read, every
+access-log file writable.  A problem is a
 L{ConfigError} naming the key, and nothing starts.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
+from .backendtls import clientOptions
+from .certificates import CertificateError
 from .config import Config, ConfigError
+from .tlslisten import ListenerCertificates
 
 
 def checkConfig(config: Config) -> None:
@@ -22,6 +27,7 @@ def checkConfig(config: Config) -> None:
     @raise ConfigError: naming the key path of the first problem.
     """
     checkEndpoints(config)
+    checkTLS(config)
     checkFiles(config)
 
 
@@ -48,6 +54,32 @@ def checkEndpoints(config: Config) -> None:
             checkEndpoint(text, server)
         except Exception as e:
             raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
+
+
+def checkTLS(config: Config) -> None:
+    """
+    Read every certificate, key and CA file of C{config}: those each TLS
+    listener serves (each key matching its certificate, each cipher string
+    known to OpenSSL) and those TLS to backends uses.
+
+    @raise ConfigError: naming the key path and the file.
+    """
+    for i, listener in enumerate(config.listeners):
+        if listener.terminatesTLS:
+            ListenerCertificates(listener, f"listeners[{i}]", time.time).build()
+    for p in config.pools:
+        seen = set()
+        for i, b in enumerate(p.backends):
+            if b.tls is None or b.tls in seen:
+                continue
+            seen.add(b.tls)
+            where = f"pools.{p.name}.backends[{i}].tls"
+            try:
+                clientOptions(b.tls, b.endpoint)
+            except CertificateError as e:
+                raise ConfigError(where, str(e)) from None
+            except Exception as e:
+                raise ConfigError(where, f"cannot set up TLS: {e}") from e
 
 
 def checkFiles(config: Config) -> None:

@@ -83,6 +83,30 @@ class HealthCheck:
 
 
 @attrs.frozen
+class BackendTLS:
+    """
+    How lbtwist speaks TLS to a backend: the certificate it must present is
+    verified unless C{verify} is C{False}.
+
+    @ivar ca: a PEM file of the certificates that may issue the backend's,
+        or C{"system"} for the platform's trust store.
+    @ivar verifyHost: the name the backend's certificate must carry (and
+        the SNI sent), or L{None} for the backend's host.
+    @ivar clientCert: a PEM certificate (or chain) lbtwist presents to the
+        backend, with C{clientKey} its private key.
+    @ivar verify: C{False} turns verification off (an explicit opt-out).
+    @ivar sni: the server name sent, if not C{verifyHost} or the host.
+    """
+
+    ca: str = "system"
+    verifyHost: str | None = None
+    clientCert: str | None = None
+    clientKey: str | None = None
+    verify: bool = True
+    sni: str | None = None
+
+
+@attrs.frozen
 class BackendConfig:
     """
     One backend server: a name, a Twisted client endpoint string and a weight.
@@ -94,6 +118,8 @@ class BackendConfig:
     @ivar slowStart: seconds over which its weight ramps up to full after
         it comes back (health down to up, or maint/drain to ready); L{None}
         takes the pool's C{slow-start}, 0 turns it off.
+    @ivar tls: how TLS is spoken to it (its pool's block with its own
+        keys over it), or L{None} for none.
     """
 
     name: str
@@ -104,6 +130,7 @@ class BackendConfig:
     backup: bool = False
     slowStart: float | None = None
     discovered: bool = False
+    tls: BackendTLS | None = None
 
 
 @attrs.frozen
@@ -279,6 +306,8 @@ class PoolConfig:
     @ivar slowStart: seconds over which a backend's weight ramps up to full
         after it comes back (0: at once); a backend may say otherwise.
     @ivar discovery: where more backends are found in DNS, if anywhere.
+    @ivar tls: the pool's C{tls} block, which every backend takes (a
+        backend's own keys win), or L{None}.
     """
 
     name: str
@@ -298,6 +327,7 @@ class PoolConfig:
     allBackups: bool = False
     slowStart: float = 0.0
     discovery: Discovery | None = None
+    tls: BackendTLS | None = None
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -317,16 +347,40 @@ DEFAULT_ALPN = {"tcp": (), "http": ("http/1.1",)}
 HTTP_MODE_ALPN = ("http/1.1", "http/1.0")
 
 
+# The TLS versions a listener's min-version may name.
+TLS_VERSIONS = ("1.2", "1.3")
+
+
+@attrs.frozen
+class CertificateFiles:
+    """
+    One certificate a TLS listener serves: a PEM file with the certificate
+    (and any intermediates after it), and one with its private key.
+    """
+
+    cert: str
+    key: str
+
+
 @attrs.frozen
 class ListenerTLS:
     """
-    The TLS settings of a listener on an C{ssl:} endpoint.
+    The TLS settings of a listener.
 
     @ivar alpn: the protocols offered over ALPN, most preferred first, or
         L{None} for the mode's default (L{DEFAULT_ALPN}).
+    @ivar certificates: the certificates served, chosen by the name the
+        client asks for (SNI); the first (after an C{ssl:} endpoint's own)
+        is the default.
+    @ivar minVersion: the oldest TLS version accepted, C{"1.2"} or C{"1.3"}.
+    @ivar ciphers: an OpenSSL cipher string for TLS 1.2, or L{None} for
+        Twisted's defaults.
     """
 
     alpn: tuple[str, ...] | None = None
+    certificates: tuple[CertificateFiles, ...] = ()
+    minVersion: str = "1.2"
+    ciphers: str | None = None
 
 
 @attrs.frozen
@@ -338,7 +392,7 @@ class ListenerConfig:
         is the pool of C{pool:} if given, else the default route's (first)
         pool, else the first pool a route names, else the first pool of
         the configuration: code that knows no routes yet keeps working.
-    @ivar tls: the listener's C{tls} block, if given (only on C{ssl:}).
+    @ivar tls: the listener's C{tls} block, if given.
     @ivar routes: the routes, in order: the first that matches is taken.
     @ivar defaultRoute: what a request no route matches gets (a C{pool:}
         given beside C{routes:} is one); L{None}: a 404 (HTTP) or a close.
@@ -361,6 +415,15 @@ class ListenerConfig:
         if self.tls is not None and self.tls.alpn is not None:
             return self.tls.alpn
         return DEFAULT_ALPN[self.mode]
+
+    @property
+    def terminatesTLS(self) -> bool:
+        """
+        Whether its clients speak TLS: an C{ssl:} endpoint, or certificates
+        in its C{tls} block.
+        """
+        return parseEndpoint(self.endpoint, True).tls or (
+            self.tls is not None and bool(self.tls.certificates))
 
 
 @attrs.frozen
@@ -602,15 +665,70 @@ def parseHealth(data: object, path: str, base: HealthCheck) -> HealthCheck:
     return attrs.evolve(base, **changes)
 
 
-def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
+_BACKEND_TLS_KEYS = ("ca", "verify-host", "client-cert", "client-key", "verify", "sni")
+
+# What an ssl: backend endpoint is refused with: Twisted's parser builds it
+# with no trust roots and no host name, so it verifies nothing.
+_SSL_BACKEND = (
+    "an ssl: backend endpoint does not verify the backend's certificate; "
+    "give it as tcp:host=HOST:port=PORT with tls: {ca: FILE} (or ca: system) to verify it, "
+    "or with tls: {verify: false} to opt out explicitly"
+)
+
+
+def _hostName(value: object, path: str) -> str:
     """
-    One backend: C{name}, and either C{endpoint} or C{host} and C{port}.
+    A host name or an IP address, as a certificate names it.
+    """
+    name = _string(value, path)
+    if not (_DNS_NAME.fullmatch(name) or re.fullmatch(r"[0-9A-Fa-f:.]+", name)):
+        raise ConfigError(path, f"expected a host name like 'app.internal', got {name!r}")
+    return name.rstrip(".")
+
+
+def parseBackendTLS(data: object, path: str, base: BackendTLS | None) -> BackendTLS | None:
+    """
+    Overlay a C{tls} block (of a pool, or of a backend over its pool's) on
+    C{base}.  C{ca} is a file or C{system}; C{client-cert} and
+    C{client-key} go together; C{verify: false} is the explicit opt-out.
+    """
+    if data is None:
+        return base
+    d = _mapping(data, path, _BACKEND_TLS_KEYS)
+    changes: dict[str, Any] = {}
+    if "ca" in d:
+        changes["ca"] = _string(d["ca"], f"{path}.ca")
+    if "verify-host" in d:
+        changes["verifyHost"] = _hostName(d["verify-host"], f"{path}.verify-host")
+    if "sni" in d:
+        changes["sni"] = _hostName(d["sni"], f"{path}.sni")
+    for key, attribute in (("client-cert", "clientCert"), ("client-key", "clientKey")):
+        if key in d:
+            changes[attribute] = _string(d[key], f"{path}.{key}")
+    if "verify" in d:
+        changes["verify"] = _boolean(d["verify"], f"{path}.verify")
+        if not changes["verify"] and ("ca" in d or "verify-host" in d):
+            raise ConfigError(f"{path}.verify",
+                              "verify: false with ca or verify-host: give one or the other")
+    tls = attrs.evolve(base or BackendTLS(), **changes)
+    if (tls.clientCert is None) != (tls.clientKey is None):
+        missing = "client-key" if tls.clientKey is None else "client-cert"
+        raise ConfigError(f"{path}.{missing}", "client-cert and client-key go together")
+    return tls
+
+
+def parseBackend(
+    data: object, path: str, health: HealthCheck, tls: BackendTLS | None = None,
+) -> BackendConfig:
+    """
+    One backend: C{name}, and either C{endpoint} or C{host} and C{port};
+    C{tls} is its pool's TLS block, which its own C{tls} keys overlay.
     """
     if isinstance(data, str):
         data = {"endpoint": expandAddress(data)}
     d = _mapping(
         data, path, ("name", "endpoint", "host", "port", "weight", "health", "maxconn",
-                     "backup", "slow-start")
+                     "backup", "slow-start", "tls")
     )
     if "endpoint" in d:
         if "host" in d or "port" in d:
@@ -632,6 +750,13 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
         endpoint = f"tcp:host={host}:port={port}"
     else:
         raise ConfigError(path, "a backend needs an endpoint, or a host and a port")
+    kind = parseEndpoint(endpoint, False).kind
+    if kind == "ssl":
+        raise ConfigError(f"{path}.endpoint", _SSL_BACKEND)
+    tls = parseBackendTLS(d.get("tls"), f"{path}.tls", tls)
+    if tls is not None and kind == "tls":
+        raise ConfigError(f"{path}.tls", "a tls: endpoint speaks TLS itself; give the backend "
+                                         "a tcp: endpoint for its tls block")
     name = (
         _name(d["name"], f"{path}.name") if "name" in d else parseEndpoint(endpoint, False).defaultName
     )
@@ -647,6 +772,7 @@ def parseBackend(data: object, path: str, health: HealthCheck) -> BackendConfig:
             None if "slow-start" not in d
             else parseSlowStart(d["slow-start"], f"{path}.slow-start")
         ),
+        tls=tls,
     )
 
 
@@ -666,7 +792,7 @@ def parseSlowStart(value: object, path: str) -> float:
 _POOL_KEYS = (
     "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
     "proxy-protocol", "queue", "access-log", "retry-on", "retry-budget", "outlier",
-    "all-backups", "slow-start", "discovery",
+    "all-backups", "slow-start", "discovery", "tls",
 )
 
 # The most a maxconn may say: far above what one process can hold open.
@@ -819,8 +945,9 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
     """
     d = _mapping(data, path, _POOL_KEYS)
     health = parseHealth(d.get("health"), f"{path}.health", HealthCheck())
+    tls = parseBackendTLS(d.get("tls"), f"{path}.tls", None)
     backends = tuple(
-        parseBackend(b, f"{path}.backends[{i}]", health)
+        parseBackend(b, f"{path}.backends[{i}]", health, tls)
         for i, b in enumerate(_list(d.get("backends", []), f"{path}.backends"))
     )
     _unique(backends, lambda b: b.name, f"{path}.backends", "backend")
@@ -869,6 +996,7 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         allBackups=_boolean(d.get("all-backups", False), f"{path}.all-backups"),
         slowStart=parseSlowStart(d.get("slow-start", 0), f"{path}.slow-start"),
         discovery=parseDiscovery(d.get("discovery"), f"{path}.discovery"),
+        tls=tls,
     )
 
 
@@ -972,19 +1100,33 @@ def parseRetryBudget(data: object, path: str) -> RetryBudget | None:
     return RetryBudget(**changes)
 
 
-def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> ListenerTLS:
+def parseCertificates(data: object, path: str) -> tuple[CertificateFiles, ...]:
     """
-    Validate a listener's C{tls} block: a mapping that today holds only
-    C{alpn}, a list of protocol names; only an C{ssl:} listener has one.
+    A listener's C{certificates}: a non-empty list of C{{cert: FILE, key: FILE}}.
     """
-    if parseEndpoint(endpoint, True).kind != "ssl":
-        raise ConfigError(path, f"only an ssl: listener has TLS settings, not {endpoint!r}")
-    d = _mapping(data, path, ("alpn",))
-    if "alpn" not in d:
-        return ListenerTLS()
+    items = _list(data, path)
+    if not items:
+        raise ConfigError(path, "expected at least one {cert: FILE, key: FILE}")
+    files = []
+    for j, item in enumerate(items):
+        where = f"{path}[{j}]"
+        d = _mapping(item, where, ("cert", "key"))
+        for key in ("cert", "key"):
+            if key not in d:
+                raise ConfigError(f"{where}.{key}", "required (a PEM file)")
+        files.append(CertificateFiles(_string(d["cert"], f"{where}.cert"),
+                                      _string(d["key"], f"{where}.key")))
+    return tuple(files)
+
+
+def parseALPN(data: object, path: str, mode: str) -> tuple[str, ...]:
+    """
+    A listener's C{alpn}: protocol names, most preferred first, each one
+    the mode can speak.
+    """
     names: list[str] = []
-    for j, item in enumerate(_list(d["alpn"], f"{path}.alpn")):
-        where = f"{path}.alpn[{j}]"
+    for j, item in enumerate(_list(data, path)):
+        where = f"{path}[{j}]"
         name = _string(item, where)
         if not name.isascii() or not name.isprintable() or len(name) > 255:
             raise ConfigError(where, f"expected a protocol name like 'h2' or 'http/1.1', got {name!r}")
@@ -997,7 +1139,37 @@ def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> Liste
                 "(offer it from a tcp mode listener)",
             )
         names.append(name)
-    return ListenerTLS(alpn=tuple(names))
+    return tuple(names)
+
+
+def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> ListenerTLS:
+    """
+    Validate a listener's C{tls} block: C{certificates}, C{alpn},
+    C{min-version} and C{ciphers}.  An C{ssl:} listener may have one (its
+    own certificate is then the default); a C{tcp:} listener needs
+    C{certificates} in it, and lbtwist then terminates TLS itself.
+    """
+    kind = parseEndpoint(endpoint, True).kind
+    d = _mapping(data, path, ("certificates", "alpn", "min-version", "ciphers"))
+    if kind != "ssl":
+        if kind not in ("tcp", "tcp6"):
+            raise ConfigError(path, f"only a tcp: or ssl: listener has TLS settings, not {endpoint!r}")
+        if "certificates" not in d:
+            raise ConfigError(f"{path}.certificates",
+                              f"required on a {kind}: listener (or listen on ssl:)")
+    changes: dict[str, Any] = {}
+    if "certificates" in d:
+        changes["certificates"] = parseCertificates(d["certificates"], f"{path}.certificates")
+    if "alpn" in d:
+        changes["alpn"] = parseALPN(d["alpn"], f"{path}.alpn", mode)
+    if "min-version" in d:
+        value = d["min-version"]
+        changes["minVersion"] = _choice(
+            str(value) if isinstance(value, float) else value, f"{path}.min-version",
+            TLS_VERSIONS)
+    if "ciphers" in d:
+        changes["ciphers"] = _string(d["ciphers"], f"{path}.ciphers")
+    return ListenerTLS(**changes)
 
 
 # -- routes ------------------------------------------------------------------
@@ -1293,7 +1465,9 @@ def _headerActions(data: object, path: str) -> HeaderActions:
 
 
 def _routeTimeouts(data: object, path: str, mode: str) -> TimeoutOverrides:
-    keys = ("connect", "idle", "response", "request") if mode == "http" else ("connect", "idle")
+    # HTTP: what a request meets on its way to a backend (the client
+    # connection's own timeouts are its listener's pool's).
+    keys = ("connect", "response") if mode == "http" else ("connect", "idle")
     t = _mapping(data, path, keys)
     return TimeoutOverrides(**{k: parseSeconds(t[k], f"{path}.{k}") for k in keys if k in t})
 

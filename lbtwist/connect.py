@@ -98,6 +98,21 @@ class RetryPolicy(typing.Protocol):
         """
 
 
+class FixedRetries:
+    """
+    A fixed number of retries (a route's C{retries}, overriding its pool's).
+    """
+
+    def __init__(self, retries: int) -> None:
+        self.retries = retries
+
+    def mayTryAnother(self, pool: BackendPool, failures: int) -> bool:
+        """
+        Another try while C{failures} is within the fixed C{retries}.
+        """
+        return failures <= self.retries
+
+
 class PoolRetries:
     """
     The pool's C{retries} setting: after each of up to that many failures,
@@ -128,11 +143,17 @@ class BackendConnector:
         reactor: Any,
         dialler: Dialler | None = None,
         retryPolicy: RetryPolicy | None = None,
+        connectTimeout: float | None = None,
     ) -> None:
+        """
+        @param connectTimeout: overrides the pool's connect timeout (a
+            route's), if given.
+        """
         self.pool = pool
         self.reactor = reactor
         self.dialler = dialler or Dialler(reactor)
         self.retryPolicy: RetryPolicy = retryPolicy or PoolRetries()
+        self.connectTimeout = connectTimeout
 
     def connect(
         self,
@@ -380,9 +401,10 @@ class ConnectAttempt:
                     joined(backend, protocol, self.failures)
                 return
         self.backend = backend
-        current = self.connector.dialler.dial(
-            backend.endpoint, self._build, pool.config.timeouts.connect,
-            self._connected, self._dialFailed,
+        connector = self.connector
+        current = connector.dialler.dial(
+            backend.endpoint, self._build, connector.connectTimeout or pool.config.timeouts.connect,
+            self._connected, self._dialFailed, backend.config.tls,
         )
         if self.backend is backend:
             # Still connecting (a dial may be over before it returns).

@@ -21,7 +21,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .config import Config
-from .endpoints import parseEndpoint
 from .tcp import describe
 
 DEMO_COUNT = 3
@@ -143,7 +142,7 @@ class DemoBackends(MultiService):
             if name.startswith("listener:") and port is not None and port.called:
                 listener = service.listener  # type: ignore[attr-defined]
                 listeners.append(listenerURL(
-                    port.result.getHost(), parseEndpoint(listener.endpoint, True).tls))
+                    port.result.getHost(), listener.terminatesTLS))
             if name == "admin" and getattr(service, "port", None) is not None:
                 admin = describe(service.port.getHost())  # type: ignore[attr-defined]
         self.log.info(

@@ -11,6 +11,10 @@ of going through a client endpoint, which would wrap the protocol (one more
 call on every read) and chain several L{Deferred}s.  Other endpoints (UNIX,
 TLS...) go through Twisted's endpoint as usual.
 
+A backend with TLS settings (a C{tls} block) is dialled through a
+L{lbtwist.backendtls.VerifiedTLSEndpoint} over its endpoint: connected
+means the handshake, with the backend's certificate verified, is over.
+
 Either way the outcome goes to two callables, C{connected(protocol)} or
 C{failed(reason)} (L{twisted.internet.error.TimeoutError} after the
 timeout), and the attempt can be cancelled.
@@ -27,8 +31,12 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectingCancelledError, TimeoutError
 from twisted.internet.interfaces import IAddress, IConnector, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .backendtls import UnusableEndpoint, VerifiedTLSEndpoint, clientOptions
+from .certificates import CertificateError
+from .config import BackendTLS
 from .endpoints import parseEndpoint
 from .leantcp import IReactorDialTCP, ipFamily
 
@@ -164,27 +172,55 @@ class _OneShotFactory(Factory):
 
 class Dialler:
     """
-    Dials backends by their endpoint strings, remembering how to reach each.
+    Dials backends by their endpoint strings (and TLS settings), remembering
+    how to reach each.
     """
+
+    log = Logger()
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._endpoints: dict[str, IStreamClientEndpoint] = {}
+        self._tlsEndpoints: dict[tuple[str, BackendTLS], IStreamClientEndpoint] = {}
         # How each endpoint string is dialled, worked out once: its host and
         # port and whether the reactor dials it directly, or None for an
         # endpoint that is not plain TCP.
         self._routes: dict[str, tuple[str, int, bool] | None] = {}
         self._direct = IReactorDialTCP.providedBy(reactor)
 
-    def endpoint(self, text: str) -> IStreamClientEndpoint:
+    def endpoint(self, text: str, tls: BackendTLS | None = None) -> IStreamClientEndpoint:
         """
-        The Twisted endpoint for an endpoint string, built once.
+        The Twisted endpoint for an endpoint string, with TLS over it if
+        C{tls} says so, built once.
         """
+        if tls is not None:
+            return self._tlsEndpoint(text, tls)
         endpoint = self._endpoints.get(text)
         if endpoint is None:
             endpoint = clientFromString(self._reactor, text)
             self._endpoints[text] = endpoint
         return endpoint
+
+    def _tlsEndpoint(self, text: str, tls: BackendTLS) -> IStreamClientEndpoint:
+        endpoint = self._tlsEndpoints.get((text, tls))
+        if endpoint is None:
+            try:
+                creator = clientOptions(tls, text)
+            except CertificateError as e:
+                self.log.error("TLS to backend {endpoint} cannot be set up: {error}",
+                               endpoint=text, error=str(e))
+                endpoint = UnusableEndpoint(e, self._reactor)
+            else:
+                endpoint = VerifiedTLSEndpoint(creator, self.endpoint(text), self._reactor)
+            self._tlsEndpoints[(text, tls)] = endpoint
+        return endpoint
+
+    def forgetTLS(self) -> None:
+        """
+        Read the TLS files (CA, client certificates) again for the
+        connections to come.
+        """
+        self._tlsEndpoints.clear()
 
     def dial(
         self,
@@ -193,22 +229,26 @@ class Dialler:
         timeout: float,
         connected: Callable[[Any], None],
         failed: Callable[[Failure], None],
+        tls: BackendTLS | None = None,
     ) -> Cancellable:
         """
-        Connect a protocol from C{build} to the endpoint C{text}; call
-        C{connected(protocol)} once it is connected, or C{failed(reason)}
-        if it cannot be within C{timeout} seconds.  C{connected} may be
-        called before this returns; C{failed} never is.
+        Connect a protocol from C{build} to the endpoint C{text} (over TLS
+        if C{tls} says so); call C{connected(protocol)} once it is
+        connected, or C{failed(reason)} if it cannot be within C{timeout}
+        seconds.  C{connected} may be called before this returns; C{failed}
+        never is.
 
         @return: the attempt, whose C{cancel()} abandons it without calling
             either.
         """
+        if tls is not None:
+            return self._dialEndpoint(self._tlsEndpoint(text, tls), build, timeout, connected, failed)
         try:
             route = self._routes[text]
         except KeyError:
             route = self._routes[text] = self._route(text)
         if route is None:
-            return self._dialEndpoint(text, build, timeout, connected, failed)
+            return self._dialEndpoint(self.endpoint(text), build, timeout, connected, failed)
         host, port, direct = route
         if direct:
             return self._reactor.dialTCP(  # type: ignore[no-any-return]
@@ -230,13 +270,13 @@ class Dialler:
 
     def _dialEndpoint(
         self,
-        text: str,
+        endpoint: IStreamClientEndpoint,
         build: Callable[[], Protocol],
         timeout: float,
         connected: Callable[[Any], None],
         failed: Callable[[Failure], None],
     ) -> Cancellable:
-        attempt = self.endpoint(text).connect(_OneShotFactory(build))
+        attempt = endpoint.connect(_OneShotFactory(build))
         timedOut = []
 
         def timeOut() -> None:

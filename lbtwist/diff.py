@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from .config import BackendConfig, Config, PoolConfig
+from .config import BackendConfig, Config, ListenerConfig, PoolConfig
 
 
 @attrs.frozen
@@ -114,21 +114,37 @@ def routeChanges(new: Config, old: Config) -> list[str]:
             if x.name in before and before[x.name] != (x.routes, x.defaultRoute)]
 
 
+def _listenerKey(listener: ListenerConfig) -> tuple[object, ...]:
+    """
+    What of a listener only changes with a restart: all of it but the
+    certificates it serves, which a reload reads again.
+    """
+    tls = listener.tls
+    return (listener.name, listener.endpoint, listener.pool, listener.mode,
+            None if tls is None else attrs.evolve(tls, certificates=()),
+            tls is not None and bool(tls.certificates))
+
+
 def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     """
     What of a newly read configuration a running balancer can take on:
-    C{new}, with the listeners (but the routes of those it keeps by name
-    and mode, which change live), the
-    set of pools and the settings that only change with a restart kept as
-    they run, and the names of those that differ.  An admin token read from the environment at start stays when
+    C{new}, with the listeners (but for the certificates they serve, and
+    the routes of the listeners kept by name and mode, which change live),
+    the set of pools and the settings that only change with a restart kept
+    as they run, and the names of those that differ.  An admin token read
+    from the environment at start stays when
     the file gives none.
     """
     differ = []
-    if [(x.name, x.endpoint, x.pool, x.mode, x.tls) for x in new.listeners] != [
-        (x.name, x.endpoint, x.pool, x.mode, x.tls) for x in running.listeners
-    ]:
+    listeners = new.listeners
+    if [_listenerKey(x) for x in new.listeners] != [_listenerKey(x) for x in running.listeners]:
         differ.append("listeners")
-    newListeners = {x.name: x for x in new.listeners}
+        newListeners = {x.name: x for x in new.listeners}
+        listeners = tuple(
+            attrs.evolve(was, routes=newListeners[was.name].routes,
+                         defaultRoute=newListeners[was.name].defaultRoute)
+            if was.name in newListeners and newListeners[was.name].mode == was.mode else was
+            for was in running.listeners)
     runningPools = {p.name: p for p in running.pools}
     newPools = {p.name: p for p in new.pools}
     if set(newPools) != set(runningPools):
@@ -144,11 +160,7 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     )
     kept = attrs.evolve(
         new,
-        listeners=tuple(
-            attrs.evolve(was, routes=newListeners[was.name].routes,
-                         defaultRoute=newListeners[was.name].defaultRoute)
-            if was.name in newListeners and newListeners[was.name].mode == was.mode else was
-            for was in running.listeners),
+        listeners=listeners,
         pools=pools,
         statusInterval=running.statusInterval,
         admin=running.admin,

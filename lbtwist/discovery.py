@@ -34,7 +34,7 @@ from twisted.names import client, dns
 from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 
-from .config import MAX_WEIGHT, BackendConfig, Discovery, HealthCheck
+from .config import MAX_WEIGHT, BackendConfig, BackendTLS, Discovery, HealthCheck
 from .pool import Backend, BackendPool
 
 # A TTL shorter than this does not make lookups more frequent.
@@ -101,10 +101,14 @@ def backendName(lookedUp: str, found: Found) -> str:
 
 
 def backendConfigs(discovery: Discovery, answer: Answer,
-                   health: HealthCheck) -> dict[str, BackendConfig]:
+                   health: HealthCheck, tls: BackendTLS | None = None) -> dict[str, BackendConfig]:
     """
-    The backends an answer makes, by name, marked as discovered.
+    The backends an answer makes, by name, marked as discovered, with the
+    pool's TLS settings; found by an address lookup, their certificates
+    must name the name looked up unless the pool says C{verify-host}.
     """
+    if tls is not None and tls.verifyHost is None and discovery.kind == "dns":
+        tls = attrs.evolve(tls, verifyHost=discovery.name)
     configs: dict[str, BackendConfig] = {}
     for found in answer.found:
         host = found.host.replace(":", r"\:")
@@ -116,6 +120,7 @@ def backendConfigs(discovery: Discovery, answer: Answer,
             health=health,
             backup=found.backup,
             discovered=True,
+            tls=tls,
         ))
     return configs
 
@@ -326,7 +331,8 @@ class PoolDiscovery(Service):
         added first, then vanished ones removed and drained, so the pool is
         never without the backends both sets share.
         """
-        wanted = backendConfigs(self.discovery, answer, self.pool.config.health)
+        wanted = backendConfigs(self.discovery, answer, self.pool.config.health,
+                                self.pool.config.tls)
         if self.state != "ok":
             self.log.info("pool {pool}: DNS discovery of {name} answers again",
                           pool=self.pool.name, name=self.discovery.name)

@@ -58,9 +58,10 @@ class TCPProbe:
 
     def __call__(self, backend: Backend) -> Deferred[Any]:
         """
-        Connect to C{backend}; fires on connection, fails on refusal.
+        Connect to C{backend}; fires on connection (for a TLS backend, once
+        the handshake verified it), fails on refusal.
         """
-        return self._dialler.endpoint(backend.endpoint).connect(self._factory)
+        return self._dialler.endpoint(backend.endpoint, backend.config.tls).connect(self._factory)
 
 
 class HealthMonitor(Service):

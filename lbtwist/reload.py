@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -99,6 +99,8 @@ class LiveConfig:
     @ivar grace: seconds a removed backend's connections get to finish.
     @ivar draining: removed backends whose connections are finishing, with
         the timer that closes what is left.
+    @ivar reloaded: called with the configuration a reload applied, once
+        the pools have it: the TLS listeners read their certificates again.
     """
 
     log = Logger()
@@ -113,6 +115,7 @@ class LiveConfig:
         loadConfig: Callable[[], Config] | None = None,
         grace: float = DEFAULT_GRACE,
         balancer: Any = None,
+        reloaded: Sequence[Callable[[Config], None]] = (),
     ) -> None:
         """
         @param balancer: the L{lbtwist.service.LoadBalancer} whose pools
@@ -122,6 +125,7 @@ class LiveConfig:
         """
         self.balancer = balancer
         self.pools = pools
+        self.reloaded = reloaded
         self.fileConfig = fileConfig
         self.clock = clock
         self.stateFile = stateFile
@@ -584,6 +588,8 @@ class LiveConfig:
         self.overrides = proposed
         self.fileConfig = new
         changed = self.reconcile()
+        for reloaded in self.reloaded:
+            reloaded(new)
         self.reloads += 1
         backends = sum(len(p) for p in self.pools.values())
         self.log.info(
@@ -611,11 +617,12 @@ def configLoader(path: str) -> Callable[[], Config]:
     """
 
     def load() -> Config:
-        from .checks import checkEndpoints
+        from .checks import checkEndpoints, checkTLS
         from .config import loadConfigFile
 
         config = loadConfigFile(path)
         checkEndpoints(config)
+        checkTLS(config)
         return config
 
     return load

@@ -205,65 +205,45 @@ def applyHeaderActions(headers: Sequence[tuple[bytes, bytes]],
     return kept
 
 
-REASONS = {
-    200: b"OK", 201: b"Created", 204: b"No Content", 301: b"Moved Permanently",
-    302: b"Found", 303: b"See Other", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
-    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
-    410: b"Gone", 429: b"Too Many Requests", 500: b"Internal Server Error",
-    502: b"Bad Gateway", 503: b"Service Unavailable",
-}
+# A direct answer: status, headers, body; the HTTP path frames it (length,
+# HEAD, closing).
+Answer = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]
+
+_TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
 
 
-def response(status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes,
-             close: bool, head: bool = False) -> bytes:
-    """
-    A complete HTTP/1.1 response, with C{Content-Length} (and no body for
-    a C{HEAD} request, or for 204).
-    """
-    if status == 204:
-        body = b""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Status"))]
-    lines.extend(b"%s: %s\r\n" % h for h in headers)
-    if status != 204:
-        lines.append(b"Content-Length: %d\r\n" % (len(body),))
-    if close:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    if not head:
-        lines.append(body)
-    return b"".join(lines)
-
-
-def respondMessage(respond: Respond, close: bool, head: bool = False) -> bytes:
+def respondAnswer(respond: Respond) -> Answer:
     """
     The answer of a C{respond} route; its headers come first, and a plain
     text C{Content-Type} is added unless it gives one.
     """
     headers = [(n.encode("ascii"), v.encode("utf-8")) for n, v in respond.headers]
     if not any(n.lower() == b"content-type" for n, _ in headers):
-        headers.append((b"Content-Type", b"text/plain; charset=utf-8"))
-    return response(respond.status, headers, respond.body.encode("utf-8"), close, head)
+        headers.append(_TEXT)
+    return respond.status, tuple(headers), respond.body.encode("utf-8")
 
 
-def redirectMessage(redirect: Redirect, location: bytes, close: bool) -> bytes:
+def redirectAnswer(redirect: Redirect, location: bytes) -> Answer:
     """
     The answer of a redirect route.
     """
-    return response(redirect.code, [(b"Location", location),
-                                    (b"Content-Type", b"text/plain; charset=utf-8")],
-                    b"Redirecting to " + location + b"\n", close)
+    return (redirect.code, ((b"Location", location), _TEXT),
+            b"Redirecting to " + location + b"\n")
 
 
 NOT_FOUND_BODY = b"404 Not Found: no route matches this request.\n"
+# The answer to a request no route matches, on a listener without a
+# default route.
+NOT_FOUND: Answer = (404, (_TEXT,), NOT_FOUND_BODY)
 
 
-def notFoundMessage(close: bool) -> bytes:
+def tooManyRequests(wait: bytes) -> Answer:
     """
-    The answer to a request no route matches, on a listener without a
-    default route.
+    The answer to a request over its route's rate limit, C{wait} being its
+    C{Retry-After}.
     """
-    return response(404, [(b"Content-Type", b"text/plain; charset=utf-8")],
-                    NOT_FOUND_BODY, close)
+    return (429, ((b"Retry-After", wait), _TEXT),
+            b"429 Too Many Requests: slow down, retry after " + wait + b" s.\n")
 
 
 # -- the table ---------------------------------------------------------------

@@ -26,7 +26,7 @@ from .listener import ConnectionLimit
 from .pool import Backend, BackendPool
 from .reporter import StatusReporter
 from .tcp import TCPProxyFactory, describe
-from .tlslisten import listenerReactor
+from .tlslisten import ListenerCertificates, TLSListeningReactor, listenerReactor
 
 FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerFactory]
 
@@ -47,7 +47,7 @@ def _tcpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -
 def _httpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
     from .http import HTTPProxyFactory
 
-    return HTTPProxyFactory(pool, lb.reactor, lb.dialler, listener)
+    return HTTPProxyFactory(pool, lb.reactor, lb.dialler, listener, lb.pools)
 
 
 MODES: dict[str, FactoryBuilder] = {"tcp": _tcpFactory, "http": _httpFactory}
@@ -243,7 +243,9 @@ class LoadBalancer(MultiService):
             if isinstance(path, str) and path not in self.accessFiles:
                 self.accessFiles[path] = AccessLogFile(path, reactor)
                 self.accessFiles[path].setServiceParent(self)
-        for listener in config.listeners:
+        # The certificates of each listener that terminates TLS, by name.
+        self.certificates: dict[str, ListenerCertificates] = {}
+        for index, listener in enumerate(config.listeners):
             pool = self.pools[listener.pool]
             factory = MODES[listener.mode](self, listener, pool)
             if self.limit is not None:
@@ -253,12 +255,22 @@ class LoadBalancer(MultiService):
             if isinstance(accessPath, str):
                 factory.accessLog = self.accessFiles[accessPath]  # type: ignore[attr-defined]
             self.factories[listener.name] = factory
-            # An ssl: endpoint is built with a reactor that wraps the factory
-            # in lbtwist's TLS (see tlslisten), every other with the reactor.
-            endpointReactor = listenerReactor(reactor, listener.name, listener.endpoint)
+            # A TLS listener's endpoint is built with a reactor that wraps the
+            # factory in lbtwist's TLS (see tlslisten), every other with the
+            # reactor.
+            endpointReactor = listenerReactor(reactor, listener, f"listeners[{index}]")
+            if isinstance(endpointReactor, TLSListeningReactor):
+                self.certificates[listener.name] = endpointReactor.certificates
             ListenerService(
                 listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
             ).setServiceParent(self)
+        for p in config.pools:
+            unverified = [b.name for b in p.backends if b.tls is not None and not b.tls.verify]
+            if unverified or (p.tls is not None and not p.tls.verify):
+                self.log.warn(
+                    "pool {pool}: TLS to {backends} is not verified (verify: false): "
+                    "whoever sits between lbtwist and them can read and change the traffic",
+                    pool=p.name, backends=", ".join(unverified) or "its discovered backends")
         self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.dialler)}
         from .http import HTTPProbe
 
@@ -323,6 +335,20 @@ class LoadBalancer(MultiService):
                 forget(name)
         self.log.info("pool {pool} removed", pool=name)
         return pool
+
+    def reloadCertificates(self, config: Config) -> None:
+        """
+        Read every TLS listener's certificates again, for the handshakes to
+        come (C{config} is the configuration now running); a listener whose
+        new certificates cannot be served keeps its own, and says why.  The
+        CA and client certificate files of TLS to backends are read again
+        for the connections to come.
+        """
+        for listener in config.listeners:
+            certificates = self.certificates.get(listener.name)
+            if certificates is not None:
+                certificates.reload(listener)
+        self.dialler.forgetTLS()
 
     def reopenAccessLogs(self) -> None:
         """

@@ -232,9 +232,15 @@ class HTTPProxyTestCase(TestCase):
             {"listeners": [{"listen": "tcp:0", "mode": "http"}], "pools": {"web": body}}
         )
         backendPool = BackendPool(config.pools[0])
-        factory = HTTPProxyFactory(
+        return self.listen(HTTPProxyFactory(
             backendPool, reactor, Dialler(reactor), config.listeners[0]
-        )
+        ))
+
+    def listen(self, factory: HTTPProxyFactory) -> HTTPProxyFactory:
+        """
+        Listen with C{factory} on 127.0.0.1, port 0 (its C{testPort}), until
+        the test is over.
+        """
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         factory.testPort = port.getHost().port  # type: ignore[attr-defined]
         self.addCleanup(self._stopProxy, factory, port)
@@ -246,7 +252,8 @@ class HTTPProxyTestCase(TestCase):
         for client in list(factory.clients):
             if client.transport is not None and client.transport.connected:
                 client.transport.abortConnection()
-        factory.upstream.idle.close()
+        for upstream in factory.upstreams.values():
+            upstream.close()
         yield waitFor(lambda: factory.activeClients == 0)
 
     def url(self, factory: HTTPProxyFactory, path: str = "/") -> str:

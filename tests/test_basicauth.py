@@ -20,7 +20,7 @@ from lbtwist.basicauth import (
     checkPassword,
     parseAuthorization,
     threadRunner,
-    unauthorizedMessage,
+    unauthorizedAnswer,
 )
 from lbtwist.routeconfig import BasicAuth
 
@@ -55,7 +55,7 @@ class QueuedRunner:
 
 class ParseTests(SynchronousTestCase):
     """
-    L{parseAuthorization} and L{unauthorizedMessage}.
+    L{parseAuthorization} and L{unauthorizedAnswer}.
     """
 
     def test_parse(self) -> None:
@@ -78,10 +78,9 @@ class ParseTests(SynchronousTestCase):
         """
         The 401 answer names the realm in C{WWW-Authenticate}.
         """
-        message = unauthorizedMessage("staff", close=False)
-        self.assertTrue(message.startswith(b"HTTP/1.1 401 Unauthorized\r\n"))
-        self.assertIn(b'WWW-Authenticate: Basic realm="staff", charset="UTF-8"\r\n', message)
-        self.assertNotIn(b"Connection: close", message)
+        status, headers, _ = unauthorizedAnswer("staff")
+        self.assertEqual(status, 401)
+        self.assertIn((b"WWW-Authenticate", b'Basic realm="staff", charset="UTF-8"'), headers)
 
     def test_checkPassword(self) -> None:
         """

@@ -10,7 +10,16 @@ import yaml
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.config import ConfigError, HealthCheck, Outlier, loadConfigFile, parseConfig
+from lbtwist.config import (
+    BackendTLS,
+    CertificateFiles,
+    ConfigError,
+    HealthCheck,
+    ListenerTLS,
+    Outlier,
+    loadConfigFile,
+    parseConfig,
+)
 
 
 def minimal(**pool: Any) -> dict[str, Any]:
@@ -245,8 +254,10 @@ class ErrorTests(SynchronousTestCase):
     def test_listenerTLS(self) -> None:
         """
         A TLS listener's C{tls} block is a mapping of known keys; C{alpn}
-        lists protocol names, only those HTTP mode speaks in HTTP mode; no
-        other endpoint kind takes one.
+        lists protocol names, only those HTTP mode speaks in HTTP mode;
+        C{certificates} lists C{cert} and C{key} files, and a C{tcp:}
+        listener needs them; C{min-version} is 1.2 or 1.3; no other
+        endpoint kind takes a block.
         """
         def tls(value: Any, listen: str = "ssl:8443:privateKey=k.pem", mode: str = "tcp") -> Any:
             data = minimal()
@@ -255,9 +266,24 @@ class ErrorTests(SynchronousTestCase):
 
         cases = [
             (tls({"alpn": ["h2"]}, listen="tcp:8080"),
-             "listeners[0].tls: only an ssl: listener has TLS settings, not 'tcp:8080'"),
+             "listeners[0].tls.certificates: required on a tcp: listener (or listen on ssl:)"),
+            (tls({"alpn": ["h2"]}, listen="unix:/run/lb.sock"),
+             "listeners[0].tls: only a tcp: or ssl: listener has TLS settings, "
+             "not 'unix:/run/lb.sock'"),
             (tls({"certificates": []}),
-             "listeners[0].tls.certificates: unknown key (expected one of: alpn)"),
+             "listeners[0].tls.certificates: expected at least one {cert: FILE, key: FILE}"),
+            (tls({"certificates": [{"cert": "a.pem"}]}, listen="tcp:8443"),
+             "listeners[0].tls.certificates[0].key: required (a PEM file)"),
+            (tls({"certificates": [{"cert": "a.pem", "key": "a.key", "chain": "c.pem"}]}),
+             "listeners[0].tls.certificates[0].chain: unknown key (expected one of: cert, key)"),
+            (tls({"certificates": [{"cert": "", "key": "a.key"}]}),
+             "listeners[0].tls.certificates[0].cert: expected a non-empty string, got ''"),
+            (tls({"min-version": "1.1"}),
+             "listeners[0].tls.min-version: expected one of 1.2, 1.3, got '1.1'"),
+            (tls({"ciphers": 3}), "listeners[0].tls.ciphers: expected a non-empty string, got 3"),
+            (tls({"sni": True}),
+             "listeners[0].tls.sni: unknown key (expected one of: certificates, alpn, "
+             "min-version, ciphers)"),
             (tls(["h2"]), "listeners[0].tls: expected a mapping, got a list"),
             (tls({"alpn": "h2"}), "listeners[0].tls.alpn: expected a list, got 'h2'"),
             (tls({"alpn": ["h2", 2]}),
@@ -286,6 +312,66 @@ class ErrorTests(SynchronousTestCase):
         ]
         for data, alpn in parsed:
             self.assertEqual(parseConfig(data).listeners[0].alpn, alpn, data)
+        listener = parseConfig(tls({
+            "certificates": [{"cert": "a.pem", "key": "a.key"}, {"cert": "b.pem", "key": "b.key"}],
+            "min-version": 1.3, "ciphers": "ECDHE+AESGCM"}, listen="tcp:8443")).listeners[0]
+        self.assertEqual(listener.tls, ListenerTLS(
+            certificates=(CertificateFiles("a.pem", "a.key"), CertificateFiles("b.pem", "b.key")),
+            minVersion="1.3", ciphers="ECDHE+AESGCM"))
+        self.assertTrue(listener.terminatesTLS)
+        self.assertEqual(parseConfig(tls({}, listen="ssl:8443:privateKey=k.pem")).listeners[0].tls,
+                         ListenerTLS(minVersion="1.2"))
+        self.assertFalse(parseConfig(minimal()).listeners[0].terminatesTLS)
+
+    def test_backendTLS(self) -> None:
+        """
+        A pool's C{tls} block applies to each of its backends, a backend's
+        own keys over it; an C{ssl:} backend endpoint, which would not be
+        verified, is refused with how to verify it or opt out.
+        """
+        def pool(tls: Any = None, backend: Any = None, endpoint: str = "tcp:host=app:port=443") -> Any:
+            data = minimal()
+            entry: dict[str, Any] = {"name": "a", "endpoint": endpoint}
+            if backend is not None:
+                entry["tls"] = backend
+            data["pools"]["web"]["backends"] = [entry]
+            if tls is not None:
+                data["pools"]["web"]["tls"] = tls
+            return data
+
+        cases = [
+            (pool(endpoint="ssl:host=app:port=443"),
+             "pools.web.backends[0].endpoint: an ssl: backend endpoint does not verify the "
+             "backend's certificate; give it as tcp:host=HOST:port=PORT with tls: {ca: FILE} "
+             "(or ca: system) to verify it, or with tls: {verify: false} to opt out explicitly"),
+            (pool(backend={"ca": "ca.pem"}, endpoint="tls:app:443"),
+             "pools.web.backends[0].tls: a tls: endpoint speaks TLS itself; give the backend a "
+             "tcp: endpoint for its tls block"),
+            (pool({"verify": "no"}), "pools.web.tls.verify: expected true or false, got 'no'"),
+            (pool({"verify": False, "ca": "ca.pem"}),
+             "pools.web.tls.verify: verify: false with ca or verify-host: give one or the other"),
+            (pool({"client-cert": "c.pem"}),
+             "pools.web.tls.client-key: client-cert and client-key go together"),
+            (pool(backend={"client-key": "c.key"}),
+             "pools.web.backends[0].tls.client-cert: client-cert and client-key go together"),
+            (pool({"verify-host": "a b"}),
+             "pools.web.tls.verify-host: expected a host name like 'app.internal', got 'a b'"),
+            (pool({"ca": ""}), "pools.web.tls.ca: expected a non-empty string, got ''"),
+            (pool({"cafile": "x"}),
+             "pools.web.tls.cafile: unknown key (expected one of: ca, verify-host, client-cert, "
+             "client-key, verify, sni)"),
+        ]
+        for data, message in cases:
+            self.assertError(data, message)
+        web = parseConfig(pool({"ca": "ca.pem", "verify-host": "app.internal"},
+                               {"verify-host": "other.internal", "sni": "front.internal"})).pool("web")
+        self.assertEqual(web.tls, BackendTLS(ca="ca.pem", verifyHost="app.internal"))
+        self.assertEqual(web.backends[0].tls, BackendTLS(
+            ca="ca.pem", verifyHost="other.internal", sni="front.internal"))
+        self.assertEqual(parseConfig(pool({"verify": False})).pool("web").backends[0].tls,
+                         BackendTLS(verify=False))
+        self.assertEqual(parseConfig(pool(backend={})).pool("web").backends[0].tls, BackendTLS())
+        self.assertIsNone(parseConfig(pool()).pool("web").backends[0].tls)
 
     def test_stickyNeedsHTTP(self) -> None:
         """

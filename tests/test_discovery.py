@@ -21,6 +21,7 @@ from lbtwist.app import Balancer
 from lbtwist.config import (
     _NAME,
     BackendConfig,
+    BackendTLS,
     ConfigError,
     Discovery,
     parseConfig,
@@ -474,6 +475,25 @@ class UnitTests(SynchronousTestCase):
             [(c.endpoint, c.weight, c.backup, c.discovered) for c in configs.values()],
             [("tcp:host=127.0.0.1:port=80", 1, False, True),
              (r"tcp:host=\:\:1:port=80", 3, True, True)])
+
+    def test_discoveredTLS(self) -> None:
+        """
+        Discovered backends take their pool's TLS settings; found by an
+        address lookup, their certificates must name the name looked up
+        unless the pool names another (SRV targets are verified by address
+        unless it does).
+        """
+        answer = Answer((Found("127.0.0.1", 443),), 5)
+        health = BackendConfig("x", "tcp:host=x:port=1").health
+        dns = Discovery("dns", "app.internal", 443)
+        for discovery, tls, verified in [
+            (dns, BackendTLS(ca="ca.pem"), BackendTLS(ca="ca.pem", verifyHost="app.internal")),
+            (dns, BackendTLS(verifyHost="other"), BackendTLS(verifyHost="other")),
+            (Discovery("srv", "_app._tcp.internal"), BackendTLS(), BackendTLS()),
+            (dns, None, None),
+        ]:
+            configs = backendConfigs(discovery, answer, health, tls)
+            self.assertEqual([c.tls for c in configs.values()], [verified], discovery)
 
     def test_reconcileLeavesDiscoveredBackends(self) -> None:
         """

@@ -74,6 +74,7 @@ class RecordingClientSide:
 
     clientHost = b"192.0.2.9"
     clientName = "192.0.2.9:4000"
+    localAuthority = b"l:80"
     def __init__(self) -> None:
         self.privateKeys: set[Any] = set()
         self.closed = False

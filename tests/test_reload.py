@@ -234,6 +234,40 @@ class LiveConfigTests(SynchronousTestCase):
         self.assertIsNone(t.live.reload())
         self.assertEqual(t.live.restartNeeded, ["listeners"])
 
+    def test_certificatesReload(self) -> None:
+        """
+        The certificates a TLS listener serves change with a reload (no
+        restart named, the new list running, the C{reloaded} callables
+        given it); the rest of its TLS settings, or giving a C{tcp:}
+        listener certificates at all, need a restart.
+        """
+        import attrs
+
+        from lbtwist.config import CertificateFiles, ListenerTLS
+
+        def serving(*files: str, **settings: Any) -> Config:
+            base = configOf(A, B)
+            return attrs.evolve(base, listeners=(attrs.evolve(
+                base.listeners[0], tls=ListenerTLS(
+                    certificates=tuple(CertificateFiles(f, f + ".key") for f in files),
+                    **settings)),))
+
+        t = Live(self, serving("a.pem"))
+        given: list[Config] = []
+        t.live.reloaded = [given.append]
+        t.next = serving("b.pem", "c.pem")
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.restartNeeded, [])
+        self.assertEqual(t.live.fileConfig.listeners[0].tls, serving("b.pem", "c.pem").listeners[0].tls)
+        self.assertEqual(given, [t.live.fileConfig])
+        t.next = serving("b.pem", minVersion="1.3")
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.restartNeeded, ["listeners"])
+        self.assertEqual(t.live.fileConfig.listeners[0].tls.minVersion, "1.2")
+        t.next = configOf(A, B)
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.restartNeeded, ["listeners"])
+
     def test_builtSettingsNeedRestart(self) -> None:
         """
         Pool settings the protocol factories were built with (timeouts other

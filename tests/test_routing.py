@@ -21,18 +21,19 @@ from lbtwist.routeconfig import (
     Route,
 )
 from lbtwist.routing import (
+    NOT_FOUND,
     CompiledHeaderActions,
     PoolSplit,
     RequestFacts,
     RouteTable,
     applyHeaderActions,
     connectionFacts,
-    notFoundMessage,
+    redirectAnswer,
     redirectLocation,
-    redirectMessage,
-    respondMessage,
+    respondAnswer,
     rewriteTarget,
     stripPrefix,
+    tooManyRequests,
 )
 
 
@@ -325,21 +326,22 @@ class ActionTests(SynchronousTestCase):
         self.assertNotIn("off", chosen)
         self.assertRaises(ValueError, PoolSplit.compile, [("a", 0)])
 
-    def test_messages(self) -> None:
+    def test_answers(self) -> None:
         """
-        The direct answers are complete responses with their length.
+        The direct answers: a respond route's status, its headers first and
+        a plain-text type unless it gives one; a redirect's Location; the
+        404 and 429 answers.
         """
         self.assertEqual(
-            respondMessage(Respond(403, "forbidden\n", (("X-A", "b"),)), close=True),
-            b"HTTP/1.1 403 Forbidden\r\nX-A: b\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: 10\r\nConnection: close\r\n\r\nforbidden\n")
-        self.assertEqual(respondMessage(Respond(200, "hi"), close=False, head=True),
-                         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                         b"Content-Length: 2\r\n\r\n")
-        self.assertTrue(redirectMessage(Redirect(scheme="https", code=308), b"https://a/",
-                                        False).startswith(
-            b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://a/\r\n"))
-        self.assertTrue(notFoundMessage(False).startswith(b"HTTP/1.1 404 Not Found\r\n"))
+            respondAnswer(Respond(403, "forbidden\n", (("X-A", "b"),))),
+            (403, ((b"X-A", b"b"), (b"Content-Type", b"text/plain; charset=utf-8")),
+             b"forbidden\n"))
+        self.assertEqual(respondAnswer(Respond(200, "hi", (("content-type", "x/y"),)))[1],
+                         ((b"content-type", b"x/y"),))
+        status, headers, body = redirectAnswer(Redirect(scheme="https", code=308), b"https://a/")
+        self.assertEqual((status, headers[0]), (308, (b"Location", b"https://a/")))
+        self.assertEqual(NOT_FOUND[0], 404)
+        self.assertEqual(tooManyRequests(b"3")[1][0], (b"Retry-After", b"3"))
 
 
 class RouteCountersTests(SynchronousTestCase):

@@ -168,3 +168,35 @@ backend be
     path = work_dir / f"{name}.cfg"
     path.write_text(text)
     return path
+
+
+# The routing case: this many routes before the one that matches.
+ROUTES_BEFORE_MATCH = 49
+
+
+def lbtwist_routes_config(work_dir: Path, port: int, backends: Sequence[int]) -> Path:
+    """
+    Write an lbtwist config whose HTTP listener has 50 routes, the one
+    every request matches last (49 path prefixes it misses, then ``/``),
+    over the same backends and policy as the ``lbtwist-http`` target.
+    """
+    import yaml
+
+    routes: list[dict[str, object]] = [
+        {"name": f"app{i}", "match": {"path-prefix": f"/app{i}/"}, "pool": "web"}
+        for i in range(ROUTES_BEFORE_MATCH)
+    ]
+    routes.append({"name": "last", "match": {"path-prefix": "/"}, "pool": "web"})
+    config = {
+        "listeners": [{
+            "name": "front", "mode": "http", "routes": routes,
+            "listen": f"tcp:{port}:interface={LOOPBACK}",
+        }],
+        "pools": {"web": {
+            "policy": "roundrobin",
+            "backends": [f"tcp:host={LOOPBACK}:port={b}" for b in backends],
+        }},
+    }
+    path = work_dir / "lbtwist-routes.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -175,7 +175,23 @@ def format_case_tables(results: Results) -> str:
             "tcp for lbtwist-tcp and portforward, http for lbtwist-http and nginx.",
         ]
     )
-    return "\n\n".join([*blocks, legend])
+    routing = _routing_line(results)
+    return "\n\n".join([*blocks, *routing, legend])
+
+
+def _routing_line(results: Results) -> list[str]:
+    """
+    The routing case's ratio: lbtwist with 50 routes to lbtwist without,
+    per core, for each case both ran.
+    """
+    lines = []
+    for case in results.cases:
+        routed = results.per_core(case, "lbtwist-routes")
+        plain = results.per_core(case, "lbtwist-http")
+        if routed is not None and plain:
+            lines.append(f"{case.name}: lbtwist-routes / lbtwist-http per core = "
+                         f"{routed / plain:.2f}x (target >= 0.90x)")
+    return ["== routing (50 routes, the match last)\n" + "\n".join(lines)] if lines else []
 
 
 MEMORY_HEADER = (

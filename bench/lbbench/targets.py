@@ -101,6 +101,11 @@ def _lbtwist(mode: str) -> CommandBuilder:
     return build
 
 
+def _lbtwistRoutes(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
+    path = configs.lbtwist_routes_config(ctx.work_dir, port, backends)
+    return [str(ctx.twistd), "-n", "--pidfile=", "lb", "--config", str(path)]
+
+
 TARGETS: list[TargetSpec] = [
     TargetSpec("direct", "direct", None, "backend nginx, no proxy"),
     TargetSpec("haproxy-tcp", "tcp", "haproxy-tcp", "HAProxy mode tcp", _haproxy("tcp")),
@@ -111,6 +116,10 @@ TARGETS: list[TargetSpec] = [
     ),
     TargetSpec("lbtwist-tcp", "tcp", "haproxy-tcp", "lbtwist --mode tcp", _lbtwist("tcp")),
     TargetSpec("lbtwist-http", "http", "haproxy-http", "lbtwist --mode http", _lbtwist("http")),
+    TargetSpec(
+        "lbtwist-routes", "http", "haproxy-http",
+        "lbtwist --mode http, 50 routes, the match last", _lbtwistRoutes,
+    ),
 ]
 TARGETS_BY_NAME = {spec.name: spec for spec in TARGETS}
 

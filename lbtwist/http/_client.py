@@ -23,11 +23,12 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from ..routing import applyHeaderActions
 from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
 from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse
 from ._exchange import WAITING, Exchange, IClientSide
-from ._plan import CHUNKED, IDEMPOTENT, interimHead, planRequest, planResponse
+from ._plan import CHUNKED, IDEMPOTENT, interimHead, planResponse
 
 
 def authorityOf(address: Any) -> bytes:
@@ -453,15 +454,13 @@ class ClientConnection(Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         factory = self.factory
-        upstream = factory.upstream
         method = parser.get_method()
         version = parser.get_http_version()
         url = self._url
-        plan = planRequest(
-            method, url, version, self._headers, parser.should_keep_alive(),
-            parser.should_upgrade(), self.clientHost, self.localAuthority, upstream.rules,
+        ex = factory.exchangeFor(
+            self, method, url, version, self._headers, parser.should_keep_alive(),
+            parser.should_upgrade(), self._lastActivity,
         )
-        ex = Exchange(self, factory, upstream, plan, method, url, version, self._lastActivity)
         self._inHead = False
         self._headStarted = None
         self._parsing = ex
@@ -499,6 +498,9 @@ class ClientConnection(Protocol):
         """
         factory = self.factory
         plan = ex.plan
+        route = ex.route
+        if route is not None and route.responseHeaders is not None:
+            headers = applyHeaderActions(headers, route.responseHeaders)
         response = planResponse(
             status, reason, headers, ex.method, ex.version != "1.0",
             plan.keepAlive and ex.requestDone and not ex.closeAfter and not plan.upgrade

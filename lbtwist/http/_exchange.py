@@ -18,8 +18,13 @@ bug, and raises L{IllegalTransition}):
 
     WAITING     head read, waiting for its turn on the client connection
       -> CONNECTING   its turn came
+      -> CHECKING     its turn came, and its credentials are still being checked
       -> DONE         its turn came, and the balancer answers it itself (a
                       route's redirect or fixed answer, 404 for no route)
+      -> FAILED       the client left, or sent garbage first
+    CHECKING    its route's credential check (bcrypt, in a thread) runs
+      -> CONNECTING   the credentials passed
+      -> DONE         they did not: 401
       -> FAILED       the client left, or sent garbage first
     CONNECTING  a backend is being chosen (queue included) and connected
       -> SENDING      a connection is attached (new or pooled)
@@ -65,6 +70,7 @@ from ._plan import (
 )
 
 WAITING = "waiting"
+CHECKING = "checking"
 CONNECTING = "connecting"
 SENDING = "sending"
 STREAMING = "streaming"
@@ -73,7 +79,8 @@ DONE = "done"
 FAILED = "failed"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    WAITING: frozenset((CONNECTING, DONE, FAILED)),
+    WAITING: frozenset((CONNECTING, CHECKING, DONE, FAILED)),
+    CHECKING: frozenset((CONNECTING, DONE, FAILED)),
     CONNECTING: frozenset((SENDING, FAILED)),
     SENDING: frozenset((SENDING, CONNECTING, STREAMING, TUNNEL, FAILED)),
     STREAMING: frozenset((DONE, FAILED)),
@@ -107,6 +114,7 @@ class IClientSide(IPushProducer):
 
     clientHost = Attribute("The client's address as bytes, for hashing and X-Forwarded-For.")
     clientName = Attribute("The client's address as logs show it.")
+    localAuthority = Attribute("The address the client reached, the Host of a request naming none.")
     privateKeys = Attribute("Idle-pool keys of backend connections private to this client.")
     closed = Attribute("Whether the client is gone.")
 
@@ -261,8 +269,8 @@ class Exchange:
 
     __slots__ = (
         "attempt", "backend", "bytesIn", "bytesOut", "client", "closeAfter", "conn",
-        "deadline", "factory", "failures", "local", "method", "pending", "phase",
-        "plan", "requestDone", "responded", "response", "retries", "retrying", "sends",
+        "deadline", "factory", "failures", "gated", "local", "method", "pending", "phase",
+        "plan", "requestDone", "responded", "response", "retries", "retrying", "route", "sends",
         "setCookie",
         "slot", "started", "status", "tried", "upstream", "url", "version",
     )
@@ -279,6 +287,11 @@ class Exchange:
         # The answer the balancer gives itself instead of a backend's, if
         # any: (status, headers, body).
         self.local: tuple[int, Any, bytes] | None = None
+        # Its route at run time (a routed listener's), for its counters and
+        # response header changes.
+        self.route: Any = None
+        # Its credentials are being checked.
+        self.gated = False
         self.plan = plan
         self.method = method
         self.url = url
@@ -332,6 +345,9 @@ class Exchange:
         if self.local is not None:
             self._answer(*self.local)
             return
+        if self.gated:
+            self._to(CHECKING)
+            return
         self._to(CONNECTING)
         upstream = self.upstream
         client = self.client
@@ -347,6 +363,22 @@ class Exchange:
             if not self.requestDone:
                 # Read no more of the body until there is somewhere to send it.
                 client.holdRequest()
+
+    def gateOn(self, check: Any, refusal: tuple[int, Any, bytes]) -> None:
+        """
+        Send the request on only once C{check} (a Deferred of the route's
+        credential check) passes; else answer with C{refusal} (a 401).
+        """
+        self.gated = True
+
+        def checked(passed: object) -> None:
+            self.gated = False
+            if passed is not True:
+                self.local = refusal
+            if self.phase is CHECKING:
+                self.start()
+
+        check.addCallback(checked)
 
     def _answer(self, status: int, headers: Any, body: bytes) -> None:
         """

@@ -200,7 +200,7 @@ def cookieValue(header: bytes, name: bytes) -> bytes | None:
     return None
 
 
-def _absoluteAuthority(target: bytes) -> bytes | None:
+def absoluteAuthority(target: bytes) -> bytes | None:
     """
     The authority of an absolute-form request target, or L{None} for any
     other form.
@@ -259,7 +259,7 @@ def planRequest(
         http10 = minor == "0"
     if method == b"CONNECT":
         raise BadRequest("CONNECT is not supported", 501)
-    authority = _absoluteAuthority(target) if target[0] != 47 else None  # 47: "/"
+    authority = absoluteAuthority(target) if target[0] != 47 else None  # 47: "/"
     parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]
     append = parts.append
     host = None

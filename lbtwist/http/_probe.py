@@ -133,7 +133,11 @@ class HTTPProbe:
         The bytes of the check request for C{backend}.
         """
         check = backend.healthCheck
-        host = check.host or parseEndpoint(backend.endpoint, False).authority or "localhost"
+        tls = backend.config.tls
+        host = (
+            check.host or (tls.verifyHost if tls is not None else None)
+            or parseEndpoint(backend.endpoint, False).authority or "localhost"
+        )
         return (
             f"{check.method} {check.path} HTTP/1.1\r\nHost: {host}\r\n"
             "User-Agent: lbtwist-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
@@ -155,7 +159,7 @@ class HTTPProbe:
 
         result: Deferred[object] = Deferred(cancel)
         attempt: Deferred[Any] | None = None
-        endpoint: Any = self._dialler.endpoint(backend.endpoint)
+        endpoint: Any = self._dialler.endpoint(backend.endpoint, backend.config.tls)
         attempt = endpoint.connect(
             _ProbeFactory(self.request(backend), backend.healthCheck, result)
         )

@@ -19,20 +19,24 @@ formatting unless the access log is on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..config import ListenerConfig
 from ..dial import Dialler
-from ..endpoints import parseEndpoint
 from ..listener import ListenerFactory
 from ..pool import BackendPool
+from ..routeconfig import Route
+from ..routing import RouteCounters
 from ._client import ClientConnection
 from ._exchange import Exchange
+from ._plan import planRequest
+from ._router import Router
 from ._upstream import Upstream
 
 # Status classes by the status's hundreds: made once, not per request.
@@ -58,7 +62,14 @@ class HTTPProxyFactory(ListenerFactory):
         reactor: Any,
         dialler: Dialler,
         listener: ListenerConfig,
+        pools: Mapping[str, BackendPool] | None = None,
     ) -> None:
+        """
+        @param pool: the listener's pool: its client-side settings are the
+            listener's, and it takes the requests when there are no routes.
+        @param pools: every pool, by name, as the balancer keeps them (read
+            live: a pool added there can be routed to at once).
+        """
         super().__init__(pool, reactor)
         self.seconds: Callable[[], float] = reactor.seconds
         self._dialler = dialler
@@ -69,11 +80,12 @@ class HTTPProxyFactory(ListenerFactory):
         self.maxRequestLine = http.maxRequestLine
         self.requestTimeout = config.timeouts.request
         self.idleTimeout = config.timeouts.idle
-        self.forwardedProto = (
-            b"https" if parseEndpoint(listener.endpoint, True).tls else b"http"
-        )
+        self.forwardedProto = b"https" if listener.terminatesTLS else b"http"
         self.upstream = Upstream(pool, reactor, dialler, self.forwardedProto)
         self.upstreams: dict[str, Upstream] = {pool.name: self.upstream}
+        self.pools: Mapping[str, BackendPool] = pools if pools is not None else {pool.name: pool}
+        self.router: Router | None = None
+        self.setRoutes(listener.routes, listener.defaultRoute)
         self.refused = 0
         # Requests dropped because their client left before the answer.
         self.abandoned = 0
@@ -81,6 +93,80 @@ class HTTPProxyFactory(ListenerFactory):
         self.clients: set[ClientConnection] = set()
         # Set by a graceful stop: no more keep-alive.
         self.stopping = False
+
+    # -- routes --------------------------------------------------------------
+
+    def setRoutes(self, routes: Sequence[Route], default: Route | None) -> None:
+        """
+        Route new requests by C{routes} (validated already) and C{default}
+        from now on; requests under way finish as they began.  No routes and
+        no default route: every request goes to the listener's pool, with
+        no routing at all.
+        """
+        if not routes and default is None:
+            self.router = None
+            return
+        self.router = Router(
+            self, routes, default, self.router, self.seconds, self._runInThread)
+
+    def routeCounters(self) -> list[RouteCounters]:
+        """
+        What each route did, in order, the default route's (or the 404's,
+        named C{default}) last; none for a listener without routes.
+        """
+        router = self.router
+        if router is None:
+            return []
+        return [rt.counters for rt in router.runtimes()]
+
+    def exchangeFor(
+        self, side: Any, method: bytes, url: bytes, version: str,
+        headers: list[tuple[bytes, bytes]], keepAlive: bool, upgrade: bool, started: float,
+    ) -> Exchange:
+        """
+        The exchange of a request head read by C{side} (an L{IClientSide}:
+        an HTTP/1.1 connection, an HTTP/2 stream): routed if the listener
+        has routes, planned for its pool.
+
+        @raise lbtwist.http._errors.BadRequest: the head must be refused.
+        """
+        router = self.router
+        if router is not None:
+            return router.exchange(side, method, url, version, headers, keepAlive, upgrade,
+                                   started)
+        upstream = self.upstream
+        plan = planRequest(
+            method, url, version, headers, keepAlive, upgrade, side.clientHost,
+            side.localAuthority, upstream.rules,
+        )
+        return Exchange(side, self, upstream, plan, method, url, version, started)
+
+    def upstreamFor(self, name: str) -> Upstream | None:
+        """
+        Pool C{name} as this listener's requests reach it, or L{None} if
+        there is no such pool.
+        """
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            pool = self.pools.get(name)
+            if pool is None:
+                return None
+            upstream = self.upstreams[name] = Upstream(
+                pool, self.reactor, self._dialler, self.forwardedProto)
+        return upstream
+
+    def forgetPool(self, name: str) -> None:
+        """
+        Pool C{name} was removed: close its idle connections here.
+        """
+        upstream = self.upstreams.pop(name, None)
+        if upstream is not None:
+            upstream.close()
+        if self.router is not None:
+            self.router.forget(name)
+
+    def _runInThread(self, f: Callable[[], bool]) -> Any:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if not self.admit():
@@ -130,6 +216,9 @@ class HTTPProxyFactory(ListenerFactory):
         cls = _CLASSES[ex.status // 100]
         statuses = self.statuses
         statuses[cls] = statuses.get(cls, 0) + 1
+        route = ex.route
+        if route is not None:
+            route.counters.count(cls, self.seconds() - ex.started)
 
     def logAccess(self, ex: Exchange) -> None:
         """

@@ -12,16 +12,17 @@ an exchange does with a backend goes through its upstream.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 from typing import Any
 
-from ..connect import BackendConnector
+from ..connect import BackendConnector, FixedRetries
 from ..dial import Dialler
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
 from ..proxyprotocol import PROXY_HEADERS
-from ._plan import RequestRules
+from ._plan import RequestRules, cookieValue
 from ._pool import IdleConnections
 
 
@@ -45,6 +46,8 @@ class Upstream:
         self, pool: BackendPool, reactor: Any, dialler: Dialler, forwardedProto: bytes,
     ) -> None:
         self.pool = pool
+        self._reactor = reactor
+        self._dialler = dialler
         self.connector = BackendConnector(pool, reactor, dialler)
         config = pool.config
         http = config.http
@@ -63,6 +66,25 @@ class Upstream:
         )
         self._hash = SourceHash(random.Random())
         self._cookieIds: dict[str, bytes] = {}
+
+    def overridden(
+        self, connect: float | None, response: float | None, retries: int | None,
+    ) -> Upstream:
+        """
+        This upstream with a route's timeouts and retries in place of the
+        pool's (itself if the route overrides nothing): the idle
+        connections, rules and sticky sessions are the same.
+        """
+        if connect is None and response is None and retries is None:
+            return self
+        variant = copy.copy(self)
+        variant.connector = BackendConnector(
+            self.pool, self._reactor, self._dialler,
+            None if retries is None else FixedRetries(retries), connect,
+        )
+        if response is not None:
+            variant.responseTimeout = response
+        return variant
 
     def close(self) -> None:
         """
@@ -99,6 +121,22 @@ class Upstream:
             ex.setCookie = backend is None
             return backend
         return self._hashed(key) if key is not None else None
+
+    def claims(self, headers: Any) -> bool:
+        """
+        Whether a request's headers carry this pool's sticky cookie naming
+        one of its eligible backends (a route's split keeps such a client
+        on this pool).
+        """
+        rules = self.rules
+        if rules.stickyKind != "cookie":
+            return False
+        for name, value in headers:
+            if len(name) == 6 and name.lower() == b"cookie":
+                found = cookieValue(value, rules.stickyName)
+                if found is not None and self._cookieBackend(found) is not None:
+                    return True
+        return False
 
     def cookieFor(self, ex: Any) -> bytes:
         """

@@ -1,0 +1,383 @@
+"""
+TLS to backends, verified by default: a backend whose certificate does not
+chain to the C{ca} given (or the system's), or does not name the host, is a
+failed connection, as a refused one is (the client gets a 503, the backend
+a failure);
+C{verify-host} names the host to verify, C{verify: false} opts out, a client
+certificate reaches a backend that requires one; health checks speak the
+same TLS.  Real certificates (made by C{openssl}), real TLS backends and a
+real client on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+from typing import Any
+
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import TimeoutError
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import Certificate, PrivateCertificate
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from lbtwist.checks import checkTLS
+from lbtwist.config import BackendConfig, BackendTLS, ConfigError, HealthCheck, parseConfig
+from lbtwist.dial import BackendProtocol, Dialler
+from lbtwist.health import ProbeFailed, TCPProbe
+from lbtwist.http import HTTPProbe
+from lbtwist.pool import Backend
+
+from .httphelpers import RecordingBackend, waitFor
+from .support import inThread, reactor, startBalancer
+from .tlscerts import CertificateAuthority, selfSigned
+
+
+def get(port: int, path: str = "/") -> tuple[int, bytes]:
+    """
+    One request through the balancer; the status and body.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Host": "front.example"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class TLSBackend(RecordingBackend):
+    """
+    A recording HTTP backend that speaks TLS with a certificate, requiring
+    a client certificate from C{clientsFrom} if given, and records the
+    server names clients ask for.
+    """
+
+    def __init__(self, name: str, pair: tuple[str, str], clientsFrom: str | None = None) -> None:
+        super().__init__(name)
+        with open(pair[0], "rb") as f, open(pair[1], "rb") as k:
+            own = PrivateCertificate.loadPEM(f.read() + k.read())
+        if clientsFrom is not None:
+            with open(clientsFrom, "rb") as f:
+                options = own.options(Certificate.loadPEM(f.read()))
+        else:
+            options = own.options()
+        self.serverNames: list[bytes | None] = []
+        options.getContext().set_tlsext_servername_callback(
+            lambda connection: self.serverNames.append(connection.get_servername()))
+        self.port = reactor.listenSSL(0, self, options, interface="127.0.0.1")
+
+    @property
+    def hostPort(self) -> int:
+        """
+        The port it listens on.
+        """
+        return int(self.port.getHost().port)
+
+
+class BackendTLSTests(TestCase):
+    """
+    HTTP mode through a balancer to TLS backends.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.ca = CertificateAuthority(directory)
+        # Self-signed, for the host name and the address it is reached at.
+        self.own = selfSigned(directory, "own", ["app.internal", "127.0.0.1"])
+        # Issued by the CA for a name only.
+        self.named = self.ca.issue("named", ["app.internal"])
+        self.client = self.ca.issue("client", ["lbtwist.client"], client=True)
+
+    def backend(self, pair: tuple[str, str], clientsFrom: str | None = None) -> TLSBackend:
+        """
+        Start a TLS backend serving C{pair}.
+        """
+        backend = TLSBackend("b", pair, clientsFrom)
+        self.addCleanup(backend.port.stopListening)
+        # Each TLS connection's close is over before the test ends.
+        self.addCleanup(waitFor, lambda: backend.open == 0)
+        return backend
+
+    def balancer(self, backend: TLSBackend, tls: dict[str, Any], **pool: Any) -> tuple[Any, int]:
+        """
+        Start an HTTP-mode balancer in front of C{backend} with its C{tls}
+        block; no retries, so one request is one attempt.
+        """
+        return startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"retries": 0, "health": {"interval": 60}, "backends": [{
+                "name": "b", "endpoint": f"tcp:host=127.0.0.1:port={backend.hostPort}",
+                "tls": tls}], **pool}},
+        })
+
+    @inlineCallbacks
+    def assertRefused(self, backend: TLSBackend, tls: dict[str, Any], expected: int = 503) -> Any:
+        """
+        Through a balancer with C{tls}, a request fails with C{expected}
+        (503: the backend could not be connected), the backend is counted
+        a failure and sees no request.
+        """
+        lb, port = self.balancer(backend, tls)
+        status, _ = yield inThread(get, port)
+        self.assertEqual(status, expected, tls)
+        self.assertGreaterEqual(lb.pools["web"].get("b").failureCount, 1)
+        self.assertEqual(backend.requests, [])
+
+    @inlineCallbacks
+    def assertServed(self, backend: TLSBackend, tls: dict[str, Any]) -> Any:
+        """
+        Through a balancer with C{tls}, a request is answered by the backend.
+        """
+        lb, port = self.balancer(backend, tls)
+        status, body = yield inThread(get, port, "/tls")
+        self.assertEqual((status, body), (200, b"b /tls\n"), tls)
+        return lb
+
+    @inlineCallbacks
+    def test_selfSigned(self) -> Any:
+        """
+        A self-signed backend is refused against the system's trust store
+        (C{tls: {}}), and served once its certificate is the C{ca}.
+        """
+        backend = self.backend(self.own)
+        yield self.assertRefused(backend, {})
+        yield self.assertRefused(backend, {"ca": self.ca.cert})
+        yield self.assertServed(backend, {"ca": self.own[0]})
+        # An address is sent no SNI.
+        self.assertEqual(backend.serverNames[-1:], [None])
+
+    @inlineCallbacks
+    def test_otherHost(self) -> Any:
+        """
+        A certificate from the right CA but for another name than the
+        backend's host is refused; C{verify-host} naming it fixes that, and
+        is the name sent over SNI.
+        """
+        backend = self.backend(self.named)
+        yield self.assertRefused(backend, {"ca": self.ca.cert})
+        yield self.assertRefused(backend, {"ca": self.ca.cert, "verify-host": "other.internal"})
+        yield self.assertServed(backend, {"ca": self.ca.cert, "verify-host": "app.internal"})
+        self.assertEqual(backend.serverNames[-1], b"app.internal")
+        # The client's Host goes to the backend as it came.
+        self.assertEqual(backend.requests[-1].header(b"host"), b"front.example")
+
+    @inlineCallbacks
+    def test_verifyFalse(self) -> Any:
+        """
+        C{verify: false} connects to any certificate, with a warning at
+        start naming the pool and backend.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        backend = self.backend(self.named)
+        yield self.assertServed(backend, {"verify": False, "sni": "app.internal"})
+        warned = [e for e in events if "is not verified" in e.get("log_format", "")]
+        self.assertEqual([(e["pool"], e["backends"]) for e in warned], [("web", "b")])
+        self.assertEqual(backend.serverNames[-1], b"app.internal")
+
+    @inlineCallbacks
+    def test_clientCertificate(self) -> Any:
+        """
+        A backend that requires a client certificate from the CA refuses
+        the balancer without one, and serves it with C{client-cert} and
+        C{client-key}.  (In TLS 1.3 the client's side of the handshake is
+        over before the server refuses: the request was sent, so the answer
+        is a 502.)
+        """
+        backend = self.backend(self.named, clientsFrom=self.ca.cert)
+        verified = {"ca": self.ca.cert, "verify-host": "app.internal"}
+        yield self.assertRefused(backend, verified, 502)
+        yield self.assertServed(backend, {**verified, "client-cert": self.client[0],
+                                          "client-key": self.client[1]})
+
+    @inlineCallbacks
+    def test_poolBlock(self) -> Any:
+        """
+        A pool's C{tls} block applies to its backends, a backend's keys
+        over it.
+        """
+        backend = self.backend(self.named)
+        lb, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"retries": 0, "tls": {"ca": self.ca.cert, "verify-host": "wrong"},
+                              "backends": [{"name": "b", "endpoint": (
+                                  f"tcp:host=127.0.0.1:port={backend.hostPort}"),
+                                  "tls": {"verify-host": "app.internal"}}]}},
+        })
+        status, _ = yield inThread(get, port)
+        self.assertEqual(status, 200)
+
+
+    @inlineCallbacks
+    def test_tcpMode(self) -> Any:
+        """
+        TCP mode relays to a verified TLS backend too.
+        """
+        backend = self.backend(self.named)
+        _, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1"}],
+            "pools": {"web": {"backends": [{
+                "name": "b", "endpoint": f"tcp:host=127.0.0.1:port={backend.hostPort}",
+                "tls": {"ca": self.ca.cert, "verify-host": "app.internal"}}]}},
+        })
+        status, body = yield inThread(get, port, "/tcp")
+        self.assertEqual((status, body), (200, b"b /tcp\n"))
+
+
+class SilentProtocol(Protocol):
+    """
+    Accepts a connection and never answers (no TLS handshake).
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.open.append(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.open.remove(self)  # type: ignore[attr-defined]
+
+
+class DialTests(TestCase):
+    """
+    The connect timeout covers the TLS handshake.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_handshakeTimesOut(self) -> Any:
+        """
+        A backend that accepts but never shakes hands fails the dial with a
+        timeout after the connect timeout, and its connection is closed.
+        """
+        silent = Factory.forProtocol(SilentProtocol)
+        silent.open = []  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, silent, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        outcome: Deferred[Any] = Deferred()
+        Dialler(reactor).dial(
+            f"tcp:host=127.0.0.1:port={port.getHost().port}", BackendProtocol, 0.3,
+            outcome.callback, outcome.errback, BackendTLS(verifyHost="app.internal"))
+        started = reactor.seconds()
+        yield self.assertFailure(outcome, TimeoutError)
+        self.assertGreaterEqual(reactor.seconds() - started, 0.25)
+        yield waitFor(lambda: not silent.open)  # type: ignore[attr-defined]
+
+
+class ProbeTests(TestCase):
+    """
+    Health checks connect with the backend's TLS settings: they pass only
+    when the handshake verifies the backend.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.ca = CertificateAuthority(directory)
+        self.named = self.ca.issue("named", ["app.internal"])
+        self.server = TLSBackend("b", self.named)
+        self.addCleanup(self.server.port.stopListening)
+        self.addCleanup(waitFor, lambda: self.server.open == 0)
+        self.dialler = Dialler(reactor)
+
+    def backend(self, tls: BackendTLS, check: HealthCheck = HealthCheck()) -> Backend:
+        """
+        A backend for the TLS server, with C{tls}.
+        """
+        return Backend(BackendConfig(
+            "b", f"tcp:host=127.0.0.1:port={self.server.hostPort}", health=check, tls=tls))
+
+    @inlineCallbacks
+    def test_tcpCheck(self) -> Any:
+        """
+        A TCP check fails on a certificate for another host, or one not
+        from the CA, and passes when it is verified.
+        """
+        probe = TCPProbe(self.dialler)
+        yield self.assertFailure(probe(self.backend(BackendTLS(ca=self.ca.cert))),
+                                 VerificationError)
+        error = yield self.assertFailure(
+            probe(self.backend(BackendTLS(verifyHost="app.internal"))), SSL.Error)
+        self.assertIn("certificate verify failed", str(error))
+        yield probe(self.backend(BackendTLS(ca=self.ca.cert, verifyHost="app.internal")))
+
+    @inlineCallbacks
+    def test_httpCheck(self) -> Any:
+        """
+        An HTTP check is sent over verified TLS with C{verify-host} as its
+        Host; it fails on a certificate that does not verify.
+        """
+        probe = HTTPProbe(self.dialler)
+        check = HealthCheck(kind="http", path="/health")
+        yield self.assertFailure(probe(self.backend(BackendTLS(ca=self.ca.cert), check)),
+                                 VerificationError)
+        self.assertEqual(self.server.requests, [])
+        status = yield probe(self.backend(
+            BackendTLS(ca=self.ca.cert, verifyHost="app.internal"), check))
+        self.assertEqual(status, 200)
+        self.assertEqual(self.server.requests[-1].header(b"host"), b"app.internal")
+
+    @inlineCallbacks
+    def test_missingFile(self) -> Any:
+        """
+        A CA file gone since the start fails the attempt (on a later turn
+        of the reactor), naming the file.
+        """
+        missing = os.path.join(self.mktemp(), "ca.pem")
+        error = yield self.assertFailure(
+            TCPProbe(self.dialler)(self.backend(BackendTLS(ca=missing))), ProbeFailed, ValueError)
+        self.assertIn(repr(missing), str(error))
+
+
+class CheckTests(TestCase):
+    """
+    The files of TLS to backends are read before anything starts; a bad
+    one is refused naming the key and the file.
+    """
+
+    def test_errors(self) -> None:
+        """
+        A missing CA file, a CA file that holds a key, a client key that is
+        not the client certificate's.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        ca = CertificateAuthority(directory)
+        client = ca.issue("client", ["lbtwist.client"], client=True)
+        missing = os.path.join(directory, "missing.pem")
+
+        def check(tls: dict[str, Any]) -> str:
+            with self.assertRaises(ConfigError) as e:
+                checkTLS(parseConfig({
+                    "listeners": [{"listen": "tcp:0"}],
+                    "pools": {"web": {"backends": [
+                        {"name": "a", "endpoint": "tcp:host=127.0.0.1:port=443"},
+                        {"name": "b", "endpoint": "tcp:host=127.0.0.1:port=444", "tls": tls}]}},
+                }))
+            return str(e.exception)
+
+        where = "pools.web.backends[1].tls"
+        self.assertEqual(check({"ca": missing}),
+                         f"{where}: cannot read {missing!r}: No such file or directory")
+        self.assertEqual(check({"ca": ca.key}),
+                         f"{where}: {ca.key!r} is not a PEM certificate "
+                         "(it holds a private key: is it the key file?)")
+        self.assertEqual(check({"ca": ca.cert, "client-cert": client[0], "client-key": ca.key}),
+                         f"{where}: the key in {ca.key!r} does not match the certificate in "
+                         f"{client[0]!r}")
+        checkTLS(parseConfig({
+            "listeners": [{"listen": "tcp:0"}],
+            "pools": {"web": {"tls": {"ca": ca.cert, "client-cert": client[0],
+                                      "client-key": client[1]},
+                              "backends": ["127.0.0.1:443"]}},
+        }))
