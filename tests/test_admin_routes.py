@@ -8,6 +8,7 @@ to the state file before they are answered, and survive a restart.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -24,8 +25,8 @@ from lbtwist.config import parseConfig, parseRoutes
 from lbtwist.routeconfig import Route
 
 from . import test_dashboard
-from .support import Backends, firstLine, inThread, reactor, sleep
-from .test_admin import TOKEN, call, jcall
+from .support import Backends, NamedFactory, firstLine, inThread, reactor, sleep
+from .test_admin import TOKEN, call, jcall, statusSite
 from .test_metrics import samples
 
 
@@ -33,12 +34,14 @@ class BalancerHarness:
     """
     Backends a, b and c, and a whole balancer (data plane, state file,
     admin API) with a tcp listener C{front} routing by source to pool a,
-    pool b as its default route; restartable on the same state file.
+    pool b as its default route; restartable on the same state file.  In
+    C{http} mode, the backends answer their names over HTTP and the route
+    matches on the path prefix C{/a/} instead.
     """
 
-    def __init__(self, case: TestCase) -> None:
+    def __init__(self, case: TestCase, mode: str = "tcp") -> None:
         self.case = case
-        self.backends = Backends(case)
+        self.backends = Backends(case, statusSite if mode == "http" else NamedFactory)
         for name in ("a", "b", "c"):
             self.backends.start(name)
         self.statePath = os.path.abspath(case.mktemp())
@@ -47,8 +50,9 @@ class BalancerHarness:
             "admin": "tcp:0:interface=127.0.0.1",
             "admin-token": TOKEN,
             "listeners": [{
-                "name": "front", "listen": "tcp:0:interface=127.0.0.1", "mode": "tcp",
-                "routes": [{"name": "local", "match": {"source": "127.0.0.0/8"}, "pool": "a"}],
+                "name": "front", "listen": "tcp:0:interface=127.0.0.1", "mode": mode,
+                "routes": [{"name": "local", "pool": "a", "match": (
+                    {"path-prefix": "/a/"} if mode == "http" else {"source": "127.0.0.0/8"})}],
                 "default-route": {"pool": "b"},
             }],
             "pools": {name: {"backends": [{"name": name,
@@ -101,6 +105,22 @@ class BalancerHarness:
         The name of the backend a new client of C{front} reaches.
         """
         return inThread(firstLine, self.port)
+
+    def get(self, path: str) -> Any:
+        """
+        The status and body of an HTTP C{GET path} through C{front}.
+        """
+
+        def get() -> tuple[int, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                return response.status, response.read()
+            finally:
+                connection.close()
+
+        return inThread(get)
 
     def state(self) -> Any:
         """
@@ -181,6 +201,49 @@ class RouteAPITests(TestCase):
         self.assertEqual(status, 404)
         self.assertFalse(os.path.exists(h.statePath))
         self.assertEqual((yield h.reached()), b"a")
+
+
+class HTTPRouteTests(TestCase):
+    """
+    The same API in front of an HTTP listener.
+    """
+
+    @inlineCallbacks
+    def test_httpRoutes(self) -> Any:
+        """
+        A pool created through the API and a route list naming it take the
+        next request; the route's answers show in the listener view and the
+        metrics by status class; a path no route matches takes the default
+        route.
+        """
+        h = BalancerHarness(self, mode="http")
+        self.assertEqual((yield h.get("/a/x")), (200, b"a\n"))
+        self.assertEqual((yield h.get("/other")), (200, b"b\n"))
+        status, body = yield h.call("POST", "/api/pools", {
+            "name": "c", "backends": [{"name": "c", "endpoint": h.backends.endpoint("c")}]})
+        self.assertEqual(status, 201, body)
+        status, body = yield h.call("PUT", "/api/listeners/front/routes", [
+            {"name": "c", "match": {"path-prefix": "/c/"}, "pool": "c",
+             "rewrite": {"strip-prefix": "/c"}},
+            {"name": "gone", "match": {"path": "/gone"}, "respond": {"status": 410}}])
+        self.assertEqual(status, 200, body)
+        self.assertEqual((yield h.get("/c/status/404")), (404, b"c\n"))
+        self.assertEqual((yield h.get("/c/x")), (200, b"c\n"))
+        self.assertEqual((yield h.get("/gone"))[0], 410)
+        self.assertEqual((yield h.get("/a/x")), (200, b"b\n"))
+        status, listeners = yield h.call("GET", "/api/listeners")
+        self.assertEqual(
+            [(r["name"], r["responses"]) for r in listeners[0]["routes"]],
+            [("c", {"2xx": 1, "4xx": 1}), ("gone", {"4xx": 1}),
+             ("default", {"2xx": 2})])
+        status, headers, body = yield inThread(call, h.admin, "GET", "/metrics")
+        s = samples(body.decode())
+        self.assertEqual(s[("lbtwist_route_requests_total", (
+            ("listener", "front"), ("route", "c"), ("status", "4xx")))], 1)
+        self.assertEqual(s[("lbtwist_route_duration_seconds_count", (
+            ("listener", "front"), ("route", "c")))], 2)
+        status, body = yield h.call("DELETE", "/api/pools/c")
+        self.assertEqual(status, 409)
 
 
 class RouteReloadTests(TestCase):
