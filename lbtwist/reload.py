@@ -330,15 +330,13 @@ class LiveConfig:
         """
         if name in self.pools:
             raise DuplicatePool(name)
-        from .checks import checkEndpoint
+        from .checks import checkEndpoints, checkFiles
 
-        config = parsePool(_name(name, "name"), data, "")
-        for i, backend in enumerate(config.backends):
-            try:
-                checkEndpoint(backend.endpoint, False)
-            except Exception as e:
-                raise ConfigError(f"backends[{i}].endpoint",
-                                  f"invalid endpoint {backend.endpoint!r}: {e}") from e
+        config = parsePool(_name(name, "name"), data, f"pools.{name}")
+        # Its endpoints, TLS files and access log, checked as at start.
+        alone = attrs.evolve(self.fileConfig, listeners=(), admin=None, pools=(config,))
+        checkEndpoints(alone)
+        checkFiles(alone)
         saved = copy.deepcopy(data)
         self._commit(lambda o: o.poolAdded(name, saved))  # type: ignore[arg-type]
         return self.balancer.addPool(config)  # type: ignore[no-any-return]

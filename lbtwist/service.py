@@ -265,12 +265,7 @@ class LoadBalancer(MultiService):
                 listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
             ).setServiceParent(self)
         for p in config.pools:
-            unverified = [b.name for b in p.backends if b.tls is not None and not b.tls.verify]
-            if unverified or (p.tls is not None and not p.tls.verify):
-                self.log.warn(
-                    "pool {pool}: TLS to {backends} is not verified (verify: false): "
-                    "whoever sits between lbtwist and them can read and change the traffic",
-                    pool=p.name, backends=", ".join(unverified) or "its discovered backends")
+            self._warnUnverified(p)
         self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.dialler)}
         from .http import HTTPProbe
 
@@ -284,6 +279,17 @@ class LoadBalancer(MultiService):
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
         self.reporter.setServiceParent(self)
+
+    def _warnUnverified(self, p: PoolConfig) -> None:
+        """
+        Say so when TLS to some of C{p}'s backends is not verified.
+        """
+        unverified = [b.name for b in p.backends if b.tls is not None and not b.tls.verify]
+        if unverified or (p.tls is not None and not p.tls.verify):
+            self.log.warn(
+                "pool {pool}: TLS to {backends} is not verified (verify: false): "
+                "whoever sits between lbtwist and them can read and change the traffic",
+                pool=p.name, backends=", ".join(unverified) or "its discovered backends")
 
     def _monitor(self, pool: BackendPool) -> None:
         """
@@ -310,6 +316,7 @@ class LoadBalancer(MultiService):
         """
         if config.name in self.pools:
             raise KeyError(config.name)
+        self._warnUnverified(config)
         pool = self.pools[config.name] = BackendPool(config, self._rng, self.reactor.seconds)
         self._monitor(pool)
         self.log.info("pool {pool} added with {count} backends", pool=config.name,

@@ -328,9 +328,12 @@ class PoolAPITests(TestCase):
         """
         h = BalancerHarness(self)
         for body, error in (
-            ({"name": "d", "policy": "fastest", "backends": []}, "policy: expected one of"),
+            ({"name": "d", "policy": "fastest", "backends": []},
+             "pools.d.policy: expected one of"),
             ({"name": "d", "backends": [{"name": "x", "endpoint": "tcp:host=127.0.0.1"}]},
-             "backends[0].endpoint"),
+             "pools.d.backends[0].endpoint"),
+            ({"name": "d", "backends": [], "access-log": "/nonexistent/dir/access.log"},
+             "pools.d.access-log: no such directory"),
             ({"name": "d/e", "backends": []}, "name: expected a name"),
             ({"backends": []}, "name: expected the pool's name"),
         ):
