@@ -21,14 +21,13 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Mapping, Sequence
 
-import attrs
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .connect import BackendConnector, ConnectAttempt
+from .connect import BackendConnector, ConnectAttempt, FixedRetries
 from .dial import BackendProtocol
 from .listener import ListenerFactory
 from .pool import Backend, BackendPool
@@ -357,22 +356,6 @@ class TCPSession:
 HELLO_TIMEOUT = 5.0
 
 
-@attrs.frozen
-class RouteRetries:
-    """
-    A route's C{retries}, over its pool's: after each of up to that many
-    failed connects, another backend is tried.
-    """
-
-    retries: int
-
-    def mayTryAnother(self, pool: BackendPool, failures: int) -> bool:
-        """
-        Another try while C{failures} is within the route's C{retries}.
-        """
-        return failures <= self.retries
-
-
 class RoutedClientSide(ClientSide):
     """
     A client of a listener with routes: its route is chosen from its address
@@ -531,9 +514,10 @@ class TCPProxyFactory(ListenerFactory):
         self.counters: dict[str, RouteCounters] = {}
         self._routes: tuple[Route, ...] = ()
         self._default: Route | None = None
-        # By pool, and the route's own retries if it sets them.
-        self._connectors: dict[tuple[str, int | None], BackendConnector] = {
-            (pool.name, None): connector}
+        # By pool, and the route's own retries and connect timeout if it
+        # sets them.
+        self._connectors: dict[tuple[str, int | None, float | None], BackendConnector] = {
+            (pool.name, None, None): connector}
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if not self.admit():
@@ -614,9 +598,12 @@ class TCPProxyFactory(ListenerFactory):
         if pool is None:
             return None
         retries = route.route.retries
-        connector = self._connectors.get((name, retries))
+        timeouts = route.route.timeouts
+        connect = timeouts.connect if timeouts is not None else None
+        connector = self._connectors.get((name, retries, connect))
         if connector is None:
-            connector = self._connectors[name, retries] = BackendConnector(
+            connector = self._connectors[name, retries, connect] = BackendConnector(
                 pool, self.reactor, self.connector.dialler,
-                self.connector.retryPolicy if retries is None else RouteRetries(retries))
+                self.connector.retryPolicy if retries is None else FixedRetries(retries),
+                connect)
         return pool, connector

@@ -23,9 +23,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from lbtwist.config import PoolConfig
 from lbtwist.connect import BackendConnector
 from lbtwist.pool import BackendPool
-from lbtwist.routeconfig import Match, Route
+from lbtwist.routeconfig import Match, Route, TimeoutOverrides
 from lbtwist.routing import connectionFacts
-from lbtwist.tcp import ClientSide, RoutedClientSide, RouteRetries, TCPProxyFactory
+from lbtwist.tcp import ClientSide, RoutedClientSide, TCPProxyFactory
 
 from .support import Backends, NamedFactory, inThread, reactor, sleep, startBalancer
 from .test_sni import clientHello
@@ -344,10 +344,15 @@ class RouteSettingsTests(TestCase):
         route = factory.table.match(connectionFacts("127.0.0.1", None))  # type: ignore[union-attr]
         pool, connector = factory.choosePool(route, b"127.0.0.1")  # type: ignore[arg-type,misc]
         self.assertIs(pool, pools["b"])
-        self.assertEqual(connector.retryPolicy, RouteRetries(0))
         self.assertFalse(connector.retryPolicy.mayTryAnother(pool, 1))
+        self.assertIsNone(connector.connectTimeout)
+        factory.setRoutes((Route("r", pool="b", timeouts=TimeoutOverrides(connect=0.5)),), None)
+        route = factory.table.match(connectionFacts("127.0.0.1", None))  # type: ignore[union-attr]
+        _, connector = factory.choosePool(route, b"127.0.0.1")  # type: ignore[arg-type,misc]
+        self.assertEqual(connector.connectTimeout, 0.5)
+        self.assertTrue(connector.retryPolicy.mayTryAnother(pool, 1))
         factory.setRoutes((Route("r", pool="a"),), None)
         route = factory.table.match(connectionFacts("127.0.0.1", None))  # type: ignore[union-attr]
         self.assertIs(factory.choosePool(route, None)[1], factory.connector)  # type: ignore[arg-type,index]
         factory.forgetPool("b")
-        self.assertEqual(set(factory._connectors), {("a", None)})
+        self.assertEqual(set(factory._connectors), {("a", None, None)})
