@@ -12,6 +12,8 @@ import http.client
 import json
 import os
 import re
+import shutil
+import subprocess
 import threading
 from typing import Any
 
@@ -484,3 +486,31 @@ class ReplaceUnderLoadTests(TestCase):
         self.assertEqual(errors, [])
         self.assertGreater(seen.get(b"a", 0), 0)
         self.assertGreater(seen.get(b"b", 0), 0)
+
+    @inlineCallbacks
+    def test_httpUnderWrk(self) -> Any:
+        """
+        On an HTTP listener, twenty route lists PUT through the admin API
+        while wrk keeps ten connections busy: no failed request (no socket
+        error, no answer other than 2xx), and both pools answered.
+        """
+        if shutil.which("wrk") is None:
+            self.skipTest("wrk is not installed")
+        h = BalancerHarness(self, mode="http")
+        run = inThread(lambda: subprocess.run(
+            ["wrk", "-t1", "-c10", "-d3s", f"http://127.0.0.1:{h.port}/a/x"],
+            capture_output=True, timeout=20))
+        yield sleep(0.3)
+        for i in range(20):
+            status, body = yield h.call("PUT", "/api/listeners/front/routes", [
+                {"name": "local", "match": {"path-prefix": "/a/"}, "pool": "ab"[i % 2]}])
+            self.assertEqual(status, 200, body)
+            yield sleep(0.1)
+        result = yield run
+        out = result.stdout.decode()
+        self.assertIn("requests in", out)
+        self.assertNotIn("Non-2xx", out)
+        self.assertNotIn("Socket errors", out)
+        backends = h.lb.pools
+        self.assertGreater(backends["a"].get("a").total, 100)  # type: ignore[union-attr]
+        self.assertGreater(backends["b"].get("b").total, 100)  # type: ignore[union-attr]
