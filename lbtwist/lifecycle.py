@@ -46,6 +46,7 @@ class ReloadOnSignal(Service):
         self.installHandler = installHandler
         self.reopenLogs = reopenLogs
         self._previous: dict[int, Any] = {}
+        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
@@ -81,6 +82,10 @@ class ReloadOnSignal(Service):
         self.reactor.callFromThread(self._stop)
 
     def _stop(self) -> None:
+        if self._stopping:
+            self.log.info("SIGTERM received again: the graceful stop goes on")
+            return
+        self._stopping = True
         self.log.info("SIGTERM received: stopping gracefully")
         self.reactor.stop()
 

@@ -421,6 +421,21 @@ class SignalTests(SynchronousTestCase):
         self.reactor.calls[-1]()
         self.assertEqual(self.reactor.stopped, 1)
 
+    def test_sigtermTwice(self) -> None:
+        """
+        A second SIGTERM while the graceful stop runs (a supervisor and a
+        terminal both sending one) does not stop the reactor again, which
+        would raise.
+        """
+        t = Live(self, configOf(A))
+        service = ReloadOnSignal(t.live, self.reactor, self.install)
+        service.startService()
+        for _ in range(2):
+            self.installed[signal.SIGTERM](signal.SIGTERM, None)
+        for call in self.reactor.calls:
+            call()
+        self.assertEqual(self.reactor.stopped, 1)
+
 
 class GracefulStopTests(SynchronousTestCase):
     """
