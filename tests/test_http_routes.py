@@ -17,14 +17,15 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbtwist.basicauth import MAX_CHECKS
 from lbtwist.config import parseConfig
 from lbtwist.dial import Dialler
 from lbtwist.http import HTTPProxyFactory
 from lbtwist.http._exchange import CHECKING, CONNECTING, DONE, FAILED, WAITING, Exchange
 from lbtwist.http._plan import planRequest
-from lbtwist.http._router import hostOf, rewritten, targetParts
+from lbtwist.http._router import Router, hostOf, rewritten, targetParts
 from lbtwist.pool import BackendPool
-from lbtwist.routeconfig import Rewrite
+from lbtwist.routeconfig import BasicAuth, Rewrite, Route
 
 from .httphelpers import HTTPProxyTestCase, RecordingBackend, httpRequests, reactor
 
@@ -491,4 +492,34 @@ class GateTests(SynchronousTestCase):
         ex.abandon()
         check.callback(True)
         self.assertEqual(ex.phase, FAILED)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_floodOfCredentials(self) -> None:
+        """
+        Requests with distinct credentials (as a flood of guesses sends,
+        pipelined or from many clients) start at most C{MAX_CHECKS} bcrypt
+        checks at once; the others are answered 503 with C{Retry-After} at
+        their turn, with no check queued and no backend.
+        """
+        from .test_basicauth import HASH, QueuedRunner, basic
+        from .test_http_exchange import RecordingClientSide
+
+        runner = QueuedRunner()
+        route = Route(name="staff", pool="web",
+                      auth=BasicAuth("staff", "users", (("alice", HASH),)))
+        router = Router(self.factory, [route], None, None, self.reactor.seconds, runner)
+        side = RecordingClientSide()
+        exchanges = [
+            router.exchange(side, b"GET", b"/", "1.1",
+                            [(b"Host", b"a"), (b"Authorization", basic(b"alice:%d" % i))],
+                            True, False, 0.0)
+            for i in range(MAX_CHECKS + 20)
+        ]
+        self.assertEqual(len(runner.jobs), MAX_CHECKS)
+        busy = exchanges[MAX_CHECKS:]
+        for ex in busy:
+            ex.requestComplete()
+            ex.start()
+        self.assertEqual({(ex.phase, ex.status) for ex in busy}, {(DONE, 503)})
+        self.assertIn((b"Retry-After", b"1"), busy[0].local[1])  # type: ignore[index]
         self.assertEqual(self.reactor.tcpClients, [])

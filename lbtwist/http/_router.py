@@ -44,6 +44,11 @@ from ._upstream import Upstream
 # The answer when a route's pool no longer exists (removed at run time).
 _NO_POOL: Answer = (503, ((b"Content-Type", b"text/plain; charset=utf-8"),),
                     b"503 Service Unavailable: the route's pool is gone.\n")
+# The answer when a route's credential checks in flight are at their bound.
+_CHECKS_BUSY: Answer = (503, ((b"Retry-After", b"1"),
+                              (b"Content-Type", b"text/plain; charset=utf-8")),
+                        b"503 Service Unavailable: too many credential checks under way; "
+                        b"retry.\n")
 
 
 def hostOf(authority: bytes | None) -> bytes | None:
@@ -299,6 +304,8 @@ class Router:
                     passed = rt.auth.check(_header(headers, b"authorization"))
                     if passed is False:
                         answer = rt.withResponseHeaders(self.unauthorized(rt))
+                    elif passed is None:
+                        answer = _CHECKS_BUSY
                     elif passed is not True:
                         gate = passed
                 if answer is None:
