@@ -25,7 +25,7 @@ from lbtwist.http._exchange import CHECKING, CONNECTING, DONE, FAILED, WAITING, 
 from lbtwist.http._plan import planRequest
 from lbtwist.http._router import Router, hostOf, rewritten, targetParts
 from lbtwist.pool import BackendPool
-from lbtwist.routeconfig import BasicAuth, Rewrite, Route
+from lbtwist.routeconfig import BasicAuth, Match, Respond, Rewrite, Route
 
 from .httphelpers import HTTPProxyTestCase, RecordingBackend, httpRequests, reactor
 
@@ -523,3 +523,45 @@ class GateTests(SynchronousTestCase):
         self.assertEqual({(ex.phase, ex.status) for ex in busy}, {(DONE, 503)})
         self.assertIn((b"Retry-After", b"1"), busy[0].local[1])  # type: ignore[index]
         self.assertEqual(self.reactor.tcpClients, [])
+
+
+class RouterMatchTests(SynchronousTestCase):
+    """
+    What L{Router} matches a request head on: the host and path as the
+    backend will understand them, so that a deny or auth route cannot be
+    stepped around by spelling them differently.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from .test_basicauth import QueuedRunner
+        from .test_http_unit import proxyFactory
+
+        self.reactor = MemoryReactorClock()
+        self.factory = proxyFactory(self.reactor)
+        deny = Route(name="deny", match=Match(hosts=("admin.example.com",)),
+                     respond=Respond(status=403))
+        self.router = Router(self.factory, [deny], Route(name="default", pool="web"), None,
+                             self.reactor.seconds, QueuedRunner())
+
+    def status(self, target: bytes, host: bytes) -> int | None:
+        """
+        The status of the direct answer to C{GET target} with C{Host: host},
+        or L{None} if it goes to a pool.
+        """
+        from .test_http_exchange import RecordingClientSide
+
+        ex = self.router.exchange(RecordingClientSide(), b"GET", target, "1.1",
+                                  [(b"Host", host)], True, False, 0.0)
+        return None if ex.local is None else ex.local[0]
+
+    def test_hostTrailingDot(self) -> None:
+        """
+        A host with a trailing dot (the same name, fully qualified) matches
+        the route naming it without one.
+        """
+        for host in (b"admin.example.com", b"admin.example.com.", b"ADMIN.example.com.:80"):
+            self.assertEqual(self.status(b"/", host), 403, host)
+        self.assertEqual(self.status(b"http://admin.example.com./x", b"other"), 403)
+        self.assertIsNone(self.status(b"/", b"www.example.com."))

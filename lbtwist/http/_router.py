@@ -54,14 +54,16 @@ _CHECKS_BUSY: Answer = (503, ((b"Retry-After", b"1"),
 def hostOf(authority: bytes | None) -> bytes | None:
     """
     The host of an authority, lowercase, without its port (an IPv6
-    literal keeps its brackets).
+    literal keeps its brackets) or a trailing dot (C{example.com.} is
+    C{example.com}, fully qualified, as backends and routes' hosts take it).
     """
     if not authority:
         return None
     if authority[:1] == b"[":
         end = authority.find(b"]")
         return (authority if end == -1 else authority[:end + 1]).lower()
-    return authority.partition(b":")[0].lower()
+    host = authority.partition(b":")[0].lower()
+    return host[:-1] if host[-1:] == b"." else host
 
 
 def targetParts(target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[
