@@ -542,8 +542,10 @@ class RouterMatchTests(SynchronousTestCase):
         self.factory = proxyFactory(self.reactor)
         deny = Route(name="deny", match=Match(hosts=("admin.example.com",)),
                      respond=Respond(status=403))
-        self.router = Router(self.factory, [deny], Route(name="default", pool="web"), None,
-                             self.reactor.seconds, QueuedRunner())
+        private = Route(name="private", match=Match(pathPrefix="/admin/"),
+                        respond=Respond(status=401))
+        self.router = Router(self.factory, [deny, private], Route(name="default", pool="web"),
+                             None, self.reactor.seconds, QueuedRunner())
 
     def status(self, target: bytes, host: bytes) -> int | None:
         """
@@ -565,3 +567,16 @@ class RouterMatchTests(SynchronousTestCase):
             self.assertEqual(self.status(b"/", host), 403, host)
         self.assertEqual(self.status(b"http://admin.example.com./x", b"other"), 403)
         self.assertIsNone(self.status(b"/", b"www.example.com."))
+
+    def test_pathNormalised(self) -> None:
+        """
+        The path is matched as a backend resolves it: escapes of unreserved
+        characters decoded, dot segments resolved, repeated slashes merged;
+        other escapes (C{%25}, C{%2F}) stay as they are.
+        """
+        for target in (b"/admin/x", b"/%61dmin/x", b"/%2e%2e/admin/", b"//admin/x",
+                       b"/x/../admin/", b"/./admin/?q=1", b"/admin/./x", b"/ADMIN/../admin/"):
+            self.assertEqual(self.status(target, b"www.example.com"), 401, target)
+        for target in (b"/administrator", b"/%2561dmin/", b"/admin%2Fx", b"/admin/../x",
+                       b"/x/admin/"):
+            self.assertIsNone(self.status(target, b"www.example.com"), target)

@@ -31,6 +31,7 @@ from ..routing import (
     RouteCounters,
     RouteTable,
     applyHeaderActions,
+    matchedPath,
     redirectAnswer,
     redirectLocation,
     respondAnswer,
@@ -283,7 +284,8 @@ class Router:
         host = hostOf(authority)
         source = client.clientHost.decode("ascii", "replace")
         lowered = [(n.lower(), v) for n, v in headers] if self._needsHeaders else ()
-        found = self.table.match(RequestFacts(method, host, path, query, lowered, source))
+        found = self.table.match(
+            RequestFacts(method, host, matchedPath(path), query, lowered, source))
         rt = self.noRoute if found is None else self._byCompiled[id(found)]
         route = rt.route
         answer = rt.answer
