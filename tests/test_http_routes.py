@@ -25,7 +25,7 @@ from lbtwist.http._exchange import CHECKING, CONNECTING, DONE, FAILED, WAITING, 
 from lbtwist.http._plan import planRequest
 from lbtwist.http._router import Router, hostOf, rewritten, targetParts
 from lbtwist.pool import BackendPool
-from lbtwist.routeconfig import BasicAuth, Match, Respond, Rewrite, Route
+from lbtwist.routeconfig import BasicAuth, Match, Redirect, Respond, Rewrite, Route
 
 from .httphelpers import HTTPProxyTestCase, RecordingBackend, httpRequests, reactor
 
@@ -580,3 +580,19 @@ class RouterMatchTests(SynchronousTestCase):
         for target in (b"/administrator", b"/%2561dmin/", b"/admin%2Fx", b"/admin/../x",
                        b"/x/admin/"):
             self.assertIsNone(self.status(target, b"www.example.com"), target)
+
+    def test_schemeRedirectWithoutHost(self) -> None:
+        """
+        A scheme redirect of an HTTP/1.0 request naming no host sends the
+        client to the address it reached, never to an empty host (where
+        C{https:////evil.example/} would take a browser to another site).
+        """
+        from .test_basicauth import QueuedRunner
+        from .test_http_exchange import RecordingClientSide
+
+        router = Router(self.factory, [Route(name="tls", redirect=Redirect(scheme="https"))],
+                        None, None, self.reactor.seconds, QueuedRunner())
+        ex = router.exchange(RecordingClientSide(), b"GET", b"//evil.example/x", "1.0", [],
+                             False, False, 0.0)
+        assert ex.local is not None
+        self.assertIn((b"Location", b"https://l//evil.example/x"), ex.local[1])

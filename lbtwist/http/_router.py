@@ -294,8 +294,10 @@ class Router:
         target = url
         if answer is None and route is not None:
             if route.redirect is not None:
-                answer = rt.withResponseHeaders(redirectAnswer(
-                    route.redirect, redirectLocation(route.redirect, host or b"", path, query)))
+                # An HTTP/1.0 request may name no host: the address it reached.
+                answer = rt.withResponseHeaders(redirectAnswer(route.redirect, redirectLocation(
+                    route.redirect, host or hostOf(client.localAuthority) or b"localhost",
+                    path, query)))
             else:
                 limiter = rt.limiter
                 if limiter is not None:
