@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import attrs
 import bcrypt
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
@@ -523,6 +524,44 @@ class GateTests(SynchronousTestCase):
         self.assertEqual({(ex.phase, ex.status) for ex in busy}, {(DONE, 503)})
         self.assertIn((b"Retry-After", b"1"), busy[0].local[1])  # type: ignore[index]
         self.assertEqual(self.reactor.tcpClients, [])
+
+
+class RouterCarryOverTests(SynchronousTestCase):
+    """
+    What a route keeps when its listener's routes are replaced.
+    """
+
+    def test_credentialsKept(self) -> None:
+        """
+        A route whose C{auth} is unchanged keeps the credentials it checked
+        when another of its settings changes: its clients pass at once, with
+        no new bcrypt check (which a whole user base would otherwise need at
+        the same moment, past the bound on checks in flight).
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from .test_basicauth import HASH, QueuedRunner, basic
+        from .test_http_exchange import RecordingClientSide
+        from .test_http_unit import proxyFactory
+
+        reactor = MemoryReactorClock()
+        factory = proxyFactory(reactor)
+        runner = QueuedRunner()
+        route = Route(name="staff", pool="web",
+                      auth=BasicAuth("staff", "users", (("alice", HASH),)))
+        headers = [(b"Host", b"a"), (b"Authorization", basic(b"alice:secret"))]
+
+        def exchange(router: Router) -> Exchange:
+            return router.exchange(RecordingClientSide(), b"GET", b"/", "1.1", list(headers),
+                                   True, False, 0.0)
+
+        first = Router(factory, [route], None, None, reactor.seconds, runner)
+        exchange(first)
+        runner.runAll()
+        second = Router(factory, [attrs.evolve(route, retries=3)], None, first,
+                        reactor.seconds, runner)
+        ex = exchange(second)
+        self.assertEqual((ex.gated, ex.local, runner.jobs), (False, None, []))
 
 
 class RouterMatchTests(SynchronousTestCase):

@@ -9,9 +9,9 @@ changed, the route's timeouts and retries in force.
 A listener without routes has no router and pays nothing for routing.
 The table is immutable: L{Router} is replaced whole when the routes
 change, and requests already under way finish as they began.  What a route
-has counted (and its rate-limit buckets, and its checked credentials) is
-carried over to the new router for a route that keeps its name and
-settings.
+has counted is carried over to the new router for a route that keeps its
+name; its rate-limit buckets too if it keeps its rate limit, and its
+checked credentials if it keeps its auth settings.
 """
 
 from __future__ import annotations
@@ -235,7 +235,6 @@ class Router:
     ) -> RouteRuntime:
         route = compiled.route if compiled is not None else None
         name = route.name if route is not None else "default"
-        same = old is not None and old.route == route
         limit = route.rateLimit if route is not None else None
         limiter = None
         if limit is not None:
@@ -245,7 +244,9 @@ class Router:
                        else TokenBuckets.fromConfig(limit, clock))
         auth = None
         if route is not None and route.auth is not None:
-            auth = (old.auth if same and old is not None and old.auth is not None
+            checked = old.auth if old is not None and old.route is not None else None
+            auth = (checked if checked is not None and old is not None and old.route is not None
+                    and old.route.auth == route.auth
                     else BasicAuthenticator(route.auth, runInThread))
         counters = old.counters if old is not None else RouteCounters(name)
         return RouteRuntime(compiled, self.factory, counters, limiter, auth)
