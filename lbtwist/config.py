@@ -1566,6 +1566,9 @@ def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
         if isinstance(item, Mapping) and "name" not in item:
             item = {**item, "name": f"route{i}"}
         route = parseRoute(item, where, mode, poolNames, readFile)
+        if route.name == "default":
+            raise ConfigError(f"{where}.name", "'default' is the default route's name (in the "
+                                               "counters and metrics): choose another")
         for j, earlier in enumerate(routes):
             if earlier.match.catchAll:
                 raise ConfigError(where, f"unreachable: route {earlier.name!r} at "

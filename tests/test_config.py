@@ -756,6 +756,17 @@ class RouteConfigTests(SynchronousTestCase):
             parseConfig(routed([{"match": {"sni": "a"}, "pool": "api"}]))
         self.assertIn("use host", str(e.exception))
 
+    def test_defaultNameReserved(self) -> None:
+        """
+        No route may be named C{default}: that is the default route's name
+        (or the 404's) in the counters, the metrics' C{route} label and the
+        admin API, where two would be one series.
+        """
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(routed([{"name": "default", "match": {"path": "/x"}, "pool": "api"}]))
+        self.assertEqual(e.exception.path, "listeners[0].routes[0].name")
+        self.assertIn("default route", str(e.exception))
+
     def test_framingHeadersRefused(self) -> None:
         """
         A route may not change a message's framing or hop-by-hop headers
