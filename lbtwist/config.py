@@ -1210,6 +1210,24 @@ def _headerName(value: object, path: str) -> str:
     return name
 
 
+# Headers that frame a message or belong to one connection: the balancer
+# writes them itself, so a route may not set, add or remove them (a length
+# changed beside a body read by the old one would desynchronise a
+# connection: a smuggled request to the backend, a split response).
+_FRAMING_HEADERS = frozenset((
+    "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+    "upgrade", "proxy-connection",
+))
+
+
+def _changeableHeader(value: object, path: str) -> str:
+    name = _headerName(value, path)
+    if name.lower() in _FRAMING_HEADERS:
+        raise ConfigError(path, f"{name} may not be changed: the balancer frames each "
+                                f"message itself")
+    return name
+
+
 def _headerValue(value: object, path: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
@@ -1364,7 +1382,7 @@ def _respond(data: object, path: str) -> Respond:
     return Respond(
         status=_integer(d["status"], f"{path}.status", 200, 599),
         body=body,
-        headers=tuple((_headerName(k, f"{path}.headers.{k}"),
+        headers=tuple((_changeableHeader(k, f"{path}.headers.{k}"),
                        _headerValue(v, f"{path}.headers.{k}")) for k, v in h.items()),
     )
 
@@ -1453,13 +1471,13 @@ def _headerActions(data: object, path: str) -> HeaderActions:
         m = d.get(key) or {}
         if not isinstance(m, Mapping):
             raise ConfigError(f"{path}.{key}", f"expected a mapping, got {_describe(m)}")
-        return tuple((_headerName(k, f"{path}.{key}.{k}"),
+        return tuple((_changeableHeader(k, f"{path}.{key}.{k}"),
                       _headerValue(v, f"{path}.{key}.{k}")) for k, v in m.items())
 
     remove = d.get("remove") or []
     return HeaderActions(
         set=pairs("set"), add=pairs("add"),
-        remove=tuple(_headerName(n, where)
+        remove=tuple(_changeableHeader(n, where)
                      for where, n in _oneOrList(remove, f"{path}.remove")) if remove else (),
     )
 
@@ -1548,6 +1566,9 @@ def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
         if isinstance(item, Mapping) and "name" not in item:
             item = {**item, "name": f"route{i}"}
         route = parseRoute(item, where, mode, poolNames, readFile)
+        if route.name == "default":
+            raise ConfigError(f"{where}.name", "'default' is the default route's name (in the "
+                                               "counters and metrics): choose another")
         for j, earlier in enumerate(routes):
             if earlier.match.catchAll:
                 raise ConfigError(where, f"unreachable: route {earlier.name!r} at "

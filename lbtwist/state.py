@@ -30,9 +30,18 @@ from typing import Any
 
 import attrs
 
-from .config import BackendConfig, Config, ConfigError, parseBackend, parsePool, parseRoutes
+from .config import (
+    BackendConfig,
+    Config,
+    ConfigError,
+    ListenerConfig,
+    parseBackend,
+    parsePool,
+    parseRoutes,
+)
 from .endpoints import parseEndpoint
 from .pool import Admin
+from .routeconfig import Route
 
 STATE_VERSION = 2
 # Older state files (backend overrides only) still load.
@@ -251,12 +260,22 @@ class Overrides:
             pools.append(attrs.evolve(pc, backends=tuple(backends)))
         names = [pc.name for pc in pools]
         listeners = tuple(
-            attrs.evolve(listener, routes=parseRoutes(
-                self.routes[listener.name], f"state: listeners.{listener.name}.routes",
-                listener.mode, names))
-            if listener.name in self.routes else listener
+            self._routed(listener, names) if listener.name in self.routes else listener
             for listener in config.listeners)
         return attrs.evolve(config, pools=tuple(pools), listeners=listeners)
+
+    def _routed(self, listener: ListenerConfig, pools: Sequence[str]) -> ListenerConfig:
+        """
+        C{listener} with the routes set for it.  On a listener the file
+        gives no routes, its pool is the default route's pool, as beside
+        C{routes:} in the file: a request no route matches still goes there.
+        """
+        routes = parseRoutes(self.routes[listener.name],
+                             f"state: listeners.{listener.name}.routes", listener.mode, pools)
+        default = listener.defaultRoute
+        if routes and default is None and not listener.routes:
+            default = Route(name="default", pool=listener.pool)
+        return attrs.evolve(listener, routes=routes, defaultRoute=default)
 
     def summary(self) -> str:
         """

@@ -205,6 +205,40 @@ class RouteAPITests(TestCase):
         self.assertEqual((yield h.reached()), b"a")
 
 
+class PlainListenerRouteTests(TestCase):
+    """
+    Routes put on a listener that had none: its C{pool:} is the default
+    route's pool, as beside C{routes:} in the file.
+    """
+
+    @inlineCallbacks
+    def test_poolStaysDefault(self) -> Any:
+        """
+        A client no route matches still reaches the listener's pool; that
+        pool cannot be removed while the listener sends to it (which would
+        leave a listener on a removed pool, and a state file naming it that
+        no restart could load); a restart keeps both.
+        """
+        h = BalancerHarness(self)
+        yield h.stop()
+        h.data["listeners"] = [{"name": "front", "listen": "tcp:0:interface=127.0.0.1",
+                                "mode": "tcp", "pool": "b"}]
+        h.start()
+        self.assertEqual((yield h.reached()), b"b")
+        status, body = yield h.call("PUT", "/api/listeners/front/routes", [
+            {"name": "elsewhere", "match": {"source": "10.0.0.0/8"}, "pool": "a"}])
+        self.assertEqual(status, 200, body)
+        self.assertEqual((yield h.reached()), b"b")
+        status, answer = yield h.call("DELETE", "/api/pools/b")
+        self.assertEqual(status, 409, answer)
+        self.assertIn("front", answer["error"])
+        yield h.stop()
+        h.start()
+        self.assertEqual((yield h.reached()), b"b")
+        status, listeners = yield h.call("GET", "/api/listeners")
+        self.assertEqual(listeners[0]["defaultRoute"], {"pool": "b"})
+
+
 class HTTPRouteTests(TestCase):
     """
     The same API in front of an HTTP listener.
