@@ -1482,6 +1482,21 @@ def _headerActions(data: object, path: str) -> HeaderActions:
     )
 
 
+def _requestHeaderActions(data: object, path: str) -> HeaderActions:
+    """
+    A route's C{request-headers}: as any header actions, and Host may be
+    set (replaced) but not removed or added (an HTTP/1.1 request has
+    exactly one).
+    """
+    actions = _headerActions(data, path)
+    for key, names in (("add", [n for n, _ in actions.add]), ("remove", actions.remove)):
+        for name in names:
+            if name.lower() == "host":
+                raise ConfigError(f"{path}.{key}", "a request has exactly one Host: set it "
+                                  "to replace it, never remove or add one")
+    return actions
+
+
 def _routeTimeouts(data: object, path: str, mode: str) -> TimeoutOverrides:
     # HTTP: what a request meets on its way to a backend (the client
     # connection's own timeouts are its listener's pool's).
@@ -1497,7 +1512,7 @@ _ROUTE_PARTS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "respond": ("respond", _respond),
     "rewrite": ("rewrite", _rewrite),
     "rate-limit": ("rateLimit", _rateLimit),
-    "request-headers": ("requestHeaders", _headerActions),
+    "request-headers": ("requestHeaders", _requestHeaderActions),
     "response-headers": ("responseHeaders", _headerActions),
 }
 

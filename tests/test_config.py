@@ -800,3 +800,18 @@ class RouteConfigTests(SynchronousTestCase):
                 parseConfig(routed([route]))
             self.assertEqual(e.exception.path, where, str(e.exception))
             self.assertIn("frames", str(e.exception))
+
+    def test_hostKeptOne(self) -> None:
+        """
+        A route's request headers may set Host (replacing it) but not remove
+        or add one: every request would then be refused by the backend or
+        the request plan.
+        """
+        r = "listeners[0].routes[0].request-headers"
+        for actions, where in (({"remove": ["Host"]}, f"{r}.remove"),
+                               ({"add": {"host": "a"}}, f"{r}.add")):
+            with self.assertRaises(ConfigError) as e:
+                parseConfig(routed([{"pool": "api", "request-headers": actions}]))
+            self.assertEqual(e.exception.path, where)
+            self.assertIn("exactly one Host", str(e.exception))
+        parseConfig(routed([{"pool": "api", "request-headers": {"set": {"Host": "b"}}}]))
