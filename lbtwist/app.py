@@ -12,6 +12,7 @@ its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -24,6 +25,7 @@ from .pool import Backend
 from .reload import DEFAULT_GRACE, LiveConfig, configLoader, loadState
 from .service import CannotStart, LoadBalancer
 from .state import StateError, StateFile, defaultStatePath, legacyStatePath
+from .workers import ConfigText, WorkerGroup
 
 
 class Balancer(MultiService):
@@ -52,6 +54,7 @@ class Balancer(MultiService):
         control: bool = True,
         signals: bool = True,
         freezeHeap: bool = True,
+        workerCommand: Sequence[str] = (),
     ) -> None:
         """
         @param config: what to run (see L{lbtwist.config.loadConfigFile}).
@@ -70,12 +73,18 @@ class Balancer(MultiService):
         @param freezeHeap: once running, freeze the start-up heap out of the
             garbage collector's way (see L{lbtwist.gctuning}): the
             application's start-up objects are frozen with the balancer's.
+        @param workerCommand: with C{config.workers} over 1 (and
+            C{control}), the options of C{twistd lb} each worker runs with
+            (see L{lbtwist.workers}): this process becomes their master, its
+            listeners bound but served by the workers.
 
         @raise lbtwist.service.CannotStart: the state file is invalid or
             cannot be written.
         """
         super().__init__()
         self.live: LiveConfig | None = None
+        self.workers: WorkerGroup | None = None
+        self.workerCommand = list(workerCommand)
         # Backends DNS discovery finds gone are drained as removed ones are.
         self.loadBalancer = LoadBalancer(
             config, reactor, drain=self._drainDiscovered if control else None)
@@ -111,10 +120,12 @@ class Balancer(MultiService):
         given = statePath or lb.config.state
         path = given or defaultStatePath(
             configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
+        multi = lb.config.workers > 1
+        text = ConfigText(configPath) if multi and configPath else None
         live = LiveConfig(
             lb.pools, lb.config, reactor,
             StateFile(path, legacy=None if given else legacyStatePath(path)),
-            loadConfig=configLoader(configPath) if configPath else None, grace=grace,
+            loadConfig=text or (configLoader(configPath) if configPath else None), grace=grace,
             reloaded=[lb.reloadCertificates],
         )
         try:
@@ -129,7 +140,12 @@ class Balancer(MultiService):
             live, reactor, grace,
             softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
         ).setServiceParent(control)
-        AdminService(lb, live, reactor).setServiceParent(control)
+        if multi:
+            self.workers = WorkerGroup(lb, live, reactor, count=lb.config.workers,
+                                       command=self.workerCommand, grace=grace, text=text)
+        AdminService(lb, live, reactor, group=self.workers).setServiceParent(control)
+        if self.workers is not None:
+            self.workers.setServiceParent(control)
         if signals:
             ReloadOnSignal(live, reactor, reopenLogs=lb.reopenAccessLogs).setServiceParent(control)
         return live

@@ -6,11 +6,12 @@ the status reporter, composed from one L{Config}.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -162,7 +163,12 @@ def addressScope(host: str | None) -> str:
 class ListenerService(PortService):
     """
     A listener of the balancer.
+
+    @ivar port: the listening port once started (L{None} before, or if the
+        endpoint gave no port).
     """
+
+    port: Any = None
 
     def __init__(self, listener: ListenerConfig, endpoint: Any, factory: ServerFactory) -> None:
         super().__init__(f"listener {listener.name}", listener.endpoint, endpoint, factory)
@@ -172,6 +178,7 @@ class ListenerService(PortService):
     def startService(self) -> None:
         super().startService()
         port = self._waitingForPort.result if self._waitingForPort is not None else None
+        self.port = port
         address = port.getHost() if port is not None and hasattr(port, "getHost") else None
         limit = getattr(self.factory, "limit", None)
         if limit is not None and hasattr(port, "stopReading"):
@@ -217,12 +224,20 @@ class LoadBalancer(MultiService):
         *,
         resolver: Any = None,
         drain: Callable[[str, Backend], None] | None = None,
+        adopted: Mapping[str, tuple[int, int]] | None = None,
+        monitors: bool = True,
     ) -> None:
         """
         @param resolver: the C{twisted.names} resolver DNS discovery asks
             (default: one for the configuration's C{resolvers}).
         @param drain: given each backend discovery finds gone, once removed
             from its pool (see L{lbtwist.discovery.PoolDiscovery}).
+        @param adopted: listening sockets to serve instead of binding, as
+            C{(file descriptor, address family)} by listener name: a worker
+            process (L{lbtwist.workers}) serves its master's sockets.
+        @param monitors: run the health checks, DNS discovery and the status
+            table in the log; a worker leaves them to its master, which
+            tells it what they found and logs the totals.
         """
         super().__init__()
         self.config = config
@@ -256,9 +271,12 @@ class LoadBalancer(MultiService):
             endpointReactor = listenerReactor(reactor, listener, f"listeners[{index}]")
             if isinstance(endpointReactor, TLSListeningReactor):
                 self.certificates[listener.name] = endpointReactor.certificates
-            ListenerService(
-                listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
-            ).setServiceParent(self)
+            if adopted is not None:
+                fd, family = adopted[listener.name]
+                endpoint: Any = AdoptedStreamServerEndpoint(endpointReactor, fd, family)
+            else:
+                endpoint = serverFromString(endpointReactor, withBacklog(listener.endpoint))
+            ListenerService(listener, endpoint, factory).setServiceParent(self)
         for p in config.pools:
             unverified = [b.name for b in p.backends if b.tls is not None and not b.tls.verify]
             if unverified or (p.tls is not None and not p.tls.verify):
@@ -270,13 +288,13 @@ class LoadBalancer(MultiService):
         from .http import HTTPProbe
 
         self.probes["http"] = HTTPProbe(self.dialler)
-        for pool in self.pools.values():
+        for pool in self.pools.values() if monitors else ():
             HealthMonitor(pool, self.probes, reactor).setServiceParent(self)
         # After the monitors, so that they see the first discovered backends.
         self.discoveries: dict[str, PoolDiscovery] = {}
         for pool in self.pools.values():
             discovery = pool.config.discovery
-            if discovery is not None:
+            if discovery is not None and monitors:
                 if resolver is None:
                     resolver = makeResolver(config.resolvers, reactor)
                 self.discoveries[pool.name] = PoolDiscovery(
@@ -284,7 +302,8 @@ class LoadBalancer(MultiService):
                 self.discoveries[pool.name].setServiceParent(self)
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
-        self.reporter.setServiceParent(self)
+        if monitors:
+            self.reporter.setServiceParent(self)
 
     def reloadCertificates(self, config: Config) -> None:
         """

@@ -11,13 +11,14 @@ import os
 import re
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from ..config import BackendConfig, ConfigError, parseBackend, parseSlowStart
 from ..endpoints import parseEndpoint
@@ -57,6 +58,33 @@ _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css)$")
 Handler = Callable[[Request, list[str]], Any]
 
 
+class ProcessGroup(Protocol):
+    """
+    The worker processes a master's admin API speaks for (see
+    L{lbtwist.workers.WorkerGroup}).
+    """
+
+    def settle(self) -> Deferred[None]:
+        """
+        Fires once every worker has applied the pools as they are now.
+        """
+
+    def refresh(self) -> Deferred[None]:
+        """
+        Fires once the master's counters show the workers' totals.
+        """
+
+    def collector(self) -> Any:
+        """
+        A Prometheus collector of the per-worker series.
+        """
+
+    def view(self) -> list[dict[str, Any]]:
+        """
+        Each worker: its number, generation, pid, state and counters.
+        """
+
+
 class AdminResource(Resource):
     """
     Every route of the admin listener, dispatched by method and path.
@@ -66,14 +94,23 @@ class AdminResource(Resource):
     log = Logger()
 
     def __init__(self, balancer: Any, live: LiveConfig, token: str | None,
-                 clock: IReactorTime, history: CounterHistory | None = None) -> None:
+                 clock: IReactorTime, history: CounterHistory | None = None,
+                 group: ProcessGroup | None = None) -> None:
+        """
+        @param group: the worker processes this master speaks for: reads
+            wait for their counters to be collected, and changes are
+            answered once every one of them has applied them.
+        """
         super().__init__()
+        self.group = group
         self.clock = clock
         self.history = history or CounterHistory()
         self.balancer = balancer
         self.live = live
         self._startToken = token
         self.registry = balancerRegistry(balancer)
+        if group is not None:
+            self.registry.register(group.collector())
         self.routes: list[tuple[bytes, tuple[str, ...], Handler, bool]] = [
             (b"GET", (), self.dashboard, False),
             (b"GET", ("static", "*"), self.static, False),
@@ -88,6 +125,7 @@ class AdminResource(Resource):
             (b"DELETE", ("api", "pools", "*", "backends", "*"), self.removeBackend, True),
             (b"GET", ("api", "listeners"), self.listListeners, False),
             (b"POST", ("api", "reload"), self.reload, True),
+            (b"GET", ("api", "workers"), self.listWorkers, False),
             (b"GET", ("health",), self.goHealth, False),
             (b"GET", ("list",), self.goList, False),
             (b"POST", ("addServer",), self.goAdd, True),
@@ -96,7 +134,7 @@ class AdminResource(Resource):
 
     # -- dispatch --------------------------------------------------------
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         """
         Find the route, check the token of a change, run it, and answer.
         """
@@ -114,26 +152,58 @@ class AdminResource(Resource):
                 allowed.append(routeMethod)
                 continue
             args = [s for p, s in zip(pattern, segments) if p == "*"]
-            try:
-                if mutating:
-                    self._authorize(request)
-                result = handler(request, args)
-            except APIError as e:
-                result = self._json(request, e.status, {"error": e.message})
-            if mutating:
-                self.log.info(
-                    "admin {method} {path} from {client}: {code}",
-                    method=method.decode(), path=request.path.decode("latin-1"),
-                    client=getattr(request.getClientAddress(), "host", "?"),
-                    code=request.code,
-                )
-            assert isinstance(result, bytes)
-            return result
+            if self.group is None or handler in (self.dashboard, self.static):
+                return self._run(request, handler, args, mutating)
+            return self._withGroup(self.group, request, handler, args, mutating)
         if allowed:
             request.setHeader(b"allow", b", ".join(allowed))
             return self._json(request, 405, {"error": f"method {method.decode()} not "
                                              "allowed here"})
         return self._json(request, 404, {"error": "no such resource"})
+
+    def _run(self, request: Request, handler: Handler, args: list[str], mutating: bool) -> bytes:
+        """
+        Run a route's handler (a change once its token is checked), and log
+        a change.
+        """
+        try:
+            if mutating:
+                self._authorize(request)
+            result = handler(request, args)
+        except APIError as e:
+            result = self._json(request, e.status, {"error": e.message})
+        if mutating:
+            self.log.info(
+                "admin {method} {path} from {client}: {code}",
+                method=request.method.decode(), path=request.path.decode("latin-1"),
+                client=getattr(request.getClientAddress(), "host", "?"),
+                code=request.code,
+            )
+        assert isinstance(result, bytes)
+        return result
+
+    def _withGroup(self, group: ProcessGroup, request: Request, handler: Handler,
+                   args: list[str], mutating: bool) -> int:
+        """
+        Run a route for the worker processes: a read once their counters
+        are collected, a change answered once every one has applied it.
+        """
+        if mutating:
+            result = self._run(request, handler, args, mutating)
+            settled = group.settle() if request.code < 400 else succeed(None)
+            settled.addBoth(lambda _: self._finish(request, result))
+        else:
+            group.refresh().addBoth(
+                lambda _: self._finish(request, self._run(request, handler, args, mutating)))
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    def _finish(self, request: Request, body: bytes) -> None:
+        """
+        Answer a request whose answer waited for the worker processes.
+        """
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(body)
+            request.finish()
 
     @property
     def token(self) -> str | None:
@@ -432,6 +502,14 @@ class AdminResource(Resource):
                 "refused": getattr(factory, "refused", 0),
             })
         return self._json(request, 200, listeners)
+
+    def listWorkers(self, request: Request, args: list[str]) -> bytes:
+        """
+        The worker processes (none when this process serves alone), each
+        with its own counters: the other routes give their totals.
+        """
+        return self._json(request, 200, {
+            "workers": self.group.view() if self.group is not None else []})
 
     def reload(self, request: Request, args: list[str]) -> bytes:
         """
