@@ -97,9 +97,9 @@ def connections(port: int, count: int, parallel: int) -> list[bytes | None]:
         return list(pool.map(nameLine, [port] * count))
 
 
-class WorkerGroupTests(TestCase):
+class GroupTestCase(TestCase):
     """
-    A master and its workers started as users start them.
+    Starts a master and its workers as users start them.
     """
 
     timeout = 60
@@ -131,6 +131,13 @@ class WorkerGroupTests(TestCase):
                         work.path, dict(os.environ))
         group = _Group(port, admin, process, workers)
         return group.waitServing(self).addCallback(lambda _: group)
+
+
+
+class WorkerGroupTests(GroupTestCase):
+    """
+    Workers share the listeners and are supervised.
+    """
 
     @inlineCallbacks
     def test_shareOfConnections(self) -> Any:
@@ -186,6 +193,89 @@ class WorkerGroupTests(TestCase):
         self.assertEqual(answers.count(b"a"), 200)
         for s in held:
             s.close()
+        yield group.stop(self)
+
+
+class ControlPlaneTests(GroupTestCase):
+    """
+    The master speaks for every worker: changes, health and counters.
+    """
+
+    @inlineCallbacks
+    def test_changeReachesEveryWorker(self) -> Any:
+        """
+        A change through the admin API (a backend put in maintenance, one
+        added) is answered once every worker applied it: the next clients,
+        whichever worker accepts them, see it.
+        """
+        backends = Backends(self)
+        for name in ("a", "b", "c"):
+            backends.start(name)
+        group = yield self.startGroup(3, backends, ["a", "b"])
+        yield inThread(adminChange, group.admin, "PATCH", "/api/pools/web/backends/b",
+                       {"state": "maint"})
+        answers = yield inThread(connections, group.port, 150, 6)
+        self.assertEqual(set(answers), {b"a"})
+        yield inThread(adminChange, group.admin, "POST", "/api/pools/web/backends",
+                       {"name": "c", "endpoint": backends.endpoint("c")})
+        yield inThread(adminChange, group.admin, "PATCH", "/api/pools/web/backends/a",
+                       {"state": "maint"})
+        answers = yield inThread(connections, group.port, 150, 6)
+        self.assertEqual(set(answers), {b"c"})
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        # Every worker served some of those clients, each with the change.
+        self.assertTrue(all(w["requests"] > 0 for w in workers), workers)
+        yield group.stop(self)
+
+    @inlineCallbacks
+    def test_healthReachesEveryWorker(self) -> Any:
+        """
+        A backend that stops is found down by the master's one probe, and
+        no worker sends it a client after that.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        backends.start("b")
+        group = yield self.startGroup(3, backends, ["a", "b"])
+        answers = yield inThread(connections, group.port, 60, 6)
+        self.assertEqual(set(answers), {b"a", b"b"})
+        yield backends.stop("b")
+        for _ in range(50):
+            pool = yield inThread(adminGet, group.admin, "/api/pools/web")
+            b = next(x for x in pool["backends"] if x["name"] == "b")
+            if b["health"] == "down":
+                break
+            yield sleep(0.1)
+        self.assertEqual(b["health"], "down")
+        sentBefore = b["total"]
+        answers = yield inThread(connections, group.port, 150, 6)
+        self.assertEqual(set(answers), {b"a"})
+        pool = yield inThread(adminGet, group.admin, "/api/pools/web")
+        b = next(x for x in pool["backends"] if x["name"] == "b")
+        self.assertEqual(b["total"], sentBefore)
+        yield group.stop(self)
+
+    @inlineCallbacks
+    def test_countersAreTotals(self) -> Any:
+        """
+        The admin API and C{/metrics} give the totals over every worker,
+        and C{/metrics} also each worker's own series.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        backends.start("b")
+        group = yield self.startGroup(3, backends, ["a", "b"])
+        answers = yield inThread(connections, group.port, 300, 6)
+        self.assertEqual(len([x for x in answers if x]), 300)
+        pools = yield inThread(adminGet, group.admin, "/api/pools")
+        self.assertEqual(pools["total"]["requests"], 300)
+        page = yield inThread(metricsText, group.admin)
+        requests = series(page, "lbtwist_backend_requests_total")
+        self.assertEqual(sum(requests.values()), 300)
+        self.assertEqual(series(page, "lbtwist_listener_accepted_total"), {'{listener="front"}': 300})
+        perWorker = series(page, "lbtwist_worker_accepted_total")
+        self.assertEqual(sorted(perWorker), ['{worker="1"}', '{worker="2"}', '{worker="3"}'])
+        self.assertEqual(sum(perWorker.values()), 300)
         yield group.stop(self)
 
 

@@ -154,7 +154,9 @@ class WorkerSlot:
     @ivar ready: whether it said it serves.
     @ivar stats: its counters, as last collected.
     @ivar restarts: how many times a worker of this number was restarted.
-    @ivar failures: its predecessors that died young, in a row.
+    @ivar failures: its predecessors that died in a row, each within
+        L{SETTLED} seconds of the one before (the first one whatever its
+        age).
     """
 
     def __init__(self, index: int, generation: int) -> None:
@@ -170,8 +172,21 @@ class WorkerSlot:
         self.restarts = 0
         self.failures = 0
         self.lastLines: list[str] = []
-        self.whenReady: Deferred[WorkerSlot] = Deferred()
+        self._readyWaiters: list[Deferred[WorkerSlot]] = []
         self.whenEnded: Deferred[None] = Deferred()
+
+
+def whenReady(slot: WorkerSlot) -> Deferred[WorkerSlot]:
+    """
+    Fires with C{slot} once its worker serves, or fails with
+    L{WorkerFailed} (saying why, from its last line of output) if it
+    exits first.
+    """
+    if slot.ready:
+        return succeed(slot)
+    waiter: Deferred[WorkerSlot] = Deferred()
+    slot._readyWaiters.append(waiter)
+    return waiter
 
 
 class WorkerGroup(Service):
@@ -334,7 +349,6 @@ class WorkerGroup(Service):
         slot.ended = False
         slot.ready = False
         slot.started = self.now()
-        slot.whenReady = Deferred()
         slot.whenEnded = Deferred()
         try:
             slot.process = self.reactor.spawnProcess(
@@ -357,8 +371,9 @@ class WorkerGroup(Service):
         A worker serves.
         """
         slot.ready = True
-        if not slot.whenReady.called:
-            slot.whenReady.callback(slot)
+        waiters, slot._readyWaiters = slot._readyWaiters, []
+        for waiter in waiters:
+            waiter.callback(slot)
 
     def workerEnded(self, slot: WorkerSlot, reason: Failure) -> None:
         """
@@ -372,17 +387,19 @@ class WorkerGroup(Service):
         status = getattr(reason.value, "status", None)
         sig = getattr(reason.value, "signal", None)
         how = f"killed by signal {sig}" if sig else f"exit status {status}"
-        if not slot.whenReady.called:
-            why = slot.lastLines[-1] if slot.lastLines else how
-            slot.whenReady.errback(WorkerFailed(slot.index, why))
+        waiters, slot._readyWaiters = slot._readyWaiters, []
+        for waiter in waiters:
+            waiter.errback(WorkerFailed(slot.index, slot.lastLines[-1] if slot.lastLines else how))
         if slot in self.retiring:
             self.retiring.remove(slot)
             self.log.info("worker {index} of generation {generation} (pid {pid}) exited: {how}",
                           index=slot.index, generation=slot.generation, pid=slot.pid, how=how)
         elif self.running and slot in self.slots:
             lived = self.now() - slot.started
-            slot.failures = 0 if lived >= SETTLED else slot.failures + 1
+            if lived >= SETTLED:
+                slot.failures = 0
             delay = backoff(slot.failures)
+            slot.failures += 1
             slot.restarts += 1
             self.log.warn(  # noqa: G010
                 "worker {index} (pid {pid}) exited ({how}) after {lived:.1f}s; "
