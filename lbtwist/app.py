@@ -147,5 +147,8 @@ class Balancer(MultiService):
         if self.workers is not None:
             self.workers.setServiceParent(control)
         if signals:
-            ReloadOnSignal(live, reactor, reopenLogs=lb.reopenAccessLogs).setServiceParent(control)
+            ReloadOnSignal(
+                live, reactor, reopenLogs=lb.reopenAccessLogs,
+                upgrade=self.workers.upgrade if self.workers is not None else None,
+            ).setServiceParent(control)
         return live

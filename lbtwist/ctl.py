@@ -5,7 +5,7 @@ C{lbtwist ctl}: the command-line client of the admin API.
     lbtwist ctl add NAME ENDPOINT|HOST:PORT [--weight N] [--state STATE]
     lbtwist ctl remove|drain|ready|maint NAME
     lbtwist ctl weight NAME N
-    lbtwist ctl health | reload
+    lbtwist ctl health | reload | upgrade
 
 The admin API's address and token come from C{--admin} and C{--token}, or
 the environment (C{LBTWIST_ADMIN}, C{LBTWIST_ADMIN_TOKEN}).  Tables are
@@ -209,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     weight.add_argument("weight", type=int)
     command("health", "the balancer's health")
     command("reload", "reload the configuration file")
+    command("upgrade", "start new workers from the code and configuration on disk")
     return top
 
 
@@ -234,6 +235,9 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             pools = client.call("GET", "/api/pools")["pools"]
         result: Any = {"pools": pools}
         text = _table(pools)
+    elif action == "upgrade":
+        result = client.call("POST", "/api/upgrade")
+        text = f"upgraded: generation {result['generation']} serves"
     elif action in ("health", "reload"):
         path = "/api/health" if action == "health" else "/api/reload"
         try:

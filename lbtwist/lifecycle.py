@@ -28,6 +28,10 @@ class ReloadOnSignal(Service):
     graceful stop is a normal end.  It is installed once the reactor runs,
     after the reactor's own.
 
+    On C{SIGUSR2} it starts an upgrade (see L{lbtwist.workers}), given
+    C{upgrade}; without one (a single process) it says that upgrades need
+    worker processes, rather than die of the signal.
+
     @ivar installHandler: installs a signal handler and returns the old one
         (injected; L{signal.signal} by default).
     """
@@ -40,7 +44,9 @@ class ReloadOnSignal(Service):
         reactor: Any,
         installHandler: Callable[[int, Any], Any] = signal.signal,
         reopenLogs: Callable[[], None] | None = None,
+        upgrade: Callable[[], Deferred[Any]] | None = None,
     ) -> None:
+        self.upgrade = upgrade
         self.live = live
         self.reactor = reactor
         self.installHandler = installHandler
@@ -50,6 +56,7 @@ class ReloadOnSignal(Service):
     def startService(self) -> None:
         super().startService()
         self._install(signal.SIGHUP, self._hangup)
+        self._install(signal.SIGUSR2, self._user2)
         self.reactor.callWhenRunning(self._installTerm)
 
     def _installTerm(self) -> None:
@@ -76,6 +83,19 @@ class ReloadOnSignal(Service):
         if self.reopenLogs is not None:
             self.reopenLogs()
         self.live.reload()
+
+    def _user2(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._upgrade)
+
+    def _upgrade(self) -> None:
+        if self.upgrade is None:
+            self.log.warn(  # noqa: G010
+                "SIGUSR2 received, but upgrades need worker processes (--workers 2 or "
+                "more); nothing done")
+            return
+        self.log.info("SIGUSR2 received: upgrading the workers")
+        # The group logs why an upgrade failed.
+        self.upgrade().addErrback(lambda f: None)
 
     def _terminate(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self._stop)

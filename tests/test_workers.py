@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 from twisted.internet.defer import inlineCallbacks
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from lbtwist.tap import BadConfiguration, Options
 
@@ -97,6 +98,13 @@ def connections(port: int, count: int, parallel: int) -> list[bytes | None]:
         return list(pool.map(nameLine, [port] * count))
 
 
+def named(backends: Backends, *names: str) -> list[tuple[str, str]]:
+    """
+    The name and endpoint of each of C{names}.
+    """
+    return [(name, backends.endpoint(name)) for name in names]
+
+
 class GroupTestCase(TestCase):
     """
     Starts a master and its workers as users start them.
@@ -104,12 +112,13 @@ class GroupTestCase(TestCase):
 
     timeout = 60
 
-    def startGroup(self, workers: int, backends: Backends, names: list[str],
-                   mode: str = "tcp", **top: Any) -> Any:
+    def startGroup(self, workers: int, backends: list[tuple[str, str]],
+                   mode: str = "tcp", grace: float = 2.0, **top: Any) -> Any:
         """
-        Write a configuration with one listener over C{names}, start
-        C{twistd lb --workers N} with it, and wait until every worker
-        serves; the result has C{port}, C{admin} and C{process}.
+        Write a configuration with one listener over C{backends} (name and
+        endpoint), start C{twistd lb --workers N} with it, and wait until
+        every worker serves; the result has C{port}, C{admin} and
+        C{process}.
         """
         work = FilePath(self.mktemp())
         work.makedirs()
@@ -120,16 +129,16 @@ class GroupTestCase(TestCase):
             "listeners": [{"name": "front", "listen": f"tcp:{port}:interface=127.0.0.1",
                            "mode": mode}],
             "pools": {"web": {
-                "backends": [{"name": n, "endpoint": backends.endpoint(n)} for n in names],
+                "backends": [{"name": n, "endpoint": e} for n, e in backends],
                 "health": {"interval": "200ms", "rise": 1, "fall": 1},
             }},
             **top,
         }
         work.child("lb.yaml").setContent(yaml.safe_dump(config).encode())
         process = spawn(self, [TWISTD, "--nodaemon", "--pidfile=", "lb", "--config", "lb.yaml",
-                               "--workers", str(workers), "--grace", "2"],
+                               "--workers", str(workers), "--grace", str(grace)],
                         work.path, dict(os.environ))
-        group = _Group(port, admin, process, workers)
+        group = _Group(port, admin, process, workers, work.path)
         return group.waitServing(self).addCallback(lambda _: group)
 
 
@@ -149,7 +158,7 @@ class WorkerGroupTests(GroupTestCase):
         """
         backends = Backends(self)
         backends.start("a")
-        group = yield self.startGroup(4, backends, ["a"])
+        group = yield self.startGroup(4, named(backends, "a"))
         answers = yield inThread(connections, group.port, 2000, 16)
         self.assertEqual(answers.count(b"a"), 2000)
         workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
@@ -169,7 +178,7 @@ class WorkerGroupTests(GroupTestCase):
         """
         backends = Backends(self)
         backends.start("a")
-        group = yield self.startGroup(3, backends, ["a"])
+        group = yield self.startGroup(3, named(backends, "a"))
         held = yield inThread(_hold, group.port, 30)
         for s in held:
             self.addCleanup(s.close)
@@ -211,7 +220,7 @@ class ControlPlaneTests(GroupTestCase):
         backends = Backends(self)
         for name in ("a", "b", "c"):
             backends.start(name)
-        group = yield self.startGroup(3, backends, ["a", "b"])
+        group = yield self.startGroup(3, named(backends, "a", "b"))
         yield inThread(adminChange, group.admin, "PATCH", "/api/pools/web/backends/b",
                        {"state": "maint"})
         answers = yield inThread(connections, group.port, 150, 6)
@@ -236,7 +245,7 @@ class ControlPlaneTests(GroupTestCase):
         backends = Backends(self)
         backends.start("a")
         backends.start("b")
-        group = yield self.startGroup(3, backends, ["a", "b"])
+        group = yield self.startGroup(3, named(backends, "a", "b"))
         answers = yield inThread(connections, group.port, 60, 6)
         self.assertEqual(set(answers), {b"a", b"b"})
         yield backends.stop("b")
@@ -264,7 +273,7 @@ class ControlPlaneTests(GroupTestCase):
         backends = Backends(self)
         backends.start("a")
         backends.start("b")
-        group = yield self.startGroup(3, backends, ["a", "b"])
+        group = yield self.startGroup(3, named(backends, "a", "b"))
         answers = yield inThread(connections, group.port, 300, 6)
         self.assertEqual(len([x for x in answers if x]), 300)
         pools = yield inThread(adminGet, group.admin, "/api/pools")
@@ -277,6 +286,199 @@ class ControlPlaneTests(GroupTestCase):
         self.assertEqual(sorted(perWorker), ['{worker="1"}', '{worker="2"}', '{worker="3"}'])
         self.assertEqual(sum(perWorker.values()), 300)
         yield group.stop(self)
+
+
+# Upgrades per test under wrk (make soak runs 10).
+UPGRADES = int(os.environ.get("LBTWIST_UPGRADES", "3"))
+
+
+def httpBackend(case: TestCase) -> str:
+    """
+    Start C{python -m lbtwist.testing.backend} (a process of its own, so
+    that wrk's load does not run in the test's reactor); its endpoint.
+    """
+    log = case.mktemp()
+    process = spawn(case, [sys.executable, "-m", "lbtwist.testing.backend", "--port", "0",
+                           "--name", "a", "--log", log], os.getcwd(), dict(os.environ))
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    if not line.startswith("listening on "):
+        raise AssertionError(f"the backend did not start: {line}")
+    return f"tcp:host=127.0.0.1:port={int(line.split()[-1])}"
+
+
+def wrkReport(output: str) -> dict[str, int]:
+    """
+    The requests, socket errors and non-2xx answers of a wrk report.
+    """
+    report = {"requests": 0, "errors": 0, "non2xx": 0}
+    for line in output.splitlines():
+        words = line.split()
+        if "requests in" in line:
+            report["requests"] = int(words[0])
+        elif line.strip().startswith("Socket errors:"):
+            report["errors"] = sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
+        elif line.strip().startswith("Non-2xx"):
+            report["non2xx"] = int(words[-1])
+    return report
+
+
+def openTunnel(port: int) -> socket.socket:
+    """
+    A WebSocket upgrade through the balancer, once the backend's 101 came
+    (blocking).
+    """
+    from .test_http_features import WEBSOCKET_HEADERS
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\n" + WEBSOCKET_HEADERS + b"\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1000)
+        if not chunk:
+            raise AssertionError(f"no 101: {head!r}")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101 "):
+        raise AssertionError(f"no 101: {head!r}")
+    return s
+
+
+def exchange(s: socket.socket, word: bytes) -> bytes:
+    """
+    Send C{word} through a tunnel and read the backend's echo; C{b""}
+    once the tunnel is closed (blocking).
+    """
+    try:
+        s.sendall(word)
+        echo = b""
+        while len(echo) < len(word) + len(b"echo:"):
+            chunk = s.recv(1000)
+            if not chunk:
+                return b""
+            echo += chunk
+        return echo
+    except OSError:
+        return b""
+
+
+class UpgradeTests(GroupTestCase):
+    """
+    A new generation of workers takes over the sockets without dropping a
+    request, a connection or a tunnel.
+    """
+
+    @inlineCallbacks
+    def upgradesUnderLoad(self, *wrkOptions: str) -> Any:
+        """
+        Run wrk through two workers while the group is upgraded
+        L{UPGRADES} times; wrk must see no error of any kind.
+        """
+        if not os.path.exists("/usr/bin/wrk"):
+            raise SkipTest("wrk is not installed (make test-deps)")
+        group = yield self.startGroup(2, [("a", httpBackend(self))], mode="http")
+        seconds = int(2.5 * UPGRADES) + 2
+        wrk = spawn(self, ["wrk", "-t2", "-c16", f"-d{seconds}s", *wrkOptions,
+                           f"http://127.0.0.1:{group.port}/"], os.getcwd(), dict(os.environ))
+        yield sleep(1.0)
+        for n in range(UPGRADES):
+            answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+            self.assertEqual(answer["generation"], n + 2)
+        output, _ = yield inThread(wrk.communicate)
+        report = wrkReport(output.decode())
+        self.assertEqual((report["errors"], report["non2xx"]), (0, 0), output.decode())
+        self.assertGreater(report["requests"], 1000, output.decode())
+        workers = yield group.waitServing(self)
+        self.assertEqual({w["generation"] for w in workers if w["state"] == "serving"},
+                         {UPGRADES + 1})
+        yield group.stop(self)
+
+    def test_upgradesKeepAlive(self) -> Any:
+        """
+        Keep-alive clients lose no request over the upgrades: a retiring
+        worker answers their next request with C{Connection: close}.
+        """
+        return self.upgradesUnderLoad()
+
+    def test_upgradesNewConnections(self) -> Any:
+        """
+        Clients that connect for each request (C{Connection: close}) lose
+        none over the upgrades: the accept queue is shared, never closed.
+        """
+        return self.upgradesUnderLoad("-H", "Connection: close")
+
+    @inlineCallbacks
+    def test_websocketOutlivesUpgrade(self) -> Any:
+        """
+        A WebSocket opened before an upgrade keeps exchanging messages with
+        the old worker after the new generation serves, until the client
+        closes it; one left open is closed when the grace ends.
+        """
+        from .httphelpers import RecordingBackend
+        from .support import reactor
+        from .test_http_features import upgradeAccepted
+
+        backend = RecordingBackend("a", upgradeAccepted)
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+        group = yield self.startGroup(2, [("a", backend.endpoint)], mode="http", grace=3.0)
+        kept = yield inThread(openTunnel, group.port)
+        left = yield inThread(openTunnel, group.port)
+        self.addCleanup(kept.close)
+        self.addCleanup(left.close)
+        self.assertEqual((yield inThread(exchange, kept, b"before")), b"echo:before")
+        answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+        self.assertEqual(answer["generation"], 2)
+        for n in range(5):
+            yield sleep(0.2)
+            self.assertEqual((yield inThread(exchange, kept, b"after%d" % n)), b"echo:after%d" % n)
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertTrue(any(w["state"] == "retiring" for w in workers), workers)
+        kept.close()
+        yield sleep(3.0)
+        self.assertEqual((yield inThread(exchange, left, b"late")), b"")
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertEqual({w["generation"] for w in workers}, {2})
+        yield group.stop(self)
+
+    @inlineCallbacks
+    def test_failedUpgrade(self) -> Any:
+        """
+        An upgrade whose new workers cannot start (a listener that cannot
+        listen) is answered 500 with the reason; the old generation serves on.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        group = yield self.startGroup(2, named(backends, "a"))
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        config = FilePath(group.workdir).child("lb.yaml")
+        data = yaml.safe_load(config.getContent())
+        data["listeners"].append({"name": "extra", "listen":
+                                  f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"})
+        config.setContent(yaml.safe_dump(data).encode())
+        error = yield inThread(_upgradeError, group.admin)
+        self.assertEqual(error[0], 500)
+        self.assertIn("listener extra cannot listen on", error[1])
+        self.assertIn("address already in use", error[1].lower())
+        answers = yield inThread(connections, group.port, 20, 4)
+        self.assertEqual(set(answers), {b"a"})
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertEqual({w["generation"] for w in workers}, {1})
+        yield group.stop(self)
+
+
+def _upgradeError(admin: int) -> tuple[int, str]:
+    """
+    The status and error of a failed upgrade (blocking).
+    """
+    try:
+        adminChange(admin, "POST", "/api/upgrade", {})
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())["error"]
+    raise AssertionError("the upgrade did not fail")
 
 
 def _hold(port: int, count: int) -> list[socket.socket]:
@@ -315,7 +517,8 @@ class _Group:
     """
 
     def __init__(self, port: int, admin: int, process: subprocess.Popen[bytes],
-                 workers: int) -> None:
+                 workers: int, workdir: str) -> None:
+        self.workdir = workdir
         self.port = port
         self.admin = admin
         self.process = process

@@ -84,6 +84,11 @@ class ProcessGroup(Protocol):
         Each worker: its number, generation, pid, state and counters.
         """
 
+    def upgrade(self) -> Deferred[int]:
+        """
+        Start a new generation of workers; fires with its number.
+        """
+
 
 class AdminResource(Resource):
     """
@@ -125,6 +130,7 @@ class AdminResource(Resource):
             (b"DELETE", ("api", "pools", "*", "backends", "*"), self.removeBackend, True),
             (b"GET", ("api", "listeners"), self.listListeners, False),
             (b"POST", ("api", "reload"), self.reload, True),
+            (b"POST", ("api", "upgrade"), self.upgrade, True),
             (b"GET", ("api", "workers"), self.listWorkers, False),
             (b"GET", ("health",), self.goHealth, False),
             (b"GET", ("list",), self.goList, False),
@@ -153,7 +159,11 @@ class AdminResource(Resource):
                 continue
             args = [s for p, s in zip(pattern, segments) if p == "*"]
             if self.group is None or handler in (self.dashboard, self.static):
-                return self._run(request, handler, args, mutating)
+                result = self._run(request, handler, args, mutating)
+                if isinstance(result, Deferred):
+                    result.addCallback(lambda body: self._finish(request, body))
+                    return NOT_DONE_YET  # type: ignore[no-any-return]
+                return result
             return self._withGroup(self.group, request, handler, args, mutating)
         if allowed:
             request.setHeader(b"allow", b", ".join(allowed))
@@ -161,10 +171,12 @@ class AdminResource(Resource):
                                              "allowed here"})
         return self._json(request, 404, {"error": "no such resource"})
 
-    def _run(self, request: Request, handler: Handler, args: list[str], mutating: bool) -> bytes:
+    def _run(self, request: Request, handler: Handler, args: list[str],
+             mutating: bool) -> bytes | Deferred[bytes]:
         """
         Run a route's handler (a change once its token is checked), and log
-        a change.
+        a change once answered.  A handler answers with bytes, or with a
+        L{Deferred} of them when the answer takes time (an upgrade).
         """
         try:
             if mutating:
@@ -173,14 +185,21 @@ class AdminResource(Resource):
         except APIError as e:
             result = self._json(request, e.status, {"error": e.message})
         if mutating:
-            self.log.info(
-                "admin {method} {path} from {client}: {code}",
-                method=request.method.decode(), path=request.path.decode("latin-1"),
-                client=getattr(request.getClientAddress(), "host", "?"),
-                code=request.code,
-            )
-        assert isinstance(result, bytes)
+            if isinstance(result, Deferred):
+                result.addCallback(self._logChange, request)
+            else:
+                self._logChange(result, request)
+        assert isinstance(result, (bytes, Deferred))
         return result
+
+    def _logChange(self, body: bytes, request: Request) -> bytes:
+        self.log.info(
+            "admin {method} {path} from {client}: {code}",
+            method=request.method.decode(), path=request.path.decode("latin-1"),
+            client=getattr(request.getClientAddress(), "host", "?"),
+            code=request.code,
+        )
+        return body
 
     def _withGroup(self, group: ProcessGroup, request: Request, handler: Handler,
                    args: list[str], mutating: bool) -> int:
@@ -190,11 +209,20 @@ class AdminResource(Resource):
         """
         if mutating:
             result = self._run(request, handler, args, mutating)
-            settled = group.settle() if request.code < 400 else succeed(None)
-            settled.addBoth(lambda _: self._finish(request, result))
+            answered = result if isinstance(result, Deferred) else succeed(result)
+
+            def settle(body: bytes) -> Deferred[bytes]:
+                settled = group.settle() if request.code < 400 else succeed(None)
+                return settled.addBoth(lambda _: body)
+
+            answered.addCallback(settle).addCallback(lambda body: self._finish(request, body))
         else:
-            group.refresh().addBoth(
-                lambda _: self._finish(request, self._run(request, handler, args, mutating)))
+            def answer(_: object) -> None:
+                result = self._run(request, handler, args, mutating)
+                assert isinstance(result, bytes)
+                self._finish(request, result)
+
+            group.refresh().addBoth(answer)
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
     def _finish(self, request: Request, body: bytes) -> None:
@@ -510,6 +538,29 @@ class AdminResource(Resource):
         """
         return self._json(request, 200, {
             "workers": self.group.view() if self.group is not None else []})
+
+    def upgrade(self, request: Request, args: list[str]) -> Deferred[bytes]:
+        """
+        Start a new generation of workers from the code and configuration
+        on disk (see L{lbtwist.workers.WorkerGroup.upgrade}); answered once
+        it serves, or C{500} with the reason it could not (the running
+        workers serve on).
+        """
+        group = self.group
+        if group is None:
+            raise APIError(409, "upgrades need worker processes: start with --workers 2 "
+                                "or more (workers: in the file)")
+
+        def upgraded(generation: int) -> bytes:
+            return self._json(request, 200, {"status": "upgraded", "generation": generation,
+                                             "workers": group.view()})
+
+        def failed(f: Any) -> bytes:
+            return self._json(request, 500, {
+                "error": f"upgrade failed, the running workers serve on: "
+                         f"{f.getErrorMessage()}"})
+
+        return group.upgrade().addCallbacks(upgraded, failed)
 
     def reload(self, request: Request, args: list[str]) -> bytes:
         """

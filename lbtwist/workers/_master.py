@@ -28,15 +28,24 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..pool import Health, PoolEvent
 from ..reload import LiveConfig
-from ._protocol import ApplyRegistry, Channel, CollectStats, GivenProtocol, Ready, ReportHealth
+from ._protocol import (
+    ApplyRegistry,
+    Channel,
+    CollectStats,
+    GivenProtocol,
+    Ready,
+    ReportHealth,
+    Retire,
+)
 from ._registry import ConfigText, snapshot
 from ._stats import SEP, CounterMirror, addUp, withoutGauges
 from ._worker import WorkerSpec
@@ -50,6 +59,7 @@ MAX_DELAY = 30.0
 SETTLED = 10.0
 ANSWER_TIMEOUT = 5.0
 REFRESH = 2.0
+UPGRADE_TIMEOUT = 30.0
 # The last lines of a worker's output kept to say why it could not start.
 KEPT_LINES = 5
 # File descriptors the master and a worker hold for each worker (the
@@ -240,6 +250,10 @@ class WorkerGroup(Service):
         self.revision = 0
         self.retired: dict[str, float] = {}
         self.sockets: dict[str, tuple[int, int]] = {}
+        # Every listening socket the master holds, by listener name and
+        # endpoint: an upgrade binds new ones beside them.
+        self.bound: dict[tuple[str, str], Bound] = {}
+        self.upgrading: Deferred[int] | None = None
         self.mirror = CounterMirror(balancer.pools, balancer.factories)
         self._pushing: Any = None
         # The status table and the dashboard's history read the master's
@@ -274,14 +288,62 @@ class WorkerGroup(Service):
         """
         from ..service import ListenerService
 
-        found: dict[str, tuple[int, int]] = {}
         for service in self.balancer:
             if isinstance(service, ListenerService) and service.port is not None:
-                port = service.port
-                port.stopReading()
-                family = port.socket.family
-                found[service.listener.name] = (port.fileno(), int(family))
-        return found
+                service.port.stopReading()
+                key = (service.listener.name, service.listener.endpoint)
+                self.bound[key] = Bound(service.port, service)
+        return {name: self.bound[name, endpoint].socket for name, endpoint in self.bound}
+
+    def _bind(self, listeners: Sequence[Any]) -> list[tuple[str, str]]:
+        """
+        Bind the listeners of C{listeners} not bound yet (a new name, or a
+        new endpoint for a name), as the master binds at start, never to
+        accept.
+
+        @return: the keys of those bound now.
+        @raise UpgradeFailed: one cannot listen (those bound now are closed).
+        """
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.error import CannotListenError
+
+        from ..service import cannotListen, withBacklog
+
+        added: list[tuple[str, str]] = []
+        for listener in listeners:
+            key = (listener.name, listener.endpoint)
+            if key in self.bound:
+                continue
+            got: list[Any] = []
+            serverFromString(self.reactor, withBacklog(listener.endpoint)).listen(
+                _NoClients()).addBoth(got.append)
+            result: Any = got[0] if got else None
+            if not hasattr(result, "stopReading"):
+                self._close(added)
+                error = getattr(result, "value", result)
+                if isinstance(error, CannotListenError):
+                    why = str(cannotListen(f"listener {listener.name}", listener.endpoint,
+                                           error).code)
+                else:
+                    why = f"listener {listener.name} cannot listen on {listener.endpoint}: {error}"
+                raise UpgradeFailed(why)
+            result.stopReading()
+            self.bound[key] = Bound(result, None)
+            added.append(key)
+        return added
+
+    def _close(self, keys: Sequence[tuple[str, str]]) -> None:
+        """
+        Close the master's listening sockets of C{keys}.
+        """
+        for key in keys:
+            bound = self.bound.pop(key, None)
+            if bound is None:
+                continue
+            if bound.service is not None:
+                bound.service.disownServiceParent()
+            else:
+                bound.port.stopListening()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -330,15 +392,18 @@ class WorkerGroup(Service):
 
     # -- spawning and supervising ------------------------------------------
 
-    def _spawn(self, slot: WorkerSlot) -> WorkerSlot:
+    def _spawn(self, slot: WorkerSlot,
+               sockets: dict[str, tuple[int, int]] | None = None) -> WorkerSlot:
         """
-        Start the worker process of C{slot}, with the listening sockets and
-        its end of a new control channel.
+        Start the worker process of C{slot}, with the listening sockets (by
+        default those of the generation serving) and its end of a new
+        control channel.
         """
         masterEnd, workerEnd = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         childFDs: dict[int, Any] = {1: "r", 2: "r", 3: workerEnd.fileno()}
         listeners: dict[str, tuple[int, int]] = {}
-        for number, (name, (fd, family)) in enumerate(sorted(self.sockets.items()), 4):
+        given = self.sockets if sockets is None else sockets
+        for number, (name, (fd, family)) in enumerate(sorted(given.items()), 4):
             childFDs[number] = fd
             listeners[name] = (number, family)
         spec = WorkerSpec(control=3, listeners=listeners, index=slot.index,
@@ -412,6 +477,98 @@ class WorkerGroup(Service):
         if self.running and slot in self.slots and slot.ended:
             self._spawn(slot)
 
+    # -- upgrades --------------------------------------------------------
+
+    def upgrade(self) -> Deferred[int]:
+        """
+        Start a new generation of workers, running the code and the
+        configuration now on disk, on the same listening sockets (new
+        listeners bound, removed ones closed); once every new worker
+        serves, the old ones stop accepting and finish their in-flight
+        work within the grace.
+
+        @return: fires with the new generation's number, or fails with
+            L{UpgradeFailed} (the old generation serves on).
+        """
+        if self.upgrading is not None:
+            return fail(UpgradeFailed("an upgrade is already under way"))
+        problem = self.live.reload() if self.live.loadConfig is not None else None
+        if problem is not None:
+            return self._failed(f"the configuration on disk is not valid: {problem}")
+        config = (self.text.config if self.text is not None and self.text.config is not None
+                  else self.live.fileConfig)
+        try:
+            added = self._bind(config.listeners)
+        except UpgradeFailed as e:
+            return self._failed(str(e))
+        generation = self.generation + 1
+        sockets = {l.name: self.bound[l.name, l.endpoint].socket for l in config.listeners}
+        self.log.info("upgrade: starting generation {generation} ({count} workers)",
+                      generation=generation, count=self.count)
+        new = [self._spawn(WorkerSlot(i, generation), sockets) for i in range(1, self.count + 1)]
+        self.retiring.extend(new)
+        waiting = DeferredList([whenReady(s) for s in new], fireOnOneErrback=True,
+                               consumeErrors=True)
+        waiting.addTimeout(UPGRADE_TIMEOUT, self.reactor)
+        done: Deferred[int] = Deferred()
+        self.upgrading = done
+
+        def ready(_: object) -> None:
+            self._promote(new, generation, sockets, config)
+            self.upgrading = None
+            done.callback(generation)
+
+        def failed(f: Failure) -> None:
+            self.upgrading = None
+            error = f.value.subFailure.value if isinstance(f.value, FirstError) else f.value
+            why = (f"the new workers were not ready within {UPGRADE_TIMEOUT:g}s"
+                   if isinstance(error, TimeoutError) else str(error))
+            for slot in new:
+                if not slot.ended:
+                    self._signal(slot, signal.SIGTERM)
+            self._close(added)
+            self._failed(why).addErrback(done.errback)
+
+        waiting.addCallbacks(ready, failed)
+        return done
+
+    def _failed(self, why: str) -> Deferred[int]:
+        self.log.error("upgrade failed, the running workers serve on: {why}", why=why)
+        return fail(UpgradeFailed(why))
+
+    def _promote(self, new: list[WorkerSlot], generation: int,
+                 sockets: dict[str, tuple[int, int]], config: Any) -> None:
+        """
+        The new generation serves: the old one retires, and the sockets of
+        listeners the configuration no longer has are closed.
+        """
+        old = self.slots
+        for slot in new:
+            self.retiring.remove(slot)
+        self.slots, self.generation, self.sockets = new, generation, sockets
+        for slot in old:
+            if slot.ended:
+                continue
+            self.retiring.append(slot)
+            assert slot.channel is not None
+            slot.channel.callRemote(Retire, grace=self.grace).addErrback(
+                lambda f, slot=slot: self._signal(slot, signal.SIGTERM))
+        keep = {(l.name, l.endpoint) for l in config.listeners}
+        gone = [key for key in self.bound if key not in keep]
+        self._close(gone)
+        for listener in config.listeners:
+            self.balancer.factories.setdefault(listener.name, ListenerTotals())
+        for name, _ in gone:
+            if name not in sockets:
+                self.balancer.factories.pop(name, None)
+        for slot in new:
+            if slot.ended:
+                self.reactor.callLater(0, self._restart, slot)
+        self.log.info(
+            "upgrade: generation {generation} serves; generation {old} finishes its "
+            "in-flight work within {grace}s", generation=generation, old=generation - 1,
+            grace=self.grace)
+
     # -- the registry ----------------------------------------------------
 
     def _poolChanged(self, event: PoolEvent) -> None:
@@ -451,7 +608,8 @@ class WorkerGroup(Service):
         d.addTimeout(ANSWER_TIMEOUT, self.reactor)
 
         def failed(f: Failure) -> None:
-            if not slot.ended:
+            # A worker whose channel closed is exiting: nothing to say.
+            if not slot.ended and not f.check(ConnectionDone, ConnectionLost):
                 self.log.error("worker {index} did not apply the registry: {error}",
                                index=slot.index, error=f.getErrorMessage())
 
@@ -546,6 +704,55 @@ def perWorker(stats: dict[str, float]) -> dict[str, int]:
         elif path[0] == "backend" and field == "total":
             sums["requests"] += int(value)
     return sums
+
+
+class Bound:
+    """
+    A listening socket the master holds (it never accepts on it).
+
+    @ivar port: the Twisted port.
+    @ivar service: the master's listener service that made it, if any
+        (else an upgrade bound it).
+    """
+
+    def __init__(self, port: Any, service: Any) -> None:
+        self.port = port
+        self.service = service
+
+    @property
+    def socket(self) -> tuple[int, int]:
+        """
+        Its file descriptor and address family.
+        """
+        return self.port.fileno(), int(self.port.socket.family)
+
+
+class _NoClients(Factory):
+    """
+    The factory of a socket the master binds for its workers: it never
+    accepts, so it never builds a protocol.
+    """
+
+    noisy = False
+
+
+class ListenerTotals:
+    """
+    The counters of a listener an upgrade added, shown in the master
+    (which has no factory for it) as the workers' totals.
+    """
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.activeClients = 0
+        self.refused = 0
+        self.statuses: dict[str, int] = {}
+
+
+class UpgradeFailed(Exception):
+    """
+    An upgrade could not be made: the old generation serves on.
+    """
 
 
 class WorkerFailed(Exception):

@@ -33,12 +33,14 @@ class ConfigText:
     whatever the file holds by then.
 
     @ivar text: the text last read (L{None} until the first read).
+    @ivar config: the configuration it held.
     @ivar reads: how many times it was read and valid.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.text: str | None = None
+        self.config: Config | None = None
         self.reads = 0
 
     def __call__(self) -> Config:
@@ -56,6 +58,7 @@ class ConfigText:
             raise ConfigError("", f"cannot read config file {self.path!r}: {e.strerror}") from e
         config = parseText(text, self.path)
         self.text = text
+        self.config = config
         self.reads += 1
         return config
 

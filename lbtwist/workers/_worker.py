@@ -30,6 +30,11 @@ from ._protocol import ApplyRegistry, Channel, CollectStats, GivenProtocol, Read
 from ._registry import RegistryApplier, WorkerLiveConfig, splitLimits
 from ._stats import countersOf
 
+# A retiring worker closes keep-alive clients idle this long (see
+# L{WorkerNode.retire}); it looks at its clients this often.
+QUIET = 1.0
+RETIRE_POLL = 0.1
+
 
 @attrs.frozen
 class WorkerSpec:
@@ -206,13 +211,40 @@ class WorkerNode(MultiService):
 
     def retire(self, grace: float) -> None:
         """
-        Stop accepting and let what is in flight finish within C{grace}
-        seconds, then exit: a newer generation serves the sockets.
+        Stop accepting and let the clients finish within C{grace} seconds,
+        then exit: a newer generation serves the sockets.
+
+        Unlike the stop on C{SIGTERM}, a keep-alive client that sent a
+        request a moment ago is not closed while idle (its next request
+        may be on the way, and would be cut): its next answer says
+        C{Connection: close}.  Clients idle for L{QUIET} seconds are closed;
+        tunnels (WebSockets) go on until they close or the grace ends.
         """
-        self.log.info("worker {index} retiring: in-flight work gets up to {grace}s",
+        from ..service import ListenerService
+
+        self.log.info("worker {index} retiring: its clients get up to {grace}s",
                       index=self.spec.index, grace=grace)
-        self.stopping.grace = grace
-        self.reactor.callLater(0, self._stop)
+        for service in list(self.loadBalancer):
+            if isinstance(service, ListenerService):
+                service.disownServiceParent()
+        factories = list(self.loadBalancer.factories.values())
+        deadline = self.reactor.seconds() + grace
+
+        def check() -> None:
+            for factory in factories:
+                softStop = getattr(factory, "softStop", None)
+                if softStop is not None:
+                    softStop(QUIET)
+            clients = sum(getattr(f, "activeClients", 0) for f in factories)
+            if (not clients and not self.live.inFlight()) or self.reactor.seconds() >= deadline:
+                # What is left (nothing, or what the grace ran out on) is
+                # closed at once.
+                self.stopping.grace = 0.0
+                self._stop()
+            else:
+                self.reactor.callLater(RETIRE_POLL, check)
+
+        check()
 
     def masterGone(self) -> None:
         """
