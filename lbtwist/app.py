@@ -75,8 +75,9 @@ class Balancer(MultiService):
             application's start-up objects are frozen with the balancer's.
         @param workerCommand: with C{config.workers} over 1 (and
             C{control}), the options of C{twistd lb} each worker runs with
-            (see L{lbtwist.workers}): this process becomes their master, its
-            listeners bound but served by the workers.
+            (see L{lbtwist.workers}; default: C{--config configPath}): this
+            process becomes their master, its listeners bound but served by
+            the workers.
 
         @raise lbtwist.service.CannotStart: the state file is invalid or
             cannot be written.
@@ -141,8 +142,14 @@ class Balancer(MultiService):
             softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
         ).setServiceParent(control)
         if multi:
+            # Under twistd lb the workers get its options; embedded (a .tac),
+            # the configuration file.
+            command = self.workerCommand or (["--config", configPath] if configPath else [])
+            if not command:
+                raise CannotStart("lbtwist: workers: worker processes read the configuration "
+                                  "file: give its path (configPath), or run twistd lb")
             self.workers = WorkerGroup(lb, live, reactor, count=lb.config.workers,
-                                       command=self.workerCommand, grace=grace, text=text)
+                                       command=command, grace=grace, text=text)
         AdminService(lb, live, reactor, group=self.workers).setServiceParent(control)
         if self.workers is not None:
             self.workers.setServiceParent(control)

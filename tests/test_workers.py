@@ -470,6 +470,41 @@ class UpgradeTests(GroupTestCase):
         yield group.stop(self)
 
 
+class ListenerUpgradeTests(GroupTestCase):
+    """
+    An upgrade applies listener changes a reload cannot.
+    """
+
+    @inlineCallbacks
+    def test_listenersReplaced(self) -> Any:
+        """
+        A listener the file adds is bound and served by the new generation;
+        one it removes stops accepting once the old generation is gone.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        group = yield self.startGroup(2, named(backends, "a"))
+        config = FilePath(group.workdir).child("lb.yaml")
+        data = yaml.safe_load(config.getContent())
+        other = freePort()
+        data["listeners"] = [{"name": "other", "listen": f"tcp:{other}:interface=127.0.0.1"}]
+        config.setContent(yaml.safe_dump(data).encode())
+        answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+        self.assertEqual(answer["generation"], 2)
+        answers = yield inThread(connections, other, 20, 4)
+        self.assertEqual(set(answers), {b"a"})
+        for _ in range(50):
+            refused = yield inThread(nameLine, group.port)
+            if refused is None:
+                break
+            yield sleep(0.1)
+        self.assertIsNone(refused)
+        listeners = yield inThread(adminGet, group.admin, "/api/listeners")
+        self.assertEqual([(x["name"], x["accepted"]) for x in listeners], [("other", 20)])
+        group.port = other
+        yield group.stop(self)
+
+
 def _upgradeError(admin: int) -> tuple[int, str]:
     """
     The status and error of a failed upgrade (blocking).

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
@@ -553,6 +554,10 @@ class WorkerGroup(Service):
             assert slot.channel is not None
             slot.channel.callRemote(Retire, grace=self.grace).addErrback(
                 lambda f, slot=slot: self._signal(slot, signal.SIGTERM))
+        # The master runs those listeners now (the API lists them, and the
+        # next reload compares with them).
+        self.live.fileConfig = attrs.evolve(
+            self.live.fileConfig, listeners=config.listeners, maxconn=config.maxconn)
         keep = {(l.name, l.endpoint) for l in config.listeners}
         gone = [key for key in self.bound if key not in keep]
         self._close(gone)
