@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import succeed
 
 from .admin import AdminService
 from .config import Config
 from .gctuning import FrozenStartupHeap
-from .lifecycle import GracefulStop, ReloadOnSignal
+from .lifecycle import GracefulStop, ReadyNotice, ReloadOnSignal
 from .pool import Backend
 from .reload import DEFAULT_GRACE, LiveConfig, configLoader, loadState
 from .service import CannotStart, LoadBalancer
@@ -153,6 +154,9 @@ class Balancer(MultiService):
         AdminService(lb, live, reactor, group=self.workers).setServiceParent(control)
         if self.workers is not None:
             self.workers.setServiceParent(control)
+        ReadyNotice(
+            reactor, self.workers.whenServing if self.workers is not None else lambda: succeed(None),
+        ).setServiceParent(control)
         if signals:
             ReloadOnSignal(
                 live, reactor, reopenLogs=lb.reopenAccessLogs,

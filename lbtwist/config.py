@@ -581,6 +581,15 @@ def validateEndpoint(value: object, path: str, server: bool) -> str:
             f"{', '.join(t + ':' for t in ENDPOINT_TYPES)}"
             f"{'' if server else ', or HOST:PORT'}, got {text!r}",
         ) from None
+    if endpoint.kind == "systemd":
+        # A socket systemd passes (socket activation), as Twisted names it.
+        if not server:
+            raise ConfigError(path, f"systemd: endpoints are for listeners, got {text!r}")
+        if endpoint.option("domain") is None or (
+                endpoint.option("name") is None) == (endpoint.option("index") is None):
+            raise ConfigError(path, "a systemd listener needs domain= (INET, INET6 or UNIX) "
+                                    f"and one of name= or index=, got {text!r}")
+        return text
     if endpoint.kind == "unix":
         if not endpoint.path:
             raise ConfigError(path, f"a unix endpoint needs a path, got {text!r}")

@@ -62,7 +62,11 @@ def withBacklog(endpoint: str) -> str:
     those clients a one-second retransmit.  HAProxy and nginx listen with
     deeper queues for the same reason.
     """
-    return parseEndpoint(endpoint, True).withOption("backlog", str(LISTEN_BACKLOG))
+    parsed = parseEndpoint(endpoint, True)
+    if parsed.kind == "systemd":
+        # systemd listened already, with the socket unit's Backlog=.
+        return endpoint
+    return parsed.withOption("backlog", str(LISTEN_BACKLOG))
 
 
 # What twistd's daemon parent shows of a start failure: it reads 100 bytes

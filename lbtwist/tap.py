@@ -273,7 +273,10 @@ class Options(usage.Options):
             config = self._workers(config)
             from .checks import checkConfig
 
-            checkConfig(config)
+            if self["worker"] is None:
+                # A worker's master checked this configuration; its
+                # listeners' sockets (systemd's, say) are the master's.
+                checkConfig(config)
             from .admin import checkAdmin
 
             config = checkAdmin(config, os.environ)

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -120,14 +121,25 @@ class GroupTestCase(TestCase):
         every worker serves; the result has C{port}, C{admin} and
         C{process}.
         """
+        group = self.spawnGroup(workers, backends, mode, grace, **top)
+        return group.waitServing(self).addCallback(lambda _: group)
+
+    def spawnGroup(self, workers: int, backends: list[tuple[str, str]], mode: str = "tcp",
+                   grace: float = 2.0, listen: str | None = None, before: Sequence[str] = (),
+                   env: dict[str, str] | None = None, **top: Any) -> _Group:
+        """
+        Start C{twistd lb --workers N} as L{startGroup} does (after the
+        command C{before}, if given, and listening on C{listen}), without
+        waiting.
+        """
         work = FilePath(self.mktemp())
         work.makedirs()
         port, admin = freePort(), freePort()
         config = {
             "admin": f"tcp:{admin}:interface=127.0.0.1", "admin-token": TOKEN,
             "status-interval": 3600,
-            "listeners": [{"name": "front", "listen": f"tcp:{port}:interface=127.0.0.1",
-                           "mode": mode}],
+            "listeners": [{"name": "front", "mode": mode,
+                           "listen": listen or f"tcp:{port}:interface=127.0.0.1"}],
             "pools": {"web": {
                 "backends": [{"name": n, "endpoint": e} for n, e in backends],
                 "health": {"interval": "200ms", "rise": 1, "fall": 1},
@@ -135,11 +147,11 @@ class GroupTestCase(TestCase):
             **top,
         }
         work.child("lb.yaml").setContent(yaml.safe_dump(config).encode())
-        process = spawn(self, [TWISTD, "--nodaemon", "--pidfile=", "lb", "--config", "lb.yaml",
-                               "--workers", str(workers), "--grace", str(grace)],
-                        work.path, dict(os.environ))
-        group = _Group(port, admin, process, workers, work.path)
-        return group.waitServing(self).addCallback(lambda _: group)
+        before = [*before, f"-l127.0.0.1:{port}"] if before else []
+        process = spawn(self, [*before, TWISTD, "--nodaemon", "--pidfile=", "lb", "--config",
+                               "lb.yaml", "--workers", str(workers), "--grace", str(grace)],
+                        work.path, {**os.environ, **(env or {})})
+        return _Group(port, admin, process, workers, work.path)
 
 
 
@@ -503,6 +515,71 @@ class ListenerUpgradeTests(GroupTestCase):
         self.assertEqual([(x["name"], x["accepted"]) for x in listeners], [("other", 20)])
         group.port = other
         yield group.stop(self)
+
+
+class SystemdTests(GroupTestCase):
+    """
+    Socket activation and readiness, with C{systemd-socket-activate}.
+    """
+
+    @inlineCallbacks
+    def activated(self, workers: int) -> Any:
+        """
+        systemd binds the listener and starts twistd on the first client,
+        which is served (by workers, if any, through the master); systemd
+        hears C{READY=1} once every worker serves.
+        """
+        if not os.path.exists("/usr/bin/systemd-socket-activate"):
+            raise SkipTest("systemd-socket-activate is not installed (Debian's systemd)")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(notify.close)
+        path = os.path.abspath(self.mktemp())
+        notify.bind(path)
+        notify.settimeout(20)
+        backends = Backends(self)
+        backends.start("a")
+        group = self.spawnGroup(
+            workers, named(backends, "a"), listen="systemd:domain=INET:name=front",
+            before=["systemd-socket-activate", "--fdname=front", "-E", f"NOTIFY_SOCKET={path}"])
+        for _ in range(50):
+            if os.path.exists(os.path.join(group.workdir, "lb.yaml")) and _listening(group.port):
+                break
+            yield sleep(0.1)
+        first = yield inThread(nameLine, group.port)
+        if first != b"a":
+            group.process.kill()
+            self.fail(f"not served: {first!r}\n{group.process.communicate()[0].decode()}")
+        message = (yield inThread(notify.recv, 1000)).decode()
+        self.assertIn("READY=1", message)
+        self.assertIn(f"MAINPID={group.process.pid}", message)
+        workers_ = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertEqual([w["state"] for w in workers_], ["serving"] * workers if workers > 1
+                         else [])
+        answers = yield inThread(connections, group.port, 40, 4)
+        self.assertEqual(answers, [b"a"] * 40)
+        yield group.stop(self)
+        self.assertEqual((yield inThread(notify.recv, 1000)), b"STOPPING=1")
+
+    def test_single(self) -> None:
+        """
+        One process serves a socket systemd passed.
+        """
+        return self.activated(1)
+
+    def test_workers(self) -> None:
+        """
+        Workers serve a socket systemd passed to their master.
+        """
+        return self.activated(2)
+
+
+def _listening(port: int) -> bool:
+    """
+    Whether something accepts connections on C{port} (a connection made
+    and closed).
+    """
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _upgradeError(admin: int) -> tuple[int, str]:

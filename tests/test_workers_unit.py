@@ -12,16 +12,26 @@ import socket
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig, parseWorkers
+from lbtwist.config import (
+    BackendConfig,
+    Config,
+    ConfigError,
+    parseConfig,
+    parseWorkers,
+    validateEndpoint,
+)
+from lbtwist.lifecycle import ReadyNotice, sdNotify
 from lbtwist.policies import SourceHash
 from lbtwist.pool import Admin, BackendPool, Health
 from lbtwist.reload import LiveConfig
+from lbtwist.service import withBacklog
 from lbtwist.workers import ConfigText, WorkerGroup, WorkerSpec, checkFileLimit
 from lbtwist.workers._master import MAX_DELAY, backoff
 from lbtwist.workers._protocol import JSON
@@ -368,3 +378,60 @@ class _Services(list):  # type: ignore[type-arg]
         super().__init__()
         self.pools = pools
         self.factories: dict[str, Any] = {}
+
+
+class SystemdTests(SynchronousTestCase):
+    """
+    Socket activation's endpoints and the readiness notice.
+    """
+
+    def test_endpoint(self) -> None:
+        """
+        A C{systemd:} listener needs a domain and a name or an index; a
+        backend cannot be one.
+        """
+        self.assertEqual(validateEndpoint("systemd:domain=INET:name=front", "l", True),
+                         "systemd:domain=INET:name=front")
+        self.assertEqual(withBacklog("systemd:domain=INET:index=0"),
+                         "systemd:domain=INET:index=0")
+        for text, server, problem in (
+                ("systemd:domain=INET", True, "one of name= or index="),
+                ("systemd:name=x:index=0:domain=INET", True, "one of name= or index="),
+                ("systemd:domain=INET:name=x", False, "endpoints are for listeners")):
+            e = self.assertRaises(ConfigError, validateEndpoint, text, "where", server)
+            self.assertIn(problem, str(e))
+
+    def receiver(self) -> tuple[socket.socket, str]:
+        path = self.mktemp()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(s.close)
+        s.bind(path)
+        s.setblocking(False)
+        return s, path
+
+    def test_notify(self) -> None:
+        """
+        A message goes to C{NOTIFY_SOCKET}; without one nothing is sent.
+        """
+        s, path = self.receiver()
+        self.assertTrue(sdNotify("READY=1", {"NOTIFY_SOCKET": path}))
+        self.assertEqual(s.recv(100), b"READY=1")
+        self.assertFalse(sdNotify("READY=1", {}))
+        self.assertFalse(sdNotify("READY=1", {"NOTIFY_SOCKET": path + ".nothing"}))
+
+    def test_readyWhenServing(self) -> None:
+        """
+        C{READY=1} is sent once the reactor runs and the workers serve, and
+        C{STOPPING=1} on stop.
+        """
+        s, path = self.receiver()
+        reactor = MemoryReactorClock()
+        serving: Deferred[None] = Deferred()
+        notice = ReadyNotice(reactor, lambda: serving, {"NOTIFY_SOCKET": path})
+        notice.startService()
+        reactor.run()
+        self.assertRaises(BlockingIOError, s.recv, 100)
+        serving.callback(None)
+        self.assertTrue(s.recv(100).startswith(b"READY=1\nMAINPID="))
+        notice.stopService()
+        self.assertEqual(s.recv(100), b"STOPPING=1")

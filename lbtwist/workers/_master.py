@@ -61,6 +61,7 @@ SETTLED = 10.0
 ANSWER_TIMEOUT = 5.0
 REFRESH = 2.0
 UPGRADE_TIMEOUT = 30.0
+SYSTEMD_VARIABLES = frozenset({"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"})
 # The last lines of a worker's output kept to say why it could not start.
 KEPT_LINES = 5
 # File descriptors the master and a worker hold for each worker (the
@@ -243,7 +244,10 @@ class WorkerGroup(Service):
         self.command = list(command)
         self.grace = grace
         self.text = text
-        self.environ = dict(os.environ if environ is None else environ)
+        # Socket activation and readiness are the master's business.
+        self.environ = {k: v for k, v in (os.environ if environ is None else environ).items()
+                        if k not in SYSTEMD_VARIABLES}
+        self._servingWaiters: list[Deferred[None]] = []
         self.now = now
         self.generation = 0
         self.slots: list[WorkerSlot] = []
@@ -440,6 +444,21 @@ class WorkerGroup(Service):
         waiters, slot._readyWaiters = slot._readyWaiters, []
         for waiter in waiters:
             waiter.callback(slot)
+        if self.slots and all(s.ready for s in self.slots):
+            serving, self._servingWaiters = self._servingWaiters, []
+            for each in serving:
+                each.callback(None)
+
+    def whenServing(self) -> Deferred[None]:
+        """
+        Fires once every worker of the first generation serves (at once if
+        they do).
+        """
+        if self.slots and all(s.ready for s in self.slots):
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._servingWaiters.append(waiter)
+        return waiter
 
     def workerEnded(self, slot: WorkerSlot, reason: Failure) -> None:
         """

@@ -63,10 +63,13 @@ class ConfigText:
         return config
 
 
-def parseText(text: str, path: str) -> Config:
+def parseText(text: str, path: str, check: bool = True) -> Config:
     """
     Parse and check a configuration file's text, as a reload does.
 
+    @param check: build its endpoints and read its TLS files; a worker
+        leaves that to its master, which read the text (and holds the
+        sockets systemd passed).
     @raise lbtwist.config.ConfigError: it is not valid.
     """
     from ..checks import checkEndpoints, checkTLS
@@ -77,8 +80,9 @@ def parseText(text: str, path: str) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError("", f"config file {path!r} is not valid YAML: {e}") from e
     config = parseConfig(data)
-    checkEndpoints(config)
-    checkTLS(config)
+    if check:
+        checkEndpoints(config)
+        checkTLS(config)
     return config
 
 
@@ -179,7 +183,7 @@ class RegistryApplier:
         live = self.live
         config = registry.get("config")
         if config is not None and config["text"] is not None and config["reads"] != self.reads:
-            new = parseText(config["text"], "(from the master)")
+            new = parseText(config["text"], "(from the master)", check=False)
             live.fileConfig = runnable(new, live.fileConfig)[0]
             self.reads = config["reads"]
             if self.reloaded is not None:

@@ -186,9 +186,19 @@ class WorkerNode(MultiService):
     def apply(self, revision: int, registry: dict[str, Any]) -> None:
         """
         Apply a registry; the first one starts the listeners, and the
-        master hears that this worker is ready.
+        master hears that this worker is ready.  A worker that cannot apply
+        its first one exits, saying why (its master logs it, and an
+        upgrade fails with it).
         """
-        self.applier.apply(revision, registry)
+        try:
+            self.applier.apply(revision, registry)
+        except Exception as e:
+            if self.serving:
+                raise
+            self.log.critical("worker {index} cannot start: {error}", index=self.spec.index,
+                              error=str(e))
+            self._stop()
+            raise
         if not self.serving and self.running:
             self.serving = True
             self.loadBalancer.setServiceParent(self)
