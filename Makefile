@@ -63,5 +63,6 @@ clean: ## remove .venv and build leftovers
 # chaos suite at full scale.
 soak: $(STAMP) test-deps ## the long chaos run (SOAK_ARGS=...)
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+	LBTWIST_UPGRADES=10 $(BIN)/trial --reactor=lbtwist tests.test_workers.UpgradeTests
 	LBTWIST_CHAOS_CONNECTIONS=100000 LBTWIST_FUZZ_EXAMPLES=3000 LBTWIST_CHAOS_REPORT=1 \
 	  $(BIN)/trial --reactor=lbtwist --reporter=text tests.chaos

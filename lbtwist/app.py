@@ -12,18 +12,21 @@ its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import succeed
 
 from .admin import AdminService
 from .config import Config
 from .gctuning import FrozenStartupHeap
-from .lifecycle import GracefulStop, ReloadOnSignal
+from .lifecycle import GracefulStop, ReadyNotice, ReloadOnSignal
 from .pool import Backend
 from .reload import DEFAULT_GRACE, LiveConfig, configLoader, loadState
 from .service import CannotStart, LoadBalancer
 from .state import StateError, StateFile, defaultStatePath, legacyStatePath
+from .workers import ConfigText, WorkerGroup
 
 
 class Balancer(MultiService):
@@ -52,6 +55,7 @@ class Balancer(MultiService):
         control: bool = True,
         signals: bool = True,
         freezeHeap: bool = True,
+        workerCommand: Sequence[str] = (),
     ) -> None:
         """
         @param config: what to run (see L{lbtwist.config.loadConfigFile}).
@@ -70,12 +74,19 @@ class Balancer(MultiService):
         @param freezeHeap: once running, freeze the start-up heap out of the
             garbage collector's way (see L{lbtwist.gctuning}): the
             application's start-up objects are frozen with the balancer's.
+        @param workerCommand: with C{config.workers} over 1 (and
+            C{control}), the options of C{twistd lb} each worker runs with
+            (see L{lbtwist.workers}; default: C{--config configPath}): this
+            process becomes their master, its listeners bound but served by
+            the workers.
 
         @raise lbtwist.service.CannotStart: the state file is invalid or
             cannot be written.
         """
         super().__init__()
         self.live: LiveConfig | None = None
+        self.workers: WorkerGroup | None = None
+        self.workerCommand = list(workerCommand)
         # Backends DNS discovery finds gone are drained as removed ones are.
         self.loadBalancer = LoadBalancer(
             config, reactor, drain=self._drainDiscovered if control else None)
@@ -111,10 +122,12 @@ class Balancer(MultiService):
         given = statePath or lb.config.state
         path = given or defaultStatePath(
             configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
+        multi = lb.config.workers > 1
+        text = ConfigText(configPath) if multi and configPath else None
         live = LiveConfig(
             lb.pools, lb.config, reactor,
             StateFile(path, legacy=None if given else legacyStatePath(path)),
-            loadConfig=configLoader(configPath) if configPath else None, grace=grace,
+            loadConfig=text or (configLoader(configPath) if configPath else None), grace=grace,
             balancer=lb,
             reloaded=[lb.reloadCertificates],
         )
@@ -130,7 +143,24 @@ class Balancer(MultiService):
             live, reactor, grace,
             softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
         ).setServiceParent(control)
-        AdminService(lb, live, reactor).setServiceParent(control)
+        if multi:
+            # Under twistd lb the workers get its options; embedded (a .tac),
+            # the configuration file.
+            command = self.workerCommand or (["--config", configPath] if configPath else [])
+            if not command:
+                raise CannotStart("lbtwist: workers: worker processes read the configuration "
+                                  "file: give its path (configPath), or run twistd lb")
+            self.workers = WorkerGroup(lb, live, reactor, count=lb.config.workers,
+                                       command=command, grace=grace, text=text)
+        AdminService(lb, live, reactor, group=self.workers).setServiceParent(control)
+        if self.workers is not None:
+            self.workers.setServiceParent(control)
+        ReadyNotice(
+            reactor, self.workers.whenServing if self.workers is not None else lambda: succeed(None),
+        ).setServiceParent(control)
         if signals:
-            ReloadOnSignal(live, reactor, reopenLogs=lb.reopenAccessLogs).setServiceParent(control)
+            ReloadOnSignal(
+                live, reactor, reopenLogs=lb.reopenAccessLogs,
+                upgrade=self.workers.upgrade if self.workers is not None else None,
+            ).setServiceParent(control)
         return live

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -436,6 +437,8 @@ class Config:
         limit).
     @ivar resolvers: the DNS servers discovery asks, as C{(host, port)};
         none: the system's (C{/etc/resolv.conf}).
+    @ivar workers: processes that serve the listeners (1: this process
+        alone; more: a master and that many workers, see L{lbtwist.workers}).
     """
 
     listeners: tuple[ListenerConfig, ...]
@@ -446,6 +449,7 @@ class Config:
     state: str | None = None
     maxconn: int = 0
     resolvers: tuple[tuple[str, int], ...] = ()
+    workers: int = 1
 
     def pool(self, name: str) -> PoolConfig:
         """
@@ -577,6 +581,15 @@ def validateEndpoint(value: object, path: str, server: bool) -> str:
             f"{', '.join(t + ':' for t in ENDPOINT_TYPES)}"
             f"{'' if server else ', or HOST:PORT'}, got {text!r}",
         ) from None
+    if endpoint.kind == "systemd":
+        # A socket systemd passes (socket activation), as Twisted names it.
+        if not server:
+            raise ConfigError(path, f"systemd: endpoints are for listeners, got {text!r}")
+        if endpoint.option("domain") is None or (
+                endpoint.option("name") is None) == (endpoint.option("index") is None):
+            raise ConfigError(path, "a systemd listener needs domain= (INET, INET6 or UNIX) "
+                                    f"and one of name= or index=, got {text!r}")
+        return text
     if endpoint.kind == "unix":
         if not endpoint.path:
             raise ConfigError(path, f"a unix endpoint needs a path, got {text!r}")
@@ -1595,7 +1608,7 @@ def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
 
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
-    "resolvers",
+    "resolvers", "workers",
 )
 
 
@@ -1711,7 +1724,39 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
         state=None if d.get("state") is None else _string(d["state"], "state"),
         maxconn=_integer(d.get("maxconn", 0), "maxconn", 0, MAX_CONNECTIONS),
         resolvers=parseResolvers(d.get("resolvers"), "resolvers"),
+        workers=parseWorkers(d.get("workers", 1), "workers"),
     )
+
+
+MAX_WORKERS = 1024
+
+
+def usableCPUs() -> int:
+    """
+    The CPUs this process may run on (its affinity mask, as C{taskset} and
+    container limits set it), else every CPU the machine has.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return len(affinity(0))
+    return os.cpu_count() or 1
+
+
+def parseWorkers(value: object, path: str, cpus: Callable[[], int] = usableCPUs) -> int:
+    """
+    The number of worker processes: a positive integer, or C{auto} for
+    one per usable CPU.
+
+    @raise ConfigError: anything else (0, negative, not a number).
+    """
+    if value == "auto":
+        return cpus()
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            path, f"expected a number of processes 1-{MAX_WORKERS} or auto, got {_describe(value)}")
+    return value
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -5,7 +5,7 @@ C{lbtwist ctl}: the command-line client of the admin API.
     lbtwist ctl add NAME ENDPOINT|HOST:PORT [--weight N] [--state STATE]
     lbtwist ctl remove|drain|ready|maint NAME
     lbtwist ctl weight NAME N
-    lbtwist ctl health | reload
+    lbtwist ctl health | reload | upgrade
     lbtwist ctl routes [LISTENER]
     lbtwist ctl route-set LISTENER FILE
     lbtwist ctl pool-add NAME FILE
@@ -285,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
     poolAdd.add_argument("file")
     command("pool-remove", "remove a pool no route uses (its connections drained)"
             ).add_argument("name")
+    command("upgrade", "start new workers from the code and configuration on disk")
     return top
 
 
@@ -310,6 +311,9 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             pools = client.call("GET", "/api/pools")["pools"]
         result: Any = {"pools": pools}
         text = _table(pools)
+    elif action == "upgrade":
+        result = client.call("POST", "/api/upgrade")
+        text = f"upgraded: generation {result['generation']} serves"
     elif action in ("health", "reload"):
         path = "/api/health" if action == "health" else "/api/reload"
         try:

@@ -151,7 +151,7 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
         differ.append("the set of pools")
     for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
                            ("state", "state"), ("maxconn", "maxconn"),
-                           ("resolvers", "resolvers")):
+                           ("resolvers", "resolvers"), ("workers", "workers")):
         if getattr(new, attribute) != getattr(running, attribute):
             differ.append(key)
     pools = tuple(
@@ -167,6 +167,7 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
         state=running.state,
         maxconn=running.maxconn,
         resolvers=running.resolvers,
+        workers=running.workers,
         adminToken=new.adminToken or running.adminToken,
     )
     return kept, differ

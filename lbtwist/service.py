@@ -6,11 +6,12 @@ the status reporter, composed from one L{Config}.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -65,7 +66,11 @@ def withBacklog(endpoint: str) -> str:
     those clients a one-second retransmit.  HAProxy and nginx listen with
     deeper queues for the same reason.
     """
-    return parseEndpoint(endpoint, True).withOption("backlog", str(LISTEN_BACKLOG))
+    parsed = parseEndpoint(endpoint, True)
+    if parsed.kind == "systemd":
+        # systemd listened already, with the socket unit's Backlog=.
+        return endpoint
+    return parsed.withOption("backlog", str(LISTEN_BACKLOG))
 
 
 # What twistd's daemon parent shows of a start failure: it reads 100 bytes
@@ -166,7 +171,12 @@ def addressScope(host: str | None) -> str:
 class ListenerService(PortService):
     """
     A listener of the balancer.
+
+    @ivar port: the listening port once started (L{None} before, or if the
+        endpoint gave no port).
     """
+
+    port: Any = None
 
     def __init__(self, listener: ListenerConfig, endpoint: Any, factory: ServerFactory) -> None:
         super().__init__(f"listener {listener.name}", listener.endpoint, endpoint, factory)
@@ -176,6 +186,7 @@ class ListenerService(PortService):
     def startService(self) -> None:
         super().startService()
         port = self._waitingForPort.result if self._waitingForPort is not None else None
+        self.port = port
         address = port.getHost() if port is not None and hasattr(port, "getHost") else None
         limit = getattr(self.factory, "limit", None)
         if limit is not None and hasattr(port, "stopReading"):
@@ -221,12 +232,20 @@ class LoadBalancer(MultiService):
         *,
         resolver: Any = None,
         drain: Callable[[str, Backend], None] | None = None,
+        adopted: Mapping[str, tuple[int, int]] | None = None,
+        monitors: bool = True,
     ) -> None:
         """
         @param resolver: the C{twisted.names} resolver DNS discovery asks
             (default: one for the configuration's C{resolvers}).
         @param drain: given each backend discovery finds gone, once removed
             from its pool (see L{lbtwist.discovery.PoolDiscovery}).
+        @param adopted: listening sockets to serve instead of binding, as
+            C{(file descriptor, address family)} by listener name: a worker
+            process (L{lbtwist.workers}) serves its master's sockets.
+        @param monitors: run the health checks, DNS discovery and the status
+            table in the log; a worker leaves them to its master, which
+            tells it what they found and logs the totals.
         """
         super().__init__()
         self.config = config
@@ -261,9 +280,12 @@ class LoadBalancer(MultiService):
             endpointReactor = listenerReactor(reactor, listener, f"listeners[{index}]")
             if isinstance(endpointReactor, TLSListeningReactor):
                 self.certificates[listener.name] = endpointReactor.certificates
-            ListenerService(
-                listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
-            ).setServiceParent(self)
+            if adopted is not None:
+                fd, family = adopted[listener.name]
+                endpoint: Any = AdoptedStreamServerEndpoint(endpointReactor, fd, family)
+            else:
+                endpoint = serverFromString(endpointReactor, withBacklog(listener.endpoint))
+            ListenerService(listener, endpoint, factory).setServiceParent(self)
         for p in config.pools:
             self._warnUnverified(p)
         self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.dialler)}
@@ -274,11 +296,14 @@ class LoadBalancer(MultiService):
         self.discoveries: dict[str, PoolDiscovery] = {}
         self._resolver = resolver
         self._drain = drain
+        # A worker process probes nothing: its master does, for the group.
+        self._probing = monitors
         for pool in self.pools.values():
             self._monitor(pool)
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
-        self.reporter.setServiceParent(self)
+        if monitors:
+            self.reporter.setServiceParent(self)
 
     def _warnUnverified(self, p: PoolConfig) -> None:
         """
@@ -294,8 +319,11 @@ class LoadBalancer(MultiService):
     def _monitor(self, pool: BackendPool) -> None:
         """
         Start checking C{pool}'s backends (now if the balancer is running,
-        else when it starts), and discovering them if it says how.
+        else when it starts), and discovering them if it says how; in a
+        worker process, nothing (its master does both).
         """
+        if not self._probing:
+            return
         self.monitors[pool.name] = HealthMonitor(pool, self.probes, self.reactor)
         self.monitors[pool.name].setServiceParent(self)
         # After the monitor, so that it sees the first discovered backends.

@@ -23,6 +23,7 @@ from .config import (
     loadConfigFile,
     parseConfig,
     parseSeconds,
+    parseWorkers,
     validateEndpoint,
 )
 
@@ -139,6 +140,12 @@ class Options(usage.Options):
          f"HTTP mode: time a backend gets to answer (default {_seconds(_timeouts.response)})."],
         ["access-log-file", None, None,
          "Write the access log (a line per request or connection) straight to this file."],
+        ["workers", None, None,
+         "Worker processes serving the listeners: a number, or auto for one per usable "
+         "CPU (default 1: this process alone). More than 1 runs a master with the admin "
+         "API and health checks, and that many workers."],
+        ["worker", None, None,
+         "(internal) run as a worker of a master, as it says in this JSON."],
     ]
     optFlags = [
         ["demo", None,
@@ -183,6 +190,9 @@ class Options(usage.Options):
         the reason first and a pointer to C{--help}, instead of twistd's
         whole usage text followed by the reason.
         """
+        import sys
+
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -260,9 +270,13 @@ class Options(usage.Options):
                     )
                 config = parseConfig(self._commandLineData())
             config = self._overrides(config)
+            config = self._workers(config)
             from .checks import checkConfig
 
-            checkConfig(config)
+            if self["worker"] is None:
+                # A worker's master checked this configuration; its
+                # listeners' sockets (systemd's, say) are the master's.
+                checkConfig(config)
             from .admin import checkAdmin
 
             config = checkAdmin(config, os.environ)
@@ -278,6 +292,53 @@ class Options(usage.Options):
             from .state import DEMO_STATE_NAME
 
             self["state"] = os.path.abspath(DEMO_STATE_NAME)
+
+    def _workers(self, config: Config) -> Config:
+        """
+        Apply C{--workers}, and check that the workers can run: as many as
+        the file-descriptor limit allows, and not with the demo's
+        backends (which live in one process).
+        """
+        if self["worker"] is not None:
+            from .workers import WorkerSpec
+
+            try:
+                self["worker-spec"] = WorkerSpec.fromJSON(self["worker"])
+            except ValueError as e:
+                raise ConfigError("--worker", str(e).removeprefix("--worker: ")) from e
+            return config
+        option = "--workers" if self["workers"] is not None else "workers"
+        if self["workers"] is not None:
+            config = attrs.evolve(config, workers=parseWorkers(self["workers"], "--workers"))
+        if config.workers > 1:
+            import resource
+
+            from .workers import checkFileLimit
+
+            problem = checkFileLimit(config.workers, len(config.listeners),
+                                     resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            if problem is not None:
+                raise ConfigError(option, problem)
+            if self["demo"]:
+                raise ConfigError(option, "the demo runs in one process: leave out --workers "
+                                          "or --demo")
+        return config
+
+    def workerCommand(self) -> list[str]:
+        """
+        The options this command was given, for a worker to read the same
+        configuration: without C{--workers}.
+        """
+        command: list[str] = []
+        skip = False
+        for arg in self.argv:
+            if skip:
+                skip = False
+            elif arg == "--workers":
+                skip = True
+            elif not arg.startswith("--workers="):
+                command.append(arg)
+        return command
 
     def _overrides(self, config: Config) -> Config:
         """
@@ -307,6 +368,10 @@ def makeService(options: Options) -> IService:
     from .app import Balancer
 
     config: Config = options["lbconfig"]
+    if options["worker"] is not None:
+        from .workers import WorkerNode
+
+        return WorkerNode(config, reactor, options["worker-spec"], options["grace-seconds"])
     top = MultiService()
     if options["demo"]:
         from .demo import demoBackends
@@ -317,5 +382,6 @@ def makeService(options: Options) -> IService:
     Balancer(
         config, reactor, configPath=options["config"],
         statePath=options["state"], grace=options["grace-seconds"],
+        workerCommand=options.workerCommand(),
     ).setServiceParent(top)
     return top

@@ -204,6 +204,29 @@ class PieceTests(SynchronousTestCase):
         self.assertIn("The options may also follow the command.", " ".join(text.split()))
 
 
+class UpgradeCommandTests(SynchronousTestCase):
+    """
+    C{lbtwist ctl upgrade}.
+    """
+
+    def test_upgrade(self) -> None:
+        """
+        It posts to C{/api/upgrade} with the token and says which
+        generation serves.
+        """
+        seen: list[Any] = []
+
+        def opener(request: Any, timeout: float) -> Any:
+            seen.append((request.get_method(), request.full_url,
+                         request.get_header("Authorization")))
+            return _Answer(json.dumps({"status": "upgraded", "generation": 3}).encode())
+
+        out = io.StringIO()
+        run(["ctl", "upgrade", "--token", "t"], {}, out, opener)
+        self.assertEqual(seen, [("POST", "http://127.0.0.1:9000/api/upgrade", "Bearer t")])
+        self.assertEqual(out.getvalue(), "upgraded: generation 3 serves\n")
+
+
 class FakeAPI:
     """
     An opener for L{run} that answers as the admin API does for pools of

@@ -367,7 +367,8 @@ class SignalTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.installed: dict[int, Any] = {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm"}
+        self.installed: dict[int, Any] = {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
+                                          signal.SIGUSR2: "oldusr2"}
 
         class FakeReactor:
             stopped = 0
@@ -407,7 +408,8 @@ class SignalTests(SynchronousTestCase):
         self.reactor.calls[0]()
         self.assertEqual(len(t.pools["web"]), 2)
         service.stopService()
-        self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm"})
+        self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
+                                          signal.SIGUSR2: "oldusr2"})
 
     def test_sigterm(self) -> None:
         """
@@ -435,6 +437,36 @@ class SignalTests(SynchronousTestCase):
         for call in self.reactor.calls:
             call()
         self.assertEqual(self.reactor.stopped, 1)
+
+
+    def test_sigusr2(self) -> None:
+        """
+        SIGUSR2 starts an upgrade from the reactor thread; without worker
+        processes it is logged and does nothing (the process lives on).
+        """
+        from twisted.internet.defer import Deferred
+
+        t = Live(self, configOf(A))
+        upgrades: list[Deferred[Any]] = []
+
+        def upgrade() -> Deferred[Any]:
+            upgrades.append(Deferred())
+            return upgrades[-1]
+
+        service = ReloadOnSignal(t.live, self.reactor, self.install, upgrade=upgrade)
+        service.startService()
+        self.installed[signal.SIGUSR2](signal.SIGUSR2, None)
+        self.assertEqual(upgrades, [])
+        self.reactor.calls[-1]()
+        self.assertEqual(len(upgrades), 1)
+        upgrades[0].errback(RuntimeError("failed, and said so"))
+        service.stopService()
+        alone = ReloadOnSignal(t.live, self.reactor, self.install)
+        alone.startService()
+        self.installed[signal.SIGUSR2](signal.SIGUSR2, None)
+        self.reactor.calls[-1]()
+        self.assertEqual(self.reactor.stopped, 0)
+        alone.stopService()
 
 
 class GracefulStopTests(SynchronousTestCase):

@@ -11,13 +11,14 @@ import os
 import re
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from ..config import BackendConfig, ConfigError, ListenerConfig, parseBackend, parseSlowStart
 from ..endpoints import parseEndpoint
@@ -67,6 +68,38 @@ _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css)$")
 Handler = Callable[[Request, list[str]], Any]
 
 
+class ProcessGroup(Protocol):
+    """
+    The worker processes a master's admin API speaks for (see
+    L{lbtwist.workers.WorkerGroup}).
+    """
+
+    def settle(self) -> Deferred[None]:
+        """
+        Fires once every worker has applied the pools as they are now.
+        """
+
+    def refresh(self) -> Deferred[None]:
+        """
+        Fires once the master's counters show the workers' totals.
+        """
+
+    def collector(self) -> Any:
+        """
+        A Prometheus collector of the per-worker series.
+        """
+
+    def view(self) -> list[dict[str, Any]]:
+        """
+        Each worker: its number, generation, pid, state and counters.
+        """
+
+    def upgrade(self) -> Deferred[int]:
+        """
+        Start a new generation of workers; fires with its number.
+        """
+
+
 class AdminResource(Resource):
     """
     Every route of the admin listener, dispatched by method and path.
@@ -76,14 +109,23 @@ class AdminResource(Resource):
     log = Logger()
 
     def __init__(self, balancer: Any, live: LiveConfig, token: str | None,
-                 clock: IReactorTime, history: CounterHistory | None = None) -> None:
+                 clock: IReactorTime, history: CounterHistory | None = None,
+                 group: ProcessGroup | None = None) -> None:
+        """
+        @param group: the worker processes this master speaks for: reads
+            wait for their counters to be collected, and changes are
+            answered once every one of them has applied them.
+        """
         super().__init__()
+        self.group = group
         self.clock = clock
         self.history = history or CounterHistory()
         self.balancer = balancer
         self.live = live
         self._startToken = token
         self.registry = balancerRegistry(balancer)
+        if group is not None:
+            self.registry.register(group.collector())
         self.routes: list[tuple[bytes, tuple[str, ...], Handler, bool]] = [
             (b"GET", (), self.dashboard, False),
             (b"GET", ("static", "*"), self.static, False),
@@ -102,6 +144,8 @@ class AdminResource(Resource):
             (b"GET", ("api", "listeners", "*", "routes"), self.showRoutes, False),
             (b"PUT", ("api", "listeners", "*", "routes"), self.setRoutes, True),
             (b"POST", ("api", "reload"), self.reload, True),
+            (b"POST", ("api", "upgrade"), self.upgrade, True),
+            (b"GET", ("api", "workers"), self.listWorkers, False),
             (b"GET", ("health",), self.goHealth, False),
             (b"GET", ("list",), self.goList, False),
             (b"POST", ("addServer",), self.goAdd, True),
@@ -110,7 +154,7 @@ class AdminResource(Resource):
 
     # -- dispatch --------------------------------------------------------
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         """
         Find the route, check the token of a change, run it, and answer.
         """
@@ -128,26 +172,80 @@ class AdminResource(Resource):
                 allowed.append(routeMethod)
                 continue
             args = [s for p, s in zip(pattern, segments) if p == "*"]
-            try:
-                if mutating:
-                    self._authorize(request)
-                result = handler(request, args)
-            except APIError as e:
-                result = self._json(request, e.status, {"error": e.message})
-            if mutating:
-                self.log.info(
-                    "admin {method} {path} from {client}: {code}",
-                    method=method.decode(), path=request.path.decode("latin-1"),
-                    client=getattr(request.getClientAddress(), "host", "?"),
-                    code=request.code,
-                )
-            assert isinstance(result, bytes)
-            return result
+            if self.group is None or handler in (self.dashboard, self.static):
+                result = self._run(request, handler, args, mutating)
+                if isinstance(result, Deferred):
+                    result.addCallback(lambda body: self._finish(request, body))
+                    return NOT_DONE_YET  # type: ignore[no-any-return]
+                return result
+            return self._withGroup(self.group, request, handler, args, mutating)
         if allowed:
             request.setHeader(b"allow", b", ".join(allowed))
             return self._json(request, 405, {"error": f"method {method.decode()} not "
                                              "allowed here"})
         return self._json(request, 404, {"error": "no such resource"})
+
+    def _run(self, request: Request, handler: Handler, args: list[str],
+             mutating: bool) -> bytes | Deferred[bytes]:
+        """
+        Run a route's handler (a change once its token is checked), and log
+        a change once answered.  A handler answers with bytes, or with a
+        L{Deferred} of them when the answer takes time (an upgrade).
+        """
+        try:
+            if mutating:
+                self._authorize(request)
+            result = handler(request, args)
+        except APIError as e:
+            result = self._json(request, e.status, {"error": e.message})
+        if mutating:
+            if isinstance(result, Deferred):
+                result.addCallback(self._logChange, request)
+            else:
+                self._logChange(result, request)
+        assert isinstance(result, (bytes, Deferred))
+        return result
+
+    def _logChange(self, body: bytes, request: Request) -> bytes:
+        self.log.info(
+            "admin {method} {path} from {client}: {code}",
+            method=request.method.decode(), path=request.path.decode("latin-1"),
+            client=getattr(request.getClientAddress(), "host", "?"),
+            code=request.code,
+        )
+        return body
+
+    def _withGroup(self, group: ProcessGroup, request: Request, handler: Handler,
+                   args: list[str], mutating: bool) -> int:
+        """
+        Run a route for the worker processes: a read once their counters
+        are collected, a change answered once every one has applied it.
+        """
+        if mutating:
+            result = self._run(request, handler, args, mutating)
+            answered = result if isinstance(result, Deferred) else succeed(result)
+
+            def settle(body: bytes) -> Deferred[bytes]:
+                settled = group.settle() if request.code < 400 else succeed(None)
+                return settled.addBoth(lambda _: body)
+
+            answered.addCallback(settle).addCallback(lambda body: self._finish(request, body))
+        else:
+            def answer(_: object) -> None:
+                result = self._run(request, handler, args, mutating)
+                assert isinstance(result, bytes)
+                self._finish(request, result)
+
+            group.refresh().addBoth(answer)
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    def _finish(self, request: Request, body: bytes) -> None:
+        """
+        Answer a request whose answer waited for the worker processes.
+        """
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(body)
+            request.finish()
 
     @property
     def token(self) -> str | None:
@@ -530,6 +628,37 @@ class AdminResource(Resource):
         return self._json(request, 200, {
             "status": "removed", "name": pool.name,
             "draining": sum(b.active for b in pool), "grace": self.live.grace})
+
+    def listWorkers(self, request: Request, args: list[str]) -> bytes:
+        """
+        The worker processes (none when this process serves alone), each
+        with its own counters: the other routes give their totals.
+        """
+        return self._json(request, 200, {
+            "workers": self.group.view() if self.group is not None else []})
+
+    def upgrade(self, request: Request, args: list[str]) -> Deferred[bytes]:
+        """
+        Start a new generation of workers from the code and configuration
+        on disk (see L{lbtwist.workers.WorkerGroup.upgrade}); answered once
+        it serves, or C{500} with the reason it could not (the running
+        workers serve on).
+        """
+        group = self.group
+        if group is None:
+            raise APIError(409, "upgrades need worker processes: start with --workers 2 "
+                                "or more (workers: in the file)")
+
+        def upgraded(generation: int) -> bytes:
+            return self._json(request, 200, {"status": "upgraded", "generation": generation,
+                                             "workers": group.view()})
+
+        def failed(f: Any) -> bytes:
+            return self._json(request, 500, {
+                "error": f"upgrade failed, the running workers serve on: "
+                         f"{f.getErrorMessage()}"})
+
+        return group.upgrade().addCallbacks(upgraded, failed)
 
     def reload(self, request: Request, args: list[str]) -> bytes:
         """
