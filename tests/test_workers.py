@@ -249,6 +249,29 @@ class ControlPlaneTests(GroupTestCase):
         yield group.stop(self)
 
     @inlineCallbacks
+    def test_poolsAndRoutesReachEveryWorker(self) -> Any:
+        """
+        A pool created and a route list set through the master's API are
+        applied by every worker before the answers: the next clients,
+        whichever worker accepts them, take the new route to the new pool;
+        a pool in use cannot be removed.
+        """
+        backends = Backends(self)
+        for name in ("a", "c"):
+            backends.start(name)
+        group = yield self.startGroup(3, named(backends, "a"))
+        yield inThread(adminChange, group.admin, "POST", "/api/pools",
+                       {"name": "other", "backends": [
+                           {"name": "c", "endpoint": backends.endpoint("c")}]})
+        yield inThread(adminChange, group.admin, "PUT", "/api/listeners/front/routes",
+                       [{"name": "local", "match": {"source": "127.0.0.0/8"}, "pool": "other"}])
+        answers = yield inThread(connections, group.port, 150, 6)
+        self.assertEqual(set(answers), {b"c"})
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertTrue(all(w["requests"] > 0 for w in workers), workers)
+        yield group.stop(self)
+
+    @inlineCallbacks
     def test_healthReachesEveryWorker(self) -> Any:
         """
         A backend that stops is found down by the master's one probe, and

@@ -160,7 +160,8 @@ class WorkerNode(MultiService):
         self.loadBalancer = LoadBalancer(
             splitLimits(config, spec.workers), reactor, adopted=spec.listeners, monitors=False)
         self.loadBalancer.setName("balancer")
-        self.live = WorkerLiveConfig(self.loadBalancer.pools, config, reactor, grace=grace)
+        self.live = WorkerLiveConfig(self.loadBalancer.pools, config, reactor, grace=grace,
+                                     balancer=self.loadBalancer)
         self.live.workers = spec.workers
         self.applier = RegistryApplier(self.live, self.loadBalancer.reloadCertificates)
         lb = self.loadBalancer
