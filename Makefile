@@ -59,10 +59,12 @@ clean: ## remove .venv and build leftovers
 	rm -rf $(VENV) _trial_temp build *.egg-info
 
 # The long chaos run: minutes of mixed traffic with flapping backends and
-# 100,000 connections (SOAK_ARGS="--duration 3600" for an hour), then the
-# chaos suite at full scale.
+# 100,000 connections (SOAK_ARGS="--duration 3600" for an hour), the same
+# with two worker processes and one killed every 30 s, then the chaos suite
+# at full scale.
 soak: $(STAMP) test-deps ## the long chaos run (SOAK_ARGS=...)
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+	$(BIN)/python soak/soak.py --lb-workers 2 --connections 20000 $(SOAK_ARGS)
 	LBTWIST_UPGRADES=10 $(BIN)/trial --reactor=lbtwist tests.test_workers.UpgradeTests
 	LBTWIST_CHAOS_CONNECTIONS=100000 LBTWIST_FUZZ_EXAMPLES=3000 LBTWIST_CHAOS_REPORT=1 \
 	  $(BIN)/trial --reactor=lbtwist --reporter=text tests.chaos
