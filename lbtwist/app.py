@@ -12,9 +12,10 @@ its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import succeed
 
@@ -56,6 +57,7 @@ class Balancer(MultiService):
         signals: bool = True,
         freezeHeap: bool = True,
         workerCommand: Sequence[str] = (),
+        workersOption: int | None = None,
     ) -> None:
         """
         @param config: what to run (see L{lbtwist.config.loadConfigFile}).
@@ -79,6 +81,9 @@ class Balancer(MultiService):
             (see L{lbtwist.workers}; default: C{--config configPath}): this
             process becomes their master, its listeners bound but served by
             the workers.
+        @param workersOption: the number of workers the command line gave
+            (C{--workers}), which a reload of the file keeps, as it won over
+            the file at start.
 
         @raise lbtwist.service.CannotStart: the state file is invalid or
             cannot be written.
@@ -87,6 +92,7 @@ class Balancer(MultiService):
         self.live: LiveConfig | None = None
         self.workers: WorkerGroup | None = None
         self.workerCommand = list(workerCommand)
+        self.workersOption = workersOption
         # Backends DNS discovery finds gone are drained as removed ones are.
         self.loadBalancer = LoadBalancer(
             config, reactor, drain=self._drainDiscovered if control else None)
@@ -124,10 +130,13 @@ class Balancer(MultiService):
             configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
         multi = lb.config.workers > 1
         text = ConfigText(configPath) if multi and configPath else None
+        load = text or (configLoader(configPath) if configPath else None)
+        if load is not None and self.workersOption is not None:
+            load = withWorkers(load, self.workersOption)
         live = LiveConfig(
             lb.pools, lb.config, reactor,
             StateFile(path, legacy=None if given else legacyStatePath(path)),
-            loadConfig=text or (configLoader(configPath) if configPath else None), grace=grace,
+            loadConfig=load, grace=grace,
             balancer=lb,
             reloaded=[lb.reloadCertificates],
         )
@@ -164,3 +173,15 @@ class Balancer(MultiService):
                 upgrade=self.workers.upgrade if self.workers is not None else None,
             ).setServiceParent(control)
         return live
+
+
+def withWorkers(load: Callable[[], Config], workers: int) -> Callable[[], Config]:
+    """
+    C{load}, with the number of workers the command line gave in what it
+    reads (the command line wins over the file, at start and on reload).
+    """
+
+    def loadWithWorkers() -> Config:
+        return attrs.evolve(load(), workers=workers)
+
+    return loadWithWorkers

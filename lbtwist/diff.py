@@ -125,15 +125,16 @@ def _listenerKey(listener: ListenerConfig) -> tuple[object, ...]:
             tls is not None and bool(tls.certificates))
 
 
-def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
+def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Config, list[str]]:
     """
     What of a newly read configuration a running balancer can take on:
     C{new}, with the listeners (but for the certificates they serve, and
     the routes of the listeners kept by name and mode, which change live),
-    the set of pools and the settings that only change with a restart kept
-    as they run, and the names of those that differ.  An admin token read
-    from the environment at start stays when
-    the file gives none.
+    the set of pools (unless C{poolsLive}: a balancer that adds and removes
+    pools at run time takes the new set) and the settings that only change
+    with a restart kept as they run, and the names of those that differ.
+    An admin token read from the environment at start stays when the file
+    gives none.
     """
     differ = []
     listeners = new.listeners
@@ -147,7 +148,7 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
             for was in running.listeners)
     runningPools = {p.name: p for p in running.pools}
     newPools = {p.name: p for p in new.pools}
-    if set(newPools) != set(runningPools):
+    if set(newPools) != set(runningPools) and not poolsLive:
         differ.append("the set of pools")
     for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
                            ("state", "state"), ("maxconn", "maxconn"),
@@ -157,7 +158,9 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
     pools = tuple(
         _keepBuilt(newPools[name], pool, differ) if name in newPools else pool
         for name, pool in runningPools.items()
-    )
+        if name in newPools or not poolsLive
+    ) + (tuple(p for name, p in newPools.items() if name not in runningPools)
+         if poolsLive else ())
     kept = attrs.evolve(
         new,
         listeners=listeners,

@@ -514,14 +514,18 @@ class LiveConfig:
     def _runnableRoutes(self, new: Config) -> Config:
         """
         C{new}, with the running routes kept for each listener whose new
-        routes name a pool that is not running (adding a pool to the file
-        needs a restart, or C{POST /api/pools}); noted in C{restartNeeded}.
+        routes name a pool that will not be running (without a balancer to
+        add pools to, a pool new in the file needs a restart, or C{POST
+        /api/pools}); noted in C{restartNeeded}.
         """
         running = {x.name: x for x in self.fileConfig.listeners}
+        available = set(self.pools)
+        if self.balancer is not None:
+            available.update(p.name for p in new.pools)
         listeners = []
         for listener in new.listeners:
             missing = sorted({n for r in (*listener.routes, *filter(None, [listener.defaultRoute]))
-                              for n in r.poolNames} - set(self.pools))
+                              for n in r.poolNames} - available)
             if missing and listener.name in running:
                 self.restartNeeded.append(
                     f"listeners.{listener.name}.routes (pool {', '.join(missing)} not running)")
@@ -551,7 +555,7 @@ class LiveConfig:
             )
             return str(e)
         old = self.fileConfig
-        new, self.restartNeeded = runnable(new, old)
+        new, self.restartNeeded = runnable(new, old, poolsLive=self.balancer is not None)
         new = self._runnableRoutes(new)
         if self.restartNeeded:
             self.log.warn(  # noqa: G010

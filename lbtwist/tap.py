@@ -383,5 +383,6 @@ def makeService(options: Options) -> IService:
         config, reactor, configPath=options["config"],
         statePath=options["state"], grace=options["grace-seconds"],
         workerCommand=options.workerCommand(),
+        workersOption=config.workers if options["workers"] is not None else None,
     ).setServiceParent(top)
     return top

@@ -306,6 +306,44 @@ class RouteReloadTests(TestCase):
         status, routes = yield h.call("GET", "/api/listeners/front/routes")
         self.assertEqual([(r["name"], r["pool"]) for r in routes], [("local", "b")])
 
+    @inlineCallbacks
+    def test_filePools(self) -> Any:
+        """
+        A pool the file adds is started (health checks included) and its
+        routes take the next client; a pool the file removes is removed;
+        a reload that would remove a pool a route set through the API
+        still uses is rejected, and nothing changes.
+        """
+        h = BalancerHarness(self)
+        h.data["pools"]["c"] = {  # type: ignore[index]
+            "backends": [{"name": "c", "endpoint": h.backends.endpoint("c")}],
+            "health": {"interval": 0.2}}
+        h.data["listeners"][0]["routes"][0]["pool"] = "c"  # type: ignore[index]
+        h.writeConfig()
+        status, body = yield h.call("POST", "/api/reload")
+        self.assertEqual((status, body), (200, {"status": "reloaded"}))
+        self.assertEqual((yield h.reached()), b"c")
+        self.assertTrue(h.lb.monitors["c"].running)
+        del h.data["pools"]["a"]  # type: ignore[attr-defined]
+        h.data["listeners"][0]["routes"][0]["pool"] = "b"  # type: ignore[index]
+        h.writeConfig()
+        status, body = yield h.call("POST", "/api/reload")
+        self.assertEqual((status, body), (200, {"status": "reloaded"}))
+        self.assertNotIn("a", h.lb.pools)
+        self.assertNotIn("a", h.lb.monitors)
+        self.assertEqual((yield h.reached()), b"b")
+        status, answer = yield h.call("PUT", "/api/listeners/front/routes",
+                                      [{"name": "api", "match": {"source": "127.0.0.1"},
+                                        "pool": "c"}])
+        self.assertEqual(status, 200, answer)
+        del h.data["pools"]["c"]  # type: ignore[attr-defined]
+        h.writeConfig()
+        status, body = yield h.call("POST", "/api/reload")
+        self.assertEqual(status, 400, body)
+        self.assertIn("'c'", body["error"])
+        self.assertIn("c", h.lb.pools)
+        self.assertEqual((yield h.reached()), b"c")
+
 
 class PoolAPITests(TestCase):
     """

@@ -620,9 +620,16 @@ class RouteReloadTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.factory = RecordingFactory()
-        self.balancer = SimpleNamespace(factories={"front": self.factory})
         self.t = Live(self, routedOf([{"name": "db", "match": {"sni": "db.example"},
                                        "pool": "api"}]))
+        pools = self.t.live.pools
+
+        def addPool(config: Any) -> BackendPool:
+            pools[config.name] = BackendPool(config)
+            return pools[config.name]
+
+        self.balancer = SimpleNamespace(factories={"front": self.factory}, addPool=addPool,
+                                        removePool=pools.pop)
         self.t.live.balancer = self.balancer
         self.t.live.appliedRoutes = {
             x.name: (x.routes, x.defaultRoute) for x in self.t.live.fileConfig.listeners}
@@ -653,15 +660,29 @@ class RouteReloadTests(SynchronousTestCase):
         self.assertEqual(self.factory.given[-1], (("new",), "web"))
         self.assertEqual(self.t.live.overrides.routes, {})
 
-    def test_unknownPoolNeedsRestart(self) -> None:
+    def test_newPoolApplied(self) -> None:
         """
-        File routes naming a pool that is not running (new in the file)
-        are not applied; the reload says a restart is needed for them.
+        File routes naming a pool new in the file are applied with it: the
+        balancer starts the pool first.
         """
         self.t.next = routedOf([{"name": "db", "match": {"sni": "db.example"}, "pool": "new"}],
                                pools=("web", "api", "new"))
         self.assertIsNone(self.t.live.reload())
-        self.assertEqual(self.factory.given, [])
+        self.assertIn("new", self.t.live.pools)
+        self.assertEqual(self.factory.given, [(("db",), "web")])
+        self.assertEqual(self.t.live.restartNeeded, [])
+
+    def test_unknownPoolNeedsRestart(self) -> None:
+        """
+        Without a balancer that can start pools (run-time control over bare
+        pools), file routes naming a pool new in the file are not applied;
+        the reload says a restart is needed for them.
+        """
+        self.t.live.balancer = None
+        self.t.next = routedOf([{"name": "db", "match": {"sni": "db.example"}, "pool": "new"}],
+                               pools=("web", "api", "new"))
+        self.assertIsNone(self.t.live.reload())
+        self.assertNotIn("new", self.t.live.pools)
         self.assertIn("listeners.front.routes (pool new not running)",
                       self.t.live.restartNeeded)
 
@@ -689,3 +710,29 @@ class RunnableRoutesTests(SynchronousTestCase):
         self.assertEqual([r.name for r in kept.listeners[0].routes], ["db2"])
         self.assertEqual(routeChanges(kept, running), ["front"])
         self.assertEqual(routeChanges(running, running), [])
+
+
+class RunnablePoolsTests(SynchronousTestCase):
+    """
+    L{runnable} and the set of pools.
+    """
+
+    def test_poolsLive(self) -> None:
+        """
+        A balancer that adds and removes pools takes the new set; one that
+        cannot keeps the running set and says so.
+        """
+        from lbtwist.diff import runnable
+
+        running = parseConfig({"listeners": [{"listen": "tcp:80", "pool": "a"}],
+                               "pools": {"a": {"backends": ["tcp:x:1"]},
+                                         "b": {"backends": ["tcp:x:2"]}}})
+        new = parseConfig({"listeners": [{"listen": "tcp:80", "pool": "a"}],
+                           "pools": {"a": {"backends": ["tcp:x:1"]},
+                                     "c": {"backends": ["tcp:x:3"]}}})
+        kept, differ = runnable(new, running, poolsLive=True)
+        self.assertEqual([p.name for p in kept.pools], ["a", "c"])
+        self.assertEqual(differ, [])
+        kept, differ = runnable(new, running)
+        self.assertEqual([p.name for p in kept.pools], ["a", "b"])
+        self.assertEqual(differ, ["the set of pools"])

@@ -272,6 +272,40 @@ class ControlPlaneTests(GroupTestCase):
         yield group.stop(self)
 
     @inlineCallbacks
+    def test_filePoolReachesEveryWorker(self) -> Any:
+        """
+        A pool and a route to it added to the file and reloaded through the
+        master: the master checks the new pool's backend, and every worker
+        routes the next clients to it.
+        """
+        backends = Backends(self)
+        for name in ("a", "c"):
+            backends.start(name)
+        group = yield self.startGroup(2, named(backends, "a"))
+        path = os.path.join(group.workdir, "lb.yaml")
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        data["pools"]["other"] = {
+            "backends": [{"name": "c", "endpoint": backends.endpoint("c")}],
+            "health": {"interval": "200ms", "rise": 1, "fall": 1}}
+        data["listeners"][0]["routes"] = [
+            {"name": "local", "match": {"source": "127.0.0.0/8"}, "pool": "other"}]
+        data["listeners"][0]["pool"] = "web"
+        with open(path, "w") as f:
+            yaml.safe_dump(data, f)
+        answer = yield inThread(adminChange, group.admin, "POST", "/api/reload", {})
+        self.assertEqual(answer, {"status": "reloaded"})
+        answers = yield inThread(connections, group.port, 100, 6)
+        self.assertEqual(set(answers), {b"c"})
+        for _ in range(50):
+            pools = yield inThread(adminGet, group.admin, "/api/pools/other")
+            if pools["backends"][0]["health"] == "up":
+                break
+            yield sleep(0.1)
+        self.assertEqual(pools["backends"][0]["health"], "up")
+        yield group.stop(self)
+
+    @inlineCallbacks
     def test_healthReachesEveryWorker(self) -> Any:
         """
         A backend that stops is found down by the master's one probe, and

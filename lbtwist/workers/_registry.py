@@ -184,7 +184,8 @@ class RegistryApplier:
         config = registry.get("config")
         if config is not None and config["text"] is not None and config["reads"] != self.reads:
             new = parseText(config["text"], "(from the master)", check=False)
-            live.fileConfig = runnable(new, live.fileConfig)[0]
+            live.fileConfig = runnable(new, live.fileConfig,
+                                       poolsLive=live.balancer is not None)[0]
             self.reads = config["reads"]
             if self.reloaded is not None:
                 self.reloaded(live.fileConfig)
