@@ -17,7 +17,7 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from .admin import AdminService
-from .config import Config
+from .config import ClusterConfig, Config
 from .gctuning import FrozenStartupHeap
 from .lifecycle import GracefulStop, ReloadOnSignal
 from .pool import Backend
@@ -52,6 +52,7 @@ class Balancer(MultiService):
         control: bool = True,
         signals: bool = True,
         freezeHeap: bool = True,
+        instanceName: str | None = None,
     ) -> None:
         """
         @param config: what to run (see L{lbtwist.config.loadConfigFile}).
@@ -70,12 +71,16 @@ class Balancer(MultiService):
         @param freezeHeap: once running, freeze the start-up heap out of the
             garbage collector's way (see L{lbtwist.gctuning}): the
             application's start-up objects are frozen with the balancer's.
+        @param instanceName: with a C{cluster} in C{config}, the name this
+            balancer registers under (default: host name and process ID).
 
         @raise lbtwist.service.CannotStart: the state file is invalid or
             cannot be written.
         """
         super().__init__()
         self.live: LiveConfig | None = None
+        self.cluster: Any = None
+        self.instanceName = instanceName
         # Backends DNS discovery finds gone are drained as removed ones are.
         self.loadBalancer = LoadBalancer(
             config, reactor, drain=self._drainDiscovered if control else None)
@@ -128,7 +133,37 @@ class Balancer(MultiService):
             live, reactor, grace,
             softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
         ).setServiceParent(control)
-        AdminService(lb, live, reactor).setServiceParent(control)
+        if lb.config.cluster is not None:
+            # The registry in etcd is the run-time state now: the state
+            # file's overrides only seed an empty store.
+            live.stateFile = None
+            self.cluster = self._clusterSync(lb.config.cluster, live, reactor, path)
+            self.cluster.setServiceParent(control)
+        AdminService(lb, live, reactor, cluster=self.cluster).setServiceParent(control)
         if signals:
             ReloadOnSignal(live, reactor, reopenLogs=lb.reopenAccessLogs).setServiceParent(control)
         return live
+
+    def _clusterSync(self, cluster: ClusterConfig, live: LiveConfig, reactor: Any,
+                     statePath: str) -> Any:
+        """
+        The registry sync with etcd: its client, the snapshot beside the
+        state file, and this balancer's identity.
+        """
+        from . import __version__
+        from .cluster import EtcdClient, Identity, RegistrySync, SnapshotFile, defaultName, tlsPolicy
+
+        client = EtcdClient(
+            reactor, cluster.etcd, username=cluster.username, password=cluster.password,
+            contextFactory=None if cluster.tls is None else tlsPolicy(cluster.tls))
+        snapshot = SnapshotFile(statePath.removesuffix(".json") + ".registry.json")
+        identity = Identity(self.instanceName or defaultName(),
+                            self.loadBalancer.config.admin or "", __version__)
+
+        def fatal(message: str) -> None:
+            RegistrySync.log.critical("{message}", message=message)
+            if reactor.running:
+                reactor.stop()
+
+        return RegistrySync(client, cluster.prefix, live, reactor, snapshot, identity,
+                            fatal=fatal)

@@ -202,3 +202,82 @@ def startEtcd(case: TestCase, size: int = 1) -> Any:
     case.addCleanup(cluster.stopAll)
     yield cluster.start()
     return cluster
+
+
+class ClusterNode:
+    """
+    One balancer of a cluster, in this process: its L{Balancer}, its first
+    listener's port and its admin API's port.
+    """
+
+    def __init__(self, balancer: Any) -> None:
+        self.balancer = balancer
+        lb = balancer.loadBalancer
+        listener = lb.getServiceNamed("listener:" + lb.config.listeners[0].name)
+        self.port = int(listener._waitingForPort.result.getHost().port)
+        admin = balancer.getServiceNamed("control").getServiceNamed("admin")
+        self.adminPort = int(admin.port.getHost().port) if admin.port is not None else 0
+        self.sync = balancer.cluster
+
+    def backends(self, pool: str = "web") -> dict[str, tuple[int, str]]:
+        """
+        The live backends of C{pool}: name to weight and admin state.
+        """
+        return {b.name: (b.weight, b.admin.value)
+                for b in self.balancer.loadBalancer.pools[pool]}
+
+
+def clusterConfig(urls: list[str], backends: list[tuple[str, str]], prefix: str = "/lbt",
+                  **cluster: Any) -> dict[str, Any]:
+    """
+    Configuration data for a cluster balancer: one TCP listener and an
+    admin API on ephemeral loopback ports, pool C{web} of C{backends}, and
+    a C{cluster} block on C{urls}.
+    """
+    return {
+        "listeners": [{"listen": "tcp:0:interface=127.0.0.1"}],
+        "admin": "tcp:0:interface=127.0.0.1",
+        "admin-token": "secret",
+        "pools": {"web": {"backends": [{"name": n, "endpoint": e} for n, e in backends],
+                          "health": {"interval": 60}}},
+        "cluster": {"etcd": urls, "prefix": prefix, **cluster},
+    }
+
+
+def startNode(case: TestCase, data: dict[str, Any], directory: str, name: str,
+              fatal: Any = None, **kw: Any) -> ClusterNode:
+    """
+    Start a cluster balancer (stopped when the test ends) with its state
+    and snapshot files in C{directory}.  A fatal error (etcd unreachable at
+    the first start) is given to C{fatal}, or fails the test, instead of
+    stopping the reactor.
+    """
+    from lbtwist.app import Balancer
+    from lbtwist.config import parseConfig
+
+    from .support import reactor
+
+    balancer = Balancer(parseConfig(data), reactor, signals=False, freezeHeap=False,
+                        statePath=os.path.join(directory, name + ".state.json"),
+                        instanceName=name, grace=0.1, **kw)
+    balancer.cluster.fatal = fatal or (lambda message: case.fail(message))
+    balancer.startService()
+    case.addCleanup(lambda: balancer.stopService() if balancer.running else None)
+    return ClusterNode(balancer)
+
+
+@inlineCallbacks
+def eventually(check: Any, timeout: float = 5.0) -> Any:
+    """
+    Wait (in the reactor) until C{check()} is true; fail after C{timeout}.
+
+    @return: the seconds it took.
+    """
+    from .support import sleep
+
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not true within {timeout}s: {check}")
+        yield sleep(0.01)
+    return time.monotonic() - start

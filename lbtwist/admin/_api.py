@@ -66,8 +66,15 @@ class AdminResource(Resource):
     log = Logger()
 
     def __init__(self, balancer: Any, live: LiveConfig, token: str | None,
-                 clock: IReactorTime, history: CounterHistory | None = None) -> None:
+                 clock: IReactorTime, history: CounterHistory | None = None,
+                 cluster: Any = None) -> None:
+        """
+        @param cluster: the registry sync (L{lbtwist.cluster.RegistrySync})
+            when the balancer shares its registry through etcd: changes are
+            written there, and health reports the store's state.
+        """
         super().__init__()
+        self.cluster = cluster
         self.clock = clock
         self.history = history or CounterHistory()
         self.balancer = balancer

@@ -20,9 +20,21 @@ from ._etcd import (
     deleteOperation,
     modRevisionIs,
     putOperation,
+    tlsPolicy,
+)
+from ._registry import (
+    Conflict,
+    Identity,
+    Registry,
+    RegistrySync,
+    SnapshotFile,
+    StoreUnavailable,
+    defaultName,
 )
 
 __all__ = [
+    "Conflict", "Identity", "Registry", "RegistrySync", "SnapshotFile", "StoreUnavailable",
+    "defaultName", "tlsPolicy",
     "Compacted", "EtcdClient", "EtcdError", "Event", "KeyValue", "Lease", "RangeResult",
     "TxnResult", "Unavailable", "WatchEnded", "WatchStream", "deleteOperation",
     "modRevisionIs", "putOperation",

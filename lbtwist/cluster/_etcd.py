@@ -45,8 +45,10 @@ from twisted.web.client import (
     readBody,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
+
+from ..config import ClusterTLS
 
 # gRPC status codes the gateway answers with.
 CODE_OUT_OF_RANGE = 11  # the revision asked for was compacted
@@ -380,6 +382,9 @@ class EtcdClient:
         """
         for w in list(self.watches):
             w.cancel()
+        # A call answered after this closes its connection instead of
+        # keeping it.
+        self.pool.persistent = False
         return self.pool.closeCachedConnections()  # type: ignore[no-any-return]
 
     # -- one call, with fail-over and authentication ----------------------
@@ -592,6 +597,43 @@ class EtcdClient:
             return stream
 
         return Deferred.fromCoroutine(start())
+
+
+@implementer(IPolicyForHTTPS)
+class _ClusterTLS:
+    """
+    TLS to the etcd members: their certificates checked against the CA
+    given (else the system's), and a client certificate if given.
+    """
+
+    def __init__(self, tls: ClusterTLS) -> None:
+        from twisted.internet import ssl
+
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+
+        self.trustRoot = (ssl.Certificate.loadPEM(read(tls.ca)) if tls.ca
+                          else ssl.platformTrust())
+        self.clientCertificate = None
+        if tls.cert and tls.key:
+            self.clientCertificate = ssl.PrivateCertificate.loadPEM(
+                read(tls.cert) + b"\n" + read(tls.key))
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        from twisted.internet import ssl
+
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self.trustRoot,
+                                       clientCertificate=self.clientCertificate)
+
+
+def tlsPolicy(tls: ClusterTLS) -> Any:
+    """
+    The TLS policy of the client for a C{cluster.tls} block.
+
+    @raise OSError: a file cannot be read.
+    """
+    return _ClusterTLS(tls)
 
 
 def _revision(answer: Any) -> int:
