@@ -6,6 +6,7 @@ C{lbtwist ctl}: the command-line client of the admin API.
     lbtwist ctl remove|drain|ready|maint NAME
     lbtwist ctl weight NAME N
     lbtwist ctl health | reload
+    lbtwist ctl instances              (the balancers sharing a cluster registry)
 
 The admin API's address and token come from C{--admin} and C{--token}, or
 the environment (C{LBTWIST_ADMIN}, C{LBTWIST_ADMIN_TOKEN}).  Tables are
@@ -158,6 +159,11 @@ def _backendLine(b: Mapping[str, Any]) -> str:
             f"{b['active']} active, {b['total']} total")
 
 
+def _instanceLine(i: Mapping[str, Any]) -> str:
+    return (f"{i.get('name', '?')}  admin {i.get('address') or '-'}  "
+            f"lbtwist {i.get('version', '?')}  revision {i.get('revision', '?')}")
+
+
 def _globalOptions(p: argparse.ArgumentParser, after: bool) -> None:
     """
     The options that may come before the command or after it.  After it
@@ -209,6 +215,7 @@ def parser() -> argparse.ArgumentParser:
     weight.add_argument("weight", type=int)
     command("health", "the balancer's health")
     command("reload", "reload the configuration file")
+    command("instances", "the balancers registered in the cluster store")
     return top
 
 
@@ -234,6 +241,9 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             pools = client.call("GET", "/api/pools")["pools"]
         result: Any = {"pools": pools}
         text = _table(pools)
+    elif action == "instances":
+        result = client.call("GET", "/api/instances")
+        text = "\n".join(_instanceLine(i) for i in result.get("instances", [])) or "none"
     elif action in ("health", "reload"):
         path = "/api/health" if action == "health" else "/api/reload"
         try:

@@ -281,3 +281,31 @@ def eventually(check: Any, timeout: float = 5.0) -> Any:
             raise AssertionError(f"not true within {timeout}s: {check}")
         yield sleep(0.01)
     return time.monotonic() - start
+
+
+class ClusterCase(TestCase):
+    """
+    A test with its own etcd (C{self.etcd}), three backends named a, b and
+    c (C{self.servers}), and a directory for the balancers' files
+    (C{self.dir}).
+    """
+
+    timeout = 30
+    members = 1
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        from .support import Backends
+
+        self.etcd = yield startEtcd(self, self.members)
+        self.dir = tempfile.mkdtemp(prefix="lbtwist-cluster-", dir=".")
+        self.servers = Backends(self)
+        for name in ("a", "b", "c"):
+            self.servers.start(name)
+
+    def node(self, name: str, backends: list[str], **kw: Any) -> ClusterNode:
+        """
+        Start cluster balancer C{name} whose file lists C{backends}.
+        """
+        data = clusterConfig(self.etcd.urls, [(b, self.servers.endpoint(b)) for b in backends])
+        return startNode(self, data, self.dir, name, **kw)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import random
-import tempfile
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import LogLevel, capturedLogs
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.cluster import EtcdClient, Registry
 from lbtwist.cluster._etcd import Event, KeyValue
@@ -21,8 +20,8 @@ from lbtwist.cluster._registry import fullJitter
 from lbtwist.config import HealthCheck
 from lbtwist.pool import Admin
 
-from .etcdhelpers import b64, call, clusterConfig, dump, eventually, startEtcd, startNode
-from .support import Backends, firstLine, inThread, reactor
+from .etcdhelpers import ClusterCase, b64, call, dump, eventually
+from .support import firstLine, inThread, reactor
 
 
 def kv(key: str, value: object, rev: int) -> KeyValue:
@@ -111,24 +110,10 @@ class RegistryTests(SynchronousTestCase):
         self.assertGreater(max(delays[-50:]), 2.0)
 
 
-class RegistrySyncTests(TestCase):
+class RegistrySyncTests(ClusterCase):
     """
     Balancers sharing a registry through a real etcd.
     """
-
-    timeout = 30
-
-    @inlineCallbacks
-    def setUp(self) -> Any:
-        self.etcd = yield startEtcd(self)
-        self.dir = tempfile.mkdtemp(prefix="lbtwist-cluster-", dir=".")
-        self.servers = Backends(self)
-        for name in ("a", "b", "c"):
-            self.servers.start(name)
-
-    def node(self, name: str, backends: list[str], **kw: Any) -> Any:
-        data = clusterConfig(self.etcd.urls, [(b, self.servers.endpoint(b)) for b in backends])
-        return startNode(self, data, self.dir, name, **kw)
 
     def put(self, name: str, value: dict[str, Any]) -> Any:
         return inThread(call, self.etcd.url, "/v3/kv/put", {

@@ -330,7 +330,7 @@ class WatchStream(Protocol):
         elif reason.check(ResponseDone):
             self._fail(WatchEnded("etcd ended the watch"))
         else:
-            self._fail(WatchEnded(f"watch connection lost: {reason.getErrorMessage()}"))
+            self._fail(WatchEnded(f"watch connection lost: {_describe(reason.value)}"))
 
     def _fail(self, error: Exception) -> None:
         if not self.created.called:
@@ -640,7 +640,7 @@ def _revision(answer: Any) -> int:
     return int(answer.get("header", {}).get("revision", 0))
 
 
-def _describe(e: Exception) -> str:
+def _describe(e: BaseException | None) -> str:
     if isinstance(e, (ResponseFailed, ResponseNeverReceived)):
         reasons = getattr(e, "reasons", [])
         if reasons:

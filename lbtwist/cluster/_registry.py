@@ -473,9 +473,10 @@ class RegistrySync(Service):
         root = self.prefix + "/pools/"
         listing = await self.client.range(root, prefix=True)
         if not listing.kvs:
-            seeded = await self._seed(root)
-            if seeded:
-                listing = await self.client.range(root, prefix=True)
+            # Seeded by this balancer or, if it lost the race, by another:
+            # either way the store has the registry now.
+            await self._seed(root)
+            listing = await self.client.range(root, prefix=True)
         self.registry.load(listing.revision, listing.kvs)
         self.haveRegistry = True
         self._applied()
