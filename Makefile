@@ -61,9 +61,11 @@ clean: ## remove .venv and build leftovers
 	rm -rf $(VENV) _trial_temp build *.egg-info
 
 # The long chaos run: minutes of mixed traffic with flapping backends and
-# 100,000 connections (SOAK_ARGS="--duration 3600" for an hour), then the
-# chaos suite at full scale.
-soak: $(STAMP) test-deps ## the long chaos run (SOAK_ARGS=...)
+# 100,000 connections (SOAK_ARGS="--duration 3600" for an hour), then ten
+# minutes of changes to three balancers sharing etcd, restarted every
+# minute (soak/cluster.py), then the chaos suite at full scale.
+soak: $(STAMP) test-deps ## the long chaos run and the cluster soak (SOAK_ARGS=..., CLUSTER_SOAK_ARGS=...)
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+	$(BIN)/python soak/cluster.py $(CLUSTER_SOAK_ARGS)
 	LBTWIST_CHAOS_CONNECTIONS=100000 LBTWIST_FUZZ_EXAMPLES=3000 LBTWIST_CHAOS_REPORT=1 \
 	  $(BIN)/trial --reactor=lbtwist --reporter=text tests.chaos
