@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -39,9 +40,12 @@ class EtcdMember:
     @ivar process: the running process, or L{None} while stopped.
     """
 
-    def __init__(self, name: str, directory: str) -> None:
+    def __init__(self, name: str, directory: str,
+                 tls: tuple[str, str] | None = None) -> None:
         self.name = name
-        self.clientURL = f"http://127.0.0.1:{freePort()}"
+        self.tls = tls
+        scheme = "https" if tls else "http"
+        self.clientURL = f"{scheme}://127.0.0.1:{freePort()}"
         self.peerURL = f"http://127.0.0.1:{freePort()}"
         self.dataDir = os.path.join(directory, name)
         self.logPath = os.path.join(directory, name + ".log")
@@ -64,6 +68,11 @@ class EtcdMember:
             # A short election keeps a killed leader's replacement quick.
             "--heartbeat-interval", "50", "--election-timeout", "500",
         ]
+        if self.tls:
+            # Clients must show a certificate the same CA signed.
+            cert, key = self.tls
+            argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", cert,
+                     "--client-cert-auth"]
         with open(self.logPath, "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
@@ -85,8 +94,9 @@ class EtcdCluster:
     @ivar members: the members, in order.
     """
 
-    def __init__(self, size: int, directory: str) -> None:
-        self.members = [EtcdMember(f"m{i}", directory) for i in range(size)]
+    def __init__(self, size: int, directory: str, tls: tuple[str, str] | None = None) -> None:
+        self.tls = tls
+        self.members = [EtcdMember(f"m{i}", directory, tls) for i in range(size)]
         self.initialCluster = ",".join(f"{m.name}={m.peerURL}" for m in self.members)
 
     @property
@@ -127,7 +137,8 @@ class EtcdCluster:
         for m in members or self.members:
             while True:
                 try:
-                    with urllib.request.urlopen(m.clientURL + "/health", timeout=1) as r:
+                    with urllib.request.urlopen(m.clientURL + "/health", timeout=1,
+                                                context=self.sslContext()) as r:
                         if json.load(r).get("health") == "true":
                             break
                 except (OSError, ValueError):
@@ -135,6 +146,17 @@ class EtcdCluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"etcd member {m.name} not ready; see {m.logPath}")
                 time.sleep(0.05)
+
+    def sslContext(self) -> ssl.SSLContext | None:
+        """
+        With TLS, a client context trusting the members' certificate and
+        showing it as the client certificate.
+        """
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=self.tls[0])
+        context.load_cert_chain(*self.tls)
+        return context
 
     def stopAll(self) -> None:
         """
@@ -189,16 +211,19 @@ def dump(url: str, prefix: str) -> dict[str, Any]:
 
 
 @inlineCallbacks
-def startEtcd(case: TestCase, size: int = 1) -> Any:
+def startEtcd(case: TestCase, size: int = 1, tls: tuple[str, str] | None = None) -> Any:
     """
     Start an etcd cluster of C{size} members for this test; each is killed
     by its PID when the test ends.  Skips the test when etcd is absent.
+
+    @param tls: a certificate and key the members serve TLS with, and
+        demand of clients.
     """
     if SKIP_WITHOUT_ETCD:
         case.skipTest(SKIP_WITHOUT_ETCD)
     directory = tempfile.mkdtemp(prefix="lbtwist-etcd-")
     case.addCleanup(shutil.rmtree, directory, True)
-    cluster = EtcdCluster(size, directory)
+    cluster = EtcdCluster(size, directory, tls)
     case.addCleanup(cluster.stopAll)
     yield cluster.start()
     return cluster

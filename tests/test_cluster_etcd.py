@@ -7,6 +7,7 @@ body.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -16,7 +17,7 @@ from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseDone
 
-from lbtwist.cluster import Compacted, EtcdClient, EtcdError, Event, Unavailable
+from lbtwist.cluster import Compacted, EtcdClient, EtcdError, Event, Unavailable, tlsPolicy
 from lbtwist.cluster._etcd import (
     WatchEnded,
     WatchStream,
@@ -26,9 +27,11 @@ from lbtwist.cluster._etcd import (
     prefixEnd,
     putOperation,
 )
+from lbtwist.config import ClusterTLS
 
 from .etcdhelpers import call, startEtcd
 from .support import freePort, inThread, reactor, sleep
+from .test_tls import selfSigned
 
 
 def line(result: dict[str, Any]) -> bytes:
@@ -308,3 +311,35 @@ class EtcdClientTests(TestCase):
         client.token = "expired.token"
         found = yield client.range("/a/x")
         self.assertEqual(found.kvs[0].value, b"1")
+
+
+class EtcdTLSTests(TestCase):
+    """
+    L{EtcdClient} with the C{cluster.tls} policy against an etcd that
+    serves TLS and demands a client certificate.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_clientCertificate(self) -> Any:
+        """
+        With the CA, certificate and key, calls work; without the client
+        certificate, the member is unreachable.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, key = selfSigned(directory)
+        etcd = yield startEtcd(self, tls=(cert, key))
+        self.assertTrue(etcd.url.startswith("https://"))
+        client = EtcdClient(reactor, [etcd.url], timeout=2.0,
+                            contextFactory=tlsPolicy(ClusterTLS(ca=cert, cert=cert, key=key)))
+        self.addCleanup(client.close)
+        yield client.put("/t/a", b"1")
+        found = yield client.range("/t/a")
+        self.assertEqual(found.kvs[0].value, b"1")
+        anonymous = EtcdClient(reactor, [etcd.url], timeout=2.0,
+                               contextFactory=tlsPolicy(ClusterTLS(ca=cert)))
+        self.addCleanup(anonymous.close)
+        with self.assertRaises(Unavailable):
+            yield anonymous.range("/t/a")
