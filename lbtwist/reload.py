@@ -90,6 +90,9 @@ class LiveConfig:
         self.reloads = 0
         # What the last reload read but could not apply without a restart.
         self.restartNeeded: list[str] = []
+        # Called after each reload applied (the cluster registry, which
+        # owns the backends, applies itself again).
+        self.afterReload: list[Callable[[], None]] = []
 
     @property
     def config(self) -> Config:
@@ -394,6 +397,8 @@ class LiveConfig:
         self.overrides = proposed
         self.fileConfig = new
         changed = self.reconcile()
+        for hook in self.afterReload:
+            hook()
         self.reloads += 1
         backends = sum(len(p) for p in self.pools.values())
         self.log.info(

@@ -10,6 +10,7 @@ import json
 import random
 from typing import Any
 
+import attrs
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -243,3 +244,21 @@ class RegistrySyncTests(ClusterCase):
         self.assertIn(self.etcd.url, said[0])
         self.assertIn("no snapshot", said[0])
         self.assertNotIn("\n", said[0])
+
+    @inlineCallbacks
+    def test_reloadKeepsRegistryBackends(self) -> Any:
+        """
+        A reload of a file that changes a backend's weight applies the
+        file's pool settings but leaves the backends as the registry says.
+        """
+        node = self.node("n1", ["a"])
+        yield eventually(lambda: node.sync.connected)
+        yield self.put("b", {"endpoint": self.servers.endpoint("b"), "weight": 7})
+        yield eventually(lambda: "b" in node.backends())
+        live = node.balancer.live
+        changed = attrs.evolve(live.fileConfig.pools[0], backends=(
+            attrs.evolve(live.fileConfig.pools[0].backends[0], weight=9),), policy="leastconn")
+        live.loadConfig = lambda: attrs.evolve(live.fileConfig, pools=(changed,))
+        self.assertIsNone(live.reload())
+        self.assertEqual(node.backends(), {"a": (1, "ready"), "b": (7, "ready")})
+        self.assertEqual(node.balancer.loadBalancer.pools["web"].config.policy, "leastconn")

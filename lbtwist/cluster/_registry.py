@@ -390,15 +390,23 @@ class RegistrySync(Service):
             applyRegistry(self.live, self.registry)
             self.log.info("cluster: started from the snapshot {path} at revision {revision}",
                           path=self.snapshot.path, revision=self.registry.revision)
+        # A reload reads the file's pools; the backends stay the registry's.
+        self.live.afterReload.append(self._reapply)
         self._loop = Deferred.fromCoroutine(self._run())
         self._loop.addErrback(lambda f: self.log.failure("cluster sync stopped", f))
         self._heartbeat.start(max(1.0, self.instanceTTL / 3), now=False)
+
+    def _reapply(self) -> None:
+        if self.haveRegistry:
+            applyRegistry(self.live, self.registry)
 
     def stopService(self) -> Deferred[None]:
         """
         Stop watching, drop the registration, close the connections.
         """
         super().stopService()
+        if self._reapply in self.live.afterReload:
+            self.live.afterReload.remove(self._reapply)
         if self._heartbeat.running:
             self._heartbeat.stop()
         if self._watch is not None:
