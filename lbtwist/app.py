@@ -163,7 +163,23 @@ class Balancer(MultiService):
         def fatal(message: str) -> None:
             RegistrySync.log.critical("{message}", message=message)
             if reactor.running:
+                # twistd has no exit status of its own to give: a balancer
+                # that could not start exits 1, so that a supervisor sees
+                # the failure.
+                reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)
                 reactor.stop()
 
         return RegistrySync(client, cluster.prefix, live, reactor, snapshot, identity,
                             fatal=fatal)
+
+
+def _exitFailed() -> None:
+    """
+    End the process with status 1, once the reactor has shut down.
+    """
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)

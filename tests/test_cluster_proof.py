@@ -201,7 +201,7 @@ class FirstStartTests(TestCase):
     @inlineCallbacks
     def test_unreachableFirstStart(self) -> Any:
         """
-        It stops, with one line naming the etcd URLs.
+        It stops with status 1 and one line naming the etcd URLs.
         """
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
@@ -219,3 +219,4 @@ class FirstStartTests(TestCase):
         self.assertEqual(len(lines), 1, output)
         self.assertIn(url, lines[0])
         self.assertIn("no snapshot", lines[0])
+        self.assertEqual(process.returncode, 1)
