@@ -38,6 +38,7 @@ import json
 import os
 import random
 import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -574,9 +575,10 @@ class RegistrySync(Service):
 
     def _checkConnected(self) -> None:
         if not self.connected:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
             raise StoreUnavailable(
                 f"the cluster store (etcd at {', '.join(self.client.urls)}) is unreachable "
-                f"since {self.since:.0f} ({self.lastError}); nothing was changed")
+                f"since {since} ({self.lastError}); nothing was changed")
 
     async def _write(self, key: str, modRevision: int, operation: dict[str, Any]) -> None:
         self._checkConnected()
