@@ -270,12 +270,14 @@ def clusterConfig(urls: list[str], backends: list[tuple[str, str]], prefix: str 
 
 
 def startNode(case: TestCase, data: dict[str, Any], directory: str, name: str,
-              fatal: Any = None, **kw: Any) -> ClusterNode:
+              fatal: Any = None, sync: dict[str, Any] | None = None,
+              **kw: Any) -> ClusterNode:
     """
     Start a cluster balancer (stopped when the test ends) with its state
     and snapshot files in C{directory}.  A fatal error (etcd unreachable at
     the first start) is given to C{fatal}, or fails the test, instead of
-    stopping the reactor.
+    stopping the reactor.  C{sync} sets attributes of the registry sync
+    before it starts (C{instanceTTL}, say).
     """
     from lbtwist.app import Balancer
     from lbtwist.config import parseConfig
@@ -286,6 +288,8 @@ def startNode(case: TestCase, data: dict[str, Any], directory: str, name: str,
                         statePath=os.path.join(directory, name + ".state.json"),
                         instanceName=name, grace=0.1, **kw)
     balancer.cluster.fatal = fatal or (lambda message: case.fail(message))
+    for attribute, value in (sync or {}).items():
+        setattr(balancer.cluster, attribute, value)
     balancer.startService()
     case.addCleanup(lambda: balancer.stopService() if balancer.running else None)
     return ClusterNode(balancer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 from typing import Any
 
 import attrs
@@ -262,3 +263,25 @@ class RegistrySyncTests(ClusterCase):
         self.assertIsNone(live.reload())
         self.assertEqual(node.backends(), {"a": (1, "ready"), "b": (7, "ready")})
         self.assertEqual(node.balancer.loadBalancer.pools["web"].config.policy, "leastconn")
+
+    @inlineCallbacks
+    def test_hungStoreDetected(self) -> Any:
+        """
+        An etcd that stops answering (SIGSTOP: its connections stay open)
+        is seen as unreachable once the registration's keep-alive fails;
+        the balancer keeps serving, and reconnects when etcd runs again.
+        """
+        node = self.node("n1", ["a"], sync={"instanceTTL": 3})
+        node.sync.client.timeout = 0.5
+        yield eventually(lambda: node.sync.connected)
+        process = self.etcd.members[0].process
+        process.send_signal(signal.SIGSTOP)
+        self.addCleanup(lambda: process.poll() is None and process.send_signal(signal.SIGCONT))
+        yield eventually(lambda: not node.sync.connected, 5.0)
+        self.assertIn("did not answer", node.sync.status()["error"])
+        line = yield inThread(firstLine, node.port)
+        self.assertEqual(line, b"a")
+        process.send_signal(signal.SIGCONT)
+        yield eventually(lambda: node.sync.connected, 10.0)
+        yield self.put("b", {"endpoint": self.servers.endpoint("b")})
+        yield eventually(lambda: "b" in node.backends(), 1.0)

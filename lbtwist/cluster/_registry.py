@@ -372,6 +372,7 @@ class RegistrySync(Service):
         self._loop: Deferred[None] | None = None
         self._lease = 0
         self._registering: Deferred[None] | None = None
+        self._watchLost = "the watch ended"
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = clock
         self.setName("cluster")
@@ -519,7 +520,8 @@ class RegistrySync(Service):
         finally:
             self._watch = None
         if self.running:
-            raise EtcdError("the watch ended")
+            why, self._watchLost = self._watchLost, "the watch ended"
+            raise EtcdError(why)
 
     def _revision(self, revision: int, events: list[Event]) -> None:
         if revision <= self.registry.revision:
@@ -667,9 +669,20 @@ class RegistrySync(Service):
                                   and not self._registering.called):
             return
         self._registering = Deferred.fromCoroutine(self._register())
-        self._registering.addErrback(
-            lambda f: self.log.debug("cluster: registration failed: {error}",
-                                     error=f.getErrorMessage()))
+        self._registering.addErrback(self._registrationFailed)
+
+    def _registrationFailed(self, failure: Any) -> None:
+        """
+        The registration's call failed: etcd may be hung or cut off while
+        the watch's connection still looks open (no data is also what an
+        idle registry sends), so the watch is ended and the sync loop
+        reconnects, to another member if this one does not answer.
+        """
+        self.log.warn("cluster: keeping the registration alive failed: {error}",
+                      error=failure.getErrorMessage())
+        if failure.check(EtcdError) and self._watch is not None:
+            self._watchLost = f"etcd did not answer: {failure.getErrorMessage()}"
+            self._watch.cancel()
 
     async def _register(self) -> None:
         if self._lease:
