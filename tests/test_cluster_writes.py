@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import gatherResults, inlineCallbacks
 
-from lbtwist.cluster import Conflict
+from lbtwist.cluster import Conflict, modRevisionIs, putOperation
 from lbtwist.ctl import run
 
 from .etcdhelpers import ClusterCase, dump, eventually
@@ -123,6 +123,36 @@ class ClusterWriteTests(ClusterCase):
         status, body, _ = yield self.call(b, "PATCH", "/api/pools/web/backends/a", {"weight": 6})
         self.assertEqual((status, body["weight"]), (200, 6))
         yield eventually(lambda: all(n.backends()["a"] == (6, "ready") for n in self.nodes), 1.0)
+
+    @inlineCallbacks
+    def test_writeMadeTwiceIsOneSuccess(self) -> Any:
+        """
+        A write whose comparison fails because the same value was already
+        written (a first attempt made, its answer lost, then sent to
+        another member) is a success; a different value is a conflict.
+        """
+        a = self.nodes[0]
+        stream = a.sync._watch
+        deliver = stream.onRevision
+        held: list[Any] = []
+        stream.onRevision = lambda rev, events: held.append((rev, events))
+        entry = a.sync.entry("web", "a")
+        key = a.sync.registry.key("web", "a")
+        value = json.dumps({"endpoint": entry.config.endpoint, "weight": 4,
+                            "state": "ready"}).encode()
+        first = yield a.sync.client.txn([modRevisionIs(key, entry.modRevision)],
+                                        [putOperation(key, value)])
+        self.assertTrue(first.succeeded)
+        again = a.sync.changeBackend("web", "a", weight=4)
+        other = a.sync.changeBackend("web", "a", weight=5)
+        yield eventually(lambda: bool(held))
+        stream.onRevision = deliver
+        for rev, events in held:
+            deliver(rev, events)
+        yield again
+        with self.assertRaises(Conflict):
+            yield other
+        self.assertEqual(a.backends()["a"], (4, "ready"))
 
     @inlineCallbacks
     def test_storeGoneWritesFailFast(self) -> Any:

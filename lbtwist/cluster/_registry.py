@@ -34,6 +34,7 @@ balancer probes its backends itself, and none of it is written to etcd.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -589,11 +590,37 @@ class RegistrySync(Service):
         except EtcdError as e:
             raise StoreUnavailable(f"the cluster store refused or missed the write: {e}; it "
                                    "may or may not have been made") from e
+        revision = result.revision
         if not result.succeeded:
-            raise Conflict(f"{key} changed since revision {modRevision}; read it again")
-        applied = self.waitFor(result.revision)
+            made = await self._alreadyMade(key, modRevision, operation)
+            if made is None:
+                raise Conflict(f"{key} changed since revision {modRevision}; read it again")
+            revision = made
+        applied = self.waitFor(revision)
         applied.addTimeout(WRITE_TIMEOUT, self.clock)
         await applied
+
+    async def _alreadyMade(self, key: str, modRevision: int,
+                           operation: dict[str, Any]) -> int | None:
+        """
+        Whether a put whose comparison failed finds the key already holding
+        its value since C{modRevision}: the client may have sent it to a
+        member that made it but whose answer was lost, then again to
+        another.  The state asked for holds, so the write is a success.
+
+        @return: the revision that made it, or L{None}.
+        """
+        put = operation.get("request_put")
+        if put is None:
+            return None
+        try:
+            found = await self.client.range(key)
+        except EtcdError:
+            return None
+        if found.kvs and found.kvs[0].modRevision > modRevision and (
+                found.kvs[0].value == base64.b64decode(put["value"])):
+            return found.kvs[0].modRevision
+        return None
 
     def entry(self, pool: str, name: str) -> BackendEntry | None:
         """
