@@ -228,17 +228,26 @@ class JSONBody:
         self.length = len(self.body)
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
+        """
+        Write the whole body at once.
+        """
         consumer.write(self.body)
         return succeed(None)
 
     def pauseProducing(self) -> None:
-        pass
+        """
+        Nothing to pause: the body was written whole.
+        """
 
     def stopProducing(self) -> None:
-        pass
+        """
+        Nothing to stop: the body was written whole.
+        """
 
     def resumeProducing(self) -> None:
-        pass
+        """
+        Nothing to resume: the body was written whole.
+        """
 
 
 # Failures that mean "this member cannot be reached now": try the next one.
@@ -281,6 +290,9 @@ class WatchStream(Protocol):
         self._end(None)
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Buffer what arrived and parse every whole line in it.
+        """
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
         if len(self._buffer) > self.maxLine:
@@ -325,6 +337,9 @@ class WatchStream(Protocol):
                     f"etcd cancelled the watch: {result.get('cancel_reason', 'no reason')}"))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The stream ended: as asked (cancelled), or not (L{WatchEnded}).
+        """
         if self._cancelled:
             self._end(None)
         elif reason.check(ResponseDone):
