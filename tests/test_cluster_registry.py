@@ -12,7 +12,7 @@ import signal
 from typing import Any
 
 import attrs
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -195,21 +195,30 @@ class RegistrySyncTests(ClusterCase):
         """
         node = self.node("n1", ["a"])
         yield eventually(lambda: node.sync.connected)
-        # Away: its watch ends, and it waits its back-off (the most jitter
-        # allows) before watching again from its revision.
-        node.sync.rng = random.Random()
-        node.sync.rng.uniform = lambda low, high: high  # type: ignore[method-assign]
+        # Away: its watch ends, and its next watch waits until the store
+        # has moved on and compacted.
+        sync = node.sync
+        gate: Deferred[None] = Deferred()
+        watch = sync.client.watch
+
+        async def later(*args: Any) -> Any:
+            await gate
+            return await watch(*args)
+
+        sync.client.watch = lambda *args: Deferred.fromCoroutine(later(*args))
         client = EtcdClient(reactor, [self.etcd.url])
         self.addCleanup(client.close)
-        node.sync._watch.cancel()
+        sync._watch.cancel()
         yield client.put("/lbt/pools/web/backends/b",
                          json.dumps({"endpoint": self.servers.endpoint("b")}).encode())
         latest = yield client.put("/lbt/pools/web/backends/c",
                                   json.dumps({"endpoint": self.servers.endpoint("c")}).encode())
         yield client.compact(latest)
-        yield eventually(lambda: node.sync.relists == 1 and node.sync.connected)
-        self.assertEqual(set(node.backends()), {"a", "b", "c"})
-        self.assertGreaterEqual(node.sync.registry.revision, latest)
+        sync.client.watch = watch
+        gate.callback(None)
+        yield eventually(lambda: sync.relists == 1 and set(node.backends()) == {"a", "b", "c"})
+        yield eventually(lambda: sync.connected)
+        self.assertGreaterEqual(sync.registry.revision, latest)
 
     @inlineCallbacks
     def test_restartWhileStoreDownUsesSnapshot(self) -> Any:
