@@ -10,8 +10,9 @@ hold exactly the registry etcd holds, at the same revision.
 It starts its own etcd, backend and balancer processes on 127.0.0.1, stops
 them by PID when done, and exits non-zero when a balancer disagrees with
 etcd, a change got an answer other than 2xx, 409 (lost a race), 503 (etcd
-away) or 404 (another balancer's change removed the backend first), or a
-request to the balancers failed.
+away) or 404 (another balancer's change removed the backend first), a
+request to the balancers failed, or a backend added through one balancer
+took more than a second to reach the others (measured for every tenth).
 """
 
 from __future__ import annotations
@@ -110,6 +111,21 @@ class Balancer:
         self.log.close()
 
 
+def propagation(others: list[Balancer], name: str, limit: float = 5.0) -> float:
+    """
+    Seconds until every balancer in C{others} has backend C{name} (polled
+    every 5 ms, at most C{limit}).
+    """
+    start = time.monotonic()
+    waiting = list(others)
+    while waiting and time.monotonic() - start < limit:
+        waiting = [b for b in waiting
+                   if api(b.admin, "GET", f"/api/pools/web/backends/{name}")[0] != 200]
+        if waiting:
+            time.sleep(0.005)
+    return time.monotonic() - start if not waiting else limit
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=600.0, help="seconds of changes")
@@ -135,6 +151,7 @@ def main() -> int:
     backendPort = int(backend.stdout.readline())
     balancers: list[Balancer] = []
     answers: dict[int, int] = {}
+    spread: list[float] = []
     failedRequests, requests, restarts = 0, 0, 0
     try:
         for m in etcd.members:
@@ -163,6 +180,9 @@ def main() -> int:
                 status, _ = api(target.admin, "POST", "/api/pools/web/backends", {
                     "name": f"b{counter}", "endpoint": f"tcp:host=127.0.0.1:port={backendPort}",
                     "weight": rng.randint(0, 10)})
+                if status == 201 and counter % 10 == 0:
+                    spread.append(propagation([b for b in balancers if b is not target],
+                                              f"b{counter}"))
             elif action == "remove":
                 status, _ = api(target.admin, "DELETE",
                                 f"/api/pools/web/backends/{rng.choice(names)}")
@@ -196,10 +216,15 @@ def main() -> int:
                 return 1
             time.sleep(0.5)
         bad = {s: n for s, n in answers.items() if not (200 <= s < 300 or s in (404, 409, 503))}
+        spread.sort()
+        slow = [t for t in spread if t > 1.0]
         print(f"cluster soak: {sum(answers.values())} changes ({answers}), {restarts} etcd "
               f"restarts, {requests} requests ({failedRequests} failed); every balancer holds "
-              f"etcd's {len(wanted)} backends at revision {views[0][0]}")
-        return 1 if bad or failedRequests else 0
+              f"etcd's {len(wanted)} backends at revision {views[0][0]}; an addition reached "
+              f"the two other balancers in {spread[len(spread) // 2] * 1000:.0f} ms (median), "
+              f"{spread[-1] * 1000:.0f} ms (worst) of {len(spread)} measured, "
+              f"{len(slow)} over a second")
+        return 1 if bad or failedRequests or slow else 0
     finally:
         for b in balancers:
             b.stop()
