@@ -145,6 +145,20 @@ def _line(result: dict[str, Any]) -> bytes:
     return json.dumps({"result": result}).encode() + b"\n"
 
 
+class CountingSnapshot(SnapshotFile):
+    """
+    A snapshot file that remembers the revision of each save.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.saved: list[int] = []
+
+    def save(self, registry: Any) -> None:
+        self.saved.append(registry.revision)
+        super().save(registry)
+
+
 class HighJitter(random.Random):
     """
     Jitter that always takes the longest wait allowed.
@@ -167,7 +181,7 @@ class RegistrySyncUnitTests(SynchronousTestCase):
         lb = LoadBalancer(config, reactor)
         self.live = LiveConfig(lb.pools, config, self.clock)
         self.etcd = FakeEtcd(self.clock)
-        self.snapshot = SnapshotFile(self.mktemp())
+        self.snapshot = CountingSnapshot(self.mktemp())
         self.fatal: list[str] = []
         self.sync = RegistrySync(self.etcd, "/t", self.live, self.clock,  # type: ignore[arg-type]
                                  self.snapshot, Identity("me", "", "0"), rng=HighJitter(),
@@ -254,3 +268,28 @@ class RegistrySyncUnitTests(SynchronousTestCase):
         fresh.startService()
         self.assertEqual(len(self.fatal), 1)
         self.assertIn("http://fake:2379", self.fatal[0])
+
+    def test_snapshotOncePerTurn(self) -> None:
+        """
+        Two revisions in one watch response are applied one after the
+        other but saved to the snapshot once, at the later revision, on the
+        next reactor turn; a stop saves what is pending.
+        """
+        self.sync.startService()
+        self.clock.advance(0)
+        before = list(self.snapshot.saved)
+        _, stream = self.etcd.watches[0]
+        stream.dataReceived(_line({"events": [
+            {"kv": {"key": _b64("/t/pools/web/backends/b"),
+                    "value": _b64('{"endpoint": "127.0.0.1:2"}'), "mod_revision": "50"}},
+            {"kv": {"key": _b64("/t/pools/web/backends/c"),
+                    "value": _b64('{"endpoint": "127.0.0.1:3"}'), "mod_revision": "51"}}]}))
+        self.assertEqual(self.backends(), {"a": 1, "b": 1, "c": 1})
+        self.assertEqual(self.snapshot.saved, before)
+        self.clock.advance(0)
+        self.assertEqual(self.snapshot.saved, before + [51])
+        stream.dataReceived(_line({"events": [
+            {"type": "DELETE", "kv": {"key": _b64("/t/pools/web/backends/b"),
+                                      "mod_revision": "52"}}]}))
+        self.sync.stopService()
+        self.assertEqual(self.snapshot.saved, before + [51, 52])

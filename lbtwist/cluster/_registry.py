@@ -374,6 +374,7 @@ class RegistrySync(Service):
         self._lease = 0
         self._registering: Deferred[None] | None = None
         self._watchLost = "the watch ended"
+        self._saving: Any = None
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = clock
         self.setName("cluster")
@@ -435,6 +436,9 @@ class RegistrySync(Service):
                 except Exception:
                     pass
             self.connected = False
+            if self._saving is not None:
+                self._saving.cancel()
+                self._save()
             await self.client.close()
 
         return Deferred.fromCoroutine(stop())
@@ -536,17 +540,27 @@ class RegistrySync(Service):
         the writers waiting for this revision.
         """
         applyRegistry(self.live, self.registry)
-        try:
-            self.snapshot.save(self.registry)
-        except OSError as e:
-            self.log.error("cluster: cannot save the snapshot {path}: {error}",
-                           path=self.snapshot.path, error=str(e))
+        # Saved once per reactor turn: the revisions of one watch response
+        # cost one write (and fsync), not one each.
+        if self._saving is None:
+            self._saving = self.clock.callLater(0, self._save)
         waiting, self._waiters = self._waiters, []
         for revision, d in waiting:
             if revision <= self.registry.revision:
                 d.callback(None)
             else:
                 self._waiters.append((revision, d))
+
+    def _save(self) -> None:
+        """
+        Save the registry and its revision to the snapshot file.
+        """
+        self._saving = None
+        try:
+            self.snapshot.save(self.registry)
+        except OSError as e:
+            self.log.error("cluster: cannot save the snapshot {path}: {error}",
+                           path=self.snapshot.path, error=str(e))
 
     def _setConnected(self, connected: bool, why: str | None = None) -> None:
         self.lastError = None if connected else why
@@ -594,7 +608,10 @@ class RegistrySync(Service):
         if not result.succeeded:
             made = await self._alreadyMade(key, modRevision, operation)
             if made is None:
-                raise Conflict(f"{key} changed since revision {modRevision}; read it again")
+                raise Conflict(
+                    f"{key} was added by another change meanwhile" if modRevision == 0 else
+                    f"{key} changed since revision {modRevision} (another change came "
+                    "first); read it again")
             revision = made
         applied = self.waitFor(revision)
         applied.addTimeout(WRITE_TIMEOUT, self.clock)
@@ -636,6 +653,9 @@ class RegistrySync(Service):
         @raise Conflict: it exists.
         @raise StoreUnavailable: etcd cannot be reached.
         """
+        if self.entry(pool, config.name) is not None:
+            return Deferred.fromCoroutine(self._refuse(
+                f"pool {pool!r} already has a backend {config.name!r}"))
         key = self.registry.key(pool, config.name)
         value = json.dumps(backendValue(config, admin)).encode()
         return Deferred.fromCoroutine(self._write(key, 0, putOperation(key, value)))
@@ -676,8 +696,11 @@ class RegistrySync(Service):
                                                   deleteOperation(key)))
 
     async def _missing(self, pool: str, name: str) -> None:
+        await self._refuse(f"the registry has no backend {name!r} in pool {pool!r}")
+
+    async def _refuse(self, message: str) -> None:
         self._checkConnected()
-        raise Conflict(f"the registry has no backend {name!r} in pool {pool!r}")
+        raise Conflict(message)
 
     # -- instances ---------------------------------------------------------
 
