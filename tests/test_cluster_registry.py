@@ -18,11 +18,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.cluster import EtcdClient, Registry
 from lbtwist.cluster._etcd import Event, KeyValue
-from lbtwist.cluster._registry import fullJitter
-from lbtwist.config import HealthCheck
+from lbtwist.cluster._registry import backendValue, fullJitter, healthValue
+from lbtwist.config import BackendConfig, HealthCheck, parseHealth
 from lbtwist.pool import Admin
 
-from .etcdhelpers import ClusterCase, b64, call, dump, eventually
+from .etcdhelpers import ClusterCase, b64, call, clusterConfig, dump, eventually, startNode
 from .support import firstLine, inThread, reactor
 
 
@@ -99,6 +99,24 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(copy.revision, 4)
         with self.assertRaises(ValueError):
             Registry("/q", lambda pool: HealthCheck()).loadJSON(self.registry.toJSON())
+
+    def test_healthRoundTrip(self) -> None:
+        """
+        A backend's own health check is stored as what differs from its
+        pool's, and parsed back on the pool's to the same check.
+        """
+        base = HealthCheck(interval=7.0)
+        check = HealthCheck(interval=3.0, timeout=0.5, rise=4, fall=5, kind="http",
+                            method="HEAD", path="/up", host="h", expectBody="ok",
+                            expectStatus=((200, 204), (301, 301)))
+        stored = healthValue(check, base)
+        self.assertEqual(stored["expect-status"], "200-204,301")
+        self.assertEqual(parseHealth(json.loads(json.dumps(stored)), "", base), check)
+        self.assertEqual(healthValue(base, base), {})
+        value = backendValue(BackendConfig("a", "tcp:host=h:port=1", health=check),
+                             Admin.READY, base)
+        self.registry.load(1, [kv("/p/pools/web/backends/a", value, 1)])
+        self.assertEqual(self.registry.backends[("web", "a")].config.health, check)
 
     def test_jitter(self) -> None:
         """
@@ -294,3 +312,19 @@ class RegistrySyncTests(ClusterCase):
         yield eventually(lambda: node.sync.connected, 10.0)
         yield self.put("b", {"endpoint": self.servers.endpoint("b")})
         yield eventually(lambda: "b" in node.backends(), 1.0)
+
+    @inlineCallbacks
+    def test_ownHealthCheckKept(self) -> Any:
+        """
+        A file backend with a health check of its own is seeded with it,
+        so that applying the registry keeps the live backend (its health
+        state with it) rather than replacing it.
+        """
+        data = clusterConfig(self.etcd.urls, [("a", self.servers.endpoint("a"))])
+        data["pools"]["web"]["backends"][0]["health"] = {"interval": 30, "rise": 1}
+        node = startNode(self, data, self.dir, "n1")
+        backend = node.balancer.loadBalancer.pools["web"].get("a")
+        yield eventually(lambda: node.sync.connected)
+        self.assertIs(node.balancer.loadBalancer.pools["web"].get("a"), backend)
+        self.assertEqual(dump(self.etcd.url, "/lbt/pools/")["/lbt/pools/web/backends/a"]["health"],
+                         {"interval": 30.0, "rise": 1})

@@ -5,7 +5,8 @@ copy of it kept in step.
 Layout under the prefix (say C{/lbtwist/prod}):
 
     /lbtwist/prod/pools/POOL/backends/NAME   one backend, JSON:
-        {"endpoint", "weight", "state", "backup"?, "slow-start"?, "maxconn"?}
+        {"endpoint", "weight", "state", "backup"?, "slow-start"?, "maxconn"?,
+         "health"? (only what differs from its pool's)}
     /lbtwist/prod/instances/NAME             one live balancer (on a lease):
         {"name", "address", "version", "revision", "since"}
 
@@ -98,12 +99,35 @@ class BackendEntry:
     modRevision: int
 
 
-def backendValue(config: BackendConfig, admin: Admin) -> dict[str, Any]:
+def healthValue(check: HealthCheck, base: HealthCheck) -> dict[str, Any]:
     """
-    A backend's JSON value in the store.
+    The settings of C{check} that differ from C{base} (its pool's), in the
+    configuration's words, so that L{parseHealth} on C{base} gives C{check}
+    back.
+    """
+    value: dict[str, Any] = {}
+    for field, key in (("interval", "interval"), ("timeout", "timeout"), ("rise", "rise"),
+                       ("fall", "fall"), ("kind", "type"), ("method", "method"),
+                       ("path", "path"), ("host", "host"), ("expectBody", "expect-body")):
+        if getattr(check, field) != getattr(base, field):
+            value[key] = getattr(check, field)
+    if check.expectStatus != base.expectStatus:
+        value["expect-status"] = ",".join(
+            str(low) if low == high else f"{low}-{high}" for low, high in check.expectStatus)
+    return value
+
+
+def backendValue(config: BackendConfig, admin: Admin,
+                 poolHealth: HealthCheck | None = None) -> dict[str, Any]:
+    """
+    A backend's JSON value in the store (its health check only where it
+    differs from C{poolHealth}, its pool's).
     """
     value: dict[str, Any] = {"endpoint": config.endpoint, "weight": config.weight,
                              "state": admin.value}
+    health = healthValue(config.health, poolHealth or config.health)
+    if health:
+        value["health"] = health
     if config.backup:
         value["backup"] = True
     if config.slowStart is not None:
@@ -270,7 +294,7 @@ def seedValues(live: LiveConfig, prefix: str) -> dict[str, dict[str, Any]]:
         for b in pc.backends:
             if not b.discovered:
                 values[f"{prefix}/pools/{pc.name}/backends/{b.name}"] = backendValue(
-                    b, admin.get(b.name, Admin.READY))
+                    b, admin.get(b.name, Admin.READY), pc.health)
     return values
 
 
@@ -657,7 +681,7 @@ class RegistrySync(Service):
             return Deferred.fromCoroutine(self._refuse(
                 f"pool {pool!r} already has a backend {config.name!r}"))
         key = self.registry.key(pool, config.name)
-        value = json.dumps(backendValue(config, admin)).encode()
+        value = json.dumps(backendValue(config, admin, self.registry.health(pool))).encode()
         return Deferred.fromCoroutine(self._write(key, 0, putOperation(key, value)))
 
     def changeBackend(self, pool: str, name: str, weight: int | None = None,
@@ -679,7 +703,8 @@ class RegistrySync(Service):
             changes["slowStart"] = slowStart
         config = attrs.evolve(entry.config, **changes)
         key = self.registry.key(pool, name)
-        value = json.dumps(backendValue(config, admin or entry.admin)).encode()
+        value = json.dumps(backendValue(config, admin or entry.admin,
+                                        self.registry.health(pool))).encode()
         return Deferred.fromCoroutine(self._write(key, entry.modRevision,
                                                   putOperation(key, value)))
 
