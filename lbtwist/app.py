@@ -20,7 +20,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import succeed
 
 from .admin import AdminService
-from .config import Config
+from .config import ClusterConfig, Config
 from .gctuning import FrozenStartupHeap
 from .lifecycle import GracefulStop, ReadyNotice, ReloadOnSignal
 from .pool import Backend
@@ -58,6 +58,7 @@ class Balancer(MultiService):
         freezeHeap: bool = True,
         workerCommand: Sequence[str] = (),
         workersOption: int | None = None,
+        instanceName: str | None = None,
     ) -> None:
         """
         @param config: what to run (see L{lbtwist.config.loadConfigFile}).
@@ -84,6 +85,8 @@ class Balancer(MultiService):
         @param workersOption: the number of workers the command line gave
             (C{--workers}), which a reload of the file keeps, as it won over
             the file at start.
+        @param instanceName: with a C{cluster} in C{config}, the name this
+            balancer registers under (default: host name and process ID).
 
         @raise lbtwist.service.CannotStart: the state file is invalid or
             cannot be written.
@@ -93,6 +96,8 @@ class Balancer(MultiService):
         self.workers: WorkerGroup | None = None
         self.workerCommand = list(workerCommand)
         self.workersOption = workersOption
+        self.cluster: Any = None
+        self.instanceName = instanceName
         # Backends DNS discovery finds gone are drained as removed ones are.
         self.loadBalancer = LoadBalancer(
             config, reactor, drain=self._drainDiscovered if control else None)
@@ -152,6 +157,12 @@ class Balancer(MultiService):
             live, reactor, grace,
             softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
         ).setServiceParent(control)
+        if lb.config.cluster is not None:
+            # The registry in etcd is the run-time state now: the state
+            # file's overrides only seed an empty store.
+            live.stateFile = None
+            self.cluster = self._clusterSync(lb.config.cluster, live, reactor, path)
+            self.cluster.setServiceParent(control)
         if multi:
             # Under twistd lb the workers get its options; embedded (a .tac),
             # the configuration file.
@@ -161,7 +172,7 @@ class Balancer(MultiService):
                                   "file: give its path (configPath), or run twistd lb")
             self.workers = WorkerGroup(lb, live, reactor, count=lb.config.workers,
                                        command=command, grace=grace, text=text)
-        AdminService(lb, live, reactor, group=self.workers).setServiceParent(control)
+        AdminService(lb, live, reactor, group=self.workers, cluster=self.cluster).setServiceParent(control)
         if self.workers is not None:
             self.workers.setServiceParent(control)
         ReadyNotice(
@@ -173,6 +184,46 @@ class Balancer(MultiService):
                 upgrade=self.workers.upgrade if self.workers is not None else None,
             ).setServiceParent(control)
         return live
+
+    def _clusterSync(self, cluster: ClusterConfig, live: LiveConfig, reactor: Any,
+                     statePath: str) -> Any:
+        """
+        The registry sync with etcd: its client, the snapshot beside the
+        state file, and this balancer's identity.
+        """
+        from . import __version__
+        from .cluster import EtcdClient, Identity, RegistrySync, SnapshotFile, defaultName, tlsPolicy
+
+        client = EtcdClient(
+            reactor, cluster.etcd, username=cluster.username, password=cluster.password,
+            contextFactory=None if cluster.tls is None else tlsPolicy(cluster.tls))
+        snapshot = SnapshotFile(statePath.removesuffix(".json") + ".registry.json")
+        identity = Identity(self.instanceName or defaultName(),
+                            self.loadBalancer.config.admin or "", __version__)
+
+        def fatal(message: str) -> None:
+            RegistrySync.log.critical("{message}", message=message)
+            if reactor.running:
+                # twistd has no exit status of its own to give: a balancer
+                # that could not start exits 1, so that a supervisor sees
+                # the failure.
+                reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)
+                reactor.stop()
+
+        return RegistrySync(client, cluster.prefix, live, reactor, snapshot, identity,
+                            fatal=fatal)
+
+
+def _exitFailed() -> None:
+    """
+    End the process with status 1, once the reactor has shut down.
+    """
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def withWorkers(load: Callable[[], Config], workers: int) -> Callable[[], Config]:

@@ -16,6 +16,7 @@ import math
 import os
 import re
 from typing import Any, Callable, Mapping, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import yaml
@@ -428,6 +429,35 @@ class ListenerConfig:
 
 
 @attrs.frozen
+class ClusterTLS:
+    """
+    TLS to the etcd members: the CA that signed their certificates, and
+    this balancer's client certificate and key (PEM files).
+    """
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@attrs.frozen
+class ClusterConfig:
+    """
+    The etcd cluster several balancers share their registry through (see
+    L{lbtwist.cluster}).
+
+    @ivar etcd: the members' client URLs, tried in turn.
+    @ivar prefix: the keys of this cluster of balancers start with it.
+    """
+
+    etcd: tuple[str, ...]
+    prefix: str = "/lbtwist"
+    username: str | None = None
+    password: str | None = None
+    tls: ClusterTLS | None = None
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration of a balancer.
@@ -450,6 +480,7 @@ class Config:
     maxconn: int = 0
     resolvers: tuple[tuple[str, int], ...] = ()
     workers: int = 1
+    cluster: ClusterConfig | None = None
 
     def pool(self, name: str) -> PoolConfig:
         """
@@ -1606,9 +1637,59 @@ def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
     return tuple(routes)
 
 
+def parseEtcdURL(value: object, path: str) -> str:
+    """
+    One etcd member's client URL: C{http://} or C{https://}, a host and a
+    port, no path.
+    """
+    url = _string(value, path).rstrip("/")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None or (
+            parts.path or parts.query or parts.fragment):
+        raise ConfigError(path, f"expected an etcd URL like http://127.0.0.1:2379, got {url!r}")
+    return url
+
+
+def parseCluster(data: object, path: str) -> ClusterConfig | None:
+    """
+    The C{cluster} block: C{etcd} (a URL or a list of them), C{prefix},
+    C{username}, C{password}, C{tls} (C{ca}, C{cert}, C{key}).
+    """
+    if data is None:
+        return None
+    d = _mapping(data, path, ("etcd", "prefix", "username", "password", "tls"))
+    given = d.get("etcd")
+    items = [given] if isinstance(given, str) else _list(given, f"{path}.etcd")
+    if not items:
+        raise ConfigError(f"{path}.etcd", "at least one etcd URL is needed")
+    urls = tuple(parseEtcdURL(u, f"{path}.etcd[{i}]") for i, u in enumerate(items))
+    prefix = _string(d.get("prefix", "/lbtwist"), f"{path}.prefix").rstrip("/")
+    if not prefix.startswith("/") or "//" in prefix:
+        raise ConfigError(f"{path}.prefix", f"expected a key prefix like /lbtwist/prod, got {prefix!r}")
+    username = None if d.get("username") is None else _string(d["username"], f"{path}.username")
+    password = None if d.get("password") is None else _string(d["password"], f"{path}.password")
+    if (username is None) != (password is None):
+        raise ConfigError(path, "give both username and password, or neither")
+    tls = None
+    if d.get("tls") is not None:
+        t = _mapping(d["tls"], f"{path}.tls", ("ca", "cert", "key"))
+        files = {k: _string(t[k], f"{path}.tls.{k}") for k in ("ca", "cert", "key") if k in t}
+        if ("cert" in files) != ("key" in files):
+            raise ConfigError(f"{path}.tls", "give both cert and key, or neither")
+        tls = ClusterTLS(**files)
+    if tls is None and any(u.startswith("https:") for u in urls):
+        tls = ClusterTLS()
+    return ClusterConfig(urls, prefix, username, password, tls)
+
+
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
-    "resolvers", "workers",
+    "resolvers", "workers", "cluster",
 )
 
 
@@ -1725,6 +1806,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
         maxconn=_integer(d.get("maxconn", 0), "maxconn", 0, MAX_CONNECTIONS),
         resolvers=parseResolvers(d.get("resolvers"), "resolvers"),
         workers=parseWorkers(d.get("workers", 1), "workers"),
+        cluster=parseCluster(d.get("cluster"), "cluster"),
     )
 
 

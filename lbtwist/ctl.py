@@ -10,6 +10,7 @@ C{lbtwist ctl}: the command-line client of the admin API.
     lbtwist ctl route-set LISTENER FILE
     lbtwist ctl pool-add NAME FILE
     lbtwist ctl pool-remove NAME
+    lbtwist ctl instances              (the balancers sharing a cluster registry)
 
 The admin API's address and token come from C{--admin} and C{--token}, or
 the environment (C{LBTWIST_ADMIN}, C{LBTWIST_ADMIN_TOKEN}).  Tables are
@@ -222,6 +223,11 @@ def _routes(client: AdminClient, listener: str | None) -> tuple[Any, str]:
     return (result[listener] if listener is not None else result), "\n".join(lines)
 
 
+def _instanceLine(i: Mapping[str, Any]) -> str:
+    return (f"{i.get('name', '?')}  admin {i.get('address') or '-'}  "
+            f"lbtwist {i.get('version', '?')}  revision {i.get('revision', '?')}")
+
+
 def _globalOptions(p: argparse.ArgumentParser, after: bool) -> None:
     """
     The options that may come before the command or after it.  After it
@@ -286,6 +292,7 @@ def parser() -> argparse.ArgumentParser:
     command("pool-remove", "remove a pool no route uses (its connections drained)"
             ).add_argument("name")
     command("upgrade", "start new workers from the code and configuration on disk")
+    command("instances", "the balancers registered in the cluster store")
     return top
 
 
@@ -314,6 +321,9 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
     elif action == "upgrade":
         result = client.call("POST", "/api/upgrade")
         text = f"upgraded: generation {result['generation']} serves"
+    elif action == "instances":
+        result = client.call("GET", "/api/instances")
+        text = "\n".join(_instanceLine(i) for i in result.get("instances", [])) or "none"
     elif action in ("health", "reload"):
         path = "/api/health" if action == "health" else "/api/reload"
         try:

@@ -285,6 +285,26 @@ def balancerRegistry(balancer: Balancer) -> CollectorRegistry:
     return registry
 
 
+class ClusterCollector(Collector):
+    """
+    The cluster store's state, read at scrape time: whether this balancer
+    is connected to etcd, and the registry revision it has applied.
+    """
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        connected = GaugeMetricFamily(
+            "lbtwist_cluster_connected", "1 while the cluster store (etcd) is watched, else 0.")
+        connected.add_metric([], 1.0 if self.cluster.connected else 0.0)
+        revision = GaugeMetricFamily(
+            "lbtwist_cluster_revision", "The cluster registry revision this balancer applied.")
+        revision.add_metric([], float(self.cluster.registry.revision))
+        yield connected
+        yield revision
+
+
 def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
     """
     The registry's metrics in the Prometheus text format, and its content type.

@@ -138,6 +138,9 @@ class LiveConfig:
         self.restartNeeded: list[str] = []
         # The routes each listener's factory was given, as built.
         self.appliedRoutes = {x.name: (x.routes, x.defaultRoute) for x in fileConfig.listeners}
+        # Called after each reload applied (the cluster registry, which
+        # owns the backends, applies itself again).
+        self.afterReload: list[Callable[[], None]] = []
 
     @property
     def config(self) -> Config:
@@ -592,6 +595,8 @@ class LiveConfig:
         changed = self.reconcile()
         for reloaded in self.reloaded:
             reloaded(new)
+        for hook in self.afterReload:
+            hook()
         self.reloads += 1
         backends = sum(len(p) for p in self.pools.values())
         self.log.info(

@@ -530,23 +530,34 @@ class StateFile:
 
         @raise OSError: it could not be saved; the old state is intact.
         """
-        directory = os.path.dirname(os.path.abspath(self.path))
         data = json.dumps(overrides.toJSON(), indent=2, sort_keys=True).encode() + b"\n"
-        fd, temp = tempfile.mkstemp(prefix=".lbtwist-state.", suffix=".tmp", dir=directory)
+        writeAtomically(self.path, data, self.replace)
+
+
+def writeAtomically(path: str, data: bytes,
+                    replace: Callable[[str, str], None] = os.replace) -> None:
+    """
+    Write C{data} to C{path} so that a crash leaves the old content or the
+    new, never a mix: temporary file, fsync, rename, fsync of the directory.
+
+    @raise OSError: it could not be written; the old file is intact.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".lbtwist-state.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        replace(temp, path)
+    except BaseException:
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self.replace(temp, self.path)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
-        dirfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    dirfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)

@@ -15,6 +15,7 @@ from twisted.python import usage
 from .config import (
     MODES,
     POLICY_NAMES,
+    ClusterConfig,
     Config,
     ConfigError,
     HealthCheck,
@@ -22,6 +23,7 @@ from .config import (
     Timeouts,
     loadConfigFile,
     parseConfig,
+    parseEtcdURL,
     parseSeconds,
     parseWorkers,
     validateEndpoint,
@@ -158,6 +160,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["backend"] = []
+        self["etcd"] = []
 
     def opt_version(self) -> None:
         """
@@ -183,6 +186,12 @@ class Options(usage.Options):
         Balance across this client endpoint or HOST:PORT (repeatable), e.g. tcp:host=10.0.0.5:port=80 or 10.0.0.5:80.
         """  # noqa: E501 (usage.Options shows a docstring's line breaks)
         self["backend"].append(endpoint)
+
+    def opt_etcd(self, url: str) -> None:
+        """
+        Share the run-time registry with other balancers through this etcd member, e.g. http://127.0.0.1:2379 (repeatable; replaces the config file's cluster.etcd list).
+        """  # noqa: E501 (usage.Options shows a docstring's line breaks)
+        self["etcd"].append(url)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -353,6 +362,10 @@ class Options(usage.Options):
             )
         if self["state"] is not None:
             changes["state"] = self["state"]
+        if self["etcd"]:
+            urls = tuple(parseEtcdURL(u, "--etcd") for u in self["etcd"])
+            changes["cluster"] = (ClusterConfig(urls) if config.cluster is None
+                                  else attrs.evolve(config.cluster, etcd=urls))
         return attrs.evolve(config, **changes)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -24,6 +25,7 @@ from ..config import BackendConfig, ConfigError, ListenerConfig, parseBackend, p
 from ..endpoints import parseEndpoint
 from ..metrics import (
     NO_COUNTERS,
+    ClusterCollector,
     CounterHistory,
     Sample,
     balancerRegistry,
@@ -110,14 +112,18 @@ class AdminResource(Resource):
 
     def __init__(self, balancer: Any, live: LiveConfig, token: str | None,
                  clock: IReactorTime, history: CounterHistory | None = None,
-                 group: ProcessGroup | None = None) -> None:
+                 group: ProcessGroup | None = None, cluster: Any = None) -> None:
         """
         @param group: the worker processes this master speaks for: reads
             wait for their counters to be collected, and changes are
             answered once every one of them has applied them.
+        @param cluster: the registry sync (L{lbtwist.cluster.RegistrySync})
+            when the balancer shares its registry through etcd: changes are
+            written there, and health reports the store's state.
         """
         super().__init__()
         self.group = group
+        self.cluster = cluster
         self.clock = clock
         self.history = history or CounterHistory()
         self.balancer = balancer
@@ -126,6 +132,8 @@ class AdminResource(Resource):
         self.registry = balancerRegistry(balancer)
         if group is not None:
             self.registry.register(group.collector())
+        if cluster is not None:
+            self.registry.register(ClusterCollector(cluster))
         self.routes: list[tuple[bytes, tuple[str, ...], Handler, bool]] = [
             (b"GET", (), self.dashboard, False),
             (b"GET", ("static", "*"), self.static, False),
@@ -143,6 +151,7 @@ class AdminResource(Resource):
             (b"GET", ("api", "listeners"), self.listListeners, False),
             (b"GET", ("api", "listeners", "*", "routes"), self.showRoutes, False),
             (b"PUT", ("api", "listeners", "*", "routes"), self.setRoutes, True),
+            (b"GET", ("api", "instances"), self.listInstances, False),
             (b"POST", ("api", "reload"), self.reload, True),
             (b"POST", ("api", "upgrade"), self.upgrade, True),
             (b"GET", ("api", "workers"), self.listWorkers, False),
@@ -198,6 +207,10 @@ class AdminResource(Resource):
             result = handler(request, args)
         except APIError as e:
             result = self._json(request, e.status, {"error": e.message})
+        if isinstance(result, Deferred):
+            # A change through the cluster store answers once this balancer
+            # has applied it; its refusal is an answer too.
+            result.addErrback(self._failed, request)
         if mutating:
             if isinstance(result, Deferred):
                 result.addCallback(self._logChange, request)
@@ -239,9 +252,16 @@ class AdminResource(Resource):
             group.refresh().addBoth(answer)
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
+    def _failed(self, failure: Any, request: Request) -> bytes:
+        if failure.check(APIError):
+            return self._json(request, failure.value.status, {"error": failure.value.message})
+        self.log.failure("admin request failed", failure)
+        return self._json(request, 500, {"error": f"internal error: {failure.getErrorMessage()}"})
+
     def _finish(self, request: Request, body: bytes) -> None:
         """
-        Answer a request whose answer waited for the worker processes.
+        Answer a request whose answer took time (the worker processes, the
+        cluster store, an upgrade).
         """
         if not request.finished and not getattr(request, "_disconnected", False):
             request.write(body)
@@ -363,8 +383,12 @@ class AdminResource(Resource):
             for p in self.live.pools.values()
         }
         ok = all(p["eligible"] for p in pools.values())
-        return self._json(request, 200 if ok else 503,
-                          {"status": "ok" if ok else "degraded", "pools": pools})
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "pools": pools}
+        if self.cluster is not None:
+            # The store's state is reported, never counted against health:
+            # the balancer serves from its copy of the registry.
+            body["cluster"] = self.cluster.status()
+        return self._json(request, 200 if ok else 503, body)
 
     def _responses(self, pool: str) -> dict[str, int] | None:
         """
@@ -444,7 +468,7 @@ class AdminResource(Resource):
         pool = self._pool(args[0])
         return self._json(request, 200, backendView(pool, self._backend(pool, args[1])))
 
-    def addBackend(self, request: Request, args: list[str]) -> bytes:
+    def addBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Add a backend: C{{"name", "endpoint" or "host"+"port", "weight",
         "state"}}; C{201} with the new backend.
@@ -477,7 +501,16 @@ class AdminResource(Resource):
 
     def _add(self, request: Request, pool: BackendPool, config: BackendConfig,
              state: Admin, answer: Callable[[Request, BackendPool, Backend], bytes]
-             ) -> bytes:
+             ) -> bytes | Deferred[bytes]:
+        if self.cluster is not None:
+            def added() -> bytes:
+                backend = pool.get(config.name)
+                if backend is None:
+                    raise APIError(409, f"backend {config.name!r} was removed again by "
+                                   "another change")
+                return answer(request, pool, backend)
+
+            return self._inCluster(self.cluster.addBackend(pool.name, config, state), added)
         try:
             backend = self.live.addBackend(pool.name, config, state)
         except DuplicateBackend:
@@ -487,7 +520,7 @@ class AdminResource(Resource):
             return self._saveFailed(request, e)
         return answer(request, pool, backend)
 
-    def changeBackend(self, request: Request, args: list[str]) -> bytes:
+    def changeBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Change a backend's C{weight}, C{state} (ready, drain, maint),
         C{backup} role and C{slow-start} duration, in one save.
@@ -514,25 +547,36 @@ class AdminResource(Resource):
                 slowStart = parseSlowStart(data["slow-start"], "slow-start")
             except ConfigError as e:
                 raise APIError(400, str(e)) from None
+        if self.cluster is not None:
+            name = backend.name
+            return self._inCluster(
+                self.cluster.changeBackend(pool.name, name, weight, state, backup, slowStart),
+                lambda: self._json(request, 200, backendView(pool, self._backend(pool, name))))
         try:
             self.live.change(pool.name, backend.name, weight, state, backup, slowStart)
         except OSError as e:
             return self._saveFailed(request, e)
         return self._json(request, 200, backendView(pool, backend))
 
-    def removeBackend(self, request: Request, args: list[str]) -> bytes:
+    def removeBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Remove a backend; its connections get the grace period to finish.
         """
         pool = self._pool(args[0])
         backend = self._backend(pool, args[1])
+
+        def removed() -> bytes:
+            return self._json(request, 200, {
+                "status": "removed", "name": backend.name, "draining": backend.active,
+                "grace": self.live.grace})
+
+        if self.cluster is not None:
+            return self._inCluster(self.cluster.removeBackend(pool.name, backend.name), removed)
         try:
             self.live.removeBackend(pool.name, backend.name)
         except OSError as e:
             return self._saveFailed(request, e)
-        return self._json(request, 200, {
-            "status": "removed", "name": backend.name, "draining": backend.active,
-            "grace": self.live.grace})
+        return removed()
 
     def listListeners(self, request: Request, args: list[str]) -> bytes:
         """
@@ -660,6 +704,43 @@ class AdminResource(Resource):
 
         return group.upgrade().addCallbacks(upgraded, failed)
 
+    def _inCluster(self, write: Deferred[None], answer: Callable[[], bytes]) -> Deferred[bytes]:
+        """
+        The answer to a change written to the cluster store: C{answer()}
+        once this balancer has applied it; 409 when it lost to another
+        change, 503 when the store cannot be reached.
+        """
+        from ..cluster import Conflict, StoreUnavailable
+
+        def failed(f: Any) -> bytes:
+            if f.check(Conflict):
+                raise APIError(409, str(f.value))
+            if f.check(StoreUnavailable):
+                raise APIError(503, str(f.value))
+            if f.check(TimeoutError):
+                raise APIError(503, "the change was written to the cluster store but this "
+                               "balancer has not applied it yet")
+            return f  # type: ignore[no-any-return]
+
+        return write.addCallbacks(lambda _: answer(), failed)
+
+    def listInstances(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+        """
+        The balancers registered in the cluster store (each with its name,
+        admin address, version and last revision applied).
+        """
+        if self.cluster is None:
+            raise APIError(404, "this balancer is not in a cluster (no cluster: in its "
+                           "configuration)")
+        from ..cluster import StoreUnavailable
+
+        def failed(f: Any) -> bytes:
+            f.trap(StoreUnavailable)
+            raise APIError(503, str(f.value))
+
+        return self.cluster.instances().addCallbacks(
+            lambda found: self._json(request, 200, {"instances": found}), failed)
+
     def reload(self, request: Request, args: list[str]) -> bytes:
         """
         Reload the configuration file, as C{SIGHUP} does (access-log files
@@ -720,7 +801,7 @@ class AdminResource(Resource):
             for b in pool
         ])
 
-    def goAdd(self, request: Request, args: list[str]) -> bytes:
+    def goAdd(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Add C{{"URL": "http://host:port"}} to the first pool.
         """
@@ -738,7 +819,7 @@ class AdminResource(Resource):
         return self._add(request, pool, config, Admin.READY,
                          lambda r, p, b: self._json(r, 200, {"status": "success"}))
 
-    def goRemove(self, request: Request, args: list[str]) -> bytes:
+    def goRemove(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Remove C{{"URL": "http://host:port"}} from the first pool.
         """
@@ -748,6 +829,10 @@ class AdminResource(Resource):
         wanted = backendURL(f"tcp:host={escaped}:port={port}")
         for b in pool:
             if backendURL(b.endpoint) == wanted:
+                if self.cluster is not None:
+                    return self._inCluster(self.cluster.removeBackend(pool.name, b.name),
+                                           lambda: self._json(request, 200,
+                                                              {"status": "success"}))
                 try:
                     self.live.removeBackend(pool.name, b.name)
                 except UnknownBackend:

@@ -1,6 +1,7 @@
 // The lbtwist dashboard: polls the admin API every second and redraws the
 // overview (rates, errors and response times per pool and in total), two
-// charts, the backend tables, the listeners and their routes.  Plain JS and canvas, no
+// charts, the backend tables, the listeners and their routes, and the balancers
+// of a cluster with the state of its store.  Plain JS and canvas, no
 // library, so the page works with no internet access.  When the API stops
 // answering the page is dimmed and says since when.
 "use strict";
@@ -344,6 +345,34 @@
     });
   }
 
+  // The cluster registry's store (etcd) and the balancers sharing it, when
+  // this balancer is in a cluster; the section stays hidden otherwise.
+  function renderCluster(cluster) {
+    var section = document.getElementById("cluster");
+    section.hidden = !cluster;
+    if (!cluster) { return; }
+    var store = document.getElementById("clusterStore");
+    var since = clock(new Date(cluster.since * 1000));
+    store.textContent = cluster.store === "connected"
+      ? "(store connected since " + since + ", revision " + cluster.revision + ")"
+      : "(store unreachable since " + since + ": serving revision " + cluster.revision +
+        ", changes refused)";
+    store.className = cluster.store === "connected" ? "" : "bad";
+    if (cluster.store !== "connected") { return; }
+    getJSON("/api/instances").then(function (answer) {
+      var body = document.querySelector("#instances tbody");
+      body.textContent = "";
+      (answer.instances || []).forEach(function (i) {
+        var row = el("tr", {"data-instance": i.name});
+        row.appendChild(el("td", {}, i.name + (i.name === cluster.instance ? " (this one)" : "")));
+        row.appendChild(el("td", {}, i.address || "-"));
+        row.appendChild(el("td", {}, i.version));
+        row.appendChild(el("td", {"class": "num"}, String(i.revision)));
+        body.appendChild(row);
+      });
+    }, function () {});
+  }
+
   // Draw lines (each {key, label, color, values}) and their total, dashed,
   // on a canvas, with nice Y ticks; fill the legend with the same colours.
   function drawChart(canvasId, legendId, lines) {
@@ -450,6 +479,7 @@
       recordAndDraw(pools, Date.now() / 1000);
       renderPools(pools);
       renderListeners(answers[1]);
+      renderCluster(answers[2].cluster);
       renderRoutes(answers[1]);
       var status = document.getElementById("status");
       status.textContent = answers[2].status;
