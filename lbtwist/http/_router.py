@@ -134,6 +134,9 @@ class RouteRuntime:
         if self.answer is not None and self.responseHeaders is not None:
             self.answer = self.withResponseHeaders(self.answer)
         self._upstreams: dict[str, Upstream] = {}
+        # The one pool of a route that sends to one: no choice to make.
+        self.onlyPool = (self.split.names[0] if self.split is not None
+                         and len(self.split.names) == 1 else None)
         self._sticky = False
         if self.split is not None and len(self.split.names) > 1:
             pools = factory.pools
@@ -316,7 +319,8 @@ class Router:
                     elif passed is not True:
                         gate = passed
                 if answer is None:
-                    chosen = rt.upstream(rt.choosePool(headers, client.clientHost))
+                    name = rt.onlyPool or rt.choosePool(headers, client.clientHost)
+                    chosen = rt._upstreams.get(name) or rt.upstream(name)
                     if chosen is None:
                         answer = _NO_POOL
                     else:
