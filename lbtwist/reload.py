@@ -331,18 +331,28 @@ class LiveConfig:
         @raise ConfigError: C{data} is not a valid pool (naming the key).
         @raise OSError: the state could not be saved; nothing changed.
         """
+        config = self.checkPool(name, data)
+        saved = copy.deepcopy(data)
+        self._commit(lambda o: o.poolAdded(name, saved))  # type: ignore[arg-type]
+        return self.balancer.addPool(config)  # type: ignore[no-any-return]
+
+    def checkPool(self, name: str, data: object) -> PoolConfig:
+        """
+        Check a pool L{addPool} would add, changing nothing: its name,
+        settings, endpoints, TLS files and access log, as at start.
+
+        @raise DuplicatePool: there is one of that name.
+        @raise ConfigError: C{data} is not a valid pool (naming the key).
+        """
         if name in self.pools:
             raise DuplicatePool(name)
         from .checks import checkEndpoints, checkFiles
 
         config = parsePool(_name(name, "name"), data, f"pools.{name}")
-        # Its endpoints, TLS files and access log, checked as at start.
         alone = attrs.evolve(self.fileConfig, listeners=(), admin=None, pools=(config,))
         checkEndpoints(alone)
         checkFiles(alone)
-        saved = copy.deepcopy(data)
-        self._commit(lambda o: o.poolAdded(name, saved))  # type: ignore[arg-type]
-        return self.balancer.addPool(config)  # type: ignore[no-any-return]
+        return config
 
     def removePool(self, name: str) -> BackendPool:
         """

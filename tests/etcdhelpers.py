@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -293,6 +294,28 @@ def startNode(case: TestCase, data: dict[str, Any], directory: str, name: str,
     balancer.startService()
     case.addCleanup(lambda: balancer.stopService() if balancer.running else None)
     return ClusterNode(balancer)
+
+
+def holdWatch(node: ClusterNode) -> Callable[[], Deferred[None]]:
+    """
+    Hold the revisions C{node}'s watch delivers (it has not seen them yet).
+
+    @return: releases them: fires once at least one came and all are
+        applied.
+    """
+    stream = node.sync._watch
+    deliver = stream.onRevision
+    held: list[Any] = []
+    stream.onRevision = lambda rev, events: held.append((rev, events))
+
+    @inlineCallbacks
+    def release() -> Any:
+        yield eventually(lambda: bool(held))
+        stream.onRevision = deliver
+        for rev, events in held:
+            deliver(rev, events)
+
+    return release
 
 
 @inlineCallbacks

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.cluster import EtcdClient, Registry
 from lbtwist.cluster._etcd import Event, KeyValue
 from lbtwist.cluster._registry import backendValue, fullJitter, healthValue
-from lbtwist.config import BackendConfig, HealthCheck, parseHealth
+from lbtwist.config import BackendConfig, Config, HealthCheck, parseConfig, parseHealth
 from lbtwist.pool import Admin
 
 from .etcdhelpers import ClusterCase, b64, call, clusterConfig, dump, eventually, startNode
@@ -32,6 +32,22 @@ def kv(key: str, value: object, rev: int) -> KeyValue:
     """
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
     return KeyValue(key, raw, rev)
+
+
+def fileConfig(backends: list[str], pools: tuple[str, ...] = ()) -> Config:
+    """
+    A file's configuration: pool C{web} of C{backends}, empty pools
+    C{pools}, and a tcp listener C{front} sending to C{web}.
+    """
+    return parseConfig({
+        "listeners": [{"name": "front", "listen": "tcp:0", "pool": "web"}],
+        "pools": {"web": {"backends": [{"name": n, "endpoint": f"tcp:host=h:port={i + 1}"}
+                                       for i, n in enumerate(backends)]},
+                  **{p: {"backends": []} for p in pools}},
+    })
+
+
+ROUTES = [{"name": "local", "match": {"source": "127.0.0.0/8"}, "pool": "extra"}]
 
 
 class RegistryTests(SynchronousTestCase):
@@ -57,7 +73,7 @@ class RegistryTests(SynchronousTestCase):
         a = self.registry.backends[("web", "a")]
         self.assertEqual((a.config.weight, a.admin, a.modRevision, a.config.health.interval),
                          (3, Admin.DRAIN, 4, 7.0))
-        o = self.registry.overrides([("web", ["old", "a"])]).pool("web")
+        o = self.registry.overrides(fileConfig(["old", "a"])).pool("web")
         self.assertEqual(o.removed, {"old"})
         self.assertEqual(sorted(o.added), ["a", "b"])
         self.assertEqual(o.admin, {"a": Admin.DRAIN})
@@ -117,6 +133,96 @@ class RegistryTests(SynchronousTestCase):
                              Admin.READY, base)
         self.registry.load(1, [kv("/p/pools/web/backends/a", value, 1)])
         self.assertEqual(self.registry.backends[("web", "a")].config.health, check)
+
+    def routedRegistry(self) -> None:
+        """
+        Load a registry with a pool created at run time (and a backend of
+        it), a file pool removed and a route list to the created pool.
+        """
+        self.registry.load(9, [
+            kv("/p/pools/extra", {"policy": "leastconn",
+                                  "health": {"interval": 3}}, 5),
+            kv("/p/pools/extra/backends/c", {"endpoint": "tcp:host=h:port=3"}, 5),
+            kv("/p/pools/web/backends/a", {"endpoint": "tcp:host=h:port=1"}, 4),
+            kv("/p/removed-pools/spare", {}, 6),
+            kv("/p/routes/front", ROUTES, 7),
+        ])
+
+    def test_poolsAndRoutes(self) -> None:
+        """
+        A run-time pool (settings without backends, each backend a key of
+        its own, health checked as its pool says), a file pool's removal
+        and a listener's route list become the overrides' added pools,
+        removed pools and routes; applied to the file's configuration they
+        give the pools and routes the store says.
+        """
+        self.routedRegistry()
+        self.assertEqual(self.registry.backends[("extra", "c")].config.health.interval, 3.0)
+        config = fileConfig(["a"], ("spare",))
+        o = self.registry.overrides(config)
+        self.assertEqual(o.addedPools, {"extra": {"policy": "leastconn",
+                                                  "health": {"interval": 3}}})
+        self.assertEqual(o.removedPools, {"spare"})
+        self.assertEqual(o.routes, {"front": ROUTES})
+        self.assertEqual(sorted(o.pool("extra").added), ["c"])
+        effective = o.apply(config)
+        self.assertEqual([(p.name, [b.name for b in p.backends]) for p in effective.pools],
+                         [("web", ["a"]), ("extra", ["c"])])
+        self.assertEqual([r.pool for r in effective.listeners[0].routes], ["extra"])
+        self.assertEqual(self.registry.modRevision("/p/routes/front"), 7)
+        self.assertEqual(self.registry.modRevision("/p/routes/other"), 0)
+
+    def test_poolDeletedDropsItsBackendsAndRoutes(self) -> None:
+        """
+        Once a run-time pool's key is deleted its backends' keys are
+        ignored, and a route list naming it is logged with its key and
+        skipped (once, not at every revision): the listener keeps the
+        file's routes.
+        """
+        self.routedRegistry()
+        with capturedLogs() as events:
+            self.registry.apply(10, [Event("DELETE", KeyValue("/p/pools/extra", b"", 10))])
+            o = self.registry.overrides(fileConfig(["a"], ("spare",)))
+            self.registry.overrides(fileConfig(["a"], ("spare",)))
+        self.assertEqual((o.addedPools, o.routes), ({}, {}))
+        self.assertNotIn("extra", o.pools)
+        warned = [e for e in events if e["log_level"] is LogLevel.warn]
+        self.assertEqual([e["key"] for e in warned], ["/p/routes/front"])
+        self.assertIn("extra", warned[0]["error"])
+
+    def test_malformedPoolsAndRoutesSkipped(self) -> None:
+        """
+        A pool value holding its backends or a bad setting, a route list
+        that is not a list and a removal that is not an object are each
+        logged with their key and skipped.
+        """
+        with capturedLogs() as events:
+            self.registry.load(4, [
+                kv("/p/pools/x", {"backends": [{"name": "a", "endpoint": "tcp:host=h:port=1"}]},
+                   1),
+                kv("/p/pools/y", {"policy": "nope"}, 2),
+                kv("/p/removed-pools/web", [], 3),
+                kv("/p/routes/front", {"name": "r"}, 4),
+            ])
+        warned = [e for e in events if e["log_level"] is LogLevel.warn]
+        self.assertEqual([e["key"] for e in warned], [
+            "/p/pools/x", "/p/pools/y", "/p/removed-pools/web", "/p/routes/front"])
+        self.assertIn("policy", warned[1]["error"])
+        self.assertEqual((self.registry.pools, self.registry.removedPools, self.registry.routes),
+                         ({}, {}, {}))
+        self.assertEqual(self.registry.values, {})
+
+    def test_poolsAndRoutesSnapshotRoundTrip(self) -> None:
+        """
+        The snapshot keeps the run-time pools, removals and routes.
+        """
+        self.routedRegistry()
+        copy = Registry("/p", lambda pool: HealthCheck(interval=7.0))
+        copy.loadJSON(json.loads(json.dumps(self.registry.toJSON())))
+        config = fileConfig(["a"], ("spare",))
+        self.assertEqual(copy.overrides(config), self.registry.overrides(config))
+        self.assertEqual(copy.backends, self.registry.backends)
+        self.assertEqual(copy.pools, self.registry.pools)
 
     def test_jitter(self) -> None:
         """

@@ -26,6 +26,14 @@ from lbtwist.service import LoadBalancer
 from .support import reactor
 
 
+def inRange(key: str, start: str, through: str) -> bool:
+    """
+    Whether C{key} is in etcd's range from C{start} to the keys starting
+    with C{through}, included.
+    """
+    return start <= key and (key < through or key.startswith(through))
+
+
 class FakeEtcd:
     """
     An etcd in memory with the client's interface: keys with revisions, a
@@ -43,19 +51,20 @@ class FakeEtcd:
         self.revision = 1
         self.compacted = 0
         self.down = False
-        self.watches: list[tuple[str, WatchStream]] = []
+        self.watches: list[tuple[str, str, WatchStream]] = []
         self.watchedFrom: list[int] = []
         self.ranges = 0
 
     def _unreachable(self) -> Deferred[Any]:
         return fail(Unavailable("no etcd member answered: fake: connection refused"))
 
-    def range(self, key: str, prefix: bool = False, revision: int = 0) -> Deferred[Any]:
+    def range(self, key: str, prefix: bool = False, revision: int = 0,
+              through: str | None = None) -> Deferred[Any]:
         if self.down:
             return self._unreachable()
         self.ranges += 1
         found = [kv for k, kv in sorted(self.kvs.items())
-                 if (k.startswith(key) if prefix else k == key)]
+                 if (inRange(k, key, through or key) if prefix or through else k == key)]
         return succeed(RangeResult(self.revision, tuple(found)))
 
     def txn(self, compare: Any, success: Any, failure: Any = ()) -> Deferred[Any]:
@@ -90,14 +99,15 @@ class FakeEtcd:
                 self.kvs[key] = KeyValue(key, value, self.revision)
                 events.append({"kv": {"key": _b64(key), "value": _b64(value),
                                       "mod_revision": str(self.revision)}})
-        for prefix, stream in self.watches:
+        for prefix, through, stream in self.watches:
             mine = [e for e in events
-                    if base64.b64decode(e["kv"]["key"]).decode().startswith(prefix)]
+                    if inRange(base64.b64decode(e["kv"]["key"]).decode(), prefix, through)]
             if mine:
                 stream.dataReceived(_line({"events": mine}))
         return self.revision
 
-    def watch(self, prefix: str, start: int, onRevision: Any) -> Deferred[Any]:
+    def watch(self, prefix: str, start: int, onRevision: Any,
+              through: str | None = None) -> Deferred[Any]:
         self.attempts.append(self.clock.seconds())
         if self.down:
             return self._unreachable()
@@ -109,8 +119,9 @@ class FakeEtcd:
             stream.dataReceived(_line({"canceled": True,
                                        "compact_revision": str(self.compacted + 1)}))
             return succeed(stream)
-        self.watches.append((prefix, stream))
-        stream.done.addBoth(lambda r: (self.watches.remove((prefix, stream)), r)[1])
+        watched = (prefix, through or prefix, stream)
+        self.watches.append(watched)
+        stream.done.addBoth(lambda r: (self.watches.remove(watched), r)[1])
         return succeed(stream)
 
     def die(self) -> None:
@@ -118,7 +129,7 @@ class FakeEtcd:
         Become unreachable: every watch's connection is lost.
         """
         self.down = True
-        for _, stream in list(self.watches):
+        for _, _, stream in list(self.watches):
             stream.connectionLost()
 
     def grantLease(self, ttl: int) -> Deferred[Any]:
@@ -278,7 +289,7 @@ class RegistrySyncUnitTests(SynchronousTestCase):
         self.sync.startService()
         self.clock.advance(0)
         before = list(self.snapshot.saved)
-        _, stream = self.etcd.watches[0]
+        _, _, stream = self.etcd.watches[0]
         stream.dataReceived(_line({"events": [
             {"kv": {"key": _b64("/t/pools/web/backends/b"),
                     "value": _b64('{"endpoint": "127.0.0.1:2"}'), "mod_revision": "50"}},

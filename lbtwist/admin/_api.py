@@ -21,7 +21,14 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..config import BackendConfig, ConfigError, ListenerConfig, parseBackend, parseSlowStart
+from ..config import (
+    BackendConfig,
+    ConfigError,
+    ListenerConfig,
+    parseBackend,
+    parseRoutes,
+    parseSlowStart,
+)
 from ..endpoints import parseEndpoint
 from ..metrics import (
     NO_COUNTERS,
@@ -619,14 +626,25 @@ class AdminResource(Resource):
         listener = self._listener(args[0])
         return self._json(request, 200, [routeData(r) for r in listener.routes])
 
-    def setRoutes(self, request: Request, args: list[str]) -> bytes:
+    def setRoutes(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Replace a listener's whole route list (a JSON list in the
         configuration's shape), checked first: a bad list changes nothing
-        and gets a 400 naming the key path of the problem.
+        and gets a 400 naming the key path of the problem.  In a cluster,
+        written to the store (answered once applied here).
         """
-        self._listener(args[0])
+        running = self._listener(args[0])
         data = self._jsonBody(request)
+        if self.cluster is not None:
+            try:
+                routes = parseRoutes(data, "routes", running.mode, list(self.live.pools))
+            except ConfigError as e:
+                raise APIError(400, str(e)) from None
+            # Stored in the shape GET gives: each balancer parses it again.
+            return self._inCluster(
+                self.cluster.setRoutes(args[0], [routeData(r) for r in routes],
+                                       {n for r in routes for n in r.poolNames}),
+                lambda: self.showRoutes(request, args))
         try:
             listener = self.live.setRoutes(args[0], data)
         except ConfigError as e:
@@ -635,43 +653,64 @@ class AdminResource(Resource):
             return self._saveFailed(request, e)
         return self._json(request, 200, [routeData(r) for r in listener.routes])
 
-    def addPool(self, request: Request, args: list[str]) -> bytes:
+    def addPool(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Create a pool: C{{"name": ..., and the configuration's pool keys
         (policy, health, backends...)}}; C{201} with the new pool, C{409} if
-        one of that name exists.
+        one of that name exists.  In a cluster, written to the store
+        (answered once applied here).
         """
         data = self._body(request)
         name = data.pop("name", None)
         if not isinstance(name, str):
             raise APIError(400, f"name: expected the pool's name, got {_shown(name)}")
+
+        def created() -> bytes:
+            if name not in self.live.pools:
+                raise APIError(409, f"pool {name!r} was removed again by another change")
+            return self._json(request, 201, poolView(self.live.pools[name]))
+
         try:
-            pool = self.live.addPool(name, data)
+            if self.cluster is not None:
+                config = self.live.checkPool(name, data)
+                return self._inCluster(self.cluster.addPool(name, data, config), created)
+            self.live.addPool(name, data)
         except DuplicatePool:
             raise APIError(409, f"there is a pool {name!r} already") from None
         except ConfigError as e:
             raise APIError(400, str(e).lstrip(".: ")) from None
         except OSError as e:
             return self._saveFailed(request, e)
-        return self._json(request, 201, poolView(pool))
+        return created()
 
-    def removePool(self, request: Request, args: list[str]) -> bytes:
+    def removePool(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Remove a pool no listener or route sends to (C{409} while one
-        does); its connections get the grace period to finish.
+        does); its connections get the grace period to finish.  In a
+        cluster, written to the store (answered once applied here).
         """
         if args[0] not in self.live.pools:
             raise APIError(404, f"no pool {args[0]!r}")
         pool = self._pool(args[0])
+
+        def removed() -> bytes:
+            return self._json(request, 200, {
+                "status": "removed", "name": pool.name,
+                "draining": sum(b.active for b in pool), "grace": self.live.grace})
+
+        if self.cluster is not None:
+            users = self.live.poolUsers(pool.name)
+            if users:
+                raise APIError(409, str(PoolInUse(pool.name, users)))
+            inFile = any(p.name == pool.name for p in self.live.fileConfig.pools)
+            return self._inCluster(self.cluster.removePool(pool.name, inFile), removed)
         try:
             self.live.removePool(pool.name)
         except PoolInUse as e:
             raise APIError(409, str(e)) from None
         except OSError as e:
             return self._saveFailed(request, e)
-        return self._json(request, 200, {
-            "status": "removed", "name": pool.name,
-            "draining": sum(b.active for b in pool), "grace": self.live.grace})
+        return removed()
 
     def listWorkers(self, request: Request, args: list[str]) -> bytes:
         """

@@ -201,11 +201,15 @@ def putOperation(key: str, value: bytes, lease: int = 0) -> dict[str, Any]:
     return {"request_put": put}
 
 
-def deleteOperation(key: str) -> dict[str, Any]:
+def deleteOperation(key: str, prefix: bool = False) -> dict[str, Any]:
     """
-    A delete of one key, as an operation of a transaction.
+    A delete of one key (or with C{prefix}, of every key starting with it),
+    as an operation of a transaction.
     """
-    return {"request_delete_range": {"key": encode(key)}}
+    delete = {"key": encode(key)}
+    if prefix:
+        delete["range_end"] = prefixEnd(key)
+    return {"request_delete_range": delete}
 
 
 def modRevisionIs(key: str, revision: int) -> dict[str, Any]:
@@ -485,17 +489,19 @@ class EtcdClient:
 
         return Deferred.fromCoroutine(auth())
 
-    def range(self, key: str, prefix: bool = False, revision: int = 0) -> Deferred[RangeResult]:
+    def range(self, key: str, prefix: bool = False, revision: int = 0,
+              through: str | None = None) -> Deferred[RangeResult]:
         """
-        The key C{key} (or with C{prefix}, every key starting with it), as
-        of C{revision} (0: now).
+        The key C{key} (or with C{prefix}, every key starting with it; with
+        C{through}, every key from C{key} to those starting with C{through}
+        included), as of C{revision} (0: now).
 
         @raise Compacted: C{revision} was compacted (its C{compactRevision}
             is 0: the range answer does not say it).
         """
         body: dict[str, Any] = {"key": encode(key)}
-        if prefix:
-            body["range_end"] = prefixEnd(key)
+        if prefix or through is not None:
+            body["range_end"] = prefixEnd(key if through is None else through)
         if revision:
             body["revision"] = str(revision)
 
@@ -573,9 +579,12 @@ class EtcdClient:
         return self._call("/v3/lease/revoke", {"ID": str(lease)}).addCallback(_revision)
 
     def watch(self, prefix: str, startRevision: int,
-              onRevision: Callable[[int, list[Event]], None]) -> Deferred[WatchStream]:
+              onRevision: Callable[[int, list[Event]], None],
+              through: str | None = None) -> Deferred[WatchStream]:
         """
-        Watch every key starting with C{prefix}, from C{startRevision} on:
+        Watch every key starting with C{prefix} (with C{through}, every key
+        from C{prefix} to those starting with C{through} included), from
+        C{startRevision} on:
         C{onRevision(revision, events)} is called once per revision, in
         order.
 
@@ -583,7 +592,8 @@ class EtcdClient:
             C{done} says how it ended (see L{WatchStream}).
         @raise Compacted: C{startRevision} was already compacted.
         """
-        body = {"create_request": {"key": encode(prefix), "range_end": prefixEnd(prefix),
+        end = prefixEnd(prefix if through is None else through)
+        body = {"create_request": {"key": encode(prefix), "range_end": end,
                                    "start_revision": str(startRevision)}}
 
         async def start() -> WatchStream:

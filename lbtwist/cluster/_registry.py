@@ -7,24 +7,42 @@ Layout under the prefix (say C{/lbtwist/prod}):
     /lbtwist/prod/pools/POOL/backends/NAME   one backend, JSON:
         {"endpoint", "weight", "state", "backup"?, "slow-start"?, "maxconn"?,
          "health"? (only what differs from its pool's)}
+    /lbtwist/prod/pools/POOL                 a pool created at run time: its
+        settings in the configuration's shape, without "backends" (each
+        backend is a key of its own under it)
+    /lbtwist/prod/removed-pools/POOL         a pool of the file removed at
+        run time: {}
+    /lbtwist/prod/routes/LISTENER            a listener's route list set at
+        run time, in the configuration's shape (what GET
+        /api/listeners/LISTENER/routes gives)
     /lbtwist/prod/instances/NAME             one live balancer (on a lease):
         {"name", "address", "version", "revision", "since"}
 
-One key per backend, because a backend is what the admin API changes at
-run time: a write is one key's transaction, conditioned on that key's
+One key per backend, because a backend is what the admin API changes most
+at run time: a write is one key's transaction, conditioned on that key's
 C{mod_revision}, so two writers of one backend conflict and two writers of
-different backends never do.  A pool's own settings (policy, health check,
-timeouts) and its listeners stay in the YAML file: they cannot change
-without the listeners being rebuilt.  The YAML's backends seed the store
-once, when C{pools/} under the prefix is empty (one transaction that
-compares the whole range, so two balancers starting together seed once).
+different backends never do.  A file pool's own settings (policy, health
+check, timeouts) and its listeners stay in the YAML file.  A file pool
+removed at run time gets a key of its own under C{removed-pools/}: every
+balancer's file still lists it, so deleting its backends' keys alone would
+leave an empty pool on each, and a key under C{pools/} would make the store
+the source of a file pool's settings.  A route list is conditioned on its
+key and on each pool it sends to (a run-time pool's key unchanged, a file
+pool's removal absent); a pool's removal on every route list of the
+balancer's listeners: a route and a removal made at once conflict, so the
+store never holds a route to a pool that is gone.  The YAML's backends seed
+the store once, when C{pools/} under the prefix is empty (one transaction
+that compares the whole range, so two balancers starting together seed
+once).
 
-Each balancer lists C{pools/} at revision R, applies it, watches from R+1,
-and applies each revision's events as one unit, in order, through
+Each balancer lists the keys from C{pools/} through C{routes/} (not
+C{instances/}, which heartbeats change) at revision R, applies it, watches
+from R+1, and applies each revision's events as one unit, in order, through
 L{lbtwist.reload.LiveConfig.reconcile}: the same path a reload and the
 state file take to add, remove, re-weight and set the admin state of
-backends.  The registry and its revision are saved to a snapshot file
-(atomically) after each revision; a balancer that starts while etcd is
+backends, start and drain pools, and give listeners their routes.  The
+registry and its revision are saved to a snapshot file (atomically) after
+each revision; a balancer that starts while etcd is
 unreachable starts from it, and one that loses etcd keeps what it has,
 reconnecting with back-off and jitter and resuming from its revision (a
 compacted revision means a new listing).
@@ -41,7 +59,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import attrs
@@ -50,7 +68,16 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from ..config import BackendConfig, ConfigError, HealthCheck, parseBackend
+from ..config import (
+    BackendConfig,
+    Config,
+    ConfigError,
+    HealthCheck,
+    PoolConfig,
+    parseBackend,
+    parsePool,
+    parseRoutes,
+)
 from ..pool import Admin
 from ..reload import LiveConfig
 from ..state import Overrides, writeAtomically
@@ -69,6 +96,8 @@ from ._etcd import (
 )
 
 SNAPSHOT_VERSION = 1
+# The registry's keys other than backends, by their first path segment.
+KINDS = {"pools": "pool", "removed-pools": "removed", "routes": "routes"}
 INSTANCE_TTL = 10
 WRITE_TIMEOUT = 5.0
 
@@ -137,27 +166,59 @@ def backendValue(config: BackendConfig, admin: Admin,
     return value
 
 
+@attrs.frozen
+class PoolEntry:
+    """
+    A pool created at run time, as the registry holds it.
+
+    @ivar data: its settings in the configuration's shape, without its
+        backends (they are keys of their own).
+    """
+
+    config: PoolConfig
+    data: dict[str, Any]
+    modRevision: int
+
+
 class Registry:
     """
-    The backends of every pool, as the store holds them at C{revision}.
+    The backends of every pool, the pools created and removed at run time
+    and the route lists set at run time, as the store holds them at
+    C{revision}.
 
     Pure: it parses keys and values and yields the overrides to apply; it
     does no I/O.  A malformed key or value is logged with its key and
     skipped (the entry it would have replaced stays).
 
     @ivar backends: by C{(pool, name)}.
-    @ivar values: every backend key's raw JSON value and mod revision (for
-        the snapshot).
+    @ivar pools: the pools created at run time, by name.
+    @ivar removedPools: the file's pools removed at run time, by name, with
+        their key's mod revision.
+    @ivar routes: route lists (in the configuration's shape), by listener.
+    @ivar values: every key's raw JSON value and mod revision (for the
+        snapshot and for the revision a write is conditioned on).
     """
 
     log = Logger()
 
     def __init__(self, prefix: str, health: Callable[[str], HealthCheck]) -> None:
         self.prefix = prefix
-        self.health = health
+        self.fileHealth = health
         self.revision = 0
         self.backends: dict[tuple[str, str], BackendEntry] = {}
+        self.pools: dict[str, PoolEntry] = {}
+        self.removedPools: dict[str, int] = {}
+        self.routes: dict[str, list[Any]] = {}
         self.values: dict[str, tuple[Any, int]] = {}
+        self._warned: set[tuple[str, int]] = set()
+
+    def health(self, pool: str) -> HealthCheck:
+        """
+        The health check of pool C{pool}'s backends: a run-time pool's, or
+        the file's.
+        """
+        entry = self.pools.get(pool)
+        return entry.config.health if entry is not None else self.fileHealth(pool)
 
     def key(self, pool: str, name: str) -> str:
         """
@@ -165,15 +226,47 @@ class Registry:
         """
         return f"{self.prefix}/pools/{pool}/backends/{name}"
 
+    def poolKey(self, pool: str) -> str:
+        """
+        The key of a pool created at run time.
+        """
+        return f"{self.prefix}/pools/{pool}"
+
+    def removedKey(self, pool: str) -> str:
+        """
+        The key saying a pool of the file was removed at run time.
+        """
+        return f"{self.prefix}/removed-pools/{pool}"
+
+    def routesKey(self, listener: str) -> str:
+        """
+        The key of a listener's route list.
+        """
+        return f"{self.prefix}/routes/{listener}"
+
+    def modRevision(self, key: str) -> int:
+        """
+        The revision that last changed C{key}, as this registry knows it (0:
+        it does not exist).
+        """
+        found = self.values.get(key)
+        return found[1] if found is not None else 0
+
     def load(self, revision: int, kvs: Iterable[KeyValue]) -> None:
         """
         Replace everything with a listing made at C{revision}.
         """
-        self.backends.clear()
-        self.values.clear()
+        self._clear()
         for kv in kvs:
             self._put(kv.key, kv.value, kv.modRevision)
         self.revision = revision
+
+    def _clear(self) -> None:
+        self.backends.clear()
+        self.pools.clear()
+        self.removedPools.clear()
+        self.routes.clear()
+        self.values.clear()
 
     def apply(self, revision: int, events: Iterable[Event]) -> None:
         """
@@ -181,25 +274,48 @@ class Registry:
         """
         for e in events:
             if e.type == "DELETE":
-                where = self._parseKey(e.kv.key)
-                self.values.pop(e.kv.key, None)
-                if where is not None:
-                    self.backends.pop(where, None)
+                self._delete(e.kv.key)
             else:
                 self._put(e.kv.key, e.kv.value, e.kv.modRevision)
         self.revision = max(self.revision, revision)
 
-    def _parseKey(self, key: str) -> tuple[str, str] | None:
-        rest = key[len(self.prefix):].split("/")
-        if key.startswith(self.prefix + "/") and len(rest) == 5 and rest[1] == "pools" \
-                and rest[3] == "backends" and rest[2] and rest[4]:
-            return rest[2], rest[4]
+    def _delete(self, key: str) -> None:
+        self.values.pop(key, None)
+        where = self._parseKey(key)
+        if where is None:
+            return
+        kind, name, backend = where
+        if kind == "backend":
+            self.backends.pop((name, backend), None)
+        elif kind == "pool":
+            self.pools.pop(name, None)
+            self._reparseBackends(name)
+        elif kind == "removed":
+            self.removedPools.pop(name, None)
+        else:
+            self.routes.pop(name, None)
+
+    def _parseKey(self, key: str) -> tuple[str, str, str] | None:
+        """
+        What a key is: C{("backend", pool, name)}, C{("pool", name, "")},
+        C{("removed", pool, "")} or C{("routes", listener, "")}; L{None}
+        if none.
+        """
+        if not key.startswith(self.prefix + "/"):
+            return None
+        rest = key[len(self.prefix) + 1:].split("/")
+        if not all(rest):
+            return None
+        if len(rest) == 4 and rest[0] == "pools" and rest[2] == "backends":
+            return "backend", rest[1], rest[3]
+        if len(rest) == 2 and rest[0] in KINDS:
+            return KINDS[rest[0]], rest[1], ""
         return None
 
     def _put(self, key: str, raw: bytes, modRevision: int) -> None:
-        where = self._parseKey(key)
-        if where is None:
-            self.log.warn("cluster registry: ignoring key {key}: not pools/POOL/backends/NAME",
+        if self._parseKey(key) is None:
+            self.log.warn("cluster registry: ignoring key {key}: not pools/POOL, "
+                          "pools/POOL/backends/NAME, removed-pools/POOL or routes/LISTENER",
                           key=key)
             return
         try:
@@ -207,41 +323,111 @@ class Registry:
         except ValueError:
             self.log.warn("cluster registry: skipping {key}: its value is not JSON", key=key)
             return
-        self._set(key, where, value, modRevision)
+        self._set(key, value, modRevision)
 
-    def _set(self, key: str, where: tuple[str, str], value: Any, modRevision: int) -> None:
-        pool, name = where
+    def _set(self, key: str, value: Any, modRevision: int) -> None:
+        where = self._parseKey(key)
+        if where is None:
+            return
+        kind, name, backend = where
         try:
-            if not isinstance(value, dict):
-                raise ConfigError(key, "expected a JSON object")
-            fields = dict(value)
-            try:
-                admin = Admin(fields.pop("state", "ready"))
-            except ValueError:
-                raise ConfigError(f"{key}.state", "expected ready, drain or maint") from None
-            config = parseBackend({**fields, "name": name}, key, self.health(pool))
+            if kind == "backend":
+                self.backends[name, backend] = self._backend(key, name, backend, value,
+                                                             modRevision)
+            elif kind == "routes":
+                if not isinstance(value, list):
+                    raise ConfigError(key, "expected a JSON list of routes")
+                self.routes[name] = value
+            elif kind == "removed":
+                if not isinstance(value, dict):
+                    raise ConfigError(key, "expected a JSON object")
+                self.removedPools[name] = modRevision
+            else:
+                if isinstance(value, dict) and "backends" in value:
+                    raise ConfigError(f"{key}.backends", "the backends of a pool are keys "
+                                      "of their own (pools/POOL/backends/NAME)")
+                config = parsePool(name, value, key)
+                self.pools[name] = PoolEntry(config, value, modRevision)
         except ConfigError as e:
             self.log.warn("cluster registry: skipping {key}: {error}", key=key, error=str(e))
             return
-        self.backends[where] = BackendEntry(pool, config, admin, modRevision)
         self.values[key] = (value, modRevision)
+        if kind == "pool":
+            self._reparseBackends(name)
 
-    def overrides(self, pools: Iterable[tuple[str, Iterable[str]]]) -> Overrides:
+    def _backend(self, key: str, pool: str, name: str, value: Any,
+                 modRevision: int) -> BackendEntry:
+        if not isinstance(value, dict):
+            raise ConfigError(key, "expected a JSON object")
+        fields = dict(value)
+        try:
+            admin = Admin(fields.pop("state", "ready"))
+        except ValueError:
+            raise ConfigError(f"{key}.state", "expected ready, drain or maint") from None
+        config = parseBackend({**fields, "name": name}, key, self.health(pool))
+        return BackendEntry(pool, config, admin, modRevision)
+
+    def _reparseBackends(self, pool: str) -> None:
         """
-        The registry as overrides on top of the file's pools (given as
-        C{(name, backend names)}): every file backend not in the registry
-        removed, every registry backend added with its admin state.  A
-        pool the file does not have is ignored.
+        Parse the backends of C{pool} again: their health check follows
+        their pool's, which was just created or removed.
+        """
+        for (p, name), entry in list(self.backends.items()):
+            if p == pool:
+                key = self.key(p, name)
+                self._set(key, self.values[key][0], entry.modRevision)
+
+    def warnOnce(self, key: str, error: str) -> None:
+        """
+        Log a value that cannot be applied once per revision of its key,
+        not at each revision of the registry.
+        """
+        seen = (key, self.modRevision(key))
+        if seen not in self._warned:
+            self._warned.add(seen)
+            self.log.warn("cluster registry: skipping {key}: {error}", key=key, error=error)
+
+    def overrides(self, config: Config, keep: Collection[str] = ()) -> Overrides:
+        """
+        The registry as overrides on top of the file's configuration
+        C{config}: every file backend not in the registry removed, every
+        registry backend added with its admin state; the pools created and
+        removed at run time; the route lists set.  Backends of a pool that
+        is neither the file's nor created are ignored; a route list that
+        is not valid for its listener (it names a pool that is not there,
+        say) is logged with its key and skipped.
+
+        @param keep: pools of the file whose removal is not applied.
         """
         result = Overrides()
-        for pool, fileBackends in pools:
+        filePools = {p.name: p for p in config.pools}
+        for name, entry in self.pools.items():
+            if name not in filePools or name in self.removedPools:
+                result.addedPools[name] = entry.data
+        result.removedPools = {n for n in self.removedPools
+                               if n in filePools and n not in keep}
+        available = [n for n in filePools if n not in result.removedPools]
+        available.extend(result.addedPools)
+        for pool in available:
             o = result.pool(pool)
             mine = {name: e for (p, name), e in self.backends.items() if p == pool}
-            o.removed = {n for n in fileBackends if n not in mine}
+            fileBackends = filePools[pool].backends if pool not in result.addedPools else ()
+            o.removed = {b.name for b in fileBackends if b.name not in mine}
             for name in sorted(mine):
                 o.added[name] = mine[name].config
                 if mine[name].admin is not Admin.READY:
                     o.admin[name] = mine[name].admin
+        for listener in config.listeners:
+            data = self.routes.get(listener.name)
+            if data is None:
+                continue
+            key = self.routesKey(listener.name)
+            try:
+                parseRoutes(data, key, listener.mode, available)
+            except ConfigError as e:
+                self.warnOnce(key, str(e))
+                continue
+            result.routes[listener.name] = data
         return result
 
     def toJSON(self) -> dict[str, Any]:
@@ -262,23 +448,35 @@ class Registry:
         if data.get("prefix") != self.prefix:
             raise ValueError(f"it is the snapshot of prefix {data.get('prefix')!r}, "
                              f"not {self.prefix!r}")
-        self.backends.clear()
-        self.values.clear()
-        for key, item in dict(data.get("keys", {})).items():
-            where = self._parseKey(key)
-            if where is not None and isinstance(item, dict):
-                self._set(key, where, item.get("value"), int(item.get("mod", 0)))
+        self._clear()
+        # Sorted, so that a pool comes before its backends.
+        for key, item in sorted(dict(data.get("keys", {})).items()):
+            if isinstance(item, dict):
+                self._set(key, item.get("value"), int(item.get("mod", 0)))
         self.revision = int(data.get("revision", 0))
 
 
 def applyRegistry(live: LiveConfig, registry: Registry) -> int:
     """
-    Make the live pools what the registry says, through the reload path.
+    Make the live pools and routes what the registry says, through the
+    reload path.  A removal of a file pool that something still sends to
+    (a listener of the file, say: the store was changed by hand) is logged
+    and not applied.
 
     @return: how many pools changed.
     """
-    live.overrides = registry.overrides(
-        (p.name, [b.name for b in p.backends]) for p in live.fileConfig.pools)
+    overrides = registry.overrides(live.fileConfig)
+    effective = overrides.apply(live.fileConfig)
+    inUse = []
+    for name in sorted(overrides.removedPools):
+        users = live.poolUsers(name, effective)
+        if users:
+            registry.warnOnce(registry.removedKey(name),
+                              f"pool {name!r} is in use ({', '.join(users)})")
+            inUse.append(name)
+    if inUse:
+        overrides = registry.overrides(live.fileConfig, keep=inUse)
+    live.overrides = overrides
     return live.reconcile()
 
 
@@ -510,17 +708,20 @@ class RegistrySync(Service):
         List the registry (seeding it first if it is empty) and apply it.
         """
         root = self.prefix + "/pools/"
-        listing = await self.client.range(root, prefix=True)
-        if not listing.kvs:
+        listing = await self.client.range(root, through=self.prefix + "/routes/")
+        if not any(kv.key.startswith(root) for kv in listing.kvs):
             # Seeded by this balancer or, if it lost the race, by another:
             # either way the store has the registry now.
             await self._seed(root)
-            listing = await self.client.range(root, prefix=True)
+            listing = await self.client.range(root, through=self.prefix + "/routes/")
         self.registry.load(listing.revision, listing.kvs)
         self.haveRegistry = True
         self._applied()
-        self.log.info("cluster: registry listed at revision {revision}: {count} backends",
-                      revision=listing.revision, count=len(self.registry.backends))
+        self.log.info("cluster: registry listed at revision {revision}: {count} backends, "
+                      "{pools} pools created, {removed} removed, {routes} route lists",
+                      revision=listing.revision, count=len(self.registry.backends),
+                      pools=len(self.registry.pools), removed=len(self.registry.removedPools),
+                      routes=len(self.registry.routes))
 
     async def _seed(self, root: str) -> bool:
         values = seedValues(self.live, self.prefix)
@@ -540,8 +741,10 @@ class RegistrySync(Service):
         """
         Watch from the revision after the registry's until the watch ends.
         """
+        # From pools/ through routes/: the registry, but not instances/,
+        # which every balancer's heartbeat changes every few seconds.
         stream = await self.client.watch(self.prefix + "/pools/", self.registry.revision + 1,
-                                         self._revision)
+                                         self._revision, through=self.prefix + "/routes/")
         self._watch = stream
         self._setConnected(True)
         try:
@@ -621,28 +824,39 @@ class RegistrySync(Service):
                 f"the cluster store (etcd at {', '.join(self.client.urls)}) is unreachable "
                 f"since {since} ({self.lastError}); nothing was changed")
 
-    async def _write(self, key: str, modRevision: int, operation: dict[str, Any]) -> None:
+    async def _write(self, key: str, modRevision: int, operation: dict[str, Any],
+                     also: Iterable[tuple[str, int]] = (),
+                     more: Iterable[dict[str, Any]] = ()) -> None:
+        """
+        Write C{operation} (and C{more}) in one transaction conditioned on
+        C{key} (and each key of C{also}) last changed at the revision given
+        (0: it does not exist); fires once this balancer has applied it.
+        """
         self._checkConnected()
+        also = list(also)
+        compares = [modRevisionIs(k, r) for k, r in [(key, modRevision), *also]]
         try:
-            result = await self.client.txn([modRevisionIs(key, modRevision)], [operation])
+            result = await self.client.txn(compares, [operation, *more])
         except EtcdError as e:
             raise StoreUnavailable(f"the cluster store refused or missed the write: {e}; it "
                                    "may or may not have been made") from e
         revision = result.revision
         if not result.succeeded:
-            made = await self._alreadyMade(key, modRevision, operation)
+            made = await self._alreadyMade(key, modRevision, operation, also)
             if made is None:
                 raise Conflict(
                     f"{key} was added by another change meanwhile" if modRevision == 0 else
                     f"{key} changed since revision {modRevision} (another change came "
-                    "first); read it again")
+                    "first); read it again" + (
+                        "" if not also else
+                        f"; or one of {', '.join(k for k, _ in also)} changed"))
             revision = made
         applied = self.waitFor(revision)
         applied.addTimeout(WRITE_TIMEOUT, self.clock)
         await applied
 
-    async def _alreadyMade(self, key: str, modRevision: int,
-                           operation: dict[str, Any]) -> int | None:
+    async def _alreadyMade(self, key: str, modRevision: int, operation: dict[str, Any],
+                           also: list[tuple[str, int]]) -> int | None:
         """
         Whether a put whose comparison failed finds the key already holding
         its value since C{modRevision}: the client may have sent it to a
@@ -652,7 +866,7 @@ class RegistrySync(Service):
         @return: the revision that made it, or L{None}.
         """
         put = operation.get("request_put")
-        if put is None:
+        if put is None or also:
             return None
         try:
             found = await self.client.range(key)
@@ -719,6 +933,74 @@ class RegistrySync(Service):
         key = self.registry.key(pool, name)
         return Deferred.fromCoroutine(self._write(key, entry.modRevision,
                                                   deleteOperation(key)))
+
+    def _poolStands(self, pool: str) -> list[tuple[str, int]]:
+        """
+        The comparisons that hold while C{pool} stays as this balancer
+        knows it: a run-time pool's key unchanged, a file pool's removal
+        still absent.
+        """
+        if pool in self.registry.pools:
+            key = self.registry.poolKey(pool)
+            return [(key, self.registry.modRevision(key))]
+        return [(self.registry.removedKey(pool), 0)]
+
+    def setRoutes(self, listener: str, data: list[Any], pools: Iterable[str]) -> Deferred[None]:
+        """
+        Replace the route list of C{listener} (checked, in the
+        configuration's shape) in one write conditioned on the revision
+        this balancer knows of it and of each of C{pools} (those the routes
+        send to), so that a pool removed meanwhile is a conflict, not a
+        route to nowhere.
+        """
+        key = self.registry.routesKey(listener)
+        also = [c for pool in sorted(set(pools)) for c in self._poolStands(pool)]
+        return Deferred.fromCoroutine(self._write(
+            key, self.registry.modRevision(key),
+            putOperation(key, json.dumps(data).encode()), also))
+
+    def addPool(self, name: str, data: dict[str, Any], config: PoolConfig) -> Deferred[None]:
+        """
+        Create pool C{name} (checked: C{config} is C{data} parsed): its
+        settings under C{pools/NAME}, each of its backends a key of its
+        own, in one write conditioned on the key not existing (a file
+        pool removed before comes back: its removal is deleted).
+        """
+        key = self.registry.poolKey(name)
+        settings = {k: v for k, v in data.items() if k != "backends"}
+        more = [putOperation(self.registry.key(name, b.name),
+                             json.dumps(backendValue(b, Admin.READY, config.health)).encode())
+                for b in config.backends]
+        removed = self.registry.removedKey(name)
+        also = [(removed, self.registry.modRevision(removed))]
+        if removed in self.registry.values:
+            more.append(deleteOperation(removed))
+        return Deferred.fromCoroutine(self._write(
+            key, 0, putOperation(key, json.dumps(settings).encode()), also, more))
+
+    def removePool(self, name: str, fileHasIt: bool) -> Deferred[None]:
+        """
+        Remove pool C{name} (nothing sends to it) and every backend key of
+        it, in one write conditioned on the pool and on every route list
+        of this balancer's listeners being as this balancer knows them, so
+        that a route set meanwhile to the pool is a conflict.  A run-time
+        pool's key is deleted; a file pool gets a C{removed-pools/NAME}
+        key, or every balancer would have it again from its file.
+        """
+        poolKey = self.registry.poolKey(name)
+        removed = self.registry.removedKey(name)
+        routes = [self.registry.routesKey(x.name) for x in self.live.fileConfig.listeners]
+        also = [(k, self.registry.modRevision(k)) for k in routes]
+        more = [deleteOperation(self.registry.key(name, ""), prefix=True)]
+        if name in self.registry.pools:
+            key, operation = poolKey, deleteOperation(poolKey)
+            if fileHasIt and removed not in self.registry.values:
+                more.append(putOperation(removed, b"{}"))
+                also.append((removed, 0))
+        else:
+            key, operation = removed, putOperation(removed, b"{}")
+        return Deferred.fromCoroutine(self._write(
+            key, self.registry.modRevision(key), operation, also, more))
 
     async def _missing(self, pool: str, name: str) -> None:
         await self._refuse(f"the registry has no backend {name!r} in pool {pool!r}")
