@@ -136,6 +136,9 @@ class LiveConfig:
         self.reloads = 0
         # What the last reload read but could not apply without a restart.
         self.restartNeeded: list[str] = []
+        # Called after each reconcile (any change applied to the pools or
+        # routes, from any source): a master pushes to its workers.
+        self.reconciled: list[Callable[[], None]] = []
         # The routes each listener's factory was given, as built.
         self.appliedRoutes = {x.name: (x.routes, x.defaultRoute) for x in fileConfig.listeners}
         # Called after each reload applied (the cluster registry, which
@@ -454,6 +457,8 @@ class LiveConfig:
                 for backend in self.balancer.removePool(name):
                     self._drain(name, backend)
                 changed += 1
+        for hook in self.reconciled:
+            hook()
         return changed
 
     def _reconcilePool(self, live: BackendPool, pc: PoolConfig) -> bool:

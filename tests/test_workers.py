@@ -306,6 +306,39 @@ class ControlPlaneTests(GroupTestCase):
         yield group.stop(self)
 
     @inlineCallbacks
+    def test_clusterRevisionReachesEveryWorker(self) -> Any:
+        """
+        A master in a cluster applies revisions another balancer wrote (a
+        pool and its backend, then a route list sending to it, put straight
+        into etcd) and pushes them: every worker's next clients follow.
+        """
+        from .etcdhelpers import b64, call, startEtcd
+
+        etcd = yield startEtcd(self)
+        backends = Backends(self)
+        for name in ("a", "c"):
+            backends.start(name)
+        group = yield self.startGroup(
+            2, named(backends, "a"), cluster={"etcd": etcd.urls, "prefix": "/lbt"})
+        for key, value in (
+            ("/lbt/pools/other", {"health": {"interval": "200ms", "rise": 1, "fall": 1}}),
+            ("/lbt/pools/other/backends/c", {"endpoint": backends.endpoint("c")}),
+            ("/lbt/routes/front", [{"name": "local", "match": {"source": "127.0.0.0/8"},
+                                   "pool": "other"}]),
+        ):
+            yield inThread(call, etcd.url, "/v3/kv/put",
+                           {"key": b64(key), "value": b64(json.dumps(value))})
+        for _ in range(50):
+            answers = yield inThread(connections, group.port, 60, 6)
+            if set(answers) == {b"c"}:
+                break
+            yield sleep(0.1)
+        self.assertEqual(set(answers), {b"c"})
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertTrue(all(w["requests"] > 0 for w in workers), workers)
+        yield group.stop(self)
+
+    @inlineCallbacks
     def test_healthReachesEveryWorker(self) -> Any:
         """
         A backend that stops is found down by the master's one probe, and

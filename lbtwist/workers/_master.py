@@ -277,9 +277,11 @@ class WorkerGroup(Service):
         self.sockets = self._listeningSockets()
         if self.text is not None and self.text.text is None:
             self.text()
-        for pool in self.live.pools.values():
-            pool.observers.append(self._poolChanged)
+        self._observePools()
         self.live.reloaded = [*self.live.reloaded, lambda config: self.schedulePush()]
+        # A change from anywhere else (the cluster registry's revisions)
+        # reaches the workers too.
+        self.live.reconciled.append(self.schedulePush)
         self.refresher.start(REFRESH, now=False)
         self.generation = 1
         self.slots = [self._spawn(WorkerSlot(i, self.generation)) for i in range(1, self.count + 1)]
@@ -598,11 +600,21 @@ class WorkerGroup(Service):
     def _poolChanged(self, event: PoolEvent) -> None:
         self.schedulePush()
 
+    def _observePools(self) -> None:
+        """
+        Watch every pool's changes (its health transitions included), pools
+        added at run time too.
+        """
+        for pool in self.live.pools.values():
+            if self._poolChanged not in pool.observers:
+                pool.observers.append(self._poolChanged)
+
     def schedulePush(self) -> None:
         """
         Push the registry to every worker soon (changes made together, in
         one turn of the reactor, go in one push).
         """
+        self._observePools()
         if self._pushing is None and self.running:
             self._pushing = self.reactor.callLater(0, self._pushNow)
 
@@ -663,6 +675,7 @@ class WorkerGroup(Service):
         if self._pushing is not None and self._pushing.active():
             self._pushing.cancel()
         self._pushing = None
+        self._observePools()
         return self.push()
 
     def refresh(self) -> Deferred[None]:
