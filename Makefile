@@ -40,10 +40,12 @@ test: $(STAMP) test-deps ## ruff, mypy, then the whole trial suite
 	$(BIN)/mypy lbtwist
 	$(BIN)/trial --reactor=lbtwist --reporter=text tests
 
-# Debian tools the integration tests drive (each command is its package's
-# name); installed when missing and run as root, else those tests skip.
+# Debian tools the integration tests drive (COMMAND:PACKAGE, or one name
+# for both); installed when missing and run as root, else those tests skip.
+# nghttp2-client brings nghttp and h2load (the HTTP/2 tests).
 test-deps: ## install the Debian tools the integration tests drive (as root)
-	@missing=""; for t in curl wrk chromium slowhttptest; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in curl wrk chromium slowhttptest h2load:nghttp2-client; do \
+	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
