@@ -794,8 +794,16 @@ class H2Connection(ClientPeer, Protocol):
                     getattr(self, handler)(event)
                     if self.closed:
                         return
-            if getattr(self.h2.incoming_buffer, "_headers_buffer", None):
-                # A header block continues in frames still to come.
+            partial = getattr(self.h2.incoming_buffer, "_headers_buffer", None)
+            if partial:
+                # A header block continues in CONTINUATION frames still to
+                # come: h2 holds its frames (64 at most), decoded only once
+                # it ends.  Its compressed size is bounded too, as the
+                # decoded list will be (HPACK makes few fields larger).
+                if sum(len(f.data) for f in partial) > 2 * self.settings.maxHeaderListSize:
+                    self.factory.refused += 1
+                    self.calm("bytes of one header block", self.settings.maxHeaderListSize * 2)
+                    return
                 if self._partialSince is None:
                     self._partialSince = self._lastActivity
             else:
