@@ -14,12 +14,17 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
-from twisted.internet.defer import inlineCallbacks
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+from hyperframe.frame import ContinuationFrame, HeadersFrame
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from .httphelpers import RecordingBackend
-from .support import reactor, startBalancer
+from .support import inThread, reactor, startBalancer
 from .test_tls_listen import Certificates
 
 CURL = shutil.which("curl")
@@ -297,3 +302,294 @@ class NghttpTests(H2TestCase):
         self.assertEqual(code, 0, (out, err))
         self.assertIn(b"2000 succeeded, 0 failed, 0 errored", out, out)
         self.assertEqual(factory.h2Streams, 2000)
+
+
+def delayed(seconds: float) -> Any:
+    """
+    A responder that answers each request after C{seconds}, and counts on
+    the backend the requests in flight (C{inflight}) and their most
+    (C{peak}).
+    """
+    from .httphelpers import okResponse
+
+    def respond(request: Any, backend: Any, proto: Any) -> None:
+        backend.inflight = getattr(backend, "inflight", 0) + 1
+        backend.peak = max(getattr(backend, "peak", 0), backend.inflight)
+
+        def answer() -> None:
+            backend.inflight -= 1
+            if proto.transport.connected:
+                proto.transport.write(okResponse(request, backend))
+
+        reactor.callLater(seconds, answer)
+
+    return respond
+
+
+class AbuseTests(H2TestCase):
+    """
+    The h2 library as a client that abuses the connection, over a real
+    socket.
+    """
+
+    @inlineCallbacks
+    def test_rapidReset(self) -> Any:
+        """
+        A client that opens and resets streams as fast as it can (the
+        rapid-reset attack) gets GOAWAY ENHANCE_YOUR_CALM and is closed,
+        while curl fetching on its own connection at the same time sees no
+        failure.
+        """
+        backend = self.backend()
+        factory, port = self.balancer(backend)
+
+        def flood() -> Any:
+            client = H2Client(port)
+            try:
+                for i in range(1000):
+                    sid = 1 + 2 * i
+                    client.request(sid, "/flood")
+                    client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+                    client.flush()
+                    if i % 20 == 19:
+                        # Read as it goes: the GOAWAY must be read before
+                        # the balancer's close resets the socket.
+                        client.read(lambda events: goaway(events) is not None, timeout=0.001)
+                    if client.closed or goaway(client.events) is not None:
+                        break
+                client.read(lambda events: goaway(events) is not None)
+                return goaway(client.events), i
+            finally:
+                client.close()
+
+        @inlineCallbacks
+        def fetch() -> Any:
+            # One curl per request: curl 7.88 cannot reuse an h2c
+            # connection (curl issue 10634).
+            answers = []
+            for i in range(20):
+                out, err, code = yield self.curl(
+                    "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}",
+                    f"http://127.0.0.1:{port}/calm{i}")
+                answers.append((out, code, err))
+            return answers
+
+        results = yield DeferredList([inThread(flood), fetch()], consumeErrors=True)
+        (ok1, flooded), (ok2, answers) = results
+        self.assertTrue(ok1 and ok2, results)
+        terminated, sent = flooded
+        self.assertIsNotNone(terminated)
+        self.assertEqual(terminated.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertLess(sent, 999)
+        self.assertEqual(factory.h2Calmed, 1)
+        self.assertEqual(answers, [(b"200", 0, b"")] * 20)
+
+    @inlineCallbacks
+    def test_continuationFlood(self) -> Any:
+        """
+        A header block continued without end (a CONTINUATION flood) is cut
+        off: GOAWAY and close, long before the client has sent what it
+        meant to (10 MB).
+        """
+        backend = self.backend()
+        factory, port = self.balancer(backend)
+
+        def flood() -> Any:
+            client = H2Client(port)
+            try:
+                client.read(lambda events: any(
+                    isinstance(e, h2.events.RemoteSettingsChanged) for e in events))
+                first = HeadersFrame(1, client.conn.encoder.encode(
+                    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                     (b":authority", b"a")]))
+                sent = 0
+                client.sock.sendall(first.serialize())
+                for _ in range(640):
+                    frame = ContinuationFrame(1)
+                    frame.data = b"\x40\x01a\x01b" * 3276
+                    try:
+                        client.sock.sendall(frame.serialize())
+                    except OSError:
+                        break
+                    sent += len(frame.data)
+                client.read(lambda events: goaway(events) is not None)
+                return goaway(client.events), sent
+            finally:
+                client.close()
+
+        terminated, sent = yield inThread(flood)
+        self.assertIsNotNone(terminated)
+        self.assertEqual(terminated.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertLess(sent, 10_000_000)
+        self.assertEqual(backend.heads, [])
+        self.assertEqual(factory.h2Calmed, 1)
+
+    @inlineCallbacks
+    def test_thousandStreams(self) -> Any:
+        """
+        1,000 streams on one connection, opened as fast as the advertised
+        limit allows: all answered, and never more than 100 in flight at
+        the backend.
+        """
+        backend = self.backend(delayed(0.02))
+        factory, port = self.balancer(backend)
+
+        def run() -> Any:
+            client = H2Client(port, timeout=30)
+            try:
+                client.read(lambda events: any(
+                    isinstance(e, h2.events.RemoteSettingsChanged) for e in events))
+                limit = client.conn.remote_settings.max_concurrent_streams
+                opened = 0
+                deadline = time.monotonic() + 30
+                while len(client.responses()) < 1000 and time.monotonic() < deadline:
+                    while opened < 1000 and client.conn.open_outbound_streams < limit:
+                        client.request(1 + 2 * opened, f"/s{opened}")
+                        opened += 1
+                    client.read(lambda events, done=len(client.responses()):
+                                len(client.responses()) > done, timeout=1)
+                return limit, client.responses()
+            finally:
+                client.close()
+
+        limit, responses = yield inThread(run)
+        self.assertEqual(limit, 100)
+        self.assertEqual(len(responses), 1000)
+        self.assertEqual({status for status, _ in responses.values()}, {200})
+        self.assertLessEqual(backend.peak, 100)  # type: ignore[attr-defined]
+        self.assertGreater(backend.peak, 10)  # type: ignore[attr-defined]
+        self.assertEqual(factory.h2Streams, 1000)
+
+    @inlineCallbacks
+    def test_overTheLimit(self) -> Any:
+        """
+        150 streams sent before the client read the server's settings: 100
+        are answered, 50 refused with REFUSED_STREAM, and the backend never
+        has more than 100 in flight.
+        """
+        backend = self.backend(delayed(0.3))
+        factory, port = self.balancer(backend)
+
+        def run() -> Any:
+            client = H2Client(port)
+            try:
+                for i in range(150):
+                    client.conn.send_headers(1 + 2 * i, [
+                        (b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/o"),
+                        (b":authority", b"a")], end_stream=True)
+                client.flush()
+                client.read(lambda events: len(client.responses())
+                            + len(resets(events, ErrorCodes.REFUSED_STREAM)) >= 150)
+                return client.responses(), resets(client.events, ErrorCodes.REFUSED_STREAM)
+            finally:
+                client.close()
+
+        responses, refused = yield inThread(run)
+        self.assertEqual((len(responses), len(refused)), (100, 50))
+        self.assertLessEqual(backend.peak, 100)  # type: ignore[attr-defined]
+        self.assertEqual(factory.h2Refused, 50)
+
+
+class SinkProtocol(Protocol):
+    """
+    A backend connection that reads nothing until told to, then counts
+    the request body (after the head) and answers once it has it all.
+    """
+
+    transport: Any
+
+    def __init__(self, factory: SinkBackend) -> None:
+        self.factory = factory
+        self.head = b""
+        self.body = 0
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)
+        self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.head:
+            head, sep, data = data.partition(b"\r\n\r\n")
+            assert sep, "the head comes in the first read"
+            self.head = head
+        self.body += len(data)
+        if self.body == self.factory.size:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+
+
+class SinkBackend(Factory):
+    """
+    Backends of L{SinkProtocol}, for a body of C{size} bytes.
+    """
+
+    noisy = False
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.connections: list[SinkProtocol] = []
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return SinkProtocol(self)
+
+
+class BackpressureTests(H2TestCase):
+    """
+    Flow control is backpressure, over real sockets.
+    """
+
+    @inlineCallbacks
+    def test_slowBackend(self) -> Any:
+        """
+        A POST body far larger than the window, to a backend that reads
+        nothing: the client's window is opened only by what the balancer
+        handed to the backend connection, so the client stalls; once the
+        backend reads, the whole body arrives.
+        """
+        size = 16 * 1024 * 1024
+        sink = SinkBackend(size)
+        port = reactor.listenTCP(0, sink, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        backend = RecordingBackend("b")
+        backend.port = port
+        factory, lbPort = self.balancer(backend)
+        client = H2Client(lbPort, timeout=20)
+        self.addCleanup(client.close)
+        progress = {"sent": 0}
+        chunk = b"p" * 16384
+
+        def send(limit: float) -> int:
+            # Send what the windows allow until stalled for C{limit}.
+            sent = progress["sent"]
+            stalled = time.monotonic() + limit
+            while sent < size and time.monotonic() < stalled:
+                window = min(client.conn.local_flow_control_window(1), 16384, size - sent)
+                if window > 0:
+                    client.conn.send_data(1, chunk[:window], end_stream=sent + window == size)
+                    client.flush()
+                    sent += window
+                    stalled = time.monotonic() + limit
+                else:
+                    client.read(lambda events: client.conn.local_flow_control_window(1) > 0,
+                                timeout=0.05)
+            progress["sent"] = sent
+            return sent
+
+        client.request(1, "/upload", "POST", end=False,
+                       extra=[(b"content-length", b"%d" % size)])
+        sent = yield inThread(send, 1.0)
+        self.assertLess(sent, size // 2)
+        [pool] = [u.pool for u in factory.upstreams.values()]
+        taken = pool.get("b").bytesIn
+        # What the client could send: what was handed to the backend
+        # connection, and one window not yet acknowledged.
+        self.assertLessEqual(sent, taken + 65535)
+        [stream] = [s for c in factory.clients for s in c.streams.values()]
+        self.assertTrue(stream._pausedByPeer)
+        for proto in sink.connections:
+            proto.transport.resumeProducing()
+        sent = yield inThread(send, 5.0)
+        self.assertEqual(sent, size)
+        yield inThread(client.read, lambda events: bool(client.responses()), 10)
+        self.assertEqual(client.responses(), {1: (200, b"done")})
+        # (Health checks connect too, and send nothing.)
+        self.assertEqual([p.body for p in sink.connections if p.head], [size])

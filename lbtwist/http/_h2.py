@@ -536,6 +536,7 @@ class H2Stream:
             return
         out = self._out
         connection = self.connection
+        ending = self._ending
         if out:
             state = connection.h2
             sid = self.streamId
@@ -551,16 +552,23 @@ class H2Stream:
                         piece = piece[:window]
                     else:
                         out.popleft()
-                    state.send_data(sid, piece)
+                    # The last DATA of a complete response ends the stream.
+                    last = ending and not out
+                    state.send_data(sid, piece, end_stream=last)
+                    if last:
+                        self._ending = False
+                        connection.flushSoon()
+                        self._finished()
+                        return
             except (StreamClosedError, ProtocolError):
                 self.reset(ErrorCodes.STREAM_CLOSED)
                 return
-        if not out and self._ending:
+        elif ending:
             self._ending = False
             connection.endStream(self.streamId)
             self._finished()
-        else:
-            connection.flushSoon()
+            return
+        connection.flushSoon()
         self.updateProducer()
 
     def updateProducer(self) -> None:
