@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from .httphelpers import RecordingBackend
+from .httphelpers import RecordingBackend, waitFor
 from .support import inThread, reactor, startBalancer
 from .test_tls_listen import Certificates
 
@@ -263,6 +263,83 @@ class CurlTests(H2TestCase):
         request = backend.requests[-1]
         self.assertEqual(request.body, body)
         self.assertEqual(request.header(b"content-length"), b"300000")
+
+
+class ObservabilityTests(H2TestCase):
+    """
+    Access logs, metrics and the admin view say which protocol each request
+    came over.
+    """
+
+    @inlineCallbacks
+    def test_protocolCounted(self) -> Any:
+        """
+        An h2c request and an HTTP/1.1 one on the same port: the access log
+        says C{proto=HTTP/2} and C{proto=HTTP/1.1}; the metrics count
+        responses by protocol and the HTTP/2 connections and streams.
+        """
+        from lbtwist.metrics import balancerRegistry, exposition
+
+        from .test_metrics import samples
+
+        path = self.mktemp()
+        backend = self.backend()
+        listener = {"listen": "tcp:0:interface=127.0.0.1", "mode": "http", "http2": True,
+                    "name": "front"}
+        lb, port = startBalancer(self, {
+            "listeners": [listener],
+            "pools": {"web": {"backends": [{"name": "b", "endpoint": backend.endpoint}],
+                              "access-log": f"./{path}"}},
+        })
+        out, err, code = yield self.curl("--http2-prior-knowledge",
+                                         f"http://127.0.0.1:{port}/two")
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.curl(f"http://127.0.0.1:{port}/one")
+        self.assertEqual(code, 0, err)
+
+        def logged() -> list[str]:
+            try:
+                with open(path) as f:
+                    return f.read().splitlines()
+            except OSError:
+                return []
+
+        yield waitFor(lambda: len(logged()) == 2)
+        lines = logged()
+        self.assertTrue(lines[0].endswith(" proto=HTTP/2"), lines)
+        self.assertIn(" GET /two 200 backend=b ", lines[0])
+        self.assertTrue(lines[1].endswith(" proto=HTTP/1.1"), lines)
+        s = samples(exposition(balancerRegistry(lb))[0].decode())
+        front = (("listener", "front"),)
+        self.assertEqual(s[("lbtwist_listener_protocol_responses_total",
+                            (("listener", "front"), ("protocol", "HTTP/2")))], 1)
+        self.assertEqual(s[("lbtwist_listener_protocol_responses_total",
+                            (("listener", "front"), ("protocol", "HTTP/1.1")))], 1)
+        self.assertEqual(s[("lbtwist_listener_http2_connections_total", front)], 1)
+        self.assertEqual(s[("lbtwist_listener_http2_streams_total", front)], 1)
+        self.assertEqual(s[("lbtwist_listener_http2_refused_streams_total", front)], 0)
+
+
+    @inlineCallbacks
+    def test_adminView(self) -> Any:
+        """
+        C{GET /api/listeners} counts a listener's responses by protocol and
+        its HTTP/2 connections and streams.
+        """
+        from .test_admin import AdminHarness, statusSite
+
+        def configure(data: dict[str, Any]) -> None:
+            data["listeners"][0]["http2"] = True
+
+        h = AdminHarness(self, mode="http", factory=statusSite, configure=configure)
+        out, err, code = yield self.curl("--http2-prior-knowledge",
+                                         f"http://127.0.0.1:{h.port}/status")
+        self.assertEqual(code, 0, err)
+        status, body = yield h.call("GET", "/api/listeners")
+        self.assertEqual(status, 200)
+        self.assertEqual(body[0]["protocols"], {"HTTP/2": 1})
+        self.assertEqual(body[0]["http2"],
+                         {"connections": 1, "streams": 1, "refused": 0, "abusive": 0})
 
 
 class NghttpTests(H2TestCase):

@@ -75,6 +75,8 @@ class RecordingClientSide:
     clientHost = b"192.0.2.9"
     clientName = "192.0.2.9:4000"
     localAuthority = b"l:80"
+    protocol = "HTTP/3"
+
     def __init__(self) -> None:
         self.privateKeys: set[Any] = set()
         self.closed = False
@@ -228,6 +230,8 @@ class ClientSideTests(SynchronousTestCase):
         )
         self.assertEqual((ex.status, ex.bytesOut), (301, 6))
         self.assertEqual(self.factory.statuses, {"3xx": 1})
+        # Counted by the protocol the client side says it speaks.
+        self.assertEqual(self.factory.protocols, {"HTTP/3": 1})
 
     def test_localAnswerBeforeBody(self) -> None:
         """

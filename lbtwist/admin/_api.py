@@ -418,8 +418,9 @@ class AdminResource(Resource):
     def listListeners(self, request: Request, args: list[str]) -> bytes:
         """
         The listeners, with their accepted and active connections, and (HTTP
-        mode) their responses by status class and the requests refused as
-        malformed.
+        mode) their responses by status class and by protocol, the requests
+        refused as malformed, and (listeners speaking HTTP/2) their HTTP/2
+        connections, streams, refused streams and abusive clients.
         """
         listeners = []
         for l in self.live.fileConfig.listeners:
@@ -430,7 +431,13 @@ class AdminResource(Resource):
                 "active": getattr(factory, "activeClients", 0),
                 "responses": dict(getattr(factory, "statuses", None) or {}),
                 "refused": getattr(factory, "refused", 0),
+                "protocols": dict(getattr(factory, "protocols", None) or {}),
             })
+            if getattr(factory, "http2", None) is not None:
+                listeners[-1]["http2"] = {
+                    "connections": factory.h2Connections, "streams": factory.h2Streams,
+                    "refused": factory.h2Refused, "abusive": factory.h2Calmed,
+                }
         return self._json(request, 200, listeners)
 
     def reload(self, request: Request, args: list[str]) -> bytes:

@@ -53,6 +53,8 @@ class HTTPProxyFactory(ListenerFactory):
     @ivar upstreams: the pools its requests reach, by name.
     @ivar refused: requests refused as malformed or too large.
     @ivar statuses: responses sent, by status class (C{"2xx"}...).
+    @ivar protocols: responses sent, by the protocol the client spoke
+        (C{"HTTP/1.1"}, C{"HTTP/2"}).
     @ivar http2: its HTTP/2 settings if its clients may speak HTTP/2, else
         L{None} (its connections are HTTP/1.1 from the first byte).
     @ivar h2Connections: HTTP/2 client connections accepted.
@@ -98,6 +100,8 @@ class HTTPProxyFactory(ListenerFactory):
         # Requests dropped because their client left before the answer.
         self.abandoned = 0
         self.statuses: dict[str, int] = {}
+        # Responses sent, by the protocol the client spoke.
+        self.protocols: dict[str, int] = {}
         self.clients: set[Any] = set()
         self.http2 = listener.http2 if listener.speaksHTTP2 else None
         self.h2Connections = 0
@@ -249,6 +253,9 @@ class HTTPProxyFactory(ListenerFactory):
         cls = _CLASSES[ex.status // 100]
         statuses = self.statuses
         statuses[cls] = statuses.get(cls, 0) + 1
+        protocols = self.protocols
+        protocol = ex.client.protocol
+        protocols[protocol] = protocols.get(protocol, 0) + 1
         route = ex.route
         if route is not None:
             route.counters.count(cls, self.seconds() - ex.started)
@@ -266,5 +273,6 @@ class HTTPProxyFactory(ListenerFactory):
                 ex.client.clientName, ex.method.decode("latin-1"), ex.url.decode("latin-1"),
                 ex.status, backend.name if backend is not None else None,
                 ex.bytesIn, ex.bytesOut, self.seconds() - ex.started, ex.retries,
+                ex.client.protocol,
             )
 
