@@ -222,8 +222,10 @@ class BalancerCollector(Collector):
             labels=("listener",))
         for name, factory in self.balancer.factories.items():
             accepted.add_metric((name,), getattr(factory, "accepted", 0))
-            for protocol, count in sorted((getattr(factory, "protocols", None) or {}).items()):
-                protocols.add_metric((name, protocol), count)
+            byProtocol = getattr(factory, "responsesByProtocol", None)
+            if byProtocol is not None:
+                for protocol, count in sorted(byProtocol().items()):
+                    protocols.add_metric((name, protocol), count)
             if getattr(factory, "http2", None) is not None:
                 h2Connections.add_metric((name,), factory.h2Connections)
                 h2Streams.add_metric((name,), factory.h2Streams)

@@ -337,7 +337,7 @@ class ObservabilityTests(H2TestCase):
         self.assertEqual(code, 0, err)
         status, body = yield h.call("GET", "/api/listeners")
         self.assertEqual(status, 200)
-        self.assertEqual(body[0]["protocols"], {"HTTP/2": 1})
+        self.assertEqual(body[0]["protocols"], {"HTTP/1.1": 0, "HTTP/2": 1})
         self.assertEqual(body[0]["http2"],
                          {"connections": 1, "streams": 1, "refused": 0, "abusive": 0})
 

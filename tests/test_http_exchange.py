@@ -230,8 +230,6 @@ class ClientSideTests(SynchronousTestCase):
         )
         self.assertEqual((ex.status, ex.bytesOut), (301, 6))
         self.assertEqual(self.factory.statuses, {"3xx": 1})
-        # Counted by the protocol the client side says it speaks.
-        self.assertEqual(self.factory.protocols, {"HTTP/3": 1})
 
     def test_localAnswerBeforeBody(self) -> None:
         """

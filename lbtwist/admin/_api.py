@@ -431,7 +431,8 @@ class AdminResource(Resource):
                 "active": getattr(factory, "activeClients", 0),
                 "responses": dict(getattr(factory, "statuses", None) or {}),
                 "refused": getattr(factory, "refused", 0),
-                "protocols": dict(getattr(factory, "protocols", None) or {}),
+                "protocols": (factory.responsesByProtocol()
+                              if hasattr(factory, "responsesByProtocol") else {}),
             })
             if getattr(factory, "http2", None) is not None:
                 listeners[-1]["http2"] = {

@@ -523,8 +523,10 @@ class H2Stream:
     def cutResponse(self, ex: Exchange) -> None:
         """
         The response will never be complete: reset the stream, so that the
-        client sees it cut short.
+        client sees it cut short (counted as a response, as its status
+        was).
         """
+        self.connection.factory.h2Responses += 1
         self.reset(ErrorCodes.INTERNAL_ERROR)
 
     def flushData(self) -> None:
@@ -642,8 +644,9 @@ class H2Stream:
         """
         C{ex} is answered.  A body the client is still sending is not
         wanted: once the response is out, the stream is reset with
-        C{NO_ERROR} (RFC 9113 8.1).
+        C{NO_ERROR} (RFC 9113 8.1).  It is counted as an HTTP/2 response.
         """
+        self.connection.factory.h2Responses += 1
 
     # -- the end -----------------------------------------------------------
 

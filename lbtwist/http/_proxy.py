@@ -53,8 +53,6 @@ class HTTPProxyFactory(ListenerFactory):
     @ivar upstreams: the pools its requests reach, by name.
     @ivar refused: requests refused as malformed or too large.
     @ivar statuses: responses sent, by status class (C{"2xx"}...).
-    @ivar protocols: responses sent, by the protocol the client spoke
-        (C{"HTTP/1.1"}, C{"HTTP/2"}).
     @ivar http2: its HTTP/2 settings if its clients may speak HTTP/2, else
         L{None} (its connections are HTTP/1.1 from the first byte).
     @ivar h2Connections: HTTP/2 client connections accepted.
@@ -62,6 +60,7 @@ class HTTPProxyFactory(ListenerFactory):
     @ivar h2Refused: HTTP/2 streams refused (over the concurrency limit,
         or after GOAWAY).
     @ivar h2Calmed: HTTP/2 clients closed for abuse (ENHANCE_YOUR_CALM).
+    @ivar h2Responses: responses sent over HTTP/2.
     """
 
     log = Logger()
@@ -100,14 +99,15 @@ class HTTPProxyFactory(ListenerFactory):
         # Requests dropped because their client left before the answer.
         self.abandoned = 0
         self.statuses: dict[str, int] = {}
-        # Responses sent, by the protocol the client spoke.
-        self.protocols: dict[str, int] = {}
         self.clients: set[Any] = set()
         self.http2 = listener.http2 if listener.speaksHTTP2 else None
         self.h2Connections = 0
         self.h2Streams = 0
         self.h2Refused = 0
         self.h2Calmed = 0
+        # Responses sent over HTTP/2 (the HTTP/1.1 ones are the rest of
+        # statuses: nothing more is counted on the HTTP/1.1 path).
+        self.h2Responses = 0
         # Set by a graceful stop: no more keep-alive.
         self.stopping = False
 
@@ -253,12 +253,19 @@ class HTTPProxyFactory(ListenerFactory):
         cls = _CLASSES[ex.status // 100]
         statuses = self.statuses
         statuses[cls] = statuses.get(cls, 0) + 1
-        protocols = self.protocols
-        protocol = ex.client.protocol
-        protocols[protocol] = protocols.get(protocol, 0) + 1
         route = ex.route
         if route is not None:
             route.counters.count(cls, self.seconds() - ex.started)
+
+    def responsesByProtocol(self) -> dict[str, int]:
+        """
+        The responses sent (as L{statuses} counts them), by the protocol
+        the client spoke: C{HTTP/2} only on a listener that speaks it.
+        """
+        total = sum(self.statuses.values())
+        if self.http2 is None:
+            return {"HTTP/1.1": total}
+        return {"HTTP/1.1": total - self.h2Responses, "HTTP/2": self.h2Responses}
 
     def logAccess(self, ex: Exchange) -> None:
         """
