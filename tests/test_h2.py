@@ -6,8 +6,10 @@ the h2 library as a client that abuses the connection.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -263,6 +265,48 @@ class CurlTests(H2TestCase):
         request = backend.requests[-1]
         self.assertEqual(request.body, body)
         self.assertEqual(request.header(b"content-length"), b"300000")
+
+
+def pageResponse(request: Any, backend: Any, proto: Any) -> bytes:
+    """
+    A page whose script writes the protocol the browser loaded it over into
+    its body.
+    """
+    body = (b"<html><body><script>document.body.textContent = 'protocol=' + "
+            b"performance.getEntries()[0].nextHopProtocol;</script></body></html>")
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n"
+            % len(body) + body)
+
+
+class ChromiumTests(H2TestCase):
+    """
+    A browser speaks HTTP/2 to the balancer.
+    """
+
+    @inlineCallbacks
+    def test_page(self) -> Any:
+        """
+        Headless Chromium loads a page through a TLS listener offering h2:
+        the page sees it came over C{h2}.
+        """
+        chromium = shutil.which("chromium")
+        if chromium is None:
+            self.skipTest("chromium is not installed")
+        files = Certificates(self.mktemp())
+        backend = self.backend(pageResponse)
+        factory, port = self.balancer(backend, http2=None, tls={
+            "certificates": [Certificates.entry(files.ab)], "alpn": ["h2", "http/1.1"]})
+        profile = tempfile.mkdtemp(prefix="lbtwist-chromium-")
+        self.addCleanup(shutil.rmtree, profile, True)
+        out, err, code = yield getProcessOutputAndValue("/usr/bin/timeout", [
+            "30", chromium, "--headless", "--no-sandbox", "--disable-gpu",
+            "--ignore-certificate-errors", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            f"--user-data-dir={profile}", "--dump-dom", f"https://127.0.0.1:{port}/page",
+        ], env=dict(os.environ), reactor=reactor)
+        self.assertEqual(code, 0, err[-2000:])
+        self.assertIn(b"protocol=h2", out, (out, err[-2000:]))
+        self.assertGreaterEqual(factory.h2Streams, 1)
 
 
 class ObservabilityTests(H2TestCase):
