@@ -435,6 +435,20 @@ class FlowControlTests(H2TestCase):
         self.assertTrue(transport.value().endswith(b"x" * 40000))
         self.assertEqual(client.conn.local_flow_control_window(1), 65535)
 
+    def test_heldDataOfResetStream(self) -> None:
+        """
+        DATA a stream held unacknowledged when the client reset it goes back
+        to the connection's window, so resets cannot shrink it for good.
+        """
+        self.factory = h2Factory(self.reactor, {"connection-window-size": 65535})
+        client = Client(self.factory)
+        client.get(1, [(b":method", b"POST"), *GET[1:]], end=False)
+        client.send(1, b"x" * 40000)
+        self.assertEqual(client.conn.outbound_flow_control_window, 65535 - 40000)
+        client.conn.reset_stream(1, ErrorCodes.CANCEL)
+        client.pump()
+        self.assertEqual(client.conn.outbound_flow_control_window, 65535)
+
     def test_requestPausedByBackend(self) -> None:
         """
         While the backend connection cannot take more (its transport

@@ -658,8 +658,20 @@ class H2Stream:
         if not self.requestDone:
             self.requestDone = True
             self.connection.resetStream(self.streamId, ErrorCodes.NO_ERROR)
+        self._closed()
+
+    def _closed(self) -> None:
+        """
+        The stream is over: DATA it held unacknowledged goes back to the
+        connection's window (else a client resetting streams with held
+        bodies would shrink it for good), and the connection forgets it.
+        """
         self.closed = True
-        self.connection.streamClosed(self)
+        n, self._unacked = self._unacked, 0
+        connection = self.connection
+        if n:
+            connection.acknowledge(self.streamId, n)
+        connection.streamClosed(self)
 
     def reset(self, code: int) -> None:
         """
@@ -688,7 +700,7 @@ class H2Stream:
             factory = self.connection.factory
             factory.abandoned += 1
             factory.logAccess(ex)
-        self.connection.streamClosed(self)
+        self._closed()
 
 
 # What the connection does with each event h2 gives it, by its type.
@@ -934,12 +946,9 @@ class H2Connection(ClientPeer, Protocol):
         """
         if self.closed:
             return
-        try:
-            self.h2.acknowledge_received_data(n, sid)
-        except (StreamClosedError, ProtocolError):
-            # The stream closed meanwhile: the connection's window still
-            # counts what it took.
-            self.h2.increment_flow_control_window(n)
+        # (A stream closed meanwhile gets the connection's window back
+        # only: h2 knows.)
+        self.h2.acknowledge_received_data(n, sid)
         self.flushSoon()
 
     def sendHeaders(self, sid: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
