@@ -250,3 +250,21 @@ class SettingsTests(SynchronousTestCase):
         }).listeners[0]
         self.assertEqual(listener.alpn, ("h2", "http/1.1"))
         self.assertTrue(listener.speaksHTTP2)
+
+    def test_reloadNeedsRestart(self) -> None:
+        """
+        A reload that changes a listener's C{http2} says the listeners need
+        a restart, and keeps them as they run.
+        """
+        from lbtwist.diff import runnable
+
+        def config(http2: Any) -> Any:
+            return parseConfig({
+                "listeners": [{"listen": "tcp:0", "mode": "http", "http2": http2}],
+                "pools": {"web": {"backends": []}}})
+
+        running = config(True)
+        kept, differ = runnable(config({"max-concurrent-streams": 5}), running)
+        self.assertEqual(differ, ["listeners"])
+        self.assertEqual(kept.listeners, running.listeners)
+        self.assertEqual(runnable(config(True), running)[1], [])

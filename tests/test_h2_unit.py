@@ -73,6 +73,14 @@ class ProtocolTransport(StringTransport):
     """
 
     protocol: Any = None
+    aborted = False
+
+    def abortConnection(self) -> None:
+        """
+        Record the abort, then close.
+        """
+        self.aborted = True
+        super().abortConnection()
 
 
 class Client:
@@ -632,6 +640,38 @@ class LimitTests(H2TestCase):
         client.pump()
         self.assertEqual([e.error_code for e in client.of(h2.events.ConnectionTerminated)],
                          [ErrorCodes.NO_ERROR])
+
+    def test_windowNeverOpened(self) -> None:
+        """
+        A stream whose client never opens its window again is reset after
+        the idle timeout, its backend connection closed.
+        """
+        client = Client(self.factory, {SettingCodes.INITIAL_WINDOW_SIZE: 10})
+        client.get(1)
+        backend, transport = self.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"z" * 100)
+        client.pump()
+        self.assertEqual(client.body(1), b"z" * 10)
+        self.reactor.advance(29)
+        self.assertEqual(client.of(h2.events.StreamReset, 1), [])
+        self.reactor.advance(2)
+        client.pump()
+        self.assertEqual([e.error_code for e in client.of(h2.events.StreamReset, 1)],
+                         [ErrorCodes.CANCEL])
+        self.assertEqual(client.server.streams, {})
+
+    def test_clientReadsNothing(self) -> None:
+        """
+        A client whose socket stays full for the idle timeout is aborted.
+        """
+        client = Client(self.factory)
+        client.get(1)
+        self.backend()
+        client.transport.producer.pauseProducing()
+        self.reactor.advance(29)
+        self.assertFalse(client.transport.disconnecting)
+        self.reactor.advance(2)
+        self.assertTrue(client.transport.aborted)
 
     def test_stalledBody(self) -> None:
         """

@@ -557,6 +557,7 @@ class H2Stream:
                     # The last DATA of a complete response ends the stream.
                     last = ending and not out
                     state.send_data(sid, piece, end_stream=last)
+                    self.lastActivity = connection.seconds()
                     if last:
                         self._ending = False
                         connection.flushSoon()
@@ -749,6 +750,8 @@ class H2Connection(ClientPeer, Protocol):
         self._timer: Any = None
         self._lastActivity = 0.0
         self._partialSince: float | None = None
+        # Since when the client's socket is full (it reads nothing).
+        self._pausedSince: float | None = None
         self._windowStart = 0.0
         self._resets = 0
         self._controlFrames = 0
@@ -1028,6 +1031,7 @@ class H2Connection(ClientPeer, Protocol):
         every stream's backend.
         """
         self.writePaused = True
+        self._pausedSince = self.seconds()
         self.transport.pauseProducing()
         for stream in list(self.streams.values()):
             stream.updateProducer()
@@ -1037,6 +1041,7 @@ class H2Connection(ClientPeer, Protocol):
         The client reads again.
         """
         self.writePaused = False
+        self._pausedSince = None
         if not self.closed:
             self.transport.resumeProducing()
         for stream in list(self.streams.values()):
@@ -1098,7 +1103,8 @@ class H2Connection(ClientPeer, Protocol):
         (never more than the request timeout ahead): each stream's response
         deadline, its request body's stall (request timeout) and its
         idleness (idle timeout); an unfinished header block (request
-        timeout); the connection with no stream (idle timeout).
+        timeout); the connection with no stream, or whose client reads
+        nothing (idle timeout).
         """
         self._timer = None
         if self.closed:
@@ -1114,6 +1120,18 @@ class H2Connection(ClientPeer, Protocol):
             self._close()
             return
         deadline = now + requestTimeout
+        paused = self._pausedSince
+        if paused is not None:
+            # The client has read nothing for the idle timeout: abort (a
+            # graceful close would wait on it).
+            stalled = paused + idleTimeout
+            if now >= stalled:
+                factory.log.info(
+                    "aborting HTTP/2 client {client}: it read nothing for {idle:.1f}s",
+                    client=self.clientName, idle=now - paused)
+                self.transport.abortConnection()
+                return
+            deadline = min(deadline, stalled)
         if not self.streams:
             idle = self._lastActivity + idleTimeout
             if now >= idle:
@@ -1121,9 +1139,10 @@ class H2Connection(ClientPeer, Protocol):
                 return
             deadline = min(deadline, idle)
         for stream in list(self.streams.values()):
-            ex = stream.exchange
-            if ex is None or ex.over or stream.closed:
+            if stream.closed:
                 continue
+            # Nothing moved either way (a stalled backend, a client that
+            # does not open its window) for the idle timeout: reset.
             idle = stream.lastActivity + idleTimeout
             if now >= idle:
                 factory.log.info(
@@ -1132,6 +1151,9 @@ class H2Connection(ClientPeer, Protocol):
                 stream.reset(ErrorCodes.CANCEL)
                 continue
             deadline = min(deadline, idle)
+            ex = stream.exchange
+            if ex is None or ex.over:
+                continue
             due = ex.deadline
             if due:
                 if now >= due:
