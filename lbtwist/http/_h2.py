@@ -72,6 +72,8 @@ from ._exchange import Exchange, IClientSide
 from ._plan import forwarded, planResponse
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Seconds a closing connection still reads (and drops) what its client sends.
+LINGER = 2.0
 PROTOCOL = "HTTP/2"
 
 # Fields that describe one HTTP/1.1 connection: malformed in HTTP/2
@@ -1081,6 +1083,12 @@ class H2Connection(ClientPeer, Protocol):
         """
         Close once what is queued is written (drop every stream), but not
         later than the idle timeout.
+
+        Over TCP only the write side is shut (after the GOAWAY), and what
+        the client still sends is read and dropped for L{LINGER} seconds,
+        as nginx's lingering close does: closing with its frames unread
+        would make the kernel reset the connection, and the client could
+        lose the GOAWAY that says why.
         """
         self._flush()
         self.closed = True
@@ -1088,12 +1096,17 @@ class H2Connection(ClientPeer, Protocol):
             stream.gone()
         self.streams.clear()
         transport = self.transport
-        transport.loseConnection()
+        idleTimeout = self.factory.idleTimeout
+        if hasattr(transport, "loseWriteConnection") and not self.writePaused:
+            transport.loseWriteConnection()
+            wait = min(LINGER, idleTimeout)
+        else:
+            transport.loseConnection()
+            wait = idleTimeout
         timer = self._timer
         if timer is not None and timer.active():
             timer.cancel()
-        self._timer = self.factory.reactor.callLater(
-            self.factory.idleTimeout, transport.abortConnection)
+        self._timer = self.factory.reactor.callLater(wait, transport.abortConnection)
 
     # -- the one timer -----------------------------------------------------------
 
