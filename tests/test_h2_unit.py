@@ -499,6 +499,23 @@ class FlowControlTests(H2TestCase):
         self.assertEqual(client.body(1), b"z" * 5000)
         self.assertEqual(len(client.of(h2.events.StreamEnded, 1)), 1)
 
+    def test_connectionWindow(self) -> None:
+        """
+        DATA that waits for the connection's window (the stream's is open)
+        goes out on a WINDOW_UPDATE for the connection.
+        """
+        client = Client(self.factory, {SettingCodes.INITIAL_WINDOW_SIZE: 200000})
+        client.get(1)
+        backend, transport = self.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n" + b"c" * 70000)
+        client.pump()
+        self.assertEqual(len(client.body(1)), 65535)
+        self.assertEqual(client.server.waiting, {client.server.streams[1]})
+        client.conn.increment_flow_control_window(10000)
+        client.pump()
+        self.assertEqual(client.body(1), b"c" * 70000)
+        self.assertEqual(client.server.waiting, set())
+
     def test_socketFull(self) -> None:
         """
         When the client's socket is full (its transport pauses the

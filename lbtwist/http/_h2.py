@@ -477,7 +477,12 @@ class H2Stream:
             return
         self.flushHead(ex)
         if data:
-            self._out.append(data)
+            size = self.connection.h2.max_outbound_frame_size
+            if len(data) > size:
+                # Cut once into frames, not again for each frame sent.
+                self._out.extend(data[at:at + size] for at in range(0, len(data), size))
+            else:
+                self._out.append(data)
             self.flushData()
 
     def endResponse(self, ex: Exchange) -> None:
@@ -568,6 +573,12 @@ class H2Stream:
             except (StreamClosedError, ProtocolError):
                 self.reset(ErrorCodes.STREAM_CLOSED)
                 return
+            if out:
+                # Waits for a WINDOW_UPDATE: only such streams are flushed
+                # on one for the connection.
+                connection.waiting.add(self)
+            else:
+                connection.waiting.discard(self)
         elif ending:
             self._ending = False
             connection.endStream(self.streamId)
@@ -672,6 +683,7 @@ class H2Stream:
         self.closed = True
         n, self._unacked = self._unacked, 0
         connection = self.connection
+        connection.waiting.discard(self)
         if n:
             connection.acknowledge(self.streamId, n)
         connection.streamClosed(self)
@@ -731,6 +743,7 @@ class H2Connection(ClientPeer, Protocol):
     backend is paused.
 
     @ivar streams: the streams not yet over, by id.
+    @ivar waiting: the streams whose response DATA waits for window.
     @ivar writePaused: the client's socket is full.
     @ivar goingAway: a GOAWAY was sent (a graceful stop, or the client's
         own): new streams are refused, open ones finish.
@@ -744,6 +757,7 @@ class H2Connection(ClientPeer, Protocol):
         self.settings = settings
         self.seconds: Callable[[], float] = factory.seconds
         self.streams: dict[int, H2Stream] = {}
+        self.waiting: set[H2Stream] = set()
         self.privateKeys: set[Any] = set()
         self.closed = False
         self.writePaused = False
@@ -902,7 +916,7 @@ class H2Connection(ClientPeer, Protocol):
             self._close()
 
     def _flushStreams(self) -> None:
-        for stream in list(self.streams.values()):
+        for stream in list(self.waiting):
             stream.flushData()
 
     # -- abuse ---------------------------------------------------------------
