@@ -779,10 +779,16 @@ class H2Connection(ClientPeer, Protocol):
         transport = self.transport
         settings = self.settings
         # The checks h2 would make on request fields are made by
-        # requestHead, which resets only the stream, not the connection.
+        # requestHead, which resets only the stream, not the connection;
+        # response fields are built checked and normalised (responseFields:
+        # lowercase, filtered, values as llhttp read them, stripped), so
+        # h2's own passes over them are not made again (its normalising
+        # marks only request credentials never-indexed, none of a
+        # response's fields).
         state = self.h2 = H2State(H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,
-            normalize_inbound_headers=False))
+            normalize_inbound_headers=False, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
         advertised = {
             SettingCodes.MAX_CONCURRENT_STREAMS: settings.maxConcurrentStreams,
             SettingCodes.MAX_HEADER_LIST_SIZE: settings.maxHeaderListSize,
