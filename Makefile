@@ -41,10 +41,10 @@ test: $(STAMP) test-deps ## ruff, mypy, then the whole trial suite
 	$(BIN)/trial --reactor=lbtwist --reporter=text tests
 
 # Debian tools the integration tests drive (COMMAND:PACKAGE where the two
-# differ: etcd is in etcd-server); installed when missing and run as root,
-# else those tests skip.
+# differ: etcd is in etcd-server, h2load and nghttp in nghttp2-client);
+# installed when missing and run as root, else those tests skip.
 test-deps: ## install the Debian tools the integration tests drive (as root)
-	@missing=""; for t in curl wrk chromium slowhttptest etcd:etcd-server; do \
+	@missing=""; for t in curl wrk chromium slowhttptest etcd:etcd-server h2load:nghttp2-client; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

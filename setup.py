@@ -19,6 +19,7 @@ setup(
         "httptools>=0.6",
         "prometheus_client>=0.19",
         "bcrypt>=4.1",
+        "h2>=4.1",
     ],
     entry_points={"console_scripts": ["lbtwist = lbtwist.ctl:main"]},
     extras_require={

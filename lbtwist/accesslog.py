@@ -33,7 +33,7 @@ from zope.interface import Interface, implementer  # type: ignore[import-untyped
 
 HTTP_FORMAT = (
     "{client} {method} {path} {status} backend={backend} in={bytesIn} "
-    "out={bytesOut} {duration:.4f}s retries={retries}"
+    "out={bytesOut} {duration:.4f}s retries={retries} proto={protocol}"
 )
 TCP_FORMAT = (
     "{client} tcp backend={backend} in={bytesIn} out={bytesOut} {duration:.4f}s "
@@ -50,12 +50,15 @@ class IAccessLog(Interface):
     """
 
     def request(client: str, method: str, path: str, status: int, backend: str | None,
-                bytesIn: int, bytesOut: int, duration: float, retries: int) -> None:
+                bytesIn: int, bytesOut: int, duration: float, retries: int,
+                protocol: str = "HTTP/1.1") -> None:
         """
         One HTTP request is answered (or its tunnel closed).
 
         @param retries: tries after the first (failed connects, and sends
             after the first).
+        @param protocol: what the client spoke, C{"HTTP/1.1"} or
+            C{"HTTP/2"}.
         """
 
     def connection(client: str, backend: str | None, bytesIn: int, bytesOut: int,
@@ -78,14 +81,14 @@ class AccessLogEvents:
 
     def request(self, client: str, method: str, path: str, status: int,
                 backend: str | None, bytesIn: int, bytesOut: int, duration: float,
-                retries: int) -> None:
+                retries: int, protocol: str = "HTTP/1.1") -> None:
         """
         Emit the event of one HTTP request.
         """
         self.log.info(
             HTTP_FORMAT, client=client, method=method, path=path, status=status,
             backend=backend, bytesIn=bytesIn, bytesOut=bytesOut, duration=duration,
-            retries=retries,
+            retries=retries, protocol=protocol,
         )
 
     def connection(self, client: str, backend: str | None, bytesIn: int, bytesOut: int,
@@ -205,12 +208,12 @@ class AccessLogFile(Service):
 
     def request(self, client: str, method: str, path: str, status: int,
                 backend: str | None, bytesIn: int, bytesOut: int, duration: float,
-                retries: int) -> None:
+                retries: int, protocol: str = "HTTP/1.1") -> None:
         """
         Write the line of one HTTP request.
         """
         self.write(httpLine(client, method, path, status, backend, bytesIn, bytesOut,
-                            duration, retries))
+                            duration, retries, protocol))
 
     def connection(self, client: str, backend: str | None, bytesIn: int, bytesOut: int,
                    duration: float, retries: int) -> None:
@@ -262,10 +265,11 @@ def tcpLine(
 def httpLine(
     client: str, method: str, path: str, status: int, backend: str | None,
     bytesIn: int, bytesOut: int, duration: float, retries: int,
+    protocol: str = "HTTP/1.1",
 ) -> str:
     """
     The access-log line of one HTTP request (of an upgrade: written when its
     tunnel closes, with the tunnel's bytes and lifetime).
     """
     return (f"{client} {method} {path} {status} backend={backend} in={bytesIn} "
-            f"out={bytesOut} {duration:.4f}s retries={retries}")
+            f"out={bytesOut} {duration:.4f}s retries={retries} proto={protocol}")

@@ -345,8 +345,9 @@ class PoolConfig:
 # HTTP mode speaks HTTP/1.1; TCP mode knows nothing of what it relays, so it
 # offers none and the handshake goes on without ALPN.
 DEFAULT_ALPN = {"tcp": (), "http": ("http/1.1",)}
-# What HTTP mode can speak, so that a client is never told to use HTTP/2.
-HTTP_MODE_ALPN = ("http/1.1", "http/1.0")
+# What HTTP mode can speak over ALPN: HTTP/2 (its streams are exchanges, as
+# HTTP/1.1 requests are) and HTTP/1.x.
+HTTP_MODE_ALPN = ("h2", "http/1.1", "http/1.0")
 
 
 # The TLS versions a listener's min-version may name.
@@ -386,6 +387,44 @@ class ListenerTLS:
 
 
 @attrs.frozen
+class HTTP2Settings:
+    """
+    HTTP/2 from clients on an HTTP listener (its C{http2} key), and the
+    limits that keep one client from using up the balancer.
+
+    @ivar cleartext: h2c by prior knowledge: the connection preface is
+        sniffed, so HTTP/1.1 and h2c share the port (TLS listeners speak
+        HTTP/2 when ALPN picks C{h2}, whatever this says).
+    @ivar maxConcurrentStreams: streams in flight at once per connection
+        (advertised; streams beyond it are refused with C{REFUSED_STREAM}).
+    @ivar maxHeaderListSize: bytes of a request's decoded header list
+        (advertised; more is a connection error), which also bounds the
+        header block a client can spread over CONTINUATION frames.
+    @ivar initialWindowSize: bytes of request body a stream may send
+        before the backend took some: the memory one stream can hold.
+    @ivar connectionWindowSize: the same over all the streams of a
+        connection.
+    @ivar maxResets: streams a client may reset (or have refused) before
+        their response was complete, within C{abuseWindow} seconds; more
+        is a rapid-reset attack (CVE-2023-44487): GOAWAY
+        C{ENHANCE_YOUR_CALM} and close.
+    @ivar maxControlFrames: SETTINGS, PING, PRIORITY frames and empty DATA
+        frames a client may send within C{abuseWindow} seconds; more is a
+        flood: GOAWAY C{ENHANCE_YOUR_CALM} and close.
+    @ivar abuseWindow: the period those counts are taken over, in seconds.
+    """
+
+    cleartext: bool = False
+    maxConcurrentStreams: int = 100
+    maxHeaderListSize: int = 65536
+    initialWindowSize: int = 65535
+    connectionWindowSize: int = 1048576
+    maxResets: int = 200
+    maxControlFrames: int = 1000
+    abuseWindow: float = 10.0
+
+
+@attrs.frozen
 class ListenerConfig:
     """
     A server endpoint that accepts clients and sends them to pools.
@@ -398,6 +437,8 @@ class ListenerConfig:
     @ivar routes: the routes, in order: the first that matches is taken.
     @ivar defaultRoute: what a request no route matches gets (a C{pool:}
         given beside C{routes:} is one); L{None}: a 404 (HTTP) or a close.
+    @ivar http2: its C{http2} settings (h2c, and the HTTP/2 limits, also
+        those of C{h2} over TLS).
     """
 
     name: str
@@ -407,6 +448,17 @@ class ListenerConfig:
     tls: ListenerTLS | None = None
     routes: tuple[Route, ...] = ()
     defaultRoute: Route | None = None
+    http2: HTTP2Settings = HTTP2Settings()
+
+    @property
+    def speaksHTTP2(self) -> bool:
+        """
+        Whether its clients may speak HTTP/2: h2c by prior knowledge, or
+        C{h2} offered over ALPN by a listener that terminates TLS.
+        """
+        if self.mode != "http":
+            return False
+        return self.http2.cleartext or ("h2" in self.alpn and self.terminatesTLS)
 
     @property
     def alpn(self) -> tuple[str, ...]:
@@ -1179,11 +1231,52 @@ def parseALPN(data: object, path: str, mode: str) -> tuple[str, ...]:
         if mode == "http" and name not in HTTP_MODE_ALPN:
             raise ConfigError(
                 where,
-                f"http mode speaks {' and '.join(HTTP_MODE_ALPN)} only, not {name!r} "
+                f"http mode speaks {', '.join(HTTP_MODE_ALPN)} only, not {name!r} "
                 "(offer it from a tcp mode listener)",
             )
         names.append(name)
     return tuple(names)
+
+
+_HTTP2_KEYS = (
+    "cleartext", "max-concurrent-streams", "max-header-list-size", "initial-window-size",
+    "connection-window-size", "max-resets", "max-control-frames", "abuse-window",
+)
+
+
+def parseHTTP2(data: object, path: str, mode: str) -> HTTP2Settings:
+    """
+    A listener's C{http2}: C{true} (h2c by prior knowledge, default limits),
+    C{false}, or a mapping of limits (C{cleartext} says whether h2c is
+    spoken too; a mapping without it means yes).
+    """
+    if data is None or data is False:
+        return HTTP2Settings()
+    if mode != "http":
+        raise ConfigError(path, "HTTP/2 needs mode: http")
+    if data is True:
+        return HTTP2Settings(cleartext=True)
+    d = _mapping(data, path, _HTTP2_KEYS)
+    changes: dict[str, Any] = {"cleartext": True}
+    if "cleartext" in d:
+        if not isinstance(d["cleartext"], bool):
+            raise ConfigError(f"{path}.cleartext",
+                              f"expected true or false, got {_describe(d['cleartext'])}")
+        changes["cleartext"] = d["cleartext"]
+    # (key, attribute, lowest, highest): RFC 9113's bounds for the windows.
+    for key, name, low, high in (
+        ("max-concurrent-streams", "maxConcurrentStreams", 1, 10000),
+        ("max-header-list-size", "maxHeaderListSize", 1024, 1048576),
+        ("initial-window-size", "initialWindowSize", 1024, 2**31 - 1),
+        ("connection-window-size", "connectionWindowSize", 65535, 2**31 - 1),
+        ("max-resets", "maxResets", 1, 10**6),
+        ("max-control-frames", "maxControlFrames", 1, 10**6),
+    ):
+        if key in d:
+            changes[name] = _integer(d[key], f"{path}.{key}", low, high)
+    if "abuse-window" in d:
+        changes["abuseWindow"] = parseSeconds(d["abuse-window"], f"{path}.abuse-window")
+    return HTTP2Settings(**changes)
 
 
 def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> ListenerTLS:
@@ -1740,7 +1833,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
     for i, item in enumerate(_list(d.get("listeners", []), "listeners")):
         path = f"listeners[{i}]"
         ld = _mapping(item, path, ("name", "listen", "pool", "mode", "tls", "routes",
-                                   "default-route"))
+                                   "default-route", "http2"))
         endpoint = validateEndpoint(ld.get("listen"), f"{path}.listen", server=True)
         mode = _choice(ld.get("mode", "tcp"), f"{path}.mode", MODES)
         poolNames = [p.name for p in pools]
@@ -1770,6 +1863,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
                     None if ld.get("tls") is None
                     else parseListenerTLS(ld["tls"], f"{path}.tls", endpoint, mode)
                 ),
+                http2=parseHTTP2(ld.get("http2"), f"{path}.http2", mode),
             )
         )
     if not listeners:

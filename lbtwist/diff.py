@@ -117,12 +117,13 @@ def routeChanges(new: Config, old: Config) -> list[str]:
 def _listenerKey(listener: ListenerConfig) -> tuple[object, ...]:
     """
     What of a listener only changes with a restart: all of it but the
-    certificates it serves, which a reload reads again.
+    certificates it serves, which a reload reads again (its HTTP/2
+    settings are its protocol factory's, made at start).
     """
     tls = listener.tls
     return (listener.name, listener.endpoint, listener.pool, listener.mode,
             None if tls is None else attrs.evolve(tls, certificates=()),
-            tls is not None and bool(tls.certificates))
+            tls is not None and bool(tls.certificates), listener.http2)
 
 
 def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Config, list[str]]:

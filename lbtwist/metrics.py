@@ -202,8 +202,35 @@ class BalancerCollector(Collector):
         refused = CounterMetricFamily(
             "lbtwist_listener_refused",
             "HTTP requests refused as malformed or too large.", labels=("listener",))
+        protocols = CounterMetricFamily(
+            "lbtwist_listener_protocol_responses",
+            "HTTP responses sent to clients, by the protocol the client spoke.",
+            labels=("listener", "protocol"))
+        h2Connections = CounterMetricFamily(
+            "lbtwist_listener_http2_connections", "HTTP/2 client connections accepted.",
+            labels=("listener",))
+        h2Streams = CounterMetricFamily(
+            "lbtwist_listener_http2_streams", "HTTP/2 streams (requests) accepted.",
+            labels=("listener",))
+        h2Refused = CounterMetricFamily(
+            "lbtwist_listener_http2_refused_streams",
+            "HTTP/2 streams refused (over max-concurrent-streams, or after GOAWAY).",
+            labels=("listener",))
+        h2Calmed = CounterMetricFamily(
+            "lbtwist_listener_http2_abusive_clients",
+            "HTTP/2 clients closed with ENHANCE_YOUR_CALM (rapid reset, floods).",
+            labels=("listener",))
         for name, factory in self.balancer.factories.items():
             accepted.add_metric((name,), getattr(factory, "accepted", 0))
+            byProtocol = getattr(factory, "responsesByProtocol", None)
+            if byProtocol is not None:
+                for protocol, count in sorted(byProtocol().items()):
+                    protocols.add_metric((name, protocol), count)
+            if getattr(factory, "http2", None) is not None:
+                h2Connections.add_metric((name,), factory.h2Connections)
+                h2Streams.add_metric((name,), factory.h2Streams)
+                h2Refused.add_metric((name,), factory.h2Refused)
+                h2Calmed.add_metric((name,), factory.h2Calmed)
             clients.add_metric((name,), getattr(factory, "activeClients", 0))
             statuses = getattr(factory, "statuses", None)
             if statuses is not None:
@@ -213,7 +240,7 @@ class BalancerCollector(Collector):
         yield from (requests, failures, bytesIn, bytesOut, active, weight, state, up,
                     probe, response, ejections, ejected, role, noBackend, size, queueLength, queued, queueFull,
                     queueTimeouts, retriesActive, retriesRefused, accepted, clients, responses,
-                    refused)
+                    refused, protocols, h2Connections, h2Streams, h2Refused, h2Calmed)
         yield from self._routes()
 
     def _routes(self) -> Iterator[Metric]:

@@ -110,7 +110,7 @@ class AccessLogFileTests(SynchronousTestCase):
         self.assertEqual(tcpLine("1.2.3.4:5", "b1", 10, 20, 0.5, 1),
                          "1.2.3.4:5 tcp backend=b1 in=10 out=20 0.5000s retries=1")
         self.assertEqual(httpLine("1.2.3.4:5", "GET", "/x", 200, "b1", 10, 20, 0.25, 0),
-                         "1.2.3.4:5 GET /x 200 backend=b1 in=10 out=20 0.2500s retries=0")
+                         "1.2.3.4:5 GET /x 200 backend=b1 in=10 out=20 0.2500s retries=0 proto=HTTP/1.1")
 
 
 class SayAndClose(Protocol):

@@ -295,9 +295,9 @@ class ErrorTests(SynchronousTestCase):
             (tls({"alpn": ["x" * 256]}),
              "listeners[0].tls.alpn[0]: expected a protocol name like 'h2' or 'http/1.1', "
              f"got '{'x' * 256}'"),
-            (tls({"alpn": ["h2", "http/1.1"]}, mode="http"),
-             "listeners[0].tls.alpn[0]: http mode speaks http/1.1 and http/1.0 only, not "
-             "'h2' (offer it from a tcp mode listener)"),
+            (tls({"alpn": ["spdy/3", "http/1.1"]}, mode="http"),
+             "listeners[0].tls.alpn[0]: http mode speaks h2, http/1.1, http/1.0 only, not "
+             "'spdy/3' (offer it from a tcp mode listener)"),
         ]
         for data, message in cases:
             self.assertError(data, message)

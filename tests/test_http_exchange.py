@@ -75,6 +75,8 @@ class RecordingClientSide:
     clientHost = b"192.0.2.9"
     clientName = "192.0.2.9:4000"
     localAuthority = b"l:80"
+    protocol = "HTTP/3"
+
     def __init__(self) -> None:
         self.privateKeys: set[Any] = set()
         self.closed = False

@@ -238,6 +238,39 @@ class ActionTests(RoutedProxyTestCase):
         self.assertEqual(results[0][:1], (200,))
 
 
+class H2RouteTests(RoutedProxyTestCase):
+    """
+    HTTP/2 streams take the listener's routes as HTTP/1.1 requests do.
+    """
+
+    @inlineCallbacks
+    def test_h2cRoutes(self) -> Any:
+        """
+        curl over h2c (prior knowledge) reaches the pool its route names,
+        gets a route's redirect, and the route's counts include it.
+        """
+        if shutil.which("curl") is None:
+            self.skipTest("curl is not installed")
+        api, web = self.startBackend("api"), self.startBackend("web")
+        proxy = self.startRouted({"api": [api], "web": [web]}, {"http2": True, "routes": [
+            {"name": "api", "match": {"path-prefix": "/v1/"}, "pool": "api"},
+            {"name": "old", "match": {"path": "/old"}, "redirect": {"location": "https://x/"}},
+            {"name": "web", "pool": "web"},
+        ]})
+
+        def h2(path: str) -> Any:
+            return deferToThread(subprocess.run, [
+                "curl", "-s", "--http2-prior-knowledge", "-w", " %{http_code} %{http_version}",
+                self.url(proxy, path)], capture_output=True, timeout=10)
+
+        self.assertEqual((yield h2("/v1/x")).stdout, b"api /v1/x\n 200 2")
+        self.assertEqual((yield h2("/page")).stdout, b"web /page\n 200 2")
+        self.assertTrue((yield h2("/old")).stdout.endswith(b" 302 2"))
+        counts = {c.name: dict(c.responses) for c in proxy.routeCounters()}
+        self.assertEqual(counts["api"], {"2xx": 1})
+        self.assertEqual(counts["old"], {"3xx": 1})
+
+
 class SplitTests(RoutedProxyTestCase):
     """
     A weighted split between pools (a canary).

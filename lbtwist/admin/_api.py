@@ -588,9 +588,11 @@ class AdminResource(Resource):
     def listListeners(self, request: Request, args: list[str]) -> bytes:
         """
         The listeners, with their accepted and active connections, (HTTP
-        mode) their responses by status class and the requests refused as
-        malformed, and their routes with what each did (the default route's
-        last) and what each is (C{route}, in the configuration's shape).
+        mode) their responses by status class and by protocol and the
+        requests refused as malformed, (listeners speaking HTTP/2) their
+        HTTP/2 connections, streams, refused streams and abusive clients, and
+        their routes with what each did (the default route's last) and what
+        each is (C{route}, in the configuration's shape).
         """
         listeners = []
         for l in self.live.config.listeners:
@@ -605,11 +607,18 @@ class AdminResource(Resource):
                 "active": getattr(factory, "activeClients", 0),
                 "responses": dict(getattr(factory, "statuses", None) or {}),
                 "refused": getattr(factory, "refused", 0),
+                "protocols": (factory.responsesByProtocol()
+                              if hasattr(factory, "responsesByProtocol") else {}),
                 "routes": [{**routeCountersView(c), "route": shapes.get(c.name)}
                            for c in counters()] if counters else [],
                 "defaultRoute": (None if l.defaultRoute is None
                                  else routeData(l.defaultRoute, default=True)),
             })
+            if getattr(factory, "http2", None) is not None:
+                listeners[-1]["http2"] = {
+                    "connections": factory.h2Connections, "streams": factory.h2Streams,
+                    "refused": factory.h2Refused, "abusive": factory.h2Calmed,
+                }
         return self._json(request, 200, listeners)
 
     def _listener(self, name: str) -> ListenerConfig:

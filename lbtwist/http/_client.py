@@ -45,8 +45,60 @@ def authorityOf(address: Any) -> bytes:
     return f"{host}:{port}".encode("ascii", "replace")
 
 
+class ClientPeer:
+    """
+    What a client connection of either protocol (HTTP/1.1, HTTP/2) tells
+    its exchanges about the client: its address, the authority it reached,
+    its PROXY-protocol header.
+    """
+
+    transport: Any
+    factory: Any
+    privateKeys: set[Any]
+    _proxyHeaders: dict[Any, bytes]
+    _timer: Any
+
+    def identify(self) -> None:
+        """
+        Read the client's address and the local one off the transport (and
+        turn Nagle off: responses go out as they come).
+        """
+        transport = self.transport
+        setNoDelay(transport)
+        peer = transport.getPeer()
+        host = getattr(peer, "host", None)
+        self.clientHost: bytes = host.encode("ascii", "replace") if isinstance(host, str) else b""
+        self.clientName = describe(peer)
+        self.localAuthority = authorityOf(transport.getHost())
+        self._proxyHeaders = {}
+
+    def proxyHeaderFor(self, make: Any) -> bytes:
+        """
+        The PROXY-protocol header C{make} gives for this client, made once.
+        """
+        header = self._proxyHeaders.get(make)
+        if header is None:
+            transport = self.transport
+            header = self._proxyHeaders[make] = make(transport.getPeer(), transport.getHost())
+        return header
+
+    def leave(self) -> None:
+        """
+        The connection closed: stop its timer, count it out, and close the
+        idle backend connections private to it.
+        """
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        factory = self.factory
+        factory.clientGone()
+        factory.clients.discard(self)
+        if self.privateKeys:
+            factory.closePrivate(self.privateKeys)
+
+
 @implementer(IPushProducer, IHalfCloseableProtocol, IClientSide)
-class ClientConnection(Protocol):
+class ClientConnection(ClientPeer, Protocol):
     """
     A client's HTTP/1.1 connection: parses its requests and serves them in
     order.
@@ -63,13 +115,13 @@ class ClientConnection(Protocol):
     factory: Any
     parser: HttpRequestParser
     transport: Any
+    protocol = "HTTP/1.1"
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
         self.queue: deque[Exchange] = deque()
         self.closed = False
         self.privateKeys: set[Any] = set()
-        self._proxyHeaders: dict[Any, bytes] = {}
         # The exchange whose body is being read.
         self._parsing: Exchange | None = None
         # The head being read: its target, headers and sizes.
@@ -95,14 +147,7 @@ class ClientConnection(Protocol):
     # -- connection --------------------------------------------------------
 
     def connectionMade(self) -> None:
-        transport = self.transport
-        setNoDelay(transport)
-        peer = transport.getPeer()
-        host = getattr(peer, "host", None)
-        self.clientHost: bytes = host.encode("ascii", "replace") if isinstance(host, str) else b""
-        self.clientName = describe(peer)
-        local = transport.getHost()
-        self.localAuthority = authorityOf(local)
+        self.identify()
         factory = self.factory
         self.parser = HttpRequestParser(self)
         # A 1.x minor version it does not know is handled as 1.1 (RFC 9110
@@ -120,14 +165,7 @@ class ClientConnection(Protocol):
         # garbage collector on one of its passes.
         del self.parser
         self._parsing = None
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        factory = self.factory
-        factory.clientGone()
-        factory.clients.discard(self)
-        if self.privateKeys:
-            factory.closePrivate(self.privateKeys)
+        self.leave()
         tunnel = self._tunnel
         self._tunnelExchange = None
         if tunnel is not None:
@@ -311,16 +349,6 @@ class ClientConnection(Protocol):
         """
         The backend connection is gone; the exchange decides what follows.
         """
-
-    def proxyHeaderFor(self, make: Any) -> bytes:
-        """
-        The PROXY-protocol header C{make} gives for this client, made once.
-        """
-        header = self._proxyHeaders.get(make)
-        if header is None:
-            transport = self.transport
-            header = self._proxyHeaders[make] = make(transport.getPeer(), transport.getHost())
-        return header
 
     def holdRequest(self) -> None:
         """

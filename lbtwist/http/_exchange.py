@@ -117,6 +117,7 @@ class IClientSide(IPushProducer):
     localAuthority = Attribute("The address the client reached, the Host of a request naming none.")
     privateKeys = Attribute("Idle-pool keys of backend connections private to this client.")
     closed = Attribute("Whether the client is gone.")
+    protocol = Attribute('What the client speaks, "HTTP/1.1" or "HTTP/2", as logs and metrics say.')
 
     def proxyHeaderFor(make: Any) -> bytes:
         """

@@ -35,6 +35,7 @@ from ..routeconfig import Route
 from ..routing import RouteCounters
 from ._client import ClientConnection
 from ._exchange import Exchange
+from ._h2 import H2Connection, ProtocolSniffer
 from ._plan import planRequest
 from ._router import Router
 from ._upstream import Upstream
@@ -52,6 +53,14 @@ class HTTPProxyFactory(ListenerFactory):
     @ivar upstreams: the pools its requests reach, by name.
     @ivar refused: requests refused as malformed or too large.
     @ivar statuses: responses sent, by status class (C{"2xx"}...).
+    @ivar http2: its HTTP/2 settings if its clients may speak HTTP/2, else
+        L{None} (its connections are HTTP/1.1 from the first byte).
+    @ivar h2Connections: HTTP/2 client connections accepted.
+    @ivar h2Streams: HTTP/2 streams (requests) accepted.
+    @ivar h2Refused: HTTP/2 streams refused (over the concurrency limit,
+        or after GOAWAY).
+    @ivar h2Calmed: HTTP/2 clients closed for abuse (ENHANCE_YOUR_CALM).
+    @ivar h2Responses: responses sent over HTTP/2.
     """
 
     log = Logger()
@@ -90,7 +99,15 @@ class HTTPProxyFactory(ListenerFactory):
         # Requests dropped because their client left before the answer.
         self.abandoned = 0
         self.statuses: dict[str, int] = {}
-        self.clients: set[ClientConnection] = set()
+        self.clients: set[Any] = set()
+        self.http2 = listener.http2 if listener.speaksHTTP2 else None
+        self.h2Connections = 0
+        self.h2Streams = 0
+        self.h2Refused = 0
+        self.h2Calmed = 0
+        # Responses sent over HTTP/2 (the HTTP/1.1 ones are the rest of
+        # statuses: nothing more is counted on the HTTP/1.1 path).
+        self.h2Responses = 0
         # Set by a graceful stop: no more keep-alive.
         self.stopping = False
 
@@ -171,7 +188,27 @@ class HTTPProxyFactory(ListenerFactory):
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if not self.admit():
             return None
-        client = ClientConnection(self)
+        client: Protocol
+        if self.http2 is None:
+            client = ClientConnection(self)
+        else:
+            # HTTP/1.1 or HTTP/2, chosen by ALPN or the first bytes.
+            client = ProtocolSniffer(self, self.http2)
+        self.clients.add(client)
+        return client
+
+    def chosen(self, sniffer: Protocol, http2: bool) -> Protocol:
+        """
+        The protocol a connection turned out to speak, in place of its
+        L{ProtocolSniffer}.
+        """
+        self.clients.discard(sniffer)
+        client: Protocol
+        if http2:
+            assert self.http2 is not None
+            client = H2Connection(self, self.http2)
+        else:
+            client = ClientConnection(self)
         self.clients.add(client)
         return client
 
@@ -221,6 +258,16 @@ class HTTPProxyFactory(ListenerFactory):
         if route is not None:
             route.counters.count(cls, self.seconds() - ex.started)
 
+    def responsesByProtocol(self) -> dict[str, int]:
+        """
+        The responses sent (as L{statuses} counts them), by the protocol
+        the client spoke: C{HTTP/2} only on a listener that speaks it.
+        """
+        total = sum(self.statuses.values())
+        if self.http2 is None:
+            return {"HTTP/1.1": total}
+        return {"HTTP/1.1": total - self.h2Responses, "HTTP/2": self.h2Responses}
+
     def logAccess(self, ex: Exchange) -> None:
         """
         Write the access-log line of C{ex}, if the access log is on: its
@@ -234,5 +281,6 @@ class HTTPProxyFactory(ListenerFactory):
                 ex.client.clientName, ex.method.decode("latin-1"), ex.url.decode("latin-1"),
                 ex.status, backend.name if backend is not None else None,
                 ex.bytesIn, ex.bytesOut, self.seconds() - ex.started, ex.retries,
+                ex.client.protocol,
             )
 
