@@ -137,6 +137,10 @@ class RouteRuntime:
         # The one pool of a route that sends to one: no choice to make.
         self.onlyPool = (self.split.names[0] if self.split is not None
                          and len(self.split.names) == 1 else None)
+        # A route that only sends to one pool: nothing else to do per request.
+        self.plain = (self.onlyPool is not None and route is not None and limiter is None
+                      and auth is None and route.rewrite is None
+                      and self.requestHeaders is None)
         self._sticky = False
         if self.split is not None and len(self.split.names) > 1:
             pools = factory.pools
@@ -291,6 +295,16 @@ class Router:
         found = self.table.match(
             RequestFacts(method, host, matchedPath(path), query, lowered, source))
         rt = self.noRoute if found is None else self._byCompiled[id(found)]
+        if rt.plain:
+            # The common case: a route to one pool, and nothing else to do.
+            upstream = rt._upstreams.get(rt.onlyPool) or rt.upstream(rt.onlyPool)  # type: ignore[arg-type]
+            if upstream is not None:
+                ex = Exchange(client, factory, upstream, planRequest(
+                    method, url, version, headers, keepAlive, upgrade, client.clientHost,
+                    client.localAuthority, upstream.rules,
+                ), method, url, version, started)
+                ex.route = rt
+                return ex
         route = rt.route
         answer = rt.answer
         gate = None
