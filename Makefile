@@ -40,11 +40,11 @@ test: $(STAMP) test-deps ## ruff, mypy, then the whole trial suite
 	$(BIN)/mypy lbtwist
 	$(BIN)/trial --reactor=lbtwist --reporter=text tests
 
-# Debian tools the integration tests drive (COMMAND:PACKAGE, or one name
-# for both); installed when missing and run as root, else those tests skip.
-# nghttp2-client brings nghttp and h2load (the HTTP/2 tests).
+# Debian tools the integration tests drive (COMMAND:PACKAGE where the two
+# differ: etcd is in etcd-server, h2load and nghttp in nghttp2-client);
+# installed when missing and run as root, else those tests skip.
 test-deps: ## install the Debian tools the integration tests drive (as root)
-	@missing=""; for t in curl wrk chromium slowhttptest h2load:nghttp2-client; do \
+	@missing=""; for t in curl wrk chromium slowhttptest etcd:etcd-server h2load:nghttp2-client; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -61,9 +61,14 @@ clean: ## remove .venv and build leftovers
 	rm -rf $(VENV) _trial_temp build *.egg-info
 
 # The long chaos run: minutes of mixed traffic with flapping backends and
-# 100,000 connections (SOAK_ARGS="--duration 3600" for an hour), then the
-# chaos suite at full scale.
-soak: $(STAMP) test-deps ## the long chaos run (SOAK_ARGS=...)
+# 100,000 connections (SOAK_ARGS="--duration 3600" for an hour), the same
+# with two worker processes and one killed every 30 s, ten upgrades under
+# load, ten minutes of changes to three balancers sharing etcd, restarted
+# every minute (soak/cluster.py), then the chaos suite at full scale.
+soak: $(STAMP) test-deps ## the long chaos run and the cluster soak (SOAK_ARGS=..., CLUSTER_SOAK_ARGS=...)
 	$(BIN)/python soak/soak.py $(SOAK_ARGS)
+	$(BIN)/python soak/soak.py --lb-workers 2 --connections 20000 $(SOAK_ARGS)
+	LBTWIST_UPGRADES=10 $(BIN)/trial --reactor=lbtwist tests.test_workers.UpgradeTests
+	$(BIN)/python soak/cluster.py $(CLUSTER_SOAK_ARGS)
 	LBTWIST_CHAOS_CONNECTIONS=100000 LBTWIST_FUZZ_EXAMPLES=3000 LBTWIST_CHAOS_REPORT=1 \
 	  $(BIN)/trial --reactor=lbtwist --reporter=text tests.chaos

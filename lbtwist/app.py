@@ -12,18 +12,22 @@ its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService
+from twisted.internet.defer import succeed
 
 from .admin import AdminService
-from .config import Config
+from .config import ClusterConfig, Config
 from .gctuning import FrozenStartupHeap
-from .lifecycle import GracefulStop, ReloadOnSignal
+from .lifecycle import GracefulStop, ReadyNotice, ReloadOnSignal
 from .pool import Backend
 from .reload import DEFAULT_GRACE, LiveConfig, configLoader, loadState
 from .service import CannotStart, LoadBalancer
 from .state import StateError, StateFile, defaultStatePath, legacyStatePath
+from .workers import ConfigText, WorkerGroup
 
 
 class Balancer(MultiService):
@@ -52,6 +56,9 @@ class Balancer(MultiService):
         control: bool = True,
         signals: bool = True,
         freezeHeap: bool = True,
+        workerCommand: Sequence[str] = (),
+        workersOption: int | None = None,
+        instanceName: str | None = None,
     ) -> None:
         """
         @param config: what to run (see L{lbtwist.config.loadConfigFile}).
@@ -70,12 +77,27 @@ class Balancer(MultiService):
         @param freezeHeap: once running, freeze the start-up heap out of the
             garbage collector's way (see L{lbtwist.gctuning}): the
             application's start-up objects are frozen with the balancer's.
+        @param workerCommand: with C{config.workers} over 1 (and
+            C{control}), the options of C{twistd lb} each worker runs with
+            (see L{lbtwist.workers}; default: C{--config configPath}): this
+            process becomes their master, its listeners bound but served by
+            the workers.
+        @param workersOption: the number of workers the command line gave
+            (C{--workers}), which a reload of the file keeps, as it won over
+            the file at start.
+        @param instanceName: with a C{cluster} in C{config}, the name this
+            balancer registers under (default: host name and process ID).
 
         @raise lbtwist.service.CannotStart: the state file is invalid or
             cannot be written.
         """
         super().__init__()
         self.live: LiveConfig | None = None
+        self.workers: WorkerGroup | None = None
+        self.workerCommand = list(workerCommand)
+        self.workersOption = workersOption
+        self.cluster: Any = None
+        self.instanceName = instanceName
         # Backends DNS discovery finds gone are drained as removed ones are.
         self.loadBalancer = LoadBalancer(
             config, reactor, drain=self._drainDiscovered if control else None)
@@ -111,10 +133,16 @@ class Balancer(MultiService):
         given = statePath or lb.config.state
         path = given or defaultStatePath(
             configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
+        multi = lb.config.workers > 1
+        text = ConfigText(configPath) if multi and configPath else None
+        load = text or (configLoader(configPath) if configPath else None)
+        if load is not None and self.workersOption is not None:
+            load = withWorkers(load, self.workersOption)
         live = LiveConfig(
             lb.pools, lb.config, reactor,
             StateFile(path, legacy=None if given else legacyStatePath(path)),
-            loadConfig=configLoader(configPath) if configPath else None, grace=grace,
+            loadConfig=load, grace=grace,
+            balancer=lb,
             reloaded=[lb.reloadCertificates],
         )
         try:
@@ -129,7 +157,82 @@ class Balancer(MultiService):
             live, reactor, grace,
             softStops=[f.softStop for f in lb.factories.values() if hasattr(f, "softStop")],
         ).setServiceParent(control)
-        AdminService(lb, live, reactor).setServiceParent(control)
+        if lb.config.cluster is not None:
+            # The registry in etcd is the run-time state now: the state
+            # file's overrides only seed an empty store.
+            live.stateFile = None
+            self.cluster = self._clusterSync(lb.config.cluster, live, reactor, path)
+            self.cluster.setServiceParent(control)
+        if multi:
+            # Under twistd lb the workers get its options; embedded (a .tac),
+            # the configuration file.
+            command = self.workerCommand or (["--config", configPath] if configPath else [])
+            if not command:
+                raise CannotStart("lbtwist: workers: worker processes read the configuration "
+                                  "file: give its path (configPath), or run twistd lb")
+            self.workers = WorkerGroup(lb, live, reactor, count=lb.config.workers,
+                                       command=command, grace=grace, text=text)
+        AdminService(lb, live, reactor, group=self.workers, cluster=self.cluster).setServiceParent(control)
+        if self.workers is not None:
+            self.workers.setServiceParent(control)
+        ReadyNotice(
+            reactor, self.workers.whenServing if self.workers is not None else lambda: succeed(None),
+        ).setServiceParent(control)
         if signals:
-            ReloadOnSignal(live, reactor, reopenLogs=lb.reopenAccessLogs).setServiceParent(control)
+            ReloadOnSignal(
+                live, reactor, reopenLogs=lb.reopenAccessLogs,
+                upgrade=self.workers.upgrade if self.workers is not None else None,
+            ).setServiceParent(control)
         return live
+
+    def _clusterSync(self, cluster: ClusterConfig, live: LiveConfig, reactor: Any,
+                     statePath: str) -> Any:
+        """
+        The registry sync with etcd: its client, the snapshot beside the
+        state file, and this balancer's identity.
+        """
+        from . import __version__
+        from .cluster import EtcdClient, Identity, RegistrySync, SnapshotFile, defaultName, tlsPolicy
+
+        client = EtcdClient(
+            reactor, cluster.etcd, username=cluster.username, password=cluster.password,
+            contextFactory=None if cluster.tls is None else tlsPolicy(cluster.tls))
+        snapshot = SnapshotFile(statePath.removesuffix(".json") + ".registry.json")
+        identity = Identity(self.instanceName or defaultName(),
+                            self.loadBalancer.config.admin or "", __version__)
+
+        def fatal(message: str) -> None:
+            RegistrySync.log.critical("{message}", message=message)
+            if reactor.running:
+                # twistd has no exit status of its own to give: a balancer
+                # that could not start exits 1, so that a supervisor sees
+                # the failure.
+                reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)
+                reactor.stop()
+
+        return RegistrySync(client, cluster.prefix, live, reactor, snapshot, identity,
+                            fatal=fatal)
+
+
+def _exitFailed() -> None:
+    """
+    End the process with status 1, once the reactor has shut down.
+    """
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def withWorkers(load: Callable[[], Config], workers: int) -> Callable[[], Config]:
+    """
+    C{load}, with the number of workers the command line gave in what it
+    reads (the command line wins over the file, at start and on reload).
+    """
+
+    def loadWithWorkers() -> Config:
+        return attrs.evolve(load(), workers=workers)
+
+    return loadWithWorkers

@@ -6,9 +6,14 @@ A bcrypt check costs about 50-250 ms by design, so it never runs on the
 reactor thread: L{BasicAuthenticator.check} answers at once when it can (no
 or malformed credentials, a credential seen before) and otherwise returns a
 L{Deferred} of a check run in a thread pool.  Verified credentials are
-remembered, as a keyed hash of the whole header value, in a bounded LRU,
-so only a first or changed credential pays for bcrypt; checks of one
-credential in flight at once are run once.
+remembered, as a keyed hash of the whole header value, in bounded LRUs
+(verified and refused apart, so a flood of bad credentials cannot push the
+good ones out), so only a first or changed credential pays for bcrypt;
+checks of one credential in flight at once are run once, and checks of
+distinct credentials in flight at once are bounded: past the bound a new
+credential is not checked (the request is answered 503), so a flood of
+distinct credentials cannot queue work without end in the thread pool
+that the reactor's name lookups share.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ from twisted.python.threadpool import ThreadPool
 
 from .routeconfig import BasicAuth
 
-# Credentials remembered per route, verified or refused.
+# Credentials remembered per route, verified and refused (each).
 CACHE_SIZE = 1024
+
+# Checks of distinct credentials in flight at once per route: fewer than
+# the reactor's thread pool has threads (10), which name lookups share.
+MAX_CHECKS = 8
 
 
 def parseAuthorization(value: bytes | None) -> tuple[str, bytes] | None:
@@ -80,49 +89,60 @@ class BasicAuthenticator:
     """
     Checks C{Authorization} header values against a route's users.
 
-    @ivar known: keyed digests of header values checked, to the answer,
-        least recently used first.
+    @ivar known: keyed digests of header values verified, least recently
+        used first.
+    @ivar refused: keyed digests of header values refused, least recently
+        used first.
+    @ivar pending: the checks in flight, by digest.
     """
 
     def __init__(self, auth: BasicAuth, runInThread: Callable[[Callable[[], bool]],
                                                               Deferred[bool]],
                  cacheSize: int = CACHE_SIZE,
-                 check: Callable[[bytes, bytes], bool] = checkPassword) -> None:
+                 check: Callable[[bytes, bytes], bool] = checkPassword,
+                 maxChecks: int = MAX_CHECKS) -> None:
         """
         @param runInThread: runs a callable away from the reactor thread and
             gives a Deferred of its result (see L{threadRunner}).
         @param check: checks a password against a bcrypt hash.
+        @param maxChecks: checks of distinct credentials in flight at once.
         """
         self.auth = auth
         self.users = dict(auth.users)
         self.runInThread = runInThread
         self.cacheSize = cacheSize
         self.checkPassword = check
-        self.known: OrderedDict[bytes, bool] = OrderedDict()
+        self.maxChecks = maxChecks
+        self.known: OrderedDict[bytes, None] = OrderedDict()
+        self.refused: OrderedDict[bytes, None] = OrderedDict()
         self.pending: dict[bytes, list[Deferred[bool]]] = {}
         # Digests are keyed per process so the cache holds nothing a
         # memory dump could replay elsewhere.
         self._key = os.urandom(16)
 
-    def check(self, authorization: bytes | None) -> bool | Deferred[bool]:
+    def check(self, authorization: bytes | None) -> bool | Deferred[bool] | None:
         """
         Whether a request with this C{Authorization} value may pass: a bool
-        when known at once, else a Deferred of one (never failing).
+        when known at once, else a Deferred of one (never failing); or
+        L{None} when it would need a check and C{maxChecks} are in flight
+        already (it may be tried again shortly).
         """
         credentials = parseAuthorization(authorization)
         if credentials is None:
             return False
         assert authorization is not None
         digest = hashlib.blake2b(authorization.strip(), key=self._key, digest_size=20).digest()
-        known = self.known.get(digest)
-        if known is not None:
-            self.known.move_to_end(digest)
-            return known
+        for cache, answer in ((self.known, True), (self.refused, False)):
+            if digest in cache:
+                cache.move_to_end(digest)
+                return answer
         waiting = self.pending.get(digest)
         if waiting is not None:
             d: Deferred[bool] = Deferred()
             waiting.append(d)
             return d
+        if len(self.pending) >= self.maxChecks:
+            return None
         waiters: list[Deferred[bool]] = []
         self.pending[digest] = waiters
         user, password = credentials
@@ -136,9 +156,10 @@ class BasicAuthenticator:
         def done(ok: object) -> bool:
             passed = ok is True
             del self.pending[digest]
-            self.known[digest] = passed
-            if len(self.known) > self.cacheSize:
-                self.known.popitem(last=False)
+            cache = self.known if passed else self.refused
+            cache[digest] = None
+            if len(cache) > self.cacheSize:
+                cache.popitem(last=False)
             for w in waiters:
                 w.callback(passed)
             return passed

@@ -52,6 +52,11 @@ def checkEndpoints(config: Config) -> None:
     for path, text, server in checks:
         try:
             checkEndpoint(text, server)
+        except (IndexError, KeyError) as e:
+            if not text.startswith("systemd:"):
+                raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
+            raise ConfigError(path, f"systemd passed no such socket for {text!r} (started "
+                                    "without its socket unit?)") from e
         except Exception as e:
             raise ConfigError(path, f"invalid endpoint {text!r}: {e}") from e
 

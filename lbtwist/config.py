@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from typing import Any, Callable, Mapping, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import yaml
@@ -479,6 +481,35 @@ class ListenerConfig:
 
 
 @attrs.frozen
+class ClusterTLS:
+    """
+    TLS to the etcd members: the CA that signed their certificates, and
+    this balancer's client certificate and key (PEM files).
+    """
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@attrs.frozen
+class ClusterConfig:
+    """
+    The etcd cluster several balancers share their registry through (see
+    L{lbtwist.cluster}).
+
+    @ivar etcd: the members' client URLs, tried in turn.
+    @ivar prefix: the keys of this cluster of balancers start with it.
+    """
+
+    etcd: tuple[str, ...]
+    prefix: str = "/lbtwist"
+    username: str | None = None
+    password: str | None = None
+    tls: ClusterTLS | None = None
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration of a balancer.
@@ -488,6 +519,8 @@ class Config:
         limit).
     @ivar resolvers: the DNS servers discovery asks, as C{(host, port)};
         none: the system's (C{/etc/resolv.conf}).
+    @ivar workers: processes that serve the listeners (1: this process
+        alone; more: a master and that many workers, see L{lbtwist.workers}).
     """
 
     listeners: tuple[ListenerConfig, ...]
@@ -498,6 +531,8 @@ class Config:
     state: str | None = None
     maxconn: int = 0
     resolvers: tuple[tuple[str, int], ...] = ()
+    workers: int = 1
+    cluster: ClusterConfig | None = None
 
     def pool(self, name: str) -> PoolConfig:
         """
@@ -629,6 +664,15 @@ def validateEndpoint(value: object, path: str, server: bool) -> str:
             f"{', '.join(t + ':' for t in ENDPOINT_TYPES)}"
             f"{'' if server else ', or HOST:PORT'}, got {text!r}",
         ) from None
+    if endpoint.kind == "systemd":
+        # A socket systemd passes (socket activation), as Twisted names it.
+        if not server:
+            raise ConfigError(path, f"systemd: endpoints are for listeners, got {text!r}")
+        if endpoint.option("domain") is None or (
+                endpoint.option("name") is None) == (endpoint.option("index") is None):
+            raise ConfigError(path, "a systemd listener needs domain= (INET, INET6 or UNIX) "
+                                    f"and one of name= or index=, got {text!r}")
+        return text
     if endpoint.kind == "unix":
         if not endpoint.path:
             raise ConfigError(path, f"a unix endpoint needs a path, got {text!r}")
@@ -1303,6 +1347,24 @@ def _headerName(value: object, path: str) -> str:
     return name
 
 
+# Headers that frame a message or belong to one connection: the balancer
+# writes them itself, so a route may not set, add or remove them (a length
+# changed beside a body read by the old one would desynchronise a
+# connection: a smuggled request to the backend, a split response).
+_FRAMING_HEADERS = frozenset((
+    "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+    "upgrade", "proxy-connection",
+))
+
+
+def _changeableHeader(value: object, path: str) -> str:
+    name = _headerName(value, path)
+    if name.lower() in _FRAMING_HEADERS:
+        raise ConfigError(path, f"{name} may not be changed: the balancer frames each "
+                                f"message itself")
+    return name
+
+
 def _headerValue(value: object, path: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
@@ -1384,7 +1446,7 @@ def parseMatch(data: object, path: str, mode: str) -> Match:
             if key == "sni" and mode == "http":
                 raise ConfigError(f"{path}.sni", "an http listener routes on the Host "
                                   "header: use host")
-            if key in _HTTP_MATCH_KEYS and mode == "tcp":
+            if key in _HTTP_MATCH_KEYS and key not in _TCP_MATCH_KEYS and mode == "tcp":
                 raise ConfigError(f"{path}.{key}", "a tcp listener sees no HTTP request: "
                                   "it matches on sni and source only")
     d = _mapping(data, path, allowed)
@@ -1457,7 +1519,7 @@ def _respond(data: object, path: str) -> Respond:
     return Respond(
         status=_integer(d["status"], f"{path}.status", 200, 599),
         body=body,
-        headers=tuple((_headerName(k, f"{path}.headers.{k}"),
+        headers=tuple((_changeableHeader(k, f"{path}.headers.{k}"),
                        _headerValue(v, f"{path}.headers.{k}")) for k, v in h.items()),
     )
 
@@ -1546,15 +1608,30 @@ def _headerActions(data: object, path: str) -> HeaderActions:
         m = d.get(key) or {}
         if not isinstance(m, Mapping):
             raise ConfigError(f"{path}.{key}", f"expected a mapping, got {_describe(m)}")
-        return tuple((_headerName(k, f"{path}.{key}.{k}"),
+        return tuple((_changeableHeader(k, f"{path}.{key}.{k}"),
                       _headerValue(v, f"{path}.{key}.{k}")) for k, v in m.items())
 
     remove = d.get("remove") or []
     return HeaderActions(
         set=pairs("set"), add=pairs("add"),
-        remove=tuple(_headerName(n, where)
+        remove=tuple(_changeableHeader(n, where)
                      for where, n in _oneOrList(remove, f"{path}.remove")) if remove else (),
     )
+
+
+def _requestHeaderActions(data: object, path: str) -> HeaderActions:
+    """
+    A route's C{request-headers}: as any header actions, and Host may be
+    set (replaced) but not removed or added (an HTTP/1.1 request has
+    exactly one).
+    """
+    actions = _headerActions(data, path)
+    for key, names in (("add", [n for n, _ in actions.add]), ("remove", actions.remove)):
+        for name in names:
+            if name.lower() == "host":
+                raise ConfigError(f"{path}.{key}", "a request has exactly one Host: set it "
+                                  "to replace it, never remove or add one")
+    return actions
 
 
 def _routeTimeouts(data: object, path: str, mode: str) -> TimeoutOverrides:
@@ -1572,7 +1649,7 @@ _ROUTE_PARTS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "respond": ("respond", _respond),
     "rewrite": ("rewrite", _rewrite),
     "rate-limit": ("rateLimit", _rateLimit),
-    "request-headers": ("requestHeaders", _headerActions),
+    "request-headers": ("requestHeaders", _requestHeaderActions),
     "response-headers": ("responseHeaders", _headerActions),
 }
 
@@ -1641,6 +1718,9 @@ def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
         if isinstance(item, Mapping) and "name" not in item:
             item = {**item, "name": f"route{i}"}
         route = parseRoute(item, where, mode, poolNames, readFile)
+        if route.name == "default":
+            raise ConfigError(f"{where}.name", "'default' is the default route's name (in the "
+                                               "counters and metrics): choose another")
         for j, earlier in enumerate(routes):
             if earlier.match.catchAll:
                 raise ConfigError(where, f"unreachable: route {earlier.name!r} at "
@@ -1650,9 +1730,59 @@ def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
     return tuple(routes)
 
 
+def parseEtcdURL(value: object, path: str) -> str:
+    """
+    One etcd member's client URL: C{http://} or C{https://}, a host and a
+    port, no path.
+    """
+    url = _string(value, path).rstrip("/")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None or (
+            parts.path or parts.query or parts.fragment):
+        raise ConfigError(path, f"expected an etcd URL like http://127.0.0.1:2379, got {url!r}")
+    return url
+
+
+def parseCluster(data: object, path: str) -> ClusterConfig | None:
+    """
+    The C{cluster} block: C{etcd} (a URL or a list of them), C{prefix},
+    C{username}, C{password}, C{tls} (C{ca}, C{cert}, C{key}).
+    """
+    if data is None:
+        return None
+    d = _mapping(data, path, ("etcd", "prefix", "username", "password", "tls"))
+    given = d.get("etcd")
+    items = [given] if isinstance(given, str) else _list(given, f"{path}.etcd")
+    if not items:
+        raise ConfigError(f"{path}.etcd", "at least one etcd URL is needed")
+    urls = tuple(parseEtcdURL(u, f"{path}.etcd[{i}]") for i, u in enumerate(items))
+    prefix = _string(d.get("prefix", "/lbtwist"), f"{path}.prefix").rstrip("/")
+    if not prefix.startswith("/") or "//" in prefix:
+        raise ConfigError(f"{path}.prefix", f"expected a key prefix like /lbtwist/prod, got {prefix!r}")
+    username = None if d.get("username") is None else _string(d["username"], f"{path}.username")
+    password = None if d.get("password") is None else _string(d["password"], f"{path}.password")
+    if (username is None) != (password is None):
+        raise ConfigError(path, "give both username and password, or neither")
+    tls = None
+    if d.get("tls") is not None:
+        t = _mapping(d["tls"], f"{path}.tls", ("ca", "cert", "key"))
+        files = {k: _string(t[k], f"{path}.tls.{k}") for k in ("ca", "cert", "key") if k in t}
+        if ("cert" in files) != ("key" in files):
+            raise ConfigError(f"{path}.tls", "give both cert and key, or neither")
+        tls = ClusterTLS(**files)
+    if tls is None and any(u.startswith("https:") for u in urls):
+        tls = ClusterTLS()
+    return ClusterConfig(urls, prefix, username, password, tls)
+
+
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
-    "resolvers",
+    "resolvers", "workers", "cluster",
 )
 
 
@@ -1769,7 +1899,40 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
         state=None if d.get("state") is None else _string(d["state"], "state"),
         maxconn=_integer(d.get("maxconn", 0), "maxconn", 0, MAX_CONNECTIONS),
         resolvers=parseResolvers(d.get("resolvers"), "resolvers"),
+        workers=parseWorkers(d.get("workers", 1), "workers"),
+        cluster=parseCluster(d.get("cluster"), "cluster"),
     )
+
+
+MAX_WORKERS = 1024
+
+
+def usableCPUs() -> int:
+    """
+    The CPUs this process may run on (its affinity mask, as C{taskset} and
+    container limits set it), else every CPU the machine has.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return len(affinity(0))
+    return os.cpu_count() or 1
+
+
+def parseWorkers(value: object, path: str, cpus: Callable[[], int] = usableCPUs) -> int:
+    """
+    The number of worker processes: a positive integer, or C{auto} for
+    one per usable CPU.
+
+    @raise ConfigError: anything else (0, negative, not a number).
+    """
+    if value == "auto":
+        return cpus()
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            path, f"expected a number of processes 1-{MAX_WORKERS} or auto, got {_describe(value)}")
+    return value
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -5,7 +5,12 @@ C{lbtwist ctl}: the command-line client of the admin API.
     lbtwist ctl add NAME ENDPOINT|HOST:PORT [--weight N] [--state STATE]
     lbtwist ctl remove|drain|ready|maint NAME
     lbtwist ctl weight NAME N
-    lbtwist ctl health | reload
+    lbtwist ctl health | reload | upgrade
+    lbtwist ctl routes [LISTENER]
+    lbtwist ctl route-set LISTENER FILE
+    lbtwist ctl pool-add NAME FILE
+    lbtwist ctl pool-remove NAME
+    lbtwist ctl instances              (the balancers sharing a cluster registry)
 
 The admin API's address and token come from C{--admin} and C{--token}, or
 the environment (C{LBTWIST_ADMIN}, C{LBTWIST_ADMIN_TOKEN}).  Tables are
@@ -158,6 +163,71 @@ def _backendLine(b: Mapping[str, Any]) -> str:
             f"{b['active']} active, {b['total']} total")
 
 
+def readData(path: str) -> Any:
+    """
+    The content of a YAML (or JSON) file, for C{route-set} and C{pool-add};
+    C{-} is standard input.
+
+    @raise CtlError: it cannot be read or is not YAML.
+    """
+    import yaml
+
+    try:
+        if path == "-":
+            return yaml.safe_load(sys.stdin)
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise CtlError(f"cannot read {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise CtlError(f"{path!r} is not valid YAML or JSON: {e}") from None
+
+
+def _routeLine(route: Mapping[str, Any], counts: Mapping[str, Any] | None) -> str:
+    """
+    One route for people: its name, what it matches, what it does, and
+    what it did.
+    """
+    match = ", ".join(f"{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
+                      for k, v in (route.get("match") or {}).items()) or "everything"
+    if "pool" in route:
+        action = f"pool {route['pool']}"
+    elif "pools" in route:
+        action = "pools " + ", ".join(f"{k} {v}" for k, v in route["pools"].items())
+    else:
+        action = next((k for k in ("redirect", "respond") if k in route), "?")
+    line = f"  {route.get('name', 'default')}: {match} -> {action}"
+    if counts is not None:
+        line += f" ({counts['requests']} requests)"
+    return line
+
+
+def _routes(client: AdminClient, listener: str | None) -> tuple[Any, str]:
+    """
+    The routes of one listener (or of every one), as JSON and as text.
+    """
+    listeners = client.call("GET", "/api/listeners")
+    if listener is not None:
+        listeners = [x for x in listeners if x["name"] == listener]
+        if not listeners:
+            raise CtlError(f"no listener {listener!r}")
+    result, lines = {}, []
+    for x in listeners:
+        routes = client.call("GET", f"/api/listeners/{quote(x['name'], safe='')}/routes")
+        result[x["name"]] = routes
+        counts = {c["name"]: c for c in x.get("routes", ())}
+        lines.append(f"{x['name']} ({x['mode']}): {len(routes)} routes")
+        lines.extend(_routeLine(r, counts.get(r["name"])) for r in routes)
+        if x.get("defaultRoute") is not None:
+            lines.append(_routeLine(x["defaultRoute"], counts.get("default")))
+    return (result[listener] if listener is not None else result), "\n".join(lines)
+
+
+def _instanceLine(i: Mapping[str, Any]) -> str:
+    return (f"{i.get('name', '?')}  admin {i.get('address') or '-'}  "
+            f"lbtwist {i.get('version', '?')}  revision {i.get('revision', '?')}")
+
+
 def _globalOptions(p: argparse.ArgumentParser, after: bool) -> None:
     """
     The options that may come before the command or after it.  After it
@@ -209,6 +279,20 @@ def parser() -> argparse.ArgumentParser:
     weight.add_argument("weight", type=int)
     command("health", "the balancer's health")
     command("reload", "reload the configuration file")
+    command("routes", "list a listener's routes (or every listener's) and their "
+            "traffic").add_argument("listener", nargs="?")
+    routeSet = command("route-set", "replace a listener's whole route list with the "
+                       "one in FILE (YAML or JSON, - for standard input)")
+    routeSet.add_argument("listener")
+    routeSet.add_argument("file")
+    poolAdd = command("pool-add", "create a pool from FILE (the configuration's pool "
+                      "keys, YAML or JSON)")
+    poolAdd.add_argument("name")
+    poolAdd.add_argument("file")
+    command("pool-remove", "remove a pool no route uses (its connections drained)"
+            ).add_argument("name")
+    command("upgrade", "start new workers from the code and configuration on disk")
+    command("instances", "the balancers registered in the cluster store")
     return top
 
 
@@ -234,6 +318,12 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             pools = client.call("GET", "/api/pools")["pools"]
         result: Any = {"pools": pools}
         text = _table(pools)
+    elif action == "upgrade":
+        result = client.call("POST", "/api/upgrade")
+        text = f"upgraded: generation {result['generation']} serves"
+    elif action == "instances":
+        result = client.call("GET", "/api/instances")
+        text = "\n".join(_instanceLine(i) for i in result.get("instances", [])) or "none"
     elif action in ("health", "reload"):
         path = "/api/health" if action == "health" else "/api/reload"
         try:
@@ -244,6 +334,25 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
                                "backend") from None
             raise
         text = result.get("status", "") if isinstance(result, dict) else str(result)
+    elif action == "routes":
+        result, text = _routes(client, args.listener)
+    elif action == "route-set":
+        data = readData(args.file)
+        if isinstance(data, dict) and "routes" in data:
+            data = data["routes"]
+        result = client.call(
+            "PUT", f"/api/listeners/{quote(args.listener, safe='')}/routes", data)
+        text = f"listener {args.listener}: {len(result)} routes set"
+    elif action == "pool-add":
+        data = readData(args.file)
+        if not isinstance(data, dict):
+            raise CtlError(f"{args.file}: expected a pool (a mapping of its keys)")
+        result = client.call("POST", "/api/pools", {**data, "name": args.name})
+        text = f"added pool {result['name']} with {len(result['backends'])} backends"
+    elif action == "pool-remove":
+        result = client.call("DELETE", f"/api/pools/{quote(args.name, safe='')}")
+        text = (f"removed pool {result['name']}; {result['draining']} connections "
+                f"get {result['grace']:g}s to finish")
     else:
         pool = quote(
             client.poolName(args.pool, None if action == "add" else args.name), safe="")

@@ -104,6 +104,16 @@ def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolC
     )
 
 
+def routeChanges(new: Config, old: Config) -> list[str]:
+    """
+    The names of the listeners whose routes (or default route) differ
+    between two configurations.
+    """
+    before = {x.name: (x.routes, x.defaultRoute) for x in old.listeners}
+    return [x.name for x in new.listeners
+            if x.name in before and before[x.name] != (x.routes, x.defaultRoute)]
+
+
 def _listenerKey(listener: ListenerConfig) -> tuple[object, ...]:
     """
     What of a listener only changes with a restart: all of it but the
@@ -116,33 +126,42 @@ def _listenerKey(listener: ListenerConfig) -> tuple[object, ...]:
             tls is not None and bool(tls.certificates), listener.http2)
 
 
-def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
+def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Config, list[str]]:
     """
     What of a newly read configuration a running balancer can take on:
-    C{new}, with the listeners (but for the certificates they serve), the
-    set of pools and the settings that only
-    change with a restart kept as they run, and the names of those that
-    differ.  An admin token read from the environment at start stays when
-    the file gives none.
+    C{new}, with the listeners (but for the certificates they serve, and
+    the routes of the listeners kept by name and mode, which change live),
+    the set of pools (unless C{poolsLive}: a balancer that adds and removes
+    pools at run time takes the new set) and the settings that only change
+    with a restart kept as they run, and the names of those that differ.
+    An admin token read from the environment at start stays when the file
+    gives none.
     """
     differ = []
     listeners = new.listeners
     if [_listenerKey(x) for x in new.listeners] != [_listenerKey(x) for x in running.listeners]:
         differ.append("listeners")
-        listeners = running.listeners
+        newListeners = {x.name: x for x in new.listeners}
+        listeners = tuple(
+            attrs.evolve(was, routes=newListeners[was.name].routes,
+                         defaultRoute=newListeners[was.name].defaultRoute)
+            if was.name in newListeners and newListeners[was.name].mode == was.mode else was
+            for was in running.listeners)
     runningPools = {p.name: p for p in running.pools}
     newPools = {p.name: p for p in new.pools}
-    if set(newPools) != set(runningPools):
+    if set(newPools) != set(runningPools) and not poolsLive:
         differ.append("the set of pools")
     for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
                            ("state", "state"), ("maxconn", "maxconn"),
-                           ("resolvers", "resolvers")):
+                           ("resolvers", "resolvers"), ("workers", "workers")):
         if getattr(new, attribute) != getattr(running, attribute):
             differ.append(key)
     pools = tuple(
         _keepBuilt(newPools[name], pool, differ) if name in newPools else pool
         for name, pool in runningPools.items()
-    )
+        if name in newPools or not poolsLive
+    ) + (tuple(p for name, p in newPools.items() if name not in runningPools)
+         if poolsLive else ())
     kept = attrs.evolve(
         new,
         listeners=listeners,
@@ -152,6 +171,7 @@ def runnable(new: Config, running: Config) -> tuple[Config, list[str]]:
         state=running.state,
         maxconn=running.maxconn,
         resolvers=running.resolvers,
+        workers=running.workers,
         adminToken=new.adminToken or running.adminToken,
     )
     return kept, differ

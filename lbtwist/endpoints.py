@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls")
+ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls", "systemd")
 
 # Kinds whose client endpoints name a host and a port.
 _NETWORK = ("tcp", "tcp6", "ssl", "tls")

@@ -1,13 +1,16 @@
 """
 The balancer's life as signals drive it: reload on C{SIGHUP}
 (L{ReloadOnSignal}), and the graceful stop on C{SIGTERM} (L{GracefulStop}),
-which lets in-flight connections and requests finish within the grace.
+which lets in-flight connections and requests finish within the grace; and
+what it tells systemd (L{ReadyNotice}).
 """
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable, Iterable
+import socket
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -28,6 +31,10 @@ class ReloadOnSignal(Service):
     graceful stop is a normal end.  It is installed once the reactor runs,
     after the reactor's own.
 
+    On C{SIGUSR2} it starts an upgrade (see L{lbtwist.workers}), given
+    C{upgrade}; without one (a single process) it says that upgrades need
+    worker processes, rather than die of the signal.
+
     @ivar installHandler: installs a signal handler and returns the old one
         (injected; L{signal.signal} by default).
     """
@@ -40,16 +47,20 @@ class ReloadOnSignal(Service):
         reactor: Any,
         installHandler: Callable[[int, Any], Any] = signal.signal,
         reopenLogs: Callable[[], None] | None = None,
+        upgrade: Callable[[], Deferred[Any]] | None = None,
     ) -> None:
+        self.upgrade = upgrade
         self.live = live
         self.reactor = reactor
         self.installHandler = installHandler
         self.reopenLogs = reopenLogs
         self._previous: dict[int, Any] = {}
+        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
         self._install(signal.SIGHUP, self._hangup)
+        self._install(signal.SIGUSR2, self._user2)
         self.reactor.callWhenRunning(self._installTerm)
 
     def _installTerm(self) -> None:
@@ -77,10 +88,27 @@ class ReloadOnSignal(Service):
             self.reopenLogs()
         self.live.reload()
 
+    def _user2(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._upgrade)
+
+    def _upgrade(self) -> None:
+        if self.upgrade is None:
+            self.log.warn(  # noqa: G010
+                "SIGUSR2 received, but upgrades need worker processes (--workers 2 or "
+                "more); nothing done")
+            return
+        self.log.info("SIGUSR2 received: upgrading the workers")
+        # The group logs why an upgrade failed.
+        self.upgrade().addErrback(lambda f: None)
+
     def _terminate(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self._stop)
 
     def _stop(self) -> None:
+        if self._stopping:
+            self.log.info("SIGTERM received again: the graceful stop goes on")
+            return
+        self._stopping = True
         self.log.info("SIGTERM received: stopping gracefully")
         self.reactor.stop()
 
@@ -129,3 +157,58 @@ class GracefulStop(Service):
 
         check()
         return done
+
+
+def sdNotify(message: str, environ: Mapping[str, str]) -> bool:
+    """
+    Send C{message} (C{READY=1}, C{STOPPING=1}...) to systemd's notification
+    socket, as C{sd_notify(3)} does, if C{NOTIFY_SOCKET} names one.
+
+    @return: whether it was sent.
+    """
+    address = environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        # An abstract socket: its name begins with a NUL byte.
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(message.encode())
+    except OSError:
+        return False
+    return True
+
+
+class ReadyNotice(Service):
+    """
+    Tells systemd (C{Type=notify}) when the balancer serves: C{READY=1}
+    once the reactor runs and C{ready} fires (with worker processes, once
+    every one of them accepts), and C{STOPPING=1} when it stops.  Nothing
+    is sent without C{NOTIFY_SOCKET}.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, ready: Callable[[], Deferred[None]],
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.reactor = reactor
+        self.ready = ready
+        self.environ = os.environ if environ is None else environ
+
+    def startService(self) -> None:
+        super().startService()
+        if self.environ.get("NOTIFY_SOCKET"):
+            self.reactor.callWhenRunning(
+                lambda: self.ready().addCallback(lambda _: self._notify("READY=1")))
+
+    def _notify(self, message: str) -> None:
+        if self.running and sdNotify(f"{message}\nMAINPID={os.getpid()}", self.environ):
+            self.log.info("told systemd: {message}", message=message)
+
+    def stopService(self) -> Deferred[None]:
+        if self.running and self.environ.get("NOTIFY_SOCKET"):
+            sdNotify("STOPPING=1", self.environ)
+        super().stopService()
+        return succeed(None)

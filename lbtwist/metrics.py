@@ -241,6 +241,39 @@ class BalancerCollector(Collector):
                     probe, response, ejections, ejected, role, noBackend, size, queueLength, queued, queueFull,
                     queueTimeouts, retriesActive, retriesRefused, accepted, clients, responses,
                     refused, protocols, h2Connections, h2Streams, h2Refused, h2Calmed)
+        yield from self._routes()
+
+    def _routes(self) -> Iterator[Metric]:
+        """
+        What each listener's routes did: requests by status class (TCP:
+        connections, as C{tcp}), those refused by a rate limit, and the
+        duration histogram.
+        """
+        r = ("listener", "route")
+        requests = CounterMetricFamily(
+            "lbtwist_route_requests",
+            "Requests answered through the route, by status class (TCP mode: connections "
+            "closed, status tcp).", labels=(*r, "status"))
+        limited = CounterMetricFamily(
+            "lbtwist_route_rate_limited", "Requests the route's rate limit refused (429).",
+            labels=r)
+        duration = HistogramMetricFamily(
+            "lbtwist_route_duration_seconds",
+            "Duration of the route's requests (TCP mode: connections).", labels=r)
+        for name, factory in self.balancer.factories.items():
+            routeCounters = getattr(factory, "routeCounters", None)
+            if routeCounters is None:
+                continue
+            for counters in routeCounters():
+                labels = (name, counters.name)
+                for cls, count in sorted(counters.responses.items()):
+                    requests.add_metric((*labels, cls), count)
+                limited.add_metric(labels, counters.rateLimited)
+                duration.add_metric(
+                    labels, [("+Inf" if bound == float("inf") else _le(bound), count)
+                             for bound, count in counters.cumulative()],
+                    counters.durationSum)
+        yield from (requests, limited, duration)
 
     def _backend(self, pool: str, backend: Backend, requests: Any, failures: Any,
                  bytesIn: Any, bytesOut: Any, active: Any, weight: Any, state: Any,
@@ -277,6 +310,26 @@ def balancerRegistry(balancer: Balancer) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BalancerCollector(balancer))
     return registry
+
+
+class ClusterCollector(Collector):
+    """
+    The cluster store's state, read at scrape time: whether this balancer
+    is connected to etcd, and the registry revision it has applied.
+    """
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        connected = GaugeMetricFamily(
+            "lbtwist_cluster_connected", "1 while the cluster store (etcd) is watched, else 0.")
+        connected.add_metric([], 1.0 if self.cluster.connected else 0.0)
+        revision = GaugeMetricFamily(
+            "lbtwist_cluster_revision", "The cluster registry revision this balancer applied.")
+        revision.add_metric([], float(self.cluster.registry.revision))
+        yield connected
+        yield revision
 
 
 def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:

@@ -868,6 +868,15 @@ class BackendPool:
         if backend.health is not Health.DOWN:
             self._setHealth(backend, Health.DOWN, reason)
 
+    def setHealth(self, name: str, health: Health, reason: str) -> None:
+        """
+        Give backend C{name} the health another process's checks found (a
+        worker's master, see L{lbtwist.workers}), if it has another.
+        """
+        backend = self._backends.get(name)
+        if backend is not None and backend.health is not health:
+            self._setHealth(backend, health, reason)
+
     # -- administration --------------------------------------------------
 
     def add(self, config: BackendConfig) -> Backend:

@@ -9,11 +9,16 @@ Sans-IO: the clock is a callable returning seconds, injected.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from typing import Callable, Hashable, Sequence
 
 from .routeconfig import RateLimit
+
+# A header value longer than this is tracked as its digest: a key costs a
+# bounded number of bytes however long the values a client sends.
+MAX_KEY_BYTES = 64
 
 
 class TokenBuckets:
@@ -73,12 +78,14 @@ def requestKey(limit: RateLimit, source: str,
     of the configured header (lowercase names).  A request without that
     header is counted under its source address, so leaving the header out
     neither escapes the limit nor shares one bucket with every other such
-    request.
+    request.  A value over L{MAX_KEY_BYTES} counts under its digest.
     """
     if limit.header is not None:
         name = limit.header.encode("ascii")
         for n, v in headers:
             if n == name:
+                if len(v) > MAX_KEY_BYTES:
+                    return (b"d", hashlib.blake2b(v, digest_size=20).digest())
                 return (b"h", v)
     return source
 

@@ -18,6 +18,7 @@ application embedding lbtwist may install it with L{install} or keep its own.
 from __future__ import annotations
 
 import errno
+import socket
 import sys
 from typing import Any, Callable
 
@@ -91,6 +92,21 @@ class LeanEPollReactor(EPollReactor):
         Listen on a TCP port; its connections are L{LeanServer}s.
         """
         listening = LeanPort(port, factory, backlog, interface, self)
+        listening.startListening()
+        return listening
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int,
+                        factory: Any) -> IListeningPort:
+        """
+        Serve a listening socket bound elsewhere (a worker serves its
+        master's, see L{lbtwist.workers}); a TCP one's connections are
+        L{LeanServer}s, as with L{listenTCP}.
+        """
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            adopted: IListeningPort = super().adoptStreamPort(
+                fileDescriptor, addressFamily, factory)
+            return adopted
+        listening = LeanPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
         listening.startListening()
         return listening
 

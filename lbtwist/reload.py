@@ -28,11 +28,21 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from .config import MAX_WEIGHT, BackendConfig, Config, ConfigError, PoolConfig
-from .diff import poolChanges, runnable
+from .config import (
+    MAX_WEIGHT,
+    BackendConfig,
+    Config,
+    ConfigError,
+    ListenerConfig,
+    PoolConfig,
+    _name,
+    parsePool,
+    parseRoutes,
+)
+from .diff import poolChanges, routeChanges, runnable
 from .policies import POLICIES
 from .pool import Admin, Backend, BackendPool
-from .state import Overrides, StateFile
+from .state import Overrides, StateError, StateFile
 
 DEFAULT_GRACE = 30.0
 
@@ -53,6 +63,30 @@ class DuplicateBackend(KeyError):
     """
     A backend of that name is already in the pool.
     """
+
+
+class UnknownListener(KeyError):
+    """
+    There is no listener of that name.
+    """
+
+
+class DuplicatePool(KeyError):
+    """
+    A pool of that name exists already.
+    """
+
+
+class PoolInUse(ValueError):
+    """
+    A pool cannot be removed: listeners or routes send to it.
+
+    @ivar users: what uses it, e.g. C{listener front} or C{route front/api}.
+    """
+
+    def __init__(self, pool: str, users: list[str]) -> None:
+        super().__init__(f"pool {pool!r} is in use by {', '.join(users)}")
+        self.users = users
 
 
 class LiveConfig:
@@ -80,8 +114,16 @@ class LiveConfig:
         overrides: Overrides | None = None,
         loadConfig: Callable[[], Config] | None = None,
         grace: float = DEFAULT_GRACE,
+        balancer: Any = None,
         reloaded: Sequence[Callable[[Config], None]] = (),
     ) -> None:
+        """
+        @param balancer: the L{lbtwist.service.LoadBalancer} whose pools
+            these are: pools are added to and removed from it, and its
+            listeners' factories are given their routes.  Without it, only
+            backends change.
+        """
+        self.balancer = balancer
         self.pools = pools
         self.reloaded = reloaded
         self.fileConfig = fileConfig
@@ -94,6 +136,11 @@ class LiveConfig:
         self.reloads = 0
         # What the last reload read but could not apply without a restart.
         self.restartNeeded: list[str] = []
+        # The routes each listener's factory was given, as built.
+        self.appliedRoutes = {x.name: (x.routes, x.defaultRoute) for x in fileConfig.listeners}
+        # Called after each reload applied (the cluster registry, which
+        # owns the backends, applies itself again).
+        self.afterReload: list[Callable[[], None]] = []
 
     @property
     def config(self) -> Config:
@@ -214,6 +261,109 @@ class LiveConfig:
             live.setAdmin(name, admin)
         return live.get(name)  # type: ignore[return-value]
 
+    # -- routes and pools --------------------------------------------------
+
+    def listener(self, name: str) -> ListenerConfig:
+        """
+        The effective configuration of listener C{name}, its routes as set.
+
+        @raise UnknownListener: there is none.
+        """
+        for listener in self.config.listeners:
+            if listener.name == name:
+                return listener
+        raise UnknownListener(name)
+
+    def setRoutes(self, listener: str, data: object) -> ListenerConfig:
+        """
+        Replace the whole route list of C{listener} with C{data} (in the
+        configuration's shape), checked first: new clients and requests
+        take the new routes at once, those in flight finish as they began.
+
+        @raise UnknownListener: no such listener.
+        @raise ConfigError: the list is not valid (naming the key path, from
+            C{routes}); nothing changed.
+        @raise OSError: the state could not be saved; nothing changed.
+        """
+        running = self.listener(listener)
+        parseRoutes(data, "routes", running.mode, list(self.pools))
+        saved = copy.deepcopy(data)
+        self._commit(lambda o: o.routesSet(listener, saved))  # type: ignore[arg-type]
+        self._applyRoutes()
+        return self.listener(listener)
+
+    def _applyRoutes(self) -> None:
+        """
+        Give every listener whose effective routes differ from its
+        factory's the effective ones.
+        """
+        factories = getattr(self.balancer, "factories", {})
+        for listener in self.config.listeners:
+            wanted = (listener.routes, listener.defaultRoute)
+            factory = factories.get(listener.name)
+            if self.appliedRoutes.get(listener.name) == wanted or factory is None:
+                continue
+            factory.setRoutes(*wanted)
+            self.appliedRoutes[listener.name] = wanted
+            self.log.info("listener {listener}: {count} routes in use", listener=listener.name,
+                          count=len(listener.routes), routes=[r.name for r in listener.routes])
+
+    def poolUsers(self, name: str, config: Config | None = None) -> list[str]:
+        """
+        What sends clients to pool C{name}: listeners (as their pool) and
+        routes (C{LISTENER/ROUTE}).
+        """
+        users = []
+        for listener in (config or self.config).listeners:
+            if listener.pool == name and not (listener.routes or listener.defaultRoute):
+                users.append(f"listener {listener.name}")
+            for route in (*listener.routes, *filter(None, [listener.defaultRoute])):
+                if name in route.poolNames:
+                    users.append(f"route {listener.name}/{route.name}")
+        return users
+
+    def addPool(self, name: str, data: object) -> BackendPool:
+        """
+        Add a pool, given in the configuration's shape; its health checks
+        start now and routes may send to it at once.
+
+        @raise DuplicatePool: there is one of that name.
+        @raise ConfigError: C{data} is not a valid pool (naming the key).
+        @raise OSError: the state could not be saved; nothing changed.
+        """
+        if name in self.pools:
+            raise DuplicatePool(name)
+        from .checks import checkEndpoints, checkFiles
+
+        config = parsePool(_name(name, "name"), data, f"pools.{name}")
+        # Its endpoints, TLS files and access log, checked as at start.
+        alone = attrs.evolve(self.fileConfig, listeners=(), admin=None, pools=(config,))
+        checkEndpoints(alone)
+        checkFiles(alone)
+        saved = copy.deepcopy(data)
+        self._commit(lambda o: o.poolAdded(name, saved))  # type: ignore[arg-type]
+        return self.balancer.addPool(config)  # type: ignore[no-any-return]
+
+    def removePool(self, name: str) -> BackendPool:
+        """
+        Remove a pool nothing sends to: its health checks stop, its
+        connections get C{grace} seconds to finish.
+
+        @raise UnknownPool: no such pool.
+        @raise PoolInUse: a listener or route sends to it.
+        @raise OSError: the state could not be saved; nothing changed.
+        """
+        self.pool(name)
+        users = self.poolUsers(name)
+        if users:
+            raise PoolInUse(name, users)
+        inFile = any(p.name == name for p in self.fileConfig.pools)
+        self._commit(lambda o: o.poolRemoved(name, inFile))
+        pool = self.balancer.removePool(name)
+        for backend in pool:
+            self._drain(name, backend)
+        return pool  # type: ignore[no-any-return]
+
     # -- draining --------------------------------------------------------
 
     def drain(self, pool: str, backend: Backend) -> None:
@@ -278,11 +428,22 @@ class LiveConfig:
         """
         effective = self.config
         changed = 0
+        wanted = {pc.name for pc in effective.pools}
         for pc in effective.pools:
             live = self.pools.get(pc.name)
             if live is None:
+                if self.balancer is None:
+                    continue
+                self.balancer.addPool(pc)
+                changed += 1
                 continue
             changed += self._reconcilePool(live, pc)
+        self._applyRoutes()
+        if self.balancer is not None:
+            for name in [n for n in self.pools if n not in wanted]:
+                for backend in self.balancer.removePool(name):
+                    self._drain(name, backend)
+                changed += 1
         return changed
 
     def _reconcilePool(self, live: BackendPool, pc: PoolConfig) -> bool:
@@ -353,6 +514,30 @@ class LiveConfig:
             )
         return bool(summary)
 
+    def _runnableRoutes(self, new: Config) -> Config:
+        """
+        C{new}, with the running routes kept for each listener whose new
+        routes name a pool that will not be running (without a balancer to
+        add pools to, a pool new in the file needs a restart, or C{POST
+        /api/pools}); noted in C{restartNeeded}.
+        """
+        running = {x.name: x for x in self.fileConfig.listeners}
+        available = set(self.pools)
+        if self.balancer is not None:
+            available.update(p.name for p in new.pools)
+        listeners = []
+        for listener in new.listeners:
+            missing = sorted({n for r in (*listener.routes, *filter(None, [listener.defaultRoute]))
+                              for n in r.poolNames} - available)
+            if missing and listener.name in running:
+                self.restartNeeded.append(
+                    f"listeners.{listener.name}.routes (pool {', '.join(missing)} not running)")
+                was = running[listener.name]
+                listener = attrs.evolve(listener, routes=was.routes,
+                                        defaultRoute=was.defaultRoute)
+            listeners.append(listener)
+        return attrs.evolve(new, listeners=tuple(listeners))
+
     def reload(self) -> str | None:
         """
         Read the configuration file again and apply it.
@@ -373,7 +558,8 @@ class LiveConfig:
             )
             return str(e)
         old = self.fileConfig
-        new, self.restartNeeded = runnable(new, old)
+        new, self.restartNeeded = runnable(new, old, poolsLive=self.balancer is not None)
+        new = self._runnableRoutes(new)
         if self.restartNeeded:
             self.log.warn(  # noqa: G010
                 "configuration reload: {settings} only change with a restart; "
@@ -382,10 +568,19 @@ class LiveConfig:
             )
         oldPools = {p.name: p for p in old.pools}
         proposed = copy.deepcopy(self.overrides)
+        for listener in routeChanges(new, old):
+            # The file says something new about these routes: it wins.
+            proposed.routes.pop(listener, None)
         for pc in new.pools:
             before = oldPools.get(pc.name)
             if before is not None:
                 proposed.forget(pc.name, poolChanges(before.backends, pc.backends).names)
+        try:
+            proposed.apply(new)
+        except ConfigError as e:
+            self.log.error("configuration reload rejected: with the changes made at run "
+                           "time, {error}", error=str(e))
+            return f"with the changes made at run time, {e}"
         if proposed != self.overrides and self.stateFile is not None:
             try:
                 self.stateFile.save(proposed)
@@ -400,6 +595,8 @@ class LiveConfig:
         changed = self.reconcile()
         for reloaded in self.reloaded:
             reloaded(new)
+        for hook in self.afterReload:
+            hook()
         self.reloads += 1
         backends = sum(len(p) for p in self.pools.values())
         self.log.info(
@@ -451,6 +648,12 @@ def loadState(live: LiveConfig) -> None:
     live.overrides = stateFile.load(
         lambda pool: health.get(pool) or next(iter(health.values()))
     )
+    try:
+        # Pools and routes are kept in the configuration's shape: check them
+        # against this configuration before anything is applied.
+        live.config  # noqa: B018
+    except ConfigError as e:
+        raise StateError(f"state file {stateFile.loadedFrom!r}: {e}") from e
     if stateFile.loadedFrom is None:
         live.log.info("state file {path}: none yet; changes made at run time are saved there",
                       path=stateFile.path)

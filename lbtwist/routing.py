@@ -139,6 +139,49 @@ def redirectLocation(redirect: Redirect, host: bytes, path: bytes, query: bytes)
     return location + target
 
 
+# RFC 3986 2.3: characters whose escapes mean the same as the characters.
+_UNRESERVED = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def matchedPath(path: bytes) -> bytes:
+    """
+    The path a request is matched on: the path as a backend resolves it,
+    so that a route cannot be stepped around by spelling its path another
+    way (C{/%61dmin/}, C{/x/../admin/}, C{//admin/} for C{/admin/}).
+    Escapes of unreserved characters are decoded (other escapes keep their
+    meaning, in uppercase), dot segments removed (RFC 3986 5.2.4) and
+    repeated slashes merged.  A path needing none of this is returned as
+    it is, at the cost of three searches.
+    """
+    if path[:1] != b"/" or (b"%" not in path and b"/." not in path and b"//" not in path):
+        return path
+    if b"%" in path:
+        pieces = path.split(b"%")
+        decoded = [pieces[0]]
+        for piece in pieces[1:]:
+            if len(piece) >= 2 and piece[0] in _HEX and piece[1] in _HEX:
+                char = int(piece[:2], 16)
+                decoded.append((bytes((char,)) if char in _UNRESERVED
+                                else b"%" + piece[:2].upper()) + piece[2:])
+            else:
+                decoded.append(b"%" + piece)
+        path = b"".join(decoded)
+    segments = path.split(b"/")[1:]
+    kept: list[bytes] = []
+    last = len(segments) - 1
+    for i, segment in enumerate(segments):
+        if segment == b"." or segment == b"..":
+            if segment == b".." and kept:
+                kept.pop()
+            if i == last:
+                kept.append(b"")
+        elif segment or i == last:
+            kept.append(segment)
+    return b"/" + b"/".join(kept)
+
+
 def stripPrefix(target: bytes, prefix: bytes) -> bytes:
     """
     A request target with C{prefix} (no trailing slash) taken off its path

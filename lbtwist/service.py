@@ -6,17 +6,18 @@ the status reporter, composed from one L{Config}.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from .accesslog import AccessLogFile
-from .config import Config, ListenerConfig
+from .config import Config, ListenerConfig, PoolConfig
 from .connect import BackendConnector
 from .dial import Dialler
 from .discovery import PoolDiscovery, makeResolver
@@ -32,12 +33,16 @@ FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerF
 
 
 def _tcpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
-    return TCPProxyFactory(
+    factory = TCPProxyFactory(
         pool,
         lb.reactor,
         BackendConnector(pool, lb.reactor, lb.dialler),
         pool.config.timeouts.idle,
+        pools=lb.pools,
     )
+    if listener.routes or listener.defaultRoute is not None:
+        factory.setRoutes(listener.routes, listener.defaultRoute)
+    return factory
 
 
 def _httpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -> ServerFactory:
@@ -61,7 +66,11 @@ def withBacklog(endpoint: str) -> str:
     those clients a one-second retransmit.  HAProxy and nginx listen with
     deeper queues for the same reason.
     """
-    return parseEndpoint(endpoint, True).withOption("backlog", str(LISTEN_BACKLOG))
+    parsed = parseEndpoint(endpoint, True)
+    if parsed.kind == "systemd":
+        # systemd listened already, with the socket unit's Backlog=.
+        return endpoint
+    return parsed.withOption("backlog", str(LISTEN_BACKLOG))
 
 
 # What twistd's daemon parent shows of a start failure: it reads 100 bytes
@@ -162,7 +171,12 @@ def addressScope(host: str | None) -> str:
 class ListenerService(PortService):
     """
     A listener of the balancer.
+
+    @ivar port: the listening port once started (L{None} before, or if the
+        endpoint gave no port).
     """
+
+    port: Any = None
 
     def __init__(self, listener: ListenerConfig, endpoint: Any, factory: ServerFactory) -> None:
         super().__init__(f"listener {listener.name}", listener.endpoint, endpoint, factory)
@@ -172,6 +186,7 @@ class ListenerService(PortService):
     def startService(self) -> None:
         super().startService()
         port = self._waitingForPort.result if self._waitingForPort is not None else None
+        self.port = port
         address = port.getHost() if port is not None and hasattr(port, "getHost") else None
         limit = getattr(self.factory, "limit", None)
         if limit is not None and hasattr(port, "stopReading"):
@@ -217,17 +232,26 @@ class LoadBalancer(MultiService):
         *,
         resolver: Any = None,
         drain: Callable[[str, Backend], None] | None = None,
+        adopted: Mapping[str, tuple[int, int]] | None = None,
+        monitors: bool = True,
     ) -> None:
         """
         @param resolver: the C{twisted.names} resolver DNS discovery asks
             (default: one for the configuration's C{resolvers}).
         @param drain: given each backend discovery finds gone, once removed
             from its pool (see L{lbtwist.discovery.PoolDiscovery}).
+        @param adopted: listening sockets to serve instead of binding, as
+            C{(file descriptor, address family)} by listener name: a worker
+            process (L{lbtwist.workers}) serves its master's sockets.
+        @param monitors: run the health checks, DNS discovery and the status
+            table in the log; a worker leaves them to its master, which
+            tells it what they found and logs the totals.
         """
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.dialler = Dialler(reactor)
+        self._rng = rng
         self.pools = {p.name: BackendPool(p, rng, reactor.seconds) for p in config.pools}
         self.factories: dict[str, ServerFactory] = {}
         self.limit = ConnectionLimit(config.maxconn) if config.maxconn else None
@@ -256,35 +280,96 @@ class LoadBalancer(MultiService):
             endpointReactor = listenerReactor(reactor, listener, f"listeners[{index}]")
             if isinstance(endpointReactor, TLSListeningReactor):
                 self.certificates[listener.name] = endpointReactor.certificates
-            ListenerService(
-                listener, serverFromString(endpointReactor, withBacklog(listener.endpoint)), factory
-            ).setServiceParent(self)
+            if adopted is not None:
+                fd, family = adopted[listener.name]
+                endpoint: Any = AdoptedStreamServerEndpoint(endpointReactor, fd, family)
+            else:
+                endpoint = serverFromString(endpointReactor, withBacklog(listener.endpoint))
+            ListenerService(listener, endpoint, factory).setServiceParent(self)
         for p in config.pools:
-            unverified = [b.name for b in p.backends if b.tls is not None and not b.tls.verify]
-            if unverified or (p.tls is not None and not p.tls.verify):
-                self.log.warn(
-                    "pool {pool}: TLS to {backends} is not verified (verify: false): "
-                    "whoever sits between lbtwist and them can read and change the traffic",
-                    pool=p.name, backends=", ".join(unverified) or "its discovered backends")
+            self._warnUnverified(p)
         self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.dialler)}
         from .http import HTTPProbe
 
         self.probes["http"] = HTTPProbe(self.dialler)
-        for pool in self.pools.values():
-            HealthMonitor(pool, self.probes, reactor).setServiceParent(self)
-        # After the monitors, so that they see the first discovered backends.
+        self.monitors: dict[str, HealthMonitor] = {}
         self.discoveries: dict[str, PoolDiscovery] = {}
+        self._resolver = resolver
+        self._drain = drain
+        # A worker process probes nothing: its master does, for the group.
+        self._probing = monitors
         for pool in self.pools.values():
-            discovery = pool.config.discovery
-            if discovery is not None:
-                if resolver is None:
-                    resolver = makeResolver(config.resolvers, reactor)
-                self.discoveries[pool.name] = PoolDiscovery(
-                    pool, discovery, resolver, reactor, drain)
-                self.discoveries[pool.name].setServiceParent(self)
+            self._monitor(pool)
         self.reporter = StatusReporter(config.statusInterval, self.pools.values())
         self.reporter.clock = reactor
-        self.reporter.setServiceParent(self)
+        if monitors:
+            self.reporter.setServiceParent(self)
+
+    def _warnUnverified(self, p: PoolConfig) -> None:
+        """
+        Say so when TLS to some of C{p}'s backends is not verified.
+        """
+        unverified = [b.name for b in p.backends if b.tls is not None and not b.tls.verify]
+        if unverified or (p.tls is not None and not p.tls.verify):
+            self.log.warn(
+                "pool {pool}: TLS to {backends} is not verified (verify: false): "
+                "whoever sits between lbtwist and them can read and change the traffic",
+                pool=p.name, backends=", ".join(unverified) or "its discovered backends")
+
+    def _monitor(self, pool: BackendPool) -> None:
+        """
+        Start checking C{pool}'s backends (now if the balancer is running,
+        else when it starts), and discovering them if it says how; in a
+        worker process, nothing (its master does both).
+        """
+        if not self._probing:
+            return
+        self.monitors[pool.name] = HealthMonitor(pool, self.probes, self.reactor)
+        self.monitors[pool.name].setServiceParent(self)
+        # After the monitor, so that it sees the first discovered backends.
+        discovery = pool.config.discovery
+        if discovery is not None:
+            if self._resolver is None:
+                self._resolver = makeResolver(self.config.resolvers, self.reactor)
+            self.discoveries[pool.name] = PoolDiscovery(
+                pool, discovery, self._resolver, self.reactor, self._drain)
+            self.discoveries[pool.name].setServiceParent(self)
+
+    def addPool(self, config: PoolConfig) -> BackendPool:
+        """
+        Add a pool at run time: routes may send to it at once; its health
+        checks (and discovery) start now.
+
+        @raise KeyError: there is a pool of that name already.
+        """
+        if config.name in self.pools:
+            raise KeyError(config.name)
+        self._warnUnverified(config)
+        pool = self.pools[config.name] = BackendPool(config, self._rng, self.reactor.seconds)
+        self._monitor(pool)
+        self.log.info("pool {pool} added with {count} backends", pool=config.name,
+                      count=len(pool))
+        return pool
+
+    def removePool(self, name: str) -> BackendPool:
+        """
+        Remove a pool no listener or route uses any more: its health checks
+        and discovery stop and the listeners close their idle connections to
+        it.  Its connections in flight are the caller's to drain.
+
+        @raise KeyError: there is no pool of that name.
+        """
+        pool = self.pools.pop(name)
+        for services in (self.monitors, self.discoveries):
+            service = services.pop(name, None)
+            if service is not None:
+                service.disownServiceParent()
+        for factory in self.factories.values():
+            forget = getattr(factory, "forgetPool", None)
+            if forget is not None:
+                forget(name)
+        self.log.info("pool {pool} removed", pool=name)
+        return pool
 
     def reloadCertificates(self, config: Config) -> None:
         """

@@ -3,7 +3,10 @@ The state file: changes made at run time, kept as overrides on top of the
 configuration, and saved so that a restart (or a crash) never loses them.
 
 The overrides of a pool are: backends removed, backends added (with their
-endpoint and weight), weights changed and admin states set.  The effective
+endpoint and weight), weights changed and admin states set.  Beyond the
+pools' backends: pools added (in the configuration's shape) and removed,
+and listeners' route lists replaced (in the configuration's shape too, so
+that they are checked again as the file's are when they are applied).  The effective
 configuration is always I{the file's configuration with the overrides
 applied}, so a reload of the file (C{SIGHUP}) keeps the operator's changes;
 a backend whose entry the file changes is the file's again (the newest word
@@ -27,11 +30,22 @@ from typing import Any
 
 import attrs
 
-from .config import BackendConfig, Config, ConfigError, parseBackend
+from .config import (
+    BackendConfig,
+    Config,
+    ConfigError,
+    ListenerConfig,
+    parseBackend,
+    parsePool,
+    parseRoutes,
+)
 from .endpoints import parseEndpoint
 from .pool import Admin
+from .routeconfig import Route
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Older state files (backend overrides only) still load.
+READABLE_VERSIONS = (1, 2)
 # The one default name before the state file's name followed the
 # configuration's; still read when the new default file is not there yet.
 LEGACY_STATE_NAME = "lbtwist-state.json"
@@ -77,15 +91,57 @@ class Overrides:
     """
 
     def __init__(self, pools: Mapping[str, PoolOverrides] | None = None) -> None:
+        """
+        @ivar routes: listeners' route lists as set at run time, in the
+            configuration's shape, by listener name.
+        @ivar addedPools: pools added at run time, in the configuration's
+            shape, by name.
+        @ivar removedPools: names of the configuration's pools removed.
+        """
         self.pools: dict[str, PoolOverrides] = dict(pools or {})
+        self.routes: dict[str, list[Any]] = {}
+        self.addedPools: dict[str, dict[str, Any]] = {}
+        self.removedPools: set[str] = set()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Overrides) and {
             k: v for k, v in self.pools.items() if not v.empty()
-        } == {k: v for k, v in other.pools.items() if not v.empty()}
+        } == {k: v for k, v in other.pools.items() if not v.empty()} and (
+            self.routes, self.addedPools, self.removedPools) == (
+            other.routes, other.addedPools, other.removedPools)
 
     def __repr__(self) -> str:
-        return f"<Overrides {self.pools!r}>"
+        return (f"<Overrides {self.pools!r} routes={self.routes!r} "
+                f"addedPools={sorted(self.addedPools)} removedPools={sorted(self.removedPools)}>")
+
+    # -- pools and routes ------------------------------------------------
+
+    def routesSet(self, listener: str, data: list[Any]) -> None:
+        """
+        The route list of C{listener} was replaced by C{data} (checked, in
+        the configuration's shape).
+        """
+        self.routes[listener] = data
+
+    def poolAdded(self, name: str, data: dict[str, Any]) -> None:
+        """
+        A pool was added, as C{data} (checked, in the configuration's shape).
+        """
+        self.addedPools[name] = data
+        self.removedPools.discard(name)
+        self.pools.pop(name, None)
+
+    def poolRemoved(self, name: str, inFile: bool) -> None:
+        """
+        A pool was removed; every override of it goes.
+
+        @param inFile: whether the configuration file has it (only then is
+            the removal remembered).
+        """
+        self.addedPools.pop(name, None)
+        self.pools.pop(name, None)
+        if inFile:
+            self.removedPools.add(name)
 
     def pool(self, name: str) -> PoolOverrides:
         """
@@ -184,7 +240,12 @@ class Overrides:
         kept, in case the pool comes back).
         """
         pools = []
-        for pc in config.pools:
+        filePools = [pc for pc in config.pools if pc.name not in self.removedPools]
+        known = {pc.name for pc in filePools}
+        filePools.extend(
+            parsePool(name, body, f"state: pools.{name}")
+            for name, body in self.addedPools.items() if name not in known)
+        for pc in filePools:
             p = self.pools.get(pc.name)
             if p is None or p.empty():
                 pools.append(pc)
@@ -197,7 +258,24 @@ class Overrides:
             ]
             backends.extend(p.added.values())
             pools.append(attrs.evolve(pc, backends=tuple(backends)))
-        return attrs.evolve(config, pools=tuple(pools))
+        names = [pc.name for pc in pools]
+        listeners = tuple(
+            self._routed(listener, names) if listener.name in self.routes else listener
+            for listener in config.listeners)
+        return attrs.evolve(config, pools=tuple(pools), listeners=listeners)
+
+    def _routed(self, listener: ListenerConfig, pools: Sequence[str]) -> ListenerConfig:
+        """
+        C{listener} with the routes set for it.  On a listener the file
+        gives no routes, its pool is the default route's pool, as beside
+        C{routes:} in the file: a request no route matches still goes there.
+        """
+        routes = parseRoutes(self.routes[listener.name],
+                             f"state: listeners.{listener.name}.routes", listener.mode, pools)
+        default = listener.defaultRoute
+        if routes and default is None and not listener.routes:
+            default = Route(name="default", pool=listener.pool)
+        return attrs.evolve(listener, routes=routes, defaultRoute=default)
 
     def summary(self) -> str:
         """
@@ -213,9 +291,13 @@ class Overrides:
             (sum(len(p.settings) for p in pools), "backend configured", "backends configured"),
         ]
         parts = [f"{n} {one if n == 1 else many}" for n, one, many in counts if n]
-        if not parts:
-            return "nothing"
-        return f"{', '.join(parts)} in {len(pools)} pool{'' if len(pools) == 1 else 's'}"
+        if parts:
+            parts = [f"{', '.join(parts)} in {len(pools)} pool{'' if len(pools) == 1 else 's'}"]
+        parts.extend(f"{n} {one if n == 1 else many}" for n, one, many in (
+            (len(self.addedPools), "pool added", "pools added"),
+            (len(self.removedPools), "pool removed", "pools removed"),
+            (len(self.routes), "route list set", "route lists set")) if n)
+        return "; ".join(parts) or "nothing"
 
     def adminStates(self, pool: str) -> dict[str, Admin]:
         """
@@ -248,6 +330,9 @@ class Overrides:
                 for name, p in sorted(self.pools.items())
                 if not p.empty()
             },
+            "routes": dict(sorted(self.routes.items())),
+            "added-pools": dict(sorted(self.addedPools.items())),
+            "removed-pools": sorted(self.removedPools),
         }
 
     @classmethod
@@ -259,7 +344,7 @@ class Overrides:
             from its pool's name (the pool's defaults).
         @raise StateError: the data is not valid.
         """
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        if not isinstance(data, dict) or data.get("version") not in READABLE_VERSIONS:
             raise StateError(f"expected a state of version {STATE_VERSION}")
         pools = data.get("pools")
         if not isinstance(pools, dict):
@@ -310,6 +395,18 @@ class Overrides:
                 ):
                     raise StateError(f"{at}.slow-start: expected seconds 0-3600")
                 p.settings[backendName] = dict(given)
+        routes = data.get("routes", {})
+        if not isinstance(routes, dict) or not all(isinstance(r, list) for r in routes.values()):
+            raise StateError("routes: expected route lists by listener name")
+        result.routes = dict(routes)
+        added = data.get("added-pools", {})
+        if not isinstance(added, dict) or not all(isinstance(b, dict) for b in added.values()):
+            raise StateError("added-pools: expected pools by name")
+        result.addedPools = dict(added)
+        removed = data.get("removed-pools", [])
+        if not isinstance(removed, list) or not all(isinstance(r, str) for r in removed):
+            raise StateError("removed-pools: expected a list of names")
+        result.removedPools = set(removed)
         return result
 
 
@@ -433,23 +530,34 @@ class StateFile:
 
         @raise OSError: it could not be saved; the old state is intact.
         """
-        directory = os.path.dirname(os.path.abspath(self.path))
         data = json.dumps(overrides.toJSON(), indent=2, sort_keys=True).encode() + b"\n"
-        fd, temp = tempfile.mkstemp(prefix=".lbtwist-state.", suffix=".tmp", dir=directory)
+        writeAtomically(self.path, data, self.replace)
+
+
+def writeAtomically(path: str, data: bytes,
+                    replace: Callable[[str, str], None] = os.replace) -> None:
+    """
+    Write C{data} to C{path} so that a crash leaves the old content or the
+    new, never a mix: temporary file, fsync, rename, fsync of the directory.
+
+    @raise OSError: it could not be written; the old file is intact.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".lbtwist-state.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        replace(temp, path)
+    except BaseException:
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self.replace(temp, self.path)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
-        dirfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    dirfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)

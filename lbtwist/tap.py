@@ -15,6 +15,7 @@ from twisted.python import usage
 from .config import (
     MODES,
     POLICY_NAMES,
+    ClusterConfig,
     Config,
     ConfigError,
     HealthCheck,
@@ -22,7 +23,9 @@ from .config import (
     Timeouts,
     loadConfigFile,
     parseConfig,
+    parseEtcdURL,
     parseSeconds,
+    parseWorkers,
     validateEndpoint,
 )
 
@@ -139,6 +142,12 @@ class Options(usage.Options):
          f"HTTP mode: time a backend gets to answer (default {_seconds(_timeouts.response)})."],
         ["access-log-file", None, None,
          "Write the access log (a line per request or connection) straight to this file."],
+        ["workers", None, None,
+         "Worker processes serving the listeners: a number, or auto for one per usable "
+         "CPU (default 1: this process alone). More than 1 runs a master with the admin "
+         "API and health checks, and that many workers."],
+        ["worker", None, None,
+         "(internal) run as a worker of a master, as it says in this JSON."],
     ]
     optFlags = [
         ["demo", None,
@@ -151,6 +160,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["backend"] = []
+        self["etcd"] = []
 
     def opt_version(self) -> None:
         """
@@ -177,12 +187,21 @@ class Options(usage.Options):
         """  # noqa: E501 (usage.Options shows a docstring's line breaks)
         self["backend"].append(endpoint)
 
+    def opt_etcd(self, url: str) -> None:
+        """
+        Share the run-time registry with other balancers through this etcd member, e.g. http://127.0.0.1:2379 (repeatable; replaces the config file's cluster.etcd list).
+        """  # noqa: E501 (usage.Options shows a docstring's line breaks)
+        self["etcd"].append(url)
+
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
         Parse the command line; a usage error is raised as L{BadCommandLine},
         the reason first and a pointer to C{--help}, instead of twistd's
         whole usage text followed by the reason.
         """
+        import sys
+
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -260,9 +279,13 @@ class Options(usage.Options):
                     )
                 config = parseConfig(self._commandLineData())
             config = self._overrides(config)
+            config = self._workers(config)
             from .checks import checkConfig
 
-            checkConfig(config)
+            if self["worker"] is None:
+                # A worker's master checked this configuration; its
+                # listeners' sockets (systemd's, say) are the master's.
+                checkConfig(config)
             from .admin import checkAdmin
 
             config = checkAdmin(config, os.environ)
@@ -279,6 +302,53 @@ class Options(usage.Options):
 
             self["state"] = os.path.abspath(DEMO_STATE_NAME)
 
+    def _workers(self, config: Config) -> Config:
+        """
+        Apply C{--workers}, and check that the workers can run: as many as
+        the file-descriptor limit allows, and not with the demo's
+        backends (which live in one process).
+        """
+        if self["worker"] is not None:
+            from .workers import WorkerSpec
+
+            try:
+                self["worker-spec"] = WorkerSpec.fromJSON(self["worker"])
+            except ValueError as e:
+                raise ConfigError("--worker", str(e).removeprefix("--worker: ")) from e
+            return config
+        option = "--workers" if self["workers"] is not None else "workers"
+        if self["workers"] is not None:
+            config = attrs.evolve(config, workers=parseWorkers(self["workers"], "--workers"))
+        if config.workers > 1:
+            import resource
+
+            from .workers import checkFileLimit
+
+            problem = checkFileLimit(config.workers, len(config.listeners),
+                                     resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            if problem is not None:
+                raise ConfigError(option, problem)
+            if self["demo"]:
+                raise ConfigError(option, "the demo runs in one process: leave out --workers "
+                                          "or --demo")
+        return config
+
+    def workerCommand(self) -> list[str]:
+        """
+        The options this command was given, for a worker to read the same
+        configuration: without C{--workers}.
+        """
+        command: list[str] = []
+        skip = False
+        for arg in self.argv:
+            if skip:
+                skip = False
+            elif arg == "--workers":
+                skip = True
+            elif not arg.startswith("--workers="):
+                command.append(arg)
+        return command
+
     def _overrides(self, config: Config) -> Config:
         """
         Apply the options that may also override a config file.
@@ -292,6 +362,10 @@ class Options(usage.Options):
             )
         if self["state"] is not None:
             changes["state"] = self["state"]
+        if self["etcd"]:
+            urls = tuple(parseEtcdURL(u, "--etcd") for u in self["etcd"])
+            changes["cluster"] = (ClusterConfig(urls) if config.cluster is None
+                                  else attrs.evolve(config.cluster, etcd=urls))
         return attrs.evolve(config, **changes)
 
 
@@ -307,6 +381,10 @@ def makeService(options: Options) -> IService:
     from .app import Balancer
 
     config: Config = options["lbconfig"]
+    if options["worker"] is not None:
+        from .workers import WorkerNode
+
+        return WorkerNode(config, reactor, options["worker-spec"], options["grace-seconds"])
     top = MultiService()
     if options["demo"]:
         from .demo import demoBackends
@@ -317,5 +395,7 @@ def makeService(options: Options) -> IService:
     Balancer(
         config, reactor, configPath=options["config"],
         statePath=options["state"], grace=options["grace-seconds"],
+        workerCommand=options.workerCommand(),
+        workersOption=config.workers if options["workers"] is not None else None,
     ).setServiceParent(top)
     return top

@@ -6,11 +6,20 @@ registered as the other's producer, so a slow peer slows the fast one and
 memory per connection stays bounded.  Half-closes pass through.  When the
 chosen backend refuses or times out, the next eligible one is tried, up to
 the pool's C{retries}; the client never notices.
+
+A listener with routes (L{RoutedClientSide}) first chooses the pool: when a
+route matches on the TLS server name, it reads the client's ClientHello
+(one record at most, within a bounded wait) without terminating TLS,
+matches the route table on it and the client's address, then connects the
+route's pool and replays the bytes read to the backend before relaying.
+A listener without routes builds the plain L{ClientSide}, which does none
+of this.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import random
+from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -18,10 +27,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .connect import BackendConnector, ConnectAttempt
+from .connect import BackendConnector, ConnectAttempt, FixedRetries
 from .dial import BackendProtocol
 from .listener import ListenerFactory
 from .pool import Backend, BackendPool
+from .proxyprotocol import PROXY_HEADERS
+from .routeconfig import Route
+from .routing import CompiledRoute, RouteCounters, RouteTable, connectionFacts
+from .sni import MAX_HELLO, Hello, NeedMore, readClientHello
 from .writethrough import close, halfClose, writeThrough
 
 
@@ -137,6 +150,10 @@ class ClientSide(_Side):
     """
 
     factory: TCPProxyFactory
+    # The pool this client is sent to, and its connector (the listener's,
+    # unless a route chose another).
+    pool: BackendPool
+    connector: BackendConnector
     _attempt: ConnectAttempt | None = None
     # The client's address as logs show it.
     clientName = "-"
@@ -159,7 +176,7 @@ class ClientSide(_Side):
         self.session = TCPSession(self, self.factory.reactor)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.clientName = describe(peer)
-        self._attempt = self.factory.connector.connect(
+        self._attempt = self.connector.connect(
             self.clientName, clientKey(peer), self._buildBackendSide, self._joined,
             self._noBackend,
         )
@@ -177,25 +194,35 @@ class ClientSide(_Side):
         The connector found C{backend} and connected C{server} to it, after
         C{failures} failed tries; this client now owns its slot.
         """
+        self._join(backend, server, failures, self.factory.proxyHeader,
+                   self.factory.idleTimeout)
+
+    def _join(self, backend: Backend, server: BackendSide, failures: int,
+              proxyHeader: Callable[[Any, Any], bytes] | None, idleTimeout: float) -> None:
+        """
+        Relay between this client and C{server}, connected to C{backend},
+        sending C{proxyHeader}'s header first if there is one, and closing
+        both after C{idleTimeout} seconds without traffic.
+        """
         self._attempt = None
         self.failedTries = failures
         backend.responseTime = self.session.seconds() - self.session.started
-        self.factory.pool.opened(backend)
+        pool = self.pool
+        pool.opened(backend)
         # A relayed connection is the whole exchange TCP mode sees: its
         # error streaks (outlier ejection) end here.
-        self.factory.pool.exchangeSucceeded(backend)
+        pool.exchangeSucceeded(backend)
         backend.closers.add(self.abortPair)
         setNoDelay(server.transport)
         self.joinTo(server, backend)
         server.joinTo(self, backend)
-        proxyHeader = self.factory.proxyHeader
         if proxyHeader is not None:
             # The PROXY header goes first, before any relayed byte.
             server.transport.write(  # type: ignore[union-attr]
                 proxyHeader(self.transport.getPeer(), self.transport.getHost())  # type: ignore[union-attr]
             )
         self.transport.resumeProducing()  # type: ignore[union-attr]
-        self.session.startIdleTimer(self.factory.idleTimeout)
+        self.session.startIdleTimer(idleTimeout)
 
     def abortPair(self) -> None:
         """
@@ -219,8 +246,8 @@ class ClientSide(_Side):
         backend = self.backend
         if backend is not None:
             backend.closers.discard(self.abortPair)
-            self.factory.pool.closed(backend)
-            self.factory.pool.release(backend)
+            self.pool.closed(backend)
+            self.pool.release(backend)
             self.backend = None
         self.factory.clientGone()
         # Last, once every count is settled.
@@ -325,12 +352,148 @@ class TCPSession:
         self._timer = None
 
 
+# The longest a routing listener waits for a client's TLS ClientHello.
+HELLO_TIMEOUT = 5.0
+
+
+class RoutedClientSide(ClientSide):
+    """
+    A client of a listener with routes: its route is chosen from its address
+    and, when a route looks at it, the server name of its TLS ClientHello,
+    read without terminating TLS; then it is joined to a backend of the
+    route's pool as a plain client is, the bytes read replayed first.
+
+    @ivar hello: the bytes read while waiting for the ClientHello (at most
+        one TLS record), or L{None} once the route is chosen.
+    @ivar route: the route taken, if one was.
+    @ivar counters: its counters.
+    @ivar table: the routes this client is matched against.
+    @ivar routeCounters: the counters of those routes, by name.
+    """
+
+    table: RouteTable | None = None
+    routeCounters: Mapping[str, RouteCounters]
+    hello: bytes | None = None
+    route: Route | None = None
+    counters: RouteCounters | None = None
+    _helloTimer: Any = None
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
+        self.session = TCPSession(self, self.factory.reactor)
+        self.clientName = describe(self.transport.getPeer())  # type: ignore[union-attr]
+        factory = self.factory
+        # The routes as they are now: a replacement while this client sends
+        # its hello applies to the next clients.
+        self.table = factory.table
+        self.routeCounters = factory.counters
+        if not factory.readsHello:
+            self._route(None)
+            return
+        self.hello = b""
+        self._helloTimer = factory.reactor.callLater(factory.helloTimeout, self._helloTimedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.hello is None:
+            super().dataReceived(data)
+            return
+        self.hello += data
+        if self._helloTimer is None:
+            # Routed already, and connecting: kept for the replay.
+            return
+        found = readClientHello(self.hello[:MAX_HELLO])
+        if isinstance(found, NeedMore):
+            return
+        self._stopHelloTimer()
+        if isinstance(found, Hello):
+            self._route(found.serverName)
+            return
+        self.factory.log.info("closing {client}: {why} (this listener routes on the TLS "
+                              "server name)", client=self.clientName, why=found.why)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _helloTimedOut(self) -> None:
+        self._helloTimer = None
+        self.factory.log.info("closing {client}: no TLS ClientHello within {timeout}s",
+                              client=self.clientName, timeout=self.factory.helloTimeout)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _stopHelloTimer(self) -> None:
+        timer = self._helloTimer
+        if timer is not None:
+            self._helloTimer = None
+            if timer.active():
+                timer.cancel()
+
+    def _route(self, serverName: str | None) -> None:
+        """
+        Choose the route and pool for a client that asked for C{serverName}
+        (if it sent a ClientHello), and connect; close it if there is none.
+        """
+        factory = self.factory
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        key = clientKey(peer)
+        table = self.table
+        route = None if table is None else table.match(
+            connectionFacts(str(getattr(peer, "host", "")), serverName))
+        chosen = None if route is None else factory.choosePool(route, key)
+        if chosen is None:
+            factory.log.info("closing {client}: no route for server name {sni}",
+                             client=self.clientName, sni=serverName)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.route = route.route  # type: ignore[union-attr]
+        self.counters = self.routeCounters.get(self.route.name)
+        self.pool, self.connector = chosen
+        self._attempt = self.connector.connect(
+            self.clientName, key, self._buildBackendSide, self._joined, self._noBackend,
+        )
+        if self._attempt is not None:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _joined(self, backend: Backend, server: BackendSide, failures: int) -> None:
+        """
+        Joined as a plain client is, with the PROXY header and idle timeout
+        of the route's pool (the route's idle timeout over it); then the
+        bytes read for routing go to the backend first.
+        """
+        config = self.pool.config
+        timeouts = self.route.timeouts if self.route is not None else None
+        self._join(backend, server, failures, PROXY_HEADERS.get(config.proxyProtocol or ""),
+                   (timeouts.idle if timeouts is not None and timeouts.idle is not None
+                    else config.timeouts.idle))
+        replay, self.hello = self.hello, None
+        if replay:
+            self.received += len(replay)
+            backend.bytesIn += len(replay)
+            server.transport.write(replay)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self._stopHelloTimer()
+        super().connectionLost(reason)
+        counters = self.counters
+        if counters is not None:
+            counters.count("tcp", self.session.seconds() - self.session.started)
+
+
 class TCPProxyFactory(ListenerFactory):
     """
-    Accepts clients on a listener and joins each to a backend of one pool.
+    Accepts clients on a listener and joins each to a backend of one pool,
+    or, once it has routes, of the pool its route chooses.
+
+    @ivar pools: the balancer's live pools by name, which routes send to (a
+        pool added there is usable at once).
+    @ivar table: the routes, compiled, or L{None} without routes.
+    @ivar counters: what each route did, by name (the default route's is
+        C{"default"}).
+    @ivar readsHello: whether a route looks at the TLS server name, so
+        clients' ClientHellos must be read before choosing.
+    @ivar helloTimeout: how long a client may take to send its ClientHello.
     """
 
     log = Logger()
+    table: RouteTable | None = None
+    readsHello = False
 
     def __init__(
         self,
@@ -338,14 +501,109 @@ class TCPProxyFactory(ListenerFactory):
         reactor: Any,
         connector: BackendConnector,
         idleTimeout: float,
+        pools: Mapping[str, BackendPool] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         super().__init__(pool, reactor)
         self.connector = connector
         self.idleTimeout = idleTimeout
+        self.pools = pools if pools is not None else {pool.name: pool}
+        self.rng = rng or random.Random()
+        self.helloTimeout = min(pool.config.timeouts.request, HELLO_TIMEOUT)
+        self.clientClass: type[ClientSide] = ClientSide
+        self.counters: dict[str, RouteCounters] = {}
+        self._routes: tuple[Route, ...] = ()
+        self._default: Route | None = None
+        # By pool, and the route's own retries and connect timeout if it
+        # sets them.
+        self._connectors: dict[tuple[str, int | None, float | None], BackendConnector] = {
+            (pool.name, None, None): connector}
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if not self.admit():
             return None
-        p = ClientSide()
+        p = self.clientClass()
         p.factory = self
+        p.pool = self.pool
+        p.connector = self.connector
         return p
+
+    # -- routes ------------------------------------------------------------
+
+    def setRoutes(self, routes: Sequence[Route], default: Route | None) -> None:
+        """
+        Route new clients with C{routes} (checked already, see
+        L{lbtwist.config.parseRoutes}) and C{default}; clients already
+        routed keep their pools.  A route keeping its name keeps its
+        counts.  With neither, every client goes to the listener's pool.
+        """
+        routes = tuple(routes)
+        names = [r.name for r in routes] + (["default"] if default is not None else [])
+        self.counters = {name: self.counters.get(name) or RouteCounters(name) for name in names}
+        self._routes, self._default = routes, default
+        if not routes and default is None:
+            self.table, self.readsHello, self.clientClass = None, False, ClientSide
+            return
+        self.table = RouteTable.compile(routes, default)
+        self.readsHello = any(r.match.sni for r in routes)
+        self.clientClass = RoutedClientSide
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """
+        The routes in use, in order.
+        """
+        return self._routes
+
+    @property
+    def defaultRoute(self) -> Route | None:
+        """
+        The default route in use, if any.
+        """
+        return self._default
+
+    def routeCounters(self) -> list[RouteCounters]:
+        """
+        The routes' counters in order, the default route's last.
+        """
+        return list(self.counters.values())
+
+    def forgetPool(self, name: str) -> None:
+        """
+        The pool C{name} was removed: forget its connector.  Its clients
+        already joined finish as they began.
+        """
+        for key in [k for k in self._connectors if k[0] == name and k[0] != self.pool.name]:
+            del self._connectors[key]
+
+    def choosePool(self, route: CompiledRoute,
+                   key: bytes | None) -> tuple[BackendPool, BackendConnector] | None:
+        """
+        The pool (and its connector) a client of C{key} taking C{route} goes
+        to: of a weighted split, by the source's hash when the pools balance
+        by source (so a client keeps its pool), else at random.  L{None} if
+        the pool is gone.
+        """
+        split = route.split
+        if split is None:
+            return None
+        if len(split.names) == 1:
+            name = split.names[0]
+        elif key is not None and all(
+                self.pools[n].config.policy == "source" for n in split.names if n in self.pools):
+            name = split.chooseSticky(key)
+        else:
+            name = split.choose(self.rng.random())
+        pool = self.pools.get(name)
+        if pool is None:
+            return None
+        retries = route.route.retries
+        timeouts = route.route.timeouts
+        connect = timeouts.connect if timeouts is not None else None
+        connector = self._connectors.get((name, retries, connect))
+        if connector is None:
+            connector = self._connectors[name, retries, connect] = BackendConnector(
+                pool, self.reactor, self.connector.dialler,
+                self.connector.retryPolicy if retries is None else FixedRetries(retries),
+                connect)
+        return pool, connector

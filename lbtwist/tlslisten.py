@@ -462,6 +462,26 @@ class TLSListeningReactor:
             return listening
         return self._listen(port, factory, backlog, interface, None)
 
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int,
+                        factory: IProtocolFactory) -> IListeningPort:
+        """
+        Serve a listening socket bound elsewhere (a worker serves its
+        master's, see L{lbtwist.workers}) for TLS clients, as C{listenTCP}
+        or C{listenSSL} would: an C{ssl:} listener's own certificate (read
+        from its endpoint string) is the default one.
+        """
+        options = None
+        if not self.terminateTCP:
+            from twisted.internet.endpoints import serverFromString
+
+            endpoint = serverFromString(self.reactor, self.certificates.listener.endpoint)
+            options = getattr(endpoint, "_sslContextFactory", None)
+        self.certificates.start(options)
+        tlsFactory = ListenerTLSFactory(self.certificates, factory, self.failures, self.reactor)
+        listening: IListeningPort = self.reactor.adoptStreamPort(
+            fileDescriptor, addressFamily, tlsFactory)
+        return listening
+
 
 def listenerReactor(reactor: Any, listener: ListenerConfig, path: str) -> Any:
     """

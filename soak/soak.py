@@ -6,6 +6,7 @@ memory and file descriptors over time.
 
     make soak                                  # 2 minutes + 100,000 connections
     make soak SOAK_ARGS="--duration 3600"      # an hour
+    python soak/soak.py --lb-workers 2         # two worker processes, one killed every 30 s
 
 It starts its own backend processes (C{python -m lbtwist.testing.backend})
 and a C{twistd lb} balancer on 127.0.0.1, stops them by PID when done, and
@@ -89,8 +90,9 @@ class Balancer:
     A C{twistd -n lb} process with an HTTP and a TCP listener.
     """
 
-    def __init__(self, workdir: str, backends: list[Backend]) -> None:
+    def __init__(self, workdir: str, backends: list[Backend], workers: int = 1) -> None:
         self.workdir = workdir
+        self.workers = workers
         self.logPath = os.path.join(workdir, "lb.log")
         data = {
             "listeners": [
@@ -114,7 +116,7 @@ class Balancer:
             yaml.safe_dump(data, f)
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", f"--logfile={self.logPath}", "lb",
-             "--config", "lb.yaml"],
+             "--config", "lb.yaml", *(["--workers", str(workers)] if workers > 1 else [])],
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         ports: dict[str, int] = {}
@@ -132,13 +134,44 @@ class Balancer:
             raise SystemExit("the balancer did not start; see " + self.logPath)
         self.http, self.tcp = ports["http"], ports["tcp"]
 
+    def workerPids(self) -> list[int]:
+        """
+        The PIDs of its worker processes (none in one process).
+        """
+        try:
+            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
+    def stats(self) -> tuple[int, int]:
+        """
+        Open file descriptors and resident memory (KiB) over the master and
+        its workers.
+        """
+        fds = rss = 0
+        for pid in [self.process.pid, *self.workerPids()]:
+            try:
+                f, r = procStats(pid)
+            except OSError:
+                continue
+            fds, rss = fds + f, rss + r
+        return fds, rss
+
     def kill(self) -> None:
         """
-        SIGKILL by PID, and reap it.
+        SIGKILL by PID (the master; its workers exit when it is gone), and
+        reap it.
         """
+        workers = self.workerPids()
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # What a mixed-traffic client sends: (weight, name, path, method).
@@ -176,6 +209,10 @@ def main() -> int:
     parser.add_argument("--flap", type=float, default=1.0,
                         help="seconds between a backend's deaths and rebirths")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--lb-workers", type=int, default=1,
+                        help="the balancer's worker processes (default 1: one process); with "
+                             "more, one worker is killed every --kill-every seconds")
+    parser.add_argument("--kill-every", type=float, default=30.0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     workdir = tempfile.mkdtemp(prefix="lbtwist-soak-")
@@ -183,7 +220,7 @@ def main() -> int:
     try:
         for b in backends:
             b.start()
-        lb = Balancer(workdir, backends)
+        lb = Balancer(workdir, backends, args.lb_workers)
     except BaseException:
         for b in backends:
             b.kill()
@@ -214,9 +251,19 @@ def main() -> int:
                     b.signal(signal.SIGCONT)
                     nextFreeze = time.monotonic() + 15
 
+        def workerKiller() -> None:
+            # With workers: SIGKILL one every --kill-every seconds (its
+            # master starts another); only its own in-flight requests may
+            # fail.
+            while not stop.wait(args.kill_every):
+                pids = lb.workerPids()
+                if pids:
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    faults["worker killed"] += 1
+
         def sampler() -> None:
             while not stop.is_set():
-                fds, rss = procStats(lb.process.pid)
+                fds, rss = lb.stats()
                 samples.append((time.monotonic() - started, rss, fds, done[0]))
                 stop.wait(5.0)
 
@@ -236,6 +283,8 @@ def main() -> int:
 
         threads = [threading.Thread(target=flapper, daemon=True),
                    threading.Thread(target=sampler, daemon=True)]
+        if args.lb_workers > 1:
+            threads.append(threading.Thread(target=workerKiller, daemon=True))
         for t in threads:
             t.start()
         print(f"soak: {args.duration:.0f}s of mixed traffic from {args.workers} clients, "
@@ -252,11 +301,11 @@ def main() -> int:
         print(f"soak: {args.connections} connections for the leak check", flush=True)
         runLoad(lb.http, 8, 600, 3000, lambda n, i: fetch(lb.http, "/?bytes=1k"))
         time.sleep(1.0)
-        before = procStats(lb.process.pid)
+        before = lb.stats()
         leak = runLoad(lb.http, 8, 3600, args.connections,
                        lambda n, i: fetch(lb.http, "/?bytes=1k"))
         time.sleep(1.0)
-        after = procStats(lb.process.pid)
+        after = lb.stats()
 
         causes = collections.Counter(classify(o, kinds.get(o.requestId, "")) for o in outcomes)
         byKind = collections.Counter(kinds.get(o.requestId, "") for o in outcomes)

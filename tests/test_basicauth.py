@@ -154,15 +154,50 @@ class AuthenticatorTests(SynchronousTestCase):
 
     def test_cacheBounded(self) -> None:
         """
-        The cache keeps C{cacheSize} credentials, the least recently used
-        leaving first.
+        The cache keeps C{cacheSize} refused credentials, the least recently
+        used leaving first.
         """
         for password in (b"a", b"b", b"c"):
             self.auth.check(basic(b"alice:" + password))
         self.runner.runAll()
-        self.assertEqual(len(self.auth.known), 2)
+        self.assertEqual(len(self.auth.refused), 2)
         self.assertIsInstance(self.auth.check(basic(b"alice:a")), Deferred)
         self.assertIs(self.auth.check(basic(b"alice:c")), False)
+
+    def test_floodKeepsVerified(self) -> None:
+        """
+        A flood of bad credentials does not push a verified one out of the
+        cache: it still passes at once, with no new check.
+        """
+        good = basic(b"alice:secret")
+        self.auth.check(good)
+        self.runner.runAll()
+        for i in range(5):
+            self.auth.check(basic(b"alice:bad%d" % i))
+            self.runner.runAll()
+        checks = len(self.checked)
+        self.assertIs(self.auth.check(good), True)
+        self.assertEqual(len(self.checked), checks)
+
+    def test_checksBounded(self) -> None:
+        """
+        At most C{maxChecks} checks of distinct credentials are in flight:
+        past that a new credential gets L{None} (try later) and no check is
+        queued, while one being checked still joins its check; once checks
+        end, new ones are taken again.
+        """
+        auth = BasicAuthenticator(BasicAuth("staff", "users", (("alice", HASH),)),
+                                  self.runner, maxChecks=3)
+        first = [auth.check(basic(b"alice:p%d" % i)) for i in range(3)]
+        self.assertTrue(all(isinstance(d, Deferred) for d in first))
+        self.assertIsNone(auth.check(basic(b"alice:p3")))
+        self.assertIsNone(auth.check(basic(b"alice:secret")))
+        self.assertIsInstance(auth.check(basic(b"alice:p0")), Deferred)
+        self.assertEqual(len(self.runner.jobs), 3)
+        self.runner.runAll()
+        d = auth.check(basic(b"alice:secret"))
+        self.runner.runAll()
+        self.assertIs(self.successResultOf(d), True)  # type: ignore[arg-type]
 
 
 class CallsFromThreads:

@@ -755,3 +755,63 @@ class RouteConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as e:
             parseConfig(routed([{"match": {"sni": "a"}, "pool": "api"}]))
         self.assertIn("use host", str(e.exception))
+
+    def test_defaultNameReserved(self) -> None:
+        """
+        No route may be named C{default}: that is the default route's name
+        (or the 404's) in the counters, the metrics' C{route} label and the
+        admin API, where two would be one series.
+        """
+        with self.assertRaises(ConfigError) as e:
+            parseConfig(routed([{"name": "default", "match": {"path": "/x"}, "pool": "api"}]))
+        self.assertEqual(e.exception.path, "listeners[0].routes[0].name")
+        self.assertIn("default route", str(e.exception))
+
+    def test_framingHeadersRefused(self) -> None:
+        """
+        A route may not change a message's framing or hop-by-hop headers
+        (Content-Length, Transfer-Encoding, Connection...): the balancer
+        frames each message itself, and a length changed beside a body read
+        by the old one would desynchronise the backend or client connection
+        (a smuggled request or a split response).  The error names the key.
+        """
+        r = "listeners[0].routes[0]"
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"pool": "api", "request-headers": {"remove": ["Content-Length"]}},
+             f"{r}.request-headers.remove[0]"),
+            ({"pool": "api", "request-headers": {"set": {"Transfer-Encoding": "chunked"}}},
+             f"{r}.request-headers.set.Transfer-Encoding"),
+            ({"pool": "api", "request-headers": {"add": {"content-length": "0"}}},
+             f"{r}.request-headers.add.content-length"),
+            ({"pool": "api", "request-headers": {"set": {"Connection": "close"}}},
+             f"{r}.request-headers.set.Connection"),
+            ({"pool": "api", "response-headers": {"set": {"Content-Length": "5"}}},
+             f"{r}.response-headers.set.Content-Length"),
+            ({"pool": "api", "response-headers": {"remove": ["X-A", "Transfer-Encoding"]}},
+             f"{r}.response-headers.remove[1]"),
+            ({"respond": {"status": 200, "body": "ok",
+                          "headers": {"Content-Length": "100"}}},
+             f"{r}.respond.headers.Content-Length"),
+            ({"respond": {"status": 200, "headers": {"Transfer-Encoding": "chunked"}}},
+             f"{r}.respond.headers.Transfer-Encoding"),
+        ]
+        for route, where in cases:
+            with self.assertRaises(ConfigError, msg=where) as e:
+                parseConfig(routed([route]))
+            self.assertEqual(e.exception.path, where, str(e.exception))
+            self.assertIn("frames", str(e.exception))
+
+    def test_hostKeptOne(self) -> None:
+        """
+        A route's request headers may set Host (replacing it) but not remove
+        or add one: every request would then be refused by the backend or
+        the request plan.
+        """
+        r = "listeners[0].routes[0].request-headers"
+        for actions, where in (({"remove": ["Host"]}, f"{r}.remove"),
+                               ({"add": {"host": "a"}}, f"{r}.add")):
+            with self.assertRaises(ConfigError) as e:
+                parseConfig(routed([{"pool": "api", "request-headers": actions}]))
+            self.assertEqual(e.exception.path, where)
+            self.assertIn("exactly one Host", str(e.exception))
+        parseConfig(routed([{"pool": "api", "request-headers": {"set": {"Host": "b"}}}]))

@@ -19,8 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.ctl import CtlError, backendBody, parser, run
 from lbtwist.pool import Admin, BackendStats
-from tests.support import reactor
+from tests.support import reactor, sleep
 from tests.test_admin import TOKEN, AdminHarness
+from tests.test_admin_routes import BalancerHarness
 
 
 def ctl(admin: int, *args: str, token: str | None = TOKEN) -> Any:
@@ -203,6 +204,29 @@ class PieceTests(SynchronousTestCase):
         self.assertIn("The options may also follow the command.", " ".join(text.split()))
 
 
+class UpgradeCommandTests(SynchronousTestCase):
+    """
+    C{lbtwist ctl upgrade}.
+    """
+
+    def test_upgrade(self) -> None:
+        """
+        It posts to C{/api/upgrade} with the token and says which
+        generation serves.
+        """
+        seen: list[Any] = []
+
+        def opener(request: Any, timeout: float) -> Any:
+            seen.append((request.get_method(), request.full_url,
+                         request.get_header("Authorization")))
+            return _Answer(json.dumps({"status": "upgraded", "generation": 3}).encode())
+
+        out = io.StringIO()
+        run(["ctl", "upgrade", "--token", "t"], {}, out, opener)
+        self.assertEqual(seen, [("POST", "http://127.0.0.1:9000/api/upgrade", "Bearer t")])
+        self.assertEqual(out.getvalue(), "upgraded: generation 3 serves\n")
+
+
 class FakeAPI:
     """
     An opener for L{run} that answers as the admin API does for pools of
@@ -246,3 +270,65 @@ class _Answer(io.BytesIO):
 
     def __exit__(self, *a: object) -> None:
         pass
+
+
+class RouteCommandTests(TestCase):
+    """
+    C{routes}, C{route-set}, C{pool-add} and C{pool-remove}, as a real
+    process against a whole running balancer.
+    """
+
+    @inlineCallbacks
+    def test_routesAndPools(self) -> Any:
+        """
+        A pool is created from a YAML file, a route list set from another
+        (new clients follow it), both listed with their traffic, and the
+        pool removed once no route uses it; errors exit non-zero naming the
+        key.
+        """
+        h = BalancerHarness(self)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        poolFile = os.path.join(directory, "pool.yaml")
+        with open(poolFile, "w") as f:
+            f.write(f"policy: leastconn\nbackends:\n  - name: c\n"
+                    f"    endpoint: '{h.backends.endpoint('c')}'\n")
+        routesFile = os.path.join(directory, "routes.yaml")
+        with open(routesFile, "w") as f:
+            f.write("- name: local\n  match: {source: 127.0.0.1}\n  pool: c\n")
+        badFile = os.path.join(directory, "bad.json")
+        with open(badFile, "w") as f:
+            f.write('[{"name": "x", "pool": "nope"}]')
+
+        out, err, code = yield ctl(h.admin, "pool-add", "c", poolFile)
+        self.assertEqual((code, out), (0, b"added pool c with 1 backends\n"), err)
+        out, err, code = yield ctl(h.admin, "route-set", "front", routesFile)
+        self.assertEqual((code, out), (0, b"listener front: 1 routes set\n"), err)
+        self.assertEqual((yield h.reached()), b"c")
+        yield sleep(0.1)
+        out, err, code = yield ctl(h.admin, "routes")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.decode().splitlines(), [
+            "front (tcp): 1 routes",
+            "  local: source=127.0.0.1/32 -> pool c (1 requests)",
+            "  default: everything -> pool b (0 requests)",
+        ])
+        out, err, code = yield ctl(h.admin, "routes", "front", "--json")
+        self.assertEqual(json.loads(out), [
+            {"name": "local", "match": {"source": ["127.0.0.1/32"]}, "pool": "c"}])
+        out, err, code = yield ctl(h.admin, "pool-remove", "c")
+        self.assertEqual(code, 1)
+        self.assertIn(b"409 pool 'c' is in use by route front/local", err)
+        out, err, code = yield ctl(h.admin, "route-set", "front", badFile)
+        self.assertEqual(code, 1)
+        self.assertIn(b"400 routes[0].pool: no pool named 'nope'", err)
+        with open(routesFile, "w") as f:
+            f.write("routes:\n  - name: local\n    match: {source: 127.0.0.1}\n    pool: a\n")
+        out, err, code = yield ctl(h.admin, "route-set", "front", routesFile)
+        self.assertEqual(code, 0, err)
+        out, err, code = yield ctl(h.admin, "pool-remove", "c")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out.startswith(b"removed pool c; "), out)
+        self.assertEqual(sorted(h.lb.pools), ["a", "b"])
+        out, err, code = yield ctl(h.admin, "routes", "back")
+        self.assertEqual((code, err), (1, b"lbtwist: error: no listener 'back'\n"))

@@ -521,3 +521,15 @@ class LocalResponseTests(SynchronousTestCase):
         ]
         for args, expected in cases:
             self.assertEqual(localResponse(*args), expected)
+
+    def test_noBodyStatuses(self) -> None:
+        """
+        A 204 or a 304 (a route's C{respond} may say either, with a body)
+        goes out with neither body nor length: a client reads no body after
+        them whatever the head says, so body bytes would be taken for the
+        next response on the connection.
+        """
+        for status, reason in ((204, b"No Content"), (304, b"Not Modified")):
+            self.assertEqual(
+                localResponse(status, [(b"ETag", b'"x"')], b"body\n", False, False),
+                b"HTTP/1.1 %d %s\r\nETag: \"x\"\r\n\r\n" % (status, reason))

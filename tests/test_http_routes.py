@@ -12,19 +12,21 @@ import time
 from collections import Counter
 from typing import Any
 
+import attrs
 import bcrypt
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbtwist.basicauth import MAX_CHECKS
 from lbtwist.config import parseConfig
 from lbtwist.dial import Dialler
 from lbtwist.http import HTTPProxyFactory
 from lbtwist.http._exchange import CHECKING, CONNECTING, DONE, FAILED, WAITING, Exchange
 from lbtwist.http._plan import planRequest
-from lbtwist.http._router import hostOf, rewritten, targetParts
+from lbtwist.http._router import Router, hostOf, rewritten, targetParts
 from lbtwist.pool import BackendPool
-from lbtwist.routeconfig import Rewrite
+from lbtwist.routeconfig import BasicAuth, Match, Redirect, Respond, Rewrite, Route
 
 from .httphelpers import HTTPProxyTestCase, RecordingBackend, httpRequests, reactor
 
@@ -492,3 +494,144 @@ class GateTests(SynchronousTestCase):
         check.callback(True)
         self.assertEqual(ex.phase, FAILED)
         self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_floodOfCredentials(self) -> None:
+        """
+        Requests with distinct credentials (as a flood of guesses sends,
+        pipelined or from many clients) start at most C{MAX_CHECKS} bcrypt
+        checks at once; the others are answered 503 with C{Retry-After} at
+        their turn, with no check queued and no backend.
+        """
+        from .test_basicauth import HASH, QueuedRunner, basic
+        from .test_http_exchange import RecordingClientSide
+
+        runner = QueuedRunner()
+        route = Route(name="staff", pool="web",
+                      auth=BasicAuth("staff", "users", (("alice", HASH),)))
+        router = Router(self.factory, [route], None, None, self.reactor.seconds, runner)
+        side = RecordingClientSide()
+        exchanges = [
+            router.exchange(side, b"GET", b"/", "1.1",
+                            [(b"Host", b"a"), (b"Authorization", basic(b"alice:%d" % i))],
+                            True, False, 0.0)
+            for i in range(MAX_CHECKS + 20)
+        ]
+        self.assertEqual(len(runner.jobs), MAX_CHECKS)
+        busy = exchanges[MAX_CHECKS:]
+        for ex in busy:
+            ex.requestComplete()
+            ex.start()
+        self.assertEqual({(ex.phase, ex.status) for ex in busy}, {(DONE, 503)})
+        self.assertIn((b"Retry-After", b"1"), busy[0].local[1])  # type: ignore[index]
+        self.assertEqual(self.reactor.tcpClients, [])
+
+
+class RouterCarryOverTests(SynchronousTestCase):
+    """
+    What a route keeps when its listener's routes are replaced.
+    """
+
+    def test_credentialsKept(self) -> None:
+        """
+        A route whose C{auth} is unchanged keeps the credentials it checked
+        when another of its settings changes: its clients pass at once, with
+        no new bcrypt check (which a whole user base would otherwise need at
+        the same moment, past the bound on checks in flight).
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from .test_basicauth import HASH, QueuedRunner, basic
+        from .test_http_exchange import RecordingClientSide
+        from .test_http_unit import proxyFactory
+
+        reactor = MemoryReactorClock()
+        factory = proxyFactory(reactor)
+        runner = QueuedRunner()
+        route = Route(name="staff", pool="web",
+                      auth=BasicAuth("staff", "users", (("alice", HASH),)))
+        headers = [(b"Host", b"a"), (b"Authorization", basic(b"alice:secret"))]
+
+        def exchange(router: Router) -> Exchange:
+            return router.exchange(RecordingClientSide(), b"GET", b"/", "1.1", list(headers),
+                                   True, False, 0.0)
+
+        first = Router(factory, [route], None, None, reactor.seconds, runner)
+        exchange(first)
+        runner.runAll()
+        second = Router(factory, [attrs.evolve(route, retries=3)], None, first,
+                        reactor.seconds, runner)
+        ex = exchange(second)
+        self.assertEqual((ex.gated, ex.local, runner.jobs), (False, None, []))
+
+
+class RouterMatchTests(SynchronousTestCase):
+    """
+    What L{Router} matches a request head on: the host and path as the
+    backend will understand them, so that a deny or auth route cannot be
+    stepped around by spelling them differently.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from .test_basicauth import QueuedRunner
+        from .test_http_unit import proxyFactory
+
+        self.reactor = MemoryReactorClock()
+        self.factory = proxyFactory(self.reactor)
+        deny = Route(name="deny", match=Match(hosts=("admin.example.com",)),
+                     respond=Respond(status=403))
+        private = Route(name="private", match=Match(pathPrefix="/admin/"),
+                        respond=Respond(status=401))
+        self.router = Router(self.factory, [deny, private], Route(name="default", pool="web"),
+                             None, self.reactor.seconds, QueuedRunner())
+
+    def status(self, target: bytes, host: bytes) -> int | None:
+        """
+        The status of the direct answer to C{GET target} with C{Host: host},
+        or L{None} if it goes to a pool.
+        """
+        from .test_http_exchange import RecordingClientSide
+
+        ex = self.router.exchange(RecordingClientSide(), b"GET", target, "1.1",
+                                  [(b"Host", host)], True, False, 0.0)
+        return None if ex.local is None else ex.local[0]
+
+    def test_hostTrailingDot(self) -> None:
+        """
+        A host with a trailing dot (the same name, fully qualified) matches
+        the route naming it without one.
+        """
+        for host in (b"admin.example.com", b"admin.example.com.", b"ADMIN.example.com.:80"):
+            self.assertEqual(self.status(b"/", host), 403, host)
+        self.assertEqual(self.status(b"http://admin.example.com./x", b"other"), 403)
+        self.assertIsNone(self.status(b"/", b"www.example.com."))
+
+    def test_pathNormalised(self) -> None:
+        """
+        The path is matched as a backend resolves it: escapes of unreserved
+        characters decoded, dot segments resolved, repeated slashes merged;
+        other escapes (C{%25}, C{%2F}) stay as they are.
+        """
+        for target in (b"/admin/x", b"/%61dmin/x", b"/%2e%2e/admin/", b"//admin/x",
+                       b"/x/../admin/", b"/./admin/?q=1", b"/admin/./x", b"/ADMIN/../admin/"):
+            self.assertEqual(self.status(target, b"www.example.com"), 401, target)
+        for target in (b"/administrator", b"/%2561dmin/", b"/admin%2Fx", b"/admin/../x",
+                       b"/x/admin/"):
+            self.assertIsNone(self.status(target, b"www.example.com"), target)
+
+    def test_schemeRedirectWithoutHost(self) -> None:
+        """
+        A scheme redirect of an HTTP/1.0 request naming no host sends the
+        client to the address it reached, never to an empty host (where
+        C{https:////evil.example/} would take a browser to another site).
+        """
+        from .test_basicauth import QueuedRunner
+        from .test_http_exchange import RecordingClientSide
+
+        router = Router(self.factory, [Route(name="tls", redirect=Redirect(scheme="https"))],
+                        None, None, self.reactor.seconds, QueuedRunner())
+        ex = router.exchange(RecordingClientSide(), b"GET", b"//evil.example/x", "1.0", [],
+                             False, False, 0.0)
+        assert ex.local is not None
+        self.assertIn((b"Location", b"https://l//evil.example/x"), ex.local[1])

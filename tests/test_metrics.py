@@ -33,6 +33,7 @@ from lbtwist.metrics import (
     responsePercentiles,
 )
 from lbtwist.pool import Admin, BackendPool
+from lbtwist.routing import RouteCounters
 from tests.support import firstLine, inThread, poolConfig
 from tests.test_admin import AdminHarness, call
 from tests.test_pool import ejectingPool
@@ -432,3 +433,51 @@ class EjectionMetricTests(SynchronousTestCase):
         self.assertEqual((s[("lbtwist_backend_ejections_total", A)],
                           s[("lbtwist_backend_ejected", A)],
                           s[("lbtwist_backend_up", A)]), (1, 0, 1))
+
+
+class RouteMetricTests(SynchronousTestCase):
+    """
+    The routes' metrics, from the listeners' L{RouteCounters}.
+    """
+
+    def test_routes(self) -> None:
+        """
+        Requests by listener, route and status class, rate-limited requests
+        and the duration histogram (cumulative, with its sum) are exposed; a
+        listener without routes adds nothing.
+        """
+        balancer = FakeBalancer()
+        api, default = RouteCounters("api"), RouteCounters("default")
+        api.count("2xx", 0.003)
+        api.count("2xx", 0.2)
+        api.count("5xx", 20.0)
+        api.rateLimited = 4
+
+        class Routed:
+            accepted = 0
+            activeClients = 0
+
+            def routeCounters(self) -> list[RouteCounters]:
+                return [api, default]
+
+        balancer.factories["front"] = Routed()
+        s = samples(exposition(balancerRegistry(balancer))[0].decode())
+        route = (("listener", "front"), ("route", "api"))
+        self.assertEqual(s[("lbtwist_route_requests_total", (*route, ("status", "2xx")))], 2)
+        self.assertEqual(s[("lbtwist_route_requests_total", (*route, ("status", "5xx")))], 1)
+        self.assertEqual(s[("lbtwist_route_rate_limited_total", route)], 4)
+        self.assertEqual(
+            s[("lbtwist_route_rate_limited_total", (("listener", "front"),
+                                                     ("route", "default")))], 0)
+        self.assertEqual(s[("lbtwist_route_duration_seconds_bucket",
+                            (("le", "0.005"), *route))], 1)
+        self.assertEqual(s[("lbtwist_route_duration_seconds_bucket",
+                            (("le", "0.25"), *route))], 2)
+        self.assertEqual(s[("lbtwist_route_duration_seconds_bucket",
+                            (("le", "10"), *route))], 2)
+        self.assertEqual(s[("lbtwist_route_duration_seconds_bucket",
+                            (("le", "+Inf"), *route))], 3)
+        self.assertEqual(s[("lbtwist_route_duration_seconds_count", route)], 3)
+        self.assertAlmostEqual(s[("lbtwist_route_duration_seconds_sum", route)], 20.203)
+        self.assertFalse([k for k in s if k[0].startswith("lbtwist_route")
+                          and ("listener", "main") in k[1]])

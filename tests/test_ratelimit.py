@@ -109,6 +109,21 @@ class TokenBucketTests(SynchronousTestCase):
         self.assertEqual(requestKey(byHeader, "10.0.0.1", headers), (b"h", b"k1"))
         self.assertEqual(requestKey(byHeader, "10.0.0.1", headers[:1]), "10.0.0.1")
 
+    def test_longHeaderKeyBounded(self) -> None:
+        """
+        A long header value is kept as a short digest, so the tracked keys
+        hold a bounded number of bytes each (100,000 keys of 16 KiB values
+        would be 1.6 GB); distinct values stay distinct keys and one value
+        always gives the same key.
+        """
+        byHeader = RateLimit(rate=1.0, burst=1, key="header", header="x-key")
+        keys = [requestKey(byHeader, "10.0.0.1", [(b"x-key", v * 16000)]) for v in (b"a", b"b")]
+        again = requestKey(byHeader, "10.0.0.2", [(b"x-key", b"a" * 16000)])
+        self.assertEqual(keys[0], again)
+        self.assertNotEqual(keys[0], keys[1])
+        for key in keys:
+            self.assertLessEqual(sum(len(part) for part in key), 80)  # type: ignore[attr-defined]
+
     def test_fromConfig(self) -> None:
         """
         Buckets made from a route's rate-limit take its rate, burst and cap.

@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -19,7 +20,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig
-from lbtwist.diff import poolChanges
+from lbtwist.diff import poolChanges, routeChanges, runnable
 from lbtwist.lifecycle import GracefulStop, ReloadOnSignal
 from lbtwist.pool import Admin, BackendPool
 from lbtwist.reload import (
@@ -366,7 +367,8 @@ class SignalTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.installed: dict[int, Any] = {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm"}
+        self.installed: dict[int, Any] = {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
+                                          signal.SIGUSR2: "oldusr2"}
 
         class FakeReactor:
             stopped = 0
@@ -406,7 +408,8 @@ class SignalTests(SynchronousTestCase):
         self.reactor.calls[0]()
         self.assertEqual(len(t.pools["web"]), 2)
         service.stopService()
-        self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm"})
+        self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
+                                          signal.SIGUSR2: "oldusr2"})
 
     def test_sigterm(self) -> None:
         """
@@ -419,6 +422,51 @@ class SignalTests(SynchronousTestCase):
         self.assertEqual(self.reactor.stopped, 0)
         self.reactor.calls[-1]()
         self.assertEqual(self.reactor.stopped, 1)
+
+    def test_sigtermTwice(self) -> None:
+        """
+        A second SIGTERM while the graceful stop runs (a supervisor and a
+        terminal both sending one) does not stop the reactor again, which
+        would raise.
+        """
+        t = Live(self, configOf(A))
+        service = ReloadOnSignal(t.live, self.reactor, self.install)
+        service.startService()
+        for _ in range(2):
+            self.installed[signal.SIGTERM](signal.SIGTERM, None)
+        for call in self.reactor.calls:
+            call()
+        self.assertEqual(self.reactor.stopped, 1)
+
+
+    def test_sigusr2(self) -> None:
+        """
+        SIGUSR2 starts an upgrade from the reactor thread; without worker
+        processes it is logged and does nothing (the process lives on).
+        """
+        from twisted.internet.defer import Deferred
+
+        t = Live(self, configOf(A))
+        upgrades: list[Deferred[Any]] = []
+
+        def upgrade() -> Deferred[Any]:
+            upgrades.append(Deferred())
+            return upgrades[-1]
+
+        service = ReloadOnSignal(t.live, self.reactor, self.install, upgrade=upgrade)
+        service.startService()
+        self.installed[signal.SIGUSR2](signal.SIGUSR2, None)
+        self.assertEqual(upgrades, [])
+        self.reactor.calls[-1]()
+        self.assertEqual(len(upgrades), 1)
+        upgrades[0].errback(RuntimeError("failed, and said so"))
+        service.stopService()
+        alone = ReloadOnSignal(t.live, self.reactor, self.install)
+        alone.startService()
+        self.installed[signal.SIGUSR2](signal.SIGUSR2, None)
+        self.reactor.calls[-1]()
+        self.assertEqual(self.reactor.stopped, 0)
+        alone.stopService()
 
 
 class GracefulStopTests(SynchronousTestCase):
@@ -536,3 +584,155 @@ class ReloadUnderLoadTests(TestCase):
         self.assertEqual(live.reloads, 6)
         total = sum(b.total for b in lb.pools["web"]) + sum(b.total for b in live.draining)
         self.assertLessEqual(total, sum(served))
+
+
+class RecordingFactory:
+    """
+    A listener factory that records the routes it is given.
+    """
+
+    def __init__(self) -> None:
+        self.given: list[tuple[tuple[str, ...], str | None]] = []
+
+    def setRoutes(self, routes: Any, default: Any) -> None:
+        """
+        Record the route names (and the default route's pool).
+        """
+        self.given.append((tuple(r.name for r in routes),
+                           None if default is None else default.pool))
+
+
+def routedOf(routes: list[dict[str, Any]], pools: tuple[str, ...] = ("web", "api")) -> Config:
+    """
+    A configuration with a tcp listener C{front} of C{routes} and pools.
+    """
+    return parseConfig({
+        "listeners": [{"name": "front", "listen": "tcp:0", "pool": "web", "routes": routes}],
+        "pools": {name: {"backends": [{"name": "a", "endpoint": "tcp:host=h:port=1"}]}
+                  for name in pools},
+    })
+
+
+class RouteReloadTests(SynchronousTestCase):
+    """
+    C{SIGHUP} (a reload) applies the file's route changes live.
+    """
+
+    def setUp(self) -> None:
+        self.factory = RecordingFactory()
+        self.t = Live(self, routedOf([{"name": "db", "match": {"sni": "db.example"},
+                                       "pool": "api"}]))
+        pools = self.t.live.pools
+
+        def addPool(config: Any) -> BackendPool:
+            pools[config.name] = BackendPool(config)
+            return pools[config.name]
+
+        self.balancer = SimpleNamespace(factories={"front": self.factory}, addPool=addPool,
+                                        removePool=pools.pop)
+        self.t.live.balancer = self.balancer
+        self.t.live.appliedRoutes = {
+            x.name: (x.routes, x.defaultRoute) for x in self.t.live.fileConfig.listeners}
+
+    def test_fileRoutesApplied(self) -> None:
+        """
+        Routes changed in the file reach the listener's factory; a reload
+        that changes none gives it nothing.
+        """
+        self.t.next = routedOf([{"name": "db2", "match": {"sni": "db.example"}, "pool": "api"}])
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(self.factory.given, [(("db2",), "web")])
+        self.assertEqual(self.t.live.restartNeeded, [])
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(len(self.factory.given), 1)
+
+    def test_fileWinsOverAPI(self) -> None:
+        """
+        Routes set through the API stay over a reload that leaves the
+        file's routes as they were, and give way when the file changes them.
+        """
+        self.t.live.setRoutes("front", [{"name": "api", "pool": "api"}])
+        self.assertEqual(self.factory.given, [(("api",), "web")])
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(self.t.live.listener("front").routes[0].name, "api")
+        self.t.next = routedOf([{"name": "new", "match": {"sni": "n.example"}, "pool": "web"}])
+        self.assertIsNone(self.t.live.reload())
+        self.assertEqual(self.factory.given[-1], (("new",), "web"))
+        self.assertEqual(self.t.live.overrides.routes, {})
+
+    def test_newPoolApplied(self) -> None:
+        """
+        File routes naming a pool new in the file are applied with it: the
+        balancer starts the pool first.
+        """
+        self.t.next = routedOf([{"name": "db", "match": {"sni": "db.example"}, "pool": "new"}],
+                               pools=("web", "api", "new"))
+        self.assertIsNone(self.t.live.reload())
+        self.assertIn("new", self.t.live.pools)
+        self.assertEqual(self.factory.given, [(("db",), "web")])
+        self.assertEqual(self.t.live.restartNeeded, [])
+
+    def test_unknownPoolNeedsRestart(self) -> None:
+        """
+        Without a balancer that can start pools (run-time control over bare
+        pools), file routes naming a pool new in the file are not applied;
+        the reload says a restart is needed for them.
+        """
+        self.t.live.balancer = None
+        self.t.next = routedOf([{"name": "db", "match": {"sni": "db.example"}, "pool": "new"}],
+                               pools=("web", "api", "new"))
+        self.assertIsNone(self.t.live.reload())
+        self.assertNotIn("new", self.t.live.pools)
+        self.assertIn("listeners.front.routes (pool new not running)",
+                      self.t.live.restartNeeded)
+
+
+class RunnableRoutesTests(SynchronousTestCase):
+    """
+    L{runnable} takes the routes of the new file, listener by listener.
+    """
+
+    def test_routesTaken(self) -> None:
+        """
+        A listener kept by name takes its new routes, even when another
+        listener changed (which needs a restart); a new listener does not
+        start.
+        """
+        running = routedOf([{"name": "db", "match": {"sni": "db.example"}, "pool": "api"}])
+        new = attrs.evolve(
+            routedOf([{"name": "db2", "match": {"sni": "db.example"}, "pool": "api"}]),
+            listeners=(*routedOf([{"name": "db2", "match": {"sni": "db.example"},
+                                   "pool": "api"}]).listeners,
+                       attrs.evolve(running.listeners[0], name="other")))
+        kept, differ = runnable(new, running)
+        self.assertEqual(differ, ["listeners"])
+        self.assertEqual([x.name for x in kept.listeners], ["front"])
+        self.assertEqual([r.name for r in kept.listeners[0].routes], ["db2"])
+        self.assertEqual(routeChanges(kept, running), ["front"])
+        self.assertEqual(routeChanges(running, running), [])
+
+
+class RunnablePoolsTests(SynchronousTestCase):
+    """
+    L{runnable} and the set of pools.
+    """
+
+    def test_poolsLive(self) -> None:
+        """
+        A balancer that adds and removes pools takes the new set; one that
+        cannot keeps the running set and says so.
+        """
+        from lbtwist.diff import runnable
+
+        running = parseConfig({"listeners": [{"listen": "tcp:80", "pool": "a"}],
+                               "pools": {"a": {"backends": ["tcp:x:1"]},
+                                         "b": {"backends": ["tcp:x:2"]}}})
+        new = parseConfig({"listeners": [{"listen": "tcp:80", "pool": "a"}],
+                           "pools": {"a": {"backends": ["tcp:x:1"]},
+                                     "c": {"backends": ["tcp:x:3"]}}})
+        kept, differ = runnable(new, running, poolsLive=True)
+        self.assertEqual([p.name for p in kept.pools], ["a", "c"])
+        self.assertEqual(differ, [])
+        kept, differ = runnable(new, running)
+        self.assertEqual([p.name for p in kept.pools], ["a", "b"])
+        self.assertEqual(differ, ["the set of pools"])

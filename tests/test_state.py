@@ -10,7 +10,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.config import BackendConfig, parseConfig
+from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig
 from lbtwist.pool import Admin
 from lbtwist.state import (
     Overrides,
@@ -355,3 +355,89 @@ class StartLogTests(SynchronousTestCase):
         given = os.path.join(self.dir, "mine.json")
         self.assertEqual(self.start(self.configPath, given), [
             f"state file {given}: none yet; changes made at run time are saved there"])
+
+
+def routedConfig() -> Config:
+    """
+    A configuration with pools web and api and a tcp listener routing one
+    server name to api.
+    """
+    return parseConfig({
+        "listeners": [{"name": "front", "listen": "tcp:0", "pool": "web",
+                       "routes": [{"name": "db", "match": {"sni": "db.example"},
+                                   "pool": "api"}]}],
+        "pools": {name: {"backends": [{"name": "a", "endpoint": "tcp:host=h:port=1"}]}
+                  for name in ("web", "api")},
+    })
+
+
+class RouteAndPoolOverridesTests(SynchronousTestCase):
+    """
+    Pools added and removed and route lists set at run time, in the state.
+    """
+
+    def overrides(self) -> Overrides:
+        o = Overrides()
+        o.poolAdded("extra", {"policy": "leastconn",
+                              "backends": [{"name": "x", "endpoint": "tcp:host=h:port=9"}]})
+        o.poolRemoved("api", inFile=True)
+        o.routesSet("front", [{"name": "db", "match": {"sni": "db.example"}, "pool": "extra"}])
+        return o
+
+    def test_roundTrip(self) -> None:
+        """
+        They survive JSON, in a state of version 2, and count in the summary.
+        """
+        o = self.overrides()
+        data = json.loads(json.dumps(o.toJSON()))
+        self.assertEqual(data["version"], 2)
+        self.assertEqual(data["removed-pools"], ["api"])
+        again = Overrides.fromJSON(data)
+        self.assertEqual(again, o)
+        again.routesSet("front", [])
+        self.assertNotEqual(again, o)
+        self.assertEqual(o.summary(), "1 pool added; 1 pool removed; 1 route list set")
+
+    def test_version1Loads(self) -> None:
+        """
+        A state file an older lbtwist wrote (version 1) still loads.
+        """
+        o = Overrides.fromJSON({"version": 1, "pools": {"web": {"weights": {"a": 3}}}})
+        self.assertEqual(o.pool("web").weights, {"a": 3})
+        self.assertEqual((o.routes, o.addedPools, o.removedPools), ({}, {}, set()))
+
+    def test_apply(self) -> None:
+        """
+        The effective configuration has the pool added (and a backend added
+        to it), not the one removed, and the listener's new routes.
+        """
+        o = self.overrides()
+        o.added("extra", BackendConfig("y", "tcp:host=h:port=8"))
+        effective = o.apply(routedConfig())
+        self.assertEqual([p.name for p in effective.pools], ["web", "extra"])
+        extra = effective.pool("extra")
+        self.assertEqual((extra.policy, [b.name for b in extra.backends]),
+                         ("leastconn", ["x", "y"]))
+        self.assertEqual(effective.listeners[0].routes[0].pool, "extra")
+        o.poolRemoved("extra", inFile=False)
+        self.assertEqual(o.addedPools, {})
+        self.assertNotIn("extra", o.pools)
+
+    def test_applyChecks(self) -> None:
+        """
+        Routes kept in the state are checked as the file's are, naming the
+        key in the state.
+        """
+        o = Overrides()
+        o.routesSet("front", [{"name": "db", "pool": "gone"}])
+        e = self.assertRaises(ConfigError, o.apply, routedConfig())
+        self.assertEqual(e.path, "state: listeners.front.routes[0].pool")
+
+    def test_invalid(self) -> None:
+        """
+        Route lists and pools of the wrong shape are refused.
+        """
+        for extra in ({"routes": {"front": {}}}, {"routes": []}, {"added-pools": {"x": []}},
+                      {"removed-pools": "api"}, {"removed-pools": [1]}):
+            self.assertRaises(StateError, Overrides.fromJSON,
+                              {"version": 2, "pools": {}, **extra})

@@ -139,15 +139,17 @@ def haproxy_config(
     listen_port: int,
     backend_ports: Sequence[int],
     maxconn: int,
+    threads: int = 1,
 ) -> Path:
-    """Write an HAProxy config (``mode`` is "tcp" or "http"), roundrobin; return its path."""
+    """Write an HAProxy config (``mode`` is "tcp" or "http"), roundrobin, ``threads``
+    threads; return its path."""
     http_options = "    option http-keep-alive\n" if mode == "http" else ""
     servers = "".join(
         f"    server s{index} {LOOPBACK}:{port}\n" for index, port in enumerate(backend_ports, 1)
     )
     text = f"""\
 global
-    nbthread 1
+    nbthread {threads}
     maxconn {maxconn}
 
 defaults

@@ -176,7 +176,33 @@ def format_case_tables(results: Results) -> str:
         ]
     )
     routing = _routing_line(results)
-    return "\n\n".join([*blocks, *routing, legend])
+    return "\n\n".join([*blocks, *routing, *_multicore_lines(results), legend])
+
+
+def _multicore_lines(results: Results) -> list[str]:
+    """
+    The multi-core case, per core (CPU-normalised: requests per second of
+    the proxy's CPU time, so that wrk and the backends sharing the cores do
+    not count): two workers' efficiency against one worker's, and each
+    lbtwist's ratio to HAProxy with as many threads.
+    """
+    lines = []
+    for case in results.cases:
+        for mode in ("tcp", "http"):
+            one, two = (results.per_core(case, f"lbtwist-{mode}"),
+                        results.per_core(case, f"lbtwist-{mode}-2w"))
+            h1, h2 = (results.per_core(case, f"haproxy-{mode}"),
+                      results.per_core(case, f"haproxy-{mode}-2t"))
+            if not (one and two):
+                continue
+            line = (f"{case.name} {mode}: 2 workers {two:,.0f}/core vs 1 worker {one:,.0f}/core: "
+                    f"capacity of 2 cores = {2 * two / one:.2f}x one worker (target >= 1.8x)")
+            if h1 and h2:
+                line += (f"; vs HAProxy per core: 2w/2t {two / h2:.2f}x, "
+                         f"1w/1t {one / h1:.2f}x (target: 2w/2t >= 1w/1t)")
+            lines.append(line)
+    return ["== multi-core (per core: req/s per CPU-second of the proxy's processes)\n"
+            + "\n".join(lines)] if lines else []
 
 
 def _routing_line(results: Results) -> list[str]:

@@ -49,13 +49,16 @@ CommandBuilder = Callable[[BenchContext, str, int, Sequence[int]], list[str]]
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """A target: ``mode`` is "direct", "tcp" or "http"; ``reference`` names its HAProxy peer."""
+    """A target: ``mode`` is "direct", "tcp" or "http"; ``reference`` names its HAProxy peer;
+    ``cores``: the proxy's processes or threads (1: pinned to the proxy CPU; more: not pinned,
+    and sharing the machine with wrk and the backends)."""
 
     name: str
     mode: str
     reference: str | None
     description: str
     build: CommandBuilder | None = None
+    cores: int = 1
 
     @property
     def is_twisted(self) -> bool:
@@ -63,10 +66,10 @@ class TargetSpec:
         return self.name.startswith(("lbtwist", "portforward"))
 
 
-def _haproxy(mode: str) -> CommandBuilder:
+def _haproxy(mode: str, threads: int = 1) -> CommandBuilder:
     def build(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
         path = configs.haproxy_config(
-            ctx.work_dir, name, mode, port, backends, ctx.max_proxy_connections
+            ctx.work_dir, name, mode, port, backends, ctx.max_proxy_connections, threads
         )
         return [ctx.haproxy, "-db", "-f", str(path)]
 
@@ -87,13 +90,15 @@ def _portforward(ctx: BenchContext, name: str, port: int, backends: Sequence[int
     ]  # fmt: skip
 
 
-def _lbtwist(mode: str) -> CommandBuilder:
+def _lbtwist(mode: str, workers: int = 1) -> CommandBuilder:
     def build(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
         argv = [
             str(ctx.twistd), "-n", "--pidfile=", "lb",
             "--mode", mode,
             "--listen", f"tcp:{port}:interface={configs.LOOPBACK}",
         ]  # fmt: skip
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         for backend in backends:
             argv += ["--backend", f"tcp:host={configs.LOOPBACK}:port={backend}"]
         return [*argv, "--policy", "roundrobin", *ctx.lbtwist_args]
@@ -120,6 +125,15 @@ TARGETS: list[TargetSpec] = [
         "lbtwist-routes", "http", "haproxy-http",
         "lbtwist --mode http, 50 routes, the match last", _lbtwistRoutes,
     ),
+    # The multi-core case: two processes or threads, not pinned.
+    TargetSpec("haproxy-tcp-2t", "tcp", "haproxy-tcp-2t", "HAProxy mode tcp, nbthread 2",
+               _haproxy("tcp", 2), cores=2),
+    TargetSpec("haproxy-http-2t", "http", "haproxy-http-2t", "HAProxy mode http, nbthread 2",
+               _haproxy("http", 2), cores=2),
+    TargetSpec("lbtwist-tcp-2w", "tcp", "haproxy-tcp-2t", "lbtwist --mode tcp --workers 2",
+               _lbtwist("tcp", 2), cores=2),
+    TargetSpec("lbtwist-http-2w", "http", "haproxy-http-2t", "lbtwist --mode http --workers 2",
+               _lbtwist("http", 2), cores=2),
 ]
 TARGETS_BY_NAME = {spec.name: spec for spec in TARGETS}
 
@@ -163,7 +177,7 @@ def launch(
         process = manager.start(
             name,
             argv,
-            cpu=ctx.proxy_cpu,
+            cpu=ctx.proxy_cpu if spec.cores == 1 else None,
             raise_nofile=True,
             env=ctx.twistd_env() if spec.is_twisted else None,
             cwd=ctx.repo_root,

@@ -11,18 +11,21 @@ import os
 import re
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
-from ..config import BackendConfig, ConfigError, parseBackend, parseSlowStart
+from ..config import BackendConfig, ConfigError, ListenerConfig, parseBackend, parseSlowStart
 from ..endpoints import parseEndpoint
 from ..metrics import (
     NO_COUNTERS,
+    ClusterCollector,
     CounterHistory,
     Sample,
     balancerRegistry,
@@ -30,7 +33,15 @@ from ..metrics import (
     recentView,
 )
 from ..pool import Admin, Backend, BackendPool
-from ..reload import DuplicateBackend, LiveConfig, UnknownBackend, UnknownPool
+from ..reload import (
+    DuplicateBackend,
+    DuplicatePool,
+    LiveConfig,
+    PoolInUse,
+    UnknownBackend,
+    UnknownListener,
+    UnknownPool,
+)
 from ._input import APIError, _checkEndpoint, _shown, _state, _weight
 from ._views import (
     backendURL,
@@ -38,6 +49,8 @@ from ._views import (
     countersView,
     poolCounters,
     poolView,
+    routeCountersView,
+    routeData,
 )
 
 DEFAULT_ADMIN = "tcp:9000:interface=127.0.0.1"
@@ -57,6 +70,38 @@ _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css)$")
 Handler = Callable[[Request, list[str]], Any]
 
 
+class ProcessGroup(Protocol):
+    """
+    The worker processes a master's admin API speaks for (see
+    L{lbtwist.workers.WorkerGroup}).
+    """
+
+    def settle(self) -> Deferred[None]:
+        """
+        Fires once every worker has applied the pools as they are now.
+        """
+
+    def refresh(self) -> Deferred[None]:
+        """
+        Fires once the master's counters show the workers' totals.
+        """
+
+    def collector(self) -> Any:
+        """
+        A Prometheus collector of the per-worker series.
+        """
+
+    def view(self) -> list[dict[str, Any]]:
+        """
+        Each worker: its number, generation, pid, state and counters.
+        """
+
+    def upgrade(self) -> Deferred[int]:
+        """
+        Start a new generation of workers; fires with its number.
+        """
+
+
 class AdminResource(Resource):
     """
     Every route of the admin listener, dispatched by method and path.
@@ -66,14 +111,29 @@ class AdminResource(Resource):
     log = Logger()
 
     def __init__(self, balancer: Any, live: LiveConfig, token: str | None,
-                 clock: IReactorTime, history: CounterHistory | None = None) -> None:
+                 clock: IReactorTime, history: CounterHistory | None = None,
+                 group: ProcessGroup | None = None, cluster: Any = None) -> None:
+        """
+        @param group: the worker processes this master speaks for: reads
+            wait for their counters to be collected, and changes are
+            answered once every one of them has applied them.
+        @param cluster: the registry sync (L{lbtwist.cluster.RegistrySync})
+            when the balancer shares its registry through etcd: changes are
+            written there, and health reports the store's state.
+        """
         super().__init__()
+        self.group = group
+        self.cluster = cluster
         self.clock = clock
         self.history = history or CounterHistory()
         self.balancer = balancer
         self.live = live
         self._startToken = token
         self.registry = balancerRegistry(balancer)
+        if group is not None:
+            self.registry.register(group.collector())
+        if cluster is not None:
+            self.registry.register(ClusterCollector(cluster))
         self.routes: list[tuple[bytes, tuple[str, ...], Handler, bool]] = [
             (b"GET", (), self.dashboard, False),
             (b"GET", ("static", "*"), self.static, False),
@@ -86,8 +146,15 @@ class AdminResource(Resource):
             (b"GET", ("api", "pools", "*", "backends", "*"), self.showBackend, False),
             (b"PATCH", ("api", "pools", "*", "backends", "*"), self.changeBackend, True),
             (b"DELETE", ("api", "pools", "*", "backends", "*"), self.removeBackend, True),
+            (b"POST", ("api", "pools"), self.addPool, True),
+            (b"DELETE", ("api", "pools", "*"), self.removePool, True),
             (b"GET", ("api", "listeners"), self.listListeners, False),
+            (b"GET", ("api", "listeners", "*", "routes"), self.showRoutes, False),
+            (b"PUT", ("api", "listeners", "*", "routes"), self.setRoutes, True),
+            (b"GET", ("api", "instances"), self.listInstances, False),
             (b"POST", ("api", "reload"), self.reload, True),
+            (b"POST", ("api", "upgrade"), self.upgrade, True),
+            (b"GET", ("api", "workers"), self.listWorkers, False),
             (b"GET", ("health",), self.goHealth, False),
             (b"GET", ("list",), self.goList, False),
             (b"POST", ("addServer",), self.goAdd, True),
@@ -96,7 +163,7 @@ class AdminResource(Resource):
 
     # -- dispatch --------------------------------------------------------
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         """
         Find the route, check the token of a change, run it, and answer.
         """
@@ -114,26 +181,91 @@ class AdminResource(Resource):
                 allowed.append(routeMethod)
                 continue
             args = [s for p, s in zip(pattern, segments) if p == "*"]
-            try:
-                if mutating:
-                    self._authorize(request)
-                result = handler(request, args)
-            except APIError as e:
-                result = self._json(request, e.status, {"error": e.message})
-            if mutating:
-                self.log.info(
-                    "admin {method} {path} from {client}: {code}",
-                    method=method.decode(), path=request.path.decode("latin-1"),
-                    client=getattr(request.getClientAddress(), "host", "?"),
-                    code=request.code,
-                )
-            assert isinstance(result, bytes)
-            return result
+            if self.group is None or handler in (self.dashboard, self.static):
+                result = self._run(request, handler, args, mutating)
+                if isinstance(result, Deferred):
+                    result.addCallback(lambda body: self._finish(request, body))
+                    return NOT_DONE_YET  # type: ignore[no-any-return]
+                return result
+            return self._withGroup(self.group, request, handler, args, mutating)
         if allowed:
             request.setHeader(b"allow", b", ".join(allowed))
             return self._json(request, 405, {"error": f"method {method.decode()} not "
                                              "allowed here"})
         return self._json(request, 404, {"error": "no such resource"})
+
+    def _run(self, request: Request, handler: Handler, args: list[str],
+             mutating: bool) -> bytes | Deferred[bytes]:
+        """
+        Run a route's handler (a change once its token is checked), and log
+        a change once answered.  A handler answers with bytes, or with a
+        L{Deferred} of them when the answer takes time (an upgrade).
+        """
+        try:
+            if mutating:
+                self._authorize(request)
+            result = handler(request, args)
+        except APIError as e:
+            result = self._json(request, e.status, {"error": e.message})
+        if isinstance(result, Deferred):
+            # A change through the cluster store answers once this balancer
+            # has applied it; its refusal is an answer too.
+            result.addErrback(self._failed, request)
+        if mutating:
+            if isinstance(result, Deferred):
+                result.addCallback(self._logChange, request)
+            else:
+                self._logChange(result, request)
+        assert isinstance(result, (bytes, Deferred))
+        return result
+
+    def _logChange(self, body: bytes, request: Request) -> bytes:
+        self.log.info(
+            "admin {method} {path} from {client}: {code}",
+            method=request.method.decode(), path=request.path.decode("latin-1"),
+            client=getattr(request.getClientAddress(), "host", "?"),
+            code=request.code,
+        )
+        return body
+
+    def _withGroup(self, group: ProcessGroup, request: Request, handler: Handler,
+                   args: list[str], mutating: bool) -> int:
+        """
+        Run a route for the worker processes: a read once their counters
+        are collected, a change answered once every one has applied it.
+        """
+        if mutating:
+            result = self._run(request, handler, args, mutating)
+            answered = result if isinstance(result, Deferred) else succeed(result)
+
+            def settle(body: bytes) -> Deferred[bytes]:
+                settled = group.settle() if request.code < 400 else succeed(None)
+                return settled.addBoth(lambda _: body)
+
+            answered.addCallback(settle).addCallback(lambda body: self._finish(request, body))
+        else:
+            def answer(_: object) -> None:
+                result = self._run(request, handler, args, mutating)
+                assert isinstance(result, bytes)
+                self._finish(request, result)
+
+            group.refresh().addBoth(answer)
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    def _failed(self, failure: Any, request: Request) -> bytes:
+        if failure.check(APIError):
+            return self._json(request, failure.value.status, {"error": failure.value.message})
+        self.log.failure("admin request failed", failure)
+        return self._json(request, 500, {"error": f"internal error: {failure.getErrorMessage()}"})
+
+    def _finish(self, request: Request, body: bytes) -> None:
+        """
+        Answer a request whose answer took time (the worker processes, the
+        cluster store, an upgrade).
+        """
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(body)
+            request.finish()
 
     @property
     def token(self) -> str | None:
@@ -171,6 +303,15 @@ class AdminResource(Resource):
         @param message: the error to give for any problem, instead of a
             precise one (the Go design's C{Invalid input}).
         """
+        data = self._jsonBody(request, message)
+        if not isinstance(data, dict):
+            raise APIError(400, message or "the body must be a JSON object")
+        return data
+
+    def _jsonBody(self, request: Request, message: str | None = None) -> Any:
+        """
+        The request's JSON value, whatever it is.
+        """
         assert request.content is not None
         raw = request.content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY or getattr(request, "oversized", False):
@@ -179,8 +320,6 @@ class AdminResource(Resource):
             data = json.loads(raw)
         except ValueError as e:
             raise APIError(400, message or f"the body is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise APIError(400, message or "the body must be a JSON object")
         return data
 
     def _pool(self, name: str) -> BackendPool:
@@ -244,8 +383,12 @@ class AdminResource(Resource):
             for p in self.live.pools.values()
         }
         ok = all(p["eligible"] for p in pools.values())
-        return self._json(request, 200 if ok else 503,
-                          {"status": "ok" if ok else "degraded", "pools": pools})
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "pools": pools}
+        if self.cluster is not None:
+            # The store's state is reported, never counted against health:
+            # the balancer serves from its copy of the registry.
+            body["cluster"] = self.cluster.status()
+        return self._json(request, 200 if ok else 503, body)
 
     def _responses(self, pool: str) -> dict[str, int] | None:
         """
@@ -325,7 +468,7 @@ class AdminResource(Resource):
         pool = self._pool(args[0])
         return self._json(request, 200, backendView(pool, self._backend(pool, args[1])))
 
-    def addBackend(self, request: Request, args: list[str]) -> bytes:
+    def addBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Add a backend: C{{"name", "endpoint" or "host"+"port", "weight",
         "state"}}; C{201} with the new backend.
@@ -358,7 +501,16 @@ class AdminResource(Resource):
 
     def _add(self, request: Request, pool: BackendPool, config: BackendConfig,
              state: Admin, answer: Callable[[Request, BackendPool, Backend], bytes]
-             ) -> bytes:
+             ) -> bytes | Deferred[bytes]:
+        if self.cluster is not None:
+            def added() -> bytes:
+                backend = pool.get(config.name)
+                if backend is None:
+                    raise APIError(409, f"backend {config.name!r} was removed again by "
+                                   "another change")
+                return answer(request, pool, backend)
+
+            return self._inCluster(self.cluster.addBackend(pool.name, config, state), added)
         try:
             backend = self.live.addBackend(pool.name, config, state)
         except DuplicateBackend:
@@ -368,7 +520,7 @@ class AdminResource(Resource):
             return self._saveFailed(request, e)
         return answer(request, pool, backend)
 
-    def changeBackend(self, request: Request, args: list[str]) -> bytes:
+    def changeBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Change a backend's C{weight}, C{state} (ready, drain, maint),
         C{backup} role and C{slow-start} duration, in one save.
@@ -395,36 +547,53 @@ class AdminResource(Resource):
                 slowStart = parseSlowStart(data["slow-start"], "slow-start")
             except ConfigError as e:
                 raise APIError(400, str(e)) from None
+        if self.cluster is not None:
+            name = backend.name
+            return self._inCluster(
+                self.cluster.changeBackend(pool.name, name, weight, state, backup, slowStart),
+                lambda: self._json(request, 200, backendView(pool, self._backend(pool, name))))
         try:
             self.live.change(pool.name, backend.name, weight, state, backup, slowStart)
         except OSError as e:
             return self._saveFailed(request, e)
         return self._json(request, 200, backendView(pool, backend))
 
-    def removeBackend(self, request: Request, args: list[str]) -> bytes:
+    def removeBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Remove a backend; its connections get the grace period to finish.
         """
         pool = self._pool(args[0])
         backend = self._backend(pool, args[1])
+
+        def removed() -> bytes:
+            return self._json(request, 200, {
+                "status": "removed", "name": backend.name, "draining": backend.active,
+                "grace": self.live.grace})
+
+        if self.cluster is not None:
+            return self._inCluster(self.cluster.removeBackend(pool.name, backend.name), removed)
         try:
             self.live.removeBackend(pool.name, backend.name)
         except OSError as e:
             return self._saveFailed(request, e)
-        return self._json(request, 200, {
-            "status": "removed", "name": backend.name, "draining": backend.active,
-            "grace": self.live.grace})
+        return removed()
 
     def listListeners(self, request: Request, args: list[str]) -> bytes:
         """
-        The listeners, with their accepted and active connections, and (HTTP
-        mode) their responses by status class and by protocol, the requests
-        refused as malformed, and (listeners speaking HTTP/2) their HTTP/2
-        connections, streams, refused streams and abusive clients.
+        The listeners, with their accepted and active connections, (HTTP
+        mode) their responses by status class and by protocol and the
+        requests refused as malformed, (listeners speaking HTTP/2) their
+        HTTP/2 connections, streams, refused streams and abusive clients, and
+        their routes with what each did (the default route's last) and what
+        each is (C{route}, in the configuration's shape).
         """
         listeners = []
-        for l in self.live.fileConfig.listeners:
+        for l in self.live.config.listeners:
             factory = self.balancer.factories.get(l.name)
+            counters = getattr(factory, "routeCounters", None)
+            shapes = {r.name: routeData(r) for r in l.routes}
+            if l.defaultRoute is not None:
+                shapes["default"] = routeData(l.defaultRoute, default=True)
             listeners.append({
                 "name": l.name, "endpoint": l.endpoint, "pool": l.pool, "mode": l.mode,
                 "accepted": getattr(factory, "accepted", 0),
@@ -433,6 +602,10 @@ class AdminResource(Resource):
                 "refused": getattr(factory, "refused", 0),
                 "protocols": (factory.responsesByProtocol()
                               if hasattr(factory, "responsesByProtocol") else {}),
+                "routes": [{**routeCountersView(c), "route": shapes.get(c.name)}
+                           for c in counters()] if counters else [],
+                "defaultRoute": (None if l.defaultRoute is None
+                                 else routeData(l.defaultRoute, default=True)),
             })
             if getattr(factory, "http2", None) is not None:
                 listeners[-1]["http2"] = {
@@ -440,6 +613,142 @@ class AdminResource(Resource):
                     "refused": factory.h2Refused, "abusive": factory.h2Calmed,
                 }
         return self._json(request, 200, listeners)
+
+    def _listener(self, name: str) -> ListenerConfig:
+        try:
+            return self.live.listener(name)
+        except UnknownListener:
+            raise APIError(404, f"no listener {name!r} (listeners: "
+                           f"{', '.join(l.name for l in self.live.config.listeners)})") from None
+
+    def showRoutes(self, request: Request, args: list[str]) -> bytes:
+        """
+        A listener's routes, in the configuration's shape: what C{PUT} takes.
+        """
+        listener = self._listener(args[0])
+        return self._json(request, 200, [routeData(r) for r in listener.routes])
+
+    def setRoutes(self, request: Request, args: list[str]) -> bytes:
+        """
+        Replace a listener's whole route list (a JSON list in the
+        configuration's shape), checked first: a bad list changes nothing
+        and gets a 400 naming the key path of the problem.
+        """
+        self._listener(args[0])
+        data = self._jsonBody(request)
+        try:
+            listener = self.live.setRoutes(args[0], data)
+        except ConfigError as e:
+            raise APIError(400, str(e)) from None
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return self._json(request, 200, [routeData(r) for r in listener.routes])
+
+    def addPool(self, request: Request, args: list[str]) -> bytes:
+        """
+        Create a pool: C{{"name": ..., and the configuration's pool keys
+        (policy, health, backends...)}}; C{201} with the new pool, C{409} if
+        one of that name exists.
+        """
+        data = self._body(request)
+        name = data.pop("name", None)
+        if not isinstance(name, str):
+            raise APIError(400, f"name: expected the pool's name, got {_shown(name)}")
+        try:
+            pool = self.live.addPool(name, data)
+        except DuplicatePool:
+            raise APIError(409, f"there is a pool {name!r} already") from None
+        except ConfigError as e:
+            raise APIError(400, str(e).lstrip(".: ")) from None
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return self._json(request, 201, poolView(pool))
+
+    def removePool(self, request: Request, args: list[str]) -> bytes:
+        """
+        Remove a pool no listener or route sends to (C{409} while one
+        does); its connections get the grace period to finish.
+        """
+        if args[0] not in self.live.pools:
+            raise APIError(404, f"no pool {args[0]!r}")
+        pool = self._pool(args[0])
+        try:
+            self.live.removePool(pool.name)
+        except PoolInUse as e:
+            raise APIError(409, str(e)) from None
+        except OSError as e:
+            return self._saveFailed(request, e)
+        return self._json(request, 200, {
+            "status": "removed", "name": pool.name,
+            "draining": sum(b.active for b in pool), "grace": self.live.grace})
+
+    def listWorkers(self, request: Request, args: list[str]) -> bytes:
+        """
+        The worker processes (none when this process serves alone), each
+        with its own counters: the other routes give their totals.
+        """
+        return self._json(request, 200, {
+            "workers": self.group.view() if self.group is not None else []})
+
+    def upgrade(self, request: Request, args: list[str]) -> Deferred[bytes]:
+        """
+        Start a new generation of workers from the code and configuration
+        on disk (see L{lbtwist.workers.WorkerGroup.upgrade}); answered once
+        it serves, or C{500} with the reason it could not (the running
+        workers serve on).
+        """
+        group = self.group
+        if group is None:
+            raise APIError(409, "upgrades need worker processes: start with --workers 2 "
+                                "or more (workers: in the file)")
+
+        def upgraded(generation: int) -> bytes:
+            return self._json(request, 200, {"status": "upgraded", "generation": generation,
+                                             "workers": group.view()})
+
+        def failed(f: Any) -> bytes:
+            return self._json(request, 500, {
+                "error": f"upgrade failed, the running workers serve on: "
+                         f"{f.getErrorMessage()}"})
+
+        return group.upgrade().addCallbacks(upgraded, failed)
+
+    def _inCluster(self, write: Deferred[None], answer: Callable[[], bytes]) -> Deferred[bytes]:
+        """
+        The answer to a change written to the cluster store: C{answer()}
+        once this balancer has applied it; 409 when it lost to another
+        change, 503 when the store cannot be reached.
+        """
+        from ..cluster import Conflict, StoreUnavailable
+
+        def failed(f: Any) -> bytes:
+            if f.check(Conflict):
+                raise APIError(409, str(f.value))
+            if f.check(StoreUnavailable):
+                raise APIError(503, str(f.value))
+            if f.check(TimeoutError):
+                raise APIError(503, "the change was written to the cluster store but this "
+                               "balancer has not applied it yet")
+            return f  # type: ignore[no-any-return]
+
+        return write.addCallbacks(lambda _: answer(), failed)
+
+    def listInstances(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+        """
+        The balancers registered in the cluster store (each with its name,
+        admin address, version and last revision applied).
+        """
+        if self.cluster is None:
+            raise APIError(404, "this balancer is not in a cluster (no cluster: in its "
+                           "configuration)")
+        from ..cluster import StoreUnavailable
+
+        def failed(f: Any) -> bytes:
+            f.trap(StoreUnavailable)
+            raise APIError(503, str(f.value))
+
+        return self.cluster.instances().addCallbacks(
+            lambda found: self._json(request, 200, {"instances": found}), failed)
 
     def reload(self, request: Request, args: list[str]) -> bytes:
         """
@@ -501,7 +810,7 @@ class AdminResource(Resource):
             for b in pool
         ])
 
-    def goAdd(self, request: Request, args: list[str]) -> bytes:
+    def goAdd(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Add C{{"URL": "http://host:port"}} to the first pool.
         """
@@ -519,7 +828,7 @@ class AdminResource(Resource):
         return self._add(request, pool, config, Admin.READY,
                          lambda r, p, b: self._json(r, 200, {"status": "success"}))
 
-    def goRemove(self, request: Request, args: list[str]) -> bytes:
+    def goRemove(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         Remove C{{"URL": "http://host:port"}} from the first pool.
         """
@@ -529,6 +838,10 @@ class AdminResource(Resource):
         wanted = backendURL(f"tcp:host={escaped}:port={port}")
         for b in pool:
             if backendURL(b.endpoint) == wanted:
+                if self.cluster is not None:
+                    return self._inCluster(self.cluster.removeBackend(pool.name, b.name),
+                                           lambda: self._json(request, 200,
+                                                              {"status": "success"}))
                 try:
                     self.live.removeBackend(pool.name, b.name)
                 except UnknownBackend:

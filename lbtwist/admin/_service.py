@@ -84,13 +84,20 @@ class AdminService(Service):
     log = Logger()
 
     def __init__(self, balancer: Any, live: LiveConfig, reactor: Any,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, group: Any = None,
+                 cluster: Any = None) -> None:
+        """
+        @param group: the worker processes this master speaks for (see
+            L{lbtwist.admin.AdminResource}), if any.
+        @param cluster: the cluster registry sync, if any.
+        """
         config: Config = checkAdmin(
             balancer.config, os.environ if environ is None else environ)
         self.required = config.admin is not None
         self.endpointText = config.admin or DEFAULT_ADMIN
         self.endpoint = serverFromString(reactor, self.endpointText)
-        self.resource = AdminResource(balancer, live, config.adminToken, reactor)
+        self.resource = AdminResource(balancer, live, config.adminToken, reactor, group=group,
+                                      cluster=cluster)
         self.sampler = LoopingCall(lambda: self.resource.history.add(self.resource.sample()))
         self.sampler.clock = reactor
         self.site = Site(self.resource, requestFactory=BoundedRequest)

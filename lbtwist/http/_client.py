@@ -227,11 +227,14 @@ class ClientConnection(ClientPeer, Protocol):
         Our write side is shut: nothing to do.
         """
 
-    def stopIfIdle(self) -> None:
+    def stopIfIdle(self, idleFor: float = 0.0) -> None:
         """
-        A graceful stop began: close now if nothing is in flight.
+        A graceful stop began: close now if nothing is in flight (and the
+        client sent nothing for C{idleFor} seconds: one that just did may
+        have its next request on the way, which a close would cut).
         """
-        if not self.queue and self._tunnel is None and not self._inHead:
+        if (not self.queue and self._tunnel is None and not self._inHead
+                and self.factory.seconds() - self._lastActivity >= idleFor):
             self.transport.loseConnection()
 
     # -- the one timer -------------------------------------------------------

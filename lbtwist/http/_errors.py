@@ -59,8 +59,8 @@ def localResponse(
 ) -> bytes:
     """
     A complete response the balancer answers with itself (a route's
-    redirect or fixed answer, a refusal), framed by its length (a 204
-    has neither body nor length).
+    redirect or fixed answer, a refusal), framed by its length (a 204 or
+    a 304 has neither body nor length).
 
     @param headers: its headers, checked when they were configured.
     @param head: the request was a HEAD: the length is said, the body not sent.
@@ -72,8 +72,9 @@ def localResponse(
         reason = REASONS.get(status, b"Unknown")
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
     parts.extend(n + b": " + v + b"\r\n" for n, v in headers)
-    if status == 204:
-        # RFC 9110 8.6 and 15.3.5: no body, no length.
+    if status == 204 or status == 304:
+        # RFC 9110 8.6, 15.3.5 and 15.4.5: no body (a client reads none
+        # after them, whatever the head says), and no length.
         body = b""
     else:
         parts.append(b"Content-Length: %d\r\n" % (len(body),))

@@ -212,16 +212,17 @@ class HTTPProxyFactory(ListenerFactory):
         self.clients.add(client)
         return client
 
-    def softStop(self) -> None:
+    def softStop(self, idleFor: float = 0.0) -> None:
         """
         A graceful stop began, as HAProxy's soft-stop: close the clients
-        waiting between requests now, and answer every request still to
-        come with C{Connection: close}, so that keep-alive clients leave
-        once served instead of holding the stop up until its grace ends.
+        waiting between requests now (those that sent nothing for
+        C{idleFor} seconds), and answer every request still to come with
+        C{Connection: close}, so that keep-alive clients leave once served
+        instead of holding the stop up until its grace ends.
         """
         self.stopping = True
         for client in list(self.clients):
-            client.stopIfIdle()
+            client.stopIfIdle(idleFor)
 
     def stopFactory(self) -> None:
         """

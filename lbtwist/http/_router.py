@@ -9,9 +9,9 @@ changed, the route's timeouts and retries in force.
 A listener without routes has no router and pays nothing for routing.
 The table is immutable: L{Router} is replaced whole when the routes
 change, and requests already under way finish as they began.  What a route
-has counted (and its rate-limit buckets, and its checked credentials) is
-carried over to the new router for a route that keeps its name and
-settings.
+has counted is carried over to the new router for a route that keeps its
+name; its rate-limit buckets too if it keeps its rate limit, and its
+checked credentials if it keeps its auth settings.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ..routing import (
     RouteCounters,
     RouteTable,
     applyHeaderActions,
+    matchedPath,
     redirectAnswer,
     redirectLocation,
     respondAnswer,
@@ -44,19 +45,26 @@ from ._upstream import Upstream
 # The answer when a route's pool no longer exists (removed at run time).
 _NO_POOL: Answer = (503, ((b"Content-Type", b"text/plain; charset=utf-8"),),
                     b"503 Service Unavailable: the route's pool is gone.\n")
+# The answer when a route's credential checks in flight are at their bound.
+_CHECKS_BUSY: Answer = (503, ((b"Retry-After", b"1"),
+                              (b"Content-Type", b"text/plain; charset=utf-8")),
+                        b"503 Service Unavailable: too many credential checks under way; "
+                        b"retry.\n")
 
 
 def hostOf(authority: bytes | None) -> bytes | None:
     """
     The host of an authority, lowercase, without its port (an IPv6
-    literal keeps its brackets).
+    literal keeps its brackets) or a trailing dot (C{example.com.} is
+    C{example.com}, fully qualified, as backends and routes' hosts take it).
     """
     if not authority:
         return None
     if authority[:1] == b"[":
         end = authority.find(b"]")
         return (authority if end == -1 else authority[:end + 1]).lower()
-    return authority.partition(b":")[0].lower()
+    host = authority.partition(b":")[0].lower()
+    return host[:-1] if host[-1:] == b"." else host
 
 
 def targetParts(target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[
@@ -126,6 +134,9 @@ class RouteRuntime:
         if self.answer is not None and self.responseHeaders is not None:
             self.answer = self.withResponseHeaders(self.answer)
         self._upstreams: dict[str, Upstream] = {}
+        # The one pool of a route that sends to one: no choice to make.
+        self.onlyPool = (self.split.names[0] if self.split is not None
+                         and len(self.split.names) == 1 else None)
         self._sticky = False
         if self.split is not None and len(self.split.names) > 1:
             pools = factory.pools
@@ -227,7 +238,6 @@ class Router:
     ) -> RouteRuntime:
         route = compiled.route if compiled is not None else None
         name = route.name if route is not None else "default"
-        same = old is not None and old.route == route
         limit = route.rateLimit if route is not None else None
         limiter = None
         if limit is not None:
@@ -237,7 +247,9 @@ class Router:
                        else TokenBuckets.fromConfig(limit, clock))
         auth = None
         if route is not None and route.auth is not None:
-            auth = (old.auth if same and old is not None and old.auth is not None
+            checked = old.auth if old is not None and old.route is not None else None
+            auth = (checked if checked is not None and old is not None and old.route is not None
+                    and old.route.auth == route.auth
                     else BasicAuthenticator(route.auth, runInThread))
         counters = old.counters if old is not None else RouteCounters(name)
         return RouteRuntime(compiled, self.factory, counters, limiter, auth)
@@ -276,7 +288,8 @@ class Router:
         host = hostOf(authority)
         source = client.clientHost.decode("ascii", "replace")
         lowered = [(n.lower(), v) for n, v in headers] if self._needsHeaders else ()
-        found = self.table.match(RequestFacts(method, host, path, query, lowered, source))
+        found = self.table.match(
+            RequestFacts(method, host, matchedPath(path), query, lowered, source))
         rt = self.noRoute if found is None else self._byCompiled[id(found)]
         route = rt.route
         answer = rt.answer
@@ -285,8 +298,10 @@ class Router:
         target = url
         if answer is None and route is not None:
             if route.redirect is not None:
-                answer = rt.withResponseHeaders(redirectAnswer(
-                    route.redirect, redirectLocation(route.redirect, host or b"", path, query)))
+                # An HTTP/1.0 request may name no host: the address it reached.
+                answer = rt.withResponseHeaders(redirectAnswer(route.redirect, redirectLocation(
+                    route.redirect, host or hostOf(client.localAuthority) or b"localhost",
+                    path, query)))
             else:
                 limiter = rt.limiter
                 if limiter is not None:
@@ -299,10 +314,13 @@ class Router:
                     passed = rt.auth.check(_header(headers, b"authorization"))
                     if passed is False:
                         answer = rt.withResponseHeaders(self.unauthorized(rt))
+                    elif passed is None:
+                        answer = _CHECKS_BUSY
                     elif passed is not True:
                         gate = passed
                 if answer is None:
-                    chosen = rt.upstream(rt.choosePool(headers, client.clientHost))
+                    name = rt.onlyPool or rt.choosePool(headers, client.clientHost)
+                    chosen = rt._upstreams.get(name) or rt.upstream(name)
                     if chosen is None:
                         answer = _NO_POOL
                     else:

@@ -1,6 +1,7 @@
 // The lbtwist dashboard: polls the admin API every second and redraws the
 // overview (rates, errors and response times per pool and in total), two
-// charts, the backend tables and the listeners.  Plain JS and canvas, no
+// charts, the backend tables, the listeners and their routes, and the balancers
+// of a cluster with the state of its store.  Plain JS and canvas, no
 // library, so the page works with no internet access.  When the API stops
 // answering the page is dimmed and says since when.
 "use strict";
@@ -13,6 +14,7 @@
   var TOTAL_COLOR = "#222";
   var traffic = series();                // "pool/backend" -> requests/s
   var errors = series();                 // pool -> errors/s
+  var routeRates = series();             // "listener/route" -> requests/s
   var colors = {};                       // key -> colour, kept once given
   var staleSince = null;
   // The admin server's clock less the page's, in seconds, from the Date
@@ -255,6 +257,122 @@
     });
   }
 
+  // What a route matches, for people: "host=a.example path-prefix=/v1/".
+  function matchText(route) {
+    var parts = [];
+    var match = (route && route.match) || {};
+    for (var k in match) {
+      var v = match[k];
+      if (Array.isArray(v)) { v = v.join(","); }
+      else if (typeof v === "object") { v = Object.keys(v).join(","); }
+      parts.push(k + "=" + v);
+    }
+    return parts.length ? parts.join(" ") : "everything";
+  }
+
+  // Where a route sends its requests: a pool, a weighted split, or an
+  // answer of its own.
+  function targetText(route) {
+    if (!route) { return "-"; }
+    if (route.pool) { return "pool " + route.pool; }
+    if (route.pools) {
+      var names = Object.keys(route.pools), total = 0;
+      names.forEach(function (p) { total += route.pools[p]; });
+      return names.map(function (p) {
+        return p + " " + Math.round(100 * route.pools[p] / total) + "%";
+      }).join(" / ");
+    }
+    if (route.redirect) {
+      return "redirect " + (route.redirect.code || "") + " " +
+        (route.redirect.location || route.redirect.scheme + "://");
+    }
+    if (route.respond) { return "respond " + route.respond.status; }
+    return "-";
+  }
+
+  // One table per listener with routes: each route, what it matches, where
+  // it sends, its rate now and its counts since start.
+  function renderRoutes(listeners) {
+    var section = document.getElementById("routes");
+    section.textContent = "";
+    var counts = {};
+    listeners.forEach(function (l) {
+      (l.routes || []).forEach(function (r) { counts[l.name + "/" + r.name] = r.requests; });
+    });
+    record(routeRates, counts, Date.now() / 1000);
+    listeners.forEach(function (l) {
+      if (!l.routes || !l.routes.length) { return; }
+      var http = l.mode === "http";
+      section.appendChild(el("h2", {}, "Routes of " + l.name + " "));
+      section.lastChild.appendChild(el("small", {}, "(" + l.mode +
+        "; in order, the first that matches is taken" +
+        (l.defaultRoute ? "; default last" : "") + ")"));
+      var table = el("table", {"class": "routes", "data-routes": l.name});
+      var head = el("tr");
+      var columns = ["route", "matches", "sends to", "req/s", "requests"].concat(
+        http ? ["2xx", "3xx", "4xx", "5xx", "rate-limited"] : [], ["mean ms"]);
+      columns.forEach(function (h, i) {
+        head.appendChild(el("th", i > 2 ? {"class": "num"} : {}, h));
+      });
+      table.appendChild(el("thead")).appendChild(head);
+      var body = table.appendChild(el("tbody"));
+      l.routes.forEach(function (r) {
+        var key = l.name + "/" + r.name;
+        var row = el("tr", {"data-route": key});
+        row.appendChild(el("td", {"class": "name"}, r.name));
+        row.appendChild(el("td", {"class": "match"}, r.name === "default" &&
+          l.defaultRoute ? "no route above" : matchText(r.route)));
+        row.appendChild(el("td", {"class": "target"}, targetText(r.route)));
+        var rates = routeRates.values[key] || [];
+        row.appendChild(el("td", {"class": "num rate"},
+          perSecond(rates.length ? rates[rates.length - 1] : 0)));
+        row.appendChild(el("td", {"class": "num requests"}, String(r.requests)));
+        if (http) {
+          ["2xx", "3xx", "4xx", "5xx"].forEach(function (cls) {
+            var n = (r.responses || {})[cls] || 0;
+            var td = el("td", {"class": "num s" + cls}, String(n));
+            if (n > 0 && (cls === "4xx" || cls === "5xx")) { td.className += " bad"; }
+            row.appendChild(td);
+          });
+          var limited = el("td", {"class": "num limited"}, String(r.rateLimited));
+          if (r.rateLimited > 0) { limited.className += " bad"; }
+          row.appendChild(limited);
+        }
+        row.appendChild(el("td", {"class": "num mean"}, ms(r.meanDuration)));
+        body.appendChild(row);
+      });
+      section.appendChild(table);
+    });
+  }
+
+  // The cluster registry's store (etcd) and the balancers sharing it, when
+  // this balancer is in a cluster; the section stays hidden otherwise.
+  function renderCluster(cluster) {
+    var section = document.getElementById("cluster");
+    section.hidden = !cluster;
+    if (!cluster) { return; }
+    var store = document.getElementById("clusterStore");
+    var since = clock(new Date(cluster.since * 1000));
+    store.textContent = cluster.store === "connected"
+      ? "(store connected since " + since + ", revision " + cluster.revision + ")"
+      : "(store unreachable since " + since + ": serving revision " + cluster.revision +
+        ", changes refused)";
+    store.className = cluster.store === "connected" ? "" : "bad";
+    if (cluster.store !== "connected") { return; }
+    getJSON("/api/instances").then(function (answer) {
+      var body = document.querySelector("#instances tbody");
+      body.textContent = "";
+      (answer.instances || []).forEach(function (i) {
+        var row = el("tr", {"data-instance": i.name});
+        row.appendChild(el("td", {}, i.name + (i.name === cluster.instance ? " (this one)" : "")));
+        row.appendChild(el("td", {}, i.address || "-"));
+        row.appendChild(el("td", {}, i.version));
+        row.appendChild(el("td", {"class": "num"}, String(i.revision)));
+        body.appendChild(row);
+      });
+    }, function () {});
+  }
+
   // Draw lines (each {key, label, color, values}) and their total, dashed,
   // on a canvas, with nice Y ticks; fill the legend with the same colours.
   function drawChart(canvasId, legendId, lines) {
@@ -361,6 +479,8 @@
       recordAndDraw(pools, Date.now() / 1000);
       renderPools(pools);
       renderListeners(answers[1]);
+      renderCluster(answers[2].cluster);
+      renderRoutes(answers[1]);
       var status = document.getElementById("status");
       status.textContent = answers[2].status;
       status.className = "status " + answers[2].status;

@@ -1,0 +1,824 @@
+"""
+The master's side: the group of worker processes it supervises, and what it
+tells them.
+
+The master binds every listener (its own balancer's listeners, which never
+accept: their ports stop reading as the group starts) and spawns the
+workers with those sockets as inherited file descriptors.  It keeps the
+control plane: the admin API, the state file, reloads, the health checks
+(one probe per backend for the whole group) and DNS discovery.  Every
+change to the pools is pushed to every worker as a whole registry (see
+L{lbtwist.workers._registry}); the admin API answers a change once every
+worker has applied it.  Counters are the workers' added up.
+
+A worker that exits is started again after a back-off that grows while
+workers keep dying young (0.1 s, then x4 up to 30 s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..pool import Health, PoolEvent
+from ..reload import LiveConfig
+from ._protocol import (
+    ApplyRegistry,
+    Channel,
+    CollectStats,
+    GivenProtocol,
+    Ready,
+    ReportHealth,
+    Retire,
+)
+from ._registry import ConfigText, snapshot
+from ._stats import SEP, CounterMirror, addUp, withoutGauges
+from ._worker import WorkerSpec
+
+# The command that runs twistd in a worker, with the master's interpreter.
+TWISTD = ("-c", "from twisted.scripts.twistd import run; run()")
+FIRST_DELAY = 0.1
+MAX_DELAY = 30.0
+# A worker that lived this long before exiting died of something else than
+# a start-up problem: its successor starts at once.
+SETTLED = 10.0
+ANSWER_TIMEOUT = 5.0
+REFRESH = 2.0
+UPGRADE_TIMEOUT = 30.0
+SYSTEMD_VARIABLES = frozenset({"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"})
+# The last lines of a worker's output kept to say why it could not start.
+KEPT_LINES = 5
+# File descriptors the master and a worker hold for each worker (the
+# control channel, two output pipes) and, over that, for the process itself.
+FDS_PER_WORKER = 4
+FDS_BASE = 64
+
+
+def checkFileLimit(workers: int, listeners: int, limit: int) -> str | None:
+    """
+    Why C{workers} workers cannot run under a file-descriptor limit of
+    C{limit} with C{listeners} listeners, or L{None} if they can.
+    """
+    needed = FDS_BASE + listeners + workers * FDS_PER_WORKER
+    if needed > limit:
+        return (f"{workers} workers need about {needed} file descriptors in the master, "
+                f"over its limit of {limit} (ulimit -n)")
+    return None
+
+
+def backoff(failures: int) -> float:
+    """
+    Seconds before a worker's successor starts, after C{failures} workers
+    in a row died young.
+    """
+    return float(min(MAX_DELAY, FIRST_DELAY * 4 ** failures))
+
+
+class MasterChannel(Channel):
+    """
+    The master's end of one worker's control channel.
+    """
+
+    def __init__(self, group: WorkerGroup, slot: WorkerSlot) -> None:
+        super().__init__()
+        self.group = group
+        self.slot = slot
+
+    @Ready.responder
+    def ready(self, pid: int) -> dict[str, Any]:
+        """
+        The worker serves.
+        """
+        self.group.workerReady(self.slot)
+        return {}
+
+    @ReportHealth.responder
+    def reportHealth(self, pool: str, backend: str, reason: str) -> dict[str, Any]:
+        """
+        The worker's passive health marked a backend down.
+        """
+        self.group.passiveDown(self.slot, pool, backend, reason)
+        return {}
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    One worker process as the master sees it: its output, logged again
+    with its number, and its end.
+    """
+
+    log = Logger()
+
+    def __init__(self, group: WorkerGroup, slot: WorkerSlot) -> None:
+        self.group = group
+        self.slot = slot
+        self._partial = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        Log each whole line the worker wrote, naming the worker.
+        """
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").rstrip()
+        if not text:
+            return
+        self.slot.lastLines = [*self.slot.lastLines[-(KEPT_LINES - 1):], text]
+        self.log.info("worker {index}: {line}", index=self.slot.index, line=text,
+                      worker=self.slot.index, generation=self.slot.generation)
+
+    def processEnded(self, reason: Failure) -> None:
+        """
+        The worker exited.
+        """
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+        self.group.workerEnded(self.slot, reason)
+
+
+class WorkerSlot:
+    """
+    One worker process of a generation, as the master tracks it.
+
+    @ivar index: its number in the group (1, 2...).
+    @ivar generation: the generation it belongs to.
+    @ivar ready: whether it said it serves.
+    @ivar stats: its counters, as last collected.
+    @ivar restarts: how many times a worker of this number was restarted.
+    @ivar failures: its predecessors that died in a row, each within
+        L{SETTLED} seconds of the one before (the first one whatever its
+        age).
+    """
+
+    def __init__(self, index: int, generation: int) -> None:
+        self.index = index
+        self.generation = generation
+        self.process: Any = None
+        self.channel: MasterChannel | None = None
+        self.pid: int | None = None
+        self.ready = False
+        self.ended = False
+        self.started = 0.0
+        self.stats: dict[str, float] = {}
+        self.restarts = 0
+        self.failures = 0
+        self.lastLines: list[str] = []
+        self._readyWaiters: list[Deferred[WorkerSlot]] = []
+        self.whenEnded: Deferred[None] = Deferred()
+
+
+def whenReady(slot: WorkerSlot) -> Deferred[WorkerSlot]:
+    """
+    Fires with C{slot} once its worker serves, or fails with
+    L{WorkerFailed} (saying why, from its last line of output) if it
+    exits first.
+    """
+    if slot.ready:
+        return succeed(slot)
+    waiter: Deferred[WorkerSlot] = Deferred()
+    slot._readyWaiters.append(waiter)
+    return waiter
+
+
+class WorkerGroup(Service):
+    """
+    Runs C{count} workers on the master's listening sockets and keeps them
+    in step with the master's pools.
+
+    @ivar slots: the workers of the current generation.
+    @ivar retiring: workers of older generations finishing their work.
+    @ivar revision: the number of the last registry pushed.
+    @ivar mirror: shows the workers' counters in the master's objects.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        balancer: Any,
+        live: LiveConfig,
+        reactor: Any,
+        *,
+        count: int,
+        command: Sequence[str],
+        grace: float,
+        text: ConfigText | None = None,
+        environ: dict[str, str] | None = None,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        @param balancer: the master's L{lbtwist.service.LoadBalancer}, bound
+            but not accepting.
+        @param live: the master's run-time control of the pools.
+        @param count: how many workers.
+        @param command: the options of C{twistd lb} the master runs with,
+            given to each worker (with C{--worker SPEC} after them).
+        @param grace: seconds a stopping worker's in-flight work gets.
+        @param text: the configuration file as the master read it.
+        """
+        self.balancer = balancer
+        self.live = live
+        self.reactor = reactor
+        self.count = count
+        self.command = list(command)
+        self.grace = grace
+        self.text = text
+        # Socket activation and readiness are the master's business.
+        self.environ = {k: v for k, v in (os.environ if environ is None else environ).items()
+                        if k not in SYSTEMD_VARIABLES}
+        self._servingWaiters: list[Deferred[None]] = []
+        self.now = now
+        self.generation = 0
+        self.slots: list[WorkerSlot] = []
+        self.retiring: list[WorkerSlot] = []
+        self.revision = 0
+        self.retired: dict[str, float] = {}
+        self.sockets: dict[str, tuple[int, int]] = {}
+        # Every listening socket the master holds, by listener name and
+        # endpoint: an upgrade binds new ones beside them.
+        self.bound: dict[tuple[str, str], Bound] = {}
+        self.upgrading: Deferred[int] | None = None
+        self.mirror = CounterMirror(balancer.pools, balancer.factories)
+        self._pushing: Any = None
+        # The status table and the dashboard's history read the master's
+        # counters on their own timers: keep them near the workers' totals.
+        self.refresher = LoopingCall(self.refresh)
+        self.refresher.clock = reactor
+        self.setName("workers")
+
+    # -- life ------------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Stop the master's own ports from accepting, and start the workers.
+        """
+        super().startService()
+        self.sockets = self._listeningSockets()
+        if self.text is not None and self.text.text is None:
+            self.text()
+        for pool in self.live.pools.values():
+            pool.observers.append(self._poolChanged)
+        self.live.reloaded = [*self.live.reloaded, lambda config: self.schedulePush()]
+        self.refresher.start(REFRESH, now=False)
+        self.generation = 1
+        self.slots = [self._spawn(WorkerSlot(i, self.generation)) for i in range(1, self.count + 1)]
+        self.log.info("master (pid {pid}) starting {count} workers", pid=os.getpid(),
+                      count=self.count)
+
+    def _listeningSockets(self) -> dict[str, tuple[int, int]]:
+        """
+        The listeners' sockets, by listener name, with their address family;
+        the master's own ports stop accepting.
+        """
+        from ..service import ListenerService
+
+        for service in self.balancer:
+            if isinstance(service, ListenerService) and service.port is not None:
+                service.port.stopReading()
+                key = (service.listener.name, service.listener.endpoint)
+                self.bound[key] = Bound(service.port, service)
+        return {name: self.bound[name, endpoint].socket for name, endpoint in self.bound}
+
+    def _bind(self, listeners: Sequence[Any]) -> list[tuple[str, str]]:
+        """
+        Bind the listeners of C{listeners} not bound yet (a new name, or a
+        new endpoint for a name), as the master binds at start, never to
+        accept.
+
+        @return: the keys of those bound now.
+        @raise UpgradeFailed: one cannot listen (those bound now are closed).
+        """
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.error import CannotListenError
+
+        from ..service import cannotListen, withBacklog
+
+        added: list[tuple[str, str]] = []
+        for listener in listeners:
+            key = (listener.name, listener.endpoint)
+            if key in self.bound:
+                continue
+            got: list[Any] = []
+            serverFromString(self.reactor, withBacklog(listener.endpoint)).listen(
+                _NoClients()).addBoth(got.append)
+            result: Any = got[0] if got else None
+            if not hasattr(result, "stopReading"):
+                self._close(added)
+                error = getattr(result, "value", result)
+                if isinstance(error, CannotListenError):
+                    why = str(cannotListen(f"listener {listener.name}", listener.endpoint,
+                                           error).code)
+                else:
+                    why = f"listener {listener.name} cannot listen on {listener.endpoint}: {error}"
+                raise UpgradeFailed(why)
+            result.stopReading()
+            self.bound[key] = Bound(result, None)
+            added.append(key)
+        return added
+
+    def _close(self, keys: Sequence[tuple[str, str]]) -> None:
+        """
+        Close the master's listening sockets of C{keys}.
+        """
+        for key in keys:
+            bound = self.bound.pop(key, None)
+            if bound is None:
+                continue
+            if bound.service is not None:
+                bound.service.disownServiceParent()
+            else:
+                bound.port.stopListening()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop every worker (each finishes its in-flight work within the
+        grace), and wait for them to exit.
+        """
+        super().stopService()
+        if self.refresher.running:
+            self.refresher.stop()
+        slots = [s for s in [*self.slots, *self.retiring] if not s.ended]
+        for slot in slots:
+            self._signal(slot, signal.SIGTERM)
+        if not slots:
+            self._forgetGauges()
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        killer = self.reactor.callLater(self.grace + 5.0, self._killAll, slots)
+
+        def ended(_: object) -> None:
+            if killer.active():
+                killer.cancel()
+            self._forgetGauges()
+            done.callback(None)
+
+        DeferredList([s.whenEnded for s in slots]).addCallback(ended)
+        return done
+
+    def _killAll(self, slots: list[WorkerSlot]) -> None:
+        for slot in slots:
+            if not slot.ended:
+                self.log.warn("worker {index} (pid {pid}) still running after the grace: killed",  # noqa: G010
+                              index=slot.index, pid=slot.pid)
+                self._signal(slot, signal.SIGKILL)
+
+    def _forgetGauges(self) -> None:
+        """
+        Every worker has exited: nothing is open any more.
+        """
+        self.mirror.show(self.retired)
+
+    def _signal(self, slot: WorkerSlot, signum: int) -> None:
+        try:
+            slot.process.signalProcess(signum)
+        except Exception:  # noqa: S110 (it has exited already)
+            pass
+
+    # -- spawning and supervising ------------------------------------------
+
+    def _spawn(self, slot: WorkerSlot,
+               sockets: dict[str, tuple[int, int]] | None = None) -> WorkerSlot:
+        """
+        Start the worker process of C{slot}, with the listening sockets (by
+        default those of the generation serving) and its end of a new
+        control channel.
+        """
+        masterEnd, workerEnd = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        childFDs: dict[int, Any] = {1: "r", 2: "r", 3: workerEnd.fileno()}
+        listeners: dict[str, tuple[int, int]] = {}
+        given = self.sockets if sockets is None else sockets
+        for number, (name, (fd, family)) in enumerate(sorted(given.items()), 4):
+            childFDs[number] = fd
+            listeners[name] = (number, family)
+        spec = WorkerSpec(control=3, listeners=listeners, index=slot.index,
+                          generation=slot.generation, workers=self.count)
+        argv = [sys.executable, *TWISTD, "--nodaemon", "--pidfile=",
+                "--logger=lbtwist.workers.workerLog", "lb", *self.command,
+                "--worker", spec.toJSON()]
+        slot.ended = False
+        slot.ready = False
+        slot.started = self.now()
+        slot.whenEnded = Deferred()
+        try:
+            slot.process = self.reactor.spawnProcess(
+                WorkerProcess(self, slot), sys.executable, argv, env=self.environ,
+                path=os.getcwd(), childFDs=childFDs)
+        finally:
+            workerEnd.close()
+        slot.pid = slot.process.pid
+        slot.channel = MasterChannel(self, slot)
+        self.reactor.adoptStreamConnection(masterEnd.fileno(), socket.AF_UNIX,
+                                           GivenProtocol(slot.channel))
+        masterEnd.close()
+        self.log.info("worker {index} (generation {generation}) started: pid {pid}",
+                      index=slot.index, generation=slot.generation, pid=slot.pid)
+        self._send(slot, snapshot(self.live, self.text))
+        return slot
+
+    def workerReady(self, slot: WorkerSlot) -> None:
+        """
+        A worker serves.
+        """
+        slot.ready = True
+        waiters, slot._readyWaiters = slot._readyWaiters, []
+        for waiter in waiters:
+            waiter.callback(slot)
+        if self.slots and all(s.ready for s in self.slots):
+            serving, self._servingWaiters = self._servingWaiters, []
+            for each in serving:
+                each.callback(None)
+
+    def whenServing(self) -> Deferred[None]:
+        """
+        Fires once every worker of the first generation serves (at once if
+        they do).
+        """
+        if self.slots and all(s.ready for s in self.slots):
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._servingWaiters.append(waiter)
+        return waiter
+
+    def workerEnded(self, slot: WorkerSlot, reason: Failure) -> None:
+        """
+        A worker exited: keep its counters, and start another in its place
+        unless it was asked to stop.
+        """
+        slot.ended = True
+        slot.ready = False
+        self.retired = addUp([self.retired, withoutGauges(slot.stats)])
+        slot.stats = {}
+        status = getattr(reason.value, "status", None)
+        sig = getattr(reason.value, "signal", None)
+        how = f"killed by signal {sig}" if sig else f"exit status {status}"
+        waiters, slot._readyWaiters = slot._readyWaiters, []
+        for waiter in waiters:
+            waiter.errback(WorkerFailed(slot.index, slot.lastLines[-1] if slot.lastLines else how))
+        if slot in self.retiring:
+            self.retiring.remove(slot)
+            self.log.info("worker {index} of generation {generation} (pid {pid}) exited: {how}",
+                          index=slot.index, generation=slot.generation, pid=slot.pid, how=how)
+        elif self.running and slot in self.slots:
+            lived = self.now() - slot.started
+            if lived >= SETTLED:
+                slot.failures = 0
+            delay = backoff(slot.failures)
+            slot.failures += 1
+            slot.restarts += 1
+            self.log.warn(  # noqa: G010
+                "worker {index} (pid {pid}) exited ({how}) after {lived:.1f}s; "
+                "starting another in {delay:g}s", index=slot.index, pid=slot.pid, how=how,
+                lived=lived, delay=delay)
+            self.reactor.callLater(delay, self._restart, slot)
+        slot.whenEnded.callback(None)
+
+    def _restart(self, slot: WorkerSlot) -> None:
+        if self.running and slot in self.slots and slot.ended:
+            self._spawn(slot)
+
+    # -- upgrades --------------------------------------------------------
+
+    def upgrade(self) -> Deferred[int]:
+        """
+        Start a new generation of workers, running the code and the
+        configuration now on disk, on the same listening sockets (new
+        listeners bound, removed ones closed); once every new worker
+        serves, the old ones stop accepting and finish their in-flight
+        work within the grace.
+
+        @return: fires with the new generation's number, or fails with
+            L{UpgradeFailed} (the old generation serves on).
+        """
+        if self.upgrading is not None:
+            return fail(UpgradeFailed("an upgrade is already under way"))
+        problem = self.live.reload() if self.live.loadConfig is not None else None
+        if problem is not None:
+            return self._failed(f"the configuration on disk is not valid: {problem}")
+        config = (self.text.config if self.text is not None and self.text.config is not None
+                  else self.live.fileConfig)
+        try:
+            added = self._bind(config.listeners)
+        except UpgradeFailed as e:
+            return self._failed(str(e))
+        generation = self.generation + 1
+        sockets = {l.name: self.bound[l.name, l.endpoint].socket for l in config.listeners}
+        self.log.info("upgrade: starting generation {generation} ({count} workers)",
+                      generation=generation, count=self.count)
+        new = [self._spawn(WorkerSlot(i, generation), sockets) for i in range(1, self.count + 1)]
+        self.retiring.extend(new)
+        waiting = DeferredList([whenReady(s) for s in new], fireOnOneErrback=True,
+                               consumeErrors=True)
+        waiting.addTimeout(UPGRADE_TIMEOUT, self.reactor)
+        done: Deferred[int] = Deferred()
+        self.upgrading = done
+
+        def ready(_: object) -> None:
+            self._promote(new, generation, sockets, config)
+            self.upgrading = None
+            done.callback(generation)
+
+        def failed(f: Failure) -> None:
+            self.upgrading = None
+            error = f.value.subFailure.value if isinstance(f.value, FirstError) else f.value
+            why = (f"the new workers were not ready within {UPGRADE_TIMEOUT:g}s"
+                   if isinstance(error, TimeoutError) else str(error))
+            for slot in new:
+                if not slot.ended:
+                    self._signal(slot, signal.SIGTERM)
+            self._close(added)
+            self._failed(why).addErrback(done.errback)
+
+        waiting.addCallbacks(ready, failed)
+        return done
+
+    def _failed(self, why: str) -> Deferred[int]:
+        self.log.error("upgrade failed, the running workers serve on: {why}", why=why)
+        return fail(UpgradeFailed(why))
+
+    def _promote(self, new: list[WorkerSlot], generation: int,
+                 sockets: dict[str, tuple[int, int]], config: Any) -> None:
+        """
+        The new generation serves: the old one retires, and the sockets of
+        listeners the configuration no longer has are closed.
+        """
+        old = self.slots
+        for slot in new:
+            self.retiring.remove(slot)
+        self.slots, self.generation, self.sockets = new, generation, sockets
+        for slot in old:
+            if slot.ended:
+                continue
+            self.retiring.append(slot)
+            assert slot.channel is not None
+            slot.channel.callRemote(Retire, grace=self.grace).addErrback(
+                lambda f, slot=slot: self._signal(slot, signal.SIGTERM))
+        # The master runs those listeners now (the API lists them, and the
+        # next reload compares with them).
+        self.live.fileConfig = attrs.evolve(
+            self.live.fileConfig, listeners=config.listeners, maxconn=config.maxconn)
+        keep = {(l.name, l.endpoint) for l in config.listeners}
+        gone = [key for key in self.bound if key not in keep]
+        self._close(gone)
+        for listener in config.listeners:
+            self.balancer.factories.setdefault(listener.name, ListenerTotals())
+        for name, _ in gone:
+            if name not in sockets:
+                self.balancer.factories.pop(name, None)
+        for slot in new:
+            if slot.ended:
+                self.reactor.callLater(0, self._restart, slot)
+        self.log.info(
+            "upgrade: generation {generation} serves; generation {old} finishes its "
+            "in-flight work within {grace}s", generation=generation, old=generation - 1,
+            grace=self.grace)
+
+    # -- the registry ----------------------------------------------------
+
+    def _poolChanged(self, event: PoolEvent) -> None:
+        self.schedulePush()
+
+    def schedulePush(self) -> None:
+        """
+        Push the registry to every worker soon (changes made together, in
+        one turn of the reactor, go in one push).
+        """
+        if self._pushing is None and self.running:
+            self._pushing = self.reactor.callLater(0, self._pushNow)
+
+    def _pushNow(self) -> None:
+        self._pushing = None
+        self.push()
+
+    def push(self) -> Deferred[None]:
+        """
+        Send the registry to every worker; fires once each has applied it
+        (or failed to answer in time: a worker that starts again gets it
+        then).
+        """
+        registry = snapshot(self.live, self.text)
+        sent = [self._send(slot, registry) for slot in self._alive()]
+        done: Deferred[None] = Deferred()
+        DeferredList(sent).addCallback(lambda _: done.callback(None))
+        return done
+
+    def _alive(self) -> list[WorkerSlot]:
+        return [s for s in [*self.slots, *self.retiring] if not s.ended and s.channel is not None]
+
+    def _send(self, slot: WorkerSlot, registry: dict[str, Any]) -> Deferred[Any]:
+        self.revision += 1
+        assert slot.channel is not None
+        d = slot.channel.callRemote(ApplyRegistry, revision=self.revision, registry=registry)
+        d.addTimeout(ANSWER_TIMEOUT, self.reactor)
+
+        def failed(f: Failure) -> None:
+            # A worker whose channel closed is exiting: nothing to say.
+            if not slot.ended and not f.check(ConnectionDone, ConnectionLost):
+                self.log.error("worker {index} did not apply the registry: {error}",
+                               index=slot.index, error=f.getErrorMessage())
+
+        return d.addErrback(failed)
+
+    def passiveDown(self, slot: WorkerSlot, pool: str, backend: str, reason: str) -> None:
+        """
+        A worker's passive health marked a backend down: mark it down for
+        the whole group (the master's probes bring it back).
+        """
+        live = self.live.pools.get(pool)
+        found = live.get(backend) if live is not None else None
+        if live is not None and found is not None and found.health is not Health.DOWN:
+            # The worker counted the failures: the totals have them.
+            live.setHealth(backend, Health.DOWN, f"worker {slot.index}: {reason}")
+        else:
+            # Tell that worker the master's view again.
+            self.schedulePush()
+
+    # -- the admin API's hooks ---------------------------------------------
+
+    def settle(self) -> Deferred[None]:
+        """
+        Push the registry now; fires once every worker applied it (the
+        admin API answers a change then).
+        """
+        if self._pushing is not None and self._pushing.active():
+            self._pushing.cancel()
+        self._pushing = None
+        return self.push()
+
+    def refresh(self) -> Deferred[None]:
+        """
+        Collect every worker's counters and show their totals in the
+        master's pools and listeners.
+        """
+        slots = [s for s in self._alive() if s.ready]
+
+        def collect(slot: WorkerSlot) -> Deferred[Any]:
+            assert slot.channel is not None
+            d = slot.channel.callRemote(CollectStats)
+            d.addTimeout(ANSWER_TIMEOUT, self.reactor)
+
+            def got(answer: dict[str, Any]) -> None:
+                slot.stats = answer["stats"]
+
+            return d.addCallbacks(got, lambda f: None)
+
+        done: Deferred[None] = Deferred()
+
+        def show(_: object) -> None:
+            self.mirror.show(addUp([self.retired, *(s.stats for s in self._alive())]))
+            done.callback(None)
+
+        DeferredList([collect(s) for s in slots]).addCallback(show)
+        return done
+
+    def view(self) -> list[dict[str, Any]]:
+        """
+        Each worker, current generation first: its number, generation, pid,
+        whether it serves or retires, restarts, and its own counters as
+        last collected.
+        """
+        return [
+            {"worker": slot.index, "generation": slot.generation, "pid": slot.pid,
+             "state": ("retiring" if slot in self.retiring else
+                       "serving" if slot.ready else "exited" if slot.ended else "starting"),
+             "restarts": slot.restarts, **perWorker(slot.stats)}
+            for slot in [*self.slots, *self.retiring]
+        ]
+
+    def collector(self) -> Collector:
+        """
+        The per-worker series for C{/metrics}.
+        """
+        return WorkerCollector(self)
+
+
+def perWorker(stats: dict[str, float]) -> dict[str, int]:
+    """
+    A worker's own totals: client connections accepted and open, and
+    connections or requests sent to backends.
+    """
+    sums = {"accepted": 0, "active": 0, "requests": 0}
+    for key, value in stats.items():
+        path = key.split(SEP)
+        field = path[-1]
+        if path[0] == "listener" and field == "accepted":
+            sums["accepted"] += int(value)
+        elif path[0] == "listener" and field == "activeClients":
+            sums["active"] += int(value)
+        elif path[0] == "backend" and field == "total":
+            sums["requests"] += int(value)
+    return sums
+
+
+class Bound:
+    """
+    A listening socket the master holds (it never accepts on it).
+
+    @ivar port: the Twisted port.
+    @ivar service: the master's listener service that made it, if any
+        (else an upgrade bound it).
+    """
+
+    def __init__(self, port: Any, service: Any) -> None:
+        self.port = port
+        self.service = service
+
+    @property
+    def socket(self) -> tuple[int, int]:
+        """
+        Its file descriptor and address family.
+        """
+        return self.port.fileno(), int(self.port.socket.family)
+
+
+class _NoClients(Factory):
+    """
+    The factory of a socket the master binds for its workers: it never
+    accepts, so it never builds a protocol.
+    """
+
+    noisy = False
+
+
+class ListenerTotals:
+    """
+    The counters of a listener an upgrade added, shown in the master
+    (which has no factory for it) as the workers' totals.
+    """
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.activeClients = 0
+        self.refused = 0
+        self.statuses: dict[str, int] = {}
+
+
+class UpgradeFailed(Exception):
+    """
+    An upgrade could not be made: the old generation serves on.
+    """
+
+
+class WorkerFailed(Exception):
+    """
+    A worker exited before it was ready.
+    """
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(f"worker {index} could not start: {why}")
+
+
+class WorkerCollector(Collector):
+    """
+    Each worker's own numbers, labelled C{worker}: the totals are in the
+    usual series.
+    """
+
+    def __init__(self, group: WorkerGroup) -> None:
+        self.group = group
+
+    def collect(self) -> Any:
+        """
+        The per-worker families, as last collected.
+        """
+        labels = ("worker",)
+        up = GaugeMetricFamily("lbtwist_worker_up", "1 while the worker serves.", labels=labels)
+        restarts = CounterMetricFamily(
+            "lbtwist_worker_restarts", "Times the worker was started again.", labels=labels)
+        accepted = CounterMetricFamily(
+            "lbtwist_worker_accepted", "Client connections the worker accepted.", labels=labels)
+        clients = GaugeMetricFamily(
+            "lbtwist_worker_active", "Client connections open in the worker.", labels=labels)
+        requests = CounterMetricFamily(
+            "lbtwist_worker_requests",
+            "Connections (TCP) or requests (HTTP) the worker sent to backends.", labels=labels)
+        for slot in self.group.slots:
+            label = (str(slot.index),)
+            up.add_metric(label, 1.0 if slot.ready else 0.0)
+            restarts.add_metric(label, slot.restarts)
+            own = perWorker(slot.stats)
+            accepted.add_metric(label, own["accepted"])
+            clients.add_metric(label, own["active"])
+            requests.add_metric(label, own["requests"])
+        yield from (up, restarts, accepted, clients, requests)
+

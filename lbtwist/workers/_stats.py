@@ -1,0 +1,142 @@
+"""
+Counters across processes: a worker reads its own as a flat mapping
+(L{countersOf}); the master adds up every worker's (L{addUp}) and shows the
+totals through its own pools and listeners (L{CounterMirror}), which is what
+the admin API, C{lbtwist ctl}, the dashboard and C{/metrics} read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# A key is its path joined with NUL, which no pool, backend or listener
+# name holds.
+SEP = "\0"
+
+BACKEND_FIELDS = ("active", "total", "bytesIn", "bytesOut", "responseSum", "ejections")
+POOL_FIELDS = ("noBackend", "queued", "queueFull", "queueTimeouts", "retriesRefused",
+               "retriesActive", "active")
+LISTENER_FIELDS = ("accepted", "activeClients", "refused")
+# What is open now, rather than counted since the start: a worker that has
+# exited has none of it left.
+GAUGES = frozenset({"active", "activeClients", "retriesActive"})
+
+
+def countersOf(pools: Mapping[str, Any], factories: Mapping[str, Any]) -> dict[str, float]:
+    """
+    Every counter of one process, flat: C{backend/POOL/NAME/FIELD},
+    C{backend/POOL/NAME/failures/KIND}, C{backend/POOL/NAME/buckets/I},
+    C{pool/POOL/FIELD}, C{listener/NAME/FIELD} and
+    C{listener/NAME/statuses/CLASS} (joined with L{SEP}).
+    """
+    out: dict[str, float] = {}
+    for pool in pools.values():
+        for field in POOL_FIELDS:
+            out[SEP.join(("pool", pool.name, field))] = getattr(pool, field)
+        for b in pool:
+            base = ("backend", pool.name, b.name)
+            for field in BACKEND_FIELDS:
+                out[SEP.join((*base, field))] = getattr(b, field)
+            for kind, count in b.failures.items():
+                out[SEP.join((*base, "failures", kind))] = count
+            for index, count in enumerate(b.responseBuckets):
+                if count:
+                    out[SEP.join((*base, "buckets", str(index)))] = count
+    for name, factory in factories.items():
+        for field in LISTENER_FIELDS:
+            if hasattr(factory, field):
+                out[SEP.join(("listener", name, field))] = getattr(factory, field)
+        for cls, count in (getattr(factory, "statuses", None) or {}).items():
+            out[SEP.join(("listener", name, "statuses", cls))] = count
+    return out
+
+
+def addUp(counters: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """
+    The sum, key by key, of several processes' counters.
+    """
+    total: dict[str, float] = {}
+    for one in counters:
+        for key, value in one.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def withoutGauges(counters: Mapping[str, float]) -> dict[str, float]:
+    """
+    C{counters} without what is open now (connections, retries): what a
+    worker that has exited still adds to the totals.
+    """
+    return {k: v for k, v in counters.items() if k.split(SEP)[-1] not in GAUGES}
+
+
+class CounterMirror:
+    """
+    Shows the workers' totals in the master's own pools and listeners.
+
+    The master serves no traffic, so its own counters hold only what it
+    does itself (the health probes' failures, say): each refresh adds to
+    every counter the change in the workers' total since the previous one,
+    and the master's own part stays.
+
+    @ivar applied: the workers' totals last added, by key.
+    """
+
+    def __init__(self, pools: Mapping[str, Any], factories: Mapping[str, Any]) -> None:
+        self.pools = pools
+        self.factories = factories
+        self.applied: dict[str, float] = {}
+
+    def show(self, totals: Mapping[str, float]) -> None:
+        """
+        Make the master's counters show C{totals} (the workers' sum) on top
+        of its own; keys of pools or backends it no longer has are skipped.
+        """
+        for key in set(totals) | set(self.applied):
+            delta = totals.get(key, 0) - self.applied.get(key, 0)
+            if delta:
+                self._add(key.split(SEP), delta)
+        self.applied = dict(totals)
+
+    def _add(self, path: list[str], delta: float) -> bool:
+        """
+        Add C{delta} to the counter at C{path}; C{False} if it names
+        something the master does not have.
+        """
+        kind = path[0]
+        if kind == "pool":
+            target = self.pools.get(path[1])
+            rest = path[2:]
+        elif kind == "backend":
+            pool = self.pools.get(path[1])
+            target = pool.get(path[2]) if pool is not None else None
+            rest = path[3:]
+        else:
+            target = self.factories.get(path[1])
+            rest = path[2:]
+        if target is None:
+            return False
+        if len(rest) == 1:
+            setattr(target, rest[0], getattr(target, rest[0], 0) + _typed(delta))
+            return True
+        holder, key = rest
+        if holder == "buckets":
+            buckets = target.responseBuckets
+            index = int(key)
+            if index < len(buckets):
+                buckets[index] += _typed(delta)
+            return True
+        counts = getattr(target, holder, None)
+        if counts is None:
+            counts = {}
+            setattr(target, holder, counts)
+        counts[key] = counts.get(key, 0) + _typed(delta)
+        return True
+
+
+def _typed(value: float) -> Any:
+    """
+    An integral count as an C{int} (JSON gives floats back as they went).
+    """
+    return int(value) if float(value).is_integer() else value
