@@ -20,7 +20,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
-from ._plan import AS_IS
+from ._plan import AS_IS, trailerBlock, trailerFields
 
 
 class ResponseHeadTooLarge(Exception):
@@ -45,6 +45,8 @@ class BackendConnection(BackendProtocol):
 
     parser: HttpResponseParser
     transport: Any
+    # One exchange per connection (an HTTP/2 one carries many streams).
+    multiplexed = False
 
     def __init__(self, factory: Any, backend: Backend, key: Any,
                  proxyHeader: bytes | None) -> None:
@@ -68,6 +70,9 @@ class BackendConnection(BackendProtocol):
         self._rawHead = 0
         self._feeding = 0
         self._inHead = False
+        # How many of C{_headers} are the head's: llhttp reports a chunked
+        # body's trailers with on_header too, after the head's.
+        self._headCount = 0
         # Bytes of a Content-Length body still to relay as they come,
         # without the parser (see L{_fastForward}).
         self._forward = 0
@@ -101,11 +106,15 @@ class BackendConnection(BackendProtocol):
             writeNow(self.transport, body)
         self.backend.bytesIn += len(body)
 
-    def endBody(self) -> None:
+    def endBody(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         """
-        End a chunked request body.
+        End a chunked request body, with its C{trailers} (already filtered)
+        if any.
         """
-        self.transport.write(b"0\r\n\r\n")
+        if trailers:
+            self.transport.write(b"0\r\n" + trailerBlock(trailers) + b"\r\n")
+        else:
+            self.transport.write(b"0\r\n\r\n")
 
     def sendTunnel(self, data: bytes) -> None:
         """
@@ -285,6 +294,7 @@ class BackendConnection(BackendProtocol):
 
     def on_headers_complete(self) -> None:
         self._inHead = False
+        self._headCount = len(self._headers)
         limit = self.factory.maxResponseHeaderSize
         if self._rawHead + self._feeding > limit and sum(
             len(n) + len(v) + 4 for n, v in self._headers
@@ -314,7 +324,10 @@ class BackendConnection(BackendProtocol):
             return
         if not self.parser.should_keep_alive():
             self.reusable = False
-        ex.responseComplete()
+        headers = self._headers
+        count = self._headCount
+        ex.responseComplete(
+            trailerFields(headers[count:]) if len(headers) > count else None)
 
     def skipBody(self) -> None:
         """

@@ -22,6 +22,7 @@ from ..dial import Dialler
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
 from ..proxyprotocol import PROXY_HEADERS
+from ._h2backend import H2Backends
 from ._plan import RequestRules, cookieValue
 from ._pool import IdleConnections
 
@@ -33,6 +34,7 @@ class Upstream:
     @ivar pool: the pool.
     @ivar connector: finds and connects its backends.
     @ivar idle: its idle backend connections.
+    @ivar h2: its HTTP/2 backend connections, for a pool of C{protocol: h2}.
     @ivar rules: what the request plan follows for this listener and pool.
     @ivar proxyHeader: makes the PROXY-protocol header its backend
         connections begin with (from the client's and the listener's
@@ -52,6 +54,10 @@ class Upstream:
         config = pool.config
         http = config.http
         self.idle = IdleConnections(reactor, http.keepAlive)
+        # The HTTP/2 connections of an h2 pool (its exchanges are streams).
+        self.h2 = (
+            H2Backends(reactor, http.keepAlive.idleTimeout) if config.protocol == "h2" else None
+        )
         self.maxRequests = http.keepAlive.maxRequests
         self.maxResponseHeaderSize = http.maxResponseHeaderSize
         self.responseTimeout = config.timeouts.response
@@ -91,6 +97,8 @@ class Upstream:
         Close the idle backend connections (the listener stopped).
         """
         self.idle.close()
+        if self.h2 is not None:
+            self.h2.close()
 
     # -- sticky sessions ---------------------------------------------------
 
