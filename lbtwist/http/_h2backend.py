@@ -135,7 +135,9 @@ class H2BackendStream:
         self.transport = self
         self.exchange: Any = None
         self.streamId = 0
-        self.requests = 1
+        # (The exchange counts its request: one per stream, never "a
+        # pooled connection gone stale", which would retry unbounded.)
+        self.requests = 0
         self.lost = False
         self.paused = False
         self.ended = False

@@ -1,0 +1,241 @@
+"""
+HTTP/2 to backends (L{lbtwist.http._h2backend}): the request head mapped to
+HTTP/2 fields, the pool's C{protocol} key, and a real balancer over test
+HTTP/2 servers (the h2 library, server side, on 127.0.0.1): streams
+multiplexed on one connection, bodies both ways, refused streams retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import h2.config
+import h2.connection
+import h2.events
+from h2.errors import ErrorCodes
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbtwist.config import ConfigError, parseConfig
+from lbtwist.http._h2backend import requestFields
+
+from .httphelpers import httpRequests, rawExchange
+from .support import reactor, startBalancer
+
+
+class RequestFieldsTests(SynchronousTestCase):
+    """
+    L{requestFields} maps a planned HTTP/1.1 head to HTTP/2 fields.
+    """
+
+    def test_mapped(self) -> None:
+        """
+        Host becomes C{:authority}; connection-specific fields go; C{te:
+        trailers} is added; the Content-Length is read.
+        """
+        fields, length = requestFields(
+            b"POST /a?b HTTP/1.1\r\nHost: h.example\r\nContent-Length: 3\r\n"
+            b"Connection: keep-alive\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n", b"http")
+        self.assertEqual(fields, [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"h.example"),
+            (b":path", b"/a?b"), (b"content-length", b"3"), (b"x-forwarded-for", b"1.2.3.4"),
+            (b"te", b"trailers")])
+        self.assertEqual(length, 3)
+
+    def test_absoluteForm(self) -> None:
+        """
+        An absolute-form target is sent as its path.
+        """
+        fields, length = requestFields(
+            b"GET http://h.example/x/y HTTP/1.1\r\nHost: h.example\r\n\r\n", b"https")
+        self.assertIn((b":path", b"/x/y"), fields)
+        self.assertIn((b":scheme", b"https"), fields)
+        self.assertIsNone(length)
+
+
+class ProtocolKeyTests(SynchronousTestCase):
+    """
+    A pool's C{protocol} key.
+    """
+
+    def pool(self, **settings: Any) -> Any:
+        return parseConfig({
+            "listeners": [{"listen": "tcp:0", "mode": "http"}],
+            "pools": {"web": {"backends": [{"host": "127.0.0.1", "port": 1,
+                                            **settings.pop("backend", {})}], **settings}},
+        }).pools[0]
+
+    def test_default(self) -> None:
+        """
+        Pools speak HTTP/1.1 unless told.
+        """
+        self.assertEqual(self.pool().protocol, "http/1.1")
+
+    def test_h2TLS(self) -> None:
+        """
+        A TLS backend of an h2 pool offers only h2 by ALPN.
+        """
+        pool = self.pool(protocol="h2", backend={"tls": {"verify": False}})
+        self.assertEqual(pool.protocol, "h2")
+        self.assertEqual(pool.backends[0].tls.alpn, ("h2",))
+
+    def test_bad(self) -> None:
+        """
+        Another value is refused, naming the key.
+        """
+        e = self.assertRaises(ConfigError, self.pool, protocol="h3")
+        self.assertIn("pools.web.protocol", str(e))
+
+
+Answer = Callable[["H2Server", int, dict[bytes, bytes], bytes], None]
+
+
+class H2Server(Protocol):
+    """
+    A test HTTP/2 backend (cleartext, prior knowledge): answers each
+    complete request with C{factory.answer}.
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1  # type: ignore[attr-defined]
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        self.conn.initiate_connection()
+        self.heads: dict[int, dict[bytes, bytes]] = {}
+        self.bodies: dict[int, bytes] = {}
+        self.flush()
+
+    def flush(self) -> None:
+        """
+        Send what h2 has to send.
+        """
+        self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                self.heads[event.stream_id] = dict(event.headers)
+                self.bodies[event.stream_id] = b""
+                self.factory.requests.append(dict(event.headers))  # type: ignore[attr-defined]
+                self.factory.used.add(self)  # type: ignore[attr-defined]
+            elif isinstance(event, h2.events.DataReceived):
+                self.bodies[event.stream_id] += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                sid = event.stream_id
+                self.factory.answer(self, sid, self.heads[sid], self.bodies[sid])  # type: ignore[attr-defined]
+        self.flush()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.open -= 1  # type: ignore[attr-defined]
+
+
+def echo(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer with the path and the body, and a trailer.
+    """
+    conn = server.conn
+    conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/plain")])
+    conn.send_data(sid, head[b":path"] + b" " + body)
+    conn.send_headers(sid, [(b"x-done", b"yes")], end_stream=True)
+
+
+def refuse(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Refuse every stream unprocessed.
+    """
+    server.factory.refused += 1  # type: ignore[attr-defined]
+    server.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+
+
+class H2BackendTests(TestCase):
+    """
+    A balancer whose pool speaks HTTP/2 to real (test) HTTP/2 servers.
+    """
+
+    timeout = 30
+
+    def server(self, answer: Answer) -> Any:
+        """
+        A test HTTP/2 server on 127.0.0.1, port 0.
+        """
+        factory = Factory.forProtocol(H2Server)
+        factory.answer = answer  # type: ignore[attr-defined]
+        factory.connections = 0  # type: ignore[attr-defined]
+        factory.open = 0  # type: ignore[attr-defined]
+        factory.refused = 0  # type: ignore[attr-defined]
+        factory.requests = []  # type: ignore[attr-defined]
+        # The connections that carried requests (not the health checks').
+        factory.used = set()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        factory.endpoint = f"tcp:host=127.0.0.1:port={port.getHost().port}"  # type: ignore[attr-defined]
+        return factory
+
+    def balancer(self, *servers: Any, **pool: Any) -> int:
+        """
+        A balancer over C{servers} with C{protocol: h2}; its port.
+        """
+        _, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"protocol": "h2", "health": {"fall": 100},
+                              "backends": [{"name": f"s{i}", "endpoint": s.endpoint}
+                                           for i, s in enumerate(servers)], **pool}},
+        })
+        return port
+
+    @inlineCallbacks
+    def test_multiplexed(self) -> Any:
+        """
+        Requests from several HTTP/1.1 clients at once are streams of one
+        connection to the backend; each gets its own answer and body.
+        """
+        server = self.server(echo)
+        port = self.balancer(server)
+        first = yield httpRequests(port, [("GET", "/warm", None, {})])
+        self.assertEqual(first[0][0], 200)
+        results = yield DeferredList([
+            httpRequests(port, [("POST", f"/p{i}", b"body%d" % i, {})]) for i in range(8)])
+        for i, (ok, responses) in enumerate(results):
+            self.assertTrue(ok)
+            status, headers, body = responses[0]
+            self.assertEqual((status, body), (200, b"/p%d body%d" % (i, i)))
+        self.assertEqual(len(server.used), 1)
+        self.assertEqual(server.requests[-1][b"te"], b"trailers")
+
+    @inlineCallbacks
+    def test_trailersToHTTP11(self) -> Any:
+        """
+        The backend's trailers reach an HTTP/1.1 client that asked for
+        them, after a chunked body.
+        """
+        port = self.balancer(self.server(echo))
+        out = yield rawExchange(port, b"GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n"
+                                      b"Connection: close\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked", out)
+        self.assertTrue(out.endswith(b"0\r\nx-done: yes\r\n\r\n"), out)
+
+    @inlineCallbacks
+    def test_refusedRetried(self) -> Any:
+        """
+        A stream refused unprocessed (REFUSED_STREAM) is retried on another
+        backend, even a POST (it has no body).
+        """
+        refusing = self.server(refuse)
+        good = self.server(echo)
+        port = self.balancer(refusing, good, policy="roundrobin")
+        for _ in range(2):
+            responses = yield httpRequests(port, [("POST", "/r", None, {})])
+            self.assertEqual(responses[0][0], 200)
+        self.assertGreaterEqual(len(refusing.requests), 1)
+
+    @inlineCallbacks
+    def test_refusedNotRetried(self) -> Any:
+        """
+        Without C{refused-stream} in C{retry-on}, the refused request gets a
+        502.
+        """
+        port = self.balancer(self.server(refuse), **{"retry-on": ["connect-failure"]})
+        responses = yield httpRequests(port, [("GET", "/r", None, {})])
+        self.assertEqual(responses[0][0], 502)
