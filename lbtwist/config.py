@@ -70,6 +70,8 @@ class HealthCheck:
 
     @ivar kind: C{"tcp"} (connect only) or C{"http"} (send a request).
     @ivar expectStatus: inclusive ranges of acceptable HTTP statuses.
+    @ivar h2: the http check speaks HTTP/2 (the backends of a pool with
+        C{protocol: h2}).
     """
 
     interval: float = 2.0
@@ -82,6 +84,7 @@ class HealthCheck:
     host: str | None = None
     expectStatus: tuple[tuple[int, int], ...] = ((200, 399),)
     expectBody: str | None = None
+    h2: bool = False
 
 
 @attrs.frozen
@@ -1060,9 +1063,12 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
     protocol = _choice(d.get("protocol", "http/1.1"), f"{path}.protocol", BACKEND_PROTOCOLS)
     if protocol == "h2":
         # TLS backends of an h2 pool offer h2 alone: one that does not
-        # pick it fails its connection rather than speak HTTP/1.1.
+        # pick it fails its connection rather than speak HTTP/1.1; their
+        # http checks speak HTTP/2 too.
         backends = tuple(
-            attrs.evolve(b, tls=attrs.evolve(b.tls, alpn=("h2",))) if b.tls is not None else b
+            attrs.evolve(
+                b, tls=attrs.evolve(b.tls, alpn=("h2",)) if b.tls is not None else None,
+                health=attrs.evolve(b.health, h2=True))
             for b in backends
         )
     http = parseHTTP(d.get("http"), f"{path}.http")

@@ -18,7 +18,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import ConfigError, parseConfig
+from lbtwist.dial import Dialler
+from lbtwist.health import ProbeFailed
+from lbtwist.http import HTTPProbe
 from lbtwist.http._h2backend import requestFields
+from lbtwist.pool import BackendPool
 
 from .httphelpers import httpRequests, rawExchange
 from .support import reactor, startBalancer
@@ -149,9 +153,9 @@ def refuse(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) ->
     server.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
 
 
-class H2BackendTests(TestCase):
+class H2ServerCase(TestCase):
     """
-    A balancer whose pool speaks HTTP/2 to real (test) HTTP/2 servers.
+    Tests with test HTTP/2 servers on 127.0.0.1.
     """
 
     timeout = 30
@@ -172,6 +176,12 @@ class H2BackendTests(TestCase):
         self.addCleanup(port.stopListening)
         factory.endpoint = f"tcp:host=127.0.0.1:port={port.getHost().port}"  # type: ignore[attr-defined]
         return factory
+
+
+class H2BackendTests(H2ServerCase):
+    """
+    A balancer whose pool speaks HTTP/2 to real (test) HTTP/2 servers.
+    """
 
     def balancer(self, *servers: Any, **pool: Any) -> int:
         """
@@ -239,3 +249,55 @@ class H2BackendTests(TestCase):
         port = self.balancer(self.server(refuse), **{"retry-on": ["connect-failure"]})
         responses = yield httpRequests(port, [("GET", "/r", None, {})])
         self.assertEqual(responses[0][0], 502)
+
+
+def notFound(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer 404 with no body.
+    """
+    server.conn.send_headers(sid, [(b":status", b"404")], end_stream=True)
+
+
+class H2HealthTests(H2ServerCase):
+    """
+    The http check of an h2 pool speaks HTTP/2: its request is a stream
+    after the connection preface.
+    """
+
+    @inlineCallbacks
+    def check(self, answer: Answer) -> Any:
+        """
+        Probe a test h2 server answering with C{answer}; the probe's
+        result (or failure) and the request the server saw.
+        """
+        server = self.server(answer)
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:0", "mode": "http"}],
+            "pools": {"p": {"protocol": "h2", "health": {"type": "http", "path": "/healthz"},
+                            "backends": [{"name": "b", "endpoint": server.endpoint}]}},
+        })
+        probe = HTTPProbe(Dialler(reactor))
+        backend = BackendPool(config.pools[0]).get("b")
+        try:
+            result = yield probe(backend)
+        except ProbeFailed as e:
+            result = str(e)
+        return result, server.requests
+
+    @inlineCallbacks
+    def test_up(self) -> Any:
+        """
+        A 200 over HTTP/2 passes the check.
+        """
+        result, requests = yield self.check(echo)
+        self.assertEqual(result, 200)
+        self.assertEqual(requests[0][b":path"], b"/healthz")
+        self.assertEqual(requests[0][b":method"], b"GET")
+
+    @inlineCallbacks
+    def test_down(self) -> Any:
+        """
+        A 404 over HTTP/2 fails it, saying the status.
+        """
+        result, _ = yield self.check(notFound)
+        self.assertIn("status 404", result)

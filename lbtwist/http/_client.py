@@ -590,16 +590,19 @@ class ClientConnection(ClientPeer, Protocol):
         """
         response = ex.response
         head = response.head
-        chunked = response.framing is CHUNKED
-        last = (
-            b"0\r\n" + trailerBlock(trailers) if trailers and chunked and ex.plan.trailers
-            else b"0\r\n\r\n"
-        )
-        if head is not None:
+        if response.framing is CHUNKED:
+            last = (
+                b"0\r\n" + trailerBlock(trailers) if trailers and ex.plan.trailers
+                else b"0\r\n\r\n"
+            )
+            if head is not None:
+                response.head = None
+                writeNow(self.transport, head + last)
+            else:
+                self.transport.write(last)
+        elif head is not None:
             response.head = None
-            writeNow(self.transport, head + last if chunked else head)
-        elif chunked:
-            self.transport.write(last)
+            writeNow(self.transport, head)
 
     def sendError(self, ex: Exchange, status: int) -> None:
         """

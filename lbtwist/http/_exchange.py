@@ -412,9 +412,7 @@ class Exchange:
         return key
 
     def _reuse(self, backend: Backend) -> Any:
-        h2 = self.upstream.h2
-        if h2 is not None:
-            return h2.stream(self._key(backend))
+        # (For an h2 pool, C{idle} hands out streams of its connections.)
         return self.upstream.idle.take(
             self._key(backend), None if self.plan.replayable else SAFE_REUSE_AGE
         )
@@ -440,7 +438,7 @@ class Exchange:
         self.backend = self.slot = backend
         self._to(SENDING)
         if conn.multiplexed:
-            # A new HTTP/2 connection: the request is one stream on it.
+            # A new HTTP/2 connection: the request is its first stream.
             conn = conn.openStream()
         self._attach(conn)
 

@@ -125,8 +125,8 @@ class H2BackendStream:
     @ivar paused: the client does not take more response for now.
     """
 
-    multiplexed = False
     reusable = False
+    multiplexed = False
 
     def __init__(self, connection: H2BackendConnection) -> None:
         self.connection = connection
@@ -411,9 +411,9 @@ class H2BackendConnection(BackendProtocol):
     @ivar goingAway: the backend sent GOAWAY: no new streams.
     """
 
-    multiplexed = True
     log = Logger()
     transport: Any
+    multiplexed = True
 
     def __init__(self, registry: H2Backends, backend: Backend, key: Any,
                  proxyHeader: bytes | None) -> None:
@@ -649,9 +649,11 @@ class H2Backends:
         """
         return H2BackendConnection(self, backend, key, proxyHeader)
 
-    def stream(self, key: Any) -> H2BackendStream | None:
+    def take(self, key: Any, maxAge: float | None = None) -> H2BackendStream | None:
         """
-        A new stream on an open connection for C{key} with room, if any.
+        A new stream on an open connection for C{key} with room, if any
+        (what L{lbtwist.http._pool.IdleConnections.take} is for HTTP/1.1;
+        C{maxAge} does not matter: a stream never goes stale).
         """
         for connection in self._connections.get(key, ()):
             if connection.hasRoom():
@@ -677,15 +679,32 @@ class H2Backends:
             if not conns:
                 del self._connections[connection.key]
 
+    def put(self, key: Any, conn: Any) -> bool:
+        """
+        Streams are never pooled.
+        """
+        return False
+
+    def discard(self, key: Any, conn: Any) -> None:
+        """
+        Nothing to forget: connections leave on their own.
+        """
+
+    def closeKeys(self, keys: Any) -> None:
+        """
+        Close the connections kept under any of C{keys} (private to a
+        client that left) once their streams end.
+        """
+        for key in keys:
+            for connection in self._connections.pop(key, []):
+                connection.goingAway = True
+                if not connection.streams and not connection.lost:
+                    connection.transport.loseConnection()
+
     def close(self) -> None:
         """
         Close every connection with no stream; the others close when their
         last stream ends.
         """
         self.closed = True
-        connections, self._connections = self._connections, {}
-        for conns in connections.values():
-            for connection in conns:
-                connection.goingAway = True
-                if not connection.streams and not connection.lost:
-                    connection.transport.loseConnection()
+        self.closeKeys(list(self._connections))

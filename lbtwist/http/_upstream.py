@@ -53,11 +53,12 @@ class Upstream:
         self.connector = BackendConnector(pool, reactor, dialler)
         config = pool.config
         http = config.http
-        self.idle = IdleConnections(reactor, http.keepAlive)
-        # The HTTP/2 connections of an h2 pool (its exchanges are streams).
+        # The HTTP/2 connections of an h2 pool: its exchanges are streams
+        # of them, which it hands out as the idle pool hands out connections.
         self.h2 = (
             H2Backends(reactor, http.keepAlive.idleTimeout) if config.protocol == "h2" else None
         )
+        self.idle: Any = self.h2 or IdleConnections(reactor, http.keepAlive)
         self.maxRequests = http.keepAlive.maxRequests
         self.maxResponseHeaderSize = http.maxResponseHeaderSize
         self.responseTimeout = config.timeouts.response
@@ -97,8 +98,6 @@ class Upstream:
         Close the idle backend connections (the listener stopped).
         """
         self.idle.close()
-        if self.h2 is not None:
-            self.h2.close()
 
     # -- sticky sessions ---------------------------------------------------
 
