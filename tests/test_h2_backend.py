@@ -24,8 +24,9 @@ from lbtwist.http import HTTPProbe
 from lbtwist.http._h2backend import requestFields
 from lbtwist.pool import BackendPool
 
-from .httphelpers import httpRequests, rawExchange
+from .httphelpers import chromiumDOM, httpRequests, rawExchange, waitFor
 from .support import reactor, startBalancer
+from .test_tls_listen import Certificates
 
 
 class RequestFieldsTests(SynchronousTestCase):
@@ -103,6 +104,7 @@ class H2Server(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections += 1  # type: ignore[attr-defined]
+        self.factory.open += 1  # type: ignore[attr-defined]
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None))
         self.conn.initiate_connection()
@@ -151,6 +153,15 @@ def refuse(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) ->
     """
     server.factory.refused += 1  # type: ignore[attr-defined]
     server.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+
+
+def goAway(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Close the connection gracefully before processing the stream: GOAWAY
+    with the stream before it as the last one processed.
+    """
+    server.factory.refused += 1  # type: ignore[attr-defined]
+    server.conn.close_connection(last_stream_id=sid - 2 if sid > 2 else 0)
 
 
 class H2ServerCase(TestCase):
@@ -241,6 +252,23 @@ class H2BackendTests(H2ServerCase):
         self.assertGreaterEqual(len(refusing.requests), 1)
 
     @inlineCallbacks
+    def test_goAwayRetried(self) -> Any:
+        """
+        A stream beyond a GOAWAY's last stream id was not processed: it is
+        retried on another backend, and the closing connection is not used
+        again.
+        """
+        closing = self.server(goAway)
+        good = self.server(echo)
+        port = self.balancer(closing, good, policy="roundrobin")
+        for i in range(3):
+            responses = yield httpRequests(port, [("GET", f"/g{i}", None, {})])
+            self.assertEqual(responses[0][:1], (200,))
+            self.assertEqual(responses[0][2], b"/g%d " % i)
+        self.assertGreaterEqual(closing.refused, 1)
+        yield waitFor(lambda: closing.open == 0)
+
+    @inlineCallbacks
     def test_refusedNotRetried(self) -> Any:
         """
         Without C{refused-stream} in C{retry-on}, the refused request gets a
@@ -301,3 +329,43 @@ class H2HealthTests(H2ServerCase):
         """
         result, _ = yield self.check(notFound)
         self.assertIn("status 404", result)
+
+
+PAGE = (b"<html><body><script>document.body.textContent = 'protocol=' + "
+        b"performance.getEntries()[0].nextHopProtocol;</script></body></html>")
+
+
+def page(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    A page whose script writes the protocol the browser loaded it over.
+    """
+    server.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/html"),
+                                   (b"content-length", b"%d" % len(PAGE))])
+    server.conn.send_data(sid, PAGE, end_stream=True)
+
+
+class ChromiumTests(H2ServerCase):
+    """
+    A browser speaks HTTP/2 to lbtwist, which speaks HTTP/2 to the backend.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_page(self) -> Any:
+        """
+        Headless Chromium loads a page through a TLS listener offering h2
+        from an h2 backend: the page says it came over C{h2}, and the
+        backend saw the request as a stream.
+        """
+        files = Certificates(self.mktemp())
+        server = self.server(page)
+        _, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http", "tls": {
+                "certificates": [Certificates.entry(files.ab)], "alpn": ["h2", "http/1.1"]}}],
+            "pools": {"web": {"protocol": "h2", "health": {"fall": 100},
+                              "backends": [{"name": "s", "endpoint": server.endpoint}]}},
+        })
+        out = yield chromiumDOM(self, f"https://127.0.0.1:{port}/page")
+        self.assertIn(b"protocol=h2", out)
+        self.assertIn(b"/page", [r[b":path"] for r in server.requests])
