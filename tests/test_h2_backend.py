@@ -184,6 +184,7 @@ class H2ServerCase(TestCase):
         # The connections that carried requests (not the health checks').
         factory.used = set()  # type: ignore[attr-defined]
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        factory.listening = port  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         factory.endpoint = f"tcp:host=127.0.0.1:port={port.getHost().port}"  # type: ignore[attr-defined]
         return factory
@@ -209,13 +210,12 @@ class H2BackendTests(H2ServerCase):
     @inlineCallbacks
     def test_multiplexed(self) -> Any:
         """
-        Requests from several HTTP/1.1 clients at once are streams of one
-        connection to the backend; each gets its own answer and body.
+        Requests from several HTTP/1.1 clients at once, the first ones
+        while the connection to the backend is still being made, are
+        streams of that one connection; each gets its own answer and body.
         """
         server = self.server(echo)
         port = self.balancer(server)
-        first = yield httpRequests(port, [("GET", "/warm", None, {})])
-        self.assertEqual(first[0][0], 200)
         results = yield DeferredList([
             httpRequests(port, [("POST", f"/p{i}", b"body%d" % i, {})]) for i in range(8)])
         for i, (ok, responses) in enumerate(results):
@@ -267,6 +267,20 @@ class H2BackendTests(H2ServerCase):
             self.assertEqual(responses[0][2], b"/g%d " % i)
         self.assertGreaterEqual(closing.refused, 1)
         yield waitFor(lambda: closing.open == 0)
+
+    @inlineCallbacks
+    def test_deadBackend(self) -> Any:
+        """
+        Requests that joined a connection that never came up (its backend
+        refused the dial) are sent to another backend.
+        """
+        good = self.server(echo)
+        dead = self.server(echo)
+        yield dead.listening.stopListening()
+        port = self.balancer(dead, good, policy="roundrobin")
+        results = yield DeferredList([
+            httpRequests(port, [("GET", f"/d{i}", None, {})]) for i in range(6)])
+        self.assertEqual([r[1][0][0] for r in results], [200] * 6)
 
     @inlineCallbacks
     def test_refusedNotRetried(self) -> Any:

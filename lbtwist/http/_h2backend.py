@@ -398,7 +398,9 @@ class H2BackendStream:
             ex.backendLost(self)
 
     def _failLater(self) -> None:
-        self.connection.clock.callLater(0, self.reset)
+        # (Refused if its connection never came up: nothing was sent.)
+        connection = self.connection
+        connection.clock.callLater(0, self.reset if connection.connected else self.refused)
 
 
 class H2BackendConnection(BackendProtocol):
@@ -428,11 +430,25 @@ class H2BackendConnection(BackendProtocol):
         self.lost = False
         self.goingAway = False
         self.reusable = False
+        self.connected = False
         self._idleTimer: Any = None
-        self.h2 = H2State(H2Configuration(
+        self.dialTimer: Any = None
+        self.h2 = h2 = H2State(H2Configuration(
             client_side=True, header_encoding=None, validate_inbound_headers=True))
+        # Settings in force from the start (as initial values, not an
+        # update awaiting its ACK): both ends size stream windows alike.
+        h2.local_settings = Settings(client=True, initial_values={
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        # The preface is queued now: streams opened while it connects go
+        # after it (see L{H2Backends.take}).
+        h2.initiate_connection()
+        # The connection's window, for several streams' windows at once.
+        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
 
     def connectionMade(self) -> None:
+        self._stopDialTimer()
         setNoDelay(self.transport)
         if self.proxyHeader is not None:
             self.transport.write(self.proxyHeader)
@@ -442,21 +458,31 @@ class H2BackendConnection(BackendProtocol):
                 self.log.warn(  # noqa: G010
                     "backend {backend} did not choose h2 by ALPN ({chosen!r}): closed",
                     backend=self.backend.name, chosen=chosen)
-                self.lost = True
                 self.transport.abortConnection()
                 return
-        h2 = self.h2
-        # Settings in force from the start (as initial values, not an
-        # update awaiting its ACK): both ends size stream windows alike.
-        h2.local_settings = Settings(client=True, initial_values={
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            SettingCodes.ENABLE_PUSH: 0,
-        })
-        h2.initiate_connection()
-        # The connection's window, for several streams' windows at once.
-        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.connected = True
         self.send()
-        self.registry.add(self)
+
+    def _stopDialTimer(self) -> None:
+        timer, self.dialTimer = self.dialTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def dialFailed(self) -> None:
+        """
+        The dial failed or was abandoned (the connect engine says so), or
+        did not end within the connect timeout: the streams opened
+        meanwhile were never sent, and are refused (safe to send
+        elsewhere).
+        """
+        self._stopDialTimer()
+        if self.connected or self.lost:
+            return
+        self.lost = True
+        self.registry.remove(self)
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.refused()
 
     def openStream(self, stream: H2BackendStream | None = None,
                    fields: list[tuple[bytes, bytes]] | None = None, end: bool = False) -> Any:
@@ -493,9 +519,10 @@ class H2BackendConnection(BackendProtocol):
         """
         Write what the h2 state has to send.
         """
-        data = self.h2.data_to_send()
-        if data and not self.lost:
-            self.transport.write(data)
+        if self.connected and not self.lost:
+            data = self.h2.data_to_send()
+            if data:
+                self.transport.write(data)
 
     def acknowledge(self, sid: int, n: int) -> None:
         """
@@ -534,7 +561,7 @@ class H2BackendConnection(BackendProtocol):
             self._arm()
 
     def _arm(self) -> None:
-        if self.lost:
+        if self.lost or not self.connected:
             return
         if self.goingAway:
             self.transport.loseConnection()
@@ -625,10 +652,15 @@ class H2BackendConnection(BackendProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self._disarm()
+        self._stopDialTimer()
         self.registry.remove(self)
         streams, self.streams = self.streams, {}
         for stream in streams.values():
-            stream.reset()
+            if self.connected:
+                stream.reset()
+            else:
+                # (h2 refused by ALPN: nothing was sent.)
+                stream.refused()
 
 
 class H2Backends:
@@ -637,17 +669,25 @@ class H2Backends:
     a backend and a client's PROXY header).
     """
 
-    def __init__(self, clock: Any, idleTimeout: float) -> None:
+    def __init__(self, clock: Any, idleTimeout: float, connectTimeout: float) -> None:
         self.clock = clock
         self.idleTimeout = idleTimeout
+        self.connectTimeout = connectTimeout
         self._connections: dict[Any, list[H2BackendConnection]] = {}
         self.closed = False
 
     def build(self, backend: Backend, key: Any, proxyHeader: bytes | None) -> H2BackendConnection:
         """
-        A new connection for the engine to dial.
+        A new connection for the engine to dial: its streams are handed out
+        at once, so that requests arriving together while it connects share
+        it rather than dial one each; if it is not up within the connect
+        timeout (a failed dial says nothing to it), they are refused.
         """
-        return H2BackendConnection(self, backend, key, proxyHeader)
+        connection = H2BackendConnection(self, backend, key, proxyHeader)
+        self.add(connection)
+        connection.dialTimer = self.clock.callLater(
+            self.connectTimeout, connection.dialFailed)
+        return connection
 
     def take(self, key: Any, maxAge: float | None = None) -> H2BackendStream | None:
         """
@@ -698,7 +738,10 @@ class H2Backends:
         for key in keys:
             for connection in self._connections.pop(key, []):
                 connection.goingAway = True
-                if not connection.streams and not connection.lost:
+                if not connection.connected:
+                    # (Its dial's engine, or the exchanges' timeouts, end it.)
+                    connection._stopDialTimer()
+                elif not connection.streams and not connection.lost:
                     connection.transport.loseConnection()
 
     def close(self) -> None:

@@ -56,7 +56,8 @@ class Upstream:
         # The HTTP/2 connections of an h2 pool: its exchanges are streams
         # of them, which it hands out as the idle pool hands out connections.
         self.h2 = (
-            H2Backends(reactor, http.keepAlive.idleTimeout) if config.protocol == "h2" else None
+            H2Backends(reactor, http.keepAlive.idleTimeout, config.timeouts.connect)
+            if config.protocol == "h2" else None
         )
         self.idle: Any = self.h2 or IdleConnections(reactor, http.keepAlive)
         self.maxRequests = http.keepAlive.maxRequests
