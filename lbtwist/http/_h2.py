@@ -1109,10 +1109,12 @@ class H2Connection(ClientPeer, Protocol):
         if not self.closed:
             self.transport.write(frame.serialize())
 
-    def stopIfIdle(self) -> None:
+    def stopIfIdle(self, idleFor: float = 0.0) -> None:
         """
         A graceful stop began: GOAWAY with the last stream id; the open
         streams finish, then the connection closes (now, if none is open).
+        (C{idleFor} does not matter: GOAWAY tells the client which of its
+        streams will be served.)
         """
         if self.closed or self.goingAway:
             return
@@ -1303,7 +1305,7 @@ class ProtocolSniffer(Protocol):
         Nothing to do.
         """
 
-    def stopIfIdle(self) -> None:
+    def stopIfIdle(self, idleFor: float = 0.0) -> None:
         """
         A graceful stop began: nothing is in flight yet, close.
         """
