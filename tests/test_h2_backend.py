@@ -383,3 +383,26 @@ class ChromiumTests(H2ServerCase):
         out = yield chromiumDOM(self, f"https://127.0.0.1:{port}/page")
         self.assertIn(b"protocol=h2", out)
         self.assertIn(b"/page", [r[b":path"] for r in server.requests])
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    A pool's protocol is built into the listeners' factories.
+    """
+
+    def test_needsRestart(self) -> None:
+        """
+        A reload that changes a pool's protocol says it needs a restart and
+        keeps the running protocol (and the backends that follow it).
+        """
+        from lbtwist.diff import runnable
+
+        def config(**pool: Any) -> Any:
+            return parseConfig({"listeners": [{"listen": "tcp:80", "mode": "http"}],
+                                "pools": {"web": {"backends": ["127.0.0.1:1"], **pool}}})
+
+        running = config()
+        kept, differ = runnable(config(protocol="h2"), running)
+        self.assertEqual(differ, ["pools.web.protocol"])
+        self.assertEqual(kept.pools[0].protocol, "http/1.1")
+        self.assertEqual(kept.pools[0].backends, running.pools[0].backends)
