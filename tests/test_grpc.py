@@ -83,7 +83,7 @@ class GRPCTests(TestCase):
         """
         A balancer with an h2c-capable HTTP listener over one h2 backend.
         """
-        _, port = startBalancer(self, {
+        self.lb, port = startBalancer(self, {
             "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http",
                            "http2": True}],
             "pools": {"grpc": {"protocol": "h2", "backends": [backend],
@@ -116,6 +116,26 @@ class GRPCTests(TestCase):
         call = channel.unary_unary(f"/{SERVICE}/Unary")
         answer = yield inThread(call, b"hello", 10)
         self.assertEqual(answer, b"echo:hello:5")
+
+    @inlineCallbacks
+    def test_concurrent(self) -> Any:
+        """
+        100 calls in flight at once on one channel are streams of the
+        backend connection(s); each gets its own answer.
+        """
+        channel = self.cleartext()
+        call = channel.unary_unary(f"/{SERVICE}/Unary")
+
+        def run() -> list[bytes]:
+            futures = [call.future(b"c%d" % i, timeout=20) for i in range(100)]
+            return [f.result() for f in futures]
+
+        got = yield inThread(run)
+        self.assertEqual(got, [b"echo:c%d:%d" % (i, len(b"c%d" % i)) for i in range(100)])
+        (factory,) = self.lb.factories.values()
+        (upstream,) = factory.upstreams.values()
+        connections = [c for conns in upstream.h2._connections.values() for c in conns]
+        self.assertEqual(len(connections), 1)
 
     @inlineCallbacks
     def test_serverStreaming(self) -> Any:
