@@ -25,7 +25,7 @@ from lbtwist.http._h2backend import requestFields
 from lbtwist.pool import BackendPool
 
 from .httphelpers import chromiumDOM, httpRequests, rawExchange, waitFor
-from .support import reactor, startBalancer
+from .support import inThread, reactor, startBalancer
 from .test_tls_listen import Certificates
 
 
@@ -110,6 +110,8 @@ class H2Server(Protocol):
         self.conn.initiate_connection()
         self.heads: dict[int, dict[bytes, bytes]] = {}
         self.bodies: dict[int, bytes] = {}
+        # Response bytes still to send, by stream, as windows allow.
+        self.owed: dict[int, int] = {}
         self.flush()
 
     def flush(self) -> None:
@@ -131,7 +133,28 @@ class H2Server(Protocol):
             elif isinstance(event, h2.events.StreamEnded):
                 sid = event.stream_id
                 self.factory.answer(self, sid, self.heads[sid], self.bodies[sid])  # type: ignore[attr-defined]
+        self.pump()
         self.flush()
+
+    def pump(self) -> None:
+        """
+        Send what is owed within the windows, ending each stream with its
+        last byte.
+        """
+        for sid, owed in list(self.owed.items()):
+            window = min(self.conn.local_flow_control_window(sid),
+                         self.conn.max_outbound_frame_size)
+            while owed and window > 0:
+                n = min(owed, window)
+                owed -= n
+                self.conn.send_data(sid, b"z" * n, end_stream=not owed)
+                self.factory.sent += n  # type: ignore[attr-defined]
+                window = min(self.conn.local_flow_control_window(sid),
+                             self.conn.max_outbound_frame_size)
+            if owed:
+                self.owed[sid] = owed
+            else:
+                del self.owed[sid]
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.open -= 1  # type: ignore[attr-defined]
@@ -145,6 +168,17 @@ def echo(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> N
     conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/plain")])
     conn.send_data(sid, head[b":path"] + b" " + body)
     conn.send_headers(sid, [(b"x-done", b"yes")], end_stream=True)
+
+
+BULK = 32 * 1024 * 1024
+
+
+def bulk(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer with C{BULK} bytes, sent as the windows allow.
+    """
+    server.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"%d" % BULK)])
+    server.owed[sid] = BULK
 
 
 def refuse(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
@@ -180,6 +214,7 @@ class H2ServerCase(TestCase):
         factory.connections = 0  # type: ignore[attr-defined]
         factory.open = 0  # type: ignore[attr-defined]
         factory.refused = 0  # type: ignore[attr-defined]
+        factory.sent = 0  # type: ignore[attr-defined]
         factory.requests = []  # type: ignore[attr-defined]
         # The connections that carried requests (not the health checks').
         factory.used = set()  # type: ignore[attr-defined]
@@ -224,6 +259,37 @@ class H2BackendTests(H2ServerCase):
             self.assertEqual((status, body), (200, b"/p%d body%d" % (i, i)))
         self.assertEqual(len(server.used), 1)
         self.assertEqual(server.requests[-1][b"te"], b"trailers")
+
+    @inlineCallbacks
+    def test_backpressure(self) -> Any:
+        """
+        A client that does not read holds the backend back: the backend
+        can send only what the windows and the sockets hold, not the whole
+        32 MB response; once the client reads, all of it comes.
+        """
+        server = self.server(bulk)
+        port = self.balancer(server)
+
+        def run() -> tuple[int, int]:
+            import socket
+            import time
+
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                s.sendall(b"GET /bulk HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                time.sleep(1.0)
+                sentWhileStalled = server.sent
+                got = 0
+                while True:
+                    data = s.recv(1 << 20)
+                    if not data:
+                        break
+                    got += len(data)
+                return sentWhileStalled, got
+
+        sentWhileStalled, got = yield inThread(run)
+        self.assertLess(sentWhileStalled, BULK // 4)
+        self.assertGreater(got, BULK)
 
     @inlineCallbacks
     def test_trailersToHTTP11(self) -> Any:
