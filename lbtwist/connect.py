@@ -459,7 +459,10 @@ class ConnectAttempt:
             return
         joined, _ = self._report()
         if joined is not None:
-            joined(backend, protocol, self.failures)
+            # A multiplexed (HTTP/2) connection joins the client as one of
+            # its streams.
+            joinedAs = getattr(protocol, "joinedAs", None)
+            joined(backend, protocol if joinedAs is None else joinedAs(), self.failures)
         else:
             protocol.transport.loseConnection()
             pool.release(backend)

@@ -45,8 +45,6 @@ class BackendConnection(BackendProtocol):
 
     parser: HttpResponseParser
     transport: Any
-    # One exchange per connection (an HTTP/2 one carries many streams).
-    multiplexed = False
 
     def __init__(self, factory: Any, backend: Backend, key: Any,
                  proxyHeader: bytes | None) -> None:
@@ -70,8 +68,9 @@ class BackendConnection(BackendProtocol):
         self._rawHead = 0
         self._feeding = 0
         self._inHead = False
-        # How many of C{_headers} are the head's: llhttp reports a chunked
-        # body's trailers with on_header too, after the head's.
+        # How many of C{_headers} are the head's, once a chunked body began:
+        # llhttp reports its trailers with on_header too, after the head's.
+        # (Counted per chunk, so that other responses pay nothing.)
         self._headCount = 0
         # Bytes of a Content-Length body still to relay as they come,
         # without the parser (see L{_fastForward}).
@@ -294,7 +293,6 @@ class BackendConnection(BackendProtocol):
 
     def on_headers_complete(self) -> None:
         self._inHead = False
-        self._headCount = len(self._headers)
         limit = self.factory.maxResponseHeaderSize
         if self._rawHead + self._feeding > limit and sum(
             len(n) + len(v) + 4 for n, v in self._headers
@@ -324,10 +322,18 @@ class BackendConnection(BackendProtocol):
             return
         if not self.parser.should_keep_alive():
             self.reusable = False
-        headers = self._headers
         count = self._headCount
-        ex.responseComplete(
-            trailerFields(headers[count:]) if len(headers) > count else None)
+        if count:
+            self._headCount = 0
+            headers = self._headers
+            if len(headers) > count:
+                ex.responseComplete(trailerFields(headers[count:]))
+                return
+        ex.responseComplete()
+
+    def on_chunk_header(self) -> None:
+        # (Before the last chunk's trailers too.)
+        self._headCount = len(self._headers)
 
     def skipBody(self) -> None:
         """

@@ -437,9 +437,6 @@ class Exchange:
             self.retries += 1
         self.backend = self.slot = backend
         self._to(SENDING)
-        if conn.multiplexed:
-            # A new HTTP/2 connection: the request is its first stream.
-            conn = conn.openStream()
         self._attach(conn)
 
     def _noBackend(self, reason: Failure) -> None:

@@ -126,7 +126,6 @@ class H2BackendStream:
     """
 
     reusable = False
-    multiplexed = False
 
     def __init__(self, connection: H2BackendConnection) -> None:
         self.connection = connection
@@ -415,7 +414,6 @@ class H2BackendConnection(BackendProtocol):
 
     log = Logger()
     transport: Any
-    multiplexed = True
 
     def __init__(self, registry: H2Backends, backend: Backend, key: Any,
                  proxyHeader: bytes | None) -> None:
@@ -483,6 +481,14 @@ class H2BackendConnection(BackendProtocol):
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.refused()
+
+    def joinedAs(self) -> H2BackendStream:
+        """
+        What the connect engine gives the exchange that dialled this
+        connection: its first stream.
+        """
+        stream: H2BackendStream = self.openStream()
+        return stream
 
     def openStream(self, stream: H2BackendStream | None = None,
                    fields: list[tuple[bytes, bytes]] | None = None, end: bool = False) -> Any:
