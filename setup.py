@@ -23,6 +23,6 @@ setup(
     ],
     entry_points={"console_scripts": ["lbtwist = lbtwist.ctl:main"]},
     extras_require={
-        "test": ["ruff", "mypy", "mypy-zope", "types-PyYAML", "hypothesis"],
+        "test": ["ruff", "mypy", "mypy-zope", "types-PyYAML", "hypothesis", "grpcio"],
     },
 )

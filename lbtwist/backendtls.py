@@ -115,11 +115,12 @@ def clientOptions(tls: BackendTLS, endpoint: str) -> IOpenSSLClientConnectionCre
         if tls.clientCert is not None and tls.clientKey is not None else None
     )
     chain = [crypto.X509.from_cryptography(c) for c in keyed.chain[1:]] if keyed else []
+    alpn = [name.encode("ascii") for name in tls.alpn] or None
     if not tls.verify:
         options = CertificateOptions(
             privateKey=crypto.PKey.from_cryptography_key(keyed.key) if keyed else None,
             certificate=crypto.X509.from_cryptography(keyed.certificate) if keyed else None,
-            extraCertChain=chain or None,
+            extraCertChain=chain or None, acceptableProtocols=alpn,
         )
         return _Unverified(options, tls.sni or (None if _isAddress(name) else name))
     trust = (
@@ -127,9 +128,12 @@ def clientOptions(tls: BackendTLS, endpoint: str) -> IOpenSSLClientConnectionCre
         else trustRootFromCertificates([
             Certificate(crypto.X509.from_cryptography(c)) for c in loadCertificates(tls.ca)])
     )
+    extra: dict[str, Any] = {}
+    if chain:
+        extra["extraCertChain"] = chain
     creator: IOpenSSLClientConnectionCreator = optionsForClientTLS(
         name, trust, _privateCertificate(keyed) if keyed else None,
-        extraCertificateOptions={"extraCertChain": chain} if chain else None,
+        extraCertificateOptions=extra or None, acceptableProtocols=alpn,
     )
     if tls.sni is not None:
         return _ServerName(creator, tls.sni)

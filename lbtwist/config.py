@@ -70,6 +70,8 @@ class HealthCheck:
 
     @ivar kind: C{"tcp"} (connect only) or C{"http"} (send a request).
     @ivar expectStatus: inclusive ranges of acceptable HTTP statuses.
+    @ivar h2: the http check speaks HTTP/2 (the backends of a pool with
+        C{protocol: h2}).
     """
 
     interval: float = 2.0
@@ -82,6 +84,7 @@ class HealthCheck:
     host: str | None = None
     expectStatus: tuple[tuple[int, int], ...] = ((200, 399),)
     expectBody: str | None = None
+    h2: bool = False
 
 
 @attrs.frozen
@@ -98,6 +101,8 @@ class BackendTLS:
         backend, with C{clientKey} its private key.
     @ivar verify: C{False} turns verification off (an explicit opt-out).
     @ivar sni: the server name sent, if not C{verifyHost} or the host.
+    @ivar alpn: the protocols offered by ALPN (C{("h2",)} for a pool with
+        C{protocol: h2}; none otherwise).
     """
 
     ca: str = "system"
@@ -106,6 +111,7 @@ class BackendTLS:
     clientKey: str | None = None
     verify: bool = True
     sni: str | None = None
+    alpn: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -175,6 +181,9 @@ class Timeouts:
 # safe to send again are ever retried.
 RETRY_CAUSES = ("connect-failure", "refused-stream", "reset", "timeout")
 RETRY_STATUSES = (502, 503, 504)
+# What HTTP mode may speak to a pool's backends.
+BACKEND_PROTOCOLS = ("http/1.1", "h2")
+
 DEFAULT_RETRY_ON: tuple[str | int, ...] = ("connect-failure", "refused-stream", "reset")
 
 
@@ -308,6 +317,9 @@ class PoolConfig:
     @ivar slowStart: seconds over which a backend's weight ramps up to full
         after it comes back (0: at once); a backend may say otherwise.
     @ivar discovery: where more backends are found in DNS, if anywhere.
+    @ivar protocol: what HTTP mode speaks to the backends: C{"http/1.1"},
+        or C{"h2"} (HTTP/2: over TLS with ALPN C{h2}, else cleartext h2c by
+        prior knowledge), one multiplexed connection per backend.
     @ivar tls: the pool's C{tls} block, which every backend takes (a
         backend's own keys win), or L{None}.
     """
@@ -330,6 +342,7 @@ class PoolConfig:
     slowStart: float = 0.0
     discovery: Discovery | None = None
     tls: BackendTLS | None = None
+    protocol: str = "http/1.1"
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -888,7 +901,7 @@ def parseSlowStart(value: object, path: str) -> float:
 _POOL_KEYS = (
     "policy", "retries", "timeouts", "health", "backends", "http", "sticky",
     "proxy-protocol", "queue", "access-log", "retry-on", "retry-budget", "outlier",
-    "all-backups", "slow-start", "discovery", "tls",
+    "all-backups", "slow-start", "discovery", "tls", "protocol",
 )
 
 # The most a maxconn may say: far above what one process can hold open.
@@ -1047,6 +1060,17 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         for i, b in enumerate(_list(d.get("backends", []), f"{path}.backends"))
     )
     _unique(backends, lambda b: b.name, f"{path}.backends", "backend")
+    protocol = _choice(d.get("protocol", "http/1.1"), f"{path}.protocol", BACKEND_PROTOCOLS)
+    if protocol == "h2":
+        # TLS backends of an h2 pool offer h2 alone: one that does not
+        # pick it fails its connection rather than speak HTTP/1.1; their
+        # http checks speak HTTP/2 too.
+        backends = tuple(
+            attrs.evolve(
+                b, tls=attrs.evolve(b.tls, alpn=("h2",)) if b.tls is not None else None,
+                health=attrs.evolve(b.health, h2=True))
+            for b in backends
+        )
     http = parseHTTP(d.get("http"), f"{path}.http")
     # One line per connection (TCP) or request (HTTP): a pool's setting,
     # which http.access-log (its older place) also gives.
@@ -1093,6 +1117,7 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         slowStart=parseSlowStart(d.get("slow-start", 0), f"{path}.slow-start"),
         discovery=parseDiscovery(d.get("discovery"), f"{path}.discovery"),
         tls=tls,
+        protocol=protocol,
     )
 
 

@@ -274,6 +274,10 @@ class ConnectAttempt:
         self.backend: Backend | None = None
         self.queueTimer: Any = None
         self._onJoined: Joined | None = joined
+        # The protocol of the dial under way, once built: told when that
+        # dial fails or is abandoned (an HTTP/2 connection hands out streams
+        # while it connects).
+        self.built: Any = None
         self._onFailed: Failed | None = failed
         # This attempt counts as a retry in flight (the pool's retry budget),
         # or its client does already.
@@ -319,6 +323,7 @@ class ConnectAttempt:
         self._report()
         if self.queueTimer is not None:
             self._leaveQueue()
+        self._abandoned()
         current, backend = self.current, self.backend
         self.current = self.backend = None
         if current is not None:
@@ -413,7 +418,15 @@ class ConnectAttempt:
     def _build(self) -> BackendProtocol:
         backend = self.backend
         assert backend is not None
-        return self.build(backend)
+        self.built = protocol = self.build(backend)
+        return protocol
+
+    def _abandoned(self) -> None:
+        # The dial under way will never connect its protocol.
+        built, self.built = self.built, None
+        dialFailed = getattr(built, "dialFailed", None)
+        if dialFailed is not None:
+            dialFailed()
 
     def _giveUp(self) -> None:
         pool = self.pool
@@ -433,6 +446,7 @@ class ConnectAttempt:
         self._fail(NoBackendAvailable(why))
 
     def _connected(self, protocol: Any) -> None:
+        self.built = None
         backend, self.backend, self.current = self.backend, None, None
         assert backend is not None
         pool = self.pool
@@ -445,12 +459,16 @@ class ConnectAttempt:
             return
         joined, _ = self._report()
         if joined is not None:
-            joined(backend, protocol, self.failures)
+            # A multiplexed (HTTP/2) connection joins the client as one of
+            # its streams.
+            joinedAs = getattr(protocol, "joinedAs", None)
+            joined(backend, protocol if joinedAs is None else joinedAs(), self.failures)
         else:
             protocol.transport.loseConnection()
             pool.release(backend)
 
     def _dialFailed(self, reason: Failure) -> None:
+        self._abandoned()
         backend, self.backend, self.current = self.backend, None, None
         if backend is None:
             # Cancelled: the slot went back then.

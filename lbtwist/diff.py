@@ -79,6 +79,7 @@ _BUILT_IN = (
     ("proxy-protocol", lambda p: p.proxyProtocol),
     ("access-log", lambda p: p.accessLog),
     ("discovery", lambda p: p.discovery),
+    ("protocol", lambda p: p.protocol),
 )
 
 
@@ -91,6 +92,10 @@ def _keepBuilt(new: PoolConfig, running: PoolConfig, differ: list[str]) -> PoolC
     differ.extend(f"pools.{new.name}.{key}" for key in changed)
     if not changed:
         return new
+    if "protocol" in changed:
+        # Its backends' TLS (ALPN) and health checks follow the protocol:
+        # they stay as they run too.
+        new = attrs.evolve(new, protocol=running.protocol, backends=running.backends)
     return attrs.evolve(
         new,
         timeouts=attrs.evolve(new.timeouts, idle=running.timeouts.idle,

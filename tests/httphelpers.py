@@ -317,3 +317,31 @@ def httpRequests(port: int, requests: list[tuple[str, str, bytes | None, dict[st
         return results
 
     return deferToThread(run)
+
+
+@inlineCallbacks
+def chromiumDOM(case: TestCase, url: str) -> Any:
+    """
+    Load C{url} in headless Chromium (any certificate accepted) and return
+    the page's DOM after its scripts ran; the test is skipped without
+    Chromium, and fails if Chromium does.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        case.skipTest("chromium is not installed")
+    profile = tempfile.mkdtemp(prefix="lbtwist-chromium-")
+    case.addCleanup(shutil.rmtree, profile, True)
+    out, err, code = yield getProcessOutputAndValue("/usr/bin/timeout", [
+        "30", chromium, "--headless", "--no-sandbox", "--disable-gpu",
+        "--ignore-certificate-errors", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        f"--user-data-dir={profile}", "--dump-dom", url,
+    ], env=dict(os.environ), reactor=reactor)
+    case.assertEqual(code, 0, err[-2000:])
+    return out

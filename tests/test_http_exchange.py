@@ -110,8 +110,8 @@ class RecordingClientSide:
     def sendBody(self, exchange: Exchange, data: bytes) -> None:
         self.calls.append(("body", data))
 
-    def endResponse(self, exchange: Exchange) -> None:
-        self.calls.append(("end",))
+    def endResponse(self, exchange: Exchange, trailers: Any = None) -> None:
+        self.calls.append(("end",) if trailers is None else ("end", trailers))
 
     def sendError(self, exchange: Exchange, status: int) -> None:
         self.calls.append(("error", status))

@@ -20,7 +20,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
-from ._plan import AS_IS
+from ._plan import AS_IS, trailerBlock, trailerFields
 
 
 class ResponseHeadTooLarge(Exception):
@@ -68,6 +68,10 @@ class BackendConnection(BackendProtocol):
         self._rawHead = 0
         self._feeding = 0
         self._inHead = False
+        # How many of C{_headers} are the head's, once a chunked body began:
+        # llhttp reports its trailers with on_header too, after the head's.
+        # (Counted per chunk, so that other responses pay nothing.)
+        self._headCount = 0
         # Bytes of a Content-Length body still to relay as they come,
         # without the parser (see L{_fastForward}).
         self._forward = 0
@@ -101,11 +105,15 @@ class BackendConnection(BackendProtocol):
             writeNow(self.transport, body)
         self.backend.bytesIn += len(body)
 
-    def endBody(self) -> None:
+    def endBody(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         """
-        End a chunked request body.
+        End a chunked request body, with its C{trailers} (already filtered)
+        if any.
         """
-        self.transport.write(b"0\r\n\r\n")
+        if trailers:
+            self.transport.write(b"0\r\n" + trailerBlock(trailers) + b"\r\n")
+        else:
+            self.transport.write(b"0\r\n\r\n")
 
     def sendTunnel(self, data: bytes) -> None:
         """
@@ -314,7 +322,18 @@ class BackendConnection(BackendProtocol):
             return
         if not self.parser.should_keep_alive():
             self.reusable = False
+        count = self._headCount
+        if count:
+            self._headCount = 0
+            headers = self._headers
+            if len(headers) > count:
+                ex.responseComplete(trailerFields(headers[count:]))
+                return
         ex.responseComplete()
+
+    def on_chunk_header(self) -> None:
+        # (Before the last chunk's trailers too.)
+        self._headCount = len(self._headers)
 
     def skipBody(self) -> None:
         """

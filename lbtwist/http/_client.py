@@ -28,7 +28,7 @@ from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
 from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse
 from ._exchange import WAITING, Exchange, IClientSide
-from ._plan import CHUNKED, IDEMPOTENT, interimHead, planResponse
+from ._plan import CHUNKED, IDEMPOTENT, interimHead, planResponse, trailerBlock
 
 
 def authorityOf(address: Any) -> bytes:
@@ -581,18 +581,28 @@ class ClientConnection(ClientPeer, Protocol):
         else:
             writeNow(transport, data)
 
-    def endResponse(self, ex: Exchange) -> None:
+    def endResponse(self, ex: Exchange, trailers: list[tuple[bytes, bytes]] | None) -> None:
         """
-        End the response: the held head (if still held) and the last chunk.
+        End the response: the held head (if still held) and the last chunk,
+        with the backend's trailers if the client asked for them
+        (C{TE: trailers}); otherwise they are dropped, as RFC 9110 6.5.1
+        allows.
         """
         response = ex.response
         head = response.head
-        chunked = response.framing is CHUNKED
-        if head is not None:
+        if response.framing is CHUNKED:
+            last = (
+                b"0\r\n" + trailerBlock(trailers) if trailers and ex.plan.trailers
+                else b"0\r\n\r\n"
+            )
+            if head is not None:
+                response.head = None
+                writeNow(self.transport, head + last)
+            else:
+                self.transport.write(last)
+        elif head is not None:
             response.head = None
-            writeNow(self.transport, head + b"0\r\n\r\n" if chunked else head)
-        elif chunked:
-            self.transport.write(b"0\r\n\r\n")
+            writeNow(self.transport, head)
 
     def sendError(self, ex: Exchange, status: int) -> None:
         """

@@ -155,9 +155,10 @@ class IClientSide(IPushProducer):
         Send a piece of the response body.
         """
 
-    def endResponse(exchange: Exchange) -> None:
+    def endResponse(exchange: Exchange, trailers: list[tuple[bytes, bytes]] | None) -> None:
         """
-        The response is complete: end it for the client.
+        The response is complete: end it for the client, with the
+        backend's C{trailers} if any (and if the client takes them).
         """
 
     def sendError(exchange: Exchange, status: int) -> None:
@@ -411,12 +412,16 @@ class Exchange:
         return key
 
     def _reuse(self, backend: Backend) -> Any:
+        # (For an h2 pool, C{idle} hands out streams of its connections.)
         return self.upstream.idle.take(
             self._key(backend), None if self.plan.replayable else SAFE_REUSE_AGE
         )
 
     def _build(self, backend: Backend) -> Any:
         key = self._key(backend)
+        h2 = self.upstream.h2
+        if h2 is not None:
+            return h2.build(backend, key, None if key is backend else key[1])
         return BackendConnection(
             self.upstream, backend, key, None if key is backend else key[1])
 
@@ -507,16 +512,16 @@ class Exchange:
             self.pending.append(data)
             self.client.holdRequest()
 
-    def requestComplete(self) -> None:
+    def requestComplete(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         """
-        The request is read whole: the response head is due within the
-        response timeout from now.
+        The request is read whole (with its C{trailers}, if any): the
+        response head is due within the response timeout from now.
         """
         self.requestDone = True
         conn = self.conn
         if conn is not None:
             if self.plan.chunked:
-                conn.endBody()
+                conn.endBody(trailers)
             if self.phase is SENDING:
                 self._due()
 
@@ -604,17 +609,18 @@ class Exchange:
         self.conn.backend.bytesOut += n
         self.client.sendBody(self, data)
 
-    def responseComplete(self) -> None:
+    def responseComplete(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         """
-        The backend finished its response: end it for the client, pool the
-        connection if it may be reused, and let the client go on.
+        The backend finished its response (with its C{trailers}, if any):
+        end it for the client, pool the connection if it may be reused, and
+        let the client go on.
         """
         if self.phase is not STREAMING:
             return
         self._to(DONE)
         client = self.client
         if not client.closed:
-            client.endResponse(self)
+            client.endResponse(self, trailers)
         conn = self._detach()
         backend = self.backend
         assert backend is not None and conn is not None
@@ -669,18 +675,24 @@ class Exchange:
         if slot is not None:
             pool.release(slot)
 
-    def _mayRetry(self, cause: str | int) -> bool:
+    def _mayRetry(self, cause: str | int, unprocessed: bool = False) -> bool:
         """
         Whether this exchange may go to another backend after C{cause} (a
         lost connection, a timeout, a status): the request is safe to send
         again and nothing reached the client, the pool's C{retry-on} names
         the cause, its C{retries} are not spent, and its C{retry-budget}
         allows one more retry in flight.
+
+        @param unprocessed: the backend said it did not process the request
+            (an HTTP/2 stream it refused): any request without a body may
+            be sent again, idempotent or not.
         """
         upstream = self.upstream
         pool = upstream.pool
+        plan = self.plan
         if (
-            self.responded or not self.plan.replayable or cause not in pool.config.retryOn
+            self.responded or not (plan.replayable or unprocessed and not plan.hasBody)
+            or cause not in pool.config.retryOn
             or not upstream.connector.retryPolicy.mayTryAnother(pool, self.failures + 1)
         ):
             return False
@@ -813,6 +825,19 @@ class Exchange:
                 backend=backend.name, client=self.client.clientName, why=why,
             )
         self.fail(502)
+
+    def backendRefused(self, conn: Any) -> None:
+        """
+        The backend refused the request unprocessed (an HTTP/2 stream reset
+        with C{REFUSED_STREAM}, or beyond a GOAWAY's last stream): another
+        try under C{retry-on: refused-stream}, else as a lost connection.
+        """
+        if self.over:
+            return
+        if self._mayRetry("refused-stream", True):
+            self._retry(conn.backend, "response", "stream refused")
+            return
+        self.backendLost(conn)
 
     def backendLost(self, conn: Any) -> None:
         """

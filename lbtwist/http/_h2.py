@@ -54,6 +54,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -69,7 +70,7 @@ from ..routing import applyHeaderActions
 from ._client import ClientPeer
 from ._errors import _BODIES, BadRequest
 from ._exchange import Exchange, IClientSide
-from ._plan import forwarded, planResponse
+from ._plan import forwarded, planResponse, trailerFields
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Seconds a closing connection still reads (and drops) what its client sends.
@@ -284,6 +285,10 @@ class H2Stream:
         self._head: list[tuple[bytes, bytes]] | None = None
         self._out: deque[bytes] = deque()
         self._ending = False
+        # Trailers: the response's (sent after its last DATA), and the
+        # request's (relayed as it ends).
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._requestTrailers: list[tuple[bytes, bytes]] | None = None
         self._producer: Any = None
         self._producerPaused = False
 
@@ -367,7 +372,14 @@ class H2Stream:
         if length is not None and self._received != length:
             self._malformedBody("less DATA than its content-length")
             return
-        ex.requestComplete()
+        ex.requestComplete(self._requestTrailers)
+
+    def trailersReceived(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """
+        The request's trailers arrived (the stream ends with them): relayed
+        as the request ends, filtered as headers are.
+        """
+        self._requestTrailers = trailerFields(fields) or None
 
     def _malformedBody(self, why: str) -> None:
         # The backend must never see a complete request: the exchange is
@@ -485,16 +497,20 @@ class H2Stream:
                 self._out.append(data)
             self.flushData()
 
-    def endResponse(self, ex: Exchange) -> None:
+    def endResponse(self, ex: Exchange, trailers: list[tuple[bytes, bytes]] | None) -> None:
         """
         End the response: with its HEADERS if nothing else went, else after
-        the DATA still waiting for window.
+        the DATA still waiting for window; the backend's C{trailers}, if
+        any, are a last HEADERS that ends the stream.
         """
         if self.closed:
             return
+        self._trailers = trailers
         head, self._head = self._head, None
         if head is not None:
-            self.connection.sendHeaders(self.streamId, head, True)
+            self.connection.sendHeaders(self.streamId, head, not trailers)
+            if trailers:
+                self.connection.sendHeaders(self.streamId, trailers, True)
             self._finished()
             return
         self._ending = True
@@ -561,12 +577,15 @@ class H2Stream:
                         piece = piece[:window]
                     else:
                         out.popleft()
-                    # The last DATA of a complete response ends the stream.
+                    # The last DATA of a complete response ends the stream
+                    # (or its trailers do).
                     last = ending and not out
-                    state.send_data(sid, piece, end_stream=last)
+                    state.send_data(sid, piece, end_stream=last and not self._trailers)
                     self.lastActivity = connection.seconds()
                     if last:
                         self._ending = False
+                        if self._trailers:
+                            state.send_headers(sid, self._trailers, end_stream=True)
                         connection.flushSoon()
                         self._finished()
                         return
@@ -581,7 +600,10 @@ class H2Stream:
                 connection.waiting.discard(self)
         elif ending:
             self._ending = False
-            connection.endStream(self.streamId)
+            if self._trailers:
+                connection.sendHeaders(self.streamId, self._trailers, True)
+            else:
+                connection.endStream(self.streamId)
             self._finished()
             return
         connection.flushSoon()
@@ -723,6 +745,7 @@ _HANDLERS: dict[type, str] = {
     RequestReceived: "_requestReceived",
     DataReceived: "_dataReceived",
     StreamEnded: "_streamEnded",
+    TrailersReceived: "_trailersReceived",
     StreamReset: "_streamReset",
     WindowUpdated: "_windowUpdated",
     RemoteSettingsChanged: "_settingsChanged",
@@ -891,6 +914,11 @@ class H2Connection(ClientPeer, Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.streamEnded()
+
+    def _trailersReceived(self, event: TrailersReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.trailersReceived(event.headers)
 
     def _streamReset(self, event: StreamReset) -> None:
         stream = self.streams.get(event.stream_id)

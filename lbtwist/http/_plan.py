@@ -66,8 +66,10 @@ _EXPECT = 9
 _WEBSOCKET_KEY = 10
 _WEBSOCKET_VERSION = 11
 _COOKIE = 12
+_TE = 13
 _REQUEST_SPECIAL = {
     **{name: _HOP for name in HOP_BY_HOP},
+    b"te": _TE,
     b"transfer-encoding": _FRAMING,
     b"connection": _CONNECTION,
     b"upgrade": _UPGRADE,
@@ -94,6 +96,30 @@ def forwarded(name: bytes) -> bool:
     hop-by-hop filter of requests, interim and final responses.
     """
     return name not in HOP_BY_HOP and not name.startswith(b"proxy-")
+
+
+# Fields a trailer section never carries: the framing, routing and
+# content fields only a head may (RFC 9110 6.5.1), beside the hop-by-hop.
+_NOT_TRAILERS = frozenset((b"content-length", b"host", b"content-type", b"proxy-connection"))
+
+
+def trailerFields(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """
+    C{trailers} as they may be relayed: lowercased, without pseudo-fields,
+    hop-by-hop fields, or fields that only a head may carry.
+    """
+    return [
+        (lname, value) for lname, value in ((n.lower(), v) for n, v in trailers)
+        if lname[:1] != b":" and forwarded(lname) and lname not in _NOT_TRAILERS
+    ]
+
+
+def trailerBlock(trailers: list[tuple[bytes, bytes]]) -> bytes:
+    """
+    The HTTP/1.1 trailer section of C{trailers} (filtered), ending with
+    its empty line.
+    """
+    return b"".join(name + b": " + value + b"\r\n" for name, value in trailers) + b"\r\n"
 
 
 class RequestRules:
@@ -141,17 +167,18 @@ class RequestPlan:
     @ivar keepAlive: the client wants the connection kept open after.
     @ivar replayable: the request may be sent again: idempotent, no body,
         no upgrade.
+    @ivar trailers: the client takes trailers (C{TE: trailers}).
     """
 
     __slots__ = (
         "authority", "chunked", "expectContinue", "hasBody", "head", "keepAlive",
-        "replayable", "stickyKey", "upgrade", "websocketKey",
+        "replayable", "stickyKey", "trailers", "upgrade", "websocketKey",
     )
 
     def __init__(
         self, head: bytes, chunked: bool, hasBody: bool, upgrade: bool,
         websocketKey: bytes | None, expectContinue: bool, authority: bytes | None,
-        stickyKey: bytes | None, keepAlive: bool, replayable: bool,
+        stickyKey: bytes | None, keepAlive: bool, replayable: bool, trailers: bool = False,
     ) -> None:
         self.head = head
         self.chunked = chunked
@@ -163,6 +190,7 @@ class RequestPlan:
         self.stickyKey = stickyKey
         self.keepAlive = keepAlive
         self.replayable = replayable
+        self.trailers = trailers
 
 
 def checkTransferEncoding(value: bytes | None, version: str) -> bool:
@@ -276,12 +304,17 @@ def planRequest(
     hostHeader = rules.hostHeader
     hasLength = False
     expectContinue = False
+    trailers = False
     special = _REQUEST_SPECIAL.get
     for name, value in headers:
         lname = name.lower()
         kind = special(lname)
         if kind is not None:
             if kind is _HOP:
+                continue
+            if kind is _TE:
+                # Hop-by-hop, but it says whether the client takes trailers.
+                trailers = b"trailers" in splitTokens(value.lower())
                 continue
             if kind is _FRAMING:
                 if te is not None:
@@ -375,7 +408,7 @@ def planRequest(
     return RequestPlan(
         b"".join(parts), chunked, hasBody, upgrade, websocketKey, expectContinue,
         authority, stickyKey, keepAlive,
-        method in IDEMPOTENT and not hasBody and not upgrade,
+        method in IDEMPOTENT and not hasBody and not upgrade, trailers,
     )
 
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from h2.config import H2Configuration
+from h2.connection import H2Connection as H2State
+from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
+from h2.exceptions import ProtocolError
 from httptools import HttpParserError, HttpResponseParser
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
@@ -17,6 +21,7 @@ from ..dial import Dialler
 from ..endpoints import parseEndpoint
 from ..health import ProbeFailed
 from ..pool import Backend
+from ._h2backend import requestFields
 
 # Enough of a body to look for the expected text; the rest is not kept.
 MAX_PROBE_BODY = 65536
@@ -105,22 +110,71 @@ class _ProbeProtocol(Protocol):
             )))
 
 
+class _H2ProbeProtocol(_ProbeProtocol):
+    """
+    Sends the check request over HTTP/2 (the connection preface, then one
+    stream) and reads the response.
+    """
+
+    def __init__(self, request: bytes, check: HealthCheck, result: Deferred[object]) -> None:
+        super().__init__(request, check, result)
+        self.h2 = H2State(H2Configuration(client_side=True, header_encoding=None))
+
+    def connectionMade(self) -> None:
+        h2 = self.h2
+        h2.initiate_connection()
+        fields, _ = requestFields(self.request, b"https" if self.factory.tls else b"http")
+        h2.send_headers(1, fields, end_stream=True)
+        self.transport.write(h2.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as e:
+            self._finish(ProbeFailed(f"malformed HTTP/2: {e}"))
+            return
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                self.status = int(dict(event.headers).get(b":status", b"0"))
+                if self.check.method == "HEAD" or self.check.expectBody is None:
+                    self._judge()
+            elif isinstance(event, DataReceived):
+                self.on_body(event.data)
+                self.h2.acknowledge_received_data(event.flow_controlled_length, 1)
+            elif isinstance(event, StreamEnded):
+                self._judge()
+            elif isinstance(event, StreamReset):
+                self._finish(ProbeFailed(f"stream reset ({event.error_code!r})"))
+            if self.done:
+                return
+        data = self.h2.data_to_send()
+        if data:
+            self.transport.write(data)
+
+
 class _ProbeFactory(Factory):
     noisy = False
 
-    def __init__(self, request: bytes, check: HealthCheck, result: Deferred[object]) -> None:
+    def __init__(self, request: bytes, check: HealthCheck, result: Deferred[object],
+                 tls: bool = False) -> None:
         self.request = request
         self.check = check
         self.result = result
+        self.tls = tls
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return _ProbeProtocol(self.request, self.check, self.result)
+        kind = _H2ProbeProtocol if self.check.h2 else _ProbeProtocol
+        protocol = kind(self.request, self.check, self.result)
+        protocol.factory = self
+        return protocol
 
 
 class HTTPProbe:
     """
     A backend is healthy if it answers C{method path} with an expected
-    status (and, if configured, a body containing the expected text).
+    status (and, if configured, a body containing the expected text): over
+    HTTP/1.1, or over HTTP/2 for the backends of a pool with C{protocol:
+    h2} (h2c by prior knowledge, or TLS with ALPN h2).
 
     Register it as C{probes["http"]} of a L{lbtwist.health.HealthMonitor}.
     """
@@ -160,9 +214,8 @@ class HTTPProbe:
         result: Deferred[object] = Deferred(cancel)
         attempt: Deferred[Any] | None = None
         endpoint: Any = self._dialler.endpoint(backend.endpoint, backend.config.tls)
-        attempt = endpoint.connect(
-            _ProbeFactory(self.request(backend), backend.healthCheck, result)
-        )
+        attempt = endpoint.connect(_ProbeFactory(
+            self.request(backend), backend.healthCheck, result, backend.config.tls is not None))
 
         def connected(protocol: Any) -> None:
             connection.append(protocol)

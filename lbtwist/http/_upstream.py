@@ -22,6 +22,7 @@ from ..dial import Dialler
 from ..policies import SourceHash
 from ..pool import Backend, BackendPool
 from ..proxyprotocol import PROXY_HEADERS
+from ._h2backend import H2Backends
 from ._plan import RequestRules, cookieValue
 from ._pool import IdleConnections
 
@@ -33,6 +34,7 @@ class Upstream:
     @ivar pool: the pool.
     @ivar connector: finds and connects its backends.
     @ivar idle: its idle backend connections.
+    @ivar h2: its HTTP/2 backend connections, for a pool of C{protocol: h2}.
     @ivar rules: what the request plan follows for this listener and pool.
     @ivar proxyHeader: makes the PROXY-protocol header its backend
         connections begin with (from the client's and the listener's
@@ -51,7 +53,13 @@ class Upstream:
         self.connector = BackendConnector(pool, reactor, dialler)
         config = pool.config
         http = config.http
-        self.idle = IdleConnections(reactor, http.keepAlive)
+        # The HTTP/2 connections of an h2 pool: its exchanges are streams
+        # of them, which it hands out as the idle pool hands out connections.
+        self.h2 = (
+            H2Backends(reactor, http.keepAlive.idleTimeout, config.timeouts.connect)
+            if config.protocol == "h2" else None
+        )
+        self.idle: Any = self.h2 or IdleConnections(reactor, http.keepAlive)
         self.maxRequests = http.keepAlive.maxRequests
         self.maxResponseHeaderSize = http.maxResponseHeaderSize
         self.responseTimeout = config.timeouts.response

@@ -1,0 +1,474 @@
+"""
+HTTP/2 to backends (L{lbtwist.http._h2backend}): the request head mapped to
+HTTP/2 fields, the pool's C{protocol} key, and a real balancer over test
+HTTP/2 servers (the h2 library, server side, on 127.0.0.1): streams
+multiplexed on one connection, bodies both ways, refused streams retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import h2.config
+import h2.connection
+import h2.events
+from h2.errors import ErrorCodes
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lbtwist.config import ConfigError, parseConfig
+from lbtwist.dial import Dialler
+from lbtwist.health import ProbeFailed
+from lbtwist.http import HTTPProbe
+from lbtwist.http._h2backend import requestFields
+from lbtwist.pool import BackendPool
+
+from .httphelpers import chromiumDOM, httpRequests, rawExchange, waitFor
+from .support import inThread, reactor, startBalancer
+from .test_tls_listen import Certificates
+
+
+class RequestFieldsTests(SynchronousTestCase):
+    """
+    L{requestFields} maps a planned HTTP/1.1 head to HTTP/2 fields.
+    """
+
+    def test_mapped(self) -> None:
+        """
+        Host becomes C{:authority}; connection-specific fields go; C{te:
+        trailers} is added; the Content-Length is read.
+        """
+        fields, length = requestFields(
+            b"POST /a?b HTTP/1.1\r\nHost: h.example\r\nContent-Length: 3\r\n"
+            b"Connection: keep-alive\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n", b"http")
+        self.assertEqual(fields, [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"h.example"),
+            (b":path", b"/a?b"), (b"content-length", b"3"), (b"x-forwarded-for", b"1.2.3.4"),
+            (b"te", b"trailers")])
+        self.assertEqual(length, 3)
+
+    def test_absoluteForm(self) -> None:
+        """
+        An absolute-form target is sent as its path.
+        """
+        fields, length = requestFields(
+            b"GET http://h.example/x/y HTTP/1.1\r\nHost: h.example\r\n\r\n", b"https")
+        self.assertIn((b":path", b"/x/y"), fields)
+        self.assertIn((b":scheme", b"https"), fields)
+        self.assertIsNone(length)
+
+
+class ProtocolKeyTests(SynchronousTestCase):
+    """
+    A pool's C{protocol} key.
+    """
+
+    def pool(self, **settings: Any) -> Any:
+        return parseConfig({
+            "listeners": [{"listen": "tcp:0", "mode": "http"}],
+            "pools": {"web": {"backends": [{"host": "127.0.0.1", "port": 1,
+                                            **settings.pop("backend", {})}], **settings}},
+        }).pools[0]
+
+    def test_default(self) -> None:
+        """
+        Pools speak HTTP/1.1 unless told.
+        """
+        self.assertEqual(self.pool().protocol, "http/1.1")
+
+    def test_h2TLS(self) -> None:
+        """
+        A TLS backend of an h2 pool offers only h2 by ALPN.
+        """
+        pool = self.pool(protocol="h2", backend={"tls": {"verify": False}})
+        self.assertEqual(pool.protocol, "h2")
+        self.assertEqual(pool.backends[0].tls.alpn, ("h2",))
+
+    def test_bad(self) -> None:
+        """
+        Another value is refused, naming the key.
+        """
+        e = self.assertRaises(ConfigError, self.pool, protocol="h3")
+        self.assertIn("pools.web.protocol", str(e))
+
+
+Answer = Callable[["H2Server", int, dict[bytes, bytes], bytes], None]
+
+
+class H2Server(Protocol):
+    """
+    A test HTTP/2 backend (cleartext, prior knowledge): answers each
+    complete request with C{factory.answer}.
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1  # type: ignore[attr-defined]
+        self.factory.open += 1  # type: ignore[attr-defined]
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        self.conn.initiate_connection()
+        self.heads: dict[int, dict[bytes, bytes]] = {}
+        self.bodies: dict[int, bytes] = {}
+        # Response bytes still to send, by stream, as windows allow.
+        self.owed: dict[int, int] = {}
+        self.flush()
+
+    def flush(self) -> None:
+        """
+        Send what h2 has to send.
+        """
+        self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                self.heads[event.stream_id] = dict(event.headers)
+                self.bodies[event.stream_id] = b""
+                self.factory.requests.append(dict(event.headers))  # type: ignore[attr-defined]
+                self.factory.used.add(self)  # type: ignore[attr-defined]
+            elif isinstance(event, h2.events.DataReceived):
+                self.bodies[event.stream_id] += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                sid = event.stream_id
+                self.factory.answer(self, sid, self.heads[sid], self.bodies[sid])  # type: ignore[attr-defined]
+        self.pump()
+        self.flush()
+
+    def pump(self) -> None:
+        """
+        Send what is owed within the windows, ending each stream with its
+        last byte.
+        """
+        for sid, owed in list(self.owed.items()):
+            window = min(self.conn.local_flow_control_window(sid),
+                         self.conn.max_outbound_frame_size)
+            while owed and window > 0:
+                n = min(owed, window)
+                owed -= n
+                self.conn.send_data(sid, b"z" * n, end_stream=not owed)
+                self.factory.sent += n  # type: ignore[attr-defined]
+                window = min(self.conn.local_flow_control_window(sid),
+                             self.conn.max_outbound_frame_size)
+            if owed:
+                self.owed[sid] = owed
+            else:
+                del self.owed[sid]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.open -= 1  # type: ignore[attr-defined]
+
+
+def echo(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer with the path and the body, and a trailer.
+    """
+    conn = server.conn
+    conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/plain")])
+    conn.send_data(sid, head[b":path"] + b" " + body)
+    conn.send_headers(sid, [(b"x-done", b"yes")], end_stream=True)
+
+
+BULK = 32 * 1024 * 1024
+
+
+def bulk(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer with C{BULK} bytes, sent as the windows allow.
+    """
+    server.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"%d" % BULK)])
+    server.owed[sid] = BULK
+
+
+def refuse(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Refuse every stream unprocessed.
+    """
+    server.factory.refused += 1  # type: ignore[attr-defined]
+    server.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+
+
+def goAway(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Close the connection gracefully before processing the stream: GOAWAY
+    with the stream before it as the last one processed.
+    """
+    server.factory.refused += 1  # type: ignore[attr-defined]
+    server.conn.close_connection(last_stream_id=sid - 2 if sid > 2 else 0)
+
+
+class H2ServerCase(TestCase):
+    """
+    Tests with test HTTP/2 servers on 127.0.0.1.
+    """
+
+    timeout = 30
+
+    def server(self, answer: Answer) -> Any:
+        """
+        A test HTTP/2 server on 127.0.0.1, port 0.
+        """
+        factory = Factory.forProtocol(H2Server)
+        factory.answer = answer  # type: ignore[attr-defined]
+        factory.connections = 0  # type: ignore[attr-defined]
+        factory.open = 0  # type: ignore[attr-defined]
+        factory.refused = 0  # type: ignore[attr-defined]
+        factory.sent = 0  # type: ignore[attr-defined]
+        factory.requests = []  # type: ignore[attr-defined]
+        # The connections that carried requests (not the health checks').
+        factory.used = set()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        factory.listening = port  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        factory.endpoint = f"tcp:host=127.0.0.1:port={port.getHost().port}"  # type: ignore[attr-defined]
+        return factory
+
+
+class H2BackendTests(H2ServerCase):
+    """
+    A balancer whose pool speaks HTTP/2 to real (test) HTTP/2 servers.
+    """
+
+    def balancer(self, *servers: Any, **pool: Any) -> int:
+        """
+        A balancer over C{servers} with C{protocol: h2}; its port.
+        """
+        _, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"protocol": "h2", "health": {"fall": 100},
+                              "backends": [{"name": f"s{i}", "endpoint": s.endpoint}
+                                           for i, s in enumerate(servers)], **pool}},
+        })
+        return port
+
+    @inlineCallbacks
+    def test_multiplexed(self) -> Any:
+        """
+        Requests from several HTTP/1.1 clients at once, the first ones
+        while the connection to the backend is still being made, are
+        streams of that one connection; each gets its own answer and body.
+        """
+        server = self.server(echo)
+        port = self.balancer(server)
+        results = yield DeferredList([
+            httpRequests(port, [("POST", f"/p{i}", b"body%d" % i, {})]) for i in range(8)])
+        for i, (ok, responses) in enumerate(results):
+            self.assertTrue(ok)
+            status, headers, body = responses[0]
+            self.assertEqual((status, body), (200, b"/p%d body%d" % (i, i)))
+        self.assertEqual(len(server.used), 1)
+        self.assertEqual(server.requests[-1][b"te"], b"trailers")
+
+    @inlineCallbacks
+    def test_backpressure(self) -> Any:
+        """
+        A client that does not read holds the backend back: the backend
+        can send only what the windows and the sockets hold, not the whole
+        32 MB response; once the client reads, all of it comes.
+        """
+        server = self.server(bulk)
+        port = self.balancer(server)
+
+        def run() -> tuple[int, int]:
+            import socket
+            import time
+
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                s.sendall(b"GET /bulk HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                time.sleep(1.0)
+                sentWhileStalled = server.sent
+                got = 0
+                while True:
+                    data = s.recv(1 << 20)
+                    if not data:
+                        break
+                    got += len(data)
+                return sentWhileStalled, got
+
+        sentWhileStalled, got = yield inThread(run)
+        self.assertLess(sentWhileStalled, BULK // 4)
+        self.assertGreater(got, BULK)
+
+    @inlineCallbacks
+    def test_trailersToHTTP11(self) -> Any:
+        """
+        The backend's trailers reach an HTTP/1.1 client that asked for
+        them, after a chunked body.
+        """
+        port = self.balancer(self.server(echo))
+        out = yield rawExchange(port, b"GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n"
+                                      b"Connection: close\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked", out)
+        self.assertTrue(out.endswith(b"0\r\nx-done: yes\r\n\r\n"), out)
+
+    @inlineCallbacks
+    def test_refusedRetried(self) -> Any:
+        """
+        A stream refused unprocessed (REFUSED_STREAM) is retried on another
+        backend, even a POST (it has no body).
+        """
+        refusing = self.server(refuse)
+        good = self.server(echo)
+        port = self.balancer(refusing, good, policy="roundrobin")
+        for _ in range(2):
+            responses = yield httpRequests(port, [("POST", "/r", None, {})])
+            self.assertEqual(responses[0][0], 200)
+        self.assertGreaterEqual(len(refusing.requests), 1)
+
+    @inlineCallbacks
+    def test_goAwayRetried(self) -> Any:
+        """
+        A stream beyond a GOAWAY's last stream id was not processed: it is
+        retried on another backend, and the closing connection is not used
+        again.
+        """
+        closing = self.server(goAway)
+        good = self.server(echo)
+        port = self.balancer(closing, good, policy="roundrobin")
+        for i in range(3):
+            responses = yield httpRequests(port, [("GET", f"/g{i}", None, {})])
+            self.assertEqual(responses[0][:1], (200,))
+            self.assertEqual(responses[0][2], b"/g%d " % i)
+        self.assertGreaterEqual(closing.refused, 1)
+        yield waitFor(lambda: closing.open == 0)
+
+    @inlineCallbacks
+    def test_deadBackend(self) -> Any:
+        """
+        Requests that joined a connection that never came up (its backend
+        refused the dial) are sent to another backend.
+        """
+        good = self.server(echo)
+        dead = self.server(echo)
+        yield dead.listening.stopListening()
+        port = self.balancer(dead, good, policy="roundrobin")
+        results = yield DeferredList([
+            httpRequests(port, [("GET", f"/d{i}", None, {})]) for i in range(6)])
+        self.assertEqual([r[1][0][0] for r in results], [200] * 6)
+
+    @inlineCallbacks
+    def test_refusedNotRetried(self) -> Any:
+        """
+        Without C{refused-stream} in C{retry-on}, the refused request gets a
+        502.
+        """
+        port = self.balancer(self.server(refuse), **{"retry-on": ["connect-failure"]})
+        responses = yield httpRequests(port, [("GET", "/r", None, {})])
+        self.assertEqual(responses[0][0], 502)
+
+
+def notFound(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer 404 with no body.
+    """
+    server.conn.send_headers(sid, [(b":status", b"404")], end_stream=True)
+
+
+class H2HealthTests(H2ServerCase):
+    """
+    The http check of an h2 pool speaks HTTP/2: its request is a stream
+    after the connection preface.
+    """
+
+    @inlineCallbacks
+    def check(self, answer: Answer) -> Any:
+        """
+        Probe a test h2 server answering with C{answer}; the probe's
+        result (or failure) and the request the server saw.
+        """
+        server = self.server(answer)
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:0", "mode": "http"}],
+            "pools": {"p": {"protocol": "h2", "health": {"type": "http", "path": "/healthz"},
+                            "backends": [{"name": "b", "endpoint": server.endpoint}]}},
+        })
+        probe = HTTPProbe(Dialler(reactor))
+        backend = BackendPool(config.pools[0]).get("b")
+        try:
+            result = yield probe(backend)
+        except ProbeFailed as e:
+            result = str(e)
+        return result, server.requests
+
+    @inlineCallbacks
+    def test_up(self) -> Any:
+        """
+        A 200 over HTTP/2 passes the check.
+        """
+        result, requests = yield self.check(echo)
+        self.assertEqual(result, 200)
+        self.assertEqual(requests[0][b":path"], b"/healthz")
+        self.assertEqual(requests[0][b":method"], b"GET")
+
+    @inlineCallbacks
+    def test_down(self) -> Any:
+        """
+        A 404 over HTTP/2 fails it, saying the status.
+        """
+        result, _ = yield self.check(notFound)
+        self.assertIn("status 404", result)
+
+
+PAGE = (b"<html><body><script>document.body.textContent = 'protocol=' + "
+        b"performance.getEntries()[0].nextHopProtocol;</script></body></html>")
+
+
+def page(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    A page whose script writes the protocol the browser loaded it over.
+    """
+    server.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/html"),
+                                   (b"content-length", b"%d" % len(PAGE))])
+    server.conn.send_data(sid, PAGE, end_stream=True)
+
+
+class ChromiumTests(H2ServerCase):
+    """
+    A browser speaks HTTP/2 to lbtwist, which speaks HTTP/2 to the backend.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_page(self) -> Any:
+        """
+        Headless Chromium loads a page through a TLS listener offering h2
+        from an h2 backend: the page says it came over C{h2}, and the
+        backend saw the request as a stream.
+        """
+        files = Certificates(self.mktemp())
+        server = self.server(page)
+        _, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http", "tls": {
+                "certificates": [Certificates.entry(files.ab)], "alpn": ["h2", "http/1.1"]}}],
+            "pools": {"web": {"protocol": "h2", "health": {"fall": 100},
+                              "backends": [{"name": "s", "endpoint": server.endpoint}]}},
+        })
+        out = yield chromiumDOM(self, f"https://127.0.0.1:{port}/page")
+        self.assertIn(b"protocol=h2", out)
+        self.assertIn(b"/page", [r[b":path"] for r in server.requests])
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    A pool's protocol is built into the listeners' factories.
+    """
+
+    def test_needsRestart(self) -> None:
+        """
+        A reload that changes a pool's protocol says it needs a restart and
+        keeps the running protocol (and the backends that follow it).
+        """
+        from lbtwist.diff import runnable
+
+        def config(**pool: Any) -> Any:
+            return parseConfig({"listeners": [{"listen": "tcp:80", "mode": "http"}],
+                                "pools": {"web": {"backends": ["127.0.0.1:1"], **pool}}})
+
+        running = config()
+        kept, differ = runnable(config(protocol="h2"), running)
+        self.assertEqual(differ, ["pools.web.protocol"])
+        self.assertEqual(kept.pools[0].protocol, "http/1.1")
+        self.assertEqual(kept.pools[0].backends, running.pools[0].backends)
