@@ -325,11 +325,11 @@ class RegistrySyncTests(ClusterCase):
         gate: Deferred[None] = Deferred()
         watch = sync.client.watch
 
-        async def later(*args: Any) -> Any:
+        async def later(*args: Any, **kw: Any) -> Any:
             await gate
-            return await watch(*args)
+            return await watch(*args, **kw)
 
-        sync.client.watch = lambda *args: Deferred.fromCoroutine(later(*args))
+        sync.client.watch = lambda *args, **kw: Deferred.fromCoroutine(later(*args, **kw))
         client = EtcdClient(reactor, [self.etcd.url])
         self.addCleanup(client.close)
         sync._watch.cancel()

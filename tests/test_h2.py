@@ -507,8 +507,11 @@ class AbuseTests(H2TestCase):
         self.assertIsNotNone(terminated)
         self.assertEqual(terminated.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
         # Cut off at the 201st reset (max-resets is 200): the streams it
-        # took are those and curl's 20, however many the flood sent.
-        self.assertLessEqual(factory.h2Streams, 201 + 20)
+        # took are those and curl's 20, however many the flood sent, and the
+        # few flood streams answered before their reset arrived (a reset of
+        # a finished stream is no reset: on a loaded machine the backend can
+        # win that race a time or two).
+        self.assertLessEqual(factory.h2Streams, 201 + 20 + 5)
         self.assertGreater(sent, 200)
         self.assertEqual(factory.h2Calmed, 1)
         self.assertEqual(answers, [(b"200", 0, b"")] * 20)
