@@ -70,6 +70,7 @@ from ..routing import applyHeaderActions
 from ._client import ClientPeer
 from ._errors import _BODIES, BadRequest
 from ._exchange import Exchange, IClientSide
+from ._gate import ProducerGate
 from ._plan import forwarded, planResponse, trailerFields
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -289,8 +290,7 @@ class H2Stream:
         # request's (relayed as it ends).
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._requestTrailers: list[tuple[bytes, bytes]] | None = None
-        self._producer: Any = None
-        self._producerPaused = False
+        self._gate = ProducerGate()
 
     def __repr__(self) -> str:
         return f"<H2Stream {self.streamId} {self.exchange!r}>"
@@ -614,16 +614,7 @@ class H2Stream:
         Pause the backend while DATA waits for window or the client's
         socket is full; resume it when neither holds.
         """
-        producer = self._producer
-        if producer is None:
-            return
-        want = bool(self._out) or self.connection.writePaused
-        if want != self._producerPaused:
-            self._producerPaused = want
-            if want:
-                producer.pauseProducing()
-            else:
-                producer.resumeProducing()
+        self._gate.hold(bool(self._out) or self.connection.writePaused)
 
     def upgradeSent(self, ex: Exchange, connection: Any) -> None:
         """
@@ -665,16 +656,14 @@ class H2Stream:
         The backend connection relaying the response: paused while the
         client cannot take more.
         """
-        self._producer = producer
-        self._producerPaused = False
+        self._gate.register(producer)
         self.updateProducer()
 
     def unregisterProducer(self) -> None:
         """
         The backend connection relays no more to this stream.
         """
-        self._producer = None
-        self._producerPaused = False
+        self._gate.unregister()
 
     def exchangeDone(self, ex: Exchange) -> None:
         """
@@ -730,7 +719,7 @@ class H2Stream:
             return
         self.closed = True
         self._out.clear()
-        self._producer = None
+        self._gate.unregister()
         ex = self.exchange
         if ex is not None and not ex.over:
             ex.abandon()

@@ -62,6 +62,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
+from ._gate import ProducerGate
 from ._plan import forwarded, trailerFields
 
 # The window each response stream is given: what a stream may hold of a
@@ -146,8 +147,7 @@ class H2BackendStream:
         self._endAfter = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._requestTrailers: list[tuple[bytes, bytes]] | None = None
-        self._producer: Any = None
-        self._producerPaused = False
+        self._gate = ProducerGate()
         self._unacked = 0
 
     def __repr__(self) -> str:
@@ -238,29 +238,19 @@ class H2BackendStream:
         self._updateProducer()
 
     def _updateProducer(self) -> None:
-        producer = self._producer
-        if producer is None:
-            return
-        want = bool(self._out)
-        if want != self._producerPaused:
-            self._producerPaused = want
-            if want:
-                producer.pauseProducing()
-            else:
-                producer.resumeProducing()
+        self._gate.hold(bool(self._out))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """
         The client is the producer of the request body.
         """
-        self._producer = producer
-        self._producerPaused = False
+        self._gate.register(producer)
 
     def unregisterProducer(self) -> None:
         """
         The request body's producer is gone.
         """
-        self._producer = None
+        self._gate.unregister()
 
     def sendTunnel(self, data: bytes) -> None:
         """
