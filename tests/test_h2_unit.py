@@ -774,3 +774,48 @@ class AddressTests(SynchronousTestCase):
         stream = client.server.streams[1]
         self.assertEqual((stream.clientHost, stream.clientName), (b"192.0.2.7", "192.0.2.7:5555"))
         self.assertEqual(stream.localAuthority, b"10.0.0.1:12345")
+
+
+class GateTests(SynchronousTestCase):
+    """
+    The sending helpers HTTP/2 client and backend streams share.
+    """
+
+    def test_takeWindow(self) -> None:
+        """
+        A piece larger than the window is split, the rest staying first; a
+        piece that fits is taken whole.
+        """
+        from collections import deque
+
+        from lbtwist.http._gate import takeWindow
+
+        out = deque([b"abcdef", b"gh"])
+        self.assertEqual(takeWindow(out, 4), b"abcd")
+        self.assertEqual(list(out), [b"ef", b"gh"])
+        self.assertEqual(takeWindow(out, 4), b"ef")
+        self.assertEqual(list(out), [b"gh"])
+
+    def test_producerGate(self) -> None:
+        """
+        Each change of wish reaches the producer once; none without one.
+        """
+        from lbtwist.http._gate import ProducerGate
+
+        calls: list[str] = []
+
+        class Producer:
+            def pauseProducing(self) -> None:
+                calls.append("pause")
+
+            def resumeProducing(self) -> None:
+                calls.append("resume")
+
+        gate = ProducerGate()
+        gate.hold(True)
+        gate.register(Producer())
+        for paused in (True, True, False, False, True):
+            gate.hold(paused)
+        gate.unregister()
+        gate.hold(False)
+        self.assertEqual(calls, ["pause", "resume", "pause"])

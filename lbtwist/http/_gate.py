@@ -1,12 +1,27 @@
 """
-A producer held back by a wish (L{ProducerGate}): an HTTP/2 stream pauses
-the side that feeds it while its DATA waits for flow-control window, on a
-client stream and a backend stream alike.
+What an HTTP/2 stream's sending shares, on a client stream and a backend
+stream alike: the next DATA piece a flow-control window allows
+(L{takeWindow}), and the producer held back while DATA waits
+(L{ProducerGate}).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
+
+
+def takeWindow(out: deque[bytes], window: int) -> bytes:
+    """
+    The next piece of C{out} (not empty) to send in C{window} bytes: its
+    first piece, or the part of it that fits (the rest stays first).
+    """
+    piece = out[0]
+    if len(piece) > window:
+        out[0] = piece[window:]
+        return piece[:window]
+    out.popleft()
+    return piece
 
 
 class ProducerGate:

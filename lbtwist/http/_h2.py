@@ -70,7 +70,7 @@ from ..routing import applyHeaderActions
 from ._client import ClientPeer
 from ._errors import _BODIES, BadRequest
 from ._exchange import Exchange, IClientSide
-from ._gate import ProducerGate
+from ._gate import ProducerGate, takeWindow
 from ._plan import forwarded, planResponse, trailerFields
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -571,12 +571,7 @@ class H2Stream:
                                  state.max_outbound_frame_size)
                     if window <= 0:
                         break
-                    piece = out[0]
-                    if len(piece) > window:
-                        out[0] = piece[window:]
-                        piece = piece[:window]
-                    else:
-                        out.popleft()
+                    piece = takeWindow(out, window)
                     # The last DATA of a complete response ends the stream
                     # (or its trailers do).
                     last = ending and not out

@@ -35,6 +35,7 @@ The rules:
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from h2.config import H2Configuration
@@ -62,7 +63,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
-from ._gate import ProducerGate
+from ._gate import ProducerGate, takeWindow
 from ._plan import forwarded, trailerFields
 
 # The window each response stream is given: what a stream may hold of a
@@ -143,7 +144,7 @@ class H2BackendStream:
         self.ended = False
         self.responseEnded = False
         self._length: int | None = None
-        self._out: list[bytes] = []
+        self._out: deque[bytes] = deque()
         self._endAfter = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._requestTrailers: list[tuple[bytes, bytes]] | None = None
@@ -215,12 +216,7 @@ class H2BackendStream:
                 window = min(state.local_flow_control_window(sid), state.max_outbound_frame_size)
                 if window <= 0:
                     break
-                piece = out[0]
-                if len(piece) > window:
-                    out[0] = piece[window:]
-                    piece = piece[:window]
-                else:
-                    out.pop(0)
+                piece = takeWindow(out, window)
                 last = self._endAfter and not out and not trailers
                 state.send_data(sid, piece, end_stream=last)
                 if last:
