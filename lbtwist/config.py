@@ -1987,9 +1987,20 @@ def loadConfigFile(path: str) -> Config:
     """
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a safe loader)
+            text = f.read()
     except OSError as e:
         raise ConfigError("", f"cannot read config file {path!r}: {e.strerror}") from e
+    return parseConfigText(text, path)
+
+
+def parseConfigText(text: str, path: str) -> Config:
+    """
+    Validate the YAML text of configuration file C{path}.
+
+    @raise ConfigError: it is not YAML, or is invalid.
+    """
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as e:
         raise ConfigError("", f"config file {path!r} is not valid YAML: {e}") from e
     return parseConfig(data)

@@ -16,10 +16,9 @@ import math
 from typing import Any
 
 import attrs
-import yaml
 from twisted.logger import Logger
 
-from ..config import BackendConfig, Config, PoolConfig, parseConfig
+from ..config import BackendConfig, Config, PoolConfig, parseConfigText
 from ..diff import runnable
 from ..pool import Health
 from ..reload import LiveConfig
@@ -73,13 +72,8 @@ def parseText(text: str, path: str, check: bool = True) -> Config:
     @raise lbtwist.config.ConfigError: it is not valid.
     """
     from ..checks import checkEndpoints, checkTLS
-    from ..config import ConfigError, _StrictLoader
 
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError as e:
-        raise ConfigError("", f"config file {path!r} is not valid YAML: {e}") from e
-    config = parseConfig(data)
+    config = parseConfigText(text, path)
     if check:
         checkEndpoints(config)
         checkTLS(config)
