@@ -183,8 +183,11 @@ def _multicore_lines(results: Results) -> list[str]:
     """
     The multi-core case, per core (CPU-normalised: requests per second of
     the proxy's CPU time, so that wrk and the backends sharing the cores do
-    not count): two workers' efficiency against one worker's, and each
-    lbtwist's ratio to HAProxy with as many threads.
+    not count): two workers' efficiency against one worker's, beside
+    HAProxy's two threads against its one (what the machine allows: the
+    unpinned processes share the cores with wrk and the backends, which the
+    pinned single-core targets do not), and each lbtwist's ratio to HAProxy
+    with as many threads.
     """
     lines = []
     for case in results.cases:
@@ -198,7 +201,8 @@ def _multicore_lines(results: Results) -> list[str]:
             line = (f"{case.name} {mode}: 2 workers {two:,.0f}/core vs 1 worker {one:,.0f}/core: "
                     f"capacity of 2 cores = {2 * two / one:.2f}x one worker (target >= 1.8x)")
             if h1 and h2:
-                line += (f"; vs HAProxy per core: 2w/2t {two / h2:.2f}x, "
+                line += (f"; HAProxy on this machine: 2 threads = {2 * h2 / h1:.2f}x one thread"
+                         f"; vs HAProxy per core: 2w/2t {two / h2:.2f}x, "
                          f"1w/1t {one / h1:.2f}x (target: 2w/2t >= 1w/1t)")
             lines.append(line)
     return ["== multi-core (per core: req/s per CPU-second of the proxy's processes)\n"
