@@ -1,7 +1,9 @@
 """
 The benchmark harness's h2load parts (C{bench/lbbench}): h2load's output
 parsed into numbers (a table of real outputs of h2load 1.52 captured on
-this project's machine) and its command line.
+this project's machine), its command line, the HTTP/2 server-preface check
+of the idle-connection memory case, and the HTTP/2 report's per-core ratio
+and summary line.
 """
 
 # The captured h2load outputs are kept verbatim, long lines included.
@@ -19,6 +21,7 @@ BENCH = str(Path(__file__).resolve().parent.parent / "bench")
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 
+from lbbench.cases import CASES_BY_NAME  # noqa: E402
 from lbbench.h2load import (  # noqa: E402
     H2loadError,
     H2LoadSpec,
@@ -27,6 +30,20 @@ from lbbench.h2load import (  # noqa: E402
     parse_output,
     summarise,
 )
+from lbbench.memory import (  # noqa: E402
+    H2_ACK,
+    H2_CLIENT_PREFACE,
+    H2_SETTINGS,
+    h2_frame,
+    server_preface_state,
+)
+from lbbench.report import (  # noqa: E402
+    CaseResult,
+    Results,
+    TargetStatus,
+    format_case_tables,
+)
+from lbbench.targets import TARGETS_BY_NAME  # noqa: E402
 
 # lbtwist-h2tls under h2load -t 1 -c 8 -m 16 -D 2 --npn-list=h2 https://...
 LBTWIST_TLS = """\
@@ -300,3 +317,94 @@ class CommandTests(SynchronousTestCase):
         argv = h2load_command("h2load", 4242, H2LoadSpec("/small", "https", 0.2, 1, 1))
         self.assertEqual(argv[-3:], ["1", "--npn-list=h2", "https://127.0.0.1:4242/small"])
         self.assertEqual(expected_protocol("https"), "h2")
+
+
+class ServerPrefaceTests(SynchronousTestCase):
+    """
+    L{server_preface_state} tells whether a server's first bytes open an
+    HTTP/2 server preface (a SETTINGS frame that is not an ACK).
+    """
+
+    def test_table(self) -> None:
+        """
+        A whole SETTINGS frame (empty, or with settings, followed by more
+        frames or not) is True; an ACK, another frame type, HTTP/1.1 bytes
+        or a payload that is no list of 6-byte settings is False; too few
+        bytes to tell is None.
+        """
+        settings = h2_frame(H2_SETTINGS, payload=bytes.fromhex("000300000064000400010000"))
+        table = [
+            (b"", None),
+            (h2_frame(H2_SETTINGS)[:8], None),
+            (h2_frame(H2_SETTINGS), True),
+            (settings, True),
+            (settings[:-1], None),
+            (settings + h2_frame(0x8, payload=b"\x00\x0f\x00\x01"), True),
+            (h2_frame(H2_SETTINGS, H2_ACK), False),
+            (h2_frame(0x7, payload=bytes(8)), False),
+            (b"HTTP/1.1 400 Bad Request\r\n", False),
+            (h2_frame(H2_SETTINGS, payload=bytes(5)), False),
+        ]
+        for received, expected in table:
+            self.assertIs(server_preface_state(received), expected, received)
+
+    def test_clientPreface(self) -> None:
+        """
+        The client's preface is the fixed 24-byte string followed by an
+        empty SETTINGS frame on stream 0.
+        """
+        self.assertEqual(
+            H2_CLIENT_PREFACE,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        )
+
+
+class ReportTests(SynchronousTestCase):
+    """
+    The HTTP/2 case's table and summary compare lbtwist with HAProxy of
+    the same kind per core.
+    """
+
+    def results(self, lbtwistCpu: float) -> Results:
+        """
+        Results of the h2-small case: HAProxy h2c from its captured run at
+        50 % CPU, lbtwist h2c from its captured run at C{lbtwistCpu}.
+        """
+        case = CASES_BY_NAME["h2-small"]
+        specs = [TARGETS_BY_NAME["haproxy-h2c"], TARGETS_BY_NAME["lbtwist-h2c"],
+                 TARGETS_BY_NAME["lbtwist-http"]]
+        results = Results(specs, [case])
+        for spec in specs:
+            results.statuses[spec.name] = TargetStatus(status="ok")
+        results.case_results["h2-small"] = {
+            "haproxy-h2c": CaseResult(runs=[summarise(parse_output(HAPROXY_H2C), 50.0)]),
+            "lbtwist-h2c": CaseResult(runs=[summarise(parse_output(LBTWIST_H2C), lbtwistCpu)]),
+        }
+        return results
+
+    def test_perCoreRatio(self) -> None:
+        """
+        The ratio is requests per CPU-second against HAProxy's: 6,266 req/s
+        at 20 % against 76,916 at 50 %.
+        """
+        results = self.results(20.0)
+        case = CASES_BY_NAME["h2-small"]
+        self.assertAlmostEqual(
+            results.per_core_ratio(case, "lbtwist-h2c", "haproxy-h2c"),
+            (6266.0 / 0.2) / (76916.0 / 0.5),
+        )
+
+    def test_table(self) -> None:
+        """
+        The table lists only the HTTP/2 targets, with mean and max request
+        times and the per-core ratio; the summary line says whether the
+        0.4x target is met.
+        """
+        text = format_case_tables(self.results(20.0))
+        self.assertIn("lbtwist-h2c         6,266", text)
+        self.assertNotIn("lbtwist-http", text.split("Medians")[0])
+        self.assertIn("0.20x", text)
+        self.assertIn("h2-small: lbtwist-h2c / haproxy-h2c per core = 0.20x "
+                      "(target >= 0.40x: NOT met)", text)
+        met = format_case_tables(self.results(10.0))
+        self.assertIn("per core = 0.41x (target >= 0.40x: met)", met)
