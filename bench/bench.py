@@ -6,8 +6,9 @@ Usage (normally through ``bash bench/run.sh``)::
     .venv/bin/python bench/bench.py [--quick] [--targets a,b] [--cases small,big] ...
 
 Backends are nginx server blocks started by the harness; every target is
-loaded with wrk through the cases in :mod:`lbbench.cases`; the proxy runs alone
-on one CPU, wrk and the backends on the other.  Results are printed as a table
+loaded through the cases in :mod:`lbbench.cases` that speak its protocol
+(wrk for HTTP/1.1 and TCP, h2load for HTTP/2); the proxy runs alone
+on one CPU, the load generator and the backends on the other.  Results are printed as a table
 and written as JSON (``bench/results/latest.json`` by default).  See
 ``bench/README.rst``.
 """
@@ -30,8 +31,9 @@ from typing import Any
 
 from lbbench import configs, sysinfo
 from lbbench.cases import CASES, CASES_BY_NAME, CaseSpec
+from lbbench.h2load import H2loadError, H2loadRun, H2LoadSpec, run_h2load
 from lbbench.memory import MemoryResult, run_memory_case
-from lbbench.probe import probe
+from lbbench.probe import probe, probe_h2
 from lbbench.processes import (
     ProcessManager,
     StartError,
@@ -50,6 +52,9 @@ from lbbench.report import (
     write_json,
 )
 from lbbench.targets import (
+    H2_TLS,
+    H2C,
+    HTTP1,
     TARGETS,
     TARGETS_BY_NAME,
     BenchContext,
@@ -64,8 +69,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
 WANTED_NOFILE = 65536
-MEMORY_TARGETS = ("haproxy-tcp", "lbtwist-tcp", "portforward")
-DEFAULT_MEMORY_TARGETS = "haproxy-tcp,lbtwist-tcp"
+MEMORY_TARGETS = ("haproxy-tcp", "lbtwist-tcp", "portforward", "haproxy-h2c", "lbtwist-h2c")
+DEFAULT_MEMORY_TARGETS = "haproxy-tcp,lbtwist-tcp,haproxy-h2c,lbtwist-h2c"
 FULL_DEFAULTS: dict[str, float] = {"duration": 10.0, "warmup": 2.0, "repeat": 3}
 QUICK_DEFAULTS: dict[str, float] = {"duration": 3.0, "warmup": 1.0, "repeat": 1}
 SYSTEM_PATHS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
@@ -92,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=50, help="wrk -c (50)")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
     parser.add_argument(
+        "--h2-connections", type=int, default=8, help="h2load -c, HTTP/2 connections (8)"
+    )
+    parser.add_argument(
+        "--h2-streams", type=int, default=16, help="h2load -m, streams per connection (16)"
+    )
+    parser.add_argument(
         "--targets",
         type=_csv,
         default=[spec.name for spec in TARGETS],
@@ -113,10 +124,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--memory-connections", type=int, default=10_000, help="idle connections (10000)"
     )
     parser.add_argument(
+        "--memory-h2-connections",
+        type=int,
+        default=2_000,
+        help="idle HTTP/2 connections for the h2c memory targets (2000)",
+    )
+    parser.add_argument(
         "--memory-targets",
         type=_csv,
         default=_csv(DEFAULT_MEMORY_TARGETS),
-        help=f"TCP proxies for the memory case, of: {','.join(MEMORY_TARGETS)} "
+        help=f"targets for the memory case (TCP proxies and h2c), of: {','.join(MEMORY_TARGETS)} "
         f"(default {DEFAULT_MEMORY_TARGETS}; only those also in --targets run)",
     )
     parser.add_argument(
@@ -144,8 +161,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _validate_names(parser, args.targets, TARGETS_BY_NAME, "target")
     _validate_names(parser, args.cases, CASES_BY_NAME, "case")
     _validate_names(parser, args.memory_targets, dict.fromkeys(MEMORY_TARGETS), "memory target")
-    if min(args.repeat, args.duration, args.connections, args.memory_connections) < 1:
-        parser.error("--repeat, --duration, --connections, --memory-connections must be >= 1")
+    counts = (args.repeat, args.duration, args.connections, args.memory_connections,
+              args.memory_h2_connections, args.h2_connections, args.h2_streams)  # fmt: skip
+    if min(counts) < 1:
+        parser.error(
+            "--repeat, --duration, --connections, --memory-connections, "
+            "--memory-h2-connections, --h2-connections, --h2-streams must be >= 1"
+        )
     return args
 
 
@@ -250,7 +272,16 @@ class Harness:
         self.cases = [CASES_BY_NAME[name] for name in args.cases]
         self.results = Results(self.targets, self.cases)
         self.backend_ports: list[int] = []
-        self.machine = sysinfo.machine_info(REPO_ROOT, self.ctx.haproxy, self.nginx, self.wrk)
+        # h2load is only needed (and only looked for) when an HTTP/2 case has a target.
+        uses_h2load = any(
+            case.uses_h2load and case.applies_to(spec)
+            for case in self.cases
+            for spec in self.targets
+        )
+        self.h2load = find_tool("h2load") if uses_h2load else None
+        self.machine = sysinfo.machine_info(
+            REPO_ROOT, self.ctx.haproxy, self.nginx, self.wrk, self.h2load
+        )
 
     def settings(self) -> dict[str, Any]:
         """The options that shaped this run, stored in the JSON."""
@@ -260,6 +291,8 @@ class Harness:
             "repeat": self.args.repeat,
             "wrk_connections": self.args.connections,
             "wrk_threads": self.args.threads,
+            "h2load_connections": self.args.h2_connections,
+            "h2load_streams": self.args.h2_streams,
             "targets": self.args.targets,
             "cases": self.args.cases,
             "client_cpu": self.client_cpu,
@@ -269,6 +302,7 @@ class Harness:
             "memory": self.args.memory,
             "memory_targets": self.args.memory_targets,
             "memory_connections_requested": self.args.memory_connections,
+            "memory_h2_connections_requested": self.args.memory_h2_connections,
             "backend_ports": self.backend_ports,
         }
 
@@ -310,9 +344,12 @@ class Harness:
             self.run_memory()
 
     def start_targets(self) -> list[RunningTarget]:
-        """Start and probe every selected target; return those that are usable."""
+        """Start and probe every selected target a selected case loads; return those
+        that are usable."""
         running = []
         for spec in self.targets:
+            if not any(case.applies_to(spec) for case in self.cases):
+                continue
             target = self.start_target(spec)
             if target is not None:
                 running.append(target)
@@ -330,7 +367,9 @@ class Harness:
             log(f"{spec.name}: unavailable: {exc}")
             return None
         status.command = target.command()
-        found = probe(target.port)
+        found = probe(target.port) if spec.protocol == HTTP1 else probe_h2(
+            target.port, tls=spec.protocol == H2_TLS
+        )
         status.probe = found.to_json()
         status.detail = found.detail
         log(f"{spec.name}: probe: {found.detail}")
@@ -345,6 +384,7 @@ class Harness:
     def run_case(self, case: CaseSpec, running: list[RunningTarget]) -> None:
         """Warm up each target, then ``--repeat`` rounds of one run per target."""
         log(f"\n{case.name}: {case.description}")
+        running = [target for target in running if case.applies_to(target.spec)]
         results = {}
         for target in running:
             result = CaseResult(status="interrupted")
@@ -371,7 +411,7 @@ class Harness:
             self.check_alive(target)
             run = self.load(target, case, duration)
             self.check_alive(target)
-        except (WrkError, StartError) as exc:
+        except (WrkError, H2loadError, StartError) as exc:
             result.status, result.detail = "failed", str(exc)
             log(f"  {name:<13} {label:<9} failed: {exc}")
             return
@@ -379,8 +419,27 @@ class Harness:
             result.runs.append(run)
         log(f"  {name:<13} {label:<9} {_describe(run)}")
 
-    def load(self, running: RunningTarget, case: CaseSpec, duration: float) -> WrkRun:
-        """One wrk run of ``case`` for ``duration`` seconds."""
+    def load(
+        self, running: RunningTarget, case: CaseSpec, duration: float
+    ) -> WrkRun | H2loadRun:
+        """One wrk (or, for an HTTP/2 case, h2load) run of ``case`` for ``duration`` seconds."""
+        if case.uses_h2load:
+            assert self.h2load is not None
+            h2 = H2LoadSpec(
+                path=case.path,
+                scheme=running.spec.scheme,
+                duration_s=duration,
+                connections=self.args.h2_connections,
+                streams=self.args.h2_streams,
+            )
+            return run_h2load(
+                self.manager,
+                self.h2load,
+                running.port,
+                h2,
+                self.client_cpu,
+                running.measured_pids(),
+            )
         load = LoadSpec(
             path=case.path,
             close_connections=case.close_connections,
@@ -407,24 +466,28 @@ class Harness:
                 running.process.log_tail(),
             )
 
-    def memory_connection_count(self) -> int:
-        """Requested idle connections, capped by what the fd limit allows."""
-        limit = self.ctx.max_proxy_connections - 32
-        count: int = min(self.args.memory_connections, limit)
-        if count < self.args.memory_connections:
+    def memory_connection_count(self, spec: TargetSpec) -> int:
+        """Requested idle connections for ``spec``, capped by what the fd limit allows
+        (a TCP proxy needs 2 fds per connection, an HTTP/2 target with no stream 1)."""
+        if spec.protocol == H2C:
+            requested, limit = self.args.memory_h2_connections, self.ctx.nofile - 128
+            fds = "1 fd"
+        else:
+            requested, limit = self.args.memory_connections, self.ctx.max_proxy_connections - 32
+            fds = "2 fds"
+        count: int = min(requested, limit)
+        if count < requested:
             log(
-                f"memory: {self.args.memory_connections} connections requested, using {count} "
-                f"(RLIMIT_NOFILE is {self.ctx.nofile}; a proxy needs 2 fds per connection)"
+                f"memory: {requested} connections requested, using {count} "
+                f"(RLIMIT_NOFILE is {self.ctx.nofile}; {spec.name} needs {fds} per connection)"
             )
         return count
 
     def run_memory(self) -> None:
-        """The idle-connection memory case for the selected TCP proxies."""
+        """The idle-connection memory case for the selected TCP proxies and h2c targets."""
         specs = [spec for spec in self.targets if spec.name in self.args.memory_targets]
-        if not specs:
-            return
-        count = self.memory_connection_count()
         for spec in specs:
+            count = self.memory_connection_count(spec)
             log(f"\nmemory: {spec.name} with {count:,} idle connections")
             result: MemoryResult = run_memory_case(
                 spec, self.ctx, self.manager, count, self.args.memory_settle, self.client_cpu
@@ -436,11 +499,15 @@ class Harness:
             )
 
 
-def _describe(run: WrkRun) -> str:
+def _describe(run: WrkRun | H2loadRun) -> str:
     cpu = "-" if run.proxy_cpu_percent is None else f"{run.proxy_cpu_percent:.0f}%"
+    latency = (
+        f"mean {run.mean_ms:.2f} ms, max {run.max_ms:.2f} ms"
+        if isinstance(run, H2loadRun)
+        else f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms"
+    )
     return (
-        f"{run.requests_per_s:,.0f} req/s, {run.mib_per_s:,.1f} MiB/s, "
-        f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, CPU {cpu}, "
+        f"{run.requests_per_s:,.0f} req/s, {run.mib_per_s:,.1f} MiB/s, {latency}, CPU {cpu}, "
         f"errors {run.socket_errors}/{run.status_errors}"
     )
 

@@ -6,7 +6,9 @@ Everything is written into the harness's temporary directory; nothing under
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 SMALL_PATH = "/small"
@@ -140,9 +142,11 @@ def haproxy_config(
     backend_ports: Sequence[int],
     maxconn: int,
     threads: int = 1,
+    bind_options: str = "",
 ) -> Path:
     """Write an HAProxy config (``mode`` is "tcp" or "http"), roundrobin, ``threads``
-    threads; return its path."""
+    threads, ``bind_options`` after the listening address (``proto h2``, ``ssl crt ...``);
+    return its path."""
     http_options = "    option http-keep-alive\n" if mode == "http" else ""
     servers = "".join(
         f"    server s{index} {LOOPBACK}:{port}\n" for index, port in enumerate(backend_ports, 1)
@@ -161,7 +165,7 @@ defaults
     timeout http-keep-alive {IDLE_TIMEOUT_S}s
 {http_options}
 frontend fe
-    bind {LOOPBACK}:{listen_port}
+    bind {LOOPBACK}:{listen_port}{" " + bind_options if bind_options else ""}
     default_backend be
 
 backend be
@@ -169,6 +173,73 @@ backend be
 {servers}"""
     path = work_dir / f"{name}.cfg"
     path.write_text(text)
+    return path
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A self-signed certificate for 127.0.0.1 and localhost: ``cert`` and ``key`` as
+    separate PEM files (lbtwist) and ``combined`` holding both (HAProxy's ``crt``)."""
+
+    cert: Path
+    key: Path
+    combined: Path
+
+
+def self_signed_certificate(work_dir: Path, openssl: str = "openssl") -> Certificate:
+    """
+    The run's certificate in ``work_dir``, made with ``openssl`` on first use (a new
+    P-256 key per run; h2load does not verify it).  Raises ``OSError`` or
+    ``subprocess.CalledProcessError`` if openssl cannot make it.
+    """
+    certificate = Certificate(
+        work_dir / "bench-cert.pem", work_dir / "bench-key.pem", work_dir / "bench-combined.pem"
+    )
+    if not certificate.combined.exists():
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", str(certificate.key), "-out", str(certificate.cert)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        certificate.combined.write_bytes(
+            certificate.cert.read_bytes() + certificate.key.read_bytes()
+        )
+    return certificate
+
+
+def lbtwist_h2_config(
+    work_dir: Path, name: str, port: int, backends: Sequence[int], tls: Certificate | None
+) -> Path:
+    """
+    Write an lbtwist config with one HTTP listener speaking HTTP/2 to clients,
+    in cleartext by prior knowledge (``http2: true``) or, given ``tls``, over TLS
+    with ALPN ``h2`` (``tls: {certificates, alpn}``), over the same backends and
+    policy as the ``lbtwist-http`` target (HTTP/1.1 to the backends).
+    """
+    import yaml
+
+    listener: dict[str, object] = {
+        "name": "front", "mode": "http", "listen": f"tcp:{port}:interface={LOOPBACK}",
+        "pool": "web",
+    }  # fmt: skip
+    if tls is None:
+        listener["http2"] = True
+    else:
+        listener["tls"] = {
+            "certificates": [{"cert": str(tls.cert), "key": str(tls.key)}],
+            "alpn": ["h2", "http/1.1"],
+        }
+    config = {
+        "listeners": [listener],
+        "pools": {"web": {
+            "policy": "roundrobin",
+            "backends": [f"tcp:host={LOOPBACK}:port={b}" for b in backends],
+        }},
+    }
+    path = work_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 

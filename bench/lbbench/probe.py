@@ -1,15 +1,25 @@
-"""A minimal blocking HTTP/1.1 client that checks a target before it is loaded.
+"""Minimal blocking clients that check a target before it is loaded.
 
-It verifies that ``/small`` and ``/big`` come back complete, that two requests
-can share one connection (keep-alive), and that a ``Connection: close`` request
-makes the target close the client connection after the response.
+For HTTP/1.1 and TCP targets it verifies that ``/small`` and ``/big`` come back
+complete, that two requests can share one connection (keep-alive), and that a
+``Connection: close`` request makes the target close the client connection
+after the response.  For HTTP/2 targets (:func:`probe_h2`, with the ``h2``
+library lbtwist itself uses) it verifies that ``/small`` and ``/big``, as two
+streams of one connection, come back complete, and over TLS that ALPN chose
+``h2``.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 
 from lbbench.configs import BIG_BODY_BYTES, BIG_PATH, LOOPBACK, SMALL_BODY_BYTES, SMALL_PATH
 
@@ -163,3 +173,79 @@ def probe(port: int) -> ProbeResult:
     if not honours_close:
         notes.append("does not close on 'Connection: close'")
     return ProbeResult(True, "; ".join(notes) or "ok", keepalive, honours_close)
+
+
+def _h2_socket(port: int, tls: bool) -> socket.socket:
+    """A connection to ``port``, over TLS with ALPN ``h2`` (certificate not verified) if
+    ``tls``; raises :class:`ProbeError` if TLS does not choose ``h2``."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=TIMEOUT_S)
+    if not tls:
+        return sock
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    wrapped = context.wrap_socket(sock, server_hostname="localhost")
+    if wrapped.selected_alpn_protocol() != "h2":
+        wrapped.close()
+        raise ProbeError(f"ALPN chose {wrapped.selected_alpn_protocol()!r}, not 'h2'")
+    return wrapped
+
+
+def _h2_get(sock: socket.socket, scheme: str, paths: list[str]) -> dict[str, tuple[int, int]]:
+    """GET every path as concurrent streams of one HTTP/2 connection; return
+    {path: (status, body bytes)} once every stream has ended."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    streams: dict[int, str] = {}
+    for path in paths:
+        stream_id = conn.get_next_available_stream_id()
+        streams[stream_id] = path
+        conn.send_headers(
+            stream_id,
+            [(":method", "GET"), (":path", path), (":scheme", scheme),
+             (":authority", LOOPBACK)],
+            end_stream=True,
+        )  # fmt: skip
+    sock.sendall(conn.data_to_send())
+    status: dict[int, int] = {}
+    size = dict.fromkeys(streams, 0)
+    ended: set[int] = set()
+    for _read in range(100_000):
+        if ended == set(streams):
+            return {streams[i]: (status.get(i, 0), size[i]) for i in streams}
+        data = sock.recv(65536)
+        if not data:
+            raise ProbeError("HTTP/2 connection closed before every response was complete")
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                status[event.stream_id] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                size[event.stream_id] += len(event.data)
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+            elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                raise ProbeError(f"HTTP/2 {type(event).__name__}: {event}")
+        sock.sendall(conn.data_to_send())
+    raise ProbeError("too many reads")
+
+
+def probe_h2(port: int, tls: bool) -> ProbeResult:
+    """Check an HTTP/2 target on ``port`` (h2c by prior knowledge, or TLS with ALPN h2):
+    ``/small`` and ``/big`` as two streams of one connection must come back complete.
+    Never raises for target misbehaviour."""
+    try:
+        sock = _h2_socket(port, tls)
+        try:
+            answers = _h2_get(sock, "https" if tls else "http", [SMALL_PATH, BIG_PATH])
+        finally:
+            sock.close()
+        for path, expected in ((SMALL_PATH, SMALL_BODY_BYTES), (BIG_PATH, BIG_BODY_BYTES)):
+            status, size = answers[path]
+            if status != 200 or size != expected:
+                raise ProbeError(f"GET {path} (HTTP/2): status {status}, {size} body bytes "
+                                 f"(expected {expected})")
+    except (OSError, ProbeError, ValueError, KeyError, h2.exceptions.H2Error) as exc:
+        return ProbeResult(False, f"probe failed: {exc}")
+    return ProbeResult(True, "ok (HTTP/2 over TLS, ALPN h2)" if tls else "ok (h2c)")

@@ -293,3 +293,32 @@ class CpuMeter:
         elapsed = time.monotonic() - self._start_time
         used_s = (cpu_ticks(self.pids) - self._start_ticks) / CLOCK_TICKS
         return 100.0 * used_s / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """A load generator's run: exit code, output, the measured processes' CPU
+    (percent of one core; None when none were measured) and wall time."""
+
+    returncode: int
+    output: str
+    cpu_percent: float | None
+    wall_s: float
+
+
+def run_measured(
+    manager: ProcessManager,
+    name: str,
+    argv: Sequence[str],
+    cpu: int | None,
+    measured_pids: Sequence[int],
+    timeout: float,
+) -> MeasuredRun:
+    """Run ``argv`` to completion (pinned to ``cpu``, bounded by ``timeout``) while
+    measuring the CPU used by ``measured_pids``."""
+    meter = CpuMeter(measured_pids)
+    meter.start()
+    started = time.monotonic()
+    returncode, output = manager.run(name, argv, cpu=cpu, timeout=timeout)
+    cpu_percent = meter.stop() if measured_pids else None
+    return MeasuredRun(returncode, output, cpu_percent, round(time.monotonic() - started, 3))

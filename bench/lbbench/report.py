@@ -8,12 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lbbench.cases import CaseSpec
+from lbbench.cases import CASES_BY_NAME, CaseSpec
 from lbbench.memory import MemoryResult
 from lbbench.targets import TargetSpec
-from lbbench.wrk import WrkRun
+from lbbench.wrk import LoadRun
 
-MEDIAN_METRICS = ("requests_per_s", "mib_per_s", "p50_ms", "p99_ms", "proxy_cpu_percent")
+# wrk runs have p50/p99 latencies, h2load runs mean and max: each has the others as None.
+MEDIAN_METRICS = (
+    "requests_per_s", "mib_per_s", "p50_ms", "p99_ms", "mean_ms", "max_ms", "proxy_cpu_percent",
+)
+# The issue's target for HTTP/2 from clients: lbtwist's requests per core against the
+# same kind of HAProxy (h2c against h2c, TLS against TLS), small responses.
+H2_TARGET_RATIO = 0.4
 
 
 @dataclass
@@ -38,13 +44,15 @@ class CaseResult:
 
     status: str = "ok"
     detail: str = ""
-    runs: list[WrkRun] = field(default_factory=list)
+    runs: list[LoadRun] = field(default_factory=list)
 
     def median(self) -> dict[str, float | None]:
         """Median of each metric over the runs (None where nothing was measured)."""
         medians: dict[str, float | None] = {}
         for metric in MEDIAN_METRICS:
-            values = [getattr(run, metric) for run in self.runs if getattr(run, metric) is not None]
+            values = [
+                getattr(run, metric) for run in self.runs if getattr(run, metric, None) is not None
+            ]
             medians[metric] = statistics.median(values) if values else None
         return medians
 
@@ -98,14 +106,24 @@ class Results:
         cpu = result.median()["proxy_cpu_percent"]
         return value / (cpu / 100.0) if cpu else None
 
+    def per_core_ratio(self, case: CaseSpec, target: str, reference: str | None) -> float | None:
+        """``target``'s per-core figure divided by ``reference``'s."""
+        if reference is None:
+            return None
+        return _quotient(self.per_core(case, target), self.per_core(case, reference))
+
     def ratio(self, case: CaseSpec, target: str, reference: str | None) -> float | None:
         """``target``'s primary metric divided by ``reference``'s."""
         if reference is None:
             return None
-        value, base = self.primary(case, target), self.primary(case, reference)
-        if value is None or not base:
-            return None
-        return value / base
+        return _quotient(self.primary(case, target), self.primary(case, reference))
+
+
+def _quotient(value: float | None, base: float | None) -> float | None:
+    """``value / base``, or None when either is missing or ``base`` is zero."""
+    if value is None or not base:
+        return None
+    return value / base
 
 
 # ---------------------------------------------------------------- table output
@@ -158,12 +176,46 @@ def _one_line(text: str, limit: int = 90) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+H2_TABLE_HEADER = (
+    f"{'target':<14} {'req/s':>10} {'MiB/s':>9} {'mean ms':>8} {'max ms':>8} "
+    f"{'CPU %':>6} {'per core':>9} {'errors':>9} {'per core vs HAProxy':>20}"
+)
+
+
+def _h2_case_row(results: Results, case: CaseSpec, spec: TargetSpec) -> str:
+    """An HTTP/2 case's row: h2load's mean and max request times, and the ratio to the
+    same kind of HAProxy per core."""
+    result = results.result(case.name, spec.name)
+    status = results.statuses.get(spec.name, TargetStatus())
+    if not status.available or result is None or result.status != "ok":
+        return _case_row(results, case, spec)
+    median = result.median()
+    socket_errors, status_errors = result.errors()
+    vs_haproxy = (
+        "ref"
+        if spec.reference == spec.name
+        else _ratio(results.per_core_ratio(case, spec.name, spec.reference))
+    )
+    return (
+        f"{spec.name:<14} {_number(median['requests_per_s']):>10} "
+        f"{_number(median['mib_per_s'], 1):>9} {_number(median['mean_ms'], 2):>8} "
+        f"{_number(median['max_ms'], 2):>8} {_number(median['proxy_cpu_percent']):>6} "
+        f"{_number(results.per_core(case, spec.name)):>9} "
+        f"{f'{socket_errors}/{status_errors}':>9} {vs_haproxy:>20}"
+    )
+
+
 def format_case_tables(results: Results) -> str:
-    """One table per case: medians, CPU use, errors and ratios for every target."""
+    """One table per case: medians, CPU use, errors and ratios for every target it loads."""
     blocks = []
     for case in results.cases:
-        lines = [f"== {case.name}: {case.description}", TABLE_HEADER]
-        lines += [_case_row(results, case, spec) for spec in results.targets]
+        specs = [spec for spec in results.targets if case.applies_to(spec)]
+        if not specs:
+            continue
+        header, row = (H2_TABLE_HEADER, _h2_case_row) if case.uses_h2load else (
+            TABLE_HEADER, _case_row)
+        lines = [f"== {case.name}: {case.description}", header]
+        lines += [row(results, case, spec) for spec in specs]
         blocks.append("\n".join(lines))
     legend = "\n".join(
         [
@@ -172,11 +224,39 @@ def format_case_tables(results: Results) -> str:
             "per core = req/s (MiB/s for big) / (CPU % / 100), linear estimate of one busy core;",
             "errors = wrk socket errors / non-2xx-3xx responses, all runs;",
             "vs HAProxy = ratio to same-mode HAProxy on req/s (MiB/s for big): "
-            "tcp for lbtwist-tcp and portforward, http for lbtwist-http and nginx.",
+            "tcp for lbtwist-tcp and portforward, http for lbtwist-http and nginx;",
+            "HTTP/2 (h2load): mean/max ms = h2load's request times; errors = streams reset or "
+            "timed out / non-2xx-3xx;",
+            "per core vs HAProxy = per core against HAProxy of the same kind (h2c or TLS).",
         ]
     )
     routing = _routing_line(results)
-    return "\n\n".join([*blocks, *routing, *_multicore_lines(results), legend])
+    return "\n\n".join(
+        [*blocks, *routing, *_multicore_lines(results), *_h2_lines(results), legend]
+    )
+
+
+def _h2_lines(results: Results) -> list[str]:
+    """
+    The HTTP/2 summary: each lbtwist HTTP/2 target's requests per core
+    against HAProxy's of the same kind, and whether it meets the issue's
+    target (0.4x for small responses).
+    """
+    lines = []
+    for case in results.cases:
+        if not case.uses_h2load:
+            continue
+        for spec in results.targets:
+            if not (case.applies_to(spec) and spec.name.startswith("lbtwist")):
+                continue
+            ratio = results.per_core_ratio(case, spec.name, spec.reference)
+            if ratio is None:
+                continue
+            verdict = "met" if ratio >= H2_TARGET_RATIO else "NOT met"
+            lines.append(f"{case.name}: {spec.name} / {spec.reference} per core = {ratio:.2f}x "
+                         f"(target >= {H2_TARGET_RATIO:.2f}x: {verdict})")
+    return ["== HTTP/2 from clients (per core, against HAProxy of the same kind)\n"
+            + "\n".join(lines)] if lines else []
 
 
 def _multicore_lines(results: Results) -> list[str]:
@@ -230,27 +310,43 @@ MEMORY_HEADER = (
 )
 
 
+MEMORY_TITLES = {
+    "tcp": ("== memory: idle client connections through a TCP proxy", MEMORY_HEADER),
+    "h2c": (
+        "== memory: idle HTTP/2 connections (h2c: preface and SETTINGS exchanged, no stream)",
+        f"{'target':<14} {'clients':>8} {'h2 ready':>8} {'RSS before':>11} {'RSS after':>10} "
+        f"{'KiB/conn':>9}",
+    ),
+}
+
+
 def format_memory_table(memory: list[MemoryResult]) -> str:
-    """The memory case: RSS before/after N idle connections, and per connection."""
-    if not memory:
-        return ""
-    lines = [
-        "== memory: idle client connections through a TCP proxy",
-        MEMORY_HEADER,
-    ]
+    """The memory case: RSS before/after N idle connections, and per connection; one
+    table per kind (TCP proxies, HTTP/2 connections)."""
+    blocks = []
+    for kind, (title, header) in MEMORY_TITLES.items():
+        items = [item for item in memory if item.kind == kind]
+        if items:
+            blocks.append("\n".join([title, header, *_memory_rows(items)]))
+    return "\n\n".join(blocks)
+
+
+def _memory_rows(memory: list[MemoryResult]) -> list[str]:
+    lines = []
     for item in memory:
         if item.status != "ok":
             lines.append(f"{item.target:<14} unavailable: {_one_line(item.detail)}")
             continue
         row = (
-            f"{item.target:<14} {item.opened:>8,} {item.backend_connections:>8,} "
+            f"{item.target:<14} {item.opened:>8,} "
+            f"{item.h2_ready if item.kind == 'h2c' else item.backend_connections:>8,} "
             f"{_kib(item.rss_before_kib):>11} {_kib(item.rss_after_kib):>10} "
             f"{_number(item.kib_per_connection, 2):>9}"
         )
         if item.detail != "ok":
             row += f"  ({item.detail})"
         lines.append(row)
-    return "\n".join(lines)
+    return lines
 
 
 def _kib(value: int) -> str:
@@ -270,7 +366,9 @@ def format_machine_line(machine: dict[str, Any], settings: dict[str, Any]) -> st
         f"machine: {machine['nproc']} CPUs, kernel {machine['kernel']}, load average "
         f"{start} at start, {end} at end; {pinning};\n"
         f"wrk -t{settings['wrk_threads']} -c{settings['wrk_connections']}, "
-        f"{settings['repeat']} x {settings['duration_s']:g} s per case "
+        + (f"h2load -t 1 -c {settings['h2load_connections']} -m {settings['h2load_streams']}, "
+           if any(CASES_BY_NAME[name].uses_h2load for name in settings["cases"]) else "")
+        + f"{settings['repeat']} x {settings['duration_s']:g} s per case "
         f"after {settings['warmup_s']:g} s warm-up"
     )
 
@@ -311,6 +409,9 @@ def to_json(results: Results, settings: dict[str, Any], machine: dict[str, Any])
                     name: {
                         **result.to_json(),
                         "ratio_to_haproxy": results.ratio(case, name, _reference_of(results, name)),
+                        "per_core_ratio_to_haproxy": results.per_core_ratio(
+                            case, name, _reference_of(results, name)
+                        ),
                         "ratio_to_direct": results.ratio(case, name, "direct"),
                         "primary_per_core": results.per_core(case, name),
                     }

@@ -59,8 +59,11 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def machine_info(repo_root: Path, haproxy: str, nginx: str, wrk: str) -> dict[str, Any]:
-    """nproc, kernel, CPU, memory and the versions of every tool involved."""
+def machine_info(
+    repo_root: Path, haproxy: str, nginx: str, wrk: str, h2load: str | None = None
+) -> dict[str, Any]:
+    """nproc, kernel, CPU, memory and the versions of every tool involved (h2load's
+    when the HTTP/2 cases run)."""
     return {
         "nproc": os.cpu_count(),
         "cpus_available": sorted(os.sched_getaffinity(0)),
@@ -75,6 +78,7 @@ def machine_info(repo_root: Path, haproxy: str, nginx: str, wrk: str) -> dict[st
             "haproxy": _first_line([haproxy, "-v"]),
             "nginx": _first_line([nginx, "-v"]),
             "wrk": _first_line([wrk, "--version"]),
+            "h2load": _first_line([h2load, "--version"]) if h2load else None,
         },
         "git_commit": _first_line(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo_root),
     }

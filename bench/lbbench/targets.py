@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +48,19 @@ class BenchContext:
 CommandBuilder = Callable[[BenchContext, str, int, Sequence[int]], list[str]]
 
 
+# What a target's clients speak: HTTP/1.1 (wrk; TCP proxies relay it), HTTP/2 in
+# cleartext by prior knowledge, HTTP/2 over TLS chosen by ALPN (both h2load).
+HTTP1 = "http/1.1"
+H2C = "h2c"
+H2_TLS = "h2"
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """A target: ``mode`` is "direct", "tcp" or "http"; ``reference`` names its HAProxy peer;
     ``cores``: the proxy's processes or threads (1: pinned to the proxy CPU; more: not pinned,
-    and sharing the machine with wrk and the backends)."""
+    and sharing the machine with wrk and the backends); ``protocol``: what its clients speak
+    (:data:`HTTP1`, :data:`H2C` or :data:`H2_TLS`)."""
 
     name: str
     mode: str
@@ -59,6 +68,12 @@ class TargetSpec:
     description: str
     build: CommandBuilder | None = None
     cores: int = 1
+    protocol: str = HTTP1
+
+    @property
+    def scheme(self) -> str:
+        """The URL scheme its clients use: ``https`` for TLS, else ``http``."""
+        return "https" if self.protocol == H2_TLS else "http"
 
     @property
     def is_twisted(self) -> bool:
@@ -66,10 +81,16 @@ class TargetSpec:
         return self.name.startswith(("lbtwist", "portforward"))
 
 
-def _haproxy(mode: str, threads: int = 1) -> CommandBuilder:
+def _haproxy(mode: str, threads: int = 1, protocol: str = HTTP1) -> CommandBuilder:
     def build(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
+        bind = ""
+        if protocol == H2C:
+            bind = "proto h2"
+        elif protocol == H2_TLS:
+            certificate = configs.self_signed_certificate(ctx.work_dir)
+            bind = f"ssl crt {certificate.combined} alpn h2,http/1.1"
         path = configs.haproxy_config(
-            ctx.work_dir, name, mode, port, backends, ctx.max_proxy_connections, threads
+            ctx.work_dir, name, mode, port, backends, ctx.max_proxy_connections, threads, bind
         )
         return [ctx.haproxy, "-db", "-f", str(path)]
 
@@ -111,6 +132,15 @@ def _lbtwistRoutes(ctx: BenchContext, name: str, port: int, backends: Sequence[i
     return [str(ctx.twistd), "-n", "--pidfile=", "lb", "--config", str(path)]
 
 
+def _lbtwistH2(protocol: str) -> CommandBuilder:
+    def build(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
+        tls = configs.self_signed_certificate(ctx.work_dir) if protocol == H2_TLS else None
+        path = configs.lbtwist_h2_config(ctx.work_dir, name, port, backends, tls)
+        return [str(ctx.twistd), "-n", "--pidfile=", "lb", "--config", str(path)]
+
+    return build
+
+
 TARGETS: list[TargetSpec] = [
     TargetSpec("direct", "direct", None, "backend nginx, no proxy"),
     TargetSpec("haproxy-tcp", "tcp", "haproxy-tcp", "HAProxy mode tcp", _haproxy("tcp")),
@@ -134,6 +164,15 @@ TARGETS: list[TargetSpec] = [
                _lbtwist("tcp", 2), cores=2),
     TargetSpec("lbtwist-http-2w", "http", "haproxy-http-2t", "lbtwist --mode http --workers 2",
                _lbtwist("http", 2), cores=2),
+    # HTTP/2 from clients (h2load), HTTP/1.1 to the same backends.
+    TargetSpec("haproxy-h2c", "http", "haproxy-h2c", "HAProxy mode http, bind proto h2",
+               _haproxy("http", protocol=H2C), protocol=H2C),
+    TargetSpec("haproxy-h2tls", "http", "haproxy-h2tls", "HAProxy mode http, ssl alpn h2",
+               _haproxy("http", protocol=H2_TLS), protocol=H2_TLS),
+    TargetSpec("lbtwist-h2c", "http", "haproxy-h2c", "lbtwist http2: true (h2c)",
+               _lbtwistH2(H2C), protocol=H2C),
+    TargetSpec("lbtwist-h2tls", "http", "haproxy-h2tls", "lbtwist tls, alpn [h2, http/1.1]",
+               _lbtwistH2(H2_TLS), protocol=H2_TLS),
 ]
 TARGETS_BY_NAME = {spec.name: spec for spec in TARGETS}
 
@@ -172,7 +211,10 @@ def launch(
     if spec.build is None:
         return RunningTarget(spec, backends[0], None)
     name = instance_name or spec.name
-    argv = spec.build(ctx, name, port, backends)
+    try:
+        argv = spec.build(ctx, name, port, backends)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise StartError(f"{name}: its configuration could not be made", str(exc)) from exc
     try:
         process = manager.start(
             name,

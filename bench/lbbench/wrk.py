@@ -8,13 +8,12 @@ percentiles; that line is all the harness parses.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lbbench.configs import LOOPBACK
-from lbbench.processes import CpuMeter, ProcessManager
+from lbbench.processes import ProcessManager, run_measured
 
 MARKER = "WRKJSON "
 MIB = 1024 * 1024
@@ -57,13 +56,12 @@ class LoadSpec:
 
 
 @dataclass
-class WrkRun:
-    """One measured wrk run plus the CPU used by the proxy during it."""
+class LoadRun:
+    """One measured run of a load generator plus the CPU used by the proxy during it;
+    ``raw`` holds the generator's own figures."""
 
     requests_per_s: float
     mib_per_s: float
-    p50_ms: float
-    p99_ms: float
     socket_errors: int
     status_errors: int
     proxy_cpu_percent: float | None
@@ -72,6 +70,14 @@ class WrkRun:
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return asdict(self)
+
+
+@dataclass
+class WrkRun(LoadRun):
+    """One measured wrk run, with its latency percentiles."""
+
+    p50_ms: float
+    p99_ms: float
 
 
 def write_script(work_dir: Path) -> Path:
@@ -134,13 +140,9 @@ def run_wrk(
 ) -> WrkRun:
     """Run wrk once (pinned to ``client_cpu``) while measuring ``measured_pids``' CPU."""
     argv = wrk_command(wrk, script, port, load)
-    meter = CpuMeter(measured_pids)
-    meter.start()
-    started = time.monotonic()
-    returncode, output = manager.run("wrk", argv, cpu=client_cpu, timeout=load.duration_s + 30)
-    cpu_percent = meter.stop() if measured_pids else None
-    if returncode != 0:
-        raise WrkError(f"wrk exited with code {returncode}: {output.strip()[-400:]}")
-    raw = parse_output(output)
-    raw["wall_s"] = round(time.monotonic() - started, 3)
-    return summarise(raw, cpu_percent)
+    run = run_measured(manager, "wrk", argv, client_cpu, measured_pids, load.duration_s + 30)
+    if run.returncode != 0:
+        raise WrkError(f"wrk exited with code {run.returncode}: {run.output.strip()[-400:]}")
+    raw = parse_output(run.output)
+    raw["wall_s"] = run.wall_s
+    return summarise(raw, run.cpu_percent)
