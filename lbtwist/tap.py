@@ -295,12 +295,50 @@ class Options(usage.Options):
                 e = ConfigError(optionFor(e.path), e.problem)
             raise BadConfiguration(f"lbtwist: invalid configuration: {e}") from e
         self["lbconfig"] = config
+        self._keepImage()
         if self["demo"] and self["state"] is None:
             # The demo's changes stay the demo's: they never come back in a
             # balancer started otherwise in the same directory.
             from .state import DEMO_STATE_NAME
 
             self["state"] = os.path.abspath(DEMO_STATE_NAME)
+
+    def _keepImage(self) -> None:
+        """
+        In a master that re-executed itself (see L{lbtwist.workers}), keep
+        twistd's process as it is: a daemon already, it must not fork away
+        from its PID again (and logs where it logged).
+        """
+        from .workers import HANDOVER_VARIABLE
+
+        parent = getattr(self, "parent", None)
+        if HANDOVER_VARIABLE in os.environ and parent is not None and not parent["nodaemon"]:
+            parent["nodaemon"] = True
+            parent["logfile"] = parent["logfile"] or "twistd.log"
+
+    def image(self) -> Any:
+        """
+        How this master runs its own image again (see
+        L{lbtwist.workers.MasterImage}): the interpreter's command line, the
+        options of C{lb}, and twistd's PID file.
+        """
+        import sys
+
+        from .workers import MasterImage
+
+        parent = getattr(self, "parent", None)
+        pidfile = parent.get("pidfile") if parent is not None else None
+        return MasterImage(sys.executable, (sys.executable, *sys.orig_argv[1:]),
+                           tuple(self.argv), pidfile or None)
+
+    def overrides(self, config: Config) -> Config:
+        """
+        C{config} (as read from the file), with the options that override
+        the file.
+
+        @raise ConfigError: an option's value is not valid.
+        """
+        return self._overrides(config)
 
     def _workers(self, config: Config) -> Config:
         """
@@ -385,6 +423,14 @@ def makeService(options: Options) -> IService:
         from .workers import WorkerNode
 
         return WorkerNode(config, reactor, options["worker-spec"], options["grace-seconds"])
+    from .workers import takeHandover
+
+    try:
+        # A master that re-executed itself: read once, and out of the
+        # environment its workers get.
+        handover = takeHandover(os.environ)
+    except ValueError as e:
+        raise BadCommandLine(f"twistd lb: {e}") from e
     top = MultiService()
     if options["demo"]:
         from .demo import demoBackends
@@ -397,5 +443,8 @@ def makeService(options: Options) -> IService:
         statePath=options["state"], grace=options["grace-seconds"],
         workerCommand=options.workerCommand(),
         workersOption=config.workers if options["workers"] is not None else None,
+        overrides=options.overrides,
+        image=options.image() if config.workers > 1 else None,
+        handover=handover,
     ).setServiceParent(top)
     return top
