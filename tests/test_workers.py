@@ -902,47 +902,40 @@ class _Group:
         self.process = process
         self.workers = workers
 
-    @inlineCallbacks
     def waitServing(self, case: TestCase) -> Any:
         """
         Wait until every worker of the current generation serves; the
         result is the admin API's list of workers.
         """
-        deadline = time.monotonic() + 20
-        last: Any = None
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                last = (yield inThread(adminGet, self.admin, "/api/workers"))["workers"]
-            except OSError:
-                last = None
-            if last and sum(1 for w in last if w["state"] == "serving") >= self.workers:
-                return last
-            yield sleep(0.1)
-        self.process.kill()
-        assert self.process.stdout is not None
-        case.fail(f"workers did not all serve ({last}):\n{self.process.stdout.read().decode()}")
+        return self._waitWorkers(case, None, 20)
 
-    @inlineCallbacks
     def waitGeneration(self, case: TestCase, generation: int) -> Any:
         """
         Wait until L{workers} workers of C{generation} serve (after the
         master re-executed itself, on its admin port now); the result is
         the admin API's list of workers.
         """
-        deadline = time.monotonic() + 30
+        return self._waitWorkers(case, generation, 30)
+
+    @inlineCallbacks
+    def _waitWorkers(self, case: TestCase, generation: int | None, seconds: float) -> Any:
+        """
+        Wait until L{workers} workers serve (of C{generation}, if given).
+        """
+        deadline = time.monotonic() + seconds
         last: Any = None
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 last = (yield inThread(adminGet, self.admin, "/api/workers"))["workers"]
             except OSError:
                 last = None
-            if last and sum(1 for w in last if w["generation"] == generation
-                            and w["state"] == "serving") >= self.workers:
+            if last and sum(1 for w in last if w["state"] == "serving" and generation
+                            in (None, w["generation"])) >= self.workers:
                 return last
             yield sleep(0.1)
         self.process.kill()
         assert self.process.stdout is not None
-        case.fail(f"generation {generation} did not serve ({last}):\n"
+        case.fail(f"workers (generation {generation}) did not all serve ({last}):\n"
                   f"{self.process.stdout.read().decode()}")
 
     def edit(self, **changes: Any) -> None:
