@@ -262,6 +262,9 @@ class Options(usage.Options):
         """
         Build and validate the configuration; any problem is a usage error.
         """
+        # What --state said, for the overrides of every reload too: not the
+        # demo's default set below, which is no setting of the file's.
+        self.stateGiven: str | None = self["state"]
         if self["config"]:
             given = [f"--{o}" for o in POOL_OPTIONS if self[o]]
             if given:
@@ -398,8 +401,8 @@ class Options(usage.Options):
             changes["statusInterval"] = parseSeconds(
                 self["status-interval"], "--status-interval", 0.1
             )
-        if self["state"] is not None:
-            changes["state"] = self["state"]
+        if self.stateGiven is not None:
+            changes["state"] = self.stateGiven
         if self["etcd"]:
             urls = tuple(parseEtcdURL(u, "--etcd") for u in self["etcd"])
             changes["cluster"] = (ClusterConfig(urls) if config.cluster is None

@@ -42,7 +42,7 @@ from lbtwist.workers._master import (
     Bound,
     UpgradeFailed,
 )
-from lbtwist.workers._protocol import Retire
+from lbtwist.workers._protocol import ApplyRegistry, Retire
 
 from .test_workers_unit import CONFIG, ProcessReactor, _Services, process
 
@@ -53,6 +53,7 @@ FULL = Handover(
     admin=InheritedSocket("admin", "tcp:9000:interface=127.0.0.1", 9, socket.AF_INET),
     workers=(InheritedWorker(1, 3, 101, 10, {1: 11, 2: 12}, restarts=2),
              InheritedWorker(2, 2, 102, 13, {1: 14, 2: 15}, retiring=True)),
+    reads=5,
 )
 
 
@@ -196,17 +197,21 @@ class FingerprintTests(SynchronousTestCase):
 
 class FakeImage:
     """
-    A master image that records its exec instead of making it.
+    A master image that records its exec instead of making it (or fails
+    it with C{error}).
     """
 
     def __init__(self) -> None:
         self.executed: list[Handover] = []
+        self.error: OSError | None = None
 
     def checkCommand(self) -> list[str]:
         return MasterImage(sys.executable, (), ("--config", "lb.yaml")).checkCommand()
 
     def execute(self, handover: Handover, environ: Any) -> None:
         self.executed.append(handover)
+        if self.error is not None:
+            raise self.error
 
 
 class FakePort:
@@ -300,13 +305,27 @@ class ReexecDecisionTests(SynchronousTestCase):
         result = self.reexecuted()
         self.assertEqual(result, Upgraded(2, ("status-interval", "workers")))
         [handover] = self.image.executed
-        self.assertEqual(handover.generation, 1)
+        self.assertEqual((handover.generation, handover.reads), (1, 2))
         self.assertEqual(handover.listeners,
                          (InheritedSocket("front", "tcp:0", self.port.fd, socket.AF_INET),))
         self.assertEqual([(w.index, w.generation, w.pid, dict(w.output), w.retiring)
                           for w in handover.workers],
                          [(1, 1, 1001, {1: 10011, 2: 10012}, False),
                           (2, 1, 1002, {1: 10021, 2: 10022}, False)])
+
+    def test_execFails(self) -> None:
+        """
+        An exec that fails (the interpreter gone, say) leaves the master
+        serving as it was: its workers asked for counters again, another
+        upgrade possible.
+        """
+        self.image.error = FileNotFoundError(2, "No such file or directory")
+        self.write(**{"status-interval": 7})
+        self.reexecuted()
+        self.assertEqual(len(self.image.executed), 1)
+        self.assertIsNone(self.group.upgrading)
+        self.assertTrue(self.group.refresher.running)
+        self.assertEqual([s.generation for s in self.group.slots], [1, 1])
 
     def test_code(self) -> None:
         """
@@ -382,20 +401,30 @@ class AdoptionTests(SynchronousTestCase):
         controls = [socket.socketpair() for _ in range(2)]
         for _, theirs in controls:
             self.addCleanup(theirs.close)
-        handover = Handover(4, workers=(
+        handover = Handover(4, reads=7, workers=(
             InheritedWorker(1, 4, child.pid, os.dup(controls[0][0].fileno()), {}),
             InheritedWorker(2, 3, older.pid, os.dup(controls[1][0].fileno()), {}, retiring=True)))
         for a, _ in controls:
             a.close()
         config = parseConfig(CONFIG)
         pools, live = process(config)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            yaml.safe_dump(CONFIG, f)
+        text = ConfigText(path)
         group = WorkerGroup(_Services(pools), live, reactor, count=2, command=[], grace=3.0,
-                            handover=handover)
+                            handover=handover, text=text)
         group.startService()
         self.assertEqual(group.generation, 5)
+        # Its reading of the file counts on from the previous images'.
+        self.assertEqual(text.reads, 8)
         self.assertEqual([(s.index, s.generation) for s in group.retiring], [(1, 4), (2, 3)])
         self.assertEqual([s.generation for s in group.slots], [5, 5])
         sent = [s.channel.transport for s in group.retiring]  # type: ignore[union-attr]
+        reactor.advance(0)
+        # The old workers run this image's registry until they retire.
+        for transport in sent:
+            self.assertIn(ApplyRegistry.commandName, transport.value())
         before = [t.value() for t in sent]
         for slot in group.slots:
             group.workerReady(slot)

@@ -127,12 +127,16 @@ class Handover:
     @ivar listeners: the listening sockets of the listeners to serve.
     @ivar admin: the admin API's listening socket, if it listened.
     @ivar workers: the workers serving.
+    @ivar reads: how many times the configuration file was read so far:
+        the new image counts on from there, so that the old workers take
+        its first reading as a new one.
     """
 
     generation: int
     listeners: tuple[InheritedSocket, ...] = ()
     admin: InheritedSocket | None = None
     workers: tuple[InheritedWorker, ...] = ()
+    reads: int = 0
 
     def descriptors(self) -> list[int]:
         """
@@ -172,6 +176,7 @@ class Handover:
 
         return json.dumps({
             "generation": self.generation,
+            "reads": self.reads,
             "listeners": [sock(s) for s in self.listeners],
             "admin": None if self.admin is None else sock(self.admin),
             "workers": [{"index": w.index, "generation": w.generation, "pid": w.pid,
@@ -197,6 +202,7 @@ class Handover:
             admin = data["admin"]
             return cls(
                 generation=_int(data["generation"]),
+                reads=_int(data.get("reads", 0)),
                 listeners=tuple(sock(s) for s in data["listeners"]),
                 admin=None if admin is None else sock(admin),
                 workers=tuple(
@@ -279,11 +285,18 @@ class MasterImage:
         """
         Replace this process's image with a new one, same PID, given
         C{handover}: its file descriptors are left open across the exec.
-        Never returns.
+        Returns only if the exec failed.
+
+        @raise OSError: the exec failed (the PID file is written again, the
+            descriptors are closed on the next exec again).
         """
-        for fd in handover.descriptors():
+        fds = handover.descriptors()
+        environment = {**environ, HANDOVER_VARIABLE: handover.toJSON()}
+        for fd in fds:
             os.set_inheritable(fd, True)
         if self.pidfile:
+            # The new image's twistd refuses to start beside a PID file
+            # naming a live process: this one.
             try:
                 os.remove(self.pidfile)
             except OSError:
@@ -291,8 +304,15 @@ class MasterImage:
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             if stream is not None:
                 stream.flush()
-        os.execve(self.executable, list(self.argv),
-                  {**environ, HANDOVER_VARIABLE: handover.toJSON()})
+        try:
+            os.execve(self.executable, list(self.argv), environment)
+        except OSError:
+            for fd in fds:
+                os.set_inheritable(fd, False)
+            if self.pidfile:
+                with open(self.pidfile, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+            raise
 
 
 def preflight(argv: Sequence[str] | None = None) -> None:

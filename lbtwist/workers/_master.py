@@ -400,6 +400,8 @@ class WorkerGroup(Service):
         self.refresher.clock = reactor
         self.image = image
         self.handover = handover
+        if handover is not None and text is not None:
+            text.reads = handover.reads
         self.admin = admin
         self.fingerprint = fingerprint
         self.code = fingerprint()
@@ -432,6 +434,11 @@ class WorkerGroup(Service):
         self.slots = [self._spawn(WorkerSlot(i, self.generation)) for i in range(1, self.count + 1)]
         self.log.info("master (pid {pid}) starting {count} workers of generation {generation}",
                       pid=os.getpid(), count=self.count, generation=self.generation)
+        if self.inherited:
+            # The previous image's workers run what it ran before the
+            # upgrade's reload: until they retire, they run what this one
+            # runs.
+            self.schedulePush()
 
     def _adoptWorkers(self, handover: Handover) -> None:
         """
@@ -828,8 +835,7 @@ class WorkerGroup(Service):
             self.log.info("upgrade: re-executing the master (pid {pid}); generation "
                           "{generation} follows", pid=os.getpid(), generation=generation)
             done.callback(Upgraded(generation, tuple(reasons)))
-            self.reactor.callLater(EXEC_DELAY, self.image.execute,  # type: ignore[union-attr]
-                                   handover, os.environ)
+            self.reactor.callLater(EXEC_DELAY, self._execute, handover)
 
         def failed(f: Failure) -> None:
             self.upgrading = None
@@ -843,6 +849,32 @@ class WorkerGroup(Service):
 
         self.preflight().addCallback(checked).addCallback(go).addErrback(failed)
         return done
+
+    def _execute(self, handover: Handover) -> None:
+        """
+        Make the exec; if it fails, this image serves on as it was.
+        """
+        assert self.image is not None
+        try:
+            self.image.execute(handover, os.environ)
+        except OSError as e:
+            self.log.error("upgrade failed: the master cannot re-execute itself ({error}); "
+                           "it serves on as it was", error=str(e))
+            self._notExecuted()
+
+    def _notExecuted(self) -> None:
+        """
+        The exec failed: close what was bound for the next image, and go
+        on asking the workers for their counters.
+        """
+        self.upgrading = None
+        keys = {(x.name, x.endpoint) for x in self.live.fileConfig.listeners}
+        self._close([key for key in self.bound if key not in keys])
+        if self._nextAdmin is not None:
+            self._nextAdmin.stopListening()
+            self._nextAdmin = None
+        if self.running and not self.refresher.running:
+            self.refresher.start(REFRESH, now=False)
 
     def _adminSocket(self, config: Any) -> tuple[InheritedSocket | None, Any]:
         """
@@ -953,7 +985,8 @@ class WorkerGroup(Service):
                 control=slot.channel.transport.fileno(),  # type: ignore[attr-defined]
                 output=output,
                 restarts=slot.restarts, retiring=slot in self.retiring))
-        return Handover(self.generation, listeners, admin, tuple(workers))
+        return Handover(self.generation, listeners, admin, tuple(workers),
+                        reads=self.text.reads if self.text is not None else 0)
 
     def _promote(self, new: list[WorkerSlot], generation: int,
                  sockets: dict[str, tuple[int, int]], config: Any) -> None:
