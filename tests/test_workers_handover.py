@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import parseConfig
+from lbtwist.pool import Health
 from lbtwist.workers import (
     HANDOVER_VARIABLE,
     ConfigText,
@@ -54,6 +55,7 @@ FULL = Handover(
     workers=(InheritedWorker(1, 3, 101, 10, {1: 11, 2: 12}, restarts=2),
              InheritedWorker(2, 2, 102, 13, {1: 14, 2: 15}, retiring=True)),
     reads=5,
+    health={"web": {"a": "up", "b": "down"}, "api": {"c": "up"}},
 )
 
 
@@ -126,6 +128,8 @@ class HandoverEncodingTests(SynchronousTestCase):
             json.dumps({**good, "workers": [{**worker, "control": "4"}]}),
             json.dumps({**good, "workers": [{**worker, "output": {"x": 4}}]}),
             json.dumps({**good, "workers": [{**worker, "retiring": "yes"}]}),
+            json.dumps({**good, "health": {"web": {"a": "unknown"}}}),
+            json.dumps({**good, "health": ["web"]}),
         ]
         for text in cases:
             e = self.assertRaises(ValueError, Handover.fromJSON, text)
@@ -302,10 +306,12 @@ class ReexecDecisionTests(SynchronousTestCase):
         and every worker (control channel and output pipes).
         """
         self.write(**{"status-interval": 7, "workers": 3})
+        self.live.pools["web"].setHealth("b", Health.DOWN, "probe failed")
         result = self.reexecuted()
         self.assertEqual(result, Upgraded(2, ("status-interval", "workers")))
         [handover] = self.image.executed
         self.assertEqual((handover.generation, handover.reads), (1, 2))
+        self.assertEqual(handover.health, {"web": {"b": "down"}})
         self.assertEqual(handover.listeners,
                          (InheritedSocket("front", "tcp:0", self.port.fd, socket.AF_INET),))
         self.assertEqual([(w.index, w.generation, w.pid, dict(w.output), w.retiring)
@@ -401,7 +407,8 @@ class AdoptionTests(SynchronousTestCase):
         controls = [socket.socketpair() for _ in range(2)]
         for _, theirs in controls:
             self.addCleanup(theirs.close)
-        handover = Handover(4, reads=7, workers=(
+        handover = Handover(4, reads=7, health={"web": {"b": "down"}, "gone": {"x": "up"}},
+                            workers=(
             InheritedWorker(1, 4, child.pid, os.dup(controls[0][0].fileno()), {}),
             InheritedWorker(2, 3, older.pid, os.dup(controls[1][0].fileno()), {}, retiring=True)))
         for a, _ in controls:
@@ -416,8 +423,11 @@ class AdoptionTests(SynchronousTestCase):
                             handover=handover, text=text)
         group.startService()
         self.assertEqual(group.generation, 5)
-        # Its reading of the file counts on from the previous images'.
+        # Its reading of the file counts on from the previous images', and
+        # its health from what they found.
         self.assertEqual(text.reads, 8)
+        self.assertEqual([(b.name, b.health) for b in pools["web"]],
+                         [("a", Health.UNKNOWN), ("b", Health.DOWN)])
         self.assertEqual([(s.index, s.generation) for s in group.retiring], [(1, 4), (2, 3)])
         self.assertEqual([s.generation for s in group.slots], [5, 5])
         sent = [s.channel.transport for s in group.retiring]  # type: ignore[union-attr]

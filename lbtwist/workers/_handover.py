@@ -130,6 +130,9 @@ class Handover:
     @ivar reads: how many times the configuration file was read so far:
         the new image counts on from there, so that the old workers take
         its first reading as a new one.
+    @ivar health: what the health checks had found (C{"up"} or
+        C{"down"}), by backend name by pool: the new image starts from it,
+        not from C{unknown}.
     """
 
     generation: int
@@ -137,6 +140,7 @@ class Handover:
     admin: InheritedSocket | None = None
     workers: tuple[InheritedWorker, ...] = ()
     reads: int = 0
+    health: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
     def descriptors(self) -> list[int]:
         """
@@ -177,6 +181,8 @@ class Handover:
         return json.dumps({
             "generation": self.generation,
             "reads": self.reads,
+            "health": {pool: dict(sorted(found.items()))
+                       for pool, found in sorted(self.health.items())},
             "listeners": [sock(s) for s in self.listeners],
             "admin": None if self.admin is None else sock(self.admin),
             "workers": [{"index": w.index, "generation": w.generation, "pid": w.pid,
@@ -203,6 +209,9 @@ class Handover:
             return cls(
                 generation=_int(data["generation"]),
                 reads=_int(data.get("reads", 0)),
+                health={_text(pool): {_text(name): _health(value)
+                                      for name, value in found.items()}
+                        for pool, found in data.get("health", {}).items()},
                 listeners=tuple(sock(s) for s in data["listeners"]),
                 admin=None if admin is None else sock(admin),
                 workers=tuple(
@@ -223,6 +232,12 @@ def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"expected an integer, got {value!r}")
     return value
+
+
+def _health(value: Any) -> str:
+    if value not in ("up", "down"):
+        raise ValueError(f"expected up or down, got {value!r}")
+    return str(value)
 
 
 def _bool(value: Any) -> bool:

@@ -447,6 +447,11 @@ class WorkerGroup(Service):
         first generation serves, then retire.
         """
         self.generation = handover.generation + 1
+        for pool, found in handover.health.items():
+            live = self.live.pools.get(pool)
+            for name, health in found.items():
+                if live is not None:
+                    live.setHealth(name, Health(health), "as found before the master re-executed")
         serving: list[WorkerSlot] = []
         for worker in handover.workers:
             slot = WorkerSlot(worker.index, worker.generation)
@@ -985,8 +990,11 @@ class WorkerGroup(Service):
                 control=slot.channel.transport.fileno(),  # type: ignore[attr-defined]
                 output=output,
                 restarts=slot.restarts, retiring=slot in self.retiring))
+        health = {name: {b.name: b.health.value for b in pool if b.health is not Health.UNKNOWN}
+                  for name, pool in self.live.pools.items()}
         return Handover(self.generation, listeners, admin, tuple(workers),
-                        reads=self.text.reads if self.text is not None else 0)
+                        reads=self.text.reads if self.text is not None else 0,
+                        health={name: found for name, found in health.items() if found})
 
     def _promote(self, new: list[WorkerSlot], generation: int,
                  sockets: dict[str, tuple[int, int]], config: Any) -> None:
