@@ -38,6 +38,7 @@ from lbtwist.workers._handover import (
 )
 from lbtwist.workers._master import (
     EXEC_DELAY,
+    PREFLIGHT_TIMEOUT,
     QUIESCE_TIMEOUT,
     REAP_INTERVAL,
     Bound,
@@ -363,6 +364,19 @@ class ReexecDecisionTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 3)
         self.assertTrue(self.group.refresher.running)
         self.assertIsNone(self.group.upgrading)
+
+    def test_preflightHangs(self) -> None:
+        """
+        A check that does not finish within its time fails the upgrade,
+        saying so.
+        """
+        self.write(**{"status-interval": 7})
+        d = self.group.upgrade()
+        self.reactor.advance(PREFLIGHT_TIMEOUT)
+        failure = self.failureResultOf(d, UpgradeFailed)
+        self.assertEqual(failure.getErrorMessage(),
+                         "the new master's check did not finish within 30s")
+        self.assertEqual(self.image.executed, [])
 
     def test_toOneWorker(self) -> None:
         """

@@ -29,6 +29,7 @@ import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
 from twisted.internet.error import (
     ConnectionDone,
@@ -745,10 +746,11 @@ class WorkerGroup(Service):
             reasons = masterChanges(self.live.restartNeeded, self.fingerprint() != self.code)
             if reasons:
                 return self.reexecute(config, reasons)
-        elif self.live.restartNeeded:
+        elif masterChanges(self.live.restartNeeded, False):
             self.log.warn(  # noqa: G010
-                "upgrade: the master runs {settings} as it started: they need a restart",
-                settings=", ".join(masterChanges(self.live.restartNeeded, False)) or "nothing")
+                "upgrade: the master runs {settings} as it started (embedded, it cannot "
+                "re-execute itself): they need a restart",
+                settings=", ".join(masterChanges(self.live.restartNeeded, False)))
         try:
             added = self._bind(config.listeners)
         except UpgradeFailed as e:
@@ -774,7 +776,7 @@ class WorkerGroup(Service):
             self.upgrading = None
             error = f.value.subFailure.value if isinstance(f.value, FirstError) else f.value
             why = (f"the new workers were not ready within {UPGRADE_TIMEOUT:g}s"
-                   if isinstance(error, TimeoutError) else str(error))
+                   if isinstance(error, defer.TimeoutError) else str(error))
             for slot in new:
                 if not slot.ended:
                     self._signal(slot, signal.SIGTERM)
@@ -939,7 +941,7 @@ class WorkerGroup(Service):
             if isinstance(f.value, tuple):
                 raise UpgradeFailed("the new master's check was killed: "
                                     + f.value[1].decode("utf-8", "replace").strip())
-            if f.check(TimeoutError):
+            if f.check(defer.TimeoutError):
                 raise UpgradeFailed(
                     f"the new master's check did not finish within {PREFLIGHT_TIMEOUT:g}s")
             f.raiseException()
