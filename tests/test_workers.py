@@ -823,6 +823,18 @@ class SystemdTests(GroupTestCase):
                          else [])
         answers = yield inThread(connections, group.port, 40, 4)
         self.assertEqual(answers, [b"a"] * 40)
+        if workers > 1:
+            # The master re-executes itself with systemd's socket (checked
+            # by its name first), same PID, telling systemd of a reload: the
+            # same socket serves.
+            yield ReexecTests.reexec(self, group, 2, ["status-interval"],  # type: ignore[arg-type]
+                                     **{"status-interval": 1800})
+            message = (yield inThread(notify.recv, 1000)).decode()
+            self.assertIn("RELOADING=1\nMONOTONIC_USEC=", message)
+            message = (yield inThread(notify.recv, 1000)).decode()
+            self.assertEqual(message, f"READY=1\nMAINPID={group.process.pid}")
+            answers = yield inThread(connections, group.port, 40, 4)
+            self.assertEqual(answers, [b"a"] * 40)
         yield group.stop(self)
         self.assertEqual((yield inThread(notify.recv, 1000)), b"STOPPING=1")
 
@@ -834,7 +846,8 @@ class SystemdTests(GroupTestCase):
 
     def test_workers(self) -> None:
         """
-        Workers serve a socket systemd passed to their master.
+        Workers serve a socket systemd passed to their master, across an
+        upgrade that re-executes the master too.
         """
         return self.activated(2)
 

@@ -35,6 +35,7 @@ from lbtwist.workers._handover import (
     InheritedWorker,
     codeFingerprint,
     masterChanges,
+    passedSockets,
 )
 from lbtwist.workers._master import (
     EXEC_DELAY,
@@ -163,6 +164,28 @@ class HandoverEncodingTests(SynchronousTestCase):
         os.fstat(kept)
 
 
+class PassedSocketsTests(SynchronousTestCase):
+    """
+    The sockets systemd passed are described again for a process that
+    checks or adopts them.
+    """
+
+    def test_table(self) -> None:
+        """
+        Each case: the environment (Twisted removed C{LISTEN_FDS} and
+        C{LISTEN_PID} once read), and the variables for the next process.
+        """
+        cases = [
+            ({}, {}),
+            ({"LISTEN_FDNAMES": ""}, {}),
+            ({"LISTEN_FDNAMES": "front"}, {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "front"}),
+            ({"LISTEN_FDNAMES": "front:back:admin", "NOTIFY_SOCKET": "/run/n"},
+             {"LISTEN_FDS": "3", "LISTEN_FDNAMES": "front:back:admin"}),
+        ]
+        for environ, expected in cases:
+            self.assertEqual(passedSockets(environ), expected, environ)
+
+
 class FingerprintTests(SynchronousTestCase):
     """
     The code's fingerprint changes when a source file does.
@@ -288,7 +311,7 @@ class ReexecDecisionTests(SynchronousTestCase):
         d = self.group.upgrade()
         [(check, args)] = self.preflights()
         self.assertEqual(list(args[-2:]), ["--config", "lb.yaml"])
-        self.assertIn("from lbtwist.workers import preflight; preflight()", args)
+        self.assertEqual(list(args[1:3]), ["-m", "lbtwist.check"])
         self.assertNoResult(d)
         check.processEnded(Failure(ProcessDone(0)))
         # The workers never answered their first registry: the master

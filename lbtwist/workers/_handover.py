@@ -6,7 +6,7 @@ An upgrade that changes the master itself (its code on disk, or a setting
 only the master runs: C{admin}, C{state}, C{status-interval}, C{resolvers},
 a pool's C{discovery}, the number of C{workers}) cannot be done by new
 workers alone.  The master checks the code and file now on disk in a child
-process (L{preflight}), then replaces its own image, same PID, same
+process (L{lbtwist.check}), then replaces its own image, same PID, same
 arguments: the listening sockets, the admin API's socket and each worker's
 control channel and output pipes stay open across the exec, described in
 one environment variable (L{Handover}).  The new image adopts them: the
@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import attrs
@@ -270,6 +270,20 @@ def takeHandover(environ: MutableMapping[str, str]) -> Handover | None:
     return None if text is None else Handover.fromJSON(text)
 
 
+def passedSockets(environ: Mapping[str, str]) -> dict[str, str]:
+    """
+    The variables that describe the sockets systemd passed this process
+    (socket activation), as a process they are passed to again reads them
+    (with its own C{LISTEN_PID}): Twisted removes C{LISTEN_FDS} and
+    C{LISTEN_PID} once it has read them, leaving C{LISTEN_FDNAMES}, one
+    name per socket.  Nothing if systemd passed none.
+    """
+    names = environ.get("LISTEN_FDNAMES")
+    if not names:
+        return {}
+    return {"LISTEN_FDS": str(len(names.split(":"))), "LISTEN_FDNAMES": names}
+
+
 @attrs.frozen
 class MasterImage:
     """
@@ -291,10 +305,9 @@ class MasterImage:
     def checkCommand(self) -> list[str]:
         """
         The command that checks the code and configuration now on disk as
-        this image would start with them (see L{preflight}).
+        this image would start with them (see L{lbtwist.check}).
         """
-        return [self.executable, "-c", "from lbtwist.workers import preflight; preflight()",
-                *self.options]
+        return [self.executable, "-m", "lbtwist.check", *self.options]
 
     def execute(self, handover: Handover, environ: Mapping[str, str]) -> None:
         """
@@ -307,6 +320,11 @@ class MasterImage:
         """
         fds = handover.descriptors()
         environment = {**environ, HANDOVER_VARIABLE: handover.toJSON()}
+        passed = passedSockets(environ)
+        if passed:
+            # The new image checks its systemd: endpoints' names as a start
+            # does (it adopts the sockets from the hand-over).
+            environment.update(passed, LISTEN_PID=str(os.getpid()))
         for fd in fds:
             os.set_inheritable(fd, True)
         if self.pidfile:
@@ -328,25 +346,3 @@ class MasterImage:
                 with open(self.pidfile, "w") as f:
                     f.write(f"{os.getpid()}\n")
             raise
-
-
-def preflight(argv: Sequence[str] | None = None) -> None:
-    """
-    The pre-flight check of a re-exec: import lbtwist as it is now on disk
-    and check the C{twistd lb} options (C{argv}, default the command line)
-    as a starting master would; exit 1 saying why on one line when it would
-    not start, else 0.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        from lbtwist import app, tap  # noqa: F401 (the code on disk imports)
-
-        tap.Options().parseOptions(args)
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            sys.stderr.write(f"{e.code}\n")
-            sys.exit(1)
-    except Exception as e:
-        sys.stderr.write(f"{type(e).__name__}: {e}\n")
-        sys.exit(1)
-    sys.exit(0)

@@ -43,6 +43,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..lifecycle import sdNotify
 from ..pool import Health, PoolEvent
 from ..reload import LiveConfig
 from ._handover import (
@@ -52,6 +53,7 @@ from ._handover import (
     MasterImage,
     codeFingerprint,
     masterChanges,
+    passedSockets,
 )
 from ._protocol import (
     ApplyRegistry,
@@ -379,8 +381,11 @@ class WorkerGroup(Service):
         self.grace = grace
         self.text = text
         # Socket activation and readiness are the master's business.
-        self.environ = {k: v for k, v in (os.environ if environ is None else environ).items()
-                        if k not in SYSTEMD_VARIABLES}
+        source = os.environ if environ is None else environ
+        self.environ = {k: v for k, v in source.items() if k not in SYSTEMD_VARIABLES}
+        # But a pre-flight check reads the names of the sockets systemd
+        # passed, as the master's start did.
+        self.passed = passedSockets(source)
         self._servingWaiters: list[Deferred[None]] = []
         self.now = now
         self.generation = 0
@@ -800,7 +805,7 @@ class WorkerGroup(Service):
         Before anything changes: the listeners and the admin API C{config}
         adds are bound here (so that one that cannot listen fails the
         upgrade), and a child process checks that the new image would
-        start (L{lbtwist.workers._handover.preflight}).  Then the state
+        start (L{lbtwist.check}).  Then the state
         file is saved, and the result fires (the API answers it) before the
         exec, a moment later.
 
@@ -862,11 +867,15 @@ class WorkerGroup(Service):
         Make the exec; if it fails, this image serves on as it was.
         """
         assert self.image is not None
+        # systemd (Type=notify) hears a reload, whose READY=1 the new image
+        # sends once its workers serve.
+        sdNotify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}", os.environ)
         try:
             self.image.execute(handover, os.environ)
         except OSError as e:
             self.log.error("upgrade failed: the master cannot re-execute itself ({error}); "
                            "it serves on as it was", error=str(e))
+            sdNotify(f"READY=1\nMAINPID={os.getpid()}", os.environ)
             self._notExecuted()
 
     def _notExecuted(self) -> None:
@@ -926,7 +935,8 @@ class WorkerGroup(Service):
 
         assert self.image is not None
         command = self.image.checkCommand()
-        running = getProcessOutputAndValue(command[0], command[1:], env=self.environ,
+        running = getProcessOutputAndValue(command[0], command[1:],
+                                           env={**self.environ, **self.passed},
                                            path=os.getcwd(), reactor=self.reactor)
         running.addTimeout(PREFLIGHT_TIMEOUT, self.reactor)
 
