@@ -80,7 +80,8 @@ class MasterChangesTests(SynchronousTestCase):
             (["admin"], False, ["admin"]),
             (["status-interval", "state", "resolvers", "workers"], False,
              ["status-interval", "state", "resolvers", "workers"]),
-            (["pools.web.discovery"], False, ["pools.web.discovery"]),
+            (["pools.web.discovery", "pools.api.protocol"], False,
+             ["pools.web.discovery", "pools.api.protocol"]),
             (["listeners", "admin", "pools.web.timeouts.idle"], True, ["code", "admin"]),
             # A pool named like a master key is still a pool setting.
             (["pools.admin.sticky"], False, []),
