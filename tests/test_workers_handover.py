@@ -83,12 +83,30 @@ class MasterChangesTests(SynchronousTestCase):
             (["pools.web.discovery", "pools.api.protocol"], False,
              ["pools.web.discovery", "pools.api.protocol"]),
             (["listeners", "admin", "pools.web.timeouts.idle"], True, ["code", "admin"]),
+            (["cluster"], False, ["cluster"]),
             # A pool named like a master key is still a pool setting.
             (["pools.admin.sticky"], False, []),
         ]
         for restartNeeded, code, expected in cases:
             self.assertEqual(masterChanges(restartNeeded, code), expected,
                              (restartNeeded, code))
+
+    def test_fromReload(self) -> None:
+        """
+        What a reload of a changed file leaves for a restart decides: the
+        master's settings (the cluster store's too) are named, the
+        listeners' change is the new workers' to apply.
+        """
+        from lbtwist.diff import runnable
+
+        running = parseConfig({**CONFIG, "workers": 2})
+        new = parseConfig({**CONFIG, "workers": 2, "status-interval": 7,
+                           "cluster": {"etcd": ["http://127.0.0.1:2379"]},
+                           "listeners": [{"name": "front", "listen": "tcp:1"}]})
+        kept, restartNeeded = runnable(new, running, poolsLive=True)
+        self.assertEqual(masterChanges(restartNeeded, False), ["status-interval", "cluster"])
+        self.assertEqual((kept.cluster, kept.statusInterval),
+                         (running.cluster, running.statusInterval))
 
 
 class HandoverEncodingTests(SynchronousTestCase):

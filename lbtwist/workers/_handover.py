@@ -4,7 +4,7 @@ the master hands the next across C{os.execve}, and when it must.
 
 An upgrade that changes the master itself (its code on disk, or a setting
 only the master runs: C{admin}, C{state}, C{status-interval}, C{resolvers},
-a pool's C{discovery} or C{protocol}, the number of C{workers}) cannot be done by new
+C{cluster}, a pool's C{discovery} or C{protocol}, the number of C{workers}) cannot be done by new
 workers alone.  The master checks the code and file now on disk in a child
 process (L{lbtwist.check}), then replaces its own image, same PID, same
 arguments: the listening sockets, the admin API's socket and each worker's
@@ -30,7 +30,7 @@ HANDOVER_VARIABLE = "LBTWIST_HANDOVER"
 
 # What a master runs itself, which new workers cannot change: the keys a
 # reload lists as needing a restart (see L{lbtwist.diff.runnable}).
-MASTER_KEYS = ("admin", "state", "status-interval", "resolvers", "workers")
+MASTER_KEYS = ("admin", "state", "status-interval", "resolvers", "workers", "cluster")
 # A pool's DNS discovery runs in the master too, and its protocol decides
 # its backends' health checks (a reload keeps them as they run).
 MASTER_POOL_KEYS = ("discovery", "protocol")
