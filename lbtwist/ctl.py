@@ -352,6 +352,10 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
     elif action == "upgrade":
         result = client.call("POST", "/api/upgrade")
         if result.get("master") == "re-executing":
+            if result.get("admin"):
+                # The admin API moves with the upgrade.
+                client = AdminClient(result["admin"], client.token, client.timeout,
+                                     client.opener)
             result = waitGeneration(client, result["generation"], sleep)
             text = (f"upgraded: the master re-executed itself; generation "
                     f"{result['generation']} serves")

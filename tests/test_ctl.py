@@ -226,7 +226,8 @@ class UpgradeCommandTests(SynchronousTestCase):
         self.assertEqual(seen, [("POST", "http://127.0.0.1:9000/api/upgrade", "Bearer t")])
         self.assertEqual(out.getvalue(), "upgraded: generation 3 serves\n")
 
-    def reexec(self, views: list[Any]) -> tuple[list[str], list[float], Any]:
+    def reexec(self, views: list[Any], answer: dict[str, Any] | None = None,
+               ) -> tuple[list[str], list[float], Any]:
         """
         Run C{upgrade} against an API that answers the master re-executes
         itself, then gives C{views} of the workers in turn (an exception:
@@ -238,9 +239,10 @@ class UpgradeCommandTests(SynchronousTestCase):
         answers = iter(views)
 
         def opener(request: Any, timeout: float) -> Any:
-            seen.append(f"{request.get_method()} {request.selector}")
+            seen.append(f"{request.get_method()} {request.full_url}")
             if request.get_method() == "POST":
-                return _Answer(json.dumps({"generation": 3, "master": "re-executing"}).encode())
+                return _Answer(json.dumps(
+                    answer or {"generation": 3, "master": "re-executing"}).encode())
             view = next(answers, views[-1])
             if isinstance(view, Exception):
                 raise view
@@ -265,10 +267,23 @@ class UpgradeCommandTests(SynchronousTestCase):
         seen, pauses, output = self.reexec([
             [old], ConnectionRefusedError(), [{**old, "state": "retiring"}, starting],
             [serving, {**serving, "worker": 2}]])
-        self.assertEqual(seen, ["POST /api/upgrade"] + ["GET /api/workers"] * 4)
+        self.assertEqual(seen, ["POST http://127.0.0.1:9000/api/upgrade"]
+                         + ["GET http://127.0.0.1:9000/api/workers"] * 4)
         self.assertEqual(pauses, [0.25] * 3)
         self.assertEqual(output, "upgraded: the master re-executed itself; generation 3 "
                                  "serves\n")
+
+    def test_reexecAdminMoved(self) -> None:
+        """
+        An upgrade that moves the admin API: the workers are polled at its
+        new address.
+        """
+        serving = {"worker": 1, "generation": 3, "state": "serving"}
+        seen, _, output = self.reexec([[serving]], {
+            "generation": 3, "master": "re-executing", "admin": "http://127.0.0.1:9100"})
+        self.assertEqual(seen, ["POST http://127.0.0.1:9000/api/upgrade",
+                                "GET http://127.0.0.1:9100/api/workers"])
+        self.assertIn("generation 3 serves", output)
 
     def test_reexecNeverServes(self) -> None:
         """

@@ -641,10 +641,12 @@ class ReexecTests(GroupTestCase):
         """
         group.edit(**changes)
         answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
-        self.assertEqual(answer, {"generation": generation, "master": "re-executing",
-                                  "reasons": reasons})
+        moved = {}
         if "admin" in changes:
             group.admin = int(changes["admin"].split(":")[1])
+            moved = {"admin": f"http://127.0.0.1:{group.admin}"}
+        self.assertEqual(answer, {"generation": generation, "master": "re-executing",
+                                  "reasons": reasons, **moved})
         workers = yield group.waitGeneration(self, generation)
         # The same process, which never exited, serves the new generation.
         self.assertIsNone(group.process.poll())

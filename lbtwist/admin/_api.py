@@ -748,9 +748,10 @@ class AdminResource(Resource):
 
         def upgraded(result: Any) -> bytes:
             if result.reexec:
+                moved = {"admin": result.admin} if result.admin else {}
                 return self._json(request, 202, {
                     "generation": result.generation, "master": "re-executing",
-                    "reasons": list(result.reexec)})
+                    "reasons": list(result.reexec), **moved})
             return self._json(request, 200, {"status": "upgraded",
                                              "generation": result.generation,
                                              "workers": group.view()})

@@ -846,7 +846,7 @@ class WorkerGroup(Service):
             handover = self._handover(config, admin)
             self.log.info("upgrade: re-executing the master (pid {pid}); generation "
                           "{generation} follows", pid=os.getpid(), generation=generation)
-            done.callback(Upgraded(generation, tuple(reasons)))
+            done.callback(Upgraded(generation, tuple(reasons), _url(self._nextAdmin)))
             self.reactor.callLater(EXEC_DELAY, self._execute, handover)
 
         def failed(f: Failure) -> None:
@@ -1209,10 +1209,27 @@ class Upgraded:
     @ivar generation: the number of the new generation of workers.
     @ivar reexec: why the master re-executes itself to make it (then the
         new generation is not serving yet), or nothing.
+    @ivar admin: where the admin API answers after the re-exec, when it
+        moves there.
     """
 
     generation: int
     reexec: tuple[str, ...] = ()
+    admin: str | None = None
+
+
+def _url(port: Any) -> str | None:
+    """
+    The C{http://} address of the admin API on C{port}, a network port
+    (else L{None}).
+    """
+    if port is None:
+        return None
+    address = port.getHost()
+    host = getattr(address, "host", None)
+    if host is None:
+        return None
+    return f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
 
 
 class Bound:
