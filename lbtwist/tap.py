@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import IService, MultiService
@@ -28,6 +28,9 @@ from .config import (
     parseWorkers,
     validateEndpoint,
 )
+
+if TYPE_CHECKING:
+    from .workers import MasterImage
 
 DEFAULT_LISTEN = "tcp:8080"
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -319,7 +322,7 @@ class Options(usage.Options):
             parent["nodaemon"] = True
             parent["logfile"] = parent["logfile"] or "twistd.log"
 
-    def image(self) -> Any:
+    def image(self) -> MasterImage:
         """
         How this master runs its own image again (see
         L{lbtwist.workers.MasterImage}): the interpreter's command line, the
