@@ -27,7 +27,7 @@ from .pool import Backend
 from .reload import DEFAULT_GRACE, LiveConfig, configLoader, loadState
 from .service import CannotStart, LoadBalancer
 from .state import StateError, StateFile, defaultStatePath, legacyStatePath
-from .workers import ConfigText, WorkerGroup
+from .workers import ConfigText, Handover, MasterImage, WorkerGroup
 
 
 class Balancer(MultiService):
@@ -59,6 +59,9 @@ class Balancer(MultiService):
         workerCommand: Sequence[str] = (),
         workersOption: int | None = None,
         instanceName: str | None = None,
+        overrides: Callable[[Config], Config] | None = None,
+        image: MasterImage | None = None,
+        handover: Handover | None = None,
     ) -> None:
         """
         @param config: what to run (see L{lbtwist.config.loadConfigFile}).
@@ -87,6 +90,13 @@ class Balancer(MultiService):
             the file at start.
         @param instanceName: with a C{cluster} in C{config}, the name this
             balancer registers under (default: host name and process ID).
+        @param overrides: what the command line says over the file
+            (applied to each reload's reading of it).
+        @param image: with workers, how this master runs its own image
+            again, so that an upgrade also applies what only the master
+            runs (see L{lbtwist.workers.MasterImage}).
+        @param handover: what the previous image of this master left it:
+            its listening sockets (adopted instead of bound) and workers.
 
         @raise lbtwist.service.CannotStart: the state file is invalid or
             cannot be written.
@@ -96,11 +106,15 @@ class Balancer(MultiService):
         self.workers: WorkerGroup | None = None
         self.workerCommand = list(workerCommand)
         self.workersOption = workersOption
+        self.overrides = overrides
+        self.image = image
+        self.handover = handover
         self.cluster: Any = None
         self.instanceName = instanceName
         # Backends DNS discovery finds gone are drained as removed ones are.
         self.loadBalancer = LoadBalancer(
-            config, reactor, drain=self._drainDiscovered if control else None)
+            config, reactor, drain=self._drainDiscovered if control else None,
+            adopted=None if handover is None else handover.socketsFor(config.listeners))
         self.loadBalancer.setName("balancer")
         self.loadBalancer.setServiceParent(self)
         if freezeHeap:
@@ -115,6 +129,17 @@ class Balancer(MultiService):
         """
         if self.live is not None:
             self.live.drain(pool, backend)
+
+    def _commandLine(self, config: Config) -> Config:
+        """
+        C{config} as read from the file, with what the command line said
+        over it (its options, and its number of workers).
+        """
+        if self.overrides is not None:
+            config = self.overrides(config)
+        if self.workersOption is not None:
+            config = attrs.evolve(config, workers=self.workersOption)
+        return config
 
     def _control(self, reactor: Any, configPath: str | None, statePath: str | None,
                  grace: float, signals: bool) -> LiveConfig:
@@ -134,10 +159,10 @@ class Balancer(MultiService):
         path = given or defaultStatePath(
             configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
         multi = lb.config.workers > 1
-        text = ConfigText(configPath) if multi and configPath else None
-        load = text or (configLoader(configPath) if configPath else None)
-        if load is not None and self.workersOption is not None:
-            load = withWorkers(load, self.workersOption)
+        commandLine = self._commandLine
+        text = ConfigText(configPath, commandLine) if multi and configPath else None
+        load = text or (withOverrides(configLoader(configPath), commandLine)
+                        if configPath else None)
         live = LiveConfig(
             lb.pools, lb.config, reactor,
             StateFile(path, legacy=None if given else legacyStatePath(path)),
@@ -171,8 +196,15 @@ class Balancer(MultiService):
                 raise CannotStart("lbtwist: workers: worker processes read the configuration "
                                   "file: give its path (configPath), or run twistd lb")
             self.workers = WorkerGroup(lb, live, reactor, count=lb.config.workers,
-                                       command=command, grace=grace, text=text)
-        AdminService(lb, live, reactor, group=self.workers, cluster=self.cluster).setServiceParent(control)
+                                       command=command, grace=grace, text=text,
+                                       image=self.image, handover=self.handover,
+                                       admin=lambda: admin)
+        inherited = None if self.handover is None else self.handover.admin
+        admin = AdminService(
+            lb, live, reactor, group=self.workers, cluster=self.cluster,
+            adopted=None if inherited is None else (inherited.endpoint, inherited.fd,
+                                                    inherited.family))
+        admin.setServiceParent(control)
         if self.workers is not None:
             self.workers.setServiceParent(control)
         ReadyNotice(
@@ -226,13 +258,14 @@ def _exitFailed() -> None:
     os._exit(1)
 
 
-def withWorkers(load: Callable[[], Config], workers: int) -> Callable[[], Config]:
+def withOverrides(load: Callable[[], Config],
+                  overrides: Callable[[Config], Config]) -> Callable[[], Config]:
     """
-    C{load}, with the number of workers the command line gave in what it
-    reads (the command line wins over the file, at start and on reload).
+    C{load}, with C{overrides} applied to what it reads (the command line
+    wins over the file, at start and on reload).
     """
 
-    def loadWithWorkers() -> Config:
-        return attrs.evolve(load(), workers=workers)
+    def loadWithOverrides() -> Config:
+        return overrides(load())
 
-    return loadWithWorkers
+    return loadWithOverrides

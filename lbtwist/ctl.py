@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,11 @@ class CtlError(Exception):
     """
     A command failed; the message says why, for people.
     """
+
+
+# How long lbtwist ctl upgrade waits for a re-executed master's workers.
+REEXEC_WAIT = 60.0
+REEXEC_POLL = 0.25
 
 
 class AdminClient:
@@ -296,8 +302,33 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def waitGeneration(client: AdminClient, generation: int,
+                   sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """
+    Wait (polling C{/api/workers}, at most L{REEXEC_WAIT} seconds) until
+    the workers of C{generation} serve, after the master re-executed
+    itself; the API may not answer for a moment meanwhile.
+
+    @return: the generation and its workers.
+    @raise CtlError: they did not all serve in time.
+    """
+    last: Any = None
+    for _ in range(int(REEXEC_WAIT / REEXEC_POLL)):
+        try:
+            last = client.call("GET", "/api/workers")["workers"]
+        except CtlError:
+            last = None
+        if last:
+            mine = [w for w in last if w["generation"] == generation]
+            if mine and all(w["state"] == "serving" for w in mine):
+                return {"generation": generation, "workers": mine}
+        sleep(REEXEC_POLL)
+    raise CtlError(f"the master re-executed itself, but generation {generation} did not "
+                   f"serve within {REEXEC_WAIT:g}s (see its log); workers: {last}")
+
+
 def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
-        opener: Opener | None = None) -> None:
+        opener: Opener | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
     """
     Run one command.
 
@@ -320,7 +351,16 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
         text = _table(pools)
     elif action == "upgrade":
         result = client.call("POST", "/api/upgrade")
-        text = f"upgraded: generation {result['generation']} serves"
+        if result.get("master") == "re-executing":
+            if result.get("admin"):
+                # The admin API moves with the upgrade.
+                client = AdminClient(result["admin"], client.token, client.timeout,
+                                     client.opener)
+            result = waitGeneration(client, result["generation"], sleep)
+            text = (f"upgraded: the master re-executed itself; generation "
+                    f"{result['generation']} serves")
+        else:
+            text = f"upgraded: generation {result['generation']} serves"
     elif action == "instances":
         result = client.call("GET", "/api/instances")
         text = "\n".join(_instanceLine(i) for i in result.get("instances", [])) or "none"

@@ -158,7 +158,8 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
         differ.append("the set of pools")
     for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
                            ("state", "state"), ("maxconn", "maxconn"),
-                           ("resolvers", "resolvers"), ("workers", "workers")):
+                           ("resolvers", "resolvers"), ("workers", "workers"),
+                           ("cluster", "cluster")):
         if getattr(new, attribute) != getattr(running, attribute):
             differ.append(key)
     pools = tuple(
@@ -177,6 +178,7 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
         maxconn=running.maxconn,
         resolvers=running.resolvers,
         workers=running.workers,
+        cluster=running.cluster,
         adminToken=new.adminToken or running.adminToken,
     )
     return kept, differ

@@ -242,7 +242,9 @@ class LoadBalancer(MultiService):
             from its pool (see L{lbtwist.discovery.PoolDiscovery}).
         @param adopted: listening sockets to serve instead of binding, as
             C{(file descriptor, address family)} by listener name: a worker
-            process (L{lbtwist.workers}) serves its master's sockets.
+            process (L{lbtwist.workers}) serves its master's sockets, and a
+            master that re-executed itself takes its previous image's (the
+            listeners not named are bound).
         @param monitors: run the health checks, DNS discovery and the status
             table in the log; a worker leaves them to its master, which
             tells it what they found and logs the totals.
@@ -280,7 +282,7 @@ class LoadBalancer(MultiService):
             endpointReactor = listenerReactor(reactor, listener, f"listeners[{index}]")
             if isinstance(endpointReactor, TLSListeningReactor):
                 self.certificates[listener.name] = endpointReactor.certificates
-            if adopted is not None:
+            if adopted is not None and listener.name in adopted:
                 fd, family = adopted[listener.name]
                 endpoint: Any = AdoptedStreamServerEndpoint(endpointReactor, fd, family)
             else:

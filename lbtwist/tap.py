@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import IService, MultiService
@@ -28,6 +28,9 @@ from .config import (
     parseWorkers,
     validateEndpoint,
 )
+
+if TYPE_CHECKING:
+    from .workers import MasterImage
 
 DEFAULT_LISTEN = "tcp:8080"
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -262,6 +265,9 @@ class Options(usage.Options):
         """
         Build and validate the configuration; any problem is a usage error.
         """
+        # What --state said, for the overrides of every reload too: not the
+        # demo's default set below, which is no setting of the file's.
+        self.stateGiven: str | None = self["state"]
         if self["config"]:
             given = [f"--{o}" for o in POOL_OPTIONS if self[o]]
             if given:
@@ -295,12 +301,50 @@ class Options(usage.Options):
                 e = ConfigError(optionFor(e.path), e.problem)
             raise BadConfiguration(f"lbtwist: invalid configuration: {e}") from e
         self["lbconfig"] = config
+        self._keepImage()
         if self["demo"] and self["state"] is None:
             # The demo's changes stay the demo's: they never come back in a
             # balancer started otherwise in the same directory.
             from .state import DEMO_STATE_NAME
 
             self["state"] = os.path.abspath(DEMO_STATE_NAME)
+
+    def _keepImage(self) -> None:
+        """
+        In a master that re-executed itself (see L{lbtwist.workers}), keep
+        twistd's process as it is: a daemon already, it must not fork away
+        from its PID again (and logs where it logged).
+        """
+        from .workers import HANDOVER_VARIABLE
+
+        parent = getattr(self, "parent", None)
+        if HANDOVER_VARIABLE in os.environ and parent is not None and not parent["nodaemon"]:
+            parent["nodaemon"] = True
+            parent["logfile"] = parent["logfile"] or "twistd.log"
+
+    def image(self) -> MasterImage:
+        """
+        How this master runs its own image again (see
+        L{lbtwist.workers.MasterImage}): the interpreter's command line, the
+        options of C{lb}, and twistd's PID file.
+        """
+        import sys
+
+        from .workers import MasterImage
+
+        parent = getattr(self, "parent", None)
+        pidfile = parent.get("pidfile") if parent is not None else None
+        return MasterImage(sys.executable, (sys.executable, *sys.orig_argv[1:]),
+                           tuple(self.argv), pidfile or None)
+
+    def overrides(self, config: Config) -> Config:
+        """
+        C{config} (as read from the file), with the options that override
+        the file.
+
+        @raise ConfigError: an option's value is not valid.
+        """
+        return self._overrides(config)
 
     def _workers(self, config: Config) -> Config:
         """
@@ -360,8 +404,8 @@ class Options(usage.Options):
             changes["statusInterval"] = parseSeconds(
                 self["status-interval"], "--status-interval", 0.1
             )
-        if self["state"] is not None:
-            changes["state"] = self["state"]
+        if self.stateGiven is not None:
+            changes["state"] = self.stateGiven
         if self["etcd"]:
             urls = tuple(parseEtcdURL(u, "--etcd") for u in self["etcd"])
             changes["cluster"] = (ClusterConfig(urls) if config.cluster is None
@@ -385,6 +429,14 @@ def makeService(options: Options) -> IService:
         from .workers import WorkerNode
 
         return WorkerNode(config, reactor, options["worker-spec"], options["grace-seconds"])
+    from .workers import takeHandover
+
+    try:
+        # A master that re-executed itself: read once, and out of the
+        # environment its workers get.
+        handover = takeHandover(os.environ)
+    except ValueError as e:
+        raise BadCommandLine(f"twistd lb: {e}") from e
     top = MultiService()
     if options["demo"]:
         from .demo import demoBackends
@@ -397,5 +449,8 @@ def makeService(options: Options) -> IService:
         statePath=options["state"], grace=options["grace-seconds"],
         workerCommand=options.workerCommand(),
         workersOption=config.workers if options["workers"] is not None else None,
+        overrides=options.overrides,
+        image=options.image() if config.workers > 1 else None,
+        handover=handover,
     ).setServiceParent(top)
     return top

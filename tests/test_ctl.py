@@ -226,6 +226,76 @@ class UpgradeCommandTests(SynchronousTestCase):
         self.assertEqual(seen, [("POST", "http://127.0.0.1:9000/api/upgrade", "Bearer t")])
         self.assertEqual(out.getvalue(), "upgraded: generation 3 serves\n")
 
+    def reexec(self, views: list[Any], answer: dict[str, Any] | None = None,
+               ) -> tuple[list[str], list[float], Any]:
+        """
+        Run C{upgrade} against an API that answers the master re-executes
+        itself, then gives C{views} of the workers in turn (an exception:
+        the API does not answer); the requests made, the pauses, and the
+        output or the error.
+        """
+        seen: list[str] = []
+        pauses: list[float] = []
+        answers = iter(views)
+
+        def opener(request: Any, timeout: float) -> Any:
+            seen.append(f"{request.get_method()} {request.full_url}")
+            if request.get_method() == "POST":
+                return _Answer(json.dumps(
+                    answer or {"generation": 3, "master": "re-executing"}).encode())
+            view = next(answers, views[-1])
+            if isinstance(view, Exception):
+                raise view
+            return _Answer(json.dumps({"workers": view}).encode())
+
+        out = io.StringIO()
+        try:
+            run(["ctl", "upgrade", "--token", "t"], {}, out, opener, sleep=pauses.append)
+        except CtlError as e:
+            return seen, pauses, e
+        return seen, pauses, out.getvalue()
+
+    def test_reexecWaits(self) -> None:
+        """
+        When the master re-executes itself, it polls the workers (through a
+        moment without an API) until every worker of the new generation
+        serves, and says so.
+        """
+        old = {"worker": 1, "generation": 2, "state": "serving"}
+        starting = {"worker": 1, "generation": 3, "state": "starting"}
+        serving = {"worker": 1, "generation": 3, "state": "serving"}
+        seen, pauses, output = self.reexec([
+            [old], ConnectionRefusedError(), [{**old, "state": "retiring"}, starting],
+            [serving, {**serving, "worker": 2}]])
+        self.assertEqual(seen, ["POST http://127.0.0.1:9000/api/upgrade"]
+                         + ["GET http://127.0.0.1:9000/api/workers"] * 4)
+        self.assertEqual(pauses, [0.25] * 3)
+        self.assertEqual(output, "upgraded: the master re-executed itself; generation 3 "
+                                 "serves\n")
+
+    def test_reexecAdminMoved(self) -> None:
+        """
+        An upgrade that moves the admin API: the workers are polled at its
+        new address.
+        """
+        serving = {"worker": 1, "generation": 3, "state": "serving"}
+        seen, _, output = self.reexec([[serving]], {
+            "generation": 3, "master": "re-executing", "admin": "http://127.0.0.1:9100"})
+        self.assertEqual(seen, ["POST http://127.0.0.1:9000/api/upgrade",
+                                "GET http://127.0.0.1:9100/api/workers"])
+        self.assertIn("generation 3 serves", output)
+
+    def test_reexecNeverServes(self) -> None:
+        """
+        A new generation that does not serve within 60 s is an error,
+        after a bounded number of polls.
+        """
+        seen, pauses, error = self.reexec([[{"worker": 1, "generation": 2,
+                                             "state": "serving"}]])
+        self.assertIsInstance(error, CtlError)
+        self.assertIn("generation 3 did not serve within 60s", str(error))
+        self.assertEqual(len(pauses), 240)
+
 
 class FakeAPI:
     """

@@ -118,6 +118,28 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["state"], os.path.abspath("lbtwist-demo.state.json"))
         self.assertIsNone(config.state)
         self.assertEqual(self.parse("--demo", "--state", "s.json")["state"], "s.json")
+        self.assertIsNone(options.overrides(config).state)
+
+    def test_overrides(self) -> None:
+        """
+        What the command line says over the file is said over every
+        reading of it (a reload's, an upgrade's), so that a reload does
+        not take the option's value for a change of the file.
+        """
+        from lbtwist.config import loadConfigFile
+        from lbtwist.diff import runnable
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            yaml.safe_dump({"admin": "tcp:9001:interface=127.0.0.1", "status-interval": 60,
+                            "listeners": [{"name": "main", "listen": "tcp:0"}],
+                            "pools": {"web": {"backends": ["127.0.0.1:9"]}}}, f)
+        options = self.parse("--config", path, "--admin", "tcp:9100:interface=127.0.0.1",
+                             "--status-interval", "5", "--state", "s.json")
+        read = options.overrides(loadConfigFile(path))
+        self.assertEqual((read.admin, read.statusInterval, read.state),
+                         ("tcp:9100:interface=127.0.0.1", 5.0, "s.json"))
+        self.assertEqual(runnable(read, options["lbconfig"])[1], [])
 
     def test_noBackend(self) -> None:
         """

@@ -126,11 +126,14 @@ class GroupTestCase(TestCase):
 
     def spawnGroup(self, workers: int, backends: list[tuple[str, str]], mode: str = "tcp",
                    grace: float = 2.0, listen: str | None = None, before: Sequence[str] = (),
-                   env: dict[str, str] | None = None, **top: Any) -> _Group:
+                   env: dict[str, str] | None = None, inFile: bool = False,
+                   prefix: Sequence[str] = (), **top: Any) -> _Group:
         """
         Start C{twistd lb --workers N} as L{startGroup} does (after the
         command C{before}, if given, and listening on C{listen}), without
-        waiting.
+        waiting.  With C{inFile}, the number of workers is the file's
+        C{workers} instead of C{--workers}; C{prefix} runs first (as
+        C{prlimit}, which then execs twistd).
         """
         work = FilePath(self.mktemp())
         work.makedirs()
@@ -146,10 +149,13 @@ class GroupTestCase(TestCase):
             }},
             **top,
         }
+        if inFile:
+            config["workers"] = workers
         work.child("lb.yaml").setContent(yaml.safe_dump(config).encode())
         before = [*before, f"-l127.0.0.1:{port}"] if before else []
-        process = spawn(self, [*before, TWISTD, "--nodaemon", "--pidfile=", "lb", "--config",
-                               "lb.yaml", "--workers", str(workers), "--grace", str(grace)],
+        count = [] if inFile else ["--workers", str(workers)]
+        process = spawn(self, [*prefix, *before, TWISTD, "--nodaemon", "--pidfile=", "lb",
+                               "--config", "lb.yaml", *count, "--grace", str(grace)],
                         work.path, {**os.environ, **(env or {})})
         return _Group(port, admin, process, workers, work.path)
 
@@ -607,6 +613,178 @@ class ListenerUpgradeTests(GroupTestCase):
         yield group.stop(self)
 
 
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists (a zombie, not reaped, does too).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class ReexecTests(GroupTestCase):
+    """
+    An upgrade that changes the master itself re-executes it, same PID,
+    its workers serving on across the exec (see
+    L{lbtwist.workers._handover}).
+    """
+
+    @inlineCallbacks
+    def reexec(self, group: _Group, generation: int, reasons: list[str],
+               **changes: Any) -> Any:
+        """
+        Change the file's top-level keys, upgrade: the master answers it
+        re-executes itself for C{reasons}; wait until C{generation} serves
+        (on the new admin port, if it changed); the workers' list.
+        """
+        group.edit(**changes)
+        answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+        moved = {}
+        if "admin" in changes:
+            group.admin = int(changes["admin"].split(":")[1])
+            moved = {"admin": f"http://127.0.0.1:{group.admin}"}
+        self.assertEqual(answer, {"generation": generation, "master": "re-executing",
+                                  "reasons": reasons, **moved})
+        workers = yield group.waitGeneration(self, generation)
+        # The same process, which never exited, serves the new generation.
+        self.assertIsNone(group.process.poll())
+        return workers
+
+    @inlineCallbacks
+    def test_masterSettingsUnderLoad(self) -> Any:
+        """
+        Under wrk's keep-alive load, an upgrade that changes the admin
+        port, C{status-interval} and the number of workers (2 to 3)
+        re-executes the master: no socket error, no non-2xx answer; the new
+        admin port answers with 3 workers of the new generation; the old
+        workers exit by themselves within the grace.
+        """
+        if not os.path.exists("/usr/bin/wrk"):
+            raise SkipTest("wrk is not installed (make test-deps)")
+        group = yield self.startGroup(2, [("a", httpBackend(self))], mode="http", inFile=True)
+        old = [w["pid"] for w in (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]]
+        wrk = spawn(self, ["wrk", "-t2", "-c16", "-d8s", f"http://127.0.0.1:{group.port}/"],
+                    os.getcwd(), dict(os.environ))
+        yield sleep(1.5)
+        oldAdmin, newAdmin = group.admin, freePort()
+        group.workers = 3
+        workers = yield self.reexec(
+            group, 2, ["status-interval", "admin", "workers"], workers=3,
+            admin=f"tcp:{newAdmin}:interface=127.0.0.1", **{"status-interval": 1800})
+        self.assertEqual(len([w for w in workers if w["generation"] == 2]), 3)
+        self.assertFalse(_listening(oldAdmin))
+        for _ in range(50):
+            if not any(alive(pid) for pid in old):
+                break
+            yield sleep(0.1)
+        self.assertEqual([pid for pid in old if alive(pid)], [])
+        output, _ = yield inThread(wrk.communicate)
+        report = wrkReport(output.decode())
+        self.assertEqual((report["errors"], report["non2xx"]), (0, 0), output.decode())
+        self.assertGreater(report["requests"], 1000, output.decode())
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertEqual([(w["generation"], w["state"]) for w in workers],
+                         [(2, "serving")] * 3)
+        yield group.stop(self)
+
+    @inlineCallbacks
+    def test_codeChange(self) -> Any:
+        """
+        With nothing changed on disk, an upgrade starts new workers only;
+        once a module of the code the master runs is touched, the next
+        upgrade re-executes the master, and clients are served throughout.
+        """
+        import shutil
+
+        import lbtwist
+
+        code = os.path.abspath(self.mktemp())
+        shutil.copytree(os.path.dirname(lbtwist.__file__), os.path.join(code, "lbtwist"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        path = os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))
+        backends = Backends(self)
+        backends.start("a")
+        group = yield self.startGroup(2, named(backends, "a"), env={"PYTHONPATH": path})
+        answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+        self.assertEqual((answer["status"], answer["generation"]), ("upgraded", 2))
+        module = os.path.join(code, "lbtwist", "status.py")
+        info = os.stat(module)
+        os.utime(module, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+        yield self.reexec(group, 3, ["code"])
+        answers = yield inThread(connections, group.port, 40, 4)
+        self.assertEqual(answers, [b"a"] * 40)
+        answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+        self.assertEqual((answer["status"], answer["generation"]), ("upgraded", 4))
+        yield group.stop(self)
+
+    @inlineCallbacks
+    def test_badMasterSetting(self) -> Any:
+        """
+        A master setting the running code refuses (an admin endpoint that
+        is none), and one only the new image's pre-flight refuses (more
+        workers than the file-descriptor limit allows): each upgrade is
+        answered 500 naming the key; the master and its workers are the
+        same and serve on.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        group = yield self.startGroup(2, named(backends, "a"), inFile=True,
+                                      prefix=["prlimit", "--nofile=512:512", "--"])
+        before = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        group.edit(admin="nonsense:1")
+        status, error = yield inThread(_upgradeError, group.admin)
+        self.assertEqual(status, 500)
+        self.assertIn("the configuration on disk is not valid: admin", error)
+        group.edit(admin=f"tcp:{group.admin}:interface=127.0.0.1", workers=200)
+        status, error = yield inThread(_upgradeError, group.admin)
+        self.assertEqual(status, 500)
+        self.assertIn("the new master would not start: lbtwist: invalid configuration: "
+                      "workers: 200 workers need about", error)
+        self.assertIn("over its limit of 512", error)
+        after = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertEqual([(w["pid"], w["generation"], w["state"]) for w in after],
+                         [(w["pid"], 1, "serving") for w in before])
+        answers = yield inThread(connections, group.port, 20, 4)
+        self.assertEqual(answers, [b"a"] * 20)
+        self.assertIsNone(group.process.poll())
+        yield group.stop(self)
+
+    @inlineCallbacks
+    def test_websocketOutlivesReexec(self) -> Any:
+        """
+        A WebSocket opened before a re-exec upgrade keeps exchanging
+        messages with its worker, now the new image's retiring one, until
+        the client closes it.
+        """
+        from .httphelpers import RecordingBackend
+        from .support import reactor
+        from .test_http_features import upgradeAccepted
+
+        backend = RecordingBackend("a", upgradeAccepted)
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+        group = yield self.startGroup(2, [("a", backend.endpoint)], mode="http", grace=10.0)
+        kept = yield inThread(openTunnel, group.port)
+        self.addCleanup(kept.close)
+        self.assertEqual((yield inThread(exchange, kept, b"before")), b"echo:before")
+        yield self.reexec(group, 2, ["status-interval"], **{"status-interval": 1800})
+        for n in range(5):
+            yield sleep(0.2)
+            self.assertEqual((yield inThread(exchange, kept, b"after%d" % n)), b"echo:after%d" % n)
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertEqual([w["state"] for w in workers if w["generation"] == 1], ["retiring"])
+        kept.close()
+        for _ in range(50):
+            workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+            if {w["generation"] for w in workers} == {2}:
+                break
+            yield sleep(0.1)
+        self.assertEqual({w["generation"] for w in workers}, {2})
+        yield group.stop(self)
+
+
 class SystemdTests(GroupTestCase):
     """
     Socket activation and readiness, with C{systemd-socket-activate}.
@@ -647,6 +825,18 @@ class SystemdTests(GroupTestCase):
                          else [])
         answers = yield inThread(connections, group.port, 40, 4)
         self.assertEqual(answers, [b"a"] * 40)
+        if workers > 1:
+            # The master re-executes itself with systemd's socket (checked
+            # by its name first), same PID, telling systemd of a reload: the
+            # same socket serves.
+            yield ReexecTests.reexec(self, group, 2, ["status-interval"],  # type: ignore[arg-type]
+                                     **{"status-interval": 1800})
+            message = (yield inThread(notify.recv, 1000)).decode()
+            self.assertIn("RELOADING=1\nMONOTONIC_USEC=", message)
+            message = (yield inThread(notify.recv, 1000)).decode()
+            self.assertEqual(message, f"READY=1\nMAINPID={group.process.pid}")
+            answers = yield inThread(connections, group.port, 40, 4)
+            self.assertEqual(answers, [b"a"] * 40)
         yield group.stop(self)
         self.assertEqual((yield inThread(notify.recv, 1000)), b"STOPPING=1")
 
@@ -658,7 +848,8 @@ class SystemdTests(GroupTestCase):
 
     def test_workers(self) -> None:
         """
-        Workers serve a socket systemd passed to their master.
+        Workers serve a socket systemd passed to their master, across an
+        upgrade that re-executes the master too.
         """
         return self.activated(2)
 
@@ -726,25 +917,50 @@ class _Group:
         self.process = process
         self.workers = workers
 
-    @inlineCallbacks
     def waitServing(self, case: TestCase) -> Any:
         """
         Wait until every worker of the current generation serves; the
         result is the admin API's list of workers.
         """
-        deadline = time.monotonic() + 20
+        return self._waitWorkers(case, None, 20)
+
+    def waitGeneration(self, case: TestCase, generation: int) -> Any:
+        """
+        Wait until L{workers} workers of C{generation} serve (after the
+        master re-executed itself, on its admin port now); the result is
+        the admin API's list of workers.
+        """
+        return self._waitWorkers(case, generation, 30)
+
+    @inlineCallbacks
+    def _waitWorkers(self, case: TestCase, generation: int | None, seconds: float) -> Any:
+        """
+        Wait until L{workers} workers serve (of C{generation}, if given).
+        """
+        deadline = time.monotonic() + seconds
         last: Any = None
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 last = (yield inThread(adminGet, self.admin, "/api/workers"))["workers"]
             except OSError:
                 last = None
-            if last and sum(1 for w in last if w["state"] == "serving") >= self.workers:
+            if last and sum(1 for w in last if w["state"] == "serving" and generation
+                            in (None, w["generation"])) >= self.workers:
                 return last
             yield sleep(0.1)
         self.process.kill()
         assert self.process.stdout is not None
-        case.fail(f"workers did not all serve ({last}):\n{self.process.stdout.read().decode()}")
+        case.fail(f"workers (generation {generation}) did not all serve ({last}):\n"
+                  f"{self.process.stdout.read().decode()}")
+
+    def edit(self, **changes: Any) -> None:
+        """
+        Change top-level keys of the configuration file.
+        """
+        config = FilePath(self.workdir).child("lb.yaml")
+        data = yaml.safe_load(config.getContent())
+        data.update(changes)
+        config.setContent(yaml.safe_dump(data).encode())
 
     @inlineCallbacks
     def stop(self, case: TestCase) -> Any:

@@ -267,9 +267,23 @@ class FakeProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.signals: list[Any] = []
+        # The readers of its output, with made-up descriptors.
+        self.pipes = {n: FakeReader(pid * 10 + n) for n in (1, 2)}
 
     def signalProcess(self, signum: Any) -> None:
         self.signals.append(signum)
+
+
+class FakeReader:
+    """
+    The reader of a spawned process's output pipe.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
 
 
 class ProcessReactor(MemoryReactorClock):
@@ -293,7 +307,20 @@ class ProcessReactor(MemoryReactorClock):
         Connect the factory's protocol to a memory transport.
         """
         protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport())
+        protocol.makeConnection(AdoptedTransport(fileDescriptor))
+
+
+class AdoptedTransport(StringTransport):
+    """
+    A memory transport for a connection adopted from a descriptor.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
 
 
 class SupervisionTests(SynchronousTestCase):

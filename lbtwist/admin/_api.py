@@ -103,9 +103,11 @@ class ProcessGroup(Protocol):
         Each worker: its number, generation, pid, state and counters.
         """
 
-    def upgrade(self) -> Deferred[int]:
+    def upgrade(self) -> Deferred[Any]:
         """
-        Start a new generation of workers; fires with its number.
+        Start a new generation of workers; fires with its number and, when
+        the master re-executes itself for it, why (see
+        L{lbtwist.workers.Upgraded}).
         """
 
 
@@ -734,15 +736,24 @@ class AdminResource(Resource):
         Start a new generation of workers from the code and configuration
         on disk (see L{lbtwist.workers.WorkerGroup.upgrade}); answered once
         it serves, or C{500} with the reason it could not (the running
-        workers serve on).
+        workers serve on).  When the master re-executes itself to apply
+        it, the answer is C{202} just before the exec: the new generation
+        is the next image's to start (C{GET /api/workers} shows it
+        serving).
         """
         group = self.group
         if group is None:
             raise APIError(409, "upgrades need worker processes: start with --workers 2 "
                                 "or more (workers: in the file)")
 
-        def upgraded(generation: int) -> bytes:
-            return self._json(request, 200, {"status": "upgraded", "generation": generation,
+        def upgraded(result: Any) -> bytes:
+            if result.reexec:
+                moved = {"admin": result.admin} if result.admin else {}
+                return self._json(request, 202, {
+                    "generation": result.generation, "master": "re-executing",
+                    "reasons": list(result.reexec), **moved})
+            return self._json(request, 200, {"status": "upgraded",
+                                             "generation": result.generation,
                                              "workers": group.view()})
 
         def failed(f: Any) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -85,17 +85,26 @@ class AdminService(Service):
 
     def __init__(self, balancer: Any, live: LiveConfig, reactor: Any,
                  environ: Mapping[str, str] | None = None, group: Any = None,
-                 cluster: Any = None) -> None:
+                 cluster: Any = None, adopted: tuple[str, int, int] | None = None) -> None:
         """
         @param group: the worker processes this master speaks for (see
             L{lbtwist.admin.AdminResource}), if any.
         @param cluster: the cluster registry sync, if any.
+        @param adopted: the listening socket the previous image of this
+            master left (see L{lbtwist.workers._handover}), as its
+            endpoint, file descriptor and address family: served instead of
+            binding when the endpoint is this one's, else closed.
         """
         config: Config = checkAdmin(
             balancer.config, os.environ if environ is None else environ)
         self.required = config.admin is not None
-        self.endpointText = config.admin or DEFAULT_ADMIN
-        self.endpoint = serverFromString(reactor, self.endpointText)
+        self.endpointText = self.endpointFor(config)
+        if adopted is not None and adopted[0] == self.endpointText:
+            self.endpoint: Any = AdoptedStreamServerEndpoint(reactor, adopted[1], adopted[2])
+        else:
+            if adopted is not None:
+                os.close(adopted[1])
+            self.endpoint = serverFromString(reactor, self.endpointText)
         self.resource = AdminResource(balancer, live, config.adminToken, reactor, group=group,
                                       cluster=cluster)
         self.sampler = LoopingCall(lambda: self.resource.history.add(self.resource.sample()))
@@ -105,6 +114,13 @@ class AdminService(Service):
         self.site.log = lambda request: None  # type: ignore[method-assign]
         self.port: Any = None
         self.setName("admin")
+
+    @staticmethod
+    def endpointFor(config: Config) -> str:
+        """
+        The endpoint the admin API of C{config} listens on.
+        """
+        return config.admin or DEFAULT_ADMIN
 
     def startService(self) -> None:
         super().startService()

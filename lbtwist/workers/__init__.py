@@ -5,12 +5,16 @@ uses every core (C{--workers N} or C{workers: N | auto}).
 
 L{WorkerGroup} is the master's side (spawning, supervising, pushing the
 registry, adding up counters); L{WorkerNode} is a worker's; the control
-channel between them is AMP over a socket pair.
+channel between them is AMP over a socket pair.  An upgrade that changes
+the master itself re-executes it, its workers serving on across the exec
+(see L{lbtwist.workers._handover}).
 """
 
-from ._master import WorkerGroup, checkFileLimit
+from ._handover import HANDOVER_VARIABLE, Handover, MasterImage, takeHandover
+from ._master import Upgraded, WorkerGroup, checkFileLimit
 from ._registry import ConfigText
 from ._worker import WorkerNode, WorkerSpec, workerLog
 
-__all__ = ["ConfigText", "WorkerGroup", "WorkerNode", "WorkerSpec", "checkFileLimit",
+__all__ = ["HANDOVER_VARIABLE", "ConfigText", "Handover", "MasterImage", "Upgraded",
+           "WorkerGroup", "WorkerNode", "WorkerSpec", "checkFileLimit", "takeHandover",
            "workerLog"]

@@ -22,22 +22,39 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..lifecycle import sdNotify
 from ..pool import Health, PoolEvent
 from ..reload import LiveConfig
+from ._handover import (
+    Handover,
+    InheritedSocket,
+    InheritedWorker,
+    MasterImage,
+    codeFingerprint,
+    masterChanges,
+    passedSockets,
+)
 from ._protocol import (
     ApplyRegistry,
     Channel,
@@ -61,6 +78,15 @@ SETTLED = 10.0
 ANSWER_TIMEOUT = 5.0
 REFRESH = 2.0
 UPGRADE_TIMEOUT = 30.0
+# A re-exec: the pre-flight check's time, the wait for the workers'
+# answers, and the delay that lets the API's answer go out before the exec.
+PREFLIGHT_TIMEOUT = 30.0
+QUIESCE_TIMEOUT = 2.0
+QUIESCE_POLL = 0.02
+EXEC_DELAY = 0.2
+REAP_INTERVAL = 0.2
+# Bytes a worker's output pipe holds while no image of the master reads it.
+PIPE_SIZE = 1 << 20
 SYSTEMD_VARIABLES = frozenset({"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"})
 # The last lines of a worker's output kept to say why it could not start.
 KEPT_LINES = 5
@@ -93,12 +119,30 @@ def backoff(failures: int) -> float:
 class MasterChannel(Channel):
     """
     The master's end of one worker's control channel.
+
+    @ivar pending: questions sent and not answered yet (a master about to
+        re-execute itself waits for none, so that no answer comes to an
+        image that did not ask).
     """
 
     def __init__(self, group: WorkerGroup, slot: WorkerSlot) -> None:
         super().__init__()
         self.group = group
         self.slot = slot
+        self.pending = 0
+
+    def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any:
+        """
+        Ask the worker, counting the question until it is answered.
+        """
+        self.pending += 1
+
+        def answered(result: Any) -> Any:
+            self.pending -= 1
+            return result
+
+        answer: Deferred[Any] = super().callRemote(commandType, *a, **kw)
+        return answer.addBoth(answered)
 
     @Ready.responder
     def ready(self, pid: int) -> dict[str, Any]:
@@ -155,6 +199,83 @@ class WorkerProcess(ProcessProtocol):
             self._line(self._partial)
             self._partial = b""
         self.group.workerEnded(self.slot, reason)
+
+
+class InheritedProcess:
+    """
+    A worker process the previous image of this master spawned (see
+    L{lbtwist.workers._handover}): still this process's child, but Twisted
+    did not spawn it in this image, so its output pipes are read here and
+    it is reaped by L{reap}, called on a timer.  It ends as a spawned one
+    does: L{ProcessProtocol.processEnded} once it exited and its pipes are
+    closed.
+
+    @ivar pipes: the readers of its output, by its file descriptor number.
+    """
+
+    def __init__(self, reactor: Any, pid: int, protocol: ProcessProtocol,
+                 output: Mapping[int, int]) -> None:
+        from twisted.internet.process import ProcessReader
+
+        self.pid = pid
+        self.proto = protocol
+        self.status: int | None = None
+        self.ended = False
+        self.pipes = {number: ProcessReader(reactor, self, number, fd)
+                      for number, fd in output.items()}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        The worker wrote C{data} on its descriptor C{childFD}.
+        """
+        self.proto.childDataReceived(childFD, data)
+
+    def childConnectionLost(self, childFD: int, reason: Failure) -> None:
+        """
+        The worker's end of a pipe closed.
+        """
+        os.close(self.pipes.pop(childFD).fileno())
+        self._maybeEnded()
+
+    def signalProcess(self, signum: int) -> None:
+        """
+        Send the worker C{signum}.
+
+        @raise ProcessExitedAlready: it was reaped.
+        """
+        if self.status is not None:
+            raise ProcessExitedAlready()
+        os.kill(self.pid, signum)
+
+    def reap(self) -> bool:
+        """
+        Collect the worker's exit status if it exited (without waiting).
+
+        @return: whether it has been reaped.
+        """
+        if self.status is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid == 0:
+                return False
+            self.status = status
+            self._maybeEnded()
+        return True
+
+    def _maybeEnded(self) -> None:
+        if self.status is None or self.pipes or self.ended:
+            return
+        self.ended = True
+        status = self.status
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            reason = Failure(ProcessDone(status))
+        else:
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+            reason = Failure(ProcessTerminated(code, sig, status))
+        self.proto.processEnded(reason)
 
 
 class WorkerSlot:
@@ -226,6 +347,10 @@ class WorkerGroup(Service):
         text: ConfigText | None = None,
         environ: dict[str, str] | None = None,
         now: Callable[[], float] = time.monotonic,
+        image: MasterImage | None = None,
+        handover: Handover | None = None,
+        admin: Callable[[], Any] | None = None,
+        fingerprint: Callable[[], str] = codeFingerprint,
     ) -> None:
         """
         @param balancer: the master's L{lbtwist.service.LoadBalancer}, bound
@@ -236,6 +361,17 @@ class WorkerGroup(Service):
             given to each worker (with C{--worker SPEC} after them).
         @param grace: seconds a stopping worker's in-flight work gets.
         @param text: the configuration file as the master read it.
+        @param image: how this master runs its own image again, to apply
+            an upgrade new workers cannot apply alone (see
+            L{lbtwist.workers._handover}); without one, those settings
+            need a restart.
+        @param handover: what the previous image of this master handed
+            over, when it re-executed itself: its workers serve on until
+            this image's do.
+        @param admin: gives the admin API's service (its endpoint and
+            port), which a re-exec hands over.
+        @param fingerprint: gives a fingerprint of the code on disk (taken
+            now, and again at each upgrade: a change means a re-exec).
         """
         self.balancer = balancer
         self.live = live
@@ -245,8 +381,11 @@ class WorkerGroup(Service):
         self.grace = grace
         self.text = text
         # Socket activation and readiness are the master's business.
-        self.environ = {k: v for k, v in (os.environ if environ is None else environ).items()
-                        if k not in SYSTEMD_VARIABLES}
+        source = os.environ if environ is None else environ
+        self.environ = {k: v for k, v in source.items() if k not in SYSTEMD_VARIABLES}
+        # But a pre-flight check reads the names of the sockets systemd
+        # passed, as the master's start did.
+        self.passed = passedSockets(source)
         self._servingWaiters: list[Deferred[None]] = []
         self.now = now
         self.generation = 0
@@ -258,13 +397,25 @@ class WorkerGroup(Service):
         # Every listening socket the master holds, by listener name and
         # endpoint: an upgrade binds new ones beside them.
         self.bound: dict[tuple[str, str], Bound] = {}
-        self.upgrading: Deferred[int] | None = None
+        self.upgrading: Deferred[Upgraded] | None = None
         self.mirror = CounterMirror(balancer.pools, balancer.factories)
         self._pushing: Any = None
         # The status table and the dashboard's history read the master's
         # counters on their own timers: keep them near the workers' totals.
         self.refresher = LoopingCall(self.refresh)
         self.refresher.clock = reactor
+        self.image = image
+        self.handover = handover
+        if handover is not None and text is not None:
+            text.reads = handover.reads
+        self.admin = admin
+        self.fingerprint = fingerprint
+        self.code = fingerprint()
+        # The workers the previous image ran, reaped on a timer.
+        self.inherited: list[WorkerSlot] = []
+        self._nextAdmin: Any = None
+        self.reaper = LoopingCall(self._reap)
+        self.reaper.clock = reactor
         self.setName("workers")
 
     # -- life ------------------------------------------------------------
@@ -284,9 +435,80 @@ class WorkerGroup(Service):
         self.live.reconciled.append(self.schedulePush)
         self.refresher.start(REFRESH, now=False)
         self.generation = 1
+        if self.handover is not None:
+            self._adoptWorkers(self.handover)
         self.slots = [self._spawn(WorkerSlot(i, self.generation)) for i in range(1, self.count + 1)]
-        self.log.info("master (pid {pid}) starting {count} workers", pid=os.getpid(),
-                      count=self.count)
+        self.log.info("master (pid {pid}) starting {count} workers of generation {generation}",
+                      pid=os.getpid(), count=self.count, generation=self.generation)
+        if self.inherited:
+            # The previous image's workers run what it ran before the
+            # upgrade's reload: until they retire, they run what this one
+            # runs.
+            self.schedulePush()
+
+    def _adoptWorkers(self, handover: Handover) -> None:
+        """
+        Take on the workers the previous image of this master ran: they
+        serve on (as retiring ones, reaped on a timer) until this image's
+        first generation serves, then retire.
+        """
+        self.generation = handover.generation + 1
+        for pool, found in handover.health.items():
+            live = self.live.pools.get(pool)
+            for name, health in found.items():
+                if live is not None:
+                    live.setHealth(name, Health(health), "as found before the master re-executed")
+        serving: list[WorkerSlot] = []
+        for worker in handover.workers:
+            slot = WorkerSlot(worker.index, worker.generation)
+            slot.pid, slot.restarts, slot.started = worker.pid, worker.restarts, self.now()
+            slot.ready = True
+            slot.channel = MasterChannel(self, slot)
+            self.reactor.adoptStreamConnection(worker.control, socket.AF_UNIX,
+                                               GivenProtocol(slot.channel))
+            os.close(worker.control)
+            slot.process = InheritedProcess(self.reactor, worker.pid, WorkerProcess(self, slot),
+                                            worker.output)
+            self.retiring.append(slot)
+            self.inherited.append(slot)
+            if not worker.retiring:
+                serving.append(slot)
+        if self.inherited:
+            self.reaper.start(REAP_INTERVAL, now=False)
+        self.log.info(
+            "master (pid {pid}) re-executed: {count} workers of generation {old} serve until "
+            "generation {generation} does", pid=os.getpid(), count=len(serving),
+            old=handover.generation, generation=self.generation)
+
+        def retire(_: object) -> None:
+            self._retire(serving)
+            self.log.info(
+                "generation {generation} serves; the previous image's workers finish their "
+                "in-flight work within {grace}s", generation=self.generation, grace=self.grace)
+
+        self.whenServing().addCallback(retire)
+
+    def _reap(self) -> None:
+        """
+        Reap the inherited workers that exited.
+        """
+        self.inherited = [s for s in self.inherited if not s.process.reap()]
+        if not self.inherited and self.reaper.running:
+            self.reaper.stop()
+
+    def _retire(self, slots: Sequence[WorkerSlot]) -> None:
+        """
+        Tell C{slots} to stop accepting and finish their work (a worker
+        that cannot be told is stopped with C{SIGTERM}).
+        """
+        for slot in slots:
+            if slot.ended or slot.channel is None:
+                continue
+            slot.channel.callRemote(Retire, grace=self.grace).addErrback(
+                self._retireFailed, slot)
+
+    def _retireFailed(self, reason: Failure, slot: WorkerSlot) -> None:
+        self._signal(slot, signal.SIGTERM)
 
     def _listeningSockets(self) -> dict[str, tuple[int, int]]:
         """
@@ -501,7 +723,7 @@ class WorkerGroup(Service):
 
     # -- upgrades --------------------------------------------------------
 
-    def upgrade(self) -> Deferred[int]:
+    def upgrade(self) -> Deferred[Upgraded]:
         """
         Start a new generation of workers, running the code and the
         configuration now on disk, on the same listening sockets (new
@@ -509,7 +731,13 @@ class WorkerGroup(Service):
         serves, the old ones stop accepting and finish their in-flight
         work within the grace.
 
-        @return: fires with the new generation's number, or fails with
+        When the master itself must change (its code on disk, or a
+        setting only it runs: see L{masterChanges}), it re-executes itself
+        instead (L{reexecute}), and its next image starts the new
+        generation.
+
+        @return: fires with the new generation's number (once it serves;
+            with a re-exec, once the exec is decided), or fails with
             L{UpgradeFailed} (the old generation serves on).
         """
         if self.upgrading is not None:
@@ -519,6 +747,15 @@ class WorkerGroup(Service):
             return self._failed(f"the configuration on disk is not valid: {problem}")
         config = (self.text.config if self.text is not None and self.text.config is not None
                   else self.live.fileConfig)
+        if self.image is not None:
+            reasons = masterChanges(self.live.restartNeeded, self.fingerprint() != self.code)
+            if reasons:
+                return self.reexecute(config, reasons)
+        elif masterChanges(self.live.restartNeeded, False):
+            self.log.warn(  # noqa: G010
+                "upgrade: the master runs {settings} as it started (embedded, it cannot "
+                "re-execute itself): they need a restart",
+                settings=", ".join(masterChanges(self.live.restartNeeded, False)))
         try:
             added = self._bind(config.listeners)
         except UpgradeFailed as e:
@@ -532,19 +769,19 @@ class WorkerGroup(Service):
         waiting = DeferredList([whenReady(s) for s in new], fireOnOneErrback=True,
                                consumeErrors=True)
         waiting.addTimeout(UPGRADE_TIMEOUT, self.reactor)
-        done: Deferred[int] = Deferred()
+        done: Deferred[Upgraded] = Deferred()
         self.upgrading = done
 
         def ready(_: object) -> None:
             self._promote(new, generation, sockets, config)
             self.upgrading = None
-            done.callback(generation)
+            done.callback(Upgraded(generation))
 
         def failed(f: Failure) -> None:
             self.upgrading = None
             error = f.value.subFailure.value if isinstance(f.value, FirstError) else f.value
             why = (f"the new workers were not ready within {UPGRADE_TIMEOUT:g}s"
-                   if isinstance(error, TimeoutError) else str(error))
+                   if isinstance(error, defer.TimeoutError) else str(error))
             for slot in new:
                 if not slot.ended:
                     self._signal(slot, signal.SIGTERM)
@@ -554,9 +791,222 @@ class WorkerGroup(Service):
         waiting.addCallbacks(ready, failed)
         return done
 
-    def _failed(self, why: str) -> Deferred[int]:
+    def _failed(self, why: str) -> Deferred[Upgraded]:
         self.log.error("upgrade failed, the running workers serve on: {why}", why=why)
         return fail(UpgradeFailed(why))
+
+    # -- re-executing the master -------------------------------------------
+
+    def reexecute(self, config: Any, reasons: Sequence[str]) -> Deferred[Upgraded]:
+        """
+        Re-execute this master (same PID, same arguments) to run the code
+        and C{config} now on disk, its workers serving on across the exec.
+
+        Before anything changes: the listeners and the admin API C{config}
+        adds are bound here (so that one that cannot listen fails the
+        upgrade), and a child process checks that the new image would
+        start (L{lbtwist.check}).  Then the state
+        file is saved, and the result fires (the API answers it) before the
+        exec, a moment later.
+
+        @return: fires with the next generation's number and C{reasons},
+            or fails with L{UpgradeFailed} (nothing changed).
+        """
+        assert self.image is not None
+        if config.workers < 2:
+            return self._failed(
+                "workers: a master cannot become a single process: going to 1 worker "
+                "needs a restart")
+        self.log.info("upgrade: the master re-executes itself ({reasons})",
+                      reasons=", ".join(reasons))
+        try:
+            added = self._bind(config.listeners)
+        except UpgradeFailed as e:
+            return self._failed(str(e))
+        try:
+            # Kept here until the exec: a port that does not read is not
+            # the reactor's, and its socket would close with it.
+            admin, self._nextAdmin = self._adminSocket(config)
+        except UpgradeFailed as e:
+            self._close(added)
+            return self._failed(str(e))
+        done: Deferred[Upgraded] = Deferred()
+        self.upgrading = done
+        generation = self.generation + 1
+
+        def checked(_: object) -> Deferred[None]:
+            return self._quiesce()
+
+        def go(_: object) -> None:
+            if self.live.stateFile is not None:
+                try:
+                    self.live.stateFile.save(self.live.overrides)
+                except OSError as e:
+                    raise UpgradeFailed(f"cannot save the state file: {e}") from e
+            handover = self._handover(config, admin)
+            self.log.info("upgrade: re-executing the master (pid {pid}); generation "
+                          "{generation} follows", pid=os.getpid(), generation=generation)
+            done.callback(Upgraded(generation, tuple(reasons), _url(self._nextAdmin)))
+            self.reactor.callLater(EXEC_DELAY, self._execute, handover)
+
+        def failed(f: Failure) -> None:
+            self.upgrading = None
+            self._close(added)
+            if self._nextAdmin is not None:
+                self._nextAdmin.stopListening()
+                self._nextAdmin = None
+            if not self.refresher.running and self.running:
+                self.refresher.start(REFRESH, now=False)
+            self._failed(f.getErrorMessage()).addErrback(done.errback)
+
+        self.preflight().addCallback(checked).addCallback(go).addErrback(failed)
+        return done
+
+    def _execute(self, handover: Handover) -> None:
+        """
+        Make the exec; if it fails, this image serves on as it was.
+        """
+        assert self.image is not None
+        # systemd (Type=notify) hears a reload, whose READY=1 the new image
+        # sends once its workers serve.
+        sdNotify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}", os.environ)
+        try:
+            self.image.execute(handover, os.environ)
+        except OSError as e:
+            self.log.error("upgrade failed: the master cannot re-execute itself ({error}); "
+                           "it serves on as it was", error=str(e))
+            sdNotify(f"READY=1\nMAINPID={os.getpid()}", os.environ)
+            self._notExecuted()
+
+    def _notExecuted(self) -> None:
+        """
+        The exec failed: close what was bound for the next image, and go
+        on asking the workers for their counters.
+        """
+        self.upgrading = None
+        keys = {(x.name, x.endpoint) for x in self.live.fileConfig.listeners}
+        self._close([key for key in self.bound if key not in keys])
+        if self._nextAdmin is not None:
+            self._nextAdmin.stopListening()
+            self._nextAdmin = None
+        if self.running and not self.refresher.running:
+            self.refresher.start(REFRESH, now=False)
+
+    def _adminSocket(self, config: Any) -> tuple[InheritedSocket | None, Any]:
+        """
+        The admin API's listening socket for the next image: the running
+        one when C{config} keeps its endpoint, else one bound now for the
+        new endpoint (and returned second, to close if the upgrade fails).
+
+        @raise UpgradeFailed: a configured new endpoint cannot listen.
+        """
+        from twisted.internet.endpoints import serverFromString
+
+        service = self.admin() if self.admin is not None else None
+        if service is None:
+            return None, None
+        target = service.endpointFor(config)
+        port = service.port
+        if port is None or target != service.endpointText:
+            got: list[Any] = []
+            serverFromString(self.reactor, target).listen(_NoClients()).addBoth(got.append)
+            result: Any = got[0] if got else None
+            if not hasattr(result, "stopReading"):
+                if config.admin is None:
+                    # The default endpoint taken: the next image runs
+                    # without the API, as a start would.
+                    return None, None
+                why = getattr(result, "getErrorMessage", lambda: str(result))()
+                raise UpgradeFailed(f"admin: the admin API cannot listen on {target}: {why}")
+            result.stopReading()
+            port = bound = result
+        else:
+            bound = None
+        return InheritedSocket("admin", target, port.fileno(), int(port.socket.family)), bound
+
+    def preflight(self) -> Deferred[None]:
+        """
+        Check in a child process that the code and configuration on disk
+        would start a master, as this one was started.
+
+        @return: fails with L{UpgradeFailed} saying why it would not.
+        """
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        assert self.image is not None
+        command = self.image.checkCommand()
+        running = getProcessOutputAndValue(command[0], command[1:],
+                                           env={**self.environ, **self.passed},
+                                           path=os.getcwd(), reactor=self.reactor)
+        running.addTimeout(PREFLIGHT_TIMEOUT, self.reactor)
+
+        def judged(result: tuple[bytes, bytes, int]) -> None:
+            out, err, code = result
+            if code != 0:
+                lines = (err or out).decode("utf-8", "replace").strip().splitlines()
+                raise UpgradeFailed("the new master would not start: "
+                                    + (lines[-1] if lines else f"exit status {code}"))
+
+        def broken(f: Failure) -> None:
+            if isinstance(f.value, tuple):
+                raise UpgradeFailed("the new master's check was killed: "
+                                    + f.value[1].decode("utf-8", "replace").strip())
+            if f.check(defer.TimeoutError):
+                raise UpgradeFailed(
+                    f"the new master's check did not finish within {PREFLIGHT_TIMEOUT:g}s")
+            f.raiseException()
+
+        return running.addCallbacks(judged, broken)
+
+    def _quiesce(self) -> Deferred[None]:
+        """
+        Ask the workers nothing more, and fire once every question asked
+        was answered (or after L{QUIESCE_TIMEOUT}): no answer must reach
+        an image that did not ask.
+        """
+        if self.refresher.running:
+            self.refresher.stop()
+        if self._pushing is not None and self._pushing.active():
+            self._pushing.cancel()
+        self._pushing = None
+        done: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + QUIESCE_TIMEOUT
+
+        def check() -> None:
+            pending = sum(s.channel.pending for s in self._alive() if s.channel is not None)
+            if not pending or self.reactor.seconds() >= deadline:
+                done.callback(None)
+            else:
+                self.reactor.callLater(QUIESCE_POLL, check)
+
+        check()
+        return done
+
+    def _handover(self, config: Any, admin: InheritedSocket | None) -> Handover:
+        """
+        What the next image takes on: the sockets of C{config}'s listeners,
+        the admin API's, and every worker still running (their output
+        pipes made larger, to hold what they write while no image reads).
+        """
+        listeners = tuple(
+            InheritedSocket(x.name, x.endpoint, *self.bound[x.name, x.endpoint].socket)
+            for x in config.listeners)
+        workers = []
+        for slot in self._alive():
+            assert slot.channel is not None and slot.channel.transport is not None
+            output = {number: reader.fileno() for number, reader in slot.process.pipes.items()}
+            for fd in output.values():
+                _widenPipe(fd)
+            workers.append(InheritedWorker(
+                index=slot.index, generation=slot.generation, pid=slot.pid or 0,
+                control=slot.channel.transport.fileno(),  # type: ignore[attr-defined]
+                output=output,
+                restarts=slot.restarts, retiring=slot in self.retiring))
+        health = {name: {b.name: b.health.value for b in pool if b.health is not Health.UNKNOWN}
+                  for name, pool in self.live.pools.items()}
+        return Handover(self.generation, listeners, admin, tuple(workers),
+                        reads=self.text.reads if self.text is not None else 0,
+                        health={name: found for name, found in health.items() if found})
 
     def _promote(self, new: list[WorkerSlot], generation: int,
                  sockets: dict[str, tuple[int, int]], config: Any) -> None:
@@ -568,13 +1018,8 @@ class WorkerGroup(Service):
         for slot in new:
             self.retiring.remove(slot)
         self.slots, self.generation, self.sockets = new, generation, sockets
-        for slot in old:
-            if slot.ended:
-                continue
-            self.retiring.append(slot)
-            assert slot.channel is not None
-            slot.channel.callRemote(Retire, grace=self.grace).addErrback(
-                lambda f, slot=slot: self._signal(slot, signal.SIGTERM))
+        self.retiring.extend(slot for slot in old if not slot.ended)
+        self._retire(old)
         # The master runs those listeners now (the API lists them, and the
         # next reload compares with them).
         self.live.fileConfig = attrs.evolve(
@@ -741,6 +1186,50 @@ def perWorker(stats: dict[str, float]) -> dict[str, int]:
         elif path[0] == "backend" and field == "total":
             sums["requests"] += int(value)
     return sums
+
+
+def _widenPipe(fd: int) -> None:
+    """
+    Make the pipe of C{fd} hold L{PIPE_SIZE} bytes if the system lets it
+    (a worker that fills it blocks on its next log line).
+    """
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError):
+        pass
+
+
+@attrs.frozen
+class Upgraded:
+    """
+    An upgrade made, or under way.
+
+    @ivar generation: the number of the new generation of workers.
+    @ivar reexec: why the master re-executes itself to make it (then the
+        new generation is not serving yet), or nothing.
+    @ivar admin: where the admin API answers after the re-exec, when it
+        moves there.
+    """
+
+    generation: int
+    reexec: tuple[str, ...] = ()
+    admin: str | None = None
+
+
+def _url(port: Any) -> str | None:
+    """
+    The C{http://} address of the admin API on C{port}, a network port
+    (else L{None}).
+    """
+    if port is None:
+        return None
+    address = port.getHost()
+    host = getattr(address, "host", None)
+    if host is None:
+        return None
+    return f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
 
 
 class Bound:

@@ -13,6 +13,7 @@ starts late, catches up with the next.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -36,8 +37,14 @@ class ConfigText:
     @ivar reads: how many times it was read and valid.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str,
+                 overrides: Callable[[Config], Config] | None = None) -> None:
+        """
+        @param overrides: applied to what the file says (the command
+            line's options, which win over the file).
+        """
         self.path = path
+        self.overrides = overrides
         self.text: str | None = None
         self.config: Config | None = None
         self.reads = 0
@@ -56,6 +63,8 @@ class ConfigText:
         except OSError as e:
             raise ConfigError("", f"cannot read config file {self.path!r}: {e.strerror}") from e
         config = parseText(text, self.path)
+        if self.overrides is not None:
+            config = self.overrides(config)
         self.text = text
         self.config = config
         self.reads += 1

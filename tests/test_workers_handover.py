@@ -1,0 +1,506 @@
+"""
+Unit tests of the master's re-exec (L{lbtwist.workers._handover}) without
+an exec: the hand-over's encoding, the decision to re-execute, the code's
+fingerprint, and a master's group of workers deciding, checking, handing
+over and adopting, over a memory reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import yaml
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.config import parseConfig
+from lbtwist.pool import Health
+from lbtwist.workers import (
+    HANDOVER_VARIABLE,
+    ConfigText,
+    Handover,
+    MasterImage,
+    Upgraded,
+    WorkerGroup,
+    takeHandover,
+)
+from lbtwist.workers._handover import (
+    InheritedSocket,
+    InheritedWorker,
+    codeFingerprint,
+    masterChanges,
+    passedSockets,
+)
+from lbtwist.workers._master import (
+    EXEC_DELAY,
+    PREFLIGHT_TIMEOUT,
+    QUIESCE_TIMEOUT,
+    REAP_INTERVAL,
+    Bound,
+    UpgradeFailed,
+)
+from lbtwist.workers._protocol import ApplyRegistry, Retire
+
+from .test_workers_unit import CONFIG, ProcessReactor, _Services, process
+
+FULL = Handover(
+    generation=3,
+    listeners=(InheritedSocket("front", "tcp:8080", 7, socket.AF_INET),
+               InheritedSocket("back", "unix:/run/lb.sock", 8, socket.AF_UNIX)),
+    admin=InheritedSocket("admin", "tcp:9000:interface=127.0.0.1", 9, socket.AF_INET),
+    workers=(InheritedWorker(1, 3, 101, 10, {1: 11, 2: 12}, restarts=2),
+             InheritedWorker(2, 2, 102, 13, {1: 14, 2: 15}, retiring=True)),
+    reads=5,
+    health={"web": {"a": "up", "b": "down"}, "api": {"c": "up"}},
+)
+
+
+class MasterChangesTests(SynchronousTestCase):
+    """
+    The master re-executes itself for its code and the settings it runs,
+    and only for those.
+    """
+
+    def test_table(self) -> None:
+        """
+        Each case: what a reload could not apply, whether the code on disk
+        changed, and the reasons to re-execute.
+        """
+        cases = [
+            ([], False, []),
+            ([], True, ["code"]),
+            (["listeners", "maxconn", "the set of pools"], False, []),
+            (["pools.web.timeouts.idle", "pools.web.sticky", "pools.web.http"], False, []),
+            (["admin"], False, ["admin"]),
+            (["status-interval", "state", "resolvers", "workers"], False,
+             ["status-interval", "state", "resolvers", "workers"]),
+            (["pools.web.discovery", "pools.api.protocol"], False,
+             ["pools.web.discovery", "pools.api.protocol"]),
+            (["listeners", "admin", "pools.web.timeouts.idle"], True, ["code", "admin"]),
+            (["cluster"], False, ["cluster"]),
+            # A pool named like a master key is still a pool setting.
+            (["pools.admin.sticky"], False, []),
+        ]
+        for restartNeeded, code, expected in cases:
+            self.assertEqual(masterChanges(restartNeeded, code), expected,
+                             (restartNeeded, code))
+
+    def test_fromReload(self) -> None:
+        """
+        What a reload of a changed file leaves for a restart decides: the
+        master's settings (the cluster store's too) are named, the
+        listeners' change is the new workers' to apply.
+        """
+        from lbtwist.diff import runnable
+
+        running = parseConfig({**CONFIG, "workers": 2})
+        new = parseConfig({**CONFIG, "workers": 2, "status-interval": 7,
+                           "cluster": {"etcd": ["http://127.0.0.1:2379"]},
+                           "listeners": [{"name": "front", "listen": "tcp:1"}]})
+        kept, restartNeeded = runnable(new, running, poolsLive=True)
+        self.assertEqual(masterChanges(restartNeeded, False), ["status-interval", "cluster"])
+        self.assertEqual((kept.cluster, kept.statusInterval),
+                         (running.cluster, running.statusInterval))
+
+
+class HandoverEncodingTests(SynchronousTestCase):
+    """
+    The hand-over survives its trip through the environment, and anything
+    else in the variable is refused with a one-line reason.
+    """
+
+    def test_roundTrip(self) -> None:
+        """
+        What L{Handover.toJSON} writes, L{Handover.fromJSON} reads back
+        equal, empty or full.
+        """
+        for handover in (Handover(1), FULL):
+            self.assertEqual(Handover.fromJSON(handover.toJSON()), handover)
+
+    def test_descriptors(self) -> None:
+        """
+        Every descriptor named (listeners, admin, control channels, output
+        pipes) is listed to keep open across the exec.
+        """
+        self.assertEqual(sorted(FULL.descriptors()), list(range(7, 16)))
+
+    def test_bad(self) -> None:
+        """
+        Each malformed value is refused naming the variable, on one line.
+        """
+        good = json.loads(FULL.toJSON())
+        worker = good["workers"][0]
+        socketOf = {"name": "front", "endpoint": "tcp:1", "fd": 3, "family": 2}
+        cases = [
+            "not json",
+            "[]",
+            "{}",
+            json.dumps({**good, "generation": "3"}),
+            json.dumps({**good, "generation": True}),
+            json.dumps({**good, "listeners": [{**socketOf, "fd": -1}]}),
+            json.dumps({**good, "listeners": [{**socketOf, "name": 5}]}),
+            json.dumps({**good, "admin": {"name": "admin"}}),
+            json.dumps({**good, "workers": [{**worker, "control": "4"}]}),
+            json.dumps({**good, "workers": [{**worker, "output": {"x": 4}}]}),
+            json.dumps({**good, "workers": [{**worker, "retiring": "yes"}]}),
+            json.dumps({**good, "health": {"web": {"a": "unknown"}}}),
+            json.dumps({**good, "health": ["web"]}),
+        ]
+        for text in cases:
+            e = self.assertRaises(ValueError, Handover.fromJSON, text)
+            self.assertIn(f"{HANDOVER_VARIABLE}: not a hand-over from a master", str(e))
+            self.assertNotIn("\n", str(e))
+
+    def test_take(self) -> None:
+        """
+        The new image takes the hand-over out of its environment (its
+        workers never see it); without one, it starts as any master.
+        """
+        environ = {HANDOVER_VARIABLE: FULL.toJSON(), "HOME": "/root"}
+        self.assertEqual(takeHandover(environ), FULL)
+        self.assertEqual(environ, {"HOME": "/root"})
+        self.assertIsNone(takeHandover(environ))
+
+    def test_socketsFor(self) -> None:
+        """
+        The listeners kept by name and endpoint are adopted; the sockets of
+        the others are closed.
+        """
+        kept, gone = os.pipe()
+        self.addCleanup(os.close, kept)
+        handover = Handover(1, listeners=(InheritedSocket("front", "tcp:1", kept, 2),
+                                          InheritedSocket("old", "tcp:2", gone, 2)))
+        config = parseConfig({**CONFIG, "listeners": [
+            {"name": "front", "listen": "tcp:1"}, {"name": "new", "listen": "tcp:3"}]})
+        self.assertEqual(handover.socketsFor(config.listeners), {"front": (kept, 2)})
+        self.assertRaises(OSError, os.fstat, gone)
+        os.fstat(kept)
+
+
+class PassedSocketsTests(SynchronousTestCase):
+    """
+    The sockets systemd passed are described again for a process that
+    checks or adopts them.
+    """
+
+    def test_table(self) -> None:
+        """
+        Each case: the environment (Twisted removed C{LISTEN_FDS} and
+        C{LISTEN_PID} once read), and the variables for the next process.
+        """
+        cases = [
+            ({}, {}),
+            ({"LISTEN_FDNAMES": ""}, {}),
+            ({"LISTEN_FDNAMES": "front"}, {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "front"}),
+            ({"LISTEN_FDNAMES": "front:back:admin", "NOTIFY_SOCKET": "/run/n"},
+             {"LISTEN_FDS": "3", "LISTEN_FDNAMES": "front:back:admin"}),
+        ]
+        for environ, expected in cases:
+            self.assertEqual(passedSockets(environ), expected, environ)
+
+
+class FingerprintTests(SynchronousTestCase):
+    """
+    The code's fingerprint changes when a source file does.
+    """
+
+    def test_changes(self) -> None:
+        """
+        A file touched or rewritten changes the fingerprint; compiled files
+        and C{__pycache__} do not.
+        """
+        root = self.mktemp()
+        os.makedirs(os.path.join(root, "pkg", "__pycache__"))
+        module = os.path.join(root, "pkg", "mod.py")
+        with open(module, "w") as f:
+            f.write("x = 1\n")
+        first = codeFingerprint(root)
+        self.assertEqual(codeFingerprint(root), first)
+        with open(os.path.join(root, "pkg", "__pycache__", "mod.cpython-311.pyc"), "wb") as f:
+            f.write(b"compiled")
+        with open(os.path.join(root, "pkg", "old.pyc"), "wb") as f:
+            f.write(b"compiled")
+        self.assertEqual(codeFingerprint(root), first)
+        info = os.stat(module)
+        os.utime(module, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+        touched = codeFingerprint(root)
+        self.assertNotEqual(touched, first)
+        with open(module, "a") as f:
+            f.write("y = 2\n")
+        self.assertNotIn(codeFingerprint(root), (first, touched))
+
+    def test_default(self) -> None:
+        """
+        By default it is lbtwist's own code, the same twice.
+        """
+        self.assertEqual(codeFingerprint(), codeFingerprint())
+
+
+class FakeImage:
+    """
+    A master image that records its exec instead of making it (or fails
+    it with C{error}).
+    """
+
+    def __init__(self) -> None:
+        self.executed: list[Handover] = []
+        self.error: OSError | None = None
+
+    def checkCommand(self) -> list[str]:
+        return MasterImage(sys.executable, (), ("--config", "lb.yaml")).checkCommand()
+
+    def execute(self, handover: Handover, environ: Any) -> None:
+        self.executed.append(handover)
+        if self.error is not None:
+            raise self.error
+
+
+class FakePort:
+    """
+    A listening port the master holds, as L{Bound} reads it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.socket = socket.socket(socket.AF_INET, fileno=os.dup(fd))
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+class ReexecDecisionTests(SynchronousTestCase):
+    """
+    An upgrade re-executes the master when the master must change, after a
+    pre-flight check; else it only starts new workers, as before.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = ProcessReactor()
+        self.path = self.mktemp()
+        self.write()
+        self.text = ConfigText(self.path)
+        config = self.text()
+        pools, self.live = process(config)
+        self.live.loadConfig = self.text
+        self.code = "one"
+        self.image = FakeImage()
+        self.group = WorkerGroup(_Services(pools), self.live, self.reactor, count=2,
+                                 command=["--config", "lb.yaml"], grace=3.0, text=self.text,
+                                 image=self.image,  # type: ignore[arg-type]
+                                 fingerprint=lambda: self.code)
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        self.port = FakePort(listener.fileno())
+        self.addCleanup(self.port.socket.close)
+        self.group.bound[("front", "tcp:0")] = Bound(self.port, None)
+        self.group.startService()
+        self.addCleanup(self.group.stopService)
+
+    def write(self, **top: Any) -> None:
+        with open(self.path, "w") as f:
+            yaml.safe_dump({**CONFIG, "workers": 2, **top}, f)
+
+    def preflights(self) -> list[tuple[Any, list[str]]]:
+        return [(p, args) for p, args, _ in self.reactor.spawned if "--worker" not in args]
+
+    def test_workersOnly(self) -> None:
+        """
+        Nothing the master runs changed: no pre-flight, no exec; a new
+        generation of workers is spawned, as before.
+        """
+        d = self.group.upgrade()
+        self.assertEqual(self.preflights(), [])
+        self.assertEqual(len(self.reactor.spawned), 4)
+        for slot in self.group.retiring[-2:]:
+            self.group.workerReady(slot)
+        self.assertEqual(self.successResultOf(d), Upgraded(2))
+        self.assertEqual(self.image.executed, [])
+
+    def reexecuted(self) -> Upgraded:
+        """
+        Let the pre-flight check pass and the workers' answers time out;
+        the upgrade's result.
+        """
+        d = self.group.upgrade()
+        [(check, args)] = self.preflights()
+        self.assertEqual(list(args[-2:]), ["--config", "lb.yaml"])
+        self.assertEqual(list(args[1:3]), ["-m", "lbtwist.check"])
+        self.assertNoResult(d)
+        check.processEnded(Failure(ProcessDone(0)))
+        # The workers never answered their first registry: the master
+        # waits for them, but not for ever.
+        self.assertNoResult(d)
+        self.reactor.advance(QUIESCE_TIMEOUT)
+        result: Upgraded = self.successResultOf(d)
+        self.assertEqual(self.image.executed, [])
+        self.reactor.advance(EXEC_DELAY)
+        return result
+
+    def test_masterSetting(self) -> None:
+        """
+        A setting only the master runs changed: after the pre-flight, the
+        upgrade says so and the master execs, handing over its listeners
+        and every worker (control channel and output pipes).
+        """
+        self.write(**{"status-interval": 7, "workers": 3})
+        self.live.pools["web"].setHealth("b", Health.DOWN, "probe failed")
+        result = self.reexecuted()
+        self.assertEqual(result, Upgraded(2, ("status-interval", "workers")))
+        [handover] = self.image.executed
+        self.assertEqual((handover.generation, handover.reads), (1, 2))
+        self.assertEqual(handover.health, {"web": {"b": "down"}})
+        self.assertEqual(handover.listeners,
+                         (InheritedSocket("front", "tcp:0", self.port.fd, socket.AF_INET),))
+        self.assertEqual([(w.index, w.generation, w.pid, dict(w.output), w.retiring)
+                          for w in handover.workers],
+                         [(1, 1, 1001, {1: 10011, 2: 10012}, False),
+                          (2, 1, 1002, {1: 10021, 2: 10022}, False)])
+
+    def test_execFails(self) -> None:
+        """
+        An exec that fails (the interpreter gone, say) leaves the master
+        serving as it was: its workers asked for counters again, another
+        upgrade possible.
+        """
+        self.image.error = FileNotFoundError(2, "No such file or directory")
+        self.write(**{"status-interval": 7})
+        self.reexecuted()
+        self.assertEqual(len(self.image.executed), 1)
+        self.assertIsNone(self.group.upgrading)
+        self.assertTrue(self.group.refresher.running)
+        self.assertEqual([s.generation for s in self.group.slots], [1, 1])
+
+    def test_code(self) -> None:
+        """
+        The code on disk changed: the master re-executes, even with the
+        same file.
+        """
+        self.code = "two"
+        self.assertEqual(self.reexecuted(), Upgraded(2, ("code",)))
+        self.assertEqual(len(self.image.executed), 1)
+
+    def test_preflightFails(self) -> None:
+        """
+        A new image that would not start: the upgrade fails with the
+        check's last line, nothing is exec'd, the workers are the same.
+        """
+        self.write(workers=900)
+        d = self.group.upgrade()
+        [(check, _)] = self.preflights()
+        check.errReceived(b"Traceback...\nlbtwist: invalid configuration: workers: 900 "
+                          b"workers need about 3665 file descriptors\n")
+        check.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        failure = self.failureResultOf(d, UpgradeFailed)
+        self.assertEqual(failure.getErrorMessage(),
+                         "the new master would not start: lbtwist: invalid configuration: "
+                         "workers: 900 workers need about 3665 file descriptors")
+        self.reactor.advance(60)
+        self.assertEqual(self.image.executed, [])
+        self.assertEqual([s.generation for s in self.group.slots], [1, 1])
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.assertTrue(self.group.refresher.running)
+        self.assertIsNone(self.group.upgrading)
+
+    def test_preflightHangs(self) -> None:
+        """
+        A check that does not finish within its time fails the upgrade,
+        saying so.
+        """
+        self.write(**{"status-interval": 7})
+        d = self.group.upgrade()
+        self.reactor.advance(PREFLIGHT_TIMEOUT)
+        failure = self.failureResultOf(d, UpgradeFailed)
+        self.assertEqual(failure.getErrorMessage(),
+                         "the new master's check did not finish within 30s")
+        self.assertEqual(self.image.executed, [])
+
+    def test_toOneWorker(self) -> None:
+        """
+        A master cannot re-execute itself into a single process: refused,
+        naming C{workers}, before any check.
+        """
+        self.write(workers=1)
+        failure = self.failureResultOf(self.group.upgrade(), UpgradeFailed)
+        self.assertIn("workers: a master cannot become a single process", str(failure.value))
+        self.assertEqual(self.preflights(), [])
+
+    def test_withoutImage(self) -> None:
+        """
+        Embedded (no image to run again), a master setting changed is
+        left for a restart: new workers only.
+        """
+        self.group.image = None
+        self.write(**{"status-interval": 7})
+        self.group.upgrade()
+        self.assertEqual(self.preflights(), [])
+        self.assertEqual(len(self.reactor.spawned), 4)
+
+
+class AdoptionTests(SynchronousTestCase):
+    """
+    The new image takes on its previous image's workers: they serve until
+    its own do, then retire, and are reaped when they exit.
+    """
+
+    def test_adopt(self) -> None:
+        """
+        Inherited workers are retiring ones of the old generation; once the
+        new generation serves they are told to retire, and an exited one is
+        reaped on the timer and forgotten.
+        """
+        reactor = ProcessReactor()
+        child = subprocess.Popen(["true"])
+        self.addCleanup(child.poll)
+        older = subprocess.Popen(["sleep", "30"])
+        self.addCleanup(older.wait)
+        self.addCleanup(older.kill)
+        controls = [socket.socketpair() for _ in range(2)]
+        for _, theirs in controls:
+            self.addCleanup(theirs.close)
+        handover = Handover(4, reads=7, health={"web": {"b": "down"}, "gone": {"x": "up"}},
+                            workers=(
+            InheritedWorker(1, 4, child.pid, os.dup(controls[0][0].fileno()), {}),
+            InheritedWorker(2, 3, older.pid, os.dup(controls[1][0].fileno()), {}, retiring=True)))
+        for a, _ in controls:
+            a.close()
+        config = parseConfig(CONFIG)
+        pools, live = process(config)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            yaml.safe_dump(CONFIG, f)
+        text = ConfigText(path)
+        group = WorkerGroup(_Services(pools), live, reactor, count=2, command=[], grace=3.0,
+                            handover=handover, text=text)
+        group.startService()
+        self.assertEqual(group.generation, 5)
+        # Its reading of the file counts on from the previous images', and
+        # its health from what they found.
+        self.assertEqual(text.reads, 8)
+        self.assertEqual([(b.name, b.health) for b in pools["web"]],
+                         [("a", Health.UNKNOWN), ("b", Health.DOWN)])
+        self.assertEqual([(s.index, s.generation) for s in group.retiring], [(1, 4), (2, 3)])
+        self.assertEqual([s.generation for s in group.slots], [5, 5])
+        sent = [s.channel.transport for s in group.retiring]  # type: ignore[union-attr]
+        reactor.advance(0)
+        # The old workers run this image's registry until they retire.
+        for transport in sent:
+            self.assertIn(ApplyRegistry.commandName, transport.value())
+        before = [t.value() for t in sent]
+        for slot in group.slots:
+            group.workerReady(slot)
+        told = [t.value()[len(b):] for t, b in zip(sent, before)]
+        self.assertIn(Retire.commandName, told[0])
+        self.assertEqual(told[1], b"")
+        child.wait()
+        reactor.advance(REAP_INTERVAL)
+        self.assertEqual([s.index for s in group.retiring], [2])
+        self.assertEqual([s.index for s in group.inherited], [2])
+        view = group.view()
+        self.assertEqual([(w["generation"], w["state"]) for w in view],
+                         [(5, "serving"), (5, "serving"), (3, "retiring")])
