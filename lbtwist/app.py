@@ -158,7 +158,7 @@ class Balancer(MultiService):
         given = statePath or lb.config.state
         path = given or defaultStatePath(
             configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
-        multi = lb.config.workers > 1
+        multi = lb.config.runsMaster
         commandLine = self._commandLine
         text = ConfigText(configPath, commandLine) if multi and configPath else None
         load = text or (withOverrides(configLoader(configPath), commandLine)

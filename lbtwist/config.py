@@ -533,7 +533,10 @@ class Config:
     @ivar resolvers: the DNS servers discovery asks, as C{(host, port)};
         none: the system's (C{/etc/resolv.conf}).
     @ivar workers: processes that serve the listeners (1: this process
-        alone; more: a master and that many workers, see L{lbtwist.workers}).
+        alone, unless C{master}; more: a master and that many workers, see
+        L{lbtwist.workers}).
+    @ivar master: run a master and its workers even with one worker (for
+        upgrades that drop nothing, on a one-core machine too).
     """
 
     listeners: tuple[ListenerConfig, ...]
@@ -545,7 +548,15 @@ class Config:
     maxconn: int = 0
     resolvers: tuple[tuple[str, int], ...] = ()
     workers: int = 1
+    master: bool = False
     cluster: ClusterConfig | None = None
+
+    @property
+    def runsMaster(self) -> bool:
+        """
+        Whether a master process runs, with C{workers} worker processes.
+        """
+        return self.master or self.workers > 1
 
     def pool(self, name: str) -> PoolConfig:
         """
@@ -1807,7 +1818,7 @@ def parseCluster(data: object, path: str) -> ClusterConfig | None:
 
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
-    "resolvers", "workers", "cluster",
+    "resolvers", "workers", "master", "cluster",
 )
 
 
@@ -1925,11 +1936,23 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
         maxconn=_integer(d.get("maxconn", 0), "maxconn", 0, MAX_CONNECTIONS),
         resolvers=parseResolvers(d.get("resolvers"), "resolvers"),
         workers=parseWorkers(d.get("workers", 1), "workers"),
+        master=parseMaster(d.get("master", False), "master"),
         cluster=parseCluster(d.get("cluster"), "cluster"),
     )
 
 
 MAX_WORKERS = 1024
+
+
+def parseMaster(value: object, path: str) -> bool:
+    """
+    Whether to run a master with a single worker: C{true} or C{false}.
+
+    @raise ConfigError: anything else.
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"expected true or false, got {_describe(value)}")
+    return value
 
 
 def usableCPUs() -> int:

@@ -159,7 +159,7 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
     for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
                            ("state", "state"), ("maxconn", "maxconn"),
                            ("resolvers", "resolvers"), ("workers", "workers"),
-                           ("cluster", "cluster")):
+                           ("master", "master"), ("cluster", "cluster")):
         if getattr(new, attribute) != getattr(running, attribute):
             differ.append(key)
     pools = tuple(
@@ -178,6 +178,7 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
         maxconn=running.maxconn,
         resolvers=running.resolvers,
         workers=running.workers,
+        master=running.master,
         cluster=running.cluster,
         adminToken=new.adminToken or running.adminToken,
     )

@@ -157,6 +157,9 @@ class Options(usage.Options):
          "Also run three demo backends on free ports of 127.0.0.1, and listen on "
          f"{DEMO_LISTEN} (loopback only) unless --listen is given."],
         ["access-log", None, "Log one structured event per request (HTTP) or connection (TCP)."],
+        ["master", None,
+         "Run a master with the admin API and health checks even with one worker (as "
+         "--workers over 1 does): upgrades then apply every setting and drop nothing."],
     ]
 
     def __init__(self) -> None:
@@ -360,10 +363,12 @@ class Options(usage.Options):
             except ValueError as e:
                 raise ConfigError("--worker", str(e).removeprefix("--worker: ")) from e
             return config
-        option = "--workers" if self["workers"] is not None else "workers"
         if self["workers"] is not None:
             config = attrs.evolve(config, workers=parseWorkers(self["workers"], "--workers"))
-        if config.workers > 1:
+        option = ("--workers" if self["workers"] is not None else
+                  "workers" if config.workers > 1 else
+                  "--master" if self["master"] else "master")
+        if config.runsMaster:
             import resource
 
             from .workers import checkFileLimit
@@ -374,13 +379,13 @@ class Options(usage.Options):
                 raise ConfigError(option, problem)
             if self["demo"]:
                 raise ConfigError(option, "the demo runs in one process: leave out --workers "
-                                          "or --demo")
+                                          "(and --master) or --demo")
         return config
 
     def workerCommand(self) -> list[str]:
         """
         The options this command was given, for a worker to read the same
-        configuration: without C{--workers}.
+        configuration: without C{--workers} or C{--master}.
         """
         command: list[str] = []
         skip = False
@@ -389,7 +394,7 @@ class Options(usage.Options):
                 skip = False
             elif arg == "--workers":
                 skip = True
-            elif not arg.startswith("--workers="):
+            elif arg != "--master" and not arg.startswith("--workers="):
                 command.append(arg)
         return command
 
@@ -406,6 +411,8 @@ class Options(usage.Options):
             )
         if self.stateGiven is not None:
             changes["state"] = self.stateGiven
+        if self["master"]:
+            changes["master"] = True
         if self["etcd"]:
             urls = tuple(parseEtcdURL(u, "--etcd") for u in self["etcd"])
             changes["cluster"] = (ClusterConfig(urls) if config.cluster is None
@@ -450,7 +457,7 @@ def makeService(options: Options) -> IService:
         workerCommand=options.workerCommand(),
         workersOption=config.workers if options["workers"] is not None else None,
         overrides=options.overrides,
-        image=options.image() if config.workers > 1 else None,
+        image=options.image() if config.runsMaster else None,
         handover=handover,
     ).setServiceParent(top)
     return top

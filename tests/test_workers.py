@@ -583,15 +583,32 @@ class ListenerUpgradeTests(GroupTestCase):
     An upgrade applies listener changes a reload cannot.
     """
 
-    @inlineCallbacks
     def test_listenersReplaced(self) -> Any:
         """
         A listener the file adds is bound and served by the new generation;
         one it removes stops accepting once the old generation is gone.
         """
+        return self.replaceListeners(2)
+
+    def test_oneWorkerWithMaster(self) -> Any:
+        """
+        With C{master: true}, one worker is upgraded as two are: the
+        listener change a single process needs a restart for applies.
+        """
+        return self.replaceListeners(1, inFile=True, master=True)
+
+    @inlineCallbacks
+    def replaceListeners(self, workers: int, **top: Any) -> Any:
+        """
+        Start C{workers} workers, replace the file's listener and upgrade:
+        the new one serves, the old one is closed.
+        """
         backends = Backends(self)
         backends.start("a")
-        group = yield self.startGroup(2, named(backends, "a"))
+        group = yield self.startGroup(workers, named(backends, "a"), **top)
+        if "master" in top:
+            listed = yield inThread(adminGet, group.admin, "/api/workers")
+            self.assertEqual([w["state"] for w in listed["workers"]], ["serving"])
         config = FilePath(group.workdir).child("lb.yaml")
         data = yaml.safe_load(config.getContent())
         other = freePort()
@@ -1039,9 +1056,32 @@ class WorkersOptionTests(SynchronousTestCase):
 
     def test_demo(self) -> None:
         """
-        The demo's backends live in one process: C{--demo} with workers is
-        refused.
+        The demo's backends live in one process: C{--demo} with workers, or
+        with a master, is refused.
         """
         e = self.assertRaises(BadConfiguration, Options().parseOptions,
                               ["--demo", "--workers", "2"])
         self.assertIn("--workers: the demo runs in one process", str(e))
+        e = self.assertRaises(BadConfiguration, Options().parseOptions, ["--demo", "--master"])
+        self.assertIn("--master: the demo runs in one process", str(e))
+
+    def test_master(self) -> None:
+        """
+        C{--master} runs a master with one worker; without it (or more
+        workers) one worker is this process alone.
+        """
+        for args, workers, master in (((), 1, False), (("--master",), 1, True),
+                                      (("--workers", "2"), 2, True),
+                                      (("--master", "--workers", "3"), 3, True)):
+            config = self.options(*args)["lbconfig"]
+            self.assertEqual((config.workers, config.runsMaster), (workers, master), args)
+
+    def test_masterNotForWorkers(self) -> None:
+        """
+        Workers get the master's options without C{--master} (a worker is
+        never a master).
+        """
+        options = self.options("--master", "--policy", "leastconn")
+        self.assertEqual(options.workerCommand(),
+                         ["--backend", "127.0.0.1:9", "--listen", "tcp:0",
+                          "--policy", "leastconn"])

@@ -84,6 +84,7 @@ class MasterChangesTests(SynchronousTestCase):
              ["pools.web.discovery", "pools.api.protocol"]),
             (["listeners", "admin", "pools.web.timeouts.idle"], True, ["code", "admin"]),
             (["cluster"], False, ["cluster"]),
+            (["master"], False, ["master"]),
             # A pool named like a master key is still a pool setting.
             (["pools.admin.sticky"], False, []),
         ]

@@ -236,6 +236,21 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(ConfigError, parseWorkers, bad, "workers")
             self.assertTrue(str(e).startswith("workers: expected a number"), str(e))
 
+    def test_master(self) -> None:
+        """
+        C{master} is true or false (a master runs with more than one worker
+        whatever it says); anything else names the key.
+        """
+        base = {"listeners": [{"name": "f", "listen": "tcp:1"}],
+                "pools": {"default": {"backends": ["127.0.0.1:9"]}}}
+        for top, runsMaster in (({}, False), ({"master": True}, True),
+                                ({"master": False}, False), ({"workers": 2}, True),
+                                ({"workers": 2, "master": False}, True)):
+            self.assertEqual(parseConfig({**base, **top}).runsMaster, runsMaster, top)
+        for bad in ("yes", 1, None):
+            e = self.assertRaises(ConfigError, parseConfig, {**base, "master": bad})
+            self.assertTrue(str(e).startswith("master: expected true or false"), str(e))
+
     def test_fileLimit(self) -> None:
         """
         Each worker costs the master a few file descriptors.

@@ -813,10 +813,10 @@ class WorkerGroup(Service):
             or fails with L{UpgradeFailed} (nothing changed).
         """
         assert self.image is not None
-        if config.workers < 2:
+        if not config.runsMaster:
             return self._failed(
                 "workers: a master cannot become a single process: going to 1 worker "
-                "needs a restart")
+                "without master: true needs a restart")
         self.log.info("upgrade: the master re-executes itself ({reasons})",
                       reasons=", ".join(reasons))
         try:
