@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 import yaml
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -42,6 +43,7 @@ from lbtwist.workers._master import (
     PREFLIGHT_TIMEOUT,
     QUIESCE_TIMEOUT,
     REAP_INTERVAL,
+    RETIRE_MARGIN,
     Bound,
     UpgradeFailed,
 )
@@ -274,10 +276,10 @@ class FakePort:
         return self.fd
 
 
-class ReexecDecisionTests(SynchronousTestCase):
+class GroupCase(SynchronousTestCase):
     """
-    An upgrade re-executes the master when the master must change, after a
-    pre-flight check; else it only starts new workers, as before.
+    A master's group of 2 workers, with a fake image, over a memory
+    reactor, serving one listener.
     """
 
     def setUp(self) -> None:
@@ -308,6 +310,13 @@ class ReexecDecisionTests(SynchronousTestCase):
 
     def preflights(self) -> list[tuple[Any, list[str]]]:
         return [(p, args) for p, args, _ in self.reactor.spawned if "--worker" not in args]
+
+
+class ReexecDecisionTests(GroupCase):
+    """
+    An upgrade re-executes the master when the master must change, after a
+    pre-flight check; else it only starts new workers, as before.
+    """
 
     def test_workersOnly(self) -> None:
         """
@@ -504,3 +513,82 @@ class AdoptionTests(SynchronousTestCase):
         view = group.view()
         self.assertEqual([(w["generation"], w["state"]) for w in view],
                          [(5, "serving"), (5, "serving"), (3, "retiring")])
+        # The worker the previous image had retired gets the grace from
+        # the adoption, and SIGTERM once it outlives it.
+        reactor.advance(3.0 + RETIRE_MARGIN - REAP_INTERVAL)
+        self.assertEqual(older.wait(10), -15)
+        reactor.advance(REAP_INTERVAL)
+        self.assertEqual(group.retiring, [])
+
+
+class RetireTests(GroupCase):
+    """
+    The old generation, once told to retire, is left to finish within the
+    grace: one that exits in time is logged as having finished, and only
+    one that outlives the grace is sent C{SIGTERM}.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict[str, Any]] = []
+        self.group.log = Logger(observer=self.events.append)  # type: ignore[misc]
+        self.old = list(self.group.slots)
+        d = self.group.upgrade()
+        for slot in self.group.retiring[-2:]:
+            self.group.workerReady(slot)
+        self.successResultOf(d)
+        for slot in self.old:
+            assert slot.channel is not None and slot.channel.transport is not None
+            self.assertIn(Retire.commandName, slot.channel.transport.value())  # type: ignore[attr-defined]
+
+    def exited(self, slot: Any, reason: Exception) -> None:
+        """
+        The worker of C{slot} exits: its channel closes (the answer to
+        C{Retire} lost with it), then its process ends.
+        """
+        slot.channel.connectionLost(Failure(ConnectionDone()))
+        protocol = next(p for p, _, _ in self.reactor.spawned if getattr(p, "slot", None) is slot)
+        protocol.processEnded(Failure(reason))
+
+    def lines(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if "exited" in e["log_format"]]
+
+    def test_finishedInGrace(self) -> None:
+        """
+        A retired worker that exits within the grace, its channel closing
+        before its answer came, is never signalled and is logged as having
+        finished its in-flight work.
+        """
+        for slot in self.old:
+            self.exited(slot, ProcessDone(0))
+        self.reactor.advance(3.0 + RETIRE_MARGIN + 1)
+        self.assertEqual([s.process.signals for s in self.old], [[], []])
+        self.assertEqual(self.lines(), [
+            "worker 1 of generation 1 (pid 1001) exited: finished its in-flight work",
+            "worker 2 of generation 1 (pid 1002) exited: finished its in-flight work"])
+        self.assertEqual(self.group.retiring, [])
+
+    def test_outlivesGrace(self) -> None:
+        """
+        A retired worker still running past the grace (and the margin) is
+        sent C{SIGTERM} then, and its end is logged as such; not before.
+        """
+        slot = self.old[0]
+        self.reactor.advance(3.0 + RETIRE_MARGIN - 0.01)
+        self.assertEqual(slot.process.signals, [])
+        self.reactor.advance(0.01)
+        self.assertEqual(slot.process.signals, [15])
+        self.exited(slot, ProcessTerminated(signal=15))
+        self.assertEqual(self.lines(), [
+            "worker 1 of generation 1 (pid 1001) exited: stopped after outliving the grace "
+            "(killed by signal 15)"])
+
+    def test_exitCode(self) -> None:
+        """
+        A retired worker that fails is logged with its exit code, not the
+        raw wait status.
+        """
+        slot = self.old[1]
+        self.exited(slot, ProcessTerminated(exitCode=1, status=256))
+        self.assertEqual(self.lines(), [
+            "worker 2 of generation 1 (pid 1002) exited: exit status 1"])

@@ -85,6 +85,9 @@ QUIESCE_TIMEOUT = 2.0
 QUIESCE_POLL = 0.02
 EXEC_DELAY = 0.2
 REAP_INTERVAL = 0.2
+# Seconds past the grace a retired worker has to exit by itself before the
+# master stops it with SIGTERM (its own deadline is the grace).
+RETIRE_MARGIN = 1.0
 # Bytes a worker's output pipe holds while no image of the master reads it.
 PIPE_SIZE = 1 << 20
 SYSTEMD_VARIABLES = frozenset({"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"})
@@ -290,6 +293,8 @@ class WorkerSlot:
     @ivar failures: its predecessors that died in a row, each within
         L{SETTLED} seconds of the one before (the first one whatever its
         age).
+    @ivar outlived: it was retired and still ran L{RETIRE_MARGIN} seconds
+        past the grace, so the master sent it C{SIGTERM}.
     """
 
     def __init__(self, index: int, generation: int) -> None:
@@ -305,6 +310,10 @@ class WorkerSlot:
         self.restarts = 0
         self.failures = 0
         self.lastLines: list[str] = []
+        # Once told to retire: the timer that stops it if it outlives the
+        # grace, and whether it had to be stopped.
+        self.retireTimer: Any = None
+        self.outlived = False
         self._readyWaiters: list[Deferred[WorkerSlot]] = []
         self.whenEnded: Deferred[None] = Deferred()
 
@@ -471,7 +480,10 @@ class WorkerGroup(Service):
                                             worker.output)
             self.retiring.append(slot)
             self.inherited.append(slot)
-            if not worker.retiring:
+            if worker.retiring:
+                # Told to retire by the previous image: its grace runs here.
+                self._armRetire(slot)
+            else:
                 serving.append(slot)
         if self.inherited:
             self.reaper.start(REAP_INTERVAL, now=False)
@@ -498,16 +510,48 @@ class WorkerGroup(Service):
 
     def _retire(self, slots: Sequence[WorkerSlot]) -> None:
         """
-        Tell C{slots} to stop accepting and finish their work (a worker
-        that cannot be told is stopped with C{SIGTERM}).
+        Tell C{slots} to stop accepting and finish their work within the
+        grace.  One that still runs L{RETIRE_MARGIN} seconds past it is
+        stopped with C{SIGTERM}; one that cannot be told, at once.
         """
         for slot in slots:
             if slot.ended or slot.channel is None:
                 continue
+            self._armRetire(slot)
             slot.channel.callRemote(Retire, grace=self.grace).addErrback(
                 self._retireFailed, slot)
 
+    def _armRetire(self, slot: WorkerSlot) -> None:
+        """
+        Stop C{slot}, told to retire, if it outlives the grace.
+        """
+        if slot.retireTimer is None:
+            slot.retireTimer = self.reactor.callLater(
+                self.grace + RETIRE_MARGIN, self._outlived, slot)
+
+    def _outlived(self, slot: WorkerSlot) -> None:
+        slot.retireTimer = None
+        if slot.ended:
+            return
+        slot.outlived = True
+        self.log.warn(  # noqa: G010
+            "worker {index} of generation {generation} (pid {pid}) still running "
+            "{grace}s after it was retired: stopping it (SIGTERM)", index=slot.index,
+            generation=slot.generation, pid=slot.pid, grace=self.grace + RETIRE_MARGIN)
+        self._signal(slot, signal.SIGTERM)
+
     def _retireFailed(self, reason: Failure, slot: WorkerSlot) -> None:
+        """
+        The worker did not answer C{Retire}.  A retiring worker with
+        nothing left to serve exits at once, closing its channel before
+        its answer is out: it is finishing, and the grace's timer stops it
+        if it does not.  Any other failure: it cannot be told, so stop it.
+        """
+        if reason.check(ConnectionDone, ConnectionLost):
+            return
+        self.log.warn(  # noqa: G010
+            "worker {index} (pid {pid}) could not be told to retire ({error}): stopping "
+            "it (SIGTERM)", index=slot.index, pid=slot.pid, error=reason.getErrorMessage())
         self._signal(slot, signal.SIGTERM)
 
     def _listeningSockets(self) -> dict[str, tuple[int, int]]:
@@ -693,14 +737,22 @@ class WorkerGroup(Service):
         slot.ready = False
         self.retired = addUp([self.retired, withoutGauges(slot.stats)])
         slot.stats = {}
-        status = getattr(reason.value, "status", None)
+        # The exit code, not the raw wait status (256 for an exit code of 1).
+        status = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         how = f"killed by signal {sig}" if sig else f"exit status {status}"
         waiters, slot._readyWaiters = slot._readyWaiters, []
         for waiter in waiters:
             waiter.errback(WorkerFailed(slot.index, slot.lastLines[-1] if slot.lastLines else how))
+        if slot.retireTimer is not None:
+            slot.retireTimer.cancel()
+            slot.retireTimer = None
         if slot in self.retiring:
             self.retiring.remove(slot)
+            if slot.outlived:
+                how = f"stopped after outliving the grace ({how})"
+            elif not sig and status in (0, None):
+                how = "finished its in-flight work"
             self.log.info("worker {index} of generation {generation} (pid {pid}) exited: {how}",
                           index=slot.index, generation=slot.generation, pid=slot.pid, how=how)
         elif self.running and slot in self.slots:
