@@ -60,6 +60,7 @@ FULL = Handover(
              InheritedWorker(2, 2, 102, 13, {1: 14, 2: 15}, retiring=True)),
     reads=5,
     health={"web": {"a": "up", "b": "down"}, "api": {"c": "up"}},
+    pid=4242,
 )
 
 
@@ -153,6 +154,8 @@ class HandoverEncodingTests(SynchronousTestCase):
             json.dumps({**good, "workers": [{**worker, "retiring": "yes"}]}),
             json.dumps({**good, "health": {"web": {"a": "unknown"}}}),
             json.dumps({**good, "health": ["web"]}),
+            json.dumps({k: v for k, v in good.items() if k != "pid"}),
+            json.dumps({**good, "pid": "4242"}),
         ]
         for text in cases:
             e = self.assertRaises(ValueError, Handover.fromJSON, text)
@@ -165,9 +168,24 @@ class HandoverEncodingTests(SynchronousTestCase):
         workers never see it); without one, it starts as any master.
         """
         environ = {HANDOVER_VARIABLE: FULL.toJSON(), "HOME": "/root"}
-        self.assertEqual(takeHandover(environ), FULL)
+        self.assertEqual(takeHandover(environ, 4242), FULL)
         self.assertEqual(environ, {"HOME": "/root"})
-        self.assertIsNone(takeHandover(environ))
+        self.assertIsNone(takeHandover(environ, 4242))
+
+    def test_takeOtherProcess(self) -> None:
+        """
+        A hand-over written for another process (a stale variable, or one
+        set by hand) is refused on one line naming the variable, and taken
+        out of the environment: no descriptor is adopted.
+        """
+        environ = {HANDOVER_VARIABLE: FULL.toJSON()}
+        e = self.assertRaises(ValueError, takeHandover, environ, 4243)
+        self.assertEqual(str(e), f"{HANDOVER_VARIABLE}: a hand-over to the master of pid 4242, "
+                                 "not to this process (pid 4243): only a master re-executing "
+                                 "itself sets it; unset it")
+        self.assertEqual(environ, {})
+        environ = {HANDOVER_VARIABLE: Handover(1, pid=os.getpid()).toJSON()}
+        self.assertEqual(takeHandover(environ), Handover(1, pid=os.getpid()))
 
     def test_socketsFor(self) -> None:
         """
@@ -362,7 +380,8 @@ class ReexecDecisionTests(GroupCase):
         result = self.reexecuted()
         self.assertEqual(result, Upgraded(2, ("status-interval", "workers")))
         [handover] = self.image.executed
-        self.assertEqual((handover.generation, handover.reads), (1, 2))
+        self.assertEqual((handover.generation, handover.reads, handover.pid),
+                         (1, 2, os.getpid()))
         self.assertEqual(handover.health, {"web": {"b": "down"}})
         self.assertEqual(handover.listeners,
                          (InheritedSocket("front", "tcp:0", self.port.fd, socket.AF_INET),))

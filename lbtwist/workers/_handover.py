@@ -134,6 +134,10 @@ class Handover:
     @ivar health: what the health checks had found (C{"up"} or
         C{"down"}), by backend name by pool: the new image starts from it,
         not from C{unknown}.
+    @ivar pid: the process ID of the master that wrote it, which is the
+        new image's (an exec keeps it): any other process that finds it in
+        its environment (inherited, or set by hand) must not take the file
+        descriptors it names for its own.
     """
 
     generation: int
@@ -142,6 +146,7 @@ class Handover:
     workers: tuple[InheritedWorker, ...] = ()
     reads: int = 0
     health: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    pid: int = 0
 
     def descriptors(self) -> list[int]:
         """
@@ -181,6 +186,7 @@ class Handover:
 
         return json.dumps({
             "generation": self.generation,
+            "pid": self.pid,
             "reads": self.reads,
             "health": {pool: dict(sorted(found.items()))
                        for pool, found in sorted(self.health.items())},
@@ -209,6 +215,7 @@ class Handover:
             admin = data["admin"]
             return cls(
                 generation=_int(data["generation"]),
+                pid=_int(data["pid"]),
                 reads=_int(data.get("reads", 0)),
                 health={_text(pool): {_text(name): _health(value)
                                       for name, value in found.items()}
@@ -260,15 +267,26 @@ def _text(value: Any) -> str:
     return value
 
 
-def takeHandover(environ: MutableMapping[str, str]) -> Handover | None:
+def takeHandover(environ: MutableMapping[str, str], pid: int | None = None) -> Handover | None:
     """
     The hand-over this image was started with, if any, taken out of
     C{environ} (the workers and the next exec never see it).
 
-    @raise ValueError: the variable is not a hand-over from a master.
+    @param pid: this process's ID (default: the real one).
+    @raise ValueError: the variable is not a hand-over from a master, or
+        one from another process than C{pid}: its descriptors are not
+        this process's to adopt.
     """
     text = environ.pop(HANDOVER_VARIABLE, None)
-    return None if text is None else Handover.fromJSON(text)
+    if text is None:
+        return None
+    handover = Handover.fromJSON(text)
+    here = os.getpid() if pid is None else pid
+    if handover.pid != here:
+        raise ValueError(f"{HANDOVER_VARIABLE}: a hand-over to the master of pid {handover.pid}, "
+                         f"not to this process (pid {here}): only a master re-executing "
+                         f"itself sets it; unset it")
+    return handover
 
 
 def passedSockets(environ: Mapping[str, str]) -> dict[str, str]:

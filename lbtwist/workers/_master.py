@@ -1056,7 +1056,7 @@ class WorkerGroup(Service):
                 restarts=slot.restarts, retiring=slot in self.retiring))
         health = {name: {b.name: b.health.value for b in pool if b.health is not Health.UNKNOWN}
                   for name, pool in self.live.pools.items()}
-        return Handover(self.generation, listeners, admin, tuple(workers),
+        return Handover(self.generation, listeners, admin, tuple(workers), pid=os.getpid(),
                         reads=self.text.reads if self.text is not None else 0,
                         health={name: found for name, found in health.items() if found})
 
