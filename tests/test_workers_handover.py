@@ -281,6 +281,19 @@ class FakeImage:
             raise self.error
 
 
+class RecordingStateFile:
+    """
+    A state file that records when it is saved.
+    """
+
+    def __init__(self, clock: Any, saved: list[float]) -> None:
+        self.clock = clock
+        self.saved = saved
+
+    def save(self, overrides: Any) -> None:
+        self.saved.append(self.clock.seconds())
+
+
 class FakePort:
     """
     A listening port the master holds, as L{Bound} reads it.
@@ -352,7 +365,16 @@ class ReexecDecisionTests(GroupCase):
     def reexecuted(self) -> Upgraded:
         """
         Let the pre-flight check pass and the workers' answers time out;
-        the upgrade's result.
+        the upgrade's result, once the exec is made.
+        """
+        result = self.answered()
+        self.reactor.advance(EXEC_DELAY)
+        return result
+
+    def answered(self) -> Upgraded:
+        """
+        Let the pre-flight check pass and the workers' answers time out;
+        the upgrade's result, the exec not made yet.
         """
         d = self.group.upgrade()
         [(check, args)] = self.preflights()
@@ -366,8 +388,73 @@ class ReexecDecisionTests(GroupCase):
         self.reactor.advance(QUIESCE_TIMEOUT)
         result: Upgraded = self.successResultOf(d)
         self.assertEqual(self.image.executed, [])
-        self.reactor.advance(EXEC_DELAY)
         return result
+
+    def test_execWindow(self) -> None:
+        """
+        Between the answer and the exec, the workers are asked nothing (no
+        counters, no registry: their answers would reach the next image)
+        and a worker that dies is not started again; the hand-over, taken
+        at the exec, names only the workers running then (not one that
+        exited, nor one reaped whose pipes are still open), and the state
+        file is saved again then, with the changes answered meanwhile.
+        """
+        saved: list[float] = []
+        self.live.stateFile = RecordingStateFile(self.reactor, saved)  # type: ignore[assignment]
+        self.write(**{"status-interval": 7, "workers": 3})
+        at = self.reactor.seconds()
+        self.answered()
+        [first, second] = self.group.slots
+        protocol = next(p for p, _, _ in self.reactor.spawned if getattr(p, "slot", None) is second)
+        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        spawned = len(self.reactor.spawned)
+        transport = first.channel.transport  # type: ignore[union-attr]
+        before = transport.value()  # type: ignore[attr-defined]
+        self.group.refresh()
+        self.group.settle()
+        self.reactor.advance(EXEC_DELAY - 0.01)
+        self.assertEqual(transport.value(), before)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.reactor.spawned), spawned)
+        self.assertEqual(self.image.executed, [])
+        self.reactor.advance(0.02)
+        [handover] = self.image.executed
+        self.assertEqual([w.index for w in handover.workers], [1])
+        self.assertEqual(len(saved), 2)
+        self.assertAlmostEqual(saved[0], at + QUIESCE_TIMEOUT)
+        # The second save is the exec's, after the changes of the window.
+        self.assertGreaterEqual(saved[1] - saved[0], EXEC_DELAY - 0.01)
+
+    def test_reapedNotHanded(self) -> None:
+        """
+        A worker already reaped when the exec is made (its output not all
+        read yet) is not handed over: its PID may name another process.
+        """
+        self.write(**{"status-interval": 7})
+        self.answered()
+        self.group.slots[0].process.pid = None
+        self.reactor.advance(EXEC_DELAY)
+        [handover] = self.image.executed
+        self.assertEqual([w.index for w in handover.workers], [2])
+
+    def test_execFailsRestarts(self) -> None:
+        """
+        When the exec fails, a worker that died in the meantime is started
+        again, and the workers are pushed the registry again.
+        """
+        self.image.error = FileNotFoundError(2, "No such file or directory")
+        self.write(**{"status-interval": 7})
+        self.answered()
+        slot = self.group.slots[1]
+        protocol = next(p for p, _, _ in self.reactor.spawned if getattr(p, "slot", None) is slot)
+        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        spawned = len(self.reactor.spawned)
+        transport = self.group.slots[0].channel.transport  # type: ignore[union-attr]
+        before = transport.value()  # type: ignore[attr-defined]
+        self.reactor.advance(EXEC_DELAY)
+        self.assertEqual(len(self.reactor.spawned), spawned + 1)
+        self.assertFalse(slot.ended)
+        self.assertIn(ApplyRegistry.commandName,
+                      transport.value()[len(before):])  # type: ignore[attr-defined]
 
     def test_masterSetting(self) -> None:
         """

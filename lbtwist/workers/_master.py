@@ -220,7 +220,7 @@ class InheritedProcess:
                  output: Mapping[int, int]) -> None:
         from twisted.internet.process import ProcessReader
 
-        self.pid = pid
+        self.pid: int | None = pid
         self.proto = protocol
         self.status: int | None = None
         self.ended = False
@@ -246,7 +246,7 @@ class InheritedProcess:
 
         @raise ProcessExitedAlready: it was reaped.
         """
-        if self.status is not None:
+        if self.pid is None:
             raise ProcessExitedAlready()
         os.kill(self.pid, signum)
 
@@ -256,14 +256,16 @@ class InheritedProcess:
 
         @return: whether it has been reaped.
         """
-        if self.status is None:
+        if self.pid is not None:
             try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                found, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
-                pid, status = self.pid, 0
-            if pid == 0:
+                found, status = self.pid, 0
+            if found == 0:
                 return False
             self.status = status
+            # As Twisted's processes: a reaped PID is no longer this one's.
+            self.pid = None
             self._maybeEnded()
         return True
 
@@ -407,6 +409,11 @@ class WorkerGroup(Service):
         # endpoint: an upgrade binds new ones beside them.
         self.bound: dict[tuple[str, str], Bound] = {}
         self.upgrading: Deferred[Upgraded] | None = None
+        # Between a re-exec's answer and the exec: the workers are asked
+        # nothing (no answer may reach the next image, which did not ask)
+        # and none is started (the hand-over, taken at the exec, names
+        # every worker there is).
+        self.executing = False
         self.mirror = CounterMirror(balancer.pools, balancer.factories)
         self._pushing: Any = None
         # The status table and the dashboard's history read the master's
@@ -770,7 +777,7 @@ class WorkerGroup(Service):
         slot.whenEnded.callback(None)
 
     def _restart(self, slot: WorkerSlot) -> None:
-        if self.running and slot in self.slots and slot.ended:
+        if self.running and slot in self.slots and slot.ended and not self.executing:
             self._spawn(slot)
 
     # -- upgrades --------------------------------------------------------
@@ -859,7 +866,8 @@ class WorkerGroup(Service):
         upgrade), and a child process checks that the new image would
         start (L{lbtwist.check}).  Then the state
         file is saved, and the result fires (the API answers it) before the
-        exec, a moment later.
+        exec, a moment later (L{EXEC_DELAY}), when the state file is saved
+        again and the hand-over is taken.
 
         @return: fires with the next generation's number and C{reasons},
             or fails with L{UpgradeFailed} (nothing changed).
@@ -895,11 +903,11 @@ class WorkerGroup(Service):
                     self.live.stateFile.save(self.live.overrides)
                 except OSError as e:
                     raise UpgradeFailed(f"cannot save the state file: {e}") from e
-            handover = self._handover(config, admin)
+            self.executing = True
             self.log.info("upgrade: re-executing the master (pid {pid}); generation "
                           "{generation} follows", pid=os.getpid(), generation=generation)
             done.callback(Upgraded(generation, tuple(reasons), _url(self._nextAdmin)))
-            self.reactor.callLater(EXEC_DELAY, self._execute, handover)
+            self.reactor.callLater(EXEC_DELAY, self._execute, config, admin)
 
         def failed(f: Failure) -> None:
             self.upgrading = None
@@ -914,11 +922,23 @@ class WorkerGroup(Service):
         self.preflight().addCallback(checked).addCallback(go).addErrback(failed)
         return done
 
-    def _execute(self, handover: Handover) -> None:
+    def _execute(self, config: Any, admin: InheritedSocket | None) -> None:
         """
-        Make the exec; if it fails, this image serves on as it was.
+        Make the exec, handing over what runs at this moment (a worker
+        that exited since the answer is not named, nor reaped: its PID
+        stays this process's child's); if it fails, this image serves on
+        as it was.
         """
         assert self.image is not None
+        if self.live.stateFile is not None:
+            # Again: the admin API answered changes since the first save.
+            try:
+                self.live.stateFile.save(self.live.overrides)
+            except OSError as e:
+                self.log.error("upgrade: cannot save the state file again before the exec, "
+                               "changes made since the upgrade was answered are lost: {error}",
+                               error=str(e))
+        handover = self._handover(config, admin)
         # systemd (Type=notify) hears a reload, whose READY=1 the new image
         # sends once its workers serve.
         sdNotify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}", os.environ)
@@ -936,6 +956,10 @@ class WorkerGroup(Service):
         on asking the workers for their counters.
         """
         self.upgrading = None
+        self.executing = False
+        for slot in self.slots:
+            self._restart(slot)
+        self.schedulePush()
         keys = {(x.name, x.endpoint) for x in self.live.fileConfig.listeners}
         self._close([key for key in self.bound if key not in keys])
         if self._nextAdmin is not None:
@@ -1045,12 +1069,16 @@ class WorkerGroup(Service):
             for x in config.listeners)
         workers = []
         for slot in self._alive():
+            if slot.process.pid is None:
+                # Reaped already (its pipes not closed yet): its PID may be
+                # another process's by now.
+                continue
             assert slot.channel is not None and slot.channel.transport is not None
             output = {number: reader.fileno() for number, reader in slot.process.pipes.items()}
             for fd in output.values():
                 _widenPipe(fd)
             workers.append(InheritedWorker(
-                index=slot.index, generation=slot.generation, pid=slot.pid or 0,
+                index=slot.index, generation=slot.generation, pid=slot.process.pid,
                 control=slot.channel.transport.fileno(),  # type: ignore[attr-defined]
                 output=output,
                 restarts=slot.restarts, retiring=slot in self.retiring))
@@ -1125,6 +1153,9 @@ class WorkerGroup(Service):
         (or failed to answer in time: a worker that starts again gets it
         then).
         """
+        if self.executing:
+            # The next image pushes its registry to every worker it adopts.
+            return succeed(None)
         registry = snapshot(self.live, self.text)
         sent = [self._send(slot, registry) for slot in self._alive()]
         done: Deferred[None] = Deferred()
@@ -1180,7 +1211,7 @@ class WorkerGroup(Service):
         Collect every worker's counters and show their totals in the
         master's pools and listeners.
         """
-        slots = [s for s in self._alive() if s.ready]
+        slots = [] if self.executing else [s for s in self._alive() if s.ready]
 
         def collect(slot: WorkerSlot) -> Deferred[Any]:
             assert slot.channel is not None
