@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -45,6 +46,7 @@ from lbtwist.workers._master import (
     REAP_INTERVAL,
     RETIRE_MARGIN,
     Bound,
+    InheritedProcess,
     UpgradeFailed,
 )
 from lbtwist.workers._protocol import ApplyRegistry, Retire
@@ -625,6 +627,25 @@ class AdoptionTests(SynchronousTestCase):
         self.assertEqual(older.wait(10), -15)
         reactor.advance(REAP_INTERVAL)
         self.assertEqual(group.retiring, [])
+
+
+class InheritedProcessTests(SynchronousTestCase):
+    """
+    An inherited worker's output pipes, inheritable for the exec, are
+    read by the new image and inherited by none of its children.
+    """
+
+    def test_pipesNotInheritable(self) -> None:
+        """
+        Adopting a worker's output pipes makes them close-on-exec again.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, write)
+        os.set_inheritable(read, True)
+        child = InheritedProcess(ProcessReactor(), 1, ProcessProtocol(), {1: read})
+        self.addCleanup(os.close, read)
+        self.assertFalse(os.get_inheritable(read))
+        self.assertEqual(list(child.pipes), [1])
 
 
 class RetireTests(GroupCase):

@@ -224,6 +224,9 @@ class InheritedProcess:
         self.proto = protocol
         self.status: int | None = None
         self.ended = False
+        for fd in output.values():
+            # Inheritable for the exec only: kept from any later child.
+            os.set_inheritable(fd, False)
         self.pipes = {number: ProcessReader(reactor, self, number, fd)
                       for number, fd in output.items()}
 
