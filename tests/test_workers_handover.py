@@ -426,6 +426,52 @@ class ReexecDecisionTests(GroupCase):
         # The second save is the exec's, after the changes of the window.
         self.assertGreaterEqual(saved[1] - saved[0], EXEC_DELAY - 0.01)
 
+    def test_upgradeDuringReexec(self) -> None:
+        """
+        An upgrade asked of the admin API while a re-exec is under way (its
+        pre-flight running, or its answer given and the exec to come) is
+        answered C{409}, saying so, and the re-exec goes on; the first one's
+        answer is C{202}.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from lbtwist.admin._api import AdminResource
+
+        resource = AdminResource(self.group.balancer, self.live, "t", self.reactor,
+                                 group=self.group)
+
+        class Request(DummyRequest):
+            """
+            A request that reads its status code as twisted.web's does.
+            """
+
+            @property
+            def code(self) -> int | None:
+                return self.responseCode
+
+        def post() -> DummyRequest:
+            request = Request([b"api", b"upgrade"])
+            request.method = b"POST"
+            request.path = b"/api/upgrade"
+            request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer t"])
+            resource.render(request)
+            return request
+
+        def answer(request: DummyRequest) -> tuple[int | None, Any]:
+            return request.responseCode, json.loads(b"".join(request.written) or b"null")
+
+        refused = (409, {"error": "an upgrade is already under way"})
+        self.write(**{"status-interval": 7})
+        first = post()
+        self.assertEqual(answer(post()), refused)
+        [(check, _)] = self.preflights()
+        check.processEnded(Failure(ProcessDone(0)))
+        self.reactor.advance(QUIESCE_TIMEOUT)
+        self.assertEqual(answer(first)[0], 202)
+        self.assertEqual(answer(post()), refused)
+        self.reactor.advance(EXEC_DELAY)
+        self.assertEqual(len(self.image.executed), 1)
+
     def test_reapedNotHanded(self) -> None:
         """
         A worker already reaped when the exec is made (its output not all

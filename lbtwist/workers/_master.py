@@ -803,7 +803,7 @@ class WorkerGroup(Service):
             L{UpgradeFailed} (the old generation serves on).
         """
         if self.upgrading is not None:
-            return fail(UpgradeFailed("an upgrade is already under way"))
+            return fail(UpgradeUnderWay("an upgrade is already under way"))
         problem = self.live.reload() if self.live.loadConfig is not None else None
         if problem is not None:
             return self._failed(f"the configuration on disk is not valid: {problem}")
@@ -1364,7 +1364,21 @@ class ListenerTotals:
 class UpgradeFailed(Exception):
     """
     An upgrade could not be made: the old generation serves on.
+
+    @cvar underWay: it was refused because another one is under way (the
+        admin API answers C{409}, not C{500}).
     """
+
+    underWay = False
+
+
+class UpgradeUnderWay(UpgradeFailed):
+    """
+    An upgrade was asked for while another is under way (a re-exec
+    included, until its exec): refused, the first one goes on.
+    """
+
+    underWay = True
 
 
 class WorkerFailed(Exception):
