@@ -756,6 +756,15 @@ class RetireTests(GroupCase):
             "worker 1 of generation 1 (pid 1001) exited: stopped after outliving the grace "
             "(killed by signal 15)"])
 
+    def test_stopWhileRetiring(self) -> None:
+        """
+        Stopping the master while workers retire sends each one C{SIGTERM}
+        once: not again when its grace as a retired worker ends.
+        """
+        self.group.stopService()
+        self.reactor.advance(3.0 + RETIRE_MARGIN)
+        self.assertEqual([s.process.signals for s in self.old], [[15], [15]])
+
     def test_exitCode(self) -> None:
         """
         A retired worker that fails is logged with its exit code, not the

@@ -638,6 +638,10 @@ class WorkerGroup(Service):
             self.refresher.stop()
         slots = [s for s in [*self.slots, *self.retiring] if not s.ended]
         for slot in slots:
+            if slot.retireTimer is not None:
+                # Stopped now: not again when its grace as a retired one ends.
+                slot.retireTimer.cancel()
+                slot.retireTimer = None
             self._signal(slot, signal.SIGTERM)
         if not slots:
             self._forgetGauges()
