@@ -681,14 +681,18 @@ class ReexecTests(GroupTestCase):
 
     @inlineCallbacks
     def reexec(self, group: _Group, generation: int, reasons: list[str],
-               **changes: Any) -> Any:
+               hangups: Sequence[float] = (), **changes: Any) -> Any:
         """
         Change the file's top-level keys, upgrade: the master answers it
         re-executes itself for C{reasons}; wait until C{generation} serves
-        (on the new admin port, if it changed); the workers' list.
+        (on the new admin port, if it changed); the workers' list.  The
+        master gets C{SIGHUP} C{hangups} seconds after the answer.
         """
         group.edit(**changes)
         answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+        for delay in hangups:
+            yield sleep(delay)
+            group.process.send_signal(signal.SIGHUP)
         moved = {}
         if "admin" in changes:
             group.admin = int(changes["admin"].split(":")[1])
@@ -744,7 +748,9 @@ class ReexecTests(GroupTestCase):
         it started with, none inheritable (those handed over are adopted
         and closed, or made close-on-exec again), and no zombie child; the
         old workers, each retired once, are logged as having finished, not
-        as killed; clients are served by the last generation.
+        as killed; clients are served by the last generation.  Reloads
+        (C{SIGHUP}) sent while the new image starts wait until it handles
+        them, instead of ending the master.
         """
         backends = Backends(self)
         backends.start("a")
@@ -753,6 +759,7 @@ class ReexecTests(GroupTestCase):
         before = yield _fewestDescriptors(pid)
         for generation in (2, 3, 4):
             yield self.reexec(group, generation, ["status-interval"],
+                              hangups=(0.3, 0.3) if generation == 2 else (),
                               **{"status-interval": 3600 - generation})
             for _ in range(50):
                 workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]

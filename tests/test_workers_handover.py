@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -30,9 +32,11 @@ from lbtwist.workers import (
     MasterImage,
     Upgraded,
     WorkerGroup,
+    releaseSignals,
     takeHandover,
 )
 from lbtwist.workers._handover import (
+    HELD_SIGNALS,
     InheritedSocket,
     InheritedWorker,
     codeFingerprint,
@@ -262,6 +266,62 @@ class FingerprintTests(SynchronousTestCase):
         By default it is lbtwist's own code, the same twice.
         """
         self.assertEqual(codeFingerprint(), codeFingerprint())
+
+
+class MasterImageTests(SynchronousTestCase):
+    """
+    The exec itself: what stays open across it, and the signals held
+    until the new image handles them.
+    """
+
+    def setUp(self) -> None:
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.addCleanup(signal.pthread_sigmask, signal.SIG_SETMASK, self.mask)
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        self.handover = Handover(1, workers=(InheritedWorker(1, 1, 5, write, {}),))
+        self.image = MasterImage(sys.executable, (sys.executable, "-c", "pass"), ())
+        self.seen: list[tuple[bool, set[int], dict[str, str]]] = []
+
+    def execve(self, path: str, argv: list[str], environ: dict[str, str]) -> None:
+        """
+        Record what the exec would keep, and fail as a missing interpreter.
+        """
+        [worker] = self.handover.workers
+        self.seen.append((os.get_inheritable(worker.control),
+                          set(signal.pthread_sigmask(signal.SIG_BLOCK, [])), environ))
+        raise FileNotFoundError(2, "No such file or directory")
+
+    def test_execute(self) -> None:
+        """
+        At the exec, the hand-over's descriptors are inheritable, the
+        signals a master handles are blocked (a mask survives an exec, so
+        that one received before the new image handles it is not fatal),
+        and the environment carries the hand-over; an exec that fails puts
+        both back as they were.
+        """
+        self.assertRaises(OSError, self.image.execute, self.handover, {"HOME": "/"},
+                          self.execve)
+        [(inheritable, blocked, environ)] = self.seen
+        self.assertTrue(inheritable)
+        self.assertLessEqual(set(HELD_SIGNALS), blocked)
+        self.assertEqual(Handover.fromJSON(environ[HANDOVER_VARIABLE]), self.handover)
+        self.assertFalse(os.get_inheritable(self.handover.workers[0].control))
+        self.assertEqual(signal.pthread_sigmask(signal.SIG_BLOCK, []), self.mask)
+
+    def test_release(self) -> None:
+        """
+        The new image (or a worker it spawned) unblocks them on the
+        reactor's first turn, once its handlers are installed.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        clock = Clock()
+        releaseSignals(clock)
+        self.assertLessEqual(set(HELD_SIGNALS), signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        clock.advance(0)
+        self.assertEqual(set(HELD_SIGNALS) & signal.pthread_sigmask(signal.SIG_BLOCK, []),
+                         set())
 
 
 class FakeImage:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import attrs
@@ -35,6 +36,11 @@ MASTER_KEYS = ("admin", "state", "status-interval", "resolvers", "workers", "clu
 # its backends' health checks (a reload keeps them as they run).
 MASTER_POOL_KEYS = ("discovery", "protocol")
 CODE = "code"
+# The signals a master handles (reload, upgrade, stop, log rotation): held
+# across the exec, and until the new image handles them, where each would
+# otherwise find its default action, which ends the process.
+HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1,
+                          signal.SIGUSR2})
 
 
 def masterChanges(restartNeeded: Iterable[str], codeChanged: bool) -> list[str]:
@@ -328,11 +334,14 @@ class MasterImage:
         """
         return [self.executable, "-m", "lbtwist.check", *self.options]
 
-    def execute(self, handover: Handover, environ: Mapping[str, str]) -> None:
+    def execute(self, handover: Handover, environ: Mapping[str, str],
+                execve: Callable[[str, list[str], dict[str, str]], None] = os.execve) -> None:
         """
         Replace this process's image with a new one, same PID, given
-        C{handover}: its file descriptors are left open across the exec.
-        Returns only if the exec failed.
+        C{handover}: its file descriptors are left open across the exec,
+        and L{HELD_SIGNALS} blocked (a signal mask survives an exec: the
+        new image receives them once it handles them, see
+        L{releaseSignals}).  Returns only if the exec failed.
 
         @raise OSError: the exec failed (the PID file is written again, the
             descriptors are closed on the next exec again).
@@ -356,12 +365,25 @@ class MasterImage:
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             if stream is not None:
                 stream.flush()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
-            os.execve(self.executable, list(self.argv), environment)
+            execve(self.executable, list(self.argv), environment)
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             for fd in fds:
                 os.set_inheritable(fd, False)
             if self.pidfile:
                 with open(self.pidfile, "w") as f:
                     f.write(f"{os.getpid()}\n")
             raise
+
+
+def releaseSignals(reactor: Any) -> None:
+    """
+    Unblock L{HELD_SIGNALS} on the reactor's first turn, once every
+    service has started and installed its handlers: in a master's new
+    image (see L{MasterImage.execute}), and in a worker, which inherits
+    the mask when that image spawns it.  One received meanwhile is
+    handled then.
+    """
+    reactor.callLater(0, signal.pthread_sigmask, signal.SIG_UNBLOCK, HELD_SIGNALS)
