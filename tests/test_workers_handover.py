@@ -544,6 +544,37 @@ class ReexecDecisionTests(GroupCase):
         [handover] = self.image.executed
         self.assertEqual([w.index for w in handover.workers], [2])
 
+    def test_channelClosedNotHanded(self) -> None:
+        """
+        A worker whose control channel closed before the exec (it is
+        exiting, its process not reaped yet) is not handed over: that
+        descriptor is closed, its number free for another; the exec is
+        made with the others.
+        """
+        self.write(**{"status-interval": 7})
+        self.answered()
+        channel = self.group.slots[1].channel
+        assert channel is not None
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(EXEC_DELAY)
+        [handover] = self.image.executed
+        self.assertEqual([w.index for w in handover.workers], [1])
+
+    def test_handoverFails(self) -> None:
+        """
+        A hand-over that cannot be made at the exec (here, a listener's
+        socket gone) leaves the master as it was, not half-way: no exec,
+        another upgrade possible, the workers asked for counters again.
+        """
+        self.write(**{"status-interval": 7})
+        self.answered()
+        del self.group.bound["front", "tcp:0"]
+        self.reactor.advance(EXEC_DELAY)
+        self.assertEqual(self.image.executed, [])
+        self.assertEqual((self.group.upgrading, self.group.executing), (None, False))
+        self.assertTrue(self.group.refresher.running)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
     def test_execFailsRestarts(self) -> None:
         """
         When the exec fails, a worker that died in the meantime is started

@@ -945,7 +945,15 @@ class WorkerGroup(Service):
                 self.log.error("upgrade: cannot save the state file again before the exec, "
                                "changes made since the upgrade was answered are lost: {error}",
                                error=str(e))
-        handover = self._handover(config, admin)
+        try:
+            handover = self._handover(config, admin)
+        except Exception:
+            # Never left half-way: upgrades refused and workers not pushed
+            # to or restarted for good.
+            self.log.failure("upgrade failed: the hand-over could not be made; the master "
+                             "serves on as it was")
+            self._notExecuted()
+            return
         # systemd (Type=notify) hears a reload, whose READY=1 the new image
         # sends once its workers serve.
         sdNotify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}", os.environ)
@@ -1076,11 +1084,12 @@ class WorkerGroup(Service):
             for x in config.listeners)
         workers = []
         for slot in self._alive():
-            if slot.process.pid is None:
+            if (slot.process.pid is None or slot.channel is None
+                    or slot.channel.transport is None):
                 # Reaped already (its pipes not closed yet): its PID may be
-                # another process's by now.
+                # another process's by now.  Or exiting, its channel
+                # closed: that descriptor number may be another's.
                 continue
-            assert slot.channel is not None and slot.channel.transport is not None
             output = {number: reader.fileno() for number, reader in slot.process.pipes.items()}
             for fd in output.values():
                 _widenPipe(fd)
