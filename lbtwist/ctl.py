@@ -356,9 +356,10 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
                 # The admin API moves with the upgrade.
                 client = AdminClient(result["admin"], client.token, client.timeout,
                                      client.opener)
-            result = waitGeneration(client, result["generation"], sleep)
-            text = (f"upgraded: the master re-executed itself; generation "
-                    f"{result['generation']} serves")
+            why = ", ".join(result.get("reasons") or ())
+            result = {**result, **waitGeneration(client, result["generation"], sleep)}
+            text = (f"upgraded: the master re-executed itself"
+                    f"{f' ({why})' if why else ''}; generation {result['generation']} serves")
         else:
             text = f"upgraded: generation {result['generation']} serves"
     elif action == "instances":

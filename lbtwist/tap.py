@@ -433,8 +433,10 @@ def makeService(options: Options) -> IService:
 
     config: Config = options["lbconfig"]
     if options["worker"] is not None:
-        from .workers import WorkerNode
+        from .workers import WorkerNode, releaseSignals
 
+        # Spawned by a master's new image, it may hold them blocked.
+        releaseSignals(reactor)
         return WorkerNode(config, reactor, options["worker-spec"], options["grace-seconds"])
     from .workers import takeHandover
 
@@ -444,6 +446,10 @@ def makeService(options: Options) -> IService:
         handover = takeHandover(os.environ)
     except ValueError as e:
         raise BadCommandLine(f"twistd lb: {e}") from e
+    if handover is not None:
+        from .workers import releaseSignals
+
+        releaseSignals(reactor)
     top = MultiService()
     if options["demo"]:
         from .demo import demoBackends

@@ -280,10 +280,13 @@ class UpgradeCommandTests(SynchronousTestCase):
         """
         serving = {"worker": 1, "generation": 3, "state": "serving"}
         seen, _, output = self.reexec([[serving]], {
-            "generation": 3, "master": "re-executing", "admin": "http://127.0.0.1:9100"})
+            "generation": 3, "master": "re-executing", "admin": "http://127.0.0.1:9100",
+            "reasons": ["admin", "status-interval"]})
         self.assertEqual(seen, ["POST http://127.0.0.1:9000/api/upgrade",
                                 "GET http://127.0.0.1:9100/api/workers"])
-        self.assertIn("generation 3 serves", output)
+        # It says why the master re-executed itself.
+        self.assertEqual(output, "upgraded: the master re-executed itself (admin, "
+                                 "status-interval); generation 3 serves\n")
 
     def test_reexecNeverServes(self) -> None:
         """

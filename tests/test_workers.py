@@ -630,6 +630,54 @@ class ListenerUpgradeTests(GroupTestCase):
         yield group.stop(self)
 
 
+def _descriptors(pid: int) -> list[tuple[int, bool]]:
+    """
+    The file descriptors over 2 that process C{pid} holds, each with
+    whether it is inheritable (no close-on-exec flag).
+    """
+    found = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                flags = int(f.read().split("flags:")[1].split()[0], 8)
+        except (OSError, IndexError):
+            continue
+        if int(name) > 2:
+            found.append((int(name), not flags & os.O_CLOEXEC))
+    return sorted(found)
+
+
+@inlineCallbacks
+def _fewestDescriptors(pid: int) -> Any:
+    """
+    L{_descriptors} of process C{pid} at its fewest over a second (the
+    health checks' connections come and go).
+    """
+    samples = []
+    for _ in range(10):
+        samples.append(_descriptors(pid))
+        yield sleep(0.1)
+    return min(samples, key=len)
+
+
+def _zombies(pid: int) -> list[int]:
+    """
+    The children of process C{pid} that exited and were not reaped.
+    """
+    zombies = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            zombies.append(int(name))
+    return zombies
+
+
 def alive(pid: int) -> bool:
     """
     Whether process C{pid} exists (a zombie, not reaped, does too).
@@ -650,14 +698,18 @@ class ReexecTests(GroupTestCase):
 
     @inlineCallbacks
     def reexec(self, group: _Group, generation: int, reasons: list[str],
-               **changes: Any) -> Any:
+               hangups: Sequence[float] = (), **changes: Any) -> Any:
         """
         Change the file's top-level keys, upgrade: the master answers it
         re-executes itself for C{reasons}; wait until C{generation} serves
-        (on the new admin port, if it changed); the workers' list.
+        (on the new admin port, if it changed); the workers' list.  The
+        master gets C{SIGHUP} C{hangups} seconds after the answer.
         """
         group.edit(**changes)
         answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+        for delay in hangups:
+            yield sleep(delay)
+            group.process.send_signal(signal.SIGHUP)
         moved = {}
         if "admin" in changes:
             group.admin = int(changes["admin"].split(":")[1])
@@ -705,6 +757,44 @@ class ReexecTests(GroupTestCase):
         self.assertEqual([(w["generation"], w["state"]) for w in workers],
                          [(2, "serving")] * 3)
         yield group.stop(self)
+
+    @inlineCallbacks
+    def test_threeReexecsLeakNothing(self) -> Any:
+        """
+        Three re-execs in a row leave the master with the file descriptors
+        it started with, none inheritable (those handed over are adopted
+        and closed, or made close-on-exec again), and no zombie child; the
+        old workers, each retired once, are logged as having finished, not
+        as killed; clients are served by the last generation.  Reloads
+        (C{SIGHUP}) sent while the new image starts wait until it handles
+        them, instead of ending the master.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        group = yield self.startGroup(2, named(backends, "a"), inFile=True, grace=1.0)
+        pid = group.process.pid
+        before = yield _fewestDescriptors(pid)
+        for generation in (2, 3, 4):
+            yield self.reexec(group, generation, ["status-interval"],
+                              hangups=(0.3, 0.3) if generation == 2 else (),
+                              **{"status-interval": 3600 - generation})
+            for _ in range(50):
+                workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+                if all(w["generation"] == generation for w in workers):
+                    break
+                yield sleep(0.1)
+            self.assertEqual({w["generation"] for w in workers}, {generation})
+        after = yield _fewestDescriptors(pid)
+        self.assertEqual((len(after), [fd for fd, inheritable in after if inheritable]),
+                         (len(before), []))
+        self.assertEqual(_zombies(pid), [])
+        answers = yield inThread(connections, group.port, 10, 2)
+        self.assertEqual(answers, [b"a"] * 10)
+        yield group.stop(self)
+        assert group.process.stdout is not None
+        output = group.process.stdout.read().decode()
+        self.assertEqual(output.count("exited: finished its in-flight work"), 6, output)
+        self.assertNotIn("killed by signal", output)
 
     @inlineCallbacks
     def test_codeChange(self) -> Any:

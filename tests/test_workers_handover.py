@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from typing import Any
 
 import yaml
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -28,9 +32,11 @@ from lbtwist.workers import (
     MasterImage,
     Upgraded,
     WorkerGroup,
+    releaseSignals,
     takeHandover,
 )
 from lbtwist.workers._handover import (
+    HELD_SIGNALS,
     InheritedSocket,
     InheritedWorker,
     codeFingerprint,
@@ -42,7 +48,9 @@ from lbtwist.workers._master import (
     PREFLIGHT_TIMEOUT,
     QUIESCE_TIMEOUT,
     REAP_INTERVAL,
+    RETIRE_MARGIN,
     Bound,
+    InheritedProcess,
     UpgradeFailed,
 )
 from lbtwist.workers._protocol import ApplyRegistry, Retire
@@ -58,6 +66,7 @@ FULL = Handover(
              InheritedWorker(2, 2, 102, 13, {1: 14, 2: 15}, retiring=True)),
     reads=5,
     health={"web": {"a": "up", "b": "down"}, "api": {"c": "up"}},
+    pid=4242,
 )
 
 
@@ -152,6 +161,8 @@ class HandoverEncodingTests(SynchronousTestCase):
             json.dumps({**good, "workers": [{**worker, "retiring": "yes"}]}),
             json.dumps({**good, "health": {"web": {"a": "unknown"}}}),
             json.dumps({**good, "health": ["web"]}),
+            json.dumps({k: v for k, v in good.items() if k != "pid"}),
+            json.dumps({**good, "pid": "4242"}),
         ]
         for text in cases:
             e = self.assertRaises(ValueError, Handover.fromJSON, text)
@@ -164,9 +175,24 @@ class HandoverEncodingTests(SynchronousTestCase):
         workers never see it); without one, it starts as any master.
         """
         environ = {HANDOVER_VARIABLE: FULL.toJSON(), "HOME": "/root"}
-        self.assertEqual(takeHandover(environ), FULL)
+        self.assertEqual(takeHandover(environ, 4242), FULL)
         self.assertEqual(environ, {"HOME": "/root"})
-        self.assertIsNone(takeHandover(environ))
+        self.assertIsNone(takeHandover(environ, 4242))
+
+    def test_takeOtherProcess(self) -> None:
+        """
+        A hand-over written for another process (a stale variable, or one
+        set by hand) is refused on one line naming the variable, and taken
+        out of the environment: no descriptor is adopted.
+        """
+        environ = {HANDOVER_VARIABLE: FULL.toJSON()}
+        e = self.assertRaises(ValueError, takeHandover, environ, 4243)
+        self.assertEqual(str(e), f"{HANDOVER_VARIABLE}: a hand-over to the master of pid 4242, "
+                                 "not to this process (pid 4243): only a master re-executing "
+                                 "itself sets it; unset it")
+        self.assertEqual(environ, {})
+        environ = {HANDOVER_VARIABLE: Handover(1, pid=os.getpid()).toJSON()}
+        self.assertEqual(takeHandover(environ), Handover(1, pid=os.getpid()))
 
     def test_socketsFor(self) -> None:
         """
@@ -243,6 +269,62 @@ class FingerprintTests(SynchronousTestCase):
         self.assertEqual(codeFingerprint(), codeFingerprint())
 
 
+class MasterImageTests(SynchronousTestCase):
+    """
+    The exec itself: what stays open across it, and the signals held
+    until the new image handles them.
+    """
+
+    def setUp(self) -> None:
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.addCleanup(signal.pthread_sigmask, signal.SIG_SETMASK, self.mask)
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        self.handover = Handover(1, workers=(InheritedWorker(1, 1, 5, write, {}),))
+        self.image = MasterImage(sys.executable, (sys.executable, "-c", "pass"), ())
+        self.seen: list[tuple[bool, set[int], dict[str, str]]] = []
+
+    def execve(self, path: str, argv: list[str], environ: dict[str, str]) -> None:
+        """
+        Record what the exec would keep, and fail as a missing interpreter.
+        """
+        [worker] = self.handover.workers
+        self.seen.append((os.get_inheritable(worker.control),
+                          set(signal.pthread_sigmask(signal.SIG_BLOCK, [])), environ))
+        raise FileNotFoundError(2, "No such file or directory")
+
+    def test_execute(self) -> None:
+        """
+        At the exec, the hand-over's descriptors are inheritable, the
+        signals a master handles are blocked (a mask survives an exec, so
+        that one received before the new image handles it is not fatal),
+        and the environment carries the hand-over; an exec that fails puts
+        both back as they were.
+        """
+        self.assertRaises(OSError, self.image.execute, self.handover, {"HOME": "/"},
+                          self.execve)
+        [(inheritable, blocked, environ)] = self.seen
+        self.assertTrue(inheritable)
+        self.assertLessEqual(set(HELD_SIGNALS), blocked)
+        self.assertEqual(Handover.fromJSON(environ[HANDOVER_VARIABLE]), self.handover)
+        self.assertFalse(os.get_inheritable(self.handover.workers[0].control))
+        self.assertEqual(signal.pthread_sigmask(signal.SIG_BLOCK, []), self.mask)
+
+    def test_release(self) -> None:
+        """
+        The new image (or a worker it spawned) unblocks them on the
+        reactor's first turn, once its handlers are installed.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        clock = Clock()
+        releaseSignals(clock)
+        self.assertLessEqual(set(HELD_SIGNALS), signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        clock.advance(0)
+        self.assertEqual(set(HELD_SIGNALS) & signal.pthread_sigmask(signal.SIG_BLOCK, []),
+                         set())
+
+
 class FakeImage:
     """
     A master image that records its exec instead of making it (or fails
@@ -262,6 +344,19 @@ class FakeImage:
             raise self.error
 
 
+class RecordingStateFile:
+    """
+    A state file that records when it is saved.
+    """
+
+    def __init__(self, clock: Any, saved: list[float]) -> None:
+        self.clock = clock
+        self.saved = saved
+
+    def save(self, overrides: Any) -> None:
+        self.saved.append(self.clock.seconds())
+
+
 class FakePort:
     """
     A listening port the master holds, as L{Bound} reads it.
@@ -275,10 +370,10 @@ class FakePort:
         return self.fd
 
 
-class ReexecDecisionTests(SynchronousTestCase):
+class GroupCase(SynchronousTestCase):
     """
-    An upgrade re-executes the master when the master must change, after a
-    pre-flight check; else it only starts new workers, as before.
+    A master's group of 2 workers, with a fake image, over a memory
+    reactor, serving one listener.
     """
 
     def setUp(self) -> None:
@@ -310,6 +405,13 @@ class ReexecDecisionTests(SynchronousTestCase):
     def preflights(self) -> list[tuple[Any, list[str]]]:
         return [(p, args) for p, args, _ in self.reactor.spawned if "--worker" not in args]
 
+
+class ReexecDecisionTests(GroupCase):
+    """
+    An upgrade re-executes the master when the master must change, after a
+    pre-flight check; else it only starts new workers, as before.
+    """
+
     def test_workersOnly(self) -> None:
         """
         Nothing the master runs changed: no pre-flight, no exec; a new
@@ -326,7 +428,16 @@ class ReexecDecisionTests(SynchronousTestCase):
     def reexecuted(self) -> Upgraded:
         """
         Let the pre-flight check pass and the workers' answers time out;
-        the upgrade's result.
+        the upgrade's result, once the exec is made.
+        """
+        result = self.answered()
+        self.reactor.advance(EXEC_DELAY)
+        return result
+
+    def answered(self) -> Upgraded:
+        """
+        Let the pre-flight check pass and the workers' answers time out;
+        the upgrade's result, the exec not made yet.
         """
         d = self.group.upgrade()
         [(check, args)] = self.preflights()
@@ -340,8 +451,150 @@ class ReexecDecisionTests(SynchronousTestCase):
         self.reactor.advance(QUIESCE_TIMEOUT)
         result: Upgraded = self.successResultOf(d)
         self.assertEqual(self.image.executed, [])
-        self.reactor.advance(EXEC_DELAY)
         return result
+
+    def test_execWindow(self) -> None:
+        """
+        Between the answer and the exec, the workers are asked nothing (no
+        counters, no registry: their answers would reach the next image)
+        and a worker that dies is not started again; the hand-over, taken
+        at the exec, names only the workers running then (not one that
+        exited, nor one reaped whose pipes are still open), and the state
+        file is saved again then, with the changes answered meanwhile.
+        """
+        saved: list[float] = []
+        self.live.stateFile = RecordingStateFile(self.reactor, saved)  # type: ignore[assignment]
+        self.write(**{"status-interval": 7, "workers": 3})
+        at = self.reactor.seconds()
+        self.answered()
+        [first, second] = self.group.slots
+        protocol = next(p for p, _, _ in self.reactor.spawned if getattr(p, "slot", None) is second)
+        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        spawned = len(self.reactor.spawned)
+        transport = first.channel.transport  # type: ignore[union-attr]
+        before = transport.value()  # type: ignore[attr-defined]
+        self.group.refresh()
+        self.group.settle()
+        self.reactor.advance(EXEC_DELAY - 0.01)
+        self.assertEqual(transport.value(), before)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.reactor.spawned), spawned)
+        self.assertEqual(self.image.executed, [])
+        self.reactor.advance(0.02)
+        [handover] = self.image.executed
+        self.assertEqual([w.index for w in handover.workers], [1])
+        self.assertEqual(len(saved), 2)
+        self.assertAlmostEqual(saved[0], at + QUIESCE_TIMEOUT)
+        # The second save is the exec's, after the changes of the window.
+        self.assertGreaterEqual(saved[1] - saved[0], EXEC_DELAY - 0.01)
+
+    def test_upgradeDuringReexec(self) -> None:
+        """
+        An upgrade asked of the admin API while a re-exec is under way (its
+        pre-flight running, or its answer given and the exec to come) is
+        answered C{409}, saying so, and the re-exec goes on; the first one's
+        answer is C{202}.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from lbtwist.admin._api import AdminResource
+
+        resource = AdminResource(self.group.balancer, self.live, "t", self.reactor,
+                                 group=self.group)
+
+        class Request(DummyRequest):
+            """
+            A request that reads its status code as twisted.web's does.
+            """
+
+            @property
+            def code(self) -> int | None:
+                return self.responseCode
+
+        def post() -> DummyRequest:
+            request = Request([b"api", b"upgrade"])
+            request.method = b"POST"
+            request.path = b"/api/upgrade"
+            request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer t"])
+            resource.render(request)
+            return request
+
+        def answer(request: DummyRequest) -> tuple[int | None, Any]:
+            return request.responseCode, json.loads(b"".join(request.written) or b"null")
+
+        refused = (409, {"error": "an upgrade is already under way"})
+        self.write(**{"status-interval": 7})
+        first = post()
+        self.assertEqual(answer(post()), refused)
+        [(check, _)] = self.preflights()
+        check.processEnded(Failure(ProcessDone(0)))
+        self.reactor.advance(QUIESCE_TIMEOUT)
+        self.assertEqual(answer(first)[0], 202)
+        self.assertEqual(answer(post()), refused)
+        self.reactor.advance(EXEC_DELAY)
+        self.assertEqual(len(self.image.executed), 1)
+
+    def test_reapedNotHanded(self) -> None:
+        """
+        A worker already reaped when the exec is made (its output not all
+        read yet) is not handed over: its PID may name another process.
+        """
+        self.write(**{"status-interval": 7})
+        self.answered()
+        self.group.slots[0].process.pid = None
+        self.reactor.advance(EXEC_DELAY)
+        [handover] = self.image.executed
+        self.assertEqual([w.index for w in handover.workers], [2])
+
+    def test_channelClosedNotHanded(self) -> None:
+        """
+        A worker whose control channel closed before the exec (it is
+        exiting, its process not reaped yet) is not handed over: that
+        descriptor is closed, its number free for another; the exec is
+        made with the others.
+        """
+        self.write(**{"status-interval": 7})
+        self.answered()
+        channel = self.group.slots[1].channel
+        assert channel is not None
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(EXEC_DELAY)
+        [handover] = self.image.executed
+        self.assertEqual([w.index for w in handover.workers], [1])
+
+    def test_handoverFails(self) -> None:
+        """
+        A hand-over that cannot be made at the exec (here, a listener's
+        socket gone) leaves the master as it was, not half-way: no exec,
+        another upgrade possible, the workers asked for counters again.
+        """
+        self.write(**{"status-interval": 7})
+        self.answered()
+        del self.group.bound["front", "tcp:0"]
+        self.reactor.advance(EXEC_DELAY)
+        self.assertEqual(self.image.executed, [])
+        self.assertEqual((self.group.upgrading, self.group.executing), (None, False))
+        self.assertTrue(self.group.refresher.running)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_execFailsRestarts(self) -> None:
+        """
+        When the exec fails, a worker that died in the meantime is started
+        again, and the workers are pushed the registry again.
+        """
+        self.image.error = FileNotFoundError(2, "No such file or directory")
+        self.write(**{"status-interval": 7})
+        self.answered()
+        slot = self.group.slots[1]
+        protocol = next(p for p, _, _ in self.reactor.spawned if getattr(p, "slot", None) is slot)
+        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        spawned = len(self.reactor.spawned)
+        transport = self.group.slots[0].channel.transport  # type: ignore[union-attr]
+        before = transport.value()  # type: ignore[attr-defined]
+        self.reactor.advance(EXEC_DELAY)
+        self.assertEqual(len(self.reactor.spawned), spawned + 1)
+        self.assertFalse(slot.ended)
+        self.assertIn(ApplyRegistry.commandName,
+                      transport.value()[len(before):])  # type: ignore[attr-defined]
 
     def test_masterSetting(self) -> None:
         """
@@ -354,7 +607,8 @@ class ReexecDecisionTests(SynchronousTestCase):
         result = self.reexecuted()
         self.assertEqual(result, Upgraded(2, ("status-interval", "workers")))
         [handover] = self.image.executed
-        self.assertEqual((handover.generation, handover.reads), (1, 2))
+        self.assertEqual((handover.generation, handover.reads, handover.pid),
+                         (1, 2, os.getpid()))
         self.assertEqual(handover.health, {"web": {"b": "down"}})
         self.assertEqual(handover.listeners,
                          (InheritedSocket("front", "tcp:0", self.port.fd, socket.AF_INET),))
@@ -505,3 +759,110 @@ class AdoptionTests(SynchronousTestCase):
         view = group.view()
         self.assertEqual([(w["generation"], w["state"]) for w in view],
                          [(5, "serving"), (5, "serving"), (3, "retiring")])
+        # The worker the previous image had retired gets the grace from
+        # the adoption, and SIGTERM once it outlives it.
+        reactor.advance(3.0 + RETIRE_MARGIN - REAP_INTERVAL)
+        self.assertEqual(older.wait(10), -15)
+        reactor.advance(REAP_INTERVAL)
+        self.assertEqual(group.retiring, [])
+
+
+class InheritedProcessTests(SynchronousTestCase):
+    """
+    An inherited worker's output pipes, inheritable for the exec, are
+    read by the new image and inherited by none of its children.
+    """
+
+    def test_pipesNotInheritable(self) -> None:
+        """
+        Adopting a worker's output pipes makes them close-on-exec again.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, write)
+        os.set_inheritable(read, True)
+        child = InheritedProcess(ProcessReactor(), 1, ProcessProtocol(), {1: read})
+        self.addCleanup(os.close, read)
+        self.assertFalse(os.get_inheritable(read))
+        self.assertEqual(list(child.pipes), [1])
+
+
+class RetireTests(GroupCase):
+    """
+    The old generation, once told to retire, is left to finish within the
+    grace: one that exits in time is logged as having finished, and only
+    one that outlives the grace is sent C{SIGTERM}.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict[str, Any]] = []
+        self.group.log = Logger(observer=self.events.append)  # type: ignore[misc]
+        self.old = list(self.group.slots)
+        d = self.group.upgrade()
+        for slot in self.group.retiring[-2:]:
+            self.group.workerReady(slot)
+        self.successResultOf(d)
+        for slot in self.old:
+            assert slot.channel is not None and slot.channel.transport is not None
+            self.assertIn(Retire.commandName, slot.channel.transport.value())  # type: ignore[attr-defined]
+
+    def exited(self, slot: Any, reason: Exception) -> None:
+        """
+        The worker of C{slot} exits: its channel closes (the answer to
+        C{Retire} lost with it), then its process ends.
+        """
+        slot.channel.connectionLost(Failure(ConnectionDone()))
+        protocol = next(p for p, _, _ in self.reactor.spawned if getattr(p, "slot", None) is slot)
+        protocol.processEnded(Failure(reason))
+
+    def lines(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if "exited" in e["log_format"]]
+
+    def test_finishedInGrace(self) -> None:
+        """
+        A retired worker that exits within the grace, its channel closing
+        before its answer came, is never signalled and is logged as having
+        finished its in-flight work.
+        """
+        for slot in self.old:
+            self.exited(slot, ProcessDone(0))
+        self.reactor.advance(3.0 + RETIRE_MARGIN + 1)
+        self.assertEqual([s.process.signals for s in self.old], [[], []])
+        self.assertEqual(self.lines(), [
+            "worker 1 of generation 1 (pid 1001) exited: finished its in-flight work",
+            "worker 2 of generation 1 (pid 1002) exited: finished its in-flight work"])
+        self.assertEqual(self.group.retiring, [])
+
+    def test_outlivesGrace(self) -> None:
+        """
+        A retired worker still running past the grace (and the margin) is
+        sent C{SIGTERM} then, and its end is logged as such; not before.
+        """
+        slot = self.old[0]
+        self.reactor.advance(3.0 + RETIRE_MARGIN - 0.01)
+        self.assertEqual(slot.process.signals, [])
+        self.reactor.advance(0.01)
+        self.assertEqual(slot.process.signals, [15])
+        self.exited(slot, ProcessTerminated(signal=15))
+        self.assertEqual(self.lines(), [
+            "worker 1 of generation 1 (pid 1001) exited: stopped after outliving the grace "
+            "(killed by signal 15)"])
+
+    def test_stopWhileRetiring(self) -> None:
+        """
+        Stopping the master while workers retire sends each one C{SIGTERM}
+        once: not again when its grace as a retired worker ends.
+        """
+        self.group.stopService()
+        self.reactor.advance(3.0 + RETIRE_MARGIN)
+        self.assertEqual([s.process.signals for s in self.old], [[15], [15]])
+
+    def test_exitCode(self) -> None:
+        """
+        A retired worker that fails is logged with its exit code, not the
+        raw wait status.
+        """
+        slot = self.old[1]
+        self.exited(slot, ProcessTerminated(exitCode=1, status=256))
+        self.assertEqual(self.lines(), [
+            "worker 2 of generation 1 (pid 1002) exited: exit status 1"])

@@ -736,7 +736,8 @@ class AdminResource(Resource):
         Start a new generation of workers from the code and configuration
         on disk (see L{lbtwist.workers.WorkerGroup.upgrade}); answered once
         it serves, or C{500} with the reason it could not (the running
-        workers serve on).  When the master re-executes itself to apply
+        workers serve on), or C{409} while another upgrade is under way.
+        When the master re-executes itself to apply
         it, the answer is C{202} just before the exec: the new generation
         is the next image's to start (C{GET /api/workers} shows it
         serving).
@@ -757,6 +758,9 @@ class AdminResource(Resource):
                                              "workers": group.view()})
 
         def failed(f: Any) -> bytes:
+            if getattr(f.value, "underWay", False):
+                # Not a failure: the one under way goes on.
+                return self._json(request, 409, {"error": f.getErrorMessage()})
             return self._json(request, 500, {
                 "error": f"upgrade failed, the running workers serve on: "
                          f"{f.getErrorMessage()}"})

@@ -10,11 +10,11 @@ the master itself re-executes it, its workers serving on across the exec
 (see L{lbtwist.workers._handover}).
 """
 
-from ._handover import HANDOVER_VARIABLE, Handover, MasterImage, takeHandover
+from ._handover import HANDOVER_VARIABLE, Handover, MasterImage, releaseSignals, takeHandover
 from ._master import Upgraded, WorkerGroup, checkFileLimit
 from ._registry import ConfigText
 from ._worker import WorkerNode, WorkerSpec, workerLog
 
 __all__ = ["HANDOVER_VARIABLE", "ConfigText", "Handover", "MasterImage", "Upgraded",
-           "WorkerGroup", "WorkerNode", "WorkerSpec", "checkFileLimit", "takeHandover",
+           "WorkerGroup", "WorkerNode", "WorkerSpec", "checkFileLimit", "releaseSignals", "takeHandover",
            "workerLog"]

@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import attrs
@@ -36,6 +37,11 @@ MASTER_KEYS = ("admin", "state", "status-interval", "resolvers", "workers", "mas
 # its backends' health checks (a reload keeps them as they run).
 MASTER_POOL_KEYS = ("discovery", "protocol")
 CODE = "code"
+# The signals a master handles (reload, upgrade, stop, log rotation): held
+# across the exec, and until the new image handles them, where each would
+# otherwise find its default action, which ends the process.
+HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1,
+                          signal.SIGUSR2})
 
 
 def masterChanges(restartNeeded: Iterable[str], codeChanged: bool) -> list[str]:
@@ -135,6 +141,10 @@ class Handover:
     @ivar health: what the health checks had found (C{"up"} or
         C{"down"}), by backend name by pool: the new image starts from it,
         not from C{unknown}.
+    @ivar pid: the process ID of the master that wrote it, which is the
+        new image's (an exec keeps it): any other process that finds it in
+        its environment (inherited, or set by hand) must not take the file
+        descriptors it names for its own.
     """
 
     generation: int
@@ -143,6 +153,7 @@ class Handover:
     workers: tuple[InheritedWorker, ...] = ()
     reads: int = 0
     health: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    pid: int = 0
 
     def descriptors(self) -> list[int]:
         """
@@ -182,6 +193,7 @@ class Handover:
 
         return json.dumps({
             "generation": self.generation,
+            "pid": self.pid,
             "reads": self.reads,
             "health": {pool: dict(sorted(found.items()))
                        for pool, found in sorted(self.health.items())},
@@ -210,6 +222,7 @@ class Handover:
             admin = data["admin"]
             return cls(
                 generation=_int(data["generation"]),
+                pid=_int(data["pid"]),
                 reads=_int(data.get("reads", 0)),
                 health={_text(pool): {_text(name): _health(value)
                                       for name, value in found.items()}
@@ -261,15 +274,26 @@ def _text(value: Any) -> str:
     return value
 
 
-def takeHandover(environ: MutableMapping[str, str]) -> Handover | None:
+def takeHandover(environ: MutableMapping[str, str], pid: int | None = None) -> Handover | None:
     """
     The hand-over this image was started with, if any, taken out of
     C{environ} (the workers and the next exec never see it).
 
-    @raise ValueError: the variable is not a hand-over from a master.
+    @param pid: this process's ID (default: the real one).
+    @raise ValueError: the variable is not a hand-over from a master, or
+        one from another process than C{pid}: its descriptors are not
+        this process's to adopt.
     """
     text = environ.pop(HANDOVER_VARIABLE, None)
-    return None if text is None else Handover.fromJSON(text)
+    if text is None:
+        return None
+    handover = Handover.fromJSON(text)
+    here = os.getpid() if pid is None else pid
+    if handover.pid != here:
+        raise ValueError(f"{HANDOVER_VARIABLE}: a hand-over to the master of pid {handover.pid}, "
+                         f"not to this process (pid {here}): only a master re-executing "
+                         f"itself sets it; unset it")
+    return handover
 
 
 def passedSockets(environ: Mapping[str, str]) -> dict[str, str]:
@@ -311,11 +335,14 @@ class MasterImage:
         """
         return [self.executable, "-m", "lbtwist.check", *self.options]
 
-    def execute(self, handover: Handover, environ: Mapping[str, str]) -> None:
+    def execute(self, handover: Handover, environ: Mapping[str, str],
+                execve: Callable[[str, list[str], dict[str, str]], None] = os.execve) -> None:
         """
         Replace this process's image with a new one, same PID, given
-        C{handover}: its file descriptors are left open across the exec.
-        Returns only if the exec failed.
+        C{handover}: its file descriptors are left open across the exec,
+        and L{HELD_SIGNALS} blocked (a signal mask survives an exec: the
+        new image receives them once it handles them, see
+        L{releaseSignals}).  Returns only if the exec failed.
 
         @raise OSError: the exec failed (the PID file is written again, the
             descriptors are closed on the next exec again).
@@ -339,12 +366,25 @@ class MasterImage:
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             if stream is not None:
                 stream.flush()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
-            os.execve(self.executable, list(self.argv), environment)
+            execve(self.executable, list(self.argv), environment)
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             for fd in fds:
                 os.set_inheritable(fd, False)
             if self.pidfile:
                 with open(self.pidfile, "w") as f:
                     f.write(f"{os.getpid()}\n")
             raise
+
+
+def releaseSignals(reactor: Any) -> None:
+    """
+    Unblock L{HELD_SIGNALS} on the reactor's first turn, once every
+    service has started and installed its handlers: in a master's new
+    image (see L{MasterImage.execute}), and in a worker, which inherits
+    the mask when that image spawns it.  One received meanwhile is
+    handled then.
+    """
+    reactor.callLater(0, signal.pthread_sigmask, signal.SIG_UNBLOCK, HELD_SIGNALS)

@@ -85,6 +85,9 @@ QUIESCE_TIMEOUT = 2.0
 QUIESCE_POLL = 0.02
 EXEC_DELAY = 0.2
 REAP_INTERVAL = 0.2
+# Seconds past the grace a retired worker has to exit by itself before the
+# master stops it with SIGTERM (its own deadline is the grace).
+RETIRE_MARGIN = 1.0
 # Bytes a worker's output pipe holds while no image of the master reads it.
 PIPE_SIZE = 1 << 20
 SYSTEMD_VARIABLES = frozenset({"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"})
@@ -217,10 +220,13 @@ class InheritedProcess:
                  output: Mapping[int, int]) -> None:
         from twisted.internet.process import ProcessReader
 
-        self.pid = pid
+        self.pid: int | None = pid
         self.proto = protocol
         self.status: int | None = None
         self.ended = False
+        for fd in output.values():
+            # Inheritable for the exec only: kept from any later child.
+            os.set_inheritable(fd, False)
         self.pipes = {number: ProcessReader(reactor, self, number, fd)
                       for number, fd in output.items()}
 
@@ -243,7 +249,7 @@ class InheritedProcess:
 
         @raise ProcessExitedAlready: it was reaped.
         """
-        if self.status is not None:
+        if self.pid is None:
             raise ProcessExitedAlready()
         os.kill(self.pid, signum)
 
@@ -253,14 +259,16 @@ class InheritedProcess:
 
         @return: whether it has been reaped.
         """
-        if self.status is None:
+        if self.pid is not None:
             try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                found, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
-                pid, status = self.pid, 0
-            if pid == 0:
+                found, status = self.pid, 0
+            if found == 0:
                 return False
             self.status = status
+            # As Twisted's processes: a reaped PID is no longer this one's.
+            self.pid = None
             self._maybeEnded()
         return True
 
@@ -290,6 +298,8 @@ class WorkerSlot:
     @ivar failures: its predecessors that died in a row, each within
         L{SETTLED} seconds of the one before (the first one whatever its
         age).
+    @ivar outlived: it was retired and still ran L{RETIRE_MARGIN} seconds
+        past the grace, so the master sent it C{SIGTERM}.
     """
 
     def __init__(self, index: int, generation: int) -> None:
@@ -305,6 +315,10 @@ class WorkerSlot:
         self.restarts = 0
         self.failures = 0
         self.lastLines: list[str] = []
+        # Once told to retire: the timer that stops it if it outlives the
+        # grace, and whether it had to be stopped.
+        self.retireTimer: Any = None
+        self.outlived = False
         self._readyWaiters: list[Deferred[WorkerSlot]] = []
         self.whenEnded: Deferred[None] = Deferred()
 
@@ -398,6 +412,11 @@ class WorkerGroup(Service):
         # endpoint: an upgrade binds new ones beside them.
         self.bound: dict[tuple[str, str], Bound] = {}
         self.upgrading: Deferred[Upgraded] | None = None
+        # Between a re-exec's answer and the exec: the workers are asked
+        # nothing (no answer may reach the next image, which did not ask)
+        # and none is started (the hand-over, taken at the exec, names
+        # every worker there is).
+        self.executing = False
         self.mirror = CounterMirror(balancer.pools, balancer.factories)
         self._pushing: Any = None
         # The status table and the dashboard's history read the master's
@@ -471,7 +490,10 @@ class WorkerGroup(Service):
                                             worker.output)
             self.retiring.append(slot)
             self.inherited.append(slot)
-            if not worker.retiring:
+            if worker.retiring:
+                # Told to retire by the previous image: its grace runs here.
+                self._armRetire(slot)
+            else:
                 serving.append(slot)
         if self.inherited:
             self.reaper.start(REAP_INTERVAL, now=False)
@@ -498,16 +520,48 @@ class WorkerGroup(Service):
 
     def _retire(self, slots: Sequence[WorkerSlot]) -> None:
         """
-        Tell C{slots} to stop accepting and finish their work (a worker
-        that cannot be told is stopped with C{SIGTERM}).
+        Tell C{slots} to stop accepting and finish their work within the
+        grace.  One that still runs L{RETIRE_MARGIN} seconds past it is
+        stopped with C{SIGTERM}; one that cannot be told, at once.
         """
         for slot in slots:
             if slot.ended or slot.channel is None:
                 continue
+            self._armRetire(slot)
             slot.channel.callRemote(Retire, grace=self.grace).addErrback(
                 self._retireFailed, slot)
 
+    def _armRetire(self, slot: WorkerSlot) -> None:
+        """
+        Stop C{slot}, told to retire, if it outlives the grace.
+        """
+        if slot.retireTimer is None:
+            slot.retireTimer = self.reactor.callLater(
+                self.grace + RETIRE_MARGIN, self._outlived, slot)
+
+    def _outlived(self, slot: WorkerSlot) -> None:
+        slot.retireTimer = None
+        if slot.ended:
+            return
+        slot.outlived = True
+        self.log.warn(  # noqa: G010
+            "worker {index} of generation {generation} (pid {pid}) still running "
+            "{grace}s after it was retired: stopping it (SIGTERM)", index=slot.index,
+            generation=slot.generation, pid=slot.pid, grace=self.grace + RETIRE_MARGIN)
+        self._signal(slot, signal.SIGTERM)
+
     def _retireFailed(self, reason: Failure, slot: WorkerSlot) -> None:
+        """
+        The worker did not answer C{Retire}.  A retiring worker with
+        nothing left to serve exits at once, closing its channel before
+        its answer is out: it is finishing, and the grace's timer stops it
+        if it does not.  Any other failure: it cannot be told, so stop it.
+        """
+        if reason.check(ConnectionDone, ConnectionLost):
+            return
+        self.log.warn(  # noqa: G010
+            "worker {index} (pid {pid}) could not be told to retire ({error}): stopping "
+            "it (SIGTERM)", index=slot.index, pid=slot.pid, error=reason.getErrorMessage())
         self._signal(slot, signal.SIGTERM)
 
     def _listeningSockets(self) -> dict[str, tuple[int, int]]:
@@ -584,6 +638,10 @@ class WorkerGroup(Service):
             self.refresher.stop()
         slots = [s for s in [*self.slots, *self.retiring] if not s.ended]
         for slot in slots:
+            if slot.retireTimer is not None:
+                # Stopped now: not again when its grace as a retired one ends.
+                slot.retireTimer.cancel()
+                slot.retireTimer = None
             self._signal(slot, signal.SIGTERM)
         if not slots:
             self._forgetGauges()
@@ -693,14 +751,22 @@ class WorkerGroup(Service):
         slot.ready = False
         self.retired = addUp([self.retired, withoutGauges(slot.stats)])
         slot.stats = {}
-        status = getattr(reason.value, "status", None)
+        # The exit code, not the raw wait status (256 for an exit code of 1).
+        status = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         how = f"killed by signal {sig}" if sig else f"exit status {status}"
         waiters, slot._readyWaiters = slot._readyWaiters, []
         for waiter in waiters:
             waiter.errback(WorkerFailed(slot.index, slot.lastLines[-1] if slot.lastLines else how))
+        if slot.retireTimer is not None:
+            slot.retireTimer.cancel()
+            slot.retireTimer = None
         if slot in self.retiring:
             self.retiring.remove(slot)
+            if slot.outlived:
+                how = f"stopped after outliving the grace ({how})"
+            elif not sig and status in (0, None):
+                how = "finished its in-flight work"
             self.log.info("worker {index} of generation {generation} (pid {pid}) exited: {how}",
                           index=slot.index, generation=slot.generation, pid=slot.pid, how=how)
         elif self.running and slot in self.slots:
@@ -718,7 +784,7 @@ class WorkerGroup(Service):
         slot.whenEnded.callback(None)
 
     def _restart(self, slot: WorkerSlot) -> None:
-        if self.running and slot in self.slots and slot.ended:
+        if self.running and slot in self.slots and slot.ended and not self.executing:
             self._spawn(slot)
 
     # -- upgrades --------------------------------------------------------
@@ -741,7 +807,7 @@ class WorkerGroup(Service):
             L{UpgradeFailed} (the old generation serves on).
         """
         if self.upgrading is not None:
-            return fail(UpgradeFailed("an upgrade is already under way"))
+            return fail(UpgradeUnderWay("an upgrade is already under way"))
         problem = self.live.reload() if self.live.loadConfig is not None else None
         if problem is not None:
             return self._failed(f"the configuration on disk is not valid: {problem}")
@@ -807,7 +873,8 @@ class WorkerGroup(Service):
         upgrade), and a child process checks that the new image would
         start (L{lbtwist.check}).  Then the state
         file is saved, and the result fires (the API answers it) before the
-        exec, a moment later.
+        exec, a moment later (L{EXEC_DELAY}), when the state file is saved
+        again and the hand-over is taken.
 
         @return: fires with the next generation's number and C{reasons},
             or fails with L{UpgradeFailed} (nothing changed).
@@ -843,11 +910,11 @@ class WorkerGroup(Service):
                     self.live.stateFile.save(self.live.overrides)
                 except OSError as e:
                     raise UpgradeFailed(f"cannot save the state file: {e}") from e
-            handover = self._handover(config, admin)
+            self.executing = True
             self.log.info("upgrade: re-executing the master (pid {pid}); generation "
                           "{generation} follows", pid=os.getpid(), generation=generation)
             done.callback(Upgraded(generation, tuple(reasons), _url(self._nextAdmin)))
-            self.reactor.callLater(EXEC_DELAY, self._execute, handover)
+            self.reactor.callLater(EXEC_DELAY, self._execute, config, admin)
 
         def failed(f: Failure) -> None:
             self.upgrading = None
@@ -862,11 +929,31 @@ class WorkerGroup(Service):
         self.preflight().addCallback(checked).addCallback(go).addErrback(failed)
         return done
 
-    def _execute(self, handover: Handover) -> None:
+    def _execute(self, config: Any, admin: InheritedSocket | None) -> None:
         """
-        Make the exec; if it fails, this image serves on as it was.
+        Make the exec, handing over what runs at this moment (a worker
+        that exited since the answer is not named, nor reaped: its PID
+        stays this process's child's); if it fails, this image serves on
+        as it was.
         """
         assert self.image is not None
+        if self.live.stateFile is not None:
+            # Again: the admin API answered changes since the first save.
+            try:
+                self.live.stateFile.save(self.live.overrides)
+            except OSError as e:
+                self.log.error("upgrade: cannot save the state file again before the exec, "
+                               "changes made since the upgrade was answered are lost: {error}",
+                               error=str(e))
+        try:
+            handover = self._handover(config, admin)
+        except Exception:
+            # Never left half-way: upgrades refused and workers not pushed
+            # to or restarted for good.
+            self.log.failure("upgrade failed: the hand-over could not be made; the master "
+                             "serves on as it was")
+            self._notExecuted()
+            return
         # systemd (Type=notify) hears a reload, whose READY=1 the new image
         # sends once its workers serve.
         sdNotify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}", os.environ)
@@ -884,6 +971,10 @@ class WorkerGroup(Service):
         on asking the workers for their counters.
         """
         self.upgrading = None
+        self.executing = False
+        for slot in self.slots:
+            self._restart(slot)
+        self.schedulePush()
         keys = {(x.name, x.endpoint) for x in self.live.fileConfig.listeners}
         self._close([key for key in self.bound if key not in keys])
         if self._nextAdmin is not None:
@@ -993,18 +1084,23 @@ class WorkerGroup(Service):
             for x in config.listeners)
         workers = []
         for slot in self._alive():
-            assert slot.channel is not None and slot.channel.transport is not None
+            if (slot.process.pid is None or slot.channel is None
+                    or slot.channel.transport is None):
+                # Reaped already (its pipes not closed yet): its PID may be
+                # another process's by now.  Or exiting, its channel
+                # closed: that descriptor number may be another's.
+                continue
             output = {number: reader.fileno() for number, reader in slot.process.pipes.items()}
             for fd in output.values():
                 _widenPipe(fd)
             workers.append(InheritedWorker(
-                index=slot.index, generation=slot.generation, pid=slot.pid or 0,
+                index=slot.index, generation=slot.generation, pid=slot.process.pid,
                 control=slot.channel.transport.fileno(),  # type: ignore[attr-defined]
                 output=output,
                 restarts=slot.restarts, retiring=slot in self.retiring))
         health = {name: {b.name: b.health.value for b in pool if b.health is not Health.UNKNOWN}
                   for name, pool in self.live.pools.items()}
-        return Handover(self.generation, listeners, admin, tuple(workers),
+        return Handover(self.generation, listeners, admin, tuple(workers), pid=os.getpid(),
                         reads=self.text.reads if self.text is not None else 0,
                         health={name: found for name, found in health.items() if found})
 
@@ -1073,6 +1169,9 @@ class WorkerGroup(Service):
         (or failed to answer in time: a worker that starts again gets it
         then).
         """
+        if self.executing:
+            # The next image pushes its registry to every worker it adopts.
+            return succeed(None)
         registry = snapshot(self.live, self.text)
         sent = [self._send(slot, registry) for slot in self._alive()]
         done: Deferred[None] = Deferred()
@@ -1128,7 +1227,7 @@ class WorkerGroup(Service):
         Collect every worker's counters and show their totals in the
         master's pools and listeners.
         """
-        slots = [s for s in self._alive() if s.ready]
+        slots = [] if self.executing else [s for s in self._alive() if s.ready]
 
         def collect(slot: WorkerSlot) -> Deferred[Any]:
             assert slot.channel is not None
@@ -1278,7 +1377,21 @@ class ListenerTotals:
 class UpgradeFailed(Exception):
     """
     An upgrade could not be made: the old generation serves on.
+
+    @cvar underWay: it was refused because another one is under way (the
+        admin API answers C{409}, not C{500}).
     """
+
+    underWay = False
+
+
+class UpgradeUnderWay(UpgradeFailed):
+    """
+    An upgrade was asked for while another is under way (a re-exec
+    included, until its exec): refused, the first one goes on.
+    """
+
+    underWay = True
 
 
 class WorkerFailed(Exception):
