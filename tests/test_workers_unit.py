@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -33,7 +34,7 @@ from lbtwist.pool import Admin, BackendPool, Health
 from lbtwist.reload import LiveConfig
 from lbtwist.service import withBacklog
 from lbtwist.workers import ConfigText, WorkerGroup, WorkerSpec, checkFileLimit
-from lbtwist.workers._master import MAX_DELAY, backoff
+from lbtwist.workers._master import MAX_DELAY, WorkerProcess, WorkerSlot, backoff
 from lbtwist.workers._protocol import JSON
 from lbtwist.workers._registry import RegistryApplier, WorkerLiveConfig, snapshot, splitLimits
 from lbtwist.workers._stats import SEP, CounterMirror, addUp, countersOf, withoutGauges
@@ -477,3 +478,24 @@ class SystemdTests(SynchronousTestCase):
         self.assertTrue(s.recv(100).startswith(b"READY=1\nMAINPID="))
         notice.stopService()
         self.assertEqual(s.recv(100), b"STOPPING=1")
+
+
+class WorkerOutputTests(SynchronousTestCase):
+    """
+    A worker's output reaches the master's log, naming the worker.
+    """
+
+    def test_linesNameWorkerAndGeneration(self) -> None:
+        """
+        Each whole line is logged with the worker's number and generation
+        (an old worker finishing after an upgrade shares its successor's
+        number); a partial line waits for its end.
+        """
+        slot = WorkerSlot(1, 3)
+        process = WorkerProcess(None, slot)  # type: ignore[arg-type]
+        with capturedLogs() as events:
+            process.childDataReceived(1, b"serving\nhalf a ")
+            process.childDataReceived(1, b"line\n")
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["worker 1 gen 3: serving", "worker 1 gen 3: half a line"])
+        self.assertEqual(slot.lastLines, ["serving", "half a line"])

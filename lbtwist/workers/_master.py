@@ -191,8 +191,10 @@ class WorkerProcess(ProcessProtocol):
         if not text:
             return
         self.slot.lastLines = [*self.slot.lastLines[-(KEPT_LINES - 1):], text]
-        self.log.info("worker {index}: {line}", index=self.slot.index, line=text,
-                      worker=self.slot.index, generation=self.slot.generation)
+        # (The generation tells an old worker finishing its clients from
+        # its successor of the same number.)
+        self.log.info("worker {index} gen {generation}: {line}", index=self.slot.index,
+                      line=text, worker=self.slot.index, generation=self.slot.generation)
 
     def processEnded(self, reason: Failure) -> None:
         """
@@ -1359,6 +1361,12 @@ class _NoClients(Factory):
     """
 
     noisy = False
+
+    def logPrefix(self) -> str:
+        """
+        How the socket's opening is logged (C{... starting on PORT}).
+        """
+        return "socket for the workers"
 
 
 class ListenerTotals:
