@@ -174,6 +174,14 @@ class Backend:
             self.responseBuckets[bisect.bisect_left(RESPONSE_BUCKETS, seconds)] += 1
             self.responseSum += seconds
 
+    def showResponseTime(self, seconds: float) -> None:
+        """
+        Show C{seconds} as the last response time without counting a
+        response (a master shows its workers' recent mean this way: their
+        responses are counted through the mirrored histogram).
+        """
+        self._responseTime = seconds
+
     def closeAll(self) -> int:
         """
         Close every live connection or request of this backend now.

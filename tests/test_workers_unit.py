@@ -171,6 +171,31 @@ class StatsTests(SynchronousTestCase):
         mirror.show(one)
         self.assertEqual((a.total, a.failures["probe"]), (5, 3))
 
+    def test_responseTime(self) -> None:
+        """
+        A backend's response time, as the master shows it, is the mean of
+        the responses its workers timed since the last refresh; without
+        new ones it stays; the histogram counts each response once.
+        """
+        pools, _ = process(parseConfig(CONFIG))
+        a = pools["web"].get("a")
+        assert a is not None
+        mirror = CounterMirror(pools, {})
+
+        def timed(seconds: float, count: int) -> dict[str, float]:
+            return {SEP.join(("backend", "web", "a", "responseSum")): seconds,
+                    SEP.join(("backend", "web", "a", "buckets", "0")): count}
+
+        self.assertIsNone(a.responseTime)
+        mirror.show(addUp([timed(0.004, 2), timed(0.002, 2)]))
+        self.assertAlmostEqual(a.responseTime or 0, 0.0015)
+        mirror.show(addUp([timed(0.014, 3), timed(0.002, 2)]))
+        self.assertAlmostEqual(a.responseTime or 0, 0.01)
+        mirror.show(addUp([timed(0.014, 3), timed(0.002, 2)]))
+        self.assertAlmostEqual(a.responseTime or 0, 0.01)
+        self.assertEqual(a.responseBuckets[0], 5)
+        self.assertAlmostEqual(a.responseSum, 0.016)
+
     def test_countersOf(self) -> None:
         """
         A process's counters, flat; what is open now is left out of what

@@ -93,11 +93,25 @@ class CounterMirror:
         Make the master's counters show C{totals} (the workers' sum) on top
         of its own; keys of pools or backends it no longer has are skipped.
         """
+        # Per backend: the seconds and the number of responses the workers
+        # timed since the last refresh.
+        timed: dict[tuple[str, str], list[float]] = {}
         for key in set(totals) | set(self.applied):
             delta = totals.get(key, 0) - self.applied.get(key, 0)
             if delta:
-                self._add(key.split(SEP), delta)
+                path = key.split(SEP)
+                self._add(path, delta)
+                if path[0] == "backend" and path[3] in ("responseSum", "buckets"):
+                    seen = timed.setdefault((path[1], path[2]), [0.0, 0.0])
+                    seen[path[3] == "buckets"] += delta
         self.applied = dict(totals)
+        # Their mean is the backend's response time as the totals show it
+        # (each worker knows only its own last one).
+        for (poolName, name), (seconds, count) in timed.items():
+            pool = self.pools.get(poolName)
+            backend = pool.get(name) if pool is not None else None
+            if backend is not None and count > 0:
+                backend.showResponseTime(seconds / count)
 
     def _add(self, path: list[str], delta: float) -> bool:
         """
