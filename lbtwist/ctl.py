@@ -91,20 +91,34 @@ class AdminClient:
         try:
             with self.opener(request, self.timeout) as response:
                 raw = response.read()
+                status, headers = getattr(response, "status", 200), response.headers
         except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                message = json.loads(raw)["error"]
-            except (ValueError, KeyError, TypeError):
-                message = raw.decode("utf-8", "replace").strip() or e.reason
-            raise CtlError(f"{method} {path}: {e.code} {message}") from None
+            answer = self._decode(e.code, e.headers, e.read())
+            message = answer.get("error") if isinstance(answer, dict) else None
+            raise CtlError(f"{method} {path}: {e.code} {message or e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise CtlError(f"cannot reach the admin API at {self.base}: {reason}") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw.decode("utf-8", "replace")
+        return self._decode(status, headers, raw)
+
+    def _decode(self, status: int, headers: Any, raw: bytes) -> Any:
+        """
+        The JSON of an answer: the admin API answers everything, errors
+        included, in JSON.
+
+        @raise CtlError: the answer is something else, so whatever answers
+            there (a listener, a backend, another program) is not the admin
+            API; said in one line.
+        """
+        contentType = (headers.get("Content-Type") if headers is not None else None) or ""
+        mediaType = contentType.partition(";")[0].strip().lower() or "no content type"
+        if mediaType == "application/json":
+            try:
+                return json.loads(raw)
+            except ValueError:
+                mediaType = "invalid JSON"
+        raise CtlError(
+            f"{self.base}: not an lbtwist admin API (answered {status} with {mediaType})")
 
     def poolName(self, given: str | None, backend: str | None = None) -> str:
         """
