@@ -366,13 +366,17 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
     elif action == "upgrade":
         result = client.call("POST", "/api/upgrade")
         if result.get("master") == "re-executing":
-            if result.get("admin"):
+            moved = result.get("admin")
+            if moved:
                 # The admin API moves with the upgrade.
-                client = AdminClient(result["admin"], client.token, client.timeout,
-                                     client.opener)
+                client = AdminClient(moved, client.token, client.timeout, client.opener)
             result = waitGeneration(client, result["generation"], sleep)
             text = (f"upgraded: the master re-executed itself; generation "
                     f"{result['generation']} serves")
+            if moved:
+                result["admin"] = client.base
+                text += (f"\nthe admin API now answers at {client.base}: update "
+                         f"{ADMIN_VARIABLE} (or --admin)")
         else:
             text = f"upgraded: generation {result['generation']} serves"
     elif action == "instances":

@@ -17,7 +17,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from .reload import LiveConfig
+from .reload import UPGRADES_NEED_WORKERS, LiveConfig
 
 
 class ReloadOnSignal(Service):
@@ -94,8 +94,7 @@ class ReloadOnSignal(Service):
     def _upgrade(self) -> None:
         if self.upgrade is None:
             self.log.warn(  # noqa: G010
-                "SIGUSR2 received, but upgrades need worker processes (--workers 2 or "
-                "more); nothing done")
+                "SIGUSR2 received, but {why}; nothing done", why=UPGRADES_NEED_WORKERS)
             return
         self.log.info("SIGUSR2 received: upgrading the workers")
         # The group logs why an upgrade failed.

@@ -46,6 +46,12 @@ from .state import Overrides, StateError, StateFile
 
 DEFAULT_GRACE = 30.0
 
+#: Why a single process cannot upgrade, and how to start one that can.
+UPGRADES_NEED_WORKERS = (
+    "upgrades need worker processes: start with --workers 2 or more (workers: in the "
+    "file), or --master (master: true) for one worker with a master"
+)
+
 
 class UnknownPool(KeyError):
     """

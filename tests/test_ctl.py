@@ -361,14 +361,16 @@ class UpgradeCommandTests(SynchronousTestCase):
     def test_reexecAdminMoved(self) -> None:
         """
         An upgrade that moves the admin API: the workers are polled at its
-        new address.
+        new address, which is printed for the user to point ctl at.
         """
         serving = {"worker": 1, "generation": 3, "state": "serving"}
         seen, _, output = self.reexec([[serving]], {
             "generation": 3, "master": "re-executing", "admin": "http://127.0.0.1:9100"})
         self.assertEqual(seen, ["POST http://127.0.0.1:9000/api/upgrade",
                                 "GET http://127.0.0.1:9100/api/workers"])
-        self.assertIn("generation 3 serves", output)
+        self.assertEqual(output, "upgraded: the master re-executed itself; generation 3 serves\n"
+                                 "the admin API now answers at http://127.0.0.1:9100: update "
+                                 "LBTWIST_ADMIN (or --admin)\n")
 
     def test_reexecNeverServes(self) -> None:
         """

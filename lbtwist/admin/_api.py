@@ -41,6 +41,7 @@ from ..metrics import (
 )
 from ..pool import Admin, Backend, BackendPool
 from ..reload import (
+    UPGRADES_NEED_WORKERS,
     DuplicateBackend,
     DuplicatePool,
     LiveConfig,
@@ -743,8 +744,7 @@ class AdminResource(Resource):
         """
         group = self.group
         if group is None:
-            raise APIError(409, "upgrades need worker processes: start with --workers 2 "
-                                "or more (workers: in the file)")
+            raise APIError(409, UPGRADES_NEED_WORKERS)
 
         def upgraded(result: Any) -> bytes:
             if result.reexec:
