@@ -559,9 +559,14 @@ class LiveConfig:
             listeners.append(listener)
         return attrs.evolve(new, listeners=tuple(listeners))
 
-    def reload(self) -> str | None:
+    def reload(self, upgrade: bool = False) -> str | None:
         """
         Read the configuration file again and apply it.
+
+        @param upgrade: this is an upgrade's reload: what a reload cannot
+            apply, the upgrade's new workers (or its re-executed master)
+            will, so it is said at info level, not named as needing a
+            restart.
 
         @return: L{None} when applied, else why it was rejected (the running
             configuration stays).
@@ -581,7 +586,13 @@ class LiveConfig:
         old = self.fileConfig
         new, self.restartNeeded = runnable(new, old, poolsLive=self.balancer is not None)
         new = self._runnableRoutes(new)
-        if self.restartNeeded:
+        if self.restartNeeded and upgrade:
+            self.log.info(
+                "upgrade: {settings} change with the new workers (the master's own "
+                "settings by re-executing it); applying everything else now",
+                settings=", ".join(self.restartNeeded),
+            )
+        elif self.restartNeeded:
             self.log.warn(  # noqa: G010
                 "configuration reload: {settings} only change with a restart; "
                 "applying everything else",
