@@ -26,6 +26,7 @@ from .health import HealthMonitor, Probe, TCPProbe
 from .listener import ConnectionLimit
 from .pool import Backend, BackendPool
 from .reporter import StatusReporter
+from .routeconfig import unmatchedPool
 from .tcp import TCPProxyFactory, describe
 from .tlslisten import ListenerCertificates, TLSListeningReactor, listenerReactor
 
@@ -192,11 +193,14 @@ class ListenerService(PortService):
         if limit is not None and hasattr(port, "stopReading"):
             limit.addPort(port)
             self._limitedPort = port
+        listener = self.listener
+        pool = unmatchedPool(listener.pool, listener.routes, listener.defaultRoute)
         self.log.info(
-            "listener {listener} ({mode} mode, pool {pool}) accepting on {scope}{address}",
-            listener=self.listener.name,
-            mode=self.listener.mode,
-            pool=self.listener.pool,
+            "listener {listener} ({mode} mode, {sendsTo}) accepting on {scope}{address}",
+            listener=listener.name,
+            mode=listener.mode,
+            sendsTo="routes only" if pool is None else f"pool {pool}",
+            pool=pool,
             address=describe(address) if address is not None else self.listener.endpoint,
             scope=addressScope(getattr(address, "host", None)),
         )
