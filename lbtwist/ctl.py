@@ -39,6 +39,7 @@ import attrs
 from .endpoints import ENDPOINT_TYPES
 from .pool import BackendStats
 from .status import formatTable
+from .wording import counted
 
 DEFAULT_ADMIN = "http://127.0.0.1:9000"
 ADMIN_VARIABLE = "LBTWIST_ADMIN"
@@ -218,7 +219,7 @@ def _routeLine(route: Mapping[str, Any], counts: Mapping[str, Any] | None) -> st
         action = next((k for k in ("redirect", "respond") if k in route), "?")
     line = f"  {route.get('name', 'default')}: {match} -> {action}"
     if counts is not None:
-        line += f" ({counts['requests']} requests)"
+        line += f" ({counted(counts['requests'], 'request')})"
     return line
 
 
@@ -236,7 +237,7 @@ def _routes(client: AdminClient, listener: str | None) -> tuple[Any, str]:
         routes = client.call("GET", f"/api/listeners/{quote(x['name'], safe='')}/routes")
         result[x["name"]] = routes
         counts = {c["name"]: c for c in x.get("routes", ())}
-        lines.append(f"{x['name']} ({x['mode']}): {len(routes)} routes")
+        lines.append(f"{x['name']} ({x['mode']}): {counted(len(routes), 'route')}")
         lines.extend(_routeLine(r, counts.get(r["name"])) for r in routes)
         if x.get("defaultRoute") is not None:
             lines.append(_routeLine(x["defaultRoute"], counts.get("default")))
@@ -400,17 +401,17 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             data = data["routes"]
         result = client.call(
             "PUT", f"/api/listeners/{quote(args.listener, safe='')}/routes", data)
-        text = f"listener {args.listener}: {len(result)} routes set"
+        text = f"listener {args.listener}: {counted(len(result), 'route')} set"
     elif action == "pool-add":
         data = readData(args.file)
         if not isinstance(data, dict):
             raise CtlError(f"{args.file}: expected a pool (a mapping of its keys)")
         result = client.call("POST", "/api/pools", {**data, "name": args.name})
-        text = f"added pool {result['name']} with {len(result['backends'])} backends"
+        text = f"added pool {result['name']} with {counted(len(result['backends']), 'backend')}"
     elif action == "pool-remove":
         result = client.call("DELETE", f"/api/pools/{quote(args.name, safe='')}")
-        text = (f"removed pool {result['name']}; {result['draining']} connections "
-                f"get {result['grace']:g}s to finish")
+        text = (f"removed pool {result['name']}; {result['grace']:g}s for "
+                f"{counted(result['draining'], 'connection')} to finish")
     else:
         pool = quote(
             client.poolName(args.pool, None if action == "add" else args.name), safe="")
@@ -423,8 +424,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             path = f"/api/pools/{pool}/backends/{quote(args.name, safe='')}"
             if action == "remove":
                 result = client.call("DELETE", path)
-                text = (f"removed {result['name']}; {result['draining']} connections "
-                        f"get {result['grace']:g}s to finish")
+                text = (f"removed {result['name']}; {result['grace']:g}s for "
+                        f"{counted(result['draining'], 'connection')} to finish")
             elif action == "weight":
                 result = client.call("PATCH", path, {"weight": args.weight})
                 text = _backendLine(result)

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from .reload import UPGRADES_NEED_WORKERS, LiveConfig
+from .wording import counted
 
 
 class ReloadOnSignal(Service):
@@ -138,8 +139,8 @@ class GracefulStop(Service):
         left = self.live.inFlight()
         if left:
             self.log.info(
-                "stopping: {active} connections get up to {grace}s to finish",
-                active=left, grace=self.grace,
+                "stopping: up to {grace}s for {activeCount} to finish",
+                active=left, grace=self.grace, activeCount=counted(left, "connection"),
             )
 
         def check() -> None:
@@ -149,8 +150,9 @@ class GracefulStop(Service):
             closed = self.live.closeEverything()
             if closed:
                 self.log.warn(  # noqa: G010
-                    "stopping: closed {closed} connections still open after "
+                    "stopping: closed {closedCount} still open after "
                     "the {grace}s grace period", closed=closed, grace=self.grace,
+                    closedCount=counted(closed, "connection"),
                 )
             done.callback(None)
 

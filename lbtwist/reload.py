@@ -43,6 +43,7 @@ from .diff import poolChanges, routeChanges, runnable
 from .policies import POLICIES
 from .pool import Admin, Backend, BackendPool
 from .state import Overrides, StateError, StateFile
+from .wording import counted
 
 DEFAULT_GRACE = 30.0
 
@@ -314,7 +315,8 @@ class LiveConfig:
                 continue
             factory.setRoutes(*wanted)
             self.appliedRoutes[listener.name] = wanted
-            self.log.info("listener {listener}: {count} routes in use", listener=listener.name,
+            self.log.info("listener {listener}: {routeCount} in use", listener=listener.name,
+                          routeCount=counted(len(listener.routes), "route"),
                           count=len(listener.routes), routes=[r.name for r in listener.routes])
 
     def poolUsers(self, name: str, config: Config | None = None) -> list[str]:
@@ -397,9 +399,10 @@ class LiveConfig:
         if not backend.closers:
             return
         self.log.info(
-            "backend {backend} of pool {pool} draining: {active} connections "
-            "get {grace}s to finish",
+            "backend {backend} of pool {pool} draining: {grace}s for {activeCount} "
+            "to finish",
             backend=backend.name, pool=pool, active=backend.active, grace=self.grace,
+            activeCount=counted(backend.active, "connection"),
         )
 
         def graceOver() -> None:
@@ -407,9 +410,10 @@ class LiveConfig:
             closed = backend.closeAll()
             if closed:
                 self.log.warn(  # noqa: G010
-                    "backend {backend} of pool {pool}: closed {closed} connections "
+                    "backend {backend} of pool {pool}: closed {closedCount} "
                     "still open after the {grace}s grace period",
                     backend=backend.name, pool=pool, closed=closed, grace=self.grace,
+                    closedCount=counted(closed, "connection"),
                 )
 
         self.draining[backend] = self.clock.callLater(self.grace, graceOver)
@@ -633,21 +637,15 @@ class LiveConfig:
         backends = sum(len(p) for p in self.pools.values())
         self.log.info(
             "configuration reloaded: {backendCount} in {poolCount}, {outcome}",
-            backendCount=_counted(backends, "backend"),
-            poolCount=_counted(len(self.pools), "pool"),
-            outcome=f"{_counted(changed, 'pool')} changed" if changed else "no change",
+            backendCount=counted(backends, "backend"),
+            poolCount=counted(len(self.pools), "pool"),
+            outcome=f"{counted(changed, 'pool')} changed" if changed else "no change",
             backends=backends,
             pools=len(self.pools),
             changed=changed,
         )
         return None
 
-
-def _counted(n: int, noun: str) -> str:
-    """
-    C{n} and C{noun}, plural unless C{n} is 1: C{"1 pool"}, C{"2 pools"}.
-    """
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def configLoader(path: str) -> Callable[[], Config]:

@@ -29,6 +29,7 @@ from .reporter import StatusReporter
 from .routeconfig import unmatchedPool
 from .tcp import TCPProxyFactory, describe
 from .tlslisten import ListenerCertificates, TLSListeningReactor, listenerReactor
+from .wording import counted
 
 FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerFactory]
 
@@ -353,8 +354,8 @@ class LoadBalancer(MultiService):
         self._warnUnverified(config)
         pool = self.pools[config.name] = BackendPool(config, self._rng, self.reactor.seconds)
         self._monitor(pool)
-        self.log.info("pool {pool} added with {count} backends", pool=config.name,
-                      count=len(pool))
+        self.log.info("pool {pool} added with {backendCount}", pool=config.name,
+                      backendCount=counted(len(pool), "backend"), count=len(pool))
         return pool
 
     def removePool(self, name: str) -> BackendPool:

@@ -469,16 +469,16 @@ class RouteCommandTests(TestCase):
             f.write('[{"name": "x", "pool": "nope"}]')
 
         out, err, code = yield ctl(h.admin, "pool-add", "c", poolFile)
-        self.assertEqual((code, out), (0, b"added pool c with 1 backends\n"), err)
+        self.assertEqual((code, out), (0, b"added pool c with 1 backend\n"), err)
         out, err, code = yield ctl(h.admin, "route-set", "front", routesFile)
-        self.assertEqual((code, out), (0, b"listener front: 1 routes set\n"), err)
+        self.assertEqual((code, out), (0, b"listener front: 1 route set\n"), err)
         self.assertEqual((yield h.reached()), b"c")
         yield sleep(0.1)
         out, err, code = yield ctl(h.admin, "routes")
         self.assertEqual(code, 0, err)
         self.assertEqual(out.decode().splitlines(), [
-            "front (tcp): 1 routes",
-            "  local: source=127.0.0.1/32 -> pool c (1 requests)",
+            "front (tcp): 1 route",
+            "  local: source=127.0.0.1/32 -> pool c (1 request)",
             "  default: everything -> pool b (0 requests)",
         ])
         out, err, code = yield ctl(h.admin, "routes", "front", "--json")
