@@ -31,6 +31,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import FileLogObserver, Logger, jsonFileLogObserver
 from zope.interface import Interface, implementer  # type: ignore[import-untyped]
 
+from .wording import counted
+
 HTTP_FORMAT = (
     "{client} {method} {path} {status} backend={backend} in={bytesIn} "
     "out={bytesOut} {duration:.4f}s retries={retries} proto={protocol}"
@@ -247,8 +249,9 @@ class AccessLogFile(Service):
             if now - self._lastComplaint >= 10:
                 self._lastComplaint = now
                 self.log.error(
-                    "cannot write access log {path}: {error}; {dropped} lines lost so far",
+                    "cannot write access log {path}: {error}; {lost} lost so far",
                     path=self.path, error=str(e), dropped=self.dropped,
+                    lost=counted(self.dropped, "line"),
                 )
 
 

@@ -57,6 +57,7 @@ from twisted.python.failure import Failure
 
 from .dial import BackendProtocol, Cancellable, Dialler
 from .pool import Backend, BackendPool
+from .wording import counted
 
 
 class NoBackendAvailable(Exception):
@@ -433,10 +434,11 @@ class ConnectAttempt:
         if self.connectFailures:
             self.connector.log.error(
                 "pool {pool}: no backend reachable for client {client} "
-                "after {attempts} attempts",
+                "after {attemptCount}",
                 pool=pool.name, client=self.client, attempts=self.connectFailures,
+                attemptCount=counted(self.connectFailures, "attempt"),
             )
-            why = f"no backend reachable after {self.connectFailures} attempts"
+            why = f"no backend reachable after {counted(self.connectFailures, 'attempt')}"
         elif not self.triedBefore:
             pool.noBackendFor(self.client)
             why = "no backend is available"

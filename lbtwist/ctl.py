@@ -39,6 +39,7 @@ import attrs
 from .endpoints import ENDPOINT_TYPES
 from .pool import BackendStats
 from .status import formatTable
+from .wording import counted
 
 DEFAULT_ADMIN = "http://127.0.0.1:9000"
 ADMIN_VARIABLE = "LBTWIST_ADMIN"
@@ -91,20 +92,34 @@ class AdminClient:
         try:
             with self.opener(request, self.timeout) as response:
                 raw = response.read()
+                status, headers = getattr(response, "status", 200), response.headers
         except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                message = json.loads(raw)["error"]
-            except (ValueError, KeyError, TypeError):
-                message = raw.decode("utf-8", "replace").strip() or e.reason
-            raise CtlError(f"{method} {path}: {e.code} {message}") from None
+            answer = self._decode(e.code, e.headers, e.read())
+            message = answer.get("error") if isinstance(answer, dict) else None
+            raise CtlError(f"{method} {path}: {e.code} {message or e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise CtlError(f"cannot reach the admin API at {self.base}: {reason}") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw.decode("utf-8", "replace")
+        return self._decode(status, headers, raw)
+
+    def _decode(self, status: int, headers: Any, raw: bytes) -> Any:
+        """
+        The JSON of an answer: the admin API answers everything, errors
+        included, in JSON.
+
+        @raise CtlError: the answer is something else, so whatever answers
+            there (a listener, a backend, another program) is not the admin
+            API; said in one line.
+        """
+        contentType = (headers.get("Content-Type") if headers is not None else None) or ""
+        mediaType = contentType.partition(";")[0].strip().lower() or "no content type"
+        if mediaType == "application/json":
+            try:
+                return json.loads(raw)
+            except ValueError:
+                mediaType = "invalid JSON"
+        raise CtlError(
+            f"{self.base}: not an lbtwist admin API (answered {status} with {mediaType})")
 
     def poolName(self, given: str | None, backend: str | None = None) -> str:
         """
@@ -204,7 +219,7 @@ def _routeLine(route: Mapping[str, Any], counts: Mapping[str, Any] | None) -> st
         action = next((k for k in ("redirect", "respond") if k in route), "?")
     line = f"  {route.get('name', 'default')}: {match} -> {action}"
     if counts is not None:
-        line += f" ({counts['requests']} requests)"
+        line += f" ({counted(counts['requests'], 'request')})"
     return line
 
 
@@ -222,7 +237,7 @@ def _routes(client: AdminClient, listener: str | None) -> tuple[Any, str]:
         routes = client.call("GET", f"/api/listeners/{quote(x['name'], safe='')}/routes")
         result[x["name"]] = routes
         counts = {c["name"]: c for c in x.get("routes", ())}
-        lines.append(f"{x['name']} ({x['mode']}): {len(routes)} routes")
+        lines.append(f"{x['name']} ({x['mode']}): {counted(len(routes), 'route')}")
         lines.extend(_routeLine(r, counts.get(r["name"])) for r in routes)
         if x.get("defaultRoute") is not None:
             lines.append(_routeLine(x["defaultRoute"], counts.get("default")))
@@ -352,14 +367,18 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
     elif action == "upgrade":
         result = client.call("POST", "/api/upgrade")
         if result.get("master") == "re-executing":
-            if result.get("admin"):
+            moved = result.get("admin")
+            if moved:
                 # The admin API moves with the upgrade.
-                client = AdminClient(result["admin"], client.token, client.timeout,
-                                     client.opener)
+                client = AdminClient(moved, client.token, client.timeout, client.opener)
             why = ", ".join(result.get("reasons") or ())
             result = {**result, **waitGeneration(client, result["generation"], sleep)}
             text = (f"upgraded: the master re-executed itself"
                     f"{f' ({why})' if why else ''}; generation {result['generation']} serves")
+            if moved:
+                result["admin"] = client.base
+                text += (f"\nthe admin API now answers at {client.base}: update "
+                         f"{ADMIN_VARIABLE} (or --admin)")
         else:
             text = f"upgraded: generation {result['generation']} serves"
     elif action == "instances":
@@ -383,17 +402,17 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             data = data["routes"]
         result = client.call(
             "PUT", f"/api/listeners/{quote(args.listener, safe='')}/routes", data)
-        text = f"listener {args.listener}: {len(result)} routes set"
+        text = f"listener {args.listener}: {counted(len(result), 'route')} set"
     elif action == "pool-add":
         data = readData(args.file)
         if not isinstance(data, dict):
             raise CtlError(f"{args.file}: expected a pool (a mapping of its keys)")
         result = client.call("POST", "/api/pools", {**data, "name": args.name})
-        text = f"added pool {result['name']} with {len(result['backends'])} backends"
+        text = f"added pool {result['name']} with {counted(len(result['backends']), 'backend')}"
     elif action == "pool-remove":
         result = client.call("DELETE", f"/api/pools/{quote(args.name, safe='')}")
-        text = (f"removed pool {result['name']}; {result['draining']} connections "
-                f"get {result['grace']:g}s to finish")
+        text = (f"removed pool {result['name']}; {result['grace']:g}s for "
+                f"{counted(result['draining'], 'connection')} to finish")
     else:
         pool = quote(
             client.poolName(args.pool, None if action == "add" else args.name), safe="")
@@ -406,8 +425,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             path = f"/api/pools/{pool}/backends/{quote(args.name, safe='')}"
             if action == "remove":
                 result = client.call("DELETE", path)
-                text = (f"removed {result['name']}; {result['draining']} connections "
-                        f"get {result['grace']:g}s to finish")
+                text = (f"removed {result['name']}; {result['grace']:g}s for "
+                        f"{counted(result['draining'], 'connection')} to finish")
             elif action == "weight":
                 result = client.call("PATCH", path, {"weight": args.weight})
                 text = _backendLine(result)

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 
 from .config import MAX_WEIGHT, BackendConfig, BackendTLS, Discovery, HealthCheck
 from .pool import Backend, BackendPool
+from .wording import counted
 
 # A TTL shorter than this does not make lookups more frequent.
 MIN_TTL_DELAY = 1.0
@@ -318,7 +319,8 @@ class PoolDiscovery(Service):
         if self.state != state:
             self.log.warn(  # noqa: G010
                 "pool {pool}: DNS discovery of {name} {what} ({why}); keeping the "
-                "{count} discovered backends",
+                "{kept}",
+                kept=counted(len(self._applied), "discovered backend"),
                 pool=self.pool.name, name=self.discovery.name,
                 what="found nothing" if state == "empty" else "failed", why=why,
                 count=len(self._applied),

@@ -17,7 +17,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from .reload import LiveConfig
+from .reload import UPGRADES_NEED_WORKERS, LiveConfig
+from .wording import counted
 
 
 class ReloadOnSignal(Service):
@@ -94,8 +95,7 @@ class ReloadOnSignal(Service):
     def _upgrade(self) -> None:
         if self.upgrade is None:
             self.log.warn(  # noqa: G010
-                "SIGUSR2 received, but upgrades need worker processes (--workers 2 or "
-                "more); nothing done")
+                "SIGUSR2 received, but {why}; nothing done", why=UPGRADES_NEED_WORKERS)
             return
         self.log.info("SIGUSR2 received: upgrading the workers")
         # The group logs why an upgrade failed.
@@ -139,8 +139,8 @@ class GracefulStop(Service):
         left = self.live.inFlight()
         if left:
             self.log.info(
-                "stopping: {active} connections get up to {grace}s to finish",
-                active=left, grace=self.grace,
+                "stopping: up to {grace}s for {activeCount} to finish",
+                active=left, grace=self.grace, activeCount=counted(left, "connection"),
             )
 
         def check() -> None:
@@ -150,8 +150,9 @@ class GracefulStop(Service):
             closed = self.live.closeEverything()
             if closed:
                 self.log.warn(  # noqa: G010
-                    "stopping: closed {closed} connections still open after "
+                    "stopping: closed {closedCount} still open after "
                     "the {grace}s grace period", closed=closed, grace=self.grace,
+                    closedCount=counted(closed, "connection"),
                 )
             done.callback(None)
 

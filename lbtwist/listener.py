@@ -18,6 +18,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 from .accesslog import AccessLogEvents, IAccessLog
 from .pool import BackendPool
 from .proxyprotocol import PROXY_HEADERS
+from .wording import counted
 
 # The sans-IO core (the pool) logs through txaio.  This layer, which every
 # listener of either mode is built on, runs it on Twisted: it selects that
@@ -108,9 +109,9 @@ class ConnectionLimit:
             self._reading = False
             self.paused += 1
             self.log.warn(
-                "{active} client connections open, the global maxconn: "
+                "{activeCount} open, the global maxconn: "
                 "listeners paused until one closes",
-                active=self.active,
+                active=self.active, activeCount=counted(self.active, "client connection"),
             )
             for port in self._ports:
                 port.stopReading()

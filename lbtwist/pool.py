@@ -20,6 +20,7 @@ import txaio
 
 from .config import MAX_WEIGHT, BackendConfig, HealthCheck, PoolConfig
 from .policies import POLICIES, BalancingPolicy
+from .wording import counted
 
 # Upper bounds (seconds) of the response-time histogram buckets.
 RESPONSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -575,9 +576,10 @@ class BackendPool:
         if len(self._waiting) >= self.config.queue.size:
             self.queueFull += 1
             self.log.warn(
-                "pool {pool}: every backend at maxconn and {size} clients queued; "
+                "pool {pool}: every backend at maxconn and {queued} queued; "
                 "refusing a client",
                 pool=self.name,
+                queued=counted(len(self._waiting), "client"),
                 size=len(self._waiting),
             )
             return False
@@ -721,7 +723,7 @@ class BackendPool:
             self._setHealth(
                 backend,
                 Health.DOWN,
-                f"{_clause(reason)}, {backend.consecutiveFailures} failures in a row",
+                f"{_clause(reason)}, {counted(backend.consecutiveFailures, 'failure')} in a row",
             )
 
     def connectSucceeded(self, backend: Backend) -> None:
@@ -757,7 +759,7 @@ class BackendPool:
         backend.errorStreak += 1
         if backend.errorStreak >= limit:
             streak, backend.errorStreak = backend.errorStreak, 0
-            self.markDown(backend, "errors", f"{streak} errors in a row, the last {reason}")
+            self.markDown(backend, "errors", f"{counted(streak, 'error')} in a row, the last {reason}")
 
     def exchangeSucceeded(self, backend: Backend) -> None:
         """
@@ -802,8 +804,9 @@ class BackendPool:
             # another backend is back; said once per streak.
             self.log.warn(
                 "backend {backend} of pool {pool} is an outlier ({why}) but "
-                "stays: {ejected} of {total} backends are ejected already "
+                "stays: {ejected} of {backendCount} ejected already "
                 "(max-ejected-percent {percent})",
+                backendCount=counted(len(self._backends), "backend"),
                 pool=self.name, backend=backend.name, why=why,
                 ejected=len(self._ejected), total=len(self._backends),
                 percent=outlier.maxEjectedPercent,

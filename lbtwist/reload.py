@@ -43,8 +43,15 @@ from .diff import poolChanges, routeChanges, runnable
 from .policies import POLICIES
 from .pool import Admin, Backend, BackendPool
 from .state import Overrides, StateError, StateFile
+from .wording import counted
 
 DEFAULT_GRACE = 30.0
+
+#: Why a single process cannot upgrade, and how to start one that can.
+UPGRADES_NEED_WORKERS = (
+    "upgrades need worker processes: start with --workers 2 or more (workers: in the "
+    "file), or --master (master: true) for one worker with a master"
+)
 
 
 class UnknownPool(KeyError):
@@ -308,7 +315,8 @@ class LiveConfig:
                 continue
             factory.setRoutes(*wanted)
             self.appliedRoutes[listener.name] = wanted
-            self.log.info("listener {listener}: {count} routes in use", listener=listener.name,
+            self.log.info("listener {listener}: {routeCount} in use", listener=listener.name,
+                          routeCount=counted(len(listener.routes), "route"),
                           count=len(listener.routes), routes=[r.name for r in listener.routes])
 
     def poolUsers(self, name: str, config: Config | None = None) -> list[str]:
@@ -391,9 +399,10 @@ class LiveConfig:
         if not backend.closers:
             return
         self.log.info(
-            "backend {backend} of pool {pool} draining: {active} connections "
-            "get {grace}s to finish",
+            "backend {backend} of pool {pool} draining: {grace}s for {activeCount} "
+            "to finish",
             backend=backend.name, pool=pool, active=backend.active, grace=self.grace,
+            activeCount=counted(backend.active, "connection"),
         )
 
         def graceOver() -> None:
@@ -401,9 +410,10 @@ class LiveConfig:
             closed = backend.closeAll()
             if closed:
                 self.log.warn(  # noqa: G010
-                    "backend {backend} of pool {pool}: closed {closed} connections "
+                    "backend {backend} of pool {pool}: closed {closedCount} "
                     "still open after the {grace}s grace period",
                     backend=backend.name, pool=pool, closed=closed, grace=self.grace,
+                    closedCount=counted(closed, "connection"),
                 )
 
         self.draining[backend] = self.clock.callLater(self.grace, graceOver)
@@ -553,9 +563,14 @@ class LiveConfig:
             listeners.append(listener)
         return attrs.evolve(new, listeners=tuple(listeners))
 
-    def reload(self) -> str | None:
+    def reload(self, upgrade: bool = False) -> str | None:
         """
         Read the configuration file again and apply it.
+
+        @param upgrade: this is an upgrade's reload: what a reload cannot
+            apply, the upgrade's new workers (or its re-executed master)
+            will, so it is said at info level, not named as needing a
+            restart.
 
         @return: L{None} when applied, else why it was rejected (the running
             configuration stays).
@@ -575,7 +590,13 @@ class LiveConfig:
         old = self.fileConfig
         new, self.restartNeeded = runnable(new, old, poolsLive=self.balancer is not None)
         new = self._runnableRoutes(new)
-        if self.restartNeeded:
+        if self.restartNeeded and upgrade:
+            self.log.info(
+                "upgrade: {settings} change with the new workers (the master's own "
+                "settings by re-executing it); applying everything else now",
+                settings=", ".join(self.restartNeeded),
+            )
+        elif self.restartNeeded:
             self.log.warn(  # noqa: G010
                 "configuration reload: {settings} only change with a restart; "
                 "applying everything else",
@@ -616,21 +637,15 @@ class LiveConfig:
         backends = sum(len(p) for p in self.pools.values())
         self.log.info(
             "configuration reloaded: {backendCount} in {poolCount}, {outcome}",
-            backendCount=_counted(backends, "backend"),
-            poolCount=_counted(len(self.pools), "pool"),
-            outcome=f"{_counted(changed, 'pool')} changed" if changed else "no change",
+            backendCount=counted(backends, "backend"),
+            poolCount=counted(len(self.pools), "pool"),
+            outcome=f"{counted(changed, 'pool')} changed" if changed else "no change",
             backends=backends,
             pools=len(self.pools),
             changed=changed,
         )
         return None
 
-
-def _counted(n: int, noun: str) -> str:
-    """
-    C{n} and C{noun}, plural unless C{n} is 1: C{"1 pool"}, C{"2 pools"}.
-    """
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def configLoader(path: str) -> Callable[[], Config]:

@@ -11,6 +11,7 @@ into a table for the hot path.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import attrs
 
@@ -207,6 +208,21 @@ class Route:
         if self.pool is not None:
             return (self.pool,)
         return tuple(name for name, _ in self.pools)
+
+
+def unmatchedPool(pool: str, routes: Sequence[Route], defaultRoute: Route | None) -> str | None:
+    """
+    The pool a listener sends what no route matches to, to show it: its
+    C{pool} when it has no routes, or when its default route goes to a
+    pool; L{None} when no route matching gets a 404 (HTTP) or a close, or
+    the default route answers itself (the listener's C{pool} is then only a
+    placeholder nothing is sent to).
+    """
+    if not routes:
+        return pool
+    if defaultRoute is not None and defaultRoute.poolNames:
+        return pool
+    return None
 
 
 def parseRate(text: str) -> float:

@@ -26,8 +26,10 @@ from .health import HealthMonitor, Probe, TCPProbe
 from .listener import ConnectionLimit
 from .pool import Backend, BackendPool
 from .reporter import StatusReporter
+from .routeconfig import unmatchedPool
 from .tcp import TCPProxyFactory, describe
 from .tlslisten import ListenerCertificates, TLSListeningReactor, listenerReactor
+from .wording import counted
 
 FactoryBuilder = Callable[["LoadBalancer", ListenerConfig, BackendPool], ServerFactory]
 
@@ -192,11 +194,14 @@ class ListenerService(PortService):
         if limit is not None and hasattr(port, "stopReading"):
             limit.addPort(port)
             self._limitedPort = port
+        listener = self.listener
+        pool = unmatchedPool(listener.pool, listener.routes, listener.defaultRoute)
         self.log.info(
-            "listener {listener} ({mode} mode, pool {pool}) accepting on {scope}{address}",
-            listener=self.listener.name,
-            mode=self.listener.mode,
-            pool=self.listener.pool,
+            "listener {listener} ({mode} mode, {sendsTo}) accepting on {scope}{address}",
+            listener=listener.name,
+            mode=listener.mode,
+            sendsTo="routes only" if pool is None else f"pool {pool}",
+            pool=pool,
             address=describe(address) if address is not None else self.listener.endpoint,
             scope=addressScope(getattr(address, "host", None)),
         )
@@ -349,8 +354,8 @@ class LoadBalancer(MultiService):
         self._warnUnverified(config)
         pool = self.pools[config.name] = BackendPool(config, self._rng, self.reactor.seconds)
         self._monitor(pool)
-        self.log.info("pool {pool} added with {count} backends", pool=config.name,
-                      count=len(pool))
+        self.log.info("pool {pool} added with {backendCount}", pool=config.name,
+                      backendCount=counted(len(pool), "backend"), count=len(pool))
         return pool
 
     def removePool(self, name: str) -> BackendPool:

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.accesslog import AccessLogFile, httpLine, tcpLine
@@ -81,14 +82,20 @@ class AccessLogFileTests(SynchronousTestCase):
     def test_writeErrors(self) -> None:
         """
         When the file cannot be written the lines are counted as dropped
-        and logged about, and nothing is raised to the caller.
+        and logged about (the count in the right number), and nothing is
+        raised to the caller.
         """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         os.close(self.log._fd)  # type: ignore[arg-type]
         self.log._fd = os.open(os.devnull, os.O_RDONLY)
         self.log.write("lost")
         self.log.flush()
         self.assertEqual(self.log.dropped, 1)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+        [said] = [formatEvent(e) for e in events if "lost so far" in e.get("log_format", "")]
+        self.assertTrue(said.endswith("; 1 line lost so far"), said)
 
     def test_reopen(self) -> None:
         """

@@ -395,6 +395,18 @@ class ChangeTests(TestCase):
         self.assertEqual(h.snapshot(), before)
 
     @inlineCallbacks
+    def test_upgradeWithoutWorkers(self) -> Any:
+        """
+        An upgrade of a single process is a 409 that names both ways to
+        start one that can upgrade: workers, or a master with one worker.
+        """
+        h = AdminHarness(self)
+        status, body = yield h.call("POST", "/api/upgrade", {})
+        self.assertEqual(status, 409)
+        self.assertIn("--workers 2 or more (workers: in the file)", body["error"])
+        self.assertIn("--master (master: true) for one worker with a master", body["error"])
+
+    @inlineCallbacks
     def test_largeBodies(self) -> Any:
         """
         A body over 64 KiB, given with a length or chunked, is a 413 and is

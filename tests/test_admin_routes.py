@@ -19,12 +19,13 @@ from typing import Any
 
 import yaml
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.admin._views import routeData
 from lbtwist.app import Balancer
 from lbtwist.config import parseConfig, parseRoutes
-from lbtwist.routeconfig import Route
+from lbtwist.routeconfig import Route, unmatchedPool
 
 from . import test_dashboard
 from .support import Backends, NamedFactory, firstLine, inThread, reactor, sleep
@@ -280,6 +281,70 @@ class HTTPRouteTests(TestCase):
             ("listener", "front"), ("route", "c")))], 2)
         status, body = yield h.call("DELETE", "/api/pools/c")
         self.assertEqual(status, 409)
+
+
+class RoutesOnlyTests(TestCase):
+    """
+    A listener with routes and no pool (what no route matches gets a 404)
+    is logged and shown with no pool, not the placeholder its
+    configuration holds.
+    """
+
+    @inlineCallbacks
+    def test_noPoolShown(self) -> Any:
+        """
+        With a default route, the listener shows its pool; without one, it
+        is logged as C{routes only} and C{GET /api/listeners} gives a
+        C{null} pool, while unmatched requests get a 404.
+        """
+        h = BalancerHarness(self, mode="http")
+        status, listeners = yield h.call("GET", "/api/listeners")
+        self.assertEqual(listeners[0]["pool"], "b")
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield h.stop()
+        del h.data["listeners"][0]["default-route"]  # type: ignore[attr-defined]
+        h.start()
+        [line] = [formatEvent(e) for e in events
+                  if e.get("log_namespace") == "lbtwist.service.ListenerService"]
+        self.assertTrue(line.startswith("listener front (http mode, routes only) accepting on "),
+                        line)
+        status, listeners = yield h.call("GET", "/api/listeners")
+        self.assertEqual((status, listeners[0]["pool"]), (200, None))
+        self.assertEqual((yield h.get("/a/x")), (200, b"a\n"))
+        self.assertEqual((yield h.get("/other"))[0], 404)
+
+
+class UnmatchedPoolTests(SynchronousTestCase):
+    """
+    L{unmatchedPool}: the pool shown for a listener.
+    """
+
+    def test_table(self) -> None:
+        """
+        A listener without routes, or whose default route goes to a pool,
+        shows that pool; one of routes only, or whose default route answers
+        itself, shows none.
+        """
+        route = {"name": "r", "match": {"path-prefix": "/a/"}, "pool": "a"}
+        table = [
+            ({"pool": "b"}, "b"),
+            ({"routes": [route]}, None),
+            ({"routes": [route], "pool": "b"}, "b"),
+            ({"routes": [route], "default-route": {"pool": "b"}}, "b"),
+            ({"routes": [route], "default-route": {"pools": {"a": 1, "b": 3}}}, "a"),
+            ({"routes": [route], "default-route": {"respond": {"status": 410}}}, None),
+        ]
+        for keys, expected in table:
+            with self.subTest(keys=keys):
+                config = parseConfig({
+                    "listeners": [{"listen": "tcp:80", "mode": "http", **keys}],
+                    "pools": {n: {"backends": ["127.0.0.1:1"]} for n in ("a", "b")}})
+                [listener] = config.listeners
+                self.assertEqual(
+                    unmatchedPool(listener.pool, listener.routes, listener.defaultRoute),
+                    expected)
 
 
 class RouteReloadTests(TestCase):

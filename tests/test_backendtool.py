@@ -1,6 +1,7 @@
 """
 Tests of the test backend as a command, C{python -m lbtwist.testing.backend}:
-what it says about the requests it gets.
+what it says about the requests it gets; and of its connection protocol
+over a memory transport.
 """
 
 from __future__ import annotations
@@ -8,14 +9,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from typing import IO, Any
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from lbtwist.testing.backend import ScriptedBackend
 from tests.support import inThread
 
 
@@ -101,3 +106,48 @@ class BackendCommandTests(TestCase):
         with open(path, encoding="utf-8") as f:
             [record] = [json.loads(line) for line in f]
         self.assertEqual((record["backend"], record["path"], record["id"]), ("t", "/x?id=7", "7"))
+
+
+class UpgradeIgnoredTests(SynchronousTestCase):
+    """
+    An C{Upgrade} the backend does not do is ignored: the request is
+    answered over HTTP/1.1 (curl --http2 sends C{Upgrade: h2c}).
+    """
+
+    H2C = (b"GET /one HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+           b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+
+    def answers(self, *pieces: bytes) -> tuple[list[str], StringTransport, ScriptedBackend]:
+        """
+        Feed C{pieces} to one connection of a backend named C{t}; the
+        status lines it answered with, its transport and the backend.
+        """
+        backend = ScriptedBackend("t", Clock())
+        transport = StringTransport()
+        proto = backend.buildProtocol(None)
+        proto.makeConnection(transport)
+        for piece in pieces:
+            proto.dataReceived(piece)
+        lines = [line.decode() for line in re.findall(rb"HTTP/1\.1 [0-9]{3} [^\r]*",
+                                                      transport.value())]
+        return lines, transport, backend
+
+    def test_upgradeAnswered(self) -> None:
+        """
+        The request asking for h2c (or a WebSocket) is answered with a 200
+        and the connection stays open for the next request, in the same
+        read or a later one.
+        """
+        websocket = (b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        nextOne = b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n"
+        for pieces in [(self.H2C,), (self.H2C + nextOne,), (self.H2C, nextOne),
+                       (websocket + nextOne,)]:
+            with self.subTest(pieces=pieces):
+                lines, transport, backend = self.answers(*pieces)
+                self.assertEqual(lines, ["HTTP/1.1 200 OK"] * len(backend.requests))
+                self.assertEqual(len(backend.requests), 1 + (nextOne in b"".join(pieces)))
+                self.assertEqual(backend.malformed, 0)
+                self.assertFalse(transport.disconnecting)
+                self.assertNotIn(b"101", transport.value())

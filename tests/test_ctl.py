@@ -10,12 +10,17 @@ import io
 import json
 import os
 import sys
+import urllib.error
+from email.message import Message
 from typing import Any
 
 import attrs
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
 
 from lbtwist.ctl import CtlError, backendBody, parser, run
 from lbtwist.pool import Admin, BackendStats
@@ -112,6 +117,86 @@ class CommandTests(TestCase):
         self.assertIn(b"cannot reach the admin API", err)
         _, err, code = yield ctl(h.admin, "weight", "a", "many")
         self.assertEqual(code, 2)
+
+
+class NotTheAdminAPITests(SynchronousTestCase):
+    """
+    An address that answers, but not as the admin API does (a listener,
+    a backend, another program), is said in one line, never a traceback
+    nor a whole page.
+    """
+
+    PAGE = b"<!DOCTYPE html><html><body>" + b"<p>hello</p>" * 50 + b"</body></html>"
+    NOT_ADMIN = "http://127.0.0.1:9000: not an lbtwist admin API (answered {})"
+
+    def answer(self, status: int, contentType: str | None, body: bytes) -> str:
+        """
+        What C{lbtwist ctl list} prints, or the error it fails with, when
+        the address answers C{status} with C{body} of C{contentType}.
+        """
+        def opener(request: Any, timeout: float) -> Any:
+            if status >= 400:
+                headers = Message()
+                if contentType is not None:
+                    headers["Content-Type"] = contentType
+                raise urllib.error.HTTPError(
+                    request.full_url, status, "Not Found", headers, io.BytesIO(body))
+            return _Answer(body, status, contentType)
+
+        out = io.StringIO()
+        try:
+            run(["ctl", "list"], {}, out, opener)
+        except CtlError as e:
+            return f"error: {e}"
+        return out.getvalue()
+
+    def test_answers(self) -> None:
+        """
+        Only a JSON answer is taken: anything else is one line naming the
+        address, the status and the content type.
+        """
+        table = [
+            (200, "text/html; charset=utf-8", self.PAGE,
+             "error: " + self.NOT_ADMIN.format("200 with text/html")),
+            (200, "text/plain", b"hello from 8001\n",
+             "error: " + self.NOT_ADMIN.format("200 with text/plain")),
+            (200, None, b"ok", "error: " + self.NOT_ADMIN.format("200 with no content type")),
+            (200, "application/json", b"<html>",
+             "error: " + self.NOT_ADMIN.format("200 with invalid JSON")),
+            (404, "text/html", self.PAGE,
+             "error: " + self.NOT_ADMIN.format("404 with text/html")),
+            (404, "application/json", b'{"error": "no such resource"}',
+             "error: GET /api/pools: 404 no such resource"),
+            (200, "application/json", b'{"pools": []}', "\n"),
+        ]
+        for status, contentType, body, expected in table:
+            with self.subTest(status=status, contentType=contentType, body=body[:20]):
+                self.assertEqual(self.answer(status, contentType, body), expected)
+
+
+class NotTheAdminAPIProcessTests(TestCase):
+    """
+    C{lbtwist ctl} as a process pointed at a web server that is not the
+    admin API.
+    """
+
+    @inlineCallbacks
+    def test_oneLineExitOne(self) -> Any:
+        """
+        It exits 1 with one line on standard error, for a 200 page as for
+        a 404 page.
+        """
+        page = Data(b"<html><body>" + b"<p>a page</p>" * 100 + b"</body></html>", "text/html")
+        page.isLeaf = True  # the page at every path: a 200 for /api/pools
+        for root, status in [(page, 200), (Resource(), 404)]:
+            port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            number = port.getHost().port
+            out, err, code = yield ctl(number, "list")
+            self.assertEqual((out, code), (b"", 1))
+            self.assertEqual(err.decode(), f"lbtwist: error: http://127.0.0.1:{number}: not "
+                                           f"an lbtwist admin API (answered {status} with "
+                                           "text/html)\n")
 
 
 class PieceTests(SynchronousTestCase):
@@ -276,7 +361,7 @@ class UpgradeCommandTests(SynchronousTestCase):
     def test_reexecAdminMoved(self) -> None:
         """
         An upgrade that moves the admin API: the workers are polled at its
-        new address.
+        new address, which is printed for the user to point ctl at.
         """
         serving = {"worker": 1, "generation": 3, "state": "serving"}
         seen, _, output = self.reexec([[serving]], {
@@ -284,9 +369,11 @@ class UpgradeCommandTests(SynchronousTestCase):
             "reasons": ["admin", "status-interval"]})
         self.assertEqual(seen, ["POST http://127.0.0.1:9000/api/upgrade",
                                 "GET http://127.0.0.1:9100/api/workers"])
-        # It says why the master re-executed itself.
+        # It says why the master re-executed itself, and where the API went.
         self.assertEqual(output, "upgraded: the master re-executed itself (admin, "
-                                 "status-interval); generation 3 serves\n")
+                                 "status-interval); generation 3 serves\n"
+                                 "the admin API now answers at http://127.0.0.1:9100: update "
+                                 "LBTWIST_ADMIN (or --admin)\n")
 
     def test_reexecNeverServes(self) -> None:
         """
@@ -336,7 +423,18 @@ class FakeAPI:
 class _Answer(io.BytesIO):
     """
     A response body, usable as a context manager as urlopen's answer is.
+
+    @ivar status: its status.
+    @ivar headers: its headers (a JSON content type unless given).
     """
+
+    def __init__(self, body: bytes, status: int = 200,
+                 contentType: str | None = "application/json") -> None:
+        super().__init__(body)
+        self.status = status
+        self.headers = Message()
+        if contentType is not None:
+            self.headers["Content-Type"] = contentType
 
     def __enter__(self) -> _Answer:  # noqa: PYI034
         return self
@@ -374,16 +472,16 @@ class RouteCommandTests(TestCase):
             f.write('[{"name": "x", "pool": "nope"}]')
 
         out, err, code = yield ctl(h.admin, "pool-add", "c", poolFile)
-        self.assertEqual((code, out), (0, b"added pool c with 1 backends\n"), err)
+        self.assertEqual((code, out), (0, b"added pool c with 1 backend\n"), err)
         out, err, code = yield ctl(h.admin, "route-set", "front", routesFile)
-        self.assertEqual((code, out), (0, b"listener front: 1 routes set\n"), err)
+        self.assertEqual((code, out), (0, b"listener front: 1 route set\n"), err)
         self.assertEqual((yield h.reached()), b"c")
         yield sleep(0.1)
         out, err, code = yield ctl(h.admin, "routes")
         self.assertEqual(code, 0, err)
         self.assertEqual(out.decode().splitlines(), [
-            "front (tcp): 1 routes",
-            "  local: source=127.0.0.1/32 -> pool c (1 requests)",
+            "front (tcp): 1 route",
+            "  local: source=127.0.0.1/32 -> pool c (1 request)",
             "  default: everything -> pool b (0 requests)",
         ])
         out, err, code = yield ctl(h.admin, "routes", "front", "--json")

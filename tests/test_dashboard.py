@@ -200,13 +200,18 @@ class DashboardTests(TestCase):
         """
         An HTTP-mode balancer over backends that answer any status asked,
         and a second listener and pool C{spare} whose one backend is never
-        there, so its clients are refused for lack of a backend.
+        there, so its clients are refused for lack of a backend; a third
+        listener C{routed} has routes only.
         """
 
         def configure(data: dict[str, Any]) -> None:
             data["listeners"][0].update(name="front", pool="web")
             data["listeners"].append({"name": "spare", "listen": "tcp:0:interface=127.0.0.1",
                                       "mode": "http", "pool": "spare"})
+            data["listeners"].append({"name": "routed", "listen": "tcp:0:interface=127.0.0.1",
+                                      "mode": "http", "routes": [
+                                          {"name": "s", "match": {"path-prefix": "/s/"},
+                                           "pool": "spare"}]})
             data["pools"]["spare"] = {
                 "backends": [{"name": "gone",
                               "endpoint": f"tcp:host=127.0.0.1:port={freePort()}"}],
@@ -223,7 +228,8 @@ class DashboardTests(TestCase):
         of a backend, the overview shows non-zero error rates (per pool and
         in total) and response-time percentiles; the listeners show status
         classes; each backend's share bar has its legend colour; the charts
-        draw a total and label their axes with nice ticks.
+        draw a total and label their axes with nice ticks; a listener of
+        routes only shows no pool.
         """
         h = self.errorHarness()
         spare = h.lb.pools["spare"]
@@ -259,6 +265,11 @@ class DashboardTests(TestCase):
             self.assertNotEqual(backends[name]["p50"], "-")
         front = rows(dom, _LISTENER)["front"]
         self.assertEqual((front["s5xx"], front["s4xx"], front["s2xx"]), ("4", "2", "12"))
+        # A listener of routes only has no pool to show.
+        listenerRows = dict(_LISTENER.findall(dom))
+        self.assertIn("<td>front</td><td>http</td><td>web</td>", listenerRows["front"])
+        self.assertIn("<td>routed</td><td>http</td><td>routes only</td>",
+                      listenerRows["routed"])
         # One colour per backend, the same in the legend and the share bar.
         legend = dict(_LEGEND.findall(dom))
         bars = dict(_BAR.findall(tableOf(dom, "web")))

@@ -13,13 +13,14 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
 from lbtwist.dial import Dialler
 from lbtwist.http import HTTPProxyFactory
-from lbtwist.http._errors import BadRequest
+from lbtwist.http._errors import ERRORS_CLOSE, BadRequest
 from lbtwist.http._plan import checkTransferEncoding, cookieValue
 from lbtwist.http._pool import IdleConnections
 from lbtwist.pool import BackendPool
@@ -273,6 +274,47 @@ class ProxyStateTests(SynchronousTestCase):
         backend.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
         self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc")
         self.assertTrue(transport.disconnecting)
+
+
+    def test_h2cPrefaceWithoutH2c(self) -> None:
+        """
+        An HTTP/2 connection preface on a listener without h2c is refused
+        with a 400 and a log line that say so in an operator's words
+        (llhttp's own are "Pause on PRI/Upgrade"), and nothing is forwarded.
+        """
+        factory = self.makeFactory()
+        events: list[dict[str, Any]] = []
+        factory.log = Logger(observer=events.append)
+        client, transport = self.connectClient(factory)
+        client.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+        self.assertIn(b"Connection: close\r\n", answer)
+        self.assertTrue(answer.endswith(
+            b"\r\n\r\n400 Bad Request: an HTTP/2 (h2c) preface on a listener without h2c:"
+            b" set http2: true on the listener.\n"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+        [event] = [e for e in events if "refused" in e["log_format"]]
+        self.assertEqual(
+            formatEvent(event),
+            "refused request from 192.0.2.7:5555: 400 (an HTTP/2 (h2c) preface on a listener"
+            " without h2c: set http2: true on the listener)",
+        )
+
+    def test_malformedKeepsGenericAnswer(self) -> None:
+        """
+        Any other request llhttp rejects still gets the generic 400, and
+        the log keeps llhttp's reason.
+        """
+        factory = self.makeFactory()
+        events: list[dict[str, Any]] = []
+        factory.log = Logger(observer=events.append)
+        client, transport = self.connectClient(factory)
+        client.dataReceived(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+        self.assertEqual(transport.value(), ERRORS_CLOSE[400])
+        [event] = [e for e in events if "refused" in e["log_format"]]
+        self.assertNotIn("h2c", formatEvent(event))
 
 
 class _FakeConnection:

@@ -188,10 +188,10 @@ class LifecycleTests(TestCase):
         self.assertEqual((yield inThread(heldFile.readline)), b"a\n")
         lb.signal(signal.SIGTERM)
         for _ in range(50):
-            if lb.logLine("get up to"):
+            if lb.logLine("for 1 connection to finish"):
                 break
             yield sleep(0.1)
-        self.assertIsNotNone(lb.logLine("get up to"))
+        self.assertIsNotNone(lb.logLine("for 1 connection to finish"))
         try:
             s = socket.create_connection(("127.0.0.1", lb.port), 2)
             s.close()

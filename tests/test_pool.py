@@ -552,7 +552,7 @@ class OutlierTests(SynchronousTestCase):
         self.assertEqual(
             [text for level, text in about(events, "b")],
             ["backend b of pool web is an outlier (3 gateway errors in a row, the last "
-             "status 503) but stays: 1 of 3 backends are ejected already "
+             "status 503) but stays: 1 of 3 backends ejected already "
              "(max-ejected-percent 50)"],
         )
         clock.advance(10.0)

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig
@@ -233,6 +233,33 @@ class LiveConfigTests(SynchronousTestCase):
             attrs.evolve(t.live.fileConfig.listeners[0], tls=ListenerTLS(alpn=("h2",))),))
         self.assertIsNone(t.live.reload())
         self.assertEqual(t.live.restartNeeded, ["listeners"])
+
+    def test_upgradeNamesNoRestart(self) -> None:
+        """
+        An upgrade's reload does not claim a restart is needed for what it
+        cannot apply: it says, at info level, that the upgrade applies it;
+        a plain reload still warns that a restart is needed.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        t = Live(self, configOf(A, B))
+        moved = attrs.evolve(configOf(A, B), listeners=(
+            attrs.evolve(t.live.fileConfig.listeners[0], endpoint="tcp:1234"),))
+        said = []
+        for upgrade in (True, False):
+            t.next = moved
+            del events[:]
+            self.assertIsNone(t.live.reload(upgrade=upgrade))
+            self.assertEqual(t.live.restartNeeded, ["listeners"])
+            [event] = [e for e in events if "listeners" in formatEvent(e)]
+            said.append((event["log_level"], formatEvent(event)))
+        self.assertEqual(said, [
+            (LogLevel.info, "upgrade: listeners change with the new workers (the master's own "
+                            "settings by re-executing it); applying everything else now"),
+            (LogLevel.warn, "configuration reload: listeners only change with a restart; "
+                            "applying everything else"),
+        ])
 
     def test_certificatesReload(self) -> None:
         """

@@ -41,6 +41,7 @@ from ..metrics import (
 )
 from ..pool import Admin, Backend, BackendPool
 from ..reload import (
+    UPGRADES_NEED_WORKERS,
     DuplicateBackend,
     DuplicatePool,
     LiveConfig,
@@ -49,6 +50,7 @@ from ..reload import (
     UnknownListener,
     UnknownPool,
 )
+from ..routeconfig import unmatchedPool
 from ._input import APIError, _checkEndpoint, _shown, _state, _weight
 from ._views import (
     backendURL,
@@ -594,7 +596,8 @@ class AdminResource(Resource):
         requests refused as malformed, (listeners speaking HTTP/2) their
         HTTP/2 connections, streams, refused streams and abusive clients, and
         their routes with what each did (the default route's last) and what
-        each is (C{route}, in the configuration's shape).
+        each is (C{route}, in the configuration's shape).  C{pool} is the
+        pool of what no route matches: L{None} for a listener of routes only.
         """
         listeners = []
         for l in self.live.config.listeners:
@@ -604,7 +607,8 @@ class AdminResource(Resource):
             if l.defaultRoute is not None:
                 shapes["default"] = routeData(l.defaultRoute, default=True)
             listeners.append({
-                "name": l.name, "endpoint": l.endpoint, "pool": l.pool, "mode": l.mode,
+                "name": l.name, "endpoint": l.endpoint, "mode": l.mode,
+                "pool": unmatchedPool(l.pool, l.routes, l.defaultRoute),
                 "accepted": getattr(factory, "accepted", 0),
                 "active": getattr(factory, "activeClients", 0),
                 "responses": dict(getattr(factory, "statuses", None) or {}),
@@ -744,8 +748,7 @@ class AdminResource(Resource):
         """
         group = self.group
         if group is None:
-            raise APIError(409, "upgrades need worker processes: start with --workers 2 "
-                                "or more (workers: in the file)")
+            raise APIError(409, UPGRADES_NEED_WORKERS)
 
         def upgraded(result: Any) -> bytes:
             if result.reexec:

@@ -81,6 +81,7 @@ from ..config import (
 from ..pool import Admin
 from ..reload import LiveConfig
 from ..state import Overrides, writeAtomically
+from ..wording import counted
 from ._etcd import (
     Compacted,
     EtcdClient,
@@ -717,8 +718,11 @@ class RegistrySync(Service):
         self.registry.load(listing.revision, listing.kvs)
         self.haveRegistry = True
         self._applied()
-        self.log.info("cluster: registry listed at revision {revision}: {count} backends, "
-                      "{pools} pools created, {removed} removed, {routes} route lists",
+        self.log.info("cluster: registry listed at revision {revision}: {backendCount}, "
+                      "{poolCount} created, {removed} removed, {routeCount}",
+                      backendCount=counted(len(self.registry.backends), "backend"),
+                      poolCount=counted(len(self.registry.pools), "pool"),
+                      routeCount=counted(len(self.registry.routes), "route list"),
                       revision=listing.revision, count=len(self.registry.backends),
                       pools=len(self.registry.pools), removed=len(self.registry.removedPools),
                       routes=len(self.registry.routes))

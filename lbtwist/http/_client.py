@@ -26,7 +26,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 from ..routing import applyHeaderActions
 from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
-from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse
+from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse, parserRefusal
 from ._exchange import WAITING, Exchange, IClientSide
 from ._plan import CHUNKED, IDEMPOTENT, interimHead, planResponse, trailerBlock
 
@@ -135,6 +135,7 @@ class ClientConnection(ClientPeer, Protocol):
         self._held = False
         self._reading = True
         self._fatal: int | None = None
+        self._fatalAnswer = b""
         self._tunnel: Any = None
         self._tunnelExchange: Exchange | None = None
         self._upgradeData = b""
@@ -383,16 +384,13 @@ class ClientConnection(ClientPeer, Protocol):
             self._upgradeData = data[e.args[0]:] if e.args else b""
             self.holdRequest()
         except HttpParserError as e:
-            cause = e.__context__
-            if isinstance(cause, BadRequest):
-                status, why = cause.status, str(cause)
-            else:
-                status, why = 400, str(e)
+            refusal = parserRefusal(e)
+            status, why, answer = refusal.status, str(refusal), refusal.answer
             # The cause's traceback holds this frame: kept in a local, it
             # would make the frame, the exception and this connection a
             # cycle.
-            del cause
-            self._refuse(status, why)
+            del refusal
+            self._refuse(status, why, answer)
             return
         if self._inHead:
             # llhttp buffers a header until it ends: bound what it may hold.
@@ -420,12 +418,13 @@ class ClientConnection(ClientPeer, Protocol):
         finally:
             self._serving = False
 
-    def _refuse(self, status: int, why: str) -> None:
+    def _refuse(self, status: int, why: str, answer: bytes | None = None) -> None:
         """
-        Answer an unacceptable request with C{status} and close, after the
-        responses to the requests before it.
+        Answer an unacceptable request with C{status} (or C{answer}) and
+        close, after the responses to the requests before it.
         """
         self._fatal = status
+        self._fatalAnswer = ERRORS_CLOSE[status] if answer is None else answer
         self._inHead = False
         self.holdRequest()
         factory = self.factory
@@ -455,9 +454,8 @@ class ClientConnection(ClientPeer, Protocol):
             self._serve()
 
     def _sendFatal(self) -> None:
-        status = self._fatal
-        assert status is not None
-        self.transport.write(ERRORS_CLOSE[status])
+        assert self._fatal is not None
+        self.transport.write(self._fatalAnswer)
         self._close()
 
     # -- llhttp callbacks --------------------------------------------------

@@ -96,8 +96,39 @@ class BadRequest(Exception):
     A request head that parsed but must be refused.
 
     @ivar status: the status to answer with.
+    @ivar answer: the complete response to close with.
     """
 
-    def __init__(self, why: str, status: int = 400) -> None:
+    def __init__(self, why: str, status: int = 400, answer: bytes | None = None) -> None:
         super().__init__(why)
         self.status = status
+        self.answer = ERRORS_CLOSE[status] if answer is None else answer
+
+
+#: What llhttp says of an HTTP/2 connection preface (C{PRI * HTTP/2.0}),
+#: which reaches the HTTP/1.1 parser only on a listener without h2c.
+_LLHTTP_PRI = "Pause on PRI/Upgrade"
+
+H2C_PREFACE = (
+    "an HTTP/2 (h2c) preface on a listener without h2c: set http2: true on the listener"
+)
+
+_H2C_PREFACE_ANSWER = localResponse(
+    400, [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Cache-Control", b"no-cache")],
+    b"400 Bad Request: " + H2C_PREFACE.encode("ascii") + b".\n", head=False, close=True,
+)
+
+
+def parserRefusal(error: Exception) -> BadRequest:
+    """
+    The refusal of a request the HTTP/1.1 parser rejected: the
+    L{BadRequest} a callback raised, else llhttp's error, put in an
+    operator's words where llhttp's are its own (an h2c preface).
+    """
+    cause = error.__context__
+    if isinstance(cause, BadRequest):
+        return cause
+    why = str(error)
+    if why == _LLHTTP_PRI:
+        return BadRequest(H2C_PREFACE, 400, _H2C_PREFACE_ANSWER)
+    return BadRequest(why)

@@ -59,6 +59,7 @@ from zope.interface import Attribute  # type: ignore[import-untyped]
 from ..config import RETRY_STATUSES
 from ..connect import ConnectAttempt
 from ..pool import Backend
+from ..wording import counted
 from ._backend import BackendConnection
 from ._plan import (
     GIVE_UP,
@@ -446,9 +447,10 @@ class Exchange:
             # Backends took the request and failed it: a bad gateway, not an
             # outage (as HAProxy answers).
             self.log.warn(  # noqa: G010
-                "pool {pool}: {attempts} backends took the request of {client} "
+                "pool {pool}: {backendCount} took the request of {client} "
                 "and none answered",
                 pool=self.upstream.pool.name, attempts=len(self.tried),
+                backendCount=counted(len(self.tried), "backend"),
                 client=self.client.clientName,
             )
             self.fail(502)

@@ -240,7 +240,8 @@
     body.textContent = "";
     listeners.forEach(function (l) {
       var row = el("tr", {"data-listener": l.name});
-      [l.name, l.mode, l.pool, l.endpoint].forEach(function (v) {
+      // No pool: what no route matches gets a 404 (or a close).
+      [l.name, l.mode, l.pool === null ? "routes only" : l.pool, l.endpoint].forEach(function (v) {
         row.appendChild(el("td", {}, v));
       });
       row.appendChild(el("td", {"class": "num active"}, String(l.active)));

@@ -176,10 +176,19 @@ class ScriptedConnection(Protocol):
         if self.gone:
             return
         try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            self.factory.malformed += 1
-            self.transport.abortConnection()
+            while data:
+                try:
+                    self.parser.feed_data(data)
+                    break
+                except HttpParserUpgrade as e:
+                    # An Upgrade this backend does not do (h2c, which curl
+                    # --http2 asks for; a WebSocket): the request is
+                    # answered over HTTP/1.1, as RFC 9110 7.8 lets a
+                    # server do, and what follows it is the next request.
+                    offset = e.args[0] if e.args else len(data)
+                    if offset <= 0:
+                        raise HttpParserError("upgrade before any request") from None
+                    data = data[offset:]
         except HttpParserError:
             self.factory.malformed += 1
             self.transport.write(

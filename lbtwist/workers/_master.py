@@ -810,7 +810,7 @@ class WorkerGroup(Service):
         """
         if self.upgrading is not None:
             return fail(UpgradeUnderWay("an upgrade is already under way"))
-        problem = self.live.reload() if self.live.loadConfig is not None else None
+        problem = self.live.reload(upgrade=True) if self.live.loadConfig is not None else None
         if problem is not None:
             return self._failed(f"the configuration on disk is not valid: {problem}")
         config = (self.text.config if self.text is not None and self.text.config is not None
