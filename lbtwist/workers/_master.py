@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from ..lifecycle import sdNotify
 from ..pool import Health, PoolEvent
 from ..reload import LiveConfig
+from ..wording import counted
 from ._handover import (
     Handover,
     InheritedSocket,
@@ -459,8 +460,9 @@ class WorkerGroup(Service):
         if self.handover is not None:
             self._adoptWorkers(self.handover)
         self.slots = [self._spawn(WorkerSlot(i, self.generation)) for i in range(1, self.count + 1)]
-        self.log.info("master (pid {pid}) starting {count} workers of generation {generation}",
-                      pid=os.getpid(), count=self.count, generation=self.generation)
+        self.log.info("master (pid {pid}) starting {workers} of generation {generation}",
+                      pid=os.getpid(), count=self.count, workers=counted(self.count, "worker"),
+                      generation=self.generation)
         if self.inherited:
             # The previous image's workers run what it ran before the
             # upgrade's reload: until they retire, they run what this one
@@ -500,8 +502,9 @@ class WorkerGroup(Service):
         if self.inherited:
             self.reaper.start(REAP_INTERVAL, now=False)
         self.log.info(
-            "master (pid {pid}) re-executed: {count} workers of generation {old} serve until "
+            "master (pid {pid}) re-executed: {workers} of generation {old} serve until "
             "generation {generation} does", pid=os.getpid(), count=len(serving),
+            workers=counted(len(serving), "worker"),
             old=handover.generation, generation=self.generation)
 
         def retire(_: object) -> None:
@@ -830,8 +833,9 @@ class WorkerGroup(Service):
             return self._failed(str(e))
         generation = self.generation + 1
         sockets = {l.name: self.bound[l.name, l.endpoint].socket for l in config.listeners}
-        self.log.info("upgrade: starting generation {generation} ({count} workers)",
-                      generation=generation, count=self.count)
+        self.log.info("upgrade: starting generation {generation} ({workers})",
+                      generation=generation, count=self.count,
+                      workers=counted(self.count, "worker"))
         new = [self._spawn(WorkerSlot(i, generation), sockets) for i in range(1, self.count + 1)]
         self.retiring.extend(new)
         waiting = DeferredList([whenReady(s) for s in new], fireOnOneErrback=True,
