@@ -528,7 +528,8 @@ class CheckTests(TestCase):
     def test_errors(self) -> None:
         """
         A missing CA file, a CA file that holds a key, a client key that is
-        not the client certificate's.
+        not the client certificate's: each named by the key that gave it,
+        in the pool's C{tls} block or the backend's own.
         """
         directory = self.mktemp()
         os.makedirs(directory)
@@ -536,11 +537,11 @@ class CheckTests(TestCase):
         client = ca.issue("client", ["lbtwist.client"], client=True)
         missing = os.path.join(directory, "missing.pem")
 
-        def check(tls: dict[str, Any]) -> str:
+        def check(tls: dict[str, Any], poolTLS: dict[str, Any] | None = None) -> str:
             with self.assertRaises(ConfigError) as e:
                 checkTLS(parseConfig({
                     "listeners": [{"listen": "tcp:0"}],
-                    "pools": {"web": {"backends": [
+                    "pools": {"web": {"tls": poolTLS, "backends": [
                         {"name": "a", "endpoint": "tcp:host=127.0.0.1:port=443"},
                         {"name": "b", "endpoint": "tcp:host=127.0.0.1:port=444", "tls": tls}]}},
                 }))
@@ -548,13 +549,24 @@ class CheckTests(TestCase):
 
         where = "pools.web.backends[1].tls"
         self.assertEqual(check({"ca": missing}),
-                         f"{where}: cannot read {missing!r}: No such file or directory")
+                         f"{where}.ca: cannot read {missing!r}: No such file or directory")
         self.assertEqual(check({"ca": ca.key}),
-                         f"{where}: {ca.key!r} is not a PEM certificate "
+                         f"{where}.ca: {ca.key!r} is not a PEM certificate "
                          "(it holds a private key: is it the key file?)")
         self.assertEqual(check({"ca": ca.cert, "client-cert": client[0], "client-key": ca.key}),
                          f"{where}: the key in {ca.key!r} does not match the certificate in "
                          f"{client[0]!r}")
+        self.assertEqual(check({"client-cert": client[0], "client-key": missing}),
+                         f"{where}.client-key: cannot read {missing!r}: No such file or directory")
+        # Given in the pool's block, a file is named there.
+        self.assertEqual(check({}, {"ca": missing}),
+                         f"pools.web.tls.ca: cannot read {missing!r}: No such file or directory")
+        self.assertEqual(check({"ca": missing}, {"ca": ca.cert}),
+                         f"{where}.ca: cannot read {missing!r}: No such file or directory")
+        self.assertEqual(check({"verify-host": "app.internal"},
+                               {"client-cert": missing, "client-key": client[1]}),
+                         f"pools.web.tls.client-cert: cannot read {missing!r}: "
+                         "No such file or directory")
         checkTLS(parseConfig({
             "listeners": [{"listen": "tcp:0"}],
             "pools": {"web": {"tls": {"ca": ca.cert, "client-cert": client[0],
