@@ -219,7 +219,8 @@ class _Verification:
         def verify(connection: SSL.Connection, cert: crypto.X509, code: int, depth: int,
                    ok: int) -> bool:
             if not protocol:
-                return False
+                # Judged already (refused, or the backend's own one passed).
+                return bool(ok)
             try:
                 message = self.problem(cert.to_cryptography(), code, depth, bool(ok))
             except Exception:
