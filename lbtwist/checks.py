@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
 from .backendtls import clientOptions
-from .certificates import CertificateError
-from .config import Config, ConfigError
+from .certificates import CertificateError, loadCertificates, loadChain, loadKey
+from .config import BackendTLS, Config, ConfigError
 from .tlslisten import ListenerCertificates
 
 
@@ -74,17 +74,40 @@ def checkTLS(config: Config) -> None:
             ListenerCertificates(listener, f"listeners[{i}]", time.time).build()
     for p in config.pools:
         seen = set()
+        poolFiles = {key: name for key, name, _ in _tlsFiles(p.tls)} if p.tls else {}
         for i, b in enumerate(p.backends):
             if b.tls is None or b.tls in seen:
                 continue
             seen.add(b.tls)
             where = f"pools.{p.name}.backends[{i}].tls"
+            for key, name, load in _tlsFiles(b.tls):
+                # Named where it was written: the pool's block, unless the
+                # backend's own block gave another file.
+                owner = f"pools.{p.name}.tls" if poolFiles.get(key) == name else where
+                try:
+                    load(name)
+                except CertificateError as e:
+                    raise ConfigError(f"{owner}.{key}", str(e)) from None
             try:
                 clientOptions(b.tls, b.endpoint)
             except CertificateError as e:
                 raise ConfigError(where, str(e)) from None
             except Exception as e:
                 raise ConfigError(where, f"cannot set up TLS: {e}") from e
+
+
+def _tlsFiles(tls: BackendTLS) -> list[tuple[str, str, Callable[[str], object]]]:
+    """
+    The files TLS to a backend reads, each with its key and the reader that
+    checks it: the C{ca} file (unless the system's, or not verifying), the
+    client certificate and its key.
+    """
+    files: list[tuple[str, str, Callable[[str], object]]] = []
+    if tls.verify and tls.ca != "system":
+        files.append(("ca", tls.ca, loadCertificates))
+    if tls.clientCert is not None and tls.clientKey is not None:
+        files += [("client-cert", tls.clientCert, loadChain), ("client-key", tls.clientKey, loadKey)]
+    return files
 
 
 def checkFiles(config: Config) -> None:

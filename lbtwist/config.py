@@ -796,6 +796,20 @@ _SSL_BACKEND = (
 )
 
 
+def configFile(value: object, path: str, directory: str | None) -> str:
+    """
+    A file the configuration names (a certificate, key, CA or htpasswd
+    file, an access log, the state file): a relative name is relative to
+    C{directory}, the configuration file's, so that it is the same file
+    whatever the working directory (under twistd, a .tac or systemd); with
+    no directory (a configuration not read from a file), as given.
+    """
+    name = _string(value, path)
+    if directory is None or os.path.isabs(name):
+        return name
+    return os.path.join(directory, name)
+
+
 def _hostName(value: object, path: str) -> str:
     """
     A host name or an IP address, as a certificate names it.
@@ -806,25 +820,30 @@ def _hostName(value: object, path: str) -> str:
     return name.rstrip(".")
 
 
-def parseBackendTLS(data: object, path: str, base: BackendTLS | None) -> BackendTLS | None:
+def parseBackendTLS(data: object, path: str, base: BackendTLS | None,
+                    directory: str | None = None) -> BackendTLS | None:
     """
     Overlay a C{tls} block (of a pool, or of a backend over its pool's) on
     C{base}.  C{ca} is a file or C{system}; C{client-cert} and
     C{client-key} go together; C{verify: false} is the explicit opt-out.
+
+    @param directory: what relative file names are relative to (see
+        L{configFile}).
     """
     if data is None:
         return base
     d = _mapping(data, path, _BACKEND_TLS_KEYS)
     changes: dict[str, Any] = {}
     if "ca" in d:
-        changes["ca"] = _string(d["ca"], f"{path}.ca")
+        ca = _string(d["ca"], f"{path}.ca")
+        changes["ca"] = ca if ca == "system" else configFile(ca, f"{path}.ca", directory)
     if "verify-host" in d:
         changes["verifyHost"] = _hostName(d["verify-host"], f"{path}.verify-host")
     if "sni" in d:
         changes["sni"] = _hostName(d["sni"], f"{path}.sni")
     for key, attribute in (("client-cert", "clientCert"), ("client-key", "clientKey")):
         if key in d:
-            changes[attribute] = _string(d[key], f"{path}.{key}")
+            changes[attribute] = configFile(d[key], f"{path}.{key}", directory)
     if "verify" in d:
         changes["verify"] = _boolean(d["verify"], f"{path}.verify")
         if not changes["verify"] and ("ca" in d or "verify-host" in d):
@@ -839,10 +858,12 @@ def parseBackendTLS(data: object, path: str, base: BackendTLS | None) -> Backend
 
 def parseBackend(
     data: object, path: str, health: HealthCheck, tls: BackendTLS | None = None,
+    directory: str | None = None,
 ) -> BackendConfig:
     """
     One backend: C{name}, and either C{endpoint} or C{host} and C{port};
-    C{tls} is its pool's TLS block, which its own C{tls} keys overlay.
+    C{tls} is its pool's TLS block, which its own C{tls} keys overlay (its
+    files relative to C{directory}, see L{configFile}).
     """
     if isinstance(data, str):
         data = {"endpoint": expandAddress(data)}
@@ -873,7 +894,7 @@ def parseBackend(
     kind = parseEndpoint(endpoint, False).kind
     if kind == "ssl":
         raise ConfigError(f"{path}.endpoint", _SSL_BACKEND)
-    tls = parseBackendTLS(d.get("tls"), f"{path}.tls", tls)
+    tls = parseBackendTLS(d.get("tls"), f"{path}.tls", tls, directory)
     if tls is not None and kind == "tls":
         raise ConfigError(f"{path}.tls", "a tls: endpoint speaks TLS itself; give the backend "
                                          "a tcp: endpoint for its tls block")
@@ -1059,15 +1080,16 @@ def parseHTTP(data: object, path: str) -> HTTPSettings:
     return HTTPSettings(**changes)
 
 
-def parsePool(name: str, data: object, path: str) -> PoolConfig:
+def parsePool(name: str, data: object, path: str, directory: str | None = None) -> PoolConfig:
     """
-    One pool of backends.
+    One pool of backends; the files its C{tls} blocks name are relative to
+    C{directory} (see L{configFile}).
     """
     d = _mapping(data, path, _POOL_KEYS)
     health = parseHealth(d.get("health"), f"{path}.health", HealthCheck())
-    tls = parseBackendTLS(d.get("tls"), f"{path}.tls", None)
+    tls = parseBackendTLS(d.get("tls"), f"{path}.tls", None, directory)
     backends = tuple(
-        parseBackend(b, f"{path}.backends[{i}]", health, tls)
+        parseBackend(b, f"{path}.backends[{i}]", health, tls, directory)
         for i, b in enumerate(_list(d.get("backends", []), f"{path}.backends"))
     )
     _unique(backends, lambda b: b.name, f"{path}.backends", "backend")
@@ -1094,6 +1116,8 @@ def parsePool(name: str, data: object, path: str) -> PoolConfig:
         accessLog = parseAccessLog(httpData["access-log"], f"{path}.http.access-log")
     elif "access-log" in d:
         accessLog = parseAccessLog(d["access-log"], f"{path}.access-log")
+    if isinstance(accessLog, str):
+        accessLog = configFile(accessLog, f"{path}.access-log", directory)
     t = _mapping(d.get("timeouts", {}), f"{path}.timeouts",
                  ("connect", "idle", "response", "request"))
     timeouts = Timeouts(
@@ -1232,9 +1256,11 @@ def parseRetryBudget(data: object, path: str) -> RetryBudget | None:
     return RetryBudget(**changes)
 
 
-def parseCertificates(data: object, path: str) -> tuple[CertificateFiles, ...]:
+def parseCertificates(data: object, path: str,
+                      directory: str | None = None) -> tuple[CertificateFiles, ...]:
     """
-    A listener's C{certificates}: a non-empty list of C{{cert: FILE, key: FILE}}.
+    A listener's C{certificates}: a non-empty list of C{{cert: FILE, key: FILE}}
+    (relative to C{directory}, see L{configFile}).
     """
     items = _list(data, path)
     if not items:
@@ -1246,8 +1272,8 @@ def parseCertificates(data: object, path: str) -> tuple[CertificateFiles, ...]:
         for key in ("cert", "key"):
             if key not in d:
                 raise ConfigError(f"{where}.{key}", "required (a PEM file)")
-        files.append(CertificateFiles(_string(d["cert"], f"{where}.cert"),
-                                      _string(d["key"], f"{where}.key")))
+        files.append(CertificateFiles(configFile(d["cert"], f"{where}.cert", directory),
+                                      configFile(d["key"], f"{where}.key", directory)))
     return tuple(files)
 
 
@@ -1315,7 +1341,8 @@ def parseHTTP2(data: object, path: str, mode: str) -> HTTP2Settings:
     return HTTP2Settings(**changes)
 
 
-def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> ListenerTLS:
+def parseListenerTLS(data: object, path: str, endpoint: str, mode: str,
+                     directory: str | None = None) -> ListenerTLS:
     """
     Validate a listener's C{tls} block: C{certificates}, C{alpn},
     C{min-version} and C{ciphers}.  An C{ssl:} listener may have one (its
@@ -1332,7 +1359,8 @@ def parseListenerTLS(data: object, path: str, endpoint: str, mode: str) -> Liste
                               f"required on a {kind}: listener (or listen on ssl:)")
     changes: dict[str, Any] = {}
     if "certificates" in d:
-        changes["certificates"] = parseCertificates(d["certificates"], f"{path}.certificates")
+        changes["certificates"] = parseCertificates(d["certificates"], f"{path}.certificates",
+                                                    directory)
     if "alpn" in d:
         changes["alpn"] = parseALPN(d["alpn"], f"{path}.alpn", mode)
     if "min-version" in d:
@@ -1614,7 +1642,8 @@ def _rateLimit(data: object, path: str) -> RateLimit:
     )
 
 
-def _auth(data: object, path: str, readFile: Callable[[str], bytes]) -> BasicAuth:
+def _auth(data: object, path: str, readFile: Callable[[str], bytes],
+          directory: str | None) -> BasicAuth:
     d = _mapping(data, path, ("basic",))
     if "basic" not in d:
         raise ConfigError(f"{path}.basic", "required (realm and users)")
@@ -1622,7 +1651,7 @@ def _auth(data: object, path: str, readFile: Callable[[str], bytes]) -> BasicAut
     realm = _headerValue(b.get("realm", "lbtwist"), f"{path}.basic.realm")
     if '"' in realm or "\\" in realm:
         raise ConfigError(f"{path}.basic.realm", "a realm may not hold '\"' or '\\'")
-    usersFile = _string(b.get("users"), f"{path}.basic.users")
+    usersFile = configFile(b.get("users"), f"{path}.basic.users", directory)
     try:
         data = readFile(usersFile)
     except OSError as e:
@@ -1691,7 +1720,8 @@ _ROUTE_PARTS: dict[str, tuple[str, Callable[[object, str], object]]] = {
 
 
 def parseRoute(data: object, path: str, mode: str, poolNames: Sequence[str],
-               readFile: Callable[[str], bytes], name: str | None = None) -> Route:
+               readFile: Callable[[str], bytes], name: str | None = None,
+               directory: str | None = None) -> Route:
     """
     One route of a listener of C{mode}; C{name} is its name unless it gives
     one.  A default route (C{name} given) has no C{match}.
@@ -1724,7 +1754,7 @@ def parseRoute(data: object, path: str, mode: str, poolNames: Sequence[str],
     if "retries" in d:
         changes["retries"] = _integer(d["retries"], f"{path}.retries", 0, 100)
     if "auth" in d:
-        changes["auth"] = _auth(d["auth"], f"{path}.auth", readFile)
+        changes["auth"] = _auth(d["auth"], f"{path}.auth", readFile, directory)
     return Route(
         name=_name(d.get("name", name), f"{path}.name"),
         match=parseMatch(d.get("match"), f"{path}.match", mode),
@@ -1742,7 +1772,8 @@ def readFileBytes(path: str) -> bytes:
 
 
 def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
-                readFile: Callable[[str], bytes] = readFileBytes) -> tuple[Route, ...]:
+                readFile: Callable[[str], bytes] = readFileBytes,
+                directory: str | None = None) -> tuple[Route, ...]:
     """
     A listener's C{routes:} list, checked whole: names unique, no route
     after one that matches everything (it could never be taken).  The admin
@@ -1753,7 +1784,7 @@ def parseRoutes(data: object, path: str, mode: str, poolNames: Sequence[str],
         where = f"{path}[{i}]"
         if isinstance(item, Mapping) and "name" not in item:
             item = {**item, "name": f"route{i}"}
-        route = parseRoute(item, where, mode, poolNames, readFile)
+        route = parseRoute(item, where, mode, poolNames, readFile, directory=directory)
         if route.name == "default":
             raise ConfigError(f"{where}.name", "'default' is the default route's name (in the "
                                                "counters and metrics): choose another")
@@ -1784,10 +1815,11 @@ def parseEtcdURL(value: object, path: str) -> str:
     return url
 
 
-def parseCluster(data: object, path: str) -> ClusterConfig | None:
+def parseCluster(data: object, path: str, directory: str | None = None) -> ClusterConfig | None:
     """
     The C{cluster} block: C{etcd} (a URL or a list of them), C{prefix},
-    C{username}, C{password}, C{tls} (C{ca}, C{cert}, C{key}).
+    C{username}, C{password}, C{tls} (C{ca}, C{cert}, C{key}: files
+    relative to C{directory}, see L{configFile}).
     """
     if data is None:
         return None
@@ -1807,7 +1839,8 @@ def parseCluster(data: object, path: str) -> ClusterConfig | None:
     tls = None
     if d.get("tls") is not None:
         t = _mapping(d["tls"], f"{path}.tls", ("ca", "cert", "key"))
-        files = {k: _string(t[k], f"{path}.tls.{k}") for k in ("ca", "cert", "key") if k in t}
+        files = {k: configFile(t[k], f"{path}.tls.{k}", directory)
+                 for k in ("ca", "cert", "key") if k in t}
         if ("cert" in files) != ("key" in files):
             raise ConfigError(f"{path}.tls", "give both cert and key, or neither")
         tls = ClusterTLS(**files)
@@ -1823,12 +1856,13 @@ TOP_KEYS = (
 
 
 def _listenerRoutes(ld: Mapping[str, Any], path: str, mode: str, poolNames: Sequence[str],
-                    readFile: Callable[[str], bytes]) -> tuple[tuple[Route, ...], Route | None]:
+                    readFile: Callable[[str], bytes],
+                    directory: str | None) -> tuple[tuple[Route, ...], Route | None]:
     """
     A listener's routes and default route; a C{pool:} beside C{routes:} is
     the default route's pool.
     """
-    routes = (parseRoutes(ld["routes"], f"{path}.routes", mode, poolNames, readFile)
+    routes = (parseRoutes(ld["routes"], f"{path}.routes", mode, poolNames, readFile, directory)
               if "routes" in ld else ())
     if "default-route" in ld:
         if "pool" in ld:
@@ -1839,7 +1873,7 @@ def _listenerRoutes(ld: Mapping[str, Any], path: str, mode: str, poolNames: Sequ
             raise ConfigError(f"{path}.default-route", f"unreachable: route "
                               f"{routes[-1].name!r} matches every request before it")
         return routes, parseRoute(ld["default-route"], f"{path}.default-route", mode,
-                                  poolNames, readFile, name="default")
+                                  poolNames, readFile, name="default", directory=directory)
     if routes and "pool" in ld:
         pool = _string(ld["pool"], f"{path}.pool")
         if pool not in poolNames:
@@ -1848,11 +1882,15 @@ def _listenerRoutes(ld: Mapping[str, Any], path: str, mode: str, poolNames: Sequ
     return routes, None
 
 
-def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) -> Config:
+def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
+                directory: str | None = None) -> Config:
     """
     Validate plain data (as loaded from YAML) into a L{Config}.
 
     @param readFile: reads a file a route names (an htpasswd file).
+    @param directory: the configuration file's directory, which the
+        relative names of the files it reads are relative to (see
+        L{configFile}); L{None} keeps them as given.
     @raise ConfigError: naming the first problem found.
     """
     d = _mapping(data if data is not None else {}, "", TOP_KEYS)
@@ -1860,7 +1898,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
     if not isinstance(poolData, Mapping):
         raise ConfigError("pools", f"expected a mapping of pool names, got {_describe(poolData)}")
     pools = tuple(
-        parsePool(_name(name, f"pools.{name}"), body, f"pools.{name}")
+        parsePool(_name(name, f"pools.{name}"), body, f"pools.{name}", directory)
         for name, body in poolData.items()
     )
     if not pools:
@@ -1873,7 +1911,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
         endpoint = validateEndpoint(ld.get("listen"), f"{path}.listen", server=True)
         mode = _choice(ld.get("mode", "tcp"), f"{path}.mode", MODES)
         poolNames = [p.name for p in pools]
-        routes, defaultRoute = _listenerRoutes(ld, path, mode, poolNames, readFile)
+        routes, defaultRoute = _listenerRoutes(ld, path, mode, poolNames, readFile, directory)
         if "pool" in ld:
             poolName = _string(ld["pool"], f"{path}.pool")
         elif defaultRoute is not None:
@@ -1897,7 +1935,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
                 defaultRoute=defaultRoute,
                 tls=(
                     None if ld.get("tls") is None
-                    else parseListenerTLS(ld["tls"], f"{path}.tls", endpoint, mode)
+                    else parseListenerTLS(ld["tls"], f"{path}.tls", endpoint, mode, directory)
                 ),
                 http2=parseHTTP2(ld.get("http2"), f"{path}.http2", mode),
             )
@@ -1932,12 +1970,12 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes) 
             None if d.get("admin-token") is None
             else _string(d["admin-token"], "admin-token")
         ),
-        state=None if d.get("state") is None else _string(d["state"], "state"),
+        state=None if d.get("state") is None else configFile(d["state"], "state", directory),
         maxconn=_integer(d.get("maxconn", 0), "maxconn", 0, MAX_CONNECTIONS),
         resolvers=parseResolvers(d.get("resolvers"), "resolvers"),
         workers=parseWorkers(d.get("workers", 1), "workers"),
         master=parseMaster(d.get("master", False), "master"),
-        cluster=parseCluster(d.get("cluster"), "cluster"),
+        cluster=parseCluster(d.get("cluster"), "cluster", directory),
     )
 
 
@@ -2018,7 +2056,8 @@ def loadConfigFile(path: str) -> Config:
 
 def parseConfigText(text: str, path: str) -> Config:
     """
-    Validate the YAML text of configuration file C{path}.
+    Validate the YAML text of configuration file C{path}; the files it
+    names are relative to C{path}'s directory.
 
     @raise ConfigError: it is not YAML, or is invalid.
     """
@@ -2026,4 +2065,4 @@ def parseConfigText(text: str, path: str) -> Config:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as e:
         raise ConfigError("", f"config file {path!r} is not valid YAML: {e}") from e
-    return parseConfig(data)
+    return parseConfig(data, directory=os.path.dirname(os.path.abspath(path)))

@@ -88,6 +88,21 @@ def failureKind(reason: Failure) -> str:
     return "connect"
 
 
+# The words a failed connect is counted with, by its kind (any other kind
+# says what went wrong).
+_FAILURE_REASONS = {"refused": "connection refused", "timeout": "connect timed out"}
+
+
+def failureReason(kind: str, reason: Failure) -> str:
+    """
+    The reason a failed connection attempt of C{kind} (L{failureKind}) is
+    counted against its backend with: C{connection refused}, C{connect
+    timed out}, or C{connect failed:} and the error's message (a TLS
+    backend's refused certificate, say).
+    """
+    return _FAILURE_REASONS.get(kind) or f"connect failed: {reason.getErrorMessage()}"
+
+
 class RetryPolicy(typing.Protocol):
     """
     Whether a client whose tries failed may try another backend.
@@ -483,7 +498,7 @@ class ConnectAttempt:
         self.failures += 1
         self.connectFailures += 1
         # Invariant 3.
-        pool.trafficFailed(backend, kind, f"connect {kind}")
+        pool.trafficFailed(backend, kind, failureReason(kind, reason))
         pool.release(backend)
         why = "timed out" if kind == "timeout" else reason.getErrorMessage()
         if "connect-failure" not in pool.config.retryOn:

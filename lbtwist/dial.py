@@ -34,7 +34,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backendtls import UnusableEndpoint, VerifiedTLSEndpoint, clientOptions
+from .backendtls import UnusableEndpoint, VerifiedTLSEndpoint, backendAddress, clientOptions
 from .certificates import CertificateError
 from .config import BackendTLS
 from .endpoints import parseEndpoint
@@ -211,7 +211,8 @@ class Dialler:
                                endpoint=text, error=str(e))
                 endpoint = UnusableEndpoint(e, self._reactor)
             else:
-                endpoint = VerifiedTLSEndpoint(creator, self.endpoint(text), self._reactor)
+                endpoint = VerifiedTLSEndpoint(creator, self.endpoint(text), self._reactor,
+                                               backendAddress(text))
             self._tlsEndpoints[(text, tls)] = endpoint
         return endpoint
 

@@ -4,6 +4,7 @@ Tests for L{lbtwist.config}.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import yaml
@@ -455,6 +456,96 @@ class FileTests(SynchronousTestCase):
         example = FilePath(__file__).parent().parent().child("lb.yaml")
         config = loadConfigFile(example.path)
         self.assertTrue(config.pools)
+
+
+class RelativeFileTests(SynchronousTestCase):
+    """
+    The files a configuration file names (certificates, keys, CA files,
+    htpasswd files, access logs, the state file) are relative to its
+    directory, whatever the working directory; absolute names and C{ca:
+    system} stay as they are.
+    """
+
+    def data(self) -> dict[str, Any]:
+        """
+        A configuration naming every kind of file, some relative, some not.
+        """
+        return {
+            "listeners": [{"listen": "tcp:8443", "mode": "http", "tls": {"certificates": [
+                {"cert": "pki/www.pem", "key": "/abs/www.key"}]}, "routes": [
+                {"pool": "web", "auth": {"basic": {"users": "users.htpasswd"}}}]}],
+            "pools": {
+                "web": {"tls": {"ca": "pki/ca.pem", "client-cert": "pki/me.pem",
+                                "client-key": "pki/me.key"},
+                        "backends": ["127.0.0.1:1", {"name": "b", "endpoint": "tcp:host=b:port=1",
+                                                     "tls": {"ca": "../other/ca.pem"}}]},
+                "sys": {"tls": {"ca": "system"}, "backends": ["127.0.0.1:2"],
+                        "access-log": "./logs/sys.log"},
+            },
+            "state": "run/lb.state.json",
+            "cluster": {"etcd": "https://127.0.0.1:2379", "tls": {"ca": "etcd/ca.pem"}},
+        }
+
+    def test_relativeToDirectory(self) -> None:
+        """
+        Each relative file name is joined to the configuration's directory,
+        the htpasswd file read from there.
+        """
+        read: list[str] = []
+
+        def readFile(path: str) -> bytes:
+            read.append(path)
+            return b"alice:" + HASH + b"\n"
+
+        config = parseConfig(self.data(), readFile, directory="/etc/lb")
+        self.assertEqual(config.listeners[0].tls, ListenerTLS(
+            certificates=(CertificateFiles("/etc/lb/pki/www.pem", "/abs/www.key"),)))
+        web = config.pool("web")
+        self.assertEqual(web.backends[0].tls, BackendTLS(
+            ca="/etc/lb/pki/ca.pem", clientCert="/etc/lb/pki/me.pem",
+            clientKey="/etc/lb/pki/me.key"))
+        self.assertEqual(web.backends[1].tls, BackendTLS(
+            ca="/etc/lb/../other/ca.pem", clientCert="/etc/lb/pki/me.pem",
+            clientKey="/etc/lb/pki/me.key"))
+        self.assertEqual(config.pool("sys").backends[0].tls, BackendTLS(ca="system"))
+        self.assertEqual(config.pool("sys").accessLog, "/etc/lb/./logs/sys.log")
+        self.assertEqual(config.state, "/etc/lb/run/lb.state.json")
+        self.assertEqual(read, ["/etc/lb/users.htpasswd"])
+        route = config.listeners[0].routes[0]
+        self.assertEqual(route.auth.usersFile if route.auth else None, "/etc/lb/users.htpasswd")
+        assert config.cluster is not None and config.cluster.tls is not None
+        self.assertEqual(config.cluster.tls.ca, "/etc/lb/etcd/ca.pem")
+
+    def test_noDirectory(self) -> None:
+        """
+        A configuration not read from a file (the command line's) keeps
+        the names as given.
+        """
+        config = parseConfig(self.data(), lambda path: b"alice:" + HASH + b"\n")
+        self.assertEqual(config.pool("web").backends[0].tls,
+                         BackendTLS(ca="pki/ca.pem", clientCert="pki/me.pem",
+                                    clientKey="pki/me.key"))
+
+    def test_configFile(self) -> None:
+        """
+        A configuration file given by a relative name, in a directory that
+        is not the working one, reads its htpasswd file from beside it and
+        names its certificates there.
+        """
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        directory.child("users.htpasswd").setContent(b"alice:" + HASH + b"\n")
+        path = directory.child("lb.yaml")
+        path.setContent(yaml.safe_dump(self.data()).encode())
+        relative = os.path.relpath(path.path)
+        config = loadConfigFile(relative)
+        route = config.listeners[0].routes[0]
+        self.assertEqual(route.auth.usersFile if route.auth else None,
+                         directory.child("users.htpasswd").path)
+        self.assertEqual(config.pool("web").backends[0].tls,
+                         BackendTLS(ca=directory.descendant(["pki", "ca.pem"]).path,
+                                    clientCert=directory.descendant(["pki", "me.pem"]).path,
+                                    clientKey=directory.descendant(["pki", "me.key"]).path))
 
 
 class AccessLogPlaceTests(SynchronousTestCase):

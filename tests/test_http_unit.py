@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import Logger, formatEvent
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -160,6 +160,39 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertTrue(btransport.value().startswith(b"GET /x"))
         self.assertEqual(factory.pool.get("b1").total, 2)  # type: ignore[union-attr]
+
+    def test_backendAnswersInTLS(self) -> None:
+        """
+        A backend whose first bytes to a plain request are a TLS record (a
+        TLS backend in a pool with no C{tls} block) fails the request with
+        a 502 and a reason saying so, logged once for the backend however
+        many requests it fails; other garbage is a malformed response.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory = self.makeFactory(retries=0)
+        for answer in (b"\x15\x03\x03\x00\x02\x02\x0a", b"\x16\x03\x01\x00\x05hello"):
+            client, transport = self.connectClient(factory)
+            client.dataReceived(GET)
+            backend, btransport = self.connectBackend()
+            backend.dataReceived(answer)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "), transport.value())
+            self.assertTrue(btransport.disconnecting)
+        told = [e for e in events if "answered in TLS" in e.get("log_format", "")
+                and e.get("log_namespace", "").endswith("BackendConnection")]
+        self.assertEqual([formatEvent(e) for e in told],
+                         ["backend b1 answered in TLS: give the pool a tls: block"])
+        self.assertEqual(factory.pool.get("b1").failures, {"response": 2})  # type: ignore[union-attr]
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        backend, _ = self.connectBackend()
+        backend.dataReceived(b"\x15\x02 not HTTP\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "))
+        whys = [e["why"] for e in events if "why" in e and e.get("backend") == "b1"]
+        self.assertEqual(whys[:2], ["answered in TLS: give the pool a tls: block"] * 2)
+        self.assertRegex(whys[2], "^malformed response: ")
+        self.assertEqual(len(whys), 3)
 
     def test_responseTimeout(self) -> None:
         """

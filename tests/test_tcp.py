@@ -14,8 +14,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbtwist.backendtls import BackendTLSError
 from lbtwist.config import BackendConfig, PoolConfig, Timeouts
-from lbtwist.connect import BackendConnector
+from lbtwist.connect import BackendConnector, failureKind, failureReason
 from lbtwist.pool import BackendPool, Health
 from lbtwist.tcp import ClientSide, TCPProxyFactory
 
@@ -367,3 +368,27 @@ class RemovedWhileConnectingTests(SynchronousTestCase):
         completeConnect(reactor, 1)
         self.assertIs(client.backend, pool.get("b1"))
         self.assertEqual(clientTransport.producerState, "producing")
+
+
+class FailureReasonTests(SynchronousTestCase):
+    """
+    The reason a failed connect is counted against its backend with (and
+    that a backend marked down by them is logged with) reads as words.
+    """
+
+    def test_reasons(self) -> None:
+        """
+        Refused and timed out say so; any other failure says what went
+        wrong in its own message (a TLS backend's refused certificate).
+        """
+        cases = [
+            (ConnectionRefusedError(), "refused", "connection refused"),
+            (TimeoutError(), "timeout", "connect timed out"),
+            (BackendTLSError("certificate of 10.0.0.5:443 does not name 10.0.0.5 (it names "
+                             "app.internal): set tls.verify-host"), "connect",
+             "connect failed: certificate of 10.0.0.5:443 does not name 10.0.0.5 (it names "
+             "app.internal): set tls.verify-host"),
+        ]
+        for error, kind, reason in cases:
+            self.assertEqual(failureKind(Failure(error)), kind)
+            self.assertEqual(failureReason(kind, Failure(error)), reason)

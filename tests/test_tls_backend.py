@@ -15,26 +15,41 @@ import http.client
 import os
 from typing import Any
 
+from cryptography import x509
 from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.error import TimeoutError
+from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import Certificate, PrivateCertificate
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from lbtwist.backendtls import (
+    BackendTLSError,
+    _Verification,
+    backendAddress,
+    handshakeMessage,
+    untrustedMessage,
+)
 from lbtwist.checks import checkTLS
-from lbtwist.config import BackendConfig, BackendTLS, ConfigError, HealthCheck, parseConfig
+from lbtwist.config import (
+    BackendConfig,
+    BackendTLS,
+    ConfigError,
+    HealthCheck,
+    PoolConfig,
+    parseConfig,
+)
 from lbtwist.dial import BackendProtocol, Dialler
-from lbtwist.health import ProbeFailed, TCPProbe
+from lbtwist.health import HealthMonitor, ProbeFailed, TCPProbe
 from lbtwist.http import HTTPProbe
-from lbtwist.pool import Backend
+from lbtwist.pool import Backend, BackendPool, HealthChanged, PoolEvent
 
 from .httphelpers import RecordingBackend, waitFor
 from .support import inThread, reactor, startBalancer
-from .tlscerts import CertificateAuthority, selfSigned
+from .tlscerts import CertificateAuthority, expired, selfSigned
 
 
 def get(port: int, path: str = "/") -> tuple[int, bytes]:
@@ -245,6 +260,18 @@ class SilentProtocol(Protocol):
         self.factory.open.remove(self)  # type: ignore[attr-defined]
 
 
+class PlainRefusal(Protocol):
+    """
+    A plain-text HTTP server's answer to bytes it cannot parse (a TLS
+    ClientHello): a 400, then the connection closed.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
 class DialTests(TestCase):
     """
     The connect timeout covers the TLS handshake.
@@ -301,15 +328,64 @@ class ProbeTests(TestCase):
     def test_tcpCheck(self) -> Any:
         """
         A TCP check fails on a certificate for another host, or one not
-        from the CA, and passes when it is verified.
+        from the CA, each with one line saying what failed and what to do,
+        and passes when it is verified.
         """
         probe = TCPProbe(self.dialler)
-        yield self.assertFailure(probe(self.backend(BackendTLS(ca=self.ca.cert))),
-                                 VerificationError)
+        where = f"127.0.0.1:{self.server.hostPort}"
+        error = yield self.assertFailure(probe(self.backend(BackendTLS(ca=self.ca.cert))),
+                                         BackendTLSError)
+        self.assertEqual(str(error), f"certificate of {where} does not name 127.0.0.1 "
+                                     "(it names app.internal): set tls.verify-host")
         error = yield self.assertFailure(
-            probe(self.backend(BackendTLS(verifyHost="app.internal"))), SSL.Error)
-        self.assertIn("certificate verify failed", str(error))
+            probe(self.backend(BackendTLS(verifyHost="app.internal"))), BackendTLSError)
+        self.assertEqual(str(error), f"certificate of {where} is not trusted by the system CAs "
+                                     "(unable to get local issuer certificate): "
+                                     "set tls.ca to the CA that issued it")
         yield probe(self.backend(BackendTLS(ca=self.ca.cert, verifyHost="app.internal")))
+
+    @inlineCallbacks
+    def test_reasons(self) -> Any:
+        """
+        A self-signed backend checked against the system CAs is refused for
+        its untrusted certificate (not for its name, which OpenSSL would
+        look at later); a backend that answers in plain text is said not to
+        speak TLS; the health check says so in the backend's down reason.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        own = TLSBackend("own", selfSigned(directory, "own", ["app.internal"]))
+        self.addCleanup(own.port.stopListening)
+        self.addCleanup(waitFor, lambda: own.open == 0)
+        plainPort = reactor.listenTCP(0, Factory.forProtocol(PlainRefusal),
+                                      interface="127.0.0.1")
+        self.addCleanup(plainPort.stopListening)
+        probe = TCPProbe(self.dialler)
+        ownAt = f"127.0.0.1:{own.hostPort}"
+        pool = BackendPool(PoolConfig("p", (BackendConfig(
+            "own", f"tcp:host=127.0.0.1:port={own.hostPort}", health=HealthCheck(fall=1),
+            tls=BackendTLS()),)))
+        backend = pool.get("own")
+        assert backend is not None
+        error = yield self.assertFailure(probe(backend), BackendTLSError)
+        self.assertEqual(str(error), f"certificate of {ownAt} is not trusted by the system CAs "
+                                     "(self-signed certificate): set tls.ca to that certificate")
+        plainAt = f"127.0.0.1:{plainPort.getHost().port}"
+        error = yield self.assertFailure(probe(Backend(BackendConfig(
+            "plain", f"tcp:host=127.0.0.1:port={plainPort.getHost().port}",
+            tls=BackendTLS(verify=False)))), BackendTLSError)
+        self.assertRegex(str(error), f"^TLS handshake with {plainAt} failed: .*[(]the backend "
+                                     "does not speak TLS on that port[)]$")
+        # The health monitor's reason, as the pool logs it.
+        events: list[PoolEvent] = []
+        pool.observers.append(events.append)
+        monitor = HealthMonitor(pool, {"tcp": probe}, Clock())
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        yield waitFor(lambda: any(isinstance(e, HealthChanged) for e in events))
+        self.assertEqual([e.reason for e in events if isinstance(e, HealthChanged)], [
+            f"tcp check failed: certificate of {ownAt} is not trusted by the system CAs "
+            "(self-signed certificate): set tls.ca to that certificate, 1 failure in a row"])
 
     @inlineCallbacks
     def test_httpCheck(self) -> Any:
@@ -319,8 +395,9 @@ class ProbeTests(TestCase):
         """
         probe = HTTPProbe(self.dialler)
         check = HealthCheck(kind="http", path="/health")
-        yield self.assertFailure(probe(self.backend(BackendTLS(ca=self.ca.cert), check)),
-                                 VerificationError)
+        error = yield self.assertFailure(probe(self.backend(BackendTLS(ca=self.ca.cert), check)),
+                                         BackendTLSError)
+        self.assertIn("does not name 127.0.0.1 (it names app.internal)", str(error))
         self.assertEqual(self.server.requests, [])
         status = yield probe(self.backend(
             BackendTLS(ca=self.ca.cert, verifyHost="app.internal"), check))
@@ -339,6 +416,109 @@ class ProbeTests(TestCase):
         self.assertIn(repr(missing), str(error))
 
 
+def certificate(pair: tuple[str, ...]) -> x509.Certificate:
+    """
+    The certificate in the first file of C{pair}.
+    """
+    with open(pair[0], "rb") as f:
+        return x509.load_pem_x509_certificate(f.read())
+
+
+class MessageTests(SynchronousTestCase):
+    """
+    Each way a backend's certificate or handshake can fail reads as one
+    line saying what failed and what to do.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.own = certificate(selfSigned(directory, "own", ["app.internal", "127.0.0.1"]))
+        self.named = certificate(CertificateAuthority(directory).issue("named", ["app.internal"]))
+        self.old = expired(directory, "old", "old.internal")
+        self.expired = certificate(self.old)
+
+    def test_untrusted(self) -> None:
+        """
+        OpenSSL's verify error is said in its own words, with the trust it
+        was checked against, the certificate of the chain at fault when it
+        is not the backend's own, and the advice for that error.
+        """
+        where = "127.0.0.1:8443"
+        cases = [
+            ("system", 18, 0, self.own,
+             f"certificate of {where} is not trusted by the system CAs (self-signed "
+             "certificate): set tls.ca to that certificate"),
+            ("pki/ca.pem", 20, 0, self.named,
+             f"certificate of {where} is not trusted by the CA in 'pki/ca.pem' (unable to get "
+             "local issuer certificate): set tls.ca to the CA that issued it"),
+            ("system", 19, 1, self.own,
+             f"certificate of {where} is not trusted by the system CAs (self-signed certificate "
+             "in certificate chain, at CN=app.internal in its chain): set tls.ca to the root "
+             "CA of its chain"),
+            ("system", 10, 0, self.expired,
+             f"certificate of {where} is out of date (certificate has expired: not after "
+             f"{self.old[2]:%Y-%m-%d %H:%M} UTC): renew it on the backend"),
+            ("ca.pem", 23, 0, self.own,
+             f"certificate of {where} failed verification against the CA in 'ca.pem' "
+             "(certificate revoked)"),
+        ]
+        for ca, code, depth, cert, expected in cases:
+            self.assertEqual(untrustedMessage(where, ca, code, depth, cert), expected)
+
+    def test_verification(self) -> None:
+        """
+        OpenSSL's refusal comes first (a self-signed certificate that does
+        not name the host either is untrusted); then the backend's own
+        certificate must name the host or address verified, by its
+        subjectAltName; an issuer above it is not checked for a name.
+        """
+        check = _Verification("127.0.0.1:8443", "127.0.0.1", "system")
+        self.assertEqual(check.problem(self.named, 18, 0, False),
+                         untrustedMessage("127.0.0.1:8443", "system", 18, 0, self.named))
+        self.assertIsNone(check.problem(self.own, 0, 0, True))
+        self.assertIsNone(check.problem(self.named, 0, 1, True))
+        self.assertEqual(check.problem(self.named, 0, 0, True),
+                         "certificate of 127.0.0.1:8443 does not name 127.0.0.1 (it names "
+                         "app.internal): set tls.verify-host")
+        byName = _Verification("10.0.0.5:443", "api.internal", "ca.pem")
+        self.assertEqual(byName.problem(self.own, 0, 0, True),
+                         "certificate of 10.0.0.5:443 does not name api.internal (it names "
+                         "app.internal, 127.0.0.1): set tls.verify-host")
+        self.assertIsNone(_Verification("x:1", "app.internal", "ca.pem").problem(
+            self.named, 0, 0, True))
+
+    def test_handshake(self) -> None:
+        """
+        Another failed handshake gives OpenSSL's reason, with what it
+        usually means when that is known; a connection closed mid-way says
+        so.
+        """
+        def message(*reasons: str) -> str:
+            error = SSL.Error([("SSL routines", "", reason) for reason in reasons])
+            return handshakeMessage("10.0.0.5:443", Failure(error))
+
+        self.assertEqual(message("wrong version number"),
+                         "TLS handshake with 10.0.0.5:443 failed: wrong version number (the "
+                         "backend does not speak TLS on that port)")
+        self.assertEqual(message("tlsv13 alert certificate required"),
+                         "TLS handshake with 10.0.0.5:443 failed: tlsv13 alert certificate "
+                         "required (the backend wants a client certificate: set "
+                         "tls.client-cert and tls.client-key)")
+        self.assertEqual(message("bad ecpoint", "other"),
+                         "TLS handshake with 10.0.0.5:443 failed: bad ecpoint; other")
+        self.assertEqual(handshakeMessage("10.0.0.5:443", Failure(ConnectionDone())),
+                         "10.0.0.5:443 closed the connection during the TLS handshake")
+
+    def test_address(self) -> None:
+        """
+        A backend is named by its host and port, a UNIX one by its path.
+        """
+        self.assertEqual(backendAddress("tcp:host=10.0.0.5:port=443"), "10.0.0.5:443")
+        self.assertEqual(backendAddress(r"tcp:host=\:\:1:port=443"), "[::1]:443")
+        self.assertEqual(backendAddress("unix:/run/app.sock"), "/run/app.sock")
+
+
 class CheckTests(TestCase):
     """
     The files of TLS to backends are read before anything starts; a bad
@@ -348,7 +528,8 @@ class CheckTests(TestCase):
     def test_errors(self) -> None:
         """
         A missing CA file, a CA file that holds a key, a client key that is
-        not the client certificate's.
+        not the client certificate's: each named by the key that gave it,
+        in the pool's C{tls} block or the backend's own.
         """
         directory = self.mktemp()
         os.makedirs(directory)
@@ -356,11 +537,11 @@ class CheckTests(TestCase):
         client = ca.issue("client", ["lbtwist.client"], client=True)
         missing = os.path.join(directory, "missing.pem")
 
-        def check(tls: dict[str, Any]) -> str:
+        def check(tls: dict[str, Any], poolTLS: dict[str, Any] | None = None) -> str:
             with self.assertRaises(ConfigError) as e:
                 checkTLS(parseConfig({
                     "listeners": [{"listen": "tcp:0"}],
-                    "pools": {"web": {"backends": [
+                    "pools": {"web": {"tls": poolTLS, "backends": [
                         {"name": "a", "endpoint": "tcp:host=127.0.0.1:port=443"},
                         {"name": "b", "endpoint": "tcp:host=127.0.0.1:port=444", "tls": tls}]}},
                 }))
@@ -368,13 +549,24 @@ class CheckTests(TestCase):
 
         where = "pools.web.backends[1].tls"
         self.assertEqual(check({"ca": missing}),
-                         f"{where}: cannot read {missing!r}: No such file or directory")
+                         f"{where}.ca: cannot read {missing!r}: No such file or directory")
         self.assertEqual(check({"ca": ca.key}),
-                         f"{where}: {ca.key!r} is not a PEM certificate "
+                         f"{where}.ca: {ca.key!r} is not a PEM certificate "
                          "(it holds a private key: is it the key file?)")
         self.assertEqual(check({"ca": ca.cert, "client-cert": client[0], "client-key": ca.key}),
                          f"{where}: the key in {ca.key!r} does not match the certificate in "
                          f"{client[0]!r}")
+        self.assertEqual(check({"client-cert": client[0], "client-key": missing}),
+                         f"{where}.client-key: cannot read {missing!r}: No such file or directory")
+        # Given in the pool's block, a file is named there.
+        self.assertEqual(check({}, {"ca": missing}),
+                         f"pools.web.tls.ca: cannot read {missing!r}: No such file or directory")
+        self.assertEqual(check({"ca": missing}, {"ca": ca.cert}),
+                         f"{where}.ca: cannot read {missing!r}: No such file or directory")
+        self.assertEqual(check({"verify-host": "app.internal"},
+                               {"client-cert": missing, "client-key": client[1]}),
+                         f"pools.web.tls.client-cert: cannot read {missing!r}: "
+                         "No such file or directory")
         checkTLS(parseConfig({
             "listeners": [{"listen": "tcp:0"}],
             "pools": {"web": {"tls": {"ca": ca.cert, "client-cert": client[0],

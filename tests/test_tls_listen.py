@@ -212,7 +212,9 @@ class ReloadTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.files = Certificates(self.mktemp())
+        # Absolute: the file names are read relative to the configuration
+        # file's directory on reload.
+        self.files = Certificates(os.path.abspath(self.mktemp()))
         self.backends = Backends(self)
         self.backends.start("app")
         self.served = os.path.join(self.files.directory, "served.pem")

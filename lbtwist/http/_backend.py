@@ -7,12 +7,14 @@ idle pool; after a 101 it relays raw bytes for a tunnel.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
@@ -27,6 +29,18 @@ class ResponseHeadTooLarge(Exception):
     """
     A response head is over C{http.max-response-header-size}.
     """
+
+
+# What a backend that answered a plain request in TLS fails with.
+ANSWERED_IN_TLS = "answered in TLS: give the pool a tls: block"
+
+
+def looksLikeTLS(data: bytes) -> bool:
+    """
+    Whether C{data} starts as a TLS record does: an alert (0x15) or a
+    handshake (0x16) of version 3.x, which no HTTP response starts with.
+    """
+    return len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 0x03
 
 
 @implementer(IPushProducer)
@@ -45,6 +59,9 @@ class BackendConnection(BackendProtocol):
 
     parser: HttpResponseParser
     transport: Any
+    log = Logger()
+    # The backends said to answer in TLS, each logged once.
+    _toldTLS: weakref.WeakSet[Backend] = weakref.WeakSet()
 
     def __init__(self, factory: Any, backend: Backend, key: Any,
                  proxyHeader: bytes | None) -> None:
@@ -186,7 +203,11 @@ class BackendConnection(BackendProtocol):
                 if isinstance(e.__context__, ResponseHeadTooLarge):
                     self._headTooLarge(ex)
                     return
-                ex.backendFailed("response", f"malformed response: {e}")
+                if ex.response is None and looksLikeTLS(data):
+                    self._answeredInTLS()
+                    ex.backendFailed("response", ANSWERED_IN_TLS)
+                else:
+                    ex.backendFailed("response", f"malformed response: {e}")
             self.transport.loseConnection()
             return
         if self._inHead:
@@ -241,6 +262,17 @@ class BackendConnection(BackendProtocol):
         ex.responseComplete()
         if rest:
             self.dataReceived(rest)
+
+    def _answeredInTLS(self) -> None:
+        """
+        Say, once per backend, that it answered a plain request in TLS: a
+        pool with no C{tls} block in front of a TLS backend.
+        """
+        backend = self.backend
+        if backend not in self._toldTLS:
+            self._toldTLS.add(backend)
+            self.log.warn("backend {backend} answered in TLS: give the pool a tls: block",
+                          backend=backend.name)
 
     def _headTooLarge(self, ex: Any) -> None:
         self.reusable = False
