@@ -130,6 +130,8 @@ class H2Server(Protocol):
             elif isinstance(event, h2.events.DataReceived):
                 self.bodies[event.stream_id] += event.data
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.TrailersReceived):
+                self.factory.trailers.append(event.headers)  # type: ignore[attr-defined]
             elif isinstance(event, h2.events.StreamEnded):
                 sid = event.stream_id
                 self.factory.answer(self, sid, self.heads[sid], self.bodies[sid])  # type: ignore[attr-defined]
@@ -216,6 +218,7 @@ class H2ServerCase(TestCase):
         factory.refused = 0  # type: ignore[attr-defined]
         factory.sent = 0  # type: ignore[attr-defined]
         factory.requests = []  # type: ignore[attr-defined]
+        factory.trailers = []  # type: ignore[attr-defined]
         # The connections that carried requests (not the health checks').
         factory.used = set()  # type: ignore[attr-defined]
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")

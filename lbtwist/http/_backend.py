@@ -13,6 +13,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
@@ -20,7 +21,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
-from ._plan import AS_IS, trailerBlock, trailerFields
+from ._plan import AS_IS, BadTrailer, TrailerBound, trailerBlock, trailerFields
 
 
 class ResponseHeadTooLarge(Exception):
@@ -43,6 +44,7 @@ class BackendConnection(BackendProtocol):
     @ivar tunnel: the exchange whose tunnel it carries, after a 101.
     """
 
+    log = Logger()
     parser: HttpResponseParser
     transport: Any
 
@@ -68,10 +70,10 @@ class BackendConnection(BackendProtocol):
         self._rawHead = 0
         self._feeding = 0
         self._inHead = False
-        # How many of C{_headers} are the head's, once a chunked body began:
-        # llhttp reports its trailers with on_header too, after the head's.
-        # (Counted per chunk, so that other responses pay nothing.)
-        self._headCount = 0
+        # A chunked body's trailers: llhttp reports them with on_header too,
+        # after the head's (marked per chunk, so that other responses pay
+        # nothing), bounded while they arrive.
+        self._trailerBound = TrailerBound()
         # Bytes of a Content-Length body still to relay as they come,
         # without the parser (see L{_fastForward}).
         self._forward = 0
@@ -111,7 +113,7 @@ class BackendConnection(BackendProtocol):
         if any.
         """
         if trailers:
-            self.transport.write(b"0\r\n" + trailerBlock(trailers) + b"\r\n")
+            self.transport.write(b"0\r\n" + trailerBlock(trailers))
         else:
             self.transport.write(b"0\r\n\r\n")
 
@@ -198,6 +200,12 @@ class BackendConnection(BackendProtocol):
                 if ex is not None:
                     self._headTooLarge(ex)
                 return
+        elif self._trailerBound.mark is not None:
+            ex = self.exchange
+            if ex is not None and self._trailerBound.overAfter(
+                    len(data), ex.bytesOut, self.factory.maxResponseHeaderSize):
+                self._headTooLarge(ex, "trailers")
+                return
         ex = self.exchange
         if ex is not None:
             response = ex.response
@@ -242,11 +250,11 @@ class BackendConnection(BackendProtocol):
         if rest:
             self.dataReceived(rest)
 
-    def _headTooLarge(self, ex: Any) -> None:
+    def _headTooLarge(self, ex: Any, what: str = "head") -> None:
         self.reusable = False
         ex.backendFailed(
             "response",
-            f"response head over {self.factory.maxResponseHeaderSize} bytes",
+            f"response {what} over {self.factory.maxResponseHeaderSize} bytes",
         )
         if not self.lost:
             self.transport.abortConnection()
@@ -322,18 +330,35 @@ class BackendConnection(BackendProtocol):
             return
         if not self.parser.should_keep_alive():
             self.reusable = False
-        count = self._headCount
-        if count:
-            self._headCount = 0
-            headers = self._headers
-            if len(headers) > count:
-                ex.responseComplete(trailerFields(headers[count:]))
+        bound = self._trailerBound
+        if bound.mark is not None:
+            fields = bound.end(self._headers)
+            if fields:
+                ex.responseComplete(self._trailers(ex, fields))
                 return
         ex.responseComplete()
 
+    def _trailers(self, ex: Any, fields: list[tuple[bytes, bytes]]) -> Any:
+        """
+        The response's trailers as they may be relayed: none if one is
+        invalid or they are over the response head's size limit (the body
+        went out already; the client sees no trailers rather than bad ones).
+        """
+        limit = self.factory.maxResponseHeaderSize
+        try:
+            if sum(len(n) + len(v) + 4 for n, v in fields) > limit:
+                raise BadTrailer(f"over {limit} bytes")
+            return trailerFields(fields) or None
+        except BadTrailer as e:
+            self.log.warn(  # noqa: G010
+                "backend {backend} sent bad trailers to {client}: {why}; dropped",
+                backend=self.backend.name, client=ex.client.clientName, why=str(e))
+            return None
+
     def on_chunk_header(self) -> None:
         # (Before the last chunk's trailers too.)
-        self._headCount = len(self._headers)
+        ex = self.exchange
+        self._trailerBound.chunkHeader(self._headers, ex.bytesOut if ex is not None else 0)
 
     def skipBody(self) -> None:
         """

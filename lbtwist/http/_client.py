@@ -28,7 +28,16 @@ from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
 from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse
 from ._exchange import WAITING, Exchange, IClientSide
-from ._plan import CHUNKED, IDEMPOTENT, interimHead, planResponse, trailerBlock
+from ._plan import (
+    CHUNKED,
+    IDEMPOTENT,
+    BadTrailer,
+    TrailerBound,
+    interimHead,
+    planResponse,
+    trailerBlock,
+    trailerFields,
+)
 
 
 def authorityOf(address: Any) -> bytes:
@@ -143,6 +152,9 @@ class ClientConnection(ClientPeer, Protocol):
         self._serving = False
         self._lastActivity = 0.0
         self._lastRead = 0.0
+        # A chunked request body's trailers (marked per chunk, so that
+        # other requests pay nothing), bounded while they arrive.
+        self._trailerBound = TrailerBound()
 
     # -- connection --------------------------------------------------------
 
@@ -400,6 +412,12 @@ class ClientConnection(ClientPeer, Protocol):
             if self._rawHead > factory.maxHeaderSize + factory.maxRequestLine:
                 self._refuse(414 if not self._headers else 431, "head too large")
                 return
+        elif self._trailerBound.mark is not None:
+            ex = self._parsing
+            if ex is not None and self._trailerBound.overAfter(
+                    len(data), ex.bytesIn, factory.maxHeaderSize):
+                self._refuse(431, "request trailers too large")
+                return
         queue = self.queue
         if queue and queue[0].phase is WAITING:
             self._serve()
@@ -507,11 +525,29 @@ class ClientConnection(ClientPeer, Protocol):
         if ex is not None:
             ex.requestBody(body)
 
+    def on_chunk_header(self) -> None:
+        # (Before the last chunk's trailers too.)
+        ex = self._parsing
+        self._trailerBound.chunkHeader(self._headers, ex.bytesIn if ex is not None else 0)
+
     def on_message_complete(self) -> None:
         ex = self._parsing
+        trailers = None
+        bound = self._trailerBound
+        if bound.mark is not None:
+            fields = bound.end(self._headers)
+            if fields:
+                # Checked as the head's fields are (and counted with them
+                # against max-header-size, by on_header); a bad one refuses
+                # the request while it is still being parsed, so that its
+                # backend never sees it complete.
+                try:
+                    trailers = trailerFields(fields) or None
+                except BadTrailer as e:
+                    raise BadRequest(str(e)) from None
         if ex is not None:
             self._parsing = None
-            ex.requestComplete()
+            ex.requestComplete(trailers)
 
     # -- responses -----------------------------------------------------------
 

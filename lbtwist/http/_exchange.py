@@ -251,6 +251,8 @@ class Exchange:
     @ivar plan: what the request head came to.
     @ivar requestDone: the request body (if any) is complete.
     @ivar pending: request body pieces read before a backend connection.
+    @ivar trailers: the request's trailers (filtered), once it is complete,
+        for each backend connection it is sent on.
     @ivar conn: the backend connection the request is on.
     @ivar backend: the backend chosen last.
     @ivar slot: the backend whose C{maxconn} slot this exchange owns (the
@@ -274,7 +276,7 @@ class Exchange:
         "deadline", "factory", "failures", "gated", "local", "method", "pending", "phase",
         "plan", "requestDone", "responded", "response", "retries", "retrying", "route", "sends",
         "setCookie",
-        "slot", "started", "status", "tried", "upstream", "url", "version",
+        "slot", "started", "status", "trailers", "tried", "upstream", "url", "version",
     )
 
     log = Logger()
@@ -302,6 +304,7 @@ class Exchange:
         self.phase = WAITING
         self.requestDone = False
         self.pending: list[bytes] | None = None
+        self.trailers: list[tuple[bytes, bytes]] | None = None
         self.conn: Any = None
         self.backend: Backend | None = None
         self.slot: Backend | None = None
@@ -487,7 +490,7 @@ class Exchange:
             client.upgradeSent(self, conn)
         if self.requestDone:
             if plan.chunked:
-                conn.endBody()
+                conn.endBody(self.trailers)
             self._due()
         else:
             client.releaseRequest()
@@ -518,6 +521,7 @@ class Exchange:
         response head is due within the response timeout from now.
         """
         self.requestDone = True
+        self.trailers = trailers
         conn = self.conn
         if conn is not None:
             if self.plan.chunked:

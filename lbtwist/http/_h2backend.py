@@ -64,7 +64,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ._gate import ProducerGate, takeWindow
-from ._plan import forwarded, trailerFields
+from ._plan import BadTrailer, forwarded, trailerFields
 
 # The window each response stream is given: what a stream may hold of a
 # response its client does not take yet.
@@ -196,7 +196,8 @@ class H2BackendStream:
             return
         self._endAfter = True
         if trailers:
-            self._requestTrailers = trailerFields(trailers)
+            # (Filtered and checked by the client's side already.)
+            self._requestTrailers = trailers
         self.flush()
 
     def flush(self) -> None:
@@ -345,9 +346,15 @@ class H2BackendStream:
 
     def trailersReceived(self, fields: list[tuple[bytes, bytes]]) -> None:
         """
-        The response's trailers arrived (the stream ends with them).
+        The response's trailers arrived (the stream ends with them): relayed
+        filtered, or none if one is invalid.
         """
-        self._trailers = trailerFields(fields)
+        try:
+            self._trailers = trailerFields(fields)
+        except BadTrailer as e:
+            self.connection.log.warn(  # noqa: G010
+                "backend {backend} sent bad trailers: {why}; dropped",
+                backend=self.backend.name, why=str(e))
 
     def responseComplete(self) -> None:
         """

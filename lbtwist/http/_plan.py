@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 
 from ._errors import BadRequest
 
@@ -98,20 +99,52 @@ def forwarded(name: bytes) -> bool:
     return name not in HOP_BY_HOP and not name.startswith(b"proxy-")
 
 
-# Fields a trailer section never carries: the framing, routing and
-# content fields only a head may (RFC 9110 6.5.1), beside the hop-by-hop.
-_NOT_TRAILERS = frozenset((b"content-length", b"host", b"content-type", b"proxy-connection"))
+# Fields a trailer section never carries (RFC 9110 6.5.1), beside the
+# hop-by-hop ones: the framing, routing, request modifiers (controls and
+# conditionals), authentication, response control and content fields only a
+# head may; a recipient that merged them into the head would be misled.
+_NOT_TRAILERS = frozenset((
+    b"content-length", b"host", b"proxy-connection",
+    b"content-type", b"content-encoding", b"content-range", b"content-location",
+    b"cache-control", b"expect", b"max-forwards", b"pragma", b"range",
+    b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
+    b"if-range", b"authorization", b"www-authenticate", b"set-cookie", b"cookie",
+    b"age", b"expires", b"date", b"location", b"retry-after", b"vary", b"warning",
+))
+# A field name: a token (RFC 9110 5.1); a value holds no CR, LF or NUL (RFC
+# 9110 5.5): either would let a trailer written as HTTP/1.1 end its section
+# early and smuggle what follows.
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_BAD_FIELD_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+class BadTrailer(ValueError):
+    """
+    A trailer field with an invalid name or value: the request is refused
+    (the client's), or the trailers dropped (a backend's).
+    """
 
 
 def trailerFields(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """
     C{trailers} as they may be relayed: lowercased, without pseudo-fields,
     hop-by-hop fields, or fields that only a head may carry.
+
+    @raise BadTrailer: a field's name is not a token, or its value holds a
+        CR, LF or NUL.
     """
-    return [
-        (lname, value) for lname, value in ((n.lower(), v) for n, v in trailers)
-        if lname[:1] != b":" and forwarded(lname) and lname not in _NOT_TRAILERS
-    ]
+    kept = []
+    for name, value in trailers:
+        lname = name.lower()
+        if lname[:1] == b":":
+            continue
+        if not _FIELD_NAME.match(lname):
+            raise BadTrailer(f"invalid trailer name {name[:40]!r}")
+        if _BAD_FIELD_VALUE.search(value):
+            raise BadTrailer(f"forbidden character in trailer {name[:40]!r}")
+        if forwarded(lname) and lname not in _NOT_TRAILERS:
+            kept.append((lname, value.strip(b" \t")))
+    return kept
 
 
 def trailerBlock(trailers: list[tuple[bytes, bytes]]) -> bytes:
@@ -120,6 +153,68 @@ def trailerBlock(trailers: list[tuple[bytes, bytes]]) -> bytes:
     its empty line.
     """
     return b"".join(name + b": " + value + b"\r\n" for name, value in trailers) + b"\r\n"
+
+
+class TrailerBound:
+    """
+    The trailer section of a chunked body llhttp parses, on one connection.
+
+    llhttp (through httptools) reports trailer fields with C{on_header},
+    after the head's: those past the count of the head's fields when the
+    last chunk header came are the trailers.  It also keeps an unfinished
+    field until it ends, so a peer could send one endless trailer line:
+    fed after each read while a chunked body is parsed, this counts the
+    bytes read after the last chunk's size line, as the head's bound counts
+    the head's.  A read with no body bytes after the last chunk header is
+    all trailer (the read with the header itself is not counted, so the
+    bound is the limit and one read).
+
+    @ivar mark: the body bytes relayed when the last chunk header was
+        parsed, or L{None} outside a chunked body.
+    @ivar raw: trailer bytes counted so far (-1: the read that parsed the
+        chunk header is not).
+    @ivar headCount: how many fields the head had.
+    """
+
+    __slots__ = ("headCount", "mark", "raw")
+
+    def __init__(self) -> None:
+        self.mark: int | None = None
+        self.raw = -1
+        self.headCount = 0
+
+    def chunkHeader(self, fields: list[tuple[bytes, bytes]], relayed: int) -> None:
+        """
+        A chunk's size line was parsed, C{relayed} body bytes in, with
+        C{fields} read so far (the head's).
+        """
+        self.headCount = len(fields)
+        self.mark = relayed
+        self.raw = -1
+
+    def overAfter(self, read: int, relayed: int, limit: int) -> bool:
+        """
+        Whether, after a read of C{read} bytes that took the body to
+        C{relayed} bytes, the trailer section is over C{limit}.
+        """
+        if relayed != self.mark:
+            # Body bytes after the last chunk header: not the trailers.
+            return False
+        raw = self.raw
+        if raw < 0:
+            self.raw = 0
+            return False
+        raw += read
+        self.raw = raw
+        return raw > limit
+
+    def end(self, fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """
+        The chunked body ended: the trailer fields among C{fields} (those
+        after the head's), unfiltered.
+        """
+        self.mark = None
+        return fields[self.headCount:]
 
 
 class RequestRules:
