@@ -1,31 +1,38 @@
 """
 HTTP/2 to backends (L{lbtwist.http._h2backend}): the request head mapped to
-HTTP/2 fields, the pool's C{protocol} key, and a real balancer over test
+HTTP/2 fields, the pool's C{protocol} key, requests that joined a connection
+whose dial failed (on a memory reactor), and a real balancer over test
 HTTP/2 servers (the h2 library, server side, on 127.0.0.1): streams
 multiplexed on one connection, bodies both ways, refused streams retried.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
 import h2.config
 import h2.connection
 import h2.events
 from h2.errors import ErrorCodes
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import ConfigError, parseConfig
 from lbtwist.dial import Dialler
 from lbtwist.health import ProbeFailed
-from lbtwist.http import HTTPProbe
+from lbtwist.http import HTTPProbe, HTTPProxyFactory
 from lbtwist.http._h2backend import requestFields
 from lbtwist.pool import BackendPool
 
 from .httphelpers import chromiumDOM, httpRequests, rawExchange, waitFor
 from .support import inThread, reactor, startBalancer
+from .test_dial import DirectReactor
 from .test_tls_listen import Certificates
 
 
@@ -94,6 +101,135 @@ class ProtocolKeyTests(SynchronousTestCase):
 
 
 Answer = Callable[["H2Server", int, dict[bytes, bytes], bytes], None]
+
+
+class JoinedDialTests(SynchronousTestCase):
+    """
+    Requests that joined an HTTP/2 connection while it was being dialled,
+    driven by hand on a memory reactor that dials as lbtwist's reactor does
+    (the protocol built at once, so later requests may join it).
+    """
+
+    def setUp(self) -> None:
+        self.reactor = DirectReactor()
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:80", "mode": "http"}],
+            "pools": {"web": {
+                "protocol": "h2", "policy": "source", "retries": 2,
+                "backends": [{"name": "b1", "endpoint": "tcp:host=10.0.0.1:port=80"},
+                             {"name": "b2", "endpoint": "tcp:host=10.0.0.2:port=80"}],
+                **self.poolSettings}},
+        })
+        self.pool = BackendPool(config.pools[0])
+        self.factory = HTTPProxyFactory(
+            self.pool, self.reactor, Dialler(self.reactor), config.listeners[0])
+
+    poolSettings: dict[str, Any] = {}
+
+    def post(self, path: bytes, body: bytes) -> StringTransport:
+        """
+        A client connection (all from one address: the same backend by
+        source hash) that sent a POST of C{body}; its transport.
+        """
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
+        proto = self.factory.buildProtocol(transport.getPeer())
+        proto.makeConnection(transport)
+        proto.dataReceived(b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                           % (path, len(body), body))
+        return transport
+
+    def serve(self, index: int) -> tuple[dict[bytes, bytes], ...]:
+        """
+        Connect the dial C{index} to a test HTTP/2 server that answers 200
+        to each request; return the requests it got (their head fields and
+        body as C{b"body"}).
+        """
+        _, _, proto, _, connected, _ = self.reactor.dials[index]
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        connected(proto)
+        server = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        server.initiate_connection()
+        requests: dict[int, dict[bytes, bytes]] = {}
+        for event in server.receive_data(transport.value()):
+            if isinstance(event, h2.events.RequestReceived):
+                requests[event.stream_id] = {**dict(event.headers), b"body": b""}
+            elif isinstance(event, h2.events.DataReceived):
+                requests[event.stream_id][b"body"] += event.data
+            elif isinstance(event, h2.events.StreamEnded):
+                server.send_headers(event.stream_id, [(b":status", b"200"),
+                                                      (b"content-length", b"0")],
+                                    end_stream=True)
+        proto.dataReceived(server.data_to_send())
+        return tuple(requests[sid] for sid in sorted(requests))
+
+    def failDial(self, index: int) -> str:
+        """
+        Fail the dial C{index} (refused); return the host it was to.
+        """
+        host, _, _, _, _, failed = self.reactor.dials[index]
+        failed(Failure(ConnectionRefusedError()))
+        return str(host)
+
+    def test_joinedPostRetried(self) -> None:
+        """
+        A POST that joined a connection being dialled is not sent while it
+        connects; when the dial fails, it goes to the other backend with its
+        body, as the POST that dialled does: both are answered.
+        """
+        first = self.post(b"/a", b"hello")
+        second = self.post(b"/b", b"world")
+        self.assertEqual(len(self.reactor.dials), 1)
+        dead = self.failDial(0)
+        # (The dialling request's own retry dials again, as it would for
+        # HTTP/1.1; the joined one may dial or join.)
+        retries = range(1, len(self.reactor.dials))
+        self.assertIn(len(retries), (1, 2))
+        self.assertNotIn(dead, [self.reactor.dials[i][0] for i in retries])
+        got = [r for i in retries for r in self.serve(i)]
+        self.assertEqual(sorted((r[b":path"], r[b"body"]) for r in got),
+                         [(b"/a", b"hello"), (b"/b", b"world")])
+        for transport in (first, second):
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertEqual(self.pool.retriesActive, 0)
+        self.assertEqual(sum(b.slots for b in self.pool), 0)
+
+    def test_bodyHeldWhileConnecting(self) -> None:
+        """
+        While the connection is being made, a joined request's body waits in
+        its stream, not in the connection's output (which a failed dial
+        would lose); once it is up it goes out (the dialling request's body
+        waited in its exchange).
+        """
+        self.post(b"/a", b"hello")
+        self.post(b"/b", b"world")
+        self.assertEqual(len(self.reactor.dials), 1)
+        connection = self.reactor.dials[0][2]
+        self.assertEqual([list(s._out) for s in connection.streams.values()], [[b"world"]])
+        got = self.serve(0)
+        self.assertEqual(sorted(r[b"body"] for r in got), [b"hello", b"world"])
+
+
+class JoinedDialNotRetriedTests(JoinedDialTests):
+    """
+    The same without C{connect-failure} in C{retry-on}.
+    """
+
+    poolSettings = {"retry-on": ["refused-stream"]}
+
+    def test_joinedPostRetried(self) -> None:
+        """
+        Connect failures are not retried: both requests get a 503, as an
+        HTTP/1.1 request whose connect failed does.
+        """
+        first = self.post(b"/a", b"hello")
+        second = self.post(b"/b", b"world")
+        self.failDial(0)
+        self.assertEqual(len(self.reactor.dials), 1)
+        for transport in (first, second):
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+        self.assertEqual(sum(b.slots for b in self.pool), 0)
 
 
 class H2Server(Protocol):
@@ -198,6 +334,35 @@ def goAway(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) ->
     """
     server.factory.refused += 1  # type: ignore[attr-defined]
     server.conn.close_connection(last_stream_id=sid - 2 if sid > 2 else 0)
+
+
+class BlackHole:
+    """
+    A backend on 127.0.0.1 whose dials hang: a listening socket that
+    accepts nothing, its backlog filled, so that the kernel drops the SYNs
+    of further connects (they end only by their timeout).
+    """
+
+    def __init__(self, case: TestCase) -> None:
+        self.listening = socket.socket()
+        self.listening.bind(("127.0.0.1", 0))
+        self.listening.listen(0)
+        address = self.listening.getsockname()
+        self.fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            self.fillers.append(filler)
+        self.endpoint = f"tcp:host=127.0.0.1:port={address[1]}"
+        case.addCleanup(self.close)
+
+    def close(self) -> None:
+        """
+        Close the sockets.
+        """
+        for s in [*self.fillers, self.listening]:
+            s.close()
 
 
 class H2ServerCase(TestCase):
@@ -350,6 +515,25 @@ class H2BackendTests(H2ServerCase):
         results = yield DeferredList([
             httpRequests(port, [("GET", f"/d{i}", None, {})]) for i in range(6)])
         self.assertEqual([r[1][0][0] for r in results], [200] * 6)
+
+    @inlineCallbacks
+    def test_deadBackendBodies(self) -> Any:
+        """
+        Many POSTs with bodies at once over a backend whose dial hangs until
+        the connect timeout and a live one: the requests that joined the
+        dead backend's connection while it was dialled go to the live one
+        with their bodies, as the one that dialled it does; all succeed.
+        """
+        good = self.server(echo)
+        dead = BlackHole(self)
+        port = self.balancer(dead, good, policy="roundrobin", timeouts={"connect": 0.5})
+        n = 16
+        results = yield DeferredList([
+            httpRequests(port, [("POST", f"/d{i}", b"body%d" % i, {})], timeout=10)
+            for i in range(n)])
+        self.assertEqual([(r[1][0][0], r[1][0][2]) for r in results],
+                         [(200, b"/d%d body%d" % (i, i)) for i in range(n)])
+        self.assertEqual(len(good.requests), n)
 
     @inlineCallbacks
     def test_refusedNotRetried(self) -> Any:

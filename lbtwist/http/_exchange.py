@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute  # type: ignore[import-untyped]
 
 from ..config import RETRY_STATUSES
-from ..connect import ConnectAttempt
+from ..connect import ConnectAttempt, NoBackendAvailable
 from ..pool import Backend
 from ._backend import BackendConnection
 from ._plan import (
@@ -679,7 +679,7 @@ class Exchange:
         if slot is not None:
             pool.release(slot)
 
-    def _mayRetry(self, cause: str | int, unprocessed: bool = False) -> bool:
+    def _mayRetry(self, cause: str | int, unprocessed: bool = False, unsent: bool = False) -> bool:
         """
         Whether this exchange may go to another backend after C{cause} (a
         lost connection, a timeout, a status): the request is safe to send
@@ -690,12 +690,15 @@ class Exchange:
         @param unprocessed: the backend said it did not process the request
             (an HTTP/2 stream it refused): any request without a body may
             be sent again, idempotent or not.
+        @param unsent: nothing of the request left (its connection never
+            came up), and its body is in hand: any request may be sent.
         """
         upstream = self.upstream
         pool = upstream.pool
         plan = self.plan
         if (
-            self.responded or not (plan.replayable or unprocessed and not plan.hasBody)
+            self.responded
+            or not (plan.replayable or unsent or unprocessed and not plan.hasBody)
             or cause not in pool.config.retryOn
             or not upstream.connector.retryPolicy.mayTryAnother(pool, self.failures + 1)
         ):
@@ -842,6 +845,39 @@ class Exchange:
             self._retry(conn.backend, "response", "stream refused")
             return
         self.backendLost(conn)
+
+    def backendUnreached(self, conn: Any, unsent: list[bytes]) -> None:
+        """
+        The connection C{conn} stands for never came up (an HTTP/2
+        connection this request joined while it was being dialled): nothing
+        of the request reached the backend, and C{unsent} is the body it was
+        given.  It goes on as a request whose own connect failed: to another
+        backend under C{retry-on: connect-failure}, within the retries and
+        the retry budget (the failure was counted against the backend by
+        the dial's own attempt); else 503, or 502 if backends took the
+        request and failed it.
+        """
+        if self.over:
+            return
+        self.deadline = 0.0
+        self._detach()
+        if unsent:
+            self.pending = unsent + (self.pending or [])
+        retry = self._mayRetry("connect-failure", unsent=True)
+        # It was not sent: it counts as a failed connect.
+        self.sends -= 1
+        self.failures += 1
+        self.retries += 1
+        if retry:
+            self.log.info(
+                "backend {backend} never connected for {client}; trying another",
+                backend=conn.backend.name, client=self.client.clientName,
+            )
+            self.start()
+            return
+        reason = NoBackendAvailable("the connection it joined never came up")
+        reason.failures = self.failures
+        self._noBackend(Failure(reason))
 
     def backendLost(self, conn: Any) -> None:
         """

@@ -24,6 +24,14 @@ The rules:
     WINDOW_UPDATE.  Response DATA is acknowledged (the backend's window
     opened again) only while the client takes it: a stream holds at most
     its window (L{STREAM_WINDOW}) of response.
+  - B{joining a connection being dialled}: requests that come while a
+    connection is being made share it; their heads wait in the h2 state and
+    their bodies in their streams (the client paused after one read), so
+    that nothing of them leaves before it is up.  If it never comes up,
+    they were not sent anywhere: each gets its body back and takes the
+    path of a failed connect (L{lbtwist.http._exchange.Exchange.backendUnreached}:
+    another backend under C{retry-on: connect-failure}), whatever its
+    method or body.
   - B{failures}: a lost connection fails its streams with the exchange's
     retry rules; a stream the backend refused (C{REFUSED_STREAM}, or beyond
     a GOAWAY's last stream id) was not processed, and is retried under
@@ -203,11 +211,15 @@ class H2BackendStream:
     def flush(self) -> None:
         """
         Send what request DATA the windows allow; end the stream once it is
-        all sent and complete; pause the client while some waits.
+        all sent and complete; pause the client while some waits (all of it
+        waits while the connection is being made).
         """
         if self.lost or self.ended:
             return
         connection = self.connection
+        if not connection.connected:
+            self._updateProducer()
+            return
         state = connection.h2
         sid = self.streamId
         out = self._out
@@ -378,6 +390,21 @@ class H2BackendStream:
         if ex is not None:
             ex.backendRefused(self)
 
+    def unreached(self) -> None:
+        """
+        Its connection never came up: nothing of the request left; the
+        exchange gets back the body it gave, to send elsewhere.
+        """
+        if self.lost:
+            return
+        self.lost = True
+        self._gate.unregister()
+        unsent = list(self._out)
+        self._out.clear()
+        ex = self.exchange
+        if ex is not None:
+            ex.backendUnreached(self, unsent)
+
     def reset(self) -> None:
         """
         The backend reset the stream, or its connection is gone.
@@ -390,9 +417,9 @@ class H2BackendStream:
             ex.backendLost(self)
 
     def _failLater(self) -> None:
-        # (Refused if its connection never came up: nothing was sent.)
+        # (Unreached if its connection never came up: nothing was sent.)
         connection = self.connection
-        connection.clock.callLater(0, self.reset if connection.connected else self.refused)
+        connection.clock.callLater(0, self.reset if connection.connected else self.unreached)
 
 
 class H2BackendConnection(BackendProtocol):
@@ -452,6 +479,9 @@ class H2BackendConnection(BackendProtocol):
                 self.transport.abortConnection()
                 return
         self.connected = True
+        # What the streams that joined while it connected have waiting.
+        for stream in list(self.streams.values()):
+            stream.flush()
         self.send()
 
     def _stopDialTimer(self) -> None:
@@ -463,8 +493,7 @@ class H2BackendConnection(BackendProtocol):
         """
         The dial failed or was abandoned (the connect engine says so), or
         did not end within the connect timeout: the streams opened
-        meanwhile were never sent, and are refused (safe to send
-        elsewhere).
+        meanwhile were never sent, and go elsewhere as failed connects.
         """
         self._stopDialTimer()
         if self.connected or self.lost:
@@ -473,7 +502,7 @@ class H2BackendConnection(BackendProtocol):
         self.registry.remove(self)
         streams, self.streams = self.streams, {}
         for stream in streams.values():
-            stream.refused()
+            stream.unreached()
 
     def joinedAs(self) -> H2BackendStream:
         """
@@ -659,7 +688,7 @@ class H2BackendConnection(BackendProtocol):
                 stream.reset()
             else:
                 # (h2 refused by ALPN: nothing was sent.)
-                stream.refused()
+                stream.unreached()
 
 
 class H2Backends:
