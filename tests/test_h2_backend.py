@@ -15,9 +15,10 @@ import h2.config
 import h2.connection
 import h2.events
 from h2.errors import ErrorCodes
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import DeferredList, inlineCallbacks
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -28,6 +29,7 @@ from lbtwist.dial import Dialler
 from lbtwist.health import ProbeFailed
 from lbtwist.http import HTTPProbe, HTTPProxyFactory
 from lbtwist.http._h2backend import requestFields
+from lbtwist.metrics import balancerRegistry, exposition
 from lbtwist.pool import BackendPool
 
 from .httphelpers import chromiumDOM, httpRequests, rawExchange, waitFor
@@ -103,11 +105,11 @@ class ProtocolKeyTests(SynchronousTestCase):
 Answer = Callable[["H2Server", int, dict[bytes, bytes], bytes], None]
 
 
-class JoinedDialTests(SynchronousTestCase):
+class JoinedDialCase(SynchronousTestCase):
     """
-    Requests that joined an HTTP/2 connection while it was being dialled,
-    driven by hand on a memory reactor that dials as lbtwist's reactor does
-    (the protocol built at once, so later requests may join it).
+    An HTTP proxy factory over an h2 pool of two backends, driven by hand
+    on a memory reactor that dials as lbtwist's reactor does (the protocol
+    built at once, so later requests may join it).
     """
 
     def setUp(self) -> None:
@@ -138,11 +140,10 @@ class JoinedDialTests(SynchronousTestCase):
                            % (path, len(body), body))
         return transport
 
-    def serve(self, index: int) -> tuple[dict[bytes, bytes], ...]:
+    def connect(self, index: int) -> tuple[Any, StringTransport, Any]:
         """
-        Connect the dial C{index} to a test HTTP/2 server that answers 200
-        to each request; return the requests it got (their head fields and
-        body as C{b"body"}).
+        Connect the dial C{index}; return its protocol, its transport and
+        the h2 state of a test HTTP/2 server at its other end.
         """
         _, _, proto, _, connected, _ = self.reactor.dials[index]
         transport = StringTransport()
@@ -151,13 +152,22 @@ class JoinedDialTests(SynchronousTestCase):
         server = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None))
         server.initiate_connection()
+        return proto, transport, server
+
+    def serve(self, index: int, answer: bool = True) -> tuple[dict[bytes, bytes], ...]:
+        """
+        Connect the dial C{index} to a test HTTP/2 server that answers 200
+        to each request (if C{answer}); return the requests it got (their
+        head fields and body as C{b"body"}).
+        """
+        proto, transport, server = self.connect(index)
         requests: dict[int, dict[bytes, bytes]] = {}
         for event in server.receive_data(transport.value()):
             if isinstance(event, h2.events.RequestReceived):
                 requests[event.stream_id] = {**dict(event.headers), b"body": b""}
             elif isinstance(event, h2.events.DataReceived):
                 requests[event.stream_id][b"body"] += event.data
-            elif isinstance(event, h2.events.StreamEnded):
+            elif isinstance(event, h2.events.StreamEnded) and answer:
                 server.send_headers(event.stream_id, [(b":status", b"200"),
                                                       (b"content-length", b"0")],
                                     end_stream=True)
@@ -171,6 +181,12 @@ class JoinedDialTests(SynchronousTestCase):
         host, _, _, _, _, failed = self.reactor.dials[index]
         failed(Failure(ConnectionRefusedError()))
         return str(host)
+
+
+class JoinedDialTests(JoinedDialCase):
+    """
+    Requests that joined an HTTP/2 connection while it was being dialled.
+    """
 
     def test_joinedPostRetried(self) -> None:
         """
@@ -211,7 +227,104 @@ class JoinedDialTests(SynchronousTestCase):
         self.assertEqual(sorted(r[b"body"] for r in got), [b"hello", b"world"])
 
 
-class JoinedDialNotRetriedTests(JoinedDialTests):
+class H2CounterTests(JoinedDialCase):
+    """
+    A backend's HTTP/2 counters (L{lbtwist.pool.HTTP2Counters}) follow its
+    connections and streams, and the metrics export them.
+    """
+
+    def counters(self, index: int = 0) -> tuple[int, int, int, int]:
+        """
+        Backend C{index}'s connections, streams, GOAWAYs and lost
+        connections.
+        """
+        c = list(self.pool)[index].http2
+        return c.connections, c.streams, c.goaways, c.lost
+
+    def test_streamsAndConnections(self) -> None:
+        """
+        A stream counts from its head on (while its connection is dialled
+        too), until its response ends; a connection counts while it is up.
+        A GOAWAY is counted; a connection closed with no stream open is not
+        lost.
+        """
+        self.post(b"/a", b"hello")
+        self.post(b"/b", b"world")
+        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        self.assertEqual(self.counters(index), (0, 1, 0, 0))
+        proto, transport, server = self.connect(0)
+        self.assertEqual(self.counters(index), (1, 2, 0, 0))
+        for event in server.receive_data(transport.value()):
+            if isinstance(event, h2.events.StreamEnded):
+                server.send_headers(event.stream_id, [(b":status", b"204")], end_stream=True)
+        proto.dataReceived(server.data_to_send())
+        self.assertEqual(self.counters(index), (1, 0, 0, 0))
+        server.close_connection()
+        proto.dataReceived(server.data_to_send())
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.counters(index), (0, 0, 1, 0))
+
+    def test_lost(self) -> None:
+        """
+        A connection that closes with streams open is counted lost, and
+        its streams are no longer open.
+        """
+        self.post(b"/a", b"hello")
+        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        proto, transport, server = self.connect(0)
+        self.assertEqual(self.counters(index), (1, 1, 0, 0))
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.counters(index), (0, 0, 0, 1))
+
+    def test_failedDial(self) -> None:
+        """
+        Streams that waited for a connection whose dial failed are no
+        longer open; no connection was.
+        """
+        self.post(b"/a", b"hello")
+        self.post(b"/b", b"world")
+        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        self.failDial(0)
+        self.assertEqual(self.counters(index), (0, 0, 0, 0))
+
+    def test_exported(self) -> None:
+        """
+        Each backend of an h2 pool has the four series, read at scrape
+        time; a pool of HTTP/1.1 has none.
+        """
+        self.post(b"/a", b"hello")
+        self.post(b"/b", b"world")
+        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        self.connect(0)
+        plain = BackendPool(parseConfig({
+            "listeners": [{"listen": "tcp:80", "mode": "http"}],
+            "pools": {"plain": {"backends": [{"name": "p", "endpoint": "tcp:host=h:port=1"}]}},
+        }).pools[0])
+
+        class Balancer:
+            pools = {"web": self.pool, "plain": plain}
+            factories: dict[str, Any] = {}
+
+        text = exposition(balancerRegistry(Balancer()))[0].decode()
+        got = {(s.name, s.labels["backend"]): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name.startswith("lbtwist_backend_http2_")}
+        name = list(self.pool)[index].name
+        other = list(self.pool)[1 - index].name
+        self.assertEqual(got, {
+            ("lbtwist_backend_http2_connections", name): 1,
+            ("lbtwist_backend_http2_streams", name): 2,
+            ("lbtwist_backend_http2_goaways_total", name): 0,
+            ("lbtwist_backend_http2_connections_lost_total", name): 0,
+            ("lbtwist_backend_http2_connections", other): 0,
+            ("lbtwist_backend_http2_streams", other): 0,
+            ("lbtwist_backend_http2_goaways_total", other): 0,
+            ("lbtwist_backend_http2_connections_lost_total", other): 0,
+        })
+
+
+class JoinedDialNotRetriedTests(JoinedDialCase):
     """
     The same without C{connect-failure} in C{retry-on}.
     """
@@ -319,6 +432,13 @@ def bulk(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> N
     server.owed[sid] = BULK
 
 
+def hold(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer nothing: keep the stream open (in C{factory.held}).
+    """
+    server.factory.held.append((server, sid))  # type: ignore[attr-defined]
+
+
 def refuse(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
     """
     Refuse every stream unprocessed.
@@ -384,6 +504,7 @@ class H2ServerCase(TestCase):
         factory.sent = 0  # type: ignore[attr-defined]
         factory.requests = []  # type: ignore[attr-defined]
         factory.trailers = []  # type: ignore[attr-defined]
+        factory.held = []  # type: ignore[attr-defined]
         # The connections that carried requests (not the health checks').
         factory.used = set()  # type: ignore[attr-defined]
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -534,6 +655,41 @@ class H2BackendTests(H2ServerCase):
         self.assertEqual([(r[1][0][0], r[1][0][2]) for r in results],
                          [(200, b"/d%d body%d" % (i, i)) for i in range(n)])
         self.assertEqual(len(good.requests), n)
+
+    @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """
+        The scraped metrics show the backend's one connection and its
+        streams in flight; when the backend drops the connection under
+        them, the connection is counted lost and nothing is open.
+        """
+        server = self.server(hold)
+        lb, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"protocol": "h2", "health": {"fall": 100}, "retries": 0,
+                              "backends": [{"name": "s", "endpoint": server.endpoint}]}},
+        })
+        registry = balancerRegistry(lb)
+
+        def scraped() -> dict[str, float]:
+            text = exposition(registry)[0].decode()
+            return {s.name: s.value for family in text_string_to_metric_families(text)
+                    for s in family.samples if s.name.startswith("lbtwist_backend_http2_")}
+
+        answers = DeferredList([httpRequests(port, [("GET", f"/m{i}", None, {})])
+                                for i in range(3)])
+        yield waitFor(lambda: len(server.held) == 3)
+        self.assertEqual(scraped(), {
+            "lbtwist_backend_http2_connections": 1, "lbtwist_backend_http2_streams": 3,
+            "lbtwist_backend_http2_goaways_total": 0,
+            "lbtwist_backend_http2_connections_lost_total": 0})
+        server.held[0][0].transport.abortConnection()
+        results = yield answers
+        self.assertEqual([r[1][0][0] for r in results], [502] * 3)
+        self.assertEqual(scraped(), {
+            "lbtwist_backend_http2_connections": 0, "lbtwist_backend_http2_streams": 0,
+            "lbtwist_backend_http2_goaways_total": 0,
+            "lbtwist_backend_http2_connections_lost_total": 1})
 
     @inlineCallbacks
     def test_refusedNotRetried(self) -> Any:

@@ -479,6 +479,7 @@ class H2BackendConnection(BackendProtocol):
                 self.transport.abortConnection()
                 return
         self.connected = True
+        self.backend.http2.connections += 1
         # What the streams that joined while it connected have waiting.
         for stream in list(self.streams.values()):
             stream.flush()
@@ -500,8 +501,7 @@ class H2BackendConnection(BackendProtocol):
             return
         self.lost = True
         self.registry.remove(self)
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
+        for stream in self._dropAll():
             stream.unreached()
 
     def joinedAs(self) -> H2BackendStream:
@@ -527,9 +527,11 @@ class H2BackendConnection(BackendProtocol):
         sid = self.h2.get_next_available_stream_id()
         stream.streamId = sid
         self.streams[sid] = stream
+        self.backend.http2.streams += 1
         try:
             self.h2.send_headers(sid, fields or [], end_stream=end)
         except ProtocolError:
+            self._drop(sid)
             stream._failLater()
         self.send()
         return sid
@@ -583,7 +585,7 @@ class H2BackendConnection(BackendProtocol):
         """
         if not stream.streamId:
             self.opening = max(0, self.opening - 1)
-        elif self.streams.pop(stream.streamId, None) is None:
+        elif self._drop(stream.streamId) is None:
             return
         if not self.streams and not self.opening:
             self._arm()
@@ -642,7 +644,7 @@ class H2BackendConnection(BackendProtocol):
                     stream.responseHead(event.headers, True)
             elif isinstance(event, StreamReset):
                 if stream is not None:
-                    streams.pop(sid, None)
+                    self._drop(sid)
                     if event.error_code == ErrorCodes.REFUSED_STREAM:
                         stream.refused()
                     else:
@@ -669,21 +671,45 @@ class H2BackendConnection(BackendProtocol):
         processed (safe to retry); the others may finish.
         """
         self.goingAway = True
+        self.backend.http2.goaways += 1
         self.registry.remove(self)
         for sid, stream in list(self.streams.items()):
             if sid > lastStreamId:
-                self.streams.pop(sid, None)
+                self._drop(sid)
                 stream.refused()
         if not self.streams:
             self.transport.loseConnection()
+
+    def _drop(self, sid: int) -> H2BackendStream | None:
+        """
+        Forget stream C{sid} (it is over); return it, if it was open.
+        """
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            self.backend.http2.streams -= 1
+        return stream
+
+    def _dropAll(self) -> list[H2BackendStream]:
+        """
+        Forget every stream (the connection is gone); return them.
+        """
+        streams = list(self.streams.values())
+        self.streams = {}
+        self.backend.http2.streams -= len(streams)
+        return streams
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self._disarm()
         self._stopDialTimer()
         self.registry.remove(self)
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
+        streams = self._dropAll()
+        if self.connected:
+            counters = self.backend.http2
+            counters.connections -= 1
+            if streams:
+                counters.lost += 1
+        for stream in streams:
             if self.connected:
                 stream.reset()
             else:
