@@ -19,7 +19,7 @@ import h2.events
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.http._plan import BadTrailer, TrailerBound, trailerBlock, trailerFields
+from lbtwist.http._plan import BadTrailer, TrailerSection, trailerBlock, trailerFields
 
 from .httphelpers import (
     TIMED_OUT,
@@ -98,10 +98,10 @@ class TrailerFieldsTests(SynchronousTestCase):
         self.assertEqual(trailerBlock([]), b"\r\n")
 
 
-class TrailerBoundTests(SynchronousTestCase):
+class TrailerSectionTests(SynchronousTestCase):
     """
-    L{TrailerBound} counts the bytes read after the last chunk header, as
-    long as no body bytes came after it.
+    L{TrailerSection} counts the bytes read after the last chunk header, as
+    long as no body bytes came after it, and tells the last chunk.
     """
 
     def test_trailersCounted(self) -> None:
@@ -109,43 +109,36 @@ class TrailerBoundTests(SynchronousTestCase):
         The read that parsed the last chunk header is not counted; the
         reads after it are, until the limit is passed.
         """
-        bound = TrailerBound()
-        bound.chunkHeader([(b"h", b"1")], 10)
-        self.assertFalse(bound.overAfter(60000, 10, 100))
-        self.assertFalse(bound.overAfter(60, 10, 100))
-        self.assertFalse(bound.overAfter(40, 10, 100))
-        self.assertTrue(bound.overAfter(1, 10, 100))
-
-    def test_end(self) -> None:
-        """
-        At the end of the body the fields after the head's are the
-        trailers, and counting stops.
-        """
-        bound = TrailerBound()
-        fields = [(b"h", b"1"), (b"g", b"2")]
-        bound.chunkHeader(fields, 0)
-        fields.append((b"t", b"3"))
-        self.assertEqual(bound.end(fields), [(b"t", b"3")])
-        self.assertIsNone(bound.mark)
+        section = TrailerSection()
+        section.chunkHeader(10)
+        self.assertFalse(section.overAfter(60000, 10, 100))
+        self.assertFalse(section.overAfter(60, 10, 100))
+        self.assertFalse(section.overAfter(40, 10, 100))
+        self.assertTrue(section.overAfter(1, 10, 100))
 
     def test_bodyNotCounted(self) -> None:
         """
         Reads that carried body bytes after the chunk header are a chunk's
         data, not trailers, however large.
         """
-        bound = TrailerBound()
-        bound.chunkHeader([], 0)
-        self.assertFalse(bound.overAfter(5, 0, 100))
+        section = TrailerSection()
+        section.chunkHeader(0)
+        self.assertFalse(section.overAfter(5, 0, 100))
         for relayed in (65536, 131072, 196608):
-            self.assertFalse(bound.overAfter(65536, relayed, 100))
+            self.assertFalse(section.overAfter(65536, relayed, 100))
 
-    def test_outsideChunked(self) -> None:
+    def test_chunkEnded(self) -> None:
         """
-        Before any chunk header nothing is counted.
+        A chunk that relayed body bytes is not the last; the one that did
+        not is, and the section is the list of the trailer fields.
         """
-        bound = TrailerBound()
-        self.assertIsNone(bound.mark)
-        self.assertFalse(bound.overAfter(10 ** 6, 0, 100))
+        section = TrailerSection()
+        section.chunkHeader(0)
+        self.assertFalse(section.chunkEnded(5))
+        section.chunkHeader(5)
+        section.append((b"t", b"3"))
+        self.assertTrue(section.chunkEnded(5))
+        self.assertEqual(section, [(b"t", b"3")])
 
 
 def chunkedRequest(trailers: bytes) -> bytes:

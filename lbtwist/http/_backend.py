@@ -21,7 +21,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
-from ._plan import AS_IS, BadTrailer, TrailerBound, trailerBlock, trailerFields
+from ._plan import AS_IS, BadTrailer, TrailerSection, trailerBlock, trailerFields
 
 
 class ResponseHeadTooLarge(Exception):
@@ -69,11 +69,10 @@ class BackendConnection(BackendProtocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._rawHead = 0
         self._feeding = 0
+        # llhttp may hold part of a head, or of a chunked body's trailer
+        # section (when C{_headers} is a L{TrailerSection}): what it holds
+        # is bounded.
         self._inHead = False
-        # A chunked body's trailers: llhttp reports them with on_header too,
-        # after the head's (marked per chunk, so that other responses pay
-        # nothing), bounded while they arrive.
-        self._trailerBound = TrailerBound()
         # Bytes of a Content-Length body still to relay as they come,
         # without the parser (see L{_fastForward}).
         self._forward = 0
@@ -194,16 +193,17 @@ class BackendConnection(BackendProtocol):
         if self._inHead:
             # llhttp (and httptools) keep an unfinished head until it ends:
             # bound what a backend can make us hold, to the limit and a read.
-            self._rawHead += len(data)
-            if self._rawHead > self.factory.maxResponseHeaderSize:
-                ex = self.exchange
-                if ex is not None:
-                    self._headTooLarge(ex)
-                return
-        elif self._trailerBound.mark is not None:
+            section = self._headers
             ex = self.exchange
-            if ex is not None and self._trailerBound.overAfter(
+            if not isinstance(section, TrailerSection):
+                self._rawHead += len(data)
+                if self._rawHead > self.factory.maxResponseHeaderSize:
+                    if ex is not None:
+                        self._headTooLarge(ex)
+                    return
+            elif ex is not None and section.overAfter(
                     len(data), ex.bytesOut, self.factory.maxResponseHeaderSize):
+                # (A trailer line; the body's data is not counted.)
                 self._headTooLarge(ex, "trailers")
                 return
         ex = self.exchange
@@ -330,12 +330,6 @@ class BackendConnection(BackendProtocol):
             return
         if not self.parser.should_keep_alive():
             self.reusable = False
-        bound = self._trailerBound
-        if bound.mark is not None:
-            fields = bound.end(self._headers)
-            if fields:
-                ex.responseComplete(self._trailers(ex, fields))
-                return
         ex.responseComplete()
 
     def _trailers(self, ex: Any, fields: list[tuple[bytes, bytes]]) -> Any:
@@ -356,9 +350,28 @@ class BackendConnection(BackendProtocol):
             return None
 
     def on_chunk_header(self) -> None:
-        # (Before the last chunk's trailers too.)
         ex = self.exchange
-        self._trailerBound.chunkHeader(self._headers, ex.bytesOut if ex is not None else 0)
+        section = self._headers
+        if not isinstance(section, TrailerSection):
+            # The body's first chunk: the head's fields went to the
+            # exchange; llhttp's next ones are trailers.
+            section = self._headers = TrailerSection()
+            self._inHead = True
+        section.chunkHeader(ex.bytesOut if ex is not None else 0)
+
+    def on_chunk_complete(self) -> None:
+        ex = self.exchange
+        section = self._headers
+        if not (isinstance(section, TrailerSection)
+                and section.chunkEnded(ex.bytesOut if ex is not None else 0)):
+            return
+        # The last chunk: with trailers, the response ends here (before
+        # on_message_complete, which finds nothing left to do).
+        self._inHead = False
+        if section and ex is not None and not self._skipBody and ex.response is not None:
+            if not self.parser.should_keep_alive():
+                self.reusable = False
+            ex.responseComplete(self._trailers(ex, section))
 
     def skipBody(self) -> None:
         """
@@ -367,5 +380,6 @@ class BackendConnection(BackendProtocol):
         """
         self._skipBody = True
         self._finishAfterFeed = True
+        self._inHead = False
         if not self.parser.should_keep_alive():
             self.reusable = False

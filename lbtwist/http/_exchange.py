@@ -135,6 +135,14 @@ class IClientSide(IPushProducer):
         Read the request again (unless the backend pushes back).
         """
 
+    def requestTrailers(exchange: Exchange) -> list[tuple[bytes, bytes]] | None:
+        """
+        The trailers (filtered) of C{exchange}'s request, once it is
+        complete, if it had any: each backend connection it is sent on gets
+        them after the body.  (Kept by the client side, not the exchange:
+        most requests have none, and every exchange would pay for a slot.)
+        """
+
     def sendInterim(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """
         Send an interim (1xx) response on.
@@ -251,8 +259,6 @@ class Exchange:
     @ivar plan: what the request head came to.
     @ivar requestDone: the request body (if any) is complete.
     @ivar pending: request body pieces read before a backend connection.
-    @ivar trailers: the request's trailers (filtered), once it is complete,
-        for each backend connection it is sent on.
     @ivar conn: the backend connection the request is on.
     @ivar backend: the backend chosen last.
     @ivar slot: the backend whose C{maxconn} slot this exchange owns (the
@@ -276,7 +282,7 @@ class Exchange:
         "deadline", "factory", "failures", "gated", "local", "method", "pending", "phase",
         "plan", "requestDone", "responded", "response", "retries", "retrying", "route", "sends",
         "setCookie",
-        "slot", "started", "status", "trailers", "tried", "upstream", "url", "version",
+        "slot", "started", "status", "tried", "upstream", "url", "version",
     )
 
     log = Logger()
@@ -304,7 +310,6 @@ class Exchange:
         self.phase = WAITING
         self.requestDone = False
         self.pending: list[bytes] | None = None
-        self.trailers: list[tuple[bytes, bytes]] | None = None
         self.conn: Any = None
         self.backend: Backend | None = None
         self.slot: Backend | None = None
@@ -490,7 +495,7 @@ class Exchange:
             client.upgradeSent(self, conn)
         if self.requestDone:
             if plan.chunked:
-                conn.endBody(self.trailers)
+                conn.endBody(client.requestTrailers(self))
             self._due()
         else:
             client.releaseRequest()
@@ -521,7 +526,6 @@ class Exchange:
         response head is due within the response timeout from now.
         """
         self.requestDone = True
-        self.trailers = trailers
         conn = self.conn
         if conn is not None:
             if self.plan.chunked:

@@ -374,6 +374,12 @@ class H2Stream:
             return
         ex.requestComplete(self._requestTrailers)
 
+    def requestTrailers(self, ex: Exchange) -> list[tuple[bytes, bytes]] | None:
+        """
+        The request's trailers, if it had any.
+        """
+        return self._requestTrailers
+
     def trailersReceived(self, fields: list[tuple[bytes, bytes]]) -> None:
         """
         The request's trailers arrived (the stream ends with them): relayed

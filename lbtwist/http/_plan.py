@@ -155,40 +155,42 @@ def trailerBlock(trailers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(name + b": " + value + b"\r\n" for name, value in trailers) + b"\r\n"
 
 
-class TrailerBound:
+class TrailerSection(list[tuple[bytes, bytes]]):
     """
-    The trailer section of a chunked body llhttp parses, on one connection.
+    The trailer fields of a chunked body being parsed, and what bounds
+    them.
 
-    llhttp (through httptools) reports trailer fields with C{on_header},
-    after the head's: those past the count of the head's fields when the
-    last chunk header came are the trailers.  It also keeps an unfinished
-    field until it ends, so a peer could send one endless trailer line:
-    fed after each read while a chunked body is parsed, this counts the
-    bytes read after the last chunk's size line, as the head's bound counts
-    the head's.  A read with no body bytes after the last chunk header is
-    all trailer (the read with the header itself is not counted, so the
-    bound is the limit and one read).
+    llhttp (through httptools) reports trailer fields with C{on_header} as
+    it reports the head's: at the body's first chunk header a connection
+    replaces its list of the head's fields (given to the exchange already)
+    with one of these, which the trailers then fill.  llhttp ends the last
+    chunk (C{on_chunk_complete}) as it ends each chunk: a chunk that
+    relayed no body bytes is the last.  It also keeps an unfinished field
+    until it ends, so a peer could send one endless trailer line: fed after
+    each read, this counts the bytes read after the last chunk's size line,
+    as the head's bound counts the head's.  A read with no body bytes after
+    the last chunk header is all trailer (the read with the header itself
+    is not counted, so the bound is the limit and one read).
+
+    Made for chunked bodies only, and a list, so that the connections'
+    other messages pay nothing for it, not even an attribute; its counts
+    are set by L{chunkHeader}, called as soon as it is made (a list's own
+    C{__init__}: it is made for each chunked body).
 
     @ivar mark: the body bytes relayed when the last chunk header was
-        parsed, or L{None} outside a chunked body.
+        parsed.
     @ivar raw: trailer bytes counted so far (-1: the read that parsed the
         chunk header is not).
-    @ivar headCount: how many fields the head had.
     """
 
-    __slots__ = ("headCount", "mark", "raw")
+    __slots__ = ("mark", "raw")
+    mark: int
+    raw: int
 
-    def __init__(self) -> None:
-        self.mark: int | None = None
-        self.raw = -1
-        self.headCount = 0
-
-    def chunkHeader(self, fields: list[tuple[bytes, bytes]], relayed: int) -> None:
+    def chunkHeader(self, relayed: int) -> None:
         """
-        A chunk's size line was parsed, C{relayed} body bytes in, with
-        C{fields} read so far (the head's).
+        A chunk's size line was parsed, C{relayed} body bytes in.
         """
-        self.headCount = len(fields)
         self.mark = relayed
         self.raw = -1
 
@@ -208,13 +210,12 @@ class TrailerBound:
         self.raw = raw
         return raw > limit
 
-    def end(self, fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    def chunkEnded(self, relayed: int) -> bool:
         """
-        The chunked body ended: the trailer fields among C{fields} (those
-        after the head's), unfiltered.
+        A chunk ended, C{relayed} body bytes in: whether it was the last
+        (it relayed none): its fields are then all the trailers.
         """
-        self.mark = None
-        return fields[self.headCount:]
+        return relayed == self.mark
 
 
 class RequestRules:
