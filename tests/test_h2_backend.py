@@ -133,11 +133,17 @@ class JoinedDialCase(SynchronousTestCase):
         A client connection (all from one address: the same backend by
         source hash) that sent a POST of C{body}; its transport.
         """
+        return self.send(b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                         % (path, len(body), body))
+
+    def send(self, request: bytes) -> StringTransport:
+        """
+        A client connection that sent C{request}; its transport.
+        """
         transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
         proto = self.factory.buildProtocol(transport.getPeer())
         proto.makeConnection(transport)
-        proto.dataReceived(b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
-                           % (path, len(body), body))
+        proto.dataReceived(request)
         return transport
 
     def connect(self, index: int) -> tuple[Any, StringTransport, Any]:
@@ -167,6 +173,9 @@ class JoinedDialCase(SynchronousTestCase):
                 requests[event.stream_id] = {**dict(event.headers), b"body": b""}
             elif isinstance(event, h2.events.DataReceived):
                 requests[event.stream_id][b"body"] += event.data
+            elif isinstance(event, h2.events.TrailersReceived):
+                requests[event.stream_id][b"trailers"] = b"; ".join(
+                    n + b"=" + v for n, v in event.headers)
             elif isinstance(event, h2.events.StreamEnded) and answer:
                 server.send_headers(event.stream_id, [(b":status", b"200"),
                                                       (b"content-length", b"0")],
@@ -210,6 +219,20 @@ class JoinedDialTests(JoinedDialCase):
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
         self.assertEqual(self.pool.retriesActive, 0)
         self.assertEqual(sum(b.slots for b in self.pool), 0)
+
+    def test_joinedTrailersRetried(self) -> None:
+        """
+        A chunked HTTP/1.1 request with trailers that joined the connection
+        goes to the other backend with its body and its trailers.
+        """
+        self.post(b"/a", b"hello")
+        second = self.send(b"POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\r\nworld\r\n0\r\nX-Sum: 9\r\n\r\n")
+        self.failDial(0)
+        got = [r for i in range(1, len(self.reactor.dials)) for r in self.serve(i)]
+        [joined] = [r for r in got if r[b":path"] == b"/b"]
+        self.assertEqual((joined[b"body"], joined[b"trailers"]), (b"world", b"x-sum=9"))
+        self.assertTrue(second.value().startswith(b"HTTP/1.1 200 "), second.value())
 
     def test_bodyHeldWhileConnecting(self) -> None:
         """
