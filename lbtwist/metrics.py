@@ -173,6 +173,21 @@ class BalancerCollector(Collector):
         retriesRefused = CounterMetricFamily(
             "lbtwist_pool_retries_refused",
             "Retries the retry budget did not allow.", labels=("pool",))
+        # A pool of protocol h2's backends' connections.
+        h2: tuple[GaugeMetricFamily | CounterMetricFamily, ...] = (
+            GaugeMetricFamily(
+                "lbtwist_backend_http2_connections",
+                "HTTP/2 connections open to the backend (a pool of protocol h2).", labels=b),
+            GaugeMetricFamily(
+                "lbtwist_backend_http2_streams",
+                "HTTP/2 streams (requests) open to the backend, those waiting for a "
+                "connection being dialled included.", labels=b),
+            CounterMetricFamily(
+                "lbtwist_backend_http2_goaways", "GOAWAY frames the backend sent.", labels=b),
+            CounterMetricFamily(
+                "lbtwist_backend_http2_connections_lost",
+                "HTTP/2 connections to the backend that closed with streams open.", labels=b),
+        )
         for pool in self.balancer.pools.values():
             retriesActive.add_metric((pool.name,), pool.retriesActive)
             retriesRefused.add_metric((pool.name,), pool.retriesRefused)
@@ -191,6 +206,12 @@ class BalancerCollector(Collector):
                 ejected.add_metric((pool.name, backend.name), 1.0 if backend.ejected else 0.0)
                 role.add_metric((pool.name, backend.name, str(backend.backup).lower(),
                                  str(backend.config.discovered).lower()), 1.0)
+                if pool.config.protocol == "h2":
+                    counters = backend.http2
+                    values = (counters.connections, counters.streams, counters.goaways,
+                              counters.lost)
+                    for family, value in zip(h2, values):
+                        family.add_metric((pool.name, backend.name), value)
         accepted = CounterMetricFamily(
             "lbtwist_listener_accepted", "Client connections accepted.",
             labels=("listener",))
@@ -239,7 +260,7 @@ class BalancerCollector(Collector):
                 refused.add_metric((name,), getattr(factory, "refused", 0))
         yield from (requests, failures, bytesIn, bytesOut, active, weight, state, up,
                     probe, response, ejections, ejected, role, noBackend, size, queueLength, queued, queueFull,
-                    queueTimeouts, retriesActive, retriesRefused, accepted, clients, responses,
+                    queueTimeouts, retriesActive, retriesRefused, *h2, accepted, clients, responses,
                     refused, protocols, h2Connections, h2Streams, h2Refused, h2Calmed)
         yield from self._routes()
 

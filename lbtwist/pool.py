@@ -80,6 +80,27 @@ _READY = Admin.READY
 _DOWN = Health.DOWN
 
 
+class HTTP2Counters:
+    """
+    A backend's HTTP/2 connections (a pool of C{protocol: h2}), counted by
+    L{lbtwist.http._h2backend} and read by the metrics.
+
+    @ivar connections: connections open (up, not yet closed).
+    @ivar streams: streams open on them (requests in flight; those waiting
+        for a connection being dialled included).
+    @ivar goaways: GOAWAY frames received.
+    @ivar lost: connections that closed with streams still open on them.
+    """
+
+    __slots__ = ("connections", "goaways", "lost", "streams")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.streams = 0
+        self.goaways = 0
+        self.lost = 0
+
+
 class Backend:
     """
     A backend's live state and counters.
@@ -94,6 +115,7 @@ class Backend:
         C{weight}, less while slow start ramps it up.
     @ivar rampStart: when its slow start began.
     @ivar rampEnd: when its slow start ends, or 0 if it is not ramping.
+    @ivar http2: its HTTP/2 connections' counters.
     """
 
     # Slots: a pool reads these on every pick, and with more than 30
@@ -103,7 +125,7 @@ class Backend:
         "_responseTime", "active", "admin", "backup", "bytesIn", "bytesOut", "closers",
         "config", "consecutiveFailures", "consecutiveSuccesses", "effectiveWeight",
         "ejected", "ejectedUntil", "ejections", "endpoint", "errorStreak", "failures",
-        "gatewayStreak", "health", "lastChange", "maxconn", "name", "probeLatency",
+        "gatewayStreak", "health", "http2", "lastChange", "maxconn", "name", "probeLatency",
         "rampEnd", "rampStart", "removed", "responseBuckets", "responseSum",
         "serverErrorStreak", "slots", "total", "weight", "__weakref__",
     )
@@ -130,6 +152,7 @@ class Backend:
         # set: one counter per bucket of RESPONSE_BUCKETS, plus +Inf.
         self.responseBuckets = [0] * (len(RESPONSE_BUCKETS) + 1)
         self.responseSum = 0.0
+        self.http2 = HTTP2Counters()
         # Callables that close one live connection or request of this
         # backend at once, registered by the protocols (TCP and HTTP) while
         # it is live, so a drain can end what outlives its grace period.

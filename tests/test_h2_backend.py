@@ -1,31 +1,40 @@
 """
 HTTP/2 to backends (L{lbtwist.http._h2backend}): the request head mapped to
-HTTP/2 fields, the pool's C{protocol} key, and a real balancer over test
+HTTP/2 fields, the pool's C{protocol} key, requests that joined a connection
+whose dial failed (on a memory reactor), and a real balancer over test
 HTTP/2 servers (the h2 library, server side, on 127.0.0.1): streams
 multiplexed on one connection, bodies both ways, refused streams retried.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
 import h2.config
 import h2.connection
 import h2.events
 from h2.errors import ErrorCodes
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.config import ConfigError, parseConfig
 from lbtwist.dial import Dialler
 from lbtwist.health import ProbeFailed
-from lbtwist.http import HTTPProbe
+from lbtwist.http import HTTPProbe, HTTPProxyFactory
 from lbtwist.http._h2backend import requestFields
+from lbtwist.metrics import balancerRegistry, exposition
 from lbtwist.pool import BackendPool
 
 from .httphelpers import chromiumDOM, httpRequests, rawExchange, waitFor
 from .support import inThread, reactor, startBalancer
+from .test_dial import DirectReactor
 from .test_tls_listen import Certificates
 
 
@@ -96,6 +105,269 @@ class ProtocolKeyTests(SynchronousTestCase):
 Answer = Callable[["H2Server", int, dict[bytes, bytes], bytes], None]
 
 
+class JoinedDialCase(SynchronousTestCase):
+    """
+    An HTTP proxy factory over an h2 pool of two backends, driven by hand
+    on a memory reactor that dials as lbtwist's reactor does (the protocol
+    built at once, so later requests may join it).
+    """
+
+    def setUp(self) -> None:
+        self.reactor = DirectReactor()
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:80", "mode": "http"}],
+            "pools": {"web": {
+                "protocol": "h2", "policy": "source", "retries": 2,
+                "backends": [{"name": "b1", "endpoint": "tcp:host=10.0.0.1:port=80"},
+                             {"name": "b2", "endpoint": "tcp:host=10.0.0.2:port=80"}],
+                **self.poolSettings}},
+        })
+        self.pool = BackendPool(config.pools[0])
+        self.factory = HTTPProxyFactory(
+            self.pool, self.reactor, Dialler(self.reactor), config.listeners[0])
+
+    poolSettings: dict[str, Any] = {}
+
+    def post(self, path: bytes, body: bytes) -> StringTransport:
+        """
+        A client connection (all from one address: the same backend by
+        source hash) that sent a POST of C{body}; its transport.
+        """
+        return self.send(b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                         % (path, len(body), body))
+
+    def send(self, request: bytes) -> StringTransport:
+        """
+        A client connection that sent C{request}; its transport.
+        """
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
+        proto = self.factory.buildProtocol(transport.getPeer())
+        proto.makeConnection(transport)
+        proto.dataReceived(request)
+        return transport
+
+    def connect(self, index: int) -> tuple[Any, StringTransport, Any]:
+        """
+        Connect the dial C{index}; return its protocol, its transport and
+        the h2 state of a test HTTP/2 server at its other end.
+        """
+        _, _, proto, _, connected, _ = self.reactor.dials[index]
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        connected(proto)
+        server = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        server.initiate_connection()
+        return proto, transport, server
+
+    def serve(self, index: int, answer: bool = True) -> tuple[dict[bytes, bytes], ...]:
+        """
+        Connect the dial C{index} to a test HTTP/2 server that answers 200
+        to each request (if C{answer}); return the requests it got (their
+        head fields and body as C{b"body"}).
+        """
+        proto, transport, server = self.connect(index)
+        requests: dict[int, dict[bytes, bytes]] = {}
+        for event in server.receive_data(transport.value()):
+            if isinstance(event, h2.events.RequestReceived):
+                requests[event.stream_id] = {**dict(event.headers), b"body": b""}
+            elif isinstance(event, h2.events.DataReceived):
+                requests[event.stream_id][b"body"] += event.data
+            elif isinstance(event, h2.events.TrailersReceived):
+                requests[event.stream_id][b"trailers"] = b"; ".join(
+                    n + b"=" + v for n, v in event.headers)
+            elif isinstance(event, h2.events.StreamEnded) and answer:
+                server.send_headers(event.stream_id, [(b":status", b"200"),
+                                                      (b"content-length", b"0")],
+                                    end_stream=True)
+        proto.dataReceived(server.data_to_send())
+        return tuple(requests[sid] for sid in sorted(requests))
+
+    def failDial(self, index: int) -> str:
+        """
+        Fail the dial C{index} (refused); return the host it was to.
+        """
+        host, _, _, _, _, failed = self.reactor.dials[index]
+        failed(Failure(ConnectionRefusedError()))
+        return str(host)
+
+
+class JoinedDialTests(JoinedDialCase):
+    """
+    Requests that joined an HTTP/2 connection while it was being dialled.
+    """
+
+    def test_joinedPostRetried(self) -> None:
+        """
+        A POST that joined a connection being dialled is not sent while it
+        connects; when the dial fails, it goes to the other backend with its
+        body, as the POST that dialled does: both are answered.
+        """
+        first = self.post(b"/a", b"hello")
+        second = self.post(b"/b", b"world")
+        self.assertEqual(len(self.reactor.dials), 1)
+        dead = self.failDial(0)
+        # (The dialling request's own retry dials again, as it would for
+        # HTTP/1.1; the joined one may dial or join.)
+        retries = range(1, len(self.reactor.dials))
+        self.assertIn(len(retries), (1, 2))
+        self.assertNotIn(dead, [self.reactor.dials[i][0] for i in retries])
+        got = [r for i in retries for r in self.serve(i)]
+        self.assertEqual(sorted((r[b":path"], r[b"body"]) for r in got),
+                         [(b"/a", b"hello"), (b"/b", b"world")])
+        for transport in (first, second):
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertEqual(self.pool.retriesActive, 0)
+        self.assertEqual(sum(b.slots for b in self.pool), 0)
+
+    def test_joinedTrailersRetried(self) -> None:
+        """
+        A chunked HTTP/1.1 request with trailers that joined the connection
+        goes to the other backend with its body and its trailers.
+        """
+        self.post(b"/a", b"hello")
+        second = self.send(b"POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\r\nworld\r\n0\r\nX-Sum: 9\r\n\r\n")
+        self.failDial(0)
+        got = [r for i in range(1, len(self.reactor.dials)) for r in self.serve(i)]
+        [joined] = [r for r in got if r[b":path"] == b"/b"]
+        self.assertEqual((joined[b"body"], joined[b"trailers"]), (b"world", b"x-sum=9"))
+        self.assertTrue(second.value().startswith(b"HTTP/1.1 200 "), second.value())
+
+    def test_bodyHeldWhileConnecting(self) -> None:
+        """
+        While the connection is being made, a joined request's body waits in
+        its stream, not in the connection's output (which a failed dial
+        would lose); once it is up it goes out (the dialling request's body
+        waited in its exchange).
+        """
+        self.post(b"/a", b"hello")
+        self.post(b"/b", b"world")
+        self.assertEqual(len(self.reactor.dials), 1)
+        connection = self.reactor.dials[0][2]
+        self.assertEqual([list(s._out) for s in connection.streams.values()], [[b"world"]])
+        got = self.serve(0)
+        self.assertEqual(sorted(r[b"body"] for r in got), [b"hello", b"world"])
+
+
+class H2CounterTests(JoinedDialCase):
+    """
+    A backend's HTTP/2 counters (L{lbtwist.pool.HTTP2Counters}) follow its
+    connections and streams, and the metrics export them.
+    """
+
+    def counters(self, index: int = 0) -> tuple[int, int, int, int]:
+        """
+        Backend C{index}'s connections, streams, GOAWAYs and lost
+        connections.
+        """
+        c = list(self.pool)[index].http2
+        return c.connections, c.streams, c.goaways, c.lost
+
+    def test_streamsAndConnections(self) -> None:
+        """
+        A stream counts from its head on (while its connection is dialled
+        too), until its response ends; a connection counts while it is up.
+        A GOAWAY is counted; a connection closed with no stream open is not
+        lost.
+        """
+        self.post(b"/a", b"hello")
+        self.post(b"/b", b"world")
+        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        self.assertEqual(self.counters(index), (0, 1, 0, 0))
+        proto, transport, server = self.connect(0)
+        self.assertEqual(self.counters(index), (1, 2, 0, 0))
+        for event in server.receive_data(transport.value()):
+            if isinstance(event, h2.events.StreamEnded):
+                server.send_headers(event.stream_id, [(b":status", b"204")], end_stream=True)
+        proto.dataReceived(server.data_to_send())
+        self.assertEqual(self.counters(index), (1, 0, 0, 0))
+        server.close_connection()
+        proto.dataReceived(server.data_to_send())
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.counters(index), (0, 0, 1, 0))
+
+    def test_lost(self) -> None:
+        """
+        A connection that closes with streams open is counted lost, and
+        its streams are no longer open.
+        """
+        self.post(b"/a", b"hello")
+        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        proto, transport, server = self.connect(0)
+        self.assertEqual(self.counters(index), (1, 1, 0, 0))
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.counters(index), (0, 0, 0, 1))
+
+    def test_failedDial(self) -> None:
+        """
+        Streams that waited for a connection whose dial failed are no
+        longer open; no connection was.
+        """
+        self.post(b"/a", b"hello")
+        self.post(b"/b", b"world")
+        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        self.failDial(0)
+        self.assertEqual(self.counters(index), (0, 0, 0, 0))
+
+    def test_exported(self) -> None:
+        """
+        Each backend of an h2 pool has the four series, read at scrape
+        time; a pool of HTTP/1.1 has none.
+        """
+        self.post(b"/a", b"hello")
+        self.post(b"/b", b"world")
+        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        self.connect(0)
+        plain = BackendPool(parseConfig({
+            "listeners": [{"listen": "tcp:80", "mode": "http"}],
+            "pools": {"plain": {"backends": [{"name": "p", "endpoint": "tcp:host=h:port=1"}]}},
+        }).pools[0])
+
+        class Balancer:
+            pools = {"web": self.pool, "plain": plain}
+            factories: dict[str, Any] = {}
+
+        text = exposition(balancerRegistry(Balancer()))[0].decode()
+        got = {(s.name, s.labels["backend"]): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name.startswith("lbtwist_backend_http2_")}
+        name = list(self.pool)[index].name
+        other = list(self.pool)[1 - index].name
+        self.assertEqual(got, {
+            ("lbtwist_backend_http2_connections", name): 1,
+            ("lbtwist_backend_http2_streams", name): 2,
+            ("lbtwist_backend_http2_goaways_total", name): 0,
+            ("lbtwist_backend_http2_connections_lost_total", name): 0,
+            ("lbtwist_backend_http2_connections", other): 0,
+            ("lbtwist_backend_http2_streams", other): 0,
+            ("lbtwist_backend_http2_goaways_total", other): 0,
+            ("lbtwist_backend_http2_connections_lost_total", other): 0,
+        })
+
+
+class JoinedDialNotRetriedTests(JoinedDialCase):
+    """
+    The same without C{connect-failure} in C{retry-on}.
+    """
+
+    poolSettings = {"retry-on": ["refused-stream"]}
+
+    def test_joinedPostRetried(self) -> None:
+        """
+        Connect failures are not retried: both requests get a 503, as an
+        HTTP/1.1 request whose connect failed does.
+        """
+        first = self.post(b"/a", b"hello")
+        second = self.post(b"/b", b"world")
+        self.failDial(0)
+        self.assertEqual(len(self.reactor.dials), 1)
+        for transport in (first, second):
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+        self.assertEqual(sum(b.slots for b in self.pool), 0)
+
+
 class H2Server(Protocol):
     """
     A test HTTP/2 backend (cleartext, prior knowledge): answers each
@@ -130,6 +402,8 @@ class H2Server(Protocol):
             elif isinstance(event, h2.events.DataReceived):
                 self.bodies[event.stream_id] += event.data
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.TrailersReceived):
+                self.factory.trailers.append(event.headers)  # type: ignore[attr-defined]
             elif isinstance(event, h2.events.StreamEnded):
                 sid = event.stream_id
                 self.factory.answer(self, sid, self.heads[sid], self.bodies[sid])  # type: ignore[attr-defined]
@@ -181,6 +455,13 @@ def bulk(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> N
     server.owed[sid] = BULK
 
 
+def hold(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer nothing: keep the stream open (in C{factory.held}).
+    """
+    server.factory.held.append((server, sid))  # type: ignore[attr-defined]
+
+
 def refuse(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
     """
     Refuse every stream unprocessed.
@@ -196,6 +477,35 @@ def goAway(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) ->
     """
     server.factory.refused += 1  # type: ignore[attr-defined]
     server.conn.close_connection(last_stream_id=sid - 2 if sid > 2 else 0)
+
+
+class BlackHole:
+    """
+    A backend on 127.0.0.1 whose dials hang: a listening socket that
+    accepts nothing, its backlog filled, so that the kernel drops the SYNs
+    of further connects (they end only by their timeout).
+    """
+
+    def __init__(self, case: TestCase) -> None:
+        self.listening = socket.socket()
+        self.listening.bind(("127.0.0.1", 0))
+        self.listening.listen(0)
+        address = self.listening.getsockname()
+        self.fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            self.fillers.append(filler)
+        self.endpoint = f"tcp:host=127.0.0.1:port={address[1]}"
+        case.addCleanup(self.close)
+
+    def close(self) -> None:
+        """
+        Close the sockets.
+        """
+        for s in [*self.fillers, self.listening]:
+            s.close()
 
 
 class H2ServerCase(TestCase):
@@ -216,6 +526,8 @@ class H2ServerCase(TestCase):
         factory.refused = 0  # type: ignore[attr-defined]
         factory.sent = 0  # type: ignore[attr-defined]
         factory.requests = []  # type: ignore[attr-defined]
+        factory.trailers = []  # type: ignore[attr-defined]
+        factory.held = []  # type: ignore[attr-defined]
         # The connections that carried requests (not the health checks').
         factory.used = set()  # type: ignore[attr-defined]
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -347,6 +659,60 @@ class H2BackendTests(H2ServerCase):
         results = yield DeferredList([
             httpRequests(port, [("GET", f"/d{i}", None, {})]) for i in range(6)])
         self.assertEqual([r[1][0][0] for r in results], [200] * 6)
+
+    @inlineCallbacks
+    def test_deadBackendBodies(self) -> Any:
+        """
+        Many POSTs with bodies at once over a backend whose dial hangs until
+        the connect timeout and a live one: the requests that joined the
+        dead backend's connection while it was dialled go to the live one
+        with their bodies, as the one that dialled it does; all succeed.
+        """
+        good = self.server(echo)
+        dead = BlackHole(self)
+        port = self.balancer(dead, good, policy="roundrobin", timeouts={"connect": 0.5})
+        n = 16
+        results = yield DeferredList([
+            httpRequests(port, [("POST", f"/d{i}", b"body%d" % i, {})], timeout=10)
+            for i in range(n)])
+        self.assertEqual([(r[1][0][0], r[1][0][2]) for r in results],
+                         [(200, b"/d%d body%d" % (i, i)) for i in range(n)])
+        self.assertEqual(len(good.requests), n)
+
+    @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """
+        The scraped metrics show the backend's one connection and its
+        streams in flight; when the backend drops the connection under
+        them, the connection is counted lost and nothing is open.
+        """
+        server = self.server(hold)
+        lb, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"protocol": "h2", "health": {"fall": 100}, "retries": 0,
+                              "backends": [{"name": "s", "endpoint": server.endpoint}]}},
+        })
+        registry = balancerRegistry(lb)
+
+        def scraped() -> dict[str, float]:
+            text = exposition(registry)[0].decode()
+            return {s.name: s.value for family in text_string_to_metric_families(text)
+                    for s in family.samples if s.name.startswith("lbtwist_backend_http2_")}
+
+        answers = DeferredList([httpRequests(port, [("GET", f"/m{i}", None, {})])
+                                for i in range(3)])
+        yield waitFor(lambda: len(server.held) == 3)
+        self.assertEqual(scraped(), {
+            "lbtwist_backend_http2_connections": 1, "lbtwist_backend_http2_streams": 3,
+            "lbtwist_backend_http2_goaways_total": 0,
+            "lbtwist_backend_http2_connections_lost_total": 0})
+        server.held[0][0].transport.abortConnection()
+        results = yield answers
+        self.assertEqual([r[1][0][0] for r in results], [502] * 3)
+        self.assertEqual(scraped(), {
+            "lbtwist_backend_http2_connections": 0, "lbtwist_backend_http2_streams": 0,
+            "lbtwist_backend_http2_goaways_total": 0,
+            "lbtwist_backend_http2_connections_lost_total": 1})
 
     @inlineCallbacks
     def test_refusedNotRetried(self) -> Any:

@@ -87,6 +87,9 @@ class RecordingClientSide:
     def proxyHeaderFor(self, make: Any) -> bytes:
         return bytes(make(None, None))
 
+    def requestTrailers(self, exchange: Exchange) -> Any:
+        return None
+
     def holdRequest(self) -> None:
         self.held = True
 

@@ -22,7 +22,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
-from ._plan import AS_IS, trailerBlock, trailerFields
+from ._plan import AS_IS, BadTrailer, TrailerSection, trailerBlock, trailerFields
 
 
 class ResponseHeadTooLarge(Exception):
@@ -84,11 +84,10 @@ class BackendConnection(BackendProtocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._rawHead = 0
         self._feeding = 0
+        # llhttp may hold part of a head, or of a chunked body's trailer
+        # section (when C{_headers} is a L{TrailerSection}): what it holds
+        # is bounded.
         self._inHead = False
-        # How many of C{_headers} are the head's, once a chunked body began:
-        # llhttp reports its trailers with on_header too, after the head's.
-        # (Counted per chunk, so that other responses pay nothing.)
-        self._headCount = 0
         # Bytes of a Content-Length body still to relay as they come,
         # without the parser (see L{_fastForward}).
         self._forward = 0
@@ -128,7 +127,7 @@ class BackendConnection(BackendProtocol):
         if any.
         """
         if trailers:
-            self.transport.write(b"0\r\n" + trailerBlock(trailers) + b"\r\n")
+            self.transport.write(b"0\r\n" + trailerBlock(trailers))
         else:
             self.transport.write(b"0\r\n\r\n")
 
@@ -213,11 +212,18 @@ class BackendConnection(BackendProtocol):
         if self._inHead:
             # llhttp (and httptools) keep an unfinished head until it ends:
             # bound what a backend can make us hold, to the limit and a read.
-            self._rawHead += len(data)
-            if self._rawHead > self.factory.maxResponseHeaderSize:
-                ex = self.exchange
-                if ex is not None:
-                    self._headTooLarge(ex)
+            section = self._headers
+            ex = self.exchange
+            if not isinstance(section, TrailerSection):
+                self._rawHead += len(data)
+                if self._rawHead > self.factory.maxResponseHeaderSize:
+                    if ex is not None:
+                        self._headTooLarge(ex)
+                    return
+            elif ex is not None and section.overAfter(
+                    len(data), ex.bytesOut, self.factory.maxResponseHeaderSize):
+                # (A trailer line; the body's data is not counted.)
+                self._headTooLarge(ex, "trailers")
                 return
         ex = self.exchange
         if ex is not None:
@@ -274,11 +280,11 @@ class BackendConnection(BackendProtocol):
             self.log.warn("backend {backend} answered in TLS: give the pool a tls: block",
                           backend=backend.name)
 
-    def _headTooLarge(self, ex: Any) -> None:
+    def _headTooLarge(self, ex: Any, what: str = "head") -> None:
         self.reusable = False
         ex.backendFailed(
             "response",
-            f"response head over {self.factory.maxResponseHeaderSize} bytes",
+            f"response {what} over {self.factory.maxResponseHeaderSize} bytes",
         )
         if not self.lost:
             self.transport.abortConnection()
@@ -354,18 +360,48 @@ class BackendConnection(BackendProtocol):
             return
         if not self.parser.should_keep_alive():
             self.reusable = False
-        count = self._headCount
-        if count:
-            self._headCount = 0
-            headers = self._headers
-            if len(headers) > count:
-                ex.responseComplete(trailerFields(headers[count:]))
-                return
         ex.responseComplete()
 
+    def _trailers(self, ex: Any, fields: list[tuple[bytes, bytes]]) -> Any:
+        """
+        The response's trailers as they may be relayed: none if one is
+        invalid or they are over the response head's size limit (the body
+        went out already; the client sees no trailers rather than bad ones).
+        """
+        limit = self.factory.maxResponseHeaderSize
+        try:
+            if sum(len(n) + len(v) + 4 for n, v in fields) > limit:
+                raise BadTrailer(f"over {limit} bytes")
+            return trailerFields(fields) or None
+        except BadTrailer as e:
+            self.log.warn(  # noqa: G010
+                "backend {backend} sent bad trailers to {client}: {why}; dropped",
+                backend=self.backend.name, client=ex.client.clientName, why=str(e))
+            return None
+
     def on_chunk_header(self) -> None:
-        # (Before the last chunk's trailers too.)
-        self._headCount = len(self._headers)
+        ex = self.exchange
+        section = self._headers
+        if not isinstance(section, TrailerSection):
+            # The body's first chunk: the head's fields went to the
+            # exchange; llhttp's next ones are trailers.
+            section = self._headers = TrailerSection()
+            self._inHead = True
+        section.chunkHeader(ex.bytesOut if ex is not None else 0)
+
+    def on_chunk_complete(self) -> None:
+        ex = self.exchange
+        section = self._headers
+        if not (isinstance(section, TrailerSection)
+                and section.chunkEnded(ex.bytesOut if ex is not None else 0)):
+            return
+        # The last chunk: with trailers, the response ends here (before
+        # on_message_complete, which finds nothing left to do).
+        self._inHead = False
+        if section and ex is not None and not self._skipBody and ex.response is not None:
+            if not self.parser.should_keep_alive():
+                self.reusable = False
+            ex.responseComplete(self._trailers(ex, section))
 
     def skipBody(self) -> None:
         """
@@ -374,5 +410,6 @@ class BackendConnection(BackendProtocol):
         """
         self._skipBody = True
         self._finishAfterFeed = True
+        self._inHead = False
         if not self.parser.should_keep_alive():
             self.reusable = False

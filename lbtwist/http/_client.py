@@ -28,7 +28,16 @@ from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
 from ._errors import ERRORS_CLOSE, ERRORS_KEEP, BadRequest, localResponse, parserRefusal
 from ._exchange import WAITING, Exchange, IClientSide
-from ._plan import CHUNKED, IDEMPOTENT, interimHead, planResponse, trailerBlock
+from ._plan import (
+    CHUNKED,
+    IDEMPOTENT,
+    BadTrailer,
+    TrailerSection,
+    interimHead,
+    planResponse,
+    trailerBlock,
+    trailerFields,
+)
 
 
 def authorityOf(address: Any) -> bytes:
@@ -55,7 +64,9 @@ class ClientPeer:
     transport: Any
     factory: Any
     privateKeys: set[Any]
-    _proxyHeaders: dict[Any, bytes]
+    # Made at the first use (most pools send no PROXY header): one attribute
+    # fewer on every connection (see L{ClientConnection._requestTrailers}).
+    _proxyHeaders: dict[Any, bytes] | None = None
     _timer: Any
 
     def identify(self) -> None:
@@ -70,16 +81,18 @@ class ClientPeer:
         self.clientHost: bytes = host.encode("ascii", "replace") if isinstance(host, str) else b""
         self.clientName = describe(peer)
         self.localAuthority = authorityOf(transport.getHost())
-        self._proxyHeaders = {}
 
     def proxyHeaderFor(self, make: Any) -> bytes:
         """
         The PROXY-protocol header C{make} gives for this client, made once.
         """
-        header = self._proxyHeaders.get(make)
+        headers = self._proxyHeaders
+        if headers is None:
+            headers = self._proxyHeaders = {}
+        header = headers.get(make)
         if header is None:
             transport = self.transport
-            header = self._proxyHeaders[make] = make(transport.getPeer(), transport.getHost())
+            header = headers[make] = make(transport.getPeer(), transport.getHost())
         return header
 
     def leave(self) -> None:
@@ -116,6 +129,12 @@ class ClientConnection(ClientPeer, Protocol):
     parser: HttpRequestParser
     transport: Any
     protocol = "HTTP/1.1"
+    # The trailers of its requests that had any, until they are over: a
+    # class default, set on a connection only when a request has trailers.
+    # (CPython shares the keys of instance dictionaries, which makes every
+    # attribute read of the hot path faster, up to 29 attributes: a
+    # connection has as many.)
+    _requestTrailers: dict[Exchange, list[tuple[bytes, bytes]]] | None = None
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -129,6 +148,9 @@ class ClientConnection(ClientPeer, Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._headSize = 0
         self._rawHead = 0
+        # llhttp may hold part of a head, or of a chunked body's trailer
+        # section (when C{_headers} is a L{TrailerSection}): what it holds
+        # is bounded.
         self._inHead = False
         self._headStarted: float | None = None
         self._pausedByPeer = False
@@ -166,6 +188,9 @@ class ClientConnection(ClientPeer, Protocol):
         # garbage collector on one of its passes.
         del self.parser
         self._parsing = None
+        if self._requestTrailers is not None:
+            # (It refers to exchanges, which refer back to this connection.)
+            self._requestTrailers = None
         self.leave()
         tunnel = self._tunnel
         self._tunnelExchange = None
@@ -394,10 +419,19 @@ class ClientConnection(ClientPeer, Protocol):
             return
         if self._inHead:
             # llhttp buffers a header until it ends: bound what it may hold.
-            self._rawHead += len(data)
-            if self._rawHead > factory.maxHeaderSize + factory.maxRequestLine:
-                self._refuse(414 if not self._headers else 431, "head too large")
-                return
+            section = self._headers
+            if not isinstance(section, TrailerSection):
+                self._rawHead += len(data)
+                if self._rawHead > factory.maxHeaderSize + factory.maxRequestLine:
+                    self._refuse(414 if not section else 431, "head too large")
+                    return
+            else:
+                # A trailer line of a chunked body (its data is not counted).
+                ex = self._parsing
+                if ex is not None and section.overAfter(
+                        len(data), ex.bytesIn, factory.maxHeaderSize):
+                    self._refuse(431, "request trailers too large")
+                    return
         queue = self.queue
         if queue and queue[0].phase is WAITING:
             self._serve()
@@ -505,11 +539,54 @@ class ClientConnection(ClientPeer, Protocol):
         if ex is not None:
             ex.requestBody(body)
 
+    def on_chunk_header(self) -> None:
+        ex = self._parsing
+        section = self._headers
+        if not isinstance(section, TrailerSection):
+            # The body's first chunk: the head's fields went to its
+            # exchange; llhttp's next ones are trailers.
+            section = self._headers = TrailerSection()
+            self._inHead = True
+        section.chunkHeader(ex.bytesIn if ex is not None else 0)
+
+    def on_chunk_complete(self) -> None:
+        ex = self._parsing
+        fields = self._headers
+        if not (isinstance(fields, TrailerSection)
+                and fields.chunkEnded(ex.bytesIn if ex is not None else 0)):
+            return
+        # The last chunk: its trailers end the request here (before
+        # on_message_complete, which finds nothing left to do).
+        self._inHead = False
+        if fields and ex is not None:
+            # Checked as the head's fields are (and counted with them
+            # against max-header-size, by on_header); a bad one refuses the
+            # request while it is still being parsed, so that its backend
+            # never sees it complete.
+            try:
+                trailers = trailerFields(fields)
+            except BadTrailer as e:
+                raise BadRequest(str(e)) from None
+            if trailers:
+                kept = self._requestTrailers or {}
+                # (Those of exchanges over are no longer needed.)
+                self._requestTrailers = {e: t for e, t in kept.items() if not e.over}
+                self._requestTrailers[ex] = trailers
+            self._parsing = None
+            ex.requestComplete(trailers or None)
+
     def on_message_complete(self) -> None:
         ex = self._parsing
         if ex is not None:
             self._parsing = None
             ex.requestComplete()
+
+    def requestTrailers(self, ex: Exchange) -> list[tuple[bytes, bytes]] | None:
+        """
+        The trailers of C{ex}'s request, if it had any.
+        """
+        kept = self._requestTrailers
+        return None if kept is None else kept.get(ex)
 
     # -- responses -----------------------------------------------------------
 

@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute  # type: ignore[import-untyped]
 
 from ..config import RETRY_STATUSES
-from ..connect import ConnectAttempt
+from ..connect import ConnectAttempt, NoBackendAvailable
 from ..pool import Backend
 from ..wording import counted
 from ._backend import BackendConnection
@@ -134,6 +134,14 @@ class IClientSide(IPushProducer):
     def releaseRequest() -> None:
         """
         Read the request again (unless the backend pushes back).
+        """
+
+    def requestTrailers(exchange: Exchange) -> list[tuple[bytes, bytes]] | None:
+        """
+        The trailers (filtered) of C{exchange}'s request, once it is
+        complete, if it had any: each backend connection it is sent on gets
+        them after the body.  (Kept by the client side, not the exchange:
+        most requests have none, and every exchange would pay for a slot.)
         """
 
     def sendInterim(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -489,7 +497,7 @@ class Exchange:
             client.upgradeSent(self, conn)
         if self.requestDone:
             if plan.chunked:
-                conn.endBody()
+                conn.endBody(client.requestTrailers(self))
             self._due()
         else:
             client.releaseRequest()
@@ -677,7 +685,7 @@ class Exchange:
         if slot is not None:
             pool.release(slot)
 
-    def _mayRetry(self, cause: str | int, unprocessed: bool = False) -> bool:
+    def _mayRetry(self, cause: str | int, unprocessed: bool = False, unsent: bool = False) -> bool:
         """
         Whether this exchange may go to another backend after C{cause} (a
         lost connection, a timeout, a status): the request is safe to send
@@ -688,12 +696,15 @@ class Exchange:
         @param unprocessed: the backend said it did not process the request
             (an HTTP/2 stream it refused): any request without a body may
             be sent again, idempotent or not.
+        @param unsent: nothing of the request left (its connection never
+            came up), and its body is in hand: any request may be sent.
         """
         upstream = self.upstream
         pool = upstream.pool
         plan = self.plan
         if (
-            self.responded or not (plan.replayable or unprocessed and not plan.hasBody)
+            self.responded
+            or not (plan.replayable or unsent or unprocessed and not plan.hasBody)
             or cause not in pool.config.retryOn
             or not upstream.connector.retryPolicy.mayTryAnother(pool, self.failures + 1)
         ):
@@ -840,6 +851,39 @@ class Exchange:
             self._retry(conn.backend, "response", "stream refused")
             return
         self.backendLost(conn)
+
+    def backendUnreached(self, conn: Any, unsent: list[bytes]) -> None:
+        """
+        The connection C{conn} stands for never came up (an HTTP/2
+        connection this request joined while it was being dialled): nothing
+        of the request reached the backend, and C{unsent} is the body it was
+        given.  It goes on as a request whose own connect failed: to another
+        backend under C{retry-on: connect-failure}, within the retries and
+        the retry budget (the failure was counted against the backend by
+        the dial's own attempt); else 503, or 502 if backends took the
+        request and failed it.
+        """
+        if self.over:
+            return
+        self.deadline = 0.0
+        self._detach()
+        if unsent:
+            self.pending = unsent + (self.pending or [])
+        retry = self._mayRetry("connect-failure", unsent=True)
+        # It was not sent: it counts as a failed connect.
+        self.sends -= 1
+        self.failures += 1
+        self.retries += 1
+        if retry:
+            self.log.info(
+                "backend {backend} never connected for {client}; trying another",
+                backend=conn.backend.name, client=self.client.clientName,
+            )
+            self.start()
+            return
+        reason = NoBackendAvailable("the connection it joined never came up")
+        reason.failures = self.failures
+        self._noBackend(Failure(reason))
 
     def backendLost(self, conn: Any) -> None:
         """

@@ -71,7 +71,7 @@ from ._client import ClientPeer
 from ._errors import _BODIES, BadRequest
 from ._exchange import Exchange, IClientSide
 from ._gate import ProducerGate, takeWindow
-from ._plan import forwarded, planResponse, trailerFields
+from ._plan import BadTrailer, forwarded, planResponse, trailerFields
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Seconds a closing connection still reads (and drops) what its client sends.
@@ -374,12 +374,23 @@ class H2Stream:
             return
         ex.requestComplete(self._requestTrailers)
 
+    def requestTrailers(self, ex: Exchange) -> list[tuple[bytes, bytes]] | None:
+        """
+        The request's trailers, if it had any.
+        """
+        return self._requestTrailers
+
     def trailersReceived(self, fields: list[tuple[bytes, bytes]]) -> None:
         """
         The request's trailers arrived (the stream ends with them): relayed
-        as the request ends, filtered as headers are.
+        as the request ends, filtered as headers are; one with a bad name
+        or value makes the request malformed (the backend never sees it
+        complete).
         """
-        self._requestTrailers = trailerFields(fields) or None
+        try:
+            self._requestTrailers = trailerFields(fields) or None
+        except BadTrailer as e:
+            self._malformedBody(str(e))
 
     def _malformedBody(self, why: str) -> None:
         # The backend must never see a complete request: the exchange is

@@ -24,6 +24,14 @@ The rules:
     WINDOW_UPDATE.  Response DATA is acknowledged (the backend's window
     opened again) only while the client takes it: a stream holds at most
     its window (L{STREAM_WINDOW}) of response.
+  - B{joining a connection being dialled}: requests that come while a
+    connection is being made share it; their heads wait in the h2 state and
+    their bodies in their streams (the client paused after one read), so
+    that nothing of them leaves before it is up.  If it never comes up,
+    they were not sent anywhere: each gets its body back and takes the
+    path of a failed connect (L{lbtwist.http._exchange.Exchange.backendUnreached}:
+    another backend under C{retry-on: connect-failure}), whatever its
+    method or body.
   - B{failures}: a lost connection fails its streams with the exchange's
     retry rules; a stream the backend refused (C{REFUSED_STREAM}, or beyond
     a GOAWAY's last stream id) was not processed, and is retried under
@@ -64,7 +72,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ._gate import ProducerGate, takeWindow
-from ._plan import forwarded, trailerFields
+from ._plan import BadTrailer, forwarded, trailerFields
 
 # The window each response stream is given: what a stream may hold of a
 # response its client does not take yet.
@@ -196,17 +204,22 @@ class H2BackendStream:
             return
         self._endAfter = True
         if trailers:
-            self._requestTrailers = trailerFields(trailers)
+            # (Filtered and checked by the client's side already.)
+            self._requestTrailers = trailers
         self.flush()
 
     def flush(self) -> None:
         """
         Send what request DATA the windows allow; end the stream once it is
-        all sent and complete; pause the client while some waits.
+        all sent and complete; pause the client while some waits (all of it
+        waits while the connection is being made).
         """
         if self.lost or self.ended:
             return
         connection = self.connection
+        if not connection.connected:
+            self._updateProducer()
+            return
         state = connection.h2
         sid = self.streamId
         out = self._out
@@ -345,9 +358,15 @@ class H2BackendStream:
 
     def trailersReceived(self, fields: list[tuple[bytes, bytes]]) -> None:
         """
-        The response's trailers arrived (the stream ends with them).
+        The response's trailers arrived (the stream ends with them): relayed
+        filtered, or none if one is invalid.
         """
-        self._trailers = trailerFields(fields)
+        try:
+            self._trailers = trailerFields(fields)
+        except BadTrailer as e:
+            self.connection.log.warn(  # noqa: G010
+                "backend {backend} sent bad trailers: {why}; dropped",
+                backend=self.backend.name, why=str(e))
 
     def responseComplete(self) -> None:
         """
@@ -371,6 +390,21 @@ class H2BackendStream:
         if ex is not None:
             ex.backendRefused(self)
 
+    def unreached(self) -> None:
+        """
+        Its connection never came up: nothing of the request left; the
+        exchange gets back the body it gave, to send elsewhere.
+        """
+        if self.lost:
+            return
+        self.lost = True
+        self._gate.unregister()
+        unsent = list(self._out)
+        self._out.clear()
+        ex = self.exchange
+        if ex is not None:
+            ex.backendUnreached(self, unsent)
+
     def reset(self) -> None:
         """
         The backend reset the stream, or its connection is gone.
@@ -383,9 +417,9 @@ class H2BackendStream:
             ex.backendLost(self)
 
     def _failLater(self) -> None:
-        # (Refused if its connection never came up: nothing was sent.)
+        # (Unreached if its connection never came up: nothing was sent.)
         connection = self.connection
-        connection.clock.callLater(0, self.reset if connection.connected else self.refused)
+        connection.clock.callLater(0, self.reset if connection.connected else self.unreached)
 
 
 class H2BackendConnection(BackendProtocol):
@@ -445,6 +479,10 @@ class H2BackendConnection(BackendProtocol):
                 self.transport.abortConnection()
                 return
         self.connected = True
+        self.backend.http2.connections += 1
+        # What the streams that joined while it connected have waiting.
+        for stream in list(self.streams.values()):
+            stream.flush()
         self.send()
 
     def _stopDialTimer(self) -> None:
@@ -456,17 +494,15 @@ class H2BackendConnection(BackendProtocol):
         """
         The dial failed or was abandoned (the connect engine says so), or
         did not end within the connect timeout: the streams opened
-        meanwhile were never sent, and are refused (safe to send
-        elsewhere).
+        meanwhile were never sent, and go elsewhere as failed connects.
         """
         self._stopDialTimer()
         if self.connected or self.lost:
             return
         self.lost = True
         self.registry.remove(self)
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
-            stream.refused()
+        for stream in self._dropAll():
+            stream.unreached()
 
     def joinedAs(self) -> H2BackendStream:
         """
@@ -491,9 +527,11 @@ class H2BackendConnection(BackendProtocol):
         sid = self.h2.get_next_available_stream_id()
         stream.streamId = sid
         self.streams[sid] = stream
+        self.backend.http2.streams += 1
         try:
             self.h2.send_headers(sid, fields or [], end_stream=end)
         except ProtocolError:
+            self._drop(sid)
             stream._failLater()
         self.send()
         return sid
@@ -547,7 +585,7 @@ class H2BackendConnection(BackendProtocol):
         """
         if not stream.streamId:
             self.opening = max(0, self.opening - 1)
-        elif self.streams.pop(stream.streamId, None) is None:
+        elif self._drop(stream.streamId) is None:
             return
         if not self.streams and not self.opening:
             self._arm()
@@ -606,7 +644,7 @@ class H2BackendConnection(BackendProtocol):
                     stream.responseHead(event.headers, True)
             elif isinstance(event, StreamReset):
                 if stream is not None:
-                    streams.pop(sid, None)
+                    self._drop(sid)
                     if event.error_code == ErrorCodes.REFUSED_STREAM:
                         stream.refused()
                     else:
@@ -633,26 +671,50 @@ class H2BackendConnection(BackendProtocol):
         processed (safe to retry); the others may finish.
         """
         self.goingAway = True
+        self.backend.http2.goaways += 1
         self.registry.remove(self)
         for sid, stream in list(self.streams.items()):
             if sid > lastStreamId:
-                self.streams.pop(sid, None)
+                self._drop(sid)
                 stream.refused()
         if not self.streams:
             self.transport.loseConnection()
+
+    def _drop(self, sid: int) -> H2BackendStream | None:
+        """
+        Forget stream C{sid} (it is over); return it, if it was open.
+        """
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            self.backend.http2.streams -= 1
+        return stream
+
+    def _dropAll(self) -> list[H2BackendStream]:
+        """
+        Forget every stream (the connection is gone); return them.
+        """
+        streams = list(self.streams.values())
+        self.streams = {}
+        self.backend.http2.streams -= len(streams)
+        return streams
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self._disarm()
         self._stopDialTimer()
         self.registry.remove(self)
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
+        streams = self._dropAll()
+        if self.connected:
+            counters = self.backend.http2
+            counters.connections -= 1
+            if streams:
+                counters.lost += 1
+        for stream in streams:
             if self.connected:
                 stream.reset()
             else:
                 # (h2 refused by ALPN: nothing was sent.)
-                stream.refused()
+                stream.unreached()
 
 
 class H2Backends:

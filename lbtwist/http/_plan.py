@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 
 from ._errors import BadRequest
 
@@ -98,20 +99,52 @@ def forwarded(name: bytes) -> bool:
     return name not in HOP_BY_HOP and not name.startswith(b"proxy-")
 
 
-# Fields a trailer section never carries: the framing, routing and
-# content fields only a head may (RFC 9110 6.5.1), beside the hop-by-hop.
-_NOT_TRAILERS = frozenset((b"content-length", b"host", b"content-type", b"proxy-connection"))
+# Fields a trailer section never carries (RFC 9110 6.5.1), beside the
+# hop-by-hop ones: the framing, routing, request modifiers (controls and
+# conditionals), authentication, response control and content fields only a
+# head may; a recipient that merged them into the head would be misled.
+_NOT_TRAILERS = frozenset((
+    b"content-length", b"host", b"proxy-connection",
+    b"content-type", b"content-encoding", b"content-range", b"content-location",
+    b"cache-control", b"expect", b"max-forwards", b"pragma", b"range",
+    b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
+    b"if-range", b"authorization", b"www-authenticate", b"set-cookie", b"cookie",
+    b"age", b"expires", b"date", b"location", b"retry-after", b"vary", b"warning",
+))
+# A field name: a token (RFC 9110 5.1); a value holds no CR, LF or NUL (RFC
+# 9110 5.5): either would let a trailer written as HTTP/1.1 end its section
+# early and smuggle what follows.
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_BAD_FIELD_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+class BadTrailer(ValueError):
+    """
+    A trailer field with an invalid name or value: the request is refused
+    (the client's), or the trailers dropped (a backend's).
+    """
 
 
 def trailerFields(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """
     C{trailers} as they may be relayed: lowercased, without pseudo-fields,
     hop-by-hop fields, or fields that only a head may carry.
+
+    @raise BadTrailer: a field's name is not a token, or its value holds a
+        CR, LF or NUL.
     """
-    return [
-        (lname, value) for lname, value in ((n.lower(), v) for n, v in trailers)
-        if lname[:1] != b":" and forwarded(lname) and lname not in _NOT_TRAILERS
-    ]
+    kept = []
+    for name, value in trailers:
+        lname = name.lower()
+        if lname[:1] == b":":
+            continue
+        if not _FIELD_NAME.match(lname):
+            raise BadTrailer(f"invalid trailer name {name[:40]!r}")
+        if _BAD_FIELD_VALUE.search(value):
+            raise BadTrailer(f"forbidden character in trailer {name[:40]!r}")
+        if forwarded(lname) and lname not in _NOT_TRAILERS:
+            kept.append((lname, value.strip(b" \t")))
+    return kept
 
 
 def trailerBlock(trailers: list[tuple[bytes, bytes]]) -> bytes:
@@ -120,6 +153,69 @@ def trailerBlock(trailers: list[tuple[bytes, bytes]]) -> bytes:
     its empty line.
     """
     return b"".join(name + b": " + value + b"\r\n" for name, value in trailers) + b"\r\n"
+
+
+class TrailerSection(list[tuple[bytes, bytes]]):
+    """
+    The trailer fields of a chunked body being parsed, and what bounds
+    them.
+
+    llhttp (through httptools) reports trailer fields with C{on_header} as
+    it reports the head's: at the body's first chunk header a connection
+    replaces its list of the head's fields (given to the exchange already)
+    with one of these, which the trailers then fill.  llhttp ends the last
+    chunk (C{on_chunk_complete}) as it ends each chunk: a chunk that
+    relayed no body bytes is the last.  It also keeps an unfinished field
+    until it ends, so a peer could send one endless trailer line: fed after
+    each read, this counts the bytes read after the last chunk's size line,
+    as the head's bound counts the head's.  A read with no body bytes after
+    the last chunk header is all trailer (the read with the header itself
+    is not counted, so the bound is the limit and one read).
+
+    Made for chunked bodies only, and a list, so that the connections'
+    other messages pay nothing for it, not even an attribute; its counts
+    are set by L{chunkHeader}, called as soon as it is made (a list's own
+    C{__init__}: it is made for each chunked body).
+
+    @ivar mark: the body bytes relayed when the last chunk header was
+        parsed.
+    @ivar raw: trailer bytes counted so far (-1: the read that parsed the
+        chunk header is not).
+    """
+
+    __slots__ = ("mark", "raw")
+    mark: int
+    raw: int
+
+    def chunkHeader(self, relayed: int) -> None:
+        """
+        A chunk's size line was parsed, C{relayed} body bytes in.
+        """
+        self.mark = relayed
+        self.raw = -1
+
+    def overAfter(self, read: int, relayed: int, limit: int) -> bool:
+        """
+        Whether, after a read of C{read} bytes that took the body to
+        C{relayed} bytes, the trailer section is over C{limit}.
+        """
+        if relayed != self.mark:
+            # Body bytes after the last chunk header: not the trailers.
+            return False
+        raw = self.raw
+        if raw < 0:
+            self.raw = 0
+            return False
+        raw += read
+        self.raw = raw
+        return raw > limit
+
+    def chunkEnded(self, relayed: int) -> bool:
+        """
+        A chunk ended, C{relayed} body bytes in: whether it was the last
+        (it relayed none): its fields are then all the trailers.
+        """
+        return relayed == self.mark
 
 
 class RequestRules:
