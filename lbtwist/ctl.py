@@ -356,6 +356,21 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
         args.timeout,
         opener,
     )
+    try:
+        result, text = _act(args, client, sleep)
+    except (KeyError, TypeError, IndexError) as e:
+        # JSON, but not of the admin API's shape: another program's API.
+        what = f"without {e.args[0]!r}" if isinstance(e, KeyError) and e.args else "of another shape"
+        raise CtlError(f"{client.base}: not an lbtwist admin API (answered JSON {what})") from e
+    out.write((json.dumps(result, indent=2) if args.json else text) + "\n")
+
+
+def _act(args: argparse.Namespace, client: AdminClient,
+         sleep: Callable[[float], None]) -> tuple[Any, str]:
+    """
+    Carry out C{args.action} through C{client}: its result, and the text
+    that says it.
+    """
     action = args.action
     if action == "list":
         if args.pool:
@@ -433,7 +448,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
             else:
                 result = client.call("PATCH", path, {"state": action})
                 text = _backendLine(result)
-    out.write((json.dumps(result, indent=2) if args.json else text) + "\n")
+    return result, text
 
 
 def main(argv: Sequence[str] | None = None) -> None:

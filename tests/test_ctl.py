@@ -168,6 +168,11 @@ class NotTheAdminAPITests(SynchronousTestCase):
             (404, "application/json", b'{"error": "no such resource"}',
              "error: GET /api/pools: 404 no such resource"),
             (200, "application/json", b'{"pools": []}', "\n"),
+            # Another program's JSON API.
+            (200, "application/json", b'{"status": "ok"}',
+             "error: " + self.NOT_ADMIN.format("JSON without 'pools'")),
+            (200, "application/json", b'{"pools": 3}',
+             "error: " + self.NOT_ADMIN.format("JSON of another shape")),
         ]
         for status, contentType, body, expected in table:
             with self.subTest(status=status, contentType=contentType, body=body[:20]):
