@@ -233,6 +233,11 @@ class LiveConfigTests(SynchronousTestCase):
             attrs.evolve(t.live.fileConfig.listeners[0], tls=ListenerTLS(alpn=("h2",))),))
         self.assertIsNone(t.live.reload())
         self.assertEqual(t.live.restartNeeded, ["listeners"])
+        # So are the processes: a single process stays one.
+        t.next = attrs.evolve(configOf(A, B), workers=2, master=True)
+        self.assertIsNone(t.live.reload())
+        self.assertEqual(t.live.restartNeeded, ["workers", "master"])
+        self.assertEqual((t.live.fileConfig.workers, t.live.fileConfig.master), (1, False))
 
     def test_upgradeNamesNoRestart(self) -> None:
         """
