@@ -44,7 +44,7 @@ test: $(STAMP) test-deps ## ruff, mypy, then the whole trial suite
 # differ: etcd is in etcd-server, h2load and nghttp in nghttp2-client);
 # installed when missing and run as root, else those tests skip.
 test-deps: ## install the Debian tools the integration tests drive (as root)
-	@missing=""; for t in curl wrk chromium slowhttptest etcd:etcd-server h2load:nghttp2-client systemd-socket-activate:systemd; do \
+	@missing=""; for t in curl wrk openssl chromium slowhttptest etcd:etcd-server h2load:nghttp2-client systemd-socket-activate:systemd; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
