@@ -124,6 +124,14 @@ class GroupTestCase(TestCase):
         group = self.spawnGroup(workers, backends, mode, grace, **top)
         return group.waitServing(self).addCallback(lambda _: group)
 
+    @inlineCallbacks
+    def assertEveryWorkerServed(self, group: _Group) -> Any:
+        """
+        Every worker of C{group} has served requests.
+        """
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertTrue(all(w["requests"] > 0 for w in workers), workers)
+
     def spawnGroup(self, workers: int, backends: list[tuple[str, str]], mode: str = "tcp",
                    grace: float = 2.0, listen: str | None = None, before: Sequence[str] = (),
                    env: dict[str, str] | None = None, inFile: bool = False,
@@ -249,9 +257,8 @@ class ControlPlaneTests(GroupTestCase):
                        {"state": "maint"})
         answers = yield inThread(connections, group.port, 150, 6)
         self.assertEqual(set(answers), {b"c"})
-        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
         # Every worker served some of those clients, each with the change.
-        self.assertTrue(all(w["requests"] > 0 for w in workers), workers)
+        yield self.assertEveryWorkerServed(group)
         yield group.stop(self)
 
     @inlineCallbacks
@@ -273,8 +280,7 @@ class ControlPlaneTests(GroupTestCase):
                        [{"name": "local", "match": {"source": "127.0.0.0/8"}, "pool": "other"}])
         answers = yield inThread(connections, group.port, 150, 6)
         self.assertEqual(set(answers), {b"c"})
-        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
-        self.assertTrue(all(w["requests"] > 0 for w in workers), workers)
+        yield self.assertEveryWorkerServed(group)
         yield group.stop(self)
 
     @inlineCallbacks
@@ -340,8 +346,7 @@ class ControlPlaneTests(GroupTestCase):
                 break
             yield sleep(0.1)
         self.assertEqual(set(answers), {b"c"})
-        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
-        self.assertTrue(all(w["requests"] > 0 for w in workers), workers)
+        yield self.assertEveryWorkerServed(group)
         yield group.stop(self)
 
     @inlineCallbacks
