@@ -287,7 +287,7 @@ class Options(usage.Options):
                         "--mode", f"expected one of {', '.join(MODES)}, got {self['mode']!r}"
                     )
                 config = parseConfig(self._commandLineData())
-            config = self._overrides(config)
+            config = self.overrides(config)
             config = self._workers(config)
             from .checks import checkConfig
 
@@ -340,15 +340,6 @@ class Options(usage.Options):
         return MasterImage(sys.executable, (sys.executable, *sys.orig_argv[1:]),
                            tuple(self.argv), pidfile or None)
 
-    def overrides(self, config: Config) -> Config:
-        """
-        C{config} (as read from the file), with the options that override
-        the file.
-
-        @raise ConfigError: an option's value is not valid.
-        """
-        return self._overrides(config)
-
     def _workers(self, config: Config) -> Config:
         """
         Apply C{--workers}, and check that the workers can run: as many as
@@ -398,9 +389,12 @@ class Options(usage.Options):
                 command.append(arg)
         return command
 
-    def _overrides(self, config: Config) -> Config:
+    def overrides(self, config: Config) -> Config:
         """
-        Apply the options that may also override a config file.
+        C{config} (as read from the file), with the options that override
+        the file.
+
+        @raise ConfigError: an option's value is not valid.
         """
         changes: dict[str, Any] = {}
         if self["admin"] is not None:
