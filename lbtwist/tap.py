@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -172,8 +173,6 @@ class Options(usage.Options):
         """
         Display lbtwist's version (and Twisted's) and exit.
         """
-        import sys
-
         from twisted import version as twistedVersion
 
         from . import __version__
@@ -205,8 +204,6 @@ class Options(usage.Options):
         the reason first and a pointer to C{--help}, instead of twistd's
         whole usage text followed by the reason.
         """
-        import sys
-
         self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
@@ -331,8 +328,6 @@ class Options(usage.Options):
         L{lbtwist.workers.MasterImage}): the interpreter's command line, the
         options of C{lb}, and twistd's PID file.
         """
-        import sys
-
         from .workers import MasterImage
 
         parent = getattr(self, "parent", None)
