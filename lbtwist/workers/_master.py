@@ -592,7 +592,6 @@ class WorkerGroup(Service):
         @return: the keys of those bound now.
         @raise UpgradeFailed: one cannot listen (those bound now are closed).
         """
-        from twisted.internet.endpoints import serverFromString
         from twisted.internet.error import CannotListenError
 
         from ..service import cannotListen, withBacklog
@@ -602,21 +601,16 @@ class WorkerGroup(Service):
             key = (listener.name, listener.endpoint)
             if key in self.bound:
                 continue
-            got: list[Any] = []
-            serverFromString(self.reactor, withBacklog(listener.endpoint)).listen(
-                _NoClients()).addBoth(got.append)
-            result: Any = got[0] if got else None
-            if not hasattr(result, "stopReading"):
+            port, error = _holdSocket(self.reactor, withBacklog(listener.endpoint))
+            if port is None:
                 self._close(added)
-                error = getattr(result, "value", result)
                 if isinstance(error, CannotListenError):
                     why = str(cannotListen(f"listener {listener.name}", listener.endpoint,
                                            error).code)
                 else:
                     why = f"listener {listener.name} cannot listen on {listener.endpoint}: {error}"
                 raise UpgradeFailed(why)
-            result.stopReading()
-            self.bound[key] = Bound(result, None)
+            self.bound[key] = Bound(port, None)
             added.append(key)
         return added
 
@@ -997,26 +991,20 @@ class WorkerGroup(Service):
 
         @raise UpgradeFailed: a configured new endpoint cannot listen.
         """
-        from twisted.internet.endpoints import serverFromString
-
         service = self.admin() if self.admin is not None else None
         if service is None:
             return None, None
         target = service.endpointFor(config)
         port = service.port
         if port is None or target != service.endpointText:
-            got: list[Any] = []
-            serverFromString(self.reactor, target).listen(_NoClients()).addBoth(got.append)
-            result: Any = got[0] if got else None
-            if not hasattr(result, "stopReading"):
+            port, error = _holdSocket(self.reactor, target)
+            if port is None:
                 if config.admin is None:
                     # The default endpoint taken: the next image runs
                     # without the API, as a start would.
                     return None, None
-                why = getattr(result, "getErrorMessage", lambda: str(result))()
-                raise UpgradeFailed(f"admin: the admin API cannot listen on {target}: {why}")
-            result.stopReading()
-            port = bound = result
+                raise UpgradeFailed(f"admin: the admin API cannot listen on {target}: {error}")
+            bound = port
         else:
             bound = None
         return InheritedSocket("admin", target, port.fileno(), int(port.socket.family)), bound
@@ -1356,6 +1344,24 @@ class Bound:
         Its file descriptor and address family.
         """
         return self.port.fileno(), int(self.port.socket.family)
+
+
+def _holdSocket(reactor: Any, endpoint: str) -> tuple[Any, Any]:
+    """
+    Bind the server endpoint C{endpoint} now, for the workers (or the
+    master's next image), never to accept on it here.
+
+    @return: its port and L{None}; or L{None} and why it cannot listen.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    got: list[Any] = []
+    serverFromString(reactor, endpoint).listen(_NoClients()).addBoth(got.append)
+    result: Any = got[0] if got else None
+    if not hasattr(result, "stopReading"):
+        return None, getattr(result, "value", result)
+    result.stopReading()
+    return result, None
 
 
 class _NoClients(Factory):
