@@ -918,12 +918,7 @@ class WorkerGroup(Service):
 
         def failed(f: Failure) -> None:
             self.upgrading = None
-            self._close(added)
-            if self._nextAdmin is not None:
-                self._nextAdmin.stopListening()
-                self._nextAdmin = None
-            if not self.refresher.running and self.running:
-                self.refresher.start(REFRESH, now=False)
+            self._unbindNext(added)
             self._failed(f.getErrorMessage()).addErrback(done.errback)
 
         self.preflight().addCallback(checked).addCallback(go).addErrback(failed)
@@ -976,7 +971,15 @@ class WorkerGroup(Service):
             self._restart(slot)
         self.schedulePush()
         keys = {(x.name, x.endpoint) for x in self.live.fileConfig.listeners}
-        self._close([key for key in self.bound if key not in keys])
+        self._unbindNext([key for key in self.bound if key not in keys])
+
+    def _unbindNext(self, keys: Sequence[tuple[str, str]]) -> None:
+        """
+        A re-exec is not made: close the listening sockets of C{keys} and
+        the admin API's, bound for the next image, and collect the workers'
+        counters again.
+        """
+        self._close(keys)
         if self._nextAdmin is not None:
             self._nextAdmin.stopListening()
             self._nextAdmin = None
