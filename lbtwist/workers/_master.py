@@ -816,11 +816,10 @@ class WorkerGroup(Service):
             reasons = masterChanges(self.live.restartNeeded, self.fingerprint() != self.code)
             if reasons:
                 return self.reexecute(config, reasons)
-        elif masterChanges(self.live.restartNeeded, False):
+        elif held := masterChanges(self.live.restartNeeded, False):
             self.log.warn(  # noqa: G010
                 "upgrade: the master runs {settings} as it started (embedded, it cannot "
-                "re-execute itself): they need a restart",
-                settings=", ".join(masterChanges(self.live.restartNeeded, False)))
+                "re-execute itself): they need a restart", settings=", ".join(held))
         try:
             added = self._bind(config.listeners)
         except UpgradeFailed as e:
