@@ -1053,9 +1053,7 @@ class WorkerGroup(Service):
         """
         if self.refresher.running:
             self.refresher.stop()
-        if self._pushing is not None and self._pushing.active():
-            self._pushing.cancel()
-        self._pushing = None
+        self._cancelPush()
         done: Deferred[None] = Deferred()
         deadline = self.reactor.seconds() + QUIESCE_TIMEOUT
 
@@ -1159,6 +1157,14 @@ class WorkerGroup(Service):
         self._pushing = None
         self.push()
 
+    def _cancelPush(self) -> None:
+        """
+        Forget the push L{schedulePush} planned, if any.
+        """
+        if self._pushing is not None and self._pushing.active():
+            self._pushing.cancel()
+        self._pushing = None
+
     def push(self) -> Deferred[None]:
         """
         Send the registry to every worker; fires once each has applied it
@@ -1212,9 +1218,7 @@ class WorkerGroup(Service):
         Push the registry now; fires once every worker applied it (the
         admin API answers a change then).
         """
-        if self._pushing is not None and self._pushing.active():
-            self._pushing.cancel()
-        self._pushing = None
+        self._cancelPush()
         self._observePools()
         return self.push()
 
