@@ -24,7 +24,7 @@ from .config import ClusterConfig, Config
 from .gctuning import FrozenStartupHeap
 from .lifecycle import GracefulStop, ReadyNotice, ReloadOnSignal
 from .pool import Backend
-from .reload import DEFAULT_GRACE, LiveConfig, configLoader, loadState
+from .reload import DEFAULT_GRACE, LiveConfig, loadState
 from .service import CannotStart, LoadBalancer
 from .state import StateError, StateFile, defaultStatePath, legacyStatePath
 from .workers import ConfigText, Handover, MasterImage, WorkerGroup
@@ -159,10 +159,10 @@ class Balancer(MultiService):
         path = given or defaultStatePath(
             configPath, listeners=[listener.endpoint for listener in lb.config.listeners])
         multi = lb.config.runsMaster
-        commandLine = self._commandLine
-        text = ConfigText(configPath, commandLine) if multi and configPath else None
-        load = text or (withOverrides(configLoader(configPath), commandLine)
-                        if configPath else None)
+        # Reads the file with the command line's options over it; a
+        # master also sends its workers the text it read.
+        load = ConfigText(configPath, self._commandLine) if configPath else None
+        text = load if multi else None
         live = LiveConfig(
             lb.pools, lb.config, reactor,
             StateFile(path, legacy=None if given else legacyStatePath(path)),
@@ -257,15 +257,3 @@ def _exitFailed() -> None:
     sys.stderr.flush()
     os._exit(1)
 
-
-def withOverrides(load: Callable[[], Config],
-                  overrides: Callable[[Config], Config]) -> Callable[[], Config]:
-    """
-    C{load}, with C{overrides} applied to what it reads (the command line
-    wins over the file, at start and on reload).
-    """
-
-    def loadWithOverrides() -> Config:
-        return overrides(load())
-
-    return loadWithOverrides

@@ -400,8 +400,7 @@ class VerifiedTLSEndpoint:
     """
 
     def __init__(self, creator: IOpenSSLClientConnectionCreator,
-                 wrapped: IStreamClientEndpoint, clock: Any,
-                 where: str = "the backend") -> None:
+                 wrapped: IStreamClientEndpoint, clock: Any, where: str) -> None:
         self.creator = creator
         self.wrapped = wrapped
         self.clock = clock

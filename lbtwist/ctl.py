@@ -244,6 +244,15 @@ def _routes(client: AdminClient, listener: str | None) -> tuple[Any, str]:
     return (result[listener] if listener is not None else result), "\n".join(lines)
 
 
+def _removedLine(what: str, result: Mapping[str, Any]) -> str:
+    """
+    What a removal (of a backend or a pool) says: the grace its draining
+    connections get.
+    """
+    return (f"removed {what}; {result['grace']:g}s for "
+            f"{counted(result['draining'], 'connection')} to finish")
+
+
 def _instanceLine(i: Mapping[str, Any]) -> str:
     return (f"{i.get('name', '?')}  admin {i.get('address') or '-'}  "
             f"lbtwist {i.get('version', '?')}  revision {i.get('revision', '?')}")
@@ -426,8 +435,7 @@ def _act(args: argparse.Namespace, client: AdminClient,
         text = f"added pool {result['name']} with {counted(len(result['backends']), 'backend')}"
     elif action == "pool-remove":
         result = client.call("DELETE", f"/api/pools/{quote(args.name, safe='')}")
-        text = (f"removed pool {result['name']}; {result['grace']:g}s for "
-                f"{counted(result['draining'], 'connection')} to finish")
+        text = _removedLine(f"pool {result['name']}", result)
     else:
         pool = quote(
             client.poolName(args.pool, None if action == "add" else args.name), safe="")
@@ -440,8 +448,7 @@ def _act(args: argparse.Namespace, client: AdminClient,
             path = f"/api/pools/{pool}/backends/{quote(args.name, safe='')}"
             if action == "remove":
                 result = client.call("DELETE", path)
-                text = (f"removed {result['name']}; {result['grace']:g}s for "
-                        f"{counted(result['draining'], 'connection')} to finish")
+                text = _removedLine(result["name"], result)
             elif action == "weight":
                 result = client.call("PATCH", path, {"weight": args.weight})
                 text = _backendLine(result)

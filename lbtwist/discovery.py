@@ -101,6 +101,17 @@ def backendName(lookedUp: str, found: Found) -> str:
     return lookedUp[: max(0, _NAME_LENGTH - len(suffix))] + suffix
 
 
+def discoveredTLS(discovery: Discovery, tls: BackendTLS | None) -> BackendTLS | None:
+    """
+    The pool's TLS settings C{tls} for the backends C{discovery} finds:
+    found by an address lookup, their certificates must name the name
+    looked up, unless the pool says C{verify-host}.
+    """
+    if tls is not None and tls.verifyHost is None and discovery.kind == "dns":
+        return attrs.evolve(tls, verifyHost=discovery.name)
+    return tls
+
+
 def backendConfigs(discovery: Discovery, answer: Answer,
                    health: HealthCheck, tls: BackendTLS | None = None) -> dict[str, BackendConfig]:
     """
@@ -108,8 +119,7 @@ def backendConfigs(discovery: Discovery, answer: Answer,
     pool's TLS settings; found by an address lookup, their certificates
     must name the name looked up unless the pool says C{verify-host}.
     """
-    if tls is not None and tls.verifyHost is None and discovery.kind == "dns":
-        tls = attrs.evolve(tls, verifyHost=discovery.name)
+    tls = discoveredTLS(discovery, tls)
     configs: dict[str, BackendConfig] = {}
     for found in answer.found:
         host = found.host.replace(":", r"\:")

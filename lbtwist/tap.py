@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -172,8 +173,6 @@ class Options(usage.Options):
         """
         Display lbtwist's version (and Twisted's) and exit.
         """
-        import sys
-
         from twisted import version as twistedVersion
 
         from . import __version__
@@ -205,8 +204,6 @@ class Options(usage.Options):
         the reason first and a pointer to C{--help}, instead of twistd's
         whole usage text followed by the reason.
         """
-        import sys
-
         self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
@@ -287,7 +284,7 @@ class Options(usage.Options):
                         "--mode", f"expected one of {', '.join(MODES)}, got {self['mode']!r}"
                     )
                 config = parseConfig(self._commandLineData())
-            config = self._overrides(config)
+            config = self.overrides(config)
             config = self._workers(config)
             from .checks import checkConfig
 
@@ -331,23 +328,12 @@ class Options(usage.Options):
         L{lbtwist.workers.MasterImage}): the interpreter's command line, the
         options of C{lb}, and twistd's PID file.
         """
-        import sys
-
         from .workers import MasterImage
 
         parent = getattr(self, "parent", None)
         pidfile = parent.get("pidfile") if parent is not None else None
         return MasterImage(sys.executable, (sys.executable, *sys.orig_argv[1:]),
                            tuple(self.argv), pidfile or None)
-
-    def overrides(self, config: Config) -> Config:
-        """
-        C{config} (as read from the file), with the options that override
-        the file.
-
-        @raise ConfigError: an option's value is not valid.
-        """
-        return self._overrides(config)
 
     def _workers(self, config: Config) -> Config:
         """
@@ -398,9 +384,12 @@ class Options(usage.Options):
                 command.append(arg)
         return command
 
-    def _overrides(self, config: Config) -> Config:
+    def overrides(self, config: Config) -> Config:
         """
-        Apply the options that may also override a config file.
+        C{config} (as read from the file), with the options that override
+        the file.
+
+        @raise ConfigError: an option's value is not valid.
         """
         changes: dict[str, Any] = {}
         if self["admin"] is not None:

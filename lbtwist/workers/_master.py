@@ -592,7 +592,6 @@ class WorkerGroup(Service):
         @return: the keys of those bound now.
         @raise UpgradeFailed: one cannot listen (those bound now are closed).
         """
-        from twisted.internet.endpoints import serverFromString
         from twisted.internet.error import CannotListenError
 
         from ..service import cannotListen, withBacklog
@@ -602,21 +601,16 @@ class WorkerGroup(Service):
             key = (listener.name, listener.endpoint)
             if key in self.bound:
                 continue
-            got: list[Any] = []
-            serverFromString(self.reactor, withBacklog(listener.endpoint)).listen(
-                _NoClients()).addBoth(got.append)
-            result: Any = got[0] if got else None
-            if not hasattr(result, "stopReading"):
+            port, error = _holdSocket(self.reactor, withBacklog(listener.endpoint))
+            if port is None:
                 self._close(added)
-                error = getattr(result, "value", result)
                 if isinstance(error, CannotListenError):
                     why = str(cannotListen(f"listener {listener.name}", listener.endpoint,
                                            error).code)
                 else:
                     why = f"listener {listener.name} cannot listen on {listener.endpoint}: {error}"
                 raise UpgradeFailed(why)
-            result.stopReading()
-            self.bound[key] = Bound(result, None)
+            self.bound[key] = Bound(port, None)
             added.append(key)
         return added
 
@@ -822,11 +816,10 @@ class WorkerGroup(Service):
             reasons = masterChanges(self.live.restartNeeded, self.fingerprint() != self.code)
             if reasons:
                 return self.reexecute(config, reasons)
-        elif masterChanges(self.live.restartNeeded, False):
+        elif held := masterChanges(self.live.restartNeeded, False):
             self.log.warn(  # noqa: G010
                 "upgrade: the master runs {settings} as it started (embedded, it cannot "
-                "re-execute itself): they need a restart",
-                settings=", ".join(masterChanges(self.live.restartNeeded, False)))
+                "re-execute itself): they need a restart", settings=", ".join(held))
         try:
             added = self._bind(config.listeners)
         except UpgradeFailed as e:
@@ -924,12 +917,7 @@ class WorkerGroup(Service):
 
         def failed(f: Failure) -> None:
             self.upgrading = None
-            self._close(added)
-            if self._nextAdmin is not None:
-                self._nextAdmin.stopListening()
-                self._nextAdmin = None
-            if not self.refresher.running and self.running:
-                self.refresher.start(REFRESH, now=False)
+            self._unbindNext(added)
             self._failed(f.getErrorMessage()).addErrback(done.errback)
 
         self.preflight().addCallback(checked).addCallback(go).addErrback(failed)
@@ -982,7 +970,15 @@ class WorkerGroup(Service):
             self._restart(slot)
         self.schedulePush()
         keys = {(x.name, x.endpoint) for x in self.live.fileConfig.listeners}
-        self._close([key for key in self.bound if key not in keys])
+        self._unbindNext([key for key in self.bound if key not in keys])
+
+    def _unbindNext(self, keys: Sequence[tuple[str, str]]) -> None:
+        """
+        A re-exec is not made: close the listening sockets of C{keys} and
+        the admin API's, bound for the next image, and collect the workers'
+        counters again.
+        """
+        self._close(keys)
         if self._nextAdmin is not None:
             self._nextAdmin.stopListening()
             self._nextAdmin = None
@@ -997,26 +993,20 @@ class WorkerGroup(Service):
 
         @raise UpgradeFailed: a configured new endpoint cannot listen.
         """
-        from twisted.internet.endpoints import serverFromString
-
         service = self.admin() if self.admin is not None else None
         if service is None:
             return None, None
         target = service.endpointFor(config)
         port = service.port
         if port is None or target != service.endpointText:
-            got: list[Any] = []
-            serverFromString(self.reactor, target).listen(_NoClients()).addBoth(got.append)
-            result: Any = got[0] if got else None
-            if not hasattr(result, "stopReading"):
+            port, error = _holdSocket(self.reactor, target)
+            if port is None:
                 if config.admin is None:
                     # The default endpoint taken: the next image runs
                     # without the API, as a start would.
                     return None, None
-                why = getattr(result, "getErrorMessage", lambda: str(result))()
-                raise UpgradeFailed(f"admin: the admin API cannot listen on {target}: {why}")
-            result.stopReading()
-            port = bound = result
+                raise UpgradeFailed(f"admin: the admin API cannot listen on {target}: {error}")
+            bound = port
         else:
             bound = None
         return InheritedSocket("admin", target, port.fileno(), int(port.socket.family)), bound
@@ -1063,9 +1053,7 @@ class WorkerGroup(Service):
         """
         if self.refresher.running:
             self.refresher.stop()
-        if self._pushing is not None and self._pushing.active():
-            self._pushing.cancel()
-        self._pushing = None
+        self._cancelPush()
         done: Deferred[None] = Deferred()
         deadline = self.reactor.seconds() + QUIESCE_TIMEOUT
 
@@ -1169,6 +1157,14 @@ class WorkerGroup(Service):
         self._pushing = None
         self.push()
 
+    def _cancelPush(self) -> None:
+        """
+        Forget the push L{schedulePush} planned, if any.
+        """
+        if self._pushing is not None and self._pushing.active():
+            self._pushing.cancel()
+        self._pushing = None
+
     def push(self) -> Deferred[None]:
         """
         Send the registry to every worker; fires once each has applied it
@@ -1222,9 +1218,7 @@ class WorkerGroup(Service):
         Push the registry now; fires once every worker applied it (the
         admin API answers a change then).
         """
-        if self._pushing is not None and self._pushing.active():
-            self._pushing.cancel()
-        self._pushing = None
+        self._cancelPush()
         self._observePools()
         return self.push()
 
@@ -1356,6 +1350,24 @@ class Bound:
         Its file descriptor and address family.
         """
         return self.port.fileno(), int(self.port.socket.family)
+
+
+def _holdSocket(reactor: Any, endpoint: str) -> tuple[Any, Any]:
+    """
+    Bind the server endpoint C{endpoint} now, for the workers (or the
+    master's next image), never to accept on it here.
+
+    @return: its port and L{None}; or L{None} and why it cannot listen.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    got: list[Any] = []
+    serverFromString(reactor, endpoint).listen(_NoClients()).addBoth(got.append)
+    result: Any = got[0] if got else None
+    if not hasattr(result, "stopReading"):
+        return None, getattr(result, "value", result)
+    result.stopReading()
+    return result, None
 
 
 class _NoClients(Factory):

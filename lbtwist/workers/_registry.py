@@ -216,11 +216,10 @@ class RegistryApplier:
         wanted = {item["name"]: item for item in found}
         for backend in [b for b in pool if b.config.discovered and b.name not in wanted]:
             self.live.drain(name, pool.remove(backend.name))
+        from ..discovery import discoveredTLS
+
         pc = pool.config
-        tls = pc.tls
-        if (tls is not None and tls.verifyHost is None and pc.discovery is not None
-                and pc.discovery.kind == "dns"):
-            tls = attrs.evolve(tls, verifyHost=pc.discovery.name)
+        tls = pc.tls if pc.discovery is None else discoveredTLS(pc.discovery, pc.tls)
         for backendName, item in wanted.items():
             if backendName not in pool:
                 pool.add(BackendConfig(

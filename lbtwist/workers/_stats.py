@@ -113,10 +113,10 @@ class CounterMirror:
             if backend is not None and count > 0:
                 backend.showResponseTime(seconds / count)
 
-    def _add(self, path: list[str], delta: float) -> bool:
+    def _add(self, path: list[str], delta: float) -> None:
         """
-        Add C{delta} to the counter at C{path}; C{False} if it names
-        something the master does not have.
+        Add C{delta} to the counter at C{path}, unless it names something
+        the master does not have.
         """
         kind = path[0]
         if kind == "pool":
@@ -130,23 +130,22 @@ class CounterMirror:
             target = self.factories.get(path[1])
             rest = path[2:]
         if target is None:
-            return False
+            return
         if len(rest) == 1:
             setattr(target, rest[0], getattr(target, rest[0], 0) + _typed(delta))
-            return True
+            return
         holder, key = rest
         if holder == "buckets":
             buckets = target.responseBuckets
             index = int(key)
             if index < len(buckets):
                 buckets[index] += _typed(delta)
-            return True
+            return
         counts = getattr(target, holder, None)
         if counts is None:
             counts = {}
             setattr(target, holder, counts)
         counts[key] = counts.get(key, 0) + _typed(delta)
-        return True
 
 
 def _typed(value: float) -> Any:
