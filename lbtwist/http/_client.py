@@ -23,6 +23,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from ..endpoints import hostPort
 from ..routing import applyHeaderActions
 from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
@@ -49,9 +50,7 @@ def authorityOf(address: Any) -> bytes:
     port = getattr(address, "port", None)
     if not isinstance(host, str):
         return b"localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}".encode("ascii", "replace")
+    return hostPort(host, port).encode("ascii", "replace")
 
 
 class ClientPeer:

@@ -43,6 +43,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..endpoints import hostPort
 from ..lifecycle import sdNotify
 from ..pool import Health, PoolEvent
 from ..reload import LiveConfig
@@ -1328,7 +1329,7 @@ def _url(port: Any) -> str | None:
     host = getattr(address, "host", None)
     if host is None:
         return None
-    return f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
+    return f"http://{hostPort(host, address.port)}"
 
 
 class Bound:
