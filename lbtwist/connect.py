@@ -214,7 +214,10 @@ class BackendConnector:
             # The common case of a kept-alive request: its first choice has
             # an idle connection, and no attempt object is needed.
             pool = self.pool
-            backend = choose(pool, key, tried, prefer, None)
+            backend = (
+                pool.pick(key) if prefer is None and not tried
+                else choose(pool, key, tried, prefer, None)
+            )
             if backend is not None:
                 protocol = reuse(backend)
                 if protocol is not None:

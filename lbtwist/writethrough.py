@@ -74,10 +74,12 @@ def close(transport: Any) -> None:
     transport.loseConnection()
 
 
-def writeNow(transport: Any, data: bytes) -> None:
+def writeNow(transport: Any, data: bytes) -> bool:
     """
     Write C{data} to C{transport}: to its socket at once if nothing is
     queued, queuing only what the kernel did not take.
+
+    @return: whether it all went to the socket (nothing was queued).
     """
     if isinstance(transport, Connection) and _idle(transport):
         try:
@@ -88,9 +90,10 @@ def writeNow(transport: Any, data: bytes) -> None:
             # Let Twisted find the broken connection on its own path.
             sent = 0
         if sent == len(data):
-            return
+            return True
         data = data[sent:]
     transport.write(data)
+    return False
 
 
 def writeThrough(transport: Any) -> Callable[[bytes], None]:
