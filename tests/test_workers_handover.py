@@ -665,14 +665,38 @@ class ReexecDecisionTests(GroupCase):
     def test_preflightHangs(self) -> None:
         """
         A check that does not finish within its time fails the upgrade,
-        saying so.
+        saying so, and is killed rather than left to run; its end, when it
+        is reaped, changes nothing.
         """
         self.write(**{"status-interval": 7})
         d = self.group.upgrade()
-        self.reactor.advance(PREFLIGHT_TIMEOUT)
+        [(check, _)] = self.preflights()
+        process = self.reactor.processes[
+            [p for p, _, _ in self.reactor.spawned].index(check)]
+        self.reactor.advance(PREFLIGHT_TIMEOUT - 1)
+        self.assertEqual(process.signals, [])
+        self.reactor.advance(1)
         failure = self.failureResultOf(d, UpgradeFailed)
         self.assertEqual(failure.getErrorMessage(),
                          "the new master's check did not finish within 30s")
+        self.assertEqual(process.signals, ["KILL"])
+        check.processEnded(Failure(ProcessTerminated(signal=9)))
+        self.assertEqual(self.image.executed, [])
+        self.assertIsNone(self.group.upgrading)
+
+    def test_preflightKilled(self) -> None:
+        """
+        A check killed by a signal fails the upgrade, saying so with what it
+        wrote.
+        """
+        self.write(**{"status-interval": 7})
+        d = self.group.upgrade()
+        [(check, _)] = self.preflights()
+        check.errReceived(b"out of memory\n")
+        check.processEnded(Failure(ProcessTerminated(signal=9)))
+        failure = self.failureResultOf(d, UpgradeFailed)
+        self.assertEqual(failure.getErrorMessage(),
+                         "the new master's check was killed: out of memory")
         self.assertEqual(self.image.executed, [])
 
     def test_toOneWorker(self) -> None:

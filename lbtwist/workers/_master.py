@@ -166,6 +166,34 @@ class MasterChannel(Channel):
         return {}
 
 
+class CheckProcess(ProcessProtocol):
+    """
+    The pre-flight check of an upgrade (C{python -m lbtwist.check}): what
+    it writes, and how it ended, given to C{ended} once it is reaped
+    (unless C{ended} fired before: the check timed out and was killed).
+
+    @ivar ended: fires with C{(out, err, exitCode, signal)}.
+    """
+
+    ended: Deferred[tuple[bytes, bytes, int | None, int | None]] | None = None
+
+    def __init__(self) -> None:
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        ended = self.ended
+        if ended is not None and not ended.called:
+            why: Any = reason.value
+            ended.callback((b"".join(self._out), b"".join(self._err), why.exitCode, why.signal))
+
+
 class WorkerProcess(ProcessProtocol):
     """
     One worker process as the master sees it: its output, logged again
@@ -1019,30 +1047,39 @@ class WorkerGroup(Service):
 
         @return: fails with L{UpgradeFailed} saying why it would not.
         """
-        from twisted.internet.utils import getProcessOutputAndValue
-
         assert self.image is not None
         command = self.image.checkCommand()
-        running = getProcessOutputAndValue(command[0], command[1:],
-                                           env={**self.environ, **self.passed},
-                                           path=os.getcwd(), reactor=self.reactor)
+        check = CheckProcess()
+        process = self.reactor.spawnProcess(
+            check, command[0], command, env={**self.environ, **self.passed},
+            path=os.getcwd())
+
+        def hung(running: Deferred[Any]) -> None:
+            # Killed, not left to run on: a check that hangs once would
+            # otherwise hold its memory (and its descriptors) for good.
+            try:
+                process.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+
+        running: Deferred[tuple[bytes, bytes, int | None, int | None]] = Deferred(hung)
+        check.ended = running
         running.addTimeout(PREFLIGHT_TIMEOUT, self.reactor)
 
-        def judged(result: tuple[bytes, bytes, int]) -> None:
-            out, err, code = result
+        def judged(result: tuple[bytes, bytes, int | None, int | None]) -> None:
+            out, err, code, signum = result
+            if signum is not None:
+                raise UpgradeFailed("the new master's check was killed: "
+                                    + err.decode("utf-8", "replace").strip())
             if code != 0:
                 lines = (err or out).decode("utf-8", "replace").strip().splitlines()
                 raise UpgradeFailed("the new master would not start: "
                                     + (lines[-1] if lines else f"exit status {code}"))
 
         def broken(f: Failure) -> None:
-            if isinstance(f.value, tuple):
-                raise UpgradeFailed("the new master's check was killed: "
-                                    + f.value[1].decode("utf-8", "replace").strip())
-            if f.check(defer.TimeoutError):
-                raise UpgradeFailed(
-                    f"the new master's check did not finish within {PREFLIGHT_TIMEOUT:g}s")
-            f.raiseException()
+            f.trap(defer.TimeoutError)
+            raise UpgradeFailed(
+                f"the new master's check did not finish within {PREFLIGHT_TIMEOUT:g}s")
 
         return running.addCallbacks(judged, broken)
 
