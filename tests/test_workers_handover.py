@@ -630,6 +630,12 @@ class ReexecDecisionTests(GroupCase):
         self.assertIsNone(self.group.upgrading)
         self.assertTrue(self.group.refresher.running)
         self.assertEqual([s.generation for s in self.group.slots], [1, 1])
+        # What failed is kept for ctl, which waits for generation 2, until
+        # the next upgrade.
+        self.assertEqual(self.group.execFailed, (
+            2, "the master cannot re-execute itself ([Errno 2] No such file or directory)"))
+        self.group.upgrade()
+        self.assertIsNone(self.group.execFailed)
 
     def test_code(self) -> None:
         """

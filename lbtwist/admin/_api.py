@@ -83,7 +83,12 @@ class ProcessGroup(Protocol):
     """
     The worker processes a master's admin API speaks for (see
     L{lbtwist.workers.WorkerGroup}).
+
+    @ivar execFailed: the last re-exec answered but not made: the
+        generation it promised and why, else L{None}.
     """
+
+    execFailed: tuple[int, str] | None
 
     def settle(self) -> Deferred[None]:
         """
@@ -732,8 +737,12 @@ class AdminResource(Resource):
         The worker processes (none when this process serves alone), each
         with its own counters: the other routes give their totals.
         """
-        return self._json(request, 200, {
-            "workers": self.group.view() if self.group is not None else []})
+        group = self.group
+        answer: dict[str, Any] = {"workers": group.view() if group is not None else []}
+        if group is not None and group.execFailed is not None:
+            generation, why = group.execFailed
+            answer["upgrade-failed"] = {"generation": generation, "error": why}
+        return self._json(request, 200, answer)
 
     def upgrade(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """

@@ -449,6 +449,10 @@ class WorkerGroup(Service):
         # and none is started (the hand-over, taken at the exec, names
         # every worker there is).
         self.executing = False
+        # The last re-exec that was answered but not made: the generation
+        # it promised and why (C{lbtwist ctl upgrade} reads it at once
+        # rather than wait for that generation).
+        self.execFailed: tuple[int, str] | None = None
         self.mirror = CounterMirror(balancer.pools, balancer.factories)
         self._pushing: Any = None
         # The status table and the dashboard's history read the master's
@@ -927,6 +931,7 @@ class WorkerGroup(Service):
             return self._failed(str(e))
         done: Deferred[Upgraded] = Deferred()
         self.upgrading = done
+        self.execFailed = None
         generation = self.generation + 1
 
         def checked(_: object) -> Deferred[None]:
@@ -975,7 +980,7 @@ class WorkerGroup(Service):
             # to or restarted for good.
             self.log.failure("upgrade failed: the hand-over could not be made; the master "
                              "serves on as it was")
-            self._notExecuted()
+            self._notExecuted("the hand-over could not be made (see the log)")
             return
         # systemd (Type=notify) hears a reload, whose READY=1 the new image
         # sends once its workers serve.
@@ -986,13 +991,14 @@ class WorkerGroup(Service):
             self.log.error("upgrade failed: the master cannot re-execute itself ({error}); "
                            "it serves on as it was", error=str(e))
             sdNotify(f"READY=1\nMAINPID={os.getpid()}", os.environ)
-            self._notExecuted()
+            self._notExecuted(f"the master cannot re-execute itself ({e})")
 
-    def _notExecuted(self) -> None:
+    def _notExecuted(self, why: str) -> None:
         """
-        The exec failed: close what was bound for the next image, and go
-        on asking the workers for their counters.
+        The exec failed (C{why}): close what was bound for the next image,
+        and go on asking the workers for their counters.
         """
+        self.execFailed = (self.generation + 1, why)
         self.upgrading = None
         self.executing = False
         for slot in self.slots:
