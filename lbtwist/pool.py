@@ -572,7 +572,8 @@ class BackendPool:
         in the queue, oldest first, while some backend has room.
         """
         backend.slots -= 1
-        self.wake()
+        if self._waiting:
+            self.wake()
 
     def wake(self) -> None:
         """

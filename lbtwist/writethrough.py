@@ -81,7 +81,15 @@ def writeNow(transport: Any, data: bytes) -> bool:
 
     @return: whether it all went to the socket (nothing was queued).
     """
-    if isinstance(transport, Connection) and _idle(transport):
+    # (L{_idle}, written out: this is every relayed response's path.)
+    if isinstance(transport, Connection) and not (
+        transport._tempDataLen
+        or transport.offset != len(transport.dataBuffer)
+        or transport.disconnecting
+        or transport._writeDisconnecting
+        or not transport.connected
+        or transport.TLS
+    ):
         try:
             sent = transport.socket.send(data)
         except (BlockingIOError, InterruptedError):
