@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..config import (
+    NO_DIRECTORY,
     BackendConfig,
     ConfigError,
     ListenerConfig,
@@ -506,7 +507,7 @@ class AdminResource(Resource):
             _weight(data["weight"], "weight")
         state = _state(data.pop("state", "ready"), "state")
         try:
-            config = parseBackend(data, "", pool.config.health)
+            config = parseBackend(data, "", pool.config.health, directory=NO_DIRECTORY)
             _checkEndpoint(config.endpoint, "endpoint")
         except ConfigError as e:
             raise APIError(400, str(e).lstrip(".: ")) from None
@@ -657,7 +658,8 @@ class AdminResource(Resource):
         data = self._jsonBody(request)
         if self.cluster is not None:
             try:
-                routes = parseRoutes(data, "routes", running.mode, list(self.live.pools))
+                routes = parseRoutes(data, "routes", running.mode, list(self.live.pools),
+                                     directory=NO_DIRECTORY)
             except ConfigError as e:
                 raise APIError(400, str(e)) from None
             # Stored in the shape GET gives: each balancer parses it again.
