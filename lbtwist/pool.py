@@ -590,6 +590,17 @@ class BackendPool:
                 return
             waiting.popleft()()
 
+    def _outOfRotation(self) -> None:
+        """
+        A backend stopped taking new clients (down, ejected, removed, at
+        weight 0): with backups, they may serve in its place now, with room
+        for the clients waiting in the queue, who must not wait on until
+        one of its clients leaves (a hung backend holds them up to the
+        response timeout, beyond the queue's).
+        """
+        if self._hasBackups:
+            self.wake()
+
     def enqueue(self, waiter: Callable[[], None]) -> bool:
         """
         Queue a client that found every eligible backend full: C{waiter}
@@ -701,6 +712,8 @@ class BackendPool:
         self._notify(HealthChanged(self.name, backend, old.value, new.value, reason))
         if new is Health.UP:
             self.wake()
+        elif new is Health.DOWN:
+            self._outOfRotation()
         if new is Health.DOWN and not any(
             b.eligible for b in self._backends.values()
         ):
@@ -872,6 +885,7 @@ class BackendPool:
             pool=self.name, backend=backend.name, seconds=seconds,
             count=backend.ejections, why=why,
         )
+        self._outOfRotation()
 
     def readmit(self) -> None:
         """
@@ -954,6 +968,7 @@ class BackendPool:
             active=backend.active,
         )
         self._notify(BackendRemoved(self.name, backend))
+        self._outOfRotation()
         return backend
 
     def setAdmin(self, name: str, admin: Admin) -> Backend:
@@ -1039,6 +1054,8 @@ class BackendPool:
             )
             if not old:
                 self.wake()
+            elif not weight:
+                self._outOfRotation()
         return backend
 
     # -- reporting -------------------------------------------------------
