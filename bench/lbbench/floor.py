@@ -8,29 +8,30 @@ and lbtwist in the same run is what lbtwist's features and structure cost, and t
 between a floor and HAProxy is what Twisted and CPython cost.  Neither has a feature:
 
 - ``tcp``: accept, dial a backend (round-robin per connection), relay both ways with
-  write-through and Twisted's producers, close both.  No timeouts, no limits, no counters.
+  write-through and Twisted's producers, pass a half-close on (a client that shuts its
+  write side gets its answer), close both.  No timeouts, no limits, no counters.
 - ``http``: the same, with one backend connection per client for its whole life; each
   request head is parsed by llhttp (httptools), its hop-by-hop fields dropped and
   ``X-Forwarded-For`` added, and each response head parsed and rebuilt likewise.  No
   balancing per request, no pooling, no timeouts, no retries, no pipelining, no metrics,
   and bodies relayed as they come (the bench sends GETs only).
+
+The reactor is installed by :func:`main` only, so that the tests can run a floor on theirs.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from itertools import cycle
 from typing import Any
 
-from lbtwist import reactor as lean
+from httptools import HttpRequestParser, HttpResponseParser
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer  # type: ignore[import-untyped]
 
-lean.install()
-
-from httptools import HttpRequestParser, HttpResponseParser  # noqa: E402
-from twisted.internet import reactor  # noqa: E402
-from twisted.internet.protocol import Factory, Protocol  # noqa: E402
-
-from lbtwist.writethrough import close, halfClose, writeThrough  # noqa: E402
+from lbtwist.writethrough import close, halfClose, writeThrough
 
 LOOPBACK = "127.0.0.1"
 # Dropped from heads both ways, as a proxy must (RFC 9110 7.6.1).
@@ -38,10 +39,27 @@ HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"transfer-encoding", b"upgrade", b"trailer"))
 
 
-class _Side(Protocol):
-    """One side of a relay: writes through to its socket; closes its peer when it goes."""
+class FloorFactory(Factory):
+    """The clients of a floor: C{tcp} or C{http}, relayed to C{backends} (ports) in turn."""
 
+    def __init__(self, mode: str, backends: Sequence[int], reactor: Any) -> None:
+        self.protocol = TCPClient if mode == "tcp" else HTTPClient
+        self.ports = cycle(backends)
+        self.reactor = reactor
+
+
+@implementer(IHalfCloseableProtocol)
+class _Side(Protocol):
+    """One side of a relay: writes through to its socket; closes its peer when it goes.
+
+    A side that sends FIN passes it on (as lbtwist and HAProxy do: a client that shuts
+    its write side still gets its answer), and both close once both directions are done.
+    """
+
+    # A lean TCP transport (registers producers, pauses, half-closes).
+    transport: Any
     peer: _Side | None = None
+    readDone = False
 
     def connectionMade(self) -> None:
         self.send = writeThrough(self.transport)
@@ -51,8 +69,20 @@ class _Side(Protocol):
         self.transport.registerProducer(peer.transport, True)
 
     def readConnectionLost(self) -> None:
-        if self.peer is not None:
-            halfClose(self.peer.transport)
+        self.readDone = True
+        peer = self.peer
+        if peer is None:
+            self.transport.loseConnection()
+        elif peer.readDone:
+            close(self.transport)
+            close(peer.transport)
+        else:
+            # Nothing more comes from here: the peer's close must not wait on us.
+            peer.transport.unregisterProducer()
+            halfClose(peer.transport)
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.peer is not None:
@@ -66,9 +96,9 @@ class TCPClient(_Side):
     def connectionMade(self) -> None:
         _Side.connectionMade(self)
         self.transport.pauseProducing()
-        backend = TCPBackend()
-        reactor.dialTCP(LOOPBACK, next(self.factory.ports), backend, 5.0,  # type: ignore
-                        self._joined, lambda reason: self.transport.loseConnection())
+        factory = self.factory
+        factory.reactor.dialTCP(LOOPBACK, next(factory.ports), TCPBackend(), 5.0,
+                                self._joined, lambda reason: self.transport.loseConnection())
 
     def _joined(self, backend: _Side) -> None:
         backend.joinTo(self)
@@ -106,10 +136,13 @@ class HTTPClient(TCPClient):
         self.url = b""
         self.forwarded = b"X-Forwarded-For: " + self.transport.getPeer().host.encode() + b"\r\n"
         self.closeAfter = False
+        # A request went to the backend, and its response is not over.
+        self.waiting = False
         self.transport.pauseProducing()
         _Side.connectionMade(self)
-        reactor.dialTCP(LOOPBACK, next(self.factory.ports), HTTPBackend(), 5.0,  # type: ignore
-                        self._joined, lambda reason: self.transport.loseConnection())
+        factory = self.factory
+        factory.reactor.dialTCP(LOOPBACK, next(factory.ports), HTTPBackend(), 5.0,
+                                self._joined, lambda reason: self.transport.loseConnection())
 
     def dataReceived(self, data: bytes) -> None:
         self.parser.feed_data(data)
@@ -123,6 +156,7 @@ class HTTPClient(TCPClient):
     def on_headers_complete(self) -> None:
         parser = self.parser
         self.closeAfter = not parser.should_keep_alive()
+        self.waiting = True
         self.peer.send(_head(  # type: ignore[union-attr]
             parser.get_method() + b" " + self.url + b" HTTP/1.1\r\n", self.fields, self.forwarded))
         self.fields = []
@@ -132,12 +166,15 @@ class HTTPClient(TCPClient):
         self.peer.send(body)  # type: ignore[union-attr]
 
     def responded(self) -> None:
-        if self.closeAfter:
+        self.waiting = False
+        if self.closeAfter or self.readDone:
             close(self.transport)
 
     def readConnectionLost(self) -> None:
-        # A client that is done sending still waits for its answer.
-        pass
+        # A client that is done sending still gets the answer it waits for, then a close.
+        self.readDone = True
+        if not self.waiting:
+            close(self.transport)
 
 
 class HTTPBackend(_Side):
@@ -178,12 +215,13 @@ class HTTPBackend(_Side):
 
 
 def main(argv: list[str]) -> None:
+    from lbtwist import reactor as lean
+
+    reactor = lean.install()
     mode, port, backends = argv[0], int(argv[1]), [int(p) for p in argv[2:]]
-    factory = Factory()
-    factory.protocol = TCPClient if mode == "tcp" else HTTPClient
-    factory.ports = cycle(backends)  # type: ignore[attr-defined]
-    reactor.listenTCP(port, factory, backlog=4096, interface=LOOPBACK)  # type: ignore
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.listenTCP(port, FloorFactory(mode, backends, reactor), backlog=4096,
+                      interface=LOOPBACK)
+    reactor.run()
 
 
 if __name__ == "__main__":
