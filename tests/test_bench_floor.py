@@ -6,6 +6,7 @@ against real backends over 127.0.0.1.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
-from .httphelpers import RecordingBackend
+from .httphelpers import RecordingBackend, waitFor
 from .support import inThread, reactor
 from .test_integration import AfterEOF, halfCloseRequest
 
@@ -23,7 +24,21 @@ BENCH = str(Path(__file__).resolve().parent.parent / "bench")
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 
-from lbbench.floor import FloorFactory  # noqa: E402
+from lbbench.floor import FloorFactory, HTTPClient, TCPClient  # noqa: E402
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bytes:
+    """
+    Send C{request} on C{sock} and read until a response head has come.
+    """
+    sock.sendall(request)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
 
 
 class FloorTests(TestCase):
@@ -76,3 +91,49 @@ class FloorTests(TestCase):
         answer = yield inThread(halfCloseRequest, port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
         self.assertEqual([r.url for r in backend.requests], [b"/"])
+
+    @inlineCallbacks
+    def noDelays(self, mode: str, kind: type[Any], backend: int) -> Any:
+        """
+        Relay one request through a floor in C{mode} (whose clients are
+        C{kind}) to the backend on port C{backend}, and say whether each
+        socket of the relayed connection, the client's and the backend's,
+        had C{TCP_NODELAY}; the client's close closes both.
+        """
+        clients: list[Any] = []
+
+        class Recorded(kind):  # type: ignore[valid-type,misc]
+            def connectionMade(self) -> None:
+                clients.append(self)
+                super().connectionMade()
+
+        factory = FloorFactory(mode, [backend], reactor)
+        factory.protocol = Recorded
+        port = self.listen(factory)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            answer = yield inThread(_exchange, sock, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+            [client] = clients
+            sides = (client.transport, client.peer.transport)
+            noDelays = [bool(side.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                        for side in sides]
+        closed = yield waitFor(lambda: all(side.disconnected for side in sides))
+        self.assertTrue(closed)
+        return noDelays
+
+    @inlineCallbacks
+    def test_noDelay(self) -> Any:
+        """
+        Both sockets of a relayed connection, the client's and the
+        backend's, have Nagle's algorithm off, as lbtwist's have: a floor
+        that held back the last segment of a response (for the peer's
+        delayed ACK, up to 40 ms) would be slower than the relay it stands
+        for, in each mode.
+        """
+        backend = RecordingBackend("a")
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+        tcp = yield self.noDelays("tcp", TCPClient, backend.port.getHost().port)
+        http = yield self.noDelays("http", HTTPClient, backend.port.getHost().port)
+        self.assertEqual({"tcp": tcp, "http": http},
+                         {"tcp": [True, True], "http": [True, True]})

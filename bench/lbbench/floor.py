@@ -3,9 +3,10 @@
 Usage: ``python floor.py tcp|http PORT BACKEND_PORT [BACKEND_PORT ...]`` (loopback only).
 
 Both run on lbtwist's own reactor (:mod:`lbtwist.reactor`) with its lean transports,
-``dialTCP`` and write-through (:mod:`lbtwist.writethrough`), so the gap between a floor
-and lbtwist in the same run is what lbtwist's features and structure cost, and the gap
-between a floor and HAProxy is what Twisted and CPython cost.  Neither has a feature:
+``dialTCP``, write-through (:mod:`lbtwist.writethrough`) and ``TCP_NODELAY`` as lbtwist
+sets it, so the gap between a floor and lbtwist in the same run is what lbtwist's
+features and structure cost, and the gap between a floor and HAProxy is what Twisted and
+CPython cost.  Neither has a feature:
 
 - ``tcp``: accept, dial a backend (round-robin per connection), relay both ways with
   write-through and Twisted's producers, pass a half-close on (a client that shuts its
@@ -31,6 +32,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from lbtwist.tcp import setNoDelay
 from lbtwist.writethrough import close, halfClose, writeThrough
 
 LOOPBACK = "127.0.0.1"
@@ -62,6 +64,9 @@ class _Side(Protocol):
     readDone = False
 
     def connectionMade(self) -> None:
+        # Nagle off, as lbtwist has it: the last segment of a response is not held back
+        # for the peer's delayed ACK (up to 40 ms).
+        setNoDelay(self.transport)
         self.send = writeThrough(self.transport)
 
     def joinTo(self, peer: _Side) -> None:
