@@ -887,6 +887,15 @@ class BackendPool:
         )
         self._outOfRotation()
 
+    def untilReadmission(self) -> float | None:
+        """
+        Seconds until the first ejection under way ends, if a backend is
+        ejected (L{readmit} brings it back then).
+        """
+        if not self._ejected:
+            return None
+        return max(0.0, min(b.ejectedUntil for b in self._ejected) - self.clock())
+
     def readmit(self) -> None:
         """
         Bring back every ejected backend whose ejection is over, and let
