@@ -637,6 +637,23 @@ class ReexecDecisionTests(GroupCase):
         self.group.upgrade()
         self.assertIsNone(self.group.execFailed)
 
+    def test_execFailedClearedByRoll(self) -> None:
+        """
+        What a failed exec left for ctl goes at the next upgrade, also when
+        that one only starts new workers (the setting that needed the exec
+        put back): the generation it promised may serve then, and the API
+        must not say it failed.
+        """
+        self.image.error = FileNotFoundError(2, "No such file or directory")
+        self.write(**{"status-interval": 7})
+        self.reexecuted()
+        self.assertIsNotNone(self.group.execFailed)
+        self.write()
+        self.group.upgrade()
+        self.assertEqual(len(self.image.executed), 1)
+        self.assertIsNotNone(self.group.upgrading)
+        self.assertIsNone(self.group.execFailed)
+
     def test_code(self) -> None:
         """
         The code on disk changed: the master re-executes, even with the

@@ -840,6 +840,9 @@ class WorkerGroup(Service):
         """
         if self.upgrading is not None:
             return fail(UpgradeUnderWay("an upgrade is already under way"))
+        # A re-exec that failed before is old news: this upgrade answers
+        # for itself (and its generation may be the one that one promised).
+        self.execFailed = None
         problem = self.live.reload(upgrade=True) if self.live.loadConfig is not None else None
         if problem is not None:
             return self._failed(f"the configuration on disk is not valid: {problem}")
@@ -931,7 +934,6 @@ class WorkerGroup(Service):
             return self._failed(str(e))
         done: Deferred[Upgraded] = Deferred()
         self.upgrading = done
-        self.execFailed = None
         generation = self.generation + 1
 
         def checked(_: object) -> Deferred[None]:
