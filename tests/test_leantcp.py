@@ -558,6 +558,36 @@ class LeanServerTests(TestCase):
         self.assertIn(f"on {number}", repr(transport))
 
 
+    @inlineCallbacks
+    def test_closedLeavesReactor(self) -> Any:
+        """
+        A connection closed by its peer is no longer watched by the
+        reactor once it is lost.
+        """
+        made: list[Recorder] = []
+
+        def build() -> Recorder:
+            made.append(Recorder())
+            return made[-1]
+
+        factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+        factory.noisy = False
+        port = LeanPort(0, factory, 50, "127.0.0.1", reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+
+        def talk() -> None:
+            with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+                s.sendall(b"bye")
+
+        yield inThread(talk)
+        yield made[0].lost
+        transport = made[0].transport
+        self.assertNotIn(transport, reactor._selectables.values())  # type: ignore[attr-defined]
+        self.assertEqual(made[0].received, b"bye")
+
+
 class LeanReactorTests(SynchronousTestCase):
     """
     L{LeanEPollReactor} uses the lean transports for TCP where it can.
