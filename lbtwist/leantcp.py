@@ -149,6 +149,9 @@ class LeanServer(_LeanConnection, tcp.Server):
     """
 
     _peer: address.IPv4Address | address.IPv6Address | None = None
+    # TCP_NODELAY as last set, if it was set here (else as inherited from
+    # the listening port).
+    _noDelay: bool | None = None
 
     def __init__(
         self,
@@ -182,6 +185,20 @@ class LeanServer(_LeanConnection, tcp.Server):
         if peer is None:
             peer = self._peer = tcp.Server.getPeer(self)
         return peer
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Set C{TCP_NODELAY}, unless the socket has it so already: inherited
+        from a L{LeanPort}, or set here before.
+        """
+        enabled = bool(enabled)
+        current = self._noDelay
+        if current is None:
+            current = getattr(self.server, "noDelay", False)
+        if enabled is current:
+            return
+        tcp.Server.setTcpNoDelay(self, enabled)
+        self._noDelay = enabled
 
 
 class LeanDialled(_LeanConnection):
@@ -381,10 +398,29 @@ class LeanDial:
 class LeanPort(tcp.Port):
     """
     A listening TCP port whose connections are L{LeanServer}s.
+
+    Its socket has C{TCP_NODELAY} set, which the connections it accepts
+    inherit (on Linux, as in HAProxy's listeners): a relay turns Nagle's
+    algorithm off on every connection (L{lbtwist.tcp.setNoDelay}), and
+    L{LeanServer.setTcpNoDelay} then has nothing to ask the kernel.
+
+    @ivar noDelay: whether accepted connections start with C{TCP_NODELAY}.
     """
 
     transport = LeanServer
     _shouldShutdown = False
+    noDelay = False
+
+    def startListening(self) -> None:
+        """
+        Listen, with C{TCP_NODELAY} set on the listening socket.
+        """
+        tcp.Port.startListening(self)
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            return
+        self.noDelay = True
 
 
 class LeanClient(tcp.Client):

@@ -559,6 +559,39 @@ class LeanServerTests(TestCase):
 
 
     @inlineCallbacks
+    def test_noDelayInherited(self) -> Any:
+        """
+        An accepted connection has C{TCP_NODELAY} from its listening port
+        before anything sets it; setting it off and on again still works.
+        """
+        seen: list[bool] = []
+
+        class Toggle(Echo):
+            def connectionMade(self) -> None:
+                transport: Any = self.transport
+                seen.append(transport.getTcpNoDelay())
+                transport.setTcpNoDelay(False)
+                seen.append(transport.getTcpNoDelay())
+                transport.setTcpNoDelay(True)
+                seen.append(transport.getTcpNoDelay())
+
+        factory = Factory.forProtocol(Toggle)
+        factory.noisy = False
+        port = LeanPort(0, factory, 50, "127.0.0.1", reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        self.assertTrue(port.noDelay)
+        number = port.getHost().port
+
+        def talk() -> bytes:
+            with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+                s.sendall(b"hi")
+                return s.recv(100)
+
+        self.assertEqual((yield inThread(talk)), b"hi")
+        self.assertEqual(seen, [True, False, True])
+
+    @inlineCallbacks
     def test_closedLeavesReactor(self) -> Any:
         """
         A connection closed by its peer is no longer watched by the
