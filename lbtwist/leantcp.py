@@ -409,7 +409,58 @@ class LeanPort(tcp.Port):
 
     transport = LeanServer
     _shouldShutdown = False
+    _log = Logger()
     noDelay = False
+
+    def doRead(self) -> None:
+        """
+        Accept up to C{numberAccepts} connections, as L{tcp.Port.doRead}
+        does, with less around each: no log buffering or generator per
+        pass, the socket built with its family and type as known (the
+        standard C{accept} looks both up, as enums), and the peer's address
+        built once, for the factory and the transport's C{getPeer} alike.
+        An error other than "no more connections" (C{EMFILE}, C{EPERM},
+        an aborted connection...) hands the rest of the pass to Twisted's
+        own loop, which knows how to recover from each.
+        """
+        limit = self.numberAccepts
+        accepted = 0
+        try:
+            listening: Any = self.socket
+            accept = listening._accept
+            family = self.addressFamily
+            factory: Any = self.factory
+            build = self.transport
+            while accepted < limit:
+                try:
+                    fd, addr = accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    tcp.Port.doRead(self)
+                    return
+                accepted += 1
+                skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                if len(addr) == 4:
+                    # IPv6: with the scope ID, as Twisted gives it.
+                    host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                    addr = (host[0], *addr[1:])
+                peer = self._buildAddr(addr)
+                protocol = factory.buildProtocol(peer)
+                if protocol is None:
+                    skt.close()
+                    continue
+                session = self.sessionno
+                self.sessionno = session + 1
+                transport = build(skt, protocol, addr, self, session, self.reactor)
+                transport._peer = peer
+                protocol.makeConnection(transport)
+        except BaseException:
+            self._log.failure("accepting a connection on {port} failed", port=self)
+        if accepted == limit:
+            self.numberAccepts = limit + 20
+        else:
+            self.numberAccepts = max(1, accepted)
 
     def startListening(self) -> None:
         """
