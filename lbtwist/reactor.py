@@ -20,17 +20,22 @@ from __future__ import annotations
 import errno
 import socket
 import sys
+from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from typing import Any, Callable
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IConnector, IHalfCloseableDescriptor, IListeningPort
-from twisted.internet.main import installReactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
+from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .leantcp import IReactorDialTCP, LeanConnector, LeanDial, LeanPort, ipFamily
+
+# An epoll event saying the descriptor hung up or failed.
+_DISCONNECTED = EPOLLHUP | EPOLLERR
 
 # What a connection is told when its peer closed it, shared as the epoll
 # reactor shares its own.
@@ -49,7 +54,9 @@ class LeanEPollReactor(EPollReactor):
 
     def doPoll(self, timeout: float | None) -> None:
         """
-        Poll for events and handle each at once.
+        Poll for events and handle each at once: what the epoll reactor's
+        C{_doReadOrWrite} does for each event, done in this loop rather than
+        in a call per event.
         """
         if timeout is None:
             timeout = -1
@@ -60,15 +67,41 @@ class LeanEPollReactor(EPollReactor):
                 return
             raise
         selectables = self._selectables
-        handle = self._doReadOrWrite
+        reads = self._reads
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            try:
-                handle(selectable, fd, event)
-            except Exception:
-                self._log.failure("unhandled error handling {selectable}", selectable=selectable)
+            inRead = False
+            if event & _DISCONNECTED and not event & EPOLLIN:
+                # Hung up with nothing left to read: a clean end (perhaps a
+                # half-close) if it was being read, else an error.
+                if fd in reads:
+                    inRead = True
+                    why: Any = CONNECTION_DONE
+                else:
+                    why = CONNECTION_LOST
+            else:
+                try:
+                    if selectable.fileno() == -1:
+                        why = _NO_FILEDESC
+                    else:
+                        why = None
+                        if event & EPOLLIN:
+                            why = selectable.doRead()
+                            inRead = True
+                        if not why and event & EPOLLOUT:
+                            why = selectable.doWrite()
+                            inRead = False
+                except BaseException as e:
+                    why = e
+                    self._log.failure("error handling {selectable}", selectable=selectable)
+            if why:
+                try:
+                    self._disconnectSelectable(selectable, why, inRead)
+                except Exception:
+                    self._log.failure("unhandled error handling {selectable}",
+                                      selectable=selectable)
 
     doIteration = doPoll  # type: ignore[assignment]
 

@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionFdescWentAway, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -78,6 +78,40 @@ class LeanEPollReactorTests(SynchronousTestCase):
         self.reactor.doIteration(1)
         self.assertEqual(good.read, [b"y"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_hangUpWhileWriting(self) -> None:
+        """
+        A descriptor watched only for writing whose peer goes away is told
+        its connection was lost (not cleanly closed: it was not reading).
+        """
+        a, b = self.pairs[0]
+        lost: list[Any] = []
+        writer = Reader(self.reactor, a)
+        writer.doWrite = lambda: None  # type: ignore[method-assign]
+        writer.connectionLost = lost.append  # type: ignore[method-assign]
+        self.reactor.addWriter(writer)
+        b.close()
+        self.reactor.doIteration(1)
+        self.assertEqual(len(lost), 1)
+        self.assertTrue(lost[0].check(ConnectionLost))
+        self.assertNotIn(writer, self.reactor._selectables.values())
+
+    def test_descriptorGone(self) -> None:
+        """
+        A descriptor whose C{fileno()} says it is closed when its event
+        comes is disconnected, not read.
+        """
+        a, b = self.pairs[0]
+        lost: list[Any] = []
+        reader = Reader(self.reactor, a)
+        reader.connectionLost = lost.append  # type: ignore[method-assign]
+        self.reactor.addReader(reader)
+        reader.fileno = lambda: -1  # type: ignore[method-assign]
+        b.send(b"x")
+        self.reactor.doIteration(1)
+        self.assertEqual(reader.read, [])
+        self.assertTrue(lost[0].check(ConnectionFdescWentAway))
+        self.assertNotIn(reader, self.reactor._selectables.values())
 
     def test_notWhenChosen(self) -> None:
         """
