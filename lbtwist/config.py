@@ -796,17 +796,28 @@ _SSL_BACKEND = (
 )
 
 
+# The C{directory} of a definition sent through the admin API: it has no
+# configuration file for a relative file name to be relative to (and the
+# balancer's working directory is nothing its sender can know).
+NO_DIRECTORY = ""
+
+
 def configFile(value: object, path: str, directory: str | None) -> str:
     """
     A file the configuration names (a certificate, key, CA or htpasswd
     file, an access log, the state file): a relative name is relative to
     C{directory}, the configuration file's, so that it is the same file
     whatever the working directory (under twistd, a .tac or systemd); with
-    no directory (a configuration not read from a file), as given.
+    no directory (a configuration not read from a file), as given; with
+    L{NO_DIRECTORY}, refused.
     """
     name = _string(value, path)
     if directory is None or os.path.isabs(name):
         return name
+    if directory == NO_DIRECTORY:
+        raise ConfigError(path, f"{name!r} is a relative file name, and a definition sent "
+                                "through the admin API has no configuration file for it to be "
+                                "relative to: give an absolute path")
     return os.path.join(directory, name)
 
 

@@ -214,7 +214,10 @@ class BackendConnector:
             # The common case of a kept-alive request: its first choice has
             # an idle connection, and no attempt object is needed.
             pool = self.pool
-            backend = choose(pool, key, tried, prefer, None)
+            backend = (
+                pool.pick(key) if prefer is None and not tried
+                else choose(pool, key, tried, prefer, None)
+            )
             if backend is not None:
                 protocol = reuse(backend)
                 if protocol is not None:
@@ -289,6 +292,9 @@ class ConnectAttempt:
         self.current: Cancellable | None = None
         self.backend: Backend | None = None
         self.queueTimer: Any = None
+        # While queued with a backend ejected: wakes the queue when its
+        # ejection ends.
+        self.readmitTimer: Any = None
         self._onJoined: Joined | None = joined
         # The protocol of the dial under way, once built: told when that
         # dial fails or is abandoned (an HTTP/2 connection hands out streams
@@ -357,24 +363,32 @@ class ConnectAttempt:
         if not pool.enqueue(self._woken):
             self._fail(QueueFull("every backend is full and the queue is full"))
             return
-        self.queueTimer = self.connector.reactor.callLater(
-            pool.config.queue.timeout, self._queueTimedOut
-        )
+        reactor = self.connector.reactor
+        self.queueTimer = reactor.callLater(pool.config.queue.timeout, self._queueTimedOut)
+        back = pool.untilReadmission()
+        if back is not None:
+            # A backend whose ejection ends has room, but only a pick
+            # readmits it (and wakes the queue), and none may come while
+            # this client waits.
+            self.readmitTimer = reactor.callLater(back, pool.readmit)
+
+    def _stopWaiting(self) -> None:
+        # Out of the queue: its timers go.
+        for timer in (self.queueTimer, self.readmitTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.queueTimer = self.readmitTimer = None
 
     def _leaveQueue(self) -> None:
         self.pool.dequeue(self._woken)
-        timer, self.queueTimer = self.queueTimer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._stopWaiting()
 
     def _woken(self) -> None:
-        timer, self.queueTimer = self.queueTimer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._stopWaiting()
         self.next()
 
     def _queueTimedOut(self) -> None:
-        self.queueTimer = None
+        self._stopWaiting()
         pool = self.pool
         pool.queueTimedOut(self._woken)
         self.connector.log.warn(

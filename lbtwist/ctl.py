@@ -327,21 +327,30 @@ def parser() -> argparse.ArgumentParser:
 
 
 def waitGeneration(client: AdminClient, generation: int,
-                   sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+                   sleep: Callable[[float], None] = time.sleep,
+                   before: AdminClient | None = None) -> dict[str, Any]:
     """
     Wait (polling C{/api/workers}, at most L{REEXEC_WAIT} seconds) until
     the workers of C{generation} serve, after the master re-executed
     itself; the API may not answer for a moment meanwhile.
 
+    @param before: the API's address before the upgrade, if it moves: a
+        master whose exec failed answers there, not at the new one.
+
     @return: the generation and its workers.
-    @raise CtlError: they did not all serve in time.
+    @raise CtlError: they did not all serve in time, or the master says
+        the exec failed.
     """
     last: Any = None
     for _ in range(int(REEXEC_WAIT / REEXEC_POLL)):
-        try:
-            last = client.call("GET", "/api/workers")["workers"]
-        except CtlError:
-            last = None
+        answer = _workers(client)
+        if answer is None and before is not None:
+            answer = _workers(before)
+        last = answer.get("workers") if answer is not None else None
+        failed = answer.get("upgrade-failed") if answer is not None else None
+        if isinstance(failed, dict) and failed.get("generation") == generation:
+            raise CtlError(f"upgrade failed: {failed.get('error')}; the master serves on "
+                           f"as it was")
         if last:
             mine = [w for w in last if w["generation"] == generation]
             if mine and all(w["state"] == "serving" for w in mine):
@@ -349,6 +358,17 @@ def waitGeneration(client: AdminClient, generation: int,
         sleep(REEXEC_POLL)
     raise CtlError(f"the master re-executed itself, but generation {generation} did not "
                    f"serve within {REEXEC_WAIT:g}s (see its log); workers: {last}")
+
+
+def _workers(client: AdminClient) -> dict[str, Any] | None:
+    """
+    C{GET /api/workers}, or L{None} if the API does not answer.
+    """
+    try:
+        answer = client.call("GET", "/api/workers")
+    except CtlError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str], out: IO[str],
@@ -392,11 +412,13 @@ def _act(args: argparse.Namespace, client: AdminClient,
         result = client.call("POST", "/api/upgrade")
         if result.get("master") == "re-executing":
             moved = result.get("admin")
+            before = None
             if moved:
                 # The admin API moves with the upgrade.
+                before = client
                 client = AdminClient(moved, client.token, client.timeout, client.opener)
             why = ", ".join(result.get("reasons") or ())
-            result = {**result, **waitGeneration(client, result["generation"], sleep)}
+            result = {**result, **waitGeneration(client, result["generation"], sleep, before)}
             text = (f"upgraded: the master re-executed itself"
                     f"{f' ({why})' if why else ''}; generation {result['generation']} serves")
             if moved:

@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .config import Config
+from .endpoints import hostPort
 from .tcp import describe
 
 DEMO_COUNT = 3
@@ -51,9 +52,7 @@ def listenerURL(address: Any, tls: bool) -> str:
     """
     host = getattr(address, "host", "127.0.0.1")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{'https' if tls else 'http'}://{host}:{getattr(address, 'port', 8080)}/"
+    return f"{'https' if tls else 'http'}://{hostPort(host, getattr(address, 'port', 8080))}/"
 
 
 def howToTry(listeners: list[str], admin: str | None) -> str:

@@ -35,6 +35,7 @@ from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 
 from .config import MAX_WEIGHT, BackendConfig, BackendTLS, Discovery, HealthCheck
+from .endpoints import hostPort
 from .pool import Backend, BackendPool
 from .wording import counted
 
@@ -96,8 +97,7 @@ def backendName(lookedUp: str, found: Found) -> str:
     (an IPv6 address in brackets); the looked-up name is cut from the right
     so that the whole stays within the 64 characters a name may have.
     """
-    host = f"[{found.host}]" if ":" in found.host else found.host
-    suffix = f":{host}:{found.port}"
+    suffix = ":" + hostPort(found.host, found.port)
     return lookedUp[: max(0, _NAME_LENGTH - len(suffix))] + suffix
 
 

@@ -25,6 +25,14 @@ ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "tls", "systemd")
 _NETWORK = ("tcp", "tcp6", "ssl", "tls")
 
 
+def hostPort(host: str, port: object) -> str:
+    """
+    C{host:port} as a URL or a Host header writes it: an IPv6 address in
+    brackets (C{[::1]:80}).
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _split(text: str) -> list[str]:
     """
     Split at unescaped colons, keeping the escapes (as Twisted's parser
@@ -130,7 +138,7 @@ class Endpoint:
         host, port = self.host, self.port
         if self.server or self.kind not in _NETWORK or not host or not port:
             return None
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return hostPort(host, port)
 
     @property
     def defaultName(self) -> str:

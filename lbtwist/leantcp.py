@@ -26,6 +26,10 @@ are all L{twisted.internet.tcp.Connection}'s) with that set-up cut down:
     close-on-exec, so this process holds the only reference and C{close()}
     sends the FIN itself (Twisted's own comment on C{_closeSocket} says as
     much).  That is two C{shutdown} calls fewer per proxied connection.
+    For the same reason, on L{LeanEPollReactor} a closing socket is not
+    taken out of the epoll set first: closing it does that (one
+    C{epoll_ctl} call fewer per socket; see
+    L{LeanEPollReactor.forgetClosing}).
 
 One difference a caller can see: a connection that completes at once is
 built, and its protocol's C{connectionMade} called, before C{connectTCP}
@@ -115,7 +119,21 @@ class _LeanConnection(tcp.Connection):
         """
         if not hasattr(self, "socket"):
             return
-        abstract.FileDescriptor.connectionLost(self, reason)
+        # FileDescriptor.connectionLost, but the socket leaves the reactor
+        # through forgetClosing where the reactor has it: closing the
+        # socket takes it out of the epoll set, with no epoll_ctl call.
+        self.disconnected = 1
+        self.connected = 0
+        producer = self.producer
+        if producer is not None:
+            producer.stopProducing()
+            self.producer = None
+        forget = getattr(self.reactor, "forgetClosing", None)
+        if forget is not None:
+            forget(self)
+        else:
+            self.stopReading()
+            self.stopWriting()
         self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
         protocol = self.protocol
         del self.protocol
@@ -131,6 +149,9 @@ class LeanServer(_LeanConnection, tcp.Server):
     """
 
     _peer: address.IPv4Address | address.IPv6Address | None = None
+    # TCP_NODELAY as last set, if it was set here (else as inherited from
+    # the listening port).
+    _noDelay: bool | None = None
 
     def __init__(
         self,
@@ -164,6 +185,20 @@ class LeanServer(_LeanConnection, tcp.Server):
         if peer is None:
             peer = self._peer = tcp.Server.getPeer(self)
         return peer
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Set C{TCP_NODELAY}, unless the socket has it so already: inherited
+        from a L{LeanPort}, or set here before.
+        """
+        enabled = bool(enabled)
+        current = self._noDelay
+        if current is None:
+            current = getattr(self.server, "noDelay", False)
+        if enabled is current:
+            return
+        tcp.Server.setTcpNoDelay(self, enabled)
+        self._noDelay = enabled
 
 
 class LeanDialled(_LeanConnection):
@@ -363,10 +398,80 @@ class LeanDial:
 class LeanPort(tcp.Port):
     """
     A listening TCP port whose connections are L{LeanServer}s.
+
+    Its socket has C{TCP_NODELAY} set, which the connections it accepts
+    inherit (on Linux, as in HAProxy's listeners): a relay turns Nagle's
+    algorithm off on every connection (L{lbtwist.tcp.setNoDelay}), and
+    L{LeanServer.setTcpNoDelay} then has nothing to ask the kernel.
+
+    @ivar noDelay: whether accepted connections start with C{TCP_NODELAY}.
     """
 
     transport = LeanServer
     _shouldShutdown = False
+    _log = Logger()
+    noDelay = False
+
+    def doRead(self) -> None:
+        """
+        Accept up to C{numberAccepts} connections, as L{tcp.Port.doRead}
+        does, with less around each: no log buffering or generator per
+        pass, the socket built with its family and type as known (the
+        standard C{accept} looks both up, as enums), and the peer's address
+        built once, for the factory and the transport's C{getPeer} alike.
+        An error other than "no more connections" (C{EMFILE}, C{EPERM},
+        an aborted connection...) hands the rest of the pass to Twisted's
+        own loop, which knows how to recover from each.
+        """
+        limit = self.numberAccepts
+        accepted = 0
+        try:
+            listening: Any = self.socket
+            accept = listening._accept
+            family = self.addressFamily
+            factory: Any = self.factory
+            build = self.transport
+            while accepted < limit:
+                try:
+                    fd, addr = accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    tcp.Port.doRead(self)
+                    return
+                accepted += 1
+                skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                if len(addr) == 4:
+                    # IPv6: with the scope ID, as Twisted gives it.
+                    host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                    addr = (host[0], *addr[1:])
+                peer = self._buildAddr(addr)
+                protocol = factory.buildProtocol(peer)
+                if protocol is None:
+                    skt.close()
+                    continue
+                session = self.sessionno
+                self.sessionno = session + 1
+                transport = build(skt, protocol, addr, self, session, self.reactor)
+                transport._peer = peer
+                protocol.makeConnection(transport)
+        except BaseException:
+            self._log.failure("accepting a connection on {port} failed", port=self)
+        if accepted == limit:
+            self.numberAccepts = limit + 20
+        else:
+            self.numberAccepts = max(1, accepted)
+
+    def startListening(self) -> None:
+        """
+        Listen, with C{TCP_NODELAY} set on the listening socket.
+        """
+        tcp.Port.startListening(self)
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            return
+        self.noDelay = True
 
 
 class LeanClient(tcp.Client):

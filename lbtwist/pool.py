@@ -572,7 +572,8 @@ class BackendPool:
         in the queue, oldest first, while some backend has room.
         """
         backend.slots -= 1
-        self.wake()
+        if self._waiting:
+            self.wake()
 
     def wake(self) -> None:
         """
@@ -588,6 +589,17 @@ class BackendPool:
             ):
                 return
             waiting.popleft()()
+
+    def _outOfRotation(self) -> None:
+        """
+        A backend stopped taking new clients (down, ejected, removed, at
+        weight 0): with backups, they may serve in its place now, with room
+        for the clients waiting in the queue, who must not wait on until
+        one of its clients leaves (a hung backend holds them up to the
+        response timeout, beyond the queue's).
+        """
+        if self._hasBackups:
+            self.wake()
 
     def enqueue(self, waiter: Callable[[], None]) -> bool:
         """
@@ -700,6 +712,8 @@ class BackendPool:
         self._notify(HealthChanged(self.name, backend, old.value, new.value, reason))
         if new is Health.UP:
             self.wake()
+        elif new is Health.DOWN:
+            self._outOfRotation()
         if new is Health.DOWN and not any(
             b.eligible for b in self._backends.values()
         ):
@@ -871,6 +885,16 @@ class BackendPool:
             pool=self.name, backend=backend.name, seconds=seconds,
             count=backend.ejections, why=why,
         )
+        self._outOfRotation()
+
+    def untilReadmission(self) -> float | None:
+        """
+        Seconds until the first ejection under way ends, if a backend is
+        ejected (L{readmit} brings it back then).
+        """
+        if not self._ejected:
+            return None
+        return max(0.0, min(b.ejectedUntil for b in self._ejected) - self.clock())
 
     def readmit(self) -> None:
         """
@@ -953,6 +977,7 @@ class BackendPool:
             active=backend.active,
         )
         self._notify(BackendRemoved(self.name, backend))
+        self._outOfRotation()
         return backend
 
     def setAdmin(self, name: str, admin: Admin) -> Backend:
@@ -1038,6 +1063,8 @@ class BackendPool:
             )
             if not old:
                 self.wake()
+            elif not weight:
+                self._outOfRotation()
         return backend
 
     # -- reporting -------------------------------------------------------

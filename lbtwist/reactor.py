@@ -20,16 +20,26 @@ from __future__ import annotations
 import errno
 import socket
 import sys
+from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from typing import Any, Callable
 
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.interfaces import IConnector, IListeningPort
-from twisted.internet.main import installReactor
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IConnector, IHalfCloseableDescriptor, IListeningPort
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
+from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .leantcp import IReactorDialTCP, LeanConnector, LeanDial, LeanPort, ipFamily
+
+# An epoll event saying the descriptor hung up or failed.
+_DISCONNECTED = EPOLLHUP | EPOLLERR
+
+# What a connection is told when its peer closed it, shared as the epoll
+# reactor shares its own.
+_FAILURES = {ConnectionDone: Failure(ConnectionDone()), ConnectionLost: Failure(ConnectionLost())}
 
 
 @implementer(IReactorDialTCP)
@@ -39,10 +49,14 @@ class LeanEPollReactor(EPollReactor):
     """
 
     _log = Logger()
+    # Whether a process was spawned (see forgetClosing).
+    _spawned = False
 
     def doPoll(self, timeout: float | None) -> None:
         """
-        Poll for events and handle each at once.
+        Poll for events and handle each at once: what the epoll reactor's
+        C{_doReadOrWrite} does for each event, done in this loop rather than
+        in a call per event.
         """
         if timeout is None:
             timeout = -1
@@ -53,15 +67,41 @@ class LeanEPollReactor(EPollReactor):
                 return
             raise
         selectables = self._selectables
-        handle = self._doReadOrWrite
+        reads = self._reads
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            try:
-                handle(selectable, fd, event)
-            except Exception:
-                self._log.failure("unhandled error handling {selectable}", selectable=selectable)
+            inRead = False
+            if event & _DISCONNECTED and not event & EPOLLIN:
+                # Hung up with nothing left to read: a clean end (perhaps a
+                # half-close) if it was being read, else an error.
+                if fd in reads:
+                    inRead = True
+                    why: Any = CONNECTION_DONE
+                else:
+                    why = CONNECTION_LOST
+            else:
+                try:
+                    if selectable.fileno() == -1:
+                        why = _NO_FILEDESC
+                    else:
+                        why = None
+                        if event & EPOLLIN:
+                            why = selectable.doRead()
+                            inRead = True
+                        if not why and event & EPOLLOUT:
+                            why = selectable.doWrite()
+                            inRead = False
+                except BaseException as e:
+                    why = e
+                    self._log.failure("error handling {selectable}", selectable=selectable)
+            if why:
+                try:
+                    self._disconnectSelectable(selectable, why, inRead)
+                except Exception:
+                    self._log.failure("unhandled error handling {selectable}",
+                                      selectable=selectable)
 
     doIteration = doPoll  # type: ignore[assignment]
 
@@ -84,6 +124,63 @@ class LeanEPollReactor(EPollReactor):
         if fd >= 0 and fd not in self._writes and not self._continuousPolling.isWriting(writer):
             return
         super().removeWriter(writer)
+
+    def forgetClosing(self, selectable: Any) -> None:
+        """
+        C{selectable}'s socket is about to be closed: stop watching it
+        without an C{epoll_ctl} call where that is safe.
+
+        The kernel takes a descriptor out of an epoll set when its last
+        reference is closed (HAProxy relies on this too, and only asks
+        epoll for descriptors shared with other threads).  lbtwist's
+        sockets are close-on-exec and never duplicated, so this process
+        holds the only reference, unless it spawned a process: a child
+        holds copies of the descriptors open when it was forked until it
+        closes them, and an event on such a copy would be reported under
+        the descriptor's number, perhaps reused by then.  After the first
+        L{spawnProcess} every selectable is removed the usual way.
+        """
+        fd = selectable.fileno()
+        selectables = self._selectables
+        if not self._spawned and selectables.get(fd) is selectable:
+            del selectables[fd]
+            self._reads.discard(fd)
+            self._writes.discard(fd)
+            return
+        self.removeReader(selectable)
+        self.removeWriter(selectable)
+
+    def _disconnectSelectable(self, selectable: Any, why: BaseException, isRead: bool,
+                              faildict: Any = _FAILURES) -> None:
+        """
+        Tell C{selectable} its connection ended, as the epoll reactor does;
+        but when the peer half-closed (a clean end of reading), tell it
+        before it stops being read, not after: a relay closes both of its
+        connections when the second peer half-closes, and a connection
+        closed then leaves the epoll set with its socket (L{forgetClosing})
+        instead of by a separate C{epoll_ctl} call.
+        """
+        if (
+            isRead
+            and why.__class__ is ConnectionDone
+            and IHalfCloseableDescriptor.providedBy(selectable)
+        ):
+            selectable.readConnectionLost(faildict[ConnectionDone])
+            if not getattr(selectable, "disconnected", False):
+                # Still open (writing): a socket at its end of input is
+                # always readable, so stop reading it.
+                self.removeReader(selectable)
+            return
+        super()._disconnectSelectable(selectable, why, isRead, faildict)
+
+    def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+        """
+        Spawn a process, as the epoll reactor does; from now on closing
+        sockets are taken out of the epoll set explicitly (see
+        L{forgetClosing}).
+        """
+        self._spawned = True
+        return super().spawnProcess(*args, **kwargs)
 
     def listenTCP(
         self, port: int, factory: Any, backlog: int = 50, interface: str = ""

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from .config import (
     MAX_WEIGHT,
+    NO_DIRECTORY,
     BackendConfig,
     Config,
     ConfigError,
@@ -296,7 +297,7 @@ class LiveConfig:
         @raise OSError: the state could not be saved; nothing changed.
         """
         running = self.listener(listener)
-        parseRoutes(data, "routes", running.mode, list(self.pools))
+        parseRoutes(data, "routes", running.mode, list(self.pools), directory=NO_DIRECTORY)
         saved = copy.deepcopy(data)
         self._commit(lambda o: o.routesSet(listener, saved))  # type: ignore[arg-type]
         self._applyRoutes()
@@ -359,7 +360,7 @@ class LiveConfig:
             raise DuplicatePool(name)
         from .checks import checkEndpoints, checkFiles
 
-        config = parsePool(_name(name, "name"), data, f"pools.{name}")
+        config = parsePool(_name(name, "name"), data, f"pools.{name}", NO_DIRECTORY)
         alone = attrs.evolve(self.fileConfig, listeners=(), admin=None, pools=(config,))
         checkEndpoints(alone)
         checkFiles(alone)

@@ -222,7 +222,7 @@ class ClientSide(_Side):
                 proxyHeader(self.transport.getPeer(), self.transport.getHost())  # type: ignore[union-attr]
             )
         self.transport.resumeProducing()  # type: ignore[union-attr]
-        self.session.startIdleTimer(idleTimeout)
+        self.session.startIdleTimer(idleTimeout, self.factory.idleTimers)
 
     def abortPair(self) -> None:
         """
@@ -318,14 +318,28 @@ class TCPSession:
         self.started = self.lastActivity = clock.seconds()
         self._timer: Any = None
         self._timeout = 0.0
+        self._timers: IdleTimers | None = None
 
-    def startIdleTimer(self, timeout: float) -> None:
+    def startIdleTimer(self, timeout: float, timers: IdleTimers | None = None) -> None:
         """
-        Close the pair once neither side has sent anything for C{timeout}.
+        Close the pair once neither side has sent anything for C{timeout}:
+        its timer is made now, or by C{timers} a little later.
         """
         self._timeout = timeout
         self.lastActivity = self.seconds()
-        self._timer = self.clock.callLater(timeout, self._check)
+        if timers is not None and timeout > ARM_DELAY:
+            self._timers = timers
+            timers.add(self)
+        else:
+            self.armIdleTimer()
+
+    def armIdleTimer(self) -> None:
+        """
+        Make the idle timer, due C{timeout} after the last activity.
+        """
+        self._timers = None
+        due = self.lastActivity + self._timeout - self.seconds()
+        self._timer = self.clock.callLater(max(0.0, due), self._check)
 
     def _check(self) -> None:
         idle = self.seconds() - self.lastActivity
@@ -347,9 +361,63 @@ class TCPSession:
         """
         The pair is closed: forget the timer.
         """
+        timers = self._timers
+        if timers is not None:
+            self._timers = None
+            timers.discard(self)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+# How long a joined pair may wait for its idle timer (see IdleTimers).
+ARM_DELAY = 1.0
+
+
+class IdleTimers:
+    """
+    Makes the idle timers of a listener's pairs late, and so mostly not at
+    all: a proxy's connections (one request each, often) mostly close
+    within a second, and a timer made and cancelled for each costs more
+    than the rest of a pair's bookkeeping.  A pair joined waits here; every
+    L{ARM_DELAY} seconds, while any wait, those still open get their timer,
+    due when it would have been had it been made at once (a pair's timer
+    counts from its last activity), so a pair still closes after exactly
+    its idle timeout.  A timeout not over L{ARM_DELAY} gets its timer at
+    once.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._waiting: dict[TCPSession, None] = {}
+        self._call: Any = None
+
+    def add(self, session: TCPSession) -> None:
+        """
+        Make C{session}'s timer within L{ARM_DELAY} seconds, unless it
+        closes first.
+        """
+        self._waiting[session] = None
+        if self._call is None:
+            self._call = self.clock.callLater(ARM_DELAY, self._arm)
+
+    def discard(self, session: TCPSession) -> None:
+        """
+        C{session} closed before its timer was made; with none left
+        waiting, no call is left pending either.
+        """
+        waiting = self._waiting
+        waiting.pop(session, None)
+        if not waiting and self._call is not None:
+            call, self._call = self._call, None
+            if call.active():
+                call.cancel()
+
+    def _arm(self) -> None:
+        self._call = None
+        waiting, self._waiting = self._waiting, {}
+        for session in waiting:
+            session.armIdleTimer()
 
 
 # The longest a routing listener waits for a client's TLS ClientHello.
@@ -510,6 +578,7 @@ class TCPProxyFactory(ListenerFactory):
         self.pools = pools if pools is not None else {pool.name: pool}
         self.rng = rng or random.Random()
         self.helloTimeout = min(pool.config.timeouts.request, HELLO_TIMEOUT)
+        self.idleTimers = IdleTimers(reactor)
         self.clientClass: type[ClientSide] = ClientSide
         self.counters: dict[str, RouteCounters] = {}
         self._routes: tuple[Route, ...] = ()

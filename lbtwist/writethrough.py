@@ -74,12 +74,22 @@ def close(transport: Any) -> None:
     transport.loseConnection()
 
 
-def writeNow(transport: Any, data: bytes) -> None:
+def writeNow(transport: Any, data: bytes) -> bool:
     """
     Write C{data} to C{transport}: to its socket at once if nothing is
     queued, queuing only what the kernel did not take.
+
+    @return: whether it all went to the socket (nothing was queued).
     """
-    if isinstance(transport, Connection) and _idle(transport):
+    # (L{_idle}, written out: this is every relayed response's path.)
+    if isinstance(transport, Connection) and not (
+        transport._tempDataLen
+        or transport.offset != len(transport.dataBuffer)
+        or transport.disconnecting
+        or transport._writeDisconnecting
+        or not transport.connected
+        or transport.TLS
+    ):
         try:
             sent = transport.socket.send(data)
         except (BlockingIOError, InterruptedError):
@@ -88,9 +98,10 @@ def writeNow(transport: Any, data: bytes) -> None:
             # Let Twisted find the broken connection on its own path.
             sent = 0
         if sent == len(data):
-            return
+            return True
         data = data[sent:]
     transport.write(data)
+    return False
 
 
 def writeThrough(transport: Any) -> Callable[[bytes], None]:

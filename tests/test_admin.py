@@ -772,6 +772,34 @@ class ResourceTests(SynchronousTestCase):
         self.assertEqual(healthy, {"1": True, "2": True, "3": False, "4": False,
                                    "5": False})
 
+    def test_workersUpgradeFailed(self) -> None:
+        """
+        C{/api/workers} lists a master's workers, and the re-exec that was
+        answered but failed, if any (what C{lbtwist ctl upgrade} waits on).
+        """
+        from twisted.internet.defer import succeed
+
+        worker = {"worker": 1, "generation": 2, "state": "serving"}
+        group = SimpleNamespace(view=lambda: [worker], execFailed=None,
+                                refresh=lambda: succeed(None), settle=lambda: succeed(None))
+        resource = resourceFor(self, {})
+        resource.group = group  # type: ignore[assignment]
+
+        def workers() -> Any:
+            # A master's reads are answered once its workers' counters are
+            # in (at once, here).
+            request = DummyRequest([b"api", b"workers"])
+            request.path, request.method = b"/api/workers", b"GET"
+            resource.render(request)
+            return json.loads(b"".join(request.written))
+
+        self.assertEqual(workers(), {"workers": [worker]})
+        group.execFailed = (3, "the master cannot re-execute itself (gone)")
+        self.assertEqual(workers(), {
+            "workers": [worker],
+            "upgrade-failed": {"generation": 3,
+                               "error": "the master cannot re-execute itself (gone)"}})
+
     def test_errorsByMode(self) -> None:
         """
         A pool an HTTP listener serves counts its 4xx and 5xx answers as

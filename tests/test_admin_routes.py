@@ -246,6 +246,26 @@ class HTTPRouteTests(TestCase):
     """
 
     @inlineCallbacks
+    def test_relativeUsersFile(self) -> Any:
+        """
+        A route whose users file is a relative name gets a 400 saying to
+        give an absolute path: the API has no configuration file for it to
+        be relative to.
+        """
+        h = BalancerHarness(self, mode="http")
+        before = yield h.get("/admin/x")
+        status, answer = yield h.call("PUT", "/api/listeners/front/routes", [
+            {"name": "admin", "match": {"path-prefix": "/admin/"}, "pool": "a",
+             "auth": {"basic": {"users": "users.htpasswd"}}}])
+        self.assertEqual(status, 400, answer)
+        self.assertTrue(answer["error"].startswith(
+            "routes[0].auth.basic.users: 'users.htpasswd' is a relative file name"),
+            answer["error"])
+        # Nothing changed: no 401 for the path.
+        self.assertEqual((yield h.get("/admin/x")), before)
+        self.assertEqual(before[0], 200)
+
+    @inlineCallbacks
     def test_httpRoutes(self) -> Any:
         """
         A pool created through the API and a route list naming it take the
@@ -475,6 +495,13 @@ class PoolAPITests(TestCase):
              "pools.d.access-log: no such directory"),
             ({"name": "d/e", "backends": []}, "name: expected a name"),
             ({"backends": []}, "name: expected the pool's name"),
+            # The API has no configuration file for a relative name to be
+            # relative to.
+            ({"name": "d", "backends": [], "tls": {"ca": "certs/ca.pem"}},
+             "pools.d.tls.ca: 'certs/ca.pem' is a relative file name, and a definition sent "
+             "through the admin API has no configuration file"),
+            ({"name": "d", "backends": [], "access-log": "logs/access.log"},
+             "pools.d.access-log: 'logs/access.log' is a relative file name"),
         ):
             status, answer = yield h.call("POST", "/api/pools", body)
             self.assertEqual(status, 400, answer)

@@ -336,7 +336,8 @@ class UpgradeCommandTests(SynchronousTestCase):
             view = next(answers, views[-1])
             if isinstance(view, Exception):
                 raise view
-            return _Answer(json.dumps({"workers": view}).encode())
+            return _Answer(json.dumps(view if isinstance(view, dict) else {"workers": view})
+                           .encode())
 
         out = io.StringIO()
         try:
@@ -362,6 +363,38 @@ class UpgradeCommandTests(SynchronousTestCase):
         self.assertEqual(pauses, [0.25] * 3)
         self.assertEqual(output, "upgraded: the master re-executed itself; generation 3 "
                                  "serves\n")
+
+    def test_reexecFailed(self) -> None:
+        """
+        A master whose exec failed says so in C{/api/workers}: ctl reports
+        it at once instead of waiting for the generation that will not
+        come.
+        """
+        old = {"worker": 1, "generation": 2, "state": "serving"}
+        seen, pauses, error = self.reexec([
+            ConnectionRefusedError(),
+            {"workers": [old], "upgrade-failed": {
+                "generation": 3, "error": "the master cannot re-execute itself (gone)"}}])
+        self.assertIsInstance(error, CtlError)
+        self.assertEqual(str(error), "upgrade failed: the master cannot re-execute itself "
+                                     "(gone); the master serves on as it was")
+        self.assertEqual(len(seen), 3)
+        self.assertEqual(pauses, [0.25])
+
+    def test_reexecFailedAdminMoved(self) -> None:
+        """
+        An upgrade that was to move the admin API and whose exec failed:
+        the new address does not answer, the old one says what failed.
+        """
+        seen, _, error = self.reexec([
+            ConnectionRefusedError(),
+            {"workers": [], "upgrade-failed": {"generation": 3, "error": "no hand-over"}}], {
+            "generation": 3, "master": "re-executing", "admin": "http://127.0.0.1:9100"})
+        self.assertEqual(str(error), "upgrade failed: no hand-over; the master serves on as "
+                                     "it was")
+        self.assertEqual(seen, ["POST http://127.0.0.1:9000/api/upgrade",
+                                "GET http://127.0.0.1:9100/api/workers",
+                                "GET http://127.0.0.1:9000/api/workers"])
 
     def test_reexecAdminMoved(self) -> None:
         """

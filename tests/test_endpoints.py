@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.checks import checkEndpoint
-from lbtwist.endpoints import expandAddress, parseEndpoint
+from lbtwist.endpoints import expandAddress, hostPort, parseEndpoint
 
 
 class ParseTests(SynchronousTestCase):
@@ -89,6 +89,18 @@ class ParseTests(SynchronousTestCase):
             "unix:/x": "unix:/x",
         }
         self.assertEqual({t: expandAddress(t) for t in cases}, cases)
+
+    def test_hostPort(self) -> None:
+        """
+        L{hostPort} writes C{host:port}, an IPv6 address in brackets.
+        """
+        cases = {
+            ("10.0.0.5", 80): "10.0.0.5:80",
+            ("app.local", "8080"): "app.local:8080",
+            ("::1", 80): "[::1]:80",
+            ("fe80::1%eth0", 443): "[fe80::1%eth0]:443",
+        }
+        self.assertEqual({c: hostPort(*c) for c in cases}, cases)
 
 
 class CheckTests(SynchronousTestCase):

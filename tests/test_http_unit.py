@@ -247,14 +247,18 @@ class ProxyStateTests(SynchronousTestCase):
         """
         During an exchange each side is the other's producer: a full client
         pauses the backend, a full backend pauses the client, and the
-        registrations end with the exchange.
+        registrations end with the exchange.  The backend is registered
+        with the client's transport once a write to the client has to
+        queue (a transport double queues every write).
         """
         factory = self.makeFactory()
         client, transport = self.connectClient(factory)
         client.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
         backend, btransport = self.connectBackend()
-        self.assertIs(transport.producer, backend)
         self.assertIs(btransport.producer, client)
+        self.assertIsNone(transport.producer)
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+        self.assertIs(transport.producer, backend)
         backend.pauseProducing()
         self.assertEqual(btransport.producerState, "paused")
         backend.resumeProducing()
@@ -264,7 +268,8 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "producing")
         client.dataReceived(b"67890")
         self.assertTrue(btransport.value().endswith(b"\r\n\r\n1234567890"))
-        backend.dataReceived(OK)
+        backend.dataReceived(b"!!")
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nok!!"))
         self.assertIsNone(transport.producer)
         self.assertIsNone(btransport.producer)
 
@@ -626,10 +631,10 @@ class WriteNowTests(SynchronousTestCase):
             return server
 
         whole = FakeSocket(100)
-        writeNow(FakeServer(whole), b"hello")
+        self.assertTrue(writeNow(FakeServer(whole), b"hello"))
         self.assertEqual((whole.sent, written), (b"hello", []))
         partial = FakeSocket(2)
-        writeNow(FakeServer(partial), b"hello")
+        self.assertFalse(writeNow(FakeServer(partial), b"hello"))
         self.assertEqual((partial.sent, written), (b"he", [b"llo"]))
         queued = FakeServer(FakeSocket(100))
         queued._tempDataLen = 3

@@ -5,6 +5,7 @@ sockets in the test's reactor.
 
 from __future__ import annotations
 
+import errno
 import gc
 import socket
 from typing import Any
@@ -556,6 +557,162 @@ class LeanServerTests(TestCase):
         self.assertEqual(hosts[0].port, number)
         self.assertIn("Remember", prefixes[0])
         self.assertIn(f"on {number}", repr(transport))
+
+
+    @inlineCallbacks
+    def test_noDelayInherited(self) -> Any:
+        """
+        An accepted connection has C{TCP_NODELAY} from its listening port
+        before anything sets it; setting it off and on again still works.
+        """
+        seen: list[bool] = []
+
+        class Toggle(Echo):
+            def connectionMade(self) -> None:
+                transport: Any = self.transport
+                seen.append(transport.getTcpNoDelay())
+                transport.setTcpNoDelay(False)
+                seen.append(transport.getTcpNoDelay())
+                transport.setTcpNoDelay(True)
+                seen.append(transport.getTcpNoDelay())
+
+        factory = Factory.forProtocol(Toggle)
+        factory.noisy = False
+        port = LeanPort(0, factory, 50, "127.0.0.1", reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        self.assertTrue(port.noDelay)
+        number = port.getHost().port
+
+        def talk() -> bytes:
+            with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+                s.sendall(b"hi")
+                return s.recv(100)
+
+        self.assertEqual((yield inThread(talk)), b"hi")
+        self.assertEqual(seen, [True, False, True])
+
+    @inlineCallbacks
+    def test_closedLeavesReactor(self) -> Any:
+        """
+        A connection closed by its peer is no longer watched by the
+        reactor once it is lost.
+        """
+        made: list[Recorder] = []
+
+        def build() -> Recorder:
+            made.append(Recorder())
+            return made[-1]
+
+        factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+        factory.noisy = False
+        port = LeanPort(0, factory, 50, "127.0.0.1", reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+
+        def talk() -> None:
+            with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+                s.sendall(b"bye")
+
+        yield inThread(talk)
+        yield made[0].lost
+        transport = made[0].transport
+        self.assertNotIn(transport, reactor._selectables.values())  # type: ignore[attr-defined]
+        self.assertEqual(made[0].received, b"bye")
+
+
+    def listenRecording(self, refuse: int = 0) -> tuple[LeanPort, list[tuple[Any, Protocol | None]]]:
+        """
+        A L{LeanPort} on loopback whose factory records each peer address
+        and protocol it builds, refusing the first C{refuse} clients.
+        """
+        built: list[tuple[Any, Protocol | None]] = []
+
+        class Recording(Factory):
+            noisy = False
+
+            def buildProtocol(self, addr: Any) -> Protocol | None:
+                protocol = None if len(built) < refuse else Echo()
+                built.append((addr, protocol))
+                return protocol
+
+        port = LeanPort(0, Recording(), 50, "127.0.0.1", reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        return port, built
+
+    def clients(self, port: LeanPort, n: int) -> list[socket.socket]:
+        """
+        C{n} clients connected to C{port} and waiting to be accepted.
+        """
+        made = []
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+            self.addCleanup(c.close)
+            made.append(c)
+        return made
+
+    def test_acceptsWaiting(self) -> None:
+        """
+        One read accepts every waiting client, up to C{numberAccepts}; the
+        address the factory is given is the transport's peer.
+        """
+        port, built = self.listenRecording()
+        port.numberAccepts = 2
+        clients = self.clients(port, 3)
+        port.doRead()
+        self.assertEqual(len(built), 2)
+        self.assertEqual(port.numberAccepts, 22)
+        port.doRead()
+        self.assertEqual(len(built), 3)
+        self.assertEqual(port.numberAccepts, 1)
+        for (addr, protocol), client in zip(built, clients):
+            transport: Any = protocol.transport  # type: ignore[union-attr]
+            self.assertIsInstance(transport, LeanServer)
+            self.assertIs(transport.getPeer(), addr)
+            self.assertEqual((addr.host, addr.port), client.getsockname())
+            transport.loseConnection()
+
+    def test_refused(self) -> None:
+        """
+        A client the factory builds no protocol for is closed.
+        """
+        port, built = self.listenRecording(refuse=1)
+        [client] = self.clients(port, 1)
+        port.doRead()
+        self.assertEqual(built[0][1], None)
+        self.assertEqual(client.recv(10), b"")
+
+    def test_acceptErrorHandedOver(self) -> None:
+        """
+        An accept error other than "none waiting" hands the pass to
+        Twisted's loop, which skips it (C{EPERM}: a connection netfilter
+        refused) and accepts the clients waiting.
+        """
+        port, built = self.listenRecording()
+        self.clients(port, 2)
+        real: Any = port.socket
+
+        class Refusing:
+            # The listening socket, whose first accept fails.
+            failed = False
+
+            def _accept(self) -> Any:
+                if not self.failed:
+                    self.failed = True
+                    raise PermissionError(errno.EPERM, "refused by netfilter")
+                return real._accept()
+
+            def accept(self) -> Any:
+                return self._accept() if not self.failed else real.accept()
+
+        port.socket = Refusing()  # type: ignore[assignment]
+        self.addCleanup(setattr, port, "socket", real)
+        port.doRead()
+        self.assertEqual(len(built), 2)
+        for _, protocol in built:
+            protocol.transport.loseConnection()  # type: ignore[union-attr]
 
 
 class LeanReactorTests(SynchronousTestCase):

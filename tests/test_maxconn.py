@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -220,6 +221,41 @@ class PoolQueueTests(SynchronousTestCase):
 
         pool.add(attrs.evolve(config, name="c"))
         self.assertEqual(woken, [1])
+
+
+class QueueReadmissionTests(SynchronousTestCase):
+    """
+    A backend whose ejection ends has room for the clients queued meanwhile.
+    """
+
+    def test_ejectionEndWakesQueue(self) -> None:
+        """
+        A client queued while one backend is full and the other ejected is
+        sent to the ejected one when its ejection ends, with no other
+        client arriving or leaving to make the pool look (a pick readmits
+        it; nothing else does), rather than wait out the queue timeout.
+        """
+        reactor = MemoryReactorClock()
+        data = configData(queue={"size": 5, "timeout": 30}, outlier={
+            "consecutive-5xx": 1, "base-ejection": "10s"})
+        data["pools"]["web"]["backends"][0]["maxconn"] = 1
+        pool = BackendPool(parseConfig(data).pools[0], clock=reactor.seconds)
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+        pool.acquire(a)
+        pool.exchangeError(b, "status 503", 503)
+        self.assertTrue(b.ejected)
+        failed: list[Failure] = []
+        BackendConnector(pool, reactor).connect(
+            "client", None, lambda backend: BackendProtocol(), lambda *joined: None,
+            failed.append)
+        self.assertEqual(pool.queueLength, 1)
+        reactor.advance(9.9)
+        self.assertEqual((pool.queueLength, b.slots), (1, 0))
+        reactor.advance(0.1)
+        self.assertEqual((pool.queueLength, b.slots, failed), (0, 1, []))
+        self.assertEqual([c[1] for c in reactor.tcpClients], [2])
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
 
 class FakePort:

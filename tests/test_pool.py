@@ -761,6 +761,41 @@ class BackupTests(SynchronousTestCase):
         pool.release(a)
         self.assertEqual(woken, ["client"])
 
+    def test_queueWokenWhenBackupTakesOver(self) -> None:
+        """
+        A client queued for the full primary is woken as soon as the backup
+        serves in its place, with room to spare: when the primary goes
+        down, is ejected, is removed or is given weight 0 (not only when
+        one of the primary's clients leaves, which a hung primary may make
+        them wait for beyond the queue timeout).
+        """
+        actions = {
+            "down": lambda pool, a: pool.failed(a, "probe", "refused"),
+            "ejected": lambda pool, a: pool.exchangeError(a, "status 503", 503),
+            "removed": lambda pool, a: pool.remove("a"),
+            "weight 0": lambda pool, a: pool.setWeight("a", 0),
+        }
+        outcomes = {}
+        for how, act in actions.items():
+            pool = BackendPool(PoolConfig("web", (
+                BackendConfig("a", "tcp:host=127.0.0.1:port=8000", maxconn=1,
+                              health=HealthCheck(rise=1, fall=1)),
+                BackendConfig("b", "tcp:host=127.0.0.1:port=8001", backup=True),
+            ), outlier=Outlier(consecutive5xx=1)))
+            a = pool.get("a")
+            assert a is not None
+            pool.acquire(a)
+            woken: list[str | None] = []
+
+            def waiter(pool: BackendPool = pool, woken: list[str | None] = woken) -> None:
+                chosen = pool.pick()
+                woken.append(chosen.name if chosen is not None else None)
+
+            pool.enqueue(waiter)
+            act(pool, a)
+            outcomes[how] = (woken, pool.queueLength)
+        self.assertEqual(outcomes, {how: (["b"], 0) for how in actions})
+
 
 class SlowStartTests(SynchronousTestCase):
     """

@@ -8,7 +8,10 @@ import socket
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionDone, ConnectionFdescWentAway, ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from lbtwist.reactor import LeanEPollReactor, installIfUnchosen
 
@@ -76,6 +79,40 @@ class LeanEPollReactorTests(SynchronousTestCase):
         self.assertEqual(good.read, [b"y"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_hangUpWhileWriting(self) -> None:
+        """
+        A descriptor watched only for writing whose peer goes away is told
+        its connection was lost (not cleanly closed: it was not reading).
+        """
+        a, b = self.pairs[0]
+        lost: list[Any] = []
+        writer = Reader(self.reactor, a)
+        writer.doWrite = lambda: None  # type: ignore[method-assign]
+        writer.connectionLost = lost.append  # type: ignore[method-assign]
+        self.reactor.addWriter(writer)
+        b.close()
+        self.reactor.doIteration(1)
+        self.assertEqual(len(lost), 1)
+        self.assertTrue(lost[0].check(ConnectionLost))
+        self.assertNotIn(writer, self.reactor._selectables.values())
+
+    def test_descriptorGone(self) -> None:
+        """
+        A descriptor whose C{fileno()} says it is closed when its event
+        comes is disconnected, not read.
+        """
+        a, b = self.pairs[0]
+        lost: list[Any] = []
+        reader = Reader(self.reactor, a)
+        reader.connectionLost = lost.append  # type: ignore[method-assign]
+        self.reactor.addReader(reader)
+        reader.fileno = lambda: -1  # type: ignore[method-assign]
+        b.send(b"x")
+        self.reactor.doIteration(1)
+        self.assertEqual(reader.read, [])
+        self.assertTrue(lost[0].check(ConnectionFdescWentAway))
+        self.assertNotIn(reader, self.reactor._selectables.values())
+
     def test_notWhenChosen(self) -> None:
         """
         When a reactor is already installed (here, trial's), it is kept.
@@ -86,3 +123,138 @@ class LeanEPollReactorTests(SynchronousTestCase):
         from twisted.internet import reactor as after
 
         self.assertIs(after, reactor)
+
+
+class RecordingPoller:
+    """
+    An epoll object that records the C{epoll_ctl} calls made through it.
+    """
+
+    def __init__(self, poller: Any) -> None:
+        self._poller = poller
+        self.calls: list[tuple[str, int]] = []
+
+    def register(self, fd: int, flags: int) -> None:
+        self.calls.append(("register", fd))
+        self._poller.register(fd, flags)
+
+    def modify(self, fd: int, flags: int) -> None:
+        self.calls.append(("modify", fd))
+        self._poller.modify(fd, flags)
+
+    def unregister(self, fd: int) -> None:
+        self.calls.append(("unregister", fd))
+        self._poller.unregister(fd)
+
+    def poll(self, timeout: float, maxevents: int) -> Any:
+        return self._poller.poll(timeout, maxevents)
+
+    def close(self) -> None:
+        self._poller.close()
+
+
+@implementer(IHalfCloseableDescriptor)
+class HalfCloser(Reader):
+    """
+    A readable end of a socket pair told when its peer half-closes, which
+    records whether it was still being read then, and closes its socket
+    when told to.
+    """
+
+    closeOnHalfClose = False
+
+    def __init__(self, reactor: Any, sock: socket.socket) -> None:
+        super().__init__(reactor, sock)
+        self.halfClosed: list[bool] = []
+
+    def doRead(self) -> Any:
+        data = self.sock.recv(100)
+        if not data:
+            return ConnectionDone()
+        self.read.append(data)
+        return None
+
+    def readConnectionLost(self, reason: Any) -> None:
+        self.halfClosed.append(self.fileno() in self.reactor._reads)
+        if self.closeOnHalfClose:
+            self.reactor.forgetClosing(self)
+            self.disconnected = True
+            self.sock.close()
+
+    def writeConnectionLost(self, reason: Any) -> None:
+        pass
+
+
+class ClosingTests(SynchronousTestCase):
+    """
+    A socket closed by its only holder leaves the epoll set with no
+    C{epoll_ctl} call.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = LeanEPollReactor()
+        self.poller = RecordingPoller(self.reactor._poller)
+        self.reactor._poller = self.poller  # type: ignore[assignment]
+        self.addCleanup(self.poller.close)
+        self.a, self.b = socket.socketpair()
+        self.addCleanup(self.a.close)
+        self.addCleanup(self.b.close)
+
+    def test_forgetClosing(self) -> None:
+        """
+        L{LeanEPollReactor.forgetClosing} stops watching a descriptor
+        without asking epoll; once the socket is closed, epoll reports
+        nothing for it (it was watched for writing, and a stale entry
+        would say it is writable).
+        """
+        reader = Reader(self.reactor, self.a)
+        self.reactor.addReader(reader)
+        self.reactor.addWriter(reader)
+        fd = self.a.fileno()
+        self.poller.calls.clear()
+        self.reactor.forgetClosing(reader)
+        self.assertEqual(self.poller.calls, [])
+        self.assertNotIn(fd, self.reactor._selectables)
+        self.assertNotIn(fd, self.reactor._reads | self.reactor._writes)
+        self.a.close()
+        self.assertEqual(self.poller.poll(0, 10), [])
+
+    def test_afterSpawn(self) -> None:
+        """
+        Once the reactor has spawned a process, which may hold copies of
+        its descriptors, a closing descriptor is unregistered from epoll.
+        """
+        self.reactor._spawned = True
+        reader = Reader(self.reactor, self.a)
+        self.reactor.addReader(reader)
+        self.reactor.forgetClosing(reader)
+        self.assertEqual(self.poller.calls[-1], ("unregister", self.a.fileno()))
+        self.assertNotIn(self.a.fileno(), self.reactor._selectables)
+
+    def test_halfCloseWhileRead(self) -> None:
+        """
+        A half-closeable descriptor whose peer half-closes is told while it
+        is still being read, and then stops being read.
+        """
+        reader = HalfCloser(self.reactor, self.a)
+        self.reactor.addReader(reader)
+        self.b.shutdown(socket.SHUT_WR)
+        self.reactor.doIteration(1)
+        self.assertEqual(reader.halfClosed, [True])
+        self.assertNotIn(self.a.fileno(), self.reactor._reads)
+        self.assertEqual(self.poller.calls[-1], ("unregister", self.a.fileno()))
+
+    def test_closedOnHalfClose(self) -> None:
+        """
+        A descriptor that closes when its peer half-closes leaves epoll
+        with its socket: no C{epoll_ctl} call.
+        """
+        reader = HalfCloser(self.reactor, self.a)
+        reader.closeOnHalfClose = True
+        self.reactor.addReader(reader)
+        self.poller.calls.clear()
+        self.b.shutdown(socket.SHUT_WR)
+        self.reactor.doIteration(1)
+        self.assertEqual(reader.halfClosed, [True])
+        self.assertEqual(self.poller.calls, [])
+        self.assertNotIn(reader, self.reactor._selectables.values())

@@ -18,7 +18,7 @@ from lbtwist.backendtls import BackendTLSError
 from lbtwist.config import BackendConfig, PoolConfig, Timeouts
 from lbtwist.connect import BackendConnector, failureKind, failureReason
 from lbtwist.pool import BackendPool, Health
-from lbtwist.tcp import ClientSide, TCPProxyFactory
+from lbtwist.tcp import ARM_DELAY, ClientSide, TCPProxyFactory
 
 
 class HalfCloseTransport(StringTransport):
@@ -285,6 +285,50 @@ class IdleTests(SynchronousTestCase):
         # Aborted, so that a peer that stopped reading cannot hold it open.
         self.assertTrue(clientTransport.disconnected)
         self.assertTrue(backendTransport.disconnected)
+
+    def test_silentFromTheStart(self) -> None:
+        """
+        A pair that never sends anything is closed exactly at the idle
+        timeout, although its timer was made a little later than it joined.
+        """
+        reactor, pool, factory = makeProxy(idle=10.0)
+        client, clientTransport = acceptClient(factory)
+        completeConnect(reactor, 0)
+        reactor.advance(9.99)
+        self.assertFalse(clientTransport.disconnected)
+        reactor.advance(0.02)
+        self.assertTrue(clientTransport.disconnected)
+
+    def test_timersMadeLate(self) -> None:
+        """
+        Pairs joined within L{ARM_DELAY} of each other share one pending
+        call until then, when those still open get their own timer; a pair
+        that closed before never had one.
+        """
+        reactor, pool, factory = makeProxy(n=1, idle=10.0)
+        pairs = []
+        for _ in range(3):
+            client, clientTransport = acceptClient(factory)
+            protocol, backendTransport = completeConnect(reactor, len(pairs))
+            pairs.append((client, protocol))
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        client, protocol = pairs.pop()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        client.connectionLost(Failure(ConnectionDone()))
+        reactor.advance(ARM_DELAY)
+        self.assertEqual(sorted(call.getTime() for call in reactor.getDelayedCalls()),
+                         [10.0, 10.0])
+
+    def test_shortTimeout(self) -> None:
+        """
+        An idle timeout not over L{ARM_DELAY} gets its timer at once.
+        """
+        reactor, pool, factory = makeProxy(idle=0.5)
+        client, clientTransport = acceptClient(factory)
+        completeConnect(reactor, 0)
+        self.assertEqual([call.getTime() for call in reactor.getDelayedCalls()], [0.5])
+        reactor.advance(0.5)
+        self.assertTrue(clientTransport.disconnected)
 
     def test_timerCancelled(self) -> None:
         """

@@ -630,6 +630,29 @@ class ReexecDecisionTests(GroupCase):
         self.assertIsNone(self.group.upgrading)
         self.assertTrue(self.group.refresher.running)
         self.assertEqual([s.generation for s in self.group.slots], [1, 1])
+        # What failed is kept for ctl, which waits for generation 2, until
+        # the next upgrade.
+        self.assertEqual(self.group.execFailed, (
+            2, "the master cannot re-execute itself ([Errno 2] No such file or directory)"))
+        self.group.upgrade()
+        self.assertIsNone(self.group.execFailed)
+
+    def test_execFailedClearedByRoll(self) -> None:
+        """
+        What a failed exec left for ctl goes at the next upgrade, also when
+        that one only starts new workers (the setting that needed the exec
+        put back): the generation it promised may serve then, and the API
+        must not say it failed.
+        """
+        self.image.error = FileNotFoundError(2, "No such file or directory")
+        self.write(**{"status-interval": 7})
+        self.reexecuted()
+        self.assertIsNotNone(self.group.execFailed)
+        self.write()
+        self.group.upgrade()
+        self.assertEqual(len(self.image.executed), 1)
+        self.assertIsNotNone(self.group.upgrading)
+        self.assertIsNone(self.group.execFailed)
 
     def test_code(self) -> None:
         """
@@ -665,14 +688,38 @@ class ReexecDecisionTests(GroupCase):
     def test_preflightHangs(self) -> None:
         """
         A check that does not finish within its time fails the upgrade,
-        saying so.
+        saying so, and is killed rather than left to run; its end, when it
+        is reaped, changes nothing.
         """
         self.write(**{"status-interval": 7})
         d = self.group.upgrade()
-        self.reactor.advance(PREFLIGHT_TIMEOUT)
+        [(check, _)] = self.preflights()
+        process = self.reactor.processes[
+            [p for p, _, _ in self.reactor.spawned].index(check)]
+        self.reactor.advance(PREFLIGHT_TIMEOUT - 1)
+        self.assertEqual(process.signals, [])
+        self.reactor.advance(1)
         failure = self.failureResultOf(d, UpgradeFailed)
         self.assertEqual(failure.getErrorMessage(),
                          "the new master's check did not finish within 30s")
+        self.assertEqual(process.signals, ["KILL"])
+        check.processEnded(Failure(ProcessTerminated(signal=9)))
+        self.assertEqual(self.image.executed, [])
+        self.assertIsNone(self.group.upgrading)
+
+    def test_preflightKilled(self) -> None:
+        """
+        A check killed by a signal fails the upgrade, saying so with what it
+        wrote.
+        """
+        self.write(**{"status-interval": 7})
+        d = self.group.upgrade()
+        [(check, _)] = self.preflights()
+        check.errReceived(b"out of memory\n")
+        check.processEnded(Failure(ProcessTerminated(signal=9)))
+        failure = self.failureResultOf(d, UpgradeFailed)
+        self.assertEqual(failure.getErrorMessage(),
+                         "the new master's check was killed: out of memory")
         self.assertEqual(self.image.executed, [])
 
     def test_toOneWorker(self) -> None:

@@ -335,12 +335,16 @@ class ProcessReactor(MemoryReactorClock):
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[tuple[Any, list[str], dict[int, Any]]] = []
+        # The process of each, in the same order.
+        self.processes: list[FakeProcess] = []
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: Any = None,
                      path: Any = None, uid: Any = None, gid: Any = None, usePTY: Any = False,
                      childFDs: Any = None) -> FakeProcess:
         self.spawned.append((protocol, args, childFDs))
-        return FakeProcess(1000 + len(self.spawned))
+        process = FakeProcess(1000 + len(self.spawned))
+        self.processes.append(process)
+        return process
 
     def adoptStreamConnection(self, fileDescriptor: int, addressFamily: int,
                               factory: Any) -> None:

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.writethrough import close, halfClose, writeThrough
+from lbtwist.writethrough import _idle, close, halfClose, writeNow, writeThrough
 
 from .support import inThread, reactor
 
@@ -150,3 +150,61 @@ class FallbackTests(SynchronousTestCase):
         transport = StringTransport()
         writeThrough(transport)(b"x")
         self.assertEqual(transport.value(), b"x")
+
+
+class _TakingSocket:
+    """
+    A socket double that takes whatever is sent to it.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+
+class WriteNowIdleTests(SynchronousTestCase):
+    """
+    L{writeNow} writes its own copy of L{_idle}'s test (it is every relayed
+    response's path): the two must agree on every condition.
+    """
+
+    def test_sameAsIdle(self) -> None:
+        """
+        On a plain TCP connection, L{writeNow} sends to the socket exactly
+        when L{_idle} says nothing is queued and the connection writes:
+        not with bytes waiting (in either buffer), while closing or
+        half-closing, once disconnected, nor under TLS.
+        """
+        busy: dict[str, dict[str, Any]] = {
+            "temp buffer": {"_tempDataLen": 3},
+            "buffer": {"dataBuffer": b"abc"},
+            "closing": {"disconnecting": True},
+            "half-closing": {"_writeDisconnecting": True},
+            "disconnected": {"connected": False},
+            "TLS": {"TLS": True},
+        }
+        seen = {}
+        for name, state in [("idle", {}), *busy.items()]:
+            sock = _TakingSocket()
+            queued: list[bytes] = []
+            # A real tcp.Server, unconnected, with a fake socket and write.
+            server = tcp.Server.__new__(tcp.Server)
+            server.socket = sock  # type: ignore[assignment]
+            server.connected = True
+            server.disconnecting = False
+            server._writeDisconnecting = False
+            server._tempDataLen = 0
+            server.dataBuffer = b""
+            server.offset = 0
+            server.write = queued.append  # type: ignore[method-assign]
+            for attribute, value in state.items():
+                setattr(server, attribute, value)
+            idle = _idle(server)
+            seen[name] = (idle, writeNow(server, b"x"), sock.sent, queued)
+        self.assertEqual(seen, {
+            "idle": (True, True, [b"x"], []),
+            **{name: (False, False, [], [b"x"]) for name in busy},
+        })

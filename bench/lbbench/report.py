@@ -224,7 +224,8 @@ def format_case_tables(results: Results) -> str:
             "per core = req/s (MiB/s for big) / (CPU % / 100), linear estimate of one busy core;",
             "errors = wrk socket errors / non-2xx-3xx responses, all runs;",
             "vs HAProxy = ratio to same-mode HAProxy on req/s (MiB/s for big): "
-            "tcp for lbtwist-tcp and portforward, http for lbtwist-http and nginx;",
+            "tcp for lbtwist-tcp, floor-tcp and portforward, http for lbtwist-http, floor-http "
+            "and nginx;",
             "HTTP/2 (h2load): mean/max ms = h2load's request times; errors = streams reset or "
             "timed out / non-2xx-3xx;",
             "per core vs HAProxy = per core against HAProxy of the same kind (h2c or TLS).",

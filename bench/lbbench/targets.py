@@ -78,7 +78,7 @@ class TargetSpec:
     @property
     def is_twisted(self) -> bool:
         """True for targets run with twistd (they need the repository on PYTHONPATH)."""
-        return self.name.startswith(("lbtwist", "portforward"))
+        return self.name.startswith(("lbtwist", "portforward", "floor"))
 
 
 def _haproxy(mode: str, threads: int = 1, protocol: str = HTTP1) -> CommandBuilder:
@@ -109,6 +109,15 @@ def _portforward(ctx: BenchContext, name: str, port: int, backends: Sequence[int
         str(ctx.twistd), "-n", "--pidfile=", "portforward",
         "-p", listen, "-h", configs.LOOPBACK, "-d", str(backends[0]),
     ]  # fmt: skip
+
+
+def _floor(mode: str) -> CommandBuilder:
+    def build(ctx: BenchContext, name: str, port: int, backends: Sequence[int]) -> list[str]:
+        python = ctx.twistd.parent / "python"
+        script = ctx.repo_root / "bench" / "lbbench" / "floor.py"
+        return [str(python), str(script), mode, str(port), *map(str, backends)]
+
+    return build
 
 
 def _lbtwist(mode: str, workers: int = 1) -> CommandBuilder:
@@ -149,6 +158,10 @@ TARGETS: list[TargetSpec] = [
     TargetSpec(
         "portforward", "tcp", "haproxy-tcp", "twisted portforward (1 backend)", _portforward
     ),
+    # What a relay on Twisted costs with no feature at all (lbbench/floor.py).
+    TargetSpec("floor-tcp", "tcp", "haproxy-tcp", "floor: bare Twisted TCP relay", _floor("tcp")),
+    TargetSpec("floor-http", "http", "haproxy-http", "floor: bare Twisted HTTP relay",
+               _floor("http")),
     TargetSpec("lbtwist-tcp", "tcp", "haproxy-tcp", "lbtwist --mode tcp", _lbtwist("tcp")),
     TargetSpec("lbtwist-http", "http", "haproxy-http", "lbtwist --mode http", _lbtwist("http")),
     TargetSpec(

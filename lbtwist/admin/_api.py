@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..config import (
+    NO_DIRECTORY,
     BackendConfig,
     ConfigError,
     ListenerConfig,
@@ -83,7 +84,12 @@ class ProcessGroup(Protocol):
     """
     The worker processes a master's admin API speaks for (see
     L{lbtwist.workers.WorkerGroup}).
+
+    @ivar execFailed: the last re-exec answered but not made: the
+        generation it promised and why, else L{None}.
     """
+
+    execFailed: tuple[int, str] | None
 
     def settle(self) -> Deferred[None]:
         """
@@ -501,7 +507,7 @@ class AdminResource(Resource):
             _weight(data["weight"], "weight")
         state = _state(data.pop("state", "ready"), "state")
         try:
-            config = parseBackend(data, "", pool.config.health)
+            config = parseBackend(data, "", pool.config.health, directory=NO_DIRECTORY)
             _checkEndpoint(config.endpoint, "endpoint")
         except ConfigError as e:
             raise APIError(400, str(e).lstrip(".: ")) from None
@@ -652,7 +658,8 @@ class AdminResource(Resource):
         data = self._jsonBody(request)
         if self.cluster is not None:
             try:
-                routes = parseRoutes(data, "routes", running.mode, list(self.live.pools))
+                routes = parseRoutes(data, "routes", running.mode, list(self.live.pools),
+                                     directory=NO_DIRECTORY)
             except ConfigError as e:
                 raise APIError(400, str(e)) from None
             # Stored in the shape GET gives: each balancer parses it again.
@@ -732,8 +739,12 @@ class AdminResource(Resource):
         The worker processes (none when this process serves alone), each
         with its own counters: the other routes give their totals.
         """
-        return self._json(request, 200, {
-            "workers": self.group.view() if self.group is not None else []})
+        group = self.group
+        answer: dict[str, Any] = {"workers": group.view() if group is not None else []}
+        if group is not None and group.execFailed is not None:
+            generation, why = group.execFailed
+            answer["upgrade-failed"] = {"generation": generation, "error": why}
+        return self._json(request, 200, answer)
 
     def upgrade(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """

@@ -23,6 +23,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from ..endpoints import hostPort
 from ..routing import applyHeaderActions
 from ..tcp import describe, setNoDelay
 from ..writethrough import writeNow
@@ -49,9 +50,7 @@ def authorityOf(address: Any) -> bytes:
     port = getattr(address, "port", None)
     if not isinstance(host, str):
         return b"localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}".encode("ascii", "replace")
+    return hostPort(host, port).encode("ascii", "replace")
 
 
 class ClientPeer:
@@ -166,6 +165,11 @@ class ClientConnection(ClientPeer, Protocol):
         self._serving = False
         self._lastActivity = 0.0
         self._lastRead = 0.0
+        # The backend connection relaying the current response, and whether
+        # it is registered with the transport (only once a write queued:
+        # a response that goes straight to the socket needs no pausing).
+        self._producer: Any = None
+        self._producerOn = False
 
     # -- connection --------------------------------------------------------
 
@@ -625,7 +629,7 @@ class ClientConnection(ClientPeer, Protocol):
         head = response.head
         if head is not None:
             response.head = None
-            writeNow(self.transport, head)
+            self._send(head)
 
     def dropHeldHead(self, ex: Exchange) -> bool:
         """
@@ -643,18 +647,38 @@ class ClientConnection(ClientPeer, Protocol):
         chunked), with the held head if it has not gone yet.
         """
         response = ex.response
-        transport = self.transport
         head = response.head
         if head is not None:
             response.head = None
             if response.framing is CHUNKED:
-                writeNow(transport, b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+                self._send(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
             else:
-                writeNow(transport, head + data)
+                self._send(head + data)
         elif response.framing is CHUNKED:
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._queued()
         else:
-            writeNow(transport, data)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """
+        Write C{data} straight to the socket if nothing is queued; what
+        queues makes the backend pausable.
+        """
+        if not writeNow(self.transport, data):
+            self._queued()
+
+    def _queued(self) -> None:
+        """
+        Something waits in the transport's buffer: register the backend
+        connection relaying the response, so that Twisted pauses it while
+        the client does not read (from the next write on, as the buffer
+        fills).
+        """
+        producer = self._producer
+        if producer is not None and not self._producerOn:
+            self._producerOn = True
+            self.transport.registerProducer(producer, True)
 
     def endResponse(self, ex: Exchange, trailers: list[tuple[bytes, bytes]] | None) -> None:
         """
@@ -672,12 +696,13 @@ class ClientConnection(ClientPeer, Protocol):
             )
             if head is not None:
                 response.head = None
-                writeNow(self.transport, head + last)
+                self._send(head + last)
             else:
                 self.transport.write(last)
+                self._queued()
         elif head is not None:
             response.head = None
-            writeNow(self.transport, head)
+            self._send(head)
 
     def sendError(self, ex: Exchange, status: int) -> None:
         """
@@ -748,7 +773,7 @@ class ClientConnection(ClientPeer, Protocol):
         Relay bytes of the tunnel from the backend.
         """
         self._lastActivity = self.factory.seconds()
-        writeNow(self.transport, data)
+        self._send(data)
 
     def tunnelClosed(self) -> None:
         """
@@ -769,15 +794,22 @@ class ClientConnection(ClientPeer, Protocol):
     def registerProducer(self, producer: Any) -> None:
         """
         Let the backend connection relaying the response be paused while
-        this client cannot take more.
+        this client cannot take more (it is registered with the transport
+        once a write has to queue: see L{_queued}).
         """
-        self.transport.registerProducer(producer, True)
+        if self._producerOn:
+            self._producerOn = False
+            self.transport.unregisterProducer()
+        self._producer = producer
 
     def unregisterProducer(self) -> None:
         """
         The backend connection relays no more to this client.
         """
-        self.transport.unregisterProducer()
+        self._producer = None
+        if self._producerOn:
+            self._producerOn = False
+            self.transport.unregisterProducer()
 
     def exchangeDone(self, ex: Exchange) -> None:
         """

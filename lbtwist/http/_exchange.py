@@ -362,7 +362,12 @@ class Exchange:
         self._to(CONNECTING)
         upstream = self.upstream
         client = self.client
-        prefer = self.backend if fresh else upstream.stickyBackend(self)
+        if fresh:
+            prefer = self.backend
+        elif upstream.rules.stickyKind is not None:
+            prefer = upstream.stickyBackend(self)
+        else:
+            prefer = None
         slot, self.slot = self.slot, None
         attempt = upstream.connector.connect(
             client.clientName, client.clientHost, self._build, self._joined,
@@ -422,8 +427,10 @@ class Exchange:
 
     def _reuse(self, backend: Backend) -> Any:
         # (For an h2 pool, C{idle} hands out streams of its connections.)
-        return self.upstream.idle.take(
-            self._key(backend), None if self.plan.replayable else SAFE_REUSE_AGE
+        upstream = self.upstream
+        return upstream.idle.take(
+            backend if upstream.proxyHeader is None else self._key(backend),
+            None if self.plan.replayable else SAFE_REUSE_AGE,
         )
 
     def _build(self, backend: Backend) -> Any:
@@ -441,7 +448,8 @@ class Exchange:
 
     def _joined(self, backend: Backend, conn: Any, failures: int) -> None:
         self.attempt = None
-        self._counted(failures)
+        if failures != self.failures:
+            self._counted(failures)
         if self.sends:
             self.retries += 1
         self.backend = self.slot = backend
@@ -669,9 +677,11 @@ class Exchange:
         client = self.client
         if not client.closed:
             client.unregisterProducer()
-            # The backend that paused the client's reading is gone from it:
-            # read again (unless held for another reason).
-            client.resumeProducing()
+            if self.plan.hasBody or self.plan.upgrade:
+                # The backend that paused the client's reading (it could
+                # only while the client's request body went to it) is gone
+                # from it: read again (unless held for another reason).
+                client.resumeProducing()
         return conn
 
     def _releaseSlot(self) -> None:

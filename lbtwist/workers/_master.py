@@ -43,6 +43,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..endpoints import hostPort
 from ..lifecycle import sdNotify
 from ..pool import Health, PoolEvent
 from ..reload import LiveConfig
@@ -163,6 +164,34 @@ class MasterChannel(Channel):
         """
         self.group.passiveDown(self.slot, pool, backend, reason)
         return {}
+
+
+class CheckProcess(ProcessProtocol):
+    """
+    The pre-flight check of an upgrade (C{python -m lbtwist.check}): what
+    it writes, and how it ended, given to C{ended} once it is reaped
+    (unless C{ended} fired before: the check timed out and was killed).
+
+    @ivar ended: fires with C{(out, err, exitCode, signal)}.
+    """
+
+    ended: Deferred[tuple[bytes, bytes, int | None, int | None]] | None = None
+
+    def __init__(self) -> None:
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        ended = self.ended
+        if ended is not None and not ended.called:
+            why: Any = reason.value
+            ended.callback((b"".join(self._out), b"".join(self._err), why.exitCode, why.signal))
 
 
 class WorkerProcess(ProcessProtocol):
@@ -420,6 +449,10 @@ class WorkerGroup(Service):
         # and none is started (the hand-over, taken at the exec, names
         # every worker there is).
         self.executing = False
+        # The last re-exec that was answered but not made: the generation
+        # it promised and why (C{lbtwist ctl upgrade} reads it at once
+        # rather than wait for that generation).
+        self.execFailed: tuple[int, str] | None = None
         self.mirror = CounterMirror(balancer.pools, balancer.factories)
         self._pushing: Any = None
         # The status table and the dashboard's history read the master's
@@ -807,6 +840,9 @@ class WorkerGroup(Service):
         """
         if self.upgrading is not None:
             return fail(UpgradeUnderWay("an upgrade is already under way"))
+        # A re-exec that failed before is old news: this upgrade answers
+        # for itself (and its generation may be the one that one promised).
+        self.execFailed = None
         problem = self.live.reload(upgrade=True) if self.live.loadConfig is not None else None
         if problem is not None:
             return self._failed(f"the configuration on disk is not valid: {problem}")
@@ -946,7 +982,7 @@ class WorkerGroup(Service):
             # to or restarted for good.
             self.log.failure("upgrade failed: the hand-over could not be made; the master "
                              "serves on as it was")
-            self._notExecuted()
+            self._notExecuted("the hand-over could not be made (see the log)")
             return
         # systemd (Type=notify) hears a reload, whose READY=1 the new image
         # sends once its workers serve.
@@ -957,13 +993,14 @@ class WorkerGroup(Service):
             self.log.error("upgrade failed: the master cannot re-execute itself ({error}); "
                            "it serves on as it was", error=str(e))
             sdNotify(f"READY=1\nMAINPID={os.getpid()}", os.environ)
-            self._notExecuted()
+            self._notExecuted(f"the master cannot re-execute itself ({e})")
 
-    def _notExecuted(self) -> None:
+    def _notExecuted(self, why: str) -> None:
         """
-        The exec failed: close what was bound for the next image, and go
-        on asking the workers for their counters.
+        The exec failed (C{why}): close what was bound for the next image,
+        and go on asking the workers for their counters.
         """
+        self.execFailed = (self.generation + 1, why)
         self.upgrading = None
         self.executing = False
         for slot in self.slots:
@@ -1018,30 +1055,39 @@ class WorkerGroup(Service):
 
         @return: fails with L{UpgradeFailed} saying why it would not.
         """
-        from twisted.internet.utils import getProcessOutputAndValue
-
         assert self.image is not None
         command = self.image.checkCommand()
-        running = getProcessOutputAndValue(command[0], command[1:],
-                                           env={**self.environ, **self.passed},
-                                           path=os.getcwd(), reactor=self.reactor)
+        check = CheckProcess()
+        process = self.reactor.spawnProcess(
+            check, command[0], command, env={**self.environ, **self.passed},
+            path=os.getcwd())
+
+        def hung(running: Deferred[Any]) -> None:
+            # Killed, not left to run on: a check that hangs once would
+            # otherwise hold its memory (and its descriptors) for good.
+            try:
+                process.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+
+        running: Deferred[tuple[bytes, bytes, int | None, int | None]] = Deferred(hung)
+        check.ended = running
         running.addTimeout(PREFLIGHT_TIMEOUT, self.reactor)
 
-        def judged(result: tuple[bytes, bytes, int]) -> None:
-            out, err, code = result
+        def judged(result: tuple[bytes, bytes, int | None, int | None]) -> None:
+            out, err, code, signum = result
+            if signum is not None:
+                raise UpgradeFailed("the new master's check was killed: "
+                                    + err.decode("utf-8", "replace").strip())
             if code != 0:
                 lines = (err or out).decode("utf-8", "replace").strip().splitlines()
                 raise UpgradeFailed("the new master would not start: "
                                     + (lines[-1] if lines else f"exit status {code}"))
 
         def broken(f: Failure) -> None:
-            if isinstance(f.value, tuple):
-                raise UpgradeFailed("the new master's check was killed: "
-                                    + f.value[1].decode("utf-8", "replace").strip())
-            if f.check(defer.TimeoutError):
-                raise UpgradeFailed(
-                    f"the new master's check did not finish within {PREFLIGHT_TIMEOUT:g}s")
-            f.raiseException()
+            f.trap(defer.TimeoutError)
+            raise UpgradeFailed(
+                f"the new master's check did not finish within {PREFLIGHT_TIMEOUT:g}s")
 
         return running.addCallbacks(judged, broken)
 
@@ -1328,7 +1374,7 @@ def _url(port: Any) -> str | None:
     host = getattr(address, "host", None)
     if host is None:
         return None
-    return f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
+    return f"http://{hostPort(host, address.port)}"
 
 
 class Bound:
