@@ -707,6 +707,27 @@ class ReexecDecisionTests(GroupCase):
         self.assertEqual(self.image.executed, [])
         self.assertIsNone(self.group.upgrading)
 
+    def test_preflightCannotStart(self) -> None:
+        """
+        A check that cannot be spawned fails the upgrade, saying why; no
+        upgrade is left under way, and the next one may start.
+        """
+        self.write(**{"status-interval": 7})
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(24, "Too many open files")
+
+        spawn, self.reactor.spawnProcess = (  # type: ignore[method-assign]
+            self.reactor.spawnProcess, refuse)
+        failure = self.failureResultOf(self.group.upgrade(), UpgradeFailed)
+        self.assertEqual(failure.getErrorMessage(), "the new master's check could not start: "
+                                                    "[Errno 24] Too many open files")
+        self.assertIsNone(self.group.upgrading)
+        self.assertEqual(self.image.executed, [])
+        self.reactor.spawnProcess = spawn  # type: ignore[method-assign]
+        self.group.upgrade()
+        self.assertEqual(len(self.preflights()), 1)
+
     def test_preflightKilled(self) -> None:
         """
         A check killed by a signal fails the upgrade, saying so with what it

@@ -1058,9 +1058,14 @@ class WorkerGroup(Service):
         assert self.image is not None
         command = self.image.checkCommand()
         check = CheckProcess()
-        process = self.reactor.spawnProcess(
-            check, command[0], command, env={**self.environ, **self.passed},
-            path=os.getcwd())
+        try:
+            process = self.reactor.spawnProcess(
+                check, command[0], command, env={**self.environ, **self.passed},
+                path=os.getcwd())
+        except OSError as e:
+            # No process (too many open files, no memory...): the upgrade
+            # fails as any other check would, and nothing is left under way.
+            return fail(UpgradeFailed(f"the new master's check could not start: {e}"))
 
         def hung(running: Deferred[Any]) -> None:
             # Killed, not left to run on: a check that hangs once would
