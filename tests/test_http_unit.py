@@ -273,6 +273,65 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertIsNone(transport.producer)
         self.assertIsNone(btransport.producer)
 
+    def test_writtenThroughRegistersNothing(self) -> None:
+        """
+        A response the client's socket takes whole registers no producer
+        on its transport; once a write has to queue (the socket takes part
+        of it), the backend is registered, and let go at the exchange's end.
+        """
+        from twisted.internet import tcp
+
+        class Socket:
+            take = 1 << 20
+
+            def send(self, data: bytes) -> int:
+                return min(self.take, len(data))
+
+            def setsockopt(self, *args: Any) -> None:
+                pass
+
+        class SocketTransport(tcp.Connection):
+            # A plain TCP transport (writeNow writes through it) over a
+            # socket double; what it queues is kept, not written.
+            def __init__(self) -> None:
+                self.socket = Socket()  # type: ignore[assignment]
+                self.connected, self.disconnecting, self.disconnected = 1, 0, 0
+                self._writeDisconnecting = False
+                self._tempDataLen, self.dataBuffer, self.offset = 0, b"", 0
+                self.producer, self.queued, self.registered = None, [], []
+
+            def getPeer(self) -> Any:
+                return CLIENT
+
+            def getHost(self) -> Any:
+                return IPv4Address("TCP", "127.0.0.1", 8080)
+
+            def write(self, data: bytes) -> None:
+                self.queued.append(data)
+
+            def registerProducer(self, producer: Any, streaming: bool) -> None:
+                self.registered.append(producer)
+                self.producer = producer
+
+            def unregisterProducer(self) -> None:
+                self.producer = None
+
+        factory = self.makeFactory()
+        transport = SocketTransport()
+        client = connectClient(factory, transport)  # type: ignore[arg-type]
+        client.dataReceived(GET)
+        backend, _ = self.connectBackend()
+        backend.dataReceived(OK)
+        self.assertEqual((transport.queued, transport.registered), ([], []))
+        transport.socket.take = 10  # type: ignore[attr-defined]
+        client.dataReceived(GET)
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+        self.assertEqual(transport.registered, [backend])
+        self.assertIs(transport.producer, backend)
+        self.assertEqual(len(transport.queued), 1)
+        backend.dataReceived(b"!!")
+        self.assertIsNone(transport.producer)
+
     def test_bufferedWhileConnecting(self) -> None:
         """
         While the backend is being connected the client is not read, and
