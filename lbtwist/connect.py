@@ -214,10 +214,7 @@ class BackendConnector:
             # The common case of a kept-alive request: its first choice has
             # an idle connection, and no attempt object is needed.
             pool = self.pool
-            backend = (
-                pool.pick(key) if prefer is None and not tried
-                else choose(pool, key, tried, prefer, None)
-            )
+            backend = choose(pool, key, tried, prefer, None)
             if backend is not None:
                 protocol = reuse(backend)
                 if protocol is not None:
@@ -244,13 +241,12 @@ def choose(pool: BackendPool, key: bytes | None, tried: list[Backend],
     tried, and has room (or its slot is the client's already), else the
     pool's policy's choice among the backends not tried.
     """
-    if pool._ejected:
-        pool.readmit()
-    if (
-        prefer is not None and prefer.eligible and prefer not in tried
-        and (holding is prefer or not prefer.full)
-    ):
-        return prefer
+    if prefer is not None:
+        # (The pool's pick readmits ejected backends itself.)
+        if pool._ejected:
+            pool.readmit()
+        if prefer.eligible and prefer not in tried and (holding is prefer or not prefer.full):
+            return prefer
     return pool.pick(key, tried)
 
 

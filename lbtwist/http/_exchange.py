@@ -362,12 +362,7 @@ class Exchange:
         self._to(CONNECTING)
         upstream = self.upstream
         client = self.client
-        if fresh:
-            prefer = self.backend
-        elif upstream.rules.stickyKind is not None:
-            prefer = upstream.stickyBackend(self)
-        else:
-            prefer = None
+        prefer = self.backend if fresh else upstream.stickyBackend(self)
         slot, self.slot = self.slot, None
         attempt = upstream.connector.connect(
             client.clientName, client.clientHost, self._build, self._joined,
@@ -427,10 +422,8 @@ class Exchange:
 
     def _reuse(self, backend: Backend) -> Any:
         # (For an h2 pool, C{idle} hands out streams of its connections.)
-        upstream = self.upstream
-        return upstream.idle.take(
-            backend if upstream.proxyHeader is None else self._key(backend),
-            None if self.plan.replayable else SAFE_REUSE_AGE,
+        return self.upstream.idle.take(
+            self._key(backend), None if self.plan.replayable else SAFE_REUSE_AGE
         )
 
     def _build(self, backend: Backend) -> Any:

@@ -245,8 +245,7 @@ class HTTPProxyFactory(ListenerFactory):
         line.
         """
         self.countStatus(ex)
-        if self.accessLog is not None:
-            self.logAccess(ex)
+        self.logAccess(ex)
 
     def countStatus(self, ex: Exchange) -> None:
         """
