@@ -132,7 +132,21 @@ def _head(first: bytes, fields: list[tuple[bytes, bytes]], extra: bytes = b"") -
     return b"".join(parts)
 
 
-class HTTPClient(TCPClient):
+class _Parsed:
+    """What both sides of the HTTP floor do with their bytes: llhttp parses them, and
+    collects the head's fields (C{self.parser} and C{self.fields} are the side's)."""
+
+    parser: Any
+    fields: list[tuple[bytes, bytes]]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+
+class HTTPClient(_Parsed, TCPClient):
     """A client of the HTTP floor: its requests' heads rebuilt, on one backend connection."""
 
     def connectionMade(self) -> None:
@@ -149,14 +163,8 @@ class HTTPClient(TCPClient):
         factory.reactor.dialTCP(LOOPBACK, next(factory.ports), HTTPBackend(), 5.0,
                                 self._joined, lambda reason: self.transport.loseConnection())
 
-    def dataReceived(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
     def on_url(self, url: bytes) -> None:
         self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -182,7 +190,7 @@ class HTTPClient(TCPClient):
             close(self.transport)
 
 
-class HTTPBackend(_Side):
+class HTTPBackend(_Parsed, _Side):
     """The backend side of the HTTP floor: response heads rebuilt, bodies relayed."""
 
     def connectionMade(self) -> None:
@@ -192,14 +200,8 @@ class HTTPBackend(_Side):
         self.reason = b""
         self.held: bytes | None = None
 
-    def dataReceived(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
