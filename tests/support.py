@@ -220,3 +220,28 @@ def spawn(case: TestCase, argv: list[str], cwd: str, env: dict[str, str]) -> sub
 
     case.addCleanup(reap)
     return process
+
+
+def plainTCPTransport(sock: Any, write: Callable[[bytes], None], **state: Any) -> Any:
+    """
+    A real C{tcp.Server}, unconnected, over the socket double C{sock}: what
+    L{lbtwist.writethrough.writeNow} writes straight through goes to
+    C{sock.send}, what it queues to C{write}; C{state} overrides its
+    attributes (C{_tempDataLen}, C{disconnecting}, C{TLS}...).
+    """
+    from twisted.internet import tcp
+
+    server = tcp.Server.__new__(tcp.Server)
+    server.socket = sock
+    server.connected = 1
+    server.disconnecting = 0
+    server.disconnected = 0
+    server._writeDisconnecting = False
+    server._tempDataLen = 0
+    server.dataBuffer = b""
+    server.offset = 0
+    server.producer = None
+    server.write = write  # type: ignore[method-assign]
+    for attribute, value in state.items():
+        setattr(server, attribute, value)
+    return server

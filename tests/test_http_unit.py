@@ -26,6 +26,8 @@ from lbtwist.http._pool import IdleConnections
 from lbtwist.pool import BackendPool
 from lbtwist.proxyprotocol import proxyHeaderV1, proxyHeaderV2
 
+from .support import plainTCPTransport
+
 GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -279,8 +281,6 @@ class ProxyStateTests(SynchronousTestCase):
         on its transport; once a write has to queue (the socket takes part
         of it), the backend is registered, and let go at the exchange's end.
         """
-        from twisted.internet import tcp
-
         class Socket:
             take = 1 << 20
 
@@ -290,45 +290,30 @@ class ProxyStateTests(SynchronousTestCase):
             def setsockopt(self, *args: Any) -> None:
                 pass
 
-        class SocketTransport(tcp.Connection):
-            # A plain TCP transport (writeNow writes through it) over a
-            # socket double; what it queues is kept, not written.
-            def __init__(self) -> None:
-                self.socket = Socket()  # type: ignore[assignment]
-                self.connected, self.disconnecting, self.disconnected = 1, 0, 0
-                self._writeDisconnecting = False
-                self._tempDataLen, self.dataBuffer, self.offset = 0, b"", 0
-                self.producer, self.queued, self.registered = None, [], []
+        queued: list[bytes] = []
+        registered: list[Any] = []
+        sock = Socket()
+        transport = plainTCPTransport(
+            sock, queued.append, getPeer=lambda: CLIENT,
+            getHost=lambda: IPv4Address("TCP", "127.0.0.1", 8080))
 
-            def getPeer(self) -> Any:
-                return CLIENT
+        def register(producer: Any, streaming: bool) -> None:
+            registered.append(producer)
+            transport.producer = producer
 
-            def getHost(self) -> Any:
-                return IPv4Address("TCP", "127.0.0.1", 8080)
-
-            def write(self, data: bytes) -> None:
-                self.queued.append(data)
-
-            def registerProducer(self, producer: Any, streaming: bool) -> None:
-                self.registered.append(producer)
-                self.producer = producer
-
-            def unregisterProducer(self) -> None:
-                self.producer = None
-
+        transport.registerProducer = register
         factory = self.makeFactory()
-        transport = SocketTransport()
-        client = connectClient(factory, transport)  # type: ignore[arg-type]
+        client = connectClient(factory, transport)
         client.dataReceived(GET)
         backend, _ = self.connectBackend()
         backend.dataReceived(OK)
-        self.assertEqual((transport.queued, transport.registered), ([], []))
-        transport.socket.take = 10  # type: ignore[attr-defined]
+        self.assertEqual((queued, registered), ([], []))
+        sock.take = 10
         client.dataReceived(GET)
         backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
-        self.assertEqual(transport.registered, [backend])
+        self.assertEqual(registered, [backend])
         self.assertIs(transport.producer, backend)
-        self.assertEqual(len(transport.queued), 1)
+        self.assertEqual(len(queued), 1)
         backend.dataReceived(b"!!")
         self.assertIsNone(transport.producer)
 
@@ -660,7 +645,6 @@ class WriteNowTests(SynchronousTestCase):
         On a TCP connection with nothing queued the bytes go to the socket
         at once; what the socket does not take is queued, in order.
         """
-        from twisted.internet import tcp
 
         from lbtwist.writethrough import writeNow
 
@@ -677,17 +661,7 @@ class WriteNowTests(SynchronousTestCase):
         written: list[bytes] = []
 
         def FakeServer(sock: FakeSocket) -> Any:
-            # A real tcp.Server, unconnected, with a fake socket and write.
-            server = tcp.Server.__new__(tcp.Server)
-            server.socket = sock
-            server.connected = 1
-            server.disconnecting = 0
-            server._writeDisconnecting = False
-            server._tempDataLen = 0
-            server.dataBuffer = b""
-            server.offset = 0
-            server.write = written.append  # type: ignore[method-assign]
-            return server
+            return plainTCPTransport(sock, written.append)
 
         whole = FakeSocket(100)
         self.assertTrue(writeNow(FakeServer(whole), b"hello"))

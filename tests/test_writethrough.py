@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.writethrough import _idle, close, halfClose, writeNow, writeThrough
 
-from .support import inThread, reactor
+from .support import inThread, plainTCPTransport, reactor
 
 
 def _readAll(s: socket.socket, size: int) -> bytes:
@@ -190,18 +190,7 @@ class WriteNowIdleTests(SynchronousTestCase):
         for name, state in [("idle", {}), *busy.items()]:
             sock = _TakingSocket()
             queued: list[bytes] = []
-            # A real tcp.Server, unconnected, with a fake socket and write.
-            server = tcp.Server.__new__(tcp.Server)
-            server.socket = sock  # type: ignore[assignment]
-            server.connected = True
-            server.disconnecting = False
-            server._writeDisconnecting = False
-            server._tempDataLen = 0
-            server.dataBuffer = b""
-            server.offset = 0
-            server.write = queued.append  # type: ignore[method-assign]
-            for attribute, value in state.items():
-                setattr(server, attribute, value)
+            server = plainTCPTransport(sock, queued.append, **state)
             idle = _idle(server)
             seen[name] = (idle, writeNow(server, b"x"), sock.sent, queued)
         self.assertEqual(seen, {
