@@ -251,6 +251,78 @@ class RequestPlanTests(SynchronousTestCase):
         self.assertEqual(noHeader.stickyKey, b"10.0.0.9")
 
 
+# Each special name of either plan in three spellings: the usual one (which
+# the plans look up as it comes), lowercase (likewise), and one no table
+# holds (lowered first).
+_SPECIAL_SPELLINGS = {
+    name: (name, name.lower(), name.swapcase())
+    for name in (b"Connection", b"Keep-Alive", b"TE", b"Trailer", b"Transfer-Encoding",
+                 b"Upgrade", b"Content-Length", b"Host", b"Expect", b"Cookie",
+                 b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Forwarded-Host",
+                 b"Proxy-Connection", b"Proxy-Authorization", b"Proxy-Authenticate",
+                 b"Proxy-Anything")
+}
+
+
+class SpelledNameTests(SynchronousTestCase):
+    """
+    The plans look usual spellings of field names up as they come and lower
+    the others: every spelling of a name means the same.
+    """
+
+    def test_request(self) -> None:
+        """
+        A request's head comes out the same whichever way its special
+        fields are spelled.
+        """
+        def head(spelling: int) -> bytes:
+            n = {name: spelled[spelling] for name, spelled in _SPECIAL_SPELLINGS.items()}
+            raw = (b"POST / HTTP/1.1\r\n" + n[b"Host"] + b": a\r\n" + n[b"Connection"]
+                   + b": keep-alive, X-Named\r\nX-Named: gone\r\n" + n[b"Keep-Alive"]
+                   + b": 5\r\n" + n[b"TE"] + b": trailers\r\n" + n[b"Trailer"] + b": X\r\n"
+                   + n[b"Proxy-Authorization"] + b": p\r\n" + n[b"Proxy-Anything"]
+                   + b": p\r\n" + n[b"X-Forwarded-For"] + b": 1.2.3.4\r\n"
+                   + n[b"X-Forwarded-Proto"] + b": https\r\n" + n[b"X-Forwarded-Host"]
+                   + b": evil\r\n" + n[b"Cookie"] + b": SRV=s1\r\n" + n[b"Expect"]
+                   + b": 100-continue\r\n" + n[b"Transfer-Encoding"] + b": chunked\r\n\r\n")
+            result = plan(raw, RequestRules(stickyKind="cookie", stickyName=b"SRV"))
+            assert isinstance(result, RequestPlan), result
+            self.assertEqual((result.chunked, result.expectContinue, result.trailers,
+                              result.stickyKey), (True, True, True, b"s1"))
+            # Names as they came; the rest of each line as the plan made it.
+            return b"\r\n".join(line.split(b":", 1)[-1] for line in result.head.split(b"\r\n"))
+
+        usual, lowered, other = (head(i) for i in range(3))
+        self.assertEqual(usual, lowered)
+        self.assertEqual(usual, other)
+        self.assertNotIn(b"gone", usual)
+        kept = plan(b"GET / HTTP/1.1\r\nHost: a\r\nX-Named: kept\r\n\r\n")
+        assert isinstance(kept, RequestPlan)
+        self.assertIn(b"X-Named: kept", headerLines(kept.head))
+
+    def test_response(self) -> None:
+        """
+        A response's head comes out the same whichever way its special
+        fields are spelled, and a repeated Transfer-Encoding is refused in
+        every spelling.
+        """
+        def head(spelling: int) -> tuple[bytes, int]:
+            n = {name: spelled[spelling] for name, spelled in _SPECIAL_SPELLINGS.items()}
+            headers = [(n[name], b"v") for name in (
+                b"Connection", b"Keep-Alive", b"Trailer", b"Upgrade", b"Proxy-Connection",
+                b"Proxy-Authenticate", b"Proxy-Anything")]
+            headers += [(b"X-Kept", b"k"), (n[b"Content-Length"], b"3")]
+            result = planResponse(200, b"OK", headers, b"GET", True, True)
+            return result.head, result.length
+
+        self.assertEqual(head(0), (b"HTTP/1.1 200 OK\r\nX-Kept: k\r\nContent-Length: 3\r\n\r\n", 3))
+        self.assertEqual(head(1), (b"HTTP/1.1 200 OK\r\nX-Kept: k\r\ncontent-length: 3\r\n\r\n", 3))
+        self.assertEqual(head(2), (b"HTTP/1.1 200 OK\r\nX-Kept: k\r\ncONTENT-lENGTH: 3\r\n\r\n", 3))
+        for te in _SPECIAL_SPELLINGS[b"Transfer-Encoding"]:
+            self.assertRaises(BadResponse, planResponse, 200, b"OK",
+                              [(te, b"chunked"), (te, b"chunked")], b"GET", True, True)
+
+
 class ResponsePlanTests(SynchronousTestCase):
     """
     L{planResponse}, L{interimHead} and L{switchingHead}.

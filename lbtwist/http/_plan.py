@@ -49,7 +49,8 @@ _NEVER_NAMED = frozenset(
 )
 
 # What a response header's (lowercased) name means to the response plan:
-# nothing special (absent), hop-by-hop, the framing, or the length.
+# nothing special (absent, or _PLAIN), hop-by-hop, the framing, or the length.
+_PLAIN = 0
 _HOP = 1
 _FRAMING = 2
 _LENGTH = 3
@@ -84,6 +85,58 @@ _REQUEST_SPECIAL = {
     b"sec-websocket-version": _WEBSOCKET_VERSION,
     b"cookie": _COOKIE,
 }
+
+
+
+def _kind(special: dict[bytes, int], name: bytes) -> int:
+    """
+    What a field name, spelled any way, means to a plan: its kind in
+    C{special} (keyed by lowercased names), hop-by-hop for a C{Proxy-*}
+    name, else L{_PLAIN}.
+    """
+    lname = name.lower()
+    kind = special.get(lname, _PLAIN)
+    if not kind and lname.startswith(b"proxy-"):
+        return _HOP
+    return kind
+
+
+def _spelledKinds(special: dict[bytes, int], names: str) -> dict[bytes, int]:
+    """
+    The kinds of C{names} (field names as peers usually spell them, and of
+    their lowercase forms, as HTTP/2 and some servers send them), worked
+    out once by L{_kind}: the plans look most names up as they come, and
+    lower only the others.
+    """
+    spelled = [n.encode("ascii") for n in names.split()]
+    return {n: _kind(special, n) for name in spelled for n in (name, name.lower())}
+
+
+# Header names seen on most responses and requests, with every special one.
+_COMMON_RESPONSE_NAMES = """
+    Server Date Content-Type Content-Length Last-Modified Connection Keep-Alive ETag Etag
+    Accept-Ranges Cache-Control Expires Vary Set-Cookie Location Content-Encoding
+    Content-Language Content-Disposition Content-Range Transfer-Encoding Age Pragma Via
+    Link Alt-Svc Strict-Transport-Security X-Content-Type-Options X-Frame-Options
+    X-XSS-Protection Content-Security-Policy Referrer-Policy Access-Control-Allow-Origin
+    Access-Control-Allow-Credentials Access-Control-Allow-Methods
+    Access-Control-Allow-Headers Access-Control-Expose-Headers Access-Control-Max-Age
+    WWW-Authenticate Retry-After X-Powered-By X-Request-Id X-Cache Trailer Upgrade TE
+    Proxy-Authenticate Proxy-Connection
+"""
+_COMMON_REQUEST_NAMES = """
+    Host User-Agent Accept Accept-Encoding Accept-Language Accept-Charset Connection
+    Keep-Alive Cookie Referer Origin Content-Type Content-Length Transfer-Encoding
+    Authorization Cache-Control Pragma If-None-Match If-Modified-Since If-Match
+    If-Unmodified-Since If-Range Range Upgrade Upgrade-Insecure-Requests Expect TE Trailer
+    X-Forwarded-For X-Forwarded-Proto X-Forwarded-Host X-Real-IP X-Requested-With
+    Forwarded Sec-WebSocket-Key Sec-WebSocket-Version Sec-WebSocket-Extensions
+    Sec-WebSocket-Protocol Sec-Fetch-Site Sec-Fetch-Mode Sec-Fetch-Dest Sec-Fetch-User
+    Sec-Ch-Ua Sec-Ch-Ua-Mobile Sec-Ch-Ua-Platform DNT Priority Proxy-Authorization
+    Proxy-Connection
+"""
+_RESPONSE_KINDS = _spelledKinds(_RESPONSE_SPECIAL, _COMMON_RESPONSE_NAMES)
+_REQUEST_KINDS = _spelledKinds(_REQUEST_SPECIAL, _COMMON_REQUEST_NAMES)
 
 # Statuses whose responses have no body whatever their head says.
 NO_BODY_STATUSES = frozenset((204, 304))
@@ -401,11 +454,12 @@ def planRequest(
     hasLength = False
     expectContinue = False
     trailers = False
-    special = _REQUEST_SPECIAL.get
+    kinds = _REQUEST_KINDS.get
     for name, value in headers:
-        lname = name.lower()
-        kind = special(lname)
-        if kind is not None:
+        kind = kinds(name)
+        if kind is None:
+            kind = _kind(_REQUEST_SPECIAL, name)
+        if kind:
             if kind is _HOP:
                 continue
             if kind is _TE:
@@ -448,9 +502,7 @@ def planRequest(
                 found = cookieValue(value, stickyName)
                 if found is not None:
                     stickyKey = found
-        elif lname[0] == 112 and lname.startswith(b"proxy-"):  # 112: "p"
-            continue
-        if lname == stickyHeader:
+        if stickyHeader is not None and name.lower() == stickyHeader:
             stickyKey = value
         append(name + b": " + value + b"\r\n")
     if host is None and not http10:
@@ -616,25 +668,26 @@ def planResponse(
     append = parts.append
     length = None
     te = None
-    special = _RESPONSE_SPECIAL.get
+    kinds = _RESPONSE_KINDS.get
     for name, value in headers:
-        lname = name.lower()
-        kind = special(lname)
+        kind = kinds(name)
         if kind is None:
-            if lname[0] == 112 and lname.startswith(b"proxy-"):  # 112: "p"
-                continue
-        elif kind is _HOP:
+            kind = _kind(_RESPONSE_SPECIAL, name)
+        if not kind:
+            append(name + b": " + value)
             continue
-        elif kind is _FRAMING:
+        if kind is _HOP:
+            continue
+        if kind is _FRAMING:
             if te is not None:
                 raise BadResponse("repeated Transfer-Encoding")
             te = value
             continue
-        else:
-            if noBody and status == 204:
-                # RFC 9110 8.6: a 204 has no Content-Length.
-                continue
-            length = value
+        # The length.
+        if noBody and status == 204:
+            # RFC 9110 8.6: a 204 has no Content-Length.
+            continue
+        length = value
         append(name + b": " + value)
     if te is not None and te.strip(b" \t").lower() != b"chunked":
         raise BadResponse(f"unsupported Transfer-Encoding {te!r}")
