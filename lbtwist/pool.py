@@ -443,8 +443,8 @@ class BackendPool:
             self._ramp(self.clock())
         # A backend of weight 0 takes no new clients (sticky ones still
         # reach it: they do not come through here).  This runs for every
-        # connection or request: Backend.full is written out, as a property
-        # call costs more than the test.
+        # connection or request: Backend.eligible and Backend.full are
+        # written out, as a property call costs more than the test.
         if self._ejected:
             self.readmit()
         backends: Iterable[Backend] = self._backends.values()
@@ -454,15 +454,16 @@ class BackendPool:
                 backends = self.serving(tried)
             candidates = [
                 b for b in backends
-                if b.weight and b.eligible and not (b.maxconn and b.slots >= b.maxconn)
-                and b not in tried
+                if b.weight and b.admin is _READY and b.health is not _DOWN and not b.removed
+                and not b.ejected and not (b.maxconn and b.slots >= b.maxconn) and b not in tried
             ]
         else:
             if self._hasBackups:
                 backends = self.serving()
             candidates = [
                 b for b in backends
-                if b.weight and b.eligible and not (b.maxconn and b.slots >= b.maxconn)
+                if b.weight and b.admin is _READY and b.health is not _DOWN and not b.removed
+                and not b.ejected and not (b.maxconn and b.slots >= b.maxconn)
             ]
         if not candidates:
             return None

@@ -108,6 +108,32 @@ class PickTests(SynchronousTestCase):
         self.assertIsNone(pool.pick())
 
 
+    def test_picksEligibleOnly(self) -> None:
+        """
+        L{BackendPool.pick}, which writes L{Backend.eligible} out, picks a
+        backend exactly when it is eligible, in every state of what makes it
+        so (its admin state, health, removal and ejection), with and
+        without backends to exclude.
+        """
+        pool = makePool(2)
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+        rows = []
+        for admin in Admin:
+            for health in Health:
+                for removed in (False, True):
+                    for ejected in (False, True):
+                        b.admin, b.health, b.removed, b.ejected = admin, health, removed, ejected
+                        picked = {pool.pick().name for _ in range(2)}
+                        pickedExcluding = pool.pick(exclude=[a])
+                        rows.append((b.eligible, "b" in picked,
+                                     pickedExcluding is not None and pickedExcluding.name == "b"))
+        self.assertEqual(len(rows), len(Admin) * len(Health) * 4)
+        self.assertEqual([(e, e, e) for e, _, _ in rows], rows)
+        self.assertIn(True, [e for e, _, _ in rows])
+        self.assertIn(False, [e for e, _, _ in rows])
+
+
 class WeightTests(SynchronousTestCase):
     """
     Weights count under every policy, and weight 0 takes no new clients.
