@@ -628,7 +628,8 @@ class Exchange:
         """
         if self.phase is not STREAMING:
             return
-        self._to(DONE)
+        # (STREAMING -> DONE, in the table.)
+        self.phase = DONE
         client = self.client
         if not client.closed:
             client.endResponse(self, trailers)

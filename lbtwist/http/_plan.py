@@ -511,7 +511,7 @@ def planRequest(
         authority = host
     elif hostHeader is None:
         append(b"Host: " + authority + b"\r\n")
-    chunked = checkTransferEncoding(te, "1.0" if http10 else "1.1")
+    chunked = te is not None and checkTransferEncoding(te, "1.0" if http10 else "1.1")
     if connection:
         named = set(connection) - _NEVER_NAMED
         if named:
@@ -525,13 +525,13 @@ def planRequest(
         # An HTTP/1.0 request may name no Host; what goes upstream is
         # HTTP/1.1, which must.
         append(b"Host: " + localAuthority + b"\r\n")
-    append(
-        b"X-Forwarded-For: "
-        + (xff + b", " + clientHost if xff is not None else clientHost)
-        + b"\r\nX-Forwarded-Proto: " + rules.forwardedProto + b"\r\n"
-    )
+    forwardedFor = clientHost if xff is None else xff + b", " + clientHost
     if authority is not None:
-        append(b"X-Forwarded-Host: " + authority + b"\r\n")
+        append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+               % (forwardedFor, rules.forwardedProto, authority))
+    else:
+        append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
+               % (forwardedFor, rules.forwardedProto))
     if chunked:
         append(b"Transfer-Encoding: chunked\r\n")
     upgrade = upgrade and upgradeValue is not None
