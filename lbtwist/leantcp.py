@@ -92,6 +92,22 @@ class _LeanConnection(tcp.Connection):
 
     _shouldShutdown = False
 
+    def doRead(self) -> Any:
+        """
+        L{tcp.Connection.doRead}, with its C{_dataReceived} written in: one
+        call fewer on every read of every connection.
+        """
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as se:
+            if se.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
     def _protocolName(self) -> str:
         """
         The protocol's log prefix, or C{-} once the connection is closed

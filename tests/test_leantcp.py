@@ -715,6 +715,53 @@ class LeanServerTests(TestCase):
             protocol.transport.loseConnection()  # type: ignore[union-attr]
 
 
+class _Reading:
+    """
+    A socket double whose C{recv} gives C{outcome}: bytes, or an exception
+    to raise.
+    """
+
+    def __init__(self, outcome: bytes | Exception) -> None:
+        self.outcome = outcome
+
+    def recv(self, size: int) -> bytes:
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+class LeanReadTests(SynchronousTestCase):
+    """
+    A lean connection reads as L{tcp.Connection.doRead} does, with one call
+    fewer.
+    """
+
+    def test_sameAsTwisted(self) -> None:
+        """
+        For data, the end of the stream, nothing to read yet and a reset,
+        the lean C{doRead} returns what Twisted's does and hands its
+        protocol the same bytes.
+        """
+        outcomes: list[bytes | Exception] = [
+            b"some bytes", b"", BlockingIOError(errno.EWOULDBLOCK, "again"),
+            ConnectionResetError(errno.ECONNRESET, "reset"),
+        ]
+
+        def read(doRead: Any, outcome: bytes | Exception) -> tuple[Any, list[bytes]]:
+            transport = LeanServer.__new__(LeanServer)
+            transport.socket = _Reading(outcome)
+            transport.bufferSize = 65536
+            transport.protocol = Recorder()
+            received: list[bytes] = []
+            transport.protocol.dataReceived = received.append  # type: ignore[method-assign]
+            return doRead(transport), received
+
+        self.assertEqual([read(LeanServer.doRead, o) for o in outcomes],
+                         [read(tcp.Connection.doRead, o) for o in outcomes])
+        self.assertEqual(read(LeanServer.doRead, b"x")[1], [b"x"])
+        self.assertIsNot(LeanServer.doRead, tcp.Connection.doRead)
+
+
 class LeanReactorTests(SynchronousTestCase):
     """
     L{LeanEPollReactor} uses the lean transports for TCP where it can.
