@@ -162,6 +162,9 @@ class ClientSide(_Side):
     # Backends that failed to connect before the one joined (the access
     # log's "retries").
     failedTries = 0
+    # Its reading is paused while its backend connects (not when the
+    # backend connected at once, as it usually does over loopback).
+    _held = False
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
@@ -184,7 +187,11 @@ class ClientSide(_Side):
             # Still connecting: leave the client's bytes in the kernel until
             # there is somewhere to send them.  (Over loopback the backend
             # is usually connected already, and nothing needs pausing.)
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._hold()
+
+    def _hold(self) -> None:
+        self._held = True
+        self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def _buildBackendSide(self, backend: Backend) -> BackendProtocol:
         return BackendSide(self)
@@ -221,7 +228,9 @@ class ClientSide(_Side):
             server.transport.write(  # type: ignore[union-attr]
                 proxyHeader(self.transport.getPeer(), self.transport.getHost())  # type: ignore[union-attr]
             )
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._held:
+            self._held = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
         self.session.startIdleTimer(idleTimeout, self.factory.idleTimers)
 
     def abortPair(self) -> None:
@@ -517,7 +526,7 @@ class RoutedClientSide(ClientSide):
             self.clientName, key, self._buildBackendSide, self._joined, self._noBackend,
         )
         if self._attempt is not None:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._hold()
 
     def _joined(self, backend: Backend, server: BackendSide, failures: int) -> None:
         """

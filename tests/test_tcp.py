@@ -13,10 +13,12 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError, Timeo
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from lbtwist.backendtls import BackendTLSError
 from lbtwist.config import BackendConfig, PoolConfig, Timeouts
 from lbtwist.connect import BackendConnector, failureKind, failureReason
+from lbtwist.leantcp import IReactorDialTCP
 from lbtwist.pool import BackendPool, Health
 from lbtwist.tcp import ARM_DELAY, ClientSide, TCPProxyFactory
 
@@ -87,10 +89,73 @@ def refuseConnect(reactor: MemoryReactorClock, index: int) -> None:
                                    Failure(ConnectionRefusedError()))
 
 
+class CountingTransport(HalfCloseTransport):
+    """
+    A string transport that counts how often it is paused and resumed.
+    """
+
+    pauses = resumes = 0
+
+    def pauseProducing(self) -> None:
+        self.pauses += 1
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.resumes += 1
+        super().resumeProducing()
+
+
+@implementer(IReactorDialTCP)
+class LoopbackReactor(MemoryReactorClock):
+    """
+    A memory reactor whose direct dials connect before they return, as
+    they usually do over loopback.
+    """
+
+    def dialTCP(self, host: str, port: int, protocol: Any, timeout: float,
+                connected: Any, failed: Any) -> None:
+        protocol.makeConnection(CountingTransport())
+        connected(protocol)
+
+
 class JoinTests(SynchronousTestCase):
     """
     A client is paused until joined to its backend, then bytes flow both ways.
     """
+
+    def test_connectedAtOnce(self) -> None:
+        """
+        A client whose backend connects before the dial returns is never
+        paused, nor resumed, and bytes flow both ways.
+        """
+        reactor = LoopbackReactor()
+        pool = BackendPool(PoolConfig(name="web", backends=(
+            BackendConfig("b0", "tcp:host=127.0.0.1:port=8001"),)), random.Random(0))
+        factory = TCPProxyFactory(pool, reactor, BackendConnector(pool, reactor), 300.0)
+        client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+        transport = CountingTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        client.makeConnection(transport)
+        assert isinstance(client, ClientSide)
+        self.assertEqual((transport.pauses, transport.resumes), (0, 0))
+        self.assertEqual(transport.producerState, "producing")
+        client.dataReceived(b"request")
+        assert client.peer is not None
+        self.assertEqual(client.peer.transport.value(), b"request")  # type: ignore[union-attr]
+        self.assertEqual(pool.get("b0").active, 1)  # type: ignore[union-attr]
+
+    def test_resumedOnceConnected(self) -> None:
+        """
+        A client whose backend is still connecting is paused once, and
+        resumed once when it connects.
+        """
+        reactor, pool, factory = makeProxy()
+        client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+        transport = CountingTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        client.makeConnection(transport)
+        self.assertEqual((transport.pauses, transport.resumes), (1, 0))
+        completeConnect(reactor, 0)
+        self.assertEqual((transport.pauses, transport.resumes), (1, 1))
+        self.assertEqual(transport.producerState, "producing")
 
     def test_pausedUntilConnected(self) -> None:
         """
