@@ -87,7 +87,6 @@ _REQUEST_SPECIAL = {
 }
 
 
-
 def _kind(special: dict[bytes, int], name: bytes) -> int:
     """
     What a field name, spelled any way, means to a plan: its kind in
