@@ -20,7 +20,10 @@ from lbtwist.config import BackendConfig, PoolConfig, Timeouts
 from lbtwist.connect import BackendConnector, failureKind, failureReason
 from lbtwist.leantcp import IReactorDialTCP
 from lbtwist.pool import BackendPool, Health
+from lbtwist.routeconfig import Match, Route
 from lbtwist.tcp import ARM_DELAY, ClientSide, TCPProxyFactory
+
+from .test_sni import clientHello
 
 
 class HalfCloseTransport(StringTransport):
@@ -501,3 +504,134 @@ class FailureReasonTests(SynchronousTestCase):
         for error, kind, reason in cases:
             self.assertEqual(failureKind(Failure(error)), kind)
             self.assertEqual(failureReason(kind, Failure(error)), reason)
+
+
+class FullBufferTransport(CountingTransport):
+    """
+    A backend transport whose send buffer is full from its first write: it
+    pauses its streaming producer then, as a socket transport does past its
+    C{bufferSize}, and leaves it paused until the buffer drains.
+    """
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming:
+            self.producer.pauseProducing()
+
+
+@implementer(IReactorDialTCP)
+class FullBufferLoopbackReactor(MemoryReactorClock):
+    """
+    A memory reactor whose direct dials connect before they return, to a
+    backend whose send buffer is full from its first write.
+    """
+
+    def dialTCP(self, host: str, port: int, protocol: Any, timeout: float,
+                connected: Any, failed: Any) -> None:
+        protocol.makeConnection(FullBufferTransport())
+        connected(protocol)
+
+
+def proxyPool(proxyProtocol: str | None = None) -> BackendPool:
+    """
+    A pool of one backend on port 8001, sending a PROXY header if
+    C{proxyProtocol} says so.
+    """
+    return BackendPool(PoolConfig(name="web", proxyProtocol=proxyProtocol, backends=(
+        BackendConfig("b0", "tcp:host=127.0.0.1:port=8001"),)), random.Random(0))
+
+
+def acceptCounted(factory: TCPProxyFactory) -> tuple[Any, CountingTransport]:
+    """
+    Accept a client from 127.0.0.9 on a transport that counts its pauses
+    and resumes.
+    """
+    client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 5555))
+    transport = CountingTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+    client.makeConnection(transport)  # type: ignore[union-attr]
+    return client, transport
+
+
+class HoldTests(SynchronousTestCase):
+    """
+    A client is paused only while its backend connects (also once routed
+    on its TLS server name), resumed once when joined, never resumed after
+    leaving, and never resumed over a pause its backend asked for.
+    """
+
+    def routedProxy(self, reactor: MemoryReactorClock) -> TCPProxyFactory:
+        """
+        A listener of pool web routing server name db.example to pool db
+        (a backend on port 8002), anything else to web.
+        """
+        pools = {name: BackendPool(PoolConfig(name=name, backends=(
+            BackendConfig(f"{name}0", f"tcp:host=127.0.0.1:port={port}"),)), random.Random(0))
+            for name, port in (("web", 8001), ("db", 8002))}
+        factory = TCPProxyFactory(pools["web"], reactor, BackendConnector(pools["web"], reactor),
+                                  300.0, pools=pools)
+        factory.setRoutes((Route("db", Match(sni=("db.example",)), pool="db"),),
+                          Route("default", pool="web"))
+        return factory
+
+    def test_routedConnectedLater(self) -> None:
+        """
+        A client routed on its server name is read from until its hello is
+        whole, paused while the route's backend connects, and resumed once
+        when it has connected; the hello reaches that backend first.
+        """
+        reactor = MemoryReactorClock()
+        client, transport = acceptCounted(self.routedProxy(reactor))
+        hello = clientHello("db.example")
+        client.dataReceived(hello[:10])
+        self.assertEqual((transport.pauses, transport.resumes), (0, 0))
+        client.dataReceived(hello[10:])
+        self.assertEqual((transport.pauses, transport.resumes), (1, 0))
+        self.assertEqual(reactor.tcpClients[0][:2], ("127.0.0.1", 8002))
+        protocol, backendTransport = completeConnect(reactor, 0)
+        self.assertEqual((transport.pauses, transport.resumes), (1, 1))
+        self.assertEqual(transport.producerState, "producing")
+        client.dataReceived(b"more")
+        self.assertEqual(backendTransport.value(), hello + b"more")
+
+    def test_routedConnectedAtOnce(self) -> None:
+        """
+        A client routed on its server name to a backend that connects
+        before the dial returns is never paused nor resumed, and its hello
+        reaches the backend first.
+        """
+        client, transport = acceptCounted(self.routedProxy(LoopbackReactor()))
+        hello = clientHello("db.example")
+        client.dataReceived(hello)
+        client.dataReceived(b"more")
+        self.assertEqual((transport.pauses, transport.resumes), (0, 0))
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(client.backend.name, "db0")
+        self.assertEqual(client.peer.transport.value(), hello + b"more")
+
+    def test_goneWhileConnectingNotResumed(self) -> None:
+        """
+        A client that leaves while its backend connects is not resumed, and
+        gives its backend's slot back.
+        """
+        reactor, pool, factory = makeProxy()
+        client, transport = acceptCounted(factory)
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((transport.pauses, transport.resumes), (1, 0))
+        self.assertTrue(reactor.connectors[0].stoppedConnecting)
+        self.assertEqual([b.slots for b in pool], [0, 0])
+
+    def test_backendPausesJoinedAtOnce(self) -> None:
+        """
+        A backend connected at once whose buffer fills with the PROXY
+        header pauses the client, which stays paused until the backend's
+        buffer drains.
+        """
+        pool = proxyPool("v1")
+        reactor = FullBufferLoopbackReactor()
+        client, transport = acceptCounted(
+            TCPProxyFactory(pool, reactor, BackendConnector(pool, reactor), 300.0))
+        self.assertTrue(client.peer.transport.value().startswith(b"PROXY TCP4 "))
+        self.assertEqual((transport.pauses, transport.resumes), (1, 0))
+        self.assertEqual(transport.producerState, "paused")
+        client.peer.transport.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
