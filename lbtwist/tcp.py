@@ -221,6 +221,13 @@ class ClientSide(_Side):
         pool.exchangeSucceeded(backend)
         backend.closers.add(self.abortPair)
         setNoDelay(server.transport)
+        if self._held:
+            # Resumed before the backend becomes its consumer (nothing is
+            # read before the next reactor pass), so that a pause the
+            # backend asks for from here on (its buffer full with what is
+            # written below) stands.
+            self._held = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
         self.joinTo(server, backend)
         server.joinTo(self, backend)
         if proxyHeader is not None:
@@ -228,9 +235,6 @@ class ClientSide(_Side):
             server.transport.write(  # type: ignore[union-attr]
                 proxyHeader(self.transport.getPeer(), self.transport.getHost())  # type: ignore[union-attr]
             )
-        if self._held:
-            self._held = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
         self.session.startIdleTimer(idleTimeout, self.factory.idleTimers)
 
     def abortPair(self) -> None:

@@ -635,3 +635,25 @@ class HoldTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "paused")
         client.peer.transport.producer.resumeProducing()
         self.assertEqual(transport.producerState, "producing")
+
+    def test_backendPausesJoinedLater(self) -> None:
+        """
+        A client held while its backend connects is not resumed over a
+        pause that backend asked for while joining (its buffer full with
+        the PROXY header): it stays paused until the backend's buffer
+        drains.
+        """
+        pool = proxyPool("v1")
+        reactor = MemoryReactorClock()
+        client, transport = acceptCounted(
+            TCPProxyFactory(pool, reactor, BackendConnector(pool, reactor), 300.0))
+        self.assertEqual(transport.producerState, "paused")
+        host, port, backendFactory, timeout, bind = reactor.tcpClients[0]
+        backendTransport = FullBufferTransport()
+        backendFactory.buildProtocol(IPv4Address("TCP", host, port)).makeConnection(
+            backendTransport)
+        self.assertTrue(backendTransport.value().startswith(b"PROXY TCP4 "))
+        self.assertIs(client.backend, pool.get("b0"))
+        self.assertEqual(transport.producerState, "paused")
+        backendTransport.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
