@@ -322,6 +322,45 @@ class SpelledNameTests(SynchronousTestCase):
             self.assertRaises(BadResponse, planResponse, 200, b"OK",
                               [(te, b"chunked"), (te, b"chunked")], b"GET", True, True)
 
+    def test_stickyHeader(self) -> None:
+        """
+        The sticky header is found whichever way the request spells it, a
+        name the plans look up as it comes (X-Real-IP) as much as one they
+        lower first; a sticky header that is hop-by-hop or replaced by the
+        balancer (X-Forwarded-For, Proxy-*) never keys the choice.
+        """
+        for configured in (b"X-Real-IP", b"x-real-ip", b"X-REAL-IP"):
+            for sent in (b"X-Real-IP", b"x-real-ip", b"x-REAL-ip"):
+                rules = RequestRules(stickyKind="header", stickyName=configured)
+                result = plan(b"GET / HTTP/1.1\r\nHost: a\r\n" + sent + b": s7\r\n\r\n", rules)
+                assert isinstance(result, RequestPlan), (configured, sent)
+                self.assertEqual(result.stickyKey, b"s7", (configured, sent))
+        for name in (b"X-Forwarded-For", b"Proxy-Session", b"Keep-Alive"):
+            rules = RequestRules(stickyKind="header", stickyName=name)
+            result = plan(b"GET / HTTP/1.1\r\nHost: a\r\n" + name.swapcase()
+                          + b": s7\r\n\r\n", rules)
+            assert isinstance(result, RequestPlan), name
+            self.assertEqual(result.stickyKey, b"10.0.0.9", name)
+
+    def test_responseTableAgreesWithFilter(self) -> None:
+        """
+        Every name the response plan looks up as it comes, in every
+        spelling, is dropped from a final response exactly when the one
+        hop-by-hop filter (used for interim responses) drops it.
+        """
+        from lbtwist.http._plan import _COMMON_RESPONSE_NAMES
+
+        for usual in _COMMON_RESPONSE_NAMES.split():
+            name = usual.encode("ascii")
+            if name.lower() in (b"content-length", b"transfer-encoding"):
+                continue
+            for spelled in (name, name.lower(), name.swapcase(), name.upper()):
+                final = planResponse(200, b"OK", [(spelled, b"v"), (b"Content-Length", b"0")],
+                                     b"GET", True, True)
+                interim = interimHead(103, b"Early Hints", [(spelled, b"v")])
+                self.assertEqual(spelled + b": v" in final.head.split(b"\r\n"),
+                                 spelled + b": v" in interim.split(b"\r\n"), spelled)
+
 
 class ResponsePlanTests(SynchronousTestCase):
     """
