@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections import Counter
 from typing import Any
 
 import attrs
 import bcrypt
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -318,39 +318,40 @@ class LimitTests(RoutedProxyTestCase):
     @inlineCallbacks
     def test_rateLimit(self) -> Any:
         """
-        C{burst} requests pass at once, then 429 with C{Retry-After}; over
-        a second, about C{rate} more pass.
+        C{burst} requests pass at once, then 429 with C{Retry-After}; then
+        C{rate} pass per second, a fraction of a token carried over, and
+        never more than C{burst} however long the client waited.
+
+        The limiter reads the test's clock, so the round trips themselves
+        take no time: at 20/s a token comes back every 50 ms of real time,
+        which a busy machine spends on a few requests.
         """
         web = self.startBackend("web")
         proxy = self.startRouted({"web": [web]}, {"routes": [
             {"name": "web", "pool": "web", "rate-limit": {"rate": "20/s", "burst": 5}},
         ]})
+        assert proxy.router is not None
+        [limiter] = [rt.limiter for rt in proxy.router.runtimes() if rt.limiter is not None]
+        clock = Clock()
+        limiter.clock = clock.seconds
         results = yield self.get(proxy, *[("GET", "/", {})] * 8)
         self.assertEqual([s for s, _, _ in results], [200] * 5 + [429] * 3)
         self.assertEqual(results[-1][1]["retry-after"], "1")
 
-        def paced() -> tuple[list[int], float]:
-            import http.client
-
-            time.sleep(0.3)  # the bucket refills: full again (5 tokens)
-            conn = http.client.HTTPConnection("127.0.0.1", proxy.testPort, timeout=5)  # type: ignore[attr-defined]
-            statuses = []
-            start = time.monotonic()
-            while time.monotonic() < start + 1.0 and len(statuses) < 100000:
-                conn.request("GET", "/")
-                resp = conn.getresponse()
-                resp.read()
-                statuses.append(resp.status)
-            elapsed = time.monotonic() - start
-            conn.close()
-            return statuses, elapsed
-
-        statuses, elapsed = yield deferToThread(paced)
-        passed = statuses.count(200)
-        expected = 5 + 20 * elapsed
-        self.assertTrue(expected - 3 <= passed <= expected + 2, (passed, elapsed, len(statuses)))
+        # Eighths of a second: 2.5 tokens each, so 2 and 3 pass in turn.
+        passed = []
+        for _ in range(8):
+            clock.advance(0.125)
+            results = yield self.get(proxy, *[("GET", "/", {})] * 4)
+            statuses = [s for s, _, _ in results]
+            passed.append(statuses.count(200))
+            self.assertEqual(statuses, sorted(statuses), "a 429 before a 200")
+        self.assertEqual(passed, [2, 3] * 4)
+        clock.advance(60)
+        results = yield self.get(proxy, *[("GET", "/", {})] * 7)
+        self.assertEqual([s for s, _, _ in results], [200] * 5 + [429] * 2)
         [counters] = [c for c in proxy.routeCounters() if c.name == "web"]
-        self.assertEqual(counters.rateLimited, 3 + statuses.count(429))
+        self.assertEqual(counters.rateLimited, 3 + (8 * 4 - 20) + 2)
 
     @inlineCallbacks
     def test_basicAuth(self) -> Any:
