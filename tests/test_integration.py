@@ -19,6 +19,7 @@ from lbtwist.leantcp import LeanDial, LeanDialled
 from lbtwist.pool import Health
 from lbtwist.tcp import BackendSide, ClientSide, TCPProxyFactory, TCPSession
 
+from .httphelpers import waitFor
 from .support import (
     Backends,
     firstLine,
@@ -92,11 +93,15 @@ class BalancingTests(TestCase):
         held.append(first)
         self.addCleanup(first.close)
         firstName = yield inThread(first.recv, 10)
+        other = b"b" if firstName.strip() == b"a" else b"a"
+        idle = lb.pools["web"].get(other.decode())
+        assert idle is not None
         names = []
         for _ in range(4):
             names.append((yield inThread(firstLine, port)))
-            yield sleep(0.05)
-        other = b"b" if firstName.strip() == b"a" else b"a"
+            # The balancer sees the client's close a moment later; until
+            # then the two backends are tied at one connection each.
+            self.assertTrue((yield waitFor(lambda: idle.active == 0)), "connection not released")
         self.assertEqual(names, [other] * 4)
 
 
