@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
@@ -476,7 +476,8 @@ class AbuseTests(TestCase):
         done = 0
         for _ in range(12):
             done += yield inThread(_garbage, port, 250)
-            yield until(lambda n=done: factory.accepted >= n, 10.0)
+            self.assertTrue((yield waitFor(lambda n=done: factory.accepted >= n, 10.0)),
+                            f"{factory.accepted} of {done} connections accepted")
         self.assertEqual(done, 3000)
         line = yield inThread(firstLine, port)
         self.assertEqual(line, b"a")
@@ -490,17 +491,6 @@ class AbuseTests(TestCase):
         self.assertEqual(lb.pools["web"].get("a").active, 0)  # type: ignore[union-attr]
         self.assertEqual(factory.accepted, 3001)
         self.assertEqual(backend.live, 0)  # type: ignore[attr-defined]
-
-
-@inlineCallbacks
-def until(condition: Callable[[], bool], seconds: float = 5.0) -> Any:
-    """
-    Wait in the reactor until C{condition()} is true, or C{seconds} pass.
-    """
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        yield sleep(0.05)
 
 
 class BackupTests(TestCase):
@@ -538,12 +528,12 @@ class BackupTests(TestCase):
         yield backends.stop("a")
         yield backends.stop("b")
         during = yield serve(20)
-        yield until(lambda: a.health is Health.DOWN and b.health is Health.DOWN)
+        yield waitFor(lambda: a.health is Health.DOWN and b.health is Health.DOWN)
         self.assertEqual((a.health, b.health), (Health.DOWN, Health.DOWN))
         down = yield serve(20)
         self.assertEqual((set(during), set(down)), ({b"c"}, {b"c"}))
         backends.start("a")
-        yield until(lambda: a.health is Health.UP)
+        yield waitFor(lambda: a.health is Health.UP)
         self.assertEqual(a.health, Health.UP)
         self.assertTrue(a.rampEnd, "a came back from down: it ramps up")
         after = yield serve(20)
