@@ -28,7 +28,7 @@ from lbtwist.config import BackendConfig, ConfigError, PoolConfig, parseConfig
 from lbtwist.pool import Admin, BackendPool, Health
 from lbtwist.reload import LiveConfig
 from lbtwist.state import StateFile
-from tests.httphelpers import httpRequests
+from tests.httphelpers import httpRequests, waitFor
 from tests.support import (
     Backends,
     NamedFactory,
@@ -881,7 +881,10 @@ class GoCompatibleTests(TestCase):
         status, body = yield h.call("POST", "/addServer", {"url": url})
         self.assertEqual((status, body), (200, {"status": "success"}))
         self.assertIn(f"127.0.0.1:{c}", h.pool)
-        yield sleep(0.5)  # health checks (0.2s, rise 1) mark it up
+        added = h.pool.get(f"127.0.0.1:{c}")
+        assert added is not None
+        # Health checks (every 0.2 s, rise 1) mark it up.
+        self.assertTrue((yield waitFor(lambda: added.health is Health.UP)), added.health)
         status, listed = yield h.call("GET", "/list")
         self.assertEqual(status, 200)
         entry = next(e for e in listed if e["URL"] == url)
