@@ -27,7 +27,8 @@ from lbtwist.routeconfig import Match, Route, TimeoutOverrides
 from lbtwist.routing import connectionFacts
 from lbtwist.tcp import ClientSide, RoutedClientSide, TCPProxyFactory
 
-from .support import Backends, NamedFactory, inThread, reactor, sleep, startBalancer
+from .httphelpers import waitFor
+from .support import Backends, NamedFactory, inThread, reactor, startBalancer
 from .test_sni import clientHello
 
 NAMES = ("a", "b", "c")
@@ -152,10 +153,9 @@ class SNIRoutingTests(TestCase):
                                      ("other.example", "c")):
             cert, line = yield inThread(tlsClient, self.port, serverName)
             self.assertEqual((cert, line), (self.certs[expected], expected.encode()))
-        for _ in range(50):
-            if not self.factory.activeClients:
-                break
-            yield sleep(0.02)
+        # Routes count a connection once it is closed.
+        self.assertTrue((yield waitFor(lambda: not self.factory.activeClients)),
+                        f"{self.factory.activeClients} clients still open")
         self.assertEqual(
             [(c.name, c.responses) for c in self.factory.routeCounters()],
             [("a", {"tcp": 1}), ("b", {}), ("b-exact", {"tcp": 1}), ("default", {"tcp": 2})])
@@ -210,10 +210,9 @@ class SNIRoutingTests(TestCase):
         self.assertEqual((cert, line), (self.certs["b"], b"b"))
         elapsed, read = yield inThread(closedAfter, self.port, clientHello("c.example"))
         self.assertEqual(read, b"")
-        for _ in range(50):
-            if not self.factory.activeClients:
-                break
-            yield sleep(0.02)
+        # Routes count a connection once it is closed.
+        self.assertTrue((yield waitFor(lambda: not self.factory.activeClients)),
+                        f"{self.factory.activeClients} clients still open")
         self.assertEqual([(c.name, c.requests) for c in self.factory.routeCounters()],
                          [("a", 2)])
 
