@@ -193,13 +193,25 @@ def stuckListener(case: TestCase) -> int:
     return int(stuck.getsockname()[1])
 
 
+# Every port freePort() gave out in this process.
+_givenPorts: set[int] = set()
+
+
 def freePort() -> int:
     """
-    A loopback port nothing listens on.
+    A loopback port nothing listens on, and never one given out before in
+    this process: the kernel may hand out a port again as soon as it is
+    closed, and two ports taken for one process (an etcd member's client
+    and peer ports, a balancer's listener and admin) must differ.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _givenPorts:
+            _givenPorts.add(port)
+            return port
+    raise RuntimeError("no loopback port not given out before in 100 tries")
 
 
 def spawn(case: TestCase, argv: list[str], cwd: str, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -27,19 +27,10 @@ from lbtwist.service import (
     shortest,
 )
 
-from .support import Backends, firstLine, inThread, sleep, spawn
+from .support import Backends, firstLine, freePort, inThread, sleep, spawn
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ROOT = FilePath(__file__).parent().parent()
-
-
-def freePort() -> int:
-    """
-    A loopback port nobody listens on right now.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TwistdTests(TestCase):
