@@ -25,6 +25,7 @@ from tests.chaos.tools import (
     report,
     summary,
 )
+from tests.httphelpers import waitFor
 from tests.support import poolConfig, sleep, startBalancer
 
 # How long a client waits before it calls a request a hang.
@@ -84,8 +85,10 @@ class DyingBackendTests(FaultsTestCase):
         lb, port = self.balancer(backends)
         long = load(port, 6, 10, 6, lambda n, i: fetch(
             port, "/?bytes=256k&trickle=40ms", timeout=CLIENT_TIMEOUT + 6))
-        # The long responses first, so round robin gives each backend two.
-        yield sleep(0.3)
+        # The long responses first, so round robin gives each backend two:
+        # the short ones start once all six are at their backends.
+        pool = lb.pools["web"]
+        self.assertTrue((yield waitFor(lambda: pool.active == 6)), f"{pool.active} in flight")
         short = load(port, 6, 4, 100000, lambda n, i: fetch(
             port, "/?bytes=2k&delay=30ms", timeout=CLIENT_TIMEOUT))
         yield sleep(0.7)
