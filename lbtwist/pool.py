@@ -448,23 +448,17 @@ class BackendPool:
         if self._ejected:
             self.readmit()
         backends: Iterable[Backend] = self._backends.values()
-        if exclude:
-            tried = set(exclude)
-            if self._hasBackups:
-                backends = self.serving(tried)
-            candidates = [
-                b for b in backends
-                if b.weight and b.admin is _READY and b.health is not _DOWN and not b.removed
-                and not b.ejected and not (b.maxconn and b.slots >= b.maxconn) and b not in tried
-            ]
-        else:
-            if self._hasBackups:
-                backends = self.serving()
-            candidates = [
-                b for b in backends
-                if b.weight and b.admin is _READY and b.health is not _DOWN and not b.removed
-                and not b.ejected and not (b.maxconn and b.slots >= b.maxconn)
-            ]
+        tried = set(exclude) if exclude else None
+        if self._hasBackups:
+            backends = self.serving(tried or frozenset())
+        candidates = [
+            b for b in backends
+            if b.weight and b.admin is _READY and b.health is not _DOWN and not b.removed
+            and not b.ejected and not (b.maxconn and b.slots >= b.maxconn)
+        ]
+        if tried:
+            # (A retry's: off the common path.)
+            candidates = [b for b in candidates if b not in tried]
         if not candidates:
             return None
         chosen = self.policy.choose(candidates, key)
