@@ -11,6 +11,9 @@ chosen by name through L{POLICIES}.
 
 A choice is made for every connection (TCP) or request (HTTP), so each
 policy walks the backends once or twice and allocates nothing per choice.
+The pool passes the same list again while none of its backends changed
+(rotation or weight), and a new one after any change: round-robin over
+equal weights, the common case, then takes one step instead of a walk.
 """
 
 from __future__ import annotations
@@ -72,17 +75,71 @@ class SmoothWeighted:
     5, 1, 1 give a a b a c a a).  With equal weights it is plain
     round-robin.  This is the C{roundrobin} policy; C{weighted} is another
     name for it.
+
+    A turn walks every backend.  But a list given again and again (the
+    pool's, while nothing changes) soon repeats itself: once a round of as
+    many choices as it has backends leaves the weights as they were, the
+    same round follows forever, and it is replayed a step at a time, with
+    the weights brought up to date only when another list comes (a retry's,
+    without the backends it tried).  The choices are exactly the walk's.
     """
 
     def __init__(self, rng: random.Random) -> None:
         self._current: dict[str, int] = {}
+        # The list of the round under way, the weights before it, and its
+        # choices so far.
+        self._seen: Sequence[Balanced] | None = None
+        self._before: list[int] = []
+        self._round: list[Balanced] = []
+        # The list whose round repeats (its weights as in _before at each
+        # round's start), that round, and the index of its next choice.
+        self._even: Sequence[Balanced] | None = None
+        self._order: list[Balanced] = []
+        self._next = 0
 
     def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
         """
         The next backend in smooth weighted turn.
         """
-        return _smoothTurn(self._current, backends)
+        if backends is self._even:
+            i = self._next
+            order = self._order
+            if i >= len(order):
+                i = 0
+            self._next = i + 1
+            return order[i]
+        if self._even is not None:
+            self._catchUp()
+        current = self._current
+        if backends is not self._seen or not self._round:
+            self._seen = backends
+            self._before = [current.get(b.name, 0) for b in backends]
+            self._round = []
+        chosen = _smoothTurn(current, backends)
+        played = self._round
+        played.append(chosen)
+        if len(played) == len(backends):
+            if [current[b.name] for b in backends] == self._before:
+                self._even, self._order, self._next = backends, played, 0
+            self._round = []
+        return chosen
 
+    def _catchUp(self) -> None:
+        """
+        Leave the repeated round: set the weights to what the walk would
+        have left after its steps so far.
+        """
+        even = self._even
+        assert even is not None
+        steps = self._next % len(self._order)
+        current = self._current
+        total = 0
+        for b, before in zip(even, self._before):
+            current[b.name] = before + steps * b.effectiveWeight
+            total += b.effectiveWeight
+        for b in self._order[:steps]:
+            current[b.name] -= total
+        self._even = self._seen = None
 
 
 class LeastConnections:

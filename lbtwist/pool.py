@@ -80,6 +80,12 @@ _READY = Admin.READY
 _DOWN = Health.DOWN
 
 
+def _unwatched() -> None:
+    """
+    What a backend that is in no pool tells when its rotation changes.
+    """
+
+
 class HTTP2Counters:
     """
     A backend's HTTP/2 connections (a pool of C{protocol: h2}), counted by
@@ -121,26 +127,33 @@ class Backend:
     # Slots: a pool reads these on every pick, and with more than 30
     # attributes CPython stops sharing the instance dicts' keys, which
     # makes every read slower.
+    #
+    # What decides whether it may be picked (admin, health, removed, ejected,
+    # weight, backup) is read through properties whose setters tell its pool
+    # (L{rotationChanged}), which keeps the list its picks choose among.
     __slots__ = (
-        "_responseTime", "active", "admin", "backup", "bytesIn", "bytesOut", "closers",
+        "_admin", "_backup", "_ejected", "_health", "_removed", "_responseTime", "_weight",
+        "active", "bytesIn", "bytesOut", "closers",
         "config", "consecutiveFailures", "consecutiveSuccesses", "effectiveWeight",
-        "ejected", "ejectedUntil", "ejections", "endpoint", "errorStreak", "failures",
-        "gatewayStreak", "health", "http2", "lastChange", "maxconn", "name", "probeLatency",
-        "rampEnd", "rampStart", "removed", "responseBuckets", "responseSum",
-        "serverErrorStreak", "slots", "total", "weight", "__weakref__",
+        "ejectedUntil", "ejections", "endpoint", "errorStreak", "failures",
+        "gatewayStreak", "http2", "lastChange", "maxconn", "name", "probeLatency",
+        "rampEnd", "rampStart", "responseBuckets", "responseSum", "rotationChanged",
+        "serverErrorStreak", "slots", "total", "__weakref__",
     )
 
     def __init__(self, config: BackendConfig) -> None:
+        # Called whenever one of the properties below is set (its pool's).
+        self.rotationChanged: Callable[[], None] = _unwatched
         self.config = config
         self.name = config.name
         self.endpoint = config.endpoint
-        self.weight = config.weight
-        self.backup = config.backup
+        self._weight = config.weight
+        self._backup = config.backup
         self.effectiveWeight = config.weight * WEIGHT_SCALE
         self.rampStart = 0.0
         self.rampEnd = 0.0
-        self.health = Health.UNKNOWN
-        self.admin = Admin.READY
+        self._health = Health.UNKNOWN
+        self._admin = Admin.READY
         self.active = 0
         self.total = 0
         self.failures: dict[str, int] = {}
@@ -160,7 +173,7 @@ class Backend:
         self.lastChange = ""
         self.consecutiveSuccesses = 0
         self.consecutiveFailures = 0
-        self.removed = False
+        self._removed = False
         # Connections (TCP) or requests (HTTP) given to this backend and not
         # finished, counted from the moment it is chosen, before it is
         # connected: what maxconn limits.
@@ -174,7 +187,7 @@ class Backend:
         # when (the pool clock's seconds) and how many times it was.
         self.serverErrorStreak = 0
         self.gatewayStreak = 0
-        self.ejected = False
+        self._ejected = False
         self.ejectedUntil = 0.0
         self.ejections = 0
         # How many clients it may serve at once (0: no limit): its
@@ -183,6 +196,80 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.state}>"
+
+    # -- what decides whether it may be picked ---------------------------------
+
+    @property
+    def admin(self) -> Admin:
+        """
+        What the operator says of it.
+        """
+        return self._admin
+
+    @admin.setter
+    def admin(self, admin: Admin) -> None:
+        self._admin = admin
+        self.rotationChanged()
+
+    @property
+    def health(self) -> Health:
+        """
+        What the health checks say of it.
+        """
+        return self._health
+
+    @health.setter
+    def health(self, health: Health) -> None:
+        self._health = health
+        self.rotationChanged()
+
+    @property
+    def removed(self) -> bool:
+        """
+        Whether it left its pool (its clients finish).
+        """
+        return self._removed
+
+    @removed.setter
+    def removed(self, removed: bool) -> None:
+        self._removed = removed
+        self.rotationChanged()
+
+    @property
+    def ejected(self) -> bool:
+        """
+        Whether it is out as an outlier now (until C{ejectedUntil}).
+        """
+        return self._ejected
+
+    @ejected.setter
+    def ejected(self, ejected: bool) -> None:
+        self._ejected = ejected
+        self.rotationChanged()
+
+    @property
+    def weight(self) -> int:
+        """
+        Its configured weight (0: it takes no new clients).
+        """
+        return self._weight
+
+    @weight.setter
+    def weight(self, weight: int) -> None:
+        self._weight = weight
+        self.rotationChanged()
+
+    @property
+    def backup(self) -> bool:
+        """
+        Whether it serves only while no primary backend can.
+        """
+        return self._backup
+
+    @backup.setter
+    def backup(self, backup: bool) -> None:
+        self._backup = backup
+        self.rotationChanged()
 
     @property
     def responseTime(self) -> float | None:
@@ -378,7 +465,14 @@ class BackendPool:
         """
         self.log = txaio.make_logger()  # type: ignore[attr-defined]
         self.name = config.name
-        self.config = config
+        # What a pick chooses among, with no exclusions and maxconn aside:
+        # the backends of weight above 0 in rotation, by role (L{serving}),
+        # built at the first pick after any change to one of them (their
+        # setters and this pool's configuration say so), so that a pick does
+        # not test every backend; and whether any of them has a maxconn.
+        self._candidates: list[Backend] | None = None
+        self._limited = False
+        self._config = config
         self._rng = rng or random.Random()
         self.policy: BalancingPolicy = POLICIES[config.policy](self._rng)
         self._backends: dict[str, Backend] = {}
@@ -399,12 +493,32 @@ class BackendPool:
         # pays one test while none is out.
         self._ejected: list[Backend] = []
         for b in config.backends:
-            self._backends[b.name] = Backend(b)
+            self._backends[b.name] = self._watched(Backend(b))
         # Whether any backend is a backup: without, pick takes no extra step.
         self._hasBackups = any(b.backup for b in config.backends)
         # Until when some backend's slow start ramps it up (0: none does), so
         # that pick only reads the clock while one does.
         self._rampingUntil = 0.0
+
+    @property
+    def config(self) -> PoolConfig:
+        """
+        The pool's configuration (a reload gives it a new one).
+        """
+        return self._config
+
+    @config.setter
+    def config(self, config: PoolConfig) -> None:
+        self._config = config
+        # (Its all-backups decides which backups serve.)
+        self._candidates = None
+
+    def _watched(self, backend: Backend) -> Backend:
+        backend.rotationChanged = self._rotationChanged
+        return backend
+
+    def _rotationChanged(self) -> None:
+        self._candidates = None
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(list(self._backends.values()))
@@ -441,29 +555,46 @@ class BackendPool:
         """
         if self._rampingUntil:
             self._ramp(self.clock())
-        # A backend of weight 0 takes no new clients (sticky ones still
-        # reach it: they do not come through here).  This runs for every
-        # connection or request: Backend.eligible and Backend.full are
-        # written out, as a property call costs more than the test.
         if self._ejected:
             self.readmit()
-        backends: Iterable[Backend] = self._backends.values()
-        tried = set(exclude) if exclude else None
-        if self._hasBackups:
-            backends = self.serving(tried or frozenset())
-        candidates = [
-            b for b in backends
-            if b.weight and b.admin is _READY and b.health is not _DOWN and not b.removed
-            and not b.ejected and not (b.maxconn and b.slots >= b.maxconn)
-        ]
-        if tried:
+        candidates: list[Backend] | None
+        if exclude:
             # (A retry's: off the common path.)
-            candidates = [b for b in candidates if b not in tried]
+            candidates = self._excluding(set(exclude))
+        else:
+            candidates = self._candidates
+            if candidates is None:
+                candidates = self._candidates = self._inRotation(self.serving())
+                self._limited = any(b.maxconn for b in candidates)
+            if self._limited:
+                # (Backend.full, written out: this runs for every connection
+                # or request of a pool with a maxconn.)
+                candidates = [b for b in candidates if not (b.maxconn and b.slots >= b.maxconn)]
         if not candidates:
             return None
         chosen = self.policy.choose(candidates, key)
         assert isinstance(chosen, Backend)
         return chosen
+
+    @staticmethod
+    def _inRotation(backends: Iterable[Backend]) -> list[Backend]:
+        # A backend of weight 0 takes no new clients (sticky ones still
+        # reach it: they do not come through here).
+        return [
+            b for b in backends
+            if b.weight and b.admin is _READY and b.health is not _DOWN and not b.removed
+            and not b.ejected
+        ]
+
+    def _excluding(self, tried: set[Backend]) -> list[Backend]:
+        """
+        What a pick that must not give C{tried} chooses among: the backends
+        with room, of weight above 0, in rotation, by role, not in C{tried}.
+        """
+        return [
+            b for b in self._inRotation(self.serving(tried))
+            if b not in tried and not b.full
+        ]
 
     def available(self, exclude: Iterable[Backend] = ()) -> bool:
         """
@@ -543,6 +674,8 @@ class BackendPool:
         done = now >= self._rampingUntil
         if done:
             self._rampingUntil = 0.0
+        # (The policies may count on the candidates' weights staying put.)
+        self._candidates = None
         for b in self._backends.values():
             if b.rampEnd:
                 if done or now >= b.rampEnd:
@@ -940,8 +1073,9 @@ class BackendPool:
         """
         if config.name in self._backends:
             raise KeyError(config.name)
-        backend = Backend(config)
+        backend = self._watched(Backend(config))
         self._backends[config.name] = backend
+        self._candidates = None
         self._hasBackups = self._hasBackups or config.backup
         self.log.info(
             "backend {backend} added to pool {pool} at {endpoint}",

@@ -17,6 +17,7 @@ from lbtwist.policies import (
     SmoothWeighted,
     SourceHash,
     WeightedRandom,
+    _smoothTurn,
 )
 
 
@@ -80,6 +81,66 @@ class SmoothWeightedTests(SynchronousTestCase):
         policy = SmoothWeighted(random.Random(0))
         chosen = [policy.choose([pool[0], pool[2]], None) for _ in range(4)]
         self.assertEqual(Counter(names(chosen)), {"b0": 2, "b2": 2})
+
+    def test_sameListTakesOneStep(self) -> None:
+        """
+        Given the same list again (the pool's, while nothing changed), equal
+        weights go round in the order smooth weighted round-robin gives
+        them, for any number of backends.
+        """
+        for n in range(1, 6):
+            pool = backends(*(1,) * n)
+            policy = SmoothWeighted(random.Random(0))
+            current: dict[str, int] = {}
+            self.assertEqual(
+                names([policy.choose(pool, None) for _ in range(3 * n)]),
+                names([_smoothTurn(current, pool) for _ in range(3 * n)]),
+            )
+
+    def test_turnKeptAcrossRetries(self) -> None:
+        """
+        A list given once between picks from a kept one (a retry's, without
+        the backends it tried) is chosen from in smooth weighted turn, as in
+        nginx: the failover counts as its backend's turn.  The choices are
+        the same as when every choice walks the backends.
+        """
+        b0, b1, b2 = pool = backends(1, 1, 1)
+        policy = SmoothWeighted(random.Random(0))
+        walking = SmoothWeighted(random.Random(0))
+        # (list, picks): a kept list, then retries' lists mid-round.
+        script = [
+            (pool, 3), ([b1, b2], 1), (pool, 4), ([b0, b1], 1), ([b0, b2], 1),
+            (pool, 5), ([b2], 1), (pool, 2), ([b1, b2], 2), (pool, 7),
+        ]
+        chosen, walked = [], []
+        for candidates, picks in script:
+            chosen += [policy.choose(candidates, None) for _ in range(picks)]
+            # (A new list each time: it never takes the plain turn.)
+            walked += [walking.choose(list(candidates), None) for _ in range(picks)]
+        self.assertEqual(names(chosen), names(walked))
+        self.assertEqual(names(chosen[:3]), ["b0", "b1", "b2"])
+        self.assertEqual(Counter(names(chosen[-7:-1])), {"b0": 2, "b1": 2, "b2": 2})
+
+    def test_sameChoicesAsTheWalk(self) -> None:
+        """
+        Whatever the weights and however kept lists and retries' lists
+        follow each other, the choices are exactly those of a walk over
+        every backend each time (600 random scripts).
+        """
+        for seed in range(600):
+            rng = random.Random(seed)
+            pool = backends(*[rng.choice((1, 1, 2, 3)) for _ in range(rng.randint(1, 6))])
+            policy, walking = SmoothWeighted(rng), SmoothWeighted(rng)
+            chosen, walked = [], []
+            for _ in range(rng.randint(1, 12)):
+                if rng.random() < 0.7:
+                    candidates, picks = pool, rng.randint(1, 12)
+                else:
+                    candidates = [b for b in pool if rng.random() < 0.6] or pool[:1]
+                    picks = rng.randint(1, 3)
+                chosen += [policy.choose(candidates, None) for _ in range(picks)]
+                walked += [walking.choose(list(candidates), None) for _ in range(picks)]
+            self.assertEqual(names(chosen), names(walked), seed)
 
     def test_nginxSequence(self) -> None:
         """

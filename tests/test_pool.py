@@ -133,6 +133,57 @@ class PickTests(SynchronousTestCase):
         self.assertIn(True, [e for e, _, _ in rows])
         self.assertIn(False, [e for e, _, _ in rows])
 
+    def test_candidatesFollowEveryChange(self) -> None:
+        """
+        A pick keeps the list it chooses among until a backend changes:
+        after each change (through the pool, or set on the backend itself)
+        the very next picks see it.  The backups c and d of primaries a and
+        b serve once both are out, c alone unless C{all-backups}.
+        """
+
+        def backend(pool: BackendPool, name: str) -> Any:
+            b = pool.get(name)
+            assert b is not None
+            return b
+
+        changes: list[tuple[str, Any, set[str]]] = [
+            ("admin drain", lambda p: p.setAdmin("b", Admin.DRAIN), {"a"}),
+            ("admin maint", lambda p: p.setAdmin("b", Admin.MAINT), {"a"}),
+            ("marked down", lambda p: p.markDown(backend(p, "b"), "probe", "x"), {"a"}),
+            ("health set", lambda p: setattr(backend(p, "b"), "health", Health.DOWN), {"a"}),
+            ("ejected", lambda p: setattr(backend(p, "b"), "ejected", True), {"a"}),
+            ("removed", lambda p: p.remove("b"), {"a"}),
+            ("weight 0", lambda p: p.setWeight("b", 0), {"a"}),
+            ("made a backup", lambda p: p.configure("b", backup=True), {"a"}),
+            ("added", lambda p: p.add(BackendConfig("e", "tcp:host=127.0.0.1:port=9")),
+             {"a", "b", "e"}),
+            ("primaries out", lambda p: [p.setAdmin(n, Admin.MAINT) for n in "ab"], {"c"}),
+            ("all backups", lambda p: [p.setAdmin(n, Admin.MAINT) for n in "ab"]
+             and setattr(p, "config", attrs.evolve(p.config, allBackups=True)), {"c", "d"}),
+        ]
+        for what, change, expected in changes:
+            with self.subTest(what):
+                pool = tieredPool("ppbb")
+                self.assertEqual({pool.pick().name for _ in range(4)}, {"a", "b"})
+                change(pool)
+                self.assertEqual({pool.pick().name for _ in range(6)}, expected)
+
+    def test_candidatesAtMaxconn(self) -> None:
+        """
+        A backend at its maxconn is left out of the picks while it is, and
+        taken again once a slot is back, though nothing else changed.
+        """
+        pool = BackendPool(PoolConfig(name="web", backends=(
+            BackendConfig("a", "tcp:host=127.0.0.1:port=1", maxconn=1),
+            BackendConfig("b", "tcp:host=127.0.0.1:port=2"),
+        )), random.Random(0))
+        a = pool.get("a")
+        assert a is not None
+        pool.acquire(a)
+        self.assertEqual({pool.pick().name for _ in range(4)}, {"b"})
+        pool.release(a)
+        self.assertEqual({pool.pick().name for _ in range(4)}, {"a", "b"})
+
 
 class WeightTests(SynchronousTestCase):
     """
