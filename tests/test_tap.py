@@ -243,7 +243,9 @@ class HelpTests(SynchronousTestCase):
         """
         texts: dict[str, str] = {}
         option = ""
-        for line in str(Options()).splitlines()[2:]:
+        # (At a fixed width: at some, a wrapped line of one option's text
+        # starts with another's name, and reads as that option here.)
+        for line in Options().getUsage(width=80).splitlines()[1:]:
             m = re.match(r"\s*(?:-\w, )?(--[\w-]+)=?\s+(.*)$", line)
             if m:
                 option = m.group(1)
