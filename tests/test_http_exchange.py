@@ -65,6 +65,33 @@ class PhaseTableTests(SynchronousTestCase):
             self.assertRaises(IllegalTransition, ex._to, bad)
 
 
+    def test_writtenOut(self) -> None:
+        """
+        The moves written out on the common path (a turn that came, a
+        connection joined) raise from exactly the phases the table does not
+        allow them from.
+        """
+        plan = planRequest(b"GET", b"/", "1.1", [(b"Host", b"a")], True, False, b"c", b"l",
+                           RequestRules())
+        moves = [
+            (CONNECTING, lambda ex: ex.start()),
+            (SENDING, lambda ex: ex._joined(None, None, 0)),
+        ]
+        for target, move in moves:
+            for phase, allowed in TRANSITIONS.items():
+                ex = Exchange(None, None, None, plan, b"GET", b"/", "1.1", 0.0)
+                ex.phase = phase
+                try:
+                    move(ex)
+                except IllegalTransition:
+                    raised = True
+                except AttributeError:
+                    # (Allowed: it went on, to the parts this test left out.)
+                    raised = False
+                self.assertEqual(raised, target not in allowed, (phase, target))
+                self.assertEqual(ex.phase, target if target in allowed else phase)
+
+
 @implementer(IClientSide)
 class RecordingClientSide:
     """

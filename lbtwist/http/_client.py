@@ -345,7 +345,8 @@ class ClientConnection(ClientPeer, Protocol):
         Something is due by C{deadline}: make sure the timer wakes by then.
         """
         timer = self._timer
-        if timer is not None and timer.getTime() > deadline:
+        # (DelayedCall.time: its getTime(), without the call.)
+        if timer is not None and timer.time > deadline:
             timer.reset(max(0.0, deadline - self.factory.seconds()))
 
     # -- reading -----------------------------------------------------------
@@ -652,8 +653,9 @@ class ClientConnection(ClientPeer, Protocol):
             response.head = None
             if response.framing is CHUNKED:
                 self._send(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
-            else:
-                self._send(head + data)
+            elif not writeNow(self.transport, head + data):
+                # (self._send, written out: every response's path.)
+                self._queued()
         elif response.framing is CHUNKED:
             self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
             self._queued()
@@ -832,4 +834,5 @@ class ClientConnection(ClientPeer, Protocol):
         if self._fatal is not None:
             self._sendFatal()
             return
-        self.releaseRequest()
+        if self._held:
+            self.releaseRequest()

@@ -90,6 +90,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FAILED: frozenset(),
 }
 
+# The phases each phase of the common path is entered from (the table's,
+# for the transitions written out there).
+_INTO_CONNECTING = frozenset(p for p, to in TRANSITIONS.items() if CONNECTING in to)
+_INTO_SENDING = frozenset(p for p, to in TRANSITIONS.items() if SENDING in to)
+_INTO_STREAMING = frozenset(p for p, to in TRANSITIONS.items() if STREAMING in to)
+
 # The answers that may be retried (when the pool's retry-on names them).
 _RETRY_STATUSES = frozenset(RETRY_STATUSES)
 
@@ -359,7 +365,10 @@ class Exchange:
         if self.gated:
             self._to(CHECKING)
             return
-        self._to(CONNECTING)
+        # (self._to(CONNECTING), written out on the common path, as below.)
+        if self.phase not in _INTO_CONNECTING:
+            raise IllegalTransition(f"{self.phase} -> {CONNECTING}")
+        self.phase = CONNECTING
         upstream = self.upstream
         client = self.client
         prefer = self.backend if fresh else upstream.stickyBackend(self)
@@ -422,8 +431,10 @@ class Exchange:
 
     def _reuse(self, backend: Backend) -> Any:
         # (For an h2 pool, C{idle} hands out streams of its connections.)
-        return self.upstream.idle.take(
-            self._key(backend), None if self.plan.replayable else SAFE_REUSE_AGE
+        upstream = self.upstream
+        return upstream.idle.take(
+            backend if upstream.proxyHeader is None else self._key(backend),
+            None if self.plan.replayable else SAFE_REUSE_AGE,
         )
 
     def _build(self, backend: Backend) -> Any:
@@ -446,7 +457,9 @@ class Exchange:
         if self.sends:
             self.retries += 1
         self.backend = self.slot = backend
-        self._to(SENDING)
+        if self.phase not in _INTO_SENDING:
+            raise IllegalTransition(f"{self.phase} -> {SENDING}")
+        self.phase = SENDING
         self._attach(conn)
 
     def _noBackend(self, reason: Failure) -> None:
@@ -573,7 +586,9 @@ class Exchange:
             conn.reusable = False
             self.backendFailed("response", f"malformed response: {e}")
             return False
-        self._to(STREAMING)
+        if self.phase not in _INTO_STREAMING:
+            raise IllegalTransition(f"{self.phase} -> {STREAMING}")
+        self.phase = STREAMING
         self.response = response
         self.responded = True
         return bool(response.skipBody)

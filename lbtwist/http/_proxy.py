@@ -245,7 +245,8 @@ class HTTPProxyFactory(ListenerFactory):
         line.
         """
         self.countStatus(ex)
-        self.logAccess(ex)
+        if self.accessLog is not None:
+            self.logAccess(ex)
 
     def countStatus(self, ex: Exchange) -> None:
         """
