@@ -111,6 +111,9 @@ class Options(usage.Options):
     """
 
     synopsis = "[--config FILE | --listen ENDPOINT --backend ENDPOINT|HOST:PORT ...] [options]"
+    # Without it, Twisted ends the help with the docstring of whatever
+    # __main__ is (a test runner's, an embedding script's).
+    longdesc = "A configuration file (--config) sets all of this and more: see lb.yaml."
 
     optParameters = [
         ["config", "c", None, "YAML configuration file (see README.rst)."],

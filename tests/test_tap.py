@@ -245,7 +245,8 @@ class HelpTests(SynchronousTestCase):
         option = ""
         # (At a fixed width: at some, a wrapped line of one option's text
         # starts with another's name, and reads as that option here.)
-        for line in Options().getUsage(width=80).splitlines()[1:]:
+        usage = Options().getUsage(width=80)
+        for line in usage.split("\n\n")[0].splitlines()[1:]:
             m = re.match(r"\s*(?:-\w, )?(--[\w-]+)=?\s+(.*)$", line)
             if m:
                 option = m.group(1)
@@ -282,6 +283,18 @@ class HelpTests(SynchronousTestCase):
         self.assertIn("HOST:PORT", text)
         self.assertIn("10.0.0.5:80", text)
         self.assertIn("--backend ENDPOINT|HOST:PORT", str(Options()).splitlines()[0])
+
+    def test_ownDescription(self) -> None:
+        """
+        The help ends with its own words, not the docstring of whatever
+        module runs it (a test runner's here).
+        """
+        import __main__
+
+        self.patch(__main__, "__doc__", "A runner of tests.")
+        usage = Options().getUsage(width=80)
+        self.assertNotIn("runner of tests", usage)
+        self.assertIn("see lb.yaml", usage)
 
     def test_spacing(self) -> None:
         """
