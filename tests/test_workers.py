@@ -369,7 +369,15 @@ class ControlPlaneTests(GroupTestCase):
                 break
             yield sleep(0.1)
         self.assertEqual(b["health"], "down")
-        sentBefore = b["total"]
+        # Every worker has it once each applied the master's push.
+        for _ in range(50):
+            workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+            if {w["registry"] for w in workers} == {"applied"}:
+                break
+            yield sleep(0.05)
+        self.assertEqual({w["registry"] for w in workers}, {"applied"})
+        pool = yield inThread(adminGet, group.admin, "/api/pools/web")
+        sentBefore = next(x for x in pool["backends"] if x["name"] == "b")["total"]
         answers = yield inThread(connections, group.port, 150, 6)
         self.assertEqual(set(answers), {b"a"})
         pool = yield inThread(adminGet, group.admin, "/api/pools/web")

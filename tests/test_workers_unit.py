@@ -441,6 +441,67 @@ class SupervisionTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 2)
 
 
+class RecordingChannel:
+    """
+    A master's channel to a worker that records its calls and lets the
+    test answer them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, dict[str, Any], Deferred[Any]]] = []
+
+    def callRemote(self, command: Any, **kwargs: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((command, kwargs, d))
+        return d
+
+
+class RegistryStateTests(SynchronousTestCase):
+    """
+    C{GET /api/workers} says whether each worker applied the master's last
+    change to the pools.
+    """
+
+    def test_pendingUntilApplied(self) -> None:
+        """
+        A change is pending for every worker from the moment it is made
+        until that worker answers the push with its revision; an answer to
+        an earlier push does not count for a later one.
+        """
+        reactor = ProcessReactor()
+        pools, live = process(parseConfig(CONFIG))
+        group = WorkerGroup(_Services(pools), live, reactor, count=2,
+                            command=["--config", "lb.yaml"], grace=3.0)
+        group.startService()
+        self.addCleanup(group.stopService)
+        channels = []
+        for slot in group.slots:
+            slot.channel = channel = RecordingChannel()  # type: ignore[assignment]
+            slot.ready = True
+            channels.append(channel)
+
+        def states() -> list[str]:
+            return [w["registry"] for w in group.view()]
+
+        group.schedulePush()
+        self.assertEqual(states(), ["pending", "pending"])
+        reactor.advance(0)
+        self.assertEqual(states(), ["pending", "pending"])
+        first = [c.calls[-1] for c in channels]
+        group.schedulePush()
+        reactor.advance(0)
+        second = [c.calls[-1] for c in channels]
+        for _, kwargs, d in first:
+            d.callback({"revision": kwargs["revision"]})
+        self.assertEqual(states(), ["pending", "pending"])
+        _, kwargs, d = second[0]
+        d.callback({"revision": kwargs["revision"]})
+        self.assertEqual(states(), ["applied", "pending"])
+        _, kwargs, d = second[1]
+        d.callback({"revision": kwargs["revision"]})
+        self.assertEqual(states(), ["applied", "applied"])
+
+
 class _Services(list):  # type: ignore[type-arg]
     """
     A balancer with pools and no listeners.

@@ -332,6 +332,8 @@ class WorkerSlot:
         age).
     @ivar outlived: it was retired and still ran L{RETIRE_MARGIN} seconds
         past the grace, so the master sent it C{SIGTERM}.
+    @ivar sent: the revision of the last registry sent to it.
+    @ivar applied: the revision of the last registry it applied.
     """
 
     def __init__(self, index: int, generation: int) -> None:
@@ -351,6 +353,8 @@ class WorkerSlot:
         # grace, and whether it had to be stopped.
         self.retireTimer: Any = None
         self.outlived = False
+        self.sent = 0
+        self.applied = 0
         self._readyWaiters: list[Deferred[WorkerSlot]] = []
         self.whenEnded: Deferred[None] = Deferred()
 
@@ -1237,8 +1241,14 @@ class WorkerGroup(Service):
     def _send(self, slot: WorkerSlot, registry: dict[str, Any]) -> Deferred[Any]:
         self.revision += 1
         assert slot.channel is not None
+        slot.sent = self.revision
         d = slot.channel.callRemote(ApplyRegistry, revision=self.revision, registry=registry)
         d.addTimeout(ANSWER_TIMEOUT, self.reactor)
+
+        def applied(answer: dict[str, Any]) -> None:
+            slot.applied = max(slot.applied, answer["revision"])
+
+        d.addCallback(applied)
 
         def failed(f: Failure) -> None:
             # A worker whose channel closed is exiting: nothing to say.
@@ -1302,14 +1312,19 @@ class WorkerGroup(Service):
     def view(self) -> list[dict[str, Any]]:
         """
         Each worker, current generation first: its number, generation, pid,
-        whether it serves or retires, restarts, and its own counters as
-        last collected.
+        whether it serves or retires, restarts, whether it applied the
+        master's last change to the pools (C{registry}: C{applied}, or
+        C{pending} while a push is on its way to it), and its own counters
+        as last collected.
         """
+        pushing = self._pushing is not None
         return [
             {"worker": slot.index, "generation": slot.generation, "pid": slot.pid,
              "state": ("retiring" if slot in self.retiring else
                        "serving" if slot.ready else "exited" if slot.ended else "starting"),
-             "restarts": slot.restarts, **perWorker(slot.stats)}
+             "restarts": slot.restarts,
+             "registry": "pending" if pushing or slot.applied < slot.sent else "applied",
+             **perWorker(slot.stats)}
             for slot in [*self.slots, *self.retiring]
         ]
 
