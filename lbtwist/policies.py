@@ -92,9 +92,11 @@ class SmoothWeighted:
         self._before: list[int] = []
         self._round: list[Balanced] = []
         # The list whose round repeats (its weights as in _before at each
-        # round's start), that round, and the index of its next choice.
+        # round's start), that round, the backends' weights it was played
+        # with, and the index of its next choice.
         self._even: Sequence[Balanced] | None = None
         self._order: list[Balanced] = []
+        self._weights: list[int] = []
         self._next = 0
 
     def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
@@ -121,22 +123,26 @@ class SmoothWeighted:
         if len(played) == len(backends):
             if [current[b.name] for b in backends] == self._before:
                 self._even, self._order, self._next = backends, played, 0
+                # (A weight may change before the next list comes.)
+                self._weights = [b.effectiveWeight for b in backends]
             self._round = []
         return chosen
 
     def _catchUp(self) -> None:
         """
         Leave the repeated round: set the weights to what the walk would
-        have left after its steps so far.
+        have left after its steps so far, taken with the weights the round
+        was played with (a backend's may have changed since: the change is
+        why another list came).
         """
         even = self._even
         assert even is not None
         steps = self._next % len(self._order)
         current = self._current
         total = 0
-        for b, before in zip(even, self._before):
-            current[b.name] = before + steps * b.effectiveWeight
-            total += b.effectiveWeight
+        for b, before, weight in zip(even, self._before, self._weights):
+            current[b.name] = before + steps * weight
+            total += weight
         for b in self._order[:steps]:
             current[b.name] -= total
         self._even = self._seen = None

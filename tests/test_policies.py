@@ -142,6 +142,27 @@ class SmoothWeightedTests(SynchronousTestCase):
                 walked += [walking.choose(list(candidates), None) for _ in range(picks)]
             self.assertEqual(names(chosen), names(walked), seed)
 
+    def test_weightsChangeBetweenLists(self) -> None:
+        """
+        When a backend's weight changes, the pool gives a new list (the same
+        backends): the choices stay those of a walk over every backend each
+        time, whatever the weights and however far into a replayed round the
+        change comes (300 random scripts).
+        """
+        for seed in range(300):
+            rng = random.Random(seed)
+            pool = backends(*[rng.choice((1, 1, 2, 3)) for _ in range(rng.randint(1, 6))])
+            policy, walking = SmoothWeighted(rng), SmoothWeighted(rng)
+            chosen, walked = [], []
+            kept = list(pool)
+            for _ in range(rng.randint(1, 8)):
+                picks = rng.randint(1, 3 * len(pool) + 3)
+                chosen += [policy.choose(kept, None) for _ in range(picks)]
+                walked += [walking.choose(list(kept), None) for _ in range(picks)]
+                rng.choice(pool).weight = rng.choice((1, 2, 3, 7))
+                kept = list(pool)
+            self.assertEqual(names(chosen), names(walked), seed)
+
     def test_nginxSequence(self) -> None:
         """
         Weights 5, 1, 1 give nginx's interleaved sequence a a b a c a a.

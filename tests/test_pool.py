@@ -14,6 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import POLICY_NAMES, BackendConfig, HealthCheck, Outlier, PoolConfig
+from lbtwist.policies import _smoothTurn
 from lbtwist.pool import (
     Admin,
     AdminChanged,
@@ -167,6 +168,29 @@ class PickTests(SynchronousTestCase):
                 self.assertEqual({pool.pick().name for _ in range(4)}, {"a", "b"})
                 change(pool)
                 self.assertEqual({pool.pick().name for _ in range(6)}, expected)
+
+    def test_weightChangedMidRound(self) -> None:
+        """
+        Round-robin gives the same choices as a walk over the eligible
+        backends at every pick (nginx's smooth weighted turn) when a weight
+        changes (L{BackendPool.setWeight}) while a round is being replayed:
+        a backend raised from 1 to 100 after 9 picks of a 10-backend round
+        takes its new share smoothly, not a burst of every pick.
+        """
+        for before, name, weight in [(19, "a", 100), (5, "a", 3), (14, "c", 2),
+                                     (7, "b", 0), (23, "d", 5)]:
+            with self.subTest(before=before, backend=name, weight=weight):
+                pool = makePool(10)
+                current: dict[str, int] = {}
+                chosen, walked = [], []
+                for i in range(before + 40):
+                    if i == before:
+                        pool.setWeight(name, weight)
+                    picked = pool.pick()
+                    assert picked is not None
+                    chosen.append(picked.name)
+                    walked.append(_smoothTurn(current, [b for b in pool if b.weight]).name)
+                self.assertEqual(chosen, walked)
 
     def test_candidatesAtMaxconn(self) -> None:
         """
