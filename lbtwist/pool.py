@@ -12,6 +12,7 @@ import bisect
 import enum
 import random
 import time
+import weakref
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
@@ -442,6 +443,24 @@ def _clause(reason: str) -> str:
     return reason.rstrip(". ")
 
 
+def _forgetsCandidates(pool: BackendPool) -> Callable[[], None]:
+    """
+    What the backends of C{pool} tell when their rotation changes: its
+    kept candidates are stale.  It holds the pool weakly: the pool holds
+    its backends, and a cycle would leave a discarded pool to the cyclic
+    collector (never, for one frozen at start-up by L{lbtwist.gctuning}),
+    and a removed backend still draining would hold its old pool.
+    """
+    held = weakref.ref(pool)
+
+    def rotationChanged() -> None:
+        current = held()
+        if current is not None:
+            current._candidates = None
+
+    return rotationChanged
+
+
 class BackendPool:
     """
     The backends of one pool and the policy that chooses among them.
@@ -472,6 +491,7 @@ class BackendPool:
         # not test every backend; and whether any of them has a maxconn.
         self._candidates: list[Backend] | None = None
         self._limited = False
+        self._rotationChanged = _forgetsCandidates(self)
         self._config = config
         self._rng = rng or random.Random()
         self.policy: BalancingPolicy = POLICIES[config.policy](self._rng)
@@ -516,9 +536,6 @@ class BackendPool:
     def _watched(self, backend: Backend) -> Backend:
         backend.rotationChanged = self._rotationChanged
         return backend
-
-    def _rotationChanged(self) -> None:
-        self._candidates = None
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(list(self._backends.values()))

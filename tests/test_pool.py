@@ -4,7 +4,9 @@ Tests for L{lbtwist.pool}.
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from collections import Counter
 from typing import Any, Sequence
 
@@ -191,6 +193,26 @@ class PickTests(SynchronousTestCase):
                     chosen.append(picked.name)
                     walked.append(_smoothTurn(current, [b for b in pool if b.weight]).name)
                 self.assertEqual(chosen, walked)
+
+    def test_discardedPoolFreedAtOnce(self) -> None:
+        """
+        A pool nobody holds any more (a reload removed it) is freed by
+        reference counting, without the cyclic collector (which never frees
+        what L{lbtwist.gctuning} froze at start-up): its backends, which
+        tell it when they change, do not hold it; nor does one removed from
+        it that is still draining.
+        """
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        pool = makePool(3)
+        for _ in range(4):
+            pool.pick()
+        draining = pool.remove("c")
+        held = weakref.ref(pool)
+        del pool
+        self.assertIsNone(held())
+        draining.health = Health.DOWN
 
     def test_candidatesAtMaxconn(self) -> None:
         """
