@@ -113,10 +113,15 @@ class SmoothWeighted:
         if self._even is not None:
             self._catchUp()
         current = self._current
-        if backends is not self._seen or not self._round:
+        if backends is not self._seen:
+            # A list seen once may never come again (a retry's, or a pool's
+            # with a maxconn, which leaves out the full backends each time):
+            # a round is watched from its second choice on.
             self._seen = backends
-            self._before = [current.get(b.name, 0) for b in backends]
             self._round = []
+            return _smoothTurn(current, backends)
+        if not self._round:
+            self._before = [current.get(b.name, 0) for b in backends]
         chosen = _smoothTurn(current, backends)
         played = self._round
         played.append(chosen)
