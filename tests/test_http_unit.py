@@ -399,6 +399,75 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertNotIn("h2c", formatEvent(event))
 
 
+class HeadSizeTests(SynchronousTestCase):
+    """
+    A request head's fields, and a chunked body's trailers with them, are
+    held to C{max-header-size} exactly, however they are spelled and read.
+    """
+
+    limit = 256
+
+    def fields(self, size: int, spaced: bool) -> bytes:
+        """
+        Header lines whose fields count C{size} (each name and value, and 4
+        for its separator and line end): a Host, then short fields, spelled
+        with or without a space after the colon.
+        """
+        fields = [(b"Host", b"a")]
+        counted = 9
+        i = 0
+        while size - counted > 12:
+            fields.append((b"x%02d" % i, b"v"))
+            counted += 8
+            i += 1
+        fields.append((b"y", b"v" * (size - counted - 5)))
+        colon = b": " if spaced else b":"
+        return b"".join(n + colon + v + b"\r\n" for n, v in fields)
+
+    def send(self, data: bytes, pieces: int) -> tuple[Any, StringTransport]:
+        reactor = MemoryReactorClock()
+        factory = proxyFactory(reactor, http={"max-header-size": self.limit})
+        transport = StringTransport(peerAddress=CLIENT)
+        client = connectClient(factory, transport)
+        step = -(-len(data) // pieces)
+        for start in range(0, len(data), step):
+            client.dataReceived(data[start:start + step])
+        return reactor, transport
+
+    def test_head(self) -> None:
+        """
+        A head is refused with 431 exactly when its fields count more than
+        the limit: read whole, in two pieces or a byte at a time, with or
+        without a space after each colon (a field then takes a byte less
+        than it counts).
+        """
+        for size in (self.limit - 1, self.limit, self.limit + 1, self.limit + 40):
+            for spaced in (True, False):
+                for pieces in (1, 2, 10_000):
+                    data = b"GET / HTTP/1.1\r\n" + self.fields(size, spaced) + b"\r\n"
+                    reactor, transport = self.send(data, pieces)
+                    refused = transport.value().startswith(b"HTTP/1.1 431 ")
+                    self.assertEqual((refused, len(reactor.tcpClients)),
+                                     (size > self.limit, 0 if size > self.limit else 1),
+                                     (size, spaced, pieces))
+
+    def test_trailers(self) -> None:
+        """
+        A chunked body's trailers count with the head's fields: the request
+        is refused with 431 exactly when both together count more than the
+        limit.
+        """
+        head = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\nok\r\n0\r\n")
+        # (Host and Transfer-Encoding count 9 + 28.)
+        for size in (self.limit - 37, self.limit - 36):
+            trailers = b"t: " + b"v" * (size - 5) + b"\r\n"
+            for pieces in (1, 3):
+                _, transport = self.send(head + trailers + b"\r\n", pieces)
+                self.assertEqual(b"HTTP/1.1 431 " in transport.value(), size > self.limit - 37,
+                                 (size, pieces))
+
+
 class _FakeConnection:
     """
     Stands for a backend connection in the idle pool.
