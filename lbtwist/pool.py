@@ -14,7 +14,7 @@ import random
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
 import attrs
 import txaio
@@ -75,8 +75,8 @@ def rampedWeight(weight: int, progress: float) -> int:
     return max(1, int(full * share))
 
 
-# Read on every pick: a module global is found faster than an enum member
-# (Python 3.11 looks the member up through the enum's metaclass).
+# Read by every eligibility test: a module global is found faster than an
+# enum member (Python 3.11 looks the member up through the enum's metaclass).
 _READY = Admin.READY
 _DOWN = Health.DOWN
 
@@ -85,6 +85,37 @@ def _unwatched() -> None:
     """
     What a backend that is in no pool tells when its rotation changes.
     """
+
+
+_T = TypeVar("_T")
+
+
+class _Rotation(Generic[_T]):
+    """
+    An attribute of a backend that decides whether it may be picked (its
+    admin state, health, weight...): kept in the slot of its name with an
+    underscore and read from it; set, it also tells the backend's pool
+    (L{Backend.rotationChanged}), which keeps the list its picks choose
+    among.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = getattr(owner, "_" + name)
+
+    @overload
+    def __get__(self, backend: None, owner: type) -> _Rotation[_T]: ...
+
+    @overload
+    def __get__(self, backend: Backend, owner: type | None = None) -> _T: ...
+
+    def __get__(self, backend: Backend | None, owner: type | None = None) -> Any:
+        if backend is None:
+            return self
+        return self._slot.__get__(backend, owner)
+
+    def __set__(self, backend: Backend, value: _T) -> None:
+        self._slot.__set__(backend, value)
+        backend.rotationChanged()
 
 
 class HTTP2Counters:
@@ -116,6 +147,11 @@ class Backend:
     @ivar total: connections or requests sent to it.
     @ivar failures: failures counted against it, by kind (C{connect},
         C{timeout}, C{probe}, C{response}...).
+    @ivar admin: what the operator says of it (L{Admin}).
+    @ivar health: what the health checks say of it (L{Health}).
+    @ivar removed: it left its pool (its clients finish).
+    @ivar ejected: it is out as an outlier now (until C{ejectedUntil}).
+    @ivar weight: its configured weight (0: it takes no new clients).
     @ivar backup: it takes new clients only while no primary backend of its
         pool is eligible.
     @ivar effectiveWeight: what the policies count: L{WEIGHT_SCALE} times
@@ -130,8 +166,7 @@ class Backend:
     # makes every read slower.
     #
     # What decides whether it may be picked (admin, health, removed, ejected,
-    # weight, backup) is read through properties whose setters tell its pool
-    # (L{rotationChanged}), which keeps the list its picks choose among.
+    # weight, backup) is in underscored slots behind L{_Rotation}.
     __slots__ = (
         "_admin", "_backup", "_ejected", "_health", "_removed", "_responseTime", "_weight",
         "active", "bytesIn", "bytesOut", "closers",
@@ -142,8 +177,16 @@ class Backend:
         "serverErrorStreak", "slots", "total", "__weakref__",
     )
 
+    # What decides whether it may be picked (see L{_Rotation}).
+    admin: _Rotation[Admin] = _Rotation()
+    health: _Rotation[Health] = _Rotation()
+    removed: _Rotation[bool] = _Rotation()
+    ejected: _Rotation[bool] = _Rotation()
+    weight: _Rotation[int] = _Rotation()
+    backup: _Rotation[bool] = _Rotation()
+
     def __init__(self, config: BackendConfig) -> None:
-        # Called whenever one of the properties below is set (its pool's).
+        # Called whenever one of the attributes above is set (its pool's).
         self.rotationChanged: Callable[[], None] = _unwatched
         self.config = config
         self.name = config.name
@@ -198,80 +241,6 @@ class Backend:
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.state}>"
 
-    # -- what decides whether it may be picked ---------------------------------
-
-    @property
-    def admin(self) -> Admin:
-        """
-        What the operator says of it.
-        """
-        return self._admin
-
-    @admin.setter
-    def admin(self, admin: Admin) -> None:
-        self._admin = admin
-        self.rotationChanged()
-
-    @property
-    def health(self) -> Health:
-        """
-        What the health checks say of it.
-        """
-        return self._health
-
-    @health.setter
-    def health(self, health: Health) -> None:
-        self._health = health
-        self.rotationChanged()
-
-    @property
-    def removed(self) -> bool:
-        """
-        Whether it left its pool (its clients finish).
-        """
-        return self._removed
-
-    @removed.setter
-    def removed(self, removed: bool) -> None:
-        self._removed = removed
-        self.rotationChanged()
-
-    @property
-    def ejected(self) -> bool:
-        """
-        Whether it is out as an outlier now (until C{ejectedUntil}).
-        """
-        return self._ejected
-
-    @ejected.setter
-    def ejected(self, ejected: bool) -> None:
-        self._ejected = ejected
-        self.rotationChanged()
-
-    @property
-    def weight(self) -> int:
-        """
-        Its configured weight (0: it takes no new clients).
-        """
-        return self._weight
-
-    @weight.setter
-    def weight(self, weight: int) -> None:
-        self._weight = weight
-        self.rotationChanged()
-
-    @property
-    def backup(self) -> bool:
-        """
-        Whether it serves only while no primary backend can.
-        """
-        return self._backup
-
-    @backup.setter
-    def backup(self, backup: bool) -> None:
-        self._backup = backup
-        self.rotationChanged()
-
     @property
     def responseTime(self) -> float | None:
         """
@@ -319,10 +288,10 @@ class Backend:
         Whether new clients may be sent to this backend.
         """
         return (
-            self.admin is _READY
-            and self.health is not _DOWN
-            and not self.removed
-            and not self.ejected
+            self._admin is _READY
+            and self._health is not _DOWN
+            and not self._removed
+            and not self._ejected
         )
 
     @property
@@ -581,8 +550,7 @@ class BackendPool:
         else:
             candidates = self._candidates
             if candidates is None:
-                candidates = self._candidates = self._inRotation(self.serving())
-                self._limited = any(b.maxconn for b in candidates)
+                candidates = self.inRotation()
             if self._limited:
                 # (Backend.full, written out: this runs for every connection
                 # or request of a pool with a maxconn.)
@@ -593,24 +561,28 @@ class BackendPool:
         assert isinstance(chosen, Backend)
         return chosen
 
-    @staticmethod
-    def _inRotation(backends: Iterable[Backend]) -> list[Backend]:
-        # A backend of weight 0 takes no new clients (sticky ones still
-        # reach it: they do not come through here).
-        return [
-            b for b in backends
-            if b.weight and b.admin is _READY and b.health is not _DOWN and not b.removed
-            and not b.ejected
-        ]
+    def inRotation(self) -> list[Backend]:
+        """
+        The backends new clients may be given now, their maxconn aside:
+        eligible, of weight above 0 (a backend of weight 0 takes no new
+        clients; sticky ones still reach it), by role (L{serving}).  The
+        same list is given until one of them changes; it is not to be
+        changed.
+        """
+        candidates = self._candidates
+        if candidates is None:
+            candidates = self._candidates = [b for b in self.serving() if b.weight and b.eligible]
+            self._limited = any(b.maxconn for b in candidates)
+        return candidates
 
     def _excluding(self, tried: set[Backend]) -> list[Backend]:
         """
         What a pick that must not give C{tried} chooses among: the backends
-        with room, of weight above 0, in rotation, by role, not in C{tried}.
+        with room, of weight above 0, eligible, by role, not in C{tried}.
         """
         return [
-            b for b in self._inRotation(self.serving(tried))
-            if b not in tried and not b.full
+            b for b in self.serving(tried)
+            if b.weight and b.eligible and b not in tried and not b.full
         ]
 
     def available(self, exclude: Iterable[Backend] = ()) -> bool:

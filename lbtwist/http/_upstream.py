@@ -163,7 +163,7 @@ class Upstream:
     def _hashed(self, key: bytes) -> Backend | None:
         # Hashing balances: a weight-0 backend takes none of it (a sticky
         # cookie, which persists, still reaches one).
-        candidates = [b for b in self.pool.serving() if b.weight and b.eligible]
+        candidates = self.pool.inRotation()
         if not candidates:
             return None
         chosen = self._hash.choose(candidates, key)
