@@ -399,6 +399,39 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertNotIn("h2c", formatEvent(event))
 
 
+class SlotsTests(SynchronousTestCase):
+    """
+    The client and backend connections keep what they set in slots (faster
+    on the hot path than an instance dictionary): one attribute added
+    without its slot shows here.
+    """
+
+    def test_exchangesInSlots(self) -> None:
+        """
+        Through keep-alive exchanges with bodies both ways, a chunked
+        response, a timeout rescheduled and a close, neither connection
+        puts anything in its instance dictionary (the backend only the
+        dialler's notification, a default of L{lbtwist.dial.BackendProtocol}).
+        """
+        reactor = MemoryReactorClock()
+        factory = proxyFactory(reactor)
+        transport = StringTransport(peerAddress=CLIENT)
+        client = connectClient(factory, transport)
+        client.dataReceived(GET)
+        backendTransport = StringTransport()
+        backend = connectBackend(reactor, backendTransport)
+        backend.dataReceived(OK)
+        client.dataReceived(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+        backend.dataReceived(
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        reactor.advance(1)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 20"), 2)
+        self.assertEqual(backendTransport.value().count(b"HTTP/1.1\r\n"), 2)
+        client.connectionLost(Failure(ConnectionDone()))
+        backend.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(vars(client), {})
+        self.assertLessEqual(set(vars(backend)), {"_whenConnected"})
+
 class HeadSizeTests(SynchronousTestCase):
     """
     A request head's fields, and a chunked body's trailers with them, are

@@ -60,6 +60,13 @@ class BackendConnection(BackendProtocol):
     parser: HttpResponseParser
     transport: Any
     log = Logger()
+    # Its attributes in slots, as L{lbtwist.http._client.ClientConnection}'s.
+    __slots__ = (
+        "_feeding", "_finishAfterFeed", "_forward", "_headers", "_inHead", "_rawHead",
+        "_reason", "_skipBody", "backend", "connected", "exchange", "factory", "idleSince",
+        "key", "lost", "parser", "paused", "proxyHeader", "requests", "reusable", "transport",
+        "tunnel",
+    )
     # The backends said to answer in TLS, each logged once.
     _toldTLS: weakref.WeakSet[Backend] = weakref.WeakSet()
 

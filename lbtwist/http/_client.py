@@ -128,11 +128,22 @@ class ClientConnection(ClientPeer, Protocol):
     parser: HttpRequestParser
     transport: Any
     protocol = "HTTP/1.1"
+    # Every attribute a connection sets, in slots: the hot path reads and
+    # writes them on each request, and a slot is faster than a dictionary
+    # entry (and CPython stops sharing a class's dictionary keys past 30
+    # attributes, which this class had).  One set elsewhere still works, in
+    # the instance dictionary, slower: tests.test_http_unit.SlotsTests
+    # fails until it is added here.
+    __slots__ = (
+        "_fatal", "_fatalAnswer", "_headSize", "_headStarted", "_headers", "_held",
+        "_inHead", "_lastActivity", "_lastRead", "_parsing", "_pausedByPeer", "_producer",
+        "_producerOn", "_rawHead", "_readClosed", "_reading", "_serving", "_timer", "_tunnel",
+        "_tunnelExchange", "_upgradeData", "_url", "clientHost", "clientName", "closed",
+        "connected", "factory", "localAuthority", "parser", "privateKeys", "queue",
+        "transport",
+    )
     # The trailers of its requests that had any, until they are over: a
     # class default, set on a connection only when a request has trailers.
-    # (CPython shares the keys of instance dictionaries, which makes every
-    # attribute read of the hot path faster, up to 29 attributes: a
-    # connection has as many.)
     _requestTrailers: dict[Exchange, list[tuple[bytes, bytes]]] | None = None
 
     def __init__(self, factory: Any) -> None:
