@@ -501,6 +501,32 @@ class HeadSizeTests(SynchronousTestCase):
                                  (size, pieces))
 
 
+    def test_responseHead(self) -> None:
+        """
+        A response head is refused (a 502 for the client) exactly when its
+        fields and reason count more than C{max-response-header-size},
+        however spelled and read.
+        """
+        for size in (self.limit - 1, self.limit, self.limit + 1, self.limit + 40):
+            for spaced in (True, False):
+                for pieces in (1, 2, 10_000):
+                    reactor = MemoryReactorClock()
+                    factory = proxyFactory(
+                        reactor, http={"max-response-header-size": self.limit})
+                    transport = StringTransport(peerAddress=CLIENT)
+                    connectClient(factory, transport).dataReceived(GET)
+                    backend = connectBackend(reactor, StringTransport())
+                    # (The reason, "OK", counts 2; Content-Length: 0, 19.)
+                    data = (b"HTTP/1.1 200 OK\r\n" + self.fields(size - 21, spaced)
+                            + b"Content-Length: 0\r\n\r\n")
+                    step = -(-len(data) // pieces)
+                    for start in range(0, len(data), step):
+                        backend.dataReceived(data[start:start + step])
+                    status = transport.value()[:12]
+                    self.assertEqual(status, b"HTTP/1.1 502" if size > self.limit
+                                     else b"HTTP/1.1 200", (size, spaced, pieces))
+
+
 class _FakeConnection:
     """
     Stands for a backend connection in the idle pool.

@@ -22,7 +22,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
-from ._plan import AS_IS, BadTrailer, TrailerSection, trailerBlock, trailerFields
+from ._plan import AS_IS, BadTrailer, TrailerSection, fieldsSize, trailerBlock, trailerFields
 
 
 class ResponseHeadTooLarge(Exception):
@@ -30,6 +30,11 @@ class ResponseHeadTooLarge(Exception):
     A response head is over C{http.max-response-header-size}.
     """
 
+
+# What a response head takes that its fields and reason do not count
+# against the limit: C{HTTP/1.1 200 }, the status line's CRLF and the
+# head's last one.
+_HEAD_FRAME = 17
 
 # What a backend that answered a plain request in TLS fails with.
 ANSWERED_IN_TLS = "answered in TLS: give the pool a tls: block"
@@ -223,7 +228,7 @@ class BackendConnection(BackendProtocol):
             ex = self.exchange
             if not isinstance(section, TrailerSection):
                 self._rawHead += len(data)
-                if self._rawHead > self.factory.maxResponseHeaderSize:
+                if self._rawHead > self.factory.maxResponseHeaderSize + _HEAD_FRAME:
                     if ex is not None:
                         self._headTooLarge(ex)
                     return
@@ -339,11 +344,13 @@ class BackendConnection(BackendProtocol):
     def on_headers_complete(self) -> None:
         self._inHead = False
         limit = self.factory.maxResponseHeaderSize
-        if self._rawHead + self._feeding > limit and sum(
-            len(n) + len(v) + 4 for n, v in self._headers
-        ) + len(self._reason) > limit:
-            # (A head read whole within the limit's bytes is within it:
-            # only a larger one is measured.)
+        headers = self._headers
+        if (self._rawHead + self._feeding + len(headers) > limit
+                and fieldsSize(headers) + len(self._reason) > limit):
+            # (Each field counts at most a byte more than it took to read,
+            # C{Name:value} and CRLF: a head whose reads and fields together
+            # are within the limit is within it, and only a larger one is
+            # measured.)
             raise ResponseHeadTooLarge()
         ex = self.exchange
         if ex is None or self._skipBody:
@@ -377,7 +384,7 @@ class BackendConnection(BackendProtocol):
         """
         limit = self.factory.maxResponseHeaderSize
         try:
-            if sum(len(n) + len(v) + 4 for n, v in fields) > limit:
+            if fieldsSize(fields) > limit:
                 raise BadTrailer(f"over {limit} bytes")
             return trailerFields(fields) or None
         except BadTrailer as e:

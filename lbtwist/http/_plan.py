@@ -170,6 +170,15 @@ _FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _BAD_FIELD_VALUE = re.compile(rb"[\r\n\x00]")
 
 
+def fieldsSize(fields: list[tuple[bytes, bytes]]) -> int:
+    """
+    What C{fields} count against C{max-header-size} (and a response's
+    against C{max-response-header-size}): each its name and value and 4
+    bytes, as C{Name: value} and its CRLF take.
+    """
+    return sum(len(n) + len(v) + 4 for n, v in fields)
+
+
 class BadTrailer(ValueError):
     """
     A trailer field with an invalid name or value: the request is refused
