@@ -457,9 +457,11 @@ class HeadSizeTests(SynchronousTestCase):
         colon = b": " if spaced else b":"
         return b"".join(n + colon + v + b"\r\n" for n, v in fields)
 
-    def send(self, data: bytes, pieces: int) -> tuple[Any, StringTransport]:
+    def send(
+        self, data: bytes, pieces: int, http: dict[str, Any] | None = None,
+    ) -> tuple[Any, StringTransport]:
         reactor = MemoryReactorClock()
-        factory = proxyFactory(reactor, http={"max-header-size": self.limit})
+        factory = proxyFactory(reactor, http={"max-header-size": self.limit, **(http or {})})
         transport = StringTransport(peerAddress=CLIENT)
         client = connectClient(factory, transport)
         step = -(-len(data) // pieces)
@@ -483,6 +485,22 @@ class HeadSizeTests(SynchronousTestCase):
                     self.assertEqual((refused, len(reactor.tcpClients)),
                                      (size > self.limit, 0 if size > self.limit else 1),
                                      (size, spaced, pieces))
+
+    def test_requestLine(self) -> None:
+        """
+        A request target is refused with 414 exactly when it is longer than
+        C{max-request-line}, read whole, in two pieces or a byte at a time,
+        whether that limit is above C{max-header-size} or well below it.
+        """
+        for limit in (300, 100):
+            for length in (limit - 1, limit, limit + 1, limit + 40):
+                for pieces in (1, 2, 10_000):
+                    data = b"GET /" + b"a" * (length - 1) + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+                    reactor, transport = self.send(data, pieces, {"max-request-line": limit})
+                    refused = transport.value().startswith(b"HTTP/1.1 414 ")
+                    self.assertEqual((refused, len(reactor.tcpClients)),
+                                     (length > limit, 0 if length > limit else 1),
+                                     (limit, length, pieces))
 
     def test_trailers(self) -> None:
         """

@@ -34,6 +34,7 @@ from ._plan import (
     IDEMPOTENT,
     BadTrailer,
     TrailerSection,
+    fieldsSize,
     interimHead,
     planResponse,
     trailerBlock,
@@ -135,7 +136,7 @@ class ClientConnection(ClientPeer, Protocol):
     # the instance dictionary, slower: tests.test_http_unit.SlotsTests
     # fails until it is added here.
     __slots__ = (
-        "_fatal", "_fatalAnswer", "_headSize", "_headStarted", "_headers", "_held",
+        "_fatal", "_fatalAnswer", "_feeding", "_headStarted", "_headers", "_held",
         "_inHead", "_lastActivity", "_lastRead", "_parsing", "_pausedByPeer", "_producer",
         "_producerOn", "_rawHead", "_readClosed", "_reading", "_serving", "_timer", "_tunnel",
         "_tunnelExchange", "_upgradeData", "_url", "clientHost", "clientName", "closed",
@@ -153,11 +154,12 @@ class ClientConnection(ClientPeer, Protocol):
         self.privateKeys: set[Any] = set()
         # The exchange whose body is being read.
         self._parsing: Exchange | None = None
-        # The head being read: its target, headers and sizes.
+        # The head being read: its target and headers, the bytes read while
+        # it was unfinished, and the size of the read being fed.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._headSize = 0
         self._rawHead = 0
+        self._feeding = 0
         # llhttp may hold part of a head, or of a chunked body's trailer
         # section (when C{_headers} is a L{TrailerSection}): what it holds
         # is bounded.
@@ -419,6 +421,7 @@ class ClientConnection(ClientPeer, Protocol):
             return
         factory = self.factory
         self._lastActivity = self._lastRead = factory.seconds()
+        self._feeding = len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -515,29 +518,36 @@ class ClientConnection(ClientPeer, Protocol):
             self._headStarted = self._lastActivity
         self._url = b""
         self._headers = []
-        self._headSize = 0
         self._rawHead = 0
         self._inHead = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.factory.maxRequestLine:
-            raise BadRequest("request line too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._headSize += len(name) + len(value) + 4
-        if self._headSize > self.factory.maxHeaderSize:
-            raise BadRequest("request head too large", 431)
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
         factory = self.factory
+        headers = self._headers
+        url = self._url
+        # The head's target and fields are held to their limits here, not
+        # as they come (what llhttp holds meanwhile is bounded by
+        # dataReceived), and measured only if it took more bytes to read
+        # than factory.measuredAbove: fewer are within both limits.  (A
+        # field counts its name and value and 4 bytes: at most a byte more
+        # than it takes to read, C{Name:value} and CRLF, 4 bytes or more;
+        # so at most a fourth more.)
+        if self._rawHead + self._feeding > factory.measuredAbove:
+            if len(url) > factory.maxRequestLine:
+                raise BadRequest("request line too long", 414)
+            if fieldsSize(headers) > factory.maxHeaderSize:
+                raise BadRequest("request head too large", 431)
+        parser = self.parser
         method = parser.get_method()
         version = parser.get_http_version()
-        url = self._url
         ex = factory.exchangeFor(
-            self, method, url, version, self._headers, parser.should_keep_alive(),
+            self, method, url, version, headers, parser.should_keep_alive(),
             parser.should_upgrade(), self._lastActivity,
         )
         self._inHead = False
@@ -561,7 +571,9 @@ class ClientConnection(ClientPeer, Protocol):
         if not isinstance(section, TrailerSection):
             # The body's first chunk: the head's fields went to its
             # exchange; llhttp's next ones are trailers.
+            head = section
             section = self._headers = TrailerSection()
+            section.head = head
             self._inHead = True
         section.chunkHeader(ex.bytesIn if ex is not None else 0)
 
@@ -575,10 +587,12 @@ class ClientConnection(ClientPeer, Protocol):
         # on_message_complete, which finds nothing left to do).
         self._inHead = False
         if fields and ex is not None:
-            # Checked as the head's fields are (and counted with them
-            # against max-header-size, by on_header); a bad one refuses the
-            # request while it is still being parsed, so that its backend
-            # never sees it complete.
+            # Checked as the head's fields are, and counted with them
+            # against max-header-size; a bad one refuses the request while
+            # it is still being parsed, so that its backend never sees it
+            # complete.
+            if fieldsSize(fields.head) + fieldsSize(fields) > self.factory.maxHeaderSize:
+                raise BadRequest("request head too large", 431)
             try:
                 trailers = trailerFields(fields)
             except BadTrailer as e:

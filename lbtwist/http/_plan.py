@@ -242,11 +242,14 @@ class TrailerSection(list[tuple[bytes, bytes]]):
         parsed.
     @ivar raw: trailer bytes counted so far (-1: the read that parsed the
         chunk header is not).
+    @ivar head: a request's head fields, which its trailers count with
+        against C{max-header-size} (set by the client connection).
     """
 
-    __slots__ = ("mark", "raw")
+    __slots__ = ("head", "mark", "raw")
     mark: int
     raw: int
+    head: list[tuple[bytes, bytes]]
 
     def chunkHeader(self, relayed: int) -> None:
         """

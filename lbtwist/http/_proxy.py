@@ -64,6 +64,17 @@ class HTTPProxyFactory(ListenerFactory):
     """
 
     log = Logger()
+    # Its attributes (and its base's) in slots, as its connections'
+    # (L{lbtwist.http._client.ClientConnection}): the hot path reads them on
+    # every request.  (C{limit} and C{alpn}, class defaults the balancer
+    # may set, stay in the instance dictionary.)
+    __slots__ = (
+        "_dialler", "abandoned", "accepted", "accessLog", "activeClients", "clients",
+        "forwardedProto", "h2Calmed", "h2Connections", "h2Refused", "h2Responses", "h2Streams",
+        "http2", "idleTimeout", "maxHeaderSize", "maxRequestLine", "measuredAbove", "pool",
+        "pools", "proxyHeader", "reactor", "refused", "requestTimeout", "router", "seconds",
+        "settings", "statuses", "stopping", "upstream", "upstreams",
+    )
 
     def __init__(
         self,
@@ -87,6 +98,9 @@ class HTTPProxyFactory(ListenerFactory):
         self.settings = http
         self.maxHeaderSize = http.maxHeaderSize
         self.maxRequestLine = http.maxRequestLine
+        # A request head read in fewer bytes is within both limits, and only
+        # a larger one is measured (see ClientConnection.on_headers_complete).
+        self.measuredAbove = min(self.maxRequestLine, self.maxHeaderSize * 4 // 5)
         self.requestTimeout = config.timeouts.request
         self.idleTimeout = config.timeouts.idle
         self.forwardedProto = b"https" if listener.terminatesTLS else b"http"
