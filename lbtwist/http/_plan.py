@@ -137,6 +137,10 @@ _COMMON_REQUEST_NAMES = """
 _RESPONSE_KINDS = _spelledKinds(_RESPONSE_SPECIAL, _COMMON_RESPONSE_NAMES)
 _REQUEST_KINDS = _spelledKinds(_REQUEST_SPECIAL, _COMMON_REQUEST_NAMES)
 
+# The start of a final response's status line, by status: the line is
+# this and the reason.
+_STATUS_LINES = {status: b"HTTP/1.1 %d " % status for status in range(200, 600)}
+
 # Statuses whose responses have no body whatever their head says.
 NO_BODY_STATUSES = frozenset((204, 304))
 
@@ -448,7 +452,8 @@ def planRequest(
     if method == b"CONNECT":
         raise BadRequest("CONNECT is not supported", 501)
     authority = absoluteAuthority(target) if target[0] != 47 else None  # 47: "/"
-    parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    # Lines without their CRLF, joined by CRLF at the end (as planResponse's).
+    parts = [b"%s %s HTTP/1.1" % (method, target)]
     append = parts.append
     host = None
     te = None
@@ -466,7 +471,8 @@ def planRequest(
     expectContinue = False
     trailers = False
     kinds = _REQUEST_KINDS.get
-    for name, value in headers:
+    for field in headers:
+        name, value = field
         kind = kinds(name)
         if kind is None:
             kind = _kind(_REQUEST_SPECIAL, name)
@@ -515,13 +521,13 @@ def planRequest(
                     stickyKey = found
         if stickyHeader is not None and name.lower() == stickyHeader:
             stickyKey = value
-        append(name + b": " + value + b"\r\n")
+        append(b": ".join(field))
     if host is None and not http10:
         raise BadRequest("HTTP/1.1 request without Host")
     if authority is None:
         authority = host
     elif hostHeader is None:
-        append(b"Host: " + authority + b"\r\n")
+        append(b"Host: " + authority)
     chunked = te is not None and checkTransferEncoding(te, "1.0" if http10 else "1.1")
     if connection:
         named = set(connection) - _NEVER_NAMED
@@ -531,20 +537,20 @@ def planRequest(
             ]
             append = parts.append
     if hostHeader is not None:
-        append(b"Host: " + hostHeader + b"\r\n")
+        append(b"Host: " + hostHeader)
     elif authority is None:
         # An HTTP/1.0 request may name no Host; what goes upstream is
         # HTTP/1.1, which must.
-        append(b"Host: " + localAuthority + b"\r\n")
+        append(b"Host: " + localAuthority)
     forwardedFor = clientHost if xff is None else xff + b", " + clientHost
     if authority is not None:
-        append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+        append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s"
                % (forwardedFor, rules.forwardedProto, authority))
     else:
-        append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
+        append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s"
                % (forwardedFor, rules.forwardedProto))
     if chunked:
-        append(b"Transfer-Encoding: chunked\r\n")
+        append(b"Transfer-Encoding: chunked")
     upgrade = upgrade and upgradeValue is not None
     if upgrade:
         assert upgradeValue is not None
@@ -555,7 +561,7 @@ def planRequest(
                 raise BadRequest("WebSocket upgrade without Sec-WebSocket-Version: 13")
         else:
             websocketKey = None
-        append(b"Connection: upgrade\r\nUpgrade: " + upgradeValue + b"\r\n")
+        append(b"Connection: upgrade\r\nUpgrade: " + upgradeValue)
     else:
         websocketKey = None
     append(b"\r\n")
@@ -565,7 +571,7 @@ def planRequest(
         stickyKey = clientHost
     hasBody = chunked or hasLength
     return RequestPlan(
-        b"".join(parts), chunked, hasBody, upgrade, websocketKey, expectContinue,
+        b"\r\n".join(parts), chunked, hasBody, upgrade, websocketKey, expectContinue,
         authority, stickyKey, keepAlive,
         method in IDEMPOTENT and not hasBody and not upgrade, trailers,
     )
@@ -675,20 +681,23 @@ def planResponse(
     head = method == b"HEAD"
     # Header lines without their CRLF, joined by CRLF at the end: fewer
     # objects made than with each line's own CRLF (it is the hot path).
-    parts = [b"HTTP/1.1 %d %s" % (status, reason)]
+    line = _STATUS_LINES.get(status)
+    parts = [b"HTTP/1.1 %d %s" % (status, reason) if line is None else line + reason]
     append = parts.append
     length = None
     te = None
     kinds = _RESPONSE_KINDS.get
-    for name, value in headers:
+    for field in headers:
+        name = field[0]
         kind = kinds(name)
         if kind is None:
             kind = _kind(_RESPONSE_SPECIAL, name)
         if not kind:
-            append(name + b": " + value)
+            append(b": ".join(field))
             continue
         if kind is _HOP:
             continue
+        value = field[1]
         if kind is _FRAMING:
             if te is not None:
                 raise BadResponse("repeated Transfer-Encoding")
@@ -699,7 +708,7 @@ def planResponse(
             # RFC 9110 8.6: a 204 has no Content-Length.
             continue
         length = value
-        append(name + b": " + value)
+        append(b": ".join(field))
     if te is not None and te.strip(b" \t").lower() != b"chunked":
         raise BadResponse(f"unsupported Transfer-Encoding {te!r}")
     untilClose = False
