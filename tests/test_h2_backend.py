@@ -14,6 +14,7 @@ from typing import Any, Callable
 import h2.config
 import h2.connection
 import h2.events
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
@@ -393,6 +394,10 @@ class H2Server(Protocol):
         self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
+        if self.conn.state_machine.state == ConnectionState.CLOSED:
+            # After its GOAWAY it reads nothing more (h2 would call the
+            # client's SETTINGS ACK a protocol error): the client closes.
+            return
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
                 self.heads[event.stream_id] = dict(event.headers)
