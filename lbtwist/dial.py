@@ -11,6 +11,11 @@ of going through a client endpoint, which would wrap the protocol (one more
 call on every read) and chain several L{Deferred}s.  Other endpoints (UNIX,
 TLS...) go through Twisted's endpoint as usual.
 
+Whichever way, the protocol is built when the dial starts, not once it is
+connected: a protocol that stands for its connection from the start (an
+HTTP/2 backend connection, whose streams requests arriving meanwhile
+join) behaves alike on every reactor and over every endpoint.
+
 A backend with TLS settings (a C{tls} block) is dialled through a
 L{lbtwist.backendtls.VerifiedTLSEndpoint} over its endpoint: connected
 means the handshake, with the backend's certificate verified, is over.
@@ -84,30 +89,27 @@ class Cancellable(typing.Protocol):
     def cancel(self) -> None: ...
 
 
-def _spent() -> BackendProtocol:
-    raise RuntimeError("a dial builds one protocol")
-
-
 class _DialFactory(ClientFactory):
     """
-    Builds the one protocol of one direct TCP connection through
-    C{connectTCP}, and reports the outcome to C{connected} or C{failed}.
+    Hands the one protocol of one direct TCP connection (built when the
+    dial started) to C{connectTCP}, and reports the outcome to
+    C{connected} or C{failed}.
 
     Once the attempt is over (connected, failed or cancelled) it lets go of
-    the callbacks and the connector, which refer back to it and to the
-    client: a cycle left behind would keep every connection's objects alive
-    until the garbage collector's next full pass.
+    the protocol, the callbacks and the connector, which refer back to it
+    and to the client: a cycle left behind would keep every connection's
+    objects alive until the garbage collector's next full pass.
     """
 
     noisy = False
 
     def __init__(
         self,
-        build: Callable[[], BackendProtocol],
+        protocol: BackendProtocol,
         connected: Callable[[Any], None],
         failed: Callable[[Failure], None],
     ) -> None:
-        self.build = build
+        self._protocol: BackendProtocol | None = protocol
         self._connected: Callable[[Any], None] | None = connected
         self._failed: Callable[[Failure], None] | None = failed
         self.connector: IConnector | None = None
@@ -122,6 +124,7 @@ class _DialFactory(ClientFactory):
     def _settle(self) -> tuple[Callable[[Any], None] | None, Callable[[Failure], None] | None]:
         callbacks = self._connected, self._failed
         self._connected = self._failed = None
+        self._protocol = None
         self.connector = None
         return callbacks
 
@@ -135,9 +138,7 @@ class _DialFactory(ClientFactory):
             connector.stopConnecting()
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        # The builder is usually a method of the client's protocol: one use.
-        build, self.build = self.build, _spent
-        protocol = build()
+        protocol = _handOver(self)
         protocol._whenConnected = self._whenConnected
         return protocol
 
@@ -158,16 +159,28 @@ class _DialFactory(ClientFactory):
 
 class _OneShotFactory(Factory):
     """
-    Builds the one protocol of one connection made through an endpoint.
+    Hands the one protocol of one connection made through an endpoint
+    (built when the dial started) to that endpoint.
     """
 
     noisy = False
 
-    def __init__(self, build: Callable[[], Protocol]) -> None:
-        self._build = build
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol: Protocol | None = protocol
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return self._build()
+        return _handOver(self)
+
+
+def _handOver(factory: _DialFactory | _OneShotFactory) -> Any:
+    """
+    The protocol C{factory} holds, which it lets go of: a dial connects one
+    protocol, once.
+    """
+    protocol, factory._protocol = factory._protocol, None
+    if protocol is None:
+        raise RuntimeError("a dial connects one protocol, once")
+    return protocol
 
 
 class Dialler:
@@ -237,25 +250,27 @@ class Dialler:
         if C{tls} says so); call C{connected(protocol)} once it is
         connected, or C{failed(reason)} if it cannot be within C{timeout}
         seconds.  C{connected} may be called before this returns; C{failed}
-        never is.
+        never is.  C{build} is called once, before this returns, whatever
+        the reactor or the endpoint.
 
         @return: the attempt, whose C{cancel()} abandons it without calling
             either.
         """
         if tls is not None:
-            return self._dialEndpoint(self._tlsEndpoint(text, tls), build, timeout, connected, failed)
+            return self._dialEndpoint(
+                self._tlsEndpoint(text, tls), build(), timeout, connected, failed)
         try:
             route = self._routes[text]
         except KeyError:
             route = self._routes[text] = self._route(text)
         if route is None:
-            return self._dialEndpoint(self.endpoint(text), build, timeout, connected, failed)
+            return self._dialEndpoint(self.endpoint(text), build(), timeout, connected, failed)
         host, port, direct = route
         if direct:
             return self._reactor.dialTCP(  # type: ignore[no-any-return]
                 host, port, build(), timeout, connected, failed
             )
-        factory = _DialFactory(build, connected, failed)
+        factory = _DialFactory(build(), connected, failed)
         connector = self._reactor.connectTCP(host, port, factory, timeout=timeout)
         if not factory.settled:
             # Still connecting: keep the connector, to cancel.
@@ -272,12 +287,12 @@ class Dialler:
     def _dialEndpoint(
         self,
         endpoint: IStreamClientEndpoint,
-        build: Callable[[], Protocol],
+        protocol: Protocol,
         timeout: float,
         connected: Callable[[Any], None],
         failed: Callable[[Failure], None],
     ) -> Cancellable:
-        attempt = endpoint.connect(_OneShotFactory(build))
+        attempt = endpoint.connect(_OneShotFactory(protocol))
         timedOut = []
 
         def timeOut() -> None:

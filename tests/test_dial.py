@@ -4,6 +4,7 @@ Tests for L{lbtwist.dial}.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError
@@ -79,17 +80,58 @@ class DiallerTests(SynchronousTestCase):
     def test_hostName(self) -> None:
         """
         A host name goes through C{connectTCP}, which resolves it; the
-        protocol reports itself connected.
+        protocol, built when the dial starts, is the one the factory gives,
+        and reports itself connected.
         """
         reactor = DirectReactor()
         _, outcome, built = dial(reactor, "tcp:host=backend.example:port=80")
         self.assertEqual(reactor.dials, [])
+        self.assertEqual(len(built), 1)
         host, port, factory, timeout, _ = reactor.tcpClients[0]
         self.assertEqual((host, port, timeout), ("backend.example", 80, 3.0))
         protocol = factory.buildProtocol(None)
+        self.assertIs(protocol, built[0])
         self.assertEqual(outcome.connected, [])
         protocol.makeConnection(StringTransport())
         self.assertEqual(outcome.connected, [protocol])
+
+    def test_connectTCPBuiltAtStart(self) -> None:
+        """
+        On a reactor without C{dialTCP} too, the protocol is built when the
+        dial starts (so that what it stands for is known while it
+        connects), and its factory gives it once.
+        """
+        reactor = MemoryReactorClock()
+        _, outcome, built = dial(reactor, "tcp:host=10.0.0.5:port=80")
+        self.assertEqual(len(built), 1)
+        factory = reactor.tcpClients[0][2]
+        self.assertIs(factory.buildProtocol(None), built[0])
+        self.assertRaises(RuntimeError, factory.buildProtocol, None)
+        self.assertEqual(len(built), 1)
+
+    def test_endpointBuiltAtStart(self) -> None:
+        """
+        Through an endpoint (here UNIX) the protocol is built when the dial
+        starts, and is the one connected.
+        """
+        reactor = MemoryReactorClock()
+        _, outcome, built = dial(reactor, "unix:path=/nonexistent/backend.sock")
+        self.assertEqual(len(built), 1)
+        factory = reactor.unixClients[0][1]
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertEqual(outcome.connected, [built[0]])
+
+    def test_cancelledLetsGo(self) -> None:
+        """
+        A cancelled C{connectTCP} attempt holds its protocol no more (it
+        refers back to the client: kept, it would make a cycle).
+        """
+        reactor = MemoryReactorClock()
+        attempt, _, built = dial(reactor, "tcp:host=10.0.0.5:port=80")
+        protocol = weakref.ref(built.pop())
+        attempt.cancel()
+        self.assertIsNone(protocol())
 
     def test_connectTCPFails(self) -> None:
         """

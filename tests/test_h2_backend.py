@@ -1,7 +1,8 @@
 """
 HTTP/2 to backends (L{lbtwist.http._h2backend}): the request head mapped to
 HTTP/2 fields, the pool's C{protocol} key, requests that joined a connection
-whose dial failed (on a memory reactor), and a real balancer over test
+while it was dialled, or whose dial failed (on memory reactors that dial as
+lbtwist's reactor does and as Twisted's do), and a real balancer over test
 HTTP/2 servers (the h2 library, server side, on 127.0.0.1): streams
 multiplexed on one connection, bodies both ways, refused streams retried.
 """
@@ -21,7 +22,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -104,6 +105,9 @@ class ProtocolKeyTests(SynchronousTestCase):
 
 
 Answer = Callable[["H2Server", int, dict[bytes, bytes], bytes], None]
+# A dial a memory reactor recorded: its host, its protocol, what reports it
+# connected and what reports it failed.
+Dialled = tuple[str, Any, Callable[[Any], None], Callable[[Failure], None]]
 
 
 class JoinedDialCase(SynchronousTestCase):
@@ -113,8 +117,50 @@ class JoinedDialCase(SynchronousTestCase):
     built at once, so later requests may join it).
     """
 
+    reactor: Any
+
+    def makeReactor(self) -> Any:
+        """
+        The reactor the balancer dials on: one that dials directly.
+        """
+        return DirectReactor()
+
+    def dialCount(self) -> int:
+        """
+        How many dials the balancer made.
+        """
+        return len(self.reactor.dials)
+
+    def dialled(self, index: int) -> Dialled:
+        """
+        Dial C{index}: its host, its protocol (the backend connection it
+        makes), what reports it connected and what reports it failed.
+        """
+        host, _, proto, _, connected, failed = self.reactor.dials[index]
+        return str(host), proto, connected, failed
+
+    def dialHost(self, index: int) -> str:
+        """
+        The host dial C{index} is to.
+        """
+        return self.dialled(index)[0]
+
+    def dialProtocol(self, index: int) -> Any:
+        """
+        The protocol of dial C{index}.
+        """
+        return self.dialled(index)[1]
+
+    def failDial(self, index: int) -> str:
+        """
+        Fail the dial C{index} (refused); return the host it was to.
+        """
+        host, _, _, failed = self.dialled(index)
+        failed(Failure(ConnectionRefusedError()))
+        return host
+
     def setUp(self) -> None:
-        self.reactor = DirectReactor()
+        self.reactor = self.makeReactor()
         config = parseConfig({
             "listeners": [{"listen": "tcp:80", "mode": "http"}],
             "pools": {"web": {
@@ -152,7 +198,7 @@ class JoinedDialCase(SynchronousTestCase):
         Connect the dial C{index}; return its protocol, its transport and
         the h2 state of a test HTTP/2 server at its other end.
         """
-        _, _, proto, _, connected, _ = self.reactor.dials[index]
+        _, proto, connected, _ = self.dialled(index)
         transport = StringTransport()
         proto.makeConnection(transport)
         connected(proto)
@@ -184,13 +230,45 @@ class JoinedDialCase(SynchronousTestCase):
         proto.dataReceived(server.data_to_send())
         return tuple(requests[sid] for sid in sorted(requests))
 
-    def failDial(self, index: int) -> str:
+
+class ConnectTCPDials:
+    """
+    For a L{JoinedDialCase}: the balancer dials on a memory reactor that
+    has only C{connectTCP}, as Twisted's own reactors (the default one, an
+    application's that embeds lbtwist) have: its protocol is connected
+    through a factory, and reports itself connected.
+    """
+
+    reactor: Any
+    _dialled: dict[int, Dialled]
+
+    def makeReactor(self) -> Any:
         """
-        Fail the dial C{index} (refused); return the host it was to.
+        A memory reactor with no C{dialTCP}.
         """
-        host, _, _, _, _, failed = self.reactor.dials[index]
-        failed(Failure(ConnectionRefusedError()))
-        return str(host)
+        self._dialled = {}
+        return MemoryReactorClock()
+
+    def dialCount(self) -> int:
+        """
+        How many dials the balancer made.
+        """
+        return len(self.reactor.tcpClients)
+
+    def dialled(self, index: int) -> Dialled:
+        """
+        Dial C{index}, its protocol taken from its factory once.
+        """
+        if index not in self._dialled:
+            host, port, factory, _, _ = self.reactor.tcpClients[index]
+            connector = self.reactor.connectors[index]
+
+            def failed(reason: Failure) -> None:
+                factory.clientConnectionFailed(connector, reason)
+
+            proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+            self._dialled[index] = host, proto, lambda proto: None, failed
+        return self._dialled[index]
 
 
 class JoinedDialTests(JoinedDialCase):
@@ -198,28 +276,53 @@ class JoinedDialTests(JoinedDialCase):
     Requests that joined an HTTP/2 connection while it was being dialled.
     """
 
-    def test_joinedPostRetried(self) -> None:
+    def posts(self, count: int) -> list[StringTransport]:
         """
-        A POST that joined a connection being dialled is not sent while it
-        connects; when the dial fails, it goes to the other backend with its
-        body, as the POST that dialled does: both are answered.
+        C{count} clients that each sent a POST (C{/p0} with C{body0}...);
+        their transports.
         """
-        first = self.post(b"/a", b"hello")
-        second = self.post(b"/b", b"world")
-        self.assertEqual(len(self.reactor.dials), 1)
-        dead = self.failDial(0)
-        # (The dialling request's own retry dials again, as it would for
-        # HTTP/1.1; the joined one may dial or join.)
-        retries = range(1, len(self.reactor.dials))
-        self.assertIn(len(retries), (1, 2))
-        self.assertNotIn(dead, [self.reactor.dials[i][0] for i in retries])
-        got = [r for i in retries for r in self.serve(i)]
+        return [self.post(b"/p%d" % i, b"body%d" % i) for i in range(count)]
+
+    def assertServed(self, got: list[dict[bytes, bytes]], clients: list[StringTransport]) -> None:
+        """
+        The backends got each client's POST of L{posts} once, with its
+        body; each client got a 200; no slot is left taken.
+        """
         self.assertEqual(sorted((r[b":path"], r[b"body"]) for r in got),
-                         [(b"/a", b"hello"), (b"/b", b"world")])
-        for transport in (first, second):
+                         [(b"/p%d" % i, b"body%d" % i) for i in range(len(clients))])
+        for transport in clients:
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
         self.assertEqual(self.pool.retriesActive, 0)
         self.assertEqual(sum(b.slots for b in self.pool), 0)
+
+    def test_oneDialManyStreams(self) -> None:
+        """
+        Requests that come while the first connection to their backend is
+        being dialled make no dial of their own: each is a stream of that
+        connection, all sent once it is up, and each is answered.
+        """
+        clients = self.posts(5)
+        self.assertEqual(self.dialCount(), 1)
+        got = self.serve(0)
+        self.assertEqual(self.dialCount(), 1)
+        self.assertServed(list(got), clients)
+
+    def test_joinedPostRetried(self) -> None:
+        """
+        POSTs that joined a connection being dialled are not sent while it
+        connects; when the dial fails, they go to the other backend (none
+        to the failed one) with their bodies, as the POST that dialled
+        does: all are answered.
+        """
+        clients = self.posts(5)
+        self.assertEqual(self.dialCount(), 1)
+        dead = self.failDial(0)
+        # (The joined ones dial one connection and share it; the dialling
+        # request's own retry may dial again, as it would for HTTP/1.1.)
+        retries = range(1, self.dialCount())
+        self.assertIn(len(retries), (1, 2))
+        self.assertNotIn(dead, [self.dialHost(i) for i in retries])
+        self.assertServed([r for i in retries for r in self.serve(i)], clients)
 
     def test_joinedTrailersRetried(self) -> None:
         """
@@ -230,7 +333,7 @@ class JoinedDialTests(JoinedDialCase):
         second = self.send(b"POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                            b"5\r\nworld\r\n0\r\nX-Sum: 9\r\n\r\n")
         self.failDial(0)
-        got = [r for i in range(1, len(self.reactor.dials)) for r in self.serve(i)]
+        got = [r for i in range(1, self.dialCount()) for r in self.serve(i)]
         [joined] = [r for r in got if r[b":path"] == b"/b"]
         self.assertEqual((joined[b"body"], joined[b"trailers"]), (b"world", b"x-sum=9"))
         self.assertTrue(second.value().startswith(b"HTTP/1.1 200 "), second.value())
@@ -244,11 +347,18 @@ class JoinedDialTests(JoinedDialCase):
         """
         self.post(b"/a", b"hello")
         self.post(b"/b", b"world")
-        self.assertEqual(len(self.reactor.dials), 1)
-        connection = self.reactor.dials[0][2]
+        self.assertEqual(self.dialCount(), 1)
+        connection = self.dialProtocol(0)
         self.assertEqual([list(s._out) for s in connection.streams.values()], [[b"world"]])
         got = self.serve(0)
         self.assertEqual(sorted(r[b"body"] for r in got), [b"hello", b"world"])
+
+
+class ConnectTCPJoinedDialTests(ConnectTCPDials, JoinedDialTests):
+    """
+    The same on a reactor with only C{connectTCP}: the connection being
+    dialled is known from the dial's start there too.
+    """
 
 
 class H2CounterTests(JoinedDialCase):
@@ -274,7 +384,7 @@ class H2CounterTests(JoinedDialCase):
         """
         self.post(b"/a", b"hello")
         self.post(b"/b", b"world")
-        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        index = 0 if self.dialHost(0) == "10.0.0.1" else 1
         self.assertEqual(self.counters(index), (0, 1, 0, 0))
         proto, transport, server = self.connect(0)
         self.assertEqual(self.counters(index), (1, 2, 0, 0))
@@ -295,7 +405,7 @@ class H2CounterTests(JoinedDialCase):
         its streams are no longer open.
         """
         self.post(b"/a", b"hello")
-        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        index = 0 if self.dialHost(0) == "10.0.0.1" else 1
         proto, transport, server = self.connect(0)
         self.assertEqual(self.counters(index), (1, 1, 0, 0))
         proto.connectionLost(Failure(ConnectionLost()))
@@ -308,7 +418,7 @@ class H2CounterTests(JoinedDialCase):
         """
         self.post(b"/a", b"hello")
         self.post(b"/b", b"world")
-        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        index = 0 if self.dialHost(0) == "10.0.0.1" else 1
         self.failDial(0)
         self.assertEqual(self.counters(index), (0, 0, 0, 0))
 
@@ -319,7 +429,7 @@ class H2CounterTests(JoinedDialCase):
         """
         self.post(b"/a", b"hello")
         self.post(b"/b", b"world")
-        index = 0 if self.reactor.dials[0][0] == "10.0.0.1" else 1
+        index = 0 if self.dialHost(0) == "10.0.0.1" else 1
         self.connect(0)
         plain = BackendPool(parseConfig({
             "listeners": [{"listen": "tcp:80", "mode": "http"}],
@@ -363,10 +473,16 @@ class JoinedDialNotRetriedTests(JoinedDialCase):
         first = self.post(b"/a", b"hello")
         second = self.post(b"/b", b"world")
         self.failDial(0)
-        self.assertEqual(len(self.reactor.dials), 1)
+        self.assertEqual(self.dialCount(), 1)
         for transport in (first, second):
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
         self.assertEqual(sum(b.slots for b in self.pool), 0)
+
+
+class ConnectTCPJoinedDialNotRetriedTests(ConnectTCPDials, JoinedDialNotRetriedTests):
+    """
+    The same on a reactor with only C{connectTCP}.
+    """
 
 
 class H2Server(Protocol):
