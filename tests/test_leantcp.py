@@ -401,6 +401,40 @@ class LeanDialTests(TestCase):
         self.assertIsInstance((yield protocol.lost), error.ConnectionDone)
 
     @inlineCallbacks
+    def test_ownDefaults(self) -> Any:
+        """
+        A dialled connection, and one its listener accepted, hold as their
+        own attributes the class defaults every read and write reads (an
+        instance's attribute is read faster), with the same values, until
+        the connection changes them.
+        """
+        accepted: list[Any] = []
+
+        class Kept(Echo):
+            def connectionMade(self) -> None:
+                accepted.append(self.transport)
+
+        factory = Factory.forProtocol(Kept)
+        factory.noisy = False
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        dial, protocol, outcome = self.dial(listening.getHost().port)
+        yield sleep(0.05)
+        transports = [protocol.transport] + [t for t in accepted if isinstance(t, LeanServer)]
+        names = ("TLS", "offset", "dataBuffer", "disconnecting", "_writeDisconnecting",
+                 "_writeDisconnected", "producer", "bufferSize")
+        for transport in transports:
+            own = vars(transport)
+            self.assertEqual({n: own.get(n, "missing") for n in names},
+                             {n: getattr(type(transport), n) for n in names}, transport)
+        transport = protocol.transport
+        transport.write(b"ping")  # type: ignore[union-attr]
+        self.assertEqual((yield protocol.receive(4)), b"ping")
+        transport.loseConnection()  # type: ignore[union-attr]
+        yield protocol.lost
+        self.assertEqual(vars(transport)["disconnecting"], True)
+
+    @inlineCallbacks
     def test_refused(self) -> Any:
         """
         A connection refused within C{start} is reported on a later reactor
