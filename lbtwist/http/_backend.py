@@ -338,8 +338,9 @@ class BackendConnection(BackendProtocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._skipBody:
-            self._headers.append((name, value))
+        # (After a reply to HEAD, fields of what follows in its read are
+        # collected too, and dropped: see on_headers_complete.)
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._inHead = False
