@@ -411,7 +411,8 @@ class SlotsTests(SynchronousTestCase):
         Through keep-alive exchanges with bodies both ways, a chunked
         response, a timeout rescheduled and a close, neither connection
         puts anything in its instance dictionary (the backend only the
-        dialler's notification, a default of L{lbtwist.dial.BackendProtocol}).
+        dialler's notification, a default of L{lbtwist.dial.BackendProtocol}),
+        nor does their factory.
         """
         reactor = MemoryReactorClock()
         factory = proxyFactory(reactor)
@@ -431,6 +432,7 @@ class SlotsTests(SynchronousTestCase):
         backend.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(vars(client), {})
         self.assertLessEqual(set(vars(backend)), {"_whenConnected"})
+        self.assertEqual(vars(factory), {})
 
 class HeadSizeTests(SynchronousTestCase):
     """
