@@ -641,6 +641,30 @@ class RouterMatchTests(SynchronousTestCase):
         self.assertEqual(self.status(b"http://admin.example.com./x", b"other"), 403)
         self.assertIsNone(self.status(b"/", b"www.example.com."))
 
+    def test_eachRequestItsOwn(self) -> None:
+        """
+        Requests one after another, on one connection or several, are each
+        matched on their own host and client address, whatever came just
+        before (the router keeps the last ones it worked out).
+        """
+        from .test_basicauth import QueuedRunner
+        from .test_http_exchange import RecordingClientSide
+
+        local = Route(name="local", match=Match(sources=("10.0.0.0/8",)),
+                      respond=Respond(status=418))
+        router = Router(self.factory, [self.router.routes[0], local],
+                        Route(name="default", pool="web"), None, self.reactor.seconds,
+                        QueuedRunner())
+        inside, outside = RecordingClientSide(), RecordingClientSide()
+        inside.clientHost = b"10.1.2.3"
+        script = [(inside, b"www.example.com", 418), (inside, b"admin.example.com", 403),
+                  (outside, b"admin.example.com", 403), (outside, b"www.example.com", None),
+                  (inside, b"www.example.com", 418), (outside, b"ADMIN.example.com", 403),
+                  (outside, b"www.example.com", None), (inside, b"www.example.com", 418)]
+        for i, (client, host, status) in enumerate(script):
+            ex = router.exchange(client, b"GET", b"/", "1.1", [(b"Host", host)], True, False, 0.0)
+            self.assertEqual(None if ex.local is None else ex.local[0], status, i)
+
     def test_pathNormalised(self) -> None:
         """
         The path is matched as a backend resolves it: escapes of unreserved

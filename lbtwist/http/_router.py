@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from ..basicauth import BasicAuthenticator, unauthorizedAnswer
@@ -203,6 +204,11 @@ class RouteRuntime:
         return split.choose(random.random())
 
 
+# RequestFacts from a tuple of all its fields, without the Python-level
+# __new__ of a NamedTuple: one per routed request.
+_facts = partial(tuple.__new__, RequestFacts)
+
+
 class Router:
     """
     A routed listener's routes, compiled, with their run-time state.
@@ -230,6 +236,13 @@ class Router:
         for c in compiled:
             self._byCompiled[id(c)] = self._runtime(c, old.get(c.route.name), clock, runInThread)
         self.noRoute = self._runtime(None, old.get(None), clock, runInThread)
+        # The last request's authority and client address, with what they
+        # came to: a client's requests on one connection mostly name the
+        # same host, and come from the same address object.
+        self._lastAuthority: bytes | None = None
+        self._lastHost: bytes | None = None
+        self._lastClientHost = b""
+        self._lastSource = ""
         # Headers are lowercased for the table only when a route looks at them.
         self._needsHeaders = any(
             r.match.headers or (r.rateLimit is not None and r.rateLimit.header is not None)
@@ -289,11 +302,20 @@ class Router:
         """
         factory = self.factory
         authority, path, query = targetParts(url, headers)
-        host = hostOf(authority)
-        source = client.clientHost.decode("ascii", "replace")
+        if authority == self._lastAuthority:
+            host = self._lastHost
+        else:
+            host = self._lastHost = hostOf(authority)
+            self._lastAuthority = authority
+        clientHost = client.clientHost
+        if clientHost is self._lastClientHost:
+            source = self._lastSource
+        else:
+            source = self._lastSource = clientHost.decode("ascii", "replace")
+            self._lastClientHost = clientHost
         lowered = [(n.lower(), v) for n, v in headers] if self._needsHeaders else ()
         found = self.table.match(
-            RequestFacts(method, host, matchedPath(path), query, lowered, source))
+            _facts((method, host, matchedPath(path), query, lowered, source, None)))
         rt = self.noRoute if found is None else self._byCompiled[id(found)]
         if rt.plain:
             # The common case: a route to one pool, and nothing else to do.
