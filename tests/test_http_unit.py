@@ -546,6 +546,26 @@ class HeadSizeTests(SynchronousTestCase):
                     self.assertEqual(status, b"HTTP/1.1 502" if size > self.limit
                                      else b"HTTP/1.1 200", (size, spaced, pieces))
 
+    def test_afterHeadReply(self) -> None:
+        """
+        A reply to HEAD is relayed as it came even when what follows it in
+        the same read parses as a response head over the limit: the bytes
+        after a reply to HEAD are dropped, not measured against
+        C{max-response-header-size}.
+        """
+        over = (b"HTTP/1.1 200 OK\r\n" + self.fields(self.limit + 40, True)
+                + b"Content-Length: 0\r\n\r\n")
+        for follows in (b"", over):
+            reactor = MemoryReactorClock()
+            factory = proxyFactory(reactor, http={"max-response-header-size": self.limit})
+            transport = StringTransport(peerAddress=CLIENT)
+            connectClient(factory, transport).dataReceived(
+                b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            backend = connectBackend(reactor, StringTransport())
+            backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + follows)
+            self.assertEqual(transport.value(),
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", len(follows))
+
 
 class _FakeConnection:
     """
