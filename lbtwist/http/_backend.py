@@ -344,6 +344,10 @@ class BackendConnection(BackendProtocol):
 
     def on_headers_complete(self) -> None:
         self._inHead = False
+        if self._skipBody:
+            # What follows a reply to HEAD in its read: dropped unmeasured
+            # (its fields were collected, and count for nothing).
+            return
         limit = self.factory.maxResponseHeaderSize
         headers = self._headers
         if (self._rawHead + self._feeding + len(headers) > limit
@@ -354,7 +358,7 @@ class BackendConnection(BackendProtocol):
             # measured.)
             raise ResponseHeadTooLarge()
         ex = self.exchange
-        if ex is None or self._skipBody:
+        if ex is None:
             return
         if ex.responseHead(self.parser.get_status_code(), self._reason, self._headers):
             self.skipBody()
