@@ -546,6 +546,37 @@ class HeadSizeTests(SynchronousTestCase):
                     self.assertEqual(status, b"HTTP/1.1 502" if size > self.limit
                                      else b"HTTP/1.1 200", (size, spaced, pieces))
 
+    def test_pipelinedAfterBody(self) -> None:
+        """
+        A request whose head begins in the read that ends the body before
+        it, and ends in a later read, is held to the limits by its own
+        bytes, not the body's: within them it is served (it was refused
+        with 414), and a head that goes on past them in later reads is
+        still refused, with 431.
+        """
+        body = 3 * (self.limit + 8192)
+        first = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % body
+        for rest, refused in ((b"st: a\r\n\r\n", False),
+                              (b"st: a\r\nx: " + b"v" * (self.limit + 8192) + b"\r\n", True)):
+            reactor = MemoryReactorClock()
+            factory = proxyFactory(reactor, http={"max-header-size": self.limit})
+            transport = StringTransport(peerAddress=CLIENT)
+            client = connectClient(factory, transport)
+            client.dataReceived(first)
+            backend = connectBackend(reactor, StringTransport())
+            client.dataReceived(b"x" * body + b"GET /second HTTP/1.1\r\nHo")
+            client.dataReceived(rest)
+            backend.dataReceived(OK)
+            self.assertEqual(
+                (transport.value().count(b"HTTP/1.1 200 "),
+                 transport.value().count(b"HTTP/1.1 4")),
+                (1, 1 if refused else 0), refused)
+            self.assertEqual(b"HTTP/1.1 431 " in transport.value(), refused)
+            if not refused:
+                # The second request went to the backend.
+                backend.dataReceived(OK)
+                self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 2)
+
     def test_afterHeadReply(self) -> None:
         """
         A reply to HEAD is relayed as it came even when what follows it in
