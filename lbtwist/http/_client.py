@@ -155,10 +155,11 @@ class ClientConnection(ClientPeer, Protocol):
         # The exchange whose body is being read.
         self._parsing: Exchange | None = None
         # The head being read: its target and headers, the bytes read while
-        # it was unfinished, and the size of the read being fed.
+        # it was unfinished (-1 while it is in the read it began in), and
+        # the size of the read being fed.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._rawHead = 0
+        self._rawHead = -1
         self._feeding = 0
         # llhttp may hold part of a head, or of a chunked body's trailer
         # section (when C{_headers} is a L{TrailerSection}): what it holds
@@ -440,8 +441,16 @@ class ClientConnection(ClientPeer, Protocol):
             # llhttp buffers a header until it ends: bound what it may hold.
             section = self._headers
             if not isinstance(section, TrailerSection):
-                self._rawHead += len(data)
-                if self._rawHead > factory.maxHeaderSize + factory.maxRequestLine:
+                raw = self._rawHead
+                if raw < 0:
+                    # It began in this read, after what else the read held
+                    # (the end of a body before it): count what it holds
+                    # for sure, its target and fields so far.
+                    raw = len(self._url) + fieldsSize(section)
+                else:
+                    raw += len(data)
+                self._rawHead = raw
+                if raw > factory.maxHeaderSize + factory.maxRequestLine:
                     self._refuse(414 if not section else 431, "head too large")
                     return
             else:
@@ -518,7 +527,7 @@ class ClientConnection(ClientPeer, Protocol):
             self._headStarted = self._lastActivity
         self._url = b""
         self._headers = []
-        self._rawHead = 0
+        self._rawHead = -1
         self._inHead = True
 
     def on_url(self, url: bytes) -> None:
@@ -533,12 +542,13 @@ class ClientConnection(ClientPeer, Protocol):
         url = self._url
         # The head's target and fields are held to their limits here, not
         # as they come (what llhttp holds meanwhile is bounded by
-        # dataReceived), and measured only if it took more bytes to read
-        # than factory.measuredAbove: fewer are within both limits.  (A
-        # field counts its name and value and 4 bytes: at most a byte more
-        # than it takes to read, C{Name:value} and CRLF, 4 bytes or more;
-        # so at most a fourth more.)
-        if self._rawHead + self._feeding > factory.measuredAbove:
+        # dataReceived), and measured only if it came in more than one
+        # read, or in a read of more than factory.measuredAbove bytes: a
+        # head of fewer bytes is within both limits.  (A field counts its
+        # name and value and 4 bytes: at most a byte more than it takes to
+        # read, C{Name:value} and CRLF, 4 bytes or more; so at most a
+        # fourth more.)
+        if self._rawHead >= 0 or self._feeding > factory.measuredAbove:
             if len(url) > factory.maxRequestLine:
                 raise BadRequest("request line too long", 414)
             if fieldsSize(headers) > factory.maxHeaderSize:
