@@ -577,6 +577,25 @@ class HeadSizeTests(SynchronousTestCase):
                 backend.dataReceived(OK)
                 self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 2)
 
+    def test_afterInterim(self) -> None:
+        """
+        A final response head that begins in the read of an interim
+        response before it, and ends in a later read, is held to
+        C{max-response-header-size} by its own bytes, not the interim
+        response's: within it, it is relayed (it failed the exchange).
+        """
+        reactor = MemoryReactorClock()
+        factory = proxyFactory(reactor, http={"max-response-header-size": self.limit})
+        transport = StringTransport(peerAddress=CLIENT)
+        connectClient(factory, transport).dataReceived(GET)
+        backend = connectBackend(reactor, StringTransport())
+        # (Its reason and field count limit - 19; it takes limit - 2 bytes.)
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: <" + b"a" * (self.limit - 40) + b">\r\n\r\n"
+        backend.dataReceived(hints + b"HTTP/1.1 200 OK\r\nCont")
+        backend.dataReceived(b"ent-Length: 2\r\n\r\nok")
+        self.assertEqual(transport.value(),
+                         hints + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
     def test_afterHeadReply(self) -> None:
         """
         A reply to HEAD is relayed as it came even when what follows it in
