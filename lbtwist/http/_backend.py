@@ -22,7 +22,15 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ..writethrough import writeNow
-from ._plan import AS_IS, BadTrailer, TrailerSection, fieldsSize, trailerBlock, trailerFields
+from ._plan import (
+    AS_IS,
+    BadTrailer,
+    TrailerSection,
+    fieldsSize,
+    headBytesHeld,
+    trailerBlock,
+    trailerFields,
+)
 
 
 class ResponseHeadTooLarge(Exception):
@@ -91,10 +99,11 @@ class BackendConnection(BackendProtocol):
         self._skipBody = False
         self._finishAfterFeed = False
         # The response head being parsed: its reason and headers, the bytes
-        # read while it was unfinished, and the size of the read being fed.
+        # read while it was unfinished (-1 while it is in the read it began
+        # in), and the size of the read being fed.
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._rawHead = 0
+        self._rawHead = -1
         self._feeding = 0
         # llhttp may hold part of a head, or of a chunked body's trailer
         # section (when C{_headers} is a L{TrailerSection}): what it holds
@@ -227,8 +236,8 @@ class BackendConnection(BackendProtocol):
             section = self._headers
             ex = self.exchange
             if not isinstance(section, TrailerSection):
-                self._rawHead += len(data)
-                if self._rawHead > self.factory.maxResponseHeaderSize + _HEAD_FRAME:
+                raw = self._rawHead = headBytesHeld(self._rawHead, self._reason, section, len(data))
+                if raw > self.factory.maxResponseHeaderSize + _HEAD_FRAME:
                     if ex is not None:
                         self._headTooLarge(ex)
                     return
@@ -331,7 +340,7 @@ class BackendConnection(BackendProtocol):
     def on_message_begin(self) -> None:
         self._reason = b""
         self._headers = []
-        self._rawHead = 0
+        self._rawHead = -1
         self._inHead = True
 
     def on_status(self, reason: bytes) -> None:
@@ -350,12 +359,12 @@ class BackendConnection(BackendProtocol):
             return
         limit = self.factory.maxResponseHeaderSize
         headers = self._headers
-        if (self._rawHead + self._feeding + len(headers) > limit
+        if ((self._rawHead >= 0 or self._feeding + len(headers) > limit)
                 and fieldsSize(headers) + len(self._reason) > limit):
             # (Each field counts at most a byte more than it took to read,
-            # C{Name:value} and CRLF: a head whose reads and fields together
-            # are within the limit is within it, and only a larger one is
-            # measured.)
+            # C{Name:value} and CRLF: a head read in one read whose size and
+            # fields together are within the limit is within it, and only a
+            # larger one, or one read in pieces, is measured.)
             raise ResponseHeadTooLarge()
         ex = self.exchange
         if ex is None:

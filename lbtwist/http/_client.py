@@ -35,6 +35,7 @@ from ._plan import (
     BadTrailer,
     TrailerSection,
     fieldsSize,
+    headBytesHeld,
     interimHead,
     planResponse,
     trailerBlock,
@@ -441,15 +442,7 @@ class ClientConnection(ClientPeer, Protocol):
             # llhttp buffers a header until it ends: bound what it may hold.
             section = self._headers
             if not isinstance(section, TrailerSection):
-                raw = self._rawHead
-                if raw < 0:
-                    # It began in this read, after what else the read held
-                    # (the end of a body before it): count what it holds
-                    # for sure, its target and fields so far.
-                    raw = len(self._url) + fieldsSize(section)
-                else:
-                    raw += len(data)
-                self._rawHead = raw
+                raw = self._rawHead = headBytesHeld(self._rawHead, self._url, section, len(data))
                 if raw > factory.maxHeaderSize + factory.maxRequestLine:
                     self._refuse(414 if not section else 431, "head too large")
                     return

@@ -183,6 +183,20 @@ def fieldsSize(fields: list[tuple[bytes, bytes]]) -> int:
     return sum(len(n) + len(v) + 4 for n, v in fields)
 
 
+def headBytesHeld(held: int, start: bytes, fields: list[tuple[bytes, bytes]], read: int) -> int:
+    """
+    What an unfinished head counts against the bound of what llhttp may
+    hold, after a read of C{read} bytes: C{held}, what it counted before,
+    and the read whole; or, in the read it began in (C{held} is -1), only
+    what it surely holds of it, its C{start} (a request's target, a
+    response's reason) and its C{fields} so far, not what came before it
+    in that read (the end of a body, an interim response).
+    """
+    if held < 0:
+        return len(start) + fieldsSize(fields)
+    return held + read
+
+
 class BadTrailer(ValueError):
     """
     A trailer field with an invalid name or value: the request is refused
