@@ -598,23 +598,27 @@ class HeadSizeTests(SynchronousTestCase):
 
     def test_afterHeadReply(self) -> None:
         """
-        A reply to HEAD is relayed as it came even when what follows it in
-        the same read parses as a response head over the limit: the bytes
-        after a reply to HEAD are dropped, not measured against
-        C{max-response-header-size}.
+        A reply to HEAD is relayed as it came whatever follows it in the
+        same read (a head over C{max-response-header-size}, whole or not,
+        or bytes that are no response): those bytes are dropped, unmeasured
+        and unparsed, and the backend connection, which sent more than it
+        was asked for, is closed rather than reused.
         """
         over = (b"HTTP/1.1 200 OK\r\n" + self.fields(self.limit + 40, True)
                 + b"Content-Length: 0\r\n\r\n")
-        for follows in (b"", over):
+        for follows in (b"", over, over[:-2], b"xyz\r\n\r\n"):
             reactor = MemoryReactorClock()
             factory = proxyFactory(reactor, http={"max-response-header-size": self.limit})
             transport = StringTransport(peerAddress=CLIENT)
             connectClient(factory, transport).dataReceived(
                 b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
-            backend = connectBackend(reactor, StringTransport())
+            backendTransport = StringTransport()
+            backend = connectBackend(reactor, backendTransport)
             backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + follows)
-            self.assertEqual(transport.value(),
-                             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", len(follows))
+            self.assertEqual(
+                (transport.value(), backendTransport.disconnecting),
+                (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", bool(follows)),
+                follows[:20])
 
 
 class _FakeConnection:
