@@ -218,24 +218,22 @@ class BackendConnection(BackendProtocol):
             return
         except HttpParserError as e:
             self.reusable = False
-            ex = self.exchange
-            if ex is not None:
-                if isinstance(e.__context__, ResponseHeadTooLarge):
-                    self._headTooLarge(ex)
-                    return
-                if ex.response is None and looksLikeTLS(data):
-                    self._answeredInTLS()
-                    ex.backendFailed("response", ANSWERED_IN_TLS)
-                else:
-                    ex.backendFailed("response", f"malformed response: {e}")
-            self.transport.loseConnection()
-            return
+            if not self._finishAfterFeed:
+                self._malformed(e, data)
+                return
+            # (Bytes after a reply to HEAD in its read: the reply is whole
+            # and goes on; they are dropped with the parser, and the
+            # connection closes.)
         if self._inHead:
             # llhttp (and httptools) keep an unfinished head until it ends:
             # bound what a backend can make us hold, to the limit and a read.
             section = self._headers
             ex = self.exchange
-            if not isinstance(section, TrailerSection):
+            if self._finishAfterFeed:
+                # A message began after a reply to HEAD in its read: it is
+                # dropped with the parser, and the connection closes.
+                self.reusable = False
+            elif not isinstance(section, TrailerSection):
                 raw = self._rawHead = headBytesHeld(self._rawHead, self._reason, section, len(data))
                 if raw > self.factory.maxResponseHeaderSize + _HEAD_FRAME:
                     if ex is not None:
@@ -267,6 +265,23 @@ class BackendConnection(BackendProtocol):
             # trusted with another request.
             self.factory.idle.discard(self.key, self)
             self.transport.loseConnection()
+
+    def _malformed(self, e: HttpParserError, data: bytes) -> None:
+        """
+        llhttp refused the response in C{data} (or its head is over the
+        limit): fail its exchange, and close.
+        """
+        ex = self.exchange
+        if ex is not None:
+            if isinstance(e.__context__, ResponseHeadTooLarge):
+                self._headTooLarge(ex)
+                return
+            if ex.response is None and looksLikeTLS(data):
+                self._answeredInTLS()
+                ex.backendFailed("response", ANSWERED_IN_TLS)
+            else:
+                ex.backendFailed("response", f"malformed response: {e}")
+        self.transport.loseConnection()
 
     def _fastForward(self, ex: Any, data: bytes) -> None:
         """
@@ -355,7 +370,9 @@ class BackendConnection(BackendProtocol):
         self._inHead = False
         if self._skipBody:
             # What follows a reply to HEAD in its read: dropped unmeasured
-            # (its fields were collected, and count for nothing).
+            # (its fields were collected, and count for nothing), and the
+            # connection, which sent more than it was asked for, closes.
+            self.reusable = False
             return
         limit = self.factory.maxResponseHeaderSize
         headers = self._headers
