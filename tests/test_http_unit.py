@@ -520,7 +520,6 @@ class HeadSizeTests(SynchronousTestCase):
                 self.assertEqual(b"HTTP/1.1 431 " in transport.value(), size > self.limit - 37,
                                  (size, pieces))
 
-
     def test_responseHead(self) -> None:
         """
         A response head is refused (a 502 for the client) exactly when its
