@@ -374,14 +374,12 @@ class BackendConnection(BackendProtocol):
             # connection, which sent more than it was asked for, closes.
             self.reusable = False
             return
-        limit = self.factory.maxResponseHeaderSize
-        headers = self._headers
-        if ((self._rawHead >= 0 or self._feeding + len(headers) > limit)
-                and fieldsSize(headers) + len(self._reason) > limit):
-            # (Each field counts at most a byte more than it took to read,
-            # C{Name:value} and CRLF: a head read in one read whose size and
-            # fields together are within the limit is within it, and only a
-            # larger one, or one read in pieces, is measured.)
+        factory = self.factory
+        if ((self._rawHead >= 0 or self._feeding > factory.measuredAbove)
+                and fieldsSize(self._headers) + len(self._reason)
+                > factory.maxResponseHeaderSize):
+            # (Only a head read in pieces, or in a read over measuredAbove,
+            # may be over the limit: only such a head is measured.)
             raise ResponseHeadTooLarge()
         ex = self.exchange
         if ex is None:

@@ -537,10 +537,7 @@ class ClientConnection(ClientPeer, Protocol):
         # as they come (what llhttp holds meanwhile is bounded by
         # dataReceived), and measured only if it came in more than one
         # read, or in a read of more than factory.measuredAbove bytes: a
-        # head of fewer bytes is within both limits.  (A field counts its
-        # name and value and 4 bytes: at most a byte more than it takes to
-        # read, C{Name:value} and CRLF, 4 bytes or more; so at most a
-        # fourth more.)
+        # head of fewer bytes is within both limits (see measuredAbove).
         if self._rawHead >= 0 or self._feeding > factory.measuredAbove:
             if len(url) > factory.maxRequestLine:
                 raise BadRequest("request line too long", 414)

@@ -183,6 +183,17 @@ def fieldsSize(fields: list[tuple[bytes, bytes]]) -> int:
     return sum(len(n) + len(v) + 4 for n, v in fields)
 
 
+def measuredAbove(limit: int) -> int:
+    """
+    The bytes under which a head read in one read is within C{limit}, and
+    need not be measured: a field counts its name and value and 4 bytes, at
+    most a byte more than it takes to read (C{Name:value} and CRLF, 4 bytes
+    or more), so at most a fourth more; a head's start (a request's target,
+    a response's reason) counts what it takes.
+    """
+    return limit * 4 // 5
+
+
 def headBytesHeld(held: int, start: bytes, fields: list[tuple[bytes, bytes]], read: int) -> int:
     """
     What an unfinished head counts against the bound of what llhttp may

@@ -36,7 +36,7 @@ from ..routing import RouteCounters
 from ._client import ClientConnection
 from ._exchange import Exchange
 from ._h2 import H2Connection, ProtocolSniffer
-from ._plan import planRequest
+from ._plan import measuredAbove, planRequest
 from ._router import Router
 from ._upstream import Upstream
 
@@ -100,7 +100,7 @@ class HTTPProxyFactory(ListenerFactory):
         self.maxRequestLine = http.maxRequestLine
         # A request head read in fewer bytes is within both limits, and only
         # a larger one is measured (see ClientConnection.on_headers_complete).
-        self.measuredAbove = min(self.maxRequestLine, self.maxHeaderSize * 4 // 5)
+        self.measuredAbove = min(self.maxRequestLine, measuredAbove(self.maxHeaderSize))
         self.requestTimeout = config.timeouts.request
         self.idleTimeout = config.timeouts.idle
         self.forwardedProto = b"https" if listener.terminatesTLS else b"http"

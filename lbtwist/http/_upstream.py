@@ -23,7 +23,7 @@ from ..policies import SourceHash
 from ..pool import Backend, BackendPool
 from ..proxyprotocol import PROXY_HEADERS
 from ._h2backend import H2Backends
-from ._plan import RequestRules, cookieValue
+from ._plan import RequestRules, cookieValue, measuredAbove
 from ._pool import IdleConnections
 
 
@@ -42,6 +42,8 @@ class Upstream:
     @ivar responseTimeout: how long a response head may take.
     @ivar maxRequests: requests a backend connection serves before it closes.
     @ivar maxResponseHeaderSize: the bound on a response head.
+    @ivar measuredAbove: a response head read in one read of fewer bytes is
+        within that bound, and only a larger one is measured.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Upstream:
         self.idle: Any = self.h2 or IdleConnections(reactor, http.keepAlive)
         self.maxRequests = http.keepAlive.maxRequests
         self.maxResponseHeaderSize = http.maxResponseHeaderSize
+        self.measuredAbove = measuredAbove(self.maxResponseHeaderSize)
         self.responseTimeout = config.timeouts.response
         self.proxyHeader = PROXY_HEADERS.get(config.proxyProtocol or "")
         sticky = config.sticky
