@@ -636,9 +636,10 @@ class H2ServerCase(TestCase):
 
     timeout = 30
 
-    def server(self, answer: Answer) -> Any:
+    def server(self, answer: Answer, tls: Any = None) -> Any:
         """
-        A test HTTP/2 server on 127.0.0.1, port 0.
+        A test HTTP/2 server on 127.0.0.1, port 0: in cleartext, or over TLS
+        with the context factory C{tls} (which says what it offers by ALPN).
         """
         factory = Factory.forProtocol(H2Server)
         factory.answer = answer  # type: ignore[attr-defined]
@@ -651,7 +652,8 @@ class H2ServerCase(TestCase):
         factory.held = []  # type: ignore[attr-defined]
         # The connections that carried requests (not the health checks').
         factory.used = set()  # type: ignore[attr-defined]
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = (reactor.listenTCP(0, factory, interface="127.0.0.1") if tls is None
+                else reactor.listenSSL(0, factory, tls, interface="127.0.0.1"))
         factory.listening = port  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         factory.endpoint = f"tcp:host=127.0.0.1:port={port.getHost().port}"  # type: ignore[attr-defined]
