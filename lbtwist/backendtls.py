@@ -7,9 +7,10 @@ that a refusal can say why), presenting a client certificate when one is
 given.  C{verify: false} is the explicit opt-out.
 
 A connection is reported made only once its handshake is over
-(L{VerifiedTLSEndpoint}): a backend that fails verification is a failed
-connection, counted against it like a refused one, and a TCP health check
-passes only when the handshake does.  Every failed handshake is a
+(L{VerifiedTLSEndpoint}): a backend that fails verification, or chooses
+none of the protocols offered by ALPN (C{h2}, for a pool with C{protocol:
+h2}), is a failed connection, counted against it like a refused one, and
+a TCP health check passes only when the handshake does.  Every failed handshake is a
 L{BackendTLSError} whose message is one line saying what failed and what
 to do: C{certificate of 127.0.0.1:8443 does not name 127.0.0.1 (it names
 app.internal): set tls.verify-host}.
@@ -188,6 +189,17 @@ def handshakeMessage(where: str, reason: Failure) -> str:
     return f"TLS handshake with {where} failed: {said}" + (f" ({hints[0]})" if hints else "")
 
 
+def alpnMessage(where: str, offered: tuple[bytes, ...], chosen: bytes | None) -> str:
+    """
+    The one line that says the backend at C{where} chose none of the
+    protocols lbtwist C{offered} by ALPN (it chose C{chosen}, or none).
+    """
+    names = " or ".join(p.decode("ascii", "replace") for p in offered)
+    said = "none" if not chosen else chosen.decode("ascii", "replace")
+    return (f"{where} did not choose {names} by ALPN (it chose {said}): "
+            f"it does not speak {names} over TLS")
+
+
 class _Verification:
     """
     Checks a backend's certificate as OpenSSL's verify callback, so that a
@@ -335,23 +347,38 @@ class _HandshakeGate(Protocol):
     verification) is over: only then is it connected, and C{handshake}
     fired with it; a connection lost before fails C{handshake} with a
     L{BackendTLSError} saying why (the backend's certificate refused, or
-    OpenSSL's reason, e.g. C{wrong version number}).
+    OpenSSL's reason, e.g. C{wrong version number}), and so does a
+    handshake in which the backend chose none of C{alpn}.
 
     @ivar where: the backend's address, for the messages.
+    @ivar alpn: the protocols offered by ALPN, one of which the backend
+        must choose (if any).
     """
 
-    def __init__(self, wrapped: Protocol, handshake: Deferred[IProtocol], where: str) -> None:
+    def __init__(self, wrapped: Protocol, handshake: Deferred[IProtocol], where: str,
+                 alpn: tuple[bytes, ...] = ()) -> None:
         self.wrapped = wrapped
         self.handshake = handshake
         self.where = where
+        self.alpn = alpn
         self.open = False
 
     def handshakeCompleted(self) -> None:
-        self.open = True
         if self.handshake.called:
             # Cancelled meanwhile.
+            self.open = True
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
+        chosen = getattr(self.transport, "negotiatedProtocol", None)
+        if self.alpn and chosen not in self.alpn:
+            # The protocol would not be spoken: a failed connect, before
+            # anything was sent (a backend with no ALPN, or none in common
+            # that did not refuse the handshake for it).
+            self.handshake.errback(Failure(BackendTLSError(
+                alpnMessage(self.where, self.alpn, chosen))))
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self.open = True
         self.wrapped.makeConnection(self.transport)
         self.handshake.callback(self.wrapped)
 
@@ -372,17 +399,19 @@ class _GateFactory(Factory):
     noisy = False
 
     def __init__(self, wrapped: IProtocolFactory, handshake: Deferred[IProtocol],
-                 where: str) -> None:
+                 where: str, alpn: tuple[bytes, ...]) -> None:
         self.wrapped = wrapped
         self.handshake = handshake
         self.where = where
+        self.alpn = alpn
         self.gate: _HandshakeGate | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         protocol = self.wrapped.buildProtocol(addr)  # type: ignore[arg-type]
         if protocol is None:
             return None
-        self.gate = _HandshakeGate(protocol, self.handshake, self.where)  # type: ignore[arg-type]
+        self.gate = _HandshakeGate(
+            protocol, self.handshake, self.where, self.alpn)  # type: ignore[arg-type]
         return self.gate
 
 
@@ -397,14 +426,19 @@ class VerifiedTLSEndpoint:
 
     @ivar where: the backend's address, which a failed handshake's
         L{BackendTLSError} names.
+    @ivar alpn: the protocols C{creator} offers by ALPN, one of which the
+        backend must choose (if any): a backend that chooses none fails
+        the connection as a failed handshake does.
     """
 
     def __init__(self, creator: IOpenSSLClientConnectionCreator,
-                 wrapped: IStreamClientEndpoint, clock: Any, where: str) -> None:
+                 wrapped: IStreamClientEndpoint, clock: Any, where: str,
+                 alpn: tuple[str, ...] = ()) -> None:
         self.creator = creator
         self.wrapped = wrapped
         self.clock = clock
         self.where = where
+        self.alpn = tuple(protocol.encode("ascii") for protocol in alpn)
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """
@@ -419,7 +453,7 @@ class VerifiedTLSEndpoint:
                 attempt.cancel()
 
         handshake: Deferred[IProtocol] = Deferred(cancel)
-        gates = _GateFactory(protocolFactory, handshake, self.where)
+        gates = _GateFactory(protocolFactory, handshake, self.where, self.alpn)
         attempt = self.wrapped.connect(TLSMemoryBIOFactory(self.creator, True, gates, self.clock))
 
         def connected(tlsProtocol: Any) -> None:

@@ -225,7 +225,7 @@ class Dialler:
                 endpoint = UnusableEndpoint(e, self._reactor)
             else:
                 endpoint = VerifiedTLSEndpoint(creator, self.endpoint(text), self._reactor,
-                                               backendAddress(text))
+                                               backendAddress(text), tls.alpn)
             self._tlsEndpoints[(text, tls)] = endpoint
         return endpoint
 

@@ -175,6 +175,15 @@ class H2TLSBackendTests(H2ServerCase):
         return self.assertRefused(self.tlsServer(self.otherName),
                                   "does not name 127.0.0.1 (it names other.internal)")
 
+    def test_noALPN(self) -> Any:
+        """
+        A TLS backend that does no ALPN at all (it cannot speak HTTP/2 over
+        TLS) chose no protocol in a handshake that succeeded: its connection
+        fails before anything is sent, as a refused one does.
+        """
+        return self.assertRefused(self.tlsServer(self.good, []),
+                                  "did not choose h2 by ALPN (it chose none)")
+
     def test_http11Only(self) -> Any:
         """
         A TLS backend that offers only C{http/1.1} by ALPN refuses the

@@ -470,14 +470,8 @@ class H2BackendConnection(BackendProtocol):
         setNoDelay(self.transport)
         if self.proxyHeader is not None:
             self.transport.write(self.proxyHeader)
-        if self.backend.config.tls is not None:
-            chosen = getattr(self.transport, "negotiatedProtocol", None)
-            if chosen != b"h2":
-                self.log.warn(  # noqa: G010
-                    "backend {backend} did not choose h2 by ALPN ({chosen!r}): closed",
-                    backend=self.backend.name, chosen=chosen)
-                self.transport.abortConnection()
-                return
+        # (Over TLS the backend chose h2 by ALPN: a dial in which it did
+        # not failed, see L{lbtwist.backendtls.VerifiedTLSEndpoint}.)
         self.connected = True
         self.backend.http2.connections += 1
         # What the streams that joined while it connected have waiting.
@@ -713,7 +707,7 @@ class H2BackendConnection(BackendProtocol):
             if self.connected:
                 stream.reset()
             else:
-                # (h2 refused by ALPN: nothing was sent.)
+                # (Lost before it was up: nothing was sent.)
                 stream.unreached()
 
 
