@@ -38,6 +38,12 @@ C{src/queue.c} writes its own down):
  6. A backend removed while it was being connected to does not get the
     client: its drain began without this connection, which is closed; the
     client goes elsewhere, and that is no failure of the backend's.
+ 7. A connection is dialled only once C{reuse} (if the caller gave one)
+    found none to the chosen backend, and each choice of a backend asks it
+    once, the first choice of a kept-alive request's fast path included:
+    after a failed dial, the next choice asks again, so that it joins the
+    HTTP/2 connection dialled meanwhile by the requests that had joined
+    the failed one, rather than dial another.
 """
 
 from __future__ import annotations
@@ -222,9 +228,11 @@ class BackendConnector:
                     pool.acquire(backend)
                     joined(backend, protocol, 0)
                     return None
+                # (Its retries look their backends up as any attempt does:
+                # invariant 7.)
                 attempt = ConnectAttempt(
-                    self, client, key, build, tried, prefer, None, None, 0, joined, failed)
-                attempt.use(backend)
+                    self, client, key, build, tried, prefer, reuse, None, 0, joined, failed)
+                attempt.dial(backend)
                 return None if attempt.over else attempt
         attempt = ConnectAttempt(
             self, client, key, build, tried, prefer, reuse, holding, failures, joined, failed,
@@ -416,13 +424,7 @@ class ConnectAttempt:
         """
         Take C{backend}'s slot, and reuse or dial a connection to it.
         """
-        pool = self.pool
-        self.tried.append(backend)
-        if self.holding is backend:
-            self.holding = None
-        else:
-            pool.acquire(backend)
-            self._giveBack()
+        self._take(backend)
         reuse = self.reuse
         if reuse is not None:
             protocol = reuse(backend)
@@ -431,6 +433,27 @@ class ConnectAttempt:
                 if joined is not None:
                     joined(backend, protocol, self.failures)
                 return
+        self._dial(backend)
+
+    def dial(self, backend: Backend) -> None:
+        """
+        Take C{backend}'s slot and dial a connection to it: the caller
+        looked it up with C{reuse} already, and found none (invariant 7).
+        """
+        self._take(backend)
+        self._dial(backend)
+
+    def _take(self, backend: Backend) -> None:
+        # Its slot: the one handed over, or a new one (invariant 1).
+        self.tried.append(backend)
+        if self.holding is backend:
+            self.holding = None
+        else:
+            self.pool.acquire(backend)
+            self._giveBack()
+
+    def _dial(self, backend: Backend) -> None:
+        pool = self.pool
         self.backend = backend
         connector = self.connector
         current = connector.dialler.dial(
