@@ -6,6 +6,7 @@ limits, basic auth, and a route list replaced under load.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from collections import Counter
@@ -367,7 +368,6 @@ class LimitTests(RoutedProxyTestCase):
         proxy = self.startRouted({"web": [web]}, {"routes": [
             {"name": "staff", "pool": "web", "auth": {"basic": {"realm": "staff", "users": users}}},
         ]})
-        import base64
 
         def basic(user: str, password: str) -> dict[str, str]:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -386,6 +386,44 @@ class LimitTests(RoutedProxyTestCase):
             subprocess.run, ["curl", "-s", "-u", "ann:s3cret", self.url(proxy, "/c")],
             capture_output=True, timeout=10)
         self.assertEqual(out.stdout, b"web /c\n")
+
+
+    @inlineCallbacks
+    def test_ownAnswersKept(self) -> Any:
+        """
+        A route's C{auth} and C{rate-limit} keep its own answers as they
+        keep its pools: a C{respond} route with credentials answers 401
+        without them and with a wrong password, its answer with the right
+        one; a C{redirect} route with a rate limit answers 429 past its
+        burst.
+        """
+        users = self.mktemp()
+        with open(users, "wb") as f:
+            f.write(b"ann:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)) + b"\n")
+        web = self.startBackend("web")
+        proxy = self.startRouted({"web": [web]}, {"routes": [
+            {"name": "status", "match": {"path": "/status"},
+             "auth": {"basic": {"realm": "staff", "users": users}},
+             "respond": {"status": 200, "body": "internal status\n"}},
+            {"name": "moved", "match": {"path-prefix": "/old/"},
+             "rate-limit": {"rate": "1/h", "burst": 2},
+             "redirect": {"location": "https://new.example.com/"}},
+            {"name": "web", "pool": "web"},
+        ]})
+        token = "Basic " + base64.b64encode(b"ann:s3cret").decode()
+        wrong = "Basic " + base64.b64encode(b"ann:guess").decode()
+        results = yield self.get(
+            proxy, ("GET", "/status", {}), ("GET", "/status", {"Authorization": wrong}),
+            ("GET", "/status", {"Authorization": token}),
+            ("GET", "/old/a", {}), ("GET", "/old/b", {}), ("GET", "/old/c", {}),
+        )
+        self.assertEqual([s for s, _, _ in results], [401, 401, 200, 302, 302, 429])
+        self.assertEqual(results[0][1]["www-authenticate"], 'Basic realm="staff", charset="UTF-8"')
+        self.assertEqual(results[2][2], b"internal status\n")
+        self.assertNotEqual(results[0][2], b"internal status\n")
+        self.assertEqual(web.requests, [])
+        [counters] = [c for c in proxy.routeCounters() if c.name == "moved"]
+        self.assertEqual(counters.rateLimited, 1)
 
 
 class ReplaceTests(RoutedProxyTestCase):
@@ -557,6 +595,39 @@ class GateTests(SynchronousTestCase):
             ex.start()
         self.assertEqual({(ex.phase, ex.status) for ex in busy}, {(DONE, 503)})
         self.assertIn((b"Retry-After", b"1"), busy[0].local[1])  # type: ignore[index]
+        self.assertEqual(self.reactor.tcpClients, [])
+
+
+    def test_ownAnswerWaitsForCheck(self) -> None:
+        """
+        A C{respond} route's answer waits for its credentials' check like a
+        pool's connect: CHECKING at its turn, the answer once they pass, a
+        401 when they do not; no credentials at all: 401 at once.
+        """
+        from .test_basicauth import HASH, QueuedRunner, basic
+        from .test_http_exchange import RecordingClientSide
+
+        runner = QueuedRunner()
+        route = Route(name="status", respond=Respond(status=200, body="up\n"),
+                      auth=BasicAuth("staff", "users", (("alice", HASH),)))
+        router = Router(self.factory, [route], None, None, self.reactor.seconds, runner)
+
+        def request(*headers: tuple[bytes, bytes]) -> Exchange:
+            ex = router.exchange(RecordingClientSide(), b"GET", b"/", "1.1",
+                                 [(b"Host", b"a"), *headers], True, False, 0.0)
+            ex.requestComplete()
+            ex.start()
+            return ex
+
+        passing = request((b"Authorization", basic(b"alice:secret")))
+        failing = request((b"Authorization", basic(b"alice:guess")))
+        self.assertEqual((passing.phase, failing.phase), (CHECKING, CHECKING))
+        runner.runAll()
+        self.assertEqual((passing.phase, passing.status), (DONE, 200))
+        self.assertEqual((failing.phase, failing.status), (DONE, 401))
+        bare = request()
+        self.assertEqual((bare.phase, bare.status), (DONE, 401))
+        self.assertEqual(runner.jobs, [])
         self.assertEqual(self.reactor.tcpClients, [])
 
 

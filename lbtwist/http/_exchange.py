@@ -359,11 +359,13 @@ class Exchange:
         @param fresh: do not use a pooled connection, and prefer the same
             backend (the pooled one used last was stale).
         """
+        if self.gated:
+            # (Before its own answer too: a route's respond or redirect is
+            # for those its credentials let through.)
+            self._to(CHECKING)
+            return
         if self.local is not None:
             self._answer(*self.local)
-            return
-        if self.gated:
-            self._to(CHECKING)
             return
         # (self._to(CONNECTING), written out on the common path, as below.)
         if self.phase not in _INTO_CONNECTING:

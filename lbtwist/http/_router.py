@@ -328,33 +328,42 @@ class Router:
                 ex.route = rt
                 return ex
         route = rt.route
-        answer = rt.answer
+        answer = None
         gate = None
         upstream = factory.upstream
         target = url
-        if answer is None and route is not None:
-            if route.redirect is not None:
-                # An HTTP/1.0 request may name no host: the address it reached.
-                answer = rt.withResponseHeaders(redirectAnswer(route.redirect, redirectLocation(
-                    route.redirect, host or hostOf(client.localAuthority) or b"localhost",
-                    path, query)))
-            else:
-                limiter = rt.limiter
-                if limiter is not None:
-                    assert route.rateLimit is not None
-                    wait = limiter.take(requestKey(route.rateLimit, source, lowered))
-                    if wait:
-                        rt.counters.rateLimited += 1
-                        answer = rt.withResponseHeaders(self.tooMany(wait))
-                if answer is None and rt.auth is not None:
-                    passed = rt.auth.check(_header(headers, b"authorization"))
-                    if passed is False:
-                        answer = rt.withResponseHeaders(self.unauthorized(rt))
-                    elif passed is None:
-                        answer = _CHECKS_BUSY
-                    elif passed is not True:
-                        gate = passed
-                if answer is None:
+        if route is not None:
+            # The route's rate limit, then its credentials, come before its
+            # action, whichever it is: its own answers (respond, redirect)
+            # are kept from those they refuse as its pools are.
+            limiter = rt.limiter
+            if limiter is not None:
+                assert route.rateLimit is not None
+                wait = limiter.take(requestKey(route.rateLimit, source, lowered))
+                if wait:
+                    rt.counters.rateLimited += 1
+                    answer = rt.withResponseHeaders(self.tooMany(wait))
+            if answer is None and rt.auth is not None:
+                passed = rt.auth.check(_header(headers, b"authorization"))
+                if passed is False:
+                    answer = rt.withResponseHeaders(self.unauthorized(rt))
+                elif passed is None:
+                    answer = _CHECKS_BUSY
+                elif passed is not True:
+                    gate = passed
+        if answer is None:
+            # The action: its fixed answer (respond, or 404 for no route), a
+            # redirect, or a pool.
+            answer = rt.answer
+            if answer is None and route is not None:
+                if route.redirect is not None:
+                    # An HTTP/1.0 request may name no host: the address it
+                    # reached.
+                    answer = rt.withResponseHeaders(redirectAnswer(
+                        route.redirect, redirectLocation(
+                            route.redirect, host or hostOf(client.localAuthority) or b"localhost",
+                            path, query)))
+                else:
                     name = rt.onlyPool or rt.choosePool(headers, client.clientHost)
                     chosen = rt._upstreams.get(name) or rt.upstream(name)
                     if chosen is None:
