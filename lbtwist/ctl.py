@@ -206,8 +206,8 @@ def readData(path: str) -> Any:
 
 def _routeLine(route: Mapping[str, Any], counts: Mapping[str, Any] | None) -> str:
     """
-    One route for people: its name, what it matches, what it does, and
-    what it did.
+    One route for people: its name, what it matches, what it does, who
+    it lets through (its rate limit and credentials), and what it did.
     """
     match = ", ".join(f"{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
                       for k, v in (route.get("match") or {}).items()) or "everything"
@@ -218,6 +218,15 @@ def _routeLine(route: Mapping[str, Any], counts: Mapping[str, Any] | None) -> st
     else:
         action = next((k for k in ("redirect", "respond") if k in route), "?")
     line = f"  {route.get('name', 'default')}: {match} -> {action}"
+    guards = []
+    limit = route.get("rate-limit")
+    if limit is not None:
+        guards.append(f"rate-limit {limit['rate']} burst {limit['burst']} per {limit['key']}")
+    auth = route.get("auth")
+    if auth is not None:
+        guards.append(f"auth realm {auth['basic']['realm']}")
+    if guards:
+        line += f" [{'; '.join(guards)}]"
     if counts is not None:
         line += f" ({counted(counts['requests'], 'request')})"
     return line

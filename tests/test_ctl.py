@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from lbtwist.ctl import CtlError, backendBody, parser, run
+from lbtwist.ctl import CtlError, _routeLine, backendBody, parser, run
 from lbtwist.pool import Admin, BackendStats
 from tests.support import reactor, sleep
 from tests.test_admin import TOKEN, AdminHarness
@@ -292,6 +292,29 @@ class PieceTests(SynchronousTestCase):
         self.assertIn("--pool POOL", text)
         self.assertNotIn("GLOBALPOOL", text)
         self.assertIn("The options may also follow the command.", " ".join(text.split()))
+
+
+    def test_routeLine(self) -> None:
+        """
+        A route's line says who it lets through: its rate limit and its
+        credentials' realm, whatever its action; a route with neither says
+        nothing of them.
+        """
+        cases = [
+            ({"name": "web", "pool": "web"}, "  web: everything -> pool web"),
+            ({"name": "status", "match": {"path": "/status"},
+              "respond": {"status": 200},
+              "rate-limit": {"key": "source", "rate": "1/m", "burst": 1, "max-keys": 9},
+              "auth": {"basic": {"realm": "staff", "users": "u"}}},
+             "  status: path=/status -> respond "
+             "[rate-limit 1/m burst 1 per source; auth realm staff]"),
+            ({"name": "old", "redirect": {"scheme": "https"},
+              "auth": {"basic": {"realm": "ops", "users": "u"}}},
+             "  old: everything -> redirect [auth realm ops] (2 requests)"),
+        ]
+        for route, line in cases:
+            counts = {"requests": 2} if route["name"] == "old" else None
+            self.assertEqual(_routeLine(route, counts), line)
 
 
 class UpgradeCommandTests(SynchronousTestCase):
