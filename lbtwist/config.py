@@ -1024,21 +1024,37 @@ _HTTP_KEYS = (
 )
 
 
+# Words that read as a boolean. YAML already turns the unquoted ones
+# (yes, on, off, True...) into booleans; quoted, or sent as JSON strings
+# through the admin API, they would otherwise name a file: refused as
+# ambiguous rather than guessed.
+_BOOLEAN_WORDS = frozenset({
+    "true", "false", "yes", "no", "on", "off", "y", "n", "enable", "enabled",
+    "disable", "disabled", "none", "null", "0", "1",
+})
+
+
 def parseAccessLog(value: object, path: str) -> bool | str:
     """
     C{false}, C{true} (structured events, to twistd's log), or the path of
-    a file the lines go straight to.
+    a file the lines go straight to: C{access.log} and C{./access.log} are
+    the same file. A string that reads as a boolean (C{"yes"}, C{"off"})
+    is refused as ambiguous; C{./yes} names such a file.
     """
     if isinstance(value, bool):
         return value
-    # A path must look like one ("./access.log"), so that a mistyped
-    # boolean ("yes", "on") is not taken for a file name.
-    if isinstance(value, str) and "/" in value and "\0" not in value:
+    if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
+        raise ConfigError(
+            path,
+            f"{value!r} reads as a boolean but is a string: write true or false "
+            f"unquoted, or ./{value} for a file of that name",
+        )
+    if isinstance(value, str) and value.strip() and "\0" not in value:
         return value
     raise ConfigError(
         path,
-        "expected true, false or a file path with a '/' (like ./access.log), "
-        f"got {_describe(value)}",
+        "expected true, false or a file path (like access.log, relative to the "
+        f"configuration file's directory), got {_describe(value)}",
     )
 
 

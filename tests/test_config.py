@@ -572,6 +572,39 @@ class AccessLogPlaceTests(SynchronousTestCase):
                                                          "http": {"access-log": True}})
         self.assertIn("pools.web.http.access-log", str(e))
 
+    def test_bareFileName(self) -> None:
+        """
+        C{access-log: access.log}, a file name with no C{/}, is the file
+        beside the configuration file, as C{./access.log} is; read from no
+        file, it is kept as given.
+        """
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        path = directory.child("lb.yaml")
+        path.setContent(b"listeners: [{listen: 'tcp:0', pool: web}]\n"
+                        b"pools: {web: {backends: ['tcp:host=h:port=1'], access-log: access.log},\n"
+                        b"        dot: {backends: ['tcp:host=h:port=2'], access-log: ./access.log}}\n")
+        config = loadConfigFile(os.path.relpath(path.path))
+        self.assertEqual(config.pool("web").accessLog, directory.child("access.log").path)
+        self.assertEqual(os.path.normpath(str(config.pool("dot").accessLog)),
+                         directory.child("access.log").path)
+        self.assertEqual(self.pool(**{"access-log": "access.log"}).accessLog, "access.log")
+
+    def test_booleanWords(self) -> None:
+        """
+        A string that reads as a boolean (quoted in YAML, or a JSON string)
+        is refused with an error naming the key and saying how to name such
+        a file; C{./yes} is that file.
+        """
+        for word in ["yes", "off", "True", "enabled", "0"]:
+            e = self.assertRaises(ConfigError, self.pool, **{"access-log": word})
+            self.assertEqual(e.path, "pools.web.access-log")
+            self.assertIn(f"./{word}", str(e))
+        self.assertEqual(self.pool(**{"access-log": "./yes"}).accessLog, "./yes")
+        for bad in ["", 3, None]:
+            e = self.assertRaises(ConfigError, self.pool, **{"access-log": bad})
+            self.assertEqual(e.path, "pools.web.access-log")
+
 
 class OutlierConfigTests(SynchronousTestCase):
     """
