@@ -431,23 +431,37 @@ def _healthOf(health: Callable[[str], Any] | None, pool: str) -> Any:
 
 
 def defaultStatePath(
-    configPath: str | None, cwd: str | None = None, listeners: Sequence[str] = ()
+    configPath: str | None, cwd: str | None = None, listeners: Sequence[str] = (),
+    prefix: str = "lbtwist",
 ) -> str:
     """
     Where the state file goes when none is given, so that two balancers in
     one directory never share one: next to the configuration file and named
     after it (C{lb.yaml} gives C{lb.state.json}); with no configuration
-    file, in the working directory and named after the first listener
-    (C{tcp:8080} gives C{lbtwist-tcp-8080.state.json}).
+    file, in the working directory and named C{prefix} and the first
+    listener (C{tcp:8080} gives C{lbtwist-tcp-8080.state.json}).
     """
     if configPath:
         configPath = os.path.abspath(configPath)
         stem = os.path.splitext(os.path.basename(configPath))[0] or "lbtwist"
         return os.path.join(os.path.dirname(configPath), stem + STATE_SUFFIX)
-    name = "lbtwist"
+    name = prefix
     if listeners:
         name += "-" + parseEndpoint(listeners[0], True).slug
     return os.path.join(cwd if cwd is not None else os.getcwd(), name + STATE_SUFFIX)
+
+
+def demoStatePath(listeners: Sequence[str], demoListen: str, cwd: str | None = None) -> str:
+    """
+    The demo's state file, in the working directory: C{lbtwist-demo.state.json}
+    when it listens where the demo listens by default (C{demoListen}), else
+    named after its first listener as a command-line balancer's is
+    (C{tcp:8081} gives C{lbtwist-demo-tcp-8081.state.json}), so that two
+    demos in one checkout keep their changes apart.
+    """
+    if not listeners or listeners[0] == demoListen:
+        return os.path.join(cwd if cwd is not None else os.getcwd(), DEMO_STATE_NAME)
+    return defaultStatePath(None, cwd, listeners, prefix="lbtwist-demo")
 
 
 def legacyStatePath(path: str) -> str:

@@ -139,7 +139,8 @@ class Options(usage.Options):
         ["state", None, None,
          "State file for changes made at run time (default: named after the config "
          "file, beside it, e.g. lb.state.json; else lbtwist-LISTENER.state.json, or "
-         "lbtwist-demo.state.json with --demo, in the working directory)."],
+         "lbtwist-demo.state.json with --demo, lbtwist-demo-LISTENER.state.json on "
+         "another listener, in the working directory)."],
         ["grace", None, None,
          f"Seconds in-flight connections get to finish (default {DEFAULT_GRACE:g})."],
         ["request-timeout", None, None,
@@ -307,10 +308,11 @@ class Options(usage.Options):
         self._keepImage()
         if self["demo"] and self["state"] is None:
             # The demo's changes stay the demo's: they never come back in a
-            # balancer started otherwise in the same directory.
-            from .state import DEMO_STATE_NAME
+            # balancer started otherwise in the same directory, nor in a
+            # demo on another port.
+            from .state import demoStatePath
 
-            self["state"] = os.path.abspath(DEMO_STATE_NAME)
+            self["state"] = demoStatePath(self["listen"], DEMO_LISTEN)
 
     def _keepImage(self) -> None:
         """

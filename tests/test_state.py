@@ -17,6 +17,7 @@ from lbtwist.state import (
     StateError,
     StateFile,
     defaultStatePath,
+    demoStatePath,
     legacyStatePath,
 )
 
@@ -216,6 +217,22 @@ class StateFileTests(SynchronousTestCase):
         self.assertEqual(defaultStatePath(None, "/srv", ["unix:/run/lb.sock"]),
                          "/srv/lbtwist-unix-run-lb.sock.state.json")
         self.assertEqual(defaultStatePath(None, "/srv"), "/srv/lbtwist.state.json")
+
+    def test_demoPath(self) -> None:
+        """
+        The demo's state file is C{lbtwist-demo.state.json} on the demo's
+        usual listener (or none given); on another, it is named after the
+        first listener as a command-line balancer's is, so two demos in one
+        directory do not share one.
+        """
+        usual = "tcp:8080:interface=127.0.0.1"
+        self.assertEqual(demoStatePath([], usual, "/srv"), "/srv/lbtwist-demo.state.json")
+        self.assertEqual(demoStatePath([usual, "tcp:81"], usual, "/srv"),
+                         "/srv/lbtwist-demo.state.json")
+        self.assertEqual(demoStatePath(["tcp:8081:interface=127.0.0.1"], usual, "/srv"),
+                         "/srv/lbtwist-demo-tcp-8081-127.0.0.1.state.json")
+        self.assertEqual(demoStatePath(["unix:/run/d.sock"], usual, "/srv"),
+                         "/srv/lbtwist-demo-unix-run-d.sock.state.json")
 
     def test_legacyRead(self) -> None:
         """

@@ -108,7 +108,8 @@ class OptionsTests(SynchronousTestCase):
     def test_demo(self) -> None:
         """
         C{--demo} balances over three demo backends on loopback, and keeps
-        its changes in a state file of its own in the working directory.
+        its changes in a state file of its own in the working directory,
+        named after its listener when that is not the demo's usual one.
         """
         options = self.parse("--demo")
         config = options["lbconfig"]
@@ -117,6 +118,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("interface=127.0.0.1", config.listeners[0].endpoint)
         self.assertEqual(options["state"], os.path.abspath("lbtwist-demo.state.json"))
         self.assertIsNone(config.state)
+        self.assertEqual(self.parse("--demo", "--listen", "tcp:8080:interface=127.0.0.1")["state"],
+                         os.path.abspath("lbtwist-demo.state.json"))
+        self.assertEqual(self.parse("--demo", "--listen", "tcp:8081:interface=127.0.0.1")["state"],
+                         os.path.abspath("lbtwist-demo-tcp-8081-127.0.0.1.state.json"))
         self.assertEqual(self.parse("--demo", "--state", "s.json")["state"], "s.json")
         self.assertIsNone(options.overrides(config).state)
 

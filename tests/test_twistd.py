@@ -224,7 +224,7 @@ class TwistdTests(TestCase):
         """
         C{--demo} runs its backends on free ports and balances over them;
         its hint names the admin address actually bound, and its state file
-        is its own.
+        is its own, named after its listener.
         """
         port = freePort()
         work = FilePath(_tempdir(self))
@@ -249,7 +249,10 @@ class TwistdTests(TestCase):
         self.assertIn(f"try 'curl http://127.0.0.1:{port}/' a few times, and open "
                       f"http://127.0.0.1:{admin.group(1)}/ for the dashboard", log)
         self.assertIn(f"accepting on loopback only, 127.0.0.1:{port}", log)
-        self.assertIn(f"state file {work.path}/lbtwist-demo.state.json: none yet", log)
+        # Not on the demo's usual port: named after this one, apart from a
+        # demo on that port.
+        self.assertIn(f"state file {work.path}/lbtwist-demo-tcp-{port}-127.0.0.1.state.json: "
+                      "none yet", log)
         process.send_signal(signal.SIGTERM)
         self.assertEqual((yield self.waitForExit(process)), 0)
 
