@@ -21,6 +21,7 @@ from lbtwist.config import (
     loadConfigFile,
     parseConfig,
 )
+from lbtwist.state import defaultStatePath
 
 
 def minimal(**pool: Any) -> dict[str, Any]:
@@ -456,6 +457,28 @@ class FileTests(SynchronousTestCase):
         example = FilePath(__file__).parent().parent().child("lb.yaml")
         config = loadConfigFile(example.path)
         self.assertTrue(config.pools)
+
+    def test_exampleDefaults(self) -> None:
+        """
+        lb.yaml says it shows every option with its default: the settings
+        it gives are the defaults (a pool's, the top level's), and its
+        commented C{state:} names the file the state goes to by default.
+        """
+        example = FilePath(__file__).parent().parent().child("lb.yaml")
+        config = loadConfigFile(example.path)
+        web = config.pool("web")
+        defaults = parseConfig({"listeners": [{"listen": "tcp:0"}],
+                                "pools": {"web": {"backends": ["127.0.0.1:1"]}}})
+        default = defaults.pools[0]
+        for name in ["policy", "retries", "retryOn", "accessLog", "timeouts", "http",
+                     "queue", "health", "allBackups", "slowStart", "retryBudget", "outlier"]:
+            self.assertEqual(getattr(web, name), getattr(default, name), name)
+        for name in ["statusInterval", "maxconn", "workers", "master", "admin", "state"]:
+            self.assertEqual(getattr(config, name), getattr(defaults, name), name)
+        self.assertEqual(web.backends[0].weight, default.backends[0].weight)
+        self.assertEqual(web.backends[0].maxconn, default.backends[0].maxconn)
+        self.assertIn(f"# state: {os.path.basename(defaultStatePath(example.path))}\n",
+                      example.getContent().decode())
 
 
 class RelativeFileTests(SynchronousTestCase):
