@@ -97,6 +97,27 @@ class PoolInUse(ValueError):
         self.users = users
 
 
+def reloadOutcome(changed: int, notApplied: Sequence[str], upgrade: bool) -> str:
+    """
+    The end of a reload's summary line: how many pools changed, and what
+    the file changed that this reload did not apply (the admin API's
+    C{restartNeeded}), so that a warning about a setting needing a restart
+    is not followed by a bare "no change".
+
+    @param changed: the pools the reload changed.
+    @param notApplied: the settings that need a restart (or, in an
+        upgrade, the new workers).
+    @param upgrade: an upgrade's reload, whose new workers apply them.
+    """
+    outcome = f"{counted(changed, 'pool')} changed" if changed else "no change"
+    if not notApplied:
+        return outcome
+    if not changed:
+        outcome += " applied"
+    waiting = "the upgrade applies" if upgrade else "needs a restart"
+    return f"{outcome}; {waiting}: {', '.join(notApplied)}"
+
+
 class LiveConfig:
     """
     The running configuration: the file's, with the operator's overrides.
@@ -640,10 +661,11 @@ class LiveConfig:
             "configuration reloaded: {backendCount} in {poolCount}, {outcome}",
             backendCount=counted(backends, "backend"),
             poolCount=counted(len(self.pools), "pool"),
-            outcome=f"{counted(changed, 'pool')} changed" if changed else "no change",
+            outcome=reloadOutcome(changed, self.restartNeeded, upgrade),
             backends=backends,
             pools=len(self.pools),
             changed=changed,
+            restartNeeded=list(self.restartNeeded),
         )
         return None
 

@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.config import BackendConfig, Config, ConfigError, parseConfig
+from lbtwist.config import BackendConfig, Config, ConfigError, Sticky, parseConfig
 from lbtwist.diff import poolChanges, routeChanges, runnable
 from lbtwist.lifecycle import GracefulStop, ReloadOnSignal
 from lbtwist.pool import Admin, BackendPool
@@ -239,6 +239,43 @@ class LiveConfigTests(SynchronousTestCase):
         self.assertEqual(t.live.restartNeeded, ["workers", "master"])
         self.assertEqual((t.live.fileConfig.workers, t.live.fileConfig.master), (1, False))
 
+    def test_summaryNamesWhatWaits(self) -> None:
+        """
+        A reload whose only change needs a restart does not end with a bare
+        "no change" after warning about it: its summary says no change was
+        applied and names what needs a restart, as the admin API's
+        C{restartNeeded} does; with pools changed too, it gives both; an
+        upgrade's names what the upgrade applies.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        t = Live(self, configOf(A, B))
+        base = configOf(A, B)
+        sticky = attrs.evolve(base, pools=(
+            attrs.evolve(base.pools[0], sticky=Sticky("cookie", "SRV")),))
+        both = attrs.evolve(sticky, pools=(attrs.evolve(sticky.pools[0], policy="leastconn"),))
+
+        def summary(config: Config, upgrade: bool = False) -> str:
+            t.next = config
+            del events[:]
+            self.assertIsNone(t.live.reload(upgrade=upgrade))
+            [line] = [formatEvent(e) for e in events
+                      if formatEvent(e).startswith("configuration reloaded")]
+            return line
+
+        self.assertEqual(summary(sticky), "configuration reloaded: 2 backends in 1 pool, "
+                                          "no change applied; needs a restart: pools.web.sticky")
+        self.assertEqual(t.live.restartNeeded, ["pools.web.sticky"])
+        self.assertEqual(summary(both), "configuration reloaded: 2 backends in 1 pool, "
+                                        "1 pool changed; needs a restart: pools.web.sticky")
+        self.assertEqual(summary(both, upgrade=True),
+                         "configuration reloaded: 2 backends in 1 pool, "
+                         "no change applied; the upgrade applies: pools.web.sticky")
+        settled = attrs.evolve(base, pools=(attrs.evolve(base.pools[0], policy="leastconn"),))
+        self.assertEqual(summary(settled), "configuration reloaded: 2 backends in 1 pool, "
+                                           "no change")
+
     def test_upgradeNamesNoRestart(self) -> None:
         """
         An upgrade's reload does not claim a restart is needed for what it
@@ -257,7 +294,8 @@ class LiveConfigTests(SynchronousTestCase):
             del events[:]
             self.assertIsNone(t.live.reload(upgrade=upgrade))
             self.assertEqual(t.live.restartNeeded, ["listeners"])
-            [event] = [e for e in events if "listeners" in formatEvent(e)]
+            [event] = [e for e in events if "listeners" in formatEvent(e)
+                       and not formatEvent(e).startswith("configuration reloaded")]
             said.append((event["log_level"], formatEvent(event)))
         self.assertEqual(said, [
             (LogLevel.info, "upgrade: listeners change with the new workers (the master's own "
