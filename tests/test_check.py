@@ -23,6 +23,16 @@ class CheckTests(SynchronousTestCase):
     The check's exit status and its one line.
     """
 
+    def runCheck(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """
+        Run the check with C{args}; its exit status, standard output and
+        standard error.
+        """
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+        result = subprocess.run([sys.executable, "-m", "lbtwist.check", *args],
+                                capture_output=True, timeout=60, env={**environ, **(env or {})})
+        return result.returncode, result.stdout.decode(), result.stderr.decode()
+
     def check(self, config: dict[str, object], *args: str,
               env: dict[str, str] | None = None) -> tuple[int, str]:
         """
@@ -32,19 +42,31 @@ class CheckTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-        result = subprocess.run(
-            [sys.executable, "-m", "lbtwist.check", "--config", path, *args],
-            capture_output=True, timeout=60, env={**environ, **(env or {})})
-        return result.returncode, (result.stdout + result.stderr).decode()
+        code, out, err = self.runCheck("--config", path, *args, env=env)
+        return code, out + err
 
     def test_good(self) -> None:
         """
-        A configuration that would start: status 0, nothing said.  Sockets
-        systemd passed another process are checked by their names.
+        A configuration that would start: status 0, and one line on the
+        standard output saying what it holds.  Sockets systemd passed
+        another process are checked by their names.
         """
         self.assertEqual(self.check(CONFIG, env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "front"}),
-                         (0, ""))
+                         (0, "lbtwist: configuration OK: 1 listener, 1 pool, 1 backend\n"))
+        self.assertEqual(self.runCheck("--listen", "tcp:0:interface=127.0.0.1", "--backend",
+                                  "127.0.0.1:9", "--backend", "127.0.0.1:10"),
+                         (0, "lbtwist: configuration OK: 1 listener, 1 pool, 2 backends\n", ""))
+
+    def test_help(self) -> None:
+        """
+        C{--help} prints the usage naming this program, not a bare option
+        list, and exits 0 with no verdict.
+        """
+        code, out, err = self.runCheck("--help")
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.startswith("Usage: python -m lbtwist.check [--config FILE | "), out)
+        self.assertIn("--access-log-file=", out)
+        self.assertNotIn("configuration OK", out)
 
     def test_bad(self) -> None:
         """
