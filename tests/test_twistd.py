@@ -186,13 +186,15 @@ class TwistdTests(TestCase):
         )
         code = yield self.waitForExit(process)
         assert process.stdout is not None
-        self.assertNotEqual(code, 0)
+        self.assertEqual(code, 1)
         # The parent shows what the daemon wrote to it, whole (twistd reads
-        # 100 bytes of it), and the log file has the whole line.
+        # 100 bytes of it), in twistd's words as the README quotes them, and
+        # the log file has the whole line.
         self.assertRegex(
             process.stdout.read().decode(),
-            f"b'lbtwist.service.CannotStart: (listener main )?cannot listen on "
-            f"127.0.0.1:{port}: Address already in use'")
+            f"^An error has occurred: b'lbtwist.service.CannotStart: (listener main )?cannot "
+            f"listen on 127.0.0.1:{port}: Address already in use'\n"
+            "Please look at log file for more information.\n$")
         self.assertFalse(os.path.exists(os.path.join(work, "lb.pid")))
         log = FilePath(work).child("lb.log").getContent().decode()
         self.assertIn(f"listener main cannot listen on tcp:{port}:interface=127.0.0.1: "
