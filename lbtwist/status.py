@@ -37,7 +37,9 @@ def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
     Render a pool's backend stats as a fixed-width text table with a totals row.
 
     A backup backend's state is marked C{b}, a discovered one's C{d}; a
-    backend in slow start shows its weight now over its full weight.
+    backend in slow start shows its weight now over its full weight.  The
+    totals count the backends serving: up or not yet checked, and backups
+    only while no primary is.
     """
     stats = list(stats)
     rows = [
@@ -50,7 +52,10 @@ def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
         for s in stats
     ]
     # Unknown backends get traffic too (until proven down): they serve.
-    serving = sum(1 for s in stats if s.state in ("up", "unknown"))
+    # Backups serve only while no primary can.
+    up = [s for s in stats if s.state in ("up", "unknown")]
+    primaryUp = any(not s.backup for s in up)
+    serving = sum(1 for s in up if not (s.backup and primaryUp))
     rows.append(
         (
             f"TOTAL ({serving}/{len(stats)} serving)", "", "",

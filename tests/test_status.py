@@ -45,6 +45,29 @@ class FormatTableTests(SynchronousTestCase):
         self.assertEqual(lines[4].split(), ["c", "down", "1", "0", "0", "3", "-", "-", "0.0"])
         self.assertEqual(lines[5].split(), ["TOTAL", "(2/3", "serving)", "2", "3", "3", "100.0"])
 
+    def test_idleBackupNotServing(self) -> None:
+        """
+        A backup is counted as serving only while no primary is up (or not
+        yet checked): idle behind an up primary, it is not.
+        """
+        pool = BackendPool(PoolConfig(name="web", backends=(
+            BackendConfig("a", "tcp:host=h:port=1"), BackendConfig("b", "tcp:host=h:port=2"),
+            BackendConfig("z", "tcp:host=h:port=3", backup=True))), random.Random(0))
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+
+        def total() -> str:
+            return formatTable("web", pool.stats()).splitlines()[5].split()[1]
+
+        self.assertEqual(total(), "(2/3")
+        for _ in range(3):
+            pool.failed(a, "probe", "refused")
+        self.assertEqual(total(), "(1/3")
+        for _ in range(3):
+            pool.failed(b, "probe", "refused")
+        # No primary left: the backup serves.
+        self.assertEqual(total(), "(1/3")
+
     def test_backupAndSlowStart(self) -> None:
         """
         A backup's state is marked C{b}; a backend in slow start shows its
