@@ -462,17 +462,23 @@ class RetryDecisionTests(SynchronousTestCase):
         """
         A lost connection is retried only for a replayable request none of
         whose response reached the client: on a fresh connection if the
-        lost one was pooled, else on another backend if the policy allows.
+        lost one was pooled and the request had no such resend yet (once
+        per request, whatever the policy), else on another backend if the
+        policy allows.
         """
         cases = {
-            # responded, replayable, reused, mayTryAnother
-            (False, True, False, True): RETRY_OTHER,
-            (False, True, False, False): GIVE_UP,
-            (False, True, True, False): RETRY_FRESH,
-            (False, True, True, True): RETRY_FRESH,
-            (True, True, False, True): GIVE_UP,
-            (True, True, True, True): GIVE_UP,
-            (False, False, False, True): GIVE_UP,
-            (False, False, True, True): GIVE_UP,
+            # responded, replayable, reused, staleResent, mayTryAnother
+            (False, True, False, False, True): RETRY_OTHER,
+            (False, True, False, False, False): GIVE_UP,
+            (False, True, True, False, False): RETRY_FRESH,
+            (False, True, True, False, True): RETRY_FRESH,
+            (False, True, False, True, True): RETRY_OTHER,
+            (False, True, False, True, False): GIVE_UP,
+            (False, True, True, True, True): RETRY_OTHER,
+            (False, True, True, True, False): GIVE_UP,
+            (True, True, False, False, True): GIVE_UP,
+            (True, True, True, False, True): GIVE_UP,
+            (False, False, False, False, True): GIVE_UP,
+            (False, False, True, False, True): GIVE_UP,
         }
         self.assertEqual({case: retryAfterLoss(*case) for case in cases}, cases)

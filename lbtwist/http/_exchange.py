@@ -276,6 +276,9 @@ class Exchange:
     @ivar sends: how often the request was sent to a backend.
     @ivar retries: tries after the first, as the access log counts them:
         failed connects, and sends after the first.
+    @ivar staleResent: the request was sent again on a new connection after
+        a pooled connection of its own was found closed (its one such resend,
+        outside the retries): from then on it uses new connections only.
     @ivar attempt: the pending connect attempt, in C{CONNECTING}.
     @ivar deadline: when the response head is due, once the request is
         sent whole (checked by the client side's one timer).
@@ -288,7 +291,7 @@ class Exchange:
         "attempt", "backend", "bytesIn", "bytesOut", "client", "closeAfter", "conn",
         "deadline", "factory", "failures", "gated", "local", "method", "pending", "phase",
         "plan", "requestDone", "responded", "response", "retries", "retrying", "route", "sends",
-        "setCookie",
+        "setCookie", "staleResent",
         "slot", "started", "status", "tried", "upstream", "url", "version",
     )
 
@@ -325,6 +328,7 @@ class Exchange:
         self.sends = 0
         self.retries = 0
         self.retrying = False
+        self.staleResent = False
         self.attempt: ConnectAttempt | None = None
         self.deadline = 0.0
         self.response: Any = None
@@ -352,12 +356,14 @@ class Exchange:
 
     # -- the request side ------------------------------------------------
 
-    def start(self, fresh: bool = False) -> None:
+    def start(self, fresh: bool = False, again: bool = False) -> None:
         """
         Its turn came (or a retry is due): find a backend and connect.
 
-        @param fresh: do not use a pooled connection, and prefer the same
-            backend (the pooled one used last was stale).
+        @param fresh: use new connections only, no pooled one (a pooled
+            connection of this request's was found closed already).
+        @param again: prefer the backend chosen last (its pooled connection
+            was stale).
         """
         if self.gated:
             # (Before its own answer too: a route's respond or redirect is
@@ -373,7 +379,7 @@ class Exchange:
         self.phase = CONNECTING
         upstream = self.upstream
         client = self.client
-        prefer = self.backend if fresh else upstream.stickyBackend(self)
+        prefer = self.backend if again else upstream.stickyBackend(self)
         slot, self.slot = self.slot, None
         attempt = upstream.connector.connect(
             client.clientName, client.clientHost, self._build, self._joined,
@@ -762,7 +768,7 @@ class Exchange:
             "backend {backend} failed {client} ({why}); retrying on another",
             backend=backend.name, client=self.client.clientName, why=why,
         )
-        self.start()
+        self.start(fresh=self.staleResent)
 
     def _stop(self) -> None:
         """
@@ -900,7 +906,7 @@ class Exchange:
                 "backend {backend} never connected for {client}; trying another",
                 backend=conn.backend.name, client=self.client.clientName,
             )
-            self.start()
+            self.start(fresh=self.staleResent)
             return
         reason = NoBackendAvailable("the connection it joined never came up")
         reason.failures = self.failures
@@ -917,16 +923,20 @@ class Exchange:
         upstream = self.upstream
         pool = upstream.pool
         decision = retryAfterLoss(
-            self.responded, self.plan.replayable, conn.requests > 1,
+            self.responded, self.plan.replayable, conn.requests > 1, self.staleResent,
             upstream.connector.retryPolicy.mayTryAnother(pool, self.failures + 1),
         )
         if decision is RETRY_FRESH:
             # A stale pooled connection: a new one to the same backend,
-            # which is no fault of the backend's (nor a try of it).
+            # which is no fault of the backend's (nor a try of it).  Once
+            # per request: its later tries take new connections only, so
+            # that each loss after this one is the backend's, counted
+            # within the retries.
             self.deadline = 0.0
             self._detach()
             self.tried.remove(backend)
-            self.start(fresh=True)
+            self.staleResent = True
+            self.start(fresh=True, again=True)
             return
         if decision is not GIVE_UP and self._mayRetry("reset"):
             self._retry(backend, "response", "connection lost before the response")

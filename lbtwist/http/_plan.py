@@ -769,20 +769,30 @@ RETRY_OTHER = 2  # another backend
 
 
 def retryAfterLoss(
-    responded: bool, replayable: bool, reused: bool, mayTryAnother: bool
+    responded: bool, replayable: bool, reused: bool, staleResent: bool, mayTryAnother: bool
 ) -> int:
     """
     Decide what follows when a backend connection carrying a request is lost
     before the response is complete.
 
+    A pooled connection lost before any response byte was most likely
+    closed by the backend as it sat idle: the request is sent once more on
+    a new connection to the same backend, outside the retries, so that a
+    stale pooled connection never surfaces as a 502.  That allowance is
+    once per request, not once per backend: any later loss is a failure,
+    and another backend is tried only within the retries.
+
     @param responded: part of a response reached the client.
     @param replayable: the request may be sent again (L{RequestPlan}).
     @param reused: the connection was a pooled one, used before: its loss
-        is a stale connection, no fault of the backend's.
+        (the request's first such) is a stale connection, no fault of the
+        backend's.
+    @param staleResent: the request was already sent again after a pooled
+        connection of its own was found closed.
     @param mayTryAnother: the retry policy allows another try.
     """
     if responded or not replayable:
         return GIVE_UP
-    if reused:
+    if reused and not staleResent:
         return RETRY_FRESH
     return RETRY_OTHER if mayTryAnother else GIVE_UP
