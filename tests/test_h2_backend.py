@@ -336,6 +336,37 @@ class JoinedDialTests(JoinedDialCase):
         self.assertEqual((joined[b"body"], joined[b"trailers"]), (b"world", b"x-sum=9"))
         self.assertTrue(second.value().startswith(b"HTTP/1.1 200 "), second.value())
 
+    def test_retriesCountedOnce(self) -> None:
+        """
+        Two GETs on one connection that is lost are retried on the other
+        backend, one dialling it and the other joining that dial, which
+        fails: each was sent once and had one failed connect, and the
+        access log says C{retries} 1 for each (the joined one's failed
+        connect is not also counted as a send).
+        """
+        lines: list[tuple[Any, ...]] = []
+
+        class Sink:
+            def request(self, *fields: Any) -> None:
+                lines.append(fields)
+
+        self.factory.accessLog = Sink()  # type: ignore[assignment]
+        clients = [self.send(b"GET /%s HTTP/1.1\r\nHost: a\r\n\r\n" % name)
+                   for name in (b"x1", b"x2")]
+        proto, transport, server = self.connect(0)
+        events = server.receive_data(transport.value())
+        self.assertEqual(
+            sorted(dict(e.headers)[b":path"] for e in events
+                   if isinstance(e, h2.events.RequestReceived)),
+            [b"/x1", b"/x2"])
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual([self.dialHost(i) for i in range(self.dialCount())],
+                         ["10.0.0.1", "10.0.0.2"])
+        self.failDial(1)
+        for client in clients:
+            self.assertTrue(client.value().startswith(b"HTTP/1.1 502 "), client.value())
+        self.assertEqual(sorted((f[2], f[8]) for f in lines), [("/x1", 1), ("/x2", 1)])
+
     def test_bodyHeldWhileConnecting(self) -> None:
         """
         While the connection is being made, a joined request's body waits in

@@ -897,10 +897,13 @@ class Exchange:
         if unsent:
             self.pending = unsent + (self.pending or [])
         retry = self._mayRetry("connect-failure", unsent=True)
-        # It was not sent: it counts as a failed connect.
+        # It was not sent: it counts as a failed connect.  (Joining, a
+        # send after the first counted itself among the retries already:
+        # that count stands for the failed connect now.)
         self.sends -= 1
         self.failures += 1
-        self.retries += 1
+        if not self.sends:
+            self.retries += 1
         if retry:
             self.log.info(
                 "backend {backend} never connected for {client}; trying another",
