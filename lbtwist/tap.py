@@ -126,7 +126,8 @@ class Options(usage.Options):
         ["status-interval", None, None,
          f"Seconds between status tables in the log (default {_config.statusInterval.default:g})."],
         ["retries", None, None,
-         f"Other backends to try when a connect fails (default {_pool.retries.default})."],
+         f"Other backends to try when a connect fails or an HTTP request is lost "
+         f"(default {_pool.retries.default})."],
         ["connect-timeout", None, None,
          f"Backend connect timeout (default {_seconds(_timeouts.connect)})."],
         ["idle-timeout", None, None,
