@@ -379,7 +379,10 @@ class Exchange:
         self.phase = CONNECTING
         upstream = self.upstream
         client = self.client
-        prefer = self.backend if again else upstream.stickyBackend(self)
+        prefer = (
+            self.backend if again
+            else upstream.stickyBackend(self) if upstream.sticky else None
+        )
         slot, self.slot = self.slot, None
         attempt = upstream.connector.connect(
             client.clientName, client.clientHost, self._build, self._joined,

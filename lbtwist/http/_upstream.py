@@ -44,6 +44,8 @@ class Upstream:
     @ivar maxResponseHeaderSize: the bound on a response head.
     @ivar measuredAbove: a response head read in one read of fewer bytes is
         within that bound, and only a larger one is measured.
+    @ivar sticky: the pool has a sticky setting (L{stickyBackend} has
+        anything to say).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Upstream:
         self.responseTimeout = config.timeouts.response
         self.proxyHeader = PROXY_HEADERS.get(config.proxyProtocol or "")
         sticky = config.sticky
+        self.sticky = sticky is not None
         self._stickyName = (sticky.name or "").encode() if sticky else b""
         self.rules = RequestRules(
             forwardedProto=forwardedProto,
