@@ -1115,16 +1115,22 @@ def parsePool(name: str, data: object, path: str, directory: str | None = None) 
     d = _mapping(data, path, _POOL_KEYS)
     health = parseHealth(d.get("health"), f"{path}.health", HealthCheck())
     tls = parseBackendTLS(d.get("tls"), f"{path}.tls", None, directory)
+    protocol = _choice(d.get("protocol", "http/1.1"), f"{path}.protocol", BACKEND_PROTOCOLS)
+    if protocol == "h2":
+        # TLS backends of an h2 pool offer h2 alone: one that does not
+        # pick it fails its connection rather than speak HTTP/1.1; their
+        # http checks speak HTTP/2 too.  The pool's own settings say so as
+        # well: the backends it finds at run time (discovery, the workers'
+        # registry) are made from them.
+        tls = attrs.evolve(tls, alpn=("h2",)) if tls is not None else None
+        health = attrs.evolve(health, h2=True)
     backends = tuple(
         parseBackend(b, f"{path}.backends[{i}]", health, tls, directory)
         for i, b in enumerate(_list(d.get("backends", []), f"{path}.backends"))
     )
     _unique(backends, lambda b: b.name, f"{path}.backends", "backend")
-    protocol = _choice(d.get("protocol", "http/1.1"), f"{path}.protocol", BACKEND_PROTOCOLS)
     if protocol == "h2":
-        # TLS backends of an h2 pool offer h2 alone: one that does not
-        # pick it fails its connection rather than speak HTTP/1.1; their
-        # http checks speak HTTP/2 too.
+        # (A backend's own tls block, over none of the pool's, too.)
         backends = tuple(
             attrs.evolve(
                 b, tls=attrs.evolve(b.tls, alpn=("h2",)) if b.tls is not None else None,

@@ -96,6 +96,21 @@ class ProtocolKeyTests(SynchronousTestCase):
         self.assertEqual(pool.protocol, "h2")
         self.assertEqual(pool.backends[0].tls.alpn, ("h2",))
 
+    def test_h2PoolSettings(self) -> None:
+        """
+        An h2 pool's own TLS and health settings, from which the backends
+        it finds at run time are made, offer only h2 by ALPN and check in
+        HTTP/2, as its listed backends do; an HTTP/1.1 pool's offer nothing
+        by ALPN and check in HTTP/1.1.
+        """
+        pool = self.pool(protocol="h2", tls={"verify": False})
+        self.assertEqual((pool.tls.alpn, pool.health.h2), (("h2",), True))
+        self.assertEqual((pool.backends[0].tls.alpn, pool.backends[0].health.h2),
+                         (("h2",), True))
+        pool = self.pool(tls={"verify": False})
+        self.assertEqual((pool.tls.alpn, pool.health.h2), ((), False))
+        self.assertEqual((pool.backends[0].tls.alpn, pool.backends[0].health.h2), ((), False))
+
     def test_bad(self) -> None:
         """
         Another value is refused, naming the key.

@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 
+from lbtwist.discovery import Answer, Discovery, Found, backendConfigs
+
 from .httphelpers import httpRequests, waitFor
 from .support import startBalancer
 from .test_h2_backend import H2ServerCase, echo
@@ -192,3 +194,49 @@ class H2TLSBackendTests(H2ServerCase):
         """
         return self.assertRefused(self.tlsServer(self.good, [b"http/1.1"]),
                                   "speaks none of the ALPN protocols offered")
+
+    def discovered(self, lb: Any, server: Any) -> None:
+        """
+        Make C{server} the pool's only backend, found by an SRV lookup (so
+        verified by its address) and added from the pool's settings.
+        """
+        pool = lb.pools["web"]
+        config = pool.config
+        port = int(server.endpoint.rpartition("=")[2])
+        [backend] = backendConfigs(
+            Discovery("srv", "_h2._tcp.app.internal"), Answer((Found("127.0.0.1", port),), 5),
+            config.health, config.tls).values()
+        pool.add(backend)
+        pool.remove("s0")
+
+    @inlineCallbacks
+    def test_discoveredChoosesH2(self) -> Any:
+        """
+        A discovered backend's TLS connection offers C{h2} by ALPN, which
+        the backend chose, and carries the requests as streams.
+        """
+        listed = self.tlsServer(self.good)
+        server = self.tlsServer(self.good)
+        lb, port = self.balancer(listed)
+        self.discovered(lb, server)
+        responses = yield httpRequests(port, [("GET", "/d", None, {})])
+        self.assertEqual(responses[0][0], 200)
+        self.assertEqual(len(server.requests), 1)
+        self.assertEqual([c.transport.negotiatedProtocol for c in server.used], [b"h2"])
+
+    @inlineCallbacks
+    def test_discoveredNoALPN(self) -> Any:
+        """
+        A discovered TLS backend that does no ALPN gets no request: its
+        connection fails as a refused one does (503, counted against it).
+        """
+        listed = self.tlsServer(self.good)
+        server = self.tlsServer(self.good, [])
+        lb, port = self.balancer(listed)
+        self.discovered(lb, server)
+        responses = yield httpRequests(port, [("GET", "/n", None, {})])
+        self.assertEqual(responses[0][0], 503)
+        self.assertEqual(server.requests, [])
+        [backend] = lb.pools["web"]
+        self.assertGreaterEqual(backend.failureCount, 1)
+        self.assertTrue(self.logged("did not choose h2 by ALPN (it chose none)"))
