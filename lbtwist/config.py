@@ -1107,6 +1107,30 @@ def parseHTTP(data: object, path: str) -> HTTPSettings:
     return HTTPSettings(**changes)
 
 
+def _speakingH2(backend: BackendConfig) -> BackendConfig:
+    """
+    C{backend} as an h2 pool's: its TLS (if any) offers h2 alone by ALPN,
+    so that a backend that does not pick it fails its connection rather
+    than speak HTTP/1.1; its http checks speak HTTP/2.
+    """
+    tls = backend.tls
+    return attrs.evolve(
+        backend, tls=attrs.evolve(tls, alpn=("h2",)) if tls is not None else None,
+        health=attrs.evolve(backend.health, h2=True))
+
+
+def underPool(pool: PoolConfig, backend: BackendConfig) -> BackendConfig:
+    """
+    C{backend} as a backend of C{pool}, as the file's backends are made: one
+    given at run time (the admin API, the state file, a registry) with no
+    C{tls} of its own speaks TLS as the pool says, never plain TCP to a
+    pool's TLS backends; an h2 pool's speaks h2 (L{_speakingH2}).
+    """
+    if backend.tls is None and pool.tls is not None:
+        backend = attrs.evolve(backend, tls=pool.tls)
+    return _speakingH2(backend) if pool.protocol == "h2" else backend
+
+
 def parsePool(name: str, data: object, path: str, directory: str | None = None) -> PoolConfig:
     """
     One pool of backends; the files its C{tls} blocks name are relative to
@@ -1131,12 +1155,7 @@ def parsePool(name: str, data: object, path: str, directory: str | None = None) 
     _unique(backends, lambda b: b.name, f"{path}.backends", "backend")
     if protocol == "h2":
         # (A backend's own tls block, over none of the pool's, too.)
-        backends = tuple(
-            attrs.evolve(
-                b, tls=attrs.evolve(b.tls, alpn=("h2",)) if b.tls is not None else None,
-                health=attrs.evolve(b.health, h2=True))
-            for b in backends
-        )
+        backends = tuple(_speakingH2(b) for b in backends)
     http = parseHTTP(d.get("http"), f"{path}.http")
     # One line per connection (TCP) or request (HTTP): a pool's setting,
     # which http.access-log (its older place) also gives.

@@ -19,7 +19,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 import attrs
 import txaio
 
-from .config import MAX_WEIGHT, BackendConfig, HealthCheck, PoolConfig
+from .config import MAX_WEIGHT, BackendConfig, HealthCheck, PoolConfig, underPool
 from .policies import POLICIES, BalancingPolicy
 from .wording import counted
 
@@ -1057,11 +1057,14 @@ class BackendPool:
     def add(self, config: BackendConfig) -> Backend:
         """
         Add a backend; it starts in state unknown and gets traffic at once.
+        With no C{tls} of its own, it takes the pool's (L{underPool}).
 
         @raise KeyError: a backend of that name is already in the pool.
         """
         if config.name in self._backends:
             raise KeyError(config.name)
+        # One given at run time speaks to its backend as the pool says.
+        config = underPool(self.config, config)
         backend = self._watched(Backend(config))
         self._backends[config.name] = backend
         self._candidates = None

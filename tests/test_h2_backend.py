@@ -26,7 +26,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.config import ConfigError, parseConfig
+from lbtwist.config import BackendConfig, BackendTLS, ConfigError, parseConfig, underPool
 from lbtwist.dial import Dialler
 from lbtwist.health import ProbeFailed
 from lbtwist.http import HTTPProbe, HTTPProxyFactory
@@ -110,6 +110,30 @@ class ProtocolKeyTests(SynchronousTestCase):
         pool = self.pool(tls={"verify": False})
         self.assertEqual((pool.tls.alpn, pool.health.h2), ((), False))
         self.assertEqual((pool.backends[0].tls.alpn, pool.backends[0].health.h2), ((), False))
+
+    def test_underPool(self) -> None:
+        """
+        A backend given at run time with no C{tls} of its own takes its
+        pool's, and in an h2 pool its TLS (its own or the pool's) offers h2
+        alone by ALPN and its checks speak HTTP/2; with no TLS anywhere it
+        stays plain, and an HTTP/1.1 pool's backends offer nothing by ALPN.
+        """
+        own = BackendTLS(verify=False, sni="own.internal")
+        given = [BackendConfig("x", "tcp:host=h:port=1"),
+                 BackendConfig("x", "tcp:host=h:port=1", tls=own)]
+        cases = [
+            ({}, [(None, None, False), ("own.internal", (), False)]),
+            ({"tls": {"verify": False}}, [(None, (), False), ("own.internal", (), False)]),
+            ({"protocol": "h2"}, [(None, None, True), ("own.internal", ("h2",), True)]),
+            ({"protocol": "h2", "tls": {"verify": False}},
+             [(None, ("h2",), True), ("own.internal", ("h2",), True)]),
+        ]
+        for settings, expected in cases:
+            pool = self.pool(**settings)
+            made = [underPool(pool, b) for b in given]
+            self.assertEqual(
+                [(b.tls.sni if b.tls else None, b.tls.alpn if b.tls else None, b.health.h2)
+                 for b in made], expected, settings)
 
     def test_bad(self) -> None:
         """

@@ -233,6 +233,27 @@ class BackendTLSTests(TestCase):
 
 
     @inlineCallbacks
+    def test_addedAtRunTime(self) -> Any:
+        """
+        A backend added at run time with no C{tls} of its own (as the admin
+        API, the state file and the registries add one) speaks TLS as its
+        pool's block says, verified against the pool's CA: not plain TCP.
+        """
+        backend = self.backend(self.named)
+        lb, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"retries": 0, "health": {"interval": 60},
+                              "tls": {"ca": self.ca.cert, "verify-host": "app.internal"},
+                              "backends": []}},
+        })
+        pool = lb.pools["web"]
+        added = pool.add(BackendConfig(
+            "b", f"tcp:host=127.0.0.1:port={backend.hostPort}", health=pool.config.health))
+        self.assertEqual(added.config.tls, pool.config.tls)
+        status, body = yield inThread(get, port, "/tls")
+        self.assertEqual((status, body), (200, b"b /tls\n"))
+
+    @inlineCallbacks
     def test_tcpMode(self) -> Any:
         """
         TCP mode relays to a verified TLS backend too.
