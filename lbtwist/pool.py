@@ -402,6 +402,9 @@ class BackendStats:
     effectiveWeight: float | None = None
     # Found by DNS discovery, not configured.
     discovered: bool = False
+    # In the pool's rotation now (L{BackendPool.inRotation}): new clients
+    # may be given it.  None from a balancer that does not say.
+    serving: bool | None = None
 
 
 def _clause(reason: str) -> str:
@@ -1200,6 +1203,7 @@ class BackendPool:
             self._ramp(self.clock())
         backends = list(self._backends.values())
         grand = sum(b.total for b in backends)
+        rotation = set(self.inRotation())
         return [
             BackendStats(
                 name=b.name,
@@ -1222,6 +1226,7 @@ class BackendPool:
                     round(b.effectiveWeight / WEIGHT_SCALE, 2) if b.rampEnd else None
                 ),
                 discovered=b.config.discovered,
+                serving=b in rotation,
             )
             for b in backends
         ]

@@ -38,8 +38,8 @@ def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
 
     A backup backend's state is marked C{b}, a discovered one's C{d}; a
     backend in slow start shows its weight now over its full weight.  The
-    totals count the backends serving: up or not yet checked, and backups
-    only while no primary is.
+    totals count the backends serving: those new clients may be given now
+    (eligible, of weight above 0, and backups only while no primary is).
     """
     stats = list(stats)
     rows = [
@@ -51,11 +51,12 @@ def formatTable(pool: str, stats: Iterable[BackendStats]) -> str:
         )
         for s in stats
     ]
-    # Unknown backends get traffic too (until proven down): they serve.
-    # Backups serve only while no primary can.
-    up = [s for s in stats if s.state in ("up", "unknown")]
-    primaryUp = any(not s.backup for s in up)
-    serving = sum(1 for s in up if not (s.backup and primaryUp))
+    # The backends in the pool's rotation; from a balancer that does not
+    # say, the up and unknown ones (unknown backends get traffic too).
+    serving = sum(
+        1 for s in stats
+        if (s.serving if s.serving is not None else s.state in ("up", "unknown"))
+    )
     rows.append(
         (
             f"TOTAL ({serving}/{len(stats)} serving)", "", "",

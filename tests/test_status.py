@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import random
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import BackendConfig, PoolConfig
-from lbtwist.pool import Admin, BackendPool
+from lbtwist.pool import Admin, BackendPool, BackendStats
 from lbtwist.status import formatTable
 
 
@@ -45,28 +46,34 @@ class FormatTableTests(SynchronousTestCase):
         self.assertEqual(lines[4].split(), ["c", "down", "1", "0", "0", "3", "-", "-", "0.0"])
         self.assertEqual(lines[5].split(), ["TOTAL", "(2/3", "serving)", "2", "3", "3", "100.0"])
 
-    def test_idleBackupNotServing(self) -> None:
+    def test_servingAsThePoolServes(self) -> None:
         """
-        A backup is counted as serving only while no primary is up (or not
-        yet checked): idle behind an up primary, it is not.
+        The totals count the backends in the pool's rotation: an idle backup
+        behind an up primary is not, nor a primary of weight 0; with the
+        primaries down only the first backup is (C{all-backups} off); from
+        a balancer that does not say, the up and unknown ones are.
         """
         pool = BackendPool(PoolConfig(name="web", backends=(
             BackendConfig("a", "tcp:host=h:port=1"), BackendConfig("b", "tcp:host=h:port=2"),
-            BackendConfig("z", "tcp:host=h:port=3", backup=True))), random.Random(0))
+            BackendConfig("y", "tcp:host=h:port=3", backup=True),
+            BackendConfig("z", "tcp:host=h:port=4", backup=True))), random.Random(0))
         a, b = pool.get("a"), pool.get("b")
         assert a is not None and b is not None
 
-        def total() -> str:
-            return formatTable("web", pool.stats()).splitlines()[5].split()[1]
+        def total(stats: list[BackendStats] | None = None) -> str:
+            table = formatTable("web", pool.stats() if stats is None else stats)
+            return table.splitlines()[6].split()[1]
 
-        self.assertEqual(total(), "(2/3")
+        self.assertEqual(total(), "(2/4")
+        pool.setWeight("b", 0)
+        self.assertEqual(total(), "(1/4")
         for _ in range(3):
             pool.failed(a, "probe", "refused")
-        self.assertEqual(total(), "(1/3")
-        for _ in range(3):
-            pool.failed(b, "probe", "refused")
-        # No primary left: the backup serves.
-        self.assertEqual(total(), "(1/3")
+        # No primary left to take clients: the first backup does.
+        self.assertEqual(total(), "(1/4")
+        self.assertEqual([s.name for s in pool.stats() if s.serving], ["y"])
+        unsaid = [attrs.evolve(s, serving=None) for s in pool.stats()]
+        self.assertEqual(total(unsaid), "(3/4")
 
     def test_backupAndSlowStart(self) -> None:
         """
