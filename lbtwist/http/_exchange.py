@@ -356,12 +356,11 @@ class Exchange:
 
     # -- the request side ------------------------------------------------
 
-    def start(self, fresh: bool = False, again: bool = False) -> None:
+    def start(self, again: bool = False) -> None:
         """
-        Its turn came (or a retry is due): find a backend and connect.
+        Its turn came (or a retry is due): find a backend and connect (on
+        new connections only, no pooled one, once C{staleResent}).
 
-        @param fresh: use new connections only, no pooled one (a pooled
-            connection of this request's was found closed already).
         @param again: prefer the backend chosen last (its pooled connection
             was stale).
         """
@@ -386,7 +385,7 @@ class Exchange:
         slot, self.slot = self.slot, None
         attempt = upstream.connector.connect(
             client.clientName, client.clientHost, self._build, self._joined,
-            self._noBackend, self.tried, prefer, None if fresh else self._reuse,
+            self._noBackend, self.tried, prefer, None if self.staleResent else self._reuse,
             slot, self.failures, self.retrying,
         )
         if attempt is not None and self.phase is CONNECTING:
@@ -771,7 +770,7 @@ class Exchange:
             "backend {backend} failed {client} ({why}); retrying on another",
             backend=backend.name, client=self.client.clientName, why=why,
         )
-        self.start(fresh=self.staleResent)
+        self.start()
 
     def _stop(self) -> None:
         """
@@ -912,7 +911,7 @@ class Exchange:
                 "backend {backend} never connected for {client}; trying another",
                 backend=conn.backend.name, client=self.client.clientName,
             )
-            self.start(fresh=self.staleResent)
+            self.start()
             return
         reason = NoBackendAvailable("the connection it joined never came up")
         reason.failures = self.failures
@@ -942,7 +941,7 @@ class Exchange:
             self._detach()
             self.tried.remove(backend)
             self.staleResent = True
-            self.start(fresh=True, again=True)
+            self.start(again=True)
             return
         if decision is not GIVE_UP and self._mayRetry("reset"):
             self._retry(backend, "response", "connection lost before the response")
