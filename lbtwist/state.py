@@ -38,6 +38,7 @@ from .config import (
     parseBackend,
     parsePool,
     parseRoutes,
+    underPool,
 )
 from .endpoints import parseEndpoint
 from .pool import Admin
@@ -256,7 +257,10 @@ class Overrides:
                 for b in pc.backends
                 if b.name not in p.removed and b.name not in p.added
             ]
-            backends.extend(p.added.values())
+            # Those added at run time, as the pool makes them (its C{tls}):
+            # the effective configuration is what runs, so that a reload
+            # compares like with like and gives them a changed C{tls}.
+            backends.extend(underPool(pc, b) for b in p.added.values())
             pools.append(attrs.evolve(pc, backends=tuple(backends)))
         names = [pc.name for pc in pools]
         listeners = tuple(

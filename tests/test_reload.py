@@ -407,6 +407,35 @@ class LiveConfigTests(SynchronousTestCase):
         self.assertEqual(StateFile(t.path).load(), t.live.overrides)
         self.assertNotIn("b", t.live.overrides.adminStates("web"))
 
+    def test_addedUnderPoolSettings(self) -> None:
+        """
+        A backend added at run time takes its pool's C{tls}: a reload that
+        leaves the pool as it was leaves that backend too (it is not
+        replaced, its connections not drained), and one that changes the
+        pool's C{tls} (a new CA, say) gives it the new one, as it gives the
+        file's backends.
+        """
+        def tlsConfig(host: str) -> Config:
+            return parseConfig({
+                "listeners": [{"listen": "tcp:0"}],
+                "pools": {"web": {"tls": {"ca": "system", "verify-host": host},
+                                  "backends": [{"name": "a", "endpoint": "tcp:host=h:port=1"}]}},
+            })
+
+        t = Live(self, tlsConfig("one.internal"))
+        added = t.live.addBackend("web", BackendConfig("x", "tcp:host=h:port=8"))
+        self.assertEqual(added.config.tls, t.pools["web"].config.tls)
+        self.assertIsNone(t.live.reload())
+        self.assertIs(t.pools["web"].get("x"), added)
+        self.assertEqual(t.live.draining, {})
+        t.next = tlsConfig("two.internal")
+        self.assertIsNone(t.live.reload())
+        x = t.pools["web"].get("x")
+        self.assertIsNot(x, added)
+        self.assertEqual(x.config.tls.verifyHost, "two.internal")  # type: ignore[union-attr]
+        self.assertEqual(t.pools["web"].get("a").config.tls,  # type: ignore[union-attr]
+                         x.config.tls)  # type: ignore[union-attr]
+
     def test_loadState(self) -> None:
         """
         Saved overrides are applied to the pools at start.
