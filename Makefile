@@ -37,7 +37,7 @@ run: $(STAMP) ## the demo: three backends and the balancer on 127.0.0.1:8080 (AR
 
 test: $(STAMP) test-deps ## ruff, mypy, then the whole trial suite
 	$(BIN)/ruff check lbtwist tests
-	$(BIN)/mypy lbtwist
+	$(BIN)/mypy lbtwist tests/public_types.py
 	$(BIN)/trial --reactor=lbtwist --reporter=text tests
 
 # Debian tools the integration tests drive (COMMAND:PACKAGE where the two

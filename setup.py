@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="lbtwist",
@@ -6,10 +6,10 @@ setup(
     description="An event-driven TCP and HTTP load balancer on Twisted.",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
-    packages=["lbtwist", "lbtwist.admin", "lbtwist.http", "lbtwist.testing", "lbtwist.workers",
-              "twisted.plugins"],
+    # Every package under lbtwist/ (a list by hand once left one out).
+    packages=[*find_packages(include=["lbtwist", "lbtwist.*"]), "twisted.plugins"],
     package_dir={"": "."},
-    package_data={"twisted": ["plugins/lbtwist_lb.py"], "lbtwist": ["static/*"]},
+    package_data={"twisted": ["plugins/lbtwist_lb.py"], "lbtwist": ["static/*", "py.typed"]},
     python_requires=">=3.10",
     install_requires=[
         "twisted[tls]>=23.10",

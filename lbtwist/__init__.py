@@ -10,7 +10,17 @@ C{lbtwist} (as C{lbtwist ctl} does) loads no Twisted module.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # What a type checker reads (L{__getattr__} loads them at run time).
+    from .app import Balancer as Balancer
+    from .config import Config as Config
+    from .config import ConfigError as ConfigError
+    from .config import loadConfigFile as loadConfigFile
+    from .config import parseConfig as parseConfig
+    from .service import CannotStart as CannotStart
+    from .service import LoadBalancer as LoadBalancer
 
 __version__ = "0.1.0"
 

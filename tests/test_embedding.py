@@ -160,6 +160,23 @@ class EmbeddingTests(TestCase):
         ).stdout.decode()
         self.assertTrue(out.startswith(self.site), out)
 
+    def test_everyFileInstalled(self) -> None:
+        """
+        C{pip install} installs every module and data file of the package
+        (every subpackage, the dashboard's files), and the C{py.typed}
+        marker that lets a type checker read lbtwist's annotations.
+        """
+        source = ROOT.child("lbtwist")
+        wanted = sorted(
+            "/".join(f.segmentsFrom(source)) for f in source.walk()
+            if f.isfile() and "__pycache__" not in f.segmentsFrom(source)
+            and not f.path.endswith(".pyc")
+        )
+        self.assertIn("py.typed", wanted)
+        installed = FilePath(self.site).child("lbtwist")
+        missing = [name for name in wanted if not installed.preauthChild(name).isfile()]
+        self.assertEqual(missing, [])
+
     @inlineCallbacks
     def test_script(self) -> Any:
         """
