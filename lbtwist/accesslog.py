@@ -1,7 +1,11 @@
 """
 The access log: one line per request (HTTP mode) or connection (TCP mode),
-written by one of two sinks behind one interface, L{IAccessLog}, chosen
-once per listener.
+written by a sink behind one interface, L{IAccessLog}, chosen once per
+listener: by name, from those registered in L{lbtwist.extend.ACCESS_LOGS}
+(the two here, C{events} and C{file}, and any registered with
+L{lbtwist.extend.registerAccessLog}, chosen with C{access-log: {sink: NAME,
+...}}).  A sink runs in each process that serves the listeners: with
+C{workers}, in every worker, each seeing its own requests.
 
 With C{access-log: true}, L{AccessLogEvents}: every line is a structured
 L{twisted.logger} event in the C{lbtwist.access} namespace, and twistd's
@@ -24,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.application.service import Service
@@ -45,7 +50,16 @@ TCP_FORMAT = (
 
 class IAccessLog(Interface):
     """
-    Where a listener's access-log lines go.
+    Where a listener's access-log lines go: what the built-in sinks
+    implement, and what a factory given to
+    L{lbtwist.extend.registerAccessLog} returns.
+
+    Its methods are called in the reactor thread once a request is answered
+    or a connection closed, on the path of every request: they must return
+    at once and never raise (buffer, and write in batches or from a timer,
+    as L{AccessLogFile} does).  A sink that also provides
+    L{twisted.application.service.IService} is started before the
+    listeners and stopped after them (flush what is pending then).
 
     An upgraded request (a WebSocket) is logged when its tunnel closes: its
     bytes are the tunnel's each way, its duration runs to the close.
@@ -57,6 +71,14 @@ class IAccessLog(Interface):
         """
         One HTTP request is answered (or its tunnel closed).
 
+        @param client: the client's address, C{HOST:PORT}.
+        @param method: the request's method, C{path} its target as sent.
+        @param status: the status answered (by the backend, or the
+            balancer's own: 502, 503, 504...).
+        @param backend: the backend's name, or L{None} if none served it.
+        @param bytesIn: bytes the client sent (the body's, or the
+            tunnel's); C{bytesOut} the bytes it was sent.
+        @param duration: seconds from the request to the answer's end.
         @param retries: tries after the first (failed connects, and sends
             after the first).
         @param protocol: what the client spoke, C{"HTTP/1.1"} or
@@ -66,7 +88,9 @@ class IAccessLog(Interface):
     def connection(client: str, backend: str | None, bytesIn: int, bytesOut: int,
                    duration: float, retries: int) -> None:
         """
-        One TCP connection is closed.
+        One TCP connection is closed: C{bytesIn} from the client,
+        C{bytesOut} to it, C{duration} seconds open, C{retries} failed
+        connects before its backend's (see L{request} for the others).
         """
 
 
@@ -102,6 +126,30 @@ class AccessLogEvents:
             TCP_FORMAT, client=client, backend=backend, bytesIn=bytesIn,
             bytesOut=bytesOut, duration=duration, retries=retries,
         )
+
+
+def eventsSink(options: Mapping[str, Any], clock: IReactorTime) -> AccessLogEvents:
+    """
+    The C{events} sink (C{access-log: true}): L{AccessLogEvents}.
+
+    @raise ValueError: it takes no options.
+    """
+    if options:
+        raise ValueError(f"the events sink takes no options, got {', '.join(options)}")
+    return AccessLogEvents()
+
+
+def fileSink(options: Mapping[str, Any], clock: IReactorTime) -> AccessLogFile:
+    """
+    The C{file} sink (C{access-log: PATH}): an L{AccessLogFile} appending to
+    the option C{path}.
+
+    @raise ValueError: no C{path}, or other options.
+    """
+    path = options.get("path")
+    if not isinstance(path, str) or set(options) != {"path"}:
+        raise ValueError("the file sink takes one option, path (a file name)")
+    return AccessLogFile(path, clock)
 
 
 def jsonLogger(stream: IO[str] | None = None) -> FileLogObserver:

@@ -2,7 +2,8 @@
 Checking a configuration against the world before anything starts: every
 endpoint string built by Twisted's own parsers (certificates read, unknown
 arguments refused), every TLS certificate, key and CA file read, every
-access-log file writable.  A problem is a
+access-log sink built (its options checked) and every access-log file
+writable.  A problem is a
 L{ConfigError} naming the key, and nothing starts.
 """
 
@@ -13,10 +14,12 @@ import time
 from typing import Any, Callable
 
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.task import Clock
 
 from .backendtls import clientOptions
 from .certificates import CertificateError, loadCertificates, loadChain, loadKey
 from .config import BackendTLS, Config, ConfigError
+from .extend import ACCESS_LOGS
 from .tlslisten import ListenerCertificates
 
 
@@ -28,6 +31,7 @@ def checkConfig(config: Config) -> None:
     """
     checkEndpoints(config)
     checkTLS(config)
+    checkAccessLogs(config)
     checkFiles(config)
 
 
@@ -118,9 +122,10 @@ def checkFiles(config: Config) -> None:
     @raise ConfigError: naming the key.
     """
     for p in config.pools:
-        path = p.accessLog
-        if not isinstance(path, str):
+        sink = p.accessLogSink
+        if sink is None or sink.name != "file":
             continue
+        path = str(dict(sink.options)["path"])
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise ConfigError(f"pools.{p.name}.access-log", f"no such directory {directory!r}")
@@ -128,6 +133,28 @@ def checkFiles(config: Config) -> None:
             raise ConfigError(f"pools.{p.name}.access-log", f"cannot write {path!r}")
         if not os.path.exists(path) and not os.access(directory, os.W_OK | os.X_OK):
             raise ConfigError(f"pools.{p.name}.access-log", f"cannot write in {directory!r}")
+
+
+def checkAccessLogs(config: Config) -> None:
+    """
+    Build every access-log sink of C{config} as the balancer will (which
+    opens nothing: a sink opens its files or connections when it starts),
+    so that options its factory refuses stop the start with the key.
+
+    @raise ConfigError: naming the pool's C{access-log} and the reason.
+    """
+    clock = Clock()
+    for p in config.pools:
+        sink = p.accessLogSink
+        if sink is None:
+            continue
+        try:
+            ACCESS_LOGS[sink.name](dict(sink.options), clock)
+        except ValueError as e:
+            raise ConfigError(f"pools.{p.name}.access-log", f"{sink.name} sink: {e}") from e
+        except Exception as e:
+            raise ConfigError(f"pools.{p.name}.access-log",
+                              f"{sink.name} sink: {type(e).__name__}: {e}") from e
 
 
 def checkEndpoint(text: str, server: bool) -> None:

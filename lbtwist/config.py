@@ -11,6 +11,7 @@ Nothing here touches the network.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import math
 import os
@@ -22,6 +23,7 @@ import attrs
 import yaml
 
 from .endpoints import ENDPOINT_TYPES, expandAddress, parseEndpoint
+from .extend import ACCESS_LOGS, CHECKS, POLICIES
 from .routeconfig import (
     DEFAULT_REDIRECT_CODE,
     REDIRECT_CODES,
@@ -45,7 +47,8 @@ MAX_WEIGHT = 256
 T = TypeVar("T")
 
 MODES = ("tcp", "http")
-POLICY_NAMES = ("roundrobin", "weighted", "leastconn", "random", "p2c", "source")
+# The built-in policies (L{lbtwist.extend.POLICIES} has those registered too).
+POLICY_NAMES = POLICIES.names()
 _NAME = re.compile(r"^[A-Za-z0-9_.:\[\]\-]{1,64}$")
 
 
@@ -68,7 +71,8 @@ class HealthCheck:
     """
     How a backend is probed and when its health state flips.
 
-    @ivar kind: C{"tcp"} (connect only) or C{"http"} (send a request).
+    @ivar kind: C{"tcp"} (connect only), C{"http"} (send a request), or a
+        kind registered with L{lbtwist.extend.registerCheck}.
     @ivar expectStatus: inclusive ranges of acceptable HTTP statuses.
     @ivar h2: the http check speaks HTTP/2 (the backends of a pool with
         C{protocol: h2}).
@@ -300,6 +304,22 @@ class Outlier:
 
 
 @attrs.frozen
+class AccessLogSink:
+    """
+    A sink of the access log chosen by name: C{access-log: {sink: NAME,
+    ...}}, built by the factory registered under that name in
+    L{lbtwist.extend.ACCESS_LOGS}.
+
+    @ivar name: the sink's registered name.
+    @ivar options: the mapping's other keys, sorted, with their values (a
+        string, number or boolean each).
+    """
+
+    name: str
+    options: tuple[tuple[str, str | int | float | bool], ...] = ()
+
+
+@attrs.frozen
 class PoolConfig:
     """
     A named group of backends balanced by one policy.
@@ -310,7 +330,8 @@ class PoolConfig:
     @ivar retryBudget: the cap on retries in flight, if any.
     @ivar accessLog: C{True} for one structured log event per connection
         (TCP mode) or request (HTTP mode), the path of a file to write lines
-        straight to, or C{False} for none.
+        straight to, a sink chosen by name, or C{False} for none (see
+        L{accessLogSink}).
     @ivar allBackups: while no primary backend is eligible, spread clients
         over every eligible backup rather than only the first (HAProxy's
         C{option allbackups}).
@@ -334,7 +355,7 @@ class PoolConfig:
     sticky: Sticky | None = None
     proxyProtocol: str | None = None
     queue: Queue = Queue()
-    accessLog: bool | str = False
+    accessLog: bool | str | AccessLogSink = False
     retryOn: tuple[str | int, ...] = DEFAULT_RETRY_ON
     retryBudget: RetryBudget | None = None
     outlier: Outlier | None = None
@@ -343,6 +364,19 @@ class PoolConfig:
     discovery: Discovery | None = None
     tls: BackendTLS | None = None
     protocol: str = "http/1.1"
+
+    @property
+    def accessLogSink(self) -> AccessLogSink | None:
+        """
+        The access-log sink to build, by the name it is registered under:
+        C{events} for C{True}, C{file} for a path, none for C{False}.
+        """
+        log = self.accessLog
+        if isinstance(log, AccessLogSink):
+            return log
+        if isinstance(log, str):
+            return AccessLogSink("file", (("path", log),))
+        return AccessLogSink("events") if log else None
 
     def backend(self, name: str) -> BackendConfig | None:
         """
@@ -537,6 +571,8 @@ class Config:
         L{lbtwist.workers}).
     @ivar master: run a master and its workers even with one worker (for
         upgrades that drop nothing, on a one-core machine too).
+    @ivar extensions: the modules imported before the rest was checked
+        (see L{lbtwist.extend}).
     """
 
     listeners: tuple[ListenerConfig, ...]
@@ -550,6 +586,7 @@ class Config:
     workers: int = 1
     master: bool = False
     cluster: ClusterConfig | None = None
+    extensions: tuple[str, ...] = ()
 
     @property
     def runsMaster(self) -> bool:
@@ -633,10 +670,15 @@ def _string(value: object, path: str) -> str:
     return value
 
 
-def _choice(value: object, path: str, choices: Sequence[str]) -> str:
+def _choice(value: object, path: str, choices: Sequence[str], extensible: bool = False) -> str:
+    """
+    One of C{choices}; those of a registry of L{lbtwist.extend} are
+    C{extensible}, which the error says.
+    """
     if value not in choices:
+        more = " (or one a module in extensions registers)" if extensible else ""
         raise ConfigError(
-            path, f"expected one of {', '.join(choices)}, got {_describe(value)}"
+            path, f"expected one of {', '.join(choices)}{more}, got {_describe(value)}"
         )
     assert isinstance(value, str)
     return value
@@ -762,7 +804,7 @@ def parseHealth(data: object, path: str, base: HealthCheck) -> HealthCheck:
     if "fall" in d:
         changes["fall"] = _integer(d["fall"], f"{path}.fall", 1, 100)
     if "type" in d:
-        changes["kind"] = _choice(d["type"], f"{path}.type", ("tcp", "http"))
+        changes["kind"] = _choice(d["type"], f"{path}.type", CHECKS.names(), True)
     if "method" in d:
         changes["method"] = _choice(
             d["method"], f"{path}.method", ("GET", "HEAD", "OPTIONS")
@@ -1034,15 +1076,40 @@ _BOOLEAN_WORDS = frozenset({
 })
 
 
-def parseAccessLog(value: object, path: str) -> bool | str:
+def parseAccessLogSink(value: Mapping[str, Any], path: str,
+                       directory: str | None = None) -> AccessLogSink:
     """
-    C{false}, C{true} (structured events, to twistd's log), or the path of
-    a file the lines go straight to: C{access.log} and C{./access.log} are
-    the same file. A string that reads as a boolean (C{"yes"}, C{"off"})
-    is refused as ambiguous; C{./yes} names such a file.
+    C{{sink: NAME, OPTION: VALUE, ...}}: a sink registered in
+    L{lbtwist.extend.ACCESS_LOGS}, and its options (strings, numbers or
+    booleans; an option named C{path} is a file name, relative to
+    C{directory} as in L{configFile}).
+    """
+    name = _choice(value.get("sink"), f"{path}.sink", ACCESS_LOGS.names(), True)
+    options: list[tuple[str, str | int | float | bool]] = []
+    for key in sorted(k for k in value if k != "sink"):
+        option = value[key]
+        if not isinstance(key, str) or not isinstance(option, (str, int, float, bool)):
+            raise ConfigError(f"{path}.{key}",
+                              f"expected a string, number or boolean, got {_describe(option)}")
+        if key == "path":
+            option = configFile(option, f"{path}.path", directory)
+        options.append((key, option))
+    return AccessLogSink(name, tuple(options))
+
+
+def parseAccessLog(value: object, path: str,
+                   directory: str | None = None) -> bool | str | AccessLogSink:
+    """
+    C{false}, C{true} (structured events, to twistd's log), the path of
+    a file the lines go straight to (C{access.log} and C{./access.log} are
+    the same file), or a sink by name (see L{parseAccessLogSink}). A string
+    that reads as a boolean (C{"yes"}, C{"off"}) is refused as ambiguous;
+    C{./yes} names such a file.
     """
     if isinstance(value, bool):
         return value
+    if isinstance(value, Mapping):
+        return parseAccessLogSink(value, path, directory)
     if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
         raise ConfigError(
             path,
@@ -1053,8 +1120,9 @@ def parseAccessLog(value: object, path: str) -> bool | str:
         return value
     raise ConfigError(
         path,
-        "expected true, false or a file path (like access.log, relative to the "
-        f"configuration file's directory), got {_describe(value)}",
+        "expected true, false, a file path (like access.log, relative to the "
+        "configuration file's directory) or {sink: NAME, ...}, "
+        f"got {_describe(value)}",
     )
 
 
@@ -1159,15 +1227,15 @@ def parsePool(name: str, data: object, path: str, directory: str | None = None) 
     http = parseHTTP(d.get("http"), f"{path}.http")
     # One line per connection (TCP) or request (HTTP): a pool's setting,
     # which http.access-log (its older place) also gives.
-    accessLog: bool | str = False
+    accessLog: bool | str | AccessLogSink = False
     httpData = d.get("http")
     if isinstance(httpData, dict) and "access-log" in httpData:
         if "access-log" in d:
             raise ConfigError(f"{path}.http.access-log",
                               f"give the access log once, as {path}.access-log")
-        accessLog = parseAccessLog(httpData["access-log"], f"{path}.http.access-log")
+        accessLog = parseAccessLog(httpData["access-log"], f"{path}.http.access-log", directory)
     elif "access-log" in d:
-        accessLog = parseAccessLog(d["access-log"], f"{path}.access-log")
+        accessLog = parseAccessLog(d["access-log"], f"{path}.access-log", directory)
     if isinstance(accessLog, str):
         accessLog = configFile(accessLog, f"{path}.access-log", directory)
     t = _mapping(d.get("timeouts", {}), f"{path}.timeouts",
@@ -1182,7 +1250,8 @@ def parsePool(name: str, data: object, path: str, directory: str | None = None) 
     return PoolConfig(
         name=name,
         backends=backends,
-        policy=_choice(d.get("policy", "roundrobin"), f"{path}.policy", POLICY_NAMES),
+        policy=_choice(d.get("policy", "roundrobin"), f"{path}.policy", POLICIES.names(),
+                       True),
         retries=_integer(d.get("retries", 2), f"{path}.retries", 0, 100),
         timeouts=timeouts,
         health=health,
@@ -1903,8 +1972,36 @@ def parseCluster(data: object, path: str, directory: str | None = None) -> Clust
 
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
-    "resolvers", "workers", "master", "cluster",
+    "resolvers", "workers", "master", "cluster", "extensions",
 )
+
+
+def importExtensions(value: object, path: str = "extensions",
+                     load: Callable[[str], object] = importlib.import_module) -> tuple[str, ...]:
+    """
+    Import each module of the C{extensions} list (dotted names), so that
+    what they register with L{lbtwist.extend} is known to the rest of the
+    configuration.  A module imported already is not imported again: a
+    changed module takes a restart.
+
+    @param load: imports a module by name.
+    @raise ConfigError: the list is not a list of module names, or a module
+        cannot be imported (naming it and why).
+    """
+    if value is None:
+        return ()
+    names = []
+    for i, item in enumerate(_list(value, path)):
+        where = f"{path}[{i}]"
+        name = _string(item, where)
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+            raise ConfigError(where, f"expected a dotted module name, got {name!r}")
+        try:
+            load(name)
+        except Exception as e:
+            raise ConfigError(where, f"cannot import {name}: {type(e).__name__}: {e}") from e
+        names.append(name)
+    return tuple(names)
 
 
 def _listenerRoutes(ld: Mapping[str, Any], path: str, mode: str, poolNames: Sequence[str],
@@ -1946,6 +2043,8 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
     @raise ConfigError: naming the first problem found.
     """
     d = _mapping(data if data is not None else {}, "", TOP_KEYS)
+    # First: the modules register the names the rest may use.
+    extensions = importExtensions(d.get("extensions"))
     poolData = d.get("pools", {})
     if not isinstance(poolData, Mapping):
         raise ConfigError("pools", f"expected a mapping of pool names, got {_describe(poolData)}")
@@ -2028,6 +2127,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
         workers=parseWorkers(d.get("workers", 1), "workers"),
         master=parseMaster(d.get("master", False), "master"),
         cluster=parseCluster(d.get("cluster"), "cluster", directory),
+        extensions=extensions,
     )
 
 

@@ -5,11 +5,17 @@ A L{HealthMonitor} runs one L{LoopingCall} per backend.  Each call probes the
 backend and waits for the probe to finish (a L{LoopingCall} does not call
 again until the L{Deferred} it was given has fired), so probes of one backend
 never overlap.  Results go to the pool, which applies rise and fall.
+
+How a backend is probed is its health check's kind (C{health.type}): a
+L{Probe} the balancer builds once from the factory registered under that
+name in L{lbtwist.extend.CHECKS} (C{tcp} and C{http} are registered there
+as a kind of one's own is, with L{lbtwist.extend.registerCheck}).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import typing
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -20,15 +26,59 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .dial import Dialler
+from .extend import CHECKS
 from .pool import Admin, Backend, BackendAdded, BackendPool, BackendRemoved, PoolEvent
 
-Probe = Callable[[Backend], "Deferred[Any]"]
+
+class Probe(typing.Protocol):
+    """
+    One kind of health check: what the built-in C{tcp} and C{http} checks
+    implement, and what the factory given to
+    L{lbtwist.extend.registerCheck} returns (from the balancer's
+    L{Dialler}).  One probe checks every backend of that kind, each on its
+    own interval, never twice at once.
+    """
+
+    def __call__(self, backend: Backend) -> Deferred[Any]:
+        """
+        Check C{backend} once.
+
+        Read C{backend.endpoint} (its endpoint string), C{backend.config.tls}
+        (to reach it as traffic does: C{dialler.endpoint(backend.endpoint,
+        backend.config.tls)}) and C{backend.healthCheck} (the pool's
+        C{health} settings: C{path}, C{host}, C{expect-status}... are there
+        for any kind that wants them); change nothing of it.
+
+        @return: a L{Deferred} that fires (with anything) if the backend
+            passed, or fails if it did not (with L{ProbeFailed} for an
+            answer it did not like: its message is logged as
+            C{KIND check failed: MESSAGE}, and counts towards C{fall}).
+            On C{health.timeout} the monitor cancels it: its canceller
+            should close what it opened.
+        """
 
 
 class ProbeFailed(Exception):
     """
     A probe reached the backend but did not like the answer.
     """
+
+
+class Probes(dict[str, Probe]):
+    """
+    The probes of a balancer by health-check kind, each built from the
+    factory registered in L{lbtwist.extend.CHECKS} the first time a backend
+    of that kind is checked.  A probe set here (by an embedding
+    application) is used instead.
+    """
+
+    def __init__(self, dialler: Dialler) -> None:
+        super().__init__()
+        self.dialler = dialler
+
+    def __missing__(self, kind: str) -> Probe:
+        probe = self[kind] = CHECKS[kind](self.dialler)
+        return probe
 
 
 class _Hangup(Protocol):
@@ -69,7 +119,8 @@ class HealthMonitor(Service):
     Probes every backend of a pool on its interval, and follows the pool as
     backends are added and removed.
 
-    @ivar probes: how to probe, by health-check kind (C{tcp}, C{http}).
+    @ivar probes: how to probe, by health-check kind (C{tcp}, C{http}, or
+        a kind registered with L{lbtwist.extend.registerCheck}).
     """
 
     log = Logger()

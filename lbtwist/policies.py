@@ -7,7 +7,8 @@ which takes no new clients under any policy) and an optional client key, and
 returns one of them.  Every policy counts the effective weights: the pool's
 scaled weights, lowered while slow start ramps a backend up.  Randomness is injected as a
 L{random.Random} so every policy is deterministic under test.  Policies are
-chosen by name through L{POLICIES}.
+chosen by name through L{POLICIES}, the registry of L{lbtwist.extend}, where
+a policy of one's own is registered as these are.
 
 A choice is made for every connection (TCP) or request (HTTP), so each
 policy walks the backends once or twice and allocates nothing per choice.
@@ -23,10 +24,19 @@ import math
 import random
 from typing import Callable, Iterable, Protocol, Sequence
 
+from .extend import POLICIES as _REGISTERED
+from .extend import Registry
+
 
 class Balanced(Protocol):
     """
-    What a policy reads of a backend.
+    What a policy reads of a backend (a L{lbtwist.pool.Backend}, which has
+    more, read-only to a policy).
+
+    @ivar name: the backend's name, unique in its pool.
+    @ivar effectiveWeight: its weight now (1-256 scaled, lowered while slow
+        start ramps it up); never 0 in what a policy is given.
+    @ivar active: its connections (TCP) or requests (HTTP) in flight.
     """
 
     name: str
@@ -36,13 +46,28 @@ class Balanced(Protocol):
 
 class BalancingPolicy(Protocol):
     """
-    The interface every policy implements.
+    The interface every policy implements, the built-in ones and those
+    registered with L{lbtwist.extend.registerPolicy}: one object per pool,
+    made by its factory from the pool's L{random.Random}.
     """
 
     def choose(self, backends: Sequence[Balanced], key: bytes | None) -> Balanced:
         """
-        Pick one of C{backends} (never empty, weights above 0) for a client
-        identified by C{key}.
+        Pick one of C{backends} for a client identified by C{key}.
+
+        Called for every connection (TCP) or request (HTTP), and again for
+        each retry: the hot path.  It must return at once, without I/O or
+        allocation it can avoid, and never raise.
+
+        @param backends: the backends that take new clients, in
+            configuration order: never empty, each of effective weight 1 or
+            more.  The same list object comes again while none of them
+            changed (so a policy may keep state about it, compared with
+            C{is}); a retry's leaves out the backends tried.  Read only.
+        @param key: what identifies the client, for policies that hash
+            it: its IP address as ASCII bytes (C{b"10.0.0.7"}), or L{None}
+            when it has none (a client over a UNIX socket).
+        @return: one of C{backends} (the object itself).
         """
 
 
@@ -276,11 +301,8 @@ class SourceHash:
         return max(backends, key=lambda b: _score(key, b.name, b.effectiveWeight))
 
 
-POLICIES: dict[str, Callable[[random.Random], BalancingPolicy]] = {
-    "roundrobin": SmoothWeighted,
-    "weighted": SmoothWeighted,
-    "leastconn": LeastConnections,
-    "random": WeightedRandom,
-    "p2c": PowerOfTwoChoices,
-    "source": SourceHash,
-}
+POLICIES: Registry[Callable[[random.Random], BalancingPolicy]] = _REGISTERED
+"""
+The policies by name: the built-in ones (see L{lbtwist.extend}) and those
+registered.
+"""

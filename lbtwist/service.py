@@ -10,19 +10,20 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from .accesslog import AccessLogFile
-from .config import Config, ListenerConfig, PoolConfig
+from .accesslog import AccessLogFile, IAccessLog
+from .config import AccessLogSink, Config, ListenerConfig, PoolConfig
 from .connect import BackendConnector
 from .dial import Dialler
 from .discovery import PoolDiscovery, makeResolver
 from .endpoints import parseEndpoint
-from .health import HealthMonitor, Probe, TCPProbe
+from .extend import ACCESS_LOGS
+from .health import HealthMonitor, Probes
 from .listener import ConnectionLimit
 from .pool import Backend, BackendPool
 from .reporter import StatusReporter
@@ -262,13 +263,12 @@ class LoadBalancer(MultiService):
         self.pools = {p.name: BackendPool(p, rng, reactor.seconds) for p in config.pools}
         self.factories: dict[str, ServerFactory] = {}
         self.limit = ConnectionLimit(config.maxconn) if config.maxconn else None
-        # Access-log files, one per path, opened before the listeners start.
+        # Access-log sinks, one per sink and options (so one per file),
+        # started before the listeners.
+        self.accessLogs: dict[AccessLogSink, IAccessLog] = {}
         self.accessFiles: dict[str, AccessLogFile] = {}
         for p in config.pools:
-            path = p.accessLog
-            if isinstance(path, str) and path not in self.accessFiles:
-                self.accessFiles[path] = AccessLogFile(path, reactor)
-                self.accessFiles[path].setServiceParent(self)
+            self._accessLog(p)
         # The certificates of each listener that terminates TLS, by name.
         self.certificates: dict[str, ListenerCertificates] = {}
         for index, listener in enumerate(config.listeners):
@@ -277,9 +277,9 @@ class LoadBalancer(MultiService):
             if self.limit is not None:
                 factory.limit = self.limit  # type: ignore[attr-defined]
             factory.alpn = tuple(p.encode("ascii") for p in listener.alpn)  # type: ignore[attr-defined]
-            accessPath = pool.config.accessLog
-            if isinstance(accessPath, str):
-                factory.accessLog = self.accessFiles[accessPath]  # type: ignore[attr-defined]
+            sink = pool.config.accessLogSink
+            if sink is not None:
+                factory.accessLog = self.accessLogs[sink]  # type: ignore[attr-defined]
             self.factories[listener.name] = factory
             # A TLS listener's endpoint is built with a reactor that wraps the
             # factory in lbtwist's TLS (see tlslisten), every other with the
@@ -295,10 +295,8 @@ class LoadBalancer(MultiService):
             ListenerService(listener, endpoint, factory).setServiceParent(self)
         for p in config.pools:
             self._warnUnverified(p)
-        self.probes: dict[str, Probe] = {"tcp": TCPProbe(self.dialler)}
-        from .http import HTTPProbe
-
-        self.probes["http"] = HTTPProbe(self.dialler)
+        # Built on first use, from the factory each kind is registered with.
+        self.probes = Probes(self.dialler)
         self.monitors: dict[str, HealthMonitor] = {}
         self.discoveries: dict[str, PoolDiscovery] = {}
         self._resolver = resolver
@@ -311,6 +309,21 @@ class LoadBalancer(MultiService):
         self.reporter.clock = reactor
         if monitors:
             self.reporter.setServiceParent(self)
+
+    def _accessLog(self, p: PoolConfig) -> None:
+        """
+        Build the access-log sink of C{p} (unless one with the same options
+        is built already) from the factory registered under its name; one
+        that is a service starts and stops with the balancer.
+        """
+        spec = p.accessLogSink
+        if spec is None or spec in self.accessLogs:
+            return
+        sink = self.accessLogs[spec] = ACCESS_LOGS[spec.name](dict(spec.options), self.reactor)
+        if IService.providedBy(sink):
+            sink.setServiceParent(self)
+        if isinstance(sink, AccessLogFile):
+            self.accessFiles[sink.path] = sink
 
     def _warnUnverified(self, p: PoolConfig) -> None:
         """

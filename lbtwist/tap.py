@@ -47,7 +47,7 @@ _pool, _config = attrs.fields(PoolConfig), attrs.fields(Config)
 POOL_OPTIONS = (
     "listen", "backend", "policy", "mode", "retries", "connect-timeout", "idle-timeout",
     "check-interval", "rise", "fall", "request-timeout", "response-timeout", "access-log",
-    "access-log-file", "demo",
+    "access-log-file", "demo", "extension",
 )
 
 # Where the command line's options land in the configuration, so that an
@@ -66,6 +66,7 @@ _OPTION_PATHS = (
     (r"^pools\.default\.health\.rise", "--rise"),
     (r"^pools\.default\.health\.fall", "--fall"),
     (r"^pools\.default\.access-log", "--access-log-file"),
+    (r"^extensions\[\d+\]", "--extension"),
 )
 
 
@@ -118,7 +119,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML configuration file (see README.rst)."],
         ["policy", "p", None,
-         f"Balancing policy: {', '.join(POLICY_NAMES)} (default {_pool.policy.default})."],
+         f"Balancing policy: {', '.join(POLICY_NAMES)}, or one an --extension registers "
+         f"(default {_pool.policy.default})."],
         ["mode", "m", None, f"Listener mode: {' or '.join(MODES)} (default tcp)."],
         ["admin", None, None,
          f"Admin API, metrics and dashboard endpoint (default {DEFAULT_ADMIN}; "
@@ -173,6 +175,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["backend"] = []
         self["etcd"] = []
+        self["extension"] = []
 
     def opt_version(self) -> None:
         """
@@ -202,6 +205,12 @@ class Options(usage.Options):
         Share the run-time registry with other balancers through this etcd member, e.g. http://127.0.0.1:2379 (repeatable; replaces the config file's cluster.etcd list).
         """  # noqa: E501 (usage.Options shows a docstring's line breaks)
         self["etcd"].append(url)
+
+    def opt_extension(self, module: str) -> None:
+        """
+        Import this Python module first (repeatable), for the policies, health-check kinds and access-log sinks it registers (see lbtwist.extend); a config file says extensions: [MODULE, ...] instead.
+        """  # noqa: E501 (usage.Options shows a docstring's line breaks)
+        self["extension"].append(module)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -257,7 +266,9 @@ class Options(usage.Options):
             pool["access-log"] = path if "/" in path else f"./{path}"
         elif self["access-log"]:
             pool["access-log"] = True
+        extensions = {"extensions": list(self["extension"])} if self["extension"] else {}
         return {
+            **extensions,
             "listeners": [
                 {"name": f"listener{i}" if i else "main", "listen": e,
                  "mode": self["mode"] or "tcp"}

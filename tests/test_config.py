@@ -12,12 +12,14 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.config import (
+    AccessLogSink,
     BackendTLS,
     CertificateFiles,
     ConfigError,
     HealthCheck,
     ListenerTLS,
     Outlier,
+    importExtensions,
     loadConfigFile,
     parseConfig,
 )
@@ -168,7 +170,7 @@ class ErrorTests(SynchronousTestCase):
         self.assertError(
             minimal(policy="fastest"),
             "pools.web.policy: expected one of roundrobin, weighted, leastconn, "
-            "random, p2c, source, got 'fastest'",
+            "random, p2c, source (or one a module in extensions registers), got 'fastest'",
         )
 
     def test_duplicateBackend(self) -> None:
@@ -399,7 +401,100 @@ class ErrorTests(SynchronousTestCase):
                          "pools.web.health.expect-status: expected statuses like "
                          "'200-399' or '200,204', got '2xx'")
         self.assertError(minimal(health={"type": "icmp"}),
-                         "pools.web.health.type: expected one of tcp, http, got 'icmp'")
+                         "pools.web.health.type: expected one of tcp, http (or one a module "
+                         "in extensions registers), got 'icmp'")
+
+
+class ExtensionTests(SynchronousTestCase):
+    """
+    C{extensions}: modules imported before the rest is checked, whose
+    registered names the rest may use.
+    """
+
+    def setUp(self) -> None:
+        from .test_extend import useSample
+
+        self.imported: list[str] = []
+        useSample(self)
+
+    def test_importedFirst(self) -> None:
+        """
+        Each module is imported, in order, before the pools are checked,
+        and the configuration lists them.
+        """
+        def load(name: str) -> None:
+            self.imported.append(name)
+
+        self.assertEqual(importExtensions(["a.b", "c"], load=load), ("a.b", "c"))
+        self.assertEqual(self.imported, ["a.b", "c"])
+        config = parseConfig({"extensions": ["tests.extension_sample"],
+                              **minimal(policy="first", health={"type": "banner"})})
+        self.assertEqual(config.extensions, ("tests.extension_sample",))
+        self.assertEqual((config.pools[0].policy, config.pools[0].health.kind),
+                         ("first", "banner"))
+        self.assertEqual(parseConfig(minimal()).extensions, ())
+
+    def test_unknownNamesListRegistered(self) -> None:
+        """
+        An unknown policy, check or sink is refused with every name
+        registered, the extensions' too.
+        """
+        for pool, message in [
+            (minimal(policy="fastest"),
+             "pools.web.policy: expected one of roundrobin, weighted, leastconn, random, p2c, "
+             "source, first (or one a module in extensions registers), got 'fastest'"),
+            (minimal(health={"type": "icmp"}),
+             "pools.web.health.type: expected one of tcp, http, banner (or one a module in "
+             "extensions registers), got 'icmp'"),
+            (minimal(**{"access-log": {"sink": "kafka"}}),
+             "pools.web.access-log.sink: expected one of events, file, jsonlines (or one a "
+             "module in extensions registers), got 'kafka'"),
+        ]:
+            with self.assertRaises(ConfigError) as e:
+                parseConfig(pool)
+            self.assertEqual(str(e.exception), message)
+
+    def test_importFails(self) -> None:
+        """
+        A module that cannot be imported is refused, naming the key, the
+        module and the exception, before anything else is checked.
+        """
+        def broken(name: str) -> None:
+            raise RuntimeError("no database driver")
+
+        for value, load, message in [
+            (["tests.no_such_extension"], __import__,
+             "extensions[0]: cannot import tests.no_such_extension: ModuleNotFoundError: "
+             "No module named 'tests.no_such_extension'"),
+            (["ok", "bad"], lambda n: broken(n) if n == "bad" else None,
+             "extensions[1]: cannot import bad: RuntimeError: no database driver"),
+            ("tests.extension_sample", __import__, "extensions: expected a list, got "
+             "'tests.extension_sample'"),
+            (["tests/extension_sample.py"], __import__,
+             "extensions[0]: expected a dotted module name, got 'tests/extension_sample.py'"),
+        ]:
+            with self.assertRaises(ConfigError) as e:
+                importExtensions(value, load=load)
+            self.assertEqual(str(e.exception), message)
+        with self.assertRaises(ConfigError) as e:
+            # (The listeners' error would come later.)
+            parseConfig({"extensions": ["tests.no_such_extension"], "listeners": 3})
+        self.assertEqual(e.exception.path, "extensions[0]")
+
+    def test_sinkOptions(self) -> None:
+        """
+        A sink's options are its mapping's other keys: scalars, C{path}
+        relative to the configuration's directory.
+        """
+        def sink(value: Any) -> Any:
+            return parseConfig(minimal(**{"access-log": value}), directory="/etc/lb").pools[0]
+
+        self.assertEqual(sink({"sink": "jsonlines", "path": "a.json", "level": 2}).accessLog,
+                         AccessLogSink("jsonlines", (("level", 2), ("path", "/etc/lb/a.json"))))
+        with self.assertRaises(ConfigError) as e:
+            sink({"sink": "jsonlines", "tags": ["a"]})
+        self.assertEqual(str(e.exception), "pools.web.access-log.tags: expected a string, "
+                                           "number or boolean, got a list")
 
 
 class FileTests(SynchronousTestCase):

@@ -23,7 +23,7 @@ SANS_IO = {
     "lbtwist.config", "lbtwist.endpoints", "lbtwist.policies", "lbtwist.pool",
     "lbtwist.state", "lbtwist.status", "lbtwist.diff", "lbtwist.http._plan",
     "lbtwist.http._errors", "lbtwist.routeconfig", "lbtwist.routing", "lbtwist.ratelimit",
-    "lbtwist.sni", "lbtwist.wording",
+    "lbtwist.sni", "lbtwist.wording", "lbtwist.extend",
 }
 
 # Modules only the entry points (the plugin, lb.tac) may import;

@@ -1,0 +1,448 @@
+"""
+Tests for L{lbtwist.extend}: the registries, and a sample extension
+(L{tests.extension_sample}) at work in a real balancer over loopback: its
+policy choosing, its kind of check marking backends down, its sink getting
+each request, in one process and in workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import yaml
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject  # type: ignore[import-untyped]
+
+from lbtwist.accesslog import AccessLogEvents, AccessLogFile, IAccessLog
+from lbtwist.checks import checkConfig
+from lbtwist.config import AccessLogSink, ConfigError, loadConfigFile, parseConfig
+from lbtwist.extend import ACCESS_LOGS, CHECKS, POLICIES, Registry
+from lbtwist.health import TCPProbe
+from lbtwist.policies import SmoothWeighted
+from lbtwist.pool import BackendPool
+from lbtwist.reload import LiveConfig
+from lbtwist.state import StateFile
+from lbtwist.tap import BadConfiguration, Options
+
+from .httphelpers import RecordingBackend, waitFor
+from .support import Backends, firstLine, inThread, reactor, startBalancer
+from .test_workers import GroupTestCase, adminGet, connections, named
+
+SAMPLE = "tests.extension_sample"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def forgetSample(case: SynchronousTestCase) -> None:
+    """
+    When C{case} ends, forget the sample extension (its names and its
+    module) if it was imported, so that other tests see only the built-ins.
+    """
+    def forget() -> None:
+        if SAMPLE in sys.modules:
+            for registry, name in ((POLICIES, "first"), (CHECKS, "banner"),
+                                   (ACCESS_LOGS, "jsonlines")):
+                registry.unregister(name)
+            del sys.modules[SAMPLE]
+
+    case.addCleanup(forget)
+
+
+def useSample(case: SynchronousTestCase) -> None:
+    """
+    Import the sample extension for C{case}, and forget it when the case
+    ends.
+    """
+    if SAMPLE not in sys.modules:
+        forgetSample(case)
+        parseConfig({"extensions": [SAMPLE], "listeners": [{"listen": "tcp:0"}],
+                     "pools": {"p": {"backends": []}}})
+
+
+class RegistryTests(SynchronousTestCase):
+    """
+    A registry maps names to factories, given as objects or references.
+    """
+
+    def test_builtIns(self) -> None:
+        """
+        The built-in policies, checks and sinks are registered by
+        reference, and a look-up imports the object.
+        """
+        self.assertEqual(POLICIES.names()[:6],
+                         ("roundrobin", "weighted", "leastconn", "random", "p2c", "source"))
+        self.assertIs(POLICIES["roundrobin"], SmoothWeighted)
+        self.assertIs(CHECKS["tcp"], TCPProbe)
+        from lbtwist.http import HTTPProbe
+
+        self.assertIs(CHECKS["http"], HTTPProbe)
+        self.assertIsInstance(ACCESS_LOGS["events"]({}, reactor), AccessLogEvents)
+        sink = ACCESS_LOGS["file"]({"path": "x.log"}, reactor)
+        self.assertIsInstance(sink, AccessLogFile)
+        self.assertTrue(verifyObject(IAccessLog, sink))
+
+    def test_register(self) -> None:
+        """
+        A name is registered once: again with the same factory is no
+        change, with another is refused, naming the one it has.
+        """
+        registry: Registry[Any] = Registry("thing")
+        registry.register("a", dict)
+        registry.register("a", dict)
+        registry.register("b", "collections:OrderedDict")
+        self.assertEqual(registry.names(), ("a", "b"))
+        from collections import OrderedDict
+
+        self.assertIs(registry["b"], OrderedDict)
+        with self.assertRaises(ValueError) as e:
+            registry.register("a", list)
+        self.assertEqual(str(e.exception),
+                         "cannot register thing 'a': builtins:dict has that name already")
+        registry.unregister("a")
+        self.assertEqual(list(registry), ["b"])
+        self.assertRaises(KeyError, registry.__getitem__, "a")
+
+    def test_badRegistrations(self) -> None:
+        """
+        A name must be a lower-case word, a factory callable or a
+        C{module:name} reference.
+        """
+        registry: Registry[Any] = Registry("policy")
+        for name, factory, problem in [
+            ("First", dict, "expected a lower-case name"),
+            ("", dict, "expected a lower-case name"),
+            ("ok", 3, "3 is not callable"),
+            ("ok", "no.colon", "expected a callable or 'module:name', got 'no.colon'"),
+        ]:
+            with self.assertRaises(ValueError) as e:
+                registry.register(name, factory)
+            self.assertIn(problem, str(e.exception))
+        self.assertEqual(registry.names(), ())
+
+    def test_policyNoIndirection(self) -> None:
+        """
+        A pool's policy is the object the registered factory made: the
+        pool calls its C{choose} as it calls a built-in's, with nothing
+        between.
+        """
+        useSample(self)
+        from tests.extension_sample import First
+
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:0"}],
+            "pools": {"p": {"policy": "first", "backends": [
+                {"name": n, "endpoint": f"tcp:host=127.0.0.1:port={9000 + i}"}
+                for i, n in enumerate("abc")]}}})
+        pool = BackendPool(config.pools[0])
+        self.assertIs(type(pool.policy), First)
+        self.assertEqual([pool.pick().name for _ in range(5)], ["a"] * 5)  # type: ignore[union-attr]
+
+
+class SinkConfigTests(SynchronousTestCase):
+    """
+    C{access-log: {sink: NAME, ...}} chooses a registered sink.
+    """
+
+    def test_builtInsAsSinks(self) -> None:
+        """
+        C{true} and a path are the built-in C{events} and C{file} sinks,
+        which may also be named.
+        """
+        def pool(value: Any) -> Any:
+            return parseConfig({"listeners": [{"listen": "tcp:0"}],
+                                "pools": {"p": {"access-log": value, "backends": []}}},
+                               directory="/srv").pools[0]
+
+        self.assertEqual(pool(True).accessLogSink, AccessLogSink("events"))
+        self.assertEqual(pool("a.log").accessLogSink, AccessLogSink("file", (("path", "/srv/a.log"),)))
+        self.assertIsNone(pool(False).accessLogSink)
+        named = pool({"sink": "file", "path": "logs/a.log"})
+        self.assertEqual(named.accessLog, AccessLogSink("file", (("path", "/srv/logs/a.log"),)))
+
+
+class PolicyTests(TestCase):
+    """
+    A registered policy chooses in a real balancer.
+    """
+
+    @inlineCallbacks
+    def test_first(self) -> Any:
+        """
+        With the sample's C{policy: first}, every connection goes to the
+        first backend (round-robin would spread them over all three).
+        """
+        backends = Backends(self)
+        for name in "abc":
+            backends.start(name)
+        useSample(self)
+        lb, port = startBalancer(self, {
+            "extensions": [SAMPLE],
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1"}],
+            "pools": {"web": {"policy": "first", "backends": [
+                {"name": n, "endpoint": e} for n, e in named(backends, "a", "b", "c")]}},
+        })
+        answers = []
+        for _ in range(9):
+            answers.append((yield inThread(firstLine, port)))
+        self.assertEqual(answers, [b"a"] * 9)
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    A module new in C{extensions} is imported by the reload that reads it.
+    """
+
+    def test_newModule(self) -> None:
+        """
+        A reload of a file that now names the sample and its policy
+        imports it and switches the pool to the policy, with no restart.
+        """
+        self.assertNotIn(SAMPLE, sys.modules)
+        forgetSample(self)
+        path = FilePath(self.mktemp())
+        data: dict[str, Any] = {
+            "listeners": [{"listen": "tcp:0"}],
+            "pools": {"web": {"backends": [
+                {"name": n, "endpoint": f"tcp:host=127.0.0.1:port={9000 + i}"}
+                for i, n in enumerate("abc")]}}}
+        path.setContent(yaml.safe_dump(data).encode())
+        config = loadConfigFile(path.path)
+        pools = {p.name: BackendPool(p) for p in config.pools}
+        live = LiveConfig(pools, config, Clock(), StateFile(self.mktemp()),
+                          loadConfig=lambda: loadConfigFile(path.path))
+        self.assertEqual([pools["web"].pick().name for _ in range(3)],  # type: ignore[union-attr]
+                         ["a", "b", "c"])
+        data["extensions"] = [SAMPLE]
+        data["pools"]["web"]["policy"] = "first"
+        path.setContent(yaml.safe_dump(data).encode())
+        self.assertIsNone(live.reload())
+        self.assertEqual(live.restartNeeded, [])
+        self.assertIn(SAMPLE, sys.modules)
+        self.assertEqual([pools["web"].pick().name for _ in range(3)],  # type: ignore[union-attr]
+                         ["a", "a", "a"])
+
+
+class CheckTests(TestCase):
+    """
+    A registered kind of health check probes backends in a real balancer.
+    """
+
+    @inlineCallbacks
+    def test_banner(self) -> Any:
+        """
+        The sample's C{banner} check marks down the backend whose first
+        line is not C{ready}, though it accepts connections (which a C{tcp}
+        check passes), and the log says which check failed.
+        """
+        backends = Backends(self)
+        backends.start("ready")
+        backends.start("busy")
+        useSample(self)
+        lb, port = startBalancer(self, {
+            "extensions": [SAMPLE],
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1"}],
+            "pools": {"web": {
+                "health": {"type": "banner", "interval": "50ms", "rise": 1, "fall": 1},
+                "backends": [{"name": n, "endpoint": e}
+                             for n, e in named(backends, "busy", "ready")]}},
+        })
+        busy, ready = lb.pools["web"].get("busy"), lb.pools["web"].get("ready")
+        assert busy is not None and ready is not None
+        yield waitFor(lambda: not busy.eligible and ready.eligible)
+        answers = []
+        for _ in range(4):
+            answers.append((yield inThread(firstLine, port)))
+        self.assertEqual(answers, [b"ready"] * 4)
+        self.assertEqual(busy.lastChange,
+                         "banner check failed: said b'busy', not 'ready', 1 failure in a row")
+
+
+class SinkTests(TestCase):
+    """
+    A registered access-log sink gets each request's fields.
+    """
+
+    @inlineCallbacks
+    def test_http(self) -> Any:
+        """
+        Each HTTP request reaches the sample's sink with its method, path,
+        status and backend.
+        """
+        import urllib.request
+
+        backend = RecordingBackend("b")
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+        useSample(self)
+        lb, port = startBalancer(self, {
+            "extensions": [SAMPLE],
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1",
+                           "mode": "http"}],
+            "pools": {"web": {"access-log": {"sink": "jsonlines"},
+                              "backends": [{"name": "b", "endpoint": backend.endpoint}]}},
+        })
+        [sink] = lb.accessLogs.values()
+        self.assertTrue(verifyObject(IAccessLog, sink))
+
+        def get(path: str) -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                r.read()
+                return int(r.status)
+
+        for path in ("/one", "/two?x=1"):
+            self.assertEqual((yield inThread(get, path)), 200)
+        yield waitFor(lambda: len(sink.records) == 2)  # type: ignore[attr-defined]
+        self.assertEqual(
+            [(r["method"], r["path"], r["status"], r["backend"], r["protocol"])
+             for r in sink.records],  # type: ignore[attr-defined]
+            [("GET", "/one", 200, "b", "HTTP/1.1"), ("GET", "/two?x=1", 200, "b", "HTTP/1.1")])
+        self.assertTrue(all(r["client"].startswith("127.0.0.1:") and r["bytesOut"] > 0
+                            for r in sink.records))  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_tcp(self) -> Any:
+        """
+        Each TCP connection reaches it too, with its bytes.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        useSample(self)
+        lb, port = startBalancer(self, {
+            "extensions": [SAMPLE],
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1"}],
+            "pools": {"web": {"access-log": {"sink": "jsonlines"},
+                              "backends": [{"name": "a", "endpoint": backends.endpoint("a")}]}},
+        })
+        [sink] = lb.accessLogs.values()
+        yield inThread(firstLine, port)
+        yield waitFor(lambda: len(sink.records) == 1)  # type: ignore[attr-defined]
+        [record] = sink.records  # type: ignore[attr-defined]
+        self.assertEqual((record["kind"], record["backend"], record["bytesOut"]), ("tcp", "a", 2))
+
+
+class WorkerTests(GroupTestCase):
+    """
+    With C{workers}, every worker imports the extensions: the policy runs
+    in the workers and the sink in each, seeing that worker's requests.
+    """
+
+    @inlineCallbacks
+    def test_workers(self) -> Any:
+        """
+        Two workers send every connection to the first backend, and the
+        sink's lines all come from the workers, one a connection.
+        """
+        backends = Backends(self)
+        for name in "abc":
+            backends.start(name)
+        log = os.path.abspath(self.mktemp())
+        group = yield self.startGroup(
+            2, [], extensions=[SAMPLE], env={"PYTHONPATH": ROOT},
+            pools={"web": {"policy": "first", "access-log": {"sink": "jsonlines", "path": log},
+                           "backends": [{"name": n, "endpoint": e}
+                                        for n, e in named(backends, "a", "b", "c")]}})
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        answers = yield inThread(connections, group.port, 40, 4)
+        self.assertEqual(answers, [b"a"] * 40)
+        yield group.stop(self)
+        with open(log, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual(len(records), 40)
+        self.assertEqual({r["backend"] for r in records}, {"a"})
+        pids = {r["pid"] for r in records}
+        self.assertLessEqual(pids, {w["pid"] for w in workers})
+        self.assertNotIn(group.process.pid, pids)
+
+
+class StartChecksTests(SynchronousTestCase):
+    """
+    What the command line and the checks before a start do with extensions.
+    """
+
+    def test_extensionOption(self) -> None:
+        """
+        C{--extension} imports a module before the command line's pool is
+        checked; one that cannot be imported is named with the option.
+        """
+        forgetSample(self)
+        options = Options()
+        options.parseOptions(["--backend", "127.0.0.1:9", "--extension", SAMPLE,
+                              "--policy", "first"])
+        config = options["lbconfig"]
+        self.assertEqual((config.extensions, config.pool("default").policy), ((SAMPLE,), "first"))
+        with self.assertRaises(BadConfiguration) as e:
+            Options().parseOptions(["--backend", "127.0.0.1:9", "--extension", "tests.nothing"])
+        self.assertEqual(str(e.exception), "lbtwist: invalid configuration: --extension: "
+                         "cannot import tests.nothing: ModuleNotFoundError: No module named "
+                         "'tests.nothing'")
+
+    def test_sinkOptionsChecked(self) -> None:
+        """
+        A sink's factory refusing its options stops the start, naming the
+        pool's access log; the C{file} sink's directory is checked by name
+        too.
+        """
+        useSample(self)
+        for value, message in [
+            ({"sink": "jsonlines", "level": 2},
+             "pools.web.access-log: jsonlines sink: unknown option level (expected path)"),
+            ({"sink": "file"}, "pools.web.access-log: file sink: the file sink takes one "
+                               "option, path (a file name)"),
+            ({"sink": "file", "path": "/nonexistent/a.log"},
+             "pools.web.access-log: no such directory '/nonexistent'"),
+        ]:
+            config = parseConfig({"listeners": [{"listen": "tcp:0"}],
+                                  "pools": {"web": {"access-log": value, "backends": []}}})
+            with self.assertRaises(ConfigError) as e:
+                checkConfig(config)
+            self.assertEqual(str(e.exception), message)
+
+
+class CheckCommandTests(SynchronousTestCase):
+    """
+    C{python -m lbtwist.check} imports the extensions too.
+    """
+
+    def check(self, extensions: list[str]) -> subprocess.CompletedProcess[bytes]:
+        """
+        Run the check on a file with C{extensions} and C{policy: first}.
+        """
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        config = directory.child("lb.yaml")
+        config.setContent(yaml.safe_dump({
+            "extensions": extensions, "listeners": [{"listen": "tcp:0:interface=127.0.0.1"}],
+            "pools": {"web": {"policy": "first", "health": {"type": "banner"},
+                              "backends": [{"endpoint": "tcp:host=127.0.0.1:port=9"}]}},
+        }).encode())
+        return subprocess.run(
+            [sys.executable, "-m", "lbtwist.check", "--config", config.path],
+            capture_output=True, cwd=directory.path, timeout=60,
+            env={**os.environ, "PYTHONPATH": ROOT})
+
+    def test_ok(self) -> None:
+        """
+        With the sample imported, its names are valid.
+        """
+        result = self.check([SAMPLE])
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        self.assertIn(b"configuration OK", result.stdout)
+
+    def test_importFails(self) -> None:
+        """
+        A module that cannot be imported is one line naming the key, the
+        module and why; exit status 1.
+        """
+        result = self.check([SAMPLE, "tests.no_such_extension"])
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr.decode(),
+            "lbtwist: invalid configuration: extensions[1]: cannot import "
+            "tests.no_such_extension: ModuleNotFoundError: No module named "
+            "'tests.no_such_extension'\n")
