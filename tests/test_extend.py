@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -32,8 +33,9 @@ from lbtwist.state import StateFile
 from lbtwist.tap import BadConfiguration, Options
 
 from .httphelpers import RecordingBackend, waitFor
-from .support import Backends, firstLine, inThread, reactor, startBalancer
-from .test_workers import GroupTestCase, adminGet, connections, named
+from .support import Backends, firstLine, freePort, inThread, reactor, sleep, spawn, startBalancer
+from .test_embedding import recipe
+from .test_workers import TWISTD, GroupTestCase, adminGet, connections, named, nameLine
 
 SAMPLE = "tests.extension_sample"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -402,6 +404,59 @@ class StartChecksTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as e:
                 checkConfig(config)
             self.assertEqual(str(e.exception), message)
+
+
+class ReadmeTests(TestCase):
+    """
+    The README's three examples of Extending, copied out and run as written
+    by C{twistd lb} with C{extensions:}.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_examples(self) -> Any:
+        """
+        The check marks down the backend that does not say C{ready}, the
+        policy sends every connection to the first backend left, and the
+        sink writes a line for each.
+        """
+        work = FilePath(self.mktemp())
+        work.makedirs()
+        work.child("readme_plugins.py").setContent("\n".join(
+            recipe(intro) for intro in (
+                "returns an object with ``choose``", "backend on its ``interval``",
+                "and stopped after them")).encode())
+        backends = Backends(self)
+        backends.start("busy")
+        backends.start("ready")
+        port = freePort()
+        work.child("lb.yaml").setContent(yaml.safe_dump({
+            "extensions": ["readme_plugins"], "status-interval": 3600,
+            "listeners": [{"listen": f"tcp:{port}:interface=127.0.0.1"}],
+            "pools": {"web": {
+                "policy": "first", "access-log": {"sink": "jsonlines", "path": "access.jsonl"},
+                "health": {"type": "banner", "interval": "100ms", "rise": 1, "fall": 1},
+                "backends": [{"name": n, "endpoint": e}
+                             for n, e in named(backends, "busy", "ready")]}},
+        }).encode())
+        process = spawn(self, [TWISTD, "--nodaemon", "--pidfile=", "lb", "--config", "lb.yaml"],
+                        work.path, {**os.environ, "PYTHONPATH": work.path})
+        answers: list[bytes | None] = []
+        for _ in range(100):
+            answer = yield inThread(nameLine, port)
+            if answer == b"ready" or process.poll() is not None:
+                break
+            yield sleep(0.1)
+        for _ in range(5):
+            answers.append((yield inThread(nameLine, port)))
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout is not None
+        output = (yield inThread(process.stdout.read)).decode()
+        self.assertEqual(answers, [b"ready"] * 5, output)
+        self.assertIn("banner check failed: said b'busy', not 'ready'", output)
+        lines = [json.loads(x) for x in work.child("access.jsonl").getContent().splitlines()]
+        self.assertEqual([x["backend"] for x in lines[-5:]], ["ready"] * 5)
 
 
 class CheckCommandTests(SynchronousTestCase):
