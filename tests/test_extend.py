@@ -35,7 +35,15 @@ from lbtwist.tap import BadConfiguration, Options
 from .httphelpers import RecordingBackend, waitFor
 from .support import Backends, firstLine, freePort, inThread, reactor, sleep, spawn, startBalancer
 from .test_embedding import recipe
-from .test_workers import TWISTD, GroupTestCase, adminGet, connections, named, nameLine
+from .test_workers import (
+    TWISTD,
+    GroupTestCase,
+    adminChange,
+    adminGet,
+    connections,
+    named,
+    nameLine,
+)
 
 SAMPLE = "tests.extension_sample"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -360,6 +368,33 @@ class WorkerTests(GroupTestCase):
         pids = {r["pid"] for r in records}
         self.assertLessEqual(pids, {w["pid"] for w in workers})
         self.assertNotIn(group.process.pid, pids)
+
+    @inlineCallbacks
+    def test_reload(self) -> Any:
+        """
+        A module added to C{extensions} with its policy, reloaded through
+        the master: the master and every worker import it, and the workers
+        then send every connection to the first backend.
+        """
+        backends = Backends(self)
+        for name in "abc":
+            backends.start(name)
+        group = yield self.startGroup(2, named(backends, "a", "b", "c"),
+                                      env={"PYTHONPATH": ROOT})
+        answers = yield inThread(connections, group.port, 30, 3)
+        self.assertEqual(set(answers), {b"a", b"b", b"c"})
+        path = os.path.join(group.workdir, "lb.yaml")
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        data["extensions"] = [SAMPLE]
+        data["pools"]["web"]["policy"] = "first"
+        with open(path, "w") as f:
+            yaml.safe_dump(data, f)
+        answer = yield inThread(adminChange, group.admin, "POST", "/api/reload", {})
+        self.assertEqual(answer, {"status": "reloaded"})
+        answers = yield inThread(connections, group.port, 30, 3)
+        self.assertEqual(answers, [b"a"] * 30)
+        yield group.stop(self)
 
 
 class StartChecksTests(SynchronousTestCase):
