@@ -86,7 +86,7 @@ class Registry(Mapping[str, F], Generic[F]):
     def register(self, name: str, factory: F | str) -> None:
         """
         Register C{factory} under C{name}.  Registering the same factory
-        again does nothing (a module imported twice, say).
+        again (by object or by reference) does nothing.
 
         @raise ValueError: C{name} is not a lower-case name of 1-64 letters,
             digits or C{_.-}, C{factory} is neither callable nor
@@ -103,10 +103,11 @@ class Registry(Mapping[str, F], Generic[F]):
             raise ValueError(f"cannot register {self.what} {name!r}: "
                              f"{factory!r} is not callable")
         was = self._factories.get(name)
-        if was is not None and was != factory:
+        if was is not None and was != factory and _resolve(was) is not _resolve(factory):
             raise ValueError(f"cannot register {self.what} {name!r}: "
                              f"{_describe(was)} has that name already")
-        self._factories[name] = factory
+        if was is None:
+            self._factories[name] = factory
 
     def unregister(self, name: str) -> None:
         """
@@ -131,18 +132,34 @@ class Registry(Mapping[str, F], Generic[F]):
         """
         factory = self._factories[name]
         if isinstance(factory, str):
-            moduleName, _, attribute = factory.partition(":")
-            found: Any = importlib.import_module(moduleName)
-            for part in attribute.split("."):
-                found = getattr(found, part)
-            self._factories[name] = factory = found
-        return factory  # type: ignore[return-value]
+            self._factories[name] = factory = _resolve(factory)
+        return factory
 
     def __iter__(self) -> Iterator[str]:
+        """
+        The names registered, as L{names} gives them.
+        """
         return iter(self._factories)
 
     def __len__(self) -> int:
+        """
+        How many names are registered.
+        """
         return len(self._factories)
+
+
+def _resolve(factory: Any) -> Any:
+    """
+    The object a C{"module:name"} reference names (imported), or
+    C{factory} itself if it is no reference.
+    """
+    if not isinstance(factory, str):
+        return factory
+    moduleName, _, attribute = factory.partition(":")
+    found: Any = importlib.import_module(moduleName)
+    for part in attribute.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def _describe(factory: object) -> str:

@@ -77,6 +77,11 @@ class Probes(dict[str, Probe]):
         self.dialler = dialler
 
     def __missing__(self, kind: str) -> Probe:
+        """
+        Build the probe of C{kind} from its registered factory, and keep it.
+
+        @raise KeyError: no kind of that name is registered.
+        """
         probe = self[kind] = CHECKS[kind](self.dialler)
         return probe
 

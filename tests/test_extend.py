@@ -109,7 +109,9 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(registry.names(), ("a", "b"))
         from collections import OrderedDict
 
+        registry.register("b", OrderedDict)
         self.assertIs(registry["b"], OrderedDict)
+        registry.register("b", "collections:OrderedDict")
         with self.assertRaises(ValueError) as e:
             registry.register("a", list)
         self.assertEqual(str(e.exception),
