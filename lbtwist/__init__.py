@@ -1,7 +1,8 @@
 """
 lbtwist: an event-driven TCP and HTTP load balancer on Twisted.
 
-Run it with C{twistd lb}; embed it with L{Balancer}.  The names in
+Run it with C{twistd lb}; embed it with L{Balancer}, and change it while
+it runs through its L{BalancerControl} (C{balancer.control}).  The names in
 C{__all__} are the public API; every other module is lbtwist's own and may
 change between releases.  They are loaded on first use, so that importing
 C{lbtwist} (as C{lbtwist ctl} does) loads no Twisted module.
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .config import ConfigError as ConfigError
     from .config import loadConfigFile as loadConfigFile
     from .config import parseConfig as parseConfig
+    from .control import BalancerControl as BalancerControl
     from .service import CannotStart as CannotStart
     from .service import LoadBalancer as LoadBalancer
 
@@ -26,6 +28,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "Balancer": "lbtwist.app",
+    "BalancerControl": "lbtwist.control",
     "CannotStart": "lbtwist.service",
     "Config": "lbtwist.config",
     "ConfigError": "lbtwist.config",

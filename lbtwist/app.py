@@ -21,6 +21,7 @@ from twisted.internet.defer import succeed
 
 from .admin import AdminService
 from .config import ClusterConfig, Config
+from .control import BalancerControl
 from .gctuning import FrozenStartupHeap
 from .lifecycle import GracefulStop, ReadyNotice, ReloadOnSignal
 from .pool import Backend
@@ -41,8 +42,12 @@ class Balancer(MultiService):
 
     @ivar loadBalancer: the data plane: its C{pools}, C{factories} (one per
         listener) and the services that run them.
-    @ivar live: the run-time control of the pools (add, remove, re-weight,
-        drain; saved to the state file), or L{None} without C{control}.
+    @ivar control: how to change the running balancer (backends, pools,
+        routes, reloads), checked as the admin API checks, and through the
+        cluster store when there is one; L{None} without C{control}.
+    @ivar live: the local layer under C{control}: changes to this process's
+        pools alone, saved to the state file.  In a cluster, the registry
+        undoes what it changes.
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class Balancer(MultiService):
         """
         super().__init__()
         self.live: LiveConfig | None = None
+        self.control: BalancerControl | None = None
         self.workers: WorkerGroup | None = None
         self.workerCommand = list(workerCommand)
         self.workersOption = workersOption
@@ -199,9 +205,10 @@ class Balancer(MultiService):
                                        command=command, grace=grace, text=text,
                                        image=self.image, handover=self.handover,
                                        admin=lambda: admin)
+        self.control = BalancerControl(live, self.cluster, reloadsFromCode=not multi)
         inherited = None if self.handover is None else self.handover.admin
         admin = AdminService(
-            lb, live, reactor, group=self.workers, cluster=self.cluster,
+            lb, live, reactor, group=self.workers, cluster=self.cluster, control=self.control,
             adopted=None if inherited is None else (inherited.endpoint, inherited.fd,
                                                     inherited.family))
         admin.setServiceParent(control)

@@ -585,7 +585,7 @@ class LiveConfig:
             listeners.append(listener)
         return attrs.evolve(new, listeners=tuple(listeners))
 
-    def reload(self, upgrade: bool = False) -> str | None:
+    def reload(self, upgrade: bool = False, config: Config | None = None) -> str | None:
         """
         Read the configuration file again and apply it.
 
@@ -593,16 +593,26 @@ class LiveConfig:
             apply, the upgrade's new workers (or its re-executed master)
             will, so it is said at info level, not named as needing a
             restart.
+        @param config: apply this configuration (built in code, and
+            checked against the world as a file's is) instead of reading
+            the file.
 
         @return: L{None} when applied, else why it was rejected (the running
             configuration stays).
         """
-        if self.loadConfig is None:
+        if config is None and self.loadConfig is None:
             self.log.warn(  # noqa: G010
                 "reload asked, but there is no configuration file to read")
             return "there is no configuration file to reload"
         try:
-            new = self.loadConfig()
+            if config is None:
+                new = self.loadConfig()  # type: ignore[misc]
+            else:
+                from .checks import checkEndpoints, checkTLS
+
+                checkEndpoints(config)
+                checkTLS(config)
+                new = config
         except ConfigError as e:
             self.log.error(
                 "configuration reload rejected, the running configuration stays: "

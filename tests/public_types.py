@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from typing_extensions import assert_type
 
 import lbtwist
 from lbtwist.app import Balancer
 from lbtwist.config import Config, ConfigError
+from lbtwist.control import BalancerControl
+from lbtwist.pool import Backend
 from lbtwist.service import CannotStart, LoadBalancer
 
 
@@ -32,3 +35,10 @@ def embedded(reactor: Any) -> None:
     assert_type(config, Config)
     balancer = lbtwist.Balancer(config, reactor, configPath="lb.yaml")
     assert_type(balancer, Balancer)
+    assert_type(lbtwist.BalancerControl, type[BalancerControl])
+    control = balancer.control
+    assert_type(control, BalancerControl | None)
+    assert control is not None
+    assert_type(control.addBackend("web", {"endpoint": "127.0.0.1:8080"}), Deferred[Backend])
+    assert_type(control.change("web", "a", weight=3, state="drain"), Deferred[Backend])
+    assert_type(control.reload(config), Deferred[list[str]])

@@ -19,8 +19,11 @@ from typing import Any
 
 import yaml
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+import lbtwist
 
 from .support import Backends, firstLine, freePort, inThread, sleep, spawn
 
@@ -232,3 +235,38 @@ class EmbeddingTests(TestCase):
         self.assertEqual((yield inThread(firstLine, self.port)), b"b")
         process.send_signal(signal.SIGTERM)
         self.assertEqual((yield self.exitCode(process)), 0)
+
+
+class ControlRecipeTests(SynchronousTestCase):
+    """
+    The README's example of C{balancer.control}.
+    """
+
+    def test_recipe(self) -> None:
+        """
+        The example runs as written on a balancer whose pool C{web} has
+        backend C{a}: C{c} is added with weight 2, C{a} drains, the bad
+        name is refused with its field named and not added, and the
+        configuration built in code (adding C{d}) is applied.
+        """
+        def settingsWith(*names: str) -> dict[str, Any]:
+            return {
+                "listeners": [{"listen": "tcp:8080"}],
+                "pools": {"web": {"backends": [
+                    {"name": n, "endpoint": f"tcp:host=127.0.0.1:port={8080 + i}"}
+                    for i, n in enumerate(names, 1)]}},
+            }
+
+        balancer = lbtwist.Balancer(
+            lbtwist.parseConfig(settingsWith("a")), MemoryReactorClock(), signals=False,
+            freezeHeap=False, statePath=os.path.abspath(self.mktemp()))
+        printed: list[str] = []
+        exec(recipe("or because etcd cannot be reached)"), {
+            "balancer": balancer, "lbtwist": lbtwist, "settings": settingsWith("a", "b", "d"),
+            "print": lambda *args: printed.append(" ".join(map(str, args))),
+        })
+        pool = balancer.loadBalancer.pools["web"]
+        self.assertEqual({b.name: (b.weight, b.admin.value) for b in pool}, {
+            "a": (1, "drain"), "b": (1, "ready"), "c": (2, "ready"), "d": (1, "ready")})
+        self.assertEqual(printed[0], "added c")
+        self.assertTrue(printed[1].startswith("refused: name: expected a name"), printed)

@@ -21,16 +21,16 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..config import (
-    NO_DIRECTORY,
-    BackendConfig,
-    ConfigError,
-    ListenerConfig,
-    parseBackend,
-    parseRoutes,
-    parseSlowStart,
+from ..config import ConfigError, ListenerConfig, parseSlowStart
+from ..control import (
+    BalancerControl,
+    Duplicate,
+    InUse,
+    Unknown,
+    checkBackup,
+    checkState,
+    checkWeight,
 )
-from ..endpoints import parseEndpoint
 from ..metrics import (
     NO_COUNTERS,
     ClusterCollector,
@@ -40,19 +40,10 @@ from ..metrics import (
     exposition,
     recentView,
 )
-from ..pool import Admin, Backend, BackendPool
-from ..reload import (
-    UPGRADES_NEED_WORKERS,
-    DuplicateBackend,
-    DuplicatePool,
-    LiveConfig,
-    PoolInUse,
-    UnknownBackend,
-    UnknownListener,
-    UnknownPool,
-)
+from ..pool import Backend, BackendPool
+from ..reload import UPGRADES_NEED_WORKERS, LiveConfig, UnknownListener, UnknownPool
 from ..routeconfig import unmatchedPool
-from ._input import APIError, _checkEndpoint, _shown, _state, _weight
+from ._input import APIError
 from ._views import (
     backendURL,
     backendView,
@@ -72,6 +63,11 @@ STATIC_TYPES = {
     ".css": b"text/css; charset=utf-8",
 }
 _STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css)$")
+# What a change of a backend may give, each with its check.
+CHANGES: dict[str, Callable[[Any, str], object]] = {
+    "weight": checkWeight, "state": checkState, "backup": checkBackup,
+    "slow-start": parseSlowStart,
+}
 
 
 # -- configuration ------------------------------------------------------------
@@ -129,7 +125,8 @@ class AdminResource(Resource):
 
     def __init__(self, balancer: Any, live: LiveConfig, token: str | None,
                  clock: IReactorTime, history: CounterHistory | None = None,
-                 group: ProcessGroup | None = None, cluster: Any = None) -> None:
+                 group: ProcessGroup | None = None, cluster: Any = None,
+                 control: BalancerControl | None = None) -> None:
         """
         @param group: the worker processes this master speaks for: reads
             wait for their counters to be collected, and changes are
@@ -137,6 +134,9 @@ class AdminResource(Resource):
         @param cluster: the registry sync (L{lbtwist.cluster.RegistrySync})
             when the balancer shares its registry through etcd: changes are
             written there, and health reports the store's state.
+        @param control: what every change goes through, checks included
+            (default: one over C{live} and C{cluster}); the API only reads
+            requests and answers them.
         """
         super().__init__()
         self.group = group
@@ -145,6 +145,7 @@ class AdminResource(Resource):
         self.history = history or CounterHistory()
         self.balancer = balancer
         self.live = live
+        self.control = control or BalancerControl(live, cluster)
         self._startToken = token
         self.registry = balancerRegistry(balancer)
         if group is not None:
@@ -222,8 +223,11 @@ class AdminResource(Resource):
             if mutating:
                 self._authorize(request)
             result = handler(request, args)
-        except APIError as e:
-            result = self._json(request, e.status, {"error": e.message})
+        except Exception as e:
+            refusal = self._refusal(e)
+            if refusal is None:
+                raise
+            result = self._json(request, refusal.status, {"error": refusal.message})
         if isinstance(result, Deferred):
             # A change through the cluster store answers once this balancer
             # has applied it; its refusal is an answer too.
@@ -270,10 +274,39 @@ class AdminResource(Resource):
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
     def _failed(self, failure: Any, request: Request) -> bytes:
-        if failure.check(APIError):
-            return self._json(request, failure.value.status, {"error": failure.value.message})
+        refusal = self._refusal(failure.value)
+        if refusal is not None:
+            return self._json(request, refusal.status, {"error": refusal.message})
+        if failure.check(OSError):
+            return self._saveFailed(request, failure.value)
         self.log.failure("admin request failed", failure)
         return self._json(request, 500, {"error": f"internal error: {failure.getErrorMessage()}"})
+
+    def _refusal(self, error: BaseException) -> APIError | None:
+        """
+        The answer to a change the control refused (or the cluster store
+        did), or L{None} for any other error.
+        """
+        if isinstance(error, APIError):
+            return error
+        if isinstance(error, Unknown):
+            return APIError(400 if error.what == "pool" else 404, error.problem)
+        if isinstance(error, (Duplicate, InUse)):
+            return APIError(409, error.problem)
+        if isinstance(error, ConfigError):
+            return APIError(400, str(error))
+        if self.cluster is None:
+            return None
+        from ..cluster import Conflict, StoreUnavailable
+
+        if isinstance(error, Conflict):
+            return APIError(409, str(error))
+        if isinstance(error, StoreUnavailable):
+            return APIError(503, str(error))
+        if isinstance(error, TimeoutError):
+            return APIError(503, "the change was written to the cluster store but this "
+                            "balancer has not applied it yet")
+        return None
 
     def _finish(self, request: Request, body: bytes) -> None:
         """
@@ -485,59 +518,18 @@ class AdminResource(Resource):
         pool = self._pool(args[0])
         return self._json(request, 200, backendView(pool, self._backend(pool, args[1])))
 
-    def addBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+    def addBackend(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Add a backend: C{{"name", "endpoint" or "host"+"port", "weight",
         "state"}}; C{201} with the new backend.
         """
         pool = self._pool(args[0])
         data = self._body(request)
-        unknown = sorted(set(data) - {"name", "endpoint", "host", "port", "weight",
-                                      "state"})
-        if unknown:
-            raise APIError(400, f"unknown field {unknown[0]!r} (expected name, endpoint, "
-                           "host, port, weight, state)")
-        for key in ("name", "endpoint", "host"):
-            if key in data and not isinstance(data[key], str):
-                raise APIError(400, f"{key}: expected a string, got {_shown(data[key])}")
-        if "port" in data and (isinstance(data["port"], bool)
-                               or not isinstance(data["port"], int)):
-            raise APIError(400, f"port: expected an integer, got {_shown(data['port'])}")
-        if "weight" in data:
-            _weight(data["weight"], "weight")
-        state = _state(data.pop("state", "ready"), "state")
-        try:
-            config = parseBackend(data, "", pool.config.health, directory=NO_DIRECTORY)
-            _checkEndpoint(config.endpoint, "endpoint")
-        except ConfigError as e:
-            raise APIError(400, str(e).lstrip(".: ")) from None
-        return self._add(request, pool, config, state, self._created)
+        state = data.pop("state", "ready")
+        return self.control.addBackend(pool.name, data, state).addCallback(
+            lambda backend: self._json(request, 201, backendView(pool, backend)))
 
-    def _created(self, request: Request, pool: BackendPool, backend: Backend) -> bytes:
-        return self._json(request, 201, backendView(pool, backend))
-
-    def _add(self, request: Request, pool: BackendPool, config: BackendConfig,
-             state: Admin, answer: Callable[[Request, BackendPool, Backend], bytes]
-             ) -> bytes | Deferred[bytes]:
-        if self.cluster is not None:
-            def added() -> bytes:
-                backend = pool.get(config.name)
-                if backend is None:
-                    raise APIError(409, f"backend {config.name!r} was removed again by "
-                                   "another change")
-                return answer(request, pool, backend)
-
-            return self._inCluster(self.cluster.addBackend(pool.name, config, state), added)
-        try:
-            backend = self.live.addBackend(pool.name, config, state)
-        except DuplicateBackend:
-            raise APIError(409, f"pool {pool.name!r} already has a backend "
-                           f"{config.name!r}") from None
-        except OSError as e:
-            return self._saveFailed(request, e)
-        return answer(request, pool, backend)
-
-    def changeBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+    def changeBackend(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Change a backend's C{weight}, C{state} (ready, drain, maint),
         C{backup} role and C{slow-start} duration, in one save.
@@ -545,55 +537,31 @@ class AdminResource(Resource):
         pool = self._pool(args[0])
         backend = self._backend(pool, args[1])
         data = self._body(request)
-        unknown = sorted(set(data) - {"weight", "state", "backup", "slow-start"})
+        unknown = sorted(set(data) - set(CHANGES))
         if unknown:
             raise APIError(400, f"unknown field {unknown[0]!r} "
                                 "(expected weight, state, backup, slow-start)")
-        if not data:
-            raise APIError(400, "nothing to change: give weight, state, backup or slow-start")
-        weight = _weight(data["weight"], "weight") if "weight" in data else None
-        state = _state(data["state"], "state") if "state" in data else None
-        backup = None
-        if "backup" in data:
-            if not isinstance(data["backup"], bool):
-                raise APIError(400, f"backup: expected true or false, got {_shown(data['backup'])}")
-            backup = data["backup"]
-        slowStart = None
-        if "slow-start" in data:
-            try:
-                slowStart = parseSlowStart(data["slow-start"], "slow-start")
-            except ConfigError as e:
-                raise APIError(400, str(e)) from None
-        if self.cluster is not None:
-            name = backend.name
-            return self._inCluster(
-                self.cluster.changeBackend(pool.name, name, weight, state, backup, slowStart),
-                lambda: self._json(request, 200, backendView(pool, self._backend(pool, name))))
-        try:
-            self.live.change(pool.name, backend.name, weight, state, backup, slowStart)
-        except OSError as e:
-            return self._saveFailed(request, e)
-        return self._json(request, 200, backendView(pool, backend))
+        if None in data.values():
+            # JSON's null is a value to refuse, not a change left out: the
+            # first bad field is named, in the control's order.
+            for key, check in CHANGES.items():
+                if key in data:
+                    check(data[key], key)
+        return self.control.change(
+            pool.name, backend.name, weight=data.get("weight"), state=data.get("state"),
+            backup=data.get("backup"), slowStart=data.get("slow-start"),
+        ).addCallback(lambda changed: self._json(request, 200, backendView(pool, changed)))
 
-    def removeBackend(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+    def removeBackend(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Remove a backend; its connections get the grace period to finish.
         """
         pool = self._pool(args[0])
         backend = self._backend(pool, args[1])
-
-        def removed() -> bytes:
-            return self._json(request, 200, {
-                "status": "removed", "name": backend.name, "draining": backend.active,
-                "grace": self.live.grace})
-
-        if self.cluster is not None:
-            return self._inCluster(self.cluster.removeBackend(pool.name, backend.name), removed)
-        try:
-            self.live.removeBackend(pool.name, backend.name)
-        except OSError as e:
-            return self._saveFailed(request, e)
-        return removed()
+        return self.control.removeBackend(pool.name, backend.name).addCallback(
+            lambda removed: self._json(request, 200, {
+                "status": "removed", "name": removed.name, "draining": removed.active,
+                "grace": self.live.grace}))
 
     def listListeners(self, request: Request, args: list[str]) -> bytes:
         """
@@ -647,35 +615,19 @@ class AdminResource(Resource):
         listener = self._listener(args[0])
         return self._json(request, 200, [routeData(r) for r in listener.routes])
 
-    def setRoutes(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+    def setRoutes(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Replace a listener's whole route list (a JSON list in the
         configuration's shape), checked first: a bad list changes nothing
         and gets a 400 naming the key path of the problem.  In a cluster,
         written to the store (answered once applied here).
         """
-        running = self._listener(args[0])
+        self._listener(args[0])
         data = self._jsonBody(request)
-        if self.cluster is not None:
-            try:
-                routes = parseRoutes(data, "routes", running.mode, list(self.live.pools),
-                                     directory=NO_DIRECTORY)
-            except ConfigError as e:
-                raise APIError(400, str(e)) from None
-            # Stored in the shape GET gives: each balancer parses it again.
-            return self._inCluster(
-                self.cluster.setRoutes(args[0], [routeData(r) for r in routes],
-                                       {n for r in routes for n in r.poolNames}),
-                lambda: self.showRoutes(request, args))
-        try:
-            listener = self.live.setRoutes(args[0], data)
-        except ConfigError as e:
-            raise APIError(400, str(e)) from None
-        except OSError as e:
-            return self._saveFailed(request, e)
-        return self._json(request, 200, [routeData(r) for r in listener.routes])
+        return self.control.setRoutes(args[0], data).addCallback(
+            lambda listener: self._json(request, 200, [routeData(r) for r in listener.routes]))
 
-    def addPool(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+    def addPool(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Create a pool: C{{"name": ..., and the configuration's pool keys
         (policy, health, backends...)}}; C{201} with the new pool, C{409} if
@@ -684,28 +636,10 @@ class AdminResource(Resource):
         """
         data = self._body(request)
         name = data.pop("name", None)
-        if not isinstance(name, str):
-            raise APIError(400, f"name: expected the pool's name, got {_shown(name)}")
+        return self.control.addPool(name, data).addCallback(
+            lambda pool: self._json(request, 201, poolView(pool)))
 
-        def created() -> bytes:
-            if name not in self.live.pools:
-                raise APIError(409, f"pool {name!r} was removed again by another change")
-            return self._json(request, 201, poolView(self.live.pools[name]))
-
-        try:
-            if self.cluster is not None:
-                config = self.live.checkPool(name, data)
-                return self._inCluster(self.cluster.addPool(name, data, config), created)
-            self.live.addPool(name, data)
-        except DuplicatePool:
-            raise APIError(409, f"there is a pool {name!r} already") from None
-        except ConfigError as e:
-            raise APIError(400, str(e).lstrip(".: ")) from None
-        except OSError as e:
-            return self._saveFailed(request, e)
-        return created()
-
-    def removePool(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+    def removePool(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Remove a pool no listener or route sends to (C{409} while one
         does); its connections get the grace period to finish.  In a
@@ -713,26 +647,10 @@ class AdminResource(Resource):
         """
         if args[0] not in self.live.pools:
             raise APIError(404, f"no pool {args[0]!r}")
-        pool = self._pool(args[0])
-
-        def removed() -> bytes:
-            return self._json(request, 200, {
+        return self.control.removePool(args[0]).addCallback(
+            lambda pool: self._json(request, 200, {
                 "status": "removed", "name": pool.name,
-                "draining": sum(b.active for b in pool), "grace": self.live.grace})
-
-        if self.cluster is not None:
-            users = self.live.poolUsers(pool.name)
-            if users:
-                raise APIError(409, str(PoolInUse(pool.name, users)))
-            inFile = any(p.name == pool.name for p in self.live.fileConfig.pools)
-            return self._inCluster(self.cluster.removePool(pool.name, inFile), removed)
-        try:
-            self.live.removePool(pool.name)
-        except PoolInUse as e:
-            raise APIError(409, str(e)) from None
-        except OSError as e:
-            return self._saveFailed(request, e)
-        return removed()
+                "draining": sum(b.active for b in pool), "grace": self.live.grace}))
 
     def listWorkers(self, request: Request, args: list[str]) -> bytes:
         """
@@ -781,26 +699,6 @@ class AdminResource(Resource):
 
         return group.upgrade().addCallbacks(upgraded, failed)
 
-    def _inCluster(self, write: Deferred[None], answer: Callable[[], bytes]) -> Deferred[bytes]:
-        """
-        The answer to a change written to the cluster store: C{answer()}
-        once this balancer has applied it; 409 when it lost to another
-        change, 503 when the store cannot be reached.
-        """
-        from ..cluster import Conflict, StoreUnavailable
-
-        def failed(f: Any) -> bytes:
-            if f.check(Conflict):
-                raise APIError(409, str(f.value))
-            if f.check(StoreUnavailable):
-                raise APIError(503, str(f.value))
-            if f.check(TimeoutError):
-                raise APIError(503, "the change was written to the cluster store but this "
-                               "balancer has not applied it yet")
-            return f  # type: ignore[no-any-return]
-
-        return write.addCallbacks(lambda _: answer(), failed)
-
     def listInstances(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
         The balancers registered in the cluster store (each with its name,
@@ -818,7 +716,7 @@ class AdminResource(Resource):
         return self.cluster.instances().addCallbacks(
             lambda found: self._json(request, 200, {"instances": found}), failed)
 
-    def reload(self, request: Request, args: list[str]) -> bytes:
+    def reload(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Reload the configuration file, as C{SIGHUP} does (access-log files
         are reopened too).
@@ -826,13 +724,18 @@ class AdminResource(Resource):
         reopen = getattr(self.balancer, "reopenAccessLogs", None)
         if reopen is not None:
             reopen()
-        problem = self.live.reload()
-        if problem is not None:
-            raise APIError(400, f"reload rejected: {problem}")
-        body: dict[str, object] = {"status": "reloaded"}
-        if self.live.restartNeeded:
-            body["restartNeeded"] = self.live.restartNeeded
-        return self._json(request, 200, body)
+        try:
+            reloaded = self.control.reload()
+        except ConfigError as e:
+            raise APIError(400, f"reload rejected: {e}") from None
+
+        def answer(restartNeeded: list[str]) -> bytes:
+            body: dict[str, object] = {"status": "reloaded"}
+            if restartNeeded:
+                body["restartNeeded"] = restartNeeded
+            return self._json(request, 200, body)
+
+        return reloaded.addCallback(answer)
 
     # -- the Go design's API ---------------------------------------------
 
@@ -878,7 +781,7 @@ class AdminResource(Resource):
             for b in pool
         ])
 
-    def goAdd(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
+    def goAdd(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Add C{{"URL": "http://host:port"}} to the first pool.
         """
@@ -886,15 +789,10 @@ class AdminResource(Resource):
         pool = self._defaultPool()
         escaped = host.replace(":", "\\:")
         endpoint = f"tcp:host={escaped}:port={port}"
-        config = BackendConfig(
-            name=parseEndpoint(endpoint, False).defaultName,
-            endpoint=endpoint,
-            health=pool.config.health,
-        )
-        if any(backendURL(b.endpoint) == backendURL(config.endpoint) for b in pool):
+        if any(backendURL(b.endpoint) == backendURL(endpoint) for b in pool):
             raise APIError(409, "Server already exists")
-        return self._add(request, pool, config, Admin.READY,
-                         lambda r, p, b: self._json(r, 200, {"status": "success"}))
+        return self.control.addBackend(pool.name, {"endpoint": endpoint}).addCallback(
+            lambda _: self._json(request, 200, {"status": "success"}))
 
     def goRemove(self, request: Request, args: list[str]) -> bytes | Deferred[bytes]:
         """
@@ -906,15 +804,6 @@ class AdminResource(Resource):
         wanted = backendURL(f"tcp:host={escaped}:port={port}")
         for b in pool:
             if backendURL(b.endpoint) == wanted:
-                if self.cluster is not None:
-                    return self._inCluster(self.cluster.removeBackend(pool.name, b.name),
-                                           lambda: self._json(request, 200,
-                                                              {"status": "success"}))
-                try:
-                    self.live.removeBackend(pool.name, b.name)
-                except UnknownBackend:
-                    break
-                except OSError as e:
-                    return self._saveFailed(request, e)
-                return self._json(request, 200, {"status": "success"})
+                return self.control.removeBackend(pool.name, b.name).addCallback(
+                    lambda _: self._json(request, 200, {"status": "success"}))
         raise APIError(404, "Server not found")

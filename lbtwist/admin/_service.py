@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
 from ..config import Config, ConfigError
+from ..control import BalancerControl
 from ..endpoints import parseEndpoint
 from ..reload import LiveConfig
 from ..service import CannotStart
@@ -85,7 +86,8 @@ class AdminService(Service):
 
     def __init__(self, balancer: Any, live: LiveConfig, reactor: Any,
                  environ: Mapping[str, str] | None = None, group: Any = None,
-                 cluster: Any = None, adopted: tuple[str, int, int] | None = None) -> None:
+                 cluster: Any = None, adopted: tuple[str, int, int] | None = None,
+                 control: BalancerControl | None = None) -> None:
         """
         @param group: the worker processes this master speaks for (see
             L{lbtwist.admin.AdminResource}), if any.
@@ -94,6 +96,8 @@ class AdminService(Service):
             master left (see L{lbtwist.workers._handover}), as its
             endpoint, file descriptor and address family: served instead of
             binding when the endpoint is this one's, else closed.
+        @param control: what the API's changes go through (default: one
+            over C{live} and C{cluster}).
         """
         config: Config = checkAdmin(
             balancer.config, os.environ if environ is None else environ)
@@ -106,7 +110,7 @@ class AdminService(Service):
                 os.close(adopted[1])
             self.endpoint = serverFromString(reactor, self.endpointText)
         self.resource = AdminResource(balancer, live, config.adminToken, reactor, group=group,
-                                      cluster=cluster)
+                                      cluster=cluster, control=control)
         self.sampler = LoopingCall(lambda: self.resource.history.add(self.resource.sample()))
         self.sampler.clock = reactor
         self.site = Site(self.resource, requestFactory=BoundedRequest)
