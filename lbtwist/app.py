@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from twisted.application.service import MultiService
 from twisted.internet.defer import succeed
 
 from .admin import AdminService
@@ -26,19 +25,21 @@ from .gctuning import FrozenStartupHeap
 from .lifecycle import GracefulStop, ReadyNotice, ReloadOnSignal
 from .pool import Backend
 from .reload import DEFAULT_GRACE, LiveConfig, loadState
-from .service import CannotStart, LoadBalancer
+from .service import AllOrNothingService, CannotStart, LoadBalancer
 from .state import StateError, StateFile, defaultStatePath, legacyStatePath
 from .workers import ConfigText, Handover, MasterImage, WorkerGroup
 
 
-class Balancer(MultiService):
+class Balancer(AllOrNothingService):
     """
     The whole balancer as one service.
 
     Start it as any Twisted service: under twistd (C{setServiceParent} of an
     C{Application}), or from a script with C{startService()} before
     C{reactor.run()}.  Listening happens in C{startService}, which raises
-    L{lbtwist.service.CannotStart} when a listener cannot listen.
+    L{lbtwist.service.CannotStart} when a listener cannot listen, leaving
+    nothing started (the ports it opened are closed once the reactor has
+    turned).
 
     @ivar loadBalancer: the data plane: its C{pools}, C{factories} (one per
         listener) and the services that run them.
@@ -181,7 +182,7 @@ class Balancer(MultiService):
             loadState(live)
         except StateError as e:
             raise CannotStart(f"lbtwist: {e}") from e
-        control = MultiService()
+        control = AllOrNothingService()
         control.setName("control")
         control.setServiceParent(self)
         GracefulStop(

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .accesslog import AccessLogFile, IAccessLog
 from .config import AccessLogSink, Config, ListenerConfig, PoolConfig
@@ -130,6 +132,38 @@ def cannotListen(what: str, endpointText: str, error: CannotListenError) -> Cann
     return CannotStart(line, short)
 
 
+class AllOrNothingService(MultiService):
+    """
+    Services that start together or not at all: when a child's start
+    raises, the children already started (the one that raised too) are
+    stopped, in reverse order, and the error is raised, so that the
+    application can try again or exit cleanly.  The listening ports they
+    opened are closed by the time the reactor has turned once.
+    """
+
+    log = Logger()
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except BaseException:
+            self._undoStart()
+            raise
+
+    def _undoStart(self) -> None:
+        """
+        Stop what a failed start started; a stop that fails is logged, not
+        raised over the start's error.
+        """
+        for service in reversed(list(self)):
+            if service.running:
+                maybeDeferred(service.stopService).addErrback(self._stopFailed, service.name)
+        Service.stopService(self)
+
+    def _stopFailed(self, failure: Failure, name: str | None) -> None:
+        self.log.failure("stopping {service} after a failed start", failure, service=name)
+
+
 class PortService(StreamServerEndpointService):
     """
     Listens on an endpoint; failing to listen stops the process from
@@ -155,6 +189,21 @@ class PortService(StreamServerEndpointService):
             super().privilegedStartService()
         except CannotListenError as e:
             raise cannotListen(self.what, self.endpointText, e) from None
+
+    def stopService(self) -> Any:
+        """
+        Stop listening; a later start listens again (Twisted's service
+        would not), so that a balancer whose start failed can be started
+        once the cause is gone.
+        """
+        if self._waitingForPort is None:
+            # Stopped already (or never started): nothing listens.
+            Service.stopService(self)
+            return succeed(None)
+        stopped = super().stopService()
+        self._waitingForPort = None
+        self._raiseSynchronously = True
+        return stopped
 
 
 def addressScope(host: str | None) -> str:
@@ -218,9 +267,10 @@ class ListenerService(PortService):
         return super().stopService()
 
 
-class LoadBalancer(MultiService):
+class LoadBalancer(AllOrNothingService):
     """
-    Everything one configuration describes, as a tree of services.
+    Everything one configuration describes, as a tree of services; a
+    start that raises leaves none of them started.
 
     @ivar pools: the backend pools, by name.
     @ivar factories: each listener's protocol factory, by listener name.

@@ -2,25 +2,26 @@
 Tests for L{lbtwist.control}: the one public way to change a running
 balancer, which the admin API goes through too.  Its checks (table tests,
 on a balancer built on a memory reactor), what it saves, reloading from a
-configuration built in code, and (with a real etcd) changes that reach
-every balancer of a cluster.
+configuration built in code, a start that fails leaving nothing started,
+and (with a real etcd) changes that reach every balancer of a cluster.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist import Balancer, BalancerControl, ConfigError, parseConfig
+from lbtwist import Balancer, BalancerControl, CannotStart, ConfigError, parseConfig
 from lbtwist.control import Duplicate, InUse, Unknown
 
 from .etcdhelpers import ClusterCase, dump, eventually
-from .support import firstLine, inThread
+from .support import Backends, firstLine, freePort, inThread, reactor, sleep
 
 
 def configData(**pool: Any) -> dict[str, Any]:
@@ -321,6 +322,77 @@ class ReloadTests(EmbeddedCase):
         e = self.assertRaises(ConfigError, control.reload, parseConfig(data))
         self.assertIn("bogus", str(e))
         self.assertEqual([b.name for b in self.built.loadBalancer.pools["web"]], ["a"])
+
+
+class FailedStartTests(TestCase):
+    """
+    A start that raises leaves nothing started, and may be tried again.
+    """
+
+    def setUp(self) -> None:
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.busy = busy
+        self.backends = Backends(self)
+        self.backends.start("a")
+        self.first = freePort()
+
+    def balancer(self, second: int, admin: int) -> Balancer:
+        """
+        A balancer listening on C{self.first} and C{second}, its admin API
+        on C{admin}, over backend C{a}.
+        """
+        data = {
+            "listeners": [{"name": "one", "listen": f"tcp:{self.first}:interface=127.0.0.1"},
+                          {"name": "two", "listen": f"tcp:{second}:interface=127.0.0.1"}],
+            "admin": f"tcp:{admin}:interface=127.0.0.1",
+            "pools": {"web": {"backends": [{"name": "a",
+                                            "endpoint": self.backends.endpoint("a")}]}},
+        }
+        return Balancer(parseConfig(data), reactor, signals=False, freezeHeap=False,
+                        statePath=os.path.abspath(self.mktemp()))
+
+    @inlineCallbacks
+    def failsThenServes(self, balancer: Balancer) -> Any:
+        """
+        C{balancer} cannot start while C{self.busy} holds its port: then it
+        is not running, and once the reactor has turned the first
+        listener's port can be bound again; with the port free, it starts
+        and serves, and stops (a listener stopped twice) cleanly.
+        """
+        self.assertRaises(CannotStart, balancer.startService)
+        self.assertFalse(balancer.running)
+        self.assertFalse(balancer.loadBalancer.running)
+        # A port stops listening when the reactor next turns.
+        yield sleep(0.01)
+        again = socket.socket()
+        self.addCleanup(again.close)
+        again.bind(("127.0.0.1", self.first))
+        again.close()
+        self.busy.close()
+        balancer.startService()
+        self.addCleanup(lambda: balancer.stopService() if balancer.running else None)
+        self.assertEqual((yield inThread(firstLine, self.first)), b"a")
+        # Stopped twice (a parent stops every child): the second is a no-op.
+        listener = balancer.loadBalancer.getServiceNamed("listener:one")
+        yield listener.stopService()
+        yield balancer.stopService()
+        self.assertFalse(listener.running)
+
+    def test_listenerBusy(self) -> Any:
+        """
+        The second listener's port is taken: nothing stays started.
+        """
+        return self.failsThenServes(self.balancer(self.busy.getsockname()[1], 0))
+
+    def test_adminBusy(self) -> Any:
+        """
+        The admin API's port is taken, after every listener started:
+        nothing stays started, the listeners included.
+        """
+        return self.failsThenServes(self.balancer(freePort(), self.busy.getsockname()[1]))
 
 
 class ClusterControlTests(ClusterCase):
