@@ -423,3 +423,25 @@ class ClusterControlTests(ClusterCase):
         yield eventually(lambda: a.backends().get("a") == (1, "maint"), 2.0)
         self.assertEqual(a.backends()["b"], (3, "ready"))
         self.assertEqual((yield inThread(firstLine, b.port)), b"b")
+
+    @inlineCallbacks
+    def test_poolAndRoutesReachTheOther(self) -> Any:
+        """
+        A pool and a route list set through A's control are written to
+        etcd and used by B: its listener sends to the new pool's backend.
+        """
+        a, b = self.node("A", ["a"]), self.node("B", ["a"])
+        yield eventually(lambda: a.sync.connected and b.sync.connected)
+        control = a.balancer.control
+        pool = yield control.addPool("extra", {
+            "health": {"interval": 60},
+            "backends": [{"name": "c", "endpoint": self.servers.endpoint("c")}]})
+        self.assertEqual([x.name for x in pool], ["c"])
+        listener = a.balancer.loadBalancer.config.listeners[0].name
+        route = {"name": "local", "match": {"source": ["127.0.0.0/8"]}, "pool": "extra"}
+        running = yield control.setRoutes(listener, [route])
+        self.assertEqual([r.name for r in running.routes], ["local"])
+        yield eventually(lambda: [r.pool for r in b.balancer.live.listener(listener).routes]
+                         == ["extra"], 2.0)
+        self.assertEqual(dump(self.etcd.url, "/lbt/routes/"), {f"/lbt/routes/{listener}": [route]})
+        self.assertEqual((yield inThread(firstLine, b.port)), b"c")
