@@ -3,8 +3,9 @@ lbtwist: an event-driven TCP and HTTP load balancer on Twisted.
 
 Run it with C{twistd lb}; embed it with L{Balancer}, and change it while
 it runs through its L{BalancerControl} (C{balancer.control}).  The names in
-C{__all__} are the public API; every other module is lbtwist's own and may
-change between releases.  They are loaded on first use, so that importing
+C{__all__} are the public API, with L{lbtwist.extend} (extensions register
+there); every other module is lbtwist's own and may change between
+releases.  They are loaded on first use, so that importing
 C{lbtwist} (as C{lbtwist ctl} does) loads no Twisted module.
 """
 
