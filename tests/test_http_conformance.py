@@ -332,3 +332,66 @@ class WebSocketTests(HTTPProxyTestCase):
             proxy = self.startProxy([a])
             out = yield rawExchange(proxy.testPort, request, timeout=1.0)
             self.assertTrue(out.startswith(b"HTTP/1.1 " + status + b" "), (accept, out))
+
+
+class DeclinedUpgradeTests(HTTPProxyTestCase):
+    """
+    What a client sends after an upgrade request's head reaches the backend
+    only once the backend has switched protocols: until then it is HTTP,
+    which the balancer has not parsed, so a backend that declines the
+    upgrade must never read it as requests of its own.
+    """
+
+    SMUGGLED = (b"GET /admin HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+
+    @inlineCallbacks
+    def test_pipelinedAfterDeclinedUpgrade(self) -> Any:
+        """
+        A request pipelined behind an upgrade request the backend declines
+        (it answers 200) never reaches the backend unparsed: no request
+        smuggled past the balancer's checks, X-Forwarded-For and routes.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+        out = yield rawExchange(
+            proxy.testPort,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n"
+            + self.SMUGGLED, timeout=2.0)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertNotIn(b"/admin", a.raw)
+
+    @inlineCallbacks
+    def test_upgradeBodyOnly(self) -> Any:
+        """
+        An upgrade request with a Content-Length body: the body reaches the
+        backend, and what follows it does not while the upgrade is
+        declined.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+        out = yield rawExchange(
+            proxy.testPort,
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+            b"Content-Length: 5\r\n\r\nhello" + self.SMUGGLED, timeout=2.0)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertTrue(a.raw.endswith(b"\r\n\r\nhello"), a.raw)
+
+    @inlineCallbacks
+    def test_earlyBytesAfterSwitch(self) -> Any:
+        """
+        Bytes a client sends with the upgrade request's head are relayed
+        once the backend has switched protocols.
+        """
+        def switch(request: Any, backend: Any, conn: Any) -> bytes:
+            conn.tunnel = True
+            return b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
+
+        a = self.startBackend("a", switch)
+        proxy = self.startProxy([a])
+        out = yield rawExchange(
+            proxy.testPort,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\nearly",
+            timeout=1.0)
+        self.assertTrue(out.startswith(b"HTTP/1.1 101 "), out)
+        self.assertIn(b"echo:early", out)

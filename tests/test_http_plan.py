@@ -24,6 +24,7 @@ from lbtwist.http._plan import (
     BadResponse,
     RequestPlan,
     RequestRules,
+    declaredLength,
     interimHead,
     planRequest,
     planResponse,
@@ -123,6 +124,8 @@ class RequestPlanTests(SynchronousTestCase):
              b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 8\r\n\r\n"): 400,
             (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
              b"Sec-WebSocket-Key: " + KEY + b"\r\n\r\n"): 400,
+            (b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n"): 400,
         }
         self.assertEqual({raw: plan(raw) for raw in cases}, cases)
 
@@ -213,6 +216,19 @@ class RequestPlanTests(SynchronousTestCase):
         self.assertEqual(p.websocketKey, KEY)
         self.assertTrue(p.head.endswith(b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"))
         self.assertFalse(p.replayable)
+
+    def test_declaredLength(self) -> None:
+        """
+        L{declaredLength} finds a head's Content-Length however it is
+        spelled, and is 0 without one.
+        """
+        cases = {
+            ((b"Host", b"a"),): 0,
+            ((b"Content-Length", b"5"),): 5,
+            ((b"Host", b"a"), (b"content-LENGTH", b"12")): 12,
+            ((b"X-Content-Length", b"5"),): 0,
+        }
+        self.assertEqual({h: declaredLength(list(h)) for h in cases}, cases)
 
     def test_bodies(self) -> None:
         """

@@ -34,6 +34,7 @@ from ._plan import (
     IDEMPOTENT,
     BadTrailer,
     TrailerSection,
+    declaredLength,
     fieldsSize,
     headBytesHeld,
     interimHead,
@@ -147,6 +148,9 @@ class ClientConnection(ClientPeer, Protocol):
     # The trailers of its requests that had any, until they are over: a
     # class default, set on a connection only when a request has trailers.
     _requestTrailers: dict[Exchange, list[tuple[bytes, bytes]]] | None = None
+    # The bytes of an upgrade request's declared body still to relay before
+    # the 101: a class default, set on a connection only for such a body.
+    _upgradeBody: int | None = None
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -416,6 +420,8 @@ class ClientConnection(ClientPeer, Protocol):
         tunnel = self._tunnel
         if tunnel is not None:
             self._lastActivity = self.factory.seconds()
+            if self._upgradeBody is not None:
+                data = self._upgradeBodyPart(data)
             self._tunnelExchange.bytesIn += len(data)  # type: ignore[union-attr]
             tunnel.sendTunnel(data)
             return
@@ -427,7 +433,12 @@ class ClientConnection(ClientPeer, Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
+            # llhttp stops at the head: what follows (a declared body, then
+            # the new protocol or more requests) is not parsed.
             self._upgradeData = data[e.args[0]:] if e.args else b""
+            length = declaredLength(self._headers)
+            if length:
+                self._upgradeBody = length
             self.holdRequest()
         except HttpParserError as e:
             refusal = parserRefusal(e)
@@ -765,16 +776,41 @@ class ClientConnection(ClientPeer, Protocol):
 
     def upgradeSent(self, ex: Exchange, conn: Any) -> None:
         """
-        The upgrade request went to the backend: what the client sent after
-        its head, and sends from now on, goes to the backend raw.
+        The upgrade request went to the backend: its declared body follows
+        it raw; what the client sends after that is held, unread, until the
+        backend switches protocols (L{startTunnel}).  Until then it is HTTP
+        that nothing has parsed: relayed at once, a backend that declines
+        the upgrade would read it as requests of its own, smuggled past
+        the balancer's checks.
         """
+        if self._upgradeBody is None:
+            return
         self._tunnel = conn
         self._tunnelExchange = ex
         data, self._upgradeData = self._upgradeData, b""
+        data = self._upgradeBodyPart(data)
         if data:
             ex.bytesIn += len(data)
             conn.sendTunnel(data)
-        self.releaseRequest()
+        if self._upgradeBody is not None:
+            self.releaseRequest()
+
+    def _upgradeBodyPart(self, data: bytes) -> bytes:
+        """
+        What of C{data} belongs to an upgrade request's declared body, to
+        relay now; the rest is held, and reading stops, once the body is
+        whole.
+        """
+        left = self._upgradeBody
+        assert left is not None
+        if len(data) < left:
+            self._upgradeBody = left - len(data)
+            return data
+        del self._upgradeBody
+        self._upgradeData = data[left:]
+        self._tunnel = None
+        self.holdRequest()
+        return data[:left]
 
     def startTunnel(self, ex: Exchange, conn: Any, head: bytes) -> None:
         """
@@ -788,6 +824,15 @@ class ClientConnection(ClientPeer, Protocol):
         self._tunnel = conn
         self._tunnelExchange = ex
         conn.tunnel = ex
+        if self._upgradeBody is not None:
+            # Switched before the declared body was whole: the rest of it
+            # is the new protocol's as much as what follows.
+            del self._upgradeBody
+        data, self._upgradeData = self._upgradeData, b""
+        if data:
+            ex.bytesIn += len(data)
+            conn.sendTunnel(data)
+        self.releaseRequest()
         timer = self._timer
         if timer is not None and timer.active():
             timer.cancel()

@@ -406,6 +406,18 @@ def splitTokens(value: bytes) -> list[bytes]:
     return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
 
 
+def declaredLength(headers: list[tuple[bytes, bytes]]) -> int:
+    """
+    The body length a request head declares (its C{Content-Length}, which
+    llhttp has checked), 0 without one: what of an upgrade request's bytes
+    after its head is its body, since llhttp parses none of them.
+    """
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def cookieValue(header: bytes, name: bytes) -> bytes | None:
     """
     The value of cookie C{name} in a C{Cookie} header, if present.
@@ -579,6 +591,10 @@ def planRequest(
     upgrade = upgrade and upgradeValue is not None
     if upgrade:
         assert upgradeValue is not None
+        if chunked:
+            # llhttp parses nothing after an upgrade request's head: a
+            # chunked body could not be told from what follows it.
+            raise BadRequest("chunked body in an upgrade request")
         if b"websocket" in splitTokens(upgradeValue):
             if not websocketKey:
                 raise BadRequest("WebSocket upgrade without Sec-WebSocket-Key")
