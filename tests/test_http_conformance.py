@@ -79,6 +79,31 @@ class AuthorityTests(HTTPProxyTestCase):
         self.assertEqual(len(a.requests), 1)
 
 
+class MethodTests(HTTPProxyTestCase):
+    """
+    Methods llhttp does not know.
+    """
+
+    @inlineCallbacks
+    def test_unknownMethod(self) -> Any:
+        """
+        A well-formed method llhttp does not know (an extension, or one in
+        lower case: methods are case-sensitive) is a 501, not a malformed
+        request; a request line that starts with no method at all is a
+        400. Neither reaches a backend.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+        cases = {b"FOO": b"501", b"get": b"501", b"GETX": b"501", b"G(T": b"400",
+                 b" GET": b"400"}
+        got = {}
+        for method in cases:
+            out = yield rawExchange(proxy.testPort, method + b" / HTTP/1.1\r\nHost: a\r\n\r\n")
+            got[method] = out[9:12]
+        self.assertEqual(got, cases)
+        self.assertEqual(a.raw, b"")
+
+
 class ClientGoneTests(HTTPProxyTestCase):
     """
     A client that leaves holds no backend connection.

@@ -441,7 +441,7 @@ class ClientConnection(ClientPeer, Protocol):
                 self._upgradeBody = length
             self.holdRequest()
         except HttpParserError as e:
-            refusal = parserRefusal(e)
+            refusal = parserRefusal(e, data)
             status, why, answer = refusal.status, str(refusal), refusal.answer
             # The cause's traceback holds this frame: kept in a local, it
             # would make the frame, the exception and this connection a

@@ -6,8 +6,11 @@ see, built once so the hot path formats nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
+
+from httptools import HttpParserInvalidMethodError
 
 REASONS = {
     400: b"Bad Request",
@@ -119,11 +122,23 @@ _H2C_PREFACE_ANSWER = localResponse(
 )
 
 
-def parserRefusal(error: Exception) -> BadRequest:
+#: What llhttp says of a method it does not know that begins as one it does.
+_LLHTTP_METHOD_SPACE = "Expected space after method"
+
+#: A request line's start that is a method (a token, RFC 9110 9.1) and its space.
+_METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
+
+
+def parserRefusal(error: Exception, data: bytes = b"") -> BadRequest:
     """
     The refusal of a request the HTTP/1.1 parser rejected: the
     L{BadRequest} a callback raised, else llhttp's error, put in an
-    operator's words where llhttp's are its own (an h2c preface).
+    operator's words where llhttp's are its own (an h2c preface, a method
+    it does not know).
+
+    @param data: the read it rejected: a method llhttp does not know, but
+        a well-formed one, at its start is a 501 (RFC 9110 9.1: not
+        implemented), not a malformed request.
     """
     cause = error.__context__
     if isinstance(cause, BadRequest):
@@ -131,4 +146,8 @@ def parserRefusal(error: Exception) -> BadRequest:
     why = str(error)
     if why == _LLHTTP_PRI:
         return BadRequest(H2C_PREFACE, 400, _H2C_PREFACE_ANSWER)
+    if isinstance(error, HttpParserInvalidMethodError) or why == _LLHTTP_METHOD_SPACE:
+        method = _METHOD.match(data)
+        if method is not None:
+            return BadRequest(f"method {method.group()[:-1][:40]!r} is not supported", 501)
     return BadRequest(why)
