@@ -401,6 +401,30 @@ class ResponsePlanTests(SynchronousTestCase):
         self.assertEqual(final.head,
                          b"HTTP/1.1 200 OK\r\nX-Kept: k\r\nContent-Length: 0\r\n\r\n")
 
+    def test_connectionNamedFields(self) -> None:
+        """
+        Fields a response's Connection header names are hop-by-hop as it
+        is (RFC 9110 7.6.1), in interim and final responses alike, however
+        either is spelled; the framing is never dropped that way, and the
+        usual values name nothing.
+        """
+        cases = {
+            b"X-Secret": b"X-Kept: k\r\n",
+            b"keep-alive, x-SECRET": b"X-Kept: k\r\n",
+            b"close": b"X-Secret: s\r\nX-Kept: k\r\n",
+            b"Content-Length, X-Secret": b"X-Kept: k\r\n",
+        }
+        got = {}
+        for value in cases:
+            headers = [(b"connection", value), (b"X-Secret", b"s"), (b"X-Kept", b"k")]
+            interim = interimHead(103, b"Early Hints", headers)
+            final = self.respond(headers=headers + [(b"Content-Length", b"0")])
+            self.assertEqual(final.head.replace(b"Content-Length: 0\r\n", b"")[17:],
+                             interim[26:], value)
+            self.assertIn(b"Content-Length: 0\r\n", final.head)
+            got[value] = interim[26:-2]
+        self.assertEqual(got, cases)
+
     def test_framing(self) -> None:
         """
         How each kind of response body goes to the client.

@@ -48,6 +48,9 @@ _NEVER_NAMED = frozenset(
     (b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding", b"host")
 )
 
+# The Connection values that name no other field, as most responses send them.
+_USUAL_CONNECTION = frozenset((b"keep-alive", b"close"))
+
 # What a response header's (lowercased) name means to the response plan:
 # nothing special (absent, or _PLAIN), hop-by-hop, the framing, or the length.
 _PLAIN = 0
@@ -85,6 +88,8 @@ _REQUEST_SPECIAL = {
     b"sec-websocket-version": _WEBSOCKET_VERSION,
     b"cookie": _COOKIE,
 }
+# A response's Connection header may name further hop-by-hop headers.
+_RESPONSE_SPECIAL[b"connection"] = _CONNECTION
 
 
 def _kind(special: dict[bytes, int], name: bytes) -> int:
@@ -398,6 +403,16 @@ def checkTransferEncoding(value: bytes | None, version: str) -> bool:
     return True
 
 
+def withoutNamed(lines: list[bytes], named: set[bytes]) -> list[bytes]:
+    """
+    A head's lines (its first line, then C{Name: value} lines without
+    their CRLF) without the fields C{named} (lowercased names) by its
+    Connection header.
+    """
+    return [lines[0]] + [line for line in lines[1:]
+                         if line.split(b":", 1)[0].lower() not in named]
+
+
 def splitTokens(value: bytes) -> list[bytes]:
     """
     The lowercased, comma-separated tokens of a header value such as
@@ -569,9 +584,7 @@ def planRequest(
     if connection:
         named = set(connection) - _NEVER_NAMED
         if named:
-            parts = [parts[0]] + [
-                p for p in parts[1:] if p.split(b":", 1)[0].lower() not in named
-            ]
+            parts = withoutNamed(parts, named)
             append = parts.append
     if hostHeader is not None:
         append(b"Host: " + hostHeader)
@@ -671,10 +684,17 @@ def interimHead(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) 
     The head of an interim (1xx) response to send on, filtered as final
     responses are.
     """
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    parts.extend(n + b": " + v + b"\r\n" for n, v in headers if forwarded(n.lower()))
+    parts = [b"HTTP/1.1 %d %s" % (status, reason)]
+    parts.extend(n + b": " + v for n, v in headers if forwarded(n.lower()))
+    named = set()
+    for n, v in headers:
+        if n.lower() == b"connection":
+            named.update(splitTokens(v))
+    named -= _NEVER_NAMED
+    if named:
+        parts = withoutNamed(parts, named)
     parts.append(b"\r\n")
-    return b"".join(parts)
+    return b"\r\n".join(parts)
 
 
 def switchingHead(
@@ -727,6 +747,7 @@ def planResponse(
     append = parts.append
     length = None
     te = None
+    connection = None
     kinds = _RESPONSE_KINDS.get
     for field in headers:
         name = field[0]
@@ -744,6 +765,11 @@ def planResponse(
                 raise BadResponse("repeated Transfer-Encoding")
             te = value
             continue
+        if kind is _CONNECTION:
+            # Hop-by-hop, and so are the fields it names (RFC 9110 7.6.1).
+            if value.lower() not in _USUAL_CONNECTION:
+                connection = (connection or []) + splitTokens(value)
+            continue
         # The length.
         if noBody and status == 204:
             # RFC 9110 8.6: a 204 has no Content-Length.
@@ -752,6 +778,11 @@ def planResponse(
         append(b": ".join(field))
     if te is not None and te.strip(b" \t").lower() != b"chunked":
         raise BadResponse(f"unsupported Transfer-Encoding {te!r}")
+    if connection:
+        named = set(connection) - _NEVER_NAMED
+        if named:
+            parts = withoutNamed(parts, named)
+            append = parts.append
     untilClose = False
     if noBody or head:
         framing = NO_BODY
