@@ -90,7 +90,8 @@ class MethodTests(HTTPProxyTestCase):
         A well-formed method llhttp does not know (an extension, or one in
         lower case: methods are case-sensitive) is a 501, not a malformed
         request; a request line that starts with no method at all is a
-        400. Neither reaches a backend.
+        400. Neither reaches a backend. Garbage after a complete request in
+        the same read is a 400 too.
         """
         a = self.startBackend("a")
         proxy = self.startProxy([a])
@@ -102,6 +103,10 @@ class MethodTests(HTTPProxyTestCase):
             got[method] = out[9:12]
         self.assertEqual(got, cases)
         self.assertEqual(a.raw, b"")
+        out = yield rawExchange(
+            proxy.testPort, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertIn(b"HTTP/1.1 400 ", out)
 
 
 class ClientGoneTests(HTTPProxyTestCase):

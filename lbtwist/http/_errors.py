@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from http import HTTPStatus
 
-from httptools import HttpParserInvalidMethodError
+from httptools import HttpParserError, HttpParserInvalidMethodError, HttpRequestParser
 
 REASONS = {
     400: b"Bad Request",
@@ -138,7 +138,8 @@ def parserRefusal(error: Exception, data: bytes = b"") -> BadRequest:
 
     @param data: the read it rejected: a method llhttp does not know, but
         a well-formed one, at its start is a 501 (RFC 9110 9.1: not
-        implemented), not a malformed request.
+        implemented), not a malformed request.  One after a request llhttp
+        took in the same read stays a 400: where it began is not known.
     """
     cause = error.__context__
     if isinstance(cause, BadRequest):
@@ -148,6 +149,19 @@ def parserRefusal(error: Exception, data: bytes = b"") -> BadRequest:
         return BadRequest(H2C_PREFACE, 400, _H2C_PREFACE_ANSWER)
     if isinstance(error, HttpParserInvalidMethodError) or why == _LLHTTP_METHOD_SPACE:
         method = _METHOD.match(data)
-        if method is not None:
+        if method is not None and _unknownMethod(method.group()):
             return BadRequest(f"method {method.group()[:-1][:40]!r} is not supported", 501)
     return BadRequest(why)
+
+
+def _unknownMethod(start: bytes) -> bool:
+    """
+    Whether llhttp refuses C{start} (a method and its space) as a method:
+    else the read that began with it held a request llhttp took, and the
+    refused method came after it.
+    """
+    try:
+        HttpRequestParser(None).feed_data(start + b"/ HTTP/1.1\r\n")
+    except HttpParserError:
+        return True
+    return False
