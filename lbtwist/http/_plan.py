@@ -48,7 +48,7 @@ _NEVER_NAMED = frozenset(
     (b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding", b"host")
 )
 
-# The Connection values that name no other field, as most responses send them.
+# The Connection values that name no other field (lowercased).
 _USUAL_CONNECTION = frozenset((b"keep-alive", b"close"))
 
 # What a response header's (lowercased) name means to the response plan:
@@ -529,23 +529,7 @@ def planRequest(
         if kind is None:
             kind = _kind(_REQUEST_SPECIAL, name)
         if kind:
-            if kind is _HOP:
-                continue
-            if kind is _TE:
-                # Hop-by-hop, but it says whether the client takes trailers.
-                trailers = b"trailers" in splitTokens(value.lower())
-                continue
-            if kind is _FRAMING:
-                if te is not None:
-                    raise BadRequest("repeated Transfer-Encoding")
-                te = value
-                continue
-            if kind is _CONNECTION:
-                connection = (connection or []) + splitTokens(value)
-                continue
-            if kind is _UPGRADE:
-                upgradeValue = value
-                continue
+            # (Host first: every request has one.)
             if kind is _HOST:
                 if host is not None:
                     raise BadRequest("repeated Host header")
@@ -554,6 +538,23 @@ def planRequest(
                 # authority (RFC 9112 3.2.2: one authority for all to see).
                 if hostHeader is not None or authority is not None:
                     continue
+            elif kind is _HOP:
+                continue
+            elif kind is _TE:
+                # Hop-by-hop, but it says whether the client takes trailers.
+                trailers = b"trailers" in splitTokens(value.lower())
+                continue
+            elif kind is _FRAMING:
+                if te is not None:
+                    raise BadRequest("repeated Transfer-Encoding")
+                te = value
+                continue
+            elif kind is _CONNECTION:
+                connection = (connection or []) + splitTokens(value)
+                continue
+            elif kind is _UPGRADE:
+                upgradeValue = value
+                continue
             elif kind is _FORWARDED_FOR:
                 xff = value if xff is None else xff + b", " + value
                 continue
@@ -750,32 +751,33 @@ def planResponse(
     connection = None
     kinds = _RESPONSE_KINDS.get
     for field in headers:
-        name = field[0]
-        kind = kinds(name)
+        kind = kinds(field[0])
         if kind is None:
-            kind = _kind(_RESPONSE_SPECIAL, name)
+            kind = _kind(_RESPONSE_SPECIAL, field[0])
         if not kind:
             append(b": ".join(field))
             continue
-        if kind is _HOP:
-            continue
-        value = field[1]
-        if kind is _FRAMING:
-            if te is not None:
-                raise BadResponse("repeated Transfer-Encoding")
-            te = value
+        # (The kinds most responses have first.)
+        if kind is _LENGTH:
+            if noBody and status == 204:
+                # RFC 9110 8.6: a 204 has no Content-Length.
+                continue
+            length = field[1]
+            append(b": ".join(field))
             continue
         if kind is _CONNECTION:
             # Hop-by-hop, and so are the fields it names (RFC 9110 7.6.1).
-            if value.lower() not in _USUAL_CONNECTION:
+            value = field[1]
+            if (value != b"keep-alive" and value != b"close"
+                    and value.lower() not in _USUAL_CONNECTION):
                 connection = (connection or []) + splitTokens(value)
             continue
-        # The length.
-        if noBody and status == 204:
-            # RFC 9110 8.6: a 204 has no Content-Length.
+        if kind is _HOP:
             continue
-        length = value
-        append(b": ".join(field))
+        # The framing.
+        if te is not None:
+            raise BadResponse("repeated Transfer-Encoding")
+        te = field[1]
     if te is not None and te.strip(b" \t").lower() != b"chunked":
         raise BadResponse(f"unsupported Transfer-Encoding {te!r}")
     if connection:
@@ -805,7 +807,8 @@ def planResponse(
     append(b"\r\n")
     return ResponsePlan(
         b"\r\n".join(parts), framing, untilClose, not keepAlive,
-        head and not noBody, int(length) if framing is AS_IS and length is not None else None,
+        # (AS_IS: a length was given.)
+        head and not noBody, int(length) if framing is AS_IS else None,  # type: ignore[arg-type]
     )
 
 
