@@ -16,11 +16,13 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import (
     ContinuationFrame,
+    DataFrame,
     Frame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
+    WindowUpdateFrame,
 )
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -597,6 +599,71 @@ class LimitTests(H2TestCase):
         client.pump(frames)
         [goaway] = client.of(h2.events.ConnectionTerminated)
         self.assertEqual(goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def test_windowUpdateFlood(self) -> None:
+        """
+        WINDOW_UPDATE frames that no response DATA called for (a flood of
+        1-byte increments, each a pass through the frame parser and the
+        flow-control state) count as control frames: more than
+        C{max-control-frames} per window get GOAWAY ENHANCE_YOUR_CALM.
+        """
+        self.factory = h2Factory(self.reactor, {"max-control-frames": 50})
+        client = Client(self.factory)
+        update = WindowUpdateFrame(0, window_increment=1).serialize()
+        client.pump(update * 40)
+        self.assertEqual(client.of(h2.events.ConnectionTerminated), [])
+        client.pump(update * 20)
+        [goaway] = client.of(h2.events.ConnectionTerminated)
+        self.assertEqual(goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertEqual(self.factory.h2Calmed, 1)
+
+    def test_windowUpdatesForData(self) -> None:
+        """
+        The WINDOW_UPDATEs a client sends as it reads response DATA (one
+        for the stream and one for the connection per DATA frame, and
+        more) are no flood, however many a long download takes.
+        """
+        self.factory = h2Factory(self.reactor, {"max-control-frames": 10})
+        client = Client(self.factory, {SettingCodes.INITIAL_WINDOW_SIZE: 100})
+        client.get(1)
+        backend, transport = self.backend()
+        size = 100 * 100
+        backend.dataReceived(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size)
+        client.pump()
+        while not client.of(h2.events.StreamEnded, 1):
+            # Each 100-byte window read is acknowledged four times over:
+            # twice for the stream, twice for the connection.
+            for _ in range(2):
+                client.conn.increment_flow_control_window(50, 1)
+                client.conn.increment_flow_control_window(50)
+            client.pump()
+        self.assertEqual(client.of(h2.events.ConnectionTerminated), [])
+        self.assertEqual(client.body(1), b"z" * size)
+        self.assertEqual(self.factory.h2Calmed, 0)
+
+    def test_closedStreamFlood(self) -> None:
+        """
+        Frames on a stream that is over, which h2 drops without an event
+        (RST_STREAM, WINDOW_UPDATE) or answers with a reset (DATA), count
+        as control frames: a flood of them gets GOAWAY ENHANCE_YOUR_CALM,
+        whichever kind it is.
+        """
+        for make in [lambda: RstStreamFrame(1, error_code=ErrorCodes.CANCEL),
+                     lambda: WindowUpdateFrame(1, window_increment=1),
+                     lambda: DataFrame(1)]:
+            self.factory = h2Factory(self.reactor, {"max-control-frames": 50})
+            client = Client(self.factory)
+            client.get(1)
+            backend, transport = self.backend()
+            backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+            client.pump()
+            self.assertEqual(client.server.streams, {})
+            client.pump(make().serialize() * 40)
+            self.assertEqual(client.of(h2.events.ConnectionTerminated), [])
+            client.pump(make().serialize() * 20)
+            [goaway] = client.of(h2.events.ConnectionTerminated)
+            self.assertEqual(goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
 
     def test_continuationFlood(self) -> None:
         """

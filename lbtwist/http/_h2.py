@@ -26,7 +26,9 @@ decides what they mean:
   - B{abuse limits} (L{lbtwist.config.HTTP2Settings}): streams beyond the
     concurrency limit are refused (C{REFUSED_STREAM}); streams reset by the
     client before their response was complete, and SETTINGS, PING,
-    PRIORITY and empty DATA frames, are counted over a window, and a client
+    PRIORITY and empty DATA frames, WINDOW_UPDATEs beyond those the
+    response DATA sent calls for, and frames on streams that are over, are
+    counted over a window, and a client
     over either limit gets GOAWAY C{ENHANCE_YOUR_CALM} and is closed
     (rapid reset, CVE-2023-44487; control-frame floods); the header list
     (and so a CONTINUATION flood) is bounded by h2's decoder and its
@@ -74,6 +76,10 @@ from ._gate import ProducerGate, takeWindow
 from ._plan import BadTrailer, forwarded, planResponse, trailerFields
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The WINDOW_UPDATE frames one response DATA frame may call for (the
+# stream's and the connection's, twice over for clients that acknowledge
+# by halves) before they count as control frames.
+UPDATES_PER_DATA = 4
 # Seconds a closing connection still reads (and drops) what its client sends.
 LINGER = 2.0
 PROTOCOL = "HTTP/2"
@@ -588,6 +594,8 @@ class H2Stream:
                     last = ending and not out
                     state.send_data(sid, piece, end_stream=last and not self._trailers)
                     self.lastActivity = connection.seconds()
+                    if connection.windowCredit < connection.windowCreditCap:
+                        connection.windowCredit += UPDATES_PER_DATA
                     if last:
                         self._ending = False
                         if self._trailers:
@@ -750,6 +758,25 @@ _HANDLERS: dict[type, str] = {
 }
 
 
+class _CountingState(H2State):
+    """
+    h2's connection state, counting the frames it handles without an event
+    for lbtwist: those on a stream that is over (RST_STREAM, WINDOW_UPDATE,
+    DATA answered with a reset), which would otherwise cost a parse each
+    and count against no limit.
+
+    @ivar silent: such frames since L{H2Connection} last took the count.
+    """
+
+    silent = 0
+
+    def _receive_frame(self, frame: Any) -> list[Any]:
+        events: list[Any] = super()._receive_frame(frame)
+        if not events:
+            self.silent += 1
+        return events
+
+
 @implementer(IPushProducer)
 class H2Connection(ClientPeer, Protocol):
     """
@@ -789,6 +816,10 @@ class H2Connection(ClientPeer, Protocol):
         self._windowStart = 0.0
         self._resets = 0
         self._controlFrames = 0
+        # WINDOW_UPDATEs the response DATA sent so far calls for, at most
+        # max-control-frames of them banked.
+        self.windowCredit = 0
+        self.windowCreditCap = settings.maxControlFrames
 
     # -- connection --------------------------------------------------------
 
@@ -803,7 +834,7 @@ class H2Connection(ClientPeer, Protocol):
         # h2's own passes over them are not made again (its normalising
         # marks only request credentials never-indexed, none of a
         # response's fields).
-        state = self.h2 = H2State(H2Configuration(
+        state = self.h2 = _CountingState(H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,
             normalize_inbound_headers=False, validate_outbound_headers=False,
             normalize_outbound_headers=False))
@@ -860,6 +891,12 @@ class H2Connection(ClientPeer, Protocol):
                     getattr(self, handler)(event)
                     if self.closed:
                         return
+            state = self.h2
+            if state.silent:
+                self._controlFrame(None, state.silent)
+                state.silent = 0
+                if self.closed:
+                    return
             partial = getattr(self.h2.incoming_buffer, "_headers_buffer", None)
             if partial:
                 # A header block continues in CONTINUATION frames still to
@@ -923,7 +960,12 @@ class H2Connection(ClientPeer, Protocol):
         self._countReset()
 
     def _windowUpdated(self, event: WindowUpdated) -> None:
-        if event.delta == 0:
+        # A client reading response DATA sends WINDOW_UPDATEs for it: those
+        # are paid for by the DATA frames sent (windowCredit); any other is
+        # a control frame, so a flood of them is one.
+        if event.delta and self.windowCredit > 0:
+            self.windowCredit -= 1
+        else:
             self._controlFrame(event)
         if event.stream_id:
             stream = self.streams.get(event.stream_id)
@@ -963,9 +1005,9 @@ class H2Connection(ClientPeer, Protocol):
         if self._resets > self.settings.maxResets:
             self.calm("streams reset or refused", self._resets)
 
-    def _controlFrame(self, event: object) -> None:
+    def _controlFrame(self, event: object, count: int = 1) -> None:
         self._window()
-        self._controlFrames += 1
+        self._controlFrames += count
         if self._controlFrames > self.settings.maxControlFrames:
             self.calm("control frames", self._controlFrames)
 
