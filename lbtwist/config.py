@@ -425,12 +425,16 @@ class ListenerTLS:
     @ivar minVersion: the oldest TLS version accepted, C{"1.2"} or C{"1.3"}.
     @ivar ciphers: an OpenSSL cipher string for TLS 1.2, or L{None} for
         Twisted's defaults.
+    @ivar handshakeTimeout: seconds a client has to finish its handshake
+        before its connection (and a TCP-mode listener's backend connection
+        for it) is cut.
     """
 
     alpn: tuple[str, ...] | None = None
     certificates: tuple[CertificateFiles, ...] = ()
     minVersion: str = "1.2"
     ciphers: str | None = None
+    handshakeTimeout: float = 10.0
 
 
 @attrs.frozen
@@ -1466,12 +1470,13 @@ def parseListenerTLS(data: object, path: str, endpoint: str, mode: str,
                      directory: str | None = None) -> ListenerTLS:
     """
     Validate a listener's C{tls} block: C{certificates}, C{alpn},
-    C{min-version} and C{ciphers}.  An C{ssl:} listener may have one (its
+    C{min-version}, C{ciphers} and C{handshake-timeout}.  An C{ssl:} listener may have one (its
     own certificate is then the default); a C{tcp:} listener needs
     C{certificates} in it, and lbtwist then terminates TLS itself.
     """
     kind = parseEndpoint(endpoint, True).kind
-    d = _mapping(data, path, ("certificates", "alpn", "min-version", "ciphers"))
+    d = _mapping(data, path, ("certificates", "alpn", "min-version", "ciphers",
+                              "handshake-timeout"))
     if kind != "ssl":
         if kind not in ("tcp", "tcp6"):
             raise ConfigError(path, f"only a tcp: or ssl: listener has TLS settings, not {endpoint!r}")
@@ -1491,6 +1496,9 @@ def parseListenerTLS(data: object, path: str, endpoint: str, mode: str,
             TLS_VERSIONS)
     if "ciphers" in d:
         changes["ciphers"] = _string(d["ciphers"], f"{path}.ciphers")
+    if "handshake-timeout" in d:
+        changes["handshakeTimeout"] = parseSeconds(d["handshake-timeout"],
+                                                   f"{path}.handshake-timeout")
     return ListenerTLS(**changes)
 
 

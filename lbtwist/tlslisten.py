@@ -34,6 +34,7 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
     IReactorTime,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
@@ -380,10 +381,44 @@ class ReportingTLSProtocol(BufferingTLSTransport):
     """
     Twisted's TLS transport, telling its factory's L{HandshakeFailures}
     about a handshake that fails for a reason other than the client going
-    away.
+    away, and cutting a client that has not finished its handshake within
+    the listener's C{handshake-timeout} (what it holds meanwhile, a TCP
+    listener's backend connection among it, would else wait for the idle
+    timeout).
     """
 
     factory: ListenerTLSFactory
+    _handshakeTimer: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        factory = self.factory
+        self._handshakeTimer = factory.clock.callLater(
+            factory.handshakeTimeout, self._handshakeTimedOut)
+        super().makeConnection(transport)
+
+    def _checkHandshakeStatus(self) -> None:
+        # Twisted's one step of the handshake, the place it learns it is done.
+        super()._checkHandshakeStatus()
+        if self._handshakeDone:
+            self._cancelHandshakeTimer()
+
+    def _cancelHandshakeTimer(self) -> None:
+        timer, self._handshakeTimer = self._handshakeTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _handshakeTimedOut(self) -> None:
+        self._handshakeTimer = None
+        if self._handshakeDone or self._aborted:
+            return
+        self.factory.failures.handshakeFailed(
+            describe(self.transport.getPeer()),  # type: ignore[union-attr]
+            f"no handshake within {self.factory.handshakeTimeout:g}s")
+        self.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancelHandshakeTimer()
+        super().connectionLost(reason)
 
     def _tlsShutdownFinished(self, reason: Failure | None) -> None:
         # Twisted's one place where a handshake error is seen before it is
@@ -411,6 +446,9 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
     ) -> None:
         super().__init__(certificates, False, wrappedFactory, clock)
         self.failures = failures
+        self.clock = clock
+        tls = certificates.listener.tls
+        self.handshakeTimeout = (ListenerTLS() if tls is None else tls).handshakeTimeout
 
 
 class TLSListeningReactor:

@@ -287,7 +287,7 @@ class ErrorTests(SynchronousTestCase):
             (tls({"ciphers": 3}), "listeners[0].tls.ciphers: expected a non-empty string, got 3"),
             (tls({"sni": True}),
              "listeners[0].tls.sni: unknown key (expected one of: certificates, alpn, "
-             "min-version, ciphers)"),
+             "min-version, ciphers, handshake-timeout)"),
             (tls(["h2"]), "listeners[0].tls: expected a mapping, got a list"),
             (tls({"alpn": "h2"}), "listeners[0].tls.alpn: expected a list, got 'h2'"),
             (tls({"alpn": ["h2", 2]}),

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import ssl
+import time
 from typing import Any
 
 import yaml
@@ -200,6 +201,42 @@ class SNITests(TestCase):
                                  ssl.SSLError)
         name, _, _ = yield inThread(handshake, port, None)
         self.assertEqual(name, "default.example")
+
+    @inlineCallbacks
+    def test_unfinishedHandshake(self) -> Any:
+        """
+        A client that starts a handshake and never finishes it (half a
+        ClientHello) is cut off after C{handshake-timeout}, and so is the
+        backend connection a TCP-mode listener made for it, rather than
+        both being held for the idle timeout; a client that shakes hands
+        in time is relayed as before.
+        """
+        port = self.balancer("tcp:0:interface=127.0.0.1", [self.files.default],
+                             **{"handshake-timeout": "300ms"})
+        backend = self.backends.factories["app"]
+
+        def halfHello() -> float:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = context.wrap_bio(incoming, outgoing, server_hostname="default.example")
+            with self.assertRaises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            hello = outgoing.read()
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(hello[:len(hello) // 2])
+                started = time.monotonic()
+                try:
+                    while raw.recv(4096):
+                        pass
+                except ConnectionResetError:
+                    pass
+                return time.monotonic() - started
+
+        waited = yield inThread(halfHello)
+        self.assertLess(waited, 3.0)
+        self.assertTrue((yield waitFor(lambda: backend.live == 0)))  # type: ignore[attr-defined]
+        name, _, line = yield inThread(handshake, port, None)
+        self.assertEqual((name, line), ("default.example", b"app\n"))
 
 
 class ReloadTests(TestCase):
@@ -438,6 +475,25 @@ class CertificateErrorTests(SynchronousTestCase):
             self.assertRefused(certPath, keyPath, message)
         self.assertRefused(cert, key, "listeners[0].tls.ciphers: OpenSSL knows no cipher in "
                                       "'NO-SUCH-CIPHER'", ciphers="NO-SUCH-CIPHER")
+
+    def test_handshakeTimeout(self) -> None:
+        """
+        C{handshake-timeout} is a duration (10 s when left out); anything
+        else is refused naming the key.
+        """
+        cert, key = self.files.ab
+        self.check(cert, key, **{"handshake-timeout": "2s"})
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:8443", "tls": {"certificates": [
+                {"cert": cert, "key": key}]}}],
+            "pools": {"web": {"backends": ["127.0.0.1:80"]}}})
+        assert config.listeners[0].tls is not None
+        self.assertEqual(config.listeners[0].tls.handshakeTimeout, 10.0)
+        for bad in (0, "soon", -1):
+            with self.assertRaises(ConfigError) as e:
+                self.check(cert, key, **{"handshake-timeout": bad})
+            self.assertTrue(str(e.exception).startswith(
+                "listeners[0].tls.handshake-timeout: expected a duration"), str(e.exception))
 
     def test_sslEndpointCertificate(self) -> None:
         """
