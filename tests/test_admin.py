@@ -14,15 +14,18 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import attrs
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from lbtwist.admin import AdminResource, AdminService, backendURL, checkAdmin
+from lbtwist.admin._service import IDLE_TIMEOUT, REQUEST_TIMEOUT, adminSite
 from lbtwist.admin._views import backendView, poolView
 from lbtwist.config import BackendConfig, ConfigError, PoolConfig, parseConfig
 from lbtwist.pool import Admin, BackendPool, Health
@@ -861,6 +864,69 @@ class ResourceTests(SynchronousTestCase):
         # Past the window, the old sample is no base any more.
         resource.clock.advance(20)  # type: ignore[attr-defined]
         self.assertIsNone(get(resource, "/api/pools")["total"]["recent"])
+
+
+class SlowClientTests(SynchronousTestCase):
+    """
+    The admin listener's time limits, on a task clock: a request must
+    arrive whole within L{REQUEST_TIMEOUT} of its first line however it is
+    trickled, and a connection with nothing to do closes after
+    L{IDLE_TIMEOUT} (twisted.web's default would hold both for 12 hours).
+    """
+
+    def connect(self) -> tuple[Clock, Any, StringTransport]:
+        """
+        A connection to an admin site on a task clock.
+        """
+        clock = Clock()
+        site = adminSite(resourceFor(self, {}), clock)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel.makeConnection(transport)
+        return clock, channel, transport
+
+    def trickle(self, first: bytes, piece: bytes) -> StringTransport:
+        """
+        Send C{first}, then C{piece} every second: the connection is still
+        open just before L{REQUEST_TIMEOUT}, and timed out at it.
+        """
+        clock, channel, transport = self.connect()
+        channel.dataReceived(first)
+        for _ in range(int(REQUEST_TIMEOUT) - 1):
+            clock.advance(1)
+            channel.dataReceived(piece)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        return transport
+
+    def test_trickledHead(self) -> None:
+        """
+        A head trickled a line a second is cut L{REQUEST_TIMEOUT} after
+        its first line, unanswered.
+        """
+        transport = self.trickle(b"GET /api/pools HTTP/1.1\r\n", b"X-A: b\r\n")
+        self.assertEqual(transport.value(), b"")
+
+    def test_trickledBody(self) -> None:
+        """
+        A body trickled a byte a second is cut as a head is.
+        """
+        self.trickle(b"PATCH /api/pools/web/backends/u HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\n", b"{")
+
+    def test_answeredThenIdle(self) -> None:
+        """
+        A request that arrives in time is answered and its timer is gone;
+        the connection then closes after L{IDLE_TIMEOUT} with nothing to do.
+        """
+        clock, channel, transport = self.connect()
+        channel.dataReceived(b"GET /api/pools HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+        clock.advance(IDLE_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
 
 
 class GoCompatibleTests(TestCase):

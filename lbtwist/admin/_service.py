@@ -48,16 +48,44 @@ def checkAdmin(config: Config, environ: Mapping[str, str]) -> Config:
 # -- errors and views ---------------------------------------------------------
 
 
+# Seconds a request has to arrive whole (head and body) from its first line.
+REQUEST_TIMEOUT = 10.0
+# Seconds a connection may sit with nothing read before it is closed.
+IDLE_TIMEOUT = 60.0
+
+
 class BoundedRequest(Request):
     """
     A request that keeps at most C{MAX_BODY} bytes of its body, in memory:
     the rest is dropped as it arrives (twisted.web would spool a large or
     chunked body to a temporary file before any check ran), and the request
     is answered 413.
+
+    It must arrive whole within L{REQUEST_TIMEOUT} of its first line, else
+    the connection is timed out unanswered: twisted.web only times out a
+    connection that reads nothing for its C{timeout}, so a head or body
+    trickled a byte at a time would hold it for ever.
     """
 
     oversized = False
     _kept = 0
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self._arrival: Any = channel.callLater(REQUEST_TIMEOUT, channel.timeoutConnection)
+
+    def _arrived(self) -> None:
+        arrival, self._arrival = self._arrival, None
+        if arrival is not None and arrival.active():
+            arrival.cancel()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._arrived()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._arrived()
+        super().connectionLost(reason)
 
     def gotLength(self, length: int | None) -> None:
         if length is None or length > MAX_BODY:
@@ -71,6 +99,18 @@ class BoundedRequest(Request):
             return
         self._kept += len(data)
         super().handleContentChunk(data)
+
+
+def adminSite(resource: Any, reactor: Any) -> Site:
+    """
+    The admin listener's site: bounded requests (L{BoundedRequest}), and
+    connections closed after L{IDLE_TIMEOUT} with nothing read, on
+    C{reactor}'s clock.
+    """
+    site = Site(resource, requestFactory=BoundedRequest, timeout=IDLE_TIMEOUT, reactor=reactor)
+    site.noisy = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site
 
 
 class AdminService(Service):
@@ -113,9 +153,7 @@ class AdminService(Service):
                                       cluster=cluster, control=control)
         self.sampler = LoopingCall(lambda: self.resource.history.add(self.resource.sample()))
         self.sampler.clock = reactor
-        self.site = Site(self.resource, requestFactory=BoundedRequest)
-        self.site.noisy = False
-        self.site.log = lambda request: None  # type: ignore[method-assign]
+        self.site = adminSite(self.resource, reactor)
         self.port: Any = None
         self.setName("admin")
 
