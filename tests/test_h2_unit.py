@@ -665,6 +665,32 @@ class LimitTests(H2TestCase):
             [goaway] = client.of(h2.events.ConnectionTerminated)
             self.assertEqual(goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
 
+    def test_encoderTable(self) -> None:
+        """
+        A client announcing a huge SETTINGS_HEADER_TABLE_SIZE does not make
+        the balancer keep every response field it sends in its HPACK
+        table (h2 would, up to 2 GiB): the table stays within 4096 bytes,
+        the protocol's default, and the client still reads every field.
+        """
+        client = Client(self.factory)
+        client.conn.update_settings({SettingCodes.HEADER_TABLE_SIZE: 2**31 - 1})
+        client.pump()
+        backend = None
+        for i in range(200):
+            sid = 1 + 2 * i
+            client.get(sid)
+            if backend is None:
+                # (Kept alive: every request after the first reuses it.)
+                backend, _ = self.backend()
+            backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+                                 b"X-Request-Id: %040d\r\n\r\n" % i)
+            client.pump()
+            [head] = client.of(h2.events.ResponseReceived, sid)
+            self.assertEqual(dict(head.headers)[b"x-request-id"], b"%040d" % i)
+        table = client.server.h2.encoder.header_table
+        held = sum(32 + len(name) + len(value) for name, value in table.dynamic_entries)
+        self.assertLessEqual(held, 4096)
+
     def test_continuationFlood(self) -> None:
         """
         A header block that never ends (CONTINUATION frames one after

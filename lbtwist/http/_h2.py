@@ -80,6 +80,9 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # stream's and the connection's, twice over for clients that acknowledge
 # by halves) before they count as control frames.
 UPDATES_PER_DATA = 4
+# The most bytes of response fields kept in the HPACK table for a client,
+# whatever larger table it allows (SETTINGS_HEADER_TABLE_SIZE).
+ENCODER_TABLE_SIZE = 4096
 # Seconds a closing connection still reads (and drops) what its client sends.
 LINGER = 2.0
 PROTOCOL = "HTTP/2"
@@ -976,7 +979,15 @@ class H2Connection(ClientPeer, Protocol):
 
     def _settingsChanged(self, event: RemoteSettingsChanged) -> None:
         self._controlFrame(event)
-        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+        changed = event.changed_settings
+        if SettingCodes.HEADER_TABLE_SIZE in changed:
+            # h2 sizes its encoder's table as the client allows, up to 2
+            # GiB, and every response field sent is kept in it: keep it to
+            # the default the protocol starts with (as nghttp2 does).
+            encoder = self.h2.encoder
+            if encoder.header_table_size > ENCODER_TABLE_SIZE:
+                encoder.header_table_size = ENCODER_TABLE_SIZE
+        if SettingCodes.INITIAL_WINDOW_SIZE in changed:
             self._flushStreams()
 
     def _terminated(self, event: ConnectionTerminated) -> None:
