@@ -546,6 +546,12 @@ class ChangeTests(TestCase):
         before = h.snapshot()
         cases: list[tuple[str, Any, int, str]] = [
             ("/api/pools/web/backends/a", b"nope", 400, "not valid JSON"),
+            # Nested past Python's recursion limit (it raised out of the
+            # handler: a 500 and a traceback).
+            ("/api/pools/web/backends/a", b"[" * 60000, 400, "nested too deeply"),
+            # Ambiguous: which weight?
+            ("/api/pools/web/backends/a", b'{"weight": 1, "weight": 2}', 400,
+             "duplicate field 'weight'"),
             ("/api/pools/web/backends/a", {"weight": 2, "name": "z"}, 400,
              "unknown field 'name'"),
             ("/api/pools/web/backends/a", {"weight": 1.5}, 400, "weight"),

@@ -70,6 +70,24 @@ CHANGES: dict[str, Callable[[Any, str], object]] = {
 }
 
 
+def _uniqueFields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """
+    A JSON object's fields, refusing one given twice (which would be
+    ambiguous: L{json} keeps the last silently), as the configuration file
+    refuses a repeated key.
+
+    @raise ValueError: a field is repeated.
+    """
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"duplicate field {name!r}")
+            seen.add(name)
+    return fields
+
+
 # -- configuration ------------------------------------------------------------
 
 
@@ -367,7 +385,10 @@ class AdminResource(Resource):
         if len(raw) > MAX_BODY or getattr(request, "oversized", False):
             raise APIError(413, message or f"the body is larger than {MAX_BODY} bytes")
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, object_pairs_hook=_uniqueFields)
+        except RecursionError:
+            raise APIError(400, message or "the body is not valid JSON: nested too deeply") \
+                from None
         except ValueError as e:
             raise APIError(400, message or f"the body is not valid JSON: {e}") from None
         return data
