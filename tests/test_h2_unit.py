@@ -642,6 +642,22 @@ class LimitTests(H2TestCase):
         self.assertEqual(client.body(1), b"z" * size)
         self.assertEqual(self.factory.h2Calmed, 0)
 
+    def test_unknownFrameFlood(self) -> None:
+        """
+        Frames of a type HTTP/2 does not define (extensions, which must be
+        ignored) count as control frames: a flood of them gets GOAWAY
+        ENHANCE_YOUR_CALM.
+        """
+        self.factory = h2Factory(self.reactor, {"max-control-frames": 50})
+        client = Client(self.factory)
+        # Length 8, type 0xfa, no flags, stream 0.
+        unknown = b"\x00\x00\x08\xfa\x00\x00\x00\x00\x00" + b"x" * 8
+        client.pump(unknown * 40)
+        self.assertEqual(client.of(h2.events.ConnectionTerminated), [])
+        client.pump(unknown * 20)
+        [goaway] = client.of(h2.events.ConnectionTerminated)
+        self.assertEqual(goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+
     def test_closedStreamFlood(self) -> None:
         """
         Frames on a stream that is over, which h2 drops without an event

@@ -26,9 +26,9 @@ decides what they mean:
   - B{abuse limits} (L{lbtwist.config.HTTP2Settings}): streams beyond the
     concurrency limit are refused (C{REFUSED_STREAM}); streams reset by the
     client before their response was complete, and SETTINGS, PING,
-    PRIORITY and empty DATA frames, WINDOW_UPDATEs beyond those the
-    response DATA sent calls for, and frames on streams that are over, are
-    counted over a window, and a client
+    PRIORITY, empty DATA and extension frames, WINDOW_UPDATEs beyond those
+    the response DATA sent calls for, and frames on streams that are over,
+    are counted over a window, and a client
     over either limit gets GOAWAY C{ENHANCE_YOUR_CALM} and is closed
     (rapid reset, CVE-2023-44487; control-frame floods); the header list
     (and so a CONTINUATION flood) is bounded by h2's decoder and its
@@ -57,6 +57,7 @@ from h2.events import (
     StreamEnded,
     StreamReset,
     TrailersReceived,
+    UnknownFrameReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -757,6 +758,7 @@ _HANDLERS: dict[type, str] = {
     RemoteSettingsChanged: "_settingsChanged",
     PingReceived: "_controlFrame",
     PriorityUpdated: "_controlFrame",
+    UnknownFrameReceived: "_controlFrame",
     ConnectionTerminated: "_terminated",
 }
 
