@@ -132,9 +132,12 @@ class ListenerFactory(ServerFactory):
         C{access-log: true}, else a file the balancer owns and sets here.
     @ivar alpn: the protocols offered over ALPN, most preferred first (set
         by the balancer from the listener's configuration).
+    @ivar accessLogErrors: how many times the access-log sink raised.
     """
 
     noisy = False
+    accessLogErrors = 0
+    _log = Logger()
     limit: ConnectionLimit | None = None
     alpn: tuple[bytes, ...] = ()
 
@@ -147,6 +150,22 @@ class ListenerFactory(ServerFactory):
         self.accessLog: IAccessLog | None = (
             AccessLogEvents(self) if pool.config.accessLog is True else None
         )
+
+    def accessLogFailed(self) -> None:
+        """
+        The access-log sink raised (its contract says it never does), in
+        the C{except} block that caught it: count it, and log it with its
+        traceback the 1st, 10th, 100th... time, so that a sink broken on
+        every request does not flood the log.  The line is lost; the
+        request or connection it was for goes on as if it were written.
+        """
+        self.accessLogErrors = count = self.accessLogErrors + 1
+        if str(count).rstrip("0") == "1":
+            self._log.failure(
+                "access-log sink {sink!r} raised ({count} in all): its lines are lost, "
+                "the traffic goes on",
+                sink=self.accessLog, count=count,
+            )
 
     def acceptableProtocols(self) -> list[bytes]:
         """

@@ -283,14 +283,19 @@ class ClientSide(_Side):
 
     def logConnection(self, backend: Backend | None) -> None:
         """
-        Write the access-log line of this finished connection to C{backend}.
+        Write the access-log line of this finished connection to C{backend}
+        (a sink that raises loses the line, not the rest of the close: see
+        L{ListenerFactory.accessLogFailed}).
         """
         peer = self.peer
-        self.factory.accessLog.connection(  # type: ignore[union-attr]
-            self.clientName, backend.name if backend is not None else None, self.received,
-            peer.received if peer is not None else 0,
-            self.session.seconds() - self.session.started, self.failedTries,
-        )
+        try:
+            self.factory.accessLog.connection(  # type: ignore[union-attr]
+                self.clientName, backend.name if backend is not None else None, self.received,
+                peer.received if peer is not None else 0,
+                self.session.seconds() - self.session.started, self.failedTries,
+            )
+        except Exception:
+            self.factory.accessLogFailed()
 
 
 class BackendSide(_Side, BackendProtocol):

@@ -338,6 +338,97 @@ class SinkTests(TestCase):
         self.assertEqual((record["kind"], record["backend"], record["bytesOut"]), ("tcp", "a", 2))
 
 
+class _Raising:
+    """
+    An access-log sink that breaks its contract: every call raises.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def request(self, *fields: Any) -> None:
+        self.calls += 1
+        raise RuntimeError("sink is broken")
+
+    def connection(self, *fields: Any) -> None:
+        self.calls += 1
+        raise RuntimeError("sink is broken")
+
+
+class RaisingSinkTests(TestCase):
+    """
+    A sink that raises (which its contract forbids) costs its own lines
+    only: the requests and connections it logs are served and closed as
+    ever, and what it raised is counted and logged, once for the first
+    few (not a traceback per request).
+    """
+
+    def startRaising(self, mode: str, endpoint: str) -> tuple[Any, int, _Raising]:
+        """
+        Start a balancer whose pool logs to a registered sink that raises;
+        return it, its port and the sink.
+        """
+        sink = _Raising()
+        ACCESS_LOGS.register("raising", lambda options, clock: sink)
+        self.addCleanup(ACCESS_LOGS.unregister, "raising")
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1",
+                           "mode": mode}],
+            "pools": {"web": {"access-log": {"sink": "raising"},
+                              "backends": [{"name": "b", "endpoint": endpoint}]}},
+        })
+        return lb, port, sink
+
+    @inlineCallbacks
+    def test_http(self) -> Any:
+        """
+        Two requests on one keep-alive connection are both answered though
+        the sink raised for the first.
+        """
+        import http.client
+
+        backend = RecordingBackend("b")
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+        lb, port, sink = self.startRaising("http", backend.endpoint)
+
+        def twice() -> list[int]:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                statuses = []
+                for path in ("/one", "/two"):
+                    connection.request("GET", path)
+                    response = connection.getresponse()
+                    response.read()
+                    statuses.append(response.status)
+                return statuses
+            finally:
+                connection.close()
+
+        self.assertEqual((yield inThread(twice)), [200, 200])
+        self.assertEqual(sink.calls, 2)
+        self.assertEqual(lb.factories["main"].accessLogErrors, 2)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @inlineCallbacks
+    def test_tcp(self) -> Any:
+        """
+        A TCP connection whose line the sink failed to take is closed and
+        counted out as any other, and the next is served.
+        """
+        backends = Backends(self)
+        backends.start("b")
+        lb, port, sink = self.startRaising("tcp", backends.endpoint("b"))
+        for _ in range(2):
+            self.assertEqual((yield inThread(firstLine, port)), b"b")
+        yield waitFor(lambda: sink.calls == 2)
+        factory = lb.factories["main"]
+        yield waitFor(lambda: factory.activeClients == 0)  # type: ignore[attr-defined]
+        self.assertEqual([b.active for b in lb.pools["web"]], [0])
+        self.assertEqual(factory.accessLogErrors, 2)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 class WorkerTests(GroupTestCase):
     """
     With C{workers}, every worker imports the extensions: the policy runs

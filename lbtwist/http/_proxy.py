@@ -287,15 +287,19 @@ class HTTPProxyFactory(ListenerFactory):
         """
         Write the access-log line of C{ex}, if the access log is on: its
         duration runs from the request to now (for an upgrade, to the
-        tunnel's close, with the tunnel's bytes each way).
+        tunnel's close, with the tunnel's bytes each way).  A sink that
+        raises loses its line, not the exchange (see L{accessLogFailed}).
         """
         log = self.accessLog
         if log is not None:
             backend = ex.backend
-            log.request(
-                ex.client.clientName, ex.method.decode("latin-1"), ex.url.decode("latin-1"),
-                ex.status, backend.name if backend is not None else None,
-                ex.bytesIn, ex.bytesOut, self.seconds() - ex.started, ex.retries,
-                ex.client.protocol,
-            )
+            try:
+                log.request(
+                    ex.client.clientName, ex.method.decode("latin-1"), ex.url.decode("latin-1"),
+                    ex.status, backend.name if backend is not None else None,
+                    ex.bytesIn, ex.bytesOut, self.seconds() - ex.started, ex.retries,
+                    ex.client.protocol,
+                )
+            except Exception:
+                self.accessLogFailed()
 
