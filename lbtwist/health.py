@@ -179,6 +179,12 @@ class HealthMonitor(Service):
         if probe is not None:
             probe.cancel()
 
+    def _probe(self, kind: str, backend: Backend) -> Deferred[Any]:
+        """
+        Probe C{backend} with the probe of its check's C{kind}.
+        """
+        return self.probes[kind](backend)
+
     def check(self, backend: Backend) -> Deferred[None] | None:
         """
         Probe C{backend} once, unless it is in maintenance, and tell the pool.
@@ -188,9 +194,12 @@ class HealthMonitor(Service):
         if backend.admin is Admin.MAINT or backend.removed:
             return None
         hc = backend.healthCheck
-        probe = self.probes[hc.kind]
         started = self.clock.seconds()
-        d = maybeDeferred(probe, backend)
+        # The probe is built here on first use (see Probes): a factory that
+        # raises fails this check, as a probe that raises does, and is tried
+        # again on the next interval, rather than ending the loop and leaving
+        # the backend unchecked, and taking clients, for good.
+        d = maybeDeferred(self._probe, hc.kind, backend)
         self._inFlight[backend] = d
         timedOut: list[bool] = []
 

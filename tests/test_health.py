@@ -192,3 +192,49 @@ class MonitorTests(SynchronousTestCase):
         monitor.stopService()
         self.assertEqual(pool.get("b0").failures, {})  # type: ignore[union-attr]
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class BrokenCheckKindTests(SynchronousTestCase):
+    """
+    A registered kind of check whose factory raises (see
+    L{lbtwist.extend.registerCheck}) fails the checks of that kind, as a
+    probe that cannot connect does, and is tried again on the next interval.
+    """
+
+    def test_factoryRaises(self) -> None:
+        """
+        Each backend of a pool whose check cannot be built is marked down
+        after C{fall} failed checks, rather than left unchecked, taking
+        clients, for ever; once the factory works, the checks pass and the
+        backends come up.
+        """
+        from lbtwist.extend import CHECKS
+        from lbtwist.health import Probes
+
+        broken = [True]
+
+        def factory(dialler: object) -> Any:
+            if broken[0]:
+                raise RuntimeError("no banner library")
+            return lambda backend: succeed(None)
+
+        CHECKS.register("broken", factory)
+        self.addCleanup(CHECKS.unregister, "broken")
+        clock, pool, _, _ = makeMonitor()
+        hc = HealthCheck(kind="broken", interval=2.0, timeout=1.0, rise=2, fall=3)
+        pool = BackendPool(PoolConfig(name="web", health=hc, backends=tuple(
+            BackendConfig(f"b{i}", f"tcp:host=127.0.0.1:port={8001 + i}", health=hc)
+            for i in range(2))), random.Random(0))
+        monitor = HealthMonitor(pool, Probes(dialler=None), clock)  # type: ignore[arg-type]
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        for _ in range(3):
+            clock.advance(2.0)
+        self.assertEqual([b.health for b in pool], [Health.DOWN, Health.DOWN])
+        self.assertFalse(any(b.eligible for b in pool))
+        # One check at the start, one per interval.
+        self.assertEqual([b.failures for b in pool], [{"probe": 4}, {"probe": 4}])
+        broken[0] = False
+        for _ in range(2):
+            clock.advance(2.0)
+        self.assertEqual([b.health for b in pool], [Health.UP, Health.UP])
