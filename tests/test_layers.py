@@ -213,15 +213,17 @@ class NoTwistedTests(SynchronousTestCase):
 class TwistedPrivateNamesTests(SynchronousTestCase):
     """
     The private Twisted names lbtwist depends on (for its lean transports,
-    write-through, reactor loop, listener start-up and TLS handshake log)
-    still exist: Twisted may rename them in any release, and this turns a
-    silent break into a failing test.
+    write-through, reactor loop, listener start-up, TLS handshake log and
+    timeout), and the h2 library's it counts frames with, still exist:
+    Twisted may rename them in any release, and this turns a silent break
+    into a failing test.
     """
 
     def test_modulesAndClasses(self) -> None:
         """
         Functions and class attributes.
         """
+        from h2.connection import H2Connection
         from twisted.application.internet import StreamServerEndpointService
         from twisted.internet import abstract, tcp
         from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -233,8 +235,11 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
             tcp.Client: ("_commonConnection",),
             tcp.Port: ("_realPortNumber",),
             abstract.FileDescriptor: ("_writeDisconnecting", "_writeDisconnected"),
-            TLSMemoryBIOProtocol: ("_tlsShutdownFinished", "_handshakeDone", "_aborted"),
+            TLSMemoryBIOProtocol: ("_tlsShutdownFinished", "_handshakeDone", "_aborted",
+                                   "_checkHandshakeStatus"),
             StreamServerEndpointService: ("_raiseSynchronously",),
+            # (The h2 library's: each received frame, counted by lbtwist.)
+            H2Connection: ("_receive_frame",),
         }
         missing = [f"{getattr(owner, '__name__', owner)}.{name}"
                    for owner, names in needed.items() for name in names
