@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         options = tap.Options()
         # Run alone, not under twistd, the usage names this program.
         options.synopsis = f"Usage: {PROGRAM} {options.synopsis}"
+        options.program = PROGRAM
         options.parseOptions(args)
     except SystemExit as e:
         if e.code not in (None, 0):

@@ -112,6 +112,8 @@ class Options(usage.Options):
     """
 
     synopsis = "[--config FILE | --listen ENDPOINT --backend ENDPOINT|HOST:PORT ...] [options]"
+    # Who is speaking in a usage error (python -m lbtwist.check says itself).
+    program = "twistd lb"
     # Without it, Twisted ends the help with the docstring of whatever
     # __main__ is (a test runner's, an embedding script's).
     longdesc = "A configuration file (--config) sets all of this and more: see lb.yaml."
@@ -222,7 +224,18 @@ class Options(usage.Options):
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
-            raise BadCommandLine(f"twistd lb: {e} (see twistd lb --help)") from e
+            raise BadCommandLine(f"{self.program}: {e} (see {self.program} --help)") from e
+
+    def parseArgs(self, *args: str) -> None:
+        """
+        Refuse arguments that are no option: a configuration file given
+        without C{--config}, say (twistd's own words would be "Wrong number
+        of arguments").
+        """
+        if args:
+            hint = (" (give a configuration file as --config FILE)"
+                    if args[0].endswith((".yaml", ".yml")) else "")
+            raise usage.UsageError(f"unexpected argument {args[0]!r}{hint}")
 
     def _commandLineData(self) -> dict[str, Any]:
         """

@@ -68,6 +68,16 @@ class CheckTests(SynchronousTestCase):
         self.assertIn("--access-log-file=", out)
         self.assertNotIn("configuration OK", out)
 
+    def test_namesItself(self) -> None:
+        """
+        A usage error names this program, not C{twistd lb}.
+        """
+        self.assertEqual(
+            self.runCheck("lb.yaml"),
+            (1, "", "python -m lbtwist.check: unexpected argument 'lb.yaml' (give a "
+                    "configuration file as --config FILE) (see python -m lbtwist.check "
+                    "--help)\n"))
+
     def test_bad(self) -> None:
         """
         One that would not: status 1 and one line naming the key (here a

@@ -169,6 +169,20 @@ class OptionsTests(SynchronousTestCase):
                 self.parse(*args)
             self.assertEqual(str(e.exception), f"twistd lb: {reason} (see twistd lb --help)")
 
+    def test_fileAsArgument(self) -> None:
+        """
+        A configuration file given without C{--config} is refused with the
+        way to give it (twistd's own words are "Wrong number of arguments").
+        """
+        for args, reason in [
+            (("lb.yaml",), "unexpected argument 'lb.yaml' (give a configuration file "
+                           "as --config FILE)"),
+            (("--backend", "127.0.0.1:9", "extra"), "unexpected argument 'extra'"),
+        ]:
+            with self.assertRaises(BadCommandLine) as e:
+                self.parse(*args)
+            self.assertEqual(str(e.exception), f"twistd lb: {reason} (see twistd lb --help)")
+
     def test_badValues(self) -> None:
         """
         Bad values stop twistd with one line that names the option typed
