@@ -1287,6 +1287,19 @@ _DNS_NAME = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-
                        r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
 
 
+def isHostName(name: str) -> bool:
+    """
+    Whether C{name} is a DNS name or an IP address (a backend's host).
+    """
+    if _DNS_NAME.fullmatch(name):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _dnsName(value: object, path: str) -> str:
     name = _string(value, path)
     if not _DNS_NAME.fullmatch(name):

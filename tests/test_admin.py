@@ -998,7 +998,8 @@ class GoCompatibleTests(TestCase):
                 status, answer = yield h.call(method, path, None if raw else body, raw=raw)
                 self.assertEqual((status, answer), (400, {"error": "Invalid input"}), body)
             for url in ("not a url", "ftp://h:21", "http://", "http://h:99999",
-                        "https://h:443", "http://h:1/path", "http://h:1/?q=1"):
+                        "https://h:443", "http://h:1/path", "http://h:1/?q=1",
+                        "http://bad host:80", "http://a%20b:80", "http://h_!:80"):
                 status, answer = yield h.call(method, path, {"URL": url})
                 self.assertEqual((status, answer), (400, {"error": "Invalid URL"}), url)
         a = h.pool.get("a")

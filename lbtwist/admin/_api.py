@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..config import ConfigError, ListenerConfig, parseSlowStart
+from ..config import ConfigError, ListenerConfig, isHostName, parseSlowStart
 from ..control import (
     BalancerControl,
     Duplicate,
@@ -777,7 +777,8 @@ class AdminResource(Resource):
         # and an https backend needs a TLS endpoint (ssl:host=...:port=...),
         # which the REST API adds.
         if (url.scheme != "http" or not url.hostname or url.path not in ("", "/")
-                or url.query or url.fragment or url.username):
+                or url.query or url.fragment or url.username
+                or not isHostName(url.hostname)):
             raise APIError(400, "Invalid URL")
         return url.hostname, port
 
