@@ -872,7 +872,7 @@ def _hostName(value: object, path: str) -> str:
     A host name or an IP address, as a certificate names it.
     """
     name = _string(value, path)
-    if not (_DNS_NAME.fullmatch(name) or re.fullmatch(r"[0-9A-Fa-f:.]+", name)):
+    if not isHostName(name):
         raise ConfigError(path, f"expected a host name like 'app.internal', got {name!r}")
     return name.rstrip(".")
 
