@@ -503,6 +503,10 @@ def planRequest(
         http10 = minor == "0"
     if method == b"CONNECT":
         raise BadRequest("CONNECT is not supported", 501)
+    if b"#" in target:
+        # RFC 9112 3.2: a target has no fragment; a backend may cut it
+        # where routing did not (as HAProxy, refused).
+        raise BadRequest("fragment in the request target")
     authority = absoluteAuthority(target) if target[0] != 47 else None  # 47: "/"
     # Lines without their CRLF, joined by CRLF at the end (as planResponse's).
     parts = [b"%s %s HTTP/1.1" % (method, target)]
