@@ -200,7 +200,7 @@ class ReadTests(TestCase):
     def test_showPoolAndBackend(self) -> Any:
         """
         One pool, its backends, and one backend have their own routes; an
-        unknown backend is a 404 and an unknown pool a 400 naming it.
+        unknown backend or pool is a 404 naming it.
         """
         h = AdminHarness(self)
         status, pool = yield h.call("GET", "/api/pools/web")
@@ -213,8 +213,40 @@ class ReadTests(TestCase):
         self.assertEqual(status, 404)
         self.assertIn("zz", body["error"])
         status, body = yield h.call("GET", "/api/pools/nope/backends")
-        self.assertEqual(status, 400)
+        self.assertEqual(status, 404)
         self.assertIn("unknown pool 'nope'", body["error"])
+
+    @inlineCallbacks
+    def test_unknownPoolIsNotFound(self) -> Any:
+        """
+        Every route whose path names a pool or a backend that does not exist
+        answers 404 with the API's JSON error body naming it, whatever the
+        method and body, and changes nothing.
+        """
+        h = AdminHarness(self)
+        before = h.snapshot()
+        add = {"name": "x", "endpoint": "tcp:host=127.0.0.1:port=9"}
+        cases: list[tuple[str, str, Any, str]] = [
+            ("GET", "/api/pools/nope", None, "unknown pool 'nope' (pools: web)"),
+            ("GET", "/api/pools/nope/backends", None, "unknown pool 'nope'"),
+            ("POST", "/api/pools/nope/backends", add, "unknown pool 'nope'"),
+            ("GET", "/api/pools/nope/backends/a", None, "unknown pool 'nope'"),
+            ("PATCH", "/api/pools/nope/backends/a", {"weight": 2}, "unknown pool 'nope'"),
+            ("DELETE", "/api/pools/nope/backends/a", None, "unknown pool 'nope'"),
+            ("DELETE", "/api/pools/nope", None, "'nope'"),
+            ("GET", "/api/pools/web/backends/zz", None, "no backend 'zz'"),
+            ("PATCH", "/api/pools/web/backends/zz", {"weight": 2}, "no backend 'zz'"),
+            ("DELETE", "/api/pools/web/backends/zz", None, "no backend 'zz'"),
+            ("GET", "/api/listeners/nope/routes", None, "no listener 'nope'"),
+            ("PUT", "/api/listeners/nope/routes", [], "no listener 'nope'"),
+        ]
+        for method, path, body, message in cases:
+            status, headers, raw = yield h.rawCall(method, path, body)
+            self.assertEqual((status, headers["content-type"]), (404, "application/json"),
+                             (method, path, raw))
+            self.assertIn(message, json.loads(raw)["error"], (method, path))
+        self.assertEqual(h.snapshot(), before)
+        self.assertFalse(os.path.exists(h.statePath))
 
     @inlineCallbacks
     def test_health(self) -> Any:
@@ -442,8 +474,7 @@ class ChangeTests(TestCase):
     def test_addBadInput(self) -> Any:
         """
         Bad JSON, a body that is not an object, unknown fields, wrong types,
-        bad values and unknown pools are 400s naming the problem, and the
-        pool is unchanged.
+        and bad values are 400s naming the problem, and the pool is unchanged.
         """
         h = AdminHarness(self)
         before = h.snapshot()
@@ -469,8 +500,6 @@ class ChangeTests(TestCase):
             ("/api/pools/web/backends", {"name": "bad name!", "endpoint":
                                          "tcp:host=h:port=1"}, "name"),
             ("/api/pools/web/backends", {"name": "x"}, "endpoint, or a host and a port"),
-            ("/api/pools/nope/backends", {"name": "x", "endpoint": "tcp:host=h:port=1"},
-             "unknown pool 'nope'"),
         ]
         for path, body, message in cases:
             raw = body if isinstance(body, bytes) else None
@@ -564,7 +593,7 @@ class ChangeTests(TestCase):
             ("/api/pools/web/backends/a", {"backup": "yes"}, 400, "backup"),
             ("/api/pools/web/backends/a", {"backup": True, "slow-start": "soon"}, 400,
              "slow-start"),
-            ("/api/pools/zz/backends/a", {"weight": 2}, 400, "unknown pool 'zz'"),
+            ("/api/pools/zz/backends/a", {"weight": 2}, 404, "unknown pool 'zz'"),
             ("/api/pools/web/backends/zz", {"weight": 2}, 404, "'zz'"),
         ]
         for path, body, code, message in cases:

@@ -100,8 +100,8 @@ class CommandTests(TestCase):
     @inlineCallbacks
     def test_errors(self) -> Any:
         """
-        Refusals exit non-zero with the API's message: no token, an unknown
-        backend, an unreachable API.
+        Refusals exit non-zero with the API's message in one line: no token,
+        an unknown backend or pool, an unreachable API.
         """
         h = AdminHarness(self)
         _, err, code = yield ctl(h.admin, "drain", "a", token=None)
@@ -112,6 +112,11 @@ class CommandTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"404", err)
         self.assertIn(b"'zz'", err)
+        for args in (("add", "c", "127.0.0.1:9"), ("list",), ("drain", "a")):
+            _, err, code = yield ctl(h.admin, "--pool", "nope", *args)
+            self.assertEqual(code, 1)
+            self.assertRegex(err.decode(), r"^lbtwist: error: [A-Z]+ /api/pools/nope\S*: 404 "
+                             r"unknown pool 'nope' \(pools: web\)\n$")
         _, err, code = yield ctl(1, "list")
         self.assertEqual(code, 1)
         self.assertIn(b"cannot reach the admin API", err)

@@ -308,7 +308,8 @@ class AdminResource(Resource):
         if isinstance(error, APIError):
             return error
         if isinstance(error, Unknown):
-            return APIError(400 if error.what == "pool" else 404, error.problem)
+            # The pool, backend or listener the path names is missing.
+            return APIError(404, error.problem)
         if isinstance(error, (Duplicate, InUse)):
             return APIError(409, error.problem)
         if isinstance(error, ConfigError):
@@ -394,11 +395,16 @@ class AdminResource(Resource):
         return data
 
     def _pool(self, name: str) -> BackendPool:
+        """
+        The pool the path names.
+
+        @raise APIError: C{404}, there is none.
+        """
         try:
             return self.live.pool(name)
         except UnknownPool:
             raise APIError(
-                400, f"unknown pool {name!r} (pools: {', '.join(self.live.pools)})"
+                404, f"unknown pool {name!r} (pools: {', '.join(self.live.pools)})"
             ) from None
 
     def _backend(self, pool: BackendPool, name: str) -> Backend:
@@ -666,8 +672,7 @@ class AdminResource(Resource):
         does); its connections get the grace period to finish.  In a
         cluster, written to the store (answered once applied here).
         """
-        if args[0] not in self.live.pools:
-            raise APIError(404, f"no pool {args[0]!r}")
+        self._pool(args[0])
         return self.control.removePool(args[0]).addCallback(
             lambda pool: self._json(request, 200, {
                 "status": "removed", "name": pool.name,
