@@ -753,6 +753,11 @@ def validateEndpoint(value: object, path: str, server: bool) -> str:
             raise ConfigError(path, f"a {endpoint.kind} listener needs a port, got {text!r}")
         _integer(port, path + " (port)", 0, 65535)
     else:
+        if "host=[" in text:
+            # Twisted's parser splits an unescaped IPv6 address at its colons.
+            raise ConfigError(path, "an IPv6 address in an endpoint string has its colons "
+                                    "escaped (tcp:host=\\:\\:1:port=80), or give [::1]:80; "
+                                    f"got {text!r}")
         if not endpoint.host or port is None:
             raise ConfigError(
                 path, f"a {endpoint.kind} backend needs a host and a port, got {text!r}"
@@ -913,6 +918,26 @@ def parseBackendTLS(data: object, path: str, base: BackendTLS | None,
     return tls
 
 
+def _backendHost(value: object, path: str) -> str:
+    """
+    A backend's C{host} as an endpoint string writes it: a host name, an
+    IPv4 address, or an IPv6 address bare or in brackets as a URL writes it
+    (C{::1}, C{[::1]}), its colons escaped.
+    """
+    host = _string(value, path)
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv6Address):
+        return bare.replace(":", r"\:")
+    if bare == host and isHostName(host):
+        return host
+    raise ConfigError(path, "expected a host name or an IP address, like 'app.internal', "
+                            f"'10.0.0.5', '::1' or '[::1]', got {host!r}")
+
+
 def parseBackend(
     data: object, path: str, health: HealthCheck, tls: BackendTLS | None = None,
     directory: str | None = None,
@@ -938,12 +963,7 @@ def parseBackend(
             server=False,
         )
     elif "host" in d or "port" in d:
-        host = _string(d.get("host"), f"{path}.host")
-        if any(c in host for c in ":= /") and not host.startswith("["):
-            if ":" in host:  # an IPv6 literal; endpoint strings escape colons
-                host = host.replace(":", r"\:")
-            else:
-                raise ConfigError(f"{path}.host", f"expected a host name, got {host!r}")
+        host = _backendHost(d.get("host"), f"{path}.host")
         port = _integer(d.get("port"), f"{path}.port", 1, 65535)
         endpoint = f"tcp:host={host}:port={port}"
     else:

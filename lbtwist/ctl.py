@@ -158,7 +158,8 @@ def backendBody(name: str, target: str, weight: int | None, state: str | None
         host, sep, port = target.rpartition(":")
         if not sep or not port.isdigit():
             raise CtlError(f"expected an endpoint string or HOST:PORT, got {target!r}")
-        body["host"] = host.strip("[]")
+        # An IPv6 address's brackets; anything else is the API's to judge.
+        body["host"] = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         body["port"] = int(port)
     if weight is not None:
         body["weight"] = weight

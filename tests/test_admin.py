@@ -500,6 +500,11 @@ class ChangeTests(TestCase):
             ("/api/pools/web/backends", {"name": "bad name!", "endpoint":
                                          "tcp:host=h:port=1"}, "name"),
             ("/api/pools/web/backends", {"name": "x"}, "endpoint, or a host and a port"),
+            ("/api/pools/web/backends", {"name": "x", "host": "[::1", "port": 1},
+             "host: expected a host name or an IP address, like 'app.internal', '10.0.0.5', "
+             "'::1' or '[::1]', got '[::1'"),
+            ("/api/pools/web/backends", {"name": "x", "endpoint": "tcp:host=[::1]:port=1"},
+             "endpoint: an IPv6 address in an endpoint string has its colons escaped"),
         ]
         for path, body, message in cases:
             raw = body if isinstance(body, bytes) else None
@@ -998,18 +1003,26 @@ class GoCompatibleTests(TestCase):
     @inlineCallbacks
     def test_ipv6StateLoads(self) -> Any:
         """
-        A server added by an IPv6 URL, or by host and port with no name, is
-        saved under a name the state file loads again at the next start.
+        A server added by an IPv6 URL, or by host (bare or in brackets) and
+        port with no name, is saved under a name the state file loads again
+        at the next start.
         """
         h = AdminHarness(self, names=("a",))
         status, _ = yield h.call("POST", "/addServer", {"URL": "http://[::1]:8080"})
         self.assertEqual(status, 200)
         status, _ = yield h.call("POST", "/api/pools/web/backends", {"host": "::1", "port": 8081})
         self.assertEqual(status, 201)
+        # In brackets, as the URL writes it.
+        status, _ = yield h.call("POST", "/api/pools/web/backends",
+                                 {"host": "[::1]", "port": 8082})
+        self.assertEqual(status, 201)
         self.assertIn("[::1]:8080", h.pool)
         self.assertIn("[::1]:8081", h.pool)
+        self.assertEqual(h.pool.get("[::1]:8082").endpoint,  # type: ignore[union-attr]
+                         "tcp:host=\\:\\:1:port=8082")
         loaded = StateFile(h.statePath).load()
-        self.assertEqual(sorted(loaded.pools["web"].added), ["[::1]:8080", "[::1]:8081"])
+        self.assertEqual(sorted(loaded.pools["web"].added),
+                         ["[::1]:8080", "[::1]:8081", "[::1]:8082"])
 
     @inlineCallbacks
     def test_errors(self) -> Any:

@@ -106,6 +106,17 @@ class ParseTests(SynchronousTestCase):
             self.assertEqual(name, expected)
             self.assertTrue(_NAME.match(name), name)
 
+    def test_backendHostIPv6(self) -> None:
+        """
+        A backend's C{host} may be an IPv6 address bare or in brackets, as a
+        URL writes it: both mean the same endpoint and name.
+        """
+        for host in ("::1", "[::1]"):
+            config = parseConfig(minimal(backends=[{"host": host, "port": 8080}]))
+            [backend] = config.pool("web").backends
+            self.assertEqual((backend.endpoint, backend.name),
+                             ("tcp:host=\\:\\:1:port=8080", "[::1]:8080"), host)
+
     def test_defaults(self) -> None:
         """
         Defaults follow HAProxy: rise 2, fall 3; the one pool is used by
@@ -236,6 +247,25 @@ class ErrorTests(SynchronousTestCase):
             minimal(backends=[{"endpoint": "tcp:host=a:port=1", "host": "a"}]),
             "pools.web.backends[0]: give either endpoint, or host and port, not both",
         )
+
+    def test_backendHost(self) -> None:
+        """
+        A backend's C{host} that is neither a host name nor an IP address
+        (bare, or an IPv6 one in brackets) is refused saying the forms it
+        takes; so is an endpoint string with an IPv6 address in brackets,
+        which Twisted's parser splits at its colons, saying how to write it.
+        """
+        forms = "expected a host name or an IP address, like 'app.internal', " \
+                "'10.0.0.5', '::1' or '[::1]', got "
+        for host in ("[::1", "[foo]", "[]", "[127.0.0.1]", "bad_host!", "a b", "[::1]:80",
+                     "app:80"):
+            self.assertError(minimal(backends=[{"host": host, "port": 80}]),
+                             f"pools.web.backends[0].host: {forms}{host!r}")
+        self.assertError(
+            minimal(backends=[{"endpoint": "tcp:host=[::1]:port=80"}]),
+            "pools.web.backends[0].endpoint: an IPv6 address in an endpoint string has its "
+            "colons escaped (tcp:host=\\:\\:1:port=80), or give [::1]:80; got "
+            "'tcp:host=[::1]:port=80'")
 
     def test_listeners(self) -> None:
         """

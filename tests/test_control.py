@@ -156,6 +156,29 @@ class AddBackendCheckTests(EmbeddedCase):
         self.assertEqual((backend.name, backend.endpoint),
                          ("127.0.0.1:8082", "tcp:host=127.0.0.1:port=8082"))
 
+    def test_hostIPv6InBrackets(self) -> None:
+        """
+        An IPv6 C{host} in brackets, as a URL writes it, is the bare address:
+        the same endpoint and name as C{::1}.
+        """
+        backend = result(self.control().addBackend("web", {"host": "[::1]", "port": 8083}))
+        self.assertEqual((backend.name, backend.endpoint),
+                         ("[::1]:8083", "tcp:host=\\:\\:1:port=8083"))
+
+    def test_badHost(self) -> None:
+        """
+        A C{host} that is no host name or address is refused naming C{host}
+        and the forms it takes; nothing is added.
+        """
+        control = self.control()
+        e = self.assertRaises(ConfigError, control.addBackend, "web",
+                              {"host": "[::1", "port": 8083})
+        self.assertEqual((e.path, e.problem), (
+            "host", "expected a host name or an IP address, like 'app.internal', "
+                    "'10.0.0.5', '::1' or '[::1]', got '[::1'"))
+        self.assertEqual([b.name for b in self.built.loadBalancer.pools["web"]
+                          if "::1" in b.name], [])
+
     def test_poolHealthTaken(self) -> None:
         """
         The new backend is checked with its pool's health check.

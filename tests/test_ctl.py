@@ -117,6 +117,11 @@ class CommandTests(TestCase):
             self.assertEqual(code, 1)
             self.assertRegex(err.decode(), r"^lbtwist: error: [A-Z]+ /api/pools/nope\S*: 404 "
                              r"unknown pool 'nope' \(pools: web\)\n$")
+        _, err, code = yield ctl(h.admin, "add", "c", "[::1:9")
+        self.assertEqual(code, 1)
+        self.assertIn(b"400 host: expected a host name or an IP address, like 'app.internal', "
+                      b"'10.0.0.5', '::1' or '[::1]', got '[::1'\n", err)
+        self.assertNotIn("c", h.pool)
         _, err, code = yield ctl(1, "list")
         self.assertEqual(code, 1)
         self.assertIn(b"cannot reach the admin API", err)
@@ -216,7 +221,8 @@ class PieceTests(SynchronousTestCase):
 
     def test_backendBody(self) -> None:
         """
-        A target is an endpoint string or C{HOST:PORT}.
+        A target is an endpoint string or C{HOST:PORT}, an IPv6 host in
+        brackets.
         """
         self.assertEqual(backendBody("x", "tcp:host=h:port=1", None, None),
                          {"name": "x", "endpoint": "tcp:host=h:port=1"})
@@ -224,6 +230,10 @@ class PieceTests(SynchronousTestCase):
                          {"name": "x", "host": "::1", "port": 80, "weight": 2,
                           "state": "maint"})
         self.assertRaises(CtlError, backendBody, "x", "nohost", None, None)
+        # Only a matched pair of brackets is an IPv6 address's: the rest is
+        # the API's to refuse, naming the host.
+        self.assertEqual(backendBody("x", "[::1:80", None, None),
+                         {"name": "x", "host": "[::1", "port": 80})
 
     def test_severalPools(self) -> None:
         """
