@@ -63,6 +63,12 @@ class IAccessLog(Interface):
 
     An upgraded request (a WebSocket) is logged when its tunnel closes: its
     bytes are the tunnel's each way, its duration runs to the close.
+
+    A sink may also have a C{reopen()} method, not part of this interface
+    (a sink need not have one): it is called on C{SIGHUP} and
+    C{POST /api/reload}, where the C{file} sink reopens its file, for log
+    rotation.  It runs in the reactor thread; what it raises is logged with
+    the sink's name, and the other sinks are reopened all the same.
     """
 
     def request(client: str, method: str, path: str, status: int, backend: str | None,
@@ -212,6 +218,15 @@ class AccessLogFile(Service):
             self.flush()
             os.close(self._fd)
         self._fd = fd
+
+    def reopen(self) -> None:
+        """
+        Reopen the file after a rotation renamed it (the optional method of
+        L{IAccessLog}), on C{SIGHUP}.
+
+        @raise OSError: it cannot be opened; the old one stays open.
+        """
+        self.open()
 
     def startService(self) -> None:
         super().startService()

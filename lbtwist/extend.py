@@ -221,7 +221,9 @@ def registerAccessLog(name: str, factory: AccessLogFactory | str) -> None:
     made relative to the configuration file's directory) and the reactor.
     What it returns must provide L{lbtwist.accesslog.IAccessLog}; if it also
     provides L{twisted.application.service.IService} it is started before
-    the listeners and stopped after them.  A factory raises L{ValueError}
+    the listeners and stopped after them; if it has a C{reopen()} method,
+    that is called on C{SIGHUP} (and C{POST /api/reload}), where the
+    C{file} sink reopens its file for log rotation.  A factory raises L{ValueError}
     for bad options: the configuration check reports it under the key.
 
     @raise ValueError: see L{Registry.register}.

@@ -457,11 +457,17 @@ class LoadBalancer(AllOrNothingService):
 
     def reopenAccessLogs(self) -> None:
         """
-        Reopen the access-log files (after a rotation renamed them).
+        Reopen the access-log sinks that have a C{reopen} method (after a
+        rotation renamed their files): the C{file} sink's, and any
+        registered sink's that has one.  One that fails is logged, and the
+        others are reopened all the same.
         """
-        for accessFile in self.accessFiles.values():
+        for spec, sink in self.accessLogs.items():
+            reopen = getattr(sink, "reopen", None)
+            if reopen is None:
+                continue
             try:
-                accessFile.open()
-            except OSError as e:
-                self.log.error("cannot reopen access log {path}: {error}",
-                               path=accessFile.path, error=str(e))
+                reopen()
+            except Exception as e:
+                self.log.error("cannot reopen access-log sink {sink}: {error}",
+                               sink=spec.name, error=f"{type(e).__name__}: {e}")

@@ -29,6 +29,7 @@ from lbtwist.health import TCPProbe
 from lbtwist.policies import SmoothWeighted
 from lbtwist.pool import BackendPool
 from lbtwist.reload import LiveConfig
+from lbtwist.service import LoadBalancer
 from lbtwist.state import StateFile
 from lbtwist.tap import BadConfiguration, Options
 
@@ -336,6 +337,116 @@ class SinkTests(TestCase):
         yield waitFor(lambda: len(sink.records) == 1)  # type: ignore[attr-defined]
         [record] = sink.records  # type: ignore[attr-defined]
         self.assertEqual((record["kind"], record["backend"], record["bytesOut"]), ("tcp", "a", 2))
+
+
+class Reopening:
+    """
+    An access-log sink with the optional C{reopen}: counts its calls, and
+    raises from it if told to.
+    """
+
+    def __init__(self, options: Any, clock: Any) -> None:
+        self.options = options
+        self.reopened = 0
+        self.fails = bool(options.get("fails"))
+
+    def request(self, *fields: Any) -> None:
+        """
+        Drop a request's line.
+        """
+
+    def connection(self, *fields: Any) -> None:
+        """
+        Drop a connection's line.
+        """
+
+    def reopen(self) -> None:
+        """
+        Count a reopen; fail if told to.
+        """
+        self.reopened += 1
+        if self.fails:
+            raise OSError("cannot reopen: disk on fire")
+
+
+def useReopening(case: SynchronousTestCase) -> None:
+    """
+    Register L{Reopening} as the C{reopening} sink for C{case}.
+    """
+    ACCESS_LOGS.register("reopening", Reopening)
+    case.addCleanup(ACCESS_LOGS.unregister, "reopening")
+
+
+def sinkPools(endpoint: str, logPath: str) -> dict[str, Any]:
+    """
+    A listener and pools whose access logs go to a C{reopening} sink, the
+    C{file} sink at C{logPath}, and the C{events} sink, which has no
+    C{reopen}.
+    """
+    backends = [{"name": "a", "endpoint": endpoint}]
+    return {
+        "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1", "pool": "web"}],
+        "pools": {
+            "web": {"access-log": {"sink": "reopening", "level": 2}, "backends": backends},
+            "files": {"access-log": logPath, "backends": backends},
+            "events": {"access-log": True, "backends": backends},
+        },
+    }
+
+
+class SinkReopenTests(TestCase):
+    """
+    A sink's optional C{reopen} is called where the C{file} sink reopens
+    its file: on C{SIGHUP} (and C{POST /api/reload}), for log rotation.
+    """
+
+    @inlineCallbacks
+    def test_sighup(self) -> Any:
+        """
+        A real C{SIGHUP} to an embedded balancer reopens a registered sink
+        once, as it reopens the C{file} sink's renamed file; a sink with no
+        C{reopen} is left alone.
+        """
+        from .test_reload import signalledBalancer
+
+        useReopening(self)
+        logPath = os.path.abspath(self.mktemp())
+        balancer = signalledBalancer(self, sinkPools("tcp:host=127.0.0.1:port=9", logPath))
+        lb = balancer.loadBalancer
+        [sink] = [s for s in lb.accessLogs.values() if isinstance(s, Reopening)]
+        os.rename(logPath, logPath + ".1")
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield waitFor(lambda: sink.reopened > 0 and os.path.exists(logPath))
+        yield sleep(0.05)
+        self.assertEqual(sink.reopened, 1)
+        self.assertTrue(os.path.exists(logPath))
+
+    def test_reopenFails(self) -> None:
+        """
+        A sink whose C{reopen} raises is logged with its name and the
+        reason; the others are reopened all the same.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        useReopening(self)
+        data = sinkPools("tcp:host=127.0.0.1:port=9", os.path.abspath(self.mktemp()))
+        data["pools"]["broken"] = {"access-log": {"sink": "reopening", "fails": True},
+                                   "backends": []}
+        lb = LoadBalancer(parseConfig(data), MemoryReactorClock())
+        events: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        lb.reopenAccessLogs()
+        lb.reopenAccessLogs()
+        sinks = sorted((s.fails, s.reopened) for s in lb.accessLogs.values()
+                       if isinstance(s, Reopening))
+        self.assertEqual(sinks, [(False, 2), (True, 2)])
+        said = [e for e in events if "cannot reopen" in e.get("log_format", "")]
+        self.assertEqual(len(said), 2)
+        self.assertEqual(said[0]["sink"], "reopening")
+        self.assertIn("disk on fire", said[0]["error"])
 
 
 class _Raising:

@@ -14,12 +14,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import attrs
+import yaml
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.config import BackendConfig, Config, ConfigError, Sticky, parseConfig
+from lbtwist.app import Balancer
+from lbtwist.config import BackendConfig, Config, ConfigError, Sticky, loadConfigFile, parseConfig
 from lbtwist.diff import poolChanges, routeChanges, runnable
 from lbtwist.lifecycle import GracefulStop, ReloadOnSignal
 from lbtwist.pool import Admin, BackendPool
@@ -458,6 +460,25 @@ class LiveConfigTests(SynchronousTestCase):
         t = Live(self, configOf(A))
         t.live.loadConfig = None
         self.assertIn("no configuration file", t.live.reload() or "")
+
+
+def signalledBalancer(case: TestCase, data: dict[str, Any]) -> Balancer:
+    """
+    A whole L{Balancer} of C{data} started in this process as the README's
+    embedding recipe starts one (signals included: a real C{SIGHUP} reloads
+    it), its configuration file and state in a temporary directory and its
+    admin API on an ephemeral loopback port; stopped when the test ends.
+    """
+    directory = os.path.abspath(case.mktemp())
+    os.makedirs(directory)
+    configPath = os.path.join(directory, "lb.yaml")
+    with open(configPath, "w") as f:
+        yaml.safe_dump({**data, "admin": "tcp:0:interface=127.0.0.1"}, f)
+    balancer = Balancer(loadConfigFile(configPath), reactor, configPath=configPath,
+                        freezeHeap=False, grace=0.2)
+    balancer.startService()
+    case.addCleanup(lambda: balancer.stopService() if balancer.running else None)
+    return balancer
 
 
 class SignalTests(SynchronousTestCase):
