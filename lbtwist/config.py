@@ -312,11 +312,15 @@ class AccessLogSink:
 
     @ivar name: the sink's registered name.
     @ivar options: the mapping's other keys, sorted, with their values (a
-        string, number or boolean each).
+        string, number or boolean each), compared with their types: C{1},
+        C{1.0} and C{true} are different options (Python holds them equal),
+        so two pools given them get a sink each, and a reload from one to
+        another is a change.
     """
 
     name: str
-    options: tuple[tuple[str, str | int | float | bool], ...] = ()
+    options: tuple[tuple[str, str | int | float | bool], ...] = attrs.field(
+        default=(), eq=lambda options: tuple((k, type(v), v) for k, v in options))
 
 
 @attrs.frozen

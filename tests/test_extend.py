@@ -179,6 +179,61 @@ class SinkConfigTests(SynchronousTestCase):
         self.assertEqual(named.accessLog, AccessLogSink("file", (("path", "/srv/logs/a.log"),)))
 
 
+class SinkOptionTypeTests(SynchronousTestCase):
+    """
+    A sink's options are compared with their types: C{1} and C{true} (and
+    C{1.0}) are different options, as the YAML wrote them.
+    """
+
+    def sinks(self, *values: Any) -> Any:
+        """
+        A configuration whose pools' access logs go to the C{reopening}
+        sink with option C{level} set to each of C{values} in turn.
+        """
+        useReopening(self)
+        return parseConfig({
+            "listeners": [{"listen": "tcp:0", "pool": "p0"}],
+            "pools": {f"p{i}": {"access-log": {"sink": "reopening", "level": value},
+                                "backends": []}
+                      for i, value in enumerate(values)}})
+
+    def test_distinct(self) -> None:
+        """
+        Options equal in value but not in type make different sinks; the
+        same option twice is one sink.
+        """
+        config = self.sinks(1, True, 1.0, 1)
+        specs = [p.accessLogSink for p in config.pools]
+        self.assertEqual([specs[0] == s for s in specs], [True, False, False, True])
+        self.assertEqual(len({*specs}), 3)
+
+    def test_eachPoolItsOwn(self) -> None:
+        """
+        Two pools whose options differ only as C{1} and C{true} each get a
+        sink built with their own option.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        lb = LoadBalancer(self.sinks(1, True), MemoryReactorClock())
+        levels = [lb.accessLogs[p.accessLogSink].options["level"]  # type: ignore[attr-defined,index]
+                  for p in lb.config.pools]
+        self.assertEqual([(type(v), v) for v in levels], [(int, 1), (bool, True)])
+
+    def test_reloadSeesTheChange(self) -> None:
+        """
+        A reload that changes an option from C{true} to C{1} is a change of
+        the access log, which needs a restart, and says so.
+        """
+        from twisted.internet.task import Clock
+
+        before, after = self.sinks(True), self.sinks(1)
+        pools = {p.name: BackendPool(p) for p in before.pools}
+        live = LiveConfig(pools, before, Clock(), StateFile(self.mktemp()),
+                          loadConfig=lambda: after)
+        self.assertIsNone(live.reload())
+        self.assertEqual(live.restartNeeded, ["pools.p0.access-log"])
+
+
 class PolicyTests(TestCase):
     """
     A registered policy chooses in a real balancer.
@@ -371,8 +426,10 @@ class Reopening:
 
 def useReopening(case: SynchronousTestCase) -> None:
     """
-    Register L{Reopening} as the C{reopening} sink for C{case}.
+    Register L{Reopening} as the C{reopening} sink for C{case} (once).
     """
+    if "reopening" in ACCESS_LOGS:
+        return
     ACCESS_LOGS.register("reopening", Reopening)
     case.addCleanup(ACCESS_LOGS.unregister, "reopening")
 
