@@ -15,10 +15,60 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from .reload import UPGRADES_NEED_WORKERS, LiveConfig
 from .wording import counted
+
+SignalHandler = Callable[[int, Any], None]
+
+
+class SignalHandlers:
+    """
+    The handlers of signals in one process, any number per signal: one
+    real handler per signal calls each in the order they were added.  So
+    two balancers embedded in one process, each asking for signals, both
+    reload on C{SIGHUP}, and either may stop first.
+
+    @ivar installHandler: installs a signal's real handler and returns the
+        one before it (L{signal.signal}, or a test's).
+    """
+
+    def __init__(self, installHandler: Callable[[int, Any], Any] = signal.signal) -> None:
+        self.installHandler = installHandler
+        self._handlers: dict[int, list[SignalHandler]] = {}
+        self._previous: dict[int, Any] = {}
+
+    def add(self, signum: int, handler: SignalHandler) -> None:
+        """
+        Call C{handler(signum, frame)} on C{signum}, after those added before.
+        """
+        handlers = self._handlers.setdefault(signum, [])
+        if not handlers:
+            self._previous[signum] = self.installHandler(signum, self._dispatch)
+        handlers.append(handler)
+
+    def remove(self, signum: int, handler: SignalHandler) -> None:
+        """
+        Stop calling C{handler} on C{signum}; once none is left, the real
+        handler is the one there was before the first was added.
+        """
+        handlers = self._handlers.get(signum, [])
+        if handler in handlers:
+            handlers.remove(handler)
+            if not handlers:
+                previous = self._previous.pop(signum)
+                self.installHandler(signum, signal.SIG_DFL if previous is None else previous)
+
+    def _dispatch(self, signum: int, frame: Any) -> None:
+        for handler in list(self._handlers.get(signum, ())):
+            handler(signum, frame)
+
+
+#: This process's signal handlers, which every L{ReloadOnSignal} shares
+#: unless given its own way to install them.
+PROCESS_SIGNALS = SignalHandlers()
 
 
 class ReloadOnSignal(Service):
@@ -36,8 +86,11 @@ class ReloadOnSignal(Service):
     C{upgrade}; without one (a single process) it says that upgrades need
     worker processes, rather than die of the signal.
 
-    @ivar installHandler: installs a signal handler and returns the old one
-        (injected; L{signal.signal} by default).
+    Several in one process (balancers embedded side by side) each get
+    every signal: they share the process's L{SignalHandlers}.
+
+    @ivar signals: where its handlers are added (L{PROCESS_SIGNALS}, unless
+        an C{installHandler} other than L{signal.signal} is injected).
     """
 
     log = Logger()
@@ -49,13 +102,23 @@ class ReloadOnSignal(Service):
         installHandler: Callable[[int, Any], Any] = signal.signal,
         reopenLogs: Callable[[], None] | None = None,
         upgrade: Callable[[], Deferred[Any]] | None = None,
+        signals: SignalHandlers | None = None,
     ) -> None:
+        """
+        @param installHandler: installs a signal handler and returns the
+            old one (L{signal.signal} by default); another gives this
+            service handlers of its own, unless C{signals} is given.
+        @param signals: the handlers to share with other services.
+        """
         self.upgrade = upgrade
         self.live = live
         self.reactor = reactor
-        self.installHandler = installHandler
+        if signals is None:
+            signals = (PROCESS_SIGNALS if installHandler is signal.signal
+                       else SignalHandlers(installHandler))
+        self.signals = signals
         self.reopenLogs = reopenLogs
-        self._previous: dict[int, Any] = {}
+        self._added: list[tuple[int, SignalHandler]] = []
         self._stopping = False
 
     def startService(self) -> None:
@@ -68,14 +131,15 @@ class ReloadOnSignal(Service):
         if self.running:
             self._install(signal.SIGTERM, self._terminate)
 
-    def _install(self, signum: int, handler: Any) -> None:
-        self._previous[signum] = self.installHandler(signum, handler)
+    def _install(self, signum: int, handler: SignalHandler) -> None:
+        self.signals.add(signum, handler)
+        self._added.append((signum, handler))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        for signum, previous in self._previous.items():
-            self.installHandler(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous.clear()
+        for signum, handler in self._added:
+            self.signals.remove(signum, handler)
+        self._added.clear()
         return succeed(None)
 
     def _hangup(self, signum: int, frame: Any) -> None:
@@ -110,7 +174,11 @@ class ReloadOnSignal(Service):
             return
         self._stopping = True
         self.log.info("SIGTERM received: stopping gracefully")
-        self.reactor.stop()
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            # Another balancer in this process got the signal first.
+            pass
 
 
 class GracefulStop(Service):

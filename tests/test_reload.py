@@ -481,6 +481,41 @@ def signalledBalancer(case: TestCase, data: dict[str, Any]) -> Balancer:
     return balancer
 
 
+class EmbeddedSignalTests(TestCase):
+    """
+    Balancers embedded in one process each asked for signals: every one of
+    them gets C{SIGHUP}, whichever started first or stops first.
+    """
+
+    @inlineCallbacks
+    def test_sighupReloadsEach(self) -> Any:
+        """
+        One real C{SIGHUP} reloads both balancers; once the first stops,
+        the next one reloads the second alone; once both stop, the handler
+        the process had before is back.
+        """
+        before = signal.getsignal(signal.SIGHUP)
+        data = poolConfig([("a", "tcp:host=127.0.0.1:port=9")])
+        first, second = signalledBalancer(self, data), signalledBalancer(self, data)
+        lives = [b.live for b in (first, second)]
+        assert lives[0] is not None and lives[1] is not None
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            if all(live.reloads for live in lives):
+                break
+            yield sleep(0.02)
+        self.assertEqual([live.reloads for live in lives], [1, 1])
+        yield first.stopService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            if lives[1].reloads == 2:
+                break
+            yield sleep(0.02)
+        self.assertEqual([live.reloads for live in lives], [1, 2])
+        yield second.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
+
+
 class SignalTests(SynchronousTestCase):
     """
     C{SIGHUP} reloads and C{SIGTERM} stops, through the reactor.
@@ -528,6 +563,42 @@ class SignalTests(SynchronousTestCase):
         self.reactor.calls[0]()
         self.assertEqual(len(t.pools["web"]), 2)
         service.stopService()
+        self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
+                                          signal.SIGUSR2: "oldusr2"})
+
+    def test_twoServicesShareSignals(self) -> None:
+        """
+        Two services sharing one L{SignalHandlers} each get C{SIGHUP} and
+        C{SIGTERM} (the reactor stopped once: the second stop's
+        L{ReactorNotRunning} is not an error); stopped in either order, the
+        old handlers are back once both are.
+        """
+        from twisted.internet.error import ReactorNotRunning
+
+        from lbtwist.lifecycle import SignalHandlers
+
+        def stopOnce() -> None:
+            if self.reactor.stopped:
+                raise ReactorNotRunning()
+            self.reactor.stopped += 1
+
+        self.reactor.stop = stopOnce  # type: ignore[method-assign]
+        shared = SignalHandlers(self.install)
+        lives = [Live(self, configOf(A)), Live(self, configOf(A))]
+        for t in lives:
+            t.next = configOf(A, B)
+        first, second = (ReloadOnSignal(t.live, self.reactor, signals=shared) for t in lives)
+        first.startService()
+        second.startService()
+        self.installed[signal.SIGHUP](signal.SIGHUP, None)
+        self.installed[signal.SIGTERM](signal.SIGTERM, None)
+        for call in self.reactor.calls:
+            call()
+        self.assertEqual([len(t.pools["web"]) for t in lives], [2, 2])
+        self.assertEqual(self.reactor.stopped, 1)
+        first.stopService()
+        self.assertNotEqual(self.installed[signal.SIGHUP], "oldhup")
+        second.stopService()
         self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
                                           signal.SIGUSR2: "oldusr2"})
 
