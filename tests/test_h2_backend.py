@@ -526,6 +526,51 @@ class H2CounterTests(JoinedDialCase):
         })
 
 
+class EncoderTableTests(JoinedDialCase):
+    """
+    The HPACK table the balancer encodes request fields with, towards an
+    HTTP/2 backend.
+    """
+
+    def test_capped(self) -> None:
+        """
+        A backend announcing a huge SETTINGS_HEADER_TABLE_SIZE does not
+        make the balancer keep every request field it sends it in its HPACK
+        table (h2 would, up to 2 GiB): over one connection the table stays
+        within 4096 bytes, the protocol's default, and the backend still
+        reads every field.
+        """
+        from h2.settings import SettingCodes
+
+        requests = 200
+        self.send(b"GET /0 HTTP/1.1\r\nHost: a\r\nX-Request-Id: %040d\r\n\r\n" % 0)
+        proto, transport, server = self.connect(0)
+        server.update_settings({SettingCodes.HEADER_TABLE_SIZE: 2**31 - 1})
+        seen: list[bytes] = []
+
+        def exchange() -> None:
+            data = transport.value()
+            transport.clear()
+            for event in server.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    seen.append(dict(event.headers)[b"x-request-id"])
+                elif isinstance(event, h2.events.StreamEnded):
+                    server.send_headers(event.stream_id, [(b":status", b"200"),
+                                                          (b"content-length", b"0")],
+                                        end_stream=True)
+            proto.dataReceived(server.data_to_send())
+
+        exchange()
+        for i in range(1, requests):
+            self.send(b"GET /%d HTTP/1.1\r\nHost: a\r\nX-Request-Id: %040d\r\n\r\n" % (i, i))
+            exchange()
+        self.assertEqual(self.dialCount(), 1)
+        self.assertEqual(seen, [b"%040d" % i for i in range(requests)])
+        table = proto.h2.encoder.header_table
+        held = sum(32 + len(name) + len(value) for name, value in table.dynamic_entries)
+        self.assertLessEqual(held, 4096)
+
+
 class JoinedDialNotRetriedTests(JoinedDialCase):
     """
     The same without C{connect-failure} in C{retry-on}.

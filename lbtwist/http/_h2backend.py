@@ -72,6 +72,7 @@ from ..dial import BackendProtocol
 from ..pool import Backend
 from ..tcp import setNoDelay
 from ._gate import ProducerGate, takeWindow
+from ._h2 import ENCODER_TABLE_SIZE
 from ._plan import BadTrailer, forwarded, trailerFields
 
 # The window each response stream is given: what a stream may hold of a
@@ -651,6 +652,13 @@ class H2BackendConnection(BackendProtocol):
             elif isinstance(event, ConnectionTerminated):
                 self._goneAway(event.last_stream_id or 0)
             elif isinstance(event, RemoteSettingsChanged):
+                if SettingCodes.HEADER_TABLE_SIZE in event.changed_settings:
+                    # h2 sizes its encoder's table as the backend allows, up
+                    # to 2 GiB, and every request field sent is kept in it:
+                    # keep it to the protocol's default, as towards clients.
+                    encoder = self.h2.encoder
+                    if encoder.header_table_size > ENCODER_TABLE_SIZE:
+                        encoder.header_table_size = ENCODER_TABLE_SIZE
                 if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     for s in list(streams.values()):
                         if s._out:
