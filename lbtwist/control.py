@@ -30,6 +30,7 @@ from .config import (
     parseRoutes,
     parseSlowStart,
 )
+from .endpoints import parseEndpoint
 from .pool import Admin, Backend, BackendPool
 from .reload import LiveConfig, UnknownListener
 
@@ -103,6 +104,30 @@ def checkBackup(value: object, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(path, f"expected true or false, got {shown(value)}")
     return value
+
+
+def _refuseSSL(pool: BackendPool, endpoint: object) -> None:
+    """
+    Refuse an C{ssl:} endpoint for a backend added at run time, saying what
+    works there: the configuration's hint (a C{tls} block of the backend's
+    own) does not, since a backend added so takes its pool's block.
+
+    @raise ConfigError: C{endpoint} is an C{ssl:} endpoint string.
+    """
+    if not isinstance(endpoint, str) or endpoint.partition(":")[0] != "ssl":
+        return
+    try:
+        address = parseEndpoint(endpoint, False).authority or "HOST:PORT"
+    except ValueError:
+        address = "HOST:PORT"
+    if pool.config.tls is not None:
+        advice = f"has one, so add it as {address}"
+    else:
+        advice = ("has none; give it one (tls: {ca: FILE}, or ca: system) in the "
+                  f"configuration file, or add the backend to a pool that has one, as {address}")
+    raise ConfigError("endpoint", "an ssl: backend endpoint does not verify the backend's "
+                      "certificate, and a backend added at run time speaks TLS as its "
+                      f"pool's tls block says: pool {pool.name!r} {advice}")
 
 
 def _settled(change: Callable[[], T]) -> Deferred[T]:
@@ -225,6 +250,7 @@ class BalancerControl:
         if "weight" in data:
             checkWeight(data["weight"], "weight")
         admin = checkState(state, "state")
+        _refuseSSL(live, data.get("endpoint"))
         try:
             config = parseBackend(data, "", live.config.health, directory=NO_DIRECTORY)
         except ConfigError as e:

@@ -156,6 +156,31 @@ class AddBackendCheckTests(EmbeddedCase):
         self.assertEqual((backend.name, backend.endpoint),
                          ("127.0.0.1:8082", "tcp:host=127.0.0.1:port=8082"))
 
+    def test_sslEndpoint(self) -> None:
+        """
+        An C{ssl:} endpoint (which verifies nothing) is refused with what
+        works at run time, where a backend cannot be given a C{tls} block of
+        its own: its pool's block says how it speaks TLS, so it is added as
+        C{HOST:PORT} to a pool that has one; a pool with none is named as
+        needing one.
+        """
+        ssl = {"name": "s", "endpoint": "ssl:host=app.internal:port=443"}
+        e = self.assertRaises(ConfigError, self.control().addBackend, "web", ssl)
+        self.assertEqual((e.path, e.problem), (
+            "endpoint",
+            "an ssl: backend endpoint does not verify the backend's certificate, and a "
+            "backend added at run time speaks TLS as its pool's tls block says: pool 'web' "
+            "has none; give it one (tls: {ca: FILE}, or ca: system) in the configuration "
+            "file, or add the backend to a pool that has one, as app.internal:443"))
+        control = self.control(configData(tls={"ca": "system"}))
+        e = self.assertRaises(ConfigError, control.addBackend, "web", ssl)
+        self.assertEqual(e.problem, (
+            "an ssl: backend endpoint does not verify the backend's certificate, and a "
+            "backend added at run time speaks TLS as its pool's tls block says: pool 'web' "
+            "has one, so add it as app.internal:443"))
+        added = result(control.addBackend("web", {"name": "s", "endpoint": "app.internal:443"}))
+        self.assertEqual(added.config.tls.ca, "system")
+
     def test_hostIPv6InBrackets(self) -> None:
         """
         An IPv6 C{host} in brackets, as a URL writes it, is the bare address:

@@ -101,7 +101,8 @@ class CommandTests(TestCase):
     def test_errors(self) -> Any:
         """
         Refusals exit non-zero with the API's message in one line: no token,
-        an unknown backend or pool, an unreachable API.
+        an unknown backend or pool, a bad host, an ssl: endpoint (with what
+        to give instead), an unreachable API.
         """
         h = AdminHarness(self)
         _, err, code = yield ctl(h.admin, "drain", "a", token=None)
@@ -122,6 +123,13 @@ class CommandTests(TestCase):
         self.assertIn(b"400 host: expected a host name or an IP address, like 'app.internal', "
                       b"'10.0.0.5', '::1' or '[::1]', got '[::1'\n", err)
         self.assertNotIn("c", h.pool)
+        _, err, code = yield ctl(h.admin, "add", "s", "ssl:host=127.0.0.1:port=8443")
+        self.assertEqual(code, 1)
+        self.assertIn(b"400 endpoint: an ssl: backend endpoint does not verify the backend's "
+                      b"certificate, and a backend added at run time speaks TLS as its pool's "
+                      b"tls block says: pool 'web' has none;", err)
+        self.assertIn(b"as 127.0.0.1:8443\n", err)
+        self.assertNotIn("s", h.pool)
         _, err, code = yield ctl(1, "list")
         self.assertEqual(code, 1)
         self.assertIn(b"cannot reach the admin API", err)
