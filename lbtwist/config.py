@@ -11,6 +11,7 @@ Nothing here touches the network.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import ipaddress
 import math
@@ -630,6 +631,61 @@ def _describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
+# HAProxy's and nginx's spellings of keys, with what each is here: the
+# first of its keys that the mapping allows is named (C{server} is a
+# backend's endpoint in a backend, the response timeout in C{timeouts}).
+_FOREIGN_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "balance": (("HAProxy's balance", "policy", ""),),
+    "slowstart": (("HAProxy's slowstart", "slow-start", ""),),
+    "bind": (("HAProxy's bind", "listen", ""),),
+    "default_backend": (("HAProxy's default_backend", "pool", ""),),
+    "use_backend": (("HAProxy's use_backend", "pool", ""),),
+    "backend": (("HAProxy's backend", "pool", ""),),
+    "upstream": (("nginx's upstream", "pool", ""),),
+    "servers": (("HAProxy's server lines", "backends", ""),),
+    "server": (("HAProxy's server ADDRESS", "endpoint", " (or host and port)"),
+               ("HAProxy's timeout server", "response",
+                " (and idle, for a body or tunnel that stalls)")),
+    "client": (("HAProxy's timeout client", "idle", " (and request, for a request head)"),),
+    "timeout": (("HAProxy's timeout", "timeouts", ""),),
+    "inter": (("HAProxy's check inter", "interval", ""),),
+    "uri": (("HAProxy's option httpchk URI", "path", ""),),
+    "expect": (("HAProxy's http-check expect status", "expect-status", ""),),
+    "check": (("HAProxy's check", "health", " (checks are on unless it is set to tcp)"),),
+    "httpchk": (("HAProxy's option httpchk", "health", ""),),
+    "cookie": (("HAProxy's cookie NAME insert", "sticky", " ({cookie: NAME})"),),
+    "max_conns": (("nginx's max_conns", "maxconn", ""),),
+    "ssl": (("HAProxy's bind ... ssl", "tls", ""),),
+    "crt": (("HAProxy's crt", "cert", " (and key: the same file if it holds the key)"),
+            ("HAProxy's crt", "certificates", ""),),
+    "path_beg": (("HAProxy's path_beg", "path-prefix", ""),),
+    "path_reg": (("HAProxy's path_reg", "path-regex", ""),),
+    "hdr": (("HAProxy's hdr", "header", ""),),
+    "src": (("HAProxy's src", "source", ""),),
+    "replace-path": (("HAProxy's replace-path", "strip-prefix", " (or prefix)"),),
+    "add_header": (("nginx's add_header", "response-headers", " ({set: {NAME: VALUE}})"),),
+    "http-response": (("HAProxy's http-response set-header", "response-headers", ""),),
+    "http-request": (("HAProxy's http-request set-header", "request-headers", ""),),
+}
+
+
+def _unknownKeyHint(key: str, allowed: Sequence[str]) -> str:
+    """
+    What to add to the refusal of an unknown C{key}: what HAProxy's or
+    nginx's spelling of a key is here, else the allowed key it is nearest
+    (another case, underscores for dashes, a slip of one or two letters),
+    else nothing.
+    """
+    for spelling in (key, key.replace("-", "_"), key.replace("_", "-")):
+        for whose, ours, more in _FOREIGN_KEYS.get(spelling, ()):
+            if ours in allowed:
+                return f"; {whose} is {ours} here{more}"
+    normal = key.lower().replace("_", "-")
+    near = [normal] if normal in allowed else difflib.get_close_matches(
+        normal, list(allowed), n=1, cutoff=0.8)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
 def _mapping(data: object, path: str, allowed: Sequence[str]) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise ConfigError(path, f"expected a mapping, got {_describe(data)}")
@@ -638,6 +694,7 @@ def _mapping(data: object, path: str, allowed: Sequence[str]) -> Mapping[str, An
             where = f"{path}.{key}" if path else str(key)
             raise ConfigError(
                 where, f"unknown key (expected one of: {', '.join(allowed)})"
+                       f"{_unknownKeyHint(str(key), allowed)}"
             )
     return data
 

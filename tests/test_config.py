@@ -435,6 +435,56 @@ class ErrorTests(SynchronousTestCase):
                          "in extensions registers), got 'icmp'")
 
 
+    def test_unknownKeyNamesItsSpellingHere(self) -> None:
+        """
+        An unknown key that is HAProxy's or nginx's spelling of a key of that
+        mapping is refused with the allowed keys, then the key it is here.
+        """
+        pools = ("policy, retries, timeouts, health, backends, http, sticky, "
+                 "proxy-protocol, queue, access-log, retry-on, retry-budget, outlier, "
+                 "all-backups, slow-start, discovery, tls, protocol")
+        self.assertError(minimal(balance="leastconn"),
+                         f"pools.web.balance: unknown key (expected one of: {pools}); "
+                         "HAProxy's balance is policy here")
+        self.assertError(minimal(slowstart="30s"),
+                         f"pools.web.slowstart: unknown key (expected one of: {pools}); "
+                         "HAProxy's slowstart is slow-start here")
+        self.assertError(minimal(timeouts={"client": "30s"}),
+                         "pools.web.timeouts.client: unknown key (expected one of: connect, "
+                         "idle, response, request); HAProxy's timeout client is idle here "
+                         "(and request, for a request head)")
+        self.assertError(minimal(timeouts={"server": "30s"}),
+                         "pools.web.timeouts.server: unknown key (expected one of: connect, "
+                         "idle, response, request); HAProxy's timeout server is response "
+                         "here (and idle, for a body or tunnel that stalls)")
+        self.assertError(minimal(health={"uri": "/health"}),
+                         "pools.web.health.uri: unknown key (expected one of: interval, "
+                         "timeout, rise, fall, type, method, path, host, expect-status, "
+                         "expect-body); HAProxy's option httpchk URI is path here")
+        data = minimal()
+        data["listeners"] = [{"bind": "tcp:8080"}]
+        self.assertError(data,
+                         "listeners[0].bind: unknown key (expected one of: name, listen, pool, "
+                         "mode, tls, routes, default-route, http2); HAProxy's bind is listen "
+                         "here")
+
+    def test_unknownKeyNamesTheNearKey(self) -> None:
+        """
+        An unknown key spelt near an allowed one (another case, underscores
+        for dashes, a typing slip) is refused with the allowed keys, then
+        the near one.
+        """
+        self.assertError(minimal(health={"expect_status": "200"}),
+                         "pools.web.health.expect_status: unknown key (expected one of: "
+                         "interval, timeout, rise, fall, type, method, path, host, "
+                         "expect-status, expect-body); did you mean expect-status?")
+        self.assertError(minimal(queue={"timout": "5s"}),
+                         "pools.web.queue.timout: unknown key (expected one of: size, "
+                         "timeout); did you mean timeout?")
+        self.assertError(minimal(queue={"depth": 5}),
+                         "pools.web.queue.depth: unknown key (expected one of: size, timeout)")
+
+
 class ExtensionTests(SynchronousTestCase):
     """
     C{extensions}: modules imported before the rest is checked, whose
