@@ -776,6 +776,35 @@ def _unique(items: Sequence[T], key: Callable[[T], str], path: str, what: str) -
         seen[k] = i
 
 
+_LISTEN_ADDRESS = re.compile(r"^(?:(\*|\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9.]*):)?([0-9]{1,5})$")
+
+
+def _listenAddress(text: str) -> str | None:
+    """
+    The server endpoint string for an address written as HAProxy's C{bind}
+    or nginx's C{listen} write it (C{127.0.0.1:8443}, C{:80}, C{*:80},
+    C{[::1]:443}, C{8080}), or L{None} if C{text} is no such address.
+    """
+    m = _LISTEN_ADDRESS.match(text)
+    if m is None:
+        return None
+    host, port = m.groups()
+    if host in (None, "", "*", "0.0.0.0"):
+        return f"tcp:{port}"
+    if host.startswith("["):
+        address = host[1:-1]
+        if address in ("", "::"):
+            return f"tcp6:{port}"
+        return f"tcp6:{port}:interface={address.replace(':', chr(92) + ':')}"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return None  # udp:53 is no address of HAProxy's
+    return f"tcp:{port}:interface={host}"
+
+
 def validateEndpoint(value: object, path: str, server: bool) -> str:
     """
     Check the shape of a Twisted endpoint string (see L{lbtwist.endpoints}).
@@ -789,11 +818,13 @@ def validateEndpoint(value: object, path: str, server: bool) -> str:
     try:
         endpoint = parseEndpoint(text, server)
     except ValueError:
+        written = _listenAddress(text) if server else None
         raise ConfigError(
             path,
             f"expected an endpoint string starting with one of "
             f"{', '.join(t + ':' for t in ENDPOINT_TYPES)}"
-            f"{'' if server else ', or HOST:PORT'}, got {text!r}",
+            f"{'' if server else ', or HOST:PORT'}, got {text!r}"
+            f"{'' if written is None else f'; write {written}'}",
         ) from None
     if endpoint.kind == "systemd":
         # A socket systemd passes (socket activation), as Twisted names it.

@@ -222,6 +222,29 @@ class ErrorTests(SynchronousTestCase):
         self.assertError(minimal(health={"fall": 0}),
                          "pools.web.health.fall: expected an integer 1-100, got 0")
 
+    def test_listenAsHAProxyOrNginxWritesIt(self) -> None:
+        """
+        A listener given as HAProxy's C{bind} or nginx's C{listen} writes its
+        address (C{HOST:PORT}, C{:PORT}, C{*:PORT}, C{[IPV6]:PORT}, a bare
+        port) is refused with the endpoint string that says the same.
+        """
+        kinds = "tcp:, tcp6:, unix:, ssl:, tls:, systemd:"
+        for given, endpoint in [("127.0.0.1:8443", "tcp:8443:interface=127.0.0.1"),
+                                (":8080", "tcp:8080"), ("*:8080", "tcp:8080"),
+                                ("0.0.0.0:8080", "tcp:8080"), ("8080", "tcp:8080"),
+                                ("localhost:8080", "tcp:8080:interface=127.0.0.1"),
+                                ("[::1]:8443", "tcp6:8443:interface=\\:\\:1"),
+                                ("[::]:80", "tcp6:80")]:
+            data = minimal()
+            data["listeners"][0]["listen"] = given
+            self.assertError(data, f"listeners[0].listen: expected an endpoint string "
+                                   f"starting with one of {kinds}, got {given!r}; "
+                                   f"write {endpoint}")
+        data = minimal()
+        data["listeners"][0]["listen"] = "udp:53"
+        self.assertError(data, f"listeners[0].listen: expected an endpoint string starting "
+                               f"with one of {kinds}, got 'udp:53'")
+
     def test_badEndpoints(self) -> None:
         """
         Endpoint strings are checked for their kind and address.
