@@ -1164,6 +1164,10 @@ def parseSticky(data: object, path: str) -> Sticky | None:
         return None
     if data == "source":
         return Sticky("source")
+    if isinstance(data, str):
+        shape = f" (write {{{data}: NAME}})" if data in ("cookie", "header") else ""
+        raise ConfigError(path, "expected {cookie: NAME}, {header: NAME} or source, "
+                                f"got {data!r}{shape}")
     d = _mapping(data, path, ("cookie", "header", "source"))
     if len(d) != 1:
         raise ConfigError(path, "expected exactly one of cookie, header, source")
@@ -1521,7 +1525,9 @@ def parseCertificates(data: object, path: str,
         d = _mapping(item, where, ("cert", "key"))
         for key in ("cert", "key"):
             if key not in d:
-                raise ConfigError(f"{where}.{key}", "required (a PEM file)")
+                raise ConfigError(f"{where}.{key}", "required (a PEM file; the cert file "
+                                                    "again if it holds the key too, as "
+                                                    "HAProxy's crt file does)")
         files.append(CertificateFiles(configFile(d["cert"], f"{where}.cert", directory),
                                       configFile(d["key"], f"{where}.key", directory)))
     return tuple(files)

@@ -330,7 +330,8 @@ class ErrorTests(SynchronousTestCase):
             (tls({"certificates": []}),
              "listeners[0].tls.certificates: expected at least one {cert: FILE, key: FILE}"),
             (tls({"certificates": [{"cert": "a.pem"}]}, listen="tcp:8443"),
-             "listeners[0].tls.certificates[0].key: required (a PEM file)"),
+             "listeners[0].tls.certificates[0].key: required (a PEM file; the cert file "
+             "again if it holds the key too, as HAProxy's crt file does)"),
             (tls({"certificates": [{"cert": "a.pem", "key": "a.key", "chain": "c.pem"}]}),
              "listeners[0].tls.certificates[0].chain: unknown key (expected one of: cert, key)"),
             (tls({"certificates": [{"cert": "", "key": "a.key"}]}),
@@ -457,6 +458,21 @@ class ErrorTests(SynchronousTestCase):
                          "pools.web.health.type: expected one of tcp, http (or one a module "
                          "in extensions registers), got 'icmp'")
 
+
+    def test_stickyAsAWord(self) -> None:
+        """
+        C{sticky} given as a word other than C{source} is refused with the
+        shapes it takes, the word's own first.
+        """
+        self.assertError(minimal(sticky="cookie"),
+                         "pools.web.sticky: expected {cookie: NAME}, {header: NAME} or "
+                         "source, got 'cookie' (write {cookie: NAME})")
+        self.assertError(minimal(sticky="header"),
+                         "pools.web.sticky: expected {cookie: NAME}, {header: NAME} or "
+                         "source, got 'header' (write {header: NAME})")
+        self.assertError(minimal(sticky="ip"),
+                         "pools.web.sticky: expected {cookie: NAME}, {header: NAME} or "
+                         "source, got 'ip'")
 
     def test_unknownKeyNamesItsSpellingHere(self) -> None:
         """
