@@ -7,7 +7,7 @@ header, the access log and the ALPN protocols offered over TLS.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import txaio
 from twisted.internet.interfaces import IProtocolNegotiationFactory
@@ -130,6 +130,10 @@ class ListenerFactory(ServerFactory):
     @ivar limit: the global maxconn shared by every listener, if set.
     @ivar accessLog: where the access log goes, if anywhere: events with
         C{access-log: true}, else a file the balancer owns and sets here.
+    @ivar accessLogs: when the balancer sets it, the access log of each
+        pool that has one, by pool name (read live: it follows the pools
+        added and removed at run time): a request or connection is logged
+        by the pool its route chose, and C{accessLog} is not used.
     @ivar alpn: the protocols offered over ALPN, most preferred first (set
         by the balancer from the listener's configuration).
     @ivar accessLogErrors: how many times the access-log sink raised.
@@ -150,6 +154,7 @@ class ListenerFactory(ServerFactory):
         self.accessLog: IAccessLog | None = (
             AccessLogEvents(self) if pool.config.accessLog is True else None
         )
+        self.accessLogs: Mapping[str, IAccessLog] | None = None
 
     def accessLogFailed(self) -> None:
         """

@@ -317,6 +317,9 @@ class LoadBalancer(AllOrNothingService):
         # started before the listeners.
         self.accessLogs: dict[AccessLogSink, IAccessLog] = {}
         self.accessFiles: dict[str, AccessLogFile] = {}
+        # Each pool's sink by pool name, which every listener reads: a
+        # request is logged by the pool that served it.
+        self.poolAccessLogs: dict[str, IAccessLog] = {}
         for p in config.pools:
             self._accessLog(p)
         # The certificates of each listener that terminates TLS, by name.
@@ -326,6 +329,7 @@ class LoadBalancer(AllOrNothingService):
             factory = MODES[listener.mode](self, listener, pool)
             if self.limit is not None:
                 factory.limit = self.limit  # type: ignore[attr-defined]
+            factory.accessLogs = self.poolAccessLogs  # type: ignore[attr-defined]
             factory.alpn = tuple(p.encode("ascii") for p in listener.alpn)  # type: ignore[attr-defined]
             sink = pool.config.accessLogSink
             if sink is not None:
@@ -367,9 +371,13 @@ class LoadBalancer(AllOrNothingService):
         that is a service starts and stops with the balancer.
         """
         spec = p.accessLogSink
-        if spec is None or spec in self.accessLogs:
+        if spec is None:
+            return
+        if spec in self.accessLogs:
+            self.poolAccessLogs[p.name] = self.accessLogs[spec]
             return
         sink = self.accessLogs[spec] = ACCESS_LOGS[spec.name](dict(spec.options), self.reactor)
+        self.poolAccessLogs[p.name] = sink
         if IService.providedBy(sink):
             sink.setServiceParent(self)
         if isinstance(sink, AccessLogFile):
@@ -415,6 +423,7 @@ class LoadBalancer(AllOrNothingService):
         if config.name in self.pools:
             raise KeyError(config.name)
         self._warnUnverified(config)
+        self._accessLog(config)
         pool = self.pools[config.name] = BackendPool(config, self._rng, self.reactor.seconds)
         self._monitor(pool)
         self.log.info("pool {pool} added with {backendCount}", pool=config.name,
@@ -430,6 +439,7 @@ class LoadBalancer(AllOrNothingService):
         @raise KeyError: there is no pool of that name.
         """
         pool = self.pools.pop(name)
+        self.poolAccessLogs.pop(name, None)
         for services in (self.monitors, self.discoveries):
             service = services.pop(name, None)
             if service is not None:

@@ -264,7 +264,7 @@ class ClientSide(_Side):
             self.backend = None
         self.factory.clientGone()
         # Last, once every count is settled.
-        if self.factory.accessLog is not None:
+        if self.factory.accessLog is not None or self.factory.accessLogs:
             self.logConnection(backend)
         self.finished = True
         if self.peer is None or self.peer.closed:
@@ -285,17 +285,23 @@ class ClientSide(_Side):
         """
         Write the access-log line of this finished connection to C{backend}
         (a sink that raises loses the line, not the rest of the close: see
-        L{ListenerFactory.accessLogFailed}).
+        L{ListenerFactory.accessLogFailed}), to the access log of the pool
+        its route chose.
         """
+        factory = self.factory
+        logs = factory.accessLogs
+        log = factory.accessLog if logs is None else logs.get(self.pool.name)
+        if log is None:
+            return
         peer = self.peer
         try:
-            self.factory.accessLog.connection(  # type: ignore[union-attr]
+            log.connection(
                 self.clientName, backend.name if backend is not None else None, self.received,
                 peer.received if peer is not None else 0,
                 self.session.seconds() - self.session.started, self.failedTries,
             )
         except Exception:
-            self.factory.accessLogFailed()
+            factory.accessLogFailed()
 
 
 class BackendSide(_Side, BackendProtocol):

@@ -16,8 +16,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.accesslog import AccessLogFile, httpLine, tcpLine
+from lbtwist.config import parseConfig
 
-from .httphelpers import RecordingBackend, waitFor
+from .httphelpers import RecordingBackend, httpRequests, waitFor
 from .support import Backends, firstLine, inThread, reactor, startBalancer
 from .test_http_features import tunnelSession, upgradeAccepted
 
@@ -245,6 +246,86 @@ class BalancerAccessLogTests(TestCase):
         for conn in backend.connections:
             if conn.transport.connected:
                 conn.transport.abortConnection()
+
+    @inlineCallbacks
+    def test_httpRoutedPools(self) -> Any:
+        """
+        Behind routes, each request is logged by the access log of the pool
+        that served it (none for a pool without one); a request the
+        listener answers itself (a redirect) by its own pool's, the first
+        route's for a listener with routes only.  A pool added at run time
+        logs by its own too.
+        """
+        paths = {name: self.logPath() for name in ("a", "b", "d")}
+        backends = {name: RecordingBackend(name) for name in ("a", "b", "c", "d")}
+        for backend in backends.values():
+            backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+            self.addCleanup(backend.port.stopListening)
+
+        def pool(name: str, log: bool) -> dict[str, Any]:
+            body: dict[str, Any] = {"backends": [{"name": name,
+                                                  "endpoint": backends[name].endpoint}]}
+            if log:
+                body["access-log"] = paths[name]
+            return body
+
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1",
+                           "mode": "http", "routes": [
+                               {"name": "a", "match": {"path-prefix": "/a/"}, "pool": "a"},
+                               {"name": "b", "match": {"path-prefix": "/b/"}, "pool": "b"},
+                               {"name": "c", "match": {"path-prefix": "/c/"}, "pool": "c"},
+                               {"name": "d", "match": {"path-prefix": "/d/"}, "pool": "a"},
+                               {"name": "r", "redirect": {"scheme": "https"}}]}],
+            "pools": {"a": pool("a", True), "b": pool("b", True), "c": pool("c", False)},
+        })
+        lb.addPool(parseConfig({"listeners": [{"listen": "tcp:0"}],
+                                "pools": {"d": pool("d", True)}}).pool("d"))
+        routes = list(lb.config.listeners[0].routes)
+        routes[3] = parseConfig({
+            "listeners": [{"listen": "tcp:0", "mode": "http", "routes": [
+                {"name": "d", "match": {"path-prefix": "/d/"}, "pool": "d"}]}],
+            "pools": {"d": pool("d", True)}}).listeners[0].routes[0]
+        lb.factories["main"].setRoutes(routes, None)  # type: ignore[attr-defined]
+
+        answers = yield httpRequests(port, [("GET", p, None, {}) for p in
+                                            ("/a/1", "/b/1", "/c/1", "/d/1", "/elsewhere")])
+        self.assertEqual([status for status, _, _ in answers], [200, 200, 200, 200, 302])
+        yield lb.stopService()
+        logged = {name: [line.split(" ")[3:6] for line in read(path)]
+                  for name, path in paths.items()}
+        self.assertEqual(logged, {
+            "a": [["/a/1", "200", "backend=a"], ["/elsewhere", "302", "backend=None"]],
+            "b": [["/b/1", "200", "backend=b"]],
+            "d": [["/d/1", "200", "backend=d"]],
+        })
+        for backend in backends.values():
+            for conn in backend.connections:
+                if conn.transport.connected:
+                    conn.transport.abortConnection()
+
+    @inlineCallbacks
+    def test_tcpRoutedPools(self) -> Any:
+        """
+        Behind TCP routes, each connection is logged by the access log of
+        the pool its route chose, not that of the listener's first route.
+        """
+        path = self.logPath()
+        backends = Backends(self)
+        backends.start("a")
+        backends.start("b")
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1", "routes": [
+                {"name": "far", "match": {"source": "10.0.0.0/8"}, "pool": "a"},
+                {"name": "near", "match": {"source": "127.0.0.1"}, "pool": "b"}]}],
+            "pools": {"a": {"backends": [{"name": "a", "endpoint": backends.endpoint("a")}]},
+                      "b": {"access-log": path,
+                            "backends": [{"name": "b", "endpoint": backends.endpoint("b")}]}},
+        })
+        yield inThread(firstLine, port)
+        yield waitFor(lambda: lb.accessFiles[path].lines == 1)
+        yield lb.stopService()
+        self.assertIn(" tcp backend=b ", read(path)[0])
 
     @inlineCallbacks
     def test_httpTunnel(self) -> Any:

@@ -69,7 +69,7 @@ class HTTPProxyFactory(ListenerFactory):
     # every request.  (C{limit} and C{alpn}, class defaults the balancer
     # may set, stay in the instance dictionary.)
     __slots__ = (
-        "_dialler", "abandoned", "accepted", "accessLog", "activeClients", "clients",
+        "_dialler", "abandoned", "accepted", "accessLog", "accessLogs", "activeClients", "clients",
         "forwardedProto", "h2Calmed", "h2Connections", "h2Refused", "h2Responses", "h2Streams",
         "http2", "idleTimeout", "maxHeaderSize", "maxRequestLine", "measuredAbove", "pool",
         "pools", "proxyHeader", "reactor", "refused", "requestTimeout", "router", "seconds",
@@ -259,7 +259,7 @@ class HTTPProxyFactory(ListenerFactory):
         line.
         """
         self.countStatus(ex)
-        if self.accessLog is not None:
+        if self.accessLog is not None or self.accessLogs:
             self.logAccess(ex)
 
     def countStatus(self, ex: Exchange) -> None:
@@ -287,10 +287,12 @@ class HTTPProxyFactory(ListenerFactory):
         """
         Write the access-log line of C{ex}, if the access log is on: its
         duration runs from the request to now (for an upgrade, to the
-        tunnel's close, with the tunnel's bytes each way).  A sink that
+        tunnel's close, with the tunnel's bytes each way), to the access
+        log of the pool that served it (see L{accessLogs}).  A sink that
         raises loses its line, not the exchange (see L{accessLogFailed}).
         """
-        log = self.accessLog
+        logs = self.accessLogs
+        log = self.accessLog if logs is None else logs.get(ex.upstream.pool.name)
         if log is not None:
             backend = ex.backend
             try:
