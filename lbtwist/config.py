@@ -1806,7 +1806,7 @@ def parseMatch(data: object, path: str, mode: str) -> Match:
 
 
 def _redirect(data: object, path: str) -> Redirect:
-    d = _mapping(data, path, ("location", "scheme", "code", "keep-path"))
+    d = _mapping(data, path, ("location", "scheme", "code", "keep-path", "port"))
     given = [k for k in ("location", "scheme") if k in d]
     if len(given) != 1:
         raise ConfigError(path, "expected exactly one of location, scheme")
@@ -1819,8 +1819,13 @@ def _redirect(data: object, path: str) -> Redirect:
         if "keep-path" in d:
             raise ConfigError(f"{path}.keep-path",
                               "a scheme redirect always keeps the path and query")
+        port = d.get("port")
         return Redirect(scheme=_choice(d["scheme"], f"{path}.scheme", ("http", "https")),
-                        code=code)
+                        code=code,
+                        port=None if port is None else _integer(port, f"{path}.port", 1, 65535))
+    if "port" in d:
+        raise ConfigError(f"{path}.port", "only a scheme redirect takes a port (a location "
+                                          "writes its own)")
     location = _string(d["location"], f"{path}.location")
     if any(c in location for c in " \t\r\n\0") or not re.match(r"(https?://[^/?#]+|/)",
                                                                location):

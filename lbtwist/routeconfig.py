@@ -90,12 +90,15 @@ class Redirect:
     @ivar location: a fixed URL to send the client to; or
     @ivar scheme: the scheme to send it to on the same host, path and query.
     @ivar keepPath: with C{location}, append the request's path and query.
+    @ivar port: with C{scheme}, the port to send it to (default: the
+        scheme's own, no port written).
     """
 
     location: str | None = None
     scheme: str | None = None
     code: int = DEFAULT_REDIRECT_CODE
     keepPath: bool = False
+    port: int | None = None
 
 
 @attrs.frozen

@@ -124,11 +124,14 @@ class PoolSplit:
 def redirectLocation(redirect: Redirect, host: bytes, path: bytes, query: bytes) -> bytes:
     """
     The C{Location} of a redirect: the same host, path and query on another
-    scheme (the port is dropped: it was the old scheme's); or the fixed
-    location, with the request's path and query appended if C{keepPath}.
+    scheme (the port is dropped: it was the old scheme's; the redirect's
+    C{port} if it has one); or the fixed location, with the request's path
+    and query appended if C{keepPath}.
     """
     target = path + b"?" + query if query else path
     if redirect.scheme is not None:
+        if redirect.port is not None:
+            host += b":%d" % (redirect.port,)
         return redirect.scheme.encode("ascii") + b"://" + host + target
     assert redirect.location is not None
     location = redirect.location.encode("utf-8")

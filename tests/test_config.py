@@ -23,6 +23,7 @@ from lbtwist.config import (
     loadConfigFile,
     parseConfig,
 )
+from lbtwist.routeconfig import Redirect
 from lbtwist.state import defaultStatePath
 
 
@@ -1034,6 +1035,9 @@ class RouteConfigTests(SynchronousTestCase):
         self.assertEqual(static.match.methods, ("GET", "HEAD"))
         self.assertEqual(static.rewrite.stripPrefix, "/static")  # type: ignore[union-attr]
         self.assertEqual(old.redirect.code, 308)  # type: ignore[union-attr]
+        (https,) = parseConfig(routed([{"redirect": {"scheme": "https", "port": 8443}}]),
+                               readFile).listeners[0].routes
+        self.assertEqual(https.redirect, Redirect(scheme="https", port=8443))
         self.assertEqual(internal.match.sources, ("10.0.0.0/8", "::1/128"))
         self.assertEqual(web.pools, (("web", 95), ("api", 5)))
         self.assertEqual((web.rateLimit.rate, web.rateLimit.header),  # type: ignore[union-attr]
@@ -1089,6 +1093,9 @@ class RouteConfigTests(SynchronousTestCase):
             ([{"pool": "api", "redirect": {"scheme": "https"}}], f"{r}[0]", {}),
             ([{"match": {}}], f"{r}[0]", {}),
             ([{"redirect": {"scheme": "https", "code": 300}}], f"{r}[0].redirect.code", {}),
+            ([{"redirect": {"scheme": "https", "port": 0}}], f"{r}[0].redirect.port", {}),
+            ([{"redirect": {"location": "https://a/", "port": 8443}}],
+             f"{r}[0].redirect.port", {}),
             ([{"redirect": {"location": "https://a/?x=1", "keep-path": True}}],
              f"{r}[0].redirect.keep-path", {}),
             ([{"redirect": {"location": "new.example.com"}}], f"{r}[0].redirect.location", {}),

@@ -275,6 +275,17 @@ class ActionTests(SynchronousTestCase):
         for redirect, path, query, expected in cases:
             self.assertEqual(redirectLocation(redirect, b"example.com", path, query), expected)
 
+    def test_redirectPort(self) -> None:
+        """
+        A scheme redirect with a C{port} sends the client to that port of
+        the same host (an IPv6 literal keeps its brackets), path and query.
+        """
+        redirect = Redirect(scheme="https", port=8443)
+        self.assertEqual(redirectLocation(redirect, b"example.com", b"/a", b"x=1"),
+                         b"https://example.com:8443/a?x=1")
+        self.assertEqual(redirectLocation(redirect, b"[::1]", b"/", b""),
+                         b"https://[::1]:8443/")
+
     def test_stripPrefix(self) -> None:
         """
         The prefix is taken off on a segment boundary, the query kept, an

@@ -185,7 +185,9 @@ def routeData(route: Route, default: bool = False) -> dict[str, Any]:
         data["pools"] = dict(route.pools)
     if route.redirect is not None:
         r = route.redirect
-        data["redirect"] = ({"scheme": r.scheme, "code": r.code} if r.scheme is not None else
+        data["redirect"] = ({"scheme": r.scheme, "code": r.code,
+                             **({"port": r.port} if r.port is not None else {})}
+                            if r.scheme is not None else
                             {"location": r.location, "code": r.code,
                              **({"keep-path": True} if r.keepPath else {})})
     if route.respond is not None:
