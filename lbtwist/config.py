@@ -669,18 +669,30 @@ _FOREIGN_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 
 
-def _unknownKeyHint(key: str, allowed: Sequence[str]) -> str:
+# The same for the names of policies and check kinds.
+_FOREIGN_NAMES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "least_conn": (("nginx's least_conn", "leastconn", ""),),
+    "ip_hash": (("nginx's ip_hash", "source", ""),),
+    "static-rr": (("HAProxy's static-rr", "roundrobin", ""),),
+    "random_two": (("nginx's random two", "p2c", ""),),
+    "httpchk": (("HAProxy's option httpchk", "http", ""),),
+    "tcp-check": (("HAProxy's option tcp-check", "tcp", ""),),
+}
+
+
+def _spellingHint(word: str, allowed: Sequence[str],
+                  foreign: Mapping[str, tuple[tuple[str, str, str], ...]] = _FOREIGN_KEYS) -> str:
     """
-    What to add to the refusal of an unknown C{key}: what HAProxy's or
-    nginx's spelling of a key is here, else the allowed key it is nearest
-    (another case, underscores for dashes, a slip of one or two letters),
-    else nothing.
+    What to add to the refusal of an unknown key or name C{word}: what
+    HAProxy's or nginx's spelling of it is here (from C{foreign}), else the
+    allowed one it is nearest (another case, underscores for dashes, a slip
+    of one or two letters), else nothing.
     """
-    for spelling in (key, key.replace("-", "_"), key.replace("_", "-")):
-        for whose, ours, more in _FOREIGN_KEYS.get(spelling, ()):
+    for spelling in (word, word.replace("-", "_"), word.replace("_", "-")):
+        for whose, ours, more in foreign.get(spelling, ()):
             if ours in allowed:
                 return f"; {whose} is {ours} here{more}"
-    normal = key.lower().replace("_", "-")
+    normal = word.lower().replace("_", "-")
     near = [normal] if normal in allowed else difflib.get_close_matches(
         normal, list(allowed), n=1, cutoff=0.8)
     return f"; did you mean {near[0]}?" if near else ""
@@ -694,7 +706,7 @@ def _mapping(data: object, path: str, allowed: Sequence[str]) -> Mapping[str, An
             where = f"{path}.{key}" if path else str(key)
             raise ConfigError(
                 where, f"unknown key (expected one of: {', '.join(allowed)})"
-                       f"{_unknownKeyHint(str(key), allowed)}"
+                       f"{_spellingHint(str(key), allowed)}"
             )
     return data
 
@@ -742,8 +754,9 @@ def _choice(value: object, path: str, choices: Sequence[str], extensible: bool =
     """
     if value not in choices:
         more = " (or one a module in extensions registers)" if extensible else ""
+        hint = _spellingHint(value, choices, _FOREIGN_NAMES) if isinstance(value, str) else ""
         raise ConfigError(
-            path, f"expected one of {', '.join(choices)}{more}, got {_describe(value)}"
+            path, f"expected one of {', '.join(choices)}{more}, got {_describe(value)}{hint}"
         )
     assert isinstance(value, str)
     return value

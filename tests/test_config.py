@@ -185,6 +185,23 @@ class ErrorTests(SynchronousTestCase):
             "random, p2c, source (or one a module in extensions registers), got 'fastest'",
         )
 
+    def test_choiceNamesItsSpellingHere(self) -> None:
+        """
+        A policy or check kind given as HAProxy or nginx name it, or spelt
+        near a name, is refused with the names, then the one meant.
+        """
+        names = ("pools.web.policy: expected one of roundrobin, weighted, leastconn, random, "
+                 "p2c, source (or one a module in extensions registers), got ")
+        self.assertError(minimal(policy="least_conn"),
+                         names + "'least_conn'; nginx's least_conn is leastconn here")
+        self.assertError(minimal(policy="ip_hash"),
+                         names + "'ip_hash'; nginx's ip_hash is source here")
+        self.assertError(minimal(policy="lestconn"), names + "'lestconn'; did you mean leastconn?")
+        self.assertError(minimal(health={"type": "httpchk"}),
+                         "pools.web.health.type: expected one of tcp, http (or one a module "
+                         "in extensions registers), got 'httpchk'; HAProxy's option httpchk "
+                         "is http here")
+
     def test_duplicateBackend(self) -> None:
         """
         Two backends of one pool cannot share a name.
