@@ -185,20 +185,36 @@ def matchedPath(path: bytes) -> bytes:
     return b"/" + b"/".join(kept)
 
 
+def _withoutPrefix(path: bytes, prefix: bytes) -> bytes | None:
+    """
+    C{path} without C{prefix} if it starts with it on a segment boundary
+    (an emptied path is C{/}), else L{None}.
+    """
+    if not path.startswith(prefix):
+        return None
+    rest = path[len(prefix):]
+    if not rest:
+        return b"/"
+    return rest if rest[:1] == b"/" else None
+
+
 def stripPrefix(target: bytes, prefix: bytes) -> bytes:
     """
     A request target with C{prefix} (no trailing slash) taken off its path
     when the path starts with it on a segment boundary; the query is kept,
-    and an emptied path becomes C{/}.  Any other target is unchanged.
+    and an emptied path becomes C{/}.  A path that has the prefix only as
+    routes match it (L{matchedPath}: C{/%73tatic/a}, C{//static/a},
+    C{/x/../static/a}) loses it from that resolved path, as nginx's
+    C{proxy_pass} with a URI does, so the route's pool does not get the
+    prefix it strips.  Any other target is unchanged.
     """
-    if not target.startswith(prefix):
-        return target
-    rest = target[len(prefix):]
-    if not rest or rest[:1] == b"?":
-        return b"/" + rest
-    if rest[:1] == b"/":
-        return rest
-    return target
+    path, sep, query = target.partition(b"?")
+    rest = _withoutPrefix(path, prefix)
+    if rest is None:
+        rest = _withoutPrefix(matchedPath(path), prefix)
+        if rest is None:
+            return target
+    return rest + sep + query
 
 
 def rewriteTarget(target: bytes, rewrite: Rewrite) -> bytes:

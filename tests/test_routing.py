@@ -302,6 +302,24 @@ class ActionTests(SynchronousTestCase):
         for target, expected in cases:
             self.assertEqual(stripPrefix(target, b"/static"), expected, target)
 
+    def test_stripPrefixOfPathSpeltAnotherWay(self) -> None:
+        """
+        A path that matches the prefix only as a backend resolves it (an
+        escaped unreserved character, repeated slashes, dot segments: as
+        routes match it) has the prefix taken off that resolved path, so the
+        route's pool never gets the prefix it strips; the query is kept.
+        """
+        cases = [
+            (b"/%73tatic/a.css?v=%2F", b"/a.css?v=%2F"),
+            (b"//static/a.css", b"/a.css"),
+            (b"/x/../static/a.css", b"/a.css"),
+            (b"/static/./a.css", b"/./a.css"),  # as sent, when that has the prefix
+            (b"/%73taticfoo", b"/%73taticfoo"),
+            (b"/x/../other/a", b"/x/../other/a"),
+        ]
+        for target, expected in cases:
+            self.assertEqual(stripPrefix(target, b"/static"), expected, target)
+
     def test_rewriteTarget(self) -> None:
         """
         A rewrite strips, then puts the new prefix in front.
