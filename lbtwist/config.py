@@ -789,6 +789,9 @@ def _unique(items: Sequence[T], key: Callable[[T], str], path: str, what: str) -
         seen[k] = i
 
 
+# What a route that needs HTTP on a tcp listener is told.
+_GIVE_HTTP = " (give the listener mode: http; tcp is the default)"
+
 _LISTEN_ADDRESS = re.compile(r"^(?:(\*|\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9.]*):)?([0-9]{1,5})$")
 
 
@@ -1785,7 +1788,7 @@ def parseMatch(data: object, path: str, mode: str) -> Match:
                                   "header: use host")
             if key in _HTTP_MATCH_KEYS and key not in _TCP_MATCH_KEYS and mode == "tcp":
                 raise ConfigError(f"{path}.{key}", "a tcp listener sees no HTTP request: "
-                                  "it matches on sni and source only")
+                                  f"it matches on sni and source only{_GIVE_HTTP}")
     d = _mapping(data, path, allowed)
     changes: dict[str, Any] = {}
     if "host" in d:
@@ -2009,7 +2012,7 @@ def parseRoute(data: object, path: str, mode: str, poolNames: Sequence[str],
         for key in data:
             if key in _HTTP_ROUTE_KEYS and key not in allowed:
                 raise ConfigError(f"{path}.{key}", "only an http listener has this; a tcp "
-                                  "route sends to pool or pools")
+                                  f"route sends to pool or pools{_GIVE_HTTP}")
     d = _mapping(data, path, allowed if name is None else tuple(
         k for k in allowed if k != "match"))
     actions = [k for k in _ACTIONS if k in d]

@@ -492,6 +492,22 @@ class ErrorTests(SynchronousTestCase):
                          "pools.web.sticky: expected {cookie: NAME}, {header: NAME} or "
                          "source, got 'ip'")
 
+    def test_httpRouteOnTCPListenerNamesTheMode(self) -> None:
+        """
+        A route that needs HTTP on a listener left in the default tcp mode
+        is refused with the key, and the mode to give the listener.
+        """
+        redirect = minimal()
+        redirect["listeners"][0]["routes"] = [{"redirect": {"scheme": "https"}}]
+        self.assertError(redirect, "listeners[0].routes[0].redirect: only an http listener "
+                                   "has this; a tcp route sends to pool or pools (give the "
+                                   "listener mode: http; tcp is the default)")
+        host = minimal()
+        host["listeners"][0]["routes"] = [{"match": {"host": "a.example"}, "pool": "web"}]
+        self.assertError(host, "listeners[0].routes[0].match.host: a tcp listener sees no "
+                               "HTTP request: it matches on sni and source only (give the "
+                               "listener mode: http; tcp is the default)")
+
     def test_unknownKeyNamesItsSpellingHere(self) -> None:
         """
         An unknown key that is HAProxy's or nginx's spelling of a key of that
