@@ -141,6 +141,29 @@ class ProxyStateTests(SynchronousTestCase):
         self.reactor.advance(11)
         self.assertTrue(transport.disconnecting)
 
+    def test_idleShorterThanRequestTimeout(self) -> None:
+        """
+        An idle timeout shorter than the request timeout closes a kept-alive
+        connection on time, not at the request timeout's next wake; a head
+        begun still has the whole request timeout.
+        """
+        factory = self.makeFactory(timeouts={"request": 5, "idle": 2})
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        backend, btransport = self.connectBackend()
+        backend.dataReceived(OK)
+        self.reactor.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        # A slow head on a new connection: the request timeout, not idle.
+        client, transport = self.connectClient(factory)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost:")
+        self.reactor.advance(4.9)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(0.2)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+
     def test_exchangeAndReuse(self) -> None:
         """
         A response is relayed, the backend connection is pooled, and the

@@ -202,7 +202,8 @@ class ClientConnection(ClientPeer, Protocol):
         now = factory.seconds()
         self._lastActivity = now
         self._headStarted = now
-        self._timer = factory.reactor.callLater(factory.requestTimeout, self._checkTimer)
+        self._timer = factory.reactor.callLater(
+            min(factory.requestTimeout, factory.idleTimeout), self._checkTimer)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
@@ -291,8 +292,10 @@ class ClientConnection(ClientPeer, Protocol):
     def _checkTimer(self) -> None:
         """
         Act on whichever deadline of this connection has passed, and wake
-        again by the next one (never more than the request timeout ahead,
-        so a deadline set later is still met on time).
+        again by the next one (never more than the request or the idle
+        timeout ahead, whichever is shorter, so a deadline set later is
+        still met on time: the idle one of a connection whose response
+        ends before then, too).
         """
         self._timer = None
         if self.closed:
@@ -352,7 +355,7 @@ class ClientConnection(ClientPeer, Protocol):
                 self.transport.loseConnection()
                 return
         self._timer = factory.reactor.callLater(
-            min(deadline - now, factory.requestTimeout), self._checkTimer
+            min(deadline - now, factory.requestTimeout, factory.idleTimeout), self._checkTimer
         )
 
     def _rearm(self) -> None:
