@@ -23,6 +23,7 @@ from lbtwist.http import HTTPProxyFactory
 from lbtwist.http._errors import ERRORS_CLOSE, BadRequest
 from lbtwist.http._plan import checkTransferEncoding, cookieValue
 from lbtwist.http._pool import IdleConnections
+from lbtwist.http._upstream import Upstream
 from lbtwist.pool import BackendPool
 from lbtwist.proxyprotocol import proxyHeaderV1, proxyHeaderV2
 
@@ -777,6 +778,24 @@ class ParserHelperTests(SynchronousTestCase):
         """
         self.assertEqual(cookieValue(b"a=1; LB=abc; b=2", b"LB"), b"abc")
         self.assertIsNone(cookieValue(b"lb=abc", b"LB"))
+
+    def test_stickyCookieAttributes(self) -> None:
+        """
+        The sticky cookie is for the whole site and hidden from scripts; to
+        a client that came over TLS it is C{Secure} too, so that it never
+        leaves the client in the clear.
+        """
+        reactor = MemoryReactorClock()
+        pool = BackendPool(httpConfig(sticky={"cookie": "LB"}).pools[0])
+
+        class _Exchange:
+            backend = pool.get("b1")
+
+        for proto, attributes in [(b"http", b"; Path=/; HttpOnly"),
+                                  (b"https", b"; Path=/; HttpOnly; Secure")]:
+            upstream = Upstream(pool, reactor, Dialler(reactor), proto)
+            self.assertEqual(upstream.cookieFor(_Exchange()),
+                             b"LB=" + upstream.cookieId(_Exchange.backend) + attributes, proto)
 
 
 class HTTPConfigTests(SynchronousTestCase):

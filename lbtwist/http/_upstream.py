@@ -78,6 +78,10 @@ class Upstream:
             stickyKind=sticky.kind if sticky is not None else None,
             stickyName=self._stickyName,
         )
+        # The sticky cookie's attributes: Secure to clients that came over
+        # TLS, so that it never leaves them in the clear.
+        self._cookieAttributes = (
+            b"; Path=/; HttpOnly; Secure" if forwardedProto == b"https" else b"; Path=/; HttpOnly")
         self._hash = SourceHash(random.Random())
         self._cookieIds: dict[str, bytes] = {}
 
@@ -158,7 +162,7 @@ class Upstream:
         """
         backend = ex.backend
         assert backend is not None
-        return self._stickyName + b"=" + self.cookieId(backend) + b"; Path=/; HttpOnly"
+        return self._stickyName + b"=" + self.cookieId(backend) + self._cookieAttributes
 
     def _cookieBackend(self, value: bytes) -> Backend | None:
         for backend in self.pool:
