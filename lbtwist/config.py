@@ -2202,7 +2202,12 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
         L{configFile}); L{None} keeps them as given.
     @raise ConfigError: naming the first problem found.
     """
-    d = _mapping(data if data is not None else {}, "", TOP_KEYS)
+    if data is None:
+        data = {}
+    elif isinstance(data, Mapping):
+        # The user's own (YAML anchors to merge), as docker-compose's are.
+        data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    d = _mapping(data, "", TOP_KEYS)
     # First: the modules register the names the rest may use.
     extensions = importExtensions(d.get("extensions"))
     poolData = d.get("pools", {})
@@ -2336,12 +2341,16 @@ def parseWorkers(value: object, path: str, cpus: Callable[[], int] = usableCPUs)
 class _StrictLoader(yaml.SafeLoader):
     """
     YAML's safe loader, refusing a key given twice in one mapping (plain
-    YAML keeps the last silently, which hides a pasted-over pool).
+    YAML keeps the last silently, which hides a pasted-over pool).  Merge
+    keys (C{<<: *defaults}) are YAML's: a key written beside one wins over
+    the merged one, as YAML says.
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, Any] = {}
         for keyNode, _ in node.value:
+            if keyNode.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(keyNode, deep=deep)  # type: ignore[no-untyped-call]
             if key in seen:
                 raise yaml.constructor.ConstructorError(

@@ -698,6 +698,39 @@ class FileTests(SynchronousTestCase):
         self.assertIn("found the key 'web' twice", str(e.exception))
         self.assertIn("line 3", str(e.exception))
 
+    def test_anchorsAndMergeKeys(self) -> None:
+        """
+        Settings shared through YAML anchors and merge keys (C{<<: *name})
+        apply, a key written beside the merge wins over the merged one, and
+        top-level keys that begin with C{x-} hold the anchors (as
+        docker-compose's do) and are otherwise ignored; anywhere else an
+        C{x-} key is still unknown.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(
+            b"x-defaults: &defaults\n"
+            b"  health: {type: http, path: /health}\n"
+            b"  timeouts: {connect: 2s}\n"
+            b"listeners: [{listen: 'tcp:8080', mode: http, pool: web}]\n"
+            b"pools:\n"
+            b"  web:\n    <<: *defaults\n    backends: ['tcp:host=a:port=1']\n"
+            b"  api:\n    <<: *defaults\n    timeouts: {connect: 3s}\n"
+            b"    backends: ['tcp:host=b:port=2']\n"
+        )
+        config = loadConfigFile(path.path)
+        self.assertEqual(
+            [(p.name, p.health.kind, p.health.path, p.timeouts.connect) for p in config.pools],
+            [("web", "http", "/health", 2.0), ("api", "http", "/health", 3.0)])
+        for data, where in [
+            ({"x-": 1, "pools": {"web": {"x-note": 1, "backends": ["a:1"]}}}, "pools.web.x-note"),
+            ({"xdefaults": 1}, "xdefaults"),
+        ]:
+            data = {"listeners": [{"listen": "tcp:8080"}],
+                    "pools": {"web": {"backends": ["a:1"]}}, **data}
+            with self.assertRaises(ConfigError) as e:
+                parseConfig(data)
+            self.assertEqual(e.exception.path, where)
+
     def test_exampleConfig(self) -> None:
         """
         The example lb.yaml shipped with the project is valid.
