@@ -181,7 +181,9 @@ def _table(pools: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _backendLine(b: Mapping[str, Any]) -> str:
-    return (f"{b['name']}: {b['state']}, weight {b['weight']}, "
+    effective = b.get("effectiveWeight")
+    ramp = "" if effective is None else f" ({effective:.3g} while slow start ramps up)"
+    return (f"{b['name']}: {b['state']}, weight {b['weight']}{ramp}, "
             f"{b['active']} active, {b['total']} total")
 
 

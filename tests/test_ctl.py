@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from lbtwist.ctl import CtlError, _routeLine, backendBody, parser, run
+from lbtwist.ctl import CtlError, _backendLine, _routeLine, backendBody, parser, run
 from lbtwist.pool import Admin, BackendStats
 from tests.support import reactor, sleep
 from tests.test_admin import TOKEN, AdminHarness
@@ -316,6 +316,21 @@ class PieceTests(SynchronousTestCase):
         self.assertNotIn("GLOBALPOOL", text)
         self.assertIn("The options may also follow the command.", " ".join(text.split()))
 
+
+    def test_backendLine(self) -> None:
+        """
+        A backend's line gives its weight, and the weight slow start gives
+        it now while it ramps up (C{ctl ready} during a ramp).
+        """
+        base = {"name": "a", "state": "up", "weight": 10, "active": 1, "total": 7}
+        cases = [
+            ({**base, "effectiveWeight": None}, "a: up, weight 10, 1 active, 7 total"),
+            ({**base, "effectiveWeight": 2.5},
+             "a: up, weight 10 (2.5 while slow start ramps up), 1 active, 7 total"),
+            (base, "a: up, weight 10, 1 active, 7 total"),
+        ]
+        for backend, line in cases:
+            self.assertEqual(_backendLine(backend), line)
 
     def test_routeLine(self) -> None:
         """
