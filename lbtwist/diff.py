@@ -7,7 +7,7 @@ newly read configuration a running balancer can take on without a restart
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -131,6 +131,25 @@ def _listenerKey(listener: ListenerConfig) -> tuple[object, ...]:
             tls is not None and bool(tls.certificates), listener.http2)
 
 
+def _listenersDiffer(new: Sequence[ListenerConfig],
+                     running: Sequence[ListenerConfig]) -> list[str]:
+    """
+    How the listeners differ, for the restart-needed list: C{listeners},
+    unless the only change is the pool a listener with routes takes its
+    client settings from (its first route's, when it names none), which
+    says so: its routes themselves change live.
+    """
+    pairs = list(zip(new, running))
+    if len(new) != len(running) or not all(
+        n.routes and _listenerKey(attrs.evolve(n, pool=r.pool)) == _listenerKey(r)
+        for n, r in pairs if _listenerKey(n) != _listenerKey(r)
+    ):
+        return ["listeners"]
+    return [f"listeners.{r.name}.pool (its client settings stay pool {r.pool}'s "
+            f"until a restart, not {n.pool}'s; its routes are applied)"
+            for n, r in pairs if n.pool != r.pool]
+
+
 def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Config, list[str]]:
     """
     What of a newly read configuration a running balancer can take on:
@@ -145,7 +164,7 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
     differ = []
     listeners = new.listeners
     if [_listenerKey(x) for x in new.listeners] != [_listenerKey(x) for x in running.listeners]:
-        differ.append("listeners")
+        differ.extend(_listenersDiffer(new.listeners, running.listeners))
         newListeners = {x.name: x for x in new.listeners}
         listeners = tuple(
             attrs.evolve(was, routes=newListeners[was.name].routes,

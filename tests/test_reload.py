@@ -903,6 +903,29 @@ class RunnableRoutesTests(SynchronousTestCase):
         self.assertEqual(routeChanges(running, running), [])
 
 
+    def test_derivedPoolNamed(self) -> None:
+        """
+        A routed listener that names no pool takes its client settings from
+        its first route's: a new first route with another pool is applied,
+        and what waits for a restart is said as that, not as "listeners".
+        """
+
+        def routed(first: str) -> Any:
+            return parseConfig({
+                "listeners": [{"name": "front", "listen": "tcp:0", "mode": "http", "routes": [
+                    {"name": first, "match": {"path-prefix": "/" + first}, "pool": first},
+                    {"name": "rest", "pool": "web"}]}],
+                "pools": {name: {"backends": ["h:1"]} for name in ("web", "api")},
+            })
+
+        kept, differ = runnable(routed("api"), routed("web"))
+        self.assertEqual(differ, [
+            "listeners.front.pool (its client settings stay pool web's until a restart, "
+            "not api's; its routes are applied)"])
+        self.assertEqual([r.name for r in kept.listeners[0].routes], ["api", "rest"])
+        self.assertEqual(kept.listeners[0].pool, "web")
+
+
 class RunnablePoolsTests(SynchronousTestCase):
     """
     L{runnable} and the set of pools.
