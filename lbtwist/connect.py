@@ -61,7 +61,7 @@ from twisted.internet.error import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .dial import BackendProtocol, Cancellable, Dialler
+from .dial import BackendProtocol, Cancellable, Dialler, localShortage
 from .pool import Backend, BackendPool
 from .wording import counted
 
@@ -530,8 +530,10 @@ class ConnectAttempt:
         kind = failureKind(reason)
         self.failures += 1
         self.connectFailures += 1
-        # Invariant 3.
-        pool.trafficFailed(backend, kind, failureReason(kind, reason))
+        # Invariant 3 (a dial the balancer could not make for want of
+        # descriptors or buffers says nothing of the backend).
+        if localShortage(reason) is None:
+            pool.trafficFailed(backend, kind, failureReason(kind, reason))
         pool.release(backend)
         why = "timed out" if kind == "timeout" else reason.getErrorMessage()
         if "connect-failure" not in pool.config.retryOn:

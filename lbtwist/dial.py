@@ -27,13 +27,14 @@ timeout), and the attempt can be cancelled.
 
 from __future__ import annotations
 
+import errno
 import re
 import typing
 from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import ConnectingCancelledError, TimeoutError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
 from twisted.internet.interfaces import IAddress, IConnector, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
@@ -44,6 +45,24 @@ from .certificates import CertificateError
 from .config import BackendTLS
 from .endpoints import parseEndpoint
 from .leantcp import IReactorDialTCP, ipFamily
+
+# The errors that say the balancer itself ran out of something, not that
+# the backend failed: no socket could be made to dial with.
+_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def localShortage(reason: Failure) -> str | None:
+    """
+    Whether a dial (or a probe) failed because the balancer itself ran out
+    of file descriptors, socket buffers or memory: then the failure says
+    nothing about the backend, and must not count against its health.
+
+    @return: the error's name (C{EMFILE}...), or L{None} for any other
+        failure.
+    """
+    value = reason.value
+    code = value.osError if isinstance(value, ConnectError) else getattr(value, "errno", None)
+    return errno.errorcode.get(code) if code in _SHORTAGES else None
 
 
 class BackendProtocol(Protocol):

@@ -25,7 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .dial import Dialler
+from .dial import Dialler, localShortage
 from .extend import CHECKS
 from .pool import Admin, Backend, BackendAdded, BackendPool, BackendRemoved, PoolEvent
 
@@ -216,6 +216,20 @@ class HealthMonitor(Service):
             if not self.running or backend.removed or backend.admin is Admin.MAINT:
                 return
             if isinstance(result, Failure):
+                shortage = None if timedOut else localShortage(result)
+                if shortage is not None:
+                    # The balancer, not the backend, is out of descriptors
+                    # or buffers: a failure or a streak would take healthy
+                    # backends away for longer than the shortage lasts.
+                    self.log.warn(  # noqa: G010
+                        "backend {backend} of pool {pool}: {kind} check not made, "
+                        "the balancer is short of resources ({error}: {why}); "
+                        "its health stays {health}",
+                        backend=backend.name, pool=self.pool.name, kind=hc.kind,
+                        error=shortage, why=result.getErrorMessage(),
+                        health=backend.health.value,
+                    )
+                    return
                 why = "timed out" if timedOut else result.getErrorMessage()
                 self.pool.failed(backend, "probe", f"{hc.kind} check failed: {why}")
                 backend.probeLatency = None

@@ -7,9 +7,10 @@ after a failed dial alike.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Callable
 
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -104,3 +105,23 @@ class ReuseTests(SynchronousTestCase):
         self.assertEqual(len(self.dialler.dials), 1)
         self.assertEqual(self.joined, [(other, "shared", 1)])
         self.assertEqual({b.name: b.slots for b in self.pool}, {first: 0, other: 1})
+
+    def test_balancerShortageNotCounted(self) -> None:
+        """
+        A dial that failed because the balancer had no file descriptor left
+        (C{EMFILE}, as the dialler reports it) is not counted against the
+        backend's passive health, which a refused one is; the client still
+        gets its other tries.
+        """
+        gaveUp: list[Failure] = []
+        self.connector.connect("client", None, lambda backend: BackendProtocol(),
+                               lambda *joined: None, gaveUp.append, reuse=self.reuse)
+        [first] = self.lookedUp
+        self.dialler.dials[0][1](Failure(ConnectBindError(errno.EMFILE, "Too many open files")))
+        self.assertEqual(len(self.dialler.dials), 2)
+        second = self.lookedUp[1]
+        self.dialler.dials[1][1](Failure(ConnectionRefusedError()))
+        byName = {b.name: (b.failures, b.consecutiveFailures) for b in self.pool}
+        self.assertEqual(byName[first], ({}, 0))
+        self.assertEqual(byName[second], ({"refused": 1}, 1))
+        self.assertEqual(len(gaveUp), 1)

@@ -4,11 +4,12 @@ Tests for L{lbtwist.health}, on a fake clock.
 
 from __future__ import annotations
 
+import errno
 import random
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,8 +21,9 @@ from lbtwist.pool import Admin, Backend, BackendPool, Health
 
 class ScriptedProbe:
     """
-    A probe whose outcome per backend is set by the test: C{"ok"}, C{"fail"}
-    or C{"hang"} (a Deferred that never fires by itself).
+    A probe whose outcome per backend is set by the test: C{"ok"}, C{"fail"},
+    C{"emfile"} (no socket: the balancer is out of file descriptors, as the
+    dialler reports it) or C{"hang"} (a Deferred that never fires by itself).
     """
 
     def __init__(self, clock: Clock) -> None:
@@ -37,6 +39,8 @@ class ScriptedProbe:
             return succeed(None)
         if outcome == "fail":
             return fail(ConnectionRefusedError("refused"))
+        if outcome == "emfile":
+            return fail(ConnectBindError(errno.EMFILE, "Too many open files"))
         d: Deferred[object] = Deferred()
         self.pending.append(d)
         return d
@@ -135,6 +139,41 @@ class MonitorTests(SynchronousTestCase):
             ("info", "backend b0 of pool web is up (was down): tcp check passed, "
                      "2 in a row"),
         ])
+
+    def test_balancerOutOfDescriptors(self) -> None:
+        """
+        A probe that fails because the balancer itself has no file
+        descriptor left (C{EMFILE}) says nothing of the backend: however
+        many in a row, the backend stays up and its failures uncounted,
+        each is logged as a check not made, and once descriptors are back
+        the next probe counts as usual.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock, pool, probe, monitor = makeMonitor(n=1)
+        b0 = pool.get("b0")
+        assert b0 is not None
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        clock.advance(2)
+        self.assertEqual(b0.health, Health.UP)
+        probe.outcome["b0"] = "emfile"
+        for _ in range(5):
+            clock.advance(2)
+        self.assertEqual(b0.health, Health.UP)
+        self.assertEqual((b0.failures, b0.consecutiveFailures), ({}, 0))
+        self.assertIs(pool.pick(), b0)
+        notMade = [formatEvent(e) for e in events if "not made" in formatEvent(e)]
+        self.assertEqual(len(notMade), 5)
+        self.assertEqual(notMade[0], (
+            "backend b0 of pool web: tcp check not made, the balancer is short of "
+            "resources (EMFILE: Couldn't bind: 24: Too many open files.); its health "
+            "stays up"))
+        probe.outcome["b0"] = "fail"
+        for _ in range(3):
+            clock.advance(2)
+        self.assertEqual(b0.health, Health.DOWN)
 
     def test_timeoutNoOverlap(self) -> None:
         """

@@ -133,15 +133,37 @@ class BackendProcess:
         return readLog(self.logPath)
 
 
+# Run argv[2:] with at most argv[1] open files (as `ulimit -n` would).
+_LIMITED = (
+    "import os, resource, sys\n"
+    "n = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def cpuSeconds(pid: int) -> float:
+    """
+    The CPU time (user and system) process C{pid} has used so far.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class BalancerProcess:
     """
     One C{twistd -n lb} process with a configuration file written here.
+
+    @ivar maxFiles: if set, the process's limit of open files (C{ulimit -n}).
     """
 
-    def __init__(self, case: TestCase, workdir: str, grace: float = 10.0) -> None:
+    def __init__(self, case: TestCase, workdir: str, grace: float = 10.0,
+                 maxFiles: int | None = None) -> None:
         self.case = case
         self.workdir = workdir
         self.grace = grace
+        self.maxFiles = maxFiles
         self.process: subprocess.Popen[bytes] | None = None
         self.logPath = os.path.join(workdir, "lb.log")
         self.port = 0
@@ -172,9 +194,12 @@ class BalancerProcess:
 
         if os.path.exists(self.logPath):
             os.unlink(self.logPath)
+        command = [TWISTD, "-n", "--pidfile=", f"--logfile={self.logPath}", "lb",
+                   "--config", "lb.yaml", "--grace", str(self.grace)]
+        if self.maxFiles is not None:
+            command = [PYTHON, "-c", _LIMITED, str(self.maxFiles), *command]
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", f"--logfile={self.logPath}", "lb",
-             "--config", "lb.yaml", "--grace", str(self.grace)],
+            command,
             cwd=self.workdir, env=dict(os.environ, LBTWIST_ADMIN_TOKEN=TOKEN),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -1,0 +1,122 @@
+"""
+The balancer's own resources: file descriptors run out while an honest
+client keeps asking.  The balancer never spins, never holds its own
+shortage against the backends, and serves again as soon as descriptors
+are back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+
+from tests.chaos.test_faults import FaultsTestCase
+from tests.chaos.tools import (
+    BalancerProcess,
+    Outcome,
+    cpuSeconds,
+    fetch,
+    inThread,
+    procStats,
+    report,
+    summary,
+)
+from tests.support import sleep
+
+# The balancer's limit of open files, and how many idle connections
+# exhaust it.
+MAX_FILES = 64
+IDLE_CONNECTIONS = 200
+
+
+def holdIdle(port: int, count: int) -> list[socket.socket]:
+    """
+    Open C{count} connections to 127.0.0.1:C{port} that send nothing (the
+    kernel completes them whether or not the balancer accepts).
+    """
+    held = []
+    for _ in range(count):
+        try:
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        except OSError:
+            break
+    return held
+
+
+def honestRequests(port: int, seconds: float, every: float = 0.05) -> list[Outcome]:
+    """
+    One request every C{every} seconds for C{seconds}, one at a time.
+    """
+    outcomes = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        outcomes.append(fetch(port, timeout=3))
+        time.sleep(every)
+    return outcomes
+
+
+class ResourceTests(FaultsTestCase):
+    """
+    A real balancer process short of file descriptors.
+    """
+
+    @inlineCallbacks
+    def startLimited(self, maxFiles: int | None = None) -> Any:
+        """
+        A balancer over backends a and b with fast health checks that bring
+        a backend up only slowly (a false "down" would show as refused
+        requests for a second), limited to C{maxFiles} open files.
+        """
+        backends = yield self.startBackends(("a",), ("b",))
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        lb = BalancerProcess(self, workdir, grace=5.0, maxFiles=maxFiles)
+        lb.writeConfig({"web": {
+            "health": {"interval": "300ms", "timeout": "300ms", "rise": 3, "fall": 2},
+            "backends": [{"name": n, "endpoint": b.endpoint} for n, b in backends.items()],
+        }})
+        yield lb.start()
+        return lb
+
+    @inlineCallbacks
+    def test_outOfFileDescriptors(self) -> Any:
+        """
+        With C{ulimit -n 64}, 200 idle connections held for 1.5 s: the
+        balancer, out of descriptors, does not spin (it accepts and closes
+        what it cannot keep), and its failed probes are logged as checks
+        not made rather than taking the backends down.  Once the idle
+        connections close, every request of an honest client is served
+        at once, and the descriptors it held are all given back.
+        """
+        lb = yield self.startLimited(MAX_FILES)
+        # Warm up: the kept-alive backend connections are open before.
+        before = yield inThread(honestRequests, lb.port, 0.3)
+        self.assertEqual(summary(before), {"ok:200": len(before)})
+        fdsBefore, _ = procStats(lb.pid)
+        cpuBefore = cpuSeconds(lb.pid)
+        held = yield inThread(holdIdle, lb.port, IDLE_CONNECTIONS)
+        yield sleep(1.5)
+        busy = cpuSeconds(lb.pid) - cpuBefore
+        fdsAtLimit, _ = procStats(lb.pid)
+        for s in held:
+            s.close()
+        yield sleep(0.1)
+        after = yield inThread(honestRequests, lb.port, 1.0)
+        yield sleep(0.3)
+        fdsAfter, _ = procStats(lb.pid)
+        report(self, "out of file descriptors", held=len(held), cpuSeconds=round(busy, 2),
+               fds=(fdsBefore, fdsAtLimit, fdsAfter), after=summary(after),
+               worstMs=round(max(o.elapsed for o in after) * 1000))
+        self.assertEqual(len(held), IDLE_CONNECTIONS)
+        self.assertEqual(fdsAtLimit, MAX_FILES)
+        self.assertLess(busy, 0.5)
+        self.assertIn("EMFILE", lb.log())
+        self.assertIsNotNone(lb.logLine("check not made, the balancer is short of resources"))
+        self.assertIsNone(lb.logLine("is down"), lb.log())
+        self.assertGreater(len(after), 10)
+        self.assertEqual(summary(after), {"ok:200": len(after)})
+        self.assertLessEqual(fdsAfter, fdsBefore)
