@@ -137,10 +137,21 @@ class ReloadOnSignal(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._stopping:
+            # The stop SIGTERM began goes on for up to the grace: the old
+            # handlers would turn a second SIGTERM into a traceback and an
+            # exit by the signal (Twisted's stops a stopping reactor), and
+            # a SIGHUP into the process's death (the default's), clients
+            # and all.  Ours only log until the reactor has shut down.
+            self.reactor.addSystemEventTrigger("after", "shutdown", self._restore)
+        else:
+            self._restore()
+        return succeed(None)
+
+    def _restore(self) -> None:
         for signum, handler in self._added:
             self.signals.remove(signum, handler)
         self._added.clear()
-        return succeed(None)
 
     def _hangup(self, signum: int, frame: Any) -> None:
         # A signal handler may run between any two bytecodes of the reactor:
@@ -148,6 +159,11 @@ class ReloadOnSignal(Service):
         self.reactor.callFromThread(self._reload)
 
     def _reload(self) -> None:
+        if self._stopping:
+            self.log.info("SIGHUP received while stopping: no reload")
+            if self.reopenLogs is not None:
+                self.reopenLogs()
+            return
         self.log.info("SIGHUP received: reloading the configuration")
         if self.reopenLogs is not None:
             self.reopenLogs()

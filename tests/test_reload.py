@@ -540,6 +540,9 @@ class SignalTests(SynchronousTestCase):
             def stop(self) -> None:
                 self.stopped += 1
 
+            def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> None:
+                self.calls.append((phase, event, f))
+
         self.reactor = FakeReactor()
 
     def install(self, signum: int, handler: Any) -> Any:
@@ -629,6 +632,34 @@ class SignalTests(SynchronousTestCase):
             call()
         self.assertEqual(self.reactor.stopped, 1)
 
+    def test_signalsDuringTheStop(self) -> None:
+        """
+        The stop a SIGTERM began stops this service with the others, and
+        its handlers stay until the reactor has shut down: a second SIGTERM
+        during the grace still reaches it (not Twisted's handler, which
+        would stop a stopping reactor, log a traceback and make twistd exit
+        by the signal instead of with 0), and a SIGHUP (log rotation) does
+        not reload and does not reach the default handler, which would kill
+        the process and its clients.  After the shutdown the old handlers
+        are back.
+        """
+        t = Live(self, configOf(A))
+        t.next = configOf(A, B)
+        service = ReloadOnSignal(t.live, self.reactor, self.install)
+        service.startService()
+        self.installed[signal.SIGTERM](signal.SIGTERM, None)
+        self.reactor.calls.pop()()
+        service.stopService()
+        self.installed[signal.SIGTERM](signal.SIGTERM, None)
+        self.installed[signal.SIGHUP](signal.SIGHUP, None)
+        [(phase, event, restore), second, hangup] = self.reactor.calls
+        second()
+        hangup()
+        self.assertEqual((self.reactor.stopped, len(t.pools["web"])), (1, 1))
+        self.assertEqual((phase, event), ("after", "shutdown"))
+        restore()
+        self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
+                                          signal.SIGUSR2: "oldusr2"})
 
     def test_sigusr2(self) -> None:
         """

@@ -1,13 +1,15 @@
 """
-The balancer's own resources: file descriptors run out while an honest
-client keeps asking.  The balancer never spins, never holds its own
-shortage against the backends, and serves again as soon as descriptors
-are back.
+The balancer's own resources and signals: file descriptors run out while
+an honest client keeps asking, and a second C{SIGTERM} and a C{SIGHUP}
+arrive during the graceful stop.  The balancer never spins, never holds
+its own shortage against the backends, serves again as soon as
+descriptors are back, and finishes its graceful stop whatever it is sent.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from typing import Any
@@ -61,7 +63,7 @@ def honestRequests(port: int, seconds: float, every: float = 0.05) -> list[Outco
 
 class ResourceTests(FaultsTestCase):
     """
-    A real balancer process short of file descriptors.
+    A real balancer process short of file descriptors, and stopped twice.
     """
 
     @inlineCallbacks
@@ -120,3 +122,26 @@ class ResourceTests(FaultsTestCase):
         self.assertGreater(len(after), 10)
         self.assertEqual(summary(after), {"ok:200": len(after)})
         self.assertLessEqual(fdsAfter, fdsBefore)
+
+    @inlineCallbacks
+    def test_signalsDuringTheStop(self) -> Any:
+        """
+        A second C{SIGTERM} and a C{SIGHUP} (log rotation) during the
+        graceful stop change nothing: the request in flight is answered,
+        the log says the stop goes on and no reload is made (no
+        traceback), and the exit status is 0, as after one C{SIGTERM}.
+        """
+        lb = yield self.startLimited()
+        inFlight = inThread(lambda: fetch(lb.port, "/?delay=800ms", timeout=5))
+        yield sleep(0.3)
+        for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGHUP):
+            lb.signal(signum)
+            yield sleep(0.1)
+        outcome = yield inFlight
+        assert lb.process is not None
+        status = yield inThread(lb.process.wait, 10)
+        self.assertEqual((outcome.kind, outcome.status), ("ok", 200))
+        self.assertIsNotNone(lb.logLine("SIGTERM received again: the graceful stop goes on"))
+        self.assertIsNotNone(lb.logLine("SIGHUP received while stopping: no reload"))
+        self.assertNotIn("Traceback", lb.log())
+        self.assertEqual(status, 0)
