@@ -43,7 +43,7 @@ mind either way.
 from __future__ import annotations
 
 import socket
-from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
+from errno import EALREADY, EINPROGRESS, EISCONN, EMFILE, ENFILE, ENOBUFS, ENOMEM, EWOULDBLOCK, errorcode
 from functools import lru_cache
 from os import strerror
 from typing import Any, Callable
@@ -429,6 +429,15 @@ class LeanDial:
             failed(reason)
 
 
+# accept() errors that say this process (EMFILE) or the system (ENFILE,
+# ENOBUFS, ENOMEM) lacks what one more connection needs.
+_SHORTAGES = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
+
+# How long a listener short of descriptors stops accepting before it tries
+# again (nginx waits 500 ms).
+ACCEPT_PAUSE = 0.1
+
+
 class LeanPort(tcp.Port):
     """
     A listening TCP port whose connections are L{LeanServer}s.
@@ -438,6 +447,13 @@ class LeanPort(tcp.Port):
     algorithm off on every connection (L{lbtwist.tcp.setNoDelay}), and
     L{LeanServer.setTcpNoDelay} then has nothing to ask the kernel.
 
+    Short of file descriptors (or of kernel buffers or memory), it stops
+    accepting for L{ACCEPT_PAUSE} seconds at a time, as HAProxy and nginx
+    do, and the clients wait in the kernel's backlog until a descriptor is
+    free: Twisted's own loop would accept and close them (C{EMFILE}), so a
+    worker at its limit turned away clients the other workers could have
+    served, or try again at once (C{ENFILE}...), spinning at full CPU.
+
     @ivar noDelay: whether accepted connections start with C{TCP_NODELAY}.
     """
 
@@ -445,6 +461,59 @@ class LeanPort(tcp.Port):
     _shouldShutdown = False
     _log = Logger()
     noDelay = False
+    # When accepting was first found short of resources (None: it is not),
+    # the pause's timer, and whether the port should read once it is over
+    # (another owner, a global maxconn say, may stop it meanwhile).
+    _shortSince: float | None = None
+    _resumeCall: Any = None
+    _readWanted = False
+
+    def startReading(self) -> None:
+        """
+        Read (accept), unless short of resources: then once the pause is
+        over.
+        """
+        self._readWanted = True
+        if self._resumeCall is None:
+            tcp.Port.startReading(self)
+
+    def stopReading(self) -> None:
+        """
+        Stop reading, and do not start again when a pause is over.
+        """
+        self._readWanted = False
+        tcp.Port.stopReading(self)
+
+    def _pauseAccepting(self, code: int) -> None:
+        """
+        accept() failed for want of C{code} (an errno): stop accepting for
+        L{ACCEPT_PAUSE} seconds; the first pause of a shortage is logged.
+        """
+        reactor: Any = self.reactor
+        if self._shortSince is None:
+            self._shortSince = reactor.seconds()
+            self._log.warn(  # noqa: G010
+                "listener on {address} cannot accept ({error}: {why}): clients wait "
+                "in the backlog, accepting again every {pause}s until it can",
+                address=self._realPortNumber, error=errorcode.get(code, code),
+                why=strerror(code), pause=ACCEPT_PAUSE,
+            )
+        tcp.Port.stopReading(self)
+        self._resumeCall = reactor.callLater(ACCEPT_PAUSE, self._resumeAccepting)
+
+    def _resumeAccepting(self) -> None:
+        self._resumeCall = None
+        if self._readWanted and self.connected:
+            tcp.Port.startReading(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Stopped listening: no pause to end any more.
+        """
+        if self._resumeCall is not None:
+            self._resumeCall.cancel()
+            self._resumeCall = None
+        tcp.Port.connectionLost(self, reason)
 
     def doRead(self) -> None:
         """
@@ -453,12 +522,14 @@ class LeanPort(tcp.Port):
         pass, the socket built with its family and type as known (the
         standard C{accept} looks both up, as enums), and the peer's address
         built once, for the factory and the transport's C{getPeer} alike.
-        An error other than "no more connections" (C{EMFILE}, C{EPERM},
-        an aborted connection...) hands the rest of the pass to Twisted's
-        own loop, which knows how to recover from each.
+        Short of descriptors, buffers or memory, it pauses (see the
+        class); another error (C{EPERM}, an aborted connection...) hands
+        the rest of the pass to Twisted's own loop, which knows how to
+        recover from each.
         """
         limit = self.numberAccepts
         accepted = 0
+        short = False
         try:
             listening: Any = self.socket
             accept = listening._accept
@@ -470,7 +541,11 @@ class LeanPort(tcp.Port):
                     fd, addr = accept()
                 except BlockingIOError:
                     break
-                except OSError:
+                except OSError as e:
+                    if e.errno in _SHORTAGES:
+                        self._pauseAccepting(e.errno)
+                        short = True
+                        break
                     tcp.Port.doRead(self)
                     return
                 accepted += 1
@@ -491,6 +566,13 @@ class LeanPort(tcp.Port):
                 protocol.makeConnection(transport)
         except BaseException:
             self._log.failure("accepting a connection on {port} failed", port=self)
+        if accepted and not short and self._shortSince is not None:
+            reactor: Any = self.reactor
+            self._log.info(
+                "listener on {address} accepts again, after {seconds:.1f}s short of resources",
+                address=self._realPortNumber, seconds=reactor.seconds() - self._shortSince,
+            )
+            self._shortSince = None
         if accepted == limit:
             self.numberAccepts = limit + 20
         else:

@@ -13,10 +13,12 @@ from typing import Any
 from twisted.internet import error, tcp
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.leantcp import (
+    ACCEPT_PAUSE,
     LeanClient,
     LeanConnector,
     LeanDial,
@@ -838,3 +840,91 @@ class LeanReactorTests(SynchronousTestCase):
         self.assertEqual(ipFamily("::1"), socket.AF_INET6)
         self.assertIsNone(ipFamily("localhost"))
         self.assertIsNone(ipFamily("10.0.0"))
+
+
+class ScriptedListening:
+    """
+    A listening socket whose C{_accept} raises what the test scripted, then
+    L{BlockingIOError} (no more connections), counting the calls.
+    """
+
+    def __init__(self, *errors: OSError) -> None:
+        self.errors = list(errors)
+        self.accepts = 0
+
+    def _accept(self) -> tuple[int, Any]:
+        self.accepts += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        raise BlockingIOError(errno.EAGAIN, "no more")
+
+    def close(self) -> None:
+        """
+        Nothing to close.
+        """
+
+
+class ShortOfResourcesTests(SynchronousTestCase):
+    """
+    L{LeanPort} short of descriptors, buffers or memory stops accepting for
+    a while instead of closing what it accepts or spinning.
+    """
+
+    def listening(self, listening: ScriptedListening) -> tuple[MemoryReactorClock, LeanPort]:
+        """
+        A port reading from C{listening} in a memory reactor.
+        """
+        clock = MemoryReactorClock()
+        port = LeanPort(0, Factory.forProtocol(Echo), 50, "127.0.0.1", clock)
+        port.socket = listening  # type: ignore[assignment]
+        port.connected = True
+        port.numberAccepts = 100
+        port._realPortNumber = 8080
+        port.fileno = lambda: 99  # type: ignore[method-assign]
+        port.startReading()
+        return clock, port
+
+    def test_pausesAndTriesAgain(self) -> None:
+        """
+        C{EMFILE} stops the port's reading at once (the client stays in
+        the backlog, nothing is accepted and closed) for L{ACCEPT_PAUSE}
+        seconds; then it reads again.  C{ENFILE}, C{ENOBUFS} and C{ENOMEM}
+        do the same: the port is never left readable while accept fails,
+        which would spin.
+        """
+        for code in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            listening = ScriptedListening(OSError(code, "short"))
+            clock, port = self.listening(listening)
+            port.doRead()
+            self.assertEqual(listening.accepts, 1)
+            self.assertNotIn(port, clock.getReaders())
+            clock.advance(ACCEPT_PAUSE)
+            self.assertIn(port, clock.getReaders())
+            port.doRead()
+            self.assertEqual(listening.accepts, 2)
+            self.assertIn(port, clock.getReaders())
+
+    def test_otherOwnersWin(self) -> None:
+        """
+        A port stopped by another owner during a pause (the global
+        C{maxconn}, a master that never accepts) is not started again when
+        the pause ends; one started during it starts when the pause ends,
+        not before; a port that stopped listening has no pause pending.
+        """
+        clock, port = self.listening(ScriptedListening(OSError(errno.EMFILE, "short")))
+        port.doRead()
+        port.stopReading()
+        clock.advance(ACCEPT_PAUSE)
+        self.assertNotIn(port, clock.getReaders())
+        port.startReading()
+        self.assertIn(port, clock.getReaders())
+        port.socket = ScriptedListening(OSError(errno.EMFILE, "short"))  # type: ignore[assignment]
+        port.doRead()
+        port.startReading()
+        self.assertNotIn(port, clock.getReaders())
+        clock.advance(ACCEPT_PAUSE)
+        self.assertIn(port, clock.getReaders())
+        port.socket.errors.append(OSError(errno.EMFILE, "short"))  # type: ignore[attr-defined]
+        port.doRead()
+        port.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])

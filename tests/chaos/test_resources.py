@@ -88,11 +88,13 @@ class ResourceTests(FaultsTestCase):
     def test_outOfFileDescriptors(self) -> Any:
         """
         With C{ulimit -n 64}, 200 idle connections held for 1.5 s: the
-        balancer, out of descriptors, does not spin (it accepts and closes
-        what it cannot keep), and its failed probes are logged as checks
-        not made rather than taking the backends down.  Once the idle
-        connections close, every request of an honest client is served
-        at once, and the descriptors it held are all given back.
+        balancer, out of descriptors, does not spin; it stops accepting
+        for a while, again and again, so a request made meanwhile waits in
+        the backlog (it is not accepted and closed) and is answered as soon
+        as the idle connections close; its failed probes are logged as
+        checks not made rather than taking the backends down.  Once the
+        idle connections close, every request of an honest client is
+        served at once, and the descriptors it held are all given back.
         """
         lb = yield self.startLimited(MAX_FILES)
         # Warm up: the kept-alive backend connections are open before.
@@ -101,22 +103,30 @@ class ResourceTests(FaultsTestCase):
         fdsBefore, _ = procStats(lb.pid)
         cpuBefore = cpuSeconds(lb.pid)
         held = yield inThread(holdIdle, lb.port, IDLE_CONNECTIONS)
-        yield sleep(1.5)
+        yield sleep(0.5)
+        waiting = inThread(lambda: fetch(lb.port, timeout=5))
+        yield sleep(1.0)
         busy = cpuSeconds(lb.pid) - cpuBefore
         fdsAtLimit, _ = procStats(lb.pid)
+        closedAt = time.monotonic()
         for s in held:
             s.close()
+        waited = yield waiting
         yield sleep(0.1)
         after = yield inThread(honestRequests, lb.port, 1.0)
         yield sleep(0.3)
         fdsAfter, _ = procStats(lb.pid)
         report(self, "out of file descriptors", held=len(held), cpuSeconds=round(busy, 2),
+               waited=(waited.kind, round(waited.elapsed, 2)),
                fds=(fdsBefore, fdsAtLimit, fdsAfter), after=summary(after),
                worstMs=round(max(o.elapsed for o in after) * 1000))
         self.assertEqual(len(held), IDLE_CONNECTIONS)
         self.assertEqual(fdsAtLimit, MAX_FILES)
         self.assertLess(busy, 0.5)
-        self.assertIn("EMFILE", lb.log())
+        self.assertEqual((waited.kind, waited.status), ("ok", 200))
+        self.assertLess(waited.started + waited.elapsed - closedAt, 0.5)
+        self.assertIsNotNone(lb.logLine("cannot accept (EMFILE"))
+        self.assertIsNotNone(lb.logLine("accepts again"))
         self.assertIsNotNone(lb.logLine("check not made, the balancer is short of resources"))
         self.assertIsNone(lb.logLine("is down"), lb.log())
         self.assertGreater(len(after), 10)
