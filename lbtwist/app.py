@@ -220,10 +220,19 @@ class Balancer(AllOrNothingService):
         ).setServiceParent(control)
         if signals:
             ReloadOnSignal(
-                live, reactor, reopenLogs=lb.reopenAccessLogs,
+                live, reactor, reopenLogs=self._reopenLogs,
                 upgrade=self.workers.upgrade if self.workers is not None else None,
             ).setServiceParent(control)
         return live
+
+    def _reopenLogs(self) -> None:
+        """
+        Open the access-log files again (C{SIGHUP}, after a rotation): this
+        process's, and its workers', which are the ones writing them.
+        """
+        self.loadBalancer.reopenAccessLogs()
+        if self.workers is not None:
+            self.workers.reopenLogs()
 
     def _clusterSync(self, cluster: ClusterConfig, live: LiveConfig, reactor: Any,
                      statePath: str) -> Any:

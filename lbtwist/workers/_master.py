@@ -63,6 +63,7 @@ from ._protocol import (
     CollectStats,
     GivenProtocol,
     Ready,
+    ReopenLogs,
     ReportHealth,
     Retire,
 )
@@ -1234,6 +1235,21 @@ class WorkerGroup(Service):
         done: Deferred[None] = Deferred()
         DeferredList(sent).addCallback(lambda _: done.callback(None))
         return done
+
+    def reopenLogs(self) -> None:
+        """
+        Have every worker open its access-log files again (C{SIGHUP}, after
+        a rotation): the workers write them, not the master.
+        """
+        for slot in self._alive():
+            assert slot.channel is not None
+
+            def failed(f: Failure, slot: WorkerSlot = slot) -> None:
+                if not slot.ended and not f.check(ConnectionDone, ConnectionLost):
+                    self.log.error("worker {index} did not reopen its access logs: {error}",
+                                   index=slot.index, error=f.getErrorMessage())
+
+            slot.channel.callRemote(ReopenLogs).addErrback(failed)
 
     def _alive(self) -> list[WorkerSlot]:
         return [s for s in [*self.slots, *self.retiring] if not s.ended and s.channel is not None]

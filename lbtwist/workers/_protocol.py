@@ -83,6 +83,16 @@ class Retire(amp.Command):
     response = []
 
 
+class ReopenLogs(amp.Command):
+    """
+    Master to worker: open the access-log files again (C{SIGHUP}: a
+    rotation renamed them); the workers are the ones writing them.
+    """
+
+    arguments = []
+    response = []
+
+
 class Ready(amp.Command):
     """
     Worker to master: the worker has applied its first registry and

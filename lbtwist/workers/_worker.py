@@ -26,7 +26,7 @@ from ..config import Config
 from ..lifecycle import GracefulStop
 from ..pool import HealthChanged, PoolEvent
 from ..service import LoadBalancer
-from ._protocol import ApplyRegistry, Channel, CollectStats, GivenProtocol, Ready, ReportHealth, Retire
+from ._protocol import ApplyRegistry, Channel, CollectStats, GivenProtocol, Ready, ReopenLogs, ReportHealth, Retire
 from ._registry import RegistryApplier, WorkerLiveConfig, splitLimits
 from ._stats import countersOf
 
@@ -124,6 +124,14 @@ class WorkerChannel(Channel):
         """
         lb = self.node.loadBalancer
         return {"stats": countersOf(lb.pools, lb.factories)}
+
+    @ReopenLogs.responder
+    def reopenLogs(self) -> dict[str, Any]:
+        """
+        Open the access-log files again, after a rotation.
+        """
+        self.node.loadBalancer.reopenAccessLogs()
+        return {}
 
     @Retire.responder
     def retire(self, grace: float) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 Faults with worker processes: a backend killed under HTTP load while two
 workers serve, then one of the workers killed: clients see no hang, only
 the requests in flight on the killed worker fail, and every request started
-after the worker's replacement is served.
+after the worker's replacement is served.  And an access log rotated under
+two workers: C{SIGHUP} has them write the new file.
 """
 
 from __future__ import annotations
@@ -75,4 +76,40 @@ class WorkerFaultsTests(GroupTestCase):
         self.assertGreater(len(later), 20, s)
         self.assertTrue(all(o.kind == "ok" and o.status == 200 and o.backend != "a"
                             for o in later))
+        yield group.stop(self)
+
+    @inlineCallbacks
+    def test_accessLogRotated(self) -> Any:
+        """
+        Two HTTP workers write the access log; it is renamed (a rotation)
+        and the master gets C{SIGHUP}: every request that follows is
+        written to the new file, none to the renamed one.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        backend = BackendProcess(self, workdir, "a")
+        yield backend.start()
+        group = yield self.startGroup(2, [("a", backend.endpoint)], mode="http", pools={"web": {
+            "backends": [{"name": "a", "endpoint": backend.endpoint}],
+            "access-log": "access.log",
+        }})
+        path = os.path.join(group.workdir, "access.log")
+        yield load(group.port, 4, 5, 40, lambda n, i: fetch(group.port))
+        yield sleep(1.5)
+        os.rename(path, path + ".1")
+        with open(path + ".1") as f:
+            before = f.read().splitlines()
+        group.process.send_signal(signal.SIGHUP)
+        yield sleep(0.5)
+        outcomes = yield load(group.port, 4, 5, 40, lambda n, i: fetch(group.port))
+        yield sleep(1.5)
+        with open(path + ".1") as f:
+            old = f.read().splitlines()
+        with open(path) as f:
+            new = f.read().splitlines()
+        report(self, "access log rotated, 2 workers", before=len(before), old=len(old),
+               new=len(new))
+        self.assertEqual(summary(outcomes), {"ok:200": 40})
+        self.assertEqual(len(before), 40)
+        self.assertEqual((len(old), len(new)), (40, 40))
         yield group.stop(self)
