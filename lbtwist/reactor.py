@@ -42,15 +42,39 @@ _DISCONNECTED = EPOLLHUP | EPOLLERR
 _FAILURES = {ConnectionDone: Failure(ConnectionDone()), ConnectionLost: Failure(ConnectionLost())}
 
 
+# A reactor pass that begins this many seconds after the last poll means
+# the process was stalled: stopped (SIGSTOP), a long garbage collection,
+# starved of CPU.
+STALL = 0.5
+
+
 @implementer(IReactorDialTCP)
 class LeanEPollReactor(EPollReactor):
     """
     An epoll reactor that dispatches I/O events without a logging context.
+
+    After a stall it reads what has arrived before it runs the timed calls
+    that fell due meanwhile: a response that came within its timeout, while
+    the process could not run, is relayed, not answered with a 504 that
+    counts against a healthy backend.  Twisted's loop runs the timed calls
+    first; a stopped process resumed by C{SIGCONT} even finds its poll
+    interrupted with nothing read.
     """
 
     _log = Logger()
     # Whether a process was spawned (see forgetClosing).
     _spawned = False
+    # When the last poll returned.
+    _polledAt = 0.0
+
+    def runUntilCurrent(self) -> None:
+        """
+        Run the timed calls that are due, after polling (without waiting)
+        if the process was stalled since the last poll.
+        """
+        if self.seconds() - self._polledAt > STALL:
+            self.doPoll(0)
+        EPollReactor.runUntilCurrent(self)
 
     def doPoll(self, timeout: float | None) -> None:
         """
@@ -60,12 +84,19 @@ class LeanEPollReactor(EPollReactor):
         """
         if timeout is None:
             timeout = -1
+        poll = self._poller.poll
+        asked = self.seconds()
         try:
-            events = self._poller.poll(timeout, len(self._selectables))
+            events = poll(timeout, len(self._selectables))
         except OSError as err:
             if err.errno == errno.EINTR:
                 return
             raise
+        self._polledAt = now = self.seconds()
+        if not events and timeout >= 0 and now - asked > timeout + STALL:
+            # Stopped during the poll (SIGSTOP): resumed, the kernel ends
+            # the poll as timed out, with nothing, whatever came meanwhile.
+            events = poll(0, len(self._selectables))
         selectables = self._selectables
         reads = self._reads
         for fd, event in events:

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from lbtwist.reactor import LeanEPollReactor, installIfUnchosen
+from lbtwist.reactor import STALL, LeanEPollReactor, installIfUnchosen
 
 
 class Reader(FileDescriptor):
@@ -63,6 +63,67 @@ class LeanEPollReactorTests(SynchronousTestCase):
         b.send(b"hello")
         self.reactor.doIteration(1)
         self.assertEqual(reader.read, [b"hello"])
+
+    def test_readsBeforeTimersAfterStall(self) -> None:
+        """
+        A pass that begins more than L{STALL} seconds after the last poll
+        (the process was stopped, or stuck in a long collection) reads what
+        arrived meanwhile before it runs the timed calls that fell due: a
+        timeout finds the answer already read.  Without a stall, a pass runs
+        its timed calls without polling first, as Twisted's does.
+        """
+        a, b = self.pairs[0]
+        order: list[str] = []
+
+        class Recording(Reader):
+            def doRead(self) -> None:
+                super().doRead()
+                order.append("read")
+
+        self.reactor.addReader(Recording(self.reactor, a))
+        b.send(b"answer")
+        self.reactor.callLater(0, order.append, "timer")
+        self.reactor._polledAt = self.reactor.seconds()
+        self.reactor.runUntilCurrent()
+        self.assertEqual(order, ["timer"])
+        self.reactor.callLater(0, order.append, "timer")
+        self.reactor._polledAt = self.reactor.seconds() - STALL - 1
+        self.reactor.runUntilCurrent()
+        self.assertEqual(order, ["timer", "read", "timer"])
+
+    def test_stoppedDuringThePoll(self) -> None:
+        """
+        A poll that ends long after its timeout with nothing (the process
+        was stopped in it: resumed, Linux ends the poll as timed out,
+        whatever came meanwhile) is made again without waiting, in the same
+        pass, so what arrived is read before the timed calls that fell due
+        run.  A poll that ends with nothing on time is not made again.
+        """
+        a, b = self.pairs[0]
+        reader = Reader(self.reactor, a)
+        self.reactor.addReader(reader)
+        b.send(b"answer")
+        clock = [1000.0]
+        polls: list[float] = []
+        real = self.reactor._poller
+
+        class StoppedPoller(RecordingPoller):
+            def poll(self, timeout: float, maxevents: int) -> Any:
+                polls.append(timeout)
+                if len(polls) == 1:
+                    clock[0] += timeout + stalledFor
+                    return []
+                return real.poll(timeout, maxevents)
+
+        self.reactor._poller = StoppedPoller(real)  # type: ignore[assignment]
+        self.reactor.seconds = lambda: clock[0]  # type: ignore[method-assign]
+        stalledFor = 0.0
+        self.reactor.doIteration(0.2)
+        self.assertEqual((polls, reader.read), ([0.2], []))
+        polls.clear()
+        stalledFor = STALL + 3
+        self.reactor.doIteration(0.2)
+        self.assertEqual((polls, reader.read), ([0.2, 0], [b"answer"]))
 
     def test_errorLogged(self) -> None:
         """

@@ -1,7 +1,8 @@
 """
 The balancer's own resources and signals: file descriptors run out while
 an honest client keeps asking, and a second C{SIGTERM} and a C{SIGHUP}
-arrive during the graceful stop.  The balancer never spins, never holds
+arrive during the graceful stop, and it is stopped (C{SIGSTOP}) with
+requests in flight.  The balancer never spins, never holds
 its own shortage against the backends, serves again as soon as
 descriptors are back, and finishes its graceful stop whatever it is sent.
 """
@@ -71,7 +72,8 @@ class ResourceTests(FaultsTestCase):
         """
         A balancer over backends a and b with fast health checks that bring
         a backend up only slowly (a false "down" would show as refused
-        requests for a second), limited to C{maxFiles} open files.
+        requests for a second) and a response timeout of 1 s, limited to
+        C{maxFiles} open files.
         """
         backends = yield self.startBackends(("a",), ("b",))
         workdir = os.path.abspath(self.mktemp())
@@ -79,6 +81,7 @@ class ResourceTests(FaultsTestCase):
         lb = BalancerProcess(self, workdir, grace=5.0, maxFiles=maxFiles)
         lb.writeConfig({"web": {
             "health": {"interval": "300ms", "timeout": "300ms", "rise": 3, "fall": 2},
+            "timeouts": {"response": "1s"},
             "backends": [{"name": n, "endpoint": b.endpoint} for n, b in backends.items()],
         }})
         yield lb.start()
@@ -155,3 +158,32 @@ class ResourceTests(FaultsTestCase):
         self.assertIsNotNone(lb.logLine("SIGHUP received while stopping: no reload"))
         self.assertNotIn("Traceback", lb.log())
         self.assertEqual(status, 0)
+
+    @inlineCallbacks
+    def test_stoppedWithRequestsInFlight(self) -> Any:
+        """
+        The balancer stopped (C{SIGSTOP}) for 2 s, twice its response
+        timeout, while four requests wait on their backends, which answer
+        meanwhile: once resumed it relays the answers that came in time
+        instead of timing them out (a 504 each, and both backends marked
+        down for everyone after them).
+        """
+        lb = yield self.startLimited()
+        inFlight = [inThread(lambda: fetch(lb.port, "/?delay=200ms", timeout=8))
+                    for _ in range(4)]
+        yield sleep(0.1)
+        lb.signal(signal.SIGSTOP)
+        try:
+            yield sleep(2.0)
+        finally:
+            lb.signal(signal.SIGCONT)
+        outcomes = []
+        for d in inFlight:
+            outcomes.append((yield d))
+        yield sleep(0.5)
+        after = yield inThread(honestRequests, lb.port, 0.5)
+        report(self, "stopped with requests in flight", inFlight=summary(outcomes),
+               after=summary(after))
+        self.assertEqual(summary(outcomes), {"ok:200": 4})
+        self.assertIsNone(lb.logLine("is down"), lb.log())
+        self.assertEqual(summary(after), {"ok:200": len(after)})
