@@ -132,6 +132,11 @@ class ProcessGroup(Protocol):
         L{lbtwist.workers.Upgraded}).
         """
 
+    def reopenLogs(self) -> None:
+        """
+        Have every worker open its access-log files again.
+        """
+
 
 class AdminResource(Resource):
     """
@@ -750,6 +755,9 @@ class AdminResource(Resource):
         reopen = getattr(self.balancer, "reopenAccessLogs", None)
         if reopen is not None:
             reopen()
+        if self.group is not None:
+            # The workers write the access logs.
+            self.group.reopenLogs()
         try:
             reloaded = self.control.reload()
         except ConfigError as e:

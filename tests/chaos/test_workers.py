@@ -18,7 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 from tests.chaos.test_faults import CLIENT_TIMEOUT
 from tests.chaos.tools import BackendProcess, fetch, load, report, summary
 from tests.support import sleep
-from tests.test_workers import GroupTestCase, adminGet, inThread
+from tests.test_workers import GroupTestCase, adminChange, adminGet, inThread
 
 
 class WorkerFaultsTests(GroupTestCase):
@@ -83,7 +83,8 @@ class WorkerFaultsTests(GroupTestCase):
         """
         Two HTTP workers write the access log; it is renamed (a rotation)
         and the master gets C{SIGHUP}: every request that follows is
-        written to the new file, none to the renamed one.
+        written to the new file, none to the renamed one.  The same after a
+        second rotation and C{POST /api/reload}.
         """
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
@@ -96,20 +97,27 @@ class WorkerFaultsTests(GroupTestCase):
         path = os.path.join(group.workdir, "access.log")
         yield load(group.port, 4, 5, 40, lambda n, i: fetch(group.port))
         yield sleep(1.5)
-        os.rename(path, path + ".1")
-        with open(path + ".1") as f:
-            before = f.read().splitlines()
-        group.process.send_signal(signal.SIGHUP)
-        yield sleep(0.5)
-        outcomes = yield load(group.port, 4, 5, 40, lambda n, i: fetch(group.port))
-        yield sleep(1.5)
-        with open(path + ".1") as f:
-            old = f.read().splitlines()
-        with open(path) as f:
-            new = f.read().splitlines()
-        report(self, "access log rotated, 2 workers", before=len(before), old=len(old),
-               new=len(new))
-        self.assertEqual(summary(outcomes), {"ok:200": 40})
-        self.assertEqual(len(before), 40)
-        self.assertEqual((len(old), len(new)), (40, 40))
+
+        def sighup() -> Any:
+            group.process.send_signal(signal.SIGHUP)
+            return sleep(0.5)
+
+        def reload() -> Any:
+            return inThread(adminChange, group.admin, "POST", "/api/reload", {})
+
+        for rotated, reopen in ((".1", sighup), (".2", reload)):
+            os.rename(path, path + rotated)
+            with open(path + rotated) as f:
+                before = f.read().splitlines()
+            yield reopen()
+            outcomes = yield load(group.port, 4, 5, 40, lambda n, i: fetch(group.port))
+            yield sleep(1.5)
+            with open(path + rotated) as f:
+                old = f.read().splitlines()
+            with open(path) as f:
+                new = f.read().splitlines()
+            report(self, "access log rotated, 2 workers", how=reopen.__name__,
+                   before=len(before), old=len(old), new=len(new))
+            self.assertEqual(summary(outcomes), {"ok:200": 40})
+            self.assertEqual((len(before), len(old), len(new)), (40, 40, 40))
         yield group.stop(self)
