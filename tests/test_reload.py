@@ -599,9 +599,15 @@ class SignalTests(SynchronousTestCase):
             call()
         self.assertEqual([len(t.pools["web"]) for t in lives], [2, 2])
         self.assertEqual(self.reactor.stopped, 1)
+        del self.reactor.calls[:]
+        # (After a SIGTERM, each puts its handlers back once the reactor
+        # has shut down.)
         first.stopService()
-        self.assertNotEqual(self.installed[signal.SIGHUP], "oldhup")
         second.stopService()
+        [(_, _, restoreFirst), (_, _, restoreSecond)] = self.reactor.calls
+        restoreFirst()
+        self.assertNotEqual(self.installed[signal.SIGHUP], "oldhup")
+        restoreSecond()
         self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
                                           signal.SIGUSR2: "oldusr2"})
 
