@@ -85,7 +85,9 @@ class LeanEPollReactor(EPollReactor):
         if timeout is None:
             timeout = -1
         poll = self._poller.poll
-        asked = self.seconds()
+        # (The last poll's end: what ran since took under STALL, else
+        # runUntilCurrent would have polled; one clock read a pass fewer.)
+        previous = self._polledAt
         try:
             events = poll(timeout, len(self._selectables))
         except OSError as err:
@@ -93,7 +95,7 @@ class LeanEPollReactor(EPollReactor):
                 return
             raise
         self._polledAt = now = self.seconds()
-        if not events and timeout >= 0 and now - asked > timeout + STALL:
+        if not events and timeout >= 0 and now - previous > timeout + STALL:
             # Stopped during the poll (SIGSTOP): resumed, the kernel ends
             # the poll as timed out, with nothing, whatever came meanwhile.
             events = poll(0, len(self._selectables))

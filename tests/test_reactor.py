@@ -118,6 +118,8 @@ class LeanEPollReactorTests(SynchronousTestCase):
         self.reactor._poller = StoppedPoller(real)  # type: ignore[assignment]
         self.reactor.seconds = lambda: clock[0]  # type: ignore[method-assign]
         stalledFor = 0.0
+        # (The last poll ended just now.)
+        self.reactor._polledAt = clock[0]
         self.reactor.doIteration(0.2)
         self.assertEqual((polls, reader.read), ([0.2], []))
         polls.clear()
