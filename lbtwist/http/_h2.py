@@ -13,7 +13,7 @@ decides what they mean:
     h2-to-h1 downgrade could smuggle is refused first (CR, LF or NUL in a
     name or value, connection-specific fields, C{te} other than
     C{trailers}, uppercase names, a Host that disagrees with
-    C{:authority}); a Content-Length must match the DATA received, checked
+    C{:authority}, a C{:method} that is no token); a Content-Length must match the DATA received, checked
     before any byte past it reaches a backend.
   - B{flow control as backpressure}: request DATA is acknowledged (the
     client's window opened again) only while the backend connection takes
@@ -97,6 +97,11 @@ _PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
 _NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+\Z")
 # What a field value may not hold (RFC 9113 8.2.1).
 _BAD_VALUE = re.compile(rb"[\r\n\x00]|\A[ \t]|[ \t]\Z")
+# A method: a token (RFC 9110 9.1).  Anything else would rewrite the
+# HTTP/1.1 request line sent on ("GET /x" as a method sends "GET /x / ...").
+_METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+# The methods almost every request has, taken without the pattern.
+_COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
 # Response fields never sent on HTTP/2 beside the hop-by-hop ones.
 _NOT_ON_H2 = frozenset((b"proxy-connection", b"keep-alive"))
 
@@ -192,6 +197,8 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
     method = pseudo.get(b":method")
     if not method:
         raise MalformedRequest("no :method")
+    if method not in _COMMON_METHODS and not _METHOD.match(method):
+        raise MalformedRequest(f"invalid :method {method[:40]!r}")
     if method == b"CONNECT":
         raise BadRequest("CONNECT is not supported", 501)
     scheme = pseudo.get(b":scheme")

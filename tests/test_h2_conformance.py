@@ -1,0 +1,56 @@
+"""
+HTTP/2 conformance of the client side (L{lbtwist.http._h2}) case by case
+against RFC 9113, where the h2 library leaves the rule to lbtwist: what
+the HTTP/1.1 request line and Host built from the pseudo-header fields may
+hold, the fields a request's trailers may carry, and the error codes of
+frames h2 refuses.  Each case was also run against HAProxy 2.6 (its answer
+is in the docstrings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.http._errors import BadRequest
+from lbtwist.http._h2 import MalformedRequest, requestHead
+
+BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+        (b":authority", b"a.example")]
+
+
+def head(method: bytes = b"GET", path: bytes = b"/", authority: bytes | None = b"a.example",
+         *extra: tuple[bytes, bytes]) -> Any:
+    """
+    L{requestHead} of a request with these pseudo-header values (and
+    C{extra} fields), or the exception it raised.
+    """
+    fields = [(b":method", method), (b":scheme", b"http"), (b":path", path)]
+    if authority is not None:
+        fields.append((b":authority", authority))
+    try:
+        return requestHead([*fields, *extra], True)
+    except (MalformedRequest, BadRequest) as e:
+        return e
+
+
+class RequestLineTests(SynchronousTestCase):
+    """
+    C{:method}, C{:path} and C{:authority} become the HTTP/1.1 request line
+    and Host: what they may hold is what those may, so that no request
+    reaches a backend as another one.
+    """
+
+    def test_methodToken(self) -> None:
+        """
+        A C{:method} that is not a token (RFC 9110 9.1) is malformed: one
+        with a space would rewrite the request line (C{"GET /x"} as a
+        method sends C{GET /x / HTTP/1.1}), a control or C{"{"} is no
+        method.  HAProxy answers 400.  Tokens pass, lowercase and unknown
+        ones included (methods are case-sensitive).
+        """
+        for method in (b"GET /x", b"GE\x01T", b"G{T", b"GET\t", b"G\x7fT", b"G\xe9T"):
+            self.assertIsInstance(head(method), MalformedRequest, repr(method))
+        for method in (b"GET", b"get", b"PROPFIND", b"M-SEARCH", b"X~!#$%&'*+.^_`|"):
+            self.assertEqual(head(method).method, method)
