@@ -54,3 +54,16 @@ class RequestLineTests(SynchronousTestCase):
             self.assertIsInstance(head(method), MalformedRequest, repr(method))
         for method in (b"GET", b"get", b"PROPFIND", b"M-SEARCH", b"X~!#$%&'*+.^_`|"):
             self.assertEqual(head(method).method, method)
+
+    def test_pathCharacters(self) -> None:
+        """
+        A C{:path} with whitespace, a control, DEL or C{"#"} is malformed
+        (RFC 9113 8.3.1: the path and query of the target, no fragment; in
+        an HTTP/1.1 request line a space or tab would end the target, and a
+        fragment would pass a path rule it then escapes).  HAProxy resets
+        (400 for DEL).  Bytes past ASCII pass, as HAProxy lets them.
+        """
+        for path in (b"/a b", b"/a\tb", b"/a\x01b", b"/a\x7fb", b"/a#f", b"/a?q#f"):
+            self.assertIsInstance(head(b"GET", path), MalformedRequest, repr(path))
+        for path in (b"/", b"/a/b?c=d&e=%20", b"/a\xc3\xa9b", b"/@:!$&'()*+,;=-._~"):
+            self.assertEqual(head(b"GET", path).target, path)

@@ -13,7 +13,8 @@ decides what they mean:
     h2-to-h1 downgrade could smuggle is refused first (CR, LF or NUL in a
     name or value, connection-specific fields, C{te} other than
     C{trailers}, uppercase names, a Host that disagrees with
-    C{:authority}, a C{:method} that is no token); a Content-Length must match the DATA received, checked
+    C{:authority}, a C{:method} that is no token, whitespace, a control or
+    a fragment in C{:path}); a Content-Length must match the DATA received, checked
     before any byte past it reaches a backend.
   - B{flow control as backpressure}: request DATA is acknowledged (the
     client's window opened again) only while the backend connection takes
@@ -102,6 +103,10 @@ _BAD_VALUE = re.compile(rb"[\r\n\x00]|\A[ \t]|[ \t]\Z")
 _METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 # The methods almost every request has, taken without the pattern.
 _COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
+# What C{:path} may not hold: whitespace, controls and DEL (a space or tab
+# ends the HTTP/1.1 request target), or "#": a fragment is no part of it
+# (RFC 9113 8.3.1), and would pass a path rule it then escapes.
+_BAD_PATH = re.compile(rb"[\x00-\x20\x7f#]")
 # Response fields never sent on HTTP/2 beside the hop-by-hop ones.
 _NOT_ON_H2 = frozenset((b"proxy-connection", b"keep-alive"))
 
@@ -207,6 +212,8 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
         raise MalformedRequest("no :scheme or :path")
     if target[0] != 47 and not (target == b"*" and method == b"OPTIONS"):  # 47: "/"
         raise MalformedRequest(f"invalid :path {target!r}")
+    if _BAD_PATH.search(target):
+        raise MalformedRequest(f"invalid character in :path {target[:80]!r}")
     if scheme not in (b"http", b"https"):
         raise BadRequest(f"unsupported :scheme {scheme!r}")
     authority = pseudo.get(b":authority")
