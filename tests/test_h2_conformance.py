@@ -67,3 +67,23 @@ class RequestLineTests(SynchronousTestCase):
             self.assertIsInstance(head(b"GET", path), MalformedRequest, repr(path))
         for path in (b"/", b"/a/b?c=d&e=%20", b"/a\xc3\xa9b", b"/@:!$&'()*+,;=-._~"):
             self.assertEqual(head(b"GET", path).target, path)
+
+    def test_authorityCharacters(self) -> None:
+        """
+        A C{:authority} (or, without one, a Host) outside RFC 3986's
+        authority (host and port: a space, a control, C{"/"}, a quote...)
+        gets a 400, as an invalid Host does in HTTP/1.1 (RFC 9112 3.2):
+        it would be the backend's Host, and routing's and
+        C{X-Forwarded-Host}'s.  HAProxy answers 400 to a space or a
+        control.  Names, ports, IP literals and percent-encoding pass.
+        """
+        for authority in (b"a b", b"a\x01b", b"a/b", b'a"b', b"a\\b", b"a<b>", b"a\x7f"):
+            e = head(b"GET", b"/", authority)
+            self.assertIsInstance(e, BadRequest, repr(authority))
+            self.assertEqual(e.status, 400)
+            e = head(b"GET", b"/", None, (b"host", authority))
+            self.assertIsInstance(e, BadRequest, repr(authority))
+        for authority in (b"a.example", b"a.example:8080", b"[::1]:8080", b"10.0.0.1",
+                          b"a_b.example", b"a%41b.example", b"x!$&'()*+,;=~.example"):
+            self.assertEqual(head(b"GET", b"/", authority).authority, authority)
+            self.assertEqual(head(b"GET", b"/", None, (b"host", authority)).authority, authority)

@@ -14,8 +14,9 @@ decides what they mean:
     name or value, connection-specific fields, C{te} other than
     C{trailers}, uppercase names, a Host that disagrees with
     C{:authority}, a C{:method} that is no token, whitespace, a control or
-    a fragment in C{:path}); a Content-Length must match the DATA received, checked
-    before any byte past it reaches a backend.
+    a fragment in C{:path}, an authority that is no host and port); a
+    Content-Length must match the DATA received, checked before any byte
+    past it reaches a backend.
   - B{flow control as backpressure}: request DATA is acknowledged (the
     client's window opened again) only while the backend connection takes
     what it is given, so a stream holds at most its window of request body;
@@ -107,6 +108,9 @@ _COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTI
 # ends the HTTP/1.1 request target), or "#": a fragment is no part of it
 # (RFC 9113 8.3.1), and would pass a path rule it then escapes.
 _BAD_PATH = re.compile(rb"[\x00-\x20\x7f#]")
+# An authority as a Host may be: RFC 3986 3.2's host (a name, with
+# percent-encoding, or an IP literal) and port; no userinfo ("@").
+_AUTHORITY = re.compile(rb"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+\Z")
 # Response fields never sent on HTTP/2 beside the hop-by-hop ones.
 _NOT_ON_H2 = frozenset((b"proxy-connection", b"keep-alive"))
 
@@ -226,6 +230,8 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
         raise BadRequest("no :authority and no host")
     else:
         authority = host
+    if not _AUTHORITY.match(authority):
+        raise BadRequest(f"invalid authority {authority[:80]!r}")
     headers = [(b"host", authority), *regular]
     if cookies:
         headers.append((b"cookie", b"; ".join(cookies)))
