@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import h2.events
+from h2.errors import ErrorCodes
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.http._errors import BadRequest
 from lbtwist.http._h2 import MalformedRequest, requestHead
+
+from .test_h2_unit import GET, Client, H2TestCase
 
 BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
         (b":authority", b"a.example")]
@@ -87,3 +91,52 @@ class RequestLineTests(SynchronousTestCase):
                           b"a_b.example", b"a%41b.example", b"x!$&'()*+,;=~.example"):
             self.assertEqual(head(b"GET", b"/", authority).authority, authority)
             self.assertEqual(head(b"GET", b"/", None, (b"host", authority)).authority, authority)
+
+
+class RequestTrailerTests(H2TestCase):
+    """
+    A request's trailers are a header block too (RFC 9113 8.1): what makes
+    a head malformed makes them so, and the backend never sees such a
+    request complete.
+    """
+
+    def trailers(self, fields: list[tuple[bytes, bytes]]) -> tuple[Client, Any]:
+        """
+        Send a POST with a body of no stated length, then C{fields} as its
+        trailers; the client and the backend connection's transport.
+        """
+        client = Client(self.factory)
+        client.get(1, [(b":method", b"POST"), *GET[1:]], end=False)
+        _, transport = self.backend()
+        client.send(1, b"a")
+        client.conn.send_headers(1, fields, end_stream=True)
+        client.pump()
+        return client, transport
+
+    def test_malformed(self) -> None:
+        """
+        A pseudo-header field (8.1: trailers MUST NOT hold one), an
+        uppercase name (8.2.1) or a connection-specific field (8.2.2) in a
+        request's trailers resets the stream with C{PROTOCOL_ERROR}, and
+        the backend's connection is aborted before the body's last chunk
+        (which would end the request there).  HAProxy resets the stream
+        (C{INTERNAL_ERROR}) and cuts the backend's request the same way.
+        """
+        for fields in ([(b":method", b"GET")], [(b"X-T", b"1")],
+                       [(b"transfer-encoding", b"chunked")], [(b"connection", b"close")],
+                       [(b"x-t", b" 1")]):
+            client, transport = self.trailers(fields)
+            self.assertEqual([e.error_code for e in client.of(h2.events.StreamReset, 1)],
+                             [ErrorCodes.PROTOCOL_ERROR], fields)
+            self.assertTrue(transport.disconnecting, fields)
+            self.assertNotIn(b"0\r\n", transport.value(), fields)
+            self.assertEqual(client.of(h2.events.ConnectionTerminated), [])
+
+    def test_wellFormed(self) -> None:
+        """
+        Well-formed trailers end the backend's chunked request.
+        """
+        client, transport = self.trailers([(b"x-t", b"1")])
+        self.assertTrue(transport.value().endswith(b"1\r\na\r\n0\r\nx-t: 1\r\n\r\n"))
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(client.of(h2.events.StreamReset, 1), [])

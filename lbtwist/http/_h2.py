@@ -243,6 +243,26 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
     return H2Request(method, target, authority, scheme, headers, length)
 
 
+def checkTrailers(fields: list[tuple[bytes, bytes]]) -> None:
+    """
+    Check a request's trailers as RFC 9113 checks any header block: no
+    pseudo-header field (8.1), lowercase token names and values without CR,
+    LF, NUL or surrounding whitespace (8.2.1), no connection-specific field
+    (8.2.2).
+
+    @raise MalformedRequest: the stream must be reset (C{PROTOCOL_ERROR}).
+    """
+    for name, value in fields:
+        if name[:1] == b":":
+            raise MalformedRequest(f"pseudo-header {name!r} in trailers")
+        if not _NAME.match(name):
+            raise MalformedRequest(f"invalid trailer name {name[:40]!r}")
+        if name in CONNECTION_SPECIFIC:
+            raise MalformedRequest(f"connection-specific trailer {name!r}")
+        if _BAD_VALUE.search(value):
+            raise MalformedRequest(f"forbidden character or whitespace in trailer {name!r}")
+
+
 def responseFields(status: int, headers: list[tuple[bytes, bytes]],
                    cookie: bytes | None = None) -> list[tuple[bytes, bytes]]:
     """
@@ -413,13 +433,14 @@ class H2Stream:
     def trailersReceived(self, fields: list[tuple[bytes, bytes]]) -> None:
         """
         The request's trailers arrived (the stream ends with them): relayed
-        as the request ends, filtered as headers are; one with a bad name
-        or value makes the request malformed (the backend never sees it
-        complete).
+        as the request ends, filtered as headers are; trailers that would
+        make a head malformed (L{checkTrailers}) make the request so (the
+        backend never sees it complete).
         """
         try:
+            checkTrailers(fields)
             self._requestTrailers = trailerFields(fields) or None
-        except BadTrailer as e:
+        except (MalformedRequest, BadTrailer) as e:
             self._malformedBody(str(e))
 
     def _malformedBody(self, why: str) -> None:
