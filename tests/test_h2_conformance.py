@@ -13,12 +13,34 @@ from typing import Any
 
 import h2.events
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.http._errors import BadRequest
 from lbtwist.http._h2 import MalformedRequest, requestHead
 
-from .test_h2_unit import GET, Client, H2TestCase
+from .test_h2_unit import GET, Client, H2TestCase, frames
+
+
+def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    """
+    A frame as bytes, whatever its fields say (hyperframe would refuse to
+    build some of them).
+    """
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + payload
+
+
+def goaway(client: Client, data: bytes) -> int | None:
+    """
+    Send C{data} after the client's preface and SETTINGS: the error code
+    of the GOAWAY the server answers with, if any.
+    """
+    client.transport.clear()
+    client.server.dataReceived(data)
+    for f in frames(client.transport.value()):
+        if isinstance(f, GoAwayFrame):
+            return int(f.error_code)
+    return None
 
 BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
         (b":authority", b"a.example")]
@@ -140,3 +162,29 @@ class RequestTrailerTests(H2TestCase):
         self.assertTrue(transport.value().endswith(b"1\r\na\r\n0\r\nx-t: 1\r\n\r\n"))
         self.assertFalse(transport.disconnecting)
         self.assertEqual(client.of(h2.events.StreamReset, 1), [])
+
+
+class FrameErrorTests(H2TestCase):
+    """
+    The error code a frame h2 refuses closes the connection with.
+    """
+
+    def test_settingsAckWithPayload(self) -> None:
+        """
+        A SETTINGS acknowledgement with a payload is a connection error of
+        type C{FRAME_SIZE_ERROR} (RFC 9113 6.5; h2 says C{PROTOCOL_ERROR}),
+        as HAProxy answers.
+        """
+        client = Client(self.factory)
+        self.assertEqual(goaway(client, frame(4, 1, 0, b"\x00\x01\x00\x00\x00\x01")),
+                         ErrorCodes.FRAME_SIZE_ERROR)
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_otherInvalidData(self) -> None:
+        """
+        Other frames h2 finds invalid keep their code: a PRIORITY frame on
+        stream 0 is a C{PROTOCOL_ERROR}.
+        """
+        client = Client(self.factory)
+        self.assertEqual(goaway(client, frame(2, 0, 0, b"\x00\x00\x00\x01\x10")),
+                         ErrorCodes.PROTOCOL_ERROR)

@@ -238,8 +238,9 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
             TLSMemoryBIOProtocol: ("_tlsShutdownFinished", "_handshakeDone", "_aborted",
                                    "_checkHandshakeStatus"),
             StreamServerEndpointService: ("_raiseSynchronously",),
-            # (The h2 library's: each received frame, counted by lbtwist.)
-            H2Connection: ("_receive_frame",),
+            # (The h2 library's: each received frame, counted by lbtwist;
+            # the connection error, whose code lbtwist corrects.)
+            H2Connection: ("_receive_frame", "_terminate_connection"),
         }
         missing = [f"{getattr(owner, '__name__', owner)}.{name}"
                    for owner, names in needed.items() for name in names
@@ -250,6 +251,7 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
         """
         Attributes set on instances.
         """
+        from h2.frame_buffer import FrameBuffer
         from twisted.application.internet import StreamServerEndpointService
         from twisted.internet import abstract, epollreactor
 
@@ -259,6 +261,7 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
             reactor: ("_selectables", "_reads", "_writes", "_poller", "_continuousPolling"),
             StreamServerEndpointService(None, None): ("_waitingForPort",),
             abstract.FileDescriptor(): ("_tempDataLen",),
+            FrameBuffer(): ("_data",),
         }
         missing = [f"{type(owner).__name__}.{name}"
                    for owner, names in needed.items() for name in names
