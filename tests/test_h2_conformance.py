@@ -115,6 +115,22 @@ class RequestLineTests(SynchronousTestCase):
             self.assertEqual(head(b"GET", b"/", None, (b"host", authority)).authority, authority)
 
 
+    def test_connect(self) -> None:
+        """
+        CONNECT (which lbtwist does not tunnel) gets a 501 when it is well
+        formed: C{:method} and C{:authority} only.  With C{:scheme} or
+        C{:path}, or without C{:authority}, it is malformed (RFC 9113 8.5),
+        a C{PROTOCOL_ERROR} reset as HAProxy answers.
+        """
+        connect = (b":method", b"CONNECT")
+        authority = (b":authority", b"a.example:443")
+        e = self.assertRaises(BadRequest, requestHead, [connect, authority], False)
+        self.assertEqual(e.status, 501)
+        for fields in ([connect, (b":scheme", b"https"), authority],
+                       [connect, (b":path", b"/"), authority], [connect]):
+            self.assertRaises(MalformedRequest, requestHead, fields, False)
+
+
 class RequestTrailerTests(H2TestCase):
     """
     A request's trailers are a header block too (RFC 9113 8.1): what makes

@@ -209,6 +209,9 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
     if method not in _COMMON_METHODS and not _METHOD.match(method):
         raise MalformedRequest(f"invalid :method {method[:40]!r}")
     if method == b"CONNECT":
+        # (RFC 9113 8.5: :authority only, beside :method.)
+        if b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo:
+            raise MalformedRequest("CONNECT with :scheme or :path, or without :authority")
         raise BadRequest("CONNECT is not supported", 501)
     scheme = pseudo.get(b":scheme")
     target = pseudo.get(b":path")
