@@ -13,13 +13,14 @@ from typing import Any
 
 import h2.events
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from hpack import Encoder
+from hyperframe.frame import GoAwayFrame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.http._errors import BadRequest
 from lbtwist.http._h2 import MalformedRequest, requestHead
 
-from .test_h2_unit import GET, Client, H2TestCase, frames
+from .test_h2_unit import GET, Client, H2TestCase, frames, h2Factory
 
 
 def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
@@ -30,17 +31,94 @@ def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + payload
 
 
-def goaway(client: Client, data: bytes) -> int | None:
+def answer(client: Client, data: bytes) -> tuple[str, int] | None:
     """
-    Send C{data} after the client's preface and SETTINGS: the error code
-    of the GOAWAY the server answers with, if any.
+    Send C{data} after the client's preface and SETTINGS: C{("GOAWAY",
+    code)} or C{("RST_STREAM", code)}, whichever the server answers with
+    first, if either.
     """
     client.transport.clear()
     client.server.dataReceived(data)
     for f in frames(client.transport.value()):
         if isinstance(f, GoAwayFrame):
-            return int(f.error_code)
+            return ("GOAWAY", int(f.error_code))
+        if isinstance(f, RstStreamFrame):
+            return ("RST_STREAM", int(f.error_code))
     return None
+
+
+def request(sid: int, end: bool = True, flags: int = 0x4, prefix: bytes = b"") -> bytes:
+    """
+    A HEADERS frame of a GET on C{sid} (a fresh HPACK context: the first
+    header block the connection reads).
+    """
+    block = Encoder().encode([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                              (b":authority", b"a.example")])
+    return frame(0x1, flags | (0x1 if end else 0), sid, prefix + block)
+
+
+# The frame-layer cases of RFC 9113 the h2 library enforces, with the
+# answer HAProxy 2.6 gives too (where it differs, in the comment).
+H2_ENFORCED: list[tuple[str, bytes, tuple[str, int]]] = [
+    ("6.5.2 INITIAL_WINDOW_SIZE over 2^31-1", frame(0x4, 0, 0, b"\x00\x04\x80\x00\x00\x00"),
+     ("GOAWAY", ErrorCodes.FLOW_CONTROL_ERROR)),
+    ("6.5.2 MAX_FRAME_SIZE under 2^14", frame(0x4, 0, 0, b"\x00\x05\x00\x00\x3f\xff"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.5.2 MAX_FRAME_SIZE over 2^24-1", frame(0x4, 0, 0, b"\x00\x05\x01\x00\x00\x00"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.5.2 ENABLE_PUSH 2", frame(0x4, 0, 0, b"\x00\x02\x00\x00\x00\x02"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.5 SETTINGS on a stream", frame(0x4, 0, 1, b""), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.5 SETTINGS length not a multiple of 6", frame(0x4, 0, 0, b"\x00\x01\x00"),
+     ("GOAWAY", ErrorCodes.FRAME_SIZE_ERROR)),
+    ("6.2 HEADERS on stream 0", request(0), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.1 DATA on stream 0", frame(0x0, 1, 0, b"x"), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.4 RST_STREAM on stream 0", frame(0x3, 0, 0, b"\x00\x00\x00\x08"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.7 PING on a stream", frame(0x6, 0, 1, b"\x00" * 8), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.8 GOAWAY on a stream", frame(0x7, 0, 1, b"\x00" * 8), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("5.1.1 even stream id from a client", request(2), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    # (HAProxy: STREAM_CLOSED.)
+    ("5.1.1 stream id lower than one used", request(5) + request(3),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("5.1 DATA on an idle stream", frame(0x0, 1, 1, b"x"), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("5.1 RST_STREAM on an idle stream", frame(0x3, 0, 1, b"\x00\x00\x00\x08"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("5.1 WINDOW_UPDATE on an idle stream", frame(0x8, 0, 1, b"\x00\x00\x00\x01"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.10 CONTINUATION without HEADERS", frame(0x9, 0x4, 1, b"\x82"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.10 another frame inside a header block",
+     request(1, flags=0) + frame(0x0, 1, 1, b"x"), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("4.2 DATA over SETTINGS_MAX_FRAME_SIZE",
+     request(1, end=False) + frame(0x0, 0, 1, b"x" * 16385), ("GOAWAY", ErrorCodes.FRAME_SIZE_ERROR)),
+    ("6.1 padding longer than the payload",
+     request(1, end=False) + frame(0x0, 0x9, 1, b"\x05abc"), ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("5.3.1 PRIORITY depending on itself", frame(0x2, 0, 1, b"\x00\x00\x00\x01\x10"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.3 PRIORITY of length 4", frame(0x2, 0, 1, b"\x00\x00\x00\x03"),
+     ("GOAWAY", ErrorCodes.FRAME_SIZE_ERROR)),
+    ("6.9 WINDOW_UPDATE of 0 on the connection", frame(0x8, 0, 0, b"\x00\x00\x00\x00"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    # (A stream error by the RFC; h2 makes it a connection error, as 5.4
+    # allows.  HAProxy: RST_STREAM PROTOCOL_ERROR.)
+    ("6.9 WINDOW_UPDATE of 0 on a stream",
+     request(1, end=False) + frame(0x8, 0, 1, b"\x00\x00\x00\x00"),
+     ("GOAWAY", ErrorCodes.PROTOCOL_ERROR)),
+    ("6.9.1 connection window over 2^31-1", frame(0x8, 0, 0, b"\x7f\xff\xff\xff"),
+     ("GOAWAY", ErrorCodes.FLOW_CONTROL_ERROR)),
+    ("6.9.1 stream window over 2^31-1",
+     request(1, end=False) + frame(0x8, 0, 1, b"\x7f\xff\xff\xff"),
+     ("RST_STREAM", ErrorCodes.FLOW_CONTROL_ERROR)),
+    ("6.9 WINDOW_UPDATE of length 3", frame(0x8, 0, 0, b"\x00\x00\x01"),
+     ("GOAWAY", ErrorCodes.FRAME_SIZE_ERROR)),
+    ("6.7 PING of length 6", frame(0x6, 0, 0, b"\x00" * 6), ("GOAWAY", ErrorCodes.FRAME_SIZE_ERROR)),
+    # (HAProxy: GOAWAY then RST_STREAM PROTOCOL_ERROR.)
+    ("5.1 HEADERS on a half-closed (remote) stream", request(1) + request(1),
+     ("RST_STREAM", ErrorCodes.STREAM_CLOSED)),
+    ("5.1 DATA on a half-closed (remote) stream", request(1) + frame(0x0, 1, 1, b"x"),
+     ("RST_STREAM", ErrorCodes.STREAM_CLOSED)),
+]
 
 BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
         (b":authority", b"a.example")]
@@ -192,9 +270,22 @@ class FrameErrorTests(H2TestCase):
         as HAProxy answers.
         """
         client = Client(self.factory)
-        self.assertEqual(goaway(client, frame(4, 1, 0, b"\x00\x01\x00\x00\x00\x01")),
-                         ErrorCodes.FRAME_SIZE_ERROR)
+        self.assertEqual(answer(client, frame(4, 1, 0, b"\x00\x01\x00\x00\x00\x01")),
+                         ("GOAWAY", ErrorCodes.FRAME_SIZE_ERROR))
         self.assertTrue(client.transport.disconnecting)
+
+    def test_enforcedByH2(self) -> None:
+        """
+        The frame-layer rules h2 enforces hold as lbtwist configures it
+        (its checks of fields turned off, its frame checks kept): each
+        case gets the connection or stream error RFC 9113 asks for.
+        """
+        got = []
+        for case, data, expected in H2_ENFORCED:
+            result = answer(Client(h2Factory(self.reactor)), data)
+            if result != expected:
+                got.append((case, result, expected))
+        self.assertEqual(got, [])
 
     def test_otherInvalidData(self) -> None:
         """
@@ -202,5 +293,5 @@ class FrameErrorTests(H2TestCase):
         stream 0 is a C{PROTOCOL_ERROR}.
         """
         client = Client(self.factory)
-        self.assertEqual(goaway(client, frame(2, 0, 0, b"\x00\x00\x00\x01\x10")),
-                         ErrorCodes.PROTOCOL_ERROR)
+        self.assertEqual(answer(client, frame(2, 0, 0, b"\x00\x00\x00\x01\x10")),
+                         ("GOAWAY", ErrorCodes.PROTOCOL_ERROR))
