@@ -18,7 +18,7 @@ from hyperframe.frame import GoAwayFrame, RstStreamFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.http._errors import BadRequest
-from lbtwist.http._h2 import MalformedRequest, requestHead
+from lbtwist.http._h2 import MalformedRequest, requestHead, responseFields
 
 from .test_h2_unit import GET, Client, H2TestCase, frames, h2Factory
 
@@ -295,3 +295,21 @@ class FrameErrorTests(H2TestCase):
         client = Client(self.factory)
         self.assertEqual(answer(client, frame(2, 0, 0, b"\x00\x00\x00\x01\x10")),
                          ("GOAWAY", ErrorCodes.PROTOCOL_ERROR))
+
+
+class ResponseFieldTests(SynchronousTestCase):
+    """
+    The header list of a response relayed from an HTTP/1.1 backend.
+    """
+
+    def test_connectionNamed(self) -> None:
+        """
+        The fields a backend's Connection names are hop-by-hop, and go
+        (RFC 9110 7.6.1, as an HTTP/1.1 client's response does); the
+        framing, and the sticky cookie added here, stay whatever it names.
+        """
+        fields = responseFields(200, [
+            (b"Connection", b"keep-alive, X-Hop, Content-Length, set-cookie"),
+            (b"X-Hop", b"1"), (b"Content-Length", b"2"), (b"x-kept", b"k")], b"lb=a")
+        self.assertEqual(fields, [(b":status", b"200"), (b"content-length", b"2"),
+                                  (b"x-kept", b"k"), (b"set-cookie", b"lb=a")])

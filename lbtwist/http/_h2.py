@@ -76,7 +76,15 @@ from ._client import ClientPeer
 from ._errors import _BODIES, BadRequest
 from ._exchange import Exchange, IClientSide
 from ._gate import ProducerGate, takeWindow
-from ._plan import BadTrailer, forwarded, planResponse, trailerFields
+from ._plan import (
+    _NEVER_NAMED,
+    _USUAL_CONNECTION,
+    BadTrailer,
+    forwarded,
+    planResponse,
+    splitTokens,
+    trailerFields,
+)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The WINDOW_UPDATE frames one response DATA frame may call for (the
@@ -271,18 +279,26 @@ def responseFields(status: int, headers: list[tuple[bytes, bytes]],
     """
     The HTTP/2 header list of a response: C{:status}, then the backend's
     fields lowercased, without the hop-by-hop ones (the one filter of
-    L{forwarded}) and the other connection-specific ones, and without a
-    204's length; C{cookie}, the sticky cookie's C{Set-Cookie} value, last.
+    L{forwarded}, and those its Connection names) and the other
+    connection-specific ones, and without a 204's length; C{cookie}, the sticky cookie's C{Set-Cookie} value, last.
     """
     fields = [(b":status", b"%d" % status)]
     append = fields.append
+    named: set[bytes] | None = None
     for name, value in headers:
         lname = name.lower()
         if not forwarded(lname) or lname in _NOT_ON_H2:
+            if lname == b"connection" and value.lower() not in _USUAL_CONNECTION:
+                named = (named or set()).union(splitTokens(value))
             continue
         if status == 204 and lname == b"content-length":
             continue
         append((lname, value))
+    if named:
+        # (RFC 9110 7.6.1, as planResponse does for HTTP/1.1 clients.)
+        named -= _NEVER_NAMED
+        fields = [field for field in fields if field[0] not in named]
+        append = fields.append
     if cookie is not None:
         append((b"set-cookie", cookie))
     return fields
