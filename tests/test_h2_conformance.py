@@ -313,3 +313,14 @@ class ResponseFieldTests(SynchronousTestCase):
             (b"X-Hop", b"1"), (b"Content-Length", b"2"), (b"x-kept", b"k")], b"lb=a")
         self.assertEqual(fields, [(b":status", b"200"), (b"content-length", b"2"),
                                   (b"x-kept", b"k"), (b"set-cookie", b"lb=a")])
+
+    def test_valueWhitespace(self) -> None:
+        """
+        A field value HTTP/2 sends neither starts nor ends with a space or
+        tab (RFC 9113 8.2.1: a client may reset the stream otherwise):
+        what llhttp left of a backend's value (trailing whitespace) is
+        stripped, as HAProxy does; inner whitespace stays.
+        """
+        fields = responseFields(200, [(b"X-Sp", b"b \t"), (b"x-in", b"a  b"), (b"x-e", b"")])
+        self.assertEqual(fields, [(b":status", b"200"), (b"x-sp", b"b"), (b"x-in", b"a  b"),
+                                  (b"x-e", b"")])

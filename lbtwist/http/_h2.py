@@ -280,7 +280,9 @@ def responseFields(status: int, headers: list[tuple[bytes, bytes]],
     The HTTP/2 header list of a response: C{:status}, then the backend's
     fields lowercased, without the hop-by-hop ones (the one filter of
     L{forwarded}, and those its Connection names) and the other
-    connection-specific ones, and without a 204's length; C{cookie}, the sticky cookie's C{Set-Cookie} value, last.
+    connection-specific ones, and without a 204's length; values without
+    surrounding whitespace (RFC 9113 8.2.1); C{cookie}, the sticky
+    cookie's C{Set-Cookie} value, last.
     """
     fields = [(b":status", b"%d" % status)]
     append = fields.append
@@ -293,7 +295,8 @@ def responseFields(status: int, headers: list[tuple[bytes, bytes]],
             continue
         if status == 204 and lname == b"content-length":
             continue
-        append((lname, value))
+        # (llhttp keeps a value's trailing whitespace, which HTTP/2 forbids.)
+        append((lname, value.strip(b" \t")))
     if named:
         # (RFC 9110 7.6.1, as planResponse does for HTTP/1.1 clients.)
         named -= _NEVER_NAMED
