@@ -20,7 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.http._errors import BadRequest
 from lbtwist.http._h2 import MalformedRequest, requestHead, responseFields
 
-from .test_h2_unit import GET, Client, H2TestCase, frames, h2Factory
+from .test_h2_unit import GET, Client, H2TestCase, ProtocolTransport, frames, h2Factory
+from .test_http_unit import CLIENT
 
 
 def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
@@ -273,6 +274,25 @@ class FrameErrorTests(H2TestCase):
         self.assertEqual(answer(client, frame(4, 1, 0, b"\x00\x01\x00\x00\x00\x01")),
                          ("GOAWAY", ErrorCodes.FRAME_SIZE_ERROR))
         self.assertTrue(client.transport.disconnecting)
+
+    def test_badPreface(self) -> None:
+        """
+        A client that chose C{h2} by ALPN and then sends no connection
+        preface (RFC 9113 3.4: a connection error of type
+        C{PROTOCOL_ERROR}) gets a GOAWAY saying so before the close, as
+        5.4.1 asks (h2 raises without one; HAProxy closes silently).
+        """
+        transport = ProtocolTransport(peerAddress=CLIENT)
+        transport.negotiatedProtocol = b"h2"  # type: ignore[attr-defined]
+        sniffer = self.factory.buildProtocol(CLIENT)
+        assert sniffer is not None
+        transport.protocol = sniffer
+        sniffer.makeConnection(transport)
+        transport.clear()
+        transport.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        codes = [f.error_code for f in frames(transport.value()) if isinstance(f, GoAwayFrame)]
+        self.assertEqual(codes, [ErrorCodes.PROTOCOL_ERROR])
+        self.assertTrue(transport.disconnecting)
 
     def test_enforcedByH2(self) -> None:
         """

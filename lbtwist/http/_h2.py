@@ -47,6 +47,7 @@ from collections import deque
 from typing import Any, Callable
 
 from h2.config import H2Configuration
+from h2.connection import ConnectionState
 from h2.connection import H2Connection as H2State
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -965,6 +966,10 @@ class H2Connection(ClientPeer, Protocol):
                 self.factory.log.info(
                     "closing HTTP/2 client {client}: {why}", client=self.clientName, why=str(e))
                 self.factory.refused += 1
+                if self.h2.state_machine.state is not ConnectionState.CLOSED:
+                    # h2 sent no GOAWAY (a bad connection preface, RFC
+                    # 9113 3.4): say why before closing (5.4.1).
+                    self._goAway(ErrorCodes.PROTOCOL_ERROR)
                 self._close()
                 return
             for event in events:
