@@ -15,11 +15,16 @@ import h2.events
 from h2.errors import ErrorCodes
 from hpack import Encoder
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.http._errors import BadRequest
 from lbtwist.http._h2 import MalformedRequest, requestHead, responseFields
 
+from .httphelpers import waitFor
+from .support import inThread
+from .test_h2 import H2Client, resets
+from .test_h2 import H2TestCase as LoopbackTestCase
 from .test_h2_unit import GET, Client, H2TestCase, ProtocolTransport, frames, h2Factory
 from .test_http_unit import CLIENT
 
@@ -344,3 +349,50 @@ class ResponseFieldTests(SynchronousTestCase):
         fields = responseFields(200, [(b"X-Sp", b"b \t"), (b"x-in", b"a  b"), (b"x-e", b"")])
         self.assertEqual(fields, [(b":status", b"200"), (b"x-sp", b"b"), (b"x-in", b"a  b"),
                                   (b"x-e", b"")])
+
+
+class SmugglingTests(LoopbackTestCase):
+    """
+    The real balancer over 127.0.0.1, an h2 client sending what the
+    HTTP/1.1 request to the backend must not carry.
+    """
+
+    @inlineCallbacks
+    def test_nothingReachesTheBackend(self) -> Any:
+        """
+        A method with a space, a path with one, a bad authority, and
+        trailers with a pseudo-header field: none reaches the backend as
+        a request (the first three are refused at once, the last never
+        ends there); a well-formed request on the same connection does.
+        """
+        backend = self.backend()
+        _, port = self.balancer(backend)
+
+        def run() -> list[Any]:
+            client = H2Client(port)
+            try:
+                client.request(1, method="GET /admin")
+                client.request(3, path="/a b")
+                fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                          (b":authority", b"a b")]
+                client.conn.send_headers(5, fields, end_stream=True)
+                client.request(7, method="POST", end=False)
+                client.conn.send_data(7, b"x")
+                client.conn.send_headers(7, [(b":path", b"/admin")], end_stream=True)
+                client.flush()
+                client.read(lambda es: len(resets(es, ErrorCodes.PROTOCOL_ERROR)) >= 3)
+                client.request(9, path="/ok")
+                client.read(lambda es: 9 in client.responses())
+                return client.events
+            finally:
+                client.close()
+
+        events = yield inThread(run)
+        self.assertEqual(sorted(resets(events, ErrorCodes.PROTOCOL_ERROR)), [1, 3, 7])
+        statuses = {e.stream_id: dict(e.headers)[b":status"] for e in events
+                    if isinstance(e, h2.events.ResponseReceived)}
+        self.assertEqual(statuses, {5: b"400", 9: b"200"})
+        yield waitFor(lambda: b"GET /ok " in backend.raw)
+        self.assertNotIn(b"admin", backend.raw)
+        self.assertNotIn(b"a b", backend.raw)
+        self.assertNotIn(b"0\r\n\r\n", backend.raw)
