@@ -78,8 +78,8 @@ from ._errors import _BODIES, BadRequest
 from ._exchange import Exchange, IClientSide
 from ._gate import ProducerGate, takeWindow
 from ._plan import (
-    _NEVER_NAMED,
-    _USUAL_CONNECTION,
+    NEVER_NAMED,
+    USUAL_CONNECTION,
     BadTrailer,
     forwarded,
     planResponse,
@@ -291,7 +291,7 @@ def responseFields(status: int, headers: list[tuple[bytes, bytes]],
     for name, value in headers:
         lname = name.lower()
         if not forwarded(lname) or lname in _NOT_ON_H2:
-            if lname == b"connection" and value.lower() not in _USUAL_CONNECTION:
+            if lname == b"connection" and value.lower() not in USUAL_CONNECTION:
                 named = (named or set()).union(splitTokens(value))
             continue
         if status == 204 and lname == b"content-length":
@@ -300,7 +300,7 @@ def responseFields(status: int, headers: list[tuple[bytes, bytes]],
         append((lname, value.strip(b" \t")))
     if named:
         # (RFC 9110 7.6.1, as planResponse does for HTTP/1.1 clients.)
-        named -= _NEVER_NAMED
+        named -= NEVER_NAMED
         fields = [field for field in fields if field[0] not in named]
         append = fields.append
     if cookie is not None:

@@ -44,12 +44,12 @@ HOP_BY_HOP = frozenset(
 # Tokens a client's Connection header may name without the headers of those
 # names being removed: the framing and Host are never hop-by-hop, or a
 # client naming Content-Length would get its body read as a second request.
-_NEVER_NAMED = frozenset(
+NEVER_NAMED = frozenset(
     (b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding", b"host")
 )
 
 # The Connection values that name no other field (lowercased).
-_USUAL_CONNECTION = frozenset((b"keep-alive", b"close"))
+USUAL_CONNECTION = frozenset((b"keep-alive", b"close"))
 
 # What a response header's (lowercased) name means to the response plan:
 # nothing special (absent, or _PLAIN), hop-by-hop, the framing, or the length.
@@ -587,7 +587,7 @@ def planRequest(
         append(b"Host: " + authority)
     chunked = te is not None and checkTransferEncoding(te, "1.0" if http10 else "1.1")
     if connection:
-        named = set(connection) - _NEVER_NAMED
+        named = set(connection) - NEVER_NAMED
         if named:
             parts = withoutNamed(parts, named)
             append = parts.append
@@ -695,7 +695,7 @@ def interimHead(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) 
     for n, v in headers:
         if n.lower() == b"connection":
             named.update(splitTokens(v))
-    named -= _NEVER_NAMED
+    named -= NEVER_NAMED
     if named:
         parts = withoutNamed(parts, named)
     parts.append(b"\r\n")
@@ -773,7 +773,7 @@ def planResponse(
             # Hop-by-hop, and so are the fields it names (RFC 9110 7.6.1).
             value = field[1]
             if (value != b"keep-alive" and value != b"close"
-                    and value.lower() not in _USUAL_CONNECTION):
+                    and value.lower() not in USUAL_CONNECTION):
                 connection = (connection or []) + splitTokens(value)
             continue
         if kind is _HOP:
@@ -785,7 +785,7 @@ def planResponse(
     if te is not None and te.strip(b" \t").lower() != b"chunked":
         raise BadResponse(f"unsupported Transfer-Encoding {te!r}")
     if connection:
-        named = set(connection) - _NEVER_NAMED
+        named = set(connection) - NEVER_NAMED
         if named:
             parts = withoutNamed(parts, named)
             append = parts.append
