@@ -289,6 +289,28 @@ class StreamTests(H2TestCase):
         self.assertEqual(client.server.streams, {})
         self.assertEqual(self.factory.statuses, {"2xx": 1})
 
+    def test_endStreamOnLastData(self) -> None:
+        """
+        A response whose length is known ends its stream with its last
+        DATA frame, as HAProxy's do, not with an empty DATA frame after it;
+        a chunked one, whose end comes after its last piece was sent, ends
+        with an empty frame.
+        """
+        cases = [
+            (b"Content-Length: 2\r\n\r\nhi", [(b"hi", True)]),
+            (b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+             [(b"hi", False), (b"", True)]),
+        ]
+        for rest, data in cases:
+            client = Client(h2Factory(self.reactor))
+            client.get(1)
+            backend, _ = self.backend()
+            backend.dataReceived(b"HTTP/1.1 200 OK\r\n" + rest)
+            client.pump()
+            self.assertEqual([(e.data, e.stream_ended is not None)
+                              for e in client.of(h2.events.DataReceived, 1)], data, rest)
+            self.assertEqual(len(client.of(h2.events.StreamEnded, 1)), 1)
+
     def test_concurrent(self) -> None:
         """
         Two streams are two exchanges in flight at once, answered in any

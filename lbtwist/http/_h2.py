@@ -580,6 +580,12 @@ class H2Stream:
                 self._out.extend(data[at:at + size] for at in range(0, len(data), size))
             else:
                 self._out.append(data)
+            length = ex.response.length
+            if length is not None and ex.bytesOut >= length:
+                # The body is whole: endResponse comes next, in the same
+                # read, and its END_STREAM goes on this last DATA frame
+                # rather than on an empty one after it.
+                return
             self.flushData()
 
     def endResponse(self, ex: Exchange, trailers: list[tuple[bytes, bytes]] | None) -> None:
