@@ -37,6 +37,7 @@ from lbtwist.pool import BackendPool
 from .httphelpers import chromiumDOM, httpRequests, rawExchange, waitFor
 from .support import inThread, reactor, startBalancer
 from .test_dial import DirectReactor
+from .test_h2 import H2Client
 from .test_tls_listen import Certificates
 
 
@@ -959,6 +960,59 @@ class H2BackendTests(H2ServerCase):
         port = self.balancer(self.server(refuse), **{"retry-on": ["connect-failure"]})
         responses = yield httpRequests(port, [("GET", "/r", None, {})])
         self.assertEqual(responses[0][0], 502)
+
+
+def lengthThenHold(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    """
+    Answer with a Content-Length and the whole body, without END_STREAM:
+    the stream stays open (in C{factory.held}) until the test ends it, as
+    a server that sends END_STREAM in a frame of its own, later.
+    """
+    server.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"5")])
+    server.conn.send_data(sid, b"hello")
+    server.factory.held.append((server, sid))  # type: ignore[attr-defined]
+
+
+class H2ClientToH2BackendTests(H2ServerCase):
+    """
+    HTTP/2 on both sides: an h2 client of a balancer whose pool speaks h2.
+    """
+
+    @inlineCallbacks
+    def test_bodyBeforeSeparateEnd(self) -> Any:
+        """
+        A body whose Content-Length the backend has sent whole, but whose
+        END_STREAM it sends later in a frame of its own, reaches the client
+        at once, not when the END_STREAM comes; the END_STREAM then ends
+        the client's stream.
+        """
+        server = self.server(lengthThenHold)
+        _, port = startBalancer(self, {
+            "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http",
+                           "http2": True}],
+            "pools": {"web": {"protocol": "h2", "health": {"fall": 100},
+                              "backends": [{"name": "s", "endpoint": server.endpoint}]}},
+        })
+        client = H2Client(port)
+        self.addCleanup(client.close)
+
+        def body() -> bytes:
+            return b"".join(e.data for e in client.events
+                            if isinstance(e, h2.events.DataReceived))
+
+        def first() -> bytes:
+            client.request(1, "/x")
+            client.read(lambda events: body() == b"hello", timeout=2.0)
+            return body()
+
+        got = yield inThread(first)
+        self.assertEqual(got, b"hello")
+        self.assertEqual(len(server.held), 1)
+        held, sid = server.held[0]
+        held.conn.end_stream(sid)
+        held.flush()
+        yield inThread(client.read, lambda events: client.responses(), 2.0)
+        self.assertEqual(client.responses(), {1: (200, b"hello")})
 
 
 def notFound(server: H2Server, sid: int, head: dict[bytes, bytes], body: bytes) -> None:

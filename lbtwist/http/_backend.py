@@ -80,6 +80,9 @@ class BackendConnection(BackendProtocol):
         "key", "lost", "parser", "paused", "proxyHeader", "requests", "reusable", "transport",
         "tunnel",
     )
+    # The read that brings a Content-Length body's last byte ends the
+    # response too, in the same call (see L{H2Stream.sendBody}).
+    endsWithLastByte = True
     # The backends said to answer in TLS, each logged once.
     _toldTLS: weakref.WeakSet[Backend] = weakref.WeakSet()
 

@@ -581,10 +581,12 @@ class H2Stream:
             else:
                 self._out.append(data)
             length = ex.response.length
-            if length is not None and ex.bytesOut >= length:
-                # The body is whole: endResponse comes next, in the same
-                # read, and its END_STREAM goes on this last DATA frame
-                # rather than on an empty one after it.
+            if length is not None and ex.bytesOut >= length and ex.conn.endsWithLastByte:
+                # The body is whole and the backend says endResponse comes
+                # next, in the same call: its END_STREAM goes on this last
+                # DATA frame rather than on an empty one after it.  (An h2
+                # backend may end its stream later, or never: the body goes
+                # now.)
                 return
             self.flushData()
 

@@ -134,9 +134,13 @@ class H2BackendStream:
     @ivar lost: it is over for the exchange (reset, refused, or its
         connection gone).
     @ivar paused: the client does not take more response for now.
+    @ivar endsWithLastByte: the response DATA being relayed ended the
+        stream: the response's end follows in the same call (else the
+        backend may send END_STREAM later, in a frame of its own, or never).
     """
 
     reusable = False
+    endsWithLastByte = False
 
     def __init__(self, connection: H2BackendConnection) -> None:
         self.connection = connection
@@ -344,12 +348,13 @@ class H2BackendStream:
         ex.client.backendActive()
         ex.responseHead(status, b"", headers)
 
-    def dataReceived(self, data: bytes, flowLength: int) -> None:
+    def dataReceived(self, data: bytes, flowLength: int, ended: bool = False) -> None:
         """
-        Response DATA arrived: relay it, acknowledge it while the client
-        takes more.
+        Response DATA arrived (its frame C{ended} the stream, or not):
+        relay it, acknowledge it while the client takes more.
         """
         self._unacked += flowLength
+        self.endsWithLastByte = ended
         ex = self.exchange
         if ex is not None and data and ex.response is not None:
             ex.client.backendActive()
@@ -624,7 +629,8 @@ class H2BackendConnection(BackendProtocol):
                     if event.flow_controlled_length:
                         self.acknowledge(sid, event.flow_controlled_length)
                     continue
-                stream.dataReceived(event.data, event.flow_controlled_length)
+                stream.dataReceived(event.data, event.flow_controlled_length,
+                                    event.stream_ended is not None)
             elif isinstance(event, ResponseReceived):
                 if stream is not None:
                     stream.responseHead(event.headers, False)
