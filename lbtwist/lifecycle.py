@@ -71,6 +71,16 @@ class SignalHandlers:
 PROCESS_SIGNALS = SignalHandlers()
 
 
+def reactorShuttingDown(reactor: Any) -> bool:
+    """
+    Whether C{reactor} is shutting down: stopped (by a signal or anyone's
+    C{reactor.stop()}), its shutdown not over yet.  (Twisted's reactors say
+    so only in C{_stopped}, true from C{stop()} on, and before the first
+    run, when C{running} is false.)
+    """
+    return bool(getattr(reactor, "running", False) and getattr(reactor, "_stopped", False))
+
+
 class ReloadOnSignal(Service):
     """
     Reloads the configuration on C{SIGHUP}, and stops gracefully on
@@ -137,12 +147,14 @@ class ReloadOnSignal(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._stopping:
-            # The stop SIGTERM began goes on for up to the grace: the old
-            # handlers would turn a second SIGTERM into a traceback and an
-            # exit by the signal (Twisted's stops a stopping reactor), and
-            # a SIGHUP into the process's death (the default's), clients
-            # and all.  Ours only log until the reactor has shut down.
+        if self._stopping or reactorShuttingDown(self.reactor):
+            # The stop SIGTERM (or SIGINT, or anyone's reactor.stop())
+            # began goes on for up to the grace: the old handlers would
+            # turn a second SIGTERM into a traceback and an exit by the
+            # signal (Twisted's stops a stopping reactor), and a SIGHUP
+            # into the process's death (the default's), clients and all.
+            # Ours only log until the reactor has shut down.
+            self._stopping = True
             self.reactor.addSystemEventTrigger("after", "shutdown", self._restore)
         else:
             self._restore()

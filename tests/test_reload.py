@@ -667,6 +667,37 @@ class SignalTests(SynchronousTestCase):
         self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
                                           signal.SIGUSR2: "oldusr2"})
 
+    def test_signalsDuringAShutdownOfAnother(self) -> None:
+        """
+        A shutdown this service did not begin (twistd's own C{SIGINT}
+        handler, or an embedding application's C{reactor.stop()}) is a
+        graceful stop too: its handlers stay until the reactor has shut
+        down, so a C{SIGHUP} during the grace (log rotation) neither
+        reloads nor reaches the default handler, which would kill the
+        process and its clients, and a C{SIGTERM} does not stop the
+        stopping reactor again.  Stopped while the reactor runs on, it puts
+        the old handlers back at once (L{test_sighup}).
+        """
+        t = Live(self, configOf(A))
+        t.next = configOf(A, B)
+        service = ReloadOnSignal(t.live, self.reactor, self.install)
+        service.startService()
+        # (Twisted's reactor between stop() and the end of its shutdown.)
+        self.reactor.running = True  # type: ignore[attr-defined]
+        self.reactor._stopped = True  # type: ignore[attr-defined]
+        service.stopService()
+        self.assertNotEqual(self.installed[signal.SIGHUP], "oldhup")
+        self.installed[signal.SIGHUP](signal.SIGHUP, None)
+        self.installed[signal.SIGTERM](signal.SIGTERM, None)
+        [(phase, event, restore), hangup, term] = self.reactor.calls
+        hangup()
+        term()
+        self.assertEqual((self.reactor.stopped, len(t.pools["web"])), (0, 1))
+        self.assertEqual((phase, event), ("after", "shutdown"))
+        restore()
+        self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
+                                          signal.SIGUSR2: "oldusr2"})
+
     def test_sigusr2(self) -> None:
         """
         SIGUSR2 starts an upgrade from the reactor thread; without worker

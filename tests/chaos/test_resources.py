@@ -137,6 +137,27 @@ class ResourceTests(FaultsTestCase):
         self.assertLessEqual(fdsAfter, fdsBefore)
 
     @inlineCallbacks
+    def signalsDuringTheStop(self, first: int, then: tuple[int, ...]) -> Any:
+        """
+        Stop the balancer with C{first} while a request is in flight, send
+        C{then} during the graceful stop; the request's outcome and the exit
+        status.
+        """
+        lb = yield self.startLimited()
+        inFlight = inThread(lambda: fetch(lb.port, "/?delay=800ms", timeout=5))
+        yield sleep(0.3)
+        for signum in (first, *then):
+            lb.signal(signum)
+            yield sleep(0.1)
+        outcome = yield inFlight
+        assert lb.process is not None
+        status = yield inThread(lb.process.wait, 10)
+        self.assertEqual((outcome.kind, outcome.status), ("ok", 200))
+        self.assertIsNotNone(lb.logLine("SIGHUP received while stopping: no reload"))
+        self.assertNotIn("Traceback", lb.log())
+        return lb, status
+
+    @inlineCallbacks
     def test_signalsDuringTheStop(self) -> Any:
         """
         A second C{SIGTERM} and a C{SIGHUP} (log rotation) during the
@@ -144,20 +165,22 @@ class ResourceTests(FaultsTestCase):
         the log says the stop goes on and no reload is made (no
         traceback), and the exit status is 0, as after one C{SIGTERM}.
         """
-        lb = yield self.startLimited()
-        inFlight = inThread(lambda: fetch(lb.port, "/?delay=800ms", timeout=5))
-        yield sleep(0.3)
-        for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGHUP):
-            lb.signal(signum)
-            yield sleep(0.1)
-        outcome = yield inFlight
-        assert lb.process is not None
-        status = yield inThread(lb.process.wait, 10)
-        self.assertEqual((outcome.kind, outcome.status), ("ok", 200))
+        lb, status = yield self.signalsDuringTheStop(
+            signal.SIGTERM, (signal.SIGTERM, signal.SIGHUP))
         self.assertIsNotNone(lb.logLine("SIGTERM received again: the graceful stop goes on"))
-        self.assertIsNotNone(lb.logLine("SIGHUP received while stopping: no reload"))
-        self.assertNotIn("Traceback", lb.log())
         self.assertEqual(status, 0)
+
+    @inlineCallbacks
+    def test_sighupDuringAStopBySIGINT(self) -> Any:
+        """
+        A C{SIGHUP} during the graceful stop twistd's own C{SIGINT} handler
+        began does not kill the process (the default handler's action):
+        the request in flight is answered, no reload is made, and the
+        process ends as twistd ends one stopped by C{SIGINT}, by that
+        signal.
+        """
+        _, status = yield self.signalsDuringTheStop(signal.SIGINT, (signal.SIGHUP,))
+        self.assertEqual(status, -signal.SIGINT)
 
     @inlineCallbacks
     def test_stoppedWithRequestsInFlight(self) -> Any:
