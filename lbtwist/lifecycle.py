@@ -185,6 +185,11 @@ class ReloadOnSignal(Service):
         self.reactor.callFromThread(self._upgrade)
 
     def _upgrade(self) -> None:
+        if self._stopping:
+            # A new generation (or the master's re-execution) would turn
+            # the stop into a restart.
+            self.log.info("SIGUSR2 received while stopping: no upgrade")
+            return
         if self.upgrade is None:
             self.log.warn(  # noqa: G010
                 "SIGUSR2 received, but {why}; nothing done", why=UPGRADES_NEED_WORKERS)

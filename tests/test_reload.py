@@ -698,14 +698,13 @@ class SignalTests(SynchronousTestCase):
         self.assertEqual(self.installed, {signal.SIGHUP: "oldhup", signal.SIGTERM: "oldterm",
                                           signal.SIGUSR2: "oldusr2"})
 
-    def test_sigusr2(self) -> None:
+    def upgrading(self, t: Live) -> tuple[list[Any], ReloadOnSignal]:
         """
-        SIGUSR2 starts an upgrade from the reactor thread; without worker
-        processes it is logged and does nothing (the process lives on).
+        A started service for C{t} whose upgrades are recorded: the
+        list of their Deferreds, and the service.
         """
         from twisted.internet.defer import Deferred
 
-        t = Live(self, configOf(A))
         upgrades: list[Deferred[Any]] = []
 
         def upgrade() -> Deferred[Any]:
@@ -714,6 +713,31 @@ class SignalTests(SynchronousTestCase):
 
         service = ReloadOnSignal(t.live, self.reactor, self.install, upgrade=upgrade)
         service.startService()
+        return upgrades, service
+
+    def test_sigusr2DuringTheStop(self) -> None:
+        """
+        A C{SIGUSR2} during the graceful stop a C{SIGTERM} began (its
+        handler stays until the shutdown is over) starts no upgrade: a new
+        generation, or the master's re-execution, would turn the stop into
+        a restart.
+        """
+        t = Live(self, configOf(A))
+        upgrades, service = self.upgrading(t)
+        self.installed[signal.SIGTERM](signal.SIGTERM, None)
+        self.reactor.calls.pop()()
+        service.stopService()
+        self.installed[signal.SIGUSR2](signal.SIGUSR2, None)
+        self.reactor.calls.pop()()
+        self.assertEqual((self.reactor.stopped, upgrades), (1, []))
+
+    def test_sigusr2(self) -> None:
+        """
+        SIGUSR2 starts an upgrade from the reactor thread; without worker
+        processes it is logged and does nothing (the process lives on).
+        """
+        t = Live(self, configOf(A))
+        upgrades, service = self.upgrading(t)
         self.installed[signal.SIGUSR2](signal.SIGUSR2, None)
         self.assertEqual(upgrades, [])
         self.reactor.calls[-1]()
