@@ -258,7 +258,8 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
         reactor = epollreactor.EPollReactor()
         self.addCleanup(reactor._poller.close)
         needed: dict[object, tuple[str, ...]] = {
-            reactor: ("_selectables", "_reads", "_writes", "_poller", "_continuousPolling"),
+            reactor: ("_selectables", "_reads", "_writes", "_poller", "_continuousPolling",
+                      "_stopped"),
             StreamServerEndpointService(None, None): ("_waitingForPort",),
             abstract.FileDescriptor(): ("_tempDataLen",),
             FrameBuffer(): ("_data",),
