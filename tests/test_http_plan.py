@@ -22,6 +22,7 @@ from lbtwist.http._plan import (
     RETRY_OTHER,
     UNTIL_CLOSE,
     BadResponse,
+    CapturedRequestPlan,
     RequestPlan,
     RequestRules,
     declaredLength,
@@ -269,6 +270,45 @@ class RequestPlanTests(SynchronousTestCase):
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", RequestRules(stickyKind="header", stickyName=b"X")
         )
         self.assertEqual(noHeader.stickyKey, b"10.0.0.9")
+
+    def test_captureHeaders(self) -> None:
+        """
+        Rules that capture headers (a pool whose access log writes them)
+        give plans with the request's first C{Referer} and C{User-Agent},
+        spelled any way (HTTP/2 sends them lowercase), or L{None}; a plan
+        of ordinary rules is a plain L{RequestPlan} with neither.  Either
+        way the head sent upstream is the same.
+        """
+        capturing = RequestRules(captureHeaders=True)
+        cases = [
+            (b"Referer: https://a/\r\nUser-Agent: curl/8.5.0\r\n",
+             (b"https://a/", b"curl/8.5.0")),
+            (b"referer: r\r\nuser-agent: u\r\n", (b"r", b"u")),
+            (b"REFERER: r1\r\nReferer: r2\r\nuSER-aGENT: u1\r\nUser-Agent: u2\r\n",
+             (b"r1", b"u1")),
+            (b"User-Agent: Mozilla/5.0 (X11; \"q\")\r\n", (None, b'Mozilla/5.0 (X11; "q")')),
+            (b"Referrer: misspelt\r\nX-User-Agent: other\r\n", (None, None)),
+            (b"", (None, None)),
+        ]
+        got = []
+        for fields, _ in cases:
+            raw = b"GET /p HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n"
+            captured = self.planned(raw, capturing)
+            ordinary = self.planned(raw)
+            self.assertIs(type(captured), CapturedRequestPlan)
+            self.assertIs(type(ordinary), RequestPlan)
+            self.assertEqual((ordinary.referer, ordinary.userAgent), (None, None))
+            self.assertEqual(captured.head, ordinary.head)
+            got.append((fields, (captured.referer, captured.userAgent)))
+        self.assertEqual(got, cases)
+
+    def test_captureOffByDefault(self) -> None:
+        """
+        Rules capture nothing unless told, and make plain plans.
+        """
+        self.assertFalse(RequestRules().captureHeaders)
+        self.assertIs(RequestRules().planType, RequestPlan)
+        self.assertIs(RequestRules(captureHeaders=True).planType, CapturedRequestPlan)
 
 
 # Each special name of either plan in three spellings: the usual one (which

@@ -326,9 +326,17 @@ class RequestRules:
     @ivar forwardedProto: C{X-Forwarded-Proto}'s value.
     @ivar stickyKind: C{"cookie"}, C{"header"}, C{"source"} or L{None}.
     @ivar stickyName: the sticky cookie's or header's name.
+    @ivar captureHeaders: the pool's access log writes the request's
+        C{Referer} and C{User-Agent}: the plan captures them
+        (L{CapturedRequestPlan}).  Off unless its sink asks, so that no
+        other request pays for it.
+    @ivar planType: the type of the plans made by these rules.
     """
 
-    __slots__ = ("forwardedProto", "hostHeader", "stickyHeader", "stickyKind", "stickyName")
+    __slots__ = (
+        "captureHeaders", "forwardedProto", "hostHeader", "planType", "stickyHeader",
+        "stickyKind", "stickyName",
+    )
 
     def __init__(
         self,
@@ -336,12 +344,16 @@ class RequestRules:
         hostHeader: bytes | None = None,
         stickyKind: str | None = None,
         stickyName: bytes = b"",
+        captureHeaders: bool = False,
     ) -> None:
         self.forwardedProto = forwardedProto
         self.hostHeader = hostHeader
         self.stickyKind = stickyKind
         self.stickyName = stickyName
         self.stickyHeader = stickyName.lower() if stickyKind == "header" else None
+        self.captureHeaders = captureHeaders
+        self.planType: type[RequestPlan] = (
+            CapturedRequestPlan if captureHeaders else RequestPlan)
 
 
 class RequestPlan:
@@ -385,6 +397,40 @@ class RequestPlan:
         self.keepAlive = keepAlive
         self.replayable = replayable
         self.trailers = trailers
+
+    # What the access log is given of the request's head, captured only by
+    # a L{CapturedRequestPlan}: class defaults here, so that an ordinary
+    # plan pays nothing for them.
+    referer: bytes | None = None
+    userAgent: bytes | None = None
+
+
+class CapturedRequestPlan(RequestPlan):
+    """
+    The plan of a request whose access log writes its C{Referer} and
+    C{User-Agent} (see L{RequestRules.captureHeaders}).
+
+    @ivar referer: the request's first C{Referer}, if any.
+    @ivar userAgent: its first C{User-Agent}, if any.
+    """
+
+    __slots__ = ("referer", "userAgent")
+
+    def capture(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """
+        Take the C{Referer} and C{User-Agent} of the request's C{headers}
+        (the first of each; names in any case, as HTTP/1.1 and HTTP/2
+        clients spell them).
+        """
+        referer = userAgent = None
+        for name, value in headers:
+            size = len(name)
+            if size == 7 and referer is None and name.lower() == b"referer":
+                referer = value
+            elif size == 10 and userAgent is None and name.lower() == b"user-agent":
+                userAgent = value
+        self.referer = referer
+        self.userAgent = userAgent
 
 
 def checkTransferEncoding(value: bytes | None, version: str) -> bool:
@@ -629,11 +675,15 @@ def planRequest(
     elif stickyKind == "source":
         stickyKey = clientHost
     hasBody = chunked or hasLength
-    return RequestPlan(
+    plan = rules.planType(
         b"\r\n".join(parts), chunked, hasBody, upgrade, websocketKey, expectContinue,
         authority, stickyKey, keepAlive,
         method in IDEMPOTENT and not hasBody and not upgrade, trailers,
     )
+    if rules.captureHeaders:
+        assert isinstance(plan, CapturedRequestPlan)
+        plan.capture(headers)
+    return plan
 
 
 def websocketAccept(key: bytes) -> bytes:
