@@ -21,22 +21,39 @@ as nginx's C{access_log} does: formatted plainly, the timestamp made once a
 second, and written in batches (at 64 KiB, or a second after the first
 unwritten line, and when the balancer stops).  Log rotation: rename the file
 and send C{SIGHUP}, or let logrotate use C{copytruncate}.
+
+The file sink writes one of three formats (its option C{format}, one of
+L{lbtwist.extend.FILE_FORMATS}), each a pure function here, table-tested:
+C{text}, lbtwist's own line (L{httpLine}, L{tcpLine}; C{access-log: PATH});
+C{json}, one JSON object a line (L{jsonHTTPLine}, L{jsonTCPLine}), as log
+shippers read without a parser; and C{combined}, the NCSA combined line
+nginx writes by default (L{combinedHTTPLine}, L{combinedTCPLine}), with the
+request's C{Referer} and C{User-Agent}: only a pool whose sink writes that
+format has them captured from its request heads (L{capturesHeaders}), so
+that no other pays for it.  A line names the pool that served it (a sink
+shared by pools with the same options is given each pool's own view,
+L{PoolAccessLog}).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
-from collections.abc import Mapping
-from typing import IO, Any
+from collections.abc import Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import FileLogObserver, Logger, jsonFileLogObserver
 from zope.interface import Interface, implementer  # type: ignore[import-untyped]
 
+from .extend import FILE_FORMATS
 from .wording import counted
+
+if TYPE_CHECKING:
+    from .config import AccessLogSink
 
 HTTP_FORMAT = (
     "{client} {method} {path} {status} backend={backend} in={bytesIn} "
@@ -148,14 +165,39 @@ def eventsSink(options: Mapping[str, Any], clock: IReactorTime) -> AccessLogEven
 def fileSink(options: Mapping[str, Any], clock: IReactorTime) -> AccessLogFile:
     """
     The C{file} sink (C{access-log: PATH}): an L{AccessLogFile} appending to
-    the option C{path}.
+    the option C{path}, in the option C{format} (C{text} by default).
 
-    @raise ValueError: no C{path}, or other options.
+    @raise ValueError: no C{path}, an unknown C{format}, or other options.
     """
     path = options.get("path")
-    if not isinstance(path, str) or set(options) != {"path"}:
-        raise ValueError("the file sink takes one option, path (a file name)")
-    return AccessLogFile(path, clock)
+    if not isinstance(path, str) or not set(options) <= {"path", "format"}:
+        raise ValueError("the file sink takes the options path (a file name) and format "
+                         f"({', '.join(FILE_FORMATS)})")
+    format = options.get("format", "text")
+    if format not in FILE_FORMATS:
+        raise ValueError(f"format: expected one of {', '.join(FILE_FORMATS)}, got {format!r}")
+    return AccessLogFile(path, clock, format=format)
+
+
+def capturesHeaders(sink: AccessLogSink | None) -> bool:
+    """
+    Whether a pool whose access-log sink is C{sink} needs the C{Referer}
+    and C{User-Agent} of its requests: only the C{file} sink writing the
+    C{combined} format does, and only for such a pool does the request plan
+    capture them (L{lbtwist.http._plan.RequestRules.captureHeaders}).
+    """
+    return (sink is not None and sink.name == "file"
+            and dict(sink.options).get("format") == "combined")
+
+
+def poolView(sink: IAccessLog, pool: str) -> IAccessLog:
+    """
+    What pool C{pool} logs to when its sink is C{sink}: the sink's own view
+    of that pool if it has one (a C{forPool(pool)} method, as
+    L{AccessLogFile}'s, whose lines name the pool), else the sink itself.
+    """
+    forPool = getattr(sink, "forPool", None)
+    return sink if forPool is None else forPool(pool)  # type: ignore[no-any-return]
 
 
 def jsonLogger(stream: IO[str] | None = None) -> FileLogObserver:
@@ -178,8 +220,10 @@ def jsonLogger(stream: IO[str] | None = None) -> FileLogObserver:
 @implementer(IAccessLog)
 class AccessLogFile(Service):
     """
-    Appends access-log lines to a file, buffered while it runs.
+    Appends access-log lines to a file, buffered while it runs, in one of
+    L{lbtwist.extend.FILE_FORMATS}.
 
+    @ivar format: the lines' format.
     @ivar lines: lines logged since it started.
     @ivar dropped: lines lost because the file could not be written.
     """
@@ -192,11 +236,16 @@ class AccessLogFile(Service):
         clock: IReactorTime,
         flushAfter: float = 1.0,
         bufferSize: int = 65536,
+        format: str = "text",
     ) -> None:
+        """
+        @raise KeyError: C{format} is none of L{lbtwist.extend.FILE_FORMATS}.
+        """
         self.path = path
         self.clock = clock
         self.flushAfter = flushAfter
         self.bufferSize = bufferSize
+        self.format = format
         self.lines = 0
         self.dropped = 0
         self._lastComplaint = float("-inf")
@@ -206,6 +255,15 @@ class AccessLogFile(Service):
         self._timer: Any = None
         self._second = -1
         self._stamp = b""
+        self._parts = ("", "")
+        # The format's writers, chosen once.
+        self.logRequest: Callable[..., None]
+        self.logConnection: Callable[..., None]
+        self.logRequest, self.logConnection = {
+            "text": (self._textRequest, self._textConnection),
+            "json": (self._jsonRequest, self._jsonConnection),
+            "combined": (self._combinedRequest, self._combinedConnection),
+        }[format]
 
     def open(self) -> None:
         """
@@ -227,6 +285,12 @@ class AccessLogFile(Service):
         @raise OSError: it cannot be opened; the old one stays open.
         """
         self.open()
+
+    def forPool(self, pool: str) -> PoolAccessLog:
+        """
+        The view of this file that pool C{pool} logs to (see L{poolView}).
+        """
+        return PoolAccessLog(self, pool)
 
     def startService(self) -> None:
         super().startService()
@@ -258,11 +322,30 @@ class AccessLogFile(Service):
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second)).encode()
         return self._stamp
 
+    def _now(self) -> tuple[float, time.struct_time | None]:
+        """
+        The time now, and the local time of its second if that second is
+        not the one last seen (the formats' time strings are made once a
+        second).
+        """
+        now = self.clock.seconds()
+        second = int(now)
+        if second == self._second:
+            return now, None
+        self._second = second
+        return now, time.localtime(second)
+
     def write(self, line: str) -> None:
         """
-        Add one line (without its newline), stamped with the time.
+        Add one line of the C{text} format (without its newline), stamped
+        with the time.
         """
-        data = b"%s %s\n" % (self._timestamp(), line.encode("utf-8", "backslashreplace"))
+        self._append(b"%s %s\n" % (self._timestamp(), line.encode("utf-8", "backslashreplace")))
+
+    def _append(self, data: bytes) -> None:
+        """
+        Add one whole line, its newline included.
+        """
         self._pending.append(data)
         self._size += len(data)
         self.lines += 1
@@ -271,21 +354,78 @@ class AccessLogFile(Service):
         elif self._timer is None:
             self._timer = self.clock.callLater(self.flushAfter, self.flush)
 
+    def _line(self, line: str) -> None:
+        """
+        Add one line (without its newline) that holds its own time.
+        """
+        self._append(line.encode("utf-8", "backslashreplace") + b"\n")
+
     def request(self, client: str, method: str, path: str, status: int,
                 backend: str | None, bytesIn: int, bytesOut: int, duration: float,
-                retries: int, protocol: str = "HTTP/1.1") -> None:
+                retries: int, protocol: str = "HTTP/1.1", referer: str | None = None,
+                userAgent: str | None = None) -> None:
         """
-        Write the line of one HTTP request.
+        Write the line of one HTTP request, of no pool (see L{forPool}):
+        with its C{Referer} and C{User-Agent} if given (the C{combined}
+        format writes them).
         """
-        self.write(httpLine(client, method, path, status, backend, bytesIn, bytesOut,
-                            duration, retries, protocol))
+        self.logRequest(None, client, method, path, status, backend, bytesIn, bytesOut,
+                        duration, retries, protocol, referer, userAgent)
 
     def connection(self, client: str, backend: str | None, bytesIn: int, bytesOut: int,
                    duration: float, retries: int) -> None:
         """
-        Write the line of one TCP connection.
+        Write the line of one TCP connection, of no pool (see L{forPool}).
         """
+        self.logConnection(None, client, backend, bytesIn, bytesOut, duration, retries)
+
+    def _textRequest(self, pool: str | None, client: str, method: str, path: str,
+                     status: int, backend: str | None, bytesIn: int, bytesOut: int,
+                     duration: float, retries: int, protocol: str, referer: str | None,
+                     userAgent: str | None) -> None:
+        self.write(httpLine(client, method, path, status, backend, bytesIn, bytesOut,
+                            duration, retries, protocol))
+
+    def _textConnection(self, pool: str | None, client: str, backend: str | None,
+                        bytesIn: int, bytesOut: int, duration: float, retries: int) -> None:
         self.write(tcpLine(client, backend, bytesIn, bytesOut, duration, retries))
+
+    def _jsonTime(self) -> str:
+        now, tm = self._now()
+        if tm is not None:
+            self._parts = rfc3339Parts(tm)
+        prefix, offset = self._parts
+        return f"{prefix}.{int((now % 1) * 1000):03d}{offset}"
+
+    def _jsonRequest(self, pool: str | None, client: str, method: str, path: str,
+                     status: int, backend: str | None, bytesIn: int, bytesOut: int,
+                     duration: float, retries: int, protocol: str, referer: str | None,
+                     userAgent: str | None) -> None:
+        self._line(jsonHTTPLine(self._jsonTime(), pool, client, method, path, status,
+                                backend, bytesIn, bytesOut, duration, retries, protocol))
+
+    def _jsonConnection(self, pool: str | None, client: str, backend: str | None,
+                        bytesIn: int, bytesOut: int, duration: float, retries: int) -> None:
+        self._line(jsonTCPLine(self._jsonTime(), pool, client, backend, bytesIn, bytesOut,
+                               duration, retries))
+
+    def _combinedTime(self) -> str:
+        _, tm = self._now()
+        if tm is not None:
+            self._parts = (nginxTime(tm), "")
+        return self._parts[0]
+
+    def _combinedRequest(self, pool: str | None, client: str, method: str, path: str,
+                         status: int, backend: str | None, bytesIn: int, bytesOut: int,
+                         duration: float, retries: int, protocol: str, referer: str | None,
+                         userAgent: str | None) -> None:
+        self._line(combinedHTTPLine(self._combinedTime(), client, method, path, protocol,
+                                    status, bytesOut, referer, userAgent, backend, duration))
+
+    def _combinedConnection(self, pool: str | None, client: str, backend: str | None,
+                            bytesIn: int, bytesOut: int, duration: float,
+                            retries: int) -> None:
+        self._line(combinedTCPLine(self._combinedTime(), client, backend, bytesOut, duration))
 
     def flush(self) -> None:
         """
@@ -318,6 +458,42 @@ class AccessLogFile(Service):
                 )
 
 
+@implementer(IAccessLog)
+class PoolAccessLog:
+    """
+    One pool's view of an L{AccessLogFile} that pools with the same options
+    share: its lines name the pool (in the formats that have the field),
+    and take the C{Referer} and C{User-Agent} the pool captured.
+
+    @ivar file: the shared file.
+    @ivar pool: the pool's name.
+    """
+
+    __slots__ = ("file", "pool")
+
+    def __init__(self, file: AccessLogFile, pool: str) -> None:
+        self.file = file
+        self.pool = pool
+
+    def request(self, client: str, method: str, path: str, status: int,
+                backend: str | None, bytesIn: int, bytesOut: int, duration: float,
+                retries: int, protocol: str = "HTTP/1.1", referer: str | None = None,
+                userAgent: str | None = None) -> None:
+        """
+        Write the line of one HTTP request the pool served.
+        """
+        self.file.logRequest(self.pool, client, method, path, status, backend, bytesIn,
+                             bytesOut, duration, retries, protocol, referer, userAgent)
+
+    def connection(self, client: str, backend: str | None, bytesIn: int, bytesOut: int,
+                   duration: float, retries: int) -> None:
+        """
+        Write the line of one TCP connection the pool served.
+        """
+        self.file.logConnection(self.pool, client, backend, bytesIn, bytesOut, duration,
+                                retries)
+
+
 def tcpLine(
     client: str, backend: str | None, bytesIn: int, bytesOut: int, duration: float, retries: int
 ) -> str:
@@ -339,3 +515,145 @@ def httpLine(
     """
     return (f"{client} {method} {path} {status} backend={backend} in={bytesIn} "
             f"out={bytesOut} {duration:.4f}s retries={retries} proto={protocol}")
+
+
+def splitClient(client: str) -> tuple[str, int | None]:
+    """
+    A client's address (C{HOST:PORT}, as the protocols describe it; an IPv6
+    host unbracketed) as its host and port; a client with no port (a UNIX
+    socket's) as itself and L{None}.
+    """
+    host, sep, port = client.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return client, None
+    if host[:1] == "[" and host[-1:] == "]":
+        host = host[1:-1]
+    return host, int(port)
+
+
+def rfc3339Parts(tm: time.struct_time) -> tuple[str, str]:
+    """
+    The local time C{tm} in RFC 3339, as the date and time to the second
+    and the UTC offset (C{+HH:MM}, C{Z} for UTC), between which the
+    milliseconds go.
+    """
+    offset = tm.tm_gmtoff or 0
+    if offset == 0:
+        zone = "Z"
+    else:
+        sign = "-" if offset < 0 else "+"
+        minutes = abs(offset) // 60
+        zone = f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", tm), zone
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def nginxTime(tm: time.struct_time) -> str:
+    """
+    The local time C{tm} as nginx's C{$time_local} writes it
+    (C{29/Nov/2026:06:00:00 +0000}), its month in English whatever the
+    locale.
+    """
+    offset = tm.tm_gmtoff or 0
+    minutes = abs(offset) // 60
+    sign = "-" if offset < 0 else "+"
+    return (f"{tm.tm_mday:02d}/{_MONTHS[tm.tm_mon - 1]}/{tm.tm_year:04d}:"
+            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} "
+            f"{sign}{minutes // 60:02d}{minutes % 60:02d}")
+
+
+# One line of JSON: no spaces, and not ASCII-only (the line is UTF-8); control
+# characters are escaped all the same, so a line stays one line.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def jsonHTTPLine(
+    time: str, pool: str | None, client: str, method: str, path: str, status: int,
+    backend: str | None, bytesIn: int, bytesOut: int, duration: float, retries: int,
+    protocol: str,
+) -> str:
+    """
+    The C{json} line of one HTTP request: an object with the fields C{time}
+    (RFC 3339, to the millisecond), C{type} (C{"http"}), C{pool},
+    C{client} and C{client_port}, C{method}, C{path}, C{protocol},
+    C{status}, C{backend} (C{null} if none), C{bytes_in}, C{bytes_out},
+    C{duration} (seconds) and C{retries}.
+    """
+    host, port = splitClient(client)
+    return _JSON.encode({
+        "time": time, "type": "http", "pool": pool, "client": host, "client_port": port,
+        "method": method, "path": path, "protocol": protocol, "status": status,
+        "backend": backend, "bytes_in": bytesIn, "bytes_out": bytesOut,
+        "duration": round(duration, 6), "retries": retries,
+    })
+
+
+def jsonTCPLine(
+    time: str, pool: str | None, client: str, backend: str | None, bytesIn: int,
+    bytesOut: int, duration: float, retries: int,
+) -> str:
+    """
+    The C{json} line of one TCP connection: C{type} C{"tcp"}, and the
+    fields of L{jsonHTTPLine} a connection has (C{bytes_in} from the
+    client, C{bytes_out} to it, C{duration} open, C{retries} failed
+    connects).
+    """
+    host, port = splitClient(client)
+    return _JSON.encode({
+        "time": time, "type": "tcp", "pool": pool, "client": host, "client_port": port,
+        "backend": backend, "bytes_in": bytesIn, "bytes_out": bytesOut,
+        "duration": round(duration, 6), "retries": retries,
+    })
+
+
+# nginx's default escaping of a variable in a log line: a double quote, a
+# backslash, and every byte below 0x20 or above 0x7e as \xHH, so that a
+# value cannot end its quotes or its line.
+_NGINX_ESCAPES = {c: f"\\x{c:02X}" for c in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100))}
+
+
+def nginxValue(value: str | None) -> str:
+    """
+    A value as nginx writes a variable in a log line: escaped (see
+    L{_NGINX_ESCAPES}), and C{-} for none or an empty one.
+    """
+    if not value:
+        return "-"
+    return value.translate(_NGINX_ESCAPES)
+
+
+def combinedHTTPLine(
+    time: str, client: str, method: str, path: str, protocol: str, status: int,
+    bytesOut: int, referer: str | None, userAgent: str | None, backend: str | None,
+    duration: float,
+) -> str:
+    """
+    The C{combined} line of one HTTP request: nginx's default
+    C{$remote_addr - - [$time_local] "$request" $status $body_bytes_sent
+    "$http_referer" "$http_user_agent"}, then lbtwist's extras as nginx users
+    append theirs, C{backend="NAME"} and C{rt=SECONDS} (nginx's
+    C{$request_time}, to the millisecond).
+
+    @param time: as L{nginxTime} writes it.
+    """
+    request = nginxValue(f"{method} {path} {protocol}")
+    return (f'{splitClient(client)[0]} - - [{time}] "{request}" {status} {bytesOut} '
+            f'"{nginxValue(referer)}" "{nginxValue(userAgent)}" '
+            f'backend="{nginxValue(backend)}" rt={duration:.3f}')
+
+
+def combinedTCPLine(
+    time: str, client: str, backend: str | None, bytesOut: int, duration: float,
+) -> str:
+    """
+    The C{combined} line of one TCP connection, in the shape of an HTTP
+    request's so that one parser reads both: its request C{"TCP"}, its
+    status nginx's stream module's (200 when a backend served it, 502 when
+    none did), its bytes those sent to the client, no referer or user agent.
+    """
+    status = 502 if backend is None else 200
+    return (f'{splitClient(client)[0]} - - [{time}] "TCP" {status} {bytesOut} "-" "-" '
+            f'backend="{nginxValue(backend)}" rt={duration:.3f}')

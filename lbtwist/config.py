@@ -24,7 +24,7 @@ import attrs
 import yaml
 
 from .endpoints import ENDPOINT_TYPES, expandAddress, parseEndpoint
-from .extend import ACCESS_LOGS, CHECKS, POLICIES
+from .extend import ACCESS_LOGS, CHECKS, FILE_FORMATS, POLICIES
 from .routeconfig import (
     DEFAULT_REDIRECT_CODE,
     REDIRECT_CODES,
@@ -1218,7 +1218,8 @@ def parseAccessLogSink(value: Mapping[str, Any], path: str,
     C{{sink: NAME, OPTION: VALUE, ...}}: a sink registered in
     L{lbtwist.extend.ACCESS_LOGS}, and its options (strings, numbers or
     booleans; an option named C{path} is a file name, relative to
-    C{directory} as in L{configFile}).
+    C{directory} as in L{configFile}; the C{file} sink's C{format} is one of
+    L{lbtwist.extend.FILE_FORMATS}).
     """
     name = _choice(value.get("sink"), f"{path}.sink", ACCESS_LOGS.names(), True)
     options: list[tuple[str, str | int | float | bool]] = []
@@ -1229,6 +1230,12 @@ def parseAccessLogSink(value: Mapping[str, Any], path: str,
                               f"expected a string, number or boolean, got {_describe(option)}")
         if key == "path":
             option = configFile(option, f"{path}.path", directory)
+        elif key == "format" and name == "file":
+            option = _choice(option, f"{path}.format", FILE_FORMATS)
+            if option == "text":
+                # The default: the same sink (one file, one buffer) as
+                # access-log: PATH.
+                continue
         options.append((key, option))
     return AccessLogSink(name, tuple(options))
 

@@ -186,6 +186,14 @@ ACCESS_LOGS: Registry[AccessLogFactory] = Registry("access-log sink")
 Access-log sinks by name (C{pools.NAME.access-log.sink}).
 """
 
+FILE_FORMATS = ("text", "json", "combined")
+"""
+The formats of the built-in C{file} sink's lines (its option C{format},
+C{text} by default; see L{lbtwist.accesslog}): here, with the sink's
+registration, so that the configuration check names them without importing
+Twisted.
+"""
+
 
 def registerPolicy(name: str, factory: PolicyFactory | str) -> None:
     """

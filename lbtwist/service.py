@@ -18,7 +18,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .accesslog import AccessLogFile, IAccessLog
+from .accesslog import AccessLogFile, IAccessLog, poolView
 from .config import AccessLogSink, Config, ListenerConfig, PoolConfig
 from .connect import BackendConnector
 from .dial import Dialler
@@ -374,10 +374,10 @@ class LoadBalancer(AllOrNothingService):
         if spec is None:
             return
         if spec in self.accessLogs:
-            self.poolAccessLogs[p.name] = self.accessLogs[spec]
+            self.poolAccessLogs[p.name] = poolView(self.accessLogs[spec], p.name)
             return
         sink = self.accessLogs[spec] = ACCESS_LOGS[spec.name](dict(spec.options), self.reactor)
-        self.poolAccessLogs[p.name] = sink
+        self.poolAccessLogs[p.name] = poolView(sink, p.name)
         if IService.providedBy(sink):
             sink.setServiceParent(self)
         if isinstance(sink, AccessLogFile):

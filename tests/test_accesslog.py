@@ -5,18 +5,38 @@ Tests for L{lbtwist.accesslog}: access-log lines written straight to a file.
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import re
+import shutil
 import socket
+import subprocess
+import time
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from lbtwist.accesslog import AccessLogFile, httpLine, tcpLine
-from lbtwist.config import parseConfig
+from lbtwist.accesslog import (
+    AccessLogFile,
+    PoolAccessLog,
+    combinedHTTPLine,
+    combinedTCPLine,
+    fileSink,
+    httpLine,
+    jsonHTTPLine,
+    jsonTCPLine,
+    nginxTime,
+    nginxValue,
+    rfc3339Parts,
+    splitClient,
+    tcpLine,
+)
+from lbtwist.config import ConfigError, parseConfig
+from lbtwist.diff import runnable
 
 from .httphelpers import RecordingBackend, httpRequests, waitFor
 from .support import Backends, firstLine, inThread, reactor, startBalancer
@@ -119,6 +139,261 @@ class AccessLogFileTests(SynchronousTestCase):
                          "1.2.3.4:5 tcp backend=b1 in=10 out=20 0.5000s retries=1")
         self.assertEqual(httpLine("1.2.3.4:5", "GET", "/x", 200, "b1", 10, 20, 0.25, 0),
                          "1.2.3.4:5 GET /x 200 backend=b1 in=10 out=20 0.2500s retries=0 proto=HTTP/1.1")
+
+
+# The NCSA combined line nginx writes by default, and lbtwist's extras.
+COMBINED = re.compile(
+    r'^(?P<addr>\S+) - - \[(?P<time>\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4})\] '
+    r'"(?P<request>(?:[^"\\]|\\x[0-9A-F]{2})*)" (?P<status>\d{3}) (?P<bytes>\d+) '
+    r'"(?P<referer>(?:[^"\\]|\\x[0-9A-F]{2})*)" "(?P<agent>(?:[^"\\]|\\x[0-9A-F]{2})*)" '
+    r'backend="(?P<backend>[^"]*)" rt=(?P<rt>\d+\.\d{3})$')
+
+
+def localTime(offset: int) -> time.struct_time:
+    """
+    29 Nov 2026 06:05:09 at UTC offset C{offset} seconds (a Sunday).
+    """
+    return time.struct_time((2026, 11, 29, 6, 5, 9, 6, 333, 0),
+                            {"tm_gmtoff": offset, "tm_zone": "X"})  # type: ignore[call-arg]
+
+
+class LineFormatTests(SynchronousTestCase):
+    """
+    The formats' pure functions, as tables.
+    """
+
+    def test_splitClient(self) -> None:
+        """
+        A client's address splits into host and port (an IPv6 host
+        unbracketed); one without a port (a UNIX socket's) keeps no port.
+        """
+        cases = [
+            ("127.0.0.1:5555", ("127.0.0.1", 5555)),
+            ("::1:80", ("::1", 80)),
+            ("[::1]:80", ("::1", 80)),
+            ("/run/lb.sock", ("/run/lb.sock", None)),
+            ("host:name", ("host:name", None)),
+            (":80", (":80", None)),
+        ]
+        self.assertEqual([(c, splitClient(c)) for c, _ in cases], cases)
+
+    def test_times(self) -> None:
+        """
+        RFC 3339 (the milliseconds go between the two parts; C{Z} for UTC)
+        and nginx's C{$time_local}, at several offsets.
+        """
+        cases = [
+            (0, ("2026-11-29T06:05:09", "Z"), "29/Nov/2026:06:05:09 +0000"),
+            (3600, ("2026-11-29T06:05:09", "+01:00"), "29/Nov/2026:06:05:09 +0100"),
+            (19800, ("2026-11-29T06:05:09", "+05:30"), "29/Nov/2026:06:05:09 +0530"),
+            (-36000, ("2026-11-29T06:05:09", "-10:00"), "29/Nov/2026:06:05:09 -1000"),
+        ]
+        got = [(o, rfc3339Parts(localTime(o)), nginxTime(localTime(o))) for o, _, _ in cases]
+        self.assertEqual(got, cases)
+
+    def test_nginxValue(self) -> None:
+        """
+        Values are escaped as nginx escapes variables: quotes, backslashes,
+        control bytes and bytes above 0x7e as C{\\xHH}; none or an empty
+        one is C{-}.
+        """
+        cases = [
+            (None, "-"),
+            ("", "-"),
+            ("curl/8.5.0", "curl/8.5.0"),
+            ('say "hi"', "say \\x22hi\\x22"),
+            ("a\\b", "a\\x5Cb"),
+            ("line\r\nnext\x00\x7f", "line\\x0D\\x0Anext\\x00\\x7F"),
+            ("caf\xc3\xa9", "caf\\xC3\\xA9"),
+        ]
+        self.assertEqual([(v, nginxValue(v)) for v, _ in cases], cases)
+
+    def test_json(self) -> None:
+        """
+        A JSON line is one object with the stable fields, on one line
+        whatever the path holds (quotes, backslashes, control bytes,
+        Latin-1 bytes); a TCP connection has its own fields.
+        """
+        stamp = "2026-11-29T06:05:09.123Z"
+        paths = ["/x", '/a"b\\c', "/nl\r\nGET /smuggled\x00\x1b[31m", "/caf\xc3\xa9"]
+        for path in paths:
+            line = jsonHTTPLine(stamp, "web", "127.0.0.1:5555", "GET", path, 200, "a",
+                                3, 1024, 0.0012345678, 1, "HTTP/1.1")
+            self.assertNotIn("\n", line)
+            self.assertNotIn("\r", line)
+            self.assertEqual(json.loads(line), {
+                "time": stamp, "type": "http", "pool": "web", "client": "127.0.0.1",
+                "client_port": 5555, "method": "GET", "path": path, "protocol": "HTTP/1.1",
+                "status": 200, "backend": "a", "bytes_in": 3, "bytes_out": 1024,
+                "duration": 0.001235, "retries": 1,
+            })
+        self.assertEqual(
+            jsonHTTPLine(stamp, None, "/run/lb.sock", "HEAD", "/", 503, None, 0, 0, 0.5, 0,
+                         "HTTP/2"),
+            '{"time":"2026-11-29T06:05:09.123Z","type":"http","pool":null,'
+            '"client":"/run/lb.sock","client_port":null,"method":"HEAD","path":"/",'
+            '"protocol":"HTTP/2","status":503,"backend":null,"bytes_in":0,"bytes_out":0,'
+            '"duration":0.5,"retries":0}')
+        self.assertEqual(
+            jsonTCPLine(stamp, "db", "::1:40000", "pg1", 10, 20, 1.5, 2),
+            '{"time":"2026-11-29T06:05:09.123Z","type":"tcp","pool":"db","client":"::1",'
+            '"client_port":40000,"backend":"pg1","bytes_in":10,"bytes_out":20,'
+            '"duration":1.5,"retries":2}')
+
+    def test_combined(self) -> None:
+        """
+        A combined line is nginx's, with the real Referer and User-Agent
+        (C{-} without them), escaped so that it stays one line that the
+        combined regular expression reads; then the backend and the time
+        taken.  A TCP connection's is in the same shape.
+        """
+        stamp = "29/Nov/2026:06:05:09 +0000"
+        cases = [
+            (("127.0.0.1:5555", "GET", "/x?q=1", "HTTP/1.1", 200, 2, "https://a/", "curl/8",
+              "a", 0.0012),
+             '127.0.0.1 - - [29/Nov/2026:06:05:09 +0000] "GET /x?q=1 HTTP/1.1" 200 2 '
+             '"https://a/" "curl/8" backend="a" rt=0.001'),
+            (("::1:80", "POST", '/a"b', "HTTP/2", 502, 0, None, "", None, 1.5),
+             '::1 - - [29/Nov/2026:06:05:09 +0000] "POST /a\\x22b HTTP/2" 502 0 '
+             '"-" "-" backend="-" rt=1.500'),
+            (("10.0.0.1:1", "GET", "/\r\n", "HTTP/1.1", 404, 9, 'r"\\', "ua\n", "b", 0.0),
+             '10.0.0.1 - - [29/Nov/2026:06:05:09 +0000] "GET /\\x0D\\x0A HTTP/1.1" 404 9 '
+             '"r\\x22\\x5C" "ua\\x0A" backend="b" rt=0.000'),
+        ]
+        got = [(args, combinedHTTPLine(stamp, *args)) for args, _ in cases]  # type: ignore[arg-type]
+        self.assertEqual(got, cases)
+        for _, line in cases:
+            self.assertIsNotNone(COMBINED.match(line), line)
+        tcp = [combinedTCPLine(stamp, "127.0.0.1:5", "a", 20, 0.25),
+               combinedTCPLine(stamp, "127.0.0.1:5", None, 0, 3.0)]
+        self.assertEqual(tcp, [
+            '127.0.0.1 - - [29/Nov/2026:06:05:09 +0000] "TCP" 200 20 "-" "-" '
+            'backend="a" rt=0.250',
+            '127.0.0.1 - - [29/Nov/2026:06:05:09 +0000] "TCP" 502 0 "-" "-" '
+            'backend="-" rt=3.000'])
+        for line in tcp:
+            self.assertIsNotNone(COMBINED.match(line), line)
+
+
+class FileFormatTests(SynchronousTestCase):
+    """
+    The file sink writes its format's lines, stamped with the clock's time;
+    a pool's view names the pool.
+    """
+
+    def sink(self, format: str, **options: Any) -> tuple[AccessLogFile, Clock, str]:
+        clock = Clock()
+        clock.advance(1_795_932_309.0625)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "access.log")
+        sink = fileSink({"path": path, "format": format, **options}, clock)
+        sink.startService()
+        self.addCleanup(sink.close)
+        return sink, clock, path
+
+    def test_json(self) -> None:
+        """
+        C{format: json}: each line is a JSON object whose time is the
+        clock's, in RFC 3339 to the millisecond, local time; a pool's view
+        names its pool, the sink itself none.
+        """
+        sink, clock, path = self.sink("json")
+        view = sink.forPool("web")
+        self.assertIsInstance(view, PoolAccessLog)
+        view.request("127.0.0.1:5555", "GET", '/q"\n', 200, "a", 0, 2, 0.25, 0)
+        clock.advance(0.5)
+        view.connection("127.0.0.1:5556", "b", 1, 2, 3.0, 1)
+        sink.request("127.0.0.1:5557", "GET", "/", 404, None, 0, 0, 0.0, 0, "HTTP/2")
+        sink.stopService()
+        records = [json.loads(line) for line in read(path)]
+        tm = time.localtime(1_795_932_309)
+        prefix, zone = rfc3339Parts(tm)
+        self.assertEqual([r["time"] for r in records],
+                         [f"{prefix}.062{zone}", f"{prefix}.562{zone}", f"{prefix}.562{zone}"])
+        self.assertEqual([(r["type"], r["pool"], r["client_port"]) for r in records],
+                         [("http", "web", 5555), ("tcp", "web", 5556), ("http", None, 5557)])
+        self.assertEqual(records[0]["path"], '/q"\n')
+        self.assertEqual(records[2]["protocol"], "HTTP/2")
+
+    def test_combined(self) -> None:
+        """
+        C{format: combined}: nginx's line, its time the clock's local time,
+        with the Referer and User-Agent it is given.
+        """
+        sink, clock, path = self.sink("combined")
+        sink.forPool("web").request("127.0.0.1:5555", "GET", "/x", 200, "a", 0, 2, 0.25, 0,
+                                    referer="https://a/", userAgent="curl/8.5.0")
+        sink.request("127.0.0.1:5555", "GET", "/y", 200, "a", 0, 2, 0.25, 0)
+        sink.stopService()
+        stamp = nginxTime(time.localtime(1_795_932_309))
+        self.assertEqual(read(path), [
+            f'127.0.0.1 - - [{stamp}] "GET /x HTTP/1.1" 200 2 "https://a/" "curl/8.5.0" '
+            'backend="a" rt=0.250',
+            f'127.0.0.1 - - [{stamp}] "GET /y HTTP/1.1" 200 2 "-" "-" backend="a" rt=0.250'])
+
+    def test_text(self) -> None:
+        """
+        C{format: text} (the default) is lbtwist's own line, a pool's view
+        no different.
+        """
+        sink, _, path = self.sink("text")
+        sink.forPool("web").request("1.2.3.4:5", "GET", "/x", 200, "b1", 10, 20, 0.25, 0)
+        sink.stopService()
+        [line] = read(path)
+        self.assertEqual(line.split(" ", 1)[1], httpLine("1.2.3.4:5", "GET", "/x", 200, "b1",
+                                                         10, 20, 0.25, 0))
+        self.assertEqual(fileSink({"path": path}, Clock()).format, "text")
+
+
+class FileSinkOptionTests(SynchronousTestCase):
+    """
+    The file sink's C{format} option: checked by the sink and, with the key
+    named, by the configuration.
+    """
+
+    def config(self, accessLog: object) -> Any:
+        return parseConfig({"listeners": [{"listen": "tcp:80", "mode": "http"}],
+                            "pools": {"web": {"access-log": accessLog,
+                                              "backends": ["127.0.0.1:1"]}}},
+                           directory="/var/log")
+
+    def test_unknownFormat(self) -> None:
+        """
+        An unknown format is refused, naming the key and the formats.
+        """
+        e = self.assertRaises(ConfigError, self.config,
+                              {"sink": "file", "path": "a.log", "format": "nginx"})
+        self.assertEqual(str(e), "pools.web.access-log.format: expected one of text, json, "
+                                 "combined, got 'nginx'")
+        e = self.assertRaises(ConfigError, self.config,
+                              {"sink": "file", "path": "a.log", "format": 1})
+        self.assertTrue(str(e).startswith("pools.web.access-log.format: expected one of"))
+        self.assertRaises(ValueError, fileSink, {"path": "a.log", "format": "xml"}, Clock())
+        self.assertRaises(ValueError, fileSink, {"path": "a.log", "level": "x"}, Clock())
+
+    def test_formats(self) -> None:
+        """
+        Each format is taken; C{format: text} is the same sink as
+        C{access-log: PATH}.
+        """
+        sinks = {f: self.config({"sink": "file", "path": "a.log", "format": f}).pools[0]
+                 .accessLogSink for f in ("text", "json", "combined")}
+        self.assertEqual(sinks["text"], self.config("a.log").pools[0].accessLogSink)
+        self.assertEqual(dict(sinks["json"].options),
+                         {"path": "/var/log/a.log", "format": "json"})
+        self.assertEqual(dict(sinks["combined"].options)["format"], "combined")
+
+    def test_reloadNeedsRestart(self) -> None:
+        """
+        A reload that changes the format is as one that changes the sink's
+        other options: it needs a restart, and the running format stays.
+        """
+        running = self.config({"sink": "file", "path": "a.log", "format": "json"})
+        new = self.config({"sink": "file", "path": "a.log", "format": "combined"})
+        kept, differ = runnable(new, running)
+        self.assertEqual(differ, ["pools.web.access-log"])
+        self.assertEqual(kept.pools[0].accessLog, running.pools[0].accessLog)
 
 
 class SayAndClose(Protocol):
@@ -344,3 +619,142 @@ class BalancerAccessLogTests(TestCase):
         fields = line.split(" ")
         self.assertEqual(fields[2:8], ["GET", "/ws", "101", "backend=b", "in=9", "out=19"])
         self.assertGreaterEqual(float(fields[8].rstrip("s")), 0.3)
+
+
+class BalancerLogFormatTests(TestCase):
+    """
+    A real balancer writes the C{json} and C{combined} formats for real
+    requests and connections, lines that C{json.loads} and the combined
+    regular expression read back.
+    """
+
+    timeout = 30
+
+    def logPath(self) -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return os.path.join(directory, "access.log")
+
+    def backend(self, name: str) -> RecordingBackend:
+        """
+        A recording backend listening on 127.0.0.1.
+        """
+        backend = RecordingBackend(name)
+        backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(backend.port.stopListening)
+
+        def closeConnections() -> None:
+            for conn in backend.connections:
+                if conn.transport.connected:
+                    conn.transport.abortConnection()
+
+        self.addCleanup(closeConnections)
+        return backend
+
+    @inlineCallbacks
+    def test_httpJSON(self) -> Any:
+        """
+        C{format: json}: each request is one JSON object naming the pool
+        that served it (two routed pools share the file), with a path that
+        holds quotes and backslashes kept whole; no headers are captured
+        for it.
+        """
+        path = self.logPath()
+        log = {"sink": "file", "path": path, "format": "json"}
+        a, b = self.backend("a"), self.backend("b")
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1",
+                           "mode": "http", "routes": [
+                               {"name": "a", "match": {"path-prefix": "/a/"}, "pool": "a"},
+                               {"name": "b", "pool": "b"}]}],
+            "pools": {"a": {"access-log": log, "backends": [{"name": "a1", "endpoint": a.endpoint}]},
+                      "b": {"access-log": log, "backends": [{"name": "b1", "endpoint": b.endpoint}]}},
+        })
+        answers = yield httpRequests(port, [("GET", "/a/1", None, {}),
+                                            ("POST", '/b/"q"\\x', b"hello", {}),
+                                            ("GET", "/a/2?x=%0A", None, {})])
+        self.assertEqual([status for status, _, _ in answers], [200, 200, 200])
+        yield lb.stopService()
+        records = [json.loads(line) for line in read(path)]
+        self.assertEqual(
+            [(r["pool"], r["method"], r["path"], r["status"], r["backend"], r["bytes_in"],
+              r["bytes_out"], r["protocol"], r["type"]) for r in records],
+            [("a", "GET", "/a/1", 200, "a1", 0, len(answers[0][2]), "HTTP/1.1", "http"),
+             ("b", "POST", '/b/"q"\\x', 200, "b1", 5, len(answers[1][2]), "HTTP/1.1", "http"),
+             ("a", "GET", "/a/2?x=%0A", 200, "a1", 0, len(answers[2][2]), "HTTP/1.1", "http")])
+        for r in records:
+            self.assertEqual(r["client"], "127.0.0.1")
+            self.assertIsInstance(r["client_port"], int)
+            self.assertEqual(r["retries"], 0)
+            self.assertGreaterEqual(r["duration"], 0)
+            self.assertRegex(r["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
+        self.assertEqual(len(lb.accessFiles), 1)
+        self.assertFalse(any(u.rules.captureHeaders
+                             for u in lb.factories["main"].upstreams.values()))  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_httpCombined(self) -> Any:
+        """
+        C{format: combined}: nginx's line, with curl's real Referer and
+        User-Agent (escaped, one line), and C{-} for a request without them.
+        """
+        if shutil.which("curl") is None:
+            raise SkipTest("no curl")
+        path = self.logPath()
+        backend = self.backend("b")
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1", "mode": "http"}],
+            "pools": {"web": {"access-log": {"sink": "file", "path": path, "format": "combined"},
+                              "backends": [{"name": "b", "endpoint": backend.endpoint}]}},
+        })
+        self.assertTrue(lb.factories["main"].upstream.rules.captureHeaders)  # type: ignore[attr-defined]
+        curled = yield inThread(lambda: subprocess.run([
+            "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+            "-A", 'Mozilla/5.0 (X11; "quoted")', "-e", "https://example.com/from?a=1",
+            f"http://127.0.0.1:{port}/page?x=1"], capture_output=True, text=True, timeout=10))
+        self.assertEqual(curled.stdout, "200", curled.stderr)
+        answers = yield httpRequests(port, [("GET", "/plain", None, {}),
+                                            ("GET", "/lower", None, {"referer": "r",
+                                                                     "user-agent": "u"})])
+        yield lb.stopService()
+        matches = [COMBINED.match(line) for line in read(path)]
+        self.assertTrue(all(matches), read(path))
+        fields = [m.group("addr", "request", "status", "referer", "agent", "backend")
+                  for m in matches if m is not None]
+        self.assertEqual(fields, [
+            ("127.0.0.1", "GET /page?x=1 HTTP/1.1", "200", "https://example.com/from?a=1",
+             "Mozilla/5.0 (X11; \\x22quoted\\x22)", "b"),
+            ("127.0.0.1", "GET /plain HTTP/1.1", "200", "-", "-", "b"),
+            ("127.0.0.1", "GET /lower HTTP/1.1", "200", "r", "u", "b"),
+        ])
+        self.assertEqual(int(matches[1].group("bytes")), len(answers[0][2]))  # type: ignore[union-attr]
+
+    @inlineCallbacks
+    def test_tcp(self) -> Any:
+        """
+        TCP connections in both formats: a JSON object of C{type} C{tcp},
+        and a combined line of request C{"TCP"}.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        lines = {}
+        for format in ("json", "combined"):
+            path = self.logPath()
+            lb, port = startBalancer(self, {
+                "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1"}],
+                "pools": {"web": {"access-log": {"sink": "file", "path": path, "format": format},
+                                  "backends": [{"name": "a", "endpoint": backends.endpoint("a")}]}},
+            })
+            yield inThread(firstLine, port)
+            accessFile = lb.accessFiles[path]
+            yield waitFor(lambda: accessFile.lines == 1)  # noqa: B023 (awaited at once)
+            yield lb.stopService()
+            [lines[format]] = read(path)
+        record = json.loads(lines["json"])
+        self.assertEqual((record["type"], record["pool"], record["backend"], record["bytes_in"],
+                          record["bytes_out"], record["client"]),
+                         ("tcp", "web", "a", 0, 2, "127.0.0.1"))
+        match = COMBINED.match(lines["combined"])
+        assert match is not None, lines["combined"]
+        self.assertEqual(match.group("addr", "request", "status", "bytes", "backend"),
+                         ("127.0.0.1", "TCP", "200", "2", "a"))

@@ -696,8 +696,8 @@ class StartChecksTests(SynchronousTestCase):
         for value, message in [
             ({"sink": "jsonlines", "level": 2},
              "pools.web.access-log: jsonlines sink: unknown option level (expected path)"),
-            ({"sink": "file"}, "pools.web.access-log: file sink: the file sink takes one "
-                               "option, path (a file name)"),
+            ({"sink": "file"}, "pools.web.access-log: file sink: the file sink takes the "
+                               "options path (a file name) and format (text, json, combined)"),
             ({"sink": "file", "path": "/nonexistent/a.log"},
              "pools.web.access-log: no such directory '/nonexistent'"),
         ]:

@@ -295,13 +295,29 @@ class HTTPProxyFactory(ListenerFactory):
         log = self.accessLog if logs is None else logs.get(ex.upstream.pool.name)
         if log is not None:
             backend = ex.backend
+            fields = (
+                ex.client.clientName, ex.method.decode("latin-1"), ex.url.decode("latin-1"),
+                ex.status, backend.name if backend is not None else None,
+                ex.bytesIn, ex.bytesOut, self.seconds() - ex.started, ex.retries,
+                ex.client.protocol,
+            )
             try:
-                log.request(
-                    ex.client.clientName, ex.method.decode("latin-1"), ex.url.decode("latin-1"),
-                    ex.status, backend.name if backend is not None else None,
-                    ex.bytesIn, ex.bytesOut, self.seconds() - ex.started, ex.retries,
-                    ex.client.protocol,
-                )
+                if ex.upstream.rules.captureHeaders:
+                    # The pool's sink asked for them (its own, which takes
+                    # them: see lbtwist.accesslog.capturesHeaders).
+                    plan = ex.plan
+                    log.request(*fields, referer=_text(plan.referer),  # type: ignore[call-arg]
+                                userAgent=_text(plan.userAgent))
+                else:
+                    log.request(*fields)
             except Exception:
                 self.accessLogFailed()
+
+
+def _text(value: bytes | None) -> str | None:
+    """
+    A header's value as the access log takes it (bytes as Latin-1, as the
+    path is given), if there is one.
+    """
+    return None if value is None else value.decode("latin-1")
 

@@ -17,6 +17,7 @@ import hashlib
 import random
 from typing import Any
 
+from ..accesslog import capturesHeaders
 from ..connect import BackendConnector, FixedRetries
 from ..dial import Dialler
 from ..policies import SourceHash
@@ -77,6 +78,7 @@ class Upstream:
             hostHeader=http.hostHeader.encode("ascii") if http.hostHeader else None,
             stickyKind=sticky.kind if sticky is not None else None,
             stickyName=self._stickyName,
+            captureHeaders=capturesHeaders(config.accessLogSink),
         )
         # The sticky cookie's attributes: Secure to clients that came over
         # TLS, so that it never leaves them in the clear.
