@@ -2198,6 +2198,28 @@ def _listenerRoutes(ld: Mapping[str, Any], path: str, mode: str, poolNames: Sequ
     return routes, None
 
 
+def _oneFormatPerFile(pools: Sequence[PoolConfig]) -> None:
+    """
+    Refuse pools whose C{file} access-log sinks write one file in two
+    formats: their lines would be mixed in it, and no log shipper could
+    read it.
+
+    @raise ConfigError: naming the second pool's C{access-log.format}.
+    """
+    formats: dict[object, tuple[str, object]] = {}
+    for p in pools:
+        sink = p.accessLogSink
+        if sink is None or sink.name != "file":
+            continue
+        options = dict(sink.options)
+        path, format = options.get("path"), options.get("format", "text")
+        first, firstFormat = formats.setdefault(path, (p.name, format))
+        if firstFormat != format:
+            raise ConfigError(f"pools.{p.name}.access-log.format",
+                              f"pool {first} writes {path} as {firstFormat}, this pool as "
+                              f"{format}: one file takes one format")
+
+
 def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
                 directory: str | None = None) -> Config:
     """
@@ -2226,6 +2248,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
     )
     if not pools:
         raise ConfigError("pools", "at least one pool is needed")
+    _oneFormatPerFile(pools)
     listeners = []
     for i, item in enumerate(_list(d.get("listeners", []), "listeners")):
         path = f"listeners[{i}]"

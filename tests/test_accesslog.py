@@ -384,6 +384,24 @@ class FileSinkOptionTests(SynchronousTestCase):
                          {"path": "/var/log/a.log", "format": "json"})
         self.assertEqual(dict(sinks["combined"].options)["format"], "combined")
 
+    def test_oneFormatPerFile(self) -> None:
+        """
+        Pools may share a file in one format, not in two.
+        """
+        def pools(first: str, second: str) -> Any:
+            return parseConfig({
+                "listeners": [{"listen": "tcp:80", "mode": "http", "pool": "a"}],
+                "pools": {name: {"access-log": {"sink": "file", "path": "a.log", "format": f},
+                                 "backends": ["127.0.0.1:1"]}
+                          for name, f in (("a", first), ("b", second))}},
+                directory="/var/log")
+
+        self.assertEqual(len({p.accessLogSink for p in pools("json", "json").pools}), 1)
+        pools("text", "text")
+        e = self.assertRaises(ConfigError, pools, "json", "text")
+        self.assertEqual(str(e), "pools.b.access-log.format: pool a writes /var/log/a.log as "
+                                 "json, this pool as text: one file takes one format")
+
     def test_reloadNeedsRestart(self) -> None:
         """
         A reload that changes the format is as one that changes the sink's
