@@ -85,7 +85,10 @@ class IAccessLog(Interface):
     (a sink need not have one): it is called on C{SIGHUP} and
     C{POST /api/reload}, where the C{file} sink reopens its file, for log
     rotation.  It runs in the reactor thread; what it raises is logged with
-    the sink's name, and the other sinks are reopened all the same.
+    the sink's name, and the other sinks are reopened all the same.  Nor
+    is C{forPool(pool)}: a sink that has it is given each pool's lines
+    through what it returns, an L{IAccessLog} for that pool (see
+    L{poolView}); one without it gets every pool's lines itself.
     """
 
     def request(client: str, method: str, path: str, status: int, backend: str | None,
