@@ -302,13 +302,23 @@ class RequestPlanTests(SynchronousTestCase):
             got.append((fields, (captured.referer, captured.userAgent)))
         self.assertEqual(got, cases)
 
-    def test_captureOffByDefault(self) -> None:
+    def test_captureKeepsThePlan(self) -> None:
         """
-        Rules capture nothing unless told, and make plain plans.
+        Rules capture nothing unless told; a captured plan is the plain
+        plan's every field and the two headers.
         """
         self.assertFalse(RequestRules().captureHeaders)
-        self.assertIs(RequestRules().planType, RequestPlan)
-        self.assertIs(RequestRules(captureHeaders=True).planType, CapturedRequestPlan)
+        raw = (b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n"
+               b"Cookie: SRV=s1\r\nTE: trailers\r\nUser-Agent: u\r\n\r\nhi")
+        sticky = {"stickyKind": "cookie", "stickyName": b"SRV"}
+        ordinary = self.planned(raw, RequestRules(**sticky))  # type: ignore[arg-type]
+        captured = self.planned(raw, RequestRules(captureHeaders=True, **sticky))  # type: ignore[arg-type]
+        fields = RequestPlan.__slots__
+        self.assertEqual({n: getattr(captured, n) for n in fields},
+                         {n: getattr(ordinary, n) for n in fields})
+        self.assertEqual((ordinary.stickyKey, ordinary.hasBody, ordinary.expectContinue,
+                          ordinary.trailers), (b"s1", True, True, True))
+        self.assertEqual((captured.referer, captured.userAgent), (None, b"u"))
 
 
 # Each special name of either plan in three spellings: the usual one (which

@@ -330,12 +330,11 @@ class RequestRules:
         C{Referer} and C{User-Agent}: the plan captures them
         (L{CapturedRequestPlan}).  Off unless its sink asks, so that no
         other request pays for it.
-    @ivar planType: the type of the plans made by these rules.
     """
 
     __slots__ = (
-        "captureHeaders", "forwardedProto", "hostHeader", "planType", "stickyHeader",
-        "stickyKind", "stickyName",
+        "captureHeaders", "forwardedProto", "hostHeader", "stickyHeader", "stickyKind",
+        "stickyName",
     )
 
     def __init__(
@@ -352,8 +351,6 @@ class RequestRules:
         self.stickyName = stickyName
         self.stickyHeader = stickyName.lower() if stickyKind == "header" else None
         self.captureHeaders = captureHeaders
-        self.planType: type[RequestPlan] = (
-            CapturedRequestPlan if captureHeaders else RequestPlan)
 
 
 class RequestPlan:
@@ -415,6 +412,18 @@ class CapturedRequestPlan(RequestPlan):
     """
 
     __slots__ = ("referer", "userAgent")
+
+    @classmethod
+    def of(cls, plan: RequestPlan, headers: list[tuple[bytes, bytes]]) -> CapturedRequestPlan:
+        """
+        C{plan}, with the C{Referer} and C{User-Agent} of the request's
+        C{headers} (see L{capture}).
+        """
+        captured = cls.__new__(cls)
+        for name in RequestPlan.__slots__:
+            setattr(captured, name, getattr(plan, name))
+        captured.capture(headers)
+        return captured
 
     def capture(self, headers: list[tuple[bytes, bytes]]) -> None:
         """
@@ -675,14 +684,15 @@ def planRequest(
     elif stickyKind == "source":
         stickyKey = clientHost
     hasBody = chunked or hasLength
-    plan = rules.planType(
+    plan = RequestPlan(
         b"\r\n".join(parts), chunked, hasBody, upgrade, websocketKey, expectContinue,
         authority, stickyKey, keepAlive,
         method in IDEMPOTENT and not hasBody and not upgrade, trailers,
     )
     if rules.captureHeaders:
-        assert isinstance(plan, CapturedRequestPlan)
-        plan.capture(headers)
+        # Made again, with the headers: only for a pool whose access log
+        # asked, so that the plan of every other request costs one test.
+        return CapturedRequestPlan.of(plan, headers)
     return plan
 
 
