@@ -158,9 +158,12 @@ def matchedPath(path: bytes) -> bytes:
     repeated slashes merged.  A path needing none of this is returned as
     it is, at the cost of three searches.
     """
-    if path[:1] != b"/" or (b"%" not in path and b"/." not in path and b"//" not in path):
+    # (An int is looked for as a byte; a bytes needle costs a failed
+    # integer conversion first, so the others are found with find.)
+    if path[:1] != b"/" or (37 not in path  # 37: "%"
+                            and path.find(b"/.") < 0 and path.find(b"//") < 0):
         return path
-    if b"%" in path:
+    if 37 in path:
         pieces = path.split(b"%")
         decoded = [pieces[0]]
         for piece in pieces[1:]:

@@ -234,7 +234,7 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
         raise BadRequest(f"unsupported :scheme {scheme!r}")
     authority = pseudo.get(b":authority")
     if authority is not None:
-        if not authority or b"@" in authority:
+        if not authority or 64 in authority:  # 64: "@"
             raise MalformedRequest(f"invalid :authority {authority!r}")
         if host is not None and host != authority:
             raise BadRequest("host conflicts with :authority")
