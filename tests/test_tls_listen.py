@@ -375,10 +375,12 @@ class HTTPModeTests(TestCase):
 
     timeout = 30
 
-    @inlineCallbacks
-    def test_forwardedProto(self) -> Any:
+    def serve(self, **pool: Any) -> tuple[Any, Any]:
         """
-        The backend sees C{X-Forwarded-Proto: https}.
+        A balancer whose HTTP-mode listener terminates TLS in front of a
+        recording backend (C{pool}: more pool keys); the backend and a
+        function that GETs a path over TLS, in a thread, giving its status,
+        its headers and its body.
         """
         files = Certificates(self.mktemp())
         backend = RecordingBackend("b")
@@ -387,25 +389,45 @@ class HTTPModeTests(TestCase):
         _, port = startBalancer(self, {
             "listeners": [{"listen": "tcp:0:interface=127.0.0.1", "mode": "http",
                            "tls": {"certificates": [Certificates.entry(files.ab)]}}],
-            "pools": {"web": {"backends": [{"name": "b", "endpoint": backend.endpoint}]}},
+            "pools": {"web": {"backends": [{"name": "b", "endpoint": backend.endpoint}],
+                              **pool}},
         })
 
-        def fetch() -> tuple[int, bytes]:
+        def fetch(path: str) -> tuple[int, Any, bytes]:
             context = ssl.create_default_context(cafile=files.ca.cert)
             # An address asks for no name: the default certificate, for a.example.
             context.check_hostname = False
             connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5,
                                                      context=context)
             try:
-                connection.request("GET", "/proto", headers={"Host": "b.example"})
+                connection.request("GET", path, headers={"Host": "b.example"})
                 response = connection.getresponse()
-                return response.status, response.read()
+                return response.status, response.headers, response.read()
             finally:
                 connection.close()
 
-        status, body = yield inThread(fetch)
+        return backend, lambda path: inThread(lambda: fetch(path))
+
+    @inlineCallbacks
+    def test_forwardedProto(self) -> Any:
+        """
+        The backend sees C{X-Forwarded-Proto: https}.
+        """
+        backend, get = self.serve()
+        status, _, body = yield get("/proto")
         self.assertEqual((status, body), (200, b"b /proto\n"))
         self.assertEqual(backend.requests[-1].header(b"x-forwarded-proto"), b"https")
+
+    @inlineCallbacks
+    def test_stickyCookieSecure(self) -> Any:
+        """
+        The sticky cookie the balancer inserts for a client that came over
+        TLS is C{Secure}, so that the client never sends it in the clear.
+        """
+        _, get = self.serve(sticky={"cookie": "SRV"})
+        status, headers, _ = yield get("/")
+        self.assertEqual(status, 200)
+        self.assertRegex(headers["Set-Cookie"], r"^SRV=[0-9a-f]{16}; Path=/; HttpOnly; Secure$")
 
 
 class CertificateErrorTests(SynchronousTestCase):
