@@ -16,6 +16,11 @@ from lbtwist.http._errors import localResponse
 from .httphelpers import TIMED_OUT, HTTPProxyTestCase, httpRequests, rawExchange
 
 SMUGGLING = {
+    # RFC 9112 3.2: a target has no fragment (a backend may cut it where
+    # routing did not).
+    "fragmentInTarget": b"GET /public#/../admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    "fragmentAfterQuery": b"GET /a?q=1#/../admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    "fragmentInAbsoluteForm": b"GET http://a/x#y HTTP/1.1\r\nHost: a\r\n\r\n",
     "contentLengthAndChunked": (
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -122,7 +127,7 @@ class SmugglingTests(HTTPProxyTestCase):
 # end over loopback.
 LOOPBACK_SMUGGLING = (
     "contentLengthAndChunked", "transferEncodingChunkedNotLast", "badChunkSize",
-    "bareLFInHead", "missingHost",
+    "bareLFInHead", "missingHost", "fragmentInTarget",
 )
 
 
