@@ -44,11 +44,7 @@ from .backendtls import UnusableEndpoint, VerifiedTLSEndpoint, backendAddress, c
 from .certificates import CertificateError
 from .config import BackendTLS
 from .endpoints import parseEndpoint
-from .leantcp import IReactorDialTCP, ipFamily
-
-# The errors that say the balancer itself ran out of something, not that
-# the backend failed: no socket could be made to dial with.
-_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+from .leantcp import SHORTAGES, IReactorDialTCP, ipFamily
 
 
 def localShortage(reason: Failure) -> str | None:
@@ -62,7 +58,7 @@ def localShortage(reason: Failure) -> str | None:
     """
     value = reason.value
     code = value.osError if isinstance(value, ConnectError) else getattr(value, "errno", None)
-    return errno.errorcode.get(code) if code in _SHORTAGES else None
+    return errno.errorcode.get(code) if code in SHORTAGES else None
 
 
 class BackendProtocol(Protocol):

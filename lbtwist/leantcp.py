@@ -429,9 +429,10 @@ class LeanDial:
             failed(reason)
 
 
-# accept() errors that say this process (EMFILE) or the system (ENFILE,
-# ENOBUFS, ENOMEM) lacks what one more connection needs.
-_SHORTAGES = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
+# The errors that say this process (EMFILE) or the system (ENFILE, ENOBUFS,
+# ENOMEM) lacks what one more socket needs: an accept or a dial the
+# balancer could not make, which says nothing about the peer.
+SHORTAGES = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
 
 # How long a listener short of descriptors stops accepting before it tries
 # again (nginx waits 500 ms).
@@ -542,7 +543,7 @@ class LeanPort(tcp.Port):
                 except BlockingIOError:
                     break
                 except OSError as e:
-                    if e.errno in _SHORTAGES:
+                    if e.errno in SHORTAGES:
                         self._pauseAccepting(e.errno)
                         short = True
                         break

@@ -79,6 +79,7 @@ from ._exchange import Exchange, IClientSide
 from ._gate import ProducerGate, takeWindow
 from ._plan import (
     NEVER_NAMED,
+    TOKEN,
     USUAL_CONNECTION,
     BadTrailer,
     forwarded,
@@ -108,9 +109,6 @@ _PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
 _NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+\Z")
 # What a field value may not hold (RFC 9113 8.2.1).
 _BAD_VALUE = re.compile(rb"[\r\n\x00]|\A[ \t]|[ \t]\Z")
-# A method: a token (RFC 9110 9.1).  Anything else would rewrite the
-# HTTP/1.1 request line sent on ("GET /x" as a method sends "GET /x / ...").
-_METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 # The methods almost every request has, taken without the pattern.
 _COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
 # What C{:path} may not hold: whitespace, controls and DEL (a space or tab
@@ -215,7 +213,10 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
     method = pseudo.get(b":method")
     if not method:
         raise MalformedRequest("no :method")
-    if method not in _COMMON_METHODS and not _METHOD.match(method):
+    # (A method is a token, RFC 9110 9.1: anything else would rewrite the
+    # HTTP/1.1 request line sent on, "GET /x" as a method sending
+    # "GET /x / ...".)
+    if method not in _COMMON_METHODS and not TOKEN.match(method):
         raise MalformedRequest(f"invalid :method {method[:40]!r}")
     if method == b"CONNECT":
         # (RFC 9113 8.5: :authority only, beside :method.)

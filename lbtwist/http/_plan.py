@@ -172,10 +172,10 @@ _NOT_TRAILERS = frozenset((
     b"if-range", b"authorization", b"www-authenticate", b"set-cookie", b"cookie",
     b"age", b"expires", b"date", b"location", b"retry-after", b"vary", b"warning",
 ))
-# A field name: a token (RFC 9110 5.1); a value holds no CR, LF or NUL (RFC
-# 9110 5.5): either would let a trailer written as HTTP/1.1 end its section
-# early and smuggle what follows.
-_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+# A token (RFC 9110 5.6.2): a field name (5.1), a method (9.1).  A field
+# value holds no CR, LF or NUL (RFC 9110 5.5): either would let a trailer
+# written as HTTP/1.1 end its section early and smuggle what follows.
+TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _BAD_FIELD_VALUE = re.compile(rb"[\r\n\x00]")
 
 
@@ -233,7 +233,7 @@ def trailerFields(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
         lname = name.lower()
         if lname[:1] == b":":
             continue
-        if not _FIELD_NAME.match(lname):
+        if not TOKEN.match(lname):
             raise BadTrailer(f"invalid trailer name {name[:40]!r}")
         if _BAD_FIELD_VALUE.search(value):
             raise BadTrailer(f"forbidden character in trailer {name[:40]!r}")
