@@ -33,7 +33,7 @@ from lbtwist.service import LoadBalancer
 from lbtwist.state import StateFile
 from lbtwist.tap import BadConfiguration, Options
 
-from .httphelpers import RecordingBackend, waitFor
+from .httphelpers import RecordingBackend, httpRequests, waitFor
 from .support import Backends, firstLine, freePort, inThread, reactor, sleep, spawn, startBalancer
 from .test_embedding import recipe
 from .test_workers import (
@@ -553,27 +553,13 @@ class RaisingSinkTests(TestCase):
         Two requests on one keep-alive connection are both answered though
         the sink raised for the first.
         """
-        import http.client
-
         backend = RecordingBackend("b")
         backend.port = reactor.listenTCP(0, backend, interface="127.0.0.1")
         self.addCleanup(backend.port.stopListening)
         lb, port, sink = self.startRaising("http", backend.endpoint)
 
-        def twice() -> list[int]:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            try:
-                statuses = []
-                for path in ("/one", "/two"):
-                    connection.request("GET", path)
-                    response = connection.getresponse()
-                    response.read()
-                    statuses.append(response.status)
-                return statuses
-            finally:
-                connection.close()
-
-        self.assertEqual((yield inThread(twice)), [200, 200])
+        results = yield httpRequests(port, [("GET", "/one", None, {}), ("GET", "/two", None, {})])
+        self.assertEqual([status for status, _, _ in results], [200, 200])
         self.assertEqual(sink.calls, 2)
         self.assertEqual(lb.factories["main"].accessLogErrors, 2)  # type: ignore[attr-defined]
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
