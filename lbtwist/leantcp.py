@@ -22,6 +22,12 @@ are all L{twisted.internet.tcp.Connection}'s) with that set-up cut down:
   - An accepted connection formats no log-prefix and C{repr} strings (they
     are built when asked for), and builds its peer's address once.
 
+  - A half-close asks the protocol whether it is half-closeable with
+    C{providedBy}, not by adapting it as Twisted does: the adaptation
+    looks up C{__conform__} on the protocol first, and the
+    C{AttributeError} it makes and clears cost 3.5% of a proxied
+    connection (three per connection; see L{halfCloseable}).
+
   - Neither shuts a socket down before closing it: sockets are
     close-on-exec, so this process holds the only reference and C{close()}
     sends the FIN itself (Twisted's own comment on C{_closeSocket} says as
@@ -49,7 +55,9 @@ from os import strerror
 from typing import Any, Callable
 
 from twisted.internet import abstract, address, base, error, main, tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
+from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
@@ -82,6 +90,21 @@ class IReactorDialTCP(Interface):
 # What a connection closed on our side reports, as Twisted's reactor shares
 # one for the connections it sees closed.
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+
+
+def halfCloseable(protocol: Any) -> Any:
+    """
+    C{protocol} as an L{IHalfCloseableProtocol}, or C{None}: what
+    C{IHalfCloseableProtocol(protocol, None)} gives, without its cost for
+    a protocol that provides the interface itself (as lbtwist's do).
+    zope.interface's adaptation first looks up C{__conform__} on the
+    protocol, and on a protocol without one the C{AttributeError} made
+    and cleared costs about 2,900 instructions; C{providedBy} costs about
+    400.  Any other protocol is adapted as Twisted does it.
+    """
+    if IHalfCloseableProtocol.providedBy(protocol):
+        return protocol
+    return IHalfCloseableProtocol(protocol, None)
 
 
 class _LeanConnection(tcp.Connection):
@@ -123,6 +146,39 @@ class _LeanConnection(tcp.Connection):
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
+
+    def _closeWriteConnection(self) -> None:
+        """
+        L{tcp.Connection._closeWriteConnection}, with the protocol asked
+        through L{halfCloseable}.
+        """
+        try:
+            self.socket.shutdown(1)
+        except OSError:
+            pass
+        protocol = halfCloseable(self.protocol)
+        if protocol is not None:
+            try:
+                protocol.writeConnectionLost()
+            except BaseException:
+                reason = Failure()
+                log.err()
+                self.connectionLost(reason)
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        """
+        L{tcp.Connection.readConnectionLost}, with the protocol asked
+        through L{halfCloseable}.
+        """
+        protocol = halfCloseable(self.protocol)
+        if protocol is not None:
+            try:
+                protocol.readConnectionLost()
+            except BaseException:
+                log.err()
+                self.connectionLost(Failure())
+        else:
+            self.connectionLost(reason)
 
     def _protocolName(self) -> str:
         """

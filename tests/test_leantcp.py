@@ -12,10 +12,12 @@ from typing import Any
 
 from twisted.internet import error, tcp
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from lbtwist.leantcp import (
     ACCEPT_PAUSE,
@@ -25,6 +27,7 @@ from lbtwist.leantcp import (
     LeanDialled,
     LeanPort,
     LeanServer,
+    halfCloseable,
     ipFamily,
 )
 from lbtwist.reactor import LeanEPollReactor
@@ -796,6 +799,109 @@ class LeanReadTests(SynchronousTestCase):
                          [read(tcp.Connection.doRead, o) for o in outcomes])
         self.assertEqual(read(LeanServer.doRead, b"x")[1], [b"x"])
         self.assertIsNot(LeanServer.doRead, tcp.Connection.doRead)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloser(Protocol):
+    """
+    A half-closeable protocol that records what it was told.
+    """
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def readConnectionLost(self) -> None:
+        self.told.append("read")
+
+    def writeConnectionLost(self) -> None:
+        self.told.append("write")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.told.append("lost")
+
+
+class Conforming(Protocol):
+    """
+    A protocol that does not provide L{IHalfCloseableProtocol} but conforms
+    to it through C{__conform__}, as zope.interface allows.
+    """
+
+    def __init__(self) -> None:
+        self.adapter = HalfCloser()
+
+    def __conform__(self, interface: Any) -> Any:
+        return self.adapter if interface is IHalfCloseableProtocol else None
+
+
+class _ShutDown:
+    """
+    A socket double that counts its C{shutdown} calls.
+    """
+
+    def __init__(self) -> None:
+        self.shutdowns: list[int] = []
+
+    def shutdown(self, how: int) -> None:
+        self.shutdowns.append(how)
+
+
+class HalfCloseTests(SynchronousTestCase):
+    """
+    A lean connection's half-close asks its protocol what Twisted's adaptation
+    would, without adapting a protocol that provides the interface itself.
+    """
+
+    def test_halfCloseable(self) -> None:
+        """
+        L{halfCloseable} gives what C{IHalfCloseableProtocol(p, None)} gives:
+        the protocol that provides it, a C{__conform__}'s adapter, or
+        C{None}.
+        """
+        conforming = Conforming()
+        for protocol, expected in [
+            (provider := HalfCloser(), provider),
+            (conforming, conforming.adapter),
+            (Protocol(), None),
+        ]:
+            self.assertIs(halfCloseable(protocol), expected)
+            self.assertIs(IHalfCloseableProtocol(protocol, None), expected)
+
+    def test_sameAsTwisted(self) -> None:
+        """
+        C{readConnectionLost} and C{_closeWriteConnection} tell each kind of
+        protocol what Twisted's do: a half-closeable one (or its adapter)
+        that a side is done, any other that the connection is lost; and the
+        write side is shut down first.
+        """
+
+        def told(method: Any, make: Any) -> tuple[list[str], list[int]]:
+            protocol = make()
+            transport = LeanServer.__new__(LeanServer)
+            transport.socket = _ShutDown()
+            transport.protocol = protocol
+            transport.connectionLost = lambda reason: protocol.connectionLost(reason)
+            if method.__name__ == "readConnectionLost":
+                method(transport, connectionDone)
+            else:
+                method(transport)
+            record = protocol.adapter if isinstance(protocol, Conforming) else protocol
+            return getattr(record, "told", ["lost"] if record is None else []), transport.socket.shutdowns
+
+        class Plain(Protocol):
+            def __init__(self) -> None:
+                self.told: list[str] = []
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                self.told.append("lost")
+
+        for name in ("readConnectionLost", "_closeWriteConnection"):
+            for make in (HalfCloser, Conforming, Plain):
+                lean = told(getattr(LeanServer, name), make)
+                self.assertEqual(lean, told(getattr(tcp.Connection, name), make), (name, make))
+        self.assertEqual(told(LeanServer.readConnectionLost, HalfCloser), (["read"], []))
+        self.assertEqual(told(LeanServer._closeWriteConnection, HalfCloser), (["write"], [1]))
+        self.assertEqual(told(LeanServer.readConnectionLost, Plain), (["lost"], []))
+        self.assertIsNot(LeanServer.readConnectionLost, tcp.Connection.readConnectionLost)
 
 
 class LeanReactorTests(SynchronousTestCase):
