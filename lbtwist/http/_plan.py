@@ -566,7 +566,8 @@ def planRequest(
         raise BadRequest("fragment in the request target")
     authority = absoluteAuthority(target) if target[0] != 47 else None  # 47: "/"
     # Lines without their CRLF, joined by CRLF at the end (as planResponse's).
-    parts = [b"%s %s HTTP/1.1" % (method, target)]
+    # (Joins, not %-formats: a third of the cost, on every request.)
+    parts = [b" ".join((method, target, b"HTTP/1.1"))]
     append = parts.append
     host = None
     te = None
@@ -656,11 +657,11 @@ def planRequest(
         append(b"Host: " + localAuthority)
     forwardedFor = clientHost if xff is None else xff + b", " + clientHost
     if authority is not None:
-        append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s"
-               % (forwardedFor, rules.forwardedProto, authority))
+        append(b"".join((b"X-Forwarded-For: ", forwardedFor, b"\r\nX-Forwarded-Proto: ",
+                         rules.forwardedProto, b"\r\nX-Forwarded-Host: ", authority)))
     else:
-        append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s"
-               % (forwardedFor, rules.forwardedProto))
+        append(b"".join((b"X-Forwarded-For: ", forwardedFor, b"\r\nX-Forwarded-Proto: ",
+                         rules.forwardedProto)))
     if chunked:
         append(b"Transfer-Encoding: chunked")
     upgrade = upgrade and upgradeValue is not None
