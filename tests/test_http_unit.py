@@ -370,6 +370,48 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc")
         self.assertTrue(transport.disconnecting)
 
+    def test_versionsRead(self) -> None:
+        """
+        Each request's exchange gets the HTTP version its request line
+        says, however the requests come: one per read, pipelined in one
+        read (1.1 then 1.0, and 1.0 then 1.1), a head in pieces (one whose
+        second read has " HTTP/1.1" where the first read's version was), a
+        request line cut after its target, blank lines before a request,
+        and versions other than 1.0 and 1.1.
+        """
+        cases: list[tuple[list[bytes], list[str]]] = [
+            ([b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"], ["1.1"]),
+            ([b"GET /a HTTP/1.0\r\n\r\n"], ["1.0"]),
+            ([b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\n\r\n"], ["1.1", "1.0"]),
+            ([b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n"],
+             ["1.0", "1.1"]),
+            ([b"GET /a HTTP/1.0\r\nHo", b"st: a\r\n\r\n"], ["1.0"]),
+            ([b"GET /a", b" HTTP/1.0\r\n\r\n"], ["1.0"]),
+            # (Where an HTTP/1.1 line's version would be, in a read that
+            # did not begin the head.)
+            ([b"GET /a HTTP/1.0\r\n", b"X-Pad: HTTP/1.1\r\n\r\n"], ["1.0"]),
+            ([b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HT", b"TP/1.0\r\n\r\n"], ["1.1", "1.0"]),
+            ([b"\r\nGET /a HTTP/1.0\r\n\r\n"], ["1.0"]),
+            ([b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\r\nGET /b HTTP/1.0\r\n\r\n"], ["1.1", "1.0"]),
+            ([b"GET /HTTP/1.1 HTTP/1.0\r\n\r\n"], ["1.0"]),
+            ([b"GET /a HTTP/1.9\r\nHost: a\r\n\r\n"], ["1.9"]),
+        ]
+        for reads, expected in cases:
+            factory = self.makeFactory()
+            versions: list[str] = []
+            exchangeFor = factory.exchangeFor
+
+            def recording(side: Any, method: bytes, url: bytes, version: str, *rest: Any,
+                          versions: list[str] = versions, exchangeFor: Any = exchangeFor) -> Any:
+                versions.append(version)
+                return exchangeFor(side, method, url, version, *rest)
+
+            factory.exchangeFor = recording  # type: ignore[method-assign]
+            client, transport = self.connectClient(factory)
+            for data in reads:
+                client.dataReceived(data)
+            self.assertEqual(versions, expected, reads)
+
 
     def test_h2cPrefaceWithoutH2c(self) -> None:
         """
