@@ -235,6 +235,12 @@ class KeepAlive:
     maxRequests: int = 1000
 
 
+# The SameSite values a sticky cookie may carry, as browsers spell them.
+SAME_SITE = ("Strict", "Lax", "None")
+# Browsers cap a cookie's lifetime at 400 days (RFC 6265bis).
+MAX_COOKIE_AGE = 400 * 86400
+
+
 @attrs.frozen
 class Sticky:
     """
@@ -244,10 +250,46 @@ class Sticky:
         (a consistent hash of a request header) or C{"source"} (of the
         client address).
     @ivar name: the cookie or header name.
+    @ivar sameSite: the inserted cookie's C{SameSite} (one of
+        L{SAME_SITE}), or L{None} for none.
+    @ivar maxAge: its lifetime in whole seconds, or L{None} for a session
+        cookie.
+    @ivar domain: its C{Domain}, or L{None} for the host the client asked.
+    @ivar path: its C{Path}.
+    @ivar httpOnly: it is hidden from scripts.
+    @ivar secure: it is C{Secure} (C{True}), never (C{False}), or, with
+        L{None}, to clients that came over TLS (and always with C{SameSite=None},
+        which browsers refuse without it).
     """
 
     kind: str
     name: str | None = None
+    sameSite: str | None = None
+    maxAge: int | None = None
+    domain: str | None = None
+    path: str = "/"
+    httpOnly: bool = True
+    secure: bool | None = None
+
+    def cookieAttributes(self, overTLS: bool) -> str:
+        """
+        What follows C{NAME=VALUE} in the inserted cookie's C{Set-Cookie},
+        for clients that came over TLS (C{overTLS}) or not: built once,
+        when a listener takes the pool, never per request.
+        """
+        parts = [f"Path={self.path}"]
+        if self.domain is not None:
+            parts.append(f"Domain={self.domain}")
+        if self.maxAge is not None:
+            parts.append(f"Max-Age={self.maxAge}")
+        if self.httpOnly:
+            parts.append("HttpOnly")
+        secure = self.secure if self.secure is not None else overTLS
+        if secure or self.sameSite == "None":
+            parts.append("Secure")
+        if self.sameSite is not None:
+            parts.append(f"SameSite={self.sameSite}")
+        return "; " + "; ".join(parts)
 
 
 @attrs.frozen
@@ -654,6 +696,9 @@ _FOREIGN_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "check": (("HAProxy's check", "health", " (checks are on unless it is set to tcp)"),),
     "httpchk": (("HAProxy's option httpchk", "health", ""),),
     "cookie": (("HAProxy's cookie NAME insert", "sticky", " ({cookie: NAME})"),),
+    "expires": (("nginx's sticky cookie expires", "max-age", ""),),
+    "maxlife": (("HAProxy's cookie maxlife", "max-age", " (the browser's lifetime of it)"),),
+    "attr": (("HAProxy's cookie attr", "samesite", " (and max-age)"),),
     "max_conns": (("nginx's max_conns", "maxconn", ""),),
     "ssl": (("HAProxy's bind ... ssl", "tls", ""),),
     "crt": (("HAProxy's crt", "cert", " (and key: the same file if it holds the key)"),
@@ -723,12 +768,14 @@ def _integer(value: object, path: str, low: int, high: int) -> int:
 
 def parseSeconds(value: object, path: str, low: float = 0.001, high: float = 86400.0) -> float:
     """
-    A duration: a number of seconds, or a string with a unit (C{250ms}, C{5s}, C{2m}).
+    A duration: a number of seconds, or a string with a unit (C{250ms}, C{5s}, C{2m},
+    C{1h}, C{7d}).
     """
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*", value)
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*", value)
         if m:
-            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[
+                m.group(2) or "s"]
             value = float(m.group(1)) * scale
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
         low <= value <= high
@@ -1172,9 +1219,17 @@ def parseOutlier(data: object, path: str) -> Outlier | None:
     return outlier
 
 
+# The keys of a sticky cookie's attributes (beside C{cookie: NAME}).
+_COOKIE_KEYS = ("samesite", "max-age", "domain", "path", "httponly", "secure")
+# What may go in a cookie's Path (RFC 6265 5.2.4: no control characters,
+# no ';'; no spaces, which no path needs).
+_COOKIE_PATH = re.compile(r"/[!-:<-~]*")
+
+
 def parseSticky(data: object, path: str) -> Sticky | None:
     """
-    C{source}, or a mapping C{{cookie: NAME}} or C{{header: NAME}}.
+    C{source}, or a mapping C{{cookie: NAME}} (with the cookie's
+    attributes, L{_COOKIE_KEYS}, beside it) or C{{header: NAME}}.
     """
     if data is None:
         return None
@@ -1184,16 +1239,68 @@ def parseSticky(data: object, path: str) -> Sticky | None:
         shape = f" (write {{{data}: NAME}})" if data in ("cookie", "header") else ""
         raise ConfigError(path, "expected {cookie: NAME}, {header: NAME} or source, "
                                 f"got {data!r}{shape}")
-    d = _mapping(data, path, ("cookie", "header", "source"))
-    if len(d) != 1:
+    d = _mapping(data, path, ("cookie", "header", "source", *_COOKIE_KEYS))
+    kinds = [k for k in d if k in ("cookie", "header", "source")]
+    if len(kinds) != 1:
         raise ConfigError(path, "expected exactly one of cookie, header, source")
-    ((kind, value),) = d.items()
+    kind = kinds[0]
+    attributes = {k: v for k, v in d.items() if k in _COOKIE_KEYS}
+    if kind != "cookie" and attributes:
+        key = next(iter(attributes))
+        raise ConfigError(f"{path}.{key}", f"a cookie attribute, but this pool's sticky "
+                                           f"is {kind}: no cookie is set")
     if kind == "source":
         return Sticky("source")
-    name = _string(value, f"{path}.{kind}")
+    name = _string(d[kind], f"{path}.{kind}")
     if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}", name):
         raise ConfigError(f"{path}.{kind}", f"expected a {kind} name token, got {name!r}")
-    return Sticky(kind, name)
+    return Sticky(kind, name, **_cookieAttributes(attributes, path))
+
+
+def _cookieAttributes(d: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """
+    The L{Sticky} fields a sticky cookie's attribute keys give.
+    """
+    changes: dict[str, Any] = {}
+    if "samesite" in d:
+        value = d["samesite"]
+        spelled = {s.lower(): s for s in SAME_SITE}
+        if not isinstance(value, str) or value.lower() not in spelled:
+            raise ConfigError(f"{path}.samesite",
+                              f"expected Strict, Lax or None, got {_describe(value)}")
+        changes["sameSite"] = spelled[value.lower()]
+    if "max-age" in d:
+        try:
+            seconds = parseSeconds(d["max-age"], f"{path}.max-age", 1, MAX_COOKIE_AGE)
+        except ConfigError:
+            raise ConfigError(f"{path}.max-age", "expected a lifetime from 1s to 400d (a number "
+                                                 "of seconds, or a string like '12h' or '30d'), "
+                                                 f"got {_describe(d['max-age'])}") from None
+        if seconds != int(seconds):
+            raise ConfigError(f"{path}.max-age",
+                              f"expected whole seconds (a cookie's Max-Age), got {seconds:g}")
+        changes["maxAge"] = int(seconds)
+    if "domain" in d:
+        domain = _string(d["domain"], f"{path}.domain")
+        if not _DNS_NAME.fullmatch(domain.removeprefix(".")) or domain.endswith("."):
+            raise ConfigError(f"{path}.domain",
+                              f"expected a domain name like 'example.com', got {domain!r}")
+        changes["domain"] = domain
+    if "path" in d:
+        cookiePath = _string(d["path"], f"{path}.path")
+        if not _COOKIE_PATH.fullmatch(cookiePath):
+            raise ConfigError(f"{path}.path", "expected a path starting with '/', without "
+                                              f"spaces, control characters or ';', got "
+                                              f"{cookiePath!r}")
+        changes["path"] = cookiePath
+    for key, field in (("httponly", "httpOnly"), ("secure", "secure")):
+        if key in d:
+            changes[field] = _boolean(d[key], f"{path}.{key}")
+    if changes.get("sameSite") == "None" and changes.get("secure") is False:
+        raise ConfigError(f"{path}.secure", "samesite None needs Secure (browsers refuse "
+                                            "the cookie without it): drop secure: false, "
+                                            "or choose Lax or Strict")
+    return changes
 
 
 _HTTP_KEYS = (

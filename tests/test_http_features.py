@@ -210,6 +210,52 @@ class StickyTests(HTTPProxyTestCase):
         self.assertEqual(len({r[2].split(b" ")[0] for r in results}), 1)
 
 
+class StickyCookieCurlTests(HTTPProxyTestCase):
+    """
+    curl, a real cookie jar, keeps the sticky cookie as its attributes say.
+    """
+
+    @inlineCallbacks
+    def test_attributesHonoured(self) -> Any:
+        """
+        With C{path}, C{domain}, C{max-age} and C{samesite}, curl sends the
+        cookie back under the path on a host of the domain (so the client
+        stays on its backend), not elsewhere, and keeps it for C{max-age}.
+        """
+        if shutil.which("curl") is None:
+            self.skipTest("curl is not installed")
+        a = self.startBackend("a")
+        b = self.startBackend("b")
+        proxy = self.startProxy([a, b], sticky={
+            "cookie": "LB", "path": "/app", "domain": "example.com", "max-age": "1h",
+            "samesite": "Lax"})
+        jar = self.mktemp()
+        port = proxy.testPort  # type: ignore[attr-defined]
+        urls = [f"http://www.example.com:{port}{p}" for p in ("/app/1", "/app/2", "/app/3", "/x")]
+        started = time.time()
+        result = yield deferToThread(
+            subprocess.run, ["curl", "-s", "--max-time", "5", "-D", "-", "-c", jar, "-b", jar,
+                             "--resolve", f"www.example.com:{port}:127.0.0.1", *urls],
+            capture_output=True, timeout=10)
+        out = result.stdout.decode()
+        cookies = [line for line in out.splitlines() if line.lower().startswith("set-cookie")]
+        self.assertEqual(len(cookies), 2, out)
+        self.assertRegex(cookies[0], r"^Set-Cookie: LB=[0-9a-f]{16}; Path=/app; "
+                                     r"Domain=example.com; Max-Age=3600; HttpOnly; SameSite=Lax$")
+        sent = {r.url: r.header(b"cookie") for r in a.requests + b.requests}
+        value = cookies[0].split(": ", 1)[1].split(";")[0].encode()
+        self.assertEqual(sent, {b"/app/1": None, b"/app/2": value, b"/app/3": value, b"/x": None})
+        servedBy = {backend.name for backend in (a, b) for r in backend.requests
+                    if r.url.startswith(b"/app/")}
+        self.assertEqual(len(servedBy), 1, servedBy)
+        with open(jar) as f:
+            kept = [line.split("\t") for line in f if "\tLB\t" in line]
+        self.assertEqual(len(kept), 1, kept)
+        domain, _, path, _, expires, _, _ = kept[0]
+        self.assertEqual((domain.removeprefix("#HttpOnly_"), path), (".example.com", "/app"))
+        self.assertLess(abs(int(expires) - (started + 3600)), 60, expires)
+
+
 class WeightZeroTests(HTTPProxyTestCase):
     """
     A backend of weight 0 takes no new clients, but keeps its sticky ones

@@ -840,6 +840,111 @@ class ParserHelperTests(SynchronousTestCase):
                              b"LB=" + upstream.cookieId(_Exchange.backend) + attributes, proto)
 
 
+class StickyCookieAttributeTests(SynchronousTestCase):
+    """
+    The sticky cookie's attributes: C{samesite}, C{max-age}, C{domain},
+    C{path}, C{httponly} and C{secure} under the pool's C{sticky}, built
+    into its C{Set-Cookie} once.
+    """
+
+    def cookie(self, proto: bytes = b"http", **sticky: Any) -> bytes:
+        """
+        What follows C{NAME=VALUE} in the cookie set to a client that came
+        over C{proto}, for a pool with C{sticky: {cookie: LB, ...sticky}}.
+        """
+        reactor = MemoryReactorClock()
+        pool = BackendPool(httpConfig(sticky={"cookie": "LB", **sticky}).pools[0])
+
+        class _Exchange:
+            backend = pool.get("b1")
+
+        upstream = Upstream(pool, reactor, Dialler(reactor), proto)
+        line = upstream.cookieFor(_Exchange())
+        prefix = b"LB=" + upstream.cookieId(_Exchange.backend)
+        self.assertTrue(line.startswith(prefix), line)
+        self.assertIs(upstream.cookieFor(_Exchange()), line)
+        return line[len(prefix):]
+
+    def test_every(self) -> None:
+        """
+        Each key gives its attribute, in one line.
+        """
+        self.assertEqual(
+            self.cookie(samesite="lax", **{"max-age": "7d"}, domain=".example.com",
+                        path="/app", httponly=False, secure=True),
+            b"; Path=/app; Domain=.example.com; Max-Age=604800; Secure; SameSite=Lax")
+        self.assertEqual(self.cookie(samesite="Strict", **{"max-age": 90}),
+                         b"; Path=/; Max-Age=90; HttpOnly; SameSite=Strict")
+
+    def test_secureByDefaultOverTLS(self) -> None:
+        """
+        Without C{secure}, the cookie is C{Secure} to clients that came over
+        TLS only; C{secure: false} keeps it off, C{true} puts it on, either way.
+        """
+        self.assertEqual(self.cookie(b"https"), b"; Path=/; HttpOnly; Secure")
+        self.assertEqual(self.cookie(b"https", secure=False), b"; Path=/; HttpOnly")
+        self.assertEqual(self.cookie(b"http", secure=True), b"; Path=/; HttpOnly; Secure")
+
+    def test_sameSiteNoneForcesSecure(self) -> None:
+        """
+        C{samesite: None} makes the cookie C{Secure} even to a client that
+        came in the clear: browsers refuse C{SameSite=None} without it.
+        """
+        self.assertEqual(self.cookie(samesite="None"),
+                         b"; Path=/; HttpOnly; Secure; SameSite=None")
+
+    def test_errors(self) -> None:
+        """
+        A bad attribute is refused with its key path and what it takes.
+        """
+        for sticky, message in [
+            ({"samesite": "loose"},
+             "pools.web.sticky.samesite: expected Strict, Lax or None, got 'loose'"),
+            ({"samesite": None},
+             "pools.web.sticky.samesite: expected Strict, Lax or None, got nothing"),
+            ({"max-age": 0}, "pools.web.sticky.max-age: expected a lifetime from 1s to 400d "
+                             "(a number of seconds, or a string like '12h' or '30d'), got 0"),
+            ({"max-age": "401d"}, "pools.web.sticky.max-age: expected a lifetime from 1s to "
+                                  "400d (a number of seconds, or a string like '12h' or '30d'), "
+                                  "got '401d'"),
+            ({"max-age": "1.5s"},
+             "pools.web.sticky.max-age: expected whole seconds (a cookie's Max-Age), got 1.5"),
+            ({"domain": "ex ample.com"}, "pools.web.sticky.domain: expected a domain name "
+                                         "like 'example.com', got 'ex ample.com'"),
+            ({"domain": "a.com;x=1"}, "pools.web.sticky.domain: expected a domain name "
+                                      "like 'example.com', got 'a.com;x=1'"),
+            ({"path": "app"}, "pools.web.sticky.path: expected a path starting with '/', "
+                              "without spaces, control characters or ';', got 'app'"),
+            ({"path": "/a;b"}, "pools.web.sticky.path: expected a path starting with '/', "
+                               "without spaces, control characters or ';', got '/a;b'"),
+            ({"httponly": "no"}, "pools.web.sticky.httponly: expected true or false, got 'no'"),
+            ({"samesite": "None", "secure": False},
+             "pools.web.sticky.secure: samesite None needs Secure (browsers refuse the "
+             "cookie without it): drop secure: false, or choose Lax or Strict"),
+            ({"expires": "1h"}, "pools.web.sticky.expires: unknown key (expected one of: "
+                                "cookie, header, source, samesite, max-age, domain, path, "
+                                "httponly, secure); nginx's sticky cookie expires is max-age "
+                                "here"),
+        ]:
+            e = self.assertRaises(ConfigError, httpConfig, sticky={"cookie": "LB", **sticky})
+            self.assertEqual(str(e), message)
+        e = self.assertRaises(ConfigError, httpConfig,
+                              sticky={"header": "X-User", "samesite": "Lax"})
+        self.assertEqual(str(e), "pools.web.sticky.samesite: a cookie attribute, but this "
+                                 "pool's sticky is header: no cookie is set")
+
+    def test_model(self) -> None:
+        """
+        The keys reach the model; without them the cookie is a session
+        cookie for the whole site, hidden from scripts.
+        """
+        self.assertEqual(
+            httpConfig(sticky={"cookie": "LB", "samesite": "none", "max-age": "1h"}).pools[0].sticky,
+            Sticky("cookie", "LB", sameSite="None", maxAge=3600))
+        self.assertEqual(httpConfig(sticky={"cookie": "LB"}).pools[0].sticky,
+                         Sticky("cookie", "LB", None, None, None, "/", True, None))
+
+
 class HTTPConfigTests(SynchronousTestCase):
     """
     The HTTP mode configuration keys and their errors.

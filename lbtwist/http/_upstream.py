@@ -80,12 +80,15 @@ class Upstream:
             stickyName=self._stickyName,
             captureHeaders=capturesHeaders(config.accessLogSink),
         )
-        # The sticky cookie's attributes: Secure to clients that came over
-        # TLS, so that it never leaves them in the clear.
+        # The sticky cookie's attributes, built once: by default Secure to
+        # clients that came over TLS, so that it never leaves them in the
+        # clear.
         self._cookieAttributes = (
-            b"; Path=/; HttpOnly; Secure" if forwardedProto == b"https" else b"; Path=/; HttpOnly")
+            sticky.cookieAttributes(forwardedProto == b"https").encode("ascii")
+            if sticky is not None and sticky.kind == "cookie" else b"")
         self._hash = SourceHash(random.Random())
         self._cookieIds: dict[str, bytes] = {}
+        self._cookieLines: dict[str, bytes] = {}
 
     def overridden(
         self, connect: float | None, response: float | None, retries: int | None,
@@ -164,7 +167,12 @@ class Upstream:
         """
         backend = ex.backend
         assert backend is not None
-        return self._stickyName + b"=" + self.cookieId(backend) + self._cookieAttributes
+        line = self._cookieLines.get(backend.name)
+        if line is None:
+            # Once per backend: a request only looks it up.
+            line = self._stickyName + b"=" + self.cookieId(backend) + self._cookieAttributes
+            self._cookieLines[backend.name] = line
+        return line
 
     def _cookieBackend(self, value: bytes) -> Backend | None:
         for backend in self.pool:
