@@ -67,6 +67,11 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: {problem}" if path else problem)
 
 
+# The bytes of a check's response body kept to look for C{expect-body} and
+# C{expect-body-regex}; the rest is read and dropped.
+MAX_PROBE_BODY = 65536
+
+
 @attrs.frozen
 class HealthCheck:
     """
@@ -75,6 +80,13 @@ class HealthCheck:
     @ivar kind: C{"tcp"} (connect only), C{"http"} (send a request), or a
         kind registered with L{lbtwist.extend.registerCheck}.
     @ivar expectStatus: inclusive ranges of acceptable HTTP statuses.
+    @ivar expectBody: text the body must contain (within its first
+        L{MAX_PROBE_BODY} bytes).
+    @ivar expectBodyRegex: a pattern searched in the body (within its
+        first L{MAX_PROBE_BODY} bytes), compiled once, here.
+    @ivar expectHeaders: headers the response must carry, each with a
+        value one of its fields (or one of their comma-separated elements)
+        must be exactly; the names as written, compared case-insensitively.
     @ivar h2: the http check speaks HTTP/2 (the backends of a pool with
         C{protocol: h2}).
     """
@@ -89,6 +101,8 @@ class HealthCheck:
     host: str | None = None
     expectStatus: tuple[tuple[int, int], ...] = ((200, 399),)
     expectBody: str | None = None
+    expectBodyRegex: re.Pattern[bytes] | None = None
+    expectHeaders: tuple[tuple[str, str], ...] = ()
     h2: bool = False
 
 
@@ -925,7 +939,7 @@ def validateEndpoint(value: object, path: str, server: bool) -> str:
 
 _HEALTH_KEYS = (
     "interval", "timeout", "rise", "fall", "type", "method", "path", "host",
-    "expect-status", "expect-body",
+    "expect-status", "expect-body", "expect-body-regex", "expect-header",
 )
 
 
@@ -988,7 +1002,35 @@ def parseHealth(data: object, path: str, base: HealthCheck) -> HealthCheck:
         )
     if "expect-body" in d:
         changes["expectBody"] = _string(d["expect-body"], f"{path}.expect-body")
+    if "expect-body-regex" in d:
+        changes["expectBodyRegex"] = re.compile(
+            _regex(d["expect-body-regex"], f"{path}.expect-body-regex").encode("utf-8"))
+    if "expect-header" in d:
+        changes["expectHeaders"] = _expectHeaders(d["expect-header"], f"{path}.expect-header")
     return attrs.evolve(base, **changes)
+
+
+def _expectHeaders(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    """
+    C{{NAME: VALUE, ...}}: header names (tokens, each once whatever its
+    case) and the values they must carry.
+    """
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(path, f"expected a mapping of header names to values, like "
+                                f"{{X-Ready: yes}}, got {_describe(value)}")
+    headers: list[tuple[str, str]] = []
+    for name, wanted in value.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigError(path, f"expected a header name, got {_describe(name)}")
+        if any(name.lower() == seen.lower() for seen, _ in headers):
+            raise ConfigError(f"{path}.{name}", "the header is named twice (names are "
+                                                "case-insensitive)")
+        text = _headerValue(wanted, f"{path}.{name}").strip()
+        if not text:
+            raise ConfigError(f"{path}.{name}", "expected the value the header must have, "
+                                                "got an empty one")
+        headers.append((name, text))
+    return tuple(headers)
 
 
 _BACKEND_TLS_KEYS = ("ca", "verify-host", "client-cert", "client-key", "verify", "sni")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 from typing import Any
 
@@ -124,7 +125,9 @@ class RegistryTests(SynchronousTestCase):
         base = HealthCheck(interval=7.0)
         check = HealthCheck(interval=3.0, timeout=0.5, rise=4, fall=5, kind="http",
                             method="HEAD", path="/up", host="h", expectBody="ok",
-                            expectStatus=((200, 204), (301, 301)))
+                            expectStatus=((200, 204), (301, 301)),
+                            expectBodyRegex=re.compile(rb"ready: \d+"),
+                            expectHeaders=(("X-Ready", "yes"),))
         stored = healthValue(check, base)
         self.assertEqual(stored["expect-status"], "200-204,301")
         self.assertEqual(parseHealth(json.loads(json.dumps(stored)), "", base), check)

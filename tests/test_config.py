@@ -5,6 +5,7 @@ Tests for L{lbtwist.config}.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import yaml
@@ -477,6 +478,41 @@ class ErrorTests(SynchronousTestCase):
                          "in extensions registers), got 'icmp'")
 
 
+    def test_healthExpectations(self) -> None:
+        """
+        C{expect-body-regex} is compiled when the configuration is read (a
+        bad pattern names the key); C{expect-header} takes header names
+        with the values they must have.
+        """
+        health = parseConfig(minimal(health={
+            "type": "http", "expect-body-regex": r"ready: \d+",
+            "expect-header": {"X-Ready": "yes", "Cache-Control": " private "}})).pool("web").health
+        self.assertEqual(health.expectBodyRegex, re.compile(rb"ready: \d+"))
+        self.assertEqual(health.expectHeaders, (("X-Ready", "yes"), ("Cache-Control", "private")))
+        for block, message in [
+            ({"expect-body-regex": "ready: ("},
+             "pools.web.health.expect-body-regex: the regular expression 'ready: (' does not "
+             "compile: missing ), unterminated subpattern at position 7"),
+            ({"expect-body-regex": ""},
+             "pools.web.health.expect-body-regex: expected a non-empty string, got ''"),
+            ({"expect-header": "X-Ready: yes"},
+             "pools.web.health.expect-header: expected a mapping of header names to values, "
+             "like {X-Ready: yes}, got 'X-Ready: yes'"),
+            ({"expect-header": {"X Ready": "yes"}},
+             "pools.web.health.expect-header: expected a header name, got 'X Ready'"),
+            ({"expect-header": {"X-Ready": "yes\r\nX-Evil: 1"}},
+             "pools.web.health.expect-header.X-Ready: a header value may not hold CR, LF or NUL"),
+            ({"expect-header": {"X-Ready": " "}},
+             "pools.web.health.expect-header.X-Ready: expected the value the header must "
+             "have, got an empty one"),
+            ({"expect-header": {"X-Ready": "yes", "x-ready": "no"}},
+             "pools.web.health.expect-header.x-ready: the header is named twice (names are "
+             "case-insensitive)"),
+            ({"expect-header": {"X-Ready": ["yes"]}},
+             "pools.web.health.expect-header.X-Ready: expected a string, got a list"),
+        ]:
+            self.assertError(minimal(health={"type": "http", **block}), message)
+
     def test_stickyAsAWord(self) -> None:
         """
         C{sticky} given as a word other than C{source} is refused with the
@@ -533,7 +569,8 @@ class ErrorTests(SynchronousTestCase):
         self.assertError(minimal(health={"uri": "/health"}),
                          "pools.web.health.uri: unknown key (expected one of: interval, "
                          "timeout, rise, fall, type, method, path, host, expect-status, "
-                         "expect-body); HAProxy's option httpchk URI is path here")
+                         "expect-body, expect-body-regex, expect-header); HAProxy's option "
+                         "httpchk URI is path here")
         data = minimal()
         data["listeners"] = [{"bind": "tcp:8080"}]
         self.assertError(data,
@@ -550,7 +587,8 @@ class ErrorTests(SynchronousTestCase):
         self.assertError(minimal(health={"expect_status": "200"}),
                          "pools.web.health.expect_status: unknown key (expected one of: "
                          "interval, timeout, rise, fall, type, method, path, host, "
-                         "expect-status, expect-body); did you mean expect-status?")
+                         "expect-status, expect-body, expect-body-regex, expect-header); did you "
+                         "mean expect-status?")
         self.assertError(minimal(queue={"timout": "5s"}),
                          "pools.web.queue.timout: unknown key (expected one of: size, "
                          "timeout); did you mean timeout?")

@@ -1029,15 +1029,17 @@ class H2HealthTests(H2ServerCase):
     """
 
     @inlineCallbacks
-    def check(self, answer: Answer) -> Any:
+    def check(self, answer: Answer, **health: Any) -> Any:
         """
-        Probe a test h2 server answering with C{answer}; the probe's
-        result (or failure) and the request the server saw.
+        Probe a test h2 server answering with C{answer}, with the C{health}
+        keys given; the probe's result (or failure) and the request the
+        server saw.
         """
         server = self.server(answer)
         config = parseConfig({
             "listeners": [{"listen": "tcp:0", "mode": "http"}],
-            "pools": {"p": {"protocol": "h2", "health": {"type": "http", "path": "/healthz"},
+            "pools": {"p": {"protocol": "h2",
+                            "health": {"type": "http", "path": "/healthz", **health},
                             "backends": [{"name": "b", "endpoint": server.endpoint}]}},
         })
         probe = HTTPProbe(Dialler(reactor))
@@ -1065,6 +1067,21 @@ class H2HealthTests(H2ServerCase):
         """
         result, _ = yield self.check(notFound)
         self.assertIn("status 404", result)
+
+    @inlineCallbacks
+    def test_headerAndBodyRegex(self) -> Any:
+        """
+        C{expect-header} and C{expect-body-regex} judge an HTTP/2 answer
+        as an HTTP/1.1 one: its header fields and its DATA.
+        """
+        result, _ = yield self.check(echo, **{"expect-header": {"Content-Type": "text/plain"},
+                                              "expect-body-regex": "^/health[a-z] $"})
+        self.assertEqual(result, 200)
+        result, _ = yield self.check(echo, **{"expect-header": {"Content-Type": "text/html"}})
+        self.assertEqual(result, "status 200 but the header Content-Type is 'text/plain', "
+                                 "expected 'text/html'")
+        result, _ = yield self.check(echo, **{"expect-body-regex": "^/other"})
+        self.assertEqual(result, "status 200 but the body does not match '^/other'")
 
 
 PAGE = (b"<html><body><script>document.body.textContent = 'protocol=' + "

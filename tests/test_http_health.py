@@ -79,6 +79,85 @@ class HTTPProbeTests(HTTPProxyTestCase):
         self.assertIn("lacks 'healthy'", str(failure))
 
     @inlineCallbacks
+    def probe(self, response: bytes, close: bool = False, **health: Any) -> Any:
+        """
+        Probe a backend answering C{response} (then closing, if C{close}),
+        with the C{health} keys given: the status, or the reason the probe
+        failed.
+        """
+        def answer(request: Any, backend: Any, connection: Any) -> bytes | None:
+            if not close:
+                return response
+            connection.transport.write(response)
+            connection.transport.loseConnection()
+            return None
+
+        server = self.startBackend("s", answer)
+        try:
+            result = yield HTTPProbe(Dialler(reactor))(self.backendFor(server.endpoint, **health))
+        except ProbeFailed as e:
+            result = str(e)
+        return result
+
+    @inlineCallbacks
+    def test_bodyRegex(self) -> Any:
+        """
+        C{expect-body-regex} passes a body the pattern is found in, and
+        fails one it is not, saying the pattern.
+        """
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 21\r\n\r\nstatus: ready (42 ok)"
+        passed = yield self.probe(ok, **{"expect-body-regex": r"ready \(\d+ ok\)$"})
+        self.assertEqual(passed, 200)
+        failed = yield self.probe(ok, **{"expect-body-regex": r"^ready"})
+        self.assertEqual(failed, "status 200 but the body does not match '^ready'")
+        # Delimited by the close, as a response without a length is.
+        closed = yield self.probe(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nup 3",
+                                  close=True, **{"expect-body-regex": r"up \d"})
+        self.assertEqual(closed, 200)
+
+    @inlineCallbacks
+    def test_bodyBound(self) -> Any:
+        """
+        The body is judged on its first 64 KiB: text beyond them is not
+        seen (the rest is read and dropped, never kept).
+        """
+        filler = b"x" * 65536
+
+        def answer(body: bytes) -> bytes:
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+        early = yield self.probe(answer(b"ready" + filler), **{"expect-body-regex": "ready"})
+        self.assertEqual(early, 200)
+        late = yield self.probe(answer(filler + b"ready"), **{"expect-body-regex": "ready"})
+        self.assertEqual(late, "status 200 but the body does not match 'ready'")
+        late = yield self.probe(answer(filler + b"ready"), **{"expect-body": "ready"})
+        self.assertEqual(late, "status 200 but the body lacks 'ready'")
+
+    @inlineCallbacks
+    def test_expectHeader(self) -> Any:
+        """
+        C{expect-header} needs each named header (its name in any case)
+        with a field, or a comma-separated element of one, exactly the
+        value given; a missing or other value fails, saying which.
+        """
+        head = (b"HTTP/1.1 200 OK\r\nx-ready: yes\r\nCache-Control: no-cache, private\r\n"
+                b"Content-Length: 0\r\n\r\n")
+        passed = yield self.probe(head, **{"expect-header": {"X-Ready": "yes",
+                                                             "cache-control": "private"}})
+        self.assertEqual(passed, 200)
+        for expected, reason in [
+            ({"X-Ready": "Yes"}, "the header X-Ready is 'yes', expected 'Yes'"),
+            ({"Cache-Control": "no"}, "the header Cache-Control is 'no-cache, private', "
+                                      "expected 'no'"),
+            ({"X-Version": "2"}, "the header X-Version is missing"),
+        ]:
+            failed = yield self.probe(head, **{"expect-header": expected})
+            self.assertEqual(failed, f"status 200 but {reason}")
+        # A HEAD check judges the head alone.
+        headOnly = yield self.probe(head, method="HEAD", **{"expect-header": {"x-ready": "yes"}})
+        self.assertEqual(headOnly, 200)
+
+    @inlineCallbacks
     def test_headMethod(self) -> Any:
         """
         A HEAD probe passes on the head alone, whatever Content-Length says.

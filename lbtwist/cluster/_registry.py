@@ -141,6 +141,10 @@ def healthValue(check: HealthCheck, base: HealthCheck) -> dict[str, Any]:
                        ("path", "path"), ("host", "host"), ("expectBody", "expect-body")):
         if getattr(check, field) != getattr(base, field):
             value[key] = getattr(check, field)
+    if check.expectBodyRegex != base.expectBodyRegex and check.expectBodyRegex is not None:
+        value["expect-body-regex"] = check.expectBodyRegex.pattern.decode("utf-8")
+    if check.expectHeaders != base.expectHeaders:
+        value["expect-header"] = dict(check.expectHeaders)
     if check.expectStatus != base.expectStatus:
         value["expect-status"] = ",".join(
             str(low) if low == high else f"{low}-{high}" for low, high in check.expectStatus)

@@ -1,5 +1,6 @@
 """
-Active HTTP health checks: send one request, judge the status and body.
+Active HTTP health checks: send one request, judge the status, headers and
+body.
 """
 
 from __future__ import annotations
@@ -16,19 +17,43 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from ..config import HealthCheck
+from ..config import MAX_PROBE_BODY, HealthCheck
 from ..dial import Dialler
 from ..endpoints import parseEndpoint
 from ..health import ProbeFailed
 from ..pool import Backend
 from ._h2backend import requestFields
 
-# Enough of a body to look for the expected text; the rest is not kept.
-MAX_PROBE_BODY = 65536
-
 
 def _inRanges(status: int, ranges: tuple[tuple[int, int], ...]) -> bool:
     return any(low <= status <= high for low, high in ranges)
+
+
+def _readsBody(check: HealthCheck) -> bool:
+    """
+    Whether C{check} judges the response's body, not only its head.
+    """
+    return check.method != "HEAD" and (
+        check.expectBody is not None or check.expectBodyRegex is not None)
+
+
+def headerProblem(check: HealthCheck, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """
+    What the response C{headers} lack of C{check}'s C{expect-header}, or
+    L{None}: each named header must have a field whose value (or one of
+    its comma-separated elements, as HAProxy's C{http-check expect hdr}
+    reads them) is exactly the expected one.
+    """
+    for name, wanted in check.expectHeaders:
+        key = name.lower().encode("latin-1")
+        values = [v for n, v in headers if n.lower() == key]
+        if not values:
+            return f"the header {name} is missing"
+        target = wanted.encode("latin-1", "replace")
+        if not any(element.strip() == target for v in values for element in v.split(b",")):
+            got = b", ".join(values).decode("latin-1")
+            return f"the header {name} is {got!r}, expected {wanted!r}"
+    return None
 
 
 def _describeRanges(ranges: tuple[tuple[int, int], ...]) -> str:
@@ -47,6 +72,7 @@ class _ProbeProtocol(Protocol):
         self.check = check
         self.result = result
         self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.parser = HttpResponseParser(self)
         self.done = False
@@ -60,9 +86,13 @@ class _ProbeProtocol(Protocol):
         except HttpParserError as e:
             self._finish(ProbeFailed(f"malformed response: {e}"))
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.check.expectHeaders:
+            self.headers.append((name, value))
+
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        if self.check.method == "HEAD" or self.check.expectBody is None:
+        if not _readsBody(self.check):
             self._judge()
 
     def on_body(self, body: bytes) -> None:
@@ -78,9 +108,18 @@ class _ProbeProtocol(Protocol):
             self._finish(ProbeFailed(
                 f"status {self.status}, expected {_describeRanges(check.expectStatus)}"
             ))
+            return
+        problem = headerProblem(check, self.headers) if check.expectHeaders else None
+        if problem is not None:
+            self._finish(ProbeFailed(f"status {self.status} but {problem}"))
         elif check.expectBody is not None and check.expectBody.encode() not in self.body:
             self._finish(ProbeFailed(
                 f"status {self.status} but the body lacks {check.expectBody!r}"
+            ))
+        elif check.expectBodyRegex is not None and not check.expectBodyRegex.search(self.body):
+            pattern = check.expectBodyRegex.pattern.decode("utf-8")
+            self._finish(ProbeFailed(
+                f"status {self.status} but the body does not match {pattern!r}"
             ))
         else:
             self._finish(None)
@@ -98,7 +137,7 @@ class _ProbeProtocol(Protocol):
             self.result.errback(Failure(error))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done and self.check.expectBody is not None and self.status:
+        if not self.done and _readsBody(self.check) and self.status:
             # A response delimited by the close.
             self._judge()
         if not self.done:
@@ -136,7 +175,9 @@ class _H2ProbeProtocol(_ProbeProtocol):
         for event in events:
             if isinstance(event, ResponseReceived):
                 self.status = int(dict(event.headers).get(b":status", b"0"))
-                if self.check.method == "HEAD" or self.check.expectBody is None:
+                if self.check.expectHeaders:
+                    self.headers = list(event.headers)
+                if not _readsBody(self.check):
                     self._judge()
             elif isinstance(event, DataReceived):
                 self.on_body(event.data)
@@ -172,7 +213,8 @@ class _ProbeFactory(Factory):
 class HTTPProbe:
     """
     A backend is healthy if it answers C{method path} with an expected
-    status (and, if configured, a body containing the expected text): over
+    status (and, if configured, the expected headers and a body containing
+    the expected text or matching the expected pattern): over
     HTTP/1.1, or over HTTP/2 for the backends of a pool with C{protocol:
     h2} (h2c by prior knowledge, or TLS with ALPN h2).
 
