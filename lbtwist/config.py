@@ -551,6 +551,8 @@ class ListenerConfig:
         given beside C{routes:} is one); L{None}: a 404 (HTTP) or a close.
     @ivar http2: its C{http2} settings (h2c, and the HTTP/2 limits, also
         those of C{h2} over TLS).
+    @ivar timeouts: its clients' own C{idle} and C{request} timeouts, over
+        those of its pool (see L{clientTimeouts}); the others are L{None}.
     """
 
     name: str
@@ -561,6 +563,17 @@ class ListenerConfig:
     routes: tuple[Route, ...] = ()
     defaultRoute: Route | None = None
     http2: HTTP2Settings = HTTP2Settings()
+    timeouts: TimeoutOverrides = TimeoutOverrides()
+
+    def clientTimeouts(self, pool: PoolConfig) -> tuple[float, float]:
+        """
+        The C{idle} and C{request} timeouts of this listener's clients: its
+        own where it gives them, else those of C{pool} (its pool's, for a
+        listener with routes its first route's).
+        """
+        own = self.timeouts
+        return (pool.timeouts.idle if own.idle is None else own.idle,
+                pool.timeouts.request if own.request is None else own.request)
 
     @property
     def speaksHTTP2(self) -> bool:
@@ -2136,6 +2149,27 @@ def _requestHeaderActions(data: object, path: str) -> HeaderActions:
     return actions
 
 
+def parseListenerTimeouts(data: object, path: str) -> TimeoutOverrides:
+    """
+    A listener's C{timeouts}: its clients' C{idle} and C{request}, each
+    optional (its pool's where not given).  The backend side's timeouts
+    (C{connect}, C{response}) are its pools' and routes', and are refused
+    here saying so.
+    """
+    if data is None:
+        return TimeoutOverrides()
+    if isinstance(data, Mapping):
+        for key in ("connect", "response"):
+            if key in data:
+                raise ConfigError(f"{path}.{key}", "a backend-side timeout: give it in the "
+                                                   "pool's timeouts (or a route's); a "
+                                                   "listener's are its clients' idle and "
+                                                   "request")
+    t = _mapping(data, path, ("idle", "request"))
+    return TimeoutOverrides(**{k: parseSeconds(t[k], f"{path}.{k}")
+                               for k in ("idle", "request") if k in t})
+
+
 def _routeTimeouts(data: object, path: str, mode: str) -> TimeoutOverrides:
     # HTTP: what a request meets on its way to a backend (the client
     # connection's own timeouts are its listener's pool's).
@@ -2402,7 +2436,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
     for i, item in enumerate(_list(d.get("listeners", []), "listeners")):
         path = f"listeners[{i}]"
         ld = _mapping(item, path, ("name", "listen", "pool", "mode", "tls", "routes",
-                                   "default-route", "http2"))
+                                   "default-route", "http2", "timeouts"))
         endpoint = validateEndpoint(ld.get("listen"), f"{path}.listen", server=True)
         mode = _choice(ld.get("mode", "tcp"), f"{path}.mode", MODES)
         poolNames = [p.name for p in pools]
@@ -2433,6 +2467,7 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
                     else parseListenerTLS(ld["tls"], f"{path}.tls", endpoint, mode, directory)
                 ),
                 http2=parseHTTP2(ld.get("http2"), f"{path}.http2", mode),
+                timeouts=parseListenerTimeouts(ld.get("timeouts"), f"{path}.timeouts"),
             )
         )
     if not listeners:

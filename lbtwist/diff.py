@@ -122,8 +122,9 @@ def routeChanges(new: Config, old: Config) -> list[str]:
 def _listenerKey(listener: ListenerConfig) -> tuple[object, ...]:
     """
     What of a listener only changes with a restart: all of it but the
-    certificates it serves, which a reload reads again (its HTTP/2
-    settings are its protocol factory's, made at start).
+    certificates it serves, which a reload reads again, and its routes and
+    client timeouts, which its protocol factory takes live (its HTTP/2
+    settings are the factory's, made at start).
     """
     tls = listener.tls
     return (listener.name, listener.endpoint, listener.pool, listener.mode,
@@ -154,7 +155,8 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
     """
     What of a newly read configuration a running balancer can take on:
     C{new}, with the listeners (but for the certificates they serve, and
-    the routes of the listeners kept by name and mode, which change live),
+    the routes and client timeouts of the listeners kept by name and mode,
+    which change live),
     the set of pools (unless C{poolsLive}: a balancer that adds and removes
     pools at run time takes the new set) and the settings that only change
     with a restart kept as they run, and the names of those that differ.
@@ -168,7 +170,8 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
         newListeners = {x.name: x for x in new.listeners}
         listeners = tuple(
             attrs.evolve(was, routes=newListeners[was.name].routes,
-                         defaultRoute=newListeners[was.name].defaultRoute)
+                         defaultRoute=newListeners[was.name].defaultRoute,
+                         timeouts=newListeners[was.name].timeouts)
             if was.name in newListeners and newListeners[was.name].mode == was.mode else was
             for was in running.listeners)
     runningPools = {p.name: p for p in running.pools}

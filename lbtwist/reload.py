@@ -170,6 +170,8 @@ class LiveConfig:
         self.reconciled: list[Callable[[], None]] = []
         # The routes each listener's factory was given, as built.
         self.appliedRoutes = {x.name: (x.routes, x.defaultRoute) for x in fileConfig.listeners}
+        # The client timeouts each listener's factory was given, as built.
+        self.appliedTimeouts = {x.name: x.timeouts for x in fileConfig.listeners}
         # Called after each reload applied (the cluster registry, which
         # owns the backends, applies itself again).
         self.afterReload: list[Callable[[], None]] = []
@@ -341,6 +343,23 @@ class LiveConfig:
                           routeCount=counted(len(listener.routes), "route"),
                           count=len(listener.routes), routes=[r.name for r in listener.routes])
 
+    def _applyClientTimeouts(self) -> None:
+        """
+        Give every listener whose client timeouts differ from its
+        factory's the new ones, for the connections it accepts from now on.
+        """
+        factories = getattr(self.balancer, "factories", {})
+        for listener in self.config.listeners:
+            factory = factories.get(listener.name)
+            if self.appliedTimeouts.get(listener.name) == listener.timeouts or factory is None:
+                continue
+            factory.setClientTimeouts(listener)
+            self.appliedTimeouts[listener.name] = listener.timeouts
+            idle, request = listener.clientTimeouts(factory.pool.config)
+            self.log.info(
+                "listener {listener}: client timeouts idle {idle:g}s, request {request:g}s, "
+                "for new connections", listener=listener.name, idle=idle, request=request)
+
     def poolUsers(self, name: str, config: Config | None = None) -> list[str]:
         """
         What sends clients to pool C{name}: listeners (as their pool) and
@@ -484,6 +503,7 @@ class LiveConfig:
                 continue
             changed += self._reconcilePool(live, pc)
         self._applyRoutes()
+        self._applyClientTimeouts()
         if self.balancer is not None:
             for name in [n for n in self.pools if n not in wanted]:
                 for backend in self.balancer.removePool(name):

@@ -127,7 +127,10 @@ class Rewrite:
 @attrs.frozen
 class TimeoutOverrides:
     """
-    A route's timeouts, overriding its pool's where given (seconds).
+    A route's or a listener's timeouts, overriding its pool's where given
+    (seconds): a route's are what a request (HTTP) or connection (TCP)
+    meets on its way to a backend, a listener's are its clients' own
+    (C{idle} and C{request}).
     """
 
     connect: float | None = None

@@ -45,6 +45,7 @@ def _tcpFactory(lb: LoadBalancer, listener: ListenerConfig, pool: BackendPool) -
         pool.config.timeouts.idle,
         pools=lb.pools,
     )
+    factory.setClientTimeouts(listener)
     if listener.routes or listener.defaultRoute is not None:
         factory.setRoutes(listener.routes, listener.defaultRoute)
     return factory

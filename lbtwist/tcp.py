@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .config import ListenerConfig
 from .connect import BackendConnector, ConnectAttempt, FixedRetries
 from .dial import BackendProtocol
 from .listener import ListenerFactory
@@ -546,13 +547,16 @@ class RoutedClientSide(ClientSide):
     def _joined(self, backend: Backend, server: BackendSide, failures: int) -> None:
         """
         Joined as a plain client is, with the PROXY header and idle timeout
-        of the route's pool (the route's idle timeout over it); then the
-        bytes read for routing go to the backend first.
+        of the route's pool (the listener's own idle timeout over it, and
+        the route's over both); then the bytes read for routing go to the
+        backend first.
         """
         config = self.pool.config
         timeouts = self.route.timeouts if self.route is not None else None
+        listenerIdle = self.factory.listenerIdle
         self._join(backend, server, failures, PROXY_HEADERS.get(config.proxyProtocol or ""),
                    (timeouts.idle if timeouts is not None and timeouts.idle is not None
+                    else listenerIdle if listenerIdle is not None
                     else config.timeouts.idle))
         replay, self.hello = self.hello, None
         if replay:
@@ -581,6 +585,10 @@ class TCPProxyFactory(ListenerFactory):
     @ivar readsHello: whether a route looks at the TLS server name, so
         clients' ClientHellos must be read before choosing.
     @ivar helloTimeout: how long a client may take to send its ClientHello.
+    @ivar idleTimeout: a joined pair of its pool's is closed after this
+        long without traffic.
+    @ivar listenerIdle: the listener's own C{timeouts.idle}, which a pair
+        a route joined to another pool takes over that pool's, or L{None}.
     """
 
     log = Logger()
@@ -602,6 +610,7 @@ class TCPProxyFactory(ListenerFactory):
         self.pools = pools if pools is not None else {pool.name: pool}
         self.rng = rng or random.Random()
         self.helloTimeout = min(pool.config.timeouts.request, HELLO_TIMEOUT)
+        self.listenerIdle: float | None = None
         self.idleTimers = IdleTimers(reactor)
         self.clientClass: type[ClientSide] = ClientSide
         self.counters: dict[str, RouteCounters] = {}
@@ -611,6 +620,16 @@ class TCPProxyFactory(ListenerFactory):
         # sets them.
         self._connectors: dict[tuple[str, int | None, float | None], BackendConnector] = {
             (pool.name, None, None): connector}
+
+    def setClientTimeouts(self, listener: ListenerConfig) -> None:
+        """
+        Take C{listener}'s client timeouts, over its pool's: the idle
+        timeout of the pairs joined from now on, and the wait for a
+        ClientHello (the shorter of C{request} and L{HELLO_TIMEOUT}).
+        """
+        self.listenerIdle = listener.timeouts.idle
+        self.idleTimeout, request = listener.clientTimeouts(self.pool.config)
+        self.helloTimeout = min(request, HELLO_TIMEOUT)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if not self.admit():

@@ -513,6 +513,35 @@ class ErrorTests(SynchronousTestCase):
         ]:
             self.assertError(minimal(health={"type": "http", **block}), message)
 
+    def test_listenerTimeouts(self) -> None:
+        """
+        A listener's C{timeouts} take C{idle} and C{request} (its clients'),
+        each over its pool's; the backend side's are refused, saying where
+        they go.
+        """
+        data = minimal(timeouts={"idle": "30s", "request": "7s"})
+        data["listeners"][0]["timeouts"] = {"idle": "5s"}
+        listener, pool = parseConfig(data).listeners[0], parseConfig(data).pool("web")
+        self.assertEqual(listener.timeouts.idle, 5.0)
+        self.assertIsNone(listener.timeouts.request)
+        self.assertEqual(listener.clientTimeouts(pool), (5.0, 7.0))
+        self.assertEqual(parseConfig(minimal()).listeners[0].clientTimeouts(pool), (30.0, 7.0))
+        for block, message in [
+            ({"idle": "soon"}, "listeners[0].timeouts.idle: expected a duration from 0.001 to "
+                               "86400 seconds (a number, or a string like '250ms' or '5s'), "
+                               "got 'soon'"),
+            ({"response": "5s"}, "listeners[0].timeouts.response: a backend-side timeout: give "
+                                 "it in the pool's timeouts (or a route's); a listener's are "
+                                 "its clients' idle and request"),
+            ({"client": "5s"}, "listeners[0].timeouts.client: unknown key (expected one of: "
+                               "idle, request); HAProxy's timeout client is idle here (and "
+                               "request, for a request head)"),
+            ("5s", "listeners[0].timeouts: expected a mapping, got '5s'"),
+        ]:
+            data = minimal()
+            data["listeners"][0]["timeouts"] = block
+            self.assertError(data, message)
+
     def test_stickyAsAWord(self) -> None:
         """
         C{sticky} given as a word other than C{source} is refused with the
@@ -575,8 +604,8 @@ class ErrorTests(SynchronousTestCase):
         data["listeners"] = [{"bind": "tcp:8080"}]
         self.assertError(data,
                          "listeners[0].bind: unknown key (expected one of: name, listen, pool, "
-                         "mode, tls, routes, default-route, http2); HAProxy's bind is listen "
-                         "here")
+                         "mode, tls, routes, default-route, http2, timeouts); HAProxy's bind is "
+                         "listen here")
 
     def test_unknownKeyNamesTheNearKey(self) -> None:
         """

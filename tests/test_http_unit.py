@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.task import Clock
@@ -26,6 +27,7 @@ from lbtwist.http._pool import IdleConnections
 from lbtwist.http._upstream import Upstream
 from lbtwist.pool import BackendPool
 from lbtwist.proxyprotocol import proxyHeaderV1, proxyHeaderV2
+from lbtwist.routeconfig import TimeoutOverrides
 
 from .support import plainTCPTransport
 
@@ -153,6 +155,33 @@ class ProxyStateTests(SynchronousTestCase):
             self.reactor.advance(0.2)
             self.assertTrue(transport.disconnecting, (request, idle))
             self.assertHeadTimesOut(factory, request)
+
+    def test_listenerTimeouts(self) -> None:
+        """
+        A listener's own C{timeouts} replace its pool's for its clients,
+        key by key; given new ones (a reload), its new connections have
+        them.
+        """
+        config = parseConfig({
+            "listeners": [{"listen": "tcp:80", "mode": "http",
+                           "timeouts": {"idle": 2, "request": 3}}],
+            "pools": {"web": {"timeouts": {"idle": 30, "request": 5},
+                              "backends": [{"name": "b1", "endpoint": "tcp:host=10.0.0.1:port=80"}]}}})
+        factory = HTTPProxyFactory(BackendPool(config.pools[0]), self.reactor,
+                                   Dialler(self.reactor), config.listeners[0])
+        self.assertHeadTimesOut(factory, 3)
+        client, transport = self.connectClient(factory)
+        client.dataReceived(GET)
+        backend, _ = self.connectBackend()
+        backend.dataReceived(OK)
+        self.reactor.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        factory.setClientTimeouts(attrs.evolve(config.listeners[0],
+                                               timeouts=TimeoutOverrides(idle=7)))
+        self.assertHeadTimesOut(factory, 5)
+        self.assertEqual((factory.idleTimeout, factory.requestTimeout), (7, 5))
 
     def test_exchangeAndReuse(self) -> None:
         """

@@ -1018,6 +1018,71 @@ class RunnableRoutesTests(SynchronousTestCase):
         self.assertEqual(kept.listeners[0].pool, "web")
 
 
+class ListenerTimeoutsTests(TestCase):
+    """
+    A listener's own client timeouts change with a reload, for the
+    connections it accepts from then on.
+    """
+
+    def test_runnable(self) -> None:
+        """
+        L{runnable} takes a listener's new timeouts as live, alone or
+        beside a change that needs a restart.
+        """
+        def config(idle: float, endpoint: str = "tcp:0") -> Config:
+            return parseConfig({
+                "listeners": [{"name": "front", "listen": endpoint, "mode": "http",
+                               "timeouts": {"idle": idle}}],
+                "pools": {"web": {"backends": ["h:1"]}}})
+
+        kept, differ = runnable(config(5), config(30))
+        self.assertEqual(differ, [])
+        self.assertEqual(kept.listeners[0].timeouts.idle, 5)
+        kept, differ = runnable(config(5, "tcp:1"), config(30))
+        self.assertEqual(differ, ["listeners"])
+        self.assertEqual((kept.listeners[0].endpoint, kept.listeners[0].timeouts.idle),
+                         ("tcp:0", 5))
+
+    @inlineCallbacks
+    def test_reloadApplies(self) -> Any:
+        """
+        Through a real balancer: after a reload that shortens a listener's
+        C{timeouts.request}, a new client that sends nothing is closed
+        after the new one, with no restart needed, and the log says it.
+        """
+        data = {"listeners": [{"name": "front", "listen": "tcp:0:interface=127.0.0.1",
+                               "mode": "http", "timeouts": {"request": "5s"}}],
+                "pools": {"web": {"timeouts": {"request": "20s"},
+                                  "backends": ["127.0.0.1:9"]}}}
+        balancer = signalledBalancer(self, data)
+        factory = balancer.loadBalancer.factories["front"]
+        self.assertEqual(factory.requestTimeout, 5.0)  # type: ignore[attr-defined]
+        data["listeners"][0]["timeouts"] = {"request": "300ms"}  # type: ignore[index]
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        live = balancer.live
+        assert live is not None
+        self.assertIsNone(live.reload(config=parseConfig(
+            {**data, "admin": live.fileConfig.admin})))
+        self.assertEqual(live.restartNeeded, [])
+        self.assertIn("listener front: client timeouts idle 300s, request 0.3s, for new "
+                      "connections", [formatEvent(e) for e in events])
+        service = balancer.loadBalancer.getServiceNamed("listener:front")
+        port = service._waitingForPort.result.getHost().port  # type: ignore[attr-defined]
+
+        def silent() -> float:
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                while s.recv(4096):
+                    pass
+            return time.monotonic() - started
+
+        elapsed = yield inThread(silent)
+        self.assertGreater(elapsed, 0.25)
+        self.assertLess(elapsed, 2.5)
+
+
 class RunnablePoolsTests(SynchronousTestCase):
     """
     L{runnable} and the set of pools.

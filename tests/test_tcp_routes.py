@@ -330,6 +330,32 @@ class RouteSettingsTests(TestCase):
         self.assertGreater(elapsed, 0.4)
         self.assertLess(elapsed, 3.0)
 
+    @inlineCallbacks
+    def test_listenerIdle(self) -> Any:
+        """
+        A listener's own C{timeouts.idle} closes its silent pairs, over the
+        pool's, whether it has routes (a route's pool's idle) or not; a
+        route's own idle still wins over it.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        pool = {"timeouts": {"idle": "300s"},
+                "backends": [{"name": "a", "endpoint": backends.endpoint("a")}]}
+        for listener, expected in [
+            ({}, (0.4, 3.0)),
+            ({"routes": [{"name": "all", "pool": "web"}]}, (0.4, 3.0)),
+            ({"routes": [{"name": "all", "pool": "web", "timeouts": {"idle": 1.5}}]},
+             (1.4, 4.0)),
+        ]:
+            lb, port = startBalancer(self, {
+                "listeners": [{"name": "front", "listen": "tcp:0:interface=127.0.0.1",
+                               "timeouts": {"idle": 0.5}, **listener}],
+                "pools": {"web": pool}})
+            elapsed, read = yield inThread(closedAfter, port, b"")
+            self.assertEqual(read, b"a\n", listener)
+            self.assertGreater(elapsed, expected[0], listener)
+            self.assertLess(elapsed, expected[1], listener)
+
     def test_routeRetries(self) -> None:
         """
         A route with its own C{retries} gets a connector that follows them;

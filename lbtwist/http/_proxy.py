@@ -101,8 +101,7 @@ class HTTPProxyFactory(ListenerFactory):
         # A request head read in fewer bytes is within both limits, and only
         # a larger one is measured (see ClientConnection.on_headers_complete).
         self.measuredAbove = min(self.maxRequestLine, measuredAbove(self.maxHeaderSize))
-        self.requestTimeout = config.timeouts.request
-        self.idleTimeout = config.timeouts.idle
+        self.idleTimeout, self.requestTimeout = listener.clientTimeouts(config)
         self.forwardedProto = b"https" if listener.terminatesTLS else b"http"
         self.upstream = Upstream(pool, reactor, dialler, self.forwardedProto)
         self.upstreams: dict[str, Upstream] = {pool.name: self.upstream}
@@ -124,6 +123,14 @@ class HTTPProxyFactory(ListenerFactory):
         self.h2Responses = 0
         # Set by a graceful stop: no more keep-alive.
         self.stopping = False
+
+    def setClientTimeouts(self, listener: ListenerConfig) -> None:
+        """
+        Take C{listener}'s client timeouts (a reload changed them): the
+        connections it accepts from now on have them, and those already
+        open meet them from their next timeout check.
+        """
+        self.idleTimeout, self.requestTimeout = listener.clientTimeouts(self.pool.config)
 
     # -- routes --------------------------------------------------------------
 
