@@ -22,6 +22,12 @@ are all L{twisted.internet.tcp.Connection}'s) with that set-up cut down:
   - An accepted connection formats no log-prefix and C{repr} strings (they
     are built when asked for), and builds its peer's address once.
 
+  - A connection's socket is C{_socket.socket}, the C type that
+    L{socket.socket} wraps: the wrapper's C{__init__}, C{close} and
+    C{_real_close} are Python calls, three on each socket, and a relay
+    uses nothing the wrapper adds (C{makefile}, C{sendfile}, enum-valued
+    C{family}).
+
   - A half-close asks the protocol whether it is half-closeable with
     C{providedBy}, not by adapting it as Twisted does: the adaptation
     looks up C{__conform__} on the protocol first, and the
@@ -49,6 +55,7 @@ mind either way.
 from __future__ import annotations
 
 import socket
+from _socket import socket as rawSocket
 from errno import EALREADY, EINPROGRESS, EISCONN, EMFILE, ENFILE, ENOBUFS, ENOMEM, EWOULDBLOCK, errorcode
 from functools import lru_cache
 from os import strerror
@@ -243,14 +250,14 @@ class LeanServer(_LeanConnection, tcp.Server):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: rawSocket,
         protocol: Any,
         client: tuple[Any, ...],
         server: tcp.Port,
         sessionno: int,
         reactor: Any,
     ) -> None:
-        tcp.Connection.__init__(self, sock, protocol, reactor)
+        tcp.Connection.__init__(self, sock, protocol, reactor)  # type: ignore[arg-type]
         self._ownDefaults()
         if len(client) != 2:
             self._addressType = address.IPv6Address
@@ -298,10 +305,10 @@ class LeanDialled(_LeanConnection):
 
     _peer: address.IPv4Address | address.IPv6Address | None = None
 
-    def __init__(self, sock: socket.socket, protocol: Any, reactor: Any, peer: tuple[Any, ...]) -> None:
+    def __init__(self, sock: rawSocket, protocol: Any, reactor: Any, peer: tuple[Any, ...]) -> None:
         abstract.FileDescriptor.__init__(self, reactor=reactor)
         self._ownDefaults()
-        self.socket = sock
+        self.socket = sock  # type: ignore[assignment]
         self.fileno = sock.fileno  # type: ignore[method-assign]
         self.protocol = protocol
         self.realAddress = peer
@@ -360,7 +367,7 @@ class LeanDial:
         self.timeout = timeout
         self._connected: Callable[[Any], None] | None = connected
         self._failed: Callable[[Failure], None] | None = failed
-        self.socket: socket.socket | None = None
+        self.socket: rawSocket | None = None
         self._timer: Any = None
 
     def start(self) -> LeanDial:
@@ -368,7 +375,7 @@ class LeanDial:
         Start connecting; returns this dial, to cancel.
         """
         try:
-            sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = rawSocket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
             self._failLater(error.ConnectBindError(e.args[0], e.args[1]))
             return self
@@ -456,7 +463,7 @@ class LeanDial:
             self._stopWaiting()
             sock.close()
 
-    def _established(self, sock: socket.socket) -> None:
+    def _established(self, sock: rawSocket) -> None:
         protocol = self.protocol
         transport = LeanDialled(sock, protocol, self.reactor, self.address)
         transport.startReading()
@@ -606,7 +613,7 @@ class LeanPort(tcp.Port):
                     tcp.Port.doRead(self)
                     return
                 accepted += 1
-                skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                skt = rawSocket(family, socket.SOCK_STREAM, 0, fd)
                 if len(addr) == 4:
                     # IPv6: with the scope ID, as Twisted gives it.
                     host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
@@ -670,8 +677,8 @@ class LeanClient(tcp.Client):
         else:
             self.realAddress = self.addr = (host, port)
         abstract.FileDescriptor.__init__(self, reactor=reactor)
-        skt = socket.socket(self.addressFamily, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        self.socket = skt
+        skt = rawSocket(self.addressFamily, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.socket = skt  # type: ignore[assignment]
         self.fileno = skt.fileno  # type: ignore[method-assign]
         self.protocol = None  # type: ignore[assignment]
 

@@ -5,6 +5,7 @@ sockets in the test's reactor.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import gc
 import socket
@@ -438,6 +439,35 @@ class LeanDialTests(TestCase):
         transport.loseConnection()  # type: ignore[union-attr]
         yield protocol.lost
         self.assertEqual(vars(transport)["disconnecting"], True)
+
+    @inlineCallbacks
+    def test_rawSockets(self) -> Any:
+        """
+        A dialled connection, and one its listener accepted, hold the C
+        socket type L{socket.socket} wraps (no Python call to make or close
+        one), and closing either closes its descriptor.
+        """
+        accepted: list[Any] = []
+
+        class Kept(Echo):
+            def connectionMade(self) -> None:
+                accepted.append(self.transport)
+
+        factory = Factory.forProtocol(Kept)
+        factory.noisy = False
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        dial, protocol, outcome = self.dial(listening.getHost().port)
+        yield sleep(0.05)
+        transports = [protocol.transport, *accepted]
+        self.assertEqual([type(t.socket) for t in transports], [_socket.socket] * 2)
+        sockets = [t.socket for t in transports]
+        transports[0].write(b"ping")
+        self.assertEqual((yield protocol.receive(4)), b"ping")
+        transports[0].loseConnection()
+        yield protocol.lost
+        yield sleep(0.05)
+        self.assertEqual([s.fileno() for s in sockets], [-1, -1])
 
     @inlineCallbacks
     def test_refused(self) -> Any:
