@@ -386,6 +386,26 @@ class LeanDialTests(TestCase):
         return dial, protocol, outcome
 
     @inlineCallbacks
+    def dialAccepted(self) -> Any:
+        """
+        Dial a listener of this reactor's; fire with the dialled protocol
+        and the transports the listener accepted.
+        """
+        accepted: list[Any] = []
+
+        class Kept(Echo):
+            def connectionMade(self) -> None:
+                accepted.append(self.transport)
+
+        factory = Factory.forProtocol(Kept)
+        factory.noisy = False
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        dial, protocol, outcome = self.dial(listening.getHost().port)
+        yield sleep(0.05)
+        return protocol, accepted
+
+    @inlineCallbacks
     def test_connectedAtOnce(self) -> Any:
         """
         Over loopback the protocol is connected, and C{connected} called
@@ -414,18 +434,7 @@ class LeanDialTests(TestCase):
         instance's attribute is read faster), with the same values, until
         the connection changes them.
         """
-        accepted: list[Any] = []
-
-        class Kept(Echo):
-            def connectionMade(self) -> None:
-                accepted.append(self.transport)
-
-        factory = Factory.forProtocol(Kept)
-        factory.noisy = False
-        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        dial, protocol, outcome = self.dial(listening.getHost().port)
-        yield sleep(0.05)
+        protocol, accepted = yield self.dialAccepted()
         transports = [protocol.transport] + [t for t in accepted if isinstance(t, LeanServer)]
         names = ("TLS", "offset", "dataBuffer", "disconnecting", "_writeDisconnecting",
                  "_writeDisconnected", "producer", "bufferSize")
@@ -447,18 +456,7 @@ class LeanDialTests(TestCase):
         socket type L{socket.socket} wraps (no Python call to make or close
         one), and closing either closes its descriptor.
         """
-        accepted: list[Any] = []
-
-        class Kept(Echo):
-            def connectionMade(self) -> None:
-                accepted.append(self.transport)
-
-        factory = Factory.forProtocol(Kept)
-        factory.noisy = False
-        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        dial, protocol, outcome = self.dial(listening.getHost().port)
-        yield sleep(0.05)
+        protocol, accepted = yield self.dialAccepted()
         transports = [protocol.transport, *accepted]
         self.assertEqual([type(t.socket) for t in transports], [_socket.socket] * 2)
         sockets = [t.socket for t in transports]
