@@ -138,6 +138,30 @@ class LeanEPollReactor(EPollReactor):
 
     doIteration = doPoll  # type: ignore[assignment]
 
+    def addReader(self, reader: Any) -> None:
+        """
+        Watch C{reader} for reading: the epoll reactor's C{addReader} with
+        its C{_add} written in, one call fewer for each connection.
+        """
+        fd = reader.fileno()
+        reads = self._reads
+        if fd in reads:
+            return
+        try:
+            if fd in self._writes:
+                self._poller.modify(fd, EPOLLIN | EPOLLOUT)
+            else:
+                self._poller.register(fd, EPOLLIN)
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                raise
+            # epoll takes no regular file: polled continuously, as by the
+            # epoll reactor.
+            self._continuousPolling.addReader(reader)
+            return
+        reads.add(fd)
+        self._selectables[fd] = reader
+
     def removeReader(self, reader: Any) -> None:
         """
         Stop watching C{reader} for reading.  Closing a connection asks this

@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone, ConnectionFdescWentAway, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.trial.unittest import SynchronousTestCase
@@ -281,6 +282,47 @@ class ClosingTests(SynchronousTestCase):
         self.assertNotIn(fd, self.reactor._reads | self.reactor._writes)
         self.a.close()
         self.assertEqual(self.poller.poll(0, 10), [])
+
+    def test_addReaderAsEpoll(self) -> None:
+        """
+        L{LeanEPollReactor.addReader} makes the C{epoll_ctl} calls the
+        epoll reactor's does and keeps the same state, for a descriptor
+        not watched, watched for writing, already read, and a regular
+        file (which epoll refuses: it is polled continuously).
+        """
+        def add(method: Any, before: str, path: str) -> Any:
+            reactor = LeanEPollReactor()
+            poller = reactor._poller = RecordingPoller(reactor._poller)  # type: ignore[assignment]
+            self.addCleanup(poller.close)
+            if before == "file":
+                handle = open(path, "rb")
+                self.addCleanup(handle.close)
+                reader: Any = Reader(reactor, handle)  # type: ignore[arg-type]
+            else:
+                a, b = socket.socketpair()
+                self.addCleanup(a.close)
+                self.addCleanup(b.close)
+                reader = Reader(reactor, a)
+            if before == "writing":
+                reactor.addWriter(reader)
+            elif before == "reading":
+                EPollReactor.addReader(reactor, reader)
+            poller.calls.clear()
+            method(reactor, reader)
+            fd = reader.fileno()
+            return ([(call, called == fd) for call, called in poller.calls],
+                    fd in reactor._reads, fd in reactor._writes,
+                    reactor._selectables.get(fd) is reader,
+                    reactor._continuousPolling.isReading(reader))
+
+        path = self.mktemp()
+        with open(path, "wb"):
+            pass
+        for before in ("none", "writing", "reading", "file"):
+            self.assertEqual(add(LeanEPollReactor.addReader, before, path),
+                             add(EPollReactor.addReader, before, path), before)
+        self.assertEqual(add(LeanEPollReactor.addReader, "writing", path)[0], [("modify", True)])
+        self.assertTrue(add(LeanEPollReactor.addReader, "file", path)[4])
 
     def test_afterSpawn(self) -> None:
         """
