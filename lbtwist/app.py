@@ -205,7 +205,8 @@ class Balancer(AllOrNothingService):
             self.workers = WorkerGroup(lb, live, reactor, count=lb.config.workers,
                                        command=command, grace=grace, text=text,
                                        image=self.image, handover=self.handover,
-                                       admin=lambda: admin)
+                                       admin=lambda: admin,
+                                       watchdog=lb.config.workerWatchdog)
         self.control = BalancerControl(live, self.cluster, reloadsFromCode=not multi)
         inherited = None if self.handover is None else self.handover.admin
         admin = AdminService(

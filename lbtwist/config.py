@@ -44,6 +44,10 @@ from .routeconfig import (
 
 # A backend's weight is 0 (no new clients) to this; one place says so.
 MAX_WEIGHT = 256
+# Seconds a worker may send no heartbeat before its master takes it for
+# wedged: far over the longest stall a healthy worker shows (a garbage
+# collection, a large registry applied, a burst of load on a busy core).
+WORKER_WATCHDOG = 30.0
 
 T = TypeVar("T")
 
@@ -649,6 +653,8 @@ class Config:
         L{lbtwist.workers}).
     @ivar master: run a master and its workers even with one worker (for
         upgrades that drop nothing, on a one-core machine too).
+    @ivar workerWatchdog: seconds a worker may go without a heartbeat
+        before its master kills and replaces it as wedged (0: never).
     @ivar extensions: the modules imported before the rest was checked
         (see L{lbtwist.extend}).
     """
@@ -663,6 +669,7 @@ class Config:
     resolvers: tuple[tuple[str, int], ...] = ()
     workers: int = 1
     master: bool = False
+    workerWatchdog: float = WORKER_WATCHDOG
     cluster: ClusterConfig | None = None
     extensions: tuple[str, ...] = ()
 
@@ -2322,7 +2329,7 @@ def parseCluster(data: object, path: str, directory: str | None = None) -> Clust
 
 TOP_KEYS = (
     "listeners", "pools", "status-interval", "admin", "admin-token", "state", "maxconn",
-    "resolvers", "workers", "master", "cluster", "extensions",
+    "resolvers", "workers", "master", "worker-watchdog", "cluster", "extensions",
 )
 
 
@@ -2505,12 +2512,18 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
         resolvers=parseResolvers(d.get("resolvers"), "resolvers"),
         workers=parseWorkers(d.get("workers", 1), "workers"),
         master=parseMaster(d.get("master", False), "master"),
+        workerWatchdog=parseWatchdog(d.get("worker-watchdog", WORKER_WATCHDOG),
+                                     "worker-watchdog"),
         cluster=parseCluster(d.get("cluster"), "cluster", directory),
         extensions=extensions,
     )
 
 
 MAX_WORKERS = 1024
+# The worker watchdog's bounds: under a second, a worker's ordinary stalls
+# (a garbage collection, a large registry applied) would look wedged.
+MIN_WATCHDOG = 1.0
+MAX_WATCHDOG = 3600.0
 
 
 def parseMaster(value: object, path: str) -> bool:
@@ -2522,6 +2535,27 @@ def parseMaster(value: object, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(path, f"expected true or false, got {_describe(value)}")
     return value
+
+
+def parseWatchdog(value: object, path: str) -> float:
+    """
+    Seconds a worker may go without a heartbeat before its master kills
+    it as wedged: a duration (C{10s}, C{2m}), or C{off} (YAML's C{false})
+    or C{0} for never.
+
+    @raise ConfigError: anything else.
+    """
+    if value is False or (isinstance(value, str) and value.strip() in ("off", "0")) or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+        return 0.0
+    problem = ConfigError(path, f"expected a duration from {MIN_WATCHDOG:g} to {MAX_WATCHDOG:g} "
+                                f"seconds (like 10s or 2m) or off, got {_describe(value)}")
+    if value is True or (isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS):
+        raise problem
+    try:
+        return parseSeconds(value, path, MIN_WATCHDOG, MAX_WATCHDOG)
+    except ConfigError:
+        raise problem from None
 
 
 def usableCPUs() -> int:

@@ -181,7 +181,8 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
     for key, attribute in (("status-interval", "statusInterval"), ("admin", "admin"),
                            ("state", "state"), ("maxconn", "maxconn"),
                            ("resolvers", "resolvers"), ("workers", "workers"),
-                           ("master", "master"), ("cluster", "cluster")):
+                           ("master", "master"), ("worker-watchdog", "workerWatchdog"),
+                           ("cluster", "cluster")):
         if getattr(new, attribute) != getattr(running, attribute):
             differ.append(key)
     pools = tuple(
@@ -201,6 +202,7 @@ def runnable(new: Config, running: Config, poolsLive: bool = False) -> tuple[Con
         resolvers=running.resolvers,
         workers=running.workers,
         master=running.master,
+        workerWatchdog=running.workerWatchdog,
         cluster=running.cluster,
         adminToken=new.adminToken or running.adminToken,
     )

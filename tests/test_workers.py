@@ -238,6 +238,53 @@ class WorkerGroupTests(GroupTestCase):
         yield group.stop(self)
 
 
+    @inlineCallbacks
+    def test_wedgedWorkerReplaced(self) -> Any:
+        """
+        A worker alive but not running its reactor (C{SIGSTOP}) is killed
+        and replaced within C{worker-watchdog} (2 s here) and the time a
+        worker takes to start: the clients it held are closed rather than
+        left hanging, the other worker (beating all along) is untouched,
+        and new clients are all served.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        group = yield self.startGroup(2, named(backends, "a"), **{"worker-watchdog": "2s"})
+        held = yield inThread(_hold, group.port, 10)
+        for s in held:
+            self.addCleanup(s.close)
+        before = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        victim = max(before, key=lambda w: w["active"])
+        other = next(w for w in before if w is not victim)
+        stopped = time.monotonic()
+        os.kill(victim["pid"], signal.SIGSTOP)
+        replaced = victim
+        try:
+            while True:
+                workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+                replaced = next(w for w in workers if w["worker"] == victim["worker"])
+                took = time.monotonic() - stopped
+                if (replaced["pid"] != victim["pid"] and replaced["state"] == "serving"
+                        or took > 8):
+                    break
+                yield sleep(0.1)
+        finally:
+            if replaced["pid"] == victim["pid"]:
+                # Not replaced: still the group's worker, never left stopped.
+                os.kill(victim["pid"], signal.SIGCONT)
+        self.assertNotEqual(replaced["pid"], victim["pid"])
+        self.assertEqual(replaced["restarts"], 1)
+        self.assertLess(took, 6.0)
+        self.assertEqual(
+            [(w["pid"], w["restarts"]) for w in workers if w["worker"] == other["worker"]],
+            [(other["pid"], 0)])
+        alive = yield inThread(_echoes, held)
+        self.assertEqual(alive, 10 - victim["active"])
+        answers = yield inThread(connections, group.port, 100, 4)
+        self.assertEqual(answers.count(b"a"), 100)
+        yield group.stop(self)
+
+
 class ControlPlaneTests(GroupTestCase):
     """
     The master speaks for every worker: changes, health and counters.

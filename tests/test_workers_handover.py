@@ -94,6 +94,7 @@ class MasterChangesTests(SynchronousTestCase):
             (["listeners", "admin", "pools.web.timeouts.idle"], True, ["code", "admin"]),
             (["cluster"], False, ["cluster"]),
             (["master"], False, ["master"]),
+            (["worker-watchdog"], False, ["worker-watchdog"]),
             # A pool named like a master key is still a pool setting.
             (["pools.admin.sticky"], False, []),
         ]
@@ -112,11 +113,13 @@ class MasterChangesTests(SynchronousTestCase):
         running = parseConfig({**CONFIG, "workers": 2})
         new = parseConfig({**CONFIG, "workers": 2, "status-interval": 7,
                            "cluster": {"etcd": ["http://127.0.0.1:2379"]},
+                           "worker-watchdog": "5s",
                            "listeners": [{"name": "front", "listen": "tcp:1"}]})
         kept, restartNeeded = runnable(new, running, poolsLive=True)
-        self.assertEqual(masterChanges(restartNeeded, False), ["status-interval", "cluster"])
-        self.assertEqual((kept.cluster, kept.statusInterval),
-                         (running.cluster, running.statusInterval))
+        self.assertEqual(masterChanges(restartNeeded, False),
+                         ["status-interval", "worker-watchdog", "cluster"])
+        self.assertEqual((kept.cluster, kept.statusInterval, kept.workerWatchdog),
+                         (running.cluster, running.statusInterval, running.workerWatchdog))
 
 
 class HandoverEncodingTests(SynchronousTestCase):

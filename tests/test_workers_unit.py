@@ -8,6 +8,7 @@ workers over a memory reactor.
 from __future__ import annotations
 
 import random
+import signal
 import socket
 from typing import Any
 
@@ -17,6 +18,7 @@ from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.protocols.amp import AmpBox
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -240,7 +242,7 @@ class ChannelTests(SynchronousTestCase):
         refused naming C{--worker}.
         """
         spec = WorkerSpec(control=3, listeners={"front": (4, int(socket.AF_INET))}, index=2,
-                          generation=5, workers=4)
+                          generation=5, workers=4, heartbeat=0.25)
         self.assertEqual(WorkerSpec.fromJSON(spec.toJSON()), spec)
         e = self.assertRaises(ValueError, WorkerSpec.fromJSON, "{}")
         self.assertIn("--worker:", str(e))
@@ -276,6 +278,25 @@ class OptionsTests(SynchronousTestCase):
         for bad in ("yes", 1, None):
             e = self.assertRaises(ConfigError, parseConfig, {**base, "master": bad})
             self.assertTrue(str(e).startswith("master: expected true or false"), str(e))
+
+    def test_watchdog(self) -> None:
+        """
+        C{worker-watchdog} is a duration of 1 s to an hour (30 s when not
+        given), or C{off} (YAML's C{false}) or 0 for none; anything else
+        names the key.
+        """
+        base = {"listeners": [{"name": "f", "listen": "tcp:1"}],
+                "pools": {"default": {"backends": ["127.0.0.1:9"]}}}
+        self.assertEqual(parseConfig(base).workerWatchdog, 30.0)
+        for given, seconds in (("10s", 10.0), (2, 2.0), ("1.5", 1.5), ("2m", 120.0),
+                               (False, 0.0), ("off", 0.0), (0, 0.0)):
+            self.assertEqual(
+                parseConfig({**base, "worker-watchdog": given}).workerWatchdog, seconds, given)
+        for bad in (True, "on", "500ms", 0.5, "2h", -1, "soon", [10]):
+            e = self.assertRaises(ConfigError, parseConfig, {**base, "worker-watchdog": bad})
+            self.assertTrue(str(e).startswith(
+                "worker-watchdog: expected a duration from 1 to 3600 seconds (like 10s or 2m) "
+                "or off, got "), str(e))
 
     def test_fileLimit(self) -> None:
         """
@@ -439,6 +460,152 @@ class SupervisionTests(SynchronousTestCase):
         self.successResultOf(d)
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 2)
+
+
+# The steps in which the tests of the watchdog let time pass.
+TICK = 0.125
+
+
+class WatchdogTests(SynchronousTestCase):
+    """
+    The master kills (C{SIGKILL}) a worker that sent no heartbeat for
+    longer than C{worker-watchdog}, and replaces it.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = ProcessReactor()
+        self.group = self.startGroup(2.0)
+        self.beaten: dict[WorkerSlot, float] = {}
+
+    def startGroup(self, watchdog: float) -> WorkerGroup:
+        pools, live = process(parseConfig(CONFIG))
+        group = WorkerGroup(_Services(pools), live, self.reactor, count=2,
+                            command=["--config", "lb.yaml"], grace=3.0,
+                            now=self.reactor.seconds, watchdog=watchdog)
+        group.startService()
+        self.addCleanup(group.stopService)
+        return group
+
+    def beat(self, slot: WorkerSlot, channel: Any = None) -> None:
+        """
+        A heartbeat from C{slot}'s worker, as it comes over the channel.
+        """
+        channel = slot.channel if channel is None else channel
+        channel.dataReceived(AmpBox({b"_command": b"Heartbeat"}).serialize())
+        self.beaten[slot] = self.reactor.seconds()
+
+    def elapse(self, seconds: float, *beating: WorkerSlot, every: float = 0.5) -> None:
+        """
+        Let C{seconds} pass in small steps (the master runs all along),
+        C{beating} sending a heartbeat C{every} so often.
+        """
+        for _ in range(round(seconds / TICK)):
+            self.reactor.advance(TICK)
+            for slot in beating:
+                if self.reactor.seconds() - self.beaten.get(slot, 0.0) >= every - 1e-9:
+                    self.beat(slot)
+
+    def signals(self) -> list[list[Any]]:
+        return [p.signals for p in self.reactor.processes]
+
+    def end(self, slot: WorkerSlot) -> None:
+        protocol = next(p for p, _, _ in reversed(self.reactor.spawned) if p.slot is slot)
+        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+
+    def test_heartbeatInSpec(self) -> None:
+        """
+        Each worker is told to beat every quarter of the limit, at least
+        every second; with no watchdog, never.
+        """
+        spec = WorkerSpec.fromJSON(self.reactor.spawned[0][1][-1])
+        self.assertEqual(spec.heartbeat, 0.5)
+        self.startGroup(30.0)
+        self.assertEqual(WorkerSpec.fromJSON(self.reactor.spawned[-1][1][-1]).heartbeat, 1.0)
+        off = self.startGroup(0.0)
+        self.assertEqual(WorkerSpec.fromJSON(self.reactor.spawned[-1][1][-1]).heartbeat, 0.0)
+        self.assertFalse(off.watching.running)
+
+    def test_wedgedKilledAndReplaced(self) -> None:
+        """
+        A worker silent for longer than the limit is killed with
+        C{SIGKILL}, once, and the log names it, its PID and its silence;
+        its successor starts as for any worker that exits.  The other
+        worker, beating, is untouched.
+        """
+        first, second = self.group.slots
+        self.beat(first)
+        self.beat(second)
+        with capturedLogs() as events:
+            self.elapse(2.0, second)
+            self.assertEqual(self.signals(), [[], []])
+            self.elapse(0.5, second)
+            self.assertEqual(self.signals(), [[signal.SIGKILL], []])
+            # A beat still on its way from the killed process changes nothing.
+            self.beat(first)
+            self.elapse(5.0, second)
+            self.assertEqual(self.signals(), [[signal.SIGKILL], []])
+            self.end(first)
+            self.reactor.advance(0.1)
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("worker 1 of generation 1 (pid 1001) sent no heartbeat for 2.5s "
+                      "(worker-watchdog: 2s): wedged, killing it (SIGKILL)", lines)
+        self.assertIn("worker 1 (pid 1001) exited (killed by the watchdog) after 7.5s; "
+                      "starting another in 0.1s", lines)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.assertEqual((first.restarts, first.pid, second.restarts), (1, 1003, 0))
+        # The successor is watched from its first heartbeat.
+        self.beat(first)
+        self.elapse(3.0, second)
+        self.assertEqual(self.signals(), [[signal.SIGKILL], [], [signal.SIGKILL]])
+
+    def test_slowBeatsNotKilled(self) -> None:
+        """
+        A worker busy enough that its heartbeats come up to the limit
+        apart is not killed; one that has sent none yet (starting, or from
+        a master without heartbeats) is not watched.
+        """
+        first, second = self.group.slots
+        self.beat(first)
+        self.elapse(20.0, first, every=1.9)
+        self.assertEqual(self.signals(), [[], []])
+
+    def test_masterStalled(self) -> None:
+        """
+        When the master itself did not run for longer than half the limit
+        (stopped, starved), the heartbeats sent meanwhile are unread: no
+        worker is killed for that silence, and each gets a new period.
+        """
+        first, second = self.group.slots
+        self.beat(first)
+        self.beat(second)
+        with capturedLogs() as events:
+            self.reactor.advance(10.0)
+        self.assertEqual(self.signals(), [[], []])
+        self.assertIn("the master was stalled: it did not look at its workers' heartbeats "
+                      "for 10.0s; every worker's watchdog period starts again",
+                      [formatEvent(e) for e in events])
+        self.elapse(2.0, second)
+        self.assertEqual(self.signals(), [[], []])
+        self.elapse(0.5, second)
+        self.assertEqual(self.signals(), [[signal.SIGKILL], []])
+
+    def test_retiring(self) -> None:
+        """
+        A retiring worker draining its clients beats and is left to drain;
+        one that goes silent is killed, not replaced.
+        """
+        old = self.group.slots[0]
+        self.group.slots.remove(old)
+        self.group.retiring.append(old)
+        self.beat(old)
+        self.elapse(10.0, old)
+        self.assertEqual(self.signals()[0], [])
+        self.elapse(2.5)
+        self.assertEqual(self.signals()[0], [signal.SIGKILL])
+        self.end(old)
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.assertNotIn(old, self.group.retiring)
 
 
 class RecordingChannel:

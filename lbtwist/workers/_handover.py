@@ -32,7 +32,7 @@ HANDOVER_VARIABLE = "LBTWIST_HANDOVER"
 # What a master runs itself, which new workers cannot change: the keys a
 # reload lists as needing a restart (see L{lbtwist.diff.runnable}).
 MASTER_KEYS = ("admin", "state", "status-interval", "resolvers", "workers", "master",
-               "cluster")
+               "worker-watchdog", "cluster")
 # A pool's DNS discovery runs in the master too, and its protocol decides
 # its backends' health checks (a reload keeps them as they run).
 MASTER_POOL_KEYS = ("discovery", "protocol")

@@ -12,7 +12,9 @@ L{lbtwist.workers._registry}); the admin API answers a change once every
 worker has applied it.  Counters are the workers' added up.
 
 A worker that exits is started again after a back-off that grows while
-workers keep dying young (0.1 s, then x4 up to 30 s).
+workers keep dying young (0.1 s, then x4 up to 30 s).  One that is alive
+but wedged (no heartbeat within C{worker-watchdog}) is killed first (see
+L{lbtwist.workers._watchdog}).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from ._protocol import (
     Channel,
     CollectStats,
     GivenProtocol,
+    Heartbeat,
     Ready,
     ReopenLogs,
     ReportHealth,
@@ -69,6 +72,7 @@ from ._protocol import (
 )
 from ._registry import ConfigText, snapshot
 from ._stats import SEP, CounterMirror, addUp, withoutGauges
+from ._watchdog import Watchdog, beatInterval
 from ._worker import WorkerSpec
 
 # The command that runs twistd in a worker, with the master's interpreter.
@@ -156,6 +160,14 @@ class MasterChannel(Channel):
         The worker serves.
         """
         self.group.workerReady(self.slot)
+        return {}
+
+    @Heartbeat.responder
+    def heartbeat(self) -> dict[str, Any]:
+        """
+        The worker's reactor runs.
+        """
+        self.group.heartbeat(self.slot, self)
         return {}
 
     @ReportHealth.responder
@@ -333,6 +345,8 @@ class WorkerSlot:
         age).
     @ivar outlived: it was retired and still ran L{RETIRE_MARGIN} seconds
         past the grace, so the master sent it C{SIGTERM}.
+    @ivar wedged: its process sent no heartbeat within the watchdog's
+        limit, so the master killed it.
     @ivar sent: the revision of the last registry sent to it.
     @ivar applied: the revision of the last registry it applied.
     """
@@ -354,6 +368,7 @@ class WorkerSlot:
         # grace, and whether it had to be stopped.
         self.retireTimer: Any = None
         self.outlived = False
+        self.wedged = False
         self.sent = 0
         self.applied = 0
         self._readyWaiters: list[Deferred[WorkerSlot]] = []
@@ -402,6 +417,7 @@ class WorkerGroup(Service):
         handover: Handover | None = None,
         admin: Callable[[], Any] | None = None,
         fingerprint: Callable[[], str] = codeFingerprint,
+        watchdog: float = 0.0,
     ) -> None:
         """
         @param balancer: the master's L{lbtwist.service.LoadBalancer}, bound
@@ -423,6 +439,9 @@ class WorkerGroup(Service):
             port), which a re-exec hands over.
         @param fingerprint: gives a fingerprint of the code on disk (taken
             now, and again at each upgrade: a change means a re-exec).
+        @param watchdog: seconds a worker may send no heartbeat before it is
+            killed as wedged (and replaced, if of the serving generation);
+            0: never.
         """
         self.balancer = balancer
         self.live = live
@@ -476,6 +495,9 @@ class WorkerGroup(Service):
         self._nextAdmin: Any = None
         self.reaper = LoopingCall(self._reap)
         self.reaper.clock = reactor
+        self.watchdog: Watchdog[WorkerSlot] = Watchdog(watchdog, now)
+        self.watching = LoopingCall(self._watch)
+        self.watching.clock = reactor
         self.setName("workers")
 
     # -- life ------------------------------------------------------------
@@ -494,6 +516,9 @@ class WorkerGroup(Service):
         # reaches the workers too.
         self.live.reconciled.append(self.schedulePush)
         self.refresher.start(REFRESH, now=False)
+        if self.watchdog.limit:
+            self.watchdog.start()
+            self.watching.start(beatInterval(self.watchdog.limit), now=False)
         self.generation = 1
         if self.handover is not None:
             self._adoptWorkers(self.handover)
@@ -673,6 +698,9 @@ class WorkerGroup(Service):
         super().stopService()
         if self.refresher.running:
             self.refresher.stop()
+        if self.watching.running:
+            # Stopping workers drain for the grace, and are killed after it.
+            self.watching.stop()
         slots = [s for s in [*self.slots, *self.retiring] if not s.ended]
         for slot in slots:
             if slot.retireTimer is not None:
@@ -730,13 +758,17 @@ class WorkerGroup(Service):
         for number, (name, (fd, family)) in enumerate(sorted(given.items()), 4):
             childFDs[number] = fd
             listeners[name] = (number, family)
+        limit = self.watchdog.limit
         spec = WorkerSpec(control=3, listeners=listeners, index=slot.index,
-                          generation=slot.generation, workers=self.count)
+                          generation=slot.generation, workers=self.count,
+                          heartbeat=beatInterval(limit) if limit else 0.0)
         argv = [sys.executable, *TWISTD, "--nodaemon", "--pidfile=",
                 "--logger=lbtwist.workers.workerLog", "lb", *self.command,
                 "--worker", spec.toJSON()]
         slot.ended = False
         slot.ready = False
+        slot.wedged = False
+        self.watchdog.forget(slot)
         slot.started = self.now()
         slot.whenEnded = Deferred()
         try:
@@ -786,12 +818,15 @@ class WorkerGroup(Service):
         """
         slot.ended = True
         slot.ready = False
+        self.watchdog.forget(slot)
         self.retired = addUp([self.retired, withoutGauges(slot.stats)])
         slot.stats = {}
         # The exit code, not the raw wait status (256 for an exit code of 1).
         status = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         how = f"killed by signal {sig}" if sig else f"exit status {status}"
+        if slot.wedged:
+            how = "killed by the watchdog"
         waiters, slot._readyWaiters = slot._readyWaiters, []
         for waiter in waiters:
             waiter.errback(WorkerFailed(slot.index, slot.lastLines[-1] if slot.lastLines else how))
@@ -819,6 +854,34 @@ class WorkerGroup(Service):
                 lived=lived, delay=delay)
             self.reactor.callLater(delay, self._restart, slot)
         slot.whenEnded.callback(None)
+
+    def heartbeat(self, slot: WorkerSlot, channel: MasterChannel) -> None:
+        """
+        The worker of C{slot} sent a heartbeat over C{channel} (a beat of
+        a predecessor, or of a worker being killed, is not its).
+        """
+        if self.watchdog.limit and channel is slot.channel and not (slot.ended or slot.wedged):
+            self.watchdog.beat(slot)
+
+    def _watch(self) -> None:
+        """
+        Kill (C{SIGKILL}) each worker silent for longer than the watchdog's
+        limit: wedged, it would never exit by itself, nor answer C{SIGTERM}.
+        One of the serving generation is replaced as any worker that exits.
+        """
+        verdict = self.watchdog.look()
+        if verdict.stalled:
+            self.log.info("the master was stalled: it did not look at its workers' "
+                          "heartbeats for {stalled:.1f}s; every worker's watchdog period "
+                          "starts again", stalled=verdict.stalled)
+        for slot, silent in verdict.wedged:
+            slot.wedged = True
+            self.log.warn(  # noqa: G010
+                "worker {index} of generation {generation} (pid {pid}) sent no heartbeat "
+                "for {silent:.1f}s (worker-watchdog: {limit:g}s): wedged, killing it (SIGKILL)",
+                index=slot.index, generation=slot.generation, pid=slot.pid, silent=silent,
+                limit=self.watchdog.limit)
+            self._signal(slot, signal.SIGKILL)
 
     def _restart(self, slot: WorkerSlot) -> None:
         if self.running and slot in self.slots and slot.ended and not self.executing:

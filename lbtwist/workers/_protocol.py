@@ -6,8 +6,9 @@ Master to worker: L{ApplyRegistry} (the whole registry: the configuration
 text, the operator's overrides, health and discovered backends, with a
 revision number; answered once applied), L{CollectStats} (the worker's
 counters) and L{Retire} (stop accepting, finish in-flight work within the
-grace, exit).  Worker to master: L{Ready} (serving) and L{ReportHealth} (a
-backend the worker saw fail, for the master to decide on).
+grace, exit).  Worker to master: L{Ready} (serving), L{ReportHealth} (a
+backend the worker saw fail, for the master to decide on) and L{Heartbeat}
+(its reactor runs; see L{lbtwist.workers._watchdog}).
 """
 
 from __future__ import annotations
@@ -112,6 +113,17 @@ class ReportHealth(amp.Command):
     arguments = [(b"pool", amp.Unicode()), (b"backend", amp.Unicode()),
                  (b"reason", amp.Unicode())]
     response = []
+
+
+class Heartbeat(amp.Command):
+    """
+    Worker to master, every few hundred milliseconds: its reactor runs.
+    Not answered: it costs one small write a beat.
+    """
+
+    arguments = []
+    response = []
+    requiresAnswer = False
 
 
 class Channel(amp.AMP):

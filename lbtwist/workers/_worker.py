@@ -7,7 +7,9 @@ the file descriptors it inherited, the control channel's and one
 listening socket per listener.  It builds the balancer without health
 checks, discovery, admin API or signals of its own (the master runs
 those), waits for the master's first registry, applies it, and only then
-accepts clients and tells the master it is ready.
+accepts clients and tells the master it is ready.  From its start to its
+exit its reactor tells the master it runs, on a timer (see
+L{lbtwist.workers._watchdog}).
 """
 
 from __future__ import annotations
@@ -20,13 +22,24 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
+from twisted.internet.task import LoopingCall
 from twisted.logger import FileLogObserver, ILogObserver, Logger, eventAsText
 
 from ..config import Config
 from ..lifecycle import GracefulStop
 from ..pool import HealthChanged, PoolEvent
 from ..service import LoadBalancer
-from ._protocol import ApplyRegistry, Channel, CollectStats, GivenProtocol, Ready, ReopenLogs, ReportHealth, Retire
+from ._protocol import (
+    ApplyRegistry,
+    Channel,
+    CollectStats,
+    GivenProtocol,
+    Heartbeat,
+    Ready,
+    ReopenLogs,
+    ReportHealth,
+    Retire,
+)
 from ._registry import RegistryApplier, WorkerLiveConfig, splitLimits
 from ._stats import countersOf
 
@@ -48,6 +61,8 @@ class WorkerSpec:
     @ivar generation: its generation (1, then one more per upgrade).
     @ivar workers: how many workers share the sockets (the limits are
         shared out among them).
+    @ivar heartbeat: seconds between its heartbeats to the master (0:
+        none, the master has no watchdog).
     """
 
     control: int
@@ -55,6 +70,7 @@ class WorkerSpec:
     index: int
     generation: int
     workers: int
+    heartbeat: float = 0.0
 
     def toJSON(self) -> str:
         """
@@ -62,7 +78,7 @@ class WorkerSpec:
         """
         return json.dumps({
             "control": self.control, "index": self.index, "generation": self.generation,
-            "workers": self.workers,
+            "workers": self.workers, "heartbeat": self.heartbeat,
             "listeners": {name: list(value) for name, value in self.listeners.items()},
         }, separators=(",", ":"))
 
@@ -78,6 +94,8 @@ class WorkerSpec:
             return cls(
                 control=int(data["control"]), index=int(data["index"]),
                 generation=int(data["generation"]), workers=int(data["workers"]),
+                # (A master from before heartbeats gives none.)
+                heartbeat=float(data.get("heartbeat", 0.0)),
                 listeners={str(k): (int(v[0]), int(v[1])) for k, v in data["listeners"].items()},
             )
         except (ValueError, KeyError, TypeError, IndexError) as e:
@@ -179,6 +197,10 @@ class WorkerNode(MultiService):
         self.stopping.setServiceParent(self)
         self.channel: WorkerChannel | None = None
         self.serving = False
+        # Beats until the process exits, through a graceful stop too: a
+        # worker draining its clients is not wedged.
+        self.beating = LoopingCall(self._beat)
+        self.beating.clock = reactor
         for pool in lb.pools.values():
             pool.observers.append(self._poolChanged)
 
@@ -191,6 +213,15 @@ class WorkerNode(MultiService):
         self.reactor.adoptStreamConnection(
             self.spec.control, socket.AF_UNIX, GivenProtocol(self.channel))
         os.close(self.spec.control)
+        if self.spec.heartbeat:
+            self.beating.start(self.spec.heartbeat)
+
+    def _beat(self) -> None:
+        """
+        Tell the master that this worker's reactor runs.
+        """
+        if self.channel is not None and self.channel.transport is not None:
+            self.channel.callRemote(Heartbeat)
 
     def apply(self, revision: int, registry: dict[str, Any]) -> None:
         """
@@ -269,6 +300,8 @@ class WorkerNode(MultiService):
         """
         The control channel closed: the master exited, so stop.
         """
+        if self.beating.running:
+            self.beating.stop()
         if self.running:
             self.log.info("worker {index}: the master is gone, stopping", index=self.spec.index)
             self._stop()
