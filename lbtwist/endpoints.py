@@ -16,6 +16,7 @@ and loads no Twisted.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -226,6 +227,42 @@ def parseEndpoint(text: str, server: bool) -> Endpoint:
         else:
             options.append(keyword)
     return Endpoint(text, kind, server, tuple(args), tuple(options))
+
+
+def listenAddress(text: str) -> tuple[str, int] | None:
+    """
+    The address a listener's endpoint string binds, as C{(host, port)}
+    with the host written one way (C{0.0.0.0}, or C{::} for C{tcp6}, when
+    it names no interface); L{None} when it binds no fixed TCP address (a
+    UNIX socket, systemd's, port 0, an interface given by name).
+    """
+    try:
+        parsed = parseEndpoint(text, server=True)
+        port = int(parsed.port or "")
+        host = parsed.host or ("::" if parsed.kind == "tcp6" else "0.0.0.0")
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if parsed.kind not in _NETWORK or port == 0:
+        return None
+    return str(address), port
+
+
+def addressesOverlap(one: tuple[str, int], other: tuple[str, int]) -> bool:
+    """
+    Whether two listening addresses cannot listen at once (Linux, with
+    C{SO_REUSEADDR}): the same port, and the same host, or a host and its
+    family's wildcard (C{::}, dual-stack, covers IPv4's too).
+    """
+    (host, port), (otherHost, otherPort) = one, other
+    if port != otherPort:
+        return False
+    a, b = ipaddress.ip_address(host), ipaddress.ip_address(otherHost)
+    if a == b:
+        return True
+    if a.version == b.version:
+        return a.is_unspecified or b.is_unspecified
+    return any(x.version == 6 and x.is_unspecified for x in (a, b))
 
 
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):([0-9]{1,5})$")

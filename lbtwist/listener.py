@@ -51,6 +51,7 @@ class ConnectionLimit:
         self.refused = 0
         self.paused = 0
         self._ports: list[Any] = []
+        self._capped: list[Any] = []
         self._reading = True
 
     def addPort(self, port: Any) -> None:
@@ -61,7 +62,9 @@ class ConnectionLimit:
         if not self._reading:
             port.stopReading()
         doRead = getattr(port, "doRead", None)
-        if doRead is not None and hasattr(port, "numberAccepts"):
+        # (A port added again, after a pause, is capped already.)
+        if doRead is not None and hasattr(port, "numberAccepts") and port not in self._capped:
+            self._capped.append(port)
 
             def cappedRead() -> Any:
                 free = self.maxconn - self.active

@@ -257,6 +257,29 @@ class ListenerService(PortService):
             scope=addressScope(getattr(address, "host", None)),
         )
 
+    def pause(self) -> None:
+        """
+        Stop accepting, the socket kept open (the global maxconn forgets
+        this port until L{resume}).
+        """
+        port = getattr(self, "_limitedPort", None)
+        limit = getattr(self.factory, "limit", None)
+        if port is not None and limit is not None:
+            limit.removePort(port)
+        if hasattr(self.port, "stopReading"):
+            self.port.stopReading()
+
+    def resume(self) -> None:
+        """
+        Accept again, after L{pause}.
+        """
+        port = getattr(self, "_limitedPort", None)
+        limit = getattr(self.factory, "limit", None)
+        if hasattr(self.port, "startReading"):
+            self.port.startReading()
+        if port is not None and limit is not None:
+            limit.addPort(port)
+
     def stopService(self) -> Any:
         """
         Stop listening; the global maxconn forgets this port.

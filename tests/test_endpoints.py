@@ -8,7 +8,13 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.checks import checkEndpoint
-from lbtwist.endpoints import expandAddress, hostPort, parseEndpoint
+from lbtwist.endpoints import (
+    addressesOverlap,
+    expandAddress,
+    hostPort,
+    listenAddress,
+    parseEndpoint,
+)
 
 
 class ParseTests(SynchronousTestCase):
@@ -101,6 +107,51 @@ class ParseTests(SynchronousTestCase):
             ("fe80::1%eth0", 443): "[fe80::1%eth0]:443",
         }
         self.assertEqual({c: hostPort(*c) for c in cases}, cases)
+
+
+class ListenAddressTests(SynchronousTestCase):
+    """
+    What address a listener binds, and which two cannot listen at once
+    (an upgrade that moves a listener decides by them).
+    """
+
+    def test_listenAddress(self) -> None:
+        """
+        The same address however the endpoint writes it; none for what
+        binds no fixed TCP address.
+        """
+        cases = {
+            "tcp:8080": ("0.0.0.0", 8080),
+            "tcp:8080:interface=127.0.0.1": ("127.0.0.1", 8080),
+            "tcp:port=8080:interface=127.0.0.1:backlog=50": ("127.0.0.1", 8080),
+            "tcp6:8080": ("::", 8080),
+            "tcp6:8080:interface=0\\:0\\:\\:1": ("::1", 8080),
+            "ssl:8443:privateKey=key.pem": ("0.0.0.0", 8443),
+            "tcp:0:interface=127.0.0.1": None,
+            "tcp:80:interface=localhost": None,
+            "unix:/run/lb.sock": None,
+            "systemd:domain=INET:index=0": None,
+        }
+        self.assertEqual({t: listenAddress(t) for t in cases}, cases)
+
+    def test_overlap(self) -> None:
+        """
+        The same port and the same host, or a host and its family's
+        wildcard (IPv6's covering IPv4's too), overlap; two hosts of a
+        family, or two ports, do not.
+        """
+        cases = [
+            (("127.0.0.1", 80), ("127.0.0.1", 80), True),
+            (("0.0.0.0", 80), ("127.0.0.1", 80), True),
+            (("127.0.0.1", 80), ("0.0.0.0", 80), True),
+            (("::", 80), ("127.0.0.1", 80), True),
+            (("0.0.0.0", 80), ("::1", 80), False),
+            (("127.0.0.1", 80), ("127.0.0.2", 80), False),
+            (("::1", 80), ("127.0.0.1", 80), False),
+            (("0.0.0.0", 80), ("0.0.0.0", 81), False),
+        ]
+        for one, other, overlap in cases:
+            self.assertEqual(addressesOverlap(one, other), overlap, (one, other))
 
 
 class CheckTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,13 +73,13 @@ def series(text: str, name: str) -> dict[str, float]:
     return values
 
 
-def nameLine(port: int) -> bytes | None:
+def nameLine(port: int, host: str = "127.0.0.1") -> bytes | None:
     """
     Connect through the balancer and read the backend's name line
     (L{tests.support.NameOnConnect}); L{None} if the connection failed.
     """
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with socket.create_connection((host, port), timeout=5) as s:
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(64)
@@ -665,6 +666,93 @@ class ListenerUpgradeTests(GroupTestCase):
         return self.replaceListeners(1, inFile=True, master=True)
 
     @inlineCallbacks
+    def test_listenerMoved(self) -> Any:
+        """
+        A listener moved on its port: a reload names the change and leaves
+        it; an upgrade that renames it and writes its endpoint another way
+        hands its socket on (no client refused meanwhile); one that moves
+        it to the wildcard address, and then to another address, which
+        overlap the one it leaves, makes it listen there (the old socket
+        stops listening first); the other listener serves all along.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        port, other = freePort(), freePort()
+        listeners = [{"name": "front", "mode": "tcp", "listen": f"tcp:{port}:interface=127.0.0.1"},
+                     {"name": "other", "mode": "tcp", "listen": f"tcp:{other}:interface=127.0.0.1"}]
+        group = yield self.startGroup(2, named(backends, "a"), listeners=listeners)
+
+        @inlineCallbacks
+        def upgrade(name: str, listen: str, loaded: int) -> Any:
+            listeners[0] = {"name": name, "mode": "tcp", "listen": listen}
+            group.edit(listeners=listeners)
+            done = threading.Event()
+            load = inThread(_nameLinesUntil, loaded, done)
+            try:
+                answer = yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+            except urllib.error.HTTPError as e:
+                self.fail(f"upgrade to {listen} failed: {e.read().decode()}")
+            finally:
+                done.set()
+            answers = yield load
+            return answer["generation"], answers
+
+        group.edit(listeners=[{**listeners[0], "listen": f"tcp:{port}:interface=127.0.0.2"},
+                              listeners[1]])
+        answer = yield inThread(adminChange, group.admin, "POST", "/api/reload", {})
+        self.assertEqual(answer["restartNeeded"], ["listeners"])
+        self.assertEqual((yield inThread(nameLine, port)), b"a")
+        generation, answers = yield upgrade("web", f"tcp:port={port}:interface=127.0.0.1", port)
+        self.assertEqual(generation, 2)
+        self.assertEqual(set(answers), {b"a"})
+        generation, answers = yield upgrade("web", f"tcp:{port}", other)
+        self.assertEqual(generation, 3)
+        self.assertEqual(set(answers), {b"a"})
+        self.assertEqual((yield inThread(nameLine, port, "127.0.0.2")), b"a")
+        generation, answers = yield upgrade("web", f"tcp:{port}:interface=127.0.0.2", other)
+        self.assertEqual(generation, 4)
+        self.assertEqual(set(answers), {b"a"})
+        self.assertEqual((yield inThread(nameLine, port, "127.0.0.2")), b"a")
+        for _ in range(50):
+            refused = yield inThread(nameLine, port)
+            if refused is None:
+                break
+            yield sleep(0.1)
+        self.assertIsNone(refused)
+        listed = yield inThread(adminGet, group.admin, "/api/listeners")
+        self.assertEqual([x["name"] for x in listed], ["web", "other"])
+        group.port = other
+        yield group.stop(self)
+
+    @inlineCallbacks
+    def test_listenerMoveRefused(self) -> Any:
+        """
+        A listener moved to the wildcard address of its port while another
+        process listens on an address of that port: the upgrade fails
+        saying why, and the socket it was moved from listens again, served
+        by the running workers as before.
+        """
+        backends = Backends(self)
+        backends.start("a")
+        group = yield self.startGroup(2, named(backends, "a"))
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.2", group.port))
+        taken.listen(1)
+        group.edit(listeners=[{"name": "front", "mode": "tcp", "listen": f"tcp:{group.port}"}])
+        with self.assertRaises(urllib.error.HTTPError) as raised:
+            yield inThread(adminChange, group.admin, "POST", "/api/upgrade", {})
+        self.assertEqual(raised.exception.code, 500)
+        self.assertIn(f"listener front cannot listen on tcp:{group.port}: Address already in use",
+                      raised.exception.read().decode())
+        answers = yield inThread(connections, group.port, 40, 4)
+        self.assertEqual(answers.count(b"a"), 40)
+        yield self.assertEveryWorkerServed(group)
+        workers = (yield inThread(adminGet, group.admin, "/api/workers"))["workers"]
+        self.assertEqual({w["generation"] for w in workers}, {1})
+        yield group.stop(self)
+
+    @inlineCallbacks
     def replaceListeners(self, workers: int, **top: Any) -> Any:
         """
         Start C{workers} workers, replace the file's listener and upgrade:
@@ -695,6 +783,23 @@ class ListenerUpgradeTests(GroupTestCase):
         self.assertEqual([(x["name"], x["accepted"]) for x in listeners], [("other", 20)])
         group.port = other
         yield group.stop(self)
+
+
+def _nameLinesUntil(port: int, done: threading.Event) -> list[bytes | None]:
+    """
+    New connections through the balancer, two at a time, each reading the
+    backend's name, until C{done} is set (at most 20 s; blocking).
+    """
+    deadline = time.monotonic() + 20
+
+    def one() -> list[bytes | None]:
+        answers = []
+        while not done.is_set() and time.monotonic() < deadline:
+            answers.append(nameLine(port))
+        return answers
+
+    with ThreadPoolExecutor(2) as pool:
+        return [answer for part in pool.map(lambda _: one(), range(2)) for answer in part]
 
 
 def _descriptors(pid: int) -> list[tuple[int, bool]]:

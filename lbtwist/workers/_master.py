@@ -19,6 +19,7 @@ L{lbtwist.workers._watchdog}).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -45,7 +46,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..endpoints import hostPort
+from ..endpoints import addressesOverlap, hostPort, listenAddress
 from ..lifecycle import sdNotify
 from ..pool import Health, PoolEvent
 from ..reload import LiveConfig
@@ -65,9 +66,11 @@ from ._protocol import (
     CollectStats,
     GivenProtocol,
     Heartbeat,
+    PauseListeners,
     Ready,
     ReopenLogs,
     ReportHealth,
+    ResumeListeners,
     Retire,
 )
 from ._registry import ConfigText, snapshot
@@ -646,28 +649,63 @@ class WorkerGroup(Service):
                 self.bound[key] = Bound(service.port, service)
         return {name: self.bound[name, endpoint].socket for name, endpoint in self.bound}
 
-    def _bind(self, listeners: Sequence[Any]) -> list[tuple[str, str]]:
+    def _bind(self, listeners: Sequence[Any], moving: list[Move] | None = None,
+              reexec: bool = False) -> list[tuple[str, str]]:
         """
         Bind the listeners of C{listeners} not bound yet (a new name, or a
         new endpoint for a name), as the master binds at start, never to
         accept.
 
-        @return: the keys of those bound now.
+        One whose address a socket of a listener C{listeners} drops already
+        binds (renamed, or its endpoint written another way) takes that
+        socket: nothing is bound or closed, nothing waits.  With C{moving},
+        one that cannot listen because such a socket binds an overlapping
+        address (the same port, and a wildcard) is put there for L{_move};
+        for a C{reexec}, which cannot make such a move, the error says so.
+
+        @return: the keys of those bound (or given a socket) now.
         @raise UpgradeFailed: one cannot listen (those bound now are closed).
         """
         from twisted.internet.error import CannotListenError
 
         from ..service import cannotListen, withBacklog
 
+        keep = {(x.name, x.endpoint) for x in listeners}
         added: list[tuple[str, str]] = []
         for listener in listeners:
             key = (listener.name, listener.endpoint)
             if key in self.bound:
                 continue
+            address = listenAddress(listener.endpoint)
+            leaving = {k: listenAddress(k[1]) for k in self.bound
+                       if k not in keep and not any(self.bound[k] is self.bound[a] for a in added)}
+            same = [k for k, at in leaving.items() if address is not None and at == address]
+            if same:
+                self.bound[key] = self.bound[same[0]]
+                added.append(key)
+                continue
             port, error = _holdSocket(self.reactor, withBacklog(listener.endpoint))
+            blocking = tuple(k for k, at in leaving.items()
+                             if address is not None and at is not None
+                             and addressesOverlap(address, at))
+            if (port is None and moving is not None and blocking
+                    and isinstance(error, CannotListenError)
+                    and getattr(error.socketError, "errno", None) == errno.EADDRINUSE):
+                moving.append(Move(listener, blocking))
+                continue
             if port is None:
+                for fresh in added:
+                    if sum(b is self.bound[fresh] for b in self.bound.values()) == 1:
+                        # At once (a close takes a turn of the reactor): an
+                        # overlapping socket may have to listen again.
+                        self.bound[fresh].pause()
                 self._close(added)
-                if isinstance(error, CannotListenError):
+                if blocking and reexec:
+                    why = (f"listener {listener.name} cannot listen on {listener.endpoint} while "
+                           f"{blocking[0][1]} (listener {blocking[0][0]}), an address that "
+                           f"overlaps it on the same port, listens: an upgrade that re-executes "
+                           f"the master cannot move it; move it in an upgrade of its own")
+                elif isinstance(error, CannotListenError):
                     why = str(cannotListen(f"listener {listener.name}", listener.endpoint,
                                            error).code)
                 else:
@@ -679,11 +717,12 @@ class WorkerGroup(Service):
 
     def _close(self, keys: Sequence[tuple[str, str]]) -> None:
         """
-        Close the master's listening sockets of C{keys}.
+        Close the master's listening sockets of C{keys} (but one another
+        listener took, see L{_bind}).
         """
         for key in keys:
             bound = self.bound.pop(key, None)
-            if bound is None:
+            if bound is None or any(other is bound for other in self.bound.values()):
                 continue
             if bound.service is not None:
                 bound.service.disownServiceParent()
@@ -924,11 +963,36 @@ class WorkerGroup(Service):
             self.log.warn(  # noqa: G010
                 "upgrade: the master runs {settings} as it started (embedded, it cannot "
                 "re-execute itself): they need a restart", settings=", ".join(held))
+        moving: list[Move] = []
         try:
-            added = self._bind(config.listeners)
+            added = self._bind(config.listeners, moving)
         except UpgradeFailed as e:
             return self._failed(str(e))
         generation = self.generation + 1
+        done: Deferred[Upgraded] = Deferred()
+        self.upgrading = done
+
+        def start(moved: list[tuple[str, str]]) -> None:
+            added.extend(moved)
+            self._startGeneration(generation, config, added, moving, moved, done)
+
+        def cannotMove(f: Failure) -> None:
+            self.upgrading = None
+            self._close(added)
+            self._failed(f.getErrorMessage()).addErrback(done.errback)
+
+        self._move(moving, config.listeners, generation).addCallbacks(start, cannotMove)
+        return done
+
+    def _startGeneration(self, generation: int, config: Any, added: list[tuple[str, str]],
+                         moving: Sequence[Move], moved: Sequence[tuple[str, str]],
+                         done: Deferred[Upgraded]) -> None:
+        """
+        Spawn generation C{generation} on C{config}'s listeners; once it
+        serves, the old one retires and C{done} fires.  If it does not,
+        the sockets bound for it (C{added}) are closed, those C{moving}
+        left (for the sockets C{moved}) listen again, and C{done} fails.
+        """
         sockets = {l.name: self.bound[l.name, l.endpoint].socket for l in config.listeners}
         self.log.info("upgrade: starting generation {generation} ({workers})",
                       generation=generation, count=self.count,
@@ -938,8 +1002,6 @@ class WorkerGroup(Service):
         waiting = DeferredList([whenReady(s) for s in new], fireOnOneErrback=True,
                                consumeErrors=True)
         waiting.addTimeout(UPGRADE_TIMEOUT, self.reactor)
-        done: Deferred[Upgraded] = Deferred()
-        self.upgrading = done
 
         def ready(_: object) -> None:
             self._promote(new, generation, sockets, config)
@@ -954,11 +1016,95 @@ class WorkerGroup(Service):
             for slot in new:
                 if not slot.ended:
                     self._signal(slot, signal.SIGTERM)
+            self._moveBack(moving, moved)
             self._close(added)
             self._failed(why).addErrback(done.errback)
 
         waiting.addCallbacks(ready, failed)
-        return done
+
+    def _move(self, moving: Sequence[Move], listeners: Sequence[Any],
+              generation: int) -> Deferred[list[tuple[str, str]]]:
+        """
+        Bind the listeners of C{moving}, whose new addresses overlap
+        sockets the running workers listen on, in HAProxy's order: the
+        running workers stop accepting on those sockets (answered), the
+        master stops them listening (C{shutdown}: every process's copy at
+        once, the address kept bound), binds the new addresses and listens.
+        If one cannot listen, the old sockets listen again and the workers
+        accept on them again: nothing changed.
+
+        There is a gap, said in the log: clients waiting in an old
+        socket's accept queue are reset, and those that come meanwhile
+        wait in the new socket's queue until the new generation serves.
+
+        @return: fires with the keys bound, or fails with L{UpgradeFailed}.
+        """
+        if not moving:
+            return succeed([])
+        names = sorted({key[0] for move in moving for key in move.blocking})
+
+        def exiting(f: Failure) -> None:
+            # A worker whose channel closed is exiting: it accepts nothing.
+            f.trap(ConnectionDone, ConnectionLost)
+
+        asked = [slot.channel.callRemote(PauseListeners, names=names)
+                 .addTimeout(ANSWER_TIMEOUT, self.reactor).addErrback(exiting)
+                 for slot in self._alive() if slot.channel is not None]
+
+        def paused(_: object) -> list[tuple[str, str]]:
+            for move in moving:
+                for key in move.blocking:
+                    self.bound[key].pause()
+            try:
+                added = self._bind(listeners)
+            except UpgradeFailed:
+                self._moveBack(moving, [])
+                raise
+            for move in moving:
+                self.log.warn(  # noqa: G010
+                    "upgrade: listener {listener} moves to {endpoint}, an address that "
+                    "overlaps {old} on the same port: the old socket stopped listening first, "
+                    "so the clients waiting in its accept queue were reset, and new clients "
+                    "wait in the new one's until generation {generation} serves",
+                    listener=move.listener.name, endpoint=move.listener.endpoint,
+                    old=", ".join(endpoint for _, endpoint in move.blocking),
+                    generation=generation)
+            return added
+
+        def notPaused(f: Failure) -> Failure:
+            self._moveBack(moving, [])
+            error = f.value.subFailure.value if isinstance(f.value, FirstError) else f.value
+            return Failure(UpgradeFailed(
+                f"the running workers did not stop accepting on {', '.join(names)} to let "
+                f"{counted(len(moving), 'listener')} move: {error}"))
+
+        gathered = DeferredList(asked, fireOnOneErrback=True, consumeErrors=True)
+        return gathered.addCallbacks(paused, notPaused)
+
+    def _moveBack(self, moving: Sequence[Move], moved: Sequence[tuple[str, str]]) -> None:
+        """
+        A move is not made: the sockets bound for it (C{moved}, closed by
+        the caller) stop listening, the old ones listen again, and the
+        running workers accept on them again.
+        """
+        if not moving:
+            return
+        for key in moved:
+            if key in self.bound:
+                self.bound[key].pause()
+        for move in moving:
+            for key in move.blocking:
+                if key in self.bound:
+                    try:
+                        self.bound[key].resume()
+                    except OSError as e:
+                        self.log.error("upgrade: {endpoint} (listener {listener}) cannot listen "
+                                       "again: {error}", endpoint=key[1], listener=key[0],
+                                       error=str(e))
+        names = sorted({key[0] for move in moving for key in move.blocking})
+        for slot in self._alive():
+            if slot.channel is not None:
+                slot.channel.callRemote(ResumeListeners, names=names).addErrback(lambda f: None)
 
     def _failed(self, why: str) -> Deferred[Upgraded]:
         self.log.error("upgrade failed, the running workers serve on: {why}", why=why)
@@ -990,7 +1136,7 @@ class WorkerGroup(Service):
         self.log.info("upgrade: the master re-executes itself ({reasons})",
                       reasons=", ".join(reasons))
         try:
-            added = self._bind(config.listeners)
+            added = self._bind(config.listeners, reexec=True)
         except UpgradeFailed as e:
             return self._failed(str(e))
         try:
@@ -1496,6 +1642,39 @@ class Bound:
         """
         return self.port.fileno(), int(self.port.socket.family)
 
+    def pause(self) -> None:
+        """
+        Stop the socket listening, in every process that holds it, its
+        address kept bound (Linux): an overlapping address may listen now.
+        The clients in its accept queue are reset.
+        """
+        try:
+            self.port.socket.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def resume(self) -> None:
+        """
+        Listen again, after L{pause}.
+
+        @raise OSError: it cannot.
+        """
+        self.port.socket.listen(self.port.backlog)
+
+
+@attrs.frozen
+class Move:
+    """
+    A listener an upgrade binds where sockets of the running generation
+    listen on overlapping addresses (see L{WorkerGroup._move}).
+
+    @ivar listener: its new configuration.
+    @ivar blocking: the keys (listener name, endpoint) of those sockets.
+    """
+
+    listener: Any
+    blocking: tuple[tuple[str, str], ...]
+
 
 def _holdSocket(reactor: Any, endpoint: str) -> tuple[Any, Any]:
     """
@@ -1541,6 +1720,11 @@ class ListenerTotals:
         self.activeClients = 0
         self.refused = 0
         self.statuses: dict[str, int] = {}
+
+    def setRoutes(self, routes: Any, default: Any) -> None:
+        """
+        Nothing: the workers route (the registry carries the routes).
+        """
 
 
 class UpgradeFailed(Exception):

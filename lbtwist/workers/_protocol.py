@@ -5,8 +5,9 @@ a socket pair, each carrying JSON.
 Master to worker: L{ApplyRegistry} (the whole registry: the configuration
 text, the operator's overrides, health and discovered backends, with a
 revision number; answered once applied), L{CollectStats} (the worker's
-counters) and L{Retire} (stop accepting, finish in-flight work within the
-grace, exit).  Worker to master: L{Ready} (serving), L{ReportHealth} (a
+counters), L{Retire} (stop accepting, finish in-flight work within the
+grace, exit) and L{PauseListeners} and L{ResumeListeners} (an upgrade
+moving listeners).  Worker to master: L{Ready} (serving), L{ReportHealth} (a
 backend the worker saw fail, for the master to decide on) and L{Heartbeat}
 (its reactor runs; see L{lbtwist.workers._watchdog}).
 """
@@ -81,6 +82,27 @@ class Retire(amp.Command):
     """
 
     arguments = [(b"grace", amp.Float())]
+    response = []
+
+
+class PauseListeners(amp.Command):
+    """
+    Master to worker: stop accepting on the listeners C{names}, their
+    sockets kept (an upgrade moves them to overlapping addresses: see
+    L{lbtwist.workers._master.WorkerGroup._move}); answered once done.
+    """
+
+    arguments = [(b"names", amp.ListOf(amp.Unicode()))]
+    response = []
+
+
+class ResumeListeners(amp.Command):
+    """
+    Master to worker: accept again on the listeners C{names} (the move
+    was not made).
+    """
+
+    arguments = [(b"names", amp.ListOf(amp.Unicode()))]
     response = []
 
 

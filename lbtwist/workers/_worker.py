@@ -35,9 +35,11 @@ from ._protocol import (
     CollectStats,
     GivenProtocol,
     Heartbeat,
+    PauseListeners,
     Ready,
     ReopenLogs,
     ReportHealth,
+    ResumeListeners,
     Retire,
 )
 from ._registry import RegistryApplier, WorkerLiveConfig, splitLimits
@@ -151,6 +153,22 @@ class WorkerChannel(Channel):
         self.node.loadBalancer.reopenAccessLogs()
         return {}
 
+    @PauseListeners.responder
+    def pauseListeners(self, names: list[str]) -> dict[str, Any]:
+        """
+        Stop accepting on the listeners C{names}, their sockets kept.
+        """
+        self.node.listening(names, False)
+        return {}
+
+    @ResumeListeners.responder
+    def resumeListeners(self, names: list[str]) -> dict[str, Any]:
+        """
+        Accept again on the listeners C{names}.
+        """
+        self.node.listening(names, True)
+        return {}
+
     @Retire.responder
     def retire(self, grace: float) -> dict[str, Any]:
         """
@@ -258,6 +276,20 @@ class WorkerNode(MultiService):
             self.channel.callRemote(
                 ReportHealth, pool=event.pool, backend=event.backend.name, reason=event.reason,
             ).addErrback(lambda f: None)
+
+    def listening(self, names: list[str], accept: bool) -> None:
+        """
+        Stop or go on accepting on the listeners C{names} (the master moves
+        their addresses in an upgrade).
+        """
+        from ..service import ListenerService
+
+        for service in self.loadBalancer:
+            if isinstance(service, ListenerService) and service.listener.name in names:
+                if accept:
+                    service.resume()
+                else:
+                    service.pause()
 
     def retire(self, grace: float) -> None:
         """
