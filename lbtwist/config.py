@@ -2520,9 +2520,10 @@ def parseConfig(data: object, readFile: Callable[[str], bytes] = readFileBytes,
 
 
 MAX_WORKERS = 1024
-# The worker watchdog's bounds: under a second, a worker's ordinary stalls
-# (a garbage collection, a large registry applied) would look wedged.
-MIN_WATCHDOG = 1.0
+# The worker watchdog's bounds: under two seconds, a worker's ordinary
+# stalls (a garbage collection, a large registry applied) would look wedged,
+# and a worker adopted across a re-exec beats only every second.
+MIN_WATCHDOG = 2.0
 MAX_WATCHDOG = 3600.0
 
 

@@ -281,21 +281,21 @@ class OptionsTests(SynchronousTestCase):
 
     def test_watchdog(self) -> None:
         """
-        C{worker-watchdog} is a duration of 1 s to an hour (30 s when not
+        C{worker-watchdog} is a duration of 2 s to an hour (30 s when not
         given), or C{off} (YAML's C{false}) or 0 for none; anything else
         names the key.
         """
         base = {"listeners": [{"name": "f", "listen": "tcp:1"}],
                 "pools": {"default": {"backends": ["127.0.0.1:9"]}}}
         self.assertEqual(parseConfig(base).workerWatchdog, 30.0)
-        for given, seconds in (("10s", 10.0), (2, 2.0), ("1.5", 1.5), ("2m", 120.0),
+        for given, seconds in (("10s", 10.0), (2, 2.0), ("2.5", 2.5), ("2m", 120.0),
                                (False, 0.0), ("off", 0.0), (0, 0.0)):
             self.assertEqual(
                 parseConfig({**base, "worker-watchdog": given}).workerWatchdog, seconds, given)
-        for bad in (True, "on", "500ms", 0.5, "2h", -1, "soon", [10]):
+        for bad in (True, "on", "500ms", 1.5, "2h", -1, "soon", [10]):
             e = self.assertRaises(ConfigError, parseConfig, {**base, "worker-watchdog": bad})
             self.assertTrue(str(e).startswith(
-                "worker-watchdog: expected a duration from 1 to 3600 seconds (like 10s or 2m) "
+                "worker-watchdog: expected a duration from 2 to 3600 seconds (like 10s or 2m) "
                 "or off, got "), str(e))
 
     def test_fileLimit(self) -> None:
