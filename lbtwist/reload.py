@@ -353,9 +353,12 @@ class LiveConfig:
             factory = factories.get(listener.name)
             if self.appliedTimeouts.get(listener.name) == listener.timeouts or factory is None:
                 continue
-            factory.setClientTimeouts(listener)
+            applied = factory.setClientTimeouts(listener)
             self.appliedTimeouts[listener.name] = listener.timeouts
-            idle, request = listener.clientTimeouts(factory.pool.config)
+            if applied is None:
+                # (A master's stand-in for a listener only its workers serve.)
+                continue
+            idle, request = applied
             self.log.info(
                 "listener {listener}: client timeouts idle {idle:g}s, request {request:g}s, "
                 "for new connections", listener=listener.name, idle=idle, request=request)

@@ -621,15 +621,18 @@ class TCPProxyFactory(ListenerFactory):
         self._connectors: dict[tuple[str, int | None, float | None], BackendConnector] = {
             (pool.name, None, None): connector}
 
-    def setClientTimeouts(self, listener: ListenerConfig) -> None:
+    def setClientTimeouts(self, listener: ListenerConfig) -> tuple[float, float]:
         """
         Take C{listener}'s client timeouts, over its pool's: the idle
         timeout of the pairs joined from now on, and the wait for a
         ClientHello (the shorter of C{request} and L{HELLO_TIMEOUT}).
+
+        @return: the C{idle} and C{request} timeouts taken.
         """
         self.listenerIdle = listener.timeouts.idle
         self.idleTimeout, request = listener.clientTimeouts(self.pool.config)
         self.helloTimeout = min(request, HELLO_TIMEOUT)
+        return self.idleTimeout, request
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         if not self.admit():

@@ -124,13 +124,16 @@ class HTTPProxyFactory(ListenerFactory):
         # Set by a graceful stop: no more keep-alive.
         self.stopping = False
 
-    def setClientTimeouts(self, listener: ListenerConfig) -> None:
+    def setClientTimeouts(self, listener: ListenerConfig) -> tuple[float, float]:
         """
         Take C{listener}'s client timeouts (a reload changed them): the
         connections it accepts from now on have them, and those already
         open meet them from their next timeout check.
+
+        @return: the C{idle} and C{request} timeouts taken.
         """
         self.idleTimeout, self.requestTimeout = listener.clientTimeouts(self.pool.config)
+        return self.idleTimeout, self.requestTimeout
 
     # -- routes --------------------------------------------------------------
 

@@ -1726,6 +1726,12 @@ class ListenerTotals:
         Nothing: the workers route (the registry carries the routes).
         """
 
+    def setClientTimeouts(self, listener: Any) -> None:
+        """
+        Nothing: the workers hold the clients (the registry carries the
+        file, and they apply its listeners' timeouts).
+        """
+
 
 class UpgradeFailed(Exception):
     """
