@@ -243,7 +243,7 @@ class LeanEPollReactor(EPollReactor):
         self, port: int, factory: Any, backlog: int = 50, interface: str = ""
     ) -> IListeningPort:
         """
-        Listen on a TCP port; its connections are L{LeanServer}s.
+        Listen on a TCP port; its connections are L{LeanTransport}s.
         """
         listening = LeanPort(port, factory, backlog, interface, self)
         listening.startListening()
@@ -254,7 +254,7 @@ class LeanEPollReactor(EPollReactor):
         """
         Serve a listening socket bound elsewhere (a worker serves its
         master's, see L{lbtwist.workers}); a TCP one's connections are
-        L{LeanServer}s, as with L{listenTCP}.
+        L{LeanTransport}s, as with L{listenTCP}.
         """
         if addressFamily not in (socket.AF_INET, socket.AF_INET6):
             adopted: IListeningPort = super().adoptStreamPort(

@@ -17,7 +17,7 @@ from lbtwist.http._backend import BackendConnection
 from lbtwist.http._client import ClientConnection
 from lbtwist.http._exchange import Exchange
 from lbtwist.http._plan import websocketAccept
-from lbtwist.leantcp import LeanDial, LeanDialled
+from lbtwist.leantcp import LeanDial, LeanTransport
 
 from .httphelpers import HTTPProxyTestCase, httpRequests, okResponse, rawExchange, waitFor
 from .support import inThread, poolConfig, startBalancer
@@ -430,6 +430,6 @@ class ReferenceCycleTests(HTTPProxyTestCase):
         gc.collect()
         left = [
             o for o in gc.garbage
-            if isinstance(o, (ClientConnection, BackendConnection, Exchange, LeanDial, LeanDialled))
+            if isinstance(o, (ClientConnection, BackendConnection, Exchange, LeanDial, LeanTransport))
         ]
         self.assertEqual(left, [])

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from lbtwist.connect import ConnectAttempt
-from lbtwist.leantcp import LeanDial, LeanDialled
+from lbtwist.leantcp import LeanDial, LeanTransport
 from lbtwist.pool import Health
 from lbtwist.tcp import BackendSide, ClientSide, TCPProxyFactory, TCPSession
 
@@ -276,7 +276,7 @@ class FailoverTests(TestCase):
         gc.collect()
         left = [
             o for o in gc.garbage
-            if isinstance(o, (ClientSide, BackendSide, TCPSession, ConnectAttempt, LeanDial, LeanDialled))
+            if isinstance(o, (ClientSide, BackendSide, TCPSession, ConnectAttempt, LeanDial, LeanTransport))
         ]
         self.assertEqual(left, [])
 

@@ -25,9 +25,8 @@ from lbtwist.leantcp import (
     LeanClient,
     LeanConnector,
     LeanDial,
-    LeanDialled,
     LeanPort,
-    LeanServer,
+    LeanTransport,
     halfCloseable,
     ipFamily,
 )
@@ -416,7 +415,7 @@ class LeanDialTests(TestCase):
         self.assertEqual(outcome.connected, [protocol])
         self.assertTrue(protocol.made)
         transport = protocol.transport
-        self.assertIsInstance(transport, LeanDialled)
+        self.assertIsInstance(transport, LeanTransport)
         self.assertEqual(transport.getPeer().port, port)  # type: ignore[union-attr]
         self.assertIs(transport.getPeer(), transport.getPeer())  # type: ignore[union-attr]
         self.assertEqual(transport.getHost().host, "127.0.0.1")  # type: ignore[union-attr]
@@ -435,7 +434,7 @@ class LeanDialTests(TestCase):
         the connection changes them.
         """
         protocol, accepted = yield self.dialAccepted()
-        transports = [protocol.transport] + [t for t in accepted if isinstance(t, LeanServer)]
+        transports = [protocol.transport] + [t for t in accepted if isinstance(t, LeanTransport)]
         names = ("TLS", "offset", "dataBuffer", "disconnecting", "_writeDisconnecting",
                  "_writeDisconnected", "producer", "bufferSize")
         for transport in transports:
@@ -448,6 +447,30 @@ class LeanDialTests(TestCase):
         transport.loseConnection()  # type: ignore[union-attr]
         yield protocol.lost
         self.assertEqual(vars(transport)["disconnecting"], True)
+
+    @inlineCallbacks
+    def test_oneType(self) -> Any:
+        """
+        A dialled connection and one its listener accepted are of one
+        class, with the same attributes set in the same order (what keeps
+        CPython's specialised attribute reads from missing on the code both
+        run), and each still says which end it is.
+        """
+        protocol, accepted = yield self.dialAccepted()
+        dialled = protocol.transport
+        [served] = accepted
+        self.assertIs(type(dialled), type(served))
+        self.assertEqual(list(vars(dialled)), list(vars(served))[:len(vars(dialled))])
+        self.assertIsNone(dialled.server)
+        self.assertIsNotNone(served.server)
+        self.assertEqual(dialled.logPrefix(), "Recorder,client")
+        self.assertEqual(served.logPrefix(), "Kept,0,127.0.0.1")
+        self.assertEqual(repr(dialled), f"<Recorder to 127.0.0.1:{dialled.getPeer().port}>")
+        self.assertEqual(dialled.getPeer(), served.getHost())
+        self.assertEqual(dialled.getHost(), served.getPeer())
+        self.assertEqual((dialled._tlsClientDefault, served._tlsClientDefault), (True, False))
+        dialled.loseConnection()
+        yield protocol.lost
 
     @inlineCallbacks
     def test_rawSockets(self) -> Any:
@@ -580,7 +603,7 @@ class LeanDialTests(TestCase):
 
 class LeanServerTests(TestCase):
     """
-    L{LeanPort} accepts connections as L{LeanServer}s.
+    L{LeanPort} accepts connections as L{LeanTransport}s.
     """
 
     @inlineCallbacks
@@ -617,7 +640,7 @@ class LeanServerTests(TestCase):
         data, client = yield inThread(talk)
         self.assertEqual(data, b"hello")
         transport = made[0].transport
-        self.assertIsInstance(transport, LeanServer)
+        self.assertIsInstance(transport, LeanTransport)
         peer = transport.getPeer()  # type: ignore[union-attr]
         self.assertEqual((peer.host, peer.port), client)
         self.assertIs(transport.getPeer(), peer)  # type: ignore[union-attr]
@@ -736,7 +759,7 @@ class LeanServerTests(TestCase):
         self.assertEqual(port.numberAccepts, 1)
         for (addr, protocol), client in zip(built, clients):
             transport: Any = protocol.transport  # type: ignore[union-attr]
-            self.assertIsInstance(transport, LeanServer)
+            self.assertIsInstance(transport, LeanTransport)
             self.assertIs(transport.getPeer(), addr)
             self.assertEqual((addr.host, addr.port), client.getsockname())
             transport.loseConnection()
@@ -815,7 +838,7 @@ class LeanReadTests(SynchronousTestCase):
         ]
 
         def read(doRead: Any, outcome: bytes | Exception) -> tuple[Any, list[bytes]]:
-            transport = LeanServer.__new__(LeanServer)
+            transport = LeanTransport.__new__(LeanTransport)
             transport.socket = _Reading(outcome)
             transport.bufferSize = 65536
             transport.protocol = Recorder()
@@ -823,10 +846,10 @@ class LeanReadTests(SynchronousTestCase):
             transport.protocol.dataReceived = received.append  # type: ignore[method-assign]
             return doRead(transport), received
 
-        self.assertEqual([read(LeanServer.doRead, o) for o in outcomes],
+        self.assertEqual([read(LeanTransport.doRead, o) for o in outcomes],
                          [read(tcp.Connection.doRead, o) for o in outcomes])
-        self.assertEqual(read(LeanServer.doRead, b"x")[1], [b"x"])
-        self.assertIsNot(LeanServer.doRead, tcp.Connection.doRead)
+        self.assertEqual(read(LeanTransport.doRead, b"x")[1], [b"x"])
+        self.assertIsNot(LeanTransport.doRead, tcp.Connection.doRead)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -904,7 +927,7 @@ class HalfCloseTests(SynchronousTestCase):
 
         def told(method: Any, make: Any) -> tuple[list[str], list[int]]:
             protocol = make()
-            transport = LeanServer.__new__(LeanServer)
+            transport = LeanTransport.__new__(LeanTransport)
             transport.socket = _ShutDown()
             transport.protocol = protocol
             transport.connectionLost = lambda reason: protocol.connectionLost(reason)
@@ -924,12 +947,12 @@ class HalfCloseTests(SynchronousTestCase):
 
         for name in ("readConnectionLost", "_closeWriteConnection"):
             for make in (HalfCloser, Conforming, Plain):
-                lean = told(getattr(LeanServer, name), make)
+                lean = told(getattr(LeanTransport, name), make)
                 self.assertEqual(lean, told(getattr(tcp.Connection, name), make), (name, make))
-        self.assertEqual(told(LeanServer.readConnectionLost, HalfCloser), (["read"], []))
-        self.assertEqual(told(LeanServer._closeWriteConnection, HalfCloser), (["write"], [1]))
-        self.assertEqual(told(LeanServer.readConnectionLost, Plain), (["lost"], []))
-        self.assertIsNot(LeanServer.readConnectionLost, tcp.Connection.readConnectionLost)
+        self.assertEqual(told(LeanTransport.readConnectionLost, HalfCloser), (["read"], []))
+        self.assertEqual(told(LeanTransport._closeWriteConnection, HalfCloser), (["write"], [1]))
+        self.assertEqual(told(LeanTransport.readConnectionLost, Plain), (["lost"], []))
+        self.assertIsNot(LeanTransport.readConnectionLost, tcp.Connection.readConnectionLost)
 
 
 class LeanReactorTests(SynchronousTestCase):
