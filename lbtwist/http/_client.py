@@ -451,6 +451,7 @@ class ClientConnection(ClientPeer, Protocol):
         except HttpParserUpgrade as e:
             # llhttp stops at the head: what follows (a declared body, then
             # the new protocol or more requests) is not parsed.
+            self._fresh = None
             self._upgradeData = data[e.args[0]:] if e.args else b""
             length = declaredLength(self._headers)
             if length:
