@@ -1027,7 +1027,14 @@ def parseHealth(data: object, path: str, base: HealthCheck) -> HealthCheck:
             _regex(d["expect-body-regex"], f"{path}.expect-body-regex").encode("utf-8"))
     if "expect-header" in d:
         changes["expectHeaders"] = _expectHeaders(d["expect-header"], f"{path}.expect-header")
-    return attrs.evolve(base, **changes)
+    check = attrs.evolve(base, **changes)
+    if check.method == "HEAD" and (check.expectBody is not None or check.expectBodyRegex is not None):
+        # Named where this block made the clash: its body expectation, or
+        # its method over a block (the pool's) that expects a body.
+        key = next((k for k in ("expect-body", "expect-body-regex") if k in d), "method")
+        raise ConfigError(f"{path}.{key}", "a HEAD check's response has no body to look in; "
+                                           "use method: GET (or drop the body expectation)")
+    return check
 
 
 def _expectHeaders(value: object, path: str) -> tuple[tuple[str, str], ...]:

@@ -124,7 +124,7 @@ class RegistryTests(SynchronousTestCase):
         """
         base = HealthCheck(interval=7.0)
         check = HealthCheck(interval=3.0, timeout=0.5, rise=4, fall=5, kind="http",
-                            method="HEAD", path="/up", host="h", expectBody="ok",
+                            method="OPTIONS", path="/up", host="h", expectBody="ok",
                             expectStatus=((200, 204), (301, 301)),
                             expectBodyRegex=re.compile(rb"ready: \d+"),
                             expectHeaders=(("X-Ready", "yes"),))

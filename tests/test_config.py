@@ -513,6 +513,36 @@ class ErrorTests(SynchronousTestCase):
         ]:
             self.assertError(minimal(health={"type": "http", **block}), message)
 
+    def test_headCheckReadsNoBody(self) -> None:
+        """
+        A C{HEAD} check with C{expect-body} or C{expect-body-regex} is
+        refused (a response to C{HEAD} has no body, so such a check could
+        never pass), naming the body expectation, or the method when a
+        backend's block sets only it over a pool's that expects a body;
+        either alone, or a body expectation with C{GET}, is accepted.
+        """
+        why = ("a HEAD check's response has no body to look in; use method: GET "
+               "(or drop the body expectation)")
+        for block, message in [
+            ({"method": "HEAD", "expect-body": "ok"},
+             f"pools.web.health.expect-body: {why}"),
+            ({"method": "HEAD", "expect-body-regex": "ok"},
+             f"pools.web.health.expect-body-regex: {why}"),
+        ]:
+            self.assertError(minimal(health={"type": "http", **block}), message)
+        backend = {"host": "127.0.0.1", "port": 8001, "health": {"method": "HEAD"}}
+        self.assertError(minimal(health={"type": "http", "expect-body": "ok"}, backends=[backend]),
+                         f"pools.web.backends[0].health.method: {why}")
+        backend["health"] = {"expect-body": "ok"}
+        self.assertError(minimal(health={"type": "http", "method": "HEAD"}, backends=[backend]),
+                         f"pools.web.backends[0].health.expect-body: {why}")
+        backend["health"] = {"method": "GET", "expect-body": "ok"}
+        self.assertEqual(parseConfig(minimal(
+            health={"type": "http", "method": "HEAD"}, backends=[backend],
+        )).pool("web").backends[0].health.expectBody, "ok")
+        self.assertEqual(parseConfig(minimal(health={"type": "http", "method": "HEAD"}))
+                         .pool("web").health.method, "HEAD")
+
     def test_listenerTimeouts(self) -> None:
         """
         A listener's C{timeouts} take C{idle} and C{request} (its clients'),
