@@ -97,22 +97,39 @@ class PoolInUse(ValueError):
         self.users = users
 
 
-def reloadOutcome(changed: int, notApplied: Sequence[str], upgrade: bool) -> str:
+def _ofListeners(names: Sequence[str]) -> str:
     """
-    The end of a reload's summary line: how many pools changed, and what
-    the file changed that this reload did not apply (the admin API's
-    C{restartNeeded}), so that a warning about a setting needing a restart
-    is not followed by a bare "no change".
+    C{"listener front"}, C{"listeners front, back"}.
+    """
+    return f"{'listener' if len(names) == 1 else 'listeners'} {', '.join(names)}"
+
+
+def reloadOutcome(changed: int, notApplied: Sequence[str], upgrade: bool,
+                  routes: Sequence[str] = (), timeouts: Sequence[str] = ()) -> str:
+    """
+    The end of a reload's summary line: how many pools changed, the
+    listeners whose routes or client timeouts it applied, and what the
+    file changed that this reload did not apply (the admin API's
+    C{restartNeeded}), so that neither a warning about a setting needing a
+    restart nor a line saying what a listener now has is followed by a
+    bare "no change".
 
     @param changed: the pools the reload changed.
     @param notApplied: the settings that need a restart (or, in an
         upgrade, the new workers).
     @param upgrade: an upgrade's reload, whose new workers apply them.
+    @param routes: the listeners given new routes.
+    @param timeouts: the listeners given new client timeouts.
     """
-    outcome = f"{counted(changed, 'pool')} changed" if changed else "no change"
+    applied = [f"{counted(changed, 'pool')} changed"] if changed else []
+    if routes:
+        applied.append(f"routes of {_ofListeners(routes)} applied")
+    if timeouts:
+        applied.append(f"client timeouts of {_ofListeners(timeouts)} applied")
+    outcome = ", ".join(applied) or "no change"
     if not notApplied:
         return outcome
-    if not changed:
+    if not applied:
         outcome += " applied"
     waiting = "the upgrade applies" if upgrade else "needs a restart"
     return f"{outcome}; {waiting}: {', '.join(notApplied)}"
@@ -683,6 +700,7 @@ class LiveConfig:
                 return f"cannot save the state file: {e}"
         self.overrides = proposed
         self.fileConfig = new
+        routesBefore, timeoutsBefore = dict(self.appliedRoutes), dict(self.appliedTimeouts)
         changed = self.reconcile()
         for reloaded in self.reloaded:
             reloaded(new)
@@ -694,7 +712,11 @@ class LiveConfig:
             "configuration reloaded: {backendCount} in {poolCount}, {outcome}",
             backendCount=counted(backends, "backend"),
             poolCount=counted(len(self.pools), "pool"),
-            outcome=reloadOutcome(changed, self.restartNeeded, upgrade),
+            outcome=reloadOutcome(
+                changed, self.restartNeeded, upgrade,
+                routes=[n for n, r in self.appliedRoutes.items() if routesBefore.get(n) != r],
+                timeouts=[n for n, t in self.appliedTimeouts.items()
+                          if timeoutsBefore.get(n) != t]),
             backends=backends,
             pools=len(self.pools),
             changed=changed,

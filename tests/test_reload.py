@@ -21,7 +21,16 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.app import Balancer
-from lbtwist.config import BackendConfig, Config, ConfigError, Sticky, loadConfigFile, parseConfig
+from lbtwist.config import (
+    BackendConfig,
+    Config,
+    ConfigError,
+    Sticky,
+    TimeoutOverrides,
+    Timeouts,
+    loadConfigFile,
+    parseConfig,
+)
 from lbtwist.diff import poolChanges, routeChanges, runnable
 from lbtwist.lifecycle import GracefulStop, ReloadOnSignal
 from lbtwist.pool import Admin, BackendPool
@@ -884,6 +893,12 @@ class RecordingFactory:
         self.given.append((tuple(r.name for r in routes),
                            None if default is None else default.pool))
 
+    def setClientTimeouts(self, listener: Any) -> tuple[float, float]:
+        """
+        Take the listener's timeouts as a real factory does, saying which.
+        """
+        return listener.clientTimeouts(SimpleNamespace(timeouts=Timeouts()))
+
 
 def routedOf(routes: list[dict[str, Any]], pools: tuple[str, ...] = ("web", "api")) -> Config:
     """
@@ -928,6 +943,36 @@ class RouteReloadTests(SynchronousTestCase):
         self.assertEqual(self.t.live.restartNeeded, [])
         self.assertIsNone(self.t.live.reload())
         self.assertEqual(len(self.factory.given), 1)
+
+    def test_summarySaysWhatApplied(self) -> None:
+        """
+        A reload that changes a listener's routes or client timeouts (and
+        no pool) ends its summary line saying so, not "no change"; with a
+        pool changed too, it names both; one that changes nothing still
+        says "no change".
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def summary(config: Config) -> str:
+            self.t.next = config
+            del events[:]
+            self.assertIsNone(self.t.live.reload())
+            [line] = [formatEvent(e) for e in events
+                      if formatEvent(e).startswith("configuration reloaded")]
+            return line.removeprefix("configuration reloaded: 2 backends in 2 pools, ")
+
+        routes = routedOf([{"name": "db2", "match": {"sni": "db.example"}, "pool": "api"}])
+        self.assertEqual(summary(routes), "routes of listener front applied")
+        timed = attrs.evolve(routes, listeners=(
+            attrs.evolve(routes.listeners[0], timeouts=TimeoutOverrides(idle=5.0)),))
+        self.assertEqual(summary(timed), "client timeouts of listener front applied")
+        self.assertEqual(summary(timed), "no change")
+        both = attrs.evolve(routes, pools=(
+            attrs.evolve(routes.pools[0], policy="leastconn"), routes.pools[1]))
+        self.assertEqual(summary(both), "1 pool changed, client timeouts of listener front "
+                                        "applied")
 
     def test_fileWinsOverAPI(self) -> None:
         """
