@@ -207,6 +207,7 @@ class Balancer(AllOrNothingService):
                                        image=self.image, handover=self.handover,
                                        admin=lambda: admin,
                                        watchdog=lb.config.workerWatchdog)
+            live.upgradeLeaves = self.workers.upgradeLeaves
         self.control = BalancerControl(live, self.cluster, reloadsFromCode=not multi)
         inherited = None if self.handover is None else self.handover.admin
         admin = AdminService(

@@ -105,7 +105,8 @@ def _ofListeners(names: Sequence[str]) -> str:
 
 
 def reloadOutcome(changed: int, notApplied: Sequence[str], upgrade: bool,
-                  routes: Sequence[str] = (), timeouts: Sequence[str] = ()) -> str:
+                  routes: Sequence[str] = (), timeouts: Sequence[str] = (),
+                  upgradable: Sequence[str] = ()) -> str:
     """
     The end of a reload's summary line: how many pools changed, the
     listeners whose routes or client timeouts it applied, and what the
@@ -120,6 +121,8 @@ def reloadOutcome(changed: int, notApplied: Sequence[str], upgrade: bool,
     @param upgrade: an upgrade's reload, whose new workers apply them.
     @param routes: the listeners given new routes.
     @param timeouts: the listeners given new client timeouts.
+    @param upgradable: those of C{notApplied} an upgrade (with worker
+        processes) would apply; the others need a restart.
     """
     applied = [f"{counted(changed, 'pool')} changed"] if changed else []
     if routes:
@@ -131,8 +134,12 @@ def reloadOutcome(changed: int, notApplied: Sequence[str], upgrade: bool,
         return outcome
     if not applied:
         outcome += " applied"
-    waiting = "the upgrade applies" if upgrade else "needs a restart"
-    return f"{outcome}; {waiting}: {', '.join(notApplied)}"
+    if upgrade:
+        return f"{outcome}; the upgrade applies: {', '.join(notApplied)}"
+    held = [s for s in notApplied if s not in upgradable]
+    if upgradable:
+        outcome += f"; an upgrade applies: {', '.join(upgradable)}"
+    return f"{outcome}; needs a restart: {', '.join(held)}" if held else outcome
 
 
 class LiveConfig:
@@ -182,6 +189,12 @@ class LiveConfig:
         self.reloads = 0
         # What the last reload read but could not apply without a restart.
         self.restartNeeded: list[str] = []
+        # With worker processes: of what a reload cannot apply, what an
+        # upgrade cannot apply either (an embedded master's own settings);
+        # None: there are no upgrades, a restart applies it all.
+        self.upgradeLeaves: Callable[[Sequence[str]], list[str]] | None = None
+        # Those of restartNeeded an upgrade applies, no restart needed.
+        self.upgradeApplies: list[str] = []
         # Called after each reconcile (any change applied to the pools or
         # routes, from any source): a master pushes to its workers.
         self.reconciled: list[Callable[[], None]] = []
@@ -662,6 +675,9 @@ class LiveConfig:
         old = self.fileConfig
         new, self.restartNeeded = runnable(new, old, poolsLive=self.balancer is not None)
         new = self._runnableRoutes(new)
+        held = (self.restartNeeded if self.upgradeLeaves is None
+                else self.upgradeLeaves(self.restartNeeded))
+        self.upgradeApplies = [s for s in self.restartNeeded if s not in held]
         if self.restartNeeded and upgrade:
             self.log.info(
                 "upgrade: {settings} change with the new workers (the master's own "
@@ -669,10 +685,16 @@ class LiveConfig:
                 settings=", ".join(self.restartNeeded),
             )
         elif self.restartNeeded:
+            waiting = [f"{', '.join(self.upgradeApplies)} only change with an upgrade "
+                       "(SIGUSR2, lbtwist ctl upgrade or POST /api/upgrade), no restart "
+                       "needed"] if self.upgradeApplies else []
+            if held:
+                waiting.append(f"{', '.join(held)} only change with a restart")
             self.log.warn(  # noqa: G010
-                "configuration reload: {settings} only change with a restart; "
-                "applying everything else",
+                "configuration reload: {waiting}; applying everything else",
+                waiting="; ".join(waiting),
                 settings=", ".join(self.restartNeeded),
+                upgradeApplies=list(self.upgradeApplies),
             )
         oldPools = {p.name: p for p in old.pools}
         proposed = copy.deepcopy(self.overrides)
@@ -716,7 +738,8 @@ class LiveConfig:
                 changed, self.restartNeeded, upgrade,
                 routes=[n for n, r in self.appliedRoutes.items() if routesBefore.get(n) != r],
                 timeouts=[n for n, t in self.appliedTimeouts.items()
-                          if timeoutsBefore.get(n) != t]),
+                          if timeoutsBefore.get(n) != t],
+                upgradable=self.upgradeApplies),
             backends=backends,
             pools=len(self.pools),
             changed=changed,

@@ -315,6 +315,43 @@ class LiveConfigTests(SynchronousTestCase):
                             "applying everything else"),
         ])
 
+    def test_workersNameTheUpgrade(self) -> None:
+        """
+        With worker processes (C{upgradeLeaves} given), a reload says that
+        what it cannot apply changes with an upgrade, naming the three ways
+        to ask for one, not that it needs a restart, in its warning and its
+        summary, and lists it in C{upgradeApplies}; only what an upgrade
+        leaves (an embedded master's own settings) still needs a restart.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        t = Live(self, configOf(A, B))
+        t.live.upgradeLeaves = lambda settings: [s for s in settings if s == "status-interval"]
+        moved = attrs.evolve(configOf(A, B), listeners=(
+            attrs.evolve(t.live.fileConfig.listeners[0], endpoint="tcp:1234"),))
+        said = []
+        for config in (moved, attrs.evolve(moved, statusInterval=5.0)):
+            t.next = config
+            del events[:]
+            self.assertIsNone(t.live.reload())
+            said.append([(e["log_level"], formatEvent(e)) for e in events
+                         if formatEvent(e).startswith("configuration reload")])
+        self.assertEqual(t.live.upgradeApplies, ["listeners"])
+        self.assertEqual(t.live.restartNeeded, ["listeners", "status-interval"])
+        upgrade = ("listeners only change with an upgrade (SIGUSR2, lbtwist ctl upgrade or "
+                   "POST /api/upgrade), no restart needed")
+        self.assertEqual(said, [[
+            (LogLevel.warn, f"configuration reload: {upgrade}; applying everything else"),
+            (LogLevel.info, "configuration reloaded: 2 backends in 1 pool, no change applied; "
+                            "an upgrade applies: listeners"),
+        ], [
+            (LogLevel.warn, f"configuration reload: {upgrade}; status-interval only change "
+                            "with a restart; applying everything else"),
+            (LogLevel.info, "configuration reloaded: 2 backends in 1 pool, no change applied; "
+                            "an upgrade applies: listeners; needs a restart: status-interval"),
+        ]])
+
     def test_certificatesReload(self) -> None:
         """
         The certificates a TLS listener serves change with a reload (no

@@ -669,7 +669,7 @@ class ListenerUpgradeTests(GroupTestCase):
     def test_listenerMoved(self) -> Any:
         """
         A listener moved on its port: a reload names the change and leaves
-        it; an upgrade that renames it and writes its endpoint another way
+        it, saying an upgrade applies it; an upgrade that renames it and writes its endpoint another way
         hands its socket on (no client refused meanwhile); one that moves
         it to the wildcard address, and then to another address, which
         overlap the one it leaves, makes it listen there (the old socket
@@ -701,6 +701,7 @@ class ListenerUpgradeTests(GroupTestCase):
                               listeners[1]])
         answer = yield inThread(adminChange, group.admin, "POST", "/api/reload", {})
         self.assertEqual(answer["restartNeeded"], ["listeners"])
+        self.assertEqual(answer["upgradeApplies"], ["listeners"])
         self.assertEqual((yield inThread(nameLine, port)), b"a")
         generation, answers = yield upgrade("web", f"tcp:port={port}:interface=127.0.0.1", port)
         self.assertEqual(generation, 2)

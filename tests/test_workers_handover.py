@@ -415,6 +415,19 @@ class ReexecDecisionTests(GroupCase):
     pre-flight check; else it only starts new workers, as before.
     """
 
+    def test_upgradeLeaves(self) -> None:
+        """
+        What a reload could not apply, an upgrade applies all of when the
+        master can re-execute itself; embedded (no image), it leaves the
+        master's own settings to a restart.
+        """
+        settings = ["listeners", "status-interval", "pools.web.timeouts.idle",
+                    "pools.web.discovery"]
+        self.assertEqual(self.group.upgradeLeaves(settings), [])
+        self.group.image = None
+        self.assertEqual(self.group.upgradeLeaves(settings),
+                         ["status-interval", "pools.web.discovery"])
+
     def test_workersOnly(self) -> None:
         """
         Nothing the master runs changed: no pre-flight, no exec; a new

@@ -750,7 +750,9 @@ class AdminResource(Resource):
     def reload(self, request: Request, args: list[str]) -> Deferred[bytes]:
         """
         Reload the configuration file, as C{SIGHUP} does (access-log files
-        are reopened too).
+        are reopened too).  The answer names what needs a restart
+        (C{restartNeeded}) and, with worker processes, those of them an
+        upgrade applies instead (C{upgradeApplies}).
         """
         reopen = getattr(self.balancer, "reopenAccessLogs", None)
         if reopen is not None:
@@ -767,6 +769,9 @@ class AdminResource(Resource):
             body: dict[str, object] = {"status": "reloaded"}
             if restartNeeded:
                 body["restartNeeded"] = restartNeeded
+            if self.live.upgradeApplies:
+                # With workers: no restart, an upgrade is enough for these.
+                body["upgradeApplies"] = list(self.live.upgradeApplies)
             return self._json(request, 200, body)
 
         return reloaded.addCallback(answer)

@@ -928,6 +928,14 @@ class WorkerGroup(Service):
 
     # -- upgrades --------------------------------------------------------
 
+    def upgradeLeaves(self, settings: Sequence[str]) -> list[str]:
+        """
+        Which of C{settings}, what a reload could not apply, an upgrade
+        would not apply either: none, when this master can re-execute
+        itself for its own; embedded (no image to run again), those it runs.
+        """
+        return [] if self.image is not None else masterChanges(settings, False)
+
     def upgrade(self) -> Deferred[Upgraded]:
         """
         Start a new generation of workers, running the code and the
