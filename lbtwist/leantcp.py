@@ -526,6 +526,11 @@ SHORTAGES = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
 # again (nginx waits 500 ms).
 ACCEPT_PAUSE = 0.1
 
+# A listener logs a shortage's start at most this often (seconds): one
+# flapping in and out of it at every pause, a descriptor freed and taken at
+# once, would otherwise log two lines a pause.
+SHORTAGE_LOG_INTERVAL = 5.0
+
 
 class LeanPort(tcp.Port):
     """
@@ -556,6 +561,11 @@ class LeanPort(tcp.Port):
     _shortSince: float | None = None
     _resumeCall: Any = None
     _readWanted = False
+    # When a shortage was last logged (see SHORTAGE_LOG_INTERVAL), whether
+    # the current one was, and how many began since without being logged.
+    _shortLoggedAt: float | None = None
+    _shortLogged = False
+    _shortUnlogged = 0
 
     def startReading(self) -> None:
         """
@@ -576,16 +586,28 @@ class LeanPort(tcp.Port):
     def _pauseAccepting(self, code: int) -> None:
         """
         accept() failed for want of C{code} (an errno): stop accepting for
-        L{ACCEPT_PAUSE} seconds; the first pause of a shortage is logged.
+        L{ACCEPT_PAUSE} seconds.  A shortage is logged at its first pause,
+        or, within L{SHORTAGE_LOG_INTERVAL} of the last one logged, at its
+        first pause past that (if it lasts): the warning counts those that
+        began and ended meanwhile, not logged.
         """
         reactor: Any = self.reactor
+        now = reactor.seconds()
         if self._shortSince is None:
-            self._shortSince = reactor.seconds()
+            self._shortSince = now
+            self._shortUnlogged += 1
+        last = self._shortLoggedAt
+        if not self._shortLogged and (last is None or now - last >= SHORTAGE_LOG_INTERVAL):
+            # The current shortage is the one logged; the others were not.
+            unlogged = self._shortUnlogged - 1
+            self._shortLoggedAt, self._shortLogged, self._shortUnlogged = now, True, 0
             self._log.warn(  # noqa: G010
                 "listener on {address} cannot accept ({error}: {why}): clients wait "
-                "in the backlog, accepting again every {pause}s until it can",
+                "in the backlog, accepting again every {pause}s until it can"
+                + (" ({unlogged} more shortages since the last such warning, not logged)"
+                   if unlogged else ""),
                 address=self._realPortNumber, error=errorcode.get(code, code),
-                why=strerror(code), pause=ACCEPT_PAUSE,
+                why=strerror(code), pause=ACCEPT_PAUSE, unlogged=unlogged,
             )
         tcp.Port.stopReading(self)
         self._resumeCall = reactor.callLater(ACCEPT_PAUSE, self._resumeAccepting)
@@ -656,12 +678,14 @@ class LeanPort(tcp.Port):
         except BaseException:
             self._log.failure("accepting a connection on {port} failed", port=self)
         if accepted and not short and self._shortSince is not None:
-            reactor: Any = self.reactor
-            self._log.info(
-                "listener on {address} accepts again, after {seconds:.1f}s short of resources",
-                address=self._realPortNumber, seconds=reactor.seconds() - self._shortSince,
-            )
-            self._shortSince = None
+            if self._shortLogged:
+                reactor: Any = self.reactor
+                self._log.info(
+                    "listener on {address} accepts again, after {seconds:.1f}s short of "
+                    "resources",
+                    address=self._realPortNumber, seconds=reactor.seconds() - self._shortSince,
+                )
+            self._shortSince, self._shortLogged = None, False
         if accepted == limit:
             self.numberAccepts = limit + 20
         else:

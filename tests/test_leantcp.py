@@ -8,6 +8,7 @@ from __future__ import annotations
 import _socket
 import errno
 import gc
+import os
 import socket
 from typing import Any
 
@@ -16,12 +17,14 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from lbtwist.leantcp import (
     ACCEPT_PAUSE,
+    SHORTAGE_LOG_INTERVAL,
     LeanClient,
     LeanConnector,
     LeanDial,
@@ -1001,24 +1004,40 @@ class LeanReactorTests(SynchronousTestCase):
 
 class ScriptedListening:
     """
-    A listening socket whose C{_accept} raises what the test scripted, then
+    A listening socket whose C{_accept} raises what the test scripted (or,
+    for L{None}, accepts a connection: a fresh socket's descriptor), then
     L{BlockingIOError} (no more connections), counting the calls.
     """
 
-    def __init__(self, *errors: OSError) -> None:
+    def __init__(self, *errors: OSError | None) -> None:
         self.errors = list(errors)
         self.accepts = 0
 
     def _accept(self) -> tuple[int, Any]:
         self.accepts += 1
         if self.errors:
-            raise self.errors.pop(0)
+            scripted = self.errors.pop(0)
+            if scripted is None:
+                return socket.socket().detach(), ("127.0.0.1", 40000)
+            raise scripted
         raise BlockingIOError(errno.EAGAIN, "no more")
 
     def close(self) -> None:
         """
         Nothing to close.
         """
+
+
+class Turning(Factory):
+    """
+    A factory that builds no protocol: each connection accepted is closed.
+    """
+
+    def buildProtocol(self, addr: Any) -> None:
+        """
+        Refuse the connection.
+        """
+        return None
 
 
 class ShortOfResourcesTests(SynchronousTestCase):
@@ -1085,3 +1104,64 @@ class ShortOfResourcesTests(SynchronousTestCase):
         port.doRead()
         port.connectionLost(Failure(error.ConnectionDone()))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_flappingLogsLittle(self) -> None:
+        """
+        A listener going in and out of shortage every pause (a descriptor
+        freed, taken at once) logs the start of a shortage at most once in
+        L{SHORTAGE_LOG_INTERVAL} seconds, the next warning counting those
+        not logged, and its end only after a logged start: not two lines a
+        pause.
+        """
+        clock, port = self.listening(ScriptedListening())
+        port.factory = Turning()
+        events: list[tuple[float, dict[str, Any]]] = []
+        port._log = Logger(observer=lambda e: events.append((clock.seconds(), e)))
+        listening: Any = port.socket
+        cycles = 120
+        for _ in range(cycles):
+            listening.errors = [OSError(errno.EMFILE, "short")]
+            port.doRead()
+            clock.advance(ACCEPT_PAUSE)
+            listening.errors = [None]
+            port.doRead()
+        warned = [(t, e) for t, e in events if e["log_level"] == LogLevel.warn]
+        ended = [e for _, e in events if "accepts again" in formatEvent(e)]
+        self.assertEqual(len(events), len(warned) + len(ended))
+        self.assertEqual(len(warned), len(ended))
+        self.assertLessEqual(len(warned), cycles * ACCEPT_PAUSE / SHORTAGE_LOG_INTERVAL + 1)
+        times = [t for t, _ in warned]
+        self.assertTrue(all(b - a >= SHORTAGE_LOG_INTERVAL for a, b in zip(times, times[1:])),
+                        times)
+        self.assertEqual([e["unlogged"] for _, e in warned],
+                         [0] + [round((b - a) / ACCEPT_PAUSE) - 1 for a, b in zip(times, times[1:])])
+        later = warned[1][1]
+        self.assertEqual(
+            formatEvent(later),
+            f"listener on 8080 cannot accept (EMFILE: {os.strerror(errno.EMFILE)}): clients "
+            f"wait in the backlog, accepting again every {ACCEPT_PAUSE}s until it can "
+            f"({later['unlogged']} more shortages since the last such warning, not logged)")
+
+    def test_lastingShortageLogged(self) -> None:
+        """
+        A shortage not logged (it began too soon after a logged one) is
+        logged once it lasts past L{SHORTAGE_LOG_INTERVAL}: the log never
+        ends on "accepts again" while the listener cannot accept.
+        """
+        clock, port = self.listening(ScriptedListening())
+        port.factory = Turning()
+        events: list[dict[str, Any]] = []
+        port._log = Logger(observer=events.append)
+        listening: Any = port.socket
+        listening.errors = [OSError(errno.EMFILE, "short")]
+        port.doRead()
+        clock.advance(ACCEPT_PAUSE)
+        listening.errors = [None]
+        port.doRead()
+        self.assertEqual(len(events), 2)
+        for _ in range(int(SHORTAGE_LOG_INTERVAL / ACCEPT_PAUSE) + 1):
+            listening.errors = [OSError(errno.EMFILE, "short")]
+            port.doRead()
+            clock.advance(ACCEPT_PAUSE)
+        self.assertEqual(len(events), 3)
+        self.assertEqual((events[2]["log_level"], events[2]["unlogged"]), (LogLevel.warn, 0))
