@@ -88,7 +88,9 @@ class IAccessLog(Interface):
     the sink's name, and the other sinks are reopened all the same.  Nor
     is C{forPool(pool)}: a sink that has it is given each pool's lines
     through what it returns, an L{IAccessLog} for that pool (see
-    L{poolView}); one without it gets every pool's lines itself.
+    L{poolView}); one without it gets every pool's lines itself.  Nor is
+    C{close()}: called (after stopping a sink that is a service) once no
+    pool logs to the sink any more, its last pool removed at run time.
     """
 
     def request(client: str, method: str, path: str, status: int, backend: str | None,

@@ -291,6 +291,13 @@ class ListenerService(PortService):
         return super().stopService()
 
 
+# What is logged when a sink's optional method raises, by method.
+_SINK_FAILED = {
+    "reopen": "cannot reopen access-log sink {sink}: {error}",
+    "close": "cannot close access-log sink {sink}: {error}",
+}
+
+
 class LoadBalancer(AllOrNothingService):
     """
     Everything one configuration describes, as a tree of services; a
@@ -407,6 +414,26 @@ class LoadBalancer(AllOrNothingService):
         if isinstance(sink, AccessLogFile):
             self.accessFiles[sink.path] = sink
 
+    def _closeAccessLog(self, spec: AccessLogSink | None) -> None:
+        """
+        Stop (if a service) and close (if it has C{close}, as the C{file}
+        sink has) the access-log sink of C{spec}, a removed pool's, unless
+        a pool left shares it (the removed pool's requests in flight look
+        its sink up by name, and find none now).  What C{close} raises is
+        logged.
+        """
+        if spec is None or any(p.config.accessLogSink == spec for p in self.pools.values()):
+            return
+        sink = self.accessLogs.pop(spec, None)
+        if sink is None:
+            return
+        if isinstance(sink, AccessLogFile) and self.accessFiles.get(sink.path) is sink:
+            del self.accessFiles[sink.path]
+        if IService.providedBy(sink):
+            # Stopping a service sink flushes it.
+            sink.disownServiceParent()
+        self._callSink(spec, sink, "close")
+
     def _warnUnverified(self, p: PoolConfig) -> None:
         """
         Say so when TLS to some of C{p}'s backends is not verified.
@@ -464,6 +491,7 @@ class LoadBalancer(AllOrNothingService):
         """
         pool = self.pools.pop(name)
         self.poolAccessLogs.pop(name, None)
+        self._closeAccessLog(pool.config.accessLogSink)
         for services in (self.monitors, self.discoveries):
             service = services.pop(name, None)
             if service is not None:
@@ -497,11 +525,18 @@ class LoadBalancer(AllOrNothingService):
         others are reopened all the same.
         """
         for spec, sink in self.accessLogs.items():
-            reopen = getattr(sink, "reopen", None)
-            if reopen is None:
-                continue
-            try:
-                reopen()
-            except Exception as e:
-                self.log.error("cannot reopen access-log sink {sink}: {error}",
-                               sink=spec.name, error=f"{type(e).__name__}: {e}")
+            self._callSink(spec, sink, "reopen")
+
+    def _callSink(self, spec: AccessLogSink, sink: IAccessLog, method: str) -> None:
+        """
+        Call C{sink}'s optional C{method} (C{reopen}, C{close}), if it has
+        one; what it raises is logged with the sink's name.
+        """
+        call = getattr(sink, method, None)
+        if call is None:
+            return
+        try:
+            call()
+        except Exception as e:
+            self.log.error(_SINK_FAILED[method], method=method,
+                           sink=spec.name, error=f"{type(e).__name__}: {e}")

@@ -447,6 +447,16 @@ def readAll(port: int) -> bytes:
         return data
 
 
+def _link(path: str) -> str | None:
+    """
+    Where the link C{path} points, or L{None} if it went meanwhile.
+    """
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 class BalancerAccessLogTests(TestCase):
     """
     A pool with C{access-log: PATH} writes one line per connection or request.
@@ -619,6 +629,38 @@ class BalancerAccessLogTests(TestCase):
         yield waitFor(lambda: lb.accessFiles[path].lines == 1)
         yield lb.stopService()
         self.assertIn(" tcp backend=b ", read(path)[0])
+
+    @inlineCallbacks
+    def test_removedPoolClosesItsFile(self) -> Any:
+        """
+        A pool removed at run time (by a reload, or the API) closes its
+        access-log file, with what it had pending written; a file another
+        pool shares stays open, and that pool's lines go on reaching it.
+        """
+        own, shared = self.logPath(), self.logPath()
+        backends = Backends(self)
+        backends.start("a")
+        pool = {"backends": [{"name": "a", "endpoint": backends.endpoint("a")}]}
+        lb, port = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1", "pool": "a"}],
+            "pools": {"a": {**pool, "access-log": shared}, "b": {**pool, "access-log": own},
+                      "c": {**pool, "access-log": shared}},
+        })
+
+        def opened(path: str) -> int:
+            fds = os.listdir("/proc/self/fd")
+            return sum(1 for fd in fds if _link(f"/proc/self/fd/{fd}") == os.path.abspath(path))
+
+        self.assertEqual((opened(own), opened(shared)), (1, 1))
+        lb.removePool("b")
+        self.assertEqual((opened(own), opened(shared)), (0, 1))
+        self.assertNotIn(own, lb.accessFiles)
+        lb.removePool("c")
+        self.assertEqual(opened(shared), 1)
+        yield inThread(firstLine, port)
+        yield waitFor(lambda: lb.accessFiles[shared].lines == 1)
+        yield lb.stopService()
+        self.assertIn(" tcp backend=a ", read(shared)[0])
 
     @inlineCallbacks
     def test_httpTunnel(self) -> Any:

@@ -15,8 +15,10 @@ import sys
 from typing import Any
 
 import yaml
+from twisted.application.service import Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject  # type: ignore[import-untyped]
@@ -449,6 +451,62 @@ def sinkPools(endpoint: str, logPath: str) -> dict[str, Any]:
             "events": {"access-log": True, "backends": backends},
         },
     }
+
+
+class Closing(Reopening, Service):
+    """
+    An access-log sink that is a service with the optional C{close}: counts
+    its calls, and raises from it if told to.
+    """
+
+    def __init__(self, options: Any, clock: Any) -> None:
+        super().__init__(options, clock)
+        self.closed = 0
+
+    def close(self) -> None:
+        """
+        Count a close, once stopped; fail if told to.
+        """
+        assert not self.running
+        self.closed += 1
+        if self.fails:
+            raise OSError("cannot close: disk on fire")
+
+
+class SinkCloseTests(TestCase):
+    """
+    A registered sink no pool logs to any more is stopped and closed.
+    """
+
+    def test_removedPool(self) -> None:
+        """
+        Removing a pool stops and closes its sink, unless a pool left
+        shares it; what C{close} raises is logged and the pool is removed
+        all the same.
+        """
+        ACCESS_LOGS.register("closing", Closing)
+        self.addCleanup(ACCESS_LOGS.unregister, "closing")
+        backends = [{"name": "a", "endpoint": "tcp:host=127.0.0.1:port=9"}]
+        lb, _ = startBalancer(self, {
+            "listeners": [{"name": "main", "listen": "tcp:0:interface=127.0.0.1", "pool": "web"}],
+            "pools": {name: {"access-log": {"sink": "closing", "fails": name == "bad"},
+                             "backends": backends} for name in ("web", "one", "two", "bad")},
+        })
+        shared, bad = (lb.accessLogs[lb.pools[n].config.accessLogSink]  # type: ignore[index]
+                       for n in ("one", "bad"))
+        assert isinstance(shared, Closing) and isinstance(bad, Closing)
+        self.assertIs(lb.accessLogs[lb.pools["web"].config.accessLogSink], shared)  # type: ignore[index]
+        lb.removePool("one")
+        lb.removePool("two")
+        self.assertEqual((shared.running, shared.closed), (1, 0))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        lb.removePool("bad")
+        self.assertEqual((bad.running, bad.closed), (0, 1))
+        self.assertNotIn("bad", lb.pools)
+        self.assertIn("cannot close access-log sink closing: OSError: cannot close: disk on "
+                      "fire", [formatEvent(e) for e in events])
 
 
 class SinkReopenTests(TestCase):
