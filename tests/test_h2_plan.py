@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.config import ConfigError, HTTP2Settings, parseConfig
 from lbtwist.http._errors import BadRequest
 from lbtwist.http._h2 import MalformedRequest, localFields, requestHead, responseFields
-from lbtwist.http._plan import RequestRules, planRequest
+from lbtwist.http._plan import RequestRules, askingTrailers, planRequest
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/p?q=1"),
         (b":authority", b"a.example")]
@@ -78,9 +78,20 @@ class RequestHeadTests(SynchronousTestCase):
 
     def test_teTrailers(self) -> None:
         """
-        C{te: trailers} is the one C{te} allowed.
+        C{te: trailers} is the one C{te} allowed; the request says it was
+        sent, and its plan, which drops it as hop-by-hop, asks for
+        trailers again through L{askingTrailers}, after the other fields.
         """
-        self.assertIn((b"te", b"trailers"), head((b"te", b"trailers")).headers)
+        r = head((b"te", b"trailers"))
+        self.assertIn((b"te", b"trailers"), r.headers)
+        self.assertEqual((r.trailers, head().trailers), (True, False))
+        plan = planRequest(r.method, r.target, "1.1", r.headers, True, False, b"192.0.2.1",
+                           b"l:80", RequestRules(b"https"))
+        self.assertTrue(plan.trailers)
+        self.assertEqual(askingTrailers(plan.head), (
+            b"GET /p?q=1 HTTP/1.1\r\nhost: a.example\r\n"
+            b"X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: https\r\n"
+            b"X-Forwarded-Host: a.example\r\nTE: trailers\r\nConnection: TE\r\n\r\n"))
 
     def test_malformed(self) -> None:
         """

@@ -361,6 +361,44 @@ class H2TrailerTests(H2TestCase):
         self.assertEqual(data, b"hello")
 
     @inlineCallbacks
+    def test_h2AsksForTrailers(self) -> Any:
+        """
+        An HTTP/2 client's C{te: trailers} reaches an HTTP/1.1 backend as
+        C{TE: trailers} (with C{Connection: TE}, RFC 9110 10.1.4), so that
+        a backend that sends trailers only when asked sends them, and they
+        reach the client; a client that does not ask asks nothing of the
+        backend.
+        """
+        def askedOnly(request: BackendRequest, backend: RecordingBackend,
+                      protocol: Any) -> bytes:
+            if request.header(b"te") == b"trailers":
+                return TRAILED
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+
+        backend = self.backend(askedOnly)
+        _, port = self.balancer(backend)
+
+        def run(extra: list[tuple[bytes, bytes]]) -> list[Any]:
+            client = H2Client(port)
+            try:
+                client.request(1, "/t", extra=extra)
+                return client.read(lambda es: any(
+                    isinstance(e, h2.events.StreamEnded) for e in es))
+            finally:
+                client.close()
+
+        events = yield inThread(run, [(b"te", b"trailers")])
+        [asked] = backend.requests
+        self.assertEqual(asked.header(b"te"), b"trailers")
+        self.assertEqual(asked.header(b"connection"), b"TE")
+        trailers = [e.headers for e in events if isinstance(e, h2.events.TrailersReceived)]
+        self.assertEqual(trailers, [[(b"grpc-status", b"5"), (b"grpc-message", b"not found")]])
+        events = yield inThread(run, [])
+        self.assertEqual([(r.header(b"te"), r.header(b"connection")) for r in backend.requests],
+                         [(b"trailers", b"TE"), (None, None)])
+        self.assertFalse([e for e in events if isinstance(e, h2.events.TrailersReceived)])
+
+    @inlineCallbacks
     def test_h2Request(self) -> Any:
         """
         An HTTP/2 client's request trailers reach an HTTP/1.1 backend as the

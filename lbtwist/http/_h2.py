@@ -82,6 +82,7 @@ from ._plan import (
     TOKEN,
     USUAL_CONNECTION,
     BadTrailer,
+    askingTrailers,
     forwarded,
     planResponse,
     splitTokens,
@@ -142,18 +143,24 @@ class H2Request:
         stated length.
     @ivar contentLength: the Content-Length, if stated: the DATA received
         must come to it exactly.
+    @ivar trailers: the client sent C{te: trailers}, which the plan (TE
+        being hop-by-hop) leaves out: it is asked of the backend again
+        (L{askingTrailers}).
     """
 
-    __slots__ = ("authority", "contentLength", "headers", "method", "scheme", "target")
+    __slots__ = ("authority", "contentLength", "headers", "method", "scheme", "target",
+                 "trailers")
 
     def __init__(self, method: bytes, target: bytes, authority: bytes, scheme: bytes,
-                 headers: list[tuple[bytes, bytes]], contentLength: int | None) -> None:
+                 headers: list[tuple[bytes, bytes]], contentLength: int | None,
+                 trailers: bool = False) -> None:
         self.method = method
         self.target = target
         self.authority = authority
         self.scheme = scheme
         self.headers = headers
         self.contentLength = contentLength
+        self.trailers = trailers
 
 
 def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request:
@@ -171,6 +178,7 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
     cookies: list[bytes] = []
     host: bytes | None = None
     length: int | None = None
+    trailers = False
     seenRegular = False
     for name, value in fields:
         if _BAD_VALUE.search(value):
@@ -192,6 +200,7 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
         if name == b"te":
             if value != b"trailers":
                 raise MalformedRequest(f"te other than trailers: {value!r}")
+            trailers = True
         elif name == b"cookie":
             cookies.append(value)
             continue
@@ -253,7 +262,7 @@ def requestHead(fields: list[tuple[bytes, bytes]], endStream: bool) -> H2Request
             raise MalformedRequest("content-length without DATA")
     elif length is None:
         headers.append((b"transfer-encoding", b"chunked"))
-    return H2Request(method, target, authority, scheme, headers, length)
+    return H2Request(method, target, authority, scheme, headers, length, trailers)
 
 
 def checkTrailers(fields: list[tuple[bytes, bytes]]) -> None:
@@ -394,6 +403,10 @@ class H2Stream:
             self.requestDone = endStream
             self._answer(e.status, [(b"content-type", b"text/plain")], body, False)
             return
+        if request.trailers:
+            # An HTTP/1.1 backend may send trailers only when asked (an
+            # HTTP/2 one is always asked: see requestFields).
+            ex.plan.head = askingTrailers(ex.plan.head)
         self.exchange = ex
         self._length = request.contentLength
         if endStream:

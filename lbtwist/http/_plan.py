@@ -699,6 +699,16 @@ def planRequest(
     return plan
 
 
+def askingTrailers(head: bytes) -> bytes:
+    """
+    A planned request C{head} that asks the backend for trailers: with
+    C{TE: trailers} and the C{Connection: TE} its sender must add (RFC
+    9110 10.1.4), for a client that takes them but whose own C{TE} a plan
+    drops with the other hop-by-hop fields (an HTTP/2 client's C{te}).
+    """
+    return head[:-2] + b"TE: trailers\r\nConnection: TE\r\n\r\n"
+
+
 def websocketAccept(key: bytes) -> bytes:
     """
     The C{Sec-WebSocket-Accept} a server must answer C{key} with (RFC 6455).
