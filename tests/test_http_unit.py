@@ -406,7 +406,8 @@ class ProxyStateTests(SynchronousTestCase):
         read (1.1 then 1.0, and 1.0 then 1.1), a head in pieces (one whose
         second read has " HTTP/1.1" where the first read's version was), a
         request line cut after its target, blank lines before a request,
-        and versions other than 1.0 and 1.1.
+        versions other than 1.0 and 1.1, and HTTP/0.9 lines made to put
+        " HTTP/1.1" where a 1.1 line's version would be.
         """
         cases: list[tuple[list[bytes], list[str]]] = [
             ([b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"], ["1.1"]),
@@ -424,6 +425,14 @@ class ProxyStateTests(SynchronousTestCase):
             ([b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\r\nGET /b HTTP/1.0\r\n\r\n"], ["1.1", "1.0"]),
             ([b"GET /HTTP/1.1 HTTP/1.0\r\n\r\n"], ["1.0"]),
             ([b"GET /a HTTP/1.9\r\nHost: a\r\n\r\n"], ["1.9"]),
+            # An HTTP/0.9 line whose target is "HTTP/1.1" (CONNECT's
+            # authority form takes it), moved by spaces before the target
+            # or blank lines before the method to where a one-space 1.1
+            # line's version would be.
+            ([b"CONNECT" + b" " * 10 + b"HTTP/1.1\r\n\r\n"], ["0.9"]),
+            ([b"\n" * 9 + b"CONNECT HTTP/1.1\r\n\r\n"], ["0.9"]),
+            ([b"\r\n" * 4 + b"\rCONNECT HTTP/1.1\r\n\r\n"], ["0.9"]),
+            ([b"GET  /a HTTP/1.1\r\nHost: a\r\n\r\n"], ["1.1"]),
         ]
         for reads, expected in cases:
             factory = self.makeFactory()
@@ -440,6 +449,17 @@ class ProxyStateTests(SynchronousTestCase):
             for data in reads:
                 client.dataReceived(data)
             self.assertEqual(versions, expected, reads)
+
+    def test_http09AsHTTP11Refused505(self) -> None:
+        """
+        An HTTP/0.9 CONNECT line that puts " HTTP/1.1" where an HTTP/1.1
+        line's version would be (ten spaces before its target "HTTP/1.1")
+        is refused as the HTTP/0.9 request it is, with a 505, not as an
+        HTTP/1.1 CONNECT.
+        """
+        client, transport = self.connectClient(self.makeFactory())
+        client.dataReceived(b"CONNECT" + b" " * 10 + b"HTTP/1.1\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 505 "), transport.value())
 
 
     def test_h2cPrefaceWithoutH2c(self) -> None:

@@ -49,7 +49,12 @@ from ._plan import (
 # without llhttp's get_http_version(), which formats "1.1" from two
 # integers (about 2,000 instructions, 1.5% of a request): the method and
 # target are llhttp's, and a target has no space or CR, so no other part
-# of the read can be found there.
+# of the read can be found there, provided the line begins where it is
+# counted from.  llhttp skips blank lines before the method and spaces
+# before the target, and an HTTP/0.9 line so moved (CONNECT HTTP/1.1, its
+# target "HTTP/1.1") has " HTTP/1.1\r\n" there; so the read must also
+# have one space, and one only, right after the method's length (after a
+# blank line, a letter of the method or a CR or LF is there).
 _HTTP11 = b" HTTP/1.1\r\n"
 
 
@@ -574,8 +579,10 @@ class ClientConnection(ClientPeer, Protocol):
         parser = self.parser
         method = parser.get_method()
         line = self._fresh
+        end = len(method)
         if (line is not None and self._rawHead < 0
-                and line.startswith(_HTTP11, len(method) + 1 + len(url))):
+                and line.startswith(_HTTP11, end + 1 + len(url))
+                and line[end] == 32 and line[end + 1] != 32):  # 32: " "
             version = "1.1"
         else:
             version = parser.get_http_version()
