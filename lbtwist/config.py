@@ -1056,6 +1056,11 @@ def _expectHeaders(value: object, path: str) -> tuple[tuple[str, str], ...]:
         if not text:
             raise ConfigError(f"{path}.{name}", "expected the value the header must have, "
                                                 "got an empty one")
+        if "," in text:
+            # The probe compares each element alone: this would never match.
+            raise ConfigError(f"{path}.{name}", "expected one element of the header's value "
+                                                "(each comma-separated element is compared "
+                                                f"alone), got {text!r}")
         headers.append((name, text))
     return tuple(headers)
 

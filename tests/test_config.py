@@ -510,6 +510,11 @@ class ErrorTests(SynchronousTestCase):
              "case-insensitive)"),
             ({"expect-header": {"X-Ready": ["yes"]}},
              "pools.web.health.expect-header.X-Ready: expected a string, got a list"),
+            # (Each comma-separated element is compared: it never matches.)
+            ({"expect-header": {"Cache-Control": "no-cache, private"}},
+             "pools.web.health.expect-header.Cache-Control: expected one element of the "
+             "header's value (each comma-separated element is compared alone), got "
+             "'no-cache, private'"),
         ]:
             self.assertError(minimal(health={"type": "http", **block}), message)
 
