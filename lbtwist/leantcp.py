@@ -306,9 +306,9 @@ class LeanTransport(_LeanConnection, tcp.Server):
 
     def _attach(self, sock: rawSocket, protocol: Any, client: tuple[Any, ...],
                 server: tcp.Port | None, sessionno: int, reactor: Any) -> None:
-        # Every attribute, in one order for both kinds: CPython shares one
-        # layout among a class's instances only while they add the same
-        # attributes in the same order.
+        # Every attribute, in one order for both kinds: CPython keeps a
+        # class's instances in one shared layout (what its specialised
+        # attribute reads check) while they set the same attributes.
         abstract.FileDescriptor.__init__(self, reactor=reactor)
         self._ownDefaults()
         self.socket = sock  # type: ignore[assignment]
