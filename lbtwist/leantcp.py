@@ -28,12 +28,6 @@ are all L{twisted.internet.tcp.Connection}'s) with that set-up cut down:
     uses nothing the wrapper adds (C{makefile}, C{sendfile}, enum-valued
     C{family}).
 
-  - A connection whose peer sent its FIN with the last of its data (the
-    reactor saw C{EPOLLRDHUP}) is told its input ended in the pass that
-    read that data, without one more C{recv} to find the end: one system
-    call and one reactor pass fewer per closed connection, as in HAProxy
-    (see L{_LeanConnection.doRead}).
-
   - A half-close asks the protocol whether it is half-closeable with
     C{providedBy}, not by adapting it as Twisted does: the adaptation
     looks up C{__conform__} on the protocol first, and the
@@ -100,10 +94,6 @@ class IReactorDialTCP(Interface):
         """
 
 
-# What L{_LeanConnection.doRead} returns when it read everything its peer
-# sent before its FIN.
-DRAINED = object()
-
 # What a connection closed on our side reports, as Twisted's reactor shares
 # one for the connections it sees closed.
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
@@ -148,16 +138,10 @@ class _LeanConnection(tcp.Connection):
         self.producer = cls.producer
         self.bufferSize = cls.bufferSize
 
-    def doRead(self, toEnd: bool = False) -> Any:
+    def doRead(self) -> Any:
         """
         L{tcp.Connection.doRead}, with its C{_dataReceived} written in: one
         call fewer on every read of every connection.
-
-        @param toEnd: the peer has sent its FIN (the reactor saw
-            C{EPOLLRDHUP}): a read shorter than the buffer took everything
-            that came before it, and L{DRAINED} says so; the reactor then
-            ends the input without the read that would find the end (if
-            the connection is still read: not paused, not closing).
         """
         try:
             data = self.socket.recv(self.bufferSize)
@@ -168,8 +152,6 @@ class _LeanConnection(tcp.Connection):
         if not data:
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
-        if toEnd and len(data) < self.bufferSize:
-            return DRAINED
         return None
 
     def _closeWriteConnection(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
+from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from typing import Any, Callable
 
 from twisted.internet.epollreactor import EPollReactor
@@ -32,22 +32,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .leantcp import (
-    DRAINED,
-    IReactorDialTCP,
-    LeanConnector,
-    LeanDial,
-    LeanPort,
-    LeanTransport,
-    ipFamily,
-)
+from .leantcp import IReactorDialTCP, LeanConnector, LeanDial, LeanPort, ipFamily
 
 # An epoll event saying the descriptor hung up or failed.
 _DISCONNECTED = EPOLLHUP | EPOLLERR
-
-# What a lean transport (whose doRead reads to its end) is watched for: its
-# input, and its peer's FIN (see doPoll).
-_READ_TO_END = EPOLLIN | EPOLLRDHUP
 
 # What a connection is told when its peer closed it, shared as the epoll
 # reactor shares its own.
@@ -133,18 +121,7 @@ class LeanEPollReactor(EPollReactor):
                     else:
                         why = None
                         if event & EPOLLIN:
-                            if event & EPOLLRDHUP:
-                                # The peer sent its FIN: a read that drains
-                                # what came before it ends the input now,
-                                # without the read that would find the end
-                                # (as HAProxy does), unless the reader
-                                # stopped reading meanwhile.
-                                why = selectable.doRead(True)
-                                if why is DRAINED:
-                                    why = (CONNECTION_DONE if fd in reads
-                                           and selectables.get(fd) is selectable else None)
-                            else:
-                                why = selectable.doRead()
+                            why = selectable.doRead()
                             inRead = True
                         if not why and event & EPOLLOUT:
                             why = selectable.doWrite()
@@ -164,9 +141,7 @@ class LeanEPollReactor(EPollReactor):
     def addReader(self, reader: Any) -> None:
         """
         Watch C{reader} for reading: the epoll reactor's C{addReader} with
-        its C{_add} written in, one call fewer for each connection.  A lean
-        transport is watched for its peer's FIN too (see L{doPoll}; best
-        effort: watched for writing as well, it is not).
+        its C{_add} written in, one call fewer for each connection.
         """
         fd = reader.fileno()
         reads = self._reads
@@ -176,8 +151,7 @@ class LeanEPollReactor(EPollReactor):
             if fd in self._writes:
                 self._poller.modify(fd, EPOLLIN | EPOLLOUT)
             else:
-                self._poller.register(
-                    fd, _READ_TO_END if isinstance(reader, LeanTransport) else EPOLLIN)
+                self._poller.register(fd, EPOLLIN)
         except OSError as e:
             if e.errno != errno.EPERM:
                 raise

@@ -4,19 +4,16 @@ Tests for L{lbtwist.reactor}.
 
 from __future__ import annotations
 
-import _socket
 import socket
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone, ConnectionFdescWentAway, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableDescriptor, IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from lbtwist.leantcp import LeanTransport
 from lbtwist.reactor import STALL, LeanEPollReactor, installIfUnchosen
 
 
@@ -366,123 +363,3 @@ class ClosingTests(SynchronousTestCase):
         self.assertEqual(reader.halfClosed, [True])
         self.assertEqual(self.poller.calls, [])
         self.assertNotIn(reader, self.reactor._selectables.values())
-
-
-class CountingSocket(_socket.socket):
-    """
-    A socket that counts its C{recv} calls.
-    """
-
-    reads = 0
-
-    def recv(self, size: int) -> bytes:  # type: ignore[override]
-        self.reads += 1
-        return super().recv(size)
-
-
-@implementer(IHalfCloseableProtocol)
-class EndRecorder(Protocol):
-    """
-    A half-closeable protocol that records what it is told, in order, and
-    may pause or close its transport when data comes.
-    """
-
-    onData: str | None = None
-
-    def __init__(self) -> None:
-        self.told: list[Any] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.told.append(data)
-        if self.onData == "pause":
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-        elif self.onData == "close":
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def readConnectionLost(self) -> None:
-        self.told.append("end")
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.told.append("lost")
-
-
-class ReadToEndTests(SynchronousTestCase):
-    """
-    A lean transport whose peer sent its FIN is told its input ended in the
-    pass that reads the last of it, without the read that would find the
-    end (C{EPOLLRDHUP}, as HAProxy uses it).
-    """
-
-    def connect(self, onData: str | None = None,
-                bufferSize: int = 65536) -> tuple[EndRecorder, Any, socket.socket]:
-        """
-        A lean transport over one end of a socket pair, with an
-        L{EndRecorder}; the other end is the peer.
-        """
-        reactor = LeanEPollReactor()
-        self.addCleanup(reactor._poller.close)
-        a, peer = socket.socketpair()
-        self.addCleanup(peer.close)
-        sock = CountingSocket(a.family, a.type, 0, a.detach())
-        protocol = EndRecorder()
-        protocol.onData = onData
-        transport = LeanTransport.dialled(sock, protocol, reactor, ("127.0.0.1", 1))
-        transport.bufferSize = bufferSize
-        protocol.makeConnection(transport)
-        self.addCleanup(lambda: transport.connected and transport.abortConnection())
-        return protocol, transport, peer
-
-    def test_endWithTheLastData(self) -> None:
-        """
-        Data and a FIN that came together are one read and one pass: the
-        protocol gets the data, then the end, and the transport is not read
-        again.
-        """
-        protocol, transport, peer = self.connect()
-        peer.sendall(b"last words")
-        peer.shutdown(socket.SHUT_WR)
-        transport.reactor.doIteration(0)
-        self.assertEqual(protocol.told, [b"last words", "end"])
-        self.assertEqual(transport.socket.reads, 1)
-
-    def test_moreThanABuffer(self) -> None:
-        """
-        Input longer than the read buffer is all delivered before the end:
-        only a read shorter than the buffer drained it.
-        """
-        protocol, transport, peer = self.connect(bufferSize=4)
-        peer.sendall(b"0123456789")
-        peer.shutdown(socket.SHUT_WR)
-        for _ in range(5):
-            transport.reactor.doIteration(0)
-        self.assertEqual(protocol.told, [b"0123", b"4567", b"89", "end"])
-
-    def test_pausedFirst(self) -> None:
-        """
-        A protocol that pauses its transport on the last data is told of
-        the end only once it reads again.
-        """
-        protocol, transport, peer = self.connect(onData="pause")
-        peer.sendall(b"wait")
-        peer.shutdown(socket.SHUT_WR)
-        transport.reactor.doIteration(0)
-        self.assertEqual(protocol.told, [b"wait"])
-        protocol.onData = None
-        transport.resumeProducing()
-        transport.reactor.doIteration(0)
-        self.assertEqual(protocol.told, [b"wait", "end"])
-
-    def test_closedFirst(self) -> None:
-        """
-        A protocol that closes its transport on the last data is told it
-        is lost, and not of an end of input after that.
-        """
-        protocol, transport, peer = self.connect(onData="close")
-        peer.sendall(b"bye")
-        peer.shutdown(socket.SHUT_WR)
-        for _ in range(3):
-            transport.reactor.doIteration(0)
-        self.assertEqual(protocol.told, [b"bye", "lost"])
