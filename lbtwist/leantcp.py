@@ -302,9 +302,15 @@ class LeanTransport(_LeanConnection, tcp.Server):
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
-        # (For startTLS: a dialled connection is TLS's client.)
-        self._tlsClientDefault = server is None
         self.connected = 1
+
+    @property
+    def _tlsClientDefault(self) -> bool:  # type: ignore[override]
+        """
+        For startTLS: a dialled connection is TLS's client, an accepted one
+        its server.
+        """
+        return self.server is None
 
     def logPrefix(self) -> str:
         if self.server is None:
