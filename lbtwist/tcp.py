@@ -96,14 +96,25 @@ class _Side(Protocol):
     def joinTo(self, peer: _Side, backend: Backend) -> None:
         """
         Relay to C{peer} from now on, counting bytes against C{backend}: our
-        transport becomes the producer of the peer's, so that a peer that
-        cannot keep up pauses our reading.
+        transport becomes the producer of the peer's once the peer's queues
+        (see L{_feed}), so that a peer that cannot keep up pauses our
+        reading.
         """
         self.peer = peer
         self.backend = backend
-        self.sendToPeer = writeThrough(peer.transport)  # type: ignore[method-assign,assignment]
-        peer.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
-        self.feeding = True
+        self.sendToPeer = writeThrough(peer.transport, self._feed)  # type: ignore[method-assign,assignment]
+
+    def _feed(self) -> None:
+        """
+        The peer's transport is about to queue what we relay (the kernel
+        did not take it all): from now on our transport is its streaming
+        producer, paused while that queue is full.  Until then it need not
+        be: what a relay writes mostly goes straight to the socket.
+        """
+        peer = self.peer
+        if not self.feeding and peer is not None and not (self.closed or self.readDone):
+            self.feeding = True
+            peer.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
 
     def stopFeeding(self) -> None:
         """
@@ -277,9 +288,13 @@ class ClientSide(_Side):
         cycle, so that reference counting frees it now, not the garbage
         collector later.
         """
-        if self.peer is not None:
-            self.peer.peer = None
+        peer = self.peer
+        if peer is not None:
+            # (Each side's write-through refers back to it, see _feed.)
+            peer.__dict__.pop("sendToPeer", None)
+            peer.peer = None
             self.peer = None
+        self.__dict__.pop("sendToPeer", None)
         self.session.client = None  # type: ignore[assignment]
 
     def logConnection(self, backend: Backend | None) -> None:

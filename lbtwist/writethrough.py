@@ -104,7 +104,8 @@ def writeNow(transport: Any, data: bytes) -> bool:
     return False
 
 
-def writeThrough(transport: Any) -> Callable[[bytes], None]:
+def writeThrough(transport: Any,
+                 beforeQueue: Callable[[], None] | None = None) -> Callable[[bytes], None]:
     """
     A function that writes C{data} to C{transport}, straight to its socket
     when nothing is queued.
@@ -112,15 +113,29 @@ def writeThrough(transport: Any) -> Callable[[bytes], None]:
     Transports that are not plain sockets (test doubles, TLS over a socket or
     over another transport) get their own C{write}, unchanged.  This is L{writeNow} bound to one transport, for
     the relay's per-chunk path.
+
+    @param beforeQueue: called before any write that queues on the
+        transport (at once, for a transport written through C{write}
+        only).  A relay registers its producer with it: one whose bytes
+        always go straight to the socket, as most do, never has to
+        register and unregister one (four calls a connection).
     """
     if not isinstance(transport, Connection):
+        if beforeQueue is not None:
+            beforeQueue()
         return transport.write  # type: ignore[no-any-return]
     send = transport.socket.send
     write = transport.write
+    if beforeQueue is None:
+        queue = write
+    else:
+        def queue(data: bytes) -> None:
+            beforeQueue()
+            write(data)
 
     def sendOrQueue(data: bytes) -> None:
         if not _idle(transport):
-            write(data)
+            queue(data)
             return
         try:
             sent = send(data)
@@ -129,9 +144,9 @@ def writeThrough(transport: Any) -> Callable[[bytes], None]:
         except OSError:
             # Let Twisted find the broken connection on its own path and
             # report it through connectionLost.
-            write(data)
+            queue(data)
             return
         if sent < len(data):
-            write(data[sent:])
+            queue(data[sent:])
 
     return sendOrQueue

@@ -93,6 +93,31 @@ class WriteThroughTests(SocketPairMixin, TestCase):
         self.assertEqual(received, b"".join(chunks))
 
 
+    @inlineCallbacks
+    def test_beforeQueue(self) -> Any:
+        """
+        C{beforeQueue} is called before each write that queues, and never
+        while every write goes straight to the socket: a relay registers
+        its producer then, not for every connection.
+        """
+        conn, theirs = self.connection()
+        calls: list[int] = []
+        write = writeThrough(conn, lambda: calls.append(conn._tempDataLen))
+        write(b"small")
+        self.assertEqual(calls, [])
+        self.assertEqual(theirs.recv(100), b"small")
+        chunks = [bytes([65 + i]) * 200_000 for i in range(3)]
+        for chunk in chunks:
+            write(chunk)
+        # The first chunk was cut short (nothing queued before it), the
+        # others queued behind it.
+        self.assertEqual(len(calls), 3)
+        self.assertEqual(calls[0], 0)
+        self.assertGreater(calls[1], 0)
+        received = yield inThread(_readAll, theirs, sum(map(len, chunks)))
+        self.assertEqual(received, b"".join(chunks))
+
+
 class HalfCloseTests(SocketPairMixin, TestCase):
     """
     Half-closes and closes go out at once when nothing is queued.
@@ -150,6 +175,18 @@ class FallbackTests(SynchronousTestCase):
         transport = StringTransport()
         writeThrough(transport)(b"x")
         self.assertEqual(transport.value(), b"x")
+
+    def test_beforeQueueAtOnce(self) -> None:
+        """
+        A transport written only through its C{write} calls C{beforeQueue}
+        at once: everything it is given may queue.
+        """
+        transport = StringTransport()
+        calls: list[bytes] = []
+        write = writeThrough(transport, lambda: calls.append(transport.value()))
+        self.assertEqual(calls, [b""])
+        write(b"x")
+        self.assertEqual((calls, transport.value()), ([b""], b"x"))
 
 
 class _TakingSocket:
