@@ -122,22 +122,6 @@ class _LeanConnection(tcp.Connection):
 
     _shouldShutdown = False
 
-    def _ownDefaults(self) -> None:
-        """
-        Set on the connection the class defaults that every read and write
-        reads (L{doRead}, L{lbtwist.writethrough.writeNow}): CPython reads
-        an instance's attribute faster than a class's.
-        """
-        cls = type(self)
-        self.TLS = cls.TLS
-        self.offset = cls.offset
-        self.dataBuffer = cls.dataBuffer
-        self.disconnecting = cls.disconnecting
-        self._writeDisconnecting = cls._writeDisconnecting
-        self._writeDisconnected = cls._writeDisconnected
-        self.producer = cls.producer
-        self.bufferSize = cls.bufferSize
-
     def doRead(self) -> Any:
         """
         L{tcp.Connection.doRead}, with its C{_dataReceived} written in: one
@@ -291,8 +275,21 @@ class LeanTransport(_LeanConnection, tcp.Server):
         # Every attribute, in one order for both kinds: CPython keeps a
         # class's instances in one shared layout (what its specialised
         # attribute reads check) while they set the same attributes.
-        abstract.FileDescriptor.__init__(self, reactor=reactor)
-        self._ownDefaults()
+        # First FileDescriptor.__init__'s, then the class defaults that
+        # every read and write reads (doRead, lbtwist.writethrough) as the
+        # instance's own: CPython reads an instance's attribute faster than
+        # a class's.  (test_ownDefaults checks they equal the class's.)
+        self.reactor = reactor
+        self._tempDataBuffer: list[bytes] = []
+        self._tempDataLen = 0
+        self.TLS = False
+        self.offset = 0
+        self.dataBuffer = b""
+        self.disconnecting = 0
+        self._writeDisconnecting = False
+        self._writeDisconnected = False
+        self.producer = None
+        self.bufferSize = 65536
         self.socket = sock  # type: ignore[assignment]
         self.fileno = sock.fileno  # type: ignore[method-assign]
         self.protocol = protocol
