@@ -164,12 +164,24 @@ class LeanEPollReactor(EPollReactor):
 
     def removeReader(self, reader: Any) -> None:
         """
-        Stop watching C{reader} for reading.  Closing a connection asks this
-        several times over, mostly of descriptors not being read: those are
-        answered at once.
+        Stop watching C{reader} for reading: the epoll reactor's
+        C{removeReader} with its C{_remove} written in for a descriptor
+        being read (a relay's connection whose peer half-closed).  Closing
+        a connection asks this several times over, mostly of descriptors
+        not being read: those are answered at once.
         """
         fd = reader.fileno()
-        if fd >= 0 and fd not in self._reads and not self._continuousPolling.isReading(reader):
+        reads = self._reads
+        if fd in reads:
+            # (Read with epoll, so not polled continuously.)
+            if fd in self._writes:
+                self._poller.modify(fd, EPOLLOUT)
+            else:
+                del self._selectables[fd]
+                self._poller.unregister(fd)
+            reads.remove(fd)
+            return
+        if fd >= 0 and not self._continuousPolling.isReading(reader):
             return
         super().removeReader(reader)
 
@@ -199,7 +211,13 @@ class LeanEPollReactor(EPollReactor):
         """
         fd = selectable.fileno()
         selectables = self._selectables
-        if not self._spawned and selectables.get(fd) is selectable:
+        watched = selectables.get(fd)
+        if watched is None:
+            # Watched neither for reading nor for writing (a socket is never
+            # polled continuously): a relay's connection that stopped
+            # reading at its peer's half-close.
+            return
+        if not self._spawned and watched is selectable:
             del selectables[fd]
             self._reads.discard(fd)
             self._writes.discard(fd)

@@ -283,6 +283,39 @@ class ClosingTests(SynchronousTestCase):
         self.a.close()
         self.assertEqual(self.poller.poll(0, 10), [])
 
+    def _watchedThen(self, method: Any, before: str, path: str) -> Any:
+        """
+        Call C{method(reactor, reader)} on a new lean reactor, for a reader
+        of a socket (or of the regular file at C{path}, for C{before}
+        "file" and "file read") watched as C{before} says ("none",
+        "reading", "writing", "both", "file", "file read": a file added as
+        a reader, polled continuously); then give the C{epoll_ctl} calls
+        made and the reactor's state for the reader's descriptor.
+        """
+        reactor = LeanEPollReactor()
+        poller = reactor._poller = RecordingPoller(reactor._poller)  # type: ignore[assignment]
+        self.addCleanup(poller.close)
+        if before.startswith("file"):
+            handle = open(path, "rb")
+            self.addCleanup(handle.close)
+            reader: Any = Reader(reactor, handle)  # type: ignore[arg-type]
+        else:
+            a, b = socket.socketpair()
+            self.addCleanup(a.close)
+            self.addCleanup(b.close)
+            reader = Reader(reactor, a)
+        if before in ("reading", "both", "file read"):
+            EPollReactor.addReader(reactor, reader)
+        if before in ("writing", "both"):
+            reactor.addWriter(reader)
+        poller.calls.clear()
+        method(reactor, reader)
+        fd = reader.fileno()
+        return ([(call, called == fd) for call, called in poller.calls],
+                fd in reactor._reads, fd in reactor._writes,
+                reactor._selectables.get(fd) is reader,
+                reactor._continuousPolling.isReading(reader))
+
     def test_addReaderAsEpoll(self) -> None:
         """
         L{LeanEPollReactor.addReader} makes the C{epoll_ctl} calls the
@@ -290,39 +323,58 @@ class ClosingTests(SynchronousTestCase):
         not watched, watched for writing, already read, and a regular
         file (which epoll refuses: it is polled continuously).
         """
-        def add(method: Any, before: str, path: str) -> Any:
-            reactor = LeanEPollReactor()
-            poller = reactor._poller = RecordingPoller(reactor._poller)  # type: ignore[assignment]
-            self.addCleanup(poller.close)
-            if before == "file":
-                handle = open(path, "rb")
-                self.addCleanup(handle.close)
-                reader: Any = Reader(reactor, handle)  # type: ignore[arg-type]
-            else:
-                a, b = socket.socketpair()
-                self.addCleanup(a.close)
-                self.addCleanup(b.close)
-                reader = Reader(reactor, a)
-            if before == "writing":
-                reactor.addWriter(reader)
-            elif before == "reading":
-                EPollReactor.addReader(reactor, reader)
-            poller.calls.clear()
-            method(reactor, reader)
-            fd = reader.fileno()
-            return ([(call, called == fd) for call, called in poller.calls],
-                    fd in reactor._reads, fd in reactor._writes,
-                    reactor._selectables.get(fd) is reader,
-                    reactor._continuousPolling.isReading(reader))
-
         path = self.mktemp()
         with open(path, "wb"):
             pass
         for before in ("none", "writing", "reading", "file"):
-            self.assertEqual(add(LeanEPollReactor.addReader, before, path),
-                             add(EPollReactor.addReader, before, path), before)
-        self.assertEqual(add(LeanEPollReactor.addReader, "writing", path)[0], [("modify", True)])
-        self.assertTrue(add(LeanEPollReactor.addReader, "file", path)[4])
+            self.assertEqual(self._watchedThen(LeanEPollReactor.addReader, before, path),
+                             self._watchedThen(EPollReactor.addReader, before, path), before)
+        self.assertEqual(self._watchedThen(LeanEPollReactor.addReader, "writing", path)[0],
+                         [("modify", True)])
+        self.assertTrue(self._watchedThen(LeanEPollReactor.addReader, "file", path)[4])
+
+    def test_removeReaderAsEpoll(self) -> None:
+        """
+        L{LeanEPollReactor.removeReader} makes the C{epoll_ctl} calls the
+        epoll reactor's does and keeps the same state, for a descriptor
+        read, read and written, written only, not watched, and a regular
+        file polled continuously.
+        """
+        path = self.mktemp()
+        with open(path, "wb"):
+            pass
+        for before in ("reading", "both", "writing", "none", "file read"):
+            self.assertEqual(self._watchedThen(LeanEPollReactor.removeReader, before, path),
+                             self._watchedThen(EPollReactor.removeReader, before, path), before)
+        self.assertEqual(self._watchedThen(LeanEPollReactor.removeReader, "reading", path)[0],
+                         [("unregister", True)])
+        self.assertEqual(self._watchedThen(LeanEPollReactor.removeReader, "both", path)[0],
+                         [("modify", True)])
+        self.assertFalse(self._watchedThen(EPollReactor.removeReader, "file read", path)[4])
+
+    def test_forgetNotWatched(self) -> None:
+        """
+        A closing descriptor no longer watched (a relay's connection that
+        stopped reading at its peer's half-close) is forgotten with no
+        C{epoll_ctl} call, spawned process or not, and leaves the state of
+        the descriptors watched as it was.
+        """
+        for spawned in (False, True):
+            self.reactor._spawned = spawned
+            reader = Reader(self.reactor, self.a)
+            other = Reader(self.reactor, self.b)
+            self.reactor.addReader(reader)
+            self.reactor.addReader(other)
+            self.reactor.removeReader(reader)
+            state = (set(self.reactor._reads), set(self.reactor._writes),
+                     dict(self.reactor._selectables))
+            self.assertIn(self.b.fileno(), state[0])
+            self.poller.calls.clear()
+            self.reactor.forgetClosing(reader)
+            self.assertEqual(self.poller.calls, [])
+            self.assertEqual((self.reactor._reads, self.reactor._writes,
+                              self.reactor._selectables), state)
+            self.reactor.removeReader(other)
 
     def test_afterSpawn(self) -> None:
         """
