@@ -256,7 +256,8 @@ class LeanTransport(_LeanConnection, tcp.Server):
         """
         sock.setblocking(False)
         self._attach(sock, protocol, client, server, sessionno, reactor)
-        self.startReading()
+        # (startReading, written in.)
+        reactor.addReader(self)
 
     @classmethod
     def dialled(cls, sock: rawSocket, protocol: Any, reactor: Any,
@@ -267,7 +268,7 @@ class LeanTransport(_LeanConnection, tcp.Server):
         """
         transport = cls.__new__(cls)
         transport._attach(sock, protocol, peer, None, 0, reactor)
-        transport.startReading()
+        reactor.addReader(transport)
         return transport
 
     def _attach(self, sock: rawSocket, protocol: Any, client: tuple[Any, ...],

@@ -136,10 +136,13 @@ class _Side(Protocol):
         if peer is None:
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        self.stopFeeding()
+        if self.feeding:
+            self.stopFeeding()
         if peer.readDone:
             close(self.transport)
-            close(peer.transport)
+            if not peer.closed:
+                # (Closing ours usually closed it: see connectionLost.)
+                close(peer.transport)
         else:
             halfClose(peer.transport)
 
@@ -152,7 +155,8 @@ class _Side(Protocol):
         self.closed = True
         peer = self.peer
         if peer is not None and not peer.closed:
-            self.stopFeeding()
+            if self.feeding:
+                self.stopFeeding()
             close(peer.transport)
 
 
