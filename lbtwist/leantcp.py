@@ -32,7 +32,7 @@ are all L{twisted.internet.tcp.Connection}'s) with that set-up cut down:
     C{providedBy}, not by adapting it as Twisted does: the adaptation
     looks up C{__conform__} on the protocol first, and the
     C{AttributeError} it makes and clears cost 3.5% of a proxied
-    connection (three per connection; see L{halfCloseable}).
+    connection (three per connection; see L{_providesHalfClose}).
 
   - Neither shuts a socket down before closing it: sockets are
     close-on-exec, so this process holds the only reference and C{close()}
@@ -99,19 +99,13 @@ class IReactorDialTCP(Interface):
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 
 
-def halfCloseable(protocol: Any) -> Any:
-    """
-    C{protocol} as an L{IHalfCloseableProtocol}, or C{None}: what
-    C{IHalfCloseableProtocol(protocol, None)} gives, without its cost for
-    a protocol that provides the interface itself (as lbtwist's do).
-    zope.interface's adaptation first looks up C{__conform__} on the
-    protocol, and on a protocol without one the C{AttributeError} made
-    and cleared costs about 2,900 instructions; C{providedBy} costs about
-    400.  Any other protocol is adapted as Twisted does it.
-    """
-    if IHalfCloseableProtocol.providedBy(protocol):
-        return protocol
-    return IHalfCloseableProtocol(protocol, None)
+# Whether a protocol provides IHalfCloseableProtocol itself.  A lean
+# connection's half-close asks this first, and adapts the protocol (as
+# Twisted's does) only when it does not: zope.interface's adaptation looks up
+# C{__conform__} on the protocol first, and on one without it the
+# AttributeError made and cleared costs about 2,900 instructions, where
+# providedBy costs about 400.
+_providesHalfClose = IHalfCloseableProtocol.providedBy
 
 
 class _LeanConnection(tcp.Connection):
@@ -141,13 +135,15 @@ class _LeanConnection(tcp.Connection):
     def _closeWriteConnection(self) -> None:
         """
         L{tcp.Connection._closeWriteConnection}, with the protocol asked
-        through L{halfCloseable}.
+        through L{_providesHalfClose} first.
         """
         try:
             self.socket.shutdown(1)
         except OSError:
             pass
-        protocol = halfCloseable(self.protocol)
+        protocol: Any = self.protocol
+        if not _providesHalfClose(protocol):
+            protocol = IHalfCloseableProtocol(protocol, None)
         if protocol is not None:
             try:
                 protocol.writeConnectionLost()
@@ -159,9 +155,11 @@ class _LeanConnection(tcp.Connection):
     def readConnectionLost(self, reason: Failure) -> None:
         """
         L{tcp.Connection.readConnectionLost}, with the protocol asked
-        through L{halfCloseable}.
+        through L{_providesHalfClose} first.
         """
-        protocol = halfCloseable(self.protocol)
+        protocol: Any = self.protocol
+        if not _providesHalfClose(protocol):
+            protocol = IHalfCloseableProtocol(protocol, None)
         if protocol is not None:
             try:
                 protocol.readConnectionLost()

@@ -30,7 +30,6 @@ from lbtwist.leantcp import (
     LeanDial,
     LeanPort,
     LeanTransport,
-    halfCloseable,
     ipFamily,
 )
 from lbtwist.reactor import LeanEPollReactor
@@ -905,27 +904,13 @@ class HalfCloseTests(SynchronousTestCase):
     would, without adapting a protocol that provides the interface itself.
     """
 
-    def test_halfCloseable(self) -> None:
-        """
-        L{halfCloseable} gives what C{IHalfCloseableProtocol(p, None)} gives:
-        the protocol that provides it, a C{__conform__}'s adapter, or
-        C{None}.
-        """
-        conforming = Conforming()
-        for protocol, expected in [
-            (provider := HalfCloser(), provider),
-            (conforming, conforming.adapter),
-            (Protocol(), None),
-        ]:
-            self.assertIs(halfCloseable(protocol), expected)
-            self.assertIs(IHalfCloseableProtocol(protocol, None), expected)
-
     def test_sameAsTwisted(self) -> None:
         """
         C{readConnectionLost} and C{_closeWriteConnection} tell each kind of
         protocol what Twisted's do: a half-closeable one (or its adapter)
         that a side is done, any other that the connection is lost; and the
-        write side is shut down first.
+        write side is shut down first.  (A protocol that provides the
+        interface itself is not adapted: see L{lbtwist.leantcp._providesHalfClose}.)
         """
 
         def told(method: Any, make: Any) -> tuple[list[str], list[int]]:
