@@ -239,7 +239,8 @@ class BackendConnector:
         )
         attempt.covered = retrying
         attempt.next()
-        return None if attempt.over else attempt
+        # (C{attempt.over}, written out: every TCP client comes this way.)
+        return None if attempt._onJoined is None else attempt
 
 
 def choose(pool: BackendPool, key: bytes | None, tried: list[Backend],
@@ -405,25 +406,25 @@ class ConnectAttempt:
 
     def next(self) -> None:
         """
-        Choose a backend and connect to it, wait in the queue, or give up.
+        Choose a backend and connect to it, wait in the queue, or give up;
+        a backend chosen, take its slot, and reuse or dial a connection to
+        it.
         """
         pool = self.pool
         mayTry = self.connector.retryPolicy.mayTryAnother(pool, self.failures)
-        backend = (
-            choose(pool, self.key, self.tried, self.prefer, self.holding) if mayTry else None
-        )
+        if not mayTry:
+            backend = None
+        elif self.prefer is None:
+            # (L{choose} without a preferred backend: a TCP client's.)
+            backend = pool.pick(self.key, self.tried)
+        else:
+            backend = choose(pool, self.key, self.tried, self.prefer, self.holding)
         if backend is None:
             if mayTry and pool.saturated(self.tried):
                 self._wait()
                 return
             self._giveUp()
             return
-        self.use(backend)
-
-    def use(self, backend: Backend) -> None:
-        """
-        Take C{backend}'s slot, and reuse or dial a connection to it.
-        """
         self._take(backend)
         reuse = self.reuse
         if reuse is not None:
@@ -450,7 +451,8 @@ class ConnectAttempt:
             self.holding = None
         else:
             self.pool.acquire(backend)
-            self._giveBack()
+            if self.holding is not None:
+                self._giveBack()
 
     def _dial(self, backend: Backend) -> None:
         pool = self.pool
