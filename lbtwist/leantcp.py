@@ -62,6 +62,7 @@ from os import strerror
 from typing import Any, Callable
 
 from twisted.internet import abstract, address, base, error, main, tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.python import log
@@ -516,6 +517,9 @@ ACCEPT_PAUSE = 0.1
 SHORTAGE_LOG_INTERVAL = 5.0
 
 
+newObject = object.__new__
+
+
 class LeanPort(tcp.Port):
     """
     A listening TCP port whose connections are L{LeanTransport}s.
@@ -649,7 +653,13 @@ class LeanPort(tcp.Port):
                     # IPv6: with the scope ID, as Twisted gives it.
                     host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                     addr = (host[0], *addr[1:])
-                peer = self._buildAddr(addr)
+                    peer = self._buildAddr(addr)
+                else:
+                    # IPv4Address("TCP", *addr) without attrs' __init__ and its
+                    # check that "TCP" is a valid type: three calls fewer.
+                    peer = newObject(IPv4Address)
+                    peer.type = "TCP"
+                    peer.host, peer.port = addr
                 protocol = factory.buildProtocol(peer)
                 if protocol is None:
                     skt.close()

@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 from twisted.internet import error, tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
@@ -646,6 +647,10 @@ class LeanServerTests(TestCase):
         peer = transport.getPeer()  # type: ignore[union-attr]
         self.assertEqual((peer.host, peer.port), client)
         self.assertIs(transport.getPeer(), peer)  # type: ignore[union-attr]
+        # Built without IPv4Address's __init__, it is what that builds.
+        expected = IPv4Address("TCP", *client)
+        self.assertEqual((type(peer), vars(peer), hash(peer), repr(peer)),
+                         (IPv4Address, vars(expected), hash(expected), repr(expected)))
         self.assertEqual(hosts[0].port, number)
         self.assertIn("Remember", prefixes[0])
         self.assertIn(f"on {number}", repr(transport))
