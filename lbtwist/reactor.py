@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .leantcp import IReactorDialTCP, LeanConnector, LeanDial, LeanPort, ipFamily
+from .passtime import IReactorPassTime
 
 # An epoll event saying the descriptor hung up or failed.
 _DISCONNECTED = EPOLLHUP | EPOLLERR
@@ -48,7 +49,7 @@ _FAILURES = {ConnectionDone: Failure(ConnectionDone()), ConnectionLost: Failure(
 STALL = 0.5
 
 
-@implementer(IReactorDialTCP)
+@implementer(IReactorDialTCP, IReactorPassTime)
 class LeanEPollReactor(EPollReactor):
     """
     An epoll reactor that dispatches I/O events without a logging context.
@@ -64,15 +65,16 @@ class LeanEPollReactor(EPollReactor):
     _log = Logger()
     # Whether a process was spawned (see forgetClosing).
     _spawned = False
-    # When the last poll returned.
-    _polledAt = 0.0
+    # When the last poll returned: the time of this pass, for what a time
+    # to the pass is exact enough (see L{lbtwist.passtime}).
+    polledAt = 0.0
 
     def runUntilCurrent(self) -> None:
         """
         Run the timed calls that are due, after polling (without waiting)
         if the process was stalled since the last poll.
         """
-        if self.seconds() - self._polledAt > STALL:
+        if self.seconds() - self.polledAt > STALL:
             self.doPoll(0)
         EPollReactor.runUntilCurrent(self)
 
@@ -87,14 +89,14 @@ class LeanEPollReactor(EPollReactor):
         poll = self._poller.poll
         # (The last poll's end: what ran since took under STALL, else
         # runUntilCurrent would have polled; one clock read a pass fewer.)
-        previous = self._polledAt
+        previous = self.polledAt
         try:
             events = poll(timeout, len(self._selectables))
         except OSError as err:
             if err.errno == errno.EINTR:
                 return
             raise
-        self._polledAt = now = self.seconds()
+        self.polledAt = now = self.seconds()
         if not events and timeout >= 0 and now - previous > timeout + STALL:
             # Stopped during the poll (SIGSTOP): resumed, the kernel ends
             # the poll as timed out, with nothing, whatever came meanwhile.

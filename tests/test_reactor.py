@@ -65,6 +65,32 @@ class LeanEPollReactorTests(SynchronousTestCase):
         self.reactor.doIteration(1)
         self.assertEqual(reader.read, [b"hello"])
 
+    def test_polledAtIsThePassTime(self) -> None:
+        """
+        C{polledAt} is when the pass's poll returned: what handles the
+        pass's events reads that time, however long the handling takes.
+        """
+        a, b = self.pairs[0]
+        clock = [1000.0]
+        seen: list[float] = []
+        reactor = self.reactor
+
+        class Slow(Reader):
+            def doRead(self) -> None:
+                super().doRead()
+                seen.append(reactor.polledAt)
+                clock[0] += 0.25
+
+        reactor.seconds = lambda: clock[0]  # type: ignore[method-assign]
+        reactor.addReader(Slow(reactor, a))
+        b.send(b"one")
+        reactor.doIteration(1)
+        clock[0] = 1010.0
+        b.send(b"two")
+        reactor.doIteration(1)
+        self.assertEqual(seen, [1000.0, 1010.0])
+        self.assertEqual(reactor.polledAt, 1010.0)
+
     def test_readsBeforeTimersAfterStall(self) -> None:
         """
         A pass that begins more than L{STALL} seconds after the last poll
@@ -84,11 +110,11 @@ class LeanEPollReactorTests(SynchronousTestCase):
         self.reactor.addReader(Recording(self.reactor, a))
         b.send(b"answer")
         self.reactor.callLater(0, order.append, "timer")
-        self.reactor._polledAt = self.reactor.seconds()
+        self.reactor.polledAt = self.reactor.seconds()
         self.reactor.runUntilCurrent()
         self.assertEqual(order, ["timer"])
         self.reactor.callLater(0, order.append, "timer")
-        self.reactor._polledAt = self.reactor.seconds() - STALL - 1
+        self.reactor.polledAt = self.reactor.seconds() - STALL - 1
         self.reactor.runUntilCurrent()
         self.assertEqual(order, ["timer", "read", "timer"])
 
@@ -120,7 +146,7 @@ class LeanEPollReactorTests(SynchronousTestCase):
         self.reactor.seconds = lambda: clock[0]  # type: ignore[method-assign]
         stalledFor = 0.0
         # (The last poll ended just now.)
-        self.reactor._polledAt = clock[0]
+        self.reactor.polledAt = clock[0]
         self.reactor.doIteration(0.2)
         self.assertEqual((polls, reader.read), ([0.2], []))
         polls.clear()
