@@ -17,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
 from lbtwist.dial import Dialler
@@ -25,6 +26,7 @@ from lbtwist.http._errors import ERRORS_CLOSE, BadRequest
 from lbtwist.http._plan import checkTransferEncoding, cookieValue
 from lbtwist.http._pool import IdleConnections
 from lbtwist.http._upstream import Upstream
+from lbtwist.passtime import IReactorPassTime
 from lbtwist.pool import BackendPool
 from lbtwist.proxyprotocol import proxyHeaderV1, proxyHeaderV2
 from lbtwist.routeconfig import TimeoutOverrides
@@ -722,6 +724,62 @@ class HeadSizeTests(SynchronousTestCase):
                 (transport.value(), backendTransport.disconnecting),
                 (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", bool(follows)),
                 follows[:20])
+
+
+@implementer(IReactorPassTime)
+class PassTimeReactor(MemoryReactorClock):
+    """
+    A memory reactor that keeps the time of its pass, as the lean reactor
+    does: set C{polledAt} to say when the pass began.
+    """
+
+    polledAt = 0.0
+
+
+class PassTimeTests(SynchronousTestCase):
+    """
+    On a reactor that keeps the time of its pass, the stamps a pass's time
+    is exact enough for are that time, not the clock's: the response's
+    deadline, the client's last activity after an exchange, an idle backend
+    connection's idle since.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = PassTimeReactor()
+        self.reactor.advance(100)
+        self.factory = proxyFactory(self.reactor, timeouts={"response": 3, "idle": 10})
+        self.transport = StringTransport(peerAddress=CLIENT)
+        self.client = connectClient(self.factory, self.transport)
+        # The pass began two seconds before the clock's now.
+        self.reactor.polledAt = 98.0
+
+    def test_responseDeadline(self) -> None:
+        """
+        The response is due within the response timeout from the pass in
+        which the request went whole to the backend.
+        """
+        self.client.dataReceived(GET)
+        connectBackend(self.reactor, StringTransport())
+        self.reactor.advance(0.9)
+        self.assertEqual(self.transport.value(), b"")
+        self.reactor.advance(0.2)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 504 "))
+
+    def test_idleStamps(self) -> None:
+        """
+        After an exchange, the client connection is idle since the pass
+        that ended it (its idle timeout counts from then), and so is the
+        backend connection pooled then.
+        """
+        self.client.dataReceived(GET)
+        backend = connectBackend(self.reactor, StringTransport())
+        backend.dataReceived(OK)
+        self.assertEqual(self.transport.value(), OK)
+        self.assertEqual(backend.idleSince, 98.0)
+        self.reactor.advance(7.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.reactor.advance(0.2)
+        self.assertTrue(self.transport.disconnecting)
 
 
 class _FakeConnection:

@@ -890,9 +890,10 @@ class ClientConnection(ClientPeer, Protocol):
 
     def backendActive(self) -> None:
         """
-        The backend moved: the exchange is not idle.
+        The backend moved: the exchange is not idle (as of the reactor's
+        pass).
         """
-        self._lastActivity = self.factory.seconds()
+        self._lastActivity = self.factory.passClock.polledAt
 
     def registerProducer(self, producer: Any) -> None:
         """
@@ -928,7 +929,7 @@ class ClientConnection(ClientPeer, Protocol):
         ):
             self._close()
             return
-        self._lastActivity = self.factory.seconds()
+        self._lastActivity = self.factory.passClock.polledAt
         if queue:
             self._serve()
             return

@@ -528,8 +528,10 @@ class Exchange:
 
     def _due(self) -> None:
         # The request is sent whole: the response head is due within the
-        # response timeout (watched by the client side's one timer).
-        self.deadline = deadline = self.factory.seconds() + self.upstream.responseTimeout
+        # response timeout (watched by the client side's one timer), from
+        # the reactor's pass: a timeout is exact to a pass.
+        self.deadline = deadline = (
+            self.factory.passClock.polledAt + self.upstream.responseTimeout)
         self.client.dueBy(deadline)
 
     def requestBody(self, data: bytes) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Hashable
 from typing import Any, Protocol
 
 from ..config import KeepAlive
+from ..passtime import passClock
 
 
 class Reusable(Protocol):
@@ -36,6 +37,8 @@ class IdleConnections:
 
     def __init__(self, clock: Any, keepAlive: KeepAlive) -> None:
         self.clock = clock
+        # (Idle since the reactor's pass: the idle timeout is exact to one.)
+        self._passClock = passClock(clock)
         self.keepAlive = keepAlive
         self._idle: dict[Hashable, list[Reusable]] = {}
         self._timer: Any = None
@@ -78,7 +81,7 @@ class IdleConnections:
             stack = self._idle[key] = []
         if len(stack) >= self.keepAlive.idlePool:
             return False
-        conn.idleSince = self.clock.seconds()
+        conn.idleSince = self._passClock.polledAt
         stack.append(conn)
         if self._timer is None:
             self._timer = self.clock.callLater(self.keepAlive.idleTimeout, self._sweep)

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from ..config import ListenerConfig
 from ..dial import Dialler
 from ..listener import ListenerFactory
+from ..passtime import passClock
 from ..pool import BackendPool
 from ..routeconfig import Route
 from ..routing import RouteCounters
@@ -71,8 +72,8 @@ class HTTPProxyFactory(ListenerFactory):
     __slots__ = (
         "_dialler", "abandoned", "accepted", "accessLog", "accessLogs", "activeClients", "clients",
         "forwardedProto", "h2Calmed", "h2Connections", "h2Refused", "h2Responses", "h2Streams",
-        "http2", "idleTimeout", "maxHeaderSize", "maxRequestLine", "measuredAbove", "pool",
-        "pools", "proxyHeader", "reactor", "refused", "requestTimeout", "router", "seconds",
+        "http2", "idleTimeout", "maxHeaderSize", "maxRequestLine", "measuredAbove", "passClock",
+        "pool", "pools", "proxyHeader", "reactor", "refused", "requestTimeout", "router", "seconds",
         "settings", "statuses", "stopping", "upstream", "upstreams",
     )
 
@@ -92,6 +93,11 @@ class HTTPProxyFactory(ListenerFactory):
         """
         super().__init__(pool, reactor)
         self.seconds: Callable[[], float] = reactor.seconds
+        # The time of the reactor's pass (its polledAt), for the stamps a
+        # pass's time is exact enough for: last activity, a response's
+        # deadline.  (What users see, the response and request times,
+        # reads the clock.)
+        self.passClock = passClock(reactor)
         self._dialler = dialler
         config = pool.config
         http = config.http
