@@ -927,6 +927,21 @@ class BackendPool:
         backend.errorStreak = 0
         backend.serverErrorStreak = backend.gatewayStreak = 0
 
+    def exchangeFinished(self, backend: Backend) -> None:
+        """
+        A request to C{backend} was answered well and is over: L{closed},
+        L{exchangeSucceeded} and L{release} of its slot, in one call (the
+        end of every HTTP request that succeeds).  Its connection, if kept,
+        is pooled before this call: a client the release wakes may take it.
+        """
+        backend.active -= 1
+        self.active -= 1
+        backend.consecutiveFailures = backend.errorStreak = 0
+        backend.serverErrorStreak = backend.gatewayStreak = 0
+        backend.slots -= 1
+        if self._waiting:
+            self.wake()
+
     # -- outlier ejection --------------------------------------------------
 
     def _countOutlier(self, backend: Backend, reason: str, status: int | None) -> None:

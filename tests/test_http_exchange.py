@@ -434,6 +434,38 @@ class EdgeTests(SynchronousTestCase):
         client.dataReceived(b"cd")
         self.assertTrue(backendTransport.value().endswith(b"\r\n\r\nabcd"))
 
+    def test_upgradeCountedLoggedAtClose(self) -> None:
+        """
+        An upgrade's 101 is counted (as 1xx) when it is relayed, and its
+        access-log line is written only when the tunnel closes; a response
+        that completes is counted and logged at once.
+        """
+        lines: list[tuple[Any, ...]] = []
+
+        class Sink:
+            def request(self, *fields: Any) -> None:
+                lines.append(fields)
+
+        factory = self.factory()
+        factory.accessLog = Sink()  # type: ignore[assignment]
+        client, _ = self.client(factory)
+        client.dataReceived(UPGRADE)
+        backend, transport = self.backend()
+        backend.dataReceived(SWITCH)
+        self.assertEqual((factory.statuses, lines), ({"1xx": 1}, []))
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        backend.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([(f[2], f[3]) for f in lines], [("/ws", 101)])
+        self.assertEqual(factory.statuses, {"1xx": 1})
+        client, _ = self.client(factory)
+        client.dataReceived(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend, _ = self.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(factory.statuses, {"1xx": 1, "2xx": 1})
+        self.assertEqual([(f[2], f[3]) for f in lines], [("/ws", 101), ("/ok", 200)])
+
     def test_abandonedLogged(self) -> None:
         """
         A request whose client left before the answer is access-logged with

@@ -313,6 +313,38 @@ class WeightTests(SynchronousTestCase):
         pool.setWeight("z", 1)
         self.assertEqual(woken, [True])
 
+    def test_exchangeFinished(self) -> None:
+        """
+        L{BackendPool.exchangeFinished} ends a request that succeeded as
+        L{BackendPool.closed}, L{BackendPool.exchangeSucceeded} and
+        L{BackendPool.release} do together: the backend is no longer
+        active, its error streaks end, its slot is back and a client
+        waiting in the queue is woken.
+        """
+        def finished(merged: bool) -> tuple[Any, ...]:
+            pool = BackendPool(PoolConfig(name="web", backends=(
+                BackendConfig("a", "tcp:host=127.0.0.1:port=1", maxconn=1),
+            )), random.Random(0))
+            a = pool.get("a")
+            assert a is not None
+            pool.acquire(a)
+            pool.opened(a)
+            a.consecutiveFailures = a.errorStreak = 2
+            a.serverErrorStreak = a.gatewayStreak = 1
+            woken: list[bool] = []
+            self.assertTrue(pool.enqueue(lambda: woken.append(True)))
+            if merged:
+                pool.exchangeFinished(a)
+            else:
+                pool.closed(a)
+                pool.exchangeSucceeded(a)
+                pool.release(a)
+            return (a.active, pool.active, a.total, a.slots, a.consecutiveFailures,
+                    a.errorStreak, a.serverErrorStreak, a.gatewayStreak, woken)
+
+        self.assertEqual(finished(True), (0, 0, 1, 0, 0, 0, 0, 0, [True]))
+        self.assertEqual(finished(True), finished(False))
+
     def test_weightChangeLogged(self) -> None:
         """
         A weight change is logged with the old and new weights; weight 0

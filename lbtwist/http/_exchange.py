@@ -625,7 +625,7 @@ class Exchange:
         self.upstream.pool.closed(conn.backend)
         self._releaseSlot()
         # Counted now; its access-log line is written when the tunnel closes.
-        self.factory.countStatus(self)
+        self.factory.exchangeLogged(self, False)
         self.client.startTunnel(self, conn, head)
 
     def tunnelClosed(self) -> None:
@@ -660,35 +660,47 @@ class Exchange:
         client = self.client
         if not client.closed:
             client.endResponse(self, trailers)
-        conn = self._detach()
+        # (The pool counts it closed below.)
+        conn = self._detach(False)
         backend = self.backend
         assert backend is not None and conn is not None
         upstream = self.upstream
         pool = upstream.pool
-        if self.status >= 500:
-            pool.exchangeError(backend, f"status {self.status}", self.status)
-        else:
-            pool.exchangeSucceeded(backend)
+        status = self.status
+        if status >= 500:
+            pool.closed(backend)
+            pool.exchangeError(backend, f"status {status}", status)
         if not (
             conn.reusable and self.requestDone and not conn.lost
             and conn.requests < upstream.maxRequests
             and upstream.idle.put(conn.key, conn)
         ) and not conn.lost:
             conn.transport.loseConnection()
-        self._releaseSlot()
+        if status < 500 and self.slot is backend and not self.retrying:
+            # The common end: closed, succeeded and its slot back, in one
+            # call (after the connection is pooled, for a client it wakes).
+            self.slot = None
+            pool.exchangeFinished(backend)
+        else:
+            if status < 500:
+                pool.closed(backend)
+                pool.exchangeSucceeded(backend)
+            self._releaseSlot()
         self.factory.exchangeLogged(self)
         client.exchangeDone(self)
 
     # -- ending ------------------------------------------------------------
 
-    def _detach(self) -> Any:
+    def _detach(self, count: bool = True) -> Any:
+        # (Unless C{count} is false, the pool counts its connection closed.)
         conn = self.conn
         if conn is None:
             return None
         self.conn = None
         conn.exchange = None
         backend = conn.backend
-        self.upstream.pool.closed(backend)
+        if count:
+            self.upstream.pool.closed(backend)
         backend.closers.discard(conn.abortNow)
         if not conn.lost:
             if self.plan.hasBody or self.plan.upgrade:

@@ -269,18 +269,11 @@ class HTTPProxyFactory(ListenerFactory):
         for upstream in self.upstreams.values():
             upstream.idle.closeKeys(keys)
 
-    def exchangeLogged(self, ex: Exchange) -> None:
+    def exchangeLogged(self, ex: Exchange, log: bool = True) -> None:
         """
-        C{ex} is answered: count its status class and write its access-log
-        line.
-        """
-        self.countStatus(ex)
-        if self.accessLog is not None or self.accessLogs:
-            self.logAccess(ex)
-
-    def countStatus(self, ex: Exchange) -> None:
-        """
-        Count the status class of the response to C{ex}.
+        C{ex} is answered: count the status class of its response and
+        write its access-log line (unless C{log} is false: an upgrade's is
+        written when its tunnel closes).
         """
         cls = _CLASSES[ex.status // 100]
         statuses = self.statuses
@@ -288,6 +281,8 @@ class HTTPProxyFactory(ListenerFactory):
         route = ex.route
         if route is not None:
             route.counters.count(cls, self.seconds() - ex.started)
+        if log and (self.accessLog is not None or self.accessLogs):
+            self.logAccess(ex)
 
     def responsesByProtocol(self) -> dict[str, int]:
         """
