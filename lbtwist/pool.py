@@ -250,10 +250,20 @@ class Backend:
 
     @responseTime.setter
     def responseTime(self, seconds: float | None) -> None:
+        if seconds is None:
+            self._responseTime = None
+        else:
+            self.countResponse(seconds)
+
+    def countResponse(self, seconds: float) -> None:
+        """
+        A response took C{seconds}: it is the last response time, counted
+        in the histogram (as setting L{responseTime} does; a method call
+        costs the HTTP path less than a property's setter).
+        """
         self._responseTime = seconds
-        if seconds is not None:
-            self.responseBuckets[bisect.bisect_left(RESPONSE_BUCKETS, seconds)] += 1
-            self.responseSum += seconds
+        self.responseBuckets[bisect.bisect_left(RESPONSE_BUCKETS, seconds)] += 1
+        self.responseSum += seconds
 
     def showResponseTime(self, seconds: float) -> None:
         """

@@ -543,6 +543,27 @@ class StatsTests(SynchronousTestCase):
     Tests for L{BackendPool.stats}.
     """
 
+    def test_countResponse(self) -> None:
+        """
+        L{Backend.countResponse} shows a response's time as the last and
+        counts it in the histogram, as setting C{responseTime} does;
+        setting L{None} shows none and counts nothing.
+        """
+        pool = makePool(2)
+        a, b = pool.get("a"), pool.get("b")
+        assert a is not None and b is not None
+        for t in (0.0005, 0.003, 20.0):
+            a.countResponse(t)
+            b.responseTime = t
+        self.assertEqual(a.responseTime, 20.0)
+        self.assertEqual(a.responseBuckets[0], 1)
+        self.assertEqual(a.responseBuckets[-1], 1)
+        self.assertEqual((a.responseBuckets, a.responseSum),
+                         (b.responseBuckets, b.responseSum))
+        a.responseTime = None
+        self.assertIsNone(a.responseTime)
+        self.assertEqual(sum(a.responseBuckets), 3)
+
     def test_share(self) -> None:
         """
         Each backend's share is its percentage of the pool's traffic, and the

@@ -522,7 +522,10 @@ class Exchange:
         if self.requestDone:
             if plan.chunked:
                 conn.endBody(client.requestTrailers(self))
-            self._due()
+            # (self._due(), written out: every request's path.)
+            self.deadline = deadline = (
+                self.factory.passClock.polledAt + self.upstream.responseTimeout)
+            client.dueBy(deadline)
         else:
             client.releaseRequest()
 
@@ -591,7 +594,7 @@ class Exchange:
             self._retry(backend, "response", f"status {status}")
             return False
         self.status = status
-        backend.responseTime = self.factory.seconds() - self.started
+        backend.countResponse(self.factory.seconds() - self.started)
         try:
             response = self.client.sendHead(self, status, reason, headers)
         except BadResponse as e:
@@ -702,15 +705,18 @@ class Exchange:
         if count:
             self.upstream.pool.closed(backend)
         backend.closers.discard(conn.abortNow)
+        plan = self.plan
+        # (Only a body can have filled the backend's buffer: see _attach.)
+        pushed = plan.hasBody or plan.upgrade
         if not conn.lost:
-            if self.plan.hasBody or self.plan.upgrade:
+            if pushed:
                 conn.transport.unregisterProducer()
             if conn.paused:
                 conn.resumeProducing()
         client = self.client
         if not client.closed:
             client.unregisterProducer()
-            if self.plan.hasBody or self.plan.upgrade:
+            if pushed:
                 # The backend that paused the client's reading (it could
                 # only while the client's request body went to it) is gone
                 # from it: read again (unless held for another reason).
