@@ -470,30 +470,8 @@ class Exchange:
         if self.phase not in _INTO_SENDING:
             raise IllegalTransition(f"{self.phase} -> {SENDING}")
         self.phase = SENDING
-        self._attach(conn)
-
-    def _noBackend(self, reason: Failure) -> None:
-        self.attempt = None
-        self._counted(getattr(reason.value, "failures", self.failures))
-        if self.sends and self.failures:
-            # Backends took the request and failed it: a bad gateway, not an
-            # outage (as HAProxy answers).
-            self.log.warn(  # noqa: G010
-                "pool {pool}: {backendCount} took the request of {client} "
-                "and none answered",
-                pool=self.upstream.pool.name, attempts=len(self.tried),
-                backendCount=counted(len(self.tried), "backend"),
-                client=self.client.clientName,
-            )
-            self.fail(502)
-            return
-        self.fail(503)
-
-    def _attach(self, conn: Any) -> None:
-        """
-        Send the request on C{conn}, a connected backend connection.
-        """
-        backend = conn.backend
+        # Send the request on C{conn}, a connected backend connection (in
+        # line: every request's path; C{backend} is C{conn}'s).
         self.conn = conn
         conn.exchange = self
         conn.requests += 1
@@ -528,6 +506,23 @@ class Exchange:
             client.dueBy(deadline)
         else:
             client.releaseRequest()
+
+    def _noBackend(self, reason: Failure) -> None:
+        self.attempt = None
+        self._counted(getattr(reason.value, "failures", self.failures))
+        if self.sends and self.failures:
+            # Backends took the request and failed it: a bad gateway, not an
+            # outage (as HAProxy answers).
+            self.log.warn(  # noqa: G010
+                "pool {pool}: {backendCount} took the request of {client} "
+                "and none answered",
+                pool=self.upstream.pool.name, attempts=len(self.tried),
+                backendCount=counted(len(self.tried), "backend"),
+                client=self.client.clientName,
+            )
+            self.fail(502)
+            return
+        self.fail(503)
 
     def _due(self) -> None:
         # The request is sent whole: the response head is due within the
@@ -706,7 +701,7 @@ class Exchange:
             self.upstream.pool.closed(backend)
         backend.closers.discard(conn.abortNow)
         plan = self.plan
-        # (Only a body can have filled the backend's buffer: see _attach.)
+        # (Only a body can have filled the backend's buffer: see _joined.)
         pushed = plan.hasBody or plan.upgrade
         if not conn.lost:
             if pushed:
