@@ -220,7 +220,12 @@ class BackendConnector:
             # The common case of a kept-alive request: its first choice has
             # an idle connection, and no attempt object is needed.
             pool = self.pool
-            backend = choose(pool, key, tried, prefer, None)
+            # (choose(), written out when nothing is preferred: the pool's
+            # pick is all it does then.)
+            backend = (
+                pool.pick(key, tried) if prefer is None
+                else choose(pool, key, tried, prefer, None)
+            )
             if backend is not None:
                 protocol = reuse(backend)
                 if protocol is not None:
