@@ -55,6 +55,7 @@ mind either way.
 from __future__ import annotations
 
 import socket
+from _socket import MSG_PEEK
 from _socket import socket as rawSocket
 from errno import EALREADY, EINPROGRESS, EISCONN, EMFILE, ENFILE, ENOBUFS, ENOMEM, EWOULDBLOCK, errorcode
 from functools import lru_cache
@@ -132,6 +133,49 @@ class _LeanConnection(tcp.Connection):
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
+
+    def doReadToEnd(self) -> Any:
+        """
+        Read after the peer's FIN has come (the reactor saw C{EPOLLRDHUP}):
+        what L{doRead} does, and when the end directly follows what was
+        read, the end too, in the same pass.  The protocol then gets those
+        last bytes through its C{finalDataReceived} if it has one (a relay
+        sends them to its peer with C{MSG_MORE}, so that the FIN it sends
+        next leaves in the same segment, as HAProxy does), else through
+        C{dataReceived}; the reactor reports the end as usual.
+
+        The event is a hint, never taken for the end: the end is a
+        C{recv()} that finds nothing (peeked, so nothing is consumed).
+        Data that comes after what was read (after TCP urgent data's mark,
+        or more than a read holds), an error (a reset after the data), or
+        nothing at all (a stale event, for a descriptor another socket
+        took within the pass) are all left for the next read.
+        """
+        sock = self.socket
+        try:
+            data = sock.recv(self.bufferSize)
+        except BlockingIOError:
+            # (A stale event: nothing to read.)
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        try:
+            ended = not sock.recv(1, MSG_PEEK)
+        except OSError:
+            ended = False
+        protocol = self.protocol
+        if not ended:
+            protocol.dataReceived(data)
+            return None
+        final = getattr(protocol, "finalDataReceived", None)
+        if final is None:
+            protocol.dataReceived(data)
+        else:
+            final(data)
+        # (Unless the protocol closed the connection meanwhile.)
+        return None if self.disconnected else main.CONNECTION_DONE
 
     def _closeWriteConnection(self) -> None:
         """

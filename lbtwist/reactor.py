@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from typing import Any, Callable
 
 from twisted.internet.epollreactor import EPollReactor
@@ -83,6 +83,12 @@ class LeanEPollReactor(EPollReactor):
         Poll for events and handle each at once: what the epoll reactor's
         C{_doReadOrWrite} does for each event, done in this loop rather than
         in a call per event.
+
+        A readable event that says the peer's FIN has come (C{EPOLLRDHUP})
+        is handed to the selectable's C{doReadToEnd} where it has one (a
+        lean TCP connection): it reads up to the end in this pass, and a
+        relay then sends the last bytes and its own FIN in one segment.
+        The event is only a hint there: the end is what C{recv()} says.
         """
         if timeout is None:
             timeout = -1
@@ -123,7 +129,13 @@ class LeanEPollReactor(EPollReactor):
                     else:
                         why = None
                         if event & EPOLLIN:
-                            why = selectable.doRead()
+                            if event & EPOLLRDHUP:
+                                # The peer's FIN has come: a lean
+                                # connection reads up to it in this pass.
+                                readToEnd = getattr(selectable, "doReadToEnd", None)
+                                why = selectable.doRead() if readToEnd is None else readToEnd()
+                            else:
+                                why = selectable.doRead()
                             inRead = True
                         if not why and event & EPOLLOUT:
                             why = selectable.doWrite()
@@ -143,7 +155,8 @@ class LeanEPollReactor(EPollReactor):
     def addReader(self, reader: Any) -> None:
         """
         Watch C{reader} for reading: the epoll reactor's C{addReader} with
-        its C{_add} written in, one call fewer for each connection.
+        its C{_add} written in, one call fewer for each connection; and
+        for the peer's FIN too (C{EPOLLRDHUP}; see L{doPoll}).
         """
         fd = reader.fileno()
         reads = self._reads
@@ -151,9 +164,9 @@ class LeanEPollReactor(EPollReactor):
             return
         try:
             if fd in self._writes:
-                self._poller.modify(fd, EPOLLIN | EPOLLOUT)
+                self._poller.modify(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP)
             else:
-                self._poller.register(fd, EPOLLIN)
+                self._poller.register(fd, EPOLLIN | EPOLLRDHUP)
         except OSError as e:
             if e.errno != errno.EPERM:
                 raise

@@ -36,7 +36,7 @@ from .proxyprotocol import PROXY_HEADERS
 from .routeconfig import Route
 from .routing import CompiledRoute, RouteCounters, RouteTable, connectionFacts
 from .sni import MAX_HELLO, Hello, NeedMore, readClientHello
-from .writethrough import close, halfClose, writeThrough
+from .writethrough import close, halfClose, writeLast, writeThrough
 
 
 def clientKey(address: IAddress) -> bytes | None:
@@ -150,6 +150,30 @@ class _Side(Protocol):
         """
         Our write side was shut down after the peer's FIN; nothing to do.
         """
+
+    # Which of its backend's byte counts what this side reads adds to.
+    countedAs = "bytesIn"
+
+    def finalDataReceived(self, data: bytes) -> None:
+        """
+        The last bytes before this side's FIN, which its transport reports
+        next, at once (see L{lbtwist.leantcp._LeanConnection.doReadToEnd}):
+        relayed and counted as L{dataReceived} does, but handed to the
+        peer's socket with C{MSG_MORE} (L{writeLast}), so that the FIN the
+        half-close (or close) sends next leaves in the same segment.
+        """
+        peer = self.peer
+        if peer is None:
+            # Not joined yet (a routed client reading its hello).
+            self.dataReceived(data)
+            return
+        session = self.session
+        session.lastActivity = session.seconds()
+        n = len(data)
+        self.received += n
+        backend = self.backend
+        setattr(backend, self.countedAs, getattr(backend, self.countedAs) + n)
+        writeLast(peer.transport, data)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.closed = True
@@ -328,6 +352,8 @@ class BackendSide(_Side, BackendProtocol):
     """
     A connection to a backend, made for one client.
     """
+
+    countedAs = "bytesOut"
 
     def __init__(self, client: ClientSide) -> None:
         self.client = client

@@ -21,6 +21,7 @@ the queue first, as usual.
 
 from __future__ import annotations
 
+from socket import MSG_MORE
 from typing import Any, Callable
 
 from twisted.internet.tcp import Connection
@@ -102,6 +103,29 @@ def writeNow(transport: Any, data: bytes) -> bool:
         data = data[sent:]
     transport.write(data)
     return False
+
+
+def writeLast(transport: Any, data: bytes) -> None:
+    """
+    Write C{data}, the last before a half-close or close of C{transport}
+    that follows at once: to its socket with C{MSG_MORE} if nothing is
+    queued, so that the kernel holds those bytes for the FIN that comes
+    next and sends both in one segment (as HAProxy does); else queued, as
+    L{writeNow} does.  (Whatever ends the write side next sends the held
+    bytes: a FIN, or, should anything else be written first, that write.)
+    """
+    if isinstance(transport, Connection) and _idle(transport):
+        try:
+            sent = transport.socket.send(data, MSG_MORE)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # Let Twisted find the broken connection on its own path.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def writeThrough(transport: Any,

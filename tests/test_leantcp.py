@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet import error, tcp
+from twisted.internet import error, main, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -825,6 +825,104 @@ class _Reading:
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return self.outcome
+
+
+class _Recving:
+    """
+    A socket double whose C{recv} gives each of C{outcomes} in turn (bytes,
+    or an exception to raise), peeked or not; it records the calls.
+    """
+
+    def __init__(self, *outcomes: bytes | Exception) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[int, int]] = []
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self.calls.append((size, flags))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+class Finishing(Protocol):
+    """
+    Records what it is given, and through which method.
+    """
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got.append(("data", data))
+
+    def finalDataReceived(self, data: bytes) -> None:
+        self.got.append(("final", data))
+
+
+class ReadToEndTests(SynchronousTestCase):
+    """
+    After the peer's FIN (C{EPOLLRDHUP}), a lean connection reads up to the
+    end in one pass, taking the end only from what C{recv} says.
+    """
+
+    def read(self, protocol: Any, *outcomes: bytes | Exception) -> tuple[Any, Any, list[Any]]:
+        transport = LeanTransport.__new__(LeanTransport)
+        transport.socket = _Recving(*outcomes)  # type: ignore[assignment]
+        transport.bufferSize = 65536
+        transport.protocol = protocol
+        why = transport.doReadToEnd()
+        return why, getattr(protocol, "got", None), transport.socket.calls  # type: ignore[attr-defined]
+
+    def test_outcomes(self) -> None:
+        """
+        The end right after the data: the data through C{finalDataReceived}
+        and the end reported, in one pass.  Anything else after the data
+        (more data, as after TCP urgent data's mark; an error, as a reset;
+        nothing yet, as for a stale event) leaves the data a plain read and
+        the rest to the next read.  No data at all is what L{doRead} says.
+        """
+        peek = (1, socket.MSG_PEEK)
+        reset = ConnectionResetError(errno.ECONNRESET, "reset")
+        again = BlockingIOError(errno.EWOULDBLOCK, "again")
+        for outcomes, expected in [
+            ((b"last", b""), (main.CONNECTION_DONE, [("final", b"last")], [(65536, 0), peek])),
+            ((b"some", b"m"), (None, [("data", b"some")], [(65536, 0), peek])),
+            ((b"some", reset), (None, [("data", b"some")], [(65536, 0), peek])),
+            ((b"some", again), (None, [("data", b"some")], [(65536, 0), peek])),
+            ((b"",), (main.CONNECTION_DONE, [], [(65536, 0)])),
+            ((again,), (None, [], [(65536, 0)])),
+            ((reset,), (main.CONNECTION_LOST, [], [(65536, 0)])),
+        ]:
+            self.assertEqual(self.read(Finishing(), *outcomes), expected, outcomes)
+
+    def test_plainProtocol(self) -> None:
+        """
+        A protocol without C{finalDataReceived} gets the last bytes through
+        C{dataReceived}, and the end is reported all the same.
+        """
+        received: list[bytes] = []
+        protocol = Protocol()
+        protocol.dataReceived = received.append  # type: ignore[method-assign]
+        why, _, _ = self.read(protocol, b"last", b"")
+        self.assertEqual((why, received), (main.CONNECTION_DONE, [b"last"]))
+
+    def test_closedMeanwhile(self) -> None:
+        """
+        A protocol that closes the connection when given the last bytes
+        gets no end reported after that.
+        """
+        class Closing(Finishing):
+            def finalDataReceived(self, data: bytes) -> None:
+                self.transport.disconnected = 1  # type: ignore[union-attr]
+
+        protocol = Closing()
+        transport = LeanTransport.__new__(LeanTransport)
+        transport.socket = _Recving(b"last", b"")  # type: ignore[assignment]
+        transport.bufferSize = 65536
+        transport.protocol = protocol
+        protocol.transport = transport
+        self.assertIsNone(transport.doReadToEnd())
 
 
 class LeanReadTests(SynchronousTestCase):

@@ -91,6 +91,34 @@ class LeanEPollReactorTests(SynchronousTestCase):
         self.assertEqual(seen, [1000.0, 1010.0])
         self.assertEqual(reactor.polledAt, 1010.0)
 
+    def test_readToEnd(self) -> None:
+        """
+        A descriptor whose peer sent its FIN has its C{doReadToEnd} called
+        where it has one (the data and the FIN arrived together), and
+        C{doRead} where it has none; one with data only, C{doRead}.
+        """
+        class Ending(Reader):
+            def doReadToEnd(self) -> None:
+                self.read.append(b"to end: " + self.sock.recv(100))
+
+        (a, b), (c, d) = self.pairs
+        e, f = socket.socketpair()
+        self.addCleanup(e.close)
+        self.addCleanup(f.close)
+        ending = Ending(self.reactor, a)
+        plain = Reader(self.reactor, c)
+        busy = Ending(self.reactor, e)
+        for reader in (ending, plain, busy):
+            self.reactor.addReader(reader)
+        b.send(b"last")
+        b.shutdown(socket.SHUT_WR)
+        d.send(b"last")
+        d.shutdown(socket.SHUT_WR)
+        f.send(b"more")
+        self.reactor.doIteration(1)
+        self.assertEqual((ending.read, plain.read, busy.read),
+                         ([b"to end: last"], [b"last"], [b"more"]))
+
     def test_readsBeforeTimersAfterStall(self) -> None:
         """
         A pass that begins more than L{STALL} seconds after the last poll

@@ -191,6 +191,28 @@ class JoinTests(SynchronousTestCase):
         assert b0 is not None
         self.assertEqual((b0.bytesIn, b0.bytesOut), (7, 8))
 
+    def test_finalData(self) -> None:
+        """
+        The last bytes before a side's FIN (C{finalDataReceived}, from a
+        lean transport that read the FIN with them) are relayed and
+        counted as any others, and the FIN that follows is passed on.
+        """
+        reactor, pool, factory = makeProxy()
+        client, clientTransport = acceptClient(factory)
+        protocol, backendTransport = completeConnect(reactor, 0)
+        client.finalDataReceived(b"request")
+        client.readConnectionLost()
+        self.assertEqual(backendTransport.value(), b"request")
+        self.assertTrue(backendTransport.writeClosed)
+        protocol.finalDataReceived(b"response")
+        protocol.readConnectionLost()
+        self.assertEqual(clientTransport.value(), b"response")
+        self.assertTrue(clientTransport.disconnecting)
+        b0 = pool.get("b0")
+        assert b0 is not None
+        self.assertEqual((b0.bytesIn, b0.bytesOut, client.received, protocol.received),
+                         (7, 8, 7, 8))
+
     def test_halfClose(self) -> None:
         """
         A client's FIN shuts down the backend's write side only; the response

@@ -266,6 +266,17 @@ class RoutedClientUnitTests(SynchronousTestCase):
         self.assertIs(protocol.pool, self.pools["db"])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_helloBeforeFin(self) -> None:
+        """
+        A hello that comes with the client's FIN (C{finalDataReceived}) is
+        read as a hello, and routes the client.
+        """
+        self.factory.setRoutes((Route("db", Match(sni=("db.example",)), pool="db"),),
+                               Route("default", pool="web"))
+        protocol, transport = self.connect()
+        protocol.finalDataReceived(clientHello("db.example"))
+        self.assertIs(protocol.pool, self.pools["db"])
+
     def test_helloTimeout(self) -> None:
         """
         The bound on the wait for a hello is the listener pool's request

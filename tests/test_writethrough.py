@@ -13,7 +13,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.writethrough import _idle, close, halfClose, writeNow, writeThrough
+from lbtwist.writethrough import _idle, close, halfClose, writeLast, writeNow, writeThrough
 
 from .support import inThread, plainTCPTransport, reactor
 
@@ -37,12 +37,19 @@ class SocketPairMixin:
 
     addCleanup: Any
 
-    def connection(self) -> tuple[tcp.Connection, socket.socket]:
+    def connection(self, overTCP: bool = False) -> tuple[tcp.Connection, socket.socket]:
         """
         A Twisted connection over one end of a socket pair with a small send
-        buffer, and the other end.
+        buffer (or of a TCP connection over loopback, C{TCP_NODELAY} on, as
+        a relay's), and the other end.
         """
-        mine, theirs = socket.socketpair()
+        if overTCP:
+            with socket.create_server(("127.0.0.1", 0)) as server:
+                theirs = socket.create_connection(server.getsockname(), timeout=5)
+                mine, _ = server.accept()
+            mine.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            mine, theirs = socket.socketpair()
         mine.setblocking(False)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         conn = tcp.Connection(mine, Protocol(), reactor)
@@ -116,6 +123,57 @@ class WriteThroughTests(SocketPairMixin, TestCase):
         self.assertGreater(calls[1], 0)
         received = yield inThread(_readAll, theirs, sum(map(len, chunks)))
         self.assertEqual(received, b"".join(chunks))
+
+
+class WriteLastTests(SocketPairMixin, TestCase):
+    """
+    The last bytes before a half-close go to the socket held for the FIN
+    (C{MSG_MORE}), and arrive with it; what the kernel does not take queues.
+    """
+
+    timeout = 20
+
+    def test_withTheFin(self) -> None:
+        """
+        With nothing queued, the bytes go to the socket at once, held there
+        until the half-close that follows sends them with the FIN; the peer
+        reads them, then the end.
+        """
+        conn, theirs = self.connection(overTCP=True)
+        conn.startReading()
+        writeLast(conn, b"last bytes")
+        self.assertEqual(conn._tempDataLen, 0)
+        # Held by the kernel for the FIN (C{MSG_MORE}): not sent yet.
+        theirs.setblocking(False)
+        self.assertRaises(BlockingIOError, theirs.recv, 100)
+        theirs.setblocking(True)
+        halfClose(conn)
+        theirs.settimeout(5)
+        self.assertEqual(_readAll(theirs, 10), b"last bytes")
+        self.assertEqual(theirs.recv(100), b"")
+
+    @inlineCallbacks
+    def test_underPressure(self) -> Any:
+        """
+        What the kernel does not take queues, in order, behind what it did;
+        the half-close waits for the queue, and all of it arrives.
+        """
+        conn, theirs = self.connection()
+        conn.startReading()
+        data = b"x" * 300_000
+        writeLast(conn, data)
+        self.assertGreater(conn._tempDataLen, 0)
+        halfClose(conn)
+        received = yield inThread(_readAll, theirs, len(data) + 1)
+        self.assertEqual(received, data)
+
+    def test_stringTransport(self) -> None:
+        """
+        A transport that is not a socket is written to through its C{write}.
+        """
+        transport = StringTransport()
+        writeLast(transport, b"x")
+        self.assertEqual(transport.value(), b"x")
 
 
 class HalfCloseTests(SocketPairMixin, TestCase):
