@@ -227,10 +227,11 @@ class LeanEPollReactor(EPollReactor):
         fd = selectable.fileno()
         selectables = self._selectables
         watched = selectables.get(fd)
-        if watched is None:
+        if watched is None and fd >= 0:
             # Watched neither for reading nor for writing (a socket is never
             # polled continuously): a relay's connection that stopped
-            # reading at its peer's half-close.
+            # reading at its peer's half-close.  (One whose descriptor is
+            # gone, fileno() -1, is looked for as the epoll reactor does.)
             return
         if not self._spawned and watched is selectable:
             del selectables[fd]

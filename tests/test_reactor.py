@@ -430,6 +430,41 @@ class ClosingTests(SynchronousTestCase):
                               self.reactor._selectables), state)
             self.reactor.removeReader(other)
 
+    def test_forgetDescriptorGone(self) -> None:
+        """
+        A closing selectable whose C{fileno()} is already -1 (its socket
+        detached, the descriptor still open and watched) is taken out of
+        the reactor and the epoll set as the epoll reactor's
+        C{removeReader} and C{removeWriter} take it out, spawned process or
+        not: left there, every pass would report it again.
+        """
+        def forget(spawned: bool, method: Any) -> Any:
+            reactor = LeanEPollReactor()
+            reactor._spawned = spawned
+            poller = reactor._poller = RecordingPoller(reactor._poller)  # type: ignore[assignment]
+            self.addCleanup(poller.close)
+            a, b = socket.socketpair()
+            self.addCleanup(b.close)
+            reader = Reader(reactor, a)
+            reactor.addReader(reader)
+            reactor.addWriter(reader)
+            fd = reader.fileno()
+            self.addCleanup(socket.close, a.detach())
+            poller.calls.clear()
+            method(reactor, reader)
+            return (poller.calls == [("modify", fd), ("unregister", fd)],
+                    fd in reactor._reads, fd in reactor._writes,
+                    reader in reactor._selectables.values())
+
+        def twisted(reactor: Any, reader: Any) -> None:
+            EPollReactor.removeReader(reactor, reader)
+            EPollReactor.removeWriter(reactor, reader)
+
+        for spawned in (False, True):
+            self.assertEqual(forget(spawned, LeanEPollReactor.forgetClosing),
+                             forget(spawned, twisted))
+            self.assertEqual(forget(spawned, twisted), (True, False, False, False))
+
     def test_afterSpawn(self) -> None:
         """
         Once the reactor has spawned a process, which may hold copies of
