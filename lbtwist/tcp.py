@@ -2,8 +2,9 @@
 TCP mode: each client connection is joined to one backend connection.
 
 The client is paused until its backend is connected, then each transport is
-registered as the other's producer, so a slow peer slows the fast one and
-memory per connection stays bounded.  Half-closes pass through.  When the
+registered as the other's producer once a write to the other queues (the
+PROXY header and a routed client's replayed hello included), so a slow peer
+slows the fast one and memory per connection stays bounded.  Half-closes pass through.  When the
 chosen backend refuses or times out, the next eligible one is tried, up to
 the pool's C{retries}; the client never notices.
 
@@ -271,8 +272,10 @@ class ClientSide(_Side):
         self.joinTo(server, backend)
         server.joinTo(self, backend)
         if proxyHeader is not None:
-            # The PROXY header goes first, before any relayed byte.
-            server.transport.write(  # type: ignore[union-attr]
+            # The PROXY header goes first, before any relayed byte, written
+            # as they are: should it queue, the backend's transport pauses
+            # this one from then on.
+            self.sendToPeer(
                 proxyHeader(self.transport.getPeer(), self.transport.getHost())  # type: ignore[union-attr]
             )
         self.session.startIdleTimer(idleTimeout, self.factory.idleTimers)
@@ -607,7 +610,8 @@ class RoutedClientSide(ClientSide):
         if replay:
             self.received += len(replay)
             backend.bytesIn += len(replay)
-            server.transport.write(replay)  # type: ignore[union-attr]
+            # (Written as relayed bytes are: see _join.)
+            self.sendToPeer(replay)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self._stopHelloTimer()

@@ -23,6 +23,7 @@ from lbtwist.pool import BackendPool, Health
 from lbtwist.routeconfig import Match, Route
 from lbtwist.tcp import ARM_DELAY, ClientSide, TCPProxyFactory
 
+from .support import plainTCPTransport
 from .test_sni import clientHello
 
 
@@ -554,6 +555,35 @@ class FullBufferLoopbackReactor(MemoryReactorClock):
         connected(protocol)
 
 
+class FullSocket:
+    """
+    A socket double whose send buffer is full: it takes nothing.
+    """
+
+    def send(self, data: bytes) -> int:
+        raise BlockingIOError()
+
+    def setsockopt(self, *args: Any) -> None:
+        pass
+
+
+@implementer(IReactorDialTCP)
+class FullSocketLoopbackReactor(MemoryReactorClock):
+    """
+    A memory reactor whose direct dials connect before they return, to a
+    socket transport (Twisted's own, queuing and pausing its producer past
+    its C{bufferSize}) whose socket takes nothing.
+    """
+
+    def dialTCP(self, host: str, port: int, protocol: Any, timeout: float,
+                connected: Any, failed: Any) -> None:
+        transport = plainTCPTransport(FullSocket(), None, reactor=self,  # type: ignore[arg-type]
+                                      _tempDataBuffer=[])
+        del transport.write
+        protocol.makeConnection(transport)
+        connected(protocol)
+
+
 def proxyPool(proxyProtocol: str | None = None) -> BackendPool:
     """
     A pool of one backend on port 8001, sending a PROXY header if
@@ -629,6 +659,21 @@ class HoldTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(client.backend.name, "db0")
         self.assertEqual(client.peer.transport.value(), hello + b"more")
+
+    def test_replayFillingTheBackendPauses(self) -> None:
+        """
+        A routed client whose hello, with what came with it, fills its
+        socket backend's buffer as it is replayed is paused then, as it is
+        by a relayed chunk that fills it: the backend's transport has the
+        client's as its producer from that write on.
+        """
+        client, transport = acceptCounted(self.routedProxy(FullSocketLoopbackReactor()))
+        hello = clientHello("db.example")
+        client.dataReceived(hello + b"x" * 70_000)
+        backendTransport = client.peer.transport
+        self.assertEqual(backendTransport._tempDataLen, len(hello) + 70_000)
+        self.assertIs(backendTransport.producer, transport)
+        self.assertEqual(transport.producerState, "paused")
 
     def test_goneWhileConnectingNotResumed(self) -> None:
         """
