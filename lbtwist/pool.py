@@ -807,6 +807,29 @@ class BackendPool:
         backend.active -= 1
         self.active -= 1
 
+    def relayJoined(self, backend: Backend) -> None:
+        """
+        A TCP client was joined to C{backend}: L{opened} and
+        L{exchangeSucceeded} in one call (a relayed connection is the whole
+        exchange TCP mode sees: its error streaks end here).
+        """
+        backend.active += 1
+        self.active += 1
+        backend.total += 1
+        backend.consecutiveFailures = backend.errorStreak = 0
+        backend.serverErrorStreak = backend.gatewayStreak = 0
+
+    def relayEnded(self, backend: Backend) -> None:
+        """
+        A TCP client of C{backend} is finished: L{closed} and L{release} of
+        its slot in one call.
+        """
+        backend.active -= 1
+        self.active -= 1
+        backend.slots -= 1
+        if self._waiting:
+            self.wake()
+
     def noBackendFor(self, client: str) -> None:
         """
         A client found no eligible backend.

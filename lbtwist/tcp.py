@@ -254,12 +254,8 @@ class ClientSide(_Side):
         """
         self._attempt = None
         self.failedTries = failures
-        backend.responseTime = self.session.seconds() - self.session.started
-        pool = self.pool
-        pool.opened(backend)
-        # A relayed connection is the whole exchange TCP mode sees: its
-        # error streaks (outlier ejection) end here.
-        pool.exchangeSucceeded(backend)
+        backend.countResponse(self.session.seconds() - self.session.started)
+        self.pool.relayJoined(backend)
         backend.closers.add(self.abortPair)
         setNoDelay(server.transport)
         if self._held:
@@ -302,8 +298,7 @@ class ClientSide(_Side):
         backend = self.backend
         if backend is not None:
             backend.closers.discard(self.abortPair)
-            self.pool.closed(backend)
-            self.pool.release(backend)
+            self.pool.relayEnded(backend)
             self.backend = None
         self.factory.clientGone()
         # Last, once every count is settled.

@@ -313,6 +313,28 @@ class WeightTests(SynchronousTestCase):
         pool.setWeight("z", 1)
         self.assertEqual(woken, [True])
 
+    def afterCalls(self, *calls: str) -> tuple[Any, ...]:
+        """
+        What a backend with one slot taken, a client joined to it, error
+        streaks and a client waiting in the queue look like after the pool
+        methods named in C{calls} are called for it.
+        """
+        pool = BackendPool(PoolConfig(name="web", backends=(
+            BackendConfig("a", "tcp:host=127.0.0.1:port=1", maxconn=1),
+        )), random.Random(0))
+        a = pool.get("a")
+        assert a is not None
+        pool.acquire(a)
+        pool.opened(a)
+        a.consecutiveFailures = a.errorStreak = 2
+        a.serverErrorStreak = a.gatewayStreak = 1
+        woken: list[bool] = []
+        self.assertTrue(pool.enqueue(lambda: woken.append(True)))
+        for call in calls:
+            getattr(pool, call)(a)
+        return (a.active, pool.active, a.total, a.slots, a.consecutiveFailures,
+                a.errorStreak, a.serverErrorStreak, a.gatewayStreak, woken)
+
     def test_exchangeFinished(self) -> None:
         """
         L{BackendPool.exchangeFinished} ends a request that succeeded as
@@ -321,29 +343,24 @@ class WeightTests(SynchronousTestCase):
         active, its error streaks end, its slot is back and a client
         waiting in the queue is woken.
         """
-        def finished(merged: bool) -> tuple[Any, ...]:
-            pool = BackendPool(PoolConfig(name="web", backends=(
-                BackendConfig("a", "tcp:host=127.0.0.1:port=1", maxconn=1),
-            )), random.Random(0))
-            a = pool.get("a")
-            assert a is not None
-            pool.acquire(a)
-            pool.opened(a)
-            a.consecutiveFailures = a.errorStreak = 2
-            a.serverErrorStreak = a.gatewayStreak = 1
-            woken: list[bool] = []
-            self.assertTrue(pool.enqueue(lambda: woken.append(True)))
-            if merged:
-                pool.exchangeFinished(a)
-            else:
-                pool.closed(a)
-                pool.exchangeSucceeded(a)
-                pool.release(a)
-            return (a.active, pool.active, a.total, a.slots, a.consecutiveFailures,
-                    a.errorStreak, a.serverErrorStreak, a.gatewayStreak, woken)
+        merged = self.afterCalls("exchangeFinished")
+        self.assertEqual(merged, (0, 0, 1, 0, 0, 0, 0, 0, [True]))
+        self.assertEqual(merged, self.afterCalls("closed", "exchangeSucceeded", "release"))
 
-        self.assertEqual(finished(True), (0, 0, 1, 0, 0, 0, 0, 0, [True]))
-        self.assertEqual(finished(True), finished(False))
+    def test_relayJoinedAndEnded(self) -> None:
+        """
+        L{BackendPool.relayJoined} counts a TCP client joined as
+        L{BackendPool.opened} and L{BackendPool.exchangeSucceeded} do
+        together (one more active, its error streaks over), and
+        L{BackendPool.relayEnded} ends it as L{BackendPool.closed} and
+        L{BackendPool.release} do (its slot back, the queue woken).
+        """
+        joined = self.afterCalls("relayJoined")
+        self.assertEqual(joined, (2, 2, 2, 1, 0, 0, 0, 0, []))
+        self.assertEqual(joined, self.afterCalls("opened", "exchangeSucceeded"))
+        ended = self.afterCalls("relayEnded")
+        self.assertEqual(ended, (0, 0, 1, 0, 2, 2, 1, 1, [True]))
+        self.assertEqual(ended, self.afterCalls("closed", "release"))
 
     def test_weightChangeLogged(self) -> None:
         """
