@@ -147,9 +147,11 @@ class _LeanConnection(tcp.Connection):
         The event is a hint, never taken for the end: the end is a
         C{recv()} that finds nothing (peeked, so nothing is consumed).
         Data that comes after what was read (after TCP urgent data's mark,
-        or more than a read holds), an error (a reset after the data), or
-        nothing at all (a stale event, for a descriptor another socket
-        took within the pass) are all left for the next read.
+        or more than a read holds), or nothing at all (a stale event, for a
+        descriptor another socket took within the pass) are left for the
+        next read.  An error (a reset after the data) is reported at once,
+        after the data: the peek consumed it (C{SO_ERROR} is cleared once
+        reported), and the next read would find a clean end instead.
         """
         sock = self.socket
         try:
@@ -161,11 +163,17 @@ class _LeanConnection(tcp.Connection):
             return main.CONNECTION_LOST
         if not data:
             return main.CONNECTION_DONE
+        protocol = self.protocol
         try:
             ended = not sock.recv(1, MSG_PEEK)
-        except OSError:
+        except BlockingIOError:
             ended = False
-        protocol = self.protocol
+        except OSError:
+            # A reset after the data: the peek took the socket's error, and
+            # the next read would find a clean end, so the loss is reported
+            # now, after the data.
+            protocol.dataReceived(data)
+            return None if self.disconnected else main.CONNECTION_LOST
         if not ended:
             protocol.dataReceived(data)
             return None

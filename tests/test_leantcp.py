@@ -878,9 +878,11 @@ class ReadToEndTests(SynchronousTestCase):
         """
         The end right after the data: the data through C{finalDataReceived}
         and the end reported, in one pass.  Anything else after the data
-        (more data, as after TCP urgent data's mark; an error, as a reset;
-        nothing yet, as for a stale event) leaves the data a plain read and
-        the rest to the next read.  No data at all is what L{doRead} says.
+        (more data, as after TCP urgent data's mark; nothing yet, as for a
+        stale event) leaves the data a plain read and the rest to the next
+        read; an error (a reset), which the peek consumed, is reported
+        after the data as a plain read.  No data at all is what L{doRead}
+        says.
         """
         peek = (1, socket.MSG_PEEK)
         reset = ConnectionResetError(errno.ECONNRESET, "reset")
@@ -888,7 +890,7 @@ class ReadToEndTests(SynchronousTestCase):
         for outcomes, expected in [
             ((b"last", b""), (main.CONNECTION_DONE, [("final", b"last")], [(65536, 0), peek])),
             ((b"some", b"m"), (None, [("data", b"some")], [(65536, 0), peek])),
-            ((b"some", reset), (None, [("data", b"some")], [(65536, 0), peek])),
+            ((b"some", reset), (main.CONNECTION_LOST, [("data", b"some")], [(65536, 0), peek])),
             ((b"some", again), (None, [("data", b"some")], [(65536, 0), peek])),
             ((b"",), (main.CONNECTION_DONE, [], [(65536, 0)])),
             ((again,), (None, [], [(65536, 0)])),
@@ -923,6 +925,97 @@ class ReadToEndTests(SynchronousTestCase):
         transport.protocol = protocol
         protocol.transport = transport
         self.assertIsNone(transport.doReadToEnd())
+
+
+@implementer(IHalfCloseableProtocol)
+class EndRecorder(Protocol):
+    """
+    A half-closeable protocol that records what it reads and how its input
+    ended; C{onData} (if set) runs after each read.
+    """
+
+    onData: Any = None
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, Any]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got.append(("data", data))
+        if self.onData is not None:
+            self.onData(self)
+
+    def finalDataReceived(self, data: bytes) -> None:
+        self.got.append(("final", data))
+        if self.onData is not None:
+            self.onData(self)
+
+    def readConnectionLost(self) -> None:
+        self.got.append(("end", None))
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.got.append(("lost", reason.type))
+
+
+class ReadToEndOverTCPTests(SynchronousTestCase):
+    """
+    A lean connection in a lean reactor, over a real loopback TCP
+    connection, when its peer's last bytes and end come together.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = LeanEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+
+    def connect(self, protocol: Protocol) -> tuple[LeanTransport, socket.socket]:
+        """
+        A lean connection read by C{self.reactor}, with C{protocol}, and its
+        peer's socket.
+        """
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            peer = socket.create_connection(server.getsockname(), timeout=5)
+            mine, address = server.accept()
+        self.addCleanup(peer.close)
+        sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, mine.detach())
+        sock.setblocking(False)
+        transport = LeanTransport.dialled(sock, protocol, self.reactor, address)
+        protocol.makeConnection(transport)
+        self.addCleanup(lambda: transport.connected and transport.abortConnection())
+        return transport, peer
+
+    def spin(self, passes: int = 5) -> None:
+        for _ in range(passes):
+            self.reactor.doIteration(0.05)
+
+    def test_resetAfterData(self) -> None:
+        """
+        Data then a reset (C{SO_LINGER} 0): the data, then the connection
+        lost, not a clean end: the peek that looked past the data took the
+        socket's error, which a later read would not see again.
+        """
+        protocol = EndRecorder()
+        _, peer = self.connect(protocol)
+        peer.sendall(b"data")
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        peer.close()
+        self.spin()
+        self.assertEqual(protocol.got, [("data", b"data"), ("lost", error.ConnectionLost)])
+
+    def test_urgentData(self) -> None:
+        """
+        Data after TCP urgent data's mark, then the end: the reads stop at
+        the mark and go on past it; nothing is lost, and the end comes last.
+        """
+        protocol = EndRecorder()
+        _, peer = self.connect(protocol)
+        peer.sendall(b"before")
+        peer.send(b"!", socket.MSG_OOB)
+        peer.sendall(b"after")
+        peer.shutdown(socket.SHUT_WR)
+        self.spin()
+        self.assertEqual(protocol.got, [("data", b"before"), ("final", b"after"), ("end", None)])
 
 
 class LeanReadTests(SynchronousTestCase):
