@@ -88,7 +88,9 @@ class LeanEPollReactor(EPollReactor):
         is handed to the selectable's C{doReadToEnd} where it has one (a
         lean TCP connection): it reads up to the end in this pass, and a
         relay then sends the last bytes and its own FIN in one segment.
-        The event is only a hint there: the end is what C{recv()} says.
+        The event is only a hint there: the end is what C{recv()} says; and
+        it is reported only if the selectable still reads once given the
+        last bytes (one that paused, or is closing, finds it later).
         """
         if timeout is None:
             timeout = -1
@@ -133,7 +135,17 @@ class LeanEPollReactor(EPollReactor):
                                 # The peer's FIN has come: a lean
                                 # connection reads up to it in this pass.
                                 readToEnd = getattr(selectable, "doReadToEnd", None)
-                                why = selectable.doRead() if readToEnd is None else readToEnd()
+                                if readToEnd is None:
+                                    why = selectable.doRead()
+                                else:
+                                    why = readToEnd()
+                                    if why is CONNECTION_DONE and fd not in reads:
+                                        # It stopped reading meanwhile
+                                        # (paused, or closing once its
+                                        # queue is sent): the end waits
+                                        # for its next read, as it would
+                                        # have come after the data.
+                                        why = None
                             else:
                                 why = selectable.doRead()
                             inRead = True

@@ -304,24 +304,45 @@ class HeaderTests(HTTPProxyTestCase):
         a = self.startBackend("a")
         proxy = self.startProxy([a], http={"abort-on-close": False})
 
-        def run() -> bytes:
-            import socket
-
-            with socket.create_connection(("127.0.0.1", proxy.testPort), timeout=5) as s:
-                s.sendall(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
-                s.shutdown(socket.SHUT_WR)
-                out = b""
-                while True:
-                    got = s.recv(65536)
-                    if not got:
-                        return out
-                    out += got
-
-        from twisted.internet.threads import deferToThread
-
-        out = yield deferToThread(run)
+        out = yield inThread(_sendThenHalfClose, proxy.testPort,
+                             b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
         self.assertTrue(out.endswith(b"a /half\n"), out)
+
+
+    @inlineCallbacks
+    def test_pipelinedThenHalfClose(self) -> Any:
+        """
+        A client that pipelines two requests and shuts down its write side
+        in the same breath gets both responses (C{http.abort-on-close} on,
+        as by default): reading is held while they are answered, so the
+        end is read after them, even though it came with them.
+        """
+        a = self.startBackend("a")
+        proxy = self.startProxy([a])
+
+        # Held for the FIN (MSG_MORE): both arrive in one segment.
+        out = yield inThread(_sendThenHalfClose, proxy.testPort,
+                             b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                             b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n", socket.MSG_MORE)
+        self.assertEqual(out.count(b"HTTP/1.1 200 OK"), 2, out)
+        self.assertTrue(out.endswith(b"a /2\n"), out)
+
+
+def _sendThenHalfClose(port: int, data: bytes, flags: int = 0) -> bytes:
+    """
+    Send C{data} (with C{flags}) to C{port}, shut down the write side, and
+    read everything until the connection is closed.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data, flags)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            got = s.recv(65536)
+            if not got:
+                return out
+            out += got
 
 
 def _varietyOfClients(port: int) -> list[int]:

@@ -1017,6 +1017,40 @@ class ReadToEndOverTCPTests(SynchronousTestCase):
         self.spin()
         self.assertEqual(protocol.got, [("data", b"before"), ("final", b"after"), ("end", None)])
 
+    def test_pausedMeanwhile(self) -> None:
+        """
+        A protocol that stops reading when given the last bytes (an HTTP
+        client's pipelined requests wait for their answers) is not told of
+        the end until it reads again, as when the end came later.
+        """
+        protocol = EndRecorder()
+        protocol.onData = lambda p: p.transport.pauseProducing()
+        transport, peer = self.connect(protocol)
+        peer.sendall(b"last")
+        peer.shutdown(socket.SHUT_WR)
+        self.spin()
+        self.assertEqual(protocol.got, [("final", b"last")])
+        transport.resumeProducing()
+        self.spin()
+        self.assertEqual(protocol.got, [("final", b"last"), ("end", None)])
+
+    def test_closingMeanwhile(self) -> None:
+        """
+        A protocol without a half-close that answers the last bytes and
+        closes (the connection waits to send the answer) has its answer
+        sent, not cut by the end.
+        """
+        class Answering(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.write(b"answer")  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+        _, peer = self.connect(Answering())
+        peer.sendall(b"bad request")
+        peer.shutdown(socket.SHUT_WR)
+        self.spin()
+        self.assertEqual(peer.recv(100), b"answer")
+
 
 class LeanReadTests(SynchronousTestCase):
     """
