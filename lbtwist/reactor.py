@@ -38,6 +38,10 @@ from .passtime import IReactorPassTime
 # An epoll event saying the descriptor hung up or failed.
 _DISCONNECTED = EPOLLHUP | EPOLLERR
 
+# What a descriptor being read is watched for: data, and its peer's FIN
+# (see LeanEPollReactor.doPoll), whether or not it is written too.
+_READING = EPOLLIN | EPOLLRDHUP
+
 # What a connection is told when its peer closed it, shared as the epoll
 # reactor shares its own.
 _FAILURES = {ConnectionDone: Failure(ConnectionDone()), ConnectionLost: Failure(ConnectionLost())}
@@ -176,9 +180,9 @@ class LeanEPollReactor(EPollReactor):
             return
         try:
             if fd in self._writes:
-                self._poller.modify(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP)
+                self._poller.modify(fd, _READING | EPOLLOUT)
             else:
-                self._poller.register(fd, EPOLLIN | EPOLLRDHUP)
+                self._poller.register(fd, _READING)
         except OSError as e:
             if e.errno != errno.EPERM:
                 raise
@@ -188,6 +192,20 @@ class LeanEPollReactor(EPollReactor):
             return
         reads.add(fd)
         self._selectables[fd] = reader
+
+    def addWriter(self, writer: Any) -> None:
+        """
+        Watch C{writer} for writing: the epoll reactor's C{addWriter}, but a
+        descriptor also being read stays watched for its peer's FIN
+        (C{EPOLLRDHUP}, which the epoll reactor's flags would drop).
+        """
+        try:
+            self._add(writer, self._writes, self._reads, self._selectables,
+                      EPOLLOUT, _READING)
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                raise
+            self._continuousPolling.addWriter(writer)
 
     def removeReader(self, reader: Any) -> None:
         """
@@ -214,12 +232,18 @@ class LeanEPollReactor(EPollReactor):
 
     def removeWriter(self, writer: Any) -> None:
         """
-        Stop watching C{writer} for writing; see L{removeReader}.
+        Stop watching C{writer} for writing; see L{removeReader} and
+        L{addWriter}.
         """
         fd = writer.fileno()
-        if fd >= 0 and fd not in self._writes and not self._continuousPolling.isWriting(writer):
-            return
-        super().removeWriter(writer)
+        if fd >= 0 and fd in self._writes:
+            # The epoll reactor's, with EPOLLRDHUP kept for a descriptor read.
+            self._remove(writer, self._writes, self._reads, self._selectables, EPOLLOUT, _READING)
+        elif self._continuousPolling.isWriting(writer):
+            self._continuousPolling.removeWriter(writer)
+        elif fd < 0:
+            # Its descriptor is gone: found among the watched by identity.
+            self._remove(writer, self._writes, self._reads, self._selectables, EPOLLOUT, _READING)
 
     def forgetClosing(self, selectable: Any) -> None:
         """

@@ -119,6 +119,32 @@ class LeanEPollReactorTests(SynchronousTestCase):
         self.assertEqual((ending.read, plain.read, busy.read),
                          ([b"to end: last"], [b"last"], [b"more"]))
 
+    def test_readToEndAfterWriting(self) -> None:
+        """
+        A reader that was watched for writing meanwhile (a relay's socket
+        whose queue filled and drained), or still is, is still watched for
+        its peer's FIN: its C{doReadToEnd} is called, not C{doRead}.
+        """
+        class Ending(Reader):
+            def doReadToEnd(self) -> None:
+                self.read.append(b"to end: " + self.sock.recv(100))
+
+            def doWrite(self) -> None:
+                pass
+
+        (a, b), (c, d) = self.pairs
+        drained = Ending(self.reactor, a)
+        writing = Ending(self.reactor, c)
+        for reader in (drained, writing):
+            self.reactor.addReader(reader)
+            self.reactor.addWriter(reader)
+        self.reactor.removeWriter(drained)
+        for peer in (b, d):
+            peer.send(b"last")
+            peer.shutdown(socket.SHUT_WR)
+        self.reactor.doIteration(1)
+        self.assertEqual((drained.read, writing.read), ([b"to end: last"], [b"to end: last"]))
+
     def test_readsBeforeTimersAfterStall(self) -> None:
         """
         A pass that begins more than L{STALL} seconds after the last poll
