@@ -226,6 +226,7 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
         from h2.connection import H2Connection
         from twisted.application.internet import StreamServerEndpointService
         from twisted.internet import abstract, tcp
+        from twisted.internet.epollreactor import EPollReactor
         from twisted.protocols.tls import TLSMemoryBIOProtocol
 
         needed: dict[object, tuple[str, ...]] = {
@@ -234,6 +235,7 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
                              "_closeWriteConnection"),
             tcp.Client: ("_commonConnection",),
             tcp.Port: ("_realPortNumber",),
+            EPollReactor: ("_add", "_remove", "_disconnectSelectable"),
             abstract.FileDescriptor: ("_writeDisconnecting", "_writeDisconnected"),
             TLSMemoryBIOProtocol: ("_tlsShutdownFinished", "_handshakeDone", "_aborted",
                                    "_checkHandshakeStatus"),
@@ -261,7 +263,7 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
             reactor: ("_selectables", "_reads", "_writes", "_poller", "_continuousPolling",
                       "_stopped"),
             StreamServerEndpointService(None, None): ("_waitingForPort",),
-            abstract.FileDescriptor(): ("_tempDataLen",),
+            abstract.FileDescriptor(): ("_tempDataLen", "_tempDataBuffer"),
             FrameBuffer(): ("_data",),
         }
         missing = [f"{type(owner).__name__}.{name}"
