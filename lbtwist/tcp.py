@@ -379,6 +379,10 @@ class TCPSession:
     The shared state of a joined pair: when it last moved, and its idle timer.
     """
 
+    # (In slots: one per proxied connection, for as long as it lives.)
+    __slots__ = ("_timeout", "_timer", "_timers", "client", "clock", "lastActivity", "seconds",
+                 "started")
+
     def __init__(self, client: ClientSide, clock: IReactorTime) -> None:
         self.client = client
         self.clock = clock

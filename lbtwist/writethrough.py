@@ -148,29 +148,25 @@ def writeThrough(transport: Any,
         if beforeQueue is not None:
             beforeQueue()
         return transport.write  # type: ignore[no-any-return]
-    send = transport.socket.send
-    write = transport.write
-    if beforeQueue is None:
-        queue = write
-    else:
-        def queue(data: bytes) -> None:
-            beforeQueue()
-            write(data)
 
+    # (It holds the transport alone, not its bound send and write, nor a
+    # second function for the queue: a relay keeps one of these per side
+    # for as long as a connection lives, idle or not.)
     def sendOrQueue(data: bytes) -> None:
-        if not _idle(transport):
-            queue(data)
-            return
-        try:
-            sent = send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            # Let Twisted find the broken connection on its own path and
-            # report it through connectionLost.
-            queue(data)
-            return
-        if sent < len(data):
-            queue(data[sent:])
+        if _idle(transport):
+            try:
+                sent = transport.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # Let Twisted find the broken connection on its own path
+                # and report it through connectionLost.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        if beforeQueue is not None:
+            beforeQueue()
+        transport.write(data)
 
     return sendOrQueue
