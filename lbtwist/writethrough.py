@@ -75,10 +75,11 @@ def close(transport: Any) -> None:
     transport.loseConnection()
 
 
-def writeNow(transport: Any, data: bytes) -> bool:
+def writeNow(transport: Any, data: bytes, flags: int = 0) -> bool:
     """
     Write C{data} to C{transport}: to its socket at once if nothing is
-    queued, queuing only what the kernel did not take.
+    queued (with C{send}'s C{flags}), queuing only what the kernel did not
+    take.
 
     @return: whether it all went to the socket (nothing was queued).
     """
@@ -92,7 +93,7 @@ def writeNow(transport: Any, data: bytes) -> bool:
         or transport.TLS
     ):
         try:
-            sent = transport.socket.send(data)
+            sent = transport.socket.send(data, flags)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
@@ -114,18 +115,7 @@ def writeLast(transport: Any, data: bytes) -> None:
     L{writeNow} does.  (Whatever ends the write side next sends the held
     bytes: a FIN, or, should anything else be written first, that write.)
     """
-    if isinstance(transport, Connection) and _idle(transport):
-        try:
-            sent = transport.socket.send(data, MSG_MORE)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            # Let Twisted find the broken connection on its own path.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
+    writeNow(transport, data, MSG_MORE)
 
 
 def writeThrough(transport: Any,
@@ -156,11 +146,10 @@ def writeThrough(transport: Any,
         if _idle(transport):
             try:
                 sent = transport.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
             except OSError:
-                # Let Twisted find the broken connection on its own path
-                # and report it through connectionLost.
+                # The kernel took nothing (its buffer is full), or the
+                # connection is broken: Twisted finds that on its own path
+                # and reports it through connectionLost.
                 sent = 0
             if sent == len(data):
                 return

@@ -328,7 +328,7 @@ class ProxyStateTests(SynchronousTestCase):
         class Socket:
             take = 1 << 20
 
-            def send(self, data: bytes) -> int:
+            def send(self, data: bytes, flags: int = 0) -> int:
                 return min(self.take, len(data))
 
             def setsockopt(self, *args: Any) -> None:
@@ -1159,7 +1159,7 @@ class WriteNowTests(SynchronousTestCase):
                 self.take = take
                 self.sent = b""
 
-            def send(self, data: bytes) -> int:
+            def send(self, data: bytes, flags: int = 0) -> int:
                 n = min(self.take, len(data))
                 self.sent += data[:n]
                 return n

@@ -560,7 +560,7 @@ class FullSocket:
     A socket double whose send buffer is full: it takes nothing.
     """
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes, flags: int = 0) -> int:
         raise BlockingIOError()
 
     def setsockopt(self, *args: Any) -> None:

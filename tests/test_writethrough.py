@@ -255,7 +255,7 @@ class _TakingSocket:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes, flags: int = 0) -> int:
         self.sent.append(data)
         return len(data)
 
