@@ -326,6 +326,21 @@ class EdgeTests(SynchronousTestCase):
         transport = AbortRecordingTransport(peerAddress=CLIENT)
         return connectClient(factory, transport), transport
 
+    def loggingFactory(self) -> tuple[HTTPProxyFactory, list[tuple[Any, ...]]]:
+        """
+        A factory whose access log is a sink recording each request line's
+        fields, and those lines.
+        """
+        lines: list[tuple[Any, ...]] = []
+
+        class Sink:
+            def request(self, *fields: Any) -> None:
+                lines.append(fields)
+
+        factory = self.factory()
+        factory.accessLog = Sink()  # type: ignore[assignment]
+        return factory, lines
+
     def backend(self, index: int = -1) -> tuple[Any, AbortRecordingTransport]:
         transport = AbortRecordingTransport()
         return connectBackend(self.reactor, transport, index), transport
@@ -440,14 +455,7 @@ class EdgeTests(SynchronousTestCase):
         access-log line is written only when the tunnel closes; a response
         that completes is counted and logged at once.
         """
-        lines: list[tuple[Any, ...]] = []
-
-        class Sink:
-            def request(self, *fields: Any) -> None:
-                lines.append(fields)
-
-        factory = self.factory()
-        factory.accessLog = Sink()  # type: ignore[assignment]
+        factory, lines = self.loggingFactory()
         client, _ = self.client(factory)
         client.dataReceived(UPGRADE)
         backend, transport = self.backend()
@@ -471,14 +479,7 @@ class EdgeTests(SynchronousTestCase):
         A request whose client left before the answer is access-logged with
         status 0 and counted.
         """
-        lines: list[tuple[Any, ...]] = []
-
-        class Sink:
-            def request(self, *fields: Any) -> None:
-                lines.append(fields)
-
-        factory = self.factory()
-        factory.accessLog = Sink()  # type: ignore[assignment]
+        factory, lines = self.loggingFactory()
         client, _ = self.client(factory)
         client.dataReceived(b"GET /gone HTTP/1.1\r\nHost: a\r\n\r\n")
         self.backend()
