@@ -70,6 +70,8 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from .writethrough import sendHeld
+
 
 class IReactorDialTCP(Interface):
     """
@@ -117,6 +119,14 @@ class _LeanConnection(tcp.Connection):
     """
 
     _shouldShutdown = False
+    # What L{lbtwist.writethrough.writeNow} holds for the end of the
+    # reactor's pass (see L{LeanEPollReactor.sendHeld}): the bytes, in
+    # order, or None; what to call should any of them queue; and the
+    # reactor's list of the connections holding some (None on a reactor
+    # that does not hold writes).
+    held: list[bytes] | None = None
+    heldQueues: Callable[[], None] | None = None
+    holders: list[Any] | None = None
 
     def doRead(self) -> Any:
         """
@@ -184,6 +194,15 @@ class _LeanConnection(tcp.Connection):
             final(data)
         # (Unless the protocol closed the connection meanwhile.)
         return None if self.disconnected else main.CONNECTION_DONE
+
+    def doWrite(self) -> Any:
+        """
+        L{tcp.Connection.doWrite}, after the bytes held for the pass's end:
+        they were written before anything Twisted queued.
+        """
+        if self.held is not None:
+            sendHeld(self)
+        return tcp.Connection.doWrite(self)
 
     def _closeWriteConnection(self) -> None:
         """
@@ -352,6 +371,9 @@ class LeanTransport(_LeanConnection, tcp.Server):
         self.sessionno = sessionno
         self.hostname = client[0]
         self.connected = 1
+        self.held = None
+        self.heldQueues = None
+        self.holders = getattr(reactor, "holders", None)
 
     @property
     def _tlsClientDefault(self) -> bool:  # type: ignore[override]

@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from .leantcp import IReactorDialTCP, LeanConnector, LeanDial, LeanPort, ipFamily
 from .passtime import IReactorPassTime
+from .writethrough import sendHeld
 
 # An epoll event saying the descriptor hung up or failed.
 _DISCONNECTED = EPOLLHUP | EPOLLERR
@@ -51,6 +52,11 @@ _FAILURES = {ConnectionDone: Failure(ConnectionDone()), ConnectionLost: Failure(
 # the process was stalled: stopped (SIGSTOP), a long garbage collection,
 # starved of CPU.
 STALL = 0.5
+
+# The most events a pass handles (the rest wait for the next poll): what
+# a pass writes is held until it ends, and this bounds how long (HAProxy's
+# tune.maxpollevents is 200).
+MAX_EVENTS = 256
 
 
 @implementer(IReactorDialTCP, IReactorPassTime)
@@ -72,6 +78,43 @@ class LeanEPollReactor(EPollReactor):
     # When the last poll returned: the time of this pass, for what a time
     # to the pass is exact enough (see L{lbtwist.passtime}).
     polledAt = 0.0
+
+    def __init__(self) -> None:
+        # The lean connections holding bytes written in this pass (see
+        # L{lbtwist.writethrough.writeNow}), sent when it ends.
+        self.holders: list[Any] = []
+        EPollReactor.__init__(self)
+
+    def sendHeld(self) -> None:
+        """
+        Send what each lean connection was given to write since the last
+        time (L{lbtwist.writethrough.writeNow}): at the end of each pass,
+        and before each poll (timed calls write too).
+        """
+        holders = self.holders
+        # (A connection that holds again meanwhile is appended, and sent
+        # in this loop too.)
+        for transport in holders:
+            held = transport.held
+            if held is None:
+                continue
+            if len(held) == 1 and transport.connected:
+                # (sendHeld's common case, written out: a write a pass,
+                # taken whole.)
+                data = held[0]
+                try:
+                    sent = transport.socket.send(data)
+                except OSError:
+                    sent = 0
+                if sent == len(data):
+                    transport.held = transport.heldQueues = None
+                    continue
+                held[0] = data[sent:]
+            try:
+                sendHeld(transport)
+            except Exception:
+                self._log.failure("error sending to {transport}", transport=transport)
+        holders.clear()
 
     def runUntilCurrent(self) -> None:
         """
@@ -96,6 +139,8 @@ class LeanEPollReactor(EPollReactor):
         it is reported only if the selectable still reads once given the
         last bytes (one that paused, or is closing, finds it later).
         """
+        if self.holders:
+            self.sendHeld()
         if timeout is None:
             timeout = -1
         poll = self._poller.poll
@@ -103,7 +148,7 @@ class LeanEPollReactor(EPollReactor):
         # runUntilCurrent would have polled; one clock read a pass fewer.)
         previous = self.polledAt
         try:
-            events = poll(timeout, len(self._selectables))
+            events = poll(timeout, MAX_EVENTS)
         except OSError as err:
             if err.errno == errno.EINTR:
                 return
@@ -112,7 +157,7 @@ class LeanEPollReactor(EPollReactor):
         if not events and timeout >= 0 and now - previous > timeout + STALL:
             # Stopped during the poll (SIGSTOP): resumed, the kernel ends
             # the poll as timed out, with nothing, whatever came meanwhile.
-            events = poll(0, len(self._selectables))
+            events = poll(0, MAX_EVENTS)
         selectables = self._selectables
         reads = self._reads
         for fd, event in events:
@@ -165,6 +210,8 @@ class LeanEPollReactor(EPollReactor):
                 except Exception:
                     self._log.failure("unhandled error handling {selectable}",
                                       selectable=selectable)
+        if self.holders:
+            self.sendHeld()
 
     doIteration = doPoll  # type: ignore[assignment]
 

@@ -30,6 +30,7 @@ from lbtwist.passtime import IReactorPassTime
 from lbtwist.pool import BackendPool
 from lbtwist.proxyprotocol import proxyHeaderV1, proxyHeaderV2
 from lbtwist.routeconfig import TimeoutOverrides
+from lbtwist.writethrough import sendHeld
 
 from .support import plainTCPTransport
 
@@ -360,6 +361,41 @@ class ProxyStateTests(SynchronousTestCase):
         self.assertEqual(len(queued), 1)
         backend.dataReceived(b"!!")
         self.assertIsNone(transport.producer)
+
+    def test_heldThenQueuedRegisters(self) -> None:
+        """
+        A response held for the reactor pass's end (on a lean connection)
+        registers nothing while held; if the client's socket then takes
+        only part of it, the backend is registered before the rest queues.
+        """
+        class Socket:
+            def send(self, data: bytes, flags: int = 0) -> int:
+                return min(10, len(data))
+
+            def setsockopt(self, *args: Any) -> None:
+                pass
+
+        queued: list[bytes] = []
+        registered: list[Any] = []
+        transport = plainTCPTransport(
+            Socket(), queued.append, getPeer=lambda: CLIENT,
+            getHost=lambda: IPv4Address("TCP", "127.0.0.1", 8080),
+            holders=[], held=None, heldQueues=None, _tempDataBuffer=[])
+
+        def register(producer: Any, streaming: bool) -> None:
+            registered.append(producer)
+            transport.producer = producer
+
+        transport.registerProducer = register
+        factory = self.makeFactory()
+        client = connectClient(factory, transport)
+        client.dataReceived(GET)
+        backend, _ = self.connectBackend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+        self.assertEqual((queued, registered, transport.holders), ([], [], [transport]))
+        sendHeld(transport)
+        self.assertEqual(registered, [backend])
+        self.assertEqual(len(queued), 1)
 
     def test_bufferedWhileConnecting(self) -> None:
         """

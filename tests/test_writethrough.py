@@ -4,16 +4,30 @@ Tests for L{lbtwist.writethrough}.
 
 from __future__ import annotations
 
+import _socket
 import socket
 from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbtwist.writethrough import _idle, close, halfClose, writeLast, writeNow, writeThrough
+from lbtwist.leantcp import LeanTransport
+from lbtwist.reactor import MAX_EVENTS, LeanEPollReactor
+from lbtwist.writethrough import (
+    HOLD_BELOW,
+    _idle,
+    close,
+    halfClose,
+    writeLast,
+    writeNow,
+    writeThrough,
+)
 
 from .support import inThread, plainTCPTransport, reactor
 
@@ -292,3 +306,230 @@ class WriteNowIdleTests(SynchronousTestCase):
             "idle": (True, True, [b"x"], []),
             **{name: (False, False, [], [b"x"]) for name in busy},
         })
+
+
+class HeldWriteTests(SynchronousTestCase):
+    """
+    On a lean connection of a L{LeanEPollReactor}, L{writeNow} holds the
+    bytes until the reactor's pass ends, then sends what the connection was
+    given in one C{send}, in the order it was written, ahead of anything
+    Twisted queued after it.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = LeanEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+
+    def connect(self, sendBuffer: int | None = None,
+                reactor: Any = None) -> tuple[LeanTransport, socket.socket]:
+        """
+        A lean connection of C{self.reactor} (or C{reactor}) over loopback
+        TCP (with a small send buffer if asked), and its peer's socket.
+        """
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            peer = socket.create_connection(server.getsockname(), timeout=5)
+            mine, address = server.accept()
+        self.addCleanup(peer.close)
+        peer.setblocking(False)
+        if sendBuffer is not None:
+            mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sendBuffer)
+        sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, mine.detach())
+        sock.setblocking(False)
+        protocol = Protocol()
+        transport = LeanTransport.dialled(sock, protocol, reactor or self.reactor, address)
+        protocol.makeConnection(transport)
+        self.addCleanup(lambda: transport.connected and transport.abortConnection())
+        return transport, peer
+
+    def pending(self, peer: socket.socket) -> bytes:
+        """
+        What C{peer} has received so far (nothing, without waiting).
+        """
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = peer.recv(1 << 20)
+            except (BlockingIOError, ConnectionResetError):
+                return b"".join(chunks)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def receive(self, peer: socket.socket, size: int) -> bytes:
+        """
+        Run the reactor until C{peer} has received C{size} bytes (or the
+        connection ended), and give them.
+        """
+        received = b""
+        for _ in range(500):
+            self.reactor.doIteration(0.01)
+            received += self.pending(peer)
+            if len(received) >= size:
+                break
+        return received
+
+    def ended(self, peer: socket.socket) -> bool:
+        """
+        Run the reactor until C{peer} reads the end of the stream (with
+        nothing before it); say whether it did.
+        """
+        for _ in range(500):
+            self.reactor.doIteration(0.01)
+            try:
+                return peer.recv(100) == b""
+            except BlockingIOError:
+                pass
+        return False
+
+    def test_heldToThePassEnd(self) -> None:
+        """
+        What is written during a pass is on the wire when the pass ends,
+        not before, in one C{send}; and nothing waits in Twisted's queue.
+        """
+        transport, peer = self.connect()
+        sends: list[bytes] = []
+        sock = transport.socket
+
+        class Counting:
+            def send(self, data: bytes, flags: int = 0) -> int:
+                sends.append(data)
+                return sock.send(data, flags)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(sock, name)
+
+        transport.socket = Counting()  # type: ignore[assignment]
+        self.assertTrue(writeNow(transport, b"GET / HTTP/1.1\r\n"))
+        self.assertTrue(writeNow(transport, b"\r\n"))
+        self.assertEqual(self.pending(peer), b"")
+        self.assertEqual(self.reactor.holders, [transport])
+        self.reactor.doIteration(0)
+        self.assertEqual(sends, [b"GET / HTTP/1.1\r\n\r\n"])
+        self.assertEqual(self.receive(peer, 18), b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual((transport.held, self.reactor.holders, transport._tempDataLen), (None, [], 0))
+
+    def test_largeNotHeld(self) -> None:
+        """
+        A write of L{HOLD_BELOW} bytes or more is not held: it goes at
+        once, after whatever was held on the connection.
+        """
+        transport, peer = self.connect()
+        large = b"x" * HOLD_BELOW
+        self.assertTrue(writeNow(transport, large))
+        self.assertEqual((transport.held, self.reactor.holders), (None, []))
+        self.assertEqual(self.pending(peer), large)
+        writeNow(transport, b"head ")
+        self.assertTrue(writeNow(transport, large))
+        self.assertIsNone(transport.held)
+        self.assertEqual(self.pending(peer), b"head " + large)
+
+    def test_sentBeforeThePoll(self) -> None:
+        """
+        Bytes written between passes (by a timed call) go before the
+        reactor polls, not after whatever event ends the wait.
+        """
+        transport, peer = self.connect()
+        polled: list[tuple[list[Any], int]] = []
+        reactor = self.reactor
+
+        class Watched:
+            def __init__(self, poller: Any) -> None:
+                self.poller = poller
+
+            def poll(self, timeout: float, maxEvents: int) -> Any:
+                polled.append((list(reactor.holders), maxEvents))
+                return self.poller.poll(timeout, maxEvents)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.poller, name)
+
+        reactor._poller = Watched(reactor._poller)  # type: ignore[assignment]
+        writeNow(transport, b"timed out")
+        self.reactor.doIteration(0)
+        self.assertEqual(polled[0], ([], MAX_EVENTS))
+        self.assertEqual(self.pending(peer), b"timed out")
+
+    def test_twistedQueueAfter(self) -> None:
+        """
+        Bytes given to the transport's own C{write} after held ones, and
+        any written after those, arrive after the held ones: Twisted's
+        C{doWrite} sends the held bytes first, even within the pass.
+        """
+        transport, peer = self.connect()
+        writeNow(transport, b"one ")
+        transport.write(b"two ")
+        self.assertFalse(writeNow(transport, b"three"))
+        transport.doWrite()
+        self.assertEqual(transport.held, None)
+        self.assertEqual(self.receive(peer, 13), b"one two three")
+
+    def test_restQueuedFirst(self) -> None:
+        """
+        What the kernel does not take of the held bytes queues ahead of
+        what Twisted queued after them, C{beforeQueue} is called first,
+        and all of it arrives in order.
+        """
+        transport, peer = self.connect(sendBuffer=4096)
+        calls: list[int] = []
+        pieces = [bytes([i]) * (HOLD_BELOW - 1) for i in range(20)]
+        big = b"".join(pieces)
+        for piece in pieces:
+            writeNow(transport, piece, beforeQueue=lambda: calls.append(transport._tempDataLen))
+        self.assertEqual(len(transport.held or ()), 20)
+        transport.write(b"after")
+        self.reactor.sendHeld()
+        self.assertEqual(calls, [5])
+        self.assertGreater(transport._tempDataLen, 5)
+        self.assertEqual(self.receive(peer, len(big) + 5), big + b"after")
+
+    def test_withFlags(self) -> None:
+        """
+        Bytes written with C{send} flags (the last before a FIN) go at
+        once when nothing is held, and after what is when something is.
+        """
+        transport, peer = self.connect()
+        writeLast(transport, b"last")
+        halfClose(transport)
+        self.assertEqual(self.pending(peer), b"last")
+        other, otherPeer = self.connect()
+        writeNow(other, b"held ")
+        writeLast(other, b"last")
+        self.assertEqual((other.held, other._tempDataLen), (None, 0))
+        halfClose(other)
+        self.assertEqual(self.receive(otherPeer, 9), b"held last")
+        self.assertTrue(self.ended(otherPeer))
+
+    def test_closeAfterHeld(self) -> None:
+        """
+        A close or half-close asked for after held bytes sends them first.
+        """
+        for end in (halfClose, close):
+            transport, peer = self.connect()
+            writeNow(transport, b"bye")
+            end(transport)
+            self.assertEqual(self.receive(peer, 3), b"bye")
+            self.assertTrue(self.ended(peer))
+
+    def test_lostMeanwhile(self) -> None:
+        """
+        Held bytes of a connection that closes (aborted) before the pass
+        ends are dropped, as Twisted drops its queue.
+        """
+        transport, peer = self.connect()
+        writeNow(transport, b"never")
+        transport.connectionLost(Failure(ConnectionAborted()))
+        self.reactor.doIteration(0)
+        self.assertEqual((transport.held, self.reactor.holders), (None, []))
+        self.assertEqual(self.pending(peer), b"")
+
+    def test_otherReactors(self) -> None:
+        """
+        On a reactor that does not hold writes, a lean connection's bytes
+        go at once.
+        """
+        other = EPollReactor()
+        self.addCleanup(other._poller.close)
+        transport, peer = self.connect(reactor=other)
+        self.assertIsNone(transport.holders)
+        self.assertTrue(writeNow(transport, b"now"))
+        self.assertEqual(self.pending(peer), b"now")

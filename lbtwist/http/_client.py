@@ -720,9 +720,9 @@ class ClientConnection(ClientPeer, Protocol):
             response.head = None
             if response.framing is CHUNKED:
                 self._send(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
-            elif not writeNow(self.transport, head + data):
+            else:
                 # (self._send, written out: every response's path.)
-                self._queued()
+                writeNow(self.transport, head + data, 0, self._queued)
         elif response.framing is CHUNKED:
             self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
             self._queued()
@@ -734,8 +734,7 @@ class ClientConnection(ClientPeer, Protocol):
         Write C{data} straight to the socket if nothing is queued; what
         queues makes the backend pausable.
         """
-        if not writeNow(self.transport, data):
-            self._queued()
+        writeNow(self.transport, data, 0, self._queued)
 
     def _queued(self) -> None:
         """
