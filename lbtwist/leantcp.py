@@ -120,11 +120,11 @@ class _LeanConnection(tcp.Connection):
 
     _shouldShutdown = False
     # What L{lbtwist.writethrough.writeNow} holds for the end of the
-    # reactor's pass (see L{LeanEPollReactor.sendHeld}): the bytes, in
-    # order, or None; what to call should any of them queue; and the
-    # reactor's list of the connections holding some (None on a reactor
-    # that does not hold writes).
-    held: list[bytes] | None = None
+    # reactor's pass (see L{LeanEPollReactor.sendHeld}): the bytes, or
+    # None; what to call should any of them queue; and the reactor's list
+    # of the connections holding some (None on a reactor that does not
+    # hold writes).
+    held: bytes | None = None
     heldQueues: Callable[[], None] | None = None
     holders: list[Any] | None = None
 

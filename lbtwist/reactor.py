@@ -95,13 +95,11 @@ class LeanEPollReactor(EPollReactor):
         # (A connection that holds again meanwhile is appended, and sent
         # in this loop too.)
         for transport in holders:
-            held = transport.held
-            if held is None:
+            data = transport.held
+            if data is None:
                 continue
-            if len(held) == 1 and transport.connected:
-                # (sendHeld's common case, written out: a write a pass,
-                # taken whole.)
-                data = held[0]
+            if transport.connected:
+                # (sendHeld's common case, written out: taken whole.)
                 try:
                     sent = transport.socket.send(data)
                 except OSError:
@@ -109,7 +107,7 @@ class LeanEPollReactor(EPollReactor):
                 if sent == len(data):
                     transport.held = transport.heldQueues = None
                     continue
-                held[0] = data[sent:]
+                transport.held = data[sent:]
             try:
                 sendHeld(transport)
             except Exception:

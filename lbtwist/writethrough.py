@@ -123,22 +123,27 @@ def writeNow(transport: Any, data: bytes, flags: int = 0,
         if holders is not None:
             lean: Any = transport
             held = lean.held
-            if held is not None:
-                held.append(data)
-                if beforeQueue is not None:
-                    lean.heldQueues = beforeQueue
+            if held is None:
                 if len(data) < HOLD_BELOW and not flags:
+                    lean.held = data
+                    holders.append(transport)
+                    if beforeQueue is not None:
+                        lean.heldQueues = beforeQueue
                     return True
-                # (A large write, or one with flags, after what is held:
-                # all of it now.)
-                sendHeld(transport, flags)
-                return not (transport._tempDataLen or transport.offset != len(transport.dataBuffer))
-            if len(data) < HOLD_BELOW and not flags:
-                lean.held = [data]
-                holders.append(transport)
+            elif len(held) + len(data) < HOLD_BELOW and not flags:
+                lean.held = held + data
                 if beforeQueue is not None:
                     lean.heldQueues = beforeQueue
                 return True
+            else:
+                # (More than is held back, or bytes with flags: what is
+                # held goes first, now.)
+                sendHeld(transport)
+                if transport._tempDataLen:
+                    if beforeQueue is not None:
+                        beforeQueue()
+                    transport.write(data)
+                    return False
         try:
             sent = transport.socket.send(data, flags)
         except (BlockingIOError, InterruptedError):
@@ -155,7 +160,7 @@ def writeNow(transport: Any, data: bytes, flags: int = 0,
     return False
 
 
-def sendHeld(transport: Any, flags: int = 0) -> None:
+def sendHeld(transport: Any) -> None:
     """
     Send what L{writeNow} held for the end of the reactor's pass on
     C{transport}, in one C{send}; queue what the kernel does not take, in
@@ -164,14 +169,13 @@ def sendHeld(transport: Any, flags: int = 0) -> None:
     C{_tempDataBuffer}).  A connection closed meanwhile drops them, as
     Twisted drops its queue.
     """
-    held = transport.held
+    data = transport.held
     queues = transport.heldQueues
     transport.held = transport.heldQueues = None
     if not transport.connected:
         return
-    data = held[0] if len(held) == 1 else b"".join(held)
     try:
-        sent = transport.socket.send(data, flags)
+        sent = transport.socket.send(data)
     except OSError:
         # Full, or broken: Twisted finds a broken connection on its own path.
         sent = 0
