@@ -123,7 +123,9 @@ class _LeanConnection(tcp.Connection):
     # reactor's pass (see L{LeanEPollReactor.sendHeld}): the bytes, or
     # None; what to call should any of them queue; and the reactor's list
     # of the connections holding some (None on a reactor that does not
-    # hold writes).
+    # hold writes).  (The first two are the class's until a connection
+    # holds something: an idle connection, or a TCP relay's, which never
+    # holds, is two attributes smaller.)
     held: bytes | None = None
     heldQueues: Callable[[], None] | None = None
     holders: list[Any] | None = None
@@ -371,8 +373,6 @@ class LeanTransport(_LeanConnection, tcp.Server):
         self.sessionno = sessionno
         self.hostname = client[0]
         self.connected = 1
-        self.held = None
-        self.heldQueues = None
         self.holders = getattr(reactor, "holders", None)
 
     @property
