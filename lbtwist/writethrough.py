@@ -164,10 +164,10 @@ def sendHeld(transport: Any) -> None:
     """
     Send what L{writeNow} held for the end of the reactor's pass on
     C{transport}, in one C{send}; queue what the kernel does not take, in
-    front of anything Twisted queued after it (the connection's C{doWrite}
-    sends the held bytes first, so Twisted's queue is still all in
-    C{_tempDataBuffer}).  A connection closed meanwhile drops them, as
-    Twisted drops its queue.
+    front of anything Twisted queued after it (L{queueFirst}).  A
+    connection closed meanwhile drops them, as
+    Twisted drops its queue.  (L{LeanEPollReactor.sendHeld} does this for
+    each connection holding bytes, written out.)
     """
     data = transport.held
     queues = transport.heldQueues
@@ -179,11 +179,19 @@ def sendHeld(transport: Any) -> None:
     except OSError:
         # Full, or broken: Twisted finds a broken connection on its own path.
         sent = 0
-    if sent == len(data):
-        return
-    if queues is not None:
-        queues()
-    rest = data[sent:]
+    if sent != len(data):
+        queueFirst(transport, data[sent:], queues)
+
+
+def queueFirst(transport: Any, rest: bytes, beforeQueue: Callable[[], None] | None) -> None:
+    """
+    Queue C{rest}, what the kernel did not take of the bytes held on
+    C{transport}, in front of anything Twisted queued after them (all of it
+    still in C{_tempDataBuffer}: the connection's C{doWrite} sends held bytes
+    first); C{beforeQueue} first.
+    """
+    if beforeQueue is not None:
+        beforeQueue()
     if transport._tempDataLen:
         transport._tempDataBuffer.insert(0, rest)
         transport._tempDataLen += len(rest)

@@ -79,6 +79,40 @@ def connectBackend(reactor: MemoryReactorClock, transport: StringTransport, inde
     return proto
 
 
+class _TakingSocket:
+    """
+    A client socket double that takes up to C{take} bytes of each send.
+    """
+
+    take = 1 << 20
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        return min(self.take, len(data))
+
+    def setsockopt(self, *args: Any) -> None:
+        pass
+
+
+def _recordingClientTransport(sock: Any, **state: Any) -> tuple[Any, list[bytes], list[Any]]:
+    """
+    A client's TCP transport over C{sock} (L{plainTCPTransport}, C{state}
+    set on it), with the writes it queues and the producers registered
+    with it, as they come.
+    """
+    queued: list[bytes] = []
+    registered: list[Any] = []
+    transport = plainTCPTransport(
+        sock, queued.append, getPeer=lambda: CLIENT,
+        getHost=lambda: IPv4Address("TCP", "127.0.0.1", 8080), **state)
+
+    def register(producer: Any, streaming: bool) -> None:
+        registered.append(producer)
+        transport.producer = producer
+
+    transport.registerProducer = register
+    return transport, queued, registered
+
+
 class ProxyStateTests(SynchronousTestCase):
     """
     The client and backend protocols, driven by hand.
@@ -326,27 +360,8 @@ class ProxyStateTests(SynchronousTestCase):
         on its transport; once a write has to queue (the socket takes part
         of it), the backend is registered, and let go at the exchange's end.
         """
-        class Socket:
-            take = 1 << 20
-
-            def send(self, data: bytes, flags: int = 0) -> int:
-                return min(self.take, len(data))
-
-            def setsockopt(self, *args: Any) -> None:
-                pass
-
-        queued: list[bytes] = []
-        registered: list[Any] = []
-        sock = Socket()
-        transport = plainTCPTransport(
-            sock, queued.append, getPeer=lambda: CLIENT,
-            getHost=lambda: IPv4Address("TCP", "127.0.0.1", 8080))
-
-        def register(producer: Any, streaming: bool) -> None:
-            registered.append(producer)
-            transport.producer = producer
-
-        transport.registerProducer = register
+        sock = _TakingSocket()
+        transport, queued, registered = _recordingClientTransport(sock)
         factory = self.makeFactory()
         client = connectClient(factory, transport)
         client.dataReceived(GET)
@@ -368,25 +383,10 @@ class ProxyStateTests(SynchronousTestCase):
         registers nothing while held; if the client's socket then takes
         only part of it, the backend is registered before the rest queues.
         """
-        class Socket:
-            def send(self, data: bytes, flags: int = 0) -> int:
-                return min(10, len(data))
-
-            def setsockopt(self, *args: Any) -> None:
-                pass
-
-        queued: list[bytes] = []
-        registered: list[Any] = []
-        transport = plainTCPTransport(
-            Socket(), queued.append, getPeer=lambda: CLIENT,
-            getHost=lambda: IPv4Address("TCP", "127.0.0.1", 8080),
-            holders=[], held=None, heldQueues=None, _tempDataBuffer=[])
-
-        def register(producer: Any, streaming: bool) -> None:
-            registered.append(producer)
-            transport.producer = producer
-
-        transport.registerProducer = register
+        sock = _TakingSocket()
+        sock.take = 10
+        transport, queued, registered = _recordingClientTransport(
+            sock, holders=[], held=None, heldQueues=None, _tempDataBuffer=[])
         factory = self.makeFactory()
         client = connectClient(factory, transport)
         client.dataReceived(GET)
