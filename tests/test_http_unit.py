@@ -79,6 +79,22 @@ def connectBackend(reactor: MemoryReactorClock, transport: StringTransport, inde
     return proto
 
 
+def clientAndBackend(**pool: Any) -> tuple[Any, Any, StringTransport, Any, StringTransport]:
+    """
+    A proxy on a memory reactor, a client that sent L{GET}, and the backend
+    connection the request went on: the reactor, the client protocol and
+    its transport, the backend protocol and its transport.
+    """
+    reactor = MemoryReactorClock()
+    factory = proxyFactory(reactor, **pool)
+    transport = StringTransport(peerAddress=CLIENT)
+    client = connectClient(factory, transport)
+    client.dataReceived(GET)
+    backendTransport = StringTransport()
+    backend = connectBackend(reactor, backendTransport)
+    return reactor, client, transport, backend, backendTransport
+
+
 class _TakingSocket:
     """
     A client socket double that takes up to C{take} bytes of each send.
@@ -556,13 +572,7 @@ class SlotsTests(SynchronousTestCase):
         dialler's notification, a default of L{lbtwist.dial.BackendProtocol}),
         nor does their factory.
         """
-        reactor = MemoryReactorClock()
-        factory = proxyFactory(reactor)
-        transport = StringTransport(peerAddress=CLIENT)
-        client = connectClient(factory, transport)
-        client.dataReceived(GET)
-        backendTransport = StringTransport()
-        backend = connectBackend(reactor, backendTransport)
+        reactor, client, transport, backend, backendTransport = clientAndBackend()
         backend.dataReceived(OK)
         client.dataReceived(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
         backend.dataReceived(
@@ -574,7 +584,8 @@ class SlotsTests(SynchronousTestCase):
         backend.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(vars(client), {})
         self.assertLessEqual(set(vars(backend)), {"_whenConnected"})
-        self.assertEqual(vars(factory), {})
+        self.assertEqual(vars(client.factory), {})
+
 
 class HeadSizeTests(SynchronousTestCase):
     """
@@ -760,6 +771,31 @@ class HeadSizeTests(SynchronousTestCase):
                 (transport.value(), backendTransport.disconnecting),
                 (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", bool(follows)),
                 follows[:20])
+
+
+class BytesAfterResponseTests(SynchronousTestCase):
+    """
+    A backend connection that sends more than the response asked for is
+    closed rather than pooled.
+    """
+
+    def test_messageAfterResponse(self) -> None:
+        """
+        Bytes after a response in its read, a whole message, the beginning
+        of a head or a few bytes of one, close the backend connection: the
+        response goes to the client whole, and the next request gets
+        another connection (the pooled one would read the next response as
+        the rest of those bytes).
+        """
+        for follows in (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nzz",
+                        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n", b"HTT"):
+            reactor, client, transport, backend, backendTransport = clientAndBackend()
+            backend.dataReceived(OK + follows)
+            self.assertEqual(
+                (transport.value(), backendTransport.disconnecting),
+                (OK, True), follows)
+            client.dataReceived(GET)
+            self.assertEqual(len(reactor.tcpClients), 2, follows)
 
 
 @implementer(IReactorPassTime)

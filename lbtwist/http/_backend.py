@@ -356,6 +356,11 @@ class BackendConnection(BackendProtocol):
     # -- llhttp callbacks --------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.exchange is None:
+            # A message after the response, in its read: a connection
+            # pooled with its beginning would read the next response as
+            # its continuation.
+            self.reusable = False
         self._reason = b""
         self._headers = []
         self._rawHead = -1
