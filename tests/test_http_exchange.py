@@ -27,7 +27,13 @@ from lbtwist.http._exchange import (
     IClientSide,
     IllegalTransition,
 )
-from lbtwist.http._plan import RequestRules, planRequest, planResponse, websocketAccept
+from lbtwist.http._plan import (
+    RequestRules,
+    planRequest,
+    planResponse,
+    rawResponseFields,
+    websocketAccept,
+)
 from lbtwist.pool import Health
 
 from .test_http_unit import CLIENT, connectBackend, connectClient, proxyFactory
@@ -127,7 +133,10 @@ class RecordingClientSide:
         self.calls.append(("interim", status))
 
     def sendHead(self, exchange: Exchange, status: int, reason: bytes,
-                 headers: list[tuple[bytes, bytes]]) -> Any:
+                 headers: list[tuple[bytes, bytes]] | None, raw: Any) -> Any:
+        if raw is not None:
+            reason, headers = rawResponseFields(raw[0])
+        assert headers is not None
         self.calls.append(("head", status, dict(headers)))
         return planResponse(status, reason, headers, exchange.method, True, True)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.http._errors import BadRequest
@@ -27,9 +27,12 @@ from lbtwist.http._plan import (
     RequestRules,
     declaredLength,
     interimHead,
+    planRawResponse,
     planRequest,
     planResponse,
+    rawResponseFields,
     retryAfterLoss,
+    specialLines,
     switchingHead,
     websocketAccept,
 )
@@ -541,6 +544,170 @@ class ResponsePlanTests(SynchronousTestCase):
                           [(b"Sec-WebSocket-Accept", b"wrong")], KEY)
         self.assertTrue(switchingHead(b"S", [(b"Upgrade", b"h2c")], None).startswith(
             b"HTTP/1.1 101 S\r\n"))
+
+
+class _ResponseHead:
+    """
+    What llhttp's callbacks give of a response head.
+    """
+
+    def __init__(self, head: bytes) -> None:
+        self.reason = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        parser = HttpResponseParser(self)
+        parser.feed_data(head)
+        self.status = parser.get_status_code()
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+
+# Response heads as backends send them (without the empty line that ends
+# them), usual and not: spellings, spaces, repeated and empty fields,
+# the framing and the hop-by-hop fields.
+RAW_HEADS = [
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+    b"ETag: \"x\"\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length:5\r\n",
+    b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\t \r\nX-Empty:\r\nX-Colon: a:b: c\r\n",
+    b"HTTP/1.1 404 Not Found Here\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Only: 1\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection:  Keep-Alive \r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-a\r\nX-A: 1\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nConnection: close\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nProxy-Authenticate: x\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nUpgrade: h2c\r\nTrailer: x\r\nTE: trailers\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n",
+    b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: chunked\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n",
+    b"HTTP/1.1 200\r\nContent-Length: 5\r\n",
+    b"HTTP/1.1 200 \r\nContent-Length: 5\r\n",
+    b"HTTP/1.1 500 Server Error\r\nX-Te: 1\r\nX-Connection: 2\r\nTEx: 3\r\nContent-Length: 5\r\n",
+]
+
+
+def connectionSays(head: bytes, http11: bool) -> bool:
+    """
+    Whether a response head keeps its connection open, as a client reads
+    its Connection fields.
+    """
+    tokens = {t.strip().lower() for n, v in _ResponseHead(head + b"\r\n").fields
+              if n.lower() == b"connection" for t in v.split(b",")}
+    return b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+
+
+class RawResponsePlanTests(SynchronousTestCase):
+    """
+    L{planRawResponse}, L{specialLines} and L{rawResponseFields}: a usual
+    response head goes on as its bytes, with what L{planResponse} would
+    send of it.
+    """
+
+    def test_fieldsAsLlhttpGivesThem(self) -> None:
+        """
+        L{rawResponseFields} reads a head's reason and fields as llhttp's
+        callbacks give them.
+        """
+        for head in RAW_HEADS:
+            parsed = _ResponseHead(head + b"\r\n")
+            self.assertEqual(rawResponseFields(head), (parsed.reason, parsed.fields), head)
+
+    def test_specialLines(self) -> None:
+        """
+        The framing and hop-by-hop fields are found however they are
+        spelled, and no other field, however alike its name.
+        """
+        self.assertEqual(
+            [specialLines(head) for head in RAW_HEADS[1:3] + RAW_HEADS[6:8] + RAW_HEADS[9:14]
+             + RAW_HEADS[19:]],
+            [[(b"content-length", b"5")],
+             [(b"content-length", b"5\t ")],
+             [(b"content-length", b"5"), (b"connection", b"keep-alive ")],
+             [(b"content-length", b"5"), (b"connection", b"keep-alive, x-a")],
+             [(b"content-length", b"5"), (b"keep-alive", b"timeout=5")],
+             [(b"content-length", b"5"), (b"proxy-authenticate", b"x")],
+             [(b"content-length", b"5"), (b"upgrade", b"h2c"), (b"trailer", b"x"),
+              (b"te", b"trailers")],
+             [(b"transfer-encoding", b"chunked")],
+             [(b"transfer-encoding", b"chunked")],
+             [(b"content-length", b"5")]],
+        )
+
+    def test_unusualHeads(self) -> None:
+        """
+        A head with another hop-by-hop field, one whose Connection is not
+        this response's, one whose framing or status line changes, is not
+        planned as its bytes.
+        """
+        usual = {0, 1, 2, 3, 4, 6, 18, 19}
+        for i, head in enumerate(RAW_HEADS):
+            for method in (b"GET", b"HEAD"):
+                plan = planRawResponse(parsedStatus(head), head, specialLines(head), method,
+                                       True, True)
+                self.assertEqual(plan is not None, i in usual, (head, method))
+        # This response's own Connection: closing, a keep-alive is not kept.
+        self.assertIsNone(planRawResponse(200, RAW_HEADS[0], specialLines(RAW_HEADS[0]),
+                                          b"GET", True, False))
+        self.assertIsNotNone(planRawResponse(200, RAW_HEADS[5], specialLines(RAW_HEADS[5]),
+                                             b"GET", True, False))
+
+    def test_sameAsFromFields(self) -> None:
+        """
+        A head planned as its bytes comes to what L{planResponse} makes of
+        its fields: the same plan, and a head with the same status, reason
+        and fields (but for the spaces before values, as sent), in the same
+        order, and a Connection that says the same: the backend's, kept
+        where it says what this response's does.
+        """
+        planned = 0
+        for head in RAW_HEADS:
+            status = parsedStatus(head)
+            reason, fields = rawResponseFields(head)
+            for method in (b"GET", b"HEAD"):
+                for http11 in (True, False):
+                    for keepAlive in (True, False):
+                        for cookie in (None, b"s=b1; Path=/"):
+                            raw = planRawResponse(status, head, specialLines(head), method,
+                                                  http11, keepAlive, cookie)
+                            if raw is None:
+                                continue
+                            planned += 1
+                            case = (head, method, http11, keepAlive, cookie)
+                            old = planResponse(status, reason, fields, method, http11,
+                                               keepAlive, cookie)
+                            self.assertEqual(
+                                (raw.framing, raw.untilClose, raw.closeAfter, raw.skipBody,
+                                 raw.length),
+                                (old.framing, old.untilClose, old.closeAfter, old.skipBody,
+                                 old.length), case)
+                            self.assertTrue(raw.head.startswith(head), case)
+                            self.assertTrue(raw.head.endswith(b"\r\n\r\n"), case)
+                            sent, wanted = _ResponseHead(raw.head), _ResponseHead(old.head)
+                            self.assertEqual(
+                                (sent.status, sent.reason,
+                                 [f for f in sent.fields if f[0].lower() != b"connection"]),
+                                (wanted.status, wanted.reason,
+                                 [f for f in wanted.fields if f[0].lower() != b"connection"]),
+                                case)
+                            self.assertEqual(
+                                (connectionSays(raw.head[:-2], http11), raw.closeAfter),
+                                (connectionSays(old.head[:-2], http11), old.closeAfter), case)
+        self.assertGreater(planned, 50)
+
+
+def parsedStatus(head: bytes) -> int:
+    """
+    A head's status, as llhttp reads it.
+    """
+    return _ResponseHead(head + b"\r\n").status
 
 
 class RetryDecisionTests(SynchronousTestCase):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from httptools import HttpParserError
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.task import Clock
@@ -22,6 +23,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
 from lbtwist.dial import Dialler
 from lbtwist.http import HTTPProxyFactory
+from lbtwist.http._backend import _LOOSE_HEADS, refusesLooseHeads
 from lbtwist.http._errors import ERRORS_CLOSE, BadRequest
 from lbtwist.http._plan import checkTransferEncoding, cookieValue
 from lbtwist.http._pool import IdleConnections
@@ -79,17 +81,19 @@ def connectBackend(reactor: MemoryReactorClock, transport: StringTransport, inde
     return proto
 
 
-def clientAndBackend(**pool: Any) -> tuple[Any, Any, StringTransport, Any, StringTransport]:
+def clientAndBackend(
+    request: bytes = GET, **pool: Any,
+) -> tuple[Any, Any, StringTransport, Any, StringTransport]:
     """
-    A proxy on a memory reactor, a client that sent L{GET}, and the backend
-    connection the request went on: the reactor, the client protocol and
+    A proxy on a memory reactor, a client that sent C{request}, and the
+    backend connection it went on: the reactor, the client protocol and
     its transport, the backend protocol and its transport.
     """
     reactor = MemoryReactorClock()
     factory = proxyFactory(reactor, **pool)
     transport = StringTransport(peerAddress=CLIENT)
     client = connectClient(factory, transport)
-    client.dataReceived(GET)
+    client.dataReceived(request)
     backendTransport = StringTransport()
     backend = connectBackend(reactor, backendTransport)
     return reactor, client, transport, backend, backendTransport
@@ -796,6 +800,105 @@ class BytesAfterResponseTests(SynchronousTestCase):
                 (OK, True), follows)
             client.dataReceived(GET)
             self.assertEqual(len(reactor.tcpClients), 2, follows)
+
+
+class HeadAsBytesTests(SynchronousTestCase):
+    """
+    A usual response head read whole in one read goes on as its bytes; one
+    read in pieces, one that needs its fields (an interim response, a
+    chunked body whose trailers only fields give), goes on as fields.
+    """
+
+    head = (b"HTTP/1.1 200 OK\r\nx-a:1\r\nCONTENT-length: 2\r\nConnection:  keep-alive\r\n"
+            b"X-B:  b \r\n\r\n")
+    # The same head, as fields.
+    fields = b"HTTP/1.1 200 OK\r\nx-a: 1\r\nCONTENT-length: 2\r\nX-B: b \r\n\r\n"
+
+    def test_asSent(self) -> None:
+        """
+        A head read whole goes on as it came (its spacing, its spelling, its
+        Connection, which says what the client's does), and the next one
+        on the same backend connection too.
+        """
+        reactor, client, transport, backend, _ = clientAndBackend()
+        backend.dataReceived(self.head + b"ok")
+        client.dataReceived(GET)
+        backend.dataReceived(self.head + b"ok")
+        self.assertEqual(transport.value(), (self.head + b"ok") * 2)
+        self.assertEqual(len(reactor.tcpClients), 1)
+
+    def test_inPieces(self) -> None:
+        """
+        A head read in pieces goes on as fields; the next, read whole, as
+        it came.
+        """
+        _, client, transport, backend, _ = clientAndBackend()
+        backend.dataReceived(self.head[:20])
+        backend.dataReceived(self.head[20:] + b"ok")
+        client.dataReceived(GET)
+        backend.dataReceived(self.head + b"ok")
+        self.assertEqual(transport.value(), self.fields + b"ok" + self.head + b"ok")
+
+    def test_unusual(self) -> None:
+        """
+        A head whose Connection is not the client's goes on from its
+        fields: the backend's Connection goes, the client's comes.
+        """
+        _, client, transport, backend, _ = clientAndBackend()
+        client.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        backend.dataReceived(self.head + b"ok")
+        backend.dataReceived(self.head + b"ok")
+        self.assertEqual(transport.value(), self.head + b"ok" + self.fields[:-2]
+                         + b"Connection: close\r\n\r\nok")
+
+    def test_chunkedWithTrailers(self) -> None:
+        """
+        A chunked response read whole is read again as fields, its
+        trailers relayed to a client that takes them; from then on, heads
+        from that backend connection go on as fields.
+        """
+        _, client, transport, backend, _ = clientAndBackend(
+            b"GET /t HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+        client.dataReceived(GET)
+        backend.dataReceived(
+            b"HTTP/1.1 200 OK\r\nX-A:1\r\nTRANSFER-ENCODING: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Sum: 9\r\n\r\n")
+        backend.dataReceived(self.head + b"ok")
+        self.assertEqual(
+            transport.value(),
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nx-sum: 9\r\n\r\n" + self.fields + b"ok")
+
+    def test_interim(self) -> None:
+        """
+        An interim response and the final one in the same read go on,
+        each from its fields.
+        """
+        _, _, transport, backend, _ = clientAndBackend()
+        backend.dataReceived(b"HTTP/1.1 103 Early Hints\r\nLink:</s>\r\n\r\n"
+                             + self.head + b"ok")
+        self.assertEqual(transport.value(),
+                         b"HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n" + self.fields + b"ok")
+
+    def test_looseParser(self) -> None:
+        """
+        Heads go on as their bytes only if llhttp refuses every loose shape
+        of a head (a bare LF or CR, a folded line, whitespace before a
+        colon): the installed one does; one that took any would not do.
+        """
+        self.assertTrue(refusesLooseHeads())
+
+        class Taking:
+            def __init__(self, protocol: Any) -> None:
+                pass
+
+            def feed_data(self, data: bytes) -> None:
+                if data == taken:
+                    return
+                raise HttpParserError("refused")
+
+        for taken in _LOOSE_HEADS:
+            self.assertFalse(refusesLooseHeads(Taking), taken)
 
 
 @implementer(IReactorPassTime)

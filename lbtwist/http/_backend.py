@@ -28,6 +28,8 @@ from ._plan import (
     TrailerSection,
     fieldsSize,
     headBytesHeld,
+    rawResponseFields,
+    specialLines,
     trailerBlock,
     trailerFields,
 )
@@ -46,6 +48,57 @@ _HEAD_FRAME = 17
 
 # What a backend that answered a plain request in TLS fails with.
 ANSWERED_IN_TLS = "answered in TLS: give the pool a tls: block"
+
+
+class _ReadFields(Exception):
+    """
+    A response head read as its bytes turned out to need llhttp's fields
+    after all (an interim response, or a chunked body whose trailers only
+    the fields' callback gives): read it again with them.
+    """
+
+
+# Response heads whose lines llhttp must refuse for a head to be relayed as
+# its bytes: with a bare LF or CR, a folded line, or whitespace before a
+# colon, a head's lines would not be its fields one for one.
+_LOOSE_HEADS = (
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+    b"HTTP/1.1 200 OK\r\nA: b\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nA: b\rContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nA: b\r\n\tc\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding\t: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nA\r\nContent-Length: 0\r\n\r\n",
+)
+
+
+class _Fields:
+    """
+    llhttp's callback for fields, and nothing else (see L{refusesLooseHeads}).
+    """
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        pass
+
+
+def refusesLooseHeads(parser: Any = HttpResponseParser) -> bool:
+    """
+    Whether llhttp, as the installed httptools builds it (C{parser}),
+    refuses every loose shape of a response head (L{_LOOSE_HEADS}): only
+    then is a head relayed as its bytes (see
+    L{lbtwist.http._plan.planRawResponse}), else from its fields alone.
+    """
+    for head in _LOOSE_HEADS:
+        try:
+            parser(_Fields()).feed_data(head)
+        except HttpParserError:
+            continue
+        return False
+    return True
+
+
+HEADS_AS_BYTES = refusesLooseHeads()
 
 
 def looksLikeTLS(data: bytes) -> bool:
@@ -75,10 +128,10 @@ class BackendConnection(BackendProtocol):
     log = Logger()
     # Its attributes in slots, as L{lbtwist.http._client.ClientConnection}'s.
     __slots__ = (
-        "_feeding", "_finishAfterFeed", "_forward", "_headers", "_inHead", "_rawHead",
-        "_reason", "_skipBody", "backend", "connected", "exchange", "factory", "idleSince",
-        "key", "lost", "parser", "paused", "proxyHeader", "requests", "reusable", "transport",
-        "tunnel",
+        "_asBytes", "_awaiting", "_feeding", "_finishAfterFeed", "_forward", "_headEnd",
+        "_headers", "_headsAsBytes", "_inHead", "_rawHead", "_read", "_reason", "_skipBody",
+        "backend", "connected", "exchange", "factory", "idleSince", "key", "lost", "parser",
+        "paused", "proxyHeader", "requests", "reusable", "transport", "tunnel",
     )
     # The read that brings a Content-Length body's last byte ends the
     # response too, in the same call (see L{H2Stream.sendBody}).
@@ -115,6 +168,18 @@ class BackendConnection(BackendProtocol):
         # Bytes of a Content-Length body still to relay as they come,
         # without the parser (see L{_fastForward}).
         self._forward = 0
+        # A response head read whole in one read is relayed as its bytes
+        # (see L{_chooseParser}): the parser then calls no callback per
+        # field, and its callbacks are C{_asBytes}'s (made at the first
+        # such head; None while the parser is one of fields).  Until a head
+        # needs its fields after all: from then on they all do.
+        self._asBytes: _HeadAsBytes | None = None
+        self._headsAsBytes = HEADS_AS_BYTES
+        # A request went, and no byte of its response was read yet.
+        self._awaiting = False
+        # The read a head read as its bytes is in, and the head's end there.
+        self._read: bytes | None = None
+        self._headEnd = 0
 
     def connectionMade(self) -> None:
         # Made here, not in __init__: a protocol built for a connection
@@ -133,6 +198,7 @@ class BackendConnection(BackendProtocol):
         """
         writeNow(self.transport, head)
         self.backend.bytesIn += len(head)
+        self._awaiting = True
 
     def sendBody(self, chunked: bool, body: bytes) -> None:
         """
@@ -211,6 +277,9 @@ class BackendConnection(BackendProtocol):
         if self._forward:
             self._fastForward(ex, data)
             return
+        if self._awaiting:
+            self._awaiting = False
+            self._chooseParser(data)
         self._feeding = len(data)
         try:
             self.parser.feed_data(data)
@@ -220,6 +289,14 @@ class BackendConnection(BackendProtocol):
                 self.dataReceived(rest)
             return
         except HttpParserError as e:
+            if isinstance(e.__context__, _ReadFields):
+                # Nothing of the head went to the exchange: read it again,
+                # with its fields, as every head on this connection now.
+                self._headsAsBytes = False
+                self._read = self._asBytes = None
+                self.parser = HttpResponseParser(self)
+                self.dataReceived(data)
+                return
             self.reusable = False
             if not self._finishAfterFeed:
                 self._malformed(e, data)
@@ -259,7 +336,7 @@ class BackendConnection(BackendProtocol):
         if self._finishAfterFeed:
             self._finishAfterFeed = False
             self._skipBody = False
-            self.parser = HttpResponseParser(self)
+            self._newParser()
             ex = self.exchange
             if ex is not None:
                 ex.responseComplete()
@@ -268,6 +345,32 @@ class BackendConnection(BackendProtocol):
             # trusted with another request.
             self.factory.idle.discard(self.key, self)
             self.transport.loseConnection()
+
+    def _chooseParser(self, data: bytes) -> None:
+        """
+        The first read of a response: a head that ends in it is read as its
+        bytes (the parser calls no callback per field, and the head goes on
+        as it came: L{_headBytesComplete}); another is read as fields.
+        """
+        if self._headsAsBytes:
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                self._read = data
+                self._headEnd = end
+                if self._asBytes is None:
+                    asBytes = self._asBytes = _HeadAsBytes(self)
+                    self.parser = HttpResponseParser(asBytes)
+                return
+        if self._asBytes is not None:
+            self._asBytes = None
+            self.parser = HttpResponseParser(self)
+
+    def _newParser(self) -> None:
+        """
+        A parser for the next response, of the kind the last one was.
+        """
+        asBytes = self._asBytes
+        self.parser = HttpResponseParser(self if asBytes is None else asBytes)
 
     def _malformed(self, e: HttpParserError, data: bytes) -> None:
         """
@@ -303,7 +406,7 @@ class BackendConnection(BackendProtocol):
         # response gets a new one.
         if not self.parser.should_keep_alive():
             self.reusable = False
-        self.parser = HttpResponseParser(self)
+        self._newParser()
         ex.responseComplete()
         if rest:
             self.dataReceived(rest)
@@ -331,9 +434,10 @@ class BackendConnection(BackendProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self.reusable = False
-        # The parser refers back to this protocol: let it go, so that
-        # reference counting frees the connection now.
+        # The parser refers back to this protocol (and so does _asBytes):
+        # let it go, so that reference counting frees the connection now.
         del self.parser
+        self._asBytes = self._read = None
         self.backend.closers.discard(self.abortNow)
         tunnel = self.tunnel
         if tunnel is not None:
@@ -393,6 +497,39 @@ class BackendConnection(BackendProtocol):
         if ex is None:
             return
         if ex.responseHead(self.parser.get_status_code(), self._reason, self._headers):
+            self.skipBody()
+
+    def _headBytesComplete(self) -> None:
+        """
+        llhttp read a response head whole, in the read it began in (see
+        L{_chooseParser}): hand it to the exchange as its bytes, with the
+        fields the plan does not relay as they are; or read it again as
+        fields if it needs them.
+        """
+        self._inHead = False
+        data = self._read
+        if self._skipBody or data is None:
+            # What follows a reply to HEAD, or a response, in their read.
+            self.reusable = False
+            return
+        self._read = None
+        status = self.parser.get_status_code()
+        if status < 200:
+            raise _ReadFields()
+        head = data[:self._headEnd + 2]
+        special = specialLines(head)
+        for name, _ in special:
+            if name == b"transfer-encoding":
+                raise _ReadFields()
+        factory = self.factory
+        if len(head) > factory.measuredAbove:
+            reason, fields = rawResponseFields(head)
+            if fieldsSize(fields) + len(reason) > factory.maxResponseHeaderSize:
+                raise ResponseHeadTooLarge()
+        ex = self.exchange
+        if ex is None:
+            return
+        if ex.responseHead(status, b"", None, (head, special)):
             self.skipBody()
 
     def on_body(self, body: bytes) -> None:
@@ -464,3 +601,19 @@ class BackendConnection(BackendProtocol):
         self._inHead = False
         if not self.parser.should_keep_alive():
             self.reusable = False
+
+
+class _HeadAsBytes:
+    """
+    The llhttp callbacks of a backend connection that reads a response
+    head as its bytes: none for its status line or fields (see
+    L{BackendConnection._chooseParser}).
+    """
+
+    __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
+
+    def __init__(self, conn: BackendConnection) -> None:
+        self.on_message_begin = conn.on_message_begin
+        self.on_headers_complete = conn._headBytesComplete
+        self.on_body = conn.on_body
+        self.on_message_complete = conn.on_message_complete

@@ -33,12 +33,15 @@ from ._plan import (
     CHUNKED,
     IDEMPOTENT,
     BadTrailer,
+    RawHead,
     TrailerSection,
     declaredLength,
     fieldsSize,
     headBytesHeld,
     interimHead,
+    planRawResponse,
     planResponse,
+    rawResponseFields,
     trailerBlock,
     trailerFields,
 )
@@ -669,22 +672,30 @@ class ClientConnection(ClientPeer, Protocol):
         self.transport.write(interimHead(status, reason, headers))
 
     def sendHead(self, ex: Exchange, status: int, reason: bytes,
-                 headers: list[tuple[bytes, bytes]]) -> Any:
+                 headers: list[tuple[bytes, bytes]] | None, raw: RawHead | None = None) -> Any:
         """
         Plan the final response head; it is held to go out with the first
-        body bytes.
+        body bytes.  A head given as its bytes goes on as it came if it is
+        a usual one (L{planRawResponse}) and no route changes its fields.
         """
-        factory = self.factory
         plan = ex.plan
         route = ex.route
-        if route is not None and route.responseHeaders is not None:
-            headers = applyHeaderActions(headers, route.responseHeaders)
-        response = planResponse(
-            status, reason, headers, ex.method, ex.version != "1.0",
-            plan.keepAlive and ex.requestDone and not ex.closeAfter and not plan.upgrade
-            and not factory.stopping,
-            ex.upstream.cookieFor(ex) if ex.setCookie else None,
-        )
+        keepAlive = (plan.keepAlive and ex.requestDone and not ex.closeAfter
+                     and not plan.upgrade and not self.factory.stopping)
+        cookie = ex.upstream.cookieFor(ex) if ex.setCookie else None
+        response = None
+        if raw is not None:
+            if route is None or route.responseHeaders is None:
+                response = planRawResponse(
+                    status, raw[0], raw[1], ex.method, ex.version != "1.0", keepAlive, cookie)
+            if response is None:
+                reason, headers = rawResponseFields(raw[0])
+        if response is None:
+            assert headers is not None
+            if route is not None and route.responseHeaders is not None:
+                headers = applyHeaderActions(headers, route.responseHeaders)
+            response = planResponse(
+                status, reason, headers, ex.method, ex.version != "1.0", keepAlive, cookie)
         if response.closeAfter:
             ex.closeAfter = True
         return response

@@ -65,6 +65,7 @@ from ._plan import (
     GIVE_UP,
     RETRY_FRESH,
     BadResponse,
+    RawHead,
     RequestPlan,
     retryAfterLoss,
     switchingHead,
@@ -156,11 +157,12 @@ class IClientSide(IPushProducer):
         """
 
     def sendHead(exchange: Exchange, status: int, reason: bytes,
-                 headers: list[tuple[bytes, bytes]]) -> Any:
+                 headers: list[tuple[bytes, bytes]] | None, raw: RawHead | None) -> Any:
         """
         Plan and send (or hold, to go with the first body bytes) the final
-        response head; return the plan (with C{untilClose}, C{closeAfter}
-        and C{skipBody}).
+        response head, given as its C{reason} and C{headers}, or as its
+        bytes (C{raw}: see L{Exchange.responseHead}); return the plan (with
+        C{untilClose}, C{closeAfter} and C{skipBody}).
 
         @raise BadResponse: the head must not be relayed.
         """
@@ -561,15 +563,22 @@ class Exchange:
 
     # -- the response side -----------------------------------------------
 
-    def responseHead(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    def responseHead(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]] | None,
+        raw: RawHead | None = None,
+    ) -> bool:
         """
-        The backend sent a response head.
+        The backend sent a response head: its C{reason} and C{headers}, or
+        for a final response, its bytes (C{raw}, with its L{specialLines};
+        C{reason} and C{headers} are then not given).
 
         @return: whether the backend's body must be read and dropped (a
             reply to HEAD).
         """
         conn = self.conn
         if status < 200:
+            # (An interim response's head comes as fields.)
+            assert headers is not None
             if status == 101:
                 if self.plan.upgrade:
                     self._upgrade(reason, headers)
@@ -591,7 +600,7 @@ class Exchange:
         self.status = status
         backend.countResponse(self.factory.seconds() - self.started)
         try:
-            response = self.client.sendHead(self, status, reason, headers)
+            response = self.client.sendHead(self, status, reason, headers, raw)
         except BadResponse as e:
             conn.reusable = False
             self.backendFailed("response", f"malformed response: {e}")

@@ -82,9 +82,11 @@ from ._plan import (
     TOKEN,
     USUAL_CONNECTION,
     BadTrailer,
+    RawHead,
     askingTrailers,
     forwarded,
     planResponse,
+    rawResponseFields,
     splitTokens,
     trailerFields,
 )
@@ -550,11 +552,15 @@ class H2Stream:
             self.connection.sendHeaders(self.streamId, responseFields(status, headers), False)
 
     def sendHead(self, ex: Exchange, status: int, reason: bytes,
-                 headers: list[tuple[bytes, bytes]]) -> Any:
+                 headers: list[tuple[bytes, bytes]] | None, raw: RawHead | None = None) -> Any:
         """
         Plan the final response head (checked and framed as for HTTP/1.1);
-        its HEADERS are held to go out with the first DATA.
+        its HEADERS are held to go out with the first DATA.  (A head given
+        as its bytes is read as fields.)
         """
+        if raw is not None:
+            reason, headers = rawResponseFields(raw[0])
+        assert headers is not None
         route = ex.route
         if route is not None and route.responseHeaders is not None:
             headers = applyHeaderActions(headers, route.responseHeaders)

@@ -889,6 +889,121 @@ def planResponse(
     )
 
 
+# A response head's fields that the response plan does not relay as they
+# are, in a lowercased head: the framing and the hop-by-hop ones (a field
+# line begins after a CRLF, its name ends at its colon: llhttp refuses
+# whitespace before a colon, a bare CR or LF, and folded lines; see
+# L{lbtwist.http._backend}).  A name found is lowercased, its value as sent
+# (without the spaces before it).
+_RESPONSE_SPECIAL_LINES = re.compile(
+    rb"\r\n(content-length|connection|keep-alive|te|trailer|transfer-encoding|upgrade"
+    rb"|proxy-[^:]*):[ \t]*([^\r]*)"
+)
+
+
+# A response head as its bytes, with its special lines (see L{specialLines}).
+RawHead = tuple[bytes, list[tuple[bytes, bytes]]]
+
+
+def specialLines(head: bytes) -> list[tuple[bytes, bytes]]:
+    """
+    The fields of a response head (its bytes, status line first, each line
+    with its CRLF, without the empty line that ends it) that the response
+    plan does not relay as they are: the framing and the hop-by-hop ones,
+    each as its lowercased name and its value (lowercased, without the
+    spaces before it).  The head is one that llhttp parsed: one CRLF ends
+    each line, and each field line is C{name:value}.
+    """
+    return _RESPONSE_SPECIAL_LINES.findall(head.lower())
+
+
+def rawResponseFields(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """
+    The reason and the fields of a response head read by llhttp (see
+    L{specialLines}), as llhttp's callbacks give them: each name as sent,
+    each value without the spaces and tabs before it.
+    """
+    lines = head.split(b"\r\n")
+    # (The status line: "HTTP/1.1 200 OK", or "HTTP/1.1 200" without a reason.)
+    reason = lines[0][13:]
+    fields = []
+    for line in lines[1:-1]:
+        name, _, value = line.partition(b":")
+        fields.append((name, value.lstrip(b" \t")))
+    return reason, fields
+
+
+def planRawResponse(
+    status: int,
+    head: bytes,
+    special: list[tuple[bytes, bytes]],
+    method: bytes,
+    http11: bool,
+    keepAlive: bool,
+    cookie: bytes | None = None,
+) -> ResponsePlan | None:
+    """
+    Plan a final response's way to the client as L{planResponse} does, but
+    from the head's bytes (see L{specialLines}) rather than its fields, for
+    the usual head: one that names no hop-by-hop field, but for a
+    C{Connection} that says what this response's own does (C{keep-alive}
+    or C{close}), kept where it is (RFC 9110 7.6.1: an intermediary may
+    replace the Connection field with its own options; here they are the
+    same).  Such a head is relayed as it came, with the fields the plan
+    adds after it; no field is made again.
+
+    @param special: the head's L{specialLines}.
+
+    @return: the plan, or L{None} for a head that is not usual (any other
+        hop-by-hop field, a framing to change, an HTTP/1.0 status line):
+        L{planResponse} then plans it from its fields.
+    """
+    if status in NO_BODY_STATUSES or head[:9] != b"HTTP/1.1 " or head[12] != 32:  # 32: " "
+        # (A 204 loses its length; a status line gets its version, or its
+        # space before an empty reason.)
+        return None
+    length = None
+    connection = None
+    for name, value in special:
+        if name == b"content-length":
+            length = value
+        elif name == b"connection" and connection is None:
+            connection = value
+        else:
+            return None
+    replyToHead = method == b"HEAD"
+    if replyToHead:
+        framing = NO_BODY
+    elif length is not None:
+        framing = AS_IS
+    elif http11:
+        # A body until the backend closes, as chunks.
+        framing = CHUNKED
+    else:
+        framing = UNTIL_CLOSE
+        keepAlive = False
+    # What follows the head's fields, in L{planResponse}'s order.
+    extra = b"\r\n"
+    if keepAlive:
+        if connection is None:
+            if not http11:
+                extra = b"Connection: keep-alive\r\n\r\n"
+        elif connection.rstrip(b" \t") != b"keep-alive":
+            return None
+    elif connection is None:
+        extra = b"Connection: close\r\n\r\n"
+    elif connection.rstrip(b" \t") != b"close":
+        return None
+    if cookie is not None:
+        extra = b"Set-Cookie: " + cookie + b"\r\n" + extra
+    if framing is CHUNKED:
+        extra = b"Transfer-Encoding: chunked\r\n" + extra
+    return ResponsePlan(
+        head + extra, framing, not replyToHead and length is None, not keepAlive, replyToHead,
+        int(length) if framing is AS_IS else None,  # type: ignore[arg-type]
+    )
+
+
 # What follows a backend connection lost before its response was complete.
 GIVE_UP = 0  # 502, or a truncated response
 RETRY_FRESH = 1  # a new connection to the same backend: the pooled one was stale
