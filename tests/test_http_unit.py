@@ -869,6 +869,30 @@ class HeadAsBytesTests(SynchronousTestCase):
             b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"2\r\nok\r\n0\r\nx-sum: 9\r\n\r\n" + self.fields + b"ok")
 
+    def test_emptyLinesFirst(self) -> None:
+        """
+        A head after empty lines (llhttp skips CR and LF before a status
+        line), the first on its connection or a pooled one's, goes on as
+        llhttp read it, from its fields: its bytes are not those from the
+        start of the read to its first empty line.
+        """
+        for before in (b"\r\n", b"\r\n\r\n", b"\n", b"\r\n\r\n\r\n"):
+            _, client, transport, backend, _ = clientAndBackend()
+            backend.dataReceived(before + self.head + b"ok")
+            client.dataReceived(GET)
+            backend.dataReceived(before + self.head + b"ok")
+            self.assertEqual(transport.value(), (self.fields + b"ok") * 2, before)
+
+    def test_otherProtocol(self) -> None:
+        """
+        A status line of another protocol that llhttp takes (C{ICE/1.0})
+        goes on with its reason as llhttp read it.
+        """
+        _, _, transport, backend, _ = clientAndBackend()
+        backend.dataReceived(b"ICE/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(transport.value(),
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
     def test_interim(self) -> None:
         """
         An interim response and the final one in the same read go on,

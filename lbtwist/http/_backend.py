@@ -354,7 +354,12 @@ class BackendConnection(BackendProtocol):
         """
         if self._headsAsBytes:
             end = data.find(b"\r\n\r\n")
-            if end >= 0:
+            # (Only a read that begins with an HTTP status line: llhttp skips
+            # empty lines before one, so that the read's first empty line
+            # may be one of them, and it takes RTSP/ and ICE/ status lines,
+            # whose reason is not where an HTTP one's is.  From an "H",
+            # llhttp takes "HTTP/" only.)
+            if end >= 0 and data[0] == 72:  # 72: "H"
                 self._read = data
                 self._headEnd = end
                 if self._asBytes is None:
