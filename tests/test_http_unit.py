@@ -801,6 +801,30 @@ class BytesAfterResponseTests(SynchronousTestCase):
             client.dataReceived(GET)
             self.assertEqual(len(reactor.tcpClients), 2, follows)
 
+    def test_messageAfterResponseToWaitingClient(self) -> None:
+        """
+        Bytes after a response in its read never go to the request that
+        takes the connection as that response ends (a client waiting at the
+        backend's maxconn, woken then): a response its backend sent before
+        that request went is not its answer.  The connection closes, and
+        the request goes again on a new one; whether the response's body
+        ended in the read llhttp parsed or in one relayed as it came.
+        """
+        extra = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"
+        for reads in ([OK + extra],
+                      [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok", b"ok" + extra]):
+            reactor, client, _, backend, backendTransport = clientAndBackend(
+                backends=[{"name": "b1", "endpoint": "tcp:host=10.0.0.1:port=80", "maxconn": 1}])
+            waiting = StringTransport(peerAddress=CLIENT)
+            connectClient(client.factory, waiting).dataReceived(GET)
+            for data in reads:
+                backend.dataReceived(data)
+            self.assertEqual((waiting.value(), backendTransport.disconnecting), (b"", True), reads)
+            backend.connectionLost(Failure(ConnectionDone()))
+            again = connectBackend(reactor, StringTransport())
+            again.dataReceived(OK)
+            self.assertEqual((waiting.value(), len(reactor.tcpClients)), (OK, 2), reads)
+
 
 class HeadAsBytesTests(SynchronousTestCase):
     """

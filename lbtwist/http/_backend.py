@@ -50,6 +50,14 @@ _HEAD_FRAME = 17
 ANSWERED_IN_TLS = "answered in TLS: give the pool a tls: block"
 
 
+class _Unasked(Exception):
+    """
+    A response began in a read that began before its request went (the
+    request took the connection as the response before it ended): the
+    backend sent it unasked, and it is no answer to that request.
+    """
+
+
 class _ReadFields(Exception):
     """
     A response head read as its bytes turned out to need llhttp's fields
@@ -289,6 +297,12 @@ class BackendConnection(BackendProtocol):
                 self.dataReceived(rest)
             return
         except HttpParserError as e:
+            if isinstance(e.__context__, _Unasked):
+                # The request goes again on a new connection, as for a
+                # pooled one found closed (see Exchange.backendLost).
+                self.reusable = False
+                self.transport.loseConnection()
+                return
             if isinstance(e.__context__, _ReadFields):
                 # Nothing of the head went to the exchange: read it again,
                 # with its fields, as every head on this connection now.
@@ -408,8 +422,10 @@ class BackendConnection(BackendProtocol):
         if self._forward:
             return
         # The parser saw the head and part of the body only: the next
-        # response gets a new one.
-        if not self.parser.should_keep_alive():
+        # response gets a new one.  Bytes after the body in its read were
+        # sent unasked: the connection is not pooled (a request that took it
+        # as the response ends would read them as its answer).
+        if rest or not self.parser.should_keep_alive():
             self.reusable = False
         self._newParser()
         ex.responseComplete()
@@ -470,6 +486,11 @@ class BackendConnection(BackendProtocol):
             # pooled with its beginning would read the next response as
             # its continuation.
             self.reusable = False
+        elif self._awaiting:
+            # A message after the response, in its read, and a request
+            # took the connection as that response ended (a client waiting
+            # at the backend's maxconn, a pipelined one): not its answer.
+            raise _Unasked()
         self._reason = b""
         self._headers = []
         self._rawHead = -1
