@@ -702,6 +702,30 @@ class HeadSizeTests(SynchronousTestCase):
                     self.assertEqual(status, b"HTTP/1.1 502" if size > self.limit
                                      else b"HTTP/1.1 200", (size, spaced, pieces))
 
+    def test_responseHeadReadAgain(self) -> None:
+        """
+        A response head over C{max-response-header-size} that is read
+        again as fields (a chunked one, an interim one) fails its exchange
+        as over it, as any other (it was taken for a malformed response).
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        over = self.fields(self.limit + 40, True)
+        for data in (b"HTTP/1.1 200 OK\r\n" + over + b"Transfer-Encoding: chunked\r\n\r\n",
+                     b"HTTP/1.1 103 Early Hints\r\n" + over + b"\r\n"):
+            del events[:]
+            reactor = MemoryReactorClock()
+            factory = proxyFactory(reactor, http={"max-response-header-size": self.limit})
+            transport = StringTransport(peerAddress=CLIENT)
+            connectClient(factory, transport).dataReceived(GET)
+            connectBackend(reactor, StringTransport()).dataReceived(data)
+            failed = [formatEvent(e) for e in events if "failed" in e.get("log_format", "")]
+            self.assertEqual((transport.value()[:12], failed),
+                             (b"HTTP/1.1 502", [f"backend b1 failed {CLIENT.host}:{CLIENT.port}: "
+                                                f"response head over {self.limit} bytes"]),
+                             data[:12])
+
     def test_pipelinedAfterBody(self) -> None:
         """
         A request whose head begins in the read that ends the body before
@@ -808,11 +832,14 @@ class BytesAfterResponseTests(SynchronousTestCase):
         backend's maxconn, woken then): a response its backend sent before
         that request went is not its answer.  The connection closes, and
         the request goes again on a new one; whether the response's body
-        ended in the read llhttp parsed or in one relayed as it came.
+        ended in the read llhttp parsed, in one relayed as it came, or in a
+        head read again as fields (a chunked one).
         """
         extra = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"
         for reads in ([OK + extra],
-                      [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok", b"ok" + extra]):
+                      [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok", b"ok" + extra],
+                      [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                       + extra]):
             reactor, client, _, backend, backendTransport = clientAndBackend(
                 backends=[{"name": "b1", "endpoint": "tcp:host=10.0.0.1:port=80", "maxconn": 1}])
             waiting = StringTransport(peerAddress=CLIENT)

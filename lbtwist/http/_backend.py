@@ -289,6 +289,7 @@ class BackendConnection(BackendProtocol):
             self._awaiting = False
             self._chooseParser(data)
         self._feeding = len(data)
+        again = False
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -303,21 +304,24 @@ class BackendConnection(BackendProtocol):
                 self.reusable = False
                 self.transport.loseConnection()
                 return
-            if isinstance(e.__context__, _ReadFields):
-                # Nothing of the head went to the exchange: read it again,
-                # with its fields, as every head on this connection now.
-                self._headsAsBytes = False
-                self._read = self._asBytes = None
-                self.parser = HttpResponseParser(self)
-                self.dataReceived(data)
-                return
-            self.reusable = False
-            if not self._finishAfterFeed:
-                self._malformed(e, data)
-                return
+            again = isinstance(e.__context__, _ReadFields)
+            if not again:
+                self.reusable = False
+                if not self._finishAfterFeed:
+                    self._malformed(e, data)
+                    return
             # (Bytes after a reply to HEAD in its read: the reply is whole
             # and goes on; they are dropped with the parser, and the
             # connection closes.)
+        if again:
+            # Nothing of the head went to the exchange: read it again, with
+            # its fields, as every head on this connection now.  (Out of the
+            # handler: an error of the second reading is not this one's.)
+            self._headsAsBytes = False
+            self._read = self._asBytes = None
+            self.parser = HttpResponseParser(self)
+            self.dataReceived(data)
+            return
         if self._inHead:
             # llhttp (and httptools) keep an unfinished head until it ends:
             # bound what a backend can make us hold, to the limit and a read.
