@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from httptools import HttpParserError
+from httptools import HttpParserError, HttpResponseParser
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.task import Clock
@@ -22,7 +22,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
 from lbtwist.dial import Dialler
-from lbtwist.http import HTTPProxyFactory
+from lbtwist.http import HTTPProxyFactory, _backend
 from lbtwist.http._backend import _LOOSE_HEADS, refusesLooseHeads
 from lbtwist.http._errors import ERRORS_CLOSE, BadRequest
 from lbtwist.http._plan import checkTransferEncoding, cookieValue
@@ -889,6 +889,29 @@ class HeadAsBytesTests(SynchronousTestCase):
         client.dataReceived(GET)
         backend.dataReceived(self.head + b"ok")
         self.assertEqual(transport.value(), self.fields + b"ok" + self.head + b"ok")
+
+    def test_inTurn(self) -> None:
+        """
+        A backend whose heads come whole and in pieces in turn has each read
+        by the parser of its kind, kept between responses: none is made.
+        """
+        _, client, transport, backend, _ = clientAndBackend()
+        made = []
+
+        def counting(protocol: Any) -> Any:
+            made.append(protocol)
+            return HttpResponseParser(protocol)
+
+        for whole in (True, False, True, False):
+            if not whole:
+                backend.dataReceived(self.head[:20])
+                backend.dataReceived(self.head[20:] + b"ok")
+            else:
+                backend.dataReceived(self.head + b"ok")
+            self.patch(_backend, "HttpResponseParser", counting)
+            client.dataReceived(GET)
+        self.assertEqual(transport.value(), (self.head + b"ok" + self.fields + b"ok") * 2)
+        self.assertEqual(made, [])
 
     def test_unusual(self) -> None:
         """

@@ -132,11 +132,13 @@ class BackendConnection(BackendProtocol):
     """
 
     parser: HttpResponseParser
+    _fieldsParser: HttpResponseParser
     transport: Any
     log = Logger()
     # Its attributes in slots, as L{lbtwist.http._client.ClientConnection}'s.
     __slots__ = (
-        "_asBytes", "_awaiting", "_feeding", "_finishAfterFeed", "_forward", "_headEnd",
+        "_asBytes", "_awaiting", "_bytesParser", "_feeding", "_fieldsParser",
+        "_finishAfterFeed", "_forward", "_headEnd",
         "_headers", "_headsAsBytes", "_inHead", "_rawHead", "_read", "_reason", "_skipBody",
         "backend", "connected", "exchange", "factory", "idleSince", "key", "lost", "parser",
         "paused", "proxyHeader", "requests", "reusable", "transport", "tunnel",
@@ -177,11 +179,13 @@ class BackendConnection(BackendProtocol):
         # without the parser (see L{_fastForward}).
         self._forward = 0
         # A response head read whole in one read is relayed as its bytes
-        # (see L{_chooseParser}): the parser then calls no callback per
-        # field, and its callbacks are C{_asBytes}'s (made at the first
-        # such head; None while the parser is one of fields).  Until a head
-        # needs its fields after all: from then on they all do.
+        # (see L{_chooseParser}): its parser is then C{_bytesParser}, whose
+        # callbacks are C{_asBytes}'s (both made at the first such head),
+        # and llhttp calls none per field; another is read by
+        # C{_fieldsParser}.  Until a head needs its fields after all: from
+        # then on they all do.
         self._asBytes: _HeadAsBytes | None = None
+        self._bytesParser: HttpResponseParser | None = None
         self._headsAsBytes = HEADS_AS_BYTES
         # A request went, and no byte of its response was read yet.
         self._awaiting = False
@@ -193,7 +197,7 @@ class BackendConnection(BackendProtocol):
         # Made here, not in __init__: a protocol built for a connection
         # that fails is never connected, and the parser (which refers back
         # to it) would make it a cycle.
-        self.parser = HttpResponseParser(self)
+        self.parser = self._fieldsParser = HttpResponseParser(self)
         setNoDelay(self.transport)
         if self.proxyHeader is not None:
             self.transport.write(self.proxyHeader)
@@ -287,7 +291,8 @@ class BackendConnection(BackendProtocol):
             return
         if self._awaiting:
             self._awaiting = False
-            self._chooseParser(data)
+            if self._headsAsBytes:
+                self._chooseParser(data)
         self._feeding = len(data)
         again = False
         try:
@@ -318,8 +323,8 @@ class BackendConnection(BackendProtocol):
             # its fields, as every head on this connection now.  (Out of the
             # handler: an error of the second reading is not this one's.)
             self._headsAsBytes = False
-            self._read = self._asBytes = None
-            self.parser = HttpResponseParser(self)
+            self._read = self._asBytes = self._bytesParser = None
+            self.parser = self._fieldsParser = HttpResponseParser(self)
             self.dataReceived(data)
             return
         if self._inHead:
@@ -370,30 +375,34 @@ class BackendConnection(BackendProtocol):
         bytes (the parser calls no callback per field, and the head goes on
         as it came: L{_headBytesComplete}); another is read as fields.
         """
-        if self._headsAsBytes:
-            end = data.find(b"\r\n\r\n")
-            # (Only a read that begins with an HTTP status line: llhttp skips
-            # empty lines before one, so that the read's first empty line
-            # may be one of them, and it takes RTSP/ and ICE/ status lines,
-            # whose reason is not where an HTTP one's is.  From an "H",
-            # llhttp takes "HTTP/" only.)
-            if end >= 0 and data[0] == 72:  # 72: "H"
-                self._read = data
-                self._headEnd = end
-                if self._asBytes is None:
-                    asBytes = self._asBytes = _HeadAsBytes(self)
-                    self.parser = HttpResponseParser(asBytes)
-                return
-        if self._asBytes is not None:
-            self._asBytes = None
-            self.parser = HttpResponseParser(self)
+        end = data.find(b"\r\n\r\n")
+        # (Only a read that begins with an HTTP status line: llhttp skips
+        # empty lines before one, so that the read's first empty line may
+        # be one of them, and it takes RTSP/ and ICE/ status lines, whose
+        # reason is not where an HTTP one's is.  From an "H", llhttp takes
+        # "HTTP/" only.)
+        if end >= 0 and data[0] == 72:  # 72: "H"
+            self._read = data
+            self._headEnd = end
+            parser = self._bytesParser
+            if parser is None:
+                asBytes = self._asBytes = _HeadAsBytes(self)
+                parser = self._bytesParser = HttpResponseParser(asBytes)
+            self.parser = parser
+        else:
+            # (Both parsers are kept, each between two messages: a backend
+            # whose heads come whole and in pieces in turn makes none.)
+            self.parser = self._fieldsParser
 
     def _newParser(self) -> None:
         """
-        A parser for the next response, of the kind the last one was.
+        A parser for the next response, of the kind the last one was (this
+        one saw only part of its response).
         """
-        asBytes = self._asBytes
-        self.parser = HttpResponseParser(self if asBytes is None else asBytes)
+        if self.parser is self._bytesParser:
+            self.parser = self._bytesParser = HttpResponseParser(self._asBytes)
+        else:
+            self.parser = self._fieldsParser = HttpResponseParser(self)
 
     def _malformed(self, e: HttpParserError, data: bytes) -> None:
         """
@@ -461,8 +470,8 @@ class BackendConnection(BackendProtocol):
         self.reusable = False
         # The parser refers back to this protocol (and so does _asBytes):
         # let it go, so that reference counting frees the connection now.
-        del self.parser
-        self._asBytes = self._read = None
+        del self.parser, self._fieldsParser
+        self._asBytes = self._read = self._bytesParser = None
         self.backend.closers.discard(self.abortNow)
         tunnel = self.tunnel
         if tunnel is not None:
