@@ -6,7 +6,9 @@ recording backend that keeps the exact bytes it receives.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
 from typing import Any
 
@@ -425,3 +427,50 @@ class DeclinedUpgradeTests(HTTPProxyTestCase):
             timeout=1.0)
         self.assertTrue(out.startswith(b"HTTP/1.1 101 "), out)
         self.assertIn(b"echo:early", out)
+
+
+class HeadAsBytesTests(HTTPProxyTestCase):
+    """
+    Over loopback: a usual response head read whole goes on to the client
+    as the backend sent it; a chunked one goes on from its fields, with its
+    trailers.
+    """
+
+    head = b"HTTP/1.1 200 OK\r\nx-a:1\r\nContent-Length: 2\r\nX-B:  b \r\n"
+
+    @inlineCallbacks
+    def test_asSent(self) -> Any:
+        """
+        A raw client's two requests on one connection get the backend's
+        heads as sent (spacing and spelling), the last with the client's
+        own Connection added; curl reads the same fields.
+        """
+        a = self.startBackend("a", lambda r, b, c: self.head + b"\r\nok")
+        proxy = self.startProxy([a])
+        out = yield rawExchange(
+            proxy.testPort, b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.assertEqual(out, self.head + b"\r\nok" + self.head + b"Connection: close\r\n\r\nok")
+        if shutil.which("curl") is None:
+            self.skipTest("curl is not installed")
+        done = yield deferToThread(
+            subprocess.run, ["curl", "-s", "--max-time", "5", "-D", "-", "-o", "/dev/null",
+                             f"http://127.0.0.1:{proxy.testPort}/3"],
+            capture_output=True)
+        self.assertEqual(done.stdout, self.head + b"\r\n")
+
+    @inlineCallbacks
+    def test_chunkedWithTrailers(self) -> Any:
+        """
+        A chunked response head goes on from its fields, and its trailers
+        reach a client that asked for them.
+        """
+        a = self.startBackend("a", lambda r, b, c: (
+            b"HTTP/1.1 200 OK\r\nx-a:1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Sum: 9\r\n\r\n"))
+        proxy = self.startProxy([a])
+        out = yield rawExchange(
+            proxy.testPort,
+            b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        self.assertEqual(out, b"HTTP/1.1 200 OK\r\nx-a: 1\r\nTransfer-Encoding: chunked\r\n"
+                              b"Connection: close\r\n\r\n2\r\nok\r\n0\r\nx-sum: 9\r\n\r\n")
