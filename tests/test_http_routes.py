@@ -216,6 +216,21 @@ class ActionTests(RoutedProxyTestCase):
         self.assertEqual([v for n, v in seen.headers if n.lower() == b"x-tag"], [b"a", b"b"])
 
     @inlineCallbacks
+    def test_responseHeadersOnly(self) -> Any:
+        """
+        A route that only names a pool and changes response headers changes
+        them (the backend's head is not relayed as its bytes).
+        """
+        web = self.startBackend("web")
+        proxy = self.startRouted({"web": [web]}, {"routes": [
+            {"name": "web", "pool": "web",
+             "response-headers": {"set": {"X-Frame-Options": "DENY"}, "remove": ["Content-Type"]}},
+        ]})
+        [(status, headers, body)] = yield self.get(proxy, ("GET", "/p", {}))
+        self.assertEqual((status, body, headers.get("x-frame-options")), (200, b"web /p\n", "DENY"))
+        self.assertNotIn("content-type", headers)
+
+    @inlineCallbacks
     def test_routeTimeout(self) -> Any:
         """
         A route's response timeout overrides its pool's: a slow backend

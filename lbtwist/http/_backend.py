@@ -291,8 +291,11 @@ class BackendConnection(BackendProtocol):
             return
         if self._awaiting:
             self._awaiting = False
-            if self._headsAsBytes:
+            if self._headsAsBytes and ex.headsAsBytes and ex.client.headsAsBytes:
                 self._chooseParser(data)
+            else:
+                # (An HTTP/2 client's, or one a route changes the fields of.)
+                self.parser = self._fieldsParser
         self._feeding = len(data)
         again = False
         try:

@@ -148,6 +148,8 @@ class ClientConnection(ClientPeer, Protocol):
     parser: HttpRequestParser
     transport: Any
     protocol = "HTTP/1.1"
+    # A usual response head goes on as its bytes (see sendHead).
+    headsAsBytes = True
     # Every attribute a connection sets, in slots: the hot path reads and
     # writes them on each request, and a slot is faster than a dictionary
     # entry (and CPython stops sharing a class's dictionary keys past 30
@@ -676,7 +678,7 @@ class ClientConnection(ClientPeer, Protocol):
         """
         Plan the final response head; it is held to go out with the first
         body bytes.  A head given as its bytes goes on as it came if it is
-        a usual one (L{planRawResponse}) and no route changes its fields.
+        a usual one (L{planRawResponse}).
         """
         plan = ex.plan
         route = ex.route
@@ -685,9 +687,9 @@ class ClientConnection(ClientPeer, Protocol):
         cookie = ex.upstream.cookieFor(ex) if ex.setCookie else None
         response = None
         if raw is not None:
-            if route is None or route.responseHeaders is None:
-                response = planRawResponse(
-                    status, raw[0], raw[1], ex.method, ex.version != "1.0", keepAlive, cookie)
+            # (Given only if no route changes the fields: Exchange.headsAsBytes.)
+            response = planRawResponse(
+                status, raw[0], raw[1], ex.method, ex.version != "1.0", keepAlive, cookie)
             if response is None:
                 reason, headers = rawResponseFields(raw[0])
         if response is None:

@@ -126,6 +126,8 @@ class IClientSide(IPushProducer):
     privateKeys = Attribute("Idle-pool keys of backend connections private to this client.")
     closed = Attribute("Whether the client is gone.")
     protocol = Attribute('What the client speaks, "HTTP/1.1" or "HTTP/2", as logs and metrics say.')
+    headsAsBytes = Attribute(
+        "Whether a usual response head may come to sendHead as its bytes (raw), not as fields.")
 
     def proxyHeaderFor(make: Any) -> bytes:
         """
@@ -293,7 +295,7 @@ class Exchange:
         "attempt", "backend", "bytesIn", "bytesOut", "client", "closeAfter", "conn",
         "deadline", "factory", "failures", "gated", "local", "method", "pending", "phase",
         "plan", "requestDone", "responded", "response", "retries", "retrying", "route", "sends",
-        "setCookie", "staleResent",
+        "headsAsBytes", "setCookie", "staleResent",
         "slot", "started", "status", "tried", "upstream", "url", "version",
     )
 
@@ -337,6 +339,9 @@ class Exchange:
         self.responded = False
         self.closeAfter = False
         self.setCookie = False
+        # A usual response head may come as its bytes, if the client side
+        # takes them: no route changes its fields (see the router).
+        self.headsAsBytes = True
         self.status = 0
         self.bytesIn = 0
         self.bytesOut = 0
@@ -569,8 +574,9 @@ class Exchange:
     ) -> bool:
         """
         The backend sent a response head: its C{reason} and C{headers}, or
-        for a final response, its bytes (C{raw}, with its L{specialLines};
-        C{reason} and C{headers} are then not given).
+        for a final response of an exchange whose C{headsAsBytes} is true
+        and whose client side's is too, its bytes (C{raw}, with its L{specialLines}; C{reason} and
+        C{headers} are then not given).
 
         @return: whether the backend's body must be read and dropped (a
             reply to HEAD).

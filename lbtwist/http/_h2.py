@@ -86,7 +86,6 @@ from ._plan import (
     askingTrailers,
     forwarded,
     planResponse,
-    rawResponseFields,
     splitTokens,
     trailerFields,
 )
@@ -348,6 +347,8 @@ class H2Stream:
     """
 
     protocol = PROTOCOL
+    # Response heads come as fields: HTTP/2 sends each field on its own.
+    headsAsBytes = False
 
     def __init__(self, connection: H2Connection, streamId: int, started: float) -> None:
         self.connection = connection
@@ -555,11 +556,9 @@ class H2Stream:
                  headers: list[tuple[bytes, bytes]] | None, raw: RawHead | None = None) -> Any:
         """
         Plan the final response head (checked and framed as for HTTP/1.1);
-        its HEADERS are held to go out with the first DATA.  (A head given
-        as its bytes is read as fields.)
+        its HEADERS are held to go out with the first DATA.  (Its fields are
+        given, never its bytes: C{headsAsBytes} is false.)
         """
-        if raw is not None:
-            reason, headers = rawResponseFields(raw[0])
         assert headers is not None
         route = ex.route
         if route is not None and route.responseHeaders is not None:

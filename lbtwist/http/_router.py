@@ -326,6 +326,8 @@ class Router:
                     client.localAuthority, upstream.rules,
                 ), method, url, version, started)
                 ex.route = rt
+                if rt.responseHeaders is not None:
+                    ex.headsAsBytes = False
                 return ex
         route = rt.route
         answer = None
@@ -380,6 +382,8 @@ class Router:
         )
         ex = Exchange(client, factory, upstream, plan, method, url, version, started)
         ex.route = rt
+        if rt.responseHeaders is not None:
+            ex.headsAsBytes = False
         ex.local = answer
         if gate is not None:
             ex.gateOn(gate, rt.withResponseHeaders(self.unauthorized(rt)))
