@@ -429,6 +429,53 @@ class DeclinedUpgradeTests(HTTPProxyTestCase):
         self.assertIn(b"echo:early", out)
 
 
+class WholeHeadTests(HTTPProxyTestCase):
+    """
+    Over loopback: a usual request head that is all of a read goes to the
+    backend as the client sent it; one with a body, as fields.
+    """
+
+    @inlineCallbacks
+    def test_asSent(self) -> Any:
+        """
+        A raw client's usual head reaches the backend as sent (spacing and
+        spelling, without its Connection), with the X-Forwarded fields
+        after it; curl's too.
+        """
+        a = self.startBackend("a", lambda r, b, c: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        proxy = self.startProxy([a])
+        head = b"GET /1?x=%20 HTTP/1.1\r\nhost:a:81\r\nConnection: keep-alive\r\nX-B:  b \r\n"
+        out = yield rawExchange(proxy.testPort, head + b"\r\n", timeout=0.5)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
+        forwarded = (b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+                     b"X-Forwarded-Host: a:81\r\n\r\n")
+        self.assertEqual(a.raw, head.replace(b"Connection: keep-alive\r\n", b"") + forwarded)
+        if shutil.which("curl") is None:
+            self.skipTest("curl is not installed")
+        a.raw = b""
+        yield deferToThread(
+            subprocess.run, ["curl", "-s", "--max-time", "5", "-o", "/dev/null", "-H",
+                             "X-C:  c ", f"http://127.0.0.1:{proxy.testPort}/2"],
+            capture_output=True)
+        self.assertIn(b"\r\nX-C:  c \r\nX-Forwarded-For: 127.0.0.1\r\n", a.raw)
+
+    @inlineCallbacks
+    def test_withBody(self) -> Any:
+        """
+        A head with a body, in one read, goes to the backend as fields, the
+        body after it.
+        """
+        a = self.startBackend("a", lambda r, b, c: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        proxy = self.startProxy([a])
+        out = yield rawExchange(
+            proxy.testPort,
+            b"POST / HTTP/1.1\r\nhost:a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
+        self.assertTrue(a.raw.startswith(b"POST / HTTP/1.1\r\nhost: a\r\nContent-Length: 2\r\n"),
+                        a.raw)
+        self.assertTrue(a.raw.endswith(b"\r\n\r\nhi"), a.raw)
+
+
 class HeadAsBytesTests(HTTPProxyTestCase):
     """
     Over loopback: a usual response head read whole goes on to the client

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.http._errors import BadRequest
 from lbtwist.http._plan import (
+    _REQUEST_SPECIAL,
     AS_IS,
     CHUNKED,
     GIVE_UP,
@@ -30,12 +31,14 @@ from lbtwist.http._plan import (
     planRawResponse,
     planRequest,
     planResponse,
+    planWholeRequest,
     rawResponseFields,
     retryAfterLoss,
     specialLines,
     switchingHead,
     websocketAccept,
 )
+from lbtwist.http._strict import LOOSE_REQUEST_HEADS, requestParser
 
 from .test_http_errors import SMUGGLING
 
@@ -708,6 +711,188 @@ def parsedStatus(head: bytes) -> int:
     A head's status, as llhttp reads it.
     """
     return _ResponseHead(head + b"\r\n").status
+
+
+# Request heads, each all of a read: those WholeRequestPlanTests.usual
+# counts are planned whole, the others from their fields.
+WHOLE_HEADS = (
+    b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+    b"GET /a?b=c&d=%20 HTTP/1.1\r\nhost:a.example\r\nAccept:  */* \r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nUser-Agent: x\r\nHOST: \tA.Example:81\t \r\nX-A:\r\n\r\n",
+    (b"GET /page HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nAccept: text/html\r\n"
+     b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36\r\n"
+     b"Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n"
+     b"Cookie: session=abc; theme=dark\r\nUpgrade-Insecure-Requests: 1\r\n"
+     b"X-Forwarded-Fort: not one\r\nTE-X: 1\r\nHosts: 2\r\n\r\n"),
+    b"DELETE /x HTTP/1.1\r\nConnection:Keep-Alive \t\r\nHost: a\r\n\r\n",
+    b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nconnection: keep-alive\r\nB: c\r\n\r\n",
+    b"POST /form HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+    b"GET /%C3%A9?q=%FF HTTP/1.1\r\nHost: a\r\nX: \xff\x80\r\n\r\n",
+    # Heads planned from their fields: a field a plan reads or drops...
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-a\r\nX-A: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTrailer: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-proto: https\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Host: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nproxy-connection: keep-alive\r\n\r\n",
+    # ... Host twice or not at all ...
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\r\n\r\n",
+    # ... a line or a version other than an HTTP/1.1 one with an origin-form
+    # target and one space each side of it ...
+    b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+    b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+    b"CONNECT /a HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET  /a HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a  HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
+    # ... or more than a head in the read.
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\nX",
+)
+
+
+def wholePlan(raw: bytes, stickySource: bool = False) -> Any:
+    """
+    What a client connection's parser of whole heads makes of a read,
+    C{raw}: L{planWholeRequest}'s answer at the end of its first head, as
+    llhttp calls it; L{None} if llhttp refuses the read before that.
+    """
+    planned: list[Any] = []
+
+    class Whole:
+        def on_headers_complete(self) -> None:
+            planned.append(planWholeRequest(raw, b"10.0.0.9", b"http", stickySource))
+            if planned[0] is None:
+                raise ValueError("read again as fields")
+
+    try:
+        requestParser(Whole()).feed_data(raw)
+    except HttpParserError as e:
+        if planned and not isinstance(e.__context__, ValueError):
+            # (The plan was made, and llhttp refused what followed.)
+            raise
+        if e.__context__ is not None and not isinstance(e.__context__, ValueError):
+            # An error of the plan's own.
+            raise e.__context__ from None
+    except HttpParserUpgrade:
+        pass
+    return planned[0] if planned else None
+
+
+def parsedRequest(head: bytes) -> tuple[bytes, bytes, str, list[tuple[bytes, bytes]]]:
+    """
+    The method, target, version and fields llhttp reads of a request head.
+    """
+    got = _Head(RequestRules())
+    got.parser.feed_data(head)
+    assert got.plan is not None
+    return got.parser.get_method(), got.url, got.parser.get_http_version(), got.headers
+
+
+class WholeRequestPlanTests(SynchronousTestCase):
+    """
+    L{planWholeRequest}: a usual request read whole goes to the backend as
+    its bytes, planned as L{planRequest} plans it from its fields.
+    """
+
+    usual = set(range(9))
+
+    def test_usual(self) -> None:
+        """
+        A usual head is planned whole; any other (a field a plan reads or
+        drops, Host twice or not at all, another version or shape of
+        request line, more than a head in the read) from its fields.
+        """
+        self.assertEqual({i for i, raw in enumerate(WHOLE_HEADS) if wholePlan(raw)},
+                         self.usual)
+
+    def test_sameAsFromFields(self) -> None:
+        """
+        A head planned whole comes to what L{planRequest} makes of its
+        fields: the same plan, and a head with the same method, target,
+        version and fields, in the same order (their spacing as sent), but
+        the client's Connection, which a plan drops.
+        """
+        for raw in WHOLE_HEADS:
+            whole = wholePlan(raw)
+            if whole is None:
+                continue
+            method, target, planned = whole
+            fromFields = plan(raw)
+            assert isinstance(fromFields, RequestPlan), raw
+            self.assertEqual(
+                [getattr(planned, name) for name in RequestPlan.__slots__ if name != "head"],
+                [getattr(fromFields, name) for name in RequestPlan.__slots__ if name != "head"],
+                raw)
+            self.assertEqual(parsedRequest(planned.head), parsedRequest(fromFields.head), raw)
+            self.assertEqual((method, target, "1.1"), parsedRequest(raw)[:3], raw)
+            # Relayed as it came: its lines, but the Connection one.
+            self.assertTrue(planned.head.startswith(
+                b"".join(line + b"\r\n" for line in raw.split(b"\r\n")[:-2]
+                         if not line.lower().startswith(b"connection:"))), raw)
+
+    def test_stickySource(self) -> None:
+        """
+        A pool sticky on the client's address gets that address as the
+        request's sticky key.
+        """
+        whole = wholePlan(WHOLE_HEADS[0], stickySource=True)
+        self.assertEqual(whole[2].stickyKey, b"10.0.0.9")
+        self.assertIsNone(wholePlan(WHOLE_HEADS[0])[2].stickyKey)
+
+    def test_everySpecialName(self) -> None:
+        """
+        A head with any field the fields' plan reads or drops (but Cookie,
+        which only a sticky cookie reads: see L{RequestRules.wholeHeads}),
+        however it is spelled, is not planned whole.
+        """
+        names = [name for name in _REQUEST_SPECIAL if name != b"cookie"] + [b"proxy-x"]
+        for name in names:
+            for spelled in (name, name.upper(), name.title()):
+                # (A second Host; a Connection other than keep-alive.)
+                raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + spelled + b": 1\r\n\r\n"
+                self.assertIsNone(wholePlan(raw), raw)
+
+    def test_smugglingAndLoose(self) -> None:
+        """
+        No smuggling shape of the loopback suite, and no loose head, is
+        planned whole: each is refused by llhttp, or planned from its
+        fields (and refused there).
+        """
+        for raw in list(SMUGGLING.values()) + list(LOOSE_REQUEST_HEADS):
+            self.assertIsNone(wholePlan(raw), raw)
+
+    def test_rules(self) -> None:
+        """
+        Only a pool whose rules read no field a whole plan relays as it
+        came plans whole: not one that sets Host, is sticky on a cookie or
+        a header, or captures fields for its access log.
+        """
+        self.assertEqual(
+            [RequestRules(**rules).wholeHeads for rules in (
+                {}, {"stickyKind": "source"}, {"hostHeader": b"h"},
+                {"stickyKind": "cookie", "stickyName": b"s"},
+                {"stickyKind": "header", "stickyName": b"X-S"}, {"captureHeaders": True})],
+            [True, True, False, False, False, False])
 
 
 class RetryDecisionTests(SynchronousTestCase):

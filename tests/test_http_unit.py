@@ -22,16 +22,21 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
 from lbtwist.dial import Dialler
-from lbtwist.http import HTTPProxyFactory, _backend
-from lbtwist.http._backend import _LOOSE_HEADS, refusesLooseHeads
+from lbtwist.http import HTTPProxyFactory, _backend, _client
 from lbtwist.http._errors import ERRORS_CLOSE, BadRequest
 from lbtwist.http._plan import checkTransferEncoding, cookieValue
 from lbtwist.http._pool import IdleConnections
+from lbtwist.http._strict import (
+    LOOSE_REQUEST_HEADS,
+    LOOSE_RESPONSE_HEADS,
+    refusesLooseHeads,
+    requestParser,
+)
 from lbtwist.http._upstream import Upstream
 from lbtwist.passtime import IReactorPassTime
 from lbtwist.pool import BackendPool
 from lbtwist.proxyprotocol import proxyHeaderV1, proxyHeaderV2
-from lbtwist.routeconfig import TimeoutOverrides
+from lbtwist.routeconfig import Route, TimeoutOverrides
 from lbtwist.writethrough import sendHeld
 
 from .support import plainTCPTransport
@@ -502,7 +507,18 @@ class ProxyStateTests(SynchronousTestCase):
                 versions.append(version)
                 return exchangeFor(side, method, url, version, *rest)
 
+            wholeExchange = factory.wholeExchange
+
+            def recordingWhole(side: Any, data: bytes, started: float,
+                               versions: list[str] = versions,
+                               wholeExchange: Any = wholeExchange) -> Any:
+                ex = wholeExchange(side, data, started)
+                if ex is not None:
+                    versions.append(ex.version)
+                return ex
+
             factory.exchangeFor = recording  # type: ignore[method-assign]
+            factory.wholeExchange = recordingWhole  # type: ignore[method-assign]
             client, transport = self.connectClient(factory)
             for data in reads:
                 client.dataReceived(data)
@@ -995,8 +1011,143 @@ class HeadAsBytesTests(SynchronousTestCase):
                     return
                 raise HttpParserError("refused")
 
-        for taken in _LOOSE_HEADS:
+        for taken in LOOSE_RESPONSE_HEADS:
             self.assertFalse(refusesLooseHeads(Taking), taken)
+        # And of a request head, as a client connection's parser is set.
+        self.assertTrue(refusesLooseHeads(requestParser, LOOSE_REQUEST_HEADS))
+        for taken in LOOSE_REQUEST_HEADS:
+            self.assertFalse(refusesLooseHeads(Taking, LOOSE_REQUEST_HEADS), taken)
+
+
+class WholeHeadTests(SynchronousTestCase):
+    """
+    A usual request head that is all of a read goes to the backend as it
+    came (L{lbtwist.http._plan.planWholeRequest}); any other head, and a
+    head in pieces, as fields.
+    """
+
+    head = b"GET /a HTTP/1.1\r\nhost:a\r\nConnection:  keep-alive\r\nX-B:  b \r\n"
+    # As sent to the backend: the head as it came, without its Connection.
+    sent = (b"GET /a HTTP/1.1\r\nhost:a\r\nX-B:  b \r\nX-Forwarded-For: 192.0.2.7\r\n"
+            b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n")
+    # As fields.
+    fields = (b"GET /a HTTP/1.1\r\nhost: a\r\nX-B: b \r\nX-Forwarded-For: 192.0.2.7\r\n"
+              b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n")
+
+    def test_asSent(self) -> None:
+        """
+        A usual head goes on as it came, and the next one on the same
+        connection too.
+        """
+        _, client, transport, backend, btransport = clientAndBackend(self.head + b"\r\n")
+        backend.dataReceived(OK)
+        client.dataReceived(self.head + b"\r\n")
+        backend.dataReceived(OK)
+        self.assertEqual(btransport.value(), self.sent * 2)
+        self.assertEqual(transport.value(), OK * 2)
+
+    def test_readAgain(self) -> None:
+        """
+        A head in one read that is not a usual one (here, with a body) is
+        read again as fields, served as before, and so is every later head
+        of its connection.
+        """
+        post = self.head.replace(b"GET", b"POST") + b"Content-Length: 2\r\n\r\n"
+        _, client, transport, backend, btransport = clientAndBackend(post)
+        client.dataReceived(b"ok")
+        backend.dataReceived(OK)
+        client.dataReceived(self.head + b"\r\n")
+        backend.dataReceived(OK)
+        self.assertEqual(
+            btransport.value(),
+            self.fields.replace(b"GET", b"POST").replace(
+                b"b \r\n", b"b \r\nContent-Length: 2\r\n") + b"ok" + self.fields)
+        self.assertEqual(transport.value(), OK * 2)
+        self.assertFalse(client._wholeHeads)
+
+    def test_inPieces(self) -> None:
+        """
+        A head in pieces is read as fields; the connection's next head,
+        whole, as it came.
+        """
+        reactor = MemoryReactorClock()
+        client = connectClient(proxyFactory(reactor), StringTransport(peerAddress=CLIENT))
+        client.dataReceived(self.head[:10])
+        client.dataReceived(self.head[10:] + b"\r\n")
+        btransport = StringTransport()
+        backend = connectBackend(reactor, btransport)
+        backend.dataReceived(OK)
+        client.dataReceived(self.head + b"\r\n")
+        self.assertEqual(btransport.value(), self.fields + self.sent)
+
+    def test_pipelined(self) -> None:
+        """
+        Two heads in one read are read as fields, and served in turn.
+        """
+        _, client, transport, backend, btransport = clientAndBackend((self.head + b"\r\n") * 2)
+        backend.dataReceived(OK)
+        backend.dataReceived(OK)
+        self.assertEqual(btransport.value(), self.fields * 2)
+        self.assertEqual(transport.value(), OK * 2)
+
+    def test_pipelinedHeld(self) -> None:
+        """
+        A head read whole while the request before it is answered waits
+        for that answer, and the client is not read meanwhile, as for a
+        head read as fields.
+        """
+        _, client, transport, backend, btransport = clientAndBackend(self.head + b"\r\n")
+        self.assertEqual(transport.producerState, "producing")
+        client.dataReceived(self.head + b"\r\n")
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(btransport.value(), self.sent)
+        backend.dataReceived(OK)
+        self.assertEqual(btransport.value(), self.sent * 2)
+        backend.dataReceived(OK)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(transport.value(), OK * 2)
+
+    def test_looseParser(self) -> None:
+        """
+        With an llhttp that took a loose request head, every head is read
+        as fields.
+        """
+        self.patch(_client, "REQUEST_HEADS_WHOLE", False)
+        _, client, _, _, btransport = clientAndBackend(self.head + b"\r\n")
+        self.assertEqual(btransport.value(), self.fields)
+
+    def test_refused(self) -> None:
+        """
+        A read that llhttp refuses is refused as before, with a 400.
+        """
+        reactor = MemoryReactorClock()
+        transport = StringTransport(peerAddress=CLIENT)
+        client = connectClient(proxyFactory(reactor), transport)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_rulesReadFields(self) -> None:
+        """
+        A pool sticky on a cookie, or one that sets Host, reads its heads
+        as fields.
+        """
+        for pool in ({"sticky": {"cookie": "LB"}}, {"http": {"host-header": "a"}}):
+            _, client, _, backend, btransport = clientAndBackend(self.head + b"\r\n", **pool)
+            self.assertIn(b"\r\nX-B: b \r\n", btransport.value(), pool)
+            self.assertFalse(client._wholeHeads)
+
+    def test_routesLater(self) -> None:
+        """
+        A connection whose listener has routes since it was made (a reload)
+        reads its heads as fields from then on.
+        """
+        _, client, transport, backend, btransport = clientAndBackend(self.head + b"\r\n")
+        backend.dataReceived(OK)
+        client.factory.setRoutes([], Route(name="all", pool="web"))
+        client.dataReceived(self.head + b"\r\n")
+        self.assertEqual(btransport.value(), self.sent + self.fields)
+        self.assertFalse(client._wholeHeads)
 
 
 @implementer(IReactorPassTime)

@@ -33,6 +33,7 @@ from ._plan import (
     trailerBlock,
     trailerFields,
 )
+from ._strict import RESPONSE_HEADS_AS_BYTES, ReadFields
 
 
 class ResponseHeadTooLarge(Exception):
@@ -56,57 +57,6 @@ class _Unasked(Exception):
     request took the connection as the response before it ended): the
     backend sent it unasked, and it is no answer to that request.
     """
-
-
-class _ReadFields(Exception):
-    """
-    A response head read as its bytes turned out to need llhttp's fields
-    after all (an interim response, or a chunked body whose trailers only
-    the fields' callback gives): read it again with them.
-    """
-
-
-# Response heads whose lines llhttp must refuse for a head to be relayed as
-# its bytes: with a bare LF or CR, a folded line, or whitespace before a
-# colon, a head's lines would not be its fields one for one.
-_LOOSE_HEADS = (
-    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
-    b"HTTP/1.1 200 OK\r\nA: b\nContent-Length: 0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nA: b\rContent-Length: 0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\nContent-Length: 0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nA: b\r\n\tc\r\nContent-Length: 0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding\t: chunked\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nA\r\nContent-Length: 0\r\n\r\n",
-)
-
-
-class _Fields:
-    """
-    llhttp's callback for fields, and nothing else (see L{refusesLooseHeads}).
-    """
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        pass
-
-
-def refusesLooseHeads(parser: Any = HttpResponseParser) -> bool:
-    """
-    Whether llhttp, as the installed httptools builds it (C{parser}),
-    refuses every loose shape of a response head (L{_LOOSE_HEADS}): only
-    then is a head relayed as its bytes (see
-    L{lbtwist.http._plan.planRawResponse}), else from its fields alone.
-    """
-    for head in _LOOSE_HEADS:
-        try:
-            parser(_Fields()).feed_data(head)
-        except HttpParserError:
-            continue
-        return False
-    return True
-
-
-HEADS_AS_BYTES = refusesLooseHeads()
 
 
 def looksLikeTLS(data: bytes) -> bool:
@@ -186,7 +136,7 @@ class BackendConnection(BackendProtocol):
         # then on they all do.
         self._asBytes: _HeadAsBytes | None = None
         self._bytesParser: HttpResponseParser | None = None
-        self._headsAsBytes = HEADS_AS_BYTES
+        self._headsAsBytes = RESPONSE_HEADS_AS_BYTES
         # A request went, and no byte of its response was read yet.
         self._awaiting = False
         # The read a head read as its bytes is in, and the head's end there.
@@ -312,7 +262,7 @@ class BackendConnection(BackendProtocol):
                 self.reusable = False
                 self.transport.loseConnection()
                 return
-            again = isinstance(e.__context__, _ReadFields)
+            again = isinstance(e.__context__, ReadFields)
             if not again:
                 self.reusable = False
                 if not self._finishAfterFeed:
@@ -557,12 +507,12 @@ class BackendConnection(BackendProtocol):
         self._read = None
         status = self.parser.get_status_code()
         if status < 200:
-            raise _ReadFields()
+            raise ReadFields()
         head = data[:self._headEnd + 2]
         special = specialLines(head)
         for name, _ in special:
             if name == b"transfer-encoding":
-                raise _ReadFields()
+                raise ReadFields()
         factory = self.factory
         if len(head) > factory.measuredAbove:
             reason, fields = rawResponseFields(head)

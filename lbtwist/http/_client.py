@@ -45,6 +45,7 @@ from ._plan import (
     trailerBlock,
     trailerFields,
 )
+from ._strict import REQUEST_HEADS_WHOLE, ReadFields, requestParser
 
 # What follows the target of an HTTP/1.1 request line.  Found there in the
 # read whose first byte began the request (a head read whole, in a read in
@@ -59,6 +60,9 @@ from ._plan import (
 # have one space, and one only, right after the method's length (after a
 # blank line, a letter of the method or a CR or LF is there).
 _HTTP11 = b" HTTP/1.1\r\n"
+
+# How a request head ends.
+_HEAD_END = b"\r\n\r\n"
 
 
 def authorityOf(address: Any) -> bytes:
@@ -160,7 +164,8 @@ class ClientConnection(ClientPeer, Protocol):
         "_fatal", "_fatalAnswer", "_feeding", "_fresh", "_headStarted", "_headers", "_held",
         "_inHead", "_lastActivity", "_lastRead", "_parsing", "_pausedByPeer", "_producer",
         "_producerOn", "_rawHead", "_readClosed", "_reading", "_serving", "_timer", "_tunnel",
-        "_tunnelExchange", "_upgradeData", "_url", "clientHost", "clientName", "closed",
+        "_tunnelExchange", "_upgradeData", "_url", "_wholeHeads", "_wholeParser", "clientHost",
+        "clientName", "closed",
         "connected", "factory", "localAuthority", "parser", "privateKeys", "queue",
         "transport",
     )
@@ -211,16 +216,19 @@ class ClientConnection(ClientPeer, Protocol):
         # a response that goes straight to the socket needs no pausing).
         self._producer: Any = None
         self._producerOn = False
+        # A read that is one request head, whole, may be read without a
+        # callback per field, by a parser of its own (made at the first
+        # such read): see _wholeHead.
+        self._wholeHeads = False
+        self._wholeParser: HttpRequestParser | None = None
 
     # -- connection --------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.identify()
         factory = self.factory
-        self.parser = HttpRequestParser(self)
-        # A 1.x minor version it does not know is handled as 1.1 (RFC 9110
-        # 2.5); the request plan refuses other majors.
-        self.parser.set_dangerous_leniencies(lenient_version=True)
+        self.parser = requestParser(self)
+        self._wholeHeads = REQUEST_HEADS_WHOLE and factory.wholeHeads()
         now = factory.seconds()
         self._lastActivity = now
         self._headStarted = now
@@ -233,6 +241,7 @@ class ClientConnection(ClientPeer, Protocol):
         # that reference counting frees the connection now rather than the
         # garbage collector on one of its passes.
         del self.parser
+        self._wholeParser = None
         self._parsing = None
         if self._requestTrailers is not None:
             # (It refers to exchanges, which refer back to this connection.)
@@ -456,8 +465,15 @@ class ClientConnection(ClientPeer, Protocol):
         self._lastActivity = self._lastRead = factory.seconds()
         self._feeding = len(data)
         self._fresh = data
+        parser = self.parser
+        if (self._wholeHeads and not self._inHead and self._parsing is None
+                and data.endswith(_HEAD_END) and len(data) <= factory.measuredAbove):
+            # (A read that may be one request head, whole, and no more: one
+            # within the limits on a head, read between two requests.)
+            parser = self._wholeParser or self._newWholeParser()
+        again = False
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except HttpParserUpgrade as e:
             # llhttp stops at the head: what follows (a declared body, then
             # the new protocol or more requests) is not parsed.
@@ -468,13 +484,24 @@ class ClientConnection(ClientPeer, Protocol):
                 self._upgradeBody = length
             self.holdRequest()
         except HttpParserError as e:
-            refusal = parserRefusal(e, data)
-            status, why, answer = refusal.status, str(refusal), refusal.answer
-            # The cause's traceback holds this frame: kept in a local, it
-            # would make the frame, the exception and this connection a
-            # cycle.
-            del refusal
-            self._refuse(status, why, answer)
+            again = isinstance(e.__context__, ReadFields)
+            if not again:
+                refusal = parserRefusal(e, data)
+                status, why, answer = refusal.status, str(refusal), refusal.answer
+                # The cause's traceback holds this frame: kept in a local, it
+                # would make the frame, the exception and this connection a
+                # cycle.
+                del refusal
+                self._refuse(status, why, answer)
+                return
+        if again:
+            # Not a usual head: nothing of it went anywhere.  Read it again,
+            # with its fields, as every head of this connection from now
+            # on.  (Out of the handler: an error of the second reading is
+            # not this one's.)
+            self._wholeHeads = False
+            self._wholeParser = None
+            self.dataReceived(data)
             return
         if self._inHead:
             # llhttp buffers a header until it ends: bound what it may hold.
@@ -657,6 +684,30 @@ class ClientConnection(ClientPeer, Protocol):
         if ex is not None:
             self._parsing = None
             ex.requestComplete()
+
+    def _newWholeParser(self) -> HttpRequestParser:
+        parser = self._wholeParser = requestParser(_WholeHead(self._wholeHead))
+        return parser
+
+    def _wholeHead(self) -> None:
+        """
+        llhttp read a request head whole, as all of a read (see
+        L{dataReceived}): its one callback, with no field, target or end
+        of message given (a request with neither Content-Length nor
+        Transfer-Encoding ends with its head).  The exchange is planned
+        from the head's bytes (L{lbtwist.http._plan.planWholeRequest});
+        a head that is not a usual one is read again as fields.
+        """
+        ex = self.factory.wholeExchange(self, self._fresh, self._lastActivity)
+        if ex is None:
+            raise ReadFields()
+        self._headStarted = None
+        queue = self.queue
+        if queue and not queue[-1].over:
+            # A pipelined request (see on_headers_complete).
+            self.holdRequest()
+        queue.append(ex)
+        ex.requestComplete()
 
     def requestTrailers(self, ex: Exchange) -> list[tuple[bytes, bytes]] | None:
         """
@@ -950,3 +1001,15 @@ class ClientConnection(ClientPeer, Protocol):
             return
         if self._held:
             self.releaseRequest()
+
+
+class _WholeHead:
+    """
+    The llhttp callbacks of a client connection's parser of whole heads:
+    one, at the end of the head (see L{ClientConnection._wholeHead}).
+    """
+
+    __slots__ = ("on_headers_complete",)
+
+    def __init__(self, headComplete: Any) -> None:
+        self.on_headers_complete = headComplete

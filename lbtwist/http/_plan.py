@@ -330,11 +330,14 @@ class RequestRules:
         C{Referer} and C{User-Agent}: the plan captures them
         (L{CapturedRequestPlan}).  Off unless its sink asks, so that no
         other request pays for it.
+    @ivar wholeHeads: a usual request may be planned from its bytes
+        (L{planWholeRequest}): no rule here reads or replaces a field that
+        such a plan relays as it came.
     """
 
     __slots__ = (
         "captureHeaders", "forwardedProto", "hostHeader", "stickyHeader", "stickyKind",
-        "stickyName",
+        "stickyName", "wholeHeads",
     )
 
     def __init__(
@@ -351,6 +354,8 @@ class RequestRules:
         self.stickyName = stickyName
         self.stickyHeader = stickyName.lower() if stickyKind == "header" else None
         self.captureHeaders = captureHeaders
+        self.wholeHeads = (
+            hostHeader is None and stickyKind in (None, "source") and not captureHeaders)
 
 
 class RequestPlan:
@@ -697,6 +702,85 @@ def planRequest(
         # asked, so that the plan of every other request costs one test.
         return CapturedRequestPlan.of(plan, headers)
     return plan
+
+
+# The fields of a request head that a plan reads or does not relay as they
+# are (L{_REQUEST_SPECIAL}, and C{Proxy-*}), found in the head's bytes as
+# L{_RESPONSE_SPECIAL_LINES} finds a response's (a line begins after a CRLF
+# and its name ends at its colon, in a head llhttp parsed): Host and
+# Connection each in a group of their own, any other in none; and an empty
+# line with anything after it (a read that is more than the head), in none.
+# (Not Cookie: only a sticky cookie reads it, and a pool with one plans
+# from fields: see L{RequestRules.wholeHeads}.)
+_WHOLE_REQUEST_LINES = re.compile(
+    rb"\r\n(?:(host)|(connection)|(?:"
+    + b"|".join(sorted(
+        name for name in _REQUEST_SPECIAL if name not in (b"cookie", b"host", b"connection")))
+    + rb"|proxy-[^:]*)):[ \t]*([^\r]*)|\r\n\r\n[\s\S]",
+    re.IGNORECASE,
+)
+# The Connection line of a head planned whole (dropped from it).
+_CONNECTION_LINE = re.compile(rb"\r\nconnection:[^\r]*", re.IGNORECASE)
+# What follows the target of a head planned whole.
+_VERSION11 = b"HTTP/1.1\r\n"
+
+
+# A request read whole, as L{planWholeRequest} plans it: its method, its
+# target and its plan.
+WholeRequest = tuple[bytes, bytes, RequestPlan]
+
+
+def planWholeRequest(
+    data: bytes, clientHost: bytes, forwardedProto: bytes, stickySource: bool,
+) -> WholeRequest | None:
+    """
+    Plan the usual request as L{planRequest} would, from its bytes: a read
+    (C{data}) that is one request head and nothing after it, an HTTP/1.1
+    request with an origin-form target and no body, with no field a plan
+    reads or drops but one Host and a C{Connection: keep-alive}.  Its head
+    goes to the backend as it came, without its Connection line, with the
+    C{X-Forwarded-*} fields after it: no field is made again.
+
+    @param data: a read that llhttp has parsed as a request head (so that
+        one CRLF ends each of its lines and each field line is
+        C{name:value}: see L{lbtwist.http._client}), and, after that head,
+        anything else: such a read is not one to plan whole.
+    @param stickySource: the pool's sticky key is the client's address.
+
+    @return: the request, or L{None} for any other head (L{planRequest}
+        plans it from its fields).
+    """
+    # (llhttp skips empty lines before a request line and takes more than
+    # one space after its method and target: only a line as it would make
+    # it is split here; a bytes needle costs find() an exception.)
+    if not 64 < data[0] < 91:  # "A".."Z"
+        return None
+    method, target, rest = data.split(b" ", 2)
+    if (not rest.startswith(_VERSION11) or not target or target[0] != 47  # "/"
+            or 35 in target or method == b"CONNECT"):  # "#": planRequest refuses it
+        return None
+    authority = connection = None
+    for host, named, value in _WHOLE_REQUEST_LINES.findall(data):
+        if host and authority is None:
+            authority = value
+        elif named and connection is None:
+            connection = value
+        else:
+            return None
+    if authority is None:
+        return None
+    if connection is None:
+        kept = data[:-2]
+    elif connection.rstrip(b" \t").lower() == b"keep-alive":
+        kept = _CONNECTION_LINE.sub(b"", data[:-2], 1)
+    else:
+        return None
+    return method, target, RequestPlan(
+        b"".join((kept, b"X-Forwarded-For: ", clientHost, b"\r\nX-Forwarded-Proto: ",
+                  forwardedProto, b"\r\nX-Forwarded-Host: ", authority, b"\r\n\r\n")),
+        False, False, False, None, False, authority, clientHost if stickySource else None,
+        True, method in IDEMPOTENT, False,
+    )
 
 
 def askingTrailers(head: bytes) -> bytes:

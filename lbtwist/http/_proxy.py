@@ -37,7 +37,7 @@ from ..routing import RouteCounters
 from ._client import ClientConnection
 from ._exchange import Exchange
 from ._h2 import H2Connection, ProtocolSniffer
-from ._plan import measuredAbove, planRequest
+from ._plan import measuredAbove, planRequest, planWholeRequest
 from ._router import Router
 from ._upstream import Upstream
 
@@ -187,6 +187,36 @@ class HTTPProxyFactory(ListenerFactory):
             side.localAuthority, upstream.rules,
         )
         return Exchange(side, self, upstream, plan, method, url, version, started)
+
+    def wholeHeads(self) -> bool:
+        """
+        Whether a request head read whole may be planned from its bytes
+        (L{wholeExchange}): the listener has no routes (which may read and
+        change any field), and its pool's rules read no field such a plan
+        relays as it came.
+        """
+        return self.router is None and self.upstream.rules.wholeHeads
+
+    def wholeExchange(self, side: Any, data: bytes, started: float) -> Exchange | None:
+        """
+        The exchange of a request read whole by C{side} (a read that is its
+        head and nothing more, accepted by llhttp), planned from its bytes
+        (L{planWholeRequest}); or L{None} if it is not a usual request, or
+        the listener's routes or rules now read its fields (a reload).
+        """
+        # (wholeHeads(), written out: every such request comes this way.)
+        if self.router is not None:
+            return None
+        upstream = self.upstream
+        rules = upstream.rules
+        if not rules.wholeHeads:
+            return None
+        whole = planWholeRequest(
+            data, side.clientHost, rules.forwardedProto, rules.stickyKind == "source")
+        if whole is None:
+            return None
+        method, target, plan = whole
+        return Exchange(side, self, upstream, plan, method, target, "1.1", started)
 
     def upstreamFor(self, name: str) -> Upstream | None:
         """
