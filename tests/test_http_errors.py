@@ -115,6 +115,14 @@ class SmugglingTests(HTTPProxyTestCase):
         """
         return self.assertRefused(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414")
 
+    def test_http09RequestLine(self) -> Any:
+        """
+        An HTTP/0.9 request line, with fields after it of which one ends
+        in " HTTP/1.1", gets a 505: none of it is relayed as a request
+        head of the version it seems to have.
+        """
+        return self.assertRefused(b"GET /\r\nX:y\r\nb:c HTTP/1.1\r\nHost: a\r\n\r\n", b"505")
+
     def test_connectRefusedWith501(self) -> Any:
         """
         CONNECT is not supported: 501.

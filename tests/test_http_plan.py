@@ -38,7 +38,7 @@ from lbtwist.http._plan import (
     switchingHead,
     websocketAccept,
 )
-from lbtwist.http._strict import LOOSE_REQUEST_HEADS, requestParser
+from lbtwist.http._strict import LOOSE_REQUEST_HEADS, ReadFields, requestParser
 
 from .test_http_errors import SMUGGLING
 
@@ -763,6 +763,12 @@ WHOLE_HEADS = (
     b"GET /a  HTTP/1.1\r\nHost: a\r\n\r\n",
     b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
+    # ... (an HTTP/0.9 request line, which llhttp ends at a CR or a bare
+    # LF: what follows is fields, whatever " HTTP/1.1" comes after them) ...
+    b"GET /\r\n\r\n",
+    b"GET /\r\nX:y\r\nb:c HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /\nX:y\r\nb:c HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /\n\r\nb HTTP/1.1\r\nHost: a\r\n\r\n",
     # ... or more than a head in the read.
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n",
@@ -782,16 +788,17 @@ def wholePlan(raw: bytes, stickySource: bool = False) -> Any:
         def on_headers_complete(self) -> None:
             planned.append(planWholeRequest(raw, b"10.0.0.9", b"http", stickySource))
             if planned[0] is None:
-                raise ValueError("read again as fields")
+                raise ReadFields()
 
     try:
         requestParser(Whole()).feed_data(raw)
     except HttpParserError as e:
-        if planned and not isinstance(e.__context__, ValueError):
+        if planned and not isinstance(e.__context__, ReadFields):
             # (The plan was made, and llhttp refused what followed.)
             raise
-        if e.__context__ is not None and not isinstance(e.__context__, ValueError):
-            # An error of the plan's own.
+        if e.__context__ is not None and not isinstance(e.__context__, ReadFields):
+            # An error of the plan's own (a ValueError too, which this
+            # helper must not take for its signal).
             raise e.__context__ from None
     except HttpParserUpgrade:
         pass

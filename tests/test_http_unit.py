@@ -1107,6 +1107,21 @@ class WholeHeadTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(transport.value(), OK * 2)
 
+    def test_http09(self) -> None:
+        """
+        A read whose request line is HTTP/0.9 (llhttp ends it at a CR or a
+        bare LF, and reads what follows as fields, whatever " HTTP/1.1"
+        they hold) is refused with a 505, as one read as fields is:
+        nothing of it reaches a backend.
+        """
+        for raw in (b"GET /\r\n\r\n", b"GET /\r\nX:y\r\nb:c HTTP/1.1\r\nHost: a\r\n\r\n",
+                    b"GET /\n\r\nGET\t/admin HTTP/1.1\r\nHost: a\r\n\r\n"):
+            reactor = MemoryReactorClock()
+            transport = StringTransport(peerAddress=CLIENT)
+            connectClient(proxyFactory(reactor), transport).dataReceived(raw)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 505 "), raw)
+            self.assertEqual(reactor.tcpClients, [], raw)
+
     def test_looseParser(self) -> None:
         """
         With an llhttp that took a loose request head, every head is read

@@ -755,9 +755,17 @@ def planWholeRequest(
     # it is split here; a bytes needle costs find() an exception.)
     if not 64 < data[0] < 91:  # "A".."Z"
         return None
-    method, target, rest = data.split(b" ", 2)
+    try:
+        method, target, rest = data.split(b" ", 2)
+    except ValueError:
+        # An HTTP/0.9 line ("GET /"): planRequest refuses it.
+        return None
+    # A CR or LF in what the first spaces bound is no HTTP/1.1 target: llhttp
+    # ends an HTTP/0.9 request line there and reads what follows as fields,
+    # whatever " HTTP/1.1" they hold ("GET /\r\nX:y\r\nb:c HTTP/1.1").
     if (not rest.startswith(_VERSION11) or not target or target[0] != 47  # "/"
-            or 35 in target or method == b"CONNECT"):  # "#": planRequest refuses it
+            or 35 in target or 13 in target or 10 in target  # "#", CR, LF
+            or method == b"CONNECT"):  # planRequest refuses them
         return None
     authority = connection = None
     for host, named, value in _WHOLE_REQUEST_LINES.findall(data):
