@@ -1046,14 +1046,23 @@ class WholeHeadTests(SynchronousTestCase):
         self.assertEqual(btransport.value(), self.sent * 2)
         self.assertEqual(transport.value(), OK * 2)
 
-    def test_readAgain(self) -> None:
+    def test_readOnce(self) -> None:
         """
         A head in one read that is not a usual one (here, with a body) is
-        read again as fields, served as before, and so is every later head
+        read once, as fields, by the connection's one parser (none of whole
+        heads is made for it), and served as before; so is every later head
         of its connection.
         """
+        made: list[Any] = []
+
+        def counted(callbacks: Any) -> Any:
+            made.append(callbacks)
+            return requestParser(callbacks)
+
+        self.patch(_client, "requestParser", counted)
         post = self.head.replace(b"GET", b"POST") + b"Content-Length: 2\r\n\r\n"
         _, client, transport, backend, btransport = clientAndBackend(post)
+        self.assertEqual(made, [client])
         client.dataReceived(b"ok")
         backend.dataReceived(OK)
         client.dataReceived(self.head + b"\r\n")
@@ -1063,6 +1072,7 @@ class WholeHeadTests(SynchronousTestCase):
             self.fields.replace(b"GET", b"POST").replace(
                 b"b \r\n", b"b \r\nContent-Length: 2\r\n") + b"ok" + self.fields)
         self.assertEqual(transport.value(), OK * 2)
+        self.assertEqual(made, [client])
         self.assertFalse(client._wholeHeads)
 
     def test_inPieces(self) -> None:

@@ -164,10 +164,9 @@ class ClientConnection(ClientPeer, Protocol):
         "_fatal", "_fatalAnswer", "_feeding", "_fresh", "_headStarted", "_headers", "_held",
         "_inHead", "_lastActivity", "_lastRead", "_parsing", "_pausedByPeer", "_producer",
         "_producerOn", "_rawHead", "_readClosed", "_reading", "_serving", "_timer", "_tunnel",
-        "_tunnelExchange", "_upgradeData", "_url", "_wholeHeads", "_wholeParser", "clientHost",
-        "clientName", "closed",
-        "connected", "factory", "localAuthority", "parser", "privateKeys", "queue",
-        "transport",
+        "_tunnelExchange", "_upgradeData", "_url", "_whole", "_wholeHeads", "_wholeParser",
+        "clientHost", "clientName", "closed", "connected", "factory", "localAuthority", "parser",
+        "privateKeys", "queue", "transport",
     )
     # The trailers of its requests that had any, until they are over: a
     # class default, set on a connection only when a request has trailers.
@@ -218,9 +217,11 @@ class ClientConnection(ClientPeer, Protocol):
         self._producerOn = False
         # A read that is one request head, whole, may be read without a
         # callback per field, by a parser of its own (made at the first
-        # such read): see _wholeHead.
+        # such read), with the exchange planned from its bytes before
+        # (_whole, until that parser's callback takes it): see _wholeHead.
         self._wholeHeads = False
         self._wholeParser: HttpRequestParser | None = None
+        self._whole: Exchange | None = None
 
     # -- connection --------------------------------------------------------
 
@@ -242,6 +243,7 @@ class ClientConnection(ClientPeer, Protocol):
         # garbage collector on one of its passes.
         del self.parser
         self._wholeParser = None
+        self._whole = None
         self._parsing = None
         if self._requestTrailers is not None:
             # (It refers to exchanges, which refer back to this connection.)
@@ -468,9 +470,20 @@ class ClientConnection(ClientPeer, Protocol):
         parser = self.parser
         if (self._wholeHeads and not self._inHead and self._parsing is None
                 and data.endswith(_HEAD_END) and len(data) <= factory.measuredAbove):
-            # (A read that may be one request head, whole, and no more: one
-            # within the limits on a head, read between two requests.)
-            parser = self._wholeParser or self._newWholeParser()
+            # A read that may be one request head, whole, and no more: one
+            # within the limits on a head, read between two requests.  It
+            # is planned from its bytes first, and that plan is taken only
+            # if llhttp reads the read as one head (see _wholeHead).  A read
+            # that is not a usual head goes to the fields' parser alone,
+            # read once, for a third of what a second parse and its
+            # exception cost; and so do the connection's later heads, which
+            # are seldom usual either (a proxy's X-Forwarded-For, HTTP/1.0,
+            # pipelining), without being planned first.
+            whole = self._whole = factory.wholeExchange(self, data, self._lastActivity)
+            if whole is not None:
+                parser = self._wholeParser or self._newWholeParser()
+            else:
+                self._wholeHeads = False
         again = False
         try:
             parser.feed_data(data)
@@ -495,10 +508,11 @@ class ClientConnection(ClientPeer, Protocol):
                 self._refuse(status, why, answer)
                 return
         if again:
-            # Not a usual head: nothing of it went anywhere.  Read it again,
-            # with its fields, as every head of this connection from now
-            # on.  (Out of the handler: an error of the second reading is
-            # not this one's.)
+            # llhttp ended a head where none was planned (never, for a read
+            # planned whole: see _wholeHead): nothing of it went anywhere.
+            # Read it again, with its fields, as every head of this
+            # connection from now on.  (Out of the handler: an error of the
+            # second reading is not this one's.)
             self._wholeHeads = False
             self._wholeParser = None
             self.dataReceived(data)
@@ -694,13 +708,16 @@ class ClientConnection(ClientPeer, Protocol):
         llhttp read a request head whole, as all of a read (see
         L{dataReceived}): its one callback, with no field, target or end
         of message given (a request with neither Content-Length nor
-        Transfer-Encoding ends with its head).  The exchange is planned
-        from the head's bytes (L{lbtwist.http._plan.planWholeRequest});
-        a head that is not a usual one is read again as fields.
+        Transfer-Encoding ends with its head).  The exchange was planned
+        from the read's bytes before llhttp read it
+        (L{lbtwist.http._plan.planWholeRequest}), and is taken now that
+        llhttp accepted them as that head.
         """
-        ex = self.factory.wholeExchange(self, self._fresh, self._lastActivity)
+        ex = self._whole
         if ex is None:
+            # (Not the head that was planned: read the read as fields.)
             raise ReadFields()
+        self._whole = None
         self._headStarted = None
         queue = self.queue
         if queue and not queue[-1].over:

@@ -741,10 +741,12 @@ def planWholeRequest(
     goes to the backend as it came, without its Connection line, with the
     C{X-Forwarded-*} fields after it: no field is made again.
 
-    @param data: a read that llhttp has parsed as a request head (so that
-        one CRLF ends each of its lines and each field line is
-        C{name:value}: see L{lbtwist.http._client}), and, after that head,
-        anything else: such a read is not one to plan whole.
+    @param data: a read that may be one request head, whole (it ends with
+        an empty line): the plan holds only if llhttp then reads it as one
+        head (so that one CRLF ends each of its lines and each field line
+        is C{name:value}: see L{lbtwist.http._client}); a read with
+        anything after a head, or a request line llhttp would end before
+        C{HTTP/1.1}, is not one to plan whole.
     @param stickySource: the pool's sticky key is the client's address.
 
     @return: the request, or L{None} for any other head (L{planRequest}

@@ -199,8 +199,9 @@ class HTTPProxyFactory(ListenerFactory):
 
     def wholeExchange(self, side: Any, data: bytes, started: float) -> Exchange | None:
         """
-        The exchange of a request read whole by C{side} (a read that is its
-        head and nothing more, accepted by llhttp), planned from its bytes
+        The exchange of a request read whole by C{side} (a read that may be
+        its head and nothing more: C{side} takes it only if llhttp reads
+        the read as that head), planned from its bytes
         (L{planWholeRequest}); or L{None} if it is not a usual request, or
         the listener's routes or rules now read its fields (a reload).
         """
