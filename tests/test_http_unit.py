@@ -22,9 +22,9 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from lbtwist.config import ConfigError, KeepAlive, Sticky, parseConfig
 from lbtwist.dial import Dialler
-from lbtwist.http import HTTPProxyFactory, _backend, _client
+from lbtwist.http import HTTPProxyFactory, _backend, _client, _proxy
 from lbtwist.http._errors import ERRORS_CLOSE, BadRequest
-from lbtwist.http._plan import checkTransferEncoding, cookieValue
+from lbtwist.http._plan import checkTransferEncoding, cookieValue, planWholeRequest
 from lbtwist.http._pool import IdleConnections
 from lbtwist.http._strict import (
     LOOSE_REQUEST_HEADS,
@@ -1131,6 +1131,31 @@ class WholeHeadTests(SynchronousTestCase):
             connectClient(proxyFactory(reactor), transport).dataReceived(raw)
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 505 "), raw)
             self.assertEqual(reactor.tcpClients, [], raw)
+
+    def test_misplanned(self) -> None:
+        """
+        Were a read planned whole more than the head llhttp ends first (a
+        plan that misjudged it), the exchange planned for it would reach no
+        backend: a read llhttp then refuses gets its 400 alone, and one it
+        reads on is read again as fields, each of its heads once.
+        """
+
+        def firstHead(data: bytes, *rest: Any) -> Any:
+            return planWholeRequest(data[:data.index(b"\r\n\r\n") + 4], *rest)
+
+        self.patch(_proxy, "planWholeRequest", firstHead)
+        head = self.head + b"\r\n"
+        reactor = MemoryReactorClock()
+        transport = StringTransport(peerAddress=CLIENT)
+        connectClient(proxyFactory(reactor), transport).dataReceived(
+            head + b"GET\x01 / HTTP/1.1\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+        self.assertEqual(reactor.tcpClients, [])
+        _, client, transport, backend, btransport = clientAndBackend(head * 2)
+        backend.dataReceived(OK)
+        backend.dataReceived(OK)
+        self.assertEqual(btransport.value(), self.fields * 2)
+        self.assertEqual(transport.value(), OK * 2)
 
     def test_looseParser(self) -> None:
         """

@@ -497,6 +497,12 @@ class ClientConnection(ClientPeer, Protocol):
                 self._upgradeBody = length
             self.holdRequest()
         except HttpParserError as e:
+            if parser is not self.parser and whole in self.queue:
+                # llhttp read on past the head planned whole (never, if the
+                # plan is right: see planWholeRequest): its exchange goes
+                # nowhere, lest a backend get a head of what llhttp refused
+                # or reads again as fields.
+                self.queue.remove(whole)
             again = isinstance(e.__context__, ReadFields)
             if not again:
                 refusal = parserRefusal(e, data)
