@@ -729,8 +729,10 @@ WHOLE_HEADS = (
     b"POST /form HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
     b"GET /%C3%A9?q=%FF HTTP/1.1\r\nHost: a\r\nX: \xff\x80\r\n\r\n",
-    # Heads planned from their fields: a field a plan reads or drops...
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nconnection:CLOSE\t \r\nHost: a\r\nClose: x\r\n\r\n",
+    # Heads planned from their fields: a field a plan reads or drops...
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-a\r\nX-A: 1\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-a\r\nX-A: 1\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: keep-alive\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n",
@@ -821,7 +823,7 @@ class WholeRequestPlanTests(SynchronousTestCase):
     its bytes, planned as L{planRequest} plans it from its fields.
     """
 
-    usual = set(range(9))
+    usual = set(range(11))
 
     def test_usual(self) -> None:
         """

@@ -1157,6 +1157,31 @@ class WholeHeadTests(SynchronousTestCase):
         self.assertEqual(btransport.value(), self.fields * 2)
         self.assertEqual(transport.value(), OK * 2)
 
+    def test_closes(self) -> None:
+        """
+        A head read whole that closes the connection is served as one read
+        as fields is: the connection closes after its response, and a head
+        the client sent after it is refused by llhttp and gets nothing
+        (here, in pieces: a whole one goes to the first one's parser in
+        any case).
+        """
+        head = b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        seen = []
+        for whole in (True, False):
+            self.patch(_client, "REQUEST_HEADS_WHOLE", whole)
+            _, client, transport, backend, btransport = clientAndBackend(head)
+            client.dataReceived(b"GET /b HTTP/1.1\r\nHo")
+            client.dataReceived(b"st: a\r\n\r\n")
+            backend.dataReceived(OK)
+            seen.append((client._wholeHeads, transport.value(), btransport.value(),
+                         transport.disconnecting, client.factory.refused))
+        self.assertEqual(seen[0][1:], seen[1][1:])
+        closing = OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        self.assertEqual(seen[0][1:3], (
+            closing, b"GET /a HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 192.0.2.7\r\n"
+                b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n"))
+        self.assertEqual(seen[0][3:], (True, 1))
+
     def test_looseParser(self) -> None:
         """
         With an llhttp that took a loose request head, every head is read

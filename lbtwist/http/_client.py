@@ -468,6 +468,7 @@ class ClientConnection(ClientPeer, Protocol):
         self._feeding = len(data)
         self._fresh = data
         parser = self.parser
+        whole = None
         if (self._wholeHeads and not self._inHead and self._parsing is None
                 and data.endswith(_HEAD_END) and len(data) <= factory.measuredAbove):
             # A read that may be one request head, whole, and no more: one
@@ -497,7 +498,7 @@ class ClientConnection(ClientPeer, Protocol):
                 self._upgradeBody = length
             self.holdRequest()
         except HttpParserError as e:
-            if parser is not self.parser and whole in self.queue:
+            if whole is not None and whole in self.queue:
                 # llhttp read on past the head planned whole (never, if the
                 # plan is right: see planWholeRequest): its exchange goes
                 # nowhere, lest a backend get a head of what llhttp refused
@@ -731,6 +732,12 @@ class ClientConnection(ClientPeer, Protocol):
             self.holdRequest()
         queue.append(ex)
         ex.requestComplete()
+        if not ex.plan.keepAlive:
+            # After a request that closes the connection, llhttp refuses
+            # any other (what the fields' parser would have done with it):
+            # all that follows goes to this parser, which read that one.
+            self._wholeHeads = False
+            self.parser = self._wholeParser  # type: ignore[assignment]
 
     def requestTrailers(self, ex: Exchange) -> list[tuple[bytes, bytes]] | None:
         """

@@ -737,7 +737,8 @@ def planWholeRequest(
     Plan the usual request as L{planRequest} would, from its bytes: a read
     (C{data}) that is one request head and nothing after it, an HTTP/1.1
     request with an origin-form target and no body, with no field a plan
-    reads or drops but one Host and a C{Connection: keep-alive}.  Its head
+    reads or drops but one Host and a C{Connection} of C{keep-alive} or
+    C{close}.  Its head
     goes to the backend as it came, without its Connection line, with the
     C{X-Forwarded-*} fields after it: no field is made again.
 
@@ -779,17 +780,21 @@ def planWholeRequest(
             return None
     if authority is None:
         return None
+    keepAlive = True
     if connection is None:
         kept = data[:-2]
-    elif connection.rstrip(b" \t").lower() == b"keep-alive":
-        kept = _CONNECTION_LINE.sub(b"", data[:-2], 1)
     else:
-        return None
+        said = connection.rstrip(b" \t").lower()
+        if said == b"close":
+            keepAlive = False
+        elif said != b"keep-alive":
+            return None
+        kept = _CONNECTION_LINE.sub(b"", data[:-2], 1)
     return method, target, RequestPlan(
         b"".join((kept, b"X-Forwarded-For: ", clientHost, b"\r\nX-Forwarded-Proto: ",
                   forwardedProto, b"\r\nX-Forwarded-Host: ", authority, b"\r\n\r\n")),
         False, False, False, None, False, authority, clientHost if stickySource else None,
-        True, method in IDEMPOTENT, False,
+        keepAlive, method in IDEMPOTENT, False,
     )
 
 
