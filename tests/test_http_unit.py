@@ -1045,6 +1045,8 @@ class WholeHeadTests(SynchronousTestCase):
         backend.dataReceived(OK)
         self.assertEqual(btransport.value(), self.sent * 2)
         self.assertEqual(transport.value(), OK * 2)
+        # An idle connection keeps nothing of its last read.
+        self.assertIsNone(client._fresh)
 
     def test_readOnce(self) -> None:
         """

@@ -725,6 +725,9 @@ class ClientConnection(ClientPeer, Protocol):
             # (Not the head that was planned: read the read as fields.)
             raise ReadFields()
         self._whole = None
+        # (Nothing of the read is needed once its head is planned: an idle
+        # connection keeps none of it.)
+        self._fresh = None
         self._headStarted = None
         queue = self.queue
         if queue and not queue[-1].over:
