@@ -210,10 +210,12 @@ class Backend:
         self.responseBuckets = [0] * (len(RESPONSE_BUCKETS) + 1)
         self.responseSum = 0.0
         self.http2 = HTTP2Counters()
-        # Callables that close one live connection or request of this
-        # backend at once, registered by the protocols (TCP and HTTP) while
-        # it is live, so a drain can end what outlives its grace period.
-        self.closers: set[Callable[[], None]] = set()
+        # The live connections and requests of this backend, each of which
+        # its abortNow() closes at once, registered by the protocols (TCP
+        # and HTTP) while live, so a drain can end what outlives its grace
+        # period.  (The objects, not their bound methods: one is made for
+        # each add and discard, on every request's path.)
+        self.closers: set[Any] = set()
         self.lastChange = ""
         self.consecutiveSuccesses = 0
         self.consecutiveFailures = 0
@@ -281,8 +283,8 @@ class Backend:
         """
         closers = list(self.closers)
         self.closers.clear()
-        for close in closers:
-            close()
+        for closer in closers:
+            closer.abortNow()
         return len(closers)
 
     @property

@@ -256,7 +256,7 @@ class ClientSide(_Side):
         self.failedTries = failures
         backend.countResponse(self.session.seconds() - self.session.started)
         self.pool.relayJoined(backend)
-        backend.closers.add(self.abortPair)
+        backend.closers.add(self)
         setNoDelay(server.transport)
         if self._held:
             # Resumed before the backend becomes its consumer (nothing is
@@ -276,7 +276,7 @@ class ClientSide(_Side):
             )
         self.session.startIdleTimer(idleTimeout, self.factory.idleTimers)
 
-    def abortPair(self) -> None:
+    def abortNow(self) -> None:
         """
         Close both sides now: a drain's grace period is over, or the pair
         went idle.
@@ -297,7 +297,7 @@ class ClientSide(_Side):
         self.session.stopIdleTimer()
         backend = self.backend
         if backend is not None:
-            backend.closers.discard(self.abortPair)
+            backend.closers.discard(self)
             self.pool.relayEnded(backend)
             self.backend = None
         self.factory.clientGone()
@@ -425,7 +425,7 @@ class TCPSession:
             )
             # Abort, not close: a peer that stopped reading would keep a
             # graceful close (and the pair's counters) waiting forever.
-            client.abortPair()
+            client.abortNow()
         else:
             self._timer = self.clock.callLater(self._timeout - idle, self._check)
 

@@ -60,6 +60,15 @@ A = ("a", "tcp:host=h:port=1", 1)
 B = ("b", "tcp:host=h:port=2", 1)
 
 
+class Closer:
+    """
+    What a protocol registers with a backend while live: C{abortNow} closes
+    it (here, C{close} is called).
+    """
+
+    def __init__(self, close: Any) -> None:
+        self.abortNow = close
+
 class Live:
     """
     A L{LiveConfig} on a L{Clock}, whose next reload reads C{self.next}.
@@ -153,7 +162,7 @@ class LiveConfigTests(SynchronousTestCase):
         a = t.pools["web"].get("a")
         assert a is not None
         closed: list[str] = []
-        a.closers.add(lambda: closed.append("one"))
+        a.closers.add(Closer(lambda: closed.append("one")))
         t.live.removeBackend("web", "a")
         t.clock.advance(4.9)
         self.assertEqual(closed, [])
@@ -171,7 +180,7 @@ class LiveConfigTests(SynchronousTestCase):
         b, c = pool.get("b"), pool.get("c")
         assert b is not None and c is not None
         closed: list[str] = []
-        c.closers.add(lambda: closed.append("c"))
+        c.closers.add(Closer(lambda: closed.append("c")))
         t.next = configOf(("a", "tcp:host=h:port=1", 4), ("b", "tcp:host=h:port=20", 1),
                           ("d", "tcp:host=h:port=4", 1))
         self.assertIsNone(t.live.reload())
@@ -831,7 +840,7 @@ class GracefulStopTests(SynchronousTestCase):
         assert a is not None
         pool.opened(a)
         closed: list[int] = []
-        a.closers.add(lambda: closed.append(1))
+        a.closers.add(Closer(lambda: closed.append(1)))
         stop = GracefulStop(t.live, t.clock, grace=2)
         stop.startService()
         d = stop.stopService()

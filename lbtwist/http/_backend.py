@@ -425,7 +425,7 @@ class BackendConnection(BackendProtocol):
         # let it go, so that reference counting frees the connection now.
         del self.parser, self._fieldsParser
         self._asBytes = self._read = self._bytesParser = None
-        self.backend.closers.discard(self.abortNow)
+        self.backend.closers.discard(self)
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None

@@ -484,9 +484,7 @@ class Exchange:
         conn.requests += 1
         self.sends += 1
         self.upstream.pool.opened(backend)
-        # A bound method made for each add and discard (they compare equal),
-        # not one kept on the connection, which would refer back to it.
-        backend.closers.add(conn.abortNow)
+        backend.closers.add(conn)
         client = self.client
         plan = self.plan
         if plan.hasBody or plan.upgrade:
@@ -714,7 +712,7 @@ class Exchange:
         backend = conn.backend
         if count:
             self.upstream.pool.closed(backend)
-        backend.closers.discard(conn.abortNow)
+        backend.closers.discard(conn)
         plan = self.plan
         # (Only a body can have filled the backend's buffer: see _joined.)
         pushed = plan.hasBody or plan.upgrade
