@@ -726,7 +726,7 @@ WHOLE_HEADS = (
      b"X-Forwarded-Fort: not one\r\nTE-X: 1\r\nHosts: 2\r\n\r\n"),
     b"DELETE /x HTTP/1.1\r\nConnection:Keep-Alive \t\r\nHost: a\r\n\r\n",
     b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nconnection: keep-alive\r\nB: c\r\n\r\n",
-    b"POST /form HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"PROPFIND /form HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
     b"GET /%C3%A9?q=%FF HTTP/1.1\r\nHost: a\r\nX: \xff\x80\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -753,6 +753,10 @@ WHOLE_HEADS = (
     # ... Host twice or not at all ...
     b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     b"GET / HTTP/1.1\r\nX: a\r\n\r\n",
+    # ... a method whose requests nearly always have a body ...
+    b"POST /form HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"PUT /form HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"PATCH /form HTTP/1.1\r\nHost: a\r\n\r\n",
     # ... a line or a version other than an HTTP/1.1 one with an origin-form
     # target and one space each side of it ...
     b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
@@ -828,8 +832,9 @@ class WholeRequestPlanTests(SynchronousTestCase):
     def test_usual(self) -> None:
         """
         A usual head is planned whole; any other (a field a plan reads or
-        drops, Host twice or not at all, another version or shape of
-        request line, more than a head in the read) from its fields.
+        drops, Host twice or not at all, a method whose requests nearly
+        always have a body, another version or shape of request line, more
+        than a head in the read) from its fields.
         """
         self.assertEqual({i for i, raw in enumerate(WHOLE_HEADS) if wholePlan(raw)},
                          self.usual)

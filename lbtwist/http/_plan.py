@@ -721,6 +721,9 @@ _WHOLE_REQUEST_LINES = re.compile(
 )
 # The Connection line of a head planned whole (dropped from it).
 _CONNECTION_LINE = re.compile(rb"\r\nconnection:[^\r]*", re.IGNORECASE)
+# Methods whose requests nearly always have a body (not planned whole).
+_BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+
 # What follows the target of a head planned whole.
 _VERSION11 = b"HTTP/1.1\r\n"
 
@@ -762,6 +765,10 @@ def planWholeRequest(
         method, target, rest = data.split(b" ", 2)
     except ValueError:
         # An HTTP/0.9 line ("GET /"): planRequest refuses it.
+        return None
+    if method in _BODY_METHODS:
+        # (Nearly always with a body, which a whole head has not: looking
+        # for its Content-Length would cost as much as reading it as fields.)
         return None
     # A CR or LF in what the first spaces bound is no HTTP/1.1 target: llhttp
     # ends an HTTP/0.9 request line there and reads what follows as fields,
