@@ -1048,6 +1048,25 @@ class WholeHeadTests(SynchronousTestCase):
         # An idle connection keeps nothing of its last read.
         self.assertIsNone(client._fresh)
 
+    def test_oneParser(self) -> None:
+        """
+        A connection whose requests all come whole makes one parser, of
+        whole heads, and no fields' parser.
+        """
+        made: list[Any] = []
+
+        def counted(callbacks: Any) -> Any:
+            made.append(callbacks)
+            return requestParser(callbacks)
+
+        self.patch(_client, "requestParser", counted)
+        _, client, _, backend, btransport = clientAndBackend(self.head + b"\r\n")
+        backend.dataReceived(OK)
+        client.dataReceived(self.head + b"\r\n")
+        self.assertEqual(btransport.value(), self.sent * 2)
+        self.assertEqual(len(made), 1)
+        self.assertIsNot(made[0], client)
+
     def test_readOnce(self) -> None:
         """
         A head in one read that is not a usual one (here, with a body) is

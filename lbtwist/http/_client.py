@@ -149,7 +149,7 @@ class ClientConnection(ClientPeer, Protocol):
     """
 
     factory: Any
-    parser: HttpRequestParser
+    parser: HttpRequestParser | None
     transport: Any
     protocol = "HTTP/1.1"
     # A usual response head goes on as its bytes (see sendHead).
@@ -228,8 +228,11 @@ class ClientConnection(ClientPeer, Protocol):
     def connectionMade(self) -> None:
         self.identify()
         factory = self.factory
-        self.parser = requestParser(self)
-        self._wholeHeads = REQUEST_HEADS_WHOLE and factory.wholeHeads()
+        # The fields' parser is made at the first read it is given: a
+        # connection whose one request comes whole (a connection each)
+        # makes only the other.
+        self.parser = None
+        self._wholeHeads = REQUEST_HEADS_WHOLE
         now = factory.seconds()
         self._lastActivity = now
         self._headStarted = now
@@ -485,6 +488,8 @@ class ClientConnection(ClientPeer, Protocol):
                 parser = self._wholeParser or self._newWholeParser()
             else:
                 self._wholeHeads = False
+        if parser is None:
+            parser = self.parser = requestParser(self)
         again = False
         try:
             parser.feed_data(data)
@@ -629,7 +634,7 @@ class ClientConnection(ClientPeer, Protocol):
                 raise BadRequest("request line too long", 414)
             if fieldsSize(headers) > factory.maxHeaderSize:
                 raise BadRequest("request head too large", 431)
-        parser = self.parser
+        parser: Any = self.parser
         method = parser.get_method()
         line = self._fresh
         end = len(method)
@@ -740,7 +745,7 @@ class ClientConnection(ClientPeer, Protocol):
             # any other (what the fields' parser would have done with it):
             # all that follows goes to this parser, which read that one.
             self._wholeHeads = False
-            self.parser = self._wholeParser  # type: ignore[assignment]
+            self.parser = self._wholeParser
 
     def requestTrailers(self, ex: Exchange) -> list[tuple[bytes, bytes]] | None:
         """

@@ -188,24 +188,15 @@ class HTTPProxyFactory(ListenerFactory):
         )
         return Exchange(side, self, upstream, plan, method, url, version, started)
 
-    def wholeHeads(self) -> bool:
-        """
-        Whether a request head read whole may be planned from its bytes
-        (L{wholeExchange}): the listener has no routes (which may read and
-        change any field), and its pool's rules read no field such a plan
-        relays as it came.
-        """
-        return self.router is None and self.upstream.rules.wholeHeads
-
     def wholeExchange(self, side: Any, data: bytes, started: float) -> Exchange | None:
         """
         The exchange of a request read whole by C{side} (a read that may be
         its head and nothing more: C{side} takes it only if llhttp reads
         the read as that head), planned from its bytes
         (L{planWholeRequest}); or L{None} if it is not a usual request, or
-        the listener's routes or rules now read its fields (a reload).
+        if the listener has routes (which may read and change any field),
+        or its pool's rules read a field such a plan relays as it came.
         """
-        # (wholeHeads(), written out: every such request comes this way.)
         if self.router is not None:
             return None
         upstream = self.upstream
