@@ -792,7 +792,8 @@ def wholePlan(raw: bytes, stickySource: bool = False) -> Any:
 
     class Whole:
         def on_headers_complete(self) -> None:
-            planned.append(planWholeRequest(raw, b"10.0.0.9", b"http", stickySource))
+            planned.append(planWholeRequest(
+                raw, b"10.0.0.9", RequestRules(stickyKind="source" if stickySource else None)))
             if planned[0] is None:
                 raise ReadFields()
 

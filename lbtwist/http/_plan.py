@@ -734,7 +734,7 @@ WholeRequest = tuple[bytes, bytes, RequestPlan]
 
 
 def planWholeRequest(
-    data: bytes, clientHost: bytes, forwardedProto: bytes, stickySource: bool,
+    data: bytes, clientHost: bytes, rules: RequestRules,
 ) -> WholeRequest | None:
     """
     Plan the usual request as L{planRequest} would, from its bytes: a read
@@ -751,7 +751,8 @@ def planWholeRequest(
         is C{name:value}: see L{lbtwist.http._client}); a read with
         anything after a head, or a request line llhttp would end before
         C{HTTP/1.1}, is not one to plan whole.
-    @param stickySource: the pool's sticky key is the client's address.
+    @param clientHost: the client's address, for C{X-Forwarded-For}.
+    @param rules: the pool's rules, whose C{wholeHeads} the caller checked.
 
     @return: the request, or L{None} for any other head (L{planRequest}
         plans it from its fields).
@@ -799,8 +800,9 @@ def planWholeRequest(
         kept = _CONNECTION_LINE.sub(b"", data[:-2], 1)
     return method, target, RequestPlan(
         b"".join((kept, b"X-Forwarded-For: ", clientHost, b"\r\nX-Forwarded-Proto: ",
-                  forwardedProto, b"\r\nX-Forwarded-Host: ", authority, b"\r\n\r\n")),
-        False, False, False, None, False, authority, clientHost if stickySource else None,
+                  rules.forwardedProto, b"\r\nX-Forwarded-Host: ", authority, b"\r\n\r\n")),
+        False, False, False, None, False, authority,
+        clientHost if rules.stickyKind == "source" else None,
         keepAlive, method in IDEMPOTENT, False,
     )
 

@@ -203,8 +203,7 @@ class HTTPProxyFactory(ListenerFactory):
         rules = upstream.rules
         if not rules.wholeHeads:
             return None
-        whole = planWholeRequest(
-            data, side.clientHost, rules.forwardedProto, rules.stickyKind == "source")
+        whole = planWholeRequest(data, side.clientHost, rules)
         if whole is None:
             return None
         method, target, plan = whole
